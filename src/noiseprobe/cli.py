@@ -1,0 +1,155 @@
+"""The ``noiseprobe`` command: list, reproduce, demo, report.
+
+Every invalid argument or config value ends in one line on stderr naming the field, the value and what is
+allowed, exit status 2, and nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from noiseprobe import __version__
+from noiseprobe.core.errors import ConfigError
+
+PRESETS = ("quick", "full")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 2 (argparse prints usage too)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog.split()[0]} --help)\n")
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    """``field=value`` pairs; values are JSON (numbers, true/false, lists) or else plain strings."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError("--set", item, "FIELD=VALUE, e.g. --set n_seeds=16")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", default="local", help="local (process pool, default) or ray")
+    p.add_argument("--address", default=None, help="with --executor ray: join this cluster (default: start a local one)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: number of CPU cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="noiseprobe", description="Noise in gradient-descent training: reproduce the figures and "
+                "tables of three papers, and probe your own models.")
+    p.add_argument("--version", action="version", version=f"noiseprobe {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    sub.add_parser("list", help="the reproducible experiments, one line each")
+    r = sub.add_parser("reproduce", help="run one experiment into a run directory")
+    r.add_argument("id", help="experiment id (see `noiseprobe list`) or module:Class of your own Experiment")
+    r.add_argument("--preset", default="quick", help="quick (minutes, embedded data) or full (the paper's settings)")
+    r.add_argument("--out", type=Path, default=None, help="run directory (default runs/ID-PRESET)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override one config field (repeatable)")
+    r.add_argument("--data-dir", type=Path, default=None, help="folder with the dataset files a full preset needs")
+    _run_args(r)
+    d = sub.add_parser("demo", help="quick runs, one or more per paper, and an HTML report")
+    d.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)")
+    _run_args(d)
+    rep = sub.add_parser("report", help="write DIR/report.html from finished run directories")
+    rep.add_argument("dir", type=Path, help="a run directory or a folder of run directories")
+    rep.add_argument("--out", type=Path, default=None, help="HTML file (default DIR/report.html)")
+    return p
+
+
+def _cmd_list() -> int:
+    from noiseprobe import experiments
+
+    width = max(map(len, experiments.REGISTRY))
+    for exp_id, (_, _, desc) in experiments.REGISTRY.items():
+        mark = "" if experiments.available(exp_id) else "  [not available in this build]"
+        print(f"{exp_id:<{width}}  {desc}{mark}")
+    return 0
+
+
+def _workers(args: argparse.Namespace) -> int:
+    from noiseprobe.core.runner import default_workers
+
+    return args.workers if args.workers is not None else default_workers()
+
+
+def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    checks = summary.get("checks", [])
+    n_pass = sum(bool(c["passed"]) for c in checks)
+    print(f"{summary['experiment']} ({summary['preset']}): {summary['seconds']:.1f} s, "
+          f"checks passed {n_pass}/{len(checks)} -> {out}")
+    for c in checks:
+        print(f"  [{'pass' if c['passed'] else 'FAIL'}] {c['claim']}: measured {c['measured']}, "
+              f"expected {c['expected']} (tolerance {c['tolerance']})")
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from noiseprobe.core.errors import check_choice
+    from noiseprobe.core.runner import run_experiment
+
+    check_choice("--preset", args.preset, PRESETS)
+    overrides = _parse_set(args.overrides)
+    if args.data_dir is not None:
+        overrides["data_dir"] = str(args.data_dir)
+    out = args.out if args.out is not None else Path("runs") / f"{args.id.replace(':', '-')}-{args.preset}"
+    summary = run_experiment(args.id, args.preset, out, overrides, args.executor, _workers(args),
+                             args.address, quiet=args.quiet)
+    _print_summary(summary, out)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from noiseprobe import experiments
+    from noiseprobe.core.report import write_report
+    from noiseprobe.core.runner import run_experiment
+
+    for exp_id in experiments.DEMO:
+        if not experiments.available(exp_id):
+            print(f"{exp_id}: not available in this build, skipped", file=sys.stderr)
+            continue
+        summary = run_experiment(exp_id, "quick", args.out / exp_id, None, args.executor, _workers(args),
+                                 args.address, quiet=args.quiet)
+        _print_summary(summary, args.out / exp_id)
+    report = write_report(args.out, title="noiseprobe demo")
+    print(f"report: {report.resolve()}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from noiseprobe.core.report import write_report
+
+    print(write_report(args.dir, args.out))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return _cmd_list()
+        if args.command == "reproduce":
+            return _cmd_reproduce(args)
+        if args.command == "demo":
+            return _cmd_demo(args)
+        return _cmd_report(args)
+    except ConfigError as exc:
+        print(f"noiseprobe: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("noiseprobe: interrupted; finished chunks are kept; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

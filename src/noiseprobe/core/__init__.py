@@ -1,0 +1,1 @@
+"""Shared services: errors, seeding, result store, executors, experiments, report, plotting, fitting."""

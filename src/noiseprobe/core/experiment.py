@@ -1,0 +1,145 @@
+"""The experiment contract: one reproduced figure or table of a paper.
+
+An experiment declares its presets (``quick``, ``full``), splits its work into *chunks* of independent
+replicas, runs each chunk as a pure function (in any worker, on any executor), and analyses the
+concatenated results into figures, headline metrics and the paper's claims as measured checks.
+
+Randomness: a chunk must derive every random number from ``config["seed"]`` and the *global* replica
+indices it holds (``noiseprobe.core.seeding``), never from the chunk index or the worker, so that results
+do not depend on chunking, worker count or executor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from noiseprobe.core.errors import ConfigError
+
+ChunkResult = "pd.DataFrame | dict[str, pd.DataFrame]"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A paper's claim, measured. ``expected`` and ``tolerance`` are numbers or short strings."""
+
+    claim: str
+    measured: Any
+    expected: Any
+    tolerance: Any
+    passed: bool
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["passed"] = bool(self.passed)
+        return _jsonable(d)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A unit of work: a JSON-serialisable ``spec`` under a unique, file-name-safe ``key``."""
+
+    key: str
+    spec: dict[str, Any] = field(default_factory=dict)
+
+
+class Experiment:
+    """Base class. Subclasses set ``id``, ``title``, ``presets`` and implement the three methods.
+
+    ``presets[name]`` is a JSON-serialisable dict; it must contain ``seed``. Users override single
+    fields with ``--set field=value``; an override must keep the field's JSON type (ints may become
+    floats) and then pass :meth:`validate`.
+    """
+
+    id: ClassVar[str]
+    title: ClassVar[str]
+    presets: ClassVar[dict[str, dict[str, Any]]]
+    #: names of the extra result tables (besides ``results``) that run_chunk may return
+    tables: ClassVar[tuple[str, ...]] = ()
+
+    def validate(self, config: dict[str, Any]) -> None:
+        """Raise :class:`ConfigError` for any invalid field. Default: no extra rules."""
+
+    def chunks(self, config: dict[str, Any]) -> list[Chunk]:
+        """Split the work into independent chunks. Default: one chunk."""
+        return [Chunk("all")]
+
+    def run_chunk(self, config: dict[str, Any], chunk: Chunk) -> pd.DataFrame | dict[str, pd.DataFrame]:
+        """Run one chunk; return the tidy ``results`` frame, or ``{"results": df, other tables...}``."""
+        raise NotImplementedError
+
+    def analyse(self, config: dict[str, Any], tables: dict[str, pd.DataFrame],
+                out: Path) -> tuple[dict[str, Any], list[Check]]:
+        """Write figures ``out/*.png``; return (metrics, checks). ``tables["results"]`` always exists."""
+        raise NotImplementedError
+
+    # -- provided -------------------------------------------------------------------------------
+    def config(self, preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The preset's config with overrides applied and validated."""
+        if preset not in self.presets:
+            raise ConfigError("preset", preset, "one of " + ", ".join(self.presets))
+        cfg = json.loads(json.dumps(self.presets[preset]))
+        for key, value in (overrides or {}).items():
+            if key not in cfg:
+                raise ConfigError(f"--set {key}", value, f"a field of {self.id}: " + ", ".join(sorted(cfg)))
+            cfg[key] = _coerce(f"--set {key}", value, cfg[key])
+        self.validate(cfg)
+        return cfg
+
+
+def _coerce(name: str, value: Any, like: Any) -> Any:
+    """Give ``value`` the JSON type of the preset value ``like`` or raise ConfigError."""
+    if isinstance(like, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(name, value, "true or false")
+    if isinstance(like, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(name, value, "an integer")
+    if isinstance(like, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise ConfigError(name, value, "a finite number")
+    if isinstance(like, str):
+        if isinstance(value, str):
+            return value
+        raise ConfigError(name, value, "a string")
+    if isinstance(like, list):
+        if isinstance(value, list) and all(type(v) in (int, float, str, bool) for v in value):
+            return value
+        raise ConfigError(name, value, "a JSON list such as [1, 2, 3]")
+    if like is None:
+        return value
+    raise ConfigError(name, value, f"a value of type {type(like).__name__}")
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types (numpy scalars and arrays converted; non-finite floats kept as strings)."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else str(f)
+    return obj
+
+
+def jsonable(obj: Any) -> Any:
+    """Public alias of the converter used for summary.json."""
+    return _jsonable(obj)

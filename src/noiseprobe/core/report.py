@@ -1,0 +1,99 @@
+"""A self-contained HTML report of one or more run directories: figures embedded, checks tabulated."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.store import atomic_write
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1150px;color:#222;padding:0 1em}
+h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.6em 0;font-size:.9em} td,th{border:1px solid #ccc;padding:.25em .5em;vertical-align:top}
+th{background:#f3f3f3;text-align:left} td.num{font-family:ui-monospace,monospace;text-align:right}
+tr.pass td.verdict{background:#d9f2d9;font-weight:600} tr.fail td.verdict{background:#f9d6d5;font-weight:600}
+figure{display:inline-block;margin:.5em;vertical-align:top} figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.8em;color:#555} .meta{color:#555;font-size:.9em} .summary{font-size:1.05em}
+"""
+
+SCRIPT = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (im) { return im.complete && im.naturalWidth > 0; }).length;
+  document.body.setAttribute('data-figures-loaded', String(ok));
+  document.body.setAttribute('data-figures-total', String(imgs.length));
+});
+"""
+
+
+def find_runs(path: Path) -> list[Path]:
+    """``path`` itself if it is a finished run directory, else its finished sub-directories."""
+    path = Path(path)
+    if (path / "summary.json").exists():
+        return [path]
+    runs = sorted(p.parent for p in path.glob("*/summary.json")) if path.is_dir() else []
+    if not runs:
+        raise ConfigError("DIR", str(path), "a run directory with summary.json, or a folder of such directories")
+    return runs
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(x) for x in v[:12]) + (", …" if len(v) > 12 else "") + "]"
+    if isinstance(v, dict):
+        return "; ".join(f"{k}: {_fmt(x)}" for k, x in v.items())
+    return str(v)
+
+
+def _run_section(run: Path) -> tuple[str, int, int]:
+    s = json.loads((run / "summary.json").read_text())
+    e = html.escape
+    checks = s.get("checks", [])
+    n_pass = sum(bool(c.get("passed")) for c in checks)
+    rows = "".join(
+        f"<tr class='{'pass' if c.get('passed') else 'fail'}'><td>{e(str(c.get('claim')))}</td>"
+        f"<td class='num'>{e(_fmt(c.get('measured')))}</td><td class='num'>{e(_fmt(c.get('expected')))}</td>"
+        f"<td class='num'>{e(_fmt(c.get('tolerance')))}</td>"
+        f"<td class='verdict'>{'pass' if c.get('passed') else 'FAIL'}</td><td>{e(str(c.get('detail', '')))}</td></tr>"
+        for c in checks)
+    metrics = "".join(f"<tr><th>{e(str(k))}</th><td class='num'>{e(_fmt(v))}</td></tr>"
+                      for k, v in s.get("metrics", {}).items())
+    figs = "".join(
+        f"<figure><img alt='{e(p.name)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
+        f"<figcaption>{e(p.name)}</figcaption></figure>"
+        for p in sorted(run.glob("*.png")))
+    body = (f"<section class='run' id='{e(run.name)}'><h2>{e(s['experiment'])}: {e(s.get('title', ''))}</h2>"
+            f"<p class='meta'>preset <b>{e(s.get('preset', ''))}</b> · {s.get('seconds', 0):.1f} s · "
+            f"checks passed {n_pass}/{len(checks)} · directory <code>{e(str(run))}</code></p>"
+            f"<h3>Checks</h3><table class='checks'><tr><th>claim</th><th>measured</th><th>expected</th>"
+            f"<th>tolerance</th><th>verdict</th><th>detail</th></tr>{rows}</table>"
+            f"<h3>Metrics</h3><table class='metrics'>{metrics}</table>"
+            f"<h3>Figures</h3>{figs}"
+            f"<details><summary>config</summary><pre>{e(json.dumps(s.get('config', {}), indent=2))}</pre></details>"
+            f"</section>")
+    return body, n_pass, len(checks)
+
+
+def write_report(path: Path, out: Path | None = None, title: str = "noiseprobe report") -> Path:
+    """Write ``out`` (default ``path/report.html``) covering every finished run under ``path``."""
+    runs = find_runs(Path(path))
+    out = Path(out) if out is not None else Path(path) / "report.html"
+    sections, n_pass, n_all = [], 0, 0
+    for r in runs:
+        body, p, n = _run_section(r)
+        sections.append(body)
+        n_pass, n_all = n_pass + p, n_all + n
+    toc = "".join(f"<li><a href='#{html.escape(r.name)}'>{html.escape(r.name)}</a></li>" for r in runs)
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style><script>{SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
+            f"<p class='summary'>{len(runs)} run(s); paper claims checked: <b>{n_pass}/{n_all} pass</b>.</p>"
+            f"<ul>{toc}</ul>{''.join(sections)}</body></html>")
+    atomic_write(out, lambda p: p.write_text(page, encoding="utf-8"))
+    return out

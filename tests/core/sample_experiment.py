@@ -1,0 +1,55 @@
+"""A tiny experiment used by the core tests: Gaussian random walks, one chunk per block of replicas."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from noiseprobe.core.errors import check_int, check_real
+from noiseprobe.core.experiment import Check, Chunk, Experiment
+from noiseprobe.core.plotting import new_figure, savefig
+from noiseprobe.core.seeding import ReplicaStreams
+
+
+class Walk(Experiment):
+    id = "sample-walk"
+    title = "random walks (test experiment)"
+    tables = ("paths",)
+    presets = {
+        "quick": {"seed": 7, "n_replicas": 24, "per_chunk": 4, "n_steps": 50, "step_sd": 1.0, "sleep": 0.0},
+        "full": {"seed": 7, "n_replicas": 240, "per_chunk": 8, "n_steps": 500, "step_sd": 1.0, "sleep": 0.0},
+    }
+
+    def validate(self, config):
+        check_int("n_replicas", config["n_replicas"], lo=1)
+        check_int("per_chunk", config["per_chunk"], lo=1)
+        check_int("n_steps", config["n_steps"], lo=1, hi=10**6)
+        check_real("step_sd", config["step_sd"], lo=0)
+        check_real("sleep", config["sleep"], lo=0, hi=10)
+
+    def chunks(self, config):
+        n, k = config["n_replicas"], config["per_chunk"]
+        return [Chunk(f"r{a:05d}", {"start": a, "stop": min(a + k, n)}) for a in range(0, n, k)]
+
+    def run_chunk(self, config, chunk):
+        time.sleep(config["sleep"])
+        reps = np.arange(chunk.spec["start"], chunk.spec["stop"])
+        steps = ReplicaStreams(config["seed"], reps).normal((config["n_steps"],)) * config["step_sd"]
+        paths = np.cumsum(steps, axis=1)
+        results = pd.DataFrame({"replica": reps, "final": paths[:, -1], "max": paths.max(axis=1)})
+        long = pd.DataFrame({"replica": np.repeat(reps, 5), "step": np.tile(np.arange(5), len(reps)),
+                             "x": paths[:, :5].ravel()})
+        return {"results": results, "paths": long}
+
+    def analyse(self, config, tables, out: Path):
+        res = tables["results"]
+        var = float(res["final"].var(ddof=1))
+        expected = config["n_steps"] * config["step_sd"] ** 2
+        se = expected * np.sqrt(2 / (len(res) - 1))
+        fig, ax = new_figure()
+        ax.hist(res["final"], bins=20)
+        savefig(fig, out / "finals.png")
+        return ({"var_final": var}, [Check("Var x_T = T sd^2", var, expected, 5 * se, abs(var - expected) < 5 * se)])
