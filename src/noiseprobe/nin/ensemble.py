@@ -187,14 +187,17 @@ def train_ensemble(x_train: torch.Tensor | np.ndarray, y_train: torch.Tensor | n
                    hidden: Sequence[int], sigmas: Sequence[float], replicas: Sequence[int], seed: int,
                    loss: str = "ce", lr: float = 0.01, batch_size: int = 1000, epochs: int = 10,
                    nin_layer: int = 0, resample: str = "epoch", niw_init_std: float = 1.0,
-                   overflow: float = 1e8, curvature_samples: int = 2000, eval_block: int = 4096,
+                   record_every: int = 1, overflow: float = 1e8, curvature_samples: int = 2000,
+                   eval_block: int = 4096,
                    dtype: torch.dtype = torch.float32,
                    ensemble: MLPEnsemble | None = None) -> pd.DataFrame:
     """Train K = len(sigmas) MLPs with NINs by SGD, one batched op per step; return a tidy per-(replica,
     epoch) DataFrame (columns: replica, sigma, epoch, step, train_loss, train_acc, test_loss, test_acc,
-    noisy_loss, niw_norm, next_norm, curv_niw, diverged, diverged_step).
+    noisy_loss, niw_norm, next_norm, curv_niw, diverged, diverged_step); ``noisy_loss`` is the mean
+    training batch loss (with the NIN) since the previous record.
 
-    ``replicas[k]`` is replica k's global index (its random streams); ``sigmas[k]`` its σε. Pass
+    ``replicas[k]`` is replica k's global index (its random streams); ``sigmas[k]`` its σε. Metrics are
+    recorded at epoch 0, every ``record_every`` epochs and at the last epoch. Pass
     ``ensemble`` to start from given weights (``hidden``, ``seed`` and ``niw_init_std`` are then only
     used for the data order and NIN values). ``curvature_samples`` training samples (the first ones)
     are used for ``curv_niw`` (0 disables it: NaN).
@@ -203,6 +206,7 @@ def train_ensemble(x_train: torch.Tensor | np.ndarray, y_train: torch.Tensor | n
     check_choice("resample", resample, RESAMPLE)
     check_real("lr", lr, lo=0.0, lo_open=True)
     check_int("epochs", epochs, lo=0)
+    check_int("record_every", record_every, lo=1)
     check_real("overflow", overflow, lo=0.0, lo_open=True)
     for s in sigmas:
         check_real("sigma", s, lo=0.0)
@@ -262,20 +266,20 @@ def train_ensemble(x_train: torch.Tensor | np.ndarray, y_train: torch.Tensor | n
     if bad.any():
         kill(bad, 0)
     record(0, np.full(k, np.nan))
+    noisy_sum, noisy_n = torch.zeros(k, dtype=torch.float64), 0
     if resample == "fixed":
         draw_noise()
     for epoch in range(1, epochs + 1):
         perm = torch.stack([torch.randperm(n, generator=g) for g in order_gens])
         if resample == "epoch":
             draw_noise()
-        noisy_sum = torch.zeros(k, dtype=torch.float64)
         for s in range(steps_per_epoch):
             idx = perm[:, s * batch_size:(s + 1) * batch_size]
             xb = xtr[idx]
             xib = torch.gather(xi_all, 1, idx)
             logits, _ = ens.forward(xb, xib)
             lk = batch_losses(logits, ytr[idx], loss).mean(1)
-            grads = torch.autograd.grad((lk * alive).sum(), params)
+            grads = torch.autograd.grad(torch.where(alive, lk, 0.0).sum(), params)
             with torch.no_grad():
                 for p, gr in zip(params, grads):
                     p.sub_(lr * gr)
@@ -286,7 +290,11 @@ def train_ensemble(x_train: torch.Tensor | np.ndarray, y_train: torch.Tensor | n
                 if bad.any():
                     kill(bad, step)
                 noisy_sum += torch.where(alive, lk.double(), 0.0)
-        record(epoch, (noisy_sum / max(steps_per_epoch, 1)).numpy())
+                noisy_n += 1
+        if epoch % record_every == 0 or epoch == epochs:
+            record(epoch, (noisy_sum / max(noisy_n, 1)).numpy())
+            noisy_sum.zero_()
+            noisy_n = 0
     for p in params:
         p.requires_grad_(False)
     df = pd.DataFrame({key: np.concatenate([r[key] for r in rows]) for key in rows[0]})

@@ -1,0 +1,270 @@
+"""Stationary fluctuation Σ of SGD near a quadratic minimum: Theorem 1 of paper 002 (eq. 3).
+
+For gradients ``g = H w + η`` with ``cov η = C`` (i.i.d. in time, or a martingale difference whose
+stationary average is C), heavy-ball momentum ``m_t = μ m_{t−1} + g_t``, ``w_t = w_{t−1} − Λ m_t``::
+
+    (1−μ)(ΛHΣ + ΣHΛ) − (1+μ²)/(1−μ²)·ΛHΣHΛ + μ/(1−μ²)·(ΛHΛHΣ + ΣHΛHΛ) = ΛCΛ          (eq. 3)
+
+Solvers (all exact; none assumes [Λ, H] = 0):
+
+* ``method="eigen"`` (default, O(D³)): for symmetric Λ ≻ 0 the substitution Σ = V X Vᵀ with
+  V = Λ^{1/2}Q, where Λ^{1/2}HΛ^{1/2} = Q diag(f) Qᵀ, makes eq. (3) entry-wise:
+  ``c(f_i, f_j) X_ij = (Qᵀ Λ^{1/2} C Λ^{1/2} Q)_ij``. The commuting case ([Λ, H] = 0) is the special case
+  V = eigenvectors of H scaled by the eigenvalues of Λ^{1/2}.
+* ``method="lyapunov"``: the augmented state x = (w, m), ``P = M P Mᵀ + B C Bᵀ`` with
+  ``M = [[I − ΛH, −μΛ], [H, μI]]``, ``B = [−Λ; I]``, Σ = P_ww, by ``scipy.linalg.solve_discrete_lyapunov``
+  (also works for a singular or non-symmetric Λ).
+* ``method="kronecker"``: dense vectorised solve of eq. (3), D ≤ ``KRON_MAX_D`` (checks and benchmarks).
+
+Noise that depends on Σ (minibatch noise: Lemma 1, Prop. 3, Prop. 9, Prop. 4) enters as an affine map
+``C(Σ) = C0 + noise_map(Σ)``; eq. (3) is then one linear matrix equation in Σ, solved by GMRES on the
+transformed entry-wise system (preconditioned by its diagonal), matrix-free.
+
+A stationary state exists iff every mode is stable, ``0 < f_i < 2(1+μ)``, and the noise feedback
+``X ↦ c⁻¹∘(transformed noise_map)(X)`` has spectral radius < 1 (mean-square stability). Otherwise
+:class:`NoStationaryState` is raised with the learning-rate bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse.linalg as spla
+
+from noiseprobe.core.errors import ConfigError, check_choice, check_real
+
+#: largest D for the dense Kronecker solve (D² × D² matrix)
+KRON_MAX_D = 48
+NoiseMap = Callable[[np.ndarray], np.ndarray]
+
+
+class NoStationaryState(ValueError):
+    """No stationary second moment exists; ``bound`` is the learning rate (or Λ-scale) it needs to stay below."""
+
+    def __init__(self, bound: float, detail: str = "", what: str = "learning rate") -> None:
+        self.bound = float(bound)
+        self.what = what
+        super().__init__(f"no stationary state: {what} must be below {self.bound:.6g}" + (f" ({detail})" if detail else ""))
+
+
+def _as_lr(lr: float | np.ndarray, D: int) -> tuple[np.ndarray, float | None]:
+    """(Λ as a D×D matrix, the scalar λ or None)."""
+    arr = np.asarray(lr, dtype=np.float64)
+    if arr.ndim == 0:
+        check_real("lr", float(arr), lo=0.0, lo_open=True)
+        return float(arr) * np.eye(D), float(arr)
+    if arr.shape != (D, D) or not np.all(np.isfinite(arr)):
+        raise ConfigError("lr", f"array of shape {arr.shape}", f"a positive scalar or a finite {D}x{D} matrix")
+    return arr, None
+
+
+def _coeffs(f: np.ndarray, mu: float) -> np.ndarray:
+    """c(f_i, f_j) of eq. (3) in the eigenbasis of Λ^{1/2} H Λ^{1/2}."""
+    fi, fj = f[:, None], f[None, :]
+    return ((1 - mu) * (fi + fj) - (1 + mu * mu) / (1 - mu * mu) * fi * fj
+            + mu / (1 - mu * mu) * (fi * fi + fj * fj))
+
+
+def thm1_residual(Sigma: np.ndarray, H: np.ndarray, C: np.ndarray, lr: float | np.ndarray,
+                  momentum: float = 0.0) -> np.ndarray:
+    """LHS − RHS of eq. (3) for a given Σ (zero at the stationary state)."""
+    Lam, _ = _as_lr(lr, H.shape[0])
+    mu = momentum
+    F = Lam @ H
+    a, b = (1 + mu * mu) / (1 - mu * mu), mu / (1 - mu * mu)
+    FS = F @ Sigma
+    lhs = (1 - mu) * (FS + FS.T) - a * F @ Sigma @ F.T + b * (F @ FS + (F @ FS).T)
+    return lhs - Lam @ C @ Lam
+
+
+class _Basis:
+    """The transformation Σ = V X Vᵀ, V = Λ^{1/2}Q, that makes eq. (3) entry-wise (symmetric Λ ≻ 0)."""
+
+    def __init__(self, H: np.ndarray, Lam: np.ndarray, mu: float) -> None:
+        lv, lq = np.linalg.eigh((Lam + Lam.T) / 2)
+        if lv.min() <= 0 or not np.allclose(Lam, Lam.T, atol=1e-12 * max(1.0, np.abs(Lam).max())):
+            raise ConfigError("lr", "matrix", "symmetric positive definite for method='eigen'")
+        self.half = (lq * np.sqrt(lv)) @ lq.T
+        f, self.Q = np.linalg.eigh(self.half @ ((H + H.T) / 2) @ self.half)
+        self.f, self.mu = f, mu
+        self.V = self.half @ self.Q
+        self.c = _coeffs(f, mu)
+
+    def to_x(self, C: np.ndarray) -> np.ndarray:
+        """Qᵀ Λ^{1/2} C Λ^{1/2} Q: the transformed ΛCΛ."""
+        return self.Q.T @ self.half @ C @ self.half @ self.Q
+
+    def to_sigma(self, X: np.ndarray) -> np.ndarray:
+        S = self.V @ X @ self.V.T
+        return (S + S.T) / 2
+
+    def mode_bound(self) -> float:
+        """Largest Λ-scale s with every mode of sΛ stable: s < 2(1+μ)/f_max."""
+        return 2 * (1 + self.mu) / self.f.max() if self.f.max() > 0 else np.inf
+
+    def stable(self) -> bool:
+        tol = 1e-12 * max(1.0, np.abs(self.f).max())
+        return bool(self.f.min() > -tol and self.f.max() < 2 * (1 + self.mu))
+
+
+def _check_square(name: str, M: np.ndarray, D: int | None = None) -> np.ndarray:
+    arr = np.asarray(M, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = arr.reshape(1, 1)
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or (D is not None and arr.shape[0] != D):
+        raise ConfigError(name, f"array of shape {arr.shape}", "a square matrix" + (f" of size {D}" if D else ""))
+    if not np.all(np.isfinite(arr)):
+        raise ConfigError(name, "non-finite entries", "finite entries")
+    return arr
+
+
+def _raise_unstable(bs: _Basis, scalar: float | None, detail: str) -> None:
+    s = bs.mode_bound()
+    if bs.f.min() < -1e-12 * max(1.0, np.abs(bs.f).max()):
+        raise NoStationaryState(0.0, "the Hessian has a negative direction; no learning rate is stable", "learning rate")
+    raise NoStationaryState(s * scalar if scalar is not None else s, detail,
+                            "learning rate" if scalar is not None else "the scale factor of Λ")
+
+
+def solve_fluctuation(H: np.ndarray, C: np.ndarray, lr: float | np.ndarray, momentum: float = 0.0,
+                      noise_map: NoiseMap | None = None, method: str = "auto") -> np.ndarray:
+    """Stationary Σ of eq. (3) for noise ``C + noise_map(Σ)`` (``noise_map`` linear in Σ, optional).
+
+    ``method``: "auto" (eigen when Λ is symmetric positive definite, else lyapunov), "eigen", "lyapunov",
+    "kronecker". Raises :class:`NoStationaryState` (a ValueError) with the learning-rate bound when no
+    stationary state exists. Zero-curvature modes with zero noise get Σ = 0 there.
+    """
+    H = _check_square("H", H)
+    D = H.shape[0]
+    C = _check_square("C", C, D)
+    mu = check_real("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
+    check_choice("method", method, ("auto", "eigen", "lyapunov", "kronecker"))
+    Lam, scalar = _as_lr(lr, D)
+    if method == "auto":
+        sym = np.allclose(Lam, Lam.T, atol=1e-12 * max(1.0, np.abs(Lam).max()))
+        method = "eigen" if sym and np.linalg.eigvalsh((Lam + Lam.T) / 2).min() > 0 else "lyapunov"
+    if method == "kronecker":
+        return _kronecker(H, C, Lam, mu, noise_map, scalar)
+    if method == "lyapunov":
+        if noise_map is not None:
+            raise ConfigError("method", "lyapunov", "'eigen' or 'kronecker' when the noise depends on Σ")
+        return _lyapunov(H, C, Lam, mu, scalar)
+    bs = _Basis(H, Lam, mu)
+    if not bs.stable():
+        _raise_unstable(bs, scalar, "a mode of Λ^{1/2}HΛ^{1/2} has eigenvalue >= 2(1+μ)")
+    c = bs.c
+    R0 = bs.to_x(C)
+    tiny = 1e-14 * max(1.0, np.abs(c).max())
+    null = np.abs(c) <= tiny
+    if np.any(np.abs(R0[null]) > 1e-12 * max(1.0, np.abs(R0).max())):
+        raise NoStationaryState(0.0, "noise acts along a zero-curvature direction: Σ grows without bound", "learning rate")
+    cs = np.where(null, 1.0, c)
+    if noise_map is None:
+        return bs.to_sigma(np.where(null, 0.0, R0 / cs))
+
+    def nmap(X: np.ndarray) -> np.ndarray:  # transformed noise feedback, c⁻¹∘Ñ(X)
+        return np.where(null, 0.0, bs.to_x(noise_map(bs.to_sigma(X))) / cs)
+
+    rho = _spectral_radius(nmap, D)
+    if rho >= 1.0:
+        raise NoStationaryState(_bound_by_bisection(H, Lam, mu, noise_map) * (scalar if scalar is not None else 1.0),
+                                f"minibatch-noise feedback has spectral radius {rho:.4g} >= 1",
+                                "learning rate" if scalar is not None else "the scale factor of Λ")
+    b = np.where(null, 0.0, R0 / cs).ravel()
+    op = spla.LinearOperator((D * D, D * D), matvec=lambda v: v - nmap(v.reshape(D, D)).ravel(), dtype=np.float64)
+    x, info = spla.gmres(op, b, rtol=1e-13, atol=0.0, restart=min(D * D, 60), maxiter=200)
+    if info != 0:
+        x = np.linalg.solve(_dense(lambda X: X - nmap(X), D), b) if D <= KRON_MAX_D else x
+    return bs.to_sigma(x.reshape(D, D))
+
+
+def _dense(op: Callable[[np.ndarray], np.ndarray], D: int) -> np.ndarray:
+    """The D² × D² matrix of a linear map on D × D matrices (row-major vec)."""
+    cols = []
+    for k in range(D * D):
+        e = np.zeros(D * D)
+        e[k] = 1.0
+        cols.append(op(e.reshape(D, D)).ravel())
+    return np.array(cols).T
+
+
+def _spectral_radius(op: Callable[[np.ndarray], np.ndarray], D: int) -> float:
+    """Largest |eigenvalue| of a linear map on D × D matrices (dense for small D, ARPACK otherwise)."""
+    if D * D <= 400:
+        return float(np.abs(np.linalg.eigvals(_dense(op, D))).max())
+    lin = spla.LinearOperator((D * D, D * D), matvec=lambda v: op(v.reshape(D, D)).ravel(), dtype=np.float64)
+    return float(np.abs(spla.eigs(lin, k=1, which="LM", return_eigenvectors=False, tol=1e-8)).max())
+
+
+def _bound_by_bisection(H: np.ndarray, Lam: np.ndarray, mu: float, noise_map: NoiseMap) -> float:
+    """Largest scale s such that sΛ has a stationary state (mode stability and noise feedback < 1)."""
+
+    def ok(s: float) -> bool:
+        bs = _Basis(H, s * Lam, mu)
+        if not bs.stable():
+            return False
+        cs = np.where(np.abs(bs.c) <= 1e-14, 1.0, bs.c)
+        return _spectral_radius(lambda X: bs.to_x(noise_map(bs.to_sigma(X))) / cs, H.shape[0]) < 1.0
+
+    lo, hi = 0.0, min(1.0, _Basis(H, Lam, mu).mode_bound())  # scale 1 is known to fail
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return hi
+
+
+def _lyapunov(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, scalar: float | None) -> np.ndarray:
+    """Σ = P_ww of the augmented (w, m) discrete Lyapunov equation P = M P Mᵀ + B C Bᵀ (Thm 1, §3)."""
+    D = H.shape[0]
+    M, Bm = augmented_system(H, Lam, mu)
+    rad = np.abs(np.linalg.eigvals(M)).max()
+    if rad >= 1.0:
+        raise NoStationaryState(_lyap_bound(H, Lam, mu) * (scalar if scalar is not None else 1.0),
+                                f"augmented (w, m) map has spectral radius {rad:.4g}",
+                                "learning rate" if scalar is not None else "the scale factor of Λ")
+    P = scipy.linalg.solve_discrete_lyapunov(M, Bm @ C @ Bm.T, method="bilinear" if D > 5 else "direct")
+    S = P[:D, :D]
+    return (S + S.T) / 2
+
+
+def augmented_system(H: np.ndarray, Lam: np.ndarray, mu: float) -> tuple[np.ndarray, np.ndarray]:
+    """(M, B) of the exact augmented recursion x_t = M x_{t−1} + B η_t, x = (w, m) (reference §3)."""
+    D = H.shape[0]
+    M = np.block([[np.eye(D) - Lam @ H, -mu * Lam], [H, mu * np.eye(D)]])
+    return M, np.vstack([-Lam, np.eye(D)])
+
+
+def _lyap_bound(H: np.ndarray, Lam: np.ndarray, mu: float) -> float:
+    lo, hi = 0.0, 1.0
+    rad = lambda s: np.abs(np.linalg.eigvals(augmented_system(H, s * Lam, mu)[0])).max()  # noqa: E731
+    for _ in range(50):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if rad(mid) < 1.0 else (lo, mid)
+    return hi
+
+
+def thm1_kronecker_matrix(H: np.ndarray, Lam: np.ndarray, mu: float) -> np.ndarray:
+    """The D² × D² matrix of the LHS of eq. (3) acting on row-major vec(Σ) (dense; toy sizes only)."""
+    D = H.shape[0]
+    F, I = Lam @ H, np.eye(D)
+    a, b = (1 + mu * mu) / (1 - mu * mu), mu / (1 - mu * mu)
+    F2 = F @ F
+    return (1 - mu) * (np.kron(F, I) + np.kron(I, F)) - a * np.kron(F, F) + b * (np.kron(F2, I) + np.kron(I, F2))
+
+
+def _kronecker(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, noise_map: NoiseMap | None,
+               scalar: float | None) -> np.ndarray:
+    D = H.shape[0]
+    if D > KRON_MAX_D:
+        raise ConfigError("method", "kronecker", f"only for D <= {KRON_MAX_D} (D = {D}); use 'eigen'")
+    K = thm1_kronecker_matrix(H, Lam, mu)
+    if noise_map is not None:
+        K = K - _dense(lambda X: Lam @ noise_map(X) @ Lam, D)
+    x = np.linalg.solve(K, (Lam @ C @ Lam).ravel())
+    S = x.reshape(D, D)
+    S = (S + S.T) / 2
+    if np.linalg.eigvalsh(S).min() < -1e-10 * max(1.0, np.abs(S).max()):
+        raise NoStationaryState(np.nan, "the linear solve gives a non-PSD Σ", "learning rate")
+    return S

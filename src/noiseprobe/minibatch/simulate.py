@@ -1,0 +1,361 @@
+"""Vectorised minibatch SGD on linear regression (paper 002, Defs. 2-3, eq. 1 and eq. 98).
+
+Many independent chains advance as one array operation per step; noise is drawn per chain in blocks of
+steps from ``noiseprobe.core.seeding`` streams keyed by the GLOBAL chain index, so a chain's path does not
+depend on how chains are chunked.
+
+Loss convention (the paper's): ``ℓ_i = ½ (wᵀx_i − y_i)²`` plus ``½ wᵀΓw``, so the Hessian is ``A + B + Γ``.
+Update (eq. 1, heavy-ball form, no dampening)::
+
+    ĝ_t = (1/S) Σ_{i∈B_t} ∇ℓ_i(w_{t−1}) + Γ w_{t−1};   m_t = μ m_{t−1} + ĝ_t;   w_t = w_{t−1} − Λ m_t
+
+Data: ``x = x̃ + e`` with ``x̃ ~ N(0, A)``, ``e ~ N(0, B)`` (input noise), ``y = uᵀx̃ + ε`` with
+``E ε = 0, E ε² = σ²`` (Gaussian or Rademacher label noise). Either fresh samples every step (N → ∞,
+"online") or a fixed data set of N samples drawn with replacement (Def. 2) or without (Def. 3, a uniform
+S-subset each step).
+
+For D = 1, online, Gaussian labels the default sampler is exact in law and draws two numbers per step:
+``h = k χ²_S / S`` (k = a + b) and ``ξ | h ~ N(0, σ_eff² h / S)`` with ``σ_eff² = σ² + u² a b / k``, so
+``ĝ = h (w − u a/k) − ξ + γ w`` (reference §14).
+
+Divergence (non-finite or |w| > ``DIVERGED``) is recorded per chain; a diverged chain is frozen and left
+out of every statistic, the others continue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
+from noiseprobe.core.seeding import ReplicaStreams
+
+#: |w| above this counts as divergence
+DIVERGED = 1e100
+#: random numbers per block draw (all chains together); bounds the memory of one block
+_BLOCK_NUMBERS = 2_000_000
+
+
+def _sym(name: str, M: np.ndarray | float | None, D: int, *, psd: bool = True) -> np.ndarray:
+    """A (D, D) symmetric float64 matrix from a scalar, a vector of eigenvalues in the standard basis, or a matrix."""
+    if M is None:
+        return np.zeros((D, D))
+    arr = np.asarray(M, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = float(arr) * np.eye(D)
+    if arr.shape != (D, D) or not np.all(np.isfinite(arr)) or not np.allclose(arr, arr.T, atol=1e-12):
+        raise ConfigError(name, M, f"a finite symmetric {D}x{D} matrix or a scalar")
+    if psd and np.linalg.eigvalsh(arr).min() < -1e-12:
+        raise ConfigError(name, "matrix with negative eigenvalue", "a positive semi-definite matrix")
+    return (arr + arr.T) / 2
+
+
+@dataclass(eq=False)
+class LinearProblem:
+    """Linear regression with label noise σ, input noise covariance ``B`` and weight decay ``Gamma``.
+
+    ``A``: input covariance (D, D) or a scalar for D = 1. ``u``: teacher (default 0). ``Gamma`` may be
+    indefinite (negative weight decay). ``X``, ``y``: a fixed training set (N, D), (N,); None = online.
+    """
+
+    A: np.ndarray
+    u: np.ndarray | None = None
+    sigma: float = 0.0
+    B: np.ndarray | float | None = None
+    Gamma: np.ndarray | float | None = None
+    label_noise: Literal["gaussian", "rademacher"] = "gaussian"
+    X: np.ndarray | None = None
+    y: np.ndarray | None = None
+    _chol: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        A = np.asarray(self.A, dtype=np.float64)
+        D = 1 if A.ndim == 0 else A.shape[0]
+        self.A = _sym("A", A, D)
+        self.u = np.zeros(D) if self.u is None else np.asarray(self.u, dtype=np.float64).reshape(-1)
+        if self.u.shape != (D,) or not np.all(np.isfinite(self.u)):
+            raise ConfigError("u", self.u, f"a finite vector of length {D}")
+        self.sigma = check_real("sigma", self.sigma, lo=0.0)
+        self.B = _sym("B", self.B, D)
+        self.Gamma = _sym("Gamma", self.Gamma, D, psd=False)
+        check_choice("label_noise", self.label_noise, ("gaussian", "rademacher"))
+        if (self.X is None) != (self.y is None):
+            raise ConfigError("X, y", "only one given", "both or neither")
+        if self.X is not None:
+            self.X = np.asarray(self.X, dtype=np.float64)
+            self.y = np.asarray(self.y, dtype=np.float64).reshape(-1)
+            if self.X.ndim != 2 or self.X.shape[1] != D or self.y.shape != (self.X.shape[0],):
+                raise ConfigError("X, y", (np.shape(self.X), np.shape(self.y)), f"shapes (N, {D}) and (N,)")
+        self._chol = (_psd_root(self.A), _psd_root(self.B))
+
+    # -- derived quantities ---------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return self.A.shape[0]
+
+    @property
+    def n_samples(self) -> int | None:
+        return None if self.X is None else self.X.shape[0]
+
+    @property
+    def hessian(self) -> np.ndarray:
+        """Hessian of the training loss: ``A + B + Γ`` online, ``XᵀX/N + Γ`` for a fixed data set."""
+        if self.X is None:
+            return self.A + self.B + self.Gamma
+        return self.X.T @ self.X / self.X.shape[0] + self.Gamma
+
+    @property
+    def center(self) -> np.ndarray:
+        """The minimiser of the training loss (minimum-norm for a singular Hessian); Σ is measured about it."""
+        if self.X is None:
+            return np.linalg.lstsq(self.hessian, self.A @ self.u, rcond=None)[0]
+        return np.linalg.lstsq(self.hessian, self.X.T @ self.y / self.X.shape[0], rcond=None)[0]
+
+    def train_loss(self, w: np.ndarray) -> np.ndarray:
+        """L_train(w) including label/input noise and ½wᵀΓw; ``w`` (..., D)."""
+        if self.X is None:
+            d = w - self.u
+            return 0.5 * (np.einsum("...i,ij,...j->...", d, self.A, d) + np.einsum("...i,ij,...j->...", w, self.B, w)
+                          + self.sigma ** 2 + np.einsum("...i,ij,...j->...", w, self.Gamma, w))
+        r = w @ self.X.T - self.y
+        return 0.5 * np.mean(r ** 2, axis=-1) + 0.5 * np.einsum("...i,ij,...j->...", w, self.Gamma, w)
+
+    def test_loss(self, w: np.ndarray) -> np.ndarray:
+        """L_test(w) = ½ (w − u)ᵀ A (w − u): population loss without label noise."""
+        d = w - self.u
+        return 0.5 * np.einsum("...i,ij,...j->...", d, self.A, d)
+
+    def with_data(self, n: int, seed: int, stream: int = 7) -> LinearProblem:
+        """The same model with a fixed data set of ``n`` samples drawn from ``seed`` (one shared set)."""
+        n = check_int("n", n, lo=1)
+        g = ReplicaStreams(seed, [0], stream).gens[0]
+        xt = g.standard_normal((n, self.dim)) @ self._chol[0].T
+        x = xt + g.standard_normal((n, self.dim)) @ self._chol[1].T
+        eps = self._labels(g.standard_normal(n))
+        return LinearProblem(self.A, self.u, self.sigma, self.B, self.Gamma, self.label_noise, x, xt @ self.u + eps)
+
+    def _labels(self, z: np.ndarray) -> np.ndarray:
+        """Label noise from standard normals z: σz (Gaussian) or σ·sign(z) (Rademacher)."""
+        return self.sigma * (z if self.label_noise == "gaussian" else np.where(z < 0, -1.0, 1.0))
+
+
+def _psd_root(M: np.ndarray) -> np.ndarray:
+    """R with R Rᵀ = M for a PSD M (eigen-based, works when M is singular)."""
+    vals, vecs = np.linalg.eigh(M)
+    return vecs * np.sqrt(np.clip(vals, 0.0, None))
+
+
+@dataclass(eq=False)
+class SGDRun:
+    """Per-chain statistics of a stationary SGD run. Arrays have the chain axis first.
+
+    ``mean[r]`` and ``second_moment[r]`` are time averages over the measured steps of ``w − center`` and
+    ``(w − center)(w − center)ᵀ``; ``noise_cov[r]`` the time average of ``η ηᵀ`` with
+    ``η = ĝ − ∇L_train(w)`` (reference trap 14), when requested. ``snapshots`` holds raw ``w`` every
+    ``snapshot_every`` measured steps: (chains, n_snapshots, D). Diverged chains are NaN in all of these.
+    """
+
+    problem: LinearProblem
+    center: np.ndarray
+    mean: np.ndarray
+    second_moment: np.ndarray
+    noise_cov: np.ndarray | None
+    snapshots: np.ndarray | None
+    diverged: np.ndarray
+    diverged_at: np.ndarray
+    n_measured: int
+
+    @property
+    def ok(self) -> np.ndarray:
+        return ~self.diverged
+
+    def sigma(self) -> np.ndarray:
+        """Σ about the training minimiser: mean over surviving chains of the per-chain second moments."""
+        return self.second_moment[self.ok].mean(axis=0)
+
+    def sigma_se(self) -> np.ndarray:
+        """Entry-wise standard error of :meth:`sigma` across independent chains."""
+        return _se(self.second_moment[self.ok])
+
+    def covariance(self) -> np.ndarray:
+        """Σ about the pooled mean (use when the stationary mean is not the minimiser)."""
+        m = self.mean[self.ok]
+        return self.sigma() - np.outer(m.mean(0), m.mean(0))
+
+    def _quad(self, Q: np.ndarray, p: np.ndarray, r: float) -> np.ndarray:
+        """Per-chain time average of ½ (w − p)ᵀQ(w − p) + r, from the per-chain moments (exact)."""
+        d = self.center - p
+        return (0.5 * np.einsum("ij,rji->r", Q, self.second_moment) + self.mean @ (Q @ d)
+                + 0.5 * d @ Q @ d + r)
+
+    def train_loss(self) -> np.ndarray:
+        """Per-chain time-averaged L_train (population for online data, empirical for a fixed set)."""
+        pb = self.problem
+        c = pb.center
+        return self._quad(pb.hessian, c, float(pb.train_loss(c)))
+
+    def test_loss(self) -> np.ndarray:
+        """Per-chain time-averaged L_test = ½ (w − u)ᵀA(w − u)."""
+        return self._quad(self.problem.A, self.problem.u, 0.0)
+
+    def stat(self, per_chain: np.ndarray) -> tuple[float, float]:
+        """(mean, standard error) of a per-chain statistic over surviving chains."""
+        v = per_chain[self.ok]
+        return float(v.mean()), float(_se(v))
+
+
+def _se(v: np.ndarray) -> np.ndarray:
+    n = v.shape[0]
+    return v.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.full(v.shape[1:], np.inf)
+
+
+def _lr_array(lr: float | np.ndarray, chains: int, D: int) -> tuple[np.ndarray, bool]:
+    """Learning rate as (chains, 1) scalars or a (D, D) matrix; returns (array, is_matrix)."""
+    arr = np.asarray(lr, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ConfigError("lr", lr, "finite values")
+    if arr.ndim == 0:
+        return np.full((chains, 1), float(arr)), False
+    if arr.ndim == 1 and arr.shape == (chains,):
+        return arr[:, None], False
+    if arr.ndim == 2 and arr.shape == (D, D) and np.allclose(arr, arr.T):
+        return arr, True
+    raise ConfigError("lr", f"array of shape {arr.shape}",
+                      f"a scalar, one scalar per chain ({chains},), or a symmetric ({D}, {D}) matrix")
+
+
+def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int, *, steps: int,
+                 burn_in: int, chains: int, seed: int, first_chain: int = 0, momentum: float = 0.0,
+                 replacement: bool = True, measure_every: int = 1, snapshot_every: int | None = None,
+                 measure_noise: bool = False, w0: np.ndarray | None = None, init_scale: float = 0.1,
+                 exact_1d: bool | None = None) -> SGDRun:
+    """Run ``chains`` independent SGD chains (global indices ``first_chain …``) and measure them.
+
+    ``lr``: scalar, per-chain scalars (chains,), or a symmetric (D, D) matrix Λ. ``steps`` measured steps
+    follow ``burn_in`` discarded ones; statistics use every ``measure_every``-th step. ``replacement``
+    selects Def. 2 (True) or Def. 3 (False) for a fixed data set (no effect online). ``w0``: start (D,) or
+    (chains, D); default ``center + init_scale·z``, z ~ N(0, I) per chain (perturbed, since w = u is a fixed
+    point without label noise). ``exact_1d``: use the exact-in-law 1d sampler (default: when D = 1, online
+    and Gaussian labels).
+    """
+    pb = problem
+    D = pb.dim
+    chains = check_int("chains", chains, lo=1)
+    S = check_int("batch_size", batch_size, lo=1)
+    steps = check_int("steps", steps, lo=1)
+    burn_in = check_int("burn_in", burn_in, lo=0)
+    measure_every = check_int("measure_every", measure_every, lo=1)
+    mu = check_real("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
+    if pb.X is not None and not replacement and S > pb.X.shape[0]:
+        raise ConfigError("batch_size", S, f"<= N = {pb.X.shape[0]} when sampling without replacement")
+    if snapshot_every is not None:
+        snapshot_every = check_int("snapshot_every", snapshot_every, lo=1)
+    lr_arr, lr_matrix = _lr_array(lr, chains, D)
+    auto_1d = D == 1 and pb.X is None and pb.label_noise == "gaussian"
+    if exact_1d is None:
+        exact_1d = auto_1d
+    elif exact_1d and not auto_1d:
+        raise ConfigError("exact_1d", exact_1d, "True only for D = 1, online data and Gaussian labels")
+
+    streams = ReplicaStreams(seed, range(first_chain, first_chain + chains))
+    center = pb.center
+    if w0 is None:
+        w = center + init_scale * streams.normal((D,))
+    else:
+        w = np.broadcast_to(np.asarray(w0, dtype=np.float64), (chains, D)).copy()
+    m = np.zeros_like(w)
+    Gam = pb.Gamma
+    gradQ = pb.hessian  # ∇L_train(w) = Q (w − center)
+
+    total = burn_in + steps
+    n_meas = steps // measure_every
+    s1 = np.zeros((chains, D))
+    s2 = np.zeros((chains, D, D))
+    s_eta = np.zeros((chains, D, D)) if measure_noise else None
+    n_snap = n_meas // snapshot_every if snapshot_every else 0
+    snaps = np.full((chains, n_snap, D), np.nan) if snapshot_every else None
+    diverged = np.zeros(chains, dtype=bool)
+    diverged_at = np.full(chains, -1)
+
+    if exact_1d:
+        a, b, u = pb.A[0, 0], pb.B[0, 0], pb.u[0]
+        k = a + b
+        w_lab = u * a / k if k > 0 else 0.0
+        sig_eff = np.sqrt(pb.sigma ** 2 + (u * u * a * b / k if k > 0 else 0.0))
+        per_step = 2
+    elif pb.X is None:
+        Ra, Rb = pb._chol
+        per_step = S * (2 * D + 1)
+    else:
+        N = pb.X.shape[0]
+        per_step = S if replacement else N
+    block = int(max(1, min(total, _BLOCK_NUMBERS // max(1, chains * per_step))))
+
+    t = 0
+    meas = 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        while t < total:
+            T = min(block, total - t)
+            if exact_1d:
+                h_blk = k * streams.chisquare(S, (T,)) / S if k > 0 else np.zeros((chains, T))
+                xi_blk = sig_eff * np.sqrt(h_blk / S) * streams.normal((T,))
+            elif pb.X is None:
+                z_blk = streams.normal((T, S, 2 * D + 1))
+            elif replacement:
+                idx_blk = streams.integers(N, (T, S))
+            else:
+                idx_blk = np.argsort(streams.uniform((T, N)), axis=-1)[..., :S]
+            for j in range(T):
+                if exact_1d:
+                    g = h_blk[:, j, None] * (w - w_lab) - xi_blk[:, j, None]
+                else:
+                    if pb.X is None:
+                        z = z_blk[:, j]
+                        xt = z[..., :D] @ Ra.T
+                        x = xt + z[..., D:2 * D] @ Rb.T
+                        y = xt @ pb.u + pb._labels(z[..., 2 * D])
+                    else:
+                        x = pb.X[idx_blk[:, j]]
+                        y = pb.y[idx_blk[:, j]]
+                    r = np.einsum("rsd,rd->rs", x, w) - y
+                    g = np.einsum("rs,rsd->rd", r, x) / S
+                g = g + w @ Gam
+                if s_eta is not None and t >= burn_in:
+                    eta = g - (w - center) @ gradQ
+                m = mu * m + g
+                w = w - (m @ lr_arr if lr_matrix else lr_arr * m)
+                t += 1
+                if t > burn_in and (t - burn_in) % measure_every == 0:
+                    bad = ~np.all(np.isfinite(w) & (np.abs(w) < DIVERGED), axis=1) & ~diverged
+                    if bad.any():
+                        diverged[bad] = True
+                        diverged_at[bad] = t
+                        w[bad] = center
+                        m[bad] = 0.0
+                    d = w - center
+                    s1 += d
+                    s2 += d[:, :, None] * d[:, None, :]
+                    if s_eta is not None:
+                        s_eta += eta[:, :, None] * eta[:, None, :]
+                    if snaps is not None and meas % snapshot_every == 0 and meas // snapshot_every < n_snap:
+                        snaps[:, meas // snapshot_every] = w
+                    meas += 1
+                elif t <= burn_in and t % 64 == 0:
+                    bad = ~np.all(np.isfinite(w) & (np.abs(w) < DIVERGED), axis=1) & ~diverged
+                    if bad.any():
+                        diverged[bad] = True
+                        diverged_at[bad] = t
+                        w[bad] = center
+                        m[bad] = 0.0
+    mean, sm = s1 / meas, s2 / meas
+    mean[diverged] = np.nan
+    sm[diverged] = np.nan
+    eta_cov = None
+    if s_eta is not None:
+        eta_cov = s_eta / meas
+        eta_cov[diverged] = np.nan
+    if snaps is not None:
+        snaps[diverged] = np.nan
+    return SGDRun(pb, center, mean, sm, eta_cov, snaps, diverged, diverged_at, meas)

@@ -1,0 +1,6 @@
+"""Instruments on any PyTorch model, shared by all three papers.
+
+* :mod:`noiseprobe.probes.local`: local gradient and Hessian at one layer's pre-activations (NIN paper
+  eq. 3), Hutchinson traces, Hessian-vector products, the full-Hessian trace.
+* :mod:`noiseprobe.probes.persample`: per-sample gradients and gradient-noise covariance products.
+"""

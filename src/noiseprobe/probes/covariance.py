@@ -1,0 +1,115 @@
+"""The exact covariance of the minibatch gradient of any PyTorch model (paper 002, Prop. 1 and Prop. 8).
+
+For per-sample gradients ∇ℓ_i (rows of J, see :mod:`noiseprobe.probes.persample`) and ḡ = ∇L:
+
+    M = (1/N) Σ_i ∇ℓ_i ∇ℓ_iᵀ − ḡ ḡᵀ = (1/N) Jᵀ H J,   H = I − 11ᵀ/N            (App. E.1, before eq. 99)
+    C = c(S, N) · M                                                            (eqs. 2, 99)
+    c = 1/S                   minibatch of S i.i.d. uniform indices (with replacement, Def. 2; eq. 99a)
+    c = (N − S)/(S (N − 1))   uniform random S-subset (without replacement, Def. 3; eq. 99b)
+
+Both are exact at every finite N. The main text states eq. (2) (= with replacement) "when N ≫ S"; used for
+sampling without replacement it overstates C by the factor (N − 1)/(N − S).
+
+The loss convention is the one of ``loss_fn`` (``nn.MSELoss`` has no ½; the paper's ℓ = ½(f − y)² does).
+
+Matrix-free: C v = (c/N) Jᵀ H (J v); Tr C = c[(1/N) Σ‖∇ℓ_i‖² − ‖ḡ‖²]; diag C = c[(1/N) Σ(∇ℓ_i)² − ḡ²];
+the non-zero eigenpairs of C come from the centred Gram matrix K = (1/N) H (J Jᵀ) H (N × N):
+K u = λu  ⇒  C (Jᵀu) = cλ (Jᵀu), ‖Jᵀu‖² = Nλ (Hu = u because K1 = 0).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from noiseprobe.core.errors import ConfigError, check_int
+from noiseprobe.probes.persample import PerSampleGradients, PerSampleLoss, per_sample_gradients
+
+
+def batch_factor(batch_size: int, n: int, replacement: bool = True) -> float:
+    """c(S, N) with C = c·M: 1/S with replacement (eqs. 2, 99a), (N−S)/(S(N−1)) without (eq. 99b)."""
+    n = check_int("n", n, lo=1)
+    if replacement:
+        return 1.0 / check_int("batch_size", batch_size, lo=1)
+    s = check_int("batch_size", batch_size, lo=1, hi=n)
+    return 1.0 / s if n == 1 else (n - s) / (s * (n - 1))
+
+
+class GradientNoise:
+    """Covariance C of the size-S minibatch gradient of ``loss_fn(model(x), y)`` over the N samples (x, y).
+
+    ``loss_fn`` returns per-sample losses of shape (N,) (e.g. ``nn.CrossEntropyLoss(reduction="none")``).
+    ``method`` selects how per-sample gradients are obtained ("auto", "linear", "func"; see
+    :func:`~noiseprobe.probes.persample.per_sample_gradients`). Parameter-space vectors are flat in the
+    order of the model's trainable parameters. Weight decay adds no noise (it is common to all samples).
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Tensor, y: Tensor, batch_size: int = 1,
+                 replacement: bool = True, method: Literal["auto", "linear", "func"] = "auto",
+                 chunk_size: int | None = None) -> None:
+        self.grads: PerSampleGradients = per_sample_gradients(model, loss_fn, x, y, method, chunk_size)
+        self.n = self.grads.n
+        self.factor = batch_factor(batch_size, self.n, replacement)
+        self._mean: Tensor | None = None
+
+    @property
+    def mean_gradient(self) -> Tensor:
+        """ḡ = ∇L(w), the full-batch gradient (flat)."""
+        if self._mean is None:
+            self._mean = self.grads.mean()
+        return self._mean
+
+    def dense(self) -> Tensor:
+        """C as a (P, P) matrix (materialises J; small models only)."""
+        jc = self.grads.dense() - self.mean_gradient
+        return self.factor / self.n * (jc.T @ jc)
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """C v for v of shape (P,) or (P, k)."""
+        jv = self.grads.jvp(v)
+        return self.factor / self.n * self.grads.vjp(jv - jv.mean(0))
+
+    def trace(self) -> float:
+        """Tr C = c [(1/N) Σ_i ‖∇ℓ_i‖² − ‖ḡ‖²]."""
+        g = self.mean_gradient
+        return self.factor * float(self.grads.sq_norms().mean() - g @ g)
+
+    def diagonal(self) -> Tensor:
+        """diag C = c [(1/N) Σ_i (∇ℓ_i)² − ḡ²], shape (P,)."""
+        return self.factor * (self.grads.sq_sum() / self.n - self.mean_gradient ** 2)
+
+    def centred_gram(self) -> Tensor:
+        """K = (1/N) H J Jᵀ H (N × N): its eigenvalues times c are the non-zero eigenvalues of C."""
+        gram = self.grads.gram()
+        gram = gram - gram.mean(0, keepdim=True)
+        return (gram - gram.mean(1, keepdim=True)) / self.n
+
+    def topk(self, k: int, vectors: bool = True) -> tuple[Tensor, Tensor | None]:
+        """The k largest eigenvalues of C (descending) and, if ``vectors``, unit eigenvectors as columns (P, k).
+
+        Eigenvalues come from K (dense ``eigh`` for small N or large k, Lanczos ``eigsh`` otherwise);
+        eigenvectors are Jᵀu/√(Nλ), one batched vector-Jacobian product. C has rank ≤ N − 1, so k ≤ N − 1;
+        an eigenvalue ≤ 1e-10·λ_max gets a zero vector (its direction is undetermined).
+        """
+        k = check_int("k", k, lo=1, hi=max(self.n - 1, 1))
+        kmat = self.centred_gram().double()
+        if self.n <= 400 or 4 * k >= self.n:
+            lam, u = torch.linalg.eigh(kmat)
+            lam, u = lam.flip(0)[:k], u.flip(1)[:, :k]
+        else:
+            from scipy.sparse.linalg import eigsh
+
+            lam_np, u_np = eigsh(kmat.numpy(), k=k, which="LA", tol=1e-10)
+            order = np.argsort(lam_np)[::-1].copy()
+            lam, u = torch.from_numpy(lam_np[order].copy()), torch.from_numpy(u_np[:, order].copy())
+        if not torch.isfinite(lam).all():
+            raise ConfigError("model", "per-sample gradients", "finite values (the loss or its gradient is not finite)")
+        if not vectors:
+            return self.factor * lam, None
+        keep = lam > 1e-10 * max(float(lam[0]), 0.0)
+        scale = torch.where(keep, (self.n * lam.clamp_min(1e-300)).rsqrt(), torch.zeros_like(lam))
+        vecs = self.grads.vjp((u * scale).to(self.grads.dtype))
+        return self.factor * lam, vecs

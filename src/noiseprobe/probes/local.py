@@ -1,0 +1,152 @@
+"""Local gradient and Hessian at one layer's pre-activations, Hutchinson traces, Hessian-vector products.
+
+Model-agnostic instruments for any ``nn.Module`` (used by the NIN probe, paper 001 eq. 3):
+
+    g_i = ∇_{z_i} ℓ_i,        H_i = ∇_{z_i} ∇_{z_i}ᵀ ℓ_i                                     (eq. 3)
+
+with z_i the output of the named submodule for sample i and ℓ_i the per-sample loss. ``loss_fn(out, y)``
+must return the *batch mean* L = (1/B) Σ_i ℓ_i (PyTorch's default ``reduction="mean"``; whatever ½ or
+normalisation it contains is the convention of the result), and samples must not interact in the
+forward pass (no BatchNorm in training mode), so that ∂²L/∂Z² is block diagonal with blocks H_i / B and
+
+    Tr⟨H⟩ = (1/B) Σ_i Tr H_i = Tr ∂²L/∂Z²,          ⟨uᵀHu⟩ = Uᵀ (∂²L/∂Z²) U,   U_i = u for all i.
+
+All Hessian products are double-backward Hessian-vector products; nothing of size d² is formed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from noiseprobe.core.errors import ConfigError, check_int
+
+#: loss_fn(model_output, targets) -> scalar batch-mean loss
+MeanLoss = Callable[[Tensor, Tensor], Tensor]
+
+
+def hutchinson_trace(hvp: Callable[[Tensor], Tensor], dim: int | tuple[int, ...], n_probes: int,
+                     generator: torch.Generator, *, dtype: torch.dtype = torch.float32,
+                     device: torch.device | str = "cpu") -> tuple[float, float]:
+    """Hutchinson's estimate of Tr A = E[vᵀ A v] with Rademacher v, from ``hvp(v) = A v``.
+
+    Returns (mean over ``n_probes`` probes, its standard error std/√n_probes; nan for one probe).
+    """
+    check_int("n_probes", n_probes, lo=1)
+    shape = (dim,) if isinstance(dim, int) else tuple(dim)
+    vals = []
+    for _ in range(n_probes):
+        v = (torch.randint(0, 2, shape, generator=generator) * 2 - 1).to(device=device, dtype=dtype)
+        vals.append(float((v * hvp(v)).sum()))
+    t = torch.tensor(vals, dtype=torch.float64)
+    se = float(t.std(correction=1) / math.sqrt(n_probes)) if n_probes > 1 else math.nan
+    return float(t.mean()), se
+
+
+class LocalObjective:
+    """The batch loss L as a function of the output Z of one submodule (the upstream graph is cut).
+
+    ``grad`` is ∂L/∂Z (shape of Z); :meth:`hvp` gives (∂²L/∂Z²) V by double backward.
+    """
+
+    def __init__(self, model: nn.Module, module_name: str, loss_fn: MeanLoss, X: Tensor, y: Tensor) -> None:
+        modules = dict(model.named_modules())
+        if module_name not in modules or module_name == "":
+            raise ConfigError("module_name", module_name, "a submodule name of the model")
+        captured: list[Tensor] = []
+
+        def hook(_m: nn.Module, _a: object, out: object) -> Tensor:
+            if not isinstance(out, Tensor):
+                raise ConfigError("module_name", module_name, "a submodule whose output is one tensor")
+            z = out.detach().requires_grad_(True)
+            captured.append(z)
+            return z
+
+        handle = modules[module_name].register_forward_hook(hook)
+        try:
+            with torch.enable_grad():
+                loss = loss_fn(model(X), y)
+        finally:
+            handle.remove()
+        if len(captured) != 1:
+            raise ConfigError("module_name", module_name, "a submodule called exactly once per forward pass")
+        if loss.dim() != 0:
+            raise ConfigError("loss_fn", getattr(loss_fn, "__name__", loss_fn), "a function returning the scalar batch-mean loss")
+        self.z, self.loss, self.batch = captured[0], loss, X.shape[0]
+        self.grad = torch.autograd.grad(loss, self.z, create_graph=True)[0]
+
+    def hvp(self, v: Tensor) -> Tensor:
+        """(∂²L/∂Z²) v for v of Z's shape."""
+        (hv,) = torch.autograd.grad(self.grad, self.z, v, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(v) if hv is None else hv.detach()
+
+    def grad_rms(self) -> float:
+        """‖√⟨g²⟩‖₂ = √((1/B) Σ_i ‖g_i‖²), with per-sample gradients g_i = B ∂L/∂z_i (eq. 2, 3)."""
+        g = self.grad.detach().reshape(self.batch, -1) * self.batch
+        return float(g.pow(2).sum(1).mean().sqrt())
+
+    def curvature(self, direction: Tensor) -> float:
+        """⟨uᵀ H u⟩ = Uᵀ (∂²L/∂Z²) U for a direction U of Z's shape (e.g. u repeated over samples)."""
+        return float((direction * self.hvp(direction)).sum())
+
+
+def local_grad_hessian(model: nn.Module, module_name: str, loss_fn: MeanLoss, X: Tensor, y: Tensor, *,
+                       n_probes: int, generator: torch.Generator) -> tuple[float, float, float]:
+    """(√⟨g²⟩ norm, Tr⟨H⟩ Hutchinson mean, its standard error) at ``module_name``'s output (eq. 3).
+
+    The model runs in its current mode (call ``model.eval()``, or a NIN handle's ``clean()``, for ε = 0).
+    """
+    obj = LocalObjective(model, module_name, loss_fn, X, y)
+    mean, se = hutchinson_trace(obj.hvp, tuple(obj.z.shape), n_probes, generator, dtype=obj.z.dtype, device=obj.z.device)
+    return obj.grad_rms(), mean, se
+
+
+def flat_params(model: nn.Module) -> list[Tensor]:
+    """The trainable parameters, in ``model.parameters()`` order."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def param_hvp(loss: Tensor, params: list[Tensor]) -> Callable[[Tensor], Tensor]:
+    """v ↦ (∇²_θ loss) v on flat vectors (``torch.nn.utils.parameters_to_vector`` order)."""
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+
+    def hvp(v: Tensor) -> Tensor:
+        hv = torch.autograd.grad(flat, params, v, retain_graph=True, allow_unused=True)
+        return torch.cat([(torch.zeros_like(p) if h is None else h).reshape(-1) for h, p in zip(hv, params)])
+    return hvp
+
+
+def full_hessian_trace(model: nn.Module, loss_fn: MeanLoss, X: Tensor, y: Tensor, *, n_probes: int,
+                       generator: torch.Generator, params: list[Tensor] | None = None) -> tuple[float, float]:
+    """Tr ∇²_θ L over ``params`` (default: all trainable parameters) by Hutchinson: (mean, se)."""
+    params = flat_params(model) if params is None else params
+    with torch.enable_grad():
+        loss = loss_fn(model(X), y)
+        hvp = param_hvp(loss, params)
+        dim = sum(p.numel() for p in params)
+        return hutchinson_trace(hvp, dim, n_probes, generator, dtype=params[0].dtype, device=params[0].device)
+
+
+def consumer_module(model: nn.Module, module_name: str, example_input: Tensor) -> str | None:
+    """The first module with its own parameters whose forward starts after ``module_name``'s forward
+    ends, in one forward pass on ``example_input``: the paper's "subsequent layer" (None if none)."""
+    modules = dict(model.named_modules())
+    if module_name not in modules:
+        raise ConfigError("module_name", module_name, "a submodule name of the model")
+    order: list[str] = []
+    done = [False]
+    hooks = [modules[module_name].register_forward_hook(lambda *_: done.__setitem__(0, True))]
+    for name, mod in modules.items():
+        if name != module_name and next(mod.parameters(recurse=False), None) is not None:
+            hooks.append(mod.register_forward_pre_hook(lambda *_, n=name: order.append(n) if done[0] else None))
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return order[0] if order else None

@@ -1,0 +1,92 @@
+"""Run directories: results, resume after SIGKILL, no overwrite, executors agree."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.runner import run_experiment
+
+EXP = "sample_experiment:Walk"
+
+
+def test_run_directory_contract(sample_env, tmp_path):
+    s = run_experiment(EXP, "quick", tmp_path / "run", workers=1)
+    run = tmp_path / "run"
+    assert {"experiment", "preset", "config", "seconds", "metrics", "checks"} <= set(s)
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk["checks"][0].keys() >= {"claim", "measured", "expected", "tolerance", "passed"}
+    assert len(pd.read_parquet(run / "results.parquet")) == 24
+    assert len(pd.read_parquet(run / "paths.parquet")) == 24 * 5
+    assert (run / "finals.png").stat().st_size > 1000
+
+
+def test_finished_run_is_not_overwritten_and_foreign_dirs_refused(sample_env, tmp_path):
+    out = tmp_path / "run"
+    run_experiment(EXP, "quick", out, workers=1)
+    before = (out / "summary.json").read_bytes()
+    again = run_experiment(EXP, "quick", out, workers=1)
+    assert (out / "summary.json").read_bytes() == before and again["chunks"]["resumed"] == 0
+    with pytest.raises(ConfigError, match="--out"):
+        run_experiment(EXP, "quick", out, {"n_steps": 51}, workers=1)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="--out"):
+        run_experiment(EXP, "quick", other, workers=1)
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("kill_after_chunks", [1, 3])
+def test_sigkill_then_resume_gives_identical_results(sample_env, cli, tmp_path, kill_after_chunks):
+    ref = tmp_path / "ref"
+    run_experiment(EXP, "quick", ref, {"n_replicas": 40}, workers=1)
+    out = tmp_path / "killed"
+    cmd = [*cli, "reproduce", EXP, "--out", str(out), "--workers", "1", "--quiet",
+           "--set", "n_replicas=40", "--set", "sleep=0.15"]
+    proc = subprocess.Popen(cmd, env=sample_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    chunk_dir = out / "chunks" / "results"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if chunk_dir.exists() and len(list(chunk_dir.glob("r*.parquet"))) >= kill_after_chunks:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (out / "summary.json").exists()
+    finished = len(list(chunk_dir.glob("r*.parquet")))
+    assert 1 <= finished < 10
+    done = subprocess.run(cmd, env=sample_env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["chunks"]["resumed"] >= finished
+    for table in ("results", "paths"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / f"{table}.parquet"), pd.read_parquet(ref / f"{table}.parquet"))
+    assert not list(out.rglob(".tmp-*"))
+
+
+def test_chunking_and_workers_do_not_change_results(sample_env, tmp_path):
+    a = run_experiment(EXP, "quick", tmp_path / "a", {"per_chunk": 24}, workers=1)
+    b = run_experiment(EXP, "quick", tmp_path / "b", {"per_chunk": 5}, workers=2)
+    assert a["chunks"]["total"] == 1 and b["chunks"]["total"] == 5
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a/results.parquet"),
+                                  pd.read_parquet(tmp_path / "b/results.parquet"))
+
+
+def test_ray_executor_matches_local(sample_env, tmp_path):
+    run_experiment(EXP, "quick", tmp_path / "local", workers=1)
+    s = run_experiment(EXP, "quick", tmp_path / "ray", executor="ray", workers=2)
+    assert s["executor"] == "ray"
+    for table in ("results", "paths"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"local/{table}.parquet"),
+                                      pd.read_parquet(tmp_path / f"ray/{table}.parquet"))
+    import ray
+
+    assert not ray.is_initialized()  # the local instance we started was shut down
