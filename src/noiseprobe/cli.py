@@ -100,6 +100,11 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     check_choice("--preset", args.preset, PRESETS)
     overrides = _parse_set(args.overrides)
     if args.data_dir is not None:
+        from noiseprobe import experiments
+
+        if "data_dir" not in experiments.get(args.id).presets.get(args.preset, {}):
+            raise ConfigError("--data-dir", str(args.data_dir), f"only for experiments that read dataset files "
+                              f"({args.id} does not)")
         overrides["data_dir"] = str(args.data_dir)
     out = args.out if args.out is not None else Path("runs") / f"{args.id.replace(':', '-')}-{args.preset}"
     summary = run_experiment(args.id, args.preset, out, overrides, args.executor, _workers(args),

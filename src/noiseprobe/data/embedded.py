@@ -7,7 +7,7 @@ installed, scikit-learn's 1,797 8×8 digits (64 features, ``sklearn.datasets.loa
 downloaded.
 
 Preprocessing (App. B "subtract the mean and divide by the variance of the training data, 60/40
-training/validation split"; reference §2 ambiguity 3), as options of :func:`split_standardise`:
+training/validation split"; reference §2 ambiguity 3), options of :func:`random_split` and :func:`standardise`:
 
 * split: a seeded random permutation of all samples, the first ``train_fraction`` = 0.6 for training,
   the rest for validation/test (sampling without replacement);
@@ -55,33 +55,37 @@ class Dataset:
         return int(max(self.y_train.max(), self.y_test.max())) + 1
 
 
-def split_standardise(name: str, X: np.ndarray, y: np.ndarray, *, train_fraction: float = 0.6, seed: int = 0,
-                      n_train: int | None = None, standardize: str = "global", divide_by: str = "std") -> Dataset:
-    """Split (seeded permutation, first ``train_fraction`` trains) and standardise by training statistics.
+def random_split(n: int, train_fraction: float = 0.6, seed: int = 0,
+                 n_train: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, test): a seeded permutation of range(n), the first round(train_fraction·n) train.
 
-    ``n_train`` keeps only the first ``n_train`` of the training part (the test part is unchanged).
+    ``n_train`` keeps only the first ``n_train`` training indices (the test part is unchanged).
     """
     check_real("train_fraction", train_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     check_int("seed", seed)
-    check_choice("standardize", standardize, ("global", "pixel"))
-    check_choice("divide_by", divide_by, ("std", "variance"))
-    n = X.shape[0]
     n_tr = int(round(train_fraction * n))
     if n_train is not None:
         check_int("n_train", n_train, lo=1, hi=n_tr)
     perm = np.random.default_rng(np.random.SeedSequence(seed)).permutation(n)
-    tr, te = perm[:n_tr][:n_train], perm[n_tr:]
-    Xtr = X[tr].astype(np.float64)
+    return perm[:n_tr][:n_train], perm[n_tr:]
+
+
+def standardise(name: str, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, *,
+                standardize: str = "global", divide_by: str = "std") -> Dataset:
+    """Standardise both parts by the training part's mean and std (or variance); float32/int64 tensors."""
+    check_choice("standardize", standardize, ("global", "pixel"))
+    check_choice("divide_by", divide_by, ("std", "variance"))
+    Xtr = X_train.reshape(X_train.shape[0], -1).astype(np.float64)
     axis = None if standardize == "global" else 0
     mean, std = Xtr.mean(axis=axis), Xtr.std(axis=axis)
     std = np.where(std > 0, std, 1.0)
     scale = std if divide_by == "std" else std**2
 
-    def prep(idx: np.ndarray) -> tuple[Tensor, Tensor]:
-        xs = (X[idx].astype(np.float64) - mean) / scale
-        return torch.from_numpy(xs.astype(np.float32)), torch.from_numpy(y[idx].astype(np.int64))
+    def prep(X: np.ndarray, y: np.ndarray) -> tuple[Tensor, Tensor]:
+        xs = (X.reshape(X.shape[0], -1).astype(np.float64) - mean) / scale
+        return torch.from_numpy(xs.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
 
-    (Xa, ya), (Xb, yb) = prep(tr), prep(te)
+    (Xa, ya), (Xb, yb) = prep(X_train, y_train), prep(X_test, y_test)
     return Dataset(name, Xa, ya, Xb, yb, torch.as_tensor(mean), torch.as_tensor(std))
 
 
@@ -116,5 +120,5 @@ def load_default(n_train: int | None = None, seed: int = 0, *, name: str | None 
         X, y = _raw(name)
     except ImportError as err:
         raise ConfigError("name", name, f"an installed source ({err.name} is missing: pip install {err.name})") from err
-    return split_standardise(name, X, y, train_fraction=train_fraction, seed=seed, n_train=n_train,
-                             standardize=standardize)
+    tr, te = random_split(len(y), train_fraction, seed, n_train)
+    return standardise(name, X[tr], y[tr], X[te], y[te], standardize=standardize)

@@ -13,7 +13,7 @@ Split (reference §2 ambiguity 3), ``split=``:
 * ``"train"``: the 60,000 official training images only, 36,000 / 24,000;
 * ``"official"``: the official 60,000 / 10,000 split, no permutation of the test set.
 
-Standardisation by the training part's statistics as in :func:`noiseprobe.data.embedded.split_standardise`.
+Standardisation by the training part's statistics as in :func:`noiseprobe.data.embedded.standardise`.
 """
 
 from __future__ import annotations
@@ -22,10 +22,9 @@ import gzip
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from noiseprobe.core.errors import ConfigError, check_choice
-from noiseprobe.data.embedded import Dataset, split_standardise
+from noiseprobe.core.errors import ConfigError, check_choice, check_int
+from noiseprobe.data.embedded import Dataset, random_split, standardise
 
 _DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
@@ -85,18 +84,13 @@ def load_idx_dataset(data_dir: str | Path, kind: str = "fashion-mnist", split_se
         if imgs.shape[0] != labels.shape[0]:
             raise ConfigError("data_dir", str(data_dir), f"{key} images and labels of equal count "
                                                          f"({imgs.shape[0]} vs {labels.shape[0]})")
-    Xa, Xb = Xa.reshape(Xa.shape[0], -1), Xb.reshape(Xb.shape[0], -1)
     if split == "official":
-        X, y = np.concatenate([Xa, Xb]), np.concatenate([ya, yb])
-        ds = split_standardise(kind, X[: len(Xa)], y[: len(Xa)], train_fraction=1 - 1e-9, seed=split_seed,
-                               n_train=n_train, standardize=standardize, divide_by=divide_by)
-        scale = ds.std if divide_by == "std" else ds.std**2
-        ds.X_test = ((torch.from_numpy(Xb.astype(np.float64)) - ds.mean) / scale).float()
-        ds.y_test = torch.from_numpy(yb.astype(np.int64))
-        return ds
+        if n_train is not None:
+            check_int("n_train", n_train, lo=1, hi=len(ya))
+        return standardise(kind, Xa[:n_train], ya[:n_train], Xb, yb, standardize=standardize, divide_by=divide_by)
     X, y = (np.concatenate([Xa, Xb]), np.concatenate([ya, yb])) if split == "merged" else (Xa, ya)
-    return split_standardise(kind, X, y, train_fraction=train_fraction, seed=split_seed, n_train=n_train,
-                             standardize=standardize, divide_by=divide_by)
+    tr, te = random_split(len(y), train_fraction, split_seed, n_train)
+    return standardise(kind, X[tr], y[tr], X[te], y[te], standardize=standardize, divide_by=divide_by)
 
 
 def load_fashion_mnist(data_dir: str | Path, split_seed: int = 0, **options) -> Dataset:

@@ -3,7 +3,8 @@
     w_{k+1} = w_k − α ∇_w L̂(w_k, ζ_k),     L̂(w, 0) = L(w),                       (NGD)
 
 with ``ζ_k = η_k`` (i.i.d. noise, the paper's setting) or ``ζ_k = η_k − η_{k−1}`` (anti-correlated
-increments; with ``L̂ = L(w) + η·w`` this is anti-PGD, w_{k+1} = w_k − α∇L(w_k) − α(η_k − η_{k−1})).
+increments; with the additive ``L̂ = L(w) + η·w`` this is anti-PGD of §7.7,
+w_{k+1} = w_k − α∇L(w_k) + (ξ_{k+1} − ξ_k) with ξ_{k+1} = −αη_k, i.e. σ_ξ = ασ).
 ``η_k`` has mean 0 and covariance ``σ² C̃``; only ``w`` is differentiated (``η`` is held fixed). Plain
 gradient descent is σ = 0. The loss convention is whatever ``L̂`` says (no ½ is added here); there is no
 data sampling in the engine — minibatch noise enters through an ``L̂`` with weights η (with or without
@@ -31,6 +32,7 @@ from torch.func import grad, vmap
 
 from noiseprobe.core.errors import ConfigError, check_int, check_real
 from noiseprobe.core.seeding import replica_generators
+from noiseprobe.limits.noises import Noise
 
 LossHat = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -103,18 +105,25 @@ def gaussian_sampler(cov: np.ndarray | Sequence[Sequence[float]]) -> Sampler:
 
 
 def _per_chain(name: str, value: float | Sequence[float] | np.ndarray, R: int, lo_open: bool) -> np.ndarray:
-    arr = np.broadcast_to(np.asarray(value, dtype=np.float64), (R,)) if np.ndim(value) == 0 else np.asarray(value, dtype=np.float64)
+    """A validated (R,) float array from a number or one value per chain (all ≥ 0, or > 0)."""
+    allowed = f"a number or a sequence of {R} numbers (one per chain)"
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(name, value, allowed) from None
+    arr = np.full(R, float(arr)) if arr.ndim == 0 else arr
     if arr.shape != (R,):
-        raise ConfigError(name, np.asarray(value).tolist(), f"a number or a sequence of {R} numbers (one per chain)")
+        raise ConfigError(name, np.asarray(value).tolist(), allowed)
     for v in arr:
         check_real(name, float(v), lo=0.0, lo_open=lo_open)
-    return arr.copy()
+    return arr
 
 
 def noisy_gd(loss_hat: LossHat, w0: np.ndarray | Sequence[float], *, lr: float | Sequence[float],
              steps: int, sigma: float | Sequence[float] = 0.0, eta_dim: int | None = None,
              sampler: Sampler | None = None, seed: int = 0, chains: Sequence[int] | int = 1,
-             anti_correlated: bool = False, record_every: int = 1, average_from: int | None = None,
+             anti_correlated: bool = False, record_every: int = 1, record_at: Sequence[int] = (),
+             average_from: int | None = None,
              block: int = 512, vectorised: bool = False, blowup: float = 1e8) -> NGDResult:
     """Run noisy GD (NGD) on a batch of chains; see the module docstring for the update.
 
@@ -131,6 +140,7 @@ def noisy_gd(loss_hat: LossHat, w0: np.ndarray | Sequence[float], *, lr: float |
         seed, chains: experiment seed and the chains' *global* indices (an int R means range(R)).
         anti_correlated: feed ζ_k = η_k − η_{k−1} instead of η_k (η_{−1} drawn from the same stream).
         record_every: keep positions every this many steps (and at the last step).
+        record_at: further steps to keep (e.g. every step of a short initial window).
         average_from: if given, accumulate per-chain time averages of w and its covariance from this step.
         block: steps of noise drawn per chain at once.
         vectorised: ``L̂`` broadcasts over a leading chain axis; use the gradient of the sum.
@@ -186,7 +196,8 @@ def noisy_gd(loss_hat: LossHat, w0: np.ndarray | Sequence[float], *, lr: float |
         return torch.from_numpy(np.stack([np.asarray(sampler(n, g, float(s)), dtype=np.float64).reshape(n, m)
                                           for g, s in zip(gens, sigma_arr)], axis=1))
 
-    record_steps = sorted(set(range(0, steps + 1, record_every)) | {steps})
+    extra = {check_int("record_at", int(s) if isinstance(s, np.integer) else s, lo=0, hi=steps) for s in record_at}
+    record_steps = sorted(set(range(0, steps + 1, record_every)) | {steps} | extra)
     K = len(record_steps)
     positions = np.full((K, R, d), np.nan)
     loss = np.full((K, R), np.nan)
@@ -246,3 +257,14 @@ def noisy_gd(loss_hat: LossHat, w0: np.ndarray | Sequence[float], *, lr: float |
     return NGDResult(steps=np.asarray(record_steps), positions=positions, loss=loss, chains=chain_ids,
                      lr=lr_arr, sigma=sigma_arr, diverged=dead, diverged_at=diverged_at.numpy(),
                      mean=mean, cov=cov)
+
+
+def simulate_noise(noise: Noise, w0: np.ndarray | Sequence[float], *, lr: float | Sequence[float], steps: int,
+                   sigma: float | Sequence[float] | None = None, **kwargs) -> NGDResult:
+    """:func:`noisy_gd` for a :class:`~noiseprobe.limits.noises.Noise` (its L̂, m and sampler; its L̂
+    broadcasts over chains, so the gradient of the summed loss is used). ``sigma=None``: the noise's own σ."""
+    sigma = noise.sigma if sigma is None else sigma
+    if sigma is None:
+        raise ConfigError("sigma", sigma, f"a noise level >= 0 ({noise.name} has no default level)")
+    return noisy_gd(noise.loss_hat, w0, lr=lr, steps=steps, sigma=sigma, eta_dim=noise.eta_dim,
+                    sampler=noise.sample, vectorised=True, **kwargs)

@@ -198,6 +198,15 @@ def _spectral_radius(op: Callable[[np.ndarray], np.ndarray], D: int) -> float:
     return float(np.abs(spla.eigs(lin, k=1, which="LM", return_eigenvectors=False, tol=1e-8)).max())
 
 
+def largest_stable_scale(ok: Callable[[float], bool], hi: float = 1.0, iters: int = 50) -> float:
+    """Bisection for sup{s ∈ (0, hi]: ok(s)} given that ok fails at ``hi`` and holds near 0."""
+    lo = 0.0
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return hi
+
+
 def _bound_by_bisection(H: np.ndarray, Lam: np.ndarray, mu: float, noise_map: NoiseMap) -> float:
     """Largest scale s such that sΛ has a stationary state (mode stability and noise feedback < 1)."""
 
@@ -208,11 +217,7 @@ def _bound_by_bisection(H: np.ndarray, Lam: np.ndarray, mu: float, noise_map: No
         cs = np.where(np.abs(bs.c) <= 1e-14, 1.0, bs.c)
         return _spectral_radius(lambda X: bs.to_x(noise_map(bs.to_sigma(X))) / cs, H.shape[0]) < 1.0
 
-    lo, hi = 0.0, min(1.0, _Basis(H, Lam, mu).mode_bound())  # scale 1 is known to fail
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-    return hi
+    return largest_stable_scale(ok, min(1.0, _Basis(H, Lam, mu).mode_bound()))
 
 
 def _lyapunov(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, scalar: float | None) -> np.ndarray:
@@ -237,12 +242,7 @@ def augmented_system(H: np.ndarray, Lam: np.ndarray, mu: float) -> tuple[np.ndar
 
 
 def _lyap_bound(H: np.ndarray, Lam: np.ndarray, mu: float) -> float:
-    lo, hi = 0.0, 1.0
-    rad = lambda s: np.abs(np.linalg.eigvals(augmented_system(H, s * Lam, mu)[0])).max()  # noqa: E731
-    for _ in range(50):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if rad(mid) < 1.0 else (lo, mid)
-    return hi
+    return largest_stable_scale(lambda s: np.abs(np.linalg.eigvals(augmented_system(H, s * Lam, mu)[0])).max() < 1.0)
 
 
 def thm1_kronecker_matrix(H: np.ndarray, Lam: np.ndarray, mu: float) -> np.ndarray:
@@ -259,6 +259,10 @@ def _kronecker(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, noise_m
     D = H.shape[0]
     if D > KRON_MAX_D:
         raise ConfigError("method", "kronecker", f"only for D <= {KRON_MAX_D} (D = {D}); use 'eigen'")
+    if np.abs(np.linalg.eigvals(augmented_system(H, Lam, mu)[0])).max() >= 1.0:
+        raise NoStationaryState(_lyap_bound(H, Lam, mu) * (scalar if scalar is not None else 1.0),
+                                "augmented (w, m) map is unstable",
+                                "learning rate" if scalar is not None else "the scale factor of Λ")
     K = thm1_kronecker_matrix(H, Lam, mu)
     if noise_map is not None:
         K = K - _dense(lambda X: Lam @ noise_map(X) @ Lam, D)
@@ -266,5 +270,8 @@ def _kronecker(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, noise_m
     S = x.reshape(D, D)
     S = (S + S.T) / 2
     if np.linalg.eigvalsh(S).min() < -1e-10 * max(1.0, np.abs(S).max()):
-        raise NoStationaryState(np.nan, "the linear solve gives a non-PSD Σ", "learning rate")
+        bound = _bound_by_bisection(H, Lam, mu, noise_map) if noise_map is not None else np.nan
+        raise NoStationaryState(bound * (scalar if scalar is not None else 1.0),
+                                "the linear solve gives a non-PSD Σ: noise feedback too strong",
+                                "learning rate" if scalar is not None else "the scale factor of Λ")
     return S

@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 
 from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
-from noiseprobe.core.seeding import ReplicaStreams
+from noiseprobe.core.seeding import ReplicaStreams, replica_generators
 
 #: |w| above this counts as divergence
 DIVERGED = 1e100
@@ -147,6 +147,31 @@ def _psd_root(M: np.ndarray) -> np.ndarray:
     return vecs * np.sqrt(np.clip(vals, 0.0, None))
 
 
+class _Draws:
+    """Block draws from per-chain generators written straight into one preallocated array (no stacking)."""
+
+    def __init__(self, seed: int, chains: range) -> None:
+        self.gens = replica_generators(seed, chains)
+
+    def normal(self, shape: tuple[int, ...]) -> np.ndarray:
+        out = np.empty((len(self.gens), *shape))
+        for g, o in zip(self.gens, out):
+            g.standard_normal(out=o)
+        return out
+
+    def chisquare(self, df: int, shape: tuple[int, ...]) -> np.ndarray:
+        return np.stack([g.chisquare(df, size=shape) for g in self.gens])
+
+    def integers(self, high: int, shape: tuple[int, ...]) -> np.ndarray:
+        return np.stack([g.integers(0, high, size=shape) for g in self.gens])
+
+    def uniform(self, shape: tuple[int, ...]) -> np.ndarray:
+        out = np.empty((len(self.gens), *shape))
+        for g, o in zip(self.gens, out):
+            g.random(out=o)
+        return out
+
+
 @dataclass(eq=False)
 class SGDRun:
     """Per-chain statistics of a stationary SGD run. Arrays have the chain axis first.
@@ -259,7 +284,7 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
     elif exact_1d and not auto_1d:
         raise ConfigError("exact_1d", exact_1d, "True only for D = 1, online data and Gaussian labels")
 
-    streams = ReplicaStreams(seed, range(first_chain, first_chain + chains))
+    streams = _Draws(seed, range(first_chain, first_chain + chains))
     center = pb.center
     if w0 is None:
         w = center + init_scale * streams.normal((D,))
@@ -287,7 +312,8 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
         per_step = 2
     elif pb.X is None:
         Ra, Rb = pb._chol
-        per_step = S * (2 * D + 1)
+        n_in = 2 * D if np.any(pb.B) else D  # draw input noise only when B ≠ 0
+        per_step = S * (n_in + 1)
     else:
         N = pb.X.shape[0]
         per_step = S if replacement else N
@@ -302,7 +328,7 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
                 h_blk = k * streams.chisquare(S, (T,)) / S if k > 0 else np.zeros((chains, T))
                 xi_blk = sig_eff * np.sqrt(h_blk / S) * streams.normal((T,))
             elif pb.X is None:
-                z_blk = streams.normal((T, S, 2 * D + 1))
+                z_blk = streams.normal((T, S, n_in + 1))
             elif replacement:
                 idx_blk = streams.integers(N, (T, S))
             else:
@@ -314,13 +340,13 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
                     if pb.X is None:
                         z = z_blk[:, j]
                         xt = z[..., :D] @ Ra.T
-                        x = xt + z[..., D:2 * D] @ Rb.T
-                        y = xt @ pb.u + pb._labels(z[..., 2 * D])
+                        x = xt + z[..., D:n_in] @ Rb.T if n_in > D else xt
+                        y = xt @ pb.u + pb._labels(z[..., n_in])
                     else:
                         x = pb.X[idx_blk[:, j]]
                         y = pb.y[idx_blk[:, j]]
-                    r = np.einsum("rsd,rd->rs", x, w) - y
-                    g = np.einsum("rs,rsd->rd", r, x) / S
+                    r = (x @ w[:, :, None])[..., 0] - y
+                    g = (r[:, None, :] @ x)[:, 0] / S
                 g = g + w @ Gam
                 if s_eta is not None and t >= burn_in:
                     eta = g - (w - center) @ gradQ

@@ -1,40 +1,44 @@
-"""Batched training of K ReLU MLPs, each with one noise injection node (NIN), in one array op per step.
+"""Batched training of K ReLU MLPs, each with one noise injection node (NIN), one array op per step.
 
-The speed path of the σε sweeps (paper 001, Figs. 1-3): replica k is an MLP
-``d_in -> hidden... -> n_classes`` whose first-layer pre-activations (or those of hidden layer
-``nin_layer``) are shifted by the NIN, eq. (1):
+The speed path of the σε sweeps (paper 001, Figs. 1-3). Replica k is an MLP
+``d_in -> hidden... -> n_classes`` whose pre-activations at hidden layer ``nin_layer`` (0 = first) are
+shifted by its NIN (Sec. 2, before eq. 1):
 
-    z^(ℓ_NI) -> z^(ℓ_NI) + W_NI ε,    ε ~ N(0, σε²), one scalar per sample,
+    z^(ℓ_NI) -> z^(ℓ_NI) + W_NI ε,    ε = σε ξ,  ξ ~ N(0, 1), one scalar per sample,
 
-with its own σε, its own initialisation and its own data order. All K replicas advance together:
-weights are stacked as ``(K, fan_in, fan_out)`` tensors and every layer is one ``torch.baddbmm``.
+with its own σε, weights, data order and noise. Weights are stacked as ``(K, fan_in, fan_out)``
+tensors, every layer is one ``torch.baddbmm`` and one ``autograd.grad`` call gives all K gradients
+(the summed loss is block-diagonal in the replicas).
 
-Conventions
------------
-* Loss: ``"ce"`` = softmax cross-entropy (sparse labels), batch mean; ``"mse"`` = Keras-style
-  mean squared error on one-hot targets, mean over the batch *and* the C outputs, **no ½**
-  (ℓ = (1/C) Σ_c (f_c − y_c)²).
-* Sampling: SGD *without* replacement, a fresh permutation of the training set each epoch per replica;
-  the last incomplete batch is dropped (``n_train // batch_size`` steps per epoch).
-* NIN values ε are attached to training *samples*: ``resample="epoch"`` redraws ε for every sample at
-  each epoch (the paper's default); ``"fixed"`` draws them once before training (Fig. 1 centre,
-  light blue). Evaluation always uses ε = 0 (App. B).
-* Init (App. B, ambiguity 2 of the reference read as LeCun normal): W^(ℓ) ~ N(0, 1/fan_in), b = 0;
-  the NIW has fan-in 1, so W_NI ~ N(0, ``niw_init_std``²) with ``niw_init_std = 1``.
-* Randomness: replica index r (global) owns the streams ``torch_generator(seed, r, s)`` with s = 0 for
-  the init, 1 for the data order and 2 for the NIN values; σε is a hyper-parameter, so two replicas with
-  the same r and different σε share init, order and the unit-variance noise ξ (ε = σε ξ): common
-  random numbers across the σε sweep.
+Conventions (shared with :func:`noiseprobe.nin.probe.train`, which this reproduces replica by replica,
+see :meth:`MLPEnsemble.member`):
+
+* Loss: ``"ce"`` softmax cross-entropy on integer labels, batch mean; ``"mse"`` Keras-style mean squared
+  error on one-hot targets, mean over the batch *and* the C outputs, **no ½**: ℓ = (1/C) Σ_c (f_c − y_c)².
+* Sampling: SGD without replacement, a fresh permutation per epoch and replica, last incomplete batch
+  dropped (``n_train // batch_size`` steps per epoch); plain SGD, no momentum, no weight decay.
+* NIN values ξ are attached to training samples: ``"epoch"`` mode redraws the table ξ (n_train,) at every
+  epoch after the first (the paper's default); ``"fixed"`` keeps the table drawn before training
+  (Fig. 1 centre, light blue). Evaluation always uses ε = 0 (App. B).
+* Init (App. B, reference ambiguity 2 read as LeCun normal): W^(ℓ) ~ N(0, 1/fan_in), b = 0;
+  W_NI ~ N(0, ``niw_init_std``²) (reference reading: 1, the NIN's fan-in is 1).
+* Randomness of replica r (its *global* index) and experiment seed s: weights from
+  ``torch_generator(s, r, 0)`` in layer order; the NIW and then the ξ tables from
+  ``torch_generator(s, r, 2)`` (what :func:`~noiseprobe.nin.injector.attach_nins` draws with that
+  generator); data order from ``torch.Generator().manual_seed(order_seed(s, r))``, whose first
+  permutation also picks the ``probe_samples`` samples for the curvature (as ``probe.train`` does).
+  σε is a hyper-parameter: replicas with equal r and different σε share weights, order and ξ (common
+  random numbers across a σε sweep), and nothing depends on how replicas are grouped into calls.
 * Divergence: a replica whose batch loss or weights become non-finite, or whose weights exceed
-  ``overflow`` in magnitude, is recorded as diverged (epoch and step), its weights are set to zero and
-  frozen, and its later metrics are NaN; the other replicas are unaffected.
+  ``overflow`` in magnitude, is recorded as diverged at that step and dropped from the batch; its later
+  records are NaN with ``diverged = True``; the other replicas are unaffected.
 
-Recorded per replica and epoch (epoch 0 = initialisation): clean (ε = 0) train/test loss and accuracy,
-the epoch-mean noisy batch loss, ``niw_norm`` = ‖W_NI‖₂, ``next_norm`` = ‖W^(ℓ_NI+1)‖_F, and
-``curv_niw`` = Ŵᵀ⟨H⟩Ŵ, the local Hessian of eq. (3) at z^(ℓ_NI), averaged over the training set, along
-the unit NIW Ŵ = W_NI/‖W_NI‖. It sets the NIW decay rate of eq. (2): per SGD step
-d ln‖W_NI‖ ≈ −η σε² Ŵᵀ⟨H⟩Ŵ (corrected; the paper's eq. (2) has ησε²/2, see
-:func:`predicted_log_decay`).
+Records (epoch 0 = initialisation): clean train/test loss and accuracy, ``noisy_loss`` (mean training
+batch loss with the NIN since the previous record), ``niw_norm`` = ‖W_NI‖₂, ``next_norm`` =
+‖W^(ℓ_NI+1)‖_F and ``curv_niw`` = Ŵᵀ⟨H⟩Ŵ, the eq. (3) local Hessian at z^(ℓ_NI) along the unit NIW
+(batch-averaged over the probe samples). It sets the NIW decay of eq. (2): d ln‖W_NI‖/dt = −η σε² curv_niw
+per step (corrected, reference §4 item 1) or half of it (the paper's eq. (2) as printed); see
+:func:`noiseprobe.nin.probe.niw_decay_rate`.
 """
 
 from __future__ import annotations
@@ -46,20 +50,27 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
-from noiseprobe.core.errors import check_choice, check_int, check_real
-from noiseprobe.core.seeding import torch_generator
+from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
+from noiseprobe.core.seeding import seed_sequence, torch_generator
 
 LOSSES = ("ce", "mse")
-RESAMPLE = ("epoch", "fixed")
-#: stream numbers within a replica (see module docstring)
+NIN_MODES = ("epoch", "fixed")
 STREAM_INIT, STREAM_ORDER, STREAM_NOISE = 0, 1, 2
+RECORD_COLUMNS = ("member", "replica", "sigma", "nin_mode", "epoch", "step", "train_loss", "train_acc", "test_loss",
+                  "test_acc", "noisy_loss", "niw_norm", "next_norm", "curv_niw", "diverged", "diverged_step")
+
+
+def order_seed(seed: int, replica: int) -> int:
+    """The integer seed of replica ``replica``'s data-order generator (pass it as ``probe.train(seed=...)``)."""
+    return int(seed_sequence(seed, replica, STREAM_ORDER).generate_state(1, np.uint64)[0] >> np.uint64(2))
 
 
 @dataclass
 class MLPEnsemble:
-    """K stacked MLPs with one NIN each. ``weights[m]``: (K, d_m, d_{m+1}); ``biases[m]``: (K, d_{m+1});
-    ``niw``: (K, d_{ℓ_NI+1}); ``sigma``: (K,). Parameters are plain tensors (float32 by default)."""
+    """K stacked MLPs with one NIN each: ``weights[m]`` (K, d_m, d_{m+1}), ``biases[m]`` (K, d_{m+1}),
+    ``niw`` (K, d_{ℓ_NI+1}), ``sigma`` (K,) = σε per replica."""
 
     weights: list[torch.Tensor]
     biases: list[torch.Tensor]
@@ -74,26 +85,33 @@ class MLPEnsemble:
     def parameters(self) -> list[torch.Tensor]:
         return [*self.weights, *self.biases, self.niw]
 
+    def select(self, keep: torch.Tensor) -> MLPEnsemble:
+        """The sub-ensemble of replicas ``keep`` (indices), as new leaf tensors."""
+        take = [p.detach()[keep].clone() for p in self.parameters()]
+        n = len(self.weights)
+        return MLPEnsemble(take[:n], take[n:2 * n], take[-1], self.sigma[keep].clone(), self.nin_layer)
+
     def forward(self, x: torch.Tensor, xi: torch.Tensor | None = None,
                 keep: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Logits (K, n, C) for inputs ``x`` (K, n, d_in) or shared (n, d_in) and unit NIN values
-        ``xi`` (K, n) (ε = σε ξ; ``None`` means ε = 0). With ``keep`` also the pre-activations z^(m)."""
+        """Logits (K, n, C) for inputs ``x`` (K, n, d_in) or shared (n, d_in) and unit NIN values ``xi``
+        (K, n) (``None``: ε = 0); with ``keep`` also the pre-activations z^(m) of every layer."""
         h = x if x.dim() == 3 else x.expand(self.k, *x.shape)
         zs: list[torch.Tensor] = []
         last = len(self.weights) - 1
         for m, (w, b) in enumerate(zip(self.weights, self.biases)):
             z = torch.baddbmm(b.unsqueeze(1), h, w)
             if m == self.nin_layer and xi is not None:
-                z = z + (self.sigma[:, None] * xi).unsqueeze(-1) * self.niw.unsqueeze(1)  # eq. (1)
+                z = z + (self.sigma[:, None] * xi).unsqueeze(-1) * self.niw.unsqueeze(1)  # z + W_NI ε
             if keep:
                 zs.append(z)
             h = torch.relu(z) if m < last else z
         return h, zs
 
     def niw_curvature(self, x: torch.Tensor, loss: str) -> torch.Tensor:
-        """Ŵᵀ⟨H⟩Ŵ per replica (K,): the eq. (3) local Hessian at z^(ℓ_NI), batch-averaged over ``x``,
-        along the unit NIW. Exact for ReLU nets (zero second derivative a.e.): H = Jᵀ H_out J with
-        J = ∂f/∂z^(ℓ_NI), so Ŵᵀ H Ŵ = uᵀ H_out u with u = J Ŵ (one forward-mode pass)."""
+        """Ŵᵀ⟨H⟩Ŵ per replica (K,) over the samples ``x`` (n, d_in) or (K, n, d_in): eq. (3) at z^(ℓ_NI)
+        along the unit NIW. Exact for ReLU nets away from the kinks (zero second derivative a.e.):
+        H = Jᵀ H_out J with J = ∂f/∂z^(ℓ_NI), so ŴᵀHŴ = uᵀ H_out u with u = J Ŵ (one forward-mode pass);
+        H_out = diag(p) − ppᵀ for CE, (2/C) I for the MSE above."""
         with torch.no_grad():
             logits, zs = self.forward(x, keep=True)
             v = self.niw / self.niw.norm(dim=1, keepdim=True).clamp_min(1e-30)
@@ -110,18 +128,32 @@ class MLPEnsemble:
                 q = (2.0 / u.shape[-1]) * (u * u).sum(-1)
             return q.mean(1)
 
+    def member(self, k: int) -> tuple[nn.Sequential, str]:
+        """Replica ``k`` (without its NIN) as an ``nn.Sequential`` of Linear/ReLU (a copy), and the name of
+        the module whose output receives the NIN (for :class:`~noiseprobe.nin.injector.NINSpec`)."""
+        layers: list[nn.Module] = []
+        for m, (w, b) in enumerate(zip(self.weights, self.biases)):
+            lin = nn.Linear(w.shape[1], w.shape[2], dtype=w.dtype)
+            with torch.no_grad():
+                lin.weight.copy_(w[k].T)
+                lin.bias.copy_(b[k])
+            layers += [lin, nn.ReLU()] if m < len(self.weights) - 1 else [lin]
+        return nn.Sequential(*layers), str(2 * self.nin_layer)
+
 
 def init_ensemble(sizes: Sequence[int], sigmas: Sequence[float], replicas: Sequence[int], seed: int, *,
                   nin_layer: int = 0, niw_init_std: float = 1.0,
                   dtype: torch.dtype = torch.float32) -> MLPEnsemble:
-    """Stack K freshly initialised MLPs (App. B init, see module docstring); replica k uses stream
-    ``torch_generator(seed, replicas[k], STREAM_INIT)`` and draws, in order, W^(0), W^(1), ..., W_NI."""
-    sizes = [check_int("sizes", int(s), lo=1) for s in sizes]
+    """K freshly initialised MLPs with NINs (init and streams as in the module docstring)."""
+    sizes = [check_int("sizes", s, lo=1) for s in sizes]
     if len(sizes) < 3:
-        raise ValueError("sizes needs input, at least one hidden layer and output")
+        raise ConfigError("sizes", sizes, "[d_in, hidden..., n_classes] with at least one hidden layer")
     check_int("nin_layer", nin_layer, lo=0, hi=len(sizes) - 3)
-    if len(sigmas) != len(replicas):
-        raise ValueError("sigmas and replicas must have the same length")
+    check_real("niw_init_std", niw_init_std, lo=0.0)
+    if len(sigmas) != len(replicas) or not replicas:
+        raise ConfigError("sigmas", list(sigmas), f"one σε per replica ({len(replicas)} replicas, at least 1)")
+    for s in sigmas:
+        check_real("sigma", s, lo=0.0)
     ws: list[list[torch.Tensor]] = [[] for _ in range(len(sizes) - 1)]
     niws = []
     for r in replicas:
@@ -129,13 +161,14 @@ def init_ensemble(sizes: Sequence[int], sigmas: Sequence[float], replicas: Seque
         for m in range(len(sizes) - 1):
             ws[m].append(torch.randn(sizes[m], sizes[m + 1], generator=g, dtype=torch.float64)
                          / math.sqrt(sizes[m]))
-        niws.append(torch.randn(sizes[nin_layer + 1], generator=g, dtype=torch.float64) * niw_init_std)
+        niws.append(torch.randn(1, sizes[nin_layer + 1], generator=torch_generator(seed, int(r), STREAM_NOISE))[0]
+                    * niw_init_std)
     k = len(replicas)
     return MLPEnsemble(
         weights=[torch.stack(w).to(dtype) for w in ws],
         biases=[torch.zeros(k, sizes[m + 1], dtype=dtype) for m in range(len(sizes) - 1)],
         niw=torch.stack(niws).to(dtype),
-        sigma=torch.as_tensor(np.asarray(sigmas, dtype=np.float64), dtype=dtype),
+        sigma=torch.tensor([float(s) for s in sigmas], dtype=dtype),
         nin_layer=nin_layer,
     )
 
@@ -149,23 +182,6 @@ def batch_losses(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tens
                                                  reduction="none").reshape(y.shape)
     onehot = torch.nn.functional.one_hot(y, c).to(logits.dtype)
     return ((logits - onehot) ** 2).mean(-1)
-
-
-def predicted_log_decay(lr: float, sigma: np.ndarray, curv: np.ndarray, steps: np.ndarray,
-                        form: str = "corrected") -> np.ndarray:
-    """Integrated eq. (2)/(9) prediction of −ln(‖W_NI(t)‖/‖W_NI(0)‖) after ``steps`` SGD steps, from
-    the curvature ``curv`` = Ŵᵀ⟨H⟩Ŵ recorded at those steps (trapezoid rule over the record).
-
-    ``form="corrected"``: drift −η σε² ⟨H⟩ W_NI (gradient of ½ σε² Wᵀ⟨H⟩W; reference §4 item 1);
-    ``form="paper"``: the paper's eq. (2), −(η σε²/2) ⟨H⟩ W_NI, i.e. half the corrected rate.
-    Arrays broadcast as (..., T) over the record axis.
-    """
-    check_choice("form", form, ("corrected", "paper"))
-    rate = lr * np.asarray(sigma)[..., None] ** 2 * np.asarray(curv)
-    steps = np.asarray(steps, dtype=float)
-    inc = 0.5 * (rate[..., 1:] + rate[..., :-1]) * np.diff(steps)
-    out = np.concatenate([np.zeros(rate.shape[:-1] + (1,)), np.cumsum(inc, axis=-1)], axis=-1)
-    return out if form == "corrected" else 0.5 * out
 
 
 def _evaluate(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, loss: str,
@@ -182,122 +198,140 @@ def _evaluate(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, loss: str,
     return tot_l / x.shape[0], tot_a / x.shape[0]
 
 
-def train_ensemble(x_train: torch.Tensor | np.ndarray, y_train: torch.Tensor | np.ndarray,
-                   x_test: torch.Tensor | np.ndarray, y_test: torch.Tensor | np.ndarray, *,
+def _healthy(params: list[torch.Tensor], overflow: float) -> torch.Tensor:
+    """(K,) True where every parameter of the replica is finite and at most ``overflow`` in magnitude."""
+    return torch.stack([(p.detach().flatten(1).abs() <= overflow).all(1) for p in params]).all(0)
+
+
+@dataclass
+class EnsembleRun:
+    """``records``: one row per ensemble member and recorded epoch (columns ``RECORD_COLUMNS``; ``member``
+    is the position in the call's ``sigmas``); ``steps``: the noisy batch loss of every SGD step
+    (member, replica, sigma, nin_mode, step, noisy_loss)."""
+
+    records: pd.DataFrame
+    steps: pd.DataFrame
+
+
+def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *,
                    hidden: Sequence[int], sigmas: Sequence[float], replicas: Sequence[int], seed: int,
                    loss: str = "ce", lr: float = 0.01, batch_size: int = 1000, epochs: int = 10,
-                   nin_layer: int = 0, resample: str = "epoch", niw_init_std: float = 1.0,
-                   record_every: int = 1, overflow: float = 1e8, curvature_samples: int = 2000,
-                   eval_block: int = 4096,
-                   dtype: torch.dtype = torch.float32,
-                   ensemble: MLPEnsemble | None = None) -> pd.DataFrame:
-    """Train K = len(sigmas) MLPs with NINs by SGD, one batched op per step; return a tidy per-(replica,
-    epoch) DataFrame (columns: replica, sigma, epoch, step, train_loss, train_acc, test_loss, test_acc,
-    noisy_loss, niw_norm, next_norm, curv_niw, diverged, diverged_step); ``noisy_loss`` is the mean
-    training batch loss (with the NIN) since the previous record.
+                   nin_layer: int = 0, nin_mode: str | Sequence[str] = "epoch", niw_init_std: float = 1.0,
+                   record_epochs: Sequence[int] | None = None, probe_samples: int = 2000,
+                   overflow: float = 1e8, eval_block: int = 4096, dtype: torch.dtype = torch.float32,
+                   ensemble: MLPEnsemble | None = None) -> EnsembleRun:
+    """Train K = len(sigmas) MLPs with NINs by plain SGD, all replicas in one batched op per step.
 
-    ``replicas[k]`` is replica k's global index (its random streams); ``sigmas[k]`` its σε. Metrics are
-    recorded at epoch 0, every ``record_every`` epochs and at the last epoch. Pass
-    ``ensemble`` to start from given weights (``hidden``, ``seed`` and ``niw_init_std`` are then only
-    used for the data order and NIN values). ``curvature_samples`` training samples (the first ones)
-    are used for ``curv_niw`` (0 disables it: NaN).
+    ``replicas[k]`` is replica k's global index (its random streams), ``sigmas[k]`` its σε,
+    ``nin_mode`` "epoch"/"fixed" for all or per replica. Records at epoch 0, at ``record_epochs``
+    (default: every epoch) and at the last epoch. ``ensemble`` starts from (a copy of) given weights
+    instead of :func:`init_ensemble` (``hidden``, ``niw_init_std`` then unused). Data are float tensors (n, d) and
+    integer labels (n,), shared by all replicas.
     """
     check_choice("loss", loss, LOSSES)
-    check_choice("resample", resample, RESAMPLE)
+    modes = [nin_mode] * len(sigmas) if isinstance(nin_mode, str) else list(nin_mode)
+    if len(modes) != len(sigmas):
+        raise ConfigError("nin_mode", nin_mode, f"one mode or one per replica ({len(sigmas)})")
+    for m in modes:
+        check_choice("nin_mode", m, NIN_MODES)
     check_real("lr", lr, lo=0.0, lo_open=True)
     check_int("epochs", epochs, lo=0)
-    check_int("record_every", record_every, lo=1)
     check_real("overflow", overflow, lo=0.0, lo_open=True)
-    for s in sigmas:
-        check_real("sigma", s, lo=0.0)
-    xtr, xte = (torch.as_tensor(np.asarray(a), dtype=dtype) for a in (x_train, x_test))
-    ytr, yte = (torch.as_tensor(np.asarray(a), dtype=torch.long) for a in (y_train, y_test))
+    xtr, xte = x_train.to(dtype), x_test.to(dtype)
+    ytr, yte = y_train.long(), y_test.long()
     n = xtr.shape[0]
     check_int("batch_size", batch_size, lo=1, hi=n)
-    n_classes = int(max(ytr.max(), yte.max())) + 1
-    ens = ensemble if ensemble is not None else init_ensemble(
-        [xtr.shape[1], *hidden, n_classes], sigmas, replicas, seed, nin_layer=nin_layer,
-        niw_init_std=niw_init_std, dtype=dtype)
+    check_int("probe_samples", probe_samples, lo=1)
+    ens = ensemble.select(torch.arange(ensemble.k)) if ensemble is not None else init_ensemble(
+        [xtr.shape[1], *hidden, int(max(ytr.max(), yte.max())) + 1], sigmas, replicas, seed,
+        nin_layer=nin_layer, niw_init_std=niw_init_std, dtype=dtype)
     k = ens.k
-    params = ens.parameters()
-    for p in params:
-        p.requires_grad_(True)
-    order_gens = [torch_generator(seed, int(r), STREAM_ORDER) for r in replicas]
+    if len(replicas) != k:
+        raise ConfigError("replicas", list(replicas), f"one index per ensemble member ({k})")
+    wanted = set(range(1, epochs + 1)) if record_epochs is None else {int(e) for e in record_epochs} | {epochs}
+    order_gens = [torch.Generator().manual_seed(order_seed(seed, int(r))) for r in replicas]
     noise_gens = [torch_generator(seed, int(r), STREAM_NOISE) for r in replicas]
-    steps_per_epoch = n // batch_size
-    alive = torch.ones(k, dtype=torch.bool)
+    for g, r in zip(noise_gens, replicas):  # the NIW draw comes first in this stream (init_ensemble)
+        torch.randn(1, ens.niw.shape[1], generator=g)
+    probe_idx = torch.stack([torch.randperm(n, generator=g)[:probe_samples] for g in order_gens])
+    fixed = np.array([m == "fixed" for m in modes])
+    xi = torch.stack([torch.randn(n, 1, generator=g)[:, 0] for g in noise_gens]).to(dtype)
+    active = torch.arange(k)                      # original indices of the replicas still training
     div_step = np.full(k, -1, dtype=np.int64)
-    xcurv = xtr[:curvature_samples]
-    rows: list[dict[str, np.ndarray]] = []
-    xi_all = torch.empty(k, n, dtype=dtype)
-
-    def draw_noise() -> None:
-        for j, g in enumerate(noise_gens):
-            xi_all[j] = torch.randn(n, generator=g, dtype=dtype)
-
-    def kill(dead: torch.Tensor, step: int) -> None:
-        idx = torch.nonzero(dead).flatten()
-        div_step[idx.numpy()] = step
-        alive[idx] = False
-        with torch.no_grad():
-            for p in params:
-                p[idx] = 0.0
-
-    def record(epoch: int, noisy: np.ndarray) -> None:
-        tl, ta = _evaluate(ens, xtr, ytr, loss, eval_block)
-        vl, va = _evaluate(ens, xte, yte, loss, eval_block)
-        curv = (ens.niw_curvature(xcurv, loss).double() if curvature_samples > 0
-                else torch.full((k,), float("nan"), dtype=torch.float64))
-        with torch.no_grad():
-            niw = ens.niw.double().norm(dim=1)
-            nxt = ens.weights[ens.nin_layer + 1].double().flatten(1).norm(dim=1)
-        dead = ~alive.numpy()
-        cols = {"train_loss": tl, "train_acc": ta, "test_loss": vl, "test_acc": va,
-                "niw_norm": niw, "next_norm": nxt, "curv_niw": curv}
-        row = {key: np.where(dead, np.nan, v.numpy()) for key, v in cols.items()}
-        row.update(replica=np.asarray(replicas), sigma=ens.sigma.double().numpy(),
-                   epoch=np.full(k, epoch), step=np.full(k, epoch * steps_per_epoch),
-                   noisy_loss=np.where(dead, np.nan, noisy), diverged=dead.copy())
-        rows.append(row)
-
-    with torch.no_grad():
-        bad = ~torch.stack([torch.isfinite(p).flatten(1).all(1) & (p.abs().flatten(1).amax(1) <= overflow)
-                            for p in params]).all(0)
-    if bad.any():
-        kill(bad, 0)
-    record(0, np.full(k, np.nan))
+    steps_per_epoch = n // batch_size
+    rec_rows: list[dict[str, np.ndarray]] = []
+    step_loss = np.full((k, epochs * steps_per_epoch), np.nan)
     noisy_sum, noisy_n = torch.zeros(k, dtype=torch.float64), 0
-    if resample == "fixed":
-        draw_noise()
+    base = {"member": np.arange(k), "replica": np.asarray(replicas, dtype=np.int64), "sigma": ens.sigma.double().numpy().copy(),
+            "nin_mode": np.asarray(modes, dtype=object)}
+
+    def record(epoch: int) -> None:
+        full = {key: np.full(k, np.nan) for key in ("train_loss", "train_acc", "test_loss", "test_acc",
+                                                    "noisy_loss", "niw_norm", "next_norm", "curv_niw")}
+        if len(active):
+            a = active.numpy()
+            full["train_loss"][a], full["train_acc"][a] = (t.numpy() for t in _evaluate(ens, xtr, ytr, loss, eval_block))
+            full["test_loss"][a], full["test_acc"][a] = (t.numpy() for t in _evaluate(ens, xte, yte, loss, eval_block))
+            full["curv_niw"][a] = ens.niw_curvature(xtr[probe_idx[active]], loss).double().numpy()
+            full["niw_norm"][a] = ens.niw.detach().double().norm(dim=1).numpy()
+            full["next_norm"][a] = ens.weights[ens.nin_layer + 1].detach().double().flatten(1).norm(dim=1).numpy()
+            if noisy_n:
+                full["noisy_loss"][a] = (noisy_sum[active] / noisy_n).numpy()
+        rec_rows.append({**base, "epoch": np.full(k, epoch), "step": np.full(k, epoch * steps_per_epoch),
+                         **full, "diverged": div_step >= 0})
+
+    def drop(bad: torch.Tensor, step: int) -> None:
+        nonlocal ens, active
+        div_step[active[bad].numpy()] = step
+        keep = torch.nonzero(~bad).flatten()
+        ens, active = ens.select(keep), active[keep]
+
+    bad = ~_healthy(ens.parameters(), overflow)
+    if bad.any():
+        drop(bad, 0)
+    record(0)
     for epoch in range(1, epochs + 1):
         perm = torch.stack([torch.randperm(n, generator=g) for g in order_gens])
-        if resample == "epoch":
-            draw_noise()
+        if epoch > 1:
+            for j, g in enumerate(noise_gens):
+                if not fixed[j]:
+                    xi[j] = torch.randn(n, 1, generator=g)[:, 0].to(dtype)
+        params = ens.parameters()
+        for p in params:
+            p.requires_grad_(True)
         for s in range(steps_per_epoch):
-            idx = perm[:, s * batch_size:(s + 1) * batch_size]
-            xb = xtr[idx]
-            xib = torch.gather(xi_all, 1, idx)
-            logits, _ = ens.forward(xb, xib)
+            if not len(active):
+                break
+            idx = perm[active, s * batch_size:(s + 1) * batch_size]
+            logits, _ = ens.forward(xtr[idx], torch.gather(xi[active], 1, idx))
             lk = batch_losses(logits, ytr[idx], loss).mean(1)
-            grads = torch.autograd.grad(torch.where(alive, lk, 0.0).sum(), params)
+            grads = torch.autograd.grad(lk.sum(), params)
+            step = (epoch - 1) * steps_per_epoch + s + 1
             with torch.no_grad():
-                for p, gr in zip(params, grads):
-                    p.sub_(lr * gr)
-                step = (epoch - 1) * steps_per_epoch + s + 1
-                bad = alive & ~(torch.isfinite(lk) & torch.stack(
-                    [torch.isfinite(p).flatten(1).all(1) & (p.abs().flatten(1).amax(1) <= overflow)
-                     for p in params]).all(0))
-                if bad.any():
-                    kill(bad, step)
-                noisy_sum += torch.where(alive, lk.double(), 0.0)
-                noisy_n += 1
-        if epoch % record_every == 0 or epoch == epochs:
-            record(epoch, (noisy_sum / max(noisy_n, 1)).numpy())
+                for p, g in zip(params, grads):
+                    p.sub_(lr * g)
+                step_loss[active.numpy(), step - 1] = lk.double().numpy()
+                noisy_sum[active] += lk.double()
+                bad = ~(torch.isfinite(lk) & _healthy(params, overflow))
+            noisy_n += 1
+            if bad.any():
+                drop(bad, step)
+                params = ens.parameters()
+                for p in params:
+                    p.requires_grad_(True)
+        for p in ens.parameters():
+            p.requires_grad_(False)
+        if epoch in wanted:
+            record(epoch)
             noisy_sum.zero_()
             noisy_n = 0
-    for p in params:
-        p.requires_grad_(False)
-    df = pd.DataFrame({key: np.concatenate([r[key] for r in rows]) for key in rows[0]})
-    df["diverged_step"] = np.tile(div_step, len(rows))
-    df["diverged"] = df["diverged"].astype(bool)
-    return df.sort_values(["replica", "sigma", "epoch"], kind="stable").reset_index(drop=True)
+    records = pd.DataFrame({key: np.concatenate([r[key] for r in rec_rows]) for key in rec_rows[0]})
+    records["diverged_step"] = np.tile(div_step, len(rec_rows))
+    records = records[list(RECORD_COLUMNS)].astype({"diverged": bool, "nin_mode": str})
+    steps = pd.DataFrame({"member": np.repeat(base["member"], step_loss.shape[1]),
+                          "replica": np.repeat(base["replica"], step_loss.shape[1]),
+                          "sigma": np.repeat(base["sigma"], step_loss.shape[1]),
+                          "nin_mode": np.repeat(base["nin_mode"], step_loss.shape[1]).astype(str),
+                          "step": np.tile(np.arange(1, step_loss.shape[1] + 1), k),
+                          "noisy_loss": step_loss.ravel()})
+    return EnsembleRun(records.sort_values(["member", "epoch"], kind="stable").reset_index(drop=True), steps)

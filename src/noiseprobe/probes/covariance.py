@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from noiseprobe.core.errors import ConfigError, check_int
+from noiseprobe.core.errors import ConfigError, check_choice, check_int
 from noiseprobe.probes.persample import PerSampleGradients, PerSampleLoss, per_sample_gradients
 
 
@@ -87,13 +87,16 @@ class GradientNoise:
         gram = gram - gram.mean(0, keepdim=True)
         return (gram - gram.mean(1, keepdim=True)) / self.n
 
-    def topk(self, k: int, vectors: bool = True) -> tuple[Tensor, Tensor | None]:
-        """The k largest eigenvalues of C (descending) and, if ``vectors``, unit eigenvectors as columns (P, k).
+    def topk(self, k: int, vectors: Literal["param", "sample", "none"] = "param") -> tuple[Tensor, Tensor | None]:
+        """The k largest eigenvalues of C (descending) and their eigenvectors as columns.
 
-        Eigenvalues come from K (dense ``eigh`` for small N or large k, Lanczos ``eigsh`` otherwise);
-        eigenvectors are Jᵀu/√(Nλ), one batched vector-Jacobian product. C has rank ≤ N − 1, so k ≤ N − 1;
-        an eigenvalue ≤ 1e-10·λ_max gets a zero vector (its direction is undetermined).
+        Eigenvalues come from K (dense ``eigh`` for small N or large k, Lanczos ``eigsh`` otherwise).
+        ``vectors``: "param" = unit eigenvectors of C in parameter space (P, k), Jᵀu/√(Nλ), one batched
+        vector-Jacobian product (k weight-gradient products per layer); "sample" = the unit eigenvectors u
+        of K (N, k), from which ``self.grads.vjp(u / sqrt(N λ_K))`` gives the former on demand; "none".
+        C has rank ≤ N − 1, so k ≤ N − 1; an eigenvalue ≤ 1e-10·λ_max gets a zero vector.
         """
+        check_choice("vectors", vectors, ("param", "sample", "none"))
         k = check_int("k", k, lo=1, hi=max(self.n - 1, 1))
         kmat = self.centred_gram().double()
         if self.n <= 400 or 4 * k >= self.n:
@@ -107,9 +110,11 @@ class GradientNoise:
             lam, u = torch.from_numpy(lam_np[order].copy()), torch.from_numpy(u_np[:, order].copy())
         if not torch.isfinite(lam).all():
             raise ConfigError("model", "per-sample gradients", "finite values (the loss or its gradient is not finite)")
-        if not vectors:
+        if vectors == "none":
             return self.factor * lam, None
         keep = lam > 1e-10 * max(float(lam[0]), 0.0)
+        u = u * keep
+        if vectors == "sample":
+            return self.factor * lam, u
         scale = torch.where(keep, (self.n * lam.clamp_min(1e-300)).rsqrt(), torch.zeros_like(lam))
-        vecs = self.grads.vjp((u * scale).to(self.grads.dtype))
-        return self.factor * lam, vecs
+        return self.factor * lam, self.grads.vjp((u * scale).to(self.grads.dtype))

@@ -30,18 +30,22 @@ MeanLoss = Callable[[Tensor, Tensor], Tensor]
 
 def hutchinson_trace(hvp: Callable[[Tensor], Tensor], dim: int | tuple[int, ...], n_probes: int,
                      generator: torch.Generator, *, dtype: torch.dtype = torch.float32,
-                     device: torch.device | str = "cpu") -> tuple[float, float]:
+                     device: torch.device | str = "cpu", block: int | None = None) -> tuple[float, float]:
     """Hutchinson's estimate of Tr A = E[vᵀ A v] with Rademacher v, from ``hvp(v) = A v``.
 
+    With ``block`` the probes go to ``hvp`` in stacks of up to ``block`` (shape (m, *dim)), for an
+    ``hvp`` that maps the leading axis (e.g. :meth:`LocalObjective.hvp`); else one at a time.
     Returns (mean over ``n_probes`` probes, its standard error std/√n_probes; nan for one probe).
     """
     check_int("n_probes", n_probes, lo=1)
     shape = (dim,) if isinstance(dim, int) else tuple(dim)
     vals = []
-    for _ in range(n_probes):
-        v = (torch.randint(0, 2, shape, generator=generator) * 2 - 1).to(device=device, dtype=dtype)
-        vals.append(float((v * hvp(v)).sum()))
-    t = torch.tensor(vals, dtype=torch.float64)
+    for start in range(0, n_probes, block or 1):
+        m = min(block or 1, n_probes - start)
+        v = (torch.randint(0, 2, (m, *shape), generator=generator) * 2 - 1).to(device=device, dtype=dtype)
+        hv = hvp(v) if block else hvp(v[0])[None]
+        vals.append((v * hv).reshape(m, -1).sum(1).double().cpu())
+    t = torch.cat(vals)
     se = float(t.std(correction=1) / math.sqrt(n_probes)) if n_probes > 1 else math.nan
     return float(t.mean()), se
 
@@ -79,8 +83,10 @@ class LocalObjective:
         self.grad = torch.autograd.grad(loss, self.z, create_graph=True)[0]
 
     def hvp(self, v: Tensor) -> Tensor:
-        """(∂²L/∂Z²) v for v of Z's shape."""
-        (hv,) = torch.autograd.grad(self.grad, self.z, v, retain_graph=True, allow_unused=True)
+        """(∂²L/∂Z²) v for v of Z's shape, or of shape (m, *Z.shape) for m products at once."""
+        batched = v.dim() == self.z.dim() + 1
+        (hv,) = torch.autograd.grad(self.grad, self.z, v, retain_graph=True, allow_unused=True,
+                                    is_grads_batched=batched)
         return torch.zeros_like(v) if hv is None else hv.detach()
 
     def grad_rms(self) -> float:
@@ -94,13 +100,16 @@ class LocalObjective:
 
 
 def local_grad_hessian(model: nn.Module, module_name: str, loss_fn: MeanLoss, X: Tensor, y: Tensor, *,
-                       n_probes: int, generator: torch.Generator) -> tuple[float, float, float]:
+                       n_probes: int, generator: torch.Generator, block: int | None = 64) -> tuple[float, float, float]:
     """(√⟨g²⟩ norm, Tr⟨H⟩ Hutchinson mean, its standard error) at ``module_name``'s output (eq. 3).
+
+    ``block`` probes share one batched double-backward pass (``None``: one pass per probe, less memory).
 
     The model runs in its current mode (call ``model.eval()``, or a NIN handle's ``clean()``, for ε = 0).
     """
     obj = LocalObjective(model, module_name, loss_fn, X, y)
-    mean, se = hutchinson_trace(obj.hvp, tuple(obj.z.shape), n_probes, generator, dtype=obj.z.dtype, device=obj.z.device)
+    mean, se = hutchinson_trace(obj.hvp, tuple(obj.z.shape), n_probes, generator, dtype=obj.z.dtype,
+                                device=obj.z.device, block=block)
     return obj.grad_rms(), mean, se
 
 
@@ -110,30 +119,37 @@ def flat_params(model: nn.Module) -> list[Tensor]:
 
 
 def param_hvp(loss: Tensor, params: list[Tensor]) -> Callable[[Tensor], Tensor]:
-    """v ↦ (∇²_θ loss) v on flat vectors (``torch.nn.utils.parameters_to_vector`` order)."""
+    """v ↦ (∇²_θ loss) v on flat vectors (``torch.nn.utils.parameters_to_vector`` order); v may be a
+    stack (m, P) of m vectors."""
     grads = torch.autograd.grad(loss, params, create_graph=True)
     flat = torch.cat([g.reshape(-1) for g in grads])
 
     def hvp(v: Tensor) -> Tensor:
-        hv = torch.autograd.grad(flat, params, v, retain_graph=True, allow_unused=True)
-        return torch.cat([(torch.zeros_like(p) if h is None else h).reshape(-1) for h, p in zip(hv, params)])
+        batched = v.dim() == 2
+        hv = torch.autograd.grad(flat, params, v, retain_graph=True, allow_unused=True, is_grads_batched=batched)
+        lead = v.shape[:1] if batched else ()
+        return torch.cat([(torch.zeros(*lead, *p.shape, dtype=v.dtype) if h is None else h).reshape(*lead, -1)
+                          for h, p in zip(hv, params)], dim=-1)
     return hvp
 
 
 def full_hessian_trace(model: nn.Module, loss_fn: MeanLoss, X: Tensor, y: Tensor, *, n_probes: int,
-                       generator: torch.Generator, params: list[Tensor] | None = None) -> tuple[float, float]:
-    """Tr ∇²_θ L over ``params`` (default: all trainable parameters) by Hutchinson: (mean, se)."""
+                       generator: torch.Generator, params: list[Tensor] | None = None,
+                       block: int | None = 16) -> tuple[float, float]:
+    """Tr ∇²_θ L over ``params`` (default: all trainable parameters) by Hutchinson: (mean, se);
+    ``block`` as in :func:`hutchinson_trace`."""
     params = flat_params(model) if params is None else params
     with torch.enable_grad():
         loss = loss_fn(model(X), y)
         hvp = param_hvp(loss, params)
         dim = sum(p.numel() for p in params)
-        return hutchinson_trace(hvp, dim, n_probes, generator, dtype=params[0].dtype, device=params[0].device)
+        return hutchinson_trace(hvp, dim, n_probes, generator, dtype=params[0].dtype, device=params[0].device,
+                                block=block)
 
 
 def consumer_module(model: nn.Module, module_name: str, example_input: Tensor) -> str | None:
     """The first module with its own parameters whose forward starts after ``module_name``'s forward
-    ends, in one forward pass on ``example_input``: the paper's "subsequent layer" (None if none)."""
+    ends, in one eval-mode forward pass on ``example_input``: the paper's "subsequent layer" (None if none)."""
     modules = dict(model.named_modules())
     if module_name not in modules:
         raise ConfigError("module_name", module_name, "a submodule name of the model")
@@ -143,10 +159,13 @@ def consumer_module(model: nn.Module, module_name: str, example_input: Tensor) -
     for name, mod in modules.items():
         if name != module_name and next(mod.parameters(recurse=False), None) is not None:
             hooks.append(mod.register_forward_pre_hook(lambda *_, n=name: order.append(n) if done[0] else None))
+    was_training = model.training
     try:
+        model.eval()
         with torch.no_grad():
             model(example_input)
     finally:
+        model.train(was_training)
         for h in hooks:
             h.remove()
     return order[0] if order else None

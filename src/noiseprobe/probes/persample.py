@@ -136,7 +136,7 @@ class LinearFactors(PerSampleGradients):
             if w_off is None:  # only the bias trains: its gradient is g itself
                 a = a[:, :0]
             if b_off is not None:
-                a = torch.cat([a, torch.ones_like(a[:, :1])], dim=1)
+                a = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
             self.layers.append((a, g, w_off, b_off))
 
     def _split(self, vec: Tensor, a: Tensor, g: Tensor, w_off: int | None, b_off: int | None) -> Tensor:

@@ -1,0 +1,93 @@
+"""Regularisers of paper 003's Theorem A, by autodiff in η (reference singular_limits.md §4, §7.2).
+
+* Laplacian form (Theorem A, eq. fthA:GF, generalised to ``Cov η = σ² C̃``):
+  ``Reg(w) = ½ tr(C̃ ∇²_η L̂(w, 0)) = ½ Σ_ij C̃_ij ∂_{η_i}∂_{η_j} L̂(w, 0)``  (= ½ Δ_η L̂ for C̃ = I).
+  It is the limit of ``(E L̂(w, η) − L(w))/σ²`` as σ → 0 for η = σξ with ξ of fixed law.
+* Non-local form for rescaled Bernoulli masks (§7.2, corrected; not the Laplacian): every moment of
+  η is O(p), and to first order in p only single-unit drops matter:
+  ``Reg_B(w) = Σ_i [L̂(w, −e_i) − L(w) + ∂_{η_i} L̂(w, 0)]`` (= ``lim_{p→0} (E L̂ − L)/σ²``, σ² = p/(1−p)).
+  For DropConnect this is ``Σ_i [L(w − w_i e_i) − L(w) + w_i ∂_i L(w)]``, on Γ the loss with weight i
+  dropped alone. It equals the Laplacian form iff L̂ is quadratic in each η_i.
+
+``form="auto"`` picks the form that drives the dynamics: ``"nonlocal"`` for noises of regime
+``"nonlocal"`` (Bernoulli masks), ``"laplacian"`` otherwise. All functions take w of shape (..., d)
+and return (...) or (..., d).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from noiseprobe.core.errors import check_choice, check_int, check_real
+from noiseprobe.limits.losses import fig3_a, leaf, vjp_sum
+from noiseprobe.limits.noises import Noise, covariance_root
+
+FORMS = ("auto", "laplacian", "nonlocal")
+
+
+def _laplacian(noise: Noise, x: Tensor) -> Tensor:
+    """``½ tr(C̃ ∇²_η L̂(x, 0)) = ½ Σ_k u_kᵀ ∇²_η L̂ u_k`` over the columns u_k of C̃^{1/2} (one backward
+    pass each), differentiable in x."""
+    eta = leaf(torch.zeros(*x.shape[:-1], noise.eta_dim))
+    g = vjp_sum(noise.loss_hat(x, eta), eta, create_graph=True)
+    R = covariance_root(noise.C)
+    return 0.5 * sum((vjp_sum(g @ u, eta, create_graph=True) @ u) for u in R.T)
+
+
+def _nonlocal(noise: Noise, x: Tensor) -> Tensor:
+    """``Σ_i [L̂(x, −e_i) − L(x) + ∂_{η_i} L̂(x, 0)]``, differentiable in x."""
+    eta = leaf(torch.zeros(*x.shape[:-1], noise.eta_dim))
+    base = noise.loss_hat(x, eta)
+    slope = vjp_sum(base, eta, create_graph=True)
+    drops = noise.loss_hat(x[..., None, :], -torch.eye(noise.eta_dim, dtype=torch.float64))  # (..., m)
+    return (drops - base[..., None]).sum(-1) + slope.sum(-1)
+
+
+def _form(noise: Noise, form: str) -> str:
+    check_choice("form", form, FORMS)
+    if form == "auto":
+        return "nonlocal" if noise.regime == "nonlocal" else "laplacian"
+    return form
+
+
+def _reg(noise: Noise, x: Tensor, form: str) -> Tensor:
+    return (_nonlocal if _form(noise, form) == "nonlocal" else _laplacian)(noise, x)
+
+
+def regulariser(noise: Noise, w: Tensor, form: str = "auto") -> Tensor:
+    """Reg(w), shape (...): Laplacian ``½ tr(C̃ ∇²_η L̂(w,0))`` (Thm A) or non-local Reg_B (§7.2)."""
+    return _reg(noise, leaf(w), form).detach()
+
+
+def grad_regulariser(noise: Noise, w: Tensor, form: str = "auto") -> Tensor:
+    """∇_w Reg(w), shape (..., d), by autodiff."""
+    x = leaf(w)
+    return vjp_sum(_reg(noise, x, form), x).detach()
+
+
+def nonlocal_regulariser(noise: Noise, w: Tensor) -> Tensor:
+    """The Bernoulli-mask regulariser ``Reg_B = Σ_i [L̂(w,−e_i) − L(w) + ∂_{η_i}L̂(w,0)]`` (§7.2), shape (...)."""
+    return regulariser(noise, w, form="nonlocal")
+
+
+def fig3_caption_regulariser(w: Tensor) -> Tensor:
+    """The regulariser as *printed* in the Fig. 3 caption, ``½Δ_η L̂(w,0) = 2a(w)`` — a typo (reference
+    §7.8, trap 2): the stated L̂ gives ``a(w)/2`` (:func:`regulariser` of ``fig3_nondegenerate``)."""
+    return 2.0 * fig3_a(torch.as_tensor(w, dtype=torch.float64))
+
+
+def excess_loss(noise: Noise, w: Tensor, sigma: float, n_samples: int,
+                generator: np.random.Generator) -> tuple[Tensor, Tensor]:
+    """Monte Carlo ``(E_η L̂(w, η) − L(w))/σ²`` and its standard error, shape (...) each.
+
+    The generic definition of the regulariser (reference trap 3): it tends to Reg as σ → 0 (to Reg_B
+    for Bernoulli masks). The same η draws are used for every w.
+    """
+    sigma = check_real("sigma", sigma, lo=0.0, lo_open=True)
+    n = check_int("n_samples", n_samples, lo=2)
+    w = torch.as_tensor(w, dtype=torch.float64)
+    eta = torch.from_numpy(np.asarray(noise.sample(n, generator, sigma), dtype=np.float64))
+    diff = (noise.loss_hat(w[..., None, :], eta) - noise.loss(w)[..., None]) / sigma**2  # (..., n)
+    return diff.mean(-1), diff.std(-1) / n**0.5

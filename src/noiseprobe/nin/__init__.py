@@ -1,0 +1,1 @@
+"""Paper 001 (noise injection nodes): toy model, phases, NIN probes and trainers."""

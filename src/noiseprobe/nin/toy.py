@@ -1,0 +1,396 @@
+"""The linear toy model of the NIN paper (paper 001, Sec. 3, eqs. 4–6): simulators.
+
+Model ``f = w1 (w0 x + w_NI ε)``, target ``y = M x``, loss with the ½ convention (eq. 4)::
+
+    L = (1/2B) Σ_{i∈batch} (w1 (w0 x_i + w_NI ε_i) − M x_i)²,   x ~ N(0, σx²), ε ~ N(0, σε²),
+
+samples drawn fresh every step (infinite data: with replacement). The batch enters only through the
+moments S_xx = ⟨x²⟩_B, S_xε = ⟨xε⟩_B, S_εε = ⟨ε²⟩_B. With D = w1 w0 − M the exact SGD step (all right-hand
+sides at the old values; reference §4, verified against autograd in the tests) is::
+
+    w0'  = w0  − η w1 (D S_xx + w1 w_NI S_xε)                       (derived; the paper omits it)
+    w1'  = w1  − η (D w0 S_xx + (2 w1 w0 − M) w_NI S_xε + w1 w_NI² S_εε)
+    wNI' = wNI − η w1 (D S_xε + w1 w_NI S_εε)
+
+Two samplers of the moments share that one step:
+
+* ``method="exact"``: exact minibatch SGD. B = 1 draws (x, ε); B > 1 draws B·(S_xx, S_xε, S_εε) from
+  Wishart(B, diag(σx², σε²)) by the 2×2 Bartlett decomposition (O(1) per step for any B).
+* ``method="reduced"``: the paper's reduced map, eqs. (5)–(6): S_xx → σx², S_εε → σε², S_xε → −Φ σx σε/√B
+  with Φ ~ N(0, 1). Then the w1 and w_NI steps are *literally* eq. (5) with A, Ã, B = η w_NI², B̃ = η w1²,
+  C = η D w0 σx² of eq. (6), and w0 follows the derived equation w0' = w0 − η σx² w1 D + η (Φ σx σε/√B) w1² w_NI.
+
+Every replica is advanced by one fused numba kernel (parallel over replicas, a loop over steps inside),
+which records the phase and decay statistics online instead of full trajectories. Randomness: each
+replica owns a SplitMix64 stream keyed by ``seed_sequence(seed, replica)`` (normals by the ziggurat
+method, χ² by Marsaglia–Tsang), so the numbers do not depend on chunking or on the thread count.
+A replica whose weights leave |w| <= ``threshold`` or become non-finite is frozen at its last finite
+state and its overflow step recorded; the others continue.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+import pandas as pd
+
+from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
+from noiseprobe.core.seeding import ReplicaStreams, seed_sequence
+
+METHODS: tuple[str, ...] = ("exact", "reduced")
+INITS: dict[str, tuple[float, float, float]] = {
+    # std of (w0, w1, w_NI) at t = 0: the two readings of the garbled App. B sentence (reference §5.1)
+    "niw_large": (0.1, 0.1, 1.0),
+    "data_large": (1.0, 1.0, 0.1),
+}
+
+# ---------------------------------------------------------------------------------------------------
+# random numbers inside numba: SplitMix64 (Steele, Lea & Flood 2014), one 64-bit state per replica
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+
+
+@numba.njit(cache=True, inline="always")
+def _uniform(s: np.uint64) -> tuple[np.uint64, float]:
+    """Advance the state; return (state, u) with u uniform on the open interval (0, 1)."""
+    s = s + _GOLDEN
+    z = s
+    z = (z ^ (z >> _S30)) * _MIX1
+    z = (z ^ (z >> _S27)) * _MIX2
+    z = z ^ (z >> _S31)
+    return s, ((z >> _S11) + 0.5) * (1.0 / 9007199254740992.0)
+
+
+def _ziggurat_tables(n: int = 128, r: float = 3.442619855899,
+                     v: float = 9.91256303526217e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Layer edges x[0..n] and ratios x[i+1]/x[i] of the 128-layer normal ziggurat (Marsaglia & Tsang
+    2000, in Doornik's 2005 'ZIGNOR' form; ``v`` is the common layer area)."""
+    x = np.zeros(n + 1)
+    f = np.exp(-0.5 * r * r)
+    x[0], x[1] = v / f, r
+    for i in range(2, n):
+        x[i] = np.sqrt(-2.0 * np.log(v / x[i - 1] + f))
+        f = np.exp(-0.5 * x[i] * x[i])
+    return x, x[1:] / x[:-1]
+
+
+_ZX, _ZR = _ziggurat_tables()
+_ZIG_R = 3.442619855899
+_LOW7 = np.uint64(0x7F)
+
+
+@numba.njit(cache=True)
+def _normal(s: np.uint64) -> tuple[np.uint64, float]:
+    """One N(0, 1) by the ziggurat: layer from the low 7 bits, abscissa from the top 53 bits of one
+    SplitMix64 output; about 1 % of draws take the wedge or tail branch."""
+    while True:
+        s = s + _GOLDEN
+        z = s
+        z = (z ^ (z >> _S30)) * _MIX1
+        z = (z ^ (z >> _S27)) * _MIX2
+        z = z ^ (z >> _S31)
+        i = np.int64(z & _LOW7)
+        u = ((z >> _S11) + 0.5) * (2.0 / 9007199254740992.0) - 1.0
+        if abs(u) < _ZR[i]:
+            return s, u * _ZX[i]
+        if i == 0:                                       # tail beyond r (Marsaglia 1964)
+            while True:
+                s, a = _uniform(s)
+                s, c = _uniform(s)
+                x = np.log(a) / _ZIG_R
+                if -2.0 * np.log(c) >= x * x:
+                    return s, (x - _ZIG_R) if u < 0 else (_ZIG_R - x)
+        x = u * _ZX[i]
+        f0 = np.exp(-0.5 * (_ZX[i] * _ZX[i] - x * x))
+        f1 = np.exp(-0.5 * (_ZX[i + 1] * _ZX[i + 1] - x * x))
+        s, a = _uniform(s)
+        if f1 + a * (f0 - f1) < 1.0:
+            return s, x
+
+
+@numba.njit(cache=True)
+def _chi2(s: np.uint64, k: int) -> tuple[np.uint64, float]:
+    """χ²_k for integer k >= 1: z² for k = 1, else 2·Gamma(k/2) by Marsaglia–Tsang (shape >= 1)."""
+    if k == 1:
+        s, z = _normal(s)
+        return s, z * z
+    d = 0.5 * k - 1.0 / 3.0
+    c = 1.0 / np.sqrt(9.0 * d)
+    while True:
+        s, z = _normal(s)
+        v = 1.0 + c * z
+        if v <= 0.0:
+            continue
+        v = v * v * v
+        s, u = _uniform(s)
+        if np.log(u) < 0.5 * z * z + d - d * v + d * np.log(v):
+            return s, 2.0 * d * v
+
+
+@numba.njit(cache=True)
+def _moments(s: np.uint64, exact: bool, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
+    """One step's batch moments (S_xx, S_xε, S_εε); see the module docstring for the two samplers."""
+    if not exact:
+        s, phi = _normal(s)
+        return s, sx * sx, -phi * sx * se / np.sqrt(b), se * se
+    if b == 1:
+        s, zx = _normal(s)
+        s, ze = _normal(s)
+        return s, sx * sx * zx * zx, sx * se * zx * ze, se * se * ze * ze
+    # Bartlett: B·S = L A Aᵀ Lᵀ, L = diag(σx, σε), A = [[c1, 0], [n, c2]], c1² ~ χ²_B, c2² ~ χ²_{B-1}
+    s, c1sq = _chi2(s, b)
+    s, c2sq = _chi2(s, b - 1)
+    s, n = _normal(s)
+    return s, sx * sx * c1sq / b, sx * se * np.sqrt(c1sq) * n / b, se * se * (n * n + c2sq) / b
+
+
+@numba.njit(cache=True, inline="always")
+def sgd_step(w0: float, w1: float, wn: float, sxx: float, sxe: float, see: float, lr: float,
+             m: float) -> tuple[float, float, float]:
+    """One exact SGD step on the ½-MSE of eq. (4) given the batch moments (module docstring)."""
+    d = w1 * w0 - m
+    g0 = w1 * (d * sxx + w1 * wn * sxe)
+    g1 = d * w0 * sxx + (2.0 * w1 * w0 - m) * wn * sxe + w1 * wn * wn * see
+    gn = w1 * (d * sxe + w1 * wn * see)
+    return w0 - lr * g0, w1 - lr * g1, wn - lr * gn
+
+
+@numba.njit(cache=True)
+def draw_moments(key: np.uint64, n: int, exact: bool, batch_size: int, sigma_x: float,
+                 sigma_eps: float) -> np.ndarray:
+    """``n`` successive (S_xx, S_xε, S_εε) draws of one replica's stream: shape (n, 3). For tests."""
+    out = np.empty((n, 3))
+    s = key
+    for i in range(n):
+        s, out[i, 0], out[i, 1], out[i, 2] = _moments(s, exact, batch_size, sigma_x, sigma_eps)
+    return out
+
+
+# columns of the float statistics returned by the kernel
+STAT_COLUMNS: tuple[str, ...] = (
+    "w0_T", "w1_T", "w_ni_T",       # final (or last finite) weights
+    "max_u", "max_v",               # max_t η σε² w1², max_t η σε² w_NI² (stability of the mean map)
+    "sum_w1sq",                     # Σ_{t<T} w1(t)²  (horizon law)
+    "niw_efold1", "niw_efold2",     # first step with |w_NI|/|w_NI,0| <= e^-1, e^-2 (log-interpolated)
+    "niw_exp1", "niw_exp2",         # eq. (9) exponent η σε² Σ_{s<t} w1(s)² at those steps
+    "loss_efold1", "loss_efold2",   # same for the clean loss L(ε=0) = ½ σx² D²
+    "loss_exp1", "loss_exp2",       # eq. (9) exponent 2 η σx² Σ_{s<t} (w0² + w1²) at those steps
+    "loss_0", "loss_T", "max_loss", "max_abs_w_ni",
+)
+_NF = len(STAT_COLUMNS)
+
+
+@numba.njit(cache=True, inline="always")
+def _crossing(t: int, r_prev: float, r_now: float, level: float, e_prev: float, e_now: float) -> tuple[float, float]:
+    """Log-interpolated crossing of ``level`` between steps t-1 and t; exponent interpolated alike."""
+    lp, ln, lv = np.log(r_prev), np.log(max(r_now, 1e-300)), np.log(level)
+    f = (lp - lv) / (lp - ln) if lp > ln else 1.0
+    f = min(max(f, 0.0), 1.0)
+    return t - 1 + f, e_prev + f * (e_now - e_prev)
+
+
+@numba.njit(parallel=True, cache=True)
+def _simulate(w0i, w1i, wni, sigma, lr, sigma_x, m, batch, exact, keys, steps, threshold,
+              rec_row, rec_steps, traj, stats, overflow_step):
+    e1, e2 = np.exp(-1.0), np.exp(-2.0)
+    for r in numba.prange(keys.shape[0]):
+        s = keys[r]
+        w0, w1, wn = w0i[r], w1i[r], wni[r]
+        se, sx, eta, mm, b = sigma[r], sigma_x[r], lr[r], m[r], batch[r]
+        a_n, a_l = eta * se * se, 2.0 * eta * sx * sx      # prefactors of the eq. (9) exponents
+        n0, loss0 = abs(wn), 0.5 * sx * sx * (w1 * w0 - mm) ** 2
+        sw1 = 0.0                                           # Σ_{s<t} w1²
+        sw01 = 0.0                                          # Σ_{s<t} (w0² + w1²)
+        max_u = max_v = max_loss = max_wn = 0.0
+        nef = np.full(2, np.nan)
+        nex = np.full(2, np.nan)
+        lef = np.full(2, np.nan)
+        lex = np.full(2, np.nan)
+        rn_prev = rl_prev = 1.0
+        en_prev = el_prev = 0.0
+        row, ptr = rec_row[r], 0
+        ovf = -1
+        loss = loss0
+        for t in range(steps + 1):
+            loss = 0.5 * sx * sx * (w1 * w0 - mm) ** 2
+            max_u = max(max_u, a_n * w1 * w1)
+            max_v = max(max_v, a_n * wn * wn)
+            max_loss = max(max_loss, loss)
+            max_wn = max(max_wn, abs(wn))
+            if t > 0:
+                rn = abs(wn) / n0 if n0 > 0 else np.nan
+                rl = loss / loss0 if loss0 > 0 else np.nan
+                for k in range(2):
+                    lev = e1 if k == 0 else e2
+                    if np.isnan(nef[k]) and rn <= lev:
+                        nef[k], nex[k] = _crossing(t, rn_prev, rn, lev, en_prev, a_n * sw1)
+                    if np.isnan(lef[k]) and rl <= lev:
+                        lef[k], lex[k] = _crossing(t, rl_prev, rl, lev, el_prev, a_l * sw01)
+                rn_prev, rl_prev = rn, rl
+            if row >= 0 and ptr < rec_steps.shape[0] and rec_steps[ptr] == t:
+                traj[row, ptr, 0], traj[row, ptr, 1], traj[row, ptr, 2], traj[row, ptr, 3] = w0, w1, wn, loss
+                ptr += 1
+            if t == steps:
+                break
+            en_prev, el_prev = a_n * sw1, a_l * sw01
+            sw1 += w1 * w1
+            sw01 += w0 * w0 + w1 * w1
+            s, sxx, sxe, see = _moments(s, exact, b, sx, se)
+            v0, v1, vn = sgd_step(w0, w1, wn, sxx, sxe, see, eta, mm)
+            if not (abs(v0) <= threshold and abs(v1) <= threshold and abs(vn) <= threshold):
+                ovf = t + 1                                 # also catches NaN
+                break
+            w0, w1, wn = v0, v1, vn
+        st = stats[r]
+        st[0], st[1], st[2], st[3], st[4], st[5] = w0, w1, wn, max_u, max_v, sw1
+        st[6], st[7], st[8], st[9] = nef[0], nef[1], nex[0], nex[1]
+        st[10], st[11], st[12], st[13] = lef[0], lef[1], lex[0], lex[1]
+        st[14], st[15], st[16], st[17] = loss0, loss, max_loss, max_wn
+        overflow_step[r] = ovf
+
+
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class ToyRun:
+    """Per-replica statistics of one toy-model sweep (all arrays have leading length R).
+
+    ``stats`` holds the columns :data:`STAT_COLUMNS`; ``overflow_step`` is the update at which the
+    replica left |w| <= threshold (-1 if never). ``traj`` (n_recorded, len(record_steps), 4) holds
+    (w0, w1, w_NI, clean loss) at ``record_steps`` for the replicas ``recorded`` (NaN after overflow).
+    """
+
+    sigma_eps: np.ndarray
+    lr: np.ndarray
+    batch_size: np.ndarray
+    sigma_x: np.ndarray
+    M: np.ndarray
+    w0_0: np.ndarray
+    w1_0: np.ndarray
+    w_ni_0: np.ndarray
+    replicas: np.ndarray
+    steps: int
+    method: str
+    stats: np.ndarray
+    overflow_step: np.ndarray
+    recorded: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    record_steps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    traj: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 4)))
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.stats[:, STAT_COLUMNS.index(name)]
+
+    @property
+    def overflow(self) -> np.ndarray:
+        return self.overflow_step >= 0
+
+    def stalled(self, tol: float = 0.1) -> np.ndarray:
+        """Task not learned at the horizon: |w1 w0 − M| > tol |M| (reference §5.2), overflow excluded."""
+        return ~self.overflow & (np.abs(self["w1_T"] * self["w0_T"] - self.M) > tol * np.abs(self.M))
+
+    def phases(self, *, edge: float = 2.0, tol: float = 0.1) -> np.ndarray:
+        """Phase codes (R,) by the rule of reference §5.2 (see :func:`noiseprobe.nin.phases.classify_summary`):
+        divergent = overflow or stalled; catapult = max_t η σε² max(w1², w_NI²) > edge; decay =
+        |w_NI(T)| <= |w_NI(0)|/e; else decoupled."""
+        from noiseprobe.nin.phases import classify_summary
+
+        return classify_summary(overflow=self.overflow, stalled=self.stalled(tol),
+                                max_stability=np.maximum(self["max_u"], self["max_v"]),
+                                niw_ratio=np.abs(self["w_ni_T"]) / np.abs(self.w_ni_0), edge=edge)
+
+    def frame(self) -> pd.DataFrame:
+        """One row per replica: parameters, initial weights, statistics, overflow step."""
+        df = pd.DataFrame({"replica": self.replicas, "method": self.method, "sigma_eps": self.sigma_eps,
+                           "lr": self.lr, "batch_size": self.batch_size, "sigma_x": self.sigma_x,
+                           "M": self.M, "steps": self.steps, "w0_0": self.w0_0, "w1_0": self.w1_0,
+                           "w_ni_0": self.w_ni_0})
+        for j, name in enumerate(STAT_COLUMNS):
+            df[name] = self.stats[:, j]
+        df["overflow_step"] = self.overflow_step
+        return df
+
+    def trajectories(self) -> pd.DataFrame:
+        """Long table of the recorded trajectories: replica, step, w0, w1, w_ni, loss."""
+        n, k = len(self.recorded), len(self.record_steps)
+        return pd.DataFrame({"replica": np.repeat(self.replicas[self.recorded], k),
+                             "sigma_eps": np.repeat(self.sigma_eps[self.recorded], k),
+                             "step": np.tile(self.record_steps, n),
+                             "w0": self.traj[..., 0].ravel(), "w1": self.traj[..., 1].ravel(),
+                             "w_ni": self.traj[..., 2].ravel(), "loss": self.traj[..., 3].ravel()})
+
+
+def replica_keys(seed: int, replicas: np.ndarray) -> np.ndarray:
+    """Per-replica uint64 stream keys from ``seed_sequence(seed, replica)``."""
+    return np.array([seed_sequence(seed, int(r)).generate_state(1, np.uint64)[0] for r in replicas],
+                    dtype=np.uint64)
+
+
+def init_weights(init: str, seed: int, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Initial (w0, w1, w_NI) for each seed index, Gaussian with the stds of ``INITS[init]``.
+
+    Drawn from stream 1 of ``seed_sequence(seed, seed_index)``, so a seed index has the same
+    initialisation at every σε of a sweep (common random numbers across the grid).
+    """
+    check_choice("init", init, INITS)
+    z = ReplicaStreams(seed, np.asarray(seeds).tolist(), stream=1).normal((3,))
+    std = np.asarray(INITS[init])
+    return z[:, 0] * std[0], z[:, 1] * std[1], z[:, 2] * std[2]
+
+
+def _per_replica(name: str, value: float | np.ndarray, n: int, dtype: type = np.float64) -> np.ndarray:
+    arr = np.asarray(value, dtype=dtype)
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] not in (1, n)):
+        raise ConfigError(name, f"shape {arr.shape}", f"a scalar or an array of length {n}")
+    return np.ascontiguousarray(np.broadcast_to(arr, (n,)), dtype=dtype)
+
+
+def simulate(sigma_eps: float | np.ndarray, *, w0: float | np.ndarray, w1: float | np.ndarray,
+             w_ni: float | np.ndarray, steps: int, lr: float | np.ndarray = 0.01,
+             batch_size: int | np.ndarray = 1, sigma_x: float | np.ndarray = 1.0, M: float | np.ndarray = 1.0,
+             method: str = "exact", seed: int = 0, replicas: np.ndarray | None = None,
+             record: np.ndarray | None = None, record_steps: np.ndarray | None = None,
+             threshold: float = 1e8) -> ToyRun:
+    """Run ``steps`` SGD steps of the toy model for R replicas at once (float64).
+
+    Every parameter is a scalar or an array of length R (the replica axis: σε values × seeds × any other
+    swept parameter). ``replicas`` are the GLOBAL replica indices that key the noise streams (default
+    0..R-1); ``record`` (indices into 0..R-1) and ``record_steps`` (increasing steps in 0..steps) select
+    the subsampled trajectories to keep. ``method`` is ``"exact"`` (minibatch SGD, eq. 4) or ``"reduced"``
+    (eqs. 5–6, Φ ~ N(0, 1)). Returns a :class:`ToyRun`; divergence never raises.
+    """
+    check_choice("method", method, METHODS)
+    steps = check_int("steps", steps, lo=1)
+    threshold = check_real("threshold", threshold, lo=0.0, lo_open=True)
+    shapes = [np.shape(v) for v in (sigma_eps, w0, w1, w_ni, lr, batch_size, sigma_x, M)]
+    n = max((s[0] for s in shapes if len(s) == 1), default=1)
+    se = _per_replica("sigma_eps", sigma_eps, n)
+    eta = _per_replica("lr", lr, n)
+    sx = _per_replica("sigma_x", sigma_x, n)
+    m = _per_replica("M", M, n)
+    b = _per_replica("batch_size", batch_size, n, np.int64)
+    for name, arr, lo in (("sigma_eps", se, 0.0), ("lr", eta, 0.0), ("sigma_x", sx, 0.0)):
+        if not (np.all(np.isfinite(arr)) and np.all(arr >= lo)):
+            raise ConfigError(name, arr[~(np.isfinite(arr) & (arr >= lo))][0], f"finite values >= {lo}")
+    if not (np.all(b >= 1) and np.all(np.isfinite(m))):
+        raise ConfigError("batch_size/M", "out of range", "batch_size >= 1 and finite M")
+    if np.any(np.asarray(batch_size, dtype=np.float64) != b):
+        raise ConfigError("batch_size", batch_size, "positive integers")
+    a0, a1, an = (_per_replica(k, v, n) for k, v in (("w0", w0), ("w1", w1), ("w_ni", w_ni)))
+    reps = np.arange(n, dtype=np.int64) if replicas is None else _per_replica("replicas", replicas, n, np.int64)
+    rec = np.zeros(0, dtype=np.int64) if record is None else np.asarray(record, dtype=np.int64).ravel()
+    rsteps = np.zeros(0, dtype=np.int64) if record_steps is None else np.asarray(record_steps, dtype=np.int64)
+    if rec.size and (rec.min() < 0 or rec.max() >= n or len(np.unique(rec)) != rec.size):
+        raise ConfigError("record", record, f"distinct indices in 0..{n - 1}")
+    if rsteps.size and (rsteps.min() < 0 or rsteps.max() > steps or np.any(np.diff(rsteps) <= 0)):
+        raise ConfigError("record_steps", "…", f"strictly increasing integers in 0..{steps}")
+    rec_row = np.full(n, -1, dtype=np.int64)
+    rec_row[rec] = np.arange(rec.size)
+    traj = np.full((rec.size, rsteps.size, 4), np.nan)
+    stats = np.empty((n, _NF))
+    ovf = np.empty(n, dtype=np.int64)
+    _simulate(a0, a1, an, se, eta, sx, m, b, method == "exact", replica_keys(seed, reps), steps, threshold,
+              rec_row, rsteps, traj, stats, ovf)
+    return ToyRun(se, eta, b, sx, m, a0, a1, an, reps, steps, method, stats, ovf, rec, rsteps, traj)
