@@ -114,6 +114,25 @@ def test_student_t_law_of_eq90_and_the_variance_matching_of_eq92() -> None:
             assert student_t_variance(tail_index_eq93(lr, S, a), sigma, a) == pytest.approx(thm2, rel=1e-10)
 
 
+@pytest.mark.parametrize("lr, S, a, sigma", [(0.5, 1, 1.0, 1.0), (0.3, 4, 1.7, 0.6)])
+def test_continuous_index_from_the_fokker_planck_density(lr: float, S: int, a: float, sigma: float) -> None:
+    """Continuous time with the loss-proportional noise C(w) = 2L(w) a/S (Mori et al.), L = ½(aw² + σ²):
+    dw = −λaw dt + λ√C dB has the zero-flux density p ∝ exp(−∫ 2aw/(λC)) / C, integrated numerically here.
+    Its log-log slope at large w is −(1 + β_c), and it is the Student-t law (90) with β = β_c."""
+    def C(w: float) -> float:
+        return (a * w * w + sigma ** 2) * a / S
+
+    def log_p(w: float) -> float:
+        return -integrate.quad(lambda u: 2 * a * u / (lr * C(u)), 0, w, epsrel=1e-13)[0] - math.log(C(w))
+
+    bc = tail_index_continuous(lr, S, a)
+    slope = (log_p(2e4) - log_p(1e4)) / math.log(2)
+    assert slope == pytest.approx(-(1 + bc), rel=1e-6)
+    ws = [0.0, 0.7, 3.0, 20.0]
+    ratios = [math.exp(log_p(w)) / float(student_t_pdf(w, bc, sigma, a)) for w in ws]
+    assert np.allclose(ratios, ratios[0], rtol=1e-8)
+
+
 def test_vectorised_and_ordered() -> None:
     lr = np.array([0.2, 0.5, 1.0, 1.4])
     S = np.array([[1], [4]])

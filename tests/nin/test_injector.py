@@ -243,3 +243,12 @@ def test_output_without_feature_axis_is_rejected():
     with pytest.raises(ConfigError, match="feature axis"):
         model(torch.randn(2, 3))
     h.remove()
+
+
+def test_handle_to_moves_state_and_keeps_the_parameters():
+    model = mlp().double()
+    h = attach_nins(model, NINSpec("0", sigma=1.0, mode="fixed"), n_train=4, generator=gen())
+    niw = h.niws[0]
+    assert niw.dtype == torch.float64  # created like the module's parameters
+    h.to(torch.float32)
+    assert h.niws[0] is niw and niw.dtype == torch.float32

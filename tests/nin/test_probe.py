@@ -179,6 +179,9 @@ def test_bad_arguments_raise_config_errors(digits):
         train(model, None, digits, lr=0.1, batch_size=0, epochs=1)
     with pytest.raises(ConfigError, match="probe"):
         NINRecorder(model, None, hessian_probes=4)
+    h = attach_nins(model, NINSpec("0", sigma=1.0, mode="fixed"), n_train=150)
+    with pytest.raises(ConfigError, match="n_train"):
+        train(model, h, digits, lr=0.1, batch_size=10, epochs=1)
 
 
 def test_documented_user_loop_example_runs():

@@ -244,7 +244,8 @@ class Fig7(_Tails):
                         color="k", label=f"Hill, β_K > {config['beta_max_check']:g} (not tested)")
             ax.axvline(2 * S / (S + 2) / a, color="grey", lw=0.8)  # β = 2: variance diverges beyond
             ax.set(xlabel="learning rate λ", ylabel="tail index β", title=f"S = {S}, a = {a:g}",
-                   ylim=(0.3 * max(np.nanmin(bk), 0.05), 1.5 * float(np.nanmax(tail_index_continuous(lr_grid, S, a)))))
+                   ylim=(0.3 * max(float(np.min(bk[np.isfinite(bk)], initial=1.0)), 0.05),
+                         1.5 * float(np.max(tail_index_continuous(lr_grid, S, a)))))
             ax.legend()
         savefig(fig, out / "fig7_tail_index_vs_lr.png")
 

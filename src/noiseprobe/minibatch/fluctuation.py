@@ -192,7 +192,7 @@ def _dense(op: Callable[[np.ndarray], np.ndarray], D: int) -> np.ndarray:
 
 def _spectral_radius(op: Callable[[np.ndarray], np.ndarray], D: int) -> float:
     """Largest |eigenvalue| of a linear map on D × D matrices (dense for small D, ARPACK otherwise)."""
-    if D * D <= 400:
+    if D * D <= 64:
         return float(np.abs(np.linalg.eigvals(_dense(op, D))).max())
     lin = spla.LinearOperator((D * D, D * D), matvec=lambda v: op(v.reshape(D, D)).ravel(), dtype=np.float64)
     return float(np.abs(spla.eigs(lin, k=1, which="LM", return_eigenvectors=False, tol=1e-8)).max())

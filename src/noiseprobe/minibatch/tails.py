@@ -58,7 +58,11 @@ def _eq93(lr: float, batch_size: int, a: float) -> float:
 
 
 def tail_index_continuous(lr: ArrayLike, batch_size: ArrayLike, a: ArrayLike = 1.0) -> float | np.ndarray:
-    """Continuous-time tail index β_c = 2S/(aλ) + 1 (Mori et al. 2021; paper eq. 91 and Sec. 6.6)."""
+    """Continuous-time tail index β_c = 2S/(aλ) + 1 (Mori et al. 2021; paper eq. 91 and Sec. 6.6).
+
+    It is the tail of the stationary law of dw = −λaw dt + λ√C dB with the loss-proportional noise
+    C(w) = 2L(w)a/S, L = ½(aw² + σ²): that law is eq. (90) with β = β_c.
+    """
     return _elementwise(_continuous, lr, batch_size, a)
 
 

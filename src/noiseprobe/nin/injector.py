@@ -209,6 +209,11 @@ class NINHandle:
     def sigmas(self) -> list[float]:
         return [float(node.sigma) for node in self.nodes]
 
+    def to(self, *args: Any, **kwargs: Any) -> NINHandle:
+        """Move NIWs and tables like ``nn.Module.to`` (the NIW Parameter objects are kept)."""
+        self.nodes.to(*args, **kwargs)
+        return self
+
     def set_sigma(self, i: int, sigma: float) -> None:
         """Set σ_ε of NIN ``i`` (its ξ draws are unit-variance, so tables stay valid)."""
         check_int("i", i, lo=0, hi=len(self.nodes) - 1)

@@ -83,15 +83,28 @@ def classify(niw_norm: np.ndarray, loss: np.ndarray, *, stability: np.ndarray | 
                             edge=edge, transient=transient)
 
 
-def phase_fractions(sigma: np.ndarray, codes: np.ndarray) -> pd.DataFrame:
-    """Per distinct σ (sorted): number of runs ``n`` and the fraction of runs in each phase."""
+def _counts(sigma: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct σ levels, level index per run, codes as int) with input checks."""
     sigma = np.asarray(sigma, dtype=np.float64).ravel()
-    codes = np.asarray(codes).ravel()
+    codes = np.asarray(codes).ravel().astype(np.int64)
     if sigma.shape != codes.shape:
         raise ConfigError("codes", f"shape {codes.shape}", f"the shape of sigma, {sigma.shape}")
     levels, inv = np.unique(sigma, return_inverse=True)
+    return levels, inv, codes
+
+
+def _boundaries_from_counts(levels: np.ndarray, counts: np.ndarray) -> dict[str, float]:
+    """Boundaries from per-level phase counts (L, 4): P(code >= k) crossing ½, log-interpolated."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cum = counts[:, ::-1].cumsum(axis=1)[:, ::-1] / counts.sum(axis=1, keepdims=True)
+    return {name: crossing(levels, cum[:, k + 1], 0.5) for k, name in enumerate(BOUNDARY_NAMES)}
+
+
+def phase_fractions(sigma: np.ndarray, codes: np.ndarray) -> pd.DataFrame:
+    """Per distinct σ (sorted): number of runs ``n`` and the fraction of runs in each phase."""
+    levels, inv, codes = _counts(sigma, codes)
     counts = np.zeros((levels.size, len(PHASES)))
-    np.add.at(counts, (inv, codes.astype(np.int64)), 1.0)
+    np.add.at(counts, (inv, codes), 1.0)
     total = counts.sum(axis=1)
     df = pd.DataFrame(counts / total[:, None], columns=list(PHASES))
     df.insert(0, "n", total.astype(np.int64))
@@ -102,30 +115,29 @@ def phase_fractions(sigma: np.ndarray, codes: np.ndarray) -> pd.DataFrame:
 def boundaries(sigma: np.ndarray, codes: np.ndarray) -> dict[str, float]:
     """σ at which the fraction of runs in phases >= k crosses ½ (k = 1, 2, 3; first upward crossing,
     log-interpolated between grid points); NaN if never crossed or crossed below the smallest σ."""
-    frac = phase_fractions(sigma, codes)
-    cum = frac[list(PHASES)].to_numpy()[:, ::-1].cumsum(axis=1)[:, ::-1]   # cum[:, k] = P(code >= k)
-    x = frac["sigma"].to_numpy()
-    return {name: crossing(x, cum[:, k + 1], 0.5) for k, name in enumerate(BOUNDARY_NAMES)}
+    levels, inv, codes = _counts(sigma, codes)
+    counts = np.zeros((levels.size, len(PHASES)))
+    np.add.at(counts, (inv, codes), 1.0)
+    return _boundaries_from_counts(levels, counts)
 
 
 def boundaries_bootstrap(sigma: np.ndarray, codes: np.ndarray, seeds: np.ndarray, *, n_boot: int = 200,
                          seed: int = 0) -> dict[str, tuple[float, float]]:
     """(estimate, bootstrap standard error) of each boundary, resampling the seed indices (columns of
     the σ × seed grid) with replacement; NaN replicates are dropped from the spread."""
-    sigma, codes, seeds = (np.asarray(a).ravel() for a in (sigma, codes, seeds))
-    ids, sinv = np.unique(seeds, return_inverse=True)
+    levels, inv, codes = _counts(sigma, codes)
+    ids, sinv = np.unique(np.asarray(seeds).ravel(), return_inverse=True)
+    per_seed = np.zeros((ids.size, levels.size, len(PHASES)))       # phase counts per seed and σ level
+    np.add.at(per_seed, (sinv, inv, codes), 1.0)
+    est = _boundaries_from_counts(levels, per_seed.sum(axis=0))
     rng = np.random.default_rng(seed)
-    est = boundaries(sigma, codes)
-    reps = {k: [] for k in BOUNDARY_NAMES}
-    for _ in range(n_boot):
-        counts = np.bincount(rng.integers(0, ids.size, ids.size), minlength=ids.size)
-        w = counts[sinv]
-        b = boundaries(np.repeat(sigma, w), np.repeat(codes, w))
-        for k in BOUNDARY_NAMES:
-            reps[k].append(b[k])
+    weights = np.stack([np.bincount(rng.integers(0, ids.size, ids.size), minlength=ids.size)
+                        for _ in range(n_boot)])
+    boot = np.einsum("bs,slk->blk", weights, per_seed)
+    reps = [_boundaries_from_counts(levels, c) for c in boot]
     out = {}
     for k in BOUNDARY_NAMES:
-        r = np.asarray(reps[k])
+        r = np.array([x[k] for x in reps])
         r = r[np.isfinite(r)]
         out[k] = (est[k], float(np.std(r, ddof=1)) if r.size > 1 else float("nan"))
     return out

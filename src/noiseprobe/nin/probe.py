@@ -65,6 +65,9 @@ def niw_decay_rate(sigma: float, lr: float, curv_niw: float, *, momentum: float 
     """Per-step decay rate of ln‖W_NI‖ predicted by eq. (2): ``"corrected"`` η σ² curv (the gradient of
     ½ σ² Wᵀ⟨H⟩W; reference §4 item 1), ``"paper"`` η σ² curv / 2 (eq. 2/14 as printed)."""
     check_choice("form", form, ("corrected", "paper"))
+    check_real("sigma", sigma, lo=0.0)
+    check_real("lr", lr, lo=0.0, lo_open=True)
+    check_real("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
     rate = lr / (1.0 - momentum) * sigma**2 * curv_niw
     return rate if form == "corrected" else 0.5 * rate
 
@@ -85,7 +88,7 @@ class NINRecorder:
                  hessian_probes: int = 8, full_hessian: bool = False, consumers: dict[str, str] | None = None,
                  seed: int = 0, eval_batch: int = 4096, tensorboard_dir: str | Path | None = None) -> None:
         self.model, self.handle = model, handle
-        self.loss_name, self.loss_fn = loss, make_loss(loss)
+        self.loss_fn = make_loss(loss)
         self.train, self.test, self.probe = train, test, probe
         self.lr = None if lr is None else check_real("lr", lr, lo=0.0, lo_open=True)
         self.momentum = check_real("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
@@ -96,7 +99,7 @@ class NINRecorder:
             raise ConfigError("probe", None, "an (X, y) batch when hessian_probes > 0 or full_hessian")
         self.generator = torch.Generator().manual_seed(check_int("seed", seed))
         self.rows: list[dict[str, Any]] = []
-        self._noisy: list[float] = []
+        self._noisy: list[Tensor] = []
         self._steps = 0
         self.consumers = self._find_consumers(consumers or {})
         self.writer = _summary_writer(tensorboard_dir) if tensorboard_dir is not None else None
@@ -115,8 +118,8 @@ class NINRecorder:
         return out
 
     def step(self, batch_loss: Tensor | float) -> None:
-        """Note one optimiser step and its (noisy) batch loss."""
-        self._noisy.append(float(batch_loss))
+        """Note one optimiser step and its (noisy) batch loss (kept as a tensor: no device sync)."""
+        self._noisy.append(torch.as_tensor(batch_loss).detach().double())
         self._steps += 1
 
     def _evaluate(self, data: tuple[Tensor, Tensor] | None) -> tuple[float, float]:
@@ -168,7 +171,7 @@ class NINRecorder:
             finite = finite and all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
             common = {"epoch": epoch, "step": self._steps if step is None else step,
                       "train_loss": tl, "train_acc": ta, "test_loss": vl, "test_acc": va,
-                      "noisy_loss": float(np.mean(self._noisy)) if self._noisy else math.nan,
+                      "noisy_loss": float(torch.stack(self._noisy).mean()) if self._noisy else math.nan,
                       "full_hess_trace": math.nan, "full_hess_trace_se": math.nan, "diverged": not finite}
             if finite and self.full_hessian:
                 common["full_hess_trace"], common["full_hess_trace_se"] = full_hessian_trace(
@@ -242,6 +245,9 @@ def train(model: nn.Module, handle: NINHandle | None, data: Any, *, loss: str = 
     check_real("weight_decay", weight_decay, lo=0.0)
     check_int("record_every", record_every, lo=1)
     check_int("probe_samples", probe_samples, lo=1)
+    tables = [len(node.table) for node in handle.nodes if hasattr(node, "table")] if handle is not None else []
+    if any(n != X_tr.shape[0] for n in tables):
+        raise ConfigError("n_train", tables[0], f"the training-set size {X_tr.shape[0]} (attach_nins(n_train=...))")
     gen = torch.Generator().manual_seed(check_int("seed", seed))
     probe_idx = torch.randperm(X_tr.shape[0], generator=gen)[:probe_samples]
     rec = NINRecorder(model, handle, loss=loss, train=(X_tr, y_tr), test=(X_te, y_te),

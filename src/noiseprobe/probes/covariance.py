@@ -54,6 +54,7 @@ class GradientNoise:
         self.n = self.grads.n
         self.factor = batch_factor(batch_size, self.n, replacement)
         self._mean: Tensor | None = None
+        self._gram: Tensor | None = None
 
     @property
     def mean_gradient(self) -> Tensor:
@@ -73,9 +74,12 @@ class GradientNoise:
         return self.factor / self.n * self.grads.vjp(jv - jv.mean(0))
 
     def trace(self) -> float:
-        """Tr C = c [(1/N) Σ_i ‖∇ℓ_i‖² − ‖ḡ‖²]."""
-        g = self.mean_gradient
-        return self.factor * float(self.grads.sq_norms().mean() - g @ g)
+        """Tr C = c [(1/N) Σ_i ‖∇ℓ_i‖² − ‖ḡ‖²]; ‖ḡ‖² = 1ᵀ(JJᵀ)1/N² when the Gram matrix is already built."""
+        if self._gram is not None and self._mean is None:
+            gbar2 = self._gram.sum() / self.n ** 2
+        else:
+            gbar2 = self.mean_gradient @ self.mean_gradient
+        return self.factor * float(self.grads.sq_norms().mean() - gbar2)
 
     def diagonal(self) -> Tensor:
         """diag C = c [(1/N) Σ_i (∇ℓ_i)² − ḡ²], shape (P,)."""
@@ -83,14 +87,15 @@ class GradientNoise:
 
     def centred_gram(self) -> Tensor:
         """K = (1/N) H J Jᵀ H (N × N): its eigenvalues times c are the non-zero eigenvalues of C."""
-        gram = self.grads.gram()
-        gram = gram - gram.mean(0, keepdim=True)
+        if self._gram is None:
+            self._gram = self.grads.gram()
+        gram = self._gram - self._gram.mean(0, keepdim=True)
         return (gram - gram.mean(1, keepdim=True)) / self.n
 
     def topk(self, k: int, vectors: Literal["param", "sample", "none"] = "param") -> tuple[Tensor, Tensor | None]:
         """The k largest eigenvalues of C (descending) and their eigenvectors as columns.
 
-        Eigenvalues come from K (dense ``eigh`` for small N or large k, Lanczos ``eigsh`` otherwise).
+        Eigenpairs of K come from :func:`top_eigh` (dense for small N, block Krylov otherwise).
         ``vectors``: "param" = unit eigenvectors of C in parameter space (P, k), Jᵀu/√(Nλ), one batched
         vector-Jacobian product (k weight-gradient products per layer); "sample" = the unit eigenvectors u
         of K (N, k), from which ``self.grads.vjp(u / sqrt(N λ_K))`` gives the former on demand; "none".
@@ -98,16 +103,7 @@ class GradientNoise:
         """
         check_choice("vectors", vectors, ("param", "sample", "none"))
         k = check_int("k", k, lo=1, hi=max(self.n - 1, 1))
-        kmat = self.centred_gram().double()
-        if self.n <= 400 or 4 * k >= self.n:
-            lam, u = torch.linalg.eigh(kmat)
-            lam, u = lam.flip(0)[:k], u.flip(1)[:, :k]
-        else:
-            from scipy.sparse.linalg import eigsh
-
-            lam_np, u_np = eigsh(kmat.numpy(), k=k, which="LA", tol=1e-10)
-            order = np.argsort(lam_np)[::-1].copy()
-            lam, u = torch.from_numpy(lam_np[order].copy()), torch.from_numpy(u_np[:, order].copy())
+        lam, u = top_eigh(self.centred_gram().double(), k)
         if not torch.isfinite(lam).all():
             raise ConfigError("model", "per-sample gradients", "finite values (the loss or its gradient is not finite)")
         if vectors == "none":
@@ -118,3 +114,37 @@ class GradientNoise:
             return self.factor * lam, u
         scale = torch.where(keep, (self.n * lam.clamp_min(1e-300)).rsqrt(), torch.zeros_like(lam))
         return self.factor * lam, self.grads.vjp((u * scale).to(self.grads.dtype))
+
+
+def top_eigh(mat: Tensor, k: int, tol: float = 1e-6, oversample: int = 10) -> tuple[Tensor, Tensor]:
+    """The k largest eigenpairs (descending) of a symmetric PSD matrix (n × n).
+
+    Dense ``eigh`` when n ≤ 400 or k ≥ n/4; otherwise randomized block Krylov (Musco & Musco 2015) with
+    blocks of k + ``oversample`` columns and Rayleigh–Ritz every 2 blocks, until every Ritz residual
+    ‖A v − λ v‖ ≤ tol·λ_1 (dense ``eigh`` if the Krylov space reaches n/2). The start block is seeded, so
+    the result is deterministic.
+    """
+    n = mat.shape[0]
+    if n <= 400 or 4 * k >= n:
+        lam, vec = torch.linalg.eigh(mat)
+        return lam.flip(0)[:k], vec.flip(1)[:, :k]
+    b = k + oversample
+    q = torch.linalg.qr(mat @ torch.randn(n, b, generator=torch.Generator().manual_seed(0), dtype=mat.dtype))[0]
+    basis, images = [q], [mat @ q]
+    while True:
+        qs, aqs = torch.cat(basis, 1), torch.cat(images, 1)
+        if len(basis) % 2 == 0:
+            lam, w = torch.linalg.eigh(qs.T @ aqs)
+            lam, w = lam.flip(0)[:k], w.flip(1)[:, :k]
+            vec = qs @ w
+            if (aqs @ w - vec * lam).norm(dim=0).max() <= tol * lam[0].abs():
+                return lam, vec
+        if qs.shape[1] + b > n // 2:
+            lam, vec = torch.linalg.eigh(mat)
+            return lam.flip(0)[:k], vec.flip(1)[:, :k]
+        z = images[-1]
+        for _ in range(2):  # block Gram–Schmidt, twice for stability
+            z = z - qs @ (qs.T @ z)
+        q = torch.linalg.qr(z)[0]
+        basis.append(q)
+        images.append(mat @ q)

@@ -73,14 +73,15 @@ class LocalObjective:
         try:
             with torch.enable_grad():
                 loss = loss_fn(model(X), y)
+                if len(captured) != 1:
+                    raise ConfigError("module_name", module_name, "a submodule called exactly once per forward pass")
+                if loss.dim() != 0:
+                    raise ConfigError("loss_fn", getattr(loss_fn, "__name__", loss_fn),
+                                      "a function returning the scalar batch-mean loss")
+                self.z, self.loss, self.batch = captured[0], loss, X.shape[0]
+                self.grad = torch.autograd.grad(loss, self.z, create_graph=True)[0]
         finally:
             handle.remove()
-        if len(captured) != 1:
-            raise ConfigError("module_name", module_name, "a submodule called exactly once per forward pass")
-        if loss.dim() != 0:
-            raise ConfigError("loss_fn", getattr(loss_fn, "__name__", loss_fn), "a function returning the scalar batch-mean loss")
-        self.z, self.loss, self.batch = captured[0], loss, X.shape[0]
-        self.grad = torch.autograd.grad(loss, self.z, create_graph=True)[0]
 
     def hvp(self, v: Tensor) -> Tensor:
         """(∂²L/∂Z²) v for v of Z's shape, or of shape (m, *Z.shape) for m products at once."""

@@ -1,0 +1,138 @@
+"""Limiting dynamics against closed-form flows on Γ (reference §8, §9), the reference's tabulated
+predictions, an independent intrinsic SDE simulation (§9.6), and a direct noisy-GD run (§9.3)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.integrate import solve_ivp
+
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.limits import flow as F
+from noiseprobe.limits import losses as Ls
+from noiseprobe.limits import noises as N
+
+W_TOP = torch.tensor([0.0, 1.5], dtype=torch.float64)
+X1 = torch.ones(1, 1, dtype=torch.float64)
+Y1 = torch.ones(1, dtype=torch.float64)
+
+
+def theta_ode(rhs, theta0: float, t: np.ndarray) -> np.ndarray:
+    return solve_ivp(lambda _, y: rhs(y), (0, t[-1]), [theta0], t_eval=t, rtol=1e-12, atol=1e-12).y[0]
+
+
+def test_theorem_a_fig12_closed_form_and_reference_values() -> None:
+    """§8: dθ/dt = ½ sin θ ⇒ tan(θ/2) = tan(θ₀/2) e^{t/2}; §9.2's Thm A column 2.0760, 2.4546, 2.8799, 3.0449."""
+    t, W = F.constrained_flow(N.perturbed(Ls.circle_loss, 2), W_TOP, 6.0, 7)
+    th = Ls.circle_angle(W)
+    assert torch.allclose(W.norm(dim=-1), torch.ones(7, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(th, 2 * torch.atan(torch.tan(th[0] / 2) * torch.exp(t / 2)), atol=1e-6)
+    ref = torch.tensor([1.5989, 2.0760, 2.4546, 2.8799, 3.0449], dtype=torch.float64)
+    assert torch.allclose(th[[0, 1, 2, 4, 6]], ref, atol=1e-4)
+
+
+def test_theorem_a_fig3_top_and_fig4_correlated() -> None:
+    """Fig. 3 top: dθ/dt = 0.7 sin θ sin(2cos θ) (Reg = a/2; §9.3 predictions 0.4186, 0.5820, 1.0603, 1.4210).
+    Fig. 4 right, C̃ = ½·ones: θ = 2.1239, 2.2664 at t = 1, 2, end point 3π/4 (§8, §9.5)."""
+    w0 = 1.3 * torch.tensor([math.cos(0.3), math.sin(0.3)], dtype=torch.float64)
+    t, W = F.constrained_flow(N.fig3_nondegenerate(), w0, 3.0, 7)
+    th = Ls.circle_angle(W)
+    exact = theta_ode(lambda y: 0.7 * np.sin(y) * np.sin(2 * np.cos(y)), th[0].item(), t.numpy())
+    assert np.allclose(th.numpy(), exact, atol=1e-6)
+    assert torch.allclose(th[[1, 2, 4, 6]], torch.tensor([0.4186, 0.5820, 1.0603, 1.4210], dtype=torch.float64),
+                          atol=1e-4)
+    t, W = F.constrained_flow(N.perturbed(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]]), W_TOP, 20.0, 11, dt=0.1)
+    th = Ls.circle_angle(W)
+    assert torch.allclose(th[[0]], torch.tensor([1.5989], dtype=torch.float64), atol=1e-4)
+    assert abs(th[-1].item() - 3 * math.pi / 4) < 1e-3
+    _, W2 = F.constrained_flow(N.perturbed(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]]), W_TOP, 2.0, 3)
+    assert torch.allclose(Ls.circle_angle(W2)[1:], torch.tensor([2.1239, 2.2664], dtype=torch.float64), atol=1e-4)
+
+
+def test_dropconnect_flows_nonlocal_vs_laplacian_end_points() -> None:
+    """§9.7: on f = w₁ + w₂² Bernoulli DropConnect (Reg_B) ends at w₂ = 1/√2, the Laplacian at 1/√5; on the
+    linear model f = w₁ + w₂ both give u = w₁ − w₂ = u₀ e^{−t}."""
+    para = Ls.square_loss(Ls.parabola_model, X1, Y1)
+    bern = N.dropconnect(para, 2, kind="bernoulli", p=0.01)
+    w0 = torch.tensor([[1 - 0.2**2, 0.2]], dtype=torch.float64)
+    _, Wb = F.constrained_flow(bern, w0, 30.0, 2, dt=0.25)
+    _, Wl = F.constrained_flow(bern, w0, 30.0, 2, form="laplacian", dt=0.25)
+    assert abs(Wb[-1, 0, 1].item() - 1 / math.sqrt(2)) < 1e-4
+    assert abs(Wl[-1, 0, 1].item() - 1 / math.sqrt(5)) < 1e-4
+    lin = N.dropconnect(Ls.square_loss(Ls.sum_model, X1, Y1), 2, kind="bernoulli", p=0.02)
+    t, W = F.constrained_flow(lin, torch.tensor([1.35, -0.35], dtype=torch.float64), 4.0, 5)
+    assert torch.allclose(W[:, 0] - W[:, 1], 1.7 * torch.exp(-t), atol=1e-6)
+
+
+def test_constrained_flow_keeps_bad_rows_nan_and_validates() -> None:
+    w0 = torch.tensor([[0.0, 1.5], [math.nan, 0.0]], dtype=torch.float64)
+    _, W = F.constrained_flow(N.perturbed(Ls.circle_loss, 2), w0, 1.0, 3)
+    assert torch.isfinite(W[:, 0]).all() and torch.isnan(W[:, 1]).all()
+    with pytest.raises(ConfigError):
+        F.constrained_flow(N.perturbed(Ls.circle_loss, 2), w0, -1.0, 3)
+    with pytest.raises(ConfigError):
+        F.limiting_sde(N.perturbed(Ls.circle_loss, 2), W_TOP, 1.0, 10, 2, seed=0)   # Theorem-A noise
+
+
+def test_theorem_b_deterministic_cases() -> None:
+    """Fig. 3 bottom: dθ/dt = ¼ sin θ/(1.5 + cos θ) (§8; §9.4 predictions 1.7783, 2.4151 at t = 1, 4).
+    Label noise, f = w₁w₂: sinh 2s(t) = sinh 2s₀ e^{−t}, s = ½ log(w₁/w₂) (§9.7). Euler–Maruyama error O(dt)."""
+    t, W = F.limiting_sde(N.fig3_degenerate(), W_TOP, 4.0, 400, 2, seed=0, n_points=5)
+    th = Ls.circle_angle(W)
+    assert torch.allclose(th[:, 0], th[:, 1])                         # PG = 0: no Brownian part
+    exact = theta_ode(lambda y: 0.25 * np.sin(y) / (1.5 + np.cos(y)), th[0, 0].item(), t.numpy())
+    assert np.allclose(th[:, 0].numpy(), exact, atol=1e-3)
+    assert abs(th[1, 0].item() - 1.7783) < 1e-3 and abs(th[4, 0].item() - 2.4151) < 1e-3
+    noise = N.label_noise(Ls.product_model, X1, Y1, d=2)
+    t, W = F.limiting_sde(noise, torch.tensor([2.0, 0.5], dtype=torch.float64), 3.0, 300, 1, seed=0, n_points=4)
+    s = 0.5 * torch.log(W[:, 0, 0] / W[:, 0, 1])
+    assert torch.allclose(torch.sinh(2 * s), torch.sinh(2 * s[0]) * torch.exp(-t), atol=3e-3)
+
+
+def test_theorem_b_sgld_matches_intrinsic_simulation() -> None:
+    """§7.6/§9.6: SGLD on the unit circle is dθ = dβ + ¼ sin θ/(1.5 + cos θ) dt. Our ambient SDE (PG dB + ½∂²Φ[P]
+    dt, projected) against an intrinsic Euler–Maruyama run with 10⁵ paths: mean and std of θ(1) − θ₀
+    within 4 combined standard errors."""
+    n_paths, n_steps = 1500, 100
+    w0 = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    _, W = F.limiting_sde(N.additive(Ls.circle_loss, 2), w0, 1.0, n_steps, n_paths, seed=7)
+    th = np.unwrap(Ls.circle_angle(W).numpy(), axis=0)[-1] - math.pi / 2
+    rng = np.random.default_rng(1)
+    ref = np.full(100_000, math.pi / 2)
+    dt = 1.0 / 400
+    for _ in range(400):
+        ref += 0.25 * np.sin(ref) / (1.5 + np.cos(ref)) * dt + math.sqrt(dt) * rng.standard_normal(ref.size)
+    ref -= math.pi / 2
+    se_mean = math.hypot(th.std() / math.sqrt(n_paths), ref.std() / math.sqrt(ref.size))
+    assert abs(th.mean() - ref.mean()) < 4 * se_mean
+    assert ref.mean() > 6 * se_mean                                    # the drift is resolved by the test
+    se_std = math.hypot(th.std() / math.sqrt(2 * n_paths), ref.std() / math.sqrt(2 * ref.size))
+    assert abs(th.std() - ref.std()) < 4 * se_std
+
+
+def test_sde_paths_do_not_depend_on_batching() -> None:
+    """Streams keyed by (seed, global path index): paths 3..5 alone equal rows 3..5 of a 6-path run."""
+    noise, w0 = N.additive(Ls.circle_loss, 2), torch.tensor([0.0, 1.0], dtype=torch.float64)
+    _, full = F.limiting_sde(noise, w0, 0.2, 20, 6, seed=3, n_points=3, block=7)
+    _, part = F.limiting_sde(noise, w0, 0.2, 20, 3, seed=3, n_points=3, path_offset=3)
+    assert torch.allclose(full[:, 3:], part, atol=1e-12)
+
+
+def test_theorem_a_against_noisy_gd() -> None:
+    """§9.3: NGD with L̂ = L + ½a(w)η², α = 0.1, σ² = 0.01, 1000 steps (t = ασ²k = 1): the chain mean of θ is
+    the flow's θ(1) up to 4 SE + the finite-α bias (reference: +0.0023 at α = 0.1)."""
+    noise, lr, sigma, chains, steps = N.fig3_nondegenerate(), 0.1, 0.1, 200, 1000
+    w = (1.3 * torch.tensor([math.cos(0.3), math.sin(0.3)], dtype=torch.float64)).repeat(chains, 1)
+    eta = torch.from_numpy(noise.sample(chains * steps, np.random.default_rng(4), sigma)).reshape(steps, chains, 1)
+    for k in range(steps):
+        x = w.detach().requires_grad_(True)
+        w = w - lr * torch.autograd.grad(noise.loss_hat(x, eta[k]).sum(), x)[0]
+    th = Ls.circle_angle(w)
+    _, W = F.constrained_flow(noise, w[0] * 0 + 1.3 * torch.tensor([math.cos(0.3), math.sin(0.3)],
+                                                                   dtype=torch.float64), 1.0, 2)
+    pred = Ls.circle_angle(W[-1]).item()
+    se = th.std().item() / math.sqrt(chains)
+    assert abs(th.mean().item() - pred) < 4 * se + 0.006
