@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.func import grad
 
+from noiseprobe.limits import noises
+from noiseprobe.limits.regulariser import grad_regulariser, regulariser
 from noiseprobe.limits.simulate import noisy_gd
 
 
@@ -30,11 +32,15 @@ def _loss_hat(w: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
     return _circle_loss(w + eta)
 
 
-def _best_of(fn: Callable[[], object], repeats: int) -> float:
-    """Smallest wall time of ``repeats`` calls (after one warm-up call)."""
+def _best_of(fn: Callable[[], object], budget: float) -> float:
+    """Smallest wall time of repeated calls (after two warm-up calls), repeating for about ``budget``
+    seconds (3 to 50 calls): the minimum is the least disturbed by other load on a shared machine."""
     fn()
-    best = float("inf")
-    for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    best = first
+    for _ in range(max(2, min(49, int(budget / max(first, 1e-9))))):
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
@@ -59,13 +65,14 @@ def _engine_rows(quick: bool) -> list[dict]:
     lr, sigma = 0.1, 0.1
     base_chains, base_steps = (4, 50) if quick else (8, 200)
     chains, steps = (1000, 200) if quick else (2000, 1000)
-    t_base = _best_of(lambda: _per_chain_loop(base_chains, base_steps, lr, sigma), 1 if quick else 2)
+    budget = 1.0 if quick else 5.0
+    t_base = _best_of(lambda: _per_chain_loop(base_chains, base_steps, lr, sigma), budget)
     base_rate = base_chains * base_steps / t_base
     rows = []
     for vectorised, label in ((False, "vmap(grad) over chains"), (True, "grad of the summed loss")):
         t = _best_of(lambda: noisy_gd(_loss_hat, [0.0, 1.5], lr=lr, sigma=sigma, eta_dim=2, steps=steps,
                                       chains=chains, record_every=steps, vectorised=vectorised),
-                     1 if quick else 2)
+                     budget)
         rate = chains * steps / t
         rows.append({"name": f"noisy_gd chain-steps/s, {label} ({chains} chains × {steps} steps, d=2)",
                      "baseline": f"per-chain Python loop of torch.func.grad ({base_chains} chains × {base_steps} steps)",
@@ -75,11 +82,49 @@ def _engine_rows(quick: bool) -> list[dict]:
     return rows
 
 
+def _mlp(inputs: int, width: int, samples: int) -> tuple[Callable, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A one-hidden-layer tanh MLP f(x) = Σ_j a_j tanh(b_j·x): per-unit outputs, data and a parameter vector
+    w = (a (J), b (J·D)) with teacher targets (square loss, ½ convention in the noise builders)."""
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(samples, inputs, generator=gen, dtype=torch.float64)
+
+    def units(w: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+        a, b = w[..., :width], w[..., width:].reshape(*w.shape[:-1], width, inputs)
+        return a[..., None, :] * torch.tanh(X @ b.transpose(-1, -2))
+
+    w = torch.randn(width * (inputs + 1), generator=gen, dtype=torch.float64) / inputs ** 0.5
+    y = units(torch.randn_like(w), X).sum(-1)
+    return units, X, y, w
+
+
+def _reg_rows(quick: bool) -> list[dict]:
+    inputs, width, samples = 5, 32, 64
+    units, X, y, w = _mlp(inputs, width, samples)
+    d = w.numel()
+    cases = {
+        f"dropout on {width} hidden units (m = {width})": noises.dropout(units, X, y, d, width, sigma=0.1),
+        f"Gaussian DropConnect on all weights (m = d = {d})":
+            noises.dropconnect(lambda v: 0.5 * ((units(v, X).sum(-1) - y) ** 2).mean(-1), d, sigma=0.1),
+    }
+    budget = 0.5 if quick else 3.0
+    rows = []
+    for label, noise in cases.items():
+        t_base = _best_of(lambda n=noise: grad(n.loss)(w), budget)
+        for what, fn in (("Reg(w)", regulariser), ("∇Reg(w)", grad_regulariser)):
+            t = _best_of(lambda n=noise, f=fn: f(n, w), budget)
+            rows.append({"name": f"{what} = ½tr(C̃∇²_ηL̂(w,0)), MLP {inputs}-{width}-1 (d = {d}), {label}",
+                         "baseline": f"one loss + gradient evaluation ({samples} samples)",
+                         "measured": t * 1e3, "baseline_value": t_base * 1e3, "ratio": t / t_base, "unit": "ms",
+                         "target": "informational (an η-Hessian needs m Hessian-vector products)",
+                         "passed": None, "note": f"ratio / m = {t / t_base / noise.eta_dim:.2f}"})
+    return rows
+
+
 def run(quick: bool = False) -> list[dict]:
     """All rows of this area (``quick`` shrinks the work for smoke tests)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _engine_rows(quick)
+        return _engine_rows(quick) + _reg_rows(quick)
     finally:
         torch.set_num_threads(threads)

@@ -44,12 +44,11 @@ def test_theorem_a_fig3_top_and_fig4_correlated() -> None:
     assert np.allclose(th.numpy(), exact, atol=1e-6)
     assert torch.allclose(th[[1, 2, 4, 6]], torch.tensor([0.4186, 0.5820, 1.0603, 1.4210], dtype=torch.float64),
                           atol=1e-4)
-    t, W = F.constrained_flow(N.perturbed(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]]), W_TOP, 20.0, 11, dt=0.1)
-    th = Ls.circle_angle(W)
-    assert torch.allclose(th[[0]], torch.tensor([1.5989], dtype=torch.float64), atol=1e-4)
-    assert abs(th[-1].item() - 3 * math.pi / 4) < 1e-3
-    _, W2 = F.constrained_flow(N.perturbed(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]]), W_TOP, 2.0, 3)
-    assert torch.allclose(Ls.circle_angle(W2)[1:], torch.tensor([2.1239, 2.2664], dtype=torch.float64), atol=1e-4)
+    corr = N.perturbed(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]])
+    _, W = F.constrained_flow(corr, W_TOP, 2.0, 3)
+    assert torch.allclose(Ls.circle_angle(W), torch.tensor([1.5989, 2.1239, 2.2664], dtype=torch.float64), atol=1e-4)
+    _, W = F.constrained_flow(corr, W[-1], 13.0, 2, dt=0.25)           # t = 15 in all: §9.5 pred 2.3562
+    assert abs(Ls.circle_angle(W[-1]).item() - 3 * math.pi / 4) < 2e-4
 
 
 def test_dropconnect_flows_nonlocal_vs_laplacian_end_points() -> None:
@@ -58,8 +57,8 @@ def test_dropconnect_flows_nonlocal_vs_laplacian_end_points() -> None:
     para = Ls.square_loss(Ls.parabola_model, X1, Y1)
     bern = N.dropconnect(para, 2, kind="bernoulli", p=0.01)
     w0 = torch.tensor([[1 - 0.2**2, 0.2]], dtype=torch.float64)
-    _, Wb = F.constrained_flow(bern, w0, 30.0, 2, dt=0.25)
-    _, Wl = F.constrained_flow(bern, w0, 30.0, 2, form="laplacian", dt=0.25)
+    _, Wb = F.constrained_flow(bern, w0, 20.0, 2, dt=0.5)
+    _, Wl = F.constrained_flow(bern, w0, 20.0, 2, form="laplacian", dt=0.5)
     assert abs(Wb[-1, 0, 1].item() - 1 / math.sqrt(2)) < 1e-4
     assert abs(Wl[-1, 0, 1].item() - 1 / math.sqrt(5)) < 1e-4
     lin = N.dropconnect(Ls.square_loss(Ls.sum_model, X1, Y1), 2, kind="bernoulli", p=0.02)
@@ -80,23 +79,23 @@ def test_constrained_flow_keeps_bad_rows_nan_and_validates() -> None:
 def test_theorem_b_deterministic_cases() -> None:
     """Fig. 3 bottom: dθ/dt = ¼ sin θ/(1.5 + cos θ) (§8; §9.4 predictions 1.7783, 2.4151 at t = 1, 4).
     Label noise, f = w₁w₂: sinh 2s(t) = sinh 2s₀ e^{−t}, s = ½ log(w₁/w₂) (§9.7). Euler–Maruyama error O(dt)."""
-    t, W = F.limiting_sde(N.fig3_degenerate(), W_TOP, 4.0, 400, 2, seed=0, n_points=5)
+    t, W = F.limiting_sde(N.fig3_degenerate(), W_TOP, 4.0, 200, 2, seed=0, n_points=5)
     th = Ls.circle_angle(W)
     assert torch.allclose(th[:, 0], th[:, 1])                         # PG = 0: no Brownian part
     exact = theta_ode(lambda y: 0.25 * np.sin(y) / (1.5 + np.cos(y)), th[0, 0].item(), t.numpy())
-    assert np.allclose(th[:, 0].numpy(), exact, atol=1e-3)
-    assert abs(th[1, 0].item() - 1.7783) < 1e-3 and abs(th[4, 0].item() - 2.4151) < 1e-3
+    assert np.allclose(th[:, 0].numpy(), exact, atol=1.5e-3)
+    assert abs(th[1, 0].item() - 1.7783) < 1.5e-3 and abs(th[4, 0].item() - 2.4151) < 1.5e-3
     noise = N.label_noise(Ls.product_model, X1, Y1, d=2)
-    t, W = F.limiting_sde(noise, torch.tensor([2.0, 0.5], dtype=torch.float64), 3.0, 300, 1, seed=0, n_points=4)
+    t, W = F.limiting_sde(noise, torch.tensor([2.0, 0.5], dtype=torch.float64), 3.0, 150, 1, seed=0, n_points=4)
     s = 0.5 * torch.log(W[:, 0, 0] / W[:, 0, 1])
-    assert torch.allclose(torch.sinh(2 * s), torch.sinh(2 * s[0]) * torch.exp(-t), atol=3e-3)
+    assert torch.allclose(torch.sinh(2 * s), torch.sinh(2 * s[0]) * torch.exp(-t), atol=5e-3)
 
 
 def test_theorem_b_sgld_matches_intrinsic_simulation() -> None:
     """§7.6/§9.6: SGLD on the unit circle is dθ = dβ + ¼ sin θ/(1.5 + cos θ) dt. Our ambient SDE (PG dB + ½∂²Φ[P]
     dt, projected) against an intrinsic Euler–Maruyama run with 10⁵ paths: mean and std of θ(1) − θ₀
     within 4 combined standard errors."""
-    n_paths, n_steps = 1500, 100
+    n_paths, n_steps = 1000, 50
     w0 = torch.tensor([0.0, 1.0], dtype=torch.float64)
     _, W = F.limiting_sde(N.additive(Ls.circle_loss, 2), w0, 1.0, n_steps, n_paths, seed=7)
     th = np.unwrap(Ls.circle_angle(W).numpy(), axis=0)[-1] - math.pi / 2
@@ -108,7 +107,7 @@ def test_theorem_b_sgld_matches_intrinsic_simulation() -> None:
     ref -= math.pi / 2
     se_mean = math.hypot(th.std() / math.sqrt(n_paths), ref.std() / math.sqrt(ref.size))
     assert abs(th.mean() - ref.mean()) < 4 * se_mean
-    assert ref.mean() > 6 * se_mean                                    # the drift is resolved by the test
+    assert ref.mean() > 4 * se_mean                                    # the drift is resolved by the test
     se_std = math.hypot(th.std() / math.sqrt(2 * n_paths), ref.std() / math.sqrt(2 * ref.size))
     assert abs(th.std() - ref.std()) < 4 * se_std
 

@@ -156,3 +156,14 @@ def test_classify_regime_matches_the_reference_table() -> None:
         assert rep.deterministic_limit == deterministic, (noise.name, str(rep))
     with pytest.raises(ConfigError):
         M.classify_regime(N.fig3_nondegenerate(), 1.2 * circle)   # not on Γ
+
+
+def test_noise_jacobian_closed_forms() -> None:
+    """G = ∇_w∇_η L̂: w for Fig. 3 bottom (L̂ = L + ½|w|²η); −(1/N)[∇f_n] for label noise (§7.5, §7.8)."""
+    w = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(M.noise_jacobian(N.fig3_degenerate(), w)[..., 0], w, atol=1e-14)
+    X = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)
+    y = torch.ones(3, dtype=torch.float64)
+    grad_f = torch.stack([w[:, 1:2] * X[:, 0], w[:, 0:1] * X[:, 0]], -2)      # (4, d, N)
+    G = M.noise_jacobian(N.label_noise(Ls.product_model, X, y, d=2), w)
+    assert torch.allclose(G, -grad_f / 3, atol=1e-14)

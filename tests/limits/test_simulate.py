@@ -9,7 +9,10 @@ import torch
 from scipy.linalg import solve_discrete_lyapunov
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.limits.simulate import gaussian_sampler, noisy_gd
+from noiseprobe.limits import noises
+from noiseprobe.limits.losses import circle_loss
+from noiseprobe.limits.noises import covariance_root
+from noiseprobe.limits.simulate import noisy_gd, simulate_noise
 
 H = np.array([[1.0, 0.3], [0.3, 0.5]])
 MU = np.array([0.4, -0.2])
@@ -27,12 +30,8 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def circle_loss(w: torch.Tensor) -> torch.Tensor:
-    """L = ⅛ (1.5 + w₁)(|w|² − 1)² (zero set: unit circle)."""
-    return 0.125 * (1.5 + w[..., 0]) * ((w ** 2).sum(-1) - 1.0) ** 2
-
-
 def circle_grad(w: np.ndarray) -> np.ndarray:
+    """Hand-written ∇L of L = ⅛ (1.5 + w₁)(|w|² − 1)²."""
     q = w @ w - 1.0
     return np.array([0.125 * q ** 2, 0.0]) + 0.5 * (1.5 + w[0]) * q * w
 
@@ -68,7 +67,9 @@ def test_gd_matches_explicit_loop() -> None:
 def test_stationary_law_linear_gaussian(vectorised: bool) -> None:
     """Stationary mean μ and covariance S = A S Aᵀ + α²σ² B C̃ Bᵀ, A = I − αH (discrete Lyapunov)."""
     R = 4000
-    res = noisy_gd(linear_loss_hat, [2.0, 2.0], lr=ALPHA, sigma=SIGMA, eta_dim=3, sampler=gaussian_sampler(C_TILDE),
+    root = covariance_root(torch.as_tensor(C_TILDE)).numpy()
+    res = noisy_gd(linear_loss_hat, [2.0, 2.0], lr=ALPHA, sigma=SIGMA, eta_dim=3,
+                   sampler=lambda n, g, s: s * g.standard_normal((n, root.shape[1])) @ root.T,
                    steps=250, chains=R, seed=3, record_every=250, vectorised=vectorised)
     S = solve_discrete_lyapunov(np.eye(2) - ALPHA * H, ALPHA ** 2 * SIGMA ** 2 * B @ C_TILDE @ B.T)
     w = res.final
@@ -101,6 +102,20 @@ def test_anti_correlated_increments() -> None:
     # anti-correlated noise is much smaller than i.i.d. noise at this α (sanity of the contrast)
     S_iid = solve_discrete_lyapunov(np.eye(2) - ALPHA * H, ALPHA ** 2 * SIGMA ** 2 * B @ B.T)
     assert np.trace(S) < 0.5 * np.trace(S_iid)
+
+
+@pytest.mark.parametrize("anti", [False, True])
+def test_additive_noise_closed_forms(anti: bool) -> None:
+    """L̂ = ½h|w|² + η·w (noises.additive): Var w = ασ²/(h(2−αh)) for i.i.d. η; anti-PGD increments
+    η_k − η_{k−1} give α²σ²·2/(2−αh) (closed forms of the scalar AR recursions)."""
+    h, alpha, sigma, R = 2.0, 0.1, 0.5, 6000
+    noise = noises.additive(lambda w: 0.5 * h * (w ** 2).sum(-1), 2, sigma=sigma)
+    res = simulate_noise(noise, [0.0, 0.0], lr=alpha, steps=120, chains=R, seed=4, record_every=120,
+                         anti_correlated=anti)
+    var = alpha ** 2 * sigma ** 2 * 2 / (2 - alpha * h) if anti else alpha * sigma ** 2 / (h * (2 - alpha * h))
+    v = res.final.var(0, ddof=1)
+    assert np.all(np.abs(v - var) < 4 * var * np.sqrt(2.0 / R))
+    assert np.all(np.abs(res.final.mean(0)) < 4 * np.sqrt(var / R))
 
 
 def test_noise_nonlinear_in_eta_shifts_the_mean() -> None:
@@ -156,10 +171,3 @@ def test_invalid_arguments_raise_config_error(kwargs: dict) -> None:
     args = dict(steps=10, chains=2) | kwargs
     with pytest.raises(ConfigError):
         noisy_gd(lambda w, e: circle_loss(w), [0.0, 1.5], **args)
-
-
-def test_gaussian_sampler_rejects_bad_covariance() -> None:
-    with pytest.raises(ConfigError):
-        gaussian_sampler([[1.0, 2.0], [2.0, 1.0]])  # indefinite
-    with pytest.raises(ConfigError):
-        gaussian_sampler([[1.0, 0.0]])

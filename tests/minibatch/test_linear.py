@@ -68,7 +68,8 @@ def test_thm9_equals_thm1_with_prop9():
     A = _rot(1, 3) @ np.diag([1.2, 0.7, 0.3]) @ _rot(1, 3).T
     B = _rot(2, 3) @ np.diag([0.4, 0.2, 0.1]) @ _rot(2, 3).T  # does not commute with A
     u = np.array([1.0, -0.6, 0.8])
-    assert input_noise_sigma_eff2(A, B, u) == pytest.approx(0.46323, abs=3e-1)  # same order as reference §15.6
+    pb = LinearProblem(A, u=u, B=B)  # 2L(w*) from the population loss ½[(w−u)ᵀA(w−u) + wᵀBw]
+    assert input_noise_sigma_eff2(A, B, u) == pytest.approx(2 * pb.train_loss(pb.center), rel=1e-12)
     t = input_noise_theory(A, B, u, 0.5, 4)
     K = A + B
     exact = solve_fluctuation(K, prop9_noise(A, B, u, np.zeros((3, 3)), 4), 0.5,

@@ -112,6 +112,6 @@ def test_bad_arguments_raise_config_error(data):
     with pytest.raises(ConfigError, match="nin_mode"):
         train_ensemble(x, y, xt, yt, sigmas=[1.0], nin_mode="step", **kw)
     with pytest.raises(ConfigError, match="sigma"):
-        train_ensemble(x, y, xt, yt, sigmas=[-1.0], **kw)
+        train_ensemble(x, y, xt, yt, sigmas=[-1.0], batch_size=10, **kw)
     with pytest.raises(ConfigError, match="batch_size"):
         train_ensemble(x, y, xt, yt, sigmas=[1.0], batch_size=10_000, **kw)

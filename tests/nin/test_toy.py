@@ -158,3 +158,16 @@ def test_recorded_trajectories_table_and_validation():
         toy.simulate([0.1, 0.2], w0=[0.1, 0.2, 0.3], w1=0.1, w_ni=1.0, steps=10)
     with pytest.raises(ConfigError):
         toy.init_weights("garbled", 0, [0])
+
+
+def test_ziggurat_normals_match_the_gaussian_histogram_and_tails():
+    """Φ of the reduced sampler is the raw N(0, 1) stream: chi-square over 120 equiprobable bins of
+    1e6 draws (sensitive to the ~1 % of mass from the wedge and tail branches) and the tail mass."""
+    n = 1_000_000
+    z = -toy.draw_moments(np.uint64(99), n, False, 1, 1.0, 1.0)[:, 1]
+    edges = stats.norm.ppf(np.linspace(0, 1, 121))
+    counts = np.histogram(z, edges)[0]
+    assert stats.chisquare(counts).pvalue > 1e-3
+    p_tail = 2 * stats.norm.sf(3.442619855899)                 # beyond the ziggurat's base r
+    k = np.sum(np.abs(z) > 3.442619855899)
+    assert abs(k - n * p_tail) < 4 * np.sqrt(n * p_tail)

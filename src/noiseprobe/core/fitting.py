@@ -144,7 +144,8 @@ def fit_exponential(t: np.ndarray, y: np.ndarray, *, offset: bool = True,
 def bootstrap(values: np.ndarray, stat: Callable[[np.ndarray], float] = np.median, *, n_boot: int = 400,
               seed: int = 0, ci: float = 0.68) -> tuple[float, float, float, float]:
     """(estimate, standard error, CI low, CI high) of ``stat`` over the finite entries of ``values`` by
-    resampling them with replacement ``n_boot`` times (percentile interval of level ``ci``)."""
+    resampling them with replacement ``n_boot`` times (percentile interval of level ``ci``). ``stat``
+    must accept ``axis=`` like the NumPy reductions (all resamples are evaluated in one call)."""
     n_boot = check_int("n_boot", n_boot, lo=2)
     ci = check_real("ci", ci, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     v = np.asarray(values, dtype=np.float64)
@@ -152,6 +153,6 @@ def bootstrap(values: np.ndarray, stat: Callable[[np.ndarray], float] = np.media
     if v.size == 0:
         return (float("nan"),) * 4
     rng = np.random.default_rng(seed)
-    boots = np.array([stat(v[rng.integers(0, v.size, v.size)]) for _ in range(n_boot)])
+    boots = np.asarray(stat(v[rng.integers(0, v.size, (n_boot, v.size))], axis=1))
     lo, hi = np.quantile(boots, [(1 - ci) / 2, (1 + ci) / 2])
     return float(stat(v)), float(boots.std(ddof=1)), float(lo), float(hi)

@@ -81,7 +81,7 @@ def _ce(logits: Tensor, y: Tensor) -> Tensor:
 # ------------------------------------------------------------------------------------- training
 def train_tanh_net(x: Tensor, y: Tensor, width: int, lrs: Tensor, optimizer: str, init_gens: list[torch.Generator],
                    batches: Tensor, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> Tensor:
-    """Train R independent 784-width-10 tanh networks (one per entry of ``lrs``) on the minibatch indices
+    """Train R independent D-width-K tanh networks (one per entry of ``lrs``) on the minibatch indices
     ``batches`` (R, steps, S) with SGD (w ← w − λĝ) or Adam (PyTorch's defaults); float32.
 
     Returns the minibatch training loss (mean cross-entropy, no ½) *before* each update, shape (R, steps);
@@ -146,8 +146,6 @@ def train_logistic(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor, lr: flo
 
 
 # ----------------------------------------------------------------------------------- experiment
-LEFT_KEYS = ("widths", "d_ref", "sgd_lr", "adam_lr", "batch_size", "epochs")
-RIGHT_KEYS = ("gammas", "right_lr", "right_batch_size", "right_epochs")
 _COMMON = {"seed": 2022, "dataset": "default", "inputs": "standardised"}
 _LEFT = {"quick": {"n_seeds": 3, "widths": [25, 100, 400, 800], "d_ref": 50, "sgd_lr": 0.5, "adam_lr": 0.01,
                    "batch_size": 32, "epochs": 1},
@@ -201,7 +199,6 @@ class _Fig1Base(Experiment):
         return out
 
     def run_chunk(self, config: dict[str, Any], chunk: Chunk) -> dict[str, pd.DataFrame]:
-        torch.set_num_threads(1)
         xtr, ytr, xte, yte = load_data(config["dataset"], config["inputs"], config["seed"])
         seeds = list(range(config["n_seeds"]))
         if chunk.spec["panel"] == "right":
@@ -253,6 +250,8 @@ class _Fig1Base(Experiment):
 
 def _analyse_left(config: dict[str, Any], res: pd.DataFrame, out: Path) -> tuple[dict[str, Any], list[Check]]:
     """Median (over seeds) first-epoch loss variance per optimiser, width and lr rule; growth and flatness checks."""
+    import matplotlib.ticker
+
     from noiseprobe.core.plotting import new_figure, savefig
 
     res = res.astype({"width": int})
@@ -266,8 +265,10 @@ def _analyse_left(config: dict[str, Any], res: pd.DataFrame, out: Path) -> tuple
             lr_note = f"lr = {config[opt + '_lr']}" + (f"·{config['d_ref']}/d" if rule == "rescaled" else "")
             ax.plot(s.index, s.to_numpy(), mark, label=lr_note)
             metrics[f"loss_var_{opt}_{rule}"] = {int(w): float(v) for w, v in s.items()}
-        ax.set(xscale="log", yscale="log", xlabel="hidden width d", ylabel="variance of training loss, 1st epoch",
-               title=f"Fig. 1-{panel}: two-layer tanh net, {opt.upper()}")
+        ax.set(xscale="log", yscale="log", xlabel="hidden width d", ylabel="1st-epoch train-loss variance (seed median)",
+               title=f"Fig. 1-{panel}: tanh net, {opt.upper()}")
+        ax.set_xticks(s.index.to_numpy(), [str(w) for w in s.index], minor=False)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.legend()
         savefig(fig, out / f"fig1_{panel}_{opt}.png")
         fixed, resc = med.loc[(opt, "fixed")], med.loc[(opt, "rescaled")]

@@ -322,6 +322,8 @@ class Fig5(Experiment):
         _validate(config, {"seed": 0, "chains": 2, "steps": 10, "burn_in": 0, "S": 1},
                   {"a": (0.0, True), "lr": (0.0, True), "u": (None, False)},
                   {"gammas": (-config["a"], True), "lrs": (0.0, True)})
+        if convergent_gamma_interval(config["a"], config["lr"], config["S"]) is None:
+            raise ConfigError("lr", config["lr"], f"λa <= √(S/2) = {np.sqrt(config['S'] / 2):.4g}/a (else no γ converges)")
 
     def chunks(self, config: dict[str, Any]) -> list[Chunk]:
         g = [Chunk(f"gamma{x:g}", {"panel": "gamma", "gamma": x, "lr": config["lr"], "point": i})
@@ -350,14 +352,14 @@ class Fig5(Experiment):
         win = negative_weight_decay_window(S)
         interval = convergent_gamma_interval(a, lr, S)
         pg = pts[pts.panel == "gamma"].sort_values("gamma")
-        finite = pg[pg.diverged == 0]
+        finite = pg[pg.blown == 0]
         g_sim = float(finite.gamma.iloc[int(np.argmin(finite.sim.to_numpy()))]) if len(finite) else np.nan
         checks = [Check("Cor. 1: λa lies in the window 2S/(S+2) < λa <= √(S/2), so the optimal weight decay is negative",
                         {"lambda_a": lr * a, "window": win, "gamma_star_theory": gstar}, "< 0", "",
                         bool(win[0] < lr * a <= win[1] and gstar < 0)),
                   Check("Cor. 1 measured: the simulated argmin of L_test over the γ grid is negative",
                         g_sim, gstar, "grid point nearest to γ*", bool(g_sim < 0))]
-        zs = [(r, *_agree(r.sim, r.se, r.theory, 0.01)) for r in pts.itertuples() if np.isfinite(r.theory) and r.diverged == 0]
+        zs = [(r, *_agree(r.sim, r.se, r.theory, 0.01)) for r in pts.itertuples() if np.isfinite(r.theory) and r.blown == 0]
         checks.append(Check("Eq. (11) / Cor. 4 test loss matches simulation at every convergent point",
                             max(abs(z) for _, z, _ in zs), 0.0, f"{Z}·SE + 1 % (heavy tail near the edges)",
                             all(p for *_, p in zs), ", ".join(f"(γ={r.gamma:.3g}, λ={r.lr:g}): z={z:+.1f}" for r, z, _ in zs)))
@@ -377,7 +379,7 @@ class Fig5(Experiment):
         ax[0].axvline(gstar, color="0.5", ls="--", lw=0.8, label=f"γ* = {gstar:.4f}")
         ax[0].set(yscale="log", xlabel="weight decay γ", ylabel="test loss", title=f"a={a}, λ={lr}, S={S}")
         ax[0].legend()
-        pl = pts[(pts.panel == "lr") & (pts.diverged == 0)].sort_values("lr")
+        pl = pts[(pts.panel == "lr") & (pts.blown == 0)].sort_values("lr")
         k = a + gstar
         lmax = 2 * S * k / (S * k * k + 2 * a * a)  # eq. (162)
         ll = np.linspace(0.02, max(config["lrs"]), 300)

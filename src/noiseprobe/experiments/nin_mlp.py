@@ -19,14 +19,16 @@ Default ``niw_init = "layer"``: only then does the downstream stability edge η 
 λ_max ≈ (2/C)·‖W_NI‖²/2 for MSE scale as Table 1's d_in/(N_w η) (‖W_NI‖² ≈ N_w/d_in).
 
 Phases per run (:func:`noiseprobe.nin.phases.classify_summary`, reference §7 rules for classifiers):
-divergent = overflow/non-finite (recorded by the ensemble) or stalled (the final clean train accuracy
-gained over chance less than ``stall_fraction`` of what the same seed's no-NIN run gained); catapult = the noisy batch loss rose above
-``spike_factor`` × its first-step value at some step and the run then learned (not divergent) — the
-loss-spike half of the §7 proxy: in these MLPs the NIW shrinks during a catapult instead of growing, so
-the NIW-growth half never fires; decay = min_t ‖W_NI(t)‖ ≤ ‖W_NI(0)‖/e (the NIW lost an e-fold within
-the horizon; in the deep CE net strong noise can make it re-grow afterwards, which the final-value rule
-n(T) ≤ n(0)/e would call decoupled; such runs are counted in the metric ``niw_regrown``); decoupled
-otherwise.
+
+* divergent: overflow/non-finite (recorded by the ensemble) or stalled (the final clean train accuracy
+  gained over chance less than ``stall_fraction`` of what the same seed's no-NIN run gained);
+* catapult: the noisy batch loss rose above ``spike_factor`` × its first-step value at some step and the
+  run then learned (not divergent). This is the loss-spike half of the §7 proxy; in these MLPs the NIW
+  shrinks during a catapult instead of growing, so the NIW-growth half never fires;
+* decay: min_t ‖W_NI(t)‖ ≤ ‖W_NI(0)‖/e, the NIW lost an e-fold within the horizon (in the deep CE net
+  strong noise can make it re-grow afterwards, which the final-value rule n(T) ≤ n(0)/e would call
+  decoupled; such runs are counted in the metric ``niw_regrown``);
+* decoupled: otherwise.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from noiseprobe.core.fitting import efold_time, fit_exponential
 from noiseprobe.core.plotting import PHASE_COLOURS, new_figure, savefig
 from noiseprobe.nin.ensemble import LOSSES, NIN_MODES, train_ensemble
 from noiseprobe.nin.phases import PHASES, boundaries, classify_summary, phase_fractions
+from noiseprobe.nin.probe import niw_decay_rate
 
 #: Table 1 coefficients c of σε² (decoupled, decay, catapult, divergent examples)
 TABLE1: dict[str, tuple[float, float, float, float]] = {"mse": (1e-4, 30.0, 47.0, 50.0),
@@ -53,6 +56,7 @@ TABLE1: dict[str, tuple[float, float, float, float]] = {"mse": (1e-4, 30.0, 47.0
 TABLE1_REFERENCE: dict[str, tuple[float, float, float, float]] = {"mse": (7.66e-3, 2297.0, 3598.0, 3828.0),
                                                                    "ce": (7.84, 7840.0, 78400.0, 141120.0)}
 NIW_INITS = ("unit", "layer")
+DATASETS = ("embedded", "fashion-mnist")
 
 
 def noise_base(loss: str, d_input: int, n_w: int, lr: float) -> float:
@@ -101,19 +105,22 @@ def _load(data_dir: str, split: str, standardize: str, split_seed: int, n_train:
 
 
 def load_data(config: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-    return _load(config["data_dir"], config["split"], config["standardize"], config["split_seed"],
-                 config["n_train"], config["pool"])
+    """The run's data: the embedded digits, or FMNIST from ``data_dir`` (dataset "fashion-mnist")."""
+    data_dir = config["data_dir"] if config["dataset"] == "fashion-mnist" else ""
+    return _load(data_dir, config["split"], config["standardize"], config["split_seed"], config["n_train"],
+                 config["pool"])
 
 
 # ------------------------------------------------------------------------------------ base class
-_COMMON_FIELDS = ("seed", "data_dir", "split", "standardize", "split_seed", "n_train", "pool", "hidden",
-                  "loss", "lr", "batch_size", "epochs", "record_every", "nin_layer", "niw_init", "levels",
-                  "n_seeds", "sigmas_per_chunk", "stall_fraction", "spike_factor", "acc_margin", "probe_samples")
+_COMMON_FIELDS = ("seed", "dataset", "data_dir", "split", "standardize", "split_seed", "n_train", "pool",
+                  "hidden", "loss", "lr", "batch_size", "epochs", "record_every", "nin_layer", "niw_init",
+                  "levels", "n_seeds", "sigmas_per_chunk", "stall_fraction", "spike_factor", "acc_margin",
+                  "probe_samples")
 
 
 def _preset(**kw: Any) -> dict[str, Any]:
-    base = {"seed": 2022, "data_dir": "", "split": "merged", "standardize": "global", "split_seed": 0,
-            "n_train": 0, "pool": 1, "nin_layer": 0, "niw_init": "layer", "record_every": 1,
+    base = {"seed": 2022, "dataset": "embedded", "data_dir": "", "split": "merged", "standardize": "global",
+            "split_seed": 0, "n_train": 0, "pool": 1, "nin_layer": 0, "niw_init": "layer", "record_every": 1,
             "sigmas_per_chunk": 16, "stall_fraction": 0.5, "spike_factor": 2.0, "acc_margin": 0.02,
             "probe_samples": 1000}
     base.update(kw)
@@ -160,10 +167,17 @@ class _NINSweep(Experiment):
         check_real("spike_factor", config["spike_factor"], lo=1.0)
         check_real("acc_margin", config["acc_margin"], lo=0.0, hi=1.0)
         check_int("probe_samples", config["probe_samples"], lo=1)
-        if config["data_dir"]:
+        check_choice("dataset", config["dataset"], DATASETS)
+        if config["dataset"] == "fashion-mnist":
+            if not config["data_dir"]:
+                raise ConfigError("data_dir", "", "the folder with the Fashion-MNIST IDX files: pass --data-dir DIR "
+                                                  "(this preset trains on FMNIST; nothing is downloaded)")
             from noiseprobe.data.idx import find_idx_files
 
             find_idx_files(config["data_dir"])  # ConfigError naming the missing files, before any work
+        elif config["data_dir"]:
+            raise ConfigError("data_dir", config["data_dir"], "empty for dataset 'embedded' (use the full preset, "
+                                                              "or --set dataset=fashion-mnist)")
 
     def sigmas(self, config: dict[str, Any]) -> np.ndarray:
         """σε per level: √(c · base) with the run's d_in, N_w = first hidden width and η."""
@@ -213,12 +227,8 @@ class _NINSweep(Experiment):
             t = g["epoch"].to_numpy(float)
             n = g["niw_norm"].to_numpy(float)
             ok = np.isfinite(n)
-            curv = g["curv_niw"].to_numpy(float)
-            st = g["step"].to_numpy(float)
-            pred = np.nan
-            if ok.all() and len(t) > 1:
-                rate = config["lr"] * g["sigma"].iloc[0] ** 2 * curv
-                pred = float(np.sum(0.5 * (rate[1:] + rate[:-1]) * np.diff(st)))
+            rate = niw_decay_rate(g["sigma"].iloc[0], config["lr"], g["curv_niw"].to_numpy(float), form="corrected")
+            pred = float(np.trapezoid(rate, g["step"].to_numpy(float))) if ok.all() else np.nan
             row = {"replica": rep, "level": lev, "nin_mode": mode, "sigma": float(g["sigma"].iloc[0]),
                    "diverged": bool(g["diverged"].iloc[-1]), "niw_ratio": n[-1] / n[0] if ok.all() else np.nan,
                    "niw_min_ratio": n.min() / n[0] if ok.all() else np.nan,
@@ -235,7 +245,8 @@ class _NINSweep(Experiment):
         base = runs[runs["level"] == -1].set_index("replica")["final_train_acc"]
         runs["baseline_train_acc"] = runs["replica"].map(base)
         chance = 1.0 / (int(load_data(config)[1].max()) + 1)
-        learned = (runs["final_train_acc"].to_numpy(float) - chance) / (runs["baseline_train_acc"].to_numpy(float) - chance)
+        learned = ((runs["final_train_acc"].to_numpy(float) - chance)
+                   / (runs["baseline_train_acc"].to_numpy(float) - chance))
         stalled = ~(learned >= config["stall_fraction"])
         spike = (runs["spike"].to_numpy(float) > config["spike_factor"]) & ~runs["diverged"].to_numpy(bool)
         codes = classify_summary(overflow=runs["diverged"].to_numpy(bool), stalled=stalled, max_stability=None,
@@ -262,7 +273,8 @@ class _NINSweep(Experiment):
                         dict(zip(PHASES, np.round(med, 4).tolist())), "all four present, increasing in this order",
                         "strictly increasing", ok,
                         f"levels c = {config['levels']}; sigma = {np.round(frac['sigma'].to_numpy(), 4).tolist()}; "
-                        f"majority phase per level: {', '.join(names)}; {len(nin) // max(len(frac), 1)} runs per level")]
+                        f"majority phase per level: {', '.join(names)}; "
+                        f"{len(nin) // max(len(frac), 1)} runs per level")]
         # divergence detection
         nonfinite = runs["diverged"].to_numpy(bool)
         div_runs = nin[nin["phase_code"] == 3]
@@ -393,7 +405,8 @@ class Fig2Bottom(_NINSweep):
         # reduced: 14x14 pooled digits (d_in 196), width 64, ~750 steps; levels chosen on the Table 1 scale
         "quick": _preset(seed=2022, pool=2, hidden=[64], loss="mse", lr=0.01, batch_size=1000, epochs=150,
                          record_every=5, levels=[1e-4, 8.0, 9.0, 10.0, 12.0], n_seeds=3),
-        "full": _preset(seed=2022, hidden=[1024], loss="mse", lr=0.01, batch_size=1000, epochs=200,
+        "full": _preset(seed=2022, dataset="fashion-mnist", hidden=[1024], loss="mse", lr=0.01, batch_size=1000,
+                        epochs=200,
                         record_every=2, levels=list(TABLE1["mse"]), n_seeds=4, sigmas_per_chunk=4),
     }
 
@@ -418,7 +431,8 @@ class Fig3(Fig2Bottom):
     presets = {
         "quick": _preset(seed=2022, pool=2, hidden=[64], loss="ce", lr=0.01, batch_size=1000, epochs=150,
                          record_every=5, levels=[1e-4, 1.0, 3.0, 10.0], n_seeds=3),
-        "full": _preset(seed=2022, hidden=[1024], loss="ce", lr=0.01, batch_size=1000, epochs=200,
+        "full": _preset(seed=2022, dataset="fashion-mnist", hidden=[1024], loss="ce", lr=0.01, batch_size=1000,
+                        epochs=200,
                         record_every=2, levels=list(TABLE1["ce"]), n_seeds=4, sigmas_per_chunk=4),
     }
 
@@ -434,7 +448,8 @@ class Fig1(_NINSweep):
         "quick": _preset(seed=2022, pool=2, hidden=[64, 64, 64], loss="ce", lr=0.05, batch_size=128, epochs=40,
                          record_every=2, levels=[1e-4, 1e-2, 0.1, 0.3, 1.0, 3.0, 10.0], centre_level=3,
                          n_seeds=2),
-        "full": _preset(seed=2022, hidden=[1024, 1024, 1024], loss="ce", lr=0.05, batch_size=128, epochs=100,
+        "full": _preset(seed=2022, dataset="fashion-mnist", hidden=[1024, 1024, 1024], loss="ce", lr=0.05,
+                        batch_size=128, epochs=100,
                         levels=[1e-5, 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0, 1.8, 3.0], centre_level=4, n_seeds=3,
                         sigmas_per_chunk=2),
     }
@@ -447,7 +462,8 @@ class Fig1(_NINSweep):
                 out: Path) -> tuple[dict[str, Any], list[Check]]:
         runs = self.summarise(config, tables)
         res = tables["results"]
-        metrics: dict[str, Any] = {"horizon_steps": int(res["step"].max()), "sigma_levels": self.sigmas(config).tolist()}
+        metrics: dict[str, Any] = {"horizon_steps": int(res["step"].max()),
+                                   "sigma_levels": self.sigmas(config).tolist()}
         checks, frac = self._phase_checks(config, runs, metrics)
         lev = config["centre_level"]
         centre = runs[runs["level"] == lev]
@@ -468,7 +484,8 @@ class Fig1(_NINSweep):
         self._right_figure(runs, frac, out)
         _phase_bar(frac, out)
         taus = runs[(runs["level"] >= 0)].groupby(["nin_mode", "sigma"])[["tau_niw", "tau_train", "tau_test"]].median()
-        metrics["decay_times_epochs"] = {f"{m}@{s:.4g}": v for (m, s), v in taus.round(4).to_dict(orient="index").items()}
+        metrics["decay_times_epochs"] = {f"{m}@{s:.4g}": v
+                                         for (m, s), v in taus.round(4).to_dict(orient="index").items()}
         return metrics, checks
 
     def _centre_figure(self, config: dict[str, Any], res: pd.DataFrame, runs: pd.DataFrame, out: Path) -> Path:
@@ -484,12 +501,13 @@ class Fig1(_NINSweep):
                 y = g[col].to_numpy(float) / g[col].iloc[0]
                 ax.plot(t, y, "o", ms=2.5, color=colour, alpha=alpha, label=f"{name} ({label})")
                 fit = fit_exponential(t, y, offset=True, window=(0.9, 0.1))
-                if np.isfinite(fit.tau[0]):
+                if np.isfinite(fit.tau[0]) and 0 < fit.tau[0] <= t[-1]:
                     tt = np.linspace(fit.t_start[0], fit.t_stop[0], 100)
                     ax.plot(tt, fit.amplitude[0] * np.exp(-tt / fit.tau[0]) + fit.offset[0], color=colour, alpha=alpha)
                     ax.plot([fit.tau[0]], [fit.amplitude[0] * np.exp(-1) + fit.offset[0]], "*", ms=10,
                             color=colour, alpha=alpha)
         ax.set_yscale("log")
+        ax.set_xlim(0, res["epoch"].max())
         ax.set_xlabel("epoch")
         ax.set_ylabel("relative to epoch 0")
         ax.set_title(f"σε = {res.loc[res['level'] == lev, 'sigma'].iloc[0]:.3g}: points = data, "

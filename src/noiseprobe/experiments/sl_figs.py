@@ -95,9 +95,8 @@ def _simulate(noise: noises.Noise, w0: Sequence[float], *, lr: float, sigma2: fl
     ``t_B = α²σ²k`` and the unwrapped angle θ of every chain."""
     res = simulate_noise(noise, w0, lr=lr, sigma=math.sqrt(sigma2), steps=steps, seed=seed, chains=chains,
                          record_every=max(1, steps // records), record_at=record_at)
-    theta = np.unwrap(np.arctan2(res.positions[..., 1], res.positions[..., 0]), axis=0)
     frame = res.to_frame(**labels)
-    frame["theta"] = theta.ravel()
+    frame["theta"] = _angle(res.positions).ravel()
     frame["t_A"] = lr * sigma2 * frame["step"]
     frame["t_B"] = lr ** 2 * sigma2 * frame["step"]
     return frame
@@ -162,7 +161,7 @@ def _draw_plane(ax: Any, title: str) -> None:
     x = np.linspace(-1.9, 1.9, 241)
     X, Y = np.meshgrid(x, x)
     Z = circle_loss(torch.from_numpy(np.stack([X, Y], -1))).numpy()
-    ax.contour(X, Y, np.log10(Z + 1e-4), levels=12, colors="0.75", linewidths=0.6)
+    ax.contour(X, Y, np.log10(np.abs(Z) + 1e-4), levels=12, colors="0.75", linewidths=0.6)  # L < 0 for w₁ < −1.5
     th = np.linspace(0, 2 * math.pi, 400)
     ax.plot(np.cos(th), np.sin(th), color="red", lw=1.5, label="Γ")
     ax.set(aspect="equal", xlim=(-1.9, 1.9), ylim=(-1.9, 1.9), xlabel="w₁", ylabel="w₂", title=title)
@@ -441,7 +440,7 @@ class Fig3(Experiment):
         noise, mb_lr = _minibatch_noise(), config["mb_lr"]
         steps = _steps(config["t_end_B"], mb_lr ** 2 * noise.sigma ** 2)
         frame = _simulate(noise, config["mb_w0"], lr=mb_lr, sigma2=noise.sigma ** 2, steps=steps,
-                          record_at=[_steps(1.0, mb_lr * noise.sigma ** 2)], **kw)
+                          record_at=[*range(101), _steps(1.0, mb_lr * noise.sigma ** 2)], **kw)
         frame["s"] = 0.5 * np.log(frame["w0"] / frame["w1"])   # along-Γ coordinate on w₁w₂ = 1
         return frame
 
@@ -508,8 +507,8 @@ class Fig3(Experiment):
             one = mb[mb["chain"] == c]
             ax[3].plot(one["step"], one["s"], lw=0.8)
         ax[3].axvline(k_ref, color="grey", ls=":")
-        ax[3].set(xscale="symlog", xlabel="iteration k", ylabel="s = ½ log(w₁/w₂)",
-                  title=f"minibatch SGD (B=1 of N=2), α = {config['mb_lr']:g}: frozen")
+        ax[3].set(xscale="symlog", xlim=(0, None), xlabel="iteration k", ylabel="s = ½ log(w₁/w₂)",
+                  title=f"minibatch SGD (B=1 of 2), α = {config['mb_lr']:g}: frozen")
         savefig(fig, out / "fig3.png")
 
         checks = [
@@ -547,6 +546,7 @@ class Fig4(Experiment):
     id = "sl-fig4"
     title = "Singular limits Fig. 4: independent vs correlated noise end at different points of Γ"
     COVS = {"independent": [[1.0, 0.0], [0.0, 1.0]], "correlated": [[0.5, 0.5], [0.5, 0.5]]}
+    LABELS = {"independent": "C = σ²I₂", "correlated": "C = ½σ²[[1,1],[1,1]]"}
     presets = {
         "quick": {"seed": 0, "lr": 0.1, "sigma2": 0.01, "chains": 48, "per_chunk": 48, "t_end": 12.0,
                   "t_check": [1.0, 2.0, 4.0], "records": 200, "w0": W0_TOP, "flow_dt": 0.2},
@@ -589,7 +589,7 @@ class Fig4(Experiment):
             end = stats.iloc[-1]
             res[v] = {"end": float(end["mean"]), "end_se": float(end["se"]), "argmin": th_star, "path_err": err,
                       "path_se": se, "flow_end": float(th_f[-1])}
-            _draw_plane(ax[i], f"C = σ²·{cov}")
+            _draw_plane(ax[i], self.LABELS[v])
             _paths(ax[i], sub, 4)
             ax[i].plot([math.cos(th_star)], [math.sin(th_star)], "o", mfc="none", mec="green", ms=9)
             colour = "tab:blue" if v == "independent" else "tab:orange"

@@ -48,7 +48,7 @@ def _record_steps(n_steps: int, n_points: int) -> np.ndarray:
 
 
 def constrained_flow(noise: Noise, w0: Tensor, t_end: float, n_points: int, *, form: str = "auto",
-                     dt: float = 1e-2, codim: int | None = None) -> tuple[Tensor, Tensor]:
+                     dt: float = 0.1, codim: int | None = None) -> tuple[Tensor, Tensor]:
     """Theorem A: ``∂_t W = −P∇Reg(W)`` on Γ from ``W(0) = Φ(w0)``, in the time ``t = α σ² k``.
 
     w0: (..., d) — every row is integrated at once (RK4 with step ≤ ``dt``, Newton projection onto Γ after

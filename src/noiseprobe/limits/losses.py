@@ -87,23 +87,27 @@ def gradient(loss: Callable[[Tensor], Tensor], w: Tensor) -> Tensor:
     return vjp_sum(loss(x), x).detach()
 
 
-def _hessian_rows(loss: Callable[[Tensor], Tensor], x: Tensor, create_graph: bool) -> Tensor:
-    g = vjp_sum(loss(x), x, create_graph=True)
-    return torch.stack([vjp_sum(g[..., i], x, create_graph) for i in range(x.shape[-1])], -2)
-
-
-def hessian(loss: Callable[[Tensor], Tensor], w: Tensor) -> Tensor:
-    """∇²L(w), shape (..., d, d) (d backward passes over all rows at once)."""
-    return _hessian_rows(loss, leaf(w), False).detach()
-
-
-def third_derivative(loss: Callable[[Tensor], Tensor], w: Tensor) -> Tensor:
-    """``T_ijk = ∂_i∂_j∂_k L(w)``, shape (..., d, d, d) (d(d+1)/2 further backward passes)."""
+def derivatives(loss: Callable[[Tensor], Tensor], w: Tensor, order: int = 2) -> tuple[Tensor, ...]:
+    """``(∇L, ∇²L)`` (order 2) or ``(∇L, ∇²L, ∇³L)`` (order 3) at w from one forward pass, shapes (..., d),
+    (..., d, d), (..., d, d, d); d backward passes for ∇²L and d(d+1)/2 more for ``T_ijk = ∂_i∂_j∂_k L``."""
     x = leaf(w)
-    H = _hessian_rows(loss, x, True)
     d = x.shape[-1]
+    g = vjp_sum(loss(x), x, create_graph=True)
+    H = torch.stack([vjp_sum(g[..., i], x, create_graph=order > 2) for i in range(d)], -2)
+    if order == 2:
+        return g.detach(), H.detach()
     T = torch.zeros(*x.shape, d, d, dtype=torch.float64)
     for i in range(d):
         for j in range(i, d):
             T[..., i, j, :] = T[..., j, i, :] = vjp_sum(H[..., i, j], x).detach()
-    return T
+    return g.detach(), H.detach(), T
+
+
+def hessian(loss: Callable[[Tensor], Tensor], w: Tensor) -> Tensor:
+    """∇²L(w), shape (..., d, d)."""
+    return derivatives(loss, w)[1]
+
+
+def third_derivative(loss: Callable[[Tensor], Tensor], w: Tensor) -> Tensor:
+    """``T_ijk = ∂_i∂_j∂_k L(w)``, shape (..., d, d, d)."""
+    return derivatives(loss, w, 3)[2]

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
 from noiseprobe.limits.noises import Noise, covariance_root
-from noiseprobe.limits.losses import gradient, hessian, leaf, third_derivative, vjp_sum
+from noiseprobe.limits.losses import derivatives, gradient, hessian, leaf, vjp_sum
 from noiseprobe.limits.regulariser import grad_regulariser
 
 LossFn = Callable[[Tensor], Tensor]
@@ -61,10 +61,11 @@ def codimension(loss: LossFn, w_on_gamma: Tensor, rtol: float = 1e-6) -> int:
 
 
 class Geometry(NamedTuple):
-    """Hessian eigen-data at w (..., d): eigenvalues ``lam`` (ascending), eigenvectors ``V``, the normal
-    indicator ``normal`` (d,) of the eigen-pairs (the top c), tangent projector ``P``, pseudo-inverse
-    ``H_pinv`` (on the c normal eigenvectors) and ``T = ∇³L``."""
+    """Derivatives of L at w (..., d): gradient ``grad``, Hessian eigenvalues ``lam`` (ascending) and
+    eigenvectors ``V``, the normal indicator ``normal`` (d,) of the eigen-pairs (the top c), tangent
+    projector ``P``, pseudo-inverse ``H_pinv`` (on the c normal eigenvectors) and ``T = ∇³L``."""
 
+    grad: Tensor
     lam: Tensor
     V: Tensor
     normal: Tensor
@@ -85,18 +86,19 @@ def geometry(loss: LossFn, w: Tensor, codim: int, third: bool = True) -> Geometr
     d = w.shape[-1]
     c = check_int("codim", codim, lo=0, hi=d)
     safe, ok = _finite_rows(w)
-    lam, V = torch.linalg.eigh(hessian(loss, safe))
+    derivs = derivatives(loss, safe, 3 if third else 2)
+    lam, V = torch.linalg.eigh(derivs[1])
     normal = torch.zeros(d, dtype=torch.float64)
     normal[d - c:] = 1.0
     P = (V * (1.0 - normal)) @ V.transpose(-1, -2)
     inv = torch.where(normal.bool(), 1.0 / torch.where(normal.bool(), lam, torch.ones_like(lam)), 0.0)
     H_pinv = (V * inv[..., None, :]) @ V.transpose(-1, -2)
-    T = third_derivative(loss, safe) if third else None
+    T = derivs[2] if third else None
     bad = ~ok
 
     def nan(x: Tensor) -> Tensor:
         return x.masked_fill(bad.reshape(*bad.shape, *([1] * (x.dim() - bad.dim()))), math.nan)
-    return Geometry(nan(lam), nan(V), normal, nan(P), nan(H_pinv), None if T is None else nan(T))
+    return Geometry(nan(derivs[0]), nan(lam), nan(V), normal, nan(P), nan(H_pinv), None if T is None else nan(T))
 
 
 def _codim(loss: LossFn, w: Tensor, codim: int | None) -> int:
@@ -213,15 +215,15 @@ def newton_project(loss: LossFn, w: Tensor, codim: int, *, tol: float = 1e-12, m
     """Project points near Γ onto Γ by normal Newton steps ``w ← w − H(w)^† ∇L(w)`` (H^† on the top
     ``codim`` eigenvectors). Converges quadratically to the nearest point of Γ up to O(dist²); used as the
     retraction that keeps integrators on Γ. Rows that fail to reach ``|∇L| ≤ tol`` become NaN."""
-    w = _as_w(w).clone()
+    w = _as_w(w)
+    g = gradient(loss, w)
     for _ in range(check_int("max_iter", max_iter, lo=1)):
-        g = gradient(loss, w)
         if not bool((g.norm(dim=-1) > tol).any()):
             return w
         geo = geometry(loss, w, codim, third=False)
-        w = w - (geo.H_pinv @ g[..., None])[..., 0]
-    g = gradient(loss, w).norm(dim=-1)
-    return w.masked_fill(~(g <= tol * 1e3)[..., None], math.nan)
+        w = w - (geo.H_pinv @ geo.grad[..., None])[..., 0]
+        g = gradient(loss, w)
+    return w.masked_fill(~(g.norm(dim=-1) <= tol * 1e3)[..., None], math.nan)
 
 
 # ------------------------------------------------------------------------------------------ regimes
@@ -264,8 +266,12 @@ def noise_jacobian(noise: Noise, w: Tensor, eta: Tensor | None = None) -> Tensor
     """``G(w) = ∇_w∇_η L̂(w, η)`` at η (default 0), shape (..., d, m), ``G_ij = ∂_{w_i}∂_{η_j} L̂``."""
     x = leaf(w)
     e = leaf(torch.zeros(*x.shape[:-1], noise.eta_dim) if eta is None else eta)
-    gw = vjp_sum(noise.loss_hat(x, e), x, create_graph=True)
-    return torch.stack([vjp_sum(gw[..., i], e) for i in range(x.shape[-1])], -2).detach()
+    lh = noise.loss_hat(x, e)
+    if noise.eta_dim < x.shape[-1]:   # one backward pass per η_j or per w_i, whichever are fewer
+        ge = vjp_sum(lh, e, create_graph=True)
+        return torch.stack([vjp_sum(ge[..., j], x) for j in range(noise.eta_dim)], -1)
+    gw = vjp_sum(lh, x, create_graph=True)
+    return torch.stack([vjp_sum(gw[..., i], e) for i in range(x.shape[-1])], -2)
 
 
 def classify_regime(noise: Noise, w_on_gamma_samples: Tensor, *, tol: float = 1e-8, n_eta: int = 4,

@@ -87,21 +87,9 @@ class NGDResult:
         return frame
 
 
-def gaussian_sampler(cov: np.ndarray | Sequence[Sequence[float]]) -> Sampler:
-    """Sampler of η ~ N(0, σ² C̃) via a symmetric square root of C̃ (singular C̃ allowed, e.g. Fig. 4's
-    fully correlated ``½[[1,1],[1,1]]``)."""
-    c = np.asarray(cov, dtype=np.float64)
-    if c.ndim != 2 or c.shape[0] != c.shape[1] or not np.allclose(c, c.T):
-        raise ConfigError("cov", c.tolist(), "a symmetric m×m matrix")
-    vals, vecs = np.linalg.eigh(c)
-    if vals.min() < -1e-12 * max(1.0, vals.max()):
-        raise ConfigError("cov", c.tolist(), "a positive semi-definite matrix")
-    root = (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
-
-    def sample(n: int, generator: np.random.Generator, sigma: float) -> np.ndarray:
-        return sigma * generator.standard_normal((n, c.shape[0])) @ root
-
-    return sample
+def standard_sampler(n: int, generator: np.random.Generator, sigma: float, m: int) -> np.ndarray:
+    """The default law η ~ N(0, σ² I_m), shape (n, m). (General laws: a :class:`Noise`'s ``sample``.)"""
+    return sigma * generator.standard_normal((n, m))
 
 
 def _per_chain(name: str, value: float | Sequence[float] | np.ndarray, R: int, lo_open: bool) -> np.ndarray:
@@ -135,8 +123,8 @@ def noisy_gd(loss_hat: LossHat, w0: np.ndarray | Sequence[float], *, lr: float |
         steps: number of iterations.
         sigma: noise scale σ (Cov η = σ² C̃), a number or one per chain; 0 everywhere gives plain GD.
         eta_dim: m; needed when the noise is drawn (default sampler: C̃ = I_m).
-        sampler: ``sample(n, generator, sigma) -> (n, m)`` for any law (Bernoulli masks, …); default
-            Gaussian N(0, σ² I_m). Use :func:`gaussian_sampler` for a general C̃.
+        sampler: ``sample(n, generator, sigma) -> (n, m)`` for any law with mean 0 and covariance σ²C̃
+            (Bernoulli masks, correlated Gaussians, …); default :func:`standard_sampler` (C̃ = I_m).
         seed, chains: experiment seed and the chains' *global* indices (an int R means range(R)).
         anti_correlated: feed ζ_k = η_k − η_{k−1} instead of η_k (η_{−1} drawn from the same stream).
         record_every: keep positions every this many steps (and at the last step).
@@ -168,7 +156,7 @@ def noisy_gd(loss_hat: LossHat, w0: np.ndarray | Sequence[float], *, lr: float |
         if eta_dim is None:
             raise ConfigError("eta_dim", eta_dim, "the noise dimension m >= 1 when sigma > 0")
         m = check_int("eta_dim", eta_dim, lo=1)
-        sampler = sampler or gaussian_sampler(np.eye(m))
+        sampler = sampler or (lambda n, g, s: standard_sampler(n, g, s, m))
         gens = replica_generators(seed, chain_ids.tolist())
     else:
         m = 1 if eta_dim is None else check_int("eta_dim", eta_dim, lo=1)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from noiseprobe.core.errors import check_choice
+from noiseprobe.core.errors import ConfigError, check_choice
 from noiseprobe.minibatch.fluctuation import NoStationaryState
 from noiseprobe.minibatch.l2 import l2_1d
 from noiseprobe.minibatch.linear import _S, _lr, as_matrix, commutes, input_noise_theory, label_noise_losses, label_noise_sigma
@@ -27,7 +27,7 @@ def hessian_approx_sigma(H: float | np.ndarray, lr: float | np.ndarray, batch_si
     S = _S(batch_size)
     check_choice("time", time, ("discrete", "continuous"))
     if not commutes(Lam, H):
-        raise ValueError("the Hessian approximation of App. B assumes [Λ, H] = 0")
+        raise ConfigError("lr", "matrix not commuting with H", "[Λ, H] = 0 (App. B)")
     if time == "continuous":
         return noise_scale * Lam / (2 * S)
     M = 2 * np.eye(H.shape[0]) - Lam @ H

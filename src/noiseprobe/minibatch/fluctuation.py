@@ -176,7 +176,9 @@ def solve_fluctuation(H: np.ndarray, C: np.ndarray, lr: float | np.ndarray, mome
     op = spla.LinearOperator((D * D, D * D), matvec=lambda v: v - nmap(v.reshape(D, D)).ravel(), dtype=np.float64)
     x, info = spla.gmres(op, b, rtol=1e-13, atol=0.0, restart=min(D * D, 60), maxiter=200)
     if info != 0:
-        x = np.linalg.solve(_dense(lambda X: X - nmap(X), D), b) if D <= KRON_MAX_D else x
+        if D > KRON_MAX_D:
+            raise RuntimeError(f"GMRES did not converge for the Σ-dependent noise (D = {D}, info = {info})")
+        x = np.linalg.solve(_dense(lambda X: X - nmap(X), D), b)
     return bs.to_sigma(x.reshape(D, D))
 
 

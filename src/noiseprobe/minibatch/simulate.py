@@ -14,9 +14,12 @@ Data: ``x = x̃ + e`` with ``x̃ ~ N(0, A)``, ``e ~ N(0, B)`` (input noise), ``y
 "online") or a fixed data set of N samples drawn with replacement (Def. 2) or without (Def. 3, a uniform
 S-subset each step).
 
-For D = 1, online, Gaussian labels the default sampler is exact in law and draws two numbers per step:
-``h = k χ²_S / S`` (k = a + b) and ``ξ | h ~ N(0, σ_eff² h / S)`` with ``σ_eff² = σ² + u² a b / k``, so
-``ĝ = h (w − u a/k) − ξ + γ w`` (reference §14).
+For online data with Gaussian labels and S >= D the default sampler is exact in law and draws D(D+3)/2
+numbers per step instead of S(D+1): with K = A + B, ``x̃ = AK⁻¹x + ζ`` (ζ independent of x), so the
+residual is ``xᵀ(w − K⁻¹Au) − n`` with ``n ~ N(0, σ_eff²)``, ``σ_eff² = σ² + uᵀ(A − AK⁻¹A)u``; then
+``(1/S)Σxxᵀ = M Mᵀ/S``, ``M = R_K L`` (R_K R_Kᵀ = K, L the Bartlett factor of a Wishart(S, I) matrix) and
+``(1/S)Σ x n | M ~ N(0, σ_eff² MMᵀ/S²)``. In 1d this is ``h = kχ²_S/S``, ``ξ | h ~ N(0, σ_eff²h/S)``
+(reference §14).
 
 Divergence (non-finite or |w| > ``DIVERGED``) is recorded per chain; a diverged chain is frozen and left
 out of every statistic, the others continue.
@@ -159,8 +162,13 @@ class _Draws:
             g.standard_normal(out=o)
         return out
 
-    def chisquare(self, df: int, shape: tuple[int, ...]) -> np.ndarray:
-        return np.stack([g.chisquare(df, size=shape) for g in self.gens])
+    def chisquare_columns(self, dfs: np.ndarray, steps: int) -> np.ndarray:
+        """(chains, steps, len(dfs)): column i is χ² with dfs[i] degrees of freedom (scalar df per call: fast path)."""
+        out = np.empty((len(self.gens), steps, len(dfs)))
+        for g, o in zip(self.gens, out):
+            for i, df in enumerate(dfs):
+                o[:, i] = g.chisquare(int(df), size=steps)
+        return out
 
     def integers(self, high: int, shape: tuple[int, ...]) -> np.ndarray:
         return np.stack([g.integers(0, high, size=shape) for g in self.gens])
@@ -255,15 +263,15 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
                  burn_in: int, chains: int, seed: int, first_chain: int = 0, momentum: float = 0.0,
                  replacement: bool = True, measure_every: int = 1, snapshot_every: int | None = None,
                  measure_noise: bool = False, w0: np.ndarray | None = None, init_scale: float = 0.1,
-                 exact_1d: bool | None = None) -> SGDRun:
+                 exact_law: bool | None = None, exact_1d: bool | None = None) -> SGDRun:
     """Run ``chains`` independent SGD chains (global indices ``first_chain …``) and measure them.
 
     ``lr``: scalar, per-chain scalars (chains,), or a symmetric (D, D) matrix Λ. ``steps`` measured steps
     follow ``burn_in`` discarded ones; statistics use every ``measure_every``-th step. ``replacement``
     selects Def. 2 (True) or Def. 3 (False) for a fixed data set (no effect online). ``w0``: start (D,) or
     (chains, D); default ``center + init_scale·z``, z ~ N(0, I) per chain (perturbed, since w = u is a fixed
-    point without label noise). ``exact_1d``: use the exact-in-law 1d sampler (default: when D = 1, online
-    and Gaussian labels).
+    point without label noise). ``exact_law``: use the exact-in-law (Bartlett) sampler; default True when it
+    applies (online data, Gaussian labels, S >= D); ``exact_1d`` is the earlier name of the same switch.
     """
     pb = problem
     D = pb.dim
@@ -278,11 +286,12 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
     if snapshot_every is not None:
         snapshot_every = check_int("snapshot_every", snapshot_every, lo=1)
     lr_arr, lr_matrix = _lr_array(lr, chains, D)
-    auto_1d = D == 1 and pb.X is None and pb.label_noise == "gaussian"
-    if exact_1d is None:
-        exact_1d = auto_1d
-    elif exact_1d and not auto_1d:
-        raise ConfigError("exact_1d", exact_1d, "True only for D = 1, online data and Gaussian labels")
+    exact_ok = pb.X is None and pb.label_noise == "gaussian" and S >= D
+    exact = exact_law if exact_law is not None else exact_1d
+    if exact is None:
+        exact = exact_ok
+    elif exact and not exact_ok:
+        raise ConfigError("exact_law", exact, "True only for online data, Gaussian labels and batch_size >= D")
 
     streams = _Draws(seed, range(first_chain, first_chain + chains))
     center = pb.center
@@ -304,12 +313,14 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
     diverged = np.zeros(chains, dtype=bool)
     diverged_at = np.full(chains, -1)
 
-    if exact_1d:
-        a, b, u = pb.A[0, 0], pb.B[0, 0], pb.u[0]
-        k = a + b
-        w_lab = u * a / k if k > 0 else 0.0
-        sig_eff = np.sqrt(pb.sigma ** 2 + (u * u * a * b / k if k > 0 else 0.0))
-        per_step = 2
+    if exact:
+        K = pb.A + pb.B
+        Rk = _psd_root(K)
+        w_lab = np.linalg.lstsq(K, pb.A @ pb.u, rcond=None)[0]  # x̃ = AK⁻¹x + ζ: labels see x only through K⁻¹A u
+        sig_eff = np.sqrt(pb.sigma ** 2 + max(0.0, float(pb.u @ (pb.A - pb.A @ np.linalg.pinv(K) @ pb.A) @ pb.u)))
+        tril = np.tril_indices(D, -1)
+        diag = np.arange(D)
+        per_step = D * D + D
     elif pb.X is None:
         Ra, Rb = pb._chol
         n_in = 2 * D if np.any(pb.B) else D  # draw input noise only when B ≠ 0
@@ -324,9 +335,15 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
     with np.errstate(over="ignore", invalid="ignore"):
         while t < total:
             T = min(block, total - t)
-            if exact_1d:
-                h_blk = k * streams.chisquare(S, (T,)) / S if k > 0 else np.zeros((chains, T))
-                xi_blk = sig_eff * np.sqrt(h_blk / S) * streams.normal((T,))
+            if exact:  # Bartlett: (1/S)Σxxᵀ = M Mᵀ/S with M = R_K L, LLᵀ ~ Wishart(S, I); Σ x n | M ~ N(0, σ²MMᵀ)
+                chi = streams.chisquare_columns(S - diag, T)
+                zz = streams.normal((T, D * (D - 1) // 2 + D))
+                L = np.zeros((chains, T, D, D))
+                L[..., diag, diag] = np.sqrt(chi)
+                L[..., tril[0], tril[1]] = zz[..., D:]
+                M_blk = Rk @ L
+                xi_blk = sig_eff / S * np.einsum("rtij,rtj->rti", M_blk, zz[..., :D])
+                W_blk = M_blk @ np.swapaxes(M_blk, -1, -2) / S
             elif pb.X is None:
                 z_blk = streams.normal((T, S, n_in + 1))
             elif replacement:
@@ -334,8 +351,9 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
             else:
                 idx_blk = np.argsort(streams.uniform((T, N)), axis=-1)[..., :S]
             for j in range(T):
-                if exact_1d:
-                    g = h_blk[:, j, None] * (w - w_lab) - xi_blk[:, j, None]
+                if exact:
+                    d = w - w_lab
+                    g = (W_blk[:, j, 0] * d if D == 1 else np.einsum("rij,rj->ri", W_blk[:, j], d)) - xi_blk[:, j]
                 else:
                     if pb.X is None:
                         z = z_blk[:, j]

@@ -29,8 +29,9 @@ see :meth:`MLPEnsemble.member`):
   permutation also picks the ``probe_samples`` samples for the curvature (as ``probe.train`` does).
   σε is a hyper-parameter: replicas with equal r and different σε share weights, order and ξ (common
   random numbers across a σε sweep), and nothing depends on how replicas are grouped into calls.
-* Divergence: a replica whose batch loss or weights become non-finite, or whose weights exceed
-  ``overflow`` in magnitude, is recorded as diverged at that step and dropped from the batch; its later
+* Divergence: a replica whose batch loss becomes non-finite (checked every step), or whose weights are
+  non-finite or exceed ``overflow`` in magnitude (checked at the end of every epoch), is recorded as
+  diverged at that step and dropped from the batch; its later
   records are NaN with ``diverged = True``; the other replicas are unaffected.
 
 Records (epoch 0 = initialisation): clean train/test loss and accuracy, ``noisy_loss`` (mean training
@@ -94,12 +95,17 @@ class MLPEnsemble:
     def forward(self, x: torch.Tensor, xi: torch.Tensor | None = None,
                 keep: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits (K, n, C) for inputs ``x`` (K, n, d_in) or shared (n, d_in) and unit NIN values ``xi``
-        (K, n) (``None``: ε = 0); with ``keep`` also the pre-activations z^(m) of every layer."""
-        h = x if x.dim() == 3 else x.expand(self.k, *x.shape)
+        (K, n) (``None``: ε = 0); with ``keep`` also the pre-activations z^(m) of every layer. A shared
+        input makes the first layer one (n, d_in) × (d_in, K·d_1) product instead of K small ones."""
+        h = x
         zs: list[torch.Tensor] = []
         last = len(self.weights) - 1
         for m, (w, b) in enumerate(zip(self.weights, self.biases)):
-            z = torch.baddbmm(b.unsqueeze(1), h, w)
+            if h.dim() == 2:
+                wide = w.transpose(0, 1).reshape(w.shape[1], -1)
+                z = (h @ wide).reshape(h.shape[0], self.k, -1).transpose(0, 1) + b.unsqueeze(1)
+            else:
+                z = torch.baddbmm(b.unsqueeze(1), h, w)
             if m == self.nin_layer and xi is not None:
                 z = z + (self.sigma[:, None] * xi).unsqueeze(-1) * self.niw.unsqueeze(1)  # z + W_NI ε
             if keep:
@@ -237,6 +243,8 @@ def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
     check_real("lr", lr, lo=0.0, lo_open=True)
     check_int("epochs", epochs, lo=0)
     check_real("overflow", overflow, lo=0.0, lo_open=True)
+    for s in sigmas:
+        check_real("sigma", s, lo=0.0)
     xtr, xte = x_train.to(dtype), x_test.to(dtype)
     ytr, yte = y_train.long(), y_test.long()
     n = xtr.shape[0]
@@ -257,12 +265,14 @@ def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
     fixed = np.array([m == "fixed" for m in modes])
     xi = torch.stack([torch.randn(n, 1, generator=g)[:, 0] for g in noise_gens]).to(dtype)
     active = torch.arange(k)                      # original indices of the replicas still training
+    shared = len(set(int(r) for r in replicas)) == 1  # one data order for all: shared-input fast path
     div_step = np.full(k, -1, dtype=np.int64)
     steps_per_epoch = n // batch_size
     rec_rows: list[dict[str, np.ndarray]] = []
     step_loss = np.full((k, epochs * steps_per_epoch), np.nan)
     noisy_sum, noisy_n = torch.zeros(k, dtype=torch.float64), 0
-    base = {"member": np.arange(k), "replica": np.asarray(replicas, dtype=np.int64), "sigma": ens.sigma.double().numpy().copy(),
+    base = {"member": np.arange(k), "replica": np.asarray(replicas, dtype=np.int64),
+            "sigma": ens.sigma.double().numpy().copy(),
             "nin_mode": np.asarray(modes, dtype=object)}
 
     def record(epoch: int) -> None:
@@ -270,8 +280,9 @@ def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
                                                     "noisy_loss", "niw_norm", "next_norm", "curv_niw")}
         if len(active):
             a = active.numpy()
-            full["train_loss"][a], full["train_acc"][a] = (t.numpy() for t in _evaluate(ens, xtr, ytr, loss, eval_block))
-            full["test_loss"][a], full["test_acc"][a] = (t.numpy() for t in _evaluate(ens, xte, yte, loss, eval_block))
+            for part, (xs, ys) in (("train", (xtr, ytr)), ("test", (xte, yte))):
+                lo, ac = _evaluate(ens, xs, ys, loss, eval_block)
+                full[f"{part}_loss"][a], full[f"{part}_acc"][a] = lo.numpy(), ac.numpy()
             full["curv_niw"][a] = ens.niw_curvature(xtr[probe_idx[active]], loss).double().numpy()
             full["niw_norm"][a] = ens.niw.detach().double().norm(dim=1).numpy()
             full["next_norm"][a] = ens.weights[ens.nin_layer + 1].detach().double().flatten(1).norm(dim=1).numpy()
@@ -303,8 +314,9 @@ def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
             if not len(active):
                 break
             idx = perm[active, s * batch_size:(s + 1) * batch_size]
-            logits, _ = ens.forward(xtr[idx], torch.gather(xi[active], 1, idx))
-            lk = batch_losses(logits, ytr[idx], loss).mean(1)
+            rows = idx[0] if shared else idx
+            logits, _ = ens.forward(xtr[rows], torch.gather(xi[active], 1, idx))
+            lk = batch_losses(logits, ytr[rows], loss).mean(1)
             grads = torch.autograd.grad(lk.sum(), params)
             step = (epoch - 1) * steps_per_epoch + s + 1
             with torch.no_grad():
@@ -312,7 +324,9 @@ def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
                     p.sub_(lr * g)
                 step_loss[active.numpy(), step - 1] = lk.double().numpy()
                 noisy_sum[active] += lk.double()
-                bad = ~(torch.isfinite(lk) & _healthy(params, overflow))
+                bad = ~torch.isfinite(lk)
+                if s == steps_per_epoch - 1:
+                    bad |= ~_healthy(params, overflow)
             noisy_n += 1
             if bad.any():
                 drop(bad, step)

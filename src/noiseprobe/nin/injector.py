@@ -144,8 +144,10 @@ class NoiseInjectionNode(nn.Module):
         shape[axis] = shift.shape[1]
         return shift.reshape(shape)
 
-    def shift(self, out_shape: tuple[int, ...], name: str, indices: Tensor | None) -> Tensor:
-        """ε W_NI for a batch, broadcastable to ``out_shape``; raises ConfigError on a shape mismatch."""
+    def shift(self, out_shape: tuple[int, ...], name: str, indices: Tensor | None,
+              fresh: torch.Generator | None = None) -> Tensor:
+        """ε W_NI for a batch, broadcastable to ``out_shape``; raises ConfigError on a shape mismatch.
+        With ``fresh`` a generator, ξ is a fresh draw from it whatever the mode."""
         ndim = len(out_shape)
         if ndim < 2 or self.axis % ndim == 0:
             raise ConfigError("module", name, f"a submodule whose output has a feature axis besides the batch axis "
@@ -154,8 +156,9 @@ class NoiseInjectionNode(nn.Module):
             raise ConfigError("module", name, f"an output with {self.features} features on axis {self.axis} "
                                               f"(got output shape {out_shape})")
         n = out_shape[0]
-        if self.spec.mode == "step":
-            xi = _draw(self.spec.distribution, (n, self.spec.n_nodes), self.generator).to(self.weight.device)
+        if self.spec.mode == "step" or fresh is not None:
+            gen = self.generator if fresh is None else fresh
+            xi = _draw(self.spec.distribution, (n, self.spec.n_nodes), gen).to(self.weight.device)
         else:
             if indices is None or indices.shape != (n,):
                 got = None if indices is None else tuple(indices.shape)
@@ -181,17 +184,18 @@ class NINHandle:
         self.epoch = 0
         self.steps = 0
         self._clean = 0
+        self._fresh: torch.Generator | None = None
         modules = dict(model.named_modules())
         self._hooks = [modules[name].register_forward_hook(self._make_hook(name, node))
                        for name, node in zip(names, nodes)]
 
     def _make_hook(self, name: str, node: NoiseInjectionNode) -> Callable[..., Tensor | None]:
         def hook(module: nn.Module, _args: Any, out: Any) -> Tensor | None:
-            if not module.training or self._clean:
+            if (not module.training and self._fresh is None) or self._clean:
                 return None
             if not isinstance(out, Tensor):
                 raise ConfigError("module", name, f"a submodule whose output is one tensor (got {type(out).__name__})")
-            return out + node.shift(tuple(out.shape), name, self.indices)
+            return out + node.shift(tuple(out.shape), name, self.indices, self._fresh)
         return hook
 
     @property
@@ -243,6 +247,16 @@ class NINHandle:
             yield
         finally:
             self._clean -= 1
+
+    @contextmanager
+    def fresh_noise(self, generator: torch.Generator) -> Iterator[None]:
+        """Within the block every NIN injects fresh ξ drawn from ``generator`` (any mode), also in eval
+        mode: for Monte-Carlo averages over the noise without touching the training noise stream."""
+        self._fresh = generator
+        try:
+            yield
+        finally:
+            self._fresh = None
 
     def remove(self) -> None:
         """Detach every NIN; the model's forward and parameters are exactly as before attaching."""

@@ -15,6 +15,10 @@ Per record (usually per epoch), with ε = 0 and ``model.eval()`` for every evalu
 
   (t in SGD steps; with momentum β the long-run step is η/(1−β)). ``rate_corrected``/``rate_paper``
   hold both per step; :func:`niw_decay_check` compares their integral with the measured decay;
+  ``rate_mc`` ± ``rate_mc_se`` (``drift_draws`` > 0) is the same rate without the second-order
+  truncation of eq. (1)→(2): η Ŵ·E_ε[∂L/∂W_NI]/‖W_NI‖, averaged over fresh noise draws on the probe
+  batch (it differs from ``rate_corrected`` where σ_ε|W_NI| is not small against the scale on which
+  the loss bends, e.g. the ReLU kinks, which the local Hessian at ε = 0 does not see);
 * optionally ``full_hess_trace`` ± ``full_hess_trace_se``: Tr ∇²_θ L of all model parameters.
 
 Losses (batch means): ``"ce"`` softmax cross-entropy on integer labels; ``"mse"`` Keras-style mean
@@ -46,7 +50,7 @@ LOSSES = ("ce", "mse")
 COMMON = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "noisy_loss",
           "full_hess_trace", "full_hess_trace_se", "diverged")
 PER_NIN = ("nin", "module", "sigma", "niw_norm", "next_norm", "grad_rms", "hess_trace", "hess_trace_se",
-           "curv_niw", "rate_corrected", "rate_paper")
+           "curv_niw", "rate_corrected", "rate_paper", "rate_mc", "rate_mc_se")
 
 
 def make_loss(loss: str) -> Callable[[Tensor, Tensor], Tensor]:
@@ -78,15 +82,16 @@ class NINRecorder:
     Call :meth:`step` after every optimiser step (noisy batch loss, step count) and :meth:`record`
     whenever a row is wanted (e.g. each epoch); :meth:`frame` returns the tidy table. ``train``/``test``
     are (X, y) pairs evaluated in full; ``probe`` is the (X, y) batch for local and full Hessians.
-    ``lr``/``momentum`` enable the eq. (2) rate columns. ``tensorboard_dir`` logs every number with
-    ``torch.utils.tensorboard`` (optional extra ``tensorboard``).
+    ``lr``/``momentum`` enable the eq. (2) rate columns; ``drift_draws`` > 0 adds the Monte-Carlo rate.
+    ``tensorboard_dir`` logs every number with ``torch.utils.tensorboard`` (optional extra ``tensorboard``).
     """
 
     def __init__(self, model: nn.Module, handle: NINHandle | None, *, loss: str = "ce",
                  train: tuple[Tensor, Tensor] | None = None, test: tuple[Tensor, Tensor] | None = None,
                  probe: tuple[Tensor, Tensor] | None = None, lr: float | None = None, momentum: float = 0.0,
-                 hessian_probes: int = 8, full_hessian: bool = False, consumers: dict[str, str] | None = None,
-                 seed: int = 0, eval_batch: int = 4096, tensorboard_dir: str | Path | None = None) -> None:
+                 hessian_probes: int = 8, full_hessian: bool = False, drift_draws: int = 0,
+                 consumers: dict[str, str] | None = None, seed: int = 0, eval_batch: int = 4096,
+                 tensorboard_dir: str | Path | None = None) -> None:
         self.model, self.handle = model, handle
         self.loss_fn = make_loss(loss)
         self.train, self.test, self.probe = train, test, probe
@@ -94,9 +99,10 @@ class NINRecorder:
         self.momentum = check_real("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
         self.hessian_probes = check_int("hessian_probes", hessian_probes, lo=0)
         self.full_hessian = bool(full_hessian)
+        self.drift_draws = check_int("drift_draws", drift_draws, lo=0)
         self.eval_batch = check_int("eval_batch", eval_batch, lo=1)
-        if (self.hessian_probes or full_hessian) and probe is None:
-            raise ConfigError("probe", None, "an (X, y) batch when hessian_probes > 0 or full_hessian")
+        if (self.hessian_probes or full_hessian or drift_draws) and probe is None:
+            raise ConfigError("probe", None, "an (X, y) batch when hessian_probes > 0, full_hessian or drift_draws > 0")
         self.generator = torch.Generator().manual_seed(check_int("seed", seed))
         self.rows: list[dict[str, Any]] = []
         self._noisy: list[Tensor] = []
@@ -134,8 +140,26 @@ class NINRecorder:
                 tot_a += float((out.argmax(-1) == yb).sum())
         return tot_l / X.shape[0], tot_a / X.shape[0]
 
+    def _drift(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per NIN, Ŵ·E_ε[∂L/∂W_NI]/‖W_NI‖ on the probe batch over ``drift_draws`` fresh noise draws:
+        (mean, standard error)."""
+        X, y = self.probe
+        niws = self.handle.niws
+        ws = [w.detach() for w in niws]
+        vals = []
+        with torch.enable_grad(), self.handle.fresh_noise(self.generator):
+            for _ in range(self.drift_draws):
+                grads = torch.autograd.grad(self.loss_fn(self.model(X), y), niws, allow_unused=True)
+                vals.append([0.0 if g is None else float((g * w).sum() / w.pow(2).sum().clamp_min(1e-300))
+                             for g, w in zip(grads, ws)])
+        v = np.asarray(vals)
+        se = v.std(0, ddof=1) / math.sqrt(len(v)) if len(v) > 1 else np.full(v.shape[1], math.nan)
+        return v.mean(0), se
+
     def _nin_rows(self, finite: bool) -> list[dict[str, Any]]:
         rows = []
+        use_mc = finite and self.drift_draws and self.lr is not None
+        mc_mean, mc_se = self._drift() if use_mc else (None, None)
         for i, (name, node) in enumerate(zip(self.handle.names, self.handle.nodes)):
             w = node.weight.detach()
             consumer = self.consumers[i]
@@ -149,13 +173,16 @@ class NINRecorder:
                 row["hess_trace"], row["hess_trace_se"] = hutchinson_trace(
                     obj.hvp, tuple(obj.z.shape), self.hessian_probes, self.generator,
                     dtype=obj.z.dtype, device=obj.z.device, block=self.hessian_probes)
-                n = obj.z.shape[0]
-                quad = sum(obj.curvature(node.expand(wa.expand(n, -1), obj.z.dim()).expand_as(obj.z)) for wa in w)
-                row["curv_niw"] = quad / max(float(w.pow(2).sum()), 1e-300)
+                n, z = obj.z.shape[0], obj.z
+                rows_dir = torch.stack([node.expand(wa.expand(n, -1), z.dim()).expand_as(z) for wa in w.to(z.dtype)])
+                row["curv_niw"] = obj.curvature(rows_dir) / max(float(w.pow(2).sum()), 1e-300)
             for form in ("corrected", "paper"):
                 row[f"rate_{form}"] = (math.nan if self.lr is None else
                                        niw_decay_rate(row["sigma"], self.lr, row["curv_niw"],
                                                       momentum=self.momentum, form=form))
+            lr_eff = math.nan if self.lr is None else self.lr / (1.0 - self.momentum)
+            row["rate_mc"] = lr_eff * mc_mean[i] if use_mc else math.nan
+            row["rate_mc_se"] = lr_eff * mc_se[i] if use_mc else math.nan
             rows.append(row)
         return rows
 
@@ -168,7 +195,8 @@ class NINRecorder:
             vl, va = self._evaluate(self.test)
             losses = [v for v, d in ((tl, self.train), (vl, self.test)) if d is not None]
             finite = all(math.isfinite(v) for v in losses)
-            finite = finite and all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+            params = list(self.model.parameters()) + (self.handle.niws if self.handle is not None else [])
+            finite = finite and all(bool(torch.isfinite(p).all()) for p in params)
             common = {"epoch": epoch, "step": self._steps if step is None else step,
                       "train_loss": tl, "train_acc": ta, "test_loss": vl, "test_acc": va,
                       "noisy_loss": float(torch.stack(self._noisy).mean()) if self._noisy else math.nan,
@@ -228,7 +256,7 @@ def _unpack(data: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def train(model: nn.Module, handle: NINHandle | None, data: Any, *, loss: str = "ce", lr: float,
           batch_size: int, epochs: int, momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0,
           record_every: int = 1, hessian_probes: int = 8, probe_samples: int = 2000, full_hessian: bool = False,
-          tensorboard_dir: str | Path | None = None) -> pd.DataFrame:
+          drift_draws: int = 0, tensorboard_dir: str | Path | None = None) -> pd.DataFrame:
     """Train ``model`` (with the NINs of ``handle``, or none) by minibatch SGD and probe it.
 
     Sampling without replacement: a fresh permutation of the training set per epoch (seeded by ``seed``),
@@ -252,8 +280,8 @@ def train(model: nn.Module, handle: NINHandle | None, data: Any, *, loss: str = 
     probe_idx = torch.randperm(X_tr.shape[0], generator=gen)[:probe_samples]
     rec = NINRecorder(model, handle, loss=loss, train=(X_tr, y_tr), test=(X_te, y_te),
                       probe=(X_tr[probe_idx], y_tr[probe_idx]), lr=lr, momentum=momentum,
-                      hessian_probes=hessian_probes, full_hessian=full_hessian, seed=seed,
-                      tensorboard_dir=tensorboard_dir)
+                      hessian_probes=hessian_probes, full_hessian=full_hessian, drift_draws=drift_draws,
+                      seed=seed, tensorboard_dir=tensorboard_dir)
     groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay},
               {"params": handle.niws if handle is not None else [], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
@@ -341,3 +369,14 @@ def niw_decay_check(frame: pd.DataFrame, *, nin: int = 0) -> pd.DataFrame:
     for form in ("corrected", "paper"):
         out[form] = cumulative_trapezoid(sub[f"rate_{form}"].to_numpy(float), steps, initial=0.0)
     return out
+
+
+def efold_exponent(frame: pd.DataFrame, *, nin: int = 0, form: str = "corrected") -> float:
+    """The eq. (9)-style diagnostic of reference §7: the integrated eq. (2) exponent
+    Σ_t η σ_ε² curv_niw(t) at the first e-fold step of ‖W_NI‖ (≈ 1 when eq. (2) holds; NaN if no e-fold)."""
+    from noiseprobe.core.fitting import efold_time
+
+    check_choice("form", form, ("corrected", "paper"))
+    chk = niw_decay_check(frame, nin=nin)
+    t_e = float(efold_time(chk["step"].to_numpy(float), np.exp(-chk["measured"].to_numpy(float))))
+    return float(np.interp(t_e, chk["step"], chk[form])) if math.isfinite(t_e) else math.nan

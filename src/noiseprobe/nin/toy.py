@@ -55,14 +55,19 @@ _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(
 
 
 @numba.njit(cache=True, inline="always")
-def _uniform(s: np.uint64) -> tuple[np.uint64, float]:
-    """Advance the state; return (state, u) with u uniform on the open interval (0, 1)."""
-    s = s + _GOLDEN
+def _mix(s: np.uint64) -> np.uint64:
+    """SplitMix64 output function of the state ``s``."""
     z = s
     z = (z ^ (z >> _S30)) * _MIX1
     z = (z ^ (z >> _S27)) * _MIX2
-    z = z ^ (z >> _S31)
-    return s, ((z >> _S11) + 0.5) * (1.0 / 9007199254740992.0)
+    return z ^ (z >> _S31)
+
+
+@numba.njit(cache=True, inline="always")
+def _uniform(s: np.uint64) -> tuple[np.uint64, float]:
+    """Advance the state; return (state, u) with u uniform on the open interval (0, 1)."""
+    s = s + _GOLDEN
+    return s, (np.int64(_mix(s) >> _S11) + 0.5) * (1.0 / 9007199254740992.0)
 
 
 def _ziggurat_tables(n: int = 128, r: float = 3.442619855899,
@@ -83,21 +88,20 @@ _ZIG_R = 3.442619855899
 _LOW7 = np.uint64(0x7F)
 
 
+@numba.njit(cache=True, inline="always")
+def _layer(s: np.uint64) -> tuple[np.uint64, np.int64, float]:
+    """One ziggurat draw: (state, layer i from the low 7 bits, u in (-1, 1) from the top 53 bits)."""
+    s = s + _GOLDEN
+    z = _mix(s)
+    return s, np.int64(z & _LOW7), (np.int64(z >> _S11) + 0.5) * (2.0 / 9007199254740992.0) - 1.0
+
+
 @numba.njit(cache=True)
-def _normal(s: np.uint64) -> tuple[np.uint64, float]:
-    """One N(0, 1) by the ziggurat: layer from the low 7 bits, abscissa from the top 53 bits of one
-    SplitMix64 output; about 1 % of draws take the wedge or tail branch."""
+def _normal_slow(s: np.uint64, i: np.int64, u: float) -> tuple[np.uint64, float]:
+    """The ziggurat's rare branches for a draw (i, u) outside its layer's rectangle: the tail beyond r
+    (Marsaglia 1964) for i = 0, else the wedge test; on rejection, fresh draws until acceptance."""
     while True:
-        s = s + _GOLDEN
-        z = s
-        z = (z ^ (z >> _S30)) * _MIX1
-        z = (z ^ (z >> _S27)) * _MIX2
-        z = z ^ (z >> _S31)
-        i = np.int64(z & _LOW7)
-        u = ((z >> _S11) + 0.5) * (2.0 / 9007199254740992.0) - 1.0
-        if abs(u) < _ZR[i]:
-            return s, u * _ZX[i]
-        if i == 0:                                       # tail beyond r (Marsaglia 1964)
+        if i == 0:
             while True:
                 s, a = _uniform(s)
                 s, c = _uniform(s)
@@ -110,6 +114,19 @@ def _normal(s: np.uint64) -> tuple[np.uint64, float]:
         s, a = _uniform(s)
         if f1 + a * (f0 - f1) < 1.0:
             return s, x
+        s, i, u = _layer(s)
+        if abs(u) < _ZR[i]:
+            return s, u * _ZX[i]
+
+
+@numba.njit(cache=True, inline="always")
+def _normal(s: np.uint64) -> tuple[np.uint64, float]:
+    """One N(0, 1) by the ziggurat: one SplitMix64 output, accepted in the layer's rectangle about
+    99 % of the time; the rest goes to :func:`_normal_slow` (kept out of line so this path inlines)."""
+    s, i, u = _layer(s)
+    if abs(u) < _ZR[i]:
+        return s, u * _ZX[i]
+    return _normal_slow(s, i, u)
 
 
 @numba.njit(cache=True)
@@ -185,9 +202,11 @@ _NF = len(STAT_COLUMNS)
 
 
 @numba.njit(cache=True, inline="always")
-def _crossing(t: int, r_prev: float, r_now: float, level: float, e_prev: float, e_now: float) -> tuple[float, float]:
-    """Log-interpolated crossing of ``level`` between steps t-1 and t; exponent interpolated alike."""
-    lp, ln, lv = np.log(r_prev), np.log(max(r_now, 1e-300)), np.log(level)
+def _crossing(t: int, y_prev: float, y_now: float, level: float, e_prev: float,
+              e_now: float) -> tuple[float, float]:
+    """Crossing of ``level`` between steps t-1 and t, interpolated in log y; the eq. (9) exponent is
+    interpolated with the same fraction."""
+    lp, ln, lv = np.log(y_prev), np.log(max(y_now, 1e-300)), np.log(level)
     f = (lp - lv) / (lp - ln) if lp > ln else 1.0
     f = min(max(f, 0.0), 1.0)
     return t - 1 + f, e_prev + f * (e_now - e_prev)
@@ -196,47 +215,52 @@ def _crossing(t: int, r_prev: float, r_now: float, level: float, e_prev: float, 
 @numba.njit(parallel=True, cache=True)
 def _simulate(w0i, w1i, wni, sigma, lr, sigma_x, m, batch, exact, keys, steps, threshold,
               rec_row, rec_steps, traj, stats, overflow_step):
-    e1, e2 = np.exp(-1.0), np.exp(-2.0)
+    nan = np.nan
     for r in numba.prange(keys.shape[0]):
         s = keys[r]
         w0, w1, wn = w0i[r], w1i[r], wni[r]
         se, sx, eta, mm, b = sigma[r], sigma_x[r], lr[r], m[r], batch[r]
-        a_n, a_l = eta * se * se, 2.0 * eta * sx * sx      # prefactors of the eq. (9) exponents
-        n0, loss0 = abs(wn), 0.5 * sx * sx * (w1 * w0 - mm) ** 2
-        sw1 = 0.0                                           # Σ_{s<t} w1²
-        sw01 = 0.0                                          # Σ_{s<t} (w0² + w1²)
-        max_u = max_v = max_loss = max_wn = 0.0
-        nef = np.full(2, np.nan)
-        nex = np.full(2, np.nan)
-        lef = np.full(2, np.nan)
-        lex = np.full(2, np.nan)
-        rn_prev = rl_prev = 1.0
-        en_prev = el_prev = 0.0
+        a_n, a_l, hx = eta * se * se, 2.0 * eta * sx * sx, 0.5 * sx * sx   # eq. (9) prefactors; ½σx²
+        n0 = abs(wn)
+        loss0 = hx * (w1 * w0 - mm) * (w1 * w0 - mm)
+        # next e-fold levels (k = 1, then 2); -1 once both were crossed or when undefined
+        thr_n = n0 * np.exp(-1.0) if n0 > 0 else -1.0
+        thr_l = loss0 * np.exp(-1.0) if loss0 > 0 else -1.0
+        kn = kl = 0
+        nef1 = nef2 = nex1 = nex2 = lef1 = lef2 = lex1 = lex2 = nan
+        sw1 = sw01 = 0.0                                    # Σ_{s<t} w1², Σ_{s<t} (w0² + w1²)
+        max_w1sq = max_wnsq = max_loss = 0.0
+        yn_prev, yl_prev, en_prev, el_prev = n0, loss0, 0.0, 0.0
         row, ptr = rec_row[r], 0
         ovf = -1
         loss = loss0
         for t in range(steps + 1):
-            loss = 0.5 * sx * sx * (w1 * w0 - mm) ** 2
-            max_u = max(max_u, a_n * w1 * w1)
-            max_v = max(max_v, a_n * wn * wn)
+            d = w1 * w0 - mm
+            loss = hx * d * d
+            yn = abs(wn)
+            max_w1sq = max(max_w1sq, w1 * w1)
+            max_wnsq = max(max_wnsq, wn * wn)
             max_loss = max(max_loss, loss)
-            max_wn = max(max_wn, abs(wn))
-            if t > 0:
-                rn = abs(wn) / n0 if n0 > 0 else np.nan
-                rl = loss / loss0 if loss0 > 0 else np.nan
-                for k in range(2):
-                    lev = e1 if k == 0 else e2
-                    if np.isnan(nef[k]) and rn <= lev:
-                        nef[k], nex[k] = _crossing(t, rn_prev, rn, lev, en_prev, a_n * sw1)
-                    if np.isnan(lef[k]) and rl <= lev:
-                        lef[k], lex[k] = _crossing(t, rl_prev, rl, lev, el_prev, a_l * sw01)
-                rn_prev, rl_prev = rn, rl
+            while yn <= thr_n:                              # rare: at most twice per run
+                tc, ec = _crossing(t, yn_prev, yn, thr_n, en_prev, a_n * sw1)
+                if kn == 0:
+                    nef1, nex1, thr_n = tc, ec, n0 * np.exp(-2.0)
+                else:
+                    nef2, nex2, thr_n = tc, ec, -1.0
+                kn += 1
+            while loss <= thr_l:
+                tc, ec = _crossing(t, yl_prev, loss, thr_l, el_prev, a_l * sw01)
+                if kl == 0:
+                    lef1, lex1, thr_l = tc, ec, loss0 * np.exp(-2.0)
+                else:
+                    lef2, lex2, thr_l = tc, ec, -1.0
+                kl += 1
             if row >= 0 and ptr < rec_steps.shape[0] and rec_steps[ptr] == t:
                 traj[row, ptr, 0], traj[row, ptr, 1], traj[row, ptr, 2], traj[row, ptr, 3] = w0, w1, wn, loss
                 ptr += 1
             if t == steps:
                 break
-            en_prev, el_prev = a_n * sw1, a_l * sw01
+            yn_prev, yl_prev, en_prev, el_prev = yn, loss, a_n * sw1, a_l * sw01
             sw1 += w1 * w1
             sw01 += w0 * w0 + w1 * w1
             s, sxx, sxe, see = _moments(s, exact, b, sx, se)
@@ -246,10 +270,10 @@ def _simulate(w0i, w1i, wni, sigma, lr, sigma_x, m, batch, exact, keys, steps, t
                 break
             w0, w1, wn = v0, v1, vn
         st = stats[r]
-        st[0], st[1], st[2], st[3], st[4], st[5] = w0, w1, wn, max_u, max_v, sw1
-        st[6], st[7], st[8], st[9] = nef[0], nef[1], nex[0], nex[1]
-        st[10], st[11], st[12], st[13] = lef[0], lef[1], lex[0], lex[1]
-        st[14], st[15], st[16], st[17] = loss0, loss, max_loss, max_wn
+        st[0], st[1], st[2], st[3], st[4], st[5] = w0, w1, wn, a_n * max_w1sq, a_n * max_wnsq, sw1
+        st[6], st[7], st[8], st[9] = nef1, nef2, nex1, nex2
+        st[10], st[11], st[12], st[13] = lef1, lef2, lex1, lex2
+        st[14], st[15], st[16], st[17] = loss0, loss, max_loss, np.sqrt(max_wnsq)
         overflow_step[r] = ovf
 
 
@@ -344,7 +368,7 @@ def _per_replica(name: str, value: float | np.ndarray, n: int, dtype: type = np.
     arr = np.asarray(value, dtype=dtype)
     if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] not in (1, n)):
         raise ConfigError(name, f"shape {arr.shape}", f"a scalar or an array of length {n}")
-    return np.ascontiguousarray(np.broadcast_to(arr, (n,)), dtype=dtype)
+    return np.array(np.broadcast_to(arr, (n,)), dtype=dtype)          # a writable copy: one kernel signature
 
 
 def simulate(sigma_eps: float | np.ndarray, *, w0: float | np.ndarray, w1: float | np.ndarray,

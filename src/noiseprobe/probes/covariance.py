@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -32,6 +31,7 @@ from noiseprobe.probes.persample import PerSampleGradients, PerSampleLoss, per_s
 def batch_factor(batch_size: int, n: int, replacement: bool = True) -> float:
     """c(S, N) with C = c·M: 1/S with replacement (eqs. 2, 99a), (N−S)/(S(N−1)) without (eq. 99b)."""
     n = check_int("n", n, lo=1)
+    check_choice("replacement", replacement, (True, False))
     if replacement:
         return 1.0 / check_int("batch_size", batch_size, lo=1)
     s = check_int("batch_size", batch_size, lo=1, hi=n)

@@ -96,7 +96,8 @@ class LocalObjective:
         return float(g.pow(2).sum(1).mean().sqrt())
 
     def curvature(self, direction: Tensor) -> float:
-        """⟨uᵀ H u⟩ = Uᵀ (∂²L/∂Z²) U for a direction U of Z's shape (e.g. u repeated over samples)."""
+        """⟨uᵀ H u⟩ = Uᵀ (∂²L/∂Z²) U for a direction U of Z's shape (e.g. u repeated over samples);
+        for a stack (m, *Z.shape) the sum of the m quadratic forms (one batched pass)."""
         return float((direction * self.hvp(direction)).sum())
 
 

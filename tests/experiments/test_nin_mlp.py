@@ -1,0 +1,137 @@
+"""NIN MLP experiments (nin-fig1, nin-fig2-bottom, nin-fig3, nin-table1): Table 1 against the reference's
+evaluation, config validation, the phase summary on constructed runs, chunking invariance, one end-to-end
+run through the runner; the full quick reproductions are @slow."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from noiseprobe import experiments
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.experiment import Chunk
+from noiseprobe.experiments.nin_mlp import TABLE1_REFERENCE, noise_base, table1
+
+TINY = {"epochs": 6, "levels": [1e-4, 12.0], "n_seeds": 2, "n_train": 1000, "hidden": [16], "batch_size": 250,
+        "probe_samples": 200}
+
+
+def test_table1_matches_the_reference_evaluation():
+    """σε² = c · 784/(1024 · 0.01) (MSE) and c · 784/0.01 (CE) equal the reference §2 table (3-4 digits)."""
+    tab = table1(784, 1024, 0.01)
+    for loss, ref in TABLE1_REFERENCE.items():
+        np.testing.assert_allclose(tab.loc[tab["loss"] == loss, "sigma2"], ref, rtol=5e-3)
+    np.testing.assert_allclose(tab.loc[tab["loss"] == "mse", "sigma"], [0.0875, 47.9, 60.0, 61.9], rtol=2e-3)
+    assert noise_base("mse", 196, 64, 0.01) == pytest.approx(306.25)
+
+
+def test_validation_names_the_field():
+    exp = experiments.get("nin-fig2-bottom")
+    with pytest.raises(ConfigError, match="levels"):
+        exp.config("quick", {"levels": [9.0, 1.0]})
+    with pytest.raises(ConfigError, match="niw_init"):
+        exp.config("quick", {"niw_init": "xavier"})
+    with pytest.raises(ConfigError, match="data_dir.*train-images-idx3-ubyte"):
+        exp.config("full", {"data_dir": "/nonexistent/fmnist"})
+    with pytest.raises(ConfigError, match="data_dir.*--data-dir"):
+        exp.config("full")
+    with pytest.raises(ConfigError, match="data_dir.*dataset"):
+        exp.config("quick", {"data_dir": "/somewhere"})
+    with pytest.raises(ConfigError, match="centre_level"):
+        experiments.get("nin-fig1").config("quick", {"centre_level": 99})
+
+
+def _fake_run(level: int, sigma: float, niw: list[float], acc: float, steps: list[float],
+              diverged: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    t = len(niw)
+    rec = pd.DataFrame({"replica": 0, "level": level, "sigma": sigma, "nin_mode": "epoch", "epoch": np.arange(t),
+                        "step": np.arange(t) * 3, "train_loss": np.linspace(1.0, 0.2, t),
+                        "train_acc": np.linspace(0.1, acc, t), "test_loss": np.linspace(1.0, 0.3, t),
+                        "test_acc": np.linspace(0.1, acc, t), "noisy_loss": 0.5, "niw_norm": niw,
+                        "next_norm": 1.0, "curv_niw": 0.01, "diverged": diverged, "diverged_step": -1})
+    st = pd.DataFrame({"replica": 0, "level": level, "sigma": sigma, "nin_mode": "epoch",
+                       "step": np.arange(1, len(steps) + 1), "noisy_loss": steps})
+    return rec, st
+
+
+def test_summary_applies_the_phase_rules():
+    """Constructed runs with known outcomes: no NIW decay / an e-fold / a loss spike then learning /
+    an overflow / learning stalled; plus the eq. (2) bookkeeping."""
+    exp = experiments.get("nin-fig2-bottom")
+    cfg = exp.config("quick")
+    runs = [_fake_run(-1, 0.0, [1.0] * 4, 0.9, [1.0, 0.9, 0.8]),
+            _fake_run(0, 0.1, [1.0, 0.9, 0.8, 0.7], 0.9, [1.0, 0.9, 0.8]),
+            _fake_run(1, 1.0, [1.0, 0.5, 0.2, 0.5], 0.9, [1.0, 1.5, 0.8]),          # e-fold, then re-grows
+            _fake_run(2, 2.0, [1.0, 0.3, 0.2, 0.1], 0.88, [1.0, 2.5, 0.3]),         # spike > 2x, learned
+            _fake_run(3, 3.0, [1.0, np.nan, np.nan, np.nan], 0.1, [1.0, 1e9, np.nan], diverged=True),
+            _fake_run(4, 4.0, [1.0, 0.9, 0.9, 0.9], 0.2, [1.0, 0.9, 0.8])]           # stalled: 0.1/0.8 of baseline
+    tables = {"results": pd.concat([r for r, _ in runs]), "steps": pd.concat([s for _, s in runs])}
+    out = exp.summarise(cfg, tables).set_index("level")
+    assert list(out["phase"]) == ["decoupled", "decoupled", "decay", "catapult", "divergent", "divergent"]
+    assert out.loc[4, "stalled"] and not out.loc[3, "stalled"]
+    assert out.loc[0, "measured_log_decay"] == pytest.approx(-np.log(0.7))
+    # integrated eq. (2): η σ² curv per step × 9 steps
+    assert out.loc[0, "predicted_log_decay"] == pytest.approx(cfg["lr"] * 0.1**2 * 0.01 * 9)
+
+
+def test_results_do_not_depend_on_chunking():
+    exp = experiments.get("nin-fig2-bottom")
+    one = exp.config("quick", TINY)
+    split = exp.config("quick", {**TINY, "sigmas_per_chunk": 1})
+    a = pd.concat([exp.run_chunk(one, c)["results"] for c in exp.chunks(one)])
+    b = pd.concat([exp.run_chunk(split, c)["results"] for c in exp.chunks(split)])
+    assert len(exp.chunks(split)) == 4 and len(exp.chunks(one)) == 2
+    key = ["replica", "level", "nin_mode", "epoch"]
+    a, b = a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b, rtol=1e-6)
+
+
+def test_end_to_end_through_the_runner(tmp_path):
+    from noiseprobe.core.runner import run_experiment
+
+    summary = run_experiment("nin-fig2-bottom", "quick", tmp_path / "run", overrides=TINY, workers=1)
+    assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "run" / "curves.png").exists()
+    stored = json.loads((tmp_path / "run" / "summary.json").read_text())
+    claims = [c["claim"] for c in stored["checks"]]
+    assert any("four phases" in c for c in claims) and any("divergent" in c for c in claims)
+    res = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    assert {"niw_norm", "curv_niw", "diverged", "level"} <= set(res.columns)
+    assert summary["metrics"]["sigma_levels"][0] == pytest.approx(np.sqrt(1e-4 * noise_base("mse", 196, 16, 0.01)))
+    table = run_experiment("nin-table1", "quick", tmp_path / "t1", workers=1)
+    assert all(c["passed"] for c in table["checks"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exp_id", ["nin-fig2-bottom", "nin-fig3", "nin-fig1"])
+def test_quick_presets_reproduce_the_claims(tmp_path, exp_id):
+    """The quick presets on the embedded digits: every check passes except where stated in the docs
+    (nin-fig1: eq. (2) at small σε measures 1.52, just outside its factor-1.5 tolerance)."""
+    from noiseprobe.core.runner import run_experiment
+
+    summary = run_experiment(exp_id, "quick", tmp_path / exp_id, workers=1)
+    failed = [c["claim"] for c in summary["checks"] if not c["passed"]]
+    allowed = {"nin-fig1": ["eq. (2)"]}.get(exp_id, [])
+    assert all(any(a in c for a in allowed) for c in failed), failed
+
+
+def _write_idx(path, arr: np.ndarray) -> None:
+    """An IDX file (ubyte) holding ``arr``."""
+    header = bytes([0, 0, 0x08, arr.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in arr.shape)
+    path.write_bytes(header + arr.astype(np.uint8).tobytes())
+
+
+def test_full_preset_reads_fashion_mnist_files(tmp_path):
+    """--data-dir wiring: the full preset (shrunk by overrides) trains on IDX files in the given folder."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 70), ("t10k", 30)):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    exp = experiments.get("nin-fig3")
+    cfg = exp.config("full", {"data_dir": str(tmp_path), "hidden": [8], "epochs": 2, "batch_size": 20,
+                              "levels": [1e-4, 1.0], "n_seeds": 1})
+    out = exp.run_chunk(cfg, exp.chunks(cfg)[0])["results"]
+    assert len(out) == 3 * 3 and out["train_acc"].notna().all()   # baseline + 2 levels, epochs 0..2
+    assert exp.sigmas(cfg)[1] == pytest.approx(np.sqrt(784 / 0.01))
