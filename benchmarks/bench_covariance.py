@@ -9,6 +9,7 @@ and reduced to squared norms only: a lower bound on the cost of any covariance p
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -79,8 +80,8 @@ def run(quick: bool = False) -> list[dict]:
         _row(f"Tr C + top-10 eigenvalues and sample-space eigenvectors, hooks ({size})", t_vals, base, "<= 3x",
              t_vals / base <= 3, "Gram from activations x output gradients; block Krylov on the centred N×N Gram"),
         _row(f"Tr C + top-10 eigenpairs (P-space vectors), hooks ({size})", t_pairs, base, "<= 3x",
-             t_pairs / base <= 3, "vectors J^T u / sqrt(N lambda): a batched VJP of width 10 = 10 weight-gradient "
-             "GEMMs, a floor of ~3.3x forward+backward on its own"),
+             t_pairs / base <= 3, "vectors J^T u / sqrt(N lambda): a batched VJP of width 10 = 10 layer-1 "
+             "weight-gradient GEMMs, a FLOP floor of ~5x forward+backward (2 such GEMMs) on its own"),
         _row(f"per-sample gradients, torch.func vmap(grad) ({size})", t_func, base, "info", None,
              "4 chunks of 250, reduced to squared norms (lower bound of a vmap-based covariance)"),
         _row(f"Tr C + top-10 eigenpairs: hooks vs torch.func per-sample gradients ({size})", t_pairs, t_func,
@@ -100,7 +101,8 @@ def run(quick: bool = False) -> list[dict]:
     def backpack_grads() -> None:
         for c in range(0, n, 250):
             bp_model.zero_grad()
-            with backpack(BatchGrad()):
+            with backpack(BatchGrad()), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # BackPACK's full-backward-hook notice
                 bp_loss(bp_model(x[c:c + 250]), y[c:c + 250]).backward()
             sum((p.grad_batch.reshape(p.grad_batch.shape[0], -1) ** 2).sum(1) for p in bp_model.parameters())
 

@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+# One intra-op thread per test process: the suite runs as two xdist workers on 2 cores.
+torch.set_num_threads(1)
 CORE_TESTS = Path(__file__).parent / "core"
 
 

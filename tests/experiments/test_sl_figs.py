@@ -75,7 +75,8 @@ def test_fig4_chunking_does_not_change_results() -> None:
 
 @pytest.mark.parametrize("exp_id, overrides", [
     ("sl-fig2", {"main_lr": 0.3}), ("sl-fig2", {"lrs": [0.1]}), ("sl-fig2", {"t_check": [9.0]}),
-    ("sl-fig1", {"w0": [1.0]}), ("sl-fig1", {"lr": -0.1}), ("sl-fig3", {"mb_lr": 0.5}),
+    ("sl-fig1", {"w0": [1.0]}), ("sl-fig1", {"w0": [0.0, 3.0]}), ("sl-fig1", {"lr": -0.1}),
+    ("sl-fig3", {"mb_lr": 0.5}), ("sl-fig3", {"mb_w0": [-1.0, -1.0]}),
     ("sl-fig4", {"chains": 1}),
 ])
 def test_invalid_overrides_raise_config_error(exp_id: str, overrides: dict) -> None:

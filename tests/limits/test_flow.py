@@ -135,3 +135,26 @@ def test_theorem_a_against_noisy_gd() -> None:
     pred = Ls.circle_angle(W[-1]).item()
     se = th.std().item() / math.sqrt(chains)
     assert abs(th.mean().item() - pred) < 4 * se + 0.006
+
+
+def test_sde_with_singular_covariance_diffuses_along_the_noise_direction() -> None:
+    """Additive noise with C̃ = ½·ones (rank 1, direction e = (1,1)/√2) at θ₀ = π/2: dθ = (τ·e) dβ + drift,
+    τ = (−1, 0), so Var θ(t) = t/2 + O(t²); checked within 4 SE of the sample variance."""
+    n_paths, t_end = 2000, 0.05
+    noise = N.additive(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]])
+    _, W = F.limiting_sde(noise, torch.tensor([0.0, 1.0], dtype=torch.float64), t_end, 5, n_paths, seed=1)
+    assert torch.allclose(W.norm(dim=-1), torch.ones(W.shape[:2], dtype=torch.float64), atol=1e-10)
+    th = Ls.circle_angle(W[-1]).numpy()
+    var = th.var()
+    assert abs(var - t_end / 2) < 4 * var * math.sqrt(2 / n_paths)
+
+
+def test_dropout_two_unit_network_equalises_products() -> None:
+    """§9.8: f = Σ_j a_j b_j x, one datum (1, 1), Bernoulli Dropout on the 2 units, w0 = (a, b) = (1.5, 0.5,
+    0.6, 0.2) on Γ (c₁ = a₁b₁ = 0.9): Thm A predicts c₁ = 0.789, 0.555, 0.500 at t = 0.5, 2, 6 and conserves
+    a₁² − b₁² = 1.89 (the rescaling direction along which Reg is flat)."""
+    noise = N.dropout(Ls.linear_units, X1, Y1, d=4, n_units=2, kind="bernoulli", p=0.02)
+    t, W = F.constrained_flow(noise, torch.tensor([1.5, 0.5, 0.6, 0.2], dtype=torch.float64), 6.0, 13)
+    c1 = W[:, 0] * W[:, 2]
+    assert torch.allclose(c1[[1, 4, 12]], torch.tensor([0.789, 0.555, 0.500], dtype=torch.float64), atol=1e-3)
+    assert torch.allclose(W[:, 0] ** 2 - W[:, 2] ** 2, torch.full((13,), 1.89, dtype=torch.float64), atol=1e-9)

@@ -4,6 +4,7 @@ finite differences of Φ on a curve (codim 1) and a codim-2 manifold in ℝ³; r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -47,12 +48,16 @@ def test_limit_map_conserves_the_flow_invariant_of_the_product_loss() -> None:
 
 
 def test_limit_map_reference_angle_and_failed_rows() -> None:
-    """Reference §8: θ(Φ((0, 1.5))) = 1.5989 for the Fig. 1–2 loss; a NaN row stays NaN, others converge."""
+    """Reference §8: θ(Φ((0, 1.5))) = 1.5989 for the Fig. 1–2 loss; a NaN row stays NaN; a row at the critical
+    point w = 0 of the product loss (L = ½, outside U) comes back NaN with a warning; the others converge."""
     w0 = torch.tensor([[0.0, 1.5], [math.nan, 1.0]], dtype=torch.float64)
     phi = M.limit_map(Ls.circle_loss, w0)
     assert abs(Ls.circle_angle(phi[0]).item() - 1.5989) < 5e-5
     assert abs(phi[0].norm().item() - 1.0) < 1e-10
     assert torch.isnan(phi[1]).all()
+    with pytest.warns(RuntimeWarning):
+        phi = M.limit_map(PRODUCT, torch.tensor([[0.0, 0.0], [2.0, 1.0]], dtype=torch.float64))
+    assert torch.isnan(phi[0]).all() and abs(phi[1].prod().item() - 1.0) < 1e-10
 
 
 @pytest.mark.parametrize("case", ["circle", "codim2"])
@@ -154,6 +159,11 @@ def test_classify_regime_matches_the_reference_table() -> None:
         rep = M.classify_regime(noise, pts)
         assert rep.regime == regime and rep.consistent, (noise.name, str(rep))
         assert rep.deterministic_limit == deterministic, (noise.name, str(rep))
+    # Reg ≡ 0 but ∇_w L̂ = ∇L + ⅓η³w is not affine in η: neither theorem applies as stated (trap 6)
+    cubic = dataclasses.replace(N.fig3_degenerate(), name="cubic",
+                                loss_hat=lambda w, e: Ls.circle_loss(w) + (w * w).sum(-1) * e[..., 0] ** 3 / 6)
+    rep = M.classify_regime(cubic, circle)
+    assert rep.regime == "undetermined" and not rep.consistent and not rep.affine_in_eta
     with pytest.raises(ConfigError):
         M.classify_regime(N.fig3_nondegenerate(), 1.2 * circle)   # not on Γ
 

@@ -129,6 +129,8 @@ def test_anti_pgd_is_perturbed_gd_in_shifted_variables() -> None:
     lambda: N.minibatch(per_sample, 3, 3, d=2),                           # B = N: no noise
     lambda: N.sgld(Ls.circle_loss, 2, lr=0.0, beta=1.0),
     lambda: N.perturbed(Ls.circle_loss, 2).sample(3, np.random.default_rng(0)),  # no sigma
+    lambda: N.perturbed(Ls.circle_loss, 2, sigma=-0.1),
+    lambda: N.dropconnect(Ls.circle_loss, 2, kind="bernoulli", sigma=math.inf),
     lambda: ALL["minibatch"].sample(3, np.random.default_rng(0), 0.5),   # minibatch level is fixed
 ])
 def test_invalid_inputs_raise_config_error(build) -> None:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.probes.covariance import GradientNoise, batch_factor
+from noiseprobe.probes.covariance import GradientNoise, batch_factor, top_eigh
 
 CE = nn.CrossEntropyLoss(reduction="none")
 
@@ -71,7 +71,7 @@ def test_minibatch_gradient_is_the_mean_of_per_sample_gradients() -> None:
     torch.testing.assert_close(g, j[idx].mean(0), rtol=1e-12, atol=1e-15)
 
 
-@pytest.mark.parametrize("method", ["linear", "func"])
+@pytest.mark.parametrize("method", ["hooks", "func"])
 def test_matrix_free_products_match_dense(method: str) -> None:
     model, x, y = _problem(n=20, width=5)
     noise = GradientNoise(model, CE, x, y, batch_size=4, replacement=False, method=method)
@@ -110,3 +110,28 @@ def test_batch_factor_limits_and_errors() -> None:
     model, x, y = _problem()
     with pytest.raises(ConfigError, match="k ="):
         GradientNoise(model, CE, x, y).topk(12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_top_eigh_krylov_against_dense(dtype: torch.dtype) -> None:
+    """A 450×450 PSD matrix (Krylov branch) whose k-th and (k+1)-th eigenvalues are 1% apart."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.linalg.qr(torch.randn(450, 450, generator=g, dtype=torch.float64))[0]
+    spec = torch.cat([torch.linspace(10, 5, 9, dtype=torch.float64), torch.tensor([1.0, 0.99]),
+                      torch.rand(439, generator=g, dtype=torch.float64) * 0.5])
+    mat = (q * spec) @ q.T
+    lam, vec = top_eigh(mat.to(dtype), 10)
+    rel = 1e-4 if dtype == torch.float32 else 1e-9
+    torch.testing.assert_close(lam.double(), spec[:10], rtol=rel, atol=0)
+    resid = (mat @ vec.double() - vec.double() * lam.double()).norm(dim=0)
+    assert resid.max() <= (2e-3 if dtype == torch.float32 else 1e-5) * spec[0]
+
+
+def test_topk_beyond_the_rank_gives_zero_vectors() -> None:
+    """Three distinct samples, each twice: rank C ≤ 2, so eigenpairs 3 and 4 are (0, zero vector)."""
+    model, x, y = _problem(n=3)
+    noise = GradientNoise(model, CE, x.repeat(2, 1), y.repeat(2), batch_size=2)
+    lam, vecs = noise.topk(4)
+    c = noise.dense()
+    assert lam[2:].abs().max() < 1e-12 * lam[0] and vecs[:, 2:].abs().max() == 0
+    torch.testing.assert_close(c @ vecs[:, :2], vecs[:, :2] * lam[:2], rtol=1e-9, atol=1e-13)

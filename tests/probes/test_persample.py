@@ -7,8 +7,7 @@ import torch
 from torch import nn
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.probes.persample import (JacobianFactors, LinearFactors, per_sample_gradients,
-                                         supports_linear_factors)
+from noiseprobe.probes.persample import HookFactors, JacobianFactors, per_sample_gradients, supports_hooks
 
 CE = nn.CrossEntropyLoss(reduction="none")
 
@@ -35,10 +34,10 @@ def _autograd_rows(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) 
 
 
 @pytest.mark.parametrize("bias", [True, False])
-def test_linear_factors_match_torch_func(bias: bool) -> None:
+def test_hook_factors_match_torch_func(bias: bool) -> None:
     model, (x, y) = _mlp(bias), _data()
     model[2].weight.requires_grad_(False)  # a frozen weight with a trainable bias
-    fac, ref = LinearFactors(model, CE, x, y), JacobianFactors(model, CE, x, y)
+    fac, ref = HookFactors(model, CE, x, y), JacobianFactors(model, CE, x, y)
     j = ref.dense()
     assert fac.num_params == j.shape[1] == sum(p.numel() for p in model.parameters() if p.requires_grad)
     torch.testing.assert_close(fac.dense(), j, rtol=1e-12, atol=1e-14)
@@ -52,18 +51,40 @@ def test_linear_factors_match_torch_func(bias: bool) -> None:
     torch.testing.assert_close(fac.vjp(u), j.T @ u, rtol=1e-12, atol=1e-13)
 
 
-def test_torch_func_matches_plain_autograd_on_conv_model() -> None:
+def _conv_net(groups: int = 1, bias: bool = True) -> nn.Module:
     torch.manual_seed(2)
-    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(2 * 4 * 4, 3)).double()
-    x = torch.randn(5, 1, 6, 6, dtype=torch.float64)
+    return nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=groups, bias=bias), nn.Tanh(),
+                         nn.Conv2d(4, 3, 2, dilation=2, bias=bias), nn.Tanh(), nn.Flatten(),
+                         nn.Linear(3 * 2 * 2, 3)).double()
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv_hook_factors_match_plain_autograd(bias: bool) -> None:
+    model = _conv_net(bias=bias)
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(6, 2, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (6,), generator=g)
+    fac = per_sample_gradients(model, CE, x, y)
+    assert isinstance(fac, HookFactors)
+    j = _autograd_rows(model, CE, x, y)
+    torch.testing.assert_close(fac.dense(), j, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(fac.gram(), j @ j.T, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(fac.sq_norms(), (j * j).sum(1), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(fac.sq_sum(), (j * j).sum(0), rtol=1e-12, atol=1e-14)
+    v = torch.randn(j.shape[1], 2, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(fac.jvp(v), j @ v, rtol=1e-12, atol=1e-13)
+
+
+def test_torch_func_matches_plain_autograd_on_grouped_conv() -> None:
+    model = _conv_net(groups=2)
+    x = torch.randn(5, 2, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 3, (5,))
-    assert not supports_linear_factors(model)
+    assert not supports_hooks(model)
     auto = per_sample_gradients(model, CE, x, y)
     assert isinstance(auto, JacobianFactors)
     torch.testing.assert_close(auto.dense(), _autograd_rows(model, CE, x, y), rtol=1e-12, atol=1e-14)
 
 
-def test_linear_factors_match_plain_autograd_mse() -> None:
+def test_hook_factors_match_plain_autograd_mse() -> None:
     model, (x, _) = _mlp(), _data()
     y = torch.randn(x.shape[0], 3, dtype=torch.float64)
 
@@ -71,7 +92,7 @@ def test_linear_factors_match_plain_autograd_mse() -> None:
         return 0.5 * ((out - t) ** 2).sum(1)
 
     fac = per_sample_gradients(model, mse, x, y)
-    assert isinstance(fac, LinearFactors)
+    assert isinstance(fac, HookFactors)
     torch.testing.assert_close(fac.dense(), _autograd_rows(model, mse, x, y), rtol=1e-12, atol=1e-14)
 
 
@@ -81,13 +102,13 @@ def test_weight_sharing_falls_back_to_func() -> None:
     x, y = torch.randn(5, 2, 4, dtype=torch.float64), torch.randint(0, 2, (5,))
     assert isinstance(per_sample_gradients(model, CE, x, y, "auto"), JacobianFactors)
     with pytest.raises(ConfigError, match="weight sharing"):
-        per_sample_gradients(model, CE, x, y, "linear")
+        per_sample_gradients(model, CE, x, y, "hooks")
 
 
 def test_invalid_inputs_raise_config_error() -> None:
     model, (x, y) = _mlp(), _data()
     with pytest.raises(ConfigError, match="per-sample loss"):
-        per_sample_gradients(model, nn.CrossEntropyLoss(), x, y, "linear")
+        per_sample_gradients(model, nn.CrossEntropyLoss(), x, y, "hooks")
     with pytest.raises(ConfigError, match="per-sample loss"):
         per_sample_gradients(model, nn.CrossEntropyLoss(), x, y, "func")
     with pytest.raises(ConfigError, match="method"):

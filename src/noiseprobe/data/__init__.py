@@ -2,6 +2,6 @@
 default dataset shipped by a package (:mod:`~noiseprobe.data.embedded`). Nothing is downloaded."""
 
 from noiseprobe.data.embedded import Dataset, load_default
-from noiseprobe.data.idx import load_fashion_mnist, read_idx
+from noiseprobe.data.idx import find_idx_files, load_fashion_mnist, load_idx_dataset, read_idx
 
-__all__ = ["Dataset", "load_default", "load_fashion_mnist", "read_idx"]
+__all__ = ["Dataset", "find_idx_files", "load_default", "load_fashion_mnist", "load_idx_dataset", "read_idx"]

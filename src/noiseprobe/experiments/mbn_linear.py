@@ -76,6 +76,14 @@ def _agree(est: float, se: float, theory: float, rel: float) -> tuple[float, boo
     return float(z), bool(abs(est - theory) <= Z * se + rel * abs(theory))
 
 
+def _plain_log_ticks(ax: Any, values: Any) -> None:
+    """Label a log x-axis at the given values, in plain numbers."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xticks(list(values), [f"{v:g}" for v in values])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _safe(f, *args, **kw) -> float:
     try:
         v = f(*args, **kw)
@@ -175,6 +183,7 @@ class Fig3(Experiment):
         ax[0].errorbar(left.S, left.sim, yerr=Z * left.se, fmt="o", ms=4, label="simulation")
         ax[0].axvline(2 / (2 / (lr * a) - 1), color="0.6", lw=0.8)
         ax[0].set(xscale="log", yscale="log", xlabel="batch size S", ylabel="Σ", title=f"a={a}, λ={lr}")
+        _plain_log_ticks(ax[0], left.S)
         ax[0].legend()
         gg = np.linspace(right.gamma.min(), right.gamma.max(), 200)
         ax[1].plot(gg, [_safe(lambda: l2_1d(ra, x, ru, rl, rS)["test_loss"]) for x in gg], label="Cor. 4")
@@ -482,6 +491,7 @@ class Fig6(Experiment):
         ax.plot(t.alpha, t.hessian, ":", label="Hessian approx. C = Â/S")
         ax.axvline(1.0, color="0.5", lw=0.8)
         ax.set(xscale="log", xlabel="α = N/D", ylabel="Tr[ÂΣ]", title=f"D={config['D']}, λ={lr}, S={S}, σ={sig}")
+        _plain_log_ticks(ax, t.alpha)
         ax.legend()
         savefig(fig, out / "fig6.png")
         return {"trace_A_sigma": {f"{r.alpha:g}": {"sim": r.sim, "exact": r.exact, "thm6": r.thm6, "thm6_L0": r.thm6_L0,

@@ -48,7 +48,7 @@ class Fig2Top(Experiment):
     tables = ("trajectories",)
     _common = {"seed": 0, "methods": ["reduced", "exact"], "batch_size": 32, "init": "niw_large",
                "sigma_min": 0.01, "sigma_max": 1000.0, "steps": 20000, "lr": 0.01, "sigma_x": 1.0, "M": 1.0,
-               "traj_sigmas": [0.03, 1.0, 25.0, 100.0], "traj_seeds": 3, "traj_points": 160}
+               "traj_sigmas": [0.03, 1.0, 20.0, 100.0], "traj_seeds": 6, "traj_points": 160}
     presets = {
         "quick": {**_common, "n_sigma": 64, "n_seeds": 32},
         "full": {**_common, "n_sigma": 128, "n_seeds": 128},
@@ -136,8 +136,7 @@ class Fig2Top(Experiment):
             for name in BOUNDARY_NAMES:
                 metrics[f"{method}: {name}"] = info["table"][name]
             metrics[f"{method}: phase fractions max over sigma"] = info["max_fraction"]
-            metrics[f"{method}: decay times (sigma, t_e NIW, eq.9 exponent, eq.10 tau_noise(0), t_e loss, "
-                    f"loss exponent, tau_loss(0))"] = info["decay_rows"]
+            metrics[f"{method}: decay phase, first e-folds (steps) vs eqs. (9)-(10)"] = info["decay_rows"]
         if len(config["methods"]) == 2:
             agree, n_cmp, details = self._agreement(per, config)
             metrics["exact vs reduced: agreement away from boundaries"] = {"fraction": agree, "sigmas": n_cmp}
@@ -147,7 +146,7 @@ class Fig2Top(Experiment):
         traj = tables.get("trajectories", pd.DataFrame())
         if len(traj):
             metrics.update(self._fits(traj, lr))
-            self._plot_trajectories(config, traj, out)
+            self._plot_trajectories(config, traj, res[res["kind"] == "trajectory"], out)
         self._plot_phase_diagram(config, per, out)
         self._plot_decay_times(per, out)
         return metrics, checks
@@ -197,7 +196,10 @@ class Fig2Top(Experiment):
                          "exp_loss": float(np.nanmedian(g["loss_exp1"])), "tau_loss0": float(np.median(tau_l))})
         return {"frac": frac, "bnd": bnd, "table": table, "decay": pd.DataFrame(rows), "edge": edge,
                 "corrected": corrected, "paper": paper_pred,
-                "decay_rows": [[round(v, 4) for v in r.values()] for r in rows],
+                "decay_rows": {f"sigma={r['sigma']:.3g}": (
+                    f"t_e NIW {r['t_e_niw']:.4g} ± {r['t_e_niw_se']:.2g}, eq.9 exponent {r['exp_niw']:.3f}, "
+                    f"eq.10 tau_noise(0) {r['tau_noise0']:.4g}; t_e loss {r['t_e_loss']:.4g}, "
+                    f"exponent {r['exp_loss']:.3f}, tau_loss(0) {r['tau_loss0']:.4g}") for r in rows},
                 "max_fraction": {p: float(frac[p].max()) for p in PHASES}}
 
     @staticmethod
@@ -270,20 +272,28 @@ class Fig2Top(Experiment):
 
     # ------------------------------------------------------------------------------------ figures
     @staticmethod
-    def _plot_trajectories(config: dict[str, Any], traj: pd.DataFrame, out: Path) -> None:
+    def _plot_trajectories(config: dict[str, Any], traj: pd.DataFrame, runs: pd.DataFrame, out: Path) -> None:
+        """The four panels of Fig. 2 top per method: of the recorded seeds, one in the panel's phase (if
+        any), with the largest |w_NI(0)|."""
         methods = list(dict.fromkeys(traj["method"]))
+        phase = runs.set_index(["method", "replica"])["phase"]
         fig, axes = new_figure(4, len(methods), width=3.3, height=2.7)
         axes = np.atleast_2d(axes)
         for i, method in enumerate(methods):
             for p in range(4):
                 ax = axes[i, p]
-                g = traj[(traj["method"] == method) & (traj["panel"] == p) & (traj["seed"] == 0)]
+                g = traj[(traj["method"] == method) & (traj["panel"] == p)]
+                first = g[g["step"] == 0]
+                reps = first["replica"].to_numpy()
+                match = np.array([phase.get((method, r)) == PHASES[p] for r in reps])
+                rep = reps[np.lexsort((-np.abs(first["w_ni"].to_numpy()), ~match))[0]]
+                g = g[g["replica"] == rep]
                 step = np.maximum(g["step"].to_numpy(), 0.5)
                 for col, colour in (("w0", "black"), ("w1", "red"), ("w_ni", "blue"), ("loss", "purple")):
                     ax.plot(step, g[col], color=colour, label=col)
                 ax.set_xscale("log")
-                ax.set_yscale("symlog", linthresh=1e-2)
-                ax.set_title(f"{method}, sigma_eps = {config['traj_sigmas'][p]:g} ({g['phase'].iloc[0] if 'phase' in g else ''})")
+                ax.set_yscale("symlog", linthresh=1e-3)
+                ax.set_title(f"{method}, sigma_eps = {config['traj_sigmas'][p]:g}: {phase.get((method, rep), '?')}")
                 ax.set_xlabel("SGD step")
                 if p == 0:
                     ax.legend(loc="lower left")
@@ -299,7 +309,8 @@ class Fig2Top(Experiment):
             for k, name in enumerate(BOUNDARY_NAMES):
                 t = info["table"][name]
                 ax.axvline(t["measured"], color="black", lw=1.5, label="measured (50 %)" if k == 0 else None)
-                ax.axvline(t["corrected"], color="black", ls="--", lw=1, label="corrected predictor" if k == 0 else None)
+                ax.axvline(t["corrected"], color="black", ls="--", lw=1,
+                           label="corrected predictor" if k == 0 else None)
                 ax.axvline(t["paper"], color="grey", ls=":", lw=1.2, label="paper formula" if k == 0 else None)
             ax.set_xscale("log")
             ax.set_xlim(f["sigma"].min(), f["sigma"].max())

@@ -75,6 +75,13 @@ def _check_point(field: str, value: Any) -> list[float]:
     return [check_real(field, v) for v in value]
 
 
+def _check_start(field: str, value: Any) -> None:
+    """A start in the part of the attractive neighbourhood where noisy GD with α ≤ 0.3 stays stable."""
+    w = _check_point(field, value)
+    if not (0.6 <= math.hypot(*w) <= 1.6 and w[0] >= -1.0):
+        raise ConfigError(field, value, "a point with 0.6 <= |w| <= 1.6 and w1 >= -1 (near Γ, where b = 1.5 + w1 > 0)")
+
+
 def _check_times(field: str, value: Any, t_end: float) -> list[float]:
     if not (isinstance(value, list) and value):
         raise ConfigError(field, value, f"a non-empty list of times in (0, {t_end}]")
@@ -106,6 +113,8 @@ def _chain_mean(df: pd.DataFrame, column: str, by: str = "step") -> pd.DataFrame
     """Mean, standard error and count of ``column`` over the chains that have not diverged, per ``by``."""
     g = df[~df["diverged"]].groupby(by)[column]
     out = pd.DataFrame({"mean": g.mean(), "sd": g.std(ddof=1), "n": g.count()})
+    out = out.reindex(np.unique(df[by]))       # steps where every chain has diverged: NaN, n = 0
+    out["n"] = out["n"].fillna(0)
     out["se"] = out["sd"] / np.sqrt(out["n"])
     return out
 
@@ -201,10 +210,10 @@ class Fig1(Experiment):
 
     def validate(self, config: dict[str, Any]) -> None:
         _validate_common(config)
-        check_real("lr", config["lr"], lo=0.0, hi=0.5, lo_open=True)
-        check_real("sigma2", config["sigma2"], lo=0.0, hi=0.1, lo_open=True)
+        check_real("lr", config["lr"], lo=0.0, hi=0.3, lo_open=True)
+        check_real("sigma2", config["sigma2"], lo=0.0, hi=0.05, lo_open=True)
         check_real("t_end", config["t_end"], lo=1.0, hi=50.0)
-        _check_point("w0", config["w0"])
+        _check_start("w0", config["w0"])
 
     def chunks(self, config: dict[str, Any]) -> list[Chunk]:
         return [Chunk("gd", {"variant": "gd", "start": 0, "stop": 1})] + _chain_chunks(config, ["ngd"])
@@ -221,7 +230,6 @@ class Fig1(Experiment):
                 out: Path) -> tuple[dict[str, Any], list[Check]]:
         df = tables["results"]
         lr, s2 = config["lr"], config["sigma2"]
-        df = df.assign(t_A=lr * s2 * df["step"])  # GD rows ran with σ = 0: use the NGD clock for both
         gd, ngd = df[df["variant"] == "gd"].sort_values("step"), df[df["variant"] == "ngd"]
         stats = _chain_mean(ngd, "theta")
         t_flow, th_flow = _flow_theta(noises.perturbed(circle_loss, 2), config["w0"], config["t_end"],
@@ -289,12 +297,12 @@ class Fig2(Experiment):
             check_real("lrs", lr, lo=0.0, hi=0.3, lo_open=True)
         if config["main_lr"] not in lrs:
             raise ConfigError("main_lr", config["main_lr"], f"one of lrs = {lrs}")
-        check_real("sigma2_over_lr", config["sigma2_over_lr"], lo=0.0, hi=1.0, lo_open=True)
+        check_real("sigma2_over_lr", config["sigma2_over_lr"], lo=0.0, hi=0.2, lo_open=True)
         check_real("t_end", config["t_end"], lo=0.5, hi=50.0)
         _check_times("t_check", config["t_check"], config["t_end"])
         check_real("t_fast", config["t_fast"], lo=0.5, hi=50.0)
         check_real("close", config["close"], lo=0.0, hi=0.5, lo_open=True)
-        _check_point("w0", config["w0"])
+        _check_start("w0", config["w0"])
 
     def chunks(self, config: dict[str, Any]) -> list[Chunk]:
         return [Chunk(f"lr{lr:g}-{c.key}", {**c.spec, "lr": lr})
@@ -410,14 +418,15 @@ class Fig3(Experiment):
 
     def validate(self, config: dict[str, Any]) -> None:
         _validate_common(config)
-        check_real("lr", config["lr"], lo=0.0, hi=0.5, lo_open=True)
-        check_real("sigma2", config["sigma2"], lo=0.0, hi=0.1, lo_open=True)
+        check_real("lr", config["lr"], lo=0.0, hi=0.3, lo_open=True)
+        check_real("sigma2", config["sigma2"], lo=0.0, hi=0.05, lo_open=True)
         check_real("t_end_A", config["t_end_A"], lo=0.5, hi=50.0)
         check_real("t_end_B", config["t_end_B"], lo=0.1, hi=50.0)
         _check_times("t_check_A", config["t_check_A"], config["t_end_A"])
         _check_times("t_check_B", config["t_check_B"], config["t_end_B"])
         check_real("mb_lr", config["mb_lr"], lo=0.0, hi=0.1, lo_open=True)
-        _check_point("mb_w0", config["mb_w0"])
+        if min(_check_point("mb_w0", config["mb_w0"])) <= 0 or math.hypot(*config["mb_w0"]) > 2.5:
+            raise ConfigError("mb_w0", config["mb_w0"], "a point with positive coordinates and |w| <= 2.5")
         check_int("mb_chains", config["mb_chains"], lo=1)
         check_real("sde_dt", config["sde_dt"], lo=1e-4, hi=0.2)
 
@@ -556,11 +565,11 @@ class Fig4(Experiment):
 
     def validate(self, config: dict[str, Any]) -> None:
         _validate_common(config)
-        check_real("lr", config["lr"], lo=0.0, hi=0.5, lo_open=True)
-        check_real("sigma2", config["sigma2"], lo=0.0, hi=0.1, lo_open=True)
+        check_real("lr", config["lr"], lo=0.0, hi=0.3, lo_open=True)
+        check_real("sigma2", config["sigma2"], lo=0.0, hi=0.05, lo_open=True)
         check_real("t_end", config["t_end"], lo=1.0, hi=100.0)
         _check_times("t_check", config["t_check"], config["t_end"])
-        _check_point("w0", config["w0"])
+        _check_start("w0", config["w0"])
 
     def chunks(self, config: dict[str, Any]) -> list[Chunk]:
         return _chain_chunks(config, list(self.COVS))

@@ -82,7 +82,7 @@ def constrained_flow(noise: Noise, w0: Tensor, t_end: float, n_points: int, *, f
 
 
 def sde_drift(noise: Noise, W: Tensor, codim: int) -> tuple[Tensor, Tensor]:
-    """Theorem-B coefficients at W ∈ Γ (n, d): the diffusion matrix ``P G C̃^{1/2}`` (n, d, m) and the Itô
+    """Theorem-B coefficients at W ∈ Γ (n, d): the diffusion matrix ``P G R`` (n, d, r), ``R Rᵀ = C̃``, and the Itô
     drift ``½ ∂²Φ[G C̃ Gᵀ]`` (n, d) (reference §5: ``½II(Σ_TT) − P∇³L[Σ_TN H^†] − ½P∇³L[𝓛_H^{-1}Σ_NN]``)."""
     B = noise_jacobian(noise, W) @ covariance_root(noise.C)
     geo = geometry(noise.loss, W, codim)
@@ -116,11 +116,12 @@ def limiting_sde(noise: Noise, w0: Tensor, t_end: float, n_steps: int, n_paths: 
     dt = t_end / n_steps
     record = _record_steps(n_steps, n_points)
     keep = set(record.tolist())
+    rank = covariance_root(noise.C).shape[1]           # B is r-dimensional, C̃^{1/2} = R (m, r)
     streams = ReplicaStreams(check_int("seed", seed, lo=0),
                              range(check_int("path_offset", path_offset, lo=0), path_offset + n_paths))
     out = [W]
     for k0 in range(0, n_steps, block):
-        xi = torch.from_numpy(streams.normal((min(block, n_steps - k0), noise.eta_dim)))  # (paths, steps, m)
+        xi = torch.from_numpy(streams.normal((min(block, n_steps - k0), rank)))  # (paths, steps, rank C̃)
         for j in range(xi.shape[1]):
             diffusion, drift = sde_drift(noise, W, c)
             step = (diffusion @ xi[:, j, :, None])[..., 0] * math.sqrt(dt) + drift * dt

@@ -153,18 +153,20 @@ def phi_second_derivative(loss: LossFn, w: Tensor, Sigma: Tensor, codim: int | N
 
 
 # ------------------------------------------------------------------------------------------ limit map Φ
-def limit_map(loss: LossFn, w0: Tensor, *, gtol: float = 1e-10, t_max: float = 1e5, method: str = "DOP853",
-              rtol: float = 1e-11, atol: float = 1e-13) -> Tensor:
+def limit_map(loss: LossFn, w0: Tensor, *, gtol: float = 1e-10, ltol: float = 1e-8, t_max: float = 1e5,
+              method: str = "DOP853", rtol: float = 1e-11, atol: float = 1e-13) -> Tensor:
     """``Φ(w0) = lim_{t→∞} W(t)`` for the gradient flow ``Ẇ = −∇L(W)`` (reference §1, trap 5), (..., d).
 
     All rows are integrated as one system by ``solve_ivp`` (``method``: ``"DOP853"`` adaptive explicit, the
     default; ``"Radau"``/``"BDF"``/``"LSODA"`` for stiff losses, with the exact block-diagonal Jacobian
     −∇²L) over windows of doubling length until every row has ``|∇L| ≤ gtol``. Near Γ the flow converges
     exponentially (Prop. 3.9), so ``|W − Φ(w0)| ≈ |∇L|/λ_min``. A row that has not converged by
-    ``t_max`` or becomes non-finite (w0 outside the attractive neighbourhood U) is returned as NaN.
+    ``t_max``, becomes non-finite, or stops at a critical point with ``L > ltol`` (w0 outside the
+    attractive neighbourhood U of Γ) is returned as NaN, with a warning.
     """
     w0 = _as_w(w0)
     check_real("gtol", gtol, lo=0.0, lo_open=True)
+    check_real("ltol", ltol, lo=0.0, lo_open=True)
     check_real("t_max", t_max, lo=0.0, lo_open=True)
     check_choice("method", method, ODE_METHODS)
     shape, d = w0.shape, w0.shape[-1]
@@ -204,10 +206,12 @@ def limit_map(loss: LossFn, w0: Tensor, *, gtol: float = 1e-10, t_max: float = 1
                 for r in rows:
                     live[r] = integrate(np.array([r]), window)
             t, window = t + window, 2.0 * window
-    if active.any():
-        warnings.warn(f"limit_map: {int(active.sum())} row(s) did not reach |∇L| <= {gtol} by t = {t_max}",
-                      RuntimeWarning, stacklevel=2)
-    y[~live | active] = np.nan
+    with torch.no_grad():
+        off = live & ~active & ~(loss(torch.from_numpy(y)).numpy() <= ltol)
+    if active.any() or off.any():
+        warnings.warn(f"limit_map: {int(active.sum())} row(s) did not reach |∇L| <= {gtol} by t = {t_max}, "
+                      f"{int(off.sum())} stopped at a critical point with L > {ltol}", RuntimeWarning, stacklevel=2)
+    y[~live | active | off] = np.nan
     return torch.from_numpy(y).reshape(shape)
 
 

@@ -42,7 +42,8 @@ MASK_KINDS = ("gaussian", "bernoulli")
 class Noise:
     """A noise-injected loss and its noise law.
 
-    name: short id; loss_hat: ``L̂(w (..., d), eta (..., m)) -> (...)``; loss: ``L(w) = L̂(w, 0)``;
+    name: short id; loss_hat: ``L̂(w (..., d), eta (..., m)) -> (...)``, broadcasting over leading dims
+    with rows independent (derivatives are taken of the sum over rows); loss: ``L(w) = L̂(w, 0)``;
     eta_dim: m; C: C̃ (m, m), ``Cov η = σ² C̃`` (C̃ normalised so that σ² is the per-coordinate variance
     of i.i.d. noise, e.g. C̃ = I, or ½·ones for Fig. 4 right); sample: ``sample(n, generator, sigma=None)
     -> (n, m)`` draws of η (``sigma=None``: the noise's own ``sigma``); regime: one of :data:`REGIMES`;
@@ -69,6 +70,11 @@ class Noise:
 
 
 # ----------------------------------------------------------------------------------------------- samplers
+def _level(sigma: float | None) -> float | None:
+    """A builder's default noise level: None or a finite σ >= 0."""
+    return None if sigma is None else check_real("sigma", sigma, lo=0.0)
+
+
 def _sigma(sigma: float | None, default: float | None) -> float:
     if sigma is None:
         if default is None:
@@ -96,7 +102,7 @@ def covariance_root(C: Tensor) -> Tensor:
 
 def _gaussian_sampler(C: Tensor, default_sigma: float | None) -> SampleFn:
     """η ~ N(0, σ² C̃) as σ R ξ with R Rᵀ = C̃, ξ ~ N(0, I_r) (singular C̃ allowed)."""
-    root = covariance_root(C).numpy()
+    root, default_sigma = covariance_root(C).numpy(), _level(default_sigma)
 
     def sample(n: int, generator: np.random.Generator, sigma: float | None = None) -> np.ndarray:
         return _sigma(sigma, default_sigma) * generator.standard_normal((n, root.shape[1])) @ root.T
@@ -106,6 +112,7 @@ def _gaussian_sampler(C: Tensor, default_sigma: float | None) -> SampleFn:
 def _bernoulli_sampler(m: int, default_sigma: float | None) -> SampleFn:
     """Rescaled Bernoulli masks ``η_i = ζ_i/(1−p) − 1``, ζ_i ~ Bernoulli(1−p) i.i.d. (§7.2): E η = 0,
     Var η_i = σ² = p/(1−p), i.e. the drop probability is ``p = σ²/(1+σ²)``."""
+    default_sigma = _level(default_sigma)
     def sample(n: int, generator: np.random.Generator, sigma: float | None = None) -> np.ndarray:
         s2 = _sigma(sigma, default_sigma) ** 2
         p = s2 / (1.0 + s2)
@@ -211,22 +218,22 @@ def minibatch(per_sample_losses: Callable[[Tensor], Tensor], N: int, batch_size:
     """
     N, d = _dim("N", N), _dim("d", d)
     B = check_int("batch_size", batch_size, lo=1, hi=N - 1)
-    sigma = math.sqrt((N - B) / (N * N * B))
+    level = math.sqrt((N - B) / (N * N * B))
     c = (N * torch.eye(N, dtype=torch.float64) - 1.0) / (N - 1)
 
     def loss_hat(w: Tensor, eta: Tensor) -> Tensor:
         return ((1.0 / N + eta) * per_sample_losses(w)).sum(-1)
 
-    def sample(n: int, generator: np.random.Generator, s: float | None = None) -> np.ndarray:
-        if s is not None and not math.isclose(s, sigma, rel_tol=1e-9):
-            raise ConfigError("sigma", s, f"{sigma!r} (minibatch noise has its level fixed by N and batch_size)")
+    def sample(n: int, generator: np.random.Generator, sigma: float | None = None) -> np.ndarray:
+        if sigma is not None and not math.isclose(sigma, level, rel_tol=1e-9):
+            raise ConfigError("sigma", sigma, f"{level!r} (minibatch noise has its level fixed by N and batch_size)")
         batch = np.argsort(generator.random((n, N)), axis=1)[:, :B]
         ind = np.zeros((n, N))
         np.put_along_axis(ind, batch, 1.0, axis=1)
         return ind / B - 1.0 / N
     return Noise("minibatch", loss_hat, lambda w: per_sample_losses(w).mean(-1), N, c, sample, "trivial",
                  f"minibatch SGD (Example 1.7), B={B} of N={N} without replacement: L̂ = Σ(1/N+η_i)ℓ_i; "
-                 "Reg ≡ 0 and G = 0 on Γ: trivial on both clocks", d, sigma)
+                 "Reg ≡ 0 and G = 0 on Γ: trivial on both clocks", d, level)
 
 
 def dropconnect(loss: LossFn, d: int, kind: str = "gaussian", p: float | None = None,

@@ -7,7 +7,7 @@
   η is O(p), and to first order in p only single-unit drops matter:
   ``Reg_B(w) = Σ_i [L̂(w, −e_i) − L(w) + ∂_{η_i} L̂(w, 0)]`` (= ``lim_{p→0} (E L̂ − L)/σ²``, σ² = p/(1−p)).
   For DropConnect this is ``Σ_i [L(w − w_i e_i) − L(w) + w_i ∂_i L(w)]``, on Γ the loss with weight i
-  dropped alone. It equals the Laplacian form iff L̂ is quadratic in each η_i.
+  dropped alone. It equals the Laplacian form when L̂ is at most quadratic along each η_i axis.
 
 ``form="auto"`` picks the form that drives the dynamics: ``"nonlocal"`` for noises of regime
 ``"nonlocal"`` (Bernoulli masks), ``"laplacian"`` otherwise. All functions take w of shape (..., d)
@@ -33,7 +33,8 @@ def _laplacian(noise: Noise, x: Tensor) -> Tensor:
     eta = leaf(torch.zeros(*x.shape[:-1], noise.eta_dim))
     g = vjp_sum(noise.loss_hat(x, eta), eta, create_graph=True)
     R = covariance_root(noise.C)
-    return 0.5 * sum((vjp_sum(g @ u, eta, create_graph=True) @ u) for u in R.T)
+    return 0.5 * sum((vjp_sum(g @ u, eta, create_graph=True) @ u for u in R.T),
+                     torch.zeros(x.shape[:-1], dtype=torch.float64))
 
 
 def _nonlocal(noise: Noise, x: Tensor) -> Tensor:

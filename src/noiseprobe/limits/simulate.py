@@ -12,7 +12,7 @@ replacement is the sampler's business).
 
 Every chain is advanced by one batched operation per step: gradients are ``torch.func.vmap(grad(L̂))``
 over chains, or the gradient of the summed loss when ``L̂`` broadcasts over a leading chain axis
-(``vectorised=True``, about 3× cheaper for tiny problems). Arithmetic is float64. Noise is drawn in
+(``vectorised=True``; less per-step overhead: ≈3× faster at 500 chains of d = 2). Arithmetic is float64. Noise is drawn in
 blocks of steps from per-chain streams of :mod:`noiseprobe.core.seeding` keyed by (seed, *global* chain
 index), so a chain's path does not depend on which other chains run beside it, nor on the block size.
 A chain whose iterate becomes non-finite or exceeds ``blowup`` in absolute value is recorded as
@@ -35,6 +35,8 @@ from noiseprobe.core.seeding import replica_generators
 from noiseprobe.limits.noises import Noise
 
 LossHat = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: cap on the noise numbers held at once (block × chains × m): 2²² float64 = 32 MiB
+MAX_BLOCK_ELEMENTS = 1 << 22
 
 
 class Sampler(Protocol):
@@ -130,12 +132,15 @@ def noisy_gd(loss_hat: LossHat, w0: np.ndarray | Sequence[float], *, lr: float |
         record_every: keep positions every this many steps (and at the last step).
         record_at: further steps to keep (e.g. every step of a short initial window).
         average_from: if given, accumulate per-chain time averages of w and its covariance from this step.
-        block: steps of noise drawn per chain at once.
+        block: steps of noise drawn per chain at once (fewer if block·R·m would exceed
+            :data:`MAX_BLOCK_ELEMENTS`; the draws, hence the results, do not depend on it).
         vectorised: ``L̂`` broadcasts over a leading chain axis; use the gradient of the sum.
         blowup: |w_i| above this (or non-finite) marks the chain diverged.
     """
     chain_ids = np.arange(chains) if isinstance(chains, (int, np.integer)) else np.asarray(chains, dtype=np.int64)
     R = check_int("chains", len(chain_ids), lo=1)
+    if chain_ids.ndim != 1 or chain_ids.min() < 0:
+        raise ConfigError("chains", chains, "a count >= 1 or a sequence of non-negative global chain indices")
     steps = check_int("steps", steps, lo=0)
     record_every = check_int("record_every", record_every, lo=1)
     block = check_int("block", block, lo=1)
@@ -205,6 +210,7 @@ def noisy_gd(loss_hat: LossHat, w0: np.ndarray | Sequence[float], *, lr: float |
     j_next = 1
     prev = draw(1)[0] if anti_correlated else None
     k = 0
+    block = max(1, min(block, MAX_BLOCK_ELEMENTS // (R * m)))
     while k < steps:
         n = min(block, steps - k)
         etas = draw(n) if noisy else None

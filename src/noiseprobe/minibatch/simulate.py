@@ -14,8 +14,8 @@ Data: ``x = x̃ + e`` with ``x̃ ~ N(0, A)``, ``e ~ N(0, B)`` (input noise), ``y
 "online") or a fixed data set of N samples drawn with replacement (Def. 2) or without (Def. 3, a uniform
 S-subset each step).
 
-For online data with Gaussian labels and S >= D the default sampler is exact in law and draws D(D+3)/2
-numbers per step instead of S(D+1): with K = A + B, ``x̃ = AK⁻¹x + ζ`` (ζ independent of x), so the
+For online data with Gaussian labels and S >= D an exact-in-law sampler (the default when D = 1 or
+S >= 2D) draws D(D+3)/2 numbers per step instead of S(D+1): with K = A + B, ``x̃ = AK⁻¹x + ζ`` (ζ independent of x), so the
 residual is ``xᵀ(w − K⁻¹Au) − n`` with ``n ~ N(0, σ_eff²)``, ``σ_eff² = σ² + uᵀ(A − AK⁻¹A)u``; then
 ``(1/S)Σxxᵀ = M Mᵀ/S``, ``M = R_K L`` (R_K R_Kᵀ = K, L the Bartlett factor of a Wishart(S, I) matrix) and
 ``(1/S)Σ x n | M ~ N(0, σ_eff² MMᵀ/S²)``. In 1d this is ``h = kχ²_S/S``, ``ξ | h ~ N(0, σ_eff²h/S)``
@@ -259,6 +259,19 @@ def _lr_array(lr: float | np.ndarray, chains: int, D: int) -> tuple[np.ndarray, 
                       f"a scalar, one scalar per chain ({chains},), or a symmetric ({D}, {D}) matrix")
 
 
+def _mark_diverged(traj: np.ndarray, w: np.ndarray, m: np.ndarray, center: np.ndarray, diverged: np.ndarray,
+                   diverged_at: np.ndarray, t0: int) -> None:
+    """Record chains whose block trajectory (chains, T, D) left the finite range (at step t0 + first bad + 1)
+    and restart them at ``center``; they stay excluded from every statistic."""
+    bad_steps = ~np.all(np.isfinite(traj) & (np.abs(traj) < DIVERGED), axis=2)
+    bad = bad_steps.any(axis=1) & ~diverged
+    if bad.any():
+        diverged[bad] = True
+        diverged_at[bad] = t0 + 1 + np.argmax(bad_steps[bad], axis=1)
+        w[bad] = center
+        m[bad] = 0.0
+
+
 def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int, *, steps: int,
                  burn_in: int, chains: int, seed: int, first_chain: int = 0, momentum: float = 0.0,
                  replacement: bool = True, measure_every: int = 1, snapshot_every: int | None = None,
@@ -270,8 +283,9 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
     follow ``burn_in`` discarded ones; statistics use every ``measure_every``-th step. ``replacement``
     selects Def. 2 (True) or Def. 3 (False) for a fixed data set (no effect online). ``w0``: start (D,) or
     (chains, D); default ``center + init_scale·z``, z ~ N(0, I) per chain (perturbed, since w = u is a fixed
-    point without label noise). ``exact_law``: use the exact-in-law (Bartlett) sampler; default True when it
-    applies (online data, Gaussian labels, S >= D); ``exact_1d`` is the earlier name of the same switch.
+    point without label noise). ``exact_law``: use the exact-in-law (Bartlett) sampler; it applies to online
+    data with Gaussian labels and S >= D, and is the default there when D = 1 or S >= 2D (where it is the
+    faster one); ``exact_1d`` is the earlier name of the same switch.
     """
     pb = problem
     D = pb.dim
@@ -288,8 +302,8 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
     lr_arr, lr_matrix = _lr_array(lr, chains, D)
     exact_ok = pb.X is None and pb.label_noise == "gaussian" and S >= D
     exact = exact_law if exact_law is not None else exact_1d
-    if exact is None:
-        exact = exact_ok
+    if exact is None:  # faster than explicit minibatches when it saves enough draws (measured)
+        exact = exact_ok and (D == 1 or S >= 2 * D)
     elif exact and not exact_ok:
         raise ConfigError("exact_law", exact, "True only for online data, Gaussian labels and batch_size >= D")
 
@@ -350,6 +364,8 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
                 idx_blk = streams.integers(N, (T, S))
             else:
                 idx_blk = np.argsort(streams.uniform((T, N)), axis=-1)[..., :S]
+            traj = np.empty((chains, T, D))
+            eta_blk = np.empty((chains, T, D)) if s_eta is not None else None
             for j in range(T):
                 if exact:
                     d = w - w_lab
@@ -366,33 +382,28 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
                     r = (x @ w[:, :, None])[..., 0] - y
                     g = (r[:, None, :] @ x)[:, 0] / S
                 g = g + w @ Gam
-                if s_eta is not None and t >= burn_in:
-                    eta = g - (w - center) @ gradQ
+                if eta_blk is not None:
+                    eta_blk[:, j] = g - (w - center) @ gradQ
                 m = mu * m + g
                 w = w - (m @ lr_arr if lr_matrix else lr_arr * m)
-                t += 1
-                if t > burn_in and (t - burn_in) % measure_every == 0:
-                    bad = ~np.all(np.isfinite(w) & (np.abs(w) < DIVERGED), axis=1) & ~diverged
-                    if bad.any():
-                        diverged[bad] = True
-                        diverged_at[bad] = t
-                        w[bad] = center
-                        m[bad] = 0.0
-                    d = w - center
-                    s1 += d
-                    s2 += d[:, :, None] * d[:, None, :]
-                    if s_eta is not None:
-                        s_eta += eta[:, :, None] * eta[:, None, :]
-                    if snaps is not None and meas % snapshot_every == 0 and meas // snapshot_every < n_snap:
-                        snaps[:, meas // snapshot_every] = w
-                    meas += 1
-                elif t <= burn_in and t % 64 == 0:
-                    bad = ~np.all(np.isfinite(w) & (np.abs(w) < DIVERGED), axis=1) & ~diverged
-                    if bad.any():
-                        diverged[bad] = True
-                        diverged_at[bad] = t
-                        w[bad] = center
-                        m[bad] = 0.0
+                traj[:, j] = w
+            # the block's statistics at once: divergence, then the measured steps t0 + j + 1
+            _mark_diverged(traj, w, m, center, diverged, diverged_at, t)
+            steps_after = t + 1 + np.arange(T)
+            sel = np.nonzero((steps_after > burn_in) & ((steps_after - burn_in) % measure_every == 0))[0]
+            if sel.size:
+                dv = traj[:, sel] - center
+                s1 += dv.sum(axis=1)
+                s2 += np.swapaxes(dv, 1, 2) @ dv
+                if s_eta is not None:
+                    ev = eta_blk[:, sel]
+                    s_eta += np.swapaxes(ev, 1, 2) @ ev
+                if snaps is not None:
+                    ks = meas + np.arange(sel.size)
+                    keep = (ks % snapshot_every == 0) & (ks // snapshot_every < n_snap)
+                    snaps[:, ks[keep] // snapshot_every] = traj[:, sel[keep]]
+                meas += sel.size
+            t += T
     mean, sm = s1 / meas, s2 / meas
     mean[diverged] = np.nan
     sm[diverged] = np.nan

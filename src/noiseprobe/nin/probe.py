@@ -16,7 +16,8 @@ Per record (usually per epoch), with ε = 0 and ``model.eval()`` for every evalu
   (t in SGD steps; with momentum β the long-run step is η/(1−β)). ``rate_corrected``/``rate_paper``
   hold both per step; :func:`niw_decay_check` compares their integral with the measured decay;
   ``rate_mc`` ± ``rate_mc_se`` (``drift_draws`` > 0) is the same rate without the second-order
-  truncation of eq. (1)→(2): η Ŵ·E_ε[∂L/∂W_NI]/‖W_NI‖, averaged over fresh noise draws on the probe
+  truncation of eq. (1)→(2): η Ŵ·E_ε[∂L/∂W_NI]/‖W_NI‖ (the SGD step eq. 13 averaged over ε), from
+  fresh noise draws on the probe
   batch (it differs from ``rate_corrected`` where σ_ε|W_NI| is not small against the scale on which
   the loss bends, e.g. the ReLU kinks, which the local Hessian at ε = 0 does not see);
 * optionally ``full_hess_trace`` ± ``full_hess_trace_se``: Tr ∇²_θ L of all model parameters.
@@ -187,7 +188,8 @@ class NINRecorder:
         return rows
 
     def record(self, epoch: int, *, step: int | None = None) -> list[dict[str, Any]]:
-        """Evaluate (ε = 0, eval mode) and append one row per NIN; returns the new rows."""
+        """Evaluate (ε = 0, eval mode) and append one row per NIN; returns the new rows. ``epoch`` is
+        the record's index (also the TensorBoard step); ``step`` defaults to the count of :meth:`step` calls."""
         was_training = self.model.training
         self.model.eval()
         try:

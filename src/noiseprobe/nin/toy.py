@@ -38,6 +38,7 @@ import pandas as pd
 
 from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
 from noiseprobe.core.seeding import ReplicaStreams, seed_sequence
+from noiseprobe.nin.phases import classify_summary
 
 METHODS: tuple[str, ...] = ("exact", "reduced")
 INITS: dict[str, tuple[float, float, float]] = {
@@ -148,7 +149,7 @@ def _chi2(s: np.uint64, k: int) -> tuple[np.uint64, float]:
             return s, 2.0 * d * v
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _moments(s: np.uint64, exact: bool, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
     """One step's batch moments (S_xx, S_xε, S_εε); see the module docstring for the two samplers."""
     if not exact:
@@ -165,7 +166,7 @@ def _moments(s: np.uint64, exact: bool, b: int, sx: float, se: float) -> tuple[n
     return s, sx * sx * c1sq / b, sx * se * np.sqrt(c1sq) * n / b, se * se * (n * n + c2sq) / b
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True, inline="always", fastmath={"contract"})
 def sgd_step(w0: float, w1: float, wn: float, sxx: float, sxe: float, see: float, lr: float,
              m: float) -> tuple[float, float, float]:
     """One exact SGD step on the ½-MSE of eq. (4) given the batch moments (module docstring)."""
@@ -212,7 +213,7 @@ def _crossing(t: int, y_prev: float, y_now: float, level: float, e_prev: float,
     return t - 1 + f, e_prev + f * (e_now - e_prev)
 
 
-@numba.njit(parallel=True, cache=True)
+@numba.njit(parallel=True, cache=True, fastmath={"contract"})
 def _simulate(w0i, w1i, wni, sigma, lr, sigma_x, m, batch, exact, keys, steps, threshold,
               rec_row, rec_steps, traj, stats, overflow_step):
     nan = np.nan
@@ -319,8 +320,6 @@ class ToyRun:
         """Phase codes (R,) by the rule of reference §5.2 (see :func:`noiseprobe.nin.phases.classify_summary`):
         divergent = overflow or stalled; catapult = max_t η σε² max(w1², w_NI²) > edge; decay =
         |w_NI(T)| <= |w_NI(0)|/e; else decoupled."""
-        from noiseprobe.nin.phases import classify_summary
-
         return classify_summary(overflow=self.overflow, stalled=self.stalled(tol),
                                 max_stability=np.maximum(self["max_u"], self["max_v"]),
                                 niw_ratio=np.abs(self["w_ni_T"]) / np.abs(self.w_ni_0), edge=edge)

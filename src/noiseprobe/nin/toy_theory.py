@@ -88,7 +88,8 @@ def tau_noise(w1: ArrayLike, sigma_eps: ArrayLike, *, lr: float) -> np.ndarray:
 def tau_loss(w0: ArrayLike, w1: ArrayLike, *, lr: float, sigma_x: float = 1.0) -> np.ndarray:
     """Eq. (10), clean loss: τ_loss = −L/L̇ = 1/(2 σx² (w0² + w1²)) in time t (eq. 30), in steps divided by η."""
     lr = check_real("lr", lr, lo=0.0, lo_open=True)
-    return 1.0 / (2.0 * lr * sigma_x ** 2 * (np.asarray(w0, dtype=np.float64) ** 2 + np.asarray(w1, dtype=np.float64) ** 2))
+    q = np.asarray(w0, dtype=np.float64) ** 2 + np.asarray(w1, dtype=np.float64) ** 2
+    return 1.0 / (2.0 * lr * sigma_x ** 2 * q)
 
 
 def niw_exponent(w1: np.ndarray, sigma_eps: ArrayLike, *, lr: float) -> np.ndarray:

@@ -42,13 +42,13 @@ class GradientNoise:
     """Covariance C of the size-S minibatch gradient of ``loss_fn(model(x), y)`` over the N samples (x, y).
 
     ``loss_fn`` returns per-sample losses of shape (N,) (e.g. ``nn.CrossEntropyLoss(reduction="none")``).
-    ``method`` selects how per-sample gradients are obtained ("auto", "linear", "func"; see
+    ``method`` selects how per-sample gradients are obtained ("auto", "hooks", "func"; see
     :func:`~noiseprobe.probes.persample.per_sample_gradients`). Parameter-space vectors are flat in the
     order of the model's trainable parameters. Weight decay adds no noise (it is common to all samples).
     """
 
     def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Tensor, y: Tensor, batch_size: int = 1,
-                 replacement: bool = True, method: Literal["auto", "linear", "func"] = "auto",
+                 replacement: bool = True, method: Literal["auto", "hooks", "func"] = "auto",
                  chunk_size: int | None = None) -> None:
         self.grads: PerSampleGradients = per_sample_gradients(model, loss_fn, x, y, method, chunk_size)
         self.n = self.grads.n
@@ -99,32 +99,35 @@ class GradientNoise:
         ``vectors``: "param" = unit eigenvectors of C in parameter space (P, k), Jᵀu/√(Nλ), one batched
         vector-Jacobian product (k weight-gradient products per layer); "sample" = the unit eigenvectors u
         of K (N, k), from which ``self.grads.vjp(u / sqrt(N λ_K))`` gives the former on demand; "none".
-        C has rank ≤ N − 1, so k ≤ N − 1; an eigenvalue ≤ 1e-10·λ_max gets a zero vector.
+        C has rank ≤ N − 1, so k ≤ N − 1; an eigenvalue below the numerical rank threshold N·eps·λ_max
+        gets a zero vector (its direction is not determined).
         """
         check_choice("vectors", vectors, ("param", "sample", "none"))
         k = check_int("k", k, lo=1, hi=max(self.n - 1, 1))
-        lam, u = top_eigh(self.centred_gram().double(), k)
+        lam, u = top_eigh(self.centred_gram(), k)
         if not torch.isfinite(lam).all():
             raise ConfigError("model", "per-sample gradients", "finite values (the loss or its gradient is not finite)")
         if vectors == "none":
             return self.factor * lam, None
-        keep = lam > 1e-10 * max(float(lam[0]), 0.0)
+        keep = lam > self.n * torch.finfo(lam.dtype).eps * max(float(lam[0]), 0.0)  # numerical rank
         u = u * keep
         if vectors == "sample":
             return self.factor * lam, u
-        scale = torch.where(keep, (self.n * lam.clamp_min(1e-300)).rsqrt(), torch.zeros_like(lam))
+        scale = torch.where(keep, (self.n * lam.clamp_min(torch.finfo(lam.dtype).tiny)).rsqrt(), torch.zeros_like(lam))
         return self.factor * lam, self.grads.vjp((u * scale).to(self.grads.dtype))
 
 
-def top_eigh(mat: Tensor, k: int, tol: float = 1e-6, oversample: int = 10) -> tuple[Tensor, Tensor]:
-    """The k largest eigenpairs (descending) of a symmetric PSD matrix (n × n).
+def top_eigh(mat: Tensor, k: int, tol: float | None = None, oversample: int = 10) -> tuple[Tensor, Tensor]:
+    """The k largest eigenpairs (descending) of a symmetric PSD matrix (n × n), in its dtype.
 
     Dense ``eigh`` when n ≤ 400 or k ≥ n/4; otherwise randomized block Krylov (Musco & Musco 2015) with
     blocks of k + ``oversample`` columns and Rayleigh–Ritz every 2 blocks, until every Ritz residual
-    ‖A v − λ v‖ ≤ tol·λ_1 (dense ``eigh`` if the Krylov space reaches n/2). The start block is seeded, so
-    the result is deterministic.
+    ‖A v − λ v‖ ≤ tol·λ_1 (default tol: 1e-6 in float64, 1e-4 in float32; the eigenvalue error is of order
+    residual²/gap), or dense ``eigh`` once the Krylov space reaches n/2. The start block is seeded, so the
+    result is deterministic.
     """
     n = mat.shape[0]
+    tol = (1e-6 if mat.dtype == torch.float64 else 1e-4) if tol is None else tol
     if n <= 400 or 4 * k >= n:
         lam, vec = torch.linalg.eigh(mat)
         return lam.flip(0)[:k], vec.flip(1)[:, :k]
