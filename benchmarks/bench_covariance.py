@@ -1,9 +1,10 @@
 """Minibatch-noise covariance (paper 002, Prop. 1/8) of a 784-1024-10 ReLU MLP at batch N = 1000 of the
-embedded MNIST digits (standardised), float32, one torch thread: the cost of Tr C and the top-10 eigenpairs of C through the N×N per-sample-gradient Gram
-matrix built from stored activations and output gradients (``GradientNoise``, hooks), against a plain
-forward + backward of the same batch. For comparison, per-sample gradients by ``torch.func`` vmap(grad)
-and by BackPACK's ``BatchGrad``, both computed in 4 chunks of 250 samples (the full N×P tensor is 3.3 GB)
-and reduced to squared norms only: a lower bound on the cost of any covariance product built on them.
+embedded MNIST digits (standardised), float32, one torch thread: the cost of Tr C and the top-10
+eigenpairs of C through the N×N per-sample-gradient Gram matrix built from stored activations and output
+gradients (``GradientNoise``, hooks), against a plain forward + backward of the same batch. For
+comparison, per-sample gradients by ``torch.func`` vmap(grad) and by BackPACK's ``BatchGrad``, both
+computed in 4 chunks of 250 samples (the full N×P tensor is 3.3 GB) and reduced to squared norms only:
+a lower bound on the cost of any covariance product built on them.
 """
 
 from __future__ import annotations

@@ -40,6 +40,18 @@ def test_hill_matches_direct_formula() -> None:
     assert se[1] == pytest.approx(beta[1] / 10)
 
 
+def test_mle_at_a_given_threshold_matches_scipy_pareto_fit_and_kstest() -> None:
+    """Fixed x_min: beta is scipy's Pareto maximum-likelihood fit of the tail (scale fixed at x_min) and the
+    KS distance is scipy's one-sample KS statistic against the fitted Pareto law (independent code paths)."""
+    x = np.random.default_rng(4).lognormal(sigma=1.5, size=3000)
+    x_min = float(np.quantile(x, 0.8))
+    f = powerlaw_mle(x, x_min=x_min)
+    tail = x[x >= x_min]
+    b, _, _ = stats.pareto.fit(tail, floc=0.0, fscale=x_min)
+    assert f.k == tail.size and f.beta == pytest.approx(b, rel=1e-8)
+    assert f.ks == pytest.approx(stats.kstest(tail, stats.pareto(f.beta, scale=x_min).cdf).statistic, rel=1e-10)
+
+
 def test_reported_se_matches_spread_over_replications() -> None:
     """400 independent samples of n = 500: the std of the estimates equals the reported SE (within 4 SE of a
     std estimated from 400 draws, i.e. 4/sqrt(2*400) = 14%)."""

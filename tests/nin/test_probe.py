@@ -202,7 +202,6 @@ def test_decay_times_recover_known_exponentials():
 
 
 def test_tensorboard_logging_and_clear_error_without_it(tmp_path, monkeypatch, digits):
-    pytest.importorskip("tensorboard")
     model = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10))
     h = attach_nins(model, NINSpec("0", sigma=1.0, mode="step"), generator=torch.Generator().manual_seed(1))
     train(model, h, digits, lr=0.1, batch_size=50, epochs=1, hessian_probes=1, probe_samples=20,

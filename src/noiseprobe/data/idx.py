@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -93,6 +94,6 @@ def load_idx_dataset(data_dir: str | Path, kind: str = "fashion-mnist", split_se
     return standardise(kind, X[tr], y[tr], X[te], y[te], standardize=standardize, divide_by=divide_by)
 
 
-def load_fashion_mnist(data_dir: str | Path, split_seed: int = 0, **options) -> Dataset:
+def load_fashion_mnist(data_dir: str | Path, split_seed: int = 0, **options: Any) -> Dataset:
     """Fashion-MNIST with the paper's preprocessing (App. B); options as :func:`load_idx_dataset`."""
     return load_idx_dataset(data_dir, "fashion-mnist", split_seed, **options)

@@ -265,7 +265,8 @@ def _analyse_left(config: dict[str, Any], res: pd.DataFrame, out: Path) -> tuple
             lr_note = f"lr = {config[opt + '_lr']}" + (f"·{config['d_ref']}/d" if rule == "rescaled" else "")
             ax.plot(s.index, s.to_numpy(), mark, label=lr_note)
             metrics[f"loss_var_{opt}_{rule}"] = {int(w): float(v) for w, v in s.items()}
-        ax.set(xscale="log", yscale="log", xlabel="hidden width d", ylabel="1st-epoch train-loss variance (seed median)",
+        ax.set(xscale="log", yscale="log", xlabel="hidden width d",
+               ylabel="1st-epoch train-loss variance (seed median)",
                title=f"Fig. 1-{panel}: tanh net, {opt.upper()}")
         ax.set_xticks(s.index.to_numpy(), [str(w) for w in s.index], minor=False)
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
@@ -275,7 +276,8 @@ def _analyse_left(config: dict[str, Any], res: pd.DataFrame, out: Path) -> tuple
         growth = float(fixed.iloc[-1] / fixed.iloc[0])
         flat = float(resc.max() / resc.min())
         checks.append(Check(f"{opt.upper()} at fixed lr: the first-epoch loss variance grows with width "
-                            f"(d = {fixed.index[0]} -> {fixed.index[-1]})", growth, "> 1 (paper: SGD explodes for d >= 200)",
+                            f"(d = {fixed.index[0]} -> {fixed.index[-1]})", growth,
+                            "> 1 (paper: SGD explodes for d >= 200)",
                             f"ratio >= {GROWTH_MIN}", growth >= GROWTH_MIN, "ratio of seed-median variances"))
         checks.append(Check(f"{opt.upper()} with lr ∝ 1/width: the loss variance stays roughly constant", flat, 1.0,
                             f"max/min over widths <= {FLAT_MAX}", flat <= FLAT_MAX, "ratio of seed-median variances"))

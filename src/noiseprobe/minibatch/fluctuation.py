@@ -83,18 +83,25 @@ class _Basis:
     """The transformation Σ = V X Vᵀ, V = Λ^{1/2}Q, that makes eq. (3) entry-wise (symmetric Λ ≻ 0)."""
 
     def __init__(self, H: np.ndarray, Lam: np.ndarray, mu: float) -> None:
-        lv, lq = np.linalg.eigh((Lam + Lam.T) / 2)
-        if lv.min() <= 0 or not np.allclose(Lam, Lam.T, atol=1e-12 * max(1.0, np.abs(Lam).max())):
-            raise ConfigError("lr", "matrix", "symmetric positive definite for method='eigen'")
-        self.half = (lq * np.sqrt(lv)) @ lq.T
-        f, self.Q = np.linalg.eigh(self.half @ ((H + H.T) / 2) @ self.half)
+        D = H.shape[0]
+        Hs = (H + H.T) / 2
+        lam0 = float(Lam[0, 0])
+        if lam0 > 0 and np.array_equal(Lam, lam0 * np.eye(D)):  # scalar λ: Λ^{1/2} = √λ I, no extra products
+            f, Q = np.linalg.eigh(lam0 * Hs)
+            self.V = np.sqrt(lam0) * Q
+        else:
+            lv, lq = np.linalg.eigh((Lam + Lam.T) / 2)
+            if lv.min() <= 0 or not np.allclose(Lam, Lam.T, atol=1e-12 * max(1.0, np.abs(Lam).max())):
+                raise ConfigError("lr", "matrix", "symmetric positive definite for method='eigen'")
+            half = (lq * np.sqrt(lv)) @ lq.T
+            f, Q = np.linalg.eigh(half @ Hs @ half)
+            self.V = half @ Q
         self.f, self.mu = f, mu
-        self.V = self.half @ self.Q
         self.c = _coeffs(f, mu)
 
     def to_x(self, C: np.ndarray) -> np.ndarray:
-        """Qᵀ Λ^{1/2} C Λ^{1/2} Q: the transformed ΛCΛ."""
-        return self.Q.T @ self.half @ C @ self.half @ self.Q
+        """Vᵀ C V = Qᵀ Λ^{1/2} C Λ^{1/2} Q: the transformed ΛCΛ."""
+        return self.V.T @ C @ self.V
 
     def to_sigma(self, X: np.ndarray) -> np.ndarray:
         S = self.V @ X @ self.V.T

@@ -24,7 +24,8 @@ Every replica is advanced by one fused numba kernel (parallel over replicas, a l
 which records the phase and decay statistics online instead of full trajectories. Randomness: each
 replica owns a SplitMix64 stream keyed by ``seed_sequence(seed, replica)`` (normals by the ziggurat
 method, χ² by Marsaglia–Tsang), so the numbers do not depend on chunking or on the thread count.
-A replica whose weights leave |w| <= ``threshold`` or become non-finite is frozen at its last finite
+The kernel is compiled with ``fastmath={"contract"}`` only (fused multiply-adds; no assumptions about
+NaN or inf, which the divergence test relies on). A replica whose weights leave |w| <= ``threshold`` or become non-finite is frozen at its last finite
 state and its overflow step recorded; the others continue.
 """
 
@@ -200,6 +201,8 @@ STAT_COLUMNS: tuple[str, ...] = (
     "loss_0", "loss_T", "max_loss", "max_abs_w_ni",
 )
 _NF = len(STAT_COLUMNS)
+_C_NIW_T, _C_NIW_E = STAT_COLUMNS.index("niw_efold1"), STAT_COLUMNS.index("niw_exp1")
+_C_LOSS_T, _C_LOSS_E = STAT_COLUMNS.index("loss_efold1"), STAT_COLUMNS.index("loss_exp1")
 
 
 @numba.njit(cache=True, inline="always")
@@ -211,6 +214,19 @@ def _crossing(t: int, y_prev: float, y_now: float, level: float, e_prev: float,
     f = (lp - lv) / (lp - ln) if lp > ln else 1.0
     f = min(max(f, 0.0), 1.0)
     return t - 1 + f, e_prev + f * (e_now - e_prev)
+
+
+@numba.njit(cache=True)
+def _record_efolds(st: np.ndarray, col_t: int, col_e: int, t: int, y_prev: float, y: float, y0: float,
+                   thr: float, k: int, e_prev: float, e_now: float) -> tuple[float, int]:
+    """Write each e-fold level (k = 1, 2 of y0) crossed between steps t-1 and t into st[col_t + k - 1]
+    (step) and st[col_e + k - 1] (eq. 9 exponent); return the next level and count. Kept out of line:
+    it runs at most twice per run, and inlining it slows the hot loop."""
+    while y <= thr:
+        st[col_t + k], st[col_e + k] = _crossing(t, y_prev, y, thr, e_prev, e_now)
+        k += 1
+        thr = y0 * np.exp(-2.0) if k == 1 else -1.0
+    return thr, k
 
 
 @numba.njit(parallel=True, cache=True, fastmath={"contract"})
@@ -228,7 +244,8 @@ def _simulate(w0i, w1i, wni, sigma, lr, sigma_x, m, batch, exact, keys, steps, t
         thr_n = n0 * np.exp(-1.0) if n0 > 0 else -1.0
         thr_l = loss0 * np.exp(-1.0) if loss0 > 0 else -1.0
         kn = kl = 0
-        nef1 = nef2 = nex1 = nex2 = lef1 = lef2 = lex1 = lex2 = nan
+        st = stats[r]
+        st[_C_NIW_T:_C_LOSS_E + 2] = nan                    # e-fold steps and exponents
         sw1 = sw01 = 0.0                                    # Σ_{s<t} w1², Σ_{s<t} (w0² + w1²)
         max_w1sq = max_wnsq = max_loss = 0.0
         yn_prev, yl_prev, en_prev, el_prev = n0, loss0, 0.0, 0.0
@@ -242,20 +259,12 @@ def _simulate(w0i, w1i, wni, sigma, lr, sigma_x, m, batch, exact, keys, steps, t
             max_w1sq = max(max_w1sq, w1 * w1)
             max_wnsq = max(max_wnsq, wn * wn)
             max_loss = max(max_loss, loss)
-            while yn <= thr_n:                              # rare: at most twice per run
-                tc, ec = _crossing(t, yn_prev, yn, thr_n, en_prev, a_n * sw1)
-                if kn == 0:
-                    nef1, nex1, thr_n = tc, ec, n0 * np.exp(-2.0)
-                else:
-                    nef2, nex2, thr_n = tc, ec, -1.0
-                kn += 1
-            while loss <= thr_l:
-                tc, ec = _crossing(t, yl_prev, loss, thr_l, el_prev, a_l * sw01)
-                if kl == 0:
-                    lef1, lex1, thr_l = tc, ec, loss0 * np.exp(-2.0)
-                else:
-                    lef2, lex2, thr_l = tc, ec, -1.0
-                kl += 1
+            if yn <= thr_n:                                 # rare: at most twice per run
+                thr_n, kn = _record_efolds(st, _C_NIW_T, _C_NIW_E, t, yn_prev, yn, n0, thr_n, kn,
+                                           en_prev, a_n * sw1)
+            if loss <= thr_l:
+                thr_l, kl = _record_efolds(st, _C_LOSS_T, _C_LOSS_E, t, yl_prev, loss, loss0, thr_l, kl,
+                                           el_prev, a_l * sw01)
             if row >= 0 and ptr < rec_steps.shape[0] and rec_steps[ptr] == t:
                 traj[row, ptr, 0], traj[row, ptr, 1], traj[row, ptr, 2], traj[row, ptr, 3] = w0, w1, wn, loss
                 ptr += 1
@@ -270,10 +279,7 @@ def _simulate(w0i, w1i, wni, sigma, lr, sigma_x, m, batch, exact, keys, steps, t
                 ovf = t + 1                                 # also catches NaN
                 break
             w0, w1, wn = v0, v1, vn
-        st = stats[r]
         st[0], st[1], st[2], st[3], st[4], st[5] = w0, w1, wn, a_n * max_w1sq, a_n * max_wnsq, sw1
-        st[6], st[7], st[8], st[9] = nef1, nef2, nex1, nex2
-        st[10], st[11], st[12], st[13] = lef1, lef2, lex1, lex2
         st[14], st[15], st[16], st[17] = loss0, loss, max_loss, np.sqrt(max_wnsq)
         overflow_step[r] = ovf
 

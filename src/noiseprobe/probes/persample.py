@@ -117,7 +117,8 @@ class HookFactors(PerSampleGradients):
 
         def hook(mod: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
             if mod in outputs:
-                raise _Unsupported("model", type(model).__name__, "each layer called once per forward (else use method='func')")
+                raise _Unsupported("model", type(model).__name__,
+                                   "each layer called once per forward (else use method='func')")
             if isinstance(mod, nn.Linear) and args[0].dim() != 2:
                 raise _Unsupported("model", type(model).__name__,
                                   "nn.Linear inputs of shape (N, features) (weight sharing: use method='func')")
