@@ -53,3 +53,5 @@ def test_bad_options():
         load_default(name="cifar")
     with pytest.raises(ConfigError, match="n_train"):
         load_default(n_train=10**6, name="digits")
+    with pytest.raises(ConfigError, match="seed"):
+        load_default(seed=-1, name="digits")

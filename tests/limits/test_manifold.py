@@ -166,6 +166,22 @@ def test_classify_regime_matches_the_reference_table() -> None:
     assert rep.regime == "undetermined" and not rep.consistent and not rep.affine_in_eta
     with pytest.raises(ConfigError):
         M.classify_regime(N.fig3_nondegenerate(), 1.2 * circle)   # not on Γ
+    with pytest.raises(ConfigError, match="w_on_gamma_samples"):
+        M.classify_regime(N.fig3_nondegenerate(), torch.zeros(4, 3, dtype=torch.float64))   # d = 3, not 2
+
+
+def test_bad_arguments_raise_config_errors() -> None:
+    w = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    with pytest.raises(ConfigError, match="Sigma"):
+        M.phi_second_derivative(Ls.circle_loss, w, torch.eye(3, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="w = \\(3,\\)"):
+        M.noise_jacobian(N.fig3_degenerate(), torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="order"):
+        Ls.derivatives(Ls.circle_loss, w, order=4)
+    with pytest.raises(ConfigError, match="tol"):
+        M.newton_project(Ls.circle_loss, w, 1, tol=0.0)
+    with pytest.raises(ConfigError, match="rtol"):
+        M.codimension(Ls.circle_loss, w[None], rtol=-1.0)
 
 
 def test_noise_jacobian_closed_forms() -> None:

@@ -178,3 +178,9 @@ def test_invalid_form_raises() -> None:
     with pytest.raises(ConfigError):
         R.excess_loss(N.fig3_nondegenerate(), torch.zeros(2, dtype=torch.float64), 0.0, 10,
                       np.random.default_rng(0))
+    three = torch.zeros(4, 3, dtype=torch.float64)           # d = 3 for a noise on d = 2 parameters
+    for call in (lambda: R.regulariser(N.fig3_nondegenerate(), three),
+                 lambda: R.grad_regulariser(N.fig3_nondegenerate(), three),
+                 lambda: R.excess_loss(N.fig3_nondegenerate(), three, 0.1, 10, np.random.default_rng(0))):
+        with pytest.raises(ConfigError, match=r"w = \(4, 3\).*d = 2"):
+            call()

@@ -158,9 +158,9 @@ def test_invalid_arguments() -> None:
 
 def _simulated_hill(lr: float, S: int, chains: int, snapshots: int, every: int, fraction: float) -> tuple:
     """Hill estimate (cluster-robust SE over chains) from snapshots of D's SGD simulator, drawing the S Gaussian
-    inputs of every minibatch (exact_1d=False: independent of the χ² reduction used by the theory)."""
+    inputs of every minibatch (exact_law=False: independent of the χ² reduction used by the theory)."""
     run = simulate_sgd(LinearProblem(A=1.0, sigma=1.0), lr, S, steps=snapshots * every, burn_in=500, chains=chains,
-                       seed=11, snapshot_every=every, exact_1d=False)
+                       seed=11, snapshot_every=every, exact_law=False)
     assert not run.diverged.any()
     x = np.abs(run.snapshots[..., 0])
     labels = np.repeat(np.arange(chains), x.shape[1])

@@ -13,7 +13,6 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.nin.injector import NINSpec, attach_nins
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models: one intra-op thread avoids oversubscribing the shared cores."""
@@ -21,6 +20,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
 
 def mlp(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
@@ -183,6 +183,7 @@ def test_state_roundtrip_with_weights_only_load():
                     n_train=4, generator=gen(1))
     h.set_sigma(0, 0.9)
     h.new_epoch()
+    h.new_step()
     buf = io.BytesIO()
     torch.save(h.state_dict(), buf)
     buf.seek(0)
@@ -195,7 +196,7 @@ def test_state_roundtrip_with_weights_only_load():
                      n_train=4, generator=gen(99))
     h2.load_state_dict(state)
     h2.set_sample_indices(idx)
-    assert h2.sigmas == pytest.approx([0.9, 0.2]) and h2.epoch == 1
+    assert h2.sigmas == pytest.approx([0.9, 0.2]) and h2.epoch == 1 and h2.steps == 1
     torch.testing.assert_close(model(x), ref)  # same NIWs, ξ table and generator state (step-mode draw)
 
 

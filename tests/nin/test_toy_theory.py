@@ -129,3 +129,19 @@ def test_full_grid_boundaries_match_reference_table(method, b, ref):
     got = boundaries(sigma, run.phases())
     for (name, g), r, tol in zip(got.items(), ref, (0.06, 0.15, 0.3)):
         assert abs(g / r - 1) < tol, (name, g, r)
+
+
+@pytest.mark.parametrize("steps,ref", [(2_000, 0.270), (20_000, 0.0759)])
+def test_decoupled_decay_boundary_moves_with_the_horizon(steps, ref):
+    """Reference §5.4 (exact B = 1, niw_large): the boundary is a horizon effect, 0.270 at T = 2e3 and
+    0.0759 at T = 2e4, predicted by η σ² Σ_{t<T} w1² = 1 (0.259, 0.0759)."""
+    n_seeds = 24
+    grid = np.geomspace(ref / 3, ref * 3, 14)
+    sigma = np.repeat(grid, n_seeds)
+    seeds = np.tile(np.arange(n_seeds), grid.size)
+    w0, w1, wn = toy.init_weights("niw_large", 2, np.arange(n_seeds))
+    run = toy.simulate(sigma, w0=w0[seeds], w1=w1[seeds], w_ni=wn[seeds], steps=steps, seed=2)
+    got = boundaries(sigma, run.phases())["decoupled|decay"]
+    assert abs(got / ref - 1) < 0.1
+    pred = np.median(th.sigma_horizon(run["sum_w1sq"], lr=0.01))
+    assert abs(pred / got - 1) < 0.08

@@ -17,7 +17,6 @@ from noiseprobe.probes.local import (
 )
 
 
-
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models: one intra-op thread avoids oversubscribing the shared cores."""
@@ -25,6 +24,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
 
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
@@ -129,3 +129,5 @@ def test_errors():
         LocalObjective(net, "0", lambda o, t: F.cross_entropy(o, t, reduction="none"), X, y)
     with pytest.raises(ConfigError, match="n_probes"):
         hutchinson_trace(lambda v: v, 3, 0, gen())
+    with pytest.raises(ConfigError, match="block"):
+        hutchinson_trace(lambda v: v, 3, 4, gen(), block=0)

@@ -62,7 +62,7 @@ def random_split(n: int, train_fraction: float = 0.6, seed: int = 0,
     ``n_train`` keeps only the first ``n_train`` training indices (the test part is unchanged).
     """
     check_real("train_fraction", train_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-    check_int("seed", seed)
+    check_int("seed", seed, lo=0)
     n_tr = int(round(train_fraction * n))
     if n_train is not None:
         check_int("n_train", n_train, lo=1, hi=n_tr)

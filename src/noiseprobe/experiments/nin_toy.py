@@ -136,6 +136,7 @@ class Fig2Top(Experiment):
             for name in BOUNDARY_NAMES:
                 metrics[f"{method}: {name}"] = info["table"][name]
             metrics[f"{method}: phase fractions max over sigma"] = info["max_fraction"]
+            metrics[f"{method}: catapult runs land at eta sigma^2 w1(T)^2 (median, quartiles)"] = info["landing"]
             metrics[f"{method}: decay phase, first e-folds (steps) vs eqs. (9)-(10)"] = info["decay_rows"]
         if len(config["methods"]) == 2:
             agree, n_cmp, details = self._agreement(per, config)
@@ -194,7 +195,11 @@ class Fig2Top(Experiment):
                          "exp_niw": float(np.nanmedian(g["niw_exp1"])), "tau_noise0": float(np.median(tau_n)),
                          "t_e_loss": float(np.nanmedian(g["loss_efold1"])),
                          "exp_loss": float(np.nanmedian(g["loss_exp1"])), "tau_loss0": float(np.median(tau_l))})
+        cat = d[d["phase_code"] == 2]
+        u_t = (lr * cat["sigma_eps"] ** 2 * cat["w1_T"] ** 2).to_numpy()
+        landing = [float(v) for v in np.quantile(u_t, [0.5, 0.25, 0.75])] if u_t.size else []
         return {"frac": frac, "bnd": bnd, "table": table, "decay": pd.DataFrame(rows), "edge": edge,
+                "landing": landing,
                 "corrected": corrected, "paper": paper_pred,
                 "decay_rows": {f"sigma={r['sigma']:.3g}": (
                     f"t_e NIW {r['t_e_niw']:.4g} ± {r['t_e_niw_se']:.2g}, eq.9 exponent {r['exp_niw']:.3f}, "

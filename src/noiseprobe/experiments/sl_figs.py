@@ -285,7 +285,7 @@ class Fig2(Experiment):
                   "close": 0.05, "records": 160, "w0": W0_TOP, "flow_dt": 0.1},
         "full": {"seed": 0, "lrs": [0.1, 0.05, 0.025], "sigma2_over_lr": 0.1, "main_lr": 0.1, "chains": 2000,
                  "per_chunk": 500, "t_end": 6.0, "t_check": [0.5, 1.0, 2.0, 4.0, 6.0], "t_fast": 5.0,
-                 "close": 0.05, "records": 400, "w0": W0_TOP, "flow_dt": 0.05},
+                 "close": 0.05, "records": 200, "w0": W0_TOP, "flow_dt": 0.05},
     }
 
     def validate(self, config: dict[str, Any]) -> None:

@@ -25,15 +25,13 @@ from noiseprobe.core.errors import ConfigError, check_int, check_real
 from noiseprobe.core.seeding import ReplicaStreams
 from noiseprobe.limits.manifold import (codimension, geometry, limit_map, newton_project, noise_jacobian,
                                         phi_second_derivative)
-from noiseprobe.limits.noises import Noise, covariance_root
+from noiseprobe.limits.noises import Noise, check_params, covariance_root
 from noiseprobe.limits.regulariser import grad_regulariser
 
 
 def _start(noise: Noise, w0: Tensor, codim: int | None) -> tuple[Tensor, int]:
     """Φ(w0) and the codimension of Γ (estimated at the finite rows of Φ(w0) unless given)."""
-    w0 = torch.as_tensor(w0, dtype=torch.float64)
-    if w0.shape[-1] != noise.d:
-        raise ConfigError("w0", tuple(w0.shape), f"an array whose last dimension is d = {noise.d}")
+    w0 = check_params(noise, w0, "w0")
     W = limit_map(noise.loss, w0)
     ok = torch.isfinite(W).all(-1)
     if not bool(ok.any()):
@@ -111,7 +109,9 @@ def limiting_sde(noise: Noise, w0: Tensor, t_end: float, n_steps: int, n_paths: 
     n_paths = check_int("n_paths", n_paths, lo=1)
     n_points = n_steps + 1 if n_points is None else check_int("n_points", n_points, lo=2, hi=n_steps + 1)
     block = check_int("block", block, lo=1)
-    w0 = torch.as_tensor(w0, dtype=torch.float64)
+    w0 = check_params(noise, w0, "w0")
+    if w0.dim() > 2 or (w0.dim() == 2 and w0.shape[0] != n_paths):
+        raise ConfigError("w0", tuple(w0.shape), f"shape (d,) or (n_paths, d) = ({n_paths}, {noise.d})")
     W, c = _start(noise, w0.expand(n_paths, noise.d), codim)
     dt = t_end / n_steps
     record = _record_steps(n_steps, n_points)

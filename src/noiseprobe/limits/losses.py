@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from noiseprobe.core.errors import check_choice
+
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -90,6 +92,7 @@ def gradient(loss: Callable[[Tensor], Tensor], w: Tensor) -> Tensor:
 def derivatives(loss: Callable[[Tensor], Tensor], w: Tensor, order: int = 2) -> tuple[Tensor, ...]:
     """``(∇L, ∇²L)`` (order 2) or ``(∇L, ∇²L, ∇³L)`` (order 3) at w from one forward pass, shapes (..., d),
     (..., d, d), (..., d, d, d); d backward passes for ∇²L and d(d+1)/2 more for ``T_ijk = ∂_i∂_j∂_k L``."""
+    check_choice("order", order, (2, 3))
     x = leaf(w)
     d = x.shape[-1]
     g = vjp_sum(loss(x), x, create_graph=True)

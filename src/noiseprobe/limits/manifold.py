@@ -37,7 +37,7 @@ from scipy.integrate import solve_ivp
 from torch import Tensor
 
 from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
-from noiseprobe.limits.noises import Noise, covariance_root
+from noiseprobe.limits.noises import Noise, check_params, covariance_root
 from noiseprobe.limits.losses import derivatives, gradient, hessian, leaf, vjp_sum
 from noiseprobe.limits.regulariser import grad_regulariser
 
@@ -52,6 +52,7 @@ def _as_w(w: Tensor | np.ndarray) -> Tensor:
 
 def codimension(loss: LossFn, w_on_gamma: Tensor, rtol: float = 1e-6) -> int:
     """Codimension c of Γ = rank of ∇²L at points of Γ (eigenvalues above ``rtol``·max); checks it is constant."""
+    check_real("rtol", rtol, lo=0.0, lo_open=True, hi=1.0, hi_open=True)
     lam = torch.linalg.eigvalsh(hessian(loss, w_on_gamma))
     ranks = (lam.abs() > rtol * lam.abs().amax(-1, keepdim=True)).sum(-1).unique()
     if ranks.numel() != 1:
@@ -124,12 +125,15 @@ def phi_second_derivative_terms(loss: LossFn, w: Tensor, Sigma: Tensor, codim: i
     """The three terms of ∂²Φ[Σ] at w ∈ Γ (§3.3), each (..., d):
     ``II(Σ_TT) = −H^†∇³L[Σ_TT]`` (normal), ``−2P∇³L[Σ_TN H^†]`` and ``−P∇³L[𝓛_H^{-1}(Σ_NN)]`` (tangential).
     """
-    w = _as_w(w)
+    w, Sigma = _as_w(w), _as_w(Sigma)
+    d = w.shape[-1]
+    if Sigma.dim() < 2 or Sigma.shape[-2:] != (d, d):
+        raise ConfigError("Sigma", tuple(Sigma.shape), f"a symmetric matrix of shape (d, d) or (..., d, d), d = {d}")
     if geo is None:
         geo = geometry(loss, w, _codim(loss, w, codim))
-    Sigma = _as_w(Sigma).expand(*w.shape, w.shape[-1])
+    Sigma = Sigma.expand(*w.shape, d)
     P, Hp, V, lam, T, normal = geo.P, geo.H_pinv, geo.V, geo.lam, geo.T, geo.normal
-    PN = torch.eye(w.shape[-1], dtype=torch.float64) - P
+    PN = torch.eye(d, dtype=torch.float64) - P
     Vt = V.transpose(-1, -2)
     s_nn = Vt @ (PN @ Sigma @ PN) @ V
     denom = lam[..., :, None] + lam[..., None, :]
@@ -220,6 +224,7 @@ def newton_project(loss: LossFn, w: Tensor, codim: int, *, tol: float = 1e-12, m
     ``codim`` eigenvectors). Converges quadratically to the nearest point of Γ up to O(dist²); used as the
     retraction that keeps integrators on Γ. Rows that fail to reach ``|∇L| ≤ tol`` become NaN."""
     w = _as_w(w)
+    check_real("tol", tol, lo=0.0, lo_open=True)
     g = gradient(loss, w)
     for _ in range(check_int("max_iter", max_iter, lo=1)):
         if not bool((g.norm(dim=-1) > tol).any()):
@@ -268,7 +273,7 @@ class RegimeReport:
 
 def noise_jacobian(noise: Noise, w: Tensor, eta: Tensor | None = None) -> Tensor:
     """``G(w) = ∇_w∇_η L̂(w, η)`` at η (default 0), shape (..., d, m), ``G_ij = ∂_{w_i}∂_{η_j} L̂``."""
-    x = leaf(w)
+    x = leaf(check_params(noise, w))
     e = leaf(torch.zeros(*x.shape[:-1], noise.eta_dim) if eta is None else eta)
     lh = noise.loss_hat(x, e)
     if noise.eta_dim < x.shape[-1]:   # one backward pass per η_j or per w_i, whichever are fewer
@@ -287,7 +292,7 @@ def classify_regime(noise: Noise, w_on_gamma_samples: Tensor, *, tol: float = 1e
     ``max |G C̃ Gᵀ|`` and ``max |P G C̃^{1/2}|``. Quantities below ``tol`` (relative to 1 + their scale)
     count as zero.
     """
-    w = _as_w(w_on_gamma_samples).reshape(-1, noise.d)
+    w = check_params(noise, w_on_gamma_samples, "w_on_gamma_samples").reshape(-1, noise.d)
     check_real("tol", tol, lo=0.0, lo_open=True)
     loss_max = float(noise.loss(w).abs().max())
     if not loss_max <= 1e-8:

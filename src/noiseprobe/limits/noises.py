@@ -69,6 +69,14 @@ class Noise:
                 "trivial": "none (no motion on t = α σ² k nor t = α² σ² k)"}[self.regime]
 
 
+def check_params(noise: Noise, w: Tensor | np.ndarray, field: str = "w") -> Tensor:
+    """``w`` as a float64 tensor (..., d) for ``noise``; ConfigError unless its last dimension is ``noise.d``."""
+    t = torch.as_tensor(w, dtype=torch.float64)
+    if t.dim() == 0 or t.shape[-1] != noise.d:
+        raise ConfigError(field, tuple(t.shape), f"an array of shape (..., d) with d = {noise.d} ({noise.name})")
+    return t
+
+
 # ----------------------------------------------------------------------------------------------- samplers
 def _level(sigma: float | None) -> float | None:
     """A builder's default noise level: None or a finite σ >= 0."""

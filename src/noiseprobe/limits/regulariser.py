@@ -22,7 +22,7 @@ from torch import Tensor
 
 from noiseprobe.core.errors import check_choice, check_int, check_real
 from noiseprobe.limits.losses import fig3_a, leaf, vjp_sum
-from noiseprobe.limits.noises import Noise, covariance_root
+from noiseprobe.limits.noises import Noise, check_params, covariance_root
 
 FORMS = ("auto", "laplacian", "nonlocal")
 
@@ -59,12 +59,12 @@ def _reg(noise: Noise, x: Tensor, form: str) -> Tensor:
 
 def regulariser(noise: Noise, w: Tensor, form: str = "auto") -> Tensor:
     """Reg(w), shape (...): Laplacian ``½ tr(C̃ ∇²_η L̂(w,0))`` (Thm A) or non-local Reg_B (§7.2)."""
-    return _reg(noise, leaf(w), form).detach()
+    return _reg(noise, leaf(check_params(noise, w)), form).detach()
 
 
 def grad_regulariser(noise: Noise, w: Tensor, form: str = "auto") -> Tensor:
     """∇_w Reg(w), shape (..., d), by autodiff."""
-    x = leaf(w)
+    x = leaf(check_params(noise, w))
     return vjp_sum(_reg(noise, x, form), x).detach()
 
 
@@ -88,7 +88,7 @@ def excess_loss(noise: Noise, w: Tensor, sigma: float, n_samples: int,
     """
     sigma = check_real("sigma", sigma, lo=0.0, lo_open=True)
     n = check_int("n_samples", n_samples, lo=2)
-    w = torch.as_tensor(w, dtype=torch.float64)
+    w = check_params(noise, w)
     eta = torch.from_numpy(np.asarray(noise.sample(n, generator, sigma), dtype=np.float64))
     diff = (noise.loss_hat(w[..., None, :], eta) - noise.loss(w)[..., None]) / sigma**2  # (..., n)
     return diff.mean(-1), diff.std(-1) / n**0.5

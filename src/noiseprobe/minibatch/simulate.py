@@ -276,7 +276,7 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
                  burn_in: int, chains: int, seed: int, first_chain: int = 0, momentum: float = 0.0,
                  replacement: bool = True, measure_every: int = 1, snapshot_every: int | None = None,
                  measure_noise: bool = False, w0: np.ndarray | None = None, init_scale: float = 0.1,
-                 exact_law: bool | None = None, exact_1d: bool | None = None) -> SGDRun:
+                 exact_law: bool | None = None) -> SGDRun:
     """Run ``chains`` independent SGD chains (global indices ``first_chain …``) and measure them.
 
     ``lr``: scalar, per-chain scalars (chains,), or a symmetric (D, D) matrix Λ. ``steps`` measured steps
@@ -285,7 +285,7 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
     (chains, D); default ``center + init_scale·z``, z ~ N(0, I) per chain (perturbed, since w = u is a fixed
     point without label noise). ``exact_law``: use the exact-in-law (Bartlett) sampler; it applies to online
     data with Gaussian labels and S >= D, and is the default there when D = 1 or S >= 2D (where it is the
-    faster one); ``exact_1d`` is the earlier name of the same switch.
+    faster one).
     """
     pb = problem
     D = pb.dim
@@ -301,7 +301,7 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
         snapshot_every = check_int("snapshot_every", snapshot_every, lo=1)
     lr_arr, lr_matrix = _lr_array(lr, chains, D)
     exact_ok = pb.X is None and pb.label_noise == "gaussian" and S >= D
-    exact = exact_law if exact_law is not None else exact_1d
+    exact = exact_law
     if exact is None:  # faster than explicit minibatches when it saves enough draws (measured)
         exact = exact_ok and (D == 1 or S >= 2 * D)
     elif exact and not exact_ok:

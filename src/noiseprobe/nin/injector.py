@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
+from noiseprobe.probes.local import eval_no_grad
 
 #: a user noise distribution: ``f(shape, generator) -> Tensor`` of zero-mean, unit-variance draws
 NoiseFn = Callable[[tuple[int, ...], torch.Generator], Tensor]
@@ -99,14 +100,11 @@ def _output_shape(model: nn.Module, module: nn.Module, name: str, example_input:
     """Shape of ``module``'s output in one forward pass of ``model`` on ``example_input``."""
     seen: list[Any] = []
     hook = module.register_forward_hook(lambda _m, _a, out: seen.append(out))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_no_grad(model):
             model(*example_input) if isinstance(example_input, tuple) else model(example_input)
     finally:
         hook.remove()
-        model.train(was_training)
     if not seen:
         raise ConfigError("module", name, "a submodule that runs in the model's forward pass")
     out = seen[0]
@@ -173,7 +171,7 @@ class NINHandle:
     """The NINs attached to one model. Removing it restores the model's forward exactly.
 
     ``niws``/``parameters()`` give the NIWs to an optimiser; ``state_dict()`` (NIWs, σ_ε, ξ tables,
-    generator state) saves with ``torch.save`` and loads with ``torch.load(weights_only=True)``.
+    generator state, epoch and step counters) saves with ``torch.save`` and loads with ``torch.load(weights_only=True)``.
     """
 
     def __init__(self, model: nn.Module, names: list[str], nodes: list[NoiseInjectionNode],
@@ -268,12 +266,14 @@ class NINHandle:
         sd = dict(self.nodes.state_dict())
         sd["generator_state"] = self.generator.get_state()
         sd["epoch"] = torch.tensor(self.epoch)
+        sd["steps"] = torch.tensor(self.steps)
         return sd
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         state = dict(state)
         self.generator.set_state(state.pop("generator_state"))
         self.epoch = int(state.pop("epoch"))
+        self.steps = int(state.pop("steps", 0))
         self.nodes.load_state_dict(state)
         for node in self.nodes:
             node.spec.sigma = float(node.sigma)

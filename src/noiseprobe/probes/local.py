@@ -17,7 +17,8 @@ All Hessian products are double-backward Hessian-vector products; nothing of siz
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +27,18 @@ from noiseprobe.core.errors import ConfigError, check_int
 
 #: loss_fn(model_output, targets) -> scalar batch-mean loss
 MeanLoss = Callable[[Tensor, Tensor], Tensor]
+
+
+@contextmanager
+def eval_no_grad(model: nn.Module) -> Iterator[None]:
+    """Run the block with ``model.eval()`` and autograd off, then restore the model's training mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def hutchinson_trace(hvp: Callable[[Tensor], Tensor], dim: int | tuple[int, ...], n_probes: int,
@@ -38,6 +51,8 @@ def hutchinson_trace(hvp: Callable[[Tensor], Tensor], dim: int | tuple[int, ...]
     Returns (mean over ``n_probes`` probes, its standard error std/√n_probes; nan for one probe).
     """
     check_int("n_probes", n_probes, lo=1)
+    if block is not None:
+        check_int("block", block, lo=1)
     shape = (dim,) if isinstance(dim, int) else tuple(dim)
     vals = []
     for start in range(0, n_probes, block or 1):
@@ -161,13 +176,10 @@ def consumer_module(model: nn.Module, module_name: str, example_input: Tensor) -
     for name, mod in modules.items():
         if name != module_name and next(mod.parameters(recurse=False), None) is not None:
             hooks.append(mod.register_forward_pre_hook(lambda *_, n=name: order.append(n) if done[0] else None))
-    was_training = model.training
     try:
-        model.eval()
-        with torch.no_grad():
+        with eval_no_grad(model):
             model(example_input)
     finally:
-        model.train(was_training)
         for h in hooks:
             h.remove()
     return order[0] if order else None
