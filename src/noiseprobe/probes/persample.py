@@ -198,9 +198,8 @@ class HookFactors(PerSampleGradients):
     def vjp(self, u: Tensor) -> Tensor:
         uu = u.reshape(self.n, -1)
         k = uu.shape[1]
-        # Σ_n u_nk g_no a_ni, as one matmul per layer: (k·d_out, N) @ (N, d_in')
-        blocks = [((g.unsqueeze(1) * uu.unsqueeze(2)).reshape(self.n, -1).T @ a).reshape(k, g.shape[1], a.shape[1])
-                  for a, g, _, _ in self.layers]
+        # Σ_n u_nk g_no a_ni: one batched matmul per layer, (k, d_out, N) @ (k, N, d_in')
+        blocks = [torch.bmm(g.T.unsqueeze(0) * uu.T.unsqueeze(1), a.expand(k, *a.shape)) for a, g, _, _ in self.layers]
         conv = [j.T @ uu for j, _ in self.blocks]
         return self._scatter(blocks, conv, k).reshape(self.num_params, *u.shape[1:])
 
