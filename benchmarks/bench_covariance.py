@@ -20,14 +20,17 @@ from noiseprobe.data.embedded import load_default
 from noiseprobe.probes.covariance import GradientNoise
 
 
-def _best_of(fn: Callable[[], object], repeats: int) -> float:
-    """Smallest wall time of ``repeats`` calls after one warm-up call."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _best_of(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Smallest wall time of each function over ``repeats`` rounds (after one warm-up call each); the
+    functions are called in turn within a round, so a change of machine load affects all of them alike."""
+    for fn in fns.values():
         fn()
-        best = min(best, time.perf_counter() - t0)
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
 
@@ -40,7 +43,7 @@ def _row(name: str, measured: float, base: float, target: str, passed: bool | No
 def run(quick: bool = False) -> list[dict]:
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    n, width, repeats = (250, 256, 2) if quick else (1000, 1024, 5)
+    n, width, repeats = (250, 256, 2) if quick else (1000, 1024, 7)
     model = nn.Sequential(nn.Linear(784, width), nn.ReLU(), nn.Linear(width, 10))
     x, y, _, _ = load_default()
     x, y = x[:n], y[:n]
@@ -73,10 +76,9 @@ def run(quick: bool = False) -> list[dict]:
             g = vmap(grad(loss_i), in_dims=(None, 0, 0))(params, x[c:c + 250], y[c:c + 250])
             sum((v.reshape(v.shape[0], -1) ** 2).sum(1) for v in g.values())
 
-    base = _best_of(plain, repeats)
-    t_vals = _best_of(trace_eigvals, repeats)
-    t_pairs = _best_of(trace_eigpairs, repeats)
-    t_func = _best_of(func_grads, max(1, repeats // 2))
+    t = _best_of({"plain": plain, "vals": trace_eigvals, "pairs": trace_eigpairs}, repeats)
+    base, t_vals, t_pairs = t["plain"], t["vals"], t["pairs"]
+    t_func = _best_of({"func": func_grads}, max(1, repeats // 2))["func"]
     rows = [
         _row(f"Tr C + top-10 eigenvalues and sample-space eigenvectors, hooks ({size})", t_vals, base, "<= 3x",
              t_vals / base <= 3, "Gram from activations x output gradients; block Krylov on the centred N×N Gram"),
@@ -107,7 +109,7 @@ def run(quick: bool = False) -> list[dict]:
                 bp_loss(bp_model(x[c:c + 250]), y[c:c + 250]).backward()
             sum((p.grad_batch.reshape(p.grad_batch.shape[0], -1) ** 2).sum(1) for p in bp_model.parameters())
 
-    t_bp = _best_of(backpack_grads, max(1, repeats // 2))
+    t_bp = _best_of({"backpack": backpack_grads}, max(1, repeats // 2))["backpack"]
     rows.append(_row(f"per-sample gradients, BackPACK BatchGrad ({size})", t_bp, base, "info", None,
                      "4 chunks of 250, reduced to squared norms; installed with --no-deps (no torchvision needed)"))
     return rows

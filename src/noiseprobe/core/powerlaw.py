@@ -100,7 +100,8 @@ def hill(x: ArrayLike, k: int, *, clusters: ArrayLike | None = None) -> TailFit:
 
 
 def hill_curve(x: ArrayLike, ks: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """Hill estimates and their i.i.d. SEs for several tail sizes at once (Hill plots): (beta[k], se[k])."""
+    """Hill estimates and their i.i.d. SEs for several tail sizes at once (Hill plots): (beta[k], se[k]),
+    with the estimator of :func:`hill` (Hill 1975) and SE = beta/sqrt(k)."""
     logs = _sorted_logs(x)
     ks = np.asarray(ks)
     if (ks.ndim != 1 or ks.size == 0 or not np.issubdtype(ks.dtype, np.integer)

@@ -406,8 +406,7 @@ class Fig2Bottom(_NINSweep):
         "quick": _preset(seed=2022, pool=2, hidden=[64], loss="mse", lr=0.01, batch_size=1000, epochs=150,
                          record_every=5, levels=[1e-4, 8.0, 9.0, 10.0, 12.0], n_seeds=3),
         "full": _preset(seed=2022, dataset="fashion-mnist", hidden=[1024], loss="mse", lr=0.01, batch_size=1000,
-                        epochs=200,
-                        record_every=2, levels=list(TABLE1["mse"]), n_seeds=4, sigmas_per_chunk=4),
+                        epochs=200, record_every=2, levels=list(TABLE1["mse"]), n_seeds=4, sigmas_per_chunk=4),
     }
 
     def analyse(self, config: dict[str, Any], tables: dict[str, pd.DataFrame],
@@ -432,8 +431,7 @@ class Fig3(Fig2Bottom):
         "quick": _preset(seed=2022, pool=2, hidden=[64], loss="ce", lr=0.01, batch_size=1000, epochs=150,
                          record_every=5, levels=[1e-4, 1.0, 3.0, 10.0], n_seeds=3),
         "full": _preset(seed=2022, dataset="fashion-mnist", hidden=[1024], loss="ce", lr=0.01, batch_size=1000,
-                        epochs=200,
-                        record_every=2, levels=list(TABLE1["ce"]), n_seeds=4, sigmas_per_chunk=4),
+                        epochs=200, record_every=2, levels=list(TABLE1["ce"]), n_seeds=4, sigmas_per_chunk=4),
     }
 
 
@@ -449,7 +447,7 @@ class Fig1(_NINSweep):
                          record_every=2, levels=[1e-4, 1e-2, 0.1, 0.3, 1.0, 3.0, 10.0], centre_level=3,
                          n_seeds=2),
         "full": _preset(seed=2022, dataset="fashion-mnist", hidden=[1024, 1024, 1024], loss="ce", lr=0.05,
-                        batch_size=128, epochs=100,
+                        batch_size=128, epochs=100, record_every=5,
                         levels=[1e-5, 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0, 1.8, 3.0], centre_level=4, n_seeds=3,
                         sigmas_per_chunk=2),
     }

@@ -7,8 +7,9 @@ shifted by its NIN (Sec. 2, before eq. 1):
     z^(ℓ_NI) -> z^(ℓ_NI) + W_NI ε,    ε = σε ξ,  ξ ~ N(0, 1), one scalar per sample,
 
 with its own σε, weights, data order and noise. Weights are stacked as ``(K, fan_in, fan_out)``
-tensors, every layer is one ``torch.baddbmm`` and one ``autograd.grad`` call gives all K gradients
-(the summed loss is block-diagonal in the replicas).
+tensors, every layer is one ``torch.baddbmm`` (or, when all replicas share one data order, the first
+layer is one wide ``(B, d_in) × (d_in, K·d_1)`` product) and one ``autograd.grad`` call gives all K
+gradients (the summed loss is block-diagonal in the replicas).
 
 Conventions (shared with :func:`noiseprobe.nin.probe.train`, which this reproduces replica by replica,
 see :meth:`MLPEnsemble.member`):
@@ -31,8 +32,8 @@ see :meth:`MLPEnsemble.member`):
   random numbers across a σε sweep), and nothing depends on how replicas are grouped into calls.
 * Divergence: a replica whose batch loss becomes non-finite (checked every step), or whose weights are
   non-finite or exceed ``overflow`` in magnitude (checked at the end of every epoch), is recorded as
-  diverged at that step and dropped from the batch; its later
-  records are NaN with ``diverged = True``; the other replicas are unaffected.
+  diverged at that step and dropped from the batch; its later records are NaN with ``diverged = True``;
+  the other replicas are unaffected.
 
 Records (epoch 0 = initialisation): clean train/test loss and accuracy, ``noisy_loss`` (mean training
 batch loss with the NIN since the previous record), ``niw_norm`` = ‖W_NI‖₂, ``next_norm`` =
@@ -59,8 +60,9 @@ from noiseprobe.core.seeding import seed_sequence, torch_generator
 LOSSES = ("ce", "mse")
 NIN_MODES = ("epoch", "fixed")
 STREAM_INIT, STREAM_ORDER, STREAM_NOISE = 0, 1, 2
-RECORD_COLUMNS = ("member", "replica", "sigma", "nin_mode", "epoch", "step", "train_loss", "train_acc", "test_loss",
-                  "test_acc", "noisy_loss", "niw_norm", "next_norm", "curv_niw", "diverged", "diverged_step")
+RECORD_COLUMNS = ("member", "replica", "sigma", "nin_mode", "epoch", "step", "train_loss", "train_acc",
+                  "test_loss", "test_acc", "noisy_loss", "niw_norm", "next_norm", "curv_niw", "diverged",
+                  "diverged_step")
 
 
 def order_seed(seed: int, replica: int) -> int:
@@ -231,8 +233,8 @@ def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
     ``replicas[k]`` is replica k's global index (its random streams), ``sigmas[k]`` its σε,
     ``nin_mode`` "epoch"/"fixed" for all or per replica. Records at epoch 0, at ``record_epochs``
     (default: every epoch) and at the last epoch. ``ensemble`` starts from (a copy of) given weights
-    instead of :func:`init_ensemble` (``hidden``, ``niw_init_std`` then unused). Data are float tensors (n, d) and
-    integer labels (n,), shared by all replicas.
+    instead of :func:`init_ensemble` (``hidden``, ``niw_init_std`` then unused). Data are float tensors
+    (n, d) and integer labels (n,), shared by all replicas.
     """
     check_choice("loss", loss, LOSSES)
     modes = [nin_mode] * len(sigmas) if isinstance(nin_mode, str) else list(nin_mode)
@@ -259,7 +261,7 @@ def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
     wanted = set(range(1, epochs + 1)) if record_epochs is None else {int(e) for e in record_epochs} | {epochs}
     order_gens = [torch.Generator().manual_seed(order_seed(seed, int(r))) for r in replicas]
     noise_gens = [torch_generator(seed, int(r), STREAM_NOISE) for r in replicas]
-    for g, r in zip(noise_gens, replicas):  # the NIW draw comes first in this stream (init_ensemble)
+    for g in noise_gens:  # the NIW draw comes first in this stream (init_ensemble)
         torch.randn(1, ens.niw.shape[1], generator=g)
     probe_idx = torch.stack([torch.randperm(n, generator=g)[:probe_samples] for g in order_gens])
     fixed = np.array([m == "fixed" for m in modes])
