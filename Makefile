@@ -33,7 +33,10 @@ test: setup browser
 test-slow: setup browser
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
+# BackPACK (a comparison in bench_covariance) depends on torchvision, which would pull a CUDA torch:
+# install it without its dependencies (it runs without torchvision).
 bench: setup
+	$(BIN)/python -m pip install -q --no-deps backpack-for-pytorch einops unfoldNd
 	$(BIN)/python benchmarks/run.py
 
 clean:

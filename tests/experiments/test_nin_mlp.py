@@ -72,6 +72,7 @@ def test_summary_applies_the_phase_rules():
     out = exp.summarise(cfg, tables).set_index("level")
     assert list(out["phase"]) == ["decoupled", "decoupled", "decay", "catapult", "divergent", "divergent"]
     assert out.loc[4, "stalled"] and not out.loc[3, "stalled"]
+    assert out.loc[2, "spike"] == 2.5 and out.loc[2, "spike_step"] == 2 and out.loc[2, "post_spike_min"] == 0.3
     assert out.loc[0, "measured_log_decay"] == pytest.approx(-np.log(0.7))
     # integrated eq. (2): η σ² curv per step × 9 steps
     assert out.loc[0, "predicted_log_decay"] == pytest.approx(cfg["lr"] * 0.1**2 * 0.01 * 9)

@@ -33,7 +33,7 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg as spla
 
-from noiseprobe.core.errors import ConfigError, check_choice, check_real
+from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
 
 #: largest D for the dense Kronecker solve (D² × D² matrix)
 KRON_MAX_D = 48
@@ -70,8 +70,11 @@ def _coeffs(f: np.ndarray, mu: float) -> np.ndarray:
 def thm1_residual(Sigma: np.ndarray, H: np.ndarray, C: np.ndarray, lr: float | np.ndarray,
                   momentum: float = 0.0) -> np.ndarray:
     """LHS − RHS of eq. (3) for a given Σ (zero at the stationary state)."""
-    Lam, _ = _as_lr(lr, H.shape[0])
-    mu = momentum
+    H = _check_square("H", H)
+    D = H.shape[0]
+    Sigma, C = _check_square("Sigma", Sigma, D), _check_square("C", C, D)
+    Lam, _ = _as_lr(lr, D)
+    mu = check_real("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
     F = Lam @ H
     a, b = (1 + mu * mu) / (1 - mu * mu), mu / (1 - mu * mu)
     FS = F @ Sigma
@@ -107,6 +110,19 @@ class _Basis:
         S = self.V @ X @ self.V.T
         return (S + S.T) / 2
 
+    def feedback(self, noise_map: NoiseMap | None) -> tuple[np.ndarray, np.ndarray, NoiseMap | None]:
+        """(null, c with null entries set to 1, X ↦ c⁻¹∘Ñ(X) or None): the transformed noise feedback of a
+        Σ-dependent noise map; modes with c = 0 (zero curvature) are masked out."""
+        null = np.abs(self.c) <= 1e-14 * max(1.0, np.abs(self.c).max())
+        cs = np.where(null, 1.0, self.c)
+        if noise_map is None:
+            return null, cs, None
+
+        def nmap(X: np.ndarray) -> np.ndarray:
+            return np.where(null, 0.0, self.to_x(noise_map(self.to_sigma(X))) / cs)
+
+        return null, cs, nmap
+
     def mode_bound(self) -> float:
         """Largest Λ-scale s with every mode of sΛ stable: s < 2(1+μ)/f_max."""
         return 2 * (1 + self.mu) / self.f.max() if self.f.max() > 0 else np.inf
@@ -117,6 +133,7 @@ class _Basis:
 
 
 def _check_square(name: str, M: np.ndarray, D: int | None = None) -> np.ndarray:
+    """A finite symmetric float64 matrix (a scalar is 1×1); H, C and Σ of eq. (3) are all symmetric."""
     arr = np.asarray(M, dtype=np.float64)
     if arr.ndim == 0:
         arr = arr.reshape(1, 1)
@@ -124,15 +141,22 @@ def _check_square(name: str, M: np.ndarray, D: int | None = None) -> np.ndarray:
         raise ConfigError(name, f"array of shape {arr.shape}", "a square matrix" + (f" of size {D}" if D else ""))
     if not np.all(np.isfinite(arr)):
         raise ConfigError(name, "non-finite entries", "finite entries")
+    if not np.allclose(arr, arr.T, rtol=0.0, atol=1e-10 * max(1.0, np.abs(arr).max())):
+        raise ConfigError(name, "non-symmetric matrix", "a symmetric matrix")
     return arr
 
 
+def _no_state(bound: float, scalar: float | None, detail: str) -> NoStationaryState:
+    """The error for a Λ-scale bound: in units of λ for a scalar learning rate, else of the scale factor of Λ."""
+    if scalar is None:
+        return NoStationaryState(bound, detail, "the scale factor of Λ")
+    return NoStationaryState(bound * scalar, detail, "learning rate")
+
+
 def _raise_unstable(bs: _Basis, scalar: float | None, detail: str) -> None:
-    s = bs.mode_bound()
     if bs.f.min() < -1e-12 * max(1.0, np.abs(bs.f).max()):
         raise NoStationaryState(0.0, "the Hessian has a negative direction; no learning rate is stable", "learning rate")
-    raise NoStationaryState(s * scalar if scalar is not None else s, detail,
-                            "learning rate" if scalar is not None else "the scale factor of Λ")
+    raise _no_state(bs.mode_bound(), scalar, detail)
 
 
 def solve_fluctuation(H: np.ndarray, C: np.ndarray, lr: float | np.ndarray, momentum: float = 0.0,
@@ -161,24 +185,16 @@ def solve_fluctuation(H: np.ndarray, C: np.ndarray, lr: float | np.ndarray, mome
     bs = _Basis(H, Lam, mu)
     if not bs.stable():
         _raise_unstable(bs, scalar, "a mode of Λ^{1/2}HΛ^{1/2} has eigenvalue >= 2(1+μ)")
-    c = bs.c
     R0 = bs.to_x(C)
-    tiny = 1e-14 * max(1.0, np.abs(c).max())
-    null = np.abs(c) <= tiny
+    null, cs, nmap = bs.feedback(noise_map)
     if np.any(np.abs(R0[null]) > 1e-12 * max(1.0, np.abs(R0).max())):
         raise NoStationaryState(0.0, "noise acts along a zero-curvature direction: Σ grows without bound", "learning rate")
-    cs = np.where(null, 1.0, c)
     if noise_map is None:
         return bs.to_sigma(np.where(null, 0.0, R0 / cs))
-
-    def nmap(X: np.ndarray) -> np.ndarray:  # transformed noise feedback, c⁻¹∘Ñ(X)
-        return np.where(null, 0.0, bs.to_x(noise_map(bs.to_sigma(X))) / cs)
-
     rho = _spectral_radius(nmap, D)
     if rho >= 1.0:
-        raise NoStationaryState(_bound_by_bisection(H, Lam, mu, noise_map) * (scalar if scalar is not None else 1.0),
-                                f"minibatch-noise feedback has spectral radius {rho:.4g} >= 1",
-                                "learning rate" if scalar is not None else "the scale factor of Λ")
+        raise _no_state(_bound_by_bisection(H, Lam, mu, noise_map), scalar,
+                        f"minibatch-noise feedback has spectral radius {rho:.4g} >= 1")
     b = np.where(null, 0.0, R0 / cs).ravel()
     op = spla.LinearOperator((D * D, D * D), matvec=lambda v: v - nmap(v.reshape(D, D)).ravel(), dtype=np.float64)
     x, info = spla.gmres(op, b, rtol=1e-13, atol=0.0, restart=min(D * D, 60), maxiter=200)
@@ -209,6 +225,8 @@ def _spectral_radius(op: Callable[[np.ndarray], np.ndarray], D: int) -> float:
 
 def largest_stable_scale(ok: Callable[[float], bool], hi: float = 1.0, iters: int = 50) -> float:
     """Bisection for sup{s ∈ (0, hi]: ok(s)} given that ok fails at ``hi`` and holds near 0."""
+    hi = check_real("hi", hi, lo=0.0, lo_open=True)
+    check_int("iters", iters, lo=1)
     lo = 0.0
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
@@ -221,10 +239,7 @@ def _bound_by_bisection(H: np.ndarray, Lam: np.ndarray, mu: float, noise_map: No
 
     def ok(s: float) -> bool:
         bs = _Basis(H, s * Lam, mu)
-        if not bs.stable():
-            return False
-        cs = np.where(np.abs(bs.c) <= 1e-14, 1.0, bs.c)
-        return _spectral_radius(lambda X: bs.to_x(noise_map(bs.to_sigma(X))) / cs, H.shape[0]) < 1.0
+        return bs.stable() and _spectral_radius(bs.feedback(noise_map)[2], H.shape[0]) < 1.0
 
     return largest_stable_scale(ok, min(1.0, _Basis(H, Lam, mu).mode_bound()))
 
@@ -235,28 +250,35 @@ def _lyapunov(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, scalar: 
     M, Bm = augmented_system(H, Lam, mu)
     rad = np.abs(np.linalg.eigvals(M)).max()
     if rad >= 1.0:
-        raise NoStationaryState(_lyap_bound(H, Lam, mu) * (scalar if scalar is not None else 1.0),
-                                f"augmented (w, m) map has spectral radius {rad:.4g}",
-                                "learning rate" if scalar is not None else "the scale factor of Λ")
+        raise _no_state(_lyap_bound(H, Lam, mu), scalar, f"augmented (w, m) map has spectral radius {rad:.4g}")
     P = scipy.linalg.solve_discrete_lyapunov(M, Bm @ C @ Bm.T, method="bilinear" if D > 5 else "direct")
     S = P[:D, :D]
     return (S + S.T) / 2
 
 
 def augmented_system(H: np.ndarray, Lam: np.ndarray, mu: float) -> tuple[np.ndarray, np.ndarray]:
-    """(M, B) of the exact augmented recursion x_t = M x_{t−1} + B η_t, x = (w, m) (reference §3)."""
+    """(M, B) of the exact augmented recursion x_t = M x_{t−1} + B η_t, x = (w, m) (Thm 1, reference §3)::
+
+        M = [[I − ΛH, −μΛ], [H, μI]],   B = [−Λ; I]
+    """
     D = H.shape[0]
     M = np.block([[np.eye(D) - Lam @ H, -mu * Lam], [H, mu * np.eye(D)]])
     return M, np.vstack([-Lam, np.eye(D)])
 
 
 def _lyap_bound(H: np.ndarray, Lam: np.ndarray, mu: float) -> float:
+    """Largest scale s with a stable augmented map for sΛ (spectral radius of M < 1)."""
     return largest_stable_scale(lambda s: np.abs(np.linalg.eigvals(augmented_system(H, s * Lam, mu)[0])).max() < 1.0)
 
 
 def thm1_kronecker_matrix(H: np.ndarray, Lam: np.ndarray, mu: float) -> np.ndarray:
     """The D² × D² matrix of the LHS of eq. (3) acting on row-major vec(Σ) (dense; toy sizes only)."""
+    H = _check_square("H", H)
     D = H.shape[0]
+    if D > KRON_MAX_D:
+        raise ConfigError("H", f"matrix of size {D}", f"size <= {KRON_MAX_D} for the dense Kronecker matrix")
+    Lam, _ = _as_lr(Lam, D)
+    mu = check_real("mu", mu, lo=0.0, hi=1.0, hi_open=True)
     F, I = Lam @ H, np.eye(D)
     a, b = (1 + mu * mu) / (1 - mu * mu), mu / (1 - mu * mu)
     F2 = F @ F
@@ -269,9 +291,7 @@ def _kronecker(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, noise_m
     if D > KRON_MAX_D:
         raise ConfigError("method", "kronecker", f"only for D <= {KRON_MAX_D} (D = {D}); use 'eigen'")
     if np.abs(np.linalg.eigvals(augmented_system(H, Lam, mu)[0])).max() >= 1.0:
-        raise NoStationaryState(_lyap_bound(H, Lam, mu) * (scalar if scalar is not None else 1.0),
-                                "augmented (w, m) map is unstable",
-                                "learning rate" if scalar is not None else "the scale factor of Λ")
+        raise _no_state(_lyap_bound(H, Lam, mu), scalar, "augmented (w, m) map is unstable")
     K = thm1_kronecker_matrix(H, Lam, mu)
     if noise_map is not None:
         K = K - _dense(lambda X: Lam @ noise_map(X) @ Lam, D)
@@ -280,7 +300,5 @@ def _kronecker(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, noise_m
     S = (S + S.T) / 2
     if np.linalg.eigvalsh(S).min() < -1e-10 * max(1.0, np.abs(S).max()):
         bound = _bound_by_bisection(H, Lam, mu, noise_map) if noise_map is not None else np.nan
-        raise NoStationaryState(bound * (scalar if scalar is not None else 1.0),
-                                "the linear solve gives a non-PSD Σ: noise feedback too strong",
-                                "learning rate" if scalar is not None else "the scale factor of Λ")
+        raise _no_state(bound, scalar, "the linear solve gives a non-PSD Σ: noise feedback too strong")
     return S
