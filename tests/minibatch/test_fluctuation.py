@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.minibatch.fluctuation import (NoStationaryState, augmented_system, solve_fluctuation,
-                                              thm1_residual)
+from noiseprobe.minibatch.fluctuation import (NoStationaryState, augmented_system, largest_stable_scale,
+                                              solve_fluctuation, thm1_residual)
 
 
 def _rot(rng: np.random.Generator, D: int) -> np.ndarray:
@@ -111,3 +111,17 @@ def test_bad_inputs():
         solve_fluctuation(np.eye(2), np.eye(2), 0.1, method="dense")
     with pytest.raises(ConfigError):
         solve_fluctuation(np.eye(60), np.eye(60), 0.1, method="kronecker")
+
+
+def test_bad_matrices():
+    """H, C and Σ of eq. (3) must be symmetric; thm1_residual and largest_stable_scale validate too."""
+    with pytest.raises(ConfigError) as e:
+        solve_fluctuation(np.array([[1.0, 0.5], [0.0, 1.0]]), np.eye(2), 0.1)
+    assert e.value.field == "H" and "symmetric" in str(e.value)
+    with pytest.raises(ConfigError):
+        solve_fluctuation(np.eye(2), np.array([[1.0, np.nan], [np.nan, 1.0]]), 0.1)
+    with pytest.raises(ConfigError):
+        thm1_residual(np.eye(3), np.eye(2), np.eye(2), 0.1)
+    with pytest.raises(ConfigError):
+        largest_stable_scale(lambda s: s < 0.5, hi=0.0)
+    assert largest_stable_scale(lambda s: s < 0.5, hi=1.0) == pytest.approx(0.5, abs=1e-12)

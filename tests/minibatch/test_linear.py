@@ -165,3 +165,29 @@ def test_dnm_simulation():
     run = simulate_sgd(LinearProblem(A, sigma=1.0), 0.3 * np.linalg.inv(A), 8, steps=2000, burn_in=300,
                        chains=300, seed=15)
     assert _zmax(run, dnm_sigma(A, 0.3, 8, 1.0)) < ZMAX
+
+
+def test_bad_inputs():
+    """Every public function names the field, the value and what is allowed (ConfigError)."""
+    neg = np.diag([1.0, -0.5])
+    for call in (lambda: label_noise_sigma(1.0, 0.1, 4, -1.0),  # σ >= 0
+                 lambda: label_noise_sigma(1.0, 0.1, 0, 1.0),  # S >= 1
+                 lambda: label_noise_sigma(1.0, 0.0, 4, 1.0),  # λ > 0
+                 lambda: label_noise_sigma(neg, 0.1, 4, 1.0),  # A is a covariance
+                 lambda: label_noise_C(1.0, 0.1, 4, float("nan")),
+                 lambda: label_noise_losses(1.0, 0.1, 4, 1.0, momentum=1.0),
+                 lambda: label_noise_lr_bound(0.0, 4),  # every λ is stable for A = 0
+                 lambda: lemma1_noise(np.eye(2), np.eye(3), 1.0, 4),
+                 lambda: input_noise_theory(1.0, -0.5, [1.0], 0.1, 4),  # B is a covariance
+                 lambda: input_noise_theory(np.zeros((2, 2)), np.zeros((2, 2)), [1.0, 0.0], 0.1, 4),  # K singular
+                 lambda: input_noise_sigma_eff2(np.eye(2), np.eye(2), [1.0]),  # u of the wrong length
+                 lambda: prop9_noise(1.0, 0.5, [1.0], -np.eye(2), 4),
+                 lambda: dnm_sigma(np.eye(2), 0.1, 4, -1.0),
+                 lambda: ngd_x(0.1, 4, 1.0, 0),
+                 lambda: hessian_approx_sigma(1.0, 0.1, 4, "euler"),
+                 lambda: hessian_approx_sigma(1.0, 0.1, 4, noise_scale=-1.0),
+                 lambda: table2(-1.0, 0.1, 4),
+                 lambda: table2(1.0, 0.1, 4, b=-0.5)):
+        with pytest.raises(ConfigError) as e:
+            call()
+        assert "allowed" in str(e.value)

@@ -3,6 +3,8 @@ finite-N alternative) against exact computations and simulation on a fixed data 
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.minibatch.fluctuation import NoStationaryState
 from noiseprobe.minibatch.highdim import (cor2_noise, cor3_sigma, highdim_sigma_exact, prop4_noise, thm5_noise,
                                           thm6_trace)
+from noiseprobe.minibatch.l2 import prop3_noise
 from noiseprobe.minibatch.linear import label_noise_sigma, lemma1_noise
 from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
 
@@ -18,17 +21,49 @@ def _data(D: int, alpha: float, seed: int) -> LinearProblem:
     return LinearProblem(np.eye(D), sigma=1.0).with_data(int(alpha * D), seed=seed)
 
 
-def test_thm5_cor2_linear_regression_leading_order():
-    """Linear regression with label noise at w* = u: L₀ = σ²/2, H₀ = A, ∇L₀ = 0 → Lemma 1 at Σ = 0."""
-    A = np.diag([2.0, 0.5, 0.1])
-    assert np.allclose(thm5_noise(0.5, A, np.zeros(3), 8), lemma1_noise(A, np.zeros((3, 3)), 1.0, 8))
-    assert np.allclose(cor2_noise(A, 0.5, 8), thm5_noise(0.5, A, np.zeros(3), 8))
-    # eq. (15): ∇L₀(w*) = −Γw* gives the rank-1 term (the corrected ∇L₀, not ∇L_Γ = 0)
-    G, w = 0.3 * np.eye(3), np.array([1.0, -1.0, 0.5])
-    assert np.allclose(cor2_noise(A, 0.5, 8, Gamma=G, w_star=w), thm5_noise(0.5, A, -G @ w, 8))
-    # eq. (17) is Prop. 4 without the σ² term; its trace part dominates at large D (App. remark 61)
+def test_thm5_exact_under_homogeneity_by_enumeration():
+    """Thm 5 (eq. 14) is exact when every per-sample loss equals L₀ (Assumption 2 with equality) and the model
+    is linear (H₀ = Â): check it against the covariance of ĝ computed by enumerating all N^S minibatches."""
+    rng = np.random.default_rng(0)
+    N, D, S, c = 5, 3, 3, 0.7
+    X = rng.normal(size=(N, D))
+    w = rng.normal(size=D)
+    y = X @ w - c * rng.choice([-1.0, 1.0], size=N)  # residuals ±c: ℓ_i = c²/2 = L₀ for every i
+    grads = (X @ w - y)[:, None] * X  # ∇ℓ_i = (wᵀx_i − y_i) x_i (½ in the loss)
+    batches = np.array(list(itertools.product(range(N), repeat=S)))  # with replacement, all equally likely
+    g_hat = grads[batches].mean(axis=1)
+    C_enum = np.cov(g_hat.T, bias=True)
+    C5 = thm5_noise(c * c / 2, X.T @ X / N, grads.mean(0), S)
+    assert np.abs(C5 - C_enum).max() < 1e-12 * np.abs(C_enum).max()
+    # Cor. 2 eq. (16) at a minimum with Γ = 0 (∇L₀ = 0) and eq. (15) with ∇L₀(w*) = −Γw*
+    H0 = X.T @ X / N
+    assert np.allclose(cor2_noise(H0, 0.3, S), 0.6 / S * H0, rtol=1e-14, atol=0)
+    G, ws = 0.3 * np.eye(D), rng.normal(size=D)
+    rank1 = np.outer(G @ ws, G @ ws) / S
+    assert np.allclose(cor2_noise(H0, 0.3, S, Gamma=G, w_star=ws), 0.6 / S * H0 - rank1, rtol=1e-14, atol=0)
+
+
+def test_cor2_against_gaussian_exact_noise():
+    """Reference §7 ⚠ sign: for Gaussian linear regression the exact noises (Prop. 3 at w*, Lemma 1 with σ = 0)
+    differ from Cor. 2 exactly by the sign of the rank-1 / ΣH terms (Assumption 2 drops the fourth moment)."""
+    Q = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0]
+    A = Q @ np.diag([2.0, 0.5, 0.1]) @ Q.T
+    Gamma, u, S = 0.3 * np.eye(3), np.array([1.0, -0.5, 0.7]), 8
+    w_star = np.linalg.solve(A + Gamma, A @ u)
+    L0 = 0.5 * (w_star - u) @ A @ (w_star - u)  # no label noise: L₀(w*) = ½(w*−u)ᵀA(w*−u)
+    exact = prop3_noise(A, Gamma, u, np.zeros((3, 3)), S)  # Prop. 3 at Σ = 0: noise at w = w*
+    gw = Gamma @ w_star
+    assert np.abs(cor2_noise(A, L0, S, Gamma=Gamma, w_star=w_star) - (exact - 2 * np.outer(gw, gw) / S)).max() < 1e-14
+    # eq. (17) (Γ = 0, L₀ = 0) vs Lemma 1 at σ = 0: differ by −(2/S)AΣA, which is O(1/D) relative at large D
     Sg = np.diag([0.1, 0.2, 0.3])
-    assert np.allclose(cor2_noise(A, 0.0, 8, Sigma=Sg), prop4_noise(A, Sg, 0.0, 2.0, 8))
+    diff = cor2_noise(A, 0.0, S, Sigma=Sg) - lemma1_noise(A, Sg, 0.0, S)
+    assert np.abs(diff + 2 * A @ Sg @ A / S).max() < 1e-14
+    D = 400
+    Ad, Sd = np.diag(np.linspace(0.5, 1.5, D)), np.diag(np.linspace(0.01, 0.02, D))
+    big = cor2_noise(Ad, 0.0, S, Sigma=Sd)
+    rel = np.linalg.norm(big - lemma1_noise(Ad, Sd, 0.0, S)) / np.linalg.norm(big)
+    # ‖2AΣA‖_F / ‖Tr[AΣ]A − AΣA‖_F = 2‖aσ·a‖/(Σ_j a_jσ_j ‖a‖) ≈ 2.65/D for these spectra (App. remark 61)
+    assert 1.0 / D < rel < 3.0 / D
     with pytest.raises(ConfigError):
         cor2_noise(A, 0.0, 8)
 
@@ -83,3 +118,22 @@ def test_thm6_stability_bound():
         thm6_trace(A_hat, 1.9, 2, 1.0, 4.0)
     # Sec. 6.2: Σ_i 1/(2/(λa_i) − 1 + 1/S) < S; a_i = 1, D = 10, S = 2: 10/(2/λ − 1/2) = 2  ⇒  λ = 2/5.5
     assert e.value.bound == pytest.approx(2 / 5.5, rel=1e-8)
+
+
+def test_bad_inputs():
+    A = np.eye(2)
+    for call in (lambda: thm5_noise(-0.1, A, np.zeros(2), 4),  # L0 < 0
+                 lambda: thm5_noise(0.1, A, np.zeros(3), 4),  # gradient of the wrong length
+                 lambda: cor2_noise(A, -1.0, 4),
+                 lambda: cor2_noise(A, 0.1, 4, Gamma=A),  # eq. (15) needs w*
+                 lambda: cor3_sigma(A, 0.5, 0.1, 4, Gamma=A),
+                 lambda: cor3_sigma(A, -0.5, 0.1, 4),
+                 lambda: prop4_noise(A, A, 1.0, 0.0, 4),  # α = N/D > 0
+                 lambda: thm6_trace(A, 0.1, 4, 1.0, 0.0),
+                 lambda: thm6_trace(A, 0.1, 4, -1.0, 2.0),  # σ >= 0
+                 lambda: thm6_trace(A, 0.1, 4, 1.0, 2.0, variant="exact"),
+                 lambda: highdim_sigma_exact(np.ones((5, 2)), np.ones(4), 0.1, 2),  # y of the wrong length
+                 lambda: highdim_sigma_exact(np.eye(3), np.ones(3), 0.1, 4, replacement=False)):  # S > N
+        with pytest.raises(ConfigError) as e:
+            call()
+        assert "allowed" in str(e.value)

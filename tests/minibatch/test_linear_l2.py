@@ -103,3 +103,23 @@ def test_prop3_noise_measured():
     est = run.noise_cov[run.ok]
     z = np.abs(est.mean(0) - C) / (est.std(0, ddof=1) / np.sqrt(len(est)))
     assert z.max() < 4.5
+
+
+def test_bad_inputs():
+    from noiseprobe.core.errors import ConfigError
+
+    for call in (lambda: l2_theory(A3, 0.3 * np.eye(3), [1.0, 0.0], LR, S),  # u of the wrong length
+                 lambda: l2_theory(-A3, np.eye(3) * 3, U_GENERIC, LR, S),  # A is a covariance
+                 lambda: l2_theory(A3, Q @ np.diag([0.5, 0.2, 0.1]) @ Q[[1, 0, 2]].T @ Q[[1, 0, 2]] @ Q.T
+                                   + np.array([[0, 0.2, 0], [0.2, 0, 0], [0, 0, 0]]), U_GENERIC, LR, S),  # [A, Γ] ≠ 0
+                 lambda: l2_theory(A3, 0.3, U_GENERIC, 0.0, S),
+                 lambda: l2_1d(1.0, 0.1, float("inf"), 0.2, 4),
+                 lambda: l2_1d(-1.0, 0.1, 1.0, 0.2, 4),
+                 lambda: convergent_gamma_interval(1.0, 0.0, 4),
+                 lambda: optimal_weight_decay(1.0, [1.0], 0.0, 4),
+                 lambda: optimal_weight_decay(1.0, [1.0], 0.5, 4, grid=1),
+                 lambda: negative_weight_decay_window(0),
+                 lambda: prop3_noise(A3, 0.3, U_GENERIC, np.eye(2), S)):
+        with pytest.raises(ConfigError) as e:
+            call()
+        assert "allowed" in str(e.value)

@@ -14,7 +14,8 @@ import pandas as pd
 from noiseprobe.core.errors import ConfigError, check_choice
 from noiseprobe.minibatch.fluctuation import NoStationaryState
 from noiseprobe.minibatch.l2 import l2_1d
-from noiseprobe.minibatch.linear import _S, _lr, as_matrix, commutes, input_noise_theory, label_noise_losses, label_noise_sigma
+from noiseprobe.minibatch.linear import (_S, _lr, _psd_matrix, _real, _sigma, commutes, input_noise_theory,
+                                         label_noise_losses, label_noise_sigma)
 
 
 def hessian_approx_sigma(H: float | np.ndarray, lr: float | np.ndarray, batch_size: int,
@@ -22,10 +23,11 @@ def hessian_approx_sigma(H: float | np.ndarray, lr: float | np.ndarray, batch_si
     """Σ under C = noise_scale·H/S. Discrete time (eqs. 18-19): ΛHΣ + ΣHΛ − ΛHΣHΛ = ΛHΛ/S, so
     Σ = (1/S)Λ(2I − ΛH)⁻¹, finite iff ΛH ≺ 2. Continuous time (eqs. 23-24): ΛHΣ + ΣHΛ = ΛHΛ/S, Σ = Λ/(2S).
     """
-    H = as_matrix("H", H)
+    H = _psd_matrix("H", H)
     Lam, scalar = _lr(lr, H.shape[0])
     S = _S(batch_size)
     check_choice("time", time, ("discrete", "continuous"))
+    noise_scale = _real("noise_scale", noise_scale, lo=0.0)
     if not commutes(Lam, H):
         raise ConfigError("lr", "matrix not commuting with H", "[Λ, H] = 0 (App. B)")
     if time == "continuous":
@@ -45,7 +47,8 @@ def hessian_approx_losses(A: float | np.ndarray, lr: float | np.ndarray, batch_s
                           time: str = "discrete", noise_scale: float = 1.0) -> tuple[float, float]:
     """Label-noise losses under the Hessian approximation: L_test = ½Tr[AΣ], L_train = L_test + σ²/2
     (eqs. 20-21 discrete: (1/(2S))Tr[ΛA(2I − ΛA)⁻¹]; eqs. 25-26 continuous: Tr[ΛA]/(4S))."""
-    A = as_matrix("A", A)
+    A = _psd_matrix("A", A)
+    sigma = _sigma(sigma)
     test = 0.5 * float(np.trace(A @ hessian_approx_sigma(A, lr, batch_size, time, noise_scale)))
     return test + sigma ** 2 / 2, test
 
@@ -60,10 +63,13 @@ def table2(a: float, lr: float, batch_size: int, *, sigma: float = 1.0, b: float
     stationary state are +inf. One row per (case, quantity).
     """
     S = _S(batch_size)
+    a, lr = _real("a", a, lo=0.0, lo_open=True), _real("lr", lr, lo=0.0, lo_open=True)
+    sigma, b, gamma, u = _sigma(sigma), _real("b", b, lo=0.0), _real("gamma", gamma), _real("u", u)
     rows = []
 
-    def add(case: str, exact, k: float, train_bias: float, test_bias: float) -> None:
-        ex = exact() if exact is not None else (np.inf,) * 3
+    def add(case: str, exact: Callable[[], tuple[float, float, float]], k: float, train_bias: float,
+            test_bias: float) -> None:
+        ex = exact()
         try:
             sd = float(hessian_approx_sigma(k, lr, S, "discrete")[0, 0])
         except NoStationaryState:

@@ -13,17 +13,16 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from noiseprobe.core.errors import ConfigError, check_real
+from noiseprobe.core.errors import ConfigError, check_int
 from noiseprobe.minibatch.fluctuation import NoiseMap, NoStationaryState, largest_stable_scale, solve_fluctuation
-from noiseprobe.minibatch.linear import _S, _pd, as_matrix, commutes
+from noiseprobe.minibatch.linear import _S, _pd, _psd_matrix, _real, _vector, as_matrix, commutes
 
 
 def _setup(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    A = as_matrix("A", A)
+    """Validated (A ⪰ 0, symmetric Γ, u of length D); NoStationaryState when K = A + Γ is not ≻ 0."""
+    A = _psd_matrix("A", A)
     G = as_matrix("Gamma", Gamma, A.shape[0])
-    u = np.asarray(u, dtype=np.float64).reshape(-1)
-    if u.shape != (A.shape[0],):
-        raise ConfigError("u", u, f"a vector of length {A.shape[0]}")
+    u = _vector("u", u, A.shape[0])
     if not _pd(A + G):
         raise NoStationaryState(0.0, "K = A + Γ is not positive definite: no minimum", "learning rate")
     return A, G, u
@@ -42,7 +41,8 @@ def prop3_noise(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray,
 
 
 def prop3_noise_map(A: np.ndarray, Gamma: np.ndarray, u: np.ndarray, batch_size: int) -> tuple[np.ndarray, NoiseMap]:
-    """Prop. 3 split as (Σ-independent part, Σ ↦ (AΣA + Tr[AΣ]A)/S) for :func:`solve_fluctuation`."""
+    """Prop. 3, eq. (10), split as (Σ-independent part, Σ ↦ (AΣA + Tr[AΣ]A)/S) for :func:`solve_fluctuation`."""
+    A, Gamma, u = _setup(A, Gamma, u)
     S = _S(batch_size)
     d = np.linalg.solve(A + Gamma, A @ u) - u
     Ad = A @ d
@@ -58,7 +58,7 @@ class _Thm4:
         if not commutes(self.A, self.Gamma):
             raise ConfigError("Gamma", "matrix not commuting with A",
                               "[A, Γ] = 0 for Thm 4; use l2_sigma_exact otherwise")
-        self.lam = check_real("lr", lr, lo=0.0, lo_open=True)
+        self.lam = _real("lr", lr, lo=0.0, lo_open=True)
         self.S = _S(batch_size)
         A, K = self.A, self.A + self.Gamma
         self.K, self.Kinv = K, np.linalg.inv(K)
@@ -77,6 +77,7 @@ class _Thm4:
         self.U, self.G2 = U, G2
 
     def _ok(self, s: float) -> bool:
+        """Stationary at scale s·λ: G ≻ 0 and (sλ/S)Tr[A²K⁻¹G⁻¹] < 1 (κ finite and >= 0)."""
         D, A, K = self.A.shape[0], self.A, self.A + self.Gamma
         G = 2 * np.eye(D) - s * self.lam * (K + np.linalg.solve(K, A @ A) / self.S)
         G = (G + G.T) / 2
@@ -142,10 +143,11 @@ def l2_1d(a: float, gamma: float, u: float, lr: float, batch_size: int) -> dict[
 
     finite iff k > 0 and Δ > 0, i.e. λ < 2Sk/(Sk² + 2a²) (eq. 162); otherwise NoStationaryState.
     """
-    a = check_real("a", a, lo=0.0, lo_open=True)
+    a = _real("a", a, lo=0.0, lo_open=True)
     S = _S(batch_size)
-    k = a + check_real("gamma", gamma)
-    lam = check_real("lr", lr, lo=0.0, lo_open=True)
+    k = a + _real("gamma", gamma)
+    u = _real("u", u)
+    lam = _real("lr", lr, lo=0.0, lo_open=True)
     if k <= 0:
         raise NoStationaryState(0.0, f"k = a + γ = {k:.4g} <= 0: no minimum")
     delta = S * k * (2 - lam * k) - 2 * lam * a * a
@@ -163,6 +165,7 @@ def convergent_gamma_interval(a: float, lr: float, batch_size: int) -> tuple[flo
     None when λa > √(S/2) (eq. 164: no weight decay converges).
     """
     S = _S(batch_size)
+    a, lr = _real("a", a, lo=0.0, lo_open=True), _real("lr", lr, lo=0.0, lo_open=True)
     disc = 1 - 2 * lr * lr * a * a / S
     if disc < 0:
         return None
@@ -182,8 +185,12 @@ def optimal_weight_decay(A: float | np.ndarray, u: np.ndarray, lr: float, batch_
     L_test is +∞ where no stationary state exists. Scans γ ∈ (−a_min, 2/λ) on ``grid`` points, then refines
     with a bounded scalar minimisation around the best point. Returns (γ*, L_test(γ*)).
     """
-    A = as_matrix("A", A)
+    A = _psd_matrix("A", A)
     D = A.shape[0]
+    u = _vector("u", u, D)
+    lr = _real("lr", lr, lo=0.0, lo_open=True)
+    grid = check_int("grid", grid, lo=3)
+    _S(batch_size)
 
     def loss(g: float) -> float:
         try:
@@ -191,7 +198,7 @@ def optimal_weight_decay(A: float | np.ndarray, u: np.ndarray, lr: float, batch_
         except NoStationaryState:
             return np.inf
 
-    amin = float(np.linalg.eigvalsh(A).min())
+    amin = float(np.linalg.eigvalsh(A).min())  # K = A + γI ≻ 0 needs γ > −a_min; G ≻ 0 needs γ < 2/λ − a_min
     gs = np.linspace(-amin, 2 / lr, grid + 2)[1:-1]
     vals = np.array([loss(g) for g in gs])
     if not np.isfinite(vals).any():

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from noiseprobe.core.errors import check_int, check_real
+from noiseprobe.core.errors import check_int
 from noiseprobe.minibatch.fluctuation import NoStationaryState
-from noiseprobe.minibatch.linear import _S, _mu, _pd, as_matrix
+from noiseprobe.minibatch.linear import _S, _mu, _pd, _real, _sigma, as_matrix
 
 
 def dnm_sigma(A: float | np.ndarray, lr: float, batch_size: int, sigma: float, momentum: float = 0.0) -> np.ndarray:
@@ -22,7 +22,7 @@ def dnm_sigma(A: float | np.ndarray, lr: float, batch_size: int, sigma: float, m
         raise NoStationaryState(0.0, "A must be positive definite for Newton's method")
     D = A.shape[0]
     S, mu = _S(batch_size), _mu(momentum)
-    lam = check_real("lr", lr, lo=0.0, lo_open=True)
+    lam, sigma = _real("lr", lr, lo=0.0, lo_open=True), _sigma(sigma)
     c = (1 - mu) / (1 + mu) + 1 / S
     g = 2 * (1 - mu) - c * lam
     if g <= 0 or g * S - lam * D <= 0:
@@ -40,8 +40,8 @@ def ngd_x(lr: float, batch_size: int, sigma: float, dim: int, momentum: float = 
     1/(1+D)). Uniqueness is not claimed by the paper ("one solution").
     """
     S, mu = _S(batch_size), _mu(momentum)
-    D = check_int("dim", dim, lo=1)
-    lam = check_real("lr", lr, lo=0.0, lo_open=True)
+    D = check_int("dim", int(dim) if isinstance(dim, np.integer) else dim, lo=1)
+    lam, sigma = _real("lr", lr, lo=0.0, lo_open=True), _sigma(sigma)
     a = 2 * (1 - mu) * (1 + D)
     b = 2 * (1 - mu) * sigma ** 2 - (1 - mu) * lam / (1 + mu) - lam * (1 + D) / S
     c = -lam * sigma ** 2 / S
