@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from noiseprobe.core.errors import ConfigError
 from noiseprobe.minibatch.fluctuation import NoStationaryState
 from noiseprobe.minibatch.l2 import (convergent_gamma_interval, l2_1d, l2_sigma_eq12, l2_sigma_exact, l2_theory,
                                      negative_weight_decay_window, optimal_weight_decay, prop3_noise)
@@ -106,12 +107,9 @@ def test_prop3_noise_measured():
 
 
 def test_bad_inputs():
-    from noiseprobe.core.errors import ConfigError
-
     for call in (lambda: l2_theory(A3, 0.3 * np.eye(3), [1.0, 0.0], LR, S),  # u of the wrong length
                  lambda: l2_theory(-A3, np.eye(3) * 3, U_GENERIC, LR, S),  # A is a covariance
-                 lambda: l2_theory(A3, Q @ np.diag([0.5, 0.2, 0.1]) @ Q[[1, 0, 2]].T @ Q[[1, 0, 2]] @ Q.T
-                                   + np.array([[0, 0.2, 0], [0.2, 0, 0], [0, 0, 0]]), U_GENERIC, LR, S),  # [A, Γ] ≠ 0
+                 lambda: l2_theory(A3, np.diag([0.1, 0.2, 0.3]), U_GENERIC, LR, S),  # Thm 4 needs [A, Γ] = 0
                  lambda: l2_theory(A3, 0.3, U_GENERIC, 0.0, S),
                  lambda: l2_1d(1.0, 0.1, float("inf"), 0.2, 4),
                  lambda: l2_1d(-1.0, 0.1, 1.0, 0.2, 4),
