@@ -65,7 +65,7 @@ def cor3_sigma(H0: np.ndarray, L0: float, lr: float | np.ndarray, batch_size: in
     """
     H0 = as_matrix("H0", H0)
     D = H0.shape[0]
-    Lam, _ = _lr(lr, D)
+    Lam, scalar = _lr(lr, D)
     S, mu = _S(batch_size), _mu(momentum)
     L0 = _real("L0", L0, lo=0.0)
     if Gamma is not None and w_star is None:
@@ -77,6 +77,8 @@ def cor3_sigma(H0: np.ndarray, L0: float, lr: float | np.ndarray, batch_size: in
     M = 2 * np.eye(D) - Lam @ Kp / (1 + mu)
     if np.linalg.eigvalsh((M + M.T) / 2).min() <= 0:
         b = largest_stable_scale(lambda s: np.linalg.eigvalsh(2 * np.eye(D) - s * (Lam @ Kp + Kp @ Lam) / (2 + 2 * mu)).min() > 0)
+        if scalar is not None:
+            raise NoStationaryState(b * scalar, "Cor. 3 needs 2I − λK/(1+μ) ≻ 0")
         raise NoStationaryState(b, "Cor. 3 needs 2I − ΛK/(1+μ) ≻ 0", "the scale factor of Λ")
     Minv = np.linalg.inv(M)
     P = Kp @ np.linalg.pinv(Kp)
