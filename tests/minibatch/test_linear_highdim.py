@@ -76,6 +76,9 @@ def test_cor3_is_thm2_to_leading_order():
         t2 = label_noise_sigma(A, 0.5, S, 1.0, mu)
         rel = np.abs(c3 - t2).max() / np.abs(t2).max()
         assert 0 < rel < 5.0 / S
+    with pytest.raises(NoStationaryState) as e:  # 2I − λH₀/(1+μ) ≻ 0 needs λ < 2(1+μ)/h_max = 1 here
+        cor3_sigma(np.diag([2.0, 1.0]), 0.5, 1.5, 8)
+    assert e.value.bound == pytest.approx(1.0, rel=1e-9)
 
 
 def test_thm6_overparametrised_is_zero():

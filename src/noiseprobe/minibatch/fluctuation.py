@@ -107,6 +107,7 @@ class _Basis:
         return self.V.T @ C @ self.V
 
     def to_sigma(self, X: np.ndarray) -> np.ndarray:
+        """Σ = V X Vᵀ (symmetrised)."""
         S = self.V @ X @ self.V.T
         return (S + S.T) / 2
 
@@ -128,6 +129,7 @@ class _Basis:
         return 2 * (1 + self.mu) / self.f.max() if self.f.max() > 0 else np.inf
 
     def stable(self) -> bool:
+        """Every mode stable: 0 <= f_i < 2(1+μ) (f_i eigenvalues of Λ^{1/2}HΛ^{1/2})."""
         tol = 1e-12 * max(1.0, np.abs(self.f).max())
         return bool(self.f.min() > -tol and self.f.max() < 2 * (1 + self.mu))
 
@@ -154,6 +156,7 @@ def _no_state(bound: float, scalar: float | None, detail: str) -> NoStationarySt
 
 
 def _raise_unstable(bs: _Basis, scalar: float | None, detail: str) -> None:
+    """Raise NoStationaryState for unstable modes: bound 0 for a negative curvature, else the mode bound."""
     if bs.f.min() < -1e-12 * max(1.0, np.abs(bs.f).max()):
         raise NoStationaryState(0.0, "the Hessian has a negative direction; no learning rate is stable", "learning rate")
     raise _no_state(bs.mode_bound(), scalar, detail)
@@ -287,6 +290,7 @@ def thm1_kronecker_matrix(H: np.ndarray, Lam: np.ndarray, mu: float) -> np.ndarr
 
 def _kronecker(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, noise_map: NoiseMap | None,
                scalar: float | None) -> np.ndarray:
+    """Dense solve of vec(eq. 3): (K_LHS − Λ⊗Λ·N) vec Σ = vec(ΛCΛ), N the noise map (D <= KRON_MAX_D)."""
     D = H.shape[0]
     if D > KRON_MAX_D:
         raise ConfigError("method", "kronecker", f"only for D <= {KRON_MAX_D} (D = {D}); use 'eigen'")

@@ -91,7 +91,8 @@ def cor3_sigma(H0: np.ndarray, L0: float, lr: float | np.ndarray, batch_size: in
 
 
 def prop4_noise(A_hat: np.ndarray, Sigma: np.ndarray, sigma: float, alpha: float, batch_size: int) -> np.ndarray:
-    """Proposition 4: C = (1/S)(Tr[ÂΣ]I − ÂΣ)Â + max{0, (σ²/S)(1 − 1/α)}Â, α = N/D (Assumptions 1, 2)."""
+    """Proposition 4 (from Thm 5; proof eqs. 72-78): C = (1/S)(Tr[ÂΣ]I − ÂΣ)Â + max{0, (σ²/S)(1 − 1/α)}Â,
+    α = N/D (Assumptions 1, 2; E[2L(w*)] = σ²(1 − 1/α) for α > 1, eqs. 74-78)."""
     A = _psd_matrix("A_hat", A_hat)
     Sg = as_matrix("Sigma", Sigma, A.shape[0])
     S = _S(batch_size)
@@ -102,7 +103,7 @@ def prop4_noise(A_hat: np.ndarray, Sigma: np.ndarray, sigma: float, alpha: float
 
 def thm6_trace(A_hat: np.ndarray, lr: float, batch_size: int, sigma: float, alpha: float, *,
                L0: float | None = None, variant: Literal["paper", "gaussian"] = "paper") -> float:
-    """Theorem 6: Tr[ÂΣ] = max{0, (λσ²/S)(1 − 1/α) κ̂}, κ̂ = Tr[Ĝ⁻¹Â]/(1 − (λ/S)Tr[Ĝ⁻¹Â]).
+    """Theorem 6 (proof eqs. 79-82): Tr[ÂΣ] = max{0, (λσ²/S)(1 − 1/α) κ̂}, κ̂ = Tr[Ĝ⁻¹Â]/(1 − (λ/S)Tr[Ĝ⁻¹Â]).
 
     ``variant="paper"``: Ĝ = 2I − λ(1 − 1/S)Â as printed (from Thm 5's −ÂΣÂ). ``variant="gaussian"``:
     Ĝ = 2I − λ(1 + 1/S)Â (the Gaussian fourth moment, as Thm 2). ``L0``: replace the expected
