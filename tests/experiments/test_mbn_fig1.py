@@ -82,6 +82,23 @@ def test_validation_errors() -> None:
             exp.config("quick", {key: value})
 
 
+def test_public_trainers_reject_bad_input() -> None:
+    x, y = _toy()
+    batches = epoch_batches(1, [0, 1], len(y), 8, 1, 0)
+    gens = [torch_generator(1, r, 5) for r in range(2)]
+    for kwargs, field in [(dict(batch_size=65), "batch_size"), (dict(epochs=0), "epochs")]:
+        with pytest.raises(ConfigError, match=field):
+            epoch_batches(1, [0], len(y), **{"batch_size": 8, "epochs": 1, **kwargs}, stream=0)
+    with pytest.raises(ConfigError, match="lrs"):
+        train_tanh_net(x, y, 4, torch.tensor([0.1]), "sgd", gens, batches)
+    with pytest.raises(ConfigError, match="optimizer"):
+        train_tanh_net(x, y, 4, torch.tensor([0.1, 0.1]), "rmsprop", gens, batches)
+    with pytest.raises(ConfigError, match="gammas"):
+        train_logistic(x, y, x, y, 0.5, torch.tensor([0.0, 0.1, 0.2]), batches)
+    with pytest.raises(ConfigError, match="lr"):
+        train_logistic(x, y, x, y, -0.5, torch.tensor([0.0, 0.1]), batches)
+
+
 def test_end_to_end_quick_overrides(tmp_path) -> None:
     from noiseprobe.core.runner import run_experiment
 
@@ -105,3 +122,47 @@ def test_end_to_end_quick_overrides(tmp_path) -> None:
     again = exp.run_chunk(cfg, chunk)["results"]
     np.testing.assert_array_equal(again["loss_var"].to_numpy(),
                                   left[(left["optimizer"] == "sgd") & (left["width"] == 16)]["loss_var"].to_numpy())
+
+
+def _left_table(fixed_growth: float, rescaled_spread: float) -> "pd.DataFrame":
+    import pandas as pd
+
+    rows = []
+    for opt in ("sgd", "adam"):
+        for k, w in enumerate((4, 16, 64)):
+            for seed in range(3):
+                rows.append({"optimizer": opt, "lr_rule": "fixed", "width": w, "seed": seed, "diverged": False,
+                             "loss_var": 1e-3 * fixed_growth ** (k / 2) * (1 + 0.01 * seed)})
+                rows.append({"optimizer": opt, "lr_rule": "rescaled", "width": w, "seed": seed, "diverged": False,
+                             "loss_var": 1e-3 * rescaled_spread ** (k / 2) * (1 + 0.01 * seed)})
+    return pd.DataFrame(rows)
+
+
+def _right_table(best_gamma: float) -> "pd.DataFrame":
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    gammas = [-0.01, 0.0, 0.01]
+    rows = [{"seed": s, "gamma": g, "diverged": False, "test_loss": 1.0 - (g == best_gamma) * 0.1,
+             "test_acc": 0.8 + 0.05 * (g == best_gamma) + 0.002 * rng.standard_normal()}
+            for s in range(8) for g in gammas]
+    return pd.DataFrame(rows)
+
+
+def test_analysis_checks_pass_and_fail_on_synthetic_tables(tmp_path) -> None:
+    """The claims' checks measure the table: growth / flat variance and a negative best γ pass; a flat fixed-lr
+    variance, a width-dependent rescaled one and a positive best γ fail (measured values are the table's)."""
+    from noiseprobe.experiments.mbn_fig1 import GROWTH_MIN, _analyse_left, _analyse_right
+
+    cfg = get("mbn-fig1").config("quick")
+    _, good = _analyse_left(cfg, _left_table(fixed_growth=100.0, rescaled_spread=1.0), tmp_path)
+    assert [c.passed for c in good] == [True] * 4
+    assert good[0].measured == pytest.approx(100.0 * 1.0)  # ratio of seed medians, d = 64 over d = 4
+    _, bad = _analyse_left(cfg, _left_table(fixed_growth=1.0, rescaled_spread=100.0), tmp_path)
+    assert [c.passed for c in bad] == [False] * 4
+    assert bad[0].measured == pytest.approx(1.0) and bad[0].measured < GROWTH_MIN
+    metrics, right = _analyse_right(cfg, _right_table(-0.01), tmp_path)
+    assert [c.passed for c in right] == [True, True] and right[0].measured == -0.01 == metrics["gamma_star"]
+    assert right[1].measured == pytest.approx(0.05, abs=0.01)
+    _, wrong = _analyse_right(cfg, _right_table(0.01), tmp_path)
+    assert wrong[0].passed is False and wrong[0].measured == 0.01

@@ -45,13 +45,13 @@ def test_validation_names_the_field():
 
 
 def _fake_run(level: int, sigma: float, niw: list[float], acc: float, steps: list[float],
-              diverged: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+              diverged: bool = False, curv: float | list[float] = 0.01) -> tuple[pd.DataFrame, pd.DataFrame]:
     t = len(niw)
     rec = pd.DataFrame({"replica": 0, "level": level, "sigma": sigma, "nin_mode": "epoch", "epoch": np.arange(t),
                         "step": np.arange(t) * 3, "train_loss": np.linspace(1.0, 0.2, t),
                         "train_acc": np.linspace(0.1, acc, t), "test_loss": np.linspace(1.0, 0.3, t),
                         "test_acc": np.linspace(0.1, acc, t), "noisy_loss": 0.5, "niw_norm": niw,
-                        "next_norm": 1.0, "curv_niw": 0.01, "diverged": diverged, "diverged_step": -1})
+                        "next_norm": 1.0, "curv_niw": curv, "diverged": diverged, "diverged_step": -1})
     st = pd.DataFrame({"replica": 0, "level": level, "sigma": sigma, "nin_mode": "epoch",
                        "step": np.arange(1, len(steps) + 1), "noisy_loss": steps})
     return rec, st
@@ -63,7 +63,7 @@ def test_summary_applies_the_phase_rules():
     exp = experiments.get("nin-fig2-bottom")
     cfg = exp.config("quick")
     runs = [_fake_run(-1, 0.0, [1.0] * 4, 0.9, [1.0, 0.9, 0.8]),
-            _fake_run(0, 0.1, [1.0, 0.9, 0.8, 0.7], 0.9, [1.0, 0.9, 0.8]),
+            _fake_run(0, 0.1, [1.0, 0.9, 0.8, 0.7], 0.9, [1.0, 0.9, 0.8], curv=[0.01, 0.03, 0.02, 0.04]),
             _fake_run(1, 1.0, [1.0, 0.5, 0.2, 0.5], 0.9, [1.0, 1.5, 0.8]),          # e-fold, then re-grows
             _fake_run(2, 2.0, [1.0, 0.3, 0.2, 0.1], 0.88, [1.0, 2.5, 0.3]),         # spike > 2x, learned
             _fake_run(3, 3.0, [1.0, np.nan, np.nan, np.nan], 0.1, [1.0, 1e9, np.nan], diverged=True),
@@ -74,8 +74,9 @@ def test_summary_applies_the_phase_rules():
     assert out.loc[4, "stalled"] and not out.loc[3, "stalled"]
     assert out.loc[2, "spike"] == 2.5 and out.loc[2, "spike_step"] == 2 and out.loc[2, "post_spike_min"] == 0.3
     assert out.loc[0, "measured_log_decay"] == pytest.approx(-np.log(0.7))
-    # integrated eq. (2): η σ² curv per step × 9 steps
-    assert out.loc[0, "predicted_log_decay"] == pytest.approx(cfg["lr"] * 0.1**2 * 0.01 * 9)
+    # integrated eq. (2), corrected form η σ² curv per step, records 3 steps apart, by hand (trapezoid):
+    # 3 · [(0.01 + 0.03) + (0.03 + 0.02) + (0.02 + 0.04)] / 2 = 0.225
+    assert out.loc[0, "predicted_log_decay"] == pytest.approx(cfg["lr"] * 0.1**2 * 0.225, rel=1e-12)
 
 
 def test_results_do_not_depend_on_chunking():
@@ -100,6 +101,9 @@ def test_end_to_end_through_the_runner(tmp_path):
     assert any("four phases" in c for c in claims) and any("divergent" in c for c in claims)
     res = pd.read_parquet(tmp_path / "run" / "results.parquet")
     assert {"niw_norm", "curv_niw", "diverged", "level"} <= set(res.columns)
+    assert "runs" not in summary["metrics"]      # headline numbers only; per-run data live in the parquet tables
+    n_runs = len(res.groupby(["replica", "level", "nin_mode"]))
+    assert not any(isinstance(v, list) and len(v) == n_runs for v in summary["metrics"].values())
     assert summary["metrics"]["sigma_levels"][0] == pytest.approx(np.sqrt(1e-4 * noise_base("mse", 196, 16, 0.01)))
     table = run_experiment("nin-table1", "quick", tmp_path / "t1", workers=1)
     assert all(c["passed"] for c in table["checks"])

@@ -115,3 +115,13 @@ def test_bad_arguments_raise_config_error(data):
         train_ensemble(x, y, xt, yt, sigmas=[-1.0], batch_size=10, **kw)
     with pytest.raises(ConfigError, match="batch_size"):
         train_ensemble(x, y, xt, yt, sigmas=[1.0], batch_size=10_000, **kw)
+    with pytest.raises(ConfigError, match="record_epochs.*7"):
+        train_ensemble(x, y, xt, yt, sigmas=[1.0], batch_size=10, record_epochs=[7], **kw)
+    with pytest.raises(ConfigError, match="eval_block"):
+        train_ensemble(x, y, xt, yt, sigmas=[1.0], batch_size=10, eval_block=0, **kw)
+    with pytest.raises(ConfigError, match="loss.*hinge"):
+        batch_losses(torch.zeros(1, 3, 4), torch.zeros(3, dtype=torch.long), "hinge")
+    with pytest.raises(ConfigError, match="loss.*hinge"):
+        init_ensemble([12, 8, 4], [1.0], [0], 0).niw_curvature(x, "hinge")
+    with pytest.raises(ConfigError, match="replica.*-1"):
+        order_seed(0, -1)

@@ -136,3 +136,10 @@ def test_topk_beyond_the_rank_gives_zero_vectors() -> None:
     c = noise.dense()
     assert lam[2:].abs().max() < 1e-12 * lam[0] and vecs[:, 2:].abs().max() == 0
     torch.testing.assert_close(c @ vecs[:, :2], vecs[:, :2] * lam[:2], rtol=1e-9, atol=1e-13)
+
+
+def test_top_eigh_rejects_bad_input() -> None:
+    with pytest.raises(ConfigError, match="k"):
+        top_eigh(torch.eye(5, dtype=torch.float64), 6)
+    with pytest.raises(ConfigError, match="mat"):
+        top_eigh(torch.ones(3, 4, dtype=torch.float64), 1)

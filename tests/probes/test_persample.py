@@ -115,3 +115,5 @@ def test_invalid_inputs_raise_config_error() -> None:
         per_sample_gradients(model, CE, x, y, "backpack")
     with pytest.raises(ConfigError, match="x, y"):
         per_sample_gradients(model, CE, x, y[:3])
+    with pytest.raises(ConfigError, match="chunk_size"):
+        per_sample_gradients(model, CE, x, y, "func", chunk_size=0)

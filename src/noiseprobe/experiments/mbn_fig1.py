@@ -60,6 +60,9 @@ def load_data(dataset: str, inputs: str, seed: int = 0) -> tuple[Tensor, Tensor,
 
 def epoch_batches(seed: int, replicas: list[int], n: int, batch_size: int, epochs: int, stream: int) -> Tensor:
     """Minibatch indices (R, steps, S): per replica and epoch a fresh permutation, the remainder < S dropped."""
+    n = check_int("n", n, lo=1)
+    batch_size = check_int("batch_size", batch_size, lo=1, hi=n)
+    epochs = check_int("epochs", epochs, lo=1)
     per_epoch = n // batch_size
     perms = ReplicaStreams(seed, replicas, stream).permutations(n, epochs)[:, :, :per_epoch * batch_size]
     return torch.from_numpy(perms.reshape(len(replicas), epochs * per_epoch, batch_size))
@@ -78,6 +81,15 @@ def _ce(logits: Tensor, y: Tensor) -> Tensor:
     return torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none").mean(1)
 
 
+def _check_replicas(batches: Tensor, **lengths: int) -> None:
+    """Every per-replica input has one entry per replica of ``batches`` (R, steps, S)."""
+    if batches.dim() != 3:
+        raise ConfigError("batches", f"tensor of shape {tuple(batches.shape)}", "minibatch indices (R, steps, S)")
+    for name, length in lengths.items():
+        if length != batches.shape[0]:
+            raise ConfigError(name, f"{length} entries", f"one per replica of batches (R = {batches.shape[0]})")
+
+
 # ------------------------------------------------------------------------------------- training
 def train_tanh_net(x: Tensor, y: Tensor, width: int, lrs: Tensor, optimizer: str, init_gens: list[torch.Generator],
                    batches: Tensor, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> Tensor:
@@ -88,6 +100,8 @@ def train_tanh_net(x: Tensor, y: Tensor, width: int, lrs: Tensor, optimizer: str
     non-finite once a replica diverges.
     """
     check_choice("optimizer", optimizer, ("sgd", "adam"))
+    width = check_int("width", width, lo=1)
+    _check_replicas(batches, lrs=len(lrs), init_gens=len(init_gens))
     n_cls = int(y.max()) + 1
     w1, b1 = _init(x.shape[1], width, init_gens)
     w2, b2 = _init(width, n_cls, init_gens)
@@ -121,6 +135,8 @@ def train_logistic(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor, lr: flo
     w ← w − λ(ĝ + γw) for weight and bias (ĝ of the mean cross-entropy; float32).
 
     Returns final train/test loss and test accuracy per replica (non-finite = diverged)."""
+    lr = check_real("lr", lr, lo=0.0, lo_open=True)
+    _check_replicas(batches, gammas=len(gammas))
     n_cls = int(y.max()) + 1
     r, d = len(gammas), x.shape[1]
     w, b = torch.zeros(r, d, n_cls), torch.zeros(r, n_cls)

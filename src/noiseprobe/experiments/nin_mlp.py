@@ -426,8 +426,6 @@ class Fig2Bottom(_NINSweep):
         metrics: dict[str, Any] = {"horizon_steps": int(tables["results"]["step"].max()),
                                    "sigma_levels": self.sigmas(config).tolist()}
         checks, frac = self._phase_checks(config, runs, metrics)
-        metrics["runs"] = runs[["replica", "level", "sigma", "phase", "niw_ratio", "spike", "final_test_acc",
-                                "tau_niw"]].round(5).to_dict(orient="list")
         _curves_figure(config, tables["results"], runs, frac, self.title.split(":")[0], out)
         _phase_bar(frac, out)
         return metrics, checks

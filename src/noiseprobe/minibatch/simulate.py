@@ -51,7 +51,8 @@ def _sym(name: str, M: np.ndarray | float | None, D: int, *, psd: bool = True) -
     if arr.shape != (D, D) or not np.all(np.isfinite(arr)) or not np.allclose(arr, arr.T, atol=1e-12):
         raise ConfigError(name, M, f"a finite symmetric {D}x{D} matrix or a scalar")
     if psd and np.linalg.eigvalsh(arr).min() < -1e-12:
-        raise ConfigError(name, "matrix with negative eigenvalue", "a positive semi-definite matrix")
+        raise ConfigError(name, f"a matrix with minimum eigenvalue {np.linalg.eigvalsh(arr).min():.3g}",
+                          "a positive semi-definite matrix")
     return (arr + arr.T) / 2
 
 
@@ -295,6 +296,8 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
     burn_in = check_int("burn_in", burn_in, lo=0)
     measure_every = check_int("measure_every", measure_every, lo=1)
     mu = check_real("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
+    check_choice("replacement", replacement, (True, False))
+    init_scale = check_real("init_scale", init_scale, lo=0.0)
     if pb.X is not None and not replacement and S > pb.X.shape[0]:
         raise ConfigError("batch_size", S, f"<= N = {pb.X.shape[0]} when sampling without replacement")
     if snapshot_every is not None:
@@ -312,7 +315,10 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
     if w0 is None:
         w = center + init_scale * streams.normal((D,))
     else:
-        w = np.broadcast_to(np.asarray(w0, dtype=np.float64), (chains, D)).copy()
+        w0_arr = np.asarray(w0, dtype=np.float64)
+        if w0_arr.shape not in ((D,), (chains, D)) or not np.isfinite(w0_arr).all():
+            raise ConfigError("w0", f"array of shape {w0_arr.shape}", f"finite, of shape ({D},) or ({chains}, {D})")
+        w = np.broadcast_to(w0_arr, (chains, D)).copy()
     m = np.zeros_like(w)
     Gam = pb.Gamma
     gradQ = pb.hessian  # ∇L_train(w) = Q (w − center)

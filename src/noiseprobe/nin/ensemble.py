@@ -67,6 +67,7 @@ RECORD_COLUMNS = ("member", "replica", "sigma", "nin_mode", "epoch", "step", "tr
 
 def order_seed(seed: int, replica: int) -> int:
     """The integer seed of replica ``replica``'s data-order generator (pass it as ``probe.train(seed=...)``)."""
+    check_int("replica", int(replica) if isinstance(replica, np.integer) else replica, lo=0)
     return int(seed_sequence(seed, replica, STREAM_ORDER).generate_state(1, np.uint64)[0] >> np.uint64(2))
 
 
@@ -120,6 +121,7 @@ class MLPEnsemble:
         along the unit NIW. Exact for ReLU nets away from the kinks (zero second derivative a.e.):
         H = Jᵀ H_out J with J = ∂f/∂z^(ℓ_NI), so ŴᵀHŴ = uᵀ H_out u with u = J Ŵ (one forward-mode pass);
         H_out = diag(p) − ppᵀ for CE, (2/C) I for the MSE above."""
+        check_choice("loss", loss, LOSSES)
         with torch.no_grad():
             logits, zs = self.forward(x, keep=True)
             v = self.niw / self.niw.norm(dim=1, keepdim=True).clamp_min(1e-30)
@@ -183,6 +185,7 @@ def init_ensemble(sizes: Sequence[int], sigmas: Sequence[float], replicas: Seque
 
 def batch_losses(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
     """Per-sample losses (K, n) for labels ``y`` (K, n) or (n,); conventions in the module docstring."""
+    check_choice("loss", loss, LOSSES)
     c = logits.shape[-1]
     y = y.expand(logits.shape[:-1])
     if loss == "ce":
@@ -252,6 +255,10 @@ def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
     n = xtr.shape[0]
     check_int("batch_size", batch_size, lo=1, hi=n)
     check_int("probe_samples", probe_samples, lo=1)
+    check_int("eval_block", eval_block, lo=1)
+    if record_epochs is not None:
+        for e in record_epochs:
+            check_int("record_epochs", int(e) if isinstance(e, np.integer) else e, lo=0, hi=epochs)
     ens = ensemble.select(torch.arange(ensemble.k)) if ensemble is not None else init_ensemble(
         [xtr.shape[1], *hidden, int(max(ytr.max(), yte.max())) + 1], sigmas, replicas, seed,
         nin_layer=nin_layer, niw_init_std=niw_init_std, dtype=dtype)

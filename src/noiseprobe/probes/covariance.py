@@ -126,7 +126,11 @@ def top_eigh(mat: Tensor, k: int, tol: float | None = None, oversample: int = 10
     residual²/gap), or dense ``eigh`` once the Krylov space reaches n/2. The start block is seeded, so the
     result is deterministic.
     """
+    if mat.dim() != 2 or mat.shape[0] != mat.shape[1]:
+        raise ConfigError("mat", f"tensor of shape {tuple(mat.shape)}", "a square (n, n) matrix")
     n = mat.shape[0]
+    k = check_int("k", k, lo=1, hi=n)
+    oversample = check_int("oversample", oversample, lo=0)
     tol = (1e-6 if mat.dtype == torch.float64 else 1e-4) if tol is None else tol
     if n <= 400 or 4 * k >= n:
         lam, vec = torch.linalg.eigh(mat)

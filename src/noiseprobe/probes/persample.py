@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from noiseprobe.core.errors import ConfigError, check_choice
+from noiseprobe.core.errors import ConfigError, check_choice, check_int
 
 #: loss_fn(model_output, targets) -> per-sample losses of shape (N,)
 PerSampleLoss = Callable[[Tensor, Tensor], Tensor]
@@ -297,6 +297,8 @@ def per_sample_gradients(model: nn.Module, loss_fn: PerSampleLoss, x: Tensor, y:
     check_choice("method", method, ("auto", "hooks", "func"))
     if x.shape[0] != y.shape[0] or x.shape[0] < 1:
         raise ConfigError("x, y", (tuple(x.shape), tuple(y.shape)), "the same number N >= 1 of samples")
+    if chunk_size is not None:
+        check_int("chunk_size", chunk_size, lo=1)
     if method == "hooks":
         return HookFactors(model, loss_fn, x, y)
     if method == "auto" and supports_hooks(model):
