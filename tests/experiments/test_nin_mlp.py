@@ -12,7 +12,6 @@ import pytest
 
 from noiseprobe import experiments
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk
 from noiseprobe.experiments.nin_mlp import TABLE1_REFERENCE, noise_base, table1
 
 TINY = {"epochs": 6, "levels": [1e-4, 12.0], "n_seeds": 2, "n_train": 1000, "hidden": [16], "batch_size": 250,

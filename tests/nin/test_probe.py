@@ -21,15 +21,6 @@ from noiseprobe.nin.probe import NINRecorder, decay_times, efold_exponent, make_
 DOC = Path(__file__).resolve().parents[2] / "docs" / "nin_probe.md"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread avoids oversubscribing the shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_default(n_train=200, name="digits")

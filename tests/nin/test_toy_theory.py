@@ -74,6 +74,15 @@ def test_upper_limit_and_validation():
         th.tau_noise(1.0, 1.0, lr=-1.0)
     with pytest.raises(ConfigError):
         th.lyapunov_edge(0)
+    bad = [lambda: th.sigma_upper_limit(lr=0.01, M=0.0), lambda: th.sigma_upper_limit(lr=0.01, sigma_x=-1.0),
+           lambda: th.sigma_edge(1.0, 1.0, lr=0.01, edge=0.0), lambda: th.tau_loss(1.0, 1.0, lr=0.01, sigma_x=0.0),
+           lambda: th.niw_exponent(np.ones(3), 1.0, lr=float("nan")),
+           lambda: th.loss_exponent(np.ones(3), np.ones(3), lr=0.01, sigma_x=-2.0),
+           lambda: th.paper_boundaries(1.0, 1.0, 1.0, lr=0.01, M=float("inf")),
+           lambda: th.w1_star_sq(1.0, 1.0, M="one")]
+    for call in bad:
+        with pytest.raises(ConfigError):
+            call()
 
 
 def test_eq9_integrated_law_holds_in_the_decay_phase():

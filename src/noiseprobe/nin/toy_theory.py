@@ -25,7 +25,7 @@ import functools
 import numpy as np
 from scipy import integrate, optimize, special
 
-from noiseprobe.core.errors import check_int, check_real
+from noiseprobe.core.errors import ConfigError, check_int, check_real
 
 ArrayLike = float | np.ndarray
 
@@ -40,6 +40,8 @@ def paper_boundaries(w0: ArrayLike, w1: ArrayLike, w_ni: ArrayLike, *, lr: float
     min / max themselves (σ reading, as printed for σ_div).
     """
     lr = check_real("lr", lr, lo=0.0, lo_open=True)
+    sigma_x = check_real("sigma_x", sigma_x, lo=0.0, lo_open=True)
+    M = check_real("M", M)
     batch_size = check_int("batch_size", batch_size, lo=1)
     w0, w1, w_ni = np.broadcast_arrays(*(np.asarray(w, dtype=np.float64) for w in (w0, w1, w_ni)))
     with np.errstate(divide="ignore"):
@@ -54,6 +56,7 @@ def paper_boundaries(w0: ArrayLike, w1: ArrayLike, w_ni: ArrayLike, *, lr: float
 def w1_star_sq(w0: ArrayLike, w1: ArrayLike, M: float = 1.0) -> np.ndarray:
     """w1*² of the minimum reached by gradient flow: w0² − w1² is conserved and w1 w0 = M, so
     w1*² = (c + √(c² + 4M²))/2 with c = w1,0² − w0,0² (reference §4, derived there)."""
+    M = check_real("M", M)
     c = np.asarray(w1, dtype=np.float64) ** 2 - np.asarray(w0, dtype=np.float64) ** 2
     return 0.5 * (c + np.sqrt(c * c + 4.0 * M * M))
 
@@ -62,6 +65,7 @@ def sigma_edge(w0: ArrayLike, w1: ArrayLike, *, lr: float, M: float = 1.0, edge:
     """Corrected decay|catapult predictor: the final minimum is unstable for the NIW once
     η σε² w1*² > edge, i.e. σ_edge = √(edge/(η w1*²)) (reference §4, 'final-minimum edge')."""
     lr = check_real("lr", lr, lo=0.0, lo_open=True)
+    edge = check_real("edge", edge, lo=0.0, lo_open=True)
     return np.sqrt(edge / (lr * w1_star_sq(w0, w1, M)))
 
 
@@ -76,6 +80,10 @@ def sigma_horizon(sum_w1sq: ArrayLike, *, lr: float) -> np.ndarray:
 def sigma_upper_limit(*, lr: float, M: float = 1.0, sigma_x: float = 1.0) -> float:
     """No minimum is stable above σε = 2/(η |M| σx): η σε² w1² < 2 and η σx² w0² < 2 on w1 w0 = M."""
     lr = check_real("lr", lr, lo=0.0, lo_open=True)
+    M = check_real("M", M)
+    sigma_x = check_real("sigma_x", sigma_x, lo=0.0, lo_open=True)
+    if M == 0.0:
+        raise ConfigError("M", M, "a nonzero target (M = 0 has no upper limit)")
     return 2.0 / (lr * abs(M) * sigma_x)
 
 
@@ -88,6 +96,7 @@ def tau_noise(w1: ArrayLike, sigma_eps: ArrayLike, *, lr: float) -> np.ndarray:
 def tau_loss(w0: ArrayLike, w1: ArrayLike, *, lr: float, sigma_x: float = 1.0) -> np.ndarray:
     """Eq. (10), clean loss: τ_loss = −L/L̇ = 1/(2 σx² (w0² + w1²)) in time t (eq. 30), in steps divided by η."""
     lr = check_real("lr", lr, lo=0.0, lo_open=True)
+    sigma_x = check_real("sigma_x", sigma_x, lo=0.0, lo_open=True)
     q = np.asarray(w0, dtype=np.float64) ** 2 + np.asarray(w1, dtype=np.float64) ** 2
     return 1.0 / (2.0 * lr * sigma_x ** 2 * q)
 
@@ -95,6 +104,7 @@ def tau_loss(w0: ArrayLike, w1: ArrayLike, *, lr: float, sigma_x: float = 1.0) -
 def niw_exponent(w1: np.ndarray, sigma_eps: ArrayLike, *, lr: float) -> np.ndarray:
     """Eq. (9), NIW: −log(w_NI(t)/w_NI(0)) ≈ η σε² Σ_{s<t} w1(s)², for trajectories w1 of shape (..., T);
     returns shape (..., T) with 0 at t = 0."""
+    lr = check_real("lr", lr, lo=0.0, lo_open=True)
     w1 = np.asarray(w1, dtype=np.float64)
     s = np.cumsum(w1 ** 2, axis=-1) - w1 ** 2
     return lr * np.asarray(sigma_eps, dtype=np.float64)[..., None] ** 2 * s
@@ -102,6 +112,8 @@ def niw_exponent(w1: np.ndarray, sigma_eps: ArrayLike, *, lr: float) -> np.ndarr
 
 def loss_exponent(w0: np.ndarray, w1: np.ndarray, *, lr: float, sigma_x: float = 1.0) -> np.ndarray:
     """Eq. (9), clean loss: −log(L(t)/L(0)) ≈ 2 η σx² Σ_{s<t} (w0(s)² + w1(s)²), shape (..., T)."""
+    lr = check_real("lr", lr, lo=0.0, lo_open=True)
+    sigma_x = check_real("sigma_x", sigma_x, lo=0.0, lo_open=True)
     q = np.asarray(w0, dtype=np.float64) ** 2 + np.asarray(w1, dtype=np.float64) ** 2
     return 2.0 * lr * sigma_x ** 2 * (np.cumsum(q, axis=-1) - q)
 
