@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -108,7 +109,6 @@ def test_end_to_end_quick_overrides(tmp_path) -> None:
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["experiment"] == "mbn-fig1"
     assert set(summary["figures"]) == {"fig1_left_sgd.png", "fig1_middle_adam.png", "fig1_right.png"}
     assert len(summary["checks"]) == 6 and all(set(c) >= {"claim", "measured", "passed"} for c in summary["checks"])
-    import pandas as pd
 
     res = pd.read_parquet(tmp_path / "run" / "results.parquet")
     left, right = res[res["panel"] == "left"], res[res["panel"] == "right"]
@@ -125,7 +125,6 @@ def test_end_to_end_quick_overrides(tmp_path) -> None:
 
 
 def _left_table(fixed_growth: float, rescaled_spread: float) -> "pd.DataFrame":
-    import pandas as pd
 
     rows = []
     for opt in ("sgd", "adam"):
@@ -139,7 +138,6 @@ def _left_table(fixed_growth: float, rescaled_spread: float) -> "pd.DataFrame":
 
 
 def _right_table(best_gamma: float) -> "pd.DataFrame":
-    import pandas as pd
 
     rng = np.random.default_rng(0)
     gammas = [-0.01, 0.0, 0.01]
