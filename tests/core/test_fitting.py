@@ -35,6 +35,11 @@ def test_crossing_recovers_a_log_linear_level_exactly():
     assert np.isclose(crossing(x, f), 1.0)
     assert np.isnan(crossing(x, 0.2 * f))              # never reaches 1/2
     assert np.isnan(crossing(x, f + 0.6))              # already above at the first point
+    with pytest.raises(ConfigError):
+        crossing(x, f, level=float("nan"))
+    with pytest.raises(ConfigError):
+        crossing(np.linspace(-1.0, 1.0, 9), f)            # log x needs x > 0
+    assert np.isclose(crossing(np.linspace(-1.0, 1.0, 9), np.linspace(0.0, 1.0, 9), log_x=False), 0.0)
 
 
 @pytest.mark.parametrize("offset", [True, False])

@@ -52,6 +52,9 @@ def test_classify_with_stability_diverged_flag_and_loss_bound():
         classify(niw[:, :1], loss[:, :1])
     with pytest.raises(ConfigError):
         classify(niw, loss, stability=np.zeros(3))
+    for kwargs in (dict(overflow=-1.0), dict(loss_bound=0.0), dict(loss_bound="x"), dict(diverged=[True, False])):
+        with pytest.raises(ConfigError):
+            classify(niw, loss, **kwargs)
 
 
 def test_curve_classifier_agrees_with_the_toy_models_online_rule():
@@ -95,3 +98,10 @@ def test_phase_fractions_and_boundaries_on_a_known_grid():
     seeds = np.tile(np.arange(n), sigma_grid.size)
     bb = boundaries_bootstrap(sig, codes, seeds, n_boot=50)
     assert bb["decay|catapult"][0] == b["decay|catapult"] and bb["decay|catapult"][1] > 0
+    with pytest.raises(ConfigError):
+        boundaries(sig, codes + 1)                                    # code 4 does not exist
+    for kwargs in (dict(n_boot=1), dict(seed=-1)):
+        with pytest.raises(ConfigError):
+            boundaries_bootstrap(sig, codes, seeds, **kwargs)
+    with pytest.raises(ConfigError):
+        boundaries_bootstrap(sig, codes, seeds[:-1])

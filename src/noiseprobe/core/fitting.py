@@ -63,6 +63,9 @@ def crossing(x: np.ndarray, f: np.ndarray, level: float = 0.5, *, log_x: bool = 
     f = np.asarray(f, dtype=np.float64)
     if x.shape != f.shape or x.ndim != 1:
         raise ConfigError("f", f"shape {f.shape}", f"the shape of x, {x.shape}, one-dimensional")
+    level = check_real("level", level)
+    if log_x and x.size and not (x > 0).all():
+        raise ConfigError("x", x.tolist(), "positive values when log_x=True")
     above = f >= level
     if x.size == 0 or not above.any() or above[0]:
         return float("nan")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from noiseprobe.core.errors import ConfigError, check_real
+from noiseprobe.core.errors import ConfigError, check_int, check_real
 from noiseprobe.core.fitting import crossing
 
 PHASES: tuple[str, ...] = ("decoupled", "decay", "catapult", "divergent")  # codes 0..3 in this order
@@ -63,9 +63,15 @@ def classify(niw_norm: np.ndarray, loss: np.ndarray, *, stability: np.ndarray | 
     los = np.asarray(loss, dtype=np.float64)
     if n.ndim != 2 or los.shape != n.shape or n.shape[1] < 2:
         raise ConfigError("niw_norm/loss", f"shapes {n.shape}/{los.shape}", "two equal (R, T) arrays with T >= 2")
+    overflow = check_real("overflow", overflow, lo=0.0, lo_open=True)
+    if not (isinstance(loss_bound, (int, float, np.floating, np.integer)) and float(loss_bound) > 0):
+        raise ConfigError("loss_bound", loss_bound, "a number > 0 (np.inf: no bound)")
     bad = ~(np.isfinite(n) & (np.abs(n) <= overflow)).all(1) | ~(np.isfinite(los) & (np.abs(los) <= overflow)).all(1)
     if diverged is not None:
-        bad |= np.asarray(diverged, dtype=bool)
+        div = np.asarray(diverged, dtype=bool)
+        if div.shape != n.shape[:1]:
+            raise ConfigError("diverged", f"shape {div.shape}", f"one flag per run, shape {n.shape[:1]}")
+        bad |= div
     with np.errstate(invalid="ignore"):
         stalled = los[:, -1] > loss_bound
         ratio = n[:, -1] / n[:, 0]
@@ -89,6 +95,9 @@ def _counts(sigma: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarra
     codes = np.asarray(codes).ravel().astype(np.int64)
     if sigma.shape != codes.shape:
         raise ConfigError("codes", f"shape {codes.shape}", f"the shape of sigma, {sigma.shape}")
+    if codes.size and (codes.min() < 0 or codes.max() >= len(PHASES)):
+        raise ConfigError("codes", sorted(set(codes.tolist()) - set(range(len(PHASES)))),
+                          f"phase codes 0 .. {len(PHASES) - 1} ({', '.join(PHASES)})")
     levels, inv = np.unique(sigma, return_inverse=True)
     return levels, inv, codes
 
@@ -125,8 +134,13 @@ def boundaries_bootstrap(sigma: np.ndarray, codes: np.ndarray, seeds: np.ndarray
                          seed: int = 0) -> dict[str, tuple[float, float]]:
     """(estimate, bootstrap standard error) of each boundary, resampling the seed indices (columns of
     the σ × seed grid) with replacement; NaN replicates are dropped from the spread."""
+    n_boot = check_int("n_boot", n_boot, lo=2)
+    seed = check_int("seed", seed, lo=0)
     levels, inv, codes = _counts(sigma, codes)
-    ids, sinv = np.unique(np.asarray(seeds).ravel(), return_inverse=True)
+    seeds = np.asarray(seeds).ravel()
+    if seeds.shape != codes.shape:
+        raise ConfigError("seeds", f"shape {seeds.shape}", f"one seed index per run, shape {codes.shape}")
+    ids, sinv = np.unique(seeds, return_inverse=True)
     per_seed = np.zeros((ids.size, levels.size, len(PHASES)))       # phase counts per seed and σ level
     np.add.at(per_seed, (sinv, inv, codes), 1.0)
     est = _boundaries_from_counts(levels, per_seed.sum(axis=0))
