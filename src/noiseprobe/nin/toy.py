@@ -420,6 +420,9 @@ def simulate(sigma_eps: float | np.ndarray, *, w0: float | np.ndarray, w1: float
     traj = np.full((rec.size, rsteps.size, 4), np.nan)
     stats = np.empty((n, _NF))
     ovf = np.empty(n, dtype=np.int64)
-    _simulate(a0, a1, an, se, eta, sx, m, b, method == "exact", replica_keys(seed, reps), steps, threshold,
-              rec_row, rsteps, traj, stats, ovf)
+    # Dynamic scheduling in small chunks: replicas on a σ grid diverge (and stop) at very different
+    # steps, so numba's default equal static split leaves threads idle. Results do not depend on it.
+    with numba.parallel_chunksize(8):
+        _simulate(a0, a1, an, se, eta, sx, m, b, method == "exact", replica_keys(seed, reps), steps,
+                  threshold, rec_row, rsteps, traj, stats, ovf)
     return ToyRun(se, eta, b, sx, m, a0, a1, an, reps, steps, method, stats, ovf, rec, rsteps, traj)
