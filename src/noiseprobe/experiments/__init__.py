@@ -35,7 +35,7 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
 }
 
 #: the quick runs `noiseprobe demo` makes, one or more per paper
-DEMO: tuple[str, ...] = ("nin-fig2-top", "nin-fig2-bottom", "mbn-fig3", "sl-fig2")
+DEMO: tuple[str, ...] = ("nin-fig2-top", "nin-fig2-bottom", "nin-table1", "mbn-fig3", "mbn-fig2", "sl-fig2")
 
 
 def get(exp_id: str) -> Experiment:
