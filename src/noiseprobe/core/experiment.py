@@ -21,9 +21,6 @@ import pandas as pd
 
 from noiseprobe.core.errors import ConfigError
 
-ChunkResult = "pd.DataFrame | dict[str, pd.DataFrame]"
-
-
 @dataclass(frozen=True)
 class Check:
     """A paper's claim, measured. ``expected`` and ``tolerance`` are numbers or short strings."""
@@ -38,7 +35,7 @@ class Check:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["passed"] = bool(self.passed)
-        return _jsonable(d)
+        return jsonable(d)
 
 
 @dataclass(frozen=True)
@@ -120,16 +117,16 @@ def _coerce(name: str, value: Any, like: Any) -> Any:
     raise ConfigError(name, value, f"a value of type {type(like).__name__}")
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
     """Plain JSON types (numpy scalars and arrays converted; non-finite floats kept as strings)."""
     import numpy as np
 
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist())
     if isinstance(obj, (np.bool_, bool)):
         return bool(obj)
     if isinstance(obj, np.integer):
@@ -138,8 +135,3 @@ def _jsonable(obj: Any) -> Any:
         f = float(obj)
         return f if math.isfinite(f) else str(f)
     return obj
-
-
-def jsonable(obj: Any) -> Any:
-    """Public alias of the converter used for summary.json."""
-    return _jsonable(obj)

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 
 from noiseprobe import __version__
-from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.executors import make_executor
 from noiseprobe.core.experiment import Chunk, Experiment, jsonable
 from noiseprobe.core.progress import progress
@@ -99,4 +98,4 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-__all__ = ["run_experiment", "execute_chunk", "default_workers", "ConfigError"]
+__all__ = ["run_experiment", "execute_chunk", "default_workers"]
