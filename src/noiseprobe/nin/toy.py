@@ -20,13 +20,15 @@ Two samplers of the moments share that one step:
   with Φ ~ N(0, 1). Then the w1 and w_NI steps are *literally* eq. (5) with A, Ã, B = η w_NI², B̃ = η w1²,
   C = η D w0 σx² of eq. (6), and w0 follows the derived equation w0' = w0 − η σx² w1 D + η (Φ σx σε/√B) w1² w_NI.
 
-Every replica is advanced by one fused numba kernel (parallel over replicas, a loop over steps inside),
-which records the phase and decay statistics online instead of full trajectories. Randomness: each
-replica owns a SplitMix64 stream keyed by ``seed_sequence(seed, replica)`` (normals by the ziggurat
-method, χ² by Marsaglia–Tsang), so the numbers do not depend on chunking or on the thread count.
-The kernel is compiled with ``fastmath={"contract"}`` only (fused multiply-adds; no assumptions about
-NaN or inf, which the divergence test relies on). A replica whose weights leave |w| <= ``threshold`` or become non-finite is frozen at its last finite
-state and its overflow step recorded; the others continue.
+Every replica is advanced by a fused numba kernel (parallel over replicas, a loop over steps inside;
+one compiled kernel per sampler), which records the phase and decay statistics online instead of full
+trajectories. Randomness: each replica owns a SplitMix64 stream keyed by ``seed_sequence(seed, replica)``
+(normals by the ziggurat method; at B = 1, x and ε from the two 32-bit halves of one output, in Marsaglia
+& Tsang's 32-bit form; χ² by Marsaglia–Tsang), so the numbers do not depend on chunking or on the thread
+count. The kernel is compiled with ``fastmath={"contract"}`` only (fused multiply-adds; no assumptions
+about NaN or inf, which the divergence test relies on). A replica whose weights leave |w| <= ``threshold``
+or become non-finite is frozen at its last finite state and its overflow step recorded; the others
+continue.
 """
 
 from __future__ import annotations
@@ -90,12 +92,28 @@ _ZIG_R = 3.442619855899
 _LOW7 = np.uint64(0x7F)
 
 
+_LOW32, _S32, _S7, _ZERO = np.uint64(0xFFFFFFFF), np.uint64(32), np.uint64(7), np.uint64(0)
+
+
+@numba.njit(cache=True, inline="always")
+def _bits53(z: np.uint64) -> tuple[np.int64, float]:
+    """A ziggurat draw from 64 random bits: layer i from the low 7, u in (-1, 1) from the top 53."""
+    return np.int64(z & _LOW7), (np.int64(z >> _S11) + 0.5) * (2.0 / 9007199254740992.0) - 1.0
+
+
+@numba.njit(cache=True, inline="always")
+def _bits32(v: np.uint64) -> tuple[np.int64, float]:
+    """A ziggurat draw from 32 random bits (Marsaglia & Tsang's form): layer i from the low 7, u from
+    the other 25."""
+    return np.int64(v & _LOW7), (np.int64(v >> _S7) + 0.5) * (2.0 / 33554432.0) - 1.0
+
+
 @numba.njit(cache=True, inline="always")
 def _layer(s: np.uint64) -> tuple[np.uint64, np.int64, float]:
-    """One ziggurat draw: (state, layer i from the low 7 bits, u in (-1, 1) from the top 53 bits)."""
+    """Advance the state; return (state, i, u) of one 53-bit ziggurat draw."""
     s = s + _GOLDEN
-    z = _mix(s)
-    return s, np.int64(z & _LOW7), (np.int64(z >> _S11) + 0.5) * (2.0 / 9007199254740992.0) - 1.0
+    i, u = _bits53(_mix(s))
+    return s, i, u
 
 
 @numba.njit(cache=True)
@@ -122,13 +140,19 @@ def _normal_slow(s: np.uint64, i: np.int64, u: float) -> tuple[np.uint64, float]
 
 
 @numba.njit(cache=True, inline="always")
-def _normal(s: np.uint64) -> tuple[np.uint64, float]:
-    """One N(0, 1) by the ziggurat: one SplitMix64 output, accepted in the layer's rectangle about
-    99 % of the time; the rest goes to :func:`_normal_slow` (kept out of line so this path inlines)."""
-    s, i, u = _layer(s)
+def _ziggurat(s: np.uint64, i: np.int64, u: float) -> tuple[np.uint64, float]:
+    """N(0, 1) from the draw (i, u): accepted in the layer's rectangle about 99 % of the time; the rest
+    goes to :func:`_normal_slow` (kept out of line so this path inlines)."""
     if abs(u) < _ZR[i]:
         return s, u * _ZX[i]
     return _normal_slow(s, i, u)
+
+
+@numba.njit(cache=True, inline="always")
+def _normal(s: np.uint64) -> tuple[np.uint64, float]:
+    """One N(0, 1) by the ziggurat from one SplitMix64 output."""
+    s, i, u = _layer(s)
+    return _ziggurat(s, i, u)
 
 
 @numba.njit(cache=True)
@@ -150,21 +174,105 @@ def _chi2(s: np.uint64, k: int) -> tuple[np.uint64, float]:
             return s, 2.0 * d * v
 
 
+# ---------------------------------------------------------------------------------------------------
+# Samplers of one step's batch moments (S_xx, S_xε, S_εε), one per kind of replica. Each is a pair:
+# ``draw(s, b, sx, se) -> (s, z, complete, S_xx, S_xε, S_εε)`` does the cheap common part inline (one
+# SplitMix64 output z); when ``complete`` is False, ``finish(s, z, b, sx, se) -> (s, S_xx, S_xε, S_εε)``
+# redoes the draw from z with the rare branches (or does all of it, for B > 1). The simulation kernel
+# keeps every function call out of its hot loop this way; the numbers are those of drawing inline.
+
 @numba.njit(cache=True, inline="always")
-def _moments(s: np.uint64, exact: bool, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
-    """One step's batch moments (S_xx, S_xε, S_εε); see the module docstring for the two samplers."""
-    if not exact:
-        s, phi = _normal(s)
-        return s, sx * sx, -phi * sx * se / np.sqrt(b), se * se
-    if b == 1:
-        s, zx = _normal(s)
-        s, ze = _normal(s)
-        return s, sx * sx * zx * zx, sx * se * zx * ze, se * se * ze * ze
-    # Bartlett: B·S = L A Aᵀ Lᵀ, L = diag(σx, σε), A = [[c1, 0], [n, c2]], c1² ~ χ²_B, c2² ~ χ²_{B-1}
+def _draw_single(s: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, np.uint64, bool, float, float, float]:
+    """Exact SGD at B = 1: (x, ε) from the two 32-bit halves of one output."""
+    s = s + _GOLDEN
+    z = _mix(s)
+    ix, ux = _bits32(z & _LOW32)
+    ie, ue = _bits32(z >> _S32)
+    zx, ze = ux * _ZX[ix], ue * _ZX[ie]
+    complete = abs(ux) < _ZR[ix] and abs(ue) < _ZR[ie]
+    return s, z, complete, sx * sx * zx * zx, sx * se * zx * ze, se * se * ze * ze
+
+
+@numba.njit(cache=True)
+def _finish_single(s: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
+    ix, ux = _bits32(z & _LOW32)
+    s, zx = _ziggurat(s, ix, ux)
+    ie, ue = _bits32(z >> _S32)
+    s, ze = _ziggurat(s, ie, ue)
+    return s, sx * sx * zx * zx, sx * se * zx * ze, se * se * ze * ze
+
+
+@numba.njit(cache=True, inline="always")
+def _draw_reduced(s: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, np.uint64, bool, float, float, float]:
+    """The reduced map, eqs. (5)-(6): S_xx = σx², S_εε = σε², S_xε = −Φ σx σε/√B, Φ ~ N(0, 1)."""
+    s = s + _GOLDEN
+    z = _mix(s)
+    i, u = _bits53(z)
+    return s, z, abs(u) < _ZR[i], sx * sx, -u * _ZX[i] * sx * se / np.sqrt(b), se * se
+
+
+@numba.njit(cache=True)
+def _finish_reduced(s: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
+    i, u = _bits53(z)
+    s, phi = _ziggurat(s, i, u)
+    return s, sx * sx, -phi * sx * se / np.sqrt(b), se * se
+
+
+@numba.njit(cache=True, inline="always")
+def _draw_wishart(s: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, np.uint64, bool, float, float, float]:
+    """Exact SGD at B > 1: nothing inline (the χ² draws loop); all of it in :func:`_finish_wishart`."""
+    return s, _ZERO, False, 0.0, 0.0, 0.0
+
+
+@numba.njit(cache=True)
+def _finish_wishart(s: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
+    """Bartlett: B·S = L A Aᵀ Lᵀ, L = diag(σx, σε), A = [[c1, 0], [n, c2]], c1² ~ χ²_B, c2² ~ χ²_{B-1}."""
     s, c1sq = _chi2(s, b)
     s, c2sq = _chi2(s, b - 1)
     s, n = _normal(s)
     return s, sx * sx * c1sq / b, sx * se * np.sqrt(c1sq) * n / b, se * se * (n * n + c2sq) / b
+
+
+SAMPLERS: tuple[str, ...] = ("single", "wishart", "reduced")   # exact B = 1, exact B > 1, eqs. (5)-(6)
+
+
+@numba.njit(cache=True, inline="always")
+def _draw(kind: int, s: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, np.uint64, bool, float, float, float]:
+    """The draw of sampler ``SAMPLERS[kind]``; ``kind`` is a constant in each kernel, so one branch remains."""
+    if kind == 0:
+        return _draw_single(s, b, sx, se)
+    if kind == 1:
+        return _draw_wishart(s, b, sx, se)
+    return _draw_reduced(s, b, sx, se)
+
+
+@numba.njit(cache=True)
+def _finish(kind: int, s: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
+    """The completion of sampler ``SAMPLERS[kind]`` (out of line)."""
+    if kind == 0:
+        return _finish_single(s, z, b, sx, se)
+    if kind == 1:
+        return _finish_wishart(s, z, b, sx, se)
+    return _finish_reduced(s, z, b, sx, se)
+
+
+@numba.njit(cache=True)
+def _draws(kind: int, key: np.uint64, n: int, b: int, sx: float, se: float) -> np.ndarray:
+    out = np.empty((n, 3))
+    s = key
+    for k in range(n):
+        s, z, complete, out[k, 0], out[k, 1], out[k, 2] = _draw(kind, s, b, sx, se)
+        if not complete:
+            s, out[k, 0], out[k, 1], out[k, 2] = _finish(kind, s, z, b, sx, se)
+    return out
+
+
+def draw_moments(key: np.uint64, n: int, method: str, batch_size: int, sigma_x: float,
+                 sigma_eps: float) -> np.ndarray:
+    """``n`` successive (S_xx, S_xε, S_εε) draws of one replica's stream, as the kernel draws them:
+    shape (n, 3). For tests."""
+    kind = 2 if method == "reduced" else (0 if batch_size == 1 else 1)
+    return _draws(kind, np.uint64(key), n, batch_size, sigma_x, sigma_eps)
 
 
 @numba.njit(cache=True, inline="always", fastmath={"contract"})
@@ -176,17 +284,6 @@ def sgd_step(w0: float, w1: float, wn: float, sxx: float, sxe: float, see: float
     g1 = d * w0 * sxx + (2.0 * w1 * w0 - m) * wn * sxe + w1 * wn * wn * see
     gn = w1 * (d * sxe + w1 * wn * see)
     return w0 - lr * g0, w1 - lr * g1, wn - lr * gn
-
-
-@numba.njit(cache=True)
-def draw_moments(key: np.uint64, n: int, exact: bool, batch_size: int, sigma_x: float,
-                 sigma_eps: float) -> np.ndarray:
-    """``n`` successive (S_xx, S_xε, S_εε) draws of one replica's stream: shape (n, 3). For tests."""
-    out = np.empty((n, 3))
-    s = key
-    for i in range(n):
-        s, out[i, 0], out[i, 1], out[i, 2] = _moments(s, exact, batch_size, sigma_x, sigma_eps)
-    return out
 
 
 # columns of the float statistics returned by the kernel
@@ -229,59 +326,91 @@ def _record_efolds(st: np.ndarray, col_t: int, col_e: int, t: int, y_prev: float
     return thr, k
 
 
-@numba.njit(parallel=True, cache=True, fastmath={"contract"})
-def _simulate(w0i, w1i, wni, sigma, lr, sigma_x, m, batch, exact, keys, steps, threshold,
-              rec_row, rec_steps, traj, stats, overflow_step):
-    nan = np.nan
-    for r in numba.prange(keys.shape[0]):
-        s = keys[r]
-        w0, w1, wn = w0i[r], w1i[r], wni[r]
-        se, sx, eta, mm, b = sigma[r], sigma_x[r], lr[r], m[r], batch[r]
-        a_n, a_l, hx = eta * se * se, 2.0 * eta * sx * sx, 0.5 * sx * sx   # eq. (9) prefactors; ½σx²
-        n0 = abs(wn)
-        loss0 = hx * (w1 * w0 - mm) * (w1 * w0 - mm)
-        # next e-fold levels (k = 1, then 2); -1 once both were crossed or when undefined
-        thr_n = n0 * np.exp(-1.0) if n0 > 0 else -1.0
-        thr_l = loss0 * np.exp(-1.0) if loss0 > 0 else -1.0
-        kn = kl = 0
-        st = stats[r]
-        st[_C_NIW_T:_C_LOSS_E + 2] = nan                    # e-fold steps and exponents
-        sw1 = sw01 = 0.0                                    # Σ_{s<t} w1², Σ_{s<t} (w0² + w1²)
-        max_w1sq = max_wnsq = max_loss = 0.0
-        yn_prev, yl_prev, en_prev, el_prev = n0, loss0, 0.0, 0.0
-        row, ptr = rec_row[r], 0
-        ovf = -1
-        loss = loss0
-        for t in range(steps + 1):
-            d = w1 * w0 - mm
-            loss = hx * d * d
-            yn = abs(wn)
-            max_w1sq = max(max_w1sq, w1 * w1)
-            max_wnsq = max(max_wnsq, wn * wn)
-            max_loss = max(max_loss, loss)
-            if yn <= thr_n:                                 # rare: at most twice per run
-                thr_n, kn = _record_efolds(st, _C_NIW_T, _C_NIW_E, t, yn_prev, yn, n0, thr_n, kn,
-                                           en_prev, a_n * sw1)
-            if loss <= thr_l:
-                thr_l, kl = _record_efolds(st, _C_LOSS_T, _C_LOSS_E, t, yl_prev, loss, loss0, thr_l, kl,
-                                           el_prev, a_l * sw01)
-            if row >= 0 and ptr < rec_steps.shape[0] and rec_steps[ptr] == t:
-                traj[row, ptr, 0], traj[row, ptr, 1], traj[row, ptr, 2], traj[row, ptr, 3] = w0, w1, wn, loss
-                ptr += 1
-            if t == steps:
-                break
-            yn_prev, yl_prev, en_prev, el_prev = yn, loss, a_n * sw1, a_l * sw01
-            sw1 += w1 * w1
-            sw01 += w0 * w0 + w1 * w1
-            s, sxx, sxe, see = _moments(s, exact, b, sx, se)
-            v0, v1, vn = sgd_step(w0, w1, wn, sxx, sxe, see, eta, mm)
-            if not (abs(v0) <= threshold and abs(v1) <= threshold and abs(vn) <= threshold):
-                ovf = t + 1                                 # also catches NaN
-                break
-            w0, w1, wn = v0, v1, vn
-        st[0], st[1], st[2], st[3], st[4], st[5] = w0, w1, wn, a_n * max_w1sq, a_n * max_wnsq, sw1
-        st[14], st[15], st[16], st[17] = loss0, loss, max_loss, np.sqrt(max_wnsq)
-        overflow_step[r] = ovf
+def _make_kernel(kind: int):
+    """Compile the replica-parallel simulation kernel for the sampler ``SAMPLERS[kind]``. (A closure over
+    an int, not over the sampler functions: numba caches it then.)"""
+
+    @numba.njit(parallel=True, cache=True, fastmath={"contract"})
+    def kernel(idx, w0i, w1i, wni, sigma, lr, sigma_x, m, batch, keys, steps, threshold, rec_row, rec_steps,
+               traj, stats, overflow_step):
+        nan = np.nan
+        for k in numba.prange(idx.shape[0]):
+            r = idx[k]
+            w0, w1, wn = w0i[r], w1i[r], wni[r]
+            se, sx, eta, mm, b = sigma[r], sigma_x[r], lr[r], m[r], batch[r]
+            a_n, a_l, hx = eta * se * se, 2.0 * eta * sx * sx, 0.5 * sx * sx   # eq. (9) prefactors; ½σx²
+            n0 = abs(wn)
+            loss0 = hx * (w1 * w0 - mm) * (w1 * w0 - mm)
+            # next e-fold levels (k = 1, then 2); -1 once both were crossed or when undefined
+            thr_n = n0 * np.exp(-1.0) if n0 > 0 else -1.0
+            thr_l = loss0 * np.exp(-1.0) if loss0 > 0 else -1.0
+            kn = kl = 0
+            st = stats[r]
+            st[_C_NIW_T:_C_LOSS_E + 2] = nan                  # e-fold steps and exponents
+            sw1 = sw01 = 0.0                                  # Σ_{s<t} w1², Σ_{s<t} (w0² + w1²)
+            max_w1sq = max_wnsq = max_loss = 0.0
+            yn_prev, yl_prev, sw1_prev, sw01_prev = n0, loss0, 0.0, 0.0
+            row, ptr = rec_row[r], 0
+            n_rec = rec_steps.shape[0] if row >= 0 else 0
+            t_next = rec_steps[0] if n_rec > 0 else steps      # next step to record (or the last step)
+            ovf = -1
+            loss = loss0
+            t = 0
+            # the moments of the update t -> t+1 are drawn one step ahead
+            s, z, complete, sxx, sxe, see = _draw(kind, keys[r], b, sx, se)
+            while True:
+                if not complete:
+                    s, sxx, sxe, see = _finish(kind, s, z, b, sx, se)
+                    complete = True
+                # Hot loop, free of function calls: it stops at an event at step t (an e-fold level
+                # crossed, a step to record, the last step), at an incomplete draw, or at overflow. It
+                # is re-entered at the same t once that is dealt with; an event cannot fire twice.
+                while True:
+                    d = w1 * w0 - mm
+                    loss = hx * d * d
+                    yn = abs(wn)
+                    max_w1sq = max(max_w1sq, w1 * w1)
+                    max_wnsq = max(max_wnsq, wn * wn)
+                    max_loss = max(max_loss, loss)
+                    if yn <= thr_n or loss <= thr_l or t == t_next:
+                        break
+                    yn_prev, yl_prev, sw1_prev, sw01_prev = yn, loss, sw1, sw01
+                    sw1 += w1 * w1
+                    sw01 += w0 * w0 + w1 * w1
+                    v0, v1, vn = sgd_step(w0, w1, wn, sxx, sxe, see, eta, mm)
+                    t += 1
+                    if not (abs(v0) <= threshold and abs(v1) <= threshold and abs(vn) <= threshold):
+                        ovf = t                               # also catches NaN
+                        break
+                    w0, w1, wn = v0, v1, vn
+                    s, z, complete, sxx, sxe, see = _draw(kind, s, b, sx, se)
+                    if not complete:
+                        break
+                if ovf >= 0:
+                    break
+                if not complete:
+                    continue
+                if yn <= thr_n:
+                    thr_n, kn = _record_efolds(st, _C_NIW_T, _C_NIW_E, t, yn_prev, yn, n0, thr_n, kn,
+                                               a_n * sw1_prev, a_n * sw1)
+                if loss <= thr_l:
+                    thr_l, kl = _record_efolds(st, _C_LOSS_T, _C_LOSS_E, t, yl_prev, loss, loss0, thr_l, kl,
+                                               a_l * sw01_prev, a_l * sw01)
+                if t == t_next:
+                    if ptr < n_rec and rec_steps[ptr] == t:
+                        traj[row, ptr, 0], traj[row, ptr, 1], traj[row, ptr, 2], traj[row, ptr, 3] = w0, w1, wn, loss
+                        ptr += 1
+                    if t == steps:
+                        break
+                    t_next = rec_steps[ptr] if ptr < n_rec else steps
+            st[0], st[1], st[2], st[3], st[4], st[5] = w0, w1, wn, a_n * max_w1sq, a_n * max_wnsq, sw1
+            st[14], st[15], st[16], st[17] = loss0, loss, max_loss, np.sqrt(max_wnsq)
+            overflow_step[r] = ovf
+
+    return kernel
+
+
+_KERNELS = {name: _make_kernel(kind) for kind, name in enumerate(SAMPLERS)}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -422,7 +551,11 @@ def simulate(sigma_eps: float | np.ndarray, *, w0: float | np.ndarray, w1: float
     ovf = np.empty(n, dtype=np.int64)
     # Dynamic scheduling in small chunks: replicas on a σ grid diverge (and stop) at very different
     # steps, so numba's default equal static split leaves threads idle. Results do not depend on it.
+    keys = replica_keys(seed, reps)
+    groups = {"reduced": b >= 1} if method == "reduced" else {"single": b == 1, "wishart": b > 1}
     with numba.parallel_chunksize(8):
-        _simulate(a0, a1, an, se, eta, sx, m, b, method == "exact", replica_keys(seed, reps), steps,
-                  threshold, rec_row, rsteps, traj, stats, ovf)
+        for name, mask in groups.items():
+            if mask.any():
+                _KERNELS[name](np.flatnonzero(mask), a0, a1, an, se, eta, sx, m, b, keys, steps, threshold,
+                               rec_row, rsteps, traj, stats, ovf)
     return ToyRun(se, eta, b, sx, m, a0, a1, an, reps, steps, method, stats, ovf, rec, rsteps, traj)
