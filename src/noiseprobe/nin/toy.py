@@ -182,15 +182,21 @@ def _chi2(s: np.uint64, k: int) -> tuple[np.uint64, float]:
 # keeps every function call out of its hot loop this way; the numbers are those of drawing inline.
 
 @numba.njit(cache=True, inline="always")
+def _single_moments(zx: float, ze: float, sx: float, se: float) -> tuple[float, float, float]:
+    """(S_xx, S_xε, S_εε) of one sample x = σx zx, ε = σε ze."""
+    return sx * sx * zx * zx, sx * se * zx * ze, se * se * ze * ze
+
+
+@numba.njit(cache=True, inline="always")
 def _draw_single(s: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, np.uint64, bool, float, float, float]:
     """Exact SGD at B = 1: (x, ε) from the two 32-bit halves of one output."""
     s = s + _GOLDEN
     z = _mix(s)
     ix, ux = _bits32(z & _LOW32)
     ie, ue = _bits32(z >> _S32)
-    zx, ze = ux * _ZX[ix], ue * _ZX[ie]
     complete = abs(ux) < _ZR[ix] and abs(ue) < _ZR[ie]
-    return s, z, complete, sx * sx * zx * zx, sx * se * zx * ze, se * se * ze * ze
+    sxx, sxe, see = _single_moments(ux * _ZX[ix], ue * _ZX[ie], sx, se)
+    return s, z, complete, sxx, sxe, see
 
 
 @numba.njit(cache=True)
@@ -199,7 +205,8 @@ def _finish_single(s: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> 
     s, zx = _ziggurat(s, ix, ux)
     ie, ue = _bits32(z >> _S32)
     s, ze = _ziggurat(s, ie, ue)
-    return s, sx * sx * zx * zx, sx * se * zx * ze, se * se * ze * ze
+    sxx, sxe, see = _single_moments(zx, ze, sx, se)
+    return s, sxx, sxe, see
 
 
 @numba.njit(cache=True, inline="always")
@@ -234,14 +241,15 @@ def _finish_wishart(s: np.uint64, z: np.uint64, b: int, sx: float, se: float) ->
 
 
 SAMPLERS: tuple[str, ...] = ("single", "wishart", "reduced")   # exact B = 1, exact B > 1, eqs. (5)-(6)
+_SINGLE, _WISHART, _REDUCED = range(len(SAMPLERS))
 
 
 @numba.njit(cache=True, inline="always")
 def _draw(kind: int, s: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, np.uint64, bool, float, float, float]:
     """The draw of sampler ``SAMPLERS[kind]``; ``kind`` is a constant in each kernel, so one branch remains."""
-    if kind == 0:
+    if kind == _SINGLE:
         return _draw_single(s, b, sx, se)
-    if kind == 1:
+    if kind == _WISHART:
         return _draw_wishart(s, b, sx, se)
     return _draw_reduced(s, b, sx, se)
 
@@ -249,9 +257,9 @@ def _draw(kind: int, s: np.uint64, b: int, sx: float, se: float) -> tuple[np.uin
 @numba.njit(cache=True)
 def _finish(kind: int, s: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
     """The completion of sampler ``SAMPLERS[kind]`` (out of line)."""
-    if kind == 0:
+    if kind == _SINGLE:
         return _finish_single(s, z, b, sx, se)
-    if kind == 1:
+    if kind == _WISHART:
         return _finish_wishart(s, z, b, sx, se)
     return _finish_reduced(s, z, b, sx, se)
 
@@ -271,7 +279,7 @@ def draw_moments(key: np.uint64, n: int, method: str, batch_size: int, sigma_x: 
                  sigma_eps: float) -> np.ndarray:
     """``n`` successive (S_xx, S_xε, S_εε) draws of one replica's stream, as the kernel draws them:
     shape (n, 3). For tests."""
-    kind = 2 if method == "reduced" else (0 if batch_size == 1 else 1)
+    kind = _REDUCED if method == "reduced" else (_SINGLE if batch_size == 1 else _WISHART)
     return _draws(kind, np.uint64(key), n, batch_size, sigma_x, sigma_eps)
 
 
