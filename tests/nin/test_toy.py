@@ -51,7 +51,7 @@ def test_reduced_step_is_eqs_5_6_of_the_paper():
 @pytest.mark.parametrize("exact,b", [(True, 1), (True, 2), (True, 7), (False, 3)])
 def test_moment_draws_have_the_wishart_moments(exact, b):
     sx, se, n = 1.5, 0.7, 200_000
-    s = toy.draw_moments(np.uint64(12345 + b), n, "exact" if exact else "reduced", b, sx, se)
+    s = toy.draw_moments(np.array([12345 + b, 777], dtype=np.uint64), n, "exact" if exact else "reduced", b, sx, se)
     if exact:   # E S = diag(σx², σε²); Var S_xx = 2σx⁴/B, Var S_xε = σx²σε²/B, Var S_εε = 2σε⁴/B
         means = [sx ** 2, 0.0, se ** 2]
         variances = [2 * sx ** 4 / b, sx ** 2 * se ** 2 / b, 2 * se ** 4 / b]
@@ -76,9 +76,12 @@ def _grid(n_sigma=8, n_seeds=6, lo=0.05, hi=40.0):
     return sigma, dict(w0=w0[seeds], w1=w1[seeds], w_ni=wn[seeds])
 
 
-def test_same_numbers_for_any_chunking_and_thread_count():
+@pytest.mark.parametrize("method,b", [("exact", 1), ("exact", 4), ("reduced", 1)])
+def test_same_numbers_for_any_chunking_and_thread_count(method, b):
+    """A replica's numbers do not depend on which replicas share its SIMD group (some of which diverge
+    or cross e-fold levels at other steps), on the chunking, or on the thread count."""
     sigma, w = _grid()
-    kw = dict(steps=3000, batch_size=4, method="exact", seed=11)
+    kw = dict(steps=3000, batch_size=b, method=method, seed=11)
     full = toy.simulate(sigma, **w, **kw)
     idx = np.array([40, 3, 17, 29])
     part = toy.simulate(sigma[idx], **{k: v[idx] for k, v in w.items()}, replicas=idx, **kw)
@@ -145,13 +148,14 @@ def test_online_statistics_equal_those_of_the_recorded_trajectory(method, b):
 
 @pytest.mark.parametrize("method,b", [("exact", 1), ("exact", 5), ("reduced", 3)])
 def test_kernel_equals_a_step_by_step_replay_of_its_stream(method, b):
-    """The kernel (moments drawn one step ahead, rare branches completed outside its hot loop) gives the
-    trajectory of the plain sequence: draw the moments of the replica's stream, take the SGD step."""
+    """The kernel (32 replicas as SIMD lanes, moments drawn 64 steps ahead, rare branches completed
+    outside the vector loops) gives the trajectory of the plain sequence: draw the moments from the
+    replica's two streams, take the SGD step."""
     steps, lr, sx, se, m = 400, 0.02, 1.3, 2.0, 0.8
     w = dict(w0=0.3, w1=-0.5, w_ni=0.9)
     run = toy.simulate(np.array([se]), **w, steps=steps, lr=lr, batch_size=b, sigma_x=sx, M=m, method=method,
                        seed=5, replicas=np.array([7]), record=np.array([0]), record_steps=np.arange(steps + 1))
-    # 400 steps: at B = 1 about 10 draws need the ziggurat's rare branches; at B > 1 every draw (χ²)
+    # 400 steps: at B = 1 about 20 draws need the ziggurat's rare branches; at B > 1 every draw (χ²)
     moments = toy.draw_moments(toy.replica_keys(5, np.array([7]))[0], steps, method, b, sx, se)
     v = (w["w0"], w["w1"], w["w_ni"])
     want = [v]
@@ -186,7 +190,7 @@ def test_ziggurat_normals_match_the_gaussian_histogram_and_tails():
     """Φ of the reduced sampler is the raw N(0, 1) stream: chi-square over 120 equiprobable bins of
     1e6 draws (sensitive to the ~1 % of mass from the wedge and tail branches) and the tail mass."""
     n = 1_000_000
-    z = -toy.draw_moments(np.uint64(99), n, "reduced", 1, 1.0, 1.0)[:, 1]
+    z = -toy.draw_moments(np.array([99, 98], dtype=np.uint64), n, "reduced", 1, 1.0, 1.0)[:, 1]
     edges = stats.norm.ppf(np.linspace(0, 1, 121))
     counts = np.histogram(z, edges)[0]
     assert stats.chisquare(counts).pvalue > 1e-3

@@ -20,15 +20,18 @@ Two samplers of the moments share that one step:
   with Φ ~ N(0, 1). Then the w1 and w_NI steps are *literally* eq. (5) with A, Ã, B = η w_NI², B̃ = η w1²,
   C = η D w0 σx² of eq. (6), and w0 follows the derived equation w0' = w0 − η σx² w1 D + η (Φ σx σε/√B) w1² w_NI.
 
-Every replica is advanced by a fused numba kernel (parallel over replicas, a loop over steps inside;
-one compiled kernel per sampler), which records the phase and decay statistics online instead of full
-trajectories. Randomness: each replica owns a SplitMix64 stream keyed by ``seed_sequence(seed, replica)``
-(normals by the ziggurat method; at B = 1, x and ε from the two 32-bit halves of one output, in Marsaglia
-& Tsang's 32-bit form; χ² by Marsaglia–Tsang), so the numbers do not depend on chunking or on the thread
-count. The kernel is compiled with ``fastmath={"contract"}`` only (fused multiply-adds; no assumptions
-about NaN or inf, which the divergence test relies on). A replica whose weights leave |w| <= ``threshold``
-or become non-finite is frozen at its last finite state and its overflow step recorded; the others
-continue.
+Every replica is advanced by a fused numba kernel that records the phase and decay statistics online
+instead of full trajectories. A thread advances 32 replicas in lockstep as SIMD lanes (a loop over steps
+outside, over lanes inside), drawing the moments of the next 64 steps at once; rare work (the
+ziggurat's wedge and tail, an e-fold crossing, overflow) is done per lane outside the vector loops.
+Randomness: each replica owns two SplitMix64 streams keyed by ``seed_sequence(seed, replica)``: the fast
+stream gives exactly one output per step (normals by the ziggurat method; at B = 1, x and ε from the two
+32-bit halves of it, in Marsaglia & Tsang's 32-bit form), the slow stream whatever the ziggurat's rare
+branches and the χ² draws (Marsaglia–Tsang) need. So the numbers depend neither on the chunking nor on
+the thread count nor on which other replicas share a thread. The kernel is compiled with
+``fastmath={"contract"}`` only (fused multiply-adds; no assumptions about NaN or inf, which the
+divergence test relies on). A replica whose weights leave |w| <= ``threshold`` or become non-finite is
+frozen at its last finite state and its overflow step recorded; the others continue.
 """
 
 from __future__ import annotations
@@ -175,11 +178,12 @@ def _chi2(s: np.uint64, k: int) -> tuple[np.uint64, float]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Samplers of one step's batch moments (S_xx, S_xε, S_εε), one per kind of replica. Each is a pair:
-# ``draw(s, b, sx, se) -> (s, z, complete, S_xx, S_xε, S_εε)`` does the cheap common part inline (one
-# SplitMix64 output z); when ``complete`` is False, ``finish(s, z, b, sx, se) -> (s, S_xx, S_xε, S_εε)``
-# redoes the draw from z with the rare branches (or does all of it, for B > 1). The simulation kernel
-# keeps every function call out of its hot loop this way; the numbers are those of drawing inline.
+# Samplers of one step's batch moments (S_xx, S_xε, S_εε), one per kind of replica. Every replica owns
+# two SplitMix64 streams: the FAST stream gives exactly one output z per step (so the output of step k is
+# known without drawing steps 0..k-1 first), the SLOW stream everything else. Each sampler is a pair:
+# ``fast(z, b, sx, se) -> (complete, S_xx, S_xε, S_εε)`` is the common, branch-free case (vectorised over
+# replicas in the kernel); when ``complete`` is False, ``slow(a, z, b, sx, se) -> (a, S_xx, S_xε, S_εε)``
+# redoes the draw from z, taking any further randomness from the slow stream at state ``a``.
 
 @numba.njit(cache=True, inline="always")
 def _single_moments(zx: float, ze: float, sx: float, se: float) -> tuple[float, float, float]:
@@ -188,56 +192,51 @@ def _single_moments(zx: float, ze: float, sx: float, se: float) -> tuple[float, 
 
 
 @numba.njit(cache=True, inline="always")
-def _draw_single(s: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, np.uint64, bool, float, float, float]:
-    """Exact SGD at B = 1: (x, ε) from the two 32-bit halves of one output."""
-    s = s + _GOLDEN
-    z = _mix(s)
+def _fast_single(z: np.uint64, b: int, sx: float, se: float) -> tuple[bool, float, float, float]:
+    """Exact SGD at B = 1: (x, ε) from the two 32-bit halves of z."""
     ix, ux = _bits32(z & _LOW32)
     ie, ue = _bits32(z >> _S32)
-    complete = abs(ux) < _ZR[ix] and abs(ue) < _ZR[ie]
     sxx, sxe, see = _single_moments(ux * _ZX[ix], ue * _ZX[ie], sx, se)
-    return s, z, complete, sxx, sxe, see
+    return (abs(ux) < _ZR[ix]) & (abs(ue) < _ZR[ie]), sxx, sxe, see
 
 
 @numba.njit(cache=True)
-def _finish_single(s: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
+def _slow_single(a: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
     ix, ux = _bits32(z & _LOW32)
-    s, zx = _ziggurat(s, ix, ux)
+    a, zx = _ziggurat(a, ix, ux)
     ie, ue = _bits32(z >> _S32)
-    s, ze = _ziggurat(s, ie, ue)
+    a, ze = _ziggurat(a, ie, ue)
     sxx, sxe, see = _single_moments(zx, ze, sx, se)
-    return s, sxx, sxe, see
+    return a, sxx, sxe, see
 
 
 @numba.njit(cache=True, inline="always")
-def _draw_reduced(s: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, np.uint64, bool, float, float, float]:
-    """The reduced map, eqs. (5)-(6): S_xx = σx², S_εε = σε², S_xε = −Φ σx σε/√B, Φ ~ N(0, 1)."""
-    s = s + _GOLDEN
-    z = _mix(s)
+def _fast_reduced(z: np.uint64, b: int, sx: float, se: float) -> tuple[bool, float, float, float]:
+    """The reduced map, eqs. (5)-(6): S_xx = σx², S_εε = σε², S_xε = −Φ σx σε/√B, Φ ~ N(0, 1) from z."""
     i, u = _bits53(z)
-    return s, z, abs(u) < _ZR[i], sx * sx, -u * _ZX[i] * sx * se / np.sqrt(b), se * se
+    return abs(u) < _ZR[i], sx * sx, -u * _ZX[i] * sx * se / np.sqrt(b), se * se
 
 
 @numba.njit(cache=True)
-def _finish_reduced(s: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
+def _slow_reduced(a: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
     i, u = _bits53(z)
-    s, phi = _ziggurat(s, i, u)
-    return s, sx * sx, -phi * sx * se / np.sqrt(b), se * se
+    a, phi = _ziggurat(a, i, u)
+    return a, sx * sx, -phi * sx * se / np.sqrt(b), se * se
 
 
 @numba.njit(cache=True, inline="always")
-def _draw_wishart(s: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, np.uint64, bool, float, float, float]:
-    """Exact SGD at B > 1: nothing inline (the χ² draws loop); all of it in :func:`_finish_wishart`."""
-    return s, _ZERO, False, 0.0, 0.0, 0.0
+def _fast_wishart(z: np.uint64, b: int, sx: float, se: float) -> tuple[bool, float, float, float]:
+    """Exact SGD at B > 1: nothing branch-free (the χ² draws loop); all of it in :func:`_slow_wishart`."""
+    return False, 0.0, 0.0, 0.0
 
 
 @numba.njit(cache=True)
-def _finish_wishart(s: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
+def _slow_wishart(a: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
     """Bartlett: B·S = L A Aᵀ Lᵀ, L = diag(σx, σε), A = [[c1, 0], [n, c2]], c1² ~ χ²_B, c2² ~ χ²_{B-1}."""
-    s, c1sq = _chi2(s, b)
-    s, c2sq = _chi2(s, b - 1)
-    s, n = _normal(s)
-    return s, sx * sx * c1sq / b, sx * se * np.sqrt(c1sq) * n / b, se * se * (n * n + c2sq) / b
+    a, c1sq = _chi2(a, b)
+    a, c2sq = _chi2(a, b - 1)
+    a, n = _normal(a)
+    return a, sx * sx * c1sq / b, sx * se * np.sqrt(c1sq) * n / b, se * se * (n * n + c2sq) / b
 
 
 SAMPLERS: tuple[str, ...] = ("single", "wishart", "reduced")   # exact B = 1, exact B > 1, eqs. (5)-(6)
@@ -245,42 +244,43 @@ _SINGLE, _WISHART, _REDUCED = range(len(SAMPLERS))
 
 
 @numba.njit(cache=True, inline="always")
-def _draw(kind: int, s: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, np.uint64, bool, float, float, float]:
-    """The draw of sampler ``SAMPLERS[kind]``; ``kind`` is a constant in each kernel, so one branch remains."""
+def _fast(kind: int, z: np.uint64, b: int, sx: float, se: float) -> tuple[bool, float, float, float]:
+    """The fast path of sampler ``SAMPLERS[kind]``."""
     if kind == _SINGLE:
-        return _draw_single(s, b, sx, se)
+        return _fast_single(z, b, sx, se)
     if kind == _WISHART:
-        return _draw_wishart(s, b, sx, se)
-    return _draw_reduced(s, b, sx, se)
+        return _fast_wishart(z, b, sx, se)
+    return _fast_reduced(z, b, sx, se)
 
 
 @numba.njit(cache=True)
-def _finish(kind: int, s: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
-    """The completion of sampler ``SAMPLERS[kind]`` (out of line)."""
+def _slow(kind: int, a: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
+    """The completion of sampler ``SAMPLERS[kind]`` from the slow stream."""
     if kind == _SINGLE:
-        return _finish_single(s, z, b, sx, se)
+        return _slow_single(a, z, b, sx, se)
     if kind == _WISHART:
-        return _finish_wishart(s, z, b, sx, se)
-    return _finish_reduced(s, z, b, sx, se)
+        return _slow_wishart(a, z, b, sx, se)
+    return _slow_reduced(a, z, b, sx, se)
 
 
 @numba.njit(cache=True)
-def _draws(kind: int, key: np.uint64, n: int, b: int, sx: float, se: float) -> np.ndarray:
+def _draws(kind: int, s: np.uint64, a: np.uint64, n: int, b: int, sx: float, se: float) -> np.ndarray:
     out = np.empty((n, 3))
-    s = key
     for k in range(n):
-        s, z, complete, out[k, 0], out[k, 1], out[k, 2] = _draw(kind, s, b, sx, se)
+        s = s + _GOLDEN
+        z = _mix(s)
+        complete, out[k, 0], out[k, 1], out[k, 2] = _fast(kind, z, b, sx, se)
         if not complete:
-            s, out[k, 0], out[k, 1], out[k, 2] = _finish(kind, s, z, b, sx, se)
+            a, out[k, 0], out[k, 1], out[k, 2] = _slow(kind, a, z, b, sx, se)
     return out
 
 
-def draw_moments(key: np.uint64, n: int, method: str, batch_size: int, sigma_x: float,
+def draw_moments(keys: np.ndarray, n: int, method: str, batch_size: int, sigma_x: float,
                  sigma_eps: float) -> np.ndarray:
-    """``n`` successive (S_xx, S_xε, S_εε) draws of one replica's stream, as the kernel draws them:
-    shape (n, 3). For tests."""
+    """``n`` successive (S_xx, S_xε, S_εε) draws of one replica with stream keys ``keys`` (fast, slow), as
+    the kernel draws them: shape (n, 3). For tests."""
     kind = _REDUCED if method == "reduced" else (_SINGLE if batch_size == 1 else _WISHART)
-    return _draws(kind, np.uint64(key), n, batch_size, sigma_x, sigma_eps)
+    return _draws(kind, np.uint64(keys[0]), np.uint64(keys[1]), n, batch_size, sigma_x, sigma_eps)
 
 
 @numba.njit(cache=True, inline="always", fastmath={"contract"})
@@ -292,6 +292,13 @@ def sgd_step(w0: float, w1: float, wn: float, sxx: float, sxe: float, see: float
     g1 = d * w0 * sxx + (2.0 * w1 * w0 - m) * wn * sxe + w1 * wn * wn * see
     gn = w1 * (d * sxe + w1 * wn * see)
     return w0 - lr * g0, w1 - lr * g1, wn - lr * gn
+
+
+@numba.njit(cache=True, inline="always", fastmath={"contract"})
+def _loss(w0: float, w1: float, m: float, hx: float) -> float:
+    """The clean loss L(ε = 0) = ½ σx² (w1 w0 − M)², with hx = ½ σx²."""
+    d = w1 * w0 - m
+    return hx * d * d
 
 
 # columns of the float statistics returned by the kernel
@@ -325,8 +332,7 @@ def _crossing(t: int, y_prev: float, y_now: float, level: float, e_prev: float,
 def _record_efolds(st: np.ndarray, col_t: int, col_e: int, t: int, y_prev: float, y: float, y0: float,
                    thr: float, k: int, e_prev: float, e_now: float) -> tuple[float, int]:
     """Write each e-fold level (k = 1, 2 of y0) crossed between steps t-1 and t into st[col_t + k - 1]
-    (step) and st[col_e + k - 1] (eq. 9 exponent); return the next level and count. Kept out of line:
-    it runs at most twice per run, and inlining it slows the hot loop."""
+    (step) and st[col_e + k - 1] (eq. 9 exponent); return the next level (-1 after the last) and count."""
     while y <= thr:
         st[col_t + k], st[col_e + k] = _crossing(t, y_prev, y, thr, e_prev, e_now)
         k += 1
@@ -334,91 +340,192 @@ def _record_efolds(st: np.ndarray, col_t: int, col_e: int, t: int, y_prev: float
     return thr, k
 
 
-def _make_kernel(kind: int):
-    """Compile the replica-parallel simulation kernel for the sampler ``SAMPLERS[kind]``. (A closure over
-    an int, not over the sampler functions: numba caches it then.)"""
+# ---------------------------------------------------------------------------------------------------
+# The kernel. A thread advances LANES replicas in lockstep, one array column per replica ("lane"), so
+# that a step is a few SIMD instructions per quantity. Per block of at most BLOCK steps it first draws
+# the moments of all of them (the fast path vectorised over lanes, then the rare completions), then
+# takes the steps; a step at which some lane overflows or crosses an e-fold level stops the vector
+# loop, and that lane is dealt with on its own. The weights and running sums are double-buffered, so
+# the previous step is at hand for the crossing's interpolation. A lane's numbers depend only on its
+# own streams and parameters: not on its group, the chunking or the thread count.
+#
+# All per-lane floats live in one array allocated by the group (rows below): with a fixed shape and
+# constant rows, LLVM sees that the stores of a step cannot alias its loads and vectorises the loops,
+# which it does not do for a dozen separate arrays (too many run-time overlap checks).
 
-    @numba.njit(parallel=True, cache=True, fastmath={"contract"})
-    def kernel(idx, w0i, w1i, wni, sigma, lr, sigma_x, m, batch, keys, steps, threshold, rec_row, rec_steps,
-               traj, stats, overflow_step):
-        nan = np.nan
-        for k in numba.prange(idx.shape[0]):
-            r = idx[k]
-            w0, w1, wn = w0i[r], w1i[r], wni[r]
-            se, sx, eta, mm, b = sigma[r], sigma_x[r], lr[r], m[r], batch[r]
-            a_n, a_l, hx = eta * se * se, 2.0 * eta * sx * sx, 0.5 * sx * sx   # eq. (9) prefactors; ½σx²
-            n0 = abs(wn)
-            loss0 = hx * (w1 * w0 - mm) * (w1 * w0 - mm)
-            # next e-fold levels (k = 1, then 2); -1 once both were crossed or when undefined
-            thr_n = n0 * np.exp(-1.0) if n0 > 0 else -1.0
-            thr_l = loss0 * np.exp(-1.0) if loss0 > 0 else -1.0
-            kn = kl = 0
-            st = stats[r]
-            st[_C_NIW_T:_C_LOSS_E + 2] = nan                  # e-fold steps and exponents
-            sw1 = sw01 = 0.0                                  # Σ_{s<t} w1², Σ_{s<t} (w0² + w1²)
-            max_w1sq = max_wnsq = max_loss = 0.0
-            yn_prev, yl_prev, sw1_prev, sw01_prev = n0, loss0, 0.0, 0.0
-            row, ptr = rec_row[r], 0
-            n_rec = rec_steps.shape[0] if row >= 0 else 0
-            t_next = rec_steps[0] if n_rec > 0 else steps      # next step to record (or the last step)
-            ovf = -1
-            loss = loss0
-            t = 0
-            # the moments of the update t -> t+1 are drawn one step ahead
-            s, z, complete, sxx, sxe, see = _draw(kind, keys[r], b, sx, se)
-            while True:
-                if not complete:
-                    s, sxx, sxe, see = _finish(kind, s, z, b, sx, se)
-                    complete = True
-                # Hot loop, free of function calls: it stops at an event at step t (an e-fold level
-                # crossed, a step to record, the last step), at an incomplete draw, or at overflow. It
-                # is re-entered at the same t once that is dealt with; an event cannot fire twice.
-                while True:
-                    d = w1 * w0 - mm
-                    loss = hx * d * d
-                    yn = abs(wn)
-                    max_w1sq = max(max_w1sq, w1 * w1)
-                    max_wnsq = max(max_wnsq, wn * wn)
-                    max_loss = max(max_loss, loss)
-                    if yn <= thr_n or loss <= thr_l or t == t_next:
-                        break
-                    yn_prev, yl_prev, sw1_prev, sw01_prev = yn, loss, sw1, sw01
-                    sw1 += w1 * w1
-                    sw01 += w0 * w0 + w1 * w1
-                    v0, v1, vn = sgd_step(w0, w1, wn, sxx, sxe, see, eta, mm)
-                    t += 1
-                    if not (abs(v0) <= threshold and abs(v1) <= threshold and abs(vn) <= threshold):
-                        ovf = t                               # also catches NaN
-                        break
-                    w0, w1, wn = v0, v1, vn
-                    s, z, complete, sxx, sxe, see = _draw(kind, s, b, sx, se)
-                    if not complete:
-                        break
-                if ovf >= 0:
-                    break
-                if not complete:
-                    continue
-                if yn <= thr_n:
-                    thr_n, kn = _record_efolds(st, _C_NIW_T, _C_NIW_E, t, yn_prev, yn, n0, thr_n, kn,
-                                               a_n * sw1_prev, a_n * sw1)
-                if loss <= thr_l:
-                    thr_l, kl = _record_efolds(st, _C_LOSS_T, _C_LOSS_E, t, yl_prev, loss, loss0, thr_l, kl,
-                                               a_l * sw01_prev, a_l * sw01)
-                if t == t_next:
-                    if ptr < n_rec and rec_steps[ptr] == t:
-                        traj[row, ptr, 0], traj[row, ptr, 1], traj[row, ptr, 2], traj[row, ptr, 3] = w0, w1, wn, loss
-                        ptr += 1
-                    if t == steps:
-                        break
-                    t_next = rec_steps[ptr] if ptr < n_rec else steps
-            st[0], st[1], st[2], st[3], st[4], st[5] = w0, w1, wn, a_n * max_w1sq, a_n * max_wnsq, sw1
-            st[14], st[15], st[16], st[17] = loss0, loss, max_loss, np.sqrt(max_wnsq)
-            overflow_step[r] = ovf
-
-    return kernel
+LANES = 32    # replicas advanced in lockstep (a multiple of the widest SIMD vector, 8 float64)
+BLOCK = 64    # steps whose moments are drawn at once
+_W0, _W1, _WN, _S1, _S01 = range(5)       # weights, Σ w1², Σ (w0² + w1²) over the steps before: rows
+_NEXT = 5                                 # ... of one parity; the other parity is 5 rows further
+_MAX_W1SQ, _MAX_WNSQ, _MAX_LOSS = 10, 11, 12
+_LR, _M, _HX, _SX, _SE, _A_N, _A_L, _N0, _LOSS0, _THR_N, _THR_L, _LIVE = range(13, 25)
+_ROWS = 25
 
 
-_KERNELS = {name: _make_kernel(kind) for kind, name in enumerate(SAMPLERS)}
+@numba.njit(cache=True, inline="always", fastmath={"contract"})
+def _fill(kind: int, n: int, x: np.ndarray, s: np.ndarray, a: np.ndarray, b: np.ndarray, mom: np.ndarray,
+          pending: np.ndarray) -> None:
+    """The moments mom[:3, k, j] of the next n <= BLOCK steps of every lane j: fast paths for all (k, j),
+    then the completions (mom[3, k, j] = 1) in step order per live lane. ``s``, ``a``: fast and slow
+    stream states, advanced."""
+    for k in range(n):
+        ahead = np.uint64(k + 1) * _GOLDEN
+        todo = 0
+        for j in range(LANES):
+            complete, mom[0, k, j], mom[1, k, j], mom[2, k, j] = _fast(kind, _mix(s[j] + ahead), b[j], x[_SX, j],
+                                                                        x[_SE, j])
+            mom[3, k, j] = 0.0 if complete else 1.0
+            todo |= np.int64(not complete)
+        pending[k] = todo
+    for j in range(LANES):
+        s[j] += np.uint64(n) * _GOLDEN
+    for k in range(n):
+        if pending[k]:
+            for j in range(LANES):
+                if mom[3, k, j] != 0.0 and x[_LIVE, j] != 0.0:
+                    z = _mix(s[j] - np.uint64(n - 1 - k) * _GOLDEN)
+                    a[j], mom[0, k, j], mom[1, k, j], mom[2, k, j] = _slow(kind, a[j], z, b[j], x[_SX, j],
+                                                                           x[_SE, j])
+
+
+@numba.njit(cache=True, inline="always", fastmath={"contract"})
+def _step(k: int, x: np.ndarray, mom: np.ndarray, threshold: float, flag: np.ndarray, old: int, new: int) -> int:
+    """Step k of the block for every lane, from rows ``old`` to rows ``new``; updates the maxima and sets
+    flag[j] (bit 1: the step overflowed, the lane keeps its state; bit 2: an e-fold level was crossed).
+    Returns the OR of the flags."""
+    raised = 0
+    for j in range(LANES):
+        a0, a1, an, on = x[old + _W0, j], x[old + _W1, j], x[old + _WN, j], x[_LIVE, j] != 0.0
+        m = x[_M, j]
+        v0, v1, vn = sgd_step(a0, a1, an, mom[0, k, j], mom[1, k, j], mom[2, k, j], x[_LR, j], m)
+        ok = (abs(v0) <= threshold) & (abs(v1) <= threshold) & (abs(vn) <= threshold)   # False on NaN
+        take = ok & on
+        x[new + _W0, j] = v0 if take else a0
+        x[new + _W1, j] = v1 if take else a1
+        x[new + _WN, j] = vn if take else an
+        x[new + _S1, j] = x[old + _S1, j] + (a1 * a1 if on else 0.0)
+        x[new + _S01, j] = x[old + _S01, j] + (a0 * a0 + a1 * a1 if on else 0.0)
+        loss = _loss(v0, v1, m, x[_HX, j])
+        w1sq, wnsq = v1 * v1, vn * vn
+        x[_MAX_W1SQ, j] = w1sq if take and w1sq > x[_MAX_W1SQ, j] else x[_MAX_W1SQ, j]
+        x[_MAX_WNSQ, j] = wnsq if take and wnsq > x[_MAX_WNSQ, j] else x[_MAX_WNSQ, j]
+        x[_MAX_LOSS, j] = loss if take and loss > x[_MAX_LOSS, j] else x[_MAX_LOSS, j]
+        crossed = take & ((abs(vn) <= x[_THR_N, j]) | (loss <= x[_THR_L, j]))
+        f = np.int64(on & ~ok) | (np.int64(crossed) << 1)
+        flag[j] = f
+        raised |= f
+    return raised
+
+
+@numba.njit(cache=True, inline="always", fastmath={"contract"})
+def _advance(k0: int, n: int, p: int, x: np.ndarray, mom: np.ndarray, threshold: float, flag: np.ndarray) -> int:
+    """Steps k0..n-1 of the block from parity p; returns after the first step that raised a flag, or at
+    the block's end: the number of steps taken."""
+    for k in range(k0, n):
+        if p == 0:
+            raised = _step(k, x, mom, threshold, flag, 0, _NEXT)
+        else:
+            raised = _step(k, x, mom, threshold, flag, _NEXT, 0)
+        p = 1 - p
+        if raised:
+            return k + 1 - k0
+    return n - k0
+
+
+@numba.njit(cache=True, fastmath={"contract"})
+def _group(kind: int, rows: np.ndarray, w0i: np.ndarray, w1i: np.ndarray, wni: np.ndarray, sigma: np.ndarray,
+           lr: np.ndarray, sigma_x: np.ndarray, m: np.ndarray, batch: np.ndarray, keys: np.ndarray, steps: int,
+           threshold: float, rec_row: np.ndarray, rec_steps: np.ndarray, traj: np.ndarray, stats: np.ndarray,
+           overflow_step: np.ndarray) -> None:
+    """Run the replicas ``rows`` (at most LANES) for ``steps`` steps; write their stats, overflow steps
+    and recorded trajectories. Unused lanes are dead from the start."""
+    n_live = rows.shape[0]
+    x = np.zeros((_ROWS, LANES))
+    x[_THR_N:_THR_L + 1] = -1.0
+    b = np.ones(LANES, dtype=np.int64)
+    kn, kl = np.zeros(LANES, dtype=np.int64), np.zeros(LANES, dtype=np.int64)
+    s, a = np.zeros(LANES, dtype=np.uint64), np.zeros(LANES, dtype=np.uint64)
+    flag = np.zeros(LANES, dtype=np.int64)
+    mom = np.zeros((4, BLOCK, LANES))
+    pending = np.zeros(BLOCK, dtype=np.int64)
+    recorded = False
+    for j in range(n_live):
+        r = rows[j]
+        x[_W0, j], x[_W1, j], x[_WN, j] = w0i[r], w1i[r], wni[r]
+        x[_LR, j], x[_M, j], x[_SX, j], x[_SE, j], b[j] = lr[r], m[r], sigma_x[r], sigma[r], batch[r]
+        x[_HX, j] = 0.5 * sigma_x[r] * sigma_x[r]
+        x[_A_N, j], x[_A_L, j] = lr[r] * sigma[r] * sigma[r], 2.0 * lr[r] * sigma_x[r] * sigma_x[r]
+        s[j], a[j] = keys[r, 0], keys[r, 1]
+        n0, loss0 = abs(wni[r]), _loss(w0i[r], w1i[r], m[r], x[_HX, j])
+        x[_N0, j], x[_LOSS0, j] = n0, loss0
+        x[_THR_N, j] = n0 * np.exp(-1.0) if n0 > 0 else -1.0
+        x[_THR_L, j] = loss0 * np.exp(-1.0) if loss0 > 0 else -1.0
+        x[_MAX_W1SQ, j], x[_MAX_WNSQ, j], x[_MAX_LOSS, j] = w1i[r] * w1i[r], wni[r] * wni[r], loss0
+        x[_LIVE, j] = 1.0
+        stats[r, _C_NIW_T:_C_LOSS_E + 2] = np.nan
+        overflow_step[r] = -1
+        recorded |= rec_row[r] >= 0
+    n_rec = rec_steps.shape[0] if recorded else 0
+    t = p = ptr = 0
+    while True:
+        cur = p * _NEXT
+        if ptr < n_rec and rec_steps[ptr] == t:
+            for j in range(rows.shape[0]):
+                row = rec_row[rows[j]]
+                if row >= 0 and x[_LIVE, j] != 0.0:
+                    w0, w1 = x[cur + _W0, j], x[cur + _W1, j]
+                    traj[row, ptr, 0], traj[row, ptr, 1], traj[row, ptr, 2] = w0, w1, x[cur + _WN, j]
+                    traj[row, ptr, 3] = _loss(w0, w1, x[_M, j], x[_HX, j])
+            ptr += 1
+        if t == steps or n_live == 0:
+            break
+        n = min(BLOCK, steps - t, (rec_steps[ptr] - t) if ptr < n_rec else BLOCK)
+        _fill(kind, n, x, s, a, b, mom, pending)
+        k = 0
+        while k < n and n_live > 0:
+            done = _advance(k, n, p, x, mom, threshold, flag)
+            k, t, p = k + done, t + done, p ^ (done & 1)
+            cur, prev = p * _NEXT, (1 - p) * _NEXT
+            for j in range(rows.shape[0]):
+                f = flag[j]
+                if f & 1:                               # overflow at step t: frozen at step t - 1
+                    overflow_step[rows[j]] = t
+                    x[_LIVE, j] = 0.0
+                    n_live -= 1
+                if f & 2:                               # e-fold levels crossed between steps t - 1 and t
+                    st = stats[rows[j]]
+                    y, y_prev = abs(x[cur + _WN, j]), abs(x[prev + _WN, j])
+                    if y <= x[_THR_N, j]:
+                        x[_THR_N, j], kn[j] = _record_efolds(st, _C_NIW_T, _C_NIW_E, t, y_prev, y, x[_N0, j],
+                                                             x[_THR_N, j], kn[j], x[_A_N, j] * x[prev + _S1, j],
+                                                             x[_A_N, j] * x[cur + _S1, j])
+                    y = _loss(x[cur + _W0, j], x[cur + _W1, j], x[_M, j], x[_HX, j])
+                    y_prev = _loss(x[prev + _W0, j], x[prev + _W1, j], x[_M, j], x[_HX, j])
+                    if y <= x[_THR_L, j]:
+                        x[_THR_L, j], kl[j] = _record_efolds(st, _C_LOSS_T, _C_LOSS_E, t, y_prev, y, x[_LOSS0, j],
+                                                             x[_THR_L, j], kl[j], x[_A_L, j] * x[prev + _S01, j],
+                                                             x[_A_L, j] * x[cur + _S01, j])
+                flag[j] = 0
+    cur = p * _NEXT
+    for j in range(rows.shape[0]):
+        st = stats[rows[j]]
+        w0, w1, wn = x[cur + _W0, j], x[cur + _W1, j], x[cur + _WN, j]
+        st[0], st[1], st[2], st[5] = w0, w1, wn, x[cur + _S1, j]
+        st[3], st[4] = x[_A_N, j] * x[_MAX_W1SQ, j], x[_A_N, j] * x[_MAX_WNSQ, j]
+        st[14], st[15], st[16] = x[_LOSS0, j], _loss(w0, w1, x[_M, j], x[_HX, j]), x[_MAX_LOSS, j]
+        st[17] = np.sqrt(x[_MAX_WNSQ, j])
+
+
+@numba.njit(parallel=True, cache=True)
+def _kernel(kind: int, idx: np.ndarray, w0i: np.ndarray, w1i: np.ndarray, wni: np.ndarray, sigma: np.ndarray,
+            lr: np.ndarray, sigma_x: np.ndarray, m: np.ndarray, batch: np.ndarray, keys: np.ndarray, steps: int,
+            threshold: float, rec_row: np.ndarray, rec_steps: np.ndarray, traj: np.ndarray, stats: np.ndarray,
+            overflow_step: np.ndarray) -> None:
+    """All replicas ``idx`` of sampler ``SAMPLERS[kind]``, in groups of LANES consecutive ones, parallel
+    over groups."""
+    for g in numba.prange((idx.shape[0] + LANES - 1) // LANES):
+        _group(kind, idx[g * LANES:(g + 1) * LANES], w0i, w1i, wni, sigma, lr, sigma_x, m, batch, keys, steps,
+               threshold, rec_row, rec_steps, traj, stats, overflow_step)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -489,9 +596,9 @@ class ToyRun:
 
 
 def replica_keys(seed: int, replicas: np.ndarray) -> np.ndarray:
-    """Per-replica uint64 stream keys from ``seed_sequence(seed, replica)``."""
-    return np.array([seed_sequence(seed, int(r)).generate_state(1, np.uint64)[0] for r in replicas],
-                    dtype=np.uint64)
+    """Per-replica uint64 keys (fast stream, slow stream) from ``seed_sequence(seed, replica)``: (R, 2)."""
+    return np.array([seed_sequence(seed, int(r)).generate_state(2, np.uint64) for r in replicas],
+                    dtype=np.uint64).reshape(-1, 2)
 
 
 def init_weights(init: str, seed: int, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -557,13 +664,14 @@ def simulate(sigma_eps: float | np.ndarray, *, w0: float | np.ndarray, w1: float
     traj = np.full((rec.size, rsteps.size, 4), np.nan)
     stats = np.empty((n, _NF))
     ovf = np.empty(n, dtype=np.int64)
-    # Dynamic scheduling in small chunks: replicas on a σ grid diverge (and stop) at very different
-    # steps, so numba's default equal static split leaves threads idle. Results do not depend on it.
+    # Dynamic scheduling, one group of LANES replicas at a time: replicas on a σ grid diverge (and stop)
+    # at very different steps, so numba's default equal static split leaves threads idle. Results do
+    # not depend on it.
     keys = replica_keys(seed, reps)
-    groups = {"reduced": b >= 1} if method == "reduced" else {"single": b == 1, "wishart": b > 1}
-    with numba.parallel_chunksize(8):
-        for name, mask in groups.items():
+    groups = {_REDUCED: b >= 1} if method == "reduced" else {_SINGLE: b == 1, _WISHART: b > 1}
+    with numba.parallel_chunksize(1):
+        for kind, mask in groups.items():
             if mask.any():
-                _KERNELS[name](np.flatnonzero(mask), a0, a1, an, se, eta, sx, m, b, keys, steps, threshold,
-                               rec_row, rsteps, traj, stats, ovf)
+                _kernel(kind, np.flatnonzero(mask), a0, a1, an, se, eta, sx, m, b, keys, steps, threshold,
+                        rec_row, rsteps, traj, stats, ovf)
     return ToyRun(se, eta, b, sx, m, a0, a1, an, reps, steps, method, stats, ovf, rec, rsteps, traj)
