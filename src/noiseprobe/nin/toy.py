@@ -77,38 +77,36 @@ def _uniform(s: np.uint64) -> tuple[np.uint64, float]:
     return s, (np.int64(_mix(s) >> _S11) + 0.5) * (1.0 / 9007199254740992.0)
 
 
-def _ziggurat_tables(n: int = 128, r: float = 3.442619855899,
-                     v: float = 9.91256303526217e-3) -> tuple[np.ndarray, np.ndarray]:
-    """Layer edges x[0..n] and ratios x[i+1]/x[i] of the 128-layer normal ziggurat (Marsaglia & Tsang
-    2000, in Doornik's 2005 'ZIGNOR' form; ``v`` is the common layer area)."""
+def _ziggurat_tables(n: int = 256, r: float = 3.6541528853610088,
+                     v: float = 4.92867323399e-3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Layer edges x[0..n], ratios x[i+1]/x[i] and densities exp(-x[i]²/2) of the 256-layer normal
+    ziggurat (Marsaglia & Tsang 2000, in Doornik's 2005 'ZIGNOR' form; ``v`` is the common layer area)."""
     x = np.zeros(n + 1)
     f = np.exp(-0.5 * r * r)
     x[0], x[1] = v / f, r
     for i in range(2, n):
         x[i] = np.sqrt(-2.0 * np.log(v / x[i - 1] + f))
         f = np.exp(-0.5 * x[i] * x[i])
-    return x, x[1:] / x[:-1]
+    return x, x[1:] / x[:-1], np.exp(-0.5 * x * x)
 
 
-_ZX, _ZR = _ziggurat_tables()
-_ZIG_R = 3.442619855899
-_LOW7 = np.uint64(0x7F)
-
-
-_LOW32, _S32, _S7, _ZERO = np.uint64(0xFFFFFFFF), np.uint64(32), np.uint64(7), np.uint64(0)
+_ZX, _ZR, _ZF = _ziggurat_tables()
+_ZIG_R = _ZX[1]                                   # where the tail begins
+_LAYER, _S8 = np.uint64(0xFF), np.uint64(8)       # 256 layers: the index is the low 8 bits
+_LOW32, _S32, _ZERO = np.uint64(0xFFFFFFFF), np.uint64(32), np.uint64(0)
 
 
 @numba.njit(cache=True, inline="always")
 def _bits53(z: np.uint64) -> tuple[np.int64, float]:
-    """A ziggurat draw from 64 random bits: layer i from the low 7, u in (-1, 1) from the top 53."""
-    return np.int64(z & _LOW7), (np.int64(z >> _S11) + 0.5) * (2.0 / 9007199254740992.0) - 1.0
+    """A ziggurat draw from 64 random bits: layer i from the low 8, u in (-1, 1) from the top 53."""
+    return np.int64(z & _LAYER), (np.int64(z >> _S11) + 0.5) * (2.0 / 9007199254740992.0) - 1.0
 
 
 @numba.njit(cache=True, inline="always")
 def _bits32(v: np.uint64) -> tuple[np.int64, float]:
-    """A ziggurat draw from 32 random bits (Marsaglia & Tsang's form): layer i from the low 7, u from
-    the other 25."""
-    return np.int64(v & _LOW7), (np.int64(v >> _S7) + 0.5) * (2.0 / 33554432.0) - 1.0
+    """A ziggurat draw from 32 random bits (as in Marsaglia & Tsang's 32-bit form): layer i from the low
+    8, u from the other 24."""
+    return np.int64(v & _LAYER), (np.int64(v >> _S8) + 0.5) * (2.0 / 16777216.0) - 1.0
 
 
 @numba.njit(cache=True, inline="always")
@@ -132,10 +130,8 @@ def _normal_slow(s: np.uint64, i: np.int64, u: float) -> tuple[np.uint64, float]
                 if -2.0 * np.log(c) >= x * x:
                     return s, (x - _ZIG_R) if u < 0 else (_ZIG_R - x)
         x = u * _ZX[i]
-        f0 = np.exp(-0.5 * (_ZX[i] * _ZX[i] - x * x))
-        f1 = np.exp(-0.5 * (_ZX[i + 1] * _ZX[i + 1] - x * x))
         s, a = _uniform(s)
-        if f1 + a * (f0 - f1) < 1.0:
+        if _ZF[i + 1] + a * (_ZF[i] - _ZF[i + 1]) < np.exp(-0.5 * x * x):
             return s, x
         s, i, u = _layer(s)
         if abs(u) < _ZR[i]:
