@@ -48,7 +48,7 @@ def test_reduced_step_is_eqs_5_6_of_the_paper():
         np.testing.assert_allclose(got, (w0_new, w1_new, wn_new), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("exact,b", [(True, 1), (True, 2), (True, 7), (False, 3)])
+@pytest.mark.parametrize("exact,b", [(True, 1), (True, 2), (True, 3), (True, 7), (True, 32), (False, 3)])
 def test_moment_draws_have_the_wishart_moments(exact, b):
     sx, se, n = 1.5, 0.7, 200_000
     s = toy.draw_moments(np.array([12345 + b, 777], dtype=np.uint64), n, "exact" if exact else "reduced", b, sx, se)
@@ -62,8 +62,15 @@ def test_moment_draws_have_the_wishart_moments(exact, b):
         assert abs(col.mean() - means[j]) <= 4 * col.std() / np.sqrt(n) + 1e-12
         dev2 = (col - means[j]) ** 2
         assert abs(dev2.mean() - variances[j]) <= 4 * dev2.std() / np.sqrt(n) + 1e-12
-    if exact:   # S_xx·B/σx² ~ χ²_B exactly
-        assert stats.kstest(s[:, 0] * b / sx ** 2, stats.chi2(b).cdf).pvalue > 1e-3
+    if exact:   # the Bartlett factors: B S_xx/σx² = c1² ~ χ²_B, n ~ N(0, 1), c2² ~ χ²_{B-1}, independent
+        c1sq = s[:, 0] * b / sx ** 2
+        assert stats.kstest(c1sq, stats.chi2(b).cdf).pvalue > 1e-3
+        if b > 1:
+            z = s[:, 1] * b / (sx * se * np.sqrt(c1sq))
+            c2sq = s[:, 2] * b / se ** 2 - z * z
+            assert stats.kstest(z, "norm").pvalue > 1e-3
+            assert stats.kstest(c2sq, stats.chi2(b - 1).cdf).pvalue > 1e-3
+            assert abs(np.corrcoef(c1sq, c2sq)[0, 1]) < 4 / np.sqrt(n)
         assert abs(np.corrcoef(s[:, 0], s[:, 2])[0, 1]) < 4 / np.sqrt(n)
     else:       # Φ ~ N(0, 1)
         assert stats.kstest(-s[:, 1] * np.sqrt(b) / (sx * se), "norm").pvalue > 1e-3

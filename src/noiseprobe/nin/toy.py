@@ -56,6 +56,7 @@ INITS: dict[str, tuple[float, float, float]] = {
 # ---------------------------------------------------------------------------------------------------
 # random numbers inside numba: SplitMix64 (Steele, Lea & Flood 2014), one 64-bit state per replica
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_GOLDEN2, _GOLDEN3 = (np.uint64(k * 0x9E3779B97F4A7C15 % 2 ** 64) for k in (2, 3))   # (numba: int·uint64 is float)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
@@ -155,31 +156,74 @@ def _normal(s: np.uint64) -> tuple[np.uint64, float]:
 
 
 @numba.njit(cache=True)
-def _chi2(s: np.uint64, k: int) -> tuple[np.uint64, float]:
-    """χ²_k for integer k >= 1: z² for k = 1, else 2·Gamma(k/2) by Marsaglia–Tsang (shape >= 1)."""
-    if k == 1:
-        s, z = _normal(s)
-        return s, z * z
-    d = 0.5 * k - 1.0 / 3.0
-    c = 1.0 / np.sqrt(9.0 * d)
+def _chi2_from(s: np.uint64, d: float, c: float, z: float, u: float) -> tuple[np.uint64, float]:
+    """χ²_k = 2·Gamma(k/2) for k >= 2 by Marsaglia–Tsang (d = k/2 − 1/3, c = 1/√(9d)), starting from the
+    proposal (z, u) ~ N(0, 1) × U(0, 1); after a rejection, fresh proposals from the stream at ``s``."""
     while True:
-        s, z = _normal(s)
         v = 1.0 + c * z
-        if v <= 0.0:
-            continue
-        v = v * v * v
+        if v > 0.0:
+            v = v * v * v
+            if u < 1.0 - 0.0331 * (z * z) * (z * z) or np.log(u) < 0.5 * z * z + d - d * v + d * np.log(v):
+                return s, 2.0 * d * v
+        s, z = _normal(s)
         s, u = _uniform(s)
-        if np.log(u) < 0.5 * z * z + d - d * v + d * np.log(v):
-            return s, 2.0 * d * v
+
+
+@numba.njit(cache=True, inline="always")
+def _gamma_shape(k: float) -> tuple[float, float]:
+    """Marsaglia–Tsang constants (d, c) of χ²_k = 2·Gamma(k/2)."""
+    d = 0.5 * k - 1.0 / 3.0
+    return d, 1.0 / np.sqrt(9.0 * d)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Per-replica quantities live in the rows of one float array x[row, lane] (see the kernel below); the
+# samplers read theirs from it.
+_W0, _W1, _WN, _S1, _S01 = range(5)       # weights, Σ w1², Σ (w0² + w1²) over the steps before: rows
+_NEXT = 5                                 # ... of one parity; the other parity is 5 rows further
+_MAX_W1SQ, _MAX_WNSQ, _MAX_LOSS = 10, 11, 12
+_LR, _M, _HX, _A_N, _A_L, _N0, _LOSS0, _THR_N, _THR_L, _LIVE = range(13, 23)
+_SX, _SE, _B, _INV_B, _SCALE, _D1, _C1, _D2, _C2 = range(23, 32)    # sampler parameters (_set_sampler)
+_ROWS = 32
+
+
+@numba.njit(cache=True)
+def _set_sampler(x: np.ndarray, j: int, sx: float, se: float, b: int) -> None:
+    """Sampler parameters of lane j: σx, σε, B, 1/B, σx σε/√B, and the Marsaglia–Tsang constants of χ²_B
+    and χ²_{B−1} (used when B > 1, resp. B > 2). (Lanes without a replica keep zeros: no division.)"""
+    x[_SX, j], x[_SE, j], x[_B, j], x[_INV_B, j], x[_SCALE, j] = sx, se, b, 1.0 / b, sx * se / np.sqrt(b)
+    x[_D1, j], x[_C1, j] = _gamma_shape(max(b, 2))
+    x[_D2, j], x[_C2, j] = _gamma_shape(max(b - 1, 2))
 
 
 # ---------------------------------------------------------------------------------------------------
 # Samplers of one step's batch moments (S_xx, S_xε, S_εε), one per kind of replica. Every replica owns
-# two SplitMix64 streams: the FAST stream gives exactly one output z per step (so the output of step k is
-# known without drawing steps 0..k-1 first), the SLOW stream everything else. Each sampler is a pair:
-# ``fast(z, b, sx, se) -> (complete, S_xx, S_xε, S_εε)`` is the common, branch-free case (vectorised over
-# replicas in the kernel); when ``complete`` is False, ``slow(a, z, b, sx, se) -> (a, S_xx, S_xε, S_εε)``
-# redoes the draw from z, taking any further randomness from the slow stream at state ``a``.
+# two SplitMix64 streams: the FAST stream gives a fixed number of outputs per step (_WIDTH), so step k's
+# outputs are known without drawing steps 0..k-1 first; the SLOW stream gives everything else. Each
+# sampler is a pair: ``fast(s, x, j) -> (complete, S_xx, S_xε, S_εε)`` is the common, branch-free case
+# (vectorised over lanes j in the kernel), from the outputs of the fast stream after state s; when
+# ``complete`` is False, ``slow(a, s, x, j) -> (a, S_xx, S_xε, S_εε)`` redoes the draw from the same
+# outputs, taking any further randomness from the slow stream at state ``a``.
+
+@numba.njit(cache=True, inline="always")
+def _normal32(v: np.uint64) -> tuple[bool, float]:
+    """The ziggurat's fast path on 32 random bits: (in the layer's rectangle, value)."""
+    i, u = _bits32(v)
+    return abs(u) < _ZR[i], u * _ZX[i]
+
+
+@numba.njit(cache=True, inline="always")
+def _normal32_full(s: np.uint64, v: np.uint64) -> tuple[np.uint64, float]:
+    """N(0, 1) from 32 random bits, the rare branches drawing from the stream at ``s``."""
+    i, u = _bits32(v)
+    return _ziggurat(s, i, u)
+
+
+@numba.njit(cache=True, inline="always")
+def _uniform32(v: np.uint64) -> float:
+    """U(0, 1) from 32 random bits (the high half of v)."""
+    return (np.float64(v >> _S32) + 0.5) * (1.0 / 4294967296.0)
+
 
 @numba.njit(cache=True, inline="always")
 def _single_moments(zx: float, ze: float, sx: float, se: float) -> tuple[float, float, float]:
@@ -188,86 +232,116 @@ def _single_moments(zx: float, ze: float, sx: float, se: float) -> tuple[float, 
 
 
 @numba.njit(cache=True, inline="always")
-def _fast_single(z: np.uint64, b: int, sx: float, se: float) -> tuple[bool, float, float, float]:
-    """Exact SGD at B = 1: (x, ε) from the two 32-bit halves of z."""
-    ix, ux = _bits32(z & _LOW32)
-    ie, ue = _bits32(z >> _S32)
-    sxx, sxe, see = _single_moments(ux * _ZX[ix], ue * _ZX[ie], sx, se)
-    return (abs(ux) < _ZR[ix]) & (abs(ue) < _ZR[ie]), sxx, sxe, see
+def _fast_single(s: np.uint64, x: np.ndarray, j: int) -> tuple[bool, float, float, float]:
+    """Exact SGD at B = 1: (x, ε) from the two 32-bit halves of one output."""
+    z = _mix(s + _GOLDEN)
+    okx, zx = _normal32(z & _LOW32)
+    oke, ze = _normal32(z >> _S32)
+    sxx, sxe, see = _single_moments(zx, ze, x[_SX, j], x[_SE, j])
+    return okx & oke, sxx, sxe, see
 
 
 @numba.njit(cache=True)
-def _slow_single(a: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
-    ix, ux = _bits32(z & _LOW32)
-    a, zx = _ziggurat(a, ix, ux)
-    ie, ue = _bits32(z >> _S32)
-    a, ze = _ziggurat(a, ie, ue)
-    sxx, sxe, see = _single_moments(zx, ze, sx, se)
+def _slow_single(a: np.uint64, s: np.uint64, x: np.ndarray, j: int) -> tuple[np.uint64, float, float, float]:
+    z = _mix(s + _GOLDEN)
+    a, zx = _normal32_full(a, z & _LOW32)
+    a, ze = _normal32_full(a, z >> _S32)
+    sxx, sxe, see = _single_moments(zx, ze, x[_SX, j], x[_SE, j])
     return a, sxx, sxe, see
 
 
 @numba.njit(cache=True, inline="always")
-def _fast_reduced(z: np.uint64, b: int, sx: float, se: float) -> tuple[bool, float, float, float]:
-    """The reduced map, eqs. (5)-(6): S_xx = σx², S_εε = σε², S_xε = −Φ σx σε/√B, Φ ~ N(0, 1) from z."""
-    i, u = _bits53(z)
-    return abs(u) < _ZR[i], sx * sx, -u * _ZX[i] * sx * se / np.sqrt(b), se * se
+def _fast_reduced(s: np.uint64, x: np.ndarray, j: int) -> tuple[bool, float, float, float]:
+    """The reduced map, eqs. (5)-(6): S_xx = σx², S_εε = σε², S_xε = −Φ σx σε/√B, Φ ~ N(0, 1) (53 bits)."""
+    i, u = _bits53(_mix(s + _GOLDEN))
+    return abs(u) < _ZR[i], x[_SX, j] * x[_SX, j], -(u * _ZX[i]) * x[_SCALE, j], x[_SE, j] * x[_SE, j]
 
 
 @numba.njit(cache=True)
-def _slow_reduced(a: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
-    i, u = _bits53(z)
+def _slow_reduced(a: np.uint64, s: np.uint64, x: np.ndarray, j: int) -> tuple[np.uint64, float, float, float]:
+    i, u = _bits53(_mix(s + _GOLDEN))
     a, phi = _ziggurat(a, i, u)
-    return a, sx * sx, -phi * sx * se / np.sqrt(b), se * se
+    return a, x[_SX, j] * x[_SX, j], -phi * x[_SCALE, j], x[_SE, j] * x[_SE, j]
 
 
 @numba.njit(cache=True, inline="always")
-def _fast_wishart(z: np.uint64, b: int, sx: float, se: float) -> tuple[bool, float, float, float]:
-    """Exact SGD at B > 1: nothing branch-free (the χ² draws loop); all of it in :func:`_slow_wishart`."""
-    return False, 0.0, 0.0, 0.0
+def _bartlett(c1sq: float, c2sq: float, n: float, x: np.ndarray, j: int) -> tuple[float, float, float]:
+    """B·S = L A Aᵀ Lᵀ, L = diag(σx, σε), A = [[c1, 0], [n, c2]], c1² ~ χ²_B, c2² ~ χ²_{B-1}, n ~ N(0, 1)."""
+    sx, se, f = x[_SX, j], x[_SE, j], x[_INV_B, j]
+    return sx * sx * c1sq * f, sx * se * np.sqrt(c1sq) * n * f, se * se * (n * n + c2sq) * f
+
+
+@numba.njit(cache=True, inline="always")
+def _fast_wishart(s: np.uint64, x: np.ndarray, j: int) -> tuple[bool, float, float, float]:
+    """Exact SGD at B > 1 by Bartlett, from three outputs: (normal, uniform) pairs for the first
+    Marsaglia–Tsang proposals of c1² and c2² (complete if the squeeze accepts both; c2² = z² at B = 2),
+    and the normal n."""
+    za, zb, zc = _mix(s + _GOLDEN), _mix(s + _GOLDEN2), _mix(s + _GOLDEN3)
+    ok1, g1 = _normal32(za & _LOW32)
+    ok2, g2 = _normal32(zb & _LOW32)
+    ok3, n = _normal32(zc & _LOW32)
+    u1, u2 = _uniform32(za), _uniform32(zb)
+    d1, c1, d2, c2 = x[_D1, j], x[_C1, j], x[_D2, j], x[_C2, j]
+    v1, v2 = 1.0 + c1 * g1, 1.0 + c2 * g2
+    acc1 = (v1 > 0.0) & (u1 < 1.0 - 0.0331 * (g1 * g1) * (g1 * g1))      # the squeeze of _chi2_from
+    acc2 = (v2 > 0.0) & (u2 < 1.0 - 0.0331 * (g2 * g2) * (g2 * g2))
+    v1, v2 = v1 * v1 * v1, v2 * v2 * v2
+    chi1 = x[_B, j] == 2.0
+    sxx, sxe, see = _bartlett(2.0 * d1 * v1, g2 * g2 if chi1 else 2.0 * d2 * v2, n, x, j)
+    return ok1 & ok2 & ok3 & acc1 & (acc2 | chi1), sxx, sxe, see
 
 
 @numba.njit(cache=True)
-def _slow_wishart(a: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
-    """Bartlett: B·S = L A Aᵀ Lᵀ, L = diag(σx, σε), A = [[c1, 0], [n, c2]], c1² ~ χ²_B, c2² ~ χ²_{B-1}."""
-    a, c1sq = _chi2(a, b)
-    a, c2sq = _chi2(a, b - 1)
-    a, n = _normal(a)
-    return a, sx * sx * c1sq / b, sx * se * np.sqrt(c1sq) * n / b, se * se * (n * n + c2sq) / b
+def _slow_wishart(a: np.uint64, s: np.uint64, x: np.ndarray, j: int) -> tuple[np.uint64, float, float, float]:
+    za, zb, zc = _mix(s + _GOLDEN), _mix(s + _GOLDEN2), _mix(s + _GOLDEN3)
+    a, g1 = _normal32_full(a, za & _LOW32)
+    a, c1sq = _chi2_from(a, x[_D1, j], x[_C1, j], g1, _uniform32(za))
+    a, g2 = _normal32_full(a, zb & _LOW32)
+    if x[_B, j] == 2.0:
+        c2sq = g2 * g2
+    else:
+        a, c2sq = _chi2_from(a, x[_D2, j], x[_C2, j], g2, _uniform32(zb))
+    a, n = _normal32_full(a, zc & _LOW32)
+    sxx, sxe, see = _bartlett(c1sq, c2sq, n, x, j)
+    return a, sxx, sxe, see
 
 
 SAMPLERS: tuple[str, ...] = ("single", "wishart", "reduced")   # exact B = 1, exact B > 1, eqs. (5)-(6)
 _SINGLE, _WISHART, _REDUCED = range(len(SAMPLERS))
+_WIDTH = (1, 3, 1)                                               # fast-stream outputs per step
 
 
 @numba.njit(cache=True, inline="always")
-def _fast(kind: int, z: np.uint64, b: int, sx: float, se: float) -> tuple[bool, float, float, float]:
+def _fast(kind: int, s: np.uint64, x: np.ndarray, j: int) -> tuple[bool, float, float, float]:
     """The fast path of sampler ``SAMPLERS[kind]``."""
     if kind == _SINGLE:
-        return _fast_single(z, b, sx, se)
+        return _fast_single(s, x, j)
     if kind == _WISHART:
-        return _fast_wishart(z, b, sx, se)
-    return _fast_reduced(z, b, sx, se)
+        return _fast_wishart(s, x, j)
+    return _fast_reduced(s, x, j)
 
 
 @numba.njit(cache=True)
-def _slow(kind: int, a: np.uint64, z: np.uint64, b: int, sx: float, se: float) -> tuple[np.uint64, float, float, float]:
+def _slow(kind: int, a: np.uint64, s: np.uint64, x: np.ndarray, j: int) -> tuple[np.uint64, float, float, float]:
     """The completion of sampler ``SAMPLERS[kind]`` from the slow stream."""
     if kind == _SINGLE:
-        return _slow_single(a, z, b, sx, se)
+        return _slow_single(a, s, x, j)
     if kind == _WISHART:
-        return _slow_wishart(a, z, b, sx, se)
-    return _slow_reduced(a, z, b, sx, se)
+        return _slow_wishart(a, s, x, j)
+    return _slow_reduced(a, s, x, j)
 
 
 @numba.njit(cache=True)
-def _draws(kind: int, s: np.uint64, a: np.uint64, n: int, b: int, sx: float, se: float) -> np.ndarray:
+def _draws(kind: int, s: np.uint64, a: np.uint64, n: int, sx: float, se: float, b: int) -> np.ndarray:
+    x = np.zeros((_ROWS, 1))
+    _set_sampler(x, 0, sx, se, b)
+    step = np.uint64(_WIDTH[kind]) * _GOLDEN
     out = np.empty((n, 3))
     for k in range(n):
-        s = s + _GOLDEN
-        z = _mix(s)
-        complete, out[k, 0], out[k, 1], out[k, 2] = _fast(kind, z, b, sx, se)
+        complete, out[k, 0], out[k, 1], out[k, 2] = _fast(kind, s, x, 0)
         if not complete:
-            a, out[k, 0], out[k, 1], out[k, 2] = _slow(kind, a, z, b, sx, se)
+            a, out[k, 0], out[k, 1], out[k, 2] = _slow(kind, a, s, x, 0)
+        s += step
     return out
 
 
@@ -276,7 +350,7 @@ def draw_moments(keys: np.ndarray, n: int, method: str, batch_size: int, sigma_x
     """``n`` successive (S_xx, S_xε, S_εε) draws of one replica with stream keys ``keys`` (fast, slow), as
     the kernel draws them: shape (n, 3). For tests."""
     kind = _REDUCED if method == "reduced" else (_SINGLE if batch_size == 1 else _WISHART)
-    return _draws(kind, np.uint64(keys[0]), np.uint64(keys[1]), n, batch_size, sigma_x, sigma_eps)
+    return _draws(kind, np.uint64(keys[0]), np.uint64(keys[1]), n, sigma_x, sigma_eps, batch_size)
 
 
 @numba.njit(cache=True, inline="always", fastmath={"contract"})
@@ -351,37 +425,31 @@ def _record_efolds(st: np.ndarray, col_t: int, col_e: int, t: int, y_prev: float
 
 LANES = 32    # replicas advanced in lockstep (a multiple of the widest SIMD vector, 8 float64)
 BLOCK = 64    # steps whose moments are drawn at once
-_W0, _W1, _WN, _S1, _S01 = range(5)       # weights, Σ w1², Σ (w0² + w1²) over the steps before: rows
-_NEXT = 5                                 # ... of one parity; the other parity is 5 rows further
-_MAX_W1SQ, _MAX_WNSQ, _MAX_LOSS = 10, 11, 12
-_LR, _M, _HX, _SX, _SE, _A_N, _A_L, _N0, _LOSS0, _THR_N, _THR_L, _LIVE = range(13, 25)
-_ROWS = 25
 
 
 @numba.njit(cache=True, inline="always", fastmath={"contract"})
-def _fill(kind: int, n: int, x: np.ndarray, s: np.ndarray, a: np.ndarray, b: np.ndarray, mom: np.ndarray,
+def _fill(kind: int, n: int, x: np.ndarray, s: np.ndarray, a: np.ndarray, mom: np.ndarray,
           pending: np.ndarray) -> None:
     """The moments mom[:3, k, j] of the next n <= BLOCK steps of every lane j: fast paths for all (k, j),
     then the completions (mom[3, k, j] = 1) in step order per live lane. ``s``, ``a``: fast and slow
     stream states, advanced."""
+    width = np.uint64(_WIDTH[kind]) * _GOLDEN
     for k in range(n):
-        ahead = np.uint64(k + 1) * _GOLDEN
+        ahead = np.uint64(k) * width
         todo = 0
         for j in range(LANES):
-            complete, mom[0, k, j], mom[1, k, j], mom[2, k, j] = _fast(kind, _mix(s[j] + ahead), b[j], x[_SX, j],
-                                                                        x[_SE, j])
+            complete, mom[0, k, j], mom[1, k, j], mom[2, k, j] = _fast(kind, s[j] + ahead, x, j)
             mom[3, k, j] = 0.0 if complete else 1.0
             todo |= np.int64(not complete)
         pending[k] = todo
-    for j in range(LANES):
-        s[j] += np.uint64(n) * _GOLDEN
     for k in range(n):
         if pending[k]:
             for j in range(LANES):
                 if mom[3, k, j] != 0.0 and x[_LIVE, j] != 0.0:
-                    z = _mix(s[j] - np.uint64(n - 1 - k) * _GOLDEN)
-                    a[j], mom[0, k, j], mom[1, k, j], mom[2, k, j] = _slow(kind, a[j], z, b[j], x[_SX, j],
-                                                                           x[_SE, j])
+                    a[j], mom[0, k, j], mom[1, k, j], mom[2, k, j] = _slow(kind, a[j], s[j] + np.uint64(k) * width,
+                                                                           x, j)
+    for j in range(LANES):
+        s[j] += np.uint64(n) * width
 
 
 @numba.njit(cache=True, inline="always", fastmath={"contract"})
@@ -438,7 +506,6 @@ def _group(kind: int, rows: np.ndarray, w0i: np.ndarray, w1i: np.ndarray, wni: n
     n_live = rows.shape[0]
     x = np.zeros((_ROWS, LANES))
     x[_THR_N:_THR_L + 1] = -1.0
-    b = np.ones(LANES, dtype=np.int64)
     kn, kl = np.zeros(LANES, dtype=np.int64), np.zeros(LANES, dtype=np.int64)
     s, a = np.zeros(LANES, dtype=np.uint64), np.zeros(LANES, dtype=np.uint64)
     flag = np.zeros(LANES, dtype=np.int64)
@@ -448,7 +515,8 @@ def _group(kind: int, rows: np.ndarray, w0i: np.ndarray, w1i: np.ndarray, wni: n
     for j in range(n_live):
         r = rows[j]
         x[_W0, j], x[_W1, j], x[_WN, j] = w0i[r], w1i[r], wni[r]
-        x[_LR, j], x[_M, j], x[_SX, j], x[_SE, j], b[j] = lr[r], m[r], sigma_x[r], sigma[r], batch[r]
+        x[_LR, j], x[_M, j] = lr[r], m[r]
+        _set_sampler(x, j, sigma_x[r], sigma[r], batch[r])
         x[_HX, j] = 0.5 * sigma_x[r] * sigma_x[r]
         x[_A_N, j], x[_A_L, j] = lr[r] * sigma[r] * sigma[r], 2.0 * lr[r] * sigma_x[r] * sigma_x[r]
         s[j], a[j] = keys[r, 0], keys[r, 1]
@@ -476,7 +544,7 @@ def _group(kind: int, rows: np.ndarray, w0i: np.ndarray, w1i: np.ndarray, wni: n
         if t == steps or n_live == 0:
             break
         n = min(BLOCK, steps - t, (rec_steps[ptr] - t) if ptr < n_rec else BLOCK)
-        _fill(kind, n, x, s, a, b, mom, pending)
+        _fill(kind, n, x, s, a, mom, pending)
         k = 0
         while k < n and n_live > 0:
             done = _advance(k, n, p, x, mom, threshold, flag)
