@@ -54,9 +54,9 @@ INITS: dict[str, tuple[float, float, float]] = {
 }
 
 # ---------------------------------------------------------------------------------------------------
-# random numbers inside numba: SplitMix64 (Steele, Lea & Flood 2014), one 64-bit state per replica
+# random numbers inside numba: SplitMix64 (Steele, Lea & Flood 2014), 64-bit states (two streams per replica)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_GOLDEN2, _GOLDEN3 = (np.uint64(k * 0x9E3779B97F4A7C15 % 2 ** 64) for k in (2, 3))   # (numba: int·uint64 is float)
+_GOLDEN2, _GOLDEN3 = (np.uint64(k * 0x9E3779B97F4A7C15 % 2 ** 64) for k in (2, 3))   # numba makes int * uint64 a float
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
@@ -94,7 +94,7 @@ def _ziggurat_tables(n: int = 256, r: float = 3.6541528853610088,
 _ZX, _ZR, _ZF = _ziggurat_tables()
 _ZIG_R = _ZX[1]                                   # where the tail begins
 _LAYER, _S8 = np.uint64(0xFF), np.uint64(8)       # 256 layers: the index is the low 8 bits
-_LOW32, _S32, _ZERO = np.uint64(0xFFFFFFFF), np.uint64(32), np.uint64(0)
+_LOW32, _S32 = np.uint64(0xFFFFFFFF), np.uint64(32)
 
 
 @numba.njit(cache=True, inline="always")
@@ -419,8 +419,8 @@ def _record_efolds(st: np.ndarray, col_t: int, col_e: int, t: int, y_prev: float
 # the previous step is at hand for the crossing's interpolation. A lane's numbers depend only on its
 # own streams and parameters: not on its group, the chunking or the thread count.
 #
-# All per-lane floats live in one array allocated by the group (rows below): with a fixed shape and
-# constant rows, LLVM sees that the stores of a step cannot alias its loads and vectorises the loops,
+# All per-lane floats live in one array allocated by the group (its rows are defined above the
+# samplers): with a fixed shape and constant rows, LLVM sees that the stores of a step cannot alias its loads and vectorises the loops,
 # which it does not do for a dozen separate arrays (too many run-time overlap checks).
 
 LANES = 32    # replicas advanced in lockstep (a multiple of the widest SIMD vector, 8 float64)
