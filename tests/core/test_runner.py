@@ -7,10 +7,13 @@ import signal
 import subprocess
 import time
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.executors import RayExecutor
 from noiseprobe.core.runner import run_experiment
 
 EXP = "sample_experiment:Walk"
@@ -90,3 +93,31 @@ def test_ray_executor_matches_local(sample_env, tmp_path):
     import ray
 
     assert not ray.is_initialized()  # the local instance we started was shut down
+
+
+def _listening() -> set[str]:
+    """Local "ADDRESS:PORT" (hex, as the kernel lists them) of every listening TCP socket on this host."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":                                  # TCP_LISTEN
+                found.add(fields[1])
+    return found
+
+
+# 127.0.0.1, ::ffff:127.0.0.1 and ::1 in the byte order of /proc/net/tcp[6]
+LOOPBACK = {"0100007F", "0000000000000000FFFF00000100007F", "00000000000000000000000001000000"}
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux /proc/net/tcp")
+def test_local_ray_instance_listens_on_loopback_only():
+    before = _listening()
+    ex = RayExecutor(workers=1)
+    try:
+        assert [v for _, v in ex.map(lambda x: -x, [(-3,)])] == [3]      # a worker is up too
+        opened = _listening() - before
+    finally:
+        ex.close()
+    assert opened, "the Ray instance opened no listening socket?"
+    assert {a for a in opened if a.split(":")[0] not in LOOPBACK} == set()

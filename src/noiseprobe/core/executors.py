@@ -77,8 +77,16 @@ class RayExecutor:
             else:
                 n = check_int("--workers", workers, lo=1, hi=4096) if workers is not None else None
                 path = os.pathsep.join(p for p in sys.path if p)
-                ray.init(num_cpus=n, _node_ip_address="127.0.0.1", include_dashboard=False,
-                         log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+                # Ray binds its servers to the node's IP address, and resolves 127.0.0.1 to an address that
+                # other hosts reach, unless its cluster mode is off (its default on Windows and macOS):
+                # then every server of the instance listens on the loopback interface only (tested).
+                from ray._private import ray_constants
+                cluster_mode, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
+                try:
+                    ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False,
+                             runtime_env={"env_vars": {"PYTHONPATH": path}})
+                finally:
+                    ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
                 self.started = True
         self.workers = workers
 
