@@ -141,7 +141,7 @@ def _normal_slow(s: np.uint64, i: np.int64, u: float) -> tuple[np.uint64, float]
 
 @numba.njit(cache=True, inline="always")
 def _ziggurat(s: np.uint64, i: np.int64, u: float) -> tuple[np.uint64, float]:
-    """N(0, 1) from the draw (i, u): accepted in the layer's rectangle about 99 % of the time; the rest
+    """N(0, 1) from the draw (i, u): accepted in the layer's rectangle 98.5 % of the time; the rest
     goes to :func:`_normal_slow` (kept out of line so this path inlines)."""
     if abs(u) < _ZR[i]:
         return s, u * _ZX[i]
