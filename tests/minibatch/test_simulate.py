@@ -93,3 +93,6 @@ def test_bad_inputs():
         LinearProblem(1.0, sigma=-1.0)
     with pytest.raises(ConfigError):
         simulate_sgd(pb.with_data(3, 0), 0.1, 4, steps=10, burn_in=0, chains=2, seed=0, replacement=False)
+    for bad in (dict(seed=-1), dict(seed=0.5), dict(first_chain=-2)):
+        with pytest.raises(ConfigError):
+            simulate_sgd(pb, 0.1, 1, steps=10, burn_in=0, chains=2, **{"seed": 0, **bad})

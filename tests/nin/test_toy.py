@@ -191,6 +191,10 @@ def test_recorded_trajectories_table_and_validation():
         toy.simulate([0.1, 0.2], w0=[0.1, 0.2, 0.3], w1=0.1, w_ni=1.0, steps=10)
     with pytest.raises(ConfigError):
         toy.init_weights("garbled", 0, [0])
+    for bad in (dict(seed=-1), dict(seed=1.5), dict(replicas=[-1])):
+        with pytest.raises(ConfigError):
+            toy.simulate([0.1], w0=0.1, w1=0.1, w_ni=1.0, steps=10, **bad)
+    assert toy.simulate([0.1], w0=0.1, w1=0.1, w_ni=1.0, steps=10, seed=np.int64(3)).steps == 10
 
 
 def test_ziggurat_normals_match_the_gaussian_histogram_and_tails():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Collection
 from typing import Any
 
@@ -40,14 +41,14 @@ def check_real(field: str, value: Any, *, lo: float | None = None, hi: float | N
 
 
 def check_int(field: str, value: Any, *, lo: int | None = None, hi: int | None = None) -> int:
-    """Return ``value`` if it is an integer in [lo, hi], else raise ConfigError."""
+    """Return ``value`` as an int if it is an integer (Python or NumPy) in [lo, hi], else raise ConfigError."""
     rng = " ".join(s for s in ((f">= {lo}" if lo is not None else ""), (f"<= {hi}" if hi is not None else "")) if s)
     allowed = "an integer" + (" " + rng.replace(" <=", " and <=") if rng else "")
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(field, value, allowed)
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         raise ConfigError(field, value, allowed)
-    return value
+    return int(value)
 
 
 def check_choice(field: str, value: Any, choices: Collection[Any]) -> Any:

@@ -291,6 +291,8 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
     pb = problem
     D = pb.dim
     chains = check_int("chains", chains, lo=1)
+    seed = check_int("seed", seed, lo=0)
+    first_chain = check_int("first_chain", first_chain, lo=0)
     S = check_int("batch_size", batch_size, lo=1)
     steps = check_int("steps", steps, lo=1)
     burn_in = check_int("burn_in", burn_in, lo=0)

@@ -700,6 +700,7 @@ def simulate(sigma_eps: float | np.ndarray, *, w0: float | np.ndarray, w1: float
     """
     check_choice("method", method, METHODS)
     steps = check_int("steps", steps, lo=1)
+    seed = check_int("seed", seed, lo=0)
     threshold = check_real("threshold", threshold, lo=0.0, lo_open=True)
     shapes = [np.shape(v) for v in (sigma_eps, w0, w1, w_ni, lr, batch_size, sigma_x, M)]
     n = max((s[0] for s in shapes if len(s) == 1), default=1)
@@ -717,6 +718,8 @@ def simulate(sigma_eps: float | np.ndarray, *, w0: float | np.ndarray, w1: float
         raise ConfigError("batch_size", batch_size, "positive integers")
     a0, a1, an = (_per_replica(k, v, n) for k, v in (("w0", w0), ("w1", w1), ("w_ni", w_ni)))
     reps = np.arange(n, dtype=np.int64) if replicas is None else _per_replica("replicas", replicas, n, np.int64)
+    if np.any(reps < 0):
+        raise ConfigError("replicas", reps[reps < 0][0], "non-negative integers (global replica indices)")
     rec = np.zeros(0, dtype=np.int64) if record is None else np.asarray(record, dtype=np.int64).ravel()
     rsteps = np.zeros(0, dtype=np.int64) if record_steps is None else np.asarray(record_steps, dtype=np.int64)
     if rec.size and (rec.min() < 0 or rec.max() >= n or len(np.unique(rec)) != rec.size):
