@@ -195,15 +195,24 @@ def test_fig4_dist_checks_pass_on_eq90_samples_and_fail_on_gaussian_samples():
 
 
 def test_fig4_highdim_checks_fail_when_the_truth_is_the_hessian_approximation():
-    """Panel (e) on synthetic per-chain second moments (Wishart, 200 dof per chain): centred on the exact Σ both
-    checks pass; centred on the discrete Hessian approximation the exact-match check fails."""
+    """Panel (e) on synthetic per-chain second moments (Wishart, 200 dof per chain), checks (eigenvalues match,
+    matrix matches, both approximations miss): centred on the exact Σ all pass; centred on the discrete
+    Hessian approximation all fail; centred on the exact Σ turned by 0.1 rad in the plane of its largest and
+    smallest eigenvectors (same eigenvalues, other orientation) only the matrix check fails."""
     from noiseprobe.minibatch.baselines import hessian_approx_sigma
 
     exp = experiments.get("mbn-fig4")
     cfg = exp.config("quick")
     rng = np.random.default_rng(4)
     A = exp.highdim_hessian(cfg)
-    for truth, expect in ((exp.highdim_sigma(cfg), [True, True]),
-                          (hessian_approx_sigma(A, cfg["lr_hd"], cfg["S_hd"]), [False, False])):
+    exact = exp.highdim_sigma(cfg)
+    lam, U = np.linalg.eigh(exact)
+    c, s = np.cos(0.1), np.sin(0.1)
+    turn = np.eye(len(lam))
+    turn[np.ix_([0, -1], [0, -1])] = [[c, -s], [s, c]]
+    turned = (U @ turn) @ np.diag(lam) @ (U @ turn).T
+    for truth, expect in ((exact, [True, True, True]),
+                          (hessian_approx_sigma(A, cfg["lr_hd"], cfg["S_hd"]), [False, False, False]),
+                          (turned, [True, False, True])):
         per_chain = stats.wishart.rvs(df=200, scale=truth / 200, size=300, random_state=rng)
         assert _fig4_checks_on(cfg, per_chain_sigma=per_chain) == expect
