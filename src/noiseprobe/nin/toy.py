@@ -183,15 +183,16 @@ _W0, _W1, _WN, _S1, _S01 = range(5)       # weights, Σ w1², Σ (w0² + w1²) o
 _NEXT = 5                                 # ... of one parity; the other parity is 5 rows further
 _MAX_W1SQ, _MAX_WNSQ, _MAX_LOSS = 10, 11, 12
 _LR, _M, _HX, _A_N, _A_L, _N0, _LOSS0, _THR_N, _THR_L, _LIVE = range(13, 23)
-_SX, _SE, _B, _INV_B, _SCALE, _D1, _C1, _D2, _C2 = range(23, 32)    # sampler parameters (_set_sampler)
+_SX, _SE, _B, _INV_B, _SD_SXE, _D1, _C1, _D2, _C2 = range(23, 32)    # sampler parameters (_set_sampler)
 _ROWS = 32
 
 
 @numba.njit(cache=True)
 def _set_sampler(x: np.ndarray, j: int, sx: float, se: float, b: int) -> None:
-    """Sampler parameters of lane j: σx, σε, B, 1/B, σx σε/√B, and the Marsaglia–Tsang constants of χ²_B
-    and χ²_{B−1} (used when B > 1, resp. B > 2). (Lanes without a replica keep zeros: no division.)"""
-    x[_SX, j], x[_SE, j], x[_B, j], x[_INV_B, j], x[_SCALE, j] = sx, se, b, 1.0 / b, sx * se / np.sqrt(b)
+    """Sampler parameters of lane j: σx, σε, B, 1/B, σx σε/√B (the sd of S_xε), and the Marsaglia–Tsang
+    constants of χ²_B and χ²_{B−1} (used when B > 1, resp. B > 2). (Lanes without a replica keep zeros:
+    the kernels never divide.)"""
+    x[_SX, j], x[_SE, j], x[_B, j], x[_INV_B, j], x[_SD_SXE, j] = sx, se, b, 1.0 / b, sx * se / np.sqrt(b)
     x[_D1, j], x[_C1, j] = _gamma_shape(max(b, 2))
     x[_D2, j], x[_C2, j] = _gamma_shape(max(b - 1, 2))
 
@@ -254,14 +255,14 @@ def _slow_single(a: np.uint64, s: np.uint64, x: np.ndarray, j: int) -> tuple[np.
 def _fast_reduced(s: np.uint64, x: np.ndarray, j: int) -> tuple[bool, float, float, float]:
     """The reduced map, eqs. (5)-(6): S_xx = σx², S_εε = σε², S_xε = −Φ σx σε/√B, Φ ~ N(0, 1) (53 bits)."""
     i, u = _bits53(_mix(s + _GOLDEN))
-    return abs(u) < _ZR[i], x[_SX, j] * x[_SX, j], -(u * _ZX[i]) * x[_SCALE, j], x[_SE, j] * x[_SE, j]
+    return abs(u) < _ZR[i], x[_SX, j] * x[_SX, j], -(u * _ZX[i]) * x[_SD_SXE, j], x[_SE, j] * x[_SE, j]
 
 
 @numba.njit(cache=True)
 def _slow_reduced(a: np.uint64, s: np.uint64, x: np.ndarray, j: int) -> tuple[np.uint64, float, float, float]:
     i, u = _bits53(_mix(s + _GOLDEN))
     a, phi = _ziggurat(a, i, u)
-    return a, x[_SX, j] * x[_SX, j], -phi * x[_SCALE, j], x[_SE, j] * x[_SE, j]
+    return a, x[_SX, j] * x[_SX, j], -phi * x[_SD_SXE, j], x[_SE, j] * x[_SE, j]
 
 
 @numba.njit(cache=True, inline="always")
