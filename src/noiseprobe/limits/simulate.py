@@ -189,7 +189,7 @@ def noisy_gd(loss_hat: LossHat, w0: np.ndarray | Sequence[float], *, lr: float |
         return torch.from_numpy(np.stack([np.asarray(sampler(n, g, float(s)), dtype=np.float64).reshape(n, m)
                                           for g, s in zip(gens, sigma_arr)], axis=1))
 
-    extra = {check_int("record_at", int(s) if isinstance(s, np.integer) else s, lo=0, hi=steps) for s in record_at}
+    extra = {check_int("record_at", s, lo=0, hi=steps) for s in record_at}
     record_steps = sorted(set(range(0, steps + 1, record_every)) | {steps} | extra)
     K = len(record_steps)
     positions = np.full((K, R, d), np.nan)

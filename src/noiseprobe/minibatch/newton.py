@@ -40,7 +40,7 @@ def ngd_x(lr: float, batch_size: int, sigma: float, dim: int, momentum: float = 
     1/(1+D)). Uniqueness is not claimed by the paper ("one solution").
     """
     S, mu = _S(batch_size), _mu(momentum)
-    D = check_int("dim", int(dim) if isinstance(dim, np.integer) else dim, lo=1)
+    D = check_int("dim", dim, lo=1)
     lam, sigma = _real("lr", lr, lo=0.0, lo_open=True), _sigma(sigma)
     a = 2 * (1 - mu) * (1 + D)
     b = 2 * (1 - mu) * sigma ** 2 - (1 - mu) * lam / (1 + mu) - lam * (1 + D) / S

@@ -67,7 +67,7 @@ RECORD_COLUMNS = ("member", "replica", "sigma", "nin_mode", "epoch", "step", "tr
 
 def order_seed(seed: int, replica: int) -> int:
     """The integer seed of replica ``replica``'s data-order generator (pass it as ``probe.train(seed=...)``)."""
-    check_int("replica", int(replica) if isinstance(replica, np.integer) else replica, lo=0)
+    check_int("replica", replica, lo=0)
     return int(seed_sequence(seed, replica, STREAM_ORDER).generate_state(1, np.uint64)[0] >> np.uint64(2))
 
 
@@ -258,7 +258,7 @@ def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
     check_int("eval_block", eval_block, lo=1)
     if record_epochs is not None:
         for e in record_epochs:
-            check_int("record_epochs", int(e) if isinstance(e, np.integer) else e, lo=0, hi=epochs)
+            check_int("record_epochs", e, lo=0, hi=epochs)
     ens = ensemble.select(torch.arange(ensemble.k)) if ensemble is not None else init_ensemble(
         [xtr.shape[1], *hidden, int(max(ytr.max(), yte.max())) + 1], sigmas, replicas, seed,
         nin_layer=nin_layer, niw_init_std=niw_init_std, dtype=dtype)
