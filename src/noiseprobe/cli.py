@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from noiseprobe import __version__
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.errors import CONFIG_EXIT, NUMERICAL_EXIT, ConfigError, NumericalError
 
 PRESETS = ("quick", "full")
 
@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override one config field (repeatable)")
     r.add_argument("--data-dir", type=Path, default=None, help="folder with the dataset files a full preset needs")
+    r.add_argument("--strict", action="store_true",
+                   help="exit 1 unless the run is ok (no check failed, every reproduction check measurable)")
     _run_args(r)
     d = sub.add_parser("demo", help="quick runs, one or more per paper, and an HTML report")
     d.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)")
@@ -83,14 +85,18 @@ def _workers(args: argparse.Namespace) -> int:
     return args.workers if args.workers is not None else default_workers()
 
 
+MARK = {"pass": "pass", "refuted": "refuted", "fail": "FAIL", "not measurable": "n/m"}
+
+
 def _print_summary(summary: dict[str, Any], out: Path) -> None:
+    from noiseprobe.core.checks import headline
+
     checks = summary.get("checks", [])
-    n_pass = sum(bool(c["passed"]) for c in checks)
-    print(f"{summary['experiment']} ({summary['preset']}): {summary['seconds']:.1f} s, "
-          f"checks passed {n_pass}/{len(checks)} -> {out}")
+    print(f"{summary['experiment']} ({summary['preset']}): {summary['seconds']:.1f} s, {headline(checks)} -> {out}")
     for c in checks:
-        print(f"  [{'pass' if c['passed'] else 'FAIL'}] {c['claim']}: measured {c['measured']}, "
-              f"expected {c['expected']} (tolerance {c['tolerance']})")
+        fix = f" (corrected by {c['corrected_by']})" if c.get("verdict") == "refuted" else ""
+        print(f"  [{MARK.get(c.get('verdict', ''), '?')}] {c['key']}: {c['claim']}: measured {c['measured']}, "
+              f"expected {c.get('expected_text', c['expected'])} (tolerance {c['tolerance']}){fix}")
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
@@ -110,7 +116,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     summary = run_experiment(args.id, args.preset, out, overrides, args.executor, _workers(args),
                              args.address, quiet=args.quiet)
     _print_summary(summary, out)
-    return 0
+    return 1 if args.strict and not summary.get("ok", False) else 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -149,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         return _cmd_report(args)
     except ConfigError as exc:
         print(f"noiseprobe: error: {exc}", file=sys.stderr)
-        return 2
+        return CONFIG_EXIT
+    except NumericalError as exc:
+        print(f"noiseprobe: numerical failure: {exc}", file=sys.stderr)
+        return NUMERICAL_EXIT
     except KeyboardInterrupt:
         print("noiseprobe: interrupted; finished chunks are kept; run the same command again to resume",
               file=sys.stderr)

@@ -3,32 +3,37 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from noiseprobe.core.errors import check_int, check_real
-from noiseprobe.core.experiment import Check, Chunk, Experiment
+from noiseprobe.core.checks import Check
+from noiseprobe.core.config import ExperimentConfig, param
+from noiseprobe.core.experiment import Chunk, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.seeding import ReplicaStreams
+
+
+@dataclass(frozen=True, kw_only=True)
+class WalkConfig(ExperimentConfig):
+    n_replicas: int = param(lo=1, hi=10**6)
+    per_chunk: int = param(lo=1)
+    n_steps: int = param(lo=1, hi=10**6)
+    step_sd: float = param(lo=0.0)
+    sleep: float = param(lo=0.0, hi=10.0)
 
 
 class Walk(Experiment):
     id = "sample-walk"
     title = "random walks (test experiment)"
     tables = ("paths",)
+    Config = WalkConfig
     presets = {
         "quick": {"seed": 7, "n_replicas": 24, "per_chunk": 4, "n_steps": 50, "step_sd": 1.0, "sleep": 0.0},
         "full": {"seed": 7, "n_replicas": 240, "per_chunk": 8, "n_steps": 500, "step_sd": 1.0, "sleep": 0.0},
     }
-
-    def validate(self, config):
-        check_int("n_replicas", config["n_replicas"], lo=1)
-        check_int("per_chunk", config["per_chunk"], lo=1)
-        check_int("n_steps", config["n_steps"], lo=1, hi=10**6)
-        check_real("step_sd", config["step_sd"], lo=0)
-        check_real("sleep", config["sleep"], lo=0, hi=10)
 
     def chunks(self, config):
         n, k = config["n_replicas"], config["per_chunk"]
@@ -52,4 +57,4 @@ class Walk(Experiment):
         fig, ax = new_figure()
         ax.hist(res["final"], bins=20)
         savefig(fig, out / "finals.png")
-        return ({"var_final": var}, [Check("Var x_T = T sd^2", var, expected, 5 * se, abs(var - expected) < 5 * se)])
+        return ({"var_final": var}, [Check.close("var-final", "Var x_T = T sd^2", var, expected, atol=0.0, se=se)])

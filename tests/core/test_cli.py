@@ -96,7 +96,7 @@ def test_cli_end_to_end_in_a_subprocess(sample_env, cli, tmp_path):
     ok = subprocess.run([*cli, "reproduce", EXP, "--out", str(out), "--workers", "1"], env=sample_env,
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
-    assert "checks passed 1/1" in ok.stdout and (out / "summary.json").exists()
+    assert "1 reproduced · 0 paper claims refuted and corrected · 0 failed" in ok.stdout and (out / "summary.json").exists()
     bad = subprocess.run([*cli, "reproduce", EXP, "--set", "n_steps=0", "--out", str(tmp_path / "bad")],
                          env=sample_env, capture_output=True, text=True, timeout=120)
     _assert_one_line_error(bad.returncode, bad.stderr, "n_steps")

@@ -37,4 +37,4 @@ def test_report_renders_figures_and_checks_in_chromium(sample_env, tmp_path):
     assert loaded and total and int(total.group(1)) == 2 and loaded.group(1) == total.group(1), dom[:500]
     assert dom.count("<table class=\"checks\">") == 2
     assert "Var x_T = T sd^2" in dom and "<th>measured</th>" in dom and "<th>tolerance</th>" in dom
-    assert "paper claims checked: <b>2/2 pass</b>" in dom
+    assert "2 reproduced · 0 paper claims refuted and corrected · 0 failed" in dom

@@ -24,7 +24,7 @@ def test_run_directory_contract(sample_env, tmp_path):
     run = tmp_path / "run"
     assert {"experiment", "preset", "config", "seconds", "metrics", "checks"} <= set(s)
     on_disk = json.loads((run / "summary.json").read_text())
-    assert on_disk["checks"][0].keys() >= {"claim", "measured", "expected", "tolerance", "passed"}
+    assert on_disk["checks"][0].keys() >= {"key", "claim", "kind", "measured", "expected", "tolerance", "se", "verdict", "passed"}
     assert len(pd.read_parquet(run / "results.parquet")) == 24
     assert len(pd.read_parquet(run / "paths.parquet")) == 24 * 5
     assert (run / "finals.png").stat().st_size > 1000

@@ -20,6 +20,18 @@ class ConfigError(ValueError):
         super().__init__(f"{field} = {value!r} is invalid: allowed {allowed}")
 
 
+class NumericalError(ArithmeticError):
+    """A computation on valid input produced non-finite numbers (overflow, a singular system, NaN).
+
+    Distinct from :class:`ConfigError` (the input was bad): the CLI prints one line and exits with
+    :data:`NUMERICAL_EXIT` (3).
+    """
+
+
+#: exit status of the CLI for bad input (ConfigError) and for a numerical failure (NumericalError)
+CONFIG_EXIT, NUMERICAL_EXIT = 2, 3
+
+
 def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

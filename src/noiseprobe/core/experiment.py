@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pandas as pd
 
+from noiseprobe.core.config import ExperimentConfig
 from noiseprobe.core.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Check:
-    """A paper's claim, measured. ``expected`` and ``tolerance`` are numbers or short strings."""
+    """Deprecated free-verdict check, kept only until every experiment builds
+    :class:`noiseprobe.core.checks.Check` (the runner converts it with a key derived from the claim)."""
 
     claim: str
     measured: Any
@@ -32,10 +35,16 @@ class Check:
     passed: bool
     detail: str = ""
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["passed"] = bool(self.passed)
-        return jsonable(d)
+    def upgrade(self) -> Any:
+        """The equivalent :class:`noiseprobe.core.checks.Check` (key from the claim; non-finite: not measurable)."""
+        import re
+
+        from noiseprobe.core import checks
+
+        key = re.sub(r"[^a-z0-9]+", "-", self.claim.lower()).strip("-")[:60]
+        finite = not (isinstance(self.measured, float) and not math.isfinite(self.measured))
+        return checks.Check(key, self.claim, "legacy", self.measured, self.expected, str(self.tolerance),
+                            bool(self.passed) if finite else None, detail=self.detail)
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,8 @@ class Experiment:
     id: ClassVar[str]
     title: ClassVar[str]
     presets: ClassVar[dict[str, dict[str, Any]]]
+    #: the typed config (a frozen :class:`~noiseprobe.core.config.ExperimentConfig`); presets are its values
+    Config: ClassVar[type[ExperimentConfig] | None] = None
     #: names of the extra result tables (besides ``results``) that run_chunk may return
     tables: ClassVar[tuple[str, ...]] = ()
 
@@ -77,11 +88,20 @@ class Experiment:
         raise NotImplementedError
 
     # -- provided -------------------------------------------------------------------------------
-    def config(self, preset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The preset's config with overrides applied and validated."""
+    def parse(self, values: dict[str, Any]) -> Any:
+        """The typed config built from a JSON dict (as stored in run.json), validated."""
+        if self.Config is not None:
+            return self.Config.from_dict(values, context=self.id)
+        self.validate(values)
+        return values
+
+    def config(self, preset: str, overrides: dict[str, Any] | None = None) -> Any:
+        """The preset's config with overrides applied and validated (the typed config where declared)."""
         if preset not in self.presets:
             raise ConfigError("preset", preset, "one of " + ", ".join(self.presets))
         cfg = json.loads(json.dumps(self.presets[preset]))
+        if self.Config is not None:
+            return self.parse({**cfg, **(overrides or {})})
         for key, value in (overrides or {}).items():
             if key not in cfg:
                 raise ConfigError(f"--set {key}", value, f"a field of {self.id}: " + ", ".join(sorted(cfg)))

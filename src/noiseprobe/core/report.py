@@ -17,6 +17,8 @@ h1{font-size:1.6em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-t
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em} td,th{border:1px solid #ccc;padding:.25em .5em;vertical-align:top}
 th{background:#f3f3f3;text-align:left} td.num{font-family:ui-monospace,monospace;text-align:right}
 tr.pass td.verdict{background:#d9f2d9;font-weight:600} tr.fail td.verdict{background:#f9d6d5;font-weight:600}
+tr.refuted td.verdict{background:#fbe3b5;font-weight:600} tr.nm td.verdict{background:#e4e4e4;font-weight:600}
+tr.refuted + tr.corr td{border-top:none} tr.corr td.claim{padding-left:1.5em} .ok{color:#1a7f37} .notok{color:#b42318}
 figure{display:inline-block;margin:.5em;vertical-align:top} figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.8em;color:#555} .meta{color:#555;font-size:.9em} .summary{font-size:1.05em}
 """
@@ -52,17 +54,39 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _run_section(run: Path) -> tuple[str, int, int]:
+ROW_CLASS = {"pass": "pass", "fail": "fail", "refuted": "refuted", "not measurable": "nm"}
+SHOWN = {"pass": "pass", "fail": "FAIL", "refuted": "refuted", "not measurable": "not measurable"}
+
+
+def _check_row(c: dict[str, Any], extra_class: str = "") -> str:
+    e = html.escape
+    v = str(c.get("verdict", ""))
+    kind = "paper claim" if c.get("kind") == "paper-claim" else ""
+    return (f"<tr class='{ROW_CLASS.get(v, 'fail')}{extra_class}' id='{e(str(c.get('key')))}'>"
+            f"<td class='claim'>{e(str(c.get('claim')))}<br><code>{e(str(c.get('key')))}</code> {e(kind)}</td>"
+            f"<td class='num'>{e(_fmt(c.get('measured')))}</td>"
+            f"<td class='num'>{e(str(c.get('expected_text', _fmt(c.get('expected')))))}</td>"
+            f"<td class='num'>{e(_fmt(c.get('tolerance')))}</td>"
+            f"<td class='verdict'>{e(SHOWN.get(v, v))}</td><td>{e(str(c.get('detail', '')))}</td></tr>")
+
+
+def _run_section(run: Path) -> tuple[str, list[dict[str, Any]]]:
+    from noiseprobe.core.checks import headline
+
     s = json.loads((run / "summary.json").read_text())
     e = html.escape
     checks = s.get("checks", [])
-    n_pass = sum(bool(c.get("passed")) for c in checks)
-    rows = "".join(
-        f"<tr class='{'pass' if c.get('passed') else 'fail'}'><td>{e(str(c.get('claim')))}</td>"
-        f"<td class='num'>{e(_fmt(c.get('measured')))}</td><td class='num'>{e(_fmt(c.get('expected')))}</td>"
-        f"<td class='num'>{e(_fmt(c.get('tolerance')))}</td>"
-        f"<td class='verdict'>{'pass' if c.get('passed') else 'FAIL'}</td><td>{e(str(c.get('detail', '')))}</td></tr>"
-        for c in checks)
+    by_key = {c.get("key"): c for c in checks}
+    corrections = {c.get("corrected_by") for c in checks if c.get("verdict") == "refuted"}
+    rows = []
+    for c in checks:  # a refuted claim is shown with its correction right below it
+        if c.get("key") in corrections:
+            continue
+        rows.append(_check_row(c))
+        if c.get("verdict") == "refuted" and c.get("corrected_by") in by_key:
+            rows.append(_check_row(by_key[c["corrected_by"]], " corr"))
+    rows_html = "".join(rows)
+    ok = s.get("ok")
     metrics = "".join(f"<tr><th>{e(str(k))}</th><td class='num'>{e(_fmt(v))}</td></tr>"
                       for k, v in s.get("metrics", {}).items())
     figs = "".join(
@@ -71,29 +95,34 @@ def _run_section(run: Path) -> tuple[str, int, int]:
         for p in sorted(run.glob("*.png")))
     body = (f"<section class='run' id='{e(run.name)}'><h2>{e(s['experiment'])}: {e(s.get('title', ''))}</h2>"
             f"<p class='meta'>preset <b>{e(s.get('preset', ''))}</b> · {s.get('seconds', 0):.1f} s · "
-            f"checks passed {n_pass}/{len(checks)} · directory <code>{e(str(run))}</code></p>"
+            f"<span class='{'ok' if ok else 'notok'}'>{e(headline(checks))}</span> · "
+            f"directory <code>{e(str(run))}</code></p>"
             f"<h3>Checks</h3><table class='checks'><tr><th>claim</th><th>measured</th><th>expected</th>"
-            f"<th>tolerance</th><th>verdict</th><th>detail</th></tr>{rows}</table>"
+            f"<th>tolerance</th><th>verdict</th><th>detail</th></tr>{rows_html}</table>"
             f"<h3>Metrics</h3><table class='metrics'>{metrics}</table>"
             f"<h3>Figures</h3>{figs}"
             f"<details><summary>config</summary><pre>{e(json.dumps(s.get('config', {}), indent=2))}</pre></details>"
             f"</section>")
-    return body, n_pass, len(checks)
+    return body, checks
 
 
 def write_report(path: Path, out: Path | None = None, title: str = "noiseprobe report") -> Path:
     """Write ``out`` (default ``path/report.html``) covering every finished run under ``path``."""
     runs = find_runs(Path(path))
     out = Path(out) if out is not None else Path(path) / "report.html"
-    sections, n_pass, n_all = [], 0, 0
+    from noiseprobe.core.checks import headline
+
+    sections, every = [], []
     for r in runs:
-        body, p, n = _run_section(r)
+        body, checks = _run_section(r)
         sections.append(body)
-        n_pass, n_all = n_pass + p, n_all + n
+        every += checks
     toc = "".join(f"<li><a href='#{html.escape(r.name)}'>{html.escape(r.name)}</a></li>" for r in runs)
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style><script>{SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
-            f"<p class='summary'>{len(runs)} run(s); paper claims checked: <b>{n_pass}/{n_all} pass</b>.</p>"
+            f"<p class='summary'>{len(runs)} run(s): <b>{html.escape(headline(every))}</b>. Refuted (amber): "
+            f"a paper's printed formula that the reference shows wrong, beside the corrected predictor that "
+            f"passes.</p>"
             f"<ul>{toc}</ul>{''.join(sections)}</body></html>")
     atomic_write(out, lambda p: p.write_text(page, encoding="utf-8"))
     return out

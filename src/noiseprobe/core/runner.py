@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from noiseprobe import __version__
+from noiseprobe.core.checks import Check, headline, is_ok, resolve
+from noiseprobe.core.config import ExperimentConfig
 from noiseprobe.core.executors import make_executor
 from noiseprobe.core.experiment import Chunk, Experiment, jsonable
 from noiseprobe.core.progress import progress
@@ -24,7 +26,8 @@ def execute_chunk(exp_id: str, config: dict[str, Any], key: str, spec: dict[str,
     from noiseprobe import experiments
 
     t0 = time.perf_counter()
-    result = experiments.get(exp_id).run_chunk(config, Chunk(key, spec))
+    exp = experiments.get(exp_id)
+    result = exp.run_chunk(exp.parse(config), Chunk(key, spec))
     tables = result if isinstance(result, dict) else {"results": result}
     if "results" not in tables:
         raise RuntimeError(f"{exp_id}: run_chunk returned tables {sorted(tables)} without 'results'")
@@ -51,6 +54,7 @@ def run_experiment(exp_id: str, preset: str = "quick", out: Path | str | None = 
 
     exp: Experiment = experiments.get(exp_id)
     config = exp.config(preset, overrides)
+    config_json = config.to_dict() if isinstance(config, ExperimentConfig) else config
     chunks = exp.chunks(config)
     keys = [c.key for c in chunks]
     if len(set(keys)) != len(keys):
@@ -59,7 +63,7 @@ def run_experiment(exp_id: str, preset: str = "quick", out: Path | str | None = 
     run = RunDir(out)
     pool = make_executor(executor, workers, address)  # validated before the directory is touched
     try:
-        run.claim(exp_id, preset, config)
+        run.claim(exp_id, preset, config_json)
         if run.is_complete():
             import json
 
@@ -69,7 +73,7 @@ def run_experiment(exp_id: str, preset: str = "quick", out: Path | str | None = 
         done = run.finished_keys()
         todo = [c for c in chunks if c.key not in done]
         compute = 0.0
-        args = [(exp_id, config, c.key, c.spec) for c in todo]
+        args = [(exp_id, config_json, c.key, c.spec) for c in todo]
         for i, (tables, secs) in progress(pool.map(execute_chunk, args), total=len(args),
                                           desc=exp_id, quiet=quiet):
             run.write_chunk(todo[i].key, tables)
@@ -79,13 +83,16 @@ def run_experiment(exp_id: str, preset: str = "quick", out: Path | str | None = 
     tables = run.read_tables(keys, exp.tables)
     for name, df in tables.items():
         write_parquet(out / f"{name}.parquet", df)
-    metrics, checks = exp.analyse(config, tables, out)
+    metrics, raw_checks = exp.analyse(config, tables, out)
+    checks = resolve([c if isinstance(c, Check) else c.upgrade() for c in raw_checks], exp_id)
+    verdicts = [c.to_dict() for c in checks]
     summary = {
-        "experiment": exp_id, "title": exp.title, "preset": preset, "config": config,
+        "experiment": exp_id, "title": exp.title, "preset": preset, "config": config_json,
+        "ok": is_ok(checks), "headline": headline(verdicts),
         "seconds": round(time.perf_counter() - t0, 3), "chunk_seconds_this_session": round(compute, 3),
         "chunks": {"total": len(chunks), "resumed": len(chunks) - len(todo)},
         "executor": executor, "workers": workers, "metrics": metrics,
-        "checks": [c.to_dict() for c in checks],
+        "checks": verdicts,
         "figures": sorted(p.name for p in out.glob("*.png")),
         "versions": _versions(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -1,0 +1,12 @@
+"""The committed list of paper claims that the reference refutes (docs/checks.md shows the same table).
+
+A check of kind "paper-claim" that fails gets the verdict "refuted" only if its ``experiment/key`` is
+listed here, with the section of ``shared/reference`` that refutes it, and its ``corrected_by`` check
+passes; every other failure is "fail". Adding a key here is a reviewed change: it says "the paper prints
+this formula, and the reference shows it to be wrong".
+"""
+
+from __future__ import annotations
+
+#: "experiment-id/check-key" -> the reference's section (and one line) that refutes the printed claim
+PAPER_CLAIMS: dict[str, str] = {}
