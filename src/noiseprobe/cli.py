@@ -100,7 +100,7 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from noiseprobe.core.errors import check_choice
+    from noiseprobe.core.validation import check_choice
     from noiseprobe.core.runner import run_experiment
 
     check_choice("--preset", args.preset, PRESETS)

@@ -81,7 +81,7 @@ def test_analyse_fig7(tmp_path: Path) -> None:
     assert len(checks) == 4 and all(c.claim and c.detail for c in checks)
     mori = checks[3]
     assert not mori.passed and mori.measured["lr=0.001"] == pytest.approx(0.114, abs=0.005)
-    json.dumps([c.to_dict() for c in checks])
+    json.dumps([c.upgrade().to_dict() for c in checks])
 
 
 def test_validation() -> None:

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
-from noiseprobe.core.errors import ConfigError, check_int
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_int
 
 EXECUTORS = ("local", "ray")
 

@@ -48,6 +48,16 @@ class Check:
 
 
 @dataclass(frozen=True)
+class Estimate:
+    """Up-front cost of a run: peak memory of one worker (bytes), time (seconds, None if unknown), and
+    the config fields that drive them (named in the refusal when the memory does not fit)."""
+
+    peak_bytes: int
+    seconds: float | None = None
+    drivers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Chunk:
     """A unit of work: a JSON-serialisable ``spec`` under a unique, file-name-safe ``key``."""
 
@@ -73,6 +83,11 @@ class Experiment:
 
     def validate(self, config: dict[str, Any]) -> None:
         """Raise :class:`ConfigError` for any invalid field. Default: no extra rules."""
+
+    def estimate(self, config: Any) -> Estimate | None:
+        """Peak memory per worker and time of this config, computed from sizes before any work (None:
+        unknown). Used by ``--dry-run`` and to refuse configs that cannot fit in memory."""
+        return None
 
     def chunks(self, config: dict[str, Any]) -> list[Chunk]:
         """Split the work into independent chunks. Default: one chunk."""

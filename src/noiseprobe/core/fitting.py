@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import curve_fit
 
-from noiseprobe.core.errors import ConfigError, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_int, check_real
 
 
 def _as_rows(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:

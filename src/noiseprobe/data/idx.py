@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from noiseprobe.core.errors import ConfigError, check_choice, check_int
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_choice, check_int
 from noiseprobe.data.embedded import Dataset, random_split, standardise
 
 _DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

@@ -33,7 +33,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.core.experiment import Check, Chunk, Experiment
 from noiseprobe.core.seeding import ReplicaStreams, torch_generator
 

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import integrate, stats
 
-from noiseprobe.core.errors import ConfigError, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_int, check_real
 from noiseprobe.core.experiment import Check, Chunk, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.seeding import replica_generators

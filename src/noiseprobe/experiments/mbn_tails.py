@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from noiseprobe.core.errors import ConfigError, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_int, check_real
 from noiseprobe.core.experiment import Check, Chunk, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.powerlaw import hill, powerlaw_mle

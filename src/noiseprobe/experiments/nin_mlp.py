@@ -41,7 +41,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.core.experiment import Check, Chunk, Experiment
 from noiseprobe.core.fitting import efold_time, fit_exponential
 from noiseprobe.core.plotting import PHASE_COLOURS, new_figure, savefig

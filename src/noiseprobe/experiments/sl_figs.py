@@ -34,7 +34,8 @@ import torch
 from scipy.integrate import solve_ivp
 from scipy.optimize import minimize_scalar
 
-from noiseprobe.core.errors import ConfigError, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_int, check_real
 from noiseprobe.core.experiment import Check, Chunk, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.limits import noises

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from noiseprobe.core.errors import ConfigError, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_int, check_real
 from noiseprobe.core.seeding import ReplicaStreams
 from noiseprobe.limits.manifold import (codimension, geometry, limit_map, newton_project, noise_jacobian,
                                         phi_second_derivative)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from noiseprobe.core.errors import check_choice
+from noiseprobe.core.validation import check_choice
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
 

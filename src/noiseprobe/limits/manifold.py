@@ -36,7 +36,8 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
-from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.limits.noises import Noise, check_params, covariance_root
 from noiseprobe.limits.losses import derivatives, gradient, hessian, leaf, vjp_sum
 from noiseprobe.limits.regulariser import grad_regulariser

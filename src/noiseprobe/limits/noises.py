@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.limits.losses import ModelFn, circle_loss, fig3_a, square_loss
 
 LossFn = Callable[[Tensor], Tensor]

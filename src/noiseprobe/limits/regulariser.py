@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from noiseprobe.core.errors import check_choice, check_int, check_real
+from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.limits.losses import fig3_a, leaf, vjp_sum
 from noiseprobe.limits.noises import Noise, check_params, covariance_root
 

@@ -30,7 +30,8 @@ import pandas as pd
 import torch
 from torch.func import grad, vmap
 
-from noiseprobe.core.errors import ConfigError, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_int, check_real
 from noiseprobe.core.seeding import replica_generators
 from noiseprobe.limits.noises import Noise
 

@@ -11,7 +11,8 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from noiseprobe.core.errors import ConfigError, check_choice
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_choice
 from noiseprobe.minibatch.fluctuation import NoStationaryState
 from noiseprobe.minibatch.l2 import l2_1d
 from noiseprobe.minibatch.linear import (_S, _lr, _psd_matrix, _real, _sigma, commutes, input_noise_theory,

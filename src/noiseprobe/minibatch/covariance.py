@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from noiseprobe.core.errors import ConfigError, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_int, check_real
 from noiseprobe.probes.covariance import batch_factor
 
 __all__ = ["batch_factor", "gaussian_regression_noise", "gradient_noise", "linear_regression_noise"]

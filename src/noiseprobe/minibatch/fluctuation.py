@@ -33,7 +33,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg as spla
 
-from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_choice, check_int, check_real
 
 #: largest D for the dense Kronecker solve (D² × D² matrix)
 KRON_MAX_D = 48

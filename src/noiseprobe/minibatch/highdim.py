@@ -12,7 +12,8 @@ from typing import Literal
 
 import numpy as np
 
-from noiseprobe.core.errors import ConfigError, check_choice
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_choice
 from noiseprobe.minibatch.fluctuation import NoStationaryState, largest_stable_scale, solve_fluctuation
 from noiseprobe.minibatch.linear import _S, _lr, _mu, _psd_matrix, _real, _sigma, _vector, as_matrix, commutes
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from noiseprobe.core.errors import ConfigError, check_int
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_int
 from noiseprobe.minibatch.fluctuation import NoiseMap, NoStationaryState, largest_stable_scale, solve_fluctuation
 from noiseprobe.minibatch.linear import _S, _pd, _psd_matrix, _real, _vector, as_matrix, commutes
 

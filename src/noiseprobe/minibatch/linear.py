@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from noiseprobe.core.errors import ConfigError, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_int, check_real
 from noiseprobe.minibatch.fluctuation import NoiseMap, NoStationaryState, largest_stable_scale
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from noiseprobe.core.errors import check_int
+from noiseprobe.core.validation import check_int
 from noiseprobe.minibatch.fluctuation import NoStationaryState
 from noiseprobe.minibatch.linear import _S, _mu, _pd, _real, _sigma, as_matrix
 

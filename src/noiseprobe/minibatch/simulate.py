@@ -32,7 +32,8 @@ from typing import Literal
 
 import numpy as np
 
-from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.core.seeding import ReplicaStreams, replica_generators
 
 #: |w| above this counts as divergence

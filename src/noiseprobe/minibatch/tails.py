@@ -32,7 +32,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import integrate, optimize, stats
 
-from noiseprobe.core.errors import check_int, check_real
+from noiseprobe.core.validation import check_int, check_real
 
 
 def _check(lr: float, batch_size: int, a: float) -> tuple[float, int, float]:

@@ -54,7 +54,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.core.seeding import seed_sequence, torch_generator
 
 LOSSES = ("ce", "mse")

@@ -40,7 +40,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.probes.local import eval_no_grad
 
 #: a user noise distribution: ``f(shape, generator) -> Tensor`` of zero-mean, unit-variance draws

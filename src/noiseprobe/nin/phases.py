@@ -22,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from noiseprobe.core.errors import ConfigError, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_int, check_real
 from noiseprobe.core.fitting import crossing
 
 PHASES: tuple[str, ...] = ("decoupled", "decay", "catapult", "divergent")  # codes 0..3 in this order

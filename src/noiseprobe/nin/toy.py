@@ -42,7 +42,8 @@ import numba
 import numpy as np
 import pandas as pd
 
-from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.core.seeding import ReplicaStreams, seed_sequence
 from noiseprobe.nin.phases import classify_summary
 

@@ -25,7 +25,8 @@ import functools
 import numpy as np
 from scipy import integrate, optimize, special
 
-from noiseprobe.core.errors import ConfigError, check_int, check_real
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_int, check_real
 
 ArrayLike = float | np.ndarray
 

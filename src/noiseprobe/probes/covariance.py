@@ -24,7 +24,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from noiseprobe.core.errors import ConfigError, check_choice, check_int
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_choice, check_int
 from noiseprobe.probes.persample import PerSampleGradients, PerSampleLoss, per_sample_gradients
 
 

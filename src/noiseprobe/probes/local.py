@@ -23,7 +23,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from noiseprobe.core.errors import ConfigError, check_int
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_int
 
 #: loss_fn(model_output, targets) -> scalar batch-mean loss
 MeanLoss = Callable[[Tensor, Tensor], Tensor]

@@ -36,7 +36,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from noiseprobe.core.errors import ConfigError, check_choice, check_int
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_choice, check_int
 
 #: loss_fn(model_output, targets) -> per-sample losses of shape (N,)
 PerSampleLoss = Callable[[Tensor, Tensor], Tensor]
