@@ -76,6 +76,9 @@ class Experiment:
     id: ClassVar[str]
     title: ClassVar[str]
     presets: ClassVar[dict[str, dict[str, Any]]]
+    #: overrides of the quick preset under which every replica diverges: the run must still finish, its
+    #: checks "not measurable" (tests/core/test_divergence.py runs each registered experiment with them)
+    diverging: ClassVar[dict[str, Any] | None] = None
     #: the typed config (a frozen :class:`~noiseprobe.core.config.ExperimentConfig`); presets are its values
     Config: ClassVar[type[ExperimentConfig] | None] = None
     #: names of the extra result tables (besides ``results``) that run_chunk may return
