@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup demo test test-slow browser bench clean
+.PHONY: setup demo test test-slow browser bench api clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,10 @@ test-slow: setup browser
 bench: setup
 	$(BIN)/python -m pip install -q --no-deps backpack-for-pytorch einops unfoldNd
 	$(BIN)/python benchmarks/run.py
+
+# The API reference from the docstrings (pdoc) -> build/api/index.html
+api: setup
+	$(BIN)/python docs/api.py build/api
 
 clean:
 	rm -rf $(VENV) demo-out runs .pytest_cache

@@ -1,7 +1,94 @@
 """noiseprobe: noise in gradient-descent training.
 
-Three layers (see docs/architecture.md): pure *theory* functions, replica-batched *simulation*
-engines, and *experiments* that reproduce the figures and tables of the three papers.
+``import noiseprobe as npb`` gives the main entry points; each is imported on first use (PEP 562), so
+``import noiseprobe`` is fast and pulls in neither torch nor any optional dependency::
+
+    import noiseprobe as npb
+
+    handle = npb.attach_nins(model, npb.NINSpec("0", sigma=1.0), n_train=len(y))   # paper 001
+    noise = npb.GradientNoise(model, loss_fn, x, y, batch_size=32)                  # paper 002
+    sigma = npb.solve_fluctuation(H, C, lr=0.1)
+    reg = npb.regulariser(npb.noises.perturbed(loss, d=2, sigma=0.1), w)            # paper 003
+    summary = npb.run_experiment("nin-fig2-top")
+
+Layers (docs/architecture.md): pure *theory* functions, replica-batched *simulation* engines, instruments
+on any PyTorch model (*probes*), and *experiments* that reproduce the papers' figures and tables.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+#: public name -> module that defines it ("noises" is the module of noise constructors itself)
+_EXPORTS: dict[str, str] = {
+    # paper 001: Noise Injection Nodes
+    "NINSpec": "noiseprobe.nin.injector",
+    "attach_nins": "noiseprobe.nin.injector",
+    "NINRecorder": "noiseprobe.nin.probe",
+    # paper 002: minibatch noise
+    "GradientNoise": "noiseprobe.probes.covariance",
+    "batch_factor": "noiseprobe.probes.covariance",
+    "solve_fluctuation": "noiseprobe.minibatch.fluctuation",
+    "NoStationaryState": "noiseprobe.minibatch.fluctuation",
+    "simulate_sgd": "noiseprobe.minibatch.simulate",
+    "tail_index_exact": "noiseprobe.minibatch.tails",
+    # paper 003: singular limits of noisy GD
+    "noises": "noiseprobe.limits.noises",
+    "Noise": "noiseprobe.limits.noises",
+    "noisy_gd": "noiseprobe.limits.simulate",
+    "simulate_noise": "noiseprobe.limits.simulate",
+    "regulariser": "noiseprobe.limits.regulariser",
+    "grad_regulariser": "noiseprobe.limits.regulariser",
+    "limit_map": "noiseprobe.limits.manifold",
+    "constrained_flow": "noiseprobe.limits.flow",
+    "limiting_sde": "noiseprobe.limits.flow",
+    # experiments and their contract
+    "run_experiment": "noiseprobe.core.runner",
+    "Experiment": "noiseprobe.core.experiment",
+    "Chunk": "noiseprobe.core.experiment",
+    "Estimate": "noiseprobe.core.experiment",
+    "ExperimentConfig": "noiseprobe.core.config",
+    "param": "noiseprobe.core.config",
+    "Check": "noiseprobe.core.checks",
+    "ConfigError": "noiseprobe.core.errors",
+    "NumericalError": "noiseprobe.core.errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'noiseprobe' has no attribute {name!r}")
+    mod = importlib.import_module(module)
+    value = mod if module.rsplit(".", 1)[1] == name else getattr(mod, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from noiseprobe.core.checks import Check
+    from noiseprobe.core.config import ExperimentConfig, param
+    from noiseprobe.core.errors import ConfigError, NumericalError
+    from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+    from noiseprobe.core.runner import run_experiment
+    from noiseprobe.limits import noises
+    from noiseprobe.limits.flow import constrained_flow, limiting_sde
+    from noiseprobe.limits.manifold import limit_map
+    from noiseprobe.limits.noises import Noise
+    from noiseprobe.limits.regulariser import grad_regulariser, regulariser
+    from noiseprobe.limits.simulate import noisy_gd, simulate_noise
+    from noiseprobe.minibatch.fluctuation import NoStationaryState, solve_fluctuation
+    from noiseprobe.minibatch.simulate import simulate_sgd
+    from noiseprobe.minibatch.tails import tail_index_exact
+    from noiseprobe.nin.injector import NINSpec, attach_nins
+    from noiseprobe.nin.probe import NINRecorder
+    from noiseprobe.probes.covariance import GradientNoise, batch_factor
