@@ -45,6 +45,8 @@ _EXPORTS: dict[str, str] = {
     "limit_map": "noiseprobe.limits.manifold",
     "constrained_flow": "noiseprobe.limits.flow",
     "limiting_sde": "noiseprobe.limits.flow",
+    # live measurements in a training run
+    "NoiseMonitor": "noiseprobe.monitor.monitor",
     # experiments and their contract
     "run_experiment": "noiseprobe.core.runner",
     "Experiment": "noiseprobe.core.experiment",
@@ -86,6 +88,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from noiseprobe.limits.noises import Noise
     from noiseprobe.limits.regulariser import grad_regulariser, regulariser
     from noiseprobe.limits.simulate import noisy_gd, simulate_noise
+    from noiseprobe.monitor.monitor import NoiseMonitor
     from noiseprobe.minibatch.fluctuation import NoStationaryState, solve_fluctuation
     from noiseprobe.minibatch.simulate import simulate_sgd
     from noiseprobe.minibatch.tails import tail_index_exact

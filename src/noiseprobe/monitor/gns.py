@@ -1,0 +1,99 @@
+"""The gradient noise scale of McCandlish et al. (2018, "An Empirical Model of Large-Batch Training").
+
+From N per-sample gradients g_i (their Gram matrix K_ij = g_i·g_j is all that is needed):
+
+    tr_sigma = (1/(N−1)) Σ_i |g_i − ḡ|²            unbiased trace of the per-sample covariance Σ
+    g_sq     = |ḡ|² − tr_sigma/N = Σ_{i≠j} g_i·g_j / (N(N−1))     unbiased |G|² (a U-statistic)
+    b_simple = tr_sigma / g_sq                    (their eq. 2.8 "B_simple"; NaN when g_sq ≤ 0)
+
+The interval for ``b_simple`` is Fieller's for a ratio, with the variances and covariance of tr_sigma and
+g_sq from the delete-one jackknife (both are U-statistics, so the N leave-one-out values come from K in
+O(N²)): the set of b with (T − bG)² ≤ z²·Var(T − bG). It is exact in the limit of normal estimates,
+unbounded above when g_sq is not significantly positive, and clipped to b ≥ 0 (tr Σ, |G|² ≥ 0).
+tests/monitor/test_gns.py puts its coverage at 0.93–0.97 by simulation.
+
+The two-batch estimator of their App. A (eqs. A.2–A.3), from squared norms of mean gradients at two
+batch sizes (e.g. per rank and after the all-reduce of data-parallel training), is :func:`two_batch`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import norm
+
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_real
+
+
+@dataclass(frozen=True)
+class NoiseScale:
+    """Unbiased tr Σ and |G|², their jackknife standard errors, and B_simple with its interval."""
+
+    n: int
+    tr_sigma: float
+    g_sq: float
+    b_simple: float
+    b_simple_lo: float
+    b_simple_hi: float
+    tr_sigma_se: float
+    g_sq_se: float
+
+
+def _t_and_g(s: np.ndarray, tr: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(tr_sigma, g_sq) from the Gram matrix's total sum s and trace tr over n samples."""
+    g = (s - tr) / (n * (n - 1))
+    return tr / n - g, g
+
+
+def noise_scale(gram: np.ndarray, level: float = 0.95) -> NoiseScale:
+    """tr_sigma, g_sq and B_simple with its ``level`` interval from the Gram matrix (N × N, N ≥ 3)."""
+    K = np.asarray(gram, dtype=np.float64)
+    if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] < 3:
+        raise ConfigError("gram", f"array of shape {K.shape}", "a square (N, N) Gram matrix with N >= 3")
+    if not np.isfinite(K).all():
+        raise ConfigError("gram", "non-finite entries", "finite per-sample gradients")
+    check_real("level", level, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    n = K.shape[0]
+    d, r = np.diag(K), K.sum(1)
+    s, tr = float(K.sum()), float(d.sum())
+    T, G = _t_and_g(np.array(s), np.array(tr), n)
+    Ti, Gi = _t_and_g(s - 2 * r + d, tr - d, n - 1)  # leave sample i out
+    f = (n - 1) / n
+    dT, dG = Ti - Ti.mean(), Gi - Gi.mean()
+    vT, vG, cTG = f * (dT @ dT), f * (dG @ dG), f * (dT @ dG)
+    T, G = float(T), float(G)
+    z = float(norm.ppf(0.5 + level / 2))
+    lo, hi = fieller(T, G, vT, vG, cTG, z)
+    b = T / G if G > 0 else math.nan
+    return NoiseScale(n, T, G, b, lo, hi, math.sqrt(vT), math.sqrt(vG))
+
+
+def fieller(num: float, den: float, v_num: float, v_den: float, cov: float, z: float) -> tuple[float, float]:
+    """Fieller's interval for num/den ≥ 0: {b ≥ 0 : (num − b·den)² ≤ z²(v_num − 2b·cov + b²v_den)}."""
+    a = den * den - z * z * v_den
+    h = num * den - z * z * cov
+    c = num * num - z * z * v_num
+    disc = h * h - a * c
+    if a > 0:  # den significantly non-zero: a bounded interval
+        if disc < 0:
+            return math.nan, math.nan
+        sq = math.sqrt(disc)
+        return max((h - sq) / a, 0.0), max((h + sq) / a, 0.0)
+    if disc <= 0 or a == 0:  # the whole half-line
+        return 0.0, math.inf
+    sq = math.sqrt(disc)
+    r1, r2 = sorted(((h - sq) / a, (h + sq) / a))
+    return (max(r2, 0.0) if r1 < 0 else 0.0), math.inf
+
+
+def two_batch(sq_norm_small: float, sq_norm_big: float, b_small: int, b_big: int) -> tuple[float, float]:
+    """McCandlish et al. App. A (eqs. A.2, A.3): unbiased (|G|², tr Σ) from |G_small|², |G_big|² measured on
+    mean gradients over b_small < b_big samples: E|G_B|² = |G|² + tr Σ / B."""
+    if not (0 < b_small < b_big):
+        raise ConfigError("b_small, b_big", (b_small, b_big), "batch sizes 0 < b_small < b_big")
+    g_sq = (b_big * sq_norm_big - b_small * sq_norm_small) / (b_big - b_small)
+    tr_sigma = (sq_norm_small - sq_norm_big) / (1 / b_small - 1 / b_big)
+    return g_sq, tr_sigma

@@ -1,0 +1,160 @@
+"""NoiseMonitor: values against dense per-sample gradients, and a run left exactly as it was."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from noiseprobe import NoiseMonitor
+from noiseprobe.core.errors import ConfigError
+
+
+class Counter(nn.Module):
+    """Updates a buffer on every forward (as BatchNorm's running statistics do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls += 1
+        return x
+
+
+def _setup(dtype=torch.float64):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), Counter(), nn.Dropout(0.2), nn.Linear(16, 3)).to(dtype)
+    x, y = torch.randn(40, 6, dtype=dtype), torch.randint(0, 3, (40,))
+    return model, x, y
+
+
+def _dense(model, x, y):
+    """Per-sample gradients by a loop of autograd calls (the independent reference), dropout off."""
+    model.eval()
+    rows = []
+    for i in range(len(x)):
+        loss = nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1])
+        rows.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))]))
+    model.train()
+    return torch.stack(rows).double()
+
+
+def test_default_metrics_against_dense_per_sample_gradients():
+    model, x, y = _setup()
+    model.eval()
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1},
+                           {"params": model[4].parameters(), "lr": 0.02}])
+    mon = NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), every=1, effective_batch_size=32, top_k=3)
+    row = mon.step((x, y), opt)
+    J = _dense(model, x, y)
+    n = len(x)
+    gbar = J.mean(0)
+    tr = float(((J - gbar) ** 2).sum() / (n - 1))
+    assert row["tr_sigma"] == pytest.approx(tr, rel=1e-10)
+    assert row["g_sq"] == pytest.approx(float(gbar @ gbar) - tr / n, rel=1e-10)
+    assert row["b_simple"] == pytest.approx(tr / (float(gbar @ gbar) - tr / n), rel=1e-10)
+    assert row["b_simple_lo"] <= row["b_simple"] <= row["b_simple_hi"]
+    p0 = sum(p.numel() for p in model[0].parameters())
+    diag = ((J - gbar) ** 2).sum(0) / (n - 1)
+    assert row["temperature"] == pytest.approx((0.1 * float(diag[:p0].sum()) + 0.02 * float(diag[p0:].sum())) / 32,
+                                               rel=1e-10)
+    C = (J - gbar).T @ (J - gbar) / n / 32
+    lam = torch.linalg.eigvalsh(C).flip(0)[:3]
+    assert [row[f"c_eig_{i}"] for i in (1, 2, 3)] == pytest.approx(lam.tolist(), rel=1e-8)
+
+
+def _snapshot(model, opt):
+    return {"params": [p.detach().clone() for p in model.parameters()],
+            "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+            "buffers": [b.clone() for b in model.buffers()],
+            "flags": [m.training for m in model.modules()],
+            "opt": {k: {n: v.clone() if torch.is_tensor(v) else v for n, v in s.items()} for k, s in opt.state.items()},
+            "rng": torch.get_rng_state()}
+
+
+def _equal(a, b):
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_equal(u, v) for u, v in zip(a, b))
+    return a == b
+
+
+def test_a_measurement_leaves_the_run_bit_for_bit_as_it_was():
+    model, x, y = _setup(torch.float32)
+    model[3].eval()  # mixed train/eval flags must survive
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    loss_fn = nn.CrossEntropyLoss(reduction="none")
+    for _ in range(2):  # optimizer state exists
+        loss_fn(model(x), y).mean().backward()
+        opt.step()
+    loss_fn(model(x), y).mean().backward()  # .grad populated, step pending
+    before = _snapshot(model, opt)
+    mon = NoiseMonitor(model, loss_fn, every=1)
+    assert mon.step((x, y), opt)
+    assert _equal(before, _snapshot(model, opt))
+
+
+def test_training_with_the_monitor_is_identical_to_training_without():
+    def train(with_monitor):
+        model, x, y = _setup(torch.float32)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        mon = NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), every=2) if with_monitor else None
+        for _ in range(5):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()  # dropout draws from the global RNG
+            if mon:
+                mon.step((x, y), opt)
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()], mon
+
+    plain, _ = train(False)
+    watched, mon = train(True)
+    assert all(torch.equal(a, b) for a, b in zip(plain, watched))
+    assert list(mon.history["step"]) == [0, 2, 4]
+
+
+def test_every_counts_optimizer_steps_and_measure_measures_now():
+    model, x, y = _setup()
+    mon = NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), every=3, metrics=["tr_sigma"])
+    got = [bool(mon.step((x, y))) for _ in range(7)]
+    assert got == [True, False, False, True, False, False, True]
+    assert mon.measure((x, y))["step"] == 7
+    assert set(mon.history.columns) == {"step", "tr_sigma", "tr_sigma_se", "seconds"}
+
+
+def test_logs_csv_and_parquet(tmp_path):
+    model, x, y = _setup()
+    mon = NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), every=1, log_dir=tmp_path, metrics=["g_sq"])
+    for _ in range(3):
+        mon.step((x, y))
+    mon.close()
+    csv, pq = pd.read_csv(tmp_path / "monitor.csv"), pd.read_parquet(tmp_path / "monitor.parquet")
+    assert list(csv["step"]) == list(pq["step"]) == [0, 1, 2]
+    np.testing.assert_allclose(csv["g_sq"], mon.history["g_sq"], rtol=1e-12)
+
+
+def test_tensorboard_logger(tmp_path):
+    pytest.importorskip("tensorboard")
+    model, x, y = _setup()
+    mon = NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), every=1, log_dir=tmp_path,
+                       loggers=["tensorboard"])
+    mon.step((x, y))
+    mon.close()
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"every": 0}, "every"), ({"metrics": ["nope"]}, "metrics"), ({"metrics": "tr_sigma"}, "metrics"),
+    ({"effective_batch_size": 0}, "effective_batch_size"), ({"loggers": ["wandb"]}, "loggers"),
+])
+def test_bad_arguments_are_one_line_config_errors(kwargs, field):
+    model, _, _ = _setup()
+    with pytest.raises(ConfigError) as err:
+        NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), **kwargs)
+    assert err.value.field == field
