@@ -1,0 +1,205 @@
+"""Operators on flat parameter vectors against dense float64 matrices from torch.func at small size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.sparse.linalg import eigsh
+from torch import nn
+from torch.func import functional_call, hessian, jacrev
+
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.models import GPT, GPTConfig
+from noiseprobe.probes.covariance import batch_factor
+from noiseprobe.probes.operators import (EmpiricalFisher, GaussNewton, Hessian, NoiseCovariance, ParamOperator,
+                                         select_params)
+
+CE = nn.CrossEntropyLoss(reduction="none")
+
+
+def token_ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sequence token-mean cross-entropy, (N,)."""
+    return CE(out.transpose(1, 2), y).mean(1)
+
+
+def _mlp(n: int = 10) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    g = torch.Generator().manual_seed(5)
+    return model, torch.randn(n, 3, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+
+
+def _gpt(n: int = 3) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab=7, width=4, heads=2, layers=1, T=4, mlp=1)).double()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 7, (n, 4), generator=g)
+    return model, ids, torch.randint(0, 7, (n, 4), generator=g)
+
+
+def _flat_fn(model: nn.Module, names: list[str], fn):
+    """theta (flat, over ``names``) ↦ fn(model output with those parameters replaced); a tied parameter is
+    replaced under every name it has (the tied output head)."""
+    params = dict(model.named_parameters())
+    sizes = [params[n].numel() for n in names]
+    aliases = [(a, names.index(n)) for a, p in model.named_parameters(remove_duplicate=False)
+               for n in names if params[n] is p]
+
+    def call(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        parts = theta.split(sizes)
+        new = {a: parts[i].view(params[names[i]].shape) for a, i in aliases}
+        return fn(functional_call(model, new, (x,), tie_weights=False))
+    theta0 = torch.cat([params[n].detach().reshape(-1) for n in names])
+    return call, theta0
+
+
+def dense_oracles(model, loss_fn, x, y, names, s: int = 3, replacement: bool = True) -> dict[str, torch.Tensor]:
+    """C, F, H, G as dense matrices over the parameters ``names``, by torch.func (independent of the operators).
+
+    H row by row (``torch.autograd.functional.hessian``, no vmap): in torch 2.13 both torch.func.hessian
+    and jacrev(jacrev) of the tiny GPT are wrong (asymmetric, off by up to 0.34 from central finite
+    differences); :func:`test_gpt_hessian_and_gauss_newton` checks columns by finite differences too."""
+    n = x.shape[0]
+    call, theta = _flat_fn(model, names, lambda out: out)
+    losses = lambda th: loss_fn(call(th, x), y)  # noqa: E731
+    jac = jacrev(losses)(theta)  # (N, P): rows ∇ℓ_i
+    jc = jac - jac.mean(0)
+    out = call(theta, x)
+    jf = jacrev(lambda th: call(th, x))(theta).reshape(out.numel(), -1)
+    hf = hessian(lambda o: loss_fn(o, y).mean())(out).reshape(out.numel(), out.numel())
+    return {"C": batch_factor(s, n, replacement) * jc.T @ jc / n, "F": jac.T @ jac / n,
+            "H": torch.autograd.functional.hessian(lambda th: losses(th).mean(), theta), "G": jf.T @ hf @ jf}
+
+
+def build(kind: str, model, loss_fn, x, y, params=None, s: int = 3, replacement: bool = True) -> ParamOperator:
+    if kind == "C":
+        return NoiseCovariance.from_model(model, loss_fn, x, y, batch_size=s, replacement=replacement, params=params)
+    if kind == "F":
+        return EmpiricalFisher.from_model(model, loss_fn, x, y, params=params)
+    return {"H": Hessian, "G": GaussNewton}[kind](model, loss_fn, x, y, params=params)
+
+
+@pytest.mark.parametrize("replacement", [True, False])
+@pytest.mark.parametrize("kind", ["C", "F", "H", "G"])
+def test_matvec_matches_dense(kind: str, replacement: bool) -> None:
+    model, x, y = _mlp()
+    names = [n for n, _ in model.named_parameters()]
+    ref = dense_oracles(model, CE, x, y, names, replacement=replacement)[kind]
+    op = build(kind, model, CE, x, y, replacement=replacement)
+    assert op.shape == ref.shape and op.device == x.device and op.torch_dtype == torch.float64
+    v = torch.randn(op.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(op @ v, ref @ v, rtol=1e-9, atol=1e-12)  # a block of 3
+    torch.testing.assert_close(op.mv(v[:, 0]), ref @ v[:, 0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(op @ v[:, 1].numpy(), (ref @ v[:, 1]).numpy(), rtol=1e-9, atol=1e-12)  # scipy path
+    assert op.matvecs == 5
+    if kind in "CF":
+        np.testing.assert_allclose(op.trace(), float(ref.trace()), rtol=1e-10)
+        torch.testing.assert_close(op.diagonal(), ref.diagonal(), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["H", "G"])
+def test_gpt_hessian_and_gauss_newton(kind: str) -> None:
+    model, x, y = _gpt()
+    names = [n for n, _ in model.named_parameters()]  # tied head: tok.weight once
+    assert "head.weight" not in names
+    ref = dense_oracles(model, token_ce, x, y, names)[kind]
+    op = build(kind, model, token_ce, x, y)
+    dense = op.dense()
+    torch.testing.assert_close(dense, ref, rtol=1e-8, atol=1e-11)
+    if kind == "H":  # independent of double backward: central differences of the gradient
+        call, theta = _flat_fn(model, names, lambda out: token_ce(out, y).mean())
+        grad = torch.func.grad(lambda th: call(th, x))
+        for c in (0, 15, 50, len(theta) - 1):
+            e = torch.zeros_like(theta)
+            e[c] = 1e-5
+            torch.testing.assert_close(dense[:, c], (grad(theta + e) - grad(theta - e)) / 2e-5, rtol=0, atol=1e-6)
+
+
+def test_linear_model_gauss_newton_is_hessian() -> None:
+    """For a model linear in its parameters under squared error, G = H exactly (and both ≠ 0)."""
+    model, x, _ = _mlp()
+    lin = nn.Linear(3, 2).double()
+    y = torch.randn(x.shape[0], 2, dtype=torch.float64)
+    mse = lambda out, t: ((out - t) ** 2).sum(1)  # noqa: E731
+    h, g = Hessian(lin, mse, x, y).dense(), GaussNewton(lin, mse, x, y).dense()
+    torch.testing.assert_close(g, h, rtol=1e-10, atol=1e-12)
+    assert h.abs().max() > 0.1
+    del model
+
+
+@pytest.mark.parametrize("kind", ["C", "F", "H", "G"])
+def test_parameter_subsets(kind: str) -> None:
+    """A subset (module, parameter name, parameter) gives the principal submatrix of the full operator."""
+    model, x, y = _mlp()
+    names = [n for n, _ in model.named_parameters()]
+    full = build(kind, model, CE, x, y).dense()
+    offsets = np.cumsum([0] + [p.numel() for p in model.parameters()])
+    subset = [model[0], "2.bias"]  # layer 0's weight and bias, and the last bias
+    idx = np.r_[offsets[0]:offsets[2], offsets[3]:offsets[4]]
+    op = build(kind, model, CE, x, y, params=subset)
+    assert op.names == ["0.weight", "0.bias", "2.bias"] and op.shape == (len(idx), len(idx))
+    torch.testing.assert_close(op.dense(), full[idx][:, idx], rtol=1e-9, atol=1e-12)
+    assert all(p.requires_grad for p in model.parameters())  # restored
+    assert [n for n, _ in select_params(model, model[2].weight)] == ["2.weight"]
+    assert names == [n for n, _ in select_params(model)]
+
+
+def test_select_params_refuses_bad_input() -> None:
+    model, _, _ = _mlp()
+    with pytest.raises(ConfigError, match="params"):
+        select_params(model, "nope")
+    with pytest.raises(ConfigError, match="params"):
+        select_params(model, nn.Linear(1, 1))
+    model[0].bias.requires_grad_(False)
+    with pytest.raises(ConfigError, match="trainable"):
+        select_params(model, "0")
+
+
+@pytest.mark.parametrize("kind", ["C", "F"])
+def test_topk_factored_eigenvectors(kind: str) -> None:
+    model, x, y = _mlp()
+    op = build(kind, model, CE, x, y)
+    ref = op.dense()
+    lam_ref = torch.linalg.eigvalsh(ref).flip(0)[:3]
+    lam, vecs = op.topk(3)
+    torch.testing.assert_close(lam, lam_ref, rtol=1e-9, atol=1e-13)
+    assert vecs.coeffs.shape == (x.shape[0], 3) and vecs.shape == (op.num_params, 3)
+    v = vecs.materialize()
+    torch.testing.assert_close(v.T @ v, torch.eye(3, dtype=torch.float64), rtol=0, atol=1e-9)
+    torch.testing.assert_close(ref @ v, v * lam, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(vecs.column(1), v[:, 1])
+    w = torch.randn(op.num_params, 2, dtype=torch.float64)
+    torch.testing.assert_close(vecs.dot(w), v.T @ w, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["C", "H", "G"])
+def test_scipy_eigsh_on_operator(kind: str) -> None:
+    model, x, y = _mlp()
+    op = build(kind, model, CE, x, y)
+    ref = np.linalg.eigvalsh(op.dense().numpy())
+    op.matvecs = 0
+    vals = np.sort(eigsh(op, k=3, which="LA", tol=1e-12)[0])
+    np.testing.assert_allclose(vals, ref[-3:], rtol=1e-8, atol=1e-12)
+    assert op.matvecs > 0
+
+
+def test_hessian_through_fused_attention() -> None:
+    """scaled_dot_product_attention (fused kernels have no double backward) inside a Hessian."""
+    torch.manual_seed(0)
+
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv, self.out = nn.Linear(4, 12), nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q, k, v = self.qkv(x).chunk(3, -1)
+            return self.out(nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)).mean(1)
+
+    model = Attn().double()
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,))
+    names = [n for n, _ in model.named_parameters()]
+    torch.testing.assert_close(Hessian(model, CE, x, y).dense(), dense_oracles(model, CE, x, y, names)["H"],
+                               rtol=1e-8, atol=1e-11)
