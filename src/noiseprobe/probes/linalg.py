@@ -83,7 +83,7 @@ def _start_block(warm: Tensor | None, b: int, p: int, gen: torch.Generator, op: 
 
 def lanczos(op: Operator, k: int, *, warm_start: Eigenpairs | Tensor | None = None,
             which: Literal["LA", "LM", "SA"] = "LA", tol: float = 1e-4, max_matvecs: int | None = None,
-            block: int | None = None, seed: int | torch.Generator = 0) -> Eigenpairs:
+            block: int | None = None, min_dim: int | None = None, seed: int | torch.Generator = 0) -> Eigenpairs:
     """The k extreme eigenpairs of a symmetric operator by block Lanczos with full reorthogonalisation.
 
     ``which``: "LA" largest algebraic, "LM" largest magnitude, "SA" smallest algebraic.
@@ -92,7 +92,9 @@ def lanczos(op: Operator, k: int, *, warm_start: Eigenpairs | Tensor | None = No
     the first block already holds nearly converged Ritz vectors. ``block`` (default: the number of warm
     vectors, else 1) is the number of products per Lanczos step.
     Stops when every requested Ritz value has ``errors ≤ tol · max|θ|`` over the requested ones (see
-    :class:`Eigenpairs`), after ``max_matvecs`` products (default min(P, 500); ``converged`` is then
+    :class:`Eigenpairs`) and the Krylov space has at least ``min_dim`` dimensions (default k + 2: a
+    residual bound only says that θ is near *some* eigenvalue — a random start vector has a small residual
+    with θ near the bulk — so a few steps are required before it is trusted), after ``max_matvecs`` products (default min(P, 500); ``converged`` is then
     False), or when the Krylov space fills R^P (exact).
     Memory: the Krylov basis, P × (products used).
     """
@@ -103,6 +105,7 @@ def lanczos(op: Operator, k: int, *, warm_start: Eigenpairs | Tensor | None = No
     tol = check_real("tol", tol, lo=0.0)
     max_matvecs = check_int("max_matvecs", min(p, 500) if max_matvecs is None else max_matvecs, lo=k)
     warm = warm_start.eigenvectors if isinstance(warm_start, Eigenpairs) else warm_start
+    min_dim = check_int("min_dim", k + 2 if min_dim is None else min_dim, lo=1)
     b = check_int("block", block if block is not None else (1 if warm is None else warm.reshape(p, -1).shape[1]), lo=1, hi=p)
     gen = _generator(seed)
     q = _orthonormalise(_start_block(warm, b, p, gen, op), None, gen, op)[0]
@@ -134,7 +137,7 @@ def lanczos(op: Operator, k: int, *, warm_start: Eigenpairs | Tensor | None = No
         gap = dist.min(1).values  # inf with a single Ritz value: then the bound r itself
         err = torch.where(torch.isfinite(gap), torch.minimum(res, res ** 2 / gap), res)
         full = m + b > p  # the next block would not fit in R^P: the Ritz values are exact
-        converged = m >= k and (full or bool((err <= tol * theta[sel].abs().max()).all()))
+        converged = m >= k and (full or (m >= min_dim and bool((err <= tol * theta[sel].abs().max()).all())))
         if converged or full or used + b > max_matvecs:
             if m < k:
                 raise ConfigError("max_matvecs", max_matvecs, f"enough products for k = {k} Ritz pairs (block {b})")
