@@ -12,7 +12,7 @@ one torch thread.
    Opacus takes an embedding's first input axis as the batch), reduced to squared norms.
 2. Top Hessian eigenvalue while training: SGD (lr 0.5, batches of 8 from 512 sequences); the Hessian of
    the mean loss on a fixed probe batch (8 sequences: an HVP on 64 costs ~15 s on one thread) is
-   probed at step 0 and every 50 steps. Warm-started Lanczos (``lanczos(tol=1e-2, warm_start=previous)``,
+   probed after 200 burn-in steps and then every 50 steps. Warm-started Lanczos (``lanczos(tol=1e-2, warm_start=previous)``,
    block 1) against PyHessian's cold-started power iteration (random start, stop when the eigenvalue
    changes by < 1e-3 relative, ≤ 100 iterations): Hessian-vector products per call, and each one's
    relative error against a tightly converged Lanczos reference (tol 1e-7).
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import resource
 import subprocess
 import sys
 import warnings
@@ -129,16 +128,27 @@ def peak_memory(name: str, quick: bool) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _vm(field: str) -> float:
+    """A memory figure of this process from /proc/self/status, MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
 def _peak_main(name: str, quick: bool) -> None:
+    """Subprocess body: build model and data, reset the peak-RSS mark (Linux ``clear_refs`` 5), run the
+    computation once, print the RSS before it, the peak during it and their difference (MB)."""
     torch.set_num_threads(1)
     cfg, n = _config(quick)
     model = _model(cfg)
     ids, y = markov_tokens(cfg, n)
     fn = _computations(model, ids, y)[name]
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = _vm("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
     fn()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"before_mb": before, "peak_mb": after, "own_mb": after - before}))
+    peak = _vm("VmHWM")
+    print(json.dumps({"before_mb": before, "peak_mb": peak, "own_mb": peak - before}))
 
 
 def power_iteration(op: Hessian, tol: float = 1e-3, max_iter: int = 100, seed: int = 0) -> tuple[float, int]:
@@ -160,13 +170,22 @@ def power_iteration(op: Hessian, tol: float = 1e-3, max_iter: int = 100, seed: i
 def hessian_rows(quick: bool) -> list[dict]:
     cfg, _ = _config(quick)
     model = _model(cfg)
-    n_probe, batch, calls, steps = (4, 8, 2, 50) if quick else (8, 8, 3, 50)
+    n_probe, batch, calls, steps, burn_in = (4, 8, 2, 50, 100) if quick else (8, 8, 3, 50, 200)
     pool_ids, pool_y = markov_tokens(cfg, 512, seed=1)
     probe_ids, probe_y = pool_ids[:n_probe], pool_y[:n_probe]
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     g = torch.Generator().manual_seed(2)
+
+    def sgd(n_steps: int) -> None:
+        for _ in range(n_steps):
+            idx = torch.randint(0, pool_ids.shape[0], (batch,), generator=g)
+            opt.zero_grad()
+            token_ce(model(pool_ids[idx]), pool_y[idx]).mean().backward()
+            opt.step()
+
+    sgd(burn_in)
     prev = None
-    warm_mv, power_mv, warm_err, power_err, cold_mv, losses = [], [], [], [], [], []
+    warm_mv, power_mv, warm_err, power_err, cold_mv, losses, overlap = [], [], [], [], [], [], []
     for call in range(calls + 1):
         op = Hessian(model, token_ce, probe_ids, probe_y)
         ref = lanczos(op, 1, tol=1e-7, warm_start=prev, max_matvecs=200)
@@ -180,16 +199,14 @@ def hessian_rows(quick: bool) -> list[dict]:
             power_mv.append(n_power)
             warm_err.append(abs(float(warm.eigenvalues[0]) - lam) / abs(lam))
             power_err.append(abs(power - lam) / abs(lam))
+            overlap.append(abs(float(prev.eigenvectors[:, 0] @ ref.eigenvectors[:, 0])))
         prev = ref
-        losses.append(float(op.loss))
-        for _ in range(steps if call < calls else 0):
-            idx = torch.randint(0, pool_ids.shape[0], (batch,), generator=g)
-            opt.zero_grad()
-            token_ce(model(pool_ids[idx]), pool_y[idx]).mean().backward()
-            opt.step()
+        losses.append(float(op.loss.detach()))
+        sgd(steps if call < calls else 0)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     size = f"GPT {cfg.layers}x{cfg.width}, T={cfg.T}, probe batch {n_probe}"
-    note = (f"{calls} calls, {steps} SGD steps apart; probe loss {losses[0]:.2f} -> {losses[-1]:.2f}; "
+    note = (f"{calls} calls, {steps} SGD steps apart after {burn_in}; probe loss {losses[0]:.2f} -> {losses[-1]:.2f}; "
+            f"|<v_prev, v_new>| {', '.join(f'{o:.2f}' for o in overlap)}; "
             f"max rel. error warm {max(warm_err):.1e}, power {max(power_err):.1e}; cold Lanczos at the "
             f"same tol: {mean(cold_mv):.1f} HVPs")
     return [

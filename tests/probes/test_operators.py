@@ -184,8 +184,9 @@ def test_scipy_eigsh_on_operator(kind: str) -> None:
     assert op.matvecs > 0
 
 
-def test_hessian_through_fused_attention() -> None:
-    """scaled_dot_product_attention (fused kernels have no double backward) inside a Hessian."""
+@pytest.mark.parametrize("kind", ["H", "G"])
+def test_second_order_through_fused_attention(kind: str) -> None:
+    """scaled_dot_product_attention (fused kernels have no double backward) inside H and G products."""
     torch.manual_seed(0)
 
     class Attn(nn.Module):
@@ -201,5 +202,5 @@ def test_hessian_through_fused_attention() -> None:
     x = torch.randn(5, 3, 4, dtype=torch.float64)
     y = torch.randint(0, 3, (5,))
     names = [n for n, _ in model.named_parameters()]
-    torch.testing.assert_close(Hessian(model, CE, x, y).dense(), dense_oracles(model, CE, x, y, names)["H"],
+    torch.testing.assert_close(build(kind, model, CE, x, y).dense(), dense_oracles(model, CE, x, y, names)[kind],
                                rtol=1e-8, atol=1e-11)

@@ -349,7 +349,8 @@ class GaussNewton(ParamOperator):
     on the whole batch (any shape) and ∂²L/∂f² the Hessian of L(f) = (1/N) Σ ℓ_i(f_i) in the output.
 
     Each product is three reverse passes on kept graphs: J_f v by the double-vjp trick
-    (J_f v = ∂/∂u ⟨J_fᵀ u, v⟩), then (∂²L/∂f²)(J_f v) by double backward of L in f, then J_fᵀ(·). G is PSD
+    (J_f v = ∂/∂u ⟨J_fᵀ u, v⟩, which differentiates the model's backward: math attention kernel), then
+    (∂²L/∂f²)(J_f v) by double backward of L in f, then J_fᵀ(·); k products share each pass. G is PSD
     when ℓ is convex in the output (cross-entropy, squared error).
     """
 
@@ -358,7 +359,7 @@ class GaussNewton(ParamOperator):
         chosen = select_params(model, params)
         super().__init__(*_meta(chosen))
         self.params = [p for _, p in chosen]
-        with torch.enable_grad():
+        with torch.enable_grad(), double_backward_attention():
             self.out, _ = _output_and_loss(model, loss_fn, x, y, forward)
             self.f = self.out.detach().requires_grad_(True)
             loss = _per_sample_losses(loss_fn, self.f, y, y.shape[0]).mean()
@@ -367,9 +368,10 @@ class GaussNewton(ParamOperator):
             self.jtu = torch.autograd.grad(self.out, self.params, self.u, create_graph=True, materialize_grads=True)
 
     def _mm(self, v: Tensor) -> Tensor:
-        vt = v.T  # (k, P): the k products go through each backward pass at once
-        parts = [t.reshape(v.shape[1], *shape) for t, shape in zip(vt.split([int(np.prod(s)) for s in self.shapes], 1), self.shapes)]
-        jv = torch.autograd.grad(self.jtu, self.u, parts, retain_graph=True, is_grads_batched=True)[0]
+        k = v.shape[1]  # the k products go through each backward pass at once
+        parts = [t.reshape(k, *shape) for t, shape in zip(v.T.split([int(np.prod(s)) for s in self.shapes], 1), self.shapes)]
+        with double_backward_attention():
+            jv = torch.autograd.grad(self.jtu, self.u, parts, retain_graph=True, is_grads_batched=True)[0]
         hjv = torch.autograd.grad(self.dloss, self.f, jv, retain_graph=True, is_grads_batched=True)[0]
         g = torch.autograd.grad(self.out, self.params, hjv, retain_graph=True, is_grads_batched=True,
                                 materialize_grads=True)
