@@ -54,22 +54,37 @@ def _flat_fn(model: nn.Module, names: list[str], fn):
     return call, theta0
 
 
-def dense_oracles(model, loss_fn, x, y, names, s: int = 3, replacement: bool = True) -> dict[str, torch.Tensor]:
-    """C, F, H, G as dense matrices over the parameters ``names``, by torch.func (independent of the operators).
+def dense_oracle(kind: str, model, loss_fn, x, y, names, s: int = 3, replacement: bool = True) -> torch.Tensor:
+    """C, F, H or G as a dense matrix over the parameters ``names``, by torch.func / autograd.functional
+    (independent of the operators).
 
     H row by row (``torch.autograd.functional.hessian``, no vmap): in torch 2.13 both torch.func.hessian
     and jacrev(jacrev) of the tiny GPT are wrong (asymmetric, off by up to 0.34 from central finite
-    differences); :func:`test_gpt_hessian_and_gauss_newton` checks columns by finite differences too."""
+    differences: vmapped second derivatives of ``layer_norm`` with an affine weight), so the GPT's H is
+    checked against central finite differences of the gradient instead."""
     n = x.shape[0]
     call, theta = _flat_fn(model, names, lambda out: out)
     losses = lambda th: loss_fn(call(th, x), y)  # noqa: E731
+    if kind == "H":
+        return torch.autograd.functional.hessian(lambda th: losses(th).mean(), theta)
+    if kind == "G":
+        out = call(theta, x)
+        jf = jacrev(lambda th: call(th, x))(theta).reshape(out.numel(), -1)
+        hf = hessian(lambda o: loss_fn(o, y).mean())(out).reshape(out.numel(), out.numel())
+        return jf.T @ hf @ jf
     jac = jacrev(losses)(theta)  # (N, P): rows ∇ℓ_i
+    if kind == "F":
+        return jac.T @ jac / n
     jc = jac - jac.mean(0)
-    out = call(theta, x)
-    jf = jacrev(lambda th: call(th, x))(theta).reshape(out.numel(), -1)
-    hf = hessian(lambda o: loss_fn(o, y).mean())(out).reshape(out.numel(), out.numel())
-    return {"C": batch_factor(s, n, replacement) * jc.T @ jc / n, "F": jac.T @ jac / n,
-            "H": torch.autograd.functional.hessian(lambda th: losses(th).mean(), theta), "G": jf.T @ hf @ jf}
+    return batch_factor(s, n, replacement) * jc.T @ jc / n
+
+
+def finite_difference_hessian(model, loss_fn, x, y, names, h: float = 1e-5) -> torch.Tensor:
+    """Central differences of the gradient (first-order torch.func only), every column; error O(h²)."""
+    call, theta = _flat_fn(model, names, lambda out: loss_fn(out, y).mean())
+    grad = torch.func.vmap(torch.func.grad(lambda th: call(th, x)))
+    steps = torch.eye(len(theta), dtype=theta.dtype) * h
+    return ((grad(theta + steps) - grad(theta - steps)) / (2 * h)).T
 
 
 def build(kind: str, model, loss_fn, x, y, params=None, s: int = 3, replacement: bool = True) -> ParamOperator:
@@ -85,7 +100,7 @@ def build(kind: str, model, loss_fn, x, y, params=None, s: int = 3, replacement:
 def test_matvec_matches_dense(kind: str, replacement: bool) -> None:
     model, x, y = _mlp()
     names = [n for n, _ in model.named_parameters()]
-    ref = dense_oracles(model, CE, x, y, names, replacement=replacement)[kind]
+    ref = dense_oracle(kind, model, CE, x, y, names, replacement=replacement)
     op = build(kind, model, CE, x, y, replacement=replacement)
     assert op.shape == ref.shape and op.device == x.device and op.torch_dtype == torch.float64
     v = torch.randn(op.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -103,17 +118,11 @@ def test_gpt_hessian_and_gauss_newton(kind: str) -> None:
     model, x, y = _gpt()
     names = [n for n, _ in model.named_parameters()]  # tied head: tok.weight once
     assert "head.weight" not in names
-    ref = dense_oracles(model, token_ce, x, y, names)[kind]
     op = build(kind, model, token_ce, x, y)
-    dense = op.dense()
-    torch.testing.assert_close(dense, ref, rtol=1e-8, atol=1e-11)
-    if kind == "H":  # independent of double backward: central differences of the gradient
-        call, theta = _flat_fn(model, names, lambda out: token_ce(out, y).mean())
-        grad = torch.func.grad(lambda th: call(th, x))
-        for c in (0, 15, 50, len(theta) - 1):
-            e = torch.zeros_like(theta)
-            e[c] = 1e-5
-            torch.testing.assert_close(dense[:, c], (grad(theta + e) - grad(theta - e)) / 2e-5, rtol=0, atol=1e-6)
+    if kind == "H":  # the finite-difference error here is ~3e-6; the vmapped torch.func Hessian is off by 0.34
+        torch.testing.assert_close(op.dense(), finite_difference_hessian(model, token_ce, x, y, names), rtol=0, atol=1e-5)
+    else:
+        torch.testing.assert_close(op.dense(), dense_oracle(kind, model, token_ce, x, y, names), rtol=1e-8, atol=1e-11)
 
 
 def test_linear_model_gauss_newton_is_hessian() -> None:
@@ -202,5 +211,5 @@ def test_second_order_through_fused_attention(kind: str) -> None:
     x = torch.randn(5, 3, 4, dtype=torch.float64)
     y = torch.randint(0, 3, (5,))
     names = [n for n, _ in model.named_parameters()]
-    torch.testing.assert_close(build(kind, model, CE, x, y).dense(), dense_oracles(model, CE, x, y, names)[kind],
+    torch.testing.assert_close(build(kind, model, CE, x, y).dense(), dense_oracle(kind, model, CE, x, y, names),
                                rtol=1e-8, atol=1e-11)
