@@ -8,7 +8,12 @@ from torch import nn
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.probes.factors import OuterFactor
-from noiseprobe.probes.persample import HookFactors, JacobianFactors, per_sample_gradients, supports_hooks
+from noiseprobe.probes.persample import (
+    HookFactors,
+    JacobianFactors,
+    per_sample_gradients,
+    supports_hooks,
+)
 
 CE = nn.CrossEntropyLoss(reduction="none")
 

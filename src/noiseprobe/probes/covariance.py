@@ -25,7 +25,12 @@ import torch
 from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError, check_choice, check_int
-from noiseprobe.probes.persample import Forward, PerSampleGradients, PerSampleLoss, per_sample_gradients
+from noiseprobe.probes.persample import (
+    Forward,
+    PerSampleGradients,
+    PerSampleLoss,
+    per_sample_gradients,
+)
 
 
 def batch_factor(batch_size: int, n: int, replacement: bool = True) -> float:

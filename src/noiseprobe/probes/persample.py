@@ -133,7 +133,8 @@ _WARNED: set[tuple[str, str]] = set()
 
 
 def _display(name: str) -> str:
-    return name.removeprefix("model.") if name.startswith("model.") else (name or "model")
+    """The label of a module of the wrapped model: "model" for the model itself, "model.blocks.0.attn"..."""
+    return name if name.startswith("model") else "model"
 
 
 def _check_finite(field_name: str, obj: Any) -> None:
@@ -222,7 +223,7 @@ class HookFactors(PerSampleGradients):
                 key = (type(m).__name__, _display(name))
                 if key not in _WARNED:
                     _WARNED.add(key)
-                    warnings.warn(f"per-sample gradients: {key[0]} model.{key[1]} has no layer rule; its parameters "
+                    warnings.warn(f"per-sample gradients: {key[0]} {key[1]} has no layer rule; its parameters "
                                   "use vmap(grad) over this module alone (N × its parameter count numbers)",
                                   stacklevel=4)
             units.append(_Unit(name, m, rule, params))
@@ -239,11 +240,11 @@ class HookFactors(PerSampleGradients):
         def post(unit: _Unit, mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
             if not active[0]:
                 return None
-            if isinstance(unit.rule, VmapRule) and mod.training and getattr(mod, "_np_rng", None) is not None:
-                if any(not torch.equal(a, b) for a, b in zip(mod._np_rng, _rng_state(self.device))):
-                    raise ConfigError(f"model.{_display(unit.name)}", f"{type(mod).__name__} drawing random numbers "
-                                      "in training mode", "eval mode or no dropout in modules without a layer rule "
-                                      "(their random draws cannot be replayed sample by sample)")
+            rng = getattr(mod, "_np_rng", None)  # set by the pre-hook of vmap units in training mode
+            if rng is not None and any(not torch.equal(a, b) for a, b in zip(rng, _rng_state(self.device))):
+                raise ConfigError(_display(unit.name), f"{type(mod).__name__} drawing random numbers "
+                                  "in training mode", "eval mode or no dropout in modules without a layer rule "
+                                  "(their random draws cannot be replayed sample by sample)")
             ret = None
             if unit.rule.batch_axis_zero and isinstance(out, Tensor) and out.dim() > 0 and out.shape[0] == 1 < n_hint:
                 out = ret = out.expand(n_hint, *out.shape[1:])  # shared by the batch: per-sample gradients
@@ -277,7 +278,7 @@ class HookFactors(PerSampleGradients):
                 for attr in ("_np_unit", "_np_rng"):
                     if hasattr(u.module, attr):
                         delattr(u.module, attr)
-        self._check_losses(losses, x)
+        self._check_losses(losses)
         changed = {id(u) for u, t, v in versions if t._version != v}
         if changed:
             for u in units:
@@ -293,17 +294,16 @@ class HookFactors(PerSampleGradients):
                 parts = u.name.split(".")
                 ancestors = [".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)]
                 consumer = next(a for a in ancestors if a in fired)
-                warnings.warn(f"per-sample gradients: model.{_display(u.name)} never runs but its parameters are "
-                              f"used: model.{_display(consumer)} consumes them and becomes one vmap unit", stacklevel=4)
+                warnings.warn(f"per-sample gradients: {_display(u.name)} never runs but its parameters are "
+                              f"used: {_display(consumer)} consumes them and becomes one vmap unit", stacklevel=4)
                 redo.add(consumer)
         return losses, redo
 
-    def _check_losses(self, losses: Any, x: Any) -> None:
-        n = x.shape[0] if isinstance(x, Tensor) else None
-        if not isinstance(losses, Tensor) or losses.dim() != 1 or (n is not None and losses.shape[0] != n):
+    def _check_losses(self, losses: Any) -> None:
+        if not isinstance(losses, Tensor) or losses.dim() != 1 or losses.shape[0] < 1:
             shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
-            raise ConfigError("loss_fn", "a loss returning " + str(shape),
-                              f"a per-sample loss returning shape ({n or 'N'},), e.g. reduction='none'")
+            raise ConfigError("loss_fn", f"a loss returning {shape}",
+                              "a per-sample loss returning shape (N,), N >= 1, e.g. reduction='none'")
         if not torch.isfinite(losses).all():
             raise ConfigError("loss_fn", "non-finite per-sample losses", "finite losses at the current weights")
 

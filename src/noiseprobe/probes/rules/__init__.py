@@ -12,9 +12,23 @@ from torch import nn
 
 from noiseprobe.probes.rules.base import Call, Rule
 from noiseprobe.probes.rules.conv import ConvRule
-from noiseprobe.probes.rules.fallback import MultiheadAttentionRule, VmapRule, tensor_leaves
-from noiseprobe.probes.rules.linear import EmbeddingRule, LinearRule, TransformersConv1DRule, is_transformers_conv1d
-from noiseprobe.probes.rules.norm import BatchNormRule, GroupNormRule, LayerNormRule, RMSNormRule
+from noiseprobe.probes.rules.fallback import (
+    MultiheadAttentionRule,
+    VmapRule,
+    tensor_leaves,
+)
+from noiseprobe.probes.rules.linear import (
+    EmbeddingRule,
+    LinearRule,
+    TransformersConv1DRule,
+    is_transformers_conv1d,
+)
+from noiseprobe.probes.rules.norm import (
+    BatchNormRule,
+    GroupNormRule,
+    LayerNormRule,
+    RMSNormRule,
+)
 
 RULES: list[tuple[tuple[type[nn.Module], ...], Rule]] = [
     ((nn.Linear,), LinearRule()),
@@ -39,4 +53,4 @@ def rule_for(module: nn.Module) -> Rule | None:
     return None
 
 
-__all__ = ["Call", "Rule", "RULES", "VmapRule", "rule_for", "tensor_leaves"]
+__all__ = ["RULES", "Call", "Rule", "VmapRule", "rule_for", "tensor_leaves"]

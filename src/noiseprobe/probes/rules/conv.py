@@ -13,7 +13,13 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from noiseprobe.probes.factors import RowsFactor
-from noiseprobe.probes.rules.base import Call, Named, Rule, accumulation_dtype, batch_leading
+from noiseprobe.probes.rules.base import (
+    Call,
+    Named,
+    Rule,
+    accumulation_dtype,
+    batch_leading,
+)
 
 _WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight, 3: torch.nn.grad.conv3d_weight}
 

@@ -66,7 +66,7 @@ class VmapRule(Rule):
         out_axes = [self.output_axis(module, p, o, n) for p, o in zip(call.positions, call.outputs)]
         for o, ax in zip(call.outputs, out_axes):
             if o.shape[ax] != n:
-                raise ConfigError(f"model.{call.name}", f"output of shape {tuple(o.shape)}",
+                raise ConfigError(call.name, f"output of shape {tuple(o.shape)}",
                                   f"outputs with the batch of N = {n} on axis {ax}")
 
         def one(a: Any, ax: Any) -> Any:
@@ -95,7 +95,7 @@ class MultiheadAttentionRule(VmapRule):
 
     def validate(self, name: str, module: nn.Module) -> None:
         if module.dropout > 0 and module.training:
-            raise ConfigError(f"model.{name}", f"nn.MultiheadAttention(dropout={module.dropout}) in training mode",
+            raise ConfigError(name, f"nn.MultiheadAttention(dropout={module.dropout}) in training mode",
                               "eval mode or dropout=0 (its random attention mask cannot be replayed per sample)")
 
     def input_axis(self, module: nn.Module, key: int | str, t: Tensor, n: int) -> int | None:

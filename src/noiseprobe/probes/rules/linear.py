@@ -16,7 +16,13 @@ from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.probes.factors import Layout, OuterFactor
-from noiseprobe.probes.rules.base import Call, Named, Rule, accumulation_dtype, batch_leading
+from noiseprobe.probes.rules.base import (
+    Call,
+    Named,
+    Rule,
+    accumulation_dtype,
+    batch_leading,
+)
 
 
 def _tokens(call: Call, t: Tensor, n: int, width: int | None) -> Tensor:
@@ -60,7 +66,7 @@ class EmbeddingRule(Rule):
 
     def validate(self, name: str, module: nn.Module) -> None:
         if module.scale_grad_by_freq:
-            raise ConfigError(f"model.{name}", "nn.Embedding(scale_grad_by_freq=True)",
+            raise ConfigError(name, "nn.Embedding(scale_grad_by_freq=True)",
                               "scale_grad_by_freq=False (the batch's token counts make samples interact)")
 
     def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> OuterFactor:

@@ -21,7 +21,13 @@ from torch.nn import functional as F
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.probes.factors import RowsFactor
-from noiseprobe.probes.rules.base import Call, Named, Rule, accumulation_dtype, batch_leading
+from noiseprobe.probes.rules.base import (
+    Call,
+    Named,
+    Rule,
+    accumulation_dtype,
+    batch_leading,
+)
 
 
 def _affine_rows(params: Named, xhat: Tensor, g: Tensor, channels_last: bool, size: int) -> RowsFactor:
@@ -73,7 +79,7 @@ class BatchNormRule(Rule):
     def validate(self, name: str, module: nn.Module) -> None:
         if module.training or module.running_mean is None:
             state = "in training mode" if module.training else "without running statistics"
-            raise ConfigError(f"model.{name}", f"{type(module).__name__} {state}",
+            raise ConfigError(name, f"{type(module).__name__} {state}",
                               "eval mode (model.eval(): running statistics, samples independent) or "
                               "nn.GroupNorm instead of BatchNorm (batch statistics make samples interact)")
 
