@@ -219,3 +219,20 @@ def test_bf16_autocast_accumulates_in_float32() -> None:
     rel = float((gram - ref.grads.gram()).norm() / ref.grads.gram().norm())
     assert rel < 0.05, rel  # bf16 activations (8-bit mantissa), float32 products
     assert abs(half.trace() / ref.trace() - 1) < 0.05
+
+
+def test_in_place_change_of_a_layer_output_is_survived() -> None:
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(inplace=True), nn.Unflatten(1, (1, 5)),
+                          nn.Conv1d(1, 2, 4, padding="same"), nn.Tanh(), nn.Flatten(), nn.Linear(10, 2)).double()
+    x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
+    j = func_rows(model, lambda call, xi, yi: F.cross_entropy(call(xi[None]), yi[None]), x, y)
+    assert_products(per_sample_gradients(model, CE, x, y, check=True), j, rtol=1e-9, atol=1e-12)
+
+
+def test_cost_model_picks_pairs_for_short_sequences_only() -> None:
+    from noiseprobe.probes.factors import use_pairs
+
+    assert use_pairs(1000, 1, 1024, 785)  # the MLP layer: (a_i·a_j)(g_i·g_j)
+    assert not use_pairs(64, 128, 256, 257)  # a transformer projection at T = 128
+    assert use_pairs(64, 4, 4096, 4097)  # short sequences, wide layers
