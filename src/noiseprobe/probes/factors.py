@@ -36,29 +36,33 @@ CHUNK = 1 << 24
 
 
 class Factor:
-    """Per-sample gradients J_b (N × P_b) of one block; subclasses implement the products."""
+    """Products with a per-sample-gradient matrix J (N × P; for a block, its own P_b columns)."""
 
     n: int
     numel: int
 
     def gram(self) -> Tensor:
+        """J Jᵀ, shape (N, N)."""
         raise NotImplementedError
 
     def sq_norms(self) -> Tensor:
+        """‖J_i‖² = ‖∇ℓ_i‖², shape (N,)."""
         raise NotImplementedError
 
     def jvp(self, v: Tensor) -> Tensor:
-        """J_b v for v of shape (P_b, k) → (N, k)."""
+        """J v for v of shape (P, k) → (N, k)."""
         raise NotImplementedError
 
     def vjp(self, u: Tensor) -> Tensor:
-        """J_bᵀ u for u of shape (N, k) → (P_b, k)."""
+        """Jᵀ u for u of shape (N, k) → (P, k)."""
         raise NotImplementedError
 
     def sq_sum(self) -> Tensor:
+        """Σ_i J_i∘J_i, shape (P,)."""
         raise NotImplementedError
 
     def rows(self) -> Tensor:
+        """J itself, shape (N, P)."""
         raise NotImplementedError
 
 

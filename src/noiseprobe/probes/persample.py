@@ -56,37 +56,21 @@ PerSampleLoss = Callable[[Any, Any], Tensor]
 Forward = Callable[[nn.Module, Any], Any]
 
 
-class PerSampleGradients:
-    """Products with the per-sample-gradient matrix J (N × P). Subclasses implement the primitives."""
+class PerSampleGradients(Factor):
+    """Products with the per-sample-gradient matrix J (N × P) of a whole model (the primitives of
+    :class:`~noiseprobe.probes.factors.Factor`); ``jvp`` and ``vjp`` also take single vectors, (P,) → (N,)
+    and (N,) → (P,)."""
 
-    n: int
     num_params: int
     dtype: torch.dtype
     device: torch.device
 
-    def gram(self) -> Tensor:
-        """J Jᵀ, shape (N, N)."""
-        raise NotImplementedError
-
-    def sq_norms(self) -> Tensor:
-        """‖∇ℓ_i‖², shape (N,)."""
-        raise NotImplementedError
-
-    def jvp(self, v: Tensor) -> Tensor:
-        """J v for v of shape (P,) or (P, k); returns (N,) or (N, k)."""
-        raise NotImplementedError
-
-    def vjp(self, u: Tensor) -> Tensor:
-        """Jᵀ u for u of shape (N,) or (N, k); returns (P,) or (P, k)."""
-        raise NotImplementedError
-
-    def sq_sum(self) -> Tensor:
-        """Σ_i (∇ℓ_i)∘(∇ℓ_i), shape (P,)."""
-        raise NotImplementedError
-
     def dense(self) -> Tensor:
         """J itself, shape (N, P) (small models only)."""
         return self.vjp(torch.eye(self.n, dtype=self.dtype, device=self.device)).T
+
+    def rows(self) -> Tensor:
+        return self.dense()
 
     def mean(self) -> Tensor:
         """ḡ = ∇L = (1/N) Jᵀ1, shape (P,)."""
