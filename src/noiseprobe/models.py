@@ -104,7 +104,7 @@ class GPT(nn.Module):
         t = ids.shape[1]
         if t > self.cfg.T:
             raise ConfigError("ids", f"sequences of length {t}", f"length <= T = {self.cfg.T}")
-        x = self.tok(ids) + self.pos(torch.arange(t, device=ids.device))
+        x = self.tok(ids) + self.pos(torch.arange(t, device=ids.device)[None])  # (1, T): shared by the batch
         for block in self.blocks:
             x = block(x, mask)
         return self.head(self.ln(x))
