@@ -12,8 +12,12 @@ or a subset: :func:`select_params`), available three ways:
 
 ``op.matvecs`` counts the matrix-vector products done so far (a (P, k) block counts k).
 
-With per-sample losses ℓ_i (whatever ``loss_fn(output, y)`` returns, shape (N,)), L = (1/N) Σ ℓ_i the
-training loss, J ∈ R^{N×P} the per-sample-gradient matrix (rows ∇ℓ_i) and ḡ = ∇L:
+Batches and losses are those of :func:`~noiseprobe.probes.persample.per_sample_gradients`: ``x`` is
+anything ``forward(model, x)`` takes (default ``model(**x)`` for a dict, ``model(*x)`` for a tuple, else
+``model(x)``; integer token ids included), the output may be a tensor, a tuple or a ModelOutput
+(:func:`~noiseprobe.probes.losses.model_output`), and ``loss_fn(output, y)`` returns per-sample losses
+ℓ_i of shape (N,) whose mean L = (1/N) Σ ℓ_i is the training loss (token-mean language-model losses:
+:class:`~noiseprobe.probes.losses.TokenMeanCrossEntropy`). With J ∈ R^{N×P} the per-sample-gradient matrix (rows ∇ℓ_i) and ḡ = ∇L:
 
 * :class:`NoiseCovariance`    C = c(S, N) · (1/N) Jᵀ (I − 11ᵀ/N) J       minibatch-gradient covariance,
   c = 1/S with replacement, (N − S)/(S(N − 1)) without (paper 002, eqs. 2, 99a, 99b);
@@ -31,7 +35,7 @@ H and G are products only; use :mod:`noiseprobe.probes.linalg` for their traces,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -43,12 +47,11 @@ from torch import Tensor, nn
 from noiseprobe.core.errors import ConfigError, check_int
 from noiseprobe.probes.covariance import GradientNoise, top_eigh
 from noiseprobe.probes.local import param_hvp
-from noiseprobe.probes.persample import PerSampleGradients, PerSampleLoss, _per_sample_losses
+from noiseprobe.probes.losses import model_output
+from noiseprobe.probes.persample import Forward, PerSampleGradients, PerSampleLoss, default_forward
 
 #: a parameter subset: a parameter name, a module name (all parameters under it), a module or a parameter
 ParamSpec = str | nn.Module | Tensor
-#: forward(model, x) -> model output (a tensor); default ``model(x)``
-Forward = Callable[[nn.Module, Any], Tensor]
 
 
 def select_params(model: nn.Module, params: ParamSpec | Sequence[ParamSpec] | None = None) -> list[tuple[str, Tensor]]:
@@ -314,11 +317,20 @@ def double_backward_attention() -> Iterator[None]:
         yield
 
 
-def _output_and_loss(model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Tensor,
+def _mean_loss(loss_fn: PerSampleLoss, out: Tensor, y: Any) -> Tensor:
+    """L = (1/N) Σ_i ℓ_i from the per-sample losses ``loss_fn(out, y)``, which must have shape (N,)."""
+    losses = loss_fn(out, y)
+    if not isinstance(losses, Tensor) or losses.dim() != 1 or losses.shape[0] < 1:
+        shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+        raise ConfigError("loss_fn", f"a loss returning {shape}", "a per-sample loss returning shape (N,), e.g. reduction='none'")
+    return losses.mean()
+
+
+def _output_and_loss(model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any,
                      forward: Forward | None) -> tuple[Tensor, Tensor]:
     """(model output f on the batch, the mean loss L = (1/N) Σ ℓ_i(f_i)), graphs kept."""
-    out = model(x) if forward is None else forward(model, x)
-    return out, _per_sample_losses(loss_fn, out, y, y.shape[0]).mean()
+    out = model_output((forward or default_forward)(model, x))
+    return out, _mean_loss(loss_fn, out, y)
 
 
 class Hessian(ParamOperator):
@@ -362,8 +374,7 @@ class GaussNewton(ParamOperator):
         with torch.enable_grad(), double_backward_attention():
             self.out, _ = _output_and_loss(model, loss_fn, x, y, forward)
             self.f = self.out.detach().requires_grad_(True)
-            loss = _per_sample_losses(loss_fn, self.f, y, y.shape[0]).mean()
-            self.dloss = torch.autograd.grad(loss, self.f, create_graph=True)[0]  # ∂L/∂f, graph kept
+            self.dloss = torch.autograd.grad(_mean_loss(loss_fn, self.f, y), self.f, create_graph=True)[0]  # ∂L/∂f, graph kept
             self.u = torch.zeros_like(self.out, requires_grad=True)
             self.jtu = torch.autograd.grad(self.out, self.params, self.u, create_graph=True, materialize_grads=True)
 
