@@ -29,18 +29,15 @@ from pathlib import Path
 
 import torch
 from bench_covariance import _best_of
-from torch import Tensor, nn
+from torch import Tensor
 
 from noiseprobe.models import GPT, GPTConfig
 from noiseprobe.probes.linalg import lanczos
+from noiseprobe.probes.losses import TokenMeanCrossEntropy
 from noiseprobe.probes.operators import Hessian, NoiseCovariance
 
-CE = nn.CrossEntropyLoss(reduction="none")
-
-
-def token_ce(out: Tensor, y: Tensor) -> Tensor:
-    """Per-sequence token-mean cross-entropy, shape (N,)."""
-    return CE(out.transpose(1, 2), y).mean(1)
+#: per-sequence token-mean cross-entropy, shape (N,) (no padding here)
+token_ce = TokenMeanCrossEntropy()
 
 
 class OpacusGPT(GPT):
@@ -122,7 +119,7 @@ def _computations(model: GPT, ids: Tensor, y: Tensor) -> dict:
 def peak_memory(name: str, quick: bool) -> dict:
     """Run one computation in a fresh subprocess: its peak RSS and the RSS before it (MB)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--peak", name] + (["--quick"] if quick else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=1800)
     if out.returncode:
         return {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -203,7 +200,7 @@ def hessian_rows(quick: bool) -> list[dict]:
         prev = ref
         losses.append(float(op.loss.detach()))
         sgd(steps if call < calls else 0)
-    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    mean = lambda xs: sum(xs) / len(xs)
     size = f"GPT {cfg.layers}x{cfg.width}, T={cfg.T}, probe batch {n_probe}"
     note = (f"{calls} calls, {steps} SGD steps apart after {burn_in}; probe loss {losses[0]:.2f} -> {losses[-1]:.2f}; "
             f"|<v_prev, v_new>| {', '.join(f'{o:.2f}' for o in overlap)}; "

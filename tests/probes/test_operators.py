@@ -13,8 +13,15 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.models import GPT, GPTConfig
 from noiseprobe.probes.covariance import batch_factor
 from noiseprobe.probes.losses import TokenMeanCrossEntropy
-from noiseprobe.probes.operators import (EmpiricalFisher, GaussNewton, Hessian, NoiseCovariance, ParamOperator,
-                                         select_params)
+from noiseprobe.probes.operators import (
+    EmpiricalFisher,
+    GaussNewton,
+    Hessian,
+    NoiseCovariance,
+    ParamOperator,
+    select_params,
+)
+from tests.probes.oracle import DEVICES
 
 CE = nn.CrossEntropyLoss(reduction="none")
 
@@ -24,11 +31,12 @@ def token_ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return CE(out.transpose(1, 2), y).mean(1)
 
 
-def _mlp(n: int = 10) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def _mlp(n: int = 10, device: str = "cpu") -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 3)).double().to(device)
     g = torch.Generator().manual_seed(5)
-    return model, torch.randn(n, 3, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+    x, y = torch.randn(n, 3, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+    return model, x.to(device), y.to(device)
 
 
 def _gpt(n: int = 3) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -64,7 +72,7 @@ def dense_oracle(kind: str, model, loss_fn, x, y, names, s: int = 3, replacement
     differences: vmapped second derivatives of ``layer_norm`` with an affine weight), so the GPT's H is
     checked against central finite differences of the gradient instead."""
     call, theta = _flat_fn(model, names, lambda out: out)
-    losses = lambda th: loss_fn(call(th, x), y)  # noqa: E731
+    losses = lambda th: loss_fn(call(th, x), y)
     if kind == "H":
         return torch.autograd.functional.hessian(lambda th: losses(th).mean(), theta)
     if kind == "G":
@@ -97,18 +105,19 @@ def build(kind: str, model, loss_fn, x, y, params=None, s: int = 3, replacement:
     return {"H": Hessian, "G": GaussNewton}[kind](model, loss_fn, x, y, params=params)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("replacement", [True, False])
 @pytest.mark.parametrize("kind", ["C", "F", "H", "G"])
-def test_matvec_matches_dense(kind: str, replacement: bool) -> None:
-    model, x, y = _mlp()
+def test_matvec_matches_dense(kind: str, replacement: bool, device: str) -> None:
+    model, x, y = _mlp(device=device)
     names = [n for n, _ in model.named_parameters()]
     ref = dense_oracle(kind, model, CE, x, y, names, replacement=replacement)
     op = build(kind, model, CE, x, y, replacement=replacement)
-    assert op.shape == ref.shape and op.device == x.device and op.torch_dtype == torch.float64
-    v = torch.randn(op.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    assert op.shape == ref.shape and op.device == x.device and op.torch_dtype == torch.float64  # the model's
+    v = torch.randn(op.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(device)
     torch.testing.assert_close(op @ v, ref @ v, rtol=1e-9, atol=1e-12)  # a block of 3
     torch.testing.assert_close(op.mv(v[:, 0]), ref @ v[:, 0], rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(op @ v[:, 1].numpy(), (ref @ v[:, 1]).numpy(), rtol=1e-9, atol=1e-12)  # scipy path
+    np.testing.assert_allclose(op @ v[:, 1].cpu().numpy(), (ref @ v[:, 1]).cpu().numpy(), rtol=1e-9, atol=1e-12)
     assert op.matvecs == 5
     if kind in "CF":
         np.testing.assert_allclose(op.trace(), float(ref.trace()), rtol=1e-10)
@@ -148,7 +157,7 @@ def test_linear_model_gauss_newton_is_hessian() -> None:
     model, x, _ = _mlp()
     lin = nn.Linear(3, 2).double()
     y = torch.randn(x.shape[0], 2, dtype=torch.float64)
-    mse = lambda out, t: ((out - t) ** 2).sum(1)  # noqa: E731
+    mse = lambda out, t: ((out - t) ** 2).sum(1)
     h, g = Hessian(lin, mse, x, y).dense(), GaussNewton(lin, mse, x, y).dense()
     torch.testing.assert_close(g, h, rtol=1e-10, atol=1e-12)
     assert h.abs().max() > 0.1

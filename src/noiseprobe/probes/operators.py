@@ -48,7 +48,12 @@ from noiseprobe.core.errors import ConfigError, check_int
 from noiseprobe.probes.covariance import GradientNoise, top_eigh
 from noiseprobe.probes.local import param_hvp
 from noiseprobe.probes.losses import model_output
-from noiseprobe.probes.persample import Forward, PerSampleGradients, PerSampleLoss, default_forward
+from noiseprobe.probes.persample import (
+    Forward,
+    PerSampleGradients,
+    PerSampleLoss,
+    default_forward,
+)
 
 #: a parameter subset: a parameter name, a module name (all parameters under it), a module or a parameter
 ParamSpec = str | nn.Module | Tensor
