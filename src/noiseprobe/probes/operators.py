@@ -338,7 +338,16 @@ def _output_and_loss(model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any,
     return out, _mean_loss(loss_fn, out, y)
 
 
-class Hessian(ParamOperator):
+class _ModelOperator(ParamOperator):
+    """An operator over the chosen parameters of a model (``self.params``, in flat order)."""
+
+    def __init__(self, model: nn.Module, params: ParamSpec | Sequence[ParamSpec] | None) -> None:
+        chosen = select_params(model, params)
+        super().__init__(*_meta(chosen))
+        self.params = [p for _, p in chosen]
+
+
+class Hessian(_ModelOperator):
     """H = ∇²L of the mean loss L = (1/N) Σ ℓ_i over the chosen parameters, by double backward: the
     gradient graph is built once (under the math attention kernel) and kept, and each block of k
     products is one batched backward pass through it (``is_grads_batched``).
@@ -349,9 +358,7 @@ class Hessian(ParamOperator):
 
     def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Tensor, *,
                  params: ParamSpec | Sequence[ParamSpec] | None = None, forward: Forward | None = None) -> None:
-        chosen = select_params(model, params)
-        super().__init__(*_meta(chosen))
-        self.params = [p for _, p in chosen]
+        super().__init__(model, params)
         with torch.enable_grad(), double_backward_attention():
             _, self.loss = _output_and_loss(model, loss_fn, x, y, forward)
             self._hvp = param_hvp(self.loss, self.params)
@@ -361,7 +368,7 @@ class Hessian(ParamOperator):
             return self._hvp(v.T).T
 
 
-class GaussNewton(ParamOperator):
+class GaussNewton(_ModelOperator):
     """G = J_fᵀ (∂²L/∂f²) J_f, the generalised Gauss–Newton matrix of the mean loss, f the model output
     on the whole batch (any shape) and ∂²L/∂f² the Hessian of L(f) = (1/N) Σ ℓ_i(f_i) in the output.
 
@@ -373,13 +380,12 @@ class GaussNewton(ParamOperator):
 
     def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Tensor, *,
                  params: ParamSpec | Sequence[ParamSpec] | None = None, forward: Forward | None = None) -> None:
-        chosen = select_params(model, params)
-        super().__init__(*_meta(chosen))
-        self.params = [p for _, p in chosen]
+        super().__init__(model, params)
         with torch.enable_grad(), double_backward_attention():
             self.out, _ = _output_and_loss(model, loss_fn, x, y, forward)
             self.f = self.out.detach().requires_grad_(True)
-            self.dloss = torch.autograd.grad(_mean_loss(loss_fn, self.f, y), self.f, create_graph=True)[0]  # ∂L/∂f, graph kept
+            loss = _mean_loss(loss_fn, self.f, y)
+            self.dloss = torch.autograd.grad(loss, self.f, create_graph=True)[0]  # ∂L/∂f, graph kept
             self.u = torch.zeros_like(self.out, requires_grad=True)
             self.jtu = torch.autograd.grad(self.out, self.params, self.u, create_graph=True, materialize_grads=True)
 
