@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeAlias
 
 import numpy as np
 import torch
@@ -22,7 +22,8 @@ from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_r
 from noiseprobe.probes.local import hutchinson_trace
 from noiseprobe.probes.operators import MatrixOperator, ParamOperator, ScipyOperator
 
-Operator = ParamOperator | Tensor | LinearOperator | np.ndarray
+#: what the algorithms accept (see :func:`as_operator`)
+Operator: TypeAlias = ParamOperator | Tensor | LinearOperator | np.ndarray
 
 
 def as_operator(a: Operator) -> ParamOperator:

@@ -67,7 +67,7 @@ def select_params(model: nn.Module, params: ParamSpec | Sequence[ParamSpec] | No
     (``"blocks.0.attn.q.weight"``), a module name (``"blocks.0"``: every parameter under it), an
     ``nn.Module`` of the model or one of its parameters. Selected parameters must be trainable.
     """
-    named = list(model.named_parameters())
+    named: list[tuple[str, Tensor]] = list(model.named_parameters())
     if params is None:
         chosen = [(n, p) for n, p in named if p.requires_grad]
         if not chosen:
@@ -78,6 +78,7 @@ def select_params(model: nn.Module, params: ParamSpec | Sequence[ParamSpec] | No
     by_name = dict(named)
     ids: set[int] = set()
     for spec in specs:
+        found: list[Tensor]
         if isinstance(spec, str) and spec in by_name:
             found = [by_name[spec]]
         elif isinstance(spec, str) and spec in modules and spec:
