@@ -18,6 +18,7 @@ from torch import nn
 
 from noiseprobe.data.embedded import load_default
 from noiseprobe.probes.covariance import GradientNoise
+from noiseprobe.probes.operators import NoiseCovariance
 
 
 def _best_of(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -64,6 +65,13 @@ def run(quick: bool = False) -> list[dict]:
         noise.topk(10)
         noise.trace()
 
+    def trace_lazy_vectors() -> None:
+        noise = NoiseCovariance.from_model(model, ce, x, y, batch_size=32)
+        noise.topk(10)  # eigenvectors as FactoredVectors (N × 10 coefficients)
+        noise.trace()
+
+    lazy = NoiseCovariance.from_model(model, ce, x, y, batch_size=32).topk(10)[1]
+
     def func_grads() -> None:
         from torch.func import functional_call, grad, vmap
 
@@ -76,8 +84,14 @@ def run(quick: bool = False) -> list[dict]:
             g = vmap(grad(loss_i), in_dims=(None, 0, 0))(params, x[c:c + 250], y[c:c + 250])
             sum((v.reshape(v.shape[0], -1) ** 2).sum(1) for v in g.values())
 
-    t = _best_of({"plain": plain, "vals": trace_eigvals, "pairs": trace_eigpairs}, repeats)
+    t = _best_of({"plain": plain, "vals": trace_eigvals, "pairs": trace_eigpairs, "lazy": trace_lazy_vectors,
+                  "materialize": lazy.materialize}, repeats)
     base, t_vals, t_pairs = t["plain"], t["vals"], t["pairs"]
+    # FLOPs: the width-10 VJP is 10 weight-gradient GEMMs per layer (2·k·N·d_out·(d_in+1));
+    # forward+backward is a forward and a weight-gradient GEMM per layer and an input gradient above layer 1
+    layers = [(784, width), (width, 10)]
+    fb_flops = sum(4 * n * i * o for i, o in layers) + sum(2 * n * i * o for i, o in layers[1:])
+    floor = sum(2 * 10 * n * o * (i + 1) for i, o in layers) / fb_flops
     t_func = _best_of({"func": func_grads}, max(1, repeats // 2))["func"]
     rows = [
         _row(f"Tr C + top-10 eigenvalues and sample-space eigenvectors, hooks ({size})", t_vals, base, "<= 3x",
@@ -85,6 +99,12 @@ def run(quick: bool = False) -> list[dict]:
         _row(f"Tr C + top-10 eigenpairs (P-space vectors), hooks ({size})", t_pairs, base, "<= 3x",
              t_pairs / base <= 3, "vectors J^T u / sqrt(N lambda): a batched VJP of width 10 = 10 layer-1 "
              "weight-gradient GEMMs, a FLOP floor of ~5x forward+backward (2 such GEMMs) on its own"),
+        _row(f"Tr C + top-10 eigenpairs, eigenvectors lazy (NoiseCovariance, FactoredVectors N×10) ({size})",
+             t["lazy"], base, "<= 3x", t["lazy"] / base <= 3, "the parameter-space vectors are kept as J^T W: "
+             "N x 10 coefficients, products V^T x by one JVP; materialised only on request"),
+        _row(f"materialising the top-10 eigenvectors (P×10) from the lazy form ({size})", t["materialize"], base,
+             f"FLOP floor {floor:.1f}x", None, f"one width-10 VJP; by FLOP count it is {floor:.1f}x a forward+backward, "
+             f"so it runs at {floor / (t['materialize'] / base):.0%} of the forward+backward's FLOP rate"),
         _row(f"per-sample gradients, torch.func vmap(grad) ({size})", t_func, base, "info", None,
              "4 chunks of 250, reduced to squared norms (lower bound of a vmap-based covariance)"),
         _row(f"Tr C + top-10 eigenpairs: hooks vs torch.func per-sample gradients ({size})", t_pairs, t_func,

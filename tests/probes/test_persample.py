@@ -7,7 +7,13 @@ import torch
 from torch import nn
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.probes.persample import HookFactors, JacobianFactors, per_sample_gradients, supports_hooks
+from noiseprobe.probes.factors import OuterFactor
+from noiseprobe.probes.persample import (
+    HookFactors,
+    JacobianFactors,
+    per_sample_gradients,
+    supports_hooks,
+)
 
 CE = nn.CrossEntropyLoss(reduction="none")
 
@@ -74,14 +80,16 @@ def test_conv_hook_factors_match_plain_autograd(bias: bool) -> None:
     torch.testing.assert_close(fac.jvp(v), j @ v, rtol=1e-12, atol=1e-13)
 
 
-def test_torch_func_matches_plain_autograd_on_grouped_conv() -> None:
+def test_grouped_conv_hooks_and_torch_func_match_plain_autograd() -> None:
     model = _conv_net(groups=2)
     x = torch.randn(5, 2, 8, 8, dtype=torch.float64)
     y = torch.randint(0, 3, (5,))
-    assert not supports_hooks(model)
-    auto = per_sample_gradients(model, CE, x, y)
-    assert isinstance(auto, JacobianFactors)
-    torch.testing.assert_close(auto.dense(), _autograd_rows(model, CE, x, y), rtol=1e-12, atol=1e-14)
+    assert supports_hooks(model)
+    j = _autograd_rows(model, CE, x, y)
+    auto, func = per_sample_gradients(model, CE, x, y), per_sample_gradients(model, CE, x, y, "func")
+    assert isinstance(auto, HookFactors) and isinstance(func, JacobianFactors)
+    torch.testing.assert_close(auto.dense(), j, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(func.dense(), j, rtol=1e-12, atol=1e-14)
 
 
 def test_hook_factors_match_plain_autograd_mse() -> None:
@@ -96,13 +104,13 @@ def test_hook_factors_match_plain_autograd_mse() -> None:
     torch.testing.assert_close(fac.dense(), _autograd_rows(model, mse, x, y), rtol=1e-12, atol=1e-14)
 
 
-def test_weight_sharing_falls_back_to_func() -> None:
+def test_weight_sharing_linear_stays_factored() -> None:
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(6, 2)).double()
     x, y = torch.randn(5, 2, 4, dtype=torch.float64), torch.randint(0, 2, (5,))
-    assert isinstance(per_sample_gradients(model, CE, x, y, "auto"), JacobianFactors)
-    with pytest.raises(ConfigError, match="weight sharing"):
-        per_sample_gradients(model, CE, x, y, "hooks")
+    fac = per_sample_gradients(model, CE, x, y, "auto")
+    assert isinstance(fac, HookFactors) and all(isinstance(f, OuterFactor) for _, f in fac.blocks)
+    torch.testing.assert_close(fac.dense(), _autograd_rows(model, CE, x, y), rtol=1e-12, atol=1e-14)
 
 
 def test_invalid_inputs_raise_config_error() -> None:

@@ -3,4 +3,9 @@
 * :mod:`noiseprobe.probes.local`: local gradient and Hessian at one layer's pre-activations (NIN paper
   eq. 3), Hutchinson traces, Hessian-vector products, the full-Hessian trace.
 * :mod:`noiseprobe.probes.persample`: per-sample gradients and gradient-noise covariance products.
+* :mod:`noiseprobe.probes.covariance`: ``GradientNoise``, the exact minibatch-gradient covariance.
+* :mod:`noiseprobe.probes.operators`: noise covariance, empirical Fisher, Hessian and Gauss–Newton as
+  operators on flat parameter vectors (torch and ``scipy.sparse.linalg.LinearOperator``), parameter subsets.
+* :mod:`noiseprobe.probes.linalg`: Lanczos with warm start, Hutchinson / Hutch++ traces, diagonal
+  estimates — with error bars — on any of those operators.
 """

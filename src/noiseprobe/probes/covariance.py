@@ -19,14 +19,19 @@ K u = λu  ⇒  C (Jᵀu) = cλ (Jᵀu), ‖Jᵀu‖² = Nλ (Hu = u because K1 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.validation import check_choice, check_int
-from noiseprobe.probes.persample import PerSampleGradients, PerSampleLoss, per_sample_gradients
+from noiseprobe.probes.persample import (
+    Forward,
+    PerSampleGradients,
+    PerSampleLoss,
+    per_sample_gradients,
+)
 
 
 def batch_factor(batch_size: int, n: int, replacement: bool = True) -> float:
@@ -42,16 +47,20 @@ def batch_factor(batch_size: int, n: int, replacement: bool = True) -> float:
 class GradientNoise:
     """Covariance C of the size-S minibatch gradient of ``loss_fn(model(x), y)`` over the N samples (x, y).
 
-    ``loss_fn`` returns per-sample losses of shape (N,) (e.g. ``nn.CrossEntropyLoss(reduction="none")``).
-    ``method`` selects how per-sample gradients are obtained ("auto", "hooks", "func"; see
-    :func:`~noiseprobe.probes.persample.per_sample_gradients`). Parameter-space vectors are flat in the
-    order of the model's trainable parameters. Weight decay adds no noise (it is common to all samples).
+    ``loss_fn`` returns per-sample losses of shape (N,) (e.g. ``nn.CrossEntropyLoss(reduction="none")``)
+    whose mean is the training loss (for token-mean language-model losses see
+    :class:`~noiseprobe.probes.losses.TokenMeanCrossEntropy`). ``x`` is anything ``forward(model, x)``
+    takes (integer token ids, a dict of tensors); ``method``, ``chunk_size``, ``forward`` and ``check`` are
+    those of :func:`~noiseprobe.probes.persample.per_sample_gradients`. Parameter-space vectors are flat in
+    the order of the model's trainable parameters, on the model's device. Weight decay adds no noise (it
+    is common to all samples).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Tensor, y: Tensor, batch_size: int = 1,
+    def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any, batch_size: int = 1,
                  replacement: bool = True, method: Literal["auto", "hooks", "func"] = "auto",
-                 chunk_size: int | None = None) -> None:
-        self.grads: PerSampleGradients = per_sample_gradients(model, loss_fn, x, y, method, chunk_size)
+                 chunk_size: int | None = None, forward: Forward | None = None, check: bool = False) -> None:
+        self.grads: PerSampleGradients = per_sample_gradients(model, loss_fn, x, y, method, chunk_size, forward,
+                                                              check)
         self.n = self.grads.n
         self.factor = batch_factor(batch_size, self.n, replacement)
         self._mean: Tensor | None = None
@@ -75,12 +84,11 @@ class GradientNoise:
         return self.factor / self.n * self.grads.vjp(jv - jv.mean(0))
 
     def trace(self) -> float:
-        """Tr C = c [(1/N) Σ_i ‖∇ℓ_i‖² − ‖ḡ‖²]; ‖ḡ‖² = 1ᵀ(JJᵀ)1/N² when the Gram matrix is already built."""
-        if self._gram is not None and self._mean is None:
-            gbar2 = self._gram.sum() / self.n ** 2
-        else:
-            gbar2 = self.mean_gradient @ self.mean_gradient
-        return self.factor * float(self.grads.sq_norms().mean() - gbar2)
+        """Tr C = c [(1/N) Σ_i ‖∇ℓ_i‖² − ‖ḡ‖²]; from the Gram matrix (diagonal and 1ᵀ(JJᵀ)1/N²) when it is
+        already built."""
+        if self._gram is not None:
+            return self.factor * float(self._gram.diagonal().mean() - self._gram.sum() / self.n ** 2)
+        return self.factor * float(self.grads.sq_norms().mean() - self.mean_gradient @ self.mean_gradient)
 
     def diagonal(self) -> Tensor:
         """diag C = c [(1/N) Σ_i (∇ℓ_i)² − ḡ²], shape (P,)."""
@@ -137,7 +145,8 @@ def top_eigh(mat: Tensor, k: int, tol: float | None = None, oversample: int = 10
         lam, vec = torch.linalg.eigh(mat)
         return lam.flip(0)[:k], vec.flip(1)[:, :k]
     b = k + oversample
-    q = torch.linalg.qr(mat @ torch.randn(n, b, generator=torch.Generator().manual_seed(0), dtype=mat.dtype))[0]
+    start = torch.randn(n, b, generator=torch.Generator().manual_seed(0), dtype=mat.dtype).to(mat.device)
+    q = torch.linalg.qr(mat @ start)[0]
     basis, images = [q], [mat @ q]
     while True:
         qs, aqs = torch.cat(basis, 1), torch.cat(images, 1)

@@ -146,7 +146,7 @@ def param_hvp(loss: Tensor, params: list[Tensor]) -> Callable[[Tensor], Tensor]:
         batched = v.dim() == 2
         hv = torch.autograd.grad(flat, params, v, retain_graph=True, allow_unused=True, is_grads_batched=batched)
         lead = v.shape[:1] if batched else ()
-        return torch.cat([(torch.zeros(*lead, *p.shape, dtype=v.dtype) if h is None else h).reshape(*lead, -1)
+        return torch.cat([(torch.zeros(*lead, *p.shape, dtype=v.dtype, device=v.device) if h is None else h).reshape(*lead, -1)
                           for h, p in zip(hv, params)], dim=-1)
     return hvp
 

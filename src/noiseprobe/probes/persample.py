@@ -1,310 +1,453 @@
 """Per-sample gradients of any PyTorch model, kept in factored form.
 
 Write J ∈ R^{N×P} for the matrix whose row i is ∇_w ℓ_i(w), the gradient of the per-sample loss ℓ_i
-(whatever ``loss_fn`` returns per sample: no ½ is added or removed here). Everything the noise
-covariance needs is a product with J, so J is never materialised unless asked for:
+(whatever ``loss_fn`` returns per sample; define it so that its mean over the batch is the training loss,
+see :mod:`noiseprobe.probes.losses`). Everything the noise covariance needs is a product with J:
 
-* :class:`HookFactors` (default for models whose parameters all sit in ``nn.Linear`` layers fed with
-  (N, features) inputs, i.e. no weight sharing, and ``nn.Conv2d`` layers with groups = 1 and zero
-  padding): one forward pass stores each layer's input a_i (with a 1 appended for the bias) and one
-  backward pass of Σ_i ℓ_i gives each layer's output gradient g_i. The per-sample gradient of a Linear
-  layer is the outer product g_i a_iᵀ, hence
+    gram = J Jᵀ (N × N),  sq_norms = ‖∇ℓ_i‖²,  jvp = J v,  vjp = Jᵀ u,  sq_sum = Σ_i (∇ℓ_i)∘(∇ℓ_i).
 
-      (J Jᵀ)_ij = Σ_layers (a_i·a_j)(g_i·g_j),     ‖∇ℓ_i‖² = Σ_layers ‖a_i‖²‖g_i‖²,
-      (J v)_i = Σ_layers g_iᵀ V a_i,               Jᵀu = Σ_i u_i g_i a_iᵀ (per layer),
-      Σ_i (∇ℓ_i)² = (g∘g)ᵀ(a∘a) (per layer, element-wise squares).
+:class:`HookFactors` (``method="hooks"``, the default): one forward pass with a hook on every module that
+consumes trainable parameters (a *unit*) and one backward pass of Σ_i ℓ_i to the units' outputs (no
+weight-gradient products). A layer rule (:mod:`noiseprobe.probes.rules`) turns each call's inputs and
+output gradients into a factor (:mod:`noiseprobe.probes.factors`) for the unit's parameters; J is never
+stored whole. Parameters used by several calls (a tied embedding and output head, a block applied twice)
+get the per-sample *sum* of the calls' gradients — as one longer token axis where all calls are of the
+Linear/Embedding kind, else as explicit rows summed before any product. A module without a rule falls
+back, alone, to vmap(grad) over its own function (one warning naming it); so does a module whose
+submodules' parameters it consumes itself (detected: a parameter in the autograd graph whose module
+never ran). The one condition: samples must not interact (ℓ_i depends on sample i only), which is why
+BatchNorm in training mode is refused.
 
-  A Conv2d layer shares its weight over T output positions, so its per-sample gradient
-  Σ_t g_it a_itᵀ (a_it the unfolded input patch) is formed explicitly, (N, P_layer), from the same
-  stored tensors — small for convolutions, whose P_layer is small.
+:class:`JacobianFactors` (``method="func"``): the same engine with the whole model as one vmap unit,
+J = vmap(grad) stored densely (N·P numbers); the test oracle of the factored form.
 
-* :class:`JacobianFactors`: the general fallback for any layer, J = ``torch.func.vmap(grad(ℓ))`` stored
-  densely (also the test oracle of :class:`HookFactors`).
-
-Samples must not interact in the forward pass (no BatchNorm in training mode): ℓ_i must depend on
-sample i only.
+Inputs: ``x`` is anything ``forward(model, x)`` accepts (default: ``model(**x)`` for a dict,
+``model(*x)`` for a tuple or list, else ``model(x)``), e.g. integer token ids or a dict of tensors; its
+tensors must have the batch on axis 0. Outputs may be tensors, tuples or ModelOutput-like objects
+(:func:`~noiseprobe.probes.losses.model_output`). ``check=True`` verifies at run time that the
+per-sample gradients sum to autograd's gradient of Σ_i ℓ_i, parameter by parameter.
 
 Parameter vectors are flat, in the order of ``[p for p in model.parameters() if p.requires_grad]``,
 each parameter flattened row-major (the order of :func:`torch.nn.utils.parameters_to_vector`).
+Products run on the model's device; under 16-bit activations (autocast, half models) the factors and
+every product accumulate in float32.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.validation import check_choice, check_int
+from noiseprobe.probes.factors import Factor, OuterFactor, RowsFactor
+from noiseprobe.probes.losses import model_output
+from noiseprobe.probes.rules import Call, Rule, VmapRule, rule_for, tensor_leaves
+from noiseprobe.probes.rules.base import Named, accumulation_dtype
+from noiseprobe.probes.rules.norm import BatchNormRule
 
 #: loss_fn(model_output, targets) -> per-sample losses of shape (N,)
-PerSampleLoss = Callable[[Tensor, Tensor], Tensor]
+PerSampleLoss = Callable[[Any, Any], Tensor]
+#: forward(model, batch) -> model output
+Forward = Callable[[nn.Module, Any], Any]
 
 
-class _Unsupported(ConfigError):
-    """The model uses a Linear layer in a way the factored form does not cover (weight sharing)."""
+class PerSampleGradients(Factor):
+    """Products with the per-sample-gradient matrix J (N × P) of a whole model (the primitives of
+    :class:`~noiseprobe.probes.factors.Factor`); ``jvp`` and ``vjp`` also take single vectors, (P,) → (N,)
+    and (N,) → (P,)."""
 
-
-class PerSampleGradients:
-    """Products with the per-sample-gradient matrix J (N × P). Subclasses implement the primitives."""
-
-    n: int
     num_params: int
     dtype: torch.dtype
-
-    def gram(self) -> Tensor:
-        """J Jᵀ, shape (N, N)."""
-        raise NotImplementedError
-
-    def sq_norms(self) -> Tensor:
-        """‖∇ℓ_i‖², shape (N,)."""
-        raise NotImplementedError
-
-    def jvp(self, v: Tensor) -> Tensor:
-        """J v for v of shape (P,) or (P, k); returns (N,) or (N, k)."""
-        raise NotImplementedError
-
-    def vjp(self, u: Tensor) -> Tensor:
-        """Jᵀ u for u of shape (N,) or (N, k); returns (P,) or (P, k)."""
-        raise NotImplementedError
-
-    def sq_sum(self) -> Tensor:
-        """Σ_i (∇ℓ_i)∘(∇ℓ_i), shape (P,)."""
-        raise NotImplementedError
+    device: torch.device
 
     def dense(self) -> Tensor:
         """J itself, shape (N, P) (small models only)."""
-        raise NotImplementedError
+        return self.vjp(torch.eye(self.n, dtype=self.dtype, device=self.device)).T
+
+    def rows(self) -> Tensor:
+        return self.dense()
 
     def mean(self) -> Tensor:
         """ḡ = ∇L = (1/N) Jᵀ1, shape (P,)."""
-        return self.vjp(torch.full((self.n,), 1.0 / self.n, dtype=self.dtype))
+        return self.vjp(torch.full((self.n,), 1.0 / self.n, dtype=self.dtype, device=self.device))
 
 
-def _trainable(model: nn.Module) -> list[Tensor]:
-    return [p for p in model.parameters() if p.requires_grad]
+def default_forward(model: nn.Module, batch: Any) -> Any:
+    """``model(**batch)`` for a dict, ``model(*batch)`` for a tuple or list, else ``model(batch)``."""
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    return model(batch)
 
 
-def _per_sample_losses(loss_fn: PerSampleLoss, out: Tensor, y: Tensor, n: int) -> Tensor:
-    losses = loss_fn(out, y)
-    if losses.shape != (n,):
-        raise ConfigError("loss_fn", getattr(loss_fn, "__name__", type(loss_fn).__name__),
-                          f"a per-sample loss returning shape ({n},), e.g. reduction='none'; got {tuple(losses.shape)}")
-    return losses
+class _Model(nn.Module):
+    """``model_output(forward(model, batch))`` as one module: the root that hooks and vmap see."""
+
+    def __init__(self, model: nn.Module, forward: Forward) -> None:
+        super().__init__()
+        self.model, self.fn = model, forward
+
+    def forward(self, batch: Any) -> Tensor:
+        return model_output(self.fn(self.model, batch))
+
+
+class _SubtreeVmapRule(VmapRule):
+    """vmap over a module that consumes its submodules' parameters (detected at run time, or the whole model)."""
+
+    consumes_children = True
+
+
+@dataclass
+class _Unit:
+    name: str
+    module: nn.Module
+    rule: Rule
+    params: Named
+    calls: list[Call] = field(default_factory=list)
+    clone: bool = False
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _display(name: str) -> str:
+    """The label of a module of the wrapped model: "model" for the model itself, "model.blocks.0.attn"..."""
+    return name if name.startswith("model") else "model"
+
+
+def _check_finite(field_name: str, obj: Any) -> None:
+    """ConfigError naming the argument (or dict key) when a floating tensor in ``obj`` is not finite."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (tuple, list)) else None
+    if items is not None:
+        for k, v in items:
+            _check_finite(f"{field_name}[{k!r}]", v)
+    elif isinstance(obj, Tensor) and obj.is_floating_point() and not torch.isfinite(obj).all():
+        raise ConfigError(field_name, f"a tensor of shape {tuple(obj.shape)} containing NaN or inf", "finite values")
+
+
+def _reachable(fn: Any) -> set[int]:
+    """ids of the leaf tensors (parameters) the autograd graph below ``fn`` accumulates into."""
+    seen, stack, found = set(), [fn], set()
+    while stack:
+        f = stack.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        if hasattr(f, "variable"):
+            found.add(id(f.variable))
+        stack.extend(nxt for nxt, _ in f.next_functions)
+    return found
+
+
+def _rng_state(device: torch.device) -> list[Tensor]:
+    states = [torch.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return states
 
 
 class HookFactors(PerSampleGradients):
-    """Per-sample gradients of a Linear/Conv2d model from stored layer inputs and output gradients.
+    """Per-sample gradients of any model from layer rules (module docstring). ``consumers``: names of
+    modules (as in ``model.named_modules()``; "" = the whole model) handled as one vmap unit."""
 
-    Cost: one forward and one backward pass to the layer outputs (no weight-gradient products), plus
-    O(N²(d_in + d_out)) per Linear layer for :meth:`gram`, and per Conv2d layer one per-sample weight
-    gradient (N·P_layer numbers) and its Gram.
-    """
-
-    def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Tensor, y: Tensor) -> None:
-        if not supports_hooks(model):
-            raise ConfigError("model", type(model).__name__, "a model whose trainable parameters all belong to "
-                              "nn.Linear or nn.Conv2d (groups=1, zero padding) layers (else use method='func')")
-        self.n, self.dtype = x.shape[0], x.dtype
-        params = _trainable(model)
-        offset = {id(p): o for p, o in zip(params, _offsets(params))}
+    def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any, forward: Forward | None = None,
+                 chunk_size: int | None = None, check: bool = False, consumers: frozenset[str] = frozenset()) -> None:
+        self.root = _Model(model, forward or default_forward)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("model", type(model).__name__, "a model with trainable parameters")
+        self.dtype, self.device = accumulation_dtype(params[0]), params[0].device
         self.num_params = sum(p.numel() for p in params)
-        layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))
-                  and any(p.requires_grad for p in m.parameters(recurse=False))]
-        inputs: dict[nn.Module, Tensor] = {}
-        outputs: dict[nn.Module, Tensor] = {}
+        self._offset: dict[int, tuple[int, int]] = {}
+        o = 0
+        for p in params:
+            self._offset[id(p)] = (o, p.numel())
+            o += p.numel()
+        self._names = {id(p): n for n, p in model.named_parameters()}
+        self.chunk_size = chunk_size
+        consumers = {("model." + c).rstrip(".") if c else "" for c in consumers}
+        units = self._units(consumers)
+        while True:
+            losses, redo = self._capture(units, loss_fn, x, y)
+            if not redo:
+                break
+            consumers |= redo
+            units = self._units(consumers)
+        self.n = losses.shape[0]
+        self._build(units, losses, check)
 
-        def hook(mod: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
-            if mod in outputs:
-                raise _Unsupported("model", type(model).__name__,
-                                   "each layer called once per forward (else use method='func')")
-            if isinstance(mod, nn.Linear) and args[0].dim() != 2:
-                raise _Unsupported("model", type(model).__name__,
-                                  "nn.Linear inputs of shape (N, features) (weight sharing: use method='func')")
-            inputs[mod], outputs[mod] = args[0].detach(), out
+    # -- which modules are units, and their calls -------------------------------------------------
 
-        handles = [m.register_forward_hook(hook) for m in layers]
+    def _units(self, consumers: set[str]) -> list[_Unit]:
+        trainable = set(self._offset)
+        units: list[_Unit] = []
+        covered: list[str] = []
+        for name, m in self.root.named_modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                BatchNormRule().validate(_display(name), m)
+            if any(name == c or name.startswith(c + ".") or c == "" for c in covered):
+                continue
+            rule = rule_for(m) if name not in consumers else None
+            if rule is None:
+                rule = _SubtreeVmapRule() if name in consumers else VmapRule()
+                rule.chunk_size = self.chunk_size
+            params = [(n, p) for n, p in rule.params(m) if id(p) in trainable]
+            if rule.consumes_children:
+                covered.append(name)
+            if not params:
+                continue
+            rule.validate(_display(name), m)
+            if type(rule) is VmapRule:
+                key = (type(m).__name__, _display(name))
+                if key not in _WARNED:
+                    _WARNED.add(key)
+                    warnings.warn(f"per-sample gradients: {key[0]} {key[1]} has no layer rule; its parameters "
+                                  "use vmap(grad) over this module alone (N × its parameter count numbers)",
+                                  stacklevel=4)
+            units.append(_Unit(name, m, rule, params))
+        return units
+
+    def _capture(self, units: list[_Unit], loss_fn: PerSampleLoss, x: Any, y: Any) -> tuple[Tensor, set[str]]:
+        """One forward pass recording every unit's calls; returns the per-sample losses and the modules that
+        must become vmap units (an in-place change of a unit's output is fixed here by cloning it)."""
+        active, fired, handles = [True], set(), []
+        versions: list[tuple[_Unit, Tensor, int]] = []
+        leaves_x = [t for t in tensor_leaves(x) if isinstance(t, Tensor) and t.dim() > 0]
+        n_hint = leaves_x[0].shape[0] if leaves_x else 1
+
+        def post(unit: _Unit, mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+            if not active[0]:
+                return None
+            rng = getattr(mod, "_np_rng", None)  # set by the pre-hook of vmap units in training mode
+            if rng is not None and any(not torch.equal(a, b) for a, b in zip(rng, _rng_state(self.device))):
+                raise ConfigError(_display(unit.name), f"{type(mod).__name__} drawing random numbers "
+                                  "in training mode", "eval mode or no dropout in modules without a layer rule "
+                                  "(their random draws cannot be replayed sample by sample)")
+            ret = None
+            if unit.rule.batch_axis_zero and isinstance(out, Tensor) and out.dim() > 0 and out.shape[0] == 1 < n_hint:
+                out = ret = out.expand(n_hint, *out.shape[1:])  # shared by the batch: per-sample gradients
+            leaves = tensor_leaves(out)
+            pos = [i for i, t in enumerate(leaves) if isinstance(t, Tensor) and t.requires_grad]
+            unit.calls.append(Call(_display(unit.name), args, kwargs, [leaves[i] for i in pos], pos))
+            for i in pos:
+                versions.append((unit, leaves[i], leaves[i]._version))
+            return out.clone() if unit.clone and isinstance(out, Tensor) else ret
+
+        def pre(mod: nn.Module, args: tuple) -> None:
+            if active[0] and isinstance(getattr(mod, "_np_unit", None), _Unit):
+                mod._np_rng = _rng_state(self.device)
+
+        for u in units:
+            u.calls = []
+            handles.append(u.module.register_forward_hook(lambda *a, u=u: post(u, *a), with_kwargs=True))
+            if isinstance(u.rule, VmapRule) and u.module.training:
+                u.module._np_unit = u
+                handles.append(u.module.register_forward_pre_hook(pre))
+        for name, m in self.root.named_modules():
+            handles.append(m.register_forward_pre_hook(lambda *a, name=name: fired.add(name) if active[0] else None))
         try:
             with torch.enable_grad():
-                out = model(x)
-                losses = _per_sample_losses(loss_fn, out, y, self.n)
-                grads = torch.autograd.grad(losses.sum(), [outputs[m] for m in layers], allow_unused=True)
+                losses = loss_fn(self.root(x), y)
         finally:
+            active[0] = False
             for h in handles:
                 h.remove()
-        # Linear: a (N, d_in [+1]), g (N, d_out) and the flat offsets of weight and bias;
-        # Conv2d: its per-sample gradient rows (N, P_layer) and their flat offset
-        self.layers: list[tuple[Tensor, Tensor, int | None, int | None]] = []
-        self.blocks: list[tuple[Tensor, int]] = []
-        for m, g in zip(layers, grads):
-            a = inputs[m]
-            g = torch.zeros_like(outputs[m]) if g is None else g.detach()
-            w_off = offset[id(m.weight)] if m.weight.requires_grad else None
-            b_off = offset[id(m.bias)] if m.bias is not None and m.bias.requires_grad else None
-            if isinstance(m, nn.Conv2d):
-                rows = _conv_rows(m, a, g, w_off is not None, b_off is not None)
-                self.blocks.append((rows, w_off if w_off is not None else b_off))  # weight, bias adjacent
-                continue
-            if w_off is None:  # only the bias trains: its gradient is g itself
-                a = a[:, :0]
-            if b_off is not None:
-                a = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
-            self.layers.append((a, g, w_off, b_off))
+            for u in units:
+                for attr in ("_np_unit", "_np_rng"):
+                    if hasattr(u.module, attr):
+                        delattr(u.module, attr)
+        self._check_losses(losses)
+        changed = {id(u) for u, t, v in versions if t._version != v}
+        if changed:
+            for u in units:
+                u.clone = u.clone or id(u) in changed
+            return self._capture(units, loss_fn, x, y)
+        idle = [u for u in units if not u.calls]
+        if not idle:
+            return losses, set()
+        graph = _reachable(losses.grad_fn)
+        redo = set()
+        for u in idle:
+            if any(id(p) in graph for _, p in u.params):
+                parts = u.name.split(".")
+                ancestors = [".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)]
+                consumer = next(a for a in ancestors if a in fired)
+                warnings.warn(f"per-sample gradients: {_display(u.name)} never runs but its parameters are "
+                              f"used: {_display(consumer)} consumes them and becomes one vmap unit", stacklevel=4)
+                redo.add(consumer)
+        return losses, redo
 
-    def _split(self, vec: Tensor, a: Tensor, g: Tensor, w_off: int | None, b_off: int | None) -> Tensor:
-        """The slice of a flat (P, k) vector belonging to one layer, as [W | b] of shape (k, d_out, d_in [+1])."""
-        d_out, k = g.shape[1], vec.shape[1]
-        parts = []
-        if w_off is not None:
-            d_in = a.shape[1] - (b_off is not None)
-            parts.append(vec[w_off:w_off + d_out * d_in].T.reshape(k, d_out, d_in))
-        if b_off is not None:
-            parts.append(vec[b_off:b_off + d_out].T.reshape(k, d_out, 1))
-        return torch.cat(parts, dim=2)
+    def _check_losses(self, losses: Any) -> None:
+        if not isinstance(losses, Tensor) or losses.dim() != 1 or losses.shape[0] < 1:
+            shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
+            raise ConfigError("loss_fn", f"a loss returning {shape}",
+                              "a per-sample loss returning shape (N,), N >= 1, e.g. reduction='none'")
+        if not torch.isfinite(losses).all():
+            raise ConfigError("loss_fn", "non-finite per-sample losses", "finite losses at the current weights")
+
+    # -- factors and blocks ---------------------------------------------------------------------
+
+    def _build(self, units: list[_Unit], losses: Tensor, check: bool) -> None:
+        outputs = [o for u in units for c in u.calls for o in c.outputs]
+        wanted = [p for u in units for _, p in u.params] if check else []
+        wanted = list({id(p): p for p in wanted}.values())
+        grads = torch.autograd.grad(losses.sum(), outputs + wanted, allow_unused=True)
+        it = iter(grads)
+        contribs: list[tuple[list[Tensor], Factor]] = []
+        for u in units:
+            for c in u.calls:
+                c.grads = [g if g is not None else torch.zeros_like(o) for o, g in zip(c.outputs, it)]
+                contribs.append(([p for _, p in u.params], u.rule.factor(u.module, c, u.params, self.n)))
+                c.args, c.kwargs, c.outputs, c.grads = (), {}, [], []
+        self.blocks = self._blocks(contribs)
+        if check:
+            self._self_check(wanted, list(it))
+
+    def _blocks(self, contribs: list[tuple[list[Tensor], Factor]]) -> list[tuple[list[Tensor], Factor]]:
+        """Contributions grouped into blocks of parameters that no contribution splits, summed per sample."""
+        parent: dict[int, int] = {}
+
+        def find(i: int) -> int:
+            while parent.setdefault(i, i) != i:
+                i = parent[i]
+            return i
+
+        for ps, _ in contribs:
+            for p in ps[1:]:
+                parent[find(id(p))] = find(id(ps[0]))
+        groups: dict[int, list[tuple[list[Tensor], Factor]]] = {}
+        for ps, f in contribs:
+            groups.setdefault(find(id(ps[0])), []).append((ps, f))
+        blocks = []
+        for group in groups.values():
+            (ps, f) = group[0]
+            same = all([id(p) for p in q] == [id(p) for p in ps] for q, _ in group)
+            if len(group) == 1:
+                blocks.append((ps, f))
+            elif same and all(isinstance(g, OuterFactor) and g.layout == f.layout for _, g in group):
+                blocks.append((ps, OuterFactor.cat([g for _, g in group])))
+            else:
+                blocks.append(self._summed_rows(group))
+        return blocks
+
+    def _summed_rows(self, group: list[tuple[list[Tensor], Factor]]) -> tuple[list[Tensor], Factor]:
+        """Explicit per-sample gradients of a group of contributions over overlapping parameters, summed."""
+        params = sorted({id(p): p for ps, _ in group for p in ps}.values(), key=lambda p: self._offset[id(p)][0])
+        local, o = {}, 0
+        for p in params:
+            local[id(p)] = o
+            o += p.numel()
+        rows = torch.zeros(self.n, o, dtype=self.dtype, device=self.device)
+        for ps, f in group:
+            r, i = f.rows(), 0
+            for p in ps:
+                rows[:, local[id(p)]:local[id(p)] + p.numel()] += r[:, i:i + p.numel()]
+                i += p.numel()
+        return params, RowsFactor(rows)
+
+    def _self_check(self, params: list[Tensor], reference: list[Tensor | None]) -> None:
+        """‖Σ_i ∇_p ℓ_i − ∇_p Σ_i ℓ_i‖ ≤ rtol·‖∇_p Σ ℓ‖ + 100·eps·‖∇_w Σ ℓ‖ for every parameter p (the
+        absolute floor covers parameters whose gradient vanishes, e.g. the key bias of attention)."""
+        summed = self.vjp(torch.ones(self.n, dtype=self.dtype, device=self.device))
+        refs = [torch.zeros(p.numel(), dtype=self.dtype, device=self.device) if r is None
+                else r.reshape(-1).to(self.dtype) for p, r in zip(params, reference)]
+        rtol = 1e-8 if self.dtype == torch.float64 else 1e-3
+        floor = 100 * torch.finfo(self.dtype).eps * float(torch.cat(refs).norm())
+        for p, ref in zip(params, refs):
+            o, k = self._offset[id(p)]
+            err = float((summed[o:o + k] - ref).norm())
+            if not err <= rtol * float(ref.norm()) + floor:
+                raise ConfigError("model", f"parameter {self._names.get(id(p), '?')}",
+                                  f"per-sample gradients summing to autograd's gradient (error {err:.2e}, gradient "
+                                  f"norm {float(ref.norm()):.2e}): samples interact, or the batch is not on axis 0 "
+                                  "of every layer input")
+
+    # -- the products ------------------------------------------------------------------------
+
+    def _slices(self, ps: list[Tensor]) -> list[tuple[int, int]]:
+        return [self._offset[id(p)] for p in ps]
 
     def gram(self) -> Tensor:
-        return (sum((a @ a.T) * (g @ g.T) for a, g, _, _ in self.layers)
-                + sum(j @ j.T for j, _ in self.blocks))
+        out = torch.zeros(self.n, self.n, dtype=self.dtype, device=self.device)
+        for _, f in self.blocks:
+            out += f.gram()
+        return out
 
     def sq_norms(self) -> Tensor:
-        return (sum((a * a).sum(1) * (g * g).sum(1) for a, g, _, _ in self.layers)
-                + sum((j * j).sum(1) for j, _ in self.blocks))
+        out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        for _, f in self.blocks:
+            out += f.sq_norms()
+        return out
 
     def jvp(self, v: Tensor) -> Tensor:
-        vec = v.reshape(self.num_params, -1)
-        out = torch.zeros(self.n, vec.shape[1], dtype=self.dtype)
-        for a, g, w_off, b_off in self.layers:
-            vw = self._split(vec, a, g, w_off, b_off)  # (k, d_out, d_in')
-            out += torch.einsum("no,koi,ni->nk", g, vw, a)
-        for j, off in self.blocks:
-            out += j @ vec[off:off + j.shape[1]]
+        vec = v.to(self.device, self.dtype).reshape(self.num_params, -1)
+        out = torch.zeros(self.n, vec.shape[1], dtype=self.dtype, device=self.device)
+        for ps, f in self.blocks:
+            sl = self._slices(ps)
+            out += f.jvp(vec[sl[0][0]:sl[0][0] + sl[0][1]] if len(sl) == 1 else torch.cat([vec[o:o + k] for o, k in sl]))
         return out.reshape(self.n, *v.shape[1:])
 
-    def _scatter(self, blocks: list[Tensor], conv: list[Tensor], k: int) -> Tensor:
-        """Assemble per-Linear (k, d_out, d_in [+1]) blocks and per-Conv2d (P_layer, k) blocks into (P, k)."""
-        out = torch.zeros(self.num_params, k, dtype=self.dtype)
-        for c, (j, off) in zip(conv, self.blocks):
-            out[off:off + j.shape[1]] = c
-        for blk, (a, g, w_off, b_off) in zip(blocks, self.layers):
-            d_out = g.shape[1]
-            if w_off is not None:
-                w = blk[:, :, :a.shape[1] - (b_off is not None)]
-                out[w_off:w_off + w[0].numel()] = w.reshape(k, -1).T
-            if b_off is not None:
-                out[b_off:b_off + d_out] = blk[:, :, -1].T
+    def _scatter(self, parts: list[Tensor], k: int) -> Tensor:
+        out = torch.zeros(self.num_params, k, dtype=self.dtype, device=self.device)
+        for (ps, _), part in zip(self.blocks, parts):
+            i = 0
+            for o, size in self._slices(ps):
+                out[o:o + size] = part[i:i + size]
+                i += size
         return out
 
     def vjp(self, u: Tensor) -> Tensor:
-        uu = u.reshape(self.n, -1)
-        k = uu.shape[1]
-        # Σ_n u_nk g_no a_ni: one batched matmul per layer, (k, d_out, N) @ (k, N, d_in')
-        blocks = [torch.bmm(g.T.unsqueeze(0) * uu.T.unsqueeze(1), a.expand(k, *a.shape)) for a, g, _, _ in self.layers]
-        conv = [j.T @ uu for j, _ in self.blocks]
-        return self._scatter(blocks, conv, k).reshape(self.num_params, *u.shape[1:])
+        uu = u.to(self.device, self.dtype).reshape(self.n, -1)
+        return self._scatter([f.vjp(uu) for _, f in self.blocks], uu.shape[1]).reshape(self.num_params, *u.shape[1:])
 
     def sq_sum(self) -> Tensor:
-        return self._scatter([((g * g).T @ (a * a)).unsqueeze(0) for a, g, _, _ in self.layers],
-                             [(j * j).sum(0, keepdim=True).T for j, _ in self.blocks], 1)[:, 0]
-
-    def dense(self) -> Tensor:
-        return self.vjp(torch.eye(self.n, dtype=self.dtype)).T
+        return self._scatter([f.sq_sum()[:, None] for _, f in self.blocks], 1)[:, 0]
 
 
-class JacobianFactors(PerSampleGradients):
-    """J materialised by ``torch.func.vmap(grad(ℓ))``: works for any layer; memory N·P."""
+class JacobianFactors(HookFactors):
+    """J materialised by ``torch.func.vmap(grad)`` over the whole model (one unit): any layer, N·P memory."""
 
-    def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Tensor, y: Tensor,
-                 chunk_size: int | None = None) -> None:
-        from torch.func import functional_call, grad, vmap
-
-        self.n, self.dtype = x.shape[0], x.dtype
-        m = min(self.n, 2)
-        _per_sample_losses(loss_fn, model(x[:m]), y[:m], m)  # the same contract as HookFactors
-        names = [n for n, p in model.named_parameters() if p.requires_grad]
-        params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-        buffers = {n: b.detach() for n, b in model.named_buffers()}
-
-        def loss_i(p: dict[str, Tensor], xi: Tensor, yi: Tensor) -> Tensor:
-            out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
-            return loss_fn(out, yi.unsqueeze(0)).sum()
-
-        per = vmap(grad(loss_i), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, x, y)
-        self.J = torch.cat([per[name].reshape(self.n, -1) for name in names], dim=1)
-        self.num_params = self.J.shape[1]
-
-    def gram(self) -> Tensor:
-        return self.J @ self.J.T
-
-    def sq_norms(self) -> Tensor:
-        return (self.J * self.J).sum(1)
-
-    def jvp(self, v: Tensor) -> Tensor:
-        return self.J @ v
-
-    def vjp(self, u: Tensor) -> Tensor:
-        return self.J.T @ u
-
-    def sq_sum(self) -> Tensor:
-        return (self.J * self.J).sum(0)
-
-    def dense(self) -> Tensor:
-        return self.J
-
-
-def _offsets(params: list[Tensor]) -> list[int]:
-    offs, o = [], 0
-    for p in params:
-        offs.append(o)
-        o += p.numel()
-    return offs
-
-
-def _conv_rows(m: nn.Conv2d, a: Tensor, g: Tensor, weight: bool, bias: bool) -> Tensor:
-    """Per-sample gradient rows (N, P_layer) of a Conv2d: Σ_t g_t a_tᵀ over output positions t (weight,
-    from the unfolded input patches, row-major as ``weight.view(out, -1)``), Σ_t g_t (bias)."""
-    n, d_out = g.shape[:2]
-    gg = g.reshape(n, d_out, -1)
-    rows = []
-    if weight:
-        patches = torch.nn.functional.unfold(a, m.kernel_size, m.dilation, m.padding, m.stride)  # (N, C·kh·kw, T)
-        rows.append(torch.bmm(gg, patches.transpose(1, 2)).reshape(n, -1))
-    if bias:
-        rows.append(gg.sum(2))
-    return torch.cat(rows, dim=1)
-
-
-def _hookable(m: nn.Module) -> bool:
-    return isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
-                                        and not isinstance(m.padding, str))
+    def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any, chunk_size: int | None = None,
+                 forward: Forward | None = None, check: bool = False) -> None:
+        super().__init__(model, loss_fn, x, y, forward, chunk_size, check, consumers=frozenset({""}))
 
 
 def supports_hooks(model: nn.Module) -> bool:
-    """True when every trainable parameter belongs to an ``nn.Linear`` or a plain ``nn.Conv2d``
-    (groups = 1, zero padding given as numbers)."""
-    owned = {id(p) for m in model.modules() if _hookable(m) for p in m.parameters(recurse=False)}
-    return all(id(p) in owned for p in _trainable(model))
+    """True when every trainable parameter belongs to a module with a layer rule (no vmap fallback; a
+    module that consumes its children's parameters in its own forward is only detected at run time)."""
+    owned = set()
+    for m in model.modules():
+        rule = rule_for(m)
+        if rule is not None:
+            owned |= {id(p) for _, p in rule.params(m)}
+    return all(id(p) in owned for p in model.parameters() if p.requires_grad)
 
 
-def per_sample_gradients(model: nn.Module, loss_fn: PerSampleLoss, x: Tensor, y: Tensor,
-                         method: Literal["auto", "hooks", "func"] = "auto",
-                         chunk_size: int | None = None) -> PerSampleGradients:
-    """Per-sample gradients of ``loss_fn(model(x), y)`` (shape (N,)) at the model's current weights.
+def per_sample_gradients(model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any,
+                         method: Literal["auto", "hooks", "func"] = "auto", chunk_size: int | None = None,
+                         forward: Forward | None = None, check: bool = False) -> PerSampleGradients:
+    """Per-sample gradients of ``loss_fn(model_output(forward(model, x)), y)`` (shape (N,)) at the model's
+    current weights.
 
-    ``method``: "hooks" (layer inputs × output gradients; Linear and Conv2d models), "func" (torch.func
-    vmap(grad), any model; ``chunk_size`` bounds its memory), "auto" (hooks when supported, else func).
+    ``method``: "hooks" or "auto" (layer rules, per-module vmap fallback; :class:`HookFactors`), "func"
+    (vmap(grad) over the whole model, J stored; :class:`JacobianFactors`). ``chunk_size`` bounds the
+    memory of vmap. ``check``: verify that the per-sample gradients sum to autograd's gradient.
     """
     check_choice("method", method, ("auto", "hooks", "func"))
-    if x.shape[0] != y.shape[0] or x.shape[0] < 1:
+    check_choice("check", check, (True, False))
+    if isinstance(x, Tensor) and isinstance(y, Tensor) and (x.shape[0] != y.shape[0] or x.shape[0] < 1):
         raise ConfigError("x, y", (tuple(x.shape), tuple(y.shape)), "the same number N >= 1 of samples")
     if chunk_size is not None:
         check_int("chunk_size", chunk_size, lo=1)
-    if method == "hooks":
-        return HookFactors(model, loss_fn, x, y)
-    if method == "auto" and supports_hooks(model):
-        try:
-            return HookFactors(model, loss_fn, x, y)
-        except _Unsupported:
-            pass
-    return JacobianFactors(model, loss_fn, x, y, chunk_size)
+    _check_finite("x", x)
+    _check_finite("y", y)
+    if method == "func":
+        return JacobianFactors(model, loss_fn, x, y, chunk_size, forward, check)
+    return HookFactors(model, loss_fn, x, y, forward, chunk_size, check)

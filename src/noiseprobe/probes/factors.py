@@ -1,0 +1,234 @@
+"""Factored per-sample gradients of one block of parameters, and the products the quantities need.
+
+A *block* is a set of parameters whose per-sample gradients one factor describes: the rows of
+J_b ∈ R^{N×P_b}, in the block's local layout (its parameters flattened row-major, concatenated).
+Every factor gives
+
+    gram = J_b J_bᵀ (N, N),  sq_norms = ‖J_b,i‖² (N,),  jvp = J_b v,  vjp = J_bᵀ u,
+    sq_sum = Σ_i J_b,i ∘ J_b,i (P_b,),  rows = J_b (N, P_b),
+
+and the per-sample-gradient engine (:mod:`noiseprobe.probes.persample`) sums them over blocks.
+
+* :class:`RowsFactor`: J_b stored explicitly (convolutions, normalisation layers, the vmap fallback).
+* :class:`OuterFactor`: a matrix parameter M ∈ R^{m×K} whose per-sample gradient is a sum of outer
+  products over the T positions that share it (tokens, a Linear applied several times):
+
+      ∇_M ℓ_i = Σ_t L_it R_itᵀ,   L_i ∈ R^{T×m} (output gradients), R_i ∈ R^{T×K} (inputs, [a, 1] with bias).
+
+  Two ways to a Gram matrix, chosen per block by FLOP count (the *cost model*, see :func:`use_pairs`):
+  *token pairs* (J Jᵀ)_ij = Σ_{t,t'} (L_it·L_jt')(R_it·R_jt'), N²T²(m + K) FLOPs and no N×P_b storage,
+  or the *explicit* per-sample gradient formed in chunks of output rows and multiplied, N·T·m·K + N²·m·K
+  FLOPs and at most :data:`CHUNK` numbers at a time. Token pairs win for short sequences (T = 1: a plain
+  MLP), explicit rows for long ones. L may be integer ids (an ``nn.Embedding``: L_it = one-hot(id_it)),
+  kept as ids: L_it·L_jt' = [id_it = id_jt'].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+#: the most numbers one explicit chunk of per-sample gradients or token-pair Gram block may hold
+CHUNK = 1 << 24
+
+
+class Factor:
+    """Products with a per-sample-gradient matrix J (N × P; for a block, its own P_b columns)."""
+
+    n: int
+    numel: int
+
+    def gram(self) -> Tensor:
+        """J Jᵀ, shape (N, N)."""
+        raise NotImplementedError
+
+    def sq_norms(self) -> Tensor:
+        """‖J_i‖² = ‖∇ℓ_i‖², shape (N,)."""
+        raise NotImplementedError
+
+    def jvp(self, v: Tensor) -> Tensor:
+        """J v for v of shape (P, k) → (N, k)."""
+        raise NotImplementedError
+
+    def vjp(self, u: Tensor) -> Tensor:
+        """Jᵀ u for u of shape (N, k) → (P, k)."""
+        raise NotImplementedError
+
+    def sq_sum(self) -> Tensor:
+        """Σ_i J_i∘J_i, shape (P,)."""
+        raise NotImplementedError
+
+    def rows(self) -> Tensor:
+        """J itself, shape (N, P)."""
+        raise NotImplementedError
+
+
+class RowsFactor(Factor):
+    """J_b held explicitly, (N, P_b)."""
+
+    def __init__(self, rows: Tensor) -> None:
+        self.j = rows
+        self.n, self.numel = rows.shape
+
+    def gram(self) -> Tensor:
+        return self.j @ self.j.T
+
+    def sq_norms(self) -> Tensor:
+        return (self.j * self.j).sum(1)
+
+    def jvp(self, v: Tensor) -> Tensor:
+        return self.j @ v
+
+    def vjp(self, u: Tensor) -> Tensor:
+        return self.j.T @ u
+
+    def sq_sum(self) -> Tensor:
+        return (self.j * self.j).sum(0)
+
+    def rows(self) -> Tensor:
+        return self.j
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the block's local vector maps to M (m × K): a weight (m, k) — stored (k, m) when ``transposed``
+    (transformers' Conv1D) — in columns [0, k), then a bias (m,) in column k; either may be absent."""
+
+    m: int
+    k: int
+    weight: bool
+    bias: bool
+    transposed: bool = False
+
+    @property
+    def cols(self) -> int:
+        return self.k * self.weight + self.bias
+
+    def to_matrix(self, vec: Tensor) -> Tensor:
+        """(P_b, c) → (c, m, K)."""
+        c, parts, o = vec.shape[1], [], 0
+        if self.weight:
+            w = vec[:self.m * self.k].T
+            parts.append(w.reshape(c, self.k, self.m).transpose(1, 2) if self.transposed
+                         else w.reshape(c, self.m, self.k))
+            o = self.m * self.k
+        if self.bias:
+            parts.append(vec[o:o + self.m].T.reshape(c, self.m, 1))
+        return torch.cat(parts, 2) if len(parts) > 1 else parts[0]
+
+    def from_matrix(self, mat: Tensor) -> Tensor:
+        """(c, m, K) → (P_b, c)."""
+        c, parts = mat.shape[0], []
+        if self.weight:
+            w = mat[:, :, :self.k]
+            parts.append((w.transpose(1, 2) if self.transposed else w).reshape(c, -1))
+        if self.bias:
+            parts.append(mat[:, :, -1])
+        return torch.cat(parts, 1).T
+
+
+def use_pairs(n: int, t: int, m: int, cols: int) -> bool:
+    """The cost model of a Gram matrix: token pairs N²T²(m + K) against explicit N·T·m·K + N²·m·K FLOPs
+    (for ids, m counts 1 in the pair form: an equality test)."""
+    return n * t * t * (m + cols) < t * m * cols + n * m * cols
+
+
+class OuterFactor(Factor):
+    """∇_M ℓ_i = Σ_t L_it R_itᵀ (module docstring). ``left`` (N, T, m) floats or (N, T) integer ids,
+    ``right`` (N, T, K) with the bias column of ones already appended when ``layout.bias``."""
+
+    def __init__(self, left: Tensor, right: Tensor, layout: Layout) -> None:
+        self.left, self.right, self.layout = left, right, layout
+        self.ids = not left.is_floating_point()
+        self.n, self.t = right.shape[:2]
+        self.m, self.cols = layout.m, right.shape[2]
+        self.numel = self.m * layout.k * layout.weight + self.m * layout.bias
+
+    @staticmethod
+    def cat(factors: list[OuterFactor]) -> OuterFactor:
+        """One factor for the sum of several (the same parameters used at more positions): the position
+        axes are concatenated; ids become one-hot when mixed with float ``left``."""
+        if len({f.ids for f in factors}) > 1:
+            factors = [OuterFactor(f._dense_left(0, f.m), f.right, f.layout) for f in factors]
+        return OuterFactor(torch.cat([f.left for f in factors], 1), torch.cat([f.right for f in factors], 1),
+                           factors[0].layout)
+
+    def _dense_left(self, lo: int, hi: int) -> Tensor:
+        """L[..., lo:hi] as floats (one-hot columns lo..hi−1 for ids)."""
+        if not self.ids:
+            return self.left[..., lo:hi]
+        shifted = (self.left - lo + 1).masked_fill((self.left < lo) | (self.left >= hi), 0)
+        return F.one_hot(shifted, hi - lo + 1)[..., 1:].to(self.right.dtype)
+
+    def _left_gram(self, rows: slice) -> Tensor:
+        """(L_it·L_jt') for the samples in ``rows`` against all: (c·T, N·T)."""
+        if self.ids:
+            flat = self.left.reshape(-1)
+            return (self.left[rows].reshape(-1, 1) == flat).to(self.right.dtype)
+        flat = self.left.reshape(-1, self.m)
+        return self.left[rows].reshape(-1, self.m) @ flat.T
+
+    def _explicit(self) -> list[Tensor]:
+        """Per-sample gradients in chunks of output rows: (N, m_c, K) each, at most CHUNK numbers."""
+        step = max(1, CHUNK // max(1, self.n * self.cols))
+        rt = self.right
+        return [torch.bmm(self._dense_left(lo, min(lo + step, self.m)).transpose(1, 2), rt)
+                for lo in range(0, self.m, step)]
+
+    def _pairs(self) -> bool:
+        return use_pairs(self.n, self.t, 1 if self.ids else self.m, self.cols)
+
+    def gram(self) -> Tensor:
+        if not self._pairs():
+            return sum(e.reshape(self.n, -1) @ e.reshape(self.n, -1).T for e in self._explicit())
+        n, t = self.n, self.t
+        rflat = self.right.reshape(n * t, -1)
+        step = max(1, CHUNK // (n * t * t))
+        out = []
+        for lo in range(0, n, step):
+            rows = slice(lo, min(lo + step, n))
+            prod = self._left_gram(rows) * (self.right[rows].reshape(-1, self.cols) @ rflat.T)
+            out.append(prod.reshape(-1, t, n, t).sum((1, 3)))
+        return torch.cat(out)
+
+    def sq_norms(self) -> Tensor:
+        if self.t > 1 and not self._pairs():
+            return sum((e * e).sum((1, 2)) for e in self._explicit())
+        if self.ids:
+            ll = (self.left[:, :, None] == self.left[:, None, :]).to(self.right.dtype)
+        else:
+            ll = self.left @ self.left.transpose(1, 2)
+        return (ll * (self.right @ self.right.transpose(1, 2))).sum((1, 2))
+
+    def jvp(self, v: Tensor) -> Tensor:
+        mats = self.layout.to_matrix(v)  # (c, m, K)
+        rflat = self.right.reshape(-1, self.cols)
+        if self.ids:
+            lm = mats[:, self.left.reshape(-1)]  # (c, N·T, K)
+        else:
+            lm = self.left.reshape(-1, self.m) @ mats
+        return (lm * rflat).sum(-1).reshape(-1, self.n, self.t).sum(-1).T
+
+    def vjp(self, u: Tensor) -> Tensor:
+        c = u.shape[1]
+        ru = (self.right[None] * u.T[:, :, None, None]).reshape(c, -1, self.cols)  # (c, N·T, K)
+        if self.ids:
+            mats = ru.new_zeros(c, self.m, self.cols).index_add_(1, self.left.reshape(-1), ru)
+        else:
+            mats = self.left.reshape(-1, self.m).T @ ru
+        return self.layout.from_matrix(mats)
+
+    def sq_sum(self) -> Tensor:
+        if self.t == 1 and not self.ids:
+            sq = ((self.left[:, 0] ** 2).T @ self.right[:, 0] ** 2)[None]
+        elif self.t == 1:
+            sq = self.right.new_zeros(1, self.m, self.cols).index_add_(1, self.left[:, 0], self.right[:, 0] ** 2)
+        else:
+            sq = torch.cat([(e * e).sum(0) for e in self._explicit()])[None]
+        return self.layout.from_matrix(sq)[:, 0]
+
+    def rows(self) -> Tensor:
+        return self.layout.from_matrix(torch.cat(self._explicit(), 1)).T

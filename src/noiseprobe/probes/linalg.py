@@ -1,0 +1,243 @@
+"""Matrix-free linear algebra on symmetric operators: top eigenpairs by block Lanczos with a warm start,
+traces by Hutchinson and Hutch++, diagonals by Hutchinson-type probing — each with its error bar.
+
+The algorithms know no model: they take any :class:`~noiseprobe.probes.operators.ParamOperator`
+(noise covariance, empirical Fisher, Hessian, Gauss–Newton), a dense symmetric tensor or a
+:class:`scipy.sparse.linalg.LinearOperator` (see :func:`as_operator`), and run on the operator's device
+and dtype. Every result reports the matrix-vector products it used (``matvecs``; a block of k counts k).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator
+from torch import Tensor
+
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_choice, check_int, check_real
+from noiseprobe.probes.local import hutchinson_trace
+from noiseprobe.probes.operators import MatrixOperator, ParamOperator, ScipyOperator
+
+#: what the algorithms accept (see :func:`as_operator`)
+Operator: TypeAlias = ParamOperator | Tensor | LinearOperator | np.ndarray
+
+
+def as_operator(a: Operator) -> ParamOperator:
+    """A :class:`ParamOperator` for ``a``: itself, a dense symmetric (P, P) tensor or array, or a
+    (symmetric) scipy ``LinearOperator`` (products through NumPy, float64 unless it says otherwise)."""
+    if isinstance(a, ParamOperator):
+        return a
+    if isinstance(a, Tensor):
+        return MatrixOperator(a)
+    if isinstance(a, np.ndarray):
+        return MatrixOperator(torch.from_numpy(a))
+    if isinstance(a, LinearOperator):
+        return ScipyOperator(a)
+    raise ConfigError("operator", type(a).__name__, "a ParamOperator, a square tensor or array, or a scipy LinearOperator")
+
+
+def _generator(seed: int | torch.Generator) -> torch.Generator:
+    if isinstance(seed, torch.Generator):
+        return seed
+    return torch.Generator().manual_seed(check_int("seed", seed, lo=0))
+
+
+def _rademacher(shape: tuple[int, ...], gen: torch.Generator, op: ParamOperator) -> Tensor:
+    return (torch.randint(0, 2, shape, generator=gen) * 2 - 1).to(device=op.device, dtype=op.torch_dtype)
+
+
+@dataclass
+class Eigenpairs:
+    """Ritz pairs of a symmetric operator A, ordered as requested (``which``).
+
+    ``residuals[i]`` = ‖A y_i − θ_i y_i‖ (y_i unit): A has an eigenvalue within it of θ_i (a bound).
+    ``errors[i]`` = min(r_i, r_i²/δ_i), δ_i the distance from θ_i to the nearest other Ritz value (r_i
+    while there is none): the
+    usual estimate of |θ_i − λ_i| (Parlett, *The Symmetric Eigenvalue Problem*, Thm 11.7.1 with δ_i in
+    place of the true gap), the stopping rule's quantity. ``matvecs``: products used by this call.
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    residuals: Tensor
+    errors: Tensor
+    matvecs: int
+    converged: bool
+
+
+def _start_block(warm: Tensor | None, b: int, p: int, gen: torch.Generator, op: ParamOperator) -> Tensor:
+    """The first Krylov block: the warm-start vectors (mixed by a random matrix when there are more of them
+    than the block width), topped up with Gaussian columns."""
+    rand = lambda m: torch.randn(p, m, generator=gen, dtype=torch.float64).to(device=op.device, dtype=op.torch_dtype)
+    if warm is None:
+        return rand(b)
+    warm = warm.to(device=op.device, dtype=op.torch_dtype).reshape(p, -1)
+    m = warm.shape[1]
+    if m > b:
+        return warm @ torch.randn(m, b, generator=gen, dtype=torch.float64).to(device=op.device, dtype=op.torch_dtype)
+    return torch.cat([warm, rand(b - m)], 1) if m < b else warm
+
+
+def lanczos(op: Operator, k: int, *, warm_start: Eigenpairs | Tensor | None = None,
+            which: Literal["LA", "LM", "SA"] = "LA", tol: float = 1e-4, max_matvecs: int | None = None,
+            block: int | None = None, min_dim: int | None = None, seed: int | torch.Generator = 0) -> Eigenpairs:
+    """The k extreme eigenpairs of a symmetric operator by block Lanczos with full reorthogonalisation.
+
+    ``which``: "LA" largest algebraic, "LM" largest magnitude, "SA" smallest algebraic.
+    ``warm_start``: the previous call's :class:`Eigenpairs` (or a (P, m) tensor of vectors): the Krylov
+    space starts from those vectors, so when the operator has changed little since (a few training steps)
+    the first block already holds nearly converged Ritz vectors. ``block`` (default: the number of warm
+    vectors, else 1) is the number of products per Lanczos step.
+    Stops when every requested Ritz value has ``errors ≤ tol · max|θ|`` over the requested ones (see
+    :class:`Eigenpairs`) and the Krylov space has at least ``min_dim`` dimensions (default k + 2: a
+    residual bound only says that θ is near *some* eigenvalue — a random start vector has a small residual
+    with θ near the bulk — so a few steps are required before it is trusted), after ``max_matvecs`` products (default min(P, 500); ``converged`` is then
+    False), or when the Krylov space fills R^P (exact).
+    Memory: the Krylov basis, P × (products used).
+    """
+    op = as_operator(op)
+    p = op.num_params
+    k = check_int("k", k, lo=1, hi=p)
+    check_choice("which", which, ("LA", "LM", "SA"))
+    tol = check_real("tol", tol, lo=0.0)
+    max_matvecs = check_int("max_matvecs", min(p, 500) if max_matvecs is None else max_matvecs, lo=k)
+    warm = warm_start.eigenvectors if isinstance(warm_start, Eigenpairs) else warm_start
+    min_dim = check_int("min_dim", k + 2 if min_dim is None else min_dim, lo=1)
+    b = check_int("block", block if block is not None else (1 if warm is None else warm.reshape(p, -1).shape[1]), lo=1, hi=p)
+    gen = _generator(seed)
+    q = _orthonormalise(_start_block(warm, b, p, gen, op), None, gen, op)[0]
+    basis: list[Tensor] = [q]
+    diag: list[Tensor] = []
+    off: list[Tensor] = []  # off[j] = B_{j+1}: Q_{j+1} B_{j+1} = the part of A Q_j outside the basis so far
+    used = 0
+    while True:
+        z = op.mv(basis[-1])
+        used += b
+        a = basis[-1].T @ z
+        diag.append((a + a.T) / 2)
+        qs = torch.cat(basis, 1)
+        q, r = _orthonormalise(z, qs, gen, op)
+        off.append(r)
+        m = qs.shape[1]
+        t = torch.zeros(m, m, dtype=torch.float64)
+        for j, aj in enumerate(diag):
+            t[j * b:(j + 1) * b, j * b:(j + 1) * b] = aj.double().cpu()
+        for j, bj in enumerate(off[:-1]):
+            t[(j + 1) * b:(j + 2) * b, j * b:(j + 1) * b] = bj.double().cpu()
+            t[j * b:(j + 1) * b, (j + 1) * b:(j + 2) * b] = bj.double().cpu().T
+        theta, s = torch.linalg.eigh(t)
+        key = {"LA": -theta, "SA": theta, "LM": -theta.abs()}[which]
+        sel = torch.argsort(key)[:k]
+        res = (off[-1].double().cpu() @ s[-b:, sel]).norm(dim=0)
+        dist = (theta[sel, None] - theta[None, :]).abs()
+        dist[torch.arange(len(sel)), sel] = math.inf
+        gap = dist.min(1).values  # inf with a single Ritz value: then the bound r itself
+        err = torch.where(torch.isfinite(gap), torch.minimum(res, res ** 2 / gap), res)
+        full = m + b > p  # the next block would not fit in R^P: the Ritz values are exact
+        converged = m >= k and (full or (m >= min_dim and bool((err <= tol * theta[sel].abs().max()).all())))
+        if converged or full or used + b > max_matvecs:
+            if m < k:
+                raise ConfigError("max_matvecs", max_matvecs, f"enough products for k = {k} Ritz pairs (block {b})")
+            vecs = qs @ s[:, sel].to(device=op.device, dtype=op.torch_dtype)
+            return Eigenpairs(theta[sel].to(op.torch_dtype), vecs, res, err, used, converged)
+        basis.append(q)
+
+
+def _orthonormalise(z: Tensor, qs: Tensor | None, gen: torch.Generator, op: ParamOperator) -> tuple[Tensor, Tensor]:
+    """Q R = (I − Qs Qsᵀ) z, Q orthonormal and orthogonal to Qs, by Gram–Schmidt twice per column
+    ("twice is enough"); a column with nothing left (relative norm ≤ 1000 eps: an invariant subspace) is
+    replaced by a fresh random direction with a zero row in R, so the Krylov space keeps growing."""
+    p, b = z.shape
+    thr = 1e3 * torch.finfo(op.torch_dtype).eps
+    cols: list[Tensor] = []
+    r = torch.zeros(b, b, dtype=z.dtype, device=z.device)
+    for j in range(b):
+        v, size = z[:, j], z[:, j].norm()
+        for attempt in range(3):
+            for _ in range(2):
+                if qs is not None:
+                    v = v - qs @ (qs.T @ v)
+                for i, c in enumerate(cols):
+                    coef = c @ v
+                    if attempt == 0:
+                        r[i, j] += coef
+                    v = v - coef * c
+            if v.norm() > thr * size:
+                break
+            v = _start_block(None, 1, p, gen, op)[:, 0]  # breakdown: a random direction instead
+            size = v.norm()
+        if attempt == 0:
+            r[j, j] = v.norm()
+        cols.append(v / v.norm())
+    return torch.stack(cols, 1), r
+
+
+@dataclass
+class Estimate:
+    """An unbiased estimate (a float for a trace, a (P,) tensor for a diagonal), its standard error
+    (same shape; the standard deviation of the estimator estimated from its probes) and the products used."""
+
+    value: float | Tensor
+    se: float | Tensor
+    matvecs: int
+
+
+def hutchinson(op: Operator, n_probes: int, *, seed: int | torch.Generator = 0, block: int = 16) -> Estimate:
+    """Tr A ≈ (1/m) Σ_j v_jᵀ A v_j over m = ``n_probes`` Rademacher vectors (Hutchinson 1990); se =
+    sample std/√m (nan for one probe). Variance per probe 2(‖A‖_F² − Σ A_ii²). Products in blocks of ``block``."""
+    op = as_operator(op)
+    check_int("block", block, lo=1)
+    mean, se = hutchinson_trace(lambda v: op.mv(v.T).T, op.num_params, n_probes, _generator(seed),
+                                dtype=op.torch_dtype, device=op.device, block=block)
+    return Estimate(mean, se, n_probes)
+
+
+def hutchpp(op: Operator, matvecs: int, *, seed: int | torch.Generator = 0) -> Estimate:
+    """Tr A by Hutch++ (Meyer, Musco, Musco & Woodruff 2021, Alg. 1) with ``matvecs`` products:
+    s = ⌊matvecs/3⌋ sketch vectors S, Q = orth(A S), and the remaining g = matvecs − 2s Rademacher probes G:
+
+        t = tr(Qᵀ A Q) + (1/g) Σ_j g_jᵀ (I − QQᵀ) A (I − QQᵀ) g_j.
+
+    t is unbiased given Q (the first term is exact and the second is Hutchinson's on the deflated
+    operator), so se = the probes' std/√g. Much smaller than Hutchinson's for a decaying spectrum.
+    """
+    op = as_operator(op)
+    matvecs = check_int("matvecs", matvecs, lo=3)
+    gen = _generator(seed)
+    s = matvecs // 3
+    g = matvecs - 2 * s
+    q = torch.linalg.qr(op.mv(_rademacher((op.num_params, s), gen, op)))[0]
+    exact = float(torch.einsum("pi,pi->", q, op.mv(q)))
+    probes = _rademacher((op.num_params, g), gen, op)
+    probes = probes - q @ (q.T @ probes)
+    vals = torch.einsum("pi,pi->i", probes, op.mv(probes)).double().cpu()
+    se = float(vals.std(correction=1) / math.sqrt(g)) if g > 1 else math.nan
+    return Estimate(exact + float(vals.mean()), se, matvecs)
+
+
+def diagonal(op: Operator, n_probes: int, *, seed: int | torch.Generator = 0, block: int = 16) -> Estimate:
+    """diag A ≈ (1/m) Σ_j v_j ∘ (A v_j) over m = ``n_probes`` Rademacher vectors (Bekas, Kokiopoulou &
+    Saad 2007; unbiased since E v∘Av = diag A when v∘v = 1); se per entry = sample std/√m (nan for one
+    probe); entry i's variance per probe is Σ_{j≠i} A_ij²."""
+    op = as_operator(op)
+    n_probes = check_int("n_probes", n_probes, lo=1)
+    block = check_int("block", block, lo=1)
+    gen = _generator(seed)
+    total = torch.zeros(op.num_params, dtype=torch.float64, device=op.device)
+    total_sq = torch.zeros_like(total)
+    for start in range(0, n_probes, block):
+        v = _rademacher((op.num_params, min(block, n_probes - start)), gen, op)
+        z = (v * op.mv(v)).double()
+        total += z.sum(1)
+        total_sq += (z * z).sum(1)
+    mean = total / n_probes
+    if n_probes > 1:
+        se = ((total_sq - n_probes * mean ** 2).clamp_min(0) / (n_probes - 1) / n_probes).sqrt()
+    else:
+        se = torch.full_like(mean, math.nan)
+    return Estimate(mean.to(op.torch_dtype), se.to(op.torch_dtype), n_probes)

@@ -1,0 +1,51 @@
+"""Convolutions (nn.Conv1d/2d/3d) with any padding, padding mode, stride, dilation and groups.
+
+The weight is shared over output positions, so its per-sample gradient is formed explicitly (N × P_layer,
+small for convolutions): the input is padded as the layer pads it (zeros, reflect, replicate, circular,
+'same'), then the weight gradient of a convolution with the batch folded into the groups (N·groups
+groups) gives all N per-sample gradients in one call — the weight-gradient kernel's cost, N·P_layer memory.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from noiseprobe.probes.factors import RowsFactor
+from noiseprobe.probes.rules.base import (
+    Call,
+    Named,
+    Rule,
+    accumulation_dtype,
+    batch_leading,
+)
+
+_WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight, 3: torch.nn.grad.conv3d_weight}
+
+
+def per_sample_conv_weight(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor, g: Tensor) -> Tensor:
+    """∇_W ℓ_i for every sample: (N, out, in/groups, *kernel), from the input x and output gradient g."""
+    n, padding = x.shape[0], module.padding
+    if module.padding_mode != "zeros" or isinstance(padding, str):
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x, padding = F.pad(x, module._reversed_padding_repeated_twice, mode=mode), 0
+    d = x.dim() - 2
+    w = _WEIGHT_GRAD[d](x.reshape(1, -1, *x.shape[2:]), (n * module.out_channels, *module.weight.shape[1:]),
+                        g.reshape(1, -1, *g.shape[2:]), module.stride, padding, module.dilation,
+                        module.groups * n)
+    return w.reshape(n, *module.weight.shape)
+
+
+class ConvRule(Rule):
+    """∇_W ℓ_i by :func:`per_sample_conv_weight`; ∇_b ℓ_i = Σ_positions g_i."""
+
+    def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> RowsFactor:
+        g = call.grads[0]
+        dtype = accumulation_dtype(g)
+        x, g = batch_leading(call, call.args[0], n).to(dtype), g.to(dtype)
+        rows = []
+        for name, _ in params:
+            rows.append(per_sample_conv_weight(module, x, g).reshape(n, -1) if name == "weight"
+                        else g.reshape(n, module.out_channels, -1).sum(2))
+        return RowsFactor(torch.cat(rows, 1))

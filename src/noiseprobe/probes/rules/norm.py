@@ -1,0 +1,91 @@
+"""Affine parameters of normalisation layers: y = x̂ ∘ γ + β, with x̂ the normalised input.
+
+∇_γ ℓ_i = Σ g_i ∘ x̂_i and ∇_β ℓ_i = Σ g_i, summed over every axis that shares γ (positions, tokens);
+x̂ is recomputed from the stored input (no grad). Stored explicitly: N × (|γ| + |β|) numbers.
+
+| module | x̂ | shared over |
+|---|---|---|
+| LayerNorm / RMSNorm | over the trailing ``normalized_shape`` axes | leading non-batch axes |
+| GroupNorm | over (channels of a group) × positions | positions |
+| BatchNorm1d/2d/3d, eval mode | (x − running mean)/√(running var + eps) | positions |
+
+BatchNorm in training mode (or without running statistics) normalises with the batch's statistics,
+so samples interact and per-sample gradients are undefined: refused with a ConfigError.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.probes.factors import RowsFactor
+from noiseprobe.probes.rules.base import (
+    Call,
+    Named,
+    Rule,
+    accumulation_dtype,
+    batch_leading,
+)
+
+
+def _affine_rows(params: Named, xhat: Tensor, g: Tensor, channels_last: bool, size: int) -> RowsFactor:
+    """Rows [Σ g∘x̂ | Σ g] with the affine axis last (``channels_last``, size ``size``) or at axis 1."""
+    n = g.shape[0]
+    if not channels_last:
+        xhat, g = xhat.movedim(1, -1), g.movedim(1, -1)
+    xhat, g = xhat.reshape(n, -1, size), g.reshape(n, -1, size)
+    rows = [(g * xhat).sum(1) if name == "weight" else g.sum(1) for name, _ in params]
+    return RowsFactor(torch.cat(rows, 1))
+
+
+def _inputs(call: Call, n: int) -> tuple[Tensor, Tensor]:
+    g = call.grads[0]
+    dtype = accumulation_dtype(g)
+    return batch_leading(call, call.args[0], n).to(dtype), g.to(dtype)
+
+
+class LayerNormRule(Rule):
+    """nn.LayerNorm: x̂ = (x − mean)/√(var + eps) over ``normalized_shape``."""
+
+    def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> RowsFactor:
+        x, g = _inputs(call, n)
+        xhat = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
+        return _affine_rows(params, xhat, g, True, module.weight.numel())
+
+
+class RMSNormRule(Rule):
+    """nn.RMSNorm: x̂ = x/√(mean(x²) + eps) over ``normalized_shape``."""
+
+    def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> RowsFactor:
+        x, g = _inputs(call, n)
+        xhat = F.rms_norm(x, module.normalized_shape, None, module.eps)
+        return _affine_rows(params, xhat, g, True, module.weight.numel())
+
+
+class GroupNormRule(Rule):
+    """nn.GroupNorm on (N, C, *): x̂ normalised per sample and group."""
+
+    def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> RowsFactor:
+        x, g = _inputs(call, n)
+        xhat = F.group_norm(x, module.num_groups, None, None, module.eps)
+        return _affine_rows(params, xhat, g, False, module.num_channels)
+
+
+class BatchNormRule(Rule):
+    """BatchNorm1d/2d/3d in eval mode: x̂ = (x − running_mean)/√(running_var + eps) per channel (axis 1)."""
+
+    def validate(self, name: str, module: nn.Module) -> None:
+        if module.training or module.running_mean is None:
+            state = "in training mode" if module.training else "without running statistics"
+            raise ConfigError(name, f"{type(module).__name__} {state}",
+                              "eval mode (model.eval(): running statistics, samples independent) or "
+                              "nn.GroupNorm instead of BatchNorm (batch statistics make samples interact)")
+
+    def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> RowsFactor:
+        x, g = _inputs(call, n)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        xhat = (x - module.running_mean.to(x.dtype).view(shape)) * torch.rsqrt(
+            module.running_var.to(x.dtype).view(shape) + module.eps)
+        return _affine_rows(params, xhat, g, False, module.num_features)
