@@ -13,6 +13,17 @@ measurement. N is the number of samples in the measured batch, S the batch size 
                           sampling with replacement, C = Σ/S; paper 002, eq. 2)
 ``top_k_c``               ``c_eig_1`` … ``c_eig_k``: the k largest eigenvalues of C = M/S,
                           M = (1/N) Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ (paper 002, Prop. 1)
+``sharpness``             λ_max of the Hessian H of the batch's mean loss by block Lanczos, warm-started
+                          from the previous measurement's vector (Cohen et al. 2021); with Adam the
+                          preconditioned sharpness λ_max(P⁻¹H) (Cohen et al. 2022); with per-group
+                          learning rates λ_max(Λ^½HΛ^½)/lr₀ (lr₀: the first group's). ``eos_ratio``:
+                          curvature over the optimizer's stability threshold, 1 at the edge of
+                          stability (:mod:`.stability`); ``sharpness_hvps``: products this call used
+``top_k_h``               ``h_eig_1`` … ``h_eig_k`` (Lanczos, warm-started) and ``overlap_ch``: the
+                          overlap ‖U_Cᵀ U_H‖_F²/k of the top-k eigenspaces of C and H (1: equal)
+``b_noise``               B_noise = tr(HΣ)/(GᵀHG) (McCandlish et al. eq. 2.6) with the unbiased
+                          denominator ḡᵀHḡ − tr(HΣ)/N; tr(HΣ) = tr(J_c H J_cᵀ)/(N−1) by Hutchinson
+                          probes J_cᵀr (r Rademacher in sample space; ``tr_h_sigma_se`` from the probes)
 ========================  ===========================================================================
 """
 
@@ -28,18 +39,26 @@ from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.monitor.gns import NoiseScale, noise_scale
+from noiseprobe.monitor.stability import step_scale
+from noiseprobe.probes.linalg import Eigenpairs, lanczos
+from noiseprobe.probes.operators import Hessian, ParamOperator
 from noiseprobe.probes.persample import PerSampleGradients, per_sample_gradients
 
+#: Lanczos stops at this relative accuracy of the eigenvalues (Cohen et al. track sharpness to ~1 %)
+LANCZOS_TOL = 1e-3
+#: Rademacher probes for tr(HΣ) (one batched block of Hessian-vector products)
+B_NOISE_PROBES = 16
 
-class _Forwarded(nn.Module):
-    """``model`` called through the user's ``forward(model, inputs)``."""
 
-    def __init__(self, model: nn.Module, forward: Callable[[nn.Module, Any], Tensor]) -> None:
-        super().__init__()
-        self.inner, self.fn = model, forward
+class _Scaled(ParamOperator):
+    """D^½ A D^½ for a diagonal scale d = D^½ (flat), e.g. per-parameter learning rates."""
 
-    def forward(self, inputs: Any) -> Tensor:
-        return self.fn(self.inner, inputs)
+    def __init__(self, a: ParamOperator, d: Tensor) -> None:
+        super().__init__(a.names, a.shapes, a.device, a.torch_dtype)
+        self.a, self.d = a, d.to(device=a.device, dtype=a.torch_dtype).reshape(-1, 1)
+
+    def _mm(self, v: Tensor) -> Tensor:
+        return self.d * self.a.mv(self.d * v)
 
 
 class Context:
@@ -54,8 +73,20 @@ class Context:
 
     @cached_property
     def grads(self) -> PerSampleGradients:
-        net = self.model if self.forward is None else _Forwarded(self.model, self.forward)
-        return per_sample_gradients(net, self.loss_fn, self.inputs, self.targets)
+        return per_sample_gradients(self.model, self.loss_fn, self.inputs, self.targets, forward=self.forward)
+
+    @cached_property
+    def hessian(self) -> Hessian:
+        return Hessian(self.model, self.loss_fn, self.inputs, self.targets, forward=self.forward)
+
+    def top_eigen(self, op: ParamOperator, k: int, key: str) -> Eigenpairs:
+        """Top-k eigenpairs of ``op`` by Lanczos, warm-started from this monitor's previous call under ``key``."""
+        warm = self.state.get(key)
+        if warm is not None and warm.eigenvectors.shape[0] != op.num_params:
+            warm = None
+        pairs = lanczos(op, k, warm_start=warm, tol=LANCZOS_TOL, min_dim=k + 1 if warm is not None else None)
+        self.state[key] = pairs
+        return pairs
 
     @property
     def n(self) -> int:
@@ -128,6 +159,60 @@ def _top_k_c(ctx: Context) -> dict[str, float]:
     return {f"c_eig_{i + 1}": float(v) for i, v in enumerate(lam)}
 
 
+def _sharpness(ctx: Context) -> dict[str, float]:
+    params = [p for p in ctx.model.parameters() if p.requires_grad]
+    scaled = None if ctx.optimizer is None else step_scale(ctx.optimizer, params)
+    if scaled is None:  # no optimizer (or its state is not there yet): the plain Hessian
+        pairs = ctx.top_eigen(ctx.hessian, 1, "sharpness")
+        return {"sharpness": float(pairs.eigenvalues[0]), "eos_ratio": float("nan"),
+                "sharpness_hvps": float(pairs.matvecs)}
+    s, rule = scaled
+    pairs = ctx.top_eigen(_Scaled(ctx.hessian, s.sqrt()), 1, "sharpness")
+    ratio = float(pairs.eigenvalues[0])
+    group = ctx.optimizer.param_groups[0]
+    lr0 = float(group["lr"])
+    if rule == "adam":
+        b1 = group["betas"][0]
+        threshold = (2 + 2 * b1) / ((1 - b1) * lr0)
+    else:
+        mu = float(group.get("momentum", 0.0))
+        threshold = (2 + 2 * mu) / (((1 + 2 * mu) if rule == "sgd-nesterov" else 1.0) * lr0)
+    return {"sharpness": ratio * threshold, "eos_ratio": ratio, "sharpness_hvps": float(pairs.matvecs)}
+
+
+def _top_k_h(ctx: Context) -> dict[str, float]:
+    k = min(ctx.top_k, ctx.hessian.num_params)
+    pairs = ctx.top_eigen(ctx.hessian, k, "top_k_h")
+    out = {f"h_eig_{i + 1}": float(v) for i, v in enumerate(pairs.eigenvalues)}
+    kc = min(k, ctx.n - 1)
+    centred = torch.as_tensor(ctx.gram)
+    centred = centred - centred.mean(0, keepdim=True)
+    centred = centred - centred.mean(1, keepdim=True)
+    lam, u = torch.linalg.eigh(centred)
+    lam, u = lam.flip(0)[:kc], u.flip(1)[:, :kc]
+    keep = lam > ctx.n * torch.finfo(lam.dtype).eps * float(lam[0].clamp_min(0))
+    coeffs = (u * torch.where(keep, lam.clamp_min(1e-300).rsqrt(), torch.zeros_like(lam))).to(ctx.grads.dtype)
+    proj = coeffs.T @ ctx.grads.jvp(pairs.eigenvectors[:, :kc].to(ctx.grads.dtype))  # U_Cᵀ U_H, (kc, kc)
+    out["overlap_ch"] = float((proj.double() ** 2).sum()) / kc
+    return out
+
+
+def _b_noise(ctx: Context) -> dict[str, float]:
+    n, grads = ctx.n, ctx.grads
+    gen = torch.Generator().manual_seed(int(ctx.state.setdefault("b_noise_calls", 0)))
+    ctx.state["b_noise_calls"] += 1
+    r = (torch.randint(0, 2, (n, B_NOISE_PROBES), generator=gen) * 2 - 1).to(grads.dtype)
+    r = r.to(ctx.hessian.device)
+    u = grads.vjp(r - r.mean(0, keepdim=True))  # J_cᵀ r, (P, m)
+    hu = ctx.hessian.mv(u)
+    samples = (u * hu).sum(0).double() / (n - 1)
+    tr_h_sigma, se = float(samples.mean()), float(samples.std() / B_NOISE_PROBES ** 0.5)
+    gbar = grads.mean()
+    g_h_g = float(gbar @ ctx.hessian.mv(gbar)) - tr_h_sigma / n
+    return {"b_noise": tr_h_sigma / g_h_g if g_h_g > 0 else float("nan"), "tr_h_sigma": tr_h_sigma,
+            "tr_h_sigma_se": se, "g_h_g": g_h_g}
+
+
 #: name -> metric function (a context in, named values out)
 METRICS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "tr_sigma": _tr_sigma,
@@ -135,6 +220,9 @@ METRICS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "b_simple": _b_simple,
     "temperature": _temperature,
     "top_k_c": _top_k_c,
+    "sharpness": _sharpness,
+    "top_k_h": _top_k_h,
+    "b_noise": _b_noise,
 }
 DEFAULT: tuple[str, ...] = ("tr_sigma", "g_sq", "b_simple", "temperature", "top_k_c")
 
