@@ -114,10 +114,13 @@ def test_b_noise_against_dense_trace():
     Jc = J - J.mean(0)
     exact = float(torch.trace(H @ Jc.T @ Jc)) / (n - 1)
     mon = NoiseMonitor(model, LOSS, every=1, metrics=["b_noise"])
-    rows = [mon.measure((x, y)) for _ in range(5)]  # fresh probes each call
-    for row in rows:
-        assert abs(row["tr_h_sigma"] - exact) <= 4 * row["tr_h_sigma_se"] + 1e-12
-        gbar = J.mean(0)
+    rows = [mon.measure((x, y)) for _ in range(40)]  # fresh probes each call: unbiased around the exact trace
+    est = torch.tensor([r["tr_h_sigma"] for r in rows], dtype=torch.float64)
+    assert abs(float(est.mean()) - exact) <= 4 * float(est.std()) / 40 ** 0.5
+    # the reported SE is the spread of one call's estimate
+    assert float(est.std()) == pytest.approx(float(torch.tensor([r["tr_h_sigma_se"] for r in rows]).mean()), rel=0.5)
+    gbar = J.mean(0)
+    for row in rows[:3]:
         assert row["g_h_g"] == pytest.approx(float(gbar @ H @ gbar) - row["tr_h_sigma"] / n, rel=1e-8)
         expect = row["tr_h_sigma"] / row["g_h_g"] if row["g_h_g"] > 0 else float("nan")
         assert row["b_noise"] == pytest.approx(expect, rel=1e-12, nan_ok=True)
