@@ -49,16 +49,26 @@ def _t_and_g(s: np.ndarray, tr: np.ndarray, n: int) -> tuple[np.ndarray, np.ndar
 
 
 def noise_scale(gram: np.ndarray, level: float = 0.95) -> NoiseScale:
-    """tr_sigma, g_sq and B_simple with its ``level`` interval from the Gram matrix (N × N, N ≥ 3)."""
+    """tr_sigma, g_sq and B_simple with its ``level`` interval from the Gram matrix K (N × N, N ≥ 3)."""
     K = np.asarray(gram, dtype=np.float64)
     if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] < 3:
         raise ConfigError("gram", f"array of shape {K.shape}", "a square (N, N) Gram matrix with N >= 3")
-    if not np.isfinite(K).all():
-        raise ConfigError("gram", "non-finite entries", "finite per-sample gradients")
+    return noise_scale_from_sums(np.diag(K), K.sum(1), float(K.sum()), level)
+
+
+def noise_scale_from_sums(sq_norms: np.ndarray, row_sums: np.ndarray, total: float,
+                          level: float = 0.95) -> NoiseScale:
+    """The same from |g_i|² (N,), r_i = g_i·Σ_j g_j (N,) and |Σ_j g_j|²: all that the estimates and their
+    jackknife need, so data-parallel ranks combine exactly (each computes its samples' entries against the
+    all-reduced gradient sum)."""
+    d, r = np.asarray(sq_norms, dtype=np.float64), np.asarray(row_sums, dtype=np.float64)
+    n = d.shape[0]
+    if d.ndim != 1 or r.shape != d.shape or n < 3:
+        raise ConfigError("sq_norms, row_sums", (d.shape, r.shape), "two vectors of the same length N >= 3")
+    if not (np.isfinite(d).all() and np.isfinite(r).all() and math.isfinite(total)):
+        raise ConfigError("per-sample gradients", "non-finite values", "finite per-sample gradients")
     check_real("level", level, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-    n = K.shape[0]
-    d, r = np.diag(K), K.sum(1)
-    s, tr = float(K.sum()), float(d.sum())
+    s, tr = float(total), float(d.sum())
     T, G = _t_and_g(np.array(s), np.array(tr), n)
     Ti, Gi = _t_and_g(s - 2 * r + d, tr - d, n - 1)  # leave sample i out
     f = (n - 1) / n

@@ -38,7 +38,8 @@ import torch
 from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.monitor.gns import NoiseScale, noise_scale
+from noiseprobe.monitor import ddp
+from noiseprobe.monitor.gns import NoiseScale, noise_scale, noise_scale_from_sums, two_batch
 from noiseprobe.monitor.stability import step_scale
 from noiseprobe.probes.linalg import Eigenpairs, lanczos
 from noiseprobe.probes.operators import Hessian, ParamOperator
@@ -66,10 +67,11 @@ class Context:
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], inputs: Any, targets: Any,
                  forward: Callable[[nn.Module, Any], Tensor] | None, optimizer: torch.optim.Optimizer | None,
-                 batch_size: int | None, top_k: int, state: dict[str, Any]) -> None:
+                 batch_size: int | None, top_k: int, state: dict[str, Any], group: Any = None,
+                 hook: ddp.GradNormHook | None = None) -> None:
         self.model, self.loss_fn, self.inputs, self.targets = model, loss_fn, inputs, targets
         self.forward, self.optimizer, self.top_k, self.state = forward, optimizer, top_k, state
-        self._batch_size = batch_size
+        self._batch_size, self.group, self.hook = batch_size, group, hook
 
     @cached_property
     def grads(self) -> PerSampleGradients:
@@ -88,9 +90,22 @@ class Context:
         self.state[key] = pairs
         return pairs
 
-    @property
+    @cached_property
     def n(self) -> int:
-        return self.grads.n
+        """Samples in the measured batch (over all ranks under data parallelism)."""
+        if self.group is None:
+            return self.grads.n
+        return int(ddp.all_sum(torch.tensor([self.grads.n]), self.group))
+
+    @cached_property
+    def grad_sum(self) -> Tensor:
+        """s = Σ_i g_i over the batch (all ranks), flat."""
+        s = self.grads.vjp(torch.ones(self.grads.n, dtype=self.grads.dtype, device=self.device))
+        return s if self.group is None else ddp.all_sum(s, self.group)
+
+    @property
+    def device(self) -> torch.device:
+        return next((p.device for p in self.model.parameters()), torch.device("cpu"))
 
     @property
     def batch_size(self) -> int:
@@ -104,13 +119,21 @@ class Context:
     def noise(self) -> NoiseScale:
         if self.n < 3:
             raise ConfigError("batch", f"{self.n} samples", "at least 3 samples to measure gradient noise")
-        return noise_scale(self.gram)
+        if self.group is None:
+            return noise_scale(self.gram)
+        s = self.grad_sum
+        d = ddp.all_cat(self.grads.sq_norms().double(), self.group)
+        r = ddp.all_cat(self.grads.jvp(s).double(), self.group)
+        return noise_scale_from_sums(d.cpu().numpy(), r.cpu().numpy(), float(s.double() @ s.double()))
 
     @cached_property
     def sigma_diagonal(self) -> Tensor:
         """diag Σ per parameter, unbiased: (N/(N−1)) [(1/N) Σ_i g_i² − ḡ²] (flat, trainable order)."""
-        n, mean = self.n, self.grads.mean()
-        return (self.grads.sq_sum() / n - mean ** 2) * (n / (n - 1))
+        n, mean = self.n, self.grad_sum / self.n
+        sq = self.grads.sq_sum()
+        if self.group is not None:
+            sq = ddp.all_sum(sq, self.group)
+        return (sq / n - mean ** 2) * (n / (n - 1))
 
     def group_slices(self) -> list[tuple[float, list[tuple[int, int]]]]:
         """(lr, flat index ranges) per optimizer parameter group, in the flat trainable order."""
@@ -213,6 +236,16 @@ def _b_noise(ctx: Context) -> dict[str, float]:
             "tr_h_sigma_se": se, "g_h_g": g_h_g}
 
 
+def _two_batch(ctx: Context) -> dict[str, float]:
+    if ctx.hook is None or ctx.group is None:
+        raise ConfigError("metrics", "two_batch", "a DistributedDataParallel model in a world of >= 2 ranks")
+    small, big = ctx.hook.take()
+    world = ddp.dist.get_world_size(ctx.group)
+    b_big = ctx.batch_size
+    g_sq, tr = two_batch(small, big, b_big // world, b_big)
+    return {"two_batch_g_sq": g_sq, "two_batch_tr_sigma": tr, "two_batch_b_simple": tr / g_sq if g_sq > 0 else float("nan")}
+
+
 #: name -> metric function (a context in, named values out)
 METRICS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "tr_sigma": _tr_sigma,
@@ -223,6 +256,7 @@ METRICS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "sharpness": _sharpness,
     "top_k_h": _top_k_h,
     "b_noise": _b_noise,
+    "two_batch": _two_batch,
 }
 DEFAULT: tuple[str, ...] = ("tr_sigma", "g_sq", "b_simple", "temperature", "top_k_c")
 
@@ -232,7 +266,7 @@ def resolve_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
     if metrics == "default":
         return DEFAULT
     if metrics == "all":
-        return tuple(METRICS)
+        return tuple(m for m in METRICS if m != "two_batch")
     if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics):
         raise ConfigError("metrics", metrics, '"default", "all" or a list of names from ' + ", ".join(METRICS))
     bad = [m for m in metrics if m not in METRICS]

@@ -9,7 +9,9 @@
         optimizer.step(); optimizer.zero_grad()
     mon.history                                           # pandas DataFrame, one row per measurement
 
-A measurement leaves the run exactly as it was (parameters, buffers, ``.grad``, optimizer state, RNG
+Under DistributedDataParallel every rank calls ``mon.step`` with its own batch: tr_sigma, g_sq, b_simple
+and temperature are then exact for the global batch (:mod:`noiseprobe.monitor.ddp`); curvature metrics
+and top-k of C use the rank's own batch. A measurement leaves the run exactly as it was (parameters, buffers, ``.grad``, optimizer state, RNG
 states, train/eval flags): it never calls ``backward`` on the parameters, restores buffers and RNG states,
 and runs with autocast disabled (so products accumulate in float32 or wider). The metrics and their
 formulas are listed in :mod:`noiseprobe.monitor.metrics` and docs/monitor.md.
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.validation import check_int
+from noiseprobe.monitor import ddp
 from noiseprobe.monitor.loggers import Logger, make_loggers
 from noiseprobe.monitor.metrics import DEFAULT, METRICS, Context, resolve_metrics
 
@@ -99,6 +102,13 @@ class NoiseMonitor:
         self.loggers: list[Logger] = make_loggers(log_dir, loggers)
         self.verbose = sys.stderr.isatty() if verbose is None else bool(verbose)
         self.steps = 0
+        self.group = ddp.process_group(model)
+        self.hook: ddp.GradNormHook | None = None
+        if "two_batch" in self.metrics:
+            if self.group is None:
+                raise ConfigError("metrics", "two_batch", "a DistributedDataParallel model in a world of >= 2 ranks")
+            self.hook = ddp.GradNormHook(self.group)
+            model.register_comm_hook(None, self.hook.allreduce)
         self._rows: list[dict[str, Any]] = []
         self._state: dict[str, Any] = {}  # carried between measurements (warm starts)
 
@@ -109,6 +119,8 @@ class NoiseMonitor:
         nothing)."""
         step, self.steps = self.steps, self.steps + 1
         if step % self.every:
+            if self.hook is not None:
+                self.hook.take()  # this step's norms are not measured: start the next step afresh
             return {}
         return self._measure(batch, optimizer, step)
 
@@ -134,7 +146,7 @@ class NoiseMonitor:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         with preserved(model), torch.autocast(device.type, enabled=False):
             ctx = Context(model, self.loss_fn, batch[0], batch[1], self.forward, optimizer,
-                          self.effective_batch_size, self.top_k, self._state)
+                          self.effective_batch_size, self.top_k, self._state, self.group, self.hook)
             row: dict[str, Any] = {"step": step}
             for name in self.metrics:
                 row.update(METRICS[name](ctx))
