@@ -28,3 +28,12 @@ def test_lightning_module(tmp_path):
     pytest.importorskip("lightning")
     cb = _load("lightning_module").main(["--epochs", "1", "--n-train", "200", "--out", str(tmp_path)])
     assert list(cb.monitor.history["step"]) == [0]
+
+
+def test_transformers_trainer(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    cb = _load("transformers_trainer").main(["--steps", "6", "--every", "5", "--out", str(tmp_path)])
+    hist = cb.monitor.history
+    assert list(hist["step"]) == [0, 5]
+    assert all(math.isfinite(v) and v > 0 for v in hist["tr_sigma"])

@@ -19,17 +19,17 @@ import torch
 from transformers import TrainerCallback
 
 from noiseprobe.monitor.monitor import NoiseMonitor
+from noiseprobe.probes.losses import model_output, token_mean
 
 
 def causal_lm_losses(output: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per-sequence losses ℓ_i whose mean is the Trainer's token-mean loss: with m_it = [label ≠ −100]
     after the one-token shift, ℓ_i = N Σ_t m_it ℓ_it / Σ_{j,t} m_jt (docs/monitor.md)."""
-    logits = output.logits if hasattr(output, "logits") else output[0]
+    logits = model_output(output)
     labels = batch["labels"][:, 1:]
     tok = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
                                             ignore_index=-100, reduction="none").view(labels.shape)
-    mask = (labels != -100).to(tok.dtype)
-    return len(labels) * (tok * mask).sum(1) / mask.sum().clamp_min(1)
+    return token_mean(tok, labels != -100)
 
 
 def _forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
