@@ -158,3 +158,15 @@ def test_bad_arguments_are_one_line_config_errors(kwargs, field):
     with pytest.raises(ConfigError) as err:
         NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), **kwargs)
     assert err.value.field == field
+
+
+def test_report_draws_a_monitor_log_directory(tmp_path):
+    from noiseprobe.core.report import write_report
+
+    model, x, y = _setup()
+    mon = NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), every=1, log_dir=tmp_path / "mon",
+                       metrics=["tr_sigma", "g_sq", "b_simple", "top_k_c"], top_k=2)
+    for _ in range(3):
+        mon.step((x, y))
+    page = write_report(tmp_path).read_text()
+    assert page.count("<img") == 3 and "monitor: mon" in page and "3 measurements" in page

@@ -33,15 +33,38 @@ window.addEventListener('load', function () {
 """
 
 
+MARKERS = ("summary.json", "monitor.parquet")  # a finished run directory; a NoiseMonitor log directory
+
+
 def find_runs(path: Path) -> list[Path]:
-    """``path`` itself if it is a finished run directory, else its finished sub-directories."""
+    """``path`` itself if it is a finished run directory or a monitor log directory, else such
+    sub-directories."""
     path = Path(path)
-    if (path / "summary.json").exists():
+    if any((path / m).exists() for m in MARKERS):
         return [path]
-    runs = sorted(p.parent for p in path.glob("*/summary.json")) if path.is_dir() else []
+    runs = sorted({p.parent for m in MARKERS for p in path.glob(f"*/{m}")}) if path.is_dir() else []
     if not runs:
-        raise ConfigError("DIR", str(path), "a run directory with summary.json, or a folder of such directories")
+        raise ConfigError("DIR", str(path), "a run directory with summary.json, a monitor log directory with "
+                          "monitor.parquet, or a folder of such directories")
     return runs
+
+
+def _monitor_section(run: Path) -> str:
+    """A NoiseMonitor log directory: its time-series figures (drawn into the directory) and last values."""
+    import pandas as pd
+
+    from noiseprobe.monitor.plots import draw_history
+
+    e = html.escape
+    hist = pd.read_parquet(run / "monitor.parquet")
+    figs = "".join(
+        f"<figure><img alt='{e(p.name)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
+        f"<figcaption>{e(p.name)}</figcaption></figure>" for p in draw_history(hist, run))
+    last = "".join(f"<tr><th>{e(str(k))}</th><td class='num'>{e(_fmt(v))}</td></tr>"
+                   for k, v in hist.iloc[-1].items()) if len(hist) else ""
+    return (f"<section class='run' id='{e(run.name)}'><h2>monitor: {e(run.name)}</h2>"
+            f"<p class='meta'>{len(hist)} measurements · directory <code>{e(str(run))}</code></p>"
+            f"<h3>Figures</h3>{figs}<h3>Last measurement</h3><table class='metrics'>{last}</table></section>")
 
 
 def _fmt(v: Any) -> str:
@@ -114,6 +137,9 @@ def write_report(path: Path, out: Path | None = None, title: str = "noiseprobe r
 
     sections, every = [], []
     for r in runs:
+        if not (r / "summary.json").exists():
+            sections.append(_monitor_section(r))
+            continue
         body, checks = _run_section(r)
         sections.append(body)
         every += checks
