@@ -170,3 +170,25 @@ def test_report_draws_a_monitor_log_directory(tmp_path):
         mon.step((x, y))
     page = write_report(tmp_path).read_text()
     assert page.count("<img") == 3 and "monitor: mon" in page and "3 measurements" in page
+
+
+def test_tail_index_of_projections_gaussian_vs_heavy_tailed():
+    """Per-sample losses ½|w − z_i|² (a Linear map of a constant input): g_i = w − z_i, so projections are
+    as Gaussian or as heavy-tailed as z. Gaussian z: the test does not reject Gaussianity; Student-t(3) z:
+    tail index 3 within its SE, and Gaussianity rejected."""
+    from noiseprobe.monitor import metrics
+
+    def run(sample):
+        torch.manual_seed(0)
+        model = nn.Linear(1, 4, bias=False).double()
+        mon = NoiseMonitor(model, lambda out, z: 0.5 * ((out - z) ** 2).sum(1), every=1, metrics=["tail_index"])
+        for _ in range(metrics.TAIL_MIN // (64 * metrics.TAIL_DIRECTIONS) + 3):
+            row = mon.measure((torch.ones(64, 1, dtype=torch.float64), sample((64, 4)).double()))
+        return row
+
+    gauss = run(lambda shape: torch.randn(shape))
+    heavy = run(lambda shape: torch.distributions.StudentT(3.0).sample(shape))
+    assert gauss["tail_samples"] >= metrics.TAIL_MIN
+    assert gauss["tail_normal_p"] > 1e-3 > heavy["tail_normal_p"]
+    assert abs(heavy["tail_mle"] - 3.0) <= 4 * heavy["tail_mle_se"]
+    assert gauss["tail_mle"] > heavy["tail_mle"] + 4 * heavy["tail_mle_se"]

@@ -24,11 +24,20 @@ measurement. N is the number of samples in the measured batch, S the batch size 
 ``b_noise``               B_noise = tr(HΣ)/(GᵀHG) (McCandlish et al. eq. 2.6) with the unbiased
                           denominator ḡᵀHḡ − tr(HΣ)/N; tr(HΣ) = tr(J_c H J_cᵀ)/(N−1) by Hutchinson
                           probes J_cᵀr (r Rademacher in sample space; ``tr_h_sigma_se`` from the probes)
+``tail_index``            tail index of the per-sample gradient projections (g_i − ḡ)·v on the top
+                          ``TAIL_DIRECTIONS`` eigenvectors v of C *from the previous measurement's batch*
+                          (so directions and samples are independent), each standardised, pooled over
+                          recent measurements (the last ``TAIL_POOL`` values; NaN until ≥ 1000):
+                          ``tail_hill`` (top 10 %) and ``tail_mle`` (Clauset et al. 2009) with SEs, and
+                          ``tail_normal_p``, D'Agostino–Pearson's test of Gaussianity (paper 002 §5)
+``two_batch``             DDP only: McCandlish et al.'s App. A estimator from per-rank gradient norms
+                          taken before the all-reduce (:mod:`.ddp`)
 ========================  ===========================================================================
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from typing import Any
@@ -49,6 +58,8 @@ from noiseprobe.probes.persample import PerSampleGradients, per_sample_gradients
 LANCZOS_TOL = 1e-3
 #: Rademacher probes for tr(HΣ) (one batched block of Hessian-vector products)
 B_NOISE_PROBES = 16
+#: noise directions whose per-sample projections feed the tail index, and the pool it is fitted on
+TAIL_DIRECTIONS, TAIL_POOL, TAIL_MIN = 3, 4000, 1000
 
 
 class _Scaled(ParamOperator):
@@ -236,6 +247,42 @@ def _b_noise(ctx: Context) -> dict[str, float]:
             "tr_h_sigma_se": se, "g_h_g": g_h_g}
 
 
+def _tail_index(ctx: Context) -> dict[str, float]:
+    from scipy.stats import normaltest
+
+    from noiseprobe.core.powerlaw import hill, powerlaw_mle
+
+    grads, n = ctx.grads, ctx.grads.n
+    dirs = ctx.state.get("tail_dirs")
+    pool: list[np.ndarray] = ctx.state.setdefault("tail_pool", [])
+    if dirs is not None and dirs.shape[0] == grads.num_params:
+        proj = grads.jvp(dirs.to(grads.dtype)).double().cpu().numpy()  # (n, k) = g_i·v
+        proj = proj - proj.mean(0)
+        sd = proj.std(0, ddof=1)
+        pool.append((proj[:, sd > 0] / sd[sd > 0]).ravel())
+        while sum(len(p) for p in pool) - len(pool[0]) >= TAIL_POOL:
+            pool.pop(0)
+    # this batch's top noise directions, for the next measurement
+    centred = ctx.gram - ctx.gram.mean(0, keepdims=True)
+    centred = centred - centred.mean(1, keepdims=True)
+    lam, u = np.linalg.eigh((centred + centred.T) / 2)
+    k = min(TAIL_DIRECTIONS, n - 1)
+    lam, u = lam[::-1][:k], u[:, ::-1][:, :k]
+    keep = lam > n * np.finfo(float).eps * max(lam[0], 0.0)
+    coeffs = torch.as_tensor(u[:, keep] / np.sqrt(lam[keep]), dtype=grads.dtype, device=ctx.device)
+    ctx.state["tail_dirs"] = grads.vjp(coeffs).detach() if keep.any() else None
+    x = np.concatenate(pool) if pool else np.zeros(0)
+    out = {"tail_hill": math.nan, "tail_hill_se": math.nan, "tail_mle": math.nan, "tail_mle_se": math.nan,
+           "tail_normal_p": math.nan, "tail_samples": float(len(x))}
+    if len(x) >= TAIL_MIN:
+        a = np.abs(x[x != 0])
+        h = hill(a, max(10, len(a) // 10))
+        m = powerlaw_mle(a)
+        out.update(tail_hill=h.beta, tail_hill_se=h.se, tail_mle=m.beta, tail_mle_se=m.se,
+                   tail_normal_p=float(normaltest(x).pvalue))
+    return out
+
+
 def _two_batch(ctx: Context) -> dict[str, float]:
     if ctx.hook is None or ctx.group is None:
         raise ConfigError("metrics", "two_batch", "a DistributedDataParallel model in a world of >= 2 ranks")
@@ -257,6 +304,7 @@ METRICS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "top_k_h": _top_k_h,
     "b_noise": _b_noise,
     "two_batch": _two_batch,
+    "tail_index": _tail_index,
 }
 DEFAULT: tuple[str, ...] = ("tr_sigma", "g_sq", "b_simple", "temperature", "top_k_c")
 
