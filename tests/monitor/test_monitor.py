@@ -192,3 +192,23 @@ def test_tail_index_of_projections_gaussian_vs_heavy_tailed():
     assert gauss["tail_normal_p"] > 1e-3 > heavy["tail_normal_p"]
     assert abs(heavy["tail_mle"] - 3.0) <= 4 * heavy["tail_mle_se"]
     assert gauss["tail_mle"] > heavy["tail_mle"] + 4 * heavy["tail_mle_se"]
+
+
+def test_under_autocast_the_measurement_accumulates_in_float32():
+    model, x, y = _setup(torch.float32)
+    model.eval()
+    loss = nn.CrossEntropyLoss(reduction="none")
+    plain = NoiseMonitor(model, loss, every=1).measure((x, y))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = NoiseMonitor(model, loss, every=1).measure((x, y))
+    for key in ("tr_sigma", "g_sq", "b_simple", "c_eig_1"):
+        assert mixed[key] == pytest.approx(plain[key], rel=1e-6), key
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_runs_on_the_model_device(device):
+    model, x, y = _setup(torch.float32)
+    model.eval()
+    row = NoiseMonitor(model.to(device), nn.CrossEntropyLoss(reduction="none"), every=1,
+                       metrics=["tr_sigma", "sharpness"]).measure((x.to(device), y.to(device)))
+    assert row["tr_sigma"] > 0 and row["sharpness"] > 0
