@@ -1,0 +1,42 @@
+"""Statistics helpers shared by experiments: means with standard errors over replicas.
+
+The standard error of a mean of n independent replicas is ``sd/√n`` (sample sd, ddof = 1); it is what
+:mod:`noiseprobe.core.checks` constructors take as ``se=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def group_mean_se(frame: pd.DataFrame, column: str, by: str, *, keep: pd.Series | None = None) -> pd.DataFrame:
+    """Mean, sd (ddof = 1), count ``n`` and standard error ``se = sd/√n`` of ``column`` per value of ``by``.
+
+    ``keep``: a boolean mask of the rows to use (e.g. replicas that have not diverged). The index is every
+    value of ``by`` in ``frame``; groups with no kept row have mean NaN and n = 0.
+    """
+    rows = frame if keep is None else frame[keep]
+    g = rows.groupby(by)[column]
+    out = pd.DataFrame({"mean": g.mean(), "sd": g.std(ddof=1), "n": g.count()})
+    out = out.reindex(np.unique(frame[by]))
+    out["n"] = out["n"].fillna(0)
+    out["se"] = out["sd"] / np.sqrt(out["n"])
+    return out
+
+
+def worst_deviation(measured: Sequence[float], se: Sequence[float],
+                    predicted: Sequence[float]) -> tuple[float, float, list[float]]:
+    """Largest |measured − predicted| over the points, the standard error at that point, and every signed
+    deviation. NaN (not measurable) when any point is NaN."""
+    errs = [float(m) - float(p) for m, p in zip(measured, predicted, strict=True)]
+    ses = [float(s) for s in se]
+    if not errs or not np.all(np.isfinite(errs)):
+        return float("nan"), float("nan"), errs
+    i = int(np.argmax(np.abs(errs)))
+    return abs(errs[i]), ses[i], errs
+
+
+__all__ = ["group_mean_se", "worst_deviation"]
