@@ -132,7 +132,46 @@ def test_anti_pgd_is_perturbed_gd_in_shifted_variables() -> None:
     lambda: N.perturbed(Ls.circle_loss, 2, sigma=-0.1),
     lambda: N.dropconnect(Ls.circle_loss, 2, kind="bernoulli", sigma=math.inf),
     lambda: ALL["minibatch"].sample(3, np.random.default_rng(0), 0.5),   # minibatch level is fixed
+    lambda: N.perturbed(Ls.circle_loss, 2, C=[[1.0, 0.5], [0.0, 1.0]]),   # not symmetric
+    lambda: N.perturbed(Ls.circle_loss, 2, C=[[math.nan, 0.0], [0.0, 1.0]]),
+    lambda: N.perturbed(Ls.circle_loss, 2, C="identity"),
+    lambda: N.additive(Ls.circle_loss, 2, C=[[1.0, 0.0, 0.0]]),           # wrong shape
+    lambda: N.label_noise(Ls.product_model, [["a"]], YS, d=2),
+    lambda: N.label_noise(Ls.product_model, XS, torch.tensor([1.0, math.nan, 2.0]), d=2),
+    lambda: N.check_params(ALL["perturbed"], "w"),
+    lambda: N.check_params(ALL["perturbed"], torch.zeros(3)),              # d = 3, not 2
 ])
 def test_invalid_inputs_raise_config_error(build) -> None:
     with pytest.raises(ConfigError):
         build()
+
+
+def test_confusable_parameters_are_keyword_only() -> None:
+    """Learning rate, batch size and noise level cannot be passed by position (docs/conventions.md)."""
+    with pytest.raises(TypeError):
+        N.sgld(Ls.circle_loss, 2, 0.1, 200.0)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        N.minibatch(per_sample, 3, 2, 2)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        N.perturbed(Ls.circle_loss, 2, None, 0.1)  # type: ignore[misc]
+
+
+def test_minibatch_level_uses_the_batch_factor() -> None:
+    """σ²C̃ = c(B, N)(N I − 11ᵀ)/N² with c(B, N) = batch_factor(B, N, replacement=False) (= (N−B)/(B(N−1)))."""
+    from noiseprobe.probes.covariance import batch_factor
+
+    for Nn, B in ((2, 1), (5, 2), (7, 6)):
+        noise = N.minibatch(lambda w: w[..., :1].expand(*w.shape[:-1], Nn) ** 2, N=Nn, batch_size=B, d=1)
+        expected = batch_factor(B, Nn, replacement=False) * (Nn * np.eye(Nn) - 1.0) / Nn**2
+        assert np.allclose(noise.sigma**2 * noise.C.numpy(), expected, rtol=1e-14, atol=1e-16)
+        assert noise.sigma**2 == pytest.approx((Nn - B) / (Nn * Nn * B), rel=1e-14)
+
+
+def test_fig3_minibatch_is_interpolating() -> None:
+    """ℓ_i = ½(w₁w₂x_i − y_i)² with x = y = (1, 2): every ℓ_i and its gradient vanish on w₁w₂ = 1; σ = ½."""
+    noise = N.fig3_minibatch()
+    w = torch.tensor([[2.0, 0.5], [0.25, 4.0]], dtype=torch.float64, requires_grad=True)
+    eta = torch.from_numpy(noise.sample(2, np.random.default_rng(0)))
+    g = torch.autograd.grad(noise.loss_hat(w, eta).sum(), w)[0]
+    assert noise.sigma == 0.5 and noise.regime == "trivial"
+    assert torch.allclose(noise.loss(w), torch.zeros(2, dtype=torch.float64)) and torch.all(g == 0)

@@ -39,4 +39,15 @@ def worst_deviation(measured: Sequence[float], se: Sequence[float],
     return abs(errs[i]), ses[i], errs
 
 
-__all__ = ["group_mean_se", "worst_deviation"]
+def loglog_slope(x: Sequence[float], y: Sequence[float], se_y: Sequence[float]) -> tuple[float, float]:
+    """Least-squares slope of log y against log x, and its standard error from the standard errors of y
+    (delta method, ``se(log y) = se_y/y``; the x are exact). NaN when any y is not positive and finite."""
+    lx, yv, sv = np.log(np.asarray(x, dtype=np.float64)), np.asarray(y, dtype=np.float64), np.asarray(se_y, dtype=np.float64)
+    if len(lx) < 2 or not (np.all(np.isfinite(yv)) and np.all(yv > 0)):
+        return float("nan"), float("nan")
+    c = (lx - lx.mean()) / ((lx - lx.mean()) ** 2).sum()
+    slope = float(np.polyfit(lx, np.log(yv), 1)[0])
+    return slope, float(np.sqrt(np.sum((c * sv / yv) ** 2)))
+
+
+__all__ = ["group_mean_se", "loglog_slope", "worst_deviation"]

@@ -30,7 +30,7 @@ from torch import Tensor
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.linalg import psd_root
 from noiseprobe.core.validation import check_array, check_choice, check_int, check_psd_matrix, check_real
-from noiseprobe.limits.losses import ModelFn, circle_loss, fig3_a, square_loss
+from noiseprobe.limits.losses import ModelFn, circle_loss, fig3_a, product_model, square_loss
 from noiseprobe.probes.covariance import batch_factor
 
 LossFn = Callable[[Tensor], Tensor]
@@ -322,3 +322,11 @@ def fig3_degenerate(loss: LossFn = circle_loss, d: int = 2, *, sigma: float | No
     return Noise("fig3_degenerate", lambda w, eta: loss(w) + 0.5 * (w * w).sum(-1) * eta[..., 0], loss, 1, c,
                  _gaussian_sampler(c, sigma), "B",
                  "Fig. 3 bottom: L̂ = L + ½|w|²η; Reg ≡ 0, G = w; Theorem B, t = α²σ²k", _dim("d", d), sigma)
+
+
+def fig3_minibatch() -> Noise:
+    """Example 1.7 in interpolation (reference §9.7): ``ℓ_i = ½(w₁w₂x_i − y_i)²`` on x = (1, 2), y = (1, 2),
+    batch 1 of 2 without replacement. Γ = {w₁w₂ = 1}; every ℓ_i vanishes there, so G = 0: trivial."""
+    X = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    y = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    return minibatch(lambda w: 0.5 * (product_model(w, X) - y) ** 2, N=2, batch_size=1, d=2)
