@@ -39,14 +39,13 @@ MAX_ITERATIONS = 2_000_000
 #: diverges, which the run reports (checks "not measurable"), so the bound only keeps the runs short
 LR_MAX = 10.0
 
-#: memory model of one chunk (bytes): torch/NumPy first-use working set, then per recorded chain-step
-#: (the NGD record arrays, the tidy frame with its θ and clock columns, and pandas' copies while building
-#: it) and per noise number drawn at once (NumPy draws, their stack and the torch view); measured on the
-#: quick presets (docs/limits_experiments.md, "Memory")
-CHUNK_BASE_BYTES = 12 * 2**20
-BYTES_PER_RECORD = 600
-BYTES_PER_NOISE = 24
-
+#: memory model of one chunk (bytes above a worker's state after imports): torch/NumPy first-use working set,
+#: then per recorded chain-step (the NGD record arrays, the tidy frame with its θ and clock columns, and
+#: pandas' copies while building it) and per noise number drawn at once (NumPy draws, their stack and the
+#: torch view); fitted to measured peaks (docs/limits_experiments.md, "Memory")
+CHUNK_BASE_BYTES = 20 * 2**20
+BYTES_PER_RECORD = 200
+BYTES_PER_NOISE = 8
 
 @dataclass(frozen=True, kw_only=True)
 class ChainsConfig(ExperimentConfig):
@@ -109,10 +108,12 @@ def simulate(noise: Noise, w0: Sequence[float], *, lr: float, sigma2: float, ste
 
 def chunk_estimate(chains: int, steps: int, records: int, extra_records: int, eta_dim: int,
                    drivers: tuple[str, ...]) -> Estimate:
-    """Peak memory of a worker running one NGD chunk of ``chains`` chains (bytes above the worker's state
-    after imports), from :data:`CHUNK_BASE_BYTES`, :data:`BYTES_PER_RECORD` and :data:`BYTES_PER_NOISE`."""
-    recorded = chains * (min(steps, records + 1) + extra_records)
-    noise = min(512 * chains * eta_dim, MAX_BLOCK_ELEMENTS) if steps else 0
+    """Peak memory of a worker running one NGD chunk of ``chains`` chains for ``steps`` iterations, recording
+    every ``max(1, steps // records)``-th step plus ``extra_records`` more (bytes above the worker's state after
+    imports), from :data:`CHUNK_BASE_BYTES`, :data:`BYTES_PER_RECORD` and :data:`BYTES_PER_NOISE`."""
+    every = max(1, steps // records)
+    recorded = chains * (steps // every + 2 + extra_records)
+    noise = min(min(512, steps) * chains * eta_dim, MAX_BLOCK_ELEMENTS)
     return Estimate(peak_bytes=int(CHUNK_BASE_BYTES + BYTES_PER_RECORD * recorded + BYTES_PER_NOISE * noise),
                     drivers=drivers)
 

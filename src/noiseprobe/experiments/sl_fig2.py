@@ -69,7 +69,7 @@ class Fig2(Experiment):
                  "per_chunk": 500, "t_end": 6.0, "t_check": [0.5, 1.0, 2.0, 4.0, 6.0], "t_fast": 5.0,
                  "close": 0.05, "records": 200, "w0": W0_TOP, "flow_dt": 0.05},
     }
-    diverging = {"lrs": [5.0, 4.0], "main_lr": 5.0}
+    diverging = {"lrs": [5.0, 4.0], "main_lr": 5.0, "sigma2_over_lr": 0.001}
 
     def estimate(self, config: Fig2Config) -> Estimate:
         lr = min(config.lrs)                                  # the smallest α keeps the most steps
