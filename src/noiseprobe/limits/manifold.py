@@ -48,7 +48,10 @@ IMPLICIT = ("Radau", "BDF", "LSODA")
 
 
 def _as_w(w: Tensor | np.ndarray) -> Tensor:
-    return torch.as_tensor(w, dtype=torch.float64)
+    try:
+        return torch.as_tensor(w, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError("w", w, "an array of numbers of shape (..., d)") from None
 
 
 def codimension(loss: LossFn, w_on_gamma: Tensor, rtol: float = 1e-6) -> int:
