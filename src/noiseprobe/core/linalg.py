@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from torch import Tensor
 import torch
+from torch import Tensor
 
 
 def psd_root(C: Tensor, *, rtol: float = 1e-14) -> Tensor:
@@ -11,7 +11,8 @@ def psd_root(C: Tensor, *, rtol: float = 1e-14) -> Tensor:
     the r eigenvalues above ``rtol``·max|λ|, scaled by √λ (a singular C gives r < m; C = 0 gives r = 0)."""
     lam, V = torch.linalg.eigh(C)
     pos = lam > rtol * lam.abs().max()
-    return V[:, pos] * lam[pos].sqrt()
+    root: Tensor = V[:, pos] * lam[pos].sqrt()
+    return root
 
 
 __all__ = ["psd_root"]

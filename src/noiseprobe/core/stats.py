@@ -6,10 +6,9 @@ The standard error of a mean of n independent replicas is ``sd/√n`` (sample sd
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 
 def group_mean_se(frame: pd.DataFrame, column: str, by: str, *, keep: pd.Series | None = None) -> pd.DataFrame:
@@ -27,19 +26,21 @@ def group_mean_se(frame: pd.DataFrame, column: str, by: str, *, keep: pd.Series 
     return out
 
 
-def worst_deviation(measured: Sequence[float], se: Sequence[float],
-                    predicted: Sequence[float]) -> tuple[float, float, list[float]]:
+def worst_deviation(measured: ArrayLike, se: ArrayLike, predicted: ArrayLike) -> tuple[float, float, list[float]]:
     """Largest |measured − predicted| over the points, the standard error at that point, and every signed
     deviation. NaN (not measurable) when any point is NaN."""
-    errs = [float(m) - float(p) for m, p in zip(measured, predicted, strict=True)]
-    ses = [float(s) for s in se]
+    m, p = np.asarray(measured, dtype=np.float64), np.asarray(predicted, dtype=np.float64)
+    if m.shape != p.shape:
+        raise ValueError(f"worst_deviation: {m.shape} measured values against {p.shape} predicted ones")
+    errs = [float(a) - float(b) for a, b in zip(m, p)]
+    ses = [float(s) for s in np.asarray(se, dtype=np.float64)]
     if not errs or not np.all(np.isfinite(errs)):
         return float("nan"), float("nan"), errs
     i = int(np.argmax(np.abs(errs)))
     return abs(errs[i]), ses[i], errs
 
 
-def loglog_slope(x: Sequence[float], y: Sequence[float], se_y: Sequence[float]) -> tuple[float, float]:
+def loglog_slope(x: ArrayLike, y: ArrayLike, se_y: ArrayLike) -> tuple[float, float]:
     """Least-squares slope of log y against log x, and its standard error from the standard errors of y
     (delta method, ``se(log y) = se_y/y``; the x are exact). NaN when any y is not positive and finite."""
     lx, yv, sv = np.log(np.asarray(x, dtype=np.float64)), np.asarray(y, dtype=np.float64), np.asarray(se_y, dtype=np.float64)

@@ -79,7 +79,7 @@ def check_iterations(fields: str, t_end: float, clock: float) -> None:
 
 def steps_to(t: float, clock: float) -> int:
     """Iterations to reach rescaled time t on a clock of ``clock`` per iteration (ασ² or α²σ²)."""
-    return int(round(t / clock))
+    return round(t / clock)
 
 
 def chain_chunks(config: ChainsConfig, variants: Sequence[str]) -> list[Chunk]:

@@ -20,9 +20,23 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import group_mean_se, loglog_slope, worst_deviation
-from noiseprobe.experiments.sl_common import (LR_MAX, W0_TOP, ChainsConfig, alive, chain_chunks, chains_of,
-                                              check_iterations, check_start, check_times, chunk_estimate,
-                                              draw_paths, draw_plane, n_diverged, simulate, steps_to)
+from noiseprobe.experiments.sl_common import (
+    LR_MAX,
+    W0_TOP,
+    ChainsConfig,
+    alive,
+    chain_chunks,
+    chains_of,
+    check_iterations,
+    check_start,
+    check_times,
+    chunk_estimate,
+    draw_paths,
+    draw_plane,
+    n_diverged,
+    simulate,
+    steps_to,
+)
 from noiseprobe.limits import noises
 from noiseprobe.limits.circle import argmin_on_circle, flow_angle, gradient_flow_time
 from noiseprobe.limits.losses import circle_loss
@@ -52,7 +66,7 @@ class Fig2Config(ChainsConfig):
 
 def _fast_window(config: Fig2Config, lr: float) -> range:
     """Every step of the fast approach, k ≤ t_fast/α."""
-    return range(0, int(math.ceil(config.t_fast / lr)) + 1)
+    return range(math.ceil(config.t_fast / lr) + 1)
 
 
 class Fig2(Experiment):
@@ -178,7 +192,7 @@ class Fig2(Experiment):
         ax[3].loglog(grid["lr"], grid["max_err"], "o-", label="max |mean θ − θ_A(t)|")
         ax[3].loglog(grid["lr"], grid["max_err"].iloc[-1] * grid["lr"] / grid["lr"].iloc[-1], "k--", lw=0.8,
                      label="∝ α")
-        ax[3].set(xlabel="α (σ² = %g α)" % config.sigma2_over_lr, ylabel="error along Γ (rad)",
+        ax[3].set(xlabel=f"α (σ² = {config.sigma2_over_lr:g} α)", ylabel="error along Γ (rad)",
                   title=f"convergence to Theorem A, slope {slope:.2f}")
         ax[3].legend()
         savefig(fig, out / "fig2.png")
