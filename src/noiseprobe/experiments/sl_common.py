@@ -46,6 +46,10 @@ LR_MAX = 10.0
 CHUNK_BASE_BYTES = 20 * 2**20
 BYTES_PER_RECORD = 200
 BYTES_PER_NOISE = 8
+#: time model of the NGD loop (one torch thread, measured on the shared development machine): seconds per
+#: iteration of a chunk, and per chain-iteration on top
+SECONDS_PER_STEP = 4e-4
+SECONDS_PER_CHAIN_STEP = 6e-7
 
 @dataclass(frozen=True, kw_only=True)
 class ChainsConfig(ExperimentConfig):
@@ -106,16 +110,28 @@ def simulate(noise: Noise, w0: Sequence[float], *, lr: float, sigma2: float, ste
     return frame
 
 
+def ngd_seconds(work: Sequence[tuple[int, int]]) -> float:
+    """Simulation time of NGD chunks given as (chains, steps) pairs, on one worker (:data:`SECONDS_PER_STEP`,
+    :data:`SECONDS_PER_CHAIN_STEP`; the analysis is not included)."""
+    return sum(steps * (SECONDS_PER_STEP + SECONDS_PER_CHAIN_STEP * chains) for chains, steps in work)
+
+
+def chunk_sizes(config: ChainsConfig) -> list[int]:
+    """Chains per chunk of one variant (:func:`chain_chunks`)."""
+    return [min(config.per_chunk, config.chains - a) for a in range(0, config.chains, config.per_chunk)]
+
+
 def chunk_estimate(chains: int, steps: int, records: int, extra_records: int, eta_dim: int,
-                   drivers: tuple[str, ...]) -> Estimate:
+                   drivers: tuple[str, ...], seconds: float | None = None) -> Estimate:
     """Peak memory of a worker running one NGD chunk of ``chains`` chains for ``steps`` iterations, recording
     every ``max(1, steps // records)``-th step plus ``extra_records`` more (bytes above the worker's state after
-    imports), from :data:`CHUNK_BASE_BYTES`, :data:`BYTES_PER_RECORD` and :data:`BYTES_PER_NOISE`."""
+    imports), from :data:`CHUNK_BASE_BYTES`, :data:`BYTES_PER_RECORD` and :data:`BYTES_PER_NOISE`; ``seconds``
+    is passed through (:func:`ngd_seconds`)."""
     every = max(1, steps // records)
     recorded = chains * (steps // every + 2 + extra_records)
     noise = min(min(512, steps) * chains * eta_dim, MAX_BLOCK_ELEMENTS)
     return Estimate(peak_bytes=int(CHUNK_BASE_BYTES + BYTES_PER_RECORD * recorded + BYTES_PER_NOISE * noise),
-                    drivers=drivers)
+                    seconds=seconds, drivers=drivers)
 
 
 def draw_plane(ax: Any, title: str) -> None:

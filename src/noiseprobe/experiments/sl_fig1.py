@@ -27,9 +27,11 @@ from noiseprobe.experiments.sl_common import (
     check_iterations,
     check_start,
     chunk_estimate,
+    chunk_sizes,
     draw_paths,
     draw_plane,
     n_diverged,
+    ngd_seconds,
     simulate,
     steps_to,
 )
@@ -67,8 +69,9 @@ class Fig1(Experiment):
 
     def estimate(self, config: Fig1Config) -> Estimate:
         steps = steps_to(config.t_end, config.lr * config.sigma2)
+        seconds = ngd_seconds([(1, steps)] + [(n, steps) for n in chunk_sizes(config)])
         return chunk_estimate(min(config.chains, config.per_chunk), steps, config.records, 0, 2,
-                              ("per_chunk", "records"))
+                              ("per_chunk", "records"), seconds)
 
     def chunks(self, config: Fig1Config) -> list[Chunk]:
         return [Chunk("gd", {"variant": "gd", "start": 0, "stop": 1})] + chain_chunks(config, ["ngd"])

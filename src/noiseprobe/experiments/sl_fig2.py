@@ -31,9 +31,11 @@ from noiseprobe.experiments.sl_common import (
     check_start,
     check_times,
     chunk_estimate,
+    chunk_sizes,
     draw_paths,
     draw_plane,
     n_diverged,
+    ngd_seconds,
     simulate,
     steps_to,
 )
@@ -88,9 +90,11 @@ class Fig2(Experiment):
     def estimate(self, config: Fig2Config) -> Estimate:
         lr = min(config.lrs)                                  # the smallest α keeps the most steps
         steps = steps_to(config.t_end, lr * lr * config.sigma2_over_lr)
+        seconds = ngd_seconds([(n, steps_to(config.t_end, a * a * config.sigma2_over_lr))
+                               for a in config.lrs for n in chunk_sizes(config)])
         return chunk_estimate(min(config.chains, config.per_chunk), steps, config.records,
                               len(_fast_window(config, lr)) + len(config.t_check), 2,
-                              ("per_chunk", "records", "t_fast"))
+                              ("per_chunk", "records", "t_fast"), seconds)
 
     def chunks(self, config: Fig2Config) -> list[Chunk]:
         return [Chunk(f"lr{lr:g}-{c.key}", {**c.spec, "lr": lr})

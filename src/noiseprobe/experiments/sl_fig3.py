@@ -32,8 +32,10 @@ from noiseprobe.experiments.sl_common import (
     check_iterations,
     check_times,
     chunk_estimate,
+    chunk_sizes,
     draw_paths,
     draw_plane,
+    ngd_seconds,
     simulate,
     steps_to,
 )
@@ -97,10 +99,14 @@ class Fig3(Experiment):
 
     def estimate(self, config: Fig3Config) -> Estimate:
         chains = max(min(config.chains, config.per_chunk), config.mb_chains)
-        steps = max(steps_to(config.t_end_A, config.lr * config.sigma2),
-                    steps_to(config.t_end_B, config.lr ** 2 * config.sigma2))
-        return chunk_estimate(chains, steps, config.records, MB_TRANSIENT + 2 + len(config.t_check_A), 2,
-                              ("per_chunk", "mb_chains", "records"))
+        steps_a = steps_to(config.t_end_A, config.lr * config.sigma2)
+        steps_b = steps_to(config.t_end_B, config.lr ** 2 * config.sigma2)
+        steps_mb = steps_to(config.t_end_B, config.mb_lr ** 2 * _mb_sigma2())
+        seconds = ngd_seconds([(n, s) for n in chunk_sizes(config) for s in (steps_a, steps_b)]
+                              + [(config.mb_chains, steps_mb)])
+        return chunk_estimate(chains, max(steps_a, steps_b, steps_mb), config.records,
+                              MB_TRANSIENT + 2 + len(config.t_check_A), 2, ("per_chunk", "mb_chains", "records"),
+                              seconds)
 
     def chunks(self, config: Fig3Config) -> list[Chunk]:
         return chain_chunks(config, ["nondegenerate", "degenerate"]) + \

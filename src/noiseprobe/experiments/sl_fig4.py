@@ -28,8 +28,10 @@ from noiseprobe.experiments.sl_common import (
     check_start,
     check_times,
     chunk_estimate,
+    chunk_sizes,
     draw_paths,
     draw_plane,
+    ngd_seconds,
     simulate,
     steps_to,
 )
@@ -77,8 +79,9 @@ class Fig4(Experiment):
 
     def estimate(self, config: Fig4Config) -> Estimate:
         steps = steps_to(config.t_end, config.lr * config.sigma2)
+        seconds = ngd_seconds([(n, steps) for n in chunk_sizes(config)] * len(COVS))
         return chunk_estimate(min(config.chains, config.per_chunk), steps, config.records, len(config.t_check), 2,
-                              ("per_chunk", "records"))
+                              ("per_chunk", "records"), seconds)
 
     def chunks(self, config: Fig4Config) -> list[Chunk]:
         return chain_chunks(config, list(COVS))
