@@ -17,24 +17,9 @@ from noiseprobe.core.config import param
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import group_mean_se
-from noiseprobe.experiments.sl_common import (
-    LR_MAX,
-    W0_TOP,
-    ChainsConfig,
-    alive,
-    chain_chunks,
-    chains_of,
-    check_iterations,
-    check_start,
-    chunk_estimate,
-    chunk_sizes,
-    draw_paths,
-    draw_plane,
-    n_diverged,
-    ngd_seconds,
-    simulate,
-    steps_to,
-)
+from noiseprobe.experiments.sl_common import (LR_MAX, W0_TOP, ChainsConfig, alive, chain_chunks, chains_of,
+                                              check_iterations, check_start, chunk_estimate, chunk_sizes, draw_paths,
+                                              draw_plane, n_diverged, ngd_seconds, simulate, steps_to)
 from noiseprobe.limits import noises
 from noiseprobe.limits.circle import flow_angle, unwrapped_angle
 from noiseprobe.limits.losses import circle_loss
