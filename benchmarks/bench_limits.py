@@ -102,7 +102,7 @@ def _reg_rows(quick: bool) -> list[dict]:
     units, X, y, w = _mlp(inputs, width, samples)
     d = w.numel()
     cases = {
-        f"dropout on {width} hidden units (m = {width})": noises.dropout(units, X, y, d, width, sigma=0.1),
+        f"dropout on {width} hidden units (m = {width})": noises.dropout(units, X, y, d=d, n_units=width, sigma=0.1),
         f"Gaussian DropConnect on all weights (m = d = {d})":
             noises.dropconnect(lambda v: 0.5 * ((units(v, X).sum(-1) - y) ** 2).mean(-1), d, sigma=0.1),
     }

@@ -73,23 +73,23 @@ def test_constrained_flow_keeps_bad_rows_nan_and_validates() -> None:
     with pytest.raises(ConfigError):
         F.constrained_flow(N.perturbed(Ls.circle_loss, 2), w0, -1.0, 3)
     with pytest.raises(ConfigError):
-        F.limiting_sde(N.perturbed(Ls.circle_loss, 2), W_TOP, 1.0, 10, 2, seed=0)   # Theorem-A noise
+        F.limiting_sde(N.perturbed(Ls.circle_loss, 2), W_TOP, 1.0, 10, n_paths=2, seed=0)   # Theorem-A noise
     for bad in (torch.zeros(3, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64)):  # d = 3; 3 rows ≠ 2 paths
         with pytest.raises(ConfigError, match="w0"):
-            F.limiting_sde(N.additive(Ls.circle_loss, 2), bad, 1.0, 10, 2, seed=0)
+            F.limiting_sde(N.additive(Ls.circle_loss, 2), bad, 1.0, 10, n_paths=2, seed=0)
 
 
 def test_theorem_b_deterministic_cases() -> None:
     """Fig. 3 bottom: dθ/dt = ¼ sin θ/(1.5 + cos θ) (§8; §9.4 predictions 1.7783, 2.4151 at t = 1, 4).
     Label noise, f = w₁w₂: sinh 2s(t) = sinh 2s₀ e^{−t}, s = ½ log(w₁/w₂) (§9.7). Euler–Maruyama error O(dt)."""
-    t, W = F.limiting_sde(N.fig3_degenerate(), W_TOP, 4.0, 200, 2, seed=0, n_points=5)
+    t, W = F.limiting_sde(N.fig3_degenerate(), W_TOP, 4.0, 200, n_paths=2, seed=0, n_points=5)
     th = Ls.circle_angle(W)
     assert torch.allclose(th[:, 0], th[:, 1])                         # PG = 0: no Brownian part
     exact = theta_ode(lambda y: 0.25 * np.sin(y) / (1.5 + np.cos(y)), th[0, 0].item(), t.numpy())
     assert np.allclose(th[:, 0].numpy(), exact, atol=1.5e-3)
     assert abs(th[1, 0].item() - 1.7783) < 1.5e-3 and abs(th[4, 0].item() - 2.4151) < 1.5e-3
     noise = N.label_noise(Ls.product_model, X1, Y1, d=2)
-    t, W = F.limiting_sde(noise, torch.tensor([2.0, 0.5], dtype=torch.float64), 3.0, 150, 1, seed=0, n_points=4)
+    t, W = F.limiting_sde(noise, torch.tensor([2.0, 0.5], dtype=torch.float64), 3.0, 150, n_paths=1, seed=0, n_points=4)
     s = 0.5 * torch.log(W[:, 0, 0] / W[:, 0, 1])
     assert torch.allclose(torch.sinh(2 * s), torch.sinh(2 * s[0]) * torch.exp(-t), atol=5e-3)
 
@@ -100,7 +100,7 @@ def test_theorem_b_sgld_matches_intrinsic_simulation() -> None:
     within 4 combined standard errors."""
     n_paths, n_steps = 1000, 50
     w0 = torch.tensor([0.0, 1.0], dtype=torch.float64)
-    _, W = F.limiting_sde(N.additive(Ls.circle_loss, 2), w0, 1.0, n_steps, n_paths, seed=7)
+    _, W = F.limiting_sde(N.additive(Ls.circle_loss, 2), w0, 1.0, n_steps, n_paths=n_paths, seed=7)
     th = np.unwrap(Ls.circle_angle(W).numpy(), axis=0)[-1] - math.pi / 2
     rng = np.random.default_rng(1)
     ref = np.full(50_000, math.pi / 2)
@@ -118,8 +118,8 @@ def test_theorem_b_sgld_matches_intrinsic_simulation() -> None:
 def test_sde_paths_do_not_depend_on_batching() -> None:
     """Streams keyed by (seed, global path index): paths 3..5 alone equal rows 3..5 of a 6-path run."""
     noise, w0 = N.additive(Ls.circle_loss, 2), torch.tensor([0.0, 1.0], dtype=torch.float64)
-    _, full = F.limiting_sde(noise, w0, 0.2, 20, 6, seed=3, n_points=3, block=7)
-    _, part = F.limiting_sde(noise, w0, 0.2, 20, 3, seed=3, n_points=3, path_offset=3)
+    _, full = F.limiting_sde(noise, w0, 0.2, 20, n_paths=6, seed=3, n_points=3, block=7)
+    _, part = F.limiting_sde(noise, w0, 0.2, 20, n_paths=3, seed=3, n_points=3, path_offset=3)
     assert torch.allclose(full[:, 3:], part, atol=1e-12)
 
 
@@ -148,7 +148,7 @@ def test_sde_with_singular_covariance_diffuses_along_the_noise_direction() -> No
     τ = (−1, 0), so Var θ(t) = t/2 + O(t²); checked within 4 SE of the sample variance."""
     n_paths, t_end = 2000, 0.05
     noise = N.additive(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]])
-    _, W = F.limiting_sde(noise, torch.tensor([0.0, 1.0], dtype=torch.float64), t_end, 5, n_paths, seed=1)
+    _, W = F.limiting_sde(noise, torch.tensor([0.0, 1.0], dtype=torch.float64), t_end, 5, n_paths=n_paths, seed=1)
     assert torch.allclose(W.norm(dim=-1), torch.ones(W.shape[:2], dtype=torch.float64), atol=1e-10)
     th = Ls.circle_angle(W[-1]).numpy()
     var = th.var()

@@ -151,7 +151,7 @@ def test_classify_regime_matches_the_reference_table() -> None:
         (N.fig3_degenerate(), circle, "B", True),            # G = w normal on the unit circle
         (N.additive(Ls.circle_loss, 2), circle, "B", False),  # SGLD: Brownian motion on Γ
         (N.label_noise(Ls.product_model, X1, Y1, d=2), hyper, "B", True),
-        (N.minibatch(per_sample, 2, 1, d=2), hyper, "trivial", True),
+        (N.minibatch(per_sample, N=2, batch_size=1, d=2), hyper, "trivial", True),
         (N.dropconnect(para, 2, sigma=0.1), parab, "A", True),
         (N.dropconnect(para, 2, kind="bernoulli", p=0.01), parab, "nonlocal", True),
     ]

@@ -32,7 +32,7 @@ ALL = {
     "sgld": N.sgld(Ls.circle_loss, 2, lr=0.1, beta=200.0),
     "plain_pgd": N.plain_pgd(Ls.circle_loss, 2, lr=0.1, sigma_xi=0.01),
     "label_noise": N.label_noise(Ls.product_model, XS, YS, d=2, sigma=0.2),
-    "minibatch": N.minibatch(per_sample, 3, 2, d=2),
+    "minibatch": N.minibatch(per_sample, N=3, batch_size=2, d=2),
     "dropout_gauss": N.dropout(Ls.linear_units, XS, YS, d=4, n_units=2, sigma=0.1),
     "dropout_bern": N.dropout(Ls.linear_units, XS, YS, d=4, n_units=2, kind="bernoulli", p=0.1),
     "dropconnect_gauss": N.dropconnect(Ls.square_loss(Ls.parabola_model, X1, Y1), 2, sigma=0.1),
@@ -70,7 +70,7 @@ def test_sampler_mean_zero_and_covariance_sigma2_C(name: str) -> None:
 def test_minibatch_covariance_by_enumerating_all_batches() -> None:
     """C̃ = (N I − 11ᵀ)/(N−1) and σ² = (N−B)/(N²B) against the exact law of sampling without replacement."""
     Nn, B = 5, 2
-    noise = N.minibatch(lambda w: w[..., :1].expand(*w.shape[:-1], Nn) ** 2, Nn, B, d=1)
+    noise = N.minibatch(lambda w: w[..., :1].expand(*w.shape[:-1], Nn) ** 2, N=Nn, batch_size=B, d=1)
     etas = []
     for batch in itertools.combinations(range(Nn), B):
         ind = np.zeros(Nn)
@@ -98,8 +98,8 @@ def test_sgld_and_plain_pgd_steps_match_their_iterate_definitions() -> None:
     w = torch.tensor([[0.3, 1.2]], dtype=torch.float64, requires_grad=True)
     xi = torch.tensor([[0.7, -1.1]], dtype=torch.float64)
     grad_L = torch.autograd.grad(Ls.circle_loss(w).sum(), w)[0]
-    for noise, scale in ((N.sgld(Ls.circle_loss, 2, lr, beta), math.sqrt(2 * lr / beta)),
-                         (N.plain_pgd(Ls.circle_loss, 2, lr, sigma_xi), sigma_xi)):
+    for noise, scale in ((N.sgld(Ls.circle_loss, 2, lr=lr, beta=beta), math.sqrt(2 * lr / beta)),
+                         (N.plain_pgd(Ls.circle_loss, 2, lr=lr, sigma_xi=sigma_xi), sigma_xi)):
         eta = -noise.sigma * xi
         g = torch.autograd.grad(noise.loss_hat(w, eta).sum(), w)[0]
         assert torch.allclose(w - lr * g, w - lr * grad_L + scale * xi, atol=1e-14)
@@ -126,13 +126,52 @@ def test_anti_pgd_is_perturbed_gd_in_shifted_variables() -> None:
     lambda: N.dropconnect(Ls.circle_loss, 2, kind="bernoulli", p=1.0),
     lambda: N.dropconnect(Ls.circle_loss, 2, kind="gaussian", p=0.1),
     lambda: N.dropconnect(Ls.circle_loss, 2, kind="uniform"),
-    lambda: N.minibatch(per_sample, 3, 3, d=2),                           # B = N: no noise
+    lambda: N.minibatch(per_sample, N=3, batch_size=3, d=2),                           # B = N: no noise
     lambda: N.sgld(Ls.circle_loss, 2, lr=0.0, beta=1.0),
     lambda: N.perturbed(Ls.circle_loss, 2).sample(3, np.random.default_rng(0)),  # no sigma
     lambda: N.perturbed(Ls.circle_loss, 2, sigma=-0.1),
     lambda: N.dropconnect(Ls.circle_loss, 2, kind="bernoulli", sigma=math.inf),
     lambda: ALL["minibatch"].sample(3, np.random.default_rng(0), 0.5),   # minibatch level is fixed
+    lambda: N.perturbed(Ls.circle_loss, 2, C=[[1.0, 0.5], [0.0, 1.0]]),   # not symmetric
+    lambda: N.perturbed(Ls.circle_loss, 2, C=[[math.nan, 0.0], [0.0, 1.0]]),
+    lambda: N.perturbed(Ls.circle_loss, 2, C="identity"),
+    lambda: N.additive(Ls.circle_loss, 2, C=[[1.0, 0.0, 0.0]]),           # wrong shape
+    lambda: N.label_noise(Ls.product_model, [["a"]], YS, d=2),
+    lambda: N.label_noise(Ls.product_model, XS, torch.tensor([1.0, math.nan, 2.0]), d=2),
+    lambda: N.check_params(ALL["perturbed"], "w"),
+    lambda: N.check_params(ALL["perturbed"], torch.zeros(3)),              # d = 3, not 2
 ])
 def test_invalid_inputs_raise_config_error(build) -> None:
     with pytest.raises(ConfigError):
         build()
+
+
+def test_confusable_parameters_are_keyword_only() -> None:
+    """Learning rate, batch size and noise level cannot be passed by position (docs/conventions.md)."""
+    with pytest.raises(TypeError):
+        N.sgld(Ls.circle_loss, 2, 0.1, 200.0)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        N.minibatch(per_sample, 3, 2, 2)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        N.perturbed(Ls.circle_loss, 2, None, 0.1)  # type: ignore[misc]
+
+
+def test_minibatch_level_uses_the_batch_factor() -> None:
+    """σ²C̃ = c(B, N)(N I − 11ᵀ)/N² with c(B, N) = batch_factor(B, N, replacement=False) (= (N−B)/(B(N−1)))."""
+    from noiseprobe.probes.covariance import batch_factor
+
+    for Nn, B in ((2, 1), (5, 2), (7, 6)):
+        noise = N.minibatch(lambda w: w[..., :1].expand(*w.shape[:-1], Nn) ** 2, N=Nn, batch_size=B, d=1)
+        expected = batch_factor(B, Nn, replacement=False) * (Nn * np.eye(Nn) - 1.0) / Nn**2
+        assert np.allclose(noise.sigma**2 * noise.C.numpy(), expected, rtol=1e-14, atol=1e-16)
+        assert noise.sigma**2 == pytest.approx((Nn - B) / (Nn * Nn * B), rel=1e-14)
+
+
+def test_fig3_minibatch_is_interpolating() -> None:
+    """ℓ_i = ½(w₁w₂x_i − y_i)² with x = y = (1, 2): every ℓ_i and its gradient vanish on w₁w₂ = 1; σ = ½."""
+    noise = N.fig3_minibatch()
+    w = torch.tensor([[2.0, 0.5], [0.25, 4.0]], dtype=torch.float64, requires_grad=True)
+    eta = torch.from_numpy(noise.sample(2, np.random.default_rng(0)))
+    g = torch.autograd.grad(noise.loss_hat(w, eta).sum(), w)[0]
+    assert noise.sigma == 0.5 and noise.regime == "trivial"
+    assert torch.allclose(noise.loss(w), torch.zeros(2, dtype=torch.float64)) and torch.all(g == 0)

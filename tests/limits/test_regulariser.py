@@ -71,7 +71,7 @@ def test_degenerate_noises_have_constant_regulariser() -> None:
     X = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
     y = torch.tensor([1.0, 0.3], dtype=torch.float64)
     per_sample = lambda v: 0.5 * (Ls.product_model(v, X) - y) ** 2  # noqa: E731
-    cases = [(N.label_noise(Ls.product_model, X, y, d=2), 0.5), (N.minibatch(per_sample, 2, 1, d=2), 0.0),
+    cases = [(N.label_noise(Ls.product_model, X, y, d=2), 0.5), (N.minibatch(per_sample, N=2, batch_size=1, d=2), 0.0),
              (N.additive(Ls.circle_loss, 2), 0.0), (N.fig3_degenerate(), 0.0)]
     for noise, value in cases:
         assert torch.allclose(R.regulariser(noise, w), torch.full((6,), value, dtype=torch.float64), atol=1e-14)
@@ -166,7 +166,7 @@ def test_excess_loss_monte_carlo_and_its_small_noise_limit(case: str) -> None:
         return (gauss_hermite_expectation(noise, w, sigma) - noise.loss(w)) / sigma**2
 
     sigma = 0.02
-    mean, se = R.excess_loss(noise, w, sigma, 100_000, np.random.default_rng(11))
+    mean, se = R.excess_loss(noise, w, sigma=sigma, n_samples=100_000, generator=np.random.default_rng(11))
     assert torch.all((mean - exact_excess(sigma)).abs() <= 4 * se)
     limit = (4 * exact_excess(0.1) - exact_excess(0.2)) / 3
     assert torch.allclose(limit, R.regulariser(noise, w), atol=1e-10)
@@ -176,11 +176,11 @@ def test_invalid_form_raises() -> None:
     with pytest.raises(ConfigError):
         R.regulariser(N.fig3_nondegenerate(), torch.zeros(2, dtype=torch.float64), form="cubic")
     with pytest.raises(ConfigError):
-        R.excess_loss(N.fig3_nondegenerate(), torch.zeros(2, dtype=torch.float64), 0.0, 10,
-                      np.random.default_rng(0))
+        R.excess_loss(N.fig3_nondegenerate(), torch.zeros(2, dtype=torch.float64), sigma=0.0, n_samples=10,
+                      generator=np.random.default_rng(0))
     three = torch.zeros(4, 3, dtype=torch.float64)           # d = 3 for a noise on d = 2 parameters
     for call in (lambda: R.regulariser(N.fig3_nondegenerate(), three),
                  lambda: R.grad_regulariser(N.fig3_nondegenerate(), three),
-                 lambda: R.excess_loss(N.fig3_nondegenerate(), three, 0.1, 10, np.random.default_rng(0))):
+                 lambda: R.excess_loss(N.fig3_nondegenerate(), three, sigma=0.1, n_samples=10, generator=np.random.default_rng(0))):
         with pytest.raises(ConfigError, match=r"w = \(4, 3\).*d = 2"):
             call()

@@ -167,8 +167,17 @@ def test_time_averages_match_recorded_path() -> None:
 
 @pytest.mark.parametrize("kwargs", [dict(lr=-0.1), dict(lr=0.1, sigma=-1.0, eta_dim=2), dict(lr=0.1, sigma=0.1),
                                     dict(lr=[0.1, 0.2, 0.3]), dict(lr=0.1, steps=-1), dict(lr=0.1, record_every=0),
-                                    dict(lr=float("nan")), dict(lr=0.1, chains=[0, -1]), dict(lr=0.1, chains=0)])
+                                    dict(lr=float("nan")), dict(lr=0.1, chains=[0, -1]), dict(lr=0.1, chains=0),
+                                    dict(lr=True), dict(lr=[0.1, False]), dict(lr=0.1, w0=[float("nan"), 1.5]),
+                                    dict(lr=0.1, w0="top")])
 def test_invalid_arguments_raise_config_error(kwargs: dict) -> None:
-    args = dict(steps=10, chains=2) | kwargs
+    args = dict(steps=10, chains=2, w0=[0.0, 1.5]) | kwargs
     with pytest.raises(ConfigError):
-        noisy_gd(lambda w, e: circle_loss(w), [0.0, 1.5], **args)
+        noisy_gd(lambda w, e: circle_loss(w), args.pop("w0"), **args)
+
+
+def test_simulate_noise_checks_the_start_against_the_noise_dimension() -> None:
+    from noiseprobe.limits.noises import perturbed
+
+    with pytest.raises(ConfigError, match="w0"):
+        simulate_noise(perturbed(circle_loss, 2), [0.0, 1.5, 0.0], lr=0.1, sigma=0.1, steps=3, chains=2)

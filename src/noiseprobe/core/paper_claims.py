@@ -9,4 +9,6 @@ this formula, and the reference shows it to be wrong".
 from __future__ import annotations
 
 #: "experiment-id/check-key" -> the reference's section (and one line) that refutes the printed claim
-PAPER_CLAIMS: dict[str, str] = {}
+PAPER_CLAIMS: dict[str, str] = {
+    "sl-fig3/caption-regulariser-2a": "§7.8: the printed ½Δ_ηL̂ = 2a(w) contradicts the stated L̂ (Reg = a/2; numerics reject 2a)",
+}

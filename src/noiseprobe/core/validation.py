@@ -61,3 +61,37 @@ def check_choice(field: str, value: Any, choices: Collection[Any]) -> Any:
     if value not in choices:
         raise ConfigError(field, value, "one of " + ", ".join(repr(c) for c in choices))
     return value
+
+
+def check_array(field: str, value: Any, *, last_dim: int | None = None, finite: bool = True) -> np.ndarray:
+    """``value`` as a float64 array (at least 1-d when ``last_dim`` is given, with that last dimension),
+    all finite unless ``finite=False``; else ConfigError."""
+    shape = "an array of numbers" + ("" if last_dim is None else f" of shape (..., {last_dim})")
+    allowed = shape + (", all finite" if finite else "")
+    if hasattr(value, "detach"):  # a torch tensor on any device
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(field, value, allowed) from None
+    if last_dim is not None and (arr.ndim == 0 or arr.shape[-1] != last_dim):
+        raise ConfigError(field, f"shape {arr.shape}", allowed)
+    if finite and not np.isfinite(arr).all():
+        raise ConfigError(field, arr.tolist() if arr.size <= 16 else f"shape {arr.shape} with non-finite entries",
+                          allowed)
+    return arr
+
+
+def check_psd_matrix(field: str, value: Any, n: int, *, atol: float = 1e-12) -> np.ndarray:
+    """``value`` as a symmetric positive semi-definite float64 (n, n) array (eigenvalues ≥ −atol·max(1, |C|));
+    else ConfigError naming the field and the fault."""
+    allowed = f"a symmetric positive semi-definite {n}x{n} matrix of finite numbers"
+    c = check_array(field, value)
+    if c.shape != (n, n):
+        raise ConfigError(field, c.tolist() if c.size <= 16 else f"shape {c.shape}", allowed)
+    scale = max(1.0, float(np.abs(c).max()))
+    if not np.allclose(c, c.T, rtol=0.0, atol=atol * scale):
+        raise ConfigError(field, c.tolist(), allowed + " (it is not symmetric)")
+    if np.linalg.eigvalsh(c).min() < -atol * scale:
+        raise ConfigError(field, c.tolist(), allowed + " (it has a negative eigenvalue)")
+    return c

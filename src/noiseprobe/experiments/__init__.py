@@ -28,10 +28,10 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "mbn-fig6": ("mbn_linear", "Fig6", "Minibatch-noise Fig. 6: high-dimensional regression across N/D"),
     "mbn-fig7": ("mbn_tails", "Fig7", "Minibatch-noise Fig. 7: tail index vs learning rate (eq. 93, exact, continuous, measured)"),
     "mbn-table2": ("mbn_linear", "Table2", "Minibatch-noise Table 2: SGD noise vs Hessian approximation"),
-    "sl-fig1": ("sl_figs", "Fig1", "Singular-limits Fig. 1: GD stops, noisy GD keeps moving along the zero-loss set"),
-    "sl-fig2": ("sl_figs", "Fig2", "Singular-limits Fig. 2: fast approach, slow drift, limiting flow overlaid"),
-    "sl-fig3": ("sl_figs", "Fig3", "Singular-limits Fig. 3: non-degenerate vs degenerate noise, two clocks"),
-    "sl-fig4": ("sl_figs", "Fig4", "Singular-limits Fig. 4: independent vs correlated noise end points"),
+    "sl-fig1": ("sl_fig1", "Fig1", "Singular-limits Fig. 1: GD stops, noisy GD keeps moving along the zero-loss set"),
+    "sl-fig2": ("sl_fig2", "Fig2", "Singular-limits Fig. 2: fast approach, slow drift, limiting flow overlaid"),
+    "sl-fig3": ("sl_fig3", "Fig3", "Singular-limits Fig. 3: non-degenerate vs degenerate noise, two clocks"),
+    "sl-fig4": ("sl_fig4", "Fig4", "Singular-limits Fig. 4: independent vs correlated noise end points"),
 }
 
 #: the quick runs `noiseprobe demo` makes, one or more per paper

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.errors import ConfigError, NumericalError
 from noiseprobe.core.validation import check_int, check_real
 from noiseprobe.core.seeding import ReplicaStreams
 from noiseprobe.limits.manifold import (codimension, geometry, limit_map, newton_project, noise_jacobian,
@@ -36,7 +36,8 @@ def _start(noise: Noise, w0: Tensor, codim: int | None) -> tuple[Tensor, int]:
     W = limit_map(noise.loss, w0)
     ok = torch.isfinite(W).all(-1)
     if not bool(ok.any()):
-        raise ConfigError("w0", w0.tolist(), "points in the attractive neighbourhood of Γ (Φ(w0) did not converge)")
+        raise NumericalError(f"limit map Φ(w0) did not converge for any row of w0 = {w0.tolist()}: "
+                             "are the points in the attractive neighbourhood of Γ?")
     c = codimension(noise.loss, W[ok]) if codim is None else check_int("codim", codim, lo=1, hi=noise.d - 1)
     return W, c
 
@@ -89,7 +90,7 @@ def sde_drift(noise: Noise, W: Tensor, codim: int) -> tuple[Tensor, Tensor]:
     return geo.P @ B, drift
 
 
-def limiting_sde(noise: Noise, w0: Tensor, t_end: float, n_steps: int, n_paths: int, seed: int, *,
+def limiting_sde(noise: Noise, w0: Tensor, t_end: float, n_steps: int, *, n_paths: int, seed: int,
                  n_points: int | None = None, codim: int | None = None, path_offset: int = 0,
                  block: int = 256) -> tuple[Tensor, Tensor]:
     """Theorem B: ``dW = P G C̃^{1/2} dB + ½∂²Φ[G C̃ Gᵀ] dt`` on Γ from ``W(0) = Φ(w0)``, ``t = α² σ² k``.

@@ -36,7 +36,7 @@ import torch
 from scipy.integrate import solve_ivp
 from torch import Tensor
 
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.errors import ConfigError, NumericalError
 from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.limits.noises import Noise, check_params, covariance_root
 from noiseprobe.limits.losses import derivatives, gradient, hessian, leaf, vjp_sum
@@ -48,7 +48,10 @@ IMPLICIT = ("Radau", "BDF", "LSODA")
 
 
 def _as_w(w: Tensor | np.ndarray) -> Tensor:
-    return torch.as_tensor(w, dtype=torch.float64)
+    try:
+        return torch.as_tensor(w, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError("w", w, "an array of numbers of shape (..., d)") from None
 
 
 def codimension(loss: LossFn, w_on_gamma: Tensor, rtol: float = 1e-6) -> int:
@@ -57,8 +60,8 @@ def codimension(loss: LossFn, w_on_gamma: Tensor, rtol: float = 1e-6) -> int:
     lam = torch.linalg.eigvalsh(hessian(loss, w_on_gamma))
     ranks = (lam.abs() > rtol * lam.abs().amax(-1, keepdim=True)).sum(-1).unique()
     if ranks.numel() != 1:
-        raise ConfigError("w_on_gamma", "points", f"points of one manifold with constant Hessian rank (got ranks "
-                          f"{ranks.tolist()}; are all points on Γ and is Γ Morse–Bott?)")
+        raise NumericalError(f"codimension: the Hessian rank varies over the points ({ranks.tolist()}); are all "
+                             "points on Γ and is Γ Morse–Bott?")
     return int(ranks.item())
 
 

@@ -28,8 +28,10 @@ import torch
 from torch import Tensor
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_choice, check_int, check_real
-from noiseprobe.limits.losses import ModelFn, circle_loss, fig3_a, square_loss
+from noiseprobe.core.linalg import psd_root
+from noiseprobe.core.validation import check_array, check_choice, check_int, check_psd_matrix, check_real
+from noiseprobe.limits.losses import ModelFn, circle_loss, fig3_a, product_model, square_loss
+from noiseprobe.probes.covariance import batch_factor
 
 LossFn = Callable[[Tensor], Tensor]
 LossHatFn = Callable[[Tensor, Tensor], Tensor]
@@ -71,10 +73,15 @@ class Noise:
 
 
 def check_params(noise: Noise, w: Tensor | np.ndarray, field: str = "w") -> Tensor:
-    """``w`` as a float64 tensor (..., d) for ``noise``; ConfigError unless its last dimension is ``noise.d``."""
-    t = torch.as_tensor(w, dtype=torch.float64)
+    """``w`` as a float64 tensor (..., d) for ``noise`` (on w's device); ConfigError unless it is an array of
+    numbers whose last dimension is ``noise.d``. NaN rows pass (they mark paths that have left Γ)."""
+    allowed = f"an array of shape (..., d) with d = {noise.d} ({noise.name})"
+    try:
+        t = torch.as_tensor(w, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ConfigError(field, w, allowed) from None
     if t.dim() == 0 or t.shape[-1] != noise.d:
-        raise ConfigError(field, tuple(t.shape), f"an array of shape (..., d) with d = {noise.d} ({noise.name})")
+        raise ConfigError(field, tuple(t.shape), allowed)
     return t
 
 
@@ -96,17 +103,11 @@ def _covariance(C: Tensor | np.ndarray | None, m: int) -> Tensor:
     """C̃ as a symmetric positive semi-definite float64 (m, m) tensor (default I_m)."""
     if C is None:
         return torch.eye(m, dtype=torch.float64)
-    c = torch.as_tensor(np.asarray(C, dtype=np.float64))
-    if c.shape != (m, m) or not torch.allclose(c, c.T) or torch.linalg.eigvalsh(c).min() < -1e-12:
-        raise ConfigError("C", np.asarray(C).tolist(), f"a symmetric positive semi-definite {m}x{m} matrix")
-    return c
+    return torch.from_numpy(check_psd_matrix("C", C, m))
 
 
-def covariance_root(C: Tensor) -> Tensor:
-    """R (m, r) with ``R Rᵀ = C̃``: eigenvectors scaled by √λ for the r positive eigenvalues."""
-    lam, V = torch.linalg.eigh(C)
-    pos = lam > 1e-14 * float(lam.abs().max())
-    return V[:, pos] * lam[pos].sqrt()
+#: R (m, r) with ``R Rᵀ = C̃`` (eigenvectors scaled by √λ for the r positive eigenvalues)
+covariance_root = psd_root
 
 
 def _gaussian_sampler(C: Tensor, default_sigma: float | None) -> SampleFn:
@@ -143,12 +144,22 @@ def _mask_law(kind: str, m: int, p: float | None, sigma: float | None) -> tuple[
     return _gaussian_sampler(torch.eye(m, dtype=torch.float64), sigma), sigma, "A"
 
 
+def _data(field: str, value: Tensor | np.ndarray) -> Tensor:
+    """Data as a finite float64 tensor (a tensor stays on its device); ConfigError otherwise."""
+    if isinstance(value, Tensor):
+        t = value.to(torch.float64)
+        if not bool(torch.isfinite(t).all()):
+            raise ConfigError(field, f"tensor of shape {tuple(t.shape)} with non-finite entries", "finite numbers")
+        return t
+    return torch.from_numpy(check_array(field, value))
+
+
 def _dim(field: str, value: int) -> int:
     return check_int(field, value, lo=1)
 
 
 # ----------------------------------------------------------------------------------------------- builders
-def perturbed(loss: LossFn, d: int, C: Tensor | np.ndarray | None = None, sigma: float | None = None) -> Noise:
+def perturbed(loss: LossFn, d: int, *, C: Tensor | np.ndarray | None = None, sigma: float | None = None) -> Noise:
     """Example 1.2 (Figs. 1, 2, 4): gradient at a perturbed point, ``L̂(w, η) = L(w + η)``, η ~ N(0, σ² C̃).
 
     ``Reg = ½ tr(C̃ ∇²L)`` (= ½ΔL for C̃ = I, §7.1); non-degenerate (Theorem A), ``t = α σ² k``.
@@ -159,7 +170,7 @@ def perturbed(loss: LossFn, d: int, C: Tensor | np.ndarray | None = None, sigma:
                  "L̂(w,η) = L(w+η) (Example 1.2); Reg = ½ tr(C̃ ∇²L); Theorem A, t = ασ²k", d, sigma)
 
 
-def anti_pgd(loss: LossFn, d: int, sigma: float | None = None) -> Noise:
+def anti_pgd(loss: LossFn, d: int, *, sigma: float | None = None) -> Noise:
     """Anti-correlated perturbed GD (§7.7): ``w_{k+1} = w_k − α∇L(w_k) + (ξ_{k+1} − ξ_k)``, ξ ~ N(0, σ² I).
 
     In ``z_k = w_k − ξ_k`` it is NGD with ``L̂(z, ξ) = L(z + ξ)`` — the same L̂ as :func:`perturbed`
@@ -169,7 +180,7 @@ def anti_pgd(loss: LossFn, d: int, sigma: float | None = None) -> Noise:
                    doc="anti-PGD (§7.7): in z = w − ξ, L̂(z,ξ) = L(z+ξ); Reg = ½ tr∇²L; Theorem A, t = ασ²k")
 
 
-def additive(loss: LossFn, d: int, C: Tensor | np.ndarray | None = None, sigma: float | None = None) -> Noise:
+def additive(loss: LossFn, d: int, *, C: Tensor | np.ndarray | None = None, sigma: float | None = None) -> Noise:
     """Additive gradient noise (§7.6): ``L̂(w, η) = L(w) + η·w``, so ``∇_w L̂ = ∇L + η`` (affine, G = I).
 
     Reg ≡ 0: degenerate (Theorem B), ``t = α² σ² k``; limit = Brownian motion on Γ with drift
@@ -181,7 +192,7 @@ def additive(loss: LossFn, d: int, C: Tensor | np.ndarray | None = None, sigma: 
                  "B", "L̂(w,η) = L(w) + η·w (§7.6); Reg ≡ 0, G = I; Theorem B, t = α²σ²k", d, sigma)
 
 
-def sgld(loss: LossFn, d: int, lr: float, beta: float) -> Noise:
+def sgld(loss: LossFn, d: int, *, lr: float, beta: float) -> Noise:
     """SGLD ``w_{k+1} = w_k − α∇L + √(2α/β) ξ`` (§7.6) = :func:`additive` with ``σ² = 2/(αβ)`` (η = −σξ).
 
     The Theorem-B clock is ``t = α²σ²k = 2αk/β``; the limit needs ``ασ² = 2/β → 0`` (low temperature).
@@ -191,7 +202,7 @@ def sgld(loss: LossFn, d: int, lr: float, beta: float) -> Noise:
                    doc=f"SGLD (§7.6), lr={lr}, β={beta}: L̂ = L + η·w with σ² = 2/(αβ); Theorem B, t = 2αk/β")
 
 
-def plain_pgd(loss: LossFn, d: int, lr: float, sigma_xi: float) -> Noise:
+def plain_pgd(loss: LossFn, d: int, *, lr: float, sigma_xi: float) -> Noise:
     """Plain perturbed GD ``w_{k+1} = w_k − α∇L(w_k) + ξ_k``, ξ ~ N(0, σ_ξ² I) (§7.6) = :func:`additive`
     with ``η = −ξ/α``, σ = σ_ξ/α: Theorem B on the clock ``t = σ_ξ² k``, valid for σ_ξ² ≪ α."""
     sigma = check_real("sigma_xi", sigma_xi, lo=0.0) / check_real("lr", lr, lo=0.0, lo_open=True)
@@ -199,14 +210,14 @@ def plain_pgd(loss: LossFn, d: int, lr: float, sigma_xi: float) -> Noise:
                    doc=f"plain PGD (§7.6), lr={lr}, σ_ξ={sigma_xi}: L̂ = L + η·w, σ = σ_ξ/α; Theorem B, t = σ_ξ²k")
 
 
-def label_noise(model_fn: ModelFn, X: Tensor, y: Tensor, d: int, sigma: float | None = None) -> Noise:
+def label_noise(model_fn: ModelFn, X: Tensor, y: Tensor, d: int, *, sigma: float | None = None) -> Noise:
     """Example 1.8 (§7.5): ``L̂(w, η) = (1/(2N)) Σ_n (f(w, x_n) − y_n − η_n)²`` (½ convention, full batch).
 
     ``model_fn(w, X) -> (..., N)`` with d parameters; η ∈ ℝ^N i.i.d. N(0, σ²). Δ_η L̂ = 1 so Reg is constant and
     ``∇_w L̂ = ∇L − (1/N) Σ_n η_n ∇f_n`` is affine: Theorem B, ``t = α² σ² k``; the limit is the
     deterministic flow ``∂_t W = −(1/(4N)) P ∇ tr ∇²L(W)``.
     """
-    X, y = torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+    X, y = _data("X", X), _data("y", y)
     N, d = _dim("len(y)", int(y.shape[0])), _dim("d", d)
     loss = square_loss(model_fn, X, y)
 
@@ -218,16 +229,18 @@ def label_noise(model_fn: ModelFn, X: Tensor, y: Tensor, d: int, sigma: float | 
                  d, sigma)
 
 
-def minibatch(per_sample_losses: Callable[[Tensor], Tensor], N: int, batch_size: int, d: int) -> Noise:
+def minibatch(per_sample_losses: Callable[[Tensor], Tensor], *, N: int, batch_size: int, d: int) -> Noise:
     """Example 1.7 (§7.4): minibatch SGD as ``L̂(w, η) = Σ_i (1/N + η_i) ℓ_i(w)``, ``L = (1/N) Σ_i ℓ_i``.
 
     ``per_sample_losses(w) -> (..., N)``; batches of size B drawn **without replacement**, so
-    ``η_i = 1{i ∈ batch}/B − 1/N``: σ² = (N−B)/(N²B) and C̃ = (N I − 11ᵀ)/(N−1). L̂ is linear in η
+    ``η_i = 1{i ∈ batch}/B − 1/N``: ``Cov η = c(B, N)(N I − 11ᵀ)/N²`` with c(B, N) = (N−B)/(B(N−1)) the batch
+    factor (:func:`noiseprobe.probes.covariance.batch_factor`), i.e. σ² = c(B, N)(N−1)/N² = (N−B)/(N²B) and
+    C̃ = (N I − 11ᵀ)/(N−1). L̂ is linear in η
     (Reg ≡ 0) and G = [∇ℓ_1 … ∇ℓ_N] = 0 on Γ in interpolation: trivial on both clocks.
     """
     N, d = _dim("N", N), _dim("d", d)
     B = check_int("batch_size", batch_size, lo=1, hi=N - 1)
-    level = math.sqrt((N - B) / (N * N * B))
+    level = math.sqrt(batch_factor(B, N, replacement=False) * (N - 1)) / N
     c = (N * torch.eye(N, dtype=torch.float64) - 1.0) / (N - 1)
 
     def loss_hat(w: Tensor, eta: Tensor) -> Tensor:
@@ -245,7 +258,7 @@ def minibatch(per_sample_losses: Callable[[Tensor], Tensor], N: int, batch_size:
                  "Reg ≡ 0 and G = 0 on Γ: trivial on both clocks", d, level)
 
 
-def dropconnect(loss: LossFn, d: int, kind: str = "gaussian", p: float | None = None,
+def dropconnect(loss: LossFn, d: int, *, kind: str = "gaussian", p: float | None = None,
                 sigma: float | None = None) -> Noise:
     """DropConnect (Example 1.3, §7.2, §7.9): weight masks, ``L̂(w, η) = L(w ⊙ (1 + η))``.
 
@@ -263,7 +276,7 @@ def dropconnect(loss: LossFn, d: int, kind: str = "gaussian", p: float | None = 
                                                              "Reg = ½Σ w_i²∂_iiL; Theorem A, t = ασ²k"), d, sigma)
 
 
-def dropout(unit_outputs: Callable[[Tensor, Tensor], Tensor], X: Tensor, y: Tensor, d: int, n_units: int,
+def dropout(unit_outputs: Callable[[Tensor, Tensor], Tensor], X: Tensor, y: Tensor, *, d: int, n_units: int,
             kind: str = "gaussian", p: float | None = None, sigma: float | None = None) -> Noise:
     """Dropout on hidden units (§7.3), square loss (½ convention), one mask per step shared by all samples:
 
@@ -272,7 +285,7 @@ def dropout(unit_outputs: Callable[[Tensor, Tensor], Tensor], X: Tensor, y: Tens
     ``Reg = (1/(2N)) Σ_n Σ_j u_nj²`` is exact for any mean-0 mask, Bernoulli included (Reg_B = Reg_Lap).
     Theorem A, ``t = α σ² k`` (Bernoulli: σ² = p/(1−p)).
     """
-    X, y = torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+    X, y = _data("X", X), _data("y", y)
     d, J = _dim("d", d), _dim("n_units", n_units)
     sample, sigma, regime = _mask_law(kind, J, p, sigma)
 
@@ -285,7 +298,7 @@ def dropout(unit_outputs: Callable[[Tensor, Tensor], Tensor], X: Tensor, y: Tens
                  "Theorem A, t = ασ²k", d, sigma)
 
 
-def fig3_nondegenerate(loss: LossFn = circle_loss, d: int = 2, sigma: float | None = 0.1) -> Noise:
+def fig3_nondegenerate(loss: LossFn = circle_loss, d: int = 2, *, sigma: float | None = 0.1) -> Noise:
     """Fig. 3 top: ``L̂ = L(w) + ½ a(w) η²``, ``a = 1 − 0.7 cos 2w₁``, scalar η ~ N(0, σ²) (σ² = 0.01).
 
     ``Reg = ½ ∂²_η L̂(w, 0) = a(w)/2`` (Theorem A, ``t = α σ² k``). The caption prints "= 2a(w)", which
@@ -299,7 +312,7 @@ def fig3_nondegenerate(loss: LossFn = circle_loss, d: int = 2, sigma: float | No
                  _dim("d", d), sigma)
 
 
-def fig3_degenerate(loss: LossFn = circle_loss, d: int = 2, sigma: float | None = 0.1) -> Noise:
+def fig3_degenerate(loss: LossFn = circle_loss, d: int = 2, *, sigma: float | None = 0.1) -> Noise:
     """Fig. 3 bottom: ``L̂ = L(w) + ½ |w|² η``, scalar η ~ N(0, σ²): ``∇_w L̂ = ∇L + w η`` (affine, G = w).
 
     Reg ≡ 0: Theorem B, ``t = α² σ² k``. On the unit circle G is normal, so the SDE reduces to the
@@ -309,3 +322,11 @@ def fig3_degenerate(loss: LossFn = circle_loss, d: int = 2, sigma: float | None 
     return Noise("fig3_degenerate", lambda w, eta: loss(w) + 0.5 * (w * w).sum(-1) * eta[..., 0], loss, 1, c,
                  _gaussian_sampler(c, sigma), "B",
                  "Fig. 3 bottom: L̂ = L + ½|w|²η; Reg ≡ 0, G = w; Theorem B, t = α²σ²k", _dim("d", d), sigma)
+
+
+def fig3_minibatch() -> Noise:
+    """Example 1.7 in interpolation (reference §9.7): ``ℓ_i = ½(w₁w₂x_i − y_i)²`` on x = (1, 2), y = (1, 2),
+    batch 1 of 2 without replacement. Γ = {w₁w₂ = 1}; every ℓ_i vanishes there, so G = 0: trivial."""
+    X = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    y = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    return minibatch(lambda w: 0.5 * (product_model(w, X) - y) ** 2, N=2, batch_size=1, d=2)

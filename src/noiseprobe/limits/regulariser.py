@@ -79,7 +79,7 @@ def fig3_caption_regulariser(w: Tensor) -> Tensor:
     return 2.0 * fig3_a(torch.as_tensor(w, dtype=torch.float64))
 
 
-def excess_loss(noise: Noise, w: Tensor, sigma: float, n_samples: int,
+def excess_loss(noise: Noise, w: Tensor, *, sigma: float, n_samples: int,
                 generator: np.random.Generator) -> tuple[Tensor, Tensor]:
     """Monte Carlo ``(E_η L̂(w, η) − L(w))/σ²`` and its standard error, shape (...) each.
 

@@ -31,7 +31,7 @@ import torch
 from torch.func import grad, vmap
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_int, check_real
+from noiseprobe.core.validation import DIVERGED, check_array, check_int, check_real
 from noiseprobe.core.seeding import replica_generators
 from noiseprobe.limits.noises import Noise
 
@@ -98,6 +98,8 @@ def standard_sampler(n: int, generator: np.random.Generator, sigma: float, m: in
 def _per_chain(name: str, value: float | Sequence[float] | np.ndarray, R: int, lo_open: bool) -> np.ndarray:
     """A validated (R,) float array from a number or one value per chain (all ≥ 0, or > 0)."""
     allowed = f"a number or a sequence of {R} numbers (one per chain)"
+    if isinstance(value, (bool, np.bool_)) or np.asarray(value).dtype == np.bool_:
+        raise ConfigError(name, value, allowed)
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -115,7 +117,7 @@ def noisy_gd(loss_hat: LossHat, w0: np.ndarray | Sequence[float], *, lr: float |
              sampler: Sampler | None = None, seed: int = 0, chains: Sequence[int] | int = 1,
              anti_correlated: bool = False, record_every: int = 1, record_at: Sequence[int] = (),
              average_from: int | None = None,
-             block: int = 512, vectorised: bool = False, blowup: float = 1e8) -> NGDResult:
+             block: int = 512, vectorised: bool = False, blowup: float = DIVERGED) -> NGDResult:
     """Run noisy GD (NGD) on a batch of chains; see the module docstring for the update.
 
     Args:
@@ -136,7 +138,8 @@ def noisy_gd(loss_hat: LossHat, w0: np.ndarray | Sequence[float], *, lr: float |
         block: steps of noise drawn per chain at once (fewer if block·R·m would exceed
             :data:`MAX_BLOCK_ELEMENTS`; the draws, hence the results, do not depend on it).
         vectorised: ``L̂`` broadcasts over a leading chain axis; use the gradient of the sum.
-        blowup: |w_i| above this (or non-finite) marks the chain diverged.
+        blowup: |w_i| above this (or non-finite) marks the chain diverged (default
+            :data:`noiseprobe.core.validation.DIVERGED`).
     """
     chain_ids = np.arange(chains) if isinstance(chains, (int, np.integer)) else np.asarray(chains, dtype=np.int64)
     R = check_int("chains", len(chain_ids), lo=1)
@@ -150,7 +153,7 @@ def noisy_gd(loss_hat: LossHat, w0: np.ndarray | Sequence[float], *, lr: float |
     sigma_arr = _per_chain("sigma", sigma, R, lo_open=False)
     if average_from is not None:
         check_int("average_from", average_from, lo=0, hi=steps)
-    w = torch.as_tensor(np.asarray(w0, dtype=np.float64))
+    w = torch.from_numpy(check_array("w0", w0))
     if w.ndim == 1:
         w = w.expand(R, -1)
     if w.ndim != 2 or w.shape[0] != R:
@@ -261,5 +264,6 @@ def simulate_noise(noise: Noise, w0: np.ndarray | Sequence[float], *, lr: float 
     sigma = noise.sigma if sigma is None else sigma
     if sigma is None:
         raise ConfigError("sigma", sigma, f"a noise level >= 0 ({noise.name} has no default level)")
+    w0 = check_array("w0", w0, last_dim=noise.d)
     return noisy_gd(noise.loss_hat, w0, lr=lr, steps=steps, sigma=sigma, eta_dim=noise.eta_dim,
                     sampler=noise.sample, vectorised=True, **kwargs)
