@@ -183,7 +183,7 @@ class OuterFactor(Factor):
 
     def gram(self) -> Tensor:
         if not self._pairs():
-            return sum(e.reshape(self.n, -1) @ e.reshape(self.n, -1).T for e in self._explicit())
+            return torch.stack([e.reshape(self.n, -1) @ e.reshape(self.n, -1).T for e in self._explicit()]).sum(0)
         n, t = self.n, self.t
         rflat = self.right.reshape(n * t, -1)
         step = max(1, CHUNK // (n * t * t))
@@ -196,7 +196,7 @@ class OuterFactor(Factor):
 
     def sq_norms(self) -> Tensor:
         if self.t > 1 and not self._pairs():
-            return sum((e * e).sum((1, 2)) for e in self._explicit())
+            return torch.stack([(e * e).sum((1, 2)) for e in self._explicit()]).sum(0)
         if self.ids:
             ll = (self.left[:, :, None] == self.left[:, None, :]).to(self.right.dtype)
         else:

@@ -171,14 +171,14 @@ class HookFactors(PerSampleGradients):
             o += p.numel()
         self._names = {id(p): n for n, p in model.named_parameters()}
         self.chunk_size = chunk_size
-        consumers = {("model." + c).rstrip(".") if c else "" for c in consumers}
-        units = self._units(consumers)
+        names = {("model." + c).rstrip(".") if c else "" for c in consumers}
+        units = self._units(names)
         while True:
             losses, redo = self._capture(units, loss_fn, x, y)
             if not redo:
                 break
-            consumers |= redo
-            units = self._units(consumers)
+            names |= redo
+            units = self._units(names)
         self.n = losses.shape[0]
         self._build(units, losses, check)
 
@@ -224,7 +224,7 @@ class HookFactors(PerSampleGradients):
         def post(unit: _Unit, mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
             if not active[0]:
                 return None
-            rng = getattr(mod, "_np_rng", None)  # set by the pre-hook of vmap units in training mode
+            rng = rng_before.pop(id(unit), None)  # recorded for vmap units in training mode
             if rng is not None and any(not torch.equal(a, b) for a, b in zip(rng, _rng_state(self.device))):
                 raise ConfigError(_display(unit.name), f"{type(mod).__name__} drawing random numbers "
                                   "in training mode", "eval mode or no dropout in modules without a layer rule "
@@ -239,16 +239,16 @@ class HookFactors(PerSampleGradients):
                 versions.append((unit, leaves[i], leaves[i]._version))
             return out.clone() if unit.clone and isinstance(out, Tensor) else ret
 
-        def pre(mod: nn.Module, args: tuple) -> None:
-            if active[0] and isinstance(getattr(mod, "_np_unit", None), _Unit):
-                mod._np_rng = _rng_state(self.device)
+        def pre(unit: _Unit) -> None:
+            if active[0]:
+                rng_before[id(unit)] = _rng_state(self.device)
 
+        rng_before: dict[int, list[Tensor]] = {}
         for u in units:
             u.calls = []
             handles.append(u.module.register_forward_hook(lambda *a, u=u: post(u, *a), with_kwargs=True))
             if isinstance(u.rule, VmapRule) and u.module.training:
-                u.module._np_unit = u
-                handles.append(u.module.register_forward_pre_hook(pre))
+                handles.append(u.module.register_forward_pre_hook(lambda *a, u=u: pre(u)))
         for name, m in self.root.named_modules():
             handles.append(m.register_forward_pre_hook(lambda *a, name=name: fired.add(name) if active[0] else None))
         try:
@@ -258,10 +258,6 @@ class HookFactors(PerSampleGradients):
             active[0] = False
             for h in handles:
                 h.remove()
-            for u in units:
-                for attr in ("_np_unit", "_np_rng"):
-                    if hasattr(u.module, attr):
-                        delattr(u.module, attr)
         self._check_losses(losses)
         changed = {id(u) for u, t, v in versions if t._version != v}
         if changed:
@@ -295,8 +291,7 @@ class HookFactors(PerSampleGradients):
 
     def _build(self, units: list[_Unit], losses: Tensor, check: bool) -> None:
         outputs = [o for u in units for c in u.calls for o in c.outputs]
-        wanted = [p for u in units for _, p in u.params] if check else []
-        wanted = list({id(p): p for p in wanted}.values())
+        wanted: list[Tensor] = list({id(p): p for u in units for _, p in u.params}.values()) if check else []
         grads = torch.autograd.grad(losses.sum(), outputs + wanted, allow_unused=True)
         it = iter(grads)
         contribs: list[tuple[list[Tensor], Factor]] = []
@@ -328,10 +323,11 @@ class HookFactors(PerSampleGradients):
         for group in groups.values():
             (ps, f) = group[0]
             same = all([id(p) for p in q] == [id(p) for p in ps] for q, _ in group)
+            outer = [g for _, g in group if isinstance(g, OuterFactor)]
             if len(group) == 1:
                 blocks.append((ps, f))
-            elif same and all(isinstance(g, OuterFactor) and g.layout == f.layout for _, g in group):
-                blocks.append((ps, OuterFactor.cat([g for _, g in group])))
+            elif same and len(outer) == len(group) and len({g.layout for g in outer}) == 1:
+                blocks.append((ps, OuterFactor.cat(outer)))
             else:
                 blocks.append(self._summed_rows(group))
         return blocks
