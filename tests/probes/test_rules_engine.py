@@ -236,3 +236,15 @@ def test_cost_model_picks_pairs_for_short_sequences_only() -> None:
     assert use_pairs(1000, 1, 1024, 785)  # the MLP layer: (a_i·a_j)(g_i·g_j)
     assert not use_pairs(64, 128, 256, 257)  # a transformer projection at T = 128
     assert use_pairs(64, 4, 4096, 4097)  # short sequences, wide layers
+
+
+def test_an_idle_module_tied_to_a_running_one_is_not_a_consumer(recwarn) -> None:
+    torch.manual_seed(8)
+    model = _Shared(False).double()
+    model.forward = lambda ids: model.lin(model.emb(ids)).mean(1)  # the tied head never runs
+    ids, _ = _ids()
+    y = torch.randint(0, 4, (6,))
+    j = func_rows(model, lambda call, i, t: F.cross_entropy(call(i[None]), t[None]), ids, y)
+    fac = per_sample_gradients(model, CE, ids, y, check=True)
+    assert not [w for w in recwarn if "never runs" in str(w.message)]
+    assert_products(fac, j, rtol=1e-9, atol=1e-12)

@@ -267,9 +267,9 @@ class HookFactors(PerSampleGradients):
         idle = [u for u in units if not u.calls]
         if not idle:
             return losses, set()
-        graph = _reachable(losses.grad_fn)
+        graph = _reachable(losses.grad_fn) - {id(p) for u in units if u.calls for _, p in u.params}
         redo = set()
-        for u in idle:
+        for u in idle:  # a parameter in the graph that no unit that ran handles (a tied one is handled)
             if any(id(p) in graph for _, p in u.params):
                 parts = u.name.split(".")
                 ancestors = [".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)]
