@@ -197,3 +197,32 @@ def test_against_opacus() -> None:
     theirs = torch.cat([p.grad_sample.reshape(6, -1) for p in model.parameters()], 1)
     gsm._close()
     torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
+
+
+class _Norms(nn.Module):
+    """Embedding with padding_idx, RMSNorm, LayerNorm without bias over two axes, a Linear on (N, T, F)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(9, 6, padding_idx=0)
+        self.rms = nn.RMSNorm(6, eps=1e-5)
+        self.ln = nn.LayerNorm((3, 6), bias=False)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.rms(self.emb(ids)))
+        return self.fc(self.ln(h.reshape(h.shape[0], -1, 3, 6))).mean((1, 2))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rmsnorm_layernorm_and_embedding_padding_idx(device: str) -> None:
+    torch.manual_seed(9)
+    model = _Norms().to(device).double()
+    g = torch.Generator().manual_seed(9)
+    ids = torch.randint(0, 9, (5, 6), generator=g).to(device)
+    ids[:, -2:] = 0  # padding tokens: row 0 of the embedding gets no gradient
+    y = torch.randint(0, 2, (5,), generator=g).to(device)
+    j = func_rows(model, lambda call, i, t: F.cross_entropy(call(i[None]), t[None]), ids, y)
+    fac = per_sample_gradients(model, CE, ids, y, check=True)
+    assert_products(fac, j, rtol=1e-9, atol=1e-12)
+    assert fac.dense()[:, :6].abs().max() == 0  # padding_idx row
