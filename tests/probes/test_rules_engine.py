@@ -248,3 +248,33 @@ def test_an_idle_module_tied_to_a_running_one_is_not_a_consumer(recwarn) -> None
     fac = per_sample_gradients(model, CE, ids, y, check=True)
     assert not [w for w in recwarn if "never runs" in str(w.message)]
     assert_products(fac, j, rtol=1e-9, atol=1e-12)
+
+
+class _KwargsAndNoGrad(nn.Module):
+    """A Linear called with a keyword input, and once more under no_grad (that call contributes nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            shift = self.fc(x).mean()
+        return self.out(input=torch.tanh(self.fc(input=x)) - shift)
+
+
+def test_keyword_inputs_and_calls_without_grad() -> None:
+    torch.manual_seed(10)
+    model = _KwargsAndNoGrad().double()
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randint(0, 2, (5,))
+    shift = model.fc(x).mean().detach()  # the oracle treats the batch statistic as the constant it is
+
+    params = dict(model.named_parameters())
+
+    def one(p, xi, yi):
+        h = torch.tanh(F.linear(xi[None], p["fc.weight"], p["fc.bias"])) - shift
+        return F.cross_entropy(F.linear(h, p["out.weight"], p["out.bias"]), yi[None])
+
+    per = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))({k: v.detach() for k, v in params.items()}, x, y)
+    j = torch.cat([per[k].reshape(5, -1) for k in params], 1)
+    assert_products(per_sample_gradients(model, CE, x, y, check=True), j, rtol=1e-9, atol=1e-12)

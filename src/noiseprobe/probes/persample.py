@@ -234,7 +234,8 @@ class HookFactors(PerSampleGradients):
                 out = ret = out.expand(n_hint, *out.shape[1:])  # shared by the batch: per-sample gradients
             leaves = tensor_leaves(out)
             pos = [i for i, t in enumerate(leaves) if isinstance(t, Tensor) and t.requires_grad]
-            unit.calls.append(Call(_display(unit.name), args, kwargs, [leaves[i] for i in pos], pos))
+            if pos:  # a call without differentiable outputs (under no_grad) contributes nothing
+                unit.calls.append(Call(_display(unit.name), args, kwargs, [leaves[i] for i in pos], pos))
             for i in pos:
                 versions.append((unit, leaves[i], leaves[i]._version))
             return out.clone() if unit.clone and isinstance(out, Tensor) else ret

@@ -38,6 +38,11 @@ class Call:
     positions: list[int]
     grads: list[Tensor] = field(default_factory=list)
 
+    @property
+    def input(self) -> Tensor:
+        """The first argument, positional or keyword (the input of a single-input layer)."""
+        return self.args[0] if self.args else next(iter(self.kwargs.values()))
+
 
 def accumulation_dtype(t: Tensor) -> torch.dtype:
     """float32 for 16-bit floats (autocast activations), else the tensor's own floating dtype."""

@@ -65,7 +65,7 @@ class VmapRule(Rule):
         kw_axes = {k: axes(k, a) for k, a in call.kwargs.items()}
         out_axes = [self.output_axis(module, p, o, n) for p, o in zip(call.positions, call.outputs)]
         for o, ax in zip(call.outputs, out_axes):
-            if o.shape[ax] != n:
+            if o.dim() <= ax or o.shape[ax] != n:
                 raise ConfigError(call.name, f"output of shape {tuple(o.shape)}",
                                   f"outputs with the batch of N = {n} on axis {ax}")
 
