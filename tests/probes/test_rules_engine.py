@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.models import GPT, GPTConfig, token_batch
 from noiseprobe.probes.covariance import GradientNoise
-from noiseprobe.probes.factors import OuterFactor, RowsFactor
+from noiseprobe.probes.factors import OuterFactor, RowsFactor, SummedOuterFactor
 from noiseprobe.probes.losses import TokenMeanCrossEntropy, token_mean
 from noiseprobe.probes.persample import per_sample_gradients
 from tests.probes.oracle import DEVICES, assert_products, func_rows
@@ -58,7 +58,8 @@ def test_tied_and_repeated_modules_sum_per_sample(device: str, biased_tie: bool)
     kinds = {id(ps[0]): type(f) for ps, f in fac.blocks}
     assert kinds[id(model.lin.weight)] is OuterFactor  # two calls: one token axis of length 2T
     assert kinds[id(model.ln.weight)] is RowsFactor  # two calls: rows summed before any product
-    assert kinds[id(model.emb.weight)] is (RowsFactor if biased_tie else OuterFactor)
+    # ids and a dense head: summed chunk by chunk; with the second head's bias: explicit rows
+    assert kinds[id(model.emb.weight)] is (RowsFactor if biased_tie else SummedOuterFactor)
     assert_products(fac, j, rtol=1e-9, atol=1e-12)
 
 

@@ -39,6 +39,7 @@ def _gpt_problem(device: str, dtype: torch.dtype):
 def test_gpt_decoder_padded_tied_head(device: str, pairs: bool, monkeypatch) -> None:
     model, x, y, j = _gpt_problem(device, torch.float64)
     monkeypatch.setattr(factors, "use_pairs", lambda *a: pairs)  # both sides of the cost model
+    monkeypatch.setattr(factors, "CHUNK", 97)  # many chunks of output rows / of samples
     fac = per_sample_gradients(model, TokenMeanCrossEntropy(), x, y, check=True)
     assert isinstance(fac, HookFactors)
     assert all(isinstance(f, OuterFactor) for ps, f in fac.blocks if ps[0].dim() == 2)  # tied head + embedding too

@@ -21,10 +21,13 @@ and the per-sample-gradient engine (:mod:`noiseprobe.probes.persample`) sums the
   FLOPs and at most :data:`CHUNK` numbers at a time. Token pairs win for short sequences (T = 1: a plain
   MLP), explicit rows for long ones. L may be integer ids (an ``nn.Embedding``: L_it = one-hot(id_it)),
   kept as ids: L_it·L_jt' = [id_it = id_jt'].
+* :class:`SummedOuterFactor`: the sum of an ids factor and a float one of the same matrix (a tied
+  embedding and output head), by explicit chunks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -149,12 +152,13 @@ class OuterFactor(Factor):
 
     @staticmethod
     def cat(factors: list[OuterFactor]) -> OuterFactor:
-        """One factor for the sum of several (the same parameters used at more positions): the position
-        axes are concatenated; ids become one-hot when mixed with float ``left``."""
-        if len({f.ids for f in factors}) > 1:
-            factors = [OuterFactor(f._dense_left(0, f.m), f.right, f.layout) for f in factors]
-        return OuterFactor(torch.cat([f.left for f in factors], 1), torch.cat([f.right for f in factors], 1),
-                           factors[0].layout)
+        """One factor for the sum of several of one layout (the same parameters used at more positions): the
+        position axes are concatenated per kind of ``left`` (ids, floats); two kinds (a tied embedding and
+        output head) give a :class:`SummedOuterFactor`."""
+        kinds = [[f for f in factors if f.ids == ids] for ids in (True, False)]
+        parts = [OuterFactor(torch.cat([f.left for f in fs], 1), torch.cat([f.right for f in fs], 1), fs[0].layout)
+                 for fs in kinds if fs]
+        return parts[0] if len(parts) == 1 else SummedOuterFactor(parts)
 
     def _dense_left(self, lo: int, hi: int) -> Tensor:
         """L[..., lo:hi] as floats (one-hot columns lo..hi−1 for ids)."""
@@ -171,20 +175,26 @@ class OuterFactor(Factor):
         flat = self.left.reshape(-1, self.m)
         return self.left[rows].reshape(-1, self.m) @ flat.T
 
-    def _explicit(self) -> list[Tensor]:
-        """Per-sample gradients in chunks of output rows: (N, m_c, K) each, at most CHUNK numbers."""
+    def _chunk(self, lo: int, hi: int) -> Tensor:
+        """Per-sample gradients of output rows lo..hi−1, (N, hi − lo, K)."""
+        return torch.bmm(self._dense_left(lo, hi).transpose(1, 2), self.right)
+
+    def _explicit(self) -> Iterator[Tensor]:
+        """Per-sample gradients in chunks of output rows, formed one at a time: at most CHUNK numbers each."""
         step = max(1, CHUNK // max(1, self.n * self.cols))
-        rt = self.right
-        return [torch.bmm(self._dense_left(lo, min(lo + step, self.m)).transpose(1, 2), rt)
-                for lo in range(0, self.m, step)]
+        for lo in range(0, self.m, step):
+            yield self._chunk(lo, min(lo + step, self.m))
 
     def _pairs(self) -> bool:
         return use_pairs(self.n, self.t, 1 if self.ids else self.m, self.cols)
 
     def gram(self) -> Tensor:
-        if not self._pairs():
-            return torch.stack([e.reshape(self.n, -1) @ e.reshape(self.n, -1).T for e in self._explicit()]).sum(0)
         n, t = self.n, self.t
+        if not self._pairs():
+            out = self.right.new_zeros(n, n)
+            for e in self._explicit():
+                out += e.reshape(n, -1) @ e.reshape(n, -1).T
+            return out
         rflat = self.right.reshape(n * t, -1)
         step = max(1, CHUNK // (n * t * t))
         out = []
@@ -196,7 +206,10 @@ class OuterFactor(Factor):
 
     def sq_norms(self) -> Tensor:
         if self.t > 1 and not self._pairs():
-            return torch.stack([(e * e).sum((1, 2)) for e in self._explicit()]).sum(0)
+            out = self.right.new_zeros(self.n)
+            for e in self._explicit():
+                out += (e * e).sum((1, 2))
+            return out
         if self.ids:
             ll = (self.left[:, :, None] == self.left[:, None, :]).to(self.right.dtype)
         else:
@@ -231,4 +244,27 @@ class OuterFactor(Factor):
         return self.layout.from_matrix(sq)[:, 0]
 
     def rows(self) -> Tensor:
-        return self.layout.from_matrix(torch.cat(self._explicit(), 1)).T
+        return self.layout.from_matrix(torch.cat(list(self._explicit()), 1)).T
+
+
+class SummedOuterFactor(OuterFactor):
+    """The sum of OuterFactors of one layout with ids in one and floats in another (a tied embedding and
+    output head): products by explicit chunks summed over the parts, so ids are one-hot one chunk at a time
+    (never N·T·V numbers at once); J v and Jᵀ u part by part."""
+
+    def __init__(self, parts: list[OuterFactor]) -> None:
+        super().__init__(parts[-1].left, parts[-1].right, parts[0].layout)
+        self.parts = parts
+        self.t = sum(p.t for p in parts)
+
+    def _pairs(self) -> bool:
+        return False
+
+    def _chunk(self, lo: int, hi: int) -> Tensor:
+        return torch.stack([p._chunk(lo, hi) for p in self.parts]).sum(0)
+
+    def jvp(self, v: Tensor) -> Tensor:
+        return torch.stack([p.jvp(v) for p in self.parts]).sum(0)
+
+    def vjp(self, u: Tensor) -> Tensor:
+        return torch.stack([p.vjp(u) for p in self.parts]).sum(0)
