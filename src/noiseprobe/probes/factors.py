@@ -196,6 +196,8 @@ class OuterFactor(Factor):
                 out += e.reshape(n, -1) @ e.reshape(n, -1).T
             return out
         rflat = self.right.reshape(n * t, -1)
+        if t == 1:  # (a_i·a_j)(g_i·g_j): the output itself is the N×N block
+            return self._left_gram(slice(None)) * (rflat @ rflat.T)
         step = max(1, CHUNK // (n * t * t))
         out = []
         for lo in range(0, n, step):
@@ -220,18 +222,25 @@ class OuterFactor(Factor):
         mats = self.layout.to_matrix(v)  # (c, m, K)
         rflat = self.right.reshape(-1, self.cols)
         if self.ids:
-            lm = mats[:, self.left.reshape(-1)]  # (c, N·T, K)
+            prod = (mats[:, self.left.reshape(-1)] * rflat).sum(-1)  # gather rows: (c, N·T)
+        elif self.m <= self.cols:  # the (c, N·T, ·) intermediate on the narrower side
+            prod = ((rflat @ mats.transpose(1, 2)) * self.left.reshape(-1, self.m)).sum(-1)
         else:
-            lm = self.left.reshape(-1, self.m) @ mats
-        return (lm * rflat).sum(-1).reshape(-1, self.n, self.t).sum(-1).T
+            prod = ((self.left.reshape(-1, self.m) @ mats) * rflat).sum(-1)
+        return prod.reshape(-1, self.n, self.t).sum(-1).T
 
     def vjp(self, u: Tensor) -> Tensor:
-        c = u.shape[1]
-        ru = (self.right[None] * u.T[:, :, None, None]).reshape(c, -1, self.cols)  # (c, N·T, K)
+        c, nt = u.shape[1], self.n * self.t
+        weights = u.T[:, :, None, None]  # (c, N, 1, 1): u_i on every position of sample i
+        rflat = self.right.reshape(nt, self.cols)
         if self.ids:
+            ru = (self.right[None] * weights).reshape(c, nt, self.cols)
             mats = ru.new_zeros(c, self.m, self.cols).index_add_(1, self.left.reshape(-1), ru)
+        elif self.m <= self.cols:  # scale the narrower factor
+            lu = (self.left[None] * weights).reshape(c, nt, self.m)
+            mats = lu.transpose(1, 2) @ rflat
         else:
-            mats = self.left.reshape(-1, self.m).T @ ru
+            mats = self.left.reshape(nt, self.m).T @ (self.right[None] * weights).reshape(c, nt, self.cols)
         return self.layout.from_matrix(mats)
 
     def sq_sum(self) -> Tensor:

@@ -127,7 +127,8 @@ def _check_finite(field_name: str, obj: Any) -> None:
     if items is not None:
         for k, v in items:
             _check_finite(f"{field_name}[{k!r}]", v)
-    elif isinstance(obj, Tensor) and obj.is_floating_point() and not torch.isfinite(obj).all():
+    elif (isinstance(obj, Tensor) and obj.is_floating_point() and not torch.isfinite(obj.sum())
+          and not torch.isfinite(obj).all()):  # the sum is one pass without a mask; the mask rules out overflow
         raise ConfigError(field_name, f"a tensor of shape {tuple(obj.shape)} containing NaN or inf", "finite values")
 
 
@@ -301,6 +302,8 @@ class HookFactors(PerSampleGradients):
                 c.grads = [g if g is not None else torch.zeros_like(o) for o, g in zip(c.outputs, it)]
                 contribs.append(([p for _, p in u.params], u.rule.factor(u.module, c, u.params, self.n)))
                 c.args, c.kwargs, c.outputs, c.grads = (), {}, [], []
+        if not contribs:
+            raise ConfigError("model", type(self.root.model).__name__, "a loss that depends on a trainable parameter")
         self.blocks = self._blocks(contribs)
         if check:
             self._self_check(wanted, list(it))
@@ -371,14 +374,14 @@ class HookFactors(PerSampleGradients):
         return [self._offset[id(p)] for p in ps]
 
     def gram(self) -> Tensor:
-        out = torch.zeros(self.n, self.n, dtype=self.dtype, device=self.device)
-        for _, f in self.blocks:
+        out = self.blocks[0][1].gram()
+        for _, f in self.blocks[1:]:
             out += f.gram()
         return out
 
     def sq_norms(self) -> Tensor:
-        out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        for _, f in self.blocks:
+        out = self.blocks[0][1].sq_norms()
+        for _, f in self.blocks[1:]:
             out += f.sq_norms()
         return out
 
