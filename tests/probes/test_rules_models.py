@@ -224,6 +224,6 @@ def test_rmsnorm_layernorm_and_embedding_padding_idx(device: str) -> None:
     ids[:, -2:] = 0  # padding tokens: row 0 of the embedding gets no gradient
     y = torch.randint(0, 2, (5,), generator=g).to(device)
     j = func_rows(model, lambda call, i, t: F.cross_entropy(call(i[None]), t[None]), ids, y)
-    fac = per_sample_gradients(model, CE, ids, y, check=True)
+    fac = per_sample_gradients(model, CE, ids.int(), y, check=True)  # int32 ids as well as int64
     assert_products(fac, j, rtol=1e-9, atol=1e-12)
     assert fac.dense()[:, :6].abs().max() == 0  # padding_idx row

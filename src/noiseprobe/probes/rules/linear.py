@@ -71,7 +71,7 @@ class EmbeddingRule(Rule):
 
     def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> OuterFactor:
         g = call.grads[0]
-        ids = _tokens(call, call.input, n, None)
+        ids = _tokens(call, call.input, n, None).long()  # int32 ids too
         right = _tokens(call, g, n, g.shape[-1]).to(accumulation_dtype(g))
         if module.padding_idx is not None:
             right = right * (ids != module.padding_idx)[..., None]
