@@ -279,3 +279,23 @@ def test_keyword_inputs_and_calls_without_grad() -> None:
     per = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))({k: v.detach() for k, v in params.items()}, x, y)
     j = torch.cat([per[k].reshape(5, -1) for k in params], 1)
     assert_products(per_sample_gradients(model, CE, x, y, check=True), j, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["hooks", "func"])
+def test_parameter_subset_by_name_module_or_parameter(method: str) -> None:
+    torch.manual_seed(11)
+    model = _Shared(False).double()
+    ids, y = _ids()
+    full = per_sample_gradients(model, CE, ids, y).dense()
+    cols, o = {}, 0
+    for n, p in model.named_parameters():
+        cols[n] = slice(o, o + p.numel())
+        o += p.numel()
+    sub = per_sample_gradients(model, CE, ids, y, method=method, params=["ln", model.lin.bias, "emb.weight"])
+    want = torch.cat([full[:, cols[n]] for n in ("emb.weight", "lin.bias", "ln.weight", "ln.bias")], 1)
+    assert_products(sub, want, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ConfigError, match="params"):
+        per_sample_gradients(model, CE, ids, y, params=["nope"])
+    model.ln.bias.requires_grad_(False)
+    with pytest.raises(ConfigError, match="requires_grad"):
+        per_sample_gradients(model, CE, ids, y, params=[model.ln])

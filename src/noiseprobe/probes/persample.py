@@ -27,8 +27,9 @@ tensors must have the batch on axis 0. Outputs may be tensors, tuples or ModelOu
 (:func:`~noiseprobe.probes.losses.model_output`). ``check=True`` verifies at run time that the
 per-sample gradients sum to autograd's gradient of Σ_i ℓ_i, parameter by parameter.
 
-Parameter vectors are flat, in the order of ``[p for p in model.parameters() if p.requires_grad]``,
-each parameter flattened row-major (the order of :func:`torch.nn.utils.parameters_to_vector`).
+Parameter vectors are flat, in the order of ``[p for p in model.parameters() if p.requires_grad]`` (or of a
+subset ``params``: :func:`select_parameters`), each parameter flattened row-major (the order of
+:func:`torch.nn.utils.parameters_to_vector`).
 Products run on the model's device; under 16-bit activations (autocast, half models) the factors and
 every product accumulate in float32.
 """
@@ -36,7 +37,7 @@ every product accumulate in float32.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -95,6 +96,43 @@ class _Model(nn.Module):
 
     def forward(self, batch: Any) -> Tensor:
         return model_output(self.fn(self.model, batch))
+
+
+#: a parameter subset: names of parameters or modules (as in ``model.named_parameters()`` /
+#: ``named_modules()``), modules or parameters
+Selection = Iterable[str | nn.Module | nn.Parameter]
+
+
+def select_parameters(model: nn.Module, selection: Selection | None = None) -> list[nn.Parameter]:
+    """The trainable parameters of ``model`` (all, or those of ``selection``: a parameter's name, a module's
+    name or the module, a parameter), in the order of ``model.parameters()`` — the flat-vector order."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if selection is None:
+        chosen = trainable
+    else:
+        if isinstance(selection, (str, nn.Module, nn.Parameter)):
+            selection = [selection]
+        params, modules = dict(model.named_parameters()), dict(model.named_modules())
+        ids: set[int] = set()
+        for item in selection:
+            if isinstance(item, str) and item in params:
+                ids.add(id(params[item]))
+            elif isinstance(item, str) and item in modules:
+                ids |= {id(p) for p in modules[item].parameters()}
+            elif isinstance(item, nn.Module):
+                ids |= {id(p) for p in item.parameters()}
+            elif isinstance(item, nn.Parameter) and any(item is p for p in params.values()):
+                ids.add(id(item))
+            else:
+                raise ConfigError("params", item if isinstance(item, str) else type(item).__name__,
+                                  "names of the model's parameters or modules, its modules or its parameters")
+        frozen = [n for n, p in params.items() if id(p) in ids and not p.requires_grad]
+        if frozen:
+            raise ConfigError("params", frozen[0], "parameters with requires_grad=True")
+        chosen = [p for p in trainable if id(p) in ids]
+    if not chosen:
+        raise ConfigError("model", type(model).__name__, "a model with trainable parameters (in the selection)")
+    return chosen
 
 
 class _SubtreeVmapRule(VmapRule):
@@ -158,11 +196,10 @@ class HookFactors(PerSampleGradients):
     modules (as in ``model.named_modules()``; "" = the whole model) handled as one vmap unit."""
 
     def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any, forward: Forward | None = None,
-                 chunk_size: int | None = None, check: bool = False, consumers: frozenset[str] = frozenset()) -> None:
+                 chunk_size: int | None = None, check: bool = False, consumers: frozenset[str] = frozenset(),
+                 params: Selection | None = None) -> None:
         self.root = _Model(model, forward or default_forward)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ConfigError("model", type(model).__name__, "a model with trainable parameters")
+        params = select_parameters(model, params)
         self.dtype, self.device = accumulation_dtype(params[0]), params[0].device
         self.num_params = sum(p.numel() for p in params)
         self._offset: dict[int, tuple[int, int]] = {}
@@ -414,8 +451,8 @@ class JacobianFactors(HookFactors):
     """J materialised by ``torch.func.vmap(grad)`` over the whole model (one unit): any layer, N·P memory."""
 
     def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any, chunk_size: int | None = None,
-                 forward: Forward | None = None, check: bool = False) -> None:
-        super().__init__(model, loss_fn, x, y, forward, chunk_size, check, consumers=frozenset({""}))
+                 forward: Forward | None = None, check: bool = False, params: Selection | None = None) -> None:
+        super().__init__(model, loss_fn, x, y, forward, chunk_size, check, consumers=frozenset({""}), params=params)
 
 
 def supports_hooks(model: nn.Module) -> bool:
@@ -431,13 +468,15 @@ def supports_hooks(model: nn.Module) -> bool:
 
 def per_sample_gradients(model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any,
                          method: Literal["auto", "hooks", "func"] = "auto", chunk_size: int | None = None,
-                         forward: Forward | None = None, check: bool = False) -> PerSampleGradients:
+                         forward: Forward | None = None, check: bool = False,
+                         params: Selection | None = None) -> PerSampleGradients:
     """Per-sample gradients of ``loss_fn(model_output(forward(model, x)), y)`` (shape (N,)) at the model's
     current weights.
 
     ``method``: "hooks" or "auto" (layer rules, per-module vmap fallback; :class:`HookFactors`), "func"
     (vmap(grad) over the whole model, J stored; :class:`JacobianFactors`). ``chunk_size`` bounds the
-    memory of vmap. ``check``: verify that the per-sample gradients sum to autograd's gradient.
+    memory of vmap. ``check``: verify that the per-sample gradients sum to autograd's gradient. ``params``:
+    a subset of the trainable parameters (:func:`select_parameters`); J then has only their columns.
     """
     check_choice("method", method, ("auto", "hooks", "func"))
     check_choice("check", check, (True, False))
@@ -448,5 +487,5 @@ def per_sample_gradients(model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: An
     _check_finite("x", x)
     _check_finite("y", y)
     if method == "func":
-        return JacobianFactors(model, loss_fn, x, y, chunk_size, forward, check)
-    return HookFactors(model, loss_fn, x, y, forward, chunk_size, check)
+        return JacobianFactors(model, loss_fn, x, y, chunk_size, forward, check, params)
+    return HookFactors(model, loss_fn, x, y, forward, chunk_size, check, params=params)
