@@ -299,3 +299,15 @@ def test_parameter_subset_by_name_module_or_parameter(method: str) -> None:
     model.ln.bias.requires_grad_(False)
     with pytest.raises(ConfigError, match="requires_grad"):
         per_sample_gradients(model, CE, ids, y, params=[model.ln])
+
+
+def test_half_model_and_parameter_subset_through_gradient_noise() -> None:
+    torch.manual_seed(12)
+    model = nn.Sequential(nn.Linear(5, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(7, 5), torch.randint(0, 3, (7,))
+    ref = GradientNoise(model, CE, x, y, params=[model[0]])
+    assert ref.grads.num_params == 5 * 8 + 8
+    half = GradientNoise(model.half(), lambda o, t: F.cross_entropy(o.float(), t, reduction="none"), x.half(), y,
+                         params=[model[0]])
+    assert half.grads.dtype == torch.float32 and half.grads.gram().dtype == torch.float32
+    assert abs(half.trace() / ref.trace() - 1) < 0.01  # fp16 activations, float32 products
