@@ -152,7 +152,7 @@ def test_self_check_catches_an_unseen_use() -> None:
     model = _FunctionalHead().double()
     ids, y = _ids()
     per_sample_gradients(model, CE, ids, y)  # silently misses the head's contribution ...
-    with pytest.raises(ConfigError, match=r"parameter emb\.weight.*summing to autograd's gradient"):
+    with pytest.raises(ConfigError, match=r"parameter emb\.weight.*whose weighted sum is autograd's gradient"):
         per_sample_gradients(model, CE, ids, y, check=True)  # ... which the self-check reports
     assert_products(per_sample_gradients(model, CE, ids, y, method="func", check=True),
                     func_rows(model, lambda call, i, t: F.cross_entropy(call(i[None]), t[None]), ids, y), 1e-9, 1e-12)
@@ -311,3 +311,14 @@ def test_half_model_and_parameter_subset_through_gradient_noise() -> None:
                          params=[model[0]])
     assert half.grads.dtype == torch.float32 and half.grads.gram().dtype == torch.float32
     assert abs(half.trace() / ref.trace() - 1) < 0.01  # fp16 activations, float32 products
+
+
+def test_self_check_catches_a_sequence_first_layer_when_t_equals_n() -> None:
+    torch.manual_seed(13)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double()
+    x = torch.randn(5, 5, 4, dtype=torch.float64)  # (T, N, F) with T = N: shapes cannot tell
+    y = torch.randint(0, 2, (5,))
+    fwd = lambda m, b: m(b[0]).mean(0)
+    per_sample_gradients(model, CE, (x,), y, forward=fwd)  # silently groups tokens as samples ...
+    with pytest.raises(ConfigError, match=r"parameter 0\.weight.*the batch is not on axis 0"):
+        per_sample_gradients(model, CE, (x,), y, forward=fwd, check=True)  # ... which the weighted check sees

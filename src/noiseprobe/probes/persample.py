@@ -25,7 +25,8 @@ Inputs: ``x`` is anything ``forward(model, x)`` accepts (default: ``model(**x)``
 ``model(*x)`` for a tuple or list, else ``model(x)``), e.g. integer token ids or a dict of tensors; its
 tensors must have the batch on axis 0. Outputs may be tensors, tuples or ModelOutput-like objects
 (:func:`~noiseprobe.probes.losses.model_output`). ``check=True`` verifies at run time that the
-per-sample gradients sum to autograd's gradient of Σ_i ℓ_i, parameter by parameter.
+per-sample gradients, weighted by random u_i, sum to autograd's gradient of Σ_i u_i ℓ_i, parameter by
+parameter.
 
 Parameter vectors are flat, in the order of ``[p for p in model.parameters() if p.requires_grad]`` (or of a
 subset ``params``: :func:`select_parameters`), each parameter flattened row-major (the order of
@@ -330,9 +331,7 @@ class HookFactors(PerSampleGradients):
 
     def _build(self, units: list[_Unit], losses: Tensor, check: bool) -> None:
         outputs = [o for u in units for c in u.calls for o in c.outputs]
-        wanted: list[Tensor] = list({id(p): p for u in units for _, p in u.params}.values()) if check else []
-        grads = torch.autograd.grad(losses.sum(), outputs + wanted, allow_unused=True)
-        it = iter(grads)
+        it = iter(torch.autograd.grad(losses.sum(), outputs, allow_unused=True, retain_graph=check))
         contribs: list[tuple[list[Tensor], Factor]] = []
         for u in units:
             for c in u.calls:
@@ -343,7 +342,11 @@ class HookFactors(PerSampleGradients):
             raise ConfigError("model", type(self.root.model).__name__, "a loss that depends on a trainable parameter")
         self.blocks = self._blocks(contribs)
         if check:
-            self._self_check(wanted, list(it))
+            params = list({id(p): p for u in units for _, p in u.params}.values())
+            weights = torch.rand(self.n, generator=torch.Generator().manual_seed(0), dtype=losses.dtype).to(
+                losses.device) + 0.5
+            reference = torch.autograd.grad((weights * losses).sum(), params, allow_unused=True)
+            self._self_check(params, weights, reference)
 
     def _blocks(self, contribs: list[tuple[list[Tensor], Factor]]) -> list[tuple[list[Tensor], Factor]]:
         """Contributions grouped into blocks of parameters that no contribution splits, summed per sample."""
@@ -388,10 +391,12 @@ class HookFactors(PerSampleGradients):
                 i += p.numel()
         return params, RowsFactor(rows)
 
-    def _self_check(self, params: list[Tensor], reference: list[Tensor | None]) -> None:
-        """‖Σ_i ∇_p ℓ_i − ∇_p Σ_i ℓ_i‖ ≤ rtol·‖∇_p Σ ℓ‖ + 100·eps·‖∇_w Σ ℓ‖ for every parameter p (the
-        absolute floor covers parameters whose gradient vanishes, e.g. the key bias of attention)."""
-        summed = self.vjp(torch.ones(self.n, dtype=self.dtype, device=self.device))
+    def _self_check(self, params: list[Tensor], weights: Tensor, reference: tuple[Tensor | None, ...]) -> None:
+        """Jᵀu against autograd's ∇_w Σ_i u_i ℓ_i for random weights u_i ∈ [0.5, 1.5), parameter by parameter:
+        ‖error‖ ≤ rtol·‖∇_p‖ + 100·eps·‖∇_w‖ (the absolute floor covers parameters whose gradient vanishes,
+        e.g. the key bias of attention). Random weights, not u = 1, so that gradients attributed to the wrong
+        sample are caught too (a sum over all samples cannot see them)."""
+        summed = self.vjp(weights.to(self.dtype))
         refs = [torch.zeros(p.numel(), dtype=self.dtype, device=self.device) if r is None
                 else r.reshape(-1).to(self.dtype) for p, r in zip(params, reference)]
         rtol = 1e-8 if self.dtype == torch.float64 else 1e-3
@@ -401,9 +406,9 @@ class HookFactors(PerSampleGradients):
             err = float((summed[o:o + k] - ref).norm())
             if not err <= rtol * float(ref.norm()) + floor:
                 raise ConfigError("model", f"parameter {self._names.get(id(p), '?')}",
-                                  f"per-sample gradients summing to autograd's gradient (error {err:.2e}, gradient "
-                                  f"norm {float(ref.norm()):.2e}): samples interact, or the batch is not on axis 0 "
-                                  "of every layer input")
+                                  f"per-sample gradients whose weighted sum is autograd's gradient (error {err:.2e}, "
+                                  f"gradient norm {float(ref.norm()):.2e}): samples interact, the batch is not on "
+                                  "axis 0 of every layer input, or a parameter is used outside its module")
 
     # -- the products ------------------------------------------------------------------------
 
@@ -475,7 +480,7 @@ def per_sample_gradients(model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: An
 
     ``method``: "hooks" or "auto" (layer rules, per-module vmap fallback; :class:`HookFactors`), "func"
     (vmap(grad) over the whole model, J stored; :class:`JacobianFactors`). ``chunk_size`` bounds the
-    memory of vmap. ``check``: verify that the per-sample gradients sum to autograd's gradient. ``params``:
+    memory of vmap. ``check``: verify that Jᵀu is autograd's gradient of Σ_i u_i ℓ_i (random u). ``params``:
     a subset of the trainable parameters (:func:`select_parameters`); J then has only their columns.
     """
     check_choice("method", method, ("auto", "hooks", "func"))

@@ -56,8 +56,8 @@ def batch_leading(call: Call, t: Tensor, n: int) -> Tensor:
         return t.detach().expand(n, *t.shape[1:])
     if t.dim() == 0 or t.shape[0] != n:
         raise ConfigError(call.name, f"input of shape {tuple(t.shape)}",
-                          f"inputs with the batch of N = {n} on axis 0 (transpose a sequence-first model to "
-                          "batch-first; nn.MultiheadAttention with batch_first=False is handled)")
+                          f"inputs with the batch of N = {n} on axis 0 (make the model batch-first, or use "
+                          "method='func'; nn.MultiheadAttention with batch_first=False is handled)")
     return t.detach()
 
 
