@@ -3,6 +3,8 @@ loss written for one sample (tests/probes/oracle.py), and against Opacus."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -227,3 +229,41 @@ def test_rmsnorm_layernorm_and_embedding_padding_idx(device: str) -> None:
     fac = per_sample_gradients(model, CE, ids.int(), y, check=True)  # int32 ids as well as int64
     assert_products(fac, j, rtol=1e-9, atol=1e-12)
     assert fac.dense()[:, :6].abs().max() == 0  # padding_idx row
+
+
+class _Forward(nn.Module):
+    """``fn(model, batch)`` as a module (for the vmap(grad) oracle)."""
+
+    def __init__(self, model: nn.Module, fn) -> None:
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.model, batch)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_transformer_encoder_layer(batch_first: bool) -> None:
+    """nn.TransformerEncoderLayer (MHA through fused SDPA, Linear on (N, T, F), LayerNorm, dropout in eval):
+    factored when batch-first; sequence-first refused in one line and exact by method='func'."""
+    torch.manual_seed(10)
+    model = nn.ModuleList([nn.TransformerEncoderLayer(8, 2, 16, batch_first=batch_first), nn.Linear(8, 3)])
+    model = model.double().eval()
+    g = torch.Generator().manual_seed(10)
+    x, y = torch.randn(5, 4, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (5,), generator=g)
+
+    def fwd(m: nn.Module, b: torch.Tensor) -> torch.Tensor:
+        h = m[0](b) if batch_first else m[0](b.transpose(0, 1)).transpose(0, 1)
+        return m[1](h.mean(1))
+
+    j = func_rows(_Forward(model, fwd), lambda call, xi, yi: F.cross_entropy(call(xi[None]), yi[None]), x, y)
+    func = per_sample_gradients(model, CE, x, y, forward=fwd, method="func", check=True)
+    assert_products(func, j, rtol=1e-9, atol=1e-12)
+    if not batch_first:
+        with pytest.raises(ConfigError, match=r"model\.0\.linear1 = 'input of shape \(4, 5, 8\)'.*method='func'"):
+            per_sample_gradients(model, CE, x, y, forward=fwd)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no vmap fallback warning from fused attention kernels either
+        fac = per_sample_gradients(model, CE, x, y, forward=fwd, check=True)
+    assert_products(fac, j, rtol=1e-9, atol=1e-12)

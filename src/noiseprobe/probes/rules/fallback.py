@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.probes.factors import RowsFactor
@@ -82,8 +83,9 @@ class VmapRule(Rule):
             return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, a)
 
         grads = [g.to(o.dtype) for g, o in zip(call.grads, call.outputs)]
-        per = vmap(grad(inner), in_dims=(None, arg_axes, kw_axes, out_axes), chunk_size=self.chunk_size)(
-            {name: p.detach() for name, p in params}, detach(call.args), detach(call.kwargs), grads)
+        with sdpa_kernel([SDPBackend.MATH]):  # fused attention kernels have no vmap batching rule
+            per = vmap(grad(inner), in_dims=(None, arg_axes, kw_axes, out_axes), chunk_size=self.chunk_size)(
+                {name: p.detach() for name, p in params}, detach(call.args), detach(call.kwargs), grads)
         rows = torch.cat([per[name].reshape(n, -1) for name, _ in params], 1)
         return RowsFactor(rows.to(accumulation_dtype(rows)))
 
