@@ -83,7 +83,9 @@ class VmapRule(Rule):
             return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, a)
 
         grads = [g.to(o.dtype) for g, o in zip(call.grads, call.outputs)]
-        with sdpa_kernel([SDPBackend.MATH]):  # fused attention kernels have no vmap batching rule
+        # no_grad: children's own parameters (constants here) build no outer graph; grad() ignores it.
+        # The math attention kernel: fused kernels have no vmap batching rule.
+        with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
             per = vmap(grad(inner), in_dims=(None, arg_axes, kw_axes, out_axes), chunk_size=self.chunk_size)(
                 {name: p.detach() for name, p in params}, detach(call.args), detach(call.kwargs), grads)
         rows = torch.cat([per[name].reshape(n, -1) for name, _ in params], 1)
