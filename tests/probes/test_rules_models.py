@@ -191,15 +191,19 @@ def test_against_opacus() -> None:
             h = self.gn(self.conv(self.emb(ids).transpose(1, 2))).transpose(1, 2)
             return self.fc(torch.tanh(self.ln(h))).mean(1)
 
-    model = Net().double()
     g = torch.Generator().manual_seed(7)
-    ids, y = torch.randint(0, 9, (6, 5), generator=g), torch.randint(0, 3, (6,), generator=g)
-    ours = per_sample_gradients(model, CE, ids, y).dense()
-    gsm = opacus.GradSampleModule(model, loss_reduction="sum")
-    CE(gsm(ids), y).sum().backward()
-    theirs = torch.cat([p.grad_sample.reshape(6, -1) for p in model.parameters()], 1)
-    gsm._close()
-    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
+    images = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=2), nn.GroupNorm(2, 4), nn.Tanh(),
+                           nn.Conv2d(4, 3, 2, dilation=2), nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
+    for model, x in ((Net(), torch.randint(0, 9, (6, 5), generator=g)),
+                     (images, torch.randn(6, 2, 12, 12, generator=g, dtype=torch.float64))):
+        model = model.double()
+        y = torch.randint(0, 3, (6,), generator=g)
+        ours = per_sample_gradients(model, CE, x, y).dense()
+        gsm = opacus.GradSampleModule(model, loss_reduction="sum")
+        CE(gsm(x), y).sum().backward()
+        theirs = torch.cat([p.grad_sample.reshape(6, -1) for p in model.parameters()], 1)
+        gsm._close()
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
 
 
 class _Norms(nn.Module):
