@@ -37,25 +37,28 @@ every product accumulate in float32.
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError, check_choice, check_int
+from noiseprobe.probes.capture import (
+    Forward,
+    PerSampleLoss,
+    Root,
+    Unit,
+    capture,
+    check_finite,
+    default_forward,
+)
 from noiseprobe.probes.factors import Factor, OuterFactor, RowsFactor
-from noiseprobe.probes.losses import model_output
-from noiseprobe.probes.rules import Call, Rule, VmapRule, rule_for, tensor_leaves
-from noiseprobe.probes.rules.base import Named, accumulation_dtype
-from noiseprobe.probes.rules.norm import BatchNormRule
+from noiseprobe.probes.rules import rule_for
+from noiseprobe.probes.rules.base import accumulation_dtype
 
-#: loss_fn(model_output, targets) -> per-sample losses of shape (N,)
-PerSampleLoss = Callable[[Any, Any], Tensor]
-#: forward(model, batch) -> model output
-Forward = Callable[[nn.Module, Any], Any]
+__all__ = ["Forward", "HookFactors", "JacobianFactors", "PerSampleGradients", "PerSampleLoss", "Selection",
+           "default_forward", "per_sample_gradients", "select_parameters", "supports_hooks"]
 
 
 class PerSampleGradients(Factor):
@@ -77,26 +80,6 @@ class PerSampleGradients(Factor):
     def mean(self) -> Tensor:
         """ḡ = ∇L = (1/N) Jᵀ1, shape (P,)."""
         return self.vjp(torch.full((self.n,), 1.0 / self.n, dtype=self.dtype, device=self.device))
-
-
-def default_forward(model: nn.Module, batch: Any) -> Any:
-    """``model(**batch)`` for a dict, ``model(*batch)`` for a tuple or list, else ``model(batch)``."""
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
-
-
-class _Model(nn.Module):
-    """``model_output(forward(model, batch))`` as one module: the root that hooks and vmap see."""
-
-    def __init__(self, model: nn.Module, forward: Forward) -> None:
-        super().__init__()
-        self.model, self.fn = model, forward
-
-    def forward(self, batch: Any) -> Tensor:
-        return model_output(self.fn(self.model, batch))
 
 
 #: a parameter subset: names of parameters or modules (as in ``model.named_parameters()`` /
@@ -136,62 +119,6 @@ def select_parameters(model: nn.Module, selection: Selection | None = None) -> l
     return chosen
 
 
-class _SubtreeVmapRule(VmapRule):
-    """vmap over a module that consumes its submodules' parameters (detected at run time, or the whole model)."""
-
-    consumes_children = True
-
-
-@dataclass
-class _Unit:
-    name: str
-    module: nn.Module
-    rule: Rule
-    params: Named
-    calls: list[Call] = field(default_factory=list)
-    clone: bool = False
-
-
-_WARNED: set[tuple[str, str]] = set()
-
-
-def _display(name: str) -> str:
-    """The label of a module of the wrapped model: "model" for the model itself, "model.blocks.0.attn"..."""
-    return name if name.startswith("model") else "model"
-
-
-def _check_finite(field_name: str, obj: Any) -> None:
-    """ConfigError naming the argument (or dict key) when a floating tensor in ``obj`` is not finite."""
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (tuple, list)) else None
-    if items is not None:
-        for k, v in items:
-            _check_finite(f"{field_name}[{k!r}]", v)
-    elif (isinstance(obj, Tensor) and obj.is_floating_point() and not torch.isfinite(obj.sum())
-          and not torch.isfinite(obj).all()):  # the sum is one pass without a mask; the mask rules out overflow
-        raise ConfigError(field_name, f"a tensor of shape {tuple(obj.shape)} containing NaN or inf", "finite values")
-
-
-def _reachable(fn: Any) -> set[int]:
-    """ids of the leaf tensors (parameters) the autograd graph below ``fn`` accumulates into."""
-    seen, stack, found = set(), [fn], set()
-    while stack:
-        f = stack.pop()
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        if hasattr(f, "variable"):
-            found.add(id(f.variable))
-        stack.extend(nxt for nxt, _ in f.next_functions)
-    return found
-
-
-def _rng_state(device: torch.device) -> list[Tensor]:
-    states = [torch.get_rng_state()]
-    if device.type == "cuda":
-        states.append(torch.cuda.get_rng_state(device))
-    return states
-
-
 class HookFactors(PerSampleGradients):
     """Per-sample gradients of any model from layer rules (module docstring). ``consumers``: names of
     modules (as in ``model.named_modules()``; "" = the whole model) handled as one vmap unit."""
@@ -199,7 +126,7 @@ class HookFactors(PerSampleGradients):
     def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any, forward: Forward | None = None,
                  chunk_size: int | None = None, check: bool = False, consumers: frozenset[str] = frozenset(),
                  params: Selection | None = None) -> None:
-        self.root = _Model(model, forward or default_forward)
+        self.root = Root(model, forward or default_forward)
         params = select_parameters(model, params)
         self.dtype, self.device = accumulation_dtype(params[0]), params[0].device
         self.num_params = sum(p.numel() for p in params)
@@ -209,127 +136,14 @@ class HookFactors(PerSampleGradients):
             self._offset[id(p)] = (o, p.numel())
             o += p.numel()
         self._names = {id(p): n for n, p in model.named_parameters()}
-        self.chunk_size = chunk_size
         names = {("model." + c).rstrip(".") if c else "" for c in consumers}
-        units = self._units(names)
-        while True:
-            losses, redo = self._capture(units, loss_fn, x, y)
-            if not redo:
-                break
-            names |= redo
-            units = self._units(names)
+        units, losses = capture(self.root, set(self._offset), loss_fn, x, y, names, chunk_size)
         self.n = losses.shape[0]
         self._build(units, losses, check)
 
-    # -- which modules are units, and their calls -------------------------------------------------
-
-    def _units(self, consumers: set[str]) -> list[_Unit]:
-        trainable = set(self._offset)
-        units: list[_Unit] = []
-        covered: list[str] = []
-        for name, m in self.root.named_modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                BatchNormRule().validate(_display(name), m)
-            if any(name == c or name.startswith(c + ".") or c == "" for c in covered):
-                continue
-            rule = rule_for(m) if name not in consumers else None
-            if rule is None:
-                rule = _SubtreeVmapRule() if name in consumers else VmapRule()
-                rule.chunk_size = self.chunk_size
-            params = [(n, p) for n, p in rule.params(m) if id(p) in trainable]
-            if rule.consumes_children:
-                covered.append(name)
-            if not params:
-                continue
-            rule.validate(_display(name), m)
-            if type(rule) is VmapRule:
-                key = (type(m).__name__, _display(name))
-                if key not in _WARNED:
-                    _WARNED.add(key)
-                    warnings.warn(f"per-sample gradients: {key[0]} {key[1]} has no layer rule; its parameters "
-                                  "use vmap(grad) over this module alone (N × its parameter count numbers)",
-                                  stacklevel=4)
-            units.append(_Unit(name, m, rule, params))
-        return units
-
-    def _capture(self, units: list[_Unit], loss_fn: PerSampleLoss, x: Any, y: Any) -> tuple[Tensor, set[str]]:
-        """One forward pass recording every unit's calls; returns the per-sample losses and the modules that
-        must become vmap units (an in-place change of a unit's output is fixed here by cloning it)."""
-        active, fired, handles = [True], set(), []
-        versions: list[tuple[_Unit, Tensor, int]] = []
-        leaves_x = [t for t in tensor_leaves(x) if isinstance(t, Tensor) and t.dim() > 0]
-        n_hint = leaves_x[0].shape[0] if leaves_x else 1
-
-        def post(unit: _Unit, mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
-            if not active[0]:
-                return None
-            rng = rng_before.pop(id(unit), None)  # recorded for vmap units in training mode
-            if rng is not None and any(not torch.equal(a, b) for a, b in zip(rng, _rng_state(self.device))):
-                raise ConfigError(_display(unit.name), f"{type(mod).__name__} drawing random numbers "
-                                  "in training mode", "eval mode or no dropout in modules without a layer rule "
-                                  "(their random draws cannot be replayed sample by sample)")
-            ret = None
-            if unit.rule.batch_axis_zero and isinstance(out, Tensor) and out.dim() > 0 and out.shape[0] == 1 < n_hint:
-                out = ret = out.expand(n_hint, *out.shape[1:])  # shared by the batch: per-sample gradients
-            leaves = tensor_leaves(out)
-            pos = [i for i, t in enumerate(leaves) if isinstance(t, Tensor) and t.requires_grad]
-            if pos:  # a call without differentiable outputs (under no_grad) contributes nothing
-                unit.calls.append(Call(_display(unit.name), args, kwargs, [leaves[i] for i in pos], pos))
-            for i in pos:
-                versions.append((unit, leaves[i], leaves[i]._version))
-            return out.clone() if unit.clone and isinstance(out, Tensor) else ret
-
-        def pre(unit: _Unit) -> None:
-            if active[0]:
-                rng_before[id(unit)] = _rng_state(self.device)
-
-        rng_before: dict[int, list[Tensor]] = {}
-        for u in units:
-            u.calls = []
-            handles.append(u.module.register_forward_hook(lambda *a, u=u: post(u, *a), with_kwargs=True))
-            if isinstance(u.rule, VmapRule) and u.module.training:
-                handles.append(u.module.register_forward_pre_hook(lambda *a, u=u: pre(u)))
-        for name, m in self.root.named_modules():
-            handles.append(m.register_forward_pre_hook(lambda *a, name=name: fired.add(name) if active[0] else None))
-        try:
-            with torch.enable_grad():
-                losses = loss_fn(self.root(x), y)
-        finally:
-            active[0] = False
-            for h in handles:
-                h.remove()
-        self._check_losses(losses)
-        changed = {id(u) for u, t, v in versions if t._version != v}
-        if changed:
-            for u in units:
-                u.clone = u.clone or id(u) in changed
-            return self._capture(units, loss_fn, x, y)
-        idle = [u for u in units if not u.calls]
-        if not idle:
-            return losses, set()
-        graph = _reachable(losses.grad_fn) - {id(p) for u in units if u.calls for _, p in u.params}
-        redo = set()
-        for u in idle:  # a parameter in the graph that no unit that ran handles (a tied one is handled)
-            if any(id(p) in graph for _, p in u.params):
-                parts = u.name.split(".")
-                ancestors = [".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)]
-                consumer = next(a for a in ancestors if a in fired)
-                warnings.warn(f"per-sample gradients: {_display(u.name)} never runs but its parameters are "
-                              f"used: {_display(consumer)} consumes them and becomes one vmap unit", stacklevel=4)
-                redo.add(consumer)
-        return losses, redo
-
-    def _check_losses(self, losses: Any) -> None:
-        if not isinstance(losses, Tensor) or losses.dim() != 1 or losses.shape[0] < 1:
-            shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
-            raise ConfigError("loss_fn", f"a loss returning {shape}",
-                              "a per-sample loss returning shape (N,), N >= 1, e.g. reduction='none'")
-        if not torch.isfinite(losses).all():
-            raise ConfigError("loss_fn", "non-finite per-sample losses", "finite losses at the current weights")
-
     # -- factors and blocks ---------------------------------------------------------------------
 
-    def _build(self, units: list[_Unit], losses: Tensor, check: bool) -> None:
+    def _build(self, units: list[Unit], losses: Tensor, check: bool) -> None:
         outputs = [o for u in units for c in u.calls for o in c.outputs]
         it = iter(torch.autograd.grad(losses.sum(), outputs, allow_unused=True, retain_graph=check))
         contribs: list[tuple[list[Tensor], Factor]] = []
@@ -489,8 +303,8 @@ def per_sample_gradients(model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: An
         raise ConfigError("x, y", (tuple(x.shape), tuple(y.shape)), "the same number N >= 1 of samples")
     if chunk_size is not None:
         check_int("chunk_size", chunk_size, lo=1)
-    _check_finite("x", x)
-    _check_finite("y", y)
+    check_finite("x", x)
+    check_finite("y", y)
     if method == "func":
         return JacobianFactors(model, loss_fn, x, y, chunk_size, forward, check, params)
     return HookFactors(model, loss_fn, x, y, forward, chunk_size, check, params=params)
