@@ -85,6 +85,15 @@ def check_scalar(field: str, value: Any, **bounds: Any) -> float:
     return check_real(field, value, **bounds)
 
 
+def check_array(field: str, value: Any, ndim: int) -> np.ndarray:
+    """A finite float64 array with ``ndim`` dimensions (data: per-sample gradients, inputs, labels)."""
+    allowed = f"a finite {ndim}-d array of numbers"
+    arr = _float_array(field, value, allowed)
+    if arr.ndim != ndim:
+        raise ConfigError(field, f"array of shape {arr.shape}", allowed)
+    return arr
+
+
 def check_vector(field: str, value: Any, dim: int) -> np.ndarray:
     """A finite float64 vector of length ``dim`` (a scalar when dim = 1)."""
     allowed = f"a finite vector of length {dim}"
@@ -131,10 +140,20 @@ def check_lr(lr: Any, dim: int, *, field: str = "lr", replicas: int | None = Non
     arr = _float_array(field, lr, allowed)
     if arr.ndim == 0:
         return check_scalar(field, float(arr), lo=0.0, lo_open=True) * np.eye(dim), float(arr)
-    if replicas is not None and arr.shape == (replicas,) and not (replicas == dim == 1 and arr.ndim == 2):
+    if replicas is not None and arr.shape == (replicas,):
         if arr.min() <= 0:
             raise ConfigError(field, f"vector with minimum {arr.min():.3g}", allowed)
         return arr, None
     if arr.shape != (dim, dim):
         raise ConfigError(field, f"array of shape {arr.shape}", allowed)
     return check_matrix(field, arr, dim, symmetric=symmetric), None
+
+
+def check_batch_size(value: Any, field: str = "batch_size") -> int:
+    """A batch size S >= 1 (Python or NumPy integer)."""
+    return check_int(field, value, lo=1)
+
+
+def check_momentum(value: Any, field: str = "momentum") -> float:
+    """Heavy-ball momentum μ ∈ [0, 1)."""
+    return check_scalar(field, value, lo=0.0, hi=1.0, hi_open=True)

@@ -12,11 +12,21 @@ import numpy as np
 import pandas as pd
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_choice
+from noiseprobe.core.linalg import commutes
+from noiseprobe.core.validation import (
+    check_batch_size,
+    check_choice,
+    check_lr,
+    check_matrix,
+    check_scalar,
+)
 from noiseprobe.minibatch.fluctuation import NoStationaryState
 from noiseprobe.minibatch.l2 import l2_1d
-from noiseprobe.minibatch.linear import (_S, _lr, _psd_matrix, _real, _sigma, commutes, input_noise_theory,
-                                         label_noise_losses, label_noise_sigma)
+from noiseprobe.minibatch.linear import (
+    input_noise_theory,
+    label_noise_losses,
+    label_noise_sigma,
+)
 
 
 def hessian_approx_sigma(H: float | np.ndarray, lr: float | np.ndarray, batch_size: int,
@@ -24,11 +34,11 @@ def hessian_approx_sigma(H: float | np.ndarray, lr: float | np.ndarray, batch_si
     """Σ under C = noise_scale·H/S. Discrete time (eqs. 18-19): ΛHΣ + ΣHΛ − ΛHΣHΛ = ΛHΛ/S, so
     Σ = (1/S)Λ(2I − ΛH)⁻¹, finite iff ΛH ≺ 2. Continuous time (eqs. 23-24): ΛHΣ + ΣHΛ = ΛHΛ/S, Σ = Λ/(2S).
     """
-    H = _psd_matrix("H", H)
-    Lam, scalar = _lr(lr, H.shape[0])
-    S = _S(batch_size)
+    H = check_matrix("H", H, psd=True)
+    Lam, scalar = check_lr(lr, H.shape[0])
+    S = check_batch_size(batch_size)
     check_choice("time", time, ("discrete", "continuous"))
-    noise_scale = _real("noise_scale", noise_scale, lo=0.0)
+    noise_scale = check_scalar("noise_scale", noise_scale, lo=0.0)
     if not commutes(Lam, H):
         raise ConfigError("lr", "matrix not commuting with H", "[Λ, H] = 0 (App. B)")
     if time == "continuous":
@@ -48,8 +58,8 @@ def hessian_approx_losses(A: float | np.ndarray, lr: float | np.ndarray, batch_s
                           time: str = "discrete", noise_scale: float = 1.0) -> tuple[float, float]:
     """Label-noise losses under the Hessian approximation: L_test = ½Tr[AΣ], L_train = L_test + σ²/2
     (eqs. 20-21 discrete: (1/(2S))Tr[ΛA(2I − ΛA)⁻¹]; eqs. 25-26 continuous: Tr[ΛA]/(4S))."""
-    A = _psd_matrix("A", A)
-    sigma = _sigma(sigma)
+    A = check_matrix("A", A, psd=True)
+    sigma = check_scalar("sigma", sigma, lo=0.0)
     test = 0.5 * float(np.trace(A @ hessian_approx_sigma(A, lr, batch_size, time, noise_scale)))
     return test + sigma ** 2 / 2, test
 
@@ -63,9 +73,9 @@ def table2(a: float, lr: float, batch_size: int, *, sigma: float = 1.0, b: float
     C = H/S with H = a (label), k = a + b (input), k = a + γ (L2), without σ² (as the paper). Entries with no
     stationary state are +inf. One row per (case, quantity).
     """
-    S = _S(batch_size)
-    a, lr = _real("a", a, lo=0.0, lo_open=True), _real("lr", lr, lo=0.0, lo_open=True)
-    sigma, b, gamma, u = _sigma(sigma), _real("b", b, lo=0.0), _real("gamma", gamma), _real("u", u)
+    S = check_batch_size(batch_size)
+    a, lr = check_scalar("a", a, lo=0.0, lo_open=True), check_scalar("lr", lr, lo=0.0, lo_open=True)
+    sigma, b, gamma, u = check_scalar("sigma", sigma, lo=0.0), check_scalar("b", b, lo=0.0), check_scalar("gamma", gamma), check_scalar("u", u)
     rows = []
 
     def add(case: str, exact: Callable[[], tuple[float, float, float]], k: float, train_bias: float,

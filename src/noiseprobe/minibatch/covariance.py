@@ -12,17 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_int, check_real
+from noiseprobe.core.validation import check_array, check_int, check_real
 from noiseprobe.probes.covariance import batch_factor
 
 __all__ = ["batch_factor", "gaussian_regression_noise", "gradient_noise", "linear_regression_noise"]
-
-
-def _matrix(name: str, value: np.ndarray, ndim: int) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
-    if arr.ndim != ndim or not np.isfinite(arr).all():
-        raise ConfigError(name, f"array of shape {arr.shape}", f"a finite {ndim}-d array")
-    return arr
 
 
 def gradient_noise(grads: np.ndarray, batch_size: int, replacement: bool = True) -> np.ndarray:
@@ -30,7 +23,7 @@ def gradient_noise(grads: np.ndarray, batch_size: int, replacement: bool = True)
 
     C = c(S, N) [(1/N) Σ_i g_i g_iᵀ − ḡḡᵀ],  c = 1/S (eq. 2 = eq. 99a) or (N−S)/(S(N−1)) (eq. 99b).
     """
-    g = _matrix("grads", grads, 2)
+    g = check_array("grads", grads, 2)
     n = g.shape[0]
     gc = g - g.mean(0)
     return batch_factor(batch_size, n, replacement) * (gc.T @ gc) / n
@@ -42,7 +35,7 @@ def linear_regression_noise(w: np.ndarray, x: np.ndarray, y: np.ndarray, batch_s
 
     C = c(S, N) [(1/N) Xᵀ diag(r²) X − (Xᵀr/N)(Xᵀr/N)ᵀ],  r = Xw − y.
     """
-    xm, wv, yv = _matrix("x", x, 2), _matrix("w", w, 1), _matrix("y", y, 1)
+    xm, wv, yv = check_array("x", x, 2), check_array("w", w, 1), check_array("y", y, 1)
     if xm.shape != (yv.shape[0], wv.shape[0]):
         raise ConfigError("x", f"array of shape {xm.shape}", f"shape (len(y), len(w)) = ({yv.shape[0]}, {wv.shape[0]})")
     r = xm @ wv - yv
@@ -58,7 +51,7 @@ def gaussian_regression_noise(w: np.ndarray, u: np.ndarray, a: np.ndarray, sigma
     Uses the Gaussian fourth moment E[x xᵀ M x xᵀ] = 2AMA + Tr[AM]A (eqs. 117–121); with N → ∞ both
     sampling schemes give the same C. Averaging over v ~ (0, Σ) gives Lemma 1: (1/S)(AΣA + Tr[AΣ]A + σ²A).
     """
-    am, wv, uv = _matrix("a", a, 2), _matrix("w", w, 1), _matrix("u", u, 1)
+    am, wv, uv = check_array("a", a, 2), check_array("w", w, 1), check_array("u", u, 1)
     if am.shape != (wv.shape[0], wv.shape[0]) or uv.shape != wv.shape:
         raise ConfigError("a", f"array of shape {am.shape}", "a (D, D) matrix with w, u of length D")
     s = check_int("batch_size", batch_size, lo=1)

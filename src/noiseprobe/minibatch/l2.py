@@ -14,17 +14,28 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_int
-from noiseprobe.minibatch.fluctuation import NoiseMap, NoStationaryState, largest_stable_scale, solve_fluctuation
-from noiseprobe.minibatch.linear import _S, _pd, _psd_matrix, _real, _vector, as_matrix, commutes
+from noiseprobe.core.linalg import commutes, is_positive_definite
+from noiseprobe.core.validation import (
+    check_batch_size,
+    check_int,
+    check_matrix,
+    check_scalar,
+    check_vector,
+)
+from noiseprobe.minibatch.fluctuation import (
+    NoiseMap,
+    NoStationaryState,
+    largest_stable_scale,
+    solve_fluctuation,
+)
 
 
 def _setup(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validated (A ⪰ 0, symmetric Γ, u of length D); NoStationaryState when K = A + Γ is not ≻ 0."""
-    A = _psd_matrix("A", A)
-    G = as_matrix("Gamma", Gamma, A.shape[0])
-    u = _vector("u", u, A.shape[0])
-    if not _pd(A + G):
+    A = check_matrix("A", A, psd=True)
+    G = check_matrix("Gamma", Gamma, A.shape[0])
+    u = check_vector("u", u, A.shape[0])
+    if not is_positive_definite(A + G):
         raise NoStationaryState(0.0, "K = A + Γ is not positive definite: no minimum", "learning rate")
     return A, G, u
 
@@ -38,13 +49,13 @@ def prop3_noise(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray,
     """
     A, G, u = _setup(A, Gamma, u)
     C0, nmap = prop3_noise_map(A, G, u, batch_size)
-    return C0 + nmap(as_matrix("Sigma", Sigma, A.shape[0]))
+    return C0 + nmap(check_matrix("Sigma", Sigma, A.shape[0]))
 
 
 def prop3_noise_map(A: np.ndarray, Gamma: np.ndarray, u: np.ndarray, batch_size: int) -> tuple[np.ndarray, NoiseMap]:
     """Prop. 3, eq. (10), split as (Σ-independent part, Σ ↦ (AΣA + Tr[AΣ]A)/S) for :func:`solve_fluctuation`."""
     A, Gamma, u = _setup(A, Gamma, u)
-    S = _S(batch_size)
+    S = check_batch_size(batch_size)
     d = np.linalg.solve(A + Gamma, A @ u) - u
     Ad = A @ d
     return (float(d @ Ad) * A + np.outer(Ad, Ad)) / S, lambda X: (A @ X @ A + np.trace(A @ X) * A) / S
@@ -59,8 +70,8 @@ class _Thm4:
         if not commutes(self.A, self.Gamma):
             raise ConfigError("Gamma", "matrix not commuting with A",
                               "[A, Γ] = 0 for Thm 4; use l2_sigma_exact otherwise")
-        self.lam = _real("lr", lr, lo=0.0, lo_open=True)
-        self.S = _S(batch_size)
+        self.lam = check_scalar("lr", lr, lo=0.0, lo_open=True)
+        self.S = check_batch_size(batch_size)
         A, K = self.A, self.A + self.Gamma
         self.K, self.Kinv = K, np.linalg.inv(K)
         if not self._ok(1.0):
@@ -82,7 +93,7 @@ class _Thm4:
         D, A, K = self.A.shape[0], self.A, self.A + self.Gamma
         G = 2 * np.eye(D) - s * self.lam * (K + np.linalg.solve(K, A @ A) / self.S)
         G = (G + G.T) / 2
-        return _pd(G) and s * self.lam / self.S * float(np.trace(A @ A @ np.linalg.solve(K, np.linalg.inv(G)))) < 1
+        return is_positive_definite(G) and s * self.lam / self.S * float(np.trace(A @ A @ np.linalg.solve(K, np.linalg.inv(G)))) < 1
 
     @property
     def trace_A_sigma(self) -> float:
@@ -144,11 +155,11 @@ def l2_1d(a: float, gamma: float, u: float, lr: float, batch_size: int) -> dict[
 
     finite iff k > 0 and Δ > 0, i.e. λ < 2Sk/(Sk² + 2a²) (eq. 162); otherwise NoStationaryState.
     """
-    a = _real("a", a, lo=0.0, lo_open=True)
-    S = _S(batch_size)
-    k = a + _real("gamma", gamma)
-    u = _real("u", u)
-    lam = _real("lr", lr, lo=0.0, lo_open=True)
+    a = check_scalar("a", a, lo=0.0, lo_open=True)
+    S = check_batch_size(batch_size)
+    k = a + check_scalar("gamma", gamma)
+    u = check_scalar("u", u)
+    lam = check_scalar("lr", lr, lo=0.0, lo_open=True)
     if k <= 0:
         raise NoStationaryState(0.0, f"k = a + γ = {k:.4g} <= 0: no minimum")
     delta = S * k * (2 - lam * k) - 2 * lam * a * a
@@ -165,8 +176,8 @@ def convergent_gamma_interval(a: float, lr: float, batch_size: int) -> tuple[flo
 
     None when λa > √(S/2) (eq. 164: no weight decay converges).
     """
-    S = _S(batch_size)
-    a, lr = _real("a", a, lo=0.0, lo_open=True), _real("lr", lr, lo=0.0, lo_open=True)
+    S = check_batch_size(batch_size)
+    a, lr = check_scalar("a", a, lo=0.0, lo_open=True), check_scalar("lr", lr, lo=0.0, lo_open=True)
     disc = 1 - 2 * lr * lr * a * a / S
     if disc < 0:
         return None
@@ -175,7 +186,7 @@ def convergent_gamma_interval(a: float, lr: float, batch_size: int) -> tuple[flo
 
 def negative_weight_decay_window(batch_size: int) -> tuple[float, float]:
     """Corollary 1, eqs. (165)-(168): the optimal γ is negative iff 2S/(S+2) < λa <= √(S/2) (empty at S = 2)."""
-    S = _S(batch_size)
+    S = check_batch_size(batch_size)
     return 2 * S / (S + 2), float(np.sqrt(S / 2))
 
 
@@ -186,12 +197,12 @@ def optimal_weight_decay(A: float | np.ndarray, u: np.ndarray, lr: float, batch_
     L_test is +∞ where no stationary state exists. Scans γ ∈ (−a_min, 2/λ) on ``grid`` points, then refines
     with a bounded scalar minimisation around the best point. Returns (γ*, L_test(γ*)).
     """
-    A = _psd_matrix("A", A)
+    A = check_matrix("A", A, psd=True)
     D = A.shape[0]
-    u = _vector("u", u, D)
-    lr = _real("lr", lr, lo=0.0, lo_open=True)
+    u = check_vector("u", u, D)
+    lr = check_scalar("lr", lr, lo=0.0, lo_open=True)
     grid = check_int("grid", grid, lo=3)
-    _S(batch_size)
+    check_batch_size(batch_size)
 
     def loss(g: float) -> float:
         try:
