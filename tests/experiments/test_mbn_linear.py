@@ -135,7 +135,7 @@ def test_fig4_highdim_exact_sigma_is_thm2():
     A = exp.highdim_hessian(cfg)
     np.testing.assert_allclose(np.linalg.eigvalsh(A), np.linspace(*cfg["hess_hd"], cfg["D_hd"]), atol=1e-12)
     assert np.abs(A - np.diag(np.diag(A))).max() > 0.05  # rotated: not diagonal in the sampling basis
-    np.testing.assert_allclose(exp.highdim_sigma(cfg), label_noise_sigma(A, cfg["lr_hd"], cfg["S_hd"], 1.0),
+    np.testing.assert_allclose(exp.highdim_sigma(cfg), label_noise_sigma(A, lr=cfg["lr_hd"], batch_size=cfg["S_hd"], sigma=1.0),
                                rtol=1e-8, atol=1e-12)
 
 
@@ -187,7 +187,7 @@ def test_fig4_dist_checks_pass_on_eq90_samples_and_fail_on_gaussian_samples():
     chain = np.repeat(np.arange(R), n)
     a, S, lr = cfg["a"], cfg["S"], cfg["lr_dist"]
     var = lr / (2 * S - (S + 2) * lr * a)
-    bk = float(tail_index_exact(lr, S, a))
+    bk = float(tail_index_exact(lr=lr, batch_size=S, a=a))
     t_draws = stats.t.rvs(df=bk, scale=np.sqrt(var * (bk - 2) / bk), size=R * n, random_state=rng)
     assert _fig4_checks_on(cfg, samples1d=pd.DataFrame({"chain": chain, "w": t_draws})) == [True, True]
     g_draws = rng.normal(scale=np.sqrt(lr / (S * (2 - lr * a))), size=R * n)
@@ -212,7 +212,7 @@ def test_fig4_highdim_checks_fail_when_the_truth_is_the_hessian_approximation():
     turn[np.ix_([0, -1], [0, -1])] = [[c, -s], [s, c]]
     turned = (U @ turn) @ np.diag(lam) @ (U @ turn).T
     for truth, expect in ((exact, [True, True, True]),
-                          (hessian_approx_sigma(A, cfg["lr_hd"], cfg["S_hd"]), [False, False, False]),
+                          (hessian_approx_sigma(A, lr=cfg["lr_hd"], batch_size=cfg["S_hd"]), [False, False, False]),
                           (turned, [True, False, True])):
         per_chain = stats.wishart.rvs(df=200, scale=truth / 200, size=300, random_state=rng)
         assert _fig4_checks_on(cfg, per_chain_sigma=per_chain) == expect

@@ -56,7 +56,7 @@ def _chains_1d(config: dict[str, Any], point: int, *, a: float, lr: float, S: in
                u: float = 0.0, b: float = 0.0, gamma: float = 0.0) -> pd.DataFrame:
     """One parameter point in 1d: per-chain time averages (exact-in-law 1d sampler)."""
     R = config["chains"]
-    run = simulate_sgd(LinearProblem(a, u=[u], sigma=sigma, B=b, Gamma=gamma), lr, S, steps=config["steps"],
+    run = simulate_sgd(LinearProblem(a, u=[u], sigma=sigma, B=b, Gamma=gamma), lr=lr, batch_size=S, steps=config["steps"],
                        burn_in=config["burn_in"], chains=R, seed=config["seed"], first_chain=point * R)
     return pd.DataFrame({"chain": np.arange(point * R, (point + 1) * R), "sigma_w": run.second_moment[:, 0, 0],
                          "train_loss": run.train_loss(), "test_loss": run.test_loss(), "diverged": run.diverged})
@@ -166,7 +166,7 @@ class Fig3(Experiment):
                          # Hessian baselines C = H/S carry no σ²; scaled by σ² for a fair comparison (trap 13)
                          "discrete": _safe(hessian_approx_sigma, a, lr, S, noise_scale=s2),
                          "continuous": _safe(hessian_approx_sigma, a, lr, S, "continuous", noise_scale=s2),
-                         "beta": float(tail_index_exact(lr, S, a))})
+                         "beta": float(tail_index_exact(lr=lr, batch_size=S, a=a))})
         left = pd.DataFrame(rows).sort_values("S")
         checks = []
         ok = left[np.isfinite(left.exact)]
@@ -185,14 +185,14 @@ class Fig3(Experiment):
                             f"closer to 1 than at S={int(small.S)} ({small.discrete / small.exact:.3f})", "",
                             bool(abs(1 - large.discrete / large.exact) < abs(1 - small.discrete / small.exact))))
         checks.append(Check("Thm 2 stability bound λ_max·a = 2S/(S+2) (numerical bound of the solver vs closed form)",
-                            label_noise_lr_bound(a, int(small.S)) * a, 2 * small.S / (small.S + 2), 1e-8,
-                            bool(abs(label_noise_lr_bound(a, int(small.S)) * a - 2 * small.S / (small.S + 2)) < 1e-8)))
+                            label_noise_lr_bound(a, batch_size=int(small.S)) * a, 2 * small.S / (small.S + 2), 1e-8,
+                            bool(abs(label_noise_lr_bound(a, batch_size=int(small.S)) * a - 2 * small.S / (small.S + 2)) < 1e-8)))
         ra, rl, rS, ru = config["reg_a"], config["reg_lr"], config["reg_S"], config["reg_u"]
         rrows = []
         for gm, g in res[res.panel == "right"].groupby("gamma"):
             m, se, frac = _mean_se(g, "test_loss")
             rrows.append({"gamma": gm, "sim": m, "se": se, "diverged": frac,
-                          "theory": _safe(lambda: l2_1d(ra, gm, ru, rl, rS)["test_loss"])})
+                          "theory": _safe(lambda: l2_1d(a=ra, gamma=gm, u=ru, lr=rl, batch_size=rS)["test_loss"])})
         right = pd.DataFrame(rrows).sort_values("gamma")
         g_sim = float(right.gamma.iloc[int(np.argmin(right.sim.to_numpy()))])
         checks.append(Check("Standard L2 case (λa < 2S/(S+2)): the optimal weight decay is γ* = 0 (Fig. 3 right)",
@@ -212,7 +212,7 @@ class Fig3(Experiment):
         _plain_log_ticks(ax[0], left.S)
         ax[0].legend()
         gg = np.linspace(right.gamma.min(), right.gamma.max(), 200)
-        ax[1].plot(gg, [_safe(lambda: l2_1d(ra, x, ru, rl, rS)["test_loss"]) for x in gg], label="Cor. 4")
+        ax[1].plot(gg, [_safe(lambda: l2_1d(a=ra, gamma=x, u=ru, lr=rl, batch_size=rS)["test_loss"]) for x in gg], label="Cor. 4")
         ax[1].errorbar(right.gamma, right.sim, yerr=Z * right.se, fmt="o", ms=4, label="simulation")
         ax[1].set(xlabel="weight decay γ", ylabel="test loss", title=f"L2: a={ra}, λ={rl}, S={rS}")
         ax[1].legend()
@@ -274,7 +274,7 @@ class Fig4(Experiment):
         check_int("chains_dist", config["chains_dist"], lo=len(bins) + 2)  # clustered χ² needs R > number of bins
         if config["steps_dist"] < config["every_dist"]:
             raise ConfigError("steps_dist", config["steps_dist"], f">= every_dist = {config['every_dist']}")
-        bound = label_noise_lr_bound(config["a"], config["S"])
+        bound = label_noise_lr_bound(config["a"], batch_size=config["S"])
         if config["lr_dist"] >= bound:
             raise ConfigError("lr_dist", config["lr_dist"], f"< 2S/((S+2)a) = {bound:.4g} (finite variance, β_K > 2)")
         if config["D_hd"] > 64:
@@ -313,8 +313,8 @@ class Fig4(Experiment):
     def highdim_sigma(self, config: dict[str, Any]) -> np.ndarray:
         """Exact Σ of the high-dimensional panel: eq. (3) with the Lemma 1 noise (eq. 5), σ = 1, solved exactly."""
         A = self.highdim_hessian(config)
-        C0, noise_map = lemma1_noise_map(A, config["S_hd"])
-        return solve_fluctuation(A, C0, config["lr_hd"], noise_map=noise_map)
+        C0, noise_map = lemma1_noise_map(A, batch_size=config["S_hd"])
+        return solve_fluctuation(A, C0, lr=config["lr_hd"], noise_map=noise_map)
 
     def run_chunk(self, config: dict[str, Any], chunk: Chunk) -> pd.DataFrame | dict[str, pd.DataFrame]:
         sp = chunk.spec
@@ -325,7 +325,7 @@ class Fig4(Experiment):
         common = dict(burn_in=config["burn_in"], seed=config["seed"], first_chain=first)
         if sp["panel"] == "2d":
             R = config["chains2d"]
-            run = simulate_sgd(self._problem2d(config), config["lr2d"], sp["S"], steps=config["steps2d"], chains=R,
+            run = simulate_sgd(self._problem2d(config), lr=config["lr2d"], batch_size=sp["S"], steps=config["steps2d"], chains=R,
                                snapshot_every=config["snapshot_every"], **common)
             sm = run.second_moment
             df = pd.DataFrame({"chain": first + np.arange(R), "s11": sm[:, 0, 0], "s12": sm[:, 0, 1],
@@ -335,7 +335,7 @@ class Fig4(Experiment):
             return {"results": df.assign(panel="2d", lr=config["lr2d"], S=sp["S"]), "samples": samples}
         if sp["panel"] == "dist":
             R = config["chains_dist"]
-            run = simulate_sgd(LinearProblem(config["a"], sigma=1.0), config["lr_dist"], config["S"],
+            run = simulate_sgd(LinearProblem(config["a"], sigma=1.0), lr=config["lr_dist"], batch_size=config["S"],
                                steps=config["steps_dist"], chains=R, snapshot_every=config["every_dist"], **common)
             chain = first + np.arange(R)
             n = run.snapshots.shape[1]
@@ -343,7 +343,7 @@ class Fig4(Experiment):
             df = pd.DataFrame({"chain": chain, "sigma_w": run.second_moment[:, 0, 0], "diverged": run.diverged})
             return {"results": df.assign(panel="dist", lr=config["lr_dist"], S=config["S"]), "samples1d": samples}
         R, D = config["chains_hd"], config["D_hd"]
-        run = simulate_sgd(LinearProblem(self.highdim_hessian(config), sigma=1.0), config["lr_hd"], config["S_hd"],
+        run = simulate_sgd(LinearProblem(self.highdim_hessian(config), sigma=1.0), lr=config["lr_hd"], batch_size=config["S_hd"],
                            steps=config["steps_hd"], chains=R, **common)
         i, j = np.triu_indices(D)
         chain = first + np.arange(R)
@@ -371,13 +371,13 @@ class Fig4(Experiment):
         for lr, g in res[res.panel == "a"].groupby("lr"):
             m, se, frac = _mean_se(g, "sigma_w")
             rows.append({"lr": lr, "sim": m, "se": se, "exact": _safe(label_noise_sigma, a, lr, S, 1.0),
-                         "discrete": _safe(hessian_approx_sigma, a, lr, S), "beta": float(tail_index_exact(lr, S, a))})
+                         "discrete": _safe(hessian_approx_sigma, a, lr, S), "beta": float(tail_index_exact(lr=lr, batch_size=S, a=a))})
         pa = pd.DataFrame(rows).sort_values("lr")
         zs = [_agree(r.sim, r.se, r.exact, 0.0 if r.beta > 4 else 0.1) for r in pa.itertuples()]
         checks = [Check("Fig. 4(a): Thm 2 matches simulated Σ(λ) in 1d", max(abs(z) for z, _ in zs), 0.0,
                         f"|z| <= {Z} (+10 % where tail index < 4)", all(p for _, p in zs),
                         ", ".join(f"λ={r.lr:g}: z={z:+.2f}" for r, (z, _) in zip(pa.itertuples(), zs)))]
-        bound = label_noise_lr_bound(a, S)
+        bound = label_noise_lr_bound(a, batch_size=S)
         checks.append(Check("Fig. 4(a): Σ diverges at λ = 2S/((S+2)a), which the continuous theory misses",
                             bound, 2 * S / ((S + 2) * a), 1e-8, abs(bound - 2 * S / ((S + 2) * a)) < 1e-8))
         hi = pa.iloc[-1]
@@ -401,12 +401,12 @@ class Fig4(Experiment):
         for k, (Sb, g) in enumerate(res[res.panel == "2d"].groupby("S", sort=False)):
             ok = g[~g.diverged.astype(bool)]
             sim = np.array([[ok.s11.mean(), ok.s12.mean()], [ok.s12.mean(), ok.s22.mean()]])
-            ex = label_noise_sigma(H, config["lr2d"], int(Sb), 1.0)
-            disc = hessian_approx_sigma(H, config["lr2d"], int(Sb))
-            cont = hessian_approx_sigma(H, config["lr2d"], int(Sb), "continuous")
+            ex = label_noise_sigma(H, lr=config["lr2d"], batch_size=int(Sb), sigma=1.0)
+            disc = hessian_approx_sigma(H, lr=config["lr2d"], batch_size=int(Sb))
+            cont = hessian_approx_sigma(H, lr=config["lr2d"], batch_size=int(Sb), time="continuous")
             ev = {n: np.sort(np.linalg.eigvalsh(M))[::-1] for n, M in (("sim", sim), ("exact", ex), ("discrete", disc),
                                                                         ("continuous", cont))}
-            beta = float(tail_index_exact(config["lr2d"], int(Sb), max(config["hess"])))  # 1d index of the stiff mode
+            beta = float(tail_index_exact(lr=config["lr2d"], batch_size=int(Sb), a=max(config["hess"])))  # 1d index of the stiff mode
             # relative error in every direction, orientation included: ‖Σ_ex^{-1/2} Σ̂ Σ_ex^{-1/2} − I‖₂
             lam, U = np.linalg.eigh(ex)
             half = U @ np.diag(lam ** -0.5) @ U.T
@@ -441,12 +441,12 @@ class Fig4(Experiment):
           Σ_H = λ/(S(2 − λa)) (eq. 19, C = H/S, σ² = 1).
         """
         a, S, lr = config["a"], config["S"], config["lr_dist"]
-        var = float(np.ravel(label_noise_sigma(a, lr, S, 1.0))[0])
-        var_h = float(np.ravel(hessian_approx_sigma(a, lr, S))[0])
-        bk, b93 = float(tail_index_exact(lr, S, a)), float(tail_index_eq93(lr, S, a))
+        var = float(np.ravel(label_noise_sigma(a, lr=lr, batch_size=S, sigma=1.0))[0])
+        var_h = float(np.ravel(hessian_approx_sigma(a, lr=lr, batch_size=S))[0])
+        bk, b93 = float(tail_index_exact(lr=lr, batch_size=S, a=a)), float(tail_index_eq93(lr=lr, batch_size=S, a=a))
         s_k = np.sqrt(a * (bk - 2) * var)
-        return {f"eq. (90), exact β_K = {bk:.2f}": lambda w: student_t_pdf(w, bk, s_k, a),
-                f"eq. (90), paper β (eq. 93) = {b93:.2f}": lambda w: student_t_pdf(w, b93, 1.0, a),
+        return {f"eq. (90), exact β_K = {bk:.2f}": lambda w: student_t_pdf(w, bk, sigma=s_k, a=a),
+                f"eq. (90), paper β (eq. 93) = {b93:.2f}": lambda w: student_t_pdf(w, b93, sigma=1.0, a=a),
                 "Gaussian, exact Σ (Thm 2)": lambda w: stats.norm.pdf(w, scale=np.sqrt(var)),
                 "Gaussian, Hessian-approx. Σ (eq. 19)": lambda w: stats.norm.pdf(w, scale=np.sqrt(var_h))}
 
@@ -455,7 +455,7 @@ class Fig4(Experiment):
         """Chain-clustered χ² of |w| in bins ``dist_bins``·√Σ (plus [last, ∞)) against each model of
         :meth:`dist_models`; the bin probabilities integrate the model densities."""
         a, S, lr = config["a"], config["S"], config["lr_dist"]
-        scale = np.sqrt(float(np.ravel(label_noise_sigma(a, lr, S, 1.0))[0]))
+        scale = np.sqrt(float(np.ravel(label_noise_sigma(a, lr=lr, batch_size=S, sigma=1.0))[0]))
         edges = np.concatenate([[0.0], np.asarray(config["dist_bins"]) * scale, [np.inf]])
         x = samples.w.abs().to_numpy()
         chain = samples.chain.to_numpy()
@@ -519,8 +519,8 @@ class Fig4(Experiment):
         se = per_chain.std(0, ddof=1) / np.sqrt(len(ids))
         A = self.highdim_hessian(config)
         pred = {"exact": np.linalg.eigvalsh(self.highdim_sigma(config)),
-                "discrete": np.linalg.eigvalsh(hessian_approx_sigma(A, lr, S)),
-                "continuous": np.linalg.eigvalsh(hessian_approx_sigma(A, lr, S, "continuous"))}
+                "discrete": np.linalg.eigvalsh(hessian_approx_sigma(A, lr=lr, batch_size=S)),
+                "continuous": np.linalg.eigvalsh(hessian_approx_sigma(A, lr=lr, batch_size=S, time="continuous"))}
         lam, U = np.linalg.eigh(self.highdim_sigma(config))
         rot = np.einsum("ik,rij,jl->rkl", U, M, U)                    # per-chain Σ̂ in the exact eigenbasis
         upper = np.triu_indices(D)
@@ -542,7 +542,7 @@ class Fig4(Experiment):
                         "simulated/predicted eigenvalue ranges: "
                         + ", ".join(f"{k} [{ratio[k].min():.3f}, {ratio[k].max():.3f}]" for k in ("discrete", "continuous"))
                         + f"; Thm 2's isotropic enhancement 1 + κ/S = "
-                        f"{1 + label_noise_kappa(A, lr, S) / S:.3f}, absent from both")]
+                        f"{1 + label_noise_kappa(A, lr=lr, batch_size=S) / S:.3f}, absent from both")]
         metrics["eig_sigma_highdim"] = {"sim": ev.tolist(), "se": se.tolist(),
                                         **{k: v.tolist() for k, v in pred.items()}}
         k = np.arange(1, D + 1)
@@ -578,13 +578,13 @@ class Fig5(Experiment):
         _validate(config, {"seed": 0, "chains": 2, "steps": 10, "burn_in": 0, "S": 1},
                   {"a": (0.0, True), "lr": (0.0, True), "u": (None, False)},
                   {"gammas": (-config["a"], True), "lrs": (0.0, True)})
-        if convergent_gamma_interval(config["a"], config["lr"], config["S"]) is None:
+        if convergent_gamma_interval(a=config["a"], lr=config["lr"], batch_size=config["S"]) is None:
             raise ConfigError("lr", config["lr"], f"λa <= √(S/2) = {np.sqrt(config['S'] / 2):.4g}/a (else no γ converges)")
 
     def chunks(self, config: dict[str, Any]) -> list[Chunk]:
         g = [Chunk(f"gamma{x:g}", {"panel": "gamma", "gamma": x, "lr": config["lr"], "point": i})
              for i, x in enumerate(config["gammas"])]
-        gstar = optimal_weight_decay(config["a"], [config["u"]], config["lr"], config["S"])[0]
+        gstar = optimal_weight_decay(config["a"], u=[config["u"]], lr=config["lr"], batch_size=config["S"])[0]
         return g + [Chunk(f"lr{x:g}", {"panel": "lr", "gamma": gstar, "lr": x, "point": len(g) + i})
                     for i, x in enumerate(config["lrs"])]
 
@@ -596,7 +596,7 @@ class Fig5(Experiment):
     def analyse(self, config: dict[str, Any], tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict, list[Check]]:
         res = tables["results"]
         a, lr, S, u = config["a"], config["lr"], config["S"], config["u"]
-        theory = lambda g, x: _safe(lambda: l2_1d(a, g, u, x, S)["test_loss"])  # noqa: E731
+        theory = lambda g, x: _safe(lambda: l2_1d(a=a, gamma=g, u=u, lr=x, batch_size=S)["test_loss"])  # noqa: E731
         pts = []
         for (panel, g, x), d in res.groupby(["panel", "gamma", "lr"]):
             m, se, frac = _mean_se(d, "test_loss")
@@ -604,9 +604,9 @@ class Fig5(Experiment):
             pts.append({"panel": panel, "gamma": g, "lr": x, "sim": m, "se": se, "diverged": frac, "blown": blown,
                         "theory": theory(g, x)})
         pts = pd.DataFrame(pts)
-        gstar, lstar = optimal_weight_decay(a, [u], lr, S)
-        win = negative_weight_decay_window(S)
-        interval = convergent_gamma_interval(a, lr, S)
+        gstar, lstar = optimal_weight_decay(a, u=[u], lr=lr, batch_size=S)
+        win = negative_weight_decay_window(batch_size=S)
+        interval = convergent_gamma_interval(a=a, lr=lr, batch_size=S)
         pg = pts[pts.panel == "gamma"].sort_values("gamma")
         finite = pg[pg.blown == 0]
         g_sim = float(finite.gamma.iloc[int(np.argmin(finite.sim.to_numpy()))]) if len(finite) else np.nan
@@ -682,7 +682,7 @@ class Fig6(Experiment):
         sp = chunk.spec
         pb = self._problem(config, sp["point"], sp["alpha"])
         R = config["chains"]
-        run = simulate_sgd(pb, config["lr"], config["S"], steps=config["steps"], burn_in=config["burn_in"], chains=R,
+        run = simulate_sgd(pb, lr=config["lr"], batch_size=config["S"], steps=config["steps"], burn_in=config["burn_in"], chains=R,
                            seed=config["seed"], first_chain=sp["point"] * R)
         A_hat = pb.X.T @ pb.X / pb.n_samples
         return pd.DataFrame({"chain": np.arange(sp["point"] * R, (sp["point"] + 1) * R), "alpha": sp["alpha"],
@@ -700,10 +700,10 @@ class Fig6(Experiment):
             L0 = 0.5 * float(np.mean((pb.y - pb.X @ w) ** 2))
             m, se, frac = _mean_se(res[res.alpha == alpha], "trace_A_sigma")
             rows.append({"alpha": alpha, "sim": m, "se": se, "diverged": frac,
-                         "exact": _safe(lambda: np.trace(A_hat @ highdim_sigma_exact(pb.X, pb.y, lr, S))),
+                         "exact": _safe(lambda: np.trace(A_hat @ highdim_sigma_exact(pb.X, pb.y, lr=lr, batch_size=S))),
                          "thm6": _safe(thm6_trace, A_hat, lr, S, sig, alpha),
                          "thm6_L0": _safe(thm6_trace, A_hat, lr, S, sig, alpha, L0=L0),
-                         "hessian": _safe(lambda: np.trace(A_hat @ hessian_approx_sigma(A_hat, lr, S)))})
+                         "hessian": _safe(lambda: np.trace(A_hat @ hessian_approx_sigma(A_hat, lr=lr, batch_size=S)))})
         t = pd.DataFrame(rows).sort_values("alpha")
         over, under = t[t.alpha < 1], t[t.alpha > 1]
         zs = [_agree(r.sim, r.se, r.exact, 0.0) for r in under.itertuples()]
@@ -777,7 +777,7 @@ class Table2(Experiment):
 
     def analyse(self, config: dict[str, Any], tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict, list[Check]]:
         c = config
-        tab = table2(c["a"], c["lr"], c["S"], sigma=c["sigma"], b=c["b"], gamma=c["gamma"], u=c["u"])
+        tab = table2(a=c["a"], lr=c["lr"], batch_size=c["S"], sigma=c["sigma"], b=c["b"], gamma=c["gamma"], u=c["u"])
         res = tables["results"]
         sims, ses = [], []
         for r in tab.itertuples():

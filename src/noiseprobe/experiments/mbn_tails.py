@@ -82,10 +82,10 @@ class _Tails(Experiment):
         S, lr, a = chunk.spec["S"], chunk.spec["lr"], config["a"]
         chains = config["chains"]
         first = chunk.spec["index"] * chains  # global replica indices of this point
-        lyap = lyapunov_exponent(lr, S, a)
-        theory = {"beta_eq93": tail_index_eq93(lr, S, a), "beta_exact": tail_index_exact(lr, S, a),
-                  "beta_continuous": tail_index_continuous(lr, S, a), "lyapunov": lyap}
-        run = simulate_sgd(LinearProblem(A=a, sigma=config["sigma"]), lr, S,
+        lyap = lyapunov_exponent(lr=lr, batch_size=S, a=a)
+        theory = {"beta_eq93": tail_index_eq93(lr=lr, batch_size=S, a=a), "beta_exact": tail_index_exact(lr=lr, batch_size=S, a=a),
+                  "beta_continuous": tail_index_continuous(lr=lr, batch_size=S, a=a), "lyapunov": lyap}
+        run = simulate_sgd(LinearProblem(A=a, sigma=config["sigma"]), lr=lr, batch_size=S,
                            steps=config["snapshots"] * config["snapshot_every"], burn_in=config["burn_in"],
                            chains=chains, seed=config["seed"], first_chain=first,
                            snapshot_every=config["snapshot_every"])
@@ -179,7 +179,7 @@ class Fig2(_Tails):
             lab = f"S={r.S}, aλ={a * r.lr:g}"
             axes[0].loglog(d["x"], d["density"], "o", ms=3, color=c, label=lab + " (SGD)")
             if r.beta_eq93 > 0:  # eq. (90) with β from eq. (93), folded onto |w|
-                axes[0].loglog(d["x"], 2 * student_t_pdf(d["x"], r.beta_eq93, sigma, a), "--", color=c, lw=1)
+                axes[0].loglog(d["x"], 2 * student_t_pdf(d["x"], r.beta_eq93, sigma=sigma, a=a), "--", color=c, lw=1)
             axes[1].loglog(cc["x"], cc["ccdf"], "-", color=c, label=lab)
             x0, p0 = r.hill_x_min, r.hill_k / r.n  # anchor the slopes at the Hill threshold
             xx = np.geomspace(x0, cc["x"].max(), 20)
@@ -190,9 +190,9 @@ class Fig2(_Tails):
         axes[0].legend()
         S_grid = np.arange(1, max(tails["S"].max(), 2) + 1)
         lr0 = float(tails["lr"].iloc[0])
-        axes[2].plot(S_grid, tail_index_eq93(lr0, S_grid, a), "--", label="eq. (93) 2S/(aλ) − S")
-        axes[2].plot(S_grid, tail_index_exact(lr0, S_grid, a), "-", label="exact β_K (Kesten)")
-        axes[2].plot(S_grid, tail_index_continuous(lr0, S_grid, a), ":", label="continuous 2S/(aλ) + 1")
+        axes[2].plot(S_grid, tail_index_eq93(lr=lr0, batch_size=S_grid, a=a), "--", label="eq. (93) 2S/(aλ) − S")
+        axes[2].plot(S_grid, tail_index_exact(lr=lr0, batch_size=S_grid, a=a), "-", label="exact β_K (Kesten)")
+        axes[2].plot(S_grid, tail_index_continuous(lr=lr0, batch_size=S_grid, a=a), ":", label="continuous 2S/(aλ) + 1")
         t = tails[tails["lr"] == lr0]
         axes[2].errorbar(t["S"], t["hill_beta"], yerr=2 * t["hill_se"], fmt="o", color="k", label="Hill ± 2 SE")
         axes[2].set(xlabel="batch size S", ylabel="tail index β", title=f"tail index vs S (aλ = {a * lr0:g})")
@@ -233,10 +233,10 @@ class Fig7(_Tails):
         fig, axes = new_figure(len(sizes), width=4.0)
         lr_grid = np.geomspace(min(config["lrs"]) / 1.2, max(config["lrs"]) * 1.1, 60)
         for ax, S in zip(np.atleast_1d(axes), sizes):
-            bk = tail_index_exact(lr_grid, S, a)
-            ax.semilogy(lr_grid, tail_index_eq93(lr_grid, S, a), "--", label="eq. (93)")
+            bk = tail_index_exact(lr=lr_grid, batch_size=S, a=a)
+            ax.semilogy(lr_grid, tail_index_eq93(lr=lr_grid, batch_size=S, a=a), "--", label="eq. (93)")
             ax.semilogy(lr_grid, bk, "-", label="exact β_K (Kesten)")
-            ax.semilogy(lr_grid, tail_index_continuous(lr_grid, S, a), ":", label="continuous (Mori et al.)")
+            ax.semilogy(lr_grid, tail_index_continuous(lr=lr_grid, batch_size=S, a=a), ":", label="continuous (Mori et al.)")
             t = tails[(tails["S"] == S) & np.isfinite(tails["hill_beta"])]
             tested = t["beta_exact"] <= config["beta_max_check"]
             ax.errorbar(t["lr"][tested], t["hill_beta"][tested], yerr=2 * t["hill_se"][tested], fmt="o", color="k",
@@ -246,7 +246,7 @@ class Fig7(_Tails):
             ax.axvline(2 * S / (S + 2) / a, color="grey", lw=0.8)  # β = 2: variance diverges beyond
             ax.set(xlabel="learning rate λ", ylabel="tail index β", title=f"S = {S}, a = {a:g}",
                    ylim=(0.3 * max(float(np.min(bk[np.isfinite(bk)], initial=1.0)), 0.05),
-                         1.5 * float(np.max(tail_index_continuous(lr_grid, S, a)))))
+                         1.5 * float(np.max(tail_index_continuous(lr=lr_grid, batch_size=S, a=a)))))
             ax.legend()
         savefig(fig, out / "fig7_tail_index_vs_lr.png")
 
@@ -257,7 +257,7 @@ class Fig7(_Tails):
                   self._heavier_than_continuous(tails)]
         # Mori et al.'s value against the exact index (theory, no sampling error): at the grid ends and as λ → 0
         S0 = sizes[0]
-        rel = {f"lr={lr:g}": tail_index_continuous(lr, S0, a) / tail_index_exact(lr, S0, a) - 1
+        rel = {f"lr={lr:g}": tail_index_continuous(lr=lr, batch_size=S0, a=a) / tail_index_exact(lr=lr, batch_size=S0, a=a) - 1
                for lr in (max(config["lrs"]), min(config["lrs"]), 1e-3 / a)}
         limit = rel[f"lr={1e-3 / a:g}"]
         checks.append(Check("Mori et al.'s continuous-time index 2S/(a lr) + 1 is correct as lr -> 0 (App. D.3): "

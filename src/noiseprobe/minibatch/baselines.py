@@ -29,8 +29,8 @@ from noiseprobe.minibatch.linear import (
 )
 
 
-def hessian_approx_sigma(H: float | np.ndarray, lr: float | np.ndarray, batch_size: int,
-                         time: str = "discrete", noise_scale: float = 1.0) -> np.ndarray:
+def hessian_approx_sigma(H: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int,
+                         time: str = 'discrete', noise_scale: float = 1.0) -> np.ndarray:
     """Σ under C = noise_scale·H/S. Discrete time (eqs. 18-19): ΛHΣ + ΣHΛ − ΛHΣHΛ = ΛHΛ/S, so
     Σ = (1/S)Λ(2I − ΛH)⁻¹, finite iff ΛH ≺ 2. Continuous time (eqs. 23-24): ΛHΣ + ΣHΛ = ΛHΛ/S, Σ = Λ/(2S).
     """
@@ -54,17 +54,17 @@ def hessian_approx_sigma(H: float | np.ndarray, lr: float | np.ndarray, batch_si
     return (Sg + Sg.T) / 2
 
 
-def hessian_approx_losses(A: float | np.ndarray, lr: float | np.ndarray, batch_size: int, sigma: float,
-                          time: str = "discrete", noise_scale: float = 1.0) -> tuple[float, float]:
+def hessian_approx_losses(A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, sigma: float,
+                          time: str = 'discrete', noise_scale: float = 1.0) -> tuple[float, float]:
     """Label-noise losses under the Hessian approximation: L_test = ½Tr[AΣ], L_train = L_test + σ²/2
     (eqs. 20-21 discrete: (1/(2S))Tr[ΛA(2I − ΛA)⁻¹]; eqs. 25-26 continuous: Tr[ΛA]/(4S))."""
     A = check_matrix("A", A, psd=True)
     sigma = check_scalar("sigma", sigma, lo=0.0)
-    test = 0.5 * float(np.trace(A @ hessian_approx_sigma(A, lr, batch_size, time, noise_scale)))
+    test = 0.5 * float(np.trace(A @ hessian_approx_sigma(A, lr=lr, batch_size=batch_size, time=time, noise_scale=noise_scale)))
     return test + sigma ** 2 / 2, test
 
 
-def table2(a: float, lr: float, batch_size: int, *, sigma: float = 1.0, b: float = 0.5, gamma: float = 0.5,
+def table2(*, a: float, lr: float, batch_size: int, sigma: float = 1.0, b: float = 0.5, gamma: float = 0.5,
            u: float = 1.0) -> pd.DataFrame:
     """Table 2 (reconstructed 1d special case, reference §11): Σ, L_train, L_test for label noise, input
     noise and L2, exact (this paper) vs the Hessian approximation in discrete and continuous time.
@@ -82,7 +82,7 @@ def table2(a: float, lr: float, batch_size: int, *, sigma: float = 1.0, b: float
             test_bias: float) -> None:
         ex = exact()
         try:
-            sd = float(hessian_approx_sigma(k, lr, S, "discrete")[0, 0])
+            sd = float(hessian_approx_sigma(k, lr=lr, batch_size=S, time="discrete")[0, 0])
         except NoStationaryState:
             sd = np.inf
         sc = lr / (2 * S)
@@ -101,15 +101,15 @@ def table2(a: float, lr: float, batch_size: int, *, sigma: float = 1.0, b: float
         return g
 
     def label() -> tuple[float, float, float]:
-        tr, te = label_noise_losses(a, lr, S, sigma)
-        return float(label_noise_sigma(a, lr, S, sigma)[0, 0]), tr, te
+        tr, te = label_noise_losses(a, lr=lr, batch_size=S, sigma=sigma)
+        return float(label_noise_sigma(a, lr=lr, batch_size=S, sigma=sigma)[0, 0]), tr, te
 
     def inp() -> tuple[float, float, float]:
-        t = input_noise_theory(a, b, [u], lr, S)
+        t = input_noise_theory(a, B=b, u=[u], lr=lr, batch_size=S)
         return float(t["Sigma"][0, 0]), float(t["train_loss"]), float(t["test_loss"])
 
     def l2() -> tuple[float, float, float]:
-        t = l2_1d(a, gamma, u, lr, S)
+        t = l2_1d(a=a, gamma=gamma, u=u, lr=lr, batch_size=S)
         return t["Sigma"], t["train_loss"], t["test_loss"]
 
     kb, kg = a + b, a + gamma

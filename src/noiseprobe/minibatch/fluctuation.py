@@ -65,7 +65,7 @@ def _coeffs(f: np.ndarray, mu: float) -> np.ndarray:
             + mu / (1 - mu * mu) * (fi * fi + fj * fj))
 
 
-def thm1_residual(Sigma: np.ndarray, H: np.ndarray, C: np.ndarray, lr: float | np.ndarray,
+def thm1_residual(Sigma: np.ndarray, H: np.ndarray, C: np.ndarray, *, lr: float | np.ndarray,
                   momentum: float = 0.0) -> np.ndarray:
     """LHS − RHS of eq. (3) for a given Σ (zero at the stationary state)."""
     H = check_matrix("H", H)
@@ -146,8 +146,8 @@ def _raise_unstable(bs: _Basis, scalar: float | None, detail: str) -> None:
     raise _no_state(bs.mode_bound(), scalar, detail)
 
 
-def solve_fluctuation(H: np.ndarray, C: np.ndarray, lr: float | np.ndarray, momentum: float = 0.0,
-                      noise_map: NoiseMap | None = None, method: str = "auto") -> np.ndarray:
+def solve_fluctuation(H: np.ndarray, C: np.ndarray, *, lr: float | np.ndarray, momentum: float = 0.0,
+                      noise_map: NoiseMap | None = None, method: str = 'auto') -> np.ndarray:
     """Stationary Σ of eq. (3) for noise ``C + noise_map(Σ)`` (``noise_map`` linear in Σ, optional).
 
     ``method``: "auto" (eigen when Λ is symmetric positive definite, else lyapunov), "eigen", "lyapunov",
@@ -234,7 +234,7 @@ def _bound_by_bisection(H: np.ndarray, Lam: np.ndarray, mu: float, noise_map: No
 def _lyapunov(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, scalar: float | None) -> np.ndarray:
     """Σ = P_ww of the augmented (w, m) discrete Lyapunov equation P = M P Mᵀ + B C Bᵀ (Thm 1, §3)."""
     D = H.shape[0]
-    M, Bm = augmented_system(H, Lam, mu)
+    M, Bm = augmented_system(H, lr=Lam, momentum=mu)
     rad = np.abs(np.linalg.eigvals(M)).max()
     if rad >= 1.0:
         raise _no_state(_lyap_bound(H, Lam, mu), scalar, f"augmented (w, m) map has spectral radius {rad:.4g}")
@@ -243,29 +243,32 @@ def _lyapunov(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, scalar: 
     return (S + S.T) / 2
 
 
-def augmented_system(H: np.ndarray, Lam: np.ndarray, mu: float) -> tuple[np.ndarray, np.ndarray]:
+def augmented_system(H: np.ndarray, *, lr: np.ndarray, momentum: float) -> tuple[np.ndarray, np.ndarray]:
     """(M, B) of the exact augmented recursion x_t = M x_{t−1} + B η_t, x = (w, m) (Thm 1, reference §3)::
 
         M = [[I − ΛH, −μΛ], [H, μI]],   B = [−Λ; I]
+
+    ``lr`` is the (D, D) matrix Λ (validated by the callers).
     """
     D = H.shape[0]
+    Lam, mu = lr, momentum
     M = np.block([[np.eye(D) - Lam @ H, -mu * Lam], [H, mu * np.eye(D)]])
     return M, np.vstack([-Lam, np.eye(D)])
 
 
 def _lyap_bound(H: np.ndarray, Lam: np.ndarray, mu: float) -> float:
     """Largest scale s with a stable augmented map for sΛ (spectral radius of M < 1)."""
-    return largest_stable_scale(lambda s: np.abs(np.linalg.eigvals(augmented_system(H, s * Lam, mu)[0])).max() < 1.0)
+    return largest_stable_scale(lambda s: np.abs(np.linalg.eigvals(augmented_system(H, lr=s * Lam, momentum=mu)[0])).max() < 1.0)
 
 
-def thm1_kronecker_matrix(H: np.ndarray, Lam: np.ndarray, mu: float) -> np.ndarray:
+def thm1_kronecker_matrix(H: np.ndarray, *, lr: float | np.ndarray, momentum: float = 0.0) -> np.ndarray:
     """The D² × D² matrix of the LHS of eq. (3) acting on row-major vec(Σ) (dense; toy sizes only)."""
     H = check_matrix("H", H)
     D = H.shape[0]
     if D > KRON_MAX_D:
         raise ConfigError("H", f"matrix of size {D}", f"size <= {KRON_MAX_D} for the dense Kronecker matrix")
-    Lam, _ = check_lr(Lam, D, symmetric=False)
-    mu = check_momentum(mu, "mu")
+    Lam, _ = check_lr(lr, D, symmetric=False)
+    mu = check_momentum(momentum)
     F, I = Lam @ H, np.eye(D)
     a, b = (1 + mu * mu) / (1 - mu * mu), mu / (1 - mu * mu)
     F2 = F @ F
@@ -278,9 +281,9 @@ def _kronecker(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, noise_m
     D = H.shape[0]
     if D > KRON_MAX_D:
         raise ConfigError("method", "kronecker", f"only for D <= {KRON_MAX_D} (D = {D}); use 'eigen'")
-    if np.abs(np.linalg.eigvals(augmented_system(H, Lam, mu)[0])).max() >= 1.0:
+    if np.abs(np.linalg.eigvals(augmented_system(H, lr=Lam, momentum=mu)[0])).max() >= 1.0:
         raise _no_state(_lyap_bound(H, Lam, mu), scalar, "augmented (w, m) map is unstable")
-    K = thm1_kronecker_matrix(H, Lam, mu)
+    K = thm1_kronecker_matrix(H, lr=Lam, momentum=mu)
     if noise_map is not None:
         K = K - _dense(lambda X: Lam @ noise_map(X) @ Lam, D)
     x = np.linalg.solve(K, (Lam @ C @ Lam).ravel())

@@ -30,7 +30,7 @@ from noiseprobe.minibatch.fluctuation import (
 )
 
 
-def thm5_noise(L0: float, H0: np.ndarray, grad_L0: np.ndarray, batch_size: int) -> np.ndarray:
+def thm5_noise(*, L0: float, H0: np.ndarray, grad_L0: np.ndarray, batch_size: int) -> np.ndarray:
     """Theorem 5, eq. (14): C(w) ≈ (2L₀(w)/S)H₀(w) − (1/S)∇L₀∇L₀ᵀ.
 
     ⚠ Pass the gradient of the UNREGULARISED loss L₀ (corrected, reference §7): the paper prints ∇L_Γ,
@@ -43,7 +43,7 @@ def thm5_noise(L0: float, H0: np.ndarray, grad_L0: np.ndarray, batch_size: int) 
     return 2 * check_scalar("L0", L0, lo=0.0) / S * H0 - np.outer(g, g) / S
 
 
-def cor2_noise(H0: np.ndarray, L0: float, batch_size: int, *, Gamma: np.ndarray | None = None,
+def cor2_noise(H0: np.ndarray, *, L0: float, batch_size: int, Gamma: np.ndarray | None = None,
                w_star: np.ndarray | None = None, Sigma: np.ndarray | None = None) -> np.ndarray:
     """Corollary 2, eqs. (15)-(17), at the minimum w* (O(S⁻²) and O(|w − w*|²) dropped)::
 
@@ -68,7 +68,7 @@ def cor2_noise(H0: np.ndarray, L0: float, batch_size: int, *, Gamma: np.ndarray 
     return (C + C.T) / 2
 
 
-def cor3_sigma(H0: np.ndarray, L0: float, lr: float | np.ndarray, batch_size: int, momentum: float = 0.0, *,
+def cor3_sigma(H0: np.ndarray, *, L0: float, lr: float | np.ndarray, batch_size: int, momentum: float = 0.0,
                Gamma: np.ndarray | None = None, w_star: np.ndarray | None = None) -> np.ndarray:
     """Corollary 3, eqs. (62)-(63), Λ, H₀, Γ mutually commuting; Σ on the range of H₀ + Γ (0 on its null space)::
 
@@ -103,7 +103,7 @@ def cor3_sigma(H0: np.ndarray, L0: float, lr: float | np.ndarray, batch_size: in
     return (Sg + Sg.T) / 2
 
 
-def prop4_noise(A_hat: np.ndarray, Sigma: np.ndarray, sigma: float, alpha: float, batch_size: int) -> np.ndarray:
+def prop4_noise(A_hat: np.ndarray, Sigma: np.ndarray, *, sigma: float, alpha: float, batch_size: int) -> np.ndarray:
     """Proposition 4 (from Thm 5; proof eqs. 72-78): C = (1/S)(Tr[ÂΣ]I − ÂΣ)Â + max{0, (σ²/S)(1 − 1/α)}Â,
     α = N/D (Assumptions 1, 2; E[2L(w*)] = σ²(1 − 1/α) for α > 1, eqs. 74-78)."""
     A = check_matrix("A_hat", A_hat, psd=True)
@@ -114,8 +114,8 @@ def prop4_noise(A_hat: np.ndarray, Sigma: np.ndarray, sigma: float, alpha: float
     return (C + C.T) / 2
 
 
-def thm6_trace(A_hat: np.ndarray, lr: float, batch_size: int, sigma: float, alpha: float, *,
-               L0: float | None = None, variant: Literal["paper", "gaussian"] = "paper") -> float:
+def thm6_trace(A_hat: np.ndarray, *, lr: float, batch_size: int, sigma: float, alpha: float,
+               L0: float | None = None, variant: Literal['paper', 'gaussian'] = 'paper') -> float:
     """Theorem 6 (proof eqs. 79-82): Tr[ÂΣ] = max{0, (λσ²/S)(1 − 1/α) κ̂}, κ̂ = Tr[Ĝ⁻¹Â]/(1 − (λ/S)Tr[Ĝ⁻¹Â]).
 
     ``variant="paper"``: Ĝ = 2I − λ(1 − 1/S)Â as printed (from Thm 5's −ÂΣÂ). ``variant="gaussian"``:
@@ -145,7 +145,7 @@ def thm6_trace(A_hat: np.ndarray, lr: float, batch_size: int, sigma: float, alph
     return max(0.0, lam / S * two_l0 * kappa)
 
 
-def highdim_sigma_exact(X: np.ndarray, y: np.ndarray, lr: float | np.ndarray, batch_size: int,
+def highdim_sigma_exact(X: np.ndarray, y: np.ndarray, *, lr: float | np.ndarray, batch_size: int,
                         momentum: float = 0.0, replacement: bool = True) -> np.ndarray:
     """Exact Σ about the least-squares (min-norm) solution for ONE finite data set (the alternative to Thm 6).
 
@@ -174,4 +174,4 @@ def highdim_sigma_exact(X: np.ndarray, y: np.ndarray, lr: float | np.ndarray, ba
         q = np.einsum("nd,de,ne->n", X, Sg, X)
         return f / S * ((X.T * q) @ X / N - A @ Sg @ A)
 
-    return solve_fluctuation(A, C0, lr, momentum, noise_map=nmap)
+    return solve_fluctuation(A, C0, lr=lr, momentum=momentum, noise_map=nmap)

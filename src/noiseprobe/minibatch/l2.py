@@ -40,7 +40,7 @@ def _setup(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray) -> t
     return A, G, u
 
 
-def prop3_noise(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray, Sigma: float | np.ndarray,
+def prop3_noise(A: float | np.ndarray, *, Gamma: float | np.ndarray, u: np.ndarray, Sigma: float | np.ndarray,
                 batch_size: int) -> np.ndarray:
     """Prop. 3, eq. (10): C = (1/S)(AΣA + Tr[AΣ]A + Tr[Γ′ᵀAΓ′U]A + ΓA′UA′Γ), Σ about w*.
 
@@ -48,11 +48,11 @@ def prop3_noise(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray,
     holds for any symmetric Γ (the paper assumes [A, Γ] = 0; the identity AK⁻¹Γ = ΓK⁻¹A makes it unneeded).
     """
     A, G, u = _setup(A, Gamma, u)
-    C0, nmap = prop3_noise_map(A, G, u, batch_size)
+    C0, nmap = prop3_noise_map(A, Gamma=G, u=u, batch_size=batch_size)
     return C0 + nmap(check_matrix("Sigma", Sigma, A.shape[0]))
 
 
-def prop3_noise_map(A: np.ndarray, Gamma: np.ndarray, u: np.ndarray, batch_size: int) -> tuple[np.ndarray, NoiseMap]:
+def prop3_noise_map(A: np.ndarray, *, Gamma: np.ndarray, u: np.ndarray, batch_size: int) -> tuple[np.ndarray, NoiseMap]:
     """Prop. 3, eq. (10), split as (Σ-independent part, Σ ↦ (AΣA + Tr[AΣ]A)/S) for :func:`solve_fluctuation`."""
     A, Gamma, u = _setup(A, Gamma, u)
     S = check_batch_size(batch_size)
@@ -101,7 +101,7 @@ class _Thm4:
         return self.lam / self.S * (self.c * self.kappa + self.r)
 
 
-def l2_theory(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray, lr: float, batch_size: int,
+def l2_theory(A: float | np.ndarray, *, Gamma: float | np.ndarray, u: np.ndarray, lr: float, batch_size: int,
               find_bound: bool = True) -> dict[str, float]:
     """Theorem 4 eq. (11) and the App. E.4.2 training loss (eqs. 151-155), scalar λ, μ = 0, [A, Γ] = 0.
 
@@ -123,7 +123,7 @@ def l2_theory(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray, l
             "trace_A_sigma": float(t.trace_A_sigma), "kappa": t.kappa, "r": t.r, "c": t.c}
 
 
-def l2_sigma_eq12(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray, lr: float, batch_size: int) -> np.ndarray:
+def l2_sigma_eq12(A: float | np.ndarray, *, Gamma: float | np.ndarray, u: np.ndarray, lr: float, batch_size: int) -> np.ndarray:
     """The PAPER's Theorem 4 eq. (12) for Σ (about w*)::
 
         Σ = (λ/S) c (1 + λκ/S) AK⁻¹G⁻¹ + (λ/S)(A²K⁻²Γ²U + (λr/S) A) K⁻¹G⁻¹
@@ -138,17 +138,17 @@ def l2_sigma_eq12(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarra
     return (Sg + Sg.T) / 2
 
 
-def l2_sigma_exact(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray, lr: float | np.ndarray,
+def l2_sigma_exact(A: float | np.ndarray, *, Gamma: float | np.ndarray, u: np.ndarray, lr: float | np.ndarray,
                    batch_size: int, momentum: float = 0.0) -> np.ndarray:
     """The exact Σ (about w*): Thm 1 (eq. 3) with H = K and the noise of Prop. 3 (eq. 10), one linear matrix
     equation. No commutation needed; any Λ ≻ 0 and momentum. This is the corrected alternative to eq. (12).
     """
     A, G, u = _setup(A, Gamma, u)
-    C0, nmap = prop3_noise_map(A, G, u, batch_size)
-    return solve_fluctuation(A + G, C0, lr, momentum, noise_map=nmap)
+    C0, nmap = prop3_noise_map(A, Gamma=G, u=u, batch_size=batch_size)
+    return solve_fluctuation(A + G, C0, lr=lr, momentum=momentum, noise_map=nmap)
 
 
-def l2_1d(a: float, gamma: float, u: float, lr: float, batch_size: int) -> dict[str, float]:
+def l2_1d(*, a: float, gamma: float, u: float, lr: float, batch_size: int) -> dict[str, float]:
     """Corollary 4, eqs. (159)-(160), 1d: k = a + γ, Δ = Sk(2 − λk) − 2λa²::
 
         L_test = aγ²u²/(2k²) + λa³γ²u²/(k²Δ),  L_train = aγu²/(2k) + λa²γ²u²/(kΔ),  Σ = 2λa²γ²u²/(k²Δ)
@@ -171,7 +171,7 @@ def l2_1d(a: float, gamma: float, u: float, lr: float, batch_size: int) -> dict[
             "train_loss": a * gamma * u * u / (2 * k) + lam * a * a * g2u2 / (k * delta)}
 
 
-def convergent_gamma_interval(a: float, lr: float, batch_size: int) -> tuple[float, float] | None:
+def convergent_gamma_interval(*, a: float, lr: float, batch_size: int) -> tuple[float, float] | None:
     """Eq. (163): the γ with a stationary state in 1d, k_− < a + γ < k_+, k_± = [1 ± √(1 − 2λ²a²/S)]/λ.
 
     None when λa > √(S/2) (eq. 164: no weight decay converges).
@@ -184,14 +184,13 @@ def convergent_gamma_interval(a: float, lr: float, batch_size: int) -> tuple[flo
     return (1 - np.sqrt(disc)) / lr - a, (1 + np.sqrt(disc)) / lr - a
 
 
-def negative_weight_decay_window(batch_size: int) -> tuple[float, float]:
+def negative_weight_decay_window(*, batch_size: int) -> tuple[float, float]:
     """Corollary 1, eqs. (165)-(168): the optimal γ is negative iff 2S/(S+2) < λa <= √(S/2) (empty at S = 2)."""
     S = check_batch_size(batch_size)
     return 2 * S / (S + 2), float(np.sqrt(S / 2))
 
 
-def optimal_weight_decay(A: float | np.ndarray, u: np.ndarray, lr: float, batch_size: int,
-                         grid: int = 400) -> tuple[float, float]:
+def optimal_weight_decay(A: float | np.ndarray, *, u: np.ndarray, lr: float, batch_size: int, grid: int = 400) -> tuple[float, float]:
     """γ* = argmin_γ L_test(Γ = γI) from eq. (11), minimised numerically (eqs. 169-171 for D > 1, Cor. 1 in 1d).
 
     L_test is +∞ where no stationary state exists. Scans γ ∈ (−a_min, 2/λ) on ``grid`` points, then refines
@@ -206,7 +205,7 @@ def optimal_weight_decay(A: float | np.ndarray, u: np.ndarray, lr: float, batch_
 
     def loss(g: float) -> float:
         try:
-            return l2_theory(A, g * np.eye(D), u, lr, batch_size, find_bound=False)["test_loss"]
+            return l2_theory(A, Gamma=g * np.eye(D), u=u, lr=lr, batch_size=batch_size, find_bound=False)["test_loss"]
         except NoStationaryState:
             return np.inf
 

@@ -31,14 +31,14 @@ from noiseprobe.minibatch.fluctuation import (
 
 
 # -- label noise --------------------------------------------------------------------------------------
-def lemma1_noise(A: float | np.ndarray, Sigma: float | np.ndarray, sigma: float, batch_size: int) -> np.ndarray:
+def lemma1_noise(A: float | np.ndarray, Sigma: float | np.ndarray, *, sigma: float, batch_size: int) -> np.ndarray:
     """Lemma 1, eq. (5): C = (1/S)(AΣA + Tr[AΣ]A + σ²A), stationary label-noise covariance (about u)."""
     A = check_matrix("A", A, psd=True)
     Sg = check_matrix("Sigma", Sigma, A.shape[0])
     return (A @ Sg @ A + np.trace(A @ Sg) * A + check_scalar("sigma", sigma, lo=0.0) ** 2 * A) / check_batch_size(batch_size)
 
 
-def lemma1_noise_map(A: np.ndarray, batch_size: int) -> tuple[np.ndarray, NoiseMap]:
+def lemma1_noise_map(A: np.ndarray, *, batch_size: int) -> tuple[np.ndarray, NoiseMap]:
     """Lemma 1, eq. (5), split for :func:`solve_fluctuation`: (C0 for σ = 1, Σ ↦ (AΣA + Tr[AΣ]A)/S)."""
     A = check_matrix("A", A, psd=True)
     S = check_batch_size(batch_size)
@@ -79,12 +79,12 @@ class _LabelNoise:
         self.kappa = self.T / (1 - self.T / self.S)
 
 
-def label_noise_kappa(A: float | np.ndarray, lr: float | np.ndarray, batch_size: int, momentum: float = 0.0) -> float:
+def label_noise_kappa(A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, momentum: float = 0.0) -> float:
     """κ_μ = Tr[ΛAG_μ⁻¹]/(1 − Tr[ΛAG_μ⁻¹]/S), G_μ = 2(1−μ)I − ((1−μ)/(1+μ) + 1/S)ΛA (Thm 2, eq. 6)."""
     return _LabelNoise(A, lr, batch_size, momentum).kappa
 
 
-def label_noise_sigma(A: float | np.ndarray, lr: float | np.ndarray, batch_size: int, sigma: float,
+def label_noise_sigma(A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, sigma: float,
                       momentum: float = 0.0) -> np.ndarray:
     """Theorem 2, eq. (6): Σ = (σ²/S)(1 + κ_μ/S) Λ G_μ⁻¹.
 
@@ -97,7 +97,7 @@ def label_noise_sigma(A: float | np.ndarray, lr: float | np.ndarray, batch_size:
     return (Sg + Sg.T) / 2
 
 
-def label_noise_C(A: float | np.ndarray, lr: float | np.ndarray, batch_size: int, sigma: float,
+def label_noise_C(A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, sigma: float,
                   momentum: float = 0.0) -> np.ndarray:
     """Theorem 3, eq. (8): C = (σ²/S)A + (σ²/S²)(1 + κ_μ/S)(ΛAG_μ⁻¹ + Tr[ΛAG_μ⁻¹]I)A (same assumptions as Thm 2)."""
     ln = _LabelNoise(A, lr, batch_size, momentum)
@@ -107,7 +107,7 @@ def label_noise_C(A: float | np.ndarray, lr: float | np.ndarray, batch_size: int
     return (C + C.T) / 2
 
 
-def label_noise_losses(A: float | np.ndarray, lr: float | np.ndarray, batch_size: int, sigma: float,
+def label_noise_losses(A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, sigma: float,
                        momentum: float = 0.0) -> tuple[float, float]:
     """Theorem 8, eqs. (127)-(128): L_train = (σ²/2)(1 + κ_μ/S), L_test = σ²κ_μ/(2S).
 
@@ -118,7 +118,7 @@ def label_noise_losses(A: float | np.ndarray, lr: float | np.ndarray, batch_size
     return sigma ** 2 / 2 * (1 + ln.kappa / ln.S), sigma ** 2 * ln.kappa / (2 * ln.S)
 
 
-def label_noise_lr_bound(A: float | np.ndarray, batch_size: int, momentum: float = 0.0) -> float:
+def label_noise_lr_bound(A: float | np.ndarray, *, batch_size: int, momentum: float = 0.0) -> float:
     """Largest scalar λ with a stationary Σ in Thm 2 (G_μ ≻ 0 and Tr[λAG_μ⁻¹] < S); 1d μ = 0: 2S/((S+2)a)."""
     A = check_matrix("A", A, psd=True)
     S, mu = check_batch_size(batch_size), check_momentum(momentum)
@@ -130,7 +130,7 @@ def label_noise_lr_bound(A: float | np.ndarray, batch_size: int, momentum: float
 
 
 # -- input noise (App. E.3) -----------------------------------------------------------------------------
-def input_noise_sigma_eff2(A: float | np.ndarray, B: float | np.ndarray, u: np.ndarray) -> float:
+def input_noise_sigma_eff2(A: float | np.ndarray, *, B: float | np.ndarray, u: np.ndarray) -> float:
     """Irreducible loss 2L(w*) = Tr[AK⁻¹BU], K = A + B, U = uuᵀ (App. E.3; plays σ² in Prop. 9)."""
     A, B, u = _input_noise_setup(A, B, u)
     return float(u @ A @ np.linalg.solve(A + B, B @ u))
@@ -145,16 +145,16 @@ def _input_noise_setup(A: float | np.ndarray, B: float | np.ndarray, u: np.ndarr
     return A, B, check_vector("u", u, A.shape[0])
 
 
-def prop9_noise(A: float | np.ndarray, B: float | np.ndarray, u: np.ndarray, Sigma: float | np.ndarray,
+def prop9_noise(A: float | np.ndarray, *, B: float | np.ndarray, u: np.ndarray, Sigma: float | np.ndarray,
                 batch_size: int) -> np.ndarray:
     """Prop. 9, eq. (132): C = (1/S)(KΣK + Tr[KΣ]K + Tr[AK⁻¹BU]K), K = A + B; input noise e ~ N(0, B), no label noise."""
     A, B, u = _input_noise_setup(A, B, u)
     K = A + B
     Sg = check_matrix("Sigma", Sigma, A.shape[0])
-    return (K @ Sg @ K + np.trace(K @ Sg) * K + input_noise_sigma_eff2(A, B, u) * K) / check_batch_size(batch_size)
+    return (K @ Sg @ K + np.trace(K @ Sg) * K + input_noise_sigma_eff2(A, B=B, u=u) * K) / check_batch_size(batch_size)
 
 
-def input_noise_theory(A: float | np.ndarray, B: float | np.ndarray, u: np.ndarray, lr: float,
+def input_noise_theory(A: float | np.ndarray, *, B: float | np.ndarray, u: np.ndarray, lr: float,
                        batch_size: int) -> dict[str, float | np.ndarray]:
     """Theorem 9, eqs. (133)-(135), scalar λ, μ = 0 (no commutation of A and B needed).
 
@@ -181,7 +181,7 @@ def input_noise_theory(A: float | np.ndarray, B: float | np.ndarray, u: np.ndarr
     Ginv = np.linalg.inv(2 * np.eye(D) - lam * (1 + 1 / S) * K)
     tr = float(np.trace(K @ Ginv))
     kappa = tr / (1 - lam / S * tr)
-    s2 = input_noise_sigma_eff2(A, B, u)
+    s2 = input_noise_sigma_eff2(A, B=B, u=u)
     Sg = lam / S * s2 * (1 + lam * kappa / S) * Ginv
     Bp_u = np.linalg.solve(K, B @ u)
     return {"Sigma": (Sg + Sg.T) / 2, "kappa": kappa, "train_loss": 0.5 * s2 * (1 + lam * kappa / S),

@@ -19,7 +19,7 @@ from noiseprobe.core.validation import (
 from noiseprobe.minibatch.fluctuation import NoStationaryState
 
 
-def dnm_sigma(A: float | np.ndarray, lr: float, batch_size: int, sigma: float, momentum: float = 0.0) -> np.ndarray:
+def dnm_sigma(A: float | np.ndarray, *, lr: float, batch_size: int, sigma: float, momentum: float = 0.0) -> np.ndarray:
     """Proposition 5, eq. (83): damped Newton Λ = λA⁻¹ gives Σ = λσ²/(gS − λD) · A⁻¹,
     g = 2(1−μ) − ((1−μ)/(1+μ) + 1/S)λ; stationary iff g > 0 and S > λD/g (Thm 2 with ΛA = λI).
     """
@@ -36,7 +36,7 @@ def dnm_sigma(A: float | np.ndarray, lr: float, batch_size: int, sigma: float, m
     return lam * sigma ** 2 / (g * S - lam * D) * np.linalg.inv(A)
 
 
-def ngd_x(lr: float, batch_size: int, sigma: float, dim: int, momentum: float = 0.0) -> float:
+def ngd_x(*, lr: float, batch_size: int, sigma: float, dim: int, momentum: float = 0.0) -> float:
     """Proposition 6, eqs. (87)-(89): the self-consistent scale x of Σ = xA⁻¹ for natural gradient
     Λ = (λ/S)C⁻¹ (C the stationary noise), the positive root of::
 
@@ -56,7 +56,7 @@ def ngd_x(lr: float, batch_size: int, sigma: float, dim: int, momentum: float = 
     return (-b + np.sqrt(b * b - 4 * a * c)) / (2 * a)
 
 
-def ngd_sigma(A: float | np.ndarray, lr: float, batch_size: int, sigma: float, momentum: float = 0.0) -> np.ndarray:
+def ngd_sigma(A: float | np.ndarray, *, lr: float, batch_size: int, sigma: float, momentum: float = 0.0) -> np.ndarray:
     """Proposition 6: Σ = x A⁻¹ with x from :func:`ngd_x`; NGD is damped Newton at λ′ = λ/(x(1+D) + σ²)."""
     A = check_matrix("A", A)
-    return ngd_x(lr, batch_size, sigma, A.shape[0], momentum) * np.linalg.inv(A)
+    return ngd_x(lr=lr, batch_size=batch_size, sigma=sigma, dim=A.shape[0], momentum=momentum) * np.linalg.inv(A)

@@ -233,11 +233,10 @@ def _mark_diverged(traj: np.ndarray, w: np.ndarray, m: np.ndarray, center: np.nd
         m[bad] = 0.0
 
 
-def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int, *, steps: int,
-                 burn_in: int, chains: int, seed: int, first_chain: int = 0, momentum: float = 0.0,
-                 replacement: bool = True, measure_every: int = 1, snapshot_every: int | None = None,
-                 measure_noise: bool = False, w0: np.ndarray | None = None, init_scale: float = 0.1,
-                 exact_law: bool | None = None) -> SGDRun:
+def simulate_sgd(problem: LinearProblem, *, lr: float | np.ndarray, batch_size: int, steps: int, burn_in: int,
+                 chains: int, seed: int, first_chain: int = 0, momentum: float = 0.0, replacement: bool = True,
+                 measure_every: int = 1, snapshot_every: int | None = None, measure_noise: bool = False,
+                 w0: np.ndarray | None = None, init_scale: float = 0.1, exact_law: bool | None = None) -> SGDRun:
     """Run ``chains`` independent SGD chains (global indices ``first_chain …``) and measure them.
 
     ``lr``: scalar, per-chain scalars (chains,), or a symmetric (D, D) matrix Λ. ``steps`` measured steps
