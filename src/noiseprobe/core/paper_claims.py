@@ -9,4 +9,9 @@ this formula, and the reference shows it to be wrong".
 from __future__ import annotations
 
 #: "experiment-id/check-key" -> the reference's section (and one line) that refutes the printed claim
-PAPER_CLAIMS: dict[str, str] = {}
+PAPER_CLAIMS: dict[str, str] = {
+    "mbn-fig2/eq93-tail-index-agrees":
+        "reference §10, §15.5: eq. (93) is an approximation; the exact tail index is the Kesten root of E abs(1 − λaχ²_S/S)^β = 1",
+    "mbn-fig7/eq93-tail-index-agrees":
+        "reference §10, §15.5: eq. (93) is an approximation; the exact tail index is the Kesten root of E abs(1 − λaχ²_S/S)^β = 1",
+}

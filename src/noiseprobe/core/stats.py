@@ -41,4 +41,31 @@ def mean_se_kept(x: Any, drop: Any) -> tuple[float, float, float]:
     return float(m), float(se), frac
 
 
-__all__ = ["mean_se", "mean_se_kept", "standard_error"]
+def clustered_chi2(fractions: Any, probs: Any) -> tuple[float, int, float]:
+    """Goodness of fit of binned samples from R independent chains (clusters) to bin probabilities ``probs``.
+
+    ``fractions`` (R, B): per-chain fraction of that chain's samples in each bin. Samples within a chain may
+    be autocorrelated; chains are independent, so the covariance of the pooled fractions f̄ is estimated
+    across chains, V = cov(f_r)/R. Wald statistic on the first B − 1 bins (the last is fixed by Σ = 1):
+    T² = (f̄ − p)ᵀ V⁻¹ (f̄ − p), with Hotelling's small-sample law (R − d)/(d(R − 1))·T² ~ F(d, R − d),
+    d = B − 1. Returns (T², d, p-value). Needs R > B.
+    """
+    from scipy import stats
+
+    from noiseprobe.core.errors import ConfigError
+
+    f = np.asarray(fractions, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    if f.ndim != 2 or p.shape != (f.shape[1],):
+        raise ConfigError("fractions", f"array of shape {f.shape}", f"(chains, bins) with bins = len(probs) = {p.size}")
+    R, B = f.shape
+    d = B - 1
+    if R <= B:
+        raise ConfigError("chains", R, f"> {B} (number of bins) for the clustered χ² test")
+    r = f.mean(0)[:d] - p[:d]
+    V = np.cov(f[:, :d], rowvar=False) / R
+    t2 = float(r @ np.linalg.lstsq(V, r, rcond=None)[0])
+    return t2, d, float(stats.f.sf((R - d) / (d * (R - 1)) * t2, d, R - d))
+
+
+__all__ = ["clustered_chi2", "mean_se", "mean_se_kept", "standard_error"]

@@ -28,6 +28,7 @@ A stationary state exists iff every mode is stable, ``0 < f_i < 2(1+μ)``, and t
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import scipy.linalg
@@ -130,6 +131,16 @@ class _Basis:
         """Every mode stable: 0 <= f_i < 2(1+μ) (f_i eigenvalues of Λ^{1/2}HΛ^{1/2})."""
         tol = 1e-12 * max(1.0, np.abs(self.f).max())
         return bool(self.f.min() > -tol and self.f.max() < 2 * (1 + self.mu))
+
+
+def or_inf(f: Callable[..., Any], /, *args: Any, **kw: Any) -> float:
+    """``f(*args, **kw)`` as a float (the first entry of an array result), +inf where
+    :class:`NoStationaryState` says no stationary state exists (for curves through a divergence)."""
+    try:
+        v = f(*args, **kw)
+    except NoStationaryState:
+        return np.inf
+    return float(np.asarray(v).ravel()[0])
 
 
 def _no_state(bound: float, scalar: float | None, detail: str) -> NoStationaryState:
