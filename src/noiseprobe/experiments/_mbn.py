@@ -11,17 +11,23 @@ import pandas as pd
 from noiseprobe.core.checks import Check
 from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
 
-#: random numbers per block draw of simulate_sgd (its _BLOCK_NUMBERS) and the arrays of one block (×8 bytes)
-_SIM_BLOCK_BYTES = 2_000_000 * 8 * 6
+#: random numbers per block draw of simulate_sgd (its _BLOCK_NUMBERS)
+_SIM_BLOCK_NUMBERS = 2_000_000
 #: the worker's own growth running a chunk besides the arrays modelled (pandas, parquet, allocator slack)
-BASE_BYTES = 40_000_000
+BASE_BYTES = 20_000_000
 
 
-def sim_peak_bytes(chains: int, dim: int = 1, *, snapshots: int = 0, frame_columns: int = 6) -> int:
-    """Peak memory of one simulate_sgd call and its per-chain result frame: the block draws, the per-chain
-    second moments (chains·D²), snapshots (chains·snapshots·D) and a frame of ``frame_columns`` columns."""
+def sim_peak_bytes(chains: int, dim: int = 1, *, steps: int, per_step: int | None = None, snapshots: int = 0,
+                   frame_columns: int = 6) -> int:
+    """Peak memory of one simulate_sgd call and its per-chain result frame: one block of T steps
+    (T·chains·per_step random numbers, at most the simulator's block size, with their derived arrays and the
+    trajectory T·chains·D), the per-chain second moments (chains·D²), snapshots (chains·snapshots·D) and a
+    frame of ``frame_columns`` columns. ``per_step``: random numbers per chain and step — D² + D for the
+    exact-in-law sampler (default), S(D + 1) for explicit online minibatches, S for a fixed data set."""
+    per_step = dim * dim + dim if per_step is None else per_step
+    block = min(steps, max(1, _SIM_BLOCK_NUMBERS // max(1, chains * per_step)))
     per_chain = 8 * (3 * dim * dim + 4 * dim + frame_columns + snapshots * dim * 3)
-    return _SIM_BLOCK_BYTES + chains * per_chain
+    return 8 * chains * block * (3 * per_step + 2 * dim) + chains * per_chain
 
 
 def chains_1d(config: Any, point: int, *, a: float, lr: float, batch_size: int, sigma: float = 0.0,
