@@ -124,8 +124,9 @@ class Fig3(Experiment):
             checks.append(Check.greater(
                 "hessian-underestimates-small-s", "Hessian approximations underestimate Σ at small S (Fig. 3 left): "
                 "simulated Σ / discrete Hessian approximation", small.sim / small.discrete, UNDERESTIMATE_MIN,
-                se=small.se / small.discrete,
-                detail=f"S = {int(small.S)}; simulated Σ / continuous approximation = {small.sim / small.continuous:.3f}"))
+                detail=f"S = {int(small.S)}; SE of the ratio {small.se / small.discrete:.2g} (not a slack: near the "
+                       "variance bound the tail index is ≈ 2 and the SE is unreliable, and 4 SE would pass any ratio); "
+                       f"simulated Σ / continuous approximation = {small.sim / small.continuous:.3f}"))
             checks.append(Check.less(
                 "discrete-approaches-exact-at-large-s",
                 "The discrete Hessian approximation approaches the exact Σ as S grows (large-S limit, eq. 22): "
