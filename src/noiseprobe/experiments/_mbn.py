@@ -3,18 +3,36 @@ of a :func:`~noiseprobe.minibatch.simulate.simulate_sgd` call, agreement over ma
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from noiseprobe.core.checks import Check
+from noiseprobe.core.config import ExperimentConfig, param
+from noiseprobe.core.errors import ConfigError
 from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
 
 #: random numbers per block draw of simulate_sgd (its _BLOCK_NUMBERS)
 _SIM_BLOCK_NUMBERS = 2_000_000
 #: the worker's own growth running a chunk besides the arrays modelled (pandas, parquet, allocator slack)
 BASE_BYTES = 20_000_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChainsConfig(ExperimentConfig):
+    """The simulation fields every linear-regression figure has."""
+
+    chains: int = param(lo=2, hi=10**8, help="independent chains per parameter point")
+    steps: int = param(lo=10, hi=10**8, help="measured steps per chain")
+    burn_in: int = param(lo=0, hi=10**8, help="discarded steps before them")
+
+
+def check_weight_decays(field: str, values: list[float], a: float) -> None:
+    """Every weight decay γ > −a (a + γ > 0: a minimum to fluctuate about)."""
+    if min(values) <= -a:
+        raise ConfigError(field, values, f"numbers > −a = {-a:g}")
 
 
 def sim_peak_bytes(chains: int, dim: int = 1, *, steps: int, per_step: int | None = None, snapshots: int = 0,

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from noiseprobe.core.checks import Z, Check
-from noiseprobe.core.config import ExperimentConfig, param
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.checks import Check, Z
+from noiseprobe.core.config import param
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
-from noiseprobe.experiments._mbn import BASE_BYTES, chains_1d, plain_log_ticks, sim_peak_bytes, worst_point
+from noiseprobe.experiments._mbn import (BASE_BYTES, ChainsConfig, chains_1d, check_weight_decays, plain_log_ticks,
+                                         sim_peak_bytes, worst_point)
 from noiseprobe.minibatch.baselines import hessian_approx_sigma
 from noiseprobe.minibatch.fluctuation import or_inf
 from noiseprobe.minibatch.l2 import l2_1d
@@ -37,7 +37,7 @@ HEAVY_TAIL_RTOL = 0.1
 
 
 @dataclass(frozen=True, kw_only=True)
-class Fig3Config(ExperimentConfig):
+class Fig3Config(ChainsConfig):
     a: float = param(lo=0.0, lo_open=True, help="curvature of the left panel")
     lr: float = param(lo=0.0, lo_open=True)
     sigma: float = param(lo=0.0, help="label-noise standard deviation σ")
@@ -47,13 +47,9 @@ class Fig3Config(ExperimentConfig):
     reg_S: int = param(lo=1, hi=10**6)
     reg_u: float = param(help="teacher u of the L2 panel")
     gammas: list[float] = param(min_len=1, help="weight decays, each > −reg_a")
-    chains: int = param(lo=2, hi=10**8)
-    steps: int = param(lo=10, hi=10**8)
-    burn_in: int = param(lo=0, hi=10**8)
 
     def check(self) -> None:
-        if min(self.gammas) <= -self.reg_a:
-            raise ConfigError("gammas", self.gammas, f"numbers > −reg_a = {-self.reg_a:g}")
+        check_weight_decays("gammas", self.gammas, self.reg_a)
 
 
 class Fig3(Experiment):

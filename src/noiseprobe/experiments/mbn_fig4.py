@@ -19,15 +19,15 @@ import numpy as np
 import pandas as pd
 from scipy import integrate, stats
 
-from noiseprobe.core.checks import Z, Check
-from noiseprobe.core.config import ExperimentConfig, param
+from noiseprobe.core.checks import Check, Z
+from noiseprobe.core.config import param
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.linalg import psd_power
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.seeding import replica_generators
 from noiseprobe.core.stats import clustered_chi2, mean_se_kept, standard_error
-from noiseprobe.experiments._mbn import BASE_BYTES, chains_1d, sim_peak_bytes, worst_point
+from noiseprobe.experiments._mbn import BASE_BYTES, ChainsConfig, chains_1d, sim_peak_bytes, worst_point
 from noiseprobe.minibatch.baselines import hessian_approx_sigma
 from noiseprobe.minibatch.fluctuation import NoStationaryState, or_inf, solve_fluctuation
 from noiseprobe.minibatch.linear import label_noise_kappa, label_noise_lr_bound, label_noise_sigma, lemma1_noise_map
@@ -41,16 +41,13 @@ UNDERESTIMATE_MIN, HELLINGER_MAX, P_REJECT, CHI2_RATIO_MIN = 1.2, 0.03, 1e-6, 10
 
 
 @dataclass(frozen=True, kw_only=True)
-class Fig4Config(ExperimentConfig):
+class Fig4Config(ChainsConfig):
     a: float = param(lo=0.0, lo_open=True, help="curvature of the 1d panels")
     S: int = param(lo=1, hi=10**6, help="batch size of the 1d panels")
     lrs: list[float] = param(lo=0.0, lo_open=True, min_len=1, help="learning rates of panel (a)")
     hess: list[float] = param(lo=0.0, lo_open=True, min_len=2, max_len=2, help="Hessian eigenvalues of the 2d panels")
     lr2d: float = param(lo=0.0, lo_open=True)
     S2d: list[int] = param(lo=1, hi=10**6, min_len=1)
-    chains: int = param(lo=2, hi=10**8)
-    steps: int = param(lo=10, hi=10**8)
-    burn_in: int = param(lo=0, hi=10**8)
     chains2d: int = param(lo=2, hi=10**8)
     steps2d: int = param(lo=10, hi=10**8)
     snapshot_every: int = param(lo=1)

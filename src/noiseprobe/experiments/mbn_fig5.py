@@ -16,13 +16,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from noiseprobe.core.checks import Z, Check
-from noiseprobe.core.config import ExperimentConfig, param
+from noiseprobe.core.checks import Check, Z
+from noiseprobe.core.config import param
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
-from noiseprobe.experiments._mbn import BASE_BYTES, chains_1d, sim_peak_bytes, worst_point
+from noiseprobe.experiments._mbn import (BASE_BYTES, ChainsConfig, chains_1d, check_weight_decays, sim_peak_bytes,
+                                         worst_point)
 from noiseprobe.minibatch.fluctuation import or_inf
 from noiseprobe.minibatch.l2 import convergent_gamma_interval, l2_1d, negative_weight_decay_window, optimal_weight_decay
 
@@ -34,20 +35,16 @@ LOSS_RTOL = 0.01
 
 
 @dataclass(frozen=True, kw_only=True)
-class Fig5Config(ExperimentConfig):
+class Fig5Config(ChainsConfig):
     a: float = param(lo=0.0, lo_open=True, help="curvature")
     lr: float = param(lo=0.0, lo_open=True, help="learning rate of the γ sweep")
     S: int = param(lo=1, hi=10**6)
     u: float = param(help="teacher")
     gammas: list[float] = param(min_len=1, help="weight decays, each > −a")
     lrs: list[float] = param(lo=0.0, lo_open=True, min_len=1, help="learning rates at the optimal γ")
-    chains: int = param(lo=2, hi=10**8)
-    steps: int = param(lo=10, hi=10**8)
-    burn_in: int = param(lo=0, hi=10**8)
 
     def check(self) -> None:
-        if min(self.gammas) <= -self.a:
-            raise ConfigError("gammas", self.gammas, f"numbers > −a = {-self.a:g}")
+        check_weight_decays("gammas", self.gammas, self.a)
         if convergent_gamma_interval(a=self.a, lr=self.lr, batch_size=self.S) is None:
             raise ConfigError("lr", self.lr, f"λa <= √(S/2) = {np.sqrt(self.S / 2):.4g}/a (else no γ converges)")
 

@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from noiseprobe.core.checks import Z, Check
-from noiseprobe.core.config import ExperimentConfig, param
+from noiseprobe.core.checks import Check, Z
+from noiseprobe.core.config import param
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
-from noiseprobe.experiments._mbn import BASE_BYTES, plain_log_ticks, sim_peak_bytes, worst_point
+from noiseprobe.experiments._mbn import BASE_BYTES, ChainsConfig, plain_log_ticks, sim_peak_bytes, worst_point
 from noiseprobe.minibatch.baselines import hessian_approx_sigma
 from noiseprobe.minibatch.fluctuation import or_inf
 from noiseprobe.minibatch.highdim import highdim_sigma_exact, thm6_trace
@@ -34,15 +34,12 @@ HESSIAN_ERR_MIN = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
-class Fig6Config(ExperimentConfig):
+class Fig6Config(ChainsConfig):
     D: int = param(lo=1, hi=200, help="dimension (the exact solve is O(D³) per GMRES step)")
     alphas: list[float] = param(lo=0.0, lo_open=True, min_len=1, help="N/D ratios")
     lr: float = param(lo=0.0, lo_open=True)
     S: int = param(lo=1, hi=10**6)
     sigma: float = param(lo=0.0, help="label-noise standard deviation σ")
-    chains: int = param(lo=2, hi=10**8)
-    steps: int = param(lo=10, hi=10**8)
-    burn_in: int = param(lo=0, hi=10**8)
 
 
 def problem(config: Any, point: int, alpha: float) -> LinearProblem:

@@ -13,20 +13,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from noiseprobe.core.checks import Z, Check
-from noiseprobe.core.config import ExperimentConfig, param
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.checks import Check, Z
+from noiseprobe.core.config import param
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
-from noiseprobe.experiments._mbn import BASE_BYTES, chains_1d, sim_peak_bytes, worst_point
+from noiseprobe.experiments._mbn import (BASE_BYTES, ChainsConfig, chains_1d, check_weight_decays, sim_peak_bytes,
+                                         worst_point)
 from noiseprobe.minibatch.baselines import table2
 
 CASES = ("label noise", "input noise", "L2")
 
 
 @dataclass(frozen=True, kw_only=True)
-class Table2Config(ExperimentConfig):
+class Table2Config(ChainsConfig):
     a: float = param(lo=0.0, lo_open=True, help="curvature")
     lr: float = param(lo=0.0, lo_open=True)
     S: int = param(lo=1, hi=10**6)
@@ -34,13 +34,9 @@ class Table2Config(ExperimentConfig):
     b: float = param(lo=0.0, help="input-noise variance B")
     gamma: float = param(help="weight decay of the L2 case, > −a")
     u: float = param(help="teacher")
-    chains: int = param(lo=2, hi=10**8)
-    steps: int = param(lo=10, hi=10**8)
-    burn_in: int = param(lo=0, hi=10**8)
 
     def check(self) -> None:
-        if self.gamma <= -self.a:
-            raise ConfigError("gamma", self.gamma, f"a number > −a = {-self.a:g}")
+        check_weight_decays("gamma", [self.gamma], self.a)
 
 
 class Table2(Experiment):

@@ -13,20 +13,10 @@ import pandas as pd
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.linalg import commutes
-from noiseprobe.core.validation import (
-    check_batch_size,
-    check_choice,
-    check_lr,
-    check_matrix,
-    check_scalar,
-)
+from noiseprobe.core.validation import check_batch_size, check_choice, check_lr, check_matrix, check_scalar
 from noiseprobe.minibatch.fluctuation import NoStationaryState
 from noiseprobe.minibatch.l2 import l2_1d
-from noiseprobe.minibatch.linear import (
-    input_noise_theory,
-    label_noise_losses,
-    label_noise_sigma,
-)
+from noiseprobe.minibatch.linear import input_noise_theory, label_noise_losses, label_noise_sigma
 
 
 def hessian_approx_sigma(H: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int,

@@ -36,14 +36,7 @@ import scipy.sparse.linalg as spla
 
 from noiseprobe.core.errors import ConfigError, NumericalError
 from noiseprobe.core.linalg import psd_power
-from noiseprobe.core.validation import (
-    check_choice,
-    check_int,
-    check_lr,
-    check_matrix,
-    check_momentum,
-    check_real,
-)
+from noiseprobe.core.validation import check_choice, check_int, check_lr, check_matrix, check_momentum, check_real
 
 #: largest D for the dense Kronecker solve (D² × D² matrix)
 KRON_MAX_D = 48

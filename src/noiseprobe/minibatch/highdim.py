@@ -14,20 +14,9 @@ import numpy as np
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.linalg import commutes
-from noiseprobe.core.validation import (
-    check_batch_size,
-    check_choice,
-    check_lr,
-    check_matrix,
-    check_momentum,
-    check_scalar,
-    check_vector,
-)
-from noiseprobe.minibatch.fluctuation import (
-    NoStationaryState,
-    largest_stable_scale,
-    solve_fluctuation,
-)
+from noiseprobe.core.validation import (check_batch_size, check_choice, check_lr, check_matrix, check_momentum,
+                                        check_scalar, check_vector)
+from noiseprobe.minibatch.fluctuation import NoStationaryState, largest_stable_scale, solve_fluctuation
 
 
 def thm5_noise(*, L0: float, H0: np.ndarray, grad_L0: np.ndarray, batch_size: int) -> np.ndarray:

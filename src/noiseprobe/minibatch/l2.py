@@ -15,19 +15,8 @@ from scipy.optimize import minimize_scalar
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.linalg import commutes, is_positive_definite
-from noiseprobe.core.validation import (
-    check_batch_size,
-    check_int,
-    check_matrix,
-    check_scalar,
-    check_vector,
-)
-from noiseprobe.minibatch.fluctuation import (
-    NoiseMap,
-    NoStationaryState,
-    largest_stable_scale,
-    solve_fluctuation,
-)
+from noiseprobe.core.validation import check_batch_size, check_int, check_matrix, check_scalar, check_vector
+from noiseprobe.minibatch.fluctuation import NoiseMap, NoStationaryState, largest_stable_scale, solve_fluctuation
 
 
 def _setup(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -15,19 +15,9 @@ import numpy as np
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.linalg import commutes, is_positive_definite
-from noiseprobe.core.validation import (
-    check_batch_size,
-    check_lr,
-    check_matrix,
-    check_momentum,
-    check_scalar,
-    check_vector,
-)
-from noiseprobe.minibatch.fluctuation import (
-    NoiseMap,
-    NoStationaryState,
-    largest_stable_scale,
-)
+from noiseprobe.core.validation import (check_batch_size, check_lr, check_matrix, check_momentum, check_scalar,
+                                        check_vector)
+from noiseprobe.minibatch.fluctuation import NoiseMap, NoStationaryState, largest_stable_scale
 
 
 # -- label noise --------------------------------------------------------------------------------------

@@ -9,13 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from noiseprobe.core.linalg import is_positive_definite
-from noiseprobe.core.validation import (
-    check_batch_size,
-    check_int,
-    check_matrix,
-    check_momentum,
-    check_scalar,
-)
+from noiseprobe.core.validation import check_batch_size, check_int, check_matrix, check_momentum, check_scalar
 from noiseprobe.minibatch.fluctuation import NoStationaryState
 
 
