@@ -193,3 +193,26 @@ def test_typed_config_keeps_the_old_hash() -> None:
     for exp_id, h in OLD_HASHES.items():
         exp = get(exp_id)
         assert config_hash(exp_id, exp.config("quick").to_dict()) == h, exp_id
+
+
+def test_trainers_follow_the_data_dtype() -> None:
+    """Nothing assumes float32/CPU: float64 data give float64 losses and parameters (device follows x too)."""
+    x, y = _toy()
+    x = x.double()
+    batches = epoch_batches(1, [0, 1], n=len(y), batch_size=8, epochs=1, stream=0)
+    gens = [torch_generator(1, r, 5) for r in range(2)]
+    losses = train_tanh_net(x, y, width=4, lrs=torch.tensor([0.1, 0.2]), optimizer="adam", init_gens=gens,
+                            batches=batches)
+    assert losses.dtype == torch.float64 and losses.device == x.device and torch.isfinite(losses).all()
+    out = train_logistic(x, y, x, y, lr=0.5, gammas=torch.tensor([0.0, 0.1]), batches=batches)
+    assert out["test_loss"].dtype == np.float64
+
+
+@pytest.mark.parametrize("exp_id", ["mbn-fig1", "mbn-fig1-left", "mbn-fig1-right"])
+def test_estimate_names_config_fields_and_grows_with_them(exp_id: str) -> None:
+    exp = get(exp_id)
+    cfg = exp.config("quick")
+    est = exp.estimate(cfg)
+    assert est.peak_bytes > 0 and set(est.drivers) <= set(cfg.keys())
+    big = exp.config("quick", {"n_seeds": 4 * cfg["n_seeds"]})
+    assert exp.estimate(big).peak_bytes > est.peak_bytes

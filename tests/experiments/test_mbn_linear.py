@@ -246,3 +246,15 @@ def test_all_diverging_overrides_finish_not_measurable(tmp_path, exp_id):
     assert measured and set(measured.values()) == {"not measurable"}, verdicts
     if exp_id == "mbn-fig5":
         assert verdicts["divergence-above-interval"] == "pass"
+
+
+@pytest.mark.parametrize("exp_id", sorted(TINY) + ["mbn-fig2", "mbn-fig7"])
+def test_estimate_names_config_fields_and_grows_with_chains(exp_id):
+    """The memory estimate is computed from the config alone, names config fields, and grows with the chains
+    (measured against the RSS growth of one chunk: docs/minibatch.md)."""
+    exp = experiments.get(exp_id)
+    cfg = exp.config("quick")
+    est = exp.estimate(cfg)
+    assert est.peak_bytes > 0 and est.drivers and set(est.drivers) <= set(cfg.keys())
+    field = "chains_hd" if exp_id == "mbn-fig4" else "chains"
+    assert exp.estimate(exp.config("quick", {field: 20 * cfg[field]})).peak_bytes > est.peak_bytes
