@@ -125,3 +125,20 @@ def test_bad_matrices():
     with pytest.raises(ConfigError):
         largest_stable_scale(lambda s: s < 0.5, hi=0.0)
     assert largest_stable_scale(lambda s: s < 0.5, hi=1.0) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_issue11_bad_python_api_calls_raise_config_error():
+    """Issue 11 point 11: a noise matrix that is not PSD returned a negative Σ, and lr=True was accepted as 1;
+    simulate_sgd(lr=-1) ran to |w| ≈ 1e62 with no chain flagged. Each is now one ConfigError naming the argument."""
+    from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+
+    with pytest.raises(ConfigError) as e:
+        solve_fluctuation(np.eye(2), np.diag([1.0, -0.5]), lr=0.1)
+    assert e.value.field == "C" and "positive semi-definite" in str(e.value)
+    for bad in (True, np.bool_(True), "0.1", [[0.1, 0.2]], np.nan):
+        with pytest.raises(ConfigError) as e:
+            solve_fluctuation(np.eye(2), np.eye(2), lr=bad)
+        assert e.value.field == "lr"
+    with pytest.raises(ConfigError) as e:
+        simulate_sgd(LinearProblem(1.0, sigma=1.0), lr=-1.0, batch_size=1, steps=10, burn_in=0, chains=8, seed=0)
+    assert e.value.field == "lr"
