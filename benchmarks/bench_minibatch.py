@@ -38,21 +38,21 @@ def _spd(D: int, seed: int, lo: float, hi: float) -> np.ndarray:
 
 
 def _scipy_aug(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float) -> np.ndarray:
-    M, B = augmented_system(H, Lam, mu)
+    M, B = augmented_system(H, lr=Lam, momentum=mu)
     return scipy.linalg.solve_discrete_lyapunov(M, B @ C @ B.T, method="bilinear")[: H.shape[0], : H.shape[0]]
 
 
 def _solver_rows(name: str, D: int, scipy_D: int, lam: np.ndarray | float, mu: float, H: np.ndarray,
                  C: np.ndarray, target_kron: float, target_scipy: float) -> list[dict]:
-    t_eig = _time(lambda: solve_fluctuation(H, C, lam, mu, method="eigen"))
+    t_eig = _time(lambda: solve_fluctuation(H, C, lr=lam, momentum=mu, method="eigen"))
     Dk = 48
     Hk, Ck = H[:Dk, :Dk], C[:Dk, :Dk]
     lamk = lam if np.ndim(lam) == 0 else lam[:Dk, :Dk]
-    t_kron = _time(lambda: solve_fluctuation(Hk, Ck, lamk, mu, method="kronecker")) * (D / Dk) ** 6
+    t_kron = _time(lambda: solve_fluctuation(Hk, Ck, lr=lamk, momentum=mu, method="kronecker")) * (D / Dk) ** 6
     if scipy_D == D:
         t_scipy = _time(lambda: _scipy_aug(H, C, lam * np.eye(D) if np.ndim(lam) == 0 else lam, mu))
         note_s = f"timed at D = {D}"
-        err = np.abs(solve_fluctuation(H, C, lam, mu) - _scipy_aug(H, C, lam * np.eye(D) if np.ndim(lam) == 0 else lam, mu)).max()
+        err = np.abs(solve_fluctuation(H, C, lr=lam, momentum=mu) - _scipy_aug(H, C, lam * np.eye(D) if np.ndim(lam) == 0 else lam, mu)).max()
         note_s += f"; max |ΔΣ| vs eigen {err:.1e}"
     else:
         Hs, Cs = H[:scipy_D, :scipy_D], C[:scipy_D, :scipy_D]
@@ -91,7 +91,7 @@ def _sim_rows(quick: bool) -> list[dict]:
     for D, S, chains, exact in ((5, 8, 1000, False), (2, 50, 1000, True), (1, 4, 20000, True)):
         A = _spd(D, 1, 0.2, 1.5)
         pb = LinearProblem(A, sigma=1.0)
-        t_vec = _time(lambda: simulate_sgd(pb, 0.3, S, steps=steps, burn_in=0, chains=chains, seed=0, exact_law=exact))
+        t_vec = _time(lambda: simulate_sgd(pb, lr=0.3, batch_size=S, steps=steps, burn_in=0, chains=chains, seed=0, exact_law=exact))
         t_loop = _time(lambda: _per_chain_loop(A, 0.3, S, 1.0, 10, steps, 0))
         rate_vec, rate_loop = chains * steps / t_vec, 10 * steps / t_loop
         sampler = "exact-in-law Bartlett sampler" if exact else "explicit Gaussian minibatches"

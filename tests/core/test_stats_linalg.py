@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.linalg import psd_root
+from noiseprobe.core.linalg import psd_factor
 from noiseprobe.core.stats import group_mean_se, loglog_slope, worst_deviation
-from noiseprobe.core.validation import check_array, check_psd_matrix
+from noiseprobe.core.validation import check_array, check_matrix
 
 
 def test_group_mean_se_by_hand() -> None:
@@ -50,18 +50,18 @@ def test_psd_root(rank: int) -> None:
     g = torch.Generator().manual_seed(rank)
     A = torch.randn(3, rank, dtype=torch.float64, generator=g)
     C = A @ A.T
-    R = psd_root(C)
+    R = psd_factor(C, rtol=1e-14)
     assert R.shape == (3, rank)
     assert torch.allclose(R @ R.T, C, atol=1e-12)
 
 
 def test_psd_and_array_validators() -> None:
-    assert check_psd_matrix("C", [[0.5, 0.5], [0.5, 0.5]], 2).tolist() == [[0.5, 0.5], [0.5, 0.5]]
+    assert check_matrix("C", [[0.5, 0.5], [0.5, 0.5]], 2, psd=True).tolist() == [[0.5, 0.5], [0.5, 0.5]]
     assert check_array("w", torch.tensor([1.0, 2.0]), last_dim=2).tolist() == [1.0, 2.0]
     for bad, n in (([[1.0, 2.0], [2.0, 1.0]], 2), ([[1.0, 0.1], [0.0, 1.0]], 2), ([[1.0]], 2), ("C", 1),
                    ([[math.inf]], 1)):
         with pytest.raises(ConfigError, match="C = "):
-            check_psd_matrix("C", bad, n)
+            check_matrix("C", bad, n, psd=True)
     for bad in ([1.0, math.nan], [[1.0, 2.0, 3.0]], "w", None):
         with pytest.raises(ConfigError, match="w = "):
             check_array("w", bad, last_dim=2)

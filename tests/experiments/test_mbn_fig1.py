@@ -1,4 +1,5 @@
-"""mbn-fig1: the replica-batched trainers against plain PyTorch training, divergence, validation, end to end."""
+"""mbn-fig1: the replica-batched trainers (minibatch/nets.py) against plain PyTorch training, divergence,
+validation, end to end, checks by key, resume of an old run directory."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from torch import nn
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.seeding import torch_generator
 from noiseprobe.experiments import get
-from noiseprobe.experiments.mbn_fig1 import epoch_batches, train_logistic, train_tanh_net
+from noiseprobe.minibatch.nets import epoch_batches, train_logistic, train_tanh_net
+
+#: config hashes of the quick presets written by the code before the typed configs (run.json "hash")
+OLD_HASHES = {"mbn-fig1": "5934a729f4022b6a", "mbn-fig1-left": "ec9a96c7f897f17c", "mbn-fig1-right": "6846e54291c92ab8"}
 
 
 def _toy(n: int = 64, d: int = 12, k: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,8 +31,8 @@ def test_tanh_trainer_matches_torch_optim(optimizer: str) -> None:
     x, y = _toy()
     width, lrs = 7, torch.tensor([0.3, 0.05]) if optimizer == "sgd" else torch.tensor([0.01, 0.002])
     gens = [torch_generator(1, r, 5) for r in range(2)]
-    batches = epoch_batches(1, [0, 1], len(y), 8, 2, 0)
-    losses = train_tanh_net(x, y, width, lrs, optimizer, gens, batches)
+    batches = epoch_batches(1, [0, 1], n=len(y), batch_size=8, epochs=2, stream=0)
+    losses = train_tanh_net(x, y, width=width, lrs=lrs, optimizer=optimizer, init_gens=gens, batches=batches)
     for r in range(2):
         g = torch_generator(1, r, 5)  # the same draws as _init: W1, b1, W2, b2 in this order
         w1 = (torch.rand(12, width, generator=g) * 2 - 1) / 12 ** 0.5
@@ -56,8 +60,8 @@ def test_logistic_trainer_matches_autograd_with_signed_weight_decay() -> None:
     x, y = _toy(seed=1)
     xt, yt = _toy(n=40, seed=2)
     gammas = torch.tensor([0.02, -0.02, -1e4])
-    batches = epoch_batches(3, [0], len(y), 16, 3, 0).repeat(3, 1, 1)
-    out = train_logistic(x, y, xt, yt, 0.5, gammas, batches)
+    batches = epoch_batches(3, [0], n=len(y), batch_size=16, epochs=3, stream=0).repeat(3, 1, 1)
+    out = train_logistic(x, y, xt, yt, lr=0.5, gammas=gammas, batches=batches)
     for r, gam in enumerate(gammas[:2].tolist()):
         lin = nn.Linear(12, 3)
         nn.init.zeros_(lin.weight)
@@ -85,19 +89,19 @@ def test_validation_errors() -> None:
 
 def test_public_trainers_reject_bad_input() -> None:
     x, y = _toy()
-    batches = epoch_batches(1, [0, 1], len(y), 8, 1, 0)
+    batches = epoch_batches(1, [0, 1], n=len(y), batch_size=8, epochs=1, stream=0)
     gens = [torch_generator(1, r, 5) for r in range(2)]
     for kwargs, field in [(dict(batch_size=65), "batch_size"), (dict(epochs=0), "epochs")]:
         with pytest.raises(ConfigError, match=field):
-            epoch_batches(1, [0], len(y), **{"batch_size": 8, "epochs": 1, **kwargs}, stream=0)
+            epoch_batches(1, [0], n=len(y), **{"batch_size": 8, "epochs": 1, **kwargs}, stream=0)
     with pytest.raises(ConfigError, match="lrs"):
-        train_tanh_net(x, y, 4, torch.tensor([0.1]), "sgd", gens, batches)
+        train_tanh_net(x, y, width=4, lrs=torch.tensor([0.1]), optimizer="sgd", init_gens=gens, batches=batches)
     with pytest.raises(ConfigError, match="optimizer"):
-        train_tanh_net(x, y, 4, torch.tensor([0.1, 0.1]), "rmsprop", gens, batches)
+        train_tanh_net(x, y, width=4, lrs=torch.tensor([0.1, 0.1]), optimizer="rmsprop", init_gens=gens, batches=batches)
     with pytest.raises(ConfigError, match="gammas"):
-        train_logistic(x, y, x, y, 0.5, torch.tensor([0.0, 0.1, 0.2]), batches)
+        train_logistic(x, y, x, y, lr=0.5, gammas=torch.tensor([0.0, 0.1, 0.2]), batches=batches)
     with pytest.raises(ConfigError, match="lr"):
-        train_logistic(x, y, x, y, -0.5, torch.tensor([0.0, 0.1]), batches)
+        train_logistic(x, y, x, y, lr=-0.5, gammas=torch.tensor([0.0, 0.1]), batches=batches)
 
 
 def test_end_to_end_quick_overrides(tmp_path) -> None:
@@ -108,7 +112,9 @@ def test_end_to_end_quick_overrides(tmp_path) -> None:
     summary = run_experiment("mbn-fig1", "quick", out=tmp_path / "run", overrides=overrides)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["experiment"] == "mbn-fig1"
     assert set(summary["figures"]) == {"fig1_left_sgd.png", "fig1_middle_adam.png", "fig1_right.png"}
-    assert len(summary["checks"]) == 6 and all(set(c) >= {"claim", "measured", "passed"} for c in summary["checks"])
+    assert [c["key"] for c in summary["checks"]] == [
+        "sgd-variance-grows-with-width", "sgd-variance-flat-when-lr-rescaled", "adam-variance-grows-with-width",
+        "adam-variance-flat-when-lr-rescaled", "best-weight-decay-negative"]
 
     res = pd.read_parquet(tmp_path / "run" / "results.parquet")
     left, right = res[res["panel"] == "left"], res[res["panel"] == "right"]
@@ -155,12 +161,58 @@ def test_analysis_checks_pass_and_fail_on_synthetic_tables(tmp_path) -> None:
     cfg = get("mbn-fig1").config("quick")
     _, good = _analyse_left(cfg, _left_table(fixed_growth=100.0, rescaled_spread=1.0), tmp_path)
     assert [c.passed for c in good] == [True] * 4
-    assert good[0].measured == pytest.approx(100.0 * 1.0)  # ratio of seed medians, d = 64 over d = 4
+    assert good[0].key == "sgd-variance-grows-with-width" and good[0].measured == pytest.approx(100.0 * 1.0)  # ratio of seed medians, d = 64 over d = 4
     _, bad = _analyse_left(cfg, _left_table(fixed_growth=1.0, rescaled_spread=100.0), tmp_path)
     assert [c.passed for c in bad] == [False] * 4
     assert bad[0].measured == pytest.approx(1.0) and bad[0].measured < GROWTH_MIN
     metrics, right = _analyse_right(cfg, _right_table(-0.01), tmp_path)
-    assert [c.passed for c in right] == [True, True] and right[0].measured == -0.01 == metrics["gamma_star"]
-    assert right[1].measured == pytest.approx(0.05, abs=0.01)
+    assert [c.key for c in right] == ["best-weight-decay-negative"] and metrics["gamma_star"] == -0.01
+    assert right[0].passed and right[0].measured == 0.0  # no bootstrap resample picks γ >= 0
+    assert metrics["test_acc_gain_over_gamma0"][0] == pytest.approx(0.05, abs=0.01)
     _, wrong = _analyse_right(cfg, _right_table(0.01), tmp_path)
-    assert wrong[0].passed is False and wrong[0].measured == 0.01
+    assert wrong[0].passed is False and wrong[0].measured == 1.0
+
+
+def test_all_replicas_diverged_is_not_measurable(tmp_path) -> None:
+    """The experiment's own all-diverging overrides (tiny sizes): the run finishes, every check is not measurable."""
+    from noiseprobe.core.runner import run_experiment
+
+    exp = get("mbn-fig1")
+    small = {"widths": [4, 8], "n_seeds": 2, "batch_size": 250, "gammas": [-0.005, 0.0], "right_epochs": 1,
+             "right_batch_size": 250}
+    summary = run_experiment("mbn-fig1", "quick", out=tmp_path / "run", overrides={**small, **exp.diverging})
+    assert summary["checks"] and {c["verdict"] for c in summary["checks"]} == {"not measurable"}
+    res = pd.read_parquet(tmp_path / "run" / "results.parquet")
+    assert res["diverged"].all()
+
+
+def test_typed_config_keeps_the_old_hash() -> None:
+    """The typed config's dict is the old preset dict: the hash of a run directory written before the move."""
+    from noiseprobe.core.store import config_hash
+
+    for exp_id, h in OLD_HASHES.items():
+        exp = get(exp_id)
+        assert config_hash(exp_id, exp.config("quick").to_dict()) == h, exp_id
+
+
+def test_trainers_follow_the_data_dtype() -> None:
+    """Nothing assumes float32/CPU: float64 data give float64 losses and parameters (device follows x too)."""
+    x, y = _toy()
+    x = x.double()
+    batches = epoch_batches(1, [0, 1], n=len(y), batch_size=8, epochs=1, stream=0)
+    gens = [torch_generator(1, r, 5) for r in range(2)]
+    losses = train_tanh_net(x, y, width=4, lrs=torch.tensor([0.1, 0.2]), optimizer="adam", init_gens=gens,
+                            batches=batches)
+    assert losses.dtype == torch.float64 and losses.device == x.device and torch.isfinite(losses).all()
+    out = train_logistic(x, y, x, y, lr=0.5, gammas=torch.tensor([0.0, 0.1]), batches=batches)
+    assert out["test_loss"].dtype == np.float64
+
+
+@pytest.mark.parametrize("exp_id", ["mbn-fig1", "mbn-fig1-left", "mbn-fig1-right"])
+def test_estimate_names_config_fields_and_grows_with_them(exp_id: str) -> None:
+    exp = get(exp_id)
+    cfg = exp.config("quick")
+    est = exp.estimate(cfg)
+    assert est.peak_bytes > 0 and set(est.drivers) <= set(cfg.keys())
+    big = exp.config("quick", {"n_seeds": 4 * cfg["n_seeds"]})
+    assert exp.estimate(big).peak_bytes > est.peak_bytes

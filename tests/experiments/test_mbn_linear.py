@@ -1,5 +1,6 @@
-"""Experiments mbn-fig3/4/5/6 and mbn-table2: tiny presets run end to end, checks pass, figures exist,
-results do not depend on chunking, and invalid overrides are rejected. Fig. 4(d, e): the chain-clustered χ²
+"""Experiments mbn-fig3/4/5/6 and mbn-table2 (one module each): tiny presets run end to end, checks pass, figures
+exist, results do not depend on chunking, invalid overrides are rejected, all-diverging overrides finish with
+"not measurable" checks, and the typed configs keep the old run directories' hashes. Fig. 4(d, e): the chain-clustered χ²
 is calibrated under autocorrelation and has power, the model densities have the stated variances, the
 high-dimensional exact solve equals Thm 2, and the quick preset's checks hold."""
 
@@ -15,10 +16,14 @@ from scipy import integrate, stats
 from noiseprobe import experiments
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.runner import run_experiment
-from noiseprobe.experiments.mbn_linear import clustered_chi2
+from noiseprobe.core.stats import clustered_chi2
+from noiseprobe.experiments.mbn_fig4 import dist_models, highdim_hessian, highdim_sigma
 from noiseprobe.minibatch.linear import label_noise_sigma
 from noiseprobe.minibatch.tails import tail_index_exact
 
+#: config hashes of the quick presets written before the typed configs (run.json "hash")
+OLD_HASHES = {"mbn-fig3": "28b41799c5d8c1d7", "mbn-fig4": "44ea3510c0b4167a", "mbn-fig5": "0afd3aec511f34f4",
+              "mbn-fig6": "3c564085de63e61c", "mbn-table2": "0a4378f4307d5b10"}
 TINY = {
     "mbn-fig3": {"batch_sizes": [12, 32], "gammas": [0.0, 0.3], "chains": 200, "steps": 400},
     "mbn-fig4": {"lrs": [0.5, 1.2], "S2d": [50], "chains": 200, "steps": 400, "chains2d": 100, "steps2d": 400,
@@ -57,8 +62,8 @@ def test_chunk_independence():
 
 
 @pytest.mark.parametrize("exp_id,bad", [("mbn-fig3", {"chains": 1}), ("mbn-fig4", {"lrs": [-0.1]}),
-                                        ("mbn-fig4", {"lr_dist": 1.7}), ("mbn-fig4", {"dist_bins": [1.0, 0.5]}),
-                                        ("mbn-fig4", {"chains_dist": 5}), ("mbn-fig4", {"lr_hd": 3.0}),
+                                        ("mbn-fig4", {"dist_bins": [1.0, 0.5]}), ("mbn-fig4", {"hess": [1.0]}),
+                                        ("mbn-fig4", {"chains_dist": 5}), ("mbn-fig4", {"D_hd": 65}),
                                         ("mbn-fig5", {"S": 0}), ("mbn-fig5", {"lr": 30.0}), ("mbn-fig6", {"D": 500}),
                                         ("mbn-table2", {"lr": -1.0})])
 def test_invalid_config(exp_id, bad):
@@ -120,7 +125,7 @@ def test_fig4_dist_models_are_densities_with_the_stated_variances():
     a, S, lr = cfg["a"], cfg["S"], cfg["lr_dist"]
     var_exact = lr / (2 * S - (S + 2) * lr * a)
     expected = [var_exact, var_exact, var_exact, lr / (S * (2 - lr * a))]
-    for (name, pdf), var in zip(exp.dist_models(cfg).items(), expected):
+    for (name, pdf), var in zip(dist_models(cfg).items(), expected):
         mass = 2 * integrate.quad(pdf, 0, np.inf, epsabs=1e-12)[0]
         second = 2 * integrate.quad(lambda w: w * w * pdf(w), 0, np.inf, epsabs=1e-12, limit=200)[0]
         assert abs(mass - 1) < 1e-8, name
@@ -132,10 +137,10 @@ def test_fig4_highdim_exact_sigma_is_thm2():
     and A has the requested evenly spaced spectrum."""
     exp = experiments.get("mbn-fig4")
     cfg = exp.config("quick")
-    A = exp.highdim_hessian(cfg)
+    A = highdim_hessian(cfg)
     np.testing.assert_allclose(np.linalg.eigvalsh(A), np.linspace(*cfg["hess_hd"], cfg["D_hd"]), atol=1e-12)
     assert np.abs(A - np.diag(np.diag(A))).max() > 0.05  # rotated: not diagonal in the sampling basis
-    np.testing.assert_allclose(exp.highdim_sigma(cfg), label_noise_sigma(A, cfg["lr_hd"], cfg["S_hd"], 1.0),
+    np.testing.assert_allclose(highdim_sigma(cfg), label_noise_sigma(A, lr=cfg["lr_hd"], batch_size=cfg["S_hd"], sigma=1.0),
                                rtol=1e-8, atol=1e-12)
 
 
@@ -187,9 +192,9 @@ def test_fig4_dist_checks_pass_on_eq90_samples_and_fail_on_gaussian_samples():
     chain = np.repeat(np.arange(R), n)
     a, S, lr = cfg["a"], cfg["S"], cfg["lr_dist"]
     var = lr / (2 * S - (S + 2) * lr * a)
-    bk = float(tail_index_exact(lr, S, a))
+    bk = float(tail_index_exact(lr=lr, batch_size=S, a=a))
     t_draws = stats.t.rvs(df=bk, scale=np.sqrt(var * (bk - 2) / bk), size=R * n, random_state=rng)
-    assert _fig4_checks_on(cfg, samples1d=pd.DataFrame({"chain": chain, "w": t_draws})) == [True, True]
+    assert _fig4_checks_on(cfg, samples1d=pd.DataFrame({"chain": chain, "w": t_draws})) == [True, True, True]
     g_draws = rng.normal(scale=np.sqrt(lr / (S * (2 - lr * a))), size=R * n)
     assert _fig4_checks_on(cfg, samples1d=pd.DataFrame({"chain": chain, "w": g_draws}))[0] is False
 
@@ -204,15 +209,52 @@ def test_fig4_highdim_checks_fail_when_the_truth_is_the_hessian_approximation():
     exp = experiments.get("mbn-fig4")
     cfg = exp.config("quick")
     rng = np.random.default_rng(4)
-    A = exp.highdim_hessian(cfg)
-    exact = exp.highdim_sigma(cfg)
+    A = highdim_hessian(cfg)
+    exact = highdim_sigma(cfg)
     lam, U = np.linalg.eigh(exact)
     c, s = np.cos(0.1), np.sin(0.1)
     turn = np.eye(len(lam))
     turn[np.ix_([0, -1], [0, -1])] = [[c, -s], [s, c]]
     turned = (U @ turn) @ np.diag(lam) @ (U @ turn).T
     for truth, expect in ((exact, [True, True, True]),
-                          (hessian_approx_sigma(A, cfg["lr_hd"], cfg["S_hd"]), [False, False, False]),
+                          (hessian_approx_sigma(A, lr=cfg["lr_hd"], batch_size=cfg["S_hd"]), [False, False, False]),
                           (turned, [True, False, True])):
         per_chain = stats.wishart.rvs(df=200, scale=truth / 200, size=300, random_state=rng)
         assert _fig4_checks_on(cfg, per_chain_sigma=per_chain) == expect
+
+
+def test_typed_configs_keep_the_old_hashes():
+    from noiseprobe.core.store import config_hash
+
+    for exp_id, h in OLD_HASHES.items():
+        assert config_hash(exp_id, experiments.get(exp_id).config("quick").to_dict()) == h, exp_id
+
+
+@pytest.mark.parametrize("exp_id", sorted(TINY))
+def test_all_diverging_overrides_finish_not_measurable(tmp_path, exp_id):
+    """Issue 11: with every chain diverging (the experiment's own `diverging` overrides, tiny sizes) the run
+    finishes; every check that compares simulated statistics is "not measurable", none passes on them."""
+    exp = experiments.get(exp_id)
+    summary = run_experiment(exp_id, "quick", out=tmp_path, overrides={**TINY[exp_id], **exp.diverging})
+    res = pd.read_parquet(tmp_path / "results.parquet")
+    assert res["diverged"].all()
+    verdicts = {c["key"]: c["verdict"] for c in summary["checks"]}
+    theory_only = {"mbn-fig5": {"lr-in-negative-decay-window", "optimal-weight-decay-negative", "divergence-above-interval"},
+                   "mbn-fig4": {"divergence-bound-closed-form"}, "mbn-fig6": {"hessian-nonzero-overparametrised",
+                                                                          "hessian-wrong-above-one"}}.get(exp_id, set())
+    measured = {k: v for k, v in verdicts.items() if k not in theory_only}
+    assert measured and set(measured.values()) == {"not measurable"}, verdicts
+    if exp_id == "mbn-fig5":
+        assert verdicts["divergence-above-interval"] == "pass"
+
+
+@pytest.mark.parametrize("exp_id", sorted(TINY) + ["mbn-fig2", "mbn-fig7"])
+def test_estimate_names_config_fields_and_grows_with_chains(exp_id):
+    """The memory estimate is computed from the config alone, names config fields, and grows with the chains
+    (measured against the RSS growth of one chunk: docs/minibatch.md)."""
+    exp = experiments.get(exp_id)
+    cfg = exp.config("quick")
+    est = exp.estimate(cfg)
+    assert est.peak_bytes > 0 and est.drivers and set(est.drivers) <= set(cfg.keys())
+    field = "chains_hd" if exp_id == "mbn-fig4" else "chains"
+    assert exp.estimate(exp.config("quick", {field: 20 * cfg[field]})).peak_bytes > est.peak_bytes

@@ -1,4 +1,5 @@
-"""mbn-fig2 / mbn-fig7: chunks, tables, determinism, divergence as an outcome, analysis, end to end."""
+"""mbn-fig2 / mbn-fig7: chunks, tables, determinism, divergence as an outcome, analysis, end to end, checks by key,
+old run directories' hashes."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from noiseprobe.core.runner import run_experiment
 from noiseprobe.experiments import get
 from noiseprobe.experiments.mbn_tails import Fig2, Fig7
 
+#: config hashes of the quick presets written before the typed configs (run.json "hash")
+OLD_HASHES = {"mbn-fig2": "505537aecc641ada", "mbn-fig7": "5dc31ad241af1929"}
 TINY = {"chains": 200, "snapshots": 50, "snapshot_every": 10, "burn_in": 300, "hill_fraction": 0.02}
 
 
@@ -78,10 +81,44 @@ def test_analyse_fig7(tmp_path: Path) -> None:
     metrics, checks = exp.analyse(cfg, run_all(exp, cfg), tmp_path)
     assert (tmp_path / "fig7_tail_index_vs_lr.png").stat().st_size > 0
     assert len(metrics["points"]) == 2
-    assert len(checks) == 4 and all(c.claim and c.detail for c in checks)
-    mori = checks[3]
-    assert not mori.passed and mori.measured["lr=0.001"] == pytest.approx(0.114, abs=0.005)
-    json.dumps([c.upgrade().to_dict() for c in checks])
+    by_key = {c.key: c for c in checks}
+    assert list(by_key) == ["eq93-tail-index-agrees", "exact-tail-index-agrees", "heavier-than-continuous",
+                            "continuous-index-exact-as-lr-vanishes", "continuous-index-limit"]
+    assert all(c.claim and c.detail for c in checks)
+    mori, limit = by_key["continuous-index-exact-as-lr-vanishes"], by_key["continuous-index-limit"]
+    assert mori.kind == "paper-claim" and not mori.passed and mori.measured == pytest.approx(0.114, abs=0.005)
+    assert limit.passed and limit.expected == pytest.approx(0.11386, abs=1e-4)
+    assert by_key["exact-tail-index-agrees"].se > 0  # tolerance and standard error kept apart
+    json.dumps([c.to_dict() for c in checks])
+
+
+def test_continuous_limit_error_root() -> None:
+    """u* solves u(log u − 1) = 1 (checked by substitution), and 4/u* − 1 ≈ 0.1139."""
+    import math
+
+    from noiseprobe.experiments.mbn_tails import continuous_limit_error
+
+    u = 4 / (1 + continuous_limit_error())
+    assert u * (math.log(u) - 1) == pytest.approx(1.0, abs=1e-10) and continuous_limit_error() == pytest.approx(0.1139, abs=1e-4)
+
+
+@pytest.mark.parametrize("exp_id", ["mbn-fig2", "mbn-fig7"])
+def test_all_chains_diverged_is_not_measurable(tmp_path: Path, exp_id: str) -> None:
+    """The experiment's all-diverging overrides (issue 11: `--set lrs=[5.0]` crashed): the run finishes and
+    every check that needs a convergent chain is "not measurable"."""
+    exp = get(exp_id)
+    summary = run_experiment(exp_id, "quick", out=tmp_path / "run", overrides={**TINY, **exp.diverging})
+    verdicts = {c["key"]: c["verdict"] for c in summary["checks"]}
+    for key in ("eq93-tail-index-agrees", "exact-tail-index-agrees", "heavier-than-continuous"):
+        assert verdicts[key] == "not measurable", verdicts
+    assert pd.read_parquet(tmp_path / "run" / "results.parquet")["diverged"].all()
+
+
+def test_typed_config_keeps_the_old_hash() -> None:
+    from noiseprobe.core.store import config_hash
+
+    for exp_id, h in OLD_HASHES.items():
+        assert config_hash(exp_id, get(exp_id).config("quick").to_dict()) == h
 
 
 def test_validation() -> None:
@@ -97,11 +134,10 @@ def test_end_to_end_fig2(tmp_path: Path) -> None:
                              overrides={**TINY, "batch_sizes": [1, 2]})
     assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "run" / "tails.parquet").exists()
     assert summary["figures"] == ["fig2_tail.png"]
-    claims = [c["claim"] for c in summary["checks"]]
-    assert any("Eq. (93)" in c for c in claims) and any("Kesten" in c for c in claims)
-    assert any("2S/(S+2)" in c for c in claims)  # S = 2 at a lr = 1 is the beta = 2 point
-    # the statistical claims that hold for the simulated SGD (4-SE checks with the chain-clustered Hill SE):
+    verdicts = {c["key"]: c["verdict"] for c in summary["checks"]}
+    assert set(verdicts) == {"eq93-tail-index-agrees", "exact-tail-index-agrees", "heavier-than-continuous",
+                             "beta-two-at-variance-bound"}  # S = 2 at a lr = 1 is the beta = 2 point
+    # the statistical claims that hold for the simulated SGD (Z-SE checks with the chain-clustered Hill SE):
     # the exact Kesten index, the heavier-than-continuous tail, and beta = 2 at a lr = 2S/(S+2)
-    verdicts = {c["claim"]: c["passed"] for c in summary["checks"]}
-    for key in ("Kesten", "heavier tail", "2S/(S+2)"):
-        assert [v for c, v in verdicts.items() if key in c] == [True], (key, summary["checks"])
+    for key in ("exact-tail-index-agrees", "heavier-than-continuous", "beta-two-at-variance-bound"):
+        assert verdicts[key] == "pass", (key, summary["checks"])

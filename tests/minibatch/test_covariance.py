@@ -39,7 +39,7 @@ def test_linear_regression_closed_form_matches_autograd(replacement: bool) -> No
 
     ref = GradientNoise(model, half_mse, torch.from_numpy(x), torch.from_numpy(y), batch_size=4,
                         replacement=replacement).dense().numpy()
-    np.testing.assert_allclose(linear_regression_noise(w, x, y, 4, replacement), ref, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(linear_regression_noise(w, x, y, batch_size=4, replacement=replacement), ref, rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("replacement", [True, False])
@@ -52,9 +52,9 @@ def test_linear_regression_closed_form_matches_sampled_minibatches(replacement: 
     xb, yb = x[idx], y[idx]                                    # (draws, S, D), (draws, S)
     g = ((xb @ w - yb)[..., None] * xb).mean(1)                # ĝ of the ½ loss
     exact_mean = x.T @ (x @ w - y) / n
-    c = linear_regression_noise(w, x, y, s, replacement)
+    c = linear_regression_noise(w, x, y, batch_size=s, replacement=replacement)
     assert np.abs(_z(g, exact_mean, c)).max() < 5.0
-    other = linear_regression_noise(w, x, y, s, not replacement)
+    other = linear_regression_noise(w, x, y, batch_size=s, replacement=not replacement)
     assert np.abs(_z(g, exact_mean, other)).max() > 10.0
 
 
@@ -67,7 +67,7 @@ def test_gaussian_population_noise_matches_monte_carlo() -> None:
     x = rng.standard_normal((draws, s, 3)) @ np.linalg.cholesky(a).T
     eps = np.sqrt(sigma2) * rng.standard_normal((draws, s))
     g = (((x @ (w - u)) - eps)[..., None] * x).mean(1)
-    c = gaussian_regression_noise(w, u, a, sigma2, s)
+    c = gaussian_regression_noise(w, u=u, A=a, sigma=np.sqrt(sigma2), batch_size=s)
     av = a @ (w - u)
     assert np.abs(_z(g, av, c)).max() < 5.0
     wrong = c - 2 * np.outer(av, av) / s  # (1/S)[(2L) A − ∇L∇Lᵀ]: drops the Gaussian fourth moment
@@ -77,15 +77,15 @@ def test_gaussian_population_noise_matches_monte_carlo() -> None:
 def test_gradient_noise_factors_and_validation() -> None:
     x, y, w = _dataset()
     grads = (x @ w - y)[:, None] * x
-    full = gradient_noise(grads, len(y), replacement=False)
+    full = gradient_noise(grads, batch_size=len(y), replacement=False)
     np.testing.assert_allclose(full, 0.0, atol=1e-15)  # S = N without replacement: no noise
-    m = gradient_noise(grads, 1)
-    np.testing.assert_allclose(gradient_noise(grads, 1, replacement=False), m, rtol=1e-14)  # eq. (100)
-    np.testing.assert_allclose(gradient_noise(grads, 3), m / 3, rtol=1e-14)                  # eq. (99a)
-    np.testing.assert_allclose(gradient_noise(grads, 3, False), m * 12 / (3 * 14), rtol=1e-14)  # eq. (99b)
+    m = gradient_noise(grads, batch_size=1)
+    np.testing.assert_allclose(gradient_noise(grads, batch_size=1, replacement=False), m, rtol=1e-14)  # eq. (100)
+    np.testing.assert_allclose(gradient_noise(grads, batch_size=3), m / 3, rtol=1e-14)                  # eq. (99a)
+    np.testing.assert_allclose(gradient_noise(grads, batch_size=3, replacement=False), m * 12 / (3 * 14), rtol=1e-14)  # eq. (99b)
     with pytest.raises(ConfigError):
-        linear_regression_noise(w[:2], x, y, 2)
+        linear_regression_noise(w[:2], x, y, batch_size=2)
     with pytest.raises(ConfigError):
-        gaussian_regression_noise(w, w, np.eye(3), -1.0, 2)
+        gaussian_regression_noise(w, u=w, A=np.eye(3), sigma=-1.0, batch_size=2)
     with pytest.raises(ConfigError):
-        gradient_noise(np.full((3, 2), np.nan), 1)
+        gradient_noise(np.full((3, 2), np.nan), batch_size=1)

@@ -30,19 +30,19 @@ def system() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_three_solvers_agree_noncommuting(system, mu):
     H, C, Lam = system
     assert np.linalg.norm(Lam @ H - H @ Lam) > 0.1
-    eig = solve_fluctuation(H, C, Lam, mu, method="eigen")
-    lyap = solve_fluctuation(H, C, Lam, mu, method="lyapunov")
-    kron = solve_fluctuation(H, C, Lam, mu, method="kronecker")
+    eig = solve_fluctuation(H, C, lr=Lam, momentum=mu, method="eigen")
+    lyap = solve_fluctuation(H, C, lr=Lam, momentum=mu, method="lyapunov")
+    kron = solve_fluctuation(H, C, lr=Lam, momentum=mu, method="kronecker")
     scale = np.abs(eig).max()
     assert np.abs(eig - lyap).max() < 1e-11 * scale
     assert np.abs(eig - kron).max() < 1e-11 * scale
-    assert np.abs(thm1_residual(eig, H, C, Lam, mu)).max() < 1e-12 * scale
+    assert np.abs(thm1_residual(eig, H, C, lr=Lam, momentum=mu)).max() < 1e-12 * scale
 
 
 def test_1d_closed_form():
     # μ = 0, 1d: 2λhΣ − λ²h²Σ = λ²C  ⇒  Σ = λC / (h(2 − λh))
     h, c, lam = 1.3, 0.7, 0.9
-    assert solve_fluctuation(np.array([[h]]), np.array([[c]]), lam)[0, 0] == pytest.approx(lam * c / (h * (2 - lam * h)), rel=1e-13)
+    assert solve_fluctuation(np.array([[h]]), np.array([[c]]), lr=lam)[0, 0] == pytest.approx(lam * c / (h * (2 - lam * h)), rel=1e-13)
 
 
 def test_monte_carlo_additive_noise(system):
@@ -63,7 +63,7 @@ def test_monte_carlo_additive_noise(system):
             acc += w[:, :, None] * w[:, None, :]
     per_chain = acc / T
     est, se = per_chain.mean(0), per_chain.std(0, ddof=1) / np.sqrt(R)
-    theory = solve_fluctuation(H, C, Lam, mu)
+    theory = solve_fluctuation(H, C, lr=Lam, momentum=mu)
     z = np.abs(est - theory) / se
     assert z.max() < 4.5, z
 
@@ -72,13 +72,13 @@ def test_monte_carlo_additive_noise(system):
 def test_bound_scalar_lr(mu):
     H = np.diag([2.0, 0.5])
     with pytest.raises(NoStationaryState) as e:
-        solve_fluctuation(H, np.eye(2), 1.5 * (1 + mu), mu)
+        solve_fluctuation(H, np.eye(2), lr=1.5 * (1 + mu), momentum=mu)
     assert isinstance(e.value, ValueError)
     assert e.value.bound == pytest.approx((1 + mu), rel=1e-9)  # 2(1+μ)/h_max
     assert "below" in str(e.value)
     # just below the bound a solution exists, and the augmented map is stable
-    solve_fluctuation(H, np.eye(2), 0.999 * (1 + mu), mu)
-    M, _ = augmented_system(H, 0.999 * (1 + mu) * np.eye(2), mu)
+    solve_fluctuation(H, np.eye(2), lr=0.999 * (1 + mu), momentum=mu)
+    M, _ = augmented_system(H, lr=0.999 * (1 + mu) * np.eye(2), momentum=mu)
     assert np.abs(np.linalg.eigvals(M)).max() < 1
 
 
@@ -88,40 +88,57 @@ def test_bound_state_dependent_noise_1d():
     A = np.array([[a]])
     nmap = lambda X: (A @ X @ A + np.trace(A @ X) * A) / S  # noqa: E731
     with pytest.raises(NoStationaryState) as e:
-        solve_fluctuation(A, A / S, 1.0, noise_map=nmap)
+        solve_fluctuation(A, A / S, lr=1.0, noise_map=nmap)
     assert e.value.bound == pytest.approx(2 * S / ((S + 2) * a), rel=1e-8)
 
 
 def test_flat_directions():
     H = np.diag([1.0, 0.0])
-    Sg = solve_fluctuation(H, np.diag([1.0, 0.0]), 0.5)
+    Sg = solve_fluctuation(H, np.diag([1.0, 0.0]), lr=0.5)
     assert Sg[1, 1] == 0.0 and Sg[0, 0] == pytest.approx(0.5 / (2 - 0.5))
     with pytest.raises(NoStationaryState):
-        solve_fluctuation(H, np.eye(2), 0.5)
+        solve_fluctuation(H, np.eye(2), lr=0.5)
 
 
 def test_bad_inputs():
     with pytest.raises(ConfigError):
-        solve_fluctuation(np.eye(2), np.eye(3), 0.1)
+        solve_fluctuation(np.eye(2), np.eye(3), lr=0.1)
     with pytest.raises(ConfigError):
-        solve_fluctuation(np.eye(2), np.eye(2), -0.1)
+        solve_fluctuation(np.eye(2), np.eye(2), lr=-0.1)
     with pytest.raises(ConfigError):
-        solve_fluctuation(np.eye(2), np.eye(2), 0.1, momentum=1.0)
+        solve_fluctuation(np.eye(2), np.eye(2), lr=0.1, momentum=1.0)
     with pytest.raises(ConfigError):
-        solve_fluctuation(np.eye(2), np.eye(2), 0.1, method="dense")
+        solve_fluctuation(np.eye(2), np.eye(2), lr=0.1, method="dense")
     with pytest.raises(ConfigError):
-        solve_fluctuation(np.eye(60), np.eye(60), 0.1, method="kronecker")
+        solve_fluctuation(np.eye(60), np.eye(60), lr=0.1, method="kronecker")
 
 
 def test_bad_matrices():
     """H, C and Σ of eq. (3) must be symmetric; thm1_residual and largest_stable_scale validate too."""
     with pytest.raises(ConfigError) as e:
-        solve_fluctuation(np.array([[1.0, 0.5], [0.0, 1.0]]), np.eye(2), 0.1)
+        solve_fluctuation(np.array([[1.0, 0.5], [0.0, 1.0]]), np.eye(2), lr=0.1)
     assert e.value.field == "H" and "symmetric" in str(e.value)
     with pytest.raises(ConfigError):
-        solve_fluctuation(np.eye(2), np.array([[1.0, np.nan], [np.nan, 1.0]]), 0.1)
+        solve_fluctuation(np.eye(2), np.array([[1.0, np.nan], [np.nan, 1.0]]), lr=0.1)
     with pytest.raises(ConfigError):
-        thm1_residual(np.eye(3), np.eye(2), np.eye(2), 0.1)
+        thm1_residual(np.eye(3), np.eye(2), np.eye(2), lr=0.1)
     with pytest.raises(ConfigError):
         largest_stable_scale(lambda s: s < 0.5, hi=0.0)
     assert largest_stable_scale(lambda s: s < 0.5, hi=1.0) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_issue11_bad_python_api_calls_raise_config_error():
+    """Issue 11 point 11: a noise matrix that is not PSD returned a negative Σ, and lr=True was accepted as 1;
+    simulate_sgd(lr=-1) ran to |w| ≈ 1e62 with no chain flagged. Each is now one ConfigError naming the argument."""
+    from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+
+    with pytest.raises(ConfigError) as e:
+        solve_fluctuation(np.eye(2), np.diag([1.0, -0.5]), lr=0.1)
+    assert e.value.field == "C" and "positive semi-definite" in str(e.value)
+    for bad in (True, np.bool_(True), "0.1", [[0.1, 0.2]], np.nan):
+        with pytest.raises(ConfigError) as e:
+            solve_fluctuation(np.eye(2), np.eye(2), lr=bad)
+        assert e.value.field == "lr"
+    with pytest.raises(ConfigError) as e:
+        simulate_sgd(LinearProblem(1.0, sigma=1.0), lr=-1.0, batch_size=1, steps=10, burn_in=0, chains=8, seed=0)
+    assert e.value.field == "lr"

@@ -33,14 +33,14 @@ def test_thm5_exact_under_homogeneity_by_enumeration():
     batches = np.array(list(itertools.product(range(N), repeat=S)))  # with replacement, all equally likely
     g_hat = grads[batches].mean(axis=1)
     C_enum = np.cov(g_hat.T, bias=True)
-    C5 = thm5_noise(c * c / 2, X.T @ X / N, grads.mean(0), S)
+    C5 = thm5_noise(L0=c * c / 2, H0=X.T @ X / N, grad_L0=grads.mean(0), batch_size=S)
     assert np.abs(C5 - C_enum).max() < 1e-12 * np.abs(C_enum).max()
     # Cor. 2 eq. (16) at a minimum with Γ = 0 (∇L₀ = 0) and eq. (15) with ∇L₀(w*) = −Γw*
     H0 = X.T @ X / N
-    assert np.allclose(cor2_noise(H0, 0.3, S), 0.6 / S * H0, rtol=1e-14, atol=0)
+    assert np.allclose(cor2_noise(H0, L0=0.3, batch_size=S), 0.6 / S * H0, rtol=1e-14, atol=0)
     G, ws = 0.3 * np.eye(D), rng.normal(size=D)
     rank1 = np.outer(G @ ws, G @ ws) / S
-    assert np.allclose(cor2_noise(H0, 0.3, S, Gamma=G, w_star=ws), 0.6 / S * H0 - rank1, rtol=1e-14, atol=0)
+    assert np.allclose(cor2_noise(H0, L0=0.3, batch_size=S, Gamma=G, w_star=ws), 0.6 / S * H0 - rank1, rtol=1e-14, atol=0)
 
 
 def test_cor2_against_gaussian_exact_noise():
@@ -51,42 +51,42 @@ def test_cor2_against_gaussian_exact_noise():
     Gamma, u, S = 0.3 * np.eye(3), np.array([1.0, -0.5, 0.7]), 8
     w_star = np.linalg.solve(A + Gamma, A @ u)
     L0 = 0.5 * (w_star - u) @ A @ (w_star - u)  # no label noise: L₀(w*) = ½(w*−u)ᵀA(w*−u)
-    exact = prop3_noise(A, Gamma, u, np.zeros((3, 3)), S)  # Prop. 3 at Σ = 0: noise at w = w*
+    exact = prop3_noise(A, Gamma=Gamma, u=u, Sigma=np.zeros((3, 3)), batch_size=S)  # Prop. 3 at Σ = 0: noise at w = w*
     gw = Gamma @ w_star
-    assert np.abs(cor2_noise(A, L0, S, Gamma=Gamma, w_star=w_star) - (exact - 2 * np.outer(gw, gw) / S)).max() < 1e-14
+    assert np.abs(cor2_noise(A, L0=L0, batch_size=S, Gamma=Gamma, w_star=w_star) - (exact - 2 * np.outer(gw, gw) / S)).max() < 1e-14
     # eq. (17) (Γ = 0, L₀ = 0) vs Lemma 1 at σ = 0: differ by −(2/S)AΣA, which is O(1/D) relative at large D
     Sg = np.diag([0.1, 0.2, 0.3])
-    diff = cor2_noise(A, 0.0, S, Sigma=Sg) - lemma1_noise(A, Sg, 0.0, S)
+    diff = cor2_noise(A, L0=0.0, batch_size=S, Sigma=Sg) - lemma1_noise(A, Sg, sigma=0.0, batch_size=S)
     assert np.abs(diff + 2 * A @ Sg @ A / S).max() < 1e-14
     D = 400
     Ad, Sd = np.diag(np.linspace(0.5, 1.5, D)), np.diag(np.linspace(0.01, 0.02, D))
-    big = cor2_noise(Ad, 0.0, S, Sigma=Sd)
-    rel = np.linalg.norm(big - lemma1_noise(Ad, Sd, 0.0, S)) / np.linalg.norm(big)
+    big = cor2_noise(Ad, L0=0.0, batch_size=S, Sigma=Sd)
+    rel = np.linalg.norm(big - lemma1_noise(Ad, Sd, sigma=0.0, batch_size=S)) / np.linalg.norm(big)
     # ‖2AΣA‖_F / ‖Tr[AΣ]A − AΣA‖_F = 2‖aσ·a‖/(Σ_j a_jσ_j ‖a‖) ≈ 2.65/D for these spectra (App. remark 61)
     assert 1.0 / D < rel < 3.0 / D
     with pytest.raises(ConfigError):
-        cor2_noise(A, 0.0, 8)
+        cor2_noise(A, L0=0.0, batch_size=8)
 
 
 def test_cor3_is_thm2_to_leading_order():
     """Γ = 0, L₀ = σ²/2: Cor. 3 is Thm 2 up to O(1/S) relative."""
     A = np.diag([1.5, 0.7, 0.2])
     for S, mu in ((1000, 0.0), (2000, 0.5)):
-        c3 = cor3_sigma(A, 0.5, 0.5, S, mu)
-        t2 = label_noise_sigma(A, 0.5, S, 1.0, mu)
+        c3 = cor3_sigma(A, L0=0.5, lr=0.5, batch_size=S, momentum=mu)
+        t2 = label_noise_sigma(A, lr=0.5, batch_size=S, sigma=1.0, momentum=mu)
         rel = np.abs(c3 - t2).max() / np.abs(t2).max()
         assert 0 < rel < 5.0 / S
     with pytest.raises(NoStationaryState) as e:  # 2I − λH₀/(1+μ) ≻ 0 needs λ < 2(1+μ)/h_max = 1 here
-        cor3_sigma(np.diag([2.0, 1.0]), 0.5, 1.5, 8)
+        cor3_sigma(np.diag([2.0, 1.0]), L0=0.5, lr=1.5, batch_size=8)
     assert e.value.bound == pytest.approx(1.0, rel=1e-9)
 
 
 def test_thm6_overparametrised_is_zero():
     pb = _data(20, 0.5, seed=1)
     A_hat = pb.X.T @ pb.X / pb.n_samples
-    assert thm6_trace(A_hat, 0.1, 8, 1.0, 0.5) == 0.0
-    assert np.abs(highdim_sigma_exact(pb.X, pb.y, 0.1, 8)).max() < 1e-12
-    run = simulate_sgd(pb, 0.1, 8, steps=500, burn_in=3000, chains=20, seed=2)
+    assert thm6_trace(A_hat, lr=0.1, batch_size=8, sigma=1.0, alpha=0.5) == 0.0
+    assert np.abs(highdim_sigma_exact(pb.X, pb.y, lr=0.1, batch_size=8)).max() < 1e-12
+    run = simulate_sgd(pb, lr=0.1, batch_size=8, steps=500, burn_in=3000, chains=20, seed=2)
     tr = np.einsum("ij,rji->r", A_hat, run.second_moment)
     assert np.abs(tr).max() < 1e-12  # the interpolating solution is a fixed point: zero fluctuation on range(Â)
 
@@ -95,8 +95,8 @@ def test_exact_finite_n_against_simulation():
     """α = 2, D = 20, S = 8, λ = 0.1, one fixed data set, sampling with replacement."""
     pb = _data(20, 2.0, seed=3)
     A_hat = pb.X.T @ pb.X / pb.n_samples
-    exact = np.trace(A_hat @ highdim_sigma_exact(pb.X, pb.y, 0.1, 8))
-    run = simulate_sgd(pb, 0.1, 8, steps=2000, burn_in=400, chains=150, seed=4)
+    exact = np.trace(A_hat @ highdim_sigma_exact(pb.X, pb.y, lr=0.1, batch_size=8))
+    run = simulate_sgd(pb, lr=0.1, batch_size=8, steps=2000, burn_in=400, chains=150, seed=4)
     tr = np.einsum("ij,rji->r", A_hat, run.second_moment)
     assert abs(tr.mean() - exact) < 4 * tr.std(ddof=1) / np.sqrt(len(tr))
 
@@ -106,11 +106,11 @@ def test_thm6_approximates_exact_at_moderate_d():
     (reference §15.7: 0.3 % at D = 60); the printed form with the expected L₀ differs by O(1/√(N−D))."""
     pb = _data(40, 4.0, seed=5)
     A_hat = pb.X.T @ pb.X / pb.n_samples
-    exact = np.trace(A_hat @ highdim_sigma_exact(pb.X, pb.y, 0.05, 8))
+    exact = np.trace(A_hat @ highdim_sigma_exact(pb.X, pb.y, lr=0.05, batch_size=8))
     w = np.linalg.lstsq(pb.X, pb.y, rcond=None)[0]
     L0 = 0.5 * np.mean((pb.y - pb.X @ w) ** 2)
-    paper = thm6_trace(A_hat, 0.05, 8, 1.0, 4.0, L0=L0)
-    gauss = thm6_trace(A_hat, 0.05, 8, 1.0, 4.0, L0=L0, variant="gaussian")
+    paper = thm6_trace(A_hat, lr=0.05, batch_size=8, sigma=1.0, alpha=4.0, L0=L0)
+    gauss = thm6_trace(A_hat, lr=0.05, batch_size=8, sigma=1.0, alpha=4.0, L0=L0, variant="gaussian")
     assert abs(paper / exact - 1) < 0.05
     assert gauss > paper  # (1 + 1/S) vs (1 − 1/S) in Ĝ
 
@@ -118,25 +118,25 @@ def test_thm6_approximates_exact_at_moderate_d():
 def test_thm6_stability_bound():
     A_hat = np.eye(10)
     with pytest.raises(NoStationaryState) as e:
-        thm6_trace(A_hat, 1.9, 2, 1.0, 4.0)
+        thm6_trace(A_hat, lr=1.9, batch_size=2, sigma=1.0, alpha=4.0)
     # Sec. 6.2: Σ_i 1/(2/(λa_i) − 1 + 1/S) < S; a_i = 1, D = 10, S = 2: 10/(2/λ − 1/2) = 2  ⇒  λ = 2/5.5
     assert e.value.bound == pytest.approx(2 / 5.5, rel=1e-8)
 
 
 def test_bad_inputs():
     A = np.eye(2)
-    for call in (lambda: thm5_noise(-0.1, A, np.zeros(2), 4),  # L0 < 0
-                 lambda: thm5_noise(0.1, A, np.zeros(3), 4),  # gradient of the wrong length
-                 lambda: cor2_noise(A, -1.0, 4),
-                 lambda: cor2_noise(A, 0.1, 4, Gamma=A),  # eq. (15) needs w*
-                 lambda: cor3_sigma(A, 0.5, 0.1, 4, Gamma=A),
-                 lambda: cor3_sigma(A, -0.5, 0.1, 4),
-                 lambda: prop4_noise(A, A, 1.0, 0.0, 4),  # α = N/D > 0
-                 lambda: thm6_trace(A, 0.1, 4, 1.0, 0.0),
-                 lambda: thm6_trace(A, 0.1, 4, -1.0, 2.0),  # σ >= 0
-                 lambda: thm6_trace(A, 0.1, 4, 1.0, 2.0, variant="exact"),
-                 lambda: highdim_sigma_exact(np.ones((5, 2)), np.ones(4), 0.1, 2),  # y of the wrong length
-                 lambda: highdim_sigma_exact(np.eye(3), np.ones(3), 0.1, 4, replacement=False)):  # S > N
+    for call in (lambda: thm5_noise(L0=-0.1, H0=A, grad_L0=np.zeros(2), batch_size=4),  # L0 < 0
+                 lambda: thm5_noise(L0=0.1, H0=A, grad_L0=np.zeros(3), batch_size=4),  # gradient of the wrong length
+                 lambda: cor2_noise(A, L0=-1.0, batch_size=4),
+                 lambda: cor2_noise(A, L0=0.1, batch_size=4, Gamma=A),  # eq. (15) needs w*
+                 lambda: cor3_sigma(A, L0=0.5, lr=0.1, batch_size=4, Gamma=A),
+                 lambda: cor3_sigma(A, L0=-0.5, lr=0.1, batch_size=4),
+                 lambda: prop4_noise(A, A, sigma=1.0, alpha=0.0, batch_size=4),  # α = N/D > 0
+                 lambda: thm6_trace(A, lr=0.1, batch_size=4, sigma=1.0, alpha=0.0),
+                 lambda: thm6_trace(A, lr=0.1, batch_size=4, sigma=-1.0, alpha=2.0),  # σ >= 0
+                 lambda: thm6_trace(A, lr=0.1, batch_size=4, sigma=1.0, alpha=2.0, variant="exact"),
+                 lambda: highdim_sigma_exact(np.ones((5, 2)), np.ones(4), lr=0.1, batch_size=2),  # y of the wrong length
+                 lambda: highdim_sigma_exact(np.eye(3), np.ones(3), lr=0.1, batch_size=4, replacement=False)):  # S > N
         with pytest.raises(ConfigError) as e:
             call()
         assert "allowed" in str(e.value)

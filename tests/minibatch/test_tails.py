@@ -32,9 +32,9 @@ def even_kesten_moment(beta: int, lr: float, S: int, a: float) -> float:
 
 @pytest.mark.parametrize("a, lr, S, b93, bc, bk", REFERENCE)
 def test_reference_values(a, lr, S, b93, bc, bk) -> None:
-    assert tail_index_eq93(lr, S, a) == pytest.approx(b93, abs=6e-4)
-    assert tail_index_continuous(lr, S, a) == pytest.approx(bc, abs=6e-4)
-    assert tail_index_exact(lr, S, a) == pytest.approx(bk, abs=6e-4)
+    assert tail_index_eq93(lr=lr, batch_size=S, a=a) == pytest.approx(b93, abs=6e-4)
+    assert tail_index_continuous(lr=lr, batch_size=S, a=a) == pytest.approx(bc, abs=6e-4)
+    assert tail_index_exact(lr=lr, batch_size=S, a=a) == pytest.approx(bk, abs=6e-4)
 
 
 @pytest.mark.parametrize("S", [1, 2, 4, 10, 100])
@@ -43,8 +43,8 @@ def test_exact_index_is_2_at_variance_divergence(S: int) -> None:
     a = 1.3
     lr = 2 * S / (S + 2) / a
     assert even_kesten_moment(2, lr, S, a) == pytest.approx(1.0, abs=1e-12)
-    assert tail_index_exact(lr, S, a) == pytest.approx(2.0, abs=1e-8)
-    assert tail_index_eq93(lr, S, a) == pytest.approx(2.0, abs=1e-12)
+    assert tail_index_exact(lr=lr, batch_size=S, a=a) == pytest.approx(2.0, abs=1e-8)
+    assert tail_index_eq93(lr=lr, batch_size=S, a=a) == pytest.approx(2.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("S, eq93_ref", [(1, 4.22), (4, 4.64), (10, 5.08), (100, 5.85)])
@@ -53,8 +53,8 @@ def test_exact_index_is_4_where_fourth_moment_equation_holds(S: int, eq93_ref: f
     reference's 4.22 / 4.64 / 5.08 / 5.85 (§15.5): eq. (93) overestimates."""
     a = 0.7
     lr = optimize.brentq(lambda x: even_kesten_moment(4, x, S, a) - 1, 1e-6, 2 * S / (S + 2) / a)
-    assert tail_index_exact(lr, S, a) == pytest.approx(4.0, abs=1e-7)
-    assert tail_index_eq93(lr, S, a) == pytest.approx(eq93_ref, abs=0.006)
+    assert tail_index_exact(lr=lr, batch_size=S, a=a) == pytest.approx(4.0, abs=1e-7)
+    assert tail_index_eq93(lr=lr, batch_size=S, a=a) == pytest.approx(eq93_ref, abs=0.006)
 
 
 @pytest.mark.parametrize("lr, S", [(1.0, 1), (0.5, 1), (1.0, 4), (1.5, 10)])
@@ -63,16 +63,16 @@ def test_kesten_moment_against_monte_carlo(lr: float, S: int) -> None:
     exact index the expectation is 1, at the eq. (93) value it is not (many SEs away)."""
     a = 1.0
     h = a * np.random.default_rng(S).chisquare(S, 4_000_000) / S
-    bk, b93 = tail_index_exact(lr, S, a), tail_index_eq93(lr, S, a)
+    bk, b93 = tail_index_exact(lr=lr, batch_size=S, a=a), tail_index_eq93(lr=lr, batch_size=S, a=a)
     for beta in (0.7, bk, b93):
         v = np.abs(1 - lr * h) ** beta
         mc, se = v.mean(), v.std(ddof=1) / np.sqrt(v.size)
-        assert abs(mc - kesten_moment(beta, lr, S, a)) < 4 * se, (beta, mc, se)
+        assert abs(mc - kesten_moment(beta, lr=lr, batch_size=S, a=a)) < 4 * se, (beta, mc, se)
         if beta == bk:
             assert abs(mc - 1) < 4 * se
         if beta == b93:
             assert abs(mc - 1) > 4 * se  # eq. (93) does not solve the Kesten equation
-    assert abs(kesten_moment(bk, lr, S, a) - 1) < 1e-9
+    assert abs(kesten_moment(bk, lr=lr, batch_size=S, a=a) - 1) < 1e-9
 
 
 @pytest.mark.parametrize("lr, S", [(1.0, 1), (3.0, 1), (1.0, 10), (2.5, 1000)])
@@ -81,9 +81,9 @@ def test_lyapunov_exponent_against_monte_carlo(lr: float, S: int) -> None:
     gives −0.42 (reference trap 10); S = 1000, λa = 2.5 diverges a.s."""
     h = np.random.default_rng(7).chisquare(S, 2_000_000) / S
     v = np.log(np.abs(1 - lr * h))
-    L = lyapunov_exponent(lr, S)
+    L = lyapunov_exponent(lr=lr, batch_size=S)
     assert abs(v.mean() - L) < 4 * v.std(ddof=1) / np.sqrt(v.size)
-    assert math.isnan(tail_index_exact(lr, S)) == (L >= 0)
+    assert math.isnan(tail_index_exact(lr=lr, batch_size=S)) == (L >= 0)
     if (lr, S) == (1.0, 1):
         assert L == pytest.approx(-0.42, abs=0.005)
 
@@ -94,7 +94,7 @@ def test_small_lr_limit_is_a_large_deviation_value_not_the_continuous_one() -> N
     β_K/β_c → u*/4 = 0.898, not 1. The quadrature root converges to that limit, with an O(λ) error."""
     u_star = optimize.brentq(lambda u: u * (math.log(u) - 1) - 1, 2.0, 10.0)
     for S in (1, 4):
-        errs = [abs(tail_index_exact(lr, S) * lr / S / (u_star / 2) - 1) for lr in (1e-2, 1e-3)]
+        errs = [abs(tail_index_exact(lr=lr, batch_size=S) * lr / S / (u_star / 2) - 1) for lr in (1e-2, 1e-3)]
         assert errs[1] < errs[0] and errs[1] < 2e-3
 
 
@@ -102,16 +102,16 @@ def test_student_t_law_of_eq90_and_the_variance_matching_of_eq92() -> None:
     """Normalisation, shape and variance of eq. (90) by numerical integration; eq. (93) makes the Student-t
     variance equal Theorem 2's λσ²/(2S − (S+2)λa) (eq. 92), for every λa < 2S/(S+2)."""
     beta, sigma, a = 3.5, 0.7, 1.3
-    p = lambda w: float(student_t_pdf(w, beta, sigma, a))  # noqa: E731
+    p = lambda w: float(student_t_pdf(w, beta, sigma=sigma, a=a))  # noqa: E731
     assert integrate.quad(p, -np.inf, np.inf, epsabs=1e-12)[0] == pytest.approx(1.0, abs=1e-9)
     assert integrate.quad(lambda w: w * w * p(w), -np.inf, np.inf, epsabs=1e-12)[0] == pytest.approx(
-        student_t_variance(beta, sigma, a), rel=1e-7)
+        student_t_variance(beta, sigma=sigma, a=a), rel=1e-7)
     assert p(0.3) / p(2.0) == pytest.approx(((sigma ** 2 + a * 4.0) / (sigma ** 2 + a * 0.09)) ** ((1 + beta) / 2))
-    assert student_t_variance(1.5, sigma, a) == math.inf
+    assert student_t_variance(1.5, sigma=sigma, a=a) == math.inf
     for S in (1, 4, 10):
         for lr in np.linspace(0.05, 0.99 * 2 * S / (S + 2) / a, 7):
             thm2 = lr * sigma ** 2 / (2 * S - (S + 2) * lr * a)
-            assert student_t_variance(tail_index_eq93(lr, S, a), sigma, a) == pytest.approx(thm2, rel=1e-10)
+            assert student_t_variance(tail_index_eq93(lr=lr, batch_size=S, a=a), sigma=sigma, a=a) == pytest.approx(thm2, rel=1e-10)
 
 
 @pytest.mark.parametrize("lr, S, a, sigma", [(0.5, 1, 1.0, 1.0), (0.3, 4, 1.7, 0.6)])
@@ -125,20 +125,20 @@ def test_continuous_index_from_the_fokker_planck_density(lr: float, S: int, a: f
     def log_p(w: float) -> float:
         return -integrate.quad(lambda u: 2 * a * u / (lr * C(u)), 0, w, epsrel=1e-13)[0] - math.log(C(w))
 
-    bc = tail_index_continuous(lr, S, a)
+    bc = tail_index_continuous(lr=lr, batch_size=S, a=a)
     slope = (log_p(2e4) - log_p(1e4)) / math.log(2)
     assert slope == pytest.approx(-(1 + bc), rel=1e-6)
     ws = [0.0, 0.7, 3.0, 20.0]
-    ratios = [math.exp(log_p(w)) / float(student_t_pdf(w, bc, sigma, a)) for w in ws]
+    ratios = [math.exp(log_p(w)) / float(student_t_pdf(w, bc, sigma=sigma, a=a)) for w in ws]
     assert np.allclose(ratios, ratios[0], rtol=1e-8)
 
 
 def test_vectorised_and_ordered() -> None:
     lr = np.array([0.2, 0.5, 1.0, 1.4])
     S = np.array([[1], [4]])
-    bk, b93, bc = tail_index_exact(lr, S), tail_index_eq93(lr, S), tail_index_continuous(lr, S)
+    bk, b93, bc = tail_index_exact(lr=lr, batch_size=S), tail_index_eq93(lr=lr, batch_size=S), tail_index_continuous(lr=lr, batch_size=S)
     assert bk.shape == b93.shape == bc.shape == (2, 4)
-    assert bk[1, 2] == tail_index_exact(1.0, 4) == pytest.approx(3.505, abs=6e-4)  # reference §15.5
+    assert bk[1, 2] == tail_index_exact(lr=1.0, batch_size=4) == pytest.approx(3.505, abs=6e-4)  # reference §15.5
     assert np.all(bk < bc) and np.all(b93 < bc)  # discrete time: heavier tails than continuous time
     assert np.all(np.diff(bk, axis=1) < 0) and np.all(np.diff(bk, axis=0) > 0)  # falls with λ, grows with S
 
@@ -147,11 +147,11 @@ def test_invalid_arguments() -> None:
     for args in ((0.0, 1), (-1.0, 1), (1.0, 0), (1.0, 1.5), (float("nan"), 1)):
         for fn in (tail_index_exact, tail_index_eq93, tail_index_continuous, lyapunov_exponent):
             with pytest.raises(ConfigError):
-                fn(*args)
+                fn(lr=args[0], batch_size=args[1])
     with pytest.raises(ConfigError):
-        tail_index_exact(1.0, 1, a=-1.0)
+        tail_index_exact(lr=1.0, batch_size=1, a=-1.0)
     with pytest.raises(ConfigError):
-        kesten_moment(-1.0, 1.0, 1)
+        kesten_moment(-1.0, lr=1.0, batch_size=1)
     with pytest.raises(ConfigError):
         student_t_variance(0.0)
 
@@ -159,7 +159,7 @@ def test_invalid_arguments() -> None:
 def _simulated_hill(lr: float, S: int, chains: int, snapshots: int, every: int, fraction: float) -> tuple:
     """Hill estimate (cluster-robust SE over chains) from snapshots of D's SGD simulator, drawing the S Gaussian
     inputs of every minibatch (exact_law=False: independent of the χ² reduction used by the theory)."""
-    run = simulate_sgd(LinearProblem(A=1.0, sigma=1.0), lr, S, steps=snapshots * every, burn_in=500, chains=chains,
+    run = simulate_sgd(LinearProblem(A=1.0, sigma=1.0), lr=lr, batch_size=S, steps=snapshots * every, burn_in=500, chains=chains,
                        seed=11, snapshot_every=every, exact_law=False)
     assert not run.diverged.any()
     x = np.abs(run.snapshots[..., 0])
@@ -171,7 +171,7 @@ def test_simulated_tail_matches_exact_index() -> None:
     """S = 1, aλ = 1: the Hill index of simulated SGD (k = n/100, where the bias is negligible at β ≈ 1,
     reference §15.5) agrees with β_K = 1.091 within 4 SE."""
     f = _simulated_hill(1.0, 1, chains=2000, snapshots=100, every=40, fraction=0.01)
-    assert abs(f.beta - tail_index_exact(1.0, 1)) < 4 * f.se, f
+    assert abs(f.beta - tail_index_exact(lr=1.0, batch_size=1)) < 4 * f.se, f
 
 
 @pytest.mark.slow
@@ -179,5 +179,5 @@ def test_simulated_tail_matches_exact_index() -> None:
 def test_simulated_tail_rejects_eq93(lr: float, S: int) -> None:
     """β ≈ 3: with n = 2·10⁶ samples (k = n/1000) Hill agrees with β_K within 4 SE and excludes eq. (93)."""
     f = _simulated_hill(lr, S, chains=10_000, snapshots=200, every=20, fraction=0.001)
-    assert abs(f.beta - tail_index_exact(lr, S)) < 4 * f.se, f
-    assert abs(f.beta - tail_index_eq93(lr, S)) > 4 * f.se, f
+    assert abs(f.beta - tail_index_exact(lr=lr, batch_size=S)) < 4 * f.se, f
+    assert abs(f.beta - tail_index_eq93(lr=lr, batch_size=S)) > 4 * f.se, f

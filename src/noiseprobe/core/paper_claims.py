@@ -11,4 +11,8 @@ from __future__ import annotations
 #: "experiment-id/check-key" -> the reference's section (and one line) that refutes the printed claim
 PAPER_CLAIMS: dict[str, str] = {
     "sl-fig3/caption-regulariser-2a": "§7.8: the printed ½Δ_ηL̂ = 2a(w) contradicts the stated L̂ (Reg = a/2; numerics reject 2a)",
+    "mbn-fig2/eq93-tail-index-agrees":
+        "reference §10, §15.5: eq. (93) is an approximation; the exact tail index is the Kesten root of E abs(1 − λaχ²_S/S)^β = 1",
+    "mbn-fig7/eq93-tail-index-agrees":
+        "reference §10, §15.5: eq. (93) is an approximation; the exact tail index is the Kesten root of E abs(1 − λaχ²_S/S)^β = 1",
 }

@@ -1,14 +1,75 @@
-"""Statistics helpers shared by experiments: means with standard errors over replicas.
-
-The standard error of a mean of n independent replicas is ``sd/√n`` (sample sd, ddof = 1); it is what
-:mod:`noiseprobe.core.checks` constructors take as ``se=``.
-"""
+"""Statistics helpers shared by the experiments: means and standard errors over independent replicas
+(``se`` = sample sd/√n, what :mod:`noiseprobe.core.checks` constructors take as ``se=``), grouped means,
+the worst deviation from a prediction, log-log slopes with their SE, and a clustered χ² test."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
+
+
+def standard_error(x: Any, axis: int = 0) -> np.ndarray | float:
+    """Standard error of the mean over independent replicas along ``axis``: std(ddof=1)/√n; +inf when
+    n < 2 (one replica says nothing about the spread)."""
+    arr = np.asarray(x, dtype=np.float64)
+    n = arr.shape[axis]
+    if n < 2:
+        out = np.full(np.delete(arr.shape, axis), np.inf)
+        return float(out) if out.ndim == 0 else out
+    with np.errstate(over="ignore", invalid="ignore"):
+        se = arr.std(axis=axis, ddof=1) / np.sqrt(n)
+    return float(se) if np.ndim(se) == 0 else se
+
+
+def mean_se(x: Any, axis: int = 0) -> tuple[Any, Any]:
+    """(mean, standard error) over independent replicas along ``axis``; (+inf, +inf) when n < 2."""
+    arr = np.asarray(x, dtype=np.float64)
+    se = standard_error(arr, axis)
+    if arr.shape[axis] < 2:
+        return (np.inf if np.ndim(se) == 0 else np.full_like(se, np.inf)), se
+    with np.errstate(over="ignore", invalid="ignore"):
+        m = arr.mean(axis=axis)
+    return (float(m) if np.ndim(m) == 0 else m), se
+
+
+def mean_se_kept(x: Any, drop: Any) -> tuple[float, float, float]:
+    """(mean, SE, dropped fraction) of a per-replica scalar over the replicas not ``drop``-ped (e.g. the
+    diverged ones); (+inf, +inf, fraction) when fewer than two are kept."""
+    v = np.asarray(x, dtype=np.float64).reshape(-1)
+    bad = np.asarray(drop, dtype=bool).reshape(-1)
+    frac = float(bad.mean()) if bad.size else 0.0
+    m, se = mean_se(v[~bad])
+    return float(m), float(se), frac
+
+
+def clustered_chi2(fractions: Any, probs: Any) -> tuple[float, int, float]:
+    """Goodness of fit of binned samples from R independent chains (clusters) to bin probabilities ``probs``.
+
+    ``fractions`` (R, B): per-chain fraction of that chain's samples in each bin. Samples within a chain may
+    be autocorrelated; chains are independent, so the covariance of the pooled fractions f̄ is estimated
+    across chains, V = cov(f_r)/R. Wald statistic on the first B − 1 bins (the last is fixed by Σ = 1):
+    T² = (f̄ − p)ᵀ V⁻¹ (f̄ − p), with Hotelling's small-sample law (R − d)/(d(R − 1))·T² ~ F(d, R − d),
+    d = B − 1. Returns (T², d, p-value). Needs R > B.
+    """
+    from scipy import stats
+
+    from noiseprobe.core.errors import ConfigError
+
+    f = np.asarray(fractions, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    if f.ndim != 2 or p.shape != (f.shape[1],):
+        raise ConfigError("fractions", f"array of shape {f.shape}", f"(chains, bins) with bins = len(probs) = {p.size}")
+    R, B = f.shape
+    d = B - 1
+    if R <= B:
+        raise ConfigError("chains", R, f"> {B} (number of bins) for the clustered χ² test")
+    r = f.mean(0)[:d] - p[:d]
+    V = np.cov(f[:, :d], rowvar=False) / R
+    t2 = float(r @ np.linalg.lstsq(V, r, rcond=None)[0])
+    return t2, d, float(stats.f.sf((R - d) / (d * (R - 1)) * t2, d, R - d))
 
 
 def group_mean_se(frame: pd.DataFrame, column: str, by: str, *, keep: pd.Series | None = None) -> pd.DataFrame:
@@ -51,4 +112,5 @@ def loglog_slope(x: ArrayLike, y: ArrayLike, se_y: ArrayLike) -> tuple[float, fl
     return slope, float(np.sqrt(np.sum((c * sv / yv) ** 2)))
 
 
-__all__ = ["group_mean_se", "loglog_slope", "worst_deviation"]
+__all__ = ["clustered_chi2", "group_mean_se", "loglog_slope", "mean_se", "mean_se_kept", "standard_error",
+           "worst_deviation"]

@@ -63,35 +63,104 @@ def check_choice(field: str, value: Any, choices: Collection[Any]) -> Any:
     return value
 
 
-def check_array(field: str, value: Any, *, last_dim: int | None = None, finite: bool = True) -> np.ndarray:
-    """``value`` as a float64 array (at least 1-d when ``last_dim`` is given, with that last dimension),
-    all finite unless ``finite=False``; else ConfigError."""
-    shape = "an array of numbers" + ("" if last_dim is None else f" of shape (..., {last_dim})")
-    allowed = shape + (", all finite" if finite else "")
-    if hasattr(value, "detach"):  # a torch tensor on any device
+# -- arrays ---------------------------------------------------------------------------------------------
+def _float_array(name: str, value: Any, allowed: str, finite: bool = True) -> np.ndarray:
+    """``value`` (a number, list, NumPy array or torch tensor on any device) as a float64 array; booleans,
+    strings, objects and (when ``finite``) non-finite entries are refused."""
+    if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
     try:
-        arr = np.asarray(value, dtype=np.float64)
+        arr = np.asarray(value)
     except (TypeError, ValueError):
-        raise ConfigError(field, value, allowed) from None
-    if last_dim is not None and (arr.ndim == 0 or arr.shape[-1] != last_dim):
-        raise ConfigError(field, f"shape {arr.shape}", allowed)
-    if finite and not np.isfinite(arr).all():
-        raise ConfigError(field, arr.tolist() if arr.size <= 16 else f"shape {arr.shape} with non-finite entries",
-                          allowed)
+        raise ConfigError(name, value, allowed) from None
+    if arr.dtype == bool or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ConfigError(name, value if arr.ndim == 0 else f"array of dtype {arr.dtype}", allowed)
+    arr = arr.astype(np.float64)
+    if finite and not np.all(np.isfinite(arr)):
+        raise ConfigError(name, value if arr.ndim == 0 else "array with non-finite entries", allowed)
     return arr
 
 
-def check_psd_matrix(field: str, value: Any, n: int, *, atol: float = 1e-12) -> np.ndarray:
-    """``value`` as a symmetric positive semi-definite float64 (n, n) array (eigenvalues ≥ −atol·max(1, |C|));
-    else ConfigError naming the field and the fault."""
-    allowed = f"a symmetric positive semi-definite {n}x{n} matrix of finite numbers"
-    c = check_array(field, value)
-    if c.shape != (n, n):
-        raise ConfigError(field, c.tolist() if c.size <= 16 else f"shape {c.shape}", allowed)
-    scale = max(1.0, float(np.abs(c).max()))
-    if not np.allclose(c, c.T, rtol=0.0, atol=atol * scale):
-        raise ConfigError(field, c.tolist(), allowed + " (it is not symmetric)")
-    if np.linalg.eigvalsh(c).min() < -atol * scale:
-        raise ConfigError(field, c.tolist(), allowed + " (it has a negative eigenvalue)")
-    return c
+def check_scalar(field: str, value: Any, **bounds: Any) -> float:
+    """:func:`check_real` that also takes NumPy scalars and 0-d arrays (float32, int64, ``np.array(1.0)``)."""
+    if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0 and not isinstance(value, np.bool_):
+        value = np.asarray(value).item()
+    return check_real(field, value, **bounds)
+
+
+def check_array(field: str, value: Any, ndim: int | None = None, *, last_dim: int | None = None,
+                finite: bool = True) -> np.ndarray:
+    """A float64 array (from numbers, lists, NumPy or torch) with ``ndim`` dimensions and/or last dimension
+    ``last_dim`` when given, all finite unless ``finite=False``; else ConfigError."""
+    shape = (f" {ndim}-d" if ndim is not None else "") + " array of numbers" + (
+        f" of shape (..., {last_dim})" if last_dim is not None else "")
+    allowed = ("a finite" if finite else "a") + shape
+    arr = _float_array(field, value, allowed, finite)
+    if (ndim is not None and arr.ndim != ndim) or (last_dim is not None and (arr.ndim == 0 or arr.shape[-1] != last_dim)):
+        raise ConfigError(field, f"array of shape {arr.shape}", allowed)
+    return arr
+
+
+def check_vector(field: str, value: Any, dim: int) -> np.ndarray:
+    """A finite float64 vector of length ``dim`` (a scalar when dim = 1)."""
+    allowed = f"a finite vector of length {dim}"
+    arr = _float_array(field, value, allowed).reshape(-1)
+    if arr.shape != (dim,):
+        raise ConfigError(field, f"array of shape {np.shape(value)}", allowed)
+    return arr
+
+
+def check_matrix(field: str, value: Any, dim: int | None = None, *, symmetric: bool = True,
+                 psd: bool = False) -> np.ndarray:
+    """A square float64 matrix from a scalar (×I_dim, 1×1 when dim is None) or a square array.
+
+    ``symmetric``: asymmetry above 1e-10·max|M| is refused and the result is symmetrised; ``psd``: also
+    positive semi-definite (smallest eigenvalue >= −1e-10·max|M|; a covariance, a Hessian of a minimum).
+    """
+    size = f" of size {dim}" if dim is not None else ""
+    kind = "positive semi-definite" if psd else "symmetric" if symmetric else "square"
+    allowed = f"a scalar or a finite {kind} matrix{size}"
+    arr = _float_array(field, value, allowed)
+    if arr.ndim == 0:
+        arr = float(arr) * np.eye(dim or 1)
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or (dim is not None and arr.shape[0] != dim):
+        raise ConfigError(field, f"array of shape {arr.shape}", allowed)
+    scale = 1e-10 * max(1.0, float(np.abs(arr).max(initial=0.0)))
+    if symmetric or psd:
+        if np.abs(arr - arr.T).max(initial=0.0) > scale:
+            raise ConfigError(field, "non-symmetric matrix", allowed)
+        arr = (arr + arr.T) / 2
+    if psd and arr.size:
+        low = float(np.linalg.eigvalsh(arr).min())
+        if low < -scale:
+            raise ConfigError(field, f"matrix with eigenvalue {low:.3g}", allowed)
+    return arr
+
+
+def check_lr(lr: Any, dim: int, *, field: str = "lr", replicas: int | None = None,
+             symmetric: bool = True) -> tuple[np.ndarray, float | None]:
+    """The learning rate as ``(Λ, λ)``: a scalar λ > 0 gives ``(λ·I_dim, λ)``; a (dim, dim) matrix gives
+    ``(Λ, None)`` (symmetric unless ``symmetric=False``); with ``replicas=R`` a vector of R scalars > 0
+    (one per replica) gives ``(vector, None)``. Booleans and non-finite values are refused."""
+    per = f", {replicas} positive numbers (one per replica)" if replicas is not None else ""
+    allowed = f"a number > 0{per} or a finite {'symmetric ' if symmetric else ''}{dim}x{dim} matrix"
+    arr = _float_array(field, lr, allowed)
+    if arr.ndim == 0:
+        return check_scalar(field, float(arr), lo=0.0, lo_open=True) * np.eye(dim), float(arr)
+    if replicas is not None and arr.shape == (replicas,):
+        if arr.min() <= 0:
+            raise ConfigError(field, f"vector with minimum {arr.min():.3g}", allowed)
+        return arr, None
+    if arr.shape != (dim, dim):
+        raise ConfigError(field, f"array of shape {arr.shape}", allowed)
+    return check_matrix(field, arr, dim, symmetric=symmetric), None
+
+
+def check_batch_size(value: Any, field: str = "batch_size") -> int:
+    """A batch size S >= 1 (Python or NumPy integer)."""
+    return check_int(field, value, lo=1)
+
+
+def check_momentum(value: Any, field: str = "momentum") -> float:
+    """Heavy-ball momentum μ ∈ [0, 1)."""
+    return check_scalar(field, value, lo=0.0, hi=1.0, hi_open=True)

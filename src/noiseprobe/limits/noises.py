@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.linalg import psd_root
-from noiseprobe.core.validation import check_array, check_choice, check_int, check_psd_matrix, check_real
+from noiseprobe.core.linalg import psd_factor
+from noiseprobe.core.validation import check_array, check_choice, check_int, check_matrix, check_real
 from noiseprobe.limits.losses import ModelFn, circle_loss, fig3_a, product_model, square_loss
 from noiseprobe.probes.covariance import batch_factor
 
@@ -103,11 +103,12 @@ def _covariance(C: Tensor | np.ndarray | None, m: int) -> Tensor:
     """C̃ as a symmetric positive semi-definite float64 (m, m) tensor (default I_m)."""
     if C is None:
         return torch.eye(m, dtype=torch.float64)
-    return torch.from_numpy(check_psd_matrix("C", C, m))
+    return torch.from_numpy(check_matrix("C", C, m, psd=True))
 
 
-#: R (m, r) with ``R Rᵀ = C̃`` (eigenvectors scaled by √λ for the r positive eigenvalues)
-covariance_root = psd_root
+def covariance_root(C: Tensor) -> Tensor:
+    """R (m, r) with ``R Rᵀ = C̃`` (eigenvectors scaled by √λ for the r positive eigenvalues)."""
+    return psd_factor(C, rtol=1e-14)
 
 
 def _gaussian_sampler(C: Tensor, default_sigma: float | None) -> SampleFn:

@@ -13,7 +13,10 @@ Modules (import them directly; nothing is re-exported here):
 * ``baselines`` — the Hessian approximation C ≈ H/S in discrete and continuous time (App. B) and Table 2.
 * ``simulate`` — vectorised SGD on linear regression (``LinearProblem``, ``simulate_sgd``).
 * ``tails`` — the tail index of the stationary law (Prop. 7, eq. 93, and the exact Kesten index).
+* ``nets`` — the replica-batched PyTorch trainers of Fig. 1 (tanh network by torch.optim SGD/Adam, logistic
+  regression with signed weight decay).
 
 Conventions: loss ℓ = ½(wᵀx − y)² (with the ½), minibatches drawn with replacement (Def. 2) unless stated,
-heavy-ball momentum without dampening (eq. 1), float64.
+heavy-ball momentum without dampening (eq. 1), float64. Confusable parameters (lr, batch_size, a,
+sigma, gamma, momentum) are keyword-only; noise is a standard deviation σ (docs/conventions.md).
 """

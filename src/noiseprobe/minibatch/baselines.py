@@ -12,23 +12,23 @@ import numpy as np
 import pandas as pd
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_choice
+from noiseprobe.core.linalg import commutes
+from noiseprobe.core.validation import check_batch_size, check_choice, check_lr, check_matrix, check_scalar
 from noiseprobe.minibatch.fluctuation import NoStationaryState
 from noiseprobe.minibatch.l2 import l2_1d
-from noiseprobe.minibatch.linear import (_S, _lr, _psd_matrix, _real, _sigma, commutes, input_noise_theory,
-                                         label_noise_losses, label_noise_sigma)
+from noiseprobe.minibatch.linear import input_noise_theory, label_noise_losses, label_noise_sigma
 
 
-def hessian_approx_sigma(H: float | np.ndarray, lr: float | np.ndarray, batch_size: int,
-                         time: str = "discrete", noise_scale: float = 1.0) -> np.ndarray:
+def hessian_approx_sigma(H: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int,
+                         time: str = 'discrete', noise_scale: float = 1.0) -> np.ndarray:
     """Σ under C = noise_scale·H/S. Discrete time (eqs. 18-19): ΛHΣ + ΣHΛ − ΛHΣHΛ = ΛHΛ/S, so
     Σ = (1/S)Λ(2I − ΛH)⁻¹, finite iff ΛH ≺ 2. Continuous time (eqs. 23-24): ΛHΣ + ΣHΛ = ΛHΛ/S, Σ = Λ/(2S).
     """
-    H = _psd_matrix("H", H)
-    Lam, scalar = _lr(lr, H.shape[0])
-    S = _S(batch_size)
+    H = check_matrix("H", H, psd=True)
+    Lam, scalar = check_lr(lr, H.shape[0])
+    S = check_batch_size(batch_size)
     check_choice("time", time, ("discrete", "continuous"))
-    noise_scale = _real("noise_scale", noise_scale, lo=0.0)
+    noise_scale = check_scalar("noise_scale", noise_scale, lo=0.0)
     if not commutes(Lam, H):
         raise ConfigError("lr", "matrix not commuting with H", "[Λ, H] = 0 (App. B)")
     if time == "continuous":
@@ -44,17 +44,17 @@ def hessian_approx_sigma(H: float | np.ndarray, lr: float | np.ndarray, batch_si
     return (Sg + Sg.T) / 2
 
 
-def hessian_approx_losses(A: float | np.ndarray, lr: float | np.ndarray, batch_size: int, sigma: float,
-                          time: str = "discrete", noise_scale: float = 1.0) -> tuple[float, float]:
+def hessian_approx_losses(A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, sigma: float,
+                          time: str = 'discrete', noise_scale: float = 1.0) -> tuple[float, float]:
     """Label-noise losses under the Hessian approximation: L_test = ½Tr[AΣ], L_train = L_test + σ²/2
     (eqs. 20-21 discrete: (1/(2S))Tr[ΛA(2I − ΛA)⁻¹]; eqs. 25-26 continuous: Tr[ΛA]/(4S))."""
-    A = _psd_matrix("A", A)
-    sigma = _sigma(sigma)
-    test = 0.5 * float(np.trace(A @ hessian_approx_sigma(A, lr, batch_size, time, noise_scale)))
+    A = check_matrix("A", A, psd=True)
+    sigma = check_scalar("sigma", sigma, lo=0.0)
+    test = 0.5 * float(np.trace(A @ hessian_approx_sigma(A, lr=lr, batch_size=batch_size, time=time, noise_scale=noise_scale)))
     return test + sigma ** 2 / 2, test
 
 
-def table2(a: float, lr: float, batch_size: int, *, sigma: float = 1.0, b: float = 0.5, gamma: float = 0.5,
+def table2(*, a: float, lr: float, batch_size: int, sigma: float = 1.0, b: float = 0.5, gamma: float = 0.5,
            u: float = 1.0) -> pd.DataFrame:
     """Table 2 (reconstructed 1d special case, reference §11): Σ, L_train, L_test for label noise, input
     noise and L2, exact (this paper) vs the Hessian approximation in discrete and continuous time.
@@ -63,16 +63,16 @@ def table2(a: float, lr: float, batch_size: int, *, sigma: float = 1.0, b: float
     C = H/S with H = a (label), k = a + b (input), k = a + γ (L2), without σ² (as the paper). Entries with no
     stationary state are +inf. One row per (case, quantity).
     """
-    S = _S(batch_size)
-    a, lr = _real("a", a, lo=0.0, lo_open=True), _real("lr", lr, lo=0.0, lo_open=True)
-    sigma, b, gamma, u = _sigma(sigma), _real("b", b, lo=0.0), _real("gamma", gamma), _real("u", u)
+    S = check_batch_size(batch_size)
+    a, lr = check_scalar("a", a, lo=0.0, lo_open=True), check_scalar("lr", lr, lo=0.0, lo_open=True)
+    sigma, b, gamma, u = check_scalar("sigma", sigma, lo=0.0), check_scalar("b", b, lo=0.0), check_scalar("gamma", gamma), check_scalar("u", u)
     rows = []
 
     def add(case: str, exact: Callable[[], tuple[float, float, float]], k: float, train_bias: float,
             test_bias: float) -> None:
         ex = exact()
         try:
-            sd = float(hessian_approx_sigma(k, lr, S, "discrete")[0, 0])
+            sd = float(hessian_approx_sigma(k, lr=lr, batch_size=S, time="discrete")[0, 0])
         except NoStationaryState:
             sd = np.inf
         sc = lr / (2 * S)
@@ -91,15 +91,15 @@ def table2(a: float, lr: float, batch_size: int, *, sigma: float = 1.0, b: float
         return g
 
     def label() -> tuple[float, float, float]:
-        tr, te = label_noise_losses(a, lr, S, sigma)
-        return float(label_noise_sigma(a, lr, S, sigma)[0, 0]), tr, te
+        tr, te = label_noise_losses(a, lr=lr, batch_size=S, sigma=sigma)
+        return float(label_noise_sigma(a, lr=lr, batch_size=S, sigma=sigma)[0, 0]), tr, te
 
     def inp() -> tuple[float, float, float]:
-        t = input_noise_theory(a, b, [u], lr, S)
+        t = input_noise_theory(a, B=b, u=[u], lr=lr, batch_size=S)
         return float(t["Sigma"][0, 0]), float(t["train_loss"]), float(t["test_loss"])
 
     def l2() -> tuple[float, float, float]:
-        t = l2_1d(a, gamma, u, lr, S)
+        t = l2_1d(a=a, gamma=gamma, u=u, lr=lr, batch_size=S)
         return t["Sigma"], t["train_loss"], t["test_loss"]
 
     kb, kg = a + b, a + gamma

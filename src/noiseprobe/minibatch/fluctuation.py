@@ -28,13 +28,15 @@ A stationary state exists iff every mode is stable, ``0 < f_i < 2(1+μ)``, and t
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import scipy.linalg
 import scipy.sparse.linalg as spla
 
-from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_choice, check_int, check_real
+from noiseprobe.core.errors import ConfigError, NumericalError
+from noiseprobe.core.linalg import psd_power
+from noiseprobe.core.validation import check_choice, check_int, check_lr, check_matrix, check_momentum, check_real
 
 #: largest D for the dense Kronecker solve (D² × D² matrix)
 KRON_MAX_D = 48
@@ -50,17 +52,6 @@ class NoStationaryState(ValueError):
         super().__init__(f"no stationary state: {what} must be below {self.bound:.6g}" + (f" ({detail})" if detail else ""))
 
 
-def _as_lr(lr: float | np.ndarray, D: int) -> tuple[np.ndarray, float | None]:
-    """(Λ as a D×D matrix, the scalar λ or None)."""
-    arr = np.asarray(lr, dtype=np.float64)
-    if arr.ndim == 0:
-        check_real("lr", float(arr), lo=0.0, lo_open=True)
-        return float(arr) * np.eye(D), float(arr)
-    if arr.shape != (D, D) or not np.all(np.isfinite(arr)):
-        raise ConfigError("lr", f"array of shape {arr.shape}", f"a positive scalar or a finite {D}x{D} matrix")
-    return arr, None
-
-
 def _coeffs(f: np.ndarray, mu: float) -> np.ndarray:
     """c(f_i, f_j) of eq. (3) in the eigenbasis of Λ^{1/2} H Λ^{1/2}."""
     fi, fj = f[:, None], f[None, :]
@@ -68,14 +59,14 @@ def _coeffs(f: np.ndarray, mu: float) -> np.ndarray:
             + mu / (1 - mu * mu) * (fi * fi + fj * fj))
 
 
-def thm1_residual(Sigma: np.ndarray, H: np.ndarray, C: np.ndarray, lr: float | np.ndarray,
+def thm1_residual(Sigma: np.ndarray, H: np.ndarray, C: np.ndarray, *, lr: float | np.ndarray,
                   momentum: float = 0.0) -> np.ndarray:
     """LHS − RHS of eq. (3) for a given Σ (zero at the stationary state)."""
-    H = _check_square("H", H)
+    H = check_matrix("H", H)
     D = H.shape[0]
-    Sigma, C = _check_square("Sigma", Sigma, D), _check_square("C", C, D)
-    Lam, _ = _as_lr(lr, D)
-    mu = check_real("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
+    Sigma, C = check_matrix("Sigma", Sigma, D), check_matrix("C", C, D)
+    Lam, _ = check_lr(lr, D, symmetric=False)
+    mu = check_momentum(momentum)
     F = Lam @ H
     a, b = (1 + mu * mu) / (1 - mu * mu), mu / (1 - mu * mu)
     FS = F @ Sigma
@@ -97,7 +88,7 @@ class _Basis:
             lv, lq = np.linalg.eigh((Lam + Lam.T) / 2)
             if lv.min() <= 0 or not np.allclose(Lam, Lam.T, atol=1e-12 * max(1.0, np.abs(Lam).max())):
                 raise ConfigError("lr", "matrix", "symmetric positive definite for method='eigen'")
-            half = (lq * np.sqrt(lv)) @ lq.T
+            half = psd_power((Lam + Lam.T) / 2)
             f, Q = np.linalg.eigh(half @ Hs @ half)
             self.V = half @ Q
         self.f, self.mu = f, mu
@@ -135,18 +126,14 @@ class _Basis:
         return bool(self.f.min() > -tol and self.f.max() < 2 * (1 + self.mu))
 
 
-def _check_square(name: str, M: np.ndarray, D: int | None = None) -> np.ndarray:
-    """A finite symmetric float64 matrix (a scalar is 1×1); H, C and Σ of eq. (3) are all symmetric."""
-    arr = np.asarray(M, dtype=np.float64)
-    if arr.ndim == 0:
-        arr = arr.reshape(1, 1)
-    if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or (D is not None and arr.shape[0] != D):
-        raise ConfigError(name, f"array of shape {arr.shape}", "a square matrix" + (f" of size {D}" if D else ""))
-    if not np.all(np.isfinite(arr)):
-        raise ConfigError(name, "non-finite entries", "finite entries")
-    if not np.allclose(arr, arr.T, rtol=0.0, atol=1e-10 * max(1.0, np.abs(arr).max())):
-        raise ConfigError(name, "non-symmetric matrix", "a symmetric matrix")
-    return arr
+def or_inf(f: Callable[..., Any], /, *args: Any, **kw: Any) -> float:
+    """``f(*args, **kw)`` as a float (the first entry of an array result), +inf where
+    :class:`NoStationaryState` says no stationary state exists (for curves through a divergence)."""
+    try:
+        v = f(*args, **kw)
+    except NoStationaryState:
+        return np.inf
+    return float(np.asarray(v).ravel()[0])
 
 
 def _no_state(bound: float, scalar: float | None, detail: str) -> NoStationaryState:
@@ -163,20 +150,20 @@ def _raise_unstable(bs: _Basis, scalar: float | None, detail: str) -> None:
     raise _no_state(bs.mode_bound(), scalar, detail)
 
 
-def solve_fluctuation(H: np.ndarray, C: np.ndarray, lr: float | np.ndarray, momentum: float = 0.0,
-                      noise_map: NoiseMap | None = None, method: str = "auto") -> np.ndarray:
+def solve_fluctuation(H: np.ndarray, C: np.ndarray, *, lr: float | np.ndarray, momentum: float = 0.0,
+                      noise_map: NoiseMap | None = None, method: str = 'auto') -> np.ndarray:
     """Stationary Σ of eq. (3) for noise ``C + noise_map(Σ)`` (``noise_map`` linear in Σ, optional).
 
     ``method``: "auto" (eigen when Λ is symmetric positive definite, else lyapunov), "eigen", "lyapunov",
     "kronecker". Raises :class:`NoStationaryState` (a ValueError) with the learning-rate bound when no
     stationary state exists. Zero-curvature modes with zero noise get Σ = 0 there.
     """
-    H = _check_square("H", H)
+    H = check_matrix("H", H)
     D = H.shape[0]
-    C = _check_square("C", C, D)
-    mu = check_real("momentum", momentum, lo=0.0, hi=1.0, hi_open=True)
+    C = check_matrix("C", C, D, psd=True)
+    mu = check_momentum(momentum)
     check_choice("method", method, ("auto", "eigen", "lyapunov", "kronecker"))
-    Lam, scalar = _as_lr(lr, D)
+    Lam, scalar = check_lr(lr, D, symmetric=False)
     if method == "auto":
         sym = np.allclose(Lam, Lam.T, atol=1e-12 * max(1.0, np.abs(Lam).max()))
         method = "eigen" if sym and np.linalg.eigvalsh((Lam + Lam.T) / 2).min() > 0 else "lyapunov"
@@ -204,7 +191,7 @@ def solve_fluctuation(H: np.ndarray, C: np.ndarray, lr: float | np.ndarray, mome
     x, info = spla.gmres(op, b, rtol=1e-13, atol=0.0, restart=min(D * D, 60), maxiter=200)
     if info != 0:
         if D > KRON_MAX_D:
-            raise RuntimeError(f"GMRES did not converge for the Σ-dependent noise (D = {D}, info = {info})")
+            raise NumericalError(f"GMRES did not converge for the Σ-dependent noise (D = {D}, info = {info})")
         x = np.linalg.solve(_dense(lambda X: X - nmap(X), D), b)
     return bs.to_sigma(x.reshape(D, D))
 
@@ -251,7 +238,7 @@ def _bound_by_bisection(H: np.ndarray, Lam: np.ndarray, mu: float, noise_map: No
 def _lyapunov(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, scalar: float | None) -> np.ndarray:
     """Σ = P_ww of the augmented (w, m) discrete Lyapunov equation P = M P Mᵀ + B C Bᵀ (Thm 1, §3)."""
     D = H.shape[0]
-    M, Bm = augmented_system(H, Lam, mu)
+    M, Bm = augmented_system(H, lr=Lam, momentum=mu)
     rad = np.abs(np.linalg.eigvals(M)).max()
     if rad >= 1.0:
         raise _no_state(_lyap_bound(H, Lam, mu), scalar, f"augmented (w, m) map has spectral radius {rad:.4g}")
@@ -260,29 +247,32 @@ def _lyapunov(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, scalar: 
     return (S + S.T) / 2
 
 
-def augmented_system(H: np.ndarray, Lam: np.ndarray, mu: float) -> tuple[np.ndarray, np.ndarray]:
+def augmented_system(H: np.ndarray, *, lr: np.ndarray, momentum: float) -> tuple[np.ndarray, np.ndarray]:
     """(M, B) of the exact augmented recursion x_t = M x_{t−1} + B η_t, x = (w, m) (Thm 1, reference §3)::
 
         M = [[I − ΛH, −μΛ], [H, μI]],   B = [−Λ; I]
+
+    ``lr`` is the (D, D) matrix Λ (validated by the callers).
     """
     D = H.shape[0]
+    Lam, mu = lr, momentum
     M = np.block([[np.eye(D) - Lam @ H, -mu * Lam], [H, mu * np.eye(D)]])
     return M, np.vstack([-Lam, np.eye(D)])
 
 
 def _lyap_bound(H: np.ndarray, Lam: np.ndarray, mu: float) -> float:
     """Largest scale s with a stable augmented map for sΛ (spectral radius of M < 1)."""
-    return largest_stable_scale(lambda s: np.abs(np.linalg.eigvals(augmented_system(H, s * Lam, mu)[0])).max() < 1.0)
+    return largest_stable_scale(lambda s: np.abs(np.linalg.eigvals(augmented_system(H, lr=s * Lam, momentum=mu)[0])).max() < 1.0)
 
 
-def thm1_kronecker_matrix(H: np.ndarray, Lam: np.ndarray, mu: float) -> np.ndarray:
+def thm1_kronecker_matrix(H: np.ndarray, *, lr: float | np.ndarray, momentum: float = 0.0) -> np.ndarray:
     """The D² × D² matrix of the LHS of eq. (3) acting on row-major vec(Σ) (dense; toy sizes only)."""
-    H = _check_square("H", H)
+    H = check_matrix("H", H)
     D = H.shape[0]
     if D > KRON_MAX_D:
         raise ConfigError("H", f"matrix of size {D}", f"size <= {KRON_MAX_D} for the dense Kronecker matrix")
-    Lam, _ = _as_lr(Lam, D)
-    mu = check_real("mu", mu, lo=0.0, hi=1.0, hi_open=True)
+    Lam, _ = check_lr(lr, D, symmetric=False)
+    mu = check_momentum(momentum)
     F, I = Lam @ H, np.eye(D)
     a, b = (1 + mu * mu) / (1 - mu * mu), mu / (1 - mu * mu)
     F2 = F @ F
@@ -295,9 +285,9 @@ def _kronecker(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, noise_m
     D = H.shape[0]
     if D > KRON_MAX_D:
         raise ConfigError("method", "kronecker", f"only for D <= {KRON_MAX_D} (D = {D}); use 'eigen'")
-    if np.abs(np.linalg.eigvals(augmented_system(H, Lam, mu)[0])).max() >= 1.0:
+    if np.abs(np.linalg.eigvals(augmented_system(H, lr=Lam, momentum=mu)[0])).max() >= 1.0:
         raise _no_state(_lyap_bound(H, Lam, mu), scalar, "augmented (w, m) map is unstable")
-    K = thm1_kronecker_matrix(H, Lam, mu)
+    K = thm1_kronecker_matrix(H, lr=Lam, momentum=mu)
     if noise_map is not None:
         K = K - _dense(lambda X: Lam @ noise_map(X) @ Lam, D)
     x = np.linalg.solve(K, (Lam @ C @ Lam).ravel())

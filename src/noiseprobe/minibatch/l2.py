@@ -14,22 +14,22 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_int
+from noiseprobe.core.linalg import commutes, is_positive_definite
+from noiseprobe.core.validation import check_batch_size, check_int, check_matrix, check_scalar, check_vector
 from noiseprobe.minibatch.fluctuation import NoiseMap, NoStationaryState, largest_stable_scale, solve_fluctuation
-from noiseprobe.minibatch.linear import _S, _pd, _psd_matrix, _real, _vector, as_matrix, commutes
 
 
 def _setup(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validated (A ⪰ 0, symmetric Γ, u of length D); NoStationaryState when K = A + Γ is not ≻ 0."""
-    A = _psd_matrix("A", A)
-    G = as_matrix("Gamma", Gamma, A.shape[0])
-    u = _vector("u", u, A.shape[0])
-    if not _pd(A + G):
+    A = check_matrix("A", A, psd=True)
+    G = check_matrix("Gamma", Gamma, A.shape[0])
+    u = check_vector("u", u, A.shape[0])
+    if not is_positive_definite(A + G):
         raise NoStationaryState(0.0, "K = A + Γ is not positive definite: no minimum", "learning rate")
     return A, G, u
 
 
-def prop3_noise(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray, Sigma: float | np.ndarray,
+def prop3_noise(A: float | np.ndarray, *, Gamma: float | np.ndarray, u: np.ndarray, Sigma: float | np.ndarray,
                 batch_size: int) -> np.ndarray:
     """Prop. 3, eq. (10): C = (1/S)(AΣA + Tr[AΣ]A + Tr[Γ′ᵀAΓ′U]A + ΓA′UA′Γ), Σ about w*.
 
@@ -37,14 +37,14 @@ def prop3_noise(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray,
     holds for any symmetric Γ (the paper assumes [A, Γ] = 0; the identity AK⁻¹Γ = ΓK⁻¹A makes it unneeded).
     """
     A, G, u = _setup(A, Gamma, u)
-    C0, nmap = prop3_noise_map(A, G, u, batch_size)
-    return C0 + nmap(as_matrix("Sigma", Sigma, A.shape[0]))
+    C0, nmap = prop3_noise_map(A, Gamma=G, u=u, batch_size=batch_size)
+    return C0 + nmap(check_matrix("Sigma", Sigma, A.shape[0]))
 
 
-def prop3_noise_map(A: np.ndarray, Gamma: np.ndarray, u: np.ndarray, batch_size: int) -> tuple[np.ndarray, NoiseMap]:
+def prop3_noise_map(A: np.ndarray, *, Gamma: np.ndarray, u: np.ndarray, batch_size: int) -> tuple[np.ndarray, NoiseMap]:
     """Prop. 3, eq. (10), split as (Σ-independent part, Σ ↦ (AΣA + Tr[AΣ]A)/S) for :func:`solve_fluctuation`."""
     A, Gamma, u = _setup(A, Gamma, u)
-    S = _S(batch_size)
+    S = check_batch_size(batch_size)
     d = np.linalg.solve(A + Gamma, A @ u) - u
     Ad = A @ d
     return (float(d @ Ad) * A + np.outer(Ad, Ad)) / S, lambda X: (A @ X @ A + np.trace(A @ X) * A) / S
@@ -59,8 +59,8 @@ class _Thm4:
         if not commutes(self.A, self.Gamma):
             raise ConfigError("Gamma", "matrix not commuting with A",
                               "[A, Γ] = 0 for Thm 4; use l2_sigma_exact otherwise")
-        self.lam = _real("lr", lr, lo=0.0, lo_open=True)
-        self.S = _S(batch_size)
+        self.lam = check_scalar("lr", lr, lo=0.0, lo_open=True)
+        self.S = check_batch_size(batch_size)
         A, K = self.A, self.A + self.Gamma
         self.K, self.Kinv = K, np.linalg.inv(K)
         if not self._ok(1.0):
@@ -82,7 +82,7 @@ class _Thm4:
         D, A, K = self.A.shape[0], self.A, self.A + self.Gamma
         G = 2 * np.eye(D) - s * self.lam * (K + np.linalg.solve(K, A @ A) / self.S)
         G = (G + G.T) / 2
-        return _pd(G) and s * self.lam / self.S * float(np.trace(A @ A @ np.linalg.solve(K, np.linalg.inv(G)))) < 1
+        return is_positive_definite(G) and s * self.lam / self.S * float(np.trace(A @ A @ np.linalg.solve(K, np.linalg.inv(G)))) < 1
 
     @property
     def trace_A_sigma(self) -> float:
@@ -90,7 +90,7 @@ class _Thm4:
         return self.lam / self.S * (self.c * self.kappa + self.r)
 
 
-def l2_theory(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray, lr: float, batch_size: int,
+def l2_theory(A: float | np.ndarray, *, Gamma: float | np.ndarray, u: np.ndarray, lr: float, batch_size: int,
               find_bound: bool = True) -> dict[str, float]:
     """Theorem 4 eq. (11) and the App. E.4.2 training loss (eqs. 151-155), scalar λ, μ = 0, [A, Γ] = 0.
 
@@ -112,7 +112,7 @@ def l2_theory(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray, l
             "trace_A_sigma": float(t.trace_A_sigma), "kappa": t.kappa, "r": t.r, "c": t.c}
 
 
-def l2_sigma_eq12(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray, lr: float, batch_size: int) -> np.ndarray:
+def l2_sigma_eq12(A: float | np.ndarray, *, Gamma: float | np.ndarray, u: np.ndarray, lr: float, batch_size: int) -> np.ndarray:
     """The PAPER's Theorem 4 eq. (12) for Σ (about w*)::
 
         Σ = (λ/S) c (1 + λκ/S) AK⁻¹G⁻¹ + (λ/S)(A²K⁻²Γ²U + (λr/S) A) K⁻¹G⁻¹
@@ -127,28 +127,28 @@ def l2_sigma_eq12(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarra
     return (Sg + Sg.T) / 2
 
 
-def l2_sigma_exact(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray, lr: float | np.ndarray,
+def l2_sigma_exact(A: float | np.ndarray, *, Gamma: float | np.ndarray, u: np.ndarray, lr: float | np.ndarray,
                    batch_size: int, momentum: float = 0.0) -> np.ndarray:
     """The exact Σ (about w*): Thm 1 (eq. 3) with H = K and the noise of Prop. 3 (eq. 10), one linear matrix
     equation. No commutation needed; any Λ ≻ 0 and momentum. This is the corrected alternative to eq. (12).
     """
     A, G, u = _setup(A, Gamma, u)
-    C0, nmap = prop3_noise_map(A, G, u, batch_size)
-    return solve_fluctuation(A + G, C0, lr, momentum, noise_map=nmap)
+    C0, nmap = prop3_noise_map(A, Gamma=G, u=u, batch_size=batch_size)
+    return solve_fluctuation(A + G, C0, lr=lr, momentum=momentum, noise_map=nmap)
 
 
-def l2_1d(a: float, gamma: float, u: float, lr: float, batch_size: int) -> dict[str, float]:
+def l2_1d(*, a: float, gamma: float, u: float, lr: float, batch_size: int) -> dict[str, float]:
     """Corollary 4, eqs. (159)-(160), 1d: k = a + γ, Δ = Sk(2 − λk) − 2λa²::
 
         L_test = aγ²u²/(2k²) + λa³γ²u²/(k²Δ),  L_train = aγu²/(2k) + λa²γ²u²/(kΔ),  Σ = 2λa²γ²u²/(k²Δ)
 
     finite iff k > 0 and Δ > 0, i.e. λ < 2Sk/(Sk² + 2a²) (eq. 162); otherwise NoStationaryState.
     """
-    a = _real("a", a, lo=0.0, lo_open=True)
-    S = _S(batch_size)
-    k = a + _real("gamma", gamma)
-    u = _real("u", u)
-    lam = _real("lr", lr, lo=0.0, lo_open=True)
+    a = check_scalar("a", a, lo=0.0, lo_open=True)
+    S = check_batch_size(batch_size)
+    k = a + check_scalar("gamma", gamma)
+    u = check_scalar("u", u)
+    lam = check_scalar("lr", lr, lo=0.0, lo_open=True)
     if k <= 0:
         raise NoStationaryState(0.0, f"k = a + γ = {k:.4g} <= 0: no minimum")
     delta = S * k * (2 - lam * k) - 2 * lam * a * a
@@ -160,42 +160,41 @@ def l2_1d(a: float, gamma: float, u: float, lr: float, batch_size: int) -> dict[
             "train_loss": a * gamma * u * u / (2 * k) + lam * a * a * g2u2 / (k * delta)}
 
 
-def convergent_gamma_interval(a: float, lr: float, batch_size: int) -> tuple[float, float] | None:
+def convergent_gamma_interval(*, a: float, lr: float, batch_size: int) -> tuple[float, float] | None:
     """Eq. (163): the γ with a stationary state in 1d, k_− < a + γ < k_+, k_± = [1 ± √(1 − 2λ²a²/S)]/λ.
 
     None when λa > √(S/2) (eq. 164: no weight decay converges).
     """
-    S = _S(batch_size)
-    a, lr = _real("a", a, lo=0.0, lo_open=True), _real("lr", lr, lo=0.0, lo_open=True)
+    S = check_batch_size(batch_size)
+    a, lr = check_scalar("a", a, lo=0.0, lo_open=True), check_scalar("lr", lr, lo=0.0, lo_open=True)
     disc = 1 - 2 * lr * lr * a * a / S
     if disc < 0:
         return None
     return (1 - np.sqrt(disc)) / lr - a, (1 + np.sqrt(disc)) / lr - a
 
 
-def negative_weight_decay_window(batch_size: int) -> tuple[float, float]:
+def negative_weight_decay_window(*, batch_size: int) -> tuple[float, float]:
     """Corollary 1, eqs. (165)-(168): the optimal γ is negative iff 2S/(S+2) < λa <= √(S/2) (empty at S = 2)."""
-    S = _S(batch_size)
+    S = check_batch_size(batch_size)
     return 2 * S / (S + 2), float(np.sqrt(S / 2))
 
 
-def optimal_weight_decay(A: float | np.ndarray, u: np.ndarray, lr: float, batch_size: int,
-                         grid: int = 400) -> tuple[float, float]:
+def optimal_weight_decay(A: float | np.ndarray, *, u: np.ndarray, lr: float, batch_size: int, grid: int = 400) -> tuple[float, float]:
     """γ* = argmin_γ L_test(Γ = γI) from eq. (11), minimised numerically (eqs. 169-171 for D > 1, Cor. 1 in 1d).
 
     L_test is +∞ where no stationary state exists. Scans γ ∈ (−a_min, 2/λ) on ``grid`` points, then refines
     with a bounded scalar minimisation around the best point. Returns (γ*, L_test(γ*)).
     """
-    A = _psd_matrix("A", A)
+    A = check_matrix("A", A, psd=True)
     D = A.shape[0]
-    u = _vector("u", u, D)
-    lr = _real("lr", lr, lo=0.0, lo_open=True)
+    u = check_vector("u", u, D)
+    lr = check_scalar("lr", lr, lo=0.0, lo_open=True)
     grid = check_int("grid", grid, lo=3)
-    _S(batch_size)
+    check_batch_size(batch_size)
 
     def loss(g: float) -> float:
         try:
-            return l2_theory(A, g * np.eye(D), u, lr, batch_size, find_bound=False)["test_loss"]
+            return l2_theory(A, Gamma=g * np.eye(D), u=u, lr=lr, batch_size=batch_size, find_bound=False)["test_loss"]
         except NoStationaryState:
             return np.inf
 

@@ -14,90 +14,24 @@ from __future__ import annotations
 import numpy as np
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_int, check_real
+from noiseprobe.core.linalg import commutes, is_positive_definite
+from noiseprobe.core.validation import (check_batch_size, check_lr, check_matrix, check_momentum, check_scalar,
+                                        check_vector)
 from noiseprobe.minibatch.fluctuation import NoiseMap, NoStationaryState, largest_stable_scale
 
 
-def as_matrix(name: str, M: float | np.ndarray, D: int | None = None) -> np.ndarray:
-    """A symmetric float64 matrix from a scalar (1×1, or ×I_D when D is given) or a square array."""
-    arr = np.asarray(M, dtype=np.float64)
-    if arr.ndim == 0:
-        arr = float(arr) * np.eye(D or 1)
-    if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or (D is not None and arr.shape[0] != D):
-        raise ConfigError(name, f"array of shape {arr.shape}", "a scalar or a square matrix" + (f" of size {D}" if D else ""))
-    if not np.all(np.isfinite(arr)) or not np.allclose(arr, arr.T, atol=1e-12 * max(1.0, np.abs(arr).max())):
-        raise ConfigError(name, "matrix", "a finite symmetric matrix")
-    return (arr + arr.T) / 2
-
-
-def _psd_matrix(name: str, M: float | np.ndarray, D: int | None = None) -> np.ndarray:
-    """:func:`as_matrix` that also requires M ⪰ 0 (a covariance: A, B, Σ)."""
-    arr = as_matrix(name, M, D)
-    if np.linalg.eigvalsh(arr).min() < -1e-12 * max(1.0, np.abs(arr).max()):
-        raise ConfigError(name, "matrix with a negative eigenvalue", "a positive semi-definite matrix")
-    return arr
-
-
-def _vector(name: str, v: float | np.ndarray, D: int) -> np.ndarray:
-    """A finite float64 vector of length D (a scalar when D = 1)."""
-    arr = np.asarray(v, dtype=np.float64).reshape(-1)
-    if arr.shape != (D,) or not np.all(np.isfinite(arr)):
-        raise ConfigError(name, f"array of shape {np.shape(v)}", f"a finite vector of length {D}")
-    return arr
-
-
-def _real(name: str, v: float, **bounds: object) -> float:
-    """:func:`check_real` that also accepts NumPy scalars (float32, int64, 0-d arrays)."""
-    if isinstance(v, (np.generic, np.ndarray)) and np.ndim(v) == 0:
-        v = np.asarray(v).item()
-    return check_real(name, v, **bounds)  # type: ignore[arg-type]
-
-
-def commutes(X: np.ndarray, Y: np.ndarray, rtol: float = 1e-9) -> bool:
-    """Whether ‖[X, Y]‖ ≤ rtol ‖X‖‖Y‖."""
-    return bool(np.linalg.norm(X @ Y - Y @ X) <= rtol * max(np.linalg.norm(X) * np.linalg.norm(Y), 1e-300))
-
-
-def _lr(lr: float | np.ndarray, D: int) -> tuple[np.ndarray, float | None]:
-    """(Λ as a symmetric D×D matrix, the scalar λ or None)."""
-    arr = np.asarray(lr, dtype=np.float64)
-    if arr.ndim == 0:
-        return check_real("lr", float(arr), lo=0.0, lo_open=True) * np.eye(D), float(arr)
-    return as_matrix("lr", arr, D), None
-
-
-def _sigma(sigma: float) -> float:
-    """Label-noise standard deviation σ >= 0."""
-    return _real("sigma", sigma, lo=0.0)
-
-
-def _S(S: int) -> int:
-    """Batch size S >= 1 (NumPy integers accepted)."""
-    return check_int("batch_size", int(S) if isinstance(S, np.integer) else S, lo=1)
-
-
-def _mu(mu: float) -> float:
-    """Heavy-ball momentum μ ∈ [0, 1)."""
-    return _real("momentum", mu, lo=0.0, hi=1.0, hi_open=True)
-
-
-def _pd(M: np.ndarray) -> bool:
-    """Whether the symmetric part of M is positive definite."""
-    return bool(np.linalg.eigvalsh((M + M.T) / 2).min() > 0)
-
-
 # -- label noise --------------------------------------------------------------------------------------
-def lemma1_noise(A: float | np.ndarray, Sigma: float | np.ndarray, sigma: float, batch_size: int) -> np.ndarray:
+def lemma1_noise(A: float | np.ndarray, Sigma: float | np.ndarray, *, sigma: float, batch_size: int) -> np.ndarray:
     """Lemma 1, eq. (5): C = (1/S)(AΣA + Tr[AΣ]A + σ²A), stationary label-noise covariance (about u)."""
-    A = _psd_matrix("A", A)
-    Sg = as_matrix("Sigma", Sigma, A.shape[0])
-    return (A @ Sg @ A + np.trace(A @ Sg) * A + _sigma(sigma) ** 2 * A) / _S(batch_size)
+    A = check_matrix("A", A, psd=True)
+    Sg = check_matrix("Sigma", Sigma, A.shape[0])
+    return (A @ Sg @ A + np.trace(A @ Sg) * A + check_scalar("sigma", sigma, lo=0.0) ** 2 * A) / check_batch_size(batch_size)
 
 
-def lemma1_noise_map(A: np.ndarray, batch_size: int) -> tuple[np.ndarray, NoiseMap]:
+def lemma1_noise_map(A: np.ndarray, *, batch_size: int) -> tuple[np.ndarray, NoiseMap]:
     """Lemma 1, eq. (5), split for :func:`solve_fluctuation`: (C0 for σ = 1, Σ ↦ (AΣA + Tr[AΣ]A)/S)."""
-    A = _psd_matrix("A", A)
-    S = _S(batch_size)
+    A = check_matrix("A", A, psd=True)
+    S = check_batch_size(batch_size)
     return A / S, lambda X: (A @ X @ A + np.trace(A @ X) * A) / S
 
 
@@ -110,17 +44,17 @@ def _thm2_G(A: np.ndarray, Lam: np.ndarray, S: int, mu: float) -> np.ndarray:
 def _thm2_ok(A: np.ndarray, Lam: np.ndarray, S: int, mu: float) -> bool:
     """Thm 2 has a stationary Σ ⪰ 0: G_μ ≻ 0 and Tr[ΛAG_μ⁻¹] < S (κ_μ finite and >= 0)."""
     G = _thm2_G(A, Lam, S, mu)
-    return _pd(G) and float(np.trace(Lam @ A @ np.linalg.inv(G))) < S
+    return is_positive_definite(G) and float(np.trace(Lam @ A @ np.linalg.inv(G))) < S
 
 
 class _LabelNoise:
     """The shared objects of Thms 2, 3, 8: Λ, G_μ (eq. 6), T = Tr[ΛAG_μ⁻¹], κ_μ; raises when no Σ exists."""
 
     def __init__(self, A: float | np.ndarray, lr: float | np.ndarray, batch_size: int, momentum: float) -> None:
-        self.A = _psd_matrix("A", A)
+        self.A = check_matrix("A", A, psd=True)
         D = self.A.shape[0]
-        self.Lam, self.scalar = _lr(lr, D)
-        self.S, self.mu = _S(batch_size), _mu(momentum)
+        self.Lam, self.scalar = check_lr(lr, D)
+        self.S, self.mu = check_batch_size(batch_size), check_momentum(momentum)
         if not commutes(self.Lam, self.A):
             raise ConfigError("lr", "matrix not commuting with A",
                               "[Λ, A] = 0 for Thm 2; use solve_fluctuation with lemma1_noise_map otherwise")
@@ -135,12 +69,12 @@ class _LabelNoise:
         self.kappa = self.T / (1 - self.T / self.S)
 
 
-def label_noise_kappa(A: float | np.ndarray, lr: float | np.ndarray, batch_size: int, momentum: float = 0.0) -> float:
+def label_noise_kappa(A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, momentum: float = 0.0) -> float:
     """κ_μ = Tr[ΛAG_μ⁻¹]/(1 − Tr[ΛAG_μ⁻¹]/S), G_μ = 2(1−μ)I − ((1−μ)/(1+μ) + 1/S)ΛA (Thm 2, eq. 6)."""
     return _LabelNoise(A, lr, batch_size, momentum).kappa
 
 
-def label_noise_sigma(A: float | np.ndarray, lr: float | np.ndarray, batch_size: int, sigma: float,
+def label_noise_sigma(A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, sigma: float,
                       momentum: float = 0.0) -> np.ndarray:
     """Theorem 2, eq. (6): Σ = (σ²/S)(1 + κ_μ/S) Λ G_μ⁻¹.
 
@@ -148,36 +82,36 @@ def label_noise_sigma(A: float | np.ndarray, lr: float | np.ndarray, batch_size:
     Σ = λσ²/(2S − (S+2)λa), finite iff λa < 2S/(S+2).
     """
     ln = _LabelNoise(A, lr, batch_size, momentum)
-    sigma = _sigma(sigma)
+    sigma = check_scalar("sigma", sigma, lo=0.0)
     Sg = sigma ** 2 / ln.S * (1 + ln.kappa / ln.S) * ln.Lam @ ln.Ginv
     return (Sg + Sg.T) / 2
 
 
-def label_noise_C(A: float | np.ndarray, lr: float | np.ndarray, batch_size: int, sigma: float,
+def label_noise_C(A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, sigma: float,
                   momentum: float = 0.0) -> np.ndarray:
     """Theorem 3, eq. (8): C = (σ²/S)A + (σ²/S²)(1 + κ_μ/S)(ΛAG_μ⁻¹ + Tr[ΛAG_μ⁻¹]I)A (same assumptions as Thm 2)."""
     ln = _LabelNoise(A, lr, batch_size, momentum)
-    D, sigma = ln.A.shape[0], _sigma(sigma)
+    D, sigma = ln.A.shape[0], check_scalar("sigma", sigma, lo=0.0)
     C = (sigma ** 2 / ln.S * ln.A + sigma ** 2 / ln.S ** 2 * (1 + ln.kappa / ln.S)
          * (ln.Lam @ ln.A @ ln.Ginv + ln.T * np.eye(D)) @ ln.A)
     return (C + C.T) / 2
 
 
-def label_noise_losses(A: float | np.ndarray, lr: float | np.ndarray, batch_size: int, sigma: float,
+def label_noise_losses(A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, sigma: float,
                        momentum: float = 0.0) -> tuple[float, float]:
     """Theorem 8, eqs. (127)-(128): L_train = (σ²/2)(1 + κ_μ/S), L_test = σ²κ_μ/(2S).
 
     L_train = E_w[L(w)] includes the label noise σ²/2; L_test = E_w[½(w − u)ᵀA(w − u)] does not.
     """
     ln = _LabelNoise(A, lr, batch_size, momentum)
-    sigma = _sigma(sigma)
+    sigma = check_scalar("sigma", sigma, lo=0.0)
     return sigma ** 2 / 2 * (1 + ln.kappa / ln.S), sigma ** 2 * ln.kappa / (2 * ln.S)
 
 
-def label_noise_lr_bound(A: float | np.ndarray, batch_size: int, momentum: float = 0.0) -> float:
+def label_noise_lr_bound(A: float | np.ndarray, *, batch_size: int, momentum: float = 0.0) -> float:
     """Largest scalar λ with a stationary Σ in Thm 2 (G_μ ≻ 0 and Tr[λAG_μ⁻¹] < S); 1d μ = 0: 2S/((S+2)a)."""
-    A = _psd_matrix("A", A)
-    S, mu = _S(batch_size), _mu(momentum)
+    A = check_matrix("A", A, psd=True)
+    S, mu = check_batch_size(batch_size), check_momentum(momentum)
     a_max = float(np.linalg.eigvalsh(A).max())
     if a_max <= 0:
         raise ConfigError("A", "zero matrix", "a non-zero positive semi-definite matrix (else every λ is stable)")
@@ -186,7 +120,7 @@ def label_noise_lr_bound(A: float | np.ndarray, batch_size: int, momentum: float
 
 
 # -- input noise (App. E.3) -----------------------------------------------------------------------------
-def input_noise_sigma_eff2(A: float | np.ndarray, B: float | np.ndarray, u: np.ndarray) -> float:
+def input_noise_sigma_eff2(A: float | np.ndarray, *, B: float | np.ndarray, u: np.ndarray) -> float:
     """Irreducible loss 2L(w*) = Tr[AK⁻¹BU], K = A + B, U = uuᵀ (App. E.3; plays σ² in Prop. 9)."""
     A, B, u = _input_noise_setup(A, B, u)
     return float(u @ A @ np.linalg.solve(A + B, B @ u))
@@ -194,23 +128,23 @@ def input_noise_sigma_eff2(A: float | np.ndarray, B: float | np.ndarray, u: np.n
 
 def _input_noise_setup(A: float | np.ndarray, B: float | np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validated (A ⪰ 0, B ⪰ 0 with K = A + B ≻ 0, u of length D) for App. E.3."""
-    A = _psd_matrix("A", A)
-    B = _psd_matrix("B", B, A.shape[0])
-    if not _pd(A + B):
+    A = check_matrix("A", A, psd=True)
+    B = check_matrix("B", B, A.shape[0], psd=True)
+    if not is_positive_definite(A + B):
         raise ConfigError("A + B", "singular matrix", "K = A + B positive definite (App. E.3 uses K⁻¹)")
-    return A, B, _vector("u", u, A.shape[0])
+    return A, B, check_vector("u", u, A.shape[0])
 
 
-def prop9_noise(A: float | np.ndarray, B: float | np.ndarray, u: np.ndarray, Sigma: float | np.ndarray,
+def prop9_noise(A: float | np.ndarray, *, B: float | np.ndarray, u: np.ndarray, Sigma: float | np.ndarray,
                 batch_size: int) -> np.ndarray:
     """Prop. 9, eq. (132): C = (1/S)(KΣK + Tr[KΣ]K + Tr[AK⁻¹BU]K), K = A + B; input noise e ~ N(0, B), no label noise."""
     A, B, u = _input_noise_setup(A, B, u)
     K = A + B
-    Sg = as_matrix("Sigma", Sigma, A.shape[0])
-    return (K @ Sg @ K + np.trace(K @ Sg) * K + input_noise_sigma_eff2(A, B, u) * K) / _S(batch_size)
+    Sg = check_matrix("Sigma", Sigma, A.shape[0])
+    return (K @ Sg @ K + np.trace(K @ Sg) * K + input_noise_sigma_eff2(A, B=B, u=u) * K) / check_batch_size(batch_size)
 
 
-def input_noise_theory(A: float | np.ndarray, B: float | np.ndarray, u: np.ndarray, lr: float,
+def input_noise_theory(A: float | np.ndarray, *, B: float | np.ndarray, u: np.ndarray, lr: float,
                        batch_size: int) -> dict[str, float | np.ndarray]:
     """Theorem 9, eqs. (133)-(135), scalar λ, μ = 0 (no commutation of A and B needed).
 
@@ -223,21 +157,21 @@ def input_noise_theory(A: float | np.ndarray, B: float | np.ndarray, u: np.ndarr
     Returns {"Sigma", "kappa", "train_loss", "test_loss"}.
     """
     A, B, u = _input_noise_setup(A, B, u)
-    S = _S(batch_size)
-    lam = _real("lr", lr, lo=0.0, lo_open=True)
+    S = check_batch_size(batch_size)
+    lam = check_scalar("lr", lr, lo=0.0, lo_open=True)
     K = A + B
     D = K.shape[0]
 
     def ok(s: float) -> bool:
         G = 2 * np.eye(D) - s * lam * (1 + 1 / S) * K
-        return _pd(G) and s * lam / S * float(np.trace(K @ np.linalg.inv(G))) < 1
+        return is_positive_definite(G) and s * lam / S * float(np.trace(K @ np.linalg.inv(G))) < 1
 
     if not ok(1.0):
         raise NoStationaryState(lam * largest_stable_scale(ok), "Thm 9 needs G ≻ 0 and λTr[KG⁻¹] < S")
     Ginv = np.linalg.inv(2 * np.eye(D) - lam * (1 + 1 / S) * K)
     tr = float(np.trace(K @ Ginv))
     kappa = tr / (1 - lam / S * tr)
-    s2 = input_noise_sigma_eff2(A, B, u)
+    s2 = input_noise_sigma_eff2(A, B=B, u=u)
     Sg = lam / S * s2 * (1 + lam * kappa / S) * Ginv
     Bp_u = np.linalg.solve(K, B @ u)
     return {"Sigma": (Sg + Sg.T) / 2, "kappa": kappa, "train_loss": 0.5 * s2 * (1 + lam * kappa / S),

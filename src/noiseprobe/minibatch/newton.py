@@ -8,21 +8,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from noiseprobe.core.validation import check_int
+from noiseprobe.core.linalg import is_positive_definite
+from noiseprobe.core.validation import check_batch_size, check_int, check_matrix, check_momentum, check_scalar
 from noiseprobe.minibatch.fluctuation import NoStationaryState
-from noiseprobe.minibatch.linear import _S, _mu, _pd, _real, _sigma, as_matrix
 
 
-def dnm_sigma(A: float | np.ndarray, lr: float, batch_size: int, sigma: float, momentum: float = 0.0) -> np.ndarray:
+def dnm_sigma(A: float | np.ndarray, *, lr: float, batch_size: int, sigma: float, momentum: float = 0.0) -> np.ndarray:
     """Proposition 5, eq. (83): damped Newton Λ = λA⁻¹ gives Σ = λσ²/(gS − λD) · A⁻¹,
     g = 2(1−μ) − ((1−μ)/(1+μ) + 1/S)λ; stationary iff g > 0 and S > λD/g (Thm 2 with ΛA = λI).
     """
-    A = as_matrix("A", A)
-    if not _pd(A):
+    A = check_matrix("A", A)
+    if not is_positive_definite(A):
         raise NoStationaryState(0.0, "A must be positive definite for Newton's method")
     D = A.shape[0]
-    S, mu = _S(batch_size), _mu(momentum)
-    lam, sigma = _real("lr", lr, lo=0.0, lo_open=True), _sigma(sigma)
+    S, mu = check_batch_size(batch_size), check_momentum(momentum)
+    lam, sigma = check_scalar("lr", lr, lo=0.0, lo_open=True), check_scalar("sigma", sigma, lo=0.0)
     c = (1 - mu) / (1 + mu) + 1 / S
     g = 2 * (1 - mu) - c * lam
     if g <= 0 or g * S - lam * D <= 0:
@@ -30,7 +30,7 @@ def dnm_sigma(A: float | np.ndarray, lr: float, batch_size: int, sigma: float, m
     return lam * sigma ** 2 / (g * S - lam * D) * np.linalg.inv(A)
 
 
-def ngd_x(lr: float, batch_size: int, sigma: float, dim: int, momentum: float = 0.0) -> float:
+def ngd_x(*, lr: float, batch_size: int, sigma: float, dim: int, momentum: float = 0.0) -> float:
     """Proposition 6, eqs. (87)-(89): the self-consistent scale x of Σ = xA⁻¹ for natural gradient
     Λ = (λ/S)C⁻¹ (C the stationary noise), the positive root of::
 
@@ -39,9 +39,9 @@ def ngd_x(lr: float, batch_size: int, sigma: float, dim: int, momentum: float = 
     For σ = 0 this is the main-text x = (λ/2)(1/((1+D)(1+μ)) + 1/((1−μ)S)) (Liu et al. 2021 lacked the
     1/(1+D)). Uniqueness is not claimed by the paper ("one solution").
     """
-    S, mu = _S(batch_size), _mu(momentum)
+    S, mu = check_batch_size(batch_size), check_momentum(momentum)
     D = check_int("dim", dim, lo=1)
-    lam, sigma = _real("lr", lr, lo=0.0, lo_open=True), _sigma(sigma)
+    lam, sigma = check_scalar("lr", lr, lo=0.0, lo_open=True), check_scalar("sigma", sigma, lo=0.0)
     a = 2 * (1 - mu) * (1 + D)
     b = 2 * (1 - mu) * sigma ** 2 - (1 - mu) * lam / (1 + mu) - lam * (1 + D) / S
     c = -lam * sigma ** 2 / S
@@ -50,7 +50,7 @@ def ngd_x(lr: float, batch_size: int, sigma: float, dim: int, momentum: float = 
     return (-b + np.sqrt(b * b - 4 * a * c)) / (2 * a)
 
 
-def ngd_sigma(A: float | np.ndarray, lr: float, batch_size: int, sigma: float, momentum: float = 0.0) -> np.ndarray:
+def ngd_sigma(A: float | np.ndarray, *, lr: float, batch_size: int, sigma: float, momentum: float = 0.0) -> np.ndarray:
     """Proposition 6: Σ = x A⁻¹ with x from :func:`ngd_x`; NGD is damped Newton at λ′ = λ/(x(1+D) + σ²)."""
-    A = as_matrix("A", A)
-    return ngd_x(lr, batch_size, sigma, A.shape[0], momentum) * np.linalg.inv(A)
+    A = check_matrix("A", A)
+    return ngd_x(lr=lr, batch_size=batch_size, sigma=sigma, dim=A.shape[0], momentum=momentum) * np.linalg.inv(A)

@@ -33,28 +33,16 @@ from typing import Literal
 import numpy as np
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_choice, check_int, check_real
+from noiseprobe.core.linalg import psd_factor
 from noiseprobe.core.seeding import ReplicaStreams, replica_generators
+from noiseprobe.core.stats import standard_error
+from noiseprobe.core.validation import check_choice, check_int, check_lr, check_matrix, check_real, check_vector
 
-#: |w| above this counts as divergence
+#: |w| above this counts as divergence. Deliberately not core.validation.DIVERGED (1e8): heavy-tailed stationary
+#: laws (tail index β ≈ 1, mbn-fig7) pass 1e8 legitimately (61 of 12000 chains of its quick preset do)
 DIVERGED = 1e100
 #: random numbers per block draw (all chains together); bounds the memory of one block
 _BLOCK_NUMBERS = 2_000_000
-
-
-def _sym(name: str, M: np.ndarray | float | None, D: int, *, psd: bool = True) -> np.ndarray:
-    """A (D, D) symmetric float64 matrix from a scalar, a vector of eigenvalues in the standard basis, or a matrix."""
-    if M is None:
-        return np.zeros((D, D))
-    arr = np.asarray(M, dtype=np.float64)
-    if arr.ndim == 0:
-        arr = float(arr) * np.eye(D)
-    if arr.shape != (D, D) or not np.all(np.isfinite(arr)) or not np.allclose(arr, arr.T, atol=1e-12):
-        raise ConfigError(name, M, f"a finite symmetric {D}x{D} matrix or a scalar")
-    if psd and np.linalg.eigvalsh(arr).min() < -1e-12:
-        raise ConfigError(name, f"a matrix with minimum eigenvalue {np.linalg.eigvalsh(arr).min():.3g}",
-                          "a positive semi-definite matrix")
-    return (arr + arr.T) / 2
 
 
 @dataclass(eq=False)
@@ -78,13 +66,11 @@ class LinearProblem:
     def __post_init__(self) -> None:
         A = np.asarray(self.A, dtype=np.float64)
         D = 1 if A.ndim == 0 else A.shape[0]
-        self.A = _sym("A", A, D)
-        self.u = np.zeros(D) if self.u is None else np.asarray(self.u, dtype=np.float64).reshape(-1)
-        if self.u.shape != (D,) or not np.all(np.isfinite(self.u)):
-            raise ConfigError("u", self.u, f"a finite vector of length {D}")
+        self.A = check_matrix("A", A, D, psd=True)
+        self.u = np.zeros(D) if self.u is None else check_vector("u", self.u, D)
         self.sigma = check_real("sigma", self.sigma, lo=0.0)
-        self.B = _sym("B", self.B, D)
-        self.Gamma = _sym("Gamma", self.Gamma, D, psd=False)
+        self.B = np.zeros((D, D)) if self.B is None else check_matrix("B", self.B, D, psd=True)
+        self.Gamma = np.zeros((D, D)) if self.Gamma is None else check_matrix("Gamma", self.Gamma, D)
         check_choice("label_noise", self.label_noise, ("gaussian", "rademacher"))
         if (self.X is None) != (self.y is None):
             raise ConfigError("X, y", "only one given", "both or neither")
@@ -93,7 +79,7 @@ class LinearProblem:
             self.y = np.asarray(self.y, dtype=np.float64).reshape(-1)
             if self.X.ndim != 2 or self.X.shape[1] != D or self.y.shape != (self.X.shape[0],):
                 raise ConfigError("X, y", (np.shape(self.X), np.shape(self.y)), f"shapes (N, {D}) and (N,)")
-        self._chol = (_psd_root(self.A), _psd_root(self.B))
+        self._chol = (psd_factor(self.A), psd_factor(self.B))
 
     # -- derived quantities ---------------------------------------------------------------------
     @property
@@ -144,12 +130,6 @@ class LinearProblem:
     def _labels(self, z: np.ndarray) -> np.ndarray:
         """Label noise from standard normals z: σz (Gaussian) or σ·sign(z) (Rademacher)."""
         return self.sigma * (z if self.label_noise == "gaussian" else np.where(z < 0, -1.0, 1.0))
-
-
-def _psd_root(M: np.ndarray) -> np.ndarray:
-    """R with R Rᵀ = M for a PSD M (eigen-based, works when M is singular)."""
-    vals, vecs = np.linalg.eigh(M)
-    return vecs * np.sqrt(np.clip(vals, 0.0, None))
 
 
 class _Draws:
@@ -212,7 +192,7 @@ class SGDRun:
 
     def sigma_se(self) -> np.ndarray:
         """Entry-wise standard error of :meth:`sigma` across independent chains."""
-        return _se(self.second_moment[self.ok])
+        return standard_error(self.second_moment[self.ok])
 
     def covariance(self) -> np.ndarray:
         """Σ about the pooled mean (use when the stationary mean is not the minimiser)."""
@@ -238,27 +218,7 @@ class SGDRun:
     def stat(self, per_chain: np.ndarray) -> tuple[float, float]:
         """(mean, standard error) of a per-chain statistic over surviving chains."""
         v = per_chain[self.ok]
-        return float(v.mean()), float(_se(v))
-
-
-def _se(v: np.ndarray) -> np.ndarray:
-    n = v.shape[0]
-    return v.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.full(v.shape[1:], np.inf)
-
-
-def _lr_array(lr: float | np.ndarray, chains: int, D: int) -> tuple[np.ndarray, bool]:
-    """Learning rate as (chains, 1) scalars or a (D, D) matrix; returns (array, is_matrix)."""
-    arr = np.asarray(lr, dtype=np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ConfigError("lr", lr, "finite values")
-    if arr.ndim == 0:
-        return np.full((chains, 1), float(arr)), False
-    if arr.ndim == 1 and arr.shape == (chains,):
-        return arr[:, None], False
-    if arr.ndim == 2 and arr.shape == (D, D) and np.allclose(arr, arr.T):
-        return arr, True
-    raise ConfigError("lr", f"array of shape {arr.shape}",
-                      f"a scalar, one scalar per chain ({chains},), or a symmetric ({D}, {D}) matrix")
+        return float(v.mean()), float(standard_error(v))
 
 
 def _mark_diverged(traj: np.ndarray, w: np.ndarray, m: np.ndarray, center: np.ndarray, diverged: np.ndarray,
@@ -274,11 +234,10 @@ def _mark_diverged(traj: np.ndarray, w: np.ndarray, m: np.ndarray, center: np.nd
         m[bad] = 0.0
 
 
-def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int, *, steps: int,
-                 burn_in: int, chains: int, seed: int, first_chain: int = 0, momentum: float = 0.0,
-                 replacement: bool = True, measure_every: int = 1, snapshot_every: int | None = None,
-                 measure_noise: bool = False, w0: np.ndarray | None = None, init_scale: float = 0.1,
-                 exact_law: bool | None = None) -> SGDRun:
+def simulate_sgd(problem: LinearProblem, *, lr: float | np.ndarray, batch_size: int, steps: int, burn_in: int,
+                 chains: int, seed: int, first_chain: int = 0, momentum: float = 0.0, replacement: bool = True,
+                 measure_every: int = 1, snapshot_every: int | None = None, measure_noise: bool = False,
+                 w0: np.ndarray | None = None, init_scale: float = 0.1, exact_law: bool | None = None) -> SGDRun:
     """Run ``chains`` independent SGD chains (global indices ``first_chain …``) and measure them.
 
     ``lr``: scalar, per-chain scalars (chains,), or a symmetric (D, D) matrix Λ. ``steps`` measured steps
@@ -305,7 +264,9 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
         raise ConfigError("batch_size", S, f"<= N = {pb.X.shape[0]} when sampling without replacement")
     if snapshot_every is not None:
         snapshot_every = check_int("snapshot_every", snapshot_every, lo=1)
-    lr_arr, lr_matrix = _lr_array(lr, chains, D)
+    lam, lr_scalar = check_lr(lr, D, replicas=chains)
+    lr_matrix = lam.ndim == 2 and lr_scalar is None
+    lr_arr = lam if lr_matrix else np.full((chains, 1), lr_scalar) if lr_scalar is not None else lam[:, None]
     exact_ok = pb.X is None and pb.label_noise == "gaussian" and S >= D
     exact = exact_law
     if exact is None:  # faster than explicit minibatches when it saves enough draws (measured)
@@ -338,7 +299,7 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
 
     if exact:
         K = pb.A + pb.B
-        Rk = _psd_root(K)
+        Rk = psd_factor(K)
         w_lab = np.linalg.lstsq(K, pb.A @ pb.u, rcond=None)[0]  # x̃ = AK⁻¹x + ζ: labels see x only through K⁻¹A u
         sig_eff = np.sqrt(pb.sigma ** 2 + max(0.0, float(pb.u @ (pb.A - pb.A @ np.linalg.pinv(K) @ pb.A) @ pb.u)))
         tril = np.tril_indices(D, -1)

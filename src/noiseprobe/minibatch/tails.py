@@ -57,7 +57,7 @@ def _eq93(lr: float, batch_size: int, a: float) -> float:
     return 2 * S / (a * lr) - S
 
 
-def tail_index_continuous(lr: ArrayLike, batch_size: ArrayLike, a: ArrayLike = 1.0) -> float | np.ndarray:
+def tail_index_continuous(*, lr: ArrayLike, batch_size: ArrayLike, a: ArrayLike = 1.0) -> float | np.ndarray:
     """Continuous-time tail index β_c = 2S/(aλ) + 1 (Mori et al. 2021; paper eq. 91 and Sec. 6.6).
 
     It is the tail of the stationary law of dw = −λaw dt + λ√C dB with the loss-proportional noise
@@ -66,7 +66,7 @@ def tail_index_continuous(lr: ArrayLike, batch_size: ArrayLike, a: ArrayLike = 1
     return _elementwise(_continuous, lr, batch_size, a)
 
 
-def tail_index_eq93(lr: ArrayLike, batch_size: ArrayLike, a: ArrayLike = 1.0) -> float | np.ndarray:
+def tail_index_eq93(*, lr: ArrayLike, batch_size: ArrayLike, a: ArrayLike = 1.0) -> float | np.ndarray:
     """The paper's discrete-time tail index, Prop. 7, eq. (93)/(94): β = 2S/(aλ) − S.
 
     Approximate (see module docstring); exact only at β = 2. Use :func:`tail_index_exact` for the true value.
@@ -74,7 +74,7 @@ def tail_index_eq93(lr: ArrayLike, batch_size: ArrayLike, a: ArrayLike = 1.0) ->
     return _elementwise(_eq93, lr, batch_size, a)
 
 
-def student_t_variance(beta: float, sigma: float = 1.0, a: float = 1.0) -> float:
+def student_t_variance(beta: float, *, sigma: float = 1.0, a: float = 1.0) -> float:
     """Variance of the law p(w) ∝ (σ² + a w²)^(−(1+β)/2) (eq. 90): σ² / (a (β − 2)) for β > 2, else inf.
 
     This is the left-hand side of eq. (92) (proof of Prop. 7, eqs. 95–97); equating it with Theorem 2's
@@ -86,7 +86,7 @@ def student_t_variance(beta: float, sigma: float = 1.0, a: float = 1.0) -> float
     return sigma ** 2 / (a * (beta - 2)) if beta > 2 else math.inf
 
 
-def student_t_pdf(w: ArrayLike, beta: float, sigma: float = 1.0, a: float = 1.0) -> np.ndarray:
+def student_t_pdf(w: ArrayLike, beta: float, *, sigma: float = 1.0, a: float = 1.0) -> np.ndarray:
     """Normalised density of eq. (90), p(w) ∝ (σ² + a w²)^(−(1+β)/2): a Student t with β degrees of freedom
     and scale σ/√(aβ). Its tail is P(|w| > x) ~ x^(−β) (eq. 91)."""
     beta = check_real("beta", beta, lo=0.0, lo_open=True)
@@ -122,14 +122,14 @@ def _log_kesten_moment(beta: float, c: float, S: int) -> float:
     return float(np.logaddexp(math.log(inner) if inner > 0 else -math.inf, M + math.log(outer)))
 
 
-def kesten_moment(beta: float, lr: float, batch_size: int, a: float = 1.0) -> float:
+def kesten_moment(beta: float, *, lr: float, batch_size: int, a: float = 1.0) -> float:
     """E|1 − λh|^β with h = a χ²_S / S (quadrature). Its root in β > 0 is the exact tail index."""
     beta = check_real("beta", beta, lo=0.0)
     lr, S, a = _check(lr, batch_size, a)
     return 1.0 if beta == 0 else math.exp(_log_kesten_moment(beta, lr * a / S, S))
 
 
-def lyapunov_exponent(lr: float, batch_size: int, a: float = 1.0) -> float:
+def lyapunov_exponent(*, lr: float, batch_size: int, a: float = 1.0) -> float:
     """E log|1 − λh|, h = a χ²_S / S. Negative ⇔ the 1d chain has a stationary law (and a finite β_K)."""
     lr, S, a = _check(lr, batch_size, a)
     c = lr * a / S
@@ -145,7 +145,7 @@ def lyapunov_exponent(lr: float, batch_size: int, a: float = 1.0) -> float:
 
 def _tail_index_exact_scalar(lr: float, batch_size: int, a: float) -> float:
     lr, S, a = _check(lr, batch_size, a)
-    if lyapunov_exponent(lr, S, a) >= 0:
+    if lyapunov_exponent(lr=lr, batch_size=S, a=a) >= 0:
         return math.nan
     c = lr * a / S
     logm = lambda b: _log_kesten_moment(b, c, S)  # noqa: E731
@@ -163,7 +163,7 @@ def _tail_index_exact_scalar(lr: float, batch_size: int, a: float) -> float:
     return float(optimize.brentq(logm, lo, hi, xtol=1e-12, rtol=1e-12))
 
 
-def tail_index_exact(lr: ArrayLike, batch_size: ArrayLike, a: ArrayLike = 1.0) -> float | np.ndarray:
+def tail_index_exact(*, lr: ArrayLike, batch_size: ArrayLike, a: ArrayLike = 1.0) -> float | np.ndarray:
     """Exact tail index of 1d online SGD (corrected value; not in the paper): the root β_K > 0 of
 
         E |1 − λ a χ²_S / S|^β = 1                        (Kesten–Goldie; reference §10)
