@@ -9,4 +9,21 @@ this formula, and the reference shows it to be wrong".
 from __future__ import annotations
 
 #: "experiment-id/check-key" -> the reference's section (and one line) that refutes the printed claim
-PAPER_CLAIMS: dict[str, str] = {}
+PAPER_CLAIMS: dict[str, str] = {
+    "nin-fig2-top/exact-catapult-divergent-paper":
+        "reference §5.3: σ_div = √max(2/B0, 2/B̃0) is off by 6–15×; no stable minimum above 2/(η|M|σx)",
+    "nin-fig2-top/exact-decay-catapult-paper":
+        "reference §5.3: σ_cat = √min(2/B0, 2/B̃0) overestimates by ~1.6×; the edge of the final minimum η σ² w1*² = 2 predicts it",
+    "nin-fig2-top/exact-decoupled-decay-paper":
+        "reference §5.3–5.4: σ_dec = 2Ã0/B̃0 is off by 9–800×; the boundary is the horizon η σ² Σ_t w1² = 1",
+    "nin-fig2-top/exact-eq10-tau-noise":
+        "reference §5.5: the t = 0 time scale of eq. (10) is off by 0.007–0.7× when w1 moves; the integrated eq. (9) holds",
+    "nin-fig2-top/reduced-catapult-divergent-paper":
+        "reference §5.3: σ_div = √max(2/B0, 2/B̃0) is off by 6–15×; no stable minimum above 2/(η|M|σx)",
+    "nin-fig2-top/reduced-decay-catapult-paper":
+        "reference §5.3: σ_cat = √min(2/B0, 2/B̃0) overestimates by ~1.6×; the edge of the final minimum η σ² w1*² = 2 predicts it",
+    "nin-fig2-top/reduced-decoupled-decay-paper":
+        "reference §5.3–5.4: σ_dec = 2Ã0/B̃0 is off by 9–800×; the boundary is the horizon η σ² Σ_t w1² = 1",
+    "nin-fig2-top/reduced-eq10-tau-noise":
+        "reference §5.5: the t = 0 time scale of eq. (10) is off by 0.007–0.7× when w1 moves; the integrated eq. (9) holds",
+}
