@@ -30,7 +30,12 @@ from noiseprobe.core.fitting import bootstrap, crossing, fit_exponential
 from noiseprobe.core.plotting import PHASE_COLOURS, new_figure, savefig
 from noiseprobe.nin import toy
 from noiseprobe.nin import toy_theory as th
-from noiseprobe.nin.phases import BOUNDARY_NAMES, PHASES, boundaries_bootstrap, phase_fractions
+from noiseprobe.nin.phases import (
+    BOUNDARY_NAMES,
+    PHASES,
+    boundaries_bootstrap,
+    phase_fractions,
+)
 
 _SIGMA_BLOCK = 16          # σ values per chunk
 

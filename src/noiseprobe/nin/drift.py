@@ -21,6 +21,8 @@ F at the Gauss-Hermite nodes of ξ.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -31,8 +33,9 @@ from noiseprobe.nin.ensemble import LOSSES, MLPEnsemble, batch_losses
 
 def shifted_loss(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, loss: str,
                  xi: np.ndarray) -> torch.Tensor:
-    """F(σε ξ) per replica and node, (K, len(xi)): the mean clean loss over ``x`` (n, d_in) with every
-    pre-activation at z^(ℓ_NI) shifted by σε ξ W_NI (the same ξ for every sample)."""
+    """F(σε ξ) per replica and node, (K, len(xi)): the mean clean loss over the samples ``x`` (n, d_in),
+    or (K, n, d_in) per replica, with labels ``y`` (n,) or (K, n), every pre-activation at z^(ℓ_NI)
+    shifted by σε ξ W_NI (the same ξ for every sample)."""
     check_choice("loss", loss, LOSSES)
     xi = np.asarray(xi, dtype=np.float64)
     if xi.ndim != 1 or not np.isfinite(xi).all():
@@ -40,7 +43,7 @@ def shifted_loss(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, loss: st
     out = torch.empty(ens.k, xi.size, dtype=torch.float64)
     with torch.no_grad():
         for j, v in enumerate(xi):
-            logits, _ = ens.forward(x, torch.full((ens.k, x.shape[0]), float(v), dtype=ens.niw.dtype))
+            logits, _ = ens.forward(x, torch.full((ens.k, x.shape[-2]), float(v), dtype=ens.niw.dtype))
             out[:, j] = batch_losses(logits, y, loss).double().mean(1)
     return out
 
@@ -48,7 +51,7 @@ def shifted_loss(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, loss: st
 def smoothed_niw_rate(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, loss: str, lr: float,
                       nodes: int = 24) -> torch.Tensor:
     """Per-step decay rate of ln‖W_NI‖ per replica (K,), eq. (D1) of the module docstring, by
-    ``nodes``-point Gauss-Hermite quadrature over ξ on the samples ``x``, ``y``."""
+    ``nodes``-point Gauss-Hermite quadrature over ξ on the samples ``x``, ``y`` (as :func:`shifted_loss`)."""
     check_real("lr", lr, lo=0.0, lo_open=True)
     check_int("nodes", nodes, lo=4, hi=200)
     xi, w = np.polynomial.hermite_e.hermegauss(nodes)
@@ -59,4 +62,73 @@ def smoothed_niw_rate(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, los
     return lr * (f @ weights) / norm2
 
 
-__all__ = ["shifted_loss", "smoothed_niw_rate"]
+@dataclass
+class DecayMeasurement:
+    """NIW norms and the two predicted rates per record (rows) and replica (columns): ``rate_local`` =
+    η σε² Ŵᵀ⟨H⟩Ŵ (eq. 2 corrected, local Hessian), ``rate_smoothed`` = eq. (D1)."""
+
+    steps: np.ndarray
+    niw_norm: np.ndarray
+    rate_local: np.ndarray
+    rate_smoothed: np.ndarray
+
+    def log_decay(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per replica: measured −ln(‖W_NI(T)‖/‖W_NI(0)‖) and the two rates integrated over the steps
+        (trapezoid between records)."""
+        t = self.steps.astype(np.float64)
+        return (-np.log(self.niw_norm[-1] / self.niw_norm[0]), np.trapezoid(self.rate_local, t, axis=0),
+                np.trapezoid(self.rate_smoothed, t, axis=0))
+
+
+def measure_niw_decay(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, loss: str, lr: float,
+                      batch_size: int, steps: int, records: int = 40, probe_samples: int = 1000,
+                      seed: int = 0, nodes: int = 24) -> DecayMeasurement:
+    """Train the ensemble in place by plain SGD for ``steps`` steps (each replica its own sample order,
+    without replacement, and fresh unit noise ξ per sample and step) and record ‖W_NI‖ and both
+    predicted rates on the first ``probe_samples`` samples at ``records`` evenly spaced steps (and 0).
+    Fresh ξ per step is what the "epoch" NIN mode gives when each sample is seen once per epoch."""
+    check_choice("loss", loss, LOSSES)
+    check_real("lr", lr, lo=0.0, lo_open=True)
+    n = x.shape[0]
+    check_int("batch_size", batch_size, lo=1, hi=n)
+    check_int("steps", steps, lo=1)
+    check_int("records", records, lo=1)
+    check_int("probe_samples", probe_samples, lo=1)
+    gen = torch.Generator().manual_seed(check_int("seed", seed, lo=0))
+    x = x.to(ens.niw.dtype)
+    xp, yp = x[:probe_samples], y[:probe_samples]
+    every = max(1, steps // records)
+    rec: dict[str, list[np.ndarray]] = {"steps": [], "niw_norm": [], "rate_local": [], "rate_smoothed": []}
+
+    @torch.no_grad()
+    def record(t: int) -> None:
+        rec["steps"].append(np.asarray(t))
+        rec["niw_norm"].append(ens.niw.detach().double().norm(dim=1).numpy())
+        rec["rate_local"].append((lr * ens.sigma.double() ** 2 * ens.niw_curvature(xp, loss).double()).numpy())
+        rec["rate_smoothed"].append(smoothed_niw_rate(ens, xp, yp, loss=loss, lr=lr, nodes=nodes).numpy())
+
+    params = ens.parameters()
+    for p in params:
+        p.requires_grad_(True)
+    per_epoch = n // batch_size
+    perm = torch.empty(0, dtype=torch.long)
+    record(0)
+    for t in range(1, steps + 1):
+        s = (t - 1) % per_epoch
+        if s == 0:
+            perm = torch.rand(ens.k, n, generator=gen).argsort(1)
+        idx = perm[:, s * batch_size:(s + 1) * batch_size]
+        xi = torch.randn(ens.k, batch_size, generator=gen, dtype=torch.float64).to(x.dtype)
+        logits, _ = ens.forward(x[idx], xi)
+        grads = torch.autograd.grad(batch_losses(logits, y[idx], loss).mean(1).sum(), params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.sub_(lr * g)
+        if t % every == 0 or t == steps:
+            record(t)
+    for p in params:
+        p.requires_grad_(False)
+    return DecayMeasurement(**{k: np.asarray(v) for k, v in rec.items()})
+
+
+__all__ = ["DecayMeasurement", "measure_niw_decay", "shifted_loss", "smoothed_niw_rate"]

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_int, check_real
 from noiseprobe.core.fitting import crossing
+from noiseprobe.core.validation import check_int, check_real
 
 PHASES: tuple[str, ...] = ("decoupled", "decay", "catapult", "divergent")  # codes 0..3 in this order
 BOUNDARY_NAMES: tuple[str, ...] = ("decoupled|decay", "decay|catapult", "catapult|divergent")
