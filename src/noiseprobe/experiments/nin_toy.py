@@ -392,5 +392,6 @@ class Fig2Top(Experiment):
         ax.set_yscale("log")
         ax.set_xlabel("sigma_eps")
         ax.set_ylabel("steps")
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:  # none when no σε is in the decay phase (e.g. all diverged)
+            ax.legend(fontsize=6)
         savefig(fig, out / "decay_times.png")
