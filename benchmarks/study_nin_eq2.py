@@ -31,7 +31,7 @@ from noiseprobe.nin.ensemble import init_ensemble
 
 
 def run(lr: float, sigmas: list[float], seeds: int, tau: float, *, seed: int = 2022,
-        hidden: tuple[int, ...] = (64, 64, 64)) -> dict[str, np.ndarray]:
+        hidden: tuple[int, ...] = (64, 64, 64), probe_samples: int = 1000, nodes: int = 24) -> dict[str, np.ndarray]:
     """Train len(sigmas)·seeds replicas (float64) for T = τ/η steps; per replica the measured log decay,
     the two integrated predictions and the kink factor (D1)/⟨H⟩ at the start and the end (arrays
     (len(sigmas), seeds))."""
@@ -42,7 +42,7 @@ def run(lr: float, sigmas: list[float], seeds: int, tau: float, *, seed: int = 2
     ens = init_ensemble([d_in, *hidden, 10], sig.tolist(), reps.tolist(), seed, niw_init_std=d_in ** -0.5,
                         dtype=torch.float64)
     m = measure_niw_decay(ens, xtr, ytr, loss="ce", lr=lr, batch_size=128, steps=int(round(tau / lr)),
-                          seed=seed + 1)
+                          probe_samples=probe_samples, nodes=nodes, seed=seed + 1)
     shape = (len(sigmas), seeds)
     measured, local, smoothed = (v.reshape(shape) for v in m.log_decay())
     kink = m.rate_smoothed / m.rate_local
@@ -59,20 +59,24 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a 1-minute smoke run (2 seeds, 2 points)")
     ap.add_argument("--seeds", type=int, default=8)
     ap.add_argument("--tau", type=float, default=46.0, help="gradient-flow time eta*T (nin-fig1 quick: 46)")
+    ap.add_argument("--lr", type=float, nargs="*", help="learning rates (default 0.05 0.0125)")
+    ap.add_argument("--sigmas", type=float, nargs="*", help="sigma_eps values (default 0.626 0.313 0.157)")
+    ap.add_argument("--probe", type=int, default=1000, help="samples on which the rates are evaluated")
+    ap.add_argument("--nodes", type=int, default=24, help="Gauss-Hermite nodes of eq. (D1)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    grid = {0.05: [0.626, 0.313, 0.157], 0.0125: [0.626, 0.313, 0.157]}
+    grid = {lr: args.sigmas or [0.626, 0.313, 0.157] for lr in (args.lr or [0.05, 0.0125])}
     seeds, tau = args.seeds, args.tau
     if args.quick:
         grid, seeds, tau = {0.05: [0.626]}, 2, 4.6
-    print(f"tau = eta*T = {tau:g}, {seeds} seeds per row; ratio = measured / predicted log decay, "
+    print(f"tau = eta*T = {tau:g}, {seeds} seeds per row, rates on {args.probe} samples with {args.nodes} nodes; ratio = measured / predicted log decay, "
           "mean ± se over seeds\n")
     print("| η | σε | measured −ln(‖W_NI(T)‖/‖W_NI(0)‖) | measured / eq. (2) ⟨H⟩ | measured / (D1) smoothed "
           "| (D1) / eq. (2) integrated | at t = 0 | at T |")
     print("|---|---|---|---|---|---|---|---|")
     for lr, sigmas in grid.items():
         t0 = time.perf_counter()
-        out = run(lr, sigmas, seeds, tau)
+        out = run(lr, sigmas, seeds, tau, probe_samples=args.probe, nodes=args.nodes)
         for i, s in enumerate(sigmas):
             m, a, sm = out["measured"][i], out["autograd"][i], out["smoothed"][i]
             print(f"| {lr:g} | {s:g} | {_mean_se(m)} | {_mean_se(m / a)} | {_mean_se(m / sm)} | "
