@@ -245,7 +245,7 @@ class _NINSweep(Experiment):
             t = g["epoch"].to_numpy(float)
             n = g["niw_norm"].to_numpy(float)
             ok = np.isfinite(n)
-            rate = niw_decay_rate(g["sigma"].iloc[0], config["lr"], g["curv_niw"].to_numpy(float), form="corrected")
+            rate = niw_decay_rate(sigma=g["sigma"].iloc[0], lr=config["lr"], curv_niw=g["curv_niw"].to_numpy(float))
             pred = float(np.trapezoid(rate, g["step"].to_numpy(float))) if ok.all() else np.nan
             row = {"replica": rep, "level": lev, "nin_mode": mode, "sigma": float(g["sigma"].iloc[0]),
                    "diverged": bool(g["diverged"].iloc[-1]), "niw_ratio": n[-1] / n[0] if ok.all() else np.nan,

@@ -77,7 +77,7 @@ def _grid(cfg: Fig2TopConfig) -> np.ndarray:
 def _edge(method: str, batch_size: int) -> float:
     """Stability edge a* of η σε² w1*² for the final minimum: 2 for the reduced map (S_εε = σε²), the
     Lyapunov edge of the χ²_B/B fluctuations of S_εε for exact SGD (reference §4)."""
-    return 2.0 if method == "reduced" else th.lyapunov_edge(batch_size)
+    return 2.0 if method == "reduced" else th.lyapunov_edge(batch_size=batch_size)
 
 
 class Fig2Top(Experiment):
@@ -220,7 +220,7 @@ class Fig2Top(Experiment):
         for s in dec_sig.to_numpy()[:: max(1, len(dec_sig) // 8)]:
             g = d[(d["sigma_eps"] == s) & (d["phase_code"] == 1)]
             te, te_se = bootstrap(g["niw_efold1"].to_numpy(), seed=config["seed"])[:2]
-            tau_n = th.tau_noise(g["w1_0"].to_numpy(), s, lr=lr)
+            tau_n = th.tau_noise(g["w1_0"].to_numpy(), sigma_eps=s, lr=lr)
             tau_l = th.tau_loss(g["w0_0"].to_numpy(), g["w1_0"].to_numpy(), lr=lr, sigma_x=config["sigma_x"])
             rows.append({"sigma": s, "t_e_niw": te, "t_e_niw_se": te_se,
                          "exp_niw": float(np.nanmedian(g["niw_exp1"])), "tau_noise0": float(np.median(tau_n)),
