@@ -104,13 +104,13 @@ def test_eq2_checks_from_constructed_runs():
     seeds give "not measurable", never "pass"."""
     exp = experiments.get("nin-fig2-bottom")
     cfg = exp.config("quick")
-    nin = pd.DataFrame({"level": [0, 0, 0], "phase_code": [0, 0, 0], "measured_log_decay": [2.0, 2.2, 1.8],
+    nin = pd.DataFrame({"level": [0, 0, 0], "phase_code": [0, 0, 0], "measured_log_decay": [0.5, 0.55, 0.45],
                         "predicted_log_decay": [1.0, 1.0, 1.0]})
     eq2 = pd.DataFrame({"replica": [0, 1, 2], "sigma": 0.1, "measured_log_decay": [1.0, 1.1, 0.9],
                         "predicted_local": [0.5, 0.5, 0.5], "predicted_smoothed": [1.0, 1.0, 1.0]})
     metrics: dict = {}
     checks = {c.key: c for c in exp._eq2_checks(cfg, nin, eq2, metrics)}
-    assert checks["niw-decay-eq2-paper"].measured == pytest.approx(1.0)        # measured / (rate/2) / 2
+    assert checks["niw-decay-eq2-paper"].measured == pytest.approx(1.0)        # measured / (rate / 2)
     assert checks["niw-decay-eq2-paper"].kind == "paper-claim"
     assert checks["niw-decay-d1"].measured == pytest.approx(1.0) and checks["niw-decay-d1"].passed
     assert metrics["eq2_companion_measured_over"]["local"]["mean"] == pytest.approx(2.0)
