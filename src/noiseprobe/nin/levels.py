@@ -51,9 +51,10 @@ def table1(*, d_input: int = 784, n_w: int = 1024, lr: float = 0.01) -> pd.DataF
     """Table 1 as rows (loss, phase, coefficient c, sigma2 = c·unit, sigma = √sigma2)."""
     rows = []
     for loss, cs in TABLE1.items():
-        sig = level_sigmas(list(cs), loss=loss, d_input=d_input, n_w=n_w, lr=lr)
-        for phase, c, s in zip(PHASES, cs, sig):
-            rows.append({"loss": loss, "phase": phase, "coefficient": c, "sigma2": float(s * s), "sigma": float(s)})
+        unit = sigma2_unit(loss, d_input=d_input, n_w=n_w, lr=lr)
+        for phase, c in zip(PHASES, cs):
+            rows.append({"loss": loss, "phase": phase, "coefficient": c, "sigma2": c * unit,
+                         "sigma": float(np.sqrt(c * unit))})
     return pd.DataFrame(rows)
 
 
