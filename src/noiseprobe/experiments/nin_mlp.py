@@ -158,7 +158,7 @@ class _NINSweep(Experiment):
         gradients, the ξ table and the per-step losses, and activation buffers of the widest layer for
         the batch (forward and backward), the evaluation block (≤ 4096 samples) and the probe samples;
         plus the data (float32, train and test, pooled) over a fixed ~80 MB of torch's first-call
-        allocations. Seconds: 6 flop per weight and sample at ~2 Gflop/s."""
+        allocations, and the eq. (2) companion run (float64 training data, probe activations). Seconds: 6 flop per weight and sample at ~2 Gflop/s."""
         d_in = 784 // config["pool"] ** 2
         sizes = [d_in, *config["hidden"], 10]
         n_w = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
@@ -169,7 +169,8 @@ class _NINSweep(Experiment):
                                                 + 2 * config["probe_samples"])
         steps = config["epochs"] * (n_train // config["batch_size"])
         per_rep = 4 * 4 * n_w + 8 * n_train + 8 * steps * 6
-        peak = 80e6 + 4 * n_total * d_in * 2 + k * per_rep + acts
+        companion = 10e6 + 8 * n_train * d_in + 8 * 4 * config["probe_samples"] * max(config["hidden"])
+        peak = 80e6 + 4 * n_total * d_in * 2 + k * per_rep + acts + companion
         seconds = 6.0 * k * n_w * config["batch_size"] * steps / 2e9
         return Estimate(int(peak), seconds, ("hidden", "batch_size", "sigmas_per_chunk", "epochs"))
 
