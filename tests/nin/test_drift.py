@@ -82,8 +82,18 @@ def test_measure_niw_decay_bookkeeping():
     assert measured[0] == 0.0 and local[0] == 0.0 and abs(smoothed[0]) < 1e-20
     assert measured[1] > 0 and smoothed[1] == pytest.approx(
         sum(5 * (a + b) for a, b in zip(m.rate_smoothed[:-1, 1], m.rate_smoothed[1:, 1])))
+    assert (m.diverged_step == -1).all()
     with pytest.raises(ConfigError, match="batch_size"):
         measure_niw_decay(ens, x, y, loss="ce", lr=0.1, batch_size=10**6, steps=1)
+
+
+def test_measure_niw_decay_marks_divergence():
+    """A huge learning rate: every replica leaves |w| <= DIVERGED in its first steps; the integrals are
+    NaN (not a number that could pass a check) and training stops."""
+    ens, x, y = _setup([0.5, 2.0])
+    m = measure_niw_decay(ens, x, y, loss="ce", lr=1e6, batch_size=50, steps=100, records=10, probe_samples=100)
+    assert (m.diverged_step >= 1).all() and m.diverged_step.max() < 100
+    assert all(np.isnan(v).all() for v in m.log_decay())
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_choice, check_int, check_real
+from noiseprobe.core.validation import DIVERGED, check_choice, check_int, check_real
 from noiseprobe.nin.ensemble import LOSSES, MLPEnsemble, batch_losses
 
 
@@ -66,19 +66,23 @@ def smoothed_niw_rate(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, los
 @dataclass
 class DecayMeasurement:
     """NIW norms and the two predicted rates per record (rows) and replica (columns): ``rate_local`` =
-    η σε² Ŵᵀ⟨H⟩Ŵ (eq. 2 corrected, local Hessian), ``rate_smoothed`` = eq. (D1)."""
+    η σε² Ŵᵀ⟨H⟩Ŵ (eq. 2 corrected, local Hessian), ``rate_smoothed`` = eq. (D1); ``diverged_step``
+    (per replica, −1 if never): the step at which a weight became non-finite or exceeded
+    :data:`~noiseprobe.core.validation.DIVERGED`."""
 
     steps: np.ndarray
     niw_norm: np.ndarray
     rate_local: np.ndarray
     rate_smoothed: np.ndarray
+    diverged_step: np.ndarray
 
     def log_decay(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per replica: measured −ln(‖W_NI(T)‖/‖W_NI(0)‖) and the two rates integrated over the steps
-        (trapezoid between records)."""
+        (trapezoid between records); NaN for a replica that diverged."""
         t = self.steps.astype(np.float64)
-        return (-np.log(self.niw_norm[-1] / self.niw_norm[0]), np.trapezoid(self.rate_local, t, axis=0),
-                np.trapezoid(self.rate_smoothed, t, axis=0))
+        bad = np.where(self.diverged_step >= 0, np.nan, 0.0)
+        return (-np.log(self.niw_norm[-1] / self.niw_norm[0]) + bad,
+                np.trapezoid(self.rate_local, t, axis=0) + bad, np.trapezoid(self.rate_smoothed, t, axis=0) + bad)
 
 
 def measure_niw_decay(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, loss: str, lr: float,
@@ -87,7 +91,9 @@ def measure_niw_decay(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, los
     """Train the ensemble in place by plain SGD for ``steps`` steps (each replica its own sample order,
     without replacement, and fresh unit noise ξ per sample and step) and record ‖W_NI‖ and both
     predicted rates on the first ``probe_samples`` samples at ``records`` evenly spaced steps (and 0).
-    Fresh ξ per step is what the "epoch" NIN mode gives when each sample is seen once per epoch."""
+    Fresh ξ per step is what the "epoch" NIN mode gives when each sample is seen once per epoch. A
+    replica whose weights leave |w| ≤ DIVERGED is marked diverged (its integrals are NaN); training
+    stops when every replica has."""
     check_choice("loss", loss, LOSSES)
     check_real("lr", lr, lo=0.0, lo_open=True)
     n = x.shape[0]
@@ -111,6 +117,7 @@ def measure_niw_decay(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, los
     params = ens.parameters()
     for p in params:
         p.requires_grad_(True)
+    diverged = np.full(ens.k, -1, dtype=np.int64)
     per_epoch = n // batch_size
     perm = torch.empty(0, dtype=torch.long)
     record(0)
@@ -125,11 +132,16 @@ def measure_niw_decay(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, los
         with torch.no_grad():
             for p, g in zip(params, grads):
                 p.sub_(lr * g)
+            ok = torch.stack([(torch.isfinite(p) & (p.abs() <= DIVERGED)).flatten(1).all(1) for p in params])
+            bad = (~ok.all(0)).cpu().numpy()
+        diverged[bad & (diverged < 0)] = t
         if t % every == 0 or t == steps:
             record(t)
+        if (diverged >= 0).all():
+            break
     for p in params:
         p.requires_grad_(False)
-    return DecayMeasurement(**{k: np.asarray(v) for k, v in rec.items()})
+    return DecayMeasurement(**{k: np.asarray(v) for k, v in rec.items()}, diverged_step=diverged)
 
 
 __all__ = ["DecayMeasurement", "measure_niw_decay", "shifted_loss", "smoothed_niw_rate"]
