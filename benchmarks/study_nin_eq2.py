@@ -41,7 +41,7 @@ def run(lr: float, sigmas: list[float], seeds: int, tau: float, *, seed: int = 2
     reps = np.tile(np.arange(seeds), len(sigmas))
     ens = init_ensemble([d_in, *hidden, 10], sig.tolist(), reps.tolist(), seed, niw_init_std=d_in ** -0.5,
                         dtype=torch.float64)
-    m = measure_niw_decay(ens, xtr, ytr, loss="ce", lr=lr, batch_size=128, steps=int(round(tau / lr)),
+    m = measure_niw_decay(ens, xtr, ytr, loss="ce", lr=lr, batch_size=128, steps=round(tau / lr),
                           probe_samples=probe_samples, nodes=nodes, seed=seed + 1)
     shape = (len(sigmas), seeds)
     measured, local, smoothed = (v.reshape(shape) for v in m.log_decay())

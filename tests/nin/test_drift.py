@@ -70,6 +70,10 @@ def test_shifted_loss_at_zero_is_the_clean_loss_and_bad_nodes_raise():
         smoothed_niw_rate(ens, x, y, loss="ce", lr=0.0)
     with pytest.raises(ConfigError, match="loss"):
         smoothed_niw_rate(ens, x, y, loss="hinge", lr=0.1)
+    with pytest.raises(ConfigError, match=r"x.*\(n, 5\)"):
+        smoothed_niw_rate(ens, x[:, :3], y, loss="ce", lr=0.1)
+    with pytest.raises(ConfigError, match="y"):
+        smoothed_niw_rate(ens, x, y[:-1], loss="ce", lr=0.1)
 
 
 def test_measure_niw_decay_bookkeeping():

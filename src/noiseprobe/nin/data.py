@@ -34,7 +34,7 @@ def load_mlp_data(*, data_dir: str = "", split: str = "merged", standardize: str
           if data_dir else load_default(nt, split_seed, standardize=standardize))
     xtr, ytr, xte, yte = ds
     if pool > 1:
-        side = int(round(np.sqrt(xtr.shape[1])))
+        side = round(np.sqrt(xtr.shape[1]))
         if side * side != xtr.shape[1] or side % pool:
             raise ConfigError("pool", pool, f"a divisor of the image side {side} (d_in = {xtr.shape[1]})")
 

@@ -40,6 +40,11 @@ def shifted_loss(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, loss: st
     xi = np.asarray(xi, dtype=np.float64)
     if xi.ndim != 1 or not np.isfinite(xi).all():
         raise ConfigError("xi", xi.tolist(), "a 1-d array of finite unit noise values")
+    d_in = ens.weights[0].shape[1]
+    if not (x.dim() in (2, 3) and x.shape[-1] == d_in and (x.dim() == 2 or x.shape[0] == ens.k)):
+        raise ConfigError("x", f"shape {tuple(x.shape)}", f"(n, {d_in}) or ({ens.k}, n, {d_in}) samples")
+    if tuple(y.shape) not in ((x.shape[-2],), (ens.k, x.shape[-2])):
+        raise ConfigError("y", f"shape {tuple(y.shape)}", f"labels ({x.shape[-2]},) or ({ens.k}, {x.shape[-2]})")
     out = torch.empty(ens.k, xi.size, dtype=torch.float64)
     with torch.no_grad():
         for j, v in enumerate(xi):
