@@ -143,7 +143,7 @@ def test_online_statistics_equal_those_of_the_recorded_trajectory(method, b):
     te = run["niw_efold1"][ok]
     has = np.isfinite(te)
     assert has.sum() >= 5
-    expo = niw_exponent(w1, se, lr=lr)
+    expo = niw_exponent(w1, sigma_eps=se, lr=lr)
     np.testing.assert_allclose(run["niw_exp1"][ok][has],
                                [np.interp(x, t, e) for x, e in zip(te[has], expo[has])], rtol=1e-9)
     tl = run["loss_efold1"][ok]

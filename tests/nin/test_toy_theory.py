@@ -14,7 +14,7 @@ from noiseprobe.nin.phases import boundaries
 
 @pytest.mark.parametrize("b,ref", [(1, 2.421), (4, 2.663), (32, 2.151)])
 def test_lyapunov_edge_against_monte_carlo_and_reference(b, ref):
-    a = th.lyapunov_edge(b)
+    a = th.lyapunov_edge(batch_size=b)
     assert abs(a - ref) < 1.5e-3
     y = np.random.default_rng(b).chisquare(b, 2_000_000) / b
     g = np.log(np.abs(1 - a * y))
@@ -25,7 +25,7 @@ def test_lyapunov_edge_against_monte_carlo_and_reference(b, ref):
 
 @pytest.mark.parametrize("b", [1, 8])
 def test_mean_square_edge_against_monte_carlo(b):
-    a = th.mean_square_edge(b)
+    a = th.mean_square_edge(batch_size=b)
     y = np.random.default_rng(10 + b).chisquare(b, 2_000_000) / b
     m2 = (1 - a * y) ** 2
     assert abs(m2.mean() - 1) < 4 * m2.std() / np.sqrt(m2.size)
@@ -35,7 +35,7 @@ def test_tau_noise_is_the_mean_one_step_decay_of_exact_sgd():
     n, lr, se, w1, w0 = 40_000, 0.01, 3.0, 0.8, 0.4
     run = toy.simulate(np.full(n, se), w0=w0, w1=w1, w_ni=1.0, steps=1, lr=lr, batch_size=2, seed=4)
     ratio = run["w_ni_T"]                                          # w_NI(0) = 1
-    want = 1 - 1 / th.tau_noise(w1, se, lr=lr)                     # eq. (10): E w_NI(1) = w_NI(0)(1 − 1/τ)
+    want = 1 - 1 / th.tau_noise(w1, sigma_eps=se, lr=lr)                     # eq. (10): E w_NI(1) = w_NI(0)(1 − 1/τ)
     assert abs(ratio.mean() - want) < 4 * ratio.std() / np.sqrt(n)
 
 
@@ -71,12 +71,12 @@ def test_paper_boundaries_reproduce_the_reference_medians(init, b, dec, dec_fixe
 def test_upper_limit_and_validation():
     assert th.sigma_upper_limit(lr=0.01) == pytest.approx(200.0)
     with pytest.raises(ConfigError):
-        th.tau_noise(1.0, 1.0, lr=-1.0)
+        th.tau_noise(1.0, sigma_eps=1.0, lr=-1.0)
     with pytest.raises(ConfigError):
-        th.lyapunov_edge(0)
+        th.lyapunov_edge(batch_size=0)
     bad = [lambda: th.sigma_upper_limit(lr=0.01, M=0.0), lambda: th.sigma_upper_limit(lr=0.01, sigma_x=-1.0),
            lambda: th.sigma_edge(1.0, 1.0, lr=0.01, edge=0.0), lambda: th.tau_loss(1.0, 1.0, lr=0.01, sigma_x=0.0),
-           lambda: th.niw_exponent(np.ones(3), 1.0, lr=float("nan")),
+           lambda: th.niw_exponent(np.ones(3), sigma_eps=1.0, lr=float("nan")),
            lambda: th.loss_exponent(np.ones(3), np.ones(3), lr=0.01, sigma_x=-2.0),
            lambda: th.paper_boundaries(1.0, 1.0, 1.0, lr=0.01, M=float("inf")),
            lambda: th.w1_star_sq(1.0, 1.0, M="one")]
@@ -96,7 +96,7 @@ def test_eq9_integrated_law_holds_in_the_decay_phase():
         # discreteness: log(1 − a) = −a − a²/2 adds a relative bias of about a/2 = η σ² w1²/2 < 1 %
         assert abs(e.mean() - k) < 4 * e.std() / np.sqrt(n) + 0.01 * k
     # the t = 0 form of eq. (10) is far off here because w1 grows tenfold during the decay
-    assert np.median(run["niw_efold1"] / th.tau_noise(w1, se, lr=0.01)) < 0.1
+    assert np.median(run["niw_efold1"] / th.tau_noise(w1, sigma_eps=se, lr=0.01)) < 0.1
 
 
 def test_boundaries_of_exact_b1_sgd_match_reference_and_corrected_predictors():
@@ -117,7 +117,7 @@ def test_boundaries_of_exact_b1_sgd_match_reference_and_corrected_predictors():
     low = sigma < 0.3
     horizon = np.median(th.sigma_horizon(run["sum_w1sq"][low], lr=0.01))
     assert abs(horizon / b["decoupled|decay"] - 1) < 0.06
-    edge = np.median(th.sigma_edge(w0, w1, lr=0.01, edge=th.lyapunov_edge(1)))
+    edge = np.median(th.sigma_edge(w0, w1, lr=0.01, edge=th.lyapunov_edge(batch_size=1)))
     assert abs(edge / b["decay|catapult"] - 1) < 0.15
     paper = th.paper_boundaries(w0, w1, wn, lr=0.01)
     assert np.median(paper["sigma_dec_paper"]) / b["decoupled|decay"] > 50      # the paper's σ_dec is far off

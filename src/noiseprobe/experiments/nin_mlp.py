@@ -8,7 +8,7 @@ replica index is the *seed index*, so all σε of one seed share weights, data o
 NIN inert: its gradient is ε·g = 0). Chunks are (seed, σε-group) blocks; results do not depend on them.
 
 Noise levels are given as Table 1 coefficients c: σε² = c · d_in/(N_w η) for MSE and c · d_in/η for CE
-(:func:`noise_base`), with d_in, N_w, η those of the run (so quick presets at reduced sizes scale the
+(:func:`noiseprobe.nin.levels.sigma2_unit`), with d_in, N_w, η those of the run (so quick presets at reduced sizes scale the
 levels the way Table 1 does).
 
 Reference ambiguities exposed as config fields (reference §2): ``niw_init`` ("unit": W_NI ~ N(0, 1),
@@ -33,7 +33,7 @@ Phases per run (:func:`noiseprobe.nin.phases.classify_summary`, reference §7 ru
 
 from __future__ import annotations
 
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,82 +41,97 @@ import numpy as np
 import pandas as pd
 import torch
 
+from noiseprobe.core.checks import Check
+from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_choice, check_int, check_real
-from noiseprobe.core.experiment import Check, Chunk, Experiment
+from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.fitting import efold_time, fit_exponential
 from noiseprobe.core.plotting import PHASE_COLOURS, new_figure, savefig
-from noiseprobe.nin.ensemble import LOSSES, NIN_MODES, train_ensemble
+from noiseprobe.core.stats import mean_se
+from noiseprobe.nin.data import DATASETS, load_mlp_data
+from noiseprobe.nin.drift import measure_niw_decay
+from noiseprobe.nin.ensemble import (
+    LOSSES,
+    NIN_MODES,
+    init_ensemble,
+    order_seed,
+    train_ensemble,
+)
+from noiseprobe.nin.levels import (
+    PAPER_SIZES,
+    TABLE1,
+    TABLE1_SIGMA2_REFERENCE,
+    level_sigmas,
+    table1,
+)
 from noiseprobe.nin.phases import PHASES, boundaries, classify_summary, phase_fractions
 from noiseprobe.nin.probe import niw_decay_rate
 
-#: Table 1 coefficients c of σε² (decoupled, decay, catapult, divergent examples)
-TABLE1: dict[str, tuple[float, float, float, float]] = {"mse": (1e-4, 30.0, 47.0, 50.0),
-                                                         "ce": (1e-4, 0.1, 1.0, 1.8)}
-#: Table 1 evaluated at d_in = 784, N_w = 1024, η = 0.01 (reference §2), σε² per phase
-TABLE1_REFERENCE: dict[str, tuple[float, float, float, float]] = {"mse": (7.66e-3, 2297.0, 3598.0, 3828.0),
-                                                                   "ce": (7.84, 7840.0, 78400.0, 141120.0)}
 NIW_INITS = ("unit", "layer")
-DATASETS = ("embedded", "fashion-mnist")
 
 
-def noise_base(loss: str, d_input: int, n_w: int, lr: float) -> float:
-    """The unit of Table 1's σε² levels: d_in/(N_w η) for MSE, d_in/η for CE."""
-    check_choice("loss", loss, LOSSES)
-    return d_input / (n_w * lr) if loss == "mse" else d_input / lr
+@dataclass(frozen=True, kw_only=True)
+class SweepConfig(ExperimentConfig):
+    """A σε × seed sweep of ReLU MLPs with one NIN (module docstring)."""
+
+    dataset: str = param("embedded", choices=DATASETS, help="embedded digits or the user's FMNIST")
+    data_dir: str = param("", help="the folder with the Fashion-MNIST IDX files (dataset fashion-mnist)")
+    split: str = param("merged", choices=("merged", "train", "official"))
+    standardize: str = param("global", choices=("global", "pixel"))
+    split_seed: int = param(0, lo=0)
+    n_train: int = param(0, lo=0, help="training samples (0: all)")
+    pool: int = param(1, lo=1, hi=28, help="average-pool the images pool x pool")
+    hidden: list[int] = param(lo=1, min_len=1, help="hidden layer widths, e.g. [1024]")
+    loss: str = param(choices=LOSSES)
+    lr: float = param(lo=0.0, lo_open=True)
+    batch_size: int = param(lo=1)
+    epochs: int = param(lo=1)
+    record_every: int = param(1, lo=1, help="record every epoch up to 10, then every record_every")
+    nin_layer: int = param(0, lo=0)
+    niw_init: str = param("layer", choices=NIW_INITS)
+    levels: list[float] = param(lo=0.0, lo_open=True, min_len=1,
+                                help="Table 1 coefficients c of sigma_eps^2, increasing")
+    n_seeds: int = param(lo=1)
+    sigmas_per_chunk: int = param(16, lo=1)
+    stall_fraction: float = param(0.5, lo=0.0, hi=1.0)
+    spike_factor: float = param(2.0, lo=1.0)
+    acc_margin: float = param(0.02, lo=0.0, hi=1.0)
+    probe_samples: int = param(1000, lo=1)
+
+    size_fields = ("hidden", "n_train", "batch_size", "sigmas_per_chunk", "probe_samples")
+
+    def check(self) -> None:
+        if self.nin_layer > len(self.hidden) - 1:
+            raise ConfigError("nin_layer", self.nin_layer, f"an integer >= 0 and <= {len(self.hidden) - 1}")
+        if sorted(self.levels) != list(self.levels):
+            raise ConfigError("levels", self.levels, "coefficients in increasing order")
+        if self.dataset == "fashion-mnist":
+            if not self.data_dir:
+                raise ConfigError("data_dir", "", "the folder with the Fashion-MNIST IDX files: pass --data-dir DIR "
+                                                  "(this preset trains on FMNIST; nothing is downloaded)")
+            from noiseprobe.data.idx import find_idx_files
+
+            find_idx_files(self.data_dir)  # ConfigError naming the missing files, before any work
+        elif self.data_dir:
+            raise ConfigError("data_dir", self.data_dir, "empty for dataset 'embedded' (use the full preset, "
+                                                         "or --set dataset=fashion-mnist)")
 
 
-def table1(d_input: int = 784, n_w: int = 1024, lr: float = 0.01) -> pd.DataFrame:
-    """Table 1 as rows (loss, phase, coefficient c, sigma2 = c·base, sigma = √sigma2)."""
-    rows = []
-    for loss, cs in TABLE1.items():
-        base = noise_base(loss, d_input, n_w, lr)
-        for phase, c in zip(PHASES, cs):
-            rows.append({"loss": loss, "phase": phase, "coefficient": c, "sigma2": c * base,
-                         "sigma": float(np.sqrt(c * base))})
-    return pd.DataFrame(rows)
+@dataclass(frozen=True, kw_only=True)
+class Fig1Config(SweepConfig):
+    centre_level: int = param(lo=0, help="index of the level of the centre panel")
+
+    def check(self) -> None:
+        super().check()
+        if self.centre_level > len(self.levels) - 1:
+            raise ConfigError("centre_level", self.centre_level, f"an integer >= 0 and <= {len(self.levels) - 1}")
 
 
-# ------------------------------------------------------------------------------------------ data
-@lru_cache(maxsize=4)
-def _load(data_dir: str, split: str, standardize: str, split_seed: int, n_train: int,
-          pool: int) -> tuple[torch.Tensor, ...]:
-    """(X_train, y_train, X_test, y_test): the embedded digits ("" data_dir) or the user's FMNIST,
-    split 60/40 and standardised by the training part (B1's loaders), then optionally average-pooled
-    ``pool`` × ``pool`` and re-standardised (global) by the pooled training part."""
-    from noiseprobe.data.embedded import load_default
-    from noiseprobe.data.idx import load_fashion_mnist
-
-    nt = n_train or None
-    ds = (load_fashion_mnist(data_dir, split_seed, split=split, n_train=nt, standardize=standardize)
-          if data_dir else load_default(nt, split_seed, standardize=standardize))
-    xtr, ytr, xte, yte = ds
-    if pool > 1:
-        side = int(round(np.sqrt(xtr.shape[1])))
-        if side * side != xtr.shape[1] or side % pool:
-            raise ConfigError("pool", pool, f"a divisor of the image side {side} (d_in = {xtr.shape[1]})")
-
-        def p(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(-1, side // pool, pool, side // pool, pool).mean((2, 4)).reshape(x.shape[0], -1)
-
-        xtr, xte = p(xtr), p(xte)
-        mu, sd = xtr.mean(), xtr.std()
-        xtr, xte = (xtr - mu) / sd, (xte - mu) / sd
-    return xtr.float(), ytr, xte.float(), yte
-
-
-def load_data(config: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+def load_data(config: SweepConfig) -> tuple[torch.Tensor, ...]:
     """The run's data: the embedded digits, or FMNIST from ``data_dir`` (dataset "fashion-mnist")."""
-    data_dir = config["data_dir"] if config["dataset"] == "fashion-mnist" else ""
-    return _load(data_dir, config["split"], config["standardize"], config["split_seed"], config["n_train"],
-                 config["pool"])
-
-
-# ------------------------------------------------------------------------------------ base class
-_COMMON_FIELDS = ("seed", "dataset", "data_dir", "split", "standardize", "split_seed", "n_train", "pool",
-                  "hidden", "loss", "lr", "batch_size", "epochs", "record_every", "nin_layer", "niw_init",
-                  "levels", "n_seeds", "sigmas_per_chunk", "stall_fraction", "spike_factor", "acc_margin",
-                  "probe_samples")
+    return load_mlp_data(data_dir=config["data_dir"] if config["dataset"] == "fashion-mnist" else "",
+                         split=config["split"], standardize=config["standardize"], split_seed=config["split_seed"],
+                         n_train=config["n_train"], pool=config["pool"])
 
 
 def _preset(**kw: Any) -> dict[str, Any]:
@@ -131,69 +146,47 @@ def _preset(**kw: Any) -> dict[str, Any]:
 class _NINSweep(Experiment):
     """A σε × seed sweep of MLPs with a NIN (module docstring). Subclasses set presets and the figure."""
 
-    tables = ("steps",)
+    tables = ("steps", "eq2")
+    Config: Any = SweepConfig
     #: NIN modes run at every level ("epoch" = re-randomised each epoch, "fixed" = drawn once)
     modes: tuple[str, ...] = ("epoch",)
+    #: a learning rate at which every replica's weights overflow in the first steps
+    diverging = {"lr": 1e6}
 
-    # -- config ---------------------------------------------------------------------------------
-    def validate(self, config: dict[str, Any]) -> None:
-        missing = [f for f in _COMMON_FIELDS if f not in config]
-        if missing:
-            raise ConfigError("config", sorted(config), "a config with the fields " + ", ".join(missing))
-        check_int("seed", config["seed"], lo=0)
-        check_choice("split", config["split"], ("merged", "train", "official"))
-        check_choice("standardize", config["standardize"], ("global", "pixel"))
-        check_int("split_seed", config["split_seed"], lo=0)
-        check_int("n_train", config["n_train"], lo=0)
-        check_int("pool", config["pool"], lo=1, hi=28)
-        hidden = config["hidden"]
-        if not isinstance(hidden, list) or not hidden or not all(isinstance(h, int) and h >= 1 for h in hidden):
-            raise ConfigError("hidden", hidden, "a non-empty list of positive layer widths, e.g. [1024]")
-        check_choice("loss", config["loss"], LOSSES)
-        check_real("lr", config["lr"], lo=0.0, lo_open=True)
-        check_int("batch_size", config["batch_size"], lo=1)
-        check_int("epochs", config["epochs"], lo=1)
-        check_int("record_every", config["record_every"], lo=1)
-        check_int("nin_layer", config["nin_layer"], lo=0, hi=len(hidden) - 1)
-        check_choice("niw_init", config["niw_init"], NIW_INITS)
-        levels = config["levels"]
-        if not isinstance(levels, list) or not levels or not all(
-                isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0 for c in levels):
-            raise ConfigError("levels", levels, "a non-empty list of positive Table 1 coefficients c")
-        if sorted(levels) != list(levels):
-            raise ConfigError("levels", levels, "coefficients in increasing order")
-        check_int("n_seeds", config["n_seeds"], lo=1)
-        check_int("sigmas_per_chunk", config["sigmas_per_chunk"], lo=1)
-        check_real("stall_fraction", config["stall_fraction"], lo=0.0, hi=1.0)
-        check_real("spike_factor", config["spike_factor"], lo=1.0)
-        check_real("acc_margin", config["acc_margin"], lo=0.0, hi=1.0)
-        check_int("probe_samples", config["probe_samples"], lo=1)
-        check_choice("dataset", config["dataset"], DATASETS)
-        if config["dataset"] == "fashion-mnist":
-            if not config["data_dir"]:
-                raise ConfigError("data_dir", "", "the folder with the Fashion-MNIST IDX files: pass --data-dir DIR "
-                                                  "(this preset trains on FMNIST; nothing is downloaded)")
-            from noiseprobe.data.idx import find_idx_files
+    def estimate(self, config: SweepConfig) -> Estimate:
+        """One chunk trains K = (1 + levels in the chunk) × modes replicas: per replica its weights and
+        gradients, the ξ table and the per-step losses, and activation buffers of the widest layer for
+        the batch (forward and backward), the evaluation block (≤ 4096 samples) and the probe samples;
+        plus the data (float32, train and test, pooled) over a fixed ~80 MB of torch's first-call
+        allocations, and the eq. (2) companion run (float64 training data, probe activations). Seconds: 6 flop per weight and sample at ~2 Gflop/s."""
+        d_in = 784 // config["pool"] ** 2
+        sizes = [d_in, *config["hidden"], 10]
+        n_w = sum(a * b + b for a, b in zip(sizes, sizes[1:]))
+        n_total = 70000 if config["dataset"] == "fashion-mnist" else 5000
+        n_train = config["n_train"] or int(0.6 * n_total)
+        k = (1 + min(config["sigmas_per_chunk"], len(config["levels"]))) * len(self.modes)
+        acts = 4 * k * max(config["hidden"]) * (6 * config["batch_size"] + 2 * min(4096, n_train)
+                                                + 2 * config["probe_samples"])
+        steps = config["epochs"] * (n_train // config["batch_size"])
+        per_rep = 4 * 4 * n_w + 8 * n_train + 8 * steps * 6
+        companion = 10e6 + 8 * n_train * d_in + 8 * 4 * config["probe_samples"] * max(config["hidden"])
+        peak = 80e6 + 4 * n_total * d_in * 2 + k * per_rep + acts + companion
+        seconds = 6.0 * k * n_w * config["batch_size"] * steps / 2e9
+        return Estimate(int(peak), seconds, ("hidden", "batch_size", "sigmas_per_chunk", "epochs"))
 
-            find_idx_files(config["data_dir"])  # ConfigError naming the missing files, before any work
-        elif config["data_dir"]:
-            raise ConfigError("data_dir", config["data_dir"], "empty for dataset 'embedded' (use the full preset, "
-                                                              "or --set dataset=fashion-mnist)")
-
-    def sigmas(self, config: dict[str, Any]) -> np.ndarray:
+    def sigmas(self, config: SweepConfig) -> np.ndarray:
         """σε per level: √(c · base) with the run's d_in, N_w = first hidden width and η."""
-        d_in = load_data(config)[0].shape[1]
-        base = noise_base(config["loss"], d_in, config["hidden"][config["nin_layer"]], config["lr"])
-        return np.sqrt(np.asarray(config["levels"], dtype=np.float64) * base)
+        return level_sigmas(config["levels"], loss=config["loss"], d_input=load_data(config)[0].shape[1],
+                            n_w=config["hidden"][config["nin_layer"]], lr=config["lr"])
 
-    def chunks(self, config: dict[str, Any]) -> list[Chunk]:
+    def chunks(self, config: SweepConfig) -> list[Chunk]:
         k = config["sigmas_per_chunk"]
         n_lev = len(config["levels"])
         return [Chunk(f"s{s:04d}-l{a:03d}", {"seed_index": s, "levels": list(range(a, min(a + k, n_lev))),
                                              "baseline": a == 0})
                 for s in range(config["n_seeds"]) for a in range(0, n_lev, k)]
 
-    def run_chunk(self, config: dict[str, Any], chunk: Chunk) -> dict[str, pd.DataFrame]:
+    def run_chunk(self, config: SweepConfig, chunk: Chunk) -> dict[str, pd.DataFrame]:
         xtr, ytr, xte, yte = load_data(config)
         sig = self.sigmas(config)
         lev = chunk.spec["levels"]
@@ -201,22 +194,43 @@ class _NINSweep(Experiment):
         if chunk.spec["baseline"]:
             points.insert(0, (0.0, -1, "epoch"))
         sigmas, level_idx, modes = zip(*points)
-        fan_in = xtr.shape[1] if config["nin_layer"] == 0 else config["hidden"][config["nin_layer"] - 1]
         epochs, every = config["epochs"], config["record_every"]
         run = train_ensemble(
             xtr, ytr, xte, yte, hidden=config["hidden"], sigmas=list(sigmas),
             replicas=[chunk.spec["seed_index"]] * len(points), seed=config["seed"], loss=config["loss"],
             lr=config["lr"], batch_size=min(config["batch_size"], xtr.shape[0]), epochs=epochs,
             nin_layer=config["nin_layer"], nin_mode=list(modes),
-            niw_init_std=1.0 if config["niw_init"] == "unit" else float(fan_in) ** -0.5,
+            niw_init_std=self._niw_std(config, xtr.shape[1]),
             record_epochs=[e for e in range(1, epochs + 1) if e <= 10 or e % every == 0],
             probe_samples=config["probe_samples"])
         for df in (run.records, run.steps):
             df.insert(1, "level", np.asarray(level_idx)[df.pop("member").to_numpy()])
-        return {"results": run.records, "steps": run.steps}
+        eq2 = self._eq2_run(config, chunk.spec["seed_index"], float(sig[0])) if chunk.spec["baseline"] else None
+        return {"results": run.records, "steps": run.steps, "eq2": eq2 if eq2 is not None else pd.DataFrame()}
+
+    @staticmethod
+    def _niw_std(config: SweepConfig, d_in: int) -> float:
+        fan_in = d_in if config["nin_layer"] == 0 else config["hidden"][config["nin_layer"] - 1]
+        return 1.0 if config["niw_init"] == "unit" else float(fan_in) ** -0.5
+
+    def _eq2_run(self, config: SweepConfig, seed_index: int, sigma: float) -> pd.DataFrame:
+        """The companion run of the eq. (2) check (docs/nin_probe.md, the eq. (2) study): seed
+        ``seed_index``'s network at the smallest level, same init, trained by the same SGD for the same
+        steps in float64, recording ‖W_NI‖ with both predicted rates (:func:`noiseprobe.nin.drift.measure_niw_decay`)."""
+        xtr, ytr, _, _ = load_data(config)
+        ens = init_ensemble([xtr.shape[1], *config["hidden"], int(ytr.max()) + 1], [sigma], [seed_index],
+                            config["seed"], nin_layer=config["nin_layer"],
+                            niw_init_std=self._niw_std(config, xtr.shape[1]), dtype=torch.float64)
+        b = min(config["batch_size"], xtr.shape[0])
+        m = measure_niw_decay(ens, xtr, ytr, loss=config["loss"], lr=config["lr"], batch_size=b,
+                              steps=config["epochs"] * (xtr.shape[0] // b), probe_samples=config["probe_samples"],
+                              seed=int(order_seed(config["seed"], seed_index)))
+        measured, local, smoothed = m.log_decay()
+        return pd.DataFrame({"replica": [seed_index], "sigma": [sigma], "measured_log_decay": measured,
+                             "predicted_local": local, "predicted_smoothed": smoothed})
 
     # -- analysis -------------------------------------------------------------------------------
-    def summarise(self, config: dict[str, Any], tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    def summarise(self, config: SweepConfig, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         """One row per run (replica, level, nin_mode): phase code and name, decay times, the eq. (2) check."""
         res = tables["results"].sort_values(["replica", "level", "nin_mode", "epoch"], kind="stable")
         steps = tables["steps"].reset_index(drop=True)
@@ -232,7 +246,7 @@ class _NINSweep(Experiment):
             t = g["epoch"].to_numpy(float)
             n = g["niw_norm"].to_numpy(float)
             ok = np.isfinite(n)
-            rate = niw_decay_rate(g["sigma"].iloc[0], config["lr"], g["curv_niw"].to_numpy(float), form="corrected")
+            rate = niw_decay_rate(sigma=g["sigma"].iloc[0], lr=config["lr"], curv_niw=g["curv_niw"].to_numpy(float))
             pred = float(np.trapezoid(rate, g["step"].to_numpy(float))) if ok.all() else np.nan
             row = {"replica": rep, "level": lev, "nin_mode": mode, "sigma": float(g["sigma"].iloc[0]),
                    "diverged": bool(g["diverged"].iloc[-1]), "niw_ratio": n[-1] / n[0] if ok.all() else np.nan,
@@ -264,8 +278,8 @@ class _NINSweep(Experiment):
         runs["phase"] = [PHASES[c] for c in codes]
         return runs
 
-    def _phase_checks(self, config: dict[str, Any], runs: pd.DataFrame,
-                      metrics: dict[str, Any]) -> tuple[list[Check], pd.DataFrame]:
+    def _phase_checks(self, config: SweepConfig, runs: pd.DataFrame, metrics: dict[str, Any],
+                      eq2: pd.DataFrame) -> tuple[list[Check], pd.DataFrame]:
         nin = runs[(runs["level"] >= 0) & (runs["nin_mode"] == "epoch")]
         frac = phase_fractions(nin["sigma"].to_numpy(), nin["phase_code"].to_numpy())
         major = frac[list(PHASES)].to_numpy().argmax(1)
@@ -276,67 +290,96 @@ class _NINSweep(Experiment):
         med = [float(np.exp(np.median(np.log(nin.loc[nin["phase_code"] == k, "sigma"]))))
                if (nin["phase_code"] == k).any() else float("nan") for k in range(len(PHASES))]
         metrics["median_sigma_per_phase"] = dict(zip(PHASES, med))
-        ok = bool(np.all(np.isfinite(med)) and np.all(np.diff(med) > 0))
-        checks = [Check("the four phases appear in order of sigma_eps (median sigma_eps of the runs in each phase)",
-                        dict(zip(PHASES, np.round(med, 4).tolist())), "all four present, increasing in this order",
-                        "strictly increasing", ok,
-                        f"levels c = {config['levels']}; sigma = {np.round(frac['sigma'].to_numpy(), 4).tolist()}; "
-                        f"majority phase per level: {', '.join(names)}; "
-                        f"{len(nin) // max(len(frac), 1)} runs per level")]
-        # divergence detection
-        nonfinite = runs["diverged"].to_numpy(bool)
+        checks = [Check.ordered("phases-ordered", "the four phases appear in order of sigma_eps (median "
+                                "sigma_eps of the runs in each phase increases)", med,
+                                detail=f"levels c = {config['levels']}; sigma = "
+                                f"{np.round(frac['sigma'].to_numpy(), 4).tolist()}; majority phase per level: "
+                                f"{', '.join(names)}; {len(nin) // max(len(frac), 1)} runs per level")]
+        # divergence: detected and recorded, the other runs finish
         div_runs = nin[nin["phase_code"] == 3]
-        checks.append(Check("divergent runs are detected and recorded (not a crash); the other runs finish",
-                            {"divergent": int(len(div_runs)), "overflow": int(nonfinite.sum()),
-                             "stalled": int(runs["stalled"].sum()), "runs": int(len(runs))},
-                            ">= 1 divergent run recorded, every other run finite", "exact",
-                            len(div_runs) >= 1 and bool(np.isfinite(runs.loc[~runs["diverged"], "niw_ratio"]).all()),
-                            "overflow = non-finite or |w| > 1e8 (step recorded as diverged_step); "
-                            "stalled = final train accuracy above chance less than stall_fraction of the "
-                            "no-NIN run's"))
+        finite = runs.loc[~runs["diverged"], "niw_ratio"]
+        checks.append(Check.greater("divergence-recorded", "divergent runs are detected and recorded (not a crash)",
+                                    int(len(div_runs)), 1,
+                                    detail=f"overflow {int(runs['diverged'].sum())}, stalled "
+                                    f"{int(runs['stalled'].sum())} of {len(runs)} runs; overflow = non-finite or "
+                                    "|w| > 1e8 (diverged_step); stalled = final train accuracy above chance less "
+                                    "than stall_fraction of the no-NIN run's"))
+        checks.append(Check.equal("others-finite", "every run that did not overflow ends with a finite NIW",
+                                  int((~np.isfinite(finite)).sum()), 0))
         # catapult: the loss first rises, then recovers
         cat = nin[nin["phase_code"] == 2]
         rec = cat[(cat["post_spike_min"] < 1.0) & (cat["final_train_loss"] < cat["initial_train_loss"])]
-        checks.append(Check("in the catapult runs the loss first rises and then recovers",
-                            {"catapult_runs": int(len(cat)), "recovered": int(len(rec)),
-                             "median_spike": float(cat["spike"].median()) if len(cat) else None,
-                             "median_spike_step": float(cat["spike_step"].median()) if len(cat) else None,
-                             "median_post_spike_min": float(cat["post_spike_min"].median()) if len(cat) else None},
-                            f"noisy batch loss > {config['spike_factor']}x its first-step value, later back below "
-                            "it, final clean train loss < initial", "all catapult runs, at least one",
-                            len(cat) >= 1 and len(rec) == len(cat),
-                            "losses relative to the first step's noisy loss" if len(cat)
-                            else "no run reached the catapult phase at these levels"))
-        # eq. (2) NIW decay rate: where its second-order expansion holds (smallest sigma) and in the decay phase
-        def ratio(sel: pd.DataFrame) -> np.ndarray:
-            sel = sel[np.isfinite(sel["predicted_log_decay"]) & (sel["predicted_log_decay"] > 0)]
-            return (sel["measured_log_decay"] / sel["predicted_log_decay"]).to_numpy(float)
-
-        small = ratio(nin[nin["level"] == nin["level"].min()])
-        decay = ratio(nin[nin["phase_code"] == 1])
-        r_small = float(np.median(small)) if small.size else float("nan")
-        r_decay = float(np.median(decay)) if decay.size else float("nan")
-        metrics["niw_decay_measured_over_eq2"] = {"smallest_sigma": r_small, "decay_phase": r_decay,
-                                                  "paper_form_smallest_sigma": 2 * r_small}
-        checks.append(Check("NIW decay vs the eq. (2) prediction from the local Hessian at small sigma_eps "
-                            "(measured -ln|W_NI(T)/W_NI(0)| over the integrated eta sigma^2 W^T<H>W/|W|^2)",
-                            {"corrected": r_small, "paper form (half the rate)": 2 * r_small, "runs": int(small.size)},
-                            1.0, "within a factor 1.5", bool(2 / 3 <= r_small <= 1.5),
-                            f"median over seeds at the smallest level; in the decay phase (sigma|W_NI| >> "
-                            f"pre-activations, outside the 2nd-order expansion, paper footnote 3) the ratio is "
-                            f"{r_decay:.3g} over {decay.size} runs"))
+        checks.append(Check.greater("catapult-present", "some runs reach the catapult phase", int(len(cat)), 1))
+        spike = (f"median spike {cat['spike'].median():.3g} at step {cat['spike_step'].median():g}, "
+                 f"post-spike minimum {cat['post_spike_min'].median():.3g}" if len(cat) else "")
+        claim = (f"in the catapult runs the loss first rises (noisy batch loss > {config['spike_factor']}x its "
+                 "first-step value), later falls back below it, and the final clean train loss < initial")
+        checks.append(Check.equal("catapult-recovers", claim, int(len(rec)), int(len(cat)), detail=spike)
+                      if len(cat) else Check.not_measurable("catapult-recovers", claim, "no catapult run"))
+        checks += self._eq2_checks(config, nin, eq2, metrics)
         # small-sigma accuracy against the same network without a NIN
         low = nin[nin["level"] == nin["level"].min()].set_index("replica")["final_test_acc"]
         base = runs[runs["level"] == -1].set_index("replica")["final_test_acc"]
         diff = (low - base.reindex(low.index)).to_numpy(float)
-        mean = float(np.mean(diff))
-        se = float(np.std(diff, ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else float("nan")
-        checks.append(Check("test accuracy with a NIN at the smallest sigma_eps matches the network without a NIN",
-                            {"mean difference": mean, "se": se, "seeds": int(diff.size)}, 0.0,
-                            config["acc_margin"], bool(abs(mean) <= config["acc_margin"]),
-                            "paired over seeds (same init, data order); sigma_eps = "
-                            f"{float(nin[nin['level'] == nin['level'].min()]['sigma'].iloc[0]):.4g}"))
+        claim = "test accuracy with a NIN at the smallest sigma_eps matches the network without a NIN"
+        detail = ("paired over seeds (same init, data order); sigma_eps = "
+                  f"{float(nin[nin['level'] == nin['level'].min()]['sigma'].iloc[0]):.4g}")
+        if diff.size >= 2 and np.isfinite(diff).all():
+            mean, se = mean_se(diff)
+            checks.append(Check.close("small-sigma-accuracy", claim, mean, 0.0, atol=config["acc_margin"], se=se,
+                                      detail=detail + f"; {diff.size} seeds"))
+        else:
+            checks.append(Check.not_measurable("small-sigma-accuracy", claim,
+                                               "needs >= 2 seeds with finite accuracies", detail=detail))
         return checks, frac
+
+    @staticmethod
+    def _eq2_checks(config: SweepConfig, nin: pd.DataFrame, eq2: pd.DataFrame,
+                    metrics: dict[str, Any]) -> list[Check]:
+        """The NIW decay of eq. (2) at the smallest level: per seed the measured −ln(‖W_NI(T)‖/‖W_NI(0)‖)
+        over the integrated prediction, mean ± se over seeds (docs/nin_probe.md, the eq. (2) study). The
+        printed form (half the rate, local Hessian) is a paper claim, corrected by eq. (D1) measured in
+        each seed's companion run; the local Hessian with the corrected factor misses the ReLU kinks and
+        is reported as a metric."""
+        def ratio(measured: pd.Series, predicted: pd.Series) -> np.ndarray:
+            ok = np.isfinite(measured) & np.isfinite(predicted) & (predicted > 0)
+            return (measured[ok] / predicted[ok]).to_numpy(float)
+
+        low = nin[nin["level"] == nin["level"].min()]
+        main = ratio(low["measured_log_decay"], low["predicted_log_decay"])
+        decay = nin[nin["phase_code"] == 1]
+        decay_r = ratio(decay["measured_log_decay"], decay["predicted_log_decay"])
+        med = float(np.median(main)) if main.size else float("nan")
+        metrics["niw_decay_measured_over_eq2"] = {
+            "smallest_sigma": med, "paper_form_smallest_sigma": 2 * med,
+            "decay_phase": float(np.median(decay_r)) if decay_r.size else float("nan")}
+        if len(eq2):
+            comp = {k: ratio(eq2["measured_log_decay"], eq2[f"predicted_{k}"]) for k in ("local", "smoothed")}
+            metrics["eq2_companion_measured_over"] = {
+                k: dict(zip(("mean", "se"), map(float, mean_se(v)))) for k, v in comp.items() if v.size}
+        else:
+            comp = {"smoothed": np.zeros(0)}
+        fix = "niw-decay-d1"
+        claim_p = ("NIW decay at the smallest sigma_eps vs eq. (2) as printed: measured -ln|W_NI(T)/W_NI(0)| over "
+                   "the integrated eta sigma^2 W^T<H>W/(2|W|^2), <H> the local Hessian (eq. 3)")
+        claim_c = ("NIW decay at the smallest sigma_eps vs eq. (D1), the exact first-order drift eta "
+                   "E[(xi^2-1) L(z + sigma xi W_NI)]/|W_NI|^2 (the ReLU kinks included), in each seed's companion run")
+        out = []
+        if main.size >= 2:
+            m, se = mean_se(2 * main)                # the printed rate is half: twice the ratio
+            out.append(Check.close("niw-decay-eq2-paper", claim_p, m, 1.0, factor=1.5, se=se, kind="paper-claim",
+                                   corrected_by=fix, detail=f"{main.size} seeds; local Hessian with the corrected "
+                                   f"factor (reference §4 item 1): {m / 2:.3g} ± {se / 2:.2g}"))
+        else:
+            out.append(Check.not_measurable("niw-decay-eq2-paper", claim_p, "needs >= 2 convergent seeds",
+                                            kind="paper-claim", corrected_by=fix))
+        if comp["smoothed"].size >= 2:
+            m, se = mean_se(comp["smoothed"])
+            out.append(Check.close(fix, claim_c, m, 1.0, rtol=0.15, se=se,
+                                   detail=f"{comp['smoothed'].size} seeds, sigma_eps = {eq2['sigma'].iloc[0]:.4g}"))
+        else:
+            out.append(Check.not_measurable(fix, claim_c, "needs >= 2 seeds with a finite companion run"))
+        return out
 
 
 def _tau_excess(t: np.ndarray, y: np.ndarray) -> float:
@@ -357,7 +400,7 @@ def _shade_phases(ax: Any, sigma: np.ndarray, names: list[str]) -> None:
         ax.axvspan(a, b, color=PHASE_COLOURS[name], alpha=0.5, lw=0)
 
 
-def _curves_figure(config: dict[str, Any], res: pd.DataFrame, runs: pd.DataFrame, frac: pd.DataFrame,
+def _curves_figure(config: SweepConfig, res: pd.DataFrame, runs: pd.DataFrame, frac: pd.DataFrame,
                    title: str, out: Path) -> Path:
     """Fig. 2 bottom / Fig. 3: one panel per level (first seed): train (purple) / test (green) loss
     solid, accuracy dashed; NIW norm (blue) and next-layer norm (red) relative to their initial values."""
@@ -421,12 +464,12 @@ class Fig2Bottom(_NINSweep):
                         epochs=200, record_every=2, levels=list(TABLE1["mse"]), n_seeds=4, sigmas_per_chunk=4),
     }
 
-    def analyse(self, config: dict[str, Any], tables: dict[str, pd.DataFrame],
+    def analyse(self, config: SweepConfig, tables: dict[str, pd.DataFrame],
                 out: Path) -> tuple[dict[str, Any], list[Check]]:
         runs = self.summarise(config, tables)
         metrics: dict[str, Any] = {"horizon_steps": int(tables["results"]["step"].max()),
                                    "sigma_levels": self.sigmas(config).tolist()}
-        checks, frac = self._phase_checks(config, runs, metrics)
+        checks, frac = self._phase_checks(config, runs, metrics, tables.get("eq2", pd.DataFrame()))
         _curves_figure(config, tables["results"], runs, frac, self.title.split(":")[0], out)
         _phase_bar(frac, out)
         return metrics, checks
@@ -452,6 +495,7 @@ class Fig1(_NINSweep):
     id = "nin-fig1"
     title = "NIN Fig. 1: 3x1024 ReLU MLP, CE; NIW/loss decay (re-randomised vs fixed NIN) and decay times vs sigma"
     modes = NIN_MODES
+    Config = Fig1Config
     presets = {
         "quick": _preset(seed=2022, pool=2, hidden=[64, 64, 64], loss="ce", lr=0.05, batch_size=128, epochs=40,
                          record_every=2, levels=[1e-4, 1e-2, 0.1, 0.3, 1.0, 3.0, 10.0], centre_level=3,
@@ -462,17 +506,13 @@ class Fig1(_NINSweep):
                         sigmas_per_chunk=2),
     }
 
-    def validate(self, config: dict[str, Any]) -> None:
-        super().validate(config)
-        check_int("centre_level", config.get("centre_level"), lo=0, hi=len(config["levels"]) - 1)
-
-    def analyse(self, config: dict[str, Any], tables: dict[str, pd.DataFrame],
+    def analyse(self, config: SweepConfig, tables: dict[str, pd.DataFrame],
                 out: Path) -> tuple[dict[str, Any], list[Check]]:
         runs = self.summarise(config, tables)
         res = tables["results"]
         metrics: dict[str, Any] = {"horizon_steps": int(res["step"].max()),
                                    "sigma_levels": self.sigmas(config).tolist()}
-        checks, frac = self._phase_checks(config, runs, metrics)
+        checks, frac = self._phase_checks(config, runs, metrics, tables.get("eq2", pd.DataFrame()))
         lev = config["centre_level"]
         centre = runs[runs["level"] == lev]
         tau = {m: centre.loc[centre["nin_mode"] == m, "tau_niw"].to_numpy(float) for m in NIN_MODES}
@@ -480,14 +520,16 @@ class Fig1(_NINSweep):
         phases_c = centre.groupby("nin_mode")["phase"].agg(lambda s: s.value_counts().idxmax()).to_dict()
         ratio = med["fixed"] / med["epoch"]
         metrics["centre"] = {"sigma": float(centre["sigma"].iloc[0]), "tau_niw_epochs": med, "phase": phases_c}
-        checks.append(Check("NIWs decay in the decay phase for both re-randomised and fixed NINs, with similar tau "
-                            "(Fig. 1 centre)", {"tau_niw epoch-mode": med["epoch"], "tau_niw fixed": med["fixed"],
-                                                "ratio fixed/epoch": ratio, "phases": phases_c},
-                            "both decay (finite tau), ratio 1", "ratio in [0.5, 2]",
-                            bool(np.isfinite(ratio) and 0.5 <= ratio <= 2.0
-                                 and all(p == "decay" for p in phases_c.values())),
-                            f"sigma_eps = {metrics['centre']['sigma']:.4g} (level {lev}); tau = first e-fold of "
-                            "|W_NI| in epochs, median over seeds"))
+        detail = (f"sigma_eps = {metrics['centre']['sigma']:.4g} (level {lev}); tau = first e-fold of |W_NI| in "
+                  f"epochs, median over seeds: epoch mode {med['epoch']:.4g}, fixed {med['fixed']:.4g}")
+        claim = ("at the centre sigma_eps both the re-randomised and the fixed NIN are in the decay phase "
+                 "(majority over seeds; Fig. 1 centre)")
+        checks.append(Check.not_measurable("centre-both-decay", claim, "every centre run diverged", detail=detail)
+                      if centre["diverged"].all() else
+                      Check.equal("centre-both-decay", claim, phases_c, {m: "decay" for m in NIN_MODES}, detail=detail))
+        checks.append(Check.close("centre-tau-ratio", "at the centre sigma_eps the NIW decay times of the fixed and "
+                                  "the re-randomised NIN are similar (ratio fixed/epoch of the median tau)",
+                                  ratio, 1.0, factor=2.0, detail=detail))
         self._centre_figure(config, res, runs, out)
         self._right_figure(runs, frac, out)
         _phase_bar(frac, out)
@@ -496,7 +538,7 @@ class Fig1(_NINSweep):
                                          for (m, s), v in taus.round(4).to_dict(orient="index").items()}
         return metrics, checks
 
-    def _centre_figure(self, config: dict[str, Any], res: pd.DataFrame, runs: pd.DataFrame, out: Path) -> Path:
+    def _centre_figure(self, config: SweepConfig, res: pd.DataFrame, runs: pd.DataFrame, out: Path) -> Path:
         lev = config["centre_level"]
         rep0 = int(res["replica"].min())
         fig, ax = new_figure(width=5.0, height=3.6)
@@ -508,6 +550,8 @@ class Fig1(_NINSweep):
                                       ("test_loss", "green", "test loss")):
                 y = g[col].to_numpy(float) / g[col].iloc[0]
                 ax.plot(t, y, "o", ms=2.5, color=colour, alpha=alpha, label=f"{name} ({label})")
+                if not np.isfinite(y).all():  # a diverged run: nothing to fit
+                    continue
                 fit = fit_exponential(t, y, offset=True, window=(0.9, 0.1))
                 if np.isfinite(fit.tau[0]) and 0 < fit.tau[0] <= t[-1]:
                     tt = np.linspace(fit.t_start[0], fit.t_stop[0], 100)
@@ -533,11 +577,19 @@ class Fig1(_NINSweep):
             for col, colour in (("tau_niw", "blue"), ("tau_train", "purple"), ("tau_test", "green")):
                 ax.plot(med.index, med[col], "o-", color=colour, alpha=alpha, label=f"{col} ({mode})")
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        if (runs[["tau_niw", "tau_train", "tau_test"]].to_numpy(float) > 0).any():  # no finite tau: all diverged
+            ax.set_yscale("log")
         ax.set_xlabel("σε")
         ax.set_ylabel("first e-fold time [epochs]")
         ax.legend(fontsize=6, ncols=2)
         return savefig(fig, out / "decay_times.png")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Table1Config(ExperimentConfig):
+    d_input: int = param(lo=1, help="input dimension d_in")
+    n_w: int = param(lo=1, help="width N_w of the NIN's layer")
+    lr: float = param(lo=0.0, lo_open=True)
 
 
 class Table1(Experiment):
@@ -545,30 +597,34 @@ class Table1(Experiment):
 
     id = "nin-table1"
     title = "NIN Table 1: noise levels from d_input, N_w and the learning rate"
+    Config = Table1Config
     presets = {"quick": {"seed": 0, "d_input": 784, "n_w": 1024, "lr": 0.01},
                "full": {"seed": 0, "d_input": 784, "n_w": 1024, "lr": 0.01}}
 
-    def validate(self, config: dict[str, Any]) -> None:
-        check_int("d_input", config["d_input"], lo=1)
-        check_int("n_w", config["n_w"], lo=1)
-        check_real("lr", config["lr"], lo=0.0, lo_open=True)
+    def estimate(self, config: Table1Config) -> Estimate:
+        """An 8-row table: a few MB of pandas/NumPy first-call allocations."""
+        return Estimate(int(6e6), 1.0, ())
 
-    def run_chunk(self, config: dict[str, Any], chunk: Chunk) -> pd.DataFrame:
-        return table1(config["d_input"], config["n_w"], config["lr"])
+    def run_chunk(self, config: Table1Config, chunk: Chunk) -> pd.DataFrame:
+        return table1(d_input=config["d_input"], n_w=config["n_w"], lr=config["lr"])
 
-    def analyse(self, config: dict[str, Any], tables: dict[str, pd.DataFrame],
+    def analyse(self, config: Table1Config, tables: dict[str, pd.DataFrame],
                 out: Path) -> tuple[dict[str, Any], list[Check]]:
         tab = tables["results"]
         metrics = {f"{r.loss}_{r.phase}_sigma": r.sigma for r in tab.itertuples()}
         checks = []
-        paper_sizes = (config["d_input"], config["n_w"], config["lr"]) == (784, 1024, 0.01)
-        for loss, ref in TABLE1_REFERENCE.items():
+        paper_sizes = all(config[k] == v for k, v in PAPER_SIZES.items())
+        for loss, ref in TABLE1_SIGMA2_REFERENCE.items():
             got = tab.loc[tab["loss"] == loss, "sigma2"].to_numpy(float)
-            rel = np.abs(got / np.asarray(ref) - 1)
-            checks.append(Check(f"Table 1 {loss.upper()} row: sigma_eps^2 at d_in=784, N_w=1024, eta=0.01",
-                                got.round(4).tolist(), list(ref), "0.5% (reference rounded to 3-4 digits)",
-                                bool(paper_sizes and (rel < 5e-3).all()),
-                                "" if paper_sizes else "sizes differ from the paper's; values are not comparable"))
+            claim = (f"Table 1 {loss.upper()} row: sigma_eps^2 at d_in=784, N_w=1024, eta=0.01 equals the "
+                     f"reference's evaluation {list(ref)} (largest relative deviation; reference rounded to 3-4 "
+                     "digits)")
+            if paper_sizes:
+                checks.append(Check.less(f"table1-{loss}", claim, float(np.max(np.abs(got / np.asarray(ref) - 1))),
+                                         5e-3, detail=f"sigma_eps^2 = {got.round(4).tolist()}"))
+            else:
+                checks.append(Check.not_measurable(f"table1-{loss}", claim,
+                                                   "sizes differ from the paper's; values are not comparable"))
         mse = tab[tab["loss"] == "mse"].set_index("phase")["sigma2"]
         metrics["mse_divergent_over_catapult_sigma2"] = float(mse["divergent"] / mse["catapult"])
         fig, ax = new_figure(width=5.0, height=2.8)

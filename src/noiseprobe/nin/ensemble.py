@@ -55,8 +55,8 @@ import torch
 from torch import nn
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.core.seeding import seed_sequence, torch_generator
+from noiseprobe.core.validation import check_choice, check_int, check_real
 
 LOSSES = ("ce", "mse")
 NIN_MODES = ("epoch", "fixed")

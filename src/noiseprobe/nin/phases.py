@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_int, check_real
 from noiseprobe.core.fitting import crossing
+from noiseprobe.core.validation import DIVERGED, check_int, check_real
 
 PHASES: tuple[str, ...] = ("decoupled", "decay", "catapult", "divergent")  # codes 0..3 in this order
 BOUNDARY_NAMES: tuple[str, ...] = ("decoupled|decay", "decay|catapult", "catapult|divergent")
@@ -51,7 +51,7 @@ def classify_summary(*, overflow: np.ndarray, stalled: np.ndarray, max_stability
 
 def classify(niw_norm: np.ndarray, loss: np.ndarray, *, stability: np.ndarray | None = None,
              loss_bound: float = np.inf, edge: float = 2.0, diverged: np.ndarray | None = None,
-             overflow: float = 1e8) -> np.ndarray:
+             overflow: float = DIVERGED) -> np.ndarray:
     """Per-replica phase codes (R,) from curves of shape (R, T) (T recorded times, first = initial).
 
     divergent if non-finite or |value| > ``overflow`` anywhere in ``niw_norm`` or ``loss``, or

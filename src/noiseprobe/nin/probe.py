@@ -45,7 +45,12 @@ from torch import Tensor, nn
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.nin.injector import NINHandle
-from noiseprobe.probes.local import LocalObjective, consumer_module, full_hessian_trace, hutchinson_trace
+from noiseprobe.probes.local import (
+    LocalObjective,
+    consumer_module,
+    full_hessian_trace,
+    hutchinson_trace,
+)
 
 LOSSES = ("ce", "mse")
 #: per-record columns shared by all NINs, then the per-NIN columns
@@ -66,7 +71,7 @@ def make_loss(loss: str) -> Callable[[Tensor, Tensor], Tensor]:
     return mse
 
 
-def niw_decay_rate(sigma: float, lr: float, curv_niw: float, *, momentum: float = 0.0,
+def niw_decay_rate(*, sigma: float, lr: float, curv_niw: float, momentum: float = 0.0,
                    form: str = "corrected") -> float:
     """Per-step decay rate of ln‖W_NI‖ predicted by eq. (2): ``"corrected"`` η σ² curv (the gradient of
     ½ σ² Wᵀ⟨H⟩W; reference §4 item 1), ``"paper"`` η σ² curv / 2 (eq. 2/14 as printed)."""
@@ -180,7 +185,7 @@ class NINRecorder:
                 row["curv_niw"] = obj.curvature(rows_dir) / max(float(w.pow(2).sum()), 1e-300)
             for form in ("corrected", "paper"):
                 row[f"rate_{form}"] = (math.nan if self.lr is None else
-                                       niw_decay_rate(row["sigma"], self.lr, row["curv_niw"],
+                                       niw_decay_rate(sigma=row["sigma"], lr=self.lr, curv_niw=row["curv_niw"],
                                                       momentum=self.momentum, form=form))
             lr_eff = math.nan if self.lr is None else self.lr / (1.0 - self.momentum)
             row["rate_mc"] = lr_eff * mc_mean[i] if use_mc else math.nan

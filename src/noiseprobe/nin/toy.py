@@ -43,8 +43,8 @@ import numpy as np
 import pandas as pd
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.core.seeding import ReplicaStreams, seed_sequence
+from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.nin.phases import classify_summary
 
 METHODS: tuple[str, ...] = ("exact", "reduced")

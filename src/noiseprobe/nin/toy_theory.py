@@ -88,7 +88,7 @@ def sigma_upper_limit(*, lr: float, M: float = 1.0, sigma_x: float = 1.0) -> flo
     return 2.0 / (lr * abs(M) * sigma_x)
 
 
-def tau_noise(w1: ArrayLike, sigma_eps: ArrayLike, *, lr: float) -> np.ndarray:
+def tau_noise(w1: ArrayLike, *, sigma_eps: ArrayLike, lr: float) -> np.ndarray:
     """Eq. (10), NIW: τ_noise = −w_NI/ẇ_NI = 1/(σε² w1²) in time t, i.e. 1/(η σε² w1²) steps (eq. 31)."""
     lr = check_real("lr", lr, lo=0.0, lo_open=True)
     return 1.0 / (lr * np.asarray(sigma_eps, dtype=np.float64) ** 2 * np.asarray(w1, dtype=np.float64) ** 2)
@@ -102,7 +102,7 @@ def tau_loss(w0: ArrayLike, w1: ArrayLike, *, lr: float, sigma_x: float = 1.0) -
     return 1.0 / (2.0 * lr * sigma_x ** 2 * q)
 
 
-def niw_exponent(w1: np.ndarray, sigma_eps: ArrayLike, *, lr: float) -> np.ndarray:
+def niw_exponent(w1: np.ndarray, *, sigma_eps: ArrayLike, lr: float) -> np.ndarray:
     """Eq. (9), NIW: −log(w_NI(t)/w_NI(0)) ≈ η σε² Σ_{s<t} w1(s)², for trajectories w1 of shape (..., T);
     returns shape (..., T) with 0 at t = 0."""
     lr = check_real("lr", lr, lo=0.0, lo_open=True)
@@ -119,7 +119,7 @@ def loss_exponent(w0: np.ndarray, w1: np.ndarray, *, lr: float, sigma_x: float =
     return 2.0 * lr * sigma_x ** 2 * (np.cumsum(q, axis=-1) - q)
 
 
-def mean_square_edge(batch_size: int) -> float:
+def mean_square_edge(*, batch_size: int) -> float:
     """Largest a = η σε² w1² with E m² <= 1 for the NIW multiplier m = 1 − a S_εε/σε², S_εε·B/σε² ~ χ²_B:
     1 − 2a + a²(1 + 2/B) = 1 ⇒ a = 2B/(B + 2) (reference §4 table)."""
     b = check_int("batch_size", batch_size, lo=1)
@@ -127,7 +127,7 @@ def mean_square_edge(batch_size: int) -> float:
 
 
 @functools.lru_cache(maxsize=64)
-def lyapunov_edge(batch_size: int) -> float:
+def lyapunov_edge(*, batch_size: int) -> float:
     """The a = η σε² w1² at which the typical NIW multiplier is marginal, E log|1 − a Y| = 0 with
     Y = χ²_B/B (almost-sure stability; 2.421 at B = 1, 2.151 at B = 32, → 2 as B → ∞)."""
     b = check_int("batch_size", batch_size, lo=1)
