@@ -162,3 +162,23 @@ def test_malformed_ray_address(sample_env, tmp_path, capsys, address):
                           "--dry-run"], capsys)
     assert code == 2
     one_line(err, "--address")
+
+
+@pytest.mark.slow
+def test_unreachable_ray_host_fails_within_30_s(sample_env, tmp_path, capsys):
+    t0 = time.time()
+    code, _, err = _main(["reproduce", EXP, "--out", tmp_path / "run", "--executor", "ray",
+                          "--address", "10.255.255.1:6379"], capsys)     # a non-routed address
+    assert code == 2 and time.time() - t0 < 30
+    one_line(err, "--address", "Ray's log:")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_ray_writes_nothing_on_the_terminal(sample_env, cli, tmp_path):
+    import subprocess
+
+    done = subprocess.run([*cli, "reproduce", EXP, "--out", str(tmp_path / "run"), "--executor", "ray",
+                           "--workers", "2", "--quiet"], env=sample_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert done.stdout.startswith("sample_experiment:Walk (quick)")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +129,8 @@ def _ray_logger() -> logging.Logger:
 
 @contextmanager
 def _output_to_log() -> Iterator[None]:
-    """Send this process's stdout/stderr file descriptors (where Ray's C++ core prints) to :data:`RAY_LOG`."""
+    """Send this process's stdout/stderr (the file descriptors, where Ray's C++ core prints, and Python's
+    streams) to :data:`RAY_LOG`; Ray's loggers write there too, before and after (``ray.init`` resets them)."""
     _ray_logger()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -138,14 +139,14 @@ def _output_to_log() -> Iterator[None]:
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
-        yield
+        with open(RAY_LOG, "a") as log, redirect_stdout(log), redirect_stderr(log):
+            yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for f in (*saved, fd):
             os.close(f)
+        _ray_logger()
 
 
 class RayExecutor:
