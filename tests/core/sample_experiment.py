@@ -15,6 +15,7 @@ from noiseprobe.core.errors import ConfigError, NumericalError
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.seeding import ReplicaStreams
+from noiseprobe.core.validation import is_diverged
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +32,7 @@ class Walk(Experiment):
     title = "random walks (test experiment)"
     tables = ("paths",)
     Config = WalkConfig
+    diverging = {"step_sd": 1e10}   # every walk leaves |x| <= DIVERGED: nothing measurable
     presets = {
         "quick": {"seed": 7, "n_replicas": 24, "per_chunk": 4, "n_steps": 50, "step_sd": 1.0, "sleep": 0.0},
         "full": {"seed": 7, "n_replicas": 240, "per_chunk": 8, "n_steps": 500, "step_sd": 1.0, "sleep": 0.0},
@@ -57,10 +59,10 @@ class Walk(Experiment):
         return {"results": results, "paths": long}
 
     def analyse(self, config, tables, out: Path):
-        res = tables["results"]
-        var = float(res["final"].var(ddof=1))
+        res = tables["results"][~is_diverged(tables["results"][["final", "max"]].to_numpy(), axis=1)]
+        var = float(res["final"].var(ddof=1)) if len(res) > 1 else float("nan")
         expected = config["n_steps"] * config["step_sd"] ** 2
-        se = expected * np.sqrt(2 / (len(res) - 1))
+        se = expected * np.sqrt(2 / max(len(res) - 1, 1))
         fig, ax = new_figure()
         ax.hist(res["final"], bins=20)
         savefig(fig, out / "finals.png")
