@@ -122,9 +122,9 @@ def prepare(exp_id: str, preset: str = "quick", out: Path | str | None = None,
     """Validate a run completely, writing nothing and starting nothing; ConfigError (or RunDirError for
     a corrupt run.json in ``out``) on the first problem. Third-party warnings raised by validation are
     not shown (its verdict is the ConfigError)."""
-    exp = get_experiment(exp_id)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        exp = get_experiment(exp_id)
         config = exp.config(preset, _plain(overrides or {}))
         config_json = config.to_dict() if isinstance(config, ExperimentConfig) else config
         exp.check_data(config)
