@@ -18,7 +18,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from noiseprobe import __version__
-from noiseprobe.core.errors import CONFIG_EXIT, NUMERICAL_EXIT, RUNDIR_EXIT, ConfigError, NumericalError, RunDirError
+from noiseprobe.core.errors import (
+    CONFIG_EXIT,
+    NUMERICAL_EXIT,
+    RUNDIR_EXIT,
+    ConfigError,
+    NumericalError,
+    RunDirError,
+)
 
 PRESETS = ("quick", "full")
 

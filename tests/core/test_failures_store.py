@@ -120,7 +120,7 @@ def test_corrupt_summary_is_reanalysed_from_the_chunks(sample_env, tmp_path, cap
     (ref / "summary.json").write_text(text)
     code, _, err = _main(["report", ref], capsys)            # report: one line naming it
     assert code == 4 and "summary.json" in err and len(err.strip().splitlines()) == 2   # warning + error
-    code, out, err = _main(["reproduce", EXP, "--out", ref, *SETS, "--workers", 1], capsys)
+    code, _, err = _main(["reproduce", EXP, "--out", ref, *SETS, "--workers", 1], capsys)
     assert code == 0
     one_line(err, str(ref / "summary.json"), "re-analysing")
     after = json.loads((ref / "summary.json").read_text())
@@ -132,7 +132,7 @@ def test_report_leaves_out_a_corrupt_run_with_a_warning(sample_env, tmp_path, ca
     for name in ("a", "b"):
         run_experiment(EXP, "quick", tmp_path / "all" / name, workers=1)
     (tmp_path / "all/b/summary.json").write_text("{")
-    code, out, err = _main(["report", tmp_path / "all"], capsys)
+    code, _, err = _main(["report", tmp_path / "all"], capsys)
     assert code == 0
     one_line(err, "b/summary.json", "left out")
     assert "1 run(s)" in (tmp_path / "all/report.html").read_text()

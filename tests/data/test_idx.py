@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.data.idx import idx_train_size, load_fashion_mnist, load_idx_dataset, read_idx
+from noiseprobe.data.idx import (
+    idx_train_size,
+    load_fashion_mnist,
+    load_idx_dataset,
+    read_idx,
+)
 
 TYPE_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
 

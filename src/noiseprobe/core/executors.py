@@ -15,7 +15,7 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -46,7 +46,7 @@ class LocalExecutor:
     def __init__(self, workers: int = 1) -> None:
         self.workers = check_int("--workers", workers, lo=1, hi=4096)
 
-    def map(self, fn: Callable[..., Any], args: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
+    def map(self, fn: Callable[..., Any], args: Sequence[tuple]) -> Generator[tuple[int, Any], None, None]:
         """Yield ``(index, fn(*args[index]))`` as each call finishes."""
         if self.workers == 1 or len(args) <= 1:
             for i, a in enumerate(args):
@@ -163,12 +163,11 @@ class RayExecutor:
         self.ray = ray
         self.started = False
         if not ray.is_initialized():
-            quiet = {"log_to_driver": False, "configure_logging": False}
             if address:
                 _reach(address)
                 try:
                     with _output_to_log():
-                        ray.init(address=address, **quiet)
+                        ray.init(address=address, log_to_driver=False, configure_logging=False)
                 except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
                     _ray_logger().error("ray.init(address=%r) failed: %s", address, exc)
                     raise ConfigError("--address", address, f"the address of a running Ray cluster "
@@ -185,13 +184,13 @@ class RayExecutor:
                 try:
                     with _output_to_log():
                         ray.init(num_cpus=n, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}},
-                                 **quiet)
+                                 log_to_driver=False, configure_logging=False)
                 finally:
                     ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
                 self.started = True
         self.workers = workers
 
-    def map(self, fn: Callable[..., Any], args: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
+    def map(self, fn: Callable[..., Any], args: Sequence[tuple]) -> Generator[tuple[int, Any], None, None]:
         remote = self.ray.remote(num_cpus=1)(fn)
         refs = {remote.remote(*a): i for i, a in enumerate(args)}
         pending = list(refs)

@@ -15,7 +15,6 @@ import platform
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,8 +98,8 @@ class Plan:
     def describe(self) -> list[str]:
         """What ``--dry-run`` prints: the run, its estimate, and that nothing was written."""
         n = len(self.chunks)
-        lines = [f"{self.exp_id} ({self.preset}): config valid; {n} chunk{'s' * (n != 1)} on "
-                 f"{self.executor} executor, {self.concurrent or 'remote'} worker(s) -> {self.out}"]
+        lines = [(f"{self.exp_id} ({self.preset}): config valid; {n} chunk{'s' * (n != 1)} on "
+                  f"{self.executor} executor, {self.concurrent or 'remote'} worker(s) -> {self.out}")]
         est = self.estimate
         if est is None:
             lines.append("estimate: not known for this experiment")
@@ -180,10 +179,13 @@ def execute(plan: Plan, quiet: bool = True, warn: Callable[[str], None] = _progr
             todo = [c for c in chunks if c.key not in done]
             compute = 0.0
             args = [(plan.exp_id, plan.config_json, c.key, c.spec) for c in todo]
-            with closing(pool.map(execute_chunk, args)) as results:  # closing ends the workers on any error
+            results = pool.map(execute_chunk, args)
+            try:
                 for i, (tables, secs) in progress(results, total=len(args), desc=plan.exp_id, quiet=quiet):
                     run.write_chunk(todo[i].key, tables)
                     compute += secs
+            finally:
+                results.close()  # on any error this ends the workers now (the generator's cleanup)
             pool.close()
             summary = _analyse(plan, run, t0, compute, len(chunks) - len(todo))
     finally:
@@ -219,4 +221,4 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-__all__ = ["run_experiment", "prepare", "execute", "Plan", "execute_chunk", "get_experiment", "default_workers"]
+__all__ = ["Plan", "default_workers", "execute", "execute_chunk", "get_experiment", "prepare", "run_experiment"]

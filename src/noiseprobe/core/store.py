@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from noiseprobe.core.errors import ConfigError, RunDirError
 from noiseprobe.core.experiment import jsonable
@@ -110,16 +112,22 @@ def read_json(path: Path) -> dict[str, Any]:
     return obj
 
 
+#: what reading a damaged Parquet file raises (ArrowInvalid is a ValueError; ArrowIOError an OSError)
+_ARROW_ERRORS = (OSError, ValueError, pa.ArrowException)
+
+
+def _parquet_fault(path: Path, exc: Exception) -> RunDirError:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os_fault("read", path, exc)
+    return RunDirError(f"{path} is corrupt ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})")
+
+
 def read_parquet(path: Path) -> pd.DataFrame:
     """The table in ``path``; RunDirError naming the file if it cannot be read or is not Parquet."""
     try:
         return pd.read_parquet(path)
-    except OSError as exc:
-        if exc.errno is not None:
-            raise os_fault("read", path, exc) from exc
-        raise RunDirError(f"{path} is corrupt ({exc})") from exc
-    except Exception as exc:  # pyarrow's ArrowInvalid and friends: not a Parquet file, truncated
-        raise RunDirError(f"{path} is corrupt ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+    except _ARROW_ERRORS as exc:
+        raise _parquet_fault(path, exc) from exc
 
 
 def config_hash(experiment: str, config: dict[str, Any]) -> str:
@@ -225,25 +233,19 @@ class RunDir:
     def finished_keys(self, tables: tuple[str, ...] = ()) -> set[str]:
         """Keys of chunks whose ``results`` table is on disk (written last of a chunk's tables) and whose
         files read as Parquet; a chunk with a corrupt file is discarded (warned) so it is recomputed."""
-        import pyarrow.parquet as pq
-
         d = self.path / "chunks" / "results"
         keys = {p.stem for p in d.glob("*.parquet") if not p.name.startswith(TMP_PREFIX)} if d.exists() else set()
         good = set()
         for key in sorted(keys):
             files = [f for f in (self.chunk_path(t, key) for t in ("results", *tables)) if f.exists()]
-            bad = None
-            for f in files:
-                try:
+            try:
+                for f in files:
                     pq.read_metadata(f)
-                except Exception as exc:  # truncated or not Parquet: arrow raises several types
-                    bad = (f, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-                    break
-            if bad is None:
+            except _ARROW_ERRORS as exc:
+                self.warn(f"{_parquet_fault(f, exc)}; chunk {key} discarded and recomputed")
+                self.discard_chunk(key, tables)
+            else:
                 good.add(key)
-                continue
-            self.warn(f"{bad[0]} is corrupt ({bad[1]}); chunk {key} discarded and recomputed")
-            self.discard_chunk(key, tables)
         return good
 
     def discard_chunk(self, key: str, tables: tuple[str, ...]) -> None:

@@ -119,7 +119,7 @@ def default_train_size(name: str | None = None, train_fraction: float = 0.6) -> 
     that experiments check before a run starts."""
     name = _available_default() if name is None else check_choice("name", name, DEFAULT_NAMES)
     check_real("train_fraction", train_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-    return int(round(train_fraction * SIZES[name]))
+    return round(train_fraction * SIZES[name])
 
 
 def load_default(n_train: int | None = None, seed: int = 0, *, name: str | None = None,

@@ -107,7 +107,7 @@ def idx_train_size(data_dir: str | Path, kind: str = "fashion-mnist", *, split: 
     _, ya, _, yb = read_idx_split(data_dir, kind)
     if split == "official":
         return len(ya)
-    return int(round(train_fraction * (len(ya) + len(yb) if split == "merged" else len(ya))))
+    return round(train_fraction * (len(ya) + len(yb) if split == "merged" else len(ya)))
 
 
 def find_idx_files(data_dir: str | Path, kind: str = "fashion-mnist") -> dict[str, Path]:
