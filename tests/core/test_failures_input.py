@@ -53,6 +53,18 @@ def test_worker_errors_keep_their_meaning(sample_env, tmp_path, capsys, workers,
     one_line(err, needle)
 
 
+def test_bad_input_found_late_leaves_nothing_so_the_corrected_command_runs(sample_env, tmp_path, capsys):
+    flag = tmp_path / "flag"
+    flag.touch()
+    out = tmp_path / "run"
+    argv = ["reproduce", FAULTY, "--out", out, "--workers", 1, "--quiet", "--set", "error=config",
+            "--set", "fail_key=r00000"]
+    code, _, err = _main([*argv, "--set", f"flag={flag}"], capsys)      # the first chunk refuses its input
+    assert code == 2 and not out.exists()
+    one_line(err, "n_train")
+    assert _main([*argv, "--set", "flag="], capsys)[0] == 0               # the corrected command
+
+
 @pytest.mark.slow
 def test_worker_errors_keep_their_meaning_under_ray(sample_env, tmp_path, capsys):
     flag = tmp_path / "flag"

@@ -27,8 +27,8 @@ from noiseprobe.core.validation import check_int
 EXECUTORS = ("local", "ray")
 #: errors that are one line for the user, re-raised as themselves when a Ray task raised them
 USER_ERRORS = (ConfigError, NumericalError, RunDirError)
-#: where the driver's Ray output goes (Ray's own session logs: ``<tmp>/ray/session_latest/logs``)
-RAY_LOG = Path(tempfile.gettempdir()) / "ray" / "noiseprobe-driver.log"
+#: where the driver's Ray output goes, one file per user (Ray's own session logs: ``<tmp>/ray/session_latest/logs``)
+RAY_LOG = Path(tempfile.gettempdir()) / f"noiseprobe-ray-{getattr(os, 'getuid', lambda: 0)()}.log"
 #: seconds to wait for a TCP connection to a Ray cluster's address before calling it unreachable
 CONNECT_TIMEOUT = 5.0
 
@@ -114,7 +114,6 @@ def _reach(address: str) -> None:
 
 def _ray_logger() -> logging.Logger:
     """Ray's Python loggers, writing to :data:`RAY_LOG` only (never the terminal)."""
-    RAY_LOG.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(RAY_LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     for name in ("ray", "noiseprobe.ray"):

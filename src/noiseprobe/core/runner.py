@@ -167,6 +167,7 @@ def execute(plan: Plan, quiet: bool = True, warn: Callable[[str], None] = _progr
     exp, out, chunks = plan.exp, plan.out, plan.chunks
     run = RunDir(out, warn)
     pool = make_executor(plan.executor, plan.workers, plan.address)  # Ray starts (or fails) before any write
+    created, fresh = not out.exists(), not run.run_json.exists()
     try:
         with run.locked():
             run.claim(plan.exp_id, plan.preset, plan.config_json)
@@ -179,11 +180,15 @@ def execute(plan: Plan, quiet: bool = True, warn: Callable[[str], None] = _progr
             todo = [c for c in chunks if c.key not in done]
             compute = 0.0
             args = [(plan.exp_id, plan.config_json, c.key, c.spec) for c in todo]
-            results = pool.map(execute_chunk, args)
+            results, written = pool.map(execute_chunk, args), 0
             try:
                 for i, (tables, secs) in progress(results, total=len(args), desc=plan.exp_id, quiet=quiet):
                     run.write_chunk(todo[i].key, tables)
-                    compute += secs
+                    compute, written = compute + secs, written + 1
+            except ConfigError:
+                if fresh and not done and not written:  # bad input found late: leave nothing behind, so
+                    run.unclaim(created)                  # that the corrected command is not refused
+                raise
             finally:
                 results.close()  # on any error this ends the workers now (the generator's cleanup)
             pool.close()

@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -216,6 +217,18 @@ class RunDir:
         if not self.run_json.exists():
             write_json(self.run_json, {"experiment": experiment, "preset": preset,
                                        "hash": config_hash(experiment, config), "config": config})
+
+    def unclaim(self, created: bool) -> None:
+        """Undo :meth:`claim` of a run that finished no chunk (under the lock): remove run.json and any
+        partial chunk files, and the directory itself if this run ``created`` it."""
+        try:
+            shutil.rmtree(self.path / "chunks", ignore_errors=True)
+            self.run_json.unlink(missing_ok=True)
+            if created:
+                (self.path / LOCK_NAME).unlink(missing_ok=True)
+                self.path.rmdir()
+        except OSError as exc:
+            raise os_fault("remove", self.path, exc) from exc
 
     def summary(self) -> dict[str, Any] | None:
         """The finished run's summary, or None (absent; or corrupt: warned, to be re-analysed)."""
