@@ -41,8 +41,9 @@ def test_user_errors_survive_pickling(exc):
     assert type(back) is type(exc) and str(back) == str(exc)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize("error,code,needle", [("config", 2, "n_train"), ("numerical", 3, "overflowed")])
+@pytest.mark.parametrize("workers,error,code,needle", [
+    (1, "config", 2, "n_train"), (1, "numerical", 3, "overflowed"), (2, "config", 2, "n_train"),
+    pytest.param(2, "numerical", 3, "overflowed", marks=pytest.mark.slow)])
 def test_worker_errors_keep_their_meaning(sample_env, tmp_path, capsys, workers, error, code, needle):
     flag = tmp_path / "flag"
     flag.touch()

@@ -192,7 +192,25 @@ def _alive_with(marker: str) -> list[int]:
     return found
 
 
-@pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_sigterm_is_an_interruption_exit_143_and_resume_identical(sample_env, tmp_path, capsys):
+    import threading
+
+    out = tmp_path / "run"
+    argv = ["reproduce", EXP, "--out", out, "--workers", 1, "--quiet", "--set", "n_replicas=8", "--set", "sleep=0.4"]
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()   # during the third chunk or so
+    code, _, err = _main(argv, capsys)
+    assert code == 143
+    one_line(err, "terminated", "resume")
+    assert signal.getsignal(signal.SIGTERM) is before                       # restored after the command
+    assert not (out / "summary.json").exists()
+    assert _main(argv, capsys)[0] == 0
+    run_experiment(EXP, "quick", tmp_path / "ref", {"n_replicas": 8}, workers=1)
+    _tables_equal(out, tmp_path / "ref")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_ends_workers_exits_143_and_resumes_identically(sample_env, cli, tmp_path, workers):
     marker = f"NOISEPROBE_SIGTERM_TEST={os.getpid()}-{workers}"
     env = {**sample_env, marker.split("=")[0]: marker.split("=")[1]}
