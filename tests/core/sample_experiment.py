@@ -26,6 +26,8 @@ class WalkConfig(ExperimentConfig):
     step_sd: float = param(lo=0.0)
     sleep: float = param(lo=0.0, hi=10.0)
 
+    size_fields = ("n_replicas", "n_steps")
+
 
 class Walk(Experiment):
     id = "sample-walk"

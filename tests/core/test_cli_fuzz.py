@@ -82,3 +82,21 @@ def test_any_set_value_is_accepted_or_one_line(sample_env, tmp_path, exp_id):
         assert secs < 10, f"{where}: {secs:.1f} s"
 
     check()
+
+
+def _huge(exp, field: str):
+    """A huge value of the field's JSON type (a list of one huge item for list fields)."""
+    value = exp.presets["quick"].get(field)
+    return [10**12] if isinstance(value, list) else 10**12
+
+
+@pytest.mark.parametrize("exp_id", IDS)
+def test_huge_sizes_are_refused_before_anything_runs(sample_env, tmp_path, exp_id):
+    exp = experiments.get(exp_id)
+    sizes = getattr(exp.Config, "size_fields", ()) if exp.Config is not None else ()
+    if not sizes:
+        pytest.skip(f"{exp_id} declares no size_fields in a typed config yet")
+    for field in sizes:
+        code, _, stderr, secs = _dry_run(exp_id, field, _huge(exp, field), tmp_path / "run")
+        assert code == 2 and len(stderr.strip().splitlines()) == 1, f"--set {field}=huge: exit {code}\n{stderr}"
+        assert secs < 10 and not (tmp_path / "run").exists()
