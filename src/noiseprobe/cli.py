@@ -1,19 +1,31 @@
 """The ``noiseprobe`` command: list, reproduce, demo, report.
 
 Every invalid argument or config value ends in one line on stderr naming the field, the value and what is
-allowed, exit status 2, and nothing written.
+allowed, exit status 2, and nothing written (docs/failures.md lists every failure class). A numerical
+failure exits 3, an unusable run directory or output path 4 (one line naming the path and the OS reason);
+SIGINT exits 130 and SIGTERM 143, both keeping the finished chunks for a resume.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
 from noiseprobe import __version__
-from noiseprobe.core.errors import CONFIG_EXIT, NUMERICAL_EXIT, ConfigError, NumericalError
+from noiseprobe.core.errors import (
+    CONFIG_EXIT,
+    NUMERICAL_EXIT,
+    RUNDIR_EXIT,
+    ConfigError,
+    NumericalError,
+    RunDirError,
+)
 
 PRESETS = ("quick", "full")
 
@@ -57,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                    help="override one config field (repeatable)")
     r.add_argument("--data-dir", type=Path, default=None, help="folder with the dataset files a full preset needs")
+    r.add_argument("--dry-run", action="store_true",
+                   help="validate everything and print the memory/time estimate; write nothing, run nothing")
     r.add_argument("--strict", action="store_true",
                    help="exit 1 unless the run is ok (no check failed, every reproduction check measurable)")
     _run_args(r)
@@ -100,21 +114,22 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from noiseprobe.core.runner import execute, get_experiment, prepare
     from noiseprobe.core.validation import check_choice
-    from noiseprobe.core.runner import run_experiment
 
     check_choice("--preset", args.preset, PRESETS)
     overrides = _parse_set(args.overrides)
     if args.data_dir is not None:
-        from noiseprobe import experiments
-
-        if "data_dir" not in experiments.get(args.id).presets.get(args.preset, {}):
+        if "data_dir" not in get_experiment(args.id).presets.get(args.preset, {}):
             raise ConfigError("--data-dir", str(args.data_dir), f"only for experiments that read dataset files "
                               f"({args.id} does not)")
         overrides["data_dir"] = str(args.data_dir)
     out = args.out if args.out is not None else Path("runs") / f"{args.id.replace(':', '-')}-{args.preset}"
-    summary = run_experiment(args.id, args.preset, out, overrides, args.executor, _workers(args),
-                             args.address, quiet=args.quiet)
+    plan = prepare(args.id, args.preset, out, overrides, args.executor, _workers(args), args.address)
+    if args.dry_run:
+        print("\n".join(plan.describe()))
+        return 0
+    summary = execute(plan, quiet=args.quiet)
     _print_summary(summary, out)
     return 1 if args.strict and not summary.get("ok", False) else 0
 
@@ -143,8 +158,35 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like SIGINT so that workers end and finished chunks are kept."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated` in the main thread while the command runs."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (an embedding application): leave its handler alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    with _sigterm_as_interrupt():
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "list":
             return _cmd_list()
@@ -159,10 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     except NumericalError as exc:
         print(f"noiseprobe: numerical failure: {exc}", file=sys.stderr)
         return NUMERICAL_EXIT
-    except KeyboardInterrupt:
-        print("noiseprobe: interrupted; finished chunks are kept; run the same command again to resume",
+    except RunDirError as exc:
+        print(f"noiseprobe: error: {exc}", file=sys.stderr)
+        return RUNDIR_EXIT
+    except KeyboardInterrupt as exc:
+        what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"noiseprobe: {what}; finished chunks are kept; run the same command again to resume",
               file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, Terminated) else 130
 
 
 if __name__ == "__main__":

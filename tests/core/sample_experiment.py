@@ -11,9 +11,11 @@ import pandas as pd
 
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
-from noiseprobe.core.experiment import Chunk, Experiment
+from noiseprobe.core.errors import ConfigError, NumericalError
+from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.seeding import ReplicaStreams
+from noiseprobe.core.validation import is_diverged
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,16 +26,25 @@ class WalkConfig(ExperimentConfig):
     step_sd: float = param(lo=0.0)
     sleep: float = param(lo=0.0, hi=10.0)
 
+    size_fields = ("n_replicas", "n_steps")
+
 
 class Walk(Experiment):
     id = "sample-walk"
     title = "random walks (test experiment)"
     tables = ("paths",)
     Config = WalkConfig
+    diverging = {"step_sd": 1e10}   # every walk leaves |x| <= DIVERGED: nothing measurable
     presets = {
         "quick": {"seed": 7, "n_replicas": 24, "per_chunk": 4, "n_steps": 50, "step_sd": 1.0, "sleep": 0.0},
         "full": {"seed": 7, "n_replicas": 240, "per_chunk": 8, "n_steps": 500, "step_sd": 1.0, "sleep": 0.0},
     }
+
+    def estimate(self, config):
+        """Two (per_chunk, n_steps) float64 arrays live at once (the draws and their stack; then the steps
+        and their cumulative sums), plus the small tables."""
+        k, t = min(config["per_chunk"], config["n_replicas"]), config["n_steps"]
+        return Estimate(peak_bytes=2 * 8 * k * t + 4096 * k, seconds=None, drivers=("per_chunk", "n_steps"))
 
     def chunks(self, config):
         n, k = config["n_replicas"], config["per_chunk"]
@@ -50,11 +61,48 @@ class Walk(Experiment):
         return {"results": results, "paths": long}
 
     def analyse(self, config, tables, out: Path):
-        res = tables["results"]
-        var = float(res["final"].var(ddof=1))
+        res = tables["results"][~is_diverged(tables["results"][["final", "max"]].to_numpy(), axis=1)]
+        var = float(res["final"].var(ddof=1)) if len(res) > 1 else float("nan")
         expected = config["n_steps"] * config["step_sd"] ** 2
-        se = expected * np.sqrt(2 / (len(res) - 1))
+        se = expected * np.sqrt(2 / max(len(res) - 1, 1))
         fig, ax = new_figure()
         ax.hist(res["final"], bins=20)
         savefig(fig, out / "finals.png")
         return ({"var_final": var}, [Check.close("var-final", "Var x_T = T sd^2", var, expected, atol=0.0, se=se)])
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaultyConfig(WalkConfig):
+    error: str = param("none", choices=("none", "config", "numerical", "user", "data", "analyse"))
+    flag: str = param("", help="the error is raised only while this file exists (then the run resumes)")
+    fail_key: str = param("r00004", help="the chunk that raises")
+
+
+class Faulty(Walk):
+    """Walk that raises, in chunk ``fail_key`` (or in analyse, or in check_data) while ``flag`` exists."""
+
+    id = "sample-faulty"
+    Config = FaultyConfig
+    presets = {"quick": {**Walk.presets["quick"], "error": "none", "flag": "", "fail_key": "r00004"}}
+
+    def _armed(self, config) -> bool:
+        return bool(config["flag"]) and Path(config["flag"]).exists()
+
+    def check_data(self, config):
+        if config["error"] == "data" and self._armed(config):
+            raise ConfigError("n_train", 10**9, "at most the 3000 training samples of the data")
+
+    def run_chunk(self, config, chunk):
+        if chunk.key == config["fail_key"] and self._armed(config):
+            if config["error"] == "config":
+                raise ConfigError("n_train", 100000, "at most 3000 (the training samples of the data)")
+            if config["error"] == "numerical":
+                raise NumericalError("the walk overflowed in chunk " + chunk.key)
+            if config["error"] == "user":
+                raise RuntimeError("a bug in the user's own experiment")
+        return super().run_chunk(config, chunk)
+
+    def analyse(self, config, tables, out: Path):
+        if config["error"] == "analyse" and self._armed(config):
+            raise RuntimeError("a bug in the user's own analysis")
+        return super().analyse(config, tables, out)

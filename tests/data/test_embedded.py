@@ -55,3 +55,11 @@ def test_bad_options():
         load_default(n_train=10**6, name="digits")
     with pytest.raises(ConfigError, match="seed"):
         load_default(seed=-1, name="digits")
+
+
+@pytest.mark.parametrize("name", ["mnist5k", "digits"])
+def test_default_train_size_matches_the_data(name):
+    from noiseprobe.data.embedded import default_train_size, load_default
+
+    for fraction in (0.6, 0.25):
+        assert default_train_size(name, fraction) == load_default(name=name, train_fraction=fraction).X_train.shape[0]

@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.data.idx import load_fashion_mnist, load_idx_dataset, read_idx
+from noiseprobe.data.idx import (
+    idx_train_size,
+    load_fashion_mnist,
+    load_idx_dataset,
+    read_idx,
+)
 
 TYPE_CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C, np.float32: 0x0D, np.float64: 0x0E}
 
@@ -101,3 +106,85 @@ def test_missing_files_name_what_is_expected_where(tmp_path):
     assert "train-images-idx3-ubyte" in msg and "t10k-labels-idx1-ubyte" in msg and "FashionMNIST/raw" in msg
     with pytest.raises(ConfigError, match="MNIST/raw"):
         load_idx_dataset(tmp_path, kind="mnist")
+
+
+def _faults(good: bytes) -> dict[str, tuple[bytes, str]]:
+    """Damaged versions of an IDX file (3, 4) uint8, and the fault the reader must name."""
+    return {
+        "magic": (b"\x01\x02" + good[2:], "wrong magic"),
+        "dtype": (good[:2] + b"\x07" + good[3:], "unknown data type code 0x07"),
+        "ndim0": (good[:3] + b"\x00" + good[4:], "0 dimensions"),
+        "ndim_big": (good[:3] + b"\xff" + good[4:], "255 dimensions"),
+        "short": (good[:-1], "does not match its header"),
+        "long": (good + b"\x00", "does not match its header"),
+        "negative": (good[:4] + b"\xff\xff\xff\xfd" + good[8:], "does not match its header"),
+        "gzip_truncated": (gzip.compress(good)[:-10], "bad gzip stream"),
+        "gzip_garbage": (b"\x1f\x8b" + b"\x00" * 30, "bad gzip stream"),
+        "empty": (b"", "wrong magic"),
+    }
+
+
+@pytest.mark.parametrize("fault", list(_faults(b"\x00" * 20)))
+def test_read_idx_names_the_file_and_its_fault(tmp_path, fault):
+    good = write_idx(tmp_path / "good", np.arange(12, dtype=np.uint8).reshape(3, 4)).read_bytes()
+    data, why = _faults(good)[fault]
+    (tmp_path / fault).write_bytes(data)
+    with pytest.raises(ConfigError) as err:
+        read_idx(tmp_path / fault)
+    assert str(tmp_path / fault) in str(err.value) and why in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_read_idx_checks_the_expected_shape_and_type(tmp_path):
+    f = write_idx(tmp_path / "a", np.zeros((3, 4), np.float32))
+    with pytest.raises(ConfigError, match="2 dimensions where 3 are expected"):
+        read_idx(f, ndim=3)
+    with pytest.raises(ConfigError, match="float32 where uint8 is expected"):
+        read_idx(f, dtype="u1")
+    assert read_idx(f, ndim=2, dtype="f4").shape == (3, 4)
+
+
+def test_unreadable_idx_file(tmp_path, monkeypatch):
+    f = write_idx(tmp_path / "a", np.zeros((3, 4), np.uint8))
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(ConfigError, match="cannot read it: Permission denied"):
+        read_idx(f)
+
+
+def _dataset_fault(root: Path, fault: str) -> str:
+    """Break one file of a fake MNIST in ``root``; return the file's name."""
+    if fault == "count":
+        write_idx(root / "train-labels-idx1-ubyte.gz", np.zeros(59, np.uint8), gz=True)
+        return "train-labels-idx1-ubyte.gz"
+    if fault == "label":
+        write_idx(root / "t10k-labels-idx1-ubyte.gz", np.full(40, 200, np.uint8), gz=True)
+        return "t10k-labels-idx1-ubyte.gz"
+    if fault == "image_dtype":
+        write_idx(root / "train-images-idx3-ubyte.gz", np.zeros((60, 28, 28), np.float32), gz=True)
+        return "train-images-idx3-ubyte.gz"
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", np.zeros((40, 1), np.uint8), gz=True)
+    return "t10k-labels-idx1-ubyte.gz"
+
+
+@pytest.mark.parametrize("fault,why", [("count", "59 labels for the 60 images"), ("label", "label 200 outside the 10 classes"),
+                                       ("image_dtype", "float32 where uint8"), ("label_ndim", "2 dimensions where 1")])
+def test_dataset_checks_name_the_file(tmp_path, fault, why):
+    fake_mnist(tmp_path)
+    name = _dataset_fault(tmp_path, fault)
+    for call in (lambda: load_fashion_mnist(tmp_path), lambda: idx_train_size(tmp_path)):
+        with pytest.raises(ConfigError) as err:
+            call()
+        assert name in str(err.value) and why in str(err.value)
+
+
+def test_idx_train_size_bounds_n_train(tmp_path):
+    fake_mnist(tmp_path, n_train=50, n_test=20)
+    assert idx_train_size(tmp_path) == 42 == load_idx_dataset(tmp_path).X_train.shape[0]
+    assert idx_train_size(tmp_path, split="train") == 30 == load_idx_dataset(tmp_path, split="train").X_train.shape[0]
+    assert idx_train_size(tmp_path, split="official") == 50
+    with pytest.raises(ConfigError, match="n_train"):
+        load_idx_dataset(tmp_path, n_train=43)

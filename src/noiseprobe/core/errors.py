@@ -1,6 +1,9 @@
-"""The two error types users see: bad input (ConfigError, exit 2) and numerical failure (NumericalError, exit 3).
+"""The error types users see: bad input (ConfigError, exit 2), numerical failure (NumericalError, exit 3)
+and a run directory or output path that cannot be used (RunDirError, exit 4).
 
-Validators that raise ConfigError live in :mod:`noiseprobe.core.validation`.
+Each prints as one line; each survives pickling, so an error raised in a worker process (process pool or
+Ray) reaches the user exactly as it would with ``--workers 1``. Validators that raise ConfigError live in
+:mod:`noiseprobe.core.validation`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ class ConfigError(ValueError):
         self.field, self.value, self.allowed = field, value, allowed
         super().__init__(f"{field} = {value!r} is invalid: allowed {allowed}")
 
+    def __reduce__(self) -> tuple[Any, ...]:  # rebuilt from its three fields in the receiving process
+        return (type(self), (self.field, self.value, self.allowed))
+
 
 class NumericalError(ArithmeticError):
     """A computation on valid input produced non-finite numbers (overflow, a singular system, NaN).
@@ -28,5 +34,22 @@ class NumericalError(ArithmeticError):
     """
 
 
-#: exit status of the CLI for bad input (ConfigError) and for a numerical failure (NumericalError)
-CONFIG_EXIT, NUMERICAL_EXIT = 2, 3
+class RunDirError(OSError):
+    """A run directory or output file that cannot be used: an OS fault while reading or writing it (the
+    message names the path and the OS reason), a corrupt file that identifies a run, or another process
+    holding the run. What is on disk is kept; the CLI prints one line and exits with :data:`RUNDIR_EXIT` (4).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self),))
+
+
+#: exit status of the CLI for bad input (ConfigError), a numerical failure (NumericalError) and an unusable
+#: run directory or output path (RunDirError); 130/143 after SIGINT/SIGTERM (finished chunks kept)
+CONFIG_EXIT, NUMERICAL_EXIT, RUNDIR_EXIT = 2, 3, 4

@@ -2,21 +2,35 @@
 
 All three call the same pure function on the same arguments, and every random number is derived from
 (seed, replica index), so the executor changes only where and when a chunk runs, never its result.
+Errors keep their meaning on every executor: a ConfigError, NumericalError or RunDirError raised in a
+worker reaches the caller as itself (one line), as with one worker. When the caller is interrupted
+(SIGINT, SIGTERM, an error) the workers are ended at once, not after their current chunk.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
+import socket
 import sys
-from collections.abc import Callable, Iterator, Sequence
+import tempfile
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from pathlib import Path
 from typing import Any
 
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.errors import ConfigError, NumericalError, RunDirError
 from noiseprobe.core.validation import check_int
 
 EXECUTORS = ("local", "ray")
+#: errors that are one line for the user, re-raised as themselves when a Ray task raised them
+USER_ERRORS = (ConfigError, NumericalError, RunDirError)
+#: where the driver's Ray output goes, one file per user (Ray's own session logs: ``<tmp>/ray/session_latest/logs``)
+RAY_LOG = Path(tempfile.gettempdir()) / f"noiseprobe-ray-{getattr(os, 'getuid', lambda: 0)()}.log"
+#: seconds to wait for a TCP connection to a Ray cluster's address before calling it unreachable
+CONNECT_TIMEOUT = 5.0
 
 
 def _init_worker(threads: int) -> None:
@@ -32,7 +46,7 @@ class LocalExecutor:
     def __init__(self, workers: int = 1) -> None:
         self.workers = check_int("--workers", workers, lo=1, hi=4096)
 
-    def map(self, fn: Callable[..., Any], args: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
+    def map(self, fn: Callable[..., Any], args: Sequence[tuple]) -> Generator[tuple[int, Any], None, None]:
         """Yield ``(index, fn(*args[index]))`` as each call finishes."""
         if self.workers == 1 or len(args) <= 1:
             for i, a in enumerate(args):
@@ -40,26 +54,104 @@ class LocalExecutor:
             return
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         ctx = mp.get_context("forkserver")
-        with ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,)) as pool:
-            futures = {pool.submit(fn, *a): i for i, a in enumerate(args)}
-            pending = set(futures)
-            try:
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        yield futures[f], f.result()
-            except BaseException:
-                for f in pending:
-                    f.cancel()
-                raise
+        pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_init_worker, initargs=(threads,))
+        futures = {pool.submit(fn, *a): i for i, a in enumerate(args)}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    yield futures[f], f.result()
+        except BaseException:
+            _terminate(pool)
+            raise
+        pool.shutdown(wait=True)
 
     def close(self) -> None:
         """Nothing to release: the pool lives only inside :meth:`map`."""
 
 
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """End the pool's workers now (SIGTERM, then SIGKILL after 5 s): an interrupted run must not wait for
+    the chunks in flight, whose results would be discarded anyway."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        p.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+            p.join(1)
+
+
+def parse_address(address: str) -> tuple[str, int] | None:
+    """(host, port) of a Ray address ``[ray://]host:port``; None for ``auto``/``local``; else ConfigError."""
+    if address in ("auto", "local"):
+        return None
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("--address", address, "HOST:PORT (or ray://HOST:PORT, auto) of a running Ray cluster")
+    return host, int(port)
+
+
+def _reach(address: str) -> None:
+    """Fail fast, with one line, when nothing accepts TCP connections at ``address`` (Ray itself would
+    retry for minutes on a closed port)."""
+    hp = parse_address(address)
+    if hp is None:
+        return
+    try:
+        socket.create_connection(hp, timeout=CONNECT_TIMEOUT).close()
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        _ray_logger().error("no Ray cluster at %s: %s", address, reason)
+        raise ConfigError("--address", address, f"the address of a running Ray cluster (connecting to "
+                          f"{hp[0]}:{hp[1]}: {reason}; Ray's log: {RAY_LOG})") from None
+
+
+def _ray_logger() -> logging.Logger:
+    """Ray's Python loggers, writing to :data:`RAY_LOG` only (never the terminal)."""
+    handler = logging.FileHandler(RAY_LOG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("ray", "noiseprobe.ray"):
+        log = logging.getLogger(name)
+        for h in list(log.handlers):
+            log.removeHandler(h)
+            h.close()
+        log.addHandler(handler)
+        log.propagate = False
+    return logging.getLogger("noiseprobe.ray")
+
+
+@contextmanager
+def _output_to_log() -> Iterator[None]:
+    """Send this process's stdout/stderr (the file descriptors, where Ray's C++ core prints, and Python's
+    streams) to :data:`RAY_LOG`; Ray's loggers write there too, before and after (``ray.init`` resets them)."""
+    _ray_logger()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    fd = os.open(RAY_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        with open(RAY_LOG, "a") as log, redirect_stdout(log), redirect_stderr(log):
+            yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (*saved, fd):
+            os.close(f)
+        _ray_logger()
+
+
 class RayExecutor:
     """Runs chunks as Ray tasks. ``address`` joins an existing cluster; otherwise a local Ray instance
-    bound to the loopback interface is started (and shut down by :meth:`close`)."""
+    bound to the loopback interface is started (and shut down by :meth:`close`). Ray's output goes to
+    :data:`RAY_LOG`, never the terminal."""
 
     def __init__(self, workers: int | None = None, address: str | None = None) -> None:
         try:
@@ -71,10 +163,15 @@ class RayExecutor:
         self.started = False
         if not ray.is_initialized():
             if address:
+                _reach(address)
                 try:
-                    ray.init(address=address, log_to_driver=False)
-                except (ConnectionError, ValueError, RuntimeError) as exc:
-                    raise ConfigError("--address", address, f"the address of a running Ray cluster ({exc})") from None
+                    with _output_to_log():
+                        ray.init(address=address, log_to_driver=False, configure_logging=False)
+                except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
+                    _ray_logger().error("ray.init(address=%r) failed: %s", address, exc)
+                    raise ConfigError("--address", address, f"the address of a running Ray cluster "
+                                      f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                                      f"Ray's log: {RAY_LOG})") from None
             else:
                 n = check_int("--workers", workers, lo=1, hi=4096) if workers is not None else None
                 path = os.pathsep.join(p for p in sys.path if p)
@@ -84,21 +181,28 @@ class RayExecutor:
                 from ray._private import ray_constants
                 cluster_mode, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
                 try:
-                    ray.init(num_cpus=n, include_dashboard=False, log_to_driver=False,
-                             runtime_env={"env_vars": {"PYTHONPATH": path}})
+                    with _output_to_log():
+                        ray.init(num_cpus=n, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}},
+                                 log_to_driver=False, configure_logging=False)
                 finally:
                     ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
                 self.started = True
         self.workers = workers
 
-    def map(self, fn: Callable[..., Any], args: Sequence[tuple]) -> Iterator[tuple[int, Any]]:
+    def map(self, fn: Callable[..., Any], args: Sequence[tuple]) -> Generator[tuple[int, Any], None, None]:
         remote = self.ray.remote(num_cpus=1)(fn)
         refs = {remote.remote(*a): i for i, a in enumerate(args)}
         pending = list(refs)
         try:
             while pending:
                 done, pending = self.ray.wait(pending, num_returns=1)
-                yield refs[done[0]], self.ray.get(done[0])
+                try:
+                    value = self.ray.get(done[0])
+                except self.ray.exceptions.RayTaskError as exc:
+                    if isinstance(exc.cause, USER_ERRORS):  # its one line, as with a local worker
+                        raise exc.cause from None
+                    raise
+                yield refs[done[0]], value
         except BaseException:
             for r in pending:
                 self.ray.cancel(r, force=True)
@@ -106,18 +210,26 @@ class RayExecutor:
 
     def close(self) -> None:
         if self.started:
-            self.ray.shutdown()
+            with _output_to_log():
+                self.ray.shutdown()
             self.started = False
 
 
-def make_executor(kind: str, workers: int | None = None, address: str | None = None) -> LocalExecutor | RayExecutor:
-    """Build an executor; arguments are validated (ConfigError) before anything starts."""
+def check_executor(kind: str, workers: int | None = None, address: str | None = None) -> None:
+    """Validate executor arguments (ConfigError) without starting anything."""
     if kind not in EXECUTORS:
         raise ConfigError("--executor", kind, "one of " + ", ".join(EXECUTORS))
     if workers is not None:
         check_int("--workers", workers, lo=1, hi=4096)
-    if address is not None and kind != "ray":
-        raise ConfigError("--address", address, "only with --executor ray")
+    if address is not None:
+        if kind != "ray":
+            raise ConfigError("--address", address, "only with --executor ray")
+        parse_address(address)
+
+
+def make_executor(kind: str, workers: int | None = None, address: str | None = None) -> LocalExecutor | RayExecutor:
+    """Build an executor; arguments are validated (ConfigError) before anything starts."""
+    check_executor(kind, workers, address)
     if kind == "local":
         return LocalExecutor(workers or 1)
     return RayExecutor(workers, address)

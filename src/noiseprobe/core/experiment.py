@@ -87,6 +87,11 @@ class Experiment:
     def validate(self, config: dict[str, Any]) -> None:
         """Raise :class:`ConfigError` for any invalid field. Default: no extra rules."""
 
+    def check_data(self, config: Any) -> None:
+        """Raise :class:`ConfigError` for what depends on the data the config names: unreadable or corrupt
+        dataset files, sizes larger than the data (``n_train``, ``pool``). Called before the run directory
+        is claimed and by ``--dry-run``. Default: nothing to check."""
+
     def estimate(self, config: Any) -> Estimate | None:
         """Peak memory per worker and time of this config, computed from sizes before any work (None:
         unknown). Used by ``--dry-run`` and to refuse configs that cannot fit in memory."""

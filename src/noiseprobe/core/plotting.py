@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -32,7 +33,9 @@ def new_figure(ncols: int = 1, nrows: int = 1, *, width: float = 4.0, height: fl
 def savefig(fig: Figure, path: Path | str) -> Path:
     """Save ``fig`` as PNG atomically and close it."""
     path = Path(path)
+    buf = io.BytesIO()
     with plt.rc_context(STYLE):
-        atomic_write(path, lambda p: fig.savefig(p, format="png"))
+        fig.savefig(buf, format="png")
+    atomic_write(path, buf.getvalue())
     plt.close(fig)
     return path

@@ -15,3 +15,8 @@ def progress(items: Iterable[T], *, total: int | None = None, desc: str = "", qu
     """Wrap ``items`` in a tqdm bar on stderr unless ``quiet`` or stderr is not a terminal."""
     disable = quiet or not sys.stderr.isatty()
     yield from tqdm(items, total=total, desc=desc, disable=disable, leave=False, dynamic_ncols=True)
+
+
+def warn(message: str) -> None:
+    """One line on stderr about something the run handled itself (a corrupt file healed, a skipped run)."""
+    print(f"noiseprobe: warning: {message}", file=sys.stderr, flush=True)

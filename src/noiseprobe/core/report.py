@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.store import atomic_write
+from noiseprobe.core import progress
+from noiseprobe.core.errors import ConfigError, RunDirError
+from noiseprobe.core.store import atomic_write, os_fault, read_json
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1150px;color:#222;padding:0 1em}
@@ -42,7 +44,10 @@ def find_runs(path: Path) -> list[Path]:
     path = Path(path)
     if any((path / m).exists() for m in MARKERS):
         return [path]
-    runs = sorted({p.parent for m in MARKERS for p in path.glob(f"*/{m}")}) if path.is_dir() else []
+    try:
+        runs = sorted({p.parent for m in MARKERS for p in path.glob(f"*/{m}")}) if path.is_dir() else []
+    except OSError as exc:
+        raise os_fault("read", path, exc) from exc
     if not runs:
         raise ConfigError("DIR", str(path), "a run directory with summary.json, a monitor log directory with "
                           "monitor.parquet, or a folder of such directories")
@@ -93,10 +98,16 @@ def _check_row(c: dict[str, Any], extra_class: str = "") -> str:
             f"<td class='verdict'>{e(SHOWN.get(v, v))}</td><td>{e(str(c.get('detail', '')))}</td></tr>")
 
 
-def _run_section(run: Path) -> tuple[str, list[dict[str, Any]]]:
+def _png(p: Path) -> str:
+    try:
+        return base64.b64encode(p.read_bytes()).decode()
+    except OSError as exc:
+        raise os_fault("read", p, exc) from exc
+
+
+def _run_section(s: dict[str, Any], run: Path) -> tuple[str, list[dict[str, Any]]]:
     from noiseprobe.core.checks import headline
 
-    s = json.loads((run / "summary.json").read_text())
     e = html.escape
     checks = s.get("checks", [])
     by_key = {c.get("key"): c for c in checks}
@@ -113,7 +124,7 @@ def _run_section(run: Path) -> tuple[str, list[dict[str, Any]]]:
     metrics = "".join(f"<tr><th>{e(str(k))}</th><td class='num'>{e(_fmt(v))}</td></tr>"
                       for k, v in s.get("metrics", {}).items())
     figs = "".join(
-        f"<figure><img alt='{e(p.name)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
+        f"<figure><img alt='{e(p.name)}' src='data:image/png;base64,{_png(p)}'>"
         f"<figcaption>{e(p.name)}</figcaption></figure>"
         for p in sorted(run.glob("*.png")))
     body = (f"<section class='run' id='{e(run.name)}'><h2>{e(s['experiment'])}: {e(s.get('title', ''))}</h2>"
@@ -129,20 +140,33 @@ def _run_section(run: Path) -> tuple[str, list[dict[str, Any]]]:
     return body, checks
 
 
-def write_report(path: Path, out: Path | None = None, title: str = "noiseprobe report") -> Path:
-    """Write ``out`` (default ``path/report.html``) covering every finished run under ``path``."""
-    runs = find_runs(Path(path))
-    out = Path(out) if out is not None else Path(path) / "report.html"
+def write_report(path: Path, out: Path | None = None, title: str = "noiseprobe report",
+                 warn: Callable[[str], None] = progress.warn) -> Path:
+    """Write ``out`` (default ``path/report.html``) covering every finished run under ``path``.
+
+    A run whose summary.json does not read is left out with one warning naming the file (``noiseprobe
+    reproduce`` on it re-analyses it from its chunks); RunDirError if none is left or ``out`` cannot be written.
+    """
     from noiseprobe.core.checks import headline
 
-    sections, every = [], []
-    for r in runs:
+    out = Path(out) if out is not None else Path(path) / "report.html"
+    sections, every, runs = [], [], []
+    for r in find_runs(Path(path)):
         if not (r / "summary.json").exists():
             sections.append(_monitor_section(r))
+            runs.append(r)
             continue
-        body, checks = _run_section(r)
+        try:
+            summary = read_json(r / "summary.json")
+        except RunDirError as exc:
+            warn(f"{exc}; run left out of the report (`noiseprobe reproduce` on it re-analyses it)")
+            continue
+        body, checks = _run_section(summary, r)
         sections.append(body)
         every += checks
+        runs.append(r)
+    if not runs:
+        raise RunDirError(f"{path}: no run directory with a readable summary.json")
     toc = "".join(f"<li><a href='#{html.escape(r.name)}'>{html.escape(r.name)}</a></li>" for r in runs)
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{CSS}</style><script>{SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
@@ -150,5 +174,5 @@ def write_report(path: Path, out: Path | None = None, title: str = "noiseprobe r
             f"a paper's printed formula that the reference shows wrong, beside the corrected predictor that "
             f"passes.</p>"
             f"<ul>{toc}</ul>{''.join(sections)}</body></html>")
-    atomic_write(out, lambda p: p.write_text(page, encoding="utf-8"))
+    atomic_write(out, page.encode("utf-8"))
     return out

@@ -30,6 +30,8 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.validation import check_choice, check_int, check_real
 
 DEFAULT_NAMES = ("mnist5k", "digits")
+#: samples of each embedded dataset (checked against the data in tests/data/test_embedded.py)
+SIZES = {"mnist5k": 5000, "digits": 1797}
 
 
 @dataclass
@@ -110,6 +112,14 @@ def _available_default() -> str:
     except ImportError:
         return "digits"
     return "mnist5k"
+
+
+def default_train_size(name: str | None = None, train_fraction: float = 0.6) -> int:
+    """Training samples of the embedded dataset's split, without loading it: the bound of ``n_train``
+    that experiments check before a run starts."""
+    name = _available_default() if name is None else check_choice("name", name, DEFAULT_NAMES)
+    check_real("train_fraction", train_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    return round(train_fraction * SIZES[name])
 
 
 def load_default(n_train: int | None = None, seed: int = 0, *, name: str | None = None,
