@@ -92,7 +92,7 @@ class SweepConfig(ExperimentConfig):
     levels: list[float] = param(lo=0.0, lo_open=True, min_len=1,
                                 help="Table 1 coefficients c of sigma_eps^2, increasing")
     n_seeds: int = param(lo=1)
-    sigmas_per_chunk: int = param(16, lo=1)
+    sigmas_per_chunk: int = param(16, lo=1, hi=1024, help="models trained together in one chunk")
     stall_fraction: float = param(0.5, lo=0.0, hi=1.0)
     spike_factor: float = param(2.0, lo=1.0)
     acc_margin: float = param(0.02, lo=0.0, hi=1.0)
