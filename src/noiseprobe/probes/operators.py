@@ -125,7 +125,8 @@ class ParamOperator(LinearOperator):
         self.device, self.torch_dtype = device, dtype
         self.matvecs = 0
         p = sum(int(np.prod(s)) for s in shapes)
-        super().__init__(dtype=torch.empty(0, dtype=dtype).numpy().dtype, shape=(p, p))
+        np_dtype = np.float32 if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype  # NumPy has no bf16
+        super().__init__(dtype=np_dtype, shape=(p, p))
 
     @property
     def num_params(self) -> int:
@@ -149,7 +150,7 @@ class ParamOperator(LinearOperator):
         return super().dot(x)
 
     def _matmat(self, x: np.ndarray) -> np.ndarray:
-        return self.mv(torch.as_tensor(np.asarray(x))).cpu().numpy()
+        return self.mv(torch.as_tensor(np.asarray(x))).cpu().to(torch.from_numpy(np.zeros(0, self.dtype)).dtype).numpy()
 
     def _matvec(self, x: np.ndarray) -> np.ndarray:
         return self._matmat(np.asarray(x).reshape(-1, 1)).reshape(np.shape(x))
