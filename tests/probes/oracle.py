@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from noiseprobe.probes.persample import PerSampleGradients
 
@@ -24,7 +25,8 @@ def func_rows(model: nn.Module, loss_one: Callable[..., Tensor], *batch: Tensor)
     def one(p: dict[str, Tensor], *sample: Tensor) -> Tensor:
         return loss_one(lambda *args, **kw: functional_call(model, (p, buffers), args, kw), *sample)
 
-    per = vmap(grad(one), in_dims=(None, *[0] * len(batch)))(params, *batch)
+    with sdpa_kernel([SDPBackend.MATH]):  # fused attention kernels have no vmap batching rule
+        per = vmap(grad(one), in_dims=(None, *[0] * len(batch)))(params, *batch)
     # model.named_parameters() lists a tied parameter once, under its first name: the flat order
     return torch.cat([per[n].reshape(batch[0].shape[0], -1) for n in names], 1)
 

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.models import GPT, GPTConfig, token_batch
 from noiseprobe.probes.covariance import GradientNoise
-from noiseprobe.probes.factors import OuterFactor, RowsFactor
+from noiseprobe.probes.factors import OuterFactor, RowsFactor, SummedOuterFactor
 from noiseprobe.probes.losses import TokenMeanCrossEntropy, token_mean
 from noiseprobe.probes.persample import per_sample_gradients
 from tests.probes.oracle import DEVICES, assert_products, func_rows
@@ -58,7 +58,8 @@ def test_tied_and_repeated_modules_sum_per_sample(device: str, biased_tie: bool)
     kinds = {id(ps[0]): type(f) for ps, f in fac.blocks}
     assert kinds[id(model.lin.weight)] is OuterFactor  # two calls: one token axis of length 2T
     assert kinds[id(model.ln.weight)] is RowsFactor  # two calls: rows summed before any product
-    assert kinds[id(model.emb.weight)] is (RowsFactor if biased_tie else OuterFactor)
+    # ids and a dense head: summed chunk by chunk; with the second head's bias: explicit rows
+    assert kinds[id(model.emb.weight)] is (RowsFactor if biased_tie else SummedOuterFactor)
     assert_products(fac, j, rtol=1e-9, atol=1e-12)
 
 
@@ -151,7 +152,7 @@ def test_self_check_catches_an_unseen_use() -> None:
     model = _FunctionalHead().double()
     ids, y = _ids()
     per_sample_gradients(model, CE, ids, y)  # silently misses the head's contribution ...
-    with pytest.raises(ConfigError, match=r"parameter emb\.weight.*summing to autograd's gradient"):
+    with pytest.raises(ConfigError, match=r"parameter emb\.weight.*whose weighted sum is autograd's gradient"):
         per_sample_gradients(model, CE, ids, y, check=True)  # ... which the self-check reports
     assert_products(per_sample_gradients(model, CE, ids, y, method="func", check=True),
                     func_rows(model, lambda call, i, t: F.cross_entropy(call(i[None]), t[None]), ids, y), 1e-9, 1e-12)
@@ -236,3 +237,88 @@ def test_cost_model_picks_pairs_for_short_sequences_only() -> None:
     assert use_pairs(1000, 1, 1024, 785)  # the MLP layer: (a_i·a_j)(g_i·g_j)
     assert not use_pairs(64, 128, 256, 257)  # a transformer projection at T = 128
     assert use_pairs(64, 4, 4096, 4097)  # short sequences, wide layers
+
+
+def test_an_idle_module_tied_to_a_running_one_is_not_a_consumer(recwarn) -> None:
+    torch.manual_seed(8)
+    model = _Shared(False).double()
+    model.forward = lambda ids: model.lin(model.emb(ids)).mean(1)  # the tied head never runs
+    ids, _ = _ids()
+    y = torch.randint(0, 4, (6,))
+    j = func_rows(model, lambda call, i, t: F.cross_entropy(call(i[None]), t[None]), ids, y)
+    fac = per_sample_gradients(model, CE, ids, y, check=True)
+    assert not [w for w in recwarn if "never runs" in str(w.message)]
+    assert_products(fac, j, rtol=1e-9, atol=1e-12)
+
+
+class _KwargsAndNoGrad(nn.Module):
+    """A Linear called with a keyword input, and once more under no_grad (that call contributes nothing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.out = nn.Linear(3, 4), nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            shift = self.fc(x).mean()
+        return self.out(input=torch.tanh(self.fc(input=x)) - shift)
+
+
+def test_keyword_inputs_and_calls_without_grad() -> None:
+    torch.manual_seed(10)
+    model = _KwargsAndNoGrad().double()
+    x, y = torch.randn(5, 3, dtype=torch.float64), torch.randint(0, 2, (5,))
+    shift = model.fc(x).mean().detach()  # the oracle treats the batch statistic as the constant it is
+
+    params = dict(model.named_parameters())
+
+    def one(p, xi, yi):
+        h = torch.tanh(F.linear(xi[None], p["fc.weight"], p["fc.bias"])) - shift
+        return F.cross_entropy(F.linear(h, p["out.weight"], p["out.bias"]), yi[None])
+
+    per = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))({k: v.detach() for k, v in params.items()}, x, y)
+    j = torch.cat([per[k].reshape(5, -1) for k in params], 1)
+    assert_products(per_sample_gradients(model, CE, x, y, check=True), j, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["hooks", "func"])
+def test_parameter_subset_by_name_module_or_parameter(method: str) -> None:
+    torch.manual_seed(11)
+    model = _Shared(False).double()
+    ids, y = _ids()
+    full = per_sample_gradients(model, CE, ids, y).dense()
+    cols, o = {}, 0
+    for n, p in model.named_parameters():
+        cols[n] = slice(o, o + p.numel())
+        o += p.numel()
+    sub = per_sample_gradients(model, CE, ids, y, method=method, params=["ln", model.lin.bias, "emb.weight"])
+    want = torch.cat([full[:, cols[n]] for n in ("emb.weight", "lin.bias", "ln.weight", "ln.bias")], 1)
+    assert_products(sub, want, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ConfigError, match="params"):
+        per_sample_gradients(model, CE, ids, y, params=["nope"])
+    model.ln.bias.requires_grad_(False)
+    with pytest.raises(ConfigError, match="requires_grad"):
+        per_sample_gradients(model, CE, ids, y, params=[model.ln])
+
+
+def test_half_model_and_parameter_subset_through_gradient_noise() -> None:
+    torch.manual_seed(12)
+    model = nn.Sequential(nn.Linear(5, 8), nn.LayerNorm(8), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(7, 5), torch.randint(0, 3, (7,))
+    ref = GradientNoise(model, CE, x, y, params=[model[0]])
+    assert ref.grads.num_params == 5 * 8 + 8
+    half = GradientNoise(model.half(), lambda o, t: F.cross_entropy(o.float(), t, reduction="none"), x.half(), y,
+                         params=[model[0]])
+    assert half.grads.dtype == torch.float32 and half.grads.gram().dtype == torch.float32
+    assert abs(half.trace() / ref.trace() - 1) < 0.01  # fp16 activations, float32 products
+
+
+def test_self_check_catches_a_sequence_first_layer_when_t_equals_n() -> None:
+    torch.manual_seed(13)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double()
+    x = torch.randn(5, 5, 4, dtype=torch.float64)  # (T, N, F) with T = N: shapes cannot tell
+    y = torch.randint(0, 2, (5,))
+    fwd = lambda m, b: m(b[0]).mean(0)
+    per_sample_gradients(model, CE, (x,), y, forward=fwd)  # silently groups tokens as samples ...
+    with pytest.raises(ConfigError, match=r"parameter 0\.weight.*the batch is not on axis 0"):
+        per_sample_gradients(model, CE, (x,), y, forward=fwd, check=True)  # ... which the weighted check sees

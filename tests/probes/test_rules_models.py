@@ -3,6 +3,8 @@ loss written for one sample (tests/probes/oracle.py), and against Opacus."""
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -39,6 +41,7 @@ def _gpt_problem(device: str, dtype: torch.dtype):
 def test_gpt_decoder_padded_tied_head(device: str, pairs: bool, monkeypatch) -> None:
     model, x, y, j = _gpt_problem(device, torch.float64)
     monkeypatch.setattr(factors, "use_pairs", lambda *a: pairs)  # both sides of the cost model
+    monkeypatch.setattr(factors, "CHUNK", 97)  # many chunks of output rows / of samples
     fac = per_sample_gradients(model, TokenMeanCrossEntropy(), x, y, check=True)
     assert isinstance(fac, HookFactors)
     assert all(isinstance(f, OuterFactor) for ps, f in fac.blocks if ps[0].dim() == 2)  # tied head + embedding too
@@ -188,12 +191,83 @@ def test_against_opacus() -> None:
             h = self.gn(self.conv(self.emb(ids).transpose(1, 2))).transpose(1, 2)
             return self.fc(torch.tanh(self.ln(h))).mean(1)
 
-    model = Net().double()
     g = torch.Generator().manual_seed(7)
-    ids, y = torch.randint(0, 9, (6, 5), generator=g), torch.randint(0, 3, (6,), generator=g)
-    ours = per_sample_gradients(model, CE, ids, y).dense()
-    gsm = opacus.GradSampleModule(model, loss_reduction="sum")
-    CE(gsm(ids), y).sum().backward()
-    theirs = torch.cat([p.grad_sample.reshape(6, -1) for p in model.parameters()], 1)
-    gsm._close()
-    torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
+    images = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=2), nn.GroupNorm(2, 4), nn.Tanh(),
+                           nn.Conv2d(4, 3, 2, dilation=2), nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
+    for model, x in ((Net(), torch.randint(0, 9, (6, 5), generator=g)),
+                     (images, torch.randn(6, 2, 12, 12, generator=g, dtype=torch.float64))):
+        model = model.double()
+        y = torch.randint(0, 3, (6,), generator=g)
+        ours = per_sample_gradients(model, CE, x, y).dense()
+        gsm = opacus.GradSampleModule(model, loss_reduction="sum")
+        CE(gsm(x), y).sum().backward()
+        theirs = torch.cat([p.grad_sample.reshape(6, -1) for p in model.parameters()], 1)
+        gsm._close()
+        torch.testing.assert_close(ours, theirs, rtol=1e-9, atol=1e-12)
+
+
+class _Norms(nn.Module):
+    """Embedding with padding_idx, RMSNorm, LayerNorm without bias over two axes, a Linear on (N, T, F)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(9, 6, padding_idx=0)
+        self.rms = nn.RMSNorm(6, eps=1e-5)
+        self.ln = nn.LayerNorm((3, 6), bias=False)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.rms(self.emb(ids)))
+        return self.fc(self.ln(h.reshape(h.shape[0], -1, 3, 6))).mean((1, 2))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rmsnorm_layernorm_and_embedding_padding_idx(device: str) -> None:
+    torch.manual_seed(9)
+    model = _Norms().to(device).double()
+    g = torch.Generator().manual_seed(9)
+    ids = torch.randint(0, 9, (5, 6), generator=g).to(device)
+    ids[:, -2:] = 0  # padding tokens: row 0 of the embedding gets no gradient
+    y = torch.randint(0, 2, (5,), generator=g).to(device)
+    j = func_rows(model, lambda call, i, t: F.cross_entropy(call(i[None]), t[None]), ids, y)
+    fac = per_sample_gradients(model, CE, ids.int(), y, check=True)  # int32 ids as well as int64
+    assert_products(fac, j, rtol=1e-9, atol=1e-12)
+    assert fac.dense()[:, :6].abs().max() == 0  # padding_idx row
+
+
+class _Forward(nn.Module):
+    """``fn(model, batch)`` as a module (for the vmap(grad) oracle)."""
+
+    def __init__(self, model: nn.Module, fn) -> None:
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.model, batch)
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_transformer_encoder_layer(batch_first: bool) -> None:
+    """nn.TransformerEncoderLayer (MHA through fused SDPA, Linear on (N, T, F), LayerNorm, dropout in eval):
+    factored when batch-first; sequence-first refused in one line and exact by method='func'."""
+    torch.manual_seed(10)
+    model = nn.ModuleList([nn.TransformerEncoderLayer(8, 2, 16, batch_first=batch_first), nn.Linear(8, 3)])
+    model = model.double().eval()
+    g = torch.Generator().manual_seed(10)
+    x, y = torch.randn(5, 4, 8, generator=g, dtype=torch.float64), torch.randint(0, 3, (5,), generator=g)
+
+    def fwd(m: nn.Module, b: torch.Tensor) -> torch.Tensor:
+        h = m[0](b) if batch_first else m[0](b.transpose(0, 1)).transpose(0, 1)
+        return m[1](h.mean(1))
+
+    j = func_rows(_Forward(model, fwd), lambda call, xi, yi: F.cross_entropy(call(xi[None]), yi[None]), x, y)
+    func = per_sample_gradients(model, CE, x, y, forward=fwd, method="func", check=True)
+    assert_products(func, j, rtol=1e-9, atol=1e-12)
+    if not batch_first:
+        with pytest.raises(ConfigError, match=r"model\.0\.linear1 = 'input of shape \(4, 5, 8\)'.*method='func'"):
+            per_sample_gradients(model, CE, x, y, forward=fwd)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no vmap fallback warning from fused attention kernels either
+        fac = per_sample_gradients(model, CE, x, y, forward=fwd, check=True)
+    assert_products(fac, j, rtol=1e-9, atol=1e-12)

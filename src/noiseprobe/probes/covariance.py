@@ -29,6 +29,7 @@ from noiseprobe.probes.persample import (
     Forward,
     PerSampleGradients,
     PerSampleLoss,
+    Selection,
     per_sample_gradients,
 )
 
@@ -49,17 +50,19 @@ class GradientNoise:
     ``loss_fn`` returns per-sample losses of shape (N,) (e.g. ``nn.CrossEntropyLoss(reduction="none")``)
     whose mean is the training loss (for token-mean language-model losses see
     :class:`~noiseprobe.probes.losses.TokenMeanCrossEntropy`). ``x`` is anything ``forward(model, x)``
-    takes (integer token ids, a dict of tensors); ``method``, ``chunk_size``, ``forward`` and ``check`` are
-    those of :func:`~noiseprobe.probes.persample.per_sample_gradients`. Parameter-space vectors are flat in
-    the order of the model's trainable parameters, on the model's device. Weight decay adds no noise (it
+    takes (integer token ids, a dict of tensors); ``method``, ``chunk_size``, ``forward``, ``check`` and
+    ``params`` (a parameter subset) are those of :func:`~noiseprobe.probes.persample.per_sample_gradients`.
+    Parameter-space vectors are flat in the order of the model's (selected) trainable parameters, on the
+    model's device. Weight decay adds no noise (it
     is common to all samples).
     """
 
     def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any, batch_size: int = 1,
                  replacement: bool = True, method: Literal["auto", "hooks", "func"] = "auto",
-                 chunk_size: int | None = None, forward: Forward | None = None, check: bool = False) -> None:
+                 chunk_size: int | None = None, forward: Forward | None = None, check: bool = False,
+                 params: Selection | None = None) -> None:
         self.grads: PerSampleGradients = per_sample_gradients(model, loss_fn, x, y, method, chunk_size, forward,
-                                                              check)
+                                                              check, params)
         self.n = self.grads.n
         self.factor = batch_factor(batch_size, self.n, replacement)
         self._mean: Tensor | None = None

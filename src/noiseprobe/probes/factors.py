@@ -19,12 +19,16 @@ and the per-sample-gradient engine (:mod:`noiseprobe.probes.persample`) sums the
   *token pairs* (J Jᵀ)_ij = Σ_{t,t'} (L_it·L_jt')(R_it·R_jt'), N²T²(m + K) FLOPs and no N×P_b storage,
   or the *explicit* per-sample gradient formed in chunks of output rows and multiplied, N·T·m·K + N²·m·K
   FLOPs and at most :data:`CHUNK` numbers at a time. Token pairs win for short sequences (T = 1: a plain
-  MLP), explicit rows for long ones. L may be integer ids (an ``nn.Embedding``: L_it = one-hot(id_it)),
+  MLP), explicit rows for long ones. Products with c vectors go through the explicit chunks when that is
+  cheaper, (c − 1)(T − 1) > 1 (:meth:`OuterFactor._via_rows`). L may be integer ids (an ``nn.Embedding``: L_it = one-hot(id_it)),
   kept as ids: L_it·L_jt' = [id_it = id_jt'].
+* :class:`SummedOuterFactor`: the sum of an ids factor and a float one of the same matrix (a tied
+  embedding and output head), by explicit chunks.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -149,12 +153,13 @@ class OuterFactor(Factor):
 
     @staticmethod
     def cat(factors: list[OuterFactor]) -> OuterFactor:
-        """One factor for the sum of several (the same parameters used at more positions): the position
-        axes are concatenated; ids become one-hot when mixed with float ``left``."""
-        if len({f.ids for f in factors}) > 1:
-            factors = [OuterFactor(f._dense_left(0, f.m), f.right, f.layout) for f in factors]
-        return OuterFactor(torch.cat([f.left for f in factors], 1), torch.cat([f.right for f in factors], 1),
-                           factors[0].layout)
+        """One factor for the sum of several of one layout (the same parameters used at more positions): the
+        position axes are concatenated per kind of ``left`` (ids, floats); two kinds (a tied embedding and
+        output head) give a :class:`SummedOuterFactor`."""
+        kinds = [[f for f in factors if f.ids == ids] for ids in (True, False)]
+        parts = [OuterFactor(torch.cat([f.left for f in fs], 1), torch.cat([f.right for f in fs], 1), fs[0].layout)
+                 for fs in kinds if fs]
+        return parts[0] if len(parts) == 1 else SummedOuterFactor(parts)
 
     def _dense_left(self, lo: int, hi: int) -> Tensor:
         """L[..., lo:hi] as floats (one-hot columns lo..hi−1 for ids)."""
@@ -171,21 +176,39 @@ class OuterFactor(Factor):
         flat = self.left.reshape(-1, self.m)
         return self.left[rows].reshape(-1, self.m) @ flat.T
 
-    def _explicit(self) -> list[Tensor]:
-        """Per-sample gradients in chunks of output rows: (N, m_c, K) each, at most CHUNK numbers."""
+    def _chunk(self, lo: int, hi: int) -> Tensor:
+        """Per-sample gradients of output rows lo..hi−1, (N, hi − lo, K)."""
+        return torch.bmm(self._dense_left(lo, hi).transpose(1, 2), self.right)
+
+    def _spans(self) -> Iterator[tuple[int, int]]:
+        """Chunks of output rows whose per-sample gradients hold at most CHUNK numbers."""
         step = max(1, CHUNK // max(1, self.n * self.cols))
-        rt = self.right
-        return [torch.bmm(self._dense_left(lo, min(lo + step, self.m)).transpose(1, 2), rt)
-                for lo in range(0, self.m, step)]
+        for lo in range(0, self.m, step):
+            yield lo, min(lo + step, self.m)
+
+    def _explicit(self) -> Iterator[Tensor]:
+        """Per-sample gradients in chunks of output rows, formed one at a time."""
+        for lo, hi in self._spans():
+            yield self._chunk(lo, hi)
+
+    def _via_rows(self, c: int) -> bool:
+        """Products with c vectors: direct c·N·T·m·K FLOPs, or through explicit chunks N·T·m·K + c·N·m·K,
+        cheaper when (c − 1)(T − 1) > 1 (not for ids: their direct product is a gather)."""
+        return not self.ids and (c - 1) * (self.t - 1) > 1
 
     def _pairs(self) -> bool:
         return use_pairs(self.n, self.t, 1 if self.ids else self.m, self.cols)
 
     def gram(self) -> Tensor:
-        if not self._pairs():
-            return sum(e.reshape(self.n, -1) @ e.reshape(self.n, -1).T for e in self._explicit())
         n, t = self.n, self.t
+        if not self._pairs():
+            out = self.right.new_zeros(n, n)
+            for e in self._explicit():
+                out += e.reshape(n, -1) @ e.reshape(n, -1).T
+            return out
         rflat = self.right.reshape(n * t, -1)
+        if t == 1:  # (a_i·a_j)(g_i·g_j): the output itself is the N×N block
+            return self._left_gram(slice(None)) * (rflat @ rflat.T)
         step = max(1, CHUNK // (n * t * t))
         out = []
         for lo in range(0, n, step):
@@ -196,7 +219,10 @@ class OuterFactor(Factor):
 
     def sq_norms(self) -> Tensor:
         if self.t > 1 and not self._pairs():
-            return sum((e * e).sum((1, 2)) for e in self._explicit())
+            out = self.right.new_zeros(self.n)
+            for e in self._explicit():
+                out += (e * e).sum((1, 2))
+            return out
         if self.ids:
             ll = (self.left[:, :, None] == self.left[:, None, :]).to(self.right.dtype)
         else:
@@ -205,21 +231,42 @@ class OuterFactor(Factor):
 
     def jvp(self, v: Tensor) -> Tensor:
         mats = self.layout.to_matrix(v)  # (c, m, K)
-        rflat = self.right.reshape(-1, self.cols)
-        if self.ids:
-            lm = mats[:, self.left.reshape(-1)]  # (c, N·T, K)
-        else:
-            lm = self.left.reshape(-1, self.m) @ mats
-        return (lm * rflat).sum(-1).reshape(-1, self.n, self.t).sum(-1).T
+        if not self._via_rows(mats.shape[0]):
+            return self._direct_jvp(mats)
+        out = mats.new_zeros(self.n, mats.shape[0])
+        for lo, hi in self._spans():
+            out += self._chunk(lo, hi).reshape(self.n, -1) @ mats[:, lo:hi].reshape(mats.shape[0], -1).T
+        return out
 
     def vjp(self, u: Tensor) -> Tensor:
-        c = u.shape[1]
-        ru = (self.right[None] * u.T[:, :, None, None]).reshape(c, -1, self.cols)  # (c, N·T, K)
+        if not self._via_rows(u.shape[1]):
+            return self.layout.from_matrix(self._direct_vjp(u))
+        mats = [(u.T @ self._chunk(lo, hi).reshape(self.n, -1)).reshape(u.shape[1], hi - lo, -1)
+                for lo, hi in self._spans()]
+        return self.layout.from_matrix(torch.cat(mats, 1))
+
+    def _direct_jvp(self, mats: Tensor) -> Tensor:
+        """Σ_t L_itᵀ M R_it for M of shape (c, m, K) → (N, c), without per-sample gradients."""
+        rflat = self.right.reshape(-1, self.cols)
         if self.ids:
-            mats = ru.new_zeros(c, self.m, self.cols).index_add_(1, self.left.reshape(-1), ru)
+            prod = (mats[:, self.left.reshape(-1)] * rflat).sum(-1)  # gather rows: (c, N·T)
+        elif self.m <= self.cols:  # the (c, N·T, ·) intermediate on the narrower side
+            prod = ((rflat @ mats.transpose(1, 2)) * self.left.reshape(-1, self.m)).sum(-1)
         else:
-            mats = self.left.reshape(-1, self.m).T @ ru
-        return self.layout.from_matrix(mats)
+            prod = ((self.left.reshape(-1, self.m) @ mats) * rflat).sum(-1)
+        return prod.reshape(-1, self.n, self.t).sum(-1).T
+
+    def _direct_vjp(self, u: Tensor) -> Tensor:
+        """Σ_i u_i Σ_t L_it R_itᵀ for u of shape (N, c) → (c, m, K), without per-sample gradients."""
+        c, nt = u.shape[1], self.n * self.t
+        weights = u.T[:, :, None, None]  # (c, N, 1, 1): u_i on every position of sample i
+        rflat = self.right.reshape(nt, self.cols)
+        if self.ids:
+            ru = (self.right[None] * weights).reshape(c, nt, self.cols)
+            return ru.new_zeros(c, self.m, self.cols).index_add_(1, self.left.reshape(-1), ru)
+        if self.m <= self.cols:  # scale the narrower factor
+            return (self.left[None] * weights).reshape(c, nt, self.m).transpose(1, 2) @ rflat
+        return self.left.reshape(nt, self.m).T @ (self.right[None] * weights).reshape(c, nt, self.cols)
 
     def sq_sum(self) -> Tensor:
         if self.t == 1 and not self.ids:
@@ -231,4 +278,27 @@ class OuterFactor(Factor):
         return self.layout.from_matrix(sq)[:, 0]
 
     def rows(self) -> Tensor:
-        return self.layout.from_matrix(torch.cat(self._explicit(), 1)).T
+        return self.layout.from_matrix(torch.cat(list(self._explicit()), 1)).T
+
+
+class SummedOuterFactor(OuterFactor):
+    """The sum of OuterFactors of one layout with ids in one and floats in another (a tied embedding and
+    output head): products by explicit chunks summed over the parts, so ids are one-hot one chunk at a time
+    (never N·T·V numbers at once); direct J v and Jᵀ u part by part."""
+
+    def __init__(self, parts: list[OuterFactor]) -> None:
+        super().__init__(parts[-1].left, parts[-1].right, parts[0].layout)
+        self.parts, self.ids = parts, False
+        self.t = sum(p.t for p in parts)
+
+    def _pairs(self) -> bool:
+        return False
+
+    def _chunk(self, lo: int, hi: int) -> Tensor:
+        return torch.stack([p._chunk(lo, hi) for p in self.parts]).sum(0)
+
+    def _direct_jvp(self, mats: Tensor) -> Tensor:
+        return torch.stack([p._direct_jvp(mats) for p in self.parts]).sum(0)
+
+    def _direct_vjp(self, u: Tensor) -> Tensor:
+        return torch.stack([p._direct_vjp(u) for p in self.parts]).sum(0)

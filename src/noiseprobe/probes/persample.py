@@ -25,35 +25,40 @@ Inputs: ``x`` is anything ``forward(model, x)`` accepts (default: ``model(**x)``
 ``model(*x)`` for a tuple or list, else ``model(x)``), e.g. integer token ids or a dict of tensors; its
 tensors must have the batch on axis 0. Outputs may be tensors, tuples or ModelOutput-like objects
 (:func:`~noiseprobe.probes.losses.model_output`). ``check=True`` verifies at run time that the
-per-sample gradients sum to autograd's gradient of Σ_i ℓ_i, parameter by parameter.
+per-sample gradients, weighted by random u_i, sum to autograd's gradient of Σ_i u_i ℓ_i, parameter by
+parameter.
 
-Parameter vectors are flat, in the order of ``[p for p in model.parameters() if p.requires_grad]``,
-each parameter flattened row-major (the order of :func:`torch.nn.utils.parameters_to_vector`).
+Parameter vectors are flat, in the order of ``[p for p in model.parameters() if p.requires_grad]`` (or of a
+subset ``params``: :func:`select_parameters`), each parameter flattened row-major (the order of
+:func:`torch.nn.utils.parameters_to_vector`).
 Products run on the model's device; under 16-bit activations (autocast, half models) the factors and
 every product accumulate in float32.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError, check_choice, check_int
+from noiseprobe.probes.capture import (
+    Forward,
+    PerSampleLoss,
+    Root,
+    Unit,
+    capture,
+    check_finite,
+    default_forward,
+)
 from noiseprobe.probes.factors import Factor, OuterFactor, RowsFactor
-from noiseprobe.probes.losses import model_output
-from noiseprobe.probes.rules import Call, Rule, VmapRule, rule_for, tensor_leaves
-from noiseprobe.probes.rules.base import Named, accumulation_dtype
-from noiseprobe.probes.rules.norm import BatchNormRule
+from noiseprobe.probes.rules import rule_for
+from noiseprobe.probes.rules.base import accumulation_dtype
 
-#: loss_fn(model_output, targets) -> per-sample losses of shape (N,)
-PerSampleLoss = Callable[[Any, Any], Tensor]
-#: forward(model, batch) -> model output
-Forward = Callable[[nn.Module, Any], Any]
+__all__ = ["Forward", "HookFactors", "JacobianFactors", "PerSampleGradients", "PerSampleLoss", "Selection",
+           "default_forward", "per_sample_gradients", "select_parameters", "supports_hooks"]
 
 
 class PerSampleGradients(Factor):
@@ -77,79 +82,41 @@ class PerSampleGradients(Factor):
         return self.vjp(torch.full((self.n,), 1.0 / self.n, dtype=self.dtype, device=self.device))
 
 
-def default_forward(model: nn.Module, batch: Any) -> Any:
-    """``model(**batch)`` for a dict, ``model(*batch)`` for a tuple or list, else ``model(batch)``."""
-    if isinstance(batch, dict):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    return model(batch)
+#: a parameter subset: names of parameters or modules (as in ``model.named_parameters()`` /
+#: ``named_modules()``), modules or parameters
+Selection = Iterable[str | nn.Module | nn.Parameter]
 
 
-class _Model(nn.Module):
-    """``model_output(forward(model, batch))`` as one module: the root that hooks and vmap see."""
-
-    def __init__(self, model: nn.Module, forward: Forward) -> None:
-        super().__init__()
-        self.model, self.fn = model, forward
-
-    def forward(self, batch: Any) -> Tensor:
-        return model_output(self.fn(self.model, batch))
-
-
-class _SubtreeVmapRule(VmapRule):
-    """vmap over a module that consumes its submodules' parameters (detected at run time, or the whole model)."""
-
-    consumes_children = True
-
-
-@dataclass
-class _Unit:
-    name: str
-    module: nn.Module
-    rule: Rule
-    params: Named
-    calls: list[Call] = field(default_factory=list)
-    clone: bool = False
-
-
-_WARNED: set[tuple[str, str]] = set()
-
-
-def _display(name: str) -> str:
-    """The label of a module of the wrapped model: "model" for the model itself, "model.blocks.0.attn"..."""
-    return name if name.startswith("model") else "model"
-
-
-def _check_finite(field_name: str, obj: Any) -> None:
-    """ConfigError naming the argument (or dict key) when a floating tensor in ``obj`` is not finite."""
-    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (tuple, list)) else None
-    if items is not None:
-        for k, v in items:
-            _check_finite(f"{field_name}[{k!r}]", v)
-    elif isinstance(obj, Tensor) and obj.is_floating_point() and not torch.isfinite(obj).all():
-        raise ConfigError(field_name, f"a tensor of shape {tuple(obj.shape)} containing NaN or inf", "finite values")
-
-
-def _reachable(fn: Any) -> set[int]:
-    """ids of the leaf tensors (parameters) the autograd graph below ``fn`` accumulates into."""
-    seen, stack, found = set(), [fn], set()
-    while stack:
-        f = stack.pop()
-        if f is None or f in seen:
-            continue
-        seen.add(f)
-        if hasattr(f, "variable"):
-            found.add(id(f.variable))
-        stack.extend(nxt for nxt, _ in f.next_functions)
-    return found
-
-
-def _rng_state(device: torch.device) -> list[Tensor]:
-    states = [torch.get_rng_state()]
-    if device.type == "cuda":
-        states.append(torch.cuda.get_rng_state(device))
-    return states
+def select_parameters(model: nn.Module, selection: Selection | None = None) -> list[nn.Parameter]:
+    """The trainable parameters of ``model`` (all, or those of ``selection``: a parameter's name, a module's
+    name or the module, a parameter), in the order of ``model.parameters()`` — the flat-vector order."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if selection is None:
+        chosen = trainable
+    else:
+        if isinstance(selection, (str, nn.Module, nn.Parameter)):
+            selection = [selection]
+        params, modules = dict(model.named_parameters()), dict(model.named_modules())
+        ids: set[int] = set()
+        for item in selection:
+            if isinstance(item, str) and item in params:
+                ids.add(id(params[item]))
+            elif isinstance(item, str) and item in modules:
+                ids |= {id(p) for p in modules[item].parameters()}
+            elif isinstance(item, nn.Module):
+                ids |= {id(p) for p in item.parameters()}
+            elif isinstance(item, nn.Parameter) and any(item is p for p in params.values()):
+                ids.add(id(item))
+            else:
+                raise ConfigError("params", item if isinstance(item, str) else type(item).__name__,
+                                  "names of the model's parameters or modules, its modules or its parameters")
+        frozen = [n for n, p in params.items() if id(p) in ids and not p.requires_grad]
+        if frozen:
+            raise ConfigError("params", frozen[0], "parameters with requires_grad=True")
+        chosen = [p for p in trainable if id(p) in ids]
+    if not chosen:
+        raise ConfigError("model", type(model).__name__, "a model with trainable parameters (in the selection)")
+    return chosen
 
 
 class HookFactors(PerSampleGradients):
@@ -157,11 +124,10 @@ class HookFactors(PerSampleGradients):
     modules (as in ``model.named_modules()``; "" = the whole model) handled as one vmap unit."""
 
     def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any, forward: Forward | None = None,
-                 chunk_size: int | None = None, check: bool = False, consumers: frozenset[str] = frozenset()) -> None:
-        self.root = _Model(model, forward or default_forward)
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ConfigError("model", type(model).__name__, "a model with trainable parameters")
+                 chunk_size: int | None = None, check: bool = False, consumers: frozenset[str] = frozenset(),
+                 params: Selection | None = None) -> None:
+        self.root = Root(model, forward or default_forward)
+        params = select_parameters(model, params)
         self.dtype, self.device = accumulation_dtype(params[0]), params[0].device
         self.num_params = sum(p.numel() for p in params)
         self._offset: dict[int, tuple[int, int]] = {}
@@ -170,144 +136,31 @@ class HookFactors(PerSampleGradients):
             self._offset[id(p)] = (o, p.numel())
             o += p.numel()
         self._names = {id(p): n for n, p in model.named_parameters()}
-        self.chunk_size = chunk_size
-        consumers = {("model." + c).rstrip(".") if c else "" for c in consumers}
-        units = self._units(consumers)
-        while True:
-            losses, redo = self._capture(units, loss_fn, x, y)
-            if not redo:
-                break
-            consumers |= redo
-            units = self._units(consumers)
+        names = {("model." + c).rstrip(".") if c else "" for c in consumers}
+        units, losses = capture(self.root, set(self._offset), loss_fn, x, y, names, chunk_size)
         self.n = losses.shape[0]
         self._build(units, losses, check)
 
-    # -- which modules are units, and their calls -------------------------------------------------
-
-    def _units(self, consumers: set[str]) -> list[_Unit]:
-        trainable = set(self._offset)
-        units: list[_Unit] = []
-        covered: list[str] = []
-        for name, m in self.root.named_modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                BatchNormRule().validate(_display(name), m)
-            if any(name == c or name.startswith(c + ".") or c == "" for c in covered):
-                continue
-            rule = rule_for(m) if name not in consumers else None
-            if rule is None:
-                rule = _SubtreeVmapRule() if name in consumers else VmapRule()
-                rule.chunk_size = self.chunk_size
-            params = [(n, p) for n, p in rule.params(m) if id(p) in trainable]
-            if rule.consumes_children:
-                covered.append(name)
-            if not params:
-                continue
-            rule.validate(_display(name), m)
-            if type(rule) is VmapRule:
-                key = (type(m).__name__, _display(name))
-                if key not in _WARNED:
-                    _WARNED.add(key)
-                    warnings.warn(f"per-sample gradients: {key[0]} {key[1]} has no layer rule; its parameters "
-                                  "use vmap(grad) over this module alone (N × its parameter count numbers)",
-                                  stacklevel=4)
-            units.append(_Unit(name, m, rule, params))
-        return units
-
-    def _capture(self, units: list[_Unit], loss_fn: PerSampleLoss, x: Any, y: Any) -> tuple[Tensor, set[str]]:
-        """One forward pass recording every unit's calls; returns the per-sample losses and the modules that
-        must become vmap units (an in-place change of a unit's output is fixed here by cloning it)."""
-        active, fired, handles = [True], set(), []
-        versions: list[tuple[_Unit, Tensor, int]] = []
-        leaves_x = [t for t in tensor_leaves(x) if isinstance(t, Tensor) and t.dim() > 0]
-        n_hint = leaves_x[0].shape[0] if leaves_x else 1
-
-        def post(unit: _Unit, mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
-            if not active[0]:
-                return None
-            rng = getattr(mod, "_np_rng", None)  # set by the pre-hook of vmap units in training mode
-            if rng is not None and any(not torch.equal(a, b) for a, b in zip(rng, _rng_state(self.device))):
-                raise ConfigError(_display(unit.name), f"{type(mod).__name__} drawing random numbers "
-                                  "in training mode", "eval mode or no dropout in modules without a layer rule "
-                                  "(their random draws cannot be replayed sample by sample)")
-            ret = None
-            if unit.rule.batch_axis_zero and isinstance(out, Tensor) and out.dim() > 0 and out.shape[0] == 1 < n_hint:
-                out = ret = out.expand(n_hint, *out.shape[1:])  # shared by the batch: per-sample gradients
-            leaves = tensor_leaves(out)
-            pos = [i for i, t in enumerate(leaves) if isinstance(t, Tensor) and t.requires_grad]
-            unit.calls.append(Call(_display(unit.name), args, kwargs, [leaves[i] for i in pos], pos))
-            for i in pos:
-                versions.append((unit, leaves[i], leaves[i]._version))
-            return out.clone() if unit.clone and isinstance(out, Tensor) else ret
-
-        def pre(mod: nn.Module, args: tuple) -> None:
-            if active[0] and isinstance(getattr(mod, "_np_unit", None), _Unit):
-                mod._np_rng = _rng_state(self.device)
-
-        for u in units:
-            u.calls = []
-            handles.append(u.module.register_forward_hook(lambda *a, u=u: post(u, *a), with_kwargs=True))
-            if isinstance(u.rule, VmapRule) and u.module.training:
-                u.module._np_unit = u
-                handles.append(u.module.register_forward_pre_hook(pre))
-        for name, m in self.root.named_modules():
-            handles.append(m.register_forward_pre_hook(lambda *a, name=name: fired.add(name) if active[0] else None))
-        try:
-            with torch.enable_grad():
-                losses = loss_fn(self.root(x), y)
-        finally:
-            active[0] = False
-            for h in handles:
-                h.remove()
-            for u in units:
-                for attr in ("_np_unit", "_np_rng"):
-                    if hasattr(u.module, attr):
-                        delattr(u.module, attr)
-        self._check_losses(losses)
-        changed = {id(u) for u, t, v in versions if t._version != v}
-        if changed:
-            for u in units:
-                u.clone = u.clone or id(u) in changed
-            return self._capture(units, loss_fn, x, y)
-        idle = [u for u in units if not u.calls]
-        if not idle:
-            return losses, set()
-        graph = _reachable(losses.grad_fn)
-        redo = set()
-        for u in idle:
-            if any(id(p) in graph for _, p in u.params):
-                parts = u.name.split(".")
-                ancestors = [".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)]
-                consumer = next(a for a in ancestors if a in fired)
-                warnings.warn(f"per-sample gradients: {_display(u.name)} never runs but its parameters are "
-                              f"used: {_display(consumer)} consumes them and becomes one vmap unit", stacklevel=4)
-                redo.add(consumer)
-        return losses, redo
-
-    def _check_losses(self, losses: Any) -> None:
-        if not isinstance(losses, Tensor) or losses.dim() != 1 or losses.shape[0] < 1:
-            shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
-            raise ConfigError("loss_fn", f"a loss returning {shape}",
-                              "a per-sample loss returning shape (N,), N >= 1, e.g. reduction='none'")
-        if not torch.isfinite(losses).all():
-            raise ConfigError("loss_fn", "non-finite per-sample losses", "finite losses at the current weights")
-
     # -- factors and blocks ---------------------------------------------------------------------
 
-    def _build(self, units: list[_Unit], losses: Tensor, check: bool) -> None:
+    def _build(self, units: list[Unit], losses: Tensor, check: bool) -> None:
         outputs = [o for u in units for c in u.calls for o in c.outputs]
-        wanted = [p for u in units for _, p in u.params] if check else []
-        wanted = list({id(p): p for p in wanted}.values())
-        grads = torch.autograd.grad(losses.sum(), outputs + wanted, allow_unused=True)
-        it = iter(grads)
+        it = iter(torch.autograd.grad(losses.sum(), outputs, allow_unused=True, retain_graph=check))
         contribs: list[tuple[list[Tensor], Factor]] = []
         for u in units:
             for c in u.calls:
                 c.grads = [g if g is not None else torch.zeros_like(o) for o, g in zip(c.outputs, it)]
                 contribs.append(([p for _, p in u.params], u.rule.factor(u.module, c, u.params, self.n)))
                 c.args, c.kwargs, c.outputs, c.grads = (), {}, [], []
+        if not contribs:
+            raise ConfigError("model", type(self.root.model).__name__, "a loss that depends on a trainable parameter")
         self.blocks = self._blocks(contribs)
         if check:
-            self._self_check(wanted, list(it))
+            params = list({id(p): p for u in units for _, p in u.params}.values())
+            weights = torch.rand(self.n, generator=torch.Generator().manual_seed(0), dtype=losses.dtype).to(
+                losses.device) + 0.5
+            reference = torch.autograd.grad((weights * losses).sum(), params, allow_unused=True)
+            self._self_check(params, weights, reference)
 
     def _blocks(self, contribs: list[tuple[list[Tensor], Factor]]) -> list[tuple[list[Tensor], Factor]]:
         """Contributions grouped into blocks of parameters that no contribution splits, summed per sample."""
@@ -328,10 +181,11 @@ class HookFactors(PerSampleGradients):
         for group in groups.values():
             (ps, f) = group[0]
             same = all([id(p) for p in q] == [id(p) for p in ps] for q, _ in group)
+            outer = [g for _, g in group if isinstance(g, OuterFactor)]
             if len(group) == 1:
                 blocks.append((ps, f))
-            elif same and all(isinstance(g, OuterFactor) and g.layout == f.layout for _, g in group):
-                blocks.append((ps, OuterFactor.cat([g for _, g in group])))
+            elif same and len(outer) == len(group) and len({g.layout for g in outer}) == 1:
+                blocks.append((ps, OuterFactor.cat(outer)))
             else:
                 blocks.append(self._summed_rows(group))
         return blocks
@@ -351,10 +205,12 @@ class HookFactors(PerSampleGradients):
                 i += p.numel()
         return params, RowsFactor(rows)
 
-    def _self_check(self, params: list[Tensor], reference: list[Tensor | None]) -> None:
-        """‖Σ_i ∇_p ℓ_i − ∇_p Σ_i ℓ_i‖ ≤ rtol·‖∇_p Σ ℓ‖ + 100·eps·‖∇_w Σ ℓ‖ for every parameter p (the
-        absolute floor covers parameters whose gradient vanishes, e.g. the key bias of attention)."""
-        summed = self.vjp(torch.ones(self.n, dtype=self.dtype, device=self.device))
+    def _self_check(self, params: list[Tensor], weights: Tensor, reference: tuple[Tensor | None, ...]) -> None:
+        """Jᵀu against autograd's ∇_w Σ_i u_i ℓ_i for random weights u_i ∈ [0.5, 1.5), parameter by parameter:
+        ‖error‖ ≤ rtol·‖∇_p‖ + 100·eps·‖∇_w‖ (the absolute floor covers parameters whose gradient vanishes,
+        e.g. the key bias of attention). Random weights, not u = 1, so that gradients attributed to the wrong
+        sample are caught too (a sum over all samples cannot see them)."""
+        summed = self.vjp(weights.to(self.dtype))
         refs = [torch.zeros(p.numel(), dtype=self.dtype, device=self.device) if r is None
                 else r.reshape(-1).to(self.dtype) for p, r in zip(params, reference)]
         rtol = 1e-8 if self.dtype == torch.float64 else 1e-3
@@ -364,9 +220,9 @@ class HookFactors(PerSampleGradients):
             err = float((summed[o:o + k] - ref).norm())
             if not err <= rtol * float(ref.norm()) + floor:
                 raise ConfigError("model", f"parameter {self._names.get(id(p), '?')}",
-                                  f"per-sample gradients summing to autograd's gradient (error {err:.2e}, gradient "
-                                  f"norm {float(ref.norm()):.2e}): samples interact, or the batch is not on axis 0 "
-                                  "of every layer input")
+                                  f"per-sample gradients whose weighted sum is autograd's gradient (error {err:.2e}, "
+                                  f"gradient norm {float(ref.norm()):.2e}): samples interact, the batch is not on "
+                                  "axis 0 of every layer input, or a parameter is used outside its module")
 
     # -- the products ------------------------------------------------------------------------
 
@@ -374,14 +230,14 @@ class HookFactors(PerSampleGradients):
         return [self._offset[id(p)] for p in ps]
 
     def gram(self) -> Tensor:
-        out = torch.zeros(self.n, self.n, dtype=self.dtype, device=self.device)
-        for _, f in self.blocks:
+        out = self.blocks[0][1].gram()
+        for _, f in self.blocks[1:]:
             out += f.gram()
         return out
 
     def sq_norms(self) -> Tensor:
-        out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        for _, f in self.blocks:
+        out = self.blocks[0][1].sq_norms()
+        for _, f in self.blocks[1:]:
             out += f.sq_norms()
         return out
 
@@ -414,8 +270,8 @@ class JacobianFactors(HookFactors):
     """J materialised by ``torch.func.vmap(grad)`` over the whole model (one unit): any layer, N·P memory."""
 
     def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any, chunk_size: int | None = None,
-                 forward: Forward | None = None, check: bool = False) -> None:
-        super().__init__(model, loss_fn, x, y, forward, chunk_size, check, consumers=frozenset({""}))
+                 forward: Forward | None = None, check: bool = False, params: Selection | None = None) -> None:
+        super().__init__(model, loss_fn, x, y, forward, chunk_size, check, consumers=frozenset({""}), params=params)
 
 
 def supports_hooks(model: nn.Module) -> bool:
@@ -431,13 +287,15 @@ def supports_hooks(model: nn.Module) -> bool:
 
 def per_sample_gradients(model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any,
                          method: Literal["auto", "hooks", "func"] = "auto", chunk_size: int | None = None,
-                         forward: Forward | None = None, check: bool = False) -> PerSampleGradients:
+                         forward: Forward | None = None, check: bool = False,
+                         params: Selection | None = None) -> PerSampleGradients:
     """Per-sample gradients of ``loss_fn(model_output(forward(model, x)), y)`` (shape (N,)) at the model's
     current weights.
 
     ``method``: "hooks" or "auto" (layer rules, per-module vmap fallback; :class:`HookFactors`), "func"
     (vmap(grad) over the whole model, J stored; :class:`JacobianFactors`). ``chunk_size`` bounds the
-    memory of vmap. ``check``: verify that the per-sample gradients sum to autograd's gradient.
+    memory of vmap. ``check``: verify that Jᵀu is autograd's gradient of Σ_i u_i ℓ_i (random u). ``params``:
+    a subset of the trainable parameters (:func:`select_parameters`); J then has only their columns.
     """
     check_choice("method", method, ("auto", "hooks", "func"))
     check_choice("check", check, (True, False))
@@ -445,8 +303,8 @@ def per_sample_gradients(model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: An
         raise ConfigError("x, y", (tuple(x.shape), tuple(y.shape)), "the same number N >= 1 of samples")
     if chunk_size is not None:
         check_int("chunk_size", chunk_size, lo=1)
-    _check_finite("x", x)
-    _check_finite("y", y)
+    check_finite("x", x)
+    check_finite("y", y)
     if method == "func":
-        return JacobianFactors(model, loss_fn, x, y, chunk_size, forward, check)
-    return HookFactors(model, loss_fn, x, y, forward, chunk_size, check)
+        return JacobianFactors(model, loss_fn, x, y, chunk_size, forward, check, params)
+    return HookFactors(model, loss_fn, x, y, forward, chunk_size, check, params=params)

@@ -38,6 +38,11 @@ class Call:
     positions: list[int]
     grads: list[Tensor] = field(default_factory=list)
 
+    @property
+    def input(self) -> Tensor:
+        """The first argument, positional or keyword (the input of a single-input layer)."""
+        return self.args[0] if self.args else next(iter(self.kwargs.values()))
+
 
 def accumulation_dtype(t: Tensor) -> torch.dtype:
     """float32 for 16-bit floats (autocast activations), else the tensor's own floating dtype."""
@@ -51,8 +56,8 @@ def batch_leading(call: Call, t: Tensor, n: int) -> Tensor:
         return t.detach().expand(n, *t.shape[1:])
     if t.dim() == 0 or t.shape[0] != n:
         raise ConfigError(call.name, f"input of shape {tuple(t.shape)}",
-                          f"inputs with the batch of N = {n} on axis 0 (transpose a sequence-first model to "
-                          "batch-first; nn.MultiheadAttention with batch_first=False is handled)")
+                          f"inputs with the batch of N = {n} on axis 0 (make the model batch-first, or use "
+                          "method='func'; nn.MultiheadAttention with batch_first=False is handled)")
     return t.detach()
 
 

@@ -43,7 +43,7 @@ class ConvRule(Rule):
     def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> RowsFactor:
         g = call.grads[0]
         dtype = accumulation_dtype(g)
-        x, g = batch_leading(call, call.args[0], n).to(dtype), g.to(dtype)
+        x, g = batch_leading(call, call.input, n).to(dtype), g.to(dtype)
         rows = []
         for name, _ in params:
             rows.append(per_sample_conv_weight(module, x, g).reshape(n, -1) if name == "weight"

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.probes.factors import RowsFactor
@@ -65,7 +66,7 @@ class VmapRule(Rule):
         kw_axes = {k: axes(k, a) for k, a in call.kwargs.items()}
         out_axes = [self.output_axis(module, p, o, n) for p, o in zip(call.positions, call.outputs)]
         for o, ax in zip(call.outputs, out_axes):
-            if o.shape[ax] != n:
+            if o.dim() <= ax or o.shape[ax] != n:
                 raise ConfigError(call.name, f"output of shape {tuple(o.shape)}",
                                   f"outputs with the batch of N = {n} on axis {ax}")
 
@@ -82,8 +83,11 @@ class VmapRule(Rule):
             return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, a)
 
         grads = [g.to(o.dtype) for g, o in zip(call.grads, call.outputs)]
-        per = vmap(grad(inner), in_dims=(None, arg_axes, kw_axes, out_axes), chunk_size=self.chunk_size)(
-            {name: p.detach() for name, p in params}, detach(call.args), detach(call.kwargs), grads)
+        # no_grad: children's own parameters (constants here) build no outer graph; grad() ignores it.
+        # The math attention kernel: fused kernels have no vmap batching rule.
+        with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
+            per = vmap(grad(inner), in_dims=(None, arg_axes, kw_axes, out_axes), chunk_size=self.chunk_size)(
+                {name: p.detach() for name, p in params}, detach(call.args), detach(call.kwargs), grads)
         rows = torch.cat([per[name].reshape(n, -1) for name, _ in params], 1)
         return RowsFactor(rows.to(accumulation_dtype(rows)))
 

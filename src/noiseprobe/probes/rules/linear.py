@@ -39,7 +39,7 @@ class LinearRule(Rule):
     def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> OuterFactor:
         g = call.grads[0]
         dtype = accumulation_dtype(g)
-        a = _tokens(call, call.args[0], n, call.args[0].shape[-1]).to(dtype)
+        a = _tokens(call, call.input, n, call.input.shape[-1]).to(dtype)
         ids = {id(p) for _, p in params}
         has_w, has_b = id(module.weight) in ids, module.bias is not None and id(module.bias) in ids
         right = torch.cat(([a] if has_w else []) + ([a.new_ones(*a.shape[:2], 1)] if has_b else []), 2)
@@ -71,7 +71,7 @@ class EmbeddingRule(Rule):
 
     def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> OuterFactor:
         g = call.grads[0]
-        ids = _tokens(call, call.args[0], n, None)
+        ids = _tokens(call, call.input, n, None).long()  # int32 ids too
         right = _tokens(call, g, n, g.shape[-1]).to(accumulation_dtype(g))
         if module.padding_idx is not None:
             right = right * (ids != module.padding_idx)[..., None]

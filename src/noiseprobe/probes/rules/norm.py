@@ -43,7 +43,7 @@ def _affine_rows(params: Named, xhat: Tensor, g: Tensor, channels_last: bool, si
 def _inputs(call: Call, n: int) -> tuple[Tensor, Tensor]:
     g = call.grads[0]
     dtype = accumulation_dtype(g)
-    return batch_leading(call, call.args[0], n).to(dtype), g.to(dtype)
+    return batch_leading(call, call.input, n).to(dtype), g.to(dtype)
 
 
 class LayerNormRule(Rule):
