@@ -129,3 +129,14 @@ def test_diagonal_estimate_unbiased_with_honest_se() -> None:
     assert ((ratio > 0.6) & (ratio < 1.5)).all(), ratio
     exact = diagonal(torch.diag(torch.arange(1.0, 6.0, dtype=torch.float64)), 3)
     torch.testing.assert_close(exact.value, torch.arange(1.0, 6.0, dtype=torch.float64))  # diagonal A: no variance
+
+
+def test_lanczos_fills_the_space() -> None:
+    """tol = 0: single-vector Lanczos runs until the Krylov space is all of R^P (exact, converged); a block
+    that no longer fits stops it with converged False."""
+    a = _sym(10, 8, decay=1.0, negative=True)
+    res = lanczos(a, 3, tol=0.0)
+    assert res.converged and res.matvecs == 10
+    torch.testing.assert_close(res.eigenvalues, torch.linalg.eigvalsh(a).flip(0)[:3], rtol=1e-10, atol=1e-12)
+    res = lanczos(a, 3, tol=0.0, block=3)
+    assert not res.converged and res.matvecs == 9

@@ -94,8 +94,9 @@ def lanczos(op: Operator, k: int, *, warm_start: Eigenpairs | Tensor | None = No
     the first block already holds nearly converged Ritz vectors. ``block`` (default: the number of warm
     vectors, else 1) is the number of products per Lanczos step.
     Stops when every requested Ritz value has ``errors ≤ tol · max|θ|`` over the requested ones (see
-    :class:`Eigenpairs`) and the Krylov space has at least ``min_dim`` dimensions, after ``max_matvecs`` products (default min(P, 500); ``converged`` is then
-    False), or when the Krylov space fills R^P (exact).
+    :class:`Eigenpairs`) and the Krylov space has at least ``min_dim`` dimensions; or after ``max_matvecs``
+    products (default min(P, 500)) or when the next block would not fit in R^P, with ``converged`` False
+    unless the tolerance was met (the Ritz values are exact once the space is all of R^P).
     Memory: the Krylov basis, P × (products used).
 
     ``min_dim`` (default k + 2 cold, k + 7 warm) guards against misconvergence: a residual bound only says
@@ -147,9 +148,9 @@ def lanczos(op: Operator, k: int, *, warm_start: Eigenpairs | Tensor | None = No
         if last is not None and len(last) == len(sel):
             err = torch.maximum(err, (theta[sel] - last).abs())
         last = theta[sel]
-        full = m + b > p  # the next block would not fit in R^P: the Ritz values are exact
-        converged = m >= k and (full or (m >= min_dim and bool((err <= tol * theta[sel].abs().max()).all())))
-        if converged or full or used + b > max_matvecs:
+        exact = m >= p  # the Krylov space is all of R^P
+        converged = m >= k and (exact or (m >= min_dim and bool((err <= tol * theta[sel].abs().max()).all())))
+        if converged or m + b > p or used + b > max_matvecs:
             if m < k:
                 raise ConfigError("max_matvecs", max_matvecs, f"enough products for k = {k} Ritz pairs (block {b})")
             vecs = qs @ s[:, sel].to(device=op.device, dtype=op.torch_dtype)
