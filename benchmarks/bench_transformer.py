@@ -26,6 +26,7 @@ import math
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -80,7 +81,6 @@ def _model(cfg: GPTConfig, cls: type[GPT] = GPT) -> GPT:
 
 def _computations(model: GPT, ids: Tensor, y: Tensor) -> dict:
     """The timed computations, each a closure over the model and the batch."""
-    from opacus import GradSampleModule
     from torch.func import functional_call, grad, vmap
 
     def fwd_bwd() -> None:
@@ -101,6 +101,19 @@ def _computations(model: GPT, ids: Tensor, y: Tensor) -> dict:
         g = vmap(grad(loss_i), in_dims=(None, 0, 0))(params, ids, y)
         sum((v.reshape(v.shape[0], -1) ** 2).sum(1) for v in g.values())
 
+    return {"fwd_bwd": fwd_bwd, "trace_top10": trace_top10, "vmap_grad": func_grads, "opacus": _opacus(model, ids, y)}
+
+
+def _opacus(model: GPT, ids: Tensor, y: Tensor) -> Callable[[], None]:
+    """Opacus per-sample gradients reduced to squared norms; without Opacus, a closure that raises."""
+    try:
+        from opacus import GradSampleModule
+    except ImportError as err:  # optional: pip install opacus
+        missing = err
+
+        def unavailable() -> None:
+            raise missing
+        return unavailable
     opacus_model = OpacusGPT(model.cfg)
     opacus_model.load_state_dict(model.state_dict())
     with warnings.catch_warnings():
@@ -113,8 +126,7 @@ def _computations(model: GPT, ids: Tensor, y: Tensor) -> dict:
             warnings.simplefilter("ignore")
             token_ce(gsm(ids), y).sum().backward()
         sum((p.grad_sample.reshape(p.grad_sample.shape[0], -1) ** 2).sum(1) for p in opacus_model.parameters())
-
-    return {"fwd_bwd": fwd_bwd, "trace_top10": trace_top10, "vmap_grad": func_grads, "opacus": opacus_grads}
+    return opacus_grads
 
 
 def peak_memory(name: str, quick: bool) -> dict:
