@@ -35,7 +35,7 @@ H and G are products only; use :mod:`noiseprobe.probes.linalg` for their traces,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -53,68 +53,18 @@ from noiseprobe.probes.persample import (
     Forward,
     PerSampleGradients,
     PerSampleLoss,
+    Selection,
     default_forward,
+    select_parameters,
 )
 
-#: a parameter subset: a parameter name, a module name (all parameters under it), a module or a parameter
-ParamSpec = str | nn.Module | Tensor
 
-
-def select_params(model: nn.Module, params: ParamSpec | Sequence[ParamSpec] | None = None) -> list[tuple[str, Tensor]]:
-    """The (name, parameter) pairs an operator acts on, in ``model.named_parameters()`` order (tied
-    parameters once, under their first name).
-
-    ``params``: None (every trainable parameter), or one or several of: a parameter name
-    (``"blocks.0.attn.q.weight"``), a module name (``"blocks.0"``: every parameter under it), an
-    ``nn.Module`` of the model or one of its parameters. Selected parameters must be trainable.
-    """
-    named: list[tuple[str, Tensor]] = list(model.named_parameters())
-    if params is None:
-        chosen = [(n, p) for n, p in named if p.requires_grad]
-        if not chosen:
-            raise ConfigError("model", type(model).__name__, "a model with at least one trainable parameter")
-        return chosen
-    specs = [params] if isinstance(params, (str, nn.Module, Tensor)) else list(params)
-    modules = dict(model.named_modules())
-    by_name = dict(named)
-    ids: set[int] = set()
-    for spec in specs:
-        found: list[Tensor]
-        if isinstance(spec, str) and spec in by_name:
-            found = [by_name[spec]]
-        elif isinstance(spec, str) and spec in modules and spec:
-            found = list(modules[spec].parameters())
-        elif isinstance(spec, nn.Module) and any(spec is m for m in modules.values()):
-            found = list(spec.parameters())
-        elif isinstance(spec, Tensor) and any(spec is p for _, p in named):
-            found = [spec]
-        else:
-            raise ConfigError("params", spec if isinstance(spec, str) else type(spec).__name__,
-                              "a parameter name, a submodule name, a submodule or a parameter of the model")
-        if not found:
-            raise ConfigError("params", spec if isinstance(spec, str) else type(spec).__name__,
-                              "a module with parameters")
-        ids.update(id(p) for p in found)
-    chosen = [(n, p) for n, p in named if id(p) in ids]
-    frozen = [n for n, p in chosen if not p.requires_grad]
-    if frozen:
-        raise ConfigError("params", frozen[0], "trainable parameters (requires_grad=True)")
-    return chosen
-
-
-@contextmanager
-def trainable_only(model: nn.Module, chosen: Iterable[Tensor]) -> Iterator[None]:
-    """Within the block only the ``chosen`` parameters have requires_grad (restored afterwards), so that
-    code taking "the model's trainable parameters" (per-sample gradients) sees exactly the subset."""
-    keep = {id(p) for p in chosen}
-    saved = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in saved:
-            p.requires_grad_(id(p) in keep)
-        yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
+def select_params(model: nn.Module, params: Selection | None = None) -> list[tuple[str, Tensor]]:
+    """The (name, parameter) pairs an operator acts on: :func:`~noiseprobe.probes.persample.select_parameters`
+    (all trainable parameters, or a subset: parameter or module names, modules, parameters) in
+    ``model.named_parameters()`` order, each under its first name (a tied parameter appears once)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [(names[id(p)], p) for p in select_parameters(model, params)]
 
 
 class ParamOperator(LinearOperator):
@@ -126,7 +76,8 @@ class ParamOperator(LinearOperator):
         self.device, self.torch_dtype = device, dtype
         self.matvecs = 0
         p = sum(int(np.prod(s)) for s in shapes)
-        super().__init__(dtype=torch.empty(0, dtype=dtype).numpy().dtype, shape=(p, p))
+        np_dtype = np.float32 if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype  # NumPy has no bf16
+        super().__init__(dtype=np_dtype, shape=(p, p))
 
     @property
     def num_params(self) -> int:
@@ -150,7 +101,7 @@ class ParamOperator(LinearOperator):
         return super().dot(x)
 
     def _matmat(self, x: np.ndarray) -> np.ndarray:
-        return self.mv(torch.as_tensor(np.asarray(x))).cpu().numpy()
+        return self.mv(torch.as_tensor(np.asarray(x))).cpu().to(torch.from_numpy(np.zeros(0, self.dtype)).dtype).numpy()
 
     def _matvec(self, x: np.ndarray) -> np.ndarray:
         return self._matmat(np.asarray(x).reshape(-1, 1)).reshape(np.shape(x))
@@ -263,13 +214,12 @@ class NoiseCovariance(_GramOperator):
 
     @classmethod
     def from_model(cls, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Tensor, *, batch_size: int = 1,
-                   replacement: bool = True, params: ParamSpec | Sequence[ParamSpec] | None = None,
+                   replacement: bool = True, params: Selection | None = None,
                    **kwargs: Any) -> NoiseCovariance:
         """C over ``params`` (see :func:`select_params`); other keyword arguments go to :class:`GradientNoise`."""
-        chosen = select_params(model, params)
-        with trainable_only(model, (p for _, p in chosen)):
-            noise = GradientNoise(model, loss_fn, x, y, batch_size=batch_size, replacement=replacement, **kwargs)
-        return cls(noise, chosen)
+        noise = GradientNoise(model, loss_fn, x, y, batch_size=batch_size, replacement=replacement, params=params,
+                              **kwargs)
+        return cls(noise, select_params(model, params))
 
     def _mm(self, v: Tensor) -> Tensor:
         return self.noise.matvec(v)
@@ -292,12 +242,9 @@ class EmpiricalFisher(_GramOperator):
 
     @classmethod
     def from_model(cls, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Tensor, *,
-                   params: ParamSpec | Sequence[ParamSpec] | None = None, **kwargs: Any) -> EmpiricalFisher:
+                   params: Selection | None = None, **kwargs: Any) -> EmpiricalFisher:
         """F over ``params`` (see :func:`select_params`); other keyword arguments go to :class:`GradientNoise`."""
-        chosen = select_params(model, params)
-        with trainable_only(model, (p for _, p in chosen)):
-            noise = GradientNoise(model, loss_fn, x, y, batch_size=1, **kwargs)
-        return cls(noise, chosen)
+        return cls(GradientNoise(model, loss_fn, x, y, batch_size=1, params=params, **kwargs), select_params(model, params))
 
     def _mm(self, v: Tensor) -> Tensor:
         return self.grads.vjp(self.grads.jvp(v)) / self.n
@@ -343,7 +290,7 @@ def _output_and_loss(model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any,
 class _ModelOperator(ParamOperator):
     """An operator over the chosen parameters of a model (``self.params``, in flat order)."""
 
-    def __init__(self, model: nn.Module, params: ParamSpec | Sequence[ParamSpec] | None) -> None:
+    def __init__(self, model: nn.Module, params: Selection | None) -> None:
         chosen = select_params(model, params)
         super().__init__(*_meta(chosen))
         self.params = [p for _, p in chosen]
@@ -359,7 +306,7 @@ class Hessian(_ModelOperator):
     """
 
     def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Tensor, *,
-                 params: ParamSpec | Sequence[ParamSpec] | None = None, forward: Forward | None = None) -> None:
+                 params: Selection | None = None, forward: Forward | None = None) -> None:
         super().__init__(model, params)
         with torch.enable_grad(), double_backward_attention():
             _, self.loss = _output_and_loss(model, loss_fn, x, y, forward)
@@ -381,7 +328,7 @@ class GaussNewton(_ModelOperator):
     """
 
     def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Tensor, *,
-                 params: ParamSpec | Sequence[ParamSpec] | None = None, forward: Forward | None = None) -> None:
+                 params: Selection | None = None, forward: Forward | None = None) -> None:
         super().__init__(model, params)
         with torch.enable_grad(), double_backward_attention():
             self.out, _ = _output_and_loss(model, loss_fn, x, y, forward)
