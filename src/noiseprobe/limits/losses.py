@@ -1,9 +1,14 @@
 """Example losses of paper 003 and of the reference's test problems (singular_limits.md §8, §9.7–9.8),
-and batched autodiff derivatives of any loss.
+and batched derivatives of any loss.
 
 Every loss takes ``w`` of shape (..., d) and broadcasts over the leading dims, rows independent (the
 library's derivatives differentiate the sum over rows, one backward pass per derivative direction).
 Square losses use the ½ convention, ``L = (1/(2N)) Σ_n (f(w, x_n) − y_n)²``, unless said otherwise.
+
+The bundled losses are :class:`ClosedFormLoss` objects: called, they give L; their ``derivs`` give ∇L,
+∇²L and ∇³L in closed form, which :func:`derivatives` (and so the whole of :mod:`~noiseprobe.limits.manifold`
+and :func:`~noiseprobe.limits.flow.constrained_flow`) uses instead of autograd. Any other callable
+is differentiated by autograd; the two agree to rounding (tests/limits/test_losses.py).
 """
 
 from __future__ import annotations
@@ -16,16 +21,59 @@ from torch import Tensor
 from noiseprobe.core.errors import check_choice
 
 ModelFn = Callable[[Tensor, Tensor], Tensor]
+DerivsFn = Callable[[Tensor, int], tuple[Tensor, ...]]
 
 
-def circle_loss(w: Tensor) -> Tensor:
-    """The Fig. 1–4 reproduction loss (reference §8): ``L(w) = ⅛ b(w) (|w|² − 1)²``, ``b = 1.5 + w₁``.
+class ClosedFormLoss:
+    """A loss ``L(w)`` (..., d) -> (...) with closed-form derivatives.
 
-    d = 2. Γ = {L = 0} is the unit circle; on Γ, ``∇²L = b w wᵀ`` and ``λ(θ) = ΔL|_Γ = 1.5 + cos θ``,
-    so the minimiser of ΔL on Γ is θ = π (the green circle of Fig. 2).
+    ``derivs(w, order)`` returns the first ``order`` (1–3) of ``(∇L, ∇²L, ∇³L)``, shapes (..., d),
+    (..., d, d), (..., d, d, d), without autograd.
     """
+
+    def __init__(self, value: Callable[[Tensor], Tensor], derivs: DerivsFn, doc: str) -> None:
+        self._value, self.derivs, self.__doc__ = value, derivs, doc
+
+    def __call__(self, w: Tensor) -> Tensor:
+        return self._value(w)
+
+
+def _sym3(a: Tensor, B: Tensor) -> Tensor:
+    """``a_i B_jk + a_j B_ik + a_k B_ij`` for a (..., d) and symmetric B (..., d, d)."""
+    return (a[..., :, None, None] * B[..., None, :, :] + a[..., None, :, None] * B[..., :, None, :]
+            + a[..., None, None, :] * B[..., :, :, None])
+
+
+def _circle_value(w: Tensor) -> Tensor:
     r2 = (w * w).sum(-1)
     return 0.125 * (1.5 + w[..., 0]) * (r2 - 1.0) ** 2
+
+
+def _circle_derivs(w: Tensor, order: int) -> tuple[Tensor, ...]:
+    """With ``q = |w|² − 1``, ``b = 1.5 + w₁``: ``∇L = ⅛q²e₁ + ½bq w``;
+    ``∇²L = ½q(e₁wᵀ + w e₁ᵀ) + b wwᵀ + ½bq I``; ``∇³L = sym(e₁ ⊗ (wwᵀ + ½q I)) + b sym(w ⊗ I)``."""
+    q = (w * w).sum(-1)[..., None] - 1.0                               # (..., 1)
+    b = 1.5 + w[..., :1]
+    e1 = torch.zeros_like(w)
+    e1[..., 0] = 1.0
+    out = [0.125 * q * q * e1 + 0.5 * b * q * w]
+    if order >= 2:
+        eye = torch.eye(w.shape[-1], dtype=w.dtype, device=w.device)
+        ww = w[..., :, None] * w[..., None, :]
+        cross = e1[..., :, None] * w[..., None, :]
+        out.append(0.5 * q[..., None] * (cross + cross.transpose(-1, -2)) + b[..., None] * ww
+                   + (0.5 * b * q)[..., None] * eye)
+    if order >= 3:
+        out.append(_sym3(e1, ww + 0.5 * q[..., None] * eye) + b[..., None, None] * _sym3(w, eye.expand_as(ww)))
+    return tuple(out)
+
+
+circle_loss = ClosedFormLoss(_circle_value, _circle_derivs, """The Fig. 1–4 reproduction loss (reference §8):
+``L(w) = ⅛ b(w) (|w|² − 1)²``, ``b = 1.5 + w₁``, with closed-form derivatives.
+
+d = 2. Γ = {L = 0} is the unit circle; on Γ, ``∇²L = b w wᵀ`` and ``λ(θ) = ΔL|_Γ = 1.5 + cos θ``,
+so the minimiser of ΔL on Γ is θ = π (the green circle of Fig. 2).
+""")
 
 
 def circle_angle(w: Tensor) -> Tensor:
@@ -38,19 +86,43 @@ def fig3_a(w: Tensor) -> Tensor:
     return 1.0 - 0.7 * torch.cos(2.0 * w[..., 0])
 
 
-def product_model(w: Tensor, X: Tensor) -> Tensor:
-    """``f(w, x) = w₁ w₂ x`` (label-noise example, reference §9.7). X: (N, 1) → output (..., N)."""
-    return (w[..., 0] * w[..., 1])[..., None] * X[:, 0]
+class ScaledInputModel:
+    """A model ``f(w, x) = g(w) x₁`` (scalar inputs X: (N, 1) → output (..., N)) with a closed-form
+    ``g`` and ``g_derivs(w) -> (∇g, ∇²g, ∇³g)``, so that :func:`square_loss` of it has closed-form derivatives."""
+
+    def __init__(self, g: Callable[[Tensor], Tensor], g_derivs: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]],
+                 doc: str) -> None:
+        self.g, self.g_derivs, self.__doc__ = g, g_derivs, doc
+
+    def __call__(self, w: Tensor, X: Tensor) -> Tensor:
+        return self.g(w)[..., None] * X[:, 0]
 
 
-def sum_model(w: Tensor, X: Tensor) -> Tensor:
-    """``f(w, x) = (w₁ + w₂) x`` (linear DropConnect example, reference §7.2/§9.7). Output (..., N)."""
-    return (w[..., 0] + w[..., 1])[..., None] * X[:, 0]
+def _polynomial_derivs(w: Tensor, grad: Callable[[Tensor], list[Tensor]],
+                       hess: dict[tuple[int, int], Callable[[Tensor], Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """(∇g, ∇²g, ∇³g = 0) of a quadratic g of (w₁, w₂): ``grad(w)`` the two partials, ``hess`` its constant entries."""
+    z = torch.zeros_like(w)
+    g1 = z.clone()
+    g1[..., 0], g1[..., 1] = grad(w)
+    H = z[..., None] * z[..., None, :]
+    for (i, j), v in hess.items():
+        H[..., i, j] = v(w)
+    return g1, H, H[..., None] * z[..., None, None, :]
 
 
-def parabola_model(w: Tensor, X: Tensor) -> Tensor:
-    """``f(w, x) = (w₁ + w₂²) x`` (non-quadratic DropConnect example, reference §9.7). Output (..., N)."""
-    return (w[..., 0] + w[..., 1] ** 2)[..., None] * X[:, 0]
+product_model = ScaledInputModel(
+    lambda w: w[..., 0] * w[..., 1],
+    lambda w: _polynomial_derivs(w, lambda v: [v[..., 1], v[..., 0]],
+                                 {(0, 1): lambda v: 1.0, (1, 0): lambda v: 1.0}),
+    """``f(w, x) = w₁ w₂ x`` (label-noise example, reference §9.7). X: (N, 1) → output (..., N).""")
+sum_model = ScaledInputModel(
+    lambda w: w[..., 0] + w[..., 1],
+    lambda w: _polynomial_derivs(w, lambda v: [1.0, 1.0], {}),
+    """``f(w, x) = (w₁ + w₂) x`` (linear DropConnect example, reference §7.2/§9.7). Output (..., N).""")
+parabola_model = ScaledInputModel(
+    lambda w: w[..., 0] + w[..., 1] ** 2,
+    lambda w: _polynomial_derivs(w, lambda v: [1.0, 2.0 * v[..., 1]], {(1, 1): lambda v: 2.0}),
+    """``f(w, x) = (w₁ + w₂²) x`` (non-quadratic DropConnect example, reference §9.7). Output (..., N).""")
 
 
 def linear_units(w: Tensor, X: Tensor) -> Tensor:
@@ -63,10 +135,24 @@ def linear_units(w: Tensor, X: Tensor) -> Tensor:
 
 
 def square_loss(model: ModelFn, X: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
-    """``L(w) = (1/(2N)) Σ_n (f(w, x_n) − y_n)²`` (½ convention, full batch) for ``model(w, X) -> (..., N)``."""
+    """``L(w) = (1/(2N)) Σ_n (f(w, x_n) − y_n)²`` (½ convention, full batch) for ``model(w, X) -> (..., N)``.
+
+    For a :class:`ScaledInputModel` (``f = g(w) x``) it is a :class:`ClosedFormLoss`: with ``A = mean x²``,
+    ``r = A g − mean(x y)``: ``∇L = r∇g``, ``∇²L = A∇g∇gᵀ + r∇²g``, ``∇³L = A sym(∇g ⊗ ∇²g) + r∇³g``.
+    """
     def loss(w: Tensor) -> Tensor:
         return 0.5 * ((model(w, X) - y) ** 2).mean(-1)
-    return loss
+    if not isinstance(model, ScaledInputModel):
+        return loss
+    A, B = (X[:, 0] ** 2).mean(), (X[:, 0] * y).mean()
+
+    def derivs(w: Tensor, order: int) -> tuple[Tensor, ...]:
+        g1, g2, g3 = model.g_derivs(w)
+        r = (A * model.g(w) - B)[..., None]
+        out = [r * g1, A * g1[..., :, None] * g1[..., None, :] + r[..., None] * g2,
+               A * _sym3(g1, g2) + r[..., None, None] * g3]
+        return tuple(out[:order])
+    return ClosedFormLoss(loss, derivs, f"square loss (½ convention) of {model.__doc__}")
 
 
 # ------------------------------------------------------------------------------ batched derivatives
@@ -84,15 +170,20 @@ def vjp_sum(y: Tensor, x: Tensor, create_graph: bool = False) -> Tensor:
 
 
 def gradient(loss: Callable[[Tensor], Tensor], w: Tensor) -> Tensor:
-    """∇L(w), shape (..., d)."""
+    """∇L(w), shape (..., d) (closed form for a :class:`ClosedFormLoss`)."""
+    if isinstance(loss, ClosedFormLoss):
+        return loss.derivs(torch.as_tensor(w, dtype=torch.float64), 1)[0]
     x = leaf(w)
     return vjp_sum(loss(x), x).detach()
 
 
 def derivatives(loss: Callable[[Tensor], Tensor], w: Tensor, order: int = 2) -> tuple[Tensor, ...]:
-    """``(∇L, ∇²L)`` (order 2) or ``(∇L, ∇²L, ∇³L)`` (order 3) at w from one forward pass, shapes (..., d),
-    (..., d, d), (..., d, d, d); d backward passes for ∇²L and d(d+1)/2 more for ``T_ijk = ∂_i∂_j∂_k L``."""
+    """``(∇L, ∇²L)`` (order 2) or ``(∇L, ∇²L, ∇³L)`` (order 3) at w, shapes (..., d), (..., d, d),
+    (..., d, d, d): closed form for a :class:`ClosedFormLoss`, else by autograd from one forward pass
+    (d backward passes for ∇²L and d(d+1)/2 more for ``T_ijk = ∂_i∂_j∂_k L``)."""
     check_choice("order", order, (2, 3))
+    if isinstance(loss, ClosedFormLoss):
+        return loss.derivs(torch.as_tensor(w, dtype=torch.float64), order)
     x = leaf(w)
     d = x.shape[-1]
     g = vjp_sum(loss(x), x, create_graph=True)
