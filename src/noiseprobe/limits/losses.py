@@ -28,14 +28,25 @@ class ClosedFormLoss:
     """A loss ``L(w)`` (..., d) -> (...) with closed-form derivatives.
 
     ``derivs(w, order)`` returns the first ``order`` (1–3) of ``(∇L, ∇²L, ∇³L)``, shapes (..., d),
-    (..., d, d), (..., d, d, d), without autograd.
+    (..., d, d), (..., d, d, d), without autograd. It remembers its last evaluation: asked again for the
+    same, unmodified tensor (``is`` and the same in-place version) and no higher order, it returns it,
+    so that the tangent projector and ∇Reg at one point of a flow share one evaluation.
     """
 
     def __init__(self, value: Callable[[Tensor], Tensor], derivs: DerivsFn, doc: str) -> None:
-        self._value, self.derivs, self.__doc__ = value, derivs, doc
+        self._value, self._derivs, self.__doc__ = value, derivs, doc
+        self._last: tuple[Tensor, int, tuple[Tensor, ...]] | None = None
 
     def __call__(self, w: Tensor) -> Tensor:
         return self._value(w)
+
+    def derivs(self, w: Tensor, order: int) -> tuple[Tensor, ...]:
+        last = self._last
+        if last is not None and last[0] is w and last[1] == w._version and len(last[2]) >= order:
+            return last[2][:order]
+        out = self._derivs(w, order)
+        self._last = (w, w._version, out)
+        return out
 
 
 def _sym3(a: Tensor, B: Tensor) -> Tensor:
@@ -51,21 +62,29 @@ def _circle_value(w: Tensor) -> Tensor:
 
 def _circle_derivs(w: Tensor, order: int) -> tuple[Tensor, ...]:
     """With ``q = |w|² − 1``, ``b = 1.5 + w₁``: ``∇L = ⅛q²e₁ + ½bq w``;
-    ``∇²L = ½q(e₁wᵀ + w e₁ᵀ) + b wwᵀ + ½bq I``; ``∇³L = sym(e₁ ⊗ (wwᵀ + ½q I)) + b sym(w ⊗ I)``."""
-    q = (w * w).sum(-1)[..., None] - 1.0                               # (..., 1)
-    b = 1.5 + w[..., :1]
-    e1 = torch.zeros_like(w)
-    e1[..., 0] = 1.0
-    out = [0.125 * q * q * e1 + 0.5 * b * q * w]
-    if order >= 2:
-        eye = torch.eye(w.shape[-1], dtype=w.dtype, device=w.device)
-        ww = w[..., :, None] * w[..., None, :]
-        cross = e1[..., :, None] * w[..., None, :]
-        out.append(0.5 * q[..., None] * (cross + cross.transpose(-1, -2)) + b[..., None] * ww
-                   + (0.5 * b * q)[..., None] * eye)
-    if order >= 3:
-        out.append(_sym3(e1, ww + 0.5 * q[..., None] * eye) + b[..., None, None] * _sym3(w, eye.expand_as(ww)))
-    return tuple(out)
+    ``∇²L = ½q(e₁wᵀ + w e₁ᵀ) + b wwᵀ + ½bq I``; ``∇³L = sym(e₁ ⊗ (wwᵀ + ½q I)) + b sym(w ⊗ I)``
+    (sym: the sum over the three placements of the vector's index)."""
+    q = (w * w).sum(-1, keepdim=True) - 1.0                           # (..., 1)
+    b = w[..., :1] + 1.5
+    g = (0.5 * b * q) * w
+    g[..., :1] += 0.125 * q * q
+    if order == 1:
+        return (g,)
+    ww = w[..., :, None] * w[..., None, :]
+    H = b[..., None] * ww
+    H.diagonal(dim1=-2, dim2=-1).add_(0.5 * b * q)
+    half_qw = 0.5 * q * w
+    H[..., 0, :] += half_qw
+    H[..., :, 0] += half_qw
+    if order == 2:
+        return g, H
+    M = ww.clone()
+    M.diagonal(dim1=-2, dim2=-1).add_(0.5 * q)
+    T = b[..., None, None] * _sym3(w, torch.eye(w.shape[-1], dtype=w.dtype, device=w.device).expand_as(ww))
+    T[..., 0, :, :] += M
+    T[..., :, 0, :] += M
+    T[..., :, :, 0] += M
+    return g, H, T
 
 
 circle_loss = ClosedFormLoss(_circle_value, _circle_derivs, """The Fig. 1–4 reproduction loss (reference §8):
