@@ -105,43 +105,33 @@ def fig3_a(w: Tensor) -> Tensor:
     return 1.0 - 0.7 * torch.cos(2.0 * w[..., 0])
 
 
-class ScaledInputModel:
-    """A model ``f(w, x) = g(w) x₁`` (scalar inputs X: (N, 1) → output (..., N)) with a closed-form
-    ``g`` and ``g_derivs(w) -> (∇g, ∇²g, ∇³g)``, so that :func:`square_loss` of it has closed-form derivatives."""
+class QuadraticModel:
+    """A model ``f(w, x) = g(w) x₁`` (scalar inputs X: (N, 1) → output (..., N)) whose ``g`` is a quadratic
+    in the first k coordinates of w, ``g = c·w + ½ wᵀQw`` (c (k,), Q (k, k) symmetric), so that
+    :func:`square_loss` of it has closed-form derivatives (∇g = c + Qw, ∇²g = Q, ∇³g = 0).
+    ``g(w)`` itself is evaluated by the given expression."""
 
-    def __init__(self, g: Callable[[Tensor], Tensor], g_derivs: Callable[[Tensor], tuple[Tensor, Tensor, Tensor]],
-                 doc: str) -> None:
-        self.g, self.g_derivs, self.__doc__ = g, g_derivs, doc
+    def __init__(self, g: Callable[[Tensor], Tensor], c: list[float], Q: list[list[float]], doc: str) -> None:
+        self.g, self.__doc__ = g, doc
+        self.c, self.Q = torch.tensor(c, dtype=torch.float64), torch.tensor(Q, dtype=torch.float64)
 
     def __call__(self, w: Tensor, X: Tensor) -> Tensor:
         return self.g(w)[..., None] * X[:, 0]
 
-
-def _polynomial_derivs(w: Tensor, grad: Callable[[Tensor], list[Tensor]],
-                       hess: dict[tuple[int, int], Callable[[Tensor], Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
-    """(∇g, ∇²g, ∇³g = 0) of a quadratic g of (w₁, w₂): ``grad(w)`` the two partials, ``hess`` its constant entries."""
-    z = torch.zeros_like(w)
-    g1 = z.clone()
-    g1[..., 0], g1[..., 1] = grad(w)
-    H = z[..., None] * z[..., None, :]
-    for (i, j), v in hess.items():
-        H[..., i, j] = v(w)
-    return g1, H, H[..., None] * z[..., None, None, :]
+    def g_derivs(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """(∇g (..., d), ∇²g (d, d)), zero beyond the first k coordinates."""
+        k, d = self.c.shape[0], w.shape[-1]
+        c = torch.nn.functional.pad(self.c, (0, d - k)).to(w)
+        Q = torch.nn.functional.pad(self.Q, (0, d - k, 0, d - k)).to(w)
+        return c + w @ Q, Q
 
 
-product_model = ScaledInputModel(
-    lambda w: w[..., 0] * w[..., 1],
-    lambda w: _polynomial_derivs(w, lambda v: [v[..., 1], v[..., 0]],
-                                 {(0, 1): lambda v: 1.0, (1, 0): lambda v: 1.0}),
-    """``f(w, x) = w₁ w₂ x`` (label-noise example, reference §9.7). X: (N, 1) → output (..., N).""")
-sum_model = ScaledInputModel(
-    lambda w: w[..., 0] + w[..., 1],
-    lambda w: _polynomial_derivs(w, lambda v: [1.0, 1.0], {}),
-    """``f(w, x) = (w₁ + w₂) x`` (linear DropConnect example, reference §7.2/§9.7). Output (..., N).""")
-parabola_model = ScaledInputModel(
-    lambda w: w[..., 0] + w[..., 1] ** 2,
-    lambda w: _polynomial_derivs(w, lambda v: [1.0, 2.0 * v[..., 1]], {(1, 1): lambda v: 2.0}),
-    """``f(w, x) = (w₁ + w₂²) x`` (non-quadratic DropConnect example, reference §9.7). Output (..., N).""")
+product_model = QuadraticModel(lambda w: w[..., 0] * w[..., 1], [0.0, 0.0], [[0.0, 1.0], [1.0, 0.0]],
+                               """``f(w, x) = w₁ w₂ x`` (label-noise example, reference §9.7). X: (N, 1) → output (..., N).""")
+sum_model = QuadraticModel(lambda w: w[..., 0] + w[..., 1], [1.0, 1.0], [[0.0, 0.0], [0.0, 0.0]],
+                           """``f(w, x) = (w₁ + w₂) x`` (linear DropConnect example, reference §7.2/§9.7). Output (..., N).""")
+parabola_model = QuadraticModel(lambda w: w[..., 0] + w[..., 1] ** 2, [1.0, 0.0], [[0.0, 0.0], [0.0, 2.0]],
+                                """``f(w, x) = (w₁ + w₂²) x`` (non-quadratic DropConnect example, reference §9.7). Output (..., N).""")
 
 
 def linear_units(w: Tensor, X: Tensor) -> Tensor:
@@ -156,21 +146,24 @@ def linear_units(w: Tensor, X: Tensor) -> Tensor:
 def square_loss(model: ModelFn, X: Tensor, y: Tensor) -> Callable[[Tensor], Tensor]:
     """``L(w) = (1/(2N)) Σ_n (f(w, x_n) − y_n)²`` (½ convention, full batch) for ``model(w, X) -> (..., N)``.
 
-    For a :class:`ScaledInputModel` (``f = g(w) x``) it is a :class:`ClosedFormLoss`: with ``A = mean x²``,
-    ``r = A g − mean(x y)``: ``∇L = r∇g``, ``∇²L = A∇g∇gᵀ + r∇²g``, ``∇³L = A sym(∇g ⊗ ∇²g) + r∇³g``.
+    For a :class:`QuadraticModel` (``f = g(w) x``) it is a :class:`ClosedFormLoss`: with ``A = mean x²``,
+    ``r = A g − mean(x y)``: ``∇L = r∇g``, ``∇²L = A∇g∇gᵀ + r∇²g``, ``∇³L = A sym(∇g ⊗ ∇²g)`` (∇³g = 0).
     """
     def loss(w: Tensor) -> Tensor:
         return 0.5 * ((model(w, X) - y) ** 2).mean(-1)
-    if not isinstance(model, ScaledInputModel):
+    if not isinstance(model, QuadraticModel):
         return loss
     A, B = (X[:, 0] ** 2).mean(), (X[:, 0] * y).mean()
 
     def derivs(w: Tensor, order: int) -> tuple[Tensor, ...]:
-        g1, g2, g3 = model.g_derivs(w)
+        g1, g2 = model.g_derivs(w)
         r = (A * model.g(w) - B)[..., None]
-        out = [r * g1, A * g1[..., :, None] * g1[..., None, :] + r[..., None] * g2,
-               A * _sym3(g1, g2) + r[..., None, None] * g3]
-        return tuple(out[:order])
+        out = [r * g1]
+        if order >= 2:
+            out.append(A * g1[..., :, None] * g1[..., None, :] + r[..., None] * g2)
+        if order >= 3:
+            out.append(A * _sym3(g1, g2.expand_as(out[1])))
+        return tuple(out)
     return ClosedFormLoss(loss, derivs, f"square loss (½ convention) of {model.__doc__}")
 
 
