@@ -114,15 +114,19 @@ class QuadraticModel:
     def __init__(self, g: Callable[[Tensor], Tensor], c: list[float], Q: list[list[float]], doc: str) -> None:
         self.g, self.__doc__ = g, doc
         self.c, self.Q = torch.tensor(c, dtype=torch.float64), torch.tensor(Q, dtype=torch.float64)
+        self._padded: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def __call__(self, w: Tensor, X: Tensor) -> Tensor:
         return self.g(w)[..., None] * X[:, 0]
 
     def g_derivs(self, w: Tensor) -> tuple[Tensor, Tensor]:
         """(∇g (..., d), ∇²g (d, d)), zero beyond the first k coordinates."""
-        k, d = self.c.shape[0], w.shape[-1]
-        c = torch.nn.functional.pad(self.c, (0, d - k)).to(w)
-        Q = torch.nn.functional.pad(self.Q, (0, d - k, 0, d - k)).to(w)
+        key = (w.shape[-1], w.dtype, w.device)
+        if key not in self._padded:
+            k, d = self.c.shape[0], w.shape[-1]
+            self._padded[key] = (torch.nn.functional.pad(self.c, (0, d - k)).to(w),
+                                 torch.nn.functional.pad(self.Q, (0, d - k, 0, d - k)).to(w))
+        c, Q = self._padded[key]
         return c + w @ Q, Q
 
 

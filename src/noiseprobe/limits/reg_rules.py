@@ -74,11 +74,11 @@ def dropconnect_nonlocal(loss: ClosedFormLoss) -> RegRule:
         d = w.shape[-1]
         eye = torch.eye(d, dtype=w.dtype, device=w.device)
         dropped = w[..., None, :] * (1.0 - eye)                        # row i: w with w_i = 0
-        g, *rest = loss.derivs(w, 2 if with_grad else 1)
+        g_drop = loss.derivs(dropped, 1)[0] * (1.0 - eye) if with_grad else None   # ∂_k L(w − w_i e_i), i ≠ k
+        g, *rest = loss.derivs(w, 2 if with_grad else 1)              # last: P at w reuses ∇²L
         reg = (loss(dropped) - loss(w)[..., None]).sum(-1) + (w * g).sum(-1)
-        if not with_grad:
+        if g_drop is None:
             return reg, None
-        g_drop = loss.derivs(dropped, 1)[0] * (1.0 - eye)             # ∂_k L(w − w_i e_i), i ≠ k
         return reg, g_drop.sum(-2) + (1 - d) * g + (rest[0] @ w[..., None])[..., 0]
     return rule
 
