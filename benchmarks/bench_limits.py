@@ -129,11 +129,11 @@ def _reg_rows(quick: bool) -> list[dict]:
         units = _units(width, inputs)
         cases = {f"Gaussian DropConnect on all weights (m = d = {d})": noises.dropconnect(loss, d, sigma=0.1),
                  f"dropout on {width} hidden units (m = {width})": noises.dropout(units, X, y, d, width, sigma=0.1)}
-        t_base = _best_of(lambda: grad(loss)(w), budget)
-        t_hvp = _best_of(lambda: jvp(grad(loss), (w,), (w,))[1], budget)
+        t_base = _best_of(lambda L=loss, v=w: grad(L)(v), budget)
+        t_hvp = _best_of(lambda L=loss, v=w: jvp(grad(L), (v,), (v,))[1], budget)
         for label, noise in cases.items():
             for what, fn in (("Reg(w)", regulariser), ("∇Reg(w)", grad_regulariser)):
-                t = _best_of(lambda n=noise, f=fn: f(n, w), budget)
+                t = _best_of(lambda n=noise, f=fn, v=w: f(n, v), budget)
                 rows.append({"name": f"{what}, exact, MLP {inputs}-{width}-1 (d = {d}), {label}",
                              "baseline": f"one loss + gradient evaluation ({samples} samples)",
                              "measured": t * 1e3, "baseline_value": t_base * 1e3, "ratio": t / t_base, "unit": "ms",
@@ -209,8 +209,8 @@ def _flow_rows(quick: bool) -> list[dict]:
         plain = noises.Noise(noise.name, noise.loss_hat, lambda v, L=noise.loss: L(v), noise.eta_dim, noise.C,
                              noise.sample, noise.regime, noise.doc, noise.d, noise.sigma)   # autograd, no rule
 
-        def run(n: int, nz: noises.Noise = noise) -> torch.Tensor:
-            return constrained_flow(nz, w0, 0.1 * n, 2, dt=0.1)[1]
+        def run(n: int, nz: noises.Noise = noise, v: torch.Tensor = w0) -> torch.Tensor:
+            return constrained_flow(nz, v, 0.1 * n, 2, dt=0.1)[1]
         t_fast = _per_step(run, n0, n1, repeats)
         t_ref = _per_step(lambda n, p=plain: run(n, p), n0, n1, repeats)
         _, W = constrained_flow(noise, w0, 0.1 * n1, n1 + 1, dt=0.1)

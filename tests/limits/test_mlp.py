@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -27,7 +29,7 @@ def test_forward_matches_torch_nn(sizes: tuple[int, ...], activation: str, bias:
     w = torch.randn(loss.d, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     act = {"tanh": nn.Tanh, "relu": nn.ReLU, "linear": nn.Identity}[activation]
     mods: list[nn.Module] = []
-    for (W, b), (i, o) in zip(loss.layers(w), zip(sizes[:-1], sizes[1:])):
+    for (W, b), (i, o) in zip(loss.layers(w), itertools.pairwise(sizes)):
         lin = nn.Linear(i, o, bias=bias, dtype=torch.float64)
         with torch.no_grad():
             lin.weight.copy_(W)

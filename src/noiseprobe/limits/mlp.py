@@ -77,7 +77,9 @@ class MLPLoss:
 
     def _forward(self, w: Tensor) -> tuple[list[Tensor], list[tuple[Tensor, Tensor, Tensor]], Tensor]:
         """Layer inputs a_0 … a_{L−1} (..., N, h), (φ, φ', φ'') of the hidden pre-activations, output (..., N, C)."""
-        a, inputs, acts = self.X, [], []
+        a = self.X
+        inputs: list[Tensor] = []
+        acts: list[tuple[Tensor, Tensor, Tensor]] = []
         layers = self.layers(w)
         for k, (W, b) in enumerate(layers):
             inputs.append(a)

@@ -29,8 +29,8 @@ from torch import Tensor
 
 from noiseprobe.core.errors import ConfigError, check_choice, check_int, check_real
 from noiseprobe.limits import reg_rules
-from noiseprobe.limits.reg_rules import RegRule
 from noiseprobe.limits.losses import ClosedFormLoss, ModelFn, circle_loss, fig3_a, square_loss
+from noiseprobe.limits.reg_rules import RegRule
 
 LossFn = Callable[[Tensor], Tensor]
 LossHatFn = Callable[[Tensor, Tensor], Tensor]
@@ -267,8 +267,8 @@ def dropconnect(loss: LossFn, d: int, kind: str = "gaussian", p: float | None = 
     sample, sigma, regime = _mask_law(kind, d, p, sigma)
     if isinstance(loss, ClosedFormLoss):
         rules = {"laplacian": reg_rules.dropconnect_laplacian(loss), "nonlocal": reg_rules.dropconnect_nonlocal(loss)}
-    elif callable(getattr(loss, "hessian_diagonal", None)):
-        rules = {"laplacian": reg_rules.dropconnect_diagonal(loss.hessian_diagonal)}
+    elif callable(diagonal := getattr(loss, "hessian_diagonal", None)):
+        rules = {"laplacian": reg_rules.dropconnect_diagonal(diagonal)}
     else:
         rules = None
     return Noise(f"dropconnect_{kind}", lambda w, eta: loss(w * (1.0 + eta)), loss, d,

@@ -79,8 +79,9 @@ def grad_regulariser(noise: Noise, w: Tensor, form: str = "auto") -> Tensor:
     """∇_w Reg(w), shape (..., d), exact: the noise's rule, else autodiff."""
     w = check_params(noise, w)
     rule = _rule(noise, form)
-    if rule is not None:
-        return rule(w, True)[1]
+    grad = None if rule is None else rule(w, True)[1]
+    if grad is not None:
+        return grad
     x = leaf(w)
     return vjp_sum(_reg(noise, x, form), x).detach()
 
