@@ -142,10 +142,22 @@ class NoiseInjectionNode(nn.Module):
         shape[axis] = shift.shape[1]
         return shift.reshape(shape)
 
+    def inject(self, out: Tensor, name: str, indices: Tensor | None, fresh: torch.Generator | None = None) -> Tensor:
+        """``out + ε W_NI``: one fused ``addmm`` for a (N, d) output with the features last (an nn.Linear's),
+        else ``out`` plus :meth:`shift` broadcast."""
+        if out.dim() == 2 and self.axis % 2 == 1:
+            return torch.addmm(out, self.epsilon(tuple(out.shape), name, indices, fresh), self.weight)
+        return out + self.shift(tuple(out.shape), name, indices, fresh)
+
     def shift(self, out_shape: tuple[int, ...], name: str, indices: Tensor | None,
               fresh: torch.Generator | None = None) -> Tensor:
         """ε W_NI for a batch, broadcastable to ``out_shape``; raises ConfigError on a shape mismatch.
         With ``fresh`` a generator, ξ is a fresh draw from it whatever the mode."""
+        return self.expand(self.epsilon(out_shape, name, indices, fresh) @ self.weight, len(out_shape))
+
+    def epsilon(self, out_shape: tuple[int, ...], name: str, indices: Tensor | None,
+                fresh: torch.Generator | None = None) -> Tensor:
+        """ε = σ_ε ξ (N, k) for a batch whose output has ``out_shape`` (checked against the NIW)."""
         ndim = len(out_shape)
         if ndim < 2 or self.axis % ndim == 0:
             raise ConfigError("module", name, f"a submodule whose output has a feature axis besides the batch axis "
@@ -163,8 +175,7 @@ class NoiseInjectionNode(nn.Module):
                 raise ConfigError("sample_indices", got, f"a LongTensor of shape ({n},) set by "
                                   f"handle.set_sample_indices(idx) before each training forward ({self.spec.mode!r} mode)")
             xi = self.table[indices.to(self.table.device)]
-        eps = xi.to(self.weight.dtype) * self.sigma.to(self.weight.dtype)
-        return self.expand(eps @ self.weight, ndim)
+        return xi.to(self.weight.dtype) * self.sigma.to(self.weight.dtype)
 
 
 class NINHandle:
@@ -193,7 +204,7 @@ class NINHandle:
                 return None
             if not isinstance(out, Tensor):
                 raise ConfigError("module", name, f"a submodule whose output is one tensor (got {type(out).__name__})")
-            return out + node.shift(tuple(out.shape), name, self.indices, self._fresh)
+            return node.inject(out, name, self.indices, self._fresh)
         return hook
 
     @property
