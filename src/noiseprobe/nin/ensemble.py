@@ -107,11 +107,11 @@ class MLPEnsemble:
         for m, (w, b) in enumerate(zip(self.weights, self.biases)):
             if h.dim() == 2:
                 wide = w.transpose(0, 1).reshape(w.shape[1], -1)    # a view for the first layer (wide_layout)
-                z = (h @ wide).reshape(h.shape[0], self.k, -1).transpose(0, 1) + b.unsqueeze(1)
+                z = torch.addmm(b.reshape(-1), h, wide).view(h.shape[0], self.k, -1).transpose(0, 1)
             else:
                 z = torch.baddbmm(b.unsqueeze(1), h, w)
-            if m == self.nin_layer and xi is not None:
-                z = z + (self.sigma[:, None] * xi).unsqueeze(-1) * self.niw.unsqueeze(1)  # z + W_NI ε
+            if m == self.nin_layer and xi is not None:                 # z + W_NI ε, one pass
+                z = torch.addcmul(z, (self.sigma[:, None] * xi).unsqueeze(-1), self.niw.unsqueeze(1))
             if keep:
                 zs.append(z)
             h = torch.relu(z) if m < last else z
