@@ -101,9 +101,9 @@ def regulariser_estimate(noise: Noise, w: Tensor, n_probes: int, generator: np.r
     w = check_params(noise, w)
     R = covariance_root(noise.C)
     z = torch.from_numpy(2.0 * generator.integers(0, 2, size=(n, *w.shape[:-1], R.shape[1])) - 1.0)
-    u = z @ R.T
+    u = (z @ R.T).to(w.device)
     x = leaf(w.expand(n, *w.shape).contiguous())
-    eta = leaf(torch.zeros(*x.shape[:-1], noise.eta_dim))
+    eta = leaf(torch.zeros(*x.shape[:-1], noise.eta_dim, dtype=x.dtype, device=x.device))
     g = vjp_sum(noise.loss_hat(x, eta), eta, create_graph=True)
     s = 0.5 * (u * vjp_sum((g * u).sum(-1), eta, create_graph=with_grad)).sum(-1)       # (n, ...)
     out = (s.detach().mean(0), s.detach().std(0) / n**0.5)
