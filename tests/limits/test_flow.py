@@ -164,3 +164,37 @@ def test_dropout_two_unit_network_equalises_products() -> None:
     c1 = W[:, 0] * W[:, 2]
     assert torch.allclose(c1[[1, 4, 12]], torch.tensor([0.789, 0.555, 0.500], dtype=torch.float64), atol=1e-3)
     assert torch.allclose(W[:, 0] ** 2 - W[:, 2] ** 2, torch.full((13,), 1.89, dtype=torch.float64), atol=1e-9)
+
+
+def _flow_cases() -> list[tuple[N.Noise, list[float], list[list[float]]]]:
+    """Noises on closed-form losses, w0, and W at t = 1, 2 from the implementation before closed forms
+    (autograd derivatives, η-autodiff regulariser; commit 43283e1)."""
+    para = Ls.square_loss(Ls.parabola_model, X1, Y1)
+    return [
+        (N.perturbed(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]]), [0.0, 1.5],
+         [[-0.5253702222401742, 0.8508737447960841], [-0.6408595101825959, 0.7676581844861183]]),
+        (N.fig3_nondegenerate(), [1.2, 0.5],
+         [[0.7220771605996026, 0.6918125281753839], [0.3138054361011953, 0.9494873081159859]]),
+        (N.dropconnect(para, 2, kind="bernoulli", p=0.01), [0.96, 0.2],
+         [[0.7293430692863547, 0.5202469901053207], [0.5705133322068326, 0.6553523234056375]]),
+        (N.dropconnect(para, 2, sigma=0.1), [0.96, 0.2],
+         [[0.8377468027098418, 0.4028066500073686], [0.8045366038246111, 0.4421124248145361]]),
+        (N.perturbed(Ls.circle_loss, 3), [0.3, 1.2, -0.4],
+         [[-0.2679630519934426, 0.9139891807290301, -0.30466306024301015],
+          [-0.6496355023266686, 0.7212325163947471, -0.24041083879824915]]),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_closed_form_flow_keeps_the_previous_trajectories(case: int) -> None:
+    """The closed-form path (derivatives and exact regulariser rules) gives the previous implementation's
+    trajectory, and the autograd path (plain-function loss, no rule) today's, both to 1e-10."""
+    noise, w0, expected = _flow_cases()[case]
+    w0 = torch.tensor(w0, dtype=torch.float64)
+    _, W = F.constrained_flow(noise, w0, 2.0, 3)
+    assert torch.allclose(W[1:], torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-10)
+    plain = N.Noise(noise.name, noise.loss_hat, lambda v: noise.loss(v), noise.eta_dim, noise.C, noise.sample,
+                    noise.regime, noise.doc, noise.d, noise.sigma)
+    assert not isinstance(plain.loss, Ls.ClosedFormLoss) and plain.reg_rules is None
+    _, W_auto = F.constrained_flow(plain, w0, 2.0, 3)
+    assert torch.allclose(W, W_auto, rtol=0, atol=1e-10)

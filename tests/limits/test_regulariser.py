@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 
@@ -14,6 +15,7 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.limits import losses as Ls
 from noiseprobe.limits import noises as N
 from noiseprobe.limits import regulariser as R
+from noiseprobe.limits.mlp import MLPLoss
 
 X1 = torch.ones(1, 1, dtype=torch.float64)
 Y1 = torch.ones(1, dtype=torch.float64)
@@ -184,3 +186,72 @@ def test_invalid_form_raises() -> None:
                  lambda: R.excess_loss(N.fig3_nondegenerate(), three, sigma=0.1, n_samples=10, generator=np.random.default_rng(0))):
         with pytest.raises(ConfigError, match=r"w = \(4, 3\).*d = 2"):
             call()
+
+
+def _dense(noise: N.Noise) -> N.Noise:
+    """The same noise without its exact rules: Reg by autodiff in η (one backward pass per coordinate)."""
+    return dataclasses.replace(noise, reg_rules=None)
+
+
+def _rule_cases() -> dict[str, tuple[N.Noise, torch.Tensor]]:
+    X = torch.tensor([[1.0], [2.0], [-0.5]], dtype=torch.float64)
+    y = torch.tensor([1.0, 0.3, 2.0], dtype=torch.float64)
+    w2 = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    w3 = torch.randn(2, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    w4 = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    mlp = MLPLoss((3, 4, 2), torch.randn(9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)),
+                  torch.randn(9, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4)), bias=True)
+    deep = MLPLoss((2, 3, 3, 1), X.repeat(1, 2), y, activation="tanh")
+    w_mlp = torch.randn(3, mlp.d, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    w_deep = torch.randn(2, deep.d, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    return {
+        "perturbed": (N.perturbed(Ls.circle_loss, 3), w3),
+        "perturbed_corr": (N.perturbed(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]]), w2),
+        "dropconnect_gauss_circle": (N.dropconnect(Ls.circle_loss, 3, sigma=0.1), w3),
+        "dropconnect_bern_parabola": (N.dropconnect(Ls.square_loss(Ls.parabola_model, X, y), 2, p=0.1,
+                                                    kind="bernoulli"), w2),
+        "dropconnect_bern_product": (N.dropconnect(Ls.square_loss(Ls.product_model, X, y), 2, p=0.1,
+                                                   kind="bernoulli"), w2),
+        "dropconnect_mlp": (N.dropconnect(mlp, mlp.d, sigma=0.1), w_mlp),
+        "dropconnect_deep_mlp": (N.dropconnect(deep, deep.d, sigma=0.1), w_deep),
+        "dropout": (N.dropout(Ls.linear_units, X, y, d=4, n_units=2, kind="bernoulli", p=0.1), w4),
+        "fig3_top": (N.fig3_nondegenerate(), w2),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(_rule_cases()))
+def test_exact_rules_match_the_dense_eta_autodiff(case: str) -> None:
+    """Every exact rule (both forms where it has them) against the η-autodiff path at small size."""
+    noise, w = _rule_cases()[case]
+    assert noise.reg_rules
+    for form in noise.reg_rules:
+        for fn in (R.regulariser, R.grad_regulariser):
+            exact, dense = fn(noise, w, form), fn(_dense(noise), w, form)
+            assert exact.shape == dense.shape
+            assert torch.allclose(exact, dense, rtol=1e-11, atol=1e-12), (case, form, fn.__name__)
+
+
+def test_hutchinson_estimate_is_unbiased_and_its_standard_error_is_right() -> None:
+    """DropConnect on an MLP 3-4-2 (d = 26): 300 independent 8-probe estimates of Reg and ∇Reg. Their mean is
+    within 4 SE of the exact value, and the mean reported SE² matches the spread of the estimates."""
+    mlp = MLPLoss((3, 4, 2), torch.randn(9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)),
+                  torch.randn(9, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4)), bias=True)
+    noise = N.dropconnect(mlp, mlp.d, sigma=0.1)
+    w = torch.randn(mlp.d, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    reg, grad = R.regulariser(noise, w), R.grad_regulariser(noise, w)
+    rng = np.random.default_rng(11)
+    reps = 300
+    draws = [R.regulariser_estimate(noise, w, 8, rng, with_grad=True) for _ in range(reps)]
+    est, se, gest, gse = (torch.stack([d[k] for d in draws]) for k in range(4))
+    assert abs(float(est.mean() - reg)) < 4 * float(est.std()) / reps**0.5
+    assert (gest.mean(0) - grad).abs().max() < 4 * float((gest.std(0) / reps**0.5).max())
+    assert 0.75 < float((se**2).mean() / est.var()) < 1.33
+    assert float(se.mean() / reg) > 0.01                       # the estimate is noisy here: the check has teeth
+    ratio = (gse**2).mean(0) / gest.var(0)
+    assert 0.7 < float(ratio.median()) < 1.4
+
+
+def test_estimate_validates_probes() -> None:
+    with pytest.raises(ConfigError):
+        R.regulariser_estimate(N.fig3_nondegenerate(), torch.zeros(2, dtype=torch.float64), 1,
+                               np.random.default_rng(0))

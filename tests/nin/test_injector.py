@@ -244,3 +244,32 @@ def test_handle_to_moves_state_and_keeps_the_parameters():
     assert niw.dtype == torch.float64  # created like the module's parameters
     h.to(torch.float32)
     assert h.niws[0] is niw and niw.dtype == torch.float32
+
+
+def test_in_place_injection_keeps_gradients_and_earlier_hooks_outputs():
+    """On an nn.Linear whose first forward hook is the NIN's, the NIN adds into the layer's output in place;
+    otherwise out of place. Either way the loss and every gradient equal the explicit z + εW_NI
+    computation, and a forward hook registered before the NIN still holds the clean z."""
+    x, idx = torch.randn(6, 5), torch.tensor([3, 0, 9, 3, 1, 7])
+    for earlier_hook in (False, True):
+        model, seen = mlp(), []
+        if earlier_hook:
+            model[0].register_forward_hook(lambda _m, _a, out, seen=seen: seen.append(out))
+        h = attach_nins(model, NINSpec("0", sigma=0.7, mode="fixed"), n_train=10, generator=gen())
+        h.set_sample_indices(idx)
+        hook = list(model[0]._forward_hooks.values())[-1]
+        with h.clean():
+            z = model[0](x)
+        assert h._owns_output(model[0], hook, z) == (not earlier_hook)
+        params = list(model.parameters()) + h.niws
+        loss = model(x).square().sum()
+        grads = torch.autograd.grad(loss, params)
+        ref_params = [p.detach().clone().requires_grad_(True) for p in params]
+        w1, b1, w2, b2, niw = ref_params
+        eps = 0.7 * h.nodes[0].table[idx]
+        ref = (torch.relu(x @ w1.T + b1 + eps @ niw) @ w2.T + b2).square().sum()
+        torch.testing.assert_close(loss, ref)
+        for g, r in zip(grads, torch.autograd.grad(ref, ref_params)):
+            torch.testing.assert_close(g, r)
+        if earlier_hook:                                                 # its z is the clean one
+            torch.testing.assert_close(seen[-1].detach(), x @ w1.detach().T + b1.detach())

@@ -25,7 +25,7 @@ from noiseprobe.core.errors import ConfigError, NumericalError
 from noiseprobe.core.validation import check_int, check_real
 from noiseprobe.core.seeding import ReplicaStreams
 from noiseprobe.limits.manifold import (codimension, geometry, limit_map, newton_project, noise_jacobian,
-                                        phi_second_derivative)
+                                        phi_second_derivative, tangent_projector)
 from noiseprobe.limits.noises import Noise, check_params, covariance_root
 from noiseprobe.limits.regulariser import grad_regulariser
 
@@ -66,8 +66,8 @@ def constrained_flow(noise: Noise, w0: Tensor, t_end: float, n_points: int, *, f
     keep = set(record.tolist())
 
     def velocity(x: Tensor) -> Tensor:
-        P = geometry(noise.loss, x, c, third=False).P
-        return -(P @ grad_regulariser(noise, x, form)[..., None])[..., 0]
+        grad_reg = grad_regulariser(noise, x, form)   # first: a closed-form loss then reuses ∇²L for P
+        return -(tangent_projector(noise.loss, x, c) @ grad_reg[..., None])[..., 0]
 
     out = [W]
     for k in range(1, n_steps + 1):

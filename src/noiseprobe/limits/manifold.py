@@ -80,9 +80,38 @@ class Geometry(NamedTuple):
 
 
 def _finite_rows(w: Tensor) -> tuple[Tensor, Tensor]:
-    """Rows of w with non-finite entries replaced by 0 (so eigh never sees NaN), and the finite mask."""
+    """Rows of w with non-finite entries replaced by 0 (so eigh never sees NaN; w itself when all rows are
+    finite), and the finite mask."""
     ok = torch.isfinite(w).all(-1)
-    return torch.where(ok[..., None], w, torch.zeros_like(w)), ok
+    return (w if bool(ok.all()) else torch.where(ok[..., None], w, torch.zeros_like(w))), ok
+
+
+def _nan_rows(x: Tensor, ok: Tensor) -> Tensor:
+    """x with the rows (leading dims of ``ok``) where ``ok`` is False set to NaN."""
+    if bool(ok.all()):
+        return x
+    return x.masked_fill(~ok.reshape(*ok.shape, *([1] * (x.dim() - ok.dim()))), math.nan)
+
+
+def _spectrum(loss: LossFn, w: Tensor, order: int) -> tuple[tuple[Tensor, ...], Tensor, Tensor, Tensor]:
+    """Derivatives of L up to ``order`` and the eigen-decomposition (ascending) of ∇²L at the finite rows
+    of w (zeros elsewhere), with the finite-row mask."""
+    safe, ok = _finite_rows(w)
+    derivs = derivatives(loss, safe, order)
+    lam, V = torch.linalg.eigh(derivs[1])
+    return derivs, lam, V, ok
+
+
+def _projector(V: Tensor, tangent: int) -> Tensor:
+    """``P = V_T V_Tᵀ`` on the first ``tangent`` eigenvectors."""
+    Vt = V[..., :tangent]
+    return Vt @ Vt.transpose(-1, -2)
+
+
+def _pinv(lam: Tensor, V: Tensor, tangent: int) -> Tensor:
+    """``H^† = V_N diag(1/λ_N) V_Nᵀ`` on the eigenvectors after the first ``tangent``."""
+    Vn = V[..., tangent:]
+    return (Vn / lam[..., None, tangent:]) @ Vn.transpose(-1, -2)
 
 
 def geometry(loss: LossFn, w: Tensor, codim: int, third: bool = True) -> Geometry:
@@ -90,20 +119,12 @@ def geometry(loss: LossFn, w: Tensor, codim: int, third: bool = True) -> Geometr
     w = _as_w(w)
     d = w.shape[-1]
     c = check_int("codim", codim, lo=0, hi=d)
-    safe, ok = _finite_rows(w)
-    derivs = derivatives(loss, safe, 3 if third else 2)
-    lam, V = torch.linalg.eigh(derivs[1])
+    derivs, lam, V, ok = _spectrum(loss, w, 3 if third else 2)
     normal = torch.zeros(d, dtype=torch.float64)
     normal[d - c:] = 1.0
-    P = (V * (1.0 - normal)) @ V.transpose(-1, -2)
-    inv = torch.where(normal.bool(), 1.0 / torch.where(normal.bool(), lam, torch.ones_like(lam)), 0.0)
-    H_pinv = (V * inv[..., None, :]) @ V.transpose(-1, -2)
-    T = derivs[2] if third else None
-    bad = ~ok
-
-    def nan(x: Tensor) -> Tensor:
-        return x.masked_fill(bad.reshape(*bad.shape, *([1] * (x.dim() - bad.dim()))), math.nan)
-    return Geometry(nan(derivs[0]), nan(lam), nan(V), normal, nan(P), nan(H_pinv), None if T is None else nan(T))
+    return Geometry(_nan_rows(derivs[0], ok), _nan_rows(lam, ok), _nan_rows(V, ok), normal,
+                    _nan_rows(_projector(V, d - c), ok), _nan_rows(_pinv(lam, V, d - c), ok),
+                    _nan_rows(derivs[2], ok) if third else None)
 
 
 def _codim(loss: LossFn, w: Tensor, codim: int | None) -> int:
@@ -111,12 +132,14 @@ def _codim(loss: LossFn, w: Tensor, codim: int | None) -> int:
 
 
 def tangent_projector(loss: LossFn, w: Tensor, codim: int | None = None) -> Tensor:
-    """``P = P_{T_wΓ}`` (= ∂Φ on Γ, §3.1), shape (..., d, d): projector onto the kernel of ∇²L(w) on Γ.
+    """``P = P_{T_wΓ}`` (= ∂Φ on Γ, §3.1), shape (..., d, d): projector onto the kernel of ∇²L(w) on Γ
+    (the span of the d − codim lowest eigenvectors of ∇²L).
 
     w should lie on Γ; ``codim=None`` estimates the codimension there.
     """
     w = _as_w(w)
-    return geometry(loss, w, _codim(loss, w, codim), third=False).P
+    _, _, V, ok = _spectrum(loss, w, 2)
+    return _nan_rows(_projector(V, w.shape[-1] - _codim(loss, w, codim)), ok)
 
 
 def contract3(T: Tensor, S: Tensor) -> Tensor:
@@ -229,12 +252,13 @@ def newton_project(loss: LossFn, w: Tensor, codim: int, *, tol: float = 1e-12, m
     retraction that keeps integrators on Γ. Rows that fail to reach ``|∇L| ≤ tol`` become NaN."""
     w = _as_w(w)
     check_real("tol", tol, lo=0.0, lo_open=True)
+    tangent = w.shape[-1] - check_int("codim", codim, lo=0, hi=w.shape[-1])
     g = gradient(loss, w)
     for _ in range(check_int("max_iter", max_iter, lo=1)):
         if not bool((g.norm(dim=-1) > tol).any()):
             return w
-        geo = geometry(loss, w, codim, third=False)
-        w = w - (geo.H_pinv @ geo.grad[..., None])[..., 0]
+        derivs, lam, V, ok = _spectrum(loss, w, 2)
+        w = w - _nan_rows((_pinv(lam, V, tangent) @ derivs[0][..., None])[..., 0], ok)
         g = gradient(loss, w)
     return w.masked_fill(~(g.norm(dim=-1) <= tol * 1e3)[..., None], math.nan)
 

@@ -20,8 +20,8 @@ with a NumPy Generator (one per replica), so NGD results depend only on (seed, r
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -30,7 +30,9 @@ from torch import Tensor
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.linalg import psd_factor
 from noiseprobe.core.validation import check_array, check_choice, check_int, check_matrix, check_real
-from noiseprobe.limits.losses import ModelFn, circle_loss, fig3_a, product_model, square_loss
+from noiseprobe.limits import reg_rules
+from noiseprobe.limits.losses import ClosedFormLoss, ModelFn, circle_loss, fig3_a, product_model, square_loss
+from noiseprobe.limits.reg_rules import RegRule
 from noiseprobe.probes.covariance import batch_factor
 
 LossFn = Callable[[Tensor], Tensor]
@@ -51,7 +53,10 @@ class Noise:
     of i.i.d. noise, e.g. C̃ = I, or ½·ones for Fig. 4 right); sample: ``sample(n, generator, sigma=None)
     -> (n, m)`` draws of η (``sigma=None``: the noise's own ``sigma``); regime: one of :data:`REGIMES`;
     doc: L̂, regulariser and regime in words; d: number of parameters; sigma: the noise's natural level
-    when its law fixes one (Bernoulli ``σ² = p/(1−p)``, minibatch, SGLD), else None.
+    when its law fixes one (Bernoulli ``σ² = p/(1−p)``, minibatch, SGLD), else None; reg_rules: exact
+    regularisers by form (``"laplacian"``, ``"nonlocal"``) from the structure of L̂
+    (:mod:`~noiseprobe.limits.reg_rules`), used by :mod:`~noiseprobe.limits.regulariser` instead of
+    autodiff in η where present.
     """
 
     name: str
@@ -64,6 +69,7 @@ class Noise:
     doc: str
     d: int
     sigma: float | None = None
+    reg_rules: Mapping[str, RegRule] | None = field(default=None, compare=False, repr=False)
 
     @property
     def clock(self) -> str:
@@ -167,8 +173,9 @@ def perturbed(loss: LossFn, d: int, *, C: Tensor | np.ndarray | None = None, sig
     """
     d = _dim("d", d)
     c = _covariance(C, d)
+    rules = {"laplacian": reg_rules.perturbed(loss, c)} if isinstance(loss, ClosedFormLoss) else None
     return Noise("perturbed", lambda w, eta: loss(w + eta), loss, d, c, _gaussian_sampler(c, sigma), "A",
-                 "L̂(w,η) = L(w+η) (Example 1.2); Reg = ½ tr(C̃ ∇²L); Theorem A, t = ασ²k", d, sigma)
+                 "L̂(w,η) = L(w+η) (Example 1.2); Reg = ½ tr(C̃ ∇²L); Theorem A, t = ασ²k", d, sigma, rules)
 
 
 def anti_pgd(loss: LossFn, d: int, *, sigma: float | None = None) -> Noise:
@@ -267,14 +274,23 @@ def dropconnect(loss: LossFn, d: int, *, kind: str = "gaussian", p: float | None
     ``kind="bernoulli"``: weight i dropped with probability p, survivors rescaled by 1/(1−p)
     (σ² = p/(1−p)); Theorem A clock with the non-local ``Reg_B(w) = Σ_i [L(w − w_i e_i) − L(w) + w_i ∂_i L(w)]``
     (on Γ: the loss with weight i dropped alone, summed over i).
+    Exact rules (:mod:`~noiseprobe.limits.reg_rules`) replace the d backward passes of autodiff in η when
+    the loss is a :class:`~noiseprobe.limits.losses.ClosedFormLoss` (both forms) or has an exact
+    ``hessian_diagonal(w)`` such as :class:`~noiseprobe.limits.mlp.MLPLoss` (Laplacian form).
     """
     d = _dim("d", d)
     sample, sigma, regime = _mask_law(kind, d, p, sigma)
+    if isinstance(loss, ClosedFormLoss):
+        rules = {"laplacian": reg_rules.dropconnect_laplacian(loss), "nonlocal": reg_rules.dropconnect_nonlocal(loss)}
+    elif callable(diagonal := getattr(loss, "hessian_diagonal", None)):
+        rules = {"laplacian": reg_rules.dropconnect_diagonal(diagonal)}
+    else:
+        rules = None
     return Noise(f"dropconnect_{kind}", lambda w, eta: loss(w * (1.0 + eta)), loss, d,
                  torch.eye(d, dtype=torch.float64), sample, regime,
                  f"{kind} DropConnect: L̂ = L(w⊙(1+η)); " + ("non-local Reg_B (§7.2), t = ασ²k, σ² = p/(1−p)"
                                                              if regime == "nonlocal" else
-                                                             "Reg = ½Σ w_i²∂_iiL; Theorem A, t = ασ²k"), d, sigma)
+                                                             "Reg = ½Σ w_i²∂_iiL; Theorem A, t = ασ²k"), d, sigma, rules)
 
 
 def dropout(unit_outputs: Callable[[Tensor, Tensor], Tensor], X: Tensor, y: Tensor, *, d: int, n_units: int,
@@ -293,10 +309,11 @@ def dropout(unit_outputs: Callable[[Tensor, Tensor], Tensor], X: Tensor, y: Tens
     def loss_hat(w: Tensor, eta: Tensor) -> Tensor:
         f = (unit_outputs(w, X) * (1.0 + eta)[..., None, :]).sum(-1)
         return 0.5 * ((f - y) ** 2).mean(-1)
+    rule = reg_rules.by_autograd(lambda w: 0.5 * (unit_outputs(w, X) ** 2).sum(-1).mean(-1))
     return Noise(f"dropout_{kind}", loss_hat, lambda w: 0.5 * ((unit_outputs(w, X).sum(-1) - y) ** 2).mean(-1),
                  J, torch.eye(J, dtype=torch.float64), sample, regime,
                  f"{kind} Dropout (§7.3): L̂ = (1/2N)Σ(Σ_j(1+η_j)u_nj − y)²; Reg = (1/2N)ΣΣu_nj² (exact); "
-                 "Theorem A, t = ασ²k", d, sigma)
+                 "Theorem A, t = ασ²k", d, sigma, {"laplacian": rule, "nonlocal": rule})
 
 
 def fig3_nondegenerate(loss: LossFn = circle_loss, d: int = 2, *, sigma: float | None = 0.1) -> Noise:
@@ -310,7 +327,7 @@ def fig3_nondegenerate(loss: LossFn = circle_loss, d: int = 2, *, sigma: float |
     return Noise("fig3_nondegenerate", lambda w, eta: loss(w) + 0.5 * fig3_a(w) * eta[..., 0] ** 2, loss, 1, c,
                  _gaussian_sampler(c, sigma), "A",
                  "Fig. 3 top: L̂ = L + ½a(w)η²; Reg = a/2 (caption's '2a' is a typo); Theorem A, t = ασ²k",
-                 _dim("d", d), sigma)
+                 _dim("d", d), sigma, {"laplacian": reg_rules.fig3_top})
 
 
 def fig3_degenerate(loss: LossFn = circle_loss, d: int = 2, *, sigma: float | None = 0.1) -> Noise:

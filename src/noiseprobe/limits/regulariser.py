@@ -12,6 +12,12 @@
 ``form="auto"`` picks the form that drives the dynamics: ``"nonlocal"`` for noises of regime
 ``"nonlocal"`` (Bernoulli masks), ``"laplacian"`` otherwise. All functions take w of shape (..., d)
 and return (...) or (..., d).
+
+Where the noise carries an exact rule for the form (``Noise.reg_rules``, :mod:`~noiseprobe.limits.reg_rules`:
+closed-form losses, DropConnect's w²-weighted Hessian diagonal, Dropout, Fig. 3) :func:`regulariser` and
+:func:`grad_regulariser` use it (and so does :func:`~noiseprobe.limits.flow.constrained_flow`); otherwise
+they differentiate L̂ in η, one backward pass per column of ``C̃^{1/2}``. For large noise dimensions
+without a rule, :func:`regulariser_estimate` is an unbiased Hutchinson estimate with its standard error.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from torch import Tensor
 from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.limits.losses import fig3_a, leaf, vjp_sum
 from noiseprobe.limits.noises import Noise, check_params, covariance_root
+from noiseprobe.limits.reg_rules import RegRule
 
 FORMS = ("auto", "laplacian", "nonlocal")
 
@@ -57,15 +64,53 @@ def _reg(noise: Noise, x: Tensor, form: str) -> Tensor:
     return (_nonlocal if _form(noise, form) == "nonlocal" else _laplacian)(noise, x)
 
 
+def _rule(noise: Noise, form: str) -> RegRule | None:
+    return (noise.reg_rules or {}).get(_form(noise, form))
+
+
 def regulariser(noise: Noise, w: Tensor, form: str = "auto") -> Tensor:
-    """Reg(w), shape (...): Laplacian ``½ tr(C̃ ∇²_η L̂(w,0))`` (Thm A) or non-local Reg_B (§7.2)."""
-    return _reg(noise, leaf(check_params(noise, w)), form).detach()
+    """Reg(w), shape (...): Laplacian ``½ tr(C̃ ∇²_η L̂(w,0))`` (Thm A) or non-local Reg_B (§7.2), exact."""
+    w = check_params(noise, w)
+    rule = _rule(noise, form)
+    return rule(w, False)[0] if rule is not None else _reg(noise, leaf(w), form).detach()
 
 
 def grad_regulariser(noise: Noise, w: Tensor, form: str = "auto") -> Tensor:
-    """∇_w Reg(w), shape (..., d), by autodiff."""
-    x = leaf(check_params(noise, w))
+    """∇_w Reg(w), shape (..., d), exact: the noise's rule, else autodiff."""
+    w = check_params(noise, w)
+    rule = _rule(noise, form)
+    grad = None if rule is None else rule(w, True)[1]
+    if grad is not None:
+        return grad
+    x = leaf(w)
     return vjp_sum(_reg(noise, x, form), x).detach()
+
+
+def regulariser_estimate(noise: Noise, w: Tensor, n_probes: int, generator: np.random.Generator, *,
+                         with_grad: bool = False) -> tuple[Tensor, ...]:
+    """Unbiased Hutchinson estimate of the Laplacian ``Reg = ½ tr(C̃ ∇²_η L̂(w,0))`` and its standard error.
+
+    Probes ``u = R z`` (``R Rᵀ = C̃``, z Rademacher) give ``s = ½ uᵀ ∇²_η L̂(w,0) u`` with ``E s = Reg``
+    (exact on the diagonal of ``Rᵀ∇²_ηL̂R``, so the variance is ``½ Σ_{i≠j}`` of its squared off-diagonal
+    entries); ``∇_w s`` (u fixed) is unbiased for ∇Reg. For DropConnect ``∇²_η L̂ = D_w ∇²L D_w``: the
+    w²-weighted Hessian diagonal. All ``n_probes`` probes run as one batch: a forward pass and two backward
+    passes (three with the gradient), whatever the noise dimension. Returns ``(Reg, SE)`` (...) each, and with
+    ``with_grad`` also ``(∇Reg, SE)`` (..., d) each; SE = sample sd over probes / √n_probes.
+    """
+    n = check_int("n_probes", n_probes, lo=2)
+    w = check_params(noise, w)
+    R = covariance_root(noise.C)
+    z = torch.from_numpy(2.0 * generator.integers(0, 2, size=(n, *w.shape[:-1], R.shape[1])) - 1.0)
+    u = (z @ R.T).to(w.device)
+    x = leaf(w.expand(n, *w.shape).contiguous())
+    eta = leaf(torch.zeros(*x.shape[:-1], noise.eta_dim, dtype=x.dtype, device=x.device))
+    g = vjp_sum(noise.loss_hat(x, eta), eta, create_graph=True)
+    s = 0.5 * (u * vjp_sum((g * u).sum(-1), eta, create_graph=with_grad)).sum(-1)       # (n, ...)
+    out = (s.detach().mean(0), s.detach().std(0) / n**0.5)
+    if not with_grad:
+        return out
+    gs = vjp_sum(s, x).detach()
+    return out + (gs.mean(0), gs.std(0) / n**0.5)
 
 
 def nonlocal_regulariser(noise: Noise, w: Tensor) -> Tensor:

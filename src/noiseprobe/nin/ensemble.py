@@ -94,7 +94,8 @@ class MLPEnsemble:
         """The sub-ensemble of replicas ``keep`` (indices), as new leaf tensors."""
         take = [p.detach()[keep].clone() for p in self.parameters()]
         n = len(self.weights)
-        return MLPEnsemble(take[:n], take[n:2 * n], take[-1], self.sigma[keep].clone(), self.nin_layer)
+        return MLPEnsemble([wide_layout(take[0]), *take[1:n]], take[n:2 * n], take[-1], self.sigma[keep].clone(),
+                           self.nin_layer)
 
     def forward(self, x: torch.Tensor, xi: torch.Tensor | None = None,
                 keep: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -106,12 +107,12 @@ class MLPEnsemble:
         last = len(self.weights) - 1
         for m, (w, b) in enumerate(zip(self.weights, self.biases)):
             if h.dim() == 2:
-                wide = w.transpose(0, 1).reshape(w.shape[1], -1)
-                z = (h @ wide).reshape(h.shape[0], self.k, -1).transpose(0, 1) + b.unsqueeze(1)
+                wide = w.transpose(0, 1).reshape(w.shape[1], -1)    # a view for the first layer (wide_layout)
+                z = torch.addmm(b.reshape(-1), h, wide).view(h.shape[0], self.k, -1).transpose(0, 1)
             else:
                 z = torch.baddbmm(b.unsqueeze(1), h, w)
-            if m == self.nin_layer and xi is not None:
-                z = z + (self.sigma[:, None] * xi).unsqueeze(-1) * self.niw.unsqueeze(1)  # z + W_NI ε
+            if m == self.nin_layer and xi is not None:                 # z + W_NI ε, one pass
+                z = torch.addcmul(z, (self.sigma[:, None] * xi).unsqueeze(-1), self.niw.unsqueeze(1))
             if keep:
                 zs.append(z)
             h = torch.relu(z) if m < last else z
@@ -152,6 +153,12 @@ class MLPEnsemble:
         return nn.Sequential(*layers), str(2 * self.nin_layer)
 
 
+def wide_layout(w: torch.Tensor) -> torch.Tensor:
+    """``w`` (K, d_in, d_out) with the same values stored as (d_in, K, d_out), so that the shared-input
+    product's ``(d_in, K·d_out)`` matrix is a view of it (no copy in the forward or backward pass)."""
+    return w.transpose(0, 1).contiguous().transpose(0, 1)
+
+
 def init_ensemble(sizes: Sequence[int], sigmas: Sequence[float], replicas: Sequence[int], seed: int, *,
                   nin_layer: int = 0, niw_init_std: float = 1.0,
                   dtype: torch.dtype = torch.float32) -> MLPEnsemble:
@@ -176,7 +183,8 @@ def init_ensemble(sizes: Sequence[int], sigmas: Sequence[float], replicas: Seque
                     * niw_init_std)
     k = len(replicas)
     return MLPEnsemble(
-        weights=[torch.stack(w).to(dtype) for w in ws],
+        weights=[wide_layout(torch.stack(w).to(dtype)) if m == 0 else torch.stack(w).to(dtype)
+                 for m, w in enumerate(ws)],
         biases=[torch.zeros(k, sizes[m + 1], dtype=dtype) for m in range(len(sizes) - 1)],
         niw=torch.stack(niws).to(dtype),
         sigma=torch.tensor([float(s) for s in sigmas], dtype=dtype),
@@ -331,7 +339,7 @@ def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
             step = (epoch - 1) * steps_per_epoch + s + 1
             with torch.no_grad():
                 for p, g in zip(params, grads):
-                    p.sub_(lr * g)
+                    p.add_(g, alpha=-lr)                     # torch.optim.SGD's update, one pass
                 step_loss[active.numpy(), step - 1] = lk.double().numpy()
                 noisy_sum[active] += lk.double()
                 bad = ~torch.isfinite(lk)

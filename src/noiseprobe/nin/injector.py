@@ -143,10 +143,24 @@ class NoiseInjectionNode(nn.Module):
         shape[axis] = shift.shape[1]
         return shift.reshape(shape)
 
+    def inject(self, out: Tensor, name: str, indices: Tensor | None, fresh: torch.Generator | None = None,
+               in_place: bool = False) -> Tensor:
+        """``out + ε W_NI``: one fused ``addmm`` for a (N, d) output with the features last, written into
+        ``out`` itself when ``in_place`` (no new N×d buffer), else ``out`` plus :meth:`shift` broadcast."""
+        if out.dim() == 2 and self.axis % 2 == 1:
+            eps = self.epsilon(tuple(out.shape), name, indices, fresh)
+            return out.addmm_(eps, self.weight) if in_place else torch.addmm(out, eps, self.weight)
+        return out + self.shift(tuple(out.shape), name, indices, fresh)
+
     def shift(self, out_shape: tuple[int, ...], name: str, indices: Tensor | None,
               fresh: torch.Generator | None = None) -> Tensor:
         """ε W_NI for a batch, broadcastable to ``out_shape``; raises ConfigError on a shape mismatch.
         With ``fresh`` a generator, ξ is a fresh draw from it whatever the mode."""
+        return self.expand(self.epsilon(out_shape, name, indices, fresh) @ self.weight, len(out_shape))
+
+    def epsilon(self, out_shape: tuple[int, ...], name: str, indices: Tensor | None,
+                fresh: torch.Generator | None = None) -> Tensor:
+        """ε = σ_ε ξ (N, k) for a batch whose output has ``out_shape`` (checked against the NIW)."""
         ndim = len(out_shape)
         if ndim < 2 or self.axis % ndim == 0:
             raise ConfigError("module", name, f"a submodule whose output has a feature axis besides the batch axis "
@@ -164,8 +178,7 @@ class NoiseInjectionNode(nn.Module):
                 raise ConfigError("sample_indices", got, f"a LongTensor of shape ({n},) set by "
                                   f"handle.set_sample_indices(idx) before each training forward ({self.spec.mode!r} mode)")
             xi = self.table[indices.to(self.table.device)]
-        eps = xi.to(self.weight.dtype) * self.sigma.to(self.weight.dtype)
-        return self.expand(eps @ self.weight, ndim)
+        return xi.to(self.weight.dtype) * self.sigma.to(self.weight.dtype)
 
 
 class NINHandle:
@@ -194,8 +207,17 @@ class NINHandle:
                 return None
             if not isinstance(out, Tensor):
                 raise ConfigError("module", name, f"a submodule whose output is one tensor (got {type(out).__name__})")
-            return out + node.shift(tuple(out.shape), name, self.indices, self._fresh)
+            return node.inject(out, name, self.indices, self._fresh, in_place=self._owns_output(module, hook, out))
         return hook
+
+    @staticmethod
+    def _owns_output(module: nn.Module, hook: Callable[..., Any], out: Tensor) -> bool:
+        """Whether the NIN may add into ``out`` in place: an ``nn.Linear``'s fresh output (its backward keeps
+        its input and weight, not its output), not a view, and no earlier forward hook of the module (or a
+        global one) can have kept a reference to it."""
+        hooks = list(module._forward_hooks.values())
+        return (type(module) is nn.Linear and out._base is None and bool(hooks) and hooks[0] is hook
+                and not torch.nn.modules.module._global_forward_hooks)
 
     @property
     def specs(self) -> list[NINSpec]:
