@@ -1,0 +1,140 @@
+"""This machine's physical floor for a simulator step: random numbers at the rate of the fastest generator
+whose streams do not depend on chunking, and arithmetic at the measured multiply-add rate (all threads).
+
+Candidates for the generator (all give every replica its own stream, so a replica's numbers do not depend
+on how replicas are chunked): the counter-based SplitMix64 + ziggurat of ``noiseprobe.core.streams``
+(53-bit normals; and two 24-bit normals per output, the toy kernel's B = 1 form), vectorised over 32
+lanes in numba, all threads; and NumPy's per-replica ``Generator.standard_normal`` (PCG64 and Philox),
+one thread, scaled by the thread count (an optimistic bound for it). The arithmetic rate is a vectorised
+loop of independent float64 multiply-adds on data in L1, all threads.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numba
+import numpy as np
+
+from noiseprobe.core.streams import GOLDEN, LAYER, ZR, ZX, bits53, mix, unit
+
+_L = 32
+_LOW32, _S8, _S32 = np.uint64(0xFFFFFFFF), np.uint64(8), np.uint64(32)
+
+
+@numba.njit(cache=True, inline="always")
+def _half(v: np.uint64) -> float:
+    """The 24-bit ziggurat fast path of the toy kernel (rare branches counted as the fast one)."""
+    i = np.int64(v & LAYER)
+    x = (np.int64(v >> _S8) + 0.5) * (2.0 / 16777216.0) - 1.0
+    return x * ZX[i] if abs(x) < ZR[i] else np.nan
+
+
+@numba.njit(cache=True, parallel=True)
+def _normals53(keys: np.ndarray, n: int) -> float:
+    acc = 0.0
+    for g in numba.prange(keys.shape[0] // _L):
+        out = np.empty((64, _L))
+        for b in range(n // 64):
+            for k in range(64):
+                ctr = np.uint64(b * 64 + k + 1) * GOLDEN
+                for j in range(_L):
+                    i, x = bits53(mix(keys[g * _L + j] + ctr))
+                    out[k, j] = x * ZX[i] if abs(x) < ZR[i] else np.nan
+            acc += out[3, 5]
+    return acc
+
+
+@numba.njit(cache=True, parallel=True)
+def _normals24(keys: np.ndarray, n: int) -> float:
+    acc = 0.0
+    for g in numba.prange(keys.shape[0] // _L):
+        out = np.empty((64, 2, _L))
+        for b in range(n // 128):
+            for k in range(64):
+                ctr = np.uint64(b * 64 + k + 1) * GOLDEN
+                for j in range(_L):
+                    z = mix(keys[g * _L + j] + ctr)
+                    out[k, 0, j] = _half(z & _LOW32)
+                    out[k, 1, j] = _half(z >> _S32)
+            acc += out[3, 1, 5]
+    return acc
+
+
+@numba.njit(cache=True, parallel=True)
+def _uniforms(keys: np.ndarray, n: int) -> float:
+    acc = 0.0
+    for g in numba.prange(keys.shape[0] // _L):
+        out = np.empty((64, _L))
+        for b in range(n // 64):
+            for k in range(64):
+                ctr = np.uint64(b * 64 + k + 1) * GOLDEN
+                for j in range(_L):
+                    out[k, j] = unit(mix(keys[g * _L + j] + ctr))
+            acc += out[3, 5]
+    return acc
+
+
+@numba.njit(cache=True, parallel=True, fastmath={"contract"})
+def _fma(groups: int, n: int) -> float:
+    """8 independent chains of multiply-adds over 32 lanes: 2·8·32 flop per iteration."""
+    acc = 0.0
+    for g in numba.prange(groups):
+        x = np.empty((8, _L))
+        for r in range(8):
+            for j in range(_L):
+                x[r, j] = 1.0 + 1e-9 * (r + j + g)
+        for _ in range(n):
+            for r in range(8):
+                for j in range(_L):
+                    x[r, j] = x[r, j] * 0.9999999 + 1e-7
+        acc += x[0, 0]
+    return acc
+
+
+def _best(fn, repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def rates(quick: bool = False) -> dict[str, float]:
+    """Seconds per random number (``normal``, ``uniform``; the fastest candidate, with all candidates'
+    times under ``normal:<name>``) and per float64 flop (``flop``), this machine, all threads."""
+    threads = numba.get_num_threads()
+    keys = np.arange(1, 32 * _L * threads + 1, dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019)
+    n = 1 << (14 if quick else 16)
+    total = keys.size * n
+    for f in (_normals53, _normals24, _uniforms):
+        f(keys, 128)
+    _fma(2, 10)
+    out = {"normal:SplitMix64 ziggurat 53-bit (numba, lanes)": _best(lambda: _normals53(keys, n)) / total,
+           "normal:SplitMix64 ziggurat 2x24-bit (numba, lanes)": _best(lambda: _normals24(keys, n)) / total}
+    for name in ("PCG64", "Philox"):
+        g = np.random.Generator(getattr(np.random, name)(0))
+        buf = np.empty(1 << 20)
+        out[f"normal:NumPy {name} standard_normal (1 thread / {threads})"] = (
+            _best(lambda g=g: g.standard_normal(out=buf)) / buf.size / threads)
+    out["uniform"] = _best(lambda: _uniforms(keys, n)) / total
+    out["normal"] = min(v for k, v in out.items() if k.startswith("normal:"))
+    out["normal_generator"] = min((v, k) for k, v in out.items() if k.startswith("normal:"))[1].split(":", 1)[1]
+    iters = 20_000 if quick else 100_000
+    out["flop"] = _best(lambda: _fma(4 * threads, iters)) / (4 * threads * iters * 2 * 8 * _L)
+    return out
+
+
+def floor_row(name: str, measured_s: float, normals: float, uniforms: float, flops: float, r: dict,
+              aim: float = 3.0) -> dict:
+    """A benchmark row: measured seconds per replica-step over the floor normals·t_n + uniforms·t_u + flops·t_f."""
+    floor = normals * r["normal"] + uniforms * r["uniform"] + flops * r["flop"]
+    ratio = measured_s / floor
+    return {"name": name, "baseline": "floor: random numbers at the fastest chunk-independent generator + "
+                                      "arithmetic at the measured multiply-add rate",
+            "measured": measured_s * 1e9, "baseline_value": floor * 1e9, "ratio": ratio, "unit": "ns/replica-step",
+            "target": f"<= {aim:g}x", "aim_met": bool(ratio <= aim),
+            "note": (f"{normals:g} normals × {r['normal'] * 1e9:.2f} ns ({r['normal_generator']}) + {uniforms:g} "
+                     f"uniforms × {r['uniform'] * 1e9:.2f} ns + {flops:g} flop × {r['flop'] * 1e12:.0f} ps "
+                     f"({1e-9 / r['flop']:.1f} GFLOP/s)")}
