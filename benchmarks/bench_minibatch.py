@@ -71,7 +71,8 @@ def _solver_rows(name: str, D: int, scipy_D: int, lam: np.ndarray | float, mu: f
     return [
         {"name": f"{name}: eigen solver vs dense Kronecker", "baseline": f"Kronecker solve, D={Dk} × (D/{Dk})⁶",
          "measured": t_eig, "baseline_value": t_kron, "ratio": t_kron / t_eig, "unit": "s (speed-up)",
-         "target": f">= {target_kron:g}×", "aim_met": t_kron / t_eig >= target_kron, "note": f"D = {D}; Kronecker extrapolated"},
+         "target": f">= {target_kron:g}×", "aim_met": t_kron / t_eig >= target_kron,
+         "note": f"D = {D}; Kronecker extrapolated"},
         {"name": f"{name}: eigen solver vs SciPy augmented Lyapunov", "baseline": "solve_discrete_lyapunov on (w, m)",
          "measured": t_eig, "baseline_value": t_scipy, "ratio": t_scipy / t_eig, "unit": "s (speed-up)",
          "target": f">= {target_scipy:g}×", "aim_met": t_scipy / t_eig >= target_scipy, "note": note_s},
@@ -116,7 +117,8 @@ def _sim_rows(quick: bool) -> list[dict]:
         A = _spd(D, 1, 0.2, 1.5)
         pb = LinearProblem(A, sigma=1.0)
         simulate_sgd(pb, 0.3, S, steps=10, burn_in=0, chains=2, seed=0, exact_law=exact)        # compile / load
-        t_vec = _time(lambda: simulate_sgd(pb, 0.3, S, steps=steps, burn_in=0, chains=chains, seed=0, exact_law=exact), 3)
+        t_vec = _time(lambda: simulate_sgd(pb, 0.3, S, steps=steps, burn_in=0, chains=chains, seed=0,
+                                           exact_law=exact), 3)
         t_loop = _time(lambda: _per_chain_loop(A, 0.3, S, 1.0, 10, steps, 0), 2)
         rate_vec, rate_loop = chains * steps / t_vec, 10 * steps / t_loop
         sampler = "exact-in-law Bartlett sampler" if exact else "explicit Gaussian minibatches"

@@ -133,7 +133,8 @@ def test_kernel_gradient_against_the_explicit_minibatch_formula():
     w = rng.normal(size=(D, lanes))
     for rademacher in (False, True):
         z = rng.normal(size=(1, S * (2 * D + 1), lanes))
-        g = sgd_kernel.step_gradient(sgd_kernel.ONLINE, w, z, z, Ra, Rb, u, 0.7, rademacher, 2 * D, S, np.zeros((0, D)), np.zeros(0))
+        g = sgd_kernel.step_gradient(sgd_kernel.ONLINE, w, z, z, Ra, Rb, u, 0.7, rademacher, 2 * D, S, np.zeros((0, D)),
+                                     np.zeros(0))
         for j in range(lanes):
             zz = z[0, :, j].reshape(S, 2 * D + 1)
             x = zz[:, :D] @ Ra.T + zz[:, D:2 * D] @ Rb.T
@@ -143,7 +144,8 @@ def test_kernel_gradient_against_the_explicit_minibatch_formula():
     Rk, wl = np.linalg.cholesky(A + B), rng.normal(size=D)
     z = rng.normal(size=(1, D * (D - 1) // 2 + 2 * D, lanes))
     chi = rng.chisquare(S - np.arange(D)[None, :, None], size=(1, D, lanes))
-    g = sgd_kernel.step_gradient(sgd_kernel.EXACT, w, z, chi, Rk, Rk, wl, 0.7, False, D, S, np.zeros((0, D)), np.zeros(0))
+    g = sgd_kernel.step_gradient(sgd_kernel.EXACT, w, z, chi, Rk, Rk, wl, 0.7, False, D, S, np.zeros((0, D)),
+                                 np.zeros(0))
     for j in range(lanes):
         L = np.diag(np.sqrt(chi[0, :, j]))
         L[np.tril_indices(D, -1)] = z[0, D:D + D * (D - 1) // 2, j]
@@ -158,7 +160,7 @@ def test_block_draws_have_their_laws():
     completions) by KS and their mean/variance within 4 SE."""
     lanes = sgd_kernel.LANES
     keys = stream_keys(4, 0, lanes, 3)[:, :2].copy()
-    z, u, chi = sgd_kernel.draw_block(sgd_kernel.EXACT, keys, 4000, 3 + 3, 3, 5)   # D = 3, S = 5: χ²_5, χ²_4, χ²_3
+    z, u, chi = sgd_kernel.draw_block(sgd_kernel.EXACT, keys, 4000, 6, 3, 5)   # D = 3, S = 5: χ²_5, χ²_4, χ²_3
     n = z.size
     counts = np.histogram(z.ravel(), stats.norm.ppf(np.linspace(0, 1, 61)))[0]
     assert stats.chisquare(counts).pvalue > 1e-3

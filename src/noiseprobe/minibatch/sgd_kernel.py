@@ -47,29 +47,29 @@ def draws_per_step(mode: int, D: int, S: int, n_in: int) -> tuple[int, int]:
     return 0, S
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _fill(mode: int, t0: int, nb: int, nz: int, nu: int, S: int, keys: np.ndarray, a: np.ndarray, z: np.ndarray,
           u: np.ndarray, chi: np.ndarray) -> None:
     """Numbers of steps t0 … t0+nb−1 of every lane: z[k, n, j] the normal of output (t0+k)·nz + n + 1 of
-    lane j's normal stream, u[k, n, j] likewise uniform; in EXACT mode chi[k, i, j] (i < D = nu) is χ²_{S−i}
-    from the proposal (z[k, i, j], u[k, i, j]). Fast paths for all (vectorised over lanes, NaN where
+    lane j's normal stream (key keys[0, j]), u[k, n, j] likewise uniform (keys[1, j]); in EXACT mode
+    chi[k, i, j] (i < D = nu) is χ²_{S−i} from the proposal (z[k, i, j], u[k, i, j]). Fast paths for all (vectorised over lanes, NaN where
     incomplete), then the completions in order from the slow streams ``a``."""
     for k in range(nb):
         for n in range(nz):
             ctr = np.uint64((t0 + k) * nz + n + 1) * GOLDEN
             for j in range(LANES):
-                i, x = bits53(mix(keys[j, 0] + ctr))
+                i, x = bits53(mix(keys[0, j] + ctr))
                 z[k, n, j] = x * ZX[i] if abs(x) < ZR[i] else np.nan
         for n in range(nu):
             ctr = np.uint64((t0 + k) * nu + n + 1) * GOLDEN
             for j in range(LANES):
-                u[k, n, j] = unit(mix(keys[j, 1] + ctr))
+                u[k, n, j] = unit(mix(keys[1, j] + ctr))
     for k in range(nb):
         for n in range(nz):
             ctr = np.uint64((t0 + k) * nz + n + 1) * GOLDEN
             for j in range(LANES):
                 if np.isnan(z[k, n, j]):
-                    i, x = bits53(mix(keys[j, 0] + ctr))
+                    i, x = bits53(mix(keys[0, j] + ctr))
                     a[j], z[k, n, j] = normal_slow(a[j], i, x)
     if mode == EXACT:
         for k in range(nb):
@@ -98,7 +98,7 @@ def _matvec(v: np.ndarray, out: int, M: np.ndarray, src: int, transpose: bool) -
                 v[out, i, j] += c * v[src, m, j]
 
 
-@numba.njit(cache=True, inline="always", fastmath={"contract"})
+@numba.njit(cache=True, fastmath={"contract"})
 def _gradient(mode: int, k: int, v: np.ndarray, r: np.ndarray, z: np.ndarray, u: np.ndarray, chi: np.ndarray,
               P1: np.ndarray,
               P2: np.ndarray, vec: np.ndarray, sig: float, rademacher: bool, n_in: int, S: int, X: np.ndarray,
@@ -201,7 +201,7 @@ def _group(g0: int, mode: int, keys: np.ndarray, w0: np.ndarray, init_scale: flo
     z, u = np.empty((T, nz, LANES)), np.empty((T, nu, LANES))
     chi = np.empty((T, nu if mode == EXACT else 0, LANES))
     v, r, L = np.zeros((9, D, LANES)), np.zeros(LANES), np.zeros((D, D, LANES))
-    lk, a = np.zeros((LANES, 2), dtype=np.uint64), np.zeros(LANES, dtype=np.uint64)
+    lk, a = np.zeros((2, LANES), dtype=np.uint64), np.zeros(LANES, dtype=np.uint64)
     lrj = np.zeros(LANES)
     perm = np.empty((X.shape[0] if mode == WITHOUT else 0, LANES), dtype=np.int64)
     for j in range(LANES):
@@ -209,7 +209,7 @@ def _group(g0: int, mode: int, keys: np.ndarray, w0: np.ndarray, init_scale: flo
             perm[q, j] = q
     for j in range(n_live):
         c = g0 + j
-        lk[j, 0], lk[j, 1], a[j], lrj[j] = keys[c, 0], keys[c, 1], keys[c, 2], lr[c]
+        lk[0, j], lk[1, j], a[j], lrj[j] = keys[c, 0], keys[c, 1], keys[c, 2], lr[c]
         for i in range(D):
             v[_W, i, j] = w0[c, i]
         if init_scale > 0.0:
@@ -311,7 +311,7 @@ def draw_block(mode: int, keys: np.ndarray, nb: int, nz: int, nu: int, S: int) -
     """(z, u, chi) of the first ``nb`` steps of lanes with stream keys ``keys`` (LANES, 2), as the kernel
     draws them (slow streams keyed by the normal keys). For tests."""
     z, u, chi = np.empty((nb, nz, LANES)), np.empty((nb, nu, LANES)), np.empty((nb, nu, LANES))
-    _fill(mode, 0, nb, nz, nu, S, keys, keys[:, 0].copy(), z, u, chi)
+    _fill(mode, 0, nb, nz, nu, S, keys.T.copy(), keys[:, 0].copy(), z, u, chi)
     return z, u, chi
 
 

@@ -1,8 +1,9 @@
 """Vectorised minibatch SGD on linear regression (paper 002, Defs. 2-3, eq. 1 and eq. 98).
 
-Many independent chains advance as one array operation per step; noise is drawn per chain in blocks of
-steps from ``noiseprobe.core.seeding`` streams keyed by the GLOBAL chain index, so a chain's path does not
-depend on how chains are chunked.
+Many independent chains advance in a numba kernel (:mod:`noiseprobe.minibatch.sgd_kernel`: 32 chains per
+task as SIMD lanes, tasks in parallel); each chain draws its noise from its own counter-based streams
+(``noiseprobe.core.streams``) keyed by (seed, GLOBAL chain index), so a chain's path depends neither on
+how chains are chunked nor on the thread count.
 
 Loss convention (the paper's): ``ℓ_i = ½ (wᵀx_i − y_i)²`` plus ``½ wᵀΓw``, so the Hessian is ``A + B + Γ``.
 Update (eq. 1, heavy-ball form, no dampening)::
@@ -15,14 +16,15 @@ Data: ``x = x̃ + e`` with ``x̃ ~ N(0, A)``, ``e ~ N(0, B)`` (input noise), ``y
 S-subset each step).
 
 For online data with Gaussian labels and S >= D an exact-in-law sampler (the default when D = 1 or
-S >= 2D) draws D(D+3)/2 numbers per step instead of S(D+1): with K = A + B, ``x̃ = AK⁻¹x + ζ`` (ζ independent of x), so the
-residual is ``xᵀ(w − K⁻¹Au) − n`` with ``n ~ N(0, σ_eff²)``, ``σ_eff² = σ² + uᵀ(A − AK⁻¹A)u``; then
+S >= 2D) draws D(D+3)/2 numbers per step instead of S(D+1): with K = A + B, ``x̃ = AK⁻¹x + ζ``
+(ζ independent of x), so the residual is ``xᵀ(w − K⁻¹Au) − n`` with ``n ~ N(0, σ_eff²)``, ``σ_eff² = σ² + uᵀ(A − AK⁻¹A)u``; then
 ``(1/S)Σxxᵀ = M Mᵀ/S``, ``M = R_K L`` (R_K R_Kᵀ = K, L the Bartlett factor of a Wishart(S, I) matrix) and
 ``(1/S)Σ x n | M ~ N(0, σ_eff² MMᵀ/S²)``. In 1d this is ``h = kχ²_S/S``, ``ξ | h ~ N(0, σ_eff²h/S)``
 (reference §14).
 
-Divergence (non-finite or |w| > ``DIVERGED``) is recorded per chain; a diverged chain is frozen and left
-out of every statistic, the others continue.
+Divergence (a non-finite w or some |w_i| > ``DIVERGED``, tested after every step) is recorded per chain
+with its step; a diverged chain is left out of every statistic (NaN), the others continue. The learning
+rate must be positive (a scalar, one per chain, or a PSD matrix Λ): ``ConfigError`` otherwise.
 """
 
 from __future__ import annotations
