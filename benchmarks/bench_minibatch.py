@@ -16,8 +16,6 @@ per chain-step).
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numba
@@ -29,15 +27,8 @@ from noiseprobe.minibatch.fluctuation import augmented_system, solve_fluctuation
 from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))      # floor.py, jax_peers.py
-
-
-def _time(fn: Callable[[], object], repeats: int = 1) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+import floor  # noqa: E402
+from floor import best_time as _time  # noqa: E402
 
 
 def _spd(D: int, seed: int, lo: float, hi: float) -> np.ndarray:
@@ -107,11 +98,9 @@ def _floor_counts(D: int, S: int, exact: bool) -> tuple[int, int, int]:
 
 
 def _sim_rows(quick: bool) -> list[dict]:
-    import floor
 
     rows = []
     steps = 500 if quick else 1000
-    rates = floor.rates(quick)
     threads = numba.get_num_threads()
     for D, S, chains, exact in ((5, 8, 1000, False), (2, 50, 1000, True), (1, 4, 20000, True)):
         A = _spd(D, 1, 0.2, 1.5)
@@ -129,7 +118,7 @@ def _sim_rows(quick: bool) -> list[dict]:
                      "note": f"{steps} steps; {1e9 / rate_vec:.0f} ns per chain-step; loop timed on 10 chains"})
         n, u, f = _floor_counts(D, S, exact)
         rows.append(floor.floor_row(f"SGD simulator over its floor, D={D}, S={S} ({sampler})", 1 / rate_vec, n, u, f,
-                                    rates))
+                                    floor.rates()))          # measured next to the simulator: the same load
         if not exact and D == 5:
             rows += _jax_rows(A, S, steps, rate_vec, quick)
     return rows

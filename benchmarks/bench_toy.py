@@ -194,7 +194,7 @@ def _floor_and_jax_rows(sigma: np.ndarray, w: dict[str, np.ndarray], rate: float
     import jax_peers
 
     rows = [floor.floor_row("toy sweep exact B=1 over its floor (numba kernel, all threads)", 1 / rate, _NORMALS, 0,
-                            _FLOP, floor.rates(quick))]
+                            _FLOP, floor.rates())]
     steps = 500 if quick else 2000
     t_nb = min(_timed(lambda: toy.simulate(sigma, **w, steps=steps, seed=0))[0] for _ in range(3))
     best = None

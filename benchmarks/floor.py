@@ -30,48 +30,31 @@ def _half(v: np.uint64) -> float:
     return x * ZX[i] if abs(x) < ZR[i] else np.nan
 
 
-@numba.njit(cache=True, parallel=True)
-def _normals53(keys: np.ndarray, n: int) -> float:
-    acc = 0.0
-    for g in numba.prange(keys.shape[0] // _L):
-        out = np.empty((64, _L))
-        for b in range(n // 64):
-            for k in range(64):
-                ctr = np.uint64(b * 64 + k + 1) * GOLDEN
-                for j in range(_L):
-                    i, x = bits53(mix(keys[g * _L + j] + ctr))
-                    out[k, j] = x * ZX[i] if abs(x) < ZR[i] else np.nan
-            acc += out[3, 5]
-    return acc
+_N53, _N24, _UNI = range(3)
 
 
 @numba.njit(cache=True, parallel=True)
-def _normals24(keys: np.ndarray, n: int) -> float:
+def _draw(kind: int, keys: np.ndarray, n: int) -> float:
+    """n numbers of each of the streams ``keys`` (64 steps × 32 lanes at a time, as the kernels draw):
+    53-bit normals, pairs of 24-bit normals, or uniforms."""
     acc = 0.0
+    per = 2 if kind == _N24 else 1
     for g in numba.prange(keys.shape[0] // _L):
         out = np.empty((64, 2, _L))
-        for b in range(n // 128):
+        for b in range(n // (64 * per)):
             for k in range(64):
                 ctr = np.uint64(b * 64 + k + 1) * GOLDEN
                 for j in range(_L):
                     z = mix(keys[g * _L + j] + ctr)
-                    out[k, 0, j] = _half(z & _LOW32)
-                    out[k, 1, j] = _half(z >> _S32)
-            acc += out[3, 1, 5]
-    return acc
-
-
-@numba.njit(cache=True, parallel=True)
-def _uniforms(keys: np.ndarray, n: int) -> float:
-    acc = 0.0
-    for g in numba.prange(keys.shape[0] // _L):
-        out = np.empty((64, _L))
-        for b in range(n // 64):
-            for k in range(64):
-                ctr = np.uint64(b * 64 + k + 1) * GOLDEN
-                for j in range(_L):
-                    out[k, j] = unit(mix(keys[g * _L + j] + ctr))
-            acc += out[3, 5]
+                    if kind == _N53:
+                        i, x = bits53(z)
+                        out[k, 0, j] = x * ZX[i] if abs(x) < ZR[i] else np.nan
+                    elif kind == _N24:
+                        out[k, 0, j] = _half(z & _LOW32)
+                        out[k, 1, j] = _half(z >> _S32)
+                    else:
+                        out[k, 0, j] = unit(z)
+            acc += out[3, 0, 5]
     return acc
 
 
@@ -92,7 +75,8 @@ def _fma(groups: int, n: int) -> float:
     return acc
 
 
-def _best(fn, repeats: int = 3) -> float:
+def best_time(fn, repeats: int = 3) -> float:
+    """The best wall time of ``repeats`` calls of ``fn``."""
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -101,28 +85,28 @@ def _best(fn, repeats: int = 3) -> float:
     return best
 
 
-def rates(quick: bool = False) -> dict[str, float]:
+def rates() -> dict[str, float]:
     """Seconds per random number (``normal``, ``uniform``; the fastest candidate, with all candidates'
     times under ``normal:<name>``) and per float64 flop (``flop``), this machine, all threads."""
     threads = numba.get_num_threads()
     keys = np.arange(1, 32 * _L * threads + 1, dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019)
-    n = 1 << (14 if quick else 16)
+    n = 1 << 13                       # short runs, best of 7: the quietest moments of a shared machine
     total = keys.size * n
-    for f in (_normals53, _normals24, _uniforms):
-        f(keys, 128)
+    for kind in (_N53, _N24, _UNI):
+        _draw(kind, keys, 128)
     _fma(2, 10)
-    out = {"normal:SplitMix64 ziggurat 53-bit (numba, lanes)": _best(lambda: _normals53(keys, n)) / total,
-           "normal:SplitMix64 ziggurat 2x24-bit (numba, lanes)": _best(lambda: _normals24(keys, n)) / total}
+    out = {"normal:SplitMix64 ziggurat 53-bit (numba, lanes)": best_time(lambda: _draw(_N53, keys, n), 7) / total,
+           "normal:SplitMix64 ziggurat 2x24-bit (numba, lanes)": best_time(lambda: _draw(_N24, keys, n), 7) / total}
     for name in ("PCG64", "Philox"):
         g = np.random.Generator(getattr(np.random, name)(0))
         buf = np.empty(1 << 20)
         out[f"normal:NumPy {name} standard_normal (1 thread / {threads})"] = (
-            _best(lambda g=g: g.standard_normal(out=buf)) / buf.size / threads)
-    out["uniform"] = _best(lambda: _uniforms(keys, n)) / total
+            best_time(lambda g=g: g.standard_normal(out=buf), 7) / buf.size / threads)
+    out["uniform"] = best_time(lambda: _draw(_UNI, keys, n), 7) / total
     out["normal"] = min(v for k, v in out.items() if k.startswith("normal:"))
     out["normal_generator"] = min((v, k) for k, v in out.items() if k.startswith("normal:"))[1].split(":", 1)[1]
-    iters = 20_000 if quick else 100_000
-    out["flop"] = _best(lambda: _fma(4 * threads, iters)) / (4 * threads * iters * 2 * 8 * _L)
+    iters = 10_000
+    out["flop"] = best_time(lambda: _fma(4 * threads, iters), 7) / (4 * threads * iters * 2 * 8 * _L)
     return out
 
 
