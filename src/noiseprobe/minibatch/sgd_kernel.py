@@ -262,12 +262,12 @@ def _group(g0: int, mode: int, keys: np.ndarray, w0: np.ndarray, init_scale: flo
                     ok &= abs(v[_W, i, j]) <= threshold     # False for NaN
                 bad |= not ok
             if bad:                                         # record, and restart the lane at w* (excluded later)
-                for j in range(n_live):
+                for j in range(LANES):
                     ok = True
                     for i in range(D):
                         ok &= abs(v[_W, i, j]) <= threshold
                     if not ok:
-                        if not dead[j]:
+                        if j < n_live and not dead[j]:
                             dead[j] = True
                             div_at[g0 + j] = t
                         for i in range(D):
