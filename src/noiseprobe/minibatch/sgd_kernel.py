@@ -85,7 +85,7 @@ def _fill(mode: int, t0: int, nb: int, nz: int, nu: int, S: int, keys: np.ndarra
                         a[j], chi[k, n, j] = chi2_from(a[j], d, c, z[k, n, j], u[k, n, j])
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(cache=True)
 def _matvec(v: np.ndarray, out: int, M: np.ndarray, src: int, transpose: bool) -> None:
     """v[out] = M v[src] (or Mᵀ v[src]) for every lane."""
     D = M.shape[0]
