@@ -16,7 +16,8 @@ depend on how many runs diverge.
   B = 32 (Bartlett draws), the batch size of nin-fig2-top; a plain NumPy vectorised loop over steps (all
   replicas per op, RNG per step, no statistics) for comparison.
 * the floor (``benchmarks/floor.py``): the 2 normals and 51 flop of a replica-step at this machine's
-  measured rates (fastest chunk-independent generator, multiply-add rate), all threads.
+  measured rates (fastest chunk-independent generator, multiply-add rate), all threads, in CPU time
+  (robust to the load of a shared machine) against the kernel's CPU time per executed replica-step.
 * a JAX peer (``benchmarks/jax_peers.py``: jit + vmap over replicas + lax.scan over steps, float64, one
   key per replica, the kernel's statistics, each PRNG implementation, the same thread count, compile time
   apart) on the same sweep at 2 000 steps (500 with --quick), against the kernel on that sweep.
@@ -166,7 +167,7 @@ def run(quick: bool = False) -> list[dict]:
                  "baseline": "the same kernel at B=1", "measured": b32, "baseline_value": rate[threads],
                  "ratio": b32 / rate[threads], "unit": "replica-steps/s", "target": "info", "aim_met": None,
                  "note": f"{1e9 / b32:.1f} ns per replica-step: Bartlett draws (two χ², one normal) per step"})
-    rows += _floor_and_jax_rows(sigma, w, rate[threads], threads, quick)
+    rows += _floor_and_jax_rows(sigma, w, threads, quick)
     np_steps = steps // 4
     t, n_np = _timed(lambda: _numpy_loop(sigma, w, np_steps))
     rows.append({"name": f"plain NumPy vectorised loop over steps (64x32x{np_steps}, no statistics)",
@@ -188,12 +189,14 @@ def run(quick: bool = False) -> list[dict]:
 _FLOP, _NORMALS = 51, 2
 
 
-def _floor_and_jax_rows(sigma: np.ndarray, w: dict[str, np.ndarray], rate: float, threads: int,
-                        quick: bool) -> list[dict]:
+def _floor_and_jax_rows(sigma: np.ndarray, w: dict[str, np.ndarray], threads: int, quick: bool) -> list[dict]:
     import floor
     import jax_peers
 
-    rows = [floor.floor_row("toy sweep exact B=1 over its floor (numba kernel, all threads)", 1 / rate, _NORMALS, 0,
+    steps_f = 2000 if quick else 20_000
+    n_exec = _executed(toy.simulate(sigma, **w, steps=steps_f, seed=0))
+    cpu = floor.cpu_time(lambda: toy.simulate(sigma, **w, steps=steps_f, seed=0), 3) / n_exec
+    rows = [floor.floor_row("toy sweep exact B=1 over its floor (numba kernel, all threads)", cpu, _NORMALS, 0,
                             _FLOP, floor.rates())]
     steps = 500 if quick else 2000
     t_nb = min(_timed(lambda: toy.simulate(sigma, **w, steps=steps, seed=0))[0] for _ in range(3))
