@@ -36,7 +36,7 @@ _N53, _N24, _UNI = range(3)
 
 @numba.njit(cache=True, parallel=True)
 def _draw(kind: int, keys: np.ndarray, n: int) -> float:
-    """n numbers of each of the streams ``keys`` (64 steps × 32 lanes at a time, as the kernels draw):
+    """n numbers of each of the streams ``keys`` (64 steps × 32 lanes at a time, as the toy kernel draws):
     53-bit normals, pairs of 24-bit normals, or uniforms."""
     acc = 0.0
     per = 2 if kind == _N24 else 1

@@ -104,16 +104,18 @@ def test_bad_inputs():
 
 
 def test_same_numbers_on_any_chunking_and_thread_count():
-    """A chain's path depends only on (seed, global chain index): chunks that split a group of lanes,
-    and one thread against all of them, give bit-identical statistics."""
+    """A chain's path depends only on (seed, global chain index): chunks that split a task's group of lanes
+    differently (whole: lanes 0..L−1 and L..L+5; parts: L+1 chains, then 5), and one thread against all of
+    them, give bit-identical statistics."""
     pb = LinearProblem(_aniso(2), u=[0.5, -1.0], sigma=0.3, B=0.1 * _aniso(2, 3))
     kw = dict(steps=60, burn_in=5, seed=9, snapshot_every=7, measure_noise=True, exact_law=False)
-    whole = simulate_sgd(pb, 0.3, 3, chains=40, **kw)
-    parts = [simulate_sgd(pb, 0.3, 3, chains=n, first_chain=f, **kw) for f, n in ((0, 33), (33, 7))]
+    L = sgd_kernel.LANES
+    whole = simulate_sgd(pb, 0.3, 3, chains=L + 6, **kw)
+    parts = [simulate_sgd(pb, 0.3, 3, chains=n, first_chain=f, **kw) for f, n in ((0, L + 1), (L + 1, 5))]
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        single = simulate_sgd(pb, 0.3, 3, chains=40, **kw)
+        single = simulate_sgd(pb, 0.3, 3, chains=L + 6, **kw)
     finally:
         numba.set_num_threads(threads)
     for name in ("second_moment", "mean", "noise_cov", "snapshots"):

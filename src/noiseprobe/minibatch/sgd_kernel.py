@@ -31,8 +31,8 @@ import numpy as np
 from noiseprobe.core.streams import GOLDEN, ZR, ZX, bits53, chi2_from, gamma_shape, mix, normal, normal_slow, unit
 
 ONLINE, EXACT, WITH, WITHOUT = range(4)
-LANES = 32             # chains per task (a multiple of the widest SIMD vector, 8 float64)
-BLOCK_NUMBERS = 8192   # random numbers per lane drawn at once (bounds the buffers: 2 MiB per task)
+LANES = 64             # chains per task (a multiple of the widest SIMD vector, 8 float64)
+BLOCK_NUMBERS = 1024   # random numbers per lane drawn at once (bounds the buffers: 0.5 MiB per task)
 # rows of the per-task state array v[row, i, lane]
 _W, _M, _G, _VA, _VB, _HA, _HB, _DV, _ETA = range(9)
 
@@ -52,8 +52,9 @@ def _fill(mode: int, t0: int, nb: int, nz: int, nu: int, S: int, keys: np.ndarra
           u: np.ndarray, chi: np.ndarray) -> None:
     """Numbers of steps t0 … t0+nb−1 of every lane: z[k, n, j] the normal of output (t0+k)·nz + n + 1 of
     lane j's normal stream (key keys[0, j]), u[k, n, j] likewise uniform (keys[1, j]); in EXACT mode
-    chi[k, i, j] (i < D = nu) is χ²_{S−i} from the proposal (z[k, i, j], u[k, i, j]). Fast paths for all (vectorised over lanes, NaN where
-    incomplete), then the completions in order from the slow streams ``a``."""
+    chi[k, i, j] (i < D = nu) is χ²_{S−i} from the proposal (z[k, i, j], u[k, i, j]). Fast paths for all
+    (vectorised over lanes, NaN where incomplete), then the completions in order from the slow streams
+    ``a``: the normals' in (k, n) order, then the χ²'s in (i, k) order."""
     for k in range(nb):
         for n in range(nz):
             ctr = np.uint64((t0 + k) * nz + n + 1) * GOLDEN
@@ -72,10 +73,10 @@ def _fill(mode: int, t0: int, nb: int, nz: int, nu: int, S: int, keys: np.ndarra
                     i, x = bits53(mix(keys[0, j] + ctr))
                     a[j], z[k, n, j] = normal_slow(a[j], i, x)
     if mode == EXACT:
-        for k in range(nb):
-            for n in range(nu):
-                df = S - n
-                d, c = gamma_shape(max(df, 2))
+        for n in range(nu):
+            df = S - n
+            d, c = gamma_shape(max(df, 2))
+            for k in range(nb):
                 for j in range(LANES):                      # Marsaglia–Tsang's squeeze; z² for χ²_1
                     g, x = z[k, n, j], 1.0 + c * z[k, n, j]
                     ok = (x > 0.0) & (u[k, n, j] < 1.0 - 0.0331 * (g * g) * (g * g))
@@ -182,9 +183,10 @@ def _gradient(mode: int, k: int, v: np.ndarray, r: np.ndarray, z: np.ndarray, u:
                     res += X[n, i] * v[_W, i, j]
                 for i in range(D):
                     v[_G, i, j] += X[n, i] * res
+    inv = 1.0 / S
     for i in range(D):
         for j in range(LANES):
-            v[_G, i, j] /= S
+            v[_G, i, j] *= inv
 
 
 @numba.njit(cache=True, fastmath={"contract"})
@@ -223,6 +225,9 @@ def _group(g0: int, mode: int, keys: np.ndarray, w0: np.ndarray, init_scale: flo
     measure_noise = seta.shape[0] > 0
     n_snap = snaps.shape[1]
     dead = np.zeros(LANES, dtype=np.bool_)
+    n_pairs = D * (D + 1) // 2                              # the sums, lane-major (vectorised, not scattered)
+    acc1, acc2 = np.zeros((D, LANES)), np.zeros((n_pairs, LANES))
+    acc_eta = np.zeros((n_pairs if measure_noise else 0, LANES))
     meas = t = 0
     while t < total:
         nb = min(T, total - t)
@@ -255,12 +260,14 @@ def _group(g0: int, mode: int, keys: np.ndarray, w0: np.ndarray, init_scale: flo
                     for j in range(LANES):
                         v[_W, i, j] -= lrj[j] * v[_M, i, j]
             t += 1
+            for j in range(LANES):
+                r[j] = 0.0
+            for i in range(D):
+                for j in range(LANES):
+                    r[j] = r[j] if abs(v[_W, i, j]) <= threshold else 1.0     # 1 for NaN too
             bad = False
             for j in range(LANES):
-                ok = True
-                for i in range(D):
-                    ok &= abs(v[_W, i, j]) <= threshold     # False for NaN
-                bad |= not ok
+                bad |= r[j] != 0.0
             if bad:                                         # record, and restart the lane at w* (excluded later)
                 for j in range(LANES):
                     ok = True
@@ -276,20 +283,31 @@ def _group(g0: int, mode: int, keys: np.ndarray, w0: np.ndarray, init_scale: flo
                 for i in range(D):
                     for j in range(LANES):
                         v[_DV, i, j] = v[_W, i, j] - center[i]
+                        acc1[i, j] += v[_DV, i, j]
+                p = 0
                 for i in range(D):
-                    for j in range(n_live):
-                        s1[g0 + j, i] += v[_DV, i, j]
                     for m in range(i + 1):
-                        for j in range(n_live):
-                            s2[g0 + j, i, m] += v[_DV, i, j] * v[_DV, m, j]
+                        for j in range(LANES):
+                            acc2[p, j] += v[_DV, i, j] * v[_DV, m, j]
                         if measure_noise:
-                            for j in range(n_live):
-                                seta[g0 + j, i, m] += v[_ETA, i, j] * v[_ETA, m, j]
+                            for j in range(LANES):
+                                acc_eta[p, j] += v[_ETA, i, j] * v[_ETA, m, j]
+                        p += 1
                 if snap_every > 0 and meas % snap_every == 0 and meas // snap_every < n_snap:
                     for i in range(D):
                         for j in range(n_live):
                             snaps[g0 + j, meas // snap_every, i] = v[_W, i, j]
                 meas += 1
+    p = 0
+    for i in range(D):
+        for j in range(n_live):
+            s1[g0 + j, i] = acc1[i, j]
+        for m in range(i + 1):
+            for j in range(n_live):
+                s2[g0 + j, i, m] = acc2[p, j]
+                if measure_noise:
+                    seta[g0 + j, i, m] = acc_eta[p, j]
+            p += 1
 
 
 @numba.njit(cache=True, parallel=True)
@@ -298,7 +316,7 @@ def run_chains(mode: int, keys: np.ndarray, w0: np.ndarray, init_scale: float, l
                P2: np.ndarray, vec: np.ndarray, sig: float, rademacher: bool, n_in: int, S: int, X: np.ndarray,
                y: np.ndarray, total: int, burn_in: int, every: int, snap_every: int, threshold: float,
                s1: np.ndarray, s2: np.ndarray, seta: np.ndarray, snaps: np.ndarray, div_at: np.ndarray) -> None:
-    """Advance every chain ``total`` steps and accumulate its sums (lower triangles of s2, seta); a chain that
+    """Advance every chain ``total`` steps and write its sums (lower triangles of s2, seta); a chain that
     leaves |w_i| <= threshold (or turns non-finite) gets its step in ``div_at`` and is restarted at w*."""
     for g in numba.prange((keys.shape[0] + LANES - 1) // LANES):
         _group(g * LANES, mode, keys, w0, init_scale, lr, Lam, lam_matrix, mu, Gam, center, Q, P1, P2, vec, sig,

@@ -1,6 +1,6 @@
 """Vectorised minibatch SGD on linear regression (paper 002, Defs. 2-3, eq. 1 and eq. 98).
 
-Many independent chains advance in a numba kernel (:mod:`noiseprobe.minibatch.sgd_kernel`: 32 chains per
+Many independent chains advance in a numba kernel (:mod:`noiseprobe.minibatch.sgd_kernel`: 64 chains per
 task as SIMD lanes, tasks in parallel); each chain draws its noise from its own counter-based streams
 (``noiseprobe.core.streams``) keyed by (seed, GLOBAL chain index), so a chain's path depends neither on
 how chains are chunked nor on the thread count.
