@@ -107,8 +107,8 @@ def _sim_rows(quick: bool) -> list[dict]:
         pb = LinearProblem(A, sigma=1.0)
         simulate_sgd(pb, 0.3, S, steps=10, burn_in=0, chains=2, seed=0, exact_law=exact)        # compile / load
         t_vec = _time(lambda: simulate_sgd(pb, 0.3, S, steps=steps, burn_in=0, chains=chains, seed=0,
-                                           exact_law=exact), 3)
-        t_loop = _time(lambda: _per_chain_loop(A, 0.3, S, 1.0, 10, steps, 0), 2)
+                                           exact_law=exact), 5)
+        t_loop = _time(lambda: _per_chain_loop(A, 0.3, S, 1.0, 10, steps, 0), 3)
         rate_vec, rate_loop = chains * steps / t_vec, 10 * steps / t_loop
         sampler = "exact-in-law Bartlett sampler" if exact else "explicit Gaussian minibatches"
         rows.append({"name": f"SGD chain-steps/s, D={D}, S={S}, {chains} chains ({sampler}, {threads} threads)",

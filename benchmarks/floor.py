@@ -1,13 +1,13 @@
 """This machine's physical floor for a simulator step: random numbers at the rate of the fastest generator
-whose streams do not depend on chunking, and arithmetic at the measured multiply-add rate (all threads).
+whose streams do not depend on chunking, and arithmetic at the measured multiply-add rate, per core (a
+kernel is compared in CPU time summed over its threads, which a shared machine's load barely affects).
 
 Candidates for the generator (all give every replica its own stream, so a replica's numbers do not depend
 on how replicas are chunked): the counter-based SplitMix64 + ziggurat of ``noiseprobe.core.streams``
 (53-bit normals; and two 24-bit normals per output, the toy kernel's B = 1 form), vectorised over 32
-lanes in numba, all threads; and NumPy's per-replica ``Generator.standard_normal`` (PCG64 and Philox).
-All in CPU seconds per number (see :func:`cpu_time`). The arithmetic rate is a vectorised
-loop of independent float64 multiply-adds on data in L1 (Horner chains of 16 over 256 values), all
-threads.
+lanes in numba; and NumPy's per-replica ``Generator.standard_normal`` (PCG64 and Philox).
+All in CPU seconds per number on one core (see :func:`cpu_time`). The arithmetic rate is a vectorised
+loop of independent float64 multiply-adds on data in L1 (Horner chains of 16 over 256 values), one core.
 """
 
 from __future__ import annotations
@@ -99,11 +99,19 @@ def cpu_time(fn, repeats: int = 5) -> float:
 
 def rates() -> dict[str, float]:
     """CPU seconds per random number (``normal``, ``uniform``; the fastest candidate, with all candidates'
-    times under ``normal:<name>``) and per float64 flop (``flop``), this machine, all threads (CPU time of
-    all threads together: a multiple of the thread count is the wall time on a quiet machine)."""
+    times under ``normal:<name>``) and per float64 flop (``flop``) of one core of this machine, measured on
+    one thread (a kernel's CPU time over all its threads is compared with these)."""
     threads = numba.get_num_threads()
-    keys = np.arange(1, 32 * _L * threads + 1, dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019)
-    n = 1 << 13                       # short runs, best of 7: the quietest moments of a shared machine
+    numba.set_num_threads(1)
+    try:
+        return _rates()
+    finally:
+        numba.set_num_threads(threads)
+
+
+def _rates() -> dict[str, float]:
+    keys = np.arange(1, 32 * _L + 1, dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019)
+    n = 1 << 14                       # short runs, best of 7: the quietest moments of a shared machine
     total = keys.size * n
     for kind in (_N53, _N24, _UNI):
         _draw(kind, keys, 128)
@@ -119,7 +127,7 @@ def rates() -> dict[str, float]:
     out["normal"] = min(v for k, v in out.items() if k.startswith("normal:"))
     out["normal_generator"] = min((v, k) for k, v in out.items() if k.startswith("normal:"))[1].split(":", 1)[1]
     iters = 4_000
-    out["flop"] = best_time(lambda: _fma(4 * threads, iters), 7, time.process_time) / (4 * threads * iters * 256 * 2 * _HORNER)
+    out["flop"] = best_time(lambda: _fma(4, iters), 7, time.process_time) / (4 * iters * 256 * 2 * _HORNER)
     return out
 
 

@@ -91,9 +91,10 @@ def _matvec(v: np.ndarray, out: int, M: np.ndarray, src: int, transpose: bool) -
     """v[out] = M v[src] (or Mᵀ v[src]) for every lane."""
     D = M.shape[0]
     for i in range(D):
+        c = M[0, i] if transpose else M[i, 0]
         for j in range(LANES):
-            v[out, i, j] = 0.0
-        for m in range(D):
+            v[out, i, j] = c * v[src, 0, j]
+        for m in range(1, D):
             c = M[m, i] if transpose else M[i, m]
             for j in range(LANES):
                 v[out, i, j] += c * v[src, m, j]
@@ -160,8 +161,8 @@ def _gradient(mode: int, k: int, v: np.ndarray, r: np.ndarray, z: np.ndarray, u:
                     v[_HB, m, j] += L[i, m, j] * v[_VA, i, j]
         for i in range(D):                                  # L p
             for j in range(LANES):
-                v[_HA, i, j] = 0.0
-            for m in range(i + 1):
+                v[_HA, i, j] = L[i, 0, j] * v[_HB, 0, j]
+            for m in range(1, i + 1):
                 for j in range(LANES):
                     v[_HA, i, j] += L[i, m, j] * v[_HB, m, j]
         _matvec(v, _G, P1, _HA, False)
