@@ -146,8 +146,8 @@ def test_kernel_gradient_against_the_explicit_minibatch_formula():
     Rk, wl = np.linalg.cholesky(A + B), rng.normal(size=D)
     z = rng.normal(size=(1, D * (D - 1) // 2 + 2 * D, lanes))
     chi = rng.chisquare(S - np.arange(D)[None, :, None], size=(1, D, lanes))
-    g = sgd_kernel.step_gradient(sgd_kernel.EXACT, w, z, chi, Rk, Rk, wl, 0.7, False, D, S, np.zeros((0, D)),
-                                 np.zeros(0))
+    g = sgd_kernel.step_gradient(sgd_kernel.EXACT, w, z, np.sqrt(chi), Rk, Rk / S, wl, 0.7, False, D, S,
+                                 np.zeros((0, D)), np.zeros(0))
     for j in range(lanes):
         L = np.diag(np.sqrt(chi[0, :, j]))
         L[np.tril_indices(D, -1)] = z[0, D:D + D * (D - 1) // 2, j]
@@ -170,12 +170,12 @@ def test_block_draws_have_their_laws():
     assert abs(np.sum(np.abs(z) > streams.ZIG_R) - n * p_tail) < 4 * np.sqrt(n * p_tail)
     assert stats.kstest(u.ravel(), "uniform").pvalue > 1e-3
     for i, k in enumerate((5, 4, 3)):
-        c = chi[:, i].ravel()
+        c = chi[:, i].ravel() ** 2
         assert stats.kstest(c, "chi2", args=(k,)).pvalue > 1e-3
         assert abs(c.mean() - k) < 4 * np.sqrt(2 * k / c.size)
         assert abs(c.var() - 2 * k) < 4 * np.sqrt((12 * k * k + 48 * k) / c.size)   # Var of s² for χ²_k
     _, _, chi1 = sgd_kernel.draw_block(sgd_kernel.EXACT, keys, 4000, 2, 1, 1)    # D = 1, S = 1: χ²_1 = z²
-    assert stats.kstest(chi1.ravel(), "chi2", args=(1,)).pvalue > 1e-3
+    assert stats.kstest(chi1.ravel() ** 2, "chi2", args=(1,)).pvalue > 1e-3
 
 
 def test_invalid_learning_rates_and_robust_divergence():

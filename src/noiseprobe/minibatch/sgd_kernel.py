@@ -17,8 +17,9 @@ Samplers of one step's minibatch gradient ĝ (all with the ½ convention, refere
 * ``ONLINE``: S fresh samples x = R_a z + R_b z', y = uᵀR_a z + σε (or σ·sign ε), computed in whitened
   coordinates: r_s = z_s·R_aᵀ(w − u) + z'_s·R_bᵀw − σε_s, ĝ = (R_a Σ z_s r_s + R_b Σ z'_s r_s)/S
   (2D² + 2SD multiply-adds per step, 4D² + 4SD with input noise).
-* ``EXACT``: the Bartlett sampler of eq. (98): ĝ = R_K L (Lᵀ R_Kᵀ(w − w_lab) − σ_eff ζ)/S with L lower
-  triangular, L_ii² ~ χ²_{S−i}, L_ij ~ N(0, 1) (i > j), ζ ~ N(0, I_D); 3D² multiply-adds per step.
+* ``EXACT``: the Bartlett sampler of eq. (98): ĝ = (R_K/S) L (Lᵀ R_Kᵀ(w − w_lab) − σ_eff ζ) with L lower
+  triangular, L_ii² ~ χ²_{S−i}, L_ij ~ N(0, 1) (i > j), ζ ~ N(0, I_D); 3D² multiply-adds per step, L read
+  in place from the block's numbers.
 * ``WITH`` / ``WITHOUT``: a fixed data set, S indices uniform with replacement (Def. 2), or a uniform
   S-subset by a partial Fisher–Yates shuffle of the chain's running permutation (Def. 3).
 """
@@ -52,7 +53,8 @@ def _fill(mode: int, t0: int, nb: int, nz: int, nu: int, S: int, keys: np.ndarra
           u: np.ndarray, chi: np.ndarray) -> None:
     """Numbers of steps t0 … t0+nb−1 of every lane: z[k, n, j] the normal of output (t0+k)·nz + n + 1 of
     lane j's normal stream (key keys[0, j]), u[k, n, j] likewise uniform (keys[1, j]); in EXACT mode
-    chi[k, i, j] (i < D = nu) is χ²_{S−i} from the proposal (z[k, i, j], u[k, i, j]). Fast paths for all
+    chi[k, i, j] (i < D = nu) is the root of χ²_{S−i} (Bartlett's L_ii) from the proposal (z[k, i, j],
+    u[k, i, j]). Fast paths for all
     (vectorised over lanes, NaN where incomplete), then the completions in order from the slow streams
     ``a``: the normals' in (k, n) order, then the χ²'s in (i, k) order."""
     for k in range(nb):
@@ -80,10 +82,11 @@ def _fill(mode: int, t0: int, nb: int, nz: int, nu: int, S: int, keys: np.ndarra
                 for j in range(LANES):                      # Marsaglia–Tsang's squeeze; z² for χ²_1
                     g, x = z[k, n, j], 1.0 + c * z[k, n, j]
                     ok = (x > 0.0) & (u[k, n, j] < 1.0 - 0.0331 * (g * g) * (g * g))
-                    chi[k, n, j] = g * g if df == 1 else (2.0 * d * x * x * x if ok else np.nan)
+                    chi[k, n, j] = abs(g) if df == 1 else (np.sqrt(2.0 * d * x * x * x) if ok else np.nan)
                 for j in range(LANES):
                     if np.isnan(chi[k, n, j]):
-                        a[j], chi[k, n, j] = chi2_from(a[j], d, c, z[k, n, j], u[k, n, j])
+                        a[j], c2 = chi2_from(a[j], d, c, z[k, n, j], u[k, n, j])
+                        chi[k, n, j] = np.sqrt(c2)
 
 
 @numba.njit(cache=True)
@@ -104,8 +107,8 @@ def _matvec(v: np.ndarray, out: int, M: np.ndarray, src: int, transpose: bool) -
 def _gradient(mode: int, k: int, v: np.ndarray, r: np.ndarray, z: np.ndarray, u: np.ndarray, chi: np.ndarray,
               P1: np.ndarray,
               P2: np.ndarray, vec: np.ndarray, sig: float, rademacher: bool, n_in: int, S: int, X: np.ndarray,
-              y: np.ndarray, perm: np.ndarray, L: np.ndarray) -> None:
-    """ĝ (without Γw) of block step k into v[_G] for every lane (v[_VA … _HB], r, L: scratch)."""
+              y: np.ndarray, perm: np.ndarray) -> None:
+    """ĝ (without Γw) of block step k into v[_G] for every lane (v[_VA … _HB], r: scratch)."""
     D = P1.shape[0]
     if mode == ONLINE or mode == EXACT:
         for i in range(D):
@@ -144,28 +147,24 @@ def _gradient(mode: int, k: int, v: np.ndarray, r: np.ndarray, z: np.ndarray, u:
             for i in range(D):
                 for j in range(LANES):
                     v[_G, i, j] += v[_VB, i, j]
-    elif mode == EXACT:                                     # L: χ² roots on the diagonal, normals below
-        o = D
-        for i in range(D):
-            for j in range(LANES):
-                L[i, i, j] = np.sqrt(chi[k, i, j])
-            for m in range(i):
-                for j in range(LANES):
-                    L[i, m, j] = z[k, o, j]
-                o += 1
+    elif mode == EXACT:     # L_ii = chi[k, i] (the χ² roots), L_im = z[k, D + i(i−1)/2 + m] (i > m); P2 = R_K/S
+        o = D + D * (D - 1) // 2                            # ζ
         for m in range(D):                                  # p = Lᵀ q − σ_eff ζ
             for j in range(LANES):
-                v[_HB, m, j] = -sig * z[k, o + m, j]
-            for i in range(m, D):
+                v[_HB, m, j] = chi[k, m, j] * v[_VA, m, j] - sig * z[k, o + m, j]
+            for i in range(m + 1, D):
+                q = D + i * (i - 1) // 2 + m
                 for j in range(LANES):
-                    v[_HB, m, j] += L[i, m, j] * v[_VA, i, j]
+                    v[_HB, m, j] += z[k, q, j] * v[_VA, i, j]
         for i in range(D):                                  # L p
             for j in range(LANES):
-                v[_HA, i, j] = L[i, 0, j] * v[_HB, 0, j]
-            for m in range(1, i + 1):
+                v[_HA, i, j] = chi[k, i, j] * v[_HB, i, j]
+            for m in range(i):
+                q = D + i * (i - 1) // 2 + m
                 for j in range(LANES):
-                    v[_HA, i, j] += L[i, m, j] * v[_HB, m, j]
-        _matvec(v, _G, P1, _HA, False)
+                    v[_HA, i, j] += z[k, q, j] * v[_HB, m, j]
+        _matvec(v, _G, P2, _HA, False)
+        return
     else:
         N = X.shape[0]
         for i in range(D):
@@ -203,7 +202,7 @@ def _group(g0: int, mode: int, keys: np.ndarray, w0: np.ndarray, init_scale: flo
     T = max(1, min(total, BLOCK_NUMBERS // max(1, nz + nu)))
     z, u = np.empty((T, nz, LANES)), np.empty((T, nu, LANES))
     chi = np.empty((T, nu if mode == EXACT else 0, LANES))
-    v, r, L = np.zeros((9, D, LANES)), np.zeros(LANES), np.zeros((D, D, LANES))
+    v, r = np.zeros((9, D, LANES)), np.zeros(LANES)
     lk, a = np.zeros((2, LANES), dtype=np.uint64), np.zeros(LANES, dtype=np.uint64)
     lrj = np.zeros(LANES)
     perm = np.empty((X.shape[0] if mode == WITHOUT else 0, LANES), dtype=np.int64)
@@ -234,7 +233,7 @@ def _group(g0: int, mode: int, keys: np.ndarray, w0: np.ndarray, init_scale: flo
         nb = min(T, total - t)
         _fill(mode, t, nb, nz, nu, S, lk, a, z, u, chi)
         for k in range(nb):
-            _gradient(mode, k, v, r, z, u, chi, P1, P2, vec, sig, rademacher, n_in, S, X, y, perm, L)
+            _gradient(mode, k, v, r, z, u, chi, P1, P2, vec, sig, rademacher, n_in, S, X, y, perm)
             if has_gam:
                 for i in range(D):
                     for m in range(D):
@@ -328,7 +327,7 @@ def run_chains(mode: int, keys: np.ndarray, w0: np.ndarray, init_scale: float, l
 def draw_block(mode: int, keys: np.ndarray, nb: int, nz: int, nu: int, S: int) -> tuple[np.ndarray, np.ndarray,
                                                                                          np.ndarray]:
     """(z, u, chi) of the first ``nb`` steps of lanes with stream keys ``keys`` (LANES, 2), as the kernel
-    draws them (slow streams keyed by the normal keys). For tests."""
+    draws them (slow streams keyed by the normal keys; chi: the χ² roots). For tests."""
     z, u, chi = np.empty((nb, nz, LANES)), np.empty((nb, nu, LANES)), np.empty((nb, nu, LANES))
     _fill(mode, 0, nb, nz, nu, S, keys.T.copy(), keys[:, 0].copy(), z, u, chi)
     return z, u, chi
@@ -339,13 +338,12 @@ def step_gradient(mode: int, w: np.ndarray, z: np.ndarray, u: np.ndarray, P1: np
                   vec: np.ndarray, sig: float, rademacher: bool, n_in: int, S: int, X: np.ndarray,
                   y: np.ndarray) -> np.ndarray:
     """ĝ (D, LANES) of one step from w (D, LANES) and given numbers z, u (1, n, LANES) (in EXACT mode u holds
-    the χ² values). For tests."""
+    the χ² roots L_ii and P2 = P1/S). For tests."""
     D = w.shape[0]
     v = np.zeros((9, D, LANES))
     v[_W] = w
     perm = np.empty((X.shape[0], LANES), dtype=np.int64)
     for j in range(LANES):
         perm[:, j] = np.arange(X.shape[0])
-    _gradient(mode, 0, v, np.zeros(LANES), z, u, u, P1, P2, vec, sig, rademacher, n_in, S, X, y, perm,
-              np.zeros((D, D, LANES)))
+    _gradient(mode, 0, v, np.zeros(LANES), z, u, u, P1, P2, vec, sig, rademacher, n_in, S, X, y, perm)
     return v[_G].copy()

@@ -287,6 +287,7 @@ def simulate_sgd(problem: LinearProblem, lr: float | np.ndarray, batch_size: int
     if exact:  # x̃ = AK⁻¹x + ζ: labels see x only through w_lab = K⁻¹Au, the rest is label noise of σ_eff
         K = pb.A + pb.B
         mode, P1 = _k.EXACT, _psd_root(K)
+        P2 = P1 / S
         vec = np.linalg.lstsq(K, pb.A @ pb.u, rcond=None)[0]
         sig = float(np.sqrt(pb.sigma ** 2 + max(0.0, float(pb.u @ (pb.A - pb.A @ np.linalg.pinv(K) @ pb.A) @ pb.u))))
     elif pb.X is None:
