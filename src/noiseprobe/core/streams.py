@@ -8,9 +8,10 @@ Two streams of random 64-bit keys overlap within n outputs with probability ≈ 
 replicas: 5·10⁻⁸ for 10⁴ replicas × 10⁸ outputs).
 
 Normals: the ziggurat of Marsaglia & Tsang (2000) in Doornik's (2005) form, one 53-bit output per
-normal; ~1.5 % of draws leave their layer's rectangle and are completed from a second (*slow*) stream
-drawn in order, so a kernel can take the branch-free fast path for a whole block first
-(:func:`fill_normals`) and complete the rare ones afterwards.
+normal; ~1.5 % of draws leave their layer's rectangle (:func:`bits53` gives the layer and abscissa, the
+rectangle test is ``|u| < ZR[i]``) and are completed by :func:`normal_slow` from a second (*slow*)
+stream drawn in order, so a kernel can take the branch-free fast path for a whole block of steps and
+replicas first and complete the rare ones afterwards (``nin.toy``, ``minibatch.sgd_kernel``).
 """
 
 from __future__ import annotations
@@ -134,31 +135,6 @@ def gamma_shape(k: float) -> tuple[float, float]:
     """Marsaglia–Tsang constants (d, c) of χ²_k = 2·Gamma(k/2)."""
     d = 0.5 * k - 1.0 / 3.0
     return d, 1.0 / np.sqrt(9.0 * d)
-
-
-@numba.njit(cache=True, inline="always")
-def fill_normals(s: np.uint64, a: np.uint64, out: np.ndarray, n: int) -> np.uint64:
-    """out[k] = the normal of output k + 1 of the stream at ``s`` (k < n): the branch-free fast path for
-    all k (vectorised), then the rare completions in order from the slow stream at ``a``; returns ``a``."""
-    todo = 0
-    for k in range(n):
-        i, u = bits53(mix(s + np.uint64(k + 1) * GOLDEN))
-        inside = abs(u) < ZR[i]
-        out[k] = u * ZX[i]
-        todo += np.int64(not inside)
-    if todo:
-        for k in range(n):
-            i, u = bits53(mix(s + np.uint64(k + 1) * GOLDEN))
-            if not abs(u) < ZR[i]:
-                a, out[k] = normal_slow(a, i, u)
-    return a
-
-
-@numba.njit(cache=True, inline="always")
-def fill_uniforms(s: np.uint64, out: np.ndarray, n: int) -> None:
-    """out[k] = U(0, 1) from output k + 1 of the stream at ``s`` (k < n)."""
-    for k in range(n):
-        out[k] = unit(mix(s + np.uint64(k + 1) * GOLDEN))
 
 
 @numba.njit(cache=True)
