@@ -37,6 +37,7 @@ test-slow: setup browser
 # install it without its dependencies (it runs without torchvision).
 bench: setup
 	$(BIN)/python -m pip install -q --no-deps backpack-for-pytorch einops unfoldNd
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python benchmarks/run.py
 
 # The API reference from the docstrings (pdoc) -> build/api/index.html

@@ -12,6 +12,7 @@ import pytest
 import torch
 from scipy import stats
 
+from noiseprobe.core import streams
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.fitting import efold_time
 from noiseprobe.nin import toy
@@ -205,6 +206,6 @@ def test_ziggurat_normals_match_the_gaussian_histogram_and_tails():
     edges = stats.norm.ppf(np.linspace(0, 1, 121))
     counts = np.histogram(z, edges)[0]
     assert stats.chisquare(counts).pvalue > 1e-3
-    p_tail = 2 * stats.norm.sf(toy._ZIG_R)                      # beyond the ziggurat's base r
-    k = np.sum(np.abs(z) > toy._ZIG_R)
+    p_tail = 2 * stats.norm.sf(streams.ZIG_R)                      # beyond the ziggurat's base r
+    k = np.sum(np.abs(z) > streams.ZIG_R)
     assert abs(k - n * p_tail) < 4 * np.sqrt(n * p_tail)

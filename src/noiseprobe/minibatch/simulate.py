@@ -1,8 +1,9 @@
 """Vectorised minibatch SGD on linear regression (paper 002, Defs. 2-3, eq. 1 and eq. 98).
 
-Many independent chains advance as one array operation per step; noise is drawn per chain in blocks of
-steps from ``noiseprobe.core.seeding`` streams keyed by the GLOBAL chain index, so a chain's path does not
-depend on how chains are chunked.
+Many independent chains advance in a numba kernel (:mod:`noiseprobe.minibatch.sgd_kernel`: 64 chains per
+task as SIMD lanes, tasks in parallel); each chain draws its noise from its own counter-based streams
+(``noiseprobe.core.streams``) keyed by (seed, GLOBAL chain index), so a chain's path depends neither on
+how chains are chunked nor on the thread count.
 
 Loss convention (the paper's): ``ℓ_i = ½ (wᵀx_i − y_i)²`` plus ``½ wᵀΓw``, so the Hessian is ``A + B + Γ``.
 Update (eq. 1, heavy-ball form, no dampening)::
@@ -15,14 +16,15 @@ Data: ``x = x̃ + e`` with ``x̃ ~ N(0, A)``, ``e ~ N(0, B)`` (input noise), ``y
 S-subset each step).
 
 For online data with Gaussian labels and S >= D an exact-in-law sampler (the default when D = 1 or
-S >= 2D) draws D(D+3)/2 numbers per step instead of S(D+1): with K = A + B, ``x̃ = AK⁻¹x + ζ`` (ζ independent of x), so the
-residual is ``xᵀ(w − K⁻¹Au) − n`` with ``n ~ N(0, σ_eff²)``, ``σ_eff² = σ² + uᵀ(A − AK⁻¹A)u``; then
+S >= 2D) draws D(D+3)/2 numbers per step instead of S(D+1): with K = A + B, ``x̃ = AK⁻¹x + ζ``
+(ζ independent of x), so the residual is ``xᵀ(w − K⁻¹Au) − n`` with ``n ~ N(0, σ_eff²)``, ``σ_eff² = σ² + uᵀ(A − AK⁻¹A)u``; then
 ``(1/S)Σxxᵀ = M Mᵀ/S``, ``M = R_K L`` (R_K R_Kᵀ = K, L the Bartlett factor of a Wishart(S, I) matrix) and
 ``(1/S)Σ x n | M ~ N(0, σ_eff² MMᵀ/S²)``. In 1d this is ``h = kχ²_S/S``, ``ξ | h ~ N(0, σ_eff²h/S)``
 (reference §14).
 
-Divergence (non-finite or |w| > ``DIVERGED``) is recorded per chain; a diverged chain is frozen and left
-out of every statistic, the others continue.
+Divergence (a non-finite w or some |w_i| > ``DIVERGED``, tested after every step) is recorded per chain
+with its step; a diverged chain is left out of every statistic (NaN), the others continue. The learning
+rate must be positive (a scalar, one per chain, or a PSD matrix Λ): ``ConfigError`` otherwise.
 """
 
 from __future__ import annotations
@@ -34,15 +36,16 @@ import numpy as np
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.linalg import psd_factor
-from noiseprobe.core.seeding import ReplicaStreams, replica_generators
+from noiseprobe.core.seeding import ReplicaStreams
 from noiseprobe.core.stats import standard_error
+from noiseprobe.core.streams import stream_keys
 from noiseprobe.core.validation import check_choice, check_int, check_lr, check_matrix, check_real, check_vector
+from noiseprobe.minibatch import sgd_kernel as _k
 
-#: |w| above this counts as divergence. Deliberately not core.validation.DIVERGED (1e8): heavy-tailed stationary
-#: laws (tail index β ≈ 1, mbn-fig7) pass 1e8 legitimately (61 of 12000 chains of its quick preset do)
+#: |w_i| above this (or a non-finite w) counts as divergence. Deliberately not core.validation.DIVERGED (1e8):
+#: heavy-tailed stationary laws (tail index β ≈ 1, mbn-fig7) pass 1e8 legitimately (61 of 12000 chains of its
+#: quick preset do)
 DIVERGED = 1e100
-#: random numbers per block draw (all chains together); bounds the memory of one block
-_BLOCK_NUMBERS = 2_000_000
 
 
 @dataclass(eq=False)
@@ -132,36 +135,6 @@ class LinearProblem:
         return self.sigma * (z if self.label_noise == "gaussian" else np.where(z < 0, -1.0, 1.0))
 
 
-class _Draws:
-    """Block draws from per-chain generators written straight into one preallocated array (no stacking)."""
-
-    def __init__(self, seed: int, chains: range) -> None:
-        self.gens = replica_generators(seed, chains)
-
-    def normal(self, shape: tuple[int, ...]) -> np.ndarray:
-        out = np.empty((len(self.gens), *shape))
-        for g, o in zip(self.gens, out):
-            g.standard_normal(out=o)
-        return out
-
-    def chisquare_columns(self, dfs: np.ndarray, steps: int) -> np.ndarray:
-        """(chains, steps, len(dfs)): column i is χ² with dfs[i] degrees of freedom (scalar df per call: fast path)."""
-        out = np.empty((len(self.gens), steps, len(dfs)))
-        for g, o in zip(self.gens, out):
-            for i, df in enumerate(dfs):
-                o[:, i] = g.chisquare(int(df), size=steps)
-        return out
-
-    def integers(self, high: int, shape: tuple[int, ...]) -> np.ndarray:
-        return np.stack([g.integers(0, high, size=shape) for g in self.gens])
-
-    def uniform(self, shape: tuple[int, ...]) -> np.ndarray:
-        out = np.empty((len(self.gens), *shape))
-        for g, o in zip(self.gens, out):
-            g.random(out=o)
-        return out
-
-
 @dataclass(eq=False)
 class SGDRun:
     """Per-chain statistics of a stationary SGD run. Arrays have the chain axis first.
@@ -221,32 +194,20 @@ class SGDRun:
         return float(v.mean()), float(standard_error(v))
 
 
-def _mark_diverged(traj: np.ndarray, w: np.ndarray, m: np.ndarray, center: np.ndarray, diverged: np.ndarray,
-                   diverged_at: np.ndarray, t0: int) -> None:
-    """Record chains whose block trajectory (chains, T, D) left the finite range (at step t0 + first bad + 1)
-    and restart them at ``center``; they stay excluded from every statistic."""
-    bad_steps = ~np.all(np.isfinite(traj) & (np.abs(traj) < DIVERGED), axis=2)
-    bad = bad_steps.any(axis=1) & ~diverged
-    if bad.any():
-        diverged[bad] = True
-        diverged_at[bad] = t0 + 1 + np.argmax(bad_steps[bad], axis=1)
-        w[bad] = center
-        m[bad] = 0.0
-
-
 def simulate_sgd(problem: LinearProblem, *, lr: float | np.ndarray, batch_size: int, steps: int, burn_in: int,
                  chains: int, seed: int, first_chain: int = 0, momentum: float = 0.0, replacement: bool = True,
                  measure_every: int = 1, snapshot_every: int | None = None, measure_noise: bool = False,
                  w0: np.ndarray | None = None, init_scale: float = 0.1, exact_law: bool | None = None) -> SGDRun:
     """Run ``chains`` independent SGD chains (global indices ``first_chain …``) and measure them.
 
-    ``lr``: scalar, per-chain scalars (chains,), or a symmetric (D, D) matrix Λ. ``steps`` measured steps
-    follow ``burn_in`` discarded ones; statistics use every ``measure_every``-th step. ``replacement``
+    ``lr``: scalar > 0, per-chain scalars (chains,), or a symmetric PSD (D, D) matrix Λ. ``steps`` measured
+    steps follow ``burn_in`` discarded ones; statistics use every ``measure_every``-th step. ``replacement``
     selects Def. 2 (True) or Def. 3 (False) for a fixed data set (no effect online). ``w0``: start (D,) or
     (chains, D); default ``center + init_scale·z``, z ~ N(0, I) per chain (perturbed, since w = u is a fixed
     point without label noise). ``exact_law``: use the exact-in-law (Bartlett) sampler; it applies to online
-    data with Gaussian labels and S >= D, and is the default there when D = 1 or S >= 2D (where it is the
-    faster one).
+    data with Gaussian labels and S >= D, and is the default there when D = 1 or S >= 2D (where it draws
+    fewer numbers). The chains run in a numba kernel (:mod:`noiseprobe.minibatch.sgd_kernel`), parallel over
+    chains; a chain's numbers depend only on (seed, global chain index).
     """
     pb = problem
     D = pb.dim
@@ -265,122 +226,65 @@ def simulate_sgd(problem: LinearProblem, *, lr: float | np.ndarray, batch_size: 
     if snapshot_every is not None:
         snapshot_every = check_int("snapshot_every", snapshot_every, lo=1)
     lam, lr_scalar = check_lr(lr, D, replicas=chains)
-    lr_matrix = lam.ndim == 2 and lr_scalar is None
-    lr_arr = lam if lr_matrix else np.full((chains, 1), lr_scalar) if lr_scalar is not None else lam[:, None]
+    if lr_scalar is not None:  # one learning rate for all chains
+        lr_chain, Lam = np.full(chains, lr_scalar), None
+    elif lam.ndim == 1:  # one per chain
+        lr_chain, Lam = lam, None
+    else:  # a matrix Λ: positive semi-definite and non-zero
+        Lam = check_matrix("lr", lam, D, psd=True)
+        if not np.any(Lam):
+            raise ConfigError("lr", "the zero matrix", "a non-zero positive semi-definite matrix")
+        lr_chain = np.zeros(chains)
     exact_ok = pb.X is None and pb.label_noise == "gaussian" and S >= D
     exact = exact_law
-    if exact is None:  # faster than explicit minibatches when it saves enough draws (measured)
+    if exact is None:  # fewer draws than explicit minibatches
         exact = exact_ok and (D == 1 or S >= 2 * D)
     elif exact and not exact_ok:
         raise ConfigError("exact_law", exact, "True only for online data, Gaussian labels and batch_size >= D")
 
-    streams = _Draws(seed, range(first_chain, first_chain + chains))
     center = pb.center
     if w0 is None:
-        w = center + init_scale * streams.normal((D,))
+        start = np.broadcast_to(center, (chains, D)).copy()
     else:
         w0_arr = np.asarray(w0, dtype=np.float64)
         if w0_arr.shape not in ((D,), (chains, D)) or not np.isfinite(w0_arr).all():
             raise ConfigError("w0", f"array of shape {w0_arr.shape}", f"finite, of shape ({D},) or ({chains}, {D})")
-        w = np.broadcast_to(w0_arr, (chains, D)).copy()
-    m = np.zeros_like(w)
-    Gam = pb.Gamma
-    gradQ = pb.hessian  # ∇L_train(w) = Q (w − center)
+        start = np.broadcast_to(w0_arr, (chains, D)).copy()
+    zero, none_x = np.zeros((D, D)), np.zeros((0, D))
+    X, y, P1, P2, vec, sig, n_in = none_x, np.zeros(0), zero, zero, np.zeros(D), 0.0, D
+    if exact:  # x̃ = AK⁻¹x + ζ: labels see x only through w_lab = K⁻¹Au, the rest is label noise of σ_eff
+        K = pb.A + pb.B
+        mode, P1 = _k.EXACT, psd_factor(K)
+        P2 = P1 / S
+        vec = np.linalg.lstsq(K, pb.A @ pb.u, rcond=None)[0]
+        sig = float(np.sqrt(pb.sigma ** 2 + max(0.0, float(pb.u @ (pb.A - pb.A @ np.linalg.pinv(K) @ pb.A) @ pb.u))))
+    elif pb.X is None:
+        mode, (P1, P2), vec, sig = _k.ONLINE, pb._chol, pb.u, pb.sigma
+        n_in = 2 * D if np.any(pb.B) else D  # draw input noise only when B ≠ 0
+    else:
+        mode, X, y = (_k.WITH if replacement else _k.WITHOUT), pb.X, pb.y
 
     total = burn_in + steps
     n_meas = steps // measure_every
-    s1 = np.zeros((chains, D))
-    s2 = np.zeros((chains, D, D))
-    s_eta = np.zeros((chains, D, D)) if measure_noise else None
     n_snap = n_meas // snapshot_every if snapshot_every else 0
-    snaps = np.full((chains, n_snap, D), np.nan) if snapshot_every else None
-    diverged = np.zeros(chains, dtype=bool)
-    diverged_at = np.full(chains, -1)
+    s1, s2 = np.zeros((chains, D)), np.zeros((chains, D, D))
+    s_eta = np.zeros((chains if measure_noise else 0, D, D))
+    snaps = np.full((chains, n_snap, D), np.nan)
+    div_at = np.full(chains, -1, dtype=np.int64)
+    keys = stream_keys(seed, first_chain, chains, 3)
+    _k.run_chains(mode, keys, start, init_scale if w0 is None else 0.0, lr_chain,
+                  zero if Lam is None else Lam, Lam is not None, mu, pb.Gamma, center, pb.hessian, P1, P2, vec, sig,
+                  pb.label_noise == "rademacher", n_in, S, X, y, total, burn_in, measure_every, snapshot_every or 0,
+                  DIVERGED, s1, s2, s_eta, snaps, div_at)
+    diverged = div_at >= 0
+    mean, sm = s1 / n_meas, _symmetric(s2) / n_meas
+    eta_cov = _symmetric(s_eta) / n_meas if measure_noise else None
+    for arr in (mean, sm, eta_cov, snaps if snapshot_every else None):
+        if arr is not None:
+            arr[diverged] = np.nan
+    return SGDRun(pb, center, mean, sm, eta_cov, snaps if snapshot_every else None, diverged, div_at, n_meas)
 
-    if exact:
-        K = pb.A + pb.B
-        Rk = psd_factor(K)
-        w_lab = np.linalg.lstsq(K, pb.A @ pb.u, rcond=None)[0]  # x̃ = AK⁻¹x + ζ: labels see x only through K⁻¹A u
-        sig_eff = np.sqrt(pb.sigma ** 2 + max(0.0, float(pb.u @ (pb.A - pb.A @ np.linalg.pinv(K) @ pb.A) @ pb.u)))
-        tril = np.tril_indices(D, -1)
-        diag = np.arange(D)
-        per_step = D * D + D
-    elif pb.X is None:
-        Ra, Rb = pb._chol
-        n_in = 2 * D if np.any(pb.B) else D  # draw input noise only when B ≠ 0
-        per_step = S * (n_in + 1)
-    else:
-        N = pb.X.shape[0]
-        per_step = S if replacement else N
-    block = int(max(1, min(total, _BLOCK_NUMBERS // max(1, chains * per_step))))
 
-    t = 0
-    meas = 0
-    with np.errstate(over="ignore", invalid="ignore"):
-        while t < total:
-            T = min(block, total - t)
-            if exact:  # Bartlett: (1/S)Σxxᵀ = M Mᵀ/S with M = R_K L, LLᵀ ~ Wishart(S, I); Σ x n | M ~ N(0, σ²MMᵀ)
-                chi = streams.chisquare_columns(S - diag, T)
-                zz = streams.normal((T, D * (D - 1) // 2 + D))
-                L = np.zeros((chains, T, D, D))
-                L[..., diag, diag] = np.sqrt(chi)
-                L[..., tril[0], tril[1]] = zz[..., D:]
-                M_blk = Rk @ L
-                xi_blk = sig_eff / S * np.einsum("rtij,rtj->rti", M_blk, zz[..., :D])
-                W_blk = M_blk @ np.swapaxes(M_blk, -1, -2) / S
-            elif pb.X is None:
-                z_blk = streams.normal((T, S, n_in + 1))
-            elif replacement:
-                idx_blk = streams.integers(N, (T, S))
-            else:
-                idx_blk = np.argsort(streams.uniform((T, N)), axis=-1)[..., :S]
-            traj = np.empty((chains, T, D))
-            eta_blk = np.empty((chains, T, D)) if s_eta is not None else None
-            for j in range(T):
-                if exact:
-                    d = w - w_lab
-                    g = (W_blk[:, j, 0] * d if D == 1 else np.einsum("rij,rj->ri", W_blk[:, j], d)) - xi_blk[:, j]
-                else:
-                    if pb.X is None:
-                        z = z_blk[:, j]
-                        xt = z[..., :D] @ Ra.T
-                        x = xt + z[..., D:n_in] @ Rb.T if n_in > D else xt
-                        y = xt @ pb.u + pb._labels(z[..., n_in])
-                    else:
-                        x = pb.X[idx_blk[:, j]]
-                        y = pb.y[idx_blk[:, j]]
-                    r = (x @ w[:, :, None])[..., 0] - y
-                    g = (r[:, None, :] @ x)[:, 0] / S
-                g = g + w @ Gam
-                if eta_blk is not None:
-                    eta_blk[:, j] = g - (w - center) @ gradQ
-                m = mu * m + g
-                w = w - (m @ lr_arr if lr_matrix else lr_arr * m)
-                traj[:, j] = w
-            # the block's statistics at once: divergence, then the measured steps t0 + j + 1
-            _mark_diverged(traj, w, m, center, diverged, diverged_at, t)
-            steps_after = t + 1 + np.arange(T)
-            sel = np.nonzero((steps_after > burn_in) & ((steps_after - burn_in) % measure_every == 0))[0]
-            if sel.size:
-                dv = traj[:, sel] - center
-                s1 += dv.sum(axis=1)
-                s2 += np.swapaxes(dv, 1, 2) @ dv
-                if s_eta is not None:
-                    ev = eta_blk[:, sel]
-                    s_eta += np.swapaxes(ev, 1, 2) @ ev
-                if snaps is not None:
-                    ks = meas + np.arange(sel.size)
-                    keep = (ks % snapshot_every == 0) & (ks // snapshot_every < n_snap)
-                    snaps[:, ks[keep] // snapshot_every] = traj[:, sel[keep]]
-                meas += sel.size
-            t += T
-    mean, sm = s1 / meas, s2 / meas
-    mean[diverged] = np.nan
-    sm[diverged] = np.nan
-    eta_cov = None
-    if s_eta is not None:
-        eta_cov = s_eta / meas
-        eta_cov[diverged] = np.nan
-    if snaps is not None:
-        snaps[diverged] = np.nan
-    return SGDRun(pb, center, mean, sm, eta_cov, snaps, diverged, diverged_at, meas)
+def _symmetric(lower: np.ndarray) -> np.ndarray:
+    """Full symmetric matrices (..., D, D) from their lower triangles."""
+    return lower + np.tril(lower, -1).swapaxes(-1, -2)

@@ -24,7 +24,7 @@ Every replica is advanced by a fused numba kernel that records the phase and dec
 instead of full trajectories. A thread advances 32 replicas in lockstep as SIMD lanes (a loop over steps
 outside, over lanes inside), drawing the moments of the next 64 steps at once; rare work (the
 ziggurat's wedge and tail, an e-fold crossing, overflow) is done per lane outside the vector loops.
-Randomness: each replica owns two SplitMix64 streams keyed by ``seed_sequence(seed, replica)``: the fast
+Randomness (``noiseprobe.core.streams``): each replica owns two SplitMix64 streams keyed by ``seed_sequence(seed, replica)``: the fast
 stream gives exactly one output per step (normals by the ziggurat method; at B = 1, x and ε from the two
 32-bit halves of it, in Marsaglia & Tsang's 32-bit form), the slow stream whatever the ziggurat's rare
 branches and the χ² draws (Marsaglia–Tsang) need. So the numbers depend neither on the chunking nor on
@@ -45,6 +45,7 @@ import pandas as pd
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.seeding import ReplicaStreams, seed_sequence
 from noiseprobe.core.validation import check_choice, check_int, check_real
+from noiseprobe.core.streams import GOLDEN, LAYER, ZR, ZX, bits53, chi2_from, gamma_shape, mix, ziggurat
 from noiseprobe.nin.phases import classify_summary
 
 METHODS: tuple[str, ...] = ("exact", "reduced")
@@ -55,126 +56,17 @@ INITS: dict[str, tuple[float, float, float]] = {
 }
 
 # ---------------------------------------------------------------------------------------------------
-# random numbers inside numba: SplitMix64 (Steele, Lea & Flood 2014), 64-bit states (two streams per replica)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# random numbers inside numba: the SplitMix64 streams and ziggurat of noiseprobe.core.streams, plus the
+# 32-bit forms used at B = 1 (two normals per output)
 _GOLDEN2, _GOLDEN3 = (np.uint64(k * 0x9E3779B97F4A7C15 % 2 ** 64) for k in (2, 3))   # numba makes int * uint64 a float
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
-
-
-@numba.njit(cache=True, inline="always")
-def _mix(s: np.uint64) -> np.uint64:
-    """SplitMix64 output function of the state ``s``."""
-    z = s
-    z = (z ^ (z >> _S30)) * _MIX1
-    z = (z ^ (z >> _S27)) * _MIX2
-    return z ^ (z >> _S31)
-
-
-@numba.njit(cache=True, inline="always")
-def _uniform(s: np.uint64) -> tuple[np.uint64, float]:
-    """Advance the state; return (state, u) with u uniform on the open interval (0, 1)."""
-    s = s + _GOLDEN
-    return s, (np.int64(_mix(s) >> _S11) + 0.5) * (1.0 / 9007199254740992.0)
-
-
-def _ziggurat_tables(n: int = 256, r: float = 3.6541528853610088,
-                     v: float = 4.92867323399e-3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Layer edges x[0..n], ratios x[i+1]/x[i] and densities exp(-x[i]²/2) of the 256-layer normal
-    ziggurat (Marsaglia & Tsang 2000, in Doornik's 2005 'ZIGNOR' form; ``v`` is the common layer area)."""
-    x = np.zeros(n + 1)
-    f = np.exp(-0.5 * r * r)
-    x[0], x[1] = v / f, r
-    for i in range(2, n):
-        x[i] = np.sqrt(-2.0 * np.log(v / x[i - 1] + f))
-        f = np.exp(-0.5 * x[i] * x[i])
-    return x, x[1:] / x[:-1], np.exp(-0.5 * x * x)
-
-
-_ZX, _ZR, _ZF = _ziggurat_tables()
-_ZIG_R = _ZX[1]                                   # where the tail begins
-_LAYER, _S8 = np.uint64(0xFF), np.uint64(8)       # 256 layers: the index is the low 8 bits
-_LOW32, _S32 = np.uint64(0xFFFFFFFF), np.uint64(32)
-
-
-@numba.njit(cache=True, inline="always")
-def _bits53(z: np.uint64) -> tuple[np.int64, float]:
-    """A ziggurat draw from 64 random bits: layer i from the low 8, u in (-1, 1) from the top 53."""
-    return np.int64(z & _LAYER), (np.int64(z >> _S11) + 0.5) * (2.0 / 9007199254740992.0) - 1.0
+_S8, _LOW32, _S32 = np.uint64(8), np.uint64(0xFFFFFFFF), np.uint64(32)
 
 
 @numba.njit(cache=True, inline="always")
 def _bits32(v: np.uint64) -> tuple[np.int64, float]:
     """A ziggurat draw from 32 random bits (as in Marsaglia & Tsang's 32-bit form): layer i from the low
     8, u from the other 24."""
-    return np.int64(v & _LAYER), (np.int64(v >> _S8) + 0.5) * (2.0 / 16777216.0) - 1.0
-
-
-@numba.njit(cache=True, inline="always")
-def _layer(s: np.uint64) -> tuple[np.uint64, np.int64, float]:
-    """Advance the state; return (state, i, u) of one 53-bit ziggurat draw."""
-    s = s + _GOLDEN
-    i, u = _bits53(_mix(s))
-    return s, i, u
-
-
-@numba.njit(cache=True)
-def _normal_slow(s: np.uint64, i: np.int64, u: float) -> tuple[np.uint64, float]:
-    """The ziggurat's rare branches for a draw (i, u) outside its layer's rectangle: the tail beyond r
-    (Marsaglia 1964) for i = 0, else the wedge test; on rejection, fresh draws until acceptance."""
-    while True:
-        if i == 0:
-            while True:
-                s, a = _uniform(s)
-                s, c = _uniform(s)
-                x = np.log(a) / _ZIG_R
-                if -2.0 * np.log(c) >= x * x:
-                    return s, (x - _ZIG_R) if u < 0 else (_ZIG_R - x)
-        x = u * _ZX[i]
-        s, a = _uniform(s)
-        if _ZF[i + 1] + a * (_ZF[i] - _ZF[i + 1]) < np.exp(-0.5 * x * x):
-            return s, x
-        s, i, u = _layer(s)
-        if abs(u) < _ZR[i]:
-            return s, u * _ZX[i]
-
-
-@numba.njit(cache=True, inline="always")
-def _ziggurat(s: np.uint64, i: np.int64, u: float) -> tuple[np.uint64, float]:
-    """N(0, 1) from the draw (i, u): accepted in the layer's rectangle 98.5 % of the time; the rest
-    goes to :func:`_normal_slow` (kept out of line so this path inlines)."""
-    if abs(u) < _ZR[i]:
-        return s, u * _ZX[i]
-    return _normal_slow(s, i, u)
-
-
-@numba.njit(cache=True, inline="always")
-def _normal(s: np.uint64) -> tuple[np.uint64, float]:
-    """One N(0, 1) by the ziggurat from one SplitMix64 output."""
-    s, i, u = _layer(s)
-    return _ziggurat(s, i, u)
-
-
-@numba.njit(cache=True)
-def _chi2_from(s: np.uint64, d: float, c: float, z: float, u: float) -> tuple[np.uint64, float]:
-    """χ²_k = 2·Gamma(k/2) for k >= 2 by Marsaglia–Tsang (d = k/2 − 1/3, c = 1/√(9d)), starting from the
-    proposal (z, u) ~ N(0, 1) × U(0, 1); after a rejection, fresh proposals from the stream at ``s``."""
-    while True:
-        v = 1.0 + c * z
-        if v > 0.0:
-            v = v * v * v
-            if u < 1.0 - 0.0331 * (z * z) * (z * z) or np.log(u) < 0.5 * z * z + d - d * v + d * np.log(v):
-                return s, 2.0 * d * v
-        s, z = _normal(s)
-        s, u = _uniform(s)
-
-
-@numba.njit(cache=True, inline="always")
-def _gamma_shape(k: float) -> tuple[float, float]:
-    """Marsaglia–Tsang constants (d, c) of χ²_k = 2·Gamma(k/2)."""
-    d = 0.5 * k - 1.0 / 3.0
-    return d, 1.0 / np.sqrt(9.0 * d)
+    return np.int64(v & LAYER), (np.int64(v >> _S8) + 0.5) * (2.0 / 16777216.0) - 1.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -194,8 +86,8 @@ def _set_sampler(x: np.ndarray, j: int, sx: float, se: float, b: int) -> None:
     constants of χ²_B and χ²_{B−1} (used when B > 1, resp. B > 2). (Lanes without a replica keep zeros:
     the kernels never divide.)"""
     x[_SX, j], x[_SE, j], x[_B, j], x[_INV_B, j], x[_SD_SXE, j] = sx, se, b, 1.0 / b, sx * se / np.sqrt(b)
-    x[_D1, j], x[_C1, j] = _gamma_shape(max(b, 2))
-    x[_D2, j], x[_C2, j] = _gamma_shape(max(b - 1, 2))
+    x[_D1, j], x[_C1, j] = gamma_shape(max(b, 2))
+    x[_D2, j], x[_C2, j] = gamma_shape(max(b - 1, 2))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -211,14 +103,14 @@ def _set_sampler(x: np.ndarray, j: int, sx: float, se: float, b: int) -> None:
 def _normal32(v: np.uint64) -> tuple[bool, float]:
     """The ziggurat's fast path on 32 random bits: (in the layer's rectangle, value)."""
     i, u = _bits32(v)
-    return abs(u) < _ZR[i], u * _ZX[i]
+    return abs(u) < ZR[i], u * ZX[i]
 
 
 @numba.njit(cache=True, inline="always")
 def _normal32_full(s: np.uint64, v: np.uint64) -> tuple[np.uint64, float]:
     """N(0, 1) from 32 random bits, the rare branches drawing from the stream at ``s``."""
     i, u = _bits32(v)
-    return _ziggurat(s, i, u)
+    return ziggurat(s, i, u)
 
 
 @numba.njit(cache=True, inline="always")
@@ -236,7 +128,7 @@ def _single_moments(zx: float, ze: float, sx: float, se: float) -> tuple[float, 
 @numba.njit(cache=True, inline="always")
 def _fast_single(s: np.uint64, x: np.ndarray, j: int) -> tuple[bool, float, float, float]:
     """Exact SGD at B = 1: (x, ε) from the two 32-bit halves of one output."""
-    z = _mix(s + _GOLDEN)
+    z = mix(s + GOLDEN)
     okx, zx = _normal32(z & _LOW32)
     oke, ze = _normal32(z >> _S32)
     sxx, sxe, see = _single_moments(zx, ze, x[_SX, j], x[_SE, j])
@@ -245,7 +137,7 @@ def _fast_single(s: np.uint64, x: np.ndarray, j: int) -> tuple[bool, float, floa
 
 @numba.njit(cache=True)
 def _slow_single(a: np.uint64, s: np.uint64, x: np.ndarray, j: int) -> tuple[np.uint64, float, float, float]:
-    z = _mix(s + _GOLDEN)
+    z = mix(s + GOLDEN)
     a, zx = _normal32_full(a, z & _LOW32)
     a, ze = _normal32_full(a, z >> _S32)
     sxx, sxe, see = _single_moments(zx, ze, x[_SX, j], x[_SE, j])
@@ -255,14 +147,14 @@ def _slow_single(a: np.uint64, s: np.uint64, x: np.ndarray, j: int) -> tuple[np.
 @numba.njit(cache=True, inline="always")
 def _fast_reduced(s: np.uint64, x: np.ndarray, j: int) -> tuple[bool, float, float, float]:
     """The reduced map, eqs. (5)-(6): S_xx = σx², S_εε = σε², S_xε = −Φ σx σε/√B, Φ ~ N(0, 1) (53 bits)."""
-    i, u = _bits53(_mix(s + _GOLDEN))
-    return abs(u) < _ZR[i], x[_SX, j] * x[_SX, j], -(u * _ZX[i]) * x[_SD_SXE, j], x[_SE, j] * x[_SE, j]
+    i, u = bits53(mix(s + GOLDEN))
+    return abs(u) < ZR[i], x[_SX, j] * x[_SX, j], -(u * ZX[i]) * x[_SD_SXE, j], x[_SE, j] * x[_SE, j]
 
 
 @numba.njit(cache=True)
 def _slow_reduced(a: np.uint64, s: np.uint64, x: np.ndarray, j: int) -> tuple[np.uint64, float, float, float]:
-    i, u = _bits53(_mix(s + _GOLDEN))
-    a, phi = _ziggurat(a, i, u)
+    i, u = bits53(mix(s + GOLDEN))
+    a, phi = ziggurat(a, i, u)
     return a, x[_SX, j] * x[_SX, j], -phi * x[_SD_SXE, j], x[_SE, j] * x[_SE, j]
 
 
@@ -278,14 +170,14 @@ def _fast_wishart(s: np.uint64, x: np.ndarray, j: int) -> tuple[bool, float, flo
     """Exact SGD at B > 1 by Bartlett, from three outputs: (normal, uniform) pairs for the first
     Marsaglia–Tsang proposals of c1² and c2² (complete if the squeeze accepts both; c2² = z² at B = 2),
     and the normal n."""
-    za, zb, zc = _mix(s + _GOLDEN), _mix(s + _GOLDEN2), _mix(s + _GOLDEN3)
+    za, zb, zc = mix(s + GOLDEN), mix(s + _GOLDEN2), mix(s + _GOLDEN3)
     ok1, g1 = _normal32(za & _LOW32)
     ok2, g2 = _normal32(zb & _LOW32)
     ok3, n = _normal32(zc & _LOW32)
     u1, u2 = _uniform32(za), _uniform32(zb)
     d1, c1, d2, c2 = x[_D1, j], x[_C1, j], x[_D2, j], x[_C2, j]
     v1, v2 = 1.0 + c1 * g1, 1.0 + c2 * g2
-    acc1 = (v1 > 0.0) & (u1 < 1.0 - 0.0331 * (g1 * g1) * (g1 * g1))      # the squeeze of _chi2_from
+    acc1 = (v1 > 0.0) & (u1 < 1.0 - 0.0331 * (g1 * g1) * (g1 * g1))      # the squeeze of chi2_from
     acc2 = (v2 > 0.0) & (u2 < 1.0 - 0.0331 * (g2 * g2) * (g2 * g2))
     v1, v2 = v1 * v1 * v1, v2 * v2 * v2
     chi1 = x[_B, j] == 2.0
@@ -295,14 +187,14 @@ def _fast_wishart(s: np.uint64, x: np.ndarray, j: int) -> tuple[bool, float, flo
 
 @numba.njit(cache=True)
 def _slow_wishart(a: np.uint64, s: np.uint64, x: np.ndarray, j: int) -> tuple[np.uint64, float, float, float]:
-    za, zb, zc = _mix(s + _GOLDEN), _mix(s + _GOLDEN2), _mix(s + _GOLDEN3)
+    za, zb, zc = mix(s + GOLDEN), mix(s + _GOLDEN2), mix(s + _GOLDEN3)
     a, g1 = _normal32_full(a, za & _LOW32)
-    a, c1sq = _chi2_from(a, x[_D1, j], x[_C1, j], g1, _uniform32(za))
+    a, c1sq = chi2_from(a, x[_D1, j], x[_C1, j], g1, _uniform32(za))
     a, g2 = _normal32_full(a, zb & _LOW32)
     if x[_B, j] == 2.0:
         c2sq = g2 * g2
     else:
-        a, c2sq = _chi2_from(a, x[_D2, j], x[_C2, j], g2, _uniform32(zb))
+        a, c2sq = chi2_from(a, x[_D2, j], x[_C2, j], g2, _uniform32(zb))
     a, n = _normal32_full(a, zc & _LOW32)
     sxx, sxe, see = _bartlett(c1sq, c2sq, n, x, j)
     return a, sxx, sxe, see
@@ -337,7 +229,7 @@ def _slow(kind: int, a: np.uint64, s: np.uint64, x: np.ndarray, j: int) -> tuple
 def _draws(kind: int, s: np.uint64, a: np.uint64, n: int, sx: float, se: float, b: int) -> np.ndarray:
     x = np.zeros((_ROWS, 1))
     _set_sampler(x, 0, sx, se, b)
-    step = np.uint64(_WIDTH[kind]) * _GOLDEN
+    step = np.uint64(_WIDTH[kind]) * GOLDEN
     out = np.empty((n, 3))
     for k in range(n):
         complete, out[k, 0], out[k, 1], out[k, 2] = _fast(kind, s, x, 0)
@@ -435,7 +327,7 @@ def _fill(kind: int, n: int, x: np.ndarray, s: np.ndarray, a: np.ndarray, mom: n
     """The moments mom[:3, k, j] of the next n <= BLOCK steps of every lane j: fast paths for all (k, j),
     then the completions (mom[3, k, j] = 1) in step order per live lane. ``s``, ``a``: fast and slow
     stream states, advanced."""
-    width = np.uint64(_WIDTH[kind]) * _GOLDEN
+    width = np.uint64(_WIDTH[kind]) * GOLDEN
     for k in range(n):
         ahead = np.uint64(k) * width
         todo = 0
