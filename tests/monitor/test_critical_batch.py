@@ -11,9 +11,17 @@ import torch
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.seeding import torch_generator
-from noiseprobe.monitor.critical_batch import (BLOCK_STEPS, STREAM_BATCHES, STREAM_PROBE, fit_critical_batch,
-                                               geometric_steps, noise_scale_during, step_average, steps_to_target,
-                                               train_to_target)
+from noiseprobe.monitor.critical_batch import (
+    BLOCK_STEPS,
+    STREAM_BATCHES,
+    STREAM_PROBE,
+    fit_critical_batch,
+    geometric_steps,
+    noise_scale_during,
+    step_average,
+    steps_to_target,
+    train_to_target,
+)
 
 
 def _data(n: int = 60, d: int = 5, c: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +88,7 @@ def test_batched_sgd_equals_a_plain_loop() -> None:
                           target=1e-9, max_steps=steps)
     assert run.outcome["steps_to_target"].isna().all() and (run.outcome["last_step"] == steps).all()
     n_w = len(run.ensemble.weights)
-    for k, (lr, r) in enumerate(zip(lrs, replicas)):
+    for k, (lr, r) in enumerate(zip(lrs, replicas, strict=True)):
         model, _ = run.ensemble.member(k)
         first = run.snapshots[0]
         lins = [m for m in model if isinstance(m, torch.nn.Linear)]
@@ -119,7 +127,9 @@ def test_divergence_is_recorded_not_raised() -> None:
     o = run.outcome
     assert bool(o["diverged"].iloc[0]) and not bool(o["diverged"].iloc[1])
     assert o["steps_to_target"].isna().all()
-    assert run.records.loc[run.records["lr"] == 1e4, "train_loss"].iloc[-1] != run.records["train_loss"].iloc[-1] or True
+    rec = run.records
+    assert rec.loc[rec["lr"] == 1e4, "train_loss"].isna().iloc[-1]
+    assert rec.loc[rec["lr"] == 0.1, "train_loss"].notna().all()
     with pytest.raises(ConfigError, match="lrs"):
         train_to_target(x, y, hidden=[8], batch_size=8, lrs=[0.1], replicas=[0, 1], init_replica=0, seed=0,
                         target=0.1, max_steps=5)
@@ -134,7 +144,7 @@ def test_noise_scale_during_equals_per_sample_autograd() -> None:
     assert list(got["step"]) == sorted(run.snapshots)
     gen = torch_generator(2, 5, STREAM_PROBE)
     n_w = len(run.ensemble.weights)
-    for step, b_simple in zip(got["step"], got["b_simple"]):
+    for step, b_simple in zip(got["step"], got["b_simple"], strict=True):
         pick = torch.randperm(40, generator=gen)[:20]
         snap = run.snapshots[int(step)]
         w = [snap[m][0].clone().double().requires_grad_(True) for m in range(2 * n_w)]

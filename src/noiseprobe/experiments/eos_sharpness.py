@@ -78,7 +78,7 @@ def _model(config: EoSConfig, d_in: int, n_out: int) -> nn.Sequential:
     """The tanh MLP, initialised from stream (seed, 0) (the same network for every learning rate)."""
     sizes = [d_in] + [config.width] * config.depth + [n_out]
     layers: list[nn.Module] = []
-    for a, b in zip(sizes, sizes[1:]):
+    for a, b in zip(sizes, sizes[1:], strict=False):
         layers += [nn.Linear(a, b), nn.Tanh()]
     model = nn.Sequential(*layers[:-1])
     gen = torch_generator(config.seed, 0)
@@ -166,25 +166,27 @@ def _checks(k: int, lr: float, ph: Any, settle: int) -> list[Check]:
     """The seven checks of one learning rate (module docstring)."""
     tag = f"lr{k}"
     at = f"η = {lr:g} (2/η = {2 / lr:.4g})"
+    note: dict[str, Any] = {"detail": f"GD diverged at step {ph.diverged_step:g}"} if np.isfinite(ph.diverged_step) else {}
     out = [Check.greater(f"crosses-{tag}", f"{at}: the sharpness reaches 2/η (max of η·λ_max/2 ≥ 1)",
-                         ph.max_ratio, 1.0)]
+                         ph.max_ratio, 1.0, **note)]
     sharpen = f"{at}: progressive sharpening — the sharpness rises from its minimum to the first crossing"
     if len(ph.sharpening_windows) >= 2:
         out.append(Check.ordered(f"sharpening-{tag}", sharpen + " (means of 4 equal windows, increasing)",
                                  ph.sharpening_windows, detail=f"factor {ph.sharpening_factor:.3g} from the minimum"))
     else:
         out.append(Check.not_measurable(f"sharpening-{tag}", sharpen, "no crossing, or fewer than 4 measurements "
-                                        "between the sharpness minimum and the crossing"))
+                                        "between the sharpness minimum and the crossing", **note))
     lo, hi = HOVER_BAND
-    phase = f"over the {ph.hover_n} measurements from {settle} steps after the first crossing (step {ph.first_crossing:g})"
+    phase = (f"over the {ph.hover_n} measurements from {settle} steps after the first crossing "
+             f"(step {ph.first_crossing:g})")
     for q, val in (("median", ph.hover_median), ("p10", ph.hover_p10), ("p90", ph.hover_p90)):
         name = {"median": "median", "p10": "10 % quantile", "p90": "90 % quantile"}[q]
         out.append(Check.within(f"hover-{q}-{tag}", f"{at}: the {name} of η·λ_max/2 {phase} is in [{lo}, {hi}]",
-                                val, lo, hi))
+                                val, lo, hi, **note))
     out.append(Check.less(f"loss-decreases-{tag}", f"{at}: the loss keeps decreasing at the edge of stability "
                           "(mean of the last quarter / mean of the first quarter of the steps after the crossing)",
-                          ph.loss_ratio, 1.0))
+                          ph.loss_ratio, 1.0, **note))
     out.append(Check.greater(f"loss-nonmonotone-{tag}", f"{at}: ... non-monotonically (fraction of steps after the "
                              f"crossing at which the loss rose ≥ {MIN_RISE_FRACTION:g})", ph.loss_rise_fraction,
-                             MIN_RISE_FRACTION))
+                             MIN_RISE_FRACTION, **note))
     return out

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import NullFormatter
 
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
@@ -41,8 +42,13 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.data.embedded import load_default
-from noiseprobe.monitor.critical_batch import (fit_critical_batch, geometric_steps, noise_scale_during,
-                                               step_average, train_to_target)
+from noiseprobe.monitor.critical_batch import (
+    fit_critical_batch,
+    geometric_steps,
+    noise_scale_during,
+    step_average,
+    train_to_target,
+)
 
 #: B_crit against the noise scale: agreement within this factor (the paper's "B_crit ≈ B_noise" is approximate)
 FACTOR = 3.0
@@ -151,7 +157,7 @@ class CriticalBatch(Experiment):
         fit = fit_critical_batch(grid["batch_size"], grid["steps"])
         boot = _bootstrap(per_seed, config)
         runs = _noise_averages(per_seed, noise)
-        self._plot(config, res, grid, per_seed, noise, fit, runs, out)
+        self._plot(config, res, tables["curves"], grid, fit, runs, out)
 
         checks = _trend_checks(grid)
         checks.append(Check.less("hyperbola-fit", "S = S_min(1 + B_crit/B), E = E_min(1 + B/B_crit) fits the tuned "
@@ -187,8 +193,8 @@ class CriticalBatch(Experiment):
         return metrics, checks
 
     @staticmethod
-    def _plot(config: CriticalBatchConfig, res: pd.DataFrame, grid: pd.DataFrame, per_seed: pd.DataFrame,
-              noise: pd.DataFrame, fit: Any, runs: pd.DataFrame, out: Path) -> None:
+    def _plot(config: CriticalBatchConfig, res: pd.DataFrame, curves: pd.DataFrame, grid: pd.DataFrame,
+              fit: Any, runs: pd.DataFrame, out: Path) -> None:
         fig, ax = new_figure(2, 2, width=4.4, height=3.4)
         ax = ax.ravel()
         b = grid["batch_size"].to_numpy(dtype=float)
@@ -207,22 +213,29 @@ class CriticalBatch(Experiment):
                        label="(S/S_min − 1)(E/E_min − 1) = 1")
             ax[1].legend()
         ax[1].set(xscale="log", yscale="log", xlabel="steps S", ylabel="examples E = B·S", title="the trade-off")
-        for i, (bs, sub) in enumerate(noise.groupby("batch_size") if len(noise) else []):
-            for j, (_, one) in enumerate(sub.groupby("seed_index")):
-                t = one["step"] / max(one["step"].max(), 1)
-                ax[2].plot(t, one["b_simple"], color=f"C{i % 10}", lw=0.7, label=f"B = {bs}" if j == 0 else None)
-                ax[2].plot(t, one["b_noise"], color=f"C{i % 10}", lw=0.7, ls="--")
+        by_b = runs.groupby("batch_size")
+        for col, style, label in (("b_simple", "o", "B_simple = tr Σ/|G|²"), ("b_noise", "s", "B_noise = tr(HΣ)/GᵀHG")):
+            mean, count = by_b[col].mean(), by_b[col].count()
+            ax[2].errorbar(mean.index, mean.to_numpy(), yerr=(by_b[col].std(ddof=1) / np.sqrt(count)).to_numpy(),
+                           fmt=style, ms=4, label=label)
         if math.isfinite(fit.b_crit):
             ax[2].axhline(fit.b_crit, color="k", lw=1.2, label="fitted B_crit")
-        ax[2].set(yscale="log", xlabel="step / steps to target", ylabel="noise scale",
-                  title="B_simple (solid), B_noise (dashed), tuned runs")
-        ax[2].legend(fontsize=6)
-        for i, (bs, sub) in enumerate(res.groupby("batch_size")):
-            m = sub.groupby("lr")["steps_to_target"].mean()
-            ax[3].plot(m.index, m.to_numpy(), "o-", ms=3, color=f"C{i % 10}", label=f"B = {bs}")
-        ax[3].set(xscale="log", yscale="log", xlabel="learning rate", ylabel="steps to target (mean over seeds)",
-                  title="learning-rate tuning")
+            ax[2].axhspan(fit.b_crit / FACTOR, fit.b_crit * FACTOR, color="grey", alpha=0.15,
+                          label=f"B_crit ×/÷ {FACTOR:g}")
+        ax[2].set(xscale="log", yscale="log", xlabel="batch size B of the run",
+                  ylabel="noise scale (mean over steps to target)", title="NoiseMonitor during the tuned runs")
+        ax[2].legend(fontsize=7)
+        stop = _loss_at_stop(curves)
+        for i, (bs, sub) in enumerate(stop.groupby("batch_size")):
+            ax[3].plot(sub["lr"], sub["loss_at_stop"], "o-", ms=3, color=f"C{i % 10}", label=f"B = {bs}")
+        ax[3].axhline(config.target_loss, color="k", ls=":", lw=0.8)
+        ax[3].set(xscale="log", yscale="log", xlabel="learning rate",
+                  ylabel="training loss when the fastest reached the target",
+                  title="learning-rate tuning (mean over seeds)")
         ax[3].legend(fontsize=6)
+        for a in ax:
+            a.xaxis.set_minor_formatter(NullFormatter())
+            a.yaxis.set_minor_formatter(NullFormatter())
         savefig(fig, out / "critical_batch.png")
 
 
@@ -234,7 +247,7 @@ def _tuned(res: pd.DataFrame, config: CriticalBatchConfig) -> pd.DataFrame:
     for (b, s), sub in res.groupby(["batch_size", "seed_index"]):
         sub = sub.sort_values("lr")
         st = sub["steps_to_target"].to_numpy()
-        row = {"batch_size": int(b), "seed_index": int(s), "steps": math.nan, "lr": math.nan, "at_edge": math.nan}
+        row = {"batch_size": b, "seed_index": s, "steps": math.nan, "lr": math.nan, "at_edge": math.nan}
         if np.isfinite(st).any():
             j = int(np.nanargmin(st))
             larger_diverged = bool(sub["diverged"].to_numpy()[j + 1:].any())
@@ -242,6 +255,12 @@ def _tuned(res: pd.DataFrame, config: CriticalBatchConfig) -> pd.DataFrame:
             row.update(steps=float(st[j]), lr=float(sub["lr"].iloc[j]), at_edge=float(edge))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _loss_at_stop(curves: pd.DataFrame) -> pd.DataFrame:
+    """Per (batch size, lr): the training loss at each chunk's last evaluation, mean over seeds."""
+    last = curves.sort_values("step").groupby(["batch_size", "seed_index", "lr"]).tail(1)
+    return last.groupby(["batch_size", "lr"])["train_loss"].mean().rename("loss_at_stop").reset_index()
 
 
 def _per_batch(per_seed: pd.DataFrame) -> pd.DataFrame:
@@ -272,12 +291,13 @@ def _bootstrap(per_seed: pd.DataFrame, config: CriticalBatchConfig) -> list[floa
 def _noise_averages(per_seed: pd.DataFrame, noise: pd.DataFrame) -> pd.DataFrame:
     """Per tuned run: B_simple and B_noise averaged over steps up to its target."""
     rows = []
-    for r in per_seed.itertuples():
-        if not math.isfinite(r.steps) or noise.empty:
+    for r in per_seed.to_dict(orient="records"):
+        steps = float(r["steps"])
+        if not math.isfinite(steps) or noise.empty:
             continue
-        one = noise[(noise["batch_size"] == r.batch_size) & (noise["seed_index"] == r.seed_index)]
-        rows.append({"batch_size": r.batch_size, "seed_index": r.seed_index,
-                     **{c: step_average(one["step"], one[c], r.steps) for c in ("b_simple", "b_noise")}})
+        one = noise[(noise["batch_size"] == r["batch_size"]) & (noise["seed_index"] == r["seed_index"])]
+        rows.append({"batch_size": r["batch_size"], "seed_index": r["seed_index"],
+                     **{c: step_average(one["step"], one[c], steps) for c in ("b_simple", "b_noise")}})
     return pd.DataFrame(rows, columns=["batch_size", "seed_index", "b_simple", "b_noise"])
 
 

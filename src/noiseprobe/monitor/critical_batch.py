@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from numpy.typing import ArrayLike
 from scipy.optimize import least_squares
 
 from noiseprobe.core.errors import ConfigError
@@ -48,17 +49,17 @@ def geometric_steps(max_steps: int, ratio: float) -> np.ndarray:
     return np.unique(np.concatenate([[0], steps[steps < max_steps], [max_steps]]))
 
 
-def steps_to_target(steps: np.ndarray, losses: np.ndarray, target: float) -> float:
+def steps_to_target(steps: ArrayLike, losses: ArrayLike, target: float) -> float:
     """First step at which ``losses`` (recorded at ``steps``) reach ``target``, interpolated linearly in
     (log step, log loss) between the two bracketing records (linearly in step from step 0); NaN if never."""
-    steps, losses = np.asarray(steps, dtype=np.float64), np.asarray(losses, dtype=np.float64)
-    hit = np.nonzero(losses <= target)[0]
+    st, lv = np.asarray(steps, dtype=np.float64), np.asarray(losses, dtype=np.float64)
+    hit = np.nonzero(lv <= target)[0]
     if hit.size == 0:
         return math.nan
     j = int(hit[0])
     if j == 0:
-        return float(steps[0])
-    (s0, s1), (l0, l1) = steps[j - 1:j + 1], losses[j - 1:j + 1]
+        return float(st[0])
+    (s0, s1), (l0, l1) = st[j - 1:j + 1], lv[j - 1:j + 1]
     if not (l0 > target and math.isfinite(l0)):
         return float(s1)
     if s0 > 0 and l1 > 0:
@@ -104,7 +105,7 @@ def train_to_target(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], 
     n_classes = int(y.max()) + 1
     ens = init_ensemble([x.shape[1], *hidden, n_classes], [0.0] * k, [init_replica] * k, seed, dtype=x.dtype)
     params = [*ens.weights, *ens.biases]
-    lr = torch.tensor([float(v) for v in lrs], dtype=x.dtype)
+    rates = torch.tensor([float(v) for v in lrs], dtype=x.dtype)
     gens = [torch_generator(seed, int(r), STREAM_BATCHES) for r in replicas]
     evals = set(geometric_steps(max_steps, eval_ratio).tolist())
     snaps = set(geometric_steps(max_steps, snapshot_ratio).tolist())
@@ -127,7 +128,7 @@ def train_to_target(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], 
             bad = ~np.isfinite(loss) | (np.abs(loss) > DIVERGED) | (loss > blowup * initial)
             if (bad & ~diverged).any():
                 diverged |= bad
-                lr[torch.from_numpy(diverged)] = 0.0
+                rates[torch.from_numpy(diverged)] = 0.0
                 with torch.no_grad():
                     for p in params:
                         p[torch.from_numpy(diverged)] = 0.0
@@ -146,8 +147,8 @@ def train_to_target(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], 
         lk = batch_losses(ens.forward(x[rows])[0], y[rows], "ce").mean(1)
         grads = torch.autograd.grad(lk.sum(), params)
         with torch.no_grad():
-            for p, g in zip(params, grads):
-                p.sub_(lr.view(-1, *([1] * (g.dim() - 1))) * g)
+            for p, g in zip(params, grads, strict=True):
+                p.sub_(rates.view(-1, *([1] * (g.dim() - 1))) * g)
     for p in params:
         p.requires_grad_(False)
     steps = np.asarray(rec_steps)
@@ -190,7 +191,7 @@ def noise_scale_during(run: TargetRun, member: int, x: torch.Tensor, y: torch.Te
     return pd.DataFrame(rows)
 
 
-def step_average(steps: np.ndarray, values: np.ndarray, until: float) -> float:
+def step_average(steps: ArrayLike, values: ArrayLike, until: float) -> float:
     """(1/T) ∫₀ᵀ v(s) ds for T = ``until``, v piecewise linear through the finite (step, value) pairs with
     step ≤ T and held constant after the last one (trapezoid rule); NaN if no finite value."""
     s, v = np.asarray(steps, dtype=np.float64), np.asarray(values, dtype=np.float64)
@@ -217,7 +218,7 @@ class CriticalBatchFit:
     n: int
 
 
-def fit_critical_batch(batch_sizes: Sequence[float], steps: Sequence[float]) -> CriticalBatchFit:
+def fit_critical_batch(batch_sizes: ArrayLike, steps: ArrayLike) -> CriticalBatchFit:
     """Least squares of log S against log S_min(1 + B_crit/B) over the finite points (≥ 3).
 
     The residuals of log E = log B + log S are the same numbers, so this is the joint fit of S and E (their

@@ -15,6 +15,8 @@ on neural networks the sharpness λ_max(H) first *rises* (progressive sharpening
   ``settle`` steps after the first crossing;
 * the loss over the same phase: the mean of its last quarter over the mean of its first quarter, and the
   fraction of steps at which it rose.
+
+A run whose loss became non-finite or exceeded 1e8 has diverged: only ``diverged_step`` is set.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class EoSPhases:
     hover_p90: float
     loss_ratio: float                # mean loss, last quarter / first quarter of the phase after the crossing
     loss_rise_fraction: float        # fraction of steps after the crossing at which the loss rose
+    diverged_step: float = math.nan  # first step whose loss is non-finite or above 1e8 (then nothing else is measured)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,9 +92,13 @@ def eos_phases(losses: pd.DataFrame, sharpness: pd.DataFrame, *, settle: int, wi
     ``losses``: step, loss; ``sharpness``: step, sharpness, eos_ratio (from :func:`gd_with_sharpness`)."""
     check_int("settle", settle, lo=0)
     check_int("windows", windows, lo=2)
+    nan = math.nan
+    lv_all = losses["loss"].to_numpy(dtype=float)
+    bad = np.nonzero(~(np.abs(lv_all) <= DIVERGED))[0]
+    if bad.size:
+        return EoSPhases(nan, nan, [], nan, 0, nan, nan, nan, nan, nan, float(losses["step"].iloc[int(bad[0])]))
     sh = sharpness[np.isfinite(sharpness["eos_ratio"].to_numpy(dtype=float))]
     st, lam, ratio = (sh[c].to_numpy(dtype=float) for c in ("step", "sharpness", "eos_ratio"))
-    nan = math.nan
     max_ratio = float(ratio.max()) if ratio.size else nan
     above = np.nonzero(ratio >= 1.0)[0]
     if above.size == 0:
