@@ -195,6 +195,11 @@ class CriticalBatch(Experiment):
     @staticmethod
     def _plot(config: CriticalBatchConfig, res: pd.DataFrame, curves: pd.DataFrame, grid: pd.DataFrame,
               fit: Any, runs: pd.DataFrame, out: Path) -> None:
+        if not np.isfinite(grid["steps"]).any():  # nothing reached the target (e.g. every replica diverged)
+            fig, one = new_figure(width=4.4)
+            one.text(0.5, 0.5, "no run reached the target loss", ha="center", va="center")
+            savefig(fig, out / "critical_batch.png")
+            return
         fig, ax = new_figure(2, 2, width=4.4, height=3.4)
         ax = ax.ravel()
         b = grid["batch_size"].to_numpy(dtype=float)
