@@ -42,12 +42,15 @@ from noiseprobe.monitor.edge_of_stability import eos_phases, gd_with_sharpness
 #: loss increases that counts as non-monotone
 HOVER_BAND = (0.9, 1.1)
 MIN_RISE_FRACTION = 0.01
-#: memory model of one chunk (bytes above a worker's state after imports): torch's working set, plus per
-#: (sample × hidden unit) the activations of forward, backward and the Hessian-vector products
-CHUNK_BASE_BYTES = 60 * 2**20
-BYTES_PER_ACTIVATION = 200
-#: time model: seconds per (sample × weight) for one GD step, and per measurement (≈ 10 such products)
-SECONDS_PER_SAMPLE_WEIGHT = 6e-9
+#: memory model of one chunk (bytes above a warm worker's state; fitted to the RSS growth of the quick
+#: preset's chunks, docs/monitor.md): torch's first-use working set, plus per (sample × layer width) the
+#: activations of forward, backward and the Hessian-vector products
+CHUNK_BASE_BYTES = 80 * 2**20
+BYTES_PER_ACTIVATION = 24
+#: time model (one torch thread, the shared development machine): seconds per (sample × weight) of one GD
+#: step; a sharpness measurement costs about 10 steps (warm-started Lanczos)
+SECONDS_PER_SAMPLE_WEIGHT = 1.6e-10
+MEASURE_COST_STEPS = 10
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,8 +114,8 @@ class EoSSharpness(Experiment):
         weights = d_in * config.width + (config.depth - 1) * config.width ** 2 + 10 * config.width
         acts = config.n_train * (config.width * config.depth + d_in)
         measures = config.steps // config.measure_every + 1
-        per_lr = SECONDS_PER_SAMPLE_WEIGHT * config.n_train * weights * (config.steps + 10 * measures)
-        return Estimate(CHUNK_BASE_BYTES + BYTES_PER_ACTIVATION * acts + 64 * weights,
+        per_lr = SECONDS_PER_SAMPLE_WEIGHT * config.n_train * weights * (config.steps + MEASURE_COST_STEPS * measures)
+        return Estimate(CHUNK_BASE_BYTES + BYTES_PER_ACTIVATION * acts + 16 * weights,
                         per_lr * len(config.lrs), ("n_train", "width", "depth", "steps"))
 
     def chunks(self, config: EoSConfig) -> list[Chunk]:

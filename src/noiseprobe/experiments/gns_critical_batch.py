@@ -54,15 +54,13 @@ from noiseprobe.monitor.critical_batch import (
 FACTOR = 3.0
 #: largest rms residual of log S about the fitted hyperbola
 MAX_RMS_LOG_RESIDUAL = 0.2
-#: memory model of one chunk (bytes above a worker's state after imports): torch's working set; per
-#: (replica × batch sample × layer width) the batched forward/backward; per (replica × weight) the kept
-#: snapshots; per (probe sample × weight) the monitor's per-sample factors and Hessian-vector products
-CHUNK_BASE_BYTES = 40 * 2**20
-BYTES_PER_ACTIVATION = 24
-BYTES_PER_PROBE_WEIGHT = 2
-#: time model: seconds per SGD step of a chunk, plus per (replica × batch sample × weight)
-SECONDS_PER_STEP = 3e-4
-SECONDS_PER_SAMPLE_WEIGHT = 2e-9
+#: memory model of one chunk (bytes above a warm worker's state; fitted to the RSS growth of the quick
+#: preset's chunks at B = 4 and B = 1024, docs/monitor.md): torch's first-use working set; per (replica ×
+#: batch sample × input feature) the gathered minibatch; 4 bytes per (replica × weight × snapshot); per
+#: (probe sample × weight) the monitor's factored per-sample gradients and Hessian-vector products
+CHUNK_BASE_BYTES = 90 * 2**20
+BYTES_PER_BATCH_INPUT = 4
+BYTES_PER_PROBE_WEIGHT = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,17 +110,13 @@ class CriticalBatch(Experiment):
     diverging = {"lrs": [1e4, 2e4]}
 
     def estimate(self, config: CriticalBatchConfig) -> Estimate:
+        """Peak memory of the largest chunk; no time (the steps to the target are what the run measures)."""
         d_in, r = 784, len(config.lrs)
         weights = (d_in + 1) * config.hidden + (config.hidden + 1) * 10
-        b = max(config.batch_sizes)
         snaps = len(geometric_steps(config.max_steps, config.snapshot_ratio))
-        acts = r * b * (d_in + config.hidden + 10) + r * config.n_train * (config.hidden + 10)
-        peak = (CHUNK_BASE_BYTES + BYTES_PER_ACTIVATION * acts + 4 * r * weights * snaps
-                + BYTES_PER_PROBE_WEIGHT * config.probe_samples * weights)
-        steps = config.max_steps  # upper bound: a chunk stops at the first replica that reaches the target
-        seconds = sum(SECONDS_PER_STEP * steps + SECONDS_PER_SAMPLE_WEIGHT * r * bs * weights * steps
-                      for bs in config.batch_sizes) * config.seeds
-        return Estimate(int(peak), seconds, ("batch_sizes", "lrs", "hidden", "max_steps"))
+        peak = (CHUNK_BASE_BYTES + BYTES_PER_BATCH_INPUT * r * max(config.batch_sizes) * (d_in + config.hidden)
+                + 4 * r * weights * snaps + BYTES_PER_PROBE_WEIGHT * config.probe_samples * weights)
+        return Estimate(int(peak), None, ("batch_sizes", "lrs", "hidden", "max_steps", "probe_samples"))
 
     def chunks(self, config: CriticalBatchConfig) -> list[Chunk]:
         return [Chunk(f"B{b:05d}-seed{s:03d}", {"b_index": i, "batch_size": b, "seed_index": s})
