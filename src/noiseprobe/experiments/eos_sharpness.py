@@ -104,8 +104,9 @@ class EoSSharpness(Experiment):
     presets = {
         "quick": {"seed": 0, "n_train": 1000, "width": 100, "depth": 2, "lrs": [0.035, 0.045, 0.055],
                   "steps": 2500, "measure_every": 20, "settle_steps": 100},
-        "full": {"seed": 0, "n_train": 3000, "width": 200, "depth": 3, "lrs": [0.02, 0.03, 0.04, 0.05, 0.06],
-                 "steps": 10000, "measure_every": 10, "settle_steps": 200},
+        "full": {"seed": 0, "n_train": 2000, "width": 100, "depth": 2,
+                 "lrs": [0.025, 0.03, 0.035, 0.04, 0.045, 0.05, 0.055], "steps": 8000, "measure_every": 10,
+                 "settle_steps": 100},
     }
     diverging = {"lrs": [50.0, 100.0, 200.0], "steps": 50, "measure_every": 10}
 
