@@ -170,7 +170,8 @@ def _checks(k: int, lr: float, ph: Any, settle: int) -> list[Check]:
     """The seven checks of one learning rate (module docstring)."""
     tag = f"lr{k}"
     at = f"η = {lr:g} (2/η = {2 / lr:.4g})"
-    note: dict[str, Any] = {"detail": f"GD diverged at step {ph.diverged_step:g}"} if np.isfinite(ph.diverged_step) else {}
+    diverged = np.isfinite(ph.diverged_step)
+    note: dict[str, Any] = {"detail": f"GD diverged at step {ph.diverged_step:g}"} if diverged else {}
     out = [Check.greater(f"crosses-{tag}", f"{at}: the sharpness reaches 2/η (max of η·λ_max/2 ≥ 1)",
                          ph.max_ratio, 1.0, **note)]
     sharpen = f"{at}: progressive sharpening — the sharpness rises from its minimum to the first crossing"

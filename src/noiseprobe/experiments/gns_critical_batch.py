@@ -169,7 +169,9 @@ class CriticalBatch(Experiment):
                                   "(runs whose fastest lr is the smallest, or the largest without a larger one "
                                   "diverging)", int(edges.sum()) if len(edges) else None, 0))
         for name, col in (("bsimple", "b_simple"), ("bnoise", "b_noise")):
-            mean, se = runs[col].mean(), runs[col].std(ddof=1) / math.sqrt(max(runs[col].count(), 1))
+            n_runs = int(runs[col].count())
+            mean = runs[col].mean()
+            se = runs[col].std(ddof=1) / math.sqrt(n_runs) if n_runs >= 2 else 0.0  # one run: B_crit's SE only
             ratio = fit.b_crit / mean if mean > 0 else math.nan
             rel = math.hypot(fit.log_b_crit_se, se / mean) if mean > 0 else math.nan
             label = {"b_simple": "B_simple = tr Σ/|G|²", "b_noise": "B_noise = tr(HΣ)/GᵀHG"}[col]
@@ -177,7 +179,7 @@ class CriticalBatch(Experiment):
                                       f"averaged over steps to the target and over the tuned runs (ratio within a "
                                       f"factor {FACTOR:g})", ratio, 1.0, factor=FACTOR, se=ratio * rel,
                                       detail=f"B_crit {fit.b_crit:.4g}, {col} {mean:.4g} ± {se:.3g} "
-                                      f"({int(runs[col].count())} runs)"))
+                                      f"({n_runs} runs)"))
         metrics = {"b_crit": fit.b_crit, "log_b_crit_se": fit.log_b_crit_se, "b_crit_boot_95": boot,
                    "s_min": fit.s_min, "e_min": fit.e_min, "rms_log_residual": fit.rms_log_residual,
                    "b_simple_mean": float(runs["b_simple"].mean()), "b_noise_mean": float(runs["b_noise"].mean()),
