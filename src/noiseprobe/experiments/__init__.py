@@ -32,6 +32,8 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
     "sl-fig2": ("sl_fig2", "Fig2", "Singular-limits Fig. 2: fast approach, slow drift, limiting flow overlaid"),
     "sl-fig3": ("sl_fig3", "Fig3", "Singular-limits Fig. 3: non-degenerate vs degenerate noise, two clocks"),
     "sl-fig4": ("sl_fig4", "Fig4", "Singular-limits Fig. 4: independent vs correlated noise end points"),
+    "gns-critical-batch": ("gns_critical_batch", "CriticalBatch", "McCandlish et al. 2018: steps/examples to a target loss vs batch size; B_crit vs the monitor's B_simple, B_noise"),
+    "eos-sharpness": ("eos_sharpness", "EoSSharpness", "Cohen et al. 2021: full-batch GD sharpness rises to 2/lr and hovers (edge of stability)"),
 }
 
 #: the quick runs `noiseprobe demo` makes, one or more per paper
