@@ -1,0 +1,197 @@
+"""Predicted next to measured: the papers' theories evaluated live on what the monitor measures.
+
+``fluctuation`` (paper 002, Theorem 1, eq. 3): near a minimum, SGD with momentum μ and learning rate Λ
+reaches a stationary covariance Σ of the parameters. The monitor restricts H and C to the top-k Hessian
+eigendirections U (warm-started Lanczos; θ the Ritz values):
+
+    H_k = diag(θ),  C_k = Uᵀ C U = P_cᵀ P_c / ((N − 1) S),  P_c = the centred projections (g_i − ḡ)·U,
+    Λ_k = Uᵀ diag(lr) U  (a scalar with one learning rate),  weight decay λ_wd adds Uᵀ diag(λ_wd) U to H,
+
+solves eq. (3) for Σ_k (:func:`noiseprobe.minibatch.fluctuation.solve_fluctuation`) and predicts the
+stationary excess loss ½ tr(H_k Σ_k) and, for Gaussian w, Var L(w_t) = ½ tr((H_k Σ_k)²). The batch loss
+the user records, L_B(w_t), fluctuates also because the batch changes: the batch is independent of w_t,
+so Var L_B(w_t) = Var L(w_t) + E Var_i ℓ_i / S (sampling with replacement), the second term from the
+measured batch's per-sample losses. The measured side is the sample variance (ddof 1) of the batch
+losses passed to ``NoiseMonitor.step(..., loss=...)`` since the previous measurement (at most
+``every`` of them). The prediction applies near a minimum, once the loss is stationary over that window,
+to the top-k directions only (flatter directions add to the measured variance), with a single-momentum
+``torch.optim.SGD`` (dampening d enters as Λ(1 − d); Nesterov and other optimizers: NaN). Without a
+stationary state (a negative θ, or lr·θ above 2(1+μ)) the values are NaN and ``fluct_reason`` says why.
+
+``niw_decay`` (paper 001, eq. 2 with the reference's factor-2 correction): with NINs declared by
+:func:`watch_nins`, per NIN i the measured decay rate of ln‖W_NI‖ per step between the previous and this
+measurement, beside η σ_ε² curv_niw/(1 − μ) (:func:`noiseprobe.nin.probe.niw_decay_rate`, form
+"corrected") with curv_niw the local Hessian along the NIW rows on the measured batch at ε = 0 (the
+library's :class:`~noiseprobe.nin.probe.NINRecorder`), and the phase so far
+(:func:`noiseprobe.nin.phases.classify` on the NIW norms and clean batch losses of all measurements,
+catapult by its transient proxy).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.minibatch.fluctuation import NoStationaryState, solve_fluctuation
+from noiseprobe.nin.injector import NINHandle
+from noiseprobe.nin.phases import PHASES, classify
+from noiseprobe.nin.probe import NINRecorder, niw_decay_rate
+from noiseprobe.probes.losses import model_output
+from noiseprobe.probes.persample import default_forward
+
+if TYPE_CHECKING:
+    from noiseprobe.monitor.metrics import Context
+    from noiseprobe.monitor.monitor import NoiseMonitor
+
+#: Hutchinson probes of the NIN recorder's local Hessian trace (a by-product; curv_niw is exact)
+NIN_HESSIAN_PROBES = 4
+FLUCT_KEYS = ("fluct_excess_pred", "fluct_loss_sd_pred", "fluct_sampling_var", "fluct_batch_loss_var_pred",
+              "fluct_batch_loss_var", "fluct_losses")
+
+
+def loss_buffer(every: int) -> deque[torch.Tensor]:
+    """The buffer of batch losses between measurements (at most ``every``; kept as tensors: no device sync)."""
+    return deque(maxlen=every)
+
+
+def _sgd_parameters(ctx: Context) -> tuple[torch.Tensor, torch.Tensor, float] | str:
+    """(per-parameter lr·(1 − dampening), per-parameter weight decay, μ), flat in trainable order, or the
+    reason Theorem 1 does not describe this optimizer."""
+    opt = ctx.optimizer
+    if not isinstance(opt, torch.optim.SGD):
+        return "needs torch.optim.SGD (paper 002 Thm 1: heavy-ball SGD)"
+    groups = opt.param_groups
+    if any(g.get("nesterov", False) for g in groups):
+        return "Nesterov momentum is not Thm 1's heavy ball"
+    mus = {float(g.get("momentum", 0.0)) for g in groups}
+    if len(mus) > 1:
+        return "parameter groups with different momenta"
+    params = [p for p in ctx.model.parameters() if p.requires_grad]
+    lr, wd = torch.full((len(params),), math.nan, dtype=torch.float64), torch.zeros(len(params), dtype=torch.float64)
+    pos = {id(p): i for i, p in enumerate(params)}
+    for g in groups:
+        mu = float(g.get("momentum", 0.0))
+        damp = float(g.get("dampening", 0.0)) if mu > 0 else 0.0
+        for p in g["params"]:
+            if id(p) in pos:
+                lr[pos[id(p)]] = float(g["lr"]) * (1.0 - damp)
+                wd[pos[id(p)]] = float(g.get("weight_decay", 0.0))
+    if bool(torch.isnan(lr).any()):
+        return "a trainable parameter is not in the optimizer"
+    sizes = torch.tensor([p.numel() for p in params])
+    return lr.repeat_interleave(sizes), wd.repeat_interleave(sizes), mus.pop()
+
+
+def _restricted(u: torch.Tensor, diag: torch.Tensor) -> np.ndarray:
+    """Uᵀ diag(d) U, (k, k) float64."""
+    u = u.double()
+    m = u.T @ (diag.to(u.device).reshape(-1, 1) * u)
+    return ((m + m.T) / 2).cpu().numpy()
+
+
+def _measured_losses(ctx: Context) -> tuple[float, int]:
+    """(sample variance of the recorded batch losses since the last measurement, their count); empties the buffer."""
+    buf = ctx.state.get("losses")
+    if not buf:
+        return math.nan, 0
+    vals = torch.stack([v.reshape(()).double().cpu() for v in buf]).numpy()
+    buf.clear()
+    return (float(vals.var(ddof=1)) if len(vals) > 1 else math.nan), len(vals)
+
+
+def _per_sample_losses(ctx: Context) -> torch.Tensor:
+    """ℓ_i on the measured batch (one forward, no graph)."""
+    with torch.no_grad():
+        out = model_output((ctx.forward or default_forward)(ctx.model, ctx.inputs))
+        return ctx.loss_fn(out, ctx.targets).double()
+
+
+def fluctuation(ctx: Context) -> dict[str, Any]:
+    """Paper 002's stationary loss fluctuation on the top-k Hessian directions beside the measured
+    batch-loss variance (module docstring)."""
+    measured, count = _measured_losses(ctx)
+    out: dict[str, Any] = dict.fromkeys(FLUCT_KEYS, math.nan)
+    out.update(fluct_batch_loss_var=measured, fluct_losses=float(count), fluct_reason="")
+    sgd = _sgd_parameters(ctx) if ctx.optimizer is not None else "needs the optimizer (mon.step(batch, optimizer))"
+    if isinstance(sgd, str):
+        out["fluct_reason"] = sgd
+        return out
+    lr, wd, mu = sgd
+    k = min(ctx.top_k, ctx.hessian.num_params)
+    pairs = ctx.top_eigen(ctx.hessian, k, "fluctuation")
+    u, theta = pairs.eigenvectors, pairs.eigenvalues.double().cpu().numpy()
+    proj = ctx.grads.jvp(u.to(ctx.grads.dtype)).double()  # (N, k): g_i·u_j
+    proj = proj - proj.mean(0, keepdim=True)
+    c_k = (proj.T @ proj).cpu().numpy() / ((ctx.grads.n - 1) * ctx.batch_size)
+    h_k = np.diag(theta)
+    lam = lr[0].item() if bool((lr == lr[0]).all()) else _restricted(u, lr)
+    try:
+        sigma = solve_fluctuation(h_k + _restricted(u, wd), (c_k + c_k.T) / 2, lam, momentum=mu)
+    except NoStationaryState as exc:
+        out["fluct_reason"] = str(exc)
+        return out
+    hs = h_k @ sigma
+    var_l = 0.5 * float(np.trace(hs @ hs))
+    sampling = float(_per_sample_losses(ctx).var()) / ctx.batch_size
+    out.update(fluct_excess_pred=0.5 * float(np.trace(hs)), fluct_loss_sd_pred=math.sqrt(max(var_l, 0.0)),
+               fluct_sampling_var=sampling, fluct_batch_loss_var_pred=var_l + sampling)
+    return out
+
+
+# -- paper 001: NIW decay ------------------------------------------------------------------------------
+def watch_nins(monitor: NoiseMonitor, handle: NINHandle) -> None:
+    """Declare the NINs attached to the monitored model (:func:`noiseprobe.nin.injector.attach_nins`) for
+    the ``niw_decay`` metric."""
+    if not isinstance(handle, NINHandle):
+        raise ConfigError("handle", type(handle).__name__, "the NINHandle returned by attach_nins")
+    monitor._state["nins"] = {"handle": handle, "recorder": None, "steps": [], "norms": [], "losses": []}
+
+
+def _nin_lr(ctx: Context, handle: NINHandle, i: int) -> tuple[float, float]:
+    """(lr, momentum) of the optimizer group holding NIN i's weight (NaN, 0 when not in the optimizer)."""
+    niw = handle.niws[i]
+    for g in ([] if ctx.optimizer is None else ctx.optimizer.param_groups):
+        if any(p is niw for p in g["params"]):
+            return float(g["lr"]), float(g.get("momentum", 0.0))
+    return math.nan, 0.0
+
+
+def niw_decay(ctx: Context) -> dict[str, Any]:
+    """Per NIN: measured decay rate of ln‖W_NI‖ per step since the previous measurement, eq. (2)'s
+    corrected prediction now and averaged over the interval (trapezoid), and the phase so far."""
+    nins = ctx.state.get("nins")
+    if nins is None:
+        raise ConfigError("metrics", "niw_decay", "NINs declared with noiseprobe.monitor.predictions.watch_nins")
+    handle: NINHandle = nins["handle"]
+    batch = (ctx.inputs, ctx.targets)
+    rec = nins["recorder"]
+    if rec is None:
+        rec = nins["recorder"] = NINRecorder(ctx.model, handle, probe=batch, hessian_probes=NIN_HESSIAN_PROBES)
+    rec.loss_fn = lambda out, y: ctx.loss_fn(out, y).mean()
+    rec.probe = rec.train = batch
+    rows = rec.record(len(nins["steps"]), step=ctx.state["step"])
+    step, prev_step = ctx.state["step"], (nins["steps"][-1] if nins["steps"] else None)
+    nins["steps"].append(step)
+    nins["losses"].append(rows[0]["train_loss"])
+    nins["norms"].append([r["niw_norm"] for r in rows])
+    last = nins.setdefault("pred", {})
+    out: dict[str, Any] = {}
+    for i, r in enumerate(rows):
+        lr, mu = _nin_lr(ctx, handle, i)
+        pred = (niw_decay_rate(r["sigma"], lr, r["curv_niw"], momentum=mu, form="corrected")
+                if math.isfinite(lr) and math.isfinite(r["curv_niw"]) else math.nan)
+        norms = np.asarray([n[i] for n in nins["norms"]])
+        rate = (-math.log(norms[-1] / norms[-2]) / (step - prev_step)
+                if prev_step is not None and step > prev_step else math.nan)
+        phase = (PHASES[int(classify(norms[None, :], np.asarray(nins["losses"])[None, :])[0])]
+                 if len(norms) >= 2 else "")
+        out.update({f"nin{i}_niw_norm": r["niw_norm"], f"nin{i}_curv": r["curv_niw"], f"nin{i}_rate": rate,
+                    f"nin{i}_rate_pred": pred, f"nin{i}_rate_pred_interval": 0.5 * (last.get(i, math.nan) + pred),
+                    f"nin{i}_phase": phase})
+        last[i] = pred
+    return out
