@@ -15,7 +15,7 @@ from torch import nn
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.minibatch.fluctuation import solve_fluctuation
 from noiseprobe.monitor import NoiseMonitor
-from noiseprobe.monitor.predictions import watch_nins
+from noiseprobe.monitor.predictions import declare_label_noise, watch_nins
 from noiseprobe.nin.injector import NINSpec, attach_nins
 
 torch.set_num_threads(1)
@@ -175,3 +175,88 @@ def test_niw_decay_against_dense_local_hessian_and_measured_norms() -> None:
     assert r2["nin0_rate_pred"] == pytest.approx(lr / (1 - mu) * 0.5**2 * curv, rel=1e-6)
     assert r2["nin0_rate_pred_interval"] == pytest.approx(0.5 * (r1["nin0_rate_pred"] + r2["nin0_rate_pred"]))
     assert r2["nin0_phase"] == "decoupled"  # far less than one e-fold in 10 steps
+
+
+class _Product(nn.Module):
+    """f(w, x) = w₁w₂x: the label-noise example of reference §9.7 (library ``limits.losses.product_model``)."""
+
+    def __init__(self, w: list[float]) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(w, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w[0] * self.w[1] * x
+
+
+def test_label_noise_reg_equals_library_theorem_b_drift() -> None:
+    """On Γ (w₁w₂x = y, one datum) R = tr∇²L/(4N) and the predicted dR/dk = α²σ² ∇R·drift with the
+    library's Theorem-B drift (limits.flow.sde_drift); off Γ the measured rate is the change of
+    R = (w₁² + w₂²)x²/4 between measurements (Gauss-Newton trace, closed form)."""
+    from noiseprobe.limits import losses, noises
+    from noiseprobe.limits.flow import sde_drift
+
+    X, y, sigma, lr = torch.tensor([[1.5]], dtype=torch.float64), torch.tensor([[3.0]], dtype=torch.float64), 0.3, 0.05
+    w0 = [3.0, 2.0 / 3.0]  # w₁w₂·1.5 = 3: on Γ
+    model = _Product(w0)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    mon = NoiseMonitor(model, _sq, every=3, metrics=["label_noise_reg"], top_k=1, verbose=False)
+    with pytest.raises(ConfigError):
+        mon.measure((X, y), opt)
+    declare_label_noise(mon, sigma=sigma)
+    row = mon.measure((X, y), opt)
+    noise = noises.label_noise(losses.product_model, X, y[:, 0], 2, sigma=sigma)
+    W = torch.tensor([w0], dtype=torch.float64)
+    _, drift = sde_drift(noise, W, 1)
+    T = losses.third_derivative(noise.loss, W)[0]
+    grad_r = torch.einsum("kii->k", T) / 4
+    assert row["reg_label"] == pytest.approx(float(torch.trace(losses.hessian(noise.loss, W)[0])) / 4, rel=1e-10)
+    assert row["reg_label_rate_pred"] == pytest.approx(lr**2 * sigma**2 * float(grad_r @ drift[0]), rel=1e-6)
+    assert row["reg_label_rate_pred"] < 0
+    # noisy labels move w; the measured rate is the change of the closed-form R over the steps between
+    gen, last = torch.Generator().manual_seed(0), None
+    for _ in range(4):  # measurements at steps 0 (same step: no rate) and 3
+        opt.zero_grad()
+        _sq(model(X), y + sigma * torch.randn(y.shape, generator=gen, dtype=torch.float64)).mean().backward()
+        if mon.step((X, y), opt):
+            last = model.w.detach().clone()
+        opt.step()
+
+    def r(v: torch.Tensor | list[float]) -> float:
+        return float((v[0] ** 2 + v[1] ** 2) * 1.5**2 / 4)
+    final = mon.history.iloc[-1]
+    assert final["step"] == 3 and final["reg_label"] == pytest.approx(r(last), rel=1e-10)
+    assert final["reg_label_rate"] == pytest.approx((r(last) - r(w0)) / 3, rel=1e-8)
+
+
+def test_dropout_reg_equals_library_regulariser_and_projected_gradient() -> None:
+    """Last-layer Bernoulli dropout with square loss: σ²Reg equals the library's exact regulariser
+    (limits.noises.dropout, §7.3) and the predicted dE/dk = −α|P∇E|², P removing the top-k eigenvectors of
+    the dense Hessian, with ∇Reg from limits.regulariser.grad_regulariser."""
+    from noiseprobe.limits import noises
+    from noiseprobe.limits.regulariser import grad_regulariser, regulariser
+
+    torch.manual_seed(3)
+    N, p, lr, mu, k = 24, 0.2, 0.05, 0.5, 2
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Dropout(p), nn.Linear(4, 1, bias=False)).double()
+    X, y = torch.randn(N, 3, dtype=torch.float64), torch.randn(N, 1, dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=mu)
+    mon = NoiseMonitor(model, _sq, metrics=["dropout_reg"], top_k=k, verbose=False)
+    row = mon.measure((X, y), opt)
+    assert model[2].training  # the run's train/eval flags are untouched
+
+    def units(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        W1, b1, a = w[..., :12].reshape(*w.shape[:-1], 1, 4, 3), w[..., 12:16], w[..., 16:20]
+        return a[..., None, :] * torch.tanh((W1 * x[:, None, :]).sum(-1) + b1[..., None, :])
+
+    noise = noises.dropout(units, X, y[:, 0], d=20, n_units=4, kind="bernoulli", p=p)
+    w = torch.cat([q.detach().reshape(-1) for q in model.parameters()])
+    s2 = p / (1 - p)
+    assert row["reg_dropout"] == pytest.approx(s2 * float(regulariser(noise, w)), rel=1e-10)
+    g = s2 * grad_regulariser(noise, w)
+    H = _flat_hessian(model.eval(), X, y)
+    model.train()
+    u = torch.from_numpy(np.linalg.eigh(H)[1][:, ::-1][:, :k].copy())
+    pg = g - u @ (u.T @ g)
+    # P comes from Lanczos stopped at relative eigenvalue accuracy LANCZOS_TOL = 1e-3 (5e-4 seen here)
+    assert row["reg_dropout_rate_pred"] == pytest.approx(-lr / (1 - mu) * float(pg @ pg), rel=3e-3)
+    assert row["reg_dropout_rate_pred"] != pytest.approx(-lr / (1 - mu) * float(g @ g), rel=3e-2)  # P matters

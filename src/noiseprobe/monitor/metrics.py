@@ -58,7 +58,7 @@ from torch import Tensor, nn
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.monitor import ddp
 from noiseprobe.monitor.gns import NoiseScale, noise_scale, noise_scale_from_sums, two_batch
-from noiseprobe.monitor.predictions import fluctuation, niw_decay
+from noiseprobe.monitor.predictions import dropout_reg, fluctuation, label_noise_reg, niw_decay
 from noiseprobe.monitor.stability import step_scale
 from noiseprobe.probes.linalg import Eigenpairs, lanczos
 from noiseprobe.probes.operators import Hessian, ParamOperator
@@ -317,7 +317,11 @@ METRICS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "tail_index": _tail_index,
     "fluctuation": fluctuation,
     "niw_decay": niw_decay,
+    "label_noise_reg": label_noise_reg,
+    "dropout_reg": dropout_reg,
 }
+#: metrics that need something declared (DDP, NINs, label noise, dropout modules): not in "all"
+DECLARED: tuple[str, ...] = ("two_batch", "niw_decay", "label_noise_reg", "dropout_reg")
 DEFAULT: tuple[str, ...] = ("tr_sigma", "g_sq", "b_simple", "temperature", "top_k_c")
 
 
@@ -326,7 +330,7 @@ def resolve_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
     if metrics == "default":
         return DEFAULT
     if metrics == "all":
-        return tuple(m for m in METRICS if m not in ("two_batch", "niw_decay"))
+        return tuple(m for m in METRICS if m not in DECLARED)
     if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics):
         raise ConfigError("metrics", metrics, '"default", "all" or a list of names from ' + ", ".join(METRICS))
     bad = [m for m in metrics if m not in METRICS]

@@ -31,17 +31,21 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_real
 from noiseprobe.minibatch.fluctuation import NoStationaryState, solve_fluctuation
 from noiseprobe.nin.injector import NINHandle
 from noiseprobe.nin.phases import PHASES, classify
 from noiseprobe.nin.probe import NINRecorder, niw_decay_rate
 from noiseprobe.probes.losses import model_output
+from noiseprobe.probes.operators import Hessian
 from noiseprobe.probes.persample import default_forward
 
 if TYPE_CHECKING:
@@ -50,6 +54,8 @@ if TYPE_CHECKING:
 
 #: Hutchinson probes of the NIN recorder's local Hessian trace (a by-product; curv_niw is exact)
 NIN_HESSIAN_PROBES = 4
+#: fixed probes of the label-noise trace and of dropout Laplacians over more than DROPOUT_EXACT_MAX features
+REG_PROBES, DROPOUT_EXACT_MAX = 16, 64
 FLUCT_KEYS = ("fluct_excess_pred", "fluct_loss_sd_pred", "fluct_sampling_var", "fluct_batch_loss_var_pred",
               "fluct_batch_loss_var", "fluct_losses")
 
@@ -63,6 +69,8 @@ def _sgd_parameters(ctx: Context) -> tuple[torch.Tensor, torch.Tensor, float] | 
     """(per-parameter lr·(1 − dampening), per-parameter weight decay, μ), flat in trainable order, or the
     reason Theorem 1 does not describe this optimizer."""
     opt = ctx.optimizer
+    if opt is None:
+        return "needs the optimizer (mon.step(batch, optimizer))"
     if not isinstance(opt, torch.optim.SGD):
         return "needs torch.optim.SGD (paper 002 Thm 1: heavy-ball SGD)"
     groups = opt.param_groups
@@ -117,7 +125,7 @@ def fluctuation(ctx: Context) -> dict[str, Any]:
     measured, count = _measured_losses(ctx)
     out: dict[str, Any] = dict.fromkeys(FLUCT_KEYS, math.nan)
     out.update(fluct_batch_loss_var=measured, fluct_losses=float(count), fluct_reason="")
-    sgd = _sgd_parameters(ctx) if ctx.optimizer is not None else "needs the optimizer (mon.step(batch, optimizer))"
+    sgd = _sgd_parameters(ctx)
     if isinstance(sgd, str):
         out["fluct_reason"] = sgd
         return out
@@ -195,3 +203,113 @@ def niw_decay(ctx: Context) -> dict[str, Any]:
                     f"nin{i}_phase": phase})
         last[i] = pred
     return out
+
+
+# -- paper 003: regularisers of label noise and dropout ----------------------------------------------
+def declare_label_noise(monitor: NoiseMonitor, *, sigma: float) -> None:
+    """Declare that the training loop adds label noise of standard deviation ``sigma`` to the targets
+    (per sample and output, square loss ℓ = ½|f − y|²), for the ``label_noise_reg`` metric."""
+    monitor._state["label_noise_sigma"] = check_real("sigma", sigma, lo=0.0, lo_open=True)
+
+
+def _output(ctx: Context, inputs: Any) -> torch.Tensor:
+    return model_output((ctx.forward or default_forward)(ctx.model, inputs))
+
+
+def _label_noise_reg(ctx: Context, inputs: Any) -> torch.Tensor:
+    """R = tr Ḡ/(4S), Ḡ = (1/N) Σ_n Σ_o ∇f_no ∇f_noᵀ (= ∇²L on Γ), by ``REG_PROBES`` fixed Rademacher probes r
+    in output space: ‖J‖_F² = E|Jᵀr|² (one batched backward, graph kept for ∇R)."""
+    params = [p for p in ctx.model.parameters() if p.requires_grad]
+    out = _output(ctx, inputs)
+    gen = torch.Generator().manual_seed(0)
+    r = (torch.randint(0, 2, (REG_PROBES, *out.shape), generator=gen) * 2 - 1).to(out)
+    jtr = torch.autograd.grad(out, params, grad_outputs=r, is_grads_batched=True, create_graph=True)
+    sq = sum((g.reshape(REG_PROBES, -1) ** 2).sum(1) for g in jtr)
+    return sq.mean() / (4 * ctx.batch_size * out.shape[0])
+
+
+def _dropout_reg(ctx: Context, inputs: Any, targets: Any) -> torch.Tensor:
+    """Σ_m σ_m² Reg_m over the model's dropout modules m (σ_m² = p/(1−p)), Reg_m = ½ Σ_{n,j} h_nj² ∂²L/∂h_nj²
+    the Laplacian of eq. fthA:GF in the per-sample, per-feature masks η_nj at the dropout input h (eval mode:
+    η = 0). Exact per feature (one product per feature, ≤ ``DROPOUT_EXACT_MAX``), else ``REG_PROBES``
+    fixed Rademacher feature probes; samples do not couple in eval mode, so each probe covers all samples."""
+    drops = [m for m in ctx.model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+    if not drops:
+        raise ConfigError("metrics", "dropout_reg", "a model with torch.nn dropout modules of p > 0")
+    seen: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda _m, _a, out: seen.append(out)) for m in drops]
+    try:
+        loss = ctx.loss_fn(_output(ctx, inputs), targets).mean()
+    finally:
+        for h in hooks:
+            h.remove()
+    grads = torch.autograd.grad(loss, seen, create_graph=True)
+    gen = torch.Generator().manual_seed(0)
+    total = loss.new_zeros(())
+    for m, h, g in zip(drops, seen, grads):
+        feat = h[0].numel()
+        if feat <= DROPOUT_EXACT_MAX:
+            z, scale = torch.eye(feat), 1.0
+        else:
+            z, scale = torch.randint(0, 2, (REG_PROBES, feat), generator=gen) * 2.0 - 1.0, 1.0 / REG_PROBES
+        v = h.unsqueeze(0) * z.to(h).reshape(z.shape[0], 1, *h.shape[1:])
+        (hv,) = torch.autograd.grad(g, h, grad_outputs=v, is_grads_batched=True, create_graph=True)
+        total = total + m.p / (1 - m.p) * 0.5 * scale * (v * hv).sum()
+    return total
+
+
+def _regulariser(ctx: Context, name: str, value: Callable[[Any, Any], torch.Tensor], power: int,
+                 sigma2: float) -> dict[str, Any]:
+    """E on the fixed probe batch (the first measured batch), its measured change per step since the
+    previous measurement, and the predicted one dE/dk = −σ² Σ_i (α_i/(1−μ))^power (P∇E)_i², P = I − UUᵀ
+    with U the top-k Hessian eigenvectors of the probe batch (the normal space of Γ), all in eval mode."""
+    st = ctx.state.setdefault(name, {"batch": (ctx.inputs, ctx.targets), "step": None, "value": math.nan,
+                                      "pred": math.nan})
+    inputs, targets = st["batch"]
+    params = [p for p in ctx.model.parameters() if p.requires_grad]
+    sgd = _sgd_parameters(ctx)
+    flags = [(m, m.training) for m in ctx.model.modules()]
+    ctx.model.eval()
+    try:
+        with torch.enable_grad():
+            e = value(inputs, targets)
+            grads = torch.autograd.grad(e, params, allow_unused=True)
+            grad = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                              for p, g in zip(params, grads)]).detach()
+            hess = None if isinstance(sgd, str) else Hessian(ctx.model, ctx.loss_fn, inputs, targets,
+                                                             forward=ctx.forward)
+    finally:
+        for m, t in flags:
+            m.training = t
+    step, val = ctx.state["step"], float(e.detach())
+    out: dict[str, Any] = {name: val, f"{name}_rate": math.nan, f"{name}_rate_pred": math.nan,
+                           f"{name}_rate_pred_interval": math.nan, f"{name}_reason": ""}
+    if st["step"] is not None and step > st["step"]:
+        out[f"{name}_rate"] = (val - st["value"]) / (step - st["step"])
+    pred = math.nan
+    if isinstance(sgd, str) or hess is None:
+        out[f"{name}_reason"] = str(sgd)
+    else:
+        lr, _, mu = sgd
+        u = ctx.top_eigen(hess, min(ctx.top_k, hess.num_params), f"{name}_normal").eigenvectors.to(grad)
+        pg = (grad - u @ (u.T @ grad)).double()
+        pred = -sigma2 * float(((lr.to(pg.device) / (1 - mu)) ** power * pg ** 2).sum())
+    out[f"{name}_rate_pred"], out[f"{name}_rate_pred_interval"] = pred, 0.5 * (st["pred"] + pred)
+    st.update(step=step, value=val, pred=pred)
+    return out
+
+
+def label_noise_reg(ctx: Context) -> dict[str, Any]:
+    """Label noise (paper 003 Example 1.8, Theorem B; reference §7.5): R = tr∇²L/(4S) on Γ, drift per step
+    ΔW = −(α/(1−μ))² σ² P∇R (clock t = α²σ²k, N → the batch size S)."""
+    sigma = ctx.state.get("label_noise_sigma")
+    if sigma is None:
+        raise ConfigError("metrics", "label_noise_reg",
+                          "label noise declared with noiseprobe.monitor.predictions.declare_label_noise")
+    return _regulariser(ctx, "reg_label", lambda x, _y: _label_noise_reg(ctx, x), 2, sigma ** 2)
+
+
+def dropout_reg(ctx: Context) -> dict[str, Any]:
+    """Dropout (paper 003 §7.3, Theorem A): E = Σ_m σ_m² Reg_m (the leading-order excess loss E L̂ − L),
+    drift per step ΔW = −(α/(1−μ)) P∇E (clock t = ασ²k)."""
+    return _regulariser(ctx, "reg_dropout", lambda x, y: _dropout_reg(ctx, x, y), 1, 1.0)
