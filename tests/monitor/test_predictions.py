@@ -30,8 +30,9 @@ def _flat_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndar
     sizes = [p.numel() for p in params]
 
     def loss(flat: torch.Tensor) -> torch.Tensor:
-        ps = [f.reshape(p.shape) for f, p in zip(flat.split(sizes), params)]
-        out = torch.func.functional_call(model, {n: q for (n, _), q in zip(model.named_parameters(), ps)}, (x,))
+        ps = [f.reshape(p.shape) for f, p in zip(flat.split(sizes), params, strict=True)]
+        named = {n: q for (n, _), q in zip(model.named_parameters(), ps, strict=True)}
+        out = torch.func.functional_call(model, named, (x,))
         return _sq(out, y).mean()
     flat = torch.cat([p.detach().reshape(-1) for p in params])
     return torch.autograd.functional.hessian(loss, flat).double().numpy()

@@ -18,6 +18,22 @@ to the top-k directions only (flatter directions add to the measured variance), 
 ``torch.optim.SGD`` (dampening d enters as Λ(1 − d); Nesterov and other optimizers: NaN). Without a
 stationary state (a negative θ, or lr·θ above 2(1+μ)) the values are NaN and ``fluct_reason`` says why.
 
+``label_noise_reg`` and ``dropout_reg`` (paper 003): the regulariser E of the noise in use on a fixed
+probe batch (the first measured one) in eval mode, its measured change per step between measurements,
+and the predicted slow drift along the zero-loss manifold Γ, dE/dk = −σ² Σ_i (lr_i/(1−μ))^q (P∇E)_i²,
+P = I − UUᵀ removing the top-k Hessian eigenvectors U (the normal space of Γ when its codimension ≤ k):
+
+* label noise of standard deviation σ (:func:`declare_label_noise`; ℓ = ½|f − y|²): the library's
+  regulariser is the constant ½ (Example 1.8 is degenerate, Theorem B), and the motion on the clock
+  t = α²σ²k is ∂_tW = −(1/(4N)) P∇ tr∇²L (reference §7.5) with N → the batch size S, so
+  E = R = tr Ḡ/(4S), Ḡ = (1/N) Σ_n Σ_o ∇f_no ∇f_noᵀ (= ∇²L on Γ), by fixed Rademacher probes in output
+  space, q = 2;
+* dropout (every ``nn.Dropout*`` module m of rate p_m, σ_m² = p_m/(1 − p_m)): E = Σ_m σ_m² Reg_m with
+  Reg_m = ½ Σ_{n,j} h_nj² ∂²L/∂h_nj² the Laplacian of eq. fthA:GF in PyTorch's per-sample, per-unit masks
+  at the dropout input h (η = 0: eval mode), the leading-order excess loss E L̂ − L; q = 1 (Theorem A,
+  t = ασ²k). It is the Bernoulli Reg_B exactly when the loss is quadratic in the masks (dropout before
+  the last linear layer with a square loss; reference §7.3), else its second-order approximation.
+
 ``niw_decay`` (paper 001, eq. 2 with the reference's factor-2 correction): with NINs declared by
 :func:`watch_nins`, per NIN i the measured decay rate of ln‖W_NI‖ per step between the previous and this
 measurement, beside η σ_ε² curv_niw/(1 − μ) (:func:`noiseprobe.nin.probe.niw_decay_rate`, form
@@ -224,29 +240,30 @@ def _label_noise_reg(ctx: Context, inputs: Any) -> torch.Tensor:
     gen = torch.Generator().manual_seed(0)
     r = (torch.randint(0, 2, (REG_PROBES, *out.shape), generator=gen) * 2 - 1).to(out)
     jtr = torch.autograd.grad(out, params, grad_outputs=r, is_grads_batched=True, create_graph=True)
-    sq = sum((g.reshape(REG_PROBES, -1) ** 2).sum(1) for g in jtr)
+    sq = torch.stack([(g.reshape(REG_PROBES, -1) ** 2).sum(1) for g in jtr]).sum(0)  # |Jᵀr_p|²
     return sq.mean() / (4 * ctx.batch_size * out.shape[0])
 
 
 def _dropout_reg(ctx: Context, inputs: Any, targets: Any) -> torch.Tensor:
-    """Σ_m σ_m² Reg_m over the model's dropout modules m (σ_m² = p/(1−p)), Reg_m = ½ Σ_{n,j} h_nj² ∂²L/∂h_nj²
-    the Laplacian of eq. fthA:GF in the per-sample, per-feature masks η_nj at the dropout input h (eval mode:
-    η = 0). Exact per feature (one product per feature, ≤ ``DROPOUT_EXACT_MAX``), else ``REG_PROBES``
-    fixed Rademacher feature probes; samples do not couple in eval mode, so each probe covers all samples."""
+    """Σ_m σ_m² Reg_m over the calls m of the model's dropout modules (σ_m² = p/(1−p)),
+    Reg_m = ½ Σ_{n,j} h_nj² ∂²L/∂h_nj², the Laplacian of eq. fthA:GF in the per-sample, per-feature masks
+    η_nj at the dropout input h (eval mode: η = 0). Exact per feature (one product per feature, up to
+    ``DROPOUT_EXACT_MAX``), else ``REG_PROBES`` fixed Rademacher feature probes; samples do not couple in
+    eval mode, so each probe covers all samples."""
     drops = [m for m in ctx.model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
     if not drops:
         raise ConfigError("metrics", "dropout_reg", "a model with torch.nn dropout modules of p > 0")
-    seen: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda _m, _a, out: seen.append(out)) for m in drops]
+    seen: list[tuple[float, torch.Tensor]] = []  # (p, output) per call: a module may run several times
+    hooks = [m.register_forward_hook(lambda mod, _a, out: seen.append((mod.p, out))) for m in drops]
     try:
         loss = ctx.loss_fn(_output(ctx, inputs), targets).mean()
     finally:
-        for h in hooks:
-            h.remove()
-    grads = torch.autograd.grad(loss, seen, create_graph=True)
+        for hook in hooks:
+            hook.remove()
+    grads = torch.autograd.grad(loss, [h for _, h in seen], create_graph=True)
     gen = torch.Generator().manual_seed(0)
     total = loss.new_zeros(())
-    for m, h, g in zip(drops, seen, grads):
+    for (p, h), g in zip(seen, grads, strict=True):
         feat = h[0].numel()
         if feat <= DROPOUT_EXACT_MAX:
             z, scale = torch.eye(feat), 1.0
@@ -254,7 +271,7 @@ def _dropout_reg(ctx: Context, inputs: Any, targets: Any) -> torch.Tensor:
             z, scale = torch.randint(0, 2, (REG_PROBES, feat), generator=gen) * 2.0 - 1.0, 1.0 / REG_PROBES
         v = h.unsqueeze(0) * z.to(h).reshape(z.shape[0], 1, *h.shape[1:])
         (hv,) = torch.autograd.grad(g, h, grad_outputs=v, is_grads_batched=True, create_graph=True)
-        total = total + m.p / (1 - m.p) * 0.5 * scale * (v * hv).sum()
+        total = total + p / (1 - p) * 0.5 * scale * (v * hv).sum()
     return total
 
 
@@ -275,7 +292,7 @@ def _regulariser(ctx: Context, name: str, value: Callable[[Any, Any], torch.Tens
             e = value(inputs, targets)
             grads = torch.autograd.grad(e, params, allow_unused=True)
             grad = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
-                              for p, g in zip(params, grads)]).detach()
+                              for p, g in zip(params, grads, strict=True)]).detach()
             hess = None if isinstance(sgd, str) else Hessian(ctx.model, ctx.loss_fn, inputs, targets,
                                                              forward=ctx.forward)
     finally:
