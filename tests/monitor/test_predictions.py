@@ -261,3 +261,28 @@ def test_dropout_reg_equals_library_regulariser_and_projected_gradient() -> None
     # P comes from Lanczos stopped at relative eigenvalue accuracy LANCZOS_TOL = 1e-3 (5e-4 seen here)
     assert row["reg_dropout_rate_pred"] == pytest.approx(-lr / (1 - mu) * float(pg @ pg), rel=3e-3)
     assert row["reg_dropout_rate_pred"] != pytest.approx(-lr / (1 - mu) * float(g @ g), rel=3e-2)  # P matters
+
+
+def test_prediction_metrics_leave_the_run_unchanged() -> None:
+    """Parameters, .grad, optimizer state, RNG state and train/eval flags are equal before and after."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Dropout(0.3), nn.Linear(8, 2)).double()
+    X, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    mon = NoiseMonitor(model, _sq, every=2, metrics=["fluctuation", "dropout_reg", "label_noise_reg"], verbose=False)
+    declare_label_noise(mon, sigma=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        loss = _sq(model(X), y).mean()
+        loss.backward()
+        before = (copy.deepcopy(model.state_dict()), [p.grad.clone() for p in model.parameters()],
+                  copy.deepcopy(opt.state_dict()), torch.get_rng_state(), [m.training for m in model.modules()])
+        row = mon.step((X, y), opt, loss=loss)
+        after = (model.state_dict(), [p.grad for p in model.parameters()], opt.state_dict(), torch.get_rng_state(),
+                 [m.training for m in model.modules()])
+        for k, v in before[0].items():
+            assert torch.equal(v, after[0][k])
+        assert all(torch.equal(a, b) for a, b in zip(before[1], after[1], strict=True))
+        assert str(before[2]) == str(after[2]) and torch.equal(before[3], after[3]) and before[4] == after[4]
+        opt.step()
+    assert row and math.isfinite(row["reg_dropout"]) and math.isfinite(row["reg_label"])
