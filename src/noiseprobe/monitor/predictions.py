@@ -70,10 +70,12 @@ if TYPE_CHECKING:
 
 #: Hutchinson probes of the NIN recorder's local Hessian trace (a by-product; curv_niw is exact)
 NIN_HESSIAN_PROBES = 4
+#: blocks of the batch-means standard error of the measured loss variance (needs >= 2 per block)
+LOSS_BLOCKS = 10
 #: fixed probes of the label-noise trace and of dropout Laplacians over more than DROPOUT_EXACT_MAX features
 REG_PROBES, DROPOUT_EXACT_MAX = 16, 64
 FLUCT_KEYS = ("fluct_excess_pred", "fluct_loss_sd_pred", "fluct_sampling_var", "fluct_batch_loss_var_pred",
-              "fluct_batch_loss_var", "fluct_losses")
+              "fluct_batch_loss_var", "fluct_batch_loss_var_se", "fluct_losses")
 
 
 def loss_buffer(every: int) -> deque[torch.Tensor]:
@@ -118,14 +120,22 @@ def _restricted(u: torch.Tensor, diag: torch.Tensor) -> np.ndarray:
     return ((m + m.T) / 2).cpu().numpy()
 
 
-def _measured_losses(ctx: Context) -> tuple[float, int]:
-    """(sample variance of the recorded batch losses since the last measurement, their count); empties the buffer."""
+def _measured_losses(ctx: Context) -> tuple[float, float, int]:
+    """(sample variance of the batch losses recorded since the last measurement, its standard error by
+    ``LOSS_BLOCKS`` batch means of the squared deviations (autocorrelation-robust while a block outlasts
+    the loss's correlation time), their count); empties the buffer."""
     buf = ctx.state.get("losses")
     if not buf:
-        return math.nan, 0
+        return math.nan, math.nan, 0
     vals = torch.stack([v.reshape(()).double().cpu() for v in buf]).numpy()
     buf.clear()
-    return (float(vals.var(ddof=1)) if len(vals) > 1 else math.nan), len(vals)
+    n = len(vals)
+    if n < 2:
+        return math.nan, math.nan, n
+    dev = (vals - vals.mean()) ** 2 * (n / (n - 1))
+    blocks = [b.mean() for b in np.array_split(dev, LOSS_BLOCKS)] if n >= 2 * LOSS_BLOCKS else []
+    se = float(np.std(blocks, ddof=1) / math.sqrt(len(blocks))) if blocks else math.nan
+    return float(dev.mean()), se, n
 
 
 def _per_sample_losses(ctx: Context) -> torch.Tensor:
@@ -138,9 +148,10 @@ def _per_sample_losses(ctx: Context) -> torch.Tensor:
 def fluctuation(ctx: Context) -> dict[str, Any]:
     """Paper 002's stationary loss fluctuation on the top-k Hessian directions beside the measured
     batch-loss variance (module docstring)."""
-    measured, count = _measured_losses(ctx)
+    measured, se, count = _measured_losses(ctx)
     out: dict[str, Any] = dict.fromkeys(FLUCT_KEYS, math.nan)
-    out.update(fluct_batch_loss_var=measured, fluct_losses=float(count), fluct_reason="")
+    out.update(fluct_batch_loss_var=measured, fluct_batch_loss_var_se=se, fluct_losses=float(count),
+               fluct_reason="")
     sgd = _sgd_parameters(ctx)
     if isinstance(sgd, str):
         out["fluct_reason"] = sgd
