@@ -235,7 +235,8 @@ def niw_decay(ctx: Context) -> dict[str, Any]:
 # -- paper 003: regularisers of label noise and dropout ----------------------------------------------
 def declare_label_noise(monitor: NoiseMonitor, *, sigma: float) -> None:
     """Declare that the training loop adds label noise of standard deviation ``sigma`` to the targets
-    (per sample and output, square loss ℓ = ½|f − y|²), for the ``label_noise_reg`` metric."""
+    (per sample and output, square loss ℓ = ½|f − y|²; for ℓ = c|f − y|² declare 2cσ), for the
+    ``label_noise_reg`` metric."""
     monitor._state["label_noise_sigma"] = check_real("sigma", sigma, lo=0.0, lo_open=True)
 
 
