@@ -13,10 +13,12 @@ the user records, L_B(w_t), fluctuates also because the batch changes: the batch
 so Var L_B(w_t) = Var L(w_t) + E Var_i ℓ_i / S (sampling with replacement), the second term from the
 measured batch's per-sample losses. The measured side is the sample variance (ddof 1) of the batch
 losses passed to ``NoiseMonitor.step(..., loss=...)`` since the previous measurement (at most
-``every`` of them). The prediction applies near a minimum, once the loss is stationary over that window,
-to the top-k directions only (flatter directions add to the measured variance), with a single-momentum
-``torch.optim.SGD`` (dampening d enters as Λ(1 − d); Nesterov and other optimizers: NaN). Without a
-stationary state (a negative θ, or lr·θ above 2(1+μ)) the values are NaN and ``fluct_reason`` says why.
+``every`` of them), with a batch-means standard error. Thm 1's heavy ball m_t = μm_{t−1} + g_t,
+w_t = w_{t−1} − Λm_t is ``torch.optim.SGD``'s update. The prediction applies near a minimum, once the
+loss is stationary over that window, to the top-k directions only (flatter directions add to the
+measured variance), with a single-momentum ``torch.optim.SGD`` (dampening d enters as Λ(1 − d);
+Nesterov and other optimizers: NaN). Without a stationary state (a negative θ, or lr·θ above 2(1+μ))
+the values are NaN and ``fluct_reason`` says why.
 
 ``label_noise_reg`` and ``dropout_reg`` (paper 003): the regulariser E of the noise in use on a fixed
 probe batch (the first measured one) in eval mode, its measured change per step between measurements,
@@ -47,7 +49,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -76,6 +79,17 @@ LOSS_BLOCKS = 10
 REG_PROBES, DROPOUT_EXACT_MAX = 16, 64
 FLUCT_KEYS = ("fluct_excess_pred", "fluct_loss_sd_pred", "fluct_sampling_var", "fluct_batch_loss_var_pred",
               "fluct_batch_loss_var", "fluct_batch_loss_var_se", "fluct_losses")
+
+
+@contextmanager
+def kept_flags(model: nn.Module) -> Iterator[None]:
+    """Restore every module's train/eval flag on exit (metrics after this one see the run's own flags)."""
+    flags = [(m, m.training) for m in model.modules()]
+    try:
+        yield
+    finally:
+        for m, t in flags:
+            m.training = t
 
 
 def loss_buffer(every: int) -> deque[torch.Tensor]:
@@ -207,9 +221,11 @@ def niw_decay(ctx: Context) -> dict[str, Any]:
     rec = nins["recorder"]
     if rec is None:
         rec = nins["recorder"] = NINRecorder(ctx.model, handle, probe=batch, hessian_probes=NIN_HESSIAN_PROBES)
-    rec.loss_fn = lambda out, y: ctx.loss_fn(out, y).mean()
+    per_sample = ctx.loss_fn  # not ctx itself: the recorder outlives this measurement's graphs
+    rec.loss_fn = lambda out, y: per_sample(out, y).mean()
     rec.probe = rec.train = batch
-    rows = rec.record(len(nins["steps"]), step=ctx.state["step"])
+    with kept_flags(ctx.model):  # record() leaves every module in the model's top-level mode
+        rows = rec.record(len(nins["steps"]), step=ctx.state["step"])
     step, prev_step = ctx.state["step"], (nins["steps"][-1] if nins["steps"] else None)
     nins["steps"].append(step)
     nins["losses"].append(rows[0]["train_loss"])
@@ -297,19 +313,14 @@ def _regulariser(ctx: Context, name: str, value: Callable[[Any, Any], torch.Tens
     inputs, targets = st["batch"]
     params = [p for p in ctx.model.parameters() if p.requires_grad]
     sgd = _sgd_parameters(ctx)
-    flags = [(m, m.training) for m in ctx.model.modules()]
-    ctx.model.eval()
-    try:
-        with torch.enable_grad():
-            e = value(inputs, targets)
-            grads = torch.autograd.grad(e, params, allow_unused=True)
-            grad = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
-                              for p, g in zip(params, grads, strict=True)]).detach()
-            hess = None if isinstance(sgd, str) else Hessian(ctx.model, ctx.loss_fn, inputs, targets,
-                                                             forward=ctx.forward)
-    finally:
-        for m, t in flags:
-            m.training = t
+    with kept_flags(ctx.model), torch.enable_grad():
+        ctx.model.eval()
+        e = value(inputs, targets)
+        grads = torch.autograd.grad(e, params, allow_unused=True)
+        grad = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
+                          for p, g in zip(params, grads, strict=True)]).detach()
+        hess = None if isinstance(sgd, str) else Hessian(ctx.model, ctx.loss_fn, inputs, targets,
+                                                         forward=ctx.forward)
     step, val = ctx.state["step"], float(e.detach())
     out: dict[str, Any] = {name: val, f"{name}_rate": math.nan, f"{name}_rate_pred": math.nan,
                            f"{name}_rate_pred_interval": math.nan, f"{name}_reason": ""}
