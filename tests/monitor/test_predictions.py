@@ -289,3 +289,19 @@ def test_prediction_metrics_leave_the_run_unchanged() -> None:
         assert str(before[2]) == str(after[2]) and torch.equal(before[3], after[3]) and before[4] == after[4]
         opt.step()
     assert row and math.isfinite(row["reg_dropout"]) and math.isfinite(row["reg_label"])
+
+
+def test_dropout2d_reg_uses_channel_masks() -> None:
+    """Dropout2d before a linear read-out with square loss: L̂ is quadratic in the per-sample channel masks,
+    so σ²Reg = E L̂ − L = (σ²/(2N)) Σ_{n,c} u_nc², u_nc the read-out's contribution of channel c."""
+    torch.manual_seed(5)
+    p, N = 0.25, 10
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Tanh(), nn.Dropout2d(p), nn.Flatten(), nn.Linear(48, 1)).double()
+    X, y = torch.randn(N, 1, 6, 6, dtype=torch.float64), torch.randn(N, 1, dtype=torch.float64)
+    row = NoiseMonitor(model, _sq, metrics=["dropout_reg"], verbose=False).measure((X, y))
+    with torch.no_grad():
+        h = torch.tanh(model[0](X))
+        u = (h * model[4].weight.reshape(1, 3, 4, 4)).sum((2, 3))  # (N, C)
+    expected = p / (1 - p) * float((u**2).sum()) / (2 * N)
+    assert row["reg_dropout"] == pytest.approx(expected, rel=1e-10)
+    assert "optimizer" in row["reg_dropout_reason"] and math.isnan(row["reg_dropout_rate_pred"])

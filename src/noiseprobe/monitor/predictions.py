@@ -30,11 +30,13 @@ P = I − UUᵀ removing the top-k Hessian eigenvectors U (the normal space of �
   t = α²σ²k is ∂_tW = −(1/(4N)) P∇ tr∇²L (reference §7.5) with N → the batch size S, so
   E = R = tr Ḡ/(4S), Ḡ = (1/N) Σ_n Σ_o ∇f_no ∇f_noᵀ (= ∇²L on Γ), by fixed Rademacher probes in output
   space, q = 2;
-* dropout (every ``nn.Dropout*`` module m of rate p_m, σ_m² = p_m/(1 − p_m)): E = Σ_m σ_m² Reg_m with
+* dropout (every call m of an ``nn.Dropout``/``Dropout1d/2d/3d`` module of rate p_m, σ_m² = p_m/(1 − p_m);
+  functional dropout, e.g. inside ``scaled_dot_product_attention``, is not seen): E = Σ_m σ_m² Reg_m with
   Reg_m = ½ Σ_{n,j} h_nj² ∂²L/∂h_nj² the Laplacian of eq. fthA:GF in PyTorch's per-sample, per-unit masks
-  at the dropout input h (η = 0: eval mode), the leading-order excess loss E L̂ − L; q = 1 (Theorem A,
-  t = ασ²k). It is the Bernoulli Reg_B exactly when the loss is quadratic in the masks (dropout before
-  the last linear layer with a square loss; reference §7.3), else its second-order approximation.
+  (per-channel for Dropout1d/2d/3d: h_nj the channel, ∂² along it) at the dropout input h (η = 0: eval
+  mode), the leading-order excess loss E L̂ − L; q = 1 (Theorem A, t = ασ²k). It is the Bernoulli Reg_B
+  exactly when the loss is quadratic in the masks (dropout before the last linear layer with a square
+  loss; reference §7.3), else its second-order approximation.
 
 ``niw_decay`` (paper 001, eq. 2 with the reference's factor-2 correction): with NINs declared by
 :func:`watch_nins`, per NIN i the measured decay rate of ln‖W_NI‖ per step between the previous and this
@@ -77,6 +79,8 @@ NIN_HESSIAN_PROBES = 4
 LOSS_BLOCKS = 10
 #: fixed probes of the label-noise trace and of dropout Laplacians over more than DROPOUT_EXACT_MAX features
 REG_PROBES, DROPOUT_EXACT_MAX = 16, 64
+#: the multiplicative dropout modules (per-feature masks; per-channel for the 1d/2d/3d ones)
+DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 FLUCT_KEYS = ("fluct_excess_pred", "fluct_loss_sd_pred", "fluct_sampling_var", "fluct_batch_loss_var_pred",
               "fluct_batch_loss_var", "fluct_batch_loss_var_se", "fluct_losses")
 
@@ -278,11 +282,11 @@ def _dropout_reg(ctx: Context, inputs: Any, targets: Any) -> torch.Tensor:
     η_nj at the dropout input h (eval mode: η = 0). Exact per feature (one product per feature, up to
     ``DROPOUT_EXACT_MAX``), else ``REG_PROBES`` fixed Rademacher feature probes; samples do not couple in
     eval mode, so each probe covers all samples."""
-    drops = [m for m in ctx.model.modules() if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0]
+    drops = [m for m in ctx.model.modules() if isinstance(m, DROPOUTS) and m.p > 0]
     if not drops:
-        raise ConfigError("metrics", "dropout_reg", "a model with torch.nn dropout modules of p > 0")
-    seen: list[tuple[float, torch.Tensor]] = []  # (p, output) per call: a module may run several times
-    hooks = [m.register_forward_hook(lambda mod, _a, out: seen.append((mod.p, out))) for m in drops]
+        raise ConfigError("metrics", "dropout_reg", "a model with nn.Dropout/Dropout1d/2d/3d modules of p > 0")
+    seen: list[tuple[nn.Module, torch.Tensor]] = []  # per call: a module may run several times
+    hooks = [m.register_forward_hook(lambda mod, _a, out: seen.append((mod, out))) for m in drops]
     try:
         loss = ctx.loss_fn(_output(ctx, inputs), targets).mean()
     finally:
@@ -291,15 +295,17 @@ def _dropout_reg(ctx: Context, inputs: Any, targets: Any) -> torch.Tensor:
     grads = torch.autograd.grad(loss, [h for _, h in seen], create_graph=True)
     gen = torch.Generator().manual_seed(0)
     total = loss.new_zeros(())
-    for (p, h), g in zip(seen, grads, strict=True):
-        feat = h[0].numel()
+    for (m, h), g in zip(seen, grads, strict=True):
+        # one mask entry per feature (nn.Dropout) or per channel, broadcast over the rest (nn.Dropout1d/2d/3d)
+        mask = tuple(h.shape[1:]) if type(m) is nn.Dropout else (h.shape[1],) + (1,) * (h.dim() - 2)
+        feat = math.prod(mask)
         if feat <= DROPOUT_EXACT_MAX:
             z, scale = torch.eye(feat), 1.0
         else:
             z, scale = torch.randint(0, 2, (REG_PROBES, feat), generator=gen) * 2.0 - 1.0, 1.0 / REG_PROBES
-        v = h.unsqueeze(0) * z.to(h).reshape(z.shape[0], 1, *h.shape[1:])
+        v = h.unsqueeze(0) * z.to(h).reshape(z.shape[0], 1, *mask)
         (hv,) = torch.autograd.grad(g, h, grad_outputs=v, is_grads_batched=True, create_graph=True)
-        total = total + p / (1 - p) * 0.5 * scale * (v * hv).sum()
+        total = total + m.p / (1 - m.p) * 0.5 * scale * (v * hv).sum()
     return total
 
 
