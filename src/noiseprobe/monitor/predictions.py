@@ -227,12 +227,15 @@ def niw_decay(ctx: Context) -> dict[str, Any]:
         rec = nins["recorder"] = NINRecorder(ctx.model, handle, probe=batch, hessian_probes=NIN_HESSIAN_PROBES)
     per_sample = ctx.loss_fn  # not ctx itself: the recorder outlives this measurement's graphs
     rec.loss_fn = lambda out, y: per_sample(out, y).mean()
-    rec.probe = rec.train = batch
+    rec.probe = batch
     with kept_flags(ctx.model):  # record() leaves every module in the model's top-level mode
         rows = rec.record(len(nins["steps"]), step=ctx.state["step"])
+        ctx.model.eval()  # ε = 0
+        with torch.no_grad():
+            clean = float(ctx.loss_fn(_output(ctx, ctx.inputs), ctx.targets).mean())
     step, prev_step = ctx.state["step"], (nins["steps"][-1] if nins["steps"] else None)
     nins["steps"].append(step)
-    nins["losses"].append(rows[0]["train_loss"])
+    nins["losses"].append(clean)
     nins["norms"].append([r["niw_norm"] for r in rows])
     last = nins.setdefault("pred", {})
     out: dict[str, Any] = {}
