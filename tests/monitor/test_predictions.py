@@ -361,4 +361,4 @@ def test_niw_decay_rate_matches_training_where_eq2_is_exact() -> None:
         opt.step()
     h = mon.history.iloc[1:]
     assert (h["nin0_rate_pred_interval"] > 0).all()
-    assert np.allclose(h["nin0_rate"], h["nin0_rate_pred_interval"], rtol=0.1), h[["nin0_rate", "nin0_rate_pred_interval"]]
+    assert np.allclose(h["nin0_rate"], h["nin0_rate_pred_interval"], rtol=0.1), h["nin0_rate"]
