@@ -62,7 +62,7 @@ def test_fluctuation_equals_dense_theorem1_with_all_directions() -> None:
     J = _dense_per_sample(model, x, y)
     C = np.cov(J.T, ddof=1) / S
     lam = np.diag([lr_w * (1 - damp)] * 6 + [lr_b * (1 - damp)] * 2)
-    Sigma = solve_fluctuation(H + wd * np.eye(8), C, lam, momentum=mu)
+    Sigma = solve_fluctuation(H=H + wd * np.eye(8), C=C, lr=lam, momentum=mu)
     HS = H @ Sigma
     assert row["fluct_excess_pred"] == pytest.approx(0.5 * np.trace(HS), rel=1e-6)
     assert row["fluct_loss_sd_pred"] == pytest.approx(math.sqrt(0.5 * np.trace(HS @ HS)), rel=1e-6)
@@ -148,7 +148,7 @@ def _local_curvature_dense(model: nn.Module, module: str, w: torch.Tensor, x: to
 def test_niw_decay_against_dense_local_hessian_and_measured_norms() -> None:
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
-    handle = attach_nins(model, NINSpec(module="0", sigma=0.5, n_nodes=2, mode="step"),
+    handle = attach_nins(model=model, specs=NINSpec(module="0", sigma=0.5, n_nodes=2, mode="step"),
                          generator=torch.Generator().manual_seed(0))
     lr, mu = 0.05, 0.5
     opt = torch.optim.SGD(list(model.parameters()) + list(handle.parameters()), lr=lr, momentum=mu)
@@ -208,12 +208,12 @@ def test_label_noise_reg_equals_library_theorem_b_drift() -> None:
         mon.measure((X, y), opt)
     declare_label_noise(mon, sigma=sigma)
     row = mon.measure((X, y), opt)
-    noise = noises.label_noise(losses.product_model, X, y[:, 0], 2, sigma=sigma)
+    noise = noises.label_noise(model_fn=losses.product_model, X=X, y=y[:, 0], d=2, sigma=sigma)
     W = torch.tensor([w0], dtype=torch.float64)
-    _, drift = sde_drift(noise, W, 1)
-    T = losses.third_derivative(noise.loss, W)[0]
+    _, drift = sde_drift(noise=noise, W=W, codim=1)
+    T = losses.third_derivative(loss=noise.loss, w=W)[0]
     grad_r = torch.einsum("kii->k", T) / 4
-    assert row["reg_label"] == pytest.approx(float(torch.trace(losses.hessian(noise.loss, W)[0])) / 4, rel=1e-10)
+    assert row["reg_label"] == pytest.approx(float(torch.trace(losses.hessian(loss=noise.loss, w=W)[0])) / 4, rel=1e-10)
     assert row["reg_label_rate_pred"] == pytest.approx(lr**2 * sigma**2 * float(grad_r @ drift[0]), rel=1e-6)
     assert row["reg_label_rate_pred"] < 0
     # noisy labels move w; the measured rate is the change of the closed-form R over the steps between
@@ -252,11 +252,11 @@ def test_dropout_reg_equals_library_regulariser_and_projected_gradient() -> None
         W1, b1, a = w[..., :12].reshape(*w.shape[:-1], 1, 4, 3), w[..., 12:16], w[..., 16:20]
         return a[..., None, :] * torch.tanh((W1 * x[:, None, :]).sum(-1) + b1[..., None, :])
 
-    noise = noises.dropout(units, X, y[:, 0], d=20, n_units=4, kind="bernoulli", p=p)
+    noise = noises.dropout(unit_outputs=units, X=X, y=y[:, 0], d=20, n_units=4, kind="bernoulli", p=p)
     w = torch.cat([q.detach().reshape(-1) for q in model.parameters()])
     s2 = p / (1 - p)
-    assert row["reg_dropout"] == pytest.approx(s2 * float(regulariser(noise, w)), rel=1e-10)
-    g = s2 * grad_regulariser(noise, w)
+    assert row["reg_dropout"] == pytest.approx(s2 * float(regulariser(noise=noise, w=w)), rel=1e-10)
+    g = s2 * grad_regulariser(noise=noise, w=w)
     H = _flat_hessian(model.eval(), X, y)
     model.train()
     u = torch.from_numpy(np.linalg.eigh(H)[1][:, ::-1][:, :k].copy())
@@ -342,7 +342,7 @@ def test_niw_decay_rate_matches_training_where_eq2_is_exact() -> None:
     (ln(1 − x) vs −x, < 1 %), so 10 % is ≥ 3 standard errors."""
     torch.manual_seed(6)
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)).double().requires_grad_(False)
-    handle = attach_nins(model, NINSpec(module="0", sigma=1.0, n_nodes=1, mode="step"),
+    handle = attach_nins(model=model, specs=NINSpec(module="0", sigma=1.0, n_nodes=1, mode="step"),
                          generator=torch.Generator().manual_seed(0))
     x = torch.randn(256, 3, dtype=torch.float64)
     with handle.clean():

@@ -176,7 +176,7 @@ def fluctuation(ctx: Context) -> dict[str, Any]:
         return out
     lr, wd, mu = sgd
     k = min(ctx.top_k, ctx.hessian.num_params)
-    pairs = ctx.top_eigen(ctx.hessian, k, "fluctuation")
+    pairs = ctx.top_eigen(ctx.hessian, k, "top_k_h")  # the same operator and k as top_k_h: shared warm start
     u, theta = pairs.eigenvectors, pairs.eigenvalues.double().cpu().numpy()
     proj = ctx.grads.jvp(u.to(ctx.grads.dtype)).double()  # (N, k): g_i·u_j
     proj = proj - proj.mean(0, keepdim=True)
@@ -184,7 +184,7 @@ def fluctuation(ctx: Context) -> dict[str, Any]:
     h_k = np.diag(theta)
     lam = lr[0].item() if bool((lr == lr[0]).all()) else _restricted(u, lr)
     try:
-        sigma = solve_fluctuation(h_k + _restricted(u, wd), (c_k + c_k.T) / 2, lam, momentum=mu)
+        sigma = solve_fluctuation(H=h_k + _restricted(u, wd), C=(c_k + c_k.T) / 2, lr=lam, momentum=mu)
     except NoStationaryState as exc:
         out["fluct_reason"] = str(exc)
         return out
@@ -224,12 +224,13 @@ def niw_decay(ctx: Context) -> dict[str, Any]:
     batch = (ctx.inputs, ctx.targets)
     rec = nins["recorder"]
     if rec is None:
-        rec = nins["recorder"] = NINRecorder(ctx.model, handle, probe=batch, hessian_probes=NIN_HESSIAN_PROBES)
+        rec = nins["recorder"] = NINRecorder(model=ctx.model, handle=handle, probe=batch,
+                                                  hessian_probes=NIN_HESSIAN_PROBES)
     per_sample = ctx.loss_fn  # not ctx itself: the recorder outlives this measurement's graphs
     rec.loss_fn = lambda out, y: per_sample(out, y).mean()
     rec.probe = batch
     with kept_flags(ctx.model):  # record() leaves every module in the model's top-level mode
-        rows = rec.record(len(nins["steps"]), step=ctx.state["step"])
+        rows = rec.record(epoch=len(nins["steps"]), step=ctx.state["step"])
         ctx.model.eval()  # ε = 0
         with torch.no_grad():
             clean = float(ctx.loss_fn(_output(ctx, ctx.inputs), ctx.targets).mean())
@@ -241,12 +242,12 @@ def niw_decay(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for i, r in enumerate(rows):
         lr, mu = _nin_lr(ctx, handle, i)
-        pred = (niw_decay_rate(r["sigma"], lr, r["curv_niw"], momentum=mu, form="corrected")
+        pred = (niw_decay_rate(sigma=r["sigma"], lr=lr, curv_niw=r["curv_niw"], momentum=mu, form="corrected")
                 if math.isfinite(lr) and math.isfinite(r["curv_niw"]) else math.nan)
         norms = np.asarray([n[i] for n in nins["norms"]])
         rate = (-math.log(norms[-1] / norms[-2]) / (step - prev_step)
                 if prev_step is not None and step > prev_step else math.nan)
-        phase = (PHASES[int(classify(norms[None, :], np.asarray(nins["losses"])[None, :])[0])]
+        phase = (PHASES[int(classify(niw_norm=norms[None, :], loss=np.asarray(nins["losses"])[None, :])[0])]
                  if len(norms) >= 2 else "")
         out.update({f"nin{i}_niw_norm": r["niw_norm"], f"nin{i}_curv": r["curv_niw"], f"nin{i}_rate": rate,
                     f"nin{i}_rate_pred": pred, f"nin{i}_rate_pred_interval": 0.5 * (last.get(i, math.nan) + pred),
