@@ -30,6 +30,21 @@ measurement. N is the number of samples in the measured batch, S the batch size 
                           recent measurements (the last ``TAIL_POOL`` values; NaN until ≥ 1000):
                           ``tail_hill`` (top 10 %) and ``tail_mle`` (Clauset et al. 2009) with SEs, and
                           ``tail_normal_p``, D'Agostino–Pearson's test of Gaussianity (paper 002 §5)
+``fluctuation``           paper 002's stationary loss fluctuation on the top-k Hessian directions (Thm 1,
+                          eq. 3, Σ_k by :func:`~noiseprobe.minibatch.fluctuation.solve_fluctuation`):
+                          ``fluct_excess_pred`` ½ tr(H_kΣ_k), ``fluct_loss_sd_pred`` √(½ tr((H_kΣ_k)²)),
+                          ``fluct_batch_loss_var_pred`` = that squared + Var_i ℓ_i/S, beside
+                          ``fluct_batch_loss_var``: the variance of the ``loss=`` values passed to
+                          ``step`` since the last measurement; ``fluct_reason`` (:mod:`.predictions`)
+``label_noise_reg``       paper 003, label noise σ (:func:`.predictions.declare_label_noise`):
+                          ``reg_label`` R = tr Ḡ/(4S) (Gauss–Newton trace = tr∇²L/(4S) on Γ;
+                          Theorem B, reference §7.5), measured ``reg_label_rate`` = ΔR/Δstep on a fixed
+                          probe batch beside −σ²(lr/(1−μ))²|P∇R|² (``_rate_pred``, ``_pred_interval``)
+``dropout_reg``           paper 003, dropout modules: ``reg_dropout`` Σ_m σ_m² Reg_m, Reg_m = ½ Σ h²∂²L/∂h²
+                          at the dropout inputs (Theorem A), measured rate beside −lr/(1−μ)|P∇E|²
+``niw_decay``             with NINs declared (:func:`.predictions.watch_nins`), per NIN i: measured
+                          ``nin{i}_rate`` = −Δ ln‖W_NI‖/Δstep beside paper 001's eq. (2), corrected
+                          (``nin{i}_rate_pred``, ``_pred_interval``) and ``nin{i}_phase``
 ``two_batch``             DDP only: McCandlish et al.'s App. A estimator from per-rank gradient norms
                           taken before the all-reduce (:mod:`.ddp`)
 ========================  ===========================================================================
@@ -49,6 +64,7 @@ from torch import Tensor, nn
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.monitor import ddp
 from noiseprobe.monitor.gns import NoiseScale, noise_scale, noise_scale_from_sums, two_batch
+from noiseprobe.monitor.predictions import dropout_reg, fluctuation, label_noise_reg, niw_decay
 from noiseprobe.monitor.stability import step_scale
 from noiseprobe.probes.linalg import Eigenpairs, lanczos
 from noiseprobe.probes.operators import Hessian, ParamOperator
@@ -305,7 +321,13 @@ METRICS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "b_noise": _b_noise,
     "two_batch": _two_batch,
     "tail_index": _tail_index,
+    "fluctuation": fluctuation,
+    "niw_decay": niw_decay,
+    "label_noise_reg": label_noise_reg,
+    "dropout_reg": dropout_reg,
 }
+#: metrics that need something declared (DDP, NINs, label noise, dropout modules): not in "all"
+DECLARED: tuple[str, ...] = ("two_batch", "niw_decay", "label_noise_reg", "dropout_reg")
 DEFAULT: tuple[str, ...] = ("tr_sigma", "g_sq", "b_simple", "temperature", "top_k_c")
 
 
@@ -314,7 +336,7 @@ def resolve_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
     if metrics == "default":
         return DEFAULT
     if metrics == "all":
-        return tuple(m for m in METRICS if m != "two_batch")
+        return tuple(m for m in METRICS if m not in DECLARED)
     if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics):
         raise ConfigError("metrics", metrics, '"default", "all" or a list of names from ' + ", ".join(METRICS))
     bad = [m for m in metrics if m not in METRICS]

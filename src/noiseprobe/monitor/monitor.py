@@ -35,6 +35,7 @@ from noiseprobe.core.validation import check_int
 from noiseprobe.monitor import ddp
 from noiseprobe.monitor.loggers import Logger, make_loggers
 from noiseprobe.monitor.metrics import DEFAULT, METRICS, Context, resolve_metrics
+from noiseprobe.monitor.predictions import loss_buffer
 
 Forward = Callable[[nn.Module, Any], Tensor]
 
@@ -113,10 +114,15 @@ class NoiseMonitor:
         self._state: dict[str, Any] = {}  # carried between measurements (warm starts)
 
     # -- the loop --------------------------------------------------------------------------------
-    def step(self, batch: tuple[Any, Any], optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    def step(self, batch: tuple[Any, Any], optimizer: torch.optim.Optimizer | None = None, *,
+             loss: Tensor | float | None = None) -> dict[str, Any]:
         """Count one optimizer step; measure on ``batch`` when the count is a multiple of ``every``
         (steps 0, every, 2·every, ...). Call before ``optimizer.step()``. Returns what it measured ({} if
-        nothing)."""
+        nothing). ``loss``: the mean training loss of this step's batch, already computed by the loop (kept
+        as a tensor, no extra forward and no device sync); the ``fluctuation`` metric compares the variance
+        of these values since the previous measurement with paper 002's prediction."""
+        if loss is not None:
+            self._state.setdefault("losses", loss_buffer(self.every)).append(torch.as_tensor(loss).detach())
         step, self.steps = self.steps, self.steps + 1
         if step % self.every:
             if self.hook is not None:
@@ -148,6 +154,7 @@ class NoiseMonitor:
             ctx = Context(model, self.loss_fn, batch[0], batch[1], self.forward, optimizer,
                           self.effective_batch_size, self.top_k, self._state, self.group, self.hook)
             row: dict[str, Any] = {"step": step}
+            self._state["step"] = step
             for name in self.metrics:
                 row.update(METRICS[name](ctx))
         row["seconds"] = time.perf_counter() - t0
