@@ -27,7 +27,6 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import scipy.linalg
@@ -38,8 +37,8 @@ from torch import Tensor
 
 from noiseprobe.core.errors import ConfigError, NumericalError
 from noiseprobe.core.validation import check_choice, check_int, check_real
-from noiseprobe.limits.noises import Noise, check_params, covariance_root
 from noiseprobe.limits.losses import derivatives, gradient, hessian, leaf, vjp_sum
+from noiseprobe.limits.noises import Noise, check_params, covariance_root
 from noiseprobe.limits.regulariser import grad_regulariser
 
 LossFn = Callable[[Tensor], Tensor]
@@ -65,7 +64,8 @@ def codimension(loss: LossFn, w_on_gamma: Tensor, rtol: float = 1e-6) -> int:
     return int(ranks.item())
 
 
-class Geometry(NamedTuple):
+@dataclass(frozen=True)
+class Geometry:
     """Derivatives of L at w (..., d): gradient ``grad``, Hessian eigenvalues ``lam`` (ascending) and
     eigenvectors ``V``, the normal indicator ``normal`` (d,) of the eigen-pairs (the top c), tangent
     projector ``P``, pseudo-inverse ``H_pinv`` (on the c normal eigenvectors) and ``T = ∇³L``."""
