@@ -7,7 +7,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup demo test test-slow browser bench api clean
+.PHONY: setup demo test test-slow browser bench api lint clean
+LINT_PATHS := src tests benchmarks examples docs
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,7 +28,12 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is missing: run 'sudo apt-get install chromium' (needed by tests/core/test_report.py)"; fi; }
 
-test: setup browser
+# ruff (lint and format) and mypy (strict on core/ and probes/, configured in pyproject.toml)
+lint: setup
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+
+test: setup browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-slow: setup browser

@@ -88,10 +88,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from noiseprobe.limits.noises import Noise
     from noiseprobe.limits.regulariser import grad_regulariser, regulariser
     from noiseprobe.limits.simulate import noisy_gd, simulate_noise
-    from noiseprobe.monitor.monitor import NoiseMonitor
     from noiseprobe.minibatch.fluctuation import NoStationaryState, solve_fluctuation
     from noiseprobe.minibatch.simulate import simulate_sgd
     from noiseprobe.minibatch.tails import tail_index_exact
+    from noiseprobe.monitor.monitor import NoiseMonitor
     from noiseprobe.nin.injector import NINSpec, attach_nins
     from noiseprobe.nin.probe import NINRecorder
     from noiseprobe.probes.covariance import GradientNoise, batch_factor
