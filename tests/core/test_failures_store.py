@@ -198,9 +198,17 @@ def test_sigterm_is_an_interruption_exit_143_and_resume_identical(sample_env, tm
     import threading
 
     out = tmp_path / "run"
-    argv = ["reproduce", EXP, "--out", out, "--workers", 1, "--quiet", "--set", "n_replicas=8", "--set", "sleep=0.4"]
+    argv = ["reproduce", EXP, "--out", out, "--workers", 1, "--quiet", "--set", "n_replicas=8", "--set", "per_chunk=1",
+            "--set", "sleep=0.4"]
     before = signal.getsignal(signal.SIGTERM)
-    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()  # during the third chunk or so
+
+    def terminate_after_the_first_chunk() -> None:  # the handler is installed by then, however loaded the machine
+        deadline = time.time() + 120
+        while not list((out / "chunks").glob("results/*.parquet")) and time.time() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_after_the_first_chunk, daemon=True).start()
     code, _, err = _main(argv, capsys)
     assert code == 143
     one_line(err, "terminated", "resume")
