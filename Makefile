@@ -1,4 +1,5 @@
-# One command each: `make demo` (set up + run the demo), `make test` (set up + run the tests).
+# One command each: `make demo` (set up + run the demo), `make test` (set up + run the tests),
+# `make lint` (ruff, and mypy --strict on the packages configured in pyproject.toml's [tool.mypy]).
 # The set-up creates .venv, installs the CPU build of PyTorch first (TORCH, overridable), then noiseprobe.
 PY ?= python3
 TORCH ?= torch==2.13.0
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?= -n 2
 
-.PHONY: setup demo test test-slow browser bench api clean
+.PHONY: setup demo test test-slow lint browser bench api clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,6 +33,10 @@ test: setup browser
 
 test-slow: setup browser
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+# Both checkers always run; the target fails if either does.
+lint: setup
+	$(BIN)/ruff check src tests benchmarks examples docs; status=$$?; $(BIN)/mypy && exit $$status
 
 # BackPACK (a comparison in bench_covariance) depends on torchvision, which would pull a CUDA torch:
 # install it without its dependencies (it runs without torchvision).
