@@ -8,8 +8,9 @@ i only, the output gradient of a call, sliced at sample i, is ∂ℓ_i/∂output
 quantities (Gram, norms, products, diagonal) are computed by the factors, never by the rules — the
 separation BackPACK makes between module derivatives and extensions.
 
-To support a new layer: subclass :class:`Rule`, implement :meth:`Rule.factor` (and :meth:`Rule.validate`
-for configurations it refuses), and add it to ``RULES`` in :mod:`noiseprobe.probes.rules`.
+To support a new layer: subclass :class:`Rule` parametrised by the module type (``Rule[nn.Linear]``),
+implement :meth:`Rule.factor` (and :meth:`Rule.validate` for configurations it refuses), and add it to
+``RULES`` in :mod:`noiseprobe.probes.rules`.
 """
 
 from __future__ import annotations
