@@ -40,7 +40,7 @@ def psd_power(M: np.ndarray, power: float = 0.5) -> np.ndarray:
     vals = np.clip(vals, 0.0, None)
     if power < 0 and vals.min(initial=np.inf) <= 0:
         raise np.linalg.LinAlgError("negative power of a singular matrix")
-    P: np.ndarray = (vecs * vals ** power) @ vecs.T
+    P: np.ndarray = (vecs * vals**power) @ vecs.T
     return P
 
 

@@ -80,9 +80,12 @@ class BatchNormRule(Rule[_BatchNorm]):
     def validate(self, name: str, module: _BatchNorm) -> None:
         if module.training or module.running_mean is None:
             state = "in training mode" if module.training else "without running statistics"
-            raise ConfigError(name, f"{type(module).__name__} {state}",
-                              "eval mode (model.eval(): running statistics, samples independent) or "
-                              "nn.GroupNorm instead of BatchNorm (batch statistics make samples interact)")
+            raise ConfigError(
+                name,
+                f"{type(module).__name__} {state}",
+                "eval mode (model.eval(): running statistics, samples independent) or "
+                "nn.GroupNorm instead of BatchNorm (batch statistics make samples interact)",
+            )
 
     def factor(self, module: _BatchNorm, call: Call, params: Named, n: int) -> RowsFactor:
         x, g = _inputs(call, n)
