@@ -1,4 +1,5 @@
-# One command each: `make demo` (set up + run the demo), `make test` (set up + run the tests).
+# One command each: `make demo` (set up + run the demo), `make test` (set up + run the tests),
+# `make lint` (ruff, and mypy --strict on the packages configured in pyproject.toml's [tool.mypy]).
 # The set-up creates .venv, installs the CPU build of PyTorch first (TORCH, overridable), then noiseprobe.
 PY ?= python3
 TORCH ?= torch==2.13.0
@@ -32,12 +33,15 @@ browser:
 lint: setup
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/mypy
 
 test: setup browser lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-slow: setup browser
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+# Both checkers always run; the target fails if either does.
 
 # BackPACK (a comparison in bench_covariance) depends on torchvision, which would pull a CUDA torch:
 # install it without its dependencies (it runs without torchvision).

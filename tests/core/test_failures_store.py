@@ -198,8 +198,21 @@ def test_sigterm_is_an_interruption_exit_143_and_resume_identical(sample_env, tm
     import threading
 
     out = tmp_path / "run"
-    argv = ["reproduce", EXP, "--out", out, "--workers", 1, "--quiet", "--set", "n_replicas=8", "--set", "per_chunk=1",
-            "--set", "sleep=0.4"]
+    argv = [
+        "reproduce",
+        EXP,
+        "--out",
+        out,
+        "--workers",
+        1,
+        "--quiet",
+        "--set",
+        "n_replicas=8",
+        "--set",
+        "per_chunk=1",
+        "--set",
+        "sleep=0.4",
+    ]
     before = signal.getsignal(signal.SIGTERM)
 
     def terminate_after_the_first_chunk() -> None:  # the handler is installed by then, however loaded the machine

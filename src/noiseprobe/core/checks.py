@@ -211,7 +211,8 @@ class Check:
         d = asdict(self)
         d["passed"] = self.verdict == "pass"
         d["expected_text"] = self.expected_text
-        return jsonable(d)
+        out: dict[str, Any] = jsonable(d)
+        return out
 
 
 def resolve(checks: Sequence[Check], experiment: str) -> list[Check]:

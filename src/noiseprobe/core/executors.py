@@ -46,7 +46,7 @@ class LocalExecutor:
     def __init__(self, workers: int = 1) -> None:
         self.workers = check_int("--workers", workers, lo=1, hi=4096)
 
-    def map(self, fn: Callable[..., Any], args: Sequence[tuple]) -> Generator[tuple[int, Any], None, None]:
+    def map(self, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> Generator[tuple[int, Any], None, None]:
         """Yield ``(index, fn(*args[index]))`` as each call finishes."""
         if self.workers == 1 or len(args) <= 1:
             for i, a in enumerate(args):
@@ -203,7 +203,7 @@ class RayExecutor:
                 self.started = True
         self.workers = workers
 
-    def map(self, fn: Callable[..., Any], args: Sequence[tuple]) -> Generator[tuple[int, Any], None, None]:
+    def map(self, fn: Callable[..., Any], args: Sequence[tuple[Any, ...]]) -> Generator[tuple[int, Any], None, None]:
         remote = self.ray.remote(num_cpus=1)(fn)
         refs = {remote.remote(*a): i for i, a in enumerate(args)}
         pending = list(refs)

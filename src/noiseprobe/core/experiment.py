@@ -79,6 +79,9 @@ class Experiment:
     ``presets[name]`` is a JSON-serialisable dict; it must contain ``seed``. Users override single
     fields with ``--set field=value``; an override must keep the field's JSON type (ints may become
     floats) and then pass :meth:`validate`.
+
+    ``config`` in the methods is what :meth:`parse` returns: an instance of ``Config`` where the subclass
+    declares one, else the validated dict; it is typed ``Any`` here so that each subclass annotates its own.
     """
 
     id: ClassVar[str]
@@ -105,17 +108,15 @@ class Experiment:
         unknown). Used by ``--dry-run`` and to refuse configs that cannot fit in memory."""
         return None
 
-    def chunks(self, config: dict[str, Any]) -> list[Chunk]:
+    def chunks(self, config: Any) -> list[Chunk]:
         """Split the work into independent chunks. Default: one chunk."""
         return [Chunk("all")]
 
-    def run_chunk(self, config: dict[str, Any], chunk: Chunk) -> pd.DataFrame | dict[str, pd.DataFrame]:
+    def run_chunk(self, config: Any, chunk: Chunk) -> pd.DataFrame | dict[str, pd.DataFrame]:
         """Run one chunk; return the tidy ``results`` frame, or ``{"results": df, other tables...}``."""
         raise NotImplementedError
 
-    def analyse(
-        self, config: dict[str, Any], tables: dict[str, pd.DataFrame], out: Path
-    ) -> tuple[dict[str, Any], list[Check]]:
+    def analyse(self, config: Any, tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict[str, Any], list[Check]]:
         """Write figures ``out/*.png``; return (metrics, checks). ``tables["results"]`` always exists."""
         raise NotImplementedError
 

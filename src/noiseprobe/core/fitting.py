@@ -7,8 +7,8 @@ exist (no crossing, failed fit) instead of raising.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 from scipy.optimize import curve_fit
@@ -93,15 +93,17 @@ class ExpFit:
 def _fit_window(t: np.ndarray, y: np.ndarray, c: float, window: tuple[float, float] | None) -> np.ndarray:
     """Mask of the samples from the first one whose excess over ``c`` falls below window[0] of the
     initial excess to the first one below window[1] (reference §7, 'secondary' fit)."""
+    finite: np.ndarray = np.isfinite(y)
     if window is None:
-        return np.isfinite(y)
+        return finite
     excess = (y - c) / (y[0] - c)
     hi, lo = window
     start = int(np.argmax(excess <= hi)) if (excess <= hi).any() else 0
     stop = int(np.argmax(excess <= lo)) if (excess <= lo).any() else len(y) - 1
     mask = np.zeros(len(y), dtype=bool)
     mask[max(start - 1, 0) : stop + 1] = True
-    return mask & np.isfinite(y)
+    kept: np.ndarray = mask & finite
+    return kept
 
 
 def fit_exponential(
@@ -131,8 +133,9 @@ def fit_exponential(
         te = efold_time(tt - tt[0], np.abs(yy - c_guess)) if np.all(yy - c_guess != 0) else np.nan
         tau0 = float(te) if np.isfinite(te) and te > 0 else 0.5 * (tt[-1] - tt[0])
 
-        def model(x: np.ndarray, a: float, tau: float, c: float = 0.0, t0: float = float(tt[0])) -> np.ndarray:
-            return a * np.exp(-(x - t0) / tau) + c
+        def model(x: np.ndarray, a: float, tau: float, c: float = 0.0) -> np.ndarray:
+            fx: np.ndarray = a * np.exp(-(x - tt[0]) / tau) + c  # noqa: B023 (used only in this iteration)
+            return fx
 
         p0 = [a0, tau0, c_guess] if offset else [a0, tau0]
         try:
@@ -153,13 +156,14 @@ def fit_exponential(
     return ExpFit(*res)
 
 
+class Reduction(Protocol):
+    """A NumPy-style reduction: ``stat(a)`` a scalar, ``stat(a, axis=1)`` one value per row."""
+
+    def __call__(self, a: np.ndarray, /, axis: int | None = ...) -> Any: ...
+
+
 def bootstrap(
-    values: np.ndarray,
-    stat: Callable[[np.ndarray], float] = np.median,
-    *,
-    n_boot: int = 400,
-    seed: int = 0,
-    ci: float = 0.68,
+    values: np.ndarray, stat: Reduction = np.median, *, n_boot: int = 400, seed: int = 0, ci: float = 0.68
 ) -> tuple[float, float, float, float]:
     """(estimate, standard error, CI low, CI high) of ``stat`` over the finite entries of ``values`` by
     resampling them with replacement ``n_boot`` times (percentile interval of level ``ci``). ``stat``

@@ -20,13 +20,17 @@ def psd_factor(M: A, *, rtol: float | None = None) -> A:
         vals, vecs = torch.linalg.eigh(M)
         if rtol is not None:
             keep = vals > rtol * vals.abs().max()
-            return vecs[:, keep] * vals[keep].sqrt()
-        return vecs * vals.clamp_min(0).sqrt()
-    vals, vecs = np.linalg.eigh(M)
+            R: torch.Tensor = vecs[:, keep] * vals[keep].sqrt()
+        else:
+            R = vecs * vals.clamp_min(0).sqrt()
+        return R
+    vals_np, vecs_np = np.linalg.eigh(M)
     if rtol is not None:
-        keep = vals > rtol * np.abs(vals).max(initial=0.0)
-        return vecs[:, keep] * np.sqrt(vals[keep])
-    return vecs * np.sqrt(np.clip(vals, 0.0, None))
+        keep_np = vals_np > rtol * np.abs(vals_np).max(initial=0.0)
+        R_np: np.ndarray = vecs_np[:, keep_np] * np.sqrt(vals_np[keep_np])
+    else:
+        R_np = vecs_np * np.sqrt(np.clip(vals_np, 0.0, None))
+    return R_np
 
 
 def psd_power(M: np.ndarray, power: float = 0.5) -> np.ndarray:
@@ -36,7 +40,8 @@ def psd_power(M: np.ndarray, power: float = 0.5) -> np.ndarray:
     vals = np.clip(vals, 0.0, None)
     if power < 0 and vals.min(initial=np.inf) <= 0:
         raise np.linalg.LinAlgError("negative power of a singular matrix")
-    return (vecs * vals**power) @ vecs.T
+    P: np.ndarray = (vecs * vals**power) @ vecs.T
+    return P
 
 
 def is_positive_definite(M: np.ndarray) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 
@@ -13,10 +14,13 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from noiseprobe.core.store import atomic_write  # noqa: E402
 
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType  # matplotlib >= 3.9; only for the checker
+
 #: colours of the four NIN phases, used wherever phases are shaded
 PHASE_COLOURS = {"decoupled": "#9ecae1", "decay": "#a1d99b", "catapult": "#fdae6b", "divergent": "#fc9272"}
 
-STYLE = {
+STYLE: dict[RcKeyType, Any] = {
     "figure.dpi": 100,
     "savefig.dpi": 110,
     "font.size": 9,
@@ -29,7 +33,9 @@ STYLE = {
 }
 
 
-def new_figure(ncols: int = 1, nrows: int = 1, *, width: float = 4.0, height: float = 3.2, **kw):
+def new_figure(
+    ncols: int = 1, nrows: int = 1, *, width: float = 4.0, height: float = 3.2, **kw: Any
+) -> tuple[Figure, Any]:
     """A (fig, axes) pair in the project style; ``axes`` is an array unless 1×1."""
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(

@@ -59,7 +59,8 @@ def _hill_from_logs(logs_desc: np.ndarray, ks: np.ndarray) -> np.ndarray:
     csum = np.cumsum(logs_desc)
     gamma = csum[ks - 1] / ks - logs_desc[ks]  # (1/k) sum_{i<=k} log X_(i) - log X_(k+1)
     with np.errstate(divide="ignore"):
-        return 1.0 / gamma
+        beta: np.ndarray = 1.0 / gamma
+    return beta
 
 
 def _se(beta: float, k: int, x: ArrayLike, log_threshold: float, clusters: ArrayLike | None, inclusive: bool) -> float:

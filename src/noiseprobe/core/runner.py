@@ -227,7 +227,8 @@ def execute(plan: Plan, quiet: bool = True, warn: Callable[[str], None] = _progr
             summary = _analyse(plan, run, t0, compute, len(chunks) - len(todo))
     finally:
         pool.close()
-    return jsonable(summary)
+    plain: dict[str, Any] = jsonable(summary)
+    return plain
 
 
 def _analyse(plan: Plan, run: RunDir, t0: float, compute: float, resumed: int) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def group_mean_se(frame: pd.DataFrame, column: str, by: str, *, keep: pd.Series 
     """
     rows = frame if keep is None else frame[keep]
     g = rows.groupby(by)[column]
-    out = pd.DataFrame({"mean": g.mean(), "sd": g.std(ddof=1), "n": g.count()})
+    out: pd.DataFrame = pd.DataFrame({"mean": g.mean(), "sd": g.std(ddof=1), "n": g.count()})
     out = out.reindex(np.unique(frame[by]))
     out["n"] = out["n"].fillna(0)
     out["se"] = out["sd"] / np.sqrt(out["n"])

@@ -31,13 +31,15 @@ def mix(s: np.uint64) -> np.uint64:
     z = s
     z = (z ^ (z >> _S30)) * _MIX1
     z = (z ^ (z >> _S27)) * _MIX2
-    return z ^ (z >> _S31)
+    out: np.uint64 = z ^ (z >> _S31)
+    return out
 
 
 @numba.njit(cache=True, inline="always")
 def unit(z: np.uint64) -> float:
     """U(0, 1) on the open interval from the top 53 bits of ``z``."""
-    return (np.int64(z >> _S11) + 0.5) * (1.0 / 9007199254740992.0)
+    u: float = (np.int64(z >> _S11) + 0.5) * (1.0 / 9007199254740992.0)
+    return u
 
 
 @numba.njit(cache=True, inline="always")

@@ -19,10 +19,11 @@ from noiseprobe.core.errors import ConfigError
 DIVERGED: float = 1e8
 
 
-def is_diverged(x: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.ndarray:
-    """Non-finite or |x| > :data:`DIVERGED` anywhere along ``axis`` (default: everywhere)."""
+def is_diverged(x: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.ndarray | np.bool_:
+    """Non-finite or |x| > :data:`DIVERGED` anywhere along ``axis`` (default: everywhere, a NumPy bool)."""
     x = np.asarray(x)
-    return ~np.all(np.isfinite(x) & (np.abs(x) <= DIVERGED), axis=axis)
+    out: np.ndarray | np.bool_ = ~np.all(np.isfinite(x) & (np.abs(x) <= DIVERGED), axis=axis)
+    return out
 
 
 def _is_real(value: Any) -> bool:
@@ -58,9 +59,10 @@ def check_int(field: str, value: Any, *, lo: int | None = None, hi: int | None =
     allowed = "an integer" + (" " + rng.replace(" <=", " and <=") if rng else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ConfigError(field, value, allowed)
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
+    v = int(value)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise ConfigError(field, value, allowed)
-    return int(value)
+    return v
 
 
 def check_choice(field: str, value: Any, choices: Collection[Any]) -> Any:

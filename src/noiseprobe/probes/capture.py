@@ -55,7 +55,7 @@ class Root(nn.Module):
         return model_output(self.fn(self.model, batch))
 
 
-class _SubtreeVmapRule(VmapRule):
+class _SubtreeVmapRule(VmapRule[nn.Module]):
     """vmap over a module that consumes its submodules' parameters (detected at run time, or the whole model)."""
 
     consumes_children = True
@@ -68,7 +68,7 @@ class Unit:
 
     name: str
     module: nn.Module
-    rule: Rule
+    rule: Rule[Any]
     params: Named
     calls: list[Call] = field(default_factory=list)
     clone: bool = False
@@ -161,7 +161,7 @@ def record(
     leaves_x = [t for t in tensor_leaves(x) if isinstance(t, Tensor) and t.dim() > 0]
     n_hint = leaves_x[0].shape[0] if leaves_x else 1
 
-    def post(unit: Unit, mod: nn.Module, args: tuple, kwargs: dict, out: Any) -> Any:
+    def post(unit: Unit, mod: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
         if not active[0]:
             return None
         rng = rng_before.pop(id(unit), None)  # recorded for vmap units in training mode

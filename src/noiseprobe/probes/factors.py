@@ -214,12 +214,12 @@ class OuterFactor(Factor):
         if t == 1:  # (a_i·a_j)(g_i·g_j): the output itself is the N×N block
             return self._left_gram(slice(None)) * (rflat @ rflat.T)
         step = max(1, CHUNK // (n * t * t))
-        out = []
+        blocks = []
         for lo in range(0, n, step):
             rows = slice(lo, min(lo + step, n))
             prod = self._left_gram(rows) * (self.right[rows].reshape(-1, self.cols) @ rflat.T)
-            out.append(prod.reshape(-1, t, n, t).sum((1, 3)))
-        return torch.cat(out)
+            blocks.append(prod.reshape(-1, t, n, t).sum((1, 3)))
+        return torch.cat(blocks)
 
     def sq_norms(self) -> Tensor:
         if self.t > 1 and not self._pairs():

@@ -76,7 +76,10 @@ class Eigenpairs:
 def _start_block(warm: Tensor | None, b: int, p: int, gen: torch.Generator, op: ParamOperator) -> Tensor:
     """The first Krylov block: the warm-start vectors (mixed by a random matrix when there are more of them
     than the block width), topped up with Gaussian columns."""
-    rand = lambda m: torch.randn(p, m, generator=gen, dtype=torch.float64).to(device=op.device, dtype=op.torch_dtype)
+
+    def rand(m: int) -> Tensor:
+        return torch.randn(p, m, generator=gen, dtype=torch.float64).to(device=op.device, dtype=op.torch_dtype)
+
     if warm is None:
         return rand(b)
     warm = warm.to(device=op.device, dtype=op.torch_dtype).reshape(p, -1)

@@ -27,10 +27,11 @@ def model_output(out: Any) -> Tensor:
     the key "logits" of a dict), or the first element of a tuple/list."""
     if isinstance(out, Tensor):
         return out
-    if isinstance(getattr(out, "logits", None), Tensor):
-        return out.logits
-    if isinstance(out, dict) and isinstance(out.get("logits"), Tensor):
-        return out["logits"]
+    logits = getattr(out, "logits", None)
+    if not isinstance(logits, Tensor) and isinstance(out, dict):
+        logits = out.get("logits")
+    if isinstance(logits, Tensor):
+        return logits
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
         return out[0]
     raise ConfigError(

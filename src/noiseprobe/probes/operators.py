@@ -67,7 +67,8 @@ def select_params(model: nn.Module, params: Selection | None = None) -> list[tup
     return [(names[id(p)], p) for p in select_parameters(model, params)]
 
 
-class ParamOperator(LinearOperator):
+# scipy ships no type stubs, so its LinearOperator is Any to mypy
+class ParamOperator(LinearOperator):  # type: ignore[misc]
     """A symmetric P × P operator on flat parameter vectors; subclasses implement :meth:`_mm` on (P, k)
     tensors on ``device`` in ``torch_dtype``. See the module docstring for the three ways to use it."""
 
@@ -83,7 +84,7 @@ class ParamOperator(LinearOperator):
 
     @property
     def num_params(self) -> int:
-        return self.shape[0]
+        return int(self.shape[0])
 
     def _mm(self, v: Tensor) -> Tensor:
         """A v for v of shape (P, k) on the operator's device and dtype."""
@@ -385,9 +386,8 @@ class GaussNewton(_ModelOperator):
 
     def _mm(self, v: Tensor) -> Tensor:
         k = v.shape[1]  # the k products go through each backward pass at once
-        parts = [
-            t.reshape(k, *shape) for t, shape in zip(v.T.split([int(np.prod(s)) for s in self.shapes], 1), self.shapes)
-        ]
+        chunks = torch.split(v.T, [int(np.prod(s)) for s in self.shapes], 1)
+        parts = [t.reshape(k, *shape) for t, shape in zip(chunks, self.shapes)]
         with double_backward_attention():
             jv = torch.autograd.grad(self.jtu, self.u, parts, retain_graph=True, is_grads_batched=True)[0]
         hjv = torch.autograd.grad(self.dloss, self.f, jv, retain_graph=True, is_grads_batched=True)[0]

@@ -179,7 +179,7 @@ class HookFactors(PerSampleGradients):
             raise ConfigError("model", type(self.root.model).__name__, "a loss that depends on a trainable parameter")
         self.blocks = self._blocks(contribs)
         if check:
-            params = list({id(p): p for u in units for _, p in u.params}.values())
+            params: list[Tensor] = list({id(p): p for u in units for _, p in u.params}.values())
             weights = (
                 torch.rand(self.n, generator=torch.Generator().manual_seed(0), dtype=losses.dtype).to(losses.device)
                 + 0.5

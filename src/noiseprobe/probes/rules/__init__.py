@@ -8,6 +8,8 @@ transformers' ``Conv1D`` (recognised by name, never imported), else the vmap fal
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from noiseprobe.probes.rules.base import Call, Rule
@@ -30,7 +32,7 @@ from noiseprobe.probes.rules.norm import (
     RMSNormRule,
 )
 
-RULES: list[tuple[tuple[type[nn.Module], ...], Rule]] = [
+RULES: list[tuple[tuple[type[nn.Module], ...], Rule[Any]]] = [
     ((nn.Linear,), LinearRule()),
     ((nn.Embedding,), EmbeddingRule()),
     ((nn.Conv1d, nn.Conv2d, nn.Conv3d), ConvRule()),
@@ -42,7 +44,7 @@ RULES: list[tuple[tuple[type[nn.Module], ...], Rule]] = [
 ]
 
 
-def rule_for(module: nn.Module) -> Rule | None:
+def rule_for(module: nn.Module) -> Rule[Any] | None:
     """The rule of ``module``, or None when it has no rule (the engine then uses :class:`VmapRule`)."""
     for types, rule in RULES:
         for t in types:  # a subclass keeps the rule unless it overrides forward

@@ -8,14 +8,15 @@ i only, the output gradient of a call, sliced at sample i, is ∂ℓ_i/∂output
 quantities (Gram, norms, products, diagonal) are computed by the factors, never by the rules — the
 separation BackPACK makes between module derivatives and extensions.
 
-To support a new layer: subclass :class:`Rule`, implement :meth:`Rule.factor` (and :meth:`Rule.validate`
-for configurations it refuses), and add it to ``RULES`` in :mod:`noiseprobe.probes.rules`.
+To support a new layer: subclass :class:`Rule` parametrised by the module type (``Rule[nn.Linear]``),
+implement :meth:`Rule.factor` (and :meth:`Rule.validate` for configurations it refuses), and add it to
+``RULES`` in :mod:`noiseprobe.probes.rules`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,9 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.probes.factors import Factor
 
 Named = list[tuple[str, nn.Parameter]]
+
+#: the module type a rule handles (``RULES`` in :mod:`noiseprobe.probes.rules` pairs each rule with it)
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass
@@ -41,7 +45,8 @@ class Call:
     @property
     def input(self) -> Tensor:
         """The first argument, positional or keyword (the input of a single-input layer)."""
-        return self.args[0] if self.args else next(iter(self.kwargs.values()))
+        first: Tensor = self.args[0] if self.args else next(iter(self.kwargs.values()))
+        return first
 
 
 def accumulation_dtype(t: Tensor) -> torch.dtype:
@@ -64,7 +69,7 @@ def batch_leading(call: Call, t: Tensor, n: int) -> Tensor:
     return t.detach()
 
 
-class Rule:
+class Rule(Generic[M]):
     """Per-sample gradients of the parameters a module consumes, from its calls' inputs and output
     gradients. ``consumes_children``: the module uses its submodules' parameters itself (their forward
     never runs), so this unit handles its whole subtree."""
@@ -74,12 +79,12 @@ class Rule:
     #: batch-shared output, expanded to N by the engine so that its gradient is per sample)
     batch_axis_zero = True
 
-    def params(self, module: nn.Module) -> Named:
+    def params(self, module: M) -> Named:
         return list(module.named_parameters(recurse=self.consumes_children))
 
-    def validate(self, name: str, module: nn.Module) -> None:
+    def validate(self, name: str, module: M) -> None:
         """Raise ConfigError when the module's configuration makes samples interact or is unsupported."""
 
-    def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> Factor:
+    def factor(self, module: M, call: Call, params: Named, n: int) -> Factor:
         """Per-sample gradients of ``params`` (in this order) contributed by ``call``."""
         raise NotImplementedError

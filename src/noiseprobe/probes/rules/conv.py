@@ -8,9 +8,12 @@ groups) gives all N per-sample gradients in one call — the weight-gradient ker
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn import grad as nn_grad
 
 from noiseprobe.probes.factors import RowsFactor
 from noiseprobe.probes.rules.base import (
@@ -21,12 +24,21 @@ from noiseprobe.probes.rules.base import (
     batch_leading,
 )
 
-_WEIGHT_GRAD = {1: torch.nn.grad.conv1d_weight, 2: torch.nn.grad.conv2d_weight, 3: torch.nn.grad.conv3d_weight}
+#: the weight gradient of a convolution, by spatial dimension (torch.nn.grad is unannotated)
+_WEIGHT_GRAD: dict[int, Callable[..., Tensor]] = {
+    1: nn_grad.conv1d_weight,
+    2: nn_grad.conv2d_weight,
+    3: nn_grad.conv3d_weight,
+}
 
 
-def per_sample_conv_weight(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor, g: Tensor) -> Tensor:
+ConvNd = nn.Conv1d | nn.Conv2d | nn.Conv3d
+
+
+def per_sample_conv_weight(module: ConvNd, x: Tensor, g: Tensor) -> Tensor:
     """∇_W ℓ_i for every sample: (N, out, in/groups, *kernel), from the input x and output gradient g."""
-    n, padding = x.shape[0], module.padding
+    n = x.shape[0]
+    padding: str | tuple[int, ...] | int = module.padding
     if module.padding_mode != "zeros" or isinstance(padding, str):
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
         x, padding = F.pad(x, module._reversed_padding_repeated_twice, mode=mode), 0
@@ -43,10 +55,10 @@ def per_sample_conv_weight(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor,
     return w.reshape(n, *module.weight.shape)
 
 
-class ConvRule(Rule):
+class ConvRule(Rule[ConvNd]):
     """∇_W ℓ_i by :func:`per_sample_conv_weight`; ∇_b ℓ_i = Σ_positions g_i."""
 
-    def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> RowsFactor:
+    def factor(self, module: ConvNd, call: Call, params: Named, n: int) -> RowsFactor:
         g = call.grads[0]
         dtype = accumulation_dtype(g)
         x, g = batch_leading(call, call.input, n).to(dtype), g.to(dtype)

@@ -23,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.probes.factors import RowsFactor
-from noiseprobe.probes.rules.base import Call, Named, Rule, accumulation_dtype
+from noiseprobe.probes.rules.base import Call, M, Named, Rule, accumulation_dtype
 
 
 def tensor_leaves(obj: Any) -> list[Any]:
@@ -45,20 +45,20 @@ def tree_map(fn: Any, obj: Any, *rest: Any) -> Any:
     return fn(obj, *rest)
 
 
-class VmapRule(Rule):
+class VmapRule(Rule[M]):
     """Per-sample gradients of a module's parameters by vmap(grad) over its own function (module docstring)."""
 
     chunk_size: int | None = None
     batch_axis_zero = False
 
-    def input_axis(self, module: nn.Module, key: int | str, t: Tensor, n: int) -> int | None:
+    def input_axis(self, module: M, key: int | str, t: Tensor, n: int) -> int | None:
         """The batch axis of a tensor argument (position or keyword ``key``), None if shared."""
         return 0 if t.dim() > 0 and t.shape[0] == n else None
 
-    def output_axis(self, module: nn.Module, position: int, t: Tensor, n: int) -> int:
+    def output_axis(self, module: M, position: int, t: Tensor, n: int) -> int:
         return 0
 
-    def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> RowsFactor:
+    def factor(self, module: M, call: Call, params: Named, n: int) -> RowsFactor:
         def axes(key: int | str, a: Any) -> Any:
             return tree_map(lambda t: self.input_axis(module, key, t, n) if isinstance(t, Tensor) else None, a)
 
@@ -83,7 +83,10 @@ class VmapRule(Rule):
                 strict=False,
             )
             leaves = tensor_leaves(out)
-            return sum((leaves[pos] * g.unsqueeze(ax)).sum() for pos, g, ax in zip(call.positions, grads, out_axes))
+            total: Tensor = sum(
+                (leaves[pos] * g.unsqueeze(ax)).sum() for pos, g, ax in zip(call.positions, grads, out_axes)
+            )
+            return total
 
         def detach(a: Any) -> Any:
             return tree_map(lambda t: t.detach() if isinstance(t, Tensor) else t, a)
@@ -99,12 +102,12 @@ class VmapRule(Rule):
         return RowsFactor(rows.to(accumulation_dtype(rows)))
 
 
-class MultiheadAttentionRule(VmapRule):
+class MultiheadAttentionRule(VmapRule[nn.MultiheadAttention]):
     """nn.MultiheadAttention as one unit (module docstring)."""
 
     consumes_children = True
 
-    def validate(self, name: str, module: nn.Module) -> None:
+    def validate(self, name: str, module: nn.MultiheadAttention) -> None:
         if module.dropout > 0 and module.training:
             raise ConfigError(
                 name,
@@ -112,7 +115,7 @@ class MultiheadAttentionRule(VmapRule):
                 "eval mode or dropout=0 (its random attention mask cannot be replayed per sample)",
             )
 
-    def input_axis(self, module: nn.Module, key: int | str, t: Tensor, n: int) -> int | None:
+    def input_axis(self, module: nn.MultiheadAttention, key: int | str, t: Tensor, n: int) -> int | None:
         if key in (0, 1, 2, "query", "key", "value"):
             return 0 if module.batch_first or t.dim() == 2 else 1
         if key in (3, "key_padding_mask"):
@@ -125,5 +128,5 @@ class MultiheadAttentionRule(VmapRule):
             )
         return None
 
-    def output_axis(self, module: nn.Module, position: int, t: Tensor, n: int) -> int:
+    def output_axis(self, module: nn.MultiheadAttention, position: int, t: Tensor, n: int) -> int:
         return 0 if position > 0 or module.batch_first else 1

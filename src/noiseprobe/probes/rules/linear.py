@@ -31,7 +31,7 @@ def _tokens(call: Call, t: Tensor, n: int, width: int | None) -> Tensor:
     return t.reshape(n, -1) if width is None else t.reshape(n, -1, width)
 
 
-class LinearRule(Rule):
+class LinearRule(Rule[nn.Module]):
     """y = a Wᵀ + b on (N, …, F): ∇_W ℓ_i = Σ_t g_it a_itᵀ, ∇_b ℓ_i = Σ_t g_it."""
 
     transposed = False
@@ -65,10 +65,10 @@ def is_transformers_conv1d(module: nn.Module) -> bool:
     )
 
 
-class EmbeddingRule(Rule):
+class EmbeddingRule(Rule[nn.Embedding]):
     """y_t = W[id_t]: ∇_W ℓ_i = Σ_t one-hot(id_it) g_itᵀ; rows at ``padding_idx`` get no gradient."""
 
-    def validate(self, name: str, module: nn.Module) -> None:
+    def validate(self, name: str, module: nn.Embedding) -> None:
         if module.scale_grad_by_freq:
             raise ConfigError(
                 name,
@@ -76,7 +76,7 @@ class EmbeddingRule(Rule):
                 "scale_grad_by_freq=False (the batch's token counts make samples interact)",
             )
 
-    def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> OuterFactor:
+    def factor(self, module: nn.Embedding, call: Call, params: Named, n: int) -> OuterFactor:
         g = call.grads[0]
         ids = _tokens(call, call.input, n, None).long()  # int32 ids too
         right = _tokens(call, g, n, g.shape[-1]).to(accumulation_dtype(g))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.probes.factors import RowsFactor
@@ -46,37 +47,37 @@ def _inputs(call: Call, n: int) -> tuple[Tensor, Tensor]:
     return batch_leading(call, call.input, n).to(dtype), g.to(dtype)
 
 
-class LayerNormRule(Rule):
+class LayerNormRule(Rule[nn.LayerNorm]):
     """nn.LayerNorm: x̂ = (x − mean)/√(var + eps) over ``normalized_shape``."""
 
-    def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> RowsFactor:
+    def factor(self, module: nn.LayerNorm, call: Call, params: Named, n: int) -> RowsFactor:
         x, g = _inputs(call, n)
         xhat = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
         return _affine_rows(params, xhat, g, True, module.weight.numel())
 
 
-class RMSNormRule(Rule):
+class RMSNormRule(Rule[nn.RMSNorm]):
     """nn.RMSNorm: x̂ = x/√(mean(x²) + eps) over ``normalized_shape``."""
 
-    def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> RowsFactor:
+    def factor(self, module: nn.RMSNorm, call: Call, params: Named, n: int) -> RowsFactor:
         x, g = _inputs(call, n)
         xhat = F.rms_norm(x, module.normalized_shape, None, module.eps)
         return _affine_rows(params, xhat, g, True, module.weight.numel())
 
 
-class GroupNormRule(Rule):
+class GroupNormRule(Rule[nn.GroupNorm]):
     """nn.GroupNorm on (N, C, *): x̂ normalised per sample and group."""
 
-    def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> RowsFactor:
+    def factor(self, module: nn.GroupNorm, call: Call, params: Named, n: int) -> RowsFactor:
         x, g = _inputs(call, n)
         xhat = F.group_norm(x, module.num_groups, None, None, module.eps)
         return _affine_rows(params, xhat, g, False, module.num_channels)
 
 
-class BatchNormRule(Rule):
+class BatchNormRule(Rule[_BatchNorm]):
     """BatchNorm1d/2d/3d in eval mode: x̂ = (x − running_mean)/√(running_var + eps) per channel (axis 1)."""
 
-    def validate(self, name: str, module: nn.Module) -> None:
+    def validate(self, name: str, module: _BatchNorm) -> None:
         if module.training or module.running_mean is None:
             state = "in training mode" if module.training else "without running statistics"
             raise ConfigError(
@@ -86,10 +87,10 @@ class BatchNormRule(Rule):
                 "nn.GroupNorm instead of BatchNorm (batch statistics make samples interact)",
             )
 
-    def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> RowsFactor:
+    def factor(self, module: _BatchNorm, call: Call, params: Named, n: int) -> RowsFactor:
         x, g = _inputs(call, n)
+        mean, var = module.running_mean, module.running_var
+        assert mean is not None and var is not None  # validate() refuses modules without running statistics
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        xhat = (x - module.running_mean.to(x.dtype).view(shape)) * torch.rsqrt(
-            module.running_var.to(x.dtype).view(shape) + module.eps
-        )
+        xhat = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var.to(x.dtype).view(shape) + module.eps)
         return _affine_rows(params, xhat, g, False, module.num_features)
