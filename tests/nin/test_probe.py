@@ -115,6 +115,7 @@ def test_trained_niw_decay_follows_corrected_eq2(digits):
     assert abs(np.mean(exponents) - 1.0) < 4 * se_e + 0.01
 
 
+@pytest.mark.slow  # ~35 s; tests/nin/test_drift.py[mse] is the fast representative of (D1)
 def test_relu_net_niw_decay_follows_mc_drift_not_local_hessian():
     """A trained ReLU MLP with σ_ε|W_NI| ~ the pre-activation scale: eq. (2)'s local Hessian at ε = 0
     misses the ReLU kinks and overstates the decay several-fold, while the recorder's Monte-Carlo
