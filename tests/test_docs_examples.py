@@ -46,10 +46,10 @@ def blocks(page: Path) -> list[Block]:
             mark = m[1]
         elif line == "<!-- example-setup":
             end = lines.index("-->", i)
-            setup, i = "\n".join(lines[i + 1:end]), end
+            setup, i = "\n".join(lines[i + 1 : end]), end
         elif line.startswith("```python"):
             end = lines.index("```", i + 1)
-            out.append(Block(page.name, i + 1, "\n".join(lines[i + 1:end]), mark, setup))
+            out.append(Block(page.name, i + 1, "\n".join(lines[i + 1 : end]), mark, setup))
             mark, setup, i = None, "", end
         elif line.startswith("```"):  # another language: skip to its closing fence
             i = lines.index("```", i + 1)
@@ -78,8 +78,7 @@ def test_examples_run(page, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", [p for p in PAGES if any(b.mark == "slow" for b in blocks(p))],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("page", [p for p in PAGES if any(b.mark == "slow" for b in blocks(p))], ids=lambda p: p.name)
 def test_examples_run_with_slow_blocks(page, tmp_path, monkeypatch):
     run_page(page, tmp_path, monkeypatch, slow=True)
 
