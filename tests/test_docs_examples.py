@@ -83,7 +83,7 @@ def test_examples_run_with_slow_blocks(page, tmp_path, monkeypatch):
     run_page(page, tmp_path, monkeypatch, slow=True)
 
 
-DEEP_IMPORT = re.compile(r"^\s*from (noiseprobe\.[\w.]+) import (.+)$", re.M)
+DEEP_IMPORT = re.compile(r"^\s*from (noiseprobe\.[\w.]+) import (\([^)]*\)|.+)$", re.M)  # one line or (...)
 
 
 def test_examples_import_exported_names_from_the_top_level():
