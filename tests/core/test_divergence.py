@@ -17,7 +17,7 @@ def _run_diverging(exp_id: str, tmp_path) -> dict:
     assert (tmp_path / "run" / "summary.json").exists()
     verdicts = {c["key"]: c["verdict"] for c in s["checks"]}
     assert "not measurable" in verdicts.values(), verdicts
-    assert s["ok"] is False                       # a run where nothing converged is never "ok"
+    assert s["ok"] is False  # a run where nothing converged is never "ok"
     return verdicts
 
 
