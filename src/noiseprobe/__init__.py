@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "batch_factor": "noiseprobe.probes.covariance",
     "solve_fluctuation": "noiseprobe.minibatch.fluctuation",
     "NoStationaryState": "noiseprobe.minibatch.fluctuation",
+    "LinearProblem": "noiseprobe.minibatch.simulate",
     "simulate_sgd": "noiseprobe.minibatch.simulate",
     "tail_index_exact": "noiseprobe.minibatch.tails",
     # paper 003: singular limits of noisy GD
@@ -47,6 +48,14 @@ _EXPORTS: dict[str, str] = {
     "limiting_sde": "noiseprobe.limits.flow",
     # live measurements in a training run
     "NoiseMonitor": "noiseprobe.monitor.monitor",
+    # curvature and noise operators on any PyTorch model, and their spectral estimators
+    "Hessian": "noiseprobe.probes.operators",
+    "NoiseCovariance": "noiseprobe.probes.operators",
+    "lanczos": "noiseprobe.probes.linalg",
+    "hutchpp": "noiseprobe.probes.linalg",
+    "TokenMeanCrossEntropy": "noiseprobe.probes.losses",
+    # the embedded data set (5,000 MNIST digits, nothing downloaded)
+    "load_default": "noiseprobe.data.embedded",
     # experiments and their contract
     "run_experiment": "noiseprobe.core.runner",
     "Experiment": "noiseprobe.core.experiment",
@@ -82,6 +91,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from noiseprobe.core.errors import ConfigError, NumericalError
     from noiseprobe.core.experiment import Chunk, Estimate, Experiment
     from noiseprobe.core.runner import run_experiment
+    from noiseprobe.data.embedded import load_default
     from noiseprobe.limits import noises
     from noiseprobe.limits.flow import constrained_flow, limiting_sde
     from noiseprobe.limits.manifold import limit_map
@@ -89,9 +99,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from noiseprobe.limits.regulariser import grad_regulariser, regulariser
     from noiseprobe.limits.simulate import noisy_gd, simulate_noise
     from noiseprobe.minibatch.fluctuation import NoStationaryState, solve_fluctuation
-    from noiseprobe.minibatch.simulate import simulate_sgd
+    from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
     from noiseprobe.minibatch.tails import tail_index_exact
     from noiseprobe.monitor.monitor import NoiseMonitor
     from noiseprobe.nin.injector import NINSpec, attach_nins
     from noiseprobe.nin.probe import NINRecorder
     from noiseprobe.probes.covariance import GradientNoise, batch_factor
+    from noiseprobe.probes.linalg import hutchpp, lanczos
+    from noiseprobe.probes.losses import TokenMeanCrossEntropy
+    from noiseprobe.probes.operators import Hessian, NoiseCovariance
