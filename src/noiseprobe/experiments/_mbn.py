@@ -28,6 +28,8 @@ class ChainsConfig(ExperimentConfig):
     steps: int = param(lo=10, hi=10**8, help="measured steps per chain")
     burn_in: int = param(lo=0, hi=10**8, help="discarded steps before them")
 
+    size_fields = ("chains", "steps", "burn_in")
+
 
 def check_weight_decays(field: str, values: list[float], a: float) -> None:
     """Every weight decay γ > −a (a + γ > 0: a minimum to fluctuate about)."""

@@ -64,6 +64,8 @@ class Fig1LeftConfig(_Common):
     batch_size: int = param(lo=1, hi=1000)
     epochs: int = param(lo=1, hi=100)
 
+    size_fields = ("n_seeds", "widths", "batch_size", "epochs")
+
     def check(self) -> None:
         if len(set(self.widths)) != len(self.widths):
             raise ConfigError("widths", self.widths, "a list of distinct integers >= 1")
@@ -76,10 +78,12 @@ class Fig1RightConfig(_Common):
     right_batch_size: int = param(lo=1, hi=1000)
     right_epochs: int = param(lo=1, hi=1000)
 
+    size_fields = ("n_seeds", "right_batch_size", "right_epochs")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Fig1Config(Fig1LeftConfig, Fig1RightConfig):
-    pass
+    size_fields = ("n_seeds", "widths", "batch_size", "epochs", "right_batch_size", "right_epochs")
 
 
 _COMMON = {"seed": 2022, "dataset": "default", "inputs": "standardised"}

@@ -63,6 +63,9 @@ class Fig4Config(ChainsConfig):
     chains_hd: int = param(lo=2, hi=10**8)
     steps_hd: int = param(lo=10, hi=10**8)
 
+    size_fields = ("chains", "steps", "burn_in", "chains2d", "steps2d", "S2d", "chains_dist", "steps_dist",
+                   "chains_hd", "steps_hd", "D_hd", "S_hd")
+
     def check(self) -> None:
         bins = self.dist_bins
         if any(b1 <= b0 for b0, b1 in zip(bins, bins[1:])):

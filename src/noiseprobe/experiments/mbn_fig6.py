@@ -41,6 +41,8 @@ class Fig6Config(ChainsConfig):
     S: int = param(lo=1, hi=10**6)
     sigma: float = param(lo=0.0, help="label-noise standard deviation σ")
 
+    size_fields = ("chains", "steps", "burn_in", "D", "alphas", "S")
+
 
 def problem(config: Any, point: int, alpha: float) -> LinearProblem:
     """The fixed data set of point ``point``: N = round(αD) samples, x ~ N(0, I_D), drawn from (seed, 1000 + point)."""

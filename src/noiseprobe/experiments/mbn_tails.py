@@ -59,6 +59,8 @@ class TailsConfig(ExperimentConfig):
     hill_fraction: float = param(lo=0.0, hi=0.5, lo_open=True, help="share of the pooled samples in the Hill tail")
     beta_max_check: float = param(lo=0.0, lo_open=True, help="points with β_K above this are shown, not tested")
 
+    size_fields = ("chains", "snapshots", "snapshot_every", "burn_in")
+
     def check(self) -> None:
         n = self.chains * self.snapshots
         if self.hill_fraction * n < 20:

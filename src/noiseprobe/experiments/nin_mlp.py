@@ -587,9 +587,14 @@ class Fig1(_NINSweep):
 
 @dataclass(frozen=True, kw_only=True)
 class Table1Config(ExperimentConfig):
-    d_input: int = param(lo=1, help="input dimension d_in")
-    n_w: int = param(lo=1, help="width N_w of the NIN's layer")
+    """The network sizes and learning rate of Table 1's formulas. Only a table is computed (constant
+    memory), so the sizes are bounded instead: 10⁸ inputs or units is beyond any layer one would train."""
+
+    d_input: int = param(lo=1, hi=10**8, help="input dimension d_in")
+    n_w: int = param(lo=1, hi=10**8, help="width N_w of the NIN's layer")
     lr: float = param(lo=0.0, lo_open=True)
+
+    size_fields = ("d_input", "n_w")
 
 
 class Table1(Experiment):
