@@ -36,6 +36,7 @@ from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.seeding import torch_generator
 from noiseprobe.core.stats import mean_se
 from noiseprobe.core.validation import is_diverged
+from noiseprobe.experiments._data import check_at_most, embedded_name, embedded_train_size
 from noiseprobe.minibatch.nets import digits, epoch_batches, train_logistic, train_tanh_net
 
 _INIT_STREAM, _BATCH_STREAM_LEFT, _BATCH_STREAM_RIGHT = 10, 1, 2
@@ -119,6 +120,13 @@ class _Fig1Base(Experiment):
         if "right" in self.panels:
             out.append(Chunk("right", {"panel": "right"}))
         return out
+
+    def check_data(self, config: Any) -> None:
+        """The dataset is installed, and each batch size is at most its training split."""
+        n = embedded_train_size(config["dataset"])
+        for field in ("batch_size", "right_batch_size"):
+            if hasattr(config, field):
+                check_at_most(field, config[field], n, embedded_name(config["dataset"]))
 
     def estimate(self, config: Any) -> Estimate:
         """Peak of one worker: the data (float32, plus the loader's working copies) and the largest chunk —

@@ -48,6 +48,7 @@ from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.fitting import efold_time, fit_exponential
 from noiseprobe.core.plotting import PHASE_COLOURS, new_figure, savefig
 from noiseprobe.core.stats import mean_se
+from noiseprobe.experiments._data import IMAGE_SIDES, check_at_most, embedded_name, embedded_train_size
 from noiseprobe.nin.data import DATASETS, load_mlp_data
 from noiseprobe.nin.drift import measure_niw_decay
 from noiseprobe.nin.ensemble import (
@@ -134,6 +135,17 @@ def load_data(config: SweepConfig) -> tuple[torch.Tensor, ...]:
                          n_train=config["n_train"], pool=config["pool"])
 
 
+def data_sizes(config: SweepConfig) -> tuple[int, int]:
+    """(training samples offered, image side) of the config's data without loading it: the IDX files'
+    merged/train/official split, or the embedded digits (MNIST 5k, 28×28; sklearn's 1,797, 8×8)."""
+    if config["dataset"] == "fashion-mnist":
+        from noiseprobe.data.idx import idx_train_size
+
+        return idx_train_size(config["data_dir"], split=config["split"]), 28
+    name = embedded_name()
+    return embedded_train_size(name), IMAGE_SIDES[name]
+
+
 def _preset(**kw: Any) -> dict[str, Any]:
     base = {"seed": 2022, "dataset": "embedded", "data_dir": "", "split": "merged", "standardize": "global",
             "split_seed": 0, "n_train": 0, "pool": 1, "nin_layer": 0, "niw_init": "layer", "record_every": 1,
@@ -152,6 +164,15 @@ class _NINSweep(Experiment):
     modes: tuple[str, ...] = ("epoch",)
     #: a learning rate at which every replica's weights overflow in the first steps
     diverging = {"lr": 1e6}
+
+    def check_data(self, config: SweepConfig) -> None:
+        """``n_train`` at most the training samples the data offers; ``pool`` a divisor of its image side
+        (the IDX files are read and checked here, before the run directory is claimed)."""
+        available, side = data_sizes(config)
+        check_at_most("n_train", config["n_train"], available, config["dataset"], zero_is_all=True)
+        if side % config["pool"]:
+            raise ConfigError("pool", config["pool"], f"a divisor of the image side {side} of the "
+                                                      f"{config['dataset']} data")
 
     def estimate(self, config: SweepConfig) -> Estimate:
         """One chunk trains K = (1 + levels in the chunk) × modes replicas: per replica its weights and
