@@ -626,6 +626,8 @@ class Table1(Experiment):
     Config = Table1Config
     presets = {"quick": {"seed": 0, "d_input": 784, "n_w": 1024, "lr": 0.01},
                "full": {"seed": 0, "d_input": 784, "n_w": 1024, "lr": 0.01}}
+    #: why ``diverging`` is None (tests/core/test_divergence.py): no replica is trained, so none can diverge
+    nothing_to_diverge = "closed-form noise levels from d_in, N_w and η: nothing is trained"
 
     def estimate(self, config: Table1Config) -> Estimate:
         """An 8-row table: a few MB of pandas/NumPy first-call allocations."""
