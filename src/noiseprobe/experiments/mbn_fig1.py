@@ -113,10 +113,12 @@ class _Fig1Base(Experiment):
     tables = ("curves",)
 
     def chunks(self, config: Any) -> list[Chunk]:
+        """One chunk per (optimiser, width), largest first (Adam, widest: the chunk :meth:`estimate`
+        describes, and the longest, so workers finish together), then the right panel."""
         out = []
         if "left" in self.panels:
             out += [Chunk(f"left-{opt}-d{w:05d}", {"panel": "left", "optimizer": opt, "width": w})
-                    for opt in ("sgd", "adam") for w in config["widths"]]
+                    for opt in ("adam", "sgd") for w in sorted(config["widths"], reverse=True)]
         if "right" in self.panels:
             out.append(Chunk("right", {"panel": "right"}))
         return out
