@@ -65,7 +65,7 @@ class Fig6(Experiment):
     def estimate(self, config: Any) -> Estimate:
         """One α: the simulation with its per-chain D² second moments, and the data set (N·D) with its copies."""
         D, n = config["D"], int(round(max(config["alphas"]) * config["D"]))
-        peak = sim_peak_bytes(config["chains"], D, steps=config["steps"] + config["burn_in"], per_step=config["S"]) + 8 * n * D * 4
+        peak = sim_peak_bytes(config["chains"], D) + 8 * n * D * 4
         return Estimate(peak_bytes=int(peak) + BASE_BYTES, drivers=("chains", "D", "alphas"))
 
     def chunks(self, config: Any) -> list[Chunk]:

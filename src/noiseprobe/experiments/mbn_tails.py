@@ -77,8 +77,7 @@ class _Tails(Experiment):
         """One point per chunk: the simulation with its snapshots, then the pooled |w| samples (sorted copies
         for Hill, the MLE and the curves)."""
         n = config["chains"] * config["snapshots"]
-        peak = sim_peak_bytes(config["chains"], steps=config["burn_in"] + config["snapshots"] * config["snapshot_every"],
-                              snapshots=config["snapshots"]) + 8 * 6 * n + BASE_BYTES
+        peak = sim_peak_bytes(config["chains"], snapshots=config["snapshots"]) + 8 * 6 * n + BASE_BYTES
         return Estimate(peak_bytes=int(peak), drivers=("chains", "snapshots"))
 
     def _points(self, config: dict[str, Any]) -> list[tuple[int, float]]:
