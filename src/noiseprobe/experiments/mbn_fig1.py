@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -65,7 +65,7 @@ class Fig1LeftConfig(_Common):
     batch_size: int = param(lo=1, hi=1000)
     epochs: int = param(lo=1, hi=100)
 
-    size_fields = ("n_seeds", "widths", "batch_size", "epochs")
+    size_fields: ClassVar[tuple[str, ...]] = ("n_seeds", "widths", "batch_size", "epochs")
 
     def check(self) -> None:
         if len(set(self.widths)) != len(self.widths):
@@ -79,12 +79,12 @@ class Fig1RightConfig(_Common):
     right_batch_size: int = param(lo=1, hi=1000)
     right_epochs: int = param(lo=1, hi=1000)
 
-    size_fields = ("n_seeds", "right_batch_size", "right_epochs")
+    size_fields: ClassVar[tuple[str, ...]] = ("n_seeds", "right_batch_size", "right_epochs")
 
 
 @dataclass(frozen=True, kw_only=True)
 class Fig1Config(Fig1LeftConfig, Fig1RightConfig):
-    size_fields = ("n_seeds", "widths", "batch_size", "epochs", "right_batch_size", "right_epochs")
+    size_fields: ClassVar[tuple[str, ...]] = ("n_seeds", "widths", "batch_size", "epochs", "right_batch_size", "right_epochs")
 
 
 _COMMON = {"seed": 2022, "dataset": "default", "inputs": "standardised"}
