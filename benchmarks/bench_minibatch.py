@@ -26,7 +26,7 @@ from threadpoolctl import threadpool_limits
 from noiseprobe.minibatch.fluctuation import augmented_system, solve_fluctuation
 from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))      # floor.py, jax_peers.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # floor.py, jax_peers.py
 import floor  # noqa: E402
 from floor import best_time as _time  # noqa: E402
 
@@ -42,8 +42,17 @@ def _scipy_aug(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float) -> np.n
     return scipy.linalg.solve_discrete_lyapunov(M, B @ C @ B.T, method="bilinear")[: H.shape[0], : H.shape[0]]
 
 
-def _solver_rows(name: str, D: int, scipy_D: int, lam: np.ndarray | float, mu: float, H: np.ndarray,
-                 C: np.ndarray, target_kron: float, target_scipy: float) -> list[dict]:
+def _solver_rows(
+    name: str,
+    D: int,
+    scipy_D: int,
+    lam: np.ndarray | float,
+    mu: float,
+    H: np.ndarray,
+    C: np.ndarray,
+    target_kron: float,
+    target_scipy: float,
+) -> list[dict]:
     t_eig = _time(lambda: solve_fluctuation(H, C, lr=lam, momentum=mu, method="eigen"))
     Dk = 48
     Hk, Ck = H[:Dk, :Dk], C[:Dk, :Dk]
@@ -52,7 +61,10 @@ def _solver_rows(name: str, D: int, scipy_D: int, lam: np.ndarray | float, mu: f
     if scipy_D == D:
         t_scipy = _time(lambda: _scipy_aug(H, C, lam * np.eye(D) if np.ndim(lam) == 0 else lam, mu))
         note_s = f"timed at D = {D}"
-        err = np.abs(solve_fluctuation(H, C, lr=lam, momentum=mu) - _scipy_aug(H, C, lam * np.eye(D) if np.ndim(lam) == 0 else lam, mu)).max()
+        err = np.abs(
+            solve_fluctuation(H, C, lr=lam, momentum=mu)
+            - _scipy_aug(H, C, lam * np.eye(D) if np.ndim(lam) == 0 else lam, mu)
+        ).max()
         note_s += f"; max |ΔΣ| vs eigen {err:.1e}"
     else:
         Hs, Cs = H[:scipy_D, :scipy_D], C[:scipy_D, :scipy_D]
@@ -60,13 +72,28 @@ def _solver_rows(name: str, D: int, scipy_D: int, lam: np.ndarray | float, mu: f
         t_scipy = _time(lambda: _scipy_aug(Hs, Cs, lams, mu)) * (D / scipy_D) ** 3
         note_s = f"timed at D = {scipy_D}, extrapolated O(D³)"
     return [
-        {"name": f"{name}: eigen solver vs dense Kronecker", "baseline": f"Kronecker solve, D={Dk} × (D/{Dk})⁶",
-         "measured": t_eig, "baseline_value": t_kron, "ratio": t_kron / t_eig, "unit": "s (speed-up)",
-         "target": f">= {target_kron:g}×", "aim_met": t_kron / t_eig >= target_kron,
-         "note": f"D = {D}; Kronecker extrapolated"},
-        {"name": f"{name}: eigen solver vs SciPy augmented Lyapunov", "baseline": "solve_discrete_lyapunov on (w, m)",
-         "measured": t_eig, "baseline_value": t_scipy, "ratio": t_scipy / t_eig, "unit": "s (speed-up)",
-         "target": f">= {target_scipy:g}×", "aim_met": t_scipy / t_eig >= target_scipy, "note": note_s},
+        {
+            "name": f"{name}: eigen solver vs dense Kronecker",
+            "baseline": f"Kronecker solve, D={Dk} × (D/{Dk})⁶",
+            "measured": t_eig,
+            "baseline_value": t_kron,
+            "ratio": t_kron / t_eig,
+            "unit": "s (speed-up)",
+            "target": f">= {target_kron:g}×",
+            "aim_met": t_kron / t_eig >= target_kron,
+            "note": f"D = {D}; Kronecker extrapolated",
+        },
+        {
+            "name": f"{name}: eigen solver vs SciPy augmented Lyapunov",
+            "baseline": "solve_discrete_lyapunov on (w, m)",
+            "measured": t_eig,
+            "baseline_value": t_scipy,
+            "ratio": t_scipy / t_eig,
+            "unit": "s (speed-up)",
+            "target": f">= {target_scipy:g}×",
+            "aim_met": t_scipy / t_eig >= target_scipy,
+            "note": note_s,
+        },
     ]
 
 
@@ -104,7 +131,7 @@ def _sim_rows(quick: bool) -> list[dict]:
     for D, S, chains, exact in ((5, 8, 1000, False), (2, 50, 1000, True), (1, 4, 20000, True)):
         A = _spd(D, 1, 0.2, 1.5)
         pb = LinearProblem(A, sigma=1.0)
-        simulate_sgd(pb, lr=0.3, batch_size=S, steps=10, burn_in=0, chains=2, seed=0, exact_law=exact)        # compile / load
+        simulate_sgd(pb, lr=0.3, batch_size=S, steps=10, burn_in=0, chains=2, seed=0, exact_law=exact)  # compile / load
 
         def sim() -> None:
             simulate_sgd(pb, lr=0.3, batch_size=S, steps=steps, burn_in=0, chains=chains, seed=0, exact_law=exact)
@@ -121,16 +148,25 @@ def _sim_rows(quick: bool) -> list[dict]:
         cpu = floor.cpu_time(sim) / (chains * steps)
         cpu_loop = floor.cpu_time(loop, 2) / (10 * steps)
         sampler = "exact-in-law Bartlett sampler" if exact else "explicit Gaussian minibatches"
-        rows.append({"name": f"SGD chain-steps/s, D={D}, S={S}, {chains} chains ({sampler}, {threads} threads)",
-                     "baseline": "per-chain Python loop (explicit minibatches)", "measured": rate_vec,
-                     "baseline_value": rate_loop, "ratio": rate_vec / rate_loop, "unit": "chain-steps/s",
-                     "target": ">= 50×", "aim_met": rate_vec / rate_loop >= 50,
-                     "note": f"{steps} steps; {1e9 / rate_vec:.0f} ns per chain-step; loop timed on 10 chains; "
-                             f"CPU time per chain-step {1e9 * cpu:.0f} ns (all threads) vs {1e9 * cpu_loop:.0f} ns: "
-                             f"{cpu_loop / cpu:.0f}× less work"})
+        rows.append(
+            {
+                "name": f"SGD chain-steps/s, D={D}, S={S}, {chains} chains ({sampler}, {threads} threads)",
+                "baseline": "per-chain Python loop (explicit minibatches)",
+                "measured": rate_vec,
+                "baseline_value": rate_loop,
+                "ratio": rate_vec / rate_loop,
+                "unit": "chain-steps/s",
+                "target": ">= 50×",
+                "aim_met": rate_vec / rate_loop >= 50,
+                "note": f"{steps} steps; {1e9 / rate_vec:.0f} ns per chain-step; loop timed on 10 chains; "
+                f"CPU time per chain-step {1e9 * cpu:.0f} ns (all threads) vs {1e9 * cpu_loop:.0f} ns: "
+                f"{cpu_loop / cpu:.0f}× less work",
+            }
+        )
         n, u, f = _floor_counts(D, S, exact)
-        rows.append(floor.floor_row(f"SGD simulator over its floor, D={D}, S={S} ({sampler})", cpu, n, u, f,
-                                    floor.rates()))
+        rows.append(
+            floor.floor_row(f"SGD simulator over its floor, D={D}, S={S} ({sampler})", cpu, n, u, f, floor.rates())
+        )
         if not exact and D == 5:
             rows += _jax_rows(A, S, steps, rate_vec, quick)
     return rows
@@ -150,17 +186,34 @@ def _jax_rows(A: np.ndarray, S: int, steps: int, rate: float, quick: bool) -> li
         safe = impl in jax_peers.SAFE_IMPLS
         if safe and (best is None or jrate > best[1]):
             best = (impl, jrate, t_compile)
-        rows.append({"name": f"SGD simulator vs JAX peer ({impl}), D={A.shape[0]}, S={S}",
-                     "baseline": f"JAX jit(vmap(scan)), {impl} keys per chain, float64", "measured": rate,
-                     "baseline_value": jrate, "ratio": rate / jrate, "unit": "chain-steps/s", "target": "info",
-                     "aim_met": None,
-                     "note": f"JAX {chains} chains × {steps} steps, compile {t_compile:.1f} s (not in its time)"
-                             + ("" if safe else "; unsafe_rbg: no independence guarantee for fold_in keys")})
+        rows.append(
+            {
+                "name": f"SGD simulator vs JAX peer ({impl}), D={A.shape[0]}, S={S}",
+                "baseline": f"JAX jit(vmap(scan)), {impl} keys per chain, float64",
+                "measured": rate,
+                "baseline_value": jrate,
+                "ratio": rate / jrate,
+                "unit": "chain-steps/s",
+                "target": "info",
+                "aim_met": None,
+                "note": f"JAX {chains} chains × {steps} steps, compile {t_compile:.1f} s (not in its time)"
+                + ("" if safe else "; unsafe_rbg: no independence guarantee for fold_in keys"),
+            }
+        )
     impl, jrate, t_compile = best
-    rows.append({"name": f"SGD simulator vs the fastest sound JAX peer ({impl}), D={A.shape[0]}, S={S}",
-                 "baseline": f"JAX jit(vmap(scan)), {impl}, float64", "measured": rate, "baseline_value": jrate,
-                 "ratio": rate / jrate, "unit": "chain-steps/s", "target": ">= 2×", "aim_met": rate / jrate >= 2,
-                 "note": f"same thread count; JAX compile {t_compile:.1f} s reported apart"})
+    rows.append(
+        {
+            "name": f"SGD simulator vs the fastest sound JAX peer ({impl}), D={A.shape[0]}, S={S}",
+            "baseline": f"JAX jit(vmap(scan)), {impl}, float64",
+            "measured": rate,
+            "baseline_value": jrate,
+            "ratio": rate / jrate,
+            "unit": "chain-steps/s",
+            "target": ">= 2×",
+            "aim_met": rate / jrate >= 2,
+            "note": f"same thread count; JAX compile {t_compile:.1f} s reported apart",
+        }
+    )
     return rows
 
 

@@ -52,10 +52,19 @@ def run(quick: bool = False) -> list[dict]:
 
     t = _median_times({"step": train_step, "measure": measure}, rounds=3 if quick else 5)
     ratio = t["measure"] / t["step"]
-    rows = [{"name": "default measurement (tr Σ, |G|², B_simple ± CI, temperature, top-10 of C)",
-             "measured": t["measure"], "baseline": "one training step of the same batch",
-             "baseline_value": t["step"], "ratio": ratio, "unit": "s", "target": "≤ 2.5×", "passed": ratio <= 2.5,
-             "note": f"every=50 costs {100 * t['measure'] / (50 * t['step']):.1f} % (aim ≤ 5 %)"}]
+    rows = [
+        {
+            "name": "default measurement (tr Σ, |G|², B_simple ± CI, temperature, top-10 of C)",
+            "measured": t["measure"],
+            "baseline": "one training step of the same batch",
+            "baseline_value": t["step"],
+            "ratio": ratio,
+            "unit": "s",
+            "target": "≤ 2.5×",
+            "passed": ratio <= 2.5,
+            "note": f"every=50 costs {100 * t['measure'] / (50 * t['step']):.1f} % (aim ≤ 5 %)",
+        }
+    ]
 
     # sharpness while training: warm-started Lanczos
     model = _model(cfg)
@@ -74,8 +83,17 @@ def run(quick: bool = False) -> list[dict]:
             hvps.append(mon.measure(probe, opt)["sharpness_hvps"])
         opt.step()
     after = max(hvps[1:])
-    rows.append({"name": "sharpness: Hessian-vector products per measurement after the first (warm start)",
-                 "measured": after, "baseline": "first (cold) measurement", "baseline_value": hvps[0],
-                 "ratio": after / hvps[0], "unit": "HVPs", "target": "≤ 10", "passed": after <= 10,
-                 "note": "per call: " + ", ".join(f"{h:g}" for h in hvps)})
+    rows.append(
+        {
+            "name": "sharpness: Hessian-vector products per measurement after the first (warm start)",
+            "measured": after,
+            "baseline": "first (cold) measurement",
+            "baseline_value": hvps[0],
+            "ratio": after / hvps[0],
+            "unit": "HVPs",
+            "target": "≤ 10",
+            "passed": after <= 10,
+            "note": "per call: " + ", ".join(f"{h:g}" for h in hvps),
+        }
+    )
     return rows

@@ -45,9 +45,16 @@ def _mlp(d_in: int, width: int, classes: int, seed: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, width), nn.ReLU(), nn.Linear(width, classes))
 
 
-def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, params: list[torch.Tensor],
-             before: Callable[[], None] | None = None) -> Callable[[], None]:
+def _step_fn(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    lr: float,
+    params: list[torch.Tensor],
+    before: Callable[[], None] | None = None,
+) -> Callable[[], None]:
     """One plain-SGD step on ``params`` (cross-entropy); ``before`` runs first (e.g. the NIN's batch indices)."""
+
     def step() -> None:
         if before is not None:
             before()
@@ -56,6 +63,7 @@ def _step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, para
         with torch.no_grad():
             for p, g in zip(params, grads):
                 p.sub_(lr * g)
+
     return step
 
 
@@ -94,11 +102,18 @@ def _nin_overhead(quick: bool, mm_rate: float) -> list[dict]:
     x, y = xtr[:batch], ytr[:batch]
     plain = _mlp(784, width, 10, 0)
     noisy = _mlp(784, width, 10, 0)
-    handle = attach_nins(noisy, NINSpec("0", sigma=1.0, mode="epoch"), n_train=xtr.shape[0],
-                         generator=torch.Generator().manual_seed(1))
+    handle = attach_nins(
+        noisy, NINSpec("0", sigma=1.0, mode="epoch"), n_train=xtr.shape[0], generator=torch.Generator().manual_seed(1)
+    )
     idx = torch.arange(batch)
-    noisy_step = _step_fn(noisy, x, y, 1e-4, list(noisy.parameters()) + handle.niws,  # the NIW is trained too
-                          before=lambda: handle.set_sample_indices(idx))
+    noisy_step = _step_fn(
+        noisy,
+        x,
+        y,
+        1e-4,
+        list(noisy.parameters()) + handle.niws,  # the NIW is trained too
+        before=lambda: handle.set_sample_indices(idx),
+    )
     plain_step = _step_fn(plain, x, y, 1e-4, list(plain.parameters()))
     repeats = 20 if quick else 80
     for fn in (plain_step, noisy_step):
@@ -107,7 +122,7 @@ def _nin_overhead(quick: bool, mm_rate: float) -> list[dict]:
     for _ in range(repeats):
         t_plain.append(_cpu(plain_step))
         t_nin.append(_cpu(noisy_step))
-    ratios = np.asarray(t_nin) / np.asarray(t_plain)          # paired: adjacent steps share the load
+    ratios = np.asarray(t_nin) / np.asarray(t_plain)  # paired: adjacent steps share the load
     ratio = float(np.median(ratios))
     boot = np.median(ratios[np.random.default_rng(0).integers(0, repeats, (2000, repeats))], axis=1)
     upper = float(np.quantile(boot, 0.95))
@@ -115,17 +130,32 @@ def _nin_overhead(quick: bool, mm_rate: float) -> list[dict]:
     flops = _matmul_flops(plain_step)
     step_rate = flops / m_plain
     return [
-        {"name": "training step 784-1024-10, batch 1000, with one NIN", "baseline": "same step without the NIN",
-         "measured": m_nin * 1e3, "baseline_value": m_plain * 1e3, "ratio": ratio, "unit": "ms/step",
-         "target": "95% bootstrap upper bound of the ratio <= 1.05", "aim": _aim("ratio_upper", "<=", 1.05),
-         "ratio_upper": upper, "passed": upper <= 1.05,
-         "note": f"median of {repeats} interleaved pair ratios; 95% bootstrap upper bound {upper:.3f}; NIW trained; "
-                 "epoch-mode table lookup"},
-        {"name": "plain step matmul throughput 784-1024-10, batch 1000", "baseline": "2048x2048 float32 matmul",
-         "measured": step_rate / 1e9, "baseline_value": mm_rate / 1e9, "ratio": step_rate / mm_rate,
-         "unit": "GFLOP/s", "target": "ratio >= 0.5", "aim": _aim("ratio", ">=", 0.5),
-         "passed": step_rate / mm_rate >= 0.5,
-         "note": f"{flops / 1e9:.2f} GFLOP of matmuls per SGD step (profiler count) over the step's CPU time"},
+        {
+            "name": "training step 784-1024-10, batch 1000, with one NIN",
+            "baseline": "same step without the NIN",
+            "measured": m_nin * 1e3,
+            "baseline_value": m_plain * 1e3,
+            "ratio": ratio,
+            "unit": "ms/step",
+            "target": "95% bootstrap upper bound of the ratio <= 1.05",
+            "aim": _aim("ratio_upper", "<=", 1.05),
+            "ratio_upper": upper,
+            "passed": upper <= 1.05,
+            "note": f"median of {repeats} interleaved pair ratios; 95% bootstrap upper bound {upper:.3f}; NIW trained; "
+            "epoch-mode table lookup",
+        },
+        {
+            "name": "plain step matmul throughput 784-1024-10, batch 1000",
+            "baseline": "2048x2048 float32 matmul",
+            "measured": step_rate / 1e9,
+            "baseline_value": mm_rate / 1e9,
+            "ratio": step_rate / mm_rate,
+            "unit": "GFLOP/s",
+            "target": "ratio >= 0.5",
+            "aim": _aim("ratio", ">=", 0.5),
+            "passed": step_rate / mm_rate >= 0.5,
+            "note": f"{flops / 1e9:.2f} GFLOP of matmuls per SGD step (profiler count) over the step's CPU time",
+        },
     ]
 
 
@@ -137,14 +167,29 @@ def _ensemble_speedup(quick: bool, mm_rate: float) -> list[dict]:
     kw = dict(loss="ce", lr=0.05, batch_size=batch, epochs=epochs)
 
     def batched(replicas: list[int]) -> Callable[[], None]:
-        return lambda: train_ensemble(xtr, ytr, xte, yte, hidden=[width], sigmas=sigmas, replicas=replicas,
-                                      seed=0, record_epochs=[], probe_samples=256, **kw)
+        return lambda: train_ensemble(
+            xtr,
+            ytr,
+            xte,
+            yte,
+            hidden=[width],
+            sigmas=sigmas,
+            replicas=replicas,
+            seed=0,
+            record_epochs=[],
+            probe_samples=256,
+            **kw,
+        )
 
     def sequential() -> None:
         for i, s in enumerate(sigmas):
             model = _mlp(784, width, 10, i)
-            handle = attach_nins(model, NINSpec("0", sigma=s, mode="epoch"), n_train=xtr.shape[0],
-                                 generator=torch.Generator().manual_seed(i))
+            handle = attach_nins(
+                model,
+                NINSpec("0", sigma=s, mode="epoch"),
+                n_train=xtr.shape[0],
+                generator=torch.Generator().manual_seed(i),
+            )
             train(model, handle, data, record_every=epochs, hessian_probes=0, probe_samples=256, seed=i, **kw)
 
     cases = {"one seed": batched([0] * k), "K seeds": batched(list(range(k))), "sequential": sequential}
@@ -152,28 +197,46 @@ def _ensemble_speedup(quick: bool, mm_rate: float) -> list[dict]:
     flops = {name: _matmul_flops(fn) for name, fn in cases.items()}
     steps = k * epochs * (xtr.shape[0] // batch)
     rows = []
-    for name, how in (("one seed", "shared data order (common random numbers): first layer as one wide matmul"),
-                      ("K seeds", "a different data order per model: torch.bmm on gathered batches")):
+    for name, how in (
+        ("one seed", "shared data order (common random numbers): first layer as one wide matmul"),
+        ("K seeds", "a different data order per model: torch.bmm on gathered batches"),
+    ):
         ratio = times["sequential"] / times[name]
         efficiency = flops[name] / times[name] / mm_rate
         met = ratio >= 2.0 or efficiency >= 0.7
-        rows.append({"name": f"sigma sweep, K={k} MLPs 784-{width}-10, batch {batch}, batched ensemble, {name}",
-                     "baseline": f"K={k} sequential per-model runs (nin.probe.train)",
-                     "measured": steps / times[name], "baseline_value": steps / times["sequential"],
-                     "ratio": ratio, "unit": "model-steps/s",
-                     "target": "ratio >= 2 or matmul FLOP rate >= 0.7 of the 2048³ matmul rate",
-                     "aim": {"any": [_aim("ratio", ">=", 2.0), _aim("matmul_efficiency", ">=", 0.7)]},
-                     "matmul_efficiency": efficiency, "passed": met,
-                     "note": f"{how}; {steps} SGD steps in all, records at epoch 0 and {epochs}; best of repeats; "
-                             f"matmul FLOP rate {efficiency:.2f} of the 2048³ matmul rate"})
+        rows.append(
+            {
+                "name": f"sigma sweep, K={k} MLPs 784-{width}-10, batch {batch}, batched ensemble, {name}",
+                "baseline": f"K={k} sequential per-model runs (nin.probe.train)",
+                "measured": steps / times[name],
+                "baseline_value": steps / times["sequential"],
+                "ratio": ratio,
+                "unit": "model-steps/s",
+                "target": "ratio >= 2 or matmul FLOP rate >= 0.7 of the 2048³ matmul rate",
+                "aim": {"any": [_aim("ratio", ">=", 2.0), _aim("matmul_efficiency", ">=", 0.7)]},
+                "matmul_efficiency": efficiency,
+                "passed": met,
+                "note": f"{how}; {steps} SGD steps in all, records at epoch 0 and {epochs}; best of repeats; "
+                f"matmul FLOP rate {efficiency:.2f} of the 2048³ matmul rate",
+            }
+        )
     for name in ("one seed", "K seeds", "sequential"):
         floor = flops[name] / mm_rate
-        rows.append({"name": f"floor: the {name} run's matmul FLOPs at the 2048³ matmul rate",
-                     "baseline": "the run's CPU time", "measured": floor, "baseline_value": times[name],
-                     "ratio": times[name] / floor, "unit": "s", "target": "info (distance to the floor)",
-                     "aim": None, "passed": None,
-                     "note": f"{flops[name] / 1e9:.1f} GFLOP of matmuls (profiler count) at "
-                             f"{mm_rate / 1e9:.0f} GFLOP/s; ratio = time over floor"})
+        rows.append(
+            {
+                "name": f"floor: the {name} run's matmul FLOPs at the 2048³ matmul rate",
+                "baseline": "the run's CPU time",
+                "measured": floor,
+                "baseline_value": times[name],
+                "ratio": times[name] / floor,
+                "unit": "s",
+                "target": "info (distance to the floor)",
+                "aim": None,
+                "passed": None,
+                "note": f"{flops[name] / 1e9:.1f} GFLOP of matmuls (profiler count) at "
+                f"{mm_rate / 1e9:.0f} GFLOP/s; ratio = time over floor",
+            }
+        )
     return rows
 
 

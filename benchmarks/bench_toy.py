@@ -37,7 +37,7 @@ import numpy as np
 
 from noiseprobe.nin import toy
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))      # floor.py, jax_peers.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # floor.py, jax_peers.py
 
 LR, M = 0.01, 1.0
 
@@ -74,10 +74,10 @@ def _python_loop(sigma: np.ndarray, w: dict[str, np.ndarray], steps: int, stats:
                 mx1, mxn, mxl = max(mx1, w1 * w1), max(mxn, wn * wn), max(mxl, loss)
                 if yn <= thr_n:
                     found.append((done + _frac(y_prev, yn, thr_n), LR * se * se * sw1))
-                    thr_n = thr_n / math.e if thr_n > n0 / math.e ** 1.5 else -1.0     # two e-folds, as the kernel
+                    thr_n = thr_n / math.e if thr_n > n0 / math.e**1.5 else -1.0  # two e-folds, as the kernel
                 if loss <= thr_l:
                     found.append((done + _frac(l_prev, loss, thr_l), 2 * LR * sw01))
-                    thr_l = thr_l / math.e if thr_l > loss0 / math.e ** 1.5 else -1.0
+                    thr_l = thr_l / math.e if thr_l > loss0 / math.e**1.5 else -1.0
                 y_prev, l_prev = yn, loss
                 sw1 += w1 * w1
                 sw01 += w0 * w0 + w1 * w1
@@ -126,7 +126,7 @@ def _timed(fn) -> tuple[float, object]:
 def run(quick: bool = False) -> list[dict]:
     steps = 2000 if quick else 20_000
     sigma, w = _grid()
-    toy.simulate(sigma[:4], **{k: v[:4] for k, v in w.items()}, steps=10)          # compile / load cache
+    toy.simulate(sigma[:4], **{k: v[:4] for k, v in w.items()}, steps=10)  # compile / load cache
     sub = np.linspace(0, sigma.size - 1, 32).astype(int)
     py_steps = 1000 if quick else 4000
     threads = numba.get_num_threads()
@@ -149,38 +149,72 @@ def run(quick: bool = False) -> list[dict]:
     base, rate = {True: 0.0, False: 0.0}, {nt: 0.0 for _, nt in configs}
     for _ in range(3):
         for stats in (True, False):
-            base[stats] = max(base[stats], python_rate(stats))           # replica-steps / s
+            base[stats] = max(base[stats], python_rate(stats))  # replica-steps / s
         for _, nt in configs:
             rate[nt] = max(rate[nt], numba_rate(nt))
     rows = []
     for label, nt in configs:
         for stats, what in ((True, "same work: dynamics + the same online statistics"), (False, "dynamics only")):
             main = nt == threads and stats
-            rows.append({"name": f"toy sweep 64x32x{steps} exact B=1, numba kernel ({label})",
-                         "baseline": f"per-replica pure-Python loop, {what}", "measured": rate[nt],
-                         "baseline_value": base[stats], "ratio": rate[nt] / base[stats], "unit": "replica-steps/s",
-                         "target": ">= 200x" if main else "info",
-                         "aim_met": bool(rate[nt] / base[stats] >= 200) if main else None,
-                         "note": f"{1e9 / rate[nt]:.1f} ns per replica-step; baseline {1e9 / base[stats]:.0f} ns"})
+            rows.append(
+                {
+                    "name": f"toy sweep 64x32x{steps} exact B=1, numba kernel ({label})",
+                    "baseline": f"per-replica pure-Python loop, {what}",
+                    "measured": rate[nt],
+                    "baseline_value": base[stats],
+                    "ratio": rate[nt] / base[stats],
+                    "unit": "replica-steps/s",
+                    "target": ">= 200x" if main else "info",
+                    "aim_met": bool(rate[nt] / base[stats] >= 200) if main else None,
+                    "note": f"{1e9 / rate[nt]:.1f} ns per replica-step; baseline {1e9 / base[stats]:.0f} ns",
+                }
+            )
     b32 = max(numba_rate(threads, 32) for _ in range(3))
-    rows.append({"name": f"toy sweep 64x32x{steps} exact B=32 (the nin-fig2-top batch size), numba kernel ({threads} threads)",
-                 "baseline": "the same kernel at B=1", "measured": b32, "baseline_value": rate[threads],
-                 "ratio": b32 / rate[threads], "unit": "replica-steps/s", "target": "info", "aim_met": None,
-                 "note": f"{1e9 / b32:.1f} ns per replica-step: Bartlett draws (two χ², one normal) per step"})
+    rows.append(
+        {
+            "name": f"toy sweep 64x32x{steps} exact B=32 (the nin-fig2-top batch size), numba kernel ({threads} threads)",
+            "baseline": "the same kernel at B=1",
+            "measured": b32,
+            "baseline_value": rate[threads],
+            "ratio": b32 / rate[threads],
+            "unit": "replica-steps/s",
+            "target": "info",
+            "aim_met": None,
+            "note": f"{1e9 / b32:.1f} ns per replica-step: Bartlett draws (two χ², one normal) per step",
+        }
+    )
     rows += _floor_and_jax_rows(sigma, w, threads, quick)
     np_steps = steps // 4
     t, n_np = _timed(lambda: _numpy_loop(sigma, w, np_steps))
-    rows.append({"name": f"plain NumPy vectorised loop over steps (64x32x{np_steps}, no statistics)",
-                 "baseline": "per-replica pure-Python loop, dynamics only", "measured": n_np / t,
-                 "baseline_value": base[False], "ratio": n_np / t / base[False], "unit": "replica-steps/s",
-                 "target": "info", "aim_met": None, "note": "the alternative measured before choosing numba"})
+    rows.append(
+        {
+            "name": f"plain NumPy vectorised loop over steps (64x32x{np_steps}, no statistics)",
+            "baseline": "per-replica pure-Python loop, dynamics only",
+            "measured": n_np / t,
+            "baseline_value": base[False],
+            "ratio": n_np / t / base[False],
+            "unit": "replica-steps/s",
+            "target": "info",
+            "aim_met": None,
+            "note": "the alternative measured before choosing numba",
+        }
+    )
     r = toy.simulate(sigma, **w, steps=steps, seed=0)
     kept = r.stats.nbytes + r.overflow_step.nbytes
     full = sigma.size * (steps + 1) * 4 * 8
-    rows.append({"name": f"memory kept by a 64x32x{steps} sweep (per-replica statistics)",
-                 "baseline": "every step of every replica (w0, w1, w_NI, loss; float64)", "measured": kept / 2 ** 20,
-                 "baseline_value": full / 2 ** 20, "ratio": kept / full, "unit": "MiB", "target": "bounded in steps",
-                 "aim_met": bool(kept < 2 ** 20), "note": "independent of the number of steps"})
+    rows.append(
+        {
+            "name": f"memory kept by a 64x32x{steps} sweep (per-replica statistics)",
+            "baseline": "every step of every replica (w0, w1, w_NI, loss; float64)",
+            "measured": kept / 2**20,
+            "baseline_value": full / 2**20,
+            "ratio": kept / full,
+            "unit": "MiB",
+            "target": "bounded in steps",
+            "aim_met": bool(kept < 2**20),
+            "note": "independent of the number of steps",
+        }
+    )
     return rows
 
 
@@ -196,8 +230,11 @@ def _floor_and_jax_rows(sigma: np.ndarray, w: dict[str, np.ndarray], threads: in
     steps_f = 2000 if quick else 20_000
     n_exec = _executed(toy.simulate(sigma, **w, steps=steps_f, seed=0))
     cpu = floor.cpu_time(lambda: toy.simulate(sigma, **w, steps=steps_f, seed=0), 3) / n_exec
-    rows = [floor.floor_row("toy sweep exact B=1 over its floor (numba kernel, all threads)", cpu, _NORMALS, 0,
-                            _FLOP, floor.rates())]
+    rows = [
+        floor.floor_row(
+            "toy sweep exact B=1 over its floor (numba kernel, all threads)", cpu, _NORMALS, 0, _FLOP, floor.rates()
+        )
+    ]
     steps = 500 if quick else 2000
     t_nb = min(_timed(lambda: toy.simulate(sigma, **w, steps=steps, seed=0))[0] for _ in range(3))
     best = None
@@ -206,17 +243,35 @@ def _floor_and_jax_rows(sigma: np.ndarray, w: dict[str, np.ndarray], threads: in
         safe = impl in jax_peers.SAFE_IMPLS
         if safe and (best is None or t_jax < best[1]):
             best = (impl, t_jax, t_compile)
-        rows.append({"name": f"toy sweep 64x32x{steps} exact B=1 vs JAX peer ({impl})",
-                     "baseline": f"JAX jit(vmap(scan)), {impl} keys per replica, float64", "measured": t_nb,
-                     "baseline_value": t_jax, "ratio": t_jax / t_nb, "unit": "s (speed-up)", "target": "info",
-                     "aim_met": None, "note": f"JAX compile {t_compile:.1f} s (not in its time)"
-                     + ("" if safe else "; unsafe_rbg: no independence guarantee for fold_in keys")})
+        rows.append(
+            {
+                "name": f"toy sweep 64x32x{steps} exact B=1 vs JAX peer ({impl})",
+                "baseline": f"JAX jit(vmap(scan)), {impl} keys per replica, float64",
+                "measured": t_nb,
+                "baseline_value": t_jax,
+                "ratio": t_jax / t_nb,
+                "unit": "s (speed-up)",
+                "target": "info",
+                "aim_met": None,
+                "note": f"JAX compile {t_compile:.1f} s (not in its time)"
+                + ("" if safe else "; unsafe_rbg: no independence guarantee for fold_in keys"),
+            }
+        )
     impl, t_jax, t_compile = best
-    rows.append({"name": f"toy sweep 64x32x{steps} exact B=1 vs the fastest sound JAX peer ({impl})",
-                 "baseline": f"JAX jit(vmap(scan)), {impl}, float64", "measured": t_nb, "baseline_value": t_jax,
-                 "ratio": t_jax / t_nb, "unit": "s (speed-up)", "target": ">= 2×", "aim_met": bool(t_jax / t_nb >= 2),
-                 "note": f"{threads} threads each; numba {1e9 * t_nb / (sigma.size * steps):.1f} ns, JAX "
-                         f"{1e9 * t_jax / (sigma.size * steps):.1f} ns per replica-step; JAX compile {t_compile:.1f} s apart"})
+    rows.append(
+        {
+            "name": f"toy sweep 64x32x{steps} exact B=1 vs the fastest sound JAX peer ({impl})",
+            "baseline": f"JAX jit(vmap(scan)), {impl}, float64",
+            "measured": t_nb,
+            "baseline_value": t_jax,
+            "ratio": t_jax / t_nb,
+            "unit": "s (speed-up)",
+            "target": ">= 2×",
+            "aim_met": bool(t_jax / t_nb >= 2),
+            "note": f"{threads} threads each; numba {1e9 * t_nb / (sigma.size * steps):.1f} ns, JAX "
+            f"{1e9 * t_jax / (sigma.size * steps):.1f} ns per replica-step; JAX compile {t_compile:.1f} s apart",
+        }
+    )
     return rows
 
 

@@ -113,6 +113,7 @@ def _opacus(model: GPT, ids: Tensor, y: Tensor) -> Callable[[], None]:
 
         def unavailable() -> None:
             raise missing
+
         return unavailable
     opacus_model = OpacusGPT(model.cfg)
     opacus_model.load_state_dict(model.state_dict())
@@ -126,6 +127,7 @@ def _opacus(model: GPT, ids: Tensor, y: Tensor) -> Callable[[], None]:
             warnings.simplefilter("ignore")
             token_ce(gsm(ids), y).sum().backward()
         sum((p.grad_sample.reshape(p.grad_sample.shape[0], -1) ** 2).sum(1) for p in opacus_model.parameters())
+
     return opacus_grads
 
 
@@ -195,8 +197,9 @@ def hessian_rows(quick: bool) -> list[dict]:
 
     sgd(burn_in)
     prev = None
-    rec: dict[str, list[float]] = {k: [] for k in ("warm", "cold", "power", "warm_err", "power_err", "power_err_lm",
-                                                    "overlap", "gap", "loss")}
+    rec: dict[str, list[float]] = {
+        k: [] for k in ("warm", "cold", "power", "warm_err", "power_err", "power_err_lm", "overlap", "gap", "loss")
+    }
     for call in range(calls + 1):
         op = Hessian(model, token_ce, probe_ids, probe_y)
         ref = lanczos(op, 2, tol=1e-6, warm_start=prev, max_matvecs=300)  # λ1 and λ2, converged
@@ -220,22 +223,40 @@ def hessian_rows(quick: bool) -> list[dict]:
     mean = lambda xs: sum(xs) / len(xs)
     fmt = lambda xs: ", ".join(f"{v:.2g}" for v in xs)
     size = f"GPT {cfg.layers}x{cfg.width}, T={cfg.T}, probe batch {n_probe}"
-    setting = (f"{calls} calls, {steps} SGD steps apart after {burn_in}; probe loss {rec['loss'][0]:.2f} -> "
-               f"{rec['loss'][-1]:.2f}; relative gap 1 - λ2/λ1 per call {fmt(rec['gap'])}; "
-               f"|<v_prev, v_new>| {fmt(rec['overlap'])}")
+    setting = (
+        f"{calls} calls, {steps} SGD steps apart after {burn_in}; probe loss {rec['loss'][0]:.2f} -> "
+        f"{rec['loss'][-1]:.2f}; relative gap 1 - λ2/λ1 per call {fmt(rec['gap'])}; "
+        f"|<v_prev, v_new>| {fmt(rec['overlap'])}"
+    )
     return [
-        {"name": f"top Hessian eigenvalue, warm-started Lanczos, tol 1e-2 ({size})", "measured": mean(rec["warm"]),
-         "baseline": "PyHessian power iteration (cold, tol 1e-3)", "baseline_value": mean(rec["power"]),
-         "ratio": mean(rec["warm"]) / mean(rec["power"]), "unit": "HVPs per call",
-         "target": "<= 10 HVPs at 1% rel. error",
-         "passed": max(rec["warm"]) <= 10 and max(rec["warm_err"]) <= 1e-2,
-         "note": (f"HVPs per call {fmt(rec['warm'])}, rel. error {fmt(rec['warm_err'])}; cold-started Lanczos at "
-                  f"the same tol: {fmt(rec['cold'])} HVPs. {setting}")},
-        {"name": f"top Hessian eigenvalue, PyHessian power iteration, cold ({size})", "measured": mean(rec["power"]),
-         "baseline": "warm-started Lanczos", "baseline_value": mean(rec["warm"]),
-         "ratio": mean(rec["power"]) / mean(rec["warm"]), "unit": "HVPs per call", "target": "info", "passed": None,
-         "note": (f"HVPs per call {fmt(rec['power'])}; rel. error against λ_max {fmt(rec['power_err'])}, against "
-                  f"the largest-magnitude eigenvalue (what power iteration targets) {fmt(rec['power_err_lm'])}")},
+        {
+            "name": f"top Hessian eigenvalue, warm-started Lanczos, tol 1e-2 ({size})",
+            "measured": mean(rec["warm"]),
+            "baseline": "PyHessian power iteration (cold, tol 1e-3)",
+            "baseline_value": mean(rec["power"]),
+            "ratio": mean(rec["warm"]) / mean(rec["power"]),
+            "unit": "HVPs per call",
+            "target": "<= 10 HVPs at 1% rel. error",
+            "passed": max(rec["warm"]) <= 10 and max(rec["warm_err"]) <= 1e-2,
+            "note": (
+                f"HVPs per call {fmt(rec['warm'])}, rel. error {fmt(rec['warm_err'])}; cold-started Lanczos at "
+                f"the same tol: {fmt(rec['cold'])} HVPs. {setting}"
+            ),
+        },
+        {
+            "name": f"top Hessian eigenvalue, PyHessian power iteration, cold ({size})",
+            "measured": mean(rec["power"]),
+            "baseline": "warm-started Lanczos",
+            "baseline_value": mean(rec["warm"]),
+            "ratio": mean(rec["power"]) / mean(rec["warm"]),
+            "unit": "HVPs per call",
+            "target": "info",
+            "passed": None,
+            "note": (
+                f"HVPs per call {fmt(rec['power'])}; rel. error against λ_max {fmt(rec['power_err'])}, against "
+                f"the largest-magnitude eigenvalue (what power iteration targets) {fmt(rec['power_err_lm'])}"
+            ),
+        },
     ]
 
 
@@ -256,28 +277,62 @@ def run(quick: bool = False) -> list[dict]:
     t = _best_of(fns, 1 if quick else 3)
     mem = {name: peak_memory(name, quick) for name in ("fwd_bwd", "trace_top10", "vmap_grad", "opacus")}
     base_t, base_m = t["fwd_bwd"], mem["fwd_bwd"].get("own_mb", math.nan)
-    labels = {"trace_top10": "Tr C + top-10 eigenvalues (NoiseCovariance)",
-              "vmap_grad": "per-sample gradients, torch.func vmap(grad)",
-              "opacus": "per-sample gradients, Opacus GradSampleModule"}
+    labels = {
+        "trace_top10": "Tr C + top-10 eigenvalues (NoiseCovariance)",
+        "vmap_grad": "per-sample gradients, torch.func vmap(grad)",
+        "opacus": "per-sample gradients, Opacus GradSampleModule",
+    }
     rows = []
     for name, label in labels.items():
         target = name == "trace_top10"
         if name in errors:
-            rows.append({"name": f"{label} ({size})", "measured": None, "baseline": "forward+backward",
-                         "baseline_value": base_t, "ratio": None, "unit": "s", "target": "<= 3x" if target else "info",
-                         "passed": False if target else None, "note": f"fails: {errors[name]}"})
+            rows.append(
+                {
+                    "name": f"{label} ({size})",
+                    "measured": None,
+                    "baseline": "forward+backward",
+                    "baseline_value": base_t,
+                    "ratio": None,
+                    "unit": "s",
+                    "target": "<= 3x" if target else "info",
+                    "passed": False if target else None,
+                    "note": f"fails: {errors[name]}",
+                }
+            )
             continue
         m = mem[name]
         own = m.get("own_mb", math.nan)
-        rows.append({"name": f"{label}: time ({size})", "measured": t[name], "baseline": "forward+backward",
-                     "baseline_value": base_t, "ratio": t[name] / base_t, "unit": "s",
-                     "target": "<= 3x" if target else "info", "passed": t[name] / base_t <= 3 if target else None,
-                     "note": "best of interleaved rounds, one process"})
-        rows.append({"name": f"{label}: peak memory ({size})", "measured": own, "baseline": "forward+backward",
-                     "baseline_value": base_m, "ratio": own / base_m, "unit": "MB above setup",
-                     "target": "<= 2x" if target else "info", "passed": own / base_m <= 2 if target else None,
-                     "note": (f"subprocess peak RSS {m.get('peak_mb', math.nan):.0f} MB vs "
-                              f"{mem['fwd_bwd'].get('peak_mb', math.nan):.0f} MB" if "error" not in m else m["error"])})
+        rows.append(
+            {
+                "name": f"{label}: time ({size})",
+                "measured": t[name],
+                "baseline": "forward+backward",
+                "baseline_value": base_t,
+                "ratio": t[name] / base_t,
+                "unit": "s",
+                "target": "<= 3x" if target else "info",
+                "passed": t[name] / base_t <= 3 if target else None,
+                "note": "best of interleaved rounds, one process",
+            }
+        )
+        rows.append(
+            {
+                "name": f"{label}: peak memory ({size})",
+                "measured": own,
+                "baseline": "forward+backward",
+                "baseline_value": base_m,
+                "ratio": own / base_m,
+                "unit": "MB above setup",
+                "target": "<= 2x" if target else "info",
+                "passed": own / base_m <= 2 if target else None,
+                "note": (
+                    f"subprocess peak RSS {m.get('peak_mb', math.nan):.0f} MB vs "
+                    f"{mem['fwd_bwd'].get('peak_mb', math.nan):.0f} MB"
+                    if "error" not in m
+                    else m["error"]
+                ),
+            }
+        )
     return rows + hessian_rows(quick)
 
 

@@ -111,18 +111,27 @@ def rates() -> dict[str, float]:
 
 def _rates() -> dict[str, float]:
     keys = np.arange(1, 32 * _L + 1, dtype=np.uint64) * np.uint64(0x632BE59BD9B4E019)
-    n = 1 << 14                       # short runs, best of 7: the quietest moments of a shared machine
+    n = 1 << 14  # short runs, best of 7: the quietest moments of a shared machine
     total = keys.size * n
     for kind in (_N53, _N24, _UNI):
         _draw(kind, keys, 128)
     _fma(2, 10)
-    out = {"normal:SplitMix64 ziggurat 53-bit (numba, lanes)": best_time(lambda: _draw(_N53, keys, n), 7, time.process_time) / total,
-           "normal:SplitMix64 ziggurat 2x24-bit (numba, lanes)": best_time(lambda: _draw(_N24, keys, n), 7, time.process_time) / total}
+    out = {
+        "normal:SplitMix64 ziggurat 53-bit (numba, lanes)": best_time(
+            lambda: _draw(_N53, keys, n), 7, time.process_time
+        )
+        / total,
+        "normal:SplitMix64 ziggurat 2x24-bit (numba, lanes)": best_time(
+            lambda: _draw(_N24, keys, n), 7, time.process_time
+        )
+        / total,
+    }
     for name in ("PCG64", "Philox"):
         g = np.random.Generator(getattr(np.random, name)(0))
         buf = np.empty(1 << 20)
         out[f"normal:NumPy {name} standard_normal"] = (
-            best_time(lambda g=g: g.standard_normal(out=buf), 7, time.process_time) / buf.size)
+            best_time(lambda g=g: g.standard_normal(out=buf), 7, time.process_time) / buf.size
+        )
     out["uniform"] = best_time(lambda: _draw(_UNI, keys, n), 7, time.process_time) / total
     out["normal"] = min(v for k, v in out.items() if k.startswith("normal:"))
     out["normal_generator"] = min((v, k) for k, v in out.items() if k.startswith("normal:"))[1].split(":", 1)[1]
@@ -131,17 +140,26 @@ def _rates() -> dict[str, float]:
     return out
 
 
-def floor_row(name: str, measured_s: float, normals: float, uniforms: float, flops: float, r: dict,
-              aim: float = 3.0) -> dict:
+def floor_row(
+    name: str, measured_s: float, normals: float, uniforms: float, flops: float, r: dict, aim: float = 3.0
+) -> dict:
     """A benchmark row: measured CPU seconds per replica-step over the floor normals·t_n + uniforms·t_u +
     flops·t_f (CPU seconds, from :func:`rates`)."""
     floor = normals * r["normal"] + uniforms * r["uniform"] + flops * r["flop"]
     ratio = measured_s / floor
-    return {"name": name, "baseline": "floor: random numbers at the fastest chunk-independent generator + "
-                                      "arithmetic at the measured multiply-add rate",
-            "measured": measured_s * 1e9, "baseline_value": floor * 1e9, "ratio": ratio,
-            "unit": "CPU ns/replica-step",
-            "target": f"<= {aim:g}x", "aim_met": bool(ratio <= aim),
-            "note": (f"{normals:g} normals × {r['normal'] * 1e9:.2f} ns ({r['normal_generator']}) + {uniforms:g} "
-                     f"uniforms × {r['uniform'] * 1e9:.2f} ns + {flops:g} flop × {r['flop'] * 1e12:.0f} ps "
-                     f"({1e-9 / r['flop']:.1f} GFLOP/s per core)")}
+    return {
+        "name": name,
+        "baseline": "floor: random numbers at the fastest chunk-independent generator + "
+        "arithmetic at the measured multiply-add rate",
+        "measured": measured_s * 1e9,
+        "baseline_value": floor * 1e9,
+        "ratio": ratio,
+        "unit": "CPU ns/replica-step",
+        "target": f"<= {aim:g}x",
+        "aim_met": bool(ratio <= aim),
+        "note": (
+            f"{normals:g} normals × {r['normal'] * 1e9:.2f} ns ({r['normal_generator']}) + {uniforms:g} "
+            f"uniforms × {r['uniform'] * 1e9:.2f} ns + {flops:g} flop × {r['flop'] * 1e12:.0f} ps "
+            f"({1e-9 / r['flop']:.1f} GFLOP/s per core)"
+        ),
+    }

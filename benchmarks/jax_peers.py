@@ -19,7 +19,7 @@ import time
 import numba
 import numpy as np
 
-BLOCK = 250          # steps whose noise is drawn at once
+BLOCK = 250  # steps whose noise is drawn at once
 
 # PRNG implementations: threefry2x32 (JAX's default: counter-based, splits and fold_in are sound) and rbg
 # (XLA's RngBitGenerator for the bits, threefry for key derivation, so keys from fold_in stay independent);
@@ -66,8 +66,18 @@ def _blocks(steps: int) -> tuple[int, int]:
     return steps // block, block
 
 
-def sgd_explicit(Ra: np.ndarray, u: np.ndarray, sigma: float, lr: float, S: int, steps: int, chains: int,
-                 seed: int, impl: str, repeats: int = 2) -> tuple[float, float]:
+def sgd_explicit(
+    Ra: np.ndarray,
+    u: np.ndarray,
+    sigma: float,
+    lr: float,
+    S: int,
+    steps: int,
+    chains: int,
+    seed: int,
+    impl: str,
+    repeats: int = 2,
+) -> tuple[float, float]:
     """Online SGD on linear regression with explicit Gaussian minibatches (no input noise, Gaussian labels),
     in the whitened coordinates of the numba kernel; returns (compile s, run s)."""
     jax = _jax()
@@ -84,7 +94,7 @@ def sgd_explicit(Ra: np.ndarray, u: np.ndarray, sigma: float, lr: float, S: int,
             def step(c, z):
                 w, dead, s1, s2 = c
                 # small contractions as broadcast + sum (fused by XLA; its batched dot_general on CPU is slower)
-                va = jnp.sum(Raj * (w - uj)[:, None], axis=0)                # R_aᵀ(w − u)
+                va = jnp.sum(Raj * (w - uj)[:, None], axis=0)  # R_aᵀ(w − u)
                 r = jnp.sum(z[:, :D] * va, axis=1) - sigma * z[:, D]
                 w = w - lr * jnp.sum(Raj * jnp.sum(z[:, :D] * r[:, None], axis=0), axis=1) / S
                 bad = ~jnp.all(jnp.abs(w) <= 1e100)
@@ -106,8 +116,19 @@ def sgd_explicit(Ra: np.ndarray, u: np.ndarray, sigma: float, lr: float, S: int,
     return _timed(run, (jax.random.key(seed, impl=impl), w0), repeats)
 
 
-def toy_sweep(sigma: np.ndarray, w0: np.ndarray, w1: np.ndarray, wn: np.ndarray, steps: int, lr: float, M: float,
-              seed: int, impl: str, threshold: float = 1e8, repeats: int = 2) -> tuple[float, float]:
+def toy_sweep(
+    sigma: np.ndarray,
+    w0: np.ndarray,
+    w1: np.ndarray,
+    wn: np.ndarray,
+    steps: int,
+    lr: float,
+    M: float,
+    seed: int,
+    impl: str,
+    threshold: float = 1e8,
+    repeats: int = 2,
+) -> tuple[float, float]:
     """The toy model's exact SGD at B = 1 (x, ε fresh each step) with the kernel's statistics; returns
     (compile s, run s)."""
     jax = _jax()
@@ -144,8 +165,19 @@ def toy_sweep(sigma: np.ndarray, w0: np.ndarray, w1: np.ndarray, wn: np.ndarray,
             ts = b * block + jnp.arange(block)
             return jax.lax.scan(step, carry, (z_blk, ts))[0], None
 
-        init = (a0, a1, an, jnp.bool_(True), 0.0, 0.0, a1 * a1, an * an, l0, -jnp.ones(2, jnp.int64),
-                -jnp.ones(2, jnp.int64))
+        init = (
+            a0,
+            a1,
+            an,
+            jnp.bool_(True),
+            0.0,
+            0.0,
+            a1 * a1,
+            an * an,
+            l0,
+            -jnp.ones(2, jnp.int64),
+            -jnp.ones(2, jnp.int64),
+        )
         return jax.lax.scan(block_step, init, jnp.arange(n_blocks))[0]
 
     def run(key, se, a0, a1, an):

@@ -30,8 +30,17 @@ from noiseprobe.nin.drift import measure_niw_decay
 from noiseprobe.nin.ensemble import init_ensemble
 
 
-def run(lr: float, sigmas: list[float], seeds: int, tau: float, *, seed: int = 2022,
-        hidden: tuple[int, ...] = (64, 64, 64), probe_samples: int = 1000, nodes: int = 24) -> dict[str, np.ndarray]:
+def run(
+    lr: float,
+    sigmas: list[float],
+    seeds: int,
+    tau: float,
+    *,
+    seed: int = 2022,
+    hidden: tuple[int, ...] = (64, 64, 64),
+    probe_samples: int = 1000,
+    nodes: int = 24,
+) -> dict[str, np.ndarray]:
     """Train len(sigmas)·seeds replicas (float64) for T = τ/η steps; per replica the measured log decay,
     the two integrated predictions and the kink factor (D1)/⟨H⟩ at the start and the end (arrays
     (len(sigmas), seeds))."""
@@ -39,15 +48,31 @@ def run(lr: float, sigmas: list[float], seeds: int, tau: float, *, seed: int = 2
     d_in = xtr.shape[1]
     sig = np.repeat(sigmas, seeds)
     reps = np.tile(np.arange(seeds), len(sigmas))
-    ens = init_ensemble([d_in, *hidden, 10], sig.tolist(), reps.tolist(), seed, niw_init_std=d_in ** -0.5,
-                        dtype=torch.float64)
-    m = measure_niw_decay(ens, xtr, ytr, loss="ce", lr=lr, batch_size=128, steps=round(tau / lr),
-                          probe_samples=probe_samples, nodes=nodes, seed=seed + 1)
+    ens = init_ensemble(
+        [d_in, *hidden, 10], sig.tolist(), reps.tolist(), seed, niw_init_std=d_in**-0.5, dtype=torch.float64
+    )
+    m = measure_niw_decay(
+        ens,
+        xtr,
+        ytr,
+        loss="ce",
+        lr=lr,
+        batch_size=128,
+        steps=round(tau / lr),
+        probe_samples=probe_samples,
+        nodes=nodes,
+        seed=seed + 1,
+    )
     shape = (len(sigmas), seeds)
     measured, local, smoothed = (v.reshape(shape) for v in m.log_decay())
     kink = m.rate_smoothed / m.rate_local
-    return {"measured": measured, "autograd": local, "smoothed": smoothed,
-            "kink_start": kink[0].reshape(shape), "kink_end": kink[-1].reshape(shape)}
+    return {
+        "measured": measured,
+        "autograd": local,
+        "smoothed": smoothed,
+        "kink_start": kink[0].reshape(shape),
+        "kink_end": kink[-1].reshape(shape),
+    }
 
 
 def _mean_se(v: np.ndarray) -> str:
@@ -69,18 +94,25 @@ def main() -> None:
     seeds, tau = args.seeds, args.tau
     if args.quick:
         grid, seeds, tau = {0.05: [0.626]}, 2, 4.6
-    print(f"tau = eta*T = {tau:g}, {seeds} seeds per row, rates on {args.probe} samples with {args.nodes} nodes; ratio = measured / predicted log decay, "
-          "mean ± se over seeds\n")
-    print("| η | σε | measured −ln(‖W_NI(T)‖/‖W_NI(0)‖) | measured / eq. (2) ⟨H⟩ | measured / (D1) smoothed "
-          "| (D1) / eq. (2) integrated | at t = 0 | at T |")
+    print(
+        f"tau = eta*T = {tau:g}, {seeds} seeds per row, rates on {args.probe} samples with {args.nodes} nodes; ratio = measured / predicted log decay, "
+        "mean ± se over seeds\n"
+    )
+    print(
+        "| η | σε | measured −ln(‖W_NI(T)‖/‖W_NI(0)‖) | measured / eq. (2) ⟨H⟩ | measured / (D1) smoothed "
+        "| (D1) / eq. (2) integrated | at t = 0 | at T |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for lr, sigmas in grid.items():
         t0 = time.perf_counter()
         out = run(lr, sigmas, seeds, tau, probe_samples=args.probe, nodes=args.nodes)
         for i, s in enumerate(sigmas):
             m, a, sm = out["measured"][i], out["autograd"][i], out["smoothed"][i]
-            print(f"| {lr:g} | {s:g} | {_mean_se(m)} | {_mean_se(m / a)} | {_mean_se(m / sm)} | "
-                  f"{_mean_se(sm / a)} | {_mean_se(out['kink_start'][i])} | {_mean_se(out['kink_end'][i])} |", flush=True)
+            print(
+                f"| {lr:g} | {s:g} | {_mean_se(m)} | {_mean_se(m / a)} | {_mean_se(m / sm)} | "
+                f"{_mean_se(sm / a)} | {_mean_se(out['kink_start'][i])} | {_mean_se(out['kink_end'][i])} |",
+                flush=True,
+            )
         print(f"<!-- eta = {lr:g}: {time.perf_counter() - t0:.0f} s -->", flush=True)
 
 

@@ -7,8 +7,16 @@ import warnings
 from pathlib import Path
 
 #: the packages documented (their modules follow); the top level lists the public entry points
-PACKAGES = ("noiseprobe", "noiseprobe.core", "noiseprobe.data", "noiseprobe.probes", "noiseprobe.nin",
-            "noiseprobe.minibatch", "noiseprobe.limits", "noiseprobe.experiments")
+PACKAGES = (
+    "noiseprobe",
+    "noiseprobe.core",
+    "noiseprobe.data",
+    "noiseprobe.probes",
+    "noiseprobe.nin",
+    "noiseprobe.minibatch",
+    "noiseprobe.limits",
+    "noiseprobe.experiments",
+)
 
 
 def build(out: Path) -> list[str]:

@@ -1,6 +1,6 @@
 """NoiseMonitor as a Lightning callback on the embedded MNIST digits (needs ``lightning``).
 
-    python examples/lightning_module.py [--epochs 2] [--out runs/monitor-lightning]
+python examples/lightning_module.py [--epochs 2] [--out runs/monitor-lightning]
 """
 
 from __future__ import annotations
@@ -42,9 +42,16 @@ def main(argv: list[str] | None = None) -> LightningNoiseMonitor:
     x, y, _, _ = load_default(n_train=args.n_train)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=50, shuffle=True)
     monitor = LightningNoiseMonitor(LOSS, every=5, log_dir=args.out, metrics=["tr_sigma", "g_sq", "b_simple"])
-    trainer = pl.Trainer(max_epochs=args.epochs, callbacks=[monitor], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="auto",
-                         default_root_dir=args.out)
+    trainer = pl.Trainer(
+        max_epochs=args.epochs,
+        callbacks=[monitor],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="auto",
+        default_root_dir=args.out,
+    )
     trainer.fit(Classifier(x.shape[1]), loader)
     assert monitor.monitor is not None
     print(monitor.monitor.history.to_string(index=False))

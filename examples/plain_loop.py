@@ -31,17 +31,17 @@ def main(argv: list[str] | None = None) -> NoiseMonitor:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss(reduction="none")  # per-sample losses: the monitor's convention
 
-    mon = NoiseMonitor(model, loss_fn, every=args.every, log_dir=args.out, verbose=True)   # 1
+    mon = NoiseMonitor(model, loss_fn, every=args.every, log_dir=args.out, verbose=True)  # 1
     for step in range(args.steps):
         idx = torch.randint(0, len(x_train), (args.batch,))
         batch = (x_train[idx], y_train[idx])
         optimizer.zero_grad()
         loss_fn(model(batch[0]), batch[1]).mean().backward()
-        mon.step(batch, optimizer)                                                           # 2
+        mon.step(batch, optimizer)  # 2
         optimizer.step()
     mon.close()
     print(mon.history[["step", "b_simple", "b_simple_lo", "b_simple_hi", "temperature"]].to_string(index=False))
-    return mon                                                                               # 3: mon.history
+    return mon  # 3: mon.history
 
 
 if __name__ == "__main__":

@@ -46,13 +46,30 @@ def main(argv: list[str] | None = None) -> TransformersNoiseMonitor:
     args = p.parse_args(argv)
     torch.manual_seed(0)
     data = CharText()
-    config = GPT2Config(vocab_size=len(data.chars) + 1, n_positions=data.length, n_embd=64, n_layer=2, n_head=2,
-                        bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    config = GPT2Config(
+        vocab_size=len(data.chars) + 1,
+        n_positions=data.length,
+        n_embd=64,
+        n_layer=2,
+        n_head=2,
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
     model = GPT2LMHeadModel(config)  # random weights: nothing downloaded
     monitor = TransformersNoiseMonitor(every=args.every, log_dir=args.out, metrics=["tr_sigma", "g_sq", "b_simple"])
-    training = TrainingArguments(output_dir=args.out, max_steps=args.steps, per_device_train_batch_size=16,
-                                 learning_rate=1e-3, report_to=[], save_strategy="no", logging_strategy="no",
-                                 use_cpu=True, disable_tqdm=True, seed=0)
+    training = TrainingArguments(
+        output_dir=args.out,
+        max_steps=args.steps,
+        per_device_train_batch_size=16,
+        learning_rate=1e-3,
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
     Trainer(model=model, args=training, train_dataset=data, callbacks=[monitor]).train()
     assert monitor.monitor is not None
     print(monitor.monitor.history.to_string(index=False))

@@ -12,8 +12,7 @@ HEAVY = ("torch", "numba", "ray", "scipy", "pandas", "matplotlib", "transformers
 
 
 def test_import_is_lazy_and_pulls_no_heavy_dependency():
-    code = ("import sys, json, noiseprobe; "
-            f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
+    code = f"import sys, json, noiseprobe; print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
 

@@ -51,14 +51,19 @@ def _parse_set(items: list[str]) -> dict[str, Any]:
 
 def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="local", help="local (process pool, default) or ray")
-    p.add_argument("--address", default=None, help="with --executor ray: join this cluster (default: start a local one)")
+    p.add_argument(
+        "--address", default=None, help="with --executor ray: join this cluster (default: start a local one)"
+    )
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: number of CPU cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="noiseprobe", description="Noise in gradient-descent training: reproduce the figures and "
-                "tables of three papers, and probe your own models.")
+    p = _Parser(
+        prog="noiseprobe",
+        description="Noise in gradient-descent training: reproduce the figures and "
+        "tables of three papers, and probe your own models.",
+    )
     p.add_argument("--version", action="version", version=f"noiseprobe {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
     sub.add_parser("list", help="the reproducible experiments, one line each")
@@ -66,13 +71,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("id", help="experiment id (see `noiseprobe list`) or module:Class of your own Experiment")
     r.add_argument("--preset", default="quick", help="quick (minutes, embedded data) or full (the paper's settings)")
     r.add_argument("--out", type=Path, default=None, help="run directory (default runs/ID-PRESET)")
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override one config field (repeatable)")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override one config field (repeatable)",
+    )
     r.add_argument("--data-dir", type=Path, default=None, help="folder with the dataset files a full preset needs")
-    r.add_argument("--dry-run", action="store_true",
-                   help="validate everything and print the memory/time estimate; write nothing, run nothing")
-    r.add_argument("--strict", action="store_true",
-                   help="exit 1 unless the run is ok (no check failed, every reproduction check measurable)")
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate everything and print the memory/time estimate; write nothing, run nothing",
+    )
+    r.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 unless the run is ok (no check failed, every reproduction check measurable)",
+    )
     _run_args(r)
     d = sub.add_parser("demo", help="quick runs, one or more per paper, and an HTML report")
     d.add_argument("--out", type=Path, default=Path("demo-out"), help="output folder (default demo-out)")
@@ -109,8 +126,10 @@ def _print_summary(summary: dict[str, Any], out: Path) -> None:
     print(f"{summary['experiment']} ({summary['preset']}): {summary['seconds']:.1f} s, {headline(checks)} -> {out}")
     for c in checks:
         fix = f" (corrected by {c['corrected_by']})" if c.get("verdict") == "refuted" else ""
-        print(f"  [{MARK.get(c.get('verdict', ''), '?')}] {c['key']}: {c['claim']}: measured {c['measured']}, "
-              f"expected {c.get('expected_text', c['expected'])} (tolerance {c['tolerance']}){fix}")
+        print(
+            f"  [{MARK.get(c.get('verdict', ''), '?')}] {c['key']}: {c['claim']}: measured {c['measured']}, "
+            f"expected {c.get('expected_text', c['expected'])} (tolerance {c['tolerance']}){fix}"
+        )
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:
@@ -121,8 +140,9 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     overrides = _parse_set(args.overrides)
     if args.data_dir is not None:
         if "data_dir" not in get_experiment(args.id).presets.get(args.preset, {}):
-            raise ConfigError("--data-dir", str(args.data_dir), f"only for experiments that read dataset files "
-                              f"({args.id} does not)")
+            raise ConfigError(
+                "--data-dir", str(args.data_dir), f"only for experiments that read dataset files ({args.id} does not)"
+            )
         overrides["data_dir"] = str(args.data_dir)
     out = args.out if args.out is not None else Path("runs") / f"{args.id.replace(':', '-')}-{args.preset}"
     plan = prepare(args.id, args.preset, out, overrides, args.executor, _workers(args), args.address)
@@ -143,8 +163,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         if not experiments.available(exp_id):
             print(f"{exp_id}: not available in this build, skipped", file=sys.stderr)
             continue
-        summary = run_experiment(exp_id, "quick", args.out / exp_id, None, args.executor, _workers(args),
-                                 args.address, quiet=args.quiet)
+        summary = run_experiment(
+            exp_id, "quick", args.out / exp_id, None, args.executor, _workers(args), args.address, quiet=args.quiet
+        )
         _print_summary(summary, args.out / exp_id)
     report = write_report(args.out, title="noiseprobe demo")
     print(f"report: {report.resolve()}")
@@ -206,8 +227,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return RUNDIR_EXIT
     except KeyboardInterrupt as exc:
         what = "terminated" if isinstance(exc, Terminated) else "interrupted"
-        print(f"noiseprobe: {what}; finished chunks are kept; run the same command again to resume",
-              file=sys.stderr)
+        print(f"noiseprobe: {what}; finished chunks are kept; run the same command again to resume", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
 
 

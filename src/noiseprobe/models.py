@@ -76,8 +76,9 @@ class Block(nn.Module):
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(cfg.width), nn.LayerNorm(cfg.width)
         self.attn = CausalSelfAttention(cfg.width, cfg.heads)
-        self.mlp = nn.Sequential(nn.Linear(cfg.width, cfg.mlp * cfg.width), nn.GELU(),
-                                 nn.Linear(cfg.mlp * cfg.width, cfg.width))
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.width, cfg.mlp * cfg.width), nn.GELU(), nn.Linear(cfg.mlp * cfg.width, cfg.width)
+        )
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         x = x + self.attn(self.ln1(x), mask)
@@ -111,8 +112,9 @@ class GPT(nn.Module):
         return self.head(self.ln(x))
 
 
-def token_batch(cfg: GPTConfig, n: int, t: int | None = None, seed: int = 0,
-                device: torch.device | str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def token_batch(
+    cfg: GPTConfig, n: int, t: int | None = None, seed: int = 0, device: torch.device | str | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """Random next-token data for :class:`GPT`: ids (N, T), targets (N, T) (ids shifted by one) and a
     right-padding mask (N, T) with sequence lengths uniform in [T/2, T] (padding ids are 0)."""
     t = cfg.T if t is None else check_int("t", t, lo=2, hi=cfg.T)
@@ -138,12 +140,20 @@ def small_cnn(dim: int = 2, channels: int = 3, classes: int = 5, width: int = 8)
     conv = _CONV[dim]
     pool = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d, 3: nn.AdaptiveAvgPool3d}[dim]
     return nn.Sequential(
-        conv(channels, width, 3, padding=1, padding_mode="reflect"), nn.GroupNorm(2, width), nn.Tanh(),
+        conv(channels, width, 3, padding=1, padding_mode="reflect"),
+        nn.GroupNorm(2, width),
+        nn.Tanh(),
         conv(width, width, 3, stride=2, padding=2, dilation=2, groups=2, padding_mode="circular"),
-        nn.GroupNorm(4 if width % 4 == 0 else 2, width), nn.Tanh(),
-        conv(width, width, 3, padding="same", padding_mode="replicate"), nn.Tanh(),
-        conv(width, width, 2, padding=1, bias=False), nn.Tanh(),
-        pool(1), nn.Flatten(), nn.Linear(width, classes))
+        nn.GroupNorm(4 if width % 4 == 0 else 2, width),
+        nn.Tanh(),
+        conv(width, width, 3, padding="same", padding_mode="replicate"),
+        nn.Tanh(),
+        conv(width, width, 2, padding=1, bias=False),
+        nn.Tanh(),
+        pool(1),
+        nn.Flatten(),
+        nn.Linear(width, classes),
+    )
 
 
 class ResNetBlock(nn.Module):
@@ -164,6 +174,12 @@ def small_resnet(channels: int = 3, width: int = 8, blocks: int = 1, classes: in
     """Stem conv + BatchNorm, ``blocks`` :class:`ResNetBlock`, average pooling, Linear head (images
     (N, channels, H, W)). Call ``.eval()`` before computing per-sample gradients (BatchNorm statistics)."""
     blocks = check_int("blocks", blocks, lo=1)
-    return nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                         *(ResNetBlock(width) for _ in range(blocks)),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, classes))
+    return nn.Sequential(
+        nn.Conv2d(channels, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        *(ResNetBlock(width) for _ in range(blocks)),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, classes),
+    )

@@ -34,7 +34,7 @@ class Walk(Experiment):
     title = "random walks (test experiment)"
     tables = ("paths",)
     Config = WalkConfig
-    diverging = {"step_sd": 1e10}   # every walk leaves |x| <= DIVERGED: nothing measurable
+    diverging = {"step_sd": 1e10}  # every walk leaves |x| <= DIVERGED: nothing measurable
     presets = {
         "quick": {"seed": 7, "n_replicas": 24, "per_chunk": 4, "n_steps": 50, "step_sd": 1.0, "sleep": 0.0},
         "full": {"seed": 7, "n_replicas": 240, "per_chunk": 8, "n_steps": 500, "step_sd": 1.0, "sleep": 0.0},
@@ -56,8 +56,9 @@ class Walk(Experiment):
         steps = ReplicaStreams(config["seed"], reps).normal((config["n_steps"],)) * config["step_sd"]
         paths = np.cumsum(steps, axis=1)
         results = pd.DataFrame({"replica": reps, "final": paths[:, -1], "max": paths.max(axis=1)})
-        long = pd.DataFrame({"replica": np.repeat(reps, 5), "step": np.tile(np.arange(5), len(reps)),
-                             "x": paths[:, :5].ravel()})
+        long = pd.DataFrame(
+            {"replica": np.repeat(reps, 5), "step": np.tile(np.arange(5), len(reps)), "x": paths[:, :5].ravel()}
+        )
         return {"results": results, "paths": long}
 
     def analyse(self, config, tables, out: Path):

@@ -52,9 +52,13 @@ def test_ordered_with_standard_errors():
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, None, "x"])
 def test_non_finite_measured_is_not_measurable(bad):
-    for c in (Check.close("k", "c", bad, 1.0, atol=1.0), Check.less("k", "c", bad, 1.0),
-              Check.greater("k", "c", bad, 1.0), Check.within("k", "c", bad, 0, 1),
-              Check.ordered("k", "c", [1.0, bad])):
+    for c in (
+        Check.close("k", "c", bad, 1.0, atol=1.0),
+        Check.less("k", "c", bad, 1.0),
+        Check.greater("k", "c", bad, 1.0),
+        Check.within("k", "c", bad, 0, 1),
+        Check.ordered("k", "c", [1.0, bad]),
+    ):
         assert c.passed is None
         assert resolve([c], "x")[0].verdict == "not measurable"
     assert not is_ok(resolve([Check.close("k", "c", math.nan, 1.0, atol=1.0)], "x"))

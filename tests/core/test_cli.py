@@ -44,8 +44,11 @@ def test_bad_n_steps(sample_env, tmp_path, capsys, value):
 
 
 @SETTINGS
-@given(value=st.one_of(st.floats(max_value=-1e-9), st.floats(min_value=10.001), st.just(float("nan")),
-                       st.just(float("inf"))))
+@given(
+    value=st.one_of(
+        st.floats(max_value=-1e-9), st.floats(min_value=10.001), st.just(float("nan")), st.just(float("inf"))
+    )
+)
 def test_bad_real_field(sample_env, tmp_path, capsys, value):
     out = tmp_path / "run"
     code, _, err = _run(["reproduce", EXP, "--out", str(out), "--set", f"sleep={value}"], capsys)
@@ -79,13 +82,16 @@ def test_unknown_field_experiment_preset_executor(sample_env, tmp_path, capsys, 
         assert not out.exists()
 
 
-@pytest.mark.parametrize("argv,field", [
-    (["reproduce"], "id"),
-    (["frobnicate"], "frobnicate"),
-    (["reproduce", EXP, "--workers", "two"], "--workers"),
-    (["reproduce", EXP, "--executor", "local", "--address", "1.2.3.4:6379"], "--address"),
-    (["report", "/nonexistent/dir"], "DIR"),
-])
+@pytest.mark.parametrize(
+    "argv,field",
+    [
+        (["reproduce"], "id"),
+        (["frobnicate"], "frobnicate"),
+        (["reproduce", EXP, "--workers", "two"], "--workers"),
+        (["reproduce", EXP, "--executor", "local", "--address", "1.2.3.4:6379"], "--address"),
+        (["report", "/nonexistent/dir"], "DIR"),
+    ],
+)
 def test_argument_errors(sample_env, capsys, argv, field):
     code, _, err = _run(argv, capsys)
     _assert_one_line_error(code, err, field)
@@ -93,12 +99,25 @@ def test_argument_errors(sample_env, capsys, argv, field):
 
 def test_cli_end_to_end_in_a_subprocess(sample_env, cli, tmp_path):
     out = tmp_path / "run"
-    ok = subprocess.run([*cli, "reproduce", EXP, "--out", str(out), "--workers", "1"], env=sample_env,
-                        capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [*cli, "reproduce", EXP, "--out", str(out), "--workers", "1"],
+        env=sample_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
-    assert "1 reproduced · 0 paper claims refuted and corrected · 0 failed" in ok.stdout and (out / "summary.json").exists()
-    bad = subprocess.run([*cli, "reproduce", EXP, "--set", "n_steps=0", "--out", str(tmp_path / "bad")],
-                         env=sample_env, capture_output=True, text=True, timeout=120)
+    assert (
+        "1 reproduced · 0 paper claims refuted and corrected · 0 failed" in ok.stdout
+        and (out / "summary.json").exists()
+    )
+    bad = subprocess.run(
+        [*cli, "reproduce", EXP, "--set", "n_steps=0", "--out", str(tmp_path / "bad")],
+        env=sample_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     _assert_one_line_error(bad.returncode, bad.stderr, "n_steps")
     assert not (tmp_path / "bad").exists()
     lst = subprocess.run([*cli, "list"], env=sample_env, capture_output=True, text=True, timeout=120)

@@ -18,15 +18,30 @@ from hypothesis import strategies as st
 from noiseprobe import experiments
 from noiseprobe.cli import main
 
-EDGE_NUMBERS = [0, -1, 1, 2**31, 2**63, -(2**63) - 1, 10**30, 1e308, -1e-300, 0.5, float("nan"), float("inf"),
-                float("-inf")]
+EDGE_NUMBERS = [
+    0,
+    -1,
+    1,
+    2**31,
+    2**63,
+    -(2**63) - 1,
+    10**30,
+    1e308,
+    -1e-300,
+    0.5,
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+]
 VALUES = st.one_of(
     st.sampled_from(EDGE_NUMBERS),
     st.integers(min_value=-(10**40), max_value=10**40),
     st.floats(allow_nan=True, allow_infinity=True),
-    st.booleans(), st.none(), st.text(max_size=6),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=6),
     st.lists(st.one_of(st.sampled_from(EDGE_NUMBERS), st.integers(-3, 10**12), st.floats()), max_size=4),
-    st.lists(st.lists(st.integers(-2, 6), max_size=3), max_size=3),            # ragged and empty
+    st.lists(st.lists(st.integers(-2, 6), max_size=3), max_size=3),  # ragged and empty
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
 )
 
@@ -43,8 +58,19 @@ def _dry_run(exp_id: str, field: str, value, out: Path) -> tuple[int, str, str, 
     t0 = time.perf_counter()
     with redirect_stderr(err), redirect_stdout(std):
         try:
-            code = main(["reproduce", exp_id, "--out", str(out), "--workers", "2", "--dry-run",
-                         "--set", f"{field}={json.dumps(value)}"])
+            code = main(
+                [
+                    "reproduce",
+                    exp_id,
+                    "--out",
+                    str(out),
+                    "--workers",
+                    "2",
+                    "--dry-run",
+                    "--set",
+                    f"{field}={json.dumps(value)}",
+                ]
+            )
         except SystemExit as exc:
             code = exc.code
     return code, std.getvalue(), err.getvalue(), time.perf_counter() - t0
@@ -60,13 +86,14 @@ def test_any_set_value_is_accepted_or_one_line(sample_env, tmp_path, exp_id):
     names = fields_of(exp_id)
     out = tmp_path / "run"
     preset = experiments.get(exp_id).presets["quick"]
-    for field in names:                     # the preset's own values are accepted and print the estimate
+    for field in names:  # the preset's own values are accepted and print the estimate
         if field in preset:
             code, stdout, stderr, _ = _dry_run(exp_id, field, preset[field], out)
             assert code == 0 and stderr == "" and "estimate:" in stdout, f"{field}: exit {code}\n{stderr}"
 
-    @settings(max_examples=30, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow])
+    @settings(
+        max_examples=30, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+    )
     @given(field=st.sampled_from(names), value=VALUES)
     def check(field, value):
         code, stdout, stderr, secs = _dry_run(exp_id, field, value, out)

@@ -33,24 +33,27 @@ def test_defaults_and_json_form():
     assert c["sizes"] == [1, 2] and c.to_dict()["grid"] == [[0.0, 1.0]]
 
 
-@pytest.mark.parametrize("values, field, allowed", [
-    ({"n": 0}, "n", "an integer >= 1 and <= 100"),
-    ({"n": 2.5}, "n", "an integer"),
-    ({"n": True}, "n", "an integer"),
-    ({"lr": 0.0}, "lr", "> 0"),
-    ({"lr": float("nan")}, "lr", "a finite number"),
-    ({"lr": "x"}, "lr", "a finite number"),
-    ({"sizes": []}, "sizes", "a list of 1 to 5 items"),
-    ({"sizes": [0]}, "sizes", ">= 1"),
-    ({"sizes": 3}, "sizes", "a list"),
-    ({"mode": "c"}, "mode", "one of 'a', 'b'"),
-    ({"flag": 1}, "flag", "true or false"),
-    ({"dim": 0}, "dim", ">= 1"),
-    ({"grid": [1.0]}, "grid", "a list of lists"),
-    ({"seed": -1}, "seed", ">= 0"),
-    ({"zz": 1}, "zz", "a field of"),
-    ({"n": 1, "sizes": [1, 2]}, "n", ">= len(sizes)"),
-])
+@pytest.mark.parametrize(
+    "values, field, allowed",
+    [
+        ({"n": 0}, "n", "an integer >= 1 and <= 100"),
+        ({"n": 2.5}, "n", "an integer"),
+        ({"n": True}, "n", "an integer"),
+        ({"lr": 0.0}, "lr", "> 0"),
+        ({"lr": float("nan")}, "lr", "a finite number"),
+        ({"lr": "x"}, "lr", "a finite number"),
+        ({"sizes": []}, "sizes", "a list of 1 to 5 items"),
+        ({"sizes": [0]}, "sizes", ">= 1"),
+        ({"sizes": 3}, "sizes", "a list"),
+        ({"mode": "c"}, "mode", "one of 'a', 'b'"),
+        ({"flag": 1}, "flag", "true or false"),
+        ({"dim": 0}, "dim", ">= 1"),
+        ({"grid": [1.0]}, "grid", "a list of lists"),
+        ({"seed": -1}, "seed", ">= 0"),
+        ({"zz": 1}, "zz", "a field of"),
+        ({"n": 1, "sizes": [1, 2]}, "n", ">= len(sizes)"),
+    ],
+)
 def test_errors_name_field_value_and_range(values, field, allowed):
     with pytest.raises(ConfigError) as err:
         C.from_dict(values)

@@ -16,8 +16,10 @@ from noiseprobe.core.runner import run_experiment
 #: one fast (a few seconds) representative per family (the id's prefix), plus the closed-form table
 FAST = {"nin-fig2-bottom", "nin-table1", "mbn-fig3", "sl-fig1", "gns-critical-batch", "eos-sharpness"}
 #: smaller sizes for the default runs (divergence shows at any size)
-SMALL = {"gns-critical-batch": {"seeds": 1, "n_train": 600, "probe_samples": 128, "n_boot": 10},
-         "eos-sharpness": {"n_train": 200, "width": 20}}
+SMALL = {
+    "gns-critical-batch": {"seeds": 1, "n_train": 600, "probe_samples": 128, "n_boot": 10},
+    "eos-sharpness": {"n_train": 200, "width": 20},
+}
 
 
 def _run_diverging(exp_id: str, tmp_path) -> dict:
@@ -27,7 +29,7 @@ def _run_diverging(exp_id: str, tmp_path) -> dict:
     assert (tmp_path / "run" / "summary.json").exists()
     verdicts = {c["key"]: c["verdict"] for c in s["checks"]}
     assert "not measurable" in verdicts.values(), verdicts
-    assert s["ok"] is False                       # a run where nothing converged is never "ok"
+    assert s["ok"] is False  # a run where nothing converged is never "ok"
     return verdicts
 
 
@@ -35,8 +37,9 @@ def test_sample_experiment_diverging(sample_env, tmp_path):
     assert _run_diverging("sample_experiment:Walk", tmp_path) == {"var-final": "not measurable"}
 
 
-@pytest.mark.parametrize("exp_id", [pytest.param(i, marks=() if i in FAST else pytest.mark.slow)
-                                    for i in experiments.REGISTRY])
+@pytest.mark.parametrize(
+    "exp_id", [pytest.param(i, marks=() if i in FAST else pytest.mark.slow) for i in experiments.REGISTRY]
+)
 def test_every_registered_experiment_finishes_when_all_replicas_diverge(exp_id, tmp_path):
     exp = experiments.get(exp_id)
     reason = getattr(exp, "nothing_to_diverge", None)

@@ -40,8 +40,13 @@ print(json.dumps({"estimate": est.peak_bytes, "measured": status("VmHWM") - base
 
 
 def measure(exp_id: str, preset: str = "quick", overrides: dict | None = None, env: dict | None = None) -> dict:
-    done = subprocess.run([sys.executable, "-c", MEASURE, exp_id, preset, json.dumps(overrides or {})],
-                          capture_output=True, text=True, timeout=600, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, exp_id, preset, json.dumps(overrides or {})],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

@@ -34,22 +34,48 @@ def one_line(err: str, *needles: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("exc", [ConfigError("n_train", 100000, "at most 3000"), NumericalError("overflow"),
-                                 RunDirError("cannot write /x: No space left on device")])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConfigError("n_train", 100000, "at most 3000"),
+        NumericalError("overflow"),
+        RunDirError("cannot write /x: No space left on device"),
+    ],
+)
 def test_user_errors_survive_pickling(exc):
     back = pickle.loads(pickle.dumps(exc))
     assert type(back) is type(exc) and str(back) == str(exc)
 
 
-@pytest.mark.parametrize("workers,error,code,needle", [
-    (1, "config", 2, "n_train"), (1, "numerical", 3, "overflowed"), (2, "config", 2, "n_train"),
-    pytest.param(2, "numerical", 3, "overflowed", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "workers,error,code,needle",
+    [
+        (1, "config", 2, "n_train"),
+        (1, "numerical", 3, "overflowed"),
+        (2, "config", 2, "n_train"),
+        pytest.param(2, "numerical", 3, "overflowed", marks=pytest.mark.slow),
+    ],
+)
 def test_worker_errors_keep_their_meaning(sample_env, tmp_path, capsys, workers, error, code, needle):
     flag = tmp_path / "flag"
     flag.touch()
     out = tmp_path / "run"
-    got, _, err = _main(["reproduce", FAULTY, "--out", out, "--workers", workers, "--quiet",
-                         "--set", f"error={error}", "--set", f"flag={flag}"], capsys)
+    got, _, err = _main(
+        [
+            "reproduce",
+            FAULTY,
+            "--out",
+            out,
+            "--workers",
+            workers,
+            "--quiet",
+            "--set",
+            f"error={error}",
+            "--set",
+            f"flag={flag}",
+        ],
+        capsys,
+    )
     assert got == code
     one_line(err, needle)
 
@@ -58,28 +84,55 @@ def test_bad_input_found_late_leaves_nothing_so_the_corrected_command_runs(sampl
     flag = tmp_path / "flag"
     flag.touch()
     out = tmp_path / "run"
-    argv = ["reproduce", FAULTY, "--out", out, "--workers", 1, "--quiet", "--set", "error=config",
-            "--set", "fail_key=r00000"]
-    code, _, err = _main([*argv, "--set", f"flag={flag}"], capsys)      # the first chunk refuses its input
+    argv = [
+        "reproduce",
+        FAULTY,
+        "--out",
+        out,
+        "--workers",
+        1,
+        "--quiet",
+        "--set",
+        "error=config",
+        "--set",
+        "fail_key=r00000",
+    ]
+    code, _, err = _main([*argv, "--set", f"flag={flag}"], capsys)  # the first chunk refuses its input
     assert code == 2 and not out.exists()
     one_line(err, "n_train")
-    assert _main([*argv, "--set", "flag="], capsys)[0] == 0               # the corrected command
+    assert _main([*argv, "--set", "flag="], capsys)[0] == 0  # the corrected command
 
 
 @pytest.mark.slow
 def test_worker_errors_keep_their_meaning_under_ray(sample_env, tmp_path, capsys):
     flag = tmp_path / "flag"
     flag.touch()
-    got, _, err = _main(["reproduce", FAULTY, "--out", tmp_path / "run", "--executor", "ray", "--workers", 2,
-                         "--set", "error=config", "--set", f"flag={flag}"], capsys)
+    got, _, err = _main(
+        [
+            "reproduce",
+            FAULTY,
+            "--out",
+            tmp_path / "run",
+            "--executor",
+            "ray",
+            "--workers",
+            2,
+            "--set",
+            "error=config",
+            "--set",
+            f"flag={flag}",
+        ],
+        capsys,
+    )
     assert got == 2
     one_line(err, "n_train")
 
 
 def test_dry_run_validates_prints_the_estimate_and_writes_nothing(sample_env, tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, err = _main(["reproduce", EXP, "--out", out, "--dry-run", "--workers", 3,
-                               "--set", "n_steps=1000"], capsys)
+    code, stdout, err = _main(
+        ["reproduce", EXP, "--out", out, "--dry-run", "--workers", 3, "--set", "n_steps=1000"], capsys
+    )
     assert code == 0 and err == ""
     # 2 arrays of per_chunk (4) x n_steps float64 + 4 KiB per replica = 80384 B per worker, 3 workers
     assert "78.5 KiB per worker × 3 = 235.5 KiB" in stdout and "per_chunk, n_steps" in stdout
@@ -88,15 +141,30 @@ def test_dry_run_validates_prints_the_estimate_and_writes_nothing(sample_env, tm
 
 def test_memory_estimate_refuses_what_cannot_fit(sample_env, tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = _main(["reproduce", EXP, "--out", out, "--set", "per_chunk=1000000", "--set", "n_replicas=1000000",
-                          "--set", "n_steps=1000000", "--workers", 1], capsys)
+    code, _, err = _main(
+        [
+            "reproduce",
+            EXP,
+            "--out",
+            out,
+            "--set",
+            "per_chunk=1000000",
+            "--set",
+            "n_replicas=1000000",
+            "--set",
+            "n_steps=1000000",
+            "--workers",
+            1,
+        ],
+        capsys,
+    )
     assert code == 2
     one_line(err, "per_chunk, n_steps", "usable")
     assert not out.exists()
 
 
 def test_memory_estimate_counts_the_workers(sample_env, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(runner, "usable_memory", lambda: 200 * 1024)   # 200 KiB; 78.5 KiB per worker
+    monkeypatch.setattr(runner, "usable_memory", lambda: 200 * 1024)  # 200 KiB; 78.5 KiB per worker
     out = tmp_path / "run"
     argv = ["reproduce", EXP, "--out", out, "--set", "n_steps=1000", "--dry-run"]
     assert _main([*argv, "--workers", 2], capsys)[0] == 0
@@ -106,11 +174,14 @@ def test_memory_estimate_counts_the_workers(sample_env, tmp_path, capsys, monkey
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv,field", [
-    (["--set", "seed=-1"], "seed"),
-    (["--set", "seed=1e30"], "seed"),
-    (["--set", "error=data", "--set", "flag=FLAG"], "n_train"),       # the data hook, before the claim
-])
+@pytest.mark.parametrize(
+    "argv,field",
+    [
+        (["--set", "seed=-1"], "seed"),
+        (["--set", "seed=1e30"], "seed"),
+        (["--set", "error=data", "--set", "flag=FLAG"], "n_train"),  # the data hook, before the claim
+    ],
+)
 def test_validated_before_the_directory_is_claimed(sample_env, tmp_path, capsys, argv, field):
     flag = tmp_path / "flag"
     flag.touch()
@@ -136,34 +207,45 @@ def test_a_users_experiment_keeps_its_traceback_and_stays_resumable(sample_env, 
     flag.touch()
     out = tmp_path / "run"
     args = (FAULTY, "quick", out, {"error": where, "flag": str(flag)})
-    with pytest.raises(RuntimeError, match="a bug in the user's own"):   # their code: their traceback
+    with pytest.raises(RuntimeError, match="a bug in the user's own"):  # their code: their traceback
         run_experiment(*args, workers=1)
     assert (out / "run.json").exists() and not (out / "summary.json").exists()
     flag.unlink()
     s = run_experiment(*args, workers=1)
     assert s["chunks"]["resumed"] == (1 if where == "user" else 6)
-    pd.testing.assert_frame_equal(pd.read_parquet(out / "results.parquet"), pd.read_parquet(tmp_path / "ref/results.parquet"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "results.parquet"), pd.read_parquet(tmp_path / "ref/results.parquet")
+    )
     assert s["metrics"] == ref["metrics"]
 
 
 def test_run_experiment_accepts_numpy_overrides(sample_env, tmp_path):
-    a = run_experiment(EXP, "quick", tmp_path / "a", {"n_steps": np.int64(20), "step_sd": np.float32(0.5),
-                                                       "seed": np.uint8(3)}, workers=np.int64(1))
+    a = run_experiment(
+        EXP,
+        "quick",
+        tmp_path / "a",
+        {"n_steps": np.int64(20), "step_sd": np.float32(0.5), "seed": np.uint8(3)},
+        workers=np.int64(1),
+    )
     b = run_experiment(EXP, "quick", tmp_path / "b", {"n_steps": 20, "step_sd": 0.5, "seed": 3}, workers=1)
     assert a["config"] == b["config"] and type(a["config"]["n_steps"]) is int
     # the same run: the second call with plain values finds the first one's directory its own
-    assert run_experiment(EXP, "quick", tmp_path / "a", {"n_steps": 20, "step_sd": 0.5, "seed": 3})["chunks"]["resumed"] == 0
+    assert (
+        run_experiment(EXP, "quick", tmp_path / "a", {"n_steps": 20, "step_sd": 0.5, "seed": 3})["chunks"]["resumed"]
+        == 0
+    )
 
 
 def test_closed_ray_port_fails_fast_with_one_line(sample_env, tmp_path, capsys):
     import socket
 
-    with socket.socket() as s:   # a port nothing listens on
+    with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     t0 = time.time()
-    code, _, err = _main(["reproduce", EXP, "--out", tmp_path / "run", "--executor", "ray",
-                          "--address", f"127.0.0.1:{port}"], capsys)
+    code, _, err = _main(
+        ["reproduce", EXP, "--out", tmp_path / "run", "--executor", "ray", "--address", f"127.0.0.1:{port}"], capsys
+    )
     assert code == 2 and time.time() - t0 < 30
     one_line(err, "--address", "refused", "Ray's log:")
     assert not (tmp_path / "run").exists()
@@ -171,8 +253,9 @@ def test_closed_ray_port_fails_fast_with_one_line(sample_env, tmp_path, capsys):
 
 @pytest.mark.parametrize("address", ["nonsense", "host:", ":6379", "host:99999"])
 def test_malformed_ray_address(sample_env, tmp_path, capsys, address):
-    code, _, err = _main(["reproduce", EXP, "--out", tmp_path / "run", "--executor", "ray", "--address", address,
-                          "--dry-run"], capsys)
+    code, _, err = _main(
+        ["reproduce", EXP, "--out", tmp_path / "run", "--executor", "ray", "--address", address, "--dry-run"], capsys
+    )
     assert code == 2
     one_line(err, "--address")
 
@@ -180,8 +263,9 @@ def test_malformed_ray_address(sample_env, tmp_path, capsys, address):
 @pytest.mark.slow
 def test_unreachable_ray_host_fails_within_30_s(sample_env, tmp_path, capsys):
     t0 = time.time()
-    code, _, err = _main(["reproduce", EXP, "--out", tmp_path / "run", "--executor", "ray",
-                          "--address", "10.255.255.1:6379"], capsys)     # a non-routed address
+    code, _, err = _main(
+        ["reproduce", EXP, "--out", tmp_path / "run", "--executor", "ray", "--address", "10.255.255.1:6379"], capsys
+    )  # a non-routed address
     assert code == 2 and time.time() - t0 < 30
     one_line(err, "--address", "Ray's log:")
     assert not (tmp_path / "run").exists()
@@ -191,7 +275,12 @@ def test_unreachable_ray_host_fails_within_30_s(sample_env, tmp_path, capsys):
 def test_ray_writes_nothing_on_the_terminal(sample_env, cli, tmp_path):
     import subprocess
 
-    done = subprocess.run([*cli, "reproduce", EXP, "--out", str(tmp_path / "run"), "--executor", "ray",
-                           "--workers", "2", "--quiet"], env=sample_env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*cli, "reproduce", EXP, "--out", str(tmp_path / "run"), "--executor", "ray", "--workers", "2", "--quiet"],
+        env=sample_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert done.stdout.startswith("sample_experiment:Walk (quick)")

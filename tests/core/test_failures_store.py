@@ -51,10 +51,12 @@ def _fail_after(monkeypatch, name: str, n_ok: int, err: int) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("name,n_ok,err", [("_write_bytes", 4, errno.ENOSPC), ("_rename", 7, errno.EROFS),
-                                           ("_write_bytes", 0, errno.EACCES)])
-def test_output_faults_are_one_line_and_resume_identically(sample_env, tmp_path, capsys, monkeypatch, ref,
-                                                           name, n_ok, err):
+@pytest.mark.parametrize(
+    "name,n_ok,err", [("_write_bytes", 4, errno.ENOSPC), ("_rename", 7, errno.EROFS), ("_write_bytes", 0, errno.EACCES)]
+)
+def test_output_faults_are_one_line_and_resume_identically(
+    sample_env, tmp_path, capsys, monkeypatch, ref, name, n_ok, err
+):
     out = tmp_path / "run"
     _fail_after(monkeypatch, name, n_ok, err)
     code, _, stderr = _main(["reproduce", EXP, "--out", out, "--workers", 1, *SETS], capsys)
@@ -78,7 +80,7 @@ def test_out_naming_a_file_or_under_a_file(sample_env, tmp_path, capsys):
 
 
 def test_unwritable_out_is_refused_before_anything(sample_env, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(store.os, "access", lambda p, mode: False)   # as for a read-only / foreign directory
+    monkeypatch.setattr(store.os, "access", lambda p, mode: False)  # as for a read-only / foreign directory
     code, _, err = _main(["reproduce", EXP, "--out", tmp_path / "run"], capsys)
     assert code == 2
     one_line(err, str(tmp_path), "Permission denied")
@@ -118,8 +120,8 @@ def test_corrupt_run_json_is_named_and_never_replaced(sample_env, tmp_path, caps
 def test_corrupt_summary_is_reanalysed_from_the_chunks(sample_env, tmp_path, capsys, ref, text):
     before = json.loads((ref / "summary.json").read_text())
     (ref / "summary.json").write_text(text)
-    code, _, err = _main(["report", ref], capsys)            # report: one line naming it
-    assert code == 4 and "summary.json" in err and len(err.strip().splitlines()) == 2   # warning + error
+    code, _, err = _main(["report", ref], capsys)  # report: one line naming it
+    assert code == 4 and "summary.json" in err and len(err.strip().splitlines()) == 2  # warning + error
     code, _, err = _main(["reproduce", EXP, "--out", ref, *SETS, "--workers", 1], capsys)
     assert code == 0
     one_line(err, str(ref / "summary.json"), "re-analysing")
@@ -143,7 +145,7 @@ def test_report_leaves_out_a_corrupt_run_with_a_warning(sample_env, tmp_path, ca
 def test_corrupt_chunk_is_discarded_and_recomputed(sample_env, tmp_path, capsys, ref, how, table):
     out = tmp_path / "run"
     run_experiment(EXP, "quick", out, {"n_replicas": 40}, workers=1)
-    (out / "summary.json").unlink()          # an interrupted run, one of whose chunk files is damaged
+    (out / "summary.json").unlink()  # an interrupted run, one of whose chunk files is damaged
     f = out / "chunks" / table / "r00008.parquet"
     data = f.read_bytes()
     f.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"x" * 100, "empty": b""}[how])
@@ -171,11 +173,11 @@ def test_one_process_per_run_directory(sample_env, tmp_path, capsys):
         code, _, err = _main(["reproduce", EXP, "--out", out, "--workers", 1], capsys)
         assert code == 4
         one_line(err, str(out), f"PID {holder.pid}")
-        assert sorted(p.name for p in out.iterdir()) == [".lock"]          # nothing touched
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing touched
     finally:
         holder.kill()
         holder.wait()
-    code, _, err = _main(["reproduce", EXP, "--out", out, "--workers", 1], capsys)   # released by its death
+    code, _, err = _main(["reproduce", EXP, "--out", out, "--workers", 1], capsys)  # released by its death
     assert code == 0, err
 
 
@@ -198,11 +200,11 @@ def test_sigterm_is_an_interruption_exit_143_and_resume_identical(sample_env, tm
     out = tmp_path / "run"
     argv = ["reproduce", EXP, "--out", out, "--workers", 1, "--quiet", "--set", "n_replicas=8", "--set", "sleep=0.4"]
     before = signal.getsignal(signal.SIGTERM)
-    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()   # during the third chunk or so
+    threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()  # during the third chunk or so
     code, _, err = _main(argv, capsys)
     assert code == 143
     one_line(err, "terminated", "resume")
-    assert signal.getsignal(signal.SIGTERM) is before                       # restored after the command
+    assert signal.getsignal(signal.SIGTERM) is before  # restored after the command
     assert not (out / "summary.json").exists()
     assert _main(argv, capsys)[0] == 0
     run_experiment(EXP, "quick", tmp_path / "ref", {"n_replicas": 8}, workers=1)
@@ -215,13 +217,13 @@ def test_sigterm_ends_workers_exits_143_and_resumes_identically(sample_env, cli,
     marker = f"NOISEPROBE_SIGTERM_TEST={os.getpid()}-{workers}"
     env = {**sample_env, marker.split("=")[0]: marker.split("=")[1]}
     out = tmp_path / "run"
-    sets = ["--set", f"n_replicas={20 * workers}", "--set", "per_chunk=20"]   # one chunk per worker
+    sets = ["--set", f"n_replicas={20 * workers}", "--set", "per_chunk=20"]  # one chunk per worker
     cmd = [*cli, "reproduce", EXP, "--out", str(out), "--workers", str(workers), "--quiet", *sets, "--set", "sleep=6"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not (out / "run.json").exists() and time.time() < deadline:
         time.sleep(0.05)
-    time.sleep(1.0 * workers)                                           # chunks in flight (6 s each)
+    time.sleep(1.0 * workers)  # chunks in flight (6 s each)
     t0 = time.time()
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1]
@@ -232,7 +234,7 @@ def test_sigterm_ends_workers_exits_143_and_resumes_identically(sample_env, cli,
     deadline = time.time() + 5
     while _alive_with(marker) and time.time() < deadline:
         time.sleep(0.1)
-    assert _alive_with(marker) == []                                    # no worker left behind
+    assert _alive_with(marker) == []  # no worker left behind
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     run_experiment(EXP, "quick", tmp_path / "ref", {"n_replicas": 20 * workers, "per_chunk": 20}, workers=1)

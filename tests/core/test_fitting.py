@@ -8,19 +8,19 @@ from noiseprobe.core.fitting import bootstrap, crossing, efold_time, fit_exponen
 
 
 def test_efold_time_exact_for_exponentials_on_a_coarse_grid():
-    t = np.arange(0.0, 50.0, 3.0)                      # coarse: crossings fall between samples
+    t = np.arange(0.0, 50.0, 3.0)  # coarse: crossings fall between samples
     tau = np.array([2.0, 5.0, 7.3, 100.0])
     y = 4.0 * np.exp(-t[None, :] / tau[:, None])
     for k in (1, 2):
         got = efold_time(t, y, k=k)
         want = np.where(k * tau <= t[-1], k * tau, np.nan)
         np.testing.assert_allclose(got, want, rtol=1e-12)
-    assert np.isclose(efold_time(t, y[1]), 5.0)        # 1-D input gives a scalar
+    assert np.isclose(efold_time(t, y[1]), 5.0)  # 1-D input gives a scalar
 
 
 def test_efold_time_linear_interpolation_when_curve_hits_zero():
     t = np.array([0.0, 1.0, 2.0])
-    y = np.array([1.0, 0.5, 0.0])                      # crosses 1/e between t=1 and t=2 linearly
+    y = np.array([1.0, 0.5, 0.0])  # crosses 1/e between t=1 and t=2 linearly
     assert np.isclose(efold_time(t, y), 1.0 + (0.5 - np.exp(-1)) / 0.5)
 
 
@@ -31,14 +31,14 @@ def test_efold_time_rejects_bad_shapes():
 
 def test_crossing_recovers_a_log_linear_level_exactly():
     x = np.logspace(-2, 2, 9)
-    f = (np.log10(x) + 2) / 4                          # 0 .. 1, linear in log x; 1/2 at x = 1
+    f = (np.log10(x) + 2) / 4  # 0 .. 1, linear in log x; 1/2 at x = 1
     assert np.isclose(crossing(x, f), 1.0)
-    assert np.isnan(crossing(x, 0.2 * f))              # never reaches 1/2
-    assert np.isnan(crossing(x, f + 0.6))              # already above at the first point
+    assert np.isnan(crossing(x, 0.2 * f))  # never reaches 1/2
+    assert np.isnan(crossing(x, f + 0.6))  # already above at the first point
     with pytest.raises(ConfigError):
         crossing(x, f, level=float("nan"))
     with pytest.raises(ConfigError):
-        crossing(np.linspace(-1.0, 1.0, 9), f)            # log x needs x > 0
+        crossing(np.linspace(-1.0, 1.0, 9), f)  # log x needs x > 0
     assert np.isclose(crossing(np.linspace(-1.0, 1.0, 9), np.linspace(0.0, 1.0, 9), log_x=False), 0.0)
 
 
@@ -64,7 +64,7 @@ def test_fit_exponential_window_and_failures():
     fit = fit_exponential(t, y, offset=True, window=(0.9, 0.1))
     assert np.isclose(fit.tau[0], 8.0, rtol=1e-4)
     assert fit.t_start[0] > 0 and fit.t_stop[0] < t[-1]
-    assert np.isnan(fit_exponential(t[:3], y[:3], offset=True).tau[0])   # too few points
+    assert np.isnan(fit_exponential(t[:3], y[:3], offset=True).tau[0])  # too few points
     with pytest.raises(ConfigError):
         fit_exponential(t, y, window=(0.1, 0.9))
 

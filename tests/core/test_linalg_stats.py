@@ -46,9 +46,15 @@ def test_standard_error_matches_definition():
 def test_check_matrix():
     np.testing.assert_array_equal(check_matrix("A", 2.0, 3), 2 * np.eye(3))
     np.testing.assert_array_equal(check_matrix("A", np.int64(2)), [[2.0]])
-    for bad, kw in [([[1.0, 2.0], [0.0, 1.0]], {}), ([[1.0, 0.0], [0.0, -1.0]], {"psd": True}),
-                    (np.ones((2, 3)), {"symmetric": False}), ([[np.nan]], {}), (True, {}), ("x", {}),
-                    (np.eye(2), {"dim": 3})]:
+    for bad, kw in [
+        ([[1.0, 2.0], [0.0, 1.0]], {}),
+        ([[1.0, 0.0], [0.0, -1.0]], {"psd": True}),
+        (np.ones((2, 3)), {"symmetric": False}),
+        ([[np.nan]], {}),
+        (True, {}),
+        ("x", {}),
+        (np.eye(2), {"dim": 3}),
+    ]:
         with pytest.raises(ConfigError, match="A"):
             check_matrix("A", bad, **kw)
     assert check_matrix("A", [[1.0, 2.0], [0.0, 1.0]], symmetric=False)[0, 1] == 2.0
@@ -61,8 +67,15 @@ def test_check_lr_vector_scalar():
     assert s is None and lam[1, 1] == 2.0
     lam, s = check_lr([0.1, 0.2, 0.3], 2, replicas=3)
     assert s is None and lam.shape == (3,)
-    for bad, kw in [(True, {}), (0.0, {}), (-1.0, {}), (np.nan, {}), ([0.1, -0.2, 0.3], {"replicas": 3}),
-                    ([[0.0, 1.0], [0.0, 0.0]], {}), (np.ones(3), {})]:
+    for bad, kw in [
+        (True, {}),
+        (0.0, {}),
+        (-1.0, {}),
+        (np.nan, {}),
+        ([0.1, -0.2, 0.3], {"replicas": 3}),
+        ([[0.0, 1.0], [0.0, 0.0]], {}),
+        (np.ones(3), {}),
+    ]:
         with pytest.raises(ConfigError, match="lr"):
             check_lr(bad, 2, **kw)
     assert check_scalar("x", np.float32(1.5), lo=0.0) == 1.5

@@ -24,7 +24,17 @@ def test_run_directory_contract(sample_env, tmp_path):
     run = tmp_path / "run"
     assert {"experiment", "preset", "config", "seconds", "metrics", "checks"} <= set(s)
     on_disk = json.loads((run / "summary.json").read_text())
-    assert on_disk["checks"][0].keys() >= {"key", "claim", "kind", "measured", "expected", "tolerance", "se", "verdict", "passed"}
+    assert on_disk["checks"][0].keys() >= {
+        "key",
+        "claim",
+        "kind",
+        "measured",
+        "expected",
+        "tolerance",
+        "se",
+        "verdict",
+        "passed",
+    }
     assert len(pd.read_parquet(run / "results.parquet")) == 24
     assert len(pd.read_parquet(run / "paths.parquet")) == 24 * 5
     assert (run / "finals.png").stat().st_size > 1000
@@ -51,8 +61,20 @@ def test_sigkill_then_resume_gives_identical_results(sample_env, cli, tmp_path, 
     ref = tmp_path / "ref"
     run_experiment(EXP, "quick", ref, {"n_replicas": 40}, workers=1)
     out = tmp_path / "killed"
-    cmd = [*cli, "reproduce", EXP, "--out", str(out), "--workers", "1", "--quiet",
-           "--set", "n_replicas=40", "--set", "sleep=0.15"]
+    cmd = [
+        *cli,
+        "reproduce",
+        EXP,
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--quiet",
+        "--set",
+        "n_replicas=40",
+        "--set",
+        "sleep=0.15",
+    ]
     proc = subprocess.Popen(cmd, env=sample_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     chunk_dir = out / "chunks" / "results"
     deadline = time.time() + 60
@@ -71,7 +93,9 @@ def test_sigkill_then_resume_gives_identical_results(sample_env, cli, tmp_path, 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["chunks"]["resumed"] >= finished
     for table in ("results", "paths"):
-        pd.testing.assert_frame_equal(pd.read_parquet(out / f"{table}.parquet"), pd.read_parquet(ref / f"{table}.parquet"))
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(out / f"{table}.parquet"), pd.read_parquet(ref / f"{table}.parquet")
+        )
     assert not list(out.rglob(".tmp-*"))
 
 
@@ -79,8 +103,9 @@ def test_chunking_and_workers_do_not_change_results(sample_env, tmp_path):
     a = run_experiment(EXP, "quick", tmp_path / "a", {"per_chunk": 24}, workers=1)
     b = run_experiment(EXP, "quick", tmp_path / "b", {"per_chunk": 5}, workers=2)
     assert a["chunks"]["total"] == 1 and b["chunks"]["total"] == 5
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a/results.parquet"),
-                                  pd.read_parquet(tmp_path / "b/results.parquet"))
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(tmp_path / "a/results.parquet"), pd.read_parquet(tmp_path / "b/results.parquet")
+    )
 
 
 def test_ray_executor_matches_local(sample_env, tmp_path):
@@ -88,8 +113,9 @@ def test_ray_executor_matches_local(sample_env, tmp_path):
     s = run_experiment(EXP, "quick", tmp_path / "ray", executor="ray", workers=2)
     assert s["executor"] == "ray"
     for table in ("results", "paths"):
-        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / f"local/{table}.parquet"),
-                                      pd.read_parquet(tmp_path / f"ray/{table}.parquet"))
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(tmp_path / f"local/{table}.parquet"), pd.read_parquet(tmp_path / f"ray/{table}.parquet")
+        )
     import ray
 
     assert not ray.is_initialized()  # the local instance we started was shut down
@@ -101,7 +127,7 @@ def _listening() -> set[str]:
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] == "0A":                                  # TCP_LISTEN
+            if fields[3] == "0A":  # TCP_LISTEN
                 found.add(fields[1])
     return found
 
@@ -115,7 +141,7 @@ def test_local_ray_instance_listens_on_loopback_only():
     before = _listening()
     ex = RayExecutor(workers=1)
     try:
-        assert [v for _, v in ex.map(lambda x: -x, [(-3,)])] == [3]      # a worker is up too
+        assert [v for _, v in ex.map(lambda x: -x, [(-3,)])] == [3]  # a worker is up too
         opened = _listening() - before
     finally:
         ex.close()

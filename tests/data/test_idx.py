@@ -49,14 +49,20 @@ def test_read_idx_rejects_corrupt_files(tmp_path):
             read_idx(tmp_path / name)
 
 
-def fake_mnist(root: Path, n_train: int = 60, n_test: int = 40, gz: bool = True, seed: int = 0) -> tuple[np.ndarray, ...]:
+def fake_mnist(
+    root: Path, n_train: int = 60, n_test: int = 40, gz: bool = True, seed: int = 0
+) -> tuple[np.ndarray, ...]:
     rng = np.random.default_rng(seed)
     xa = rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8)
     xb = rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8)
     ya, yb = rng.integers(0, 10, n_train, dtype=np.uint8), rng.integers(0, 10, n_test, dtype=np.uint8)
     ext = ".gz" if gz else ""
-    for stem, arr in (("train-images-idx3-ubyte", xa), ("train-labels-idx1-ubyte", ya),
-                      ("t10k-images-idx3-ubyte", xb), ("t10k-labels-idx1-ubyte", yb)):
+    for stem, arr in (
+        ("train-images-idx3-ubyte", xa),
+        ("train-labels-idx1-ubyte", ya),
+        ("t10k-images-idx3-ubyte", xb),
+        ("t10k-labels-idx1-ubyte", yb),
+    ):
         write_idx(root / (stem + ext), arr, gz)
     return xa, ya, xb, yb
 
@@ -69,7 +75,9 @@ def test_merged_split_and_training_standardisation(tmp_path, layout):
     assert ds.X_train.shape == (60, 784) and ds.X_test.shape == (40, 784)  # 60/40 of all 100
     assert ds.X_train.dtype == torch.float32 and ds.y_train.dtype == torch.int64
     # training part standardised to mean 0, std 1 (global); the test part uses the training statistics
-    assert abs(float(ds.X_train.double().mean())) < 1e-6 and float(ds.X_train.double().std(correction=0)) == pytest.approx(1, abs=1e-5)
+    assert abs(float(ds.X_train.double().mean())) < 1e-6 and float(
+        ds.X_train.double().std(correction=0)
+    ) == pytest.approx(1, abs=1e-5)
     X = np.concatenate([xa, xb]).reshape(100, -1).astype(np.float64)
     y = np.concatenate([ya, yb])
     # each standardised row maps back to exactly one raw image with the same label
@@ -78,8 +86,11 @@ def test_merged_split_and_training_standardisation(tmp_path, layout):
         hit = np.flatnonzero(np.abs(X - row).max(1) < 1e-3)
         assert len(hit) == 1 and y[hit[0]] == label
     # train and test are disjoint and cover the 100 images
-    idx = [int(np.flatnonzero(np.abs(X - r).max(1) < 1e-3)[0])
-           for r in np.concatenate([ds.X_train.double().numpy(), ds.X_test.double().numpy()]) * float(ds.std) + float(ds.mean)]
+    idx = [
+        int(np.flatnonzero(np.abs(X - r).max(1) < 1e-3)[0])
+        for r in np.concatenate([ds.X_train.double().numpy(), ds.X_test.double().numpy()]) * float(ds.std)
+        + float(ds.mean)
+    ]
     assert sorted(idx) == list(range(100))
     # reproducible for a seed, different for another
     assert torch.equal(load_fashion_mnist(root, split_seed=3).X_train, ds.X_train)
@@ -170,8 +181,15 @@ def _dataset_fault(root: Path, fault: str) -> str:
     return "t10k-labels-idx1-ubyte.gz"
 
 
-@pytest.mark.parametrize("fault,why", [("count", "59 labels for the 60 images"), ("label", "label 200 outside the 10 classes"),
-                                       ("image_dtype", "float32 where uint8"), ("label_ndim", "2 dimensions where 1")])
+@pytest.mark.parametrize(
+    "fault,why",
+    [
+        ("count", "59 labels for the 60 images"),
+        ("label", "label 200 outside the 10 classes"),
+        ("image_dtype", "float32 where uint8"),
+        ("label_ndim", "2 dimensions where 1"),
+    ],
+)
 def test_dataset_checks_name_the_file(tmp_path, fault, why):
     fake_mnist(tmp_path)
     name = _dataset_fault(tmp_path, fault)

@@ -19,8 +19,19 @@ def _dry_run(exp_id: str, field: str, value: str, out, workers: int) -> tuple[in
     err = io.StringIO()
     with redirect_stderr(err), redirect_stdout(io.StringIO()):
         try:
-            code = main(["reproduce", exp_id, "--out", str(out), "--workers", str(workers), "--dry-run",
-                         "--set", f"{field}={value}"])
+            code = main(
+                [
+                    "reproduce",
+                    exp_id,
+                    "--out",
+                    str(out),
+                    "--workers",
+                    str(workers),
+                    "--dry-run",
+                    "--set",
+                    f"{field}={value}",
+                ]
+            )
         except SystemExit as exc:
             code = exc.code
     return code, err.getvalue()
@@ -47,8 +58,7 @@ def digits_only(monkeypatch):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-@pytest.mark.parametrize("exp_id", ["nin-fig1", "nin-fig2-bottom", "nin-fig3", "gns-critical-batch",
-                                    "eos-sharpness"])
+@pytest.mark.parametrize("exp_id", ["nin-fig1", "nin-fig2-bottom", "nin-fig3", "gns-critical-batch", "eos-sharpness"])
 def test_n_train_beyond_the_data_is_refused(exp_id, workers, tmp_path):
     _refused(exp_id, "n_train", "100000", tmp_path, workers)
 
@@ -60,19 +70,19 @@ def test_nin_n_train_and_pool_are_checked_against_the_embedded_data(exp_id, work
     assert "<= " + str(n) in _refused(exp_id, "n_train", str(n + 1), tmp_path, workers)
     _accepted(exp_id, "n_train", str(n), tmp_path)
     side = _data.IMAGE_SIDES[_data.embedded_name()]
-    bad = next(p for p in range(2, 29) if side % p)               # passes the config's 1..28, not the data
+    bad = next(p for p in range(2, 29) if side % p)  # passes the config's 1..28, not the data
     assert f"image side {side}" in _refused(exp_id, "pool", str(bad), tmp_path, workers)
 
 
 @pytest.mark.parametrize("exp_id", ["gns-critical-batch", "eos-sharpness", "nin-fig3"])
 def test_n_train_within_the_config_bound_but_beyond_the_fallback_data_is_refused(exp_id, digits_only, tmp_path):
-    line = _refused(exp_id, "n_train", "2000", tmp_path, 2)      # <= 3,000 (the config bound), > 1,078
+    line = _refused(exp_id, "n_train", "2000", tmp_path, 2)  # <= 3,000 (the config bound), > 1,078
     assert "<= 1078" in line
     _accepted(exp_id, "n_train", "1000", tmp_path)
 
 
 def test_nin_pool_of_the_fallback_digits_must_divide_8(digits_only, tmp_path):
-    assert "image side 8" in _refused("nin-fig3", "pool", "7", tmp_path, 2)   # 7 divides 28, not 8
+    assert "image side 8" in _refused("nin-fig3", "pool", "7", tmp_path, 2)  # 7 divides 28, not 8
 
 
 @pytest.mark.parametrize("exp_id", ["mbn-fig1", "mbn-fig1-left", "mbn-fig1-right"])
@@ -83,12 +93,13 @@ def test_mbn_fig1_refuses_a_dataset_that_is_not_installed(exp_id, digits_only, t
 
 def test_nin_fashion_mnist_sizes_come_from_the_idx_files(tmp_path):
     """n_train against the IDX files' merged split: 60% of (train + test) samples."""
-    fake_mnist(tmp_path / "fm", n_train=30, n_test=20)                  # merged split: 0.6 · 50 = 30
-    base = ["--set", "dataset=\"fashion-mnist\"", "--set", f"data_dir=\"{tmp_path / 'fm'}\""]
+    fake_mnist(tmp_path / "fm", n_train=30, n_test=20)  # merged split: 0.6 · 50 = 30
+    base = ["--set", 'dataset="fashion-mnist"', "--set", f'data_dir="{tmp_path / "fm"}"']
     for n, code_expected in ((30, 0), (31, 2)):
         err = io.StringIO()
         with redirect_stderr(err), redirect_stdout(io.StringIO()):
-            code = main(["reproduce", "nin-fig3", "--out", str(tmp_path / "run"), "--dry-run", *base,
-                         "--set", f"n_train={n}"])
+            code = main(
+                ["reproduce", "nin-fig3", "--out", str(tmp_path / "run"), "--dry-run", *base, "--set", f"n_train={n}"]
+            )
         assert code == code_expected, err.getvalue()
         assert not (tmp_path / "run").exists()

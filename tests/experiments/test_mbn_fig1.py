@@ -35,10 +35,10 @@ def test_tanh_trainer_matches_torch_optim(optimizer: str) -> None:
     losses = train_tanh_net(x, y, width=width, lrs=lrs, optimizer=optimizer, init_gens=gens, batches=batches)
     for r in range(2):
         g = torch_generator(1, r, 5)  # the same draws as _init: W1, b1, W2, b2 in this order
-        w1 = (torch.rand(12, width, generator=g) * 2 - 1) / 12 ** 0.5
-        b1 = (torch.rand(width, generator=g) * 2 - 1) / 12 ** 0.5
-        w2 = (torch.rand(width, 3, generator=g) * 2 - 1) / width ** 0.5
-        b2 = (torch.rand(3, generator=g) * 2 - 1) / width ** 0.5
+        w1 = (torch.rand(12, width, generator=g) * 2 - 1) / 12**0.5
+        b1 = (torch.rand(width, generator=g) * 2 - 1) / 12**0.5
+        w2 = (torch.rand(width, 3, generator=g) * 2 - 1) / width**0.5
+        b2 = (torch.rand(3, generator=g) * 2 - 1) / width**0.5
         net = nn.Sequential(nn.Linear(12, width), nn.Tanh(), nn.Linear(width, 3))
         with torch.no_grad():
             for lin, w, b in ((net[0], w1, b1), (net[2], w2, b2)):
@@ -68,7 +68,7 @@ def test_logistic_trainer_matches_autograd_with_signed_weight_decay() -> None:
         nn.init.zeros_(lin.bias)
         for idx in batches[r]:
             lin.zero_grad()
-            reg = 0.5 * gam * sum((p ** 2).sum() for p in lin.parameters())
+            reg = 0.5 * gam * sum((p**2).sum() for p in lin.parameters())
             (nn.functional.cross_entropy(lin(x[idx]), y[idx]) + reg).backward()
             with torch.no_grad():
                 for p in lin.parameters():
@@ -97,7 +97,9 @@ def test_public_trainers_reject_bad_input() -> None:
     with pytest.raises(ConfigError, match="lrs"):
         train_tanh_net(x, y, width=4, lrs=torch.tensor([0.1]), optimizer="sgd", init_gens=gens, batches=batches)
     with pytest.raises(ConfigError, match="optimizer"):
-        train_tanh_net(x, y, width=4, lrs=torch.tensor([0.1, 0.1]), optimizer="rmsprop", init_gens=gens, batches=batches)
+        train_tanh_net(
+            x, y, width=4, lrs=torch.tensor([0.1, 0.1]), optimizer="rmsprop", init_gens=gens, batches=batches
+        )
     with pytest.raises(ConfigError, match="gammas"):
         train_logistic(x, y, x, y, lr=0.5, gammas=torch.tensor([0.0, 0.1, 0.2]), batches=batches)
     with pytest.raises(ConfigError, match="lr"):
@@ -107,14 +109,25 @@ def test_public_trainers_reject_bad_input() -> None:
 def test_end_to_end_quick_overrides(tmp_path) -> None:
     from noiseprobe.core.runner import run_experiment
 
-    overrides = {"widths": [4, 16], "n_seeds": 2, "epochs": 1, "batch_size": 250, "gammas": [-0.005, 0.0],
-                 "right_epochs": 1, "right_batch_size": 250}
+    overrides = {
+        "widths": [4, 16],
+        "n_seeds": 2,
+        "epochs": 1,
+        "batch_size": 250,
+        "gammas": [-0.005, 0.0],
+        "right_epochs": 1,
+        "right_batch_size": 250,
+    }
     summary = run_experiment("mbn-fig1", "quick", out=tmp_path / "run", overrides=overrides)
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["experiment"] == "mbn-fig1"
     assert set(summary["figures"]) == {"fig1_left_sgd.png", "fig1_middle_adam.png", "fig1_right.png"}
     assert [c["key"] for c in summary["checks"]] == [
-        "sgd-variance-grows-with-width", "sgd-variance-flat-when-lr-rescaled", "adam-variance-grows-with-width",
-        "adam-variance-flat-when-lr-rescaled", "best-weight-decay-negative"]
+        "sgd-variance-grows-with-width",
+        "sgd-variance-flat-when-lr-rescaled",
+        "adam-variance-grows-with-width",
+        "adam-variance-flat-when-lr-rescaled",
+        "best-weight-decay-negative",
+    ]
 
     res = pd.read_parquet(tmp_path / "run" / "results.parquet")
     left, right = res[res["panel"] == "left"], res[res["panel"] == "right"]
@@ -126,8 +139,9 @@ def test_end_to_end_quick_overrides(tmp_path) -> None:
     cfg = exp.config("quick", overrides)
     chunk = next(c for c in exp.chunks(cfg) if c.key == "left-sgd-d00016")
     again = exp.run_chunk(cfg, chunk)["results"]
-    np.testing.assert_array_equal(again["loss_var"].to_numpy(),
-                                  left[(left["optimizer"] == "sgd") & (left["width"] == 16)]["loss_var"].to_numpy())
+    np.testing.assert_array_equal(
+        again["loss_var"].to_numpy(), left[(left["optimizer"] == "sgd") & (left["width"] == 16)]["loss_var"].to_numpy()
+    )
 
 
 def _left_table(fixed_growth: float, rescaled_spread: float) -> "pd.DataFrame":
@@ -136,10 +150,26 @@ def _left_table(fixed_growth: float, rescaled_spread: float) -> "pd.DataFrame":
     for opt in ("sgd", "adam"):
         for k, w in enumerate((4, 16, 64)):
             for seed in range(3):
-                rows.append({"optimizer": opt, "lr_rule": "fixed", "width": w, "seed": seed, "diverged": False,
-                             "loss_var": 1e-3 * fixed_growth ** (k / 2) * (1 + 0.01 * seed)})
-                rows.append({"optimizer": opt, "lr_rule": "rescaled", "width": w, "seed": seed, "diverged": False,
-                             "loss_var": 1e-3 * rescaled_spread ** (k / 2) * (1 + 0.01 * seed)})
+                rows.append(
+                    {
+                        "optimizer": opt,
+                        "lr_rule": "fixed",
+                        "width": w,
+                        "seed": seed,
+                        "diverged": False,
+                        "loss_var": 1e-3 * fixed_growth ** (k / 2) * (1 + 0.01 * seed),
+                    }
+                )
+                rows.append(
+                    {
+                        "optimizer": opt,
+                        "lr_rule": "rescaled",
+                        "width": w,
+                        "seed": seed,
+                        "diverged": False,
+                        "loss_var": 1e-3 * rescaled_spread ** (k / 2) * (1 + 0.01 * seed),
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -147,9 +177,17 @@ def _right_table(best_gamma: float) -> "pd.DataFrame":
 
     rng = np.random.default_rng(0)
     gammas = [-0.01, 0.0, 0.01]
-    rows = [{"seed": s, "gamma": g, "diverged": False, "test_loss": 1.0 - (g == best_gamma) * 0.1,
-             "test_acc": 0.8 + 0.05 * (g == best_gamma) + 0.002 * rng.standard_normal()}
-            for s in range(8) for g in gammas]
+    rows = [
+        {
+            "seed": s,
+            "gamma": g,
+            "diverged": False,
+            "test_loss": 1.0 - (g == best_gamma) * 0.1,
+            "test_acc": 0.8 + 0.05 * (g == best_gamma) + 0.002 * rng.standard_normal(),
+        }
+        for s in range(8)
+        for g in gammas
+    ]
     return pd.DataFrame(rows)
 
 
@@ -161,7 +199,9 @@ def test_analysis_checks_pass_and_fail_on_synthetic_tables(tmp_path) -> None:
     cfg = get("mbn-fig1").config("quick")
     _, good = _analyse_left(cfg, _left_table(fixed_growth=100.0, rescaled_spread=1.0), tmp_path)
     assert [c.passed for c in good] == [True] * 4
-    assert good[0].key == "sgd-variance-grows-with-width" and good[0].measured == pytest.approx(100.0 * 1.0)  # ratio of seed medians, d = 64 over d = 4
+    assert good[0].key == "sgd-variance-grows-with-width" and good[0].measured == pytest.approx(
+        100.0 * 1.0
+    )  # ratio of seed medians, d = 64 over d = 4
     _, bad = _analyse_left(cfg, _left_table(fixed_growth=1.0, rescaled_spread=100.0), tmp_path)
     assert [c.passed for c in bad] == [False] * 4
     assert bad[0].measured == pytest.approx(1.0) and bad[0].measured < GROWTH_MIN
@@ -178,8 +218,14 @@ def test_all_replicas_diverged_is_not_measurable(tmp_path) -> None:
     from noiseprobe.core.runner import run_experiment
 
     exp = get("mbn-fig1")
-    small = {"widths": [4, 8], "n_seeds": 2, "batch_size": 250, "gammas": [-0.005, 0.0], "right_epochs": 1,
-             "right_batch_size": 250}
+    small = {
+        "widths": [4, 8],
+        "n_seeds": 2,
+        "batch_size": 250,
+        "gammas": [-0.005, 0.0],
+        "right_epochs": 1,
+        "right_batch_size": 250,
+    }
     summary = run_experiment("mbn-fig1", "quick", out=tmp_path / "run", overrides={**small, **exp.diverging})
     assert summary["checks"] and {c["verdict"] for c in summary["checks"]} == {"not measurable"}
     res = pd.read_parquet(tmp_path / "run" / "results.parquet")
@@ -201,8 +247,9 @@ def test_trainers_follow_the_data_dtype() -> None:
     x = x.double()
     batches = epoch_batches(1, [0, 1], n=len(y), batch_size=8, epochs=1, stream=0)
     gens = [torch_generator(1, r, 5) for r in range(2)]
-    losses = train_tanh_net(x, y, width=4, lrs=torch.tensor([0.1, 0.2]), optimizer="adam", init_gens=gens,
-                            batches=batches)
+    losses = train_tanh_net(
+        x, y, width=4, lrs=torch.tensor([0.1, 0.2]), optimizer="adam", init_gens=gens, batches=batches
+    )
     assert losses.dtype == torch.float64 and losses.device == x.device and torch.isfinite(losses).all()
     out = train_logistic(x, y, x, y, lr=0.5, gammas=torch.tensor([0.0, 0.1]), batches=batches)
     assert out["test_loss"].dtype == np.float64

@@ -22,12 +22,29 @@ from noiseprobe.minibatch.linear import label_noise_sigma
 from noiseprobe.minibatch.tails import tail_index_exact
 
 #: config hashes of the quick presets written before the typed configs (run.json "hash")
-OLD_HASHES = {"mbn-fig3": "28b41799c5d8c1d7", "mbn-fig4": "44ea3510c0b4167a", "mbn-fig5": "0afd3aec511f34f4",
-              "mbn-fig6": "3c564085de63e61c", "mbn-table2": "0a4378f4307d5b10"}
+OLD_HASHES = {
+    "mbn-fig3": "28b41799c5d8c1d7",
+    "mbn-fig4": "44ea3510c0b4167a",
+    "mbn-fig5": "0afd3aec511f34f4",
+    "mbn-fig6": "3c564085de63e61c",
+    "mbn-table2": "0a4378f4307d5b10",
+}
 TINY = {
     "mbn-fig3": {"batch_sizes": [12, 32], "gammas": [0.0, 0.3], "chains": 200, "steps": 400},
-    "mbn-fig4": {"lrs": [0.5, 1.2], "S2d": [50], "chains": 200, "steps": 400, "chains2d": 100, "steps2d": 400,
-                 "chains_dist": 40, "steps_dist": 200, "chains_hd": 20, "steps_hd": 200, "D_hd": 6, "S_hd": 8},
+    "mbn-fig4": {
+        "lrs": [0.5, 1.2],
+        "S2d": [50],
+        "chains": 200,
+        "steps": 400,
+        "chains2d": 100,
+        "steps2d": 400,
+        "chains_dist": 40,
+        "steps_dist": 200,
+        "chains_hd": 20,
+        "steps_hd": 200,
+        "D_hd": 6,
+        "S_hd": 8,
+    },
     "mbn-fig5": {"gammas": [-0.4, -0.2159, 0.0], "lrs": [1.0], "chains": 100, "steps": 400},
     "mbn-fig6": {"D": 8, "alphas": [0.5, 1.5, 4.0], "chains": 50, "steps": 600},
     "mbn-table2": {"chains": 200, "steps": 500},
@@ -61,11 +78,21 @@ def test_chunk_independence():
     assert len(set(pd.concat([exp.run_chunk(cfg, c) for c in chunks]).chain)) == 3 * 20
 
 
-@pytest.mark.parametrize("exp_id,bad", [("mbn-fig3", {"chains": 1}), ("mbn-fig4", {"lrs": [-0.1]}),
-                                        ("mbn-fig4", {"dist_bins": [1.0, 0.5]}), ("mbn-fig4", {"hess": [1.0]}),
-                                        ("mbn-fig4", {"chains_dist": 5}), ("mbn-fig4", {"D_hd": 65}),
-                                        ("mbn-fig5", {"S": 0}), ("mbn-fig5", {"lr": 30.0}), ("mbn-fig6", {"D": 500}),
-                                        ("mbn-table2", {"lr": -1.0})])
+@pytest.mark.parametrize(
+    "exp_id,bad",
+    [
+        ("mbn-fig3", {"chains": 1}),
+        ("mbn-fig4", {"lrs": [-0.1]}),
+        ("mbn-fig4", {"dist_bins": [1.0, 0.5]}),
+        ("mbn-fig4", {"hess": [1.0]}),
+        ("mbn-fig4", {"chains_dist": 5}),
+        ("mbn-fig4", {"D_hd": 65}),
+        ("mbn-fig5", {"S": 0}),
+        ("mbn-fig5", {"lr": 30.0}),
+        ("mbn-fig6", {"D": 500}),
+        ("mbn-table2", {"lr": -1.0}),
+    ],
+)
 def test_invalid_config(exp_id, bad):
     with pytest.raises(ConfigError):
         experiments.get(exp_id).config("quick", bad)
@@ -76,7 +103,7 @@ def _ar1_chains(rng, reps: int, chains: int, n: int, rho: float) -> np.ndarray:
     """(reps, chains, n) stationary N(0, 1) AR(1) paths with lag-1 correlation rho (autocorrelated samples)."""
     x = np.empty((reps, chains, n))
     x[..., 0] = rng.standard_normal((reps, chains))
-    eps = rng.standard_normal((reps, chains, n)) * np.sqrt(1 - rho ** 2)
+    eps = rng.standard_normal((reps, chains, n)) * np.sqrt(1 - rho**2)
     for t in range(1, n):
         x[..., t] = rho * x[..., t - 1] + eps[..., t]
     return x
@@ -140,8 +167,12 @@ def test_fig4_highdim_exact_sigma_is_thm2():
     A = highdim_hessian(cfg)
     np.testing.assert_allclose(np.linalg.eigvalsh(A), np.linspace(*cfg["hess_hd"], cfg["D_hd"]), atol=1e-12)
     assert np.abs(A - np.diag(np.diag(A))).max() > 0.05  # rotated: not diagonal in the sampling basis
-    np.testing.assert_allclose(highdim_sigma(cfg), label_noise_sigma(A, lr=cfg["lr_hd"], batch_size=cfg["S_hd"], sigma=1.0),
-                               rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(
+        highdim_sigma(cfg),
+        label_noise_sigma(A, lr=cfg["lr_hd"], batch_size=cfg["S_hd"], sigma=1.0),
+        rtol=1e-8,
+        atol=1e-12,
+    )
 
 
 def test_fig4_panels_use_disjoint_chain_indices():
@@ -174,8 +205,14 @@ def _fig4_checks_on(cfg, samples1d=None, per_chain_sigma=None):
             return [c.passed for c in exp._panel_dist(cfg, samples1d, ax, {})]
         R, D = per_chain_sigma.shape[:2]
         i, j = np.triu_indices(D)
-        sig = pd.DataFrame({"chain": np.repeat(np.arange(R), len(i)), "i": np.tile(i, R), "j": np.tile(j, R),
-                            "m": per_chain_sigma[:, i, j].ravel()})
+        sig = pd.DataFrame(
+            {
+                "chain": np.repeat(np.arange(R), len(i)),
+                "i": np.tile(i, R),
+                "j": np.tile(j, R),
+                "m": per_chain_sigma[:, i, j].ravel(),
+            }
+        )
         res = pd.DataFrame({"chain": np.arange(R), "panel": "hd", "diverged": False})
         return [c.passed for c in exp._panel_hd(cfg, res, sig, ax, {})]
     finally:
@@ -216,9 +253,11 @@ def test_fig4_highdim_checks_fail_when_the_truth_is_the_hessian_approximation():
     turn = np.eye(len(lam))
     turn[np.ix_([0, -1], [0, -1])] = [[c, -s], [s, c]]
     turned = (U @ turn) @ np.diag(lam) @ (U @ turn).T
-    for truth, expect in ((exact, [True, True, True]),
-                          (hessian_approx_sigma(A, lr=cfg["lr_hd"], batch_size=cfg["S_hd"]), [False, False, False]),
-                          (turned, [True, False, True])):
+    for truth, expect in (
+        (exact, [True, True, True]),
+        (hessian_approx_sigma(A, lr=cfg["lr_hd"], batch_size=cfg["S_hd"]), [False, False, False]),
+        (turned, [True, False, True]),
+    ):
         per_chain = stats.wishart.rvs(df=200, scale=truth / 200, size=300, random_state=rng)
         assert _fig4_checks_on(cfg, per_chain_sigma=per_chain) == expect
 
@@ -239,9 +278,11 @@ def test_all_diverging_overrides_finish_not_measurable(tmp_path, exp_id):
     res = pd.read_parquet(tmp_path / "results.parquet")
     assert res["diverged"].all()
     verdicts = {c["key"]: c["verdict"] for c in summary["checks"]}
-    theory_only = {"mbn-fig5": {"lr-in-negative-decay-window", "optimal-weight-decay-negative", "divergence-above-interval"},
-                   "mbn-fig4": {"divergence-bound-closed-form"}, "mbn-fig6": {"hessian-nonzero-overparametrised",
-                                                                          "hessian-wrong-above-one"}}.get(exp_id, set())
+    theory_only = {
+        "mbn-fig5": {"lr-in-negative-decay-window", "optimal-weight-decay-negative", "divergence-above-interval"},
+        "mbn-fig4": {"divergence-bound-closed-form"},
+        "mbn-fig6": {"hessian-nonzero-overparametrised", "hessian-wrong-above-one"},
+    }.get(exp_id, set())
     measured = {k: v for k, v in verdicts.items() if k not in theory_only}
     assert measured and set(measured.values()) == {"not measurable"}, verdicts
     if exp_id == "mbn-fig5":

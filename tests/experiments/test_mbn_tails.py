@@ -82,8 +82,13 @@ def test_analyse_fig7(tmp_path: Path) -> None:
     assert (tmp_path / "fig7_tail_index_vs_lr.png").stat().st_size > 0
     assert len(metrics["points"]) == 2
     by_key = {c.key: c for c in checks}
-    assert list(by_key) == ["eq93-tail-index-agrees", "exact-tail-index-agrees", "heavier-than-continuous",
-                            "continuous-index-exact-as-lr-vanishes", "continuous-index-limit"]
+    assert list(by_key) == [
+        "eq93-tail-index-agrees",
+        "exact-tail-index-agrees",
+        "heavier-than-continuous",
+        "continuous-index-exact-as-lr-vanishes",
+        "continuous-index-limit",
+    ]
     assert all(c.claim and c.detail for c in checks)
     mori, limit = by_key["continuous-index-exact-as-lr-vanishes"], by_key["continuous-index-limit"]
     assert mori.kind == "paper-claim" and not mori.passed and mori.measured == pytest.approx(0.114, abs=0.005)
@@ -99,7 +104,9 @@ def test_continuous_limit_error_root() -> None:
     from noiseprobe.experiments.mbn_tails import continuous_limit_error
 
     u = 4 / (1 + continuous_limit_error())
-    assert u * (math.log(u) - 1) == pytest.approx(1.0, abs=1e-10) and continuous_limit_error() == pytest.approx(0.1139, abs=1e-4)
+    assert u * (math.log(u) - 1) == pytest.approx(1.0, abs=1e-10) and continuous_limit_error() == pytest.approx(
+        0.1139, abs=1e-4
+    )
 
 
 @pytest.mark.parametrize("exp_id", ["mbn-fig2", "mbn-fig7"])
@@ -123,20 +130,31 @@ def test_typed_config_keeps_the_old_hash() -> None:
 
 def test_validation() -> None:
     exp = Fig2()
-    for bad in ({"lrs": []}, {"lrs": [-1.0]}, {"batch_sizes": [0]}, {"hill_fraction": 0.0},
-                {"hill_fraction": 1e-6}, {"chains": 5}, {"a": 0.0}, {"sigma": -1.0}):
+    for bad in (
+        {"lrs": []},
+        {"lrs": [-1.0]},
+        {"batch_sizes": [0]},
+        {"hill_fraction": 0.0},
+        {"hill_fraction": 1e-6},
+        {"chains": 5},
+        {"a": 0.0},
+        {"sigma": -1.0},
+    ):
         with pytest.raises(ConfigError):
             exp.config("quick", bad)
 
 
 def test_end_to_end_fig2(tmp_path: Path) -> None:
-    summary = run_experiment("mbn-fig2", "quick", out=tmp_path / "run",
-                             overrides={**TINY, "batch_sizes": [1, 2]})
+    summary = run_experiment("mbn-fig2", "quick", out=tmp_path / "run", overrides={**TINY, "batch_sizes": [1, 2]})
     assert (tmp_path / "run" / "summary.json").exists() and (tmp_path / "run" / "tails.parquet").exists()
     assert summary["figures"] == ["fig2_tail.png"]
     verdicts = {c["key"]: c["verdict"] for c in summary["checks"]}
-    assert set(verdicts) == {"eq93-tail-index-agrees", "exact-tail-index-agrees", "heavier-than-continuous",
-                             "beta-two-at-variance-bound"}  # S = 2 at a lr = 1 is the beta = 2 point
+    assert set(verdicts) == {
+        "eq93-tail-index-agrees",
+        "exact-tail-index-agrees",
+        "heavier-than-continuous",
+        "beta-two-at-variance-bound",
+    }  # S = 2 at a lr = 1 is the beta = 2 point
     # the statistical claims that hold for the simulated SGD (Z-SE checks with the chain-clustered Hill SE):
     # the exact Kesten index, the heavier-than-continuous tail, and beta = 2 at a lr = 2S/(S+2)
     for key in ("exact-tail-index-agrees", "heavier-than-continuous", "beta-two-at-variance-bound"):

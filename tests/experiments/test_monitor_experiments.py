@@ -13,10 +13,27 @@ from noiseprobe.core.runner import run_experiment
 from noiseprobe.experiments import get
 
 GNS, EOS = "gns-critical-batch", "eos-sharpness"
-GNS_KEYS = {"steps-decrease", "examples-increase", "hyperbola-fit", "bracket-below", "bracket-above",
-            "lr-grid-brackets", "bcrit-vs-bsimple", "bcrit-vs-bnoise"}
-GNS_SMALL = {"n_train": 300, "hidden": 8, "batch_sizes": [4, 8, 16, 32, 64, 128], "lrs": [0.05, 0.1, 0.2, 0.4, 0.8],
-             "seeds": 2, "target_loss": 1.0, "max_steps": 1000, "probe_samples": 64, "n_boot": 50}
+GNS_KEYS = {
+    "steps-decrease",
+    "examples-increase",
+    "hyperbola-fit",
+    "bracket-below",
+    "bracket-above",
+    "lr-grid-brackets",
+    "bcrit-vs-bsimple",
+    "bcrit-vs-bnoise",
+}
+GNS_SMALL = {
+    "n_train": 300,
+    "hidden": 8,
+    "batch_sizes": [4, 8, 16, 32, 64, 128],
+    "lrs": [0.05, 0.1, 0.2, 0.4, 0.8],
+    "seeds": 2,
+    "target_loss": 1.0,
+    "max_steps": 1000,
+    "probe_samples": 64,
+    "n_boot": 50,
+}
 EOS_PER_LR = ("crosses", "sharpening", "hover-median", "hover-p10", "hover-p90", "loss-decreases", "loss-nonmonotone")
 EOS_SMALL = {"n_train": 150, "width": 16, "lrs": [0.08, 0.1], "steps": 200, "measure_every": 10, "settle_steps": 50}
 
@@ -32,13 +49,24 @@ def test_typed_config_keeps_preset_values(exp_id: str) -> None:
         assert exp.config(preset).to_dict() == exp.presets[preset]
 
 
-@pytest.mark.parametrize("exp_id, overrides, field", [
-    (GNS, {"batch_sizes": [1, 2, 4]}, "batch_sizes"), (GNS, {"batch_sizes": [4, 4, 8, 16, 32, 64]}, "batch_sizes"),
-    (GNS, {"lrs": [0.1, -1.0]}, "lrs"), (GNS, {"probe_samples": 5000}, "probe_samples"),
-    (GNS, {"target_loss": 0.0}, "target_loss"), (GNS, {"seeds": 0}, "seeds"), (GNS, {"nonsense": 1}, "nonsense"),
-    (EOS, {"lrs": []}, "lrs"), (EOS, {"lrs": [0.1, 0.1]}, "lrs"), (EOS, {"lrs": [0.0]}, "lrs"),
-    (EOS, {"width": 0}, "width"), (EOS, {"measure_every": 10**7}, "measure_every"), (EOS, {"steps": "long"}, "steps"),
-])
+@pytest.mark.parametrize(
+    "exp_id, overrides, field",
+    [
+        (GNS, {"batch_sizes": [1, 2, 4]}, "batch_sizes"),
+        (GNS, {"batch_sizes": [4, 4, 8, 16, 32, 64]}, "batch_sizes"),
+        (GNS, {"lrs": [0.1, -1.0]}, "lrs"),
+        (GNS, {"probe_samples": 5000}, "probe_samples"),
+        (GNS, {"target_loss": 0.0}, "target_loss"),
+        (GNS, {"seeds": 0}, "seeds"),
+        (GNS, {"nonsense": 1}, "nonsense"),
+        (EOS, {"lrs": []}, "lrs"),
+        (EOS, {"lrs": [0.1, 0.1]}, "lrs"),
+        (EOS, {"lrs": [0.0]}, "lrs"),
+        (EOS, {"width": 0}, "width"),
+        (EOS, {"measure_every": 10**7}, "measure_every"),
+        (EOS, {"steps": "long"}, "steps"),
+    ],
+)
 def test_invalid_overrides_name_the_field(exp_id: str, overrides: dict, field: str) -> None:
     with pytest.raises(ConfigError) as err:
         get(exp_id).config("quick", overrides)
@@ -68,16 +96,18 @@ def test_gns_chunk_depends_only_on_its_replicas() -> None:
     chunk = exp.chunks(cfg)[5]
     a, b = exp.run_chunk(cfg, chunk), exp.run_chunk(cfg, chunk)
     for name in a:  # everything but the monitor's timing
-        pd.testing.assert_frame_equal(a[name].drop(columns="seconds", errors="ignore"),
-                                      b[name].drop(columns="seconds", errors="ignore"))
+        pd.testing.assert_frame_equal(
+            a[name].drop(columns="seconds", errors="ignore"), b[name].drop(columns="seconds", errors="ignore")
+        )
     assert len(a["noise"]) > 3
     assert set(a["results"]["replica"]) == set(range(5 * 5, 5 * 5 + 5))
 
 
 def test_gns_diverging_run_finishes_not_measurable(tmp_path) -> None:
     exp = get(GNS)
-    summary = run_experiment(GNS, preset="quick", out=tmp_path, workers=1,
-                             overrides={**GNS_SMALL, "seeds": 1, **exp.diverging})
+    summary = run_experiment(
+        GNS, preset="quick", out=tmp_path, workers=1, overrides={**GNS_SMALL, "seeds": 1, **exp.diverging}
+    )
     res = pd.read_parquet(tmp_path / "results.parquet")
     assert res["diverged"].all()
     assert {c["verdict"] for c in summary["checks"]} == {"not measurable"}
@@ -117,8 +147,7 @@ def test_eos_reduced_run_end_to_end(tmp_path) -> None:
 
 def test_eos_diverging_run_finishes_not_measurable(tmp_path) -> None:
     exp = get(EOS)
-    summary = run_experiment(EOS, preset="quick", out=tmp_path, workers=1,
-                             overrides={**EOS_SMALL, **exp.diverging})
+    summary = run_experiment(EOS, preset="quick", out=tmp_path, workers=1, overrides={**EOS_SMALL, **exp.diverging})
     losses = pd.read_parquet(tmp_path / "results.parquet")
     assert losses.groupby("lr")["loss"].apply(lambda v: v.isna().any() or (v.abs() > 1e8).any()).all()
     assert {c["verdict"] for c in summary["checks"]} == {"not measurable"}, json.dumps(summary["checks"], indent=1)

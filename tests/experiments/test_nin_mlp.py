@@ -14,8 +14,15 @@ from noiseprobe import experiments
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.nin.levels import TABLE1_SIGMA2_REFERENCE, sigma2_unit, table1
 
-TINY = {"epochs": 6, "levels": [1e-4, 12.0], "n_seeds": 2, "n_train": 1000, "hidden": [16], "batch_size": 250,
-        "probe_samples": 200}
+TINY = {
+    "epochs": 6,
+    "levels": [1e-4, 12.0],
+    "n_seeds": 2,
+    "n_train": 1000,
+    "hidden": [16],
+    "batch_size": 250,
+    "probe_samples": 200,
+}
 
 
 def test_table1_matches_the_reference_evaluation():
@@ -64,16 +71,46 @@ def test_typed_configs_keep_the_presets_and_their_hash(exp_id):
         assert config_hash(exp_id, cfg.to_dict()) == config_hash(exp_id, values)
 
 
-def _fake_run(level: int, sigma: float, niw: list[float], acc: float, steps: list[float],
-              diverged: bool = False, curv: float | list[float] = 0.01) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _fake_run(
+    level: int,
+    sigma: float,
+    niw: list[float],
+    acc: float,
+    steps: list[float],
+    diverged: bool = False,
+    curv: float | list[float] = 0.01,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     t = len(niw)
-    rec = pd.DataFrame({"replica": 0, "level": level, "sigma": sigma, "nin_mode": "epoch", "epoch": np.arange(t),
-                        "step": np.arange(t) * 3, "train_loss": np.linspace(1.0, 0.2, t),
-                        "train_acc": np.linspace(0.1, acc, t), "test_loss": np.linspace(1.0, 0.3, t),
-                        "test_acc": np.linspace(0.1, acc, t), "noisy_loss": 0.5, "niw_norm": niw,
-                        "next_norm": 1.0, "curv_niw": curv, "diverged": diverged, "diverged_step": -1})
-    st = pd.DataFrame({"replica": 0, "level": level, "sigma": sigma, "nin_mode": "epoch",
-                       "step": np.arange(1, len(steps) + 1), "noisy_loss": steps})
+    rec = pd.DataFrame(
+        {
+            "replica": 0,
+            "level": level,
+            "sigma": sigma,
+            "nin_mode": "epoch",
+            "epoch": np.arange(t),
+            "step": np.arange(t) * 3,
+            "train_loss": np.linspace(1.0, 0.2, t),
+            "train_acc": np.linspace(0.1, acc, t),
+            "test_loss": np.linspace(1.0, 0.3, t),
+            "test_acc": np.linspace(0.1, acc, t),
+            "noisy_loss": 0.5,
+            "niw_norm": niw,
+            "next_norm": 1.0,
+            "curv_niw": curv,
+            "diverged": diverged,
+            "diverged_step": -1,
+        }
+    )
+    st = pd.DataFrame(
+        {
+            "replica": 0,
+            "level": level,
+            "sigma": sigma,
+            "nin_mode": "epoch",
+            "step": np.arange(1, len(steps) + 1),
+            "noisy_loss": steps,
+        }
+    )
     return rec, st
 
 
@@ -82,12 +119,14 @@ def test_summary_applies_the_phase_rules():
     an overflow / learning stalled; plus the eq. (2) bookkeeping."""
     exp = experiments.get("nin-fig2-bottom")
     cfg = exp.config("quick")
-    runs = [_fake_run(-1, 0.0, [1.0] * 4, 0.9, [1.0, 0.9, 0.8]),
-            _fake_run(0, 0.1, [1.0, 0.9, 0.8, 0.7], 0.9, [1.0, 0.9, 0.8], curv=[0.01, 0.03, 0.02, 0.04]),
-            _fake_run(1, 1.0, [1.0, 0.5, 0.2, 0.5], 0.9, [1.0, 1.5, 0.8]),          # e-fold, then re-grows
-            _fake_run(2, 2.0, [1.0, 0.3, 0.2, 0.1], 0.88, [1.0, 2.5, 0.3]),         # spike > 2x, learned
-            _fake_run(3, 3.0, [1.0, np.nan, np.nan, np.nan], 0.1, [1.0, 1e9, np.nan], diverged=True),
-            _fake_run(4, 4.0, [1.0, 0.9, 0.9, 0.9], 0.2, [1.0, 0.9, 0.8])]           # stalled: 0.1/0.8 of baseline
+    runs = [
+        _fake_run(-1, 0.0, [1.0] * 4, 0.9, [1.0, 0.9, 0.8]),
+        _fake_run(0, 0.1, [1.0, 0.9, 0.8, 0.7], 0.9, [1.0, 0.9, 0.8], curv=[0.01, 0.03, 0.02, 0.04]),
+        _fake_run(1, 1.0, [1.0, 0.5, 0.2, 0.5], 0.9, [1.0, 1.5, 0.8]),  # e-fold, then re-grows
+        _fake_run(2, 2.0, [1.0, 0.3, 0.2, 0.1], 0.88, [1.0, 2.5, 0.3]),  # spike > 2x, learned
+        _fake_run(3, 3.0, [1.0, np.nan, np.nan, np.nan], 0.1, [1.0, 1e9, np.nan], diverged=True),
+        _fake_run(4, 4.0, [1.0, 0.9, 0.9, 0.9], 0.2, [1.0, 0.9, 0.8]),
+    ]  # stalled: 0.1/0.8 of baseline
     tables = {"results": pd.concat([r for r, _ in runs]), "steps": pd.concat([s for _, s in runs])}
     out = exp.summarise(cfg, tables).set_index("level")
     assert list(out["phase"]) == ["decoupled", "decoupled", "decay", "catapult", "divergent", "divergent"]
@@ -104,13 +143,26 @@ def test_eq2_checks_from_constructed_runs():
     seeds give "not measurable", never "pass"."""
     exp = experiments.get("nin-fig2-bottom")
     cfg = exp.config("quick")
-    nin = pd.DataFrame({"level": [0, 0, 0], "phase_code": [0, 0, 0], "measured_log_decay": [0.5, 0.55, 0.45],
-                        "predicted_log_decay": [1.0, 1.0, 1.0]})
-    eq2 = pd.DataFrame({"replica": [0, 1, 2], "sigma": 0.1, "measured_log_decay": [1.0, 1.1, 0.9],
-                        "predicted_local": [0.5, 0.5, 0.5], "predicted_smoothed": [1.0, 1.0, 1.0]})
+    nin = pd.DataFrame(
+        {
+            "level": [0, 0, 0],
+            "phase_code": [0, 0, 0],
+            "measured_log_decay": [0.5, 0.55, 0.45],
+            "predicted_log_decay": [1.0, 1.0, 1.0],
+        }
+    )
+    eq2 = pd.DataFrame(
+        {
+            "replica": [0, 1, 2],
+            "sigma": 0.1,
+            "measured_log_decay": [1.0, 1.1, 0.9],
+            "predicted_local": [0.5, 0.5, 0.5],
+            "predicted_smoothed": [1.0, 1.0, 1.0],
+        }
+    )
     metrics: dict = {}
     checks = {c.key: c for c in exp._eq2_checks(cfg, nin, eq2, metrics)}
-    assert checks["niw-decay-eq2-paper"].measured == pytest.approx(1.0)        # measured / (rate / 2)
+    assert checks["niw-decay-eq2-paper"].measured == pytest.approx(1.0)  # measured / (rate / 2)
     assert checks["niw-decay-eq2-paper"].kind == "paper-claim"
     assert checks["niw-decay-d1"].measured == pytest.approx(1.0) and checks["niw-decay-d1"].passed
     assert metrics["eq2_companion_measured_over"]["local"]["mean"] == pytest.approx(2.0)
@@ -142,11 +194,12 @@ def test_end_to_end_through_the_runner(tmp_path):
     assert len(eq2) == 2 and (eq2["predicted_smoothed"] > 0).all()
     res = pd.read_parquet(tmp_path / "run" / "results.parquet")
     assert {"niw_norm", "curv_niw", "diverged", "level"} <= set(res.columns)
-    assert "runs" not in summary["metrics"]      # headline numbers only; per-run data live in the parquet tables
+    assert "runs" not in summary["metrics"]  # headline numbers only; per-run data live in the parquet tables
     n_runs = len(res.groupby(["replica", "level", "nin_mode"]))
     assert not any(isinstance(v, list) and len(v) == n_runs for v in summary["metrics"].values())
     assert summary["metrics"]["sigma_levels"][0] == pytest.approx(
-        np.sqrt(1e-4 * sigma2_unit("mse", d_input=196, n_w=16, lr=0.01)))
+        np.sqrt(1e-4 * sigma2_unit("mse", d_input=196, n_w=16, lr=0.01))
+    )
     table = run_experiment("nin-table1", "quick", tmp_path / "t1", workers=1)
     assert [c["verdict"] for c in table["checks"]] == ["pass", "pass"]
     other = run_experiment("nin-table1", "quick", tmp_path / "t2", overrides={"lr": 0.02}, workers=1)
@@ -194,8 +247,10 @@ def test_full_preset_reads_fashion_mnist_files(tmp_path):
         _write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         _write_idx(tmp_path / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
     exp = experiments.get("nin-fig3")
-    cfg = exp.config("full", {"data_dir": str(tmp_path), "hidden": [8], "epochs": 2, "batch_size": 20,
-                              "levels": [1e-4, 1.0], "n_seeds": 1})
+    cfg = exp.config(
+        "full",
+        {"data_dir": str(tmp_path), "hidden": [8], "epochs": 2, "batch_size": 20, "levels": [1e-4, 1.0], "n_seeds": 1},
+    )
     out = exp.run_chunk(cfg, exp.chunks(cfg)[0])["results"]
-    assert len(out) == 3 * 3 and out["train_acc"].notna().all()   # baseline + 2 levels, epochs 0..2
+    assert len(out) == 3 * 3 and out["train_acc"].notna().all()  # baseline + 2 levels, epochs 0..2
     assert exp.sigmas(cfg)[1] == pytest.approx(np.sqrt(784 / 0.01))

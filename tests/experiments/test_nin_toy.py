@@ -12,8 +12,15 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.runner import run_experiment
 from noiseprobe.experiments import get
 
-SMALL = {"n_sigma": 20, "n_seeds": 6, "steps": 4000, "sigma_min": 0.05, "sigma_max": 300.0,
-         "traj_seeds": 1, "traj_points": 40}
+SMALL = {
+    "n_sigma": 20,
+    "n_seeds": 6,
+    "steps": 4000,
+    "sigma_min": 0.05,
+    "sigma_max": 300.0,
+    "traj_seeds": 1,
+    "traj_points": 40,
+}
 
 
 def test_small_run_end_to_end_and_resume(tmp_path):
@@ -45,9 +52,19 @@ def test_small_run_end_to_end_and_resume(tmp_path):
     assert json.loads((out / "summary.json").read_text())["experiment"] == "nin-fig2-top"
 
 
-@pytest.mark.parametrize("field,value", [("methods", ["euler"]), ("methods", []), ("init", "garbled"),
-                                         ("traj_sigmas", [1.0, 2.0]), ("sigma_max", 0.001), ("n_sigma", 2),
-                                         ("methods", ["exact", "exact"]), ("lr", -1.0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("methods", ["euler"]),
+        ("methods", []),
+        ("init", "garbled"),
+        ("traj_sigmas", [1.0, 2.0]),
+        ("sigma_max", 0.001),
+        ("n_sigma", 2),
+        ("methods", ["exact", "exact"]),
+        ("lr", -1.0),
+    ],
+)
 def test_invalid_configs_raise_config_error(field, value):
     with pytest.raises(ConfigError, match=field):
         get("nin-fig2-top").config("quick", {field: value})

@@ -19,14 +19,27 @@ from noiseprobe.experiments import get
 
 IDS = ("sl-fig1", "sl-fig2", "sl-fig3", "sl-fig4")
 #: run.json hashes of the quick presets written before the typed configs (existing run directories resume)
-QUICK_HASHES = {"sl-fig1": "1d3ec51730a2347a", "sl-fig2": "2bc16a2a4da7b291", "sl-fig3": "83fde951d7396bd6",
-                "sl-fig4": "ab550f741b2dda4d"}
+QUICK_HASHES = {
+    "sl-fig1": "1d3ec51730a2347a",
+    "sl-fig2": "2bc16a2a4da7b291",
+    "sl-fig3": "83fde951d7396bd6",
+    "sl-fig4": "ab550f741b2dda4d",
+}
 #: small sizes for the fast runs
 SMALL = {
     "sl-fig1": {"chains": 8, "per_chunk": 4, "t_end": 2.0, "records": 40},
     "sl-fig2": {"chains": 8, "per_chunk": 8, "t_end": 1.0, "t_check": [0.5, 1.0], "records": 20, "t_fast": 1.0},
-    "sl-fig3": {"chains": 12, "per_chunk": 12, "t_end_A": 1.0, "t_end_B": 0.3, "t_check_A": [0.5, 1.0],
-                "t_check_B": [0.15, 0.3], "records": 40, "mb_chains": 4, "sde_dt": 0.05},
+    "sl-fig3": {
+        "chains": 12,
+        "per_chunk": 12,
+        "t_end_A": 1.0,
+        "t_end_B": 0.3,
+        "t_check_A": [0.5, 1.0],
+        "t_check_B": [0.15, 0.3],
+        "records": 40,
+        "mb_chains": 4,
+        "sde_dt": 0.05,
+    },
     "sl-fig4": {"chains": 8, "per_chunk": 8, "t_end": 2.0, "t_check": [1.0, 2.0], "records": 20},
 }
 
@@ -42,7 +55,7 @@ def test_fig2_quick_preset_end_to_end(tmp_path) -> None:
     assert set(checks) == {"error-first-order", "error-order-lr", "fast-phase-gradient-flow"}
     assert all(c["verdict"] == "pass" for c in checks.values()), json.dumps(summary["checks"], indent=1)
     assert (tmp_path / "fig2.png").stat().st_size > 10_000
-    errs = [row["max_err"] for row in summary["metrics"]["grid"]]   # sorted by α ascending
+    errs = [row["max_err"] for row in summary["metrics"]["grid"]]  # sorted by α ascending
     assert errs[0] < errs[1] < errs[2]
     df = pd.read_parquet(tmp_path / "results.parquet")
     assert {"chain", "step", "lr", "w0", "w1", "theta", "loss", "diverged", "t_A"} <= set(df.columns)
@@ -55,7 +68,7 @@ def test_fig1_gd_stops_ngd_moves(tmp_path) -> None:
     assert set(checks) == {"gd-stops", "gd-ends-at-phi", "ngd-follows-flow"}
     assert all(c["verdict"] == "pass" for c in checks.values()), json.dumps(summary["checks"], indent=1)
     m = summary["metrics"]
-    assert m["ngd_mean_theta_end"] - m["gd_theta_end"] > 0.5     # NGD has moved ~0.9 rad further along Γ
+    assert m["ngd_mean_theta_end"] - m["gd_theta_end"] > 0.5  # NGD has moved ~0.9 rad further along Γ
 
 
 def test_fig3_reduced_caption_claim_refuted(tmp_path) -> None:
@@ -84,8 +97,9 @@ def test_fig4_chunking_does_not_change_results() -> None:
     cfg2 = cfg.replace(per_chunk=4)
     two = pd.concat([exp.run_chunk(cfg2, c) for c in exp.chunks(cfg2) if c.spec["variant"] == "independent"])
     key = ["chain", "step"]
-    pd.testing.assert_frame_equal(one.sort_values(key).reset_index(drop=True),
-                                  two.sort_values(key).reset_index(drop=True))
+    pd.testing.assert_frame_equal(
+        one.sort_values(key).reset_index(drop=True), two.sort_values(key).reset_index(drop=True)
+    )
 
 
 @pytest.mark.parametrize("exp_id", IDS)
@@ -107,16 +121,27 @@ def test_existing_run_directory_resumes(tmp_path) -> None:
     assert [c["measured"] for c in again["checks"]] == [c["measured"] for c in first["checks"]]
 
 
-@pytest.mark.parametrize("exp_id, overrides, field", [
-    ("sl-fig2", {"main_lr": 0.3}, "main_lr"), ("sl-fig2", {"lrs": [0.1]}, "lrs"),
-    ("sl-fig2", {"lrs": [0.1, 0.1]}, "lrs"), ("sl-fig2", {"t_check": [9.0]}, "t_check"),
-    ("sl-fig1", {"w0": [1.0]}, "w0"), ("sl-fig1", {"w0": [0.0, 3.0]}, "w0"), ("sl-fig1", {"lr": -0.1}, "lr"),
-    ("sl-fig1", {"lr": 20.0}, "lr"), ("sl-fig1", {"sigma2": 1e-9}, "t_end/(lr·sigma2)"),
-    ("sl-fig1", {"chains": "many"}, "chains"), ("sl-fig1", {"nonsense": 1}, "nonsense"),
-    ("sl-fig3", {"mb_lr": 0.0}, "mb_lr"), ("sl-fig3", {"mb_w0": [-1.0, -1.0]}, "mb_w0"),
-    ("sl-fig3", {"t_check_B": [5.0]}, "t_check_B"),
-    ("sl-fig4", {"chains": 1}, "chains"), ("sl-fig4", {"t_check": []}, "t_check"),
-])
+@pytest.mark.parametrize(
+    "exp_id, overrides, field",
+    [
+        ("sl-fig2", {"main_lr": 0.3}, "main_lr"),
+        ("sl-fig2", {"lrs": [0.1]}, "lrs"),
+        ("sl-fig2", {"lrs": [0.1, 0.1]}, "lrs"),
+        ("sl-fig2", {"t_check": [9.0]}, "t_check"),
+        ("sl-fig1", {"w0": [1.0]}, "w0"),
+        ("sl-fig1", {"w0": [0.0, 3.0]}, "w0"),
+        ("sl-fig1", {"lr": -0.1}, "lr"),
+        ("sl-fig1", {"lr": 20.0}, "lr"),
+        ("sl-fig1", {"sigma2": 1e-9}, "t_end/(lr·sigma2)"),
+        ("sl-fig1", {"chains": "many"}, "chains"),
+        ("sl-fig1", {"nonsense": 1}, "nonsense"),
+        ("sl-fig3", {"mb_lr": 0.0}, "mb_lr"),
+        ("sl-fig3", {"mb_w0": [-1.0, -1.0]}, "mb_w0"),
+        ("sl-fig3", {"t_check_B": [5.0]}, "t_check_B"),
+        ("sl-fig4", {"chains": 1}, "chains"),
+        ("sl-fig4", {"t_check": []}, "t_check"),
+    ],
+)
 def test_invalid_overrides_name_the_field(exp_id: str, overrides: dict, field: str) -> None:
     with pytest.raises(ConfigError) as info:
         get(exp_id).config("quick", overrides)

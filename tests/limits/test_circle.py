@@ -31,9 +31,10 @@ def test_sde_angle_matches_the_deterministic_theorem_b_flow() -> None:
     """Fig. 3 bottom: G = w is normal to Γ, so the limit is dθ/dt = ¼ sin θ/(1.5 + cos θ) (reference §8)."""
     t, th = C.sde_angle(N.fig3_degenerate(), W_TOP, 2.0, dt=0.01, seed=0)
     th0 = th[0]
-    ref = solve_ivp(lambda _, y: 0.25 * np.sin(y) / (1.5 + np.cos(y)), (0.0, 2.0), [th0], t_eval=t,
-                    rtol=1e-11, atol=1e-12).y[0]
-    assert np.max(np.abs(th - ref)) < 2e-3            # Euler–Maruyama, weak order 1 in dt
+    ref = solve_ivp(
+        lambda _, y: 0.25 * np.sin(y) / (1.5 + np.cos(y)), (0.0, 2.0), [th0], t_eval=t, rtol=1e-11, atol=1e-12
+    ).y[0]
+    assert np.max(np.abs(th - ref)) < 2e-3  # Euler–Maruyama, weak order 1 in dt
 
 
 def test_argmin_on_circle_closed_forms() -> None:
@@ -64,13 +65,16 @@ def test_unwrapped_angle_follows_a_path_across_the_branch_cut() -> None:
     assert np.allclose(C.unwrapped_angle(W), th)
 
 
-@pytest.mark.parametrize("call", [
-    lambda: C.gradient_flow_time([0.0, 1.5, 0.0], 0.05),
-    lambda: C.gradient_flow_time([0.0, math.nan], 0.05),
-    lambda: C.gradient_flow_time(W_TOP, 0.0),
-    lambda: C.flow_angle(N.perturbed(circle_loss, 2), W_TOP, 1.0, dt=0.0),
-    lambda: C.argmin_on_circle(lambda w: w[..., 0], math.nan),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: C.gradient_flow_time([0.0, 1.5, 0.0], 0.05),
+        lambda: C.gradient_flow_time([0.0, math.nan], 0.05),
+        lambda: C.gradient_flow_time(W_TOP, 0.0),
+        lambda: C.flow_angle(N.perturbed(circle_loss, 2), W_TOP, 1.0, dt=0.0),
+        lambda: C.argmin_on_circle(lambda w: w[..., 0], math.nan),
+    ],
+)
 def test_invalid_inputs_raise_config_error(call) -> None:
     with pytest.raises(ConfigError):
         call()

@@ -42,12 +42,13 @@ def test_theorem_a_fig3_top_and_fig4_correlated() -> None:
     th = Ls.circle_angle(W)
     exact = theta_ode(lambda y: 0.7 * np.sin(y) * np.sin(2 * np.cos(y)), th[0].item(), t.numpy())
     assert np.allclose(th.numpy(), exact, atol=1e-6)
-    assert torch.allclose(th[[1, 2, 4, 6]], torch.tensor([0.4186, 0.5820, 1.0603, 1.4210], dtype=torch.float64),
-                          atol=1e-4)
+    assert torch.allclose(
+        th[[1, 2, 4, 6]], torch.tensor([0.4186, 0.5820, 1.0603, 1.4210], dtype=torch.float64), atol=1e-4
+    )
     corr = N.perturbed(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]])
     _, W = F.constrained_flow(corr, W_TOP, 2.0, 3)
     assert torch.allclose(Ls.circle_angle(W), torch.tensor([1.5989, 2.1239, 2.2664], dtype=torch.float64), atol=1e-4)
-    _, W = F.constrained_flow(corr, W[-1], 13.0, 2, dt=0.25)           # t = 15 in all: §9.5 pred 2.3562
+    _, W = F.constrained_flow(corr, W[-1], 13.0, 2, dt=0.25)  # t = 15 in all: §9.5 pred 2.3562
     assert abs(Ls.circle_angle(W[-1]).item() - 3 * math.pi / 4) < 2e-4
 
 
@@ -73,7 +74,7 @@ def test_constrained_flow_keeps_bad_rows_nan_and_validates() -> None:
     with pytest.raises(ConfigError):
         F.constrained_flow(N.perturbed(Ls.circle_loss, 2), w0, -1.0, 3)
     with pytest.raises(ConfigError):
-        F.limiting_sde(N.perturbed(Ls.circle_loss, 2), W_TOP, 1.0, 10, n_paths=2, seed=0)   # Theorem-A noise
+        F.limiting_sde(N.perturbed(Ls.circle_loss, 2), W_TOP, 1.0, 10, n_paths=2, seed=0)  # Theorem-A noise
     for bad in (torch.zeros(3, dtype=torch.float64), torch.zeros(3, 2, dtype=torch.float64)):  # d = 3; 3 rows ≠ 2 paths
         with pytest.raises(ConfigError, match="w0"):
             F.limiting_sde(N.additive(Ls.circle_loss, 2), bad, 1.0, 10, n_paths=2, seed=0)
@@ -84,7 +85,7 @@ def test_theorem_b_deterministic_cases() -> None:
     Label noise, f = w₁w₂: sinh 2s(t) = sinh 2s₀ e^{−t}, s = ½ log(w₁/w₂) (§9.7). Euler–Maruyama error O(dt)."""
     t, W = F.limiting_sde(N.fig3_degenerate(), W_TOP, 4.0, 200, n_paths=2, seed=0, n_points=5)
     th = Ls.circle_angle(W)
-    assert torch.allclose(th[:, 0], th[:, 1])                         # PG = 0: no Brownian part
+    assert torch.allclose(th[:, 0], th[:, 1])  # PG = 0: no Brownian part
     exact = theta_ode(lambda y: 0.25 * np.sin(y) / (1.5 + np.cos(y)), th[0, 0].item(), t.numpy())
     assert np.allclose(th[:, 0].numpy(), exact, atol=1.5e-3)
     assert abs(th[1, 0].item() - 1.7783) < 1.5e-3 and abs(th[4, 0].item() - 2.4151) < 1.5e-3
@@ -110,7 +111,7 @@ def test_theorem_b_sgld_matches_intrinsic_simulation() -> None:
     ref -= math.pi / 2
     se_mean = math.hypot(th.std() / math.sqrt(n_paths), ref.std() / math.sqrt(ref.size))
     assert abs(th.mean() - ref.mean()) < 4 * se_mean
-    assert ref.mean() > 4 * se_mean                                    # the drift is resolved by the test
+    assert ref.mean() > 4 * se_mean  # the drift is resolved by the test
     se_std = math.hypot(th.std() / math.sqrt(2 * n_paths), ref.std() / math.sqrt(2 * ref.size))
     assert abs(th.std() - ref.std()) < 4 * se_std
 
@@ -134,11 +135,12 @@ def test_theorem_a_against_noisy_gd() -> None:
         x = w.detach().requires_grad_(True)
         w = w - lr * torch.autograd.grad(noise.loss_hat(x, eta[k]).sum(), x)[0]
     th = Ls.circle_angle(w)
-    _, W = F.constrained_flow(noise, w[0] * 0 + 1.3 * torch.tensor([math.cos(0.3), math.sin(0.3)],
-                                                                   dtype=torch.float64), 1.0, 2)
+    _, W = F.constrained_flow(
+        noise, w[0] * 0 + 1.3 * torch.tensor([math.cos(0.3), math.sin(0.3)], dtype=torch.float64), 1.0, 2
+    )
     pred = Ls.circle_angle(W[-1]).item()
     se = th.std().item() / math.sqrt(chains)
-    se_bias = 0.018 / math.sqrt(2000)                                  # SE of the reference's +0.0023
+    se_bias = 0.018 / math.sqrt(2000)  # SE of the reference's +0.0023
     assert abs(th.mean().item() - (pred + 0.0023)) < 4 * math.hypot(se, se_bias)
     assert abs(th.mean().item() - 1.5333) > 100 * se
 
@@ -171,17 +173,34 @@ def _flow_cases() -> list[tuple[N.Noise, list[float], list[list[float]]]]:
     (autograd derivatives, η-autodiff regulariser; commit 43283e1)."""
     para = Ls.square_loss(Ls.parabola_model, X1, Y1)
     return [
-        (N.perturbed(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]]), [0.0, 1.5],
-         [[-0.5253702222401742, 0.8508737447960841], [-0.6408595101825959, 0.7676581844861183]]),
-        (N.fig3_nondegenerate(), [1.2, 0.5],
-         [[0.7220771605996026, 0.6918125281753839], [0.3138054361011953, 0.9494873081159859]]),
-        (N.dropconnect(para, 2, kind="bernoulli", p=0.01), [0.96, 0.2],
-         [[0.7293430692863547, 0.5202469901053207], [0.5705133322068326, 0.6553523234056375]]),
-        (N.dropconnect(para, 2, sigma=0.1), [0.96, 0.2],
-         [[0.8377468027098418, 0.4028066500073686], [0.8045366038246111, 0.4421124248145361]]),
-        (N.perturbed(Ls.circle_loss, 3), [0.3, 1.2, -0.4],
-         [[-0.2679630519934426, 0.9139891807290301, -0.30466306024301015],
-          [-0.6496355023266686, 0.7212325163947471, -0.24041083879824915]]),
+        (
+            N.perturbed(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]]),
+            [0.0, 1.5],
+            [[-0.5253702222401742, 0.8508737447960841], [-0.6408595101825959, 0.7676581844861183]],
+        ),
+        (
+            N.fig3_nondegenerate(),
+            [1.2, 0.5],
+            [[0.7220771605996026, 0.6918125281753839], [0.3138054361011953, 0.9494873081159859]],
+        ),
+        (
+            N.dropconnect(para, 2, kind="bernoulli", p=0.01),
+            [0.96, 0.2],
+            [[0.7293430692863547, 0.5202469901053207], [0.5705133322068326, 0.6553523234056375]],
+        ),
+        (
+            N.dropconnect(para, 2, sigma=0.1),
+            [0.96, 0.2],
+            [[0.8377468027098418, 0.4028066500073686], [0.8045366038246111, 0.4421124248145361]],
+        ),
+        (
+            N.perturbed(Ls.circle_loss, 3),
+            [0.3, 1.2, -0.4],
+            [
+                [-0.2679630519934426, 0.9139891807290301, -0.30466306024301015],
+                [-0.6496355023266686, 0.7212325163947471, -0.24041083879824915],
+            ],
+        ),
     ]
 
 
@@ -193,8 +212,18 @@ def test_closed_form_flow_keeps_the_previous_trajectories(case: int) -> None:
     w0 = torch.tensor(w0, dtype=torch.float64)
     _, W = F.constrained_flow(noise, w0, 2.0, 3)
     assert torch.allclose(W[1:], torch.tensor(expected, dtype=torch.float64), rtol=0, atol=1e-10)
-    plain = N.Noise(noise.name, noise.loss_hat, lambda v: noise.loss(v), noise.eta_dim, noise.C, noise.sample,
-                    noise.regime, noise.doc, noise.d, noise.sigma)
+    plain = N.Noise(
+        noise.name,
+        noise.loss_hat,
+        lambda v: noise.loss(v),
+        noise.eta_dim,
+        noise.C,
+        noise.sample,
+        noise.regime,
+        noise.doc,
+        noise.d,
+        noise.sigma,
+    )
     assert not isinstance(plain.loss, Ls.ClosedFormLoss) and plain.reg_rules is None
     _, W_auto = F.constrained_flow(plain, w0, 2.0, 3)
     assert torch.allclose(W, W_auto, rtol=0, atol=1e-10)

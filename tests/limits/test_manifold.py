@@ -18,22 +18,36 @@ from noiseprobe.limits import noises as N
 
 X1 = torch.ones(1, 1, dtype=torch.float64)
 Y1 = torch.ones(1, dtype=torch.float64)
-PRODUCT = Ls.square_loss(Ls.product_model, X1, Y1)           # L = ½(w₁w₂ − 1)², Γ = hyperbola
+PRODUCT = Ls.square_loss(Ls.product_model, X1, Y1)  # L = ½(w₁w₂ − 1)², Γ = hyperbola
 TIGHT = {"gtol": 1e-13, "rtol": 1e-13, "atol": 1e-15}
 
 
 def codim2_loss(w: torch.Tensor) -> torch.Tensor:
     """Γ = {w₁w₂ = 1, w₃ = 0} in ℝ³ (codimension 2, normal eigenvalues depend on the point)."""
-    return 0.5 * (w[..., 0] * w[..., 1] - 1) ** 2 + 0.5 * w[..., 2] ** 2 * (1 + w[..., 0] ** 2) \
+    return (
+        0.5 * (w[..., 0] * w[..., 1] - 1) ** 2
+        + 0.5 * w[..., 2] ** 2 * (1 + w[..., 0] ** 2)
         + 0.1 * w[..., 2] ** 3 * w[..., 1]
+    )
 
 
 def fd_hessian(loss, w: torch.Tensor, h: float = 1e-4) -> torch.Tensor:
     d = w.shape[-1]
     E = torch.eye(d, dtype=torch.float64) * h
-    return torch.stack([torch.stack([(loss(w + E[i] + E[j]) - loss(w + E[i] - E[j]) - loss(w - E[i] + E[j])
-                                      + loss(w - E[i] - E[j])) / (4 * h * h) for j in range(d)], -1)
-                        for i in range(d)], -2)
+    return torch.stack(
+        [
+            torch.stack(
+                [
+                    (loss(w + E[i] + E[j]) - loss(w + E[i] - E[j]) - loss(w - E[i] + E[j]) + loss(w - E[i] - E[j]))
+                    / (4 * h * h)
+                    for j in range(d)
+                ],
+                -1,
+            )
+            for i in range(d)
+        ],
+        -2,
+    )
 
 
 def test_limit_map_conserves_the_flow_invariant_of_the_product_loss() -> None:
@@ -64,8 +78,10 @@ def test_limit_map_reference_angle_and_failed_rows() -> None:
 def test_tangent_projector_is_null_space_of_hessian_and_dphi(case: str) -> None:
     """P = projector on ker ∇²L (null space of a finite-difference Hessian) and P = ∂Φ on Γ (§3.1)."""
     if case == "circle":
-        loss, w = Ls.circle_loss, M.limit_map(Ls.circle_loss, torch.tensor([[0.3, 1.2], [-1.1, -0.2]],
-                                                                              dtype=torch.float64), **TIGHT)
+        loss, w = (
+            Ls.circle_loss,
+            M.limit_map(Ls.circle_loss, torch.tensor([[0.3, 1.2], [-1.1, -0.2]], dtype=torch.float64), **TIGHT),
+        )
     else:
         a = torch.tensor([0.7, 1.6], dtype=torch.float64)
         loss, w = codim2_loss, torch.stack([a, 1 / a, torch.zeros(2, dtype=torch.float64)], -1)
@@ -79,7 +95,7 @@ def test_tangent_projector_is_null_space_of_hessian_and_dphi(case: str) -> None:
     for k in range(w.shape[0]):
         plus = M.limit_map(loss, w[k] + h * torch.eye(d, dtype=torch.float64), **TIGHT)
         minus = M.limit_map(loss, w[k] - h * torch.eye(d, dtype=torch.float64), **TIGHT)
-        dphi = ((plus - minus) / (2 * h)).T          # column j = ∂Φ/∂w_j
+        dphi = ((plus - minus) / (2 * h)).T  # column j = ∂Φ/∂w_j
         assert torch.allclose(dphi, P[k], atol=1e-5)
 
 
@@ -95,13 +111,17 @@ def test_phi_second_derivative_against_finite_differences(case: str) -> None:
     if case == "circle":
         loss, th = Ls.circle_loss, 2.3
         w = torch.tensor([math.cos(th), math.sin(th)], dtype=torch.float64)
-        dirs = [torch.tensor(v, dtype=torch.float64) for v in ([math.cos(th), math.sin(th)],
-                                                               [-math.sin(th), math.cos(th)], [0.6, 0.8])]
+        dirs = [
+            torch.tensor(v, dtype=torch.float64)
+            for v in ([math.cos(th), math.sin(th)], [-math.sin(th), math.cos(th)], [0.6, 0.8])
+        ]
     else:
         loss, a = codim2_loss, 1.4
         w = torch.tensor([a, 1 / a, 0.0], dtype=torch.float64)
-        dirs = [torch.tensor(v, dtype=torch.float64) for v in ([a, -1 / a, 0.0], [1 / a, a, 0.0],
-                                                               [0.0, 0.0, 1.0], [0.3, -0.5, 0.8])]
+        dirs = [
+            torch.tensor(v, dtype=torch.float64)
+            for v in ([a, -1 / a, 0.0], [1 / a, a, 0.0], [0.0, 0.0, 1.0], [0.3, -0.5, 0.8])
+        ]
     h = 2e-3
     for v in dirs:
         pred = M.phi_second_derivative(loss, w, torch.outer(v, v))
@@ -148,7 +168,7 @@ def test_classify_regime_matches_the_reference_table() -> None:
         (N.perturbed(Ls.circle_loss, 2), circle, "A", True),
         (N.perturbed(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]]), circle, "A", True),
         (N.fig3_nondegenerate(), circle, "A", True),
-        (N.fig3_degenerate(), circle, "B", True),            # G = w normal on the unit circle
+        (N.fig3_degenerate(), circle, "B", True),  # G = w normal on the unit circle
         (N.additive(Ls.circle_loss, 2), circle, "B", False),  # SGLD: Brownian motion on Γ
         (N.label_noise(Ls.product_model, X1, Y1, d=2), hyper, "B", True),
         (N.minibatch(per_sample, N=2, batch_size=1, d=2), hyper, "trivial", True),
@@ -160,14 +180,17 @@ def test_classify_regime_matches_the_reference_table() -> None:
         assert rep.regime == regime and rep.consistent, (noise.name, str(rep))
         assert rep.deterministic_limit == deterministic, (noise.name, str(rep))
     # Reg ≡ 0 but ∇_w L̂ = ∇L + ⅓η³w is not affine in η: neither theorem applies as stated (trap 6)
-    cubic = dataclasses.replace(N.fig3_degenerate(), name="cubic",
-                                loss_hat=lambda w, e: Ls.circle_loss(w) + (w * w).sum(-1) * e[..., 0] ** 3 / 6)
+    cubic = dataclasses.replace(
+        N.fig3_degenerate(),
+        name="cubic",
+        loss_hat=lambda w, e: Ls.circle_loss(w) + (w * w).sum(-1) * e[..., 0] ** 3 / 6,
+    )
     rep = M.classify_regime(cubic, circle)
     assert rep.regime == "undetermined" and not rep.consistent and not rep.affine_in_eta
     with pytest.raises(ConfigError):
-        M.classify_regime(N.fig3_nondegenerate(), 1.2 * circle)   # not on Γ
+        M.classify_regime(N.fig3_nondegenerate(), 1.2 * circle)  # not on Γ
     with pytest.raises(ConfigError, match="w_on_gamma_samples"):
-        M.classify_regime(N.fig3_nondegenerate(), torch.zeros(4, 3, dtype=torch.float64))   # d = 3, not 2
+        M.classify_regime(N.fig3_nondegenerate(), torch.zeros(4, 3, dtype=torch.float64))  # d = 3, not 2
 
 
 def test_bad_arguments_raise_config_errors() -> None:
@@ -190,6 +213,6 @@ def test_noise_jacobian_closed_forms() -> None:
     assert torch.allclose(M.noise_jacobian(N.fig3_degenerate(), w)[..., 0], w, atol=1e-14)
     X = torch.tensor([[1.0], [2.0], [3.0]], dtype=torch.float64)
     y = torch.ones(3, dtype=torch.float64)
-    grad_f = torch.stack([w[:, 1:2] * X[:, 0], w[:, 0:1] * X[:, 0]], -2)      # (4, d, N)
+    grad_f = torch.stack([w[:, 1:2] * X[:, 0], w[:, 0:1] * X[:, 0]], -2)  # (4, d, N)
     G = M.noise_jacobian(N.label_noise(Ls.product_model, X, y, d=2), w)
     assert torch.allclose(G, -grad_f / 3, atol=1e-14)

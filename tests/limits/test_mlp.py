@@ -12,14 +12,22 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.limits import losses as Ls
 from noiseprobe.limits.mlp import MLPLoss
 
-ARCHS = [((3, 4, 2), "tanh", True), ((3, 5, 4, 2), "tanh", True), ((2, 3, 3, 3, 1), "tanh", False),
-         ((3, 4, 3, 2), "relu", True), ((3, 4, 1), "linear", False), ((4, 3), "tanh", True)]
+ARCHS = [
+    ((3, 4, 2), "tanh", True),
+    ((3, 5, 4, 2), "tanh", True),
+    ((2, 3, 3, 3, 1), "tanh", False),
+    ((3, 4, 3, 2), "relu", True),
+    ((3, 4, 1), "linear", False),
+    ((4, 3), "tanh", True),
+]
 
 
 def _data(sizes: tuple[int, ...], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(7, sizes[0], generator=gen, dtype=torch.float64),
-            torch.randn(7, sizes[-1], generator=gen, dtype=torch.float64))
+    return (
+        torch.randn(7, sizes[0], generator=gen, dtype=torch.float64),
+        torch.randn(7, sizes[-1], generator=gen, dtype=torch.float64),
+    )
 
 
 @pytest.mark.parametrize("sizes, activation, bias", ARCHS)
@@ -54,7 +62,7 @@ def test_invalid_configuration_raises() -> None:
     with pytest.raises(ConfigError):
         MLPLoss((3,), X, y)
     with pytest.raises(ConfigError):
-        MLPLoss((3, 4, 1), X, y)                  # y has 2 outputs
+        MLPLoss((3, 4, 1), X, y)  # y has 2 outputs
     with pytest.raises(ConfigError):
         MLPLoss((3, 4, 2), X, y, activation="gelu")
     with pytest.raises(ConfigError):

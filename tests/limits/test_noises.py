@@ -98,8 +98,10 @@ def test_sgld_and_plain_pgd_steps_match_their_iterate_definitions() -> None:
     w = torch.tensor([[0.3, 1.2]], dtype=torch.float64, requires_grad=True)
     xi = torch.tensor([[0.7, -1.1]], dtype=torch.float64)
     grad_L = torch.autograd.grad(Ls.circle_loss(w).sum(), w)[0]
-    for noise, scale in ((N.sgld(Ls.circle_loss, 2, lr=lr, beta=beta), math.sqrt(2 * lr / beta)),
-                         (N.plain_pgd(Ls.circle_loss, 2, lr=lr, sigma_xi=sigma_xi), sigma_xi)):
+    for noise, scale in (
+        (N.sgld(Ls.circle_loss, 2, lr=lr, beta=beta), math.sqrt(2 * lr / beta)),
+        (N.plain_pgd(Ls.circle_loss, 2, lr=lr, sigma_xi=sigma_xi), sigma_xi),
+    ):
         eta = -noise.sigma * xi
         g = torch.autograd.grad(noise.loss_hat(w, eta).sum(), w)[0]
         assert torch.allclose(w - lr * g, w - lr * grad_L + scale * xi, atol=1e-14)
@@ -119,28 +121,31 @@ def test_anti_pgd_is_perturbed_gd_in_shifted_variables() -> None:
     assert torch.allclose(w, z + xi[50], atol=1e-12)
 
 
-@pytest.mark.parametrize("build", [
-    lambda: N.perturbed(Ls.circle_loss, 2, C=[[1.0, 2.0], [2.0, 1.0]]),   # not PSD
-    lambda: N.perturbed(Ls.circle_loss, 0),
-    lambda: N.dropconnect(Ls.circle_loss, 2, kind="bernoulli"),           # neither p nor sigma
-    lambda: N.dropconnect(Ls.circle_loss, 2, kind="bernoulli", p=1.0),
-    lambda: N.dropconnect(Ls.circle_loss, 2, kind="gaussian", p=0.1),
-    lambda: N.dropconnect(Ls.circle_loss, 2, kind="uniform"),
-    lambda: N.minibatch(per_sample, N=3, batch_size=3, d=2),                           # B = N: no noise
-    lambda: N.sgld(Ls.circle_loss, 2, lr=0.0, beta=1.0),
-    lambda: N.perturbed(Ls.circle_loss, 2).sample(3, np.random.default_rng(0)),  # no sigma
-    lambda: N.perturbed(Ls.circle_loss, 2, sigma=-0.1),
-    lambda: N.dropconnect(Ls.circle_loss, 2, kind="bernoulli", sigma=math.inf),
-    lambda: ALL["minibatch"].sample(3, np.random.default_rng(0), 0.5),   # minibatch level is fixed
-    lambda: N.perturbed(Ls.circle_loss, 2, C=[[1.0, 0.5], [0.0, 1.0]]),   # not symmetric
-    lambda: N.perturbed(Ls.circle_loss, 2, C=[[math.nan, 0.0], [0.0, 1.0]]),
-    lambda: N.perturbed(Ls.circle_loss, 2, C="identity"),
-    lambda: N.additive(Ls.circle_loss, 2, C=[[1.0, 0.0, 0.0]]),           # wrong shape
-    lambda: N.label_noise(Ls.product_model, [["a"]], YS, d=2),
-    lambda: N.label_noise(Ls.product_model, XS, torch.tensor([1.0, math.nan, 2.0]), d=2),
-    lambda: N.check_params(ALL["perturbed"], "w"),
-    lambda: N.check_params(ALL["perturbed"], torch.zeros(3)),              # d = 3, not 2
-])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: N.perturbed(Ls.circle_loss, 2, C=[[1.0, 2.0], [2.0, 1.0]]),  # not PSD
+        lambda: N.perturbed(Ls.circle_loss, 0),
+        lambda: N.dropconnect(Ls.circle_loss, 2, kind="bernoulli"),  # neither p nor sigma
+        lambda: N.dropconnect(Ls.circle_loss, 2, kind="bernoulli", p=1.0),
+        lambda: N.dropconnect(Ls.circle_loss, 2, kind="gaussian", p=0.1),
+        lambda: N.dropconnect(Ls.circle_loss, 2, kind="uniform"),
+        lambda: N.minibatch(per_sample, N=3, batch_size=3, d=2),  # B = N: no noise
+        lambda: N.sgld(Ls.circle_loss, 2, lr=0.0, beta=1.0),
+        lambda: N.perturbed(Ls.circle_loss, 2).sample(3, np.random.default_rng(0)),  # no sigma
+        lambda: N.perturbed(Ls.circle_loss, 2, sigma=-0.1),
+        lambda: N.dropconnect(Ls.circle_loss, 2, kind="bernoulli", sigma=math.inf),
+        lambda: ALL["minibatch"].sample(3, np.random.default_rng(0), 0.5),  # minibatch level is fixed
+        lambda: N.perturbed(Ls.circle_loss, 2, C=[[1.0, 0.5], [0.0, 1.0]]),  # not symmetric
+        lambda: N.perturbed(Ls.circle_loss, 2, C=[[math.nan, 0.0], [0.0, 1.0]]),
+        lambda: N.perturbed(Ls.circle_loss, 2, C="identity"),
+        lambda: N.additive(Ls.circle_loss, 2, C=[[1.0, 0.0, 0.0]]),  # wrong shape
+        lambda: N.label_noise(Ls.product_model, [["a"]], YS, d=2),
+        lambda: N.label_noise(Ls.product_model, XS, torch.tensor([1.0, math.nan, 2.0]), d=2),
+        lambda: N.check_params(ALL["perturbed"], "w"),
+        lambda: N.check_params(ALL["perturbed"], torch.zeros(3)),  # d = 3, not 2
+    ],
+)
 def test_invalid_inputs_raise_config_error(build) -> None:
     with pytest.raises(ConfigError):
         build()

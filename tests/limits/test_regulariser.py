@@ -19,7 +19,7 @@ from noiseprobe.limits.mlp import MLPLoss
 
 X1 = torch.ones(1, 1, dtype=torch.float64)
 Y1 = torch.ones(1, dtype=torch.float64)
-PARABOLA = Ls.square_loss(Ls.parabola_model, X1, Y1)          # L = ½(w₁ + w₂² − 1)²
+PARABOLA = Ls.square_loss(Ls.parabola_model, X1, Y1)  # L = ½(w₁ + w₂² − 1)²
 
 
 def circle_points(n: int = 7, radius: float = 1.0) -> torch.Tensor:
@@ -34,8 +34,9 @@ def fd_hessian(loss, w: torch.Tensor, h: float = 1e-4) -> torch.Tensor:
     H = torch.empty(*w.shape, d, dtype=torch.float64)
     for i in range(d):
         for j in range(d):
-            H[..., i, j] = (loss(w + E[i] + E[j]) - loss(w + E[i] - E[j]) - loss(w - E[i] + E[j])
-                            + loss(w - E[i] - E[j])) / (4 * h * h)
+            H[..., i, j] = (
+                loss(w + E[i] + E[j]) - loss(w + E[i] - E[j]) - loss(w - E[i] + E[j]) + loss(w - E[i] - E[j])
+            ) / (4 * h * h)
     return H
 
 
@@ -51,8 +52,9 @@ def test_perturbed_is_half_laplacian_and_correlated_is_half_e_H_e() -> None:
     # on Γ (unit circle): Reg_C = ½ λ (n·e)², λ = 1.5 + cos θ, n = w
     on = circle_points()
     expected = 0.5 * (1.5 + on[:, 0]) * (on @ e) ** 2
-    assert torch.allclose(R.regulariser(N.perturbed(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]]), on),
-                          expected, atol=1e-12)
+    assert torch.allclose(
+        R.regulariser(N.perturbed(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]]), on), expected, atol=1e-12
+    )
 
 
 def test_fig3_top_is_a_over_2_not_the_captions_2a() -> None:
@@ -73,8 +75,12 @@ def test_degenerate_noises_have_constant_regulariser() -> None:
     X = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
     y = torch.tensor([1.0, 0.3], dtype=torch.float64)
     per_sample = lambda v: 0.5 * (Ls.product_model(v, X) - y) ** 2  # noqa: E731
-    cases = [(N.label_noise(Ls.product_model, X, y, d=2), 0.5), (N.minibatch(per_sample, N=2, batch_size=1, d=2), 0.0),
-             (N.additive(Ls.circle_loss, 2), 0.0), (N.fig3_degenerate(), 0.0)]
+    cases = [
+        (N.label_noise(Ls.product_model, X, y, d=2), 0.5),
+        (N.minibatch(per_sample, N=2, batch_size=1, d=2), 0.0),
+        (N.additive(Ls.circle_loss, 2), 0.0),
+        (N.fig3_degenerate(), 0.0),
+    ]
     for noise, value in cases:
         assert torch.allclose(R.regulariser(noise, w), torch.full((6,), value, dtype=torch.float64), atol=1e-14)
         assert torch.allclose(R.grad_regulariser(noise, w), torch.zeros(6, 2, dtype=torch.float64), atol=1e-14)
@@ -112,21 +118,28 @@ def test_dropconnect_laplacian_and_nonlocal_closed_forms() -> None:
     gauss = N.dropconnect(PARABOLA, 2, kind="gaussian", sigma=0.1)
     assert torch.allclose(R.regulariser(gauss, w), lap, atol=1e-13)
     assert torch.allclose(R.regulariser(bern, w, "laplacian"), lap, atol=1e-13)
-    assert torch.allclose(R.regulariser(bern, w), nonloc, atol=1e-13)        # "auto" → non-local
+    assert torch.allclose(R.regulariser(bern, w), nonloc, atol=1e-13)  # "auto" → non-local
     assert torch.allclose(R.nonlocal_regulariser(bern, w), nonloc, atol=1e-13)
     # gradient by autodiff vs central differences of the closed form
     h = 1e-6
     for form in ("laplacian", "nonlocal"):
         g = R.grad_regulariser(bern, w, form)
-        fd = torch.stack([(R.regulariser(bern, w + h * e, form) - R.regulariser(bern, w - h * e, form)) / (2 * h)
-                          for e in torch.eye(2, dtype=torch.float64)], -1)
+        fd = torch.stack(
+            [
+                (R.regulariser(bern, w + h * e, form) - R.regulariser(bern, w - h * e, form)) / (2 * h)
+                for e in torch.eye(2, dtype=torch.float64)
+            ],
+            -1,
+        )
         assert torch.allclose(g, fd, atol=1e-7)
 
 
 def test_bernoulli_dropconnect_follows_nonlocal_not_laplacian() -> None:
     """Exact E L̂ over the 4 masks: (E L̂ − L)/σ² → Reg_B as p → 0 (error O(p)), and stays far from Reg_Lap
     on Γ where L is not quadratic along the axes (§7.2, trap 3)."""
-    w = torch.tensor([[1 - 0.6**2, 0.6], [0.5, math.sqrt(0.5)]], dtype=torch.float64)   # on Γ: Reg_B − Reg_Lap = −1.5 w₂⁴
+    w = torch.tensor(
+        [[1 - 0.6**2, 0.6], [0.5, math.sqrt(0.5)]], dtype=torch.float64
+    )  # on Γ: Reg_B − Reg_Lap = −1.5 w₂⁴
     for p in (1e-3, 1e-4):
         noise = N.dropconnect(PARABOLA, 2, kind="bernoulli", p=p)
         exact = torch.zeros(2, dtype=torch.float64)
@@ -144,7 +157,7 @@ def gauss_hermite_expectation(noise: N.Noise, w: torch.Tensor, sigma: float, nod
     x, wts = np.polynomial.hermite_e.hermegauss(nodes)
     wts = wts / wts.sum()
     R = N.covariance_root(noise.C).numpy()
-    grid = np.array(list(itertools.product(x, repeat=R.shape[1])))            # (nodes^r, r)
+    grid = np.array(list(itertools.product(x, repeat=R.shape[1])))  # (nodes^r, r)
     weight = np.prod(np.array(list(itertools.product(wts, repeat=R.shape[1]))), -1)
     eta = torch.from_numpy(sigma * grid @ R.T)
     return (noise.loss_hat(w[..., None, :], eta) * torch.from_numpy(weight)).sum(-1)
@@ -159,9 +172,11 @@ def test_excess_loss_monte_carlo_and_its_small_noise_limit(case: str) -> None:
         noise = N.dropconnect(PARABOLA, 2, sigma=0.1)
         w = torch.tensor([[1 - 0.3**2, 0.3], [0.5, math.sqrt(0.5)]], dtype=torch.float64)
     else:
-        noise = {"perturbed": N.perturbed(Ls.circle_loss, 2),
-                 "perturbed_corr": N.perturbed(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]]),
-                 "fig3_top": N.fig3_nondegenerate()}[case]
+        noise = {
+            "perturbed": N.perturbed(Ls.circle_loss, 2),
+            "perturbed_corr": N.perturbed(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]]),
+            "fig3_top": N.fig3_nondegenerate(),
+        }[case]
         w = circle_points(4)
 
     def exact_excess(sigma: float) -> torch.Tensor:
@@ -178,12 +193,21 @@ def test_invalid_form_raises() -> None:
     with pytest.raises(ConfigError):
         R.regulariser(N.fig3_nondegenerate(), torch.zeros(2, dtype=torch.float64), form="cubic")
     with pytest.raises(ConfigError):
-        R.excess_loss(N.fig3_nondegenerate(), torch.zeros(2, dtype=torch.float64), sigma=0.0, n_samples=10,
-                      generator=np.random.default_rng(0))
-    three = torch.zeros(4, 3, dtype=torch.float64)           # d = 3 for a noise on d = 2 parameters
-    for call in (lambda: R.regulariser(N.fig3_nondegenerate(), three),
-                 lambda: R.grad_regulariser(N.fig3_nondegenerate(), three),
-                 lambda: R.excess_loss(N.fig3_nondegenerate(), three, sigma=0.1, n_samples=10, generator=np.random.default_rng(0))):
+        R.excess_loss(
+            N.fig3_nondegenerate(),
+            torch.zeros(2, dtype=torch.float64),
+            sigma=0.0,
+            n_samples=10,
+            generator=np.random.default_rng(0),
+        )
+    three = torch.zeros(4, 3, dtype=torch.float64)  # d = 3 for a noise on d = 2 parameters
+    for call in (
+        lambda: R.regulariser(N.fig3_nondegenerate(), three),
+        lambda: R.grad_regulariser(N.fig3_nondegenerate(), three),
+        lambda: R.excess_loss(
+            N.fig3_nondegenerate(), three, sigma=0.1, n_samples=10, generator=np.random.default_rng(0)
+        ),
+    ):
         with pytest.raises(ConfigError, match=r"w = \(4, 3\).*d = 2"):
             call()
 
@@ -199,8 +223,12 @@ def _rule_cases() -> dict[str, tuple[N.Noise, torch.Tensor]]:
     w2 = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     w3 = torch.randn(2, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     w4 = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    mlp = MLPLoss((3, 4, 2), torch.randn(9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)),
-                  torch.randn(9, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4)), bias=True)
+    mlp = MLPLoss(
+        (3, 4, 2),
+        torch.randn(9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)),
+        torch.randn(9, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4)),
+        bias=True,
+    )
     deep = MLPLoss((2, 3, 3, 1), X.repeat(1, 2), y, activation="tanh")
     w_mlp = torch.randn(3, mlp.d, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     w_deep = torch.randn(2, deep.d, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
@@ -208,10 +236,14 @@ def _rule_cases() -> dict[str, tuple[N.Noise, torch.Tensor]]:
         "perturbed": (N.perturbed(Ls.circle_loss, 3), w3),
         "perturbed_corr": (N.perturbed(Ls.circle_loss, 2, C=[[0.5, 0.5], [0.5, 0.5]]), w2),
         "dropconnect_gauss_circle": (N.dropconnect(Ls.circle_loss, 3, sigma=0.1), w3),
-        "dropconnect_bern_parabola": (N.dropconnect(Ls.square_loss(Ls.parabola_model, X, y), 2, p=0.1,
-                                                    kind="bernoulli"), w2),
-        "dropconnect_bern_product": (N.dropconnect(Ls.square_loss(Ls.product_model, X, y), 2, p=0.1,
-                                                   kind="bernoulli"), w2),
+        "dropconnect_bern_parabola": (
+            N.dropconnect(Ls.square_loss(Ls.parabola_model, X, y), 2, p=0.1, kind="bernoulli"),
+            w2,
+        ),
+        "dropconnect_bern_product": (
+            N.dropconnect(Ls.square_loss(Ls.product_model, X, y), 2, p=0.1, kind="bernoulli"),
+            w2,
+        ),
         "dropconnect_mlp": (N.dropconnect(mlp, mlp.d, sigma=0.1), w_mlp),
         "dropconnect_deep_mlp": (N.dropconnect(deep, deep.d, sigma=0.1), w_deep),
         "dropout": (N.dropout(Ls.linear_units, X, y, d=4, n_units=2, kind="bernoulli", p=0.1), w4),
@@ -234,8 +266,12 @@ def test_exact_rules_match_the_dense_eta_autodiff(case: str) -> None:
 def test_hutchinson_estimate_is_unbiased_and_its_standard_error_is_right() -> None:
     """DropConnect on an MLP 3-4-2 (d = 26): 300 independent 8-probe estimates of Reg and ∇Reg. Their mean is
     within 4 SE of the exact value, and the mean reported SE² matches the spread of the estimates."""
-    mlp = MLPLoss((3, 4, 2), torch.randn(9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)),
-                  torch.randn(9, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4)), bias=True)
+    mlp = MLPLoss(
+        (3, 4, 2),
+        torch.randn(9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3)),
+        torch.randn(9, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4)),
+        bias=True,
+    )
     noise = N.dropconnect(mlp, mlp.d, sigma=0.1)
     w = torch.randn(mlp.d, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     reg, grad = R.regulariser(noise, w), R.grad_regulariser(noise, w)
@@ -246,12 +282,11 @@ def test_hutchinson_estimate_is_unbiased_and_its_standard_error_is_right() -> No
     assert abs(float(est.mean() - reg)) < 4 * float(est.std()) / reps**0.5
     assert (gest.mean(0) - grad).abs().max() < 4 * float((gest.std(0) / reps**0.5).max())
     assert 0.75 < float((se**2).mean() / est.var()) < 1.33
-    assert float(se.mean() / reg) > 0.01                       # the estimate is noisy here: the check has teeth
+    assert float(se.mean() / reg) > 0.01  # the estimate is noisy here: the check has teeth
     ratio = (gse**2).mean(0) / gest.var(0)
     assert 0.7 < float(ratio.median()) < 1.4
 
 
 def test_estimate_validates_probes() -> None:
     with pytest.raises(ConfigError):
-        R.regulariser_estimate(N.fig3_nondegenerate(), torch.zeros(2, dtype=torch.float64), 1,
-                               np.random.default_rng(0))
+        R.regulariser_estimate(N.fig3_nondegenerate(), torch.zeros(2, dtype=torch.float64), 1, np.random.default_rng(0))

@@ -37,9 +37,14 @@ def test_linear_regression_closed_form_matches_autograd(replacement: bool) -> No
     def half_mse(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return 0.5 * (out[:, 0] - t) ** 2
 
-    ref = GradientNoise(model, half_mse, torch.from_numpy(x), torch.from_numpy(y), batch_size=4,
-                        replacement=replacement).dense().numpy()
-    np.testing.assert_allclose(linear_regression_noise(w, x, y, batch_size=4, replacement=replacement), ref, rtol=1e-12, atol=1e-15)
+    ref = (
+        GradientNoise(model, half_mse, torch.from_numpy(x), torch.from_numpy(y), batch_size=4, replacement=replacement)
+        .dense()
+        .numpy()
+    )
+    np.testing.assert_allclose(
+        linear_regression_noise(w, x, y, batch_size=4, replacement=replacement), ref, rtol=1e-12, atol=1e-15
+    )
 
 
 @pytest.mark.parametrize("replacement", [True, False])
@@ -47,10 +52,9 @@ def test_linear_regression_closed_form_matches_sampled_minibatches(replacement: 
     x, y, w = _dataset()
     n, s, draws = len(y), 5, 100_000
     rng = np.random.default_rng(1 + replacement)
-    idx = (rng.integers(0, n, (draws, s)) if replacement
-           else np.argsort(rng.random((draws, n)), axis=1)[:, :s])
-    xb, yb = x[idx], y[idx]                                    # (draws, S, D), (draws, S)
-    g = ((xb @ w - yb)[..., None] * xb).mean(1)                # ĝ of the ½ loss
+    idx = rng.integers(0, n, (draws, s)) if replacement else np.argsort(rng.random((draws, n)), axis=1)[:, :s]
+    xb, yb = x[idx], y[idx]  # (draws, S, D), (draws, S)
+    g = ((xb @ w - yb)[..., None] * xb).mean(1)  # ĝ of the ½ loss
     exact_mean = x.T @ (x @ w - y) / n
     c = linear_regression_noise(w, x, y, batch_size=s, replacement=replacement)
     assert np.abs(_z(g, exact_mean, c)).max() < 5.0
@@ -81,8 +85,10 @@ def test_gradient_noise_factors_and_validation() -> None:
     np.testing.assert_allclose(full, 0.0, atol=1e-15)  # S = N without replacement: no noise
     m = gradient_noise(grads, batch_size=1)
     np.testing.assert_allclose(gradient_noise(grads, batch_size=1, replacement=False), m, rtol=1e-14)  # eq. (100)
-    np.testing.assert_allclose(gradient_noise(grads, batch_size=3), m / 3, rtol=1e-14)                  # eq. (99a)
-    np.testing.assert_allclose(gradient_noise(grads, batch_size=3, replacement=False), m * 12 / (3 * 14), rtol=1e-14)  # eq. (99b)
+    np.testing.assert_allclose(gradient_noise(grads, batch_size=3), m / 3, rtol=1e-14)  # eq. (99a)
+    np.testing.assert_allclose(
+        gradient_noise(grads, batch_size=3, replacement=False), m * 12 / (3 * 14), rtol=1e-14
+    )  # eq. (99b)
     with pytest.raises(ConfigError):
         linear_regression_noise(w[:2], x, y, batch_size=2)
     with pytest.raises(ConfigError):

@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.minibatch.fluctuation import (NoStationaryState, augmented_system, largest_stable_scale,
-                                              solve_fluctuation, thm1_residual)
+from noiseprobe.minibatch.fluctuation import (
+    NoStationaryState,
+    augmented_system,
+    largest_stable_scale,
+    solve_fluctuation,
+    thm1_residual,
+)
 
 
 def _rot(rng: np.random.Generator, D: int) -> np.ndarray:
@@ -42,7 +47,9 @@ def test_three_solvers_agree_noncommuting(system, mu):
 def test_1d_closed_form():
     # μ = 0, 1d: 2λhΣ − λ²h²Σ = λ²C  ⇒  Σ = λC / (h(2 − λh))
     h, c, lam = 1.3, 0.7, 0.9
-    assert solve_fluctuation(np.array([[h]]), np.array([[c]]), lr=lam)[0, 0] == pytest.approx(lam * c / (h * (2 - lam * h)), rel=1e-13)
+    assert solve_fluctuation(np.array([[h]]), np.array([[c]]), lr=lam)[0, 0] == pytest.approx(
+        lam * c / (h * (2 - lam * h)), rel=1e-13
+    )
 
 
 def test_monte_carlo_additive_noise(system):

@@ -11,9 +11,18 @@ import scipy.linalg
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.minibatch.baselines import hessian_approx_losses, hessian_approx_sigma, table2
 from noiseprobe.minibatch.fluctuation import NoStationaryState, solve_fluctuation
-from noiseprobe.minibatch.linear import (input_noise_sigma_eff2, input_noise_theory, label_noise_C, label_noise_kappa,
-                                         label_noise_losses, label_noise_lr_bound, label_noise_sigma, lemma1_noise,
-                                         lemma1_noise_map, prop9_noise)
+from noiseprobe.minibatch.linear import (
+    input_noise_sigma_eff2,
+    input_noise_theory,
+    label_noise_C,
+    label_noise_kappa,
+    label_noise_losses,
+    label_noise_lr_bound,
+    label_noise_sigma,
+    lemma1_noise,
+    lemma1_noise_map,
+    prop9_noise,
+)
 from noiseprobe.minibatch.newton import dnm_sigma, ngd_sigma, ngd_x
 from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
 
@@ -35,7 +44,9 @@ def _zmax(run, theory):
 # -- exact checks ------------------------------------------------------------------------------------
 def test_thm2_1d_formula_and_bound():
     a, lam, S, s = 1.5, 1.0, 16, 0.8
-    assert label_noise_sigma(a, lr=lam, batch_size=S, sigma=s)[0, 0] == pytest.approx(lam * s * s / (2 * S - (S + 2) * lam * a), rel=1e-13)
+    assert label_noise_sigma(a, lr=lam, batch_size=S, sigma=s)[0, 0] == pytest.approx(
+        lam * s * s / (2 * S - (S + 2) * lam * a), rel=1e-13
+    )
     assert label_noise_lr_bound(a, batch_size=S) == pytest.approx(2 * S / ((S + 2) * a), rel=1e-10)
     with pytest.raises(NoStationaryState) as e:
         label_noise_sigma(a, lr=1.25, batch_size=S, sigma=s)
@@ -52,16 +63,25 @@ def test_thm2_equals_thm1_with_lemma1(mu):
     assert np.abs(label_noise_sigma(A5, lr=Lam, batch_size=S, sigma=s, momentum=mu) - exact).max() < 1e-12
     # Thm 3 is Lemma 1 at the Thm-2 Σ; Thm 8 are the losses of that Σ
     Sg = label_noise_sigma(A5, lr=Lam, batch_size=S, sigma=s, momentum=mu)
-    assert np.abs(label_noise_C(A5, lr=Lam, batch_size=S, sigma=s, momentum=mu) - lemma1_noise(A5, Sg, sigma=s, batch_size=S)).max() < 1e-13
+    assert (
+        np.abs(
+            label_noise_C(A5, lr=Lam, batch_size=S, sigma=s, momentum=mu) - lemma1_noise(A5, Sg, sigma=s, batch_size=S)
+        ).max()
+        < 1e-13
+    )
     train, test = label_noise_losses(A5, lr=Lam, batch_size=S, sigma=s, momentum=mu)
     assert test == pytest.approx(0.5 * np.trace(A5 @ Sg), rel=1e-12)
     assert train == pytest.approx(0.5 * np.trace(A5 @ Sg) + s * s / 2, rel=1e-12)
-    assert label_noise_kappa(A5, lr=Lam, batch_size=S, momentum=mu) == pytest.approx(S * np.trace(A5 @ Sg) / s ** 2, rel=1e-12)
+    assert label_noise_kappa(A5, lr=Lam, batch_size=S, momentum=mu) == pytest.approx(
+        S * np.trace(A5 @ Sg) / s**2, rel=1e-12
+    )
 
 
 def test_thm2_needs_commuting_lr():
     with pytest.raises(ConfigError):
-        label_noise_sigma(A5, lr=_rot(3, 5) @ np.diag([0.1, 0.2, 0.3, 0.2, 0.1]) @ _rot(3, 5).T, batch_size=8, sigma=1.0)
+        label_noise_sigma(
+            A5, lr=_rot(3, 5) @ np.diag([0.1, 0.2, 0.3, 0.2, 0.1]) @ _rot(3, 5).T, batch_size=8, sigma=1.0
+        )
 
 
 def test_thm9_equals_thm1_with_prop9():
@@ -72,8 +92,15 @@ def test_thm9_equals_thm1_with_prop9():
     assert input_noise_sigma_eff2(A, B=B, u=u) == pytest.approx(2 * pb.train_loss(pb.center), rel=1e-12)
     t = input_noise_theory(A, B=B, u=u, lr=0.5, batch_size=4)
     K = A + B
-    exact = solve_fluctuation(K, prop9_noise(A, B=B, u=u, Sigma=np.zeros((3, 3)), batch_size=4), lr=0.5,
-                              noise_map=lambda X: prop9_noise(A, B=B, u=u, Sigma=X, batch_size=4) - prop9_noise(A, B=B, u=u, Sigma=np.zeros((3, 3)), batch_size=4))
+    exact = solve_fluctuation(
+        K,
+        prop9_noise(A, B=B, u=u, Sigma=np.zeros((3, 3)), batch_size=4),
+        lr=0.5,
+        noise_map=lambda X: (
+            prop9_noise(A, B=B, u=u, Sigma=X, batch_size=4)
+            - prop9_noise(A, B=B, u=u, Sigma=np.zeros((3, 3)), batch_size=4)
+        ),
+    )
     assert np.abs(t["Sigma"] - exact).max() < 1e-12
     assert t["train_loss"] >= t["test_loss"]  # remark after Thm 9
 
@@ -82,14 +109,28 @@ def test_dnm_and_ngd_are_thm2():
     A = _rot(4, 4) @ np.diag([1.5, 1.0, 0.6, 0.2]) @ _rot(4, 4).T
     for lam, S, mu in ((0.3, 8, 0.0), (0.5, 16, 0.5), (0.1, 4, 0.9)):
         Lam = lam * np.linalg.inv(A)
-        assert np.abs(dnm_sigma(A, lr=lam, batch_size=S, sigma=1.0, momentum=mu) - label_noise_sigma(A, lr=Lam, batch_size=S, sigma=1.0, momentum=mu)).max() < 1e-12
-    assert dnm_sigma(np.eye(4), lr=0.3, batch_size=8, sigma=1.0)[0, 0] == pytest.approx(0.024793, abs=1e-6)  # reference §15.8
+        assert (
+            np.abs(
+                dnm_sigma(A, lr=lam, batch_size=S, sigma=1.0, momentum=mu)
+                - label_noise_sigma(A, lr=Lam, batch_size=S, sigma=1.0, momentum=mu)
+            ).max()
+            < 1e-12
+        )
+    assert dnm_sigma(np.eye(4), lr=0.3, batch_size=8, sigma=1.0)[0, 0] == pytest.approx(
+        0.024793, abs=1e-6
+    )  # reference §15.8
     assert ngd_x(lr=0.5, batch_size=8, sigma=0.0, dim=4) == pytest.approx(0.081250, abs=1e-6)
     assert ngd_x(lr=0.2, batch_size=4, sigma=0.0, dim=4, momentum=0.9) == pytest.approx(0.260526, abs=1e-6)
     for sigma, mu in ((1.0, 0.0), (0.5, 0.5)):
         x = ngd_x(lr=0.5, batch_size=8, sigma=sigma, dim=4, momentum=mu)
-        lam_p = 0.5 / (x * 5 + sigma ** 2)  # NGD = damped Newton at λ′ (Prop. 6)
-        assert np.abs(ngd_sigma(A, lr=0.5, batch_size=8, sigma=sigma, momentum=mu) - dnm_sigma(A, lr=lam_p, batch_size=8, sigma=sigma, momentum=mu)).max() < 1e-13
+        lam_p = 0.5 / (x * 5 + sigma**2)  # NGD = damped Newton at λ′ (Prop. 6)
+        assert (
+            np.abs(
+                ngd_sigma(A, lr=0.5, batch_size=8, sigma=sigma, momentum=mu)
+                - dnm_sigma(A, lr=lam_p, batch_size=8, sigma=sigma, momentum=mu)
+            ).max()
+            < 1e-13
+        )
 
 
 def test_hessian_approximations_solve_their_equations():
@@ -114,14 +155,24 @@ def test_table2_values():
     s_in = 1.0 * 0.5 * 1.44 / 1.5
     assert t.loc[("input noise", "Sigma")].exact == pytest.approx(0.3 * s_in / (8 - 6 * 0.3 * 1.5), rel=1e-12)
     assert t.loc[("label noise", "train_loss")].exact == pytest.approx(0.5 * (8 - 5 * 0.3) / (8 - 6 * 0.3), rel=1e-12)
-    assert np.isinf(table2(a=1.5, lr=1.0, batch_size=4).set_index(["case", "quantity"]).loc[("label noise", "Sigma")].exact)
+    assert np.isinf(
+        table2(a=1.5, lr=1.0, batch_size=4).set_index(["case", "quantity"]).loc[("label noise", "Sigma")].exact
+    )
 
 
 # -- simulation checks ---------------------------------------------------------------------------------
 def test_label_noise_1d_simulation():
     """a = 1, λ = 0.5, S = 4 (reference §15.3): Σ, L_train, L_test and the noise C of Thm 3."""
-    run = simulate_sgd(LinearProblem(1.0, sigma=1.0), lr=0.5, batch_size=4, steps=3000, burn_in=300, chains=3000, seed=11,
-                       measure_noise=True)
+    run = simulate_sgd(
+        LinearProblem(1.0, sigma=1.0),
+        lr=0.5,
+        batch_size=4,
+        steps=3000,
+        burn_in=300,
+        chains=3000,
+        seed=11,
+        measure_noise=True,
+    )
     assert _zmax(run, label_noise_sigma(1.0, lr=0.5, batch_size=4, sigma=1.0)) < Z
     train, test = label_noise_losses(1.0, lr=0.5, batch_size=4, sigma=1.0)
     for est, th in ((run.stat(run.train_loss()), train), (run.stat(run.test_loss()), test)):
@@ -133,7 +184,9 @@ def test_label_noise_1d_simulation():
 @pytest.mark.parametrize("lr,mu", [(0.4, 0.0), (0.2, 0.5)])
 def test_label_noise_D5_simulation(lr, mu):
     """D = 5, anisotropic A, S = 8 (reference §15.3): Σ entry-wise and Tr[AΣ]."""
-    run = simulate_sgd(LinearProblem(A5, sigma=1.0), lr=lr, batch_size=8, momentum=mu, steps=2500, burn_in=400, chains=300, seed=12)
+    run = simulate_sgd(
+        LinearProblem(A5, sigma=1.0), lr=lr, batch_size=8, momentum=mu, steps=2500, burn_in=400, chains=300, seed=12
+    )
     theory = label_noise_sigma(A5, lr=lr, batch_size=8, sigma=1.0, momentum=mu)
     assert _zmax(run, theory) < ZMAX
     tr = np.einsum("ij,rji->r", A5, run.second_moment)
@@ -162,32 +215,43 @@ def test_input_noise_simulation():
 
 def test_dnm_simulation():
     A = _rot(4, 4) @ np.diag([1.5, 1.0, 0.6, 0.2]) @ _rot(4, 4).T
-    run = simulate_sgd(LinearProblem(A, sigma=1.0), lr=0.3 * np.linalg.inv(A), batch_size=8, steps=2000, burn_in=300,
-                       chains=300, seed=15)
+    run = simulate_sgd(
+        LinearProblem(A, sigma=1.0),
+        lr=0.3 * np.linalg.inv(A),
+        batch_size=8,
+        steps=2000,
+        burn_in=300,
+        chains=300,
+        seed=15,
+    )
     assert _zmax(run, dnm_sigma(A, lr=0.3, batch_size=8, sigma=1.0)) < ZMAX
 
 
 def test_bad_inputs():
     """Every public function names the field, the value and what is allowed (ConfigError)."""
     neg = np.diag([1.0, -0.5])
-    for call in (lambda: label_noise_sigma(1.0, lr=0.1, batch_size=4, sigma=-1.0),  # σ >= 0
-                 lambda: label_noise_sigma(1.0, lr=0.1, batch_size=0, sigma=1.0),  # S >= 1
-                 lambda: label_noise_sigma(1.0, lr=0.0, batch_size=4, sigma=1.0),  # λ > 0
-                 lambda: label_noise_sigma(neg, lr=0.1, batch_size=4, sigma=1.0),  # A is a covariance
-                 lambda: label_noise_C(1.0, lr=0.1, batch_size=4, sigma=float("nan")),
-                 lambda: label_noise_losses(1.0, lr=0.1, batch_size=4, sigma=1.0, momentum=1.0),
-                 lambda: label_noise_lr_bound(0.0, batch_size=4),  # every λ is stable for A = 0
-                 lambda: lemma1_noise(np.eye(2), np.eye(3), sigma=1.0, batch_size=4),
-                 lambda: input_noise_theory(1.0, B=-0.5, u=[1.0], lr=0.1, batch_size=4),  # B is a covariance
-                 lambda: input_noise_theory(np.zeros((2, 2)), B=np.zeros((2, 2)), u=[1.0, 0.0], lr=0.1, batch_size=4),  # K singular
-                 lambda: input_noise_sigma_eff2(np.eye(2), B=np.eye(2), u=[1.0]),  # u of the wrong length
-                 lambda: prop9_noise(1.0, B=0.5, u=[1.0], Sigma=-np.eye(2), batch_size=4),
-                 lambda: dnm_sigma(np.eye(2), lr=0.1, batch_size=4, sigma=-1.0),
-                 lambda: ngd_x(lr=0.1, batch_size=4, sigma=1.0, dim=0),
-                 lambda: hessian_approx_sigma(1.0, lr=0.1, batch_size=4, time="euler"),
-                 lambda: hessian_approx_sigma(1.0, lr=0.1, batch_size=4, noise_scale=-1.0),
-                 lambda: table2(a=-1.0, lr=0.1, batch_size=4),
-                 lambda: table2(a=1.0, lr=0.1, batch_size=4, b=-0.5)):
+    for call in (
+        lambda: label_noise_sigma(1.0, lr=0.1, batch_size=4, sigma=-1.0),  # σ >= 0
+        lambda: label_noise_sigma(1.0, lr=0.1, batch_size=0, sigma=1.0),  # S >= 1
+        lambda: label_noise_sigma(1.0, lr=0.0, batch_size=4, sigma=1.0),  # λ > 0
+        lambda: label_noise_sigma(neg, lr=0.1, batch_size=4, sigma=1.0),  # A is a covariance
+        lambda: label_noise_C(1.0, lr=0.1, batch_size=4, sigma=float("nan")),
+        lambda: label_noise_losses(1.0, lr=0.1, batch_size=4, sigma=1.0, momentum=1.0),
+        lambda: label_noise_lr_bound(0.0, batch_size=4),  # every λ is stable for A = 0
+        lambda: lemma1_noise(np.eye(2), np.eye(3), sigma=1.0, batch_size=4),
+        lambda: input_noise_theory(1.0, B=-0.5, u=[1.0], lr=0.1, batch_size=4),  # B is a covariance
+        lambda: input_noise_theory(
+            np.zeros((2, 2)), B=np.zeros((2, 2)), u=[1.0, 0.0], lr=0.1, batch_size=4
+        ),  # K singular
+        lambda: input_noise_sigma_eff2(np.eye(2), B=np.eye(2), u=[1.0]),  # u of the wrong length
+        lambda: prop9_noise(1.0, B=0.5, u=[1.0], Sigma=-np.eye(2), batch_size=4),
+        lambda: dnm_sigma(np.eye(2), lr=0.1, batch_size=4, sigma=-1.0),
+        lambda: ngd_x(lr=0.1, batch_size=4, sigma=1.0, dim=0),
+        lambda: hessian_approx_sigma(1.0, lr=0.1, batch_size=4, time="euler"),
+        lambda: hessian_approx_sigma(1.0, lr=0.1, batch_size=4, noise_scale=-1.0),
+        lambda: table2(a=-1.0, lr=0.1, batch_size=4),
+        lambda: table2(a=1.0, lr=0.1, batch_size=4, b=-0.5),
+    ):
         with pytest.raises(ConfigError) as e:
             call()
         assert "allowed" in str(e.value)

@@ -10,8 +10,14 @@ import pytest
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.minibatch.fluctuation import NoStationaryState
-from noiseprobe.minibatch.highdim import (cor2_noise, cor3_sigma, highdim_sigma_exact, prop4_noise, thm5_noise,
-                                          thm6_trace)
+from noiseprobe.minibatch.highdim import (
+    cor2_noise,
+    cor3_sigma,
+    highdim_sigma_exact,
+    prop4_noise,
+    thm5_noise,
+    thm6_trace,
+)
 from noiseprobe.minibatch.l2 import prop3_noise
 from noiseprobe.minibatch.linear import label_noise_sigma, lemma1_noise
 from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
@@ -40,7 +46,9 @@ def test_thm5_exact_under_homogeneity_by_enumeration():
     assert np.allclose(cor2_noise(H0, L0=0.3, batch_size=S), 0.6 / S * H0, rtol=1e-14, atol=0)
     G, ws = 0.3 * np.eye(D), rng.normal(size=D)
     rank1 = np.outer(G @ ws, G @ ws) / S
-    assert np.allclose(cor2_noise(H0, L0=0.3, batch_size=S, Gamma=G, w_star=ws), 0.6 / S * H0 - rank1, rtol=1e-14, atol=0)
+    assert np.allclose(
+        cor2_noise(H0, L0=0.3, batch_size=S, Gamma=G, w_star=ws), 0.6 / S * H0 - rank1, rtol=1e-14, atol=0
+    )
 
 
 def test_cor2_against_gaussian_exact_noise():
@@ -53,7 +61,12 @@ def test_cor2_against_gaussian_exact_noise():
     L0 = 0.5 * (w_star - u) @ A @ (w_star - u)  # no label noise: L₀(w*) = ½(w*−u)ᵀA(w*−u)
     exact = prop3_noise(A, Gamma=Gamma, u=u, Sigma=np.zeros((3, 3)), batch_size=S)  # Prop. 3 at Σ = 0: noise at w = w*
     gw = Gamma @ w_star
-    assert np.abs(cor2_noise(A, L0=L0, batch_size=S, Gamma=Gamma, w_star=w_star) - (exact - 2 * np.outer(gw, gw) / S)).max() < 1e-14
+    assert (
+        np.abs(
+            cor2_noise(A, L0=L0, batch_size=S, Gamma=Gamma, w_star=w_star) - (exact - 2 * np.outer(gw, gw) / S)
+        ).max()
+        < 1e-14
+    )
     # eq. (17) (Γ = 0, L₀ = 0) vs Lemma 1 at σ = 0: differ by −(2/S)AΣA, which is O(1/D) relative at large D
     Sg = np.diag([0.1, 0.2, 0.3])
     diff = cor2_noise(A, L0=0.0, batch_size=S, Sigma=Sg) - lemma1_noise(A, Sg, sigma=0.0, batch_size=S)
@@ -125,18 +138,20 @@ def test_thm6_stability_bound():
 
 def test_bad_inputs():
     A = np.eye(2)
-    for call in (lambda: thm5_noise(L0=-0.1, H0=A, grad_L0=np.zeros(2), batch_size=4),  # L0 < 0
-                 lambda: thm5_noise(L0=0.1, H0=A, grad_L0=np.zeros(3), batch_size=4),  # gradient of the wrong length
-                 lambda: cor2_noise(A, L0=-1.0, batch_size=4),
-                 lambda: cor2_noise(A, L0=0.1, batch_size=4, Gamma=A),  # eq. (15) needs w*
-                 lambda: cor3_sigma(A, L0=0.5, lr=0.1, batch_size=4, Gamma=A),
-                 lambda: cor3_sigma(A, L0=-0.5, lr=0.1, batch_size=4),
-                 lambda: prop4_noise(A, A, sigma=1.0, alpha=0.0, batch_size=4),  # α = N/D > 0
-                 lambda: thm6_trace(A, lr=0.1, batch_size=4, sigma=1.0, alpha=0.0),
-                 lambda: thm6_trace(A, lr=0.1, batch_size=4, sigma=-1.0, alpha=2.0),  # σ >= 0
-                 lambda: thm6_trace(A, lr=0.1, batch_size=4, sigma=1.0, alpha=2.0, variant="exact"),
-                 lambda: highdim_sigma_exact(np.ones((5, 2)), np.ones(4), lr=0.1, batch_size=2),  # y of the wrong length
-                 lambda: highdim_sigma_exact(np.eye(3), np.ones(3), lr=0.1, batch_size=4, replacement=False)):  # S > N
+    for call in (
+        lambda: thm5_noise(L0=-0.1, H0=A, grad_L0=np.zeros(2), batch_size=4),  # L0 < 0
+        lambda: thm5_noise(L0=0.1, H0=A, grad_L0=np.zeros(3), batch_size=4),  # gradient of the wrong length
+        lambda: cor2_noise(A, L0=-1.0, batch_size=4),
+        lambda: cor2_noise(A, L0=0.1, batch_size=4, Gamma=A),  # eq. (15) needs w*
+        lambda: cor3_sigma(A, L0=0.5, lr=0.1, batch_size=4, Gamma=A),
+        lambda: cor3_sigma(A, L0=-0.5, lr=0.1, batch_size=4),
+        lambda: prop4_noise(A, A, sigma=1.0, alpha=0.0, batch_size=4),  # α = N/D > 0
+        lambda: thm6_trace(A, lr=0.1, batch_size=4, sigma=1.0, alpha=0.0),
+        lambda: thm6_trace(A, lr=0.1, batch_size=4, sigma=-1.0, alpha=2.0),  # σ >= 0
+        lambda: thm6_trace(A, lr=0.1, batch_size=4, sigma=1.0, alpha=2.0, variant="exact"),
+        lambda: highdim_sigma_exact(np.ones((5, 2)), np.ones(4), lr=0.1, batch_size=2),  # y of the wrong length
+        lambda: highdim_sigma_exact(np.eye(3), np.ones(3), lr=0.1, batch_size=4, replacement=False),
+    ):  # S > N
         with pytest.raises(ConfigError) as e:
             call()
         assert "allowed" in str(e.value)

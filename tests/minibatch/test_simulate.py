@@ -122,7 +122,7 @@ def test_same_numbers_on_any_chunking_and_thread_count():
         got = getattr(whole, name)
         assert np.array_equal(got, np.concatenate([getattr(p, name) for p in parts])), name
         assert np.array_equal(got, getattr(single, name)), name
-    assert not np.array_equal(whole.second_moment[0], whole.second_moment[32])   # lanes are not copies
+    assert not np.array_equal(whole.second_moment[0], whole.second_moment[32])  # lanes are not copies
 
 
 def test_kernel_gradient_against_the_explicit_minibatch_formula():
@@ -135,22 +135,24 @@ def test_kernel_gradient_against_the_explicit_minibatch_formula():
     w = rng.normal(size=(D, lanes))
     for rademacher in (False, True):
         z = rng.normal(size=(1, S * (2 * D + 1), lanes))
-        g = sgd_kernel.step_gradient(sgd_kernel.ONLINE, w, z, z, Ra, Rb, u, 0.7, rademacher, 2 * D, S, np.zeros((0, D)),
-                                     np.zeros(0))
+        g = sgd_kernel.step_gradient(
+            sgd_kernel.ONLINE, w, z, z, Ra, Rb, u, 0.7, rademacher, 2 * D, S, np.zeros((0, D)), np.zeros(0)
+        )
         for j in range(lanes):
             zz = z[0, :, j].reshape(S, 2 * D + 1)
-            x = zz[:, :D] @ Ra.T + zz[:, D:2 * D] @ Rb.T
+            x = zz[:, :D] @ Ra.T + zz[:, D : 2 * D] @ Rb.T
             eps = np.sign(zz[:, -1]) if rademacher else zz[:, -1]
             yv = zz[:, :D] @ Ra.T @ u + 0.7 * eps
             np.testing.assert_allclose(g[:, j], x.T @ (x @ w[:, j] - yv) / S, rtol=1e-12, atol=1e-12)
     Rk, wl = np.linalg.cholesky(A + B), rng.normal(size=D)
     z = rng.normal(size=(1, D * (D - 1) // 2 + 2 * D, lanes))
     chi = rng.chisquare(S - np.arange(D)[None, :, None], size=(1, D, lanes))
-    g = sgd_kernel.step_gradient(sgd_kernel.EXACT, w, z, np.sqrt(chi), Rk, Rk / S, wl, 0.7, False, D, S,
-                                 np.zeros((0, D)), np.zeros(0))
+    g = sgd_kernel.step_gradient(
+        sgd_kernel.EXACT, w, z, np.sqrt(chi), Rk, Rk / S, wl, 0.7, False, D, S, np.zeros((0, D)), np.zeros(0)
+    )
     for j in range(lanes):
         L = np.diag(np.sqrt(chi[0, :, j]))
-        L[np.tril_indices(D, -1)] = z[0, D:D + D * (D - 1) // 2, j]
+        L[np.tril_indices(D, -1)] = z[0, D : D + D * (D - 1) // 2, j]
         M = Rk @ L
         want = M @ M.T @ (w[:, j] - wl) / S - 0.7 * M @ z[0, -D:, j] / S
         np.testing.assert_allclose(g[:, j], want, rtol=1e-12, atol=1e-12)
@@ -162,7 +164,7 @@ def test_block_draws_have_their_laws():
     completions) by KS and their mean/variance within 4 SE."""
     lanes = sgd_kernel.LANES
     keys = stream_keys(4, 0, lanes, 3)[:, :2].copy()
-    z, u, chi = sgd_kernel.draw_block(sgd_kernel.EXACT, keys, 4000, 6, 3, 5)   # D = 3, S = 5: χ²_5, χ²_4, χ²_3
+    z, u, chi = sgd_kernel.draw_block(sgd_kernel.EXACT, keys, 4000, 6, 3, 5)  # D = 3, S = 5: χ²_5, χ²_4, χ²_3
     n = z.size
     counts = np.histogram(z.ravel(), stats.norm.ppf(np.linspace(0, 1, 61)))[0]
     assert stats.chisquare(counts).pvalue > 1e-3
@@ -173,8 +175,8 @@ def test_block_draws_have_their_laws():
         c = chi[:, i].ravel() ** 2
         assert stats.kstest(c, "chi2", args=(k,)).pvalue > 1e-3
         assert abs(c.mean() - k) < 4 * np.sqrt(2 * k / c.size)
-        assert abs(c.var() - 2 * k) < 4 * np.sqrt((12 * k * k + 48 * k) / c.size)   # Var of s² for χ²_k
-    _, _, chi1 = sgd_kernel.draw_block(sgd_kernel.EXACT, keys, 4000, 2, 1, 1)    # D = 1, S = 1: χ²_1 = z²
+        assert abs(c.var() - 2 * k) < 4 * np.sqrt((12 * k * k + 48 * k) / c.size)  # Var of s² for χ²_k
+    _, _, chi1 = sgd_kernel.draw_block(sgd_kernel.EXACT, keys, 4000, 2, 1, 1)  # D = 1, S = 1: χ²_1 = z²
     assert stats.kstest(chi1.ravel() ** 2, "chi2", args=(1,)).pvalue > 1e-3
 
 

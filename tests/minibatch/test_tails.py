@@ -11,18 +11,31 @@ from scipy import integrate, optimize
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.powerlaw import hill
 from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
-from noiseprobe.minibatch.tails import (kesten_moment, lyapunov_exponent, student_t_pdf, student_t_variance,
-                                        tail_index_continuous, tail_index_eq93, tail_index_exact)
+from noiseprobe.minibatch.tails import (
+    kesten_moment,
+    lyapunov_exponent,
+    student_t_pdf,
+    student_t_variance,
+    tail_index_continuous,
+    tail_index_eq93,
+    tail_index_exact,
+)
 
 # reference §15.5: (a, λ, S, eq. 93, continuous, Kesten β_K)
-REFERENCE = [(1, 1.00, 1, 1.000, 3.0, 1.091), (1, 0.50, 1, 3.000, 5.0, 2.904), (1, 0.25, 1, 7.000, 9.0, 6.505),
-             (1, 1.00, 4, 4.000, 9.0, 3.505), (1, 1.50, 10, 3.333, 14.333, 2.840), (1, 1.20, 10, 6.667, 17.667, 5.101),
-             (1, 1.00, 10, 10.00, 21.0, 7.513)]
+REFERENCE = [
+    (1, 1.00, 1, 1.000, 3.0, 1.091),
+    (1, 0.50, 1, 3.000, 5.0, 2.904),
+    (1, 0.25, 1, 7.000, 9.0, 6.505),
+    (1, 1.00, 4, 4.000, 9.0, 3.505),
+    (1, 1.50, 10, 3.333, 14.333, 2.840),
+    (1, 1.20, 10, 6.667, 17.667, 5.101),
+    (1, 1.00, 10, 10.00, 21.0, 7.513),
+]
 
 
 def h_moment(j: int, S: int, a: float) -> float:
     """E h^j for h = a χ²_S / S: a^j Π_{i<j} (S + 2i) / S."""
-    return a ** j * math.prod((S + 2 * i) / S for i in range(j))
+    return a**j * math.prod((S + 2 * i) / S for i in range(j))
 
 
 def even_kesten_moment(beta: int, lr: float, S: int, a: float) -> float:
@@ -105,13 +118,16 @@ def test_student_t_law_of_eq90_and_the_variance_matching_of_eq92() -> None:
     p = lambda w: float(student_t_pdf(w, beta, sigma=sigma, a=a))  # noqa: E731
     assert integrate.quad(p, -np.inf, np.inf, epsabs=1e-12)[0] == pytest.approx(1.0, abs=1e-9)
     assert integrate.quad(lambda w: w * w * p(w), -np.inf, np.inf, epsabs=1e-12)[0] == pytest.approx(
-        student_t_variance(beta, sigma=sigma, a=a), rel=1e-7)
-    assert p(0.3) / p(2.0) == pytest.approx(((sigma ** 2 + a * 4.0) / (sigma ** 2 + a * 0.09)) ** ((1 + beta) / 2))
+        student_t_variance(beta, sigma=sigma, a=a), rel=1e-7
+    )
+    assert p(0.3) / p(2.0) == pytest.approx(((sigma**2 + a * 4.0) / (sigma**2 + a * 0.09)) ** ((1 + beta) / 2))
     assert student_t_variance(1.5, sigma=sigma, a=a) == math.inf
     for S in (1, 4, 10):
         for lr in np.linspace(0.05, 0.99 * 2 * S / (S + 2) / a, 7):
-            thm2 = lr * sigma ** 2 / (2 * S - (S + 2) * lr * a)
-            assert student_t_variance(tail_index_eq93(lr=lr, batch_size=S, a=a), sigma=sigma, a=a) == pytest.approx(thm2, rel=1e-10)
+            thm2 = lr * sigma**2 / (2 * S - (S + 2) * lr * a)
+            assert student_t_variance(tail_index_eq93(lr=lr, batch_size=S, a=a), sigma=sigma, a=a) == pytest.approx(
+                thm2, rel=1e-10
+            )
 
 
 @pytest.mark.parametrize("lr, S, a, sigma", [(0.5, 1, 1.0, 1.0), (0.3, 4, 1.7, 0.6)])
@@ -119,8 +135,9 @@ def test_continuous_index_from_the_fokker_planck_density(lr: float, S: int, a: f
     """Continuous time with the loss-proportional noise C(w) = 2L(w) a/S (Mori et al.), L = ½(aw² + σ²):
     dw = −λaw dt + λ√C dB has the zero-flux density p ∝ exp(−∫ 2aw/(λC)) / C, integrated numerically here.
     Its log-log slope at large w is −(1 + β_c), and it is the Student-t law (90) with β = β_c."""
+
     def C(w: float) -> float:
-        return (a * w * w + sigma ** 2) * a / S
+        return (a * w * w + sigma**2) * a / S
 
     def log_p(w: float) -> float:
         return -integrate.quad(lambda u: 2 * a * u / (lr * C(u)), 0, w, epsrel=1e-13)[0] - math.log(C(w))
@@ -136,7 +153,11 @@ def test_continuous_index_from_the_fokker_planck_density(lr: float, S: int, a: f
 def test_vectorised_and_ordered() -> None:
     lr = np.array([0.2, 0.5, 1.0, 1.4])
     S = np.array([[1], [4]])
-    bk, b93, bc = tail_index_exact(lr=lr, batch_size=S), tail_index_eq93(lr=lr, batch_size=S), tail_index_continuous(lr=lr, batch_size=S)
+    bk, b93, bc = (
+        tail_index_exact(lr=lr, batch_size=S),
+        tail_index_eq93(lr=lr, batch_size=S),
+        tail_index_continuous(lr=lr, batch_size=S),
+    )
     assert bk.shape == b93.shape == bc.shape == (2, 4)
     assert bk[1, 2] == tail_index_exact(lr=1.0, batch_size=4) == pytest.approx(3.505, abs=6e-4)  # reference §15.5
     assert np.all(bk < bc) and np.all(b93 < bc)  # discrete time: heavier tails than continuous time
@@ -159,8 +180,17 @@ def test_invalid_arguments() -> None:
 def _simulated_hill(lr: float, S: int, chains: int, snapshots: int, every: int, fraction: float) -> tuple:
     """Hill estimate (cluster-robust SE over chains) from snapshots of D's SGD simulator, drawing the S Gaussian
     inputs of every minibatch (exact_law=False: independent of the χ² reduction used by the theory)."""
-    run = simulate_sgd(LinearProblem(A=1.0, sigma=1.0), lr=lr, batch_size=S, steps=snapshots * every, burn_in=500, chains=chains,
-                       seed=11, snapshot_every=every, exact_law=False)
+    run = simulate_sgd(
+        LinearProblem(A=1.0, sigma=1.0),
+        lr=lr,
+        batch_size=S,
+        steps=snapshots * every,
+        burn_in=500,
+        chains=chains,
+        seed=11,
+        snapshot_every=every,
+        exact_law=False,
+    )
     assert not run.diverged.any()
     x = np.abs(run.snapshots[..., 0])
     labels = np.repeat(np.arange(chains), x.shape[1])

@@ -34,7 +34,7 @@ def _data(n: int = 60, d: int = 5, c: int = 3, seed: int = 0) -> tuple[torch.Ten
 def test_geometric_steps() -> None:
     s = geometric_steps(1000, 1.1)
     assert s[0] == 0 and s[-1] == 1000 and np.all(np.diff(s) > 0)
-    assert list(s[:11]) == list(range(11))                       # every step while the gap is < 1
+    assert list(s[:11]) == list(range(11))  # every step while the gap is < 1
     inner = s[(s > 20) & (s < 1000)]
     assert np.all(inner[1:] / inner[:-1] <= 1.1 + 1 / inner[:-1])  # ratio ≤ 1.1 up to rounding
 
@@ -42,15 +42,15 @@ def test_geometric_steps() -> None:
 def test_steps_to_target_exact_on_a_power_law() -> None:
     steps = np.array([0, 1, 2, 4, 8, 16, 32])
     loss = np.where(steps > 0, 3.0 * np.maximum(steps, 1) ** -0.5, 5.0)  # log-log linear after step 0
-    assert steps_to_target(steps, loss, 3.0 * 10 ** -0.5) == pytest.approx(10.0, rel=1e-12)
-    assert steps_to_target(steps, loss, 4.0) == pytest.approx(0.5)          # linear from step 0
+    assert steps_to_target(steps, loss, 3.0 * 10**-0.5) == pytest.approx(10.0, rel=1e-12)
+    assert steps_to_target(steps, loss, 4.0) == pytest.approx(0.5)  # linear from step 0
     assert math.isnan(steps_to_target(steps, loss, 0.1))
     assert steps_to_target(steps, loss, 6.0) == 0.0
 
 
 def test_step_average_is_the_trapezoid_integral() -> None:
     s = np.array([0, 2, 5, 10, 20])
-    assert step_average(s, s.astype(float), 10) == pytest.approx(5.0)                 # ∫₀¹⁰ s ds / 10
+    assert step_average(s, s.astype(float), 10) == pytest.approx(5.0)  # ∫₀¹⁰ s ds / 10
     assert step_average(s[:4], s[:4].astype(float), 12) == pytest.approx((50 + 20) / 12)  # held after the last
     assert step_average(s, np.array([1.0, np.nan, 1.0, 1.0, 1.0]), 10) == pytest.approx(1.0)
     assert math.isnan(step_average(s, np.full(5, np.nan), 10))
@@ -63,7 +63,7 @@ def test_fit_recovers_an_exact_hyperbola() -> None:
     assert fit.s_min == pytest.approx(s_min, rel=1e-8) and fit.b_crit == pytest.approx(b_crit, rel=1e-8)
     assert fit.e_min == pytest.approx(s_min * b_crit, rel=1e-8)
     assert fit.rms_log_residual < 1e-8
-    s, e = s_min * (1 + b_crit / b), b * s_min * (1 + b_crit / b)   # their eq. 2.11/2.12 relation
+    s, e = s_min * (1 + b_crit / b), b * s_min * (1 + b_crit / b)  # their eq. 2.11/2.12 relation
     assert np.allclose((s / fit.s_min - 1) * (e / fit.e_min - 1), 1.0)
     assert math.isnan(fit_critical_batch(b[:2], s[:2]).b_crit)
 
@@ -77,15 +77,25 @@ def test_fit_standard_error_matches_the_scatter() -> None:
     est = np.log([f.b_crit for f in fits])
     se = np.array([f.log_b_crit_se for f in fits])
     assert abs(est.mean() - math.log(80)) < 4 * est.std() / 20
-    assert 0.8 < est.std() / np.sqrt(np.mean(se ** 2)) < 1.25
+    assert 0.8 < est.std() / np.sqrt(np.mean(se**2)) < 1.25
 
 
 def test_batched_sgd_equals_a_plain_loop() -> None:
     """Each replica of the population follows torch.optim.SGD on the same with-replacement minibatches."""
     x, y = _data()
     lrs, replicas, steps, bsz = [0.05, 0.2, 0.5], [7, 8, 9], 5, 6
-    run = train_to_target(x, y, hidden=[4], batch_size=bsz, lrs=lrs, replicas=replicas, init_replica=3, seed=11,
-                          target=1e-9, max_steps=steps)
+    run = train_to_target(
+        x,
+        y,
+        hidden=[4],
+        batch_size=bsz,
+        lrs=lrs,
+        replicas=replicas,
+        init_replica=3,
+        seed=11,
+        target=1e-9,
+        max_steps=steps,
+    )
     assert run.outcome["steps_to_target"].isna().all() and (run.outcome["last_step"] == steps).all()
     n_w = len(run.ensemble.weights)
     for k, (lr, r) in enumerate(zip(lrs, replicas, strict=True)):
@@ -122,8 +132,18 @@ def test_fastest_replica_does_not_depend_on_its_companions() -> None:
 
 def test_divergence_is_recorded_not_raised() -> None:
     x, y = _data()
-    run = train_to_target(x, y, hidden=[8], batch_size=8, lrs=[1e4, 0.1], replicas=[0, 1], init_replica=0, seed=0,
-                          target=1e-6, max_steps=60)
+    run = train_to_target(
+        x,
+        y,
+        hidden=[8],
+        batch_size=8,
+        lrs=[1e4, 0.1],
+        replicas=[0, 1],
+        init_replica=0,
+        seed=0,
+        target=1e-6,
+        max_steps=60,
+    )
     o = run.outcome
     assert bool(o["diverged"].iloc[0]) and not bool(o["diverged"].iloc[1])
     assert o["steps_to_target"].isna().all()
@@ -131,15 +151,27 @@ def test_divergence_is_recorded_not_raised() -> None:
     assert rec.loc[rec["lr"] == 1e4, "train_loss"].isna().iloc[-1]
     assert rec.loc[rec["lr"] == 0.1, "train_loss"].notna().all()
     with pytest.raises(ConfigError, match="lrs"):
-        train_to_target(x, y, hidden=[8], batch_size=8, lrs=[0.1], replicas=[0, 1], init_replica=0, seed=0,
-                        target=0.1, max_steps=5)
+        train_to_target(
+            x, y, hidden=[8], batch_size=8, lrs=[0.1], replicas=[0, 1], init_replica=0, seed=0, target=0.1, max_steps=5
+        )
 
 
 def test_noise_scale_during_equals_per_sample_autograd() -> None:
     """The monitor's B_simple on a snapshot equals tr Σ/|G|² from per-sample gradients by autograd."""
     x, y = _data(n=40)
-    run = train_to_target(x, y, hidden=[4], batch_size=8, lrs=[0.3], replicas=[5], init_replica=0, seed=2,
-                          target=1e-9, max_steps=3, snapshot_ratio=2.0)
+    run = train_to_target(
+        x,
+        y,
+        hidden=[4],
+        batch_size=8,
+        lrs=[0.3],
+        replicas=[5],
+        init_replica=0,
+        seed=2,
+        target=1e-9,
+        max_steps=3,
+        snapshot_ratio=2.0,
+    )
     got = noise_scale_during(run, 0, x, y, until=3, probe_samples=20, seed=2, replica=5, metrics=["b_simple"])
     assert list(got["step"]) == sorted(run.snapshots)
     gen = torch_generator(2, 5, STREAM_PROBE)

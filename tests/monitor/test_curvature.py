@@ -25,8 +25,8 @@ def _dense_hessian(model, x, y):
 
     def f(v):
         chunks, o = {}, 0
-        for (name, p) in model.named_parameters():
-            chunks[name] = v[o:o + p.numel()].view_as(p)
+        for name, p in model.named_parameters():
+            chunks[name] = v[o : o + p.numel()].view_as(p)
             o += p.numel()
         return LOSS(torch.func.functional_call(model, chunks, (x,)), y).mean()
 
@@ -34,8 +34,15 @@ def _dense_hessian(model, x, y):
 
 
 def _dense_j(model, x, y):
-    rows = [torch.cat([g.flatten() for g in torch.autograd.grad(LOSS(model(x[i:i + 1]), y[i:i + 1]).sum(),
-                                                                 list(model.parameters()))]) for i in range(len(x))]
+    rows = [
+        torch.cat(
+            [
+                g.flatten()
+                for g in torch.autograd.grad(LOSS(model(x[i : i + 1]), y[i : i + 1]).sum(), list(model.parameters()))
+            ]
+        )
+        for i in range(len(x))
+    ]
     return torch.stack(rows)
 
 
@@ -51,7 +58,9 @@ def test_sharpness_and_eos_ratio(kind):
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5, nesterov=True)
         s = torch.full((H.shape[0],), 0.1 * 2.0 / 3.0, dtype=torch.float64)
     elif kind == "groups":
-        opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1}, {"params": model[2].parameters(), "lr": 0.4}])
+        opt = torch.optim.SGD(
+            [{"params": model[0].parameters(), "lr": 0.1}, {"params": model[2].parameters(), "lr": 0.4}]
+        )
         s = torch.cat([torch.full((n0,), 0.05), torch.full((H.shape[0] - n0,), 0.2)]).double()
     elif kind == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.9, 0.99))
@@ -62,7 +71,7 @@ def test_sharpness_and_eos_ratio(kind):
         H = _dense_hessian(model, x, y)
         v = torch.cat([opt.state[p]["exp_avg_sq"].flatten() for p in model.parameters()])
         t = 3
-        P = (1 - 0.9 ** t) * ((v / (1 - 0.99 ** t)).sqrt() + 1e-8)
+        P = (1 - 0.9**t) * ((v / (1 - 0.99**t)).sqrt() + 1e-8)
         s = 0.01 * 0.1 / 3.8 / P
     else:
         opt = None
@@ -116,7 +125,7 @@ def test_b_noise_against_dense_trace():
     mon = NoiseMonitor(model, LOSS, every=1, metrics=["b_noise"])
     rows = [mon.measure((x, y)) for _ in range(40)]  # fresh probes each call: unbiased around the exact trace
     est = torch.tensor([r["tr_h_sigma"] for r in rows], dtype=torch.float64)
-    assert abs(float(est.mean()) - exact) <= 4 * float(est.std()) / 40 ** 0.5
+    assert abs(float(est.mean()) - exact) <= 4 * float(est.std()) / 40**0.5
     # the reported SE is the spread of one call's estimate
     assert float(est.std()) == pytest.approx(float(torch.tensor([r["tr_h_sigma_se"] for r in rows]).mean()), rel=0.5)
     gbar = J.mean(0)

@@ -66,7 +66,8 @@ def test_exact_statistics_equal_one_process_on_the_global_batch(ddp_result):
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     ref = NoiseMonitor(model, LOSS, every=1, metrics=["tr_sigma", "g_sq", "b_simple", "temperature"]).measure(
-        (x[:N_GLOBAL], y[:N_GLOBAL]), opt)
+        (x[:N_GLOBAL], y[:N_GLOBAL]), opt
+    )
     for key in ("tr_sigma", "g_sq", "b_simple", "b_simple_lo", "b_simple_hi", "tr_sigma_se", "g_sq_se"):
         assert ddp_result["first"][key] == pytest.approx(ref[key], rel=1e-9), key
     assert ddp_result["first"]["temperature"] == pytest.approx(ref["temperature"], rel=1e-9, nan_ok=True)
@@ -75,9 +76,19 @@ def test_exact_statistics_equal_one_process_on_the_global_batch(ddp_result):
 def test_two_batch_estimator_is_unbiased(ddp_result):
     x, y = _data()
     model = _model()
-    J = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(LOSS(model(x[i:i + 1]), y[i:i + 1]).sum(),
-                                                                           list(model.parameters()))])
-                     for i in range(len(x))])
+    J = torch.stack(
+        [
+            torch.cat(
+                [
+                    g.flatten()
+                    for g in torch.autograd.grad(
+                        LOSS(model(x[i : i + 1]), y[i : i + 1]).sum(), list(model.parameters())
+                    )
+                ]
+            )
+            for i in range(len(x))
+        ]
+    )
     mean = J.mean(0)
     g_sq, tr = float(mean @ mean), float(((J - mean) ** 2).sum(1).mean())  # population over the data set
     est = {k: np.array([r[f"two_batch_{k}"] for r in ddp_result["rows"]]) for k in ("g_sq", "tr_sigma")}

@@ -48,7 +48,7 @@ def test_gd_beyond_two_over_lr_diverges_and_stops() -> None:
     model = torch.nn.Linear(6, 2, bias=False, dtype=torch.float64)
     losses, sharp = gd_with_sharpness(model, _loss, x, y, lr=3.0 / lam, steps=500, measure_every=5)
     last = losses["loss"].dropna()
-    assert len(last) < 200 and not (abs(last.iloc[-1]) <= 1e8)        # stopped at the divergence
+    assert len(last) < 200 and not (abs(last.iloc[-1]) <= 1e8)  # stopped at the divergence
     assert sharp["eos_ratio"].iloc[0] == pytest.approx(1.5, rel=1e-3)
 
 

@@ -32,7 +32,7 @@ def test_unbiased_on_average():
     mu, sd, n, reps = np.full(5, 0.3), np.linspace(0.5, 2, 5), 8, 4000
     x = rng.standard_normal((reps, n, 5)) * sd + mu
     est = [noise_scale(k) for k in x @ x.transpose(0, 2, 1)]
-    for name, true in (("tr_sigma", (sd ** 2).sum()), ("g_sq", mu @ mu)):
+    for name, true in (("tr_sigma", (sd**2).sum()), ("g_sq", mu @ mu)):
         v = np.array([getattr(e, name) for e in est])
         assert abs(v.mean() - true) <= 4 * v.std(ddof=1) / math.sqrt(reps), name
 
@@ -42,7 +42,7 @@ def test_interval_coverage_is_95_percent(n, p, b_true):
     rng = np.random.default_rng(2)
     reps = 2000  # coverage SE ≈ 0.005
     sd = np.linspace(0.5, 1.5, p)
-    mu = np.ones(p) * math.sqrt((sd ** 2).sum() / b_true / p)
+    mu = np.ones(p) * math.sqrt((sd**2).sum() / b_true / p)
     x = rng.standard_normal((reps, n, p)) * sd + mu
     hits = 0
     for k in x @ x.transpose(0, 2, 1):

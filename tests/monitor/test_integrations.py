@@ -35,9 +35,16 @@ def test_lightning_callback_measures_like_the_plain_loop(tmp_path):
     start = [p.detach().clone() for p in module.parameters()]
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
     cb = LightningNoiseMonitor(loss_fn, every=2, metrics=["tr_sigma", "g_sq"])
-    trainer = pl.Trainer(max_epochs=1, callbacks=[cb], logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
-                         default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        callbacks=[cb],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, loader)
     hist = cb.monitor.history
     assert list(hist["step"]) == [0, 2]
@@ -46,8 +53,15 @@ def test_lightning_callback_measures_like_the_plain_loop(tmp_path):
     with torch.no_grad():
         for p, s in zip(ref.parameters(), start):
             p.copy_(s)
-    rows = [torch.cat([g.flatten() for g in torch.autograd.grad(loss_fn(ref(x[i:i + 1]), y[i:i + 1]).sum(),
-                                                                 list(ref.parameters()))]) for i in range(16)]
+    rows = [
+        torch.cat(
+            [
+                g.flatten()
+                for g in torch.autograd.grad(loss_fn(ref(x[i : i + 1]), y[i : i + 1]).sum(), list(ref.parameters()))
+            ]
+        )
+        for i in range(16)
+    ]
     J = torch.stack(rows).double()
     tr = float(((J - J.mean(0)) ** 2).sum() / 15)
     assert hist["tr_sigma"].iloc[0] == pytest.approx(tr, rel=1e-5)

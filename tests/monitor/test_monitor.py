@@ -36,7 +36,7 @@ def _dense(model, x, y):
     model.eval()
     rows = []
     for i in range(len(x)):
-        loss = nn.functional.cross_entropy(model(x[i:i + 1]), y[i:i + 1])
+        loss = nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1])
         rows.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))]))
     model.train()
     return torch.stack(rows).double()
@@ -45,8 +45,7 @@ def _dense(model, x, y):
 def test_default_metrics_against_dense_per_sample_gradients():
     model, x, y = _setup()
     model.eval()
-    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1},
-                           {"params": model[4].parameters(), "lr": 0.02}])
+    opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1}, {"params": model[4].parameters(), "lr": 0.02}])
     mon = NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), every=1, effective_batch_size=32, top_k=3)
     row = mon.step((x, y), opt)
     J = _dense(model, x, y)
@@ -59,20 +58,23 @@ def test_default_metrics_against_dense_per_sample_gradients():
     assert row["b_simple_lo"] <= row["b_simple"] <= row["b_simple_hi"]
     p0 = sum(p.numel() for p in model[0].parameters())
     diag = ((J - gbar) ** 2).sum(0) / (n - 1)
-    assert row["temperature"] == pytest.approx((0.1 * float(diag[:p0].sum()) + 0.02 * float(diag[p0:].sum())) / 32,
-                                               rel=1e-10)
+    assert row["temperature"] == pytest.approx(
+        (0.1 * float(diag[:p0].sum()) + 0.02 * float(diag[p0:].sum())) / 32, rel=1e-10
+    )
     C = (J - gbar).T @ (J - gbar) / n / 32
     lam = torch.linalg.eigvalsh(C).flip(0)[:3]
     assert [row[f"c_eig_{i}"] for i in (1, 2, 3)] == pytest.approx(lam.tolist(), rel=1e-8)
 
 
 def _snapshot(model, opt):
-    return {"params": [p.detach().clone() for p in model.parameters()],
-            "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-            "buffers": [b.clone() for b in model.buffers()],
-            "flags": [m.training for m in model.modules()],
-            "opt": {k: {n: v.clone() if torch.is_tensor(v) else v for n, v in s.items()} for k, s in opt.state.items()},
-            "rng": torch.get_rng_state()}
+    return {
+        "params": [p.detach().clone() for p in model.parameters()],
+        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "buffers": [b.clone() for b in model.buffers()],
+        "flags": [m.training for m in model.modules()],
+        "opt": {k: {n: v.clone() if torch.is_tensor(v) else v for n, v in s.items()} for k, s in opt.state.items()},
+        "rng": torch.get_rng_state(),
+    }
 
 
 def _equal(a, b):
@@ -142,17 +144,22 @@ def test_logs_csv_and_parquet(tmp_path):
 def test_tensorboard_logger(tmp_path):
     pytest.importorskip("tensorboard")
     model, x, y = _setup()
-    mon = NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), every=1, log_dir=tmp_path,
-                       loggers=["tensorboard"])
+    mon = NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), every=1, log_dir=tmp_path, loggers=["tensorboard"])
     mon.step((x, y))
     mon.close()
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"every": 0}, "every"), ({"metrics": ["nope"]}, "metrics"), ({"metrics": "tr_sigma"}, "metrics"),
-    ({"effective_batch_size": 0}, "effective_batch_size"), ({"loggers": ["wandb"]}, "loggers"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"every": 0}, "every"),
+        ({"metrics": ["nope"]}, "metrics"),
+        ({"metrics": "tr_sigma"}, "metrics"),
+        ({"effective_batch_size": 0}, "effective_batch_size"),
+        ({"loggers": ["wandb"]}, "loggers"),
+    ],
+)
 def test_bad_arguments_are_one_line_config_errors(kwargs, field):
     model, _, _ = _setup()
     with pytest.raises(ConfigError) as err:
@@ -164,8 +171,14 @@ def test_report_draws_a_monitor_log_directory(tmp_path):
     from noiseprobe.core.report import write_report
 
     model, x, y = _setup()
-    mon = NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), every=1, log_dir=tmp_path / "mon",
-                       metrics=["tr_sigma", "g_sq", "b_simple", "top_k_c"], top_k=2)
+    mon = NoiseMonitor(
+        model,
+        nn.CrossEntropyLoss(reduction="none"),
+        every=1,
+        log_dir=tmp_path / "mon",
+        metrics=["tr_sigma", "g_sq", "b_simple", "top_k_c"],
+        top_k=2,
+    )
     for _ in range(3):
         mon.step((x, y))
     page = write_report(tmp_path).read_text()
@@ -209,6 +222,7 @@ def test_under_autocast_the_measurement_accumulates_in_float32():
 def test_runs_on_the_model_device(device):
     model, x, y = _setup(torch.float32)
     model.eval()
-    row = NoiseMonitor(model.to(device), nn.CrossEntropyLoss(reduction="none"), every=1,
-                       metrics=["tr_sigma", "sharpness"]).measure((x.to(device), y.to(device)))
+    row = NoiseMonitor(
+        model.to(device), nn.CrossEntropyLoss(reduction="none"), every=1, metrics=["tr_sigma", "sharpness"]
+    ).measure((x.to(device), y.to(device)))
     assert row["tr_sigma"] > 0 and row["sharpness"] > 0

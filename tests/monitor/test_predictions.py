@@ -34,6 +34,7 @@ def _flat_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndar
         named = {n: q for (n, _), q in zip(model.named_parameters(), ps, strict=True)}
         out = torch.func.functional_call(model, named, (x,))
         return _sq(out, y).mean()
+
     flat = torch.cat([p.detach().reshape(-1) for p in params])
     return torch.autograd.functional.hessian(loss, flat).double().numpy()
 
@@ -41,7 +42,7 @@ def _flat_hessian(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndar
 def _dense_per_sample(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     rows = []
     for i in range(x.shape[0]):
-        g = torch.autograd.grad(_sq(model(x[i:i + 1]), y[i:i + 1]).sum(), list(model.parameters()))
+        g = torch.autograd.grad(_sq(model(x[i : i + 1]), y[i : i + 1]).sum(), list(model.parameters()))
         rows.append(torch.cat([t.reshape(-1) for t in g]))
     return torch.stack(rows).double().numpy()
 
@@ -53,8 +54,12 @@ def test_fluctuation_equals_dense_theorem1_with_all_directions() -> None:
     model = nn.Linear(3, 2).double()
     x, y = torch.randn(40, 3, dtype=torch.float64), torch.randn(40, 2, dtype=torch.float64)
     S, lr_w, lr_b, mu, damp, wd = 16, 0.1, 0.05, 0.6, 0.2, 0.01
-    opt = torch.optim.SGD([{"params": [model.weight], "lr": lr_w}, {"params": [model.bias], "lr": lr_b}],
-                          momentum=mu, dampening=damp, weight_decay=wd)
+    opt = torch.optim.SGD(
+        [{"params": [model.weight], "lr": lr_w}, {"params": [model.bias], "lr": lr_b}],
+        momentum=mu,
+        dampening=damp,
+        weight_decay=wd,
+    )
     mon = NoiseMonitor(model, _sq, metrics=["fluctuation"], effective_batch_size=S, top_k=8, verbose=False)
     row = mon.measure((x, y), opt)
     assert row["fluct_reason"] == ""
@@ -96,8 +101,9 @@ def test_fluctuation_matches_sgd_simulation_on_a_quadratic() -> None:
     model = nn.Linear(1, D, bias=False).double()
     nn.init.zeros_(model.weight)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=mu)
-    mon = NoiseMonitor(model, loss_fn, every=10**9, metrics=["fluctuation"], effective_batch_size=S, top_k=D,
-                       verbose=False)
+    mon = NoiseMonitor(
+        model, loss_fn, every=10**9, metrics=["fluctuation"], effective_batch_size=S, top_k=D, verbose=False
+    )
     ones, probe_ones = torch.ones(S, 1, dtype=torch.float64), torch.ones(2000, 1, dtype=torch.float64)
     full, rows = [], []
     for t in range((windows + 1) * every):  # the first window is burn-in (nothing recorded)
@@ -124,22 +130,22 @@ def test_fluctuation_matches_sgd_simulation_on_a_quadratic() -> None:
     # the batch-means SE of one window's variance matches the spread of the windows' variances
     ratio = frame["fluct_batch_loss_var_se"].mean() / frame["fluct_batch_loss_var"].std(ddof=1)
     assert 0.6 < ratio < 1.6, ratio
-    full_var = np.array([np.var(full[i * every:(i + 1) * every], ddof=1) for i in range(1, windows + 1)])
+    full_var = np.array([np.var(full[i * every : (i + 1) * every], ddof=1) for i in range(1, windows + 1)])
     close(full_var, frame["fluct_loss_sd_pred"].to_numpy() ** 2)
     # the Thm-1 part is not negligible in the batch-loss variance, so the first check tests it too
     assert (frame["fluct_loss_sd_pred"] ** 2).mean() > 0.2 * frame["fluct_batch_loss_var_pred"].mean()
 
 
-def _local_curvature_dense(model: nn.Module, module: str, w: torch.Tensor, x: torch.Tensor,
-                           y: torch.Tensor) -> float:
+def _local_curvature_dense(model: nn.Module, module: str, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
     """Σ_a w_aᵀ (∂²L/∂Z²) w_a with w_a repeated over samples, by a dense Hessian of L(Z)."""
     seq = list(model.eval().children())  # eval: the NIN hooks inject nothing (ε = 0)
     idx = int(module)
-    z0 = nn.Sequential(*seq[:idx + 1])(x).detach()
-    head = nn.Sequential(*seq[idx + 1:])
+    z0 = nn.Sequential(*seq[: idx + 1])(x).detach()
+    head = nn.Sequential(*seq[idx + 1 :])
 
     def loss(z: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(head(z.reshape(z0.shape)), y)
+
     Hz = torch.autograd.functional.hessian(loss, z0.reshape(-1)).double()
     dirs = torch.stack([wa.expand_as(z0).reshape(-1) for wa in w.double()])
     return float(torch.einsum("ai,ij,aj->", dirs, Hz, dirs))
@@ -148,8 +154,11 @@ def _local_curvature_dense(model: nn.Module, module: str, w: torch.Tensor, x: to
 def test_niw_decay_against_dense_local_hessian_and_measured_norms() -> None:
     torch.manual_seed(2)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
-    handle = attach_nins(model=model, specs=NINSpec(module="0", sigma=0.5, n_nodes=2, mode="step"),
-                         generator=torch.Generator().manual_seed(0))
+    handle = attach_nins(
+        model=model,
+        specs=NINSpec(module="0", sigma=0.5, n_nodes=2, mode="step"),
+        generator=torch.Generator().manual_seed(0),
+    )
     lr, mu = 0.05, 0.5
     opt = torch.optim.SGD(list(model.parameters()) + list(handle.parameters()), lr=lr, momentum=mu)
 
@@ -227,6 +236,7 @@ def test_label_noise_reg_equals_library_theorem_b_drift() -> None:
 
     def r(v: torch.Tensor | list[float]) -> float:
         return float((v[0] ** 2 + v[1] ** 2) * 1.5**2 / 4)
+
     final = mon.history.iloc[-1]
     assert final["step"] == 3 and final["reg_label"] == pytest.approx(r(last), rel=1e-10)
     assert final["reg_label_rate"] == pytest.approx((r(last) - r(w0)) / 3, rel=1e-8)
@@ -278,11 +288,21 @@ def test_prediction_metrics_leave_the_run_unchanged() -> None:
         opt.zero_grad()
         loss = _sq(model(X), y).mean()
         loss.backward()
-        before = (copy.deepcopy(model.state_dict()), [p.grad.clone() for p in model.parameters()],
-                  copy.deepcopy(opt.state_dict()), torch.get_rng_state(), [m.training for m in model.modules()])
+        before = (
+            copy.deepcopy(model.state_dict()),
+            [p.grad.clone() for p in model.parameters()],
+            copy.deepcopy(opt.state_dict()),
+            torch.get_rng_state(),
+            [m.training for m in model.modules()],
+        )
         row = mon.step((X, y), opt, loss=loss)
-        after = (model.state_dict(), [p.grad for p in model.parameters()], opt.state_dict(), torch.get_rng_state(),
-                 [m.training for m in model.modules()])
+        after = (
+            model.state_dict(),
+            [p.grad for p in model.parameters()],
+            opt.state_dict(),
+            torch.get_rng_state(),
+            [m.training for m in model.modules()],
+        )
         for k, v in before[0].items():
             assert torch.equal(v, after[0][k])
         assert all(torch.equal(a, b) for a, b in zip(before[1], after[1], strict=True))
@@ -342,8 +362,11 @@ def test_niw_decay_rate_matches_training_where_eq2_is_exact() -> None:
     (ln(1 − x) vs −x, < 1 %), so 10 % is ≥ 3 standard errors."""
     torch.manual_seed(6)
     model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)).double().requires_grad_(False)
-    handle = attach_nins(model=model, specs=NINSpec(module="0", sigma=1.0, n_nodes=1, mode="step"),
-                         generator=torch.Generator().manual_seed(0))
+    handle = attach_nins(
+        model=model,
+        specs=NINSpec(module="0", sigma=1.0, n_nodes=1, mode="step"),
+        generator=torch.Generator().manual_seed(0),
+    )
     x = torch.randn(256, 3, dtype=torch.float64)
     with handle.clean():
         y = model(x)

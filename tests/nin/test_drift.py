@@ -44,15 +44,15 @@ def test_d1_equals_the_monte_carlo_mean_of_the_sgd_step(loss):
     mc, se = v.mean(0), v.std(0, ddof=1) / math.sqrt(len(v))
     assert np.all(np.abs(d1 - mc) <= Z * se), (d1, mc, se)
     local = lr * ens.sigma.numpy() ** 2 * ens.niw_curvature(x, loss).numpy()
-    assert np.all(np.abs(d1 - local) > Z * se)          # the test can tell the two apart
+    assert np.all(np.abs(d1 - local) > Z * se)  # the test can tell the two apart
 
 
 def test_small_sigma_limit_is_the_local_hessian_without_kinks():
     """With large positive biases no pre-activation is near a kink: (D1) → η σε² Ŵᵀ⟨H⟩Ŵ as σε → 0,
     with an O(σε²) relative error."""
     ens, x, y = _setup([1e-2, 3e-2])
-    ens.biases[0].fill_(8.0)                      # z^(0) ~ 8 ± 1: every unit active
-    ens.weights[1].abs_().div_(6.0)               # z^(1) > 0 from positive inputs and weights
+    ens.biases[0].fill_(8.0)  # z^(0) ~ 8 ± 1: every unit active
+    ens.weights[1].abs_().div_(6.0)  # z^(1) > 0 from positive inputs and weights
     ens.biases[1].fill_(1.0)
     assert all((z[:, :, :] > 0.5).all() for z in ens.forward(x, keep=True)[1][:2])
     d1 = smoothed_niw_rate(ens, x, y, loss="ce", lr=0.05).numpy()
@@ -85,7 +85,8 @@ def test_measure_niw_decay_bookkeeping():
     measured, local, smoothed = m.log_decay()
     assert measured[0] == 0.0 and local[0] == 0.0 and abs(smoothed[0]) < 1e-20
     assert measured[1] > 0 and smoothed[1] == pytest.approx(
-        sum(5 * (a + b) for a, b in zip(m.rate_smoothed[:-1, 1], m.rate_smoothed[1:, 1])))
+        sum(5 * (a + b) for a, b in zip(m.rate_smoothed[:-1, 1], m.rate_smoothed[1:, 1]))
+    )
     assert (m.diverged_step == -1).all()
     with pytest.raises(ConfigError, match="batch_size"):
         measure_niw_decay(ens, x, y, loss="ce", lr=0.1, batch_size=10**6, steps=1)

@@ -45,8 +45,9 @@ def test_eval_clean_and_remove_restore_the_model_exactly():
     ref_out = model(x).detach()
     ref_params = [p for p in model.parameters()]
     ref_keys = list(model.state_dict())
-    h = attach_nins(model, [NINSpec("0", sigma=2.0, mode="step"), NINSpec("2", sigma=1.0, mode="step")],
-                    generator=gen())
+    h = attach_nins(
+        model, [NINSpec("0", sigma=2.0, mode="step"), NINSpec("2", sigma=1.0, mode="step")], generator=gen()
+    )
     assert not torch.equal(model(x), ref_out)
     model.eval()
     assert torch.equal(model(x), ref_out)
@@ -143,8 +144,11 @@ def test_modes_step_epoch_fixed():
 
 def test_niw_init_std_is_one_over_sqrt_nodes_and_overridable():
     model = nn.Sequential(nn.Linear(2, 4000))
-    h = attach_nins(model, [NINSpec("0", sigma=1.0, n_nodes=4, mode="step"),
-                            NINSpec("0", sigma=1.0, mode="step", init_std=0.1)], generator=gen())
+    h = attach_nins(
+        model,
+        [NINSpec("0", sigma=1.0, n_nodes=4, mode="step"), NINSpec("0", sigma=1.0, mode="step", init_std=0.1)],
+        generator=gen(),
+    )
     for w, std in ((h.niws[0], 0.5), (h.niws[1], 0.1)):
         n = w.numel()
         var = w.detach().double().pow(2).mean().item()
@@ -170,8 +174,12 @@ def test_niw_gradient_matches_closed_form_and_optimiser_reaches_it():
 def test_state_roundtrip_with_weights_only_load():
     x, idx = torch.randn(4, 5), torch.tensor([0, 2, 1, 3])
     model = mlp()
-    h = attach_nins(model, [NINSpec("0", sigma=0.4, mode="epoch"), NINSpec("2", sigma=0.2, mode="step")],
-                    n_train=4, generator=gen(1))
+    h = attach_nins(
+        model,
+        [NINSpec("0", sigma=0.4, mode="epoch"), NINSpec("2", sigma=0.2, mode="step")],
+        n_train=4,
+        generator=gen(1),
+    )
     h.set_sigma(0, 0.9)
     h.new_epoch()
     h.new_step()
@@ -183,8 +191,12 @@ def test_state_roundtrip_with_weights_only_load():
     ref = model(x)
     h.remove()
 
-    h2 = attach_nins(model, [NINSpec("0", sigma=0.0, mode="epoch"), NINSpec("2", sigma=0.0, mode="step")],
-                     n_train=4, generator=gen(99))
+    h2 = attach_nins(
+        model,
+        [NINSpec("0", sigma=0.0, mode="epoch"), NINSpec("2", sigma=0.0, mode="step")],
+        n_train=4,
+        generator=gen(99),
+    )
     h2.load_state_dict(state)
     h2.set_sample_indices(idx)
     assert h2.sigmas == pytest.approx([0.9, 0.2]) and h2.epoch == 1 and h2.steps == 1
@@ -271,5 +283,5 @@ def test_in_place_injection_keeps_gradients_and_earlier_hooks_outputs():
         torch.testing.assert_close(loss, ref)
         for g, r in zip(grads, torch.autograd.grad(ref, ref_params)):
             torch.testing.assert_close(g, r)
-        if earlier_hook:                                                 # its z is the clean one
+        if earlier_hook:  # its z is the clean one
             torch.testing.assert_close(seen[-1].detach(), x @ w1.detach().T + b1.detach())

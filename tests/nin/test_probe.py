@@ -42,11 +42,16 @@ def test_eq2_drift_is_sigma2_H_W_not_half_of_it():
         model = quadratic_model(d_in=4)
         B, R = 8, 64
         X, y = torch.randn(B, 4), torch.randint(0, 10, (B,))
-        h = attach_nins(model, NINSpec("0", sigma=0.5, n_nodes=2, mode="epoch", init_std=2.0), n_train=B,
-                        generator=torch.Generator().manual_seed(0))
+        h = attach_nins(
+            model,
+            NINSpec("0", sigma=0.5, n_nodes=2, mode="epoch", init_std=2.0),
+            n_train=B,
+            generator=torch.Generator().manual_seed(0),
+        )
         # R noisy copies of the batch per draw; 150 draws
-        rec = NINRecorder(model, h, loss="mse", probe=(X.repeat(R, 1), y.repeat(R)), lr=1.0,
-                          hessian_probes=1, drift_draws=150)
+        rec = NINRecorder(
+            model, h, loss="mse", probe=(X.repeat(R, 1), y.repeat(R)), lr=1.0, hessian_probes=1, drift_draws=150
+        )
         row = rec.record(0)[0]
         W = h.niws[0].detach()  # (2, 16)
         # closed form of the recorded curvature: Σ_a w_aᵀHw_a / ‖W‖² with H = (2/C) W1ᵀW1
@@ -77,10 +82,22 @@ def test_trained_niw_decay_follows_corrected_eq2(digits):
         nn.init.orthogonal_(model[1].weight)
         for p in model.parameters():
             p.requires_grad_(False)
-        h = attach_nins(model, NINSpec("0", sigma=1.0, mode="epoch"), n_train=200,
-                        generator=torch.Generator().manual_seed(seed))
-        df = train(model, h, digits, loss="mse", lr=0.05, batch_size=20, epochs=14, seed=seed,
-                   hessian_probes=1, probe_samples=200, record_every=2)
+        h = attach_nins(
+            model, NINSpec("0", sigma=1.0, mode="epoch"), n_train=200, generator=torch.Generator().manual_seed(seed)
+        )
+        df = train(
+            model,
+            h,
+            digits,
+            loss="mse",
+            lr=0.05,
+            batch_size=20,
+            epochs=14,
+            seed=seed,
+            hessian_probes=1,
+            probe_samples=200,
+            record_every=2,
+        )
         assert df["curv_niw"].to_numpy() == pytest.approx(0.2, rel=1e-5)  # ŴᵀHŴ = 2/C
         chk = niw_decay_check(df).iloc[-1]
         diffs.append(chk["measured"] - chk["corrected"])
@@ -111,8 +128,9 @@ def test_relu_net_niw_decay_follows_mc_drift_not_local_hessian():
         model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
         h = attach_nins(model, NINSpec("0", sigma=3.0, mode="step"), generator=torch.Generator().manual_seed(seed))
         opt = torch.optim.SGD(list(model.parameters()) + h.niws, lr=0.05)
-        rec = NINRecorder(model, h, probe=(data.X_train, data.y_train), lr=0.05, hessian_probes=1,
-                          drift_draws=6, seed=seed)
+        rec = NINRecorder(
+            model, h, probe=(data.X_train, data.y_train), lr=0.05, hessian_probes=1, drift_draws=6, seed=seed
+        )
         g = torch.Generator().manual_seed(seed)
         rec.record(0)
         for step in range(1, 61):
@@ -140,8 +158,19 @@ def test_train_records_clean_metrics_learns_and_is_deterministic(digits):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
         h = attach_nins(model, NINSpec("0", sigma=0.5), n_train=200, generator=torch.Generator().manual_seed(1))
-        return train(model, h, digits, lr=0.1, batch_size=20, epochs=6, seed=3, hessian_probes=2,
-                     probe_samples=100, full_hessian=True, drift_draws=3), model
+        return train(
+            model,
+            h,
+            digits,
+            lr=0.1,
+            batch_size=20,
+            epochs=6,
+            seed=3,
+            hessian_probes=2,
+            probe_samples=100,
+            full_hessian=True,
+            drift_draws=3,
+        ), model
 
     df, model = run()
     df2, _ = run()
@@ -172,7 +201,9 @@ def test_divergence_is_an_outcome_not_a_crash(digits):
 def test_weight_decay_spares_the_niws(digits):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10))
-    h = attach_nins(model, NINSpec("0", sigma=0.0, mode="fixed"), n_train=200, generator=torch.Generator().manual_seed(1))
+    h = attach_nins(
+        model, NINSpec("0", sigma=0.0, mode="fixed"), n_train=200, generator=torch.Generator().manual_seed(1)
+    )
     w0, first = h.niws[0].detach().clone(), model[0].weight.detach().clone()
     train(model, h, digits, lr=0.1, batch_size=50, epochs=2, momentum=0.9, weight_decay=0.1, hessian_probes=0)
     assert torch.equal(h.niws[0].detach(), w0)  # σ = 0: no gradient, and no decay applied
@@ -181,9 +212,17 @@ def test_weight_decay_spares_the_niws(digits):
 
 def test_decay_times_recover_known_exponentials():
     e = np.arange(0, 41)
-    frame = pd.DataFrame({"epoch": e, "step": 10 * e, "nin": 0, "diverged": False,
-                          "niw_norm": 3 * np.exp(-e / 5.0), "train_loss": 0.2 + 2 * np.exp(-e / 3.0),
-                          "test_loss": 0.5 + np.exp(-e / 8.0)})
+    frame = pd.DataFrame(
+        {
+            "epoch": e,
+            "step": 10 * e,
+            "nin": 0,
+            "diverged": False,
+            "niw_norm": 3 * np.exp(-e / 5.0),
+            "train_loss": 0.2 + 2 * np.exp(-e / 3.0),
+            "test_loss": 0.5 + np.exp(-e / 8.0),
+        }
+    )
     ef = decay_times(frame)
     assert ef["tau_niw"] == pytest.approx(5.0, rel=1e-9)  # log-interpolated crossing is exact
     assert ef["tau_train"] == pytest.approx(3.0, rel=0.05)
@@ -195,8 +234,17 @@ def test_decay_times_recover_known_exponentials():
 def test_tensorboard_logging_and_clear_error_without_it(tmp_path, monkeypatch, digits):
     model = nn.Sequential(nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 10))
     h = attach_nins(model, NINSpec("0", sigma=1.0, mode="step"), generator=torch.Generator().manual_seed(1))
-    train(model, h, digits, lr=0.1, batch_size=50, epochs=1, hessian_probes=1, probe_samples=20,
-          tensorboard_dir=tmp_path / "tb")
+    train(
+        model,
+        h,
+        digits,
+        lr=0.1,
+        batch_size=50,
+        epochs=1,
+        hessian_probes=1,
+        probe_samples=20,
+        tensorboard_dir=tmp_path / "tb",
+    )
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(ConfigError, match="tensorboard"):

@@ -26,7 +26,7 @@ def test_sgd_step_matches_autograd_of_eq4():
         w = torch.tensor(rng.normal(size=3), dtype=torch.float64, requires_grad=True)
         m, lr = 0.7, 0.05
         xt, et = torch.tensor(x), torch.tensor(eps)
-        loss = ((w[1] * (w[0] * xt + w[2] * et) - m * xt) ** 2).sum() / (2 * b)   # eq. (4), ½-MSE
+        loss = ((w[1] * (w[0] * xt + w[2] * et) - m * xt) ** 2).sum() / (2 * b)  # eq. (4), ½-MSE
         loss.backward()
         want = (w - lr * w.grad).detach().numpy()
         got = toy.sgd_step(*w.detach().numpy(), np.mean(x * x), np.mean(x * eps), np.mean(eps * eps), lr, m)
@@ -41,11 +41,11 @@ def test_reduced_step_is_eqs_5_6_of_the_paper():
         # eq. (6), written out literally
         a = eta * phi * sx / np.sqrt(b) * wn * (2 * w1 * w0 - m)
         a_t = eta * phi * sx / np.sqrt(b) * w1 * (w1 * w0 - m)
-        b_, b_t, c = eta * wn ** 2, eta * w1 ** 2, eta * (w1 * w0 - m) * w0 * sx ** 2
-        w1_new = a * se + w1 * (1 - b_ * se ** 2) - c                 # eq. (5)
-        wn_new = a_t * se + wn * (1 - b_t * se ** 2)                  # eq. (5)
-        w0_new = w0 - eta * sx ** 2 * w1 * (w1 * w0 - m) + eta * phi * sx * se / np.sqrt(b) * w1 ** 2 * wn
-        got = toy.sgd_step(w0, w1, wn, sx ** 2, -phi * sx * se / np.sqrt(b), se ** 2, eta, m)
+        b_, b_t, c = eta * wn**2, eta * w1**2, eta * (w1 * w0 - m) * w0 * sx**2
+        w1_new = a * se + w1 * (1 - b_ * se**2) - c  # eq. (5)
+        wn_new = a_t * se + wn * (1 - b_t * se**2)  # eq. (5)
+        w0_new = w0 - eta * sx**2 * w1 * (w1 * w0 - m) + eta * phi * sx * se / np.sqrt(b) * w1**2 * wn
+        got = toy.sgd_step(w0, w1, wn, sx**2, -phi * sx * se / np.sqrt(b), se**2, eta, m)
         np.testing.assert_allclose(got, (w0_new, w1_new, wn_new), rtol=1e-12, atol=1e-14)
 
 
@@ -53,27 +53,27 @@ def test_reduced_step_is_eqs_5_6_of_the_paper():
 def test_moment_draws_have_the_wishart_moments(exact, b):
     sx, se, n = 1.5, 0.7, 200_000
     s = toy.draw_moments(np.array([12345 + b, 777], dtype=np.uint64), n, "exact" if exact else "reduced", b, sx, se)
-    if exact:   # E S = diag(σx², σε²); Var S_xx = 2σx⁴/B, Var S_xε = σx²σε²/B, Var S_εε = 2σε⁴/B
-        means = [sx ** 2, 0.0, se ** 2]
-        variances = [2 * sx ** 4 / b, sx ** 2 * se ** 2 / b, 2 * se ** 4 / b]
-    else:       # reduced map: S_xx, S_εε fixed, S_xε = −Φ σx σε/√B
-        means, variances = [sx ** 2, 0.0, se ** 2], [0.0, sx ** 2 * se ** 2 / b, 0.0]
+    if exact:  # E S = diag(σx², σε²); Var S_xx = 2σx⁴/B, Var S_xε = σx²σε²/B, Var S_εε = 2σε⁴/B
+        means = [sx**2, 0.0, se**2]
+        variances = [2 * sx**4 / b, sx**2 * se**2 / b, 2 * se**4 / b]
+    else:  # reduced map: S_xx, S_εε fixed, S_xε = −Φ σx σε/√B
+        means, variances = [sx**2, 0.0, se**2], [0.0, sx**2 * se**2 / b, 0.0]
     for j in range(3):
         col = s[:, j]
         assert abs(col.mean() - means[j]) <= 4 * col.std() / np.sqrt(n) + 1e-12
         dev2 = (col - means[j]) ** 2
         assert abs(dev2.mean() - variances[j]) <= 4 * dev2.std() / np.sqrt(n) + 1e-12
-    if exact:   # the Bartlett factors: B S_xx/σx² = c1² ~ χ²_B, n ~ N(0, 1), c2² ~ χ²_{B-1}, independent
-        c1sq = s[:, 0] * b / sx ** 2
+    if exact:  # the Bartlett factors: B S_xx/σx² = c1² ~ χ²_B, n ~ N(0, 1), c2² ~ χ²_{B-1}, independent
+        c1sq = s[:, 0] * b / sx**2
         assert stats.kstest(c1sq, stats.chi2(b).cdf).pvalue > 1e-3
         if b > 1:
             z = s[:, 1] * b / (sx * se * np.sqrt(c1sq))
-            c2sq = s[:, 2] * b / se ** 2 - z * z
+            c2sq = s[:, 2] * b / se**2 - z * z
             assert stats.kstest(z, "norm").pvalue > 1e-3
             assert stats.kstest(c2sq, stats.chi2(b - 1).cdf).pvalue > 1e-3
             assert abs(np.corrcoef(c1sq, c2sq)[0, 1]) < 4 / np.sqrt(n)
         assert abs(np.corrcoef(s[:, 0], s[:, 2])[0, 1]) < 4 / np.sqrt(n)
-    else:       # Φ ~ N(0, 1)
+    else:  # Φ ~ N(0, 1)
         assert stats.kstest(-s[:, 1] * np.sqrt(b) / (sx * se), "norm").pvalue > 1e-3
 
 
@@ -114,8 +114,8 @@ def test_divergence_is_recorded_per_replica_and_never_stops_the_others():
         run = toy.simulate(sigma, **kw)
     assert list(run.overflow) == [False, True, False, True]
     assert np.all(run.overflow_step[[1, 3]] >= 1)
-    assert np.all(np.isfinite(run["w1_T"]))                       # frozen at the last finite state
-    alone = toy.simulate(sigma[[0, 2]], replicas=[0, 2], **kw)    # identical without the divergent ones
+    assert np.all(np.isfinite(run["w1_T"]))  # frozen at the last finite state
+    alone = toy.simulate(sigma[[0, 2]], replicas=[0, 2], **kw)  # identical without the divergent ones
     np.testing.assert_array_equal(alone.stats, run.stats[[0, 2]])
     assert list(run.phases()[[1, 3]]) == [3, 3]
 
@@ -125,14 +125,23 @@ def test_online_statistics_equal_those_of_the_recorded_trajectory(method, b):
     sigma, w = _grid(n_sigma=6, n_seeds=3, lo=0.5, hi=12.0)
     steps, lr = 1500, 0.01
     all_steps = np.arange(steps + 1)
-    run = toy.simulate(sigma, **w, steps=steps, lr=lr, batch_size=b, method=method, seed=2,
-                       record=np.arange(sigma.size), record_steps=all_steps)
+    run = toy.simulate(
+        sigma,
+        **w,
+        steps=steps,
+        lr=lr,
+        batch_size=b,
+        method=method,
+        seed=2,
+        record=np.arange(sigma.size),
+        record_steps=all_steps,
+    )
     ok = ~run.overflow
     w0, w1, wn, loss = (run.traj[ok, :, j] for j in range(4))
     se = sigma[ok]
     np.testing.assert_allclose(run["w1_T"][ok], w1[:, -1])
-    np.testing.assert_allclose(run["max_u"][ok], (lr * se[:, None] ** 2 * w1 ** 2).max(1), rtol=1e-12)
-    np.testing.assert_allclose(run["max_v"][ok], (lr * se[:, None] ** 2 * wn ** 2).max(1), rtol=1e-12)
+    np.testing.assert_allclose(run["max_u"][ok], (lr * se[:, None] ** 2 * w1**2).max(1), rtol=1e-12)
+    np.testing.assert_allclose(run["max_v"][ok], (lr * se[:, None] ** 2 * wn**2).max(1), rtol=1e-12)
     np.testing.assert_allclose(run["sum_w1sq"][ok], (w1[:, :-1] ** 2).sum(1), rtol=1e-10)
     # atol: the kernel fuses w1 w0 − M into one FMA, exact where numpy rounds the product (D ~ 1e-16)
     np.testing.assert_allclose(run["loss_T"][ok], 0.5 * (w1[:, -1] * w0[:, -1] - 1) ** 2, rtol=1e-12, atol=1e-20)
@@ -145,13 +154,15 @@ def test_online_statistics_equal_those_of_the_recorded_trajectory(method, b):
     has = np.isfinite(te)
     assert has.sum() >= 5
     expo = niw_exponent(w1, sigma_eps=se, lr=lr)
-    np.testing.assert_allclose(run["niw_exp1"][ok][has],
-                               [np.interp(x, t, e) for x, e in zip(te[has], expo[has])], rtol=1e-9)
+    np.testing.assert_allclose(
+        run["niw_exp1"][ok][has], [np.interp(x, t, e) for x, e in zip(te[has], expo[has])], rtol=1e-9
+    )
     tl = run["loss_efold1"][ok]
     lex = loss_exponent(w0, w1, lr=lr)
     hl = np.isfinite(tl)
-    np.testing.assert_allclose(run["loss_exp1"][ok][hl],
-                               [np.interp(x, t, e) for x, e in zip(tl[hl], lex[hl])], rtol=1e-9)
+    np.testing.assert_allclose(
+        run["loss_exp1"][ok][hl], [np.interp(x, t, e) for x, e in zip(tl[hl], lex[hl])], rtol=1e-9
+    )
 
 
 @pytest.mark.parametrize("method,b", [("exact", 1), ("exact", 5), ("reduced", 3)])
@@ -161,8 +172,20 @@ def test_kernel_equals_a_step_by_step_replay_of_its_stream(method, b):
     replica's two streams, take the SGD step."""
     steps, lr, sx, se, m = 400, 0.02, 1.3, 2.0, 0.8
     w = dict(w0=0.3, w1=-0.5, w_ni=0.9)
-    run = toy.simulate(np.array([se]), **w, steps=steps, lr=lr, batch_size=b, sigma_x=sx, M=m, method=method,
-                       seed=5, replicas=np.array([7]), record=np.array([0]), record_steps=np.arange(steps + 1))
+    run = toy.simulate(
+        np.array([se]),
+        **w,
+        steps=steps,
+        lr=lr,
+        batch_size=b,
+        sigma_x=sx,
+        M=m,
+        method=method,
+        seed=5,
+        replicas=np.array([7]),
+        record=np.array([0]),
+        record_steps=np.arange(steps + 1),
+    )
     # 400 steps: at B = 1 about 20 draws need the ziggurat's rare branches; at B > 1 every draw (χ²)
     moments = toy.draw_moments(toy.replica_keys(5, np.array([7]))[0], steps, method, b, sx, se)
     v = (w["w0"], w["w1"], w["w_ni"])
@@ -206,6 +229,6 @@ def test_ziggurat_normals_match_the_gaussian_histogram_and_tails():
     edges = stats.norm.ppf(np.linspace(0, 1, 121))
     counts = np.histogram(z, edges)[0]
     assert stats.chisquare(counts).pvalue > 1e-3
-    p_tail = 2 * stats.norm.sf(streams.ZIG_R)                      # beyond the ziggurat's base r
+    p_tail = 2 * stats.norm.sf(streams.ZIG_R)  # beyond the ziggurat's base r
     k = np.sum(np.abs(z) > streams.ZIG_R)
     assert abs(k - n * p_tail) < 4 * np.sqrt(n * p_tail)

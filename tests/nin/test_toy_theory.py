@@ -19,7 +19,7 @@ def test_lyapunov_edge_against_monte_carlo_and_reference(b, ref):
     y = np.random.default_rng(b).chisquare(b, 2_000_000) / b
     g = np.log(np.abs(1 - a * y))
     assert abs(g.mean()) < 4 * g.std() / np.sqrt(g.size)
-    g_off = np.log(np.abs(1 - 1.05 * a * y))                       # slightly above the edge: unstable
+    g_off = np.log(np.abs(1 - 1.05 * a * y))  # slightly above the edge: unstable
     assert g_off.mean() > 4 * g_off.std() / np.sqrt(g_off.size)
 
 
@@ -34,15 +34,15 @@ def test_mean_square_edge_against_monte_carlo(b):
 def test_tau_noise_is_the_mean_one_step_decay_of_exact_sgd():
     n, lr, se, w1, w0 = 40_000, 0.01, 3.0, 0.8, 0.4
     run = toy.simulate(np.full(n, se), w0=w0, w1=w1, w_ni=1.0, steps=1, lr=lr, batch_size=2, seed=4)
-    ratio = run["w_ni_T"]                                          # w_NI(0) = 1
-    want = 1 - 1 / th.tau_noise(w1, sigma_eps=se, lr=lr)                     # eq. (10): E w_NI(1) = w_NI(0)(1 − 1/τ)
+    ratio = run["w_ni_T"]  # w_NI(0) = 1
+    want = 1 - 1 / th.tau_noise(w1, sigma_eps=se, lr=lr)  # eq. (10): E w_NI(1) = w_NI(0)(1 − 1/τ)
     assert abs(ratio.mean() - want) < 4 * ratio.std() / np.sqrt(n)
 
 
 def test_tau_loss_is_the_initial_relative_loss_rate_of_gradient_descent():
     w0, w1, sx, lr = np.array([0.3, -1.2, 0.05]), np.array([0.9, 0.4, 0.1]), 1.3, 1e-5
     run = toy.simulate(0.0, w0=w0, w1=w1, w_ni=0.0, steps=1, lr=lr, sigma_x=sx, method="reduced", M=1.0)
-    rate = (run["loss_0"] - run["loss_T"]) / run["loss_0"]        # per step
+    rate = (run["loss_0"] - run["loss_T"]) / run["loss_0"]  # per step
     np.testing.assert_allclose(rate, 1 / th.tau_loss(w0, w1, lr=lr, sigma_x=sx), rtol=1e-3)
 
 
@@ -54,11 +54,14 @@ def test_w1_star_is_where_gradient_descent_lands():
     np.testing.assert_allclose(run["w1_T"] ** 2, th.w1_star_sq(w0, w1, 1.3), rtol=2e-3)
 
 
-@pytest.mark.parametrize("init,b,dec,dec_fixed,cat,div", [
-    ("niw_large", 1, 29.2, 55.1, 21.6, 222.0),
-    ("niw_large", 32, 5.16, 9.74, 21.6, 222.0),
-    ("data_large", 1, 3.64, 58.1, 20.7, 226.0),
-])
+@pytest.mark.parametrize(
+    "init,b,dec,dec_fixed,cat,div",
+    [
+        ("niw_large", 1, 29.2, 55.1, 21.6, 222.0),
+        ("niw_large", 32, 5.16, 9.74, 21.6, 222.0),
+        ("data_large", 1, 3.64, 58.1, 20.7, 226.0),
+    ],
+)
 def test_paper_boundaries_reproduce_the_reference_medians(init, b, dec, dec_fixed, cat, div):
     w0, w1, wn = toy.init_weights(init, 0, np.arange(6000))
     p = th.paper_boundaries(w0, w1, wn, lr=0.01, batch_size=b)
@@ -74,12 +77,16 @@ def test_upper_limit_and_validation():
         th.tau_noise(1.0, sigma_eps=1.0, lr=-1.0)
     with pytest.raises(ConfigError):
         th.lyapunov_edge(batch_size=0)
-    bad = [lambda: th.sigma_upper_limit(lr=0.01, M=0.0), lambda: th.sigma_upper_limit(lr=0.01, sigma_x=-1.0),
-           lambda: th.sigma_edge(1.0, 1.0, lr=0.01, edge=0.0), lambda: th.tau_loss(1.0, 1.0, lr=0.01, sigma_x=0.0),
-           lambda: th.niw_exponent(np.ones(3), sigma_eps=1.0, lr=float("nan")),
-           lambda: th.loss_exponent(np.ones(3), np.ones(3), lr=0.01, sigma_x=-2.0),
-           lambda: th.paper_boundaries(1.0, 1.0, 1.0, lr=0.01, M=float("inf")),
-           lambda: th.w1_star_sq(1.0, 1.0, M="one")]
+    bad = [
+        lambda: th.sigma_upper_limit(lr=0.01, M=0.0),
+        lambda: th.sigma_upper_limit(lr=0.01, sigma_x=-1.0),
+        lambda: th.sigma_edge(1.0, 1.0, lr=0.01, edge=0.0),
+        lambda: th.tau_loss(1.0, 1.0, lr=0.01, sigma_x=0.0),
+        lambda: th.niw_exponent(np.ones(3), sigma_eps=1.0, lr=float("nan")),
+        lambda: th.loss_exponent(np.ones(3), np.ones(3), lr=0.01, sigma_x=-2.0),
+        lambda: th.paper_boundaries(1.0, 1.0, 1.0, lr=0.01, M=float("inf")),
+        lambda: th.w1_star_sq(1.0, 1.0, M="one"),
+    ]
     for call in bad:
         with pytest.raises(ConfigError):
             call()
@@ -120,23 +127,27 @@ def test_boundaries_of_exact_b1_sgd_match_reference_and_corrected_predictors():
     edge = np.median(th.sigma_edge(w0, w1, lr=0.01, edge=th.lyapunov_edge(batch_size=1)))
     assert abs(edge / b["decay|catapult"] - 1) < 0.15
     paper = th.paper_boundaries(w0, w1, wn, lr=0.01)
-    assert np.median(paper["sigma_dec_paper"]) / b["decoupled|decay"] > 50      # the paper's σ_dec is far off
+    assert np.median(paper["sigma_dec_paper"]) / b["decoupled|decay"] > 50  # the paper's σ_dec is far off
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method,b,ref", [
-    ("exact", 1, (0.079, 14.4, 14.9)),       # reference §5.3 config A
-    ("reduced", 1, (0.0776, 20.6, 33.4)),    # config C
-    ("exact", 32, (0.0776, 13.2, 34.5)),     # config E
-])
+@pytest.mark.parametrize(
+    "method,b,ref",
+    [
+        ("exact", 1, (0.079, 14.4, 14.9)),  # reference §5.3 config A
+        ("reduced", 1, (0.0776, 20.6, 33.4)),  # config C
+        ("exact", 32, (0.0776, 13.2, 34.5)),  # config E
+    ],
+)
 def test_full_grid_boundaries_match_reference_table(method, b, ref):
     """64 σ in [1e-2, 1e3] × 32 seeds, T = 2e4, niw_large: the reference's own grid (its numbers are
     from one draw of 32 seeds, so the tolerances cover seed-to-seed scatter of the boundaries)."""
     sigma = np.repeat(np.logspace(-2, 3, 64), 32)
     seeds = np.tile(np.arange(32), 64)
     w0, w1, wn = toy.init_weights("niw_large", 0, np.arange(32))
-    run = toy.simulate(sigma, w0=w0[seeds], w1=w1[seeds], w_ni=wn[seeds], steps=20_000, batch_size=b,
-                       method=method, seed=0)
+    run = toy.simulate(
+        sigma, w0=w0[seeds], w1=w1[seeds], w_ni=wn[seeds], steps=20_000, batch_size=b, method=method, seed=0
+    )
     got = boundaries(sigma, run.phases())
     for (name, g), r, tol in zip(got.items(), ref, (0.06, 0.15, 0.3)):
         assert abs(g / r - 1) < tol, (name, g, r)

@@ -118,8 +118,13 @@ def test_top_eigh_krylov_against_dense(dtype: torch.dtype) -> None:
     """A 450×450 PSD matrix (Krylov branch) whose k-th and (k+1)-th eigenvalues are 1% apart."""
     g = torch.Generator().manual_seed(3)
     q = torch.linalg.qr(torch.randn(450, 450, generator=g, dtype=torch.float64))[0]
-    spec = torch.cat([torch.linspace(10, 5, 9, dtype=torch.float64), torch.tensor([1.0, 0.99]),
-                      torch.rand(439, generator=g, dtype=torch.float64) * 0.5])
+    spec = torch.cat(
+        [
+            torch.linspace(10, 5, 9, dtype=torch.float64),
+            torch.tensor([1.0, 0.99]),
+            torch.rand(439, generator=g, dtype=torch.float64) * 0.5,
+        ]
+    )
     mat = (q * spec) @ q.T
     lam, vec = top_eigh(mat.to(dtype), 10)
     rel = 1e-4 if dtype == torch.float32 else 1e-9

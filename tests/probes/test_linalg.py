@@ -19,7 +19,11 @@ def _sym(p: int, seed: int, decay: float = 0.0, negative: bool = False) -> torch
     negated when ``negative``."""
     g = torch.Generator().manual_seed(seed)
     q = torch.linalg.qr(torch.randn(p, p, generator=g, dtype=torch.float64))[0]
-    lam = torch.arange(1, p + 1, dtype=torch.float64) ** -decay if decay else 1 + torch.rand(p, generator=g, dtype=torch.float64)
+    lam = (
+        torch.arange(1, p + 1, dtype=torch.float64) ** -decay
+        if decay
+        else 1 + torch.rand(p, generator=g, dtype=torch.float64)
+    )
     if negative:
         lam[1::2] *= -1.1
     return (q * lam) @ q.T
@@ -103,11 +107,15 @@ def test_trace_estimators_unbiased_with_honest_se(method: str) -> None:
     sampling error here is about 8%)."""
     a = _sym(40, 5, decay=0.7, negative=True)
     op = MatrixOperator(a)
-    fn = (lambda s: hutchinson(op, 12, seed=s, block=5)) if method == "hutchinson" else (lambda s: hutchpp(op, 18, seed=s))
+    fn = (
+        (lambda s: hutchinson(op, 12, seed=s, block=5))
+        if method == "hutchinson"
+        else (lambda s: hutchpp(op, 18, seed=s))
+    )
     vals, ses = _repeat(fn, 400)
     tr = float(a.trace())
     assert abs(vals.mean() - tr) < 4 * vals.std(ddof=1) / np.sqrt(len(vals)), (vals.mean(), tr)
-    ratio = np.mean(ses ** 2) / vals.var(ddof=1)
+    ratio = np.mean(ses**2) / vals.var(ddof=1)
     assert 0.65 < ratio < 1.35, ratio
 
 
@@ -125,7 +133,7 @@ def test_diagonal_estimate_unbiased_with_honest_se() -> None:
     ses = torch.stack([diagonal(a, 10, seed=s, block=4).se for s in range(300)])
     z = (d.mean(0) - a.diagonal()) / (d.std(0) / np.sqrt(300))
     assert z.abs().max() < 4.0, z.abs().max()  # 30 entries: the null max |z| is about 2.9
-    ratio = (ses ** 2).mean(0) / d.var(0)
+    ratio = (ses**2).mean(0) / d.var(0)
     assert ((ratio > 0.6) & (ratio < 1.5)).all(), ratio
     exact = diagonal(torch.diag(torch.arange(1.0, 6.0, dtype=torch.float64)), 3)
     torch.testing.assert_close(exact.value, torch.arange(1.0, 6.0, dtype=torch.float64))  # diagonal A: no variance

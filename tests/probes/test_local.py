@@ -64,8 +64,11 @@ def test_local_grad_and_hessian_trace_match_exact_per_sample_hessians():
 
     # directional curvature ⟨uᵀHu⟩ with u repeated over samples: one Hessian-vector product, exact
     u = torch.randn(6, dtype=torch.float64)
-    exact_uHu = float(torch.stack([u @ torch.autograd.functional.hessian(lambda v: per_sample_loss(v, yi), zi) @ u
-                                   for zi, yi in zip(z, y)]).mean())
+    exact_uHu = float(
+        torch.stack(
+            [u @ torch.autograd.functional.hessian(lambda v: per_sample_loss(v, yi), zi) @ u for zi, yi in zip(z, y)]
+        ).mean()
+    )
     obj = LocalObjective(net, "0", F.cross_entropy, X, y)
     assert obj.curvature(u.expand(7, 6)) == pytest.approx(exact_uHu, rel=1e-10)
 
@@ -81,7 +84,7 @@ def test_full_hessian_trace_matches_dense_hessian():
         parts, o = [], 0
         for s in shapes:
             n = s.numel()
-            parts.append(flat[o:o + n].reshape(s))
+            parts.append(flat[o : o + n].reshape(s))
             o += n
         w1, b1, w2, b2 = parts
         return F.cross_entropy(torch.tanh(X @ w1.T + b1) @ w2.T + b2, y)

@@ -52,13 +52,15 @@ def _flat_fn(model: nn.Module, names: list[str], fn):
     replaced under every name it has (the tied output head)."""
     params = dict(model.named_parameters())
     sizes = [params[n].numel() for n in names]
-    aliases = [(a, names.index(n)) for a, p in model.named_parameters(remove_duplicate=False)
-               for n in names if params[n] is p]
+    aliases = [
+        (a, names.index(n)) for a, p in model.named_parameters(remove_duplicate=False) for n in names if params[n] is p
+    ]
 
     def call(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         parts = theta.split(sizes)
         new = {a: parts[i].view(params[names[i]].shape) for a, i in aliases}
         return fn(functional_call(model, new, x if isinstance(x, tuple) else (x,), tie_weights=False))
+
     theta0 = torch.cat([params[n].detach().reshape(-1) for n in names])
     return call, theta0
 
@@ -131,7 +133,9 @@ def test_gpt_hessian_and_gauss_newton(kind: str) -> None:
     assert "head.weight" not in names
     op = build(kind, model, token_ce, x, y)
     if kind == "H":  # finite differences err by ~4e-10 here; the vmapped torch.func Hessian is off by 0.34
-        torch.testing.assert_close(op.dense(), finite_difference_hessian(model, token_ce, x, y, names), rtol=0, atol=1e-8)
+        torch.testing.assert_close(
+            op.dense(), finite_difference_hessian(model, token_ce, x, y, names), rtol=0, atol=1e-8
+        )
     else:
         torch.testing.assert_close(op.dense(), dense_oracle(kind, model, token_ce, x, y, names), rtol=1e-8, atol=1e-11)
 
@@ -147,8 +151,11 @@ def test_gpt_padded_batch(kind: str) -> None:
     names = [n for n, _ in select_params(model, params)]
     assert names == ["tok.weight"] + [f"blocks.0.attn.{m}.{w}" for m in "qkvo" for w in ("weight", "bias")]
     op = build(kind, model, loss, x, y, params=params)
-    ref = (finite_difference_hessian(model, loss, x, y, names) if kind == "H"
-           else dense_oracle(kind, model, loss, x, y, names))
+    ref = (
+        finite_difference_hessian(model, loss, x, y, names)
+        if kind == "H"
+        else dense_oracle(kind, model, loss, x, y, names)
+    )
     torch.testing.assert_close(op.dense(), ref, rtol=1e-7, atol=1e-7 if kind == "H" else 1e-11)
 
 
@@ -172,7 +179,7 @@ def test_parameter_subsets(kind: str) -> None:
     full = build(kind, model, CE, x, y).dense()
     offsets = np.cumsum([0] + [p.numel() for p in model.parameters()])
     subset = [model[0], "2.bias"]  # layer 0's weight and bias, and the last bias
-    idx = np.r_[offsets[0]:offsets[2], offsets[3]:offsets[4]]
+    idx = np.r_[offsets[0] : offsets[2], offsets[3] : offsets[4]]
     op = build(kind, model, CE, x, y, params=subset)
     assert op.names == ["0.weight", "0.bias", "2.bias"] and op.shape == (len(idx), len(idx))
     torch.testing.assert_close(op.dense(), full[idx][:, idx], rtol=1e-9, atol=1e-12)
@@ -237,5 +244,6 @@ def test_second_order_through_fused_attention(kind: str) -> None:
     x = torch.randn(5, 3, 4, dtype=torch.float64)
     y = torch.randint(0, 3, (5,))
     names = [n for n, _ in model.named_parameters()]
-    torch.testing.assert_close(build(kind, model, CE, x, y).dense(), dense_oracle(kind, model, CE, x, y, names),
-                               rtol=1e-8, atol=1e-11)
+    torch.testing.assert_close(
+        build(kind, model, CE, x, y).dense(), dense_oracle(kind, model, CE, x, y, names), rtol=1e-8, atol=1e-11
+    )

@@ -20,8 +20,9 @@ CE = nn.CrossEntropyLoss(reduction="none")
 
 def _mlp(bias: bool = True) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(5, 6, bias=bias), nn.Tanh(), nn.Linear(6, 4, bias=bias), nn.ReLU(),
-                         nn.Linear(4, 3)).double()
+    return nn.Sequential(
+        nn.Linear(5, 6, bias=bias), nn.Tanh(), nn.Linear(6, 4, bias=bias), nn.ReLU(), nn.Linear(4, 3)
+    ).double()
 
 
 def _data(n: int = 9, d: int = 5, classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,7 +35,7 @@ def _autograd_rows(model: nn.Module, loss_fn, x: torch.Tensor, y: torch.Tensor) 
     rows = []
     for i in range(x.shape[0]):
         model.zero_grad()
-        loss_fn(model(x[i:i + 1]), y[i:i + 1]).sum().backward()
+        loss_fn(model(x[i : i + 1]), y[i : i + 1]).sum().backward()
         rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad]))
     return torch.stack(rows)
 
@@ -59,9 +60,14 @@ def test_hook_factors_match_torch_func(bias: bool) -> None:
 
 def _conv_net(groups: int = 1, bias: bool = True) -> nn.Module:
     torch.manual_seed(2)
-    return nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=groups, bias=bias), nn.Tanh(),
-                         nn.Conv2d(4, 3, 2, dilation=2, bias=bias), nn.Tanh(), nn.Flatten(),
-                         nn.Linear(3 * 2 * 2, 3)).double()
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=groups, bias=bias),
+        nn.Tanh(),
+        nn.Conv2d(4, 3, 2, dilation=2, bias=bias),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(3 * 2 * 2, 3),
+    ).double()
 
 
 @pytest.mark.parametrize("bias", [True, False])

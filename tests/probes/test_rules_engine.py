@@ -73,7 +73,7 @@ class _Scale(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.inner(x) * self.s + self.s ** 2)
+        return self.drop(self.inner(x) * self.s + self.s**2)
 
 
 def test_module_without_rule_falls_back_alone_with_one_warning() -> None:
@@ -154,8 +154,12 @@ def test_self_check_catches_an_unseen_use() -> None:
     per_sample_gradients(model, CE, ids, y)  # silently misses the head's contribution ...
     with pytest.raises(ConfigError, match=r"parameter emb\.weight.*whose weighted sum is autograd's gradient"):
         per_sample_gradients(model, CE, ids, y, check=True)  # ... which the self-check reports
-    assert_products(per_sample_gradients(model, CE, ids, y, method="func", check=True),
-                    func_rows(model, lambda call, i, t: F.cross_entropy(call(i[None]), t[None]), ids, y), 1e-9, 1e-12)
+    assert_products(
+        per_sample_gradients(model, CE, ids, y, method="func", check=True),
+        func_rows(model, lambda call, i, t: F.cross_entropy(call(i[None]), t[None]), ids, y),
+        1e-9,
+        1e-12,
+    )
 
 
 def test_sequence_first_linear_is_refused_in_one_line() -> None:
@@ -188,8 +192,9 @@ def test_inputs_losses_and_outputs_as_users_have_them() -> None:
     logits = model(ids, mask)
     train = (mask * F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")).sum() / mask.sum()
     torch.testing.assert_close(loss(logits, (targets, mask)).mean(), train)
-    torch.testing.assert_close(ref.mean(), torch.cat([g.reshape(-1) for g in torch.autograd.grad(
-        train, [p for p in model.parameters()])]))
+    torch.testing.assert_close(
+        ref.mean(), torch.cat([g.reshape(-1) for g in torch.autograd.grad(train, [p for p in model.parameters()])])
+    )
     with pytest.raises(ConfigError, match="mask"):
         token_mean(torch.ones(2, 3), torch.zeros(2, 3))
 
@@ -224,8 +229,15 @@ def test_bf16_autocast_accumulates_in_float32() -> None:
 
 def test_in_place_change_of_a_layer_output_is_survived() -> None:
     torch.manual_seed(7)
-    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU(inplace=True), nn.Unflatten(1, (1, 5)),
-                          nn.Conv1d(1, 2, 4, padding="same"), nn.Tanh(), nn.Flatten(), nn.Linear(10, 2)).double()
+    model = nn.Sequential(
+        nn.Linear(3, 5),
+        nn.ReLU(inplace=True),
+        nn.Unflatten(1, (1, 5)),
+        nn.Conv1d(1, 2, 4, padding="same"),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(10, 2),
+    ).double()
     x, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
     j = func_rows(model, lambda call, xi, yi: F.cross_entropy(call(xi[None]), yi[None]), x, y)
     assert_products(per_sample_gradients(model, CE, x, y, check=True), j, rtol=1e-9, atol=1e-12)
@@ -307,8 +319,9 @@ def test_half_model_and_parameter_subset_through_gradient_noise() -> None:
     x, y = torch.randn(7, 5), torch.randint(0, 3, (7,))
     ref = GradientNoise(model, CE, x, y, params=[model[0]])
     assert ref.grads.num_params == 5 * 8 + 8
-    half = GradientNoise(model.half(), lambda o, t: F.cross_entropy(o.float(), t, reduction="none"), x.half(), y,
-                         params=[model[0]])
+    half = GradientNoise(
+        model.half(), lambda o, t: F.cross_entropy(o.float(), t, reduction="none"), x.half(), y, params=[model[0]]
+    )
     assert half.grads.dtype == torch.float32 and half.grads.gram().dtype == torch.float32
     assert abs(half.trace() / ref.trace() - 1) < 0.01  # fp16 activations, float32 products
 

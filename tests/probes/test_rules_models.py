@@ -134,8 +134,16 @@ def test_resnet_block_batchnorm_eval(device: str) -> None:
 
 def test_batchnorm_1d_3d_eval_and_without_running_stats() -> None:
     torch.manual_seed(5)
-    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.BatchNorm1d(3), nn.Flatten(), nn.Linear(12, 6), nn.Unflatten(1, (1, 1, 1, 6)),
-                          nn.BatchNorm3d(1), nn.Flatten(), nn.Linear(6, 2)).double()
+    model = nn.Sequential(
+        nn.Conv1d(2, 3, 3),
+        nn.BatchNorm1d(3),
+        nn.Flatten(),
+        nn.Linear(12, 6),
+        nn.Unflatten(1, (1, 1, 1, 6)),
+        nn.BatchNorm3d(1),
+        nn.Flatten(),
+        nn.Linear(6, 2),
+    ).double()
     x, y = torch.randn(8, 2, 6, dtype=torch.float64), torch.randint(0, 2, (8,))
     model.train()
     model(x * 2 + 1)
@@ -150,8 +158,9 @@ def test_batchnorm_1d_3d_eval_and_without_running_stats() -> None:
 def test_transformers_gpt2_tiny_random() -> None:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(6)
-    cfg = transformers.GPT2Config(vocab_size=31, n_positions=8, n_embd=8, n_layer=2, n_head=2,
-                                  attn_implementation="eager")
+    cfg = transformers.GPT2Config(
+        vocab_size=31, n_positions=8, n_embd=8, n_layer=2, n_head=2, attn_implementation="eager"
+    )
     model = transformers.GPT2LMHeadModel(cfg).double().eval()
     assert model.lm_head.weight is model.transformer.wte.weight
     g = torch.Generator().manual_seed(6)
@@ -192,10 +201,18 @@ def test_against_opacus() -> None:
             return self.fc(torch.tanh(self.ln(h))).mean(1)
 
     g = torch.Generator().manual_seed(7)
-    images = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=2), nn.GroupNorm(2, 4), nn.Tanh(),
-                           nn.Conv2d(4, 3, 2, dilation=2), nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
-    for model, x in ((Net(), torch.randint(0, 9, (6, 5), generator=g)),
-                     (images, torch.randn(6, 2, 12, 12, generator=g, dtype=torch.float64))):
+    images = nn.Sequential(
+        nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=2),
+        nn.GroupNorm(2, 4),
+        nn.Tanh(),
+        nn.Conv2d(4, 3, 2, dilation=2),
+        nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 3),
+    )
+    for model, x in (
+        (Net(), torch.randint(0, 9, (6, 5), generator=g)),
+        (images, torch.randn(6, 2, 12, 12, generator=g, dtype=torch.float64)),
+    ):
         model = model.double()
         y = torch.randint(0, 3, (6,), generator=g)
         ours = per_sample_gradients(model, CE, x, y).dense()

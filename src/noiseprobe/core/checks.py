@@ -82,9 +82,20 @@ class Check:
 
     # -- constructors -------------------------------------------------------------------------------
     @classmethod
-    def close(cls, key: str, claim: str, measured: Any, expected: Any, *, rtol: float | None = None,
-              atol: float | None = None, factor: float | None = None, se: Any = None, z: float = Z,
-              **kw: Any) -> Check:
+    def close(
+        cls,
+        key: str,
+        claim: str,
+        measured: Any,
+        expected: Any,
+        *,
+        rtol: float | None = None,
+        atol: float | None = None,
+        factor: float | None = None,
+        se: Any = None,
+        z: float = Z,
+        **kw: Any,
+    ) -> Check:
         """``measured`` ≈ ``expected``: exactly one of ``atol``, ``rtol`` (relative to |expected|) or
         ``factor`` (ratio within [1/f, f], expected > 0)."""
         if sum(t is not None for t in (rtol, atol, factor)) != 1:
@@ -102,30 +113,32 @@ class Check:
         tol = atol if atol is not None else rtol * abs(e)  # type: ignore[operator]
         if not tol >= 0:
             raise ValueError(f"check {key!r}: tolerance must be >= 0")
-        tol_txt = (f"±({_g(tol)}{s_txt})" if atol is not None
-                   else f"±({_g(rtol)}·|expected|{s_txt})")  # type: ignore[arg-type]
+        tol_txt = f"±({_g(tol)}{s_txt})" if atol is not None else f"±({_g(rtol)}·|expected|{s_txt})"  # type: ignore[arg-type]
         ok = None if m is None else abs(m - e) <= tol + slack
         return cls(key, claim, "close", measured, expected, tol_txt, ok, se, **kw)
 
     @classmethod
-    def less(cls, key: str, claim: str, measured: Any, bound: float, *, se: Any = None, z: float = Z,
-             **kw: Any) -> Check:
+    def less(
+        cls, key: str, claim: str, measured: Any, bound: float, *, se: Any = None, z: float = Z, **kw: Any
+    ) -> Check:
         """``measured ≤ bound`` (up to z standard errors)."""
         m, slack_txt = _num(measured), _slack(se, z)
         ok = None if m is None else m <= bound + slack_txt[0]
         return cls(key, claim, "less", measured, bound, f"0{slack_txt[1]}", ok, se, **kw)
 
     @classmethod
-    def greater(cls, key: str, claim: str, measured: Any, bound: float, *, se: Any = None, z: float = Z,
-                **kw: Any) -> Check:
+    def greater(
+        cls, key: str, claim: str, measured: Any, bound: float, *, se: Any = None, z: float = Z, **kw: Any
+    ) -> Check:
         """``measured ≥ bound`` (up to z standard errors)."""
         m, slack_txt = _num(measured), _slack(se, z)
         ok = None if m is None else m >= bound - slack_txt[0]
         return cls(key, claim, "greater", measured, bound, f"0{slack_txt[1]}", ok, se, **kw)
 
     @classmethod
-    def within(cls, key: str, claim: str, measured: Any, lo: float, hi: float, *, se: Any = None,
-               z: float = Z, **kw: Any) -> Check:
+    def within(
+        cls, key: str, claim: str, measured: Any, lo: float, hi: float, *, se: Any = None, z: float = Z, **kw: Any
+    ) -> Check:
         """``lo ≤ measured ≤ hi`` (up to z standard errors)."""
         if not lo <= hi:
             raise ValueError(f"check {key!r}: needs lo <= hi")
@@ -134,8 +147,17 @@ class Check:
         return cls(key, claim, "within", measured, [lo, hi], f"0{slack_txt[1]}", ok, se, **kw)
 
     @classmethod
-    def ordered(cls, key: str, claim: str, values: Sequence[Any], *, increasing: bool = True,
-                se: Sequence[Any] | None = None, z: float = Z, **kw: Any) -> Check:
+    def ordered(
+        cls,
+        key: str,
+        claim: str,
+        values: Sequence[Any],
+        *,
+        increasing: bool = True,
+        se: Sequence[Any] | None = None,
+        z: float = Z,
+        **kw: Any,
+    ) -> Check:
         """``values`` increase (or decrease) step by step, each step up to z standard errors of the pair."""
         vals = [_num(v) for v in values]
         ses = [0.0] * len(vals) if se is None else [(_num(s) if s is not None else None) for s in se]
@@ -145,8 +167,10 @@ class Check:
             ok = None
         else:
             sign = 1.0 if increasing else -1.0
-            ok = all(sign * (b - a) >= -z * math.hypot(sa, sb)  # type: ignore[operator,arg-type]
-                     for a, b, sa, sb in zip(vals, vals[1:], ses, ses[1:]))
+            ok = all(
+                sign * (b - a) >= -z * math.hypot(sa, sb)  # type: ignore[operator,arg-type]
+                for a, b, sa, sb in zip(vals, vals[1:], ses, ses[1:])
+            )
         word = "increasing" if increasing else "decreasing"
         tol_txt = "0" if se is None else f"{z:g}×se of each step"
         return cls(key, claim, "ordered", list(values), word, tol_txt, ok, None if se is None else list(se), **kw)
@@ -205,8 +229,12 @@ def resolve(checks: Sequence[Check], experiment: str) -> list[Check]:
         v = first[c.key]
         if v == "fail" and c.kind == "paper-claim":
             fix = by_key.get(c.corrected_by or "")
-            if (f"{experiment}/{c.key}" in PAPER_CLAIMS and fix is not None and fix.kind == "reproduction"
-                    and first[fix.key] == "pass"):
+            if (
+                f"{experiment}/{c.key}" in PAPER_CLAIMS
+                and fix is not None
+                and fix.kind == "reproduction"
+                and first[fix.key] == "pass"
+            ):
                 v = "refuted"
         out.append(replace(c, verdict=v))
     return out
@@ -214,15 +242,15 @@ def resolve(checks: Sequence[Check], experiment: str) -> list[Check]:
 
 def is_ok(checks: Sequence[Check]) -> bool:
     """The run reproduced what it claims: no check "fail", no reproduction check "not measurable"."""
-    return not any(c.verdict == "fail" or (c.kind == "reproduction" and c.verdict == "not measurable")
-                   for c in checks)
+    return not any(c.verdict == "fail" or (c.kind == "reproduction" and c.verdict == "not measurable") for c in checks)
 
 
 def headline(verdicts: Sequence[dict[str, Any]]) -> str:
     """'41 reproduced · 10 paper claims refuted and corrected · 0 failed' (+ not measurable, if any)."""
     count = {v: sum(c.get("verdict") == v for c in verdicts) for v in ("pass", "refuted", "fail", "not measurable")}
-    text = (f"{count['pass']} reproduced · {count['refuted']} paper claims refuted and corrected · "
-            f"{count['fail']} failed")
+    text = (
+        f"{count['pass']} reproduced · {count['refuted']} paper claims refuted and corrected · {count['fail']} failed"
+    )
     return text + (f" · {count['not measurable']} not measurable" if count["not measurable"] else "")
 
 

@@ -33,12 +33,29 @@ T = TypeVar("T", bound="ExperimentConfig")
 _MISSING = dataclasses.MISSING
 
 
-def param(default: Any = _MISSING, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
-          hi_open: bool = False, choices: tuple[Any, ...] | None = None, min_len: int | None = None,
-          max_len: int | None = None, help: str = "") -> Any:
+def param(
+    default: Any = _MISSING,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    choices: tuple[Any, ...] | None = None,
+    min_len: int | None = None,
+    max_len: int | None = None,
+    help: str = "",
+) -> Any:
     """A config field with bounds. For list fields ``lo``/``hi``/``choices`` bound every item."""
-    meta = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "choices": choices,
-            "min_len": min_len, "max_len": max_len, "help": help}
+    meta = {
+        "lo": lo,
+        "hi": hi,
+        "lo_open": lo_open,
+        "hi_open": hi_open,
+        "choices": choices,
+        "min_len": min_len,
+        "max_len": max_len,
+        "help": help,
+    }
     if default is _MISSING:
         return field(metadata=meta)
     if isinstance(default, list):
@@ -69,8 +86,13 @@ def _scalar(name: str, value: Any, tp: Any, m: dict[str, Any], what: str) -> Any
         raise ConfigError(name, value, what + "true or false")
     if tp is str:
         if not isinstance(value, str):
-            raise ConfigError(name, value, what + "a string" + (
-                " (one of " + ", ".join(map(repr, m["choices"])) + ")" if m.get("choices") else ""))
+            raise ConfigError(
+                name,
+                value,
+                what
+                + "a string"
+                + (" (one of " + ", ".join(map(repr, m["choices"])) + ")" if m.get("choices") else ""),
+            )
         out: Any = value
     elif tp is int:
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -83,8 +105,10 @@ def _scalar(name: str, value: Any, tp: Any, m: dict[str, Any], what: str) -> Any
     else:  # pragma: no cover - a config author's mistake
         raise TypeError(f"config field {name}: unsupported type {tp!r}")
     lo, hi = m.get("lo"), m.get("hi")
-    if tp in (int, float) and ((lo is not None and (out < lo or (m["lo_open"] and out == lo)))
-                               or (hi is not None and (out > hi or (m["hi_open"] and out == hi)))):
+    if tp in (int, float) and (
+        (lo is not None and (out < lo or (m["lo_open"] and out == lo)))
+        or (hi is not None and (out > hi or (m["hi_open"] and out == hi)))
+    ):
         raise ConfigError(name, value, what + ("an integer " if tp is int else "a number ") + rng)
     if m.get("choices") is not None and out not in m["choices"]:
         raise ConfigError(name, value, what + "one of " + ", ".join(repr(c) for c in m["choices"]))
@@ -103,18 +127,26 @@ def _coerce(name: str, value: Any, tp: Any, m: dict[str, Any]) -> Any:
         nested = typing.get_origin(item) is list
         n_txt = ""
         if m.get("min_len") is not None or m.get("max_len") is not None:
-            n_txt = f" of {m.get('min_len') or 0}" + (f" to {m['max_len']}" if m.get("max_len") is not None
-                                                      else " or more") + " items"
+            n_txt = (
+                f" of {m.get('min_len') or 0}"
+                + (f" to {m['max_len']}" if m.get("max_len") is not None else " or more")
+                + " items"
+            )
         kind = "a list of lists of numbers" if nested else f"a list{n_txt} of {_type_word(item)}"
         if not isinstance(value, (list, tuple)):
             raise ConfigError(name, value, kind + " such as " + ("[[1, 2], [3, 4]]" if nested else "[1, 2, 3]"))
         if (m.get("min_len") is not None and len(value) < m["min_len"]) or (
-                m.get("max_len") is not None and len(value) > m["max_len"]):
+            m.get("max_len") is not None and len(value) > m["max_len"]
+        ):
             raise ConfigError(name, value, kind)
         if nested:
             (inner_t,) = typing.get_args(item)
-            out = [[_scalar(name, v, inner_t, m, "items: ") for v in row] if isinstance(row, (list, tuple))
-                   else _raise(name, value, kind) for row in value]
+            out = [
+                [_scalar(name, v, inner_t, m, "items: ") for v in row]
+                if isinstance(row, (list, tuple))
+                else _raise(name, value, kind)
+                for row in value
+            ]
             return out
         return [_scalar(name, v, item, m, "items: ") for v in value]
     return _scalar(name, value, tp, m, "")

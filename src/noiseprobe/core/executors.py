@@ -108,8 +108,11 @@ def _reach(address: str) -> None:
     except OSError as exc:
         reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
         _ray_logger().error("no Ray cluster at %s: %s", address, reason)
-        raise ConfigError("--address", address, f"the address of a running Ray cluster (connecting to "
-                          f"{hp[0]}:{hp[1]}: {reason}; Ray's log: {RAY_LOG})") from None
+        raise ConfigError(
+            "--address",
+            address,
+            f"the address of a running Ray cluster (connecting to {hp[0]}:{hp[1]}: {reason}; Ray's log: {RAY_LOG})",
+        ) from None
 
 
 def _ray_logger() -> logging.Logger:
@@ -157,8 +160,9 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
-            raise ConfigError("--executor", "ray", "'local', or 'ray' once the extra is installed: "
-                              "pip install 'noiseprobe[ray]'") from None
+            raise ConfigError(
+                "--executor", "ray", "'local', or 'ray' once the extra is installed: pip install 'noiseprobe[ray]'"
+            ) from None
         self.ray = ray
         self.started = False
         if not ray.is_initialized():
@@ -169,9 +173,13 @@ class RayExecutor:
                         ray.init(address=address, log_to_driver=False, configure_logging=False)
                 except (ConnectionError, ValueError, RuntimeError, TimeoutError) as exc:
                     _ray_logger().error("ray.init(address=%r) failed: %s", address, exc)
-                    raise ConfigError("--address", address, f"the address of a running Ray cluster "
-                                      f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
-                                      f"Ray's log: {RAY_LOG})") from None
+                    raise ConfigError(
+                        "--address",
+                        address,
+                        f"the address of a running Ray cluster "
+                        f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                        f"Ray's log: {RAY_LOG})",
+                    ) from None
             else:
                 n = check_int("--workers", workers, lo=1, hi=4096) if workers is not None else None
                 path = os.pathsep.join(p for p in sys.path if p)
@@ -179,11 +187,17 @@ class RayExecutor:
                 # other hosts reach, unless its cluster mode is off (its default on Windows and macOS):
                 # then every server of the instance listens on the loopback interface only (tested).
                 from ray._private import ray_constants
+
                 cluster_mode, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
                 try:
                     with _output_to_log():
-                        ray.init(num_cpus=n, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}},
-                                 log_to_driver=False, configure_logging=False)
+                        ray.init(
+                            num_cpus=n,
+                            include_dashboard=False,
+                            runtime_env={"env_vars": {"PYTHONPATH": path}},
+                            log_to_driver=False,
+                            configure_logging=False,
+                        )
                 finally:
                     ray_constants.ENABLE_RAY_CLUSTER = cluster_mode
                 self.started = True

@@ -43,8 +43,16 @@ class Check:
 
         key = re.sub(r"[^a-z0-9]+", "-", self.claim.lower()).strip("-")[:60]
         finite = not (isinstance(self.measured, float) and not math.isfinite(self.measured))
-        return checks.Check(key, self.claim, "legacy", self.measured, self.expected, str(self.tolerance),
-                            bool(self.passed) if finite else None, detail=self.detail)
+        return checks.Check(
+            key,
+            self.claim,
+            "legacy",
+            self.measured,
+            self.expected,
+            str(self.tolerance),
+            bool(self.passed) if finite else None,
+            detail=self.detail,
+        )
 
 
 @dataclass(frozen=True)
@@ -105,8 +113,9 @@ class Experiment:
         """Run one chunk; return the tidy ``results`` frame, or ``{"results": df, other tables...}``."""
         raise NotImplementedError
 
-    def analyse(self, config: dict[str, Any], tables: dict[str, pd.DataFrame],
-                out: Path) -> tuple[dict[str, Any], list[Check]]:
+    def analyse(
+        self, config: dict[str, Any], tables: dict[str, pd.DataFrame], out: Path
+    ) -> tuple[dict[str, Any], list[Check]]:
         """Write figures ``out/*.png``; return (metrics, checks). ``tables["results"]`` always exists."""
         raise NotImplementedError
 

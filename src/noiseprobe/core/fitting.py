@@ -100,12 +100,13 @@ def _fit_window(t: np.ndarray, y: np.ndarray, c: float, window: tuple[float, flo
     start = int(np.argmax(excess <= hi)) if (excess <= hi).any() else 0
     stop = int(np.argmax(excess <= lo)) if (excess <= lo).any() else len(y) - 1
     mask = np.zeros(len(y), dtype=bool)
-    mask[max(start - 1, 0): stop + 1] = True
+    mask[max(start - 1, 0) : stop + 1] = True
     return mask & np.isfinite(y)
 
 
-def fit_exponential(t: np.ndarray, y: np.ndarray, *, offset: bool = True,
-                    window: tuple[float, float] | None = None) -> ExpFit:
+def fit_exponential(
+    t: np.ndarray, y: np.ndarray, *, offset: bool = True, window: tuple[float, float] | None = None
+) -> ExpFit:
     """Fit ``A exp(-t/tau) + C`` per row with ``scipy.optimize.curve_fit`` (unweighted least squares).
 
     ``tau_err`` is the standard error from the fit covariance (residual variance scaled,
@@ -121,7 +122,7 @@ def fit_exponential(t: np.ndarray, y: np.ndarray, *, offset: bool = True,
     n_par = 3 if offset else 2
     res = np.full((7, y2.shape[0]), np.nan)
     for r, row in enumerate(y2):
-        c_guess = float(np.nanmedian(row[-max(1, len(row) // 10):])) if offset else 0.0
+        c_guess = float(np.nanmedian(row[-max(1, len(row) // 10) :])) if offset else 0.0
         mask = _fit_window(t, row, c_guess, window)
         if mask.sum() <= n_par or not np.isfinite(row[0]) or row[0] == c_guess:
             continue
@@ -140,13 +141,26 @@ def fit_exponential(t: np.ndarray, y: np.ndarray, *, offset: bool = True,
             continue
         err = np.sqrt(np.diag(cov)) if np.all(np.isfinite(cov)) else np.full(n_par, np.nan)
         # amplitude is reported at t = 0: A(0) = A(tt[0]) exp(tt[0]/tau)
-        res[:, r] = [p[1], err[1], p[0] * np.exp(tt[0] / p[1]), p[2] if offset else 0.0,
-                     err[2] if offset else 0.0, tt[0], tt[-1]]
+        res[:, r] = [
+            p[1],
+            err[1],
+            p[0] * np.exp(tt[0] / p[1]),
+            p[2] if offset else 0.0,
+            err[2] if offset else 0.0,
+            tt[0],
+            tt[-1],
+        ]
     return ExpFit(*res)
 
 
-def bootstrap(values: np.ndarray, stat: Callable[[np.ndarray], float] = np.median, *, n_boot: int = 400,
-              seed: int = 0, ci: float = 0.68) -> tuple[float, float, float, float]:
+def bootstrap(
+    values: np.ndarray,
+    stat: Callable[[np.ndarray], float] = np.median,
+    *,
+    n_boot: int = 400,
+    seed: int = 0,
+    ci: float = 0.68,
+) -> tuple[float, float, float, float]:
     """(estimate, standard error, CI low, CI high) of ``stat`` over the finite entries of ``values`` by
     resampling them with replacement ``n_boot`` times (percentile interval of level ``ci``). ``stat``
     must accept ``axis=`` like the NumPy reductions (all resamples are evaluated in one call)."""

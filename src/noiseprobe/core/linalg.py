@@ -36,7 +36,7 @@ def psd_power(M: np.ndarray, power: float = 0.5) -> np.ndarray:
     vals = np.clip(vals, 0.0, None)
     if power < 0 and vals.min(initial=np.inf) <= 0:
         raise np.linalg.LinAlgError("negative power of a singular matrix")
-    return (vecs * vals ** power) @ vecs.T
+    return (vecs * vals**power) @ vecs.T
 
 
 def is_positive_definite(M: np.ndarray) -> bool:

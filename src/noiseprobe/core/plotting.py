@@ -17,16 +17,24 @@ from noiseprobe.core.store import atomic_write  # noqa: E402
 PHASE_COLOURS = {"decoupled": "#9ecae1", "decay": "#a1d99b", "catapult": "#fdae6b", "divergent": "#fc9272"}
 
 STYLE = {
-    "figure.dpi": 100, "savefig.dpi": 110, "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
-    "legend.fontsize": 8, "axes.grid": True, "grid.alpha": 0.3, "lines.linewidth": 1.3,
+    "figure.dpi": 100,
+    "savefig.dpi": 110,
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "lines.linewidth": 1.3,
 }
 
 
 def new_figure(ncols: int = 1, nrows: int = 1, *, width: float = 4.0, height: float = 3.2, **kw):
     """A (fig, axes) pair in the project style; ``axes`` is an array unless 1×1."""
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=True,
-                                 constrained_layout=True, **kw)
+        fig, axes = plt.subplots(
+            nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=True, constrained_layout=True, **kw
+        )
     return fig, axes
 
 

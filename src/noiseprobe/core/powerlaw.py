@@ -62,8 +62,7 @@ def _hill_from_logs(logs_desc: np.ndarray, ks: np.ndarray) -> np.ndarray:
         return 1.0 / gamma
 
 
-def _se(beta: float, k: int, x: ArrayLike, log_threshold: float, clusters: ArrayLike | None,
-        inclusive: bool) -> float:
+def _se(beta: float, k: int, x: ArrayLike, log_threshold: float, clusters: ArrayLike | None, inclusive: bool) -> float:
     """SE of beta = 1/gamma, gamma = sum_i e_i / sum_i b_i with e_i = log(x_i/x_min) b_i and b_i = 1{x_i > x_min}
     (Hill) or 1{x_i >= x_min} (MLE, ``inclusive``).
 
@@ -80,7 +79,7 @@ def _se(beta: float, k: int, x: ArrayLike, log_threshold: float, clusters: Array
     e_c = np.bincount(labels, weights=np.where(above, lx - log_threshold, 0.0))
     b_c = np.bincount(labels, weights=above.astype(np.float64))
     gamma = e_c.sum() / b_c.sum()
-    return float(beta ** 2 * math.sqrt(np.sum((e_c - gamma * b_c) ** 2)) / b_c.sum())
+    return float(beta**2 * math.sqrt(np.sum((e_c - gamma * b_c) ** 2)) / b_c.sum())
 
 
 def hill(x: ArrayLike, k: int, *, clusters: ArrayLike | None = None) -> TailFit:
@@ -96,8 +95,14 @@ def hill(x: ArrayLike, k: int, *, clusters: ArrayLike | None = None) -> TailFit:
     n = logs.size
     k = check_int("k", k, lo=2, hi=n - 1)
     beta = float(_hill_from_logs(logs, np.array([k]))[0])
-    return TailFit(beta=beta, se=_se(beta, k, x, logs[k], clusters, inclusive=False), k=k,
-                   x_min=float(np.exp(logs[k])), n=n, method="hill")
+    return TailFit(
+        beta=beta,
+        se=_se(beta, k, x, logs[k], clusters, inclusive=False),
+        k=k,
+        x_min=float(np.exp(logs[k])),
+        n=n,
+        method="hill",
+    )
 
 
 def hill_curve(x: ArrayLike, ks: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -105,8 +110,13 @@ def hill_curve(x: ArrayLike, ks: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     with the estimator of :func:`hill` (Hill 1975) and SE = beta/sqrt(k)."""
     logs = _sorted_logs(x)
     ks = np.asarray(ks)
-    if (ks.ndim != 1 or ks.size == 0 or not np.issubdtype(ks.dtype, np.integer)
-            or ks.min() < 2 or ks.max() > logs.size - 1):
+    if (
+        ks.ndim != 1
+        or ks.size == 0
+        or not np.issubdtype(ks.dtype, np.integer)
+        or ks.min() < 2
+        or ks.max() > logs.size - 1
+    ):
         raise ConfigError("ks", ks.tolist(), f"a non-empty 1d list of integers in [2, {logs.size - 1}]")
     beta = _hill_from_logs(logs, ks)
     return beta, beta / np.sqrt(ks)
@@ -121,9 +131,15 @@ def _ks_distance(u_asc: np.ndarray, beta: float) -> float:
     return float(max(np.max(i / k - fit_cdf), np.max(fit_cdf - (i - 1) / k)))
 
 
-def powerlaw_mle(x: ArrayLike, *, x_min: float | None = None, min_tail: int = 50,
-                 max_tail: int | None = None, n_candidates: int = 200,
-                 clusters: ArrayLike | None = None) -> TailFit:
+def powerlaw_mle(
+    x: ArrayLike,
+    *,
+    x_min: float | None = None,
+    min_tail: int = 50,
+    max_tail: int | None = None,
+    n_candidates: int = 200,
+    clusters: ArrayLike | None = None,
+) -> TailFit:
     """Continuous power-law MLE (Clauset, Shalizi & Newman 2009, eqs. 3.1 and 3.7).
 
     For the k samples x_i >= x_min, beta = k / sum_i log(x_i / x_min) and SE = beta / sqrt(k) (Clauset
@@ -140,12 +156,20 @@ def powerlaw_mle(x: ArrayLike, *, x_min: float | None = None, min_tail: int = 50
         log_min = math.log(check_real("x_min", x_min, lo=0.0, lo_open=True))
         k = int(np.sum(logs >= log_min))
         if k < 2:
-            raise ConfigError("x_min", x_min,
-                              f"a threshold with at least 2 samples >= it (largest: {np.exp(logs[0]):.4g})")
+            raise ConfigError(
+                "x_min", x_min, f"a threshold with at least 2 samples >= it (largest: {np.exp(logs[0]):.4g})"
+            )
         u = logs[:k][::-1] - log_min
         beta = k / float(u.sum())
-        return TailFit(beta=beta, se=_se(beta, k, x, log_min, clusters, inclusive=True), k=k, x_min=float(x_min),
-                       n=n, method="mle", ks=_ks_distance(u, beta))
+        return TailFit(
+            beta=beta,
+            se=_se(beta, k, x, log_min, clusters, inclusive=True),
+            k=k,
+            x_min=float(x_min),
+            n=n,
+            method="mle",
+            ks=_ks_distance(u, beta),
+        )
     min_tail = check_int("min_tail", min_tail, lo=10, hi=n)
     max_tail = n if max_tail is None else check_int("max_tail", max_tail, lo=min_tail, hi=n)
     n_candidates = check_int("n_candidates", n_candidates, lo=2)
@@ -157,8 +181,19 @@ def powerlaw_mle(x: ArrayLike, *, x_min: float | None = None, min_tail: int = 50
     at_bound = len(cand) > 1 and (j == 0 or (j == len(cand) - 1 and max_tail < n))
     k, beta = int(cand[j]), float(betas[j])
     if at_bound:
-        warnings.warn(f"powerlaw_mle: the KS-selected x_min sits on a bound of the search range (tail size k = {k}, "
-                      f"range [{min_tail}, {max_tail}] of n = {n}); beta = {beta:.4g} may be an artefact of the range",
-                      RuntimeWarning, stacklevel=2)
-    return TailFit(beta=beta, se=_se(beta, k, x, logs[k - 1], clusters, inclusive=True), k=k,
-                   x_min=float(np.exp(logs[k - 1])), n=n, method="mle", ks=float(ks_dist[j]), at_bound=at_bound)
+        warnings.warn(
+            f"powerlaw_mle: the KS-selected x_min sits on a bound of the search range (tail size k = {k}, "
+            f"range [{min_tail}, {max_tail}] of n = {n}); beta = {beta:.4g} may be an artefact of the range",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return TailFit(
+        beta=beta,
+        se=_se(beta, k, x, logs[k - 1], clusters, inclusive=True),
+        k=k,
+        x_min=float(np.exp(logs[k - 1])),
+        n=n,
+        method="mle",
+        ks=float(ks_dist[j]),
+        at_bound=at_bound,
+    )

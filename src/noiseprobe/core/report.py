@@ -49,8 +49,12 @@ def find_runs(path: Path) -> list[Path]:
     except OSError as exc:
         raise os_fault("read", path, exc) from exc
     if not runs:
-        raise ConfigError("DIR", str(path), "a run directory with summary.json, a monitor log directory with "
-                          "monitor.parquet, or a folder of such directories")
+        raise ConfigError(
+            "DIR",
+            str(path),
+            "a run directory with summary.json, a monitor log directory with "
+            "monitor.parquet, or a folder of such directories",
+        )
     return runs
 
 
@@ -64,12 +68,19 @@ def _monitor_section(run: Path) -> str:
     hist = pd.read_parquet(run / "monitor.parquet")
     figs = "".join(
         f"<figure><img alt='{e(p.name)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
-        f"<figcaption>{e(p.name)}</figcaption></figure>" for p in draw_history(hist, run))
-    last = "".join(f"<tr><th>{e(str(k))}</th><td class='num'>{e(_fmt(v))}</td></tr>"
-                   for k, v in hist.iloc[-1].items()) if len(hist) else ""
-    return (f"<section class='run' id='{e(run.name)}'><h2>monitor: {e(run.name)}</h2>"
-            f"<p class='meta'>{len(hist)} measurements · directory <code>{e(str(run))}</code></p>"
-            f"<h3>Figures</h3>{figs}<h3>Last measurement</h3><table class='metrics'>{last}</table></section>")
+        f"<figcaption>{e(p.name)}</figcaption></figure>"
+        for p in draw_history(hist, run)
+    )
+    last = (
+        "".join(f"<tr><th>{e(str(k))}</th><td class='num'>{e(_fmt(v))}</td></tr>" for k, v in hist.iloc[-1].items())
+        if len(hist)
+        else ""
+    )
+    return (
+        f"<section class='run' id='{e(run.name)}'><h2>monitor: {e(run.name)}</h2>"
+        f"<p class='meta'>{len(hist)} measurements · directory <code>{e(str(run))}</code></p>"
+        f"<h3>Figures</h3>{figs}<h3>Last measurement</h3><table class='metrics'>{last}</table></section>"
+    )
 
 
 def _fmt(v: Any) -> str:
@@ -90,12 +101,14 @@ def _check_row(c: dict[str, Any], extra_class: str = "") -> str:
     e = html.escape
     v = str(c.get("verdict", ""))
     kind = "paper claim" if c.get("kind") == "paper-claim" else ""
-    return (f"<tr class='{ROW_CLASS.get(v, 'fail')}{extra_class}' id='{e(str(c.get('key')))}'>"
-            f"<td class='claim'>{e(str(c.get('claim')))}<br><code>{e(str(c.get('key')))}</code> {e(kind)}</td>"
-            f"<td class='num'>{e(_fmt(c.get('measured')))}</td>"
-            f"<td class='num'>{e(str(c.get('expected_text', _fmt(c.get('expected')))))}</td>"
-            f"<td class='num'>{e(_fmt(c.get('tolerance')))}</td>"
-            f"<td class='verdict'>{e(SHOWN.get(v, v))}</td><td>{e(str(c.get('detail', '')))}</td></tr>")
+    return (
+        f"<tr class='{ROW_CLASS.get(v, 'fail')}{extra_class}' id='{e(str(c.get('key')))}'>"
+        f"<td class='claim'>{e(str(c.get('claim')))}<br><code>{e(str(c.get('key')))}</code> {e(kind)}</td>"
+        f"<td class='num'>{e(_fmt(c.get('measured')))}</td>"
+        f"<td class='num'>{e(str(c.get('expected_text', _fmt(c.get('expected')))))}</td>"
+        f"<td class='num'>{e(_fmt(c.get('tolerance')))}</td>"
+        f"<td class='verdict'>{e(SHOWN.get(v, v))}</td><td>{e(str(c.get('detail', '')))}</td></tr>"
+    )
 
 
 def _png(p: Path) -> str:
@@ -121,27 +134,32 @@ def _run_section(s: dict[str, Any], run: Path) -> tuple[str, list[dict[str, Any]
             rows.append(_check_row(by_key[c["corrected_by"]], " corr"))
     rows_html = "".join(rows)
     ok = s.get("ok")
-    metrics = "".join(f"<tr><th>{e(str(k))}</th><td class='num'>{e(_fmt(v))}</td></tr>"
-                      for k, v in s.get("metrics", {}).items())
+    metrics = "".join(
+        f"<tr><th>{e(str(k))}</th><td class='num'>{e(_fmt(v))}</td></tr>" for k, v in s.get("metrics", {}).items()
+    )
     figs = "".join(
         f"<figure><img alt='{e(p.name)}' src='data:image/png;base64,{_png(p)}'>"
         f"<figcaption>{e(p.name)}</figcaption></figure>"
-        for p in sorted(run.glob("*.png")))
-    body = (f"<section class='run' id='{e(run.name)}'><h2>{e(s['experiment'])}: {e(s.get('title', ''))}</h2>"
-            f"<p class='meta'>preset <b>{e(s.get('preset', ''))}</b> · {s.get('seconds', 0):.1f} s · "
-            f"<span class='{'ok' if ok else 'notok'}'>{e(headline(checks))}</span> · "
-            f"directory <code>{e(str(run))}</code></p>"
-            f"<h3>Checks</h3><table class='checks'><tr><th>claim</th><th>measured</th><th>expected</th>"
-            f"<th>tolerance</th><th>verdict</th><th>detail</th></tr>{rows_html}</table>"
-            f"<h3>Metrics</h3><table class='metrics'>{metrics}</table>"
-            f"<h3>Figures</h3>{figs}"
-            f"<details><summary>config</summary><pre>{e(json.dumps(s.get('config', {}), indent=2))}</pre></details>"
-            f"</section>")
+        for p in sorted(run.glob("*.png"))
+    )
+    body = (
+        f"<section class='run' id='{e(run.name)}'><h2>{e(s['experiment'])}: {e(s.get('title', ''))}</h2>"
+        f"<p class='meta'>preset <b>{e(s.get('preset', ''))}</b> · {s.get('seconds', 0):.1f} s · "
+        f"<span class='{'ok' if ok else 'notok'}'>{e(headline(checks))}</span> · "
+        f"directory <code>{e(str(run))}</code></p>"
+        f"<h3>Checks</h3><table class='checks'><tr><th>claim</th><th>measured</th><th>expected</th>"
+        f"<th>tolerance</th><th>verdict</th><th>detail</th></tr>{rows_html}</table>"
+        f"<h3>Metrics</h3><table class='metrics'>{metrics}</table>"
+        f"<h3>Figures</h3>{figs}"
+        f"<details><summary>config</summary><pre>{e(json.dumps(s.get('config', {}), indent=2))}</pre></details>"
+        f"</section>"
+    )
     return body, checks
 
 
-def write_report(path: Path, out: Path | None = None, title: str = "noiseprobe report",
-                 warn: Callable[[str], None] = progress.warn) -> Path:
+def write_report(
+    path: Path, out: Path | None = None, title: str = "noiseprobe report", warn: Callable[[str], None] = progress.warn
+) -> Path:
     """Write ``out`` (default ``path/report.html``) covering every finished run under ``path``.
 
     A run whose summary.json does not read is left out with one warning naming the file (``noiseprobe
@@ -168,11 +186,13 @@ def write_report(path: Path, out: Path | None = None, title: str = "noiseprobe r
     if not runs:
         raise RunDirError(f"{path}: no run directory with a readable summary.json")
     toc = "".join(f"<li><a href='#{html.escape(r.name)}'>{html.escape(r.name)}</a></li>" for r in runs)
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{CSS}</style><script>{SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
-            f"<p class='summary'>{len(runs)} run(s): <b>{html.escape(headline(every))}</b>. Refuted (amber): "
-            f"a paper's printed formula that the reference shows wrong, beside the corrected predictor that "
-            f"passes.</p>"
-            f"<ul>{toc}</ul>{''.join(sections)}</body></html>")
+    page = (
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style><script>{SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
+        f"<p class='summary'>{len(runs)} run(s): <b>{html.escape(headline(every))}</b>. Refuted (amber): "
+        f"a paper's printed formula that the reference shows wrong, beside the corrected predictor that "
+        f"passes.</p>"
+        f"<ul>{toc}</ul>{''.join(sections)}</body></html>"
+    )
     atomic_write(out, page.encode("utf-8"))
     return out

@@ -43,12 +43,17 @@ def get_experiment(exp_id: str) -> Experiment:
     if ":" in exp_id and exp_id not in experiments.REGISTRY:
         module, _, cls = exp_id.partition(":")
         if not (module and cls.isidentifier() and all(p.isidentifier() for p in module.split("."))):
-            raise ConfigError("experiment", exp_id, "a registered id (see `noiseprobe list`) or "
-                                                    "package.module:Class naming your own Experiment")
+            raise ConfigError(
+                "experiment",
+                exp_id,
+                "a registered id (see `noiseprobe list`) or package.module:Class naming your own Experiment",
+            )
     return experiments.get(exp_id)
 
 
-def execute_chunk(exp_id: str, config: dict[str, Any], key: str, spec: dict[str, Any]) -> tuple[dict[str, pd.DataFrame], float]:
+def execute_chunk(
+    exp_id: str, config: dict[str, Any], key: str, spec: dict[str, Any]
+) -> tuple[dict[str, pd.DataFrame], float]:
     """Run one chunk (in any worker process); return its tables and its compute seconds."""
     t0 = time.perf_counter()
     exp = get_experiment(exp_id)
@@ -62,8 +67,14 @@ def execute_chunk(exp_id: str, config: dict[str, Any], key: str, spec: dict[str,
 def _versions() -> dict[str, str]:
     import torch
 
-    return {"noiseprobe": __version__, "python": platform.python_version(), "numpy": np.__version__,
-            "pandas": pd.__version__, "torch": torch.__version__, "platform": platform.platform()}
+    return {
+        "noiseprobe": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def _plain(value: Any) -> Any:
@@ -92,14 +103,18 @@ class Plan:
     workers: int | None
     address: str | None
     estimate: Estimate | None
-    concurrent: int      # workers that run at once on this machine (0 on a remote Ray cluster)
-    usable: int | None   # bytes they may use
+    concurrent: int  # workers that run at once on this machine (0 on a remote Ray cluster)
+    usable: int | None  # bytes they may use
 
     def describe(self) -> list[str]:
         """What ``--dry-run`` prints: the run, its estimate, and that nothing was written."""
         n = len(self.chunks)
-        lines = [(f"{self.exp_id} ({self.preset}): config valid; {n} chunk{'s' * (n != 1)} on "
-                  f"{self.executor} executor, {self.concurrent or 'remote'} worker(s) -> {self.out}")]
+        lines = [
+            (
+                f"{self.exp_id} ({self.preset}): config valid; {n} chunk{'s' * (n != 1)} on "
+                f"{self.executor} executor, {self.concurrent or 'remote'} worker(s) -> {self.out}"
+            )
+        ]
         est = self.estimate
         if est is None:
             lines.append("estimate: not known for this experiment")
@@ -115,9 +130,15 @@ class Plan:
         return lines
 
 
-def prepare(exp_id: str, preset: str = "quick", out: Path | str | None = None,
-            overrides: dict[str, Any] | None = None, executor: str = "local", workers: int | None = None,
-            address: str | None = None) -> Plan:
+def prepare(
+    exp_id: str,
+    preset: str = "quick",
+    out: Path | str | None = None,
+    overrides: dict[str, Any] | None = None,
+    executor: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+) -> Plan:
     """Validate a run completely, writing nothing and starting nothing; ConfigError (or RunDirError for
     a corrupt run.json in ``out``) on the first problem. Third-party warnings raised by validation are
     not shown (its verdict is the ConfigError)."""
@@ -140,18 +161,29 @@ def prepare(exp_id: str, preset: str = "quick", out: Path | str | None = None,
     if estimate is not None and concurrent and usable is not None and estimate.peak_bytes * concurrent > usable:
         drivers = estimate.drivers or tuple(getattr(config, "size_fields", ())) or ("config",)
         values = {d: config_json.get(d) for d in drivers if d in config_json}
-        raise ConfigError(", ".join(drivers), values or exp_id,
-                          f"sizes whose estimated peak memory fits: {fmt_bytes(estimate.peak_bytes)} per worker × "
-                          f"{concurrent} worker(s) > {fmt_bytes(usable)} usable (min of MemAvailable and the "
-                          f"cgroup limit); lower them or --workers")
-    return Plan(exp_id, exp, preset, config, config_json, chunks, out, executor, workers, address, estimate,
-                concurrent, usable)
+        raise ConfigError(
+            ", ".join(drivers),
+            values or exp_id,
+            f"sizes whose estimated peak memory fits: {fmt_bytes(estimate.peak_bytes)} per worker × "
+            f"{concurrent} worker(s) > {fmt_bytes(usable)} usable (min of MemAvailable and the "
+            f"cgroup limit); lower them or --workers",
+        )
+    return Plan(
+        exp_id, exp, preset, config, config_json, chunks, out, executor, workers, address, estimate, concurrent, usable
+    )
 
 
-def run_experiment(exp_id: str, preset: str = "quick", out: Path | str | None = None,
-                   overrides: dict[str, Any] | None = None, executor: str = "local",
-                   workers: int | None = None, address: str | None = None, quiet: bool = True,
-                   warn: Callable[[str], None] = _progress.warn) -> dict[str, Any]:
+def run_experiment(
+    exp_id: str,
+    preset: str = "quick",
+    out: Path | str | None = None,
+    overrides: dict[str, Any] | None = None,
+    executor: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    quiet: bool = True,
+    warn: Callable[[str], None] = _progress.warn,
+) -> dict[str, Any]:
     """Reproduce one experiment into ``out`` and return its summary.
 
     Resumes an interrupted run of the same experiment and config (finished chunks are skipped; corrupt
@@ -187,7 +219,7 @@ def execute(plan: Plan, quiet: bool = True, warn: Callable[[str], None] = _progr
                     compute, written = compute + secs, written + 1
             except ConfigError:
                 if fresh and not done and not written:  # bad input found late: leave nothing behind, so
-                    run.unclaim(created)                  # that the corrected command is not refused
+                    run.unclaim(created)  # that the corrected command is not refused
                 raise
             finally:
                 results.close()  # on any error this ends the workers now (the generator's cleanup)
@@ -208,11 +240,18 @@ def _analyse(plan: Plan, run: RunDir, t0: float, compute: float, resumed: int) -
     checks = resolve([c if isinstance(c, Check) else c.upgrade() for c in raw_checks], plan.exp_id)
     verdicts = [c.to_dict() for c in checks]
     summary = {
-        "experiment": plan.exp_id, "title": exp.title, "preset": plan.preset, "config": plan.config_json,
-        "ok": is_ok(checks), "headline": headline(verdicts),
-        "seconds": round(time.perf_counter() - t0, 3), "chunk_seconds_this_session": round(compute, 3),
+        "experiment": plan.exp_id,
+        "title": exp.title,
+        "preset": plan.preset,
+        "config": plan.config_json,
+        "ok": is_ok(checks),
+        "headline": headline(verdicts),
+        "seconds": round(time.perf_counter() - t0, 3),
+        "chunk_seconds_this_session": round(compute, 3),
         "chunks": {"total": len(plan.chunks), "resumed": resumed},
-        "executor": plan.executor, "workers": plan.workers, "metrics": metrics,
+        "executor": plan.executor,
+        "workers": plan.workers,
+        "metrics": metrics,
         "checks": verdicts,
         "figures": sorted(p.name for p in out.glob("*.png")),
         "versions": _versions(),

@@ -104,7 +104,11 @@ def worst_deviation(measured: ArrayLike, se: ArrayLike, predicted: ArrayLike) ->
 def loglog_slope(x: ArrayLike, y: ArrayLike, se_y: ArrayLike) -> tuple[float, float]:
     """Least-squares slope of log y against log x, and its standard error from the standard errors of y
     (delta method, ``se(log y) = se_y/y``; the x are exact). NaN when any y is not positive and finite."""
-    lx, yv, sv = np.log(np.asarray(x, dtype=np.float64)), np.asarray(y, dtype=np.float64), np.asarray(se_y, dtype=np.float64)
+    lx, yv, sv = (
+        np.log(np.asarray(x, dtype=np.float64)),
+        np.asarray(y, dtype=np.float64),
+        np.asarray(se_y, dtype=np.float64),
+    )
     if len(lx) < 2 or not (np.all(np.isfinite(yv)) and np.all(yv > 0)):
         return float("nan"), float("nan")
     c = (lx - lx.mean()) / ((lx - lx.mean()) ** 2).sum()
@@ -112,5 +116,12 @@ def loglog_slope(x: ArrayLike, y: ArrayLike, se_y: ArrayLike) -> tuple[float, fl
     return slope, float(np.sqrt(np.sum((c * sv / yv) ** 2)))
 
 
-__all__ = ["clustered_chi2", "group_mean_se", "loglog_slope", "mean_se", "mean_se_kept", "standard_error",
-           "worst_deviation"]
+__all__ = [
+    "clustered_chi2",
+    "group_mean_se",
+    "loglog_slope",
+    "mean_se",
+    "mean_se_kept",
+    "standard_error",
+    "worst_deviation",
+]

@@ -166,12 +166,17 @@ class RunDir:
         if self.run_json.exists():
             old = read_json(self.run_json)
             if "hash" not in old:
-                raise RunDirError(f"{self.run_json} is corrupt (no config hash); it identifies the run and is "
-                                  f"never replaced: move it away or choose another --out")
+                raise RunDirError(
+                    f"{self.run_json} is corrupt (no config hash); it identifies the run and is "
+                    f"never replaced: move it away or choose another --out"
+                )
             if old.get("hash") != config_hash(experiment, config):
-                raise ConfigError("--out", str(p),
-                                  f"a new or empty directory, or one holding this same run; it holds "
-                                  f"{old.get('experiment')} (preset {old.get('preset')}) with another config")
+                raise ConfigError(
+                    "--out",
+                    str(p),
+                    f"a new or empty directory, or one holding this same run; it holds "
+                    f"{old.get('experiment')} (preset {old.get('preset')}) with another config",
+                )
             return
         if p.is_dir():
             try:
@@ -199,8 +204,10 @@ class RunDir:
                 if exc.errno not in (errno.EACCES, errno.EAGAIN):
                     raise os_fault("lock", lock, exc) from exc
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-                raise RunDirError(f"{self.path} is being run by another process (PID {holder}); wait for it "
-                                  f"or stop it, then run the same command again") from None
+                raise RunDirError(
+                    f"{self.path} is being run by another process (PID {holder}); wait for it "
+                    f"or stop it, then run the same command again"
+                ) from None
             try:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -215,8 +222,10 @@ class RunDir:
         """Make ``path`` this run's directory, or check that it already is; never adopt a foreign one."""
         self.check_claimable(experiment, config)
         if not self.run_json.exists():
-            write_json(self.run_json, {"experiment": experiment, "preset": preset,
-                                       "hash": config_hash(experiment, config), "config": config})
+            write_json(
+                self.run_json,
+                {"experiment": experiment, "preset": preset, "hash": config_hash(experiment, config), "config": config},
+            )
 
     def unclaim(self, created: bool) -> None:
         """Undo :meth:`claim` of a run that finished no chunk (under the lock): remove run.json and any
@@ -289,8 +298,9 @@ class RunDir:
                     frames.append(read_parquet(f))
                 except RunDirError as exc:
                     self.discard_chunk(k, names)
-                    raise RunDirError(f"{exc}; chunk {k} discarded: run the same command again to "
-                                      f"recompute it") from exc
+                    raise RunDirError(
+                        f"{exc}; chunk {k} discarded: run the same command again to recompute it"
+                    ) from exc
             out[name] = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         return out
 

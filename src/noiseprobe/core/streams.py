@@ -47,8 +47,9 @@ def uniform(s: np.uint64) -> tuple[np.uint64, float]:
     return s, unit(mix(s))
 
 
-def _ziggurat_tables(n: int = 256, r: float = 3.6541528853610088,
-                     v: float = 4.92867323399e-3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _ziggurat_tables(
+    n: int = 256, r: float = 3.6541528853610088, v: float = 4.92867323399e-3
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Layer edges x[0..n], ratios x[i+1]/x[i] and densities exp(-x[i]²/2) of the 256-layer normal
     ziggurat (Marsaglia & Tsang 2000, in Doornik's 2005 'ZIGNOR' form; ``v`` is the common layer area)."""
     x = np.zeros(n + 1)
@@ -61,8 +62,8 @@ def _ziggurat_tables(n: int = 256, r: float = 3.6541528853610088,
 
 
 ZX, ZR, ZF = _ziggurat_tables()
-ZIG_R = ZX[1]                                     # where the tail begins
-LAYER = np.uint64(0xFF)                           # 256 layers: the index is the low 8 bits
+ZIG_R = ZX[1]  # where the tail begins
+LAYER = np.uint64(0xFF)  # 256 layers: the index is the low 8 bits
 
 
 @numba.njit(cache=True, inline="always")

@@ -29,8 +29,15 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_real(field: str, value: Any, *, lo: float | None = None, hi: float | None = None,
-               lo_open: bool = False, hi_open: bool = False) -> float:
+def check_real(
+    field: str,
+    value: Any,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> float:
     """Return ``float(value)`` if it is a finite real in the stated range, else raise ConfigError."""
     lo_s = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
     hi_s = "" if hi is None else (f"< {hi}" if hi_open else f"<= {hi}")
@@ -88,15 +95,21 @@ def check_scalar(field: str, value: Any, **bounds: Any) -> float:
     return check_real(field, value, **bounds)
 
 
-def check_array(field: str, value: Any, ndim: int | None = None, *, last_dim: int | None = None,
-                finite: bool = True) -> np.ndarray:
+def check_array(
+    field: str, value: Any, ndim: int | None = None, *, last_dim: int | None = None, finite: bool = True
+) -> np.ndarray:
     """A float64 array (from numbers, lists, NumPy or torch) with ``ndim`` dimensions and/or last dimension
     ``last_dim`` when given, all finite unless ``finite=False``; else ConfigError."""
-    shape = (f" {ndim}-d" if ndim is not None else "") + " array of numbers" + (
-        f" of shape (..., {last_dim})" if last_dim is not None else "")
+    shape = (
+        (f" {ndim}-d" if ndim is not None else "")
+        + " array of numbers"
+        + (f" of shape (..., {last_dim})" if last_dim is not None else "")
+    )
     allowed = ("a finite" if finite else "a") + shape
     arr = _float_array(field, value, allowed, finite)
-    if (ndim is not None and arr.ndim != ndim) or (last_dim is not None and (arr.ndim == 0 or arr.shape[-1] != last_dim)):
+    if (ndim is not None and arr.ndim != ndim) or (
+        last_dim is not None and (arr.ndim == 0 or arr.shape[-1] != last_dim)
+    ):
         raise ConfigError(field, f"array of shape {arr.shape}", allowed)
     return arr
 
@@ -110,8 +123,9 @@ def check_vector(field: str, value: Any, dim: int) -> np.ndarray:
     return arr
 
 
-def check_matrix(field: str, value: Any, dim: int | None = None, *, symmetric: bool = True,
-                 psd: bool = False) -> np.ndarray:
+def check_matrix(
+    field: str, value: Any, dim: int | None = None, *, symmetric: bool = True, psd: bool = False
+) -> np.ndarray:
     """A square float64 matrix from a scalar (×I_dim, 1×1 when dim is None) or a square array.
 
     ``symmetric``: asymmetry above 1e-10·max|M| is refused and the result is symmetrised; ``psd``: also
@@ -137,8 +151,9 @@ def check_matrix(field: str, value: Any, dim: int | None = None, *, symmetric: b
     return arr
 
 
-def check_lr(lr: Any, dim: int, *, field: str = "lr", replicas: int | None = None,
-             symmetric: bool = True) -> tuple[np.ndarray, float | None]:
+def check_lr(
+    lr: Any, dim: int, *, field: str = "lr", replicas: int | None = None, symmetric: bool = True
+) -> tuple[np.ndarray, float | None]:
     """The learning rate as ``(Λ, λ)``: a scalar λ > 0 gives ``(λ·I_dim, λ)``; a (dim, dim) matrix gives
     ``(Λ, None)`` (symmetric unless ``symmetric=False``); with ``replicas=R`` a vector of R scalars > 0
     (one per replica) gives ``(vector, None)``. Booleans and non-finite values are refused."""

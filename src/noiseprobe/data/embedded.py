@@ -58,8 +58,9 @@ class Dataset:
         return int(max(self.y_train.max(), self.y_test.max())) + 1
 
 
-def random_split(n: int, train_fraction: float = 0.6, seed: int = 0,
-                 n_train: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def random_split(
+    n: int, train_fraction: float = 0.6, seed: int = 0, n_train: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, test): a seeded permutation of range(n), the first round(train_fraction·n) train.
 
     ``n_train`` keeps only the first ``n_train`` training indices (the test part is unchanged).
@@ -73,8 +74,16 @@ def random_split(n: int, train_fraction: float = 0.6, seed: int = 0,
     return perm[:n_tr][:n_train], perm[n_tr:]
 
 
-def standardise(name: str, X_train: np.ndarray, y_train: np.ndarray, X_test: np.ndarray, y_test: np.ndarray, *,
-                standardize: str = "global", divide_by: str = "std") -> Dataset:
+def standardise(
+    name: str,
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_test: np.ndarray,
+    y_test: np.ndarray,
+    *,
+    standardize: str = "global",
+    divide_by: str = "std",
+) -> Dataset:
     """Standardise both parts by the training part's mean and std (or variance); float32/int64 tensors."""
     check_choice("standardize", standardize, ("global", "pixel"))
     check_choice("divide_by", divide_by, ("std", "variance"))
@@ -122,8 +131,14 @@ def default_train_size(name: str | None = None, train_fraction: float = 0.6) -> 
     return round(train_fraction * SIZES[name])
 
 
-def load_default(n_train: int | None = None, seed: int = 0, *, name: str | None = None,
-                 train_fraction: float = 0.6, standardize: str = "global") -> Dataset:
+def load_default(
+    n_train: int | None = None,
+    seed: int = 0,
+    *,
+    name: str | None = None,
+    train_fraction: float = 0.6,
+    standardize: str = "global",
+) -> Dataset:
     """The embedded dataset, split 60/40 and standardised by the training mean/std (``Dataset.name``
     says which: "mnist5k" = 5,000 MNIST digits, 784 features; "digits" = 1,797 8×8 digits, 64 features)."""
     name = _available_default() if name is None else check_choice("name", name, DEFAULT_NAMES)

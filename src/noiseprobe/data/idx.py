@@ -30,8 +30,12 @@ from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.data.embedded import Dataset, random_split, standardise
 
 _DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-FILES = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
-         "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte"}
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
 FOLDERS = {"fashion-mnist": "FashionMNIST", "mnist": "MNIST"}
 #: classes of MNIST and Fashion-MNIST: labels are 0..9
 N_CLASSES = 10
@@ -90,16 +94,21 @@ def read_idx_split(data_dir: str | Path, kind: str = "fashion-mnist") -> tuple[n
         imgs = read_idx(f[f"{part}_images"], ndim=3, dtype="u1")
         labels = read_idx(f[f"{part}_labels"], ndim=1, dtype="u1")
         if imgs.shape[0] != labels.shape[0]:
-            raise _bad(f[f"{part}_labels"], f"{labels.shape[0]} labels for the {imgs.shape[0]} images of "
-                                            f"{f[f'{part}_images'].name}")
+            raise _bad(
+                f[f"{part}_labels"],
+                f"{labels.shape[0]} labels for the {imgs.shape[0]} images of {f[f'{part}_images'].name}",
+            )
         if labels.size and int(labels.max()) >= N_CLASSES:
-            raise _bad(f[f"{part}_labels"], f"label {int(labels.max())} outside the {N_CLASSES} classes 0..{N_CLASSES - 1}")
+            raise _bad(
+                f[f"{part}_labels"], f"label {int(labels.max())} outside the {N_CLASSES} classes 0..{N_CLASSES - 1}"
+            )
         out += [imgs, labels]
     return tuple(out)
 
 
-def idx_train_size(data_dir: str | Path, kind: str = "fashion-mnist", *, split: str = "merged",
-                   train_fraction: float = 0.6) -> int:
+def idx_train_size(
+    data_dir: str | Path, kind: str = "fashion-mnist", *, split: str = "merged", train_fraction: float = 0.6
+) -> int:
     """Training samples the split offers (every file checked as in :func:`read_idx_split`): the bound of
     ``n_train`` that experiments check before a run starts."""
     check_choice("split", split, ("merged", "train", "official"))
@@ -124,14 +133,26 @@ def find_idx_files(data_dir: str | Path, kind: str = "fashion-mnist") -> dict[st
                 break
     missing = [FILES[k] for k in FILES if k not in found]
     if missing:
-        raise ConfigError("data_dir", str(root), f"a folder holding {', '.join(s + '[.gz]' for s in missing)} "
-                                                 f"(flat, or under {FOLDERS[kind]}/raw/); nothing is downloaded")
+        raise ConfigError(
+            "data_dir",
+            str(root),
+            f"a folder holding {', '.join(s + '[.gz]' for s in missing)} "
+            f"(flat, or under {FOLDERS[kind]}/raw/); nothing is downloaded",
+        )
     return found
 
 
-def load_idx_dataset(data_dir: str | Path, kind: str = "fashion-mnist", split_seed: int = 0, *,
-                     split: str = "merged", train_fraction: float = 0.6, n_train: int | None = None,
-                     standardize: str = "global", divide_by: str = "std") -> Dataset:
+def load_idx_dataset(
+    data_dir: str | Path,
+    kind: str = "fashion-mnist",
+    split_seed: int = 0,
+    *,
+    split: str = "merged",
+    train_fraction: float = 0.6,
+    n_train: int | None = None,
+    standardize: str = "global",
+    divide_by: str = "std",
+) -> Dataset:
     """MNIST or Fashion-MNIST from IDX files, split and standardised (module docstring)."""
     check_choice("split", split, ("merged", "train", "official"))
     Xa, ya, Xb, yb = read_idx_split(data_dir, kind)

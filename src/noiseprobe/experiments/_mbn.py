@@ -48,21 +48,46 @@ def sim_peak_bytes(chains: int, dim: int = 1, *, snapshots: int = 0, frame_colum
     return SIM_BYTES + chains * per_chain
 
 
-def chains_1d(config: Any, point: int, *, a: float, lr: float, batch_size: int, sigma: float = 0.0,
-              u: float = 0.0, b: float = 0.0, gamma: float = 0.0) -> pd.DataFrame:
+def chains_1d(
+    config: Any,
+    point: int,
+    *,
+    a: float,
+    lr: float,
+    batch_size: int,
+    sigma: float = 0.0,
+    u: float = 0.0,
+    b: float = 0.0,
+    gamma: float = 0.0,
+) -> pd.DataFrame:
     """One parameter point in 1d: per-chain time averages (exact-in-law 1d sampler); the point's chains have
     the global indices ``point·chains + (0 … chains−1)``."""
     R = config["chains"]
-    run = simulate_sgd(LinearProblem(a, u=[u], sigma=sigma, B=b, Gamma=gamma), lr=lr, batch_size=batch_size,
-                       steps=config["steps"], burn_in=config["burn_in"], chains=R, seed=config["seed"],
-                       first_chain=point * R)
-    return pd.DataFrame({"chain": np.arange(point * R, (point + 1) * R), "sigma_w": run.second_moment[:, 0, 0],
-                         "train_loss": run.train_loss(), "test_loss": run.test_loss(), "diverged": run.diverged})
+    run = simulate_sgd(
+        LinearProblem(a, u=[u], sigma=sigma, B=b, Gamma=gamma),
+        lr=lr,
+        batch_size=batch_size,
+        steps=config["steps"],
+        burn_in=config["burn_in"],
+        chains=R,
+        seed=config["seed"],
+        first_chain=point * R,
+    )
+    return pd.DataFrame(
+        {
+            "chain": np.arange(point * R, (point + 1) * R),
+            "sigma_w": run.second_moment[:, 0, 0],
+            "train_loss": run.train_loss(),
+            "test_loss": run.test_loss(),
+            "diverged": run.diverged,
+        }
+    )
 
 
-def worst_point(key: str, claim: str, measured: Any, expected: Any, se: Any, labels: list[str], *,
-                rtol: Any = 0.0, **kw: Any) -> Check:
-    """"``measured`` ≈ ``expected`` at every point" as one :meth:`Check.close` at the point that needs the most
+def worst_point(
+    key: str, claim: str, measured: Any, expected: Any, se: Any, labels: list[str], *, rtol: Any = 0.0, **kw: Any
+) -> Check:
+    """ "``measured`` ≈ ``expected`` at every point" as one :meth:`Check.close` at the point that needs the most
     standard errors beyond its tolerance (``rtol`` per point or one for all); it passes iff every point
     does. Not measurable when a point with a finite prediction has no finite estimate (its chains
     diverged) or when there is no point."""
@@ -71,15 +96,19 @@ def worst_point(key: str, claim: str, measured: Any, expected: Any, se: Any, lab
     ok = np.isfinite(m) & np.isfinite(e) & np.isfinite(s) & (s > 0)
     lost = [lab for lab, o, ee in zip(labels, ok, e) if not o and np.isfinite(ee)]
     if lost or not ok.any():
-        why = ("not measurable at " + ", ".join(lost) + " (fewer than two convergent chains)") if lost else \
-            "no point to measure (no stationary state at any)"
+        why = (
+            ("not measurable at " + ", ".join(lost) + " (fewer than two convergent chains)")
+            if lost
+            else "no point to measure (no stationary state at any)"
+        )
         return Check.not_measurable(key, claim, why, **kw)
     with np.errstate(divide="ignore", invalid="ignore"):
         excess = np.where(ok, (np.abs(m - e) - rt * np.abs(e)) / np.where(s > 0, s, 1.0), -np.inf)
     i = int(np.argmax(excess))
     z = (m - e) / np.where(s > 0, s, np.inf)
     detail = f"worst at {labels[i]}; z per point: " + ", ".join(
-        f"{lab}: {zz:+.2f}" for lab, zz, o in zip(labels, z, ok) if o)
+        f"{lab}: {zz:+.2f}" for lab, zz, o in zip(labels, z, ok) if o
+    )
     kw["detail"] = detail + ("; " + kw["detail"] if kw.get("detail") else "")
     return Check.close(key, claim, float(m[i]), float(e[i]), rtol=float(rt[i]), se=float(s[i]), **kw)
 

@@ -89,7 +89,7 @@ def _model(config: EoSConfig, d_in: int, n_out: int) -> nn.Sequential:
     with torch.no_grad():
         for lin in model:
             if isinstance(lin, nn.Linear):  # PyTorch's default: U(±1/√fan_in) for weight and bias
-                bound = 1 / lin.in_features ** 0.5
+                bound = 1 / lin.in_features**0.5
                 lin.weight.copy_(torch.rand(lin.weight.shape, generator=gen) * 2 * bound - bound)
                 lin.bias.copy_(torch.rand(lin.bias.shape, generator=gen) * 2 * bound - bound)
     return model
@@ -103,11 +103,26 @@ class EoSSharpness(Experiment):
     Config = EoSConfig
     tables = ("sharpness",)
     presets = {
-        "quick": {"seed": 0, "n_train": 1000, "width": 100, "depth": 2, "lrs": [0.035, 0.045, 0.055],
-                  "steps": 2500, "measure_every": 20, "settle_steps": 100},
-        "full": {"seed": 0, "n_train": 2000, "width": 100, "depth": 2,
-                 "lrs": [0.025, 0.03, 0.035, 0.04, 0.045, 0.05, 0.055], "steps": 8000, "measure_every": 10,
-                 "settle_steps": 100},
+        "quick": {
+            "seed": 0,
+            "n_train": 1000,
+            "width": 100,
+            "depth": 2,
+            "lrs": [0.035, 0.045, 0.055],
+            "steps": 2500,
+            "measure_every": 20,
+            "settle_steps": 100,
+        },
+        "full": {
+            "seed": 0,
+            "n_train": 2000,
+            "width": 100,
+            "depth": 2,
+            "lrs": [0.025, 0.03, 0.035, 0.04, 0.045, 0.05, 0.055],
+            "steps": 8000,
+            "measure_every": 10,
+            "settle_steps": 100,
+        },
     }
     diverging = {"lrs": [50.0, 100.0, 200.0], "steps": 50, "measure_every": 10}
 
@@ -117,12 +132,15 @@ class EoSSharpness(Experiment):
 
     def estimate(self, config: EoSConfig) -> Estimate:
         d_in = 784
-        weights = d_in * config.width + (config.depth - 1) * config.width ** 2 + 10 * config.width
+        weights = d_in * config.width + (config.depth - 1) * config.width**2 + 10 * config.width
         acts = config.n_train * (config.width * config.depth + d_in)
         measures = config.steps // config.measure_every + 1
         per_lr = SECONDS_PER_SAMPLE_WEIGHT * config.n_train * weights * (config.steps + MEASURE_COST_STEPS * measures)
-        return Estimate(CHUNK_BASE_BYTES + BYTES_PER_ACTIVATION * acts + 16 * weights,
-                        per_lr * len(config.lrs), ("n_train", "width", "depth", "steps"))
+        return Estimate(
+            CHUNK_BASE_BYTES + BYTES_PER_ACTIVATION * acts + 16 * weights,
+            per_lr * len(config.lrs),
+            ("n_train", "width", "depth", "steps"),
+        )
 
     def chunks(self, config: EoSConfig) -> list[Chunk]:
         return [Chunk(f"lr{lr:.6g}", {"lr": lr}) for lr in config.lrs]
@@ -132,16 +150,20 @@ class EoSSharpness(Experiment):
         x = data.X_train
         y = torch.nn.functional.one_hot(data.y_train, 10).to(x.dtype)
         lr = float(chunk.spec["lr"])
-        losses, sharp = gd_with_sharpness(_model(config, x.shape[1], 10), _loss, x, y, lr=lr, steps=config.steps,
-                                          measure_every=config.measure_every)
+        losses, sharp = gd_with_sharpness(
+            _model(config, x.shape[1], 10), _loss, x, y, lr=lr, steps=config.steps, measure_every=config.measure_every
+        )
         return {"results": losses.assign(lr=lr), "sharpness": sharp.assign(lr=lr)}
 
-    def analyse(self, config: EoSConfig, tables: dict[str, pd.DataFrame],
-                out: Path) -> tuple[dict[str, Any], list[Check]]:
+    def analyse(
+        self, config: EoSConfig, tables: dict[str, pd.DataFrame], out: Path
+    ) -> tuple[dict[str, Any], list[Check]]:
         losses, sharp = tables["results"], tables["sharpness"]
         lrs = sorted(config.lrs)
-        phases = {lr: eos_phases(losses[losses["lr"] == lr], sharp[sharp["lr"] == lr], settle=config.settle_steps)
-                  for lr in lrs}
+        phases = {
+            lr: eos_phases(losses[losses["lr"] == lr], sharp[sharp["lr"] == lr], settle=config.settle_steps)
+            for lr in lrs
+        }
         checks: list[Check] = []
         for k, lr in enumerate(lrs, start=1):
             checks += _checks(k, lr, phases[lr], config.settle_steps)
@@ -177,26 +199,59 @@ def _checks(k: int, lr: float, ph: Any, settle: int) -> list[Check]:
     at = f"η = {lr:g} (2/η = {2 / lr:.4g})"
     diverged = np.isfinite(ph.diverged_step)
     note: dict[str, Any] = {"detail": f"GD diverged at step {ph.diverged_step:g}"} if diverged else {}
-    out = [Check.greater(f"crosses-{tag}", f"{at}: the sharpness reaches 2/η (max of η·λ_max/2 ≥ 1)",
-                         ph.max_ratio, 1.0, **note)]
+    out = [
+        Check.greater(
+            f"crosses-{tag}", f"{at}: the sharpness reaches 2/η (max of η·λ_max/2 ≥ 1)", ph.max_ratio, 1.0, **note
+        )
+    ]
     sharpen = f"{at}: progressive sharpening — the sharpness rises from its minimum to the first crossing"
     if len(ph.sharpening_windows) >= 2:
-        out.append(Check.ordered(f"sharpening-{tag}", sharpen + " (means of 4 equal windows, increasing)",
-                                 ph.sharpening_windows, detail=f"factor {ph.sharpening_factor:.3g} from the minimum"))
+        out.append(
+            Check.ordered(
+                f"sharpening-{tag}",
+                sharpen + " (means of 4 equal windows, increasing)",
+                ph.sharpening_windows,
+                detail=f"factor {ph.sharpening_factor:.3g} from the minimum",
+            )
+        )
     else:
-        out.append(Check.not_measurable(f"sharpening-{tag}", sharpen, "no crossing, or fewer than 4 measurements "
-                                        "between the sharpness minimum and the crossing", **note))
+        out.append(
+            Check.not_measurable(
+                f"sharpening-{tag}",
+                sharpen,
+                "no crossing, or fewer than 4 measurements between the sharpness minimum and the crossing",
+                **note,
+            )
+        )
     lo, hi = HOVER_BAND
-    phase = (f"over the {ph.hover_n} measurements from {settle} steps after the first crossing "
-             f"(step {ph.first_crossing:g})")
+    phase = (
+        f"over the {ph.hover_n} measurements from {settle} steps after the first crossing (step {ph.first_crossing:g})"
+    )
     for q, val in (("median", ph.hover_median), ("p10", ph.hover_p10), ("p90", ph.hover_p90)):
         name = {"median": "median", "p10": "10 % quantile", "p90": "90 % quantile"}[q]
-        out.append(Check.within(f"hover-{q}-{tag}", f"{at}: the {name} of η·λ_max/2 {phase} is in [{lo}, {hi}]",
-                                val, lo, hi, **note))
-    out.append(Check.less(f"loss-decreases-{tag}", f"{at}: the loss keeps decreasing at the edge of stability "
-                          "(mean of the last quarter / mean of the first quarter of the steps after the crossing)",
-                          ph.loss_ratio, 1.0, **note))
-    out.append(Check.greater(f"loss-nonmonotone-{tag}", f"{at}: ... non-monotonically (fraction of steps after the "
-                             f"crossing at which the loss rose ≥ {MIN_RISE_FRACTION:g})", ph.loss_rise_fraction,
-                             MIN_RISE_FRACTION, **note))
+        out.append(
+            Check.within(
+                f"hover-{q}-{tag}", f"{at}: the {name} of η·λ_max/2 {phase} is in [{lo}, {hi}]", val, lo, hi, **note
+            )
+        )
+    out.append(
+        Check.less(
+            f"loss-decreases-{tag}",
+            f"{at}: the loss keeps decreasing at the edge of stability "
+            "(mean of the last quarter / mean of the first quarter of the steps after the crossing)",
+            ph.loss_ratio,
+            1.0,
+            **note,
+        )
+    )
+    out.append(
+        Check.greater(
+            f"loss-nonmonotone-{tag}",
+            f"{at}: ... non-monotonically (fraction of steps after the "
+            f"crossing at which the loss rose ≥ {MIN_RISE_FRACTION:g})",
+            ph.loss_rise_fraction,
+            MIN_RISE_FRACTION,
+            **note,
+        )
+    )
     return out

@@ -93,20 +93,41 @@ class CriticalBatch(Experiment):
     """Steps and examples to a target loss vs batch size; B_crit against the monitor's noise scale."""
 
     id = "gns-critical-batch"
-    title = ("Critical batch size (McCandlish et al. 2018): steps/examples to a target loss vs batch size, "
-             "B_crit vs B_simple and B_noise")
+    title = (
+        "Critical batch size (McCandlish et al. 2018): steps/examples to a target loss vs batch size, "
+        "B_crit vs B_simple and B_noise"
+    )
     Config = CriticalBatchConfig
     tables = ("curves", "noise")
     presets = {
-        "quick": {"seed": 0, "n_train": 2000, "hidden": 32, "batch_sizes": [4, 8, 16, 32, 64, 128, 256, 512, 1024],
-                  "lrs": [round(0.0125 * 2 ** (k / 2), 6) for k in range(15)], "seeds": 3, "target_loss": 0.3,
-                  "max_steps": 5000, "eval_ratio": 1.05, "snapshot_ratio": 1.3, "probe_samples": 512,
-                  "n_boot": 400},
-        "full": {"seed": 0, "n_train": 3000, "hidden": 64,
-                 "batch_sizes": [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
-                 "lrs": [round(0.00625 * 2 ** (k / 4), 6) for k in range(37)], "seeds": 8, "target_loss": 0.2,
-                 "max_steps": 40000, "eval_ratio": 1.02, "snapshot_ratio": 1.2, "probe_samples": 1024,
-                 "n_boot": 2000},
+        "quick": {
+            "seed": 0,
+            "n_train": 2000,
+            "hidden": 32,
+            "batch_sizes": [4, 8, 16, 32, 64, 128, 256, 512, 1024],
+            "lrs": [round(0.0125 * 2 ** (k / 2), 6) for k in range(15)],
+            "seeds": 3,
+            "target_loss": 0.3,
+            "max_steps": 5000,
+            "eval_ratio": 1.05,
+            "snapshot_ratio": 1.3,
+            "probe_samples": 512,
+            "n_boot": 400,
+        },
+        "full": {
+            "seed": 0,
+            "n_train": 3000,
+            "hidden": 64,
+            "batch_sizes": [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096],
+            "lrs": [round(0.00625 * 2 ** (k / 4), 6) for k in range(37)],
+            "seeds": 8,
+            "target_loss": 0.2,
+            "max_steps": 40000,
+            "eval_ratio": 1.02,
+            "snapshot_ratio": 1.2,
+            "probe_samples": 1024,
+            "n_boot": 2000,
+        },
     }
     diverging = {"lrs": [1e4, 2e4]}
 
@@ -119,13 +140,20 @@ class CriticalBatch(Experiment):
         d_in, r = 784, len(config.lrs)
         weights = (d_in + 1) * config.hidden + (config.hidden + 1) * 10
         snaps = len(geometric_steps(config.max_steps, config.snapshot_ratio))
-        peak = (CHUNK_BASE_BYTES + BYTES_PER_BATCH_INPUT * r * max(config.batch_sizes) * (d_in + config.hidden)
-                + 4 * r * weights * snaps + BYTES_PER_PROBE_WEIGHT * config.probe_samples * weights)
+        peak = (
+            CHUNK_BASE_BYTES
+            + BYTES_PER_BATCH_INPUT * r * max(config.batch_sizes) * (d_in + config.hidden)
+            + 4 * r * weights * snaps
+            + BYTES_PER_PROBE_WEIGHT * config.probe_samples * weights
+        )
         return Estimate(int(peak), None, ("batch_sizes", "lrs", "hidden", "max_steps", "probe_samples"))
 
     def chunks(self, config: CriticalBatchConfig) -> list[Chunk]:
-        return [Chunk(f"B{b:05d}-seed{s:03d}", {"b_index": i, "batch_size": b, "seed_index": s})
-                for i, b in enumerate(config.batch_sizes) for s in range(config.seeds)]
+        return [
+            Chunk(f"B{b:05d}-seed{s:03d}", {"b_index": i, "batch_size": b, "seed_index": s})
+            for i, b in enumerate(config.batch_sizes)
+            for s in range(config.seeds)
+        ]
 
     def run_chunk(self, config: CriticalBatchConfig, chunk: Chunk) -> dict[str, pd.DataFrame]:
         data = load_default(n_train=config.n_train, seed=config.seed)
@@ -134,22 +162,41 @@ class CriticalBatch(Experiment):
         n_lr = len(config.lrs)
         first = (chunk.spec["b_index"] * config.seeds + s) * n_lr  # global replica index of lrs[0]
         replicas = list(range(first, first + n_lr))
-        run = train_to_target(x, y, hidden=[config.hidden], batch_size=b, lrs=config.lrs, replicas=replicas,
-                              init_replica=s, seed=config.seed, target=config.target_loss,
-                              max_steps=config.max_steps, eval_ratio=config.eval_ratio,
-                              snapshot_ratio=config.snapshot_ratio)
+        run = train_to_target(
+            x,
+            y,
+            hidden=[config.hidden],
+            batch_size=b,
+            lrs=config.lrs,
+            replicas=replicas,
+            init_replica=s,
+            seed=config.seed,
+            target=config.target_loss,
+            max_steps=config.max_steps,
+            eval_ratio=config.eval_ratio,
+            snapshot_ratio=config.snapshot_ratio,
+        )
         key = {"batch_size": b, "seed_index": s}
         outcome = run.outcome.assign(**key)
         steps = outcome["steps_to_target"].to_numpy()
         noise = pd.DataFrame()
         if np.isfinite(steps).any():
             best = int(np.nanargmin(steps))
-            noise = noise_scale_during(run, best, x, y, until=float(steps[best]), probe_samples=config.probe_samples,
-                                       seed=config.seed, replica=replicas[best]).assign(lr=config.lrs[best], **key)
+            noise = noise_scale_during(
+                run,
+                best,
+                x,
+                y,
+                until=float(steps[best]),
+                probe_samples=config.probe_samples,
+                seed=config.seed,
+                replica=replicas[best],
+            ).assign(lr=config.lrs[best], **key)
         return {"results": outcome, "curves": run.records.assign(**key), "noise": noise}
 
-    def analyse(self, config: CriticalBatchConfig, tables: dict[str, pd.DataFrame],
-                out: Path) -> tuple[dict[str, Any], list[Check]]:
+    def analyse(
+        self, config: CriticalBatchConfig, tables: dict[str, pd.DataFrame], out: Path
+    ) -> tuple[dict[str, Any], list[Check]]:
         res, noise = tables["results"], tables["noise"]
         per_seed = _tuned(res, config)
         grid = _per_batch(per_seed)
@@ -159,20 +206,39 @@ class CriticalBatch(Experiment):
         self._plot(config, res, tables["curves"], grid, fit, runs, out)
 
         checks = _trend_checks(grid)
-        checks.append(Check.less("hyperbola-fit", "S = S_min(1 + B_crit/B), E = E_min(1 + B/B_crit) fits the tuned "
-                                 "steps and examples: rms residual of log S (= of log E) about the joint fit",
-                                 fit.rms_log_residual, MAX_RMS_LOG_RESIDUAL, detail=f"{fit.n} batch sizes"))
+        checks.append(
+            Check.less(
+                "hyperbola-fit",
+                "S = S_min(1 + B_crit/B), E = E_min(1 + B/B_crit) fits the tuned "
+                "steps and examples: rms residual of log S (= of log E) about the joint fit",
+                fit.rms_log_residual,
+                MAX_RMS_LOG_RESIDUAL,
+                detail=f"{fit.n} batch sizes",
+            )
+        )
         bcrit_ok = math.isfinite(fit.b_crit)
         finite = grid["batch_size"][np.isfinite(grid["steps"])]
-        for key, side, count in (("bracket-below", "below", int((finite < fit.b_crit).sum())),
-                                 ("bracket-above", "above", int((finite > fit.b_crit).sum()))):
+        for key, side, count in (
+            ("bracket-below", "below", int((finite < fit.b_crit).sum())),
+            ("bracket-above", "above", int((finite > fit.b_crit).sum())),
+        ):
             claim = f"at least 2 measured batch sizes {side} the fitted B_crit"
-            checks.append(Check.greater(key, claim, count, 2) if bcrit_ok else
-                          Check.not_measurable(key, claim, "no fit (fewer than 3 batch sizes reached the target)"))
+            checks.append(
+                Check.greater(key, claim, count, 2)
+                if bcrit_ok
+                else Check.not_measurable(key, claim, "no fit (fewer than 3 batch sizes reached the target)")
+            )
         edges = per_seed["at_edge"].dropna()
-        checks.append(Check.equal("lr-grid-brackets", "the learning-rate grid brackets every tuned learning rate "
-                                  "(runs whose fastest lr is the smallest, or the largest without a larger one "
-                                  "diverging)", int(edges.sum()) if len(edges) else None, 0))
+        checks.append(
+            Check.equal(
+                "lr-grid-brackets",
+                "the learning-rate grid brackets every tuned learning rate "
+                "(runs whose fastest lr is the smallest, or the largest without a larger one "
+                "diverging)",
+                int(edges.sum()) if len(edges) else None,
+                0,
+            )
+        )
         for name, col in (("bsimple", "b_simple"), ("bnoise", "b_noise")):
             n_runs = int(runs[col].count())
             mean = runs[col].mean()
@@ -180,22 +246,46 @@ class CriticalBatch(Experiment):
             ratio = fit.b_crit / mean if mean > 0 else math.nan
             rel = math.hypot(fit.log_b_crit_se, se / mean) if mean > 0 else math.nan
             label = {"b_simple": "B_simple = tr Σ/|G|²", "b_noise": "B_noise = tr(HΣ)/GᵀHG"}[col]
-            checks.append(Check.close(f"bcrit-vs-{name}", f"the fitted B_crit ≈ {label} measured by NoiseMonitor, "
-                                      f"averaged over steps to the target and over the tuned runs (ratio within a "
-                                      f"factor {FACTOR:g})", ratio, 1.0, factor=FACTOR, se=ratio * rel,
-                                      detail=f"B_crit {fit.b_crit:.4g}, {col} {mean:.4g} ± {se:.3g} "
-                                      f"({n_runs} runs)"))
-        metrics = {"b_crit": fit.b_crit, "log_b_crit_se": fit.log_b_crit_se, "b_crit_boot_95": boot,
-                   "s_min": fit.s_min, "e_min": fit.e_min, "rms_log_residual": fit.rms_log_residual,
-                   "b_simple_mean": float(runs["b_simple"].mean()), "b_noise_mean": float(runs["b_noise"].mean()),
-                   "grid": grid.to_dict(orient="records"),
-                   "noise_by_batch": runs.groupby("batch_size")[["b_simple", "b_noise"]].mean().reset_index()
-                   .to_dict(orient="records")}
+            checks.append(
+                Check.close(
+                    f"bcrit-vs-{name}",
+                    f"the fitted B_crit ≈ {label} measured by NoiseMonitor, "
+                    f"averaged over steps to the target and over the tuned runs (ratio within a "
+                    f"factor {FACTOR:g})",
+                    ratio,
+                    1.0,
+                    factor=FACTOR,
+                    se=ratio * rel,
+                    detail=f"B_crit {fit.b_crit:.4g}, {col} {mean:.4g} ± {se:.3g} ({n_runs} runs)",
+                )
+            )
+        metrics = {
+            "b_crit": fit.b_crit,
+            "log_b_crit_se": fit.log_b_crit_se,
+            "b_crit_boot_95": boot,
+            "s_min": fit.s_min,
+            "e_min": fit.e_min,
+            "rms_log_residual": fit.rms_log_residual,
+            "b_simple_mean": float(runs["b_simple"].mean()),
+            "b_noise_mean": float(runs["b_noise"].mean()),
+            "grid": grid.to_dict(orient="records"),
+            "noise_by_batch": runs.groupby("batch_size")[["b_simple", "b_noise"]]
+            .mean()
+            .reset_index()
+            .to_dict(orient="records"),
+        }
         return metrics, checks
 
     @staticmethod
-    def _plot(config: CriticalBatchConfig, res: pd.DataFrame, curves: pd.DataFrame, grid: pd.DataFrame,
-              fit: Any, runs: pd.DataFrame, out: Path) -> None:
+    def _plot(
+        config: CriticalBatchConfig,
+        res: pd.DataFrame,
+        curves: pd.DataFrame,
+        grid: pd.DataFrame,
+        fit: Any,
+        runs: pd.DataFrame,
+        out: Path,
+    ) -> None:
         if not np.isfinite(grid["steps"]).any():  # nothing reached the target (e.g. every replica diverged)
             fig, one = new_figure(width=4.4)
             one.text(0.5, 0.5, "no run reached the target loss", ha="center", va="center")
@@ -209,35 +299,60 @@ class CriticalBatch(Experiment):
         if math.isfinite(fit.b_crit):
             ax[0].plot(bb, fit.s_min * (1 + fit.b_crit / bb), "C0-", label=f"fit, B_crit = {fit.b_crit:.3g}")
             ax[0].axvline(fit.b_crit, color="C0", ls=":", lw=0.8)
-        ax[0].set(xscale="log", yscale="log", xlabel="batch size B", ylabel="steps to target S",
-                  title=f"steps to loss {config.target_loss:g}")
+        ax[0].set(
+            xscale="log",
+            yscale="log",
+            xlabel="batch size B",
+            ylabel="steps to target S",
+            title=f"steps to loss {config.target_loss:g}",
+        )
         ax[0].legend()
         e = grid["steps"] * b
         ax[1].plot(grid["steps"], e, "ko")
         if math.isfinite(fit.b_crit):
-            ax[1].plot(fit.s_min * (1 + fit.b_crit / bb), fit.e_min * (1 + bb / fit.b_crit), "C0-",
-                       label="(S/S_min − 1)(E/E_min − 1) = 1")
+            ax[1].plot(
+                fit.s_min * (1 + fit.b_crit / bb),
+                fit.e_min * (1 + bb / fit.b_crit),
+                "C0-",
+                label="(S/S_min − 1)(E/E_min − 1) = 1",
+            )
             ax[1].legend()
         ax[1].set(xscale="log", yscale="log", xlabel="steps S", ylabel="examples E = B·S", title="the trade-off")
         by_b = runs.groupby("batch_size")
         for col, style, label in (("b_simple", "o", "B_simple = tr Σ/|G|²"), ("b_noise", "s", "B_noise = tr(HΣ)/GᵀHG")):
             mean, count = by_b[col].mean(), by_b[col].count()
-            ax[2].errorbar(mean.index, mean.to_numpy(), yerr=(by_b[col].std(ddof=1) / np.sqrt(count)).to_numpy(),
-                           fmt=style, ms=4, label=label)
+            ax[2].errorbar(
+                mean.index,
+                mean.to_numpy(),
+                yerr=(by_b[col].std(ddof=1) / np.sqrt(count)).to_numpy(),
+                fmt=style,
+                ms=4,
+                label=label,
+            )
         if math.isfinite(fit.b_crit):
             ax[2].axhline(fit.b_crit, color="k", lw=1.2, label="fitted B_crit")
-            ax[2].axhspan(fit.b_crit / FACTOR, fit.b_crit * FACTOR, color="grey", alpha=0.15,
-                          label=f"B_crit ×/÷ {FACTOR:g}")
-        ax[2].set(xscale="log", yscale="log", xlabel="batch size B of the run",
-                  ylabel="noise scale (mean over steps to target)", title="NoiseMonitor during the tuned runs")
+            ax[2].axhspan(
+                fit.b_crit / FACTOR, fit.b_crit * FACTOR, color="grey", alpha=0.15, label=f"B_crit ×/÷ {FACTOR:g}"
+            )
+        ax[2].set(
+            xscale="log",
+            yscale="log",
+            xlabel="batch size B of the run",
+            ylabel="noise scale (mean over steps to target)",
+            title="NoiseMonitor during the tuned runs",
+        )
         ax[2].legend(fontsize=7)
         stop = _loss_at_stop(curves)
         for i, (bs, sub) in enumerate(stop.groupby("batch_size")):
             ax[3].plot(sub["lr"], sub["loss_at_stop"], "o-", ms=3, color=f"C{i % 10}", label=f"B = {bs}")
         ax[3].axhline(config.target_loss, color="k", ls=":", lw=0.8)
-        ax[3].set(xscale="log", yscale="log", xlabel="learning rate",
-                  ylabel="training loss when the fastest reached the target",
-                  title="learning-rate tuning (mean over seeds)")
+        ax[3].set(
+            xscale="log",
+            yscale="log",
+            xlabel="learning rate",
+            ylabel="training loss when the fastest reached the target",
+            title="learning-rate tuning (mean over seeds)",
+        )
         ax[3].legend(fontsize=6)
         for a in ax:
             a.xaxis.set_minor_formatter(NullFormatter())
@@ -256,7 +371,7 @@ def _tuned(res: pd.DataFrame, config: CriticalBatchConfig) -> pd.DataFrame:
         row = {"batch_size": b, "seed_index": s, "steps": math.nan, "lr": math.nan, "at_edge": math.nan}
         if np.isfinite(st).any():
             j = int(np.nanargmin(st))
-            larger_diverged = bool(sub["diverged"].to_numpy()[j + 1:].any())
+            larger_diverged = bool(sub["diverged"].to_numpy()[j + 1 :].any())
             edge = j == 0 or (sub["lr"].iloc[j] == lrs[-1] and not larger_diverged)
             row.update(steps=float(st[j]), lr=float(sub["lr"].iloc[j]), at_edge=float(edge))
         rows.append(row)
@@ -272,8 +387,9 @@ def _loss_at_stop(curves: pd.DataFrame) -> pd.DataFrame:
 def _per_batch(per_seed: pd.DataFrame) -> pd.DataFrame:
     """S(B): mean over seeds of the tuned steps (NaN unless every seed reached the target), its SE, E = B·S."""
     g = per_seed.groupby("batch_size")["steps"]
-    grid = pd.DataFrame({"steps": g.mean(), "steps_se": g.std(ddof=1) / np.sqrt(g.count()),
-                         "reached": g.count(), "seeds": g.size()}).reset_index()
+    grid = pd.DataFrame(
+        {"steps": g.mean(), "steps_se": g.std(ddof=1) / np.sqrt(g.count()), "reached": g.count(), "seeds": g.size()}
+    ).reset_index()
     grid.loc[grid["reached"] < grid["seeds"], "steps"] = math.nan
     grid["examples"] = grid["steps"] * grid["batch_size"]
     return grid
@@ -302,8 +418,13 @@ def _noise_averages(per_seed: pd.DataFrame, noise: pd.DataFrame) -> pd.DataFrame
         if not math.isfinite(steps) or noise.empty:
             continue
         one = noise[(noise["batch_size"] == r["batch_size"]) & (noise["seed_index"] == r["seed_index"])]
-        rows.append({"batch_size": r["batch_size"], "seed_index": r["seed_index"],
-                     **{c: step_average(one["step"], one[c], steps) for c in ("b_simple", "b_noise")}})
+        rows.append(
+            {
+                "batch_size": r["batch_size"],
+                "seed_index": r["seed_index"],
+                **{c: step_average(one["step"], one[c], steps) for c in ("b_simple", "b_noise")},
+            }
+        )
     return pd.DataFrame(rows, columns=["batch_size", "seed_index", "b_simple", "b_noise"])
 
 
@@ -311,7 +432,19 @@ def _trend_checks(grid: pd.DataFrame) -> list[Check]:
     """S decreases and E increases with B (each step up to 4 SE over seeds)."""
     se = grid["steps_se"].fillna(0.0).to_numpy()
     b = grid["batch_size"].to_numpy(dtype=float)
-    return [Check.ordered("steps-decrease", "steps to target S decrease with the batch size (tuned lr)",
-                          grid["steps"].tolist(), increasing=False, se=se.tolist()),
-            Check.ordered("examples-increase", "examples to target E = B·S increase with the batch size (tuned lr)",
-                          grid["examples"].tolist(), increasing=True, se=(b * se).tolist())]
+    return [
+        Check.ordered(
+            "steps-decrease",
+            "steps to target S decrease with the batch size (tuned lr)",
+            grid["steps"].tolist(),
+            increasing=False,
+            se=se.tolist(),
+        ),
+        Check.ordered(
+            "examples-increase",
+            "examples to target E = B·S increase with the batch size (tuned lr)",
+            grid["examples"].tolist(),
+            increasing=True,
+            se=(b * se).tolist(),
+        ),
+    ]

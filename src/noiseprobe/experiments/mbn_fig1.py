@@ -84,19 +84,69 @@ class Fig1RightConfig(_Common):
 
 @dataclass(frozen=True, kw_only=True)
 class Fig1Config(Fig1LeftConfig, Fig1RightConfig):
-    size_fields: ClassVar[tuple[str, ...]] = ("n_seeds", "widths", "batch_size", "epochs", "right_batch_size", "right_epochs")
+    size_fields: ClassVar[tuple[str, ...]] = (
+        "n_seeds",
+        "widths",
+        "batch_size",
+        "epochs",
+        "right_batch_size",
+        "right_epochs",
+    )
 
 
 _COMMON = {"seed": 2022, "dataset": "default", "inputs": "standardised"}
-_LEFT = {"quick": {"n_seeds": 3, "widths": [25, 100, 400, 800], "d_ref": 50, "sgd_lr": 0.5, "adam_lr": 0.01,
-                   "batch_size": 32, "epochs": 1},
-         "full": {"n_seeds": 8, "widths": [25, 50, 100, 200, 400, 800, 1600], "d_ref": 50, "sgd_lr": 0.5,
-                  "adam_lr": 0.01, "batch_size": 32, "epochs": 1}}
-_RIGHT = {"quick": {"n_seeds": 4, "gammas": [-0.02, -0.01, -0.005, -0.002, 0.0, 0.002, 0.005, 0.01],
-                    "right_lr": 1.5, "right_batch_size": 32, "right_epochs": 3},
-          "full": {"n_seeds": 16, "gammas": [-0.03, -0.02, -0.015, -0.01, -0.007, -0.005, -0.003, -0.002, -0.001,
-                                             0.0, 0.001, 0.002, 0.005, 0.01, 0.02],
-                   "right_lr": 1.5, "right_batch_size": 32, "right_epochs": 10}}
+_LEFT = {
+    "quick": {
+        "n_seeds": 3,
+        "widths": [25, 100, 400, 800],
+        "d_ref": 50,
+        "sgd_lr": 0.5,
+        "adam_lr": 0.01,
+        "batch_size": 32,
+        "epochs": 1,
+    },
+    "full": {
+        "n_seeds": 8,
+        "widths": [25, 50, 100, 200, 400, 800, 1600],
+        "d_ref": 50,
+        "sgd_lr": 0.5,
+        "adam_lr": 0.01,
+        "batch_size": 32,
+        "epochs": 1,
+    },
+}
+_RIGHT = {
+    "quick": {
+        "n_seeds": 4,
+        "gammas": [-0.02, -0.01, -0.005, -0.002, 0.0, 0.002, 0.005, 0.01],
+        "right_lr": 1.5,
+        "right_batch_size": 32,
+        "right_epochs": 3,
+    },
+    "full": {
+        "n_seeds": 16,
+        "gammas": [
+            -0.03,
+            -0.02,
+            -0.015,
+            -0.01,
+            -0.007,
+            -0.005,
+            -0.003,
+            -0.002,
+            -0.001,
+            0.0,
+            0.001,
+            0.002,
+            0.005,
+            0.01,
+            0.02,
+        ],
+        "right_lr": 1.5,
+        "right_batch_size": 32,
+        "right_epochs": 10,
+    },
+}
 
 
 def _preset(name: str, panels: tuple[str, ...]) -> dict[str, Any]:
@@ -117,8 +167,11 @@ class _Fig1Base(Experiment):
         describes, and the longest, so workers finish together), then the right panel."""
         out = []
         if "left" in self.panels:
-            out += [Chunk(f"left-{opt}-d{w:05d}", {"panel": "left", "optimizer": opt, "width": w})
-                    for opt in ("adam", "sgd") for w in sorted(config["widths"], reverse=True)]
+            out += [
+                Chunk(f"left-{opt}-d{w:05d}", {"panel": "left", "optimizer": opt, "width": w})
+                for opt in ("adam", "sgd")
+                for w in sorted(config["widths"], reverse=True)
+            ]
         if "right" in self.panels:
             out.append(Chunk("right", {"panel": "right"}))
         return out
@@ -158,12 +211,26 @@ class _Fig1Base(Experiment):
         seeds = list(range(config["n_seeds"]))
         if chunk.spec["panel"] == "right":
             gam = np.asarray(config["gammas"], dtype=np.float64)
-            batches = epoch_batches(config["seed"], seeds, n=len(ytr), batch_size=config["right_batch_size"],
-                                    epochs=config["right_epochs"], stream=_BATCH_STREAM_RIGHT)
-            res = train_logistic(xtr, ytr, xte, yte, lr=config["right_lr"],
-                                 gammas=torch.from_numpy(np.repeat(gam, len(seeds))), batches=batches.repeat(len(gam), 1, 1))
-            df = pd.DataFrame({"panel": "right", "gamma": np.repeat(gam, len(seeds)),
-                               "seed": np.tile(seeds, len(gam)), **res})
+            batches = epoch_batches(
+                config["seed"],
+                seeds,
+                n=len(ytr),
+                batch_size=config["right_batch_size"],
+                epochs=config["right_epochs"],
+                stream=_BATCH_STREAM_RIGHT,
+            )
+            res = train_logistic(
+                xtr,
+                ytr,
+                xte,
+                yte,
+                lr=config["right_lr"],
+                gammas=torch.from_numpy(np.repeat(gam, len(seeds))),
+                batches=batches.repeat(len(gam), 1, 1),
+            )
+            df = pd.DataFrame(
+                {"panel": "right", "gamma": np.repeat(gam, len(seeds)), "seed": np.tile(seeds, len(gam)), **res}
+            )
             df["diverged"] = is_diverged(df[["train_loss", "test_loss"]].to_numpy(), axis=1)
             df.loc[df["diverged"], "test_acc"] = np.nan
             return {"results": df}
@@ -171,19 +238,43 @@ class _Fig1Base(Experiment):
         base = config["sgd_lr"] if opt == "sgd" else config["adam_lr"]
         rules = {"fixed": base, "rescaled": base * config["d_ref"] / width}
         gens = [torch_generator(config["seed"], s, _INIT_STREAM + width) for s in seeds]
-        batches = epoch_batches(config["seed"], seeds, n=len(ytr), batch_size=config["batch_size"],
-                                epochs=config["epochs"], stream=_BATCH_STREAM_LEFT)
+        batches = epoch_batches(
+            config["seed"],
+            seeds,
+            n=len(ytr),
+            batch_size=config["batch_size"],
+            epochs=config["epochs"],
+            stream=_BATCH_STREAM_LEFT,
+        )
         lrs = torch.tensor([rules[r] for r in rules for _ in seeds])
-        losses = train_tanh_net(xtr, ytr, width=width, lrs=lrs, optimizer=opt, init_gens=gens * len(rules),
-                                batches=batches.repeat(len(rules), 1, 1))
-        first = losses[:, :len(ytr) // config["batch_size"]].double()  # the first epoch
+        losses = train_tanh_net(
+            xtr,
+            ytr,
+            width=width,
+            lrs=lrs,
+            optimizer=opt,
+            init_gens=gens * len(rules),
+            batches=batches.repeat(len(rules), 1, 1),
+        )
+        first = losses[:, : len(ytr) // config["batch_size"]].double()  # the first epoch
         finite = torch.from_numpy(~is_diverged(losses.cpu().numpy(), axis=1))
-        labels = {"panel": "left", "optimizer": opt, "width": width,
-                  "lr_rule": np.repeat(list(rules), len(seeds)), "seed": np.tile(seeds, len(rules))}
-        results = pd.DataFrame({**labels, "lr": lrs.double().numpy(),
-                                "loss_var": torch.where(finite, first.var(1), torch.inf).numpy(),
-                                "loss_mean": first.mean(1).numpy(), "final_loss": losses[:, -10:].mean(1).numpy(),
-                                "diverged": (~finite).numpy()})
+        labels = {
+            "panel": "left",
+            "optimizer": opt,
+            "width": width,
+            "lr_rule": np.repeat(list(rules), len(seeds)),
+            "seed": np.tile(seeds, len(rules)),
+        }
+        results = pd.DataFrame(
+            {
+                **labels,
+                "lr": lrs.double().numpy(),
+                "loss_var": torch.where(finite, first.var(1), torch.inf).numpy(),
+                "loss_mean": first.mean(1).numpy(),
+                "final_loss": losses[:, -10:].mean(1).numpy(),
+                "diverged": (~finite).numpy(),
+            }
+        )
         steps = losses.shape[1]
         curves = pd.DataFrame({k: np.repeat(v, steps) if isinstance(v, np.ndarray) else v for k, v in labels.items()})
         curves["step"], curves["loss"] = np.tile(np.arange(steps), len(lrs)), losses.reshape(-1).numpy()
@@ -223,10 +314,13 @@ def _analyse_left(config: Any, res: pd.DataFrame, out: Path) -> tuple[dict[str, 
             ok = np.isfinite(s.to_numpy())  # a median over diverged seeds is +inf: not drawn
             ax.plot(s.index[ok], s.to_numpy()[ok], mark, label=lr_note)
             metrics[f"loss_var_{opt}_{rule}"] = {int(w): float(v) for w, v in s.items()}
-        ax.set(xscale="log", yscale="log" if np.isfinite(med.loc[opt].to_numpy()).any() else "linear",
-               xlabel="hidden width d",
-               ylabel="1st-epoch train-loss variance (seed median)",
-               title=f"Fig. 1-{panel}: tanh net, {opt.upper()}")
+        ax.set(
+            xscale="log",
+            yscale="log" if np.isfinite(med.loc[opt].to_numpy()).any() else "linear",
+            xlabel="hidden width d",
+            ylabel="1st-epoch train-loss variance (seed median)",
+            title=f"Fig. 1-{panel}: tanh net, {opt.upper()}",
+        )
         ax.set_xticks(s.index.to_numpy(), [str(w) for w in s.index], minor=False)
         ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.legend()
@@ -236,14 +330,25 @@ def _analyse_left(config: Any, res: pd.DataFrame, out: Path) -> tuple[dict[str, 
             growth = float(fixed.iloc[-1] / fixed.iloc[0])
             flat = float(resc.max() / resc.min())
         note = "ratio of seed-median first-epoch loss variances"
-        checks.append(Check.greater(
-            f"{opt}-variance-grows-with-width",
-            f"{opt.upper()} at fixed lr: the first-epoch loss variance grows with width (d = {fixed.index[0]} -> "
-            f"{fixed.index[-1]}; paper: {'explodes for d >= 200' if opt == 'sgd' else 'as for SGD'})",
-            growth, GROWTH_MIN, detail=note))
-        checks.append(Check.less(f"{opt}-variance-flat-when-lr-rescaled",
-                                 f"{opt.upper()} with lr ∝ 1/width: the loss variance stays roughly constant "
-                                 "(max/min over widths)", flat, FLAT_MAX, detail=note))
+        checks.append(
+            Check.greater(
+                f"{opt}-variance-grows-with-width",
+                f"{opt.upper()} at fixed lr: the first-epoch loss variance grows with width (d = {fixed.index[0]} -> "
+                f"{fixed.index[-1]}; paper: {'explodes for d >= 200' if opt == 'sgd' else 'as for SGD'})",
+                growth,
+                GROWTH_MIN,
+                detail=note,
+            )
+        )
+        checks.append(
+            Check.less(
+                f"{opt}-variance-flat-when-lr-rescaled",
+                f"{opt.upper()} with lr ∝ 1/width: the loss variance stays roughly constant (max/min over widths)",
+                flat,
+                FLAT_MAX,
+                detail=note,
+            )
+        )
     return metrics, checks
 
 
@@ -262,18 +367,31 @@ def _analyse_right(config: Any, res: pd.DataFrame, out: Path) -> tuple[dict[str,
     lo, hi = (float(q) for q in np.quantile(boot, [0.025, 0.975]))
     p_nonneg = float(np.mean(boot >= 0))
     metrics: dict[str, Any] = {
-        "gamma_star": float(gam[best]), "gamma_star_ci95": [lo, hi], "test_acc_at_gamma_star": float(mean[best]),
+        "gamma_star": float(gam[best]),
+        "gamma_star_ci95": [lo, hi],
+        "test_acc_at_gamma_star": float(mean[best]),
         "test_acc_by_gamma": {float(g): float(v) for g, v in zip(gam, mean)},
         "gamma_star_test_loss": float(gam[np.argmin(loss.median(axis=0).to_numpy())]),
-        "gamma_star_bootstrap_p_nonnegative": p_nonneg, "diverged_right": int(res["diverged"].sum())}
+        "gamma_star_bootstrap_p_nonnegative": p_nonneg,
+        "diverged_right": int(res["diverged"].sum()),
+    }
     all_diverged = bool(res["diverged"].all())
-    claim = (f"logistic regression, lr = {config['right_lr']}, S = {config['right_batch_size']}: the best weight decay "
-             "(test accuracy) is negative: share of bootstrap resamples (over seeds) whose best γ is >= 0")
+    claim = (
+        f"logistic regression, lr = {config['right_lr']}, S = {config['right_batch_size']}: the best weight decay "
+        "(test accuracy) is negative: share of bootstrap resamples (over seeds) whose best γ is >= 0"
+    )
     if all_diverged:
         checks = [Check.not_measurable("best-weight-decay-negative", claim, "every replica diverged")]
     else:
-        checks = [Check.less("best-weight-decay-negative", claim, p_nonneg, BOOT_LEVEL,
-                             detail=f"γ* = {gam[best]:g}, bootstrap CI95 = [{lo:g}, {hi:g}], {N_BOOT} resamples")]
+        checks = [
+            Check.less(
+                "best-weight-decay-negative",
+                claim,
+                p_nonneg,
+                BOOT_LEVEL,
+                detail=f"γ* = {gam[best]:g}, bootstrap CI95 = [{lo:g}, {hi:g}], {N_BOOT} resamples",
+            )
+        ]
     if 0.0 in gam:
         diff = a[:, best] - a[:, list(gam).index(0.0)]
         metrics["test_acc_gain_over_gamma0"] = [float(v) for v in mean_se(diff)]
@@ -281,8 +399,11 @@ def _analyse_right(config: Any, res: pd.DataFrame, out: Path) -> tuple[dict[str,
     ax.errorbar(gam, mean, yerr=se, fmt="o-", label="test accuracy (mean ± SE over seeds)")
     ax.axvspan(lo, hi, color="C1", alpha=0.2, label="95% CI of the best γ")
     ax.axvline(0.0, color="k", lw=0.8)
-    ax.set(xlabel="weight decay γ", ylabel="test accuracy",
-           title=f"Fig. 1-right: logistic regression, lr = {config['right_lr']}")
+    ax.set(
+        xlabel="weight decay γ",
+        ylabel="test accuracy",
+        title=f"Fig. 1-right: logistic regression, lr = {config['right_lr']}",
+    )
     ax.legend()
     savefig(fig, out / "fig1_right.png")
     return metrics, checks

@@ -22,8 +22,15 @@ from noiseprobe.core.config import param
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
-from noiseprobe.experiments._mbn import (BASE_BYTES, ChainsConfig, chains_1d, check_weight_decays, plain_log_ticks,
-                                         sim_peak_bytes, worst_point)
+from noiseprobe.experiments._mbn import (
+    BASE_BYTES,
+    ChainsConfig,
+    chains_1d,
+    check_weight_decays,
+    plain_log_ticks,
+    sim_peak_bytes,
+    worst_point,
+)
 from noiseprobe.minibatch.baselines import hessian_approx_sigma
 from noiseprobe.minibatch.fluctuation import or_inf
 from noiseprobe.minibatch.l2 import l2_1d
@@ -61,13 +68,36 @@ class Fig3(Experiment):
     title = "Fluctuation vs batch size: exact vs Hessian approximations; L2 test loss vs weight decay"
     Config = Fig3Config
     presets = {
-        "quick": {"seed": 0, "a": 1.5, "lr": 1.0, "sigma": 1.0, "batch_sizes": [8, 12, 16, 24, 32, 64],
-                  "reg_a": 1.0, "reg_lr": 0.5, "reg_S": 1, "reg_u": 1.0, "gammas": [0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0],
-                  "chains": 1500, "steps": 1500, "burn_in": 300},
-        "full": {"seed": 0, "a": 1.5, "lr": 1.0, "sigma": 1.0, "batch_sizes": [7, 8, 10, 12, 16, 24, 32, 48, 64, 128, 256],
-                 "reg_a": 1.0, "reg_lr": 0.5, "reg_S": 1, "reg_u": 1.0,
-                 "gammas": [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5],
-                 "chains": 20000, "steps": 10000, "burn_in": 2000},
+        "quick": {
+            "seed": 0,
+            "a": 1.5,
+            "lr": 1.0,
+            "sigma": 1.0,
+            "batch_sizes": [8, 12, 16, 24, 32, 64],
+            "reg_a": 1.0,
+            "reg_lr": 0.5,
+            "reg_S": 1,
+            "reg_u": 1.0,
+            "gammas": [0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0],
+            "chains": 1500,
+            "steps": 1500,
+            "burn_in": 300,
+        },
+        "full": {
+            "seed": 0,
+            "a": 1.5,
+            "lr": 1.0,
+            "sigma": 1.0,
+            "batch_sizes": [7, 8, 10, 12, 16, 24, 32, 48, 64, 128, 256],
+            "reg_a": 1.0,
+            "reg_lr": 0.5,
+            "reg_S": 1,
+            "reg_u": 1.0,
+            "gammas": [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5],
+            "chains": 20000,
+            "steps": 10000,
+            "burn_in": 2000,
+        },
     }
     diverging = {"lr": 5.0, "reg_lr": 5.0}  # λa >= 2: no batch size is stable, every chain diverges
 
@@ -77,33 +107,52 @@ class Fig3(Experiment):
     def chunks(self, config: Any) -> list[Chunk]:
         left = [Chunk(f"S{S}", {"panel": "left", "S": S, "point": i}) for i, S in enumerate(config["batch_sizes"])]
         off = len(left)
-        right = [Chunk(f"gamma{g:g}", {"panel": "right", "gamma": g, "point": off + i})
-                 for i, g in enumerate(config["gammas"])]
+        right = [
+            Chunk(f"gamma{g:g}", {"panel": "right", "gamma": g, "point": off + i})
+            for i, g in enumerate(config["gammas"])
+        ]
         return left + right
 
     def run_chunk(self, config: Any, chunk: Chunk) -> pd.DataFrame:
         sp = chunk.spec
         if sp["panel"] == "left":
-            df = chains_1d(config, sp["point"], a=config["a"], lr=config["lr"], batch_size=sp["S"], sigma=config["sigma"])
+            df = chains_1d(
+                config, sp["point"], a=config["a"], lr=config["lr"], batch_size=sp["S"], sigma=config["sigma"]
+            )
             return df.assign(panel="left", S=sp["S"], gamma=0.0)
-        df = chains_1d(config, sp["point"], a=config["reg_a"], lr=config["reg_lr"], batch_size=config["reg_S"],
-                       u=config["reg_u"], gamma=sp["gamma"])
+        df = chains_1d(
+            config,
+            sp["point"],
+            a=config["reg_a"],
+            lr=config["reg_lr"],
+            batch_size=config["reg_S"],
+            u=config["reg_u"],
+            gamma=sp["gamma"],
+        )
         return df.assign(panel="right", S=config["reg_S"], gamma=sp["gamma"])
 
     def analyse(self, config: Any, tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict, list[Check]]:
         res = tables["results"]
         a, lr, sigma = config["a"], config["lr"], config["sigma"]
-        s2 = sigma ** 2
+        s2 = sigma**2
         rows = []
         for S, g in res[res.panel == "left"].groupby("S"):
             m, se, frac = mean_se_kept(g["sigma_w"], g["diverged"])
-            rows.append({"S": S, "sim": m, "se": se, "diverged": frac,
-                         "exact": or_inf(label_noise_sigma, a, lr=lr, batch_size=S, sigma=sigma),
-                         # Hessian baselines C = H/S carry no σ²; scaled by σ² for a fair comparison (trap 13)
-                         "discrete": or_inf(hessian_approx_sigma, a, lr=lr, batch_size=S, noise_scale=s2),
-                         "continuous": or_inf(hessian_approx_sigma, a, lr=lr, batch_size=S, time="continuous",
-                                              noise_scale=s2),
-                         "beta": float(tail_index_exact(lr=lr, batch_size=S, a=a))})
+            rows.append(
+                {
+                    "S": S,
+                    "sim": m,
+                    "se": se,
+                    "diverged": frac,
+                    "exact": or_inf(label_noise_sigma, a, lr=lr, batch_size=S, sigma=sigma),
+                    # Hessian baselines C = H/S carry no σ²; scaled by σ² for a fair comparison (trap 13)
+                    "discrete": or_inf(hessian_approx_sigma, a, lr=lr, batch_size=S, noise_scale=s2),
+                    "continuous": or_inf(
+                        hessian_approx_sigma, a, lr=lr, batch_size=S, time="continuous", noise_scale=s2
+                    ),
+                    "beta": float(tail_index_exact(lr=lr, batch_size=S, a=a)),
+                }
+            )
         left = pd.DataFrame(rows).sort_values("S")
         checks = []
         ok = left[np.isfinite(left.exact)]
@@ -111,36 +160,69 @@ class Fig3(Experiment):
         if ok.empty:
             checks.append(Check.not_measurable("thm2-sigma-matches-simulation", claim, "no stable batch size"))
         else:
-            checks.append(worst_point("thm2-sigma-matches-simulation", claim, ok.sim, ok.exact, ok.se,
-                                      [f"S={S}" for S in ok.S],
-                                      rtol=np.where(ok.beta > 4, 0.0, HEAVY_TAIL_RTOL),
-                                      detail=f"+{HEAVY_TAIL_RTOL:.0%} relative where the tail index < 4"))
+            checks.append(
+                worst_point(
+                    "thm2-sigma-matches-simulation",
+                    claim,
+                    ok.sim,
+                    ok.exact,
+                    ok.se,
+                    [f"S={S}" for S in ok.S],
+                    rtol=np.where(ok.beta > 4, 0.0, HEAVY_TAIL_RTOL),
+                    detail=f"+{HEAVY_TAIL_RTOL:.0%} relative where the tail index < 4",
+                )
+            )
         if len(ok) >= 2:
             small, large = ok.iloc[0], ok.iloc[-1]
-            checks.append(Check.greater(
-                "hessian-underestimates-small-s", "Hessian approximations underestimate Σ at small S (Fig. 3 left): "
-                "simulated Σ / discrete Hessian approximation", small.sim / small.discrete, UNDERESTIMATE_MIN,
-                detail=f"S = {int(small.S)}; SE of the ratio {small.se / small.discrete:.2g} (not a slack: near the "
-                       "variance bound the tail index is ≈ 2 and the SE is unreliable, and 4 SE would pass any ratio); "
-                       f"simulated Σ / continuous approximation = {small.sim / small.continuous:.3f}"))
-            checks.append(Check.less(
-                "discrete-approaches-exact-at-large-s",
-                "The discrete Hessian approximation approaches the exact Σ as S grows (large-S limit, eq. 22): "
-                f"|1 − discrete/exact| at S = {int(large.S)} is below its value at S = {int(small.S)}",
-                abs(1 - large.discrete / large.exact), abs(1 - small.discrete / small.exact),
-                detail=f"discrete/exact = {large.discrete / large.exact:.4f} (S = {int(large.S)}), "
-                       f"{small.discrete / small.exact:.4f} (S = {int(small.S)})"))
+            checks.append(
+                Check.greater(
+                    "hessian-underestimates-small-s",
+                    "Hessian approximations underestimate Σ at small S (Fig. 3 left): "
+                    "simulated Σ / discrete Hessian approximation",
+                    small.sim / small.discrete,
+                    UNDERESTIMATE_MIN,
+                    detail=f"S = {int(small.S)}; SE of the ratio {small.se / small.discrete:.2g} (not a slack: near the "
+                    "variance bound the tail index is ≈ 2 and the SE is unreliable, and 4 SE would pass any ratio); "
+                    f"simulated Σ / continuous approximation = {small.sim / small.continuous:.3f}",
+                )
+            )
+            checks.append(
+                Check.less(
+                    "discrete-approaches-exact-at-large-s",
+                    "The discrete Hessian approximation approaches the exact Σ as S grows (large-S limit, eq. 22): "
+                    f"|1 − discrete/exact| at S = {int(large.S)} is below its value at S = {int(small.S)}",
+                    abs(1 - large.discrete / large.exact),
+                    abs(1 - small.discrete / small.exact),
+                    detail=f"discrete/exact = {large.discrete / large.exact:.4f} (S = {int(large.S)}), "
+                    f"{small.discrete / small.exact:.4f} (S = {int(small.S)})",
+                )
+            )
             S0 = int(small.S)
-            checks.append(Check.close(
-                "stability-bound-closed-form",
-                "Thm 2 stability bound λ_max·a = 2S/(S+2) (numerical bound of the solver vs closed form)",
-                label_noise_lr_bound(a, batch_size=S0) * a, 2 * S0 / (S0 + 2), atol=1e-8, detail=f"S = {S0}"))
+            checks.append(
+                Check.close(
+                    "stability-bound-closed-form",
+                    "Thm 2 stability bound λ_max·a = 2S/(S+2) (numerical bound of the solver vs closed form)",
+                    label_noise_lr_bound(a, batch_size=S0) * a,
+                    2 * S0 / (S0 + 2),
+                    atol=1e-8,
+                    detail=f"S = {S0}",
+                )
+            )
         else:
-            checks += [Check.not_measurable(k, c, "fewer than two stable batch sizes") for k, c in (
-                ("hessian-underestimates-small-s", "Hessian approximations underestimate Σ at small S (Fig. 3 left)"),
-                ("discrete-approaches-exact-at-large-s", "The discrete Hessian approximation approaches the exact Σ "
-                 "as S grows (large-S limit, eq. 22)"),
-                ("stability-bound-closed-form", "Thm 2 stability bound λ_max·a = 2S/(S+2)"))]
+            checks += [
+                Check.not_measurable(k, c, "fewer than two stable batch sizes")
+                for k, c in (
+                    (
+                        "hessian-underestimates-small-s",
+                        "Hessian approximations underestimate Σ at small S (Fig. 3 left)",
+                    ),
+                    (
+                        "discrete-approaches-exact-at-large-s",
+                        "The discrete Hessian approximation approaches the exact Σ as S grows (large-S limit, eq. 22)",
+                    ),
+                    ("stability-bound-closed-form", "Thm 2 stability bound λ_max·a = 2S/(S+2)"),
+                )
+            ]
         ra, rl, rS, ru = config["reg_a"], config["reg_lr"], config["reg_S"], config["reg_u"]
 
         def cor4(gamma: float) -> float:
@@ -153,15 +235,30 @@ class Fig3(Experiment):
         right = pd.DataFrame(rrows).sort_values("gamma")
         conv = right[np.isfinite(right.sim)]
         g_sim = float(conv.gamma.iloc[int(np.argmin(conv.sim.to_numpy()))]) if len(conv) else None
-        checks.append(Check.equal("optimal-weight-decay-zero",
-                                  "Standard L2 case (λa < 2S/(S+2)): the optimal weight decay is γ* = 0 (Fig. 3 right): "
-                                  "argmin of the simulated test loss over the γ grid", g_sim, 0.0,
-                                  detail="" if len(conv) == len(right) else
-                                  f"{len(right) - len(conv)} γ point(s) without convergent chains left out"))
+        checks.append(
+            Check.equal(
+                "optimal-weight-decay-zero",
+                "Standard L2 case (λa < 2S/(S+2)): the optimal weight decay is γ* = 0 (Fig. 3 right): "
+                "argmin of the simulated test loss over the γ grid",
+                g_sim,
+                0.0,
+                detail=""
+                if len(conv) == len(right)
+                else f"{len(right) - len(conv)} γ point(s) without convergent chains left out",
+            )
+        )
         tp = right[np.isfinite(right.theory) & (right.theory > 0)]
-        checks.append(worst_point("cor4-test-loss-matches-simulation",
-                                  "Cor. 4 test loss matches simulation (S = 1: tail index ≈ 3, so +10 % relative)",
-                                  tp.sim, tp.theory, tp.se, [f"γ={g:g}" for g in tp.gamma], rtol=HEAVY_TAIL_RTOL))
+        checks.append(
+            worst_point(
+                "cor4-test-loss-matches-simulation",
+                "Cor. 4 test loss matches simulation (S = 1: tail index ≈ 3, so +10 % relative)",
+                tp.sim,
+                tp.theory,
+                tp.se,
+                [f"γ={g:g}" for g in tp.gamma],
+                rtol=HEAVY_TAIL_RTOL,
+            )
+        )
         fig, ax = new_figure(2, width=4.2)
         Sg = np.geomspace(left.S.min(), left.S.max() * 1.2, 200)
         den = 2 * Sg - (Sg + 2) * lr * a  # 1d Thm 2 for real S
@@ -179,6 +276,9 @@ class Fig3(Experiment):
         ax[1].set(xlabel="weight decay γ", ylabel="test loss", title=f"L2: a={ra}, λ={rl}, S={rS}")
         ax[1].legend()
         savefig(fig, out / "fig3.png")
-        metrics = {"sigma_exact": dict(zip(left.S.astype(int).astype(str), left.exact)),
-                   "sigma_sim": dict(zip(left.S.astype(int).astype(str), left.sim)), "gamma_star_sim": g_sim}
+        metrics = {
+            "sigma_exact": dict(zip(left.S.astype(int).astype(str), left.exact)),
+            "sigma_sim": dict(zip(left.S.astype(int).astype(str), left.sim)),
+            "gamma_star_sim": g_sim,
+        }
         return metrics, checks

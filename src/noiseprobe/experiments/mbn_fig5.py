@@ -22,8 +22,14 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
-from noiseprobe.experiments._mbn import (BASE_BYTES, ChainsConfig, chains_1d, check_weight_decays, sim_peak_bytes,
-                                         worst_point)
+from noiseprobe.experiments._mbn import (
+    BASE_BYTES,
+    ChainsConfig,
+    chains_1d,
+    check_weight_decays,
+    sim_peak_bytes,
+    worst_point,
+)
 from noiseprobe.minibatch.fluctuation import or_inf
 from noiseprobe.minibatch.l2 import convergent_gamma_interval, l2_1d, negative_weight_decay_window, optimal_weight_decay
 
@@ -56,13 +62,30 @@ class Fig5(Experiment):
     title = "Test loss vs weight decay and learning rate with predicted divergence; negative optimal weight decay"
     Config = Fig5Config
     presets = {
-        "quick": {"seed": 0, "a": 1.0, "lr": 2.5, "S": 1000, "u": 1.0,
-                  "gammas": [-0.9, -0.6, -0.4, -0.3, -0.25, -0.2159, -0.21, -0.15, 0.0],
-                  "lrs": [0.5, 1.0, 1.5, 2.0, 2.3, 2.5, 2.6], "chains": 300, "steps": 1500, "burn_in": 500},
-        "full": {"seed": 0, "a": 1.0, "lr": 2.5, "S": 1000, "u": 1.0,
-                 "gammas": [-0.95, -0.8, -0.6, -0.4, -0.3, -0.25, -0.23, -0.2159, -0.21, -0.205, -0.15, -0.1, 0.0],
-                 "lrs": [0.25, 0.5, 1.0, 1.5, 2.0, 2.2, 2.4, 2.5, 2.53, 2.6, 2.8], "chains": 40000, "steps": 10000,
-                 "burn_in": 3000},
+        "quick": {
+            "seed": 0,
+            "a": 1.0,
+            "lr": 2.5,
+            "S": 1000,
+            "u": 1.0,
+            "gammas": [-0.9, -0.6, -0.4, -0.3, -0.25, -0.2159, -0.21, -0.15, 0.0],
+            "lrs": [0.5, 1.0, 1.5, 2.0, 2.3, 2.5, 2.6],
+            "chains": 300,
+            "steps": 1500,
+            "burn_in": 500,
+        },
+        "full": {
+            "seed": 0,
+            "a": 1.0,
+            "lr": 2.5,
+            "S": 1000,
+            "u": 1.0,
+            "gammas": [-0.95, -0.8, -0.6, -0.4, -0.3, -0.25, -0.23, -0.2159, -0.21, -0.205, -0.15, -0.1, 0.0],
+            "lrs": [0.25, 0.5, 1.0, 1.5, 2.0, 2.2, 2.4, 2.5, 2.53, 2.6, 2.8],
+            "chains": 40000,
+            "steps": 10000,
+            "burn_in": 3000,
+        },
     }
     #: γ = 0 lies above the convergent interval at λ = 2.5, and λ = 5 is past the divergence line at γ*
     diverging = {"gammas": [0.0], "lrs": [5.0]}
@@ -71,16 +94,21 @@ class Fig5(Experiment):
         return Estimate(peak_bytes=sim_peak_bytes(config["chains"]) + BASE_BYTES, drivers=("chains",))
 
     def chunks(self, config: Any) -> list[Chunk]:
-        g = [Chunk(f"gamma{x:g}", {"panel": "gamma", "gamma": x, "lr": config["lr"], "point": i})
-             for i, x in enumerate(config["gammas"])]
+        g = [
+            Chunk(f"gamma{x:g}", {"panel": "gamma", "gamma": x, "lr": config["lr"], "point": i})
+            for i, x in enumerate(config["gammas"])
+        ]
         gstar = optimal_weight_decay(config["a"], u=[config["u"]], lr=config["lr"], batch_size=config["S"])[0]
-        return g + [Chunk(f"lr{x:g}", {"panel": "lr", "gamma": gstar, "lr": x, "point": len(g) + i})
-                    for i, x in enumerate(config["lrs"])]
+        return g + [
+            Chunk(f"lr{x:g}", {"panel": "lr", "gamma": gstar, "lr": x, "point": len(g) + i})
+            for i, x in enumerate(config["lrs"])
+        ]
 
     def run_chunk(self, config: Any, chunk: Chunk) -> pd.DataFrame:
         sp = chunk.spec
-        df = chains_1d(config, sp["point"], a=config["a"], lr=sp["lr"], batch_size=config["S"], u=config["u"],
-                       gamma=sp["gamma"])
+        df = chains_1d(
+            config, sp["point"], a=config["a"], lr=sp["lr"], batch_size=config["S"], u=config["u"], gamma=sp["gamma"]
+        )
         return df.assign(panel=sp["panel"], gamma=sp["gamma"], lr=sp["lr"])
 
     def analyse(self, config: Any, tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict, list[Check]]:
@@ -94,8 +122,18 @@ class Fig5(Experiment):
         for (panel, g, x), d in res.groupby(["panel", "gamma", "lr"]):
             m, se, frac = mean_se_kept(d["test_loss"], d["diverged"])
             blown = float((d.diverged.astype(bool) | ~(d.test_loss.abs() < BLOWN_UP)).mean())
-            pts.append({"panel": panel, "gamma": g, "lr": x, "sim": m, "se": se, "diverged": frac, "blown": blown,
-                        "theory": theory(g, x)})
+            pts.append(
+                {
+                    "panel": panel,
+                    "gamma": g,
+                    "lr": x,
+                    "sim": m,
+                    "se": se,
+                    "diverged": frac,
+                    "blown": blown,
+                    "theory": theory(g, x),
+                }
+            )
         pts = pd.DataFrame(pts)
         gstar, lstar = optimal_weight_decay(a, u=[u], lr=lr, batch_size=S)
         win = negative_weight_decay_window(batch_size=S)
@@ -104,28 +142,60 @@ class Fig5(Experiment):
         finite = pg[pg.blown == 0]
         g_sim = float(finite.gamma.iloc[int(np.argmin(finite.sim.to_numpy()))]) if len(finite) else None
         negative = [g for g in config["gammas"] if g < 0]
-        checks = [Check.within("lr-in-negative-decay-window",
-                               "Cor. 1: λa lies in the window 2S/(S+2) < λa <= √(S/2) where the optimal weight decay "
-                               "is negative", lr * a, win[0], win[1]),
-                  Check.less("optimal-weight-decay-negative", "Cor. 1: the optimal weight decay γ* (eq. 11 minimised) "
-                             "is negative", gstar, 0.0, detail=f"L_test(γ*) = {lstar:.6g}")]
+        checks = [
+            Check.within(
+                "lr-in-negative-decay-window",
+                "Cor. 1: λa lies in the window 2S/(S+2) < λa <= √(S/2) where the optimal weight decay is negative",
+                lr * a,
+                win[0],
+                win[1],
+            ),
+            Check.less(
+                "optimal-weight-decay-negative",
+                "Cor. 1: the optimal weight decay γ* (eq. 11 minimised) is negative",
+                gstar,
+                0.0,
+                detail=f"L_test(γ*) = {lstar:.6g}",
+            ),
+        ]
         claim = "Cor. 1 measured: the simulated argmin of L_test over the γ grid is negative"
         if not negative:
             checks.append(Check.not_measurable("simulated-optimum-negative", claim, "no negative γ on the grid"))
         else:  # g_sim is a grid value: < 0 iff <= the largest negative grid value
-            checks.append(Check.less("simulated-optimum-negative", claim, g_sim, max(negative),
-                                     detail=f"γ* = {gstar:.5g}; grid point nearest to γ* is the best possible"))
+            checks.append(
+                Check.less(
+                    "simulated-optimum-negative",
+                    claim,
+                    g_sim,
+                    max(negative),
+                    detail=f"γ* = {gstar:.5g}; grid point nearest to γ* is the best possible",
+                )
+            )
         conv = pts[np.isfinite(pts.theory) & (pts.blown == 0)]
-        checks.append(worst_point("test-loss-matches-simulation",
-                                  "Eq. (11) / Cor. 4 test loss matches simulation at every convergent point "
-                                  "(+1 % relative: heavy tails near the edges)", conv.sim, conv.theory, conv.se,
-                                  [f"(γ={r.gamma:.3g}, λ={r.lr:g})" for r in conv.itertuples()], rtol=LOSS_RTOL))
+        checks.append(
+            worst_point(
+                "test-loss-matches-simulation",
+                "Eq. (11) / Cor. 4 test loss matches simulation at every convergent point "
+                "(+1 % relative: heavy tails near the edges)",
+                conv.sim,
+                conv.theory,
+                conv.se,
+                [f"(γ={r.gamma:.3g}, λ={r.lr:g})" for r in conv.itertuples()],
+                rtol=LOSS_RTOL,
+            )
+        )
         above = pg[pg.gamma > interval[1]] if interval else pg
-        checks.append(Check.equal("divergence-above-interval",
-                                  "Predicted divergence (eq. 163): every chain diverges for γ above k₊ − a, including "
-                                  f"γ = 0: the smallest fraction of chains that overflowed or have time-averaged "
-                                  f"L_test > {BLOWN_UP:g}", float(above.blown.min()) if len(above) else None, 1.0,
-                                  detail=f"convergent γ interval {interval}"))
+        checks.append(
+            Check.equal(
+                "divergence-above-interval",
+                "Predicted divergence (eq. 163): every chain diverges for γ above k₊ − a, including "
+                f"γ = 0: the smallest fraction of chains that overflowed or have time-averaged "
+                f"L_test > {BLOWN_UP:g}",
+                float(above.blown.min()) if len(above) else None,
+                1.0,
+                detail=f"convergent γ interval {interval}",
+            )
+        )
         fig, ax = new_figure(2, width=4.2)
         gg = np.linspace(-a + 1e-3, max(pg.gamma.max(), 0.05), 400)
         ax[0].plot(gg, [theory(g, lr) for g in gg], label="eq. (11)")
@@ -146,5 +216,10 @@ class Fig5(Experiment):
         ax[1].set(yscale="log", xlabel="learning rate λ", ylabel="test loss", title=f"γ = γ* = {gstar:.4f}")
         ax[1].legend()
         savefig(fig, out / "fig5.png")
-        return {"gamma_star_theory": gstar, "test_loss_at_gamma_star": lstar, "gamma_star_sim": g_sim,
-                "convergent_gamma_interval": interval, "lr_divergence_at_gamma_star": lmax}, checks
+        return {
+            "gamma_star_theory": gstar,
+            "test_loss_at_gamma_star": lstar,
+            "gamma_star_sim": g_sim,
+            "convergent_gamma_interval": interval,
+            "lr_divergence_at_gamma_star": lmax,
+        }, checks

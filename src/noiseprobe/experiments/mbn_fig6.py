@@ -47,7 +47,9 @@ class Fig6Config(ChainsConfig):
 def problem(config: Any, point: int, alpha: float) -> LinearProblem:
     """The fixed data set of point ``point``: N = round(αD) samples, x ~ N(0, I_D), drawn from (seed, 1000 + point)."""
     n = max(1, int(round(alpha * config["D"])))
-    return LinearProblem(np.eye(config["D"]), sigma=config["sigma"]).with_data(n, seed=config["seed"], stream=1000 + point)
+    return LinearProblem(np.eye(config["D"]), sigma=config["sigma"]).with_data(
+        n, seed=config["seed"], stream=1000 + point
+    )
 
 
 class Fig6(Experiment):
@@ -55,10 +57,28 @@ class Fig6(Experiment):
     title = "High-dimensional regression: fluctuation across N/D, exact vs Thm 6 vs Hessian approximation"
     Config = Fig6Config
     presets = {
-        "quick": {"seed": 0, "D": 20, "alphas": [0.25, 0.5, 0.75, 1.5, 2.0, 3.0, 4.0, 8.0], "lr": 0.08, "S": 8,
-                  "sigma": 1.0, "chains": 100, "steps": 1500, "burn_in": 500},
-        "full": {"seed": 0, "D": 60, "alphas": [0.25, 0.5, 0.75, 0.9, 1.2, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
-                 "lr": 0.08, "S": 8, "sigma": 1.0, "chains": 1000, "steps": 15000, "burn_in": 3000},
+        "quick": {
+            "seed": 0,
+            "D": 20,
+            "alphas": [0.25, 0.5, 0.75, 1.5, 2.0, 3.0, 4.0, 8.0],
+            "lr": 0.08,
+            "S": 8,
+            "sigma": 1.0,
+            "chains": 100,
+            "steps": 1500,
+            "burn_in": 500,
+        },
+        "full": {
+            "seed": 0,
+            "D": 60,
+            "alphas": [0.25, 0.5, 0.75, 0.9, 1.2, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
+            "lr": 0.08,
+            "S": 8,
+            "sigma": 1.0,
+            "chains": 1000,
+            "steps": 15000,
+            "burn_in": 3000,
+        },
     }
     diverging = {"lr": 5.0}  # λ·(largest eigenvalue of Â) > 2 at every α: every chain diverges
 
@@ -75,12 +95,26 @@ class Fig6(Experiment):
         sp = chunk.spec
         pb = problem(config, sp["point"], sp["alpha"])
         R = config["chains"]
-        run = simulate_sgd(pb, lr=config["lr"], batch_size=config["S"], steps=config["steps"], burn_in=config["burn_in"],
-                           chains=R, seed=config["seed"], first_chain=sp["point"] * R)
+        run = simulate_sgd(
+            pb,
+            lr=config["lr"],
+            batch_size=config["S"],
+            steps=config["steps"],
+            burn_in=config["burn_in"],
+            chains=R,
+            seed=config["seed"],
+            first_chain=sp["point"] * R,
+        )
         A_hat = pb.X.T @ pb.X / pb.n_samples
-        return pd.DataFrame({"chain": np.arange(sp["point"] * R, (sp["point"] + 1) * R), "alpha": sp["alpha"],
-                             "N": pb.n_samples, "trace_A_sigma": np.einsum("ij,rji->r", A_hat, run.second_moment),
-                             "diverged": run.diverged})
+        return pd.DataFrame(
+            {
+                "chain": np.arange(sp["point"] * R, (sp["point"] + 1) * R),
+                "alpha": sp["alpha"],
+                "N": pb.n_samples,
+                "trace_A_sigma": np.einsum("ij,rji->r", A_hat, run.second_moment),
+                "diverged": run.diverged,
+            }
+        )
 
     def analyse(self, config: Any, tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict, list[Check]]:
         res = tables["results"]
@@ -93,41 +127,73 @@ class Fig6(Experiment):
             L0 = 0.5 * float(np.mean((pb.y - pb.X @ w) ** 2))
             g = res[res.alpha == alpha]
             m, se, frac = mean_se_kept(g["trace_A_sigma"], g["diverged"])
-            rows.append({"alpha": alpha, "sim": m, "se": se, "diverged": frac,
-                         "exact": or_inf(lambda: np.trace(A_hat @ highdim_sigma_exact(pb.X, pb.y, lr=lr, batch_size=S))),
-                         "thm6": or_inf(thm6_trace, A_hat, lr=lr, batch_size=S, sigma=sig, alpha=alpha),
-                         "thm6_L0": or_inf(thm6_trace, A_hat, lr=lr, batch_size=S, sigma=sig, alpha=alpha, L0=L0),
-                         "hessian": or_inf(lambda: np.trace(A_hat @ hessian_approx_sigma(A_hat, lr=lr, batch_size=S)))})
+            rows.append(
+                {
+                    "alpha": alpha,
+                    "sim": m,
+                    "se": se,
+                    "diverged": frac,
+                    "exact": or_inf(lambda: np.trace(A_hat @ highdim_sigma_exact(pb.X, pb.y, lr=lr, batch_size=S))),
+                    "thm6": or_inf(thm6_trace, A_hat, lr=lr, batch_size=S, sigma=sig, alpha=alpha),
+                    "thm6_L0": or_inf(thm6_trace, A_hat, lr=lr, batch_size=S, sigma=sig, alpha=alpha, L0=L0),
+                    "hessian": or_inf(lambda: np.trace(A_hat @ hessian_approx_sigma(A_hat, lr=lr, batch_size=S))),
+                }
+            )
         t = pd.DataFrame(rows).sort_values("alpha")
         over, under = t[t.alpha < 1], t[t.alpha > 1]
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = float(over.sim.abs().max() / under.sim.max()) if len(over) and len(under) else np.nan
         checks = [
-            Check.less("overparametrised-zero-fluctuation",
-                       "Overparametrised (α < 1): zero fluctuation, Tr[ÂΣ] = 0 (Thm 6), in simulation: max over α < 1 "
-                       "relative to max over α > 1 (the start's transient decays)", ratio, ZERO_RATIO_MAX),
-            worst_point("exact-finite-n-matches-simulation",
-                        "The exact finite-N linear equation (Thm 1 + exact minibatch noise) matches simulation for α > 1",
-                        under.sim, under.exact, under.se, [f"α={a:g}" for a in under.alpha]),
+            Check.less(
+                "overparametrised-zero-fluctuation",
+                "Overparametrised (α < 1): zero fluctuation, Tr[ÂΣ] = 0 (Thm 6), in simulation: max over α < 1 "
+                "relative to max over α > 1 (the start's transient decays)",
+                ratio,
+                ZERO_RATIO_MAX,
+            ),
+            worst_point(
+                "exact-finite-n-matches-simulation",
+                "The exact finite-N linear equation (Thm 1 + exact minibatch noise) matches simulation for α > 1",
+                under.sim,
+                under.exact,
+                under.se,
+                [f"α={a:g}" for a in under.alpha],
+            ),
         ]
         big = under[under.alpha >= 2]
         rel6 = float((big.thm6_L0 / big.exact - 1).abs().max()) if len(big) else np.nan
         tol = 0.1 if config["D"] < 50 else 0.05
-        checks.append(Check.less("thm6-realised-l0-approximates",
-                                 "Thm 6 (with the realised L₀) approximates the fluctuation for α >= 2 (asymptotic in D): "
-                                 "largest relative error against the exact solve", rel6, tol,
-                                 detail="bound 0.1 for D < 50, else 0.05; printed form (expected L₀) relative errors: "
-                                 + ", ".join(f"α={r.alpha:g}: {r.thm6 / r.exact - 1:+.3f}" for r in big.itertuples())))
+        checks.append(
+            Check.less(
+                "thm6-realised-l0-approximates",
+                "Thm 6 (with the realised L₀) approximates the fluctuation for α >= 2 (asymptotic in D): "
+                "largest relative error against the exact solve",
+                rel6,
+                tol,
+                detail="bound 0.1 for D < 50, else 0.05; printed form (expected L₀) relative errors: "
+                + ", ".join(f"α={r.alpha:g}: {r.thm6 / r.exact - 1:+.3f}" for r in big.itertuples()),
+            )
+        )
         near = under.iloc[0] if len(under) else None
         near_err = float(abs(near.hessian / near.exact - 1)) if near is not None else np.nan
-        checks.append(Check.greater("hessian-nonzero-overparametrised",
-                                    "The Hessian approximation predicts a fluctuation where the truth is 0 (α < 1): "
-                                    "its smallest Tr[ÂΣ_H] over α < 1", float(over.hessian.min()) if len(over) else np.nan,
-                                    0.0))
-        checks.append(Check.greater("hessian-wrong-above-one",
-                                    "The Hessian approximation is wrong above α = 1: its relative error at the smallest "
-                                    "α > 1", near_err, HESSIAN_ERR_MIN,
-                                    detail=f"α = {near.alpha:g}" if near is not None else ""))
+        checks.append(
+            Check.greater(
+                "hessian-nonzero-overparametrised",
+                "The Hessian approximation predicts a fluctuation where the truth is 0 (α < 1): "
+                "its smallest Tr[ÂΣ_H] over α < 1",
+                float(over.hessian.min()) if len(over) else np.nan,
+                0.0,
+            )
+        )
+        checks.append(
+            Check.greater(
+                "hessian-wrong-above-one",
+                "The Hessian approximation is wrong above α = 1: its relative error at the smallest α > 1",
+                near_err,
+                HESSIAN_ERR_MIN,
+                detail=f"α = {near.alpha:g}" if near is not None else "",
+            )
+        )
         fig, ax = new_figure(1, width=5.0)
         ax.errorbar(t.alpha, t.sim, yerr=Z * t.se, fmt="o", ms=4, label="simulation")
         ax.plot(t.alpha, t.exact, "-", label="exact finite-N solve")
@@ -139,5 +205,15 @@ class Fig6(Experiment):
         plain_log_ticks(ax, t.alpha)
         ax.legend()
         savefig(fig, out / "fig6.png")
-        return {"trace_A_sigma": {f"{r.alpha:g}": {"sim": r.sim, "exact": r.exact, "thm6": r.thm6, "thm6_L0": r.thm6_L0,
-                                                    "hessian": r.hessian} for r in t.itertuples()}}, checks
+        return {
+            "trace_A_sigma": {
+                f"{r.alpha:g}": {
+                    "sim": r.sim,
+                    "exact": r.exact,
+                    "thm6": r.thm6,
+                    "thm6_L0": r.thm6_L0,
+                    "hessian": r.hessian,
+                }
+                for r in t.itertuples()
+            }
+        }, checks

@@ -18,8 +18,14 @@ from noiseprobe.core.config import param
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
-from noiseprobe.experiments._mbn import (BASE_BYTES, ChainsConfig, chains_1d, check_weight_decays, sim_peak_bytes,
-                                         worst_point)
+from noiseprobe.experiments._mbn import (
+    BASE_BYTES,
+    ChainsConfig,
+    chains_1d,
+    check_weight_decays,
+    sim_peak_bytes,
+    worst_point,
+)
 from noiseprobe.minibatch.baselines import table2
 
 CASES = ("label noise", "input noise", "L2")
@@ -44,10 +50,32 @@ class Table2(Experiment):
     title = "SGD noise vs the Hessian approximation: label noise, input noise, L2 (1d)"
     Config = Table2Config
     presets = {
-        "quick": {"seed": 0, "a": 1.0, "lr": 0.5, "S": 4, "sigma": 1.0, "b": 0.5, "gamma": 0.5, "u": 1.0,
-                  "chains": 1500, "steps": 2000, "burn_in": 300},
-        "full": {"seed": 0, "a": 1.0, "lr": 0.5, "S": 4, "sigma": 1.0, "b": 0.5, "gamma": 0.5, "u": 1.0,
-                 "chains": 20000, "steps": 10000, "burn_in": 2000},
+        "quick": {
+            "seed": 0,
+            "a": 1.0,
+            "lr": 0.5,
+            "S": 4,
+            "sigma": 1.0,
+            "b": 0.5,
+            "gamma": 0.5,
+            "u": 1.0,
+            "chains": 1500,
+            "steps": 2000,
+            "burn_in": 300,
+        },
+        "full": {
+            "seed": 0,
+            "a": 1.0,
+            "lr": 0.5,
+            "S": 4,
+            "sigma": 1.0,
+            "b": 0.5,
+            "gamma": 0.5,
+            "u": 1.0,
+            "chains": 20000,
+            "steps": 10000,
+            "burn_in": 2000,
+        },
     }
     diverging = {"lr": 5.0}  # λa = 5 > 2S/(S+2) in every case: every chain diverges
 
@@ -59,8 +87,11 @@ class Table2(Experiment):
 
     def run_chunk(self, config: Any, chunk: Chunk) -> pd.DataFrame:
         c = config
-        kw = {"label noise": {"sigma": c["sigma"]}, "input noise": {"u": c["u"], "b": c["b"]},
-              "L2": {"u": c["u"], "gamma": c["gamma"]}}[chunk.spec["case"]]
+        kw = {
+            "label noise": {"sigma": c["sigma"]},
+            "input noise": {"u": c["u"], "b": c["b"]},
+            "L2": {"u": c["u"], "gamma": c["gamma"]},
+        }[chunk.spec["case"]]
         df = chains_1d(c, chunk.spec["point"], a=c["a"], lr=c["lr"], batch_size=c["S"], **kw)
         return df.assign(case=chunk.spec["case"])
 
@@ -75,29 +106,53 @@ class Table2(Experiment):
             sims.append(m)
             ses.append(se)
         tab["simulation"], tab["se"] = sims, ses
-        checks = [worst_point("exact-column-matches-simulation",
-                              "Table 2 exact column (Thms 2/8, Thm 9, Cor. 4) matches simulation in every case",
-                              tab.simulation, tab.exact, tab.se, [f"{r.case}/{r.quantity}" for r in tab.itertuples()])]
+        checks = [
+            worst_point(
+                "exact-column-matches-simulation",
+                "Table 2 exact column (Thms 2/8, Thm 9, Cor. 4) matches simulation in every case",
+                tab.simulation,
+                tab.exact,
+                tab.se,
+                [f"{r.case}/{r.quantity}" for r in tab.itertuples()],
+            )
+        ]
         sig = tab[tab.quantity == "Sigma"].set_index("case")
         for case in sig.index:
             r = sig.loc[case]
             with np.errstate(invalid="ignore", divide="ignore"):
                 dev = float(abs(r.simulation - r.hessian_discrete) / r.se)
-            checks.append(Check.greater(f"{case.replace(' ', '-').lower()}-hessian-sigma-rejected",
-                                        f"{case}: the discrete Hessian approximation of Σ is rejected by simulation "
-                                        "(|z| of the discrete prediction against the simulation)", dev, Z,
-                                        detail=f"exact/discrete = {r.exact / r.hessian_discrete:.4f}"))
-        lines = ["| case | quantity | exact | simulation ± SE | Hessian approx. (discrete) | Hessian approx. (continuous) |",
-                 "|---|---|---|---|---|---|"]
-        lines += [f"| {r.case} | {r.quantity} | {r.exact:.5g} | {r.simulation:.5g} ± {r.se:.1g} | {r.hessian_discrete:.5g} | "
-                  f"{r.hessian_continuous:.5g} |" for r in tab.itertuples()]
+            checks.append(
+                Check.greater(
+                    f"{case.replace(' ', '-').lower()}-hessian-sigma-rejected",
+                    f"{case}: the discrete Hessian approximation of Σ is rejected by simulation "
+                    "(|z| of the discrete prediction against the simulation)",
+                    dev,
+                    Z,
+                    detail=f"exact/discrete = {r.exact / r.hessian_discrete:.4f}",
+                )
+            )
+        lines = [
+            "| case | quantity | exact | simulation ± SE | Hessian approx. (discrete) | Hessian approx. (continuous) |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r.case} | {r.quantity} | {r.exact:.5g} | {r.simulation:.5g} ± {r.se:.1g} | {r.hessian_discrete:.5g} | "
+            f"{r.hessian_continuous:.5g} |"
+            for r in tab.itertuples()
+        ]
         (out / "table2.md").write_text("\n".join(lines) + "\n")
         fig, ax = new_figure(3, width=3.4)
         for k, q in enumerate(("Sigma", "train_loss", "test_loss")):
             d = tab[tab.quantity == q]
             x = np.arange(len(d))
-            for j, (col, lab) in enumerate((("exact", "exact"), ("simulation", "simulation"),
-                                            ("hessian_discrete", "Hessian, discrete"), ("hessian_continuous", "Hessian, continuous"))):
+            for j, (col, lab) in enumerate(
+                (
+                    ("exact", "exact"),
+                    ("simulation", "simulation"),
+                    ("hessian_discrete", "Hessian, discrete"),
+                    ("hessian_continuous", "Hessian, continuous"),
+                )
+            ):
                 ax[k].bar(x + 0.2 * (j - 1.5), d[col], width=0.2, label=lab)
             ax[k].set_xticks(x, d.case)
             ax[k].set(title=q.replace("_", " "))

@@ -37,8 +37,13 @@ from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.powerlaw import hill, powerlaw_mle
 from noiseprobe.experiments._mbn import BASE_BYTES, sim_peak_bytes, worst_point
 from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
-from noiseprobe.minibatch.tails import (lyapunov_exponent, student_t_pdf, tail_index_continuous, tail_index_eq93,
-                                        tail_index_exact)
+from noiseprobe.minibatch.tails import (
+    lyapunov_exponent,
+    student_t_pdf,
+    tail_index_continuous,
+    tail_index_eq93,
+    tail_index_exact,
+)
 
 _COMMON = {"a": 1.0, "sigma": 1.0, "burn_in": 500, "hill_fraction": 0.001, "beta_max_check": 5.0}
 _QUICK = {"chains": 4000, "snapshots": 250, "snapshot_every": 10}
@@ -64,8 +69,11 @@ class TailsConfig(ExperimentConfig):
     def check(self) -> None:
         n = self.chains * self.snapshots
         if self.hill_fraction * n < 20:
-            raise ConfigError("hill_fraction", self.hill_fraction,
-                              f">= {20 / n:.3g}: the Hill tail must hold >= 20 of the chains*snapshots = {n} samples")
+            raise ConfigError(
+                "hill_fraction",
+                self.hill_fraction,
+                f">= {20 / n:.3g}: the Hill tail must hold >= 20 of the chains*snapshots = {n} samples",
+            )
 
 
 class _Tails(Experiment):
@@ -84,8 +92,10 @@ class _Tails(Experiment):
         return [(int(S), float(lr)) for S in config["batch_sizes"] for lr in config["lrs"]]
 
     def chunks(self, config: dict[str, Any]) -> list[Chunk]:
-        return [Chunk(f"p{i:03d}_S{S}_lr{lr:.6g}", {"index": i, "S": S, "lr": lr})
-                for i, (S, lr) in enumerate(self._points(config))]
+        return [
+            Chunk(f"p{i:03d}_S{S}_lr{lr:.6g}", {"index": i, "S": S, "lr": lr})
+            for i, (S, lr) in enumerate(self._points(config))
+        ]
 
     # -- simulation -------------------------------------------------------------------------------
     def run_chunk(self, config: dict[str, Any], chunk: Chunk) -> dict[str, pd.DataFrame]:
@@ -93,28 +103,61 @@ class _Tails(Experiment):
         chains = config["chains"]
         first = chunk.spec["index"] * chains  # global replica indices of this point
         lyap = lyapunov_exponent(lr=lr, batch_size=S, a=a)
-        theory = {"beta_eq93": tail_index_eq93(lr=lr, batch_size=S, a=a), "beta_exact": tail_index_exact(lr=lr, batch_size=S, a=a),
-                  "beta_continuous": tail_index_continuous(lr=lr, batch_size=S, a=a), "lyapunov": lyap}
-        run = simulate_sgd(LinearProblem(A=a, sigma=config["sigma"]), lr=lr, batch_size=S,
-                           steps=config["snapshots"] * config["snapshot_every"], burn_in=config["burn_in"],
-                           chains=chains, seed=config["seed"], first_chain=first,
-                           snapshot_every=config["snapshot_every"])
+        theory = {
+            "beta_eq93": tail_index_eq93(lr=lr, batch_size=S, a=a),
+            "beta_exact": tail_index_exact(lr=lr, batch_size=S, a=a),
+            "beta_continuous": tail_index_continuous(lr=lr, batch_size=S, a=a),
+            "lyapunov": lyap,
+        }
+        run = simulate_sgd(
+            LinearProblem(A=a, sigma=config["sigma"]),
+            lr=lr,
+            batch_size=S,
+            steps=config["snapshots"] * config["snapshot_every"],
+            burn_in=config["burn_in"],
+            chains=chains,
+            seed=config["seed"],
+            first_chain=first,
+            snapshot_every=config["snapshot_every"],
+        )
         snaps = np.abs(run.snapshots[..., 0])  # (chains, snapshots); NaN for diverged chains
         key = {"S": S, "lr": lr, "a": a}
-        results = pd.DataFrame({**key, "chain": np.arange(first, first + chains), "diverged": run.diverged,
-                                "mean_sq": run.second_moment[:, 0, 0], "max_abs": snaps.max(axis=1)})
+        results = pd.DataFrame(
+            {
+                **key,
+                "chain": np.arange(first, first + chains),
+                "diverged": run.diverged,
+                "mean_sq": run.second_moment[:, 0, 0],
+                "max_abs": snaps.max(axis=1),
+            }
+        )
         ok = run.ok
         x = snaps[ok].ravel()
         labels = np.repeat(np.nonzero(ok)[0], snaps.shape[1])
         x, labels = x[x > 0], labels[x > 0]
-        row: dict[str, Any] = {**key, **theory, "n": int(x.size), "n_diverged": int(run.diverged.sum()),
-                               **dict.fromkeys(_ESTIMATES, math.nan), "mle_at_bound": False}
+        row: dict[str, Any] = {
+            **key,
+            **theory,
+            "n": int(x.size),
+            "n_diverged": int(run.diverged.sum()),
+            **dict.fromkeys(_ESTIMATES, math.nan),
+            "mle_at_bound": False,
+        }
         ccdf = density = pd.DataFrame()
         if x.size >= 100 and int(config["hill_fraction"] * x.size) >= 2:  # else (all diverged): NaN estimates
             h = hill(x, int(config["hill_fraction"] * x.size), clusters=labels)
             m = powerlaw_mle(x, clusters=labels)
-            row.update(hill_beta=h.beta, hill_se=h.se, hill_k=h.k, hill_x_min=h.x_min, mle_beta=m.beta,
-                       mle_se=m.se, mle_k=m.k, mle_x_min=m.x_min, mle_at_bound=m.at_bound)
+            row.update(
+                hill_beta=h.beta,
+                hill_se=h.se,
+                hill_k=h.k,
+                hill_x_min=h.x_min,
+                mle_beta=m.beta,
+                mle_se=m.se,
+                mle_k=m.k,
+                mle_x_min=m.x_min,
+                mle_at_bound=m.at_bound,
+            )
             ccdf, density = _curves(x, key)
         return {"results": results, "tails": pd.DataFrame([row]), "ccdf": ccdf, "density": density}
 
@@ -128,8 +171,10 @@ class _Tails(Experiment):
         note = f"{skipped} point(s) with beta_exact > {config['beta_max_check']} not tested" if skipped else ""
         if t.empty:
             return Check.not_measurable(key, claim, "no testable point", detail=note, **kw)
-        labels = [f"S={r.S} lr={r.lr:g} (measured {r.hill_beta:.3f}±{r.hill_se:.3f} vs {getattr(r, column):.3f})"
-                  for r in t.itertuples()]
+        labels = [
+            f"S={r.S} lr={r.lr:g} (measured {r.hill_beta:.3f}±{r.hill_se:.3f} vs {getattr(r, column):.3f})"
+            for r in t.itertuples()
+        ]
         return worst_point(key, claim, t["hill_beta"], t[column], t["hill_se"], labels, detail=note, **kw)
 
     @staticmethod
@@ -137,17 +182,36 @@ class _Tails(Experiment):
         """β_continuous − measured, in chain-clustered SE, at the point where it is smallest, is at least Z."""
         t = tails[np.isfinite(tails["hill_beta"])]
         gap = (t["beta_continuous"] - t["hill_beta"]) / t["hill_se"]
-        return Check.greater("heavier-than-continuous",
-                             "Discrete-time SGD has a heavier tail than continuous time expects: beta < 2S/(a lr) + 1 "
-                             "by more than Z standard errors at every point (Sec. 6.6); measured: the smallest "
-                             "(beta_continuous − Hill)/SE", float(gap.min()) if len(gap) else math.nan, Z,
-                             detail="; ".join(f"S={r.S} lr={r.lr:g}: measured {r.hill_beta:.3f} vs continuous "
-                                              f"{r.beta_continuous:.3f}" for r in t.itertuples()))
+        return Check.greater(
+            "heavier-than-continuous",
+            "Discrete-time SGD has a heavier tail than continuous time expects: beta < 2S/(a lr) + 1 "
+            "by more than Z standard errors at every point (Sec. 6.6); measured: the smallest "
+            "(beta_continuous − Hill)/SE",
+            float(gap.min()) if len(gap) else math.nan,
+            Z,
+            detail="; ".join(
+                f"S={r.S} lr={r.lr:g}: measured {r.hill_beta:.3f} vs continuous {r.beta_continuous:.3f}"
+                for r in t.itertuples()
+            ),
+        )
 
     @staticmethod
     def _metrics(tails: pd.DataFrame) -> dict[str, Any]:
-        cols = ["S", "lr", "n", "n_diverged", "hill_beta", "hill_se", "mle_beta", "mle_se", "mle_at_bound",
-                "beta_eq93", "beta_exact", "beta_continuous", "lyapunov"]
+        cols = [
+            "S",
+            "lr",
+            "n",
+            "n_diverged",
+            "hill_beta",
+            "hill_se",
+            "mle_beta",
+            "mle_se",
+            "mle_at_bound",
+            "beta_eq93",
+            "beta_exact",
+            "beta_continuous",
+            "lyapunov",
+        ]
         return {"points": tails[[c for c in cols if c in tails]].to_dict(orient="records")}
 
 
@@ -170,8 +234,10 @@ def _curves(x: np.ndarray, key: dict[str, Any], n_grid: int = 60) -> tuple[pd.Da
     dens = counts / (xs.size * np.diff(grid))
     centres = np.sqrt(grid[1:] * grid[:-1])
     keep = counts > 0
-    return (pd.DataFrame({**key, "x": grid[:-1], "ccdf": ccdf}),
-            pd.DataFrame({**key, "x": centres[keep], "density": dens[keep], "count": counts[keep]}))
+    return (
+        pd.DataFrame({**key, "x": grid[:-1], "ccdf": ccdf}),
+        pd.DataFrame({**key, "x": centres[keep], "density": dens[keep], "count": counts[keep]}),
+    )
 
 
 class Fig2(_Tails):
@@ -219,20 +285,41 @@ class Fig2(_Tails):
         axes[2].legend()
         savefig(fig, out / "fig2_tail.png")
 
-        checks = [self._agreement(tails, "beta_eq93", "eq93-tail-index-agrees",
-                                  "Eq. (93) beta = 2S/(a lr) - S agrees with the measured tail index (Sec. 6.6: 'the "
-                                  "proposed formula agrees with the experiment', Fig. 2)", config,
-                                  kind="paper-claim", corrected_by="exact-tail-index-agrees"),
-                  self._agreement(tails, "beta_exact", "exact-tail-index-agrees",
-                                  "Correction (reference §10): the exact Kesten index, root of E|1 - lr a chi2_S/S|^beta "
-                                  "= 1, agrees with the measured tail index", config),
-                  self._heavier_than_continuous(tails)]
+        checks = [
+            self._agreement(
+                tails,
+                "beta_eq93",
+                "eq93-tail-index-agrees",
+                "Eq. (93) beta = 2S/(a lr) - S agrees with the measured tail index (Sec. 6.6: 'the "
+                "proposed formula agrees with the experiment', Fig. 2)",
+                config,
+                kind="paper-claim",
+                corrected_by="exact-tail-index-agrees",
+            ),
+            self._agreement(
+                tails,
+                "beta_exact",
+                "exact-tail-index-agrees",
+                "Correction (reference §10): the exact Kesten index, root of E|1 - lr a chi2_S/S|^beta "
+                "= 1, agrees with the measured tail index",
+                config,
+            ),
+            self._heavier_than_continuous(tails),
+        ]
         at2 = tails[np.isclose(tails["lr"] * a, 2 * tails["S"] / (tails["S"] + 2))]
         if not at2.empty:
             r = at2.iloc[0]
-            checks.append(Check.close("beta-two-at-variance-bound",
-                                      "At a lr = 2S/(S+2) the variance diverges: beta = 2 (eq. 93 and exact agree there)",
-                                      float(r.hill_beta), 2.0, atol=0.0, se=float(r.hill_se), detail=f"S={r.S}"))
+            checks.append(
+                Check.close(
+                    "beta-two-at-variance-bound",
+                    "At a lr = 2S/(S+2) the variance diverges: beta = 2 (eq. 93 and exact agree there)",
+                    float(r.hill_beta),
+                    2.0,
+                    atol=0.0,
+                    se=float(r.hill_se),
+                    detail=f"S={r.S}",
+                )
+            )
         return self._metrics(tails), checks
 
 
@@ -243,8 +330,13 @@ class Fig7(_Tails):
     title = "Minibatch noise Fig. 7: tail index vs learning rate (eq. 93, exact, continuous, measured)"
     presets = {
         "quick": {"seed": 0, **_COMMON, **_QUICK, "batch_sizes": [1, 4], "lrs": [0.3, 0.5, 0.75, 1.0, 1.25, 1.5]},
-        "full": {"seed": 0, **_COMMON, **_FULL, "batch_sizes": [1, 4, 10],
-                 "lrs": [0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.1, 1.25, 1.4, 1.5, 1.65, 1.8]},
+        "full": {
+            "seed": 0,
+            **_COMMON,
+            **_FULL,
+            "batch_sizes": [1, 4, 10],
+            "lrs": [0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.1, 1.25, 1.4, 1.5, 1.65, 1.8],
+        },
     }
 
     def analyse(self, config: dict[str, Any], tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict, list[Check]]:
@@ -257,40 +349,93 @@ class Fig7(_Tails):
             bk = tail_index_exact(lr=lr_grid, batch_size=S, a=a)
             ax.semilogy(lr_grid, tail_index_eq93(lr=lr_grid, batch_size=S, a=a), "--", label="eq. (93)")
             ax.semilogy(lr_grid, bk, "-", label="exact β_K (Kesten)")
-            ax.semilogy(lr_grid, tail_index_continuous(lr=lr_grid, batch_size=S, a=a), ":", label="continuous (Mori et al.)")
+            ax.semilogy(
+                lr_grid, tail_index_continuous(lr=lr_grid, batch_size=S, a=a), ":", label="continuous (Mori et al.)"
+            )
             t = tails[(tails["S"] == S) & np.isfinite(tails["hill_beta"])]
             tested = t["beta_exact"] <= config["beta_max_check"]
-            ax.errorbar(t["lr"][tested], t["hill_beta"][tested], yerr=2 * t["hill_se"][tested], fmt="o", color="k",
-                        label="Hill ± 2 SE")
-            ax.errorbar(t["lr"][~tested], t["hill_beta"][~tested], yerr=2 * t["hill_se"][~tested], fmt="o", mfc="none",
-                        color="k", label=f"Hill, β_K > {config['beta_max_check']:g} (not tested)")
+            ax.errorbar(
+                t["lr"][tested],
+                t["hill_beta"][tested],
+                yerr=2 * t["hill_se"][tested],
+                fmt="o",
+                color="k",
+                label="Hill ± 2 SE",
+            )
+            ax.errorbar(
+                t["lr"][~tested],
+                t["hill_beta"][~tested],
+                yerr=2 * t["hill_se"][~tested],
+                fmt="o",
+                mfc="none",
+                color="k",
+                label=f"Hill, β_K > {config['beta_max_check']:g} (not tested)",
+            )
             ax.axvline(2 * S / (S + 2) / a, color="grey", lw=0.8)  # β = 2: variance diverges beyond
-            ax.set(xlabel="learning rate λ", ylabel="tail index β", title=f"S = {S}, a = {a:g}",
-                   ylim=(0.3 * max(float(np.min(bk[np.isfinite(bk)], initial=1.0)), 0.05),
-                         1.5 * float(np.max(tail_index_continuous(lr=lr_grid, batch_size=S, a=a)))))
+            ax.set(
+                xlabel="learning rate λ",
+                ylabel="tail index β",
+                title=f"S = {S}, a = {a:g}",
+                ylim=(
+                    0.3 * max(float(np.min(bk[np.isfinite(bk)], initial=1.0)), 0.05),
+                    1.5 * float(np.max(tail_index_continuous(lr=lr_grid, batch_size=S, a=a))),
+                ),
+            )
             ax.legend()
         savefig(fig, out / "fig7_tail_index_vs_lr.png")
 
-        checks = [self._agreement(tails, "beta_eq93", "eq93-tail-index-agrees",
-                                  "Eq. (93) agrees with the measured tail index 'for all ranges of the learning rate' "
-                                  "(App. D.3, Fig. 7)", config, kind="paper-claim", corrected_by="exact-tail-index-agrees"),
-                  self._agreement(tails, "beta_exact", "exact-tail-index-agrees",
-                                  "Correction (reference §10): the exact Kesten index agrees with the measured tail "
-                                  "index at every learning rate", config),
-                  self._heavier_than_continuous(tails)]
+        checks = [
+            self._agreement(
+                tails,
+                "beta_eq93",
+                "eq93-tail-index-agrees",
+                "Eq. (93) agrees with the measured tail index 'for all ranges of the learning rate' (App. D.3, Fig. 7)",
+                config,
+                kind="paper-claim",
+                corrected_by="exact-tail-index-agrees",
+            ),
+            self._agreement(
+                tails,
+                "beta_exact",
+                "exact-tail-index-agrees",
+                "Correction (reference §10): the exact Kesten index agrees with the measured tail "
+                "index at every learning rate",
+                config,
+            ),
+            self._heavier_than_continuous(tails),
+        ]
         # Mori et al.'s value against the exact index (theory, no sampling error): at the grid ends and as λ → 0
         S0 = sizes[0]
-        rel = {f"lr={lr:g}": tail_index_continuous(lr=lr, batch_size=S0, a=a) / tail_index_exact(lr=lr, batch_size=S0, a=a) - 1
-               for lr in (max(config["lrs"]), min(config["lrs"]), SMALL_LR / a)}
+        rel = {
+            f"lr={lr:g}": tail_index_continuous(lr=lr, batch_size=S0, a=a) / tail_index_exact(lr=lr, batch_size=S0, a=a)
+            - 1
+            for lr in (max(config["lrs"]), min(config["lrs"]), SMALL_LR / a)
+        }
         limit = rel[f"lr={SMALL_LR / a:g}"]
         detail = "relative errors " + ", ".join(f"{k}: {v:.3f}" for k, v in rel.items())
-        checks.append(Check.close("continuous-index-exact-as-lr-vanishes",
-                                  "Mori et al.'s continuous-time index 2S/(a lr) + 1 is correct as lr -> 0 (App. D.3): "
-                                  f"its relative error against the exact index at lr = {SMALL_LR:g}/a", limit, 0.0,
-                                  atol=0.02, detail=detail, kind="paper-claim", corrected_by="continuous-index-limit"))
-        checks.append(Check.close("continuous-index-limit",
-                                  "As lr -> 0 the exact index tends to beta_continuous·u*/4, not to beta_continuous: "
-                                  "the relative error at lr = 1e-3/a equals 4/u* − 1 (u*(log u* − 1) = 1; rare batches "
-                                  "with lr h > 2 set the tail of Gaussian data)", limit, continuous_limit_error(),
-                                  rtol=0.02, detail=detail))
+        checks.append(
+            Check.close(
+                "continuous-index-exact-as-lr-vanishes",
+                "Mori et al.'s continuous-time index 2S/(a lr) + 1 is correct as lr -> 0 (App. D.3): "
+                f"its relative error against the exact index at lr = {SMALL_LR:g}/a",
+                limit,
+                0.0,
+                atol=0.02,
+                detail=detail,
+                kind="paper-claim",
+                corrected_by="continuous-index-limit",
+            )
+        )
+        checks.append(
+            Check.close(
+                "continuous-index-limit",
+                "As lr -> 0 the exact index tends to beta_continuous·u*/4, not to beta_continuous: "
+                "the relative error at lr = 1e-3/a equals 4/u* − 1 (u*(log u* − 1) = 1; rare batches "
+                "with lr h > 2 set the tail of Gaussian data)",
+                limit,
+                continuous_limit_error(),
+                rtol=0.02,
+                detail=detail,
+            )
+        )
         return self._metrics(tails), checks

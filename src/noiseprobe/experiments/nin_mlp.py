@@ -90,8 +90,9 @@ class SweepConfig(ExperimentConfig):
     record_every: int = param(1, lo=1, help="record every epoch up to 10, then every record_every")
     nin_layer: int = param(0, lo=0)
     niw_init: str = param("layer", choices=NIW_INITS)
-    levels: list[float] = param(lo=0.0, lo_open=True, min_len=1,
-                                help="Table 1 coefficients c of sigma_eps^2, increasing")
+    levels: list[float] = param(
+        lo=0.0, lo_open=True, min_len=1, help="Table 1 coefficients c of sigma_eps^2, increasing"
+    )
     n_seeds: int = param(lo=1)
     sigmas_per_chunk: int = param(16, lo=1, hi=1024, help="models trained together in one chunk")
     stall_fraction: float = param(0.5, lo=0.0, hi=1.0)
@@ -108,14 +109,21 @@ class SweepConfig(ExperimentConfig):
             raise ConfigError("levels", self.levels, "coefficients in increasing order")
         if self.dataset == "fashion-mnist":
             if not self.data_dir:
-                raise ConfigError("data_dir", "", "the folder with the Fashion-MNIST IDX files: pass --data-dir DIR "
-                                                  "(this preset trains on FMNIST; nothing is downloaded)")
+                raise ConfigError(
+                    "data_dir",
+                    "",
+                    "the folder with the Fashion-MNIST IDX files: pass --data-dir DIR "
+                    "(this preset trains on FMNIST; nothing is downloaded)",
+                )
             from noiseprobe.data.idx import find_idx_files
 
             find_idx_files(self.data_dir)  # ConfigError naming the missing files, before any work
         elif self.data_dir:
-            raise ConfigError("data_dir", self.data_dir, "empty for dataset 'embedded' (use the full preset, "
-                                                         "or --set dataset=fashion-mnist)")
+            raise ConfigError(
+                "data_dir",
+                self.data_dir,
+                "empty for dataset 'embedded' (use the full preset, or --set dataset=fashion-mnist)",
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,9 +138,14 @@ class Fig1Config(SweepConfig):
 
 def load_data(config: SweepConfig) -> tuple[torch.Tensor, ...]:
     """The run's data: the embedded digits, or FMNIST from ``data_dir`` (dataset "fashion-mnist")."""
-    return load_mlp_data(data_dir=config["data_dir"] if config["dataset"] == "fashion-mnist" else "",
-                         split=config["split"], standardize=config["standardize"], split_seed=config["split_seed"],
-                         n_train=config["n_train"], pool=config["pool"])
+    return load_mlp_data(
+        data_dir=config["data_dir"] if config["dataset"] == "fashion-mnist" else "",
+        split=config["split"],
+        standardize=config["standardize"],
+        split_seed=config["split_seed"],
+        n_train=config["n_train"],
+        pool=config["pool"],
+    )
 
 
 def data_sizes(config: SweepConfig) -> tuple[int, int]:
@@ -147,10 +160,24 @@ def data_sizes(config: SweepConfig) -> tuple[int, int]:
 
 
 def _preset(**kw: Any) -> dict[str, Any]:
-    base = {"seed": 2022, "dataset": "embedded", "data_dir": "", "split": "merged", "standardize": "global",
-            "split_seed": 0, "n_train": 0, "pool": 1, "nin_layer": 0, "niw_init": "layer", "record_every": 1,
-            "sigmas_per_chunk": 16, "stall_fraction": 0.5, "spike_factor": 2.0, "acc_margin": 0.02,
-            "probe_samples": 1000}
+    base = {
+        "seed": 2022,
+        "dataset": "embedded",
+        "data_dir": "",
+        "split": "merged",
+        "standardize": "global",
+        "split_seed": 0,
+        "n_train": 0,
+        "pool": 1,
+        "nin_layer": 0,
+        "niw_init": "layer",
+        "record_every": 1,
+        "sigmas_per_chunk": 16,
+        "stall_fraction": 0.5,
+        "spike_factor": 2.0,
+        "acc_margin": 0.02,
+        "probe_samples": 1000,
+    }
     base.update(kw)
     return base
 
@@ -171,8 +198,9 @@ class _NINSweep(Experiment):
         available, side = data_sizes(config)
         check_at_most("n_train", config["n_train"], available, config["dataset"], zero_is_all=True)
         if side % config["pool"]:
-            raise ConfigError("pool", config["pool"], f"a divisor of the image side {side} of the "
-                                                      f"{config['dataset']} data")
+            raise ConfigError(
+                "pool", config["pool"], f"a divisor of the image side {side} of the {config['dataset']} data"
+            )
 
     def estimate(self, config: SweepConfig) -> Estimate:
         """One chunk trains K = (1 + levels in the chunk) × modes replicas: per replica its weights and
@@ -186,8 +214,12 @@ class _NINSweep(Experiment):
         n_total = 70000 if config["dataset"] == "fashion-mnist" else 5000
         n_train = config["n_train"] or int(0.6 * n_total)
         k = (1 + min(config["sigmas_per_chunk"], len(config["levels"]))) * len(self.modes)
-        acts = 4 * k * max(config["hidden"]) * (6 * config["batch_size"] + 2 * min(4096, n_train)
-                                                + 2 * config["probe_samples"])
+        acts = (
+            4
+            * k
+            * max(config["hidden"])
+            * (6 * config["batch_size"] + 2 * min(4096, n_train) + 2 * config["probe_samples"])
+        )
         steps = config["epochs"] * (n_train // config["batch_size"])
         per_rep = 4 * 4 * n_w + 8 * n_train + 8 * steps * 6
         companion = 10e6 + 8 * n_train * d_in + 8 * 4 * config["probe_samples"] * max(config["hidden"])
@@ -197,15 +229,24 @@ class _NINSweep(Experiment):
 
     def sigmas(self, config: SweepConfig) -> np.ndarray:
         """σε per level: √(c · base) with the run's d_in, N_w = first hidden width and η."""
-        return level_sigmas(config["levels"], loss=config["loss"], d_input=load_data(config)[0].shape[1],
-                            n_w=config["hidden"][config["nin_layer"]], lr=config["lr"])
+        return level_sigmas(
+            config["levels"],
+            loss=config["loss"],
+            d_input=load_data(config)[0].shape[1],
+            n_w=config["hidden"][config["nin_layer"]],
+            lr=config["lr"],
+        )
 
     def chunks(self, config: SweepConfig) -> list[Chunk]:
         k = config["sigmas_per_chunk"]
         n_lev = len(config["levels"])
-        return [Chunk(f"s{s:04d}-l{a:03d}", {"seed_index": s, "levels": list(range(a, min(a + k, n_lev))),
-                                             "baseline": a == 0})
-                for s in range(config["n_seeds"]) for a in range(0, n_lev, k)]
+        return [
+            Chunk(
+                f"s{s:04d}-l{a:03d}", {"seed_index": s, "levels": list(range(a, min(a + k, n_lev))), "baseline": a == 0}
+            )
+            for s in range(config["n_seeds"])
+            for a in range(0, n_lev, k)
+        ]
 
     def run_chunk(self, config: SweepConfig, chunk: Chunk) -> dict[str, pd.DataFrame]:
         xtr, ytr, xte, yte = load_data(config)
@@ -217,13 +258,24 @@ class _NINSweep(Experiment):
         sigmas, level_idx, modes = zip(*points)
         epochs, every = config["epochs"], config["record_every"]
         run = train_ensemble(
-            xtr, ytr, xte, yte, hidden=config["hidden"], sigmas=list(sigmas),
-            replicas=[chunk.spec["seed_index"]] * len(points), seed=config["seed"], loss=config["loss"],
-            lr=config["lr"], batch_size=min(config["batch_size"], xtr.shape[0]), epochs=epochs,
-            nin_layer=config["nin_layer"], nin_mode=list(modes),
+            xtr,
+            ytr,
+            xte,
+            yte,
+            hidden=config["hidden"],
+            sigmas=list(sigmas),
+            replicas=[chunk.spec["seed_index"]] * len(points),
+            seed=config["seed"],
+            loss=config["loss"],
+            lr=config["lr"],
+            batch_size=min(config["batch_size"], xtr.shape[0]),
+            epochs=epochs,
+            nin_layer=config["nin_layer"],
+            nin_mode=list(modes),
             niw_init_std=self._niw_std(config, xtr.shape[1]),
             record_epochs=[e for e in range(1, epochs + 1) if e <= 10 or e % every == 0],
-            probe_samples=config["probe_samples"])
+            probe_samples=config["probe_samples"],
+        )
         for df in (run.records, run.steps):
             df.insert(1, "level", np.asarray(level_idx)[df.pop("member").to_numpy()])
         eq2 = self._eq2_run(config, chunk.spec["seed_index"], float(sig[0])) if chunk.spec["baseline"] else None
@@ -239,16 +291,37 @@ class _NINSweep(Experiment):
         ``seed_index``'s network at the smallest level, same init, trained by the same SGD for the same
         steps in float64, recording ‖W_NI‖ with both predicted rates (:func:`noiseprobe.nin.drift.measure_niw_decay`)."""
         xtr, ytr, _, _ = load_data(config)
-        ens = init_ensemble([xtr.shape[1], *config["hidden"], int(ytr.max()) + 1], [sigma], [seed_index],
-                            config["seed"], nin_layer=config["nin_layer"],
-                            niw_init_std=self._niw_std(config, xtr.shape[1]), dtype=torch.float64)
+        ens = init_ensemble(
+            [xtr.shape[1], *config["hidden"], int(ytr.max()) + 1],
+            [sigma],
+            [seed_index],
+            config["seed"],
+            nin_layer=config["nin_layer"],
+            niw_init_std=self._niw_std(config, xtr.shape[1]),
+            dtype=torch.float64,
+        )
         b = min(config["batch_size"], xtr.shape[0])
-        m = measure_niw_decay(ens, xtr, ytr, loss=config["loss"], lr=config["lr"], batch_size=b,
-                              steps=config["epochs"] * (xtr.shape[0] // b), probe_samples=config["probe_samples"],
-                              seed=int(order_seed(config["seed"], seed_index)))
+        m = measure_niw_decay(
+            ens,
+            xtr,
+            ytr,
+            loss=config["loss"],
+            lr=config["lr"],
+            batch_size=b,
+            steps=config["epochs"] * (xtr.shape[0] // b),
+            probe_samples=config["probe_samples"],
+            seed=int(order_seed(config["seed"], seed_index)),
+        )
         measured, local, smoothed = m.log_decay()
-        return pd.DataFrame({"replica": [seed_index], "sigma": [sigma], "measured_log_decay": measured,
-                             "predicted_local": local, "predicted_smoothed": smoothed})
+        return pd.DataFrame(
+            {
+                "replica": [seed_index],
+                "sigma": [sigma],
+                "measured_log_decay": measured,
+                "predicted_local": local,
+                "predicted_smoothed": smoothed,
+            }
+        )
 
     # -- analysis -------------------------------------------------------------------------------
     def summarise(self, config: SweepConfig, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -269,38 +342,52 @@ class _NINSweep(Experiment):
             ok = np.isfinite(n)
             rate = niw_decay_rate(sigma=g["sigma"].iloc[0], lr=config["lr"], curv_niw=g["curv_niw"].to_numpy(float))
             pred = float(np.trapezoid(rate, g["step"].to_numpy(float))) if ok.all() else np.nan
-            row = {"replica": rep, "level": lev, "nin_mode": mode, "sigma": float(g["sigma"].iloc[0]),
-                   "diverged": bool(g["diverged"].iloc[-1]), "niw_ratio": n[-1] / n[0] if ok.all() else np.nan,
-                   "niw_min_ratio": n.min() / n[0] if ok.all() else np.nan,
-                   "final_train_acc": g["train_acc"].iloc[-1], "final_test_acc": g["test_acc"].iloc[-1],
-                   "initial_train_loss": g["train_loss"].iloc[0], "final_train_loss": g["train_loss"].iloc[-1],
-                   "spike": float(peak.get((rep, lev, mode), np.nan) / first.get((rep, lev, mode), np.nan)),
-                   "spike_step": int(peak_step.get((rep, lev, mode), -1)),
-                   "post_spike_min": float(post_min.get((rep, lev, mode), np.nan)
-                                           / first.get((rep, lev, mode), np.nan)),
-                   "tau_niw": float(efold_time(t, n)) if ok.all() else np.nan,
-                   "tau_train": _tau_excess(t, g["train_loss"].to_numpy(float)),
-                   "tau_test": _tau_excess(t, g["test_loss"].to_numpy(float)),
-                   "measured_log_decay": float(-np.log(n[-1] / n[0])) if ok.all() else np.nan,
-                   "predicted_log_decay": pred}
+            row = {
+                "replica": rep,
+                "level": lev,
+                "nin_mode": mode,
+                "sigma": float(g["sigma"].iloc[0]),
+                "diverged": bool(g["diverged"].iloc[-1]),
+                "niw_ratio": n[-1] / n[0] if ok.all() else np.nan,
+                "niw_min_ratio": n.min() / n[0] if ok.all() else np.nan,
+                "final_train_acc": g["train_acc"].iloc[-1],
+                "final_test_acc": g["test_acc"].iloc[-1],
+                "initial_train_loss": g["train_loss"].iloc[0],
+                "final_train_loss": g["train_loss"].iloc[-1],
+                "spike": float(peak.get((rep, lev, mode), np.nan) / first.get((rep, lev, mode), np.nan)),
+                "spike_step": int(peak_step.get((rep, lev, mode), -1)),
+                "post_spike_min": float(post_min.get((rep, lev, mode), np.nan) / first.get((rep, lev, mode), np.nan)),
+                "tau_niw": float(efold_time(t, n)) if ok.all() else np.nan,
+                "tau_train": _tau_excess(t, g["train_loss"].to_numpy(float)),
+                "tau_test": _tau_excess(t, g["test_loss"].to_numpy(float)),
+                "measured_log_decay": float(-np.log(n[-1] / n[0])) if ok.all() else np.nan,
+                "predicted_log_decay": pred,
+            }
             runs.append(row)
         runs = pd.DataFrame(runs)
         base = runs[runs["level"] == -1].set_index("replica")["final_train_acc"]
         runs["baseline_train_acc"] = runs["replica"].map(base)
         chance = 1.0 / (int(load_data(config)[1].max()) + 1)
-        learned = ((runs["final_train_acc"].to_numpy(float) - chance)
-                   / (runs["baseline_train_acc"].to_numpy(float) - chance))
+        learned = (runs["final_train_acc"].to_numpy(float) - chance) / (
+            runs["baseline_train_acc"].to_numpy(float) - chance
+        )
         stalled = ~(learned >= config["stall_fraction"])
         spike = (runs["spike"].to_numpy(float) > config["spike_factor"]) & ~runs["diverged"].to_numpy(bool)
-        codes = classify_summary(overflow=runs["diverged"].to_numpy(bool), stalled=stalled, max_stability=None,
-                                 niw_ratio=runs["niw_min_ratio"].fillna(np.inf).to_numpy(float), transient=spike)
+        codes = classify_summary(
+            overflow=runs["diverged"].to_numpy(bool),
+            stalled=stalled,
+            max_stability=None,
+            niw_ratio=runs["niw_min_ratio"].fillna(np.inf).to_numpy(float),
+            transient=spike,
+        )
         runs["stalled"] = stalled & ~runs["diverged"].to_numpy(bool)
         runs["phase_code"] = codes
         runs["phase"] = [PHASES[c] for c in codes]
         return runs
 
-    def _phase_checks(self, config: SweepConfig, runs: pd.DataFrame, metrics: dict[str, Any],
-                      eq2: pd.DataFrame) -> tuple[list[Check], pd.DataFrame]:
+    def _phase_checks(
+        self, config: SweepConfig, runs: pd.DataFrame, metrics: dict[str, Any], eq2: pd.DataFrame
+    ) -> tuple[list[Check], pd.DataFrame]:
         nin = runs[(runs["level"] >= 0) & (runs["nin_mode"] == "epoch")]
         frac = phase_fractions(nin["sigma"].to_numpy(), nin["phase_code"].to_numpy())
         major = frac[list(PHASES)].to_numpy().argmax(1)
@@ -308,60 +395,104 @@ class _NINSweep(Experiment):
         metrics["phase_fractions"] = frac.round(4).to_dict(orient="list")
         metrics["niw_regrown"] = int(((nin["niw_min_ratio"] <= np.exp(-1)) & (nin["niw_ratio"] > np.exp(-1))).sum())
         metrics["boundaries_sigma"] = boundaries(nin["sigma"].to_numpy(), nin["phase_code"].to_numpy())
-        med = [float(np.exp(np.median(np.log(nin.loc[nin["phase_code"] == k, "sigma"]))))
-               if (nin["phase_code"] == k).any() else float("nan") for k in range(len(PHASES))]
+        med = [
+            float(np.exp(np.median(np.log(nin.loc[nin["phase_code"] == k, "sigma"]))))
+            if (nin["phase_code"] == k).any()
+            else float("nan")
+            for k in range(len(PHASES))
+        ]
         metrics["median_sigma_per_phase"] = dict(zip(PHASES, med))
-        checks = [Check.ordered("phases-ordered", "the four phases appear in order of sigma_eps (median "
-                                "sigma_eps of the runs in each phase increases)", med,
-                                detail=f"levels c = {config['levels']}; sigma = "
-                                f"{np.round(frac['sigma'].to_numpy(), 4).tolist()}; majority phase per level: "
-                                f"{', '.join(names)}; {len(nin) // max(len(frac), 1)} runs per level")]
+        checks = [
+            Check.ordered(
+                "phases-ordered",
+                "the four phases appear in order of sigma_eps (median sigma_eps of the runs in each phase increases)",
+                med,
+                detail=f"levels c = {config['levels']}; sigma = "
+                f"{np.round(frac['sigma'].to_numpy(), 4).tolist()}; majority phase per level: "
+                f"{', '.join(names)}; {len(nin) // max(len(frac), 1)} runs per level",
+            )
+        ]
         # divergence: detected and recorded, the other runs finish
         div_runs = nin[nin["phase_code"] == 3]
         finite = runs.loc[~runs["diverged"], "niw_ratio"]
-        checks.append(Check.greater("divergence-recorded", "divergent runs are detected and recorded (not a crash)",
-                                    int(len(div_runs)), 1,
-                                    detail=f"overflow {int(runs['diverged'].sum())}, stalled "
-                                    f"{int(runs['stalled'].sum())} of {len(runs)} runs; overflow = non-finite or "
-                                    "|w| > 1e8 (diverged_step); stalled = final train accuracy above chance less "
-                                    "than stall_fraction of the no-NIN run's"))
-        checks.append(Check.equal("others-finite", "every run that did not overflow ends with a finite NIW",
-                                  int((~np.isfinite(finite)).sum()), 0))
+        checks.append(
+            Check.greater(
+                "divergence-recorded",
+                "divergent runs are detected and recorded (not a crash)",
+                int(len(div_runs)),
+                1,
+                detail=f"overflow {int(runs['diverged'].sum())}, stalled "
+                f"{int(runs['stalled'].sum())} of {len(runs)} runs; overflow = non-finite or "
+                "|w| > 1e8 (diverged_step); stalled = final train accuracy above chance less "
+                "than stall_fraction of the no-NIN run's",
+            )
+        )
+        checks.append(
+            Check.equal(
+                "others-finite",
+                "every run that did not overflow ends with a finite NIW",
+                int((~np.isfinite(finite)).sum()),
+                0,
+            )
+        )
         # catapult: the loss first rises, then recovers
         cat = nin[nin["phase_code"] == 2]
         rec = cat[(cat["post_spike_min"] < 1.0) & (cat["final_train_loss"] < cat["initial_train_loss"])]
         checks.append(Check.greater("catapult-present", "some runs reach the catapult phase", int(len(cat)), 1))
-        spike = (f"median spike {cat['spike'].median():.3g} at step {cat['spike_step'].median():g}, "
-                 f"post-spike minimum {cat['post_spike_min'].median():.3g}" if len(cat) else "")
-        claim = (f"in the catapult runs the loss first rises (noisy batch loss > {config['spike_factor']}x its "
-                 "first-step value), later falls back below it, and the final clean train loss < initial")
-        checks.append(Check.equal("catapult-recovers", claim, int(len(rec)), int(len(cat)), detail=spike)
-                      if len(cat) else Check.not_measurable("catapult-recovers", claim, "no catapult run"))
+        spike = (
+            f"median spike {cat['spike'].median():.3g} at step {cat['spike_step'].median():g}, "
+            f"post-spike minimum {cat['post_spike_min'].median():.3g}"
+            if len(cat)
+            else ""
+        )
+        claim = (
+            f"in the catapult runs the loss first rises (noisy batch loss > {config['spike_factor']}x its "
+            "first-step value), later falls back below it, and the final clean train loss < initial"
+        )
+        checks.append(
+            Check.equal("catapult-recovers", claim, int(len(rec)), int(len(cat)), detail=spike)
+            if len(cat)
+            else Check.not_measurable("catapult-recovers", claim, "no catapult run")
+        )
         checks += self._eq2_checks(config, nin, eq2, metrics)
         # small-sigma accuracy against the same network without a NIN
         low = nin[nin["level"] == nin["level"].min()].set_index("replica")["final_test_acc"]
         base = runs[runs["level"] == -1].set_index("replica")["final_test_acc"]
         diff = (low - base.reindex(low.index)).to_numpy(float)
         claim = "test accuracy with a NIN at the smallest sigma_eps matches the network without a NIN"
-        detail = ("paired over seeds (same init, data order); sigma_eps = "
-                  f"{float(nin[nin['level'] == nin['level'].min()]['sigma'].iloc[0]):.4g}")
+        detail = (
+            "paired over seeds (same init, data order); sigma_eps = "
+            f"{float(nin[nin['level'] == nin['level'].min()]['sigma'].iloc[0]):.4g}"
+        )
         if diff.size >= 2 and np.isfinite(diff).all():
             mean, se = mean_se(diff)
-            checks.append(Check.close("small-sigma-accuracy", claim, mean, 0.0, atol=config["acc_margin"], se=se,
-                                      detail=detail + f"; {diff.size} seeds"))
+            checks.append(
+                Check.close(
+                    "small-sigma-accuracy",
+                    claim,
+                    mean,
+                    0.0,
+                    atol=config["acc_margin"],
+                    se=se,
+                    detail=detail + f"; {diff.size} seeds",
+                )
+            )
         else:
-            checks.append(Check.not_measurable("small-sigma-accuracy", claim,
-                                               "needs >= 2 seeds with finite accuracies", detail=detail))
+            checks.append(
+                Check.not_measurable(
+                    "small-sigma-accuracy", claim, "needs >= 2 seeds with finite accuracies", detail=detail
+                )
+            )
         return checks, frac
 
     @staticmethod
-    def _eq2_checks(config: SweepConfig, nin: pd.DataFrame, eq2: pd.DataFrame,
-                    metrics: dict[str, Any]) -> list[Check]:
+    def _eq2_checks(config: SweepConfig, nin: pd.DataFrame, eq2: pd.DataFrame, metrics: dict[str, Any]) -> list[Check]:
         """The NIW decay of eq. (2) at the smallest level: per seed the measured −ln(‖W_NI(T)‖/‖W_NI(0)‖)
         over the integrated prediction, mean ± se over seeds (docs/nin_probe.md, the eq. (2) study). The
         printed form (half the rate, local Hessian) is a paper claim, corrected by eq. (D1) measured in
         each seed's companion run; the local Hessian with the corrected factor misses the ReLU kinks and
         is reported as a metric."""
+
         def ratio(measured: pd.Series, predicted: pd.Series) -> np.ndarray:
             ok = np.isfinite(measured) & np.isfinite(predicted) & (predicted > 0)
             return (measured[ok] / predicted[ok]).to_numpy(float)
@@ -372,32 +503,62 @@ class _NINSweep(Experiment):
         decay_r = ratio(decay["measured_log_decay"], decay["predicted_log_decay"])
         med = float(np.median(main)) if main.size else float("nan")
         metrics["niw_decay_measured_over_eq2"] = {
-            "smallest_sigma": med, "paper_form_smallest_sigma": 2 * med,
-            "decay_phase": float(np.median(decay_r)) if decay_r.size else float("nan")}
+            "smallest_sigma": med,
+            "paper_form_smallest_sigma": 2 * med,
+            "decay_phase": float(np.median(decay_r)) if decay_r.size else float("nan"),
+        }
         if len(eq2):
             comp = {k: ratio(eq2["measured_log_decay"], eq2[f"predicted_{k}"]) for k in ("local", "smoothed")}
             metrics["eq2_companion_measured_over"] = {
-                k: dict(zip(("mean", "se"), map(float, mean_se(v)))) for k, v in comp.items() if v.size}
+                k: dict(zip(("mean", "se"), map(float, mean_se(v)))) for k, v in comp.items() if v.size
+            }
         else:
             comp = {"smoothed": np.zeros(0)}
         fix = "niw-decay-d1"
-        claim_p = ("NIW decay at the smallest sigma_eps vs eq. (2) as printed: measured -ln|W_NI(T)/W_NI(0)| over "
-                   "the integrated eta sigma^2 W^T<H>W/(2|W|^2), <H> the local Hessian (eq. 3)")
-        claim_c = ("NIW decay at the smallest sigma_eps vs eq. (D1), the exact first-order drift eta "
-                   "E[(xi^2-1) L(z + sigma xi W_NI)]/|W_NI|^2 (the ReLU kinks included), in each seed's companion run")
+        claim_p = (
+            "NIW decay at the smallest sigma_eps vs eq. (2) as printed: measured -ln|W_NI(T)/W_NI(0)| over "
+            "the integrated eta sigma^2 W^T<H>W/(2|W|^2), <H> the local Hessian (eq. 3)"
+        )
+        claim_c = (
+            "NIW decay at the smallest sigma_eps vs eq. (D1), the exact first-order drift eta "
+            "E[(xi^2-1) L(z + sigma xi W_NI)]/|W_NI|^2 (the ReLU kinks included), in each seed's companion run"
+        )
         out = []
         if main.size >= 2:
-            m, se = mean_se(2 * main)                # the printed rate is half: twice the ratio
-            out.append(Check.close("niw-decay-eq2-paper", claim_p, m, 1.0, factor=1.5, se=se, kind="paper-claim",
-                                   corrected_by=fix, detail=f"{main.size} seeds; local Hessian with the corrected "
-                                   f"factor (reference §4 item 1): {m / 2:.3g} ± {se / 2:.2g}"))
+            m, se = mean_se(2 * main)  # the printed rate is half: twice the ratio
+            out.append(
+                Check.close(
+                    "niw-decay-eq2-paper",
+                    claim_p,
+                    m,
+                    1.0,
+                    factor=1.5,
+                    se=se,
+                    kind="paper-claim",
+                    corrected_by=fix,
+                    detail=f"{main.size} seeds; local Hessian with the corrected "
+                    f"factor (reference §4 item 1): {m / 2:.3g} ± {se / 2:.2g}",
+                )
+            )
         else:
-            out.append(Check.not_measurable("niw-decay-eq2-paper", claim_p, "needs >= 2 convergent seeds",
-                                            kind="paper-claim", corrected_by=fix))
+            out.append(
+                Check.not_measurable(
+                    "niw-decay-eq2-paper", claim_p, "needs >= 2 convergent seeds", kind="paper-claim", corrected_by=fix
+                )
+            )
         if comp["smoothed"].size >= 2:
             m, se = mean_se(comp["smoothed"])
-            out.append(Check.close(fix, claim_c, m, 1.0, rtol=0.15, se=se,
-                                   detail=f"{comp['smoothed'].size} seeds, sigma_eps = {eq2['sigma'].iloc[0]:.4g}"))
+            out.append(
+                Check.close(
+                    fix,
+                    claim_c,
+                    m,
+                    1.0,
+                    rtol=0.15,
+                    se=se,
+                    detail=f"{comp['smoothed'].size} seeds, sigma_eps = {eq2['sigma'].iloc[0]:.4g}",
+                )
+            )
         else:
             out.append(Check.not_measurable(fix, claim_c, "needs >= 2 seeds with a finite companion run"))
         return out
@@ -407,7 +568,7 @@ def _tau_excess(t: np.ndarray, y: np.ndarray) -> float:
     """First e-fold time of the loss excess over L_∞ = median of the last 10 % of records (reference §7)."""
     if not np.isfinite(y).all():
         return float("nan")
-    return float(efold_time(t, y - np.median(y[-max(1, len(y) // 10):])))
+    return float(efold_time(t, y - np.median(y[-max(1, len(y) // 10) :])))
 
 
 # --------------------------------------------------------------------------------------- figures
@@ -421,8 +582,9 @@ def _shade_phases(ax: Any, sigma: np.ndarray, names: list[str]) -> None:
         ax.axvspan(a, b, color=PHASE_COLOURS[name], alpha=0.5, lw=0)
 
 
-def _curves_figure(config: SweepConfig, res: pd.DataFrame, runs: pd.DataFrame, frac: pd.DataFrame,
-                   title: str, out: Path) -> Path:
+def _curves_figure(
+    config: SweepConfig, res: pd.DataFrame, runs: pd.DataFrame, frac: pd.DataFrame, title: str, out: Path
+) -> Path:
     """Fig. 2 bottom / Fig. 3: one panel per level (first seed): train (purple) / test (green) loss
     solid, accuracy dashed; NIW norm (blue) and next-layer norm (red) relative to their initial values."""
     levels = sorted(int(v) for v in runs.loc[runs["level"] >= 0, "level"].unique())
@@ -442,8 +604,9 @@ def _curves_figure(config: SweepConfig, res: pd.DataFrame, runs: pd.DataFrame, f
         acc.plot(t, g["train_acc"], color="purple", ls="--")
         acc.plot(t, g["test_acc"], color="green", ls="--")
         acc.set_ylim(0, 1)
-        ax.set_title(f"c = {config['levels'][lev]:g}, σε = {g['sigma'].iloc[0]:.3g}\nthis run: {ph}",
-                     color="black", fontsize=8)
+        ax.set_title(
+            f"c = {config['levels'][lev]:g}, σε = {g['sigma'].iloc[0]:.3g}\nthis run: {ph}", color="black", fontsize=8
+        )
         ax.set_facecolor(PHASE_COLOURS[ph] + "40")
         bx.plot(t, g["niw_norm"] / g["niw_norm"].iloc[0], color="blue", label="‖W_NI‖/‖W_NI(0)‖")
         bx.plot(t, g["next_norm"] / g["next_norm"].iloc[0], color="red", label="‖W^(1)‖/‖W^(1)(0)‖")
@@ -479,17 +642,41 @@ class Fig2Bottom(_NINSweep):
     title = "NIN Fig. 2 bottom: 1x1024 ReLU MLP, MSE, the four phases at the Table 1 MSE levels"
     presets = {
         # reduced: 14x14 pooled digits (d_in 196), width 64, ~750 steps; levels chosen on the Table 1 scale
-        "quick": _preset(seed=2022, pool=2, hidden=[64], loss="mse", lr=0.01, batch_size=1000, epochs=150,
-                         record_every=5, levels=[1e-4, 8.0, 9.0, 10.0, 12.0], n_seeds=3),
-        "full": _preset(seed=2022, dataset="fashion-mnist", hidden=[1024], loss="mse", lr=0.01, batch_size=1000,
-                        epochs=200, record_every=2, levels=list(TABLE1["mse"]), n_seeds=4, sigmas_per_chunk=4),
+        "quick": _preset(
+            seed=2022,
+            pool=2,
+            hidden=[64],
+            loss="mse",
+            lr=0.01,
+            batch_size=1000,
+            epochs=150,
+            record_every=5,
+            levels=[1e-4, 8.0, 9.0, 10.0, 12.0],
+            n_seeds=3,
+        ),
+        "full": _preset(
+            seed=2022,
+            dataset="fashion-mnist",
+            hidden=[1024],
+            loss="mse",
+            lr=0.01,
+            batch_size=1000,
+            epochs=200,
+            record_every=2,
+            levels=list(TABLE1["mse"]),
+            n_seeds=4,
+            sigmas_per_chunk=4,
+        ),
     }
 
-    def analyse(self, config: SweepConfig, tables: dict[str, pd.DataFrame],
-                out: Path) -> tuple[dict[str, Any], list[Check]]:
+    def analyse(
+        self, config: SweepConfig, tables: dict[str, pd.DataFrame], out: Path
+    ) -> tuple[dict[str, Any], list[Check]]:
         runs = self.summarise(config, tables)
-        metrics: dict[str, Any] = {"horizon_steps": int(tables["results"]["step"].max()),
-                                   "sigma_levels": self.sigmas(config).tolist()}
+        metrics: dict[str, Any] = {
+            "horizon_steps": int(tables["results"]["step"].max()),
+            "sigma_levels": self.sigmas(config).tolist(),
+        }
         checks, frac = self._phase_checks(config, runs, metrics, tables.get("eq2", pd.DataFrame()))
         _curves_figure(config, tables["results"], runs, frac, self.title.split(":")[0], out)
         _phase_bar(frac, out)
@@ -502,10 +689,31 @@ class Fig3(Fig2Bottom):
     id = "nin-fig3"
     title = "NIN Fig. 3: 1x1024 ReLU MLP, cross-entropy, the four phases at the Table 1 CE levels"
     presets = {
-        "quick": _preset(seed=2022, pool=2, hidden=[64], loss="ce", lr=0.01, batch_size=1000, epochs=150,
-                         record_every=5, levels=[1e-4, 1.0, 3.0, 10.0], n_seeds=3),
-        "full": _preset(seed=2022, dataset="fashion-mnist", hidden=[1024], loss="ce", lr=0.01, batch_size=1000,
-                        epochs=200, record_every=2, levels=list(TABLE1["ce"]), n_seeds=4, sigmas_per_chunk=4),
+        "quick": _preset(
+            seed=2022,
+            pool=2,
+            hidden=[64],
+            loss="ce",
+            lr=0.01,
+            batch_size=1000,
+            epochs=150,
+            record_every=5,
+            levels=[1e-4, 1.0, 3.0, 10.0],
+            n_seeds=3,
+        ),
+        "full": _preset(
+            seed=2022,
+            dataset="fashion-mnist",
+            hidden=[1024],
+            loss="ce",
+            lr=0.01,
+            batch_size=1000,
+            epochs=200,
+            record_every=2,
+            levels=list(TABLE1["ce"]),
+            n_seeds=4,
+            sigmas_per_chunk=4,
+        ),
     }
 
 
@@ -518,21 +726,44 @@ class Fig1(_NINSweep):
     modes = NIN_MODES
     Config = Fig1Config
     presets = {
-        "quick": _preset(seed=2022, pool=2, hidden=[64, 64, 64], loss="ce", lr=0.05, batch_size=128, epochs=40,
-                         record_every=2, levels=[1e-4, 1e-2, 0.1, 0.3, 1.0, 3.0, 10.0], centre_level=3,
-                         n_seeds=2),
-        "full": _preset(seed=2022, dataset="fashion-mnist", hidden=[1024, 1024, 1024], loss="ce", lr=0.05,
-                        batch_size=128, epochs=100, record_every=5,
-                        levels=[1e-5, 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0, 1.8, 3.0], centre_level=4, n_seeds=3,
-                        sigmas_per_chunk=2),
+        "quick": _preset(
+            seed=2022,
+            pool=2,
+            hidden=[64, 64, 64],
+            loss="ce",
+            lr=0.05,
+            batch_size=128,
+            epochs=40,
+            record_every=2,
+            levels=[1e-4, 1e-2, 0.1, 0.3, 1.0, 3.0, 10.0],
+            centre_level=3,
+            n_seeds=2,
+        ),
+        "full": _preset(
+            seed=2022,
+            dataset="fashion-mnist",
+            hidden=[1024, 1024, 1024],
+            loss="ce",
+            lr=0.05,
+            batch_size=128,
+            epochs=100,
+            record_every=5,
+            levels=[1e-5, 1e-4, 1e-3, 1e-2, 0.03, 0.1, 0.3, 1.0, 1.8, 3.0],
+            centre_level=4,
+            n_seeds=3,
+            sigmas_per_chunk=2,
+        ),
     }
 
-    def analyse(self, config: SweepConfig, tables: dict[str, pd.DataFrame],
-                out: Path) -> tuple[dict[str, Any], list[Check]]:
+    def analyse(
+        self, config: SweepConfig, tables: dict[str, pd.DataFrame], out: Path
+    ) -> tuple[dict[str, Any], list[Check]]:
         runs = self.summarise(config, tables)
         res = tables["results"]
-        metrics: dict[str, Any] = {"horizon_steps": int(res["step"].max()),
-                                   "sigma_levels": self.sigmas(config).tolist()}
+        metrics: dict[str, Any] = {
+            "horizon_steps": int(res["step"].max()),
+            "sigma_levels": self.sigmas(config).tolist(),
+        }
         checks, frac = self._phase_checks(config, runs, metrics, tables.get("eq2", pd.DataFrame()))
         lev = config["centre_level"]
         centre = runs[runs["level"] == lev]
@@ -541,22 +772,37 @@ class Fig1(_NINSweep):
         phases_c = centre.groupby("nin_mode")["phase"].agg(lambda s: s.value_counts().idxmax()).to_dict()
         ratio = med["fixed"] / med["epoch"]
         metrics["centre"] = {"sigma": float(centre["sigma"].iloc[0]), "tau_niw_epochs": med, "phase": phases_c}
-        detail = (f"sigma_eps = {metrics['centre']['sigma']:.4g} (level {lev}); tau = first e-fold of |W_NI| in "
-                  f"epochs, median over seeds: epoch mode {med['epoch']:.4g}, fixed {med['fixed']:.4g}")
-        claim = ("at the centre sigma_eps both the re-randomised and the fixed NIN are in the decay phase "
-                 "(majority over seeds; Fig. 1 centre)")
-        checks.append(Check.not_measurable("centre-both-decay", claim, "every centre run diverged", detail=detail)
-                      if centre["diverged"].all() else
-                      Check.equal("centre-both-decay", claim, phases_c, {m: "decay" for m in NIN_MODES}, detail=detail))
-        checks.append(Check.close("centre-tau-ratio", "at the centre sigma_eps the NIW decay times of the fixed and "
-                                  "the re-randomised NIN are similar (ratio fixed/epoch of the median tau)",
-                                  ratio, 1.0, factor=2.0, detail=detail))
+        detail = (
+            f"sigma_eps = {metrics['centre']['sigma']:.4g} (level {lev}); tau = first e-fold of |W_NI| in "
+            f"epochs, median over seeds: epoch mode {med['epoch']:.4g}, fixed {med['fixed']:.4g}"
+        )
+        claim = (
+            "at the centre sigma_eps both the re-randomised and the fixed NIN are in the decay phase "
+            "(majority over seeds; Fig. 1 centre)"
+        )
+        checks.append(
+            Check.not_measurable("centre-both-decay", claim, "every centre run diverged", detail=detail)
+            if centre["diverged"].all()
+            else Check.equal("centre-both-decay", claim, phases_c, {m: "decay" for m in NIN_MODES}, detail=detail)
+        )
+        checks.append(
+            Check.close(
+                "centre-tau-ratio",
+                "at the centre sigma_eps the NIW decay times of the fixed and "
+                "the re-randomised NIN are similar (ratio fixed/epoch of the median tau)",
+                ratio,
+                1.0,
+                factor=2.0,
+                detail=detail,
+            )
+        )
         self._centre_figure(config, res, runs, out)
         self._right_figure(runs, frac, out)
         _phase_bar(frac, out)
         taus = runs[(runs["level"] >= 0)].groupby(["nin_mode", "sigma"])[["tau_niw", "tau_train", "tau_test"]].median()
-        metrics["decay_times_epochs"] = {f"{m}@{s:.4g}": v
-                                         for (m, s), v in taus.round(4).to_dict(orient="index").items()}
+        metrics["decay_times_epochs"] = {
+            f"{m}@{s:.4g}": v for (m, s), v in taus.round(4).to_dict(orient="index").items()
+        }
         return metrics, checks
 
     def _centre_figure(self, config: SweepConfig, res: pd.DataFrame, runs: pd.DataFrame, out: Path) -> Path:
@@ -567,8 +813,11 @@ class Fig1(_NINSweep):
         for mode, (label, alpha) in styles.items():
             g = res[(res["replica"] == rep0) & (res["level"] == lev) & (res["nin_mode"] == mode)].sort_values("epoch")
             t = g["epoch"].to_numpy(float)
-            for col, colour, name in (("niw_norm", "blue", "NIW"), ("train_loss", "purple", "train loss"),
-                                      ("test_loss", "green", "test loss")):
+            for col, colour, name in (
+                ("niw_norm", "blue", "NIW"),
+                ("train_loss", "purple", "train loss"),
+                ("test_loss", "green", "test loss"),
+            ):
                 y = g[col].to_numpy(float) / g[col].iloc[0]
                 ax.plot(t, y, "o", ms=2.5, color=colour, alpha=alpha, label=f"{name} ({label})")
                 if not np.isfinite(y).all():  # a diverged run: nothing to fit
@@ -577,14 +826,22 @@ class Fig1(_NINSweep):
                 if np.isfinite(fit.tau[0]) and 0 < fit.tau[0] <= t[-1]:
                     tt = np.linspace(fit.t_start[0], fit.t_stop[0], 100)
                     ax.plot(tt, fit.amplitude[0] * np.exp(-tt / fit.tau[0]) + fit.offset[0], color=colour, alpha=alpha)
-                    ax.plot([fit.tau[0]], [fit.amplitude[0] * np.exp(-1) + fit.offset[0]], "*", ms=10,
-                            color=colour, alpha=alpha)
+                    ax.plot(
+                        [fit.tau[0]],
+                        [fit.amplitude[0] * np.exp(-1) + fit.offset[0]],
+                        "*",
+                        ms=10,
+                        color=colour,
+                        alpha=alpha,
+                    )
         ax.set_yscale("log")
         ax.set_xlim(0, res["epoch"].max())
         ax.set_xlabel("epoch")
         ax.set_ylabel("relative to epoch 0")
-        ax.set_title(f"σε = {res.loc[res['level'] == lev, 'sigma'].iloc[0]:.3g}: points = data, "
-                     "lines = exp fits, stars = τ", fontsize=8)
+        ax.set_title(
+            f"σε = {res.loc[res['level'] == lev, 'sigma'].iloc[0]:.3g}: points = data, lines = exp fits, stars = τ",
+            fontsize=8,
+        )
         ax.legend(fontsize=6, ncols=2)
         return savefig(fig, out / "centre.png")
 
@@ -593,8 +850,11 @@ class Fig1(_NINSweep):
         major = [PHASES[m] for m in frac[list(PHASES)].to_numpy().argmax(1)]
         _shade_phases(ax, frac["sigma"].to_numpy(), major)
         for mode, alpha in (("epoch", 1.0), ("fixed", 0.45)):
-            med = runs[(runs["level"] >= 0) & (runs["nin_mode"] == mode)].groupby("sigma")[
-                ["tau_niw", "tau_train", "tau_test"]].median()
+            med = (
+                runs[(runs["level"] >= 0) & (runs["nin_mode"] == mode)]
+                .groupby("sigma")[["tau_niw", "tau_train", "tau_test"]]
+                .median()
+            )
             for col, colour in (("tau_niw", "blue"), ("tau_train", "purple"), ("tau_test", "green")):
                 ax.plot(med.index, med[col], "o-", color=colour, alpha=alpha, label=f"{col} ({mode})")
         ax.set_xscale("log")
@@ -624,8 +884,10 @@ class Table1(Experiment):
     id = "nin-table1"
     title = "NIN Table 1: noise levels from d_input, N_w and the learning rate"
     Config = Table1Config
-    presets = {"quick": {"seed": 0, "d_input": 784, "n_w": 1024, "lr": 0.01},
-               "full": {"seed": 0, "d_input": 784, "n_w": 1024, "lr": 0.01}}
+    presets = {
+        "quick": {"seed": 0, "d_input": 784, "n_w": 1024, "lr": 0.01},
+        "full": {"seed": 0, "d_input": 784, "n_w": 1024, "lr": 0.01},
+    }
     #: why ``diverging`` is None (tests/core/test_divergence.py): no replica is trained, so none can diverge
     nothing_to_diverge = "closed-form noise levels from d_in, N_w and η: nothing is trained"
 
@@ -636,33 +898,53 @@ class Table1(Experiment):
     def run_chunk(self, config: Table1Config, chunk: Chunk) -> pd.DataFrame:
         return table1(d_input=config["d_input"], n_w=config["n_w"], lr=config["lr"])
 
-    def analyse(self, config: Table1Config, tables: dict[str, pd.DataFrame],
-                out: Path) -> tuple[dict[str, Any], list[Check]]:
+    def analyse(
+        self, config: Table1Config, tables: dict[str, pd.DataFrame], out: Path
+    ) -> tuple[dict[str, Any], list[Check]]:
         tab = tables["results"]
         metrics = {f"{r.loss}_{r.phase}_sigma": r.sigma for r in tab.itertuples()}
         checks = []
         paper_sizes = all(config[k] == v for k, v in PAPER_SIZES.items())
         for loss, ref in TABLE1_SIGMA2_REFERENCE.items():
             got = tab.loc[tab["loss"] == loss, "sigma2"].to_numpy(float)
-            claim = (f"Table 1 {loss.upper()} row: sigma_eps^2 at d_in=784, N_w=1024, eta=0.01 equals the "
-                     f"reference's evaluation {list(ref)} (largest relative deviation; reference rounded to 3-4 "
-                     "digits)")
+            claim = (
+                f"Table 1 {loss.upper()} row: sigma_eps^2 at d_in=784, N_w=1024, eta=0.01 equals the "
+                f"reference's evaluation {list(ref)} (largest relative deviation; reference rounded to 3-4 "
+                "digits)"
+            )
             if paper_sizes:
-                checks.append(Check.less(f"table1-{loss}", claim, float(np.max(np.abs(got / np.asarray(ref) - 1))),
-                                         5e-3, detail=f"sigma_eps^2 = {got.round(4).tolist()}"))
+                checks.append(
+                    Check.less(
+                        f"table1-{loss}",
+                        claim,
+                        float(np.max(np.abs(got / np.asarray(ref) - 1))),
+                        5e-3,
+                        detail=f"sigma_eps^2 = {got.round(4).tolist()}",
+                    )
+                )
             else:
-                checks.append(Check.not_measurable(f"table1-{loss}", claim,
-                                                   "sizes differ from the paper's; values are not comparable"))
+                checks.append(
+                    Check.not_measurable(
+                        f"table1-{loss}", claim, "sizes differ from the paper's; values are not comparable"
+                    )
+                )
         mse = tab[tab["loss"] == "mse"].set_index("phase")["sigma2"]
         metrics["mse_divergent_over_catapult_sigma2"] = float(mse["divergent"] / mse["catapult"])
         fig, ax = new_figure(width=5.0, height=2.8)
         for j, loss in enumerate(("mse", "ce")):
             sub = tab[tab["loss"] == loss]
-            ax.scatter(sub["sigma"], [j] * len(sub), c=[PHASE_COLOURS[p] for p in sub["phase"]], s=80,
-                       edgecolors="black", zorder=3)
+            ax.scatter(
+                sub["sigma"],
+                [j] * len(sub),
+                c=[PHASE_COLOURS[p] for p in sub["phase"]],
+                s=80,
+                edgecolors="black",
+                zorder=3,
+            )
             for r in sub.itertuples():
-                ax.annotate(f"{r.sigma:.3g}", (r.sigma, j), textcoords="offset points", xytext=(0, 8),
-                            fontsize=7, ha="center")
+                ax.annotate(
+                    f"{r.sigma:.3g}", (r.sigma, j), textcoords="offset points", xytext=(0, 8), fontsize=7, ha="center"
+                )
         ax.set_xscale("log")
         ax.set_yticks([0, 1], ["MSE", "CE"])
         ax.set_ylim(-0.7, 1.7)

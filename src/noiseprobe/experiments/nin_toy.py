@@ -37,15 +37,16 @@ from noiseprobe.nin.phases import (
     phase_fractions,
 )
 
-_SIGMA_BLOCK = 16          # σ values per chunk
+_SIGMA_BLOCK = 16  # σ values per chunk
 
 
 @dataclass(frozen=True, kw_only=True)
 class Fig2TopConfig(ExperimentConfig):
     """The toy sweep: a log grid of σε × seeds, both methods, plus the four illustrative panels."""
 
-    methods: list[str] = param(choices=toy.METHODS, min_len=1, max_len=len(toy.METHODS),
-                               help="reduced (eqs. 5-6) and/or exact minibatch SGD")
+    methods: list[str] = param(
+        choices=toy.METHODS, min_len=1, max_len=len(toy.METHODS), help="reduced (eqs. 5-6) and/or exact minibatch SGD"
+    )
     batch_size: int = param(lo=1, hi=10**6)
     init: str = param(choices=tuple(toy.INITS), help="initial weight scales (reference §5.1)")
     sigma_min: float = param(lo=0.0, lo_open=True)
@@ -56,8 +57,7 @@ class Fig2TopConfig(ExperimentConfig):
     lr: float = param(lo=0.0, lo_open=True)
     sigma_x: float = param(lo=0.0, lo_open=True)
     M: float = param()
-    traj_sigmas: list[float] = param(lo=0.0, lo_open=True, min_len=4, max_len=4,
-                                     help="one σε per phase panel")
+    traj_sigmas: list[float] = param(lo=0.0, lo_open=True, min_len=4, max_len=4, help="one σε per phase panel")
     traj_seeds: int = param(lo=1, hi=64)
     traj_points: int = param(lo=2, hi=100_000)
 
@@ -85,9 +85,21 @@ class Fig2Top(Experiment):
     title = "NIN paper Fig. 2 top: linear toy model, four regimes and phase diagram over sigma_eps"
     tables = ("trajectories",)
     Config = Fig2TopConfig
-    _common = {"seed": 0, "methods": ["reduced", "exact"], "batch_size": 32, "init": "niw_large",
-               "sigma_min": 0.01, "sigma_max": 1000.0, "steps": 20000, "lr": 0.01, "sigma_x": 1.0, "M": 1.0,
-               "traj_sigmas": [0.03, 1.0, 20.0, 100.0], "traj_seeds": 6, "traj_points": 160}
+    _common = {
+        "seed": 0,
+        "methods": ["reduced", "exact"],
+        "batch_size": 32,
+        "init": "niw_large",
+        "sigma_min": 0.01,
+        "sigma_max": 1000.0,
+        "steps": 20000,
+        "lr": 0.01,
+        "sigma_x": 1.0,
+        "M": 1.0,
+        "traj_sigmas": [0.03, 1.0, 20.0, 100.0],
+        "traj_seeds": 6,
+        "traj_points": 160,
+    }
     presets = {
         "quick": {**_common, "n_sigma": 64, "n_seeds": 32},
         "full": {**_common, "n_sigma": 128, "n_seeds": 128},
@@ -107,28 +119,42 @@ class Fig2Top(Experiment):
 
     def chunks(self, config: dict[str, Any]) -> list[Chunk]:
         n = config["n_sigma"]
-        out = [Chunk(f"{m}-s{i:04d}", {"method": m, "sigma_index": [i, min(i + _SIGMA_BLOCK, n)]})
-               for m in config["methods"] for i in range(0, n, _SIGMA_BLOCK)]
+        out = [
+            Chunk(f"{m}-s{i:04d}", {"method": m, "sigma_index": [i, min(i + _SIGMA_BLOCK, n)]})
+            for m in config["methods"]
+            for i in range(0, n, _SIGMA_BLOCK)
+        ]
         return out + [Chunk(f"{m}-traj", {"method": m, "trajectories": True}) for m in config["methods"]]
 
     def run_chunk(self, config: dict[str, Any], chunk: Chunk) -> dict[str, pd.DataFrame]:
         method, n_seeds = chunk.spec["method"], config["n_seeds"]
-        kw = dict(steps=config["steps"], lr=config["lr"], batch_size=config["batch_size"],
-                  sigma_x=config["sigma_x"], M=config["M"], method=method, seed=config["seed"])
+        kw = dict(
+            steps=config["steps"],
+            lr=config["lr"],
+            batch_size=config["batch_size"],
+            sigma_x=config["sigma_x"],
+            M=config["M"],
+            method=method,
+            seed=config["seed"],
+        )
         if chunk.spec.get("trajectories"):
             sig = np.repeat(np.asarray(config["traj_sigmas"], dtype=float), config["traj_seeds"])
             seeds = np.tile(np.arange(config["traj_seeds"]), 4)
             # global replica indices beyond the grid's, so these streams are distinct from the sweep's
             reps = config["n_sigma"] * n_seeds + np.arange(sig.size)
-            rsteps = np.unique(np.concatenate([[0], np.geomspace(1, config["steps"], config["traj_points"])
-                                               .round().astype(np.int64)]))
+            rsteps = np.unique(
+                np.concatenate([[0], np.geomspace(1, config["steps"], config["traj_points"]).round().astype(np.int64)])
+            )
             w0, w1, wn = toy.init_weights(config["init"], config["seed"], seeds)
-            run = toy.simulate(sig, w0=w0, w1=w1, w_ni=wn, replicas=reps, record=np.arange(sig.size),
-                               record_steps=rsteps, **kw)
+            run = toy.simulate(
+                sig, w0=w0, w1=w1, w_ni=wn, replicas=reps, record=np.arange(sig.size), record_steps=rsteps, **kw
+            )
             res = self._frame(run, seeds)
-            traj = run.trajectories().assign(method=method, seed=np.repeat(seeds, rsteps.size),
-                                             panel=np.repeat(np.repeat(np.arange(4), config["traj_seeds"]),
-                                                             rsteps.size))
+            traj = run.trajectories().assign(
+                method=method,
+                seed=np.repeat(seeds, rsteps.size),
+                panel=np.repeat(np.repeat(np.arange(4), config["traj_seeds"]), rsteps.size),
+            )
             return {"results": res.assign(kind="trajectory"), "trajectories": traj}
         i0, i1 = chunk.spec["sigma_index"]
         sig = np.repeat(_grid(config)[i0:i1], n_seeds)
@@ -149,14 +175,19 @@ class Fig2Top(Experiment):
         return df
 
     # ------------------------------------------------------------------------------------ analysis
-    def analyse(self, config: Fig2TopConfig, tables: dict[str, pd.DataFrame],
-                out: Path) -> tuple[dict[str, Any], list[Check]]:
+    def analyse(
+        self, config: Fig2TopConfig, tables: dict[str, pd.DataFrame], out: Path
+    ) -> tuple[dict[str, Any], list[Check]]:
         res = tables["results"]
         sweep = res[res["kind"] == "sweep"]
         lr, b, steps = config["lr"], config["batch_size"], config["steps"]
         w0, w1, wn = toy.init_weights(config["init"], config["seed"], np.arange(config["n_seeds"]))
-        paper = {k: float(np.median(v)) for k, v in th.paper_boundaries(
-            w0, w1, wn, lr=lr, sigma_x=config["sigma_x"], M=config["M"], batch_size=b).items()}
+        paper = {
+            k: float(np.median(v))
+            for k, v in th.paper_boundaries(
+                w0, w1, wn, lr=lr, sigma_x=config["sigma_x"], M=config["M"], batch_size=b
+            ).items()
+        }
         metrics: dict[str, Any] = {"horizon T (steps)": steps, "batch size": b, "init": config["init"]}
         checks: list[Check] = []
         per: dict[str, dict[str, Any]] = {}
@@ -172,9 +203,17 @@ class Fig2Top(Experiment):
         if len(config["methods"]) == 2:
             agree, n_cmp, details = self._agreement(per, config)
             metrics["exact vs reduced: agreement away from boundaries"] = {"fraction": agree, "sigmas": n_cmp}
-            checks.append(Check.greater("exact-reduced-agree", "exact SGD and the reduced map (eqs. 5-6) give "
-                                        "the same majority phase at (>= 90 % of) the sigma_eps at least a factor "
-                                        "1.5 away from all measured boundaries", agree, 0.9, detail=details))
+            checks.append(
+                Check.greater(
+                    "exact-reduced-agree",
+                    "exact SGD and the reduced map (eqs. 5-6) give "
+                    "the same majority phase at (>= 90 % of) the sigma_eps at least a factor "
+                    "1.5 away from all measured boundaries",
+                    agree,
+                    0.9,
+                    detail=details,
+                )
+            )
         traj = tables.get("trajectories", pd.DataFrame())
         if len(traj):
             metrics.update(self._fits(traj, lr))
@@ -183,8 +222,15 @@ class Fig2Top(Experiment):
         self._plot_decay_times(per, out)
         return metrics, checks
 
-    def _method_summary(self, config: Fig2TopConfig, d: pd.DataFrame, w0: np.ndarray, w1: np.ndarray,
-                        paper: dict[str, float], method: str) -> dict[str, Any]:
+    def _method_summary(
+        self,
+        config: Fig2TopConfig,
+        d: pd.DataFrame,
+        w0: np.ndarray,
+        w1: np.ndarray,
+        paper: dict[str, float],
+        method: str,
+    ) -> dict[str, Any]:
         lr, b, steps = config["lr"], config["batch_size"], config["steps"]
         sigma, codes, seeds = d["sigma_eps"].to_numpy(), d["phase_code"].to_numpy(), d["seed"].to_numpy()
         frac = phase_fractions(sigma, codes)
@@ -196,24 +242,38 @@ class Fig2Top(Experiment):
         edge = _edge(method, b)
         corrected = {
             "decoupled|decay": (horizon, "eta sigma^2 sum_{t<T} w1(t)^2 = 1 (median run)"),
-            "decay|catapult": (float(np.median(th.sigma_edge(w0, w1, lr=lr, M=config["M"], edge=edge))),
-                               f"eta sigma^2 w1*^2 = {edge:.3f} (final-minimum edge)"),
-            "catapult|divergent": (th.sigma_upper_limit(lr=lr, M=config["M"], sigma_x=config["sigma_x"]),
-                                   "upper bound 2/(eta |M| sigma_x): no stable minimum above"),
+            "decay|catapult": (
+                float(np.median(th.sigma_edge(w0, w1, lr=lr, M=config["M"], edge=edge))),
+                f"eta sigma^2 w1*^2 = {edge:.3f} (final-minimum edge)",
+            ),
+            "catapult|divergent": (
+                th.sigma_upper_limit(lr=lr, M=config["M"], sigma_x=config["sigma_x"]),
+                "upper bound 2/(eta |M| sigma_x): no stable minimum above",
+            ),
         }
-        paper_pred = {"decoupled|decay": (paper["sigma_dec_paper"], "2 A~0/B~0 (|Phi0| = 1)"),
-                      "decay|catapult": (paper["sigma_cat"], "sqrt(min(2/B0, 2/B~0))"),
-                      "catapult|divergent": (paper["sigma_div"], "sqrt(max(2/B0, 2/B~0))")}
+        paper_pred = {
+            "decoupled|decay": (paper["sigma_dec_paper"], "2 A~0/B~0 (|Phi0| = 1)"),
+            "decay|catapult": (paper["sigma_cat"], "sqrt(min(2/B0, 2/B~0))"),
+            "catapult|divergent": (paper["sigma_div"], "sqrt(max(2/B0, 2/B~0))"),
+        }
         table = {}
         for name in BOUNDARY_NAMES:
             m, se = bnd[name]
             (p, pf), (c, cf) = paper_pred[name], corrected[name]
-            table[name] = {"measured": m, "measured_se": se, "paper": p, "paper_rel_err": p / m - 1,
-                           "corrected": c, "corrected_rel_err": c / m - 1, "paper_formula": pf,
-                           "corrected_formula": cf}
+            table[name] = {
+                "measured": m,
+                "measured_se": se,
+                "paper": p,
+                "paper_rel_err": p / m - 1,
+                "corrected": c,
+                "corrected_rel_err": c / m - 1,
+                "paper_formula": pf,
+                "corrected_formula": cf,
+            }
         table["decoupled|decay"]["paper_dim_fixed"] = paper["sigma_dec_fixed"]
         table["decoupled|decay"]["init_only_(eta w1*^2 T)^-1/2"] = float(
-            np.median(th.sigma_horizon(th.w1_star_sq(w0, w1, config["M"]) * steps, lr=lr)))
+            np.median(th.sigma_horizon(th.w1_star_sq(w0, w1, config["M"]) * steps, lr=lr))
+        )
         # decay phase, well below the catapult: e-fold times against eqs. (9)-(10)
         dec_sig = frac.loc[(frac["decay"] >= 0.9) & (frac["sigma"] < 0.5 * bnd["decay|catapult"][0]), "sigma"]
         rows = []
@@ -222,21 +282,40 @@ class Fig2Top(Experiment):
             te, te_se = bootstrap(g["niw_efold1"].to_numpy(), seed=config["seed"])[:2]
             tau_n = th.tau_noise(g["w1_0"].to_numpy(), sigma_eps=s, lr=lr)
             tau_l = th.tau_loss(g["w0_0"].to_numpy(), g["w1_0"].to_numpy(), lr=lr, sigma_x=config["sigma_x"])
-            rows.append({"sigma": s, "t_e_niw": te, "t_e_niw_se": te_se,
-                         "exp_niw": float(np.nanmedian(g["niw_exp1"])), "tau_noise0": float(np.median(tau_n)),
-                         "t_e_loss": float(np.nanmedian(g["loss_efold1"])),
-                         "exp_loss": float(np.nanmedian(g["loss_exp1"])), "tau_loss0": float(np.median(tau_l))})
+            rows.append(
+                {
+                    "sigma": s,
+                    "t_e_niw": te,
+                    "t_e_niw_se": te_se,
+                    "exp_niw": float(np.nanmedian(g["niw_exp1"])),
+                    "tau_noise0": float(np.median(tau_n)),
+                    "t_e_loss": float(np.nanmedian(g["loss_efold1"])),
+                    "exp_loss": float(np.nanmedian(g["loss_exp1"])),
+                    "tau_loss0": float(np.median(tau_l)),
+                }
+            )
         cat = d[d["phase_code"] == 2]
         u_t = (lr * cat["sigma_eps"] ** 2 * cat["w1_T"] ** 2).to_numpy()
         landing = [float(v) for v in np.quantile(u_t, [0.5, 0.25, 0.75])] if u_t.size else []
-        return {"frac": frac, "bnd": bnd, "table": table, "decay": pd.DataFrame(rows), "edge": edge,
-                "landing": landing,
-                "corrected": corrected, "paper": paper_pred,
-                "decay_rows": {f"sigma={r['sigma']:.3g}": (
+        return {
+            "frac": frac,
+            "bnd": bnd,
+            "table": table,
+            "decay": pd.DataFrame(rows),
+            "edge": edge,
+            "landing": landing,
+            "corrected": corrected,
+            "paper": paper_pred,
+            "decay_rows": {
+                f"sigma={r['sigma']:.3g}": (
                     f"t_e NIW {r['t_e_niw']:.4g} ± {r['t_e_niw_se']:.2g}, eq.9 exponent {r['exp_niw']:.3f}, "
                     f"eq.10 tau_noise(0) {r['tau_noise0']:.4g}; t_e loss {r['t_e_loss']:.4g}, "
-                    f"exponent {r['exp_loss']:.3f}, tau_loss(0) {r['tau_loss0']:.4g}") for r in rows},
-                "max_fraction": {p: float(frac[p].max()) for p in PHASES}}
+                    f"exponent {r['exp_loss']:.3f}, tau_loss(0) {r['tau_loss0']:.4g}"
+                )
+                for r in rows
+            },
+            "max_fraction": {p: float(frac[p].max()) for p in PHASES},
+        }
 
     @staticmethod
     def _method_checks(config: Fig2TopConfig, info: dict[str, Any], method: str) -> list[Check]:
@@ -245,56 +324,127 @@ class Fig2Top(Experiment):
         b = [info["bnd"][k][0] for k in BOUNDARY_NAMES]
         b_se = [info["bnd"][k][1] for k in BOUNDARY_NAMES]
         tag = f"[{method}]"
-        out = [Check.ordered(f"{method}-boundaries-ordered", f"{tag} the measured boundaries decoupled|decay < "
-                             "decay|catapult < catapult|divergent increase with sigma_eps", b, se=b_se),
-               Check.greater(f"{method}-phases-appear", f"{tag} each of the four phases is the phase of >= 20 % "
-                             "of the runs at some sigma_eps (smallest max-fraction over phases)",
-                             min(info["max_fraction"].values()), 0.2)]
+        out = [
+            Check.ordered(
+                f"{method}-boundaries-ordered",
+                f"{tag} the measured boundaries decoupled|decay < "
+                "decay|catapult < catapult|divergent increase with sigma_eps",
+                b,
+                se=b_se,
+            ),
+            Check.greater(
+                f"{method}-phases-appear",
+                f"{tag} each of the four phases is the phase of >= 20 % "
+                "of the runs at some sigma_eps (smallest max-fraction over phases)",
+                min(info["max_fraction"].values()),
+                0.2,
+            ),
+        ]
         rtol = {"decoupled|decay": 0.1, "decay|catapult": 0.25}
         for name, t in info["table"].items():
             slug = name.replace("|", "-")
             fixed = f"{method}-{slug}-" + ("corrected" if name in rtol else "bound")
-            claim = (f"{tag} {name}: the measured boundary is where the paper's formula {t['paper_formula']} "
-                     "puts it")
+            claim = f"{tag} {name}: the measured boundary is where the paper's formula {t['paper_formula']} puts it"
             detail = f"rel. error {t['paper_rel_err']:+.2f} (reference §5.3: off by 9-800x, ~1.6x, 6-15x)"
             if np.isfinite(t["paper"]) and t["paper"] > 0:
-                out.append(Check.close(f"{method}-{slug}-paper", claim, t["measured"], t["paper"], factor=1.5,
-                                       kind="paper-claim", corrected_by=fixed, detail=detail))
+                out.append(
+                    Check.close(
+                        f"{method}-{slug}-paper",
+                        claim,
+                        t["measured"],
+                        t["paper"],
+                        factor=1.5,
+                        kind="paper-claim",
+                        corrected_by=fixed,
+                        detail=detail,
+                    )
+                )
             else:
-                out.append(Check.not_measurable(f"{method}-{slug}-paper", claim, "no finite paper prediction",
-                                                kind="paper-claim", corrected_by=fixed))
+                out.append(
+                    Check.not_measurable(
+                        f"{method}-{slug}-paper",
+                        claim,
+                        "no finite paper prediction",
+                        kind="paper-claim",
+                        corrected_by=fixed,
+                    )
+                )
             if name in rtol:
-                claim = (f"{tag} {name}: the measured boundary is where the corrected predictor "
-                         f"{t['corrected_formula']} puts it")
+                claim = (
+                    f"{tag} {name}: the measured boundary is where the corrected predictor "
+                    f"{t['corrected_formula']} puts it"
+                )
                 if np.isfinite(t["corrected"]):
-                    out.append(Check.close(fixed, claim, t["measured"], t["corrected"], rtol=rtol[name],
-                                           se=t["measured_se"], detail=f"rel. error {t['corrected_rel_err']:+.3f}"))
+                    out.append(
+                        Check.close(
+                            fixed,
+                            claim,
+                            t["measured"],
+                            t["corrected"],
+                            rtol=rtol[name],
+                            se=t["measured_se"],
+                            detail=f"rel. error {t['corrected_rel_err']:+.3f}",
+                        )
+                    )
                 else:
                     out.append(Check.not_measurable(fixed, claim, "no finite corrected prediction"))
             else:
-                out.append(Check.less(fixed, f"{tag} {name}: measured boundary below the upper bound "
-                                      f"{t['corrected_formula']}", t["measured"], t["corrected"],
-                                      se=t["measured_se"]))
+                out.append(
+                    Check.less(
+                        fixed,
+                        f"{tag} {name}: measured boundary below the upper bound {t['corrected_formula']}",
+                        t["measured"],
+                        t["corrected"],
+                        se=t["measured_se"],
+                    )
+                )
         dec = info["decay"]
         eq9, eq10 = f"{method}-eq9-exponent", f"{method}-eq10-tau-noise"
-        claim9 = (f"{tag} eq. (9): in the decay phase the NIW's first e-fold comes when eta sigma^2 "
-                  "sum_{s<t} w1(s)^2 = 1 (median run; the decay-phase sigma farthest from 1)")
-        claim10 = (f"{tag} eq. (10): the t = 0 time scale tau_noise = 1/(eta sigma^2 w1(0)^2) equals the measured "
-                   "first e-fold time of the NIW (the decay-phase sigma farthest from 1)")
+        claim9 = (
+            f"{tag} eq. (9): in the decay phase the NIW's first e-fold comes when eta sigma^2 "
+            "sum_{s<t} w1(s)^2 = 1 (median run; the decay-phase sigma farthest from 1)"
+        )
+        claim10 = (
+            f"{tag} eq. (10): the t = 0 time scale tau_noise = 1/(eta sigma^2 w1(0)^2) equals the measured "
+            "first e-fold time of the NIW (the decay-phase sigma farthest from 1)"
+        )
         if not len(dec):
             why = "no sigma_eps with >= 90 % decay-phase runs below half the decay|catapult boundary"
-            return out + [Check.not_measurable(eq9, claim9, why),
-                          Check.not_measurable(eq10, claim10, why, kind="paper-claim", corrected_by=eq9)]
+            return out + [
+                Check.not_measurable(eq9, claim9, why),
+                Check.not_measurable(eq10, claim10, why, kind="paper-claim", corrected_by=eq9),
+            ]
         exps = dec["exp_niw"].to_numpy(float)
         worst = float(exps[np.nanargmax(np.abs(exps - 1))])
-        out.append(Check.close(eq9, claim9, worst, 1.0, atol=0.1 if config["batch_size"] >= 8 else 0.15,
-                               detail="exponents " + ", ".join(f"{v:.3f}" for v in exps) + " at sigma = "
-                               + ", ".join(f"{v:.3g}" for v in dec["sigma"])))
+        out.append(
+            Check.close(
+                eq9,
+                claim9,
+                worst,
+                1.0,
+                atol=0.1 if config["batch_size"] >= 8 else 0.15,
+                detail="exponents "
+                + ", ".join(f"{v:.3f}" for v in exps)
+                + " at sigma = "
+                + ", ".join(f"{v:.3g}" for v in dec["sigma"]),
+            )
+        )
         ratio = (dec["t_e_niw"] / dec["tau_noise0"]).to_numpy(float)
         worst = float(ratio[np.nanargmax(np.abs(np.log(ratio)))])
-        out.append(Check.close(eq10, claim10, worst, 1.0, factor=1.5, kind="paper-claim", corrected_by=eq9,
-                               detail="ratios " + ", ".join(f"{v:.3g}" for v in ratio)
-                               + "; reference §5.5: unreliable when w1 moves during the decay (0.007-0.7x)"))
+        out.append(
+            Check.close(
+                eq10,
+                claim10,
+                worst,
+                1.0,
+                factor=1.5,
+                kind="paper-claim",
+                corrected_by=eq9,
+                detail="ratios "
+                + ", ".join(f"{v:.3g}" for v in ratio)
+                + "; reference §5.5: unreliable when w1 moves during the decay (0.007-0.7x)",
+            )
+        )
         return out
 
     @staticmethod
@@ -360,13 +510,13 @@ class Fig2Top(Experiment):
         fig, axes = new_figure(1, len(per), width=7.0, height=2.8)
         for ax, (method, info) in zip(np.atleast_1d(axes), per.items()):
             f = info["frac"]
-            ax.stackplot(f["sigma"], *(f[p] for p in PHASES), labels=PHASES,
-                         colors=[PHASE_COLOURS[p] for p in PHASES])
+            ax.stackplot(f["sigma"], *(f[p] for p in PHASES), labels=PHASES, colors=[PHASE_COLOURS[p] for p in PHASES])
             for k, name in enumerate(BOUNDARY_NAMES):
                 t = info["table"][name]
                 ax.axvline(t["measured"], color="black", lw=1.5, label="measured (50 %)" if k == 0 else None)
-                ax.axvline(t["corrected"], color="black", ls="--", lw=1,
-                           label="corrected predictor" if k == 0 else None)
+                ax.axvline(
+                    t["corrected"], color="black", ls="--", lw=1, label="corrected predictor" if k == 0 else None
+                )
                 ax.axvline(t["paper"], color="grey", ls=":", lw=1.2, label="paper formula" if k == 0 else None)
             ax.set_xscale("log")
             ax.set_xlim(f["sigma"].min(), f["sigma"].max())
@@ -384,8 +534,9 @@ class Fig2Top(Experiment):
             d = info["decay"]
             if not len(d):
                 continue
-            ax.errorbar(d["sigma"], d["t_e_niw"], yerr=d["t_e_niw_se"], fmt="o", color=c,
-                        label=f"{method}: NIW first e-fold")
+            ax.errorbar(
+                d["sigma"], d["t_e_niw"], yerr=d["t_e_niw_se"], fmt="o", color=c, label=f"{method}: NIW first e-fold"
+            )
             ax.plot(d["sigma"], d["tau_noise0"], ls=":", color=c, label=f"{method}: eq. (10) tau_noise(0)")
             ax.plot(d["sigma"], d["t_e_loss"], "s", mfc="none", color=c, label=f"{method}: loss first e-fold")
         ax.set_xscale("log")

@@ -31,7 +31,7 @@ from noiseprobe.limits.losses import circle_loss
 from noiseprobe.limits.noises import Noise
 from noiseprobe.limits.simulate import MAX_BLOCK_ELEMENTS, simulate_noise
 
-W0_TOP = [0.0, 1.5]                                                # "starting at the top" (reference §8)
+W0_TOP = [0.0, 1.5]  # "starting at the top" (reference §8)
 W0_FIG3_TOP = [1.3 * math.cos(0.3), 1.3 * math.sin(0.3)]
 #: most NGD iterations one chain may run (the slowest full preset runs 9.6e4); bounds the run time
 MAX_ITERATIONS = 2_000_000
@@ -51,6 +51,7 @@ BYTES_PER_NOISE = 8
 SECONDS_PER_STEP = 4e-4
 SECONDS_PER_CHAIN_STEP = 6e-7
 
+
 @dataclass(frozen=True, kw_only=True)
 class ChainsConfig(ExperimentConfig):
     """Fields of every sl-fig config (besides the seed)."""
@@ -66,7 +67,9 @@ class ChainsConfig(ExperimentConfig):
 def check_start(field: str, w: Sequence[float]) -> None:
     """A start near Γ where b = 1.5 + w₁ > 0 (the part of the attractive neighbourhood NGD is run from)."""
     if not (len(w) == 2 and 0.6 <= math.hypot(*w) <= 1.6 and w[0] >= -1.0):
-        raise ConfigError(field, w, "a point [w1, w2] with 0.6 <= |w| <= 1.6 and w1 >= -1 (near Γ, where b = 1.5 + w1 > 0)")
+        raise ConfigError(
+            field, w, "a point [w1, w2] with 0.6 <= |w| <= 1.6 and w1 >= -1 (near Γ, where b = 1.5 + w1 > 0)"
+        )
 
 
 def check_times(field: str, times: Sequence[float], t_end: float) -> None:
@@ -77,8 +80,11 @@ def check_times(field: str, times: Sequence[float], t_end: float) -> None:
 def check_iterations(fields: str, t_end: float, clock: float) -> None:
     """Refuse a run whose chains would need more than :data:`MAX_ITERATIONS` steps to reach t_end."""
     if t_end / clock > MAX_ITERATIONS:
-        raise ConfigError(fields, f"{t_end / clock:.3g} iterations", f"at most {MAX_ITERATIONS:.0e} iterations "
-                          "to reach t_end (raise the learning rate or the noise)")
+        raise ConfigError(
+            fields,
+            f"{t_end / clock:.3g} iterations",
+            f"at most {MAX_ITERATIONS:.0e} iterations to reach t_end (raise the learning rate or the noise)",
+        )
 
 
 def steps_to(t: float, clock: float) -> int:
@@ -89,24 +95,47 @@ def steps_to(t: float, clock: float) -> int:
 def chain_chunks(config: ChainsConfig, variants: Sequence[str]) -> list[Chunk]:
     """One chunk per (variant, block of ``per_chunk`` global chain indices)."""
     n, k = config.chains, config.per_chunk
-    return [Chunk(f"{v}-c{a:05d}", {"variant": v, "start": a, "stop": min(a + k, n)})
-            for v in variants for a in range(0, n, k)]
+    return [
+        Chunk(f"{v}-c{a:05d}", {"variant": v, "start": a, "stop": min(a + k, n)})
+        for v in variants
+        for a in range(0, n, k)
+    ]
 
 
 def chains_of(chunk: Chunk) -> range:
     return range(chunk.spec["start"], chunk.spec["stop"])
 
 
-def simulate(noise: Noise, w0: Sequence[float], *, lr: float, sigma2: float, steps: int, seed: int,
-             chains: Sequence[int], records: int, record_at: Sequence[int] = (), **labels: Any) -> pd.DataFrame:
+def simulate(
+    noise: Noise,
+    w0: Sequence[float],
+    *,
+    lr: float,
+    sigma2: float,
+    steps: int,
+    seed: int,
+    chains: Sequence[int],
+    records: int,
+    record_at: Sequence[int] = (),
+    **labels: Any,
+) -> pd.DataFrame:
     """Run NGD and return the tidy frame (chain × recorded step) with the clocks ``t_A = ασ²k``,
     ``t_B = α²σ²k`` and the unwrapped angle θ of every chain (``sigma2`` is the variance σ²)."""
-    res = simulate_noise(noise, w0, lr=lr, sigma=math.sqrt(sigma2), steps=steps, seed=seed, chains=chains,
-                         record_every=max(1, steps // records), record_at=[k for k in record_at if k <= steps])
+    res = simulate_noise(
+        noise,
+        w0,
+        lr=lr,
+        sigma=math.sqrt(sigma2),
+        steps=steps,
+        seed=seed,
+        chains=chains,
+        record_every=max(1, steps // records),
+        record_at=[k for k in record_at if k <= steps],
+    )
     frame = res.to_frame(**labels)
     frame["theta"] = unwrapped_angle(res.positions).ravel()
     frame["t_A"] = lr * sigma2 * frame["step"]
-    frame["t_B"] = lr ** 2 * sigma2 * frame["step"]
+    frame["t_B"] = lr**2 * sigma2 * frame["step"]
     return frame
 
 
@@ -121,8 +150,15 @@ def chunk_sizes(config: ChainsConfig) -> list[int]:
     return [min(config.per_chunk, config.chains - a) for a in range(0, config.chains, config.per_chunk)]
 
 
-def chunk_estimate(chains: int, steps: int, records: int, extra_records: int, eta_dim: int,
-                   drivers: tuple[str, ...], seconds: float | None = None) -> Estimate:
+def chunk_estimate(
+    chains: int,
+    steps: int,
+    records: int,
+    extra_records: int,
+    eta_dim: int,
+    drivers: tuple[str, ...],
+    seconds: float | None = None,
+) -> Estimate:
     """Peak memory of a worker running one NGD chunk of ``chains`` chains for ``steps`` iterations, recording
     every ``max(1, steps // records)``-th step plus ``extra_records`` more (bytes above the worker's state after
     imports), from :data:`CHUNK_BASE_BYTES`, :data:`BYTES_PER_RECORD` and :data:`BYTES_PER_NOISE`; ``seconds``
@@ -130,8 +166,11 @@ def chunk_estimate(chains: int, steps: int, records: int, extra_records: int, et
     every = max(1, steps // records)
     recorded = chains * (steps // every + 2 + extra_records)
     noise = min(min(512, steps) * chains * eta_dim, MAX_BLOCK_ELEMENTS)
-    return Estimate(peak_bytes=int(CHUNK_BASE_BYTES + BYTES_PER_RECORD * recorded + BYTES_PER_NOISE * noise),
-                    seconds=seconds, drivers=drivers)
+    return Estimate(
+        peak_bytes=int(CHUNK_BASE_BYTES + BYTES_PER_RECORD * recorded + BYTES_PER_NOISE * noise),
+        seconds=seconds,
+        drivers=drivers,
+    )
 
 
 def draw_plane(ax: Any, title: str) -> None:

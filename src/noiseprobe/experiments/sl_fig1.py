@@ -17,9 +17,24 @@ from noiseprobe.core.config import param
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import group_mean_se
-from noiseprobe.experiments.sl_common import (LR_MAX, W0_TOP, ChainsConfig, alive, chain_chunks, chains_of,
-                                              check_iterations, check_start, chunk_estimate, chunk_sizes, draw_paths,
-                                              draw_plane, n_diverged, ngd_seconds, simulate, steps_to)
+from noiseprobe.experiments.sl_common import (
+    LR_MAX,
+    W0_TOP,
+    ChainsConfig,
+    alive,
+    chain_chunks,
+    chains_of,
+    check_iterations,
+    check_start,
+    chunk_estimate,
+    chunk_sizes,
+    draw_paths,
+    draw_plane,
+    n_diverged,
+    ngd_seconds,
+    simulate,
+    steps_to,
+)
 from noiseprobe.limits import noises
 from noiseprobe.limits.circle import flow_angle, unwrapped_angle
 from noiseprobe.limits.losses import circle_loss
@@ -45,31 +60,58 @@ class Fig1(Experiment):
     title = "Singular limits Fig. 1: gradient descent stops on Γ, noisy gradient descent keeps moving"
     Config = Fig1Config
     presets = {
-        "quick": {"seed": 0, "lr": 0.1, "sigma2": 0.01, "chains": 32, "per_chunk": 32, "t_end": 6.0,
-                  "records": 150, "w0": W0_TOP, "flow_dt": 0.2},
-        "full": {"seed": 0, "lr": 0.1, "sigma2": 0.01, "chains": 1000, "per_chunk": 250, "t_end": 6.0,
-                 "records": 600, "w0": W0_TOP, "flow_dt": 0.05},
+        "quick": {
+            "seed": 0,
+            "lr": 0.1,
+            "sigma2": 0.01,
+            "chains": 32,
+            "per_chunk": 32,
+            "t_end": 6.0,
+            "records": 150,
+            "w0": W0_TOP,
+            "flow_dt": 0.2,
+        },
+        "full": {
+            "seed": 0,
+            "lr": 0.1,
+            "sigma2": 0.01,
+            "chains": 1000,
+            "per_chunk": 250,
+            "t_end": 6.0,
+            "records": 600,
+            "w0": W0_TOP,
+            "flow_dt": 0.05,
+        },
     }
     diverging = {"lr": 5.0}
 
     def estimate(self, config: Fig1Config) -> Estimate:
         steps = steps_to(config.t_end, config.lr * config.sigma2)
         seconds = ngd_seconds([(1, steps)] + [(n, steps) for n in chunk_sizes(config)])
-        return chunk_estimate(min(config.chains, config.per_chunk), steps, config.records, 0, 2,
-                              ("per_chunk", "records"), seconds)
+        return chunk_estimate(
+            min(config.chains, config.per_chunk), steps, config.records, 0, 2, ("per_chunk", "records"), seconds
+        )
 
     def chunks(self, config: Fig1Config) -> list[Chunk]:
         return [Chunk("gd", {"variant": "gd", "start": 0, "stop": 1})] + chain_chunks(config, ["ngd"])
 
     def run_chunk(self, config: Fig1Config, chunk: Chunk) -> pd.DataFrame:
         gd = chunk.spec["variant"] == "gd"
-        return simulate(noises.perturbed(circle_loss, 2), config.w0, lr=config.lr,
-                        sigma2=0.0 if gd else config.sigma2, steps=steps_to(config.t_end, config.lr * config.sigma2),
-                        seed=config.seed, chains=chains_of(chunk), records=config.records,
-                        variant=chunk.spec["variant"])
+        return simulate(
+            noises.perturbed(circle_loss, 2),
+            config.w0,
+            lr=config.lr,
+            sigma2=0.0 if gd else config.sigma2,
+            steps=steps_to(config.t_end, config.lr * config.sigma2),
+            seed=config.seed,
+            chains=chains_of(chunk),
+            records=config.records,
+            variant=chunk.spec["variant"],
+        )
 
-    def analyse(self, config: Fig1Config, tables: dict[str, pd.DataFrame],
-                out: Path) -> tuple[dict[str, Any], list[Check]]:
+    def analyse(
+        self, config: Fig1Config, tables: dict[str, pd.DataFrame], out: Path
+    ) -> tuple[dict[str, Any], list[Check]]:
         df = tables["results"]
         lr, s2 = config.lr, config.sigma2
         gd, ngd = df[df["variant"] == "gd"].sort_values("step"), df[df["variant"] == "ngd"]
@@ -100,17 +142,38 @@ class Fig1(Experiment):
         savefig(fig, out / "fig1.png")
 
         checks = [
-            Check.less("gd-stops", "gradient descent converges to Γ and then stops (no motion along Γ after "
-                       "t = ασ²k = 1, rad)", gd_move, 1e-8, detail=f"GD loss at the end {float(gd['loss'].iloc[-1]):.1e}"),
-            Check.close("gd-ends-at-phi", "GD stops at Φ(w0), the gradient-flow limit, up to the O(α) "
-                        "discretisation offset (rad)", gd_end_offset, 0.0, atol=0.1 * lr,
-                        detail=f"θ(Φ(w0)) = {phi0:.5f}; the offset is ≈ 0.04α for α ≤ 0.1 on this loss"),
-            Check.close("ngd-follows-flow", "noisy GD keeps moving along Γ after reaching it, as Theorem A's flow "
-                        "(displacement of the chains' mean θ from t = 1 to t_end, rad)", ngd_move, flow_move,
-                        atol=0.1, se=move_se,
-                        detail=f"{int(stats['n'].iloc[-1])} chains; reference §9.2 bias ≈ +0.03–0.05 rad at α = 0.1"),
+            Check.less(
+                "gd-stops",
+                "gradient descent converges to Γ and then stops (no motion along Γ after t = ασ²k = 1, rad)",
+                gd_move,
+                1e-8,
+                detail=f"GD loss at the end {float(gd['loss'].iloc[-1]):.1e}",
+            ),
+            Check.close(
+                "gd-ends-at-phi",
+                "GD stops at Φ(w0), the gradient-flow limit, up to the O(α) discretisation offset (rad)",
+                gd_end_offset,
+                0.0,
+                atol=0.1 * lr,
+                detail=f"θ(Φ(w0)) = {phi0:.5f}; the offset is ≈ 0.04α for α ≤ 0.1 on this loss",
+            ),
+            Check.close(
+                "ngd-follows-flow",
+                "noisy GD keeps moving along Γ after reaching it, as Theorem A's flow "
+                "(displacement of the chains' mean θ from t = 1 to t_end, rad)",
+                ngd_move,
+                flow_move,
+                atol=0.1,
+                se=move_se,
+                detail=f"{int(stats['n'].iloc[-1])} chains; reference §9.2 bias ≈ +0.03–0.05 rad at α = 0.1",
+            ),
         ]
-        metrics = {"gd_theta_end": float(gd_theta.iloc[-1]), "theta_phi_w0": phi0,
-                   "ngd_mean_theta_end": float(stats["mean"].iloc[-1]), "ngd_sd_theta_end": float(stats["sd"].iloc[-1]),
-                   "flow_theta_end": float(np.interp(t[-1], t_flow, th_flow)), "diverged_chains": n_diverged(ngd)}
+        metrics = {
+            "gd_theta_end": float(gd_theta.iloc[-1]),
+            "theta_phi_w0": phi0,
+            "ngd_mean_theta_end": float(stats["mean"].iloc[-1]),
+            "ngd_sd_theta_end": float(stats["sd"].iloc[-1]),
+            "flow_theta_end": float(np.interp(t[-1], t_flow, th_flow)),
+            "diverged_chains": n_diverged(ngd),
+        }
         return metrics, checks

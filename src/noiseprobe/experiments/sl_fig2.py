@@ -20,9 +20,25 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import group_mean_se, loglog_slope, worst_deviation
-from noiseprobe.experiments.sl_common import (LR_MAX, W0_TOP, ChainsConfig, alive, chain_chunks, chains_of,
-                                              check_iterations, check_start, check_times, chunk_estimate, chunk_sizes,
-                                              draw_paths, draw_plane, n_diverged, ngd_seconds, simulate, steps_to)
+from noiseprobe.experiments.sl_common import (
+    LR_MAX,
+    W0_TOP,
+    ChainsConfig,
+    alive,
+    chain_chunks,
+    chains_of,
+    check_iterations,
+    check_start,
+    check_times,
+    chunk_estimate,
+    chunk_sizes,
+    draw_paths,
+    draw_plane,
+    n_diverged,
+    ngd_seconds,
+    simulate,
+    steps_to,
+)
 from noiseprobe.limits import noises
 from noiseprobe.limits.circle import argmin_on_circle, flow_angle, gradient_flow_time
 from noiseprobe.limits.losses import circle_loss
@@ -62,38 +78,83 @@ class Fig2(Experiment):
     title = "Singular limits Fig. 2: fast approach to Γ, slow drift along it, limiting flow overlaid"
     Config = Fig2Config
     presets = {
-        "quick": {"seed": 0, "lrs": [0.2, 0.1, 0.05], "sigma2_over_lr": 0.1, "main_lr": 0.1, "chains": 96,
-                  "per_chunk": 96, "t_end": 4.0, "t_check": [0.5, 1.0, 2.0, 3.0, 4.0], "t_fast": 5.0,
-                  "close": 0.05, "records": 160, "w0": W0_TOP, "flow_dt": 0.1},
-        "full": {"seed": 0, "lrs": [0.1, 0.05, 0.025], "sigma2_over_lr": 0.1, "main_lr": 0.1, "chains": 2000,
-                 "per_chunk": 500, "t_end": 6.0, "t_check": [0.5, 1.0, 2.0, 4.0, 6.0], "t_fast": 5.0,
-                 "close": 0.05, "records": 200, "w0": W0_TOP, "flow_dt": 0.05},
+        "quick": {
+            "seed": 0,
+            "lrs": [0.2, 0.1, 0.05],
+            "sigma2_over_lr": 0.1,
+            "main_lr": 0.1,
+            "chains": 96,
+            "per_chunk": 96,
+            "t_end": 4.0,
+            "t_check": [0.5, 1.0, 2.0, 3.0, 4.0],
+            "t_fast": 5.0,
+            "close": 0.05,
+            "records": 160,
+            "w0": W0_TOP,
+            "flow_dt": 0.1,
+        },
+        "full": {
+            "seed": 0,
+            "lrs": [0.1, 0.05, 0.025],
+            "sigma2_over_lr": 0.1,
+            "main_lr": 0.1,
+            "chains": 2000,
+            "per_chunk": 500,
+            "t_end": 6.0,
+            "t_check": [0.5, 1.0, 2.0, 4.0, 6.0],
+            "t_fast": 5.0,
+            "close": 0.05,
+            "records": 200,
+            "w0": W0_TOP,
+            "flow_dt": 0.05,
+        },
     }
     diverging = {"lrs": [5.0, 4.0], "main_lr": 5.0, "sigma2_over_lr": 0.001}
 
     def estimate(self, config: Fig2Config) -> Estimate:
-        lr = min(config.lrs)                                  # the smallest α keeps the most steps
+        lr = min(config.lrs)  # the smallest α keeps the most steps
         steps = steps_to(config.t_end, lr * lr * config.sigma2_over_lr)
-        seconds = ngd_seconds([(n, steps_to(config.t_end, a * a * config.sigma2_over_lr))
-                               for a in config.lrs for n in chunk_sizes(config)])
-        return chunk_estimate(min(config.chains, config.per_chunk), steps, config.records,
-                              len(_fast_window(config, lr)) + len(config.t_check), 2,
-                              ("per_chunk", "records", "t_fast"), seconds)
+        seconds = ngd_seconds(
+            [
+                (n, steps_to(config.t_end, a * a * config.sigma2_over_lr))
+                for a in config.lrs
+                for n in chunk_sizes(config)
+            ]
+        )
+        return chunk_estimate(
+            min(config.chains, config.per_chunk),
+            steps,
+            config.records,
+            len(_fast_window(config, lr)) + len(config.t_check),
+            2,
+            ("per_chunk", "records", "t_fast"),
+            seconds,
+        )
 
     def chunks(self, config: Fig2Config) -> list[Chunk]:
-        return [Chunk(f"lr{lr:g}-{c.key}", {**c.spec, "lr": lr})
-                for lr in config.lrs for c in chain_chunks(config, ["ngd"])]
+        return [
+            Chunk(f"lr{lr:g}-{c.key}", {**c.spec, "lr": lr}) for lr in config.lrs for c in chain_chunks(config, ["ngd"])
+        ]
 
     def run_chunk(self, config: Fig2Config, chunk: Chunk) -> pd.DataFrame:
         lr = chunk.spec["lr"]
         s2 = config.sigma2_over_lr * lr
         check = [steps_to(t, lr * s2) for t in config.t_check]
-        return simulate(noises.perturbed(circle_loss, 2), config.w0, lr=lr, sigma2=s2,
-                        steps=steps_to(config.t_end, lr * s2), seed=config.seed, chains=chains_of(chunk),
-                        records=config.records, record_at=[*_fast_window(config, lr), *check])
+        return simulate(
+            noises.perturbed(circle_loss, 2),
+            config.w0,
+            lr=lr,
+            sigma2=s2,
+            steps=steps_to(config.t_end, lr * s2),
+            seed=config.seed,
+            chains=chains_of(chunk),
+            records=config.records,
+            record_at=[*_fast_window(config, lr), *check],
+        )
 
-    def analyse(self, config: Fig2Config, tables: dict[str, pd.DataFrame],
-                out: Path) -> tuple[dict[str, Any], list[Check]]:
+    def analyse(
+        self, config: Fig2Config, tables: dict[str, pd.DataFrame], out: Path
+    ) -> tuple[dict[str, Any], list[Check]]:
         df = tables["results"]
         df = df.assign(dist=np.abs(np.hypot(df["w0"], df["w1"]) - 1.0))
         noise = noises.perturbed(circle_loss, 2)
@@ -105,13 +166,24 @@ class Fig2(Experiment):
             s2 = config.sigma2_over_lr * lr
             stats = group_mean_se(sub, "theta", "step", keep=alive(sub))
             steps = [steps_to(t, lr * s2) for t in config.t_check]
-            err, se, errs = worst_deviation(stats.loc[steps, "mean"], stats.loc[steps, "se"],
-                                            np.interp(lr * s2 * np.array(steps), t_flow, th_flow))
+            err, se, errs = worst_deviation(
+                stats.loc[steps, "mean"], stats.loc[steps, "se"], np.interp(lr * s2 * np.array(steps), t_flow, th_flow)
+            )
             med = sub[alive(sub)].groupby("step")["dist"].median()
             k_close = int(med.index[np.argmax(med.to_numpy() < config.close)]) if (med < config.close).any() else -1
-            rows.append({"lr": lr, "sigma2": s2, "max_err": err, "se": se, "errors": errs, "k_close": k_close,
-                         "gf_time_close": lr * k_close if k_close >= 0 else math.nan,
-                         "t_close": lr * s2 * k_close if k_close >= 0 else math.nan, "diverged": n_diverged(sub)})
+            rows.append(
+                {
+                    "lr": lr,
+                    "sigma2": s2,
+                    "max_err": err,
+                    "se": se,
+                    "errors": errs,
+                    "k_close": k_close,
+                    "gf_time_close": lr * k_close if k_close >= 0 else math.nan,
+                    "t_close": lr * s2 * k_close if k_close >= 0 else math.nan,
+                    "diverged": n_diverged(sub),
+                }
+            )
         grid = pd.DataFrame(rows)
         slope, slope_se = loglog_slope(grid["lr"], grid["max_err"], grid["se"])
         t_gf = gradient_flow_time(config.w0, config.close)
@@ -119,31 +191,70 @@ class Fig2(Experiment):
 
         small = grid.iloc[0]
         lr = config.main_lr
-        fast_claim = (f"the fast phase is gradient descent: α·k_close at α = {small.lr:g} ≈ the gradient-flow time "
-                      f"to reach distance {config.close:g} of Γ (up to O(α))")
-        fast_detail = ("α·k_close = " + ", ".join(f"{v:.2f}" for v in grid["gf_time_close"]) +
-                       "; on the slow clock t = ασ²k_close = " + ", ".join(f"{v:.3f}" for v in grid["t_close"]))
+        fast_claim = (
+            f"the fast phase is gradient descent: α·k_close at α = {small.lr:g} ≈ the gradient-flow time "
+            f"to reach distance {config.close:g} of Γ (up to O(α))"
+        )
+        fast_detail = (
+            "α·k_close = "
+            + ", ".join(f"{v:.2f}" for v in grid["gf_time_close"])
+            + "; on the slow clock t = ασ²k_close = "
+            + ", ".join(f"{v:.3f}" for v in grid["t_close"])
+        )
         checks = [
-            Check.close("error-first-order", "the chains' mean along Γ converges to Theorem A's flow at first "
-                        "order in α (log-log slope of the max error over t_check vs α)", slope, 1.0, atol=0.3,
-                        se=slope_se, detail="max errors " + ", ".join(
-                            f"α={r.lr:g}: {r.max_err:.4f}±{r.se:.4f}" for r in grid.itertuples())),
-            Check.less("error-order-lr", f"error along Γ at the smallest α = {small.lr:g} is O(α) (reference §9.2: "
-                       "≈ 0.5 α; max |mean θ − θ_A| over t_check, rad)", float(small.max_err), 0.6 * small.lr,
-                       se=float(small.se)),
-            Check.close("fast-phase-gradient-flow", fast_claim, float(small.gf_time_close), t_gf,
-                        atol=2 * small.lr * (t_gf + 1), detail=fast_detail) if math.isfinite(t_gf) else
-            Check.not_measurable("fast-phase-gradient-flow", fast_claim, "the gradient flow from w0 does not come "
-                                 f"within {config.close:g} of Γ"),
+            Check.close(
+                "error-first-order",
+                "the chains' mean along Γ converges to Theorem A's flow at first "
+                "order in α (log-log slope of the max error over t_check vs α)",
+                slope,
+                1.0,
+                atol=0.3,
+                se=slope_se,
+                detail="max errors " + ", ".join(f"α={r.lr:g}: {r.max_err:.4f}±{r.se:.4f}" for r in grid.itertuples()),
+            ),
+            Check.less(
+                "error-order-lr",
+                f"error along Γ at the smallest α = {small.lr:g} is O(α) (reference §9.2: "
+                "≈ 0.5 α; max |mean θ − θ_A| over t_check, rad)",
+                float(small.max_err),
+                0.6 * small.lr,
+                se=float(small.se),
+            ),
+            Check.close(
+                "fast-phase-gradient-flow",
+                fast_claim,
+                float(small.gf_time_close),
+                t_gf,
+                atol=2 * small.lr * (t_gf + 1),
+                detail=fast_detail,
+            )
+            if math.isfinite(t_gf)
+            else Check.not_measurable(
+                "fast-phase-gradient-flow",
+                fast_claim,
+                f"the gradient flow from w0 does not come within {config.close:g} of Γ",
+            ),
         ]
-        metrics = {"slope": slope, "slope_se": slope_se, "theta_argmin_reg": theta_min,
-                   "gradient_flow_time_close": t_gf, "grid": grid.drop(columns="errors").to_dict(orient="records"),
-                   "errors_main": grid.loc[np.isclose(grid["lr"], lr), "errors"].iloc[0]}
+        metrics = {
+            "slope": slope,
+            "slope_se": slope_se,
+            "theta_argmin_reg": theta_min,
+            "gradient_flow_time_close": t_gf,
+            "grid": grid.drop(columns="errors").to_dict(orient="records"),
+            "errors_main": grid.loc[np.isclose(grid["lr"], lr), "errors"].iloc[0],
+        }
         return metrics, checks
 
     @staticmethod
-    def _plot(config: Fig2Config, df: pd.DataFrame, grid: pd.DataFrame, noise: noises.Noise, theta_min: float,
-              slope: float, out: Path) -> None:
+    def _plot(
+        config: Fig2Config,
+        df: pd.DataFrame,
+        grid: pd.DataFrame,
+        noise: noises.Noise,
+        theta_min: float,
+        slope: float,
+        out: Path,
+    ) -> None:
         """(a) paths at main_lr, (b) the fast approach, (c) the slow drift with the flow from the first close
         point, (d) the error against Theorem A vs α."""
         main = df[np.isclose(df["lr"], config.main_lr)]
@@ -172,15 +283,27 @@ class Fig2(Experiment):
             w_start = live[live["step"] == k_star][["w0", "w1"]].mean().tolist()
             t_star = lr * s2 * k_star
             t_o, th_o = flow_angle(noise, w_start, config.t_end - t_star, dt=config.flow_dt)
-            ax[2].plot((t_o + t_star) / (lr * s2), np.sin(th_o), color="orange", lw=1.5,
-                       label="Thm A flow from first close point")
-        ax[2].set(xlabel="iteration k", ylabel="w₂",
-                  title=f"slow drift along Γ (t = ασ²k, {len(live['chain'].unique())} chains)")
+            ax[2].plot(
+                (t_o + t_star) / (lr * s2),
+                np.sin(th_o),
+                color="orange",
+                lw=1.5,
+                label="Thm A flow from first close point",
+            )
+        ax[2].set(
+            xlabel="iteration k",
+            ylabel="w₂",
+            title=f"slow drift along Γ (t = ασ²k, {len(live['chain'].unique())} chains)",
+        )
         ax[2].legend(fontsize=7)
         ax[3].loglog(grid["lr"], grid["max_err"], "o-", label="max |mean θ − θ_A(t)|")
-        ax[3].loglog(grid["lr"], grid["max_err"].iloc[-1] * grid["lr"] / grid["lr"].iloc[-1], "k--", lw=0.8,
-                     label="∝ α")
-        ax[3].set(xlabel=f"α (σ² = {config.sigma2_over_lr:g} α)", ylabel="error along Γ (rad)",
-                  title=f"convergence to Theorem A, slope {slope:.2f}")
+        ax[3].loglog(
+            grid["lr"], grid["max_err"].iloc[-1] * grid["lr"] / grid["lr"].iloc[-1], "k--", lw=0.8, label="∝ α"
+        )
+        ax[3].set(
+            xlabel=f"α (σ² = {config.sigma2_over_lr:g} α)",
+            ylabel="error along Γ (rad)",
+            title=f"convergence to Theorem A, slope {slope:.2f}",
+        )
         ax[3].legend()
         savefig(fig, out / "fig2.png")

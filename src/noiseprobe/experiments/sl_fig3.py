@@ -21,9 +21,24 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import group_mean_se, worst_deviation
-from noiseprobe.experiments.sl_common import (LR_MAX, W0_FIG3_TOP, W0_TOP, ChainsConfig, alive, chain_chunks, chains_of,
-                                              check_iterations, check_times, chunk_estimate, chunk_sizes, draw_paths,
-                                              draw_plane, ngd_seconds, simulate, steps_to)
+from noiseprobe.experiments.sl_common import (
+    LR_MAX,
+    W0_FIG3_TOP,
+    W0_TOP,
+    ChainsConfig,
+    alive,
+    chain_chunks,
+    chains_of,
+    check_iterations,
+    check_times,
+    chunk_estimate,
+    chunk_sizes,
+    draw_paths,
+    draw_plane,
+    ngd_seconds,
+    simulate,
+    steps_to,
+)
 from noiseprobe.limits import noises
 from noiseprobe.limits.circle import argmin_on_circle, flow_angle, sde_angle
 from noiseprobe.limits.losses import circle_loss
@@ -41,8 +56,7 @@ class Fig3Config(ChainsConfig):
     t_end_B: float = param(lo=0.1, hi=50.0, help="end of the degenerate and minibatch runs on t = α²σ²k")
     t_check_A: list[float] = param(min_len=1, help="times t = ασ²k at which the top row is compared")
     t_check_B: list[float] = param(min_len=1, help="times t = α²σ²k at which the bottom row is compared")
-    mb_lr: float = param(lo=0.0, hi=LR_MAX, lo_open=True,
-                         help="step size of minibatch SGD (stable on Γ for α < 0.1)")
+    mb_lr: float = param(lo=0.0, hi=LR_MAX, lo_open=True, help="step size of minibatch SGD (stable on Γ for α < 0.1)")
     mb_w0: list[float] = param(min_len=2, max_len=2, help="minibatch start [w1, w2], both > 0")
     mb_chains: int = param(lo=1, hi=10**5, help="minibatch SGD chains (one chunk)")
     sde_dt: float = param(lo=1e-4, hi=0.2, help="Euler–Maruyama step of the Theorem B SDE")
@@ -53,15 +67,15 @@ class Fig3Config(ChainsConfig):
         if min(self.mb_w0) <= 0 or math.hypot(*self.mb_w0) > 2.5:
             raise ConfigError("mb_w0", self.mb_w0, "a point with positive coordinates and |w| <= 2.5")
         check_iterations("t_end_A/(lr·sigma2)", self.t_end_A, self.lr * self.sigma2)
-        check_iterations("t_end_B/(lr²·sigma2)", self.t_end_B, self.lr ** 2 * self.sigma2)
-        check_iterations("t_end_B/(mb_lr²·σ²_minibatch)", self.t_end_B, self.mb_lr ** 2 * _mb_sigma2())
+        check_iterations("t_end_B/(lr²·sigma2)", self.t_end_B, self.lr**2 * self.sigma2)
+        check_iterations("t_end_B/(mb_lr²·σ²_minibatch)", self.t_end_B, self.mb_lr**2 * _mb_sigma2())
 
 
 def _mb_sigma2() -> float:
     """σ² of the minibatch noise (batch 1 of 2): 1/4."""
     sigma = noises.fig3_minibatch().sigma
     assert sigma is not None
-    return sigma ** 2
+    return sigma**2
 
 
 class Fig3(Experiment):
@@ -71,53 +85,106 @@ class Fig3(Experiment):
     title = "Singular limits Fig. 3: non-degenerate vs degenerate noise, two clocks; minibatch SGD frozen"
     Config = Fig3Config
     presets = {
-        "quick": {"seed": 0, "lr": 0.1, "sigma2": 0.01, "chains": 48, "per_chunk": 48, "t_end_A": 4.0,
-                  "t_end_B": 2.0, "t_check_A": [0.5, 1.0, 2.0, 3.0, 4.0], "t_check_B": [0.5, 1.0, 2.0],
-                  "records": 200, "mb_lr": 0.05, "mb_w0": [2.0, 0.7], "mb_chains": 16, "flow_dt": 0.1,
-                  "sde_dt": 0.02},
-        "full": {"seed": 0, "lr": 0.1, "sigma2": 0.01, "chains": 1000, "per_chunk": 250, "t_end_A": 6.0,
-                 "t_end_B": 8.0, "t_check_A": [0.5, 1.0, 2.0, 3.0, 6.0], "t_check_B": [1.0, 2.0, 4.0, 8.0],
-                 "records": 400, "mb_lr": 0.05, "mb_w0": [2.0, 0.7], "mb_chains": 64, "flow_dt": 0.05,
-                 "sde_dt": 0.01},
+        "quick": {
+            "seed": 0,
+            "lr": 0.1,
+            "sigma2": 0.01,
+            "chains": 48,
+            "per_chunk": 48,
+            "t_end_A": 4.0,
+            "t_end_B": 2.0,
+            "t_check_A": [0.5, 1.0, 2.0, 3.0, 4.0],
+            "t_check_B": [0.5, 1.0, 2.0],
+            "records": 200,
+            "mb_lr": 0.05,
+            "mb_w0": [2.0, 0.7],
+            "mb_chains": 16,
+            "flow_dt": 0.1,
+            "sde_dt": 0.02,
+        },
+        "full": {
+            "seed": 0,
+            "lr": 0.1,
+            "sigma2": 0.01,
+            "chains": 1000,
+            "per_chunk": 250,
+            "t_end_A": 6.0,
+            "t_end_B": 8.0,
+            "t_check_A": [0.5, 1.0, 2.0, 3.0, 6.0],
+            "t_check_B": [1.0, 2.0, 4.0, 8.0],
+            "records": 400,
+            "mb_lr": 0.05,
+            "mb_w0": [2.0, 0.7],
+            "mb_chains": 64,
+            "flow_dt": 0.05,
+            "sde_dt": 0.01,
+        },
     }
     diverging = {"lr": 5.0, "mb_lr": 5.0, "t_end_B": 50.0, "t_check_B": [25.0, 50.0], "sde_dt": 0.2}
 
     def estimate(self, config: Fig3Config) -> Estimate:
         chains = max(min(config.chains, config.per_chunk), config.mb_chains)
         steps_a = steps_to(config.t_end_A, config.lr * config.sigma2)
-        steps_b = steps_to(config.t_end_B, config.lr ** 2 * config.sigma2)
-        steps_mb = steps_to(config.t_end_B, config.mb_lr ** 2 * _mb_sigma2())
-        seconds = ngd_seconds([(n, s) for n in chunk_sizes(config) for s in (steps_a, steps_b)]
-                              + [(config.mb_chains, steps_mb)])
-        return chunk_estimate(chains, max(steps_a, steps_b, steps_mb), config.records,
-                              MB_TRANSIENT + 2 + len(config.t_check_A), 2, ("per_chunk", "mb_chains", "records"),
-                              seconds)
+        steps_b = steps_to(config.t_end_B, config.lr**2 * config.sigma2)
+        steps_mb = steps_to(config.t_end_B, config.mb_lr**2 * _mb_sigma2())
+        seconds = ngd_seconds(
+            [(n, s) for n in chunk_sizes(config) for s in (steps_a, steps_b)] + [(config.mb_chains, steps_mb)]
+        )
+        return chunk_estimate(
+            chains,
+            max(steps_a, steps_b, steps_mb),
+            config.records,
+            MB_TRANSIENT + 2 + len(config.t_check_A),
+            2,
+            ("per_chunk", "mb_chains", "records"),
+            seconds,
+        )
 
     def chunks(self, config: Fig3Config) -> list[Chunk]:
-        return chain_chunks(config, ["nondegenerate", "degenerate"]) + \
-            [Chunk("minibatch", {"variant": "minibatch", "start": 0, "stop": config.mb_chains})]
+        return chain_chunks(config, ["nondegenerate", "degenerate"]) + [
+            Chunk("minibatch", {"variant": "minibatch", "start": 0, "stop": config.mb_chains})
+        ]
 
     def run_chunk(self, config: Fig3Config, chunk: Chunk) -> pd.DataFrame:
         v, lr, s2 = chunk.spec["variant"], config.lr, config.sigma2
         kw: dict[str, Any] = dict(seed=config.seed, chains=chains_of(chunk), records=config.records, variant=v)
         if v == "nondegenerate":
-            return simulate(noises.fig3_nondegenerate(), W0_FIG3_TOP, lr=lr, sigma2=s2,
-                            steps=steps_to(config.t_end_A, lr * s2),
-                            record_at=[steps_to(t, lr * s2) for t in config.t_check_A], **kw)
+            return simulate(
+                noises.fig3_nondegenerate(),
+                W0_FIG3_TOP,
+                lr=lr,
+                sigma2=s2,
+                steps=steps_to(config.t_end_A, lr * s2),
+                record_at=[steps_to(t, lr * s2) for t in config.t_check_A],
+                **kw,
+            )
         if v == "degenerate":
-            return simulate(noises.fig3_degenerate(), W0_TOP, lr=lr, sigma2=s2,
-                            steps=steps_to(config.t_end_B, lr * lr * s2),
-                            record_at=[steps_to(t, lr * lr * s2) for t in config.t_check_B], **kw)
+            return simulate(
+                noises.fig3_degenerate(),
+                W0_TOP,
+                lr=lr,
+                sigma2=s2,
+                steps=steps_to(config.t_end_B, lr * lr * s2),
+                record_at=[steps_to(t, lr * lr * s2) for t in config.t_check_B],
+                **kw,
+            )
         mb_lr, mb_s2 = config.mb_lr, _mb_sigma2()
-        frame = simulate(noises.fig3_minibatch(), config.mb_w0, lr=mb_lr, sigma2=mb_s2,
-                         steps=steps_to(config.t_end_B, mb_lr ** 2 * mb_s2),
-                         record_at=[*range(MB_TRANSIENT + 1), steps_to(1.0, mb_lr * mb_s2)], **kw)
-        with np.errstate(invalid="ignore", divide="ignore"):     # NaN once a chain has diverged
-            frame["s"] = 0.5 * np.log(frame["w0"] / frame["w1"])   # along-Γ coordinate on w₁w₂ = 1
+        frame = simulate(
+            noises.fig3_minibatch(),
+            config.mb_w0,
+            lr=mb_lr,
+            sigma2=mb_s2,
+            steps=steps_to(config.t_end_B, mb_lr**2 * mb_s2),
+            record_at=[*range(MB_TRANSIENT + 1), steps_to(1.0, mb_lr * mb_s2)],
+            **kw,
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):  # NaN once a chain has diverged
+            frame["s"] = 0.5 * np.log(frame["w0"] / frame["w1"])  # along-Γ coordinate on w₁w₂ = 1
         return frame
 
-    def analyse(self, config: Fig3Config, tables: dict[str, pd.DataFrame],
-                out: Path) -> tuple[dict[str, Any], list[Check]]:
+    def analyse(
+        self, config: Fig3Config, tables: dict[str, pd.DataFrame], out: Path
+    ) -> tuple[dict[str, Any], list[Check]]:
         df = tables["results"]
         lr, s2 = config.lr, config.sigma2
         top, bot, mb = (df[df["variant"] == v] for v in ("nondegenerate", "degenerate", "minibatch"))
@@ -134,8 +201,9 @@ class Fig3(Experiment):
         mA, seAs = stA.loc[kA, "mean"], stA.loc[kA, "se"]
         errA, seA, _ = worst_deviation(mA, seAs, np.interp(lr * s2 * np.array(kA), tA, thA))
         errCap, seCap, _ = worst_deviation(mA, seAs, np.interp(4 * lr * s2 * np.array(kA), tA, thA))
-        errB, seB, _ = worst_deviation(stB.loc[kB, "mean"], stB.loc[kB, "se"],
-                                       np.interp(lr * lr * s2 * np.array(kB), tB, thB))
+        errB, seB, _ = worst_deviation(
+            stB.loc[kB, "mean"], stB.loc[kB, "se"], np.interp(lr * lr * s2 * np.array(kB), tB, thB)
+        )
         # clocks: displacement after the same number of iterations k = t_end_A/(ασ²)
         k_same = int(max(k for k in stB.index if k <= kA[-1]))
         move_top = float(stA.loc[kA[-1], "mean"] - stA["mean"].iloc[0])
@@ -156,37 +224,90 @@ class Fig3(Experiment):
         self._plot(config, top, bot, mb, stA, stB, (tA, thA), (tB, thB), (minA, minB), k_ref, out)
 
         nondeg = "nondegenerate-theorem-a"
-        clock_claim = ("after the same iterations the degenerate row has moved ≈ α times less: displacement ratio "
-                       "degenerate/non-degenerate vs the two limits")
+        clock_claim = (
+            "after the same iterations the degenerate row has moved ≈ α times less: displacement ratio "
+            "degenerate/non-degenerate vs the two limits"
+        )
         checks = [
-            Check.less(nondeg, "non-degenerate row follows Theorem A with Reg = ½∂²_ηL̂ = a/2 on the clock t = ασ²k "
-                       "(max |mean θ − θ_A| over t_check_A, rad)", errA, 0.01, se=seA,
-                       detail="reference §9.3: 0.0036 at α = 0.1"),
-            Check.less("caption-regulariser-2a", "the caption's printed regulariser ½Δ_ηL̂ = 2a(w) predicts the "
-                       "non-degenerate row (max |mean θ − θ_A| with Reg = 2a, rad)", errCap, 0.01, se=seCap,
-                       kind="paper-claim", corrected_by=nondeg,
-                       detail=f"Reg_caption / Reg = {ratio:.3f}: the printed 2a moves 4× too fast (reference §7.8)"),
-            Check.less("degenerate-theorem-b", "degenerate row follows Theorem B (−P∇¼ log ΔL) on the clock "
-                       "t = α²σ²k (max |mean θ − θ_B| over t_check_B, rad)", errB, 0.6 * lr, se=seB,
-                       detail="first-order bias in α (reference §9.4: 0.019 at t=1, 0.057 at t=4, α = 0.1)"),
-            Check.close("clock-ratio", clock_claim, ratio_meas, ratio_pred, rtol=0.25,
-                        detail=f"k = {k_same}: moves {move_bot:.4f} vs {move_top:.4f} rad")
-            if math.isfinite(ratio_pred) else
-            Check.not_measurable("clock-ratio", clock_claim, "no chain of a row stayed finite (the predicted "
-                                 "displacements start from the chains' mean at k = 0)"),
-            Check.less("minibatch-frozen", "minibatch SGD at an interpolating minimum does not move on either clock "
-                       "(max over chains of |Δs| from t_A = 1 to t_B = t_end_B)", mb_move, 1e-9,
-                       detail=f"max |w₁w₂ − 1| at the end {mb_gap:.1e}"),
+            Check.less(
+                nondeg,
+                "non-degenerate row follows Theorem A with Reg = ½∂²_ηL̂ = a/2 on the clock t = ασ²k "
+                "(max |mean θ − θ_A| over t_check_A, rad)",
+                errA,
+                0.01,
+                se=seA,
+                detail="reference §9.3: 0.0036 at α = 0.1",
+            ),
+            Check.less(
+                "caption-regulariser-2a",
+                "the caption's printed regulariser ½Δ_ηL̂ = 2a(w) predicts the "
+                "non-degenerate row (max |mean θ − θ_A| with Reg = 2a, rad)",
+                errCap,
+                0.01,
+                se=seCap,
+                kind="paper-claim",
+                corrected_by=nondeg,
+                detail=f"Reg_caption / Reg = {ratio:.3f}: the printed 2a moves 4× too fast (reference §7.8)",
+            ),
+            Check.less(
+                "degenerate-theorem-b",
+                "degenerate row follows Theorem B (−P∇¼ log ΔL) on the clock "
+                "t = α²σ²k (max |mean θ − θ_B| over t_check_B, rad)",
+                errB,
+                0.6 * lr,
+                se=seB,
+                detail="first-order bias in α (reference §9.4: 0.019 at t=1, 0.057 at t=4, α = 0.1)",
+            ),
+            Check.close(
+                "clock-ratio",
+                clock_claim,
+                ratio_meas,
+                ratio_pred,
+                rtol=0.25,
+                detail=f"k = {k_same}: moves {move_bot:.4f} vs {move_top:.4f} rad",
+            )
+            if math.isfinite(ratio_pred)
+            else Check.not_measurable(
+                "clock-ratio",
+                clock_claim,
+                "no chain of a row stayed finite (the predicted displacements start from the chains' mean at k = 0)",
+            ),
+            Check.less(
+                "minibatch-frozen",
+                "minibatch SGD at an interpolating minimum does not move on either clock "
+                "(max over chains of |Δs| from t_A = 1 to t_B = t_end_B)",
+                mb_move,
+                1e-9,
+                detail=f"max |w₁w₂ − 1| at the end {mb_gap:.1e}",
+            ),
         ]
-        metrics = {"max_err_A": errA, "max_err_caption": errCap, "max_err_B": errB, "clock_ratio_measured": ratio_meas,
-                   "clock_ratio_predicted": ratio_pred, "minibatch_max_move": mb_move, "caption_reg_ratio": ratio,
-                   "argmin_reg_A": minA, "argmin_reg_B": minB}
+        metrics = {
+            "max_err_A": errA,
+            "max_err_caption": errCap,
+            "max_err_B": errB,
+            "clock_ratio_measured": ratio_meas,
+            "clock_ratio_predicted": ratio_pred,
+            "minibatch_max_move": mb_move,
+            "caption_reg_ratio": ratio,
+            "argmin_reg_A": minA,
+            "argmin_reg_B": minB,
+        }
         return metrics, checks
 
     @staticmethod
-    def _plot(config: Fig3Config, top: pd.DataFrame, bot: pd.DataFrame, mb: pd.DataFrame, stA: pd.DataFrame,
-              stB: pd.DataFrame, flowA: tuple[np.ndarray, np.ndarray], limB: tuple[np.ndarray, np.ndarray],
-              minima: tuple[float, float], k_ref: int, out: Path) -> None:
+    def _plot(
+        config: Fig3Config,
+        top: pd.DataFrame,
+        bot: pd.DataFrame,
+        mb: pd.DataFrame,
+        stA: pd.DataFrame,
+        stB: pd.DataFrame,
+        flowA: tuple[np.ndarray, np.ndarray],
+        limB: tuple[np.ndarray, np.ndarray],
+        minima: tuple[float, float],
+        k_ref: int,
+        out: Path,
+    ) -> None:
         """Paths; mean θ against iterations; each row on its own clock with its limit; minibatch frozen."""
         lr, s2 = config.lr, config.sigma2
         (tA, thA), (tB, thB), (minA, minB) = flowA, limB, minima
@@ -202,13 +323,18 @@ class Fig3(Experiment):
         ax[1].axhline(minA, color="green", ls="--", lw=0.8)
         ax[1].axhline(minB, color="green", ls="--", lw=0.8)
         ax[1].set(xlabel="iteration k", ylabel="mean θ", title="same iterations, different clocks")
-        if np.isfinite(stA["mean"]).any() or np.isfinite(stB["mean"]).any():   # else every chain diverged
+        if np.isfinite(stA["mean"]).any() or np.isfinite(stB["mean"]).any():  # else every chain diverged
             ax[1].set(xscale="log")
         ax[1].legend(fontsize=7)
         ax[2].plot(lr * s2 * stA.index, stA["mean"], color="tab:blue", label="non-deg. vs t = ασ²k")
         ax[2].plot(tA[tA <= config.t_end_A], thA[tA <= config.t_end_A], "k--", lw=0.8, label="Thm A, Reg = a/2")
-        ax[2].plot(tA[tA <= 4 * config.t_end_A] / 4, thA[tA <= 4 * config.t_end_A], ":", color="grey",
-                   label="caption's Reg = 2a")
+        ax[2].plot(
+            tA[tA <= 4 * config.t_end_A] / 4,
+            thA[tA <= 4 * config.t_end_A],
+            ":",
+            color="grey",
+            label="caption's Reg = 2a",
+        )
         ax[2].plot(lr * lr * s2 * stB.index, stB["mean"], color="tab:purple", label="degenerate vs t = α²σ²k")
         ax[2].plot(tB, thB, "k-.", lw=0.8, label="Thm B: −P∇¼log ΔL")
         ax[2].set(xlabel="rescaled time t (own clock)", ylabel="mean θ", title="each row on its own clock")
@@ -217,6 +343,11 @@ class Fig3(Experiment):
             one = mb[mb["chain"] == c]
             ax[3].plot(one["step"], one["s"], lw=0.8)
         ax[3].axvline(k_ref, color="grey", ls=":")
-        ax[3].set(xscale="symlog", xlim=(0, None), xlabel="iteration k", ylabel="s = ½ log(w₁/w₂)",
-                  title=f"minibatch SGD (B=1 of 2), α = {config.mb_lr:g}: frozen")
+        ax[3].set(
+            xscale="symlog",
+            xlim=(0, None),
+            xlabel="iteration k",
+            ylabel="s = ½ log(w₁/w₂)",
+            title=f"minibatch SGD (B=1 of 2), α = {config.mb_lr:g}: frozen",
+        )
         savefig(fig, out / "fig3.png")

@@ -17,9 +17,24 @@ from noiseprobe.core.config import param
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import group_mean_se, worst_deviation
-from noiseprobe.experiments.sl_common import (LR_MAX, W0_TOP, ChainsConfig, alive, chain_chunks, chains_of,
-                                              check_iterations, check_start, check_times, chunk_estimate, chunk_sizes,
-                                              draw_paths, draw_plane, ngd_seconds, simulate, steps_to)
+from noiseprobe.experiments.sl_common import (
+    LR_MAX,
+    W0_TOP,
+    ChainsConfig,
+    alive,
+    chain_chunks,
+    chains_of,
+    check_iterations,
+    check_start,
+    check_times,
+    chunk_estimate,
+    chunk_sizes,
+    draw_paths,
+    draw_plane,
+    ngd_seconds,
+    simulate,
+    steps_to,
+)
 from noiseprobe.limits import noises
 from noiseprobe.limits.circle import argmin_on_circle, flow_angle
 from noiseprobe.limits.losses import circle_loss
@@ -55,30 +70,67 @@ class Fig4(Experiment):
     title = "Singular limits Fig. 4: independent vs correlated noise end at different points of Γ"
     Config = Fig4Config
     presets = {
-        "quick": {"seed": 0, "lr": 0.1, "sigma2": 0.01, "chains": 48, "per_chunk": 48, "t_end": 12.0,
-                  "t_check": [1.0, 2.0, 4.0], "records": 200, "w0": W0_TOP, "flow_dt": 0.2},
-        "full": {"seed": 0, "lr": 0.1, "sigma2": 0.01, "chains": 2000, "per_chunk": 500, "t_end": 15.0,
-                 "t_check": [1.0, 2.0, 4.0, 8.0], "records": 600, "w0": W0_TOP, "flow_dt": 0.05},
+        "quick": {
+            "seed": 0,
+            "lr": 0.1,
+            "sigma2": 0.01,
+            "chains": 48,
+            "per_chunk": 48,
+            "t_end": 12.0,
+            "t_check": [1.0, 2.0, 4.0],
+            "records": 200,
+            "w0": W0_TOP,
+            "flow_dt": 0.2,
+        },
+        "full": {
+            "seed": 0,
+            "lr": 0.1,
+            "sigma2": 0.01,
+            "chains": 2000,
+            "per_chunk": 500,
+            "t_end": 15.0,
+            "t_check": [1.0, 2.0, 4.0, 8.0],
+            "records": 600,
+            "w0": W0_TOP,
+            "flow_dt": 0.05,
+        },
     }
     diverging = {"lr": 5.0}
 
     def estimate(self, config: Fig4Config) -> Estimate:
         steps = steps_to(config.t_end, config.lr * config.sigma2)
         seconds = ngd_seconds([(n, steps) for n in chunk_sizes(config)] * len(COVS))
-        return chunk_estimate(min(config.chains, config.per_chunk), steps, config.records, len(config.t_check), 2,
-                              ("per_chunk", "records"), seconds)
+        return chunk_estimate(
+            min(config.chains, config.per_chunk),
+            steps,
+            config.records,
+            len(config.t_check),
+            2,
+            ("per_chunk", "records"),
+            seconds,
+        )
 
     def chunks(self, config: Fig4Config) -> list[Chunk]:
         return chain_chunks(config, list(COVS))
 
     def run_chunk(self, config: Fig4Config, chunk: Chunk) -> pd.DataFrame:
         lr, s2, v = config.lr, config.sigma2, chunk.spec["variant"]
-        return simulate(_noise(v), config.w0, lr=lr, sigma2=s2, steps=steps_to(config.t_end, lr * s2),
-                        seed=config.seed, chains=chains_of(chunk), records=config.records,
-                        record_at=[steps_to(t, lr * s2) for t in config.t_check], variant=v)
+        return simulate(
+            _noise(v),
+            config.w0,
+            lr=lr,
+            sigma2=s2,
+            steps=steps_to(config.t_end, lr * s2),
+            seed=config.seed,
+            chains=chains_of(chunk),
+            records=config.records,
+            record_at=[steps_to(t, lr * s2) for t in config.t_check],
+            variant=v,
+        )
 
-    def analyse(self, config: Fig4Config, tables: dict[str, pd.DataFrame],
-                out: Path) -> tuple[dict[str, Any], list[Check]]:
+    def analyse(
+        self, config: Fig4Config, tables: dict[str, pd.DataFrame], out: Path
+    ) -> tuple[dict[str, Any], list[Check]]:
         df = tables["results"]
         lr, s2 = config.lr, config.sigma2
         k_check = [steps_to(t, lr * s2) for t in config.t_check]
@@ -89,11 +141,18 @@ class Fig4(Experiment):
             stats = group_mean_se(sub, "theta", "step", keep=alive(sub))
             t_f, th_f = flow_angle(noise, config.w0, config.t_end, dt=config.flow_dt)
             th_star = argmin_on_circle(lambda w, n=noise: regulariser(n, w), float(th_f[-1]))
-            err, se, _ = worst_deviation(stats.loc[k_check, "mean"], stats.loc[k_check, "se"],
-                                         np.interp(lr * s2 * np.array(k_check), t_f, th_f))
+            err, se, _ = worst_deviation(
+                stats.loc[k_check, "mean"], stats.loc[k_check, "se"], np.interp(lr * s2 * np.array(k_check), t_f, th_f)
+            )
             end = stats.iloc[-1]
-            res[v] = {"end": float(end["mean"]), "end_se": float(end["se"]), "argmin": th_star, "path_err": err,
-                      "path_se": se, "flow_end": float(th_f[-1])}
+            res[v] = {
+                "end": float(end["mean"]),
+                "end_se": float(end["se"]),
+                "argmin": th_star,
+                "path_err": err,
+                "path_se": se,
+                "flow_end": float(th_f[-1]),
+            }
             draw_plane(ax[i], LABELS[v])
             draw_paths(ax[i], sub, 4)
             ax[i].plot([math.cos(th_star)], [math.sin(th_star)], "o", mfc="none", mec="green", ms=9)
@@ -105,16 +164,39 @@ class Fig4(Experiment):
         ax[2].legend(fontsize=7)
         savefig(fig, out / "fig4.png")
 
-        tol_end = 2 * s2     # finite-σ offset ≈ 1.15σ² (reference §9.5)
+        tol_end = 2 * s2  # finite-σ offset ≈ 1.15σ² (reference §9.5)
         ind, cor = res["independent"], res["correlated"]
-        checks = [Check.close(f"end-at-argmin-{v}", f"{v} noise ends at the minimiser of Reg_C = ½tr(C̃∇²L) on Γ "
-                              "(rad)", r["end"], r["argmin"], atol=tol_end, se=r["end_se"],
-                              detail=f"offset/σ² = {(r['end'] - r['argmin']) / s2:.2f} (reference §9.5, correlated: "
-                              "≈ 1.15, a finite-σ effect)")
-                  for v, r in res.items()]
-        checks.append(Check.close("end-points-differ", "independent and correlated noise end at different points of "
-                                  "Γ (difference, rad)", ind["end"] - cor["end"], ind["argmin"] - cor["argmin"],
-                                  atol=2 * tol_end, se=math.hypot(ind["end_se"], cor["end_se"])))
-        checks += [Check.less(f"path-follows-flow-{v}", f"{v} path follows Theorem A's flow with Reg_C (max |mean θ "
-                              "− θ_A| at t_check, rad)", r["path_err"], 0.08, se=r["path_se"]) for v, r in res.items()]
+        checks = [
+            Check.close(
+                f"end-at-argmin-{v}",
+                f"{v} noise ends at the minimiser of Reg_C = ½tr(C̃∇²L) on Γ (rad)",
+                r["end"],
+                r["argmin"],
+                atol=tol_end,
+                se=r["end_se"],
+                detail=f"offset/σ² = {(r['end'] - r['argmin']) / s2:.2f} (reference §9.5, correlated: "
+                "≈ 1.15, a finite-σ effect)",
+            )
+            for v, r in res.items()
+        ]
+        checks.append(
+            Check.close(
+                "end-points-differ",
+                "independent and correlated noise end at different points of Γ (difference, rad)",
+                ind["end"] - cor["end"],
+                ind["argmin"] - cor["argmin"],
+                atol=2 * tol_end,
+                se=math.hypot(ind["end_se"], cor["end_se"]),
+            )
+        )
+        checks += [
+            Check.less(
+                f"path-follows-flow-{v}",
+                f"{v} path follows Theorem A's flow with Reg_C (max |mean θ − θ_A| at t_check, rad)",
+                r["path_err"],
+                0.08,
+                se=r["path_se"],
+            )
+            for v, r in res.items()
+        ]
         return {"results": res}, checks

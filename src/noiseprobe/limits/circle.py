@@ -40,8 +40,9 @@ def flow_angle(noise: Noise, w0: Sequence[float], t_end: float, *, dt: float) ->
     return t.numpy(), unwrapped_angle(W)
 
 
-def sde_angle(noise: Noise, w0: Sequence[float], t_end: float, *, dt: float,
-              seed: int) -> tuple[np.ndarray, np.ndarray]:
+def sde_angle(
+    noise: Noise, w0: Sequence[float], t_end: float, *, dt: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Theorem B on the circle for one path: (t, θ(t)) of the limiting SDE from Φ(w0), clock t = α²σ²k,
     Euler–Maruyama with ⌈t_end/dt⌉ steps. When G is normal to Γ (``fig3_degenerate``: G = w) the
     diffusion vanishes and the path is the deterministic flow ``−P∇¼ log ΔL``."""
@@ -88,8 +89,12 @@ def argmin_on_circle(fn: Callable[[Tensor], Tensor], reference: float, *, grid: 
     minima = np.flatnonzero((vals <= np.roll(vals, 1)) & (vals <= np.roll(vals, -1)))
     i = minima[np.argmin([abs(nearest_branch(theta[j], reference) - reference) for j in minima])]
     h = theta[1] - theta[0]
-    res = minimize_scalar(lambda th: float(fn(torch.tensor([math.cos(th), math.sin(th)], dtype=torch.float64))),
-                          bounds=(theta[i] - h, theta[i] + h), method="bounded", options={"xatol": 1e-10})
+    res = minimize_scalar(
+        lambda th: float(fn(torch.tensor([math.cos(th), math.sin(th)], dtype=torch.float64))),
+        bounds=(theta[i] - h, theta[i] + h),
+        method="bounded",
+        options={"xatol": 1e-10},
+    )
     return nearest_branch(float(res.x), reference)
 
 

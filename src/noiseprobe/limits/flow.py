@@ -24,8 +24,15 @@ from torch import Tensor
 from noiseprobe.core.errors import ConfigError, NumericalError
 from noiseprobe.core.validation import check_int, check_real
 from noiseprobe.core.seeding import ReplicaStreams
-from noiseprobe.limits.manifold import (codimension, geometry, limit_map, newton_project, noise_jacobian,
-                                        phi_second_derivative, tangent_projector)
+from noiseprobe.limits.manifold import (
+    codimension,
+    geometry,
+    limit_map,
+    newton_project,
+    noise_jacobian,
+    phi_second_derivative,
+    tangent_projector,
+)
 from noiseprobe.limits.noises import Noise, check_params, covariance_root
 from noiseprobe.limits.regulariser import grad_regulariser
 
@@ -36,8 +43,10 @@ def _start(noise: Noise, w0: Tensor, codim: int | None) -> tuple[Tensor, int]:
     W = limit_map(noise.loss, w0)
     ok = torch.isfinite(W).all(-1)
     if not bool(ok.any()):
-        raise NumericalError(f"limit map Φ(w0) did not converge for any row of w0 = {w0.tolist()}: "
-                             "are the points in the attractive neighbourhood of Γ?")
+        raise NumericalError(
+            f"limit map Φ(w0) did not converge for any row of w0 = {w0.tolist()}: "
+            "are the points in the attractive neighbourhood of Γ?"
+        )
     c = codimension(noise.loss, W[ok]) if codim is None else check_int("codim", codim, lo=1, hi=noise.d - 1)
     return W, c
 
@@ -47,8 +56,16 @@ def _record_steps(n_steps: int, n_points: int) -> np.ndarray:
     return np.unique(np.round(np.linspace(0, n_steps, n_points)).astype(int))
 
 
-def constrained_flow(noise: Noise, w0: Tensor, t_end: float, n_points: int, *, form: str = "auto",
-                     dt: float = 0.1, codim: int | None = None) -> tuple[Tensor, Tensor]:
+def constrained_flow(
+    noise: Noise,
+    w0: Tensor,
+    t_end: float,
+    n_points: int,
+    *,
+    form: str = "auto",
+    dt: float = 0.1,
+    codim: int | None = None,
+) -> tuple[Tensor, Tensor]:
     """Theorem A: ``∂_t W = −P∇Reg(W)`` on Γ from ``W(0) = Φ(w0)``, in the time ``t = α σ² k``.
 
     w0: (..., d) — every row is integrated at once (RK4 with step ≤ ``dt``, Newton projection onto Γ after
@@ -66,7 +83,7 @@ def constrained_flow(noise: Noise, w0: Tensor, t_end: float, n_points: int, *, f
     keep = set(record.tolist())
 
     def velocity(x: Tensor) -> Tensor:
-        grad_reg = grad_regulariser(noise, x, form)   # first: a closed-form loss then reuses ∇²L for P
+        grad_reg = grad_regulariser(noise, x, form)  # first: a closed-form loss then reuses ∇²L for P
         return -(tangent_projector(noise.loss, x, c) @ grad_reg[..., None])[..., 0]
 
     out = [W]
@@ -90,9 +107,19 @@ def sde_drift(noise: Noise, W: Tensor, codim: int) -> tuple[Tensor, Tensor]:
     return geo.P @ B, drift
 
 
-def limiting_sde(noise: Noise, w0: Tensor, t_end: float, n_steps: int, *, n_paths: int, seed: int,
-                 n_points: int | None = None, codim: int | None = None, path_offset: int = 0,
-                 block: int = 256) -> tuple[Tensor, Tensor]:
+def limiting_sde(
+    noise: Noise,
+    w0: Tensor,
+    t_end: float,
+    n_steps: int,
+    *,
+    n_paths: int,
+    seed: int,
+    n_points: int | None = None,
+    codim: int | None = None,
+    path_offset: int = 0,
+    block: int = 256,
+) -> tuple[Tensor, Tensor]:
     """Theorem B: ``dW = P G C̃^{1/2} dB + ½∂²Φ[G C̃ Gᵀ] dt`` on Γ from ``W(0) = Φ(w0)``, ``t = α² σ² k``.
 
     w0: (d,) shared by all paths, or (n_paths, d). Euler–Maruyama with ``dt = t_end/n_steps`` on all paths
@@ -118,9 +145,10 @@ def limiting_sde(noise: Noise, w0: Tensor, t_end: float, n_steps: int, *, n_path
     dt = t_end / n_steps
     record = _record_steps(n_steps, n_points)
     keep = set(record.tolist())
-    rank = covariance_root(noise.C).shape[1]           # B is r-dimensional, C̃^{1/2} = R (m, r)
-    streams = ReplicaStreams(check_int("seed", seed, lo=0),
-                             range(check_int("path_offset", path_offset, lo=0), path_offset + n_paths))
+    rank = covariance_root(noise.C).shape[1]  # B is r-dimensional, C̃^{1/2} = R (m, r)
+    streams = ReplicaStreams(
+        check_int("seed", seed, lo=0), range(check_int("path_offset", path_offset, lo=0), path_offset + n_paths)
+    )
     out = [W]
     for k0 in range(0, n_steps, block):
         xi = torch.from_numpy(streams.normal((min(block, n_steps - k0), rank)))  # (paths, steps, rank C̃)

@@ -51,8 +51,11 @@ class ClosedFormLoss:
 
 def _sym3(a: Tensor, B: Tensor) -> Tensor:
     """``a_i B_jk + a_j B_ik + a_k B_ij`` for a (..., d) and symmetric B (..., d, d)."""
-    return (a[..., :, None, None] * B[..., None, :, :] + a[..., None, :, None] * B[..., :, None, :]
-            + a[..., None, None, :] * B[..., :, :, None])
+    return (
+        a[..., :, None, None] * B[..., None, :, :]
+        + a[..., None, :, None] * B[..., :, None, :]
+        + a[..., None, None, :] * B[..., :, :, None]
+    )
 
 
 def _circle_value(w: Tensor) -> Tensor:
@@ -64,7 +67,7 @@ def _circle_derivs(w: Tensor, order: int) -> tuple[Tensor, ...]:
     """With ``q = |w|² − 1``, ``b = 1.5 + w₁``: ``∇L = ⅛q²e₁ + ½bq w``;
     ``∇²L = ½q(e₁wᵀ + w e₁ᵀ) + b wwᵀ + ½bq I``; ``∇³L = sym(e₁ ⊗ (wwᵀ + ½q I)) + b sym(w ⊗ I)``
     (sym: the sum over the three placements of the vector's index)."""
-    q = (w * w).sum(-1, keepdim=True) - 1.0                           # (..., 1)
+    q = (w * w).sum(-1, keepdim=True) - 1.0  # (..., 1)
     b = w[..., :1] + 1.5
     g = (0.5 * b * q) * w
     g[..., :1] += 0.125 * q * q
@@ -87,12 +90,16 @@ def _circle_derivs(w: Tensor, order: int) -> tuple[Tensor, ...]:
     return g, H, T
 
 
-circle_loss = ClosedFormLoss(_circle_value, _circle_derivs, """The Fig. 1–4 reproduction loss (reference §8):
+circle_loss = ClosedFormLoss(
+    _circle_value,
+    _circle_derivs,
+    """The Fig. 1–4 reproduction loss (reference §8):
 ``L(w) = ⅛ b(w) (|w|² − 1)²``, ``b = 1.5 + w₁``, with closed-form derivatives.
 
 d = 2. Γ = {L = 0} is the unit circle; on Γ, ``∇²L = b w wᵀ`` and ``λ(θ) = ΔL|_Γ = 1.5 + cos θ``,
 so the minimiser of ΔL on Γ is θ = π (the green circle of Fig. 2).
-""")
+""",
+)
 
 
 def circle_angle(w: Tensor) -> Tensor:
@@ -124,18 +131,32 @@ class QuadraticModel:
         key = (w.shape[-1], w.dtype, w.device)
         if key not in self._padded:
             k, d = self.c.shape[0], w.shape[-1]
-            self._padded[key] = (torch.nn.functional.pad(self.c, (0, d - k)).to(w),
-                                 torch.nn.functional.pad(self.Q, (0, d - k, 0, d - k)).to(w))
+            self._padded[key] = (
+                torch.nn.functional.pad(self.c, (0, d - k)).to(w),
+                torch.nn.functional.pad(self.Q, (0, d - k, 0, d - k)).to(w),
+            )
         c, Q = self._padded[key]
         return c + w @ Q, Q
 
 
-product_model = QuadraticModel(lambda w: w[..., 0] * w[..., 1], [0.0, 0.0], [[0.0, 1.0], [1.0, 0.0]],
-                               """``f(w, x) = w₁ w₂ x`` (label-noise example, reference §9.7). X: (N, 1) → output (..., N).""")
-sum_model = QuadraticModel(lambda w: w[..., 0] + w[..., 1], [1.0, 1.0], [[0.0, 0.0], [0.0, 0.0]],
-                           """``f(w, x) = (w₁ + w₂) x`` (linear DropConnect example, reference §7.2/§9.7). Output (..., N).""")
-parabola_model = QuadraticModel(lambda w: w[..., 0] + w[..., 1] ** 2, [1.0, 0.0], [[0.0, 0.0], [0.0, 2.0]],
-                                """``f(w, x) = (w₁ + w₂²) x`` (non-quadratic DropConnect example, reference §9.7). Output (..., N).""")
+product_model = QuadraticModel(
+    lambda w: w[..., 0] * w[..., 1],
+    [0.0, 0.0],
+    [[0.0, 1.0], [1.0, 0.0]],
+    """``f(w, x) = w₁ w₂ x`` (label-noise example, reference §9.7). X: (N, 1) → output (..., N).""",
+)
+sum_model = QuadraticModel(
+    lambda w: w[..., 0] + w[..., 1],
+    [1.0, 1.0],
+    [[0.0, 0.0], [0.0, 0.0]],
+    """``f(w, x) = (w₁ + w₂) x`` (linear DropConnect example, reference §7.2/§9.7). Output (..., N).""",
+)
+parabola_model = QuadraticModel(
+    lambda w: w[..., 0] + w[..., 1] ** 2,
+    [1.0, 0.0],
+    [[0.0, 0.0], [0.0, 2.0]],
+    """``f(w, x) = (w₁ + w₂²) x`` (non-quadratic DropConnect example, reference §9.7). Output (..., N).""",
+)
 
 
 def linear_units(w: Tensor, X: Tensor) -> Tensor:
@@ -153,8 +174,10 @@ def square_loss(model: ModelFn, X: Tensor, y: Tensor) -> Callable[[Tensor], Tens
     For a :class:`QuadraticModel` (``f = g(w) x``) it is a :class:`ClosedFormLoss`: with ``A = mean x²``,
     ``r = A g − mean(x y)``: ``∇L = r∇g``, ``∇²L = A∇g∇gᵀ + r∇²g``, ``∇³L = A sym(∇g ⊗ ∇²g)`` (∇³g = 0).
     """
+
     def loss(w: Tensor) -> Tensor:
         return 0.5 * ((model(w, X) - y) ** 2).mean(-1)
+
     if not isinstance(model, QuadraticModel):
         return loss
     A, B = (X[:, 0] ** 2).mean(), (X[:, 0] * y).mean()
@@ -168,6 +191,7 @@ def square_loss(model: ModelFn, X: Tensor, y: Tensor) -> Callable[[Tensor], Tens
         if order >= 3:
             out.append(A * _sym3(g1, g2.expand_as(out[1])))
         return tuple(out)
+
     return ClosedFormLoss(loss, derivs, f"square loss (½ convention) of {model.__doc__}")
 
 

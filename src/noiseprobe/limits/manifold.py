@@ -60,8 +60,10 @@ def codimension(loss: LossFn, w_on_gamma: Tensor, rtol: float = 1e-6) -> int:
     lam = torch.linalg.eigvalsh(hessian(loss, w_on_gamma))
     ranks = (lam.abs() > rtol * lam.abs().amax(-1, keepdim=True)).sum(-1).unique()
     if ranks.numel() != 1:
-        raise NumericalError(f"codimension: the Hessian rank varies over the points ({ranks.tolist()}); are all "
-                             "points on Γ and is Γ Morse–Bott?")
+        raise NumericalError(
+            f"codimension: the Hessian rank varies over the points ({ranks.tolist()}); are all "
+            "points on Γ and is Γ Morse–Bott?"
+        )
     return int(ranks.item())
 
 
@@ -121,10 +123,16 @@ def geometry(loss: LossFn, w: Tensor, codim: int, third: bool = True) -> Geometr
     c = check_int("codim", codim, lo=0, hi=d)
     derivs, lam, V, ok = _spectrum(loss, w, 3 if third else 2)
     normal = torch.zeros(d, dtype=torch.float64)
-    normal[d - c:] = 1.0
-    return Geometry(_nan_rows(derivs[0], ok), _nan_rows(lam, ok), _nan_rows(V, ok), normal,
-                    _nan_rows(_projector(V, d - c), ok), _nan_rows(_pinv(lam, V, d - c), ok),
-                    _nan_rows(derivs[2], ok) if third else None)
+    normal[d - c :] = 1.0
+    return Geometry(
+        _nan_rows(derivs[0], ok),
+        _nan_rows(lam, ok),
+        _nan_rows(V, ok),
+        normal,
+        _nan_rows(_projector(V, d - c), ok),
+        _nan_rows(_pinv(lam, V, d - c), ok),
+        _nan_rows(derivs[2], ok) if third else None,
+    )
 
 
 def _codim(loss: LossFn, w: Tensor, codim: int | None) -> int:
@@ -147,8 +155,9 @@ def contract3(T: Tensor, S: Tensor) -> Tensor:
     return torch.einsum("...ijk,...jk->...i", T, S)
 
 
-def phi_second_derivative_terms(loss: LossFn, w: Tensor, Sigma: Tensor, codim: int | None = None,
-                                geo: Geometry | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def phi_second_derivative_terms(
+    loss: LossFn, w: Tensor, Sigma: Tensor, codim: int | None = None, geo: Geometry | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
     """The three terms of ∂²Φ[Σ] at w ∈ Γ (§3.3), each (..., d):
     ``II(Σ_TT) = −H^†∇³L[Σ_TT]`` (normal), ``−2P∇³L[Σ_TN H^†]`` and ``−P∇³L[𝓛_H^{-1}(Σ_NN)]`` (tangential).
     """
@@ -172,8 +181,9 @@ def phi_second_derivative_terms(loss: LossFn, w: Tensor, Sigma: Tensor, codim: i
     return ii, mixed, noise
 
 
-def phi_second_derivative(loss: LossFn, w: Tensor, Sigma: Tensor, codim: int | None = None,
-                          geo: Geometry | None = None) -> Tensor:
+def phi_second_derivative(
+    loss: LossFn, w: Tensor, Sigma: Tensor, codim: int | None = None, geo: Geometry | None = None
+) -> Tensor:
     """``∂²Φ(w)[Σ] = Σ_ij ∂_i∂_jΦ(w) Σ_ij`` at w ∈ Γ from the three-term formula (§3.3), shape (..., d).
 
     Sigma: (d, d) or (..., d, d), symmetric. Special cases (§3.4): ``Σ_NN = cH`` gives ``−(c/2)P∇tr H``;
@@ -184,8 +194,17 @@ def phi_second_derivative(loss: LossFn, w: Tensor, Sigma: Tensor, codim: int | N
 
 
 # ------------------------------------------------------------------------------------------ limit map Φ
-def limit_map(loss: LossFn, w0: Tensor, *, gtol: float = 1e-10, ltol: float = 1e-8, t_max: float = 1e5,
-              method: str = "DOP853", rtol: float = 1e-11, atol: float = 1e-13) -> Tensor:
+def limit_map(
+    loss: LossFn,
+    w0: Tensor,
+    *,
+    gtol: float = 1e-10,
+    ltol: float = 1e-8,
+    t_max: float = 1e5,
+    method: str = "DOP853",
+    rtol: float = 1e-11,
+    atol: float = 1e-13,
+) -> Tensor:
     """``Φ(w0) = lim_{t→∞} W(t)`` for the gradient flow ``Ẇ = −∇L(W)`` (reference §1, trap 5), (..., d).
 
     All rows are integrated as one system by ``solve_ivp`` (``method``: ``"DOP853"`` adaptive explicit, the
@@ -209,12 +228,22 @@ def limit_map(loss: LossFn, w0: Tensor, *, gtol: float = 1e-10, ltol: float = 1e
 
     def jac(_: float, flat: np.ndarray) -> np.ndarray | scipy.sparse.csr_matrix:
         blocks = -hessian(loss, torch.from_numpy(flat.reshape(-1, d))).numpy()
-        return scipy.sparse.block_diag(list(blocks), format="csr") if method != "LSODA" else \
-            scipy.linalg.block_diag(*blocks)
+        return (
+            scipy.sparse.block_diag(list(blocks), format="csr")
+            if method != "LSODA"
+            else scipy.linalg.block_diag(*blocks)
+        )
 
     def integrate(rows: np.ndarray, span: float) -> bool:
-        sol = solve_ivp(rhs, (0.0, span), y[rows].ravel(), method=method, rtol=rtol, atol=atol,
-                        **({"jac": jac} if method in IMPLICIT else {}))
+        sol = solve_ivp(
+            rhs,
+            (0.0, span),
+            y[rows].ravel(),
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            **({"jac": jac} if method in IMPLICIT else {}),
+        )
         end = sol.y[:, -1].reshape(-1, d)
         if sol.status != 0 or not np.isfinite(end).all():
             return False
@@ -240,8 +269,12 @@ def limit_map(loss: LossFn, w0: Tensor, *, gtol: float = 1e-10, ltol: float = 1e
     with torch.no_grad():
         off = live & ~active & ~(loss(torch.from_numpy(y)).numpy() <= ltol)
     if active.any() or off.any():
-        warnings.warn(f"limit_map: {int(active.sum())} row(s) did not reach |∇L| <= {gtol} by t = {t_max}, "
-                      f"{int(off.sum())} stopped at a critical point with L > {ltol}", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"limit_map: {int(active.sum())} row(s) did not reach |∇L| <= {gtol} by t = {t_max}, "
+            f"{int(off.sum())} stopped at a critical point with L > {ltol}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     y[~live | active | off] = np.nan
     return torch.from_numpy(y).reshape(shape)
 
@@ -293,10 +326,12 @@ class RegimeReport:
         return self.regime == self.declared
 
     def __str__(self) -> str:
-        return (f"regime {self.regime} ({self.theorem}, {self.clock}); declared {self.declared}; "
-                f"max|P∇Reg| = {self.max_tangential_grad_reg:.3g}, affine in η: {self.affine_in_eta} "
-                f"(residual {self.max_affine_residual:.3g}), max|GC̃Gᵀ| = {self.max_noise_covariance:.3g}, "
-                f"max|PG| = {self.max_tangential_noise:.3g}. {self.reason}")
+        return (
+            f"regime {self.regime} ({self.theorem}, {self.clock}); declared {self.declared}; "
+            f"max|P∇Reg| = {self.max_tangential_grad_reg:.3g}, affine in η: {self.affine_in_eta} "
+            f"(residual {self.max_affine_residual:.3g}), max|GC̃Gᵀ| = {self.max_noise_covariance:.3g}, "
+            f"max|PG| = {self.max_tangential_noise:.3g}. {self.reason}"
+        )
 
 
 def noise_jacobian(noise: Noise, w: Tensor, eta: Tensor | None = None) -> Tensor:
@@ -304,15 +339,16 @@ def noise_jacobian(noise: Noise, w: Tensor, eta: Tensor | None = None) -> Tensor
     x = leaf(check_params(noise, w))
     e = leaf(torch.zeros(*x.shape[:-1], noise.eta_dim) if eta is None else eta)
     lh = noise.loss_hat(x, e)
-    if noise.eta_dim < x.shape[-1]:   # one backward pass per η_j or per w_i, whichever are fewer
+    if noise.eta_dim < x.shape[-1]:  # one backward pass per η_j or per w_i, whichever are fewer
         ge = vjp_sum(lh, e, create_graph=True)
         return torch.stack([vjp_sum(ge[..., j], x) for j in range(noise.eta_dim)], -1)
     gw = vjp_sum(lh, x, create_graph=True)
     return torch.stack([vjp_sum(gw[..., i], e) for i in range(x.shape[-1])], -2)
 
 
-def classify_regime(noise: Noise, w_on_gamma_samples: Tensor, *, tol: float = 1e-8, n_eta: int = 4,
-                    seed: int = 0) -> RegimeReport:
+def classify_regime(
+    noise: Noise, w_on_gamma_samples: Tensor, *, tol: float = 1e-8, n_eta: int = 4, seed: int = 0
+) -> RegimeReport:
     """Decide which limit theorem applies to ``noise`` from points of Γ (n, d).
 
     Measures ``max |P∇Reg|`` (Reg_B for Bernoulli masks, with the Laplacian value beside it), whether
@@ -324,15 +360,18 @@ def classify_regime(noise: Noise, w_on_gamma_samples: Tensor, *, tol: float = 1e
     check_real("tol", tol, lo=0.0, lo_open=True)
     loss_max = float(noise.loss(w).abs().max())
     if not loss_max <= 1e-8:
-        raise ConfigError("w_on_gamma_samples", f"max L = {loss_max:.3g}", "points of Γ (L <= 1e-8); map them with limit_map")
+        raise ConfigError(
+            "w_on_gamma_samples", f"max L = {loss_max:.3g}", "points of Γ (L <= 1e-8); map them with limit_map"
+        )
     c = codimension(noise.loss, w)
     P = tangent_projector(noise.loss, w, c)
     tg = float((P @ grad_regulariser(noise, w)[..., None]).norm(dim=(-2, -1)).max())
     tg_lap = float((P @ grad_regulariser(noise, w, "laplacian")[..., None]).norm(dim=(-2, -1)).max())
     G = noise_jacobian(noise, w)
     gen = torch.Generator().manual_seed(check_int("seed", seed))
-    etas = torch.randn(check_int("n_eta", n_eta, lo=1), *w.shape[:-1], noise.eta_dim, generator=gen,
-                       dtype=torch.float64)
+    etas = torch.randn(
+        check_int("n_eta", n_eta, lo=1), *w.shape[:-1], noise.eta_dim, generator=gen, dtype=torch.float64
+    )
     resid = max(float((noise_jacobian(noise, w, e) - G).abs().max()) for e in etas)
     scale = 1.0 + float(G.abs().max())
     affine = resid <= tol * scale
@@ -346,13 +385,32 @@ def classify_regime(noise: Noise, w_on_gamma_samples: Tensor, *, tol: float = 1e
         regime, reason = "trivial", "Reg constant and G C̃ Gᵀ = 0 on Γ: no motion on either clock."
     elif affine:
         regime = "B"
-        reason = ("Reg constant on Γ and ∇_w L̂ affine in η: SDE on Γ" +
-                  (" (all noise normal, PG = 0: deterministic drift)." if tang <= tol else "."))
+        reason = "Reg constant on Γ and ∇_w L̂ affine in η: SDE on Γ" + (
+            " (all noise normal, PG = 0: deterministic drift)." if tang <= tol else "."
+        )
     else:
         regime = "undetermined"
         reason = "Reg constant on Γ but ∇_w L̂ is not affine in η: neither theorem applies as stated (trap 6)."
-    theorem = {"A": "Theorem A", "nonlocal": "Theorem A with non-local Reg_B", "B": "Theorem B",
-               "trivial": "trivial limit", "undetermined": "none"}[regime]
+    theorem = {
+        "A": "Theorem A",
+        "nonlocal": "Theorem A with non-local Reg_B",
+        "B": "Theorem B",
+        "trivial": "trivial limit",
+        "undetermined": "none",
+    }[regime]
     clock = {"A": "t = α σ² k", "nonlocal": "t = α σ² k", "B": "t = α² σ² k"}.get(regime, "—")
-    return RegimeReport(regime, noise.regime, theorem, clock, tg, tg_lap, affine, resid, cov, tang,
-                        regime != "B" or tang <= tol, c, reason)
+    return RegimeReport(
+        regime,
+        noise.regime,
+        theorem,
+        clock,
+        tg,
+        tg_lap,
+        affine,
+        resid,
+        cov,
+        tang,
+        regime != "B" or tang <= tol,
+        c,
+        reason,
+    )

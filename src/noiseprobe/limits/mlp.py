@@ -48,8 +48,9 @@ class MLPLoss:
     :data:`ACTIVATIONS` on every hidden layer; bias: whether each layer has a bias.
     """
 
-    def __init__(self, sizes: Sequence[int], X: Tensor, y: Tensor, activation: str = "tanh",
-                 bias: bool = False) -> None:
+    def __init__(
+        self, sizes: Sequence[int], X: Tensor, y: Tensor, activation: str = "tanh", bias: bool = False
+    ) -> None:
         if len(sizes) < 2:
             raise ConfigError("sizes", list(sizes), "at least (inputs, outputs)")
         self.sizes = [check_int(f"sizes[{i}]", s, lo=1) for i, s in enumerate(sizes)]
@@ -59,8 +60,11 @@ class MLPLoss:
         y = torch.as_tensor(y, dtype=torch.float64)
         self.y = y[:, None] if y.dim() == 1 else y
         if self.X.shape[1:] != (self.sizes[0],) or self.y.shape != (self.X.shape[0], self.sizes[-1]):
-            raise ConfigError("X, y", (tuple(self.X.shape), tuple(self.y.shape)),
-                              f"X (N, {self.sizes[0]}) and y (N, {self.sizes[-1]}) with the same N")
+            raise ConfigError(
+                "X, y",
+                (tuple(self.X.shape), tuple(self.y.shape)),
+                f"X (N, {self.sizes[0]}) and y (N, {self.sizes[-1]}) with the same N",
+            )
         self.d = sum(o * (i + self.bias) for i, o in zip(self.sizes[:-1], self.sizes[1:]))
 
     def layers(self, w: Tensor) -> list[tuple[Tensor, Tensor | None]]:
@@ -69,9 +73,9 @@ class MLPLoss:
             raise ConfigError("w", tuple(w.shape), f"an array of shape (..., {self.d})")
         out, k = [], 0
         for i, o in zip(self.sizes[:-1], self.sizes[1:]):
-            W = w[..., k:k + o * i].reshape(*w.shape[:-1], o, i)
+            W = w[..., k : k + o * i].reshape(*w.shape[:-1], o, i)
             k += o * i
-            b = w[..., k:k + o] if self.bias else None
+            b = w[..., k : k + o] if self.bias else None
             k += o if self.bias else 0
             out.append((W, b))
         return out
@@ -100,24 +104,25 @@ class MLPLoss:
         inputs, acts, f = self._forward(w)
         layers = self.layers(w)
         N, C = f.shape[-2], f.shape[-1]
-        g = (f - self.y) / N                                                          # ∂L/∂z_L (..., N, C)
-        Q = torch.eye(C, dtype=f.dtype, device=f.device).expand(*f.shape, C) / N      # ∂²L/∂z_L² per sample
+        g = (f - self.y) / N  # ∂L/∂z_L (..., N, C)
+        Q = torch.eye(C, dtype=f.dtype, device=f.device).expand(*f.shape, C) / N  # ∂²L/∂z_L² per sample
         q = Q.diagonal(dim1=-2, dim2=-1)
         parts: list[Tensor] = []
         for k in range(len(layers) - 1, -1, -1):
             W, b = layers[k]
-            hw = q.transpose(-1, -2) @ inputs[k] ** 2                                  # (..., h_k, h_{k−1})
+            hw = q.transpose(-1, -2) @ inputs[k] ** 2  # (..., h_k, h_{k−1})
             parts[:0] = [hw.flatten(-2)] + ([q.sum(-2)] if b is not None else [])
             if k == 0:
                 break
             _, d1, d2 = acts[k - 1]
-            gW = g @ W                                                                 # W_kᵀ g_k per sample
+            gW = g @ W  # W_kᵀ g_k per sample
             curv = d2 * gW
-            if k == 1:                                                                 # only diag(Q_0) needed
+            if k == 1:  # only diag(Q_0) needed
                 q = d1 * d1 * ((Q @ W[..., None, :, :]) * W[..., None, :, :]).sum(-2) + curv
             else:
-                Q = d1[..., :, None] * (W.transpose(-1, -2)[..., None, :, :] @ Q @ W[..., None, :, :]) \
-                    * d1[..., None, :] + torch.diag_embed(curv)
+                Q = d1[..., :, None] * (W.transpose(-1, -2)[..., None, :, :] @ Q @ W[..., None, :, :]) * d1[
+                    ..., None, :
+                ] + torch.diag_embed(curv)
                 q = Q.diagonal(dim1=-2, dim2=-1)
             g = d1 * gW
         return torch.cat(parts, -1)

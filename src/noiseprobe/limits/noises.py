@@ -74,8 +74,12 @@ class Noise:
     @property
     def clock(self) -> str:
         """The time scale on which the limit lives (reference §6)."""
-        return {"A": "t = α σ² k", "nonlocal": "t = α σ² k", "B": "t = α² σ² k",
-                "trivial": "none (no motion on t = α σ² k nor t = α² σ² k)"}[self.regime]
+        return {
+            "A": "t = α σ² k",
+            "nonlocal": "t = α σ² k",
+            "B": "t = α² σ² k",
+            "trivial": "none (no motion on t = α σ² k nor t = α² σ² k)",
+        }[self.regime]
 
 
 def check_params(noise: Noise, w: Tensor | np.ndarray, field: str = "w") -> Tensor:
@@ -123,6 +127,7 @@ def _gaussian_sampler(C: Tensor, default_sigma: float | None) -> SampleFn:
 
     def sample(n: int, generator: np.random.Generator, sigma: float | None = None) -> np.ndarray:
         return _sigma(sigma, default_sigma) * generator.standard_normal((n, root.shape[1])) @ root.T
+
     return sample
 
 
@@ -130,10 +135,12 @@ def _bernoulli_sampler(m: int, default_sigma: float | None) -> SampleFn:
     """Rescaled Bernoulli masks ``η_i = ζ_i/(1−p) − 1``, ζ_i ~ Bernoulli(1−p) i.i.d. (§7.2): E η = 0,
     Var η_i = σ² = p/(1−p), i.e. the drop probability is ``p = σ²/(1+σ²)``."""
     default_sigma = _level(default_sigma)
+
     def sample(n: int, generator: np.random.Generator, sigma: float | None = None) -> np.ndarray:
         s2 = _sigma(sigma, default_sigma) ** 2
         p = s2 / (1.0 + s2)
         return (generator.random((n, m)) >= p) / (1.0 - p) - 1.0
+
     return sample
 
 
@@ -174,8 +181,19 @@ def perturbed(loss: LossFn, d: int, *, C: Tensor | np.ndarray | None = None, sig
     d = _dim("d", d)
     c = _covariance(C, d)
     rules = {"laplacian": reg_rules.perturbed(loss, c)} if isinstance(loss, ClosedFormLoss) else None
-    return Noise("perturbed", lambda w, eta: loss(w + eta), loss, d, c, _gaussian_sampler(c, sigma), "A",
-                 "L̂(w,η) = L(w+η) (Example 1.2); Reg = ½ tr(C̃ ∇²L); Theorem A, t = ασ²k", d, sigma, rules)
+    return Noise(
+        "perturbed",
+        lambda w, eta: loss(w + eta),
+        loss,
+        d,
+        c,
+        _gaussian_sampler(c, sigma),
+        "A",
+        "L̂(w,η) = L(w+η) (Example 1.2); Reg = ½ tr(C̃ ∇²L); Theorem A, t = ασ²k",
+        d,
+        sigma,
+        rules,
+    )
 
 
 def anti_pgd(loss: LossFn, d: int, *, sigma: float | None = None) -> Noise:
@@ -184,8 +202,11 @@ def anti_pgd(loss: LossFn, d: int, *, sigma: float | None = None) -> Noise:
     In ``z_k = w_k − ξ_k`` it is NGD with ``L̂(z, ξ) = L(z + ξ)`` — the same L̂ as :func:`perturbed`
     (simulate it in z, or with anti-correlated increments in w): Theorem A, ``Reg = ½ tr ∇²L``.
     """
-    return replace(perturbed(loss, d, sigma=sigma), name="anti_pgd",
-                   doc="anti-PGD (§7.7): in z = w − ξ, L̂(z,ξ) = L(z+ξ); Reg = ½ tr∇²L; Theorem A, t = ασ²k")
+    return replace(
+        perturbed(loss, d, sigma=sigma),
+        name="anti_pgd",
+        doc="anti-PGD (§7.7): in z = w − ξ, L̂(z,ξ) = L(z+ξ); Reg = ½ tr∇²L; Theorem A, t = ασ²k",
+    )
 
 
 def additive(loss: LossFn, d: int, *, C: Tensor | np.ndarray | None = None, sigma: float | None = None) -> Noise:
@@ -196,8 +217,18 @@ def additive(loss: LossFn, d: int, *, C: Tensor | np.ndarray | None = None, sigm
     """
     d = _dim("d", d)
     c = _covariance(C, d)
-    return Noise("additive", lambda w, eta: loss(w) + (eta * w).sum(-1), loss, d, c, _gaussian_sampler(c, sigma),
-                 "B", "L̂(w,η) = L(w) + η·w (§7.6); Reg ≡ 0, G = I; Theorem B, t = α²σ²k", d, sigma)
+    return Noise(
+        "additive",
+        lambda w, eta: loss(w) + (eta * w).sum(-1),
+        loss,
+        d,
+        c,
+        _gaussian_sampler(c, sigma),
+        "B",
+        "L̂(w,η) = L(w) + η·w (§7.6); Reg ≡ 0, G = I; Theorem B, t = α²σ²k",
+        d,
+        sigma,
+    )
 
 
 def sgld(loss: LossFn, d: int, *, lr: float, beta: float) -> Noise:
@@ -205,17 +236,25 @@ def sgld(loss: LossFn, d: int, *, lr: float, beta: float) -> Noise:
 
     The Theorem-B clock is ``t = α²σ²k = 2αk/β``; the limit needs ``ασ² = 2/β → 0`` (low temperature).
     """
-    sigma = math.sqrt(2.0 / (check_real("lr", lr, lo=0.0, lo_open=True) * check_real("beta", beta, lo=0.0, lo_open=True)))
-    return replace(additive(loss, d, sigma=sigma), name="sgld",
-                   doc=f"SGLD (§7.6), lr={lr}, β={beta}: L̂ = L + η·w with σ² = 2/(αβ); Theorem B, t = 2αk/β")
+    sigma = math.sqrt(
+        2.0 / (check_real("lr", lr, lo=0.0, lo_open=True) * check_real("beta", beta, lo=0.0, lo_open=True))
+    )
+    return replace(
+        additive(loss, d, sigma=sigma),
+        name="sgld",
+        doc=f"SGLD (§7.6), lr={lr}, β={beta}: L̂ = L + η·w with σ² = 2/(αβ); Theorem B, t = 2αk/β",
+    )
 
 
 def plain_pgd(loss: LossFn, d: int, *, lr: float, sigma_xi: float) -> Noise:
     """Plain perturbed GD ``w_{k+1} = w_k − α∇L(w_k) + ξ_k``, ξ ~ N(0, σ_ξ² I) (§7.6) = :func:`additive`
     with ``η = −ξ/α``, σ = σ_ξ/α: Theorem B on the clock ``t = σ_ξ² k``, valid for σ_ξ² ≪ α."""
     sigma = check_real("sigma_xi", sigma_xi, lo=0.0) / check_real("lr", lr, lo=0.0, lo_open=True)
-    return replace(additive(loss, d, sigma=sigma), name="plain_pgd",
-                   doc=f"plain PGD (§7.6), lr={lr}, σ_ξ={sigma_xi}: L̂ = L + η·w, σ = σ_ξ/α; Theorem B, t = σ_ξ²k")
+    return replace(
+        additive(loss, d, sigma=sigma),
+        name="plain_pgd",
+        doc=f"plain PGD (§7.6), lr={lr}, σ_ξ={sigma_xi}: L̂ = L + η·w, σ = σ_ξ/α; Theorem B, t = σ_ξ²k",
+    )
 
 
 def label_noise(model_fn: ModelFn, X: Tensor, y: Tensor, d: int, *, sigma: float | None = None) -> Noise:
@@ -231,10 +270,20 @@ def label_noise(model_fn: ModelFn, X: Tensor, y: Tensor, d: int, *, sigma: float
 
     def loss_hat(w: Tensor, eta: Tensor) -> Tensor:
         return 0.5 * ((model_fn(w, X) - y - eta) ** 2).mean(-1)
+
     c = torch.eye(N, dtype=torch.float64)
-    return Noise("label_noise", loss_hat, loss, N, c, _gaussian_sampler(c, sigma), "B",
-                 "label noise (Example 1.8): L̂ = (1/2N)Σ(f−y−η)²; Reg const, G = −(1/N)[∇f_n]; Theorem B, t = α²σ²k",
-                 d, sigma)
+    return Noise(
+        "label_noise",
+        loss_hat,
+        loss,
+        N,
+        c,
+        _gaussian_sampler(c, sigma),
+        "B",
+        "label noise (Example 1.8): L̂ = (1/2N)Σ(f−y−η)²; Reg const, G = −(1/N)[∇f_n]; Theorem B, t = α²σ²k",
+        d,
+        sigma,
+    )
 
 
 def minibatch(per_sample_losses: Callable[[Tensor], Tensor], *, N: int, batch_size: int, d: int) -> Noise:
@@ -261,13 +310,25 @@ def minibatch(per_sample_losses: Callable[[Tensor], Tensor], *, N: int, batch_si
         ind = np.zeros((n, N))
         np.put_along_axis(ind, batch, 1.0, axis=1)
         return ind / B - 1.0 / N
-    return Noise("minibatch", loss_hat, lambda w: per_sample_losses(w).mean(-1), N, c, sample, "trivial",
-                 f"minibatch SGD (Example 1.7), B={B} of N={N} without replacement: L̂ = Σ(1/N+η_i)ℓ_i; "
-                 "Reg ≡ 0 and G = 0 on Γ: trivial on both clocks", d, level)
+
+    return Noise(
+        "minibatch",
+        loss_hat,
+        lambda w: per_sample_losses(w).mean(-1),
+        N,
+        c,
+        sample,
+        "trivial",
+        f"minibatch SGD (Example 1.7), B={B} of N={N} without replacement: L̂ = Σ(1/N+η_i)ℓ_i; "
+        "Reg ≡ 0 and G = 0 on Γ: trivial on both clocks",
+        d,
+        level,
+    )
 
 
-def dropconnect(loss: LossFn, d: int, *, kind: str = "gaussian", p: float | None = None,
-                sigma: float | None = None) -> Noise:
+def dropconnect(
+    loss: LossFn, d: int, *, kind: str = "gaussian", p: float | None = None, sigma: float | None = None
+) -> Noise:
     """DropConnect (Example 1.3, §7.2, §7.9): weight masks, ``L̂(w, η) = L(w ⊙ (1 + η))``.
 
     ``kind="gaussian"``: η ~ N(0, σ² I), Theorem A with ``Reg_Lap = ½ Σ_i w_i² ∂²_ii L``.
@@ -286,15 +347,37 @@ def dropconnect(loss: LossFn, d: int, *, kind: str = "gaussian", p: float | None
         rules = {"laplacian": reg_rules.dropconnect_diagonal(diagonal)}
     else:
         rules = None
-    return Noise(f"dropconnect_{kind}", lambda w, eta: loss(w * (1.0 + eta)), loss, d,
-                 torch.eye(d, dtype=torch.float64), sample, regime,
-                 f"{kind} DropConnect: L̂ = L(w⊙(1+η)); " + ("non-local Reg_B (§7.2), t = ασ²k, σ² = p/(1−p)"
-                                                             if regime == "nonlocal" else
-                                                             "Reg = ½Σ w_i²∂_iiL; Theorem A, t = ασ²k"), d, sigma, rules)
+    return Noise(
+        f"dropconnect_{kind}",
+        lambda w, eta: loss(w * (1.0 + eta)),
+        loss,
+        d,
+        torch.eye(d, dtype=torch.float64),
+        sample,
+        regime,
+        f"{kind} DropConnect: L̂ = L(w⊙(1+η)); "
+        + (
+            "non-local Reg_B (§7.2), t = ασ²k, σ² = p/(1−p)"
+            if regime == "nonlocal"
+            else "Reg = ½Σ w_i²∂_iiL; Theorem A, t = ασ²k"
+        ),
+        d,
+        sigma,
+        rules,
+    )
 
 
-def dropout(unit_outputs: Callable[[Tensor, Tensor], Tensor], X: Tensor, y: Tensor, *, d: int, n_units: int,
-            kind: str = "gaussian", p: float | None = None, sigma: float | None = None) -> Noise:
+def dropout(
+    unit_outputs: Callable[[Tensor, Tensor], Tensor],
+    X: Tensor,
+    y: Tensor,
+    *,
+    d: int,
+    n_units: int,
+    kind: str = "gaussian",
+    p: float | None = None,
+    sigma: float | None = None,
+) -> Noise:
     """Dropout on hidden units (§7.3), square loss (½ convention), one mask per step shared by all samples:
 
     ``L̂(w, η) = (1/(2N)) Σ_n (Σ_j (1 + η_j) u_nj(w) − y_n)²``, ``u_nj = a_j φ(b_j·x_n)`` given by
@@ -309,11 +392,21 @@ def dropout(unit_outputs: Callable[[Tensor, Tensor], Tensor], X: Tensor, y: Tens
     def loss_hat(w: Tensor, eta: Tensor) -> Tensor:
         f = (unit_outputs(w, X) * (1.0 + eta)[..., None, :]).sum(-1)
         return 0.5 * ((f - y) ** 2).mean(-1)
+
     rule = reg_rules.by_autograd(lambda w: 0.5 * (unit_outputs(w, X) ** 2).sum(-1).mean(-1))
-    return Noise(f"dropout_{kind}", loss_hat, lambda w: 0.5 * ((unit_outputs(w, X).sum(-1) - y) ** 2).mean(-1),
-                 J, torch.eye(J, dtype=torch.float64), sample, regime,
-                 f"{kind} Dropout (§7.3): L̂ = (1/2N)Σ(Σ_j(1+η_j)u_nj − y)²; Reg = (1/2N)ΣΣu_nj² (exact); "
-                 "Theorem A, t = ασ²k", d, sigma, {"laplacian": rule, "nonlocal": rule})
+    return Noise(
+        f"dropout_{kind}",
+        loss_hat,
+        lambda w: 0.5 * ((unit_outputs(w, X).sum(-1) - y) ** 2).mean(-1),
+        J,
+        torch.eye(J, dtype=torch.float64),
+        sample,
+        regime,
+        f"{kind} Dropout (§7.3): L̂ = (1/2N)Σ(Σ_j(1+η_j)u_nj − y)²; Reg = (1/2N)ΣΣu_nj² (exact); Theorem A, t = ασ²k",
+        d,
+        sigma,
+        {"laplacian": rule, "nonlocal": rule},
+    )
 
 
 def fig3_nondegenerate(loss: LossFn = circle_loss, d: int = 2, *, sigma: float | None = 0.1) -> Noise:
@@ -324,10 +417,19 @@ def fig3_nondegenerate(loss: LossFn = circle_loss, d: int = 2, *, sigma: float |
     :func:`noiseprobe.limits.regulariser.fig3_caption_regulariser` gives the printed one for contrast.
     """
     c = torch.ones(1, 1, dtype=torch.float64)
-    return Noise("fig3_nondegenerate", lambda w, eta: loss(w) + 0.5 * fig3_a(w) * eta[..., 0] ** 2, loss, 1, c,
-                 _gaussian_sampler(c, sigma), "A",
-                 "Fig. 3 top: L̂ = L + ½a(w)η²; Reg = a/2 (caption's '2a' is a typo); Theorem A, t = ασ²k",
-                 _dim("d", d), sigma, {"laplacian": reg_rules.fig3_top})
+    return Noise(
+        "fig3_nondegenerate",
+        lambda w, eta: loss(w) + 0.5 * fig3_a(w) * eta[..., 0] ** 2,
+        loss,
+        1,
+        c,
+        _gaussian_sampler(c, sigma),
+        "A",
+        "Fig. 3 top: L̂ = L + ½a(w)η²; Reg = a/2 (caption's '2a' is a typo); Theorem A, t = ασ²k",
+        _dim("d", d),
+        sigma,
+        {"laplacian": reg_rules.fig3_top},
+    )
 
 
 def fig3_degenerate(loss: LossFn = circle_loss, d: int = 2, *, sigma: float | None = 0.1) -> Noise:
@@ -337,9 +439,18 @@ def fig3_degenerate(loss: LossFn = circle_loss, d: int = 2, *, sigma: float | No
     deterministic flow ``∂_t W = −P ∇ ¼ log ΔL(W)`` [caption].
     """
     c = torch.ones(1, 1, dtype=torch.float64)
-    return Noise("fig3_degenerate", lambda w, eta: loss(w) + 0.5 * (w * w).sum(-1) * eta[..., 0], loss, 1, c,
-                 _gaussian_sampler(c, sigma), "B",
-                 "Fig. 3 bottom: L̂ = L + ½|w|²η; Reg ≡ 0, G = w; Theorem B, t = α²σ²k", _dim("d", d), sigma)
+    return Noise(
+        "fig3_degenerate",
+        lambda w, eta: loss(w) + 0.5 * (w * w).sum(-1) * eta[..., 0],
+        loss,
+        1,
+        c,
+        _gaussian_sampler(c, sigma),
+        "B",
+        "Fig. 3 bottom: L̂ = L + ½|w|²η; Reg ≡ 0, G = w; Theorem B, t = α²σ²k",
+        _dim("d", d),
+        sigma,
+    )
 
 
 def fig3_minibatch() -> Noise:

@@ -31,6 +31,7 @@ RegRule = Callable[[Tensor, bool], tuple[Tensor, Tensor | None]]
 
 def by_autograd(reg: Callable[[Tensor], Tensor]) -> RegRule:
     """The rule of a differentiable closed-form ``reg(w) -> (...)``: ∇Reg by one backward pass."""
+
     def rule(w: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
         if not with_grad:
             with torch.no_grad():
@@ -38,20 +39,24 @@ def by_autograd(reg: Callable[[Tensor], Tensor]) -> RegRule:
         x = leaf(w)
         value = reg(x)
         return value.detach(), vjp_sum(value, x).detach()
+
     return rule
 
 
 def perturbed(loss: ClosedFormLoss, C: Tensor) -> RegRule:
     """``Reg = ½ tr(C̃∇²L)``, ``∇Reg = ½∇³L[C̃]`` (§7.1)."""
+
     def rule(w: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
         derivs = loss.derivs(w, 3 if with_grad else 2)
         reg = 0.5 * (derivs[1] * C).sum((-2, -1))
         return reg, 0.5 * (derivs[2] * C).sum((-2, -1)) if with_grad else None
+
     return rule
 
 
 def dropconnect_laplacian(loss: ClosedFormLoss) -> RegRule:
     """``Reg = ½ Σ_i w_i² ∂_ii L``, ``∂_k Reg = w_k ∂_kk L + ½ Σ_i w_i² ∂_iik L`` (§7.2, Gaussian masks)."""
+
     def rule(w: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
         derivs = loss.derivs(w, 3 if with_grad else 2)
         hd = derivs[1].diagonal(dim1=-2, dim2=-1)
@@ -60,6 +65,7 @@ def dropconnect_laplacian(loss: ClosedFormLoss) -> RegRule:
         if not with_grad:
             return reg, None
         return reg, w * hd + 0.5 * (derivs[2].diagonal(dim1=-2, dim2=-1) * w2[..., None, :]).sum(-1)
+
     return rule
 
 
@@ -70,16 +76,18 @@ def dropconnect_diagonal(hessian_diagonal: Callable[[Tensor], Tensor]) -> RegRul
 
 def dropconnect_nonlocal(loss: ClosedFormLoss) -> RegRule:
     """``Reg_B = Σ_i [L(w − w_i e_i) − L(w) + w_i ∂_i L]`` and its closed-form gradient (§7.2, Bernoulli masks)."""
+
     def rule(w: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
         d = w.shape[-1]
         eye = torch.eye(d, dtype=w.dtype, device=w.device)
-        dropped = w[..., None, :] * (1.0 - eye)                        # row i: w with w_i = 0
-        g_drop = loss.derivs(dropped, 1)[0] * (1.0 - eye) if with_grad else None   # ∂_k L(w − w_i e_i), i ≠ k
-        g, *rest = loss.derivs(w, 2 if with_grad else 1)              # last: P at w reuses ∇²L
+        dropped = w[..., None, :] * (1.0 - eye)  # row i: w with w_i = 0
+        g_drop = loss.derivs(dropped, 1)[0] * (1.0 - eye) if with_grad else None  # ∂_k L(w − w_i e_i), i ≠ k
+        g, *rest = loss.derivs(w, 2 if with_grad else 1)  # last: P at w reuses ∇²L
         reg = (loss(dropped) - loss(w)[..., None]).sum(-1) + (w * g).sum(-1)
         if g_drop is None:
             return reg, None
         return reg, g_drop.sum(-2) + (1 - d) * g + (rest[0] @ w[..., None])[..., 0]
+
     return rule
 
 

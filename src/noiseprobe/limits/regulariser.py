@@ -40,8 +40,9 @@ def _laplacian(noise: Noise, x: Tensor) -> Tensor:
     eta = leaf(torch.zeros(*x.shape[:-1], noise.eta_dim))
     g = vjp_sum(noise.loss_hat(x, eta), eta, create_graph=True)
     R = covariance_root(noise.C)
-    return 0.5 * sum((vjp_sum(g @ u, eta, create_graph=True) @ u for u in R.T),
-                     torch.zeros(x.shape[:-1], dtype=torch.float64))
+    return 0.5 * sum(
+        (vjp_sum(g @ u, eta, create_graph=True) @ u for u in R.T), torch.zeros(x.shape[:-1], dtype=torch.float64)
+    )
 
 
 def _nonlocal(noise: Noise, x: Tensor) -> Tensor:
@@ -86,8 +87,9 @@ def grad_regulariser(noise: Noise, w: Tensor, form: str = "auto") -> Tensor:
     return vjp_sum(_reg(noise, x, form), x).detach()
 
 
-def regulariser_estimate(noise: Noise, w: Tensor, n_probes: int, generator: np.random.Generator, *,
-                         with_grad: bool = False) -> tuple[Tensor, ...]:
+def regulariser_estimate(
+    noise: Noise, w: Tensor, n_probes: int, generator: np.random.Generator, *, with_grad: bool = False
+) -> tuple[Tensor, ...]:
     """Unbiased Hutchinson estimate of the Laplacian ``Reg = ½ tr(C̃ ∇²_η L̂(w,0))`` and its standard error.
 
     Probes ``u = R z`` (``R Rᵀ = C̃``, z Rademacher) give ``s = ½ uᵀ ∇²_η L̂(w,0) u`` with ``E s = Reg``
@@ -105,7 +107,7 @@ def regulariser_estimate(noise: Noise, w: Tensor, n_probes: int, generator: np.r
     x = leaf(w.expand(n, *w.shape).contiguous())
     eta = leaf(torch.zeros(*x.shape[:-1], noise.eta_dim, dtype=x.dtype, device=x.device))
     g = vjp_sum(noise.loss_hat(x, eta), eta, create_graph=True)
-    s = 0.5 * (u * vjp_sum((g * u).sum(-1), eta, create_graph=with_grad)).sum(-1)       # (n, ...)
+    s = 0.5 * (u * vjp_sum((g * u).sum(-1), eta, create_graph=with_grad)).sum(-1)  # (n, ...)
     out = (s.detach().mean(0), s.detach().std(0) / n**0.5)
     if not with_grad:
         return out
@@ -124,8 +126,9 @@ def fig3_caption_regulariser(w: Tensor) -> Tensor:
     return 2.0 * fig3_a(torch.as_tensor(w, dtype=torch.float64))
 
 
-def excess_loss(noise: Noise, w: Tensor, *, sigma: float, n_samples: int,
-                generator: np.random.Generator) -> tuple[Tensor, Tensor]:
+def excess_loss(
+    noise: Noise, w: Tensor, *, sigma: float, n_samples: int, generator: np.random.Generator
+) -> tuple[Tensor, Tensor]:
     """Monte Carlo ``(E_η L̂(w, η) − L(w))/σ²`` and its standard error, shape (...) each.
 
     The generic definition of the regulariser (reference trap 3): it tends to Reg as σ → 0 (to Reg_B

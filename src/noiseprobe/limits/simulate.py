@@ -55,16 +55,16 @@ class NGDResult:
     (w − mean)(w − mean)ᵀ over steps ``average_from … steps[-1]`` (NaN when not requested or diverged).
     """
 
-    steps: np.ndarray        # (K,)
-    positions: np.ndarray    # (K, R, d)
-    loss: np.ndarray         # (K, R)
-    chains: np.ndarray       # (R,) global chain indices
-    lr: np.ndarray           # (R,)
-    sigma: np.ndarray        # (R,)
-    diverged: np.ndarray     # (R,) bool
+    steps: np.ndarray  # (K,)
+    positions: np.ndarray  # (K, R, d)
+    loss: np.ndarray  # (K, R)
+    chains: np.ndarray  # (R,) global chain indices
+    lr: np.ndarray  # (R,)
+    sigma: np.ndarray  # (R,)
+    diverged: np.ndarray  # (R,) bool
     diverged_at: np.ndarray  # (R,) first bad step, −1 if none
-    mean: np.ndarray         # (R, d)
-    cov: np.ndarray          # (R, d, d)
+    mean: np.ndarray  # (R, d)
+    cov: np.ndarray  # (R, d, d)
 
     @property
     def final(self) -> np.ndarray:
@@ -75,16 +75,18 @@ class NGDResult:
         """Tidy frame: one row per chain × recorded step, columns chain, step, lr, sigma, w0…w{d−1},
         loss, diverged, diverged_at, plus constant ``labels`` columns."""
         K, R, d = self.positions.shape
-        frame = pd.DataFrame({
-            "chain": np.tile(self.chains, K),
-            "step": np.repeat(self.steps, R),
-            "lr": np.tile(self.lr, K),
-            "sigma": np.tile(self.sigma, K),
-            **{f"w{i}": self.positions[:, :, i].ravel() for i in range(d)},
-            "loss": self.loss.ravel(),
-            "diverged": np.tile(self.diverged, K),
-            "diverged_at": np.tile(self.diverged_at, K),
-        })
+        frame = pd.DataFrame(
+            {
+                "chain": np.tile(self.chains, K),
+                "step": np.repeat(self.steps, R),
+                "lr": np.tile(self.lr, K),
+                "sigma": np.tile(self.sigma, K),
+                **{f"w{i}": self.positions[:, :, i].ravel() for i in range(d)},
+                "loss": self.loss.ravel(),
+                "diverged": np.tile(self.diverged, K),
+                "diverged_at": np.tile(self.diverged_at, K),
+            }
+        )
         for key, value in labels.items():
             frame[key] = value
         return frame
@@ -112,12 +114,25 @@ def _per_chain(name: str, value: float | Sequence[float] | np.ndarray, R: int, l
     return arr
 
 
-def noisy_gd(loss_hat: LossHat, w0: np.ndarray | Sequence[float], *, lr: float | Sequence[float],
-             steps: int, sigma: float | Sequence[float] = 0.0, eta_dim: int | None = None,
-             sampler: Sampler | None = None, seed: int = 0, chains: Sequence[int] | int = 1,
-             anti_correlated: bool = False, record_every: int = 1, record_at: Sequence[int] = (),
-             average_from: int | None = None,
-             block: int = 512, vectorised: bool = False, blowup: float = DIVERGED) -> NGDResult:
+def noisy_gd(
+    loss_hat: LossHat,
+    w0: np.ndarray | Sequence[float],
+    *,
+    lr: float | Sequence[float],
+    steps: int,
+    sigma: float | Sequence[float] = 0.0,
+    eta_dim: int | None = None,
+    sampler: Sampler | None = None,
+    seed: int = 0,
+    chains: Sequence[int] | int = 1,
+    anti_correlated: bool = False,
+    record_every: int = 1,
+    record_at: Sequence[int] = (),
+    average_from: int | None = None,
+    block: int = 512,
+    vectorised: bool = False,
+    blowup: float = DIVERGED,
+) -> NGDResult:
     """Run noisy GD (NGD) on a batch of chains; see the module docstring for the update.
 
     Args:
@@ -172,6 +187,7 @@ def noisy_gd(loss_hat: LossHat, w0: np.ndarray | Sequence[float], *, lr: float |
     zero_eta = torch.zeros(R, m, dtype=torch.float64)
 
     if vectorised:
+
         def grad_fn(x: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
             x = x.detach().requires_grad_(True)
             with torch.enable_grad():
@@ -190,8 +206,12 @@ def noisy_gd(loss_hat: LossHat, w0: np.ndarray | Sequence[float], *, lr: float |
 
     def draw(n: int) -> torch.Tensor:
         """(n, R, m) noise for the next n steps, one generator call per chain."""
-        return torch.from_numpy(np.stack([np.asarray(sampler(n, g, float(s)), dtype=np.float64).reshape(n, m)
-                                          for g, s in zip(gens, sigma_arr)], axis=1))
+        return torch.from_numpy(
+            np.stack(
+                [np.asarray(sampler(n, g, float(s)), dtype=np.float64).reshape(n, m) for g, s in zip(gens, sigma_arr)],
+                axis=1,
+            )
+        )
 
     extra = {check_int("record_at", s, lo=0, hi=steps) for s in record_at}
     record_steps = sorted(set(range(0, steps + 1, record_every)) | {steps} | extra)
@@ -252,18 +272,43 @@ def noisy_gd(loss_hat: LossHat, w0: np.ndarray | Sequence[float], *, lr: float |
         mean[dead], cov[dead] = np.nan, np.nan
     else:
         mean, cov = np.full((R, d), np.nan), np.full((R, d, d), np.nan)
-    return NGDResult(steps=np.asarray(record_steps), positions=positions, loss=loss, chains=chain_ids,
-                     lr=lr_arr, sigma=sigma_arr, diverged=dead, diverged_at=diverged_at.numpy(),
-                     mean=mean, cov=cov)
+    return NGDResult(
+        steps=np.asarray(record_steps),
+        positions=positions,
+        loss=loss,
+        chains=chain_ids,
+        lr=lr_arr,
+        sigma=sigma_arr,
+        diverged=dead,
+        diverged_at=diverged_at.numpy(),
+        mean=mean,
+        cov=cov,
+    )
 
 
-def simulate_noise(noise: Noise, w0: np.ndarray | Sequence[float], *, lr: float | Sequence[float], steps: int,
-                   sigma: float | Sequence[float] | None = None, **kwargs) -> NGDResult:
+def simulate_noise(
+    noise: Noise,
+    w0: np.ndarray | Sequence[float],
+    *,
+    lr: float | Sequence[float],
+    steps: int,
+    sigma: float | Sequence[float] | None = None,
+    **kwargs,
+) -> NGDResult:
     """:func:`noisy_gd` for a :class:`~noiseprobe.limits.noises.Noise` (its L̂, m and sampler; its L̂
     broadcasts over chains, so the gradient of the summed loss is used). ``sigma=None``: the noise's own σ."""
     sigma = noise.sigma if sigma is None else sigma
     if sigma is None:
         raise ConfigError("sigma", sigma, f"a noise level >= 0 ({noise.name} has no default level)")
     w0 = check_array("w0", w0, last_dim=noise.d)
-    return noisy_gd(noise.loss_hat, w0, lr=lr, steps=steps, sigma=sigma, eta_dim=noise.eta_dim,
-                    sampler=noise.sample, vectorised=True, **kwargs)
+    return noisy_gd(
+        noise.loss_hat,
+        w0,
+        lr=lr,
+        steps=steps,
+        sigma=sigma,
+        eta_dim=noise.eta_dim,
+        sampler=noise.sample,
+        vectorised=True,
+        **kwargs,
+    )

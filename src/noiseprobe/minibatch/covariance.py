@@ -29,8 +29,9 @@ def gradient_noise(grads: np.ndarray, *, batch_size: int, replacement: bool = Tr
     return batch_factor(batch_size, n, replacement) * (gc.T @ gc) / n
 
 
-def linear_regression_noise(w: np.ndarray, x: np.ndarray, y: np.ndarray, *, batch_size: int,
-                            replacement: bool = True) -> np.ndarray:
+def linear_regression_noise(
+    w: np.ndarray, x: np.ndarray, y: np.ndarray, *, batch_size: int, replacement: bool = True
+) -> np.ndarray:
     """Exact C(w) of linear regression on a finite data set (N samples), ½ loss (eqs. 2, 99 with ∇ℓ_i = r_i x_i):
 
     C = c(S, N) [(1/N) Xᵀ diag(r²) X − (Xᵀr/N)(Xᵀr/N)ᵀ],  r = Xw − y.
@@ -42,8 +43,9 @@ def linear_regression_noise(w: np.ndarray, x: np.ndarray, y: np.ndarray, *, batc
     return gradient_noise(r[:, None] * xm, batch_size=batch_size, replacement=replacement)
 
 
-def gaussian_regression_noise(w: np.ndarray, *, u: np.ndarray, A: np.ndarray, sigma: float,
-                              batch_size: int) -> np.ndarray:
+def gaussian_regression_noise(
+    w: np.ndarray, *, u: np.ndarray, A: np.ndarray, sigma: float, batch_size: int
+) -> np.ndarray:
     """Population (N → ∞) C(w) for x ~ N(0, A), y = uᵀx + ε, label-noise sd σ (E ε² = σ²), ½ loss
     (Lemma 1 pointwise, eq. 5):
 

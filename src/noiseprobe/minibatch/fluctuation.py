@@ -49,18 +49,20 @@ class NoStationaryState(ValueError):
     def __init__(self, bound: float, detail: str = "", what: str = "learning rate") -> None:
         self.bound = float(bound)
         self.what = what
-        super().__init__(f"no stationary state: {what} must be below {self.bound:.6g}" + (f" ({detail})" if detail else ""))
+        super().__init__(
+            f"no stationary state: {what} must be below {self.bound:.6g}" + (f" ({detail})" if detail else "")
+        )
 
 
 def _coeffs(f: np.ndarray, mu: float) -> np.ndarray:
     """c(f_i, f_j) of eq. (3) in the eigenbasis of Λ^{1/2} H Λ^{1/2}."""
     fi, fj = f[:, None], f[None, :]
-    return ((1 - mu) * (fi + fj) - (1 + mu * mu) / (1 - mu * mu) * fi * fj
-            + mu / (1 - mu * mu) * (fi * fi + fj * fj))
+    return (1 - mu) * (fi + fj) - (1 + mu * mu) / (1 - mu * mu) * fi * fj + mu / (1 - mu * mu) * (fi * fi + fj * fj)
 
 
-def thm1_residual(Sigma: np.ndarray, H: np.ndarray, C: np.ndarray, *, lr: float | np.ndarray,
-                  momentum: float = 0.0) -> np.ndarray:
+def thm1_residual(
+    Sigma: np.ndarray, H: np.ndarray, C: np.ndarray, *, lr: float | np.ndarray, momentum: float = 0.0
+) -> np.ndarray:
     """LHS − RHS of eq. (3) for a given Σ (zero at the stationary state)."""
     H = check_matrix("H", H)
     D = H.shape[0]
@@ -146,12 +148,21 @@ def _no_state(bound: float, scalar: float | None, detail: str) -> NoStationarySt
 def _raise_unstable(bs: _Basis, scalar: float | None, detail: str) -> None:
     """Raise NoStationaryState for unstable modes: bound 0 for a negative curvature, else the mode bound."""
     if bs.f.min() < -1e-12 * max(1.0, np.abs(bs.f).max()):
-        raise NoStationaryState(0.0, "the Hessian has a negative direction; no learning rate is stable", "learning rate")
+        raise NoStationaryState(
+            0.0, "the Hessian has a negative direction; no learning rate is stable", "learning rate"
+        )
     raise _no_state(bs.mode_bound(), scalar, detail)
 
 
-def solve_fluctuation(H: np.ndarray, C: np.ndarray, *, lr: float | np.ndarray, momentum: float = 0.0,
-                      noise_map: NoiseMap | None = None, method: str = 'auto') -> np.ndarray:
+def solve_fluctuation(
+    H: np.ndarray,
+    C: np.ndarray,
+    *,
+    lr: float | np.ndarray,
+    momentum: float = 0.0,
+    noise_map: NoiseMap | None = None,
+    method: str = "auto",
+) -> np.ndarray:
     """Stationary Σ of eq. (3) for noise ``C + noise_map(Σ)`` (``noise_map`` linear in Σ, optional).
 
     ``method``: "auto" (eigen when Λ is symmetric positive definite, else lyapunov), "eigen", "lyapunov",
@@ -179,13 +190,18 @@ def solve_fluctuation(H: np.ndarray, C: np.ndarray, *, lr: float | np.ndarray, m
     R0 = bs.to_x(C)
     null, cs, nmap = bs.feedback(noise_map)
     if np.any(np.abs(R0[null]) > 1e-12 * max(1.0, np.abs(R0).max())):
-        raise NoStationaryState(0.0, "noise acts along a zero-curvature direction: Σ grows without bound", "learning rate")
+        raise NoStationaryState(
+            0.0, "noise acts along a zero-curvature direction: Σ grows without bound", "learning rate"
+        )
     if noise_map is None:
         return bs.to_sigma(np.where(null, 0.0, R0 / cs))
     rho = _spectral_radius(nmap, D)
     if rho >= 1.0:
-        raise _no_state(_bound_by_bisection(H, Lam, mu, noise_map), scalar,
-                        f"minibatch-noise feedback has spectral radius {rho:.4g} >= 1")
+        raise _no_state(
+            _bound_by_bisection(H, Lam, mu, noise_map),
+            scalar,
+            f"minibatch-noise feedback has spectral radius {rho:.4g} >= 1",
+        )
     b = np.where(null, 0.0, R0 / cs).ravel()
     op = spla.LinearOperator((D * D, D * D), matvec=lambda v: v - nmap(v.reshape(D, D)).ravel(), dtype=np.float64)
     x, info = spla.gmres(op, b, rtol=1e-13, atol=0.0, restart=min(D * D, 60), maxiter=200)
@@ -262,7 +278,9 @@ def augmented_system(H: np.ndarray, *, lr: np.ndarray, momentum: float) -> tuple
 
 def _lyap_bound(H: np.ndarray, Lam: np.ndarray, mu: float) -> float:
     """Largest scale s with a stable augmented map for sΛ (spectral radius of M < 1)."""
-    return largest_stable_scale(lambda s: np.abs(np.linalg.eigvals(augmented_system(H, lr=s * Lam, momentum=mu)[0])).max() < 1.0)
+    return largest_stable_scale(
+        lambda s: np.abs(np.linalg.eigvals(augmented_system(H, lr=s * Lam, momentum=mu)[0])).max() < 1.0
+    )
 
 
 def thm1_kronecker_matrix(H: np.ndarray, *, lr: float | np.ndarray, momentum: float = 0.0) -> np.ndarray:
@@ -279,8 +297,9 @@ def thm1_kronecker_matrix(H: np.ndarray, *, lr: float | np.ndarray, momentum: fl
     return (1 - mu) * (np.kron(F, I) + np.kron(I, F)) - a * np.kron(F, F) + b * (np.kron(F2, I) + np.kron(I, F2))
 
 
-def _kronecker(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, noise_map: NoiseMap | None,
-               scalar: float | None) -> np.ndarray:
+def _kronecker(
+    H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, noise_map: NoiseMap | None, scalar: float | None
+) -> np.ndarray:
     """Dense solve of vec(eq. 3): (K_LHS − Λ⊗Λ·N) vec Σ = vec(ΛCΛ), N the noise map (D <= KRON_MAX_D)."""
     D = H.shape[0]
     if D > KRON_MAX_D:

@@ -14,8 +14,15 @@ import numpy as np
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.linalg import commutes
-from noiseprobe.core.validation import (check_batch_size, check_choice, check_lr, check_matrix, check_momentum,
-                                        check_scalar, check_vector)
+from noiseprobe.core.validation import (
+    check_batch_size,
+    check_choice,
+    check_lr,
+    check_matrix,
+    check_momentum,
+    check_scalar,
+    check_vector,
+)
 from noiseprobe.minibatch.fluctuation import NoStationaryState, largest_stable_scale, solve_fluctuation
 
 
@@ -32,13 +39,20 @@ def thm5_noise(*, L0: float, H0: np.ndarray, grad_L0: np.ndarray, batch_size: in
     return 2 * check_scalar("L0", L0, lo=0.0) / S * H0 - np.outer(g, g) / S
 
 
-def cor2_noise(H0: np.ndarray, *, L0: float, batch_size: int, Gamma: np.ndarray | None = None,
-               w_star: np.ndarray | None = None, Sigma: np.ndarray | None = None) -> np.ndarray:
+def cor2_noise(
+    H0: np.ndarray,
+    *,
+    L0: float,
+    batch_size: int,
+    Gamma: np.ndarray | None = None,
+    w_star: np.ndarray | None = None,
+    Sigma: np.ndarray | None = None,
+) -> np.ndarray:
     """Corollary 2, eqs. (15)-(17), at the minimum w* (O(S⁻²) and O(|w − w*|²) dropped)::
 
-        Γ ≠ 0:              C = (2L₀/S)H₀ − (1/S)Γw*w*ᵀΓ                    (15)
-        Γ = 0, L₀ ≠ 0:      C = (2L₀/S)H₀                                    (16)
-        Γ = 0, L₀ = 0:      C = (1/S)(Tr[H₀Σ]I − H₀Σ)H₀                       (17)  (needs Sigma)
+    Γ ≠ 0:              C = (2L₀/S)H₀ − (1/S)Γw*w*ᵀΓ                    (15)
+    Γ = 0, L₀ ≠ 0:      C = (2L₀/S)H₀                                    (16)
+    Γ = 0, L₀ = 0:      C = (1/S)(Tr[H₀Σ]I − H₀Σ)H₀                       (17)  (needs Sigma)
     """
     H0 = check_matrix("H0", H0)
     S = check_batch_size(batch_size)
@@ -57,13 +71,21 @@ def cor2_noise(H0: np.ndarray, *, L0: float, batch_size: int, Gamma: np.ndarray 
     return (C + C.T) / 2
 
 
-def cor3_sigma(H0: np.ndarray, *, L0: float, lr: float | np.ndarray, batch_size: int, momentum: float = 0.0,
-               Gamma: np.ndarray | None = None, w_star: np.ndarray | None = None) -> np.ndarray:
+def cor3_sigma(
+    H0: np.ndarray,
+    *,
+    L0: float,
+    lr: float | np.ndarray,
+    batch_size: int,
+    momentum: float = 0.0,
+    Gamma: np.ndarray | None = None,
+    w_star: np.ndarray | None = None,
+) -> np.ndarray:
     """Corollary 3, eqs. (62)-(63), Λ, H₀, Γ mutually commuting; Σ on the range of H₀ + Γ (0 on its null space)::
 
-        Γ ≠ 0:          P Σ = (1/S)(Λ/(1−μ))(2L₀H₀ − Γw*w*ᵀΓ)(H₀+Γ)⁺[2I − (Λ/(1+μ))(H₀+Γ)]⁻¹
-        Γ = 0, L₀ > 0:  P Σ = (2L₀/(S(1−μ))) P Λ [2I − (Λ/(1+μ))H₀]⁻¹
-        Γ = 0, L₀ = 0:  P Σ = 0
+    Γ ≠ 0:          P Σ = (1/S)(Λ/(1−μ))(2L₀H₀ − Γw*w*ᵀΓ)(H₀+Γ)⁺[2I − (Λ/(1+μ))(H₀+Γ)]⁻¹
+    Γ = 0, L₀ > 0:  P Σ = (2L₀/(S(1−μ))) P Λ [2I − (Λ/(1+μ))H₀]⁻¹
+    Γ = 0, L₀ = 0:  P Σ = 0
     """
     H0 = check_matrix("H0", H0)
     D = H0.shape[0]
@@ -78,7 +100,9 @@ def cor3_sigma(H0: np.ndarray, *, L0: float, lr: float | np.ndarray, batch_size:
         raise ConfigError("lr, H0, Gamma", "non-commuting", "mutually commuting matrices (Cor. 3)")
     M = 2 * np.eye(D) - Lam @ Kp / (1 + mu)
     if np.linalg.eigvalsh((M + M.T) / 2).min() <= 0:
-        b = largest_stable_scale(lambda s: np.linalg.eigvalsh(2 * np.eye(D) - s * (Lam @ Kp + Kp @ Lam) / (2 + 2 * mu)).min() > 0)
+        b = largest_stable_scale(
+            lambda s: np.linalg.eigvalsh(2 * np.eye(D) - s * (Lam @ Kp + Kp @ Lam) / (2 + 2 * mu)).min() > 0
+        )
         if scalar is not None:
             raise NoStationaryState(b * scalar, "Cor. 3 needs 2I − λK/(1+μ) ≻ 0")
         raise NoStationaryState(b, "Cor. 3 needs 2I − ΛK/(1+μ) ≻ 0", "the scale factor of Λ")
@@ -99,12 +123,20 @@ def prop4_noise(A_hat: np.ndarray, Sigma: np.ndarray, *, sigma: float, alpha: fl
     Sg = check_matrix("Sigma", Sigma, A.shape[0])
     S = check_batch_size(batch_size)
     sigma, alpha = check_scalar("sigma", sigma, lo=0.0), check_scalar("alpha", alpha, lo=0.0, lo_open=True)
-    C = (np.trace(A @ Sg) * np.eye(A.shape[0]) - A @ Sg) @ A / S + max(0.0, sigma ** 2 / S * (1 - 1 / alpha)) * A
+    C = (np.trace(A @ Sg) * np.eye(A.shape[0]) - A @ Sg) @ A / S + max(0.0, sigma**2 / S * (1 - 1 / alpha)) * A
     return (C + C.T) / 2
 
 
-def thm6_trace(A_hat: np.ndarray, *, lr: float, batch_size: int, sigma: float, alpha: float,
-               L0: float | None = None, variant: Literal['paper', 'gaussian'] = 'paper') -> float:
+def thm6_trace(
+    A_hat: np.ndarray,
+    *,
+    lr: float,
+    batch_size: int,
+    sigma: float,
+    alpha: float,
+    L0: float | None = None,
+    variant: Literal["paper", "gaussian"] = "paper",
+) -> float:
     """Theorem 6 (proof eqs. 79-82): Tr[ÂΣ] = max{0, (λσ²/S)(1 − 1/α) κ̂}, κ̂ = Tr[Ĝ⁻¹Â]/(1 − (λ/S)Tr[Ĝ⁻¹Â]).
 
     ``variant="paper"``: Ĝ = 2I − λ(1 − 1/S)Â as printed (from Thm 5's −ÂΣÂ). ``variant="gaussian"``:
@@ -118,7 +150,7 @@ def thm6_trace(A_hat: np.ndarray, *, lr: float, batch_size: int, sigma: float, a
     lam = check_scalar("lr", lr, lo=0.0, lo_open=True)
     sigma, alpha = check_scalar("sigma", sigma, lo=0.0), check_scalar("alpha", alpha, lo=0.0, lo_open=True)
     sgn = {"paper": -1.0, "gaussian": 1.0}[check_choice("variant", variant, ("paper", "gaussian"))]
-    two_l0 = max(0.0, sigma ** 2 * (1 - 1 / alpha)) if L0 is None else 2 * check_scalar("L0", L0, lo=0.0)
+    two_l0 = max(0.0, sigma**2 * (1 - 1 / alpha)) if L0 is None else 2 * check_scalar("L0", L0, lo=0.0)
     if alpha <= 1 and L0 is None:
         return 0.0
     a = np.linalg.eigvalsh(A)
@@ -134,8 +166,15 @@ def thm6_trace(A_hat: np.ndarray, *, lr: float, batch_size: int, sigma: float, a
     return max(0.0, lam / S * two_l0 * kappa)
 
 
-def highdim_sigma_exact(X: np.ndarray, y: np.ndarray, *, lr: float | np.ndarray, batch_size: int,
-                        momentum: float = 0.0, replacement: bool = True) -> np.ndarray:
+def highdim_sigma_exact(
+    X: np.ndarray,
+    y: np.ndarray,
+    *,
+    lr: float | np.ndarray,
+    batch_size: int,
+    momentum: float = 0.0,
+    replacement: bool = True,
+) -> np.ndarray:
     """Exact Σ about the least-squares (min-norm) solution for ONE finite data set (the alternative to Thm 6).
 
     Thm 1 (eq. 3) with H = Â = XᵀX/N and the exact averaged minibatch noise of Prop. 8 (eq. 99)::

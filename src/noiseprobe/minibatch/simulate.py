@@ -111,10 +111,14 @@ class LinearProblem:
         """L_train(w) including label/input noise and ½wᵀΓw; ``w`` (..., D)."""
         if self.X is None:
             d = w - self.u
-            return 0.5 * (np.einsum("...i,ij,...j->...", d, self.A, d) + np.einsum("...i,ij,...j->...", w, self.B, w)
-                          + self.sigma ** 2 + np.einsum("...i,ij,...j->...", w, self.Gamma, w))
+            return 0.5 * (
+                np.einsum("...i,ij,...j->...", d, self.A, d)
+                + np.einsum("...i,ij,...j->...", w, self.B, w)
+                + self.sigma**2
+                + np.einsum("...i,ij,...j->...", w, self.Gamma, w)
+            )
         r = w @ self.X.T - self.y
-        return 0.5 * np.mean(r ** 2, axis=-1) + 0.5 * np.einsum("...i,ij,...j->...", w, self.Gamma, w)
+        return 0.5 * np.mean(r**2, axis=-1) + 0.5 * np.einsum("...i,ij,...j->...", w, self.Gamma, w)
 
     def test_loss(self, w: np.ndarray) -> np.ndarray:
         """L_test(w) = ½ (w − u)ᵀ A (w − u): population loss without label noise."""
@@ -175,8 +179,7 @@ class SGDRun:
     def _quad(self, Q: np.ndarray, p: np.ndarray, r: float) -> np.ndarray:
         """Per-chain time average of ½ (w − p)ᵀQ(w − p) + r, from the per-chain moments (exact)."""
         d = self.center - p
-        return (0.5 * np.einsum("ij,rji->r", Q, self.second_moment) + self.mean @ (Q @ d)
-                + 0.5 * d @ Q @ d + r)
+        return 0.5 * np.einsum("ij,rji->r", Q, self.second_moment) + self.mean @ (Q @ d) + 0.5 * d @ Q @ d + r
 
     def train_loss(self) -> np.ndarray:
         """Per-chain time-averaged L_train (population for online data, empirical for a fixed set)."""
@@ -194,10 +197,25 @@ class SGDRun:
         return float(v.mean()), float(standard_error(v))
 
 
-def simulate_sgd(problem: LinearProblem, *, lr: float | np.ndarray, batch_size: int, steps: int, burn_in: int,
-                 chains: int, seed: int, first_chain: int = 0, momentum: float = 0.0, replacement: bool = True,
-                 measure_every: int = 1, snapshot_every: int | None = None, measure_noise: bool = False,
-                 w0: np.ndarray | None = None, init_scale: float = 0.1, exact_law: bool | None = None) -> SGDRun:
+def simulate_sgd(
+    problem: LinearProblem,
+    *,
+    lr: float | np.ndarray,
+    batch_size: int,
+    steps: int,
+    burn_in: int,
+    chains: int,
+    seed: int,
+    first_chain: int = 0,
+    momentum: float = 0.0,
+    replacement: bool = True,
+    measure_every: int = 1,
+    snapshot_every: int | None = None,
+    measure_noise: bool = False,
+    w0: np.ndarray | None = None,
+    init_scale: float = 0.1,
+    exact_law: bool | None = None,
+) -> SGDRun:
     """Run ``chains`` independent SGD chains (global indices ``first_chain …``) and measure them.
 
     ``lr``: scalar > 0, per-chain scalars (chains,), or a symmetric PSD (D, D) matrix Λ. ``steps`` measured
@@ -257,7 +275,7 @@ def simulate_sgd(problem: LinearProblem, *, lr: float | np.ndarray, batch_size: 
         mode, P1 = _k.EXACT, psd_factor(K)
         P2 = P1 / S
         vec = np.linalg.lstsq(K, pb.A @ pb.u, rcond=None)[0]
-        sig = float(np.sqrt(pb.sigma ** 2 + max(0.0, float(pb.u @ (pb.A - pb.A @ np.linalg.pinv(K) @ pb.A) @ pb.u))))
+        sig = float(np.sqrt(pb.sigma**2 + max(0.0, float(pb.u @ (pb.A - pb.A @ np.linalg.pinv(K) @ pb.A) @ pb.u))))
     elif pb.X is None:
         mode, (P1, P2), vec, sig = _k.ONLINE, pb._chol, pb.u, pb.sigma
         n_in = 2 * D if np.any(pb.B) else D  # draw input noise only when B ≠ 0
@@ -272,10 +290,38 @@ def simulate_sgd(problem: LinearProblem, *, lr: float | np.ndarray, batch_size: 
     snaps = np.full((chains, n_snap, D), np.nan)
     div_at = np.full(chains, -1, dtype=np.int64)
     keys = stream_keys(seed, first_chain, chains, 3)
-    _k.run_chains(mode, keys, start, init_scale if w0 is None else 0.0, lr_chain,
-                  zero if Lam is None else Lam, Lam is not None, mu, pb.Gamma, center, pb.hessian, P1, P2, vec, sig,
-                  pb.label_noise == "rademacher", n_in, S, X, y, total, burn_in, measure_every, snapshot_every or 0,
-                  DIVERGED, s1, s2, s_eta, snaps, div_at)
+    _k.run_chains(
+        mode,
+        keys,
+        start,
+        init_scale if w0 is None else 0.0,
+        lr_chain,
+        zero if Lam is None else Lam,
+        Lam is not None,
+        mu,
+        pb.Gamma,
+        center,
+        pb.hessian,
+        P1,
+        P2,
+        vec,
+        sig,
+        pb.label_noise == "rademacher",
+        n_in,
+        S,
+        X,
+        y,
+        total,
+        burn_in,
+        measure_every,
+        snapshot_every or 0,
+        DIVERGED,
+        s1,
+        s2,
+        s_eta,
+        snaps,
+        div_at,
+    )
     diverged = div_at >= 0
     mean, sm = s1 / n_meas, _symmetric(s2) / n_meas
     eta_cov = _symmetric(s_eta) / n_meas if measure_noise else None

@@ -36,8 +36,11 @@ from noiseprobe.core.validation import check_int, check_real
 
 
 def _check(lr: float, batch_size: int, a: float) -> tuple[float, int, float]:
-    return (check_real("lr", lr, lo=0.0, lo_open=True), check_int("batch_size", batch_size, lo=1),
-            check_real("a", a, lo=0.0, lo_open=True))
+    return (
+        check_real("lr", lr, lo=0.0, lo_open=True),
+        check_int("batch_size", batch_size, lo=1),
+        check_real("a", a, lo=0.0, lo_open=True),
+    )
 
 
 def _elementwise(fn: Callable[..., float], *args: ArrayLike) -> float | np.ndarray:
@@ -83,7 +86,7 @@ def student_t_variance(beta: float, *, sigma: float = 1.0, a: float = 1.0) -> fl
     beta = check_real("beta", beta, lo=0.0, lo_open=True)
     sigma = check_real("sigma", sigma, lo=0.0)
     a = check_real("a", a, lo=0.0, lo_open=True)
-    return sigma ** 2 / (a * (beta - 2)) if beta > 2 else math.inf
+    return sigma**2 / (a * (beta - 2)) if beta > 2 else math.inf
 
 
 def student_t_pdf(w: ArrayLike, beta: float, *, sigma: float = 1.0, a: float = 1.0) -> np.ndarray:
@@ -176,5 +179,12 @@ def tail_index_exact(*, lr: ArrayLike, batch_size: ArrayLike, a: ArrayLike = 1.0
     return _elementwise(_tail_index_exact_scalar, lr, batch_size, a)
 
 
-__all__ = ["tail_index_continuous", "tail_index_eq93", "tail_index_exact", "kesten_moment", "lyapunov_exponent",
-           "student_t_variance", "student_t_pdf"]
+__all__ = [
+    "tail_index_continuous",
+    "tail_index_eq93",
+    "tail_index_exact",
+    "kesten_moment",
+    "lyapunov_exponent",
+    "student_t_variance",
+    "student_t_pdf",
+]

@@ -59,7 +59,7 @@ def steps_to_target(steps: ArrayLike, losses: ArrayLike, target: float) -> float
     j = int(hit[0])
     if j == 0:
         return float(st[0])
-    (s0, s1), (l0, l1) = st[j - 1:j + 1], lv[j - 1:j + 1]
+    (s0, s1), (l0, l1) = st[j - 1 : j + 1], lv[j - 1 : j + 1]
     if not (l0 > target and math.isfinite(l0)):
         return float(s1)
     if s0 > 0 and l1 > 0:
@@ -80,10 +80,22 @@ class TargetRun:
     ensemble: MLPEnsemble
 
 
-def train_to_target(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], batch_size: int,
-                    lrs: Sequence[float], replicas: Sequence[int], init_replica: int, seed: int, target: float,
-                    max_steps: int, eval_ratio: float = 1.05, snapshot_ratio: float = 1.3,
-                    blowup: float = 10.0) -> TargetRun:
+def train_to_target(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    hidden: Sequence[int],
+    batch_size: int,
+    lrs: Sequence[float],
+    replicas: Sequence[int],
+    init_replica: int,
+    seed: int,
+    target: float,
+    max_steps: int,
+    eval_ratio: float = 1.05,
+    snapshot_ratio: float = 1.3,
+    blowup: float = 10.0,
+) -> TargetRun:
     """Train one ReLU MLP per learning rate ``lrs[k]`` by SGD with batches of ``batch_size`` drawn with
     replacement until the first replica's training loss (cross-entropy over all of ``x``) reaches
     ``target``, all replicas diverge, or ``max_steps``.
@@ -155,17 +167,38 @@ def train_to_target(x: torch.Tensor, y: torch.Tensor, *, hidden: Sequence[int], 
     losses = np.stack(rec_loss, 1)  # (k, evals)
     for i in range(k):
         crossed[i] = steps_to_target(steps, losses[i], target)
-    records = pd.DataFrame({"lr": np.repeat(np.asarray(lrs, dtype=np.float64), len(steps)),
-                            "replica": np.repeat(np.asarray(replicas, dtype=np.int64), len(steps)),
-                            "step": np.tile(steps, k), "train_loss": losses.ravel()})
-    outcome = pd.DataFrame({"lr": np.asarray(lrs, dtype=np.float64), "replica": np.asarray(replicas, dtype=np.int64),
-                            "steps_to_target": crossed, "diverged": diverged, "last_step": int(steps[-1])})
+    records = pd.DataFrame(
+        {
+            "lr": np.repeat(np.asarray(lrs, dtype=np.float64), len(steps)),
+            "replica": np.repeat(np.asarray(replicas, dtype=np.int64), len(steps)),
+            "step": np.tile(steps, k),
+            "train_loss": losses.ravel(),
+        }
+    )
+    outcome = pd.DataFrame(
+        {
+            "lr": np.asarray(lrs, dtype=np.float64),
+            "replica": np.asarray(replicas, dtype=np.int64),
+            "steps_to_target": crossed,
+            "diverged": diverged,
+            "last_step": int(steps[-1]),
+        }
+    )
     return TargetRun(records, outcome, snapshots, ens)
 
 
-def noise_scale_during(run: TargetRun, member: int, x: torch.Tensor, y: torch.Tensor, *, until: float,
-                       probe_samples: int, seed: int, replica: int,
-                       metrics: Sequence[str] = ("b_simple", "b_noise")) -> pd.DataFrame:
+def noise_scale_during(
+    run: TargetRun,
+    member: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    until: float,
+    probe_samples: int,
+    seed: int,
+    replica: int,
+    metrics: Sequence[str] = ("b_simple", "b_noise"),
+) -> pd.DataFrame:
     """The monitor's ``metrics`` on member ``member``'s weights at every snapshot step ≤ ``until``, each
     on a fresh probe batch of ``probe_samples`` distinct training samples (stream (seed, replica, 2));
     one row per snapshot (``step`` and the monitor's columns)."""
@@ -173,8 +206,12 @@ def noise_scale_during(run: TargetRun, member: int, x: torch.Tensor, y: torch.Te
 
     check_int("probe_samples", probe_samples, lo=3, hi=x.shape[0])
     model, _ = run.ensemble.member(member)
-    mon = NoiseMonitor(model, lambda out, t: torch.nn.functional.cross_entropy(out, t, reduction="none"),
-                       metrics=list(metrics), verbose=False)
+    mon = NoiseMonitor(
+        model,
+        lambda out, t: torch.nn.functional.cross_entropy(out, t, reduction="none"),
+        metrics=list(metrics),
+        verbose=False,
+    )
     gen = torch_generator(seed, replica, STREAM_PROBE)
     layers = [m for m in model if isinstance(m, torch.nn.Linear)]
     rows = []
@@ -250,10 +287,24 @@ def fit_critical_batch(batch_sizes: ArrayLike, steps: ArrayLike) -> CriticalBatc
     except np.linalg.LinAlgError:
         cov = np.full((2, 2), math.nan)
     s_min, b_crit = math.exp(fit.x[0]), math.exp(fit.x[1])
-    return CriticalBatchFit(s_min, b_crit, s_min * b_crit, float(math.sqrt(max(cov[1, 1], 0.0))),
-                            float(math.sqrt(max(cov[0, 0], 0.0))), float(math.sqrt(float(r @ r) / b.size)),
-                            int(b.size))
+    return CriticalBatchFit(
+        s_min,
+        b_crit,
+        s_min * b_crit,
+        float(math.sqrt(max(cov[1, 1], 0.0))),
+        float(math.sqrt(max(cov[0, 0], 0.0))),
+        float(math.sqrt(float(r @ r) / b.size)),
+        int(b.size),
+    )
 
 
-__all__ = ["geometric_steps", "steps_to_target", "TargetRun", "train_to_target", "noise_scale_during",
-           "step_average", "CriticalBatchFit", "fit_critical_batch"]
+__all__ = [
+    "geometric_steps",
+    "steps_to_target",
+    "TargetRun",
+    "train_to_target",
+    "noise_scale_during",
+    "step_average",
+    "CriticalBatchFit",
+    "fit_critical_batch",
+]

@@ -26,8 +26,12 @@ from torch import Tensor
 
 def process_group(model: torch.nn.Module) -> Any | None:
     """The process group of a DistributedDataParallel model in an initialised world of > 1 ranks, else None."""
-    if not (isinstance(model, torch.nn.parallel.DistributedDataParallel) and dist.is_available()
-            and dist.is_initialized() and dist.get_world_size() > 1):
+    if not (
+        isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        and dist.is_available()
+        and dist.is_initialized()
+        and dist.get_world_size() > 1
+    ):
         return None
     return model.process_group
 
@@ -46,10 +50,10 @@ def all_cat(t: Tensor, group: Any) -> Tensor:
     dist.all_gather(sizes, n, group=group)
     m = int(max(int(s) for s in sizes))
     padded = torch.zeros(m, dtype=t.dtype, device=t.device)
-    padded[:t.numel()] = t
+    padded[: t.numel()] = t
     parts = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded, group=group)
-    return torch.cat([p[:int(s)] for p, s in zip(parts, sizes)])
+    return torch.cat([p[: int(s)] for p, s in zip(parts, sizes)])
 
 
 class GradNormHook:

@@ -34,8 +34,16 @@ from torch import Tensor, nn
 from noiseprobe.core.validation import DIVERGED, check_int, check_real
 
 
-def gd_with_sharpness(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], x: Any, y: Any, *, lr: float,
-                      steps: int, measure_every: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def gd_with_sharpness(
+    model: nn.Module,
+    loss_fn: Callable[[Any, Any], Tensor],
+    x: Any,
+    y: Any,
+    *,
+    lr: float,
+    steps: int,
+    measure_every: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``steps`` of full-batch GD (``torch.optim.SGD``) on mean(loss_fn(model(x), y)), the monitor's
     ``sharpness`` measured on the full batch every ``measure_every`` steps (and at the end). Stops when the
     loss is non-finite or above 1e8 (diverged). Returns (losses: step, loss, one row per step;
@@ -62,8 +70,11 @@ def gd_with_sharpness(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], x
         mon.step((x, y), opt)
         opt.step()
     hist = mon.history
-    hist = hist.drop_duplicates("step", keep="last") if len(hist) else pd.DataFrame(
-        columns=["step", "sharpness", "eos_ratio", "sharpness_hvps"])
+    hist = (
+        hist.drop_duplicates("step", keep="last")
+        if len(hist)
+        else pd.DataFrame(columns=["step", "sharpness", "eos_ratio", "sharpness_hvps"])
+    )
     return pd.DataFrame({"step": np.arange(steps + 1), "loss": losses}), hist.reset_index(drop=True)
 
 
@@ -71,16 +82,16 @@ def gd_with_sharpness(model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], x
 class EoSPhases:
     """What :func:`eos_phases` measures (NaN where the run does not have the phase)."""
 
-    first_crossing: float            # first measured step with η·λ/2 ≥ 1
-    max_ratio: float                 # max of η·λ/2 over the run
+    first_crossing: float  # first measured step with η·λ/2 ≥ 1
+    max_ratio: float  # max of η·λ/2 over the run
     sharpening_windows: list[float]  # mean sharpness in equal windows from the pre-crossing minimum to the crossing
-    sharpening_factor: float         # sharpness at the crossing / its pre-crossing minimum
-    hover_n: int                     # measurements in the hovering phase
+    sharpening_factor: float  # sharpness at the crossing / its pre-crossing minimum
+    hover_n: int  # measurements in the hovering phase
     hover_median: float
     hover_p10: float
     hover_p90: float
-    loss_ratio: float                # mean loss, last quarter / first quarter of the phase after the crossing
-    loss_rise_fraction: float        # fraction of steps after the crossing at which the loss rose
+    loss_ratio: float  # mean loss, last quarter / first quarter of the phase after the crossing
+    loss_rise_fraction: float  # fraction of steps after the crossing at which the loss rose
     diverged_step: float = math.nan  # first step whose loss is non-finite or above 1e8 (then nothing else is measured)
 
     def to_dict(self) -> dict[str, Any]:
@@ -105,8 +116,8 @@ def eos_phases(losses: pd.DataFrame, sharpness: pd.DataFrame, *, settle: int, wi
         return EoSPhases(nan, max_ratio, [], nan, 0, nan, nan, nan, nan, nan)
     j = int(above[0])
     k_cross = float(st[j])
-    lo = int(np.argmin(lam[:j + 1]))
-    rise = lam[lo:j + 1]
+    lo = int(np.argmin(lam[: j + 1]))
+    rise = lam[lo : j + 1]
     wins = [float(w.mean()) for w in np.array_split(rise, windows)] if rise.size >= windows else []
     factor = float(lam[j] / lam[lo]) if lam[lo] > 0 else nan
     hov = ratio[st >= k_cross + settle]

@@ -56,8 +56,7 @@ def noise_scale(gram: np.ndarray, level: float = 0.95) -> NoiseScale:
     return noise_scale_from_sums(np.diag(K), K.sum(1), float(K.sum()), level)
 
 
-def noise_scale_from_sums(sq_norms: np.ndarray, row_sums: np.ndarray, total: float,
-                          level: float = 0.95) -> NoiseScale:
+def noise_scale_from_sums(sq_norms: np.ndarray, row_sums: np.ndarray, total: float, level: float = 0.95) -> NoiseScale:
     """The same from |g_i|² (N,), r_i = g_i·Σ_j g_j (N,) and |Σ_j g_j|²: all that the estimates and their
     jackknife need, so data-parallel ranks combine exactly (each computes its samples' entries against the
     all-reduced gradient sum)."""

@@ -27,8 +27,9 @@ def causal_lm_losses(output: Any, batch: dict[str, torch.Tensor]) -> torch.Tenso
     after the one-token shift, ℓ_i = N Σ_t m_it ℓ_it / Σ_{j,t} m_jt (docs/monitor.md)."""
     logits = model_output(output)
     labels = batch["labels"][:, 1:]
-    tok = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels.flatten(),
-                                            ignore_index=-100, reduction="none").view(labels.shape)
+    tok = torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels.flatten(), ignore_index=-100, reduction="none"
+    ).view(labels.shape)
     return token_mean(tok, labels != -100)
 
 
@@ -39,14 +40,26 @@ def _forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
 class TransformersNoiseMonitor(TrainerCallback):
     """Measure with :class:`NoiseMonitor` inside ``transformers.Trainer.train``; ``.monitor.history``."""
 
-    def __init__(self, every: int = 50, loss_fn: Callable[[Any, Any], torch.Tensor] = causal_lm_losses,
-                 probe_batches: int = 1, **monitor_kwargs: Any) -> None:
+    def __init__(
+        self,
+        every: int = 50,
+        loss_fn: Callable[[Any, Any], torch.Tensor] = causal_lm_losses,
+        probe_batches: int = 1,
+        **monitor_kwargs: Any,
+    ) -> None:
         self.every, self.loss_fn, self.probe_batches, self.kwargs = every, loss_fn, probe_batches, monitor_kwargs
         self.monitor: NoiseMonitor | None = None
         self._probe: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
 
-    def on_train_begin(self, args: Any, state: Any, control: Any, model: torch.nn.Module | None = None,
-                       train_dataloader: Any = None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        model: torch.nn.Module | None = None,
+        train_dataloader: Any = None,
+        **kwargs: Any,
+    ) -> None:
         batches = []
         for batch in train_dataloader:
             batches.append(batch)
@@ -58,8 +71,7 @@ class TransformersNoiseMonitor(TrainerCallback):
         self.kwargs.setdefault("effective_batch_size", size)
         self.monitor = NoiseMonitor(model, self.loss_fn, every=self.every, forward=_forward, **self.kwargs)
 
-    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None,
-                              **kwargs: Any) -> None:
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:
         assert self.monitor is not None and self._probe is not None
         self.monitor.step(self._probe, getattr(optimizer, "optimizer", optimizer))
 

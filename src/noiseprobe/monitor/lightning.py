@@ -24,8 +24,13 @@ from noiseprobe.monitor.monitor import NoiseMonitor
 class LightningNoiseMonitor(pl.Callback):
     """Measure with :class:`NoiseMonitor` inside ``lightning.Trainer.fit``; ``.monitor.history`` afterwards."""
 
-    def __init__(self, loss_fn: Callable[[Any, Any], torch.Tensor], every: int = 50,
-                 split: Callable[[Any], tuple[Any, Any]] | None = None, **monitor_kwargs: Any) -> None:
+    def __init__(
+        self,
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        every: int = 50,
+        split: Callable[[Any], tuple[Any, Any]] | None = None,
+        **monitor_kwargs: Any,
+    ) -> None:
         self.loss_fn, self.every, self.split, self.kwargs = loss_fn, every, split, monitor_kwargs
         self.monitor: NoiseMonitor | None = None
         self._batch: Any = None
@@ -33,12 +38,14 @@ class LightningNoiseMonitor(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.monitor = NoiseMonitor(pl_module, self.loss_fn, every=self.every, **self.kwargs)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._batch = self.split(batch) if self.split is not None else batch
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                                 optimizer: torch.optim.Optimizer) -> None:
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
         assert self.monitor is not None
         k = trainer.accumulate_grad_batches
         if self.monitor.effective_batch_size is None and k > 1:

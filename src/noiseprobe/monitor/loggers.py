@@ -69,8 +69,10 @@ class MlflowLogger(Logger):
         self.mlflow = mlflow
 
     def log(self, row: dict[str, Any]) -> None:
-        self.mlflow.log_metrics({f"noiseprobe.{k}": v for k, v in row.items()
-                                 if k != "step" and isinstance(v, float) and math.isfinite(v)}, step=row["step"])
+        self.mlflow.log_metrics(
+            {f"noiseprobe.{k}": v for k, v in row.items() if k != "step" and isinstance(v, float) and math.isfinite(v)},
+            step=row["step"],
+        )
 
 
 def make_loggers(log_dir: str | Path | None, extras: Sequence[str]) -> list[Logger]:

@@ -92,10 +92,20 @@ class _Scaled(ParamOperator):
 class Context:
     """One measurement: the batch, the model and optimizer, and the ingredients metrics share."""
 
-    def __init__(self, model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], inputs: Any, targets: Any,
-                 forward: Callable[[nn.Module, Any], Tensor] | None, optimizer: torch.optim.Optimizer | None,
-                 batch_size: int | None, top_k: int, state: dict[str, Any], group: Any = None,
-                 hook: ddp.GradNormHook | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Any], Tensor],
+        inputs: Any,
+        targets: Any,
+        forward: Callable[[nn.Module, Any], Tensor] | None,
+        optimizer: torch.optim.Optimizer | None,
+        batch_size: int | None,
+        top_k: int,
+        state: dict[str, Any],
+        group: Any = None,
+        hook: ddp.GradNormHook | None = None,
+    ) -> None:
         self.model, self.loss_fn, self.inputs, self.targets = model, loss_fn, inputs, targets
         self.forward, self.optimizer, self.top_k, self.state = forward, optimizer, top_k, state
         self._batch_size, self.group, self.hook = batch_size, group, hook
@@ -160,7 +170,7 @@ class Context:
         sq = self.grads.sq_sum()
         if self.group is not None:
             sq = ddp.all_sum(sq, self.group)
-        return (sq / n - mean ** 2) * (n / (n - 1))
+        return (sq / n - mean**2) * (n / (n - 1))
 
     def group_slices(self) -> list[tuple[float, list[tuple[int, int]]]]:
         """(lr, flat index ranges) per optimizer parameter group, in the flat trainable order."""
@@ -214,8 +224,11 @@ def _sharpness(ctx: Context) -> dict[str, float]:
     scaled = None if ctx.optimizer is None else step_scale(ctx.optimizer, params)
     if scaled is None:  # no optimizer (or its state is not there yet): the plain Hessian
         pairs = ctx.top_eigen(ctx.hessian, 1, "sharpness")
-        return {"sharpness": float(pairs.eigenvalues[0]), "eos_ratio": float("nan"),
-                "sharpness_hvps": float(pairs.matvecs)}
+        return {
+            "sharpness": float(pairs.eigenvalues[0]),
+            "eos_ratio": float("nan"),
+            "sharpness_hvps": float(pairs.matvecs),
+        }
     s, rule = scaled
     pairs = ctx.top_eigen(_Scaled(ctx.hessian, s.sqrt()), 1, "sharpness")
     ratio = float(pairs.eigenvalues[0])
@@ -256,11 +269,15 @@ def _b_noise(ctx: Context) -> dict[str, float]:
     u = grads.vjp(r - r.mean(0, keepdim=True))  # J_cᵀ r, (P, m)
     hu = ctx.hessian.mv(u)
     samples = (u * hu).sum(0).double() / (n - 1)
-    tr_h_sigma, se = float(samples.mean()), float(samples.std() / B_NOISE_PROBES ** 0.5)
+    tr_h_sigma, se = float(samples.mean()), float(samples.std() / B_NOISE_PROBES**0.5)
     gbar = grads.mean()
     g_h_g = float(gbar @ ctx.hessian.mv(gbar)) - tr_h_sigma / n
-    return {"b_noise": tr_h_sigma / g_h_g if g_h_g > 0 else float("nan"), "tr_h_sigma": tr_h_sigma,
-            "tr_h_sigma_se": se, "g_h_g": g_h_g}
+    return {
+        "b_noise": tr_h_sigma / g_h_g if g_h_g > 0 else float("nan"),
+        "tr_h_sigma": tr_h_sigma,
+        "tr_h_sigma_se": se,
+        "g_h_g": g_h_g,
+    }
 
 
 def _tail_index(ctx: Context) -> dict[str, float]:
@@ -288,14 +305,25 @@ def _tail_index(ctx: Context) -> dict[str, float]:
     coeffs = torch.as_tensor(u[:, keep] / np.sqrt(lam[keep]), dtype=grads.dtype, device=ctx.device)
     ctx.state["tail_dirs"] = grads.vjp(coeffs).detach() if keep.any() else None
     x = np.concatenate(pool) if pool else np.zeros(0)
-    out = {"tail_hill": math.nan, "tail_hill_se": math.nan, "tail_mle": math.nan, "tail_mle_se": math.nan,
-           "tail_normal_p": math.nan, "tail_samples": float(len(x))}
+    out = {
+        "tail_hill": math.nan,
+        "tail_hill_se": math.nan,
+        "tail_mle": math.nan,
+        "tail_mle_se": math.nan,
+        "tail_normal_p": math.nan,
+        "tail_samples": float(len(x)),
+    }
     if len(x) >= TAIL_MIN:
         a = np.abs(x[x != 0])
         h = hill(a, max(10, len(a) // 10))
         m = powerlaw_mle(a)
-        out.update(tail_hill=h.beta, tail_hill_se=h.se, tail_mle=m.beta, tail_mle_se=m.se,
-                   tail_normal_p=float(normaltest(x).pvalue))
+        out.update(
+            tail_hill=h.beta,
+            tail_hill_se=h.se,
+            tail_mle=m.beta,
+            tail_mle_se=m.se,
+            tail_normal_p=float(normaltest(x).pvalue),
+        )
     return out
 
 
@@ -306,7 +334,11 @@ def _two_batch(ctx: Context) -> dict[str, float]:
     world = ddp.dist.get_world_size(ctx.group)
     b_big = ctx.batch_size
     g_sq, tr = two_batch(small, big, b_big // world, b_big)
-    return {"two_batch_g_sq": g_sq, "two_batch_tr_sigma": tr, "two_batch_b_simple": tr / g_sq if g_sq > 0 else float("nan")}
+    return {
+        "two_batch_g_sq": g_sq,
+        "two_batch_tr_sigma": tr,
+        "two_batch_b_simple": tr / g_sq if g_sq > 0 else float("nan"),
+    }
 
 
 #: name -> metric function (a context in, named values out)
@@ -332,7 +364,7 @@ DEFAULT: tuple[str, ...] = ("tr_sigma", "g_sq", "b_simple", "temperature", "top_
 
 
 def resolve_metrics(metrics: str | Sequence[str]) -> tuple[str, ...]:
-    """"default", "all", or a list of metric names, checked."""
+    """ "default", "all", or a list of metric names, checked."""
     if metrics == "default":
         return DEFAULT
     if metrics == "all":

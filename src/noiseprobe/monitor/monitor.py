@@ -82,10 +82,20 @@ class NoiseMonitor:
     stderr is a terminal).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: Callable[[Any, Any], Tensor], every: int = 50,
-                 metrics: str | Sequence[str] = "default", log_dir: str | Path | None = None,
-                 forward: Forward | None = None, effective_batch_size: int | None = None, *, top_k: int = 10,
-                 loggers: Sequence[str] = (), verbose: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Any], Tensor],
+        every: int = 50,
+        metrics: str | Sequence[str] = "default",
+        log_dir: str | Path | None = None,
+        forward: Forward | None = None,
+        effective_batch_size: int | None = None,
+        *,
+        top_k: int = 10,
+        loggers: Sequence[str] = (),
+        verbose: bool | None = None,
+    ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError("model", type(model).__name__, "a torch.nn.Module")
         if not callable(loss_fn):
@@ -97,8 +107,9 @@ class NoiseMonitor:
         self.every = check_int("every", every, lo=1)
         self.metrics = resolve_metrics(metrics)
         self.forward = forward
-        self.effective_batch_size = (None if effective_batch_size is None
-                                     else check_int("effective_batch_size", effective_batch_size, lo=1))
+        self.effective_batch_size = (
+            None if effective_batch_size is None else check_int("effective_batch_size", effective_batch_size, lo=1)
+        )
         self.top_k = check_int("top_k", top_k, lo=1)
         self.loggers: list[Logger] = make_loggers(log_dir, loggers)
         self.verbose = sys.stderr.isatty() if verbose is None else bool(verbose)
@@ -114,8 +125,13 @@ class NoiseMonitor:
         self._state: dict[str, Any] = {}  # carried between measurements (warm starts)
 
     # -- the loop --------------------------------------------------------------------------------
-    def step(self, batch: tuple[Any, Any], optimizer: torch.optim.Optimizer | None = None, *,
-             loss: Tensor | float | None = None) -> dict[str, Any]:
+    def step(
+        self,
+        batch: tuple[Any, Any],
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        loss: Tensor | float | None = None,
+    ) -> dict[str, Any]:
         """Count one optimizer step; measure on ``batch`` when the count is a multiple of ``every``
         (steps 0, every, 2·every, ...). Call before ``optimizer.step()``. Returns what it measured ({} if
         nothing). ``loss``: the mean training loss of this step's batch, already computed by the loop (kept
@@ -151,8 +167,19 @@ class NoiseMonitor:
         t0 = time.perf_counter()
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         with preserved(model), torch.autocast(device.type, enabled=False):
-            ctx = Context(model, self.loss_fn, batch[0], batch[1], self.forward, optimizer,
-                          self.effective_batch_size, self.top_k, self._state, self.group, self.hook)
+            ctx = Context(
+                model,
+                self.loss_fn,
+                batch[0],
+                batch[1],
+                self.forward,
+                optimizer,
+                self.effective_batch_size,
+                self.top_k,
+                self._state,
+                self.group,
+                self.hook,
+            )
             row: dict[str, Any] = {"step": step}
             self._state["step"] = step
             for name in self.metrics:

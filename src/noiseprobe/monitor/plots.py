@@ -28,8 +28,11 @@ def draw_history(history: pd.DataFrame, out: Path) -> list[Path]:
         ax.set(xlabel="optimizer step", ylabel="batch size", yscale="log", title="critical batch size estimates")
         ax.legend()
         paths.append(savefig(fig, out / "monitor_noise_scale.png"))
-    pairs = [(c, lbl) for c, lbl in (("tr_sigma", "tr Σ (per sample)"), ("g_sq", "|G|²"), ("temperature", "lr·tr C"))
-             if c in history]
+    pairs = [
+        (c, lbl)
+        for c, lbl in (("tr_sigma", "tr Σ (per sample)"), ("g_sq", "|G|²"), ("temperature", "lr·tr C"))
+        if c in history
+    ]
     if pairs:
         fig, ax = new_figure(width=5.0)
         for col, label in pairs:
@@ -51,8 +54,13 @@ def draw_history(history: pd.DataFrame, out: Path) -> list[Path]:
     if eig:
         fig, ax = new_figure(width=5.0)
         for col in eig:
-            ax.plot(step, history[col], color="C0" if col.startswith("c") else "C1", alpha=0.8,
-                    label=("eigenvalues of C" if col == "c_eig_1" else "eigenvalues of H" if col == "h_eig_1" else None))
+            ax.plot(
+                step,
+                history[col],
+                color="C0" if col.startswith("c") else "C1",
+                alpha=0.8,
+                label=("eigenvalues of C" if col == "c_eig_1" else "eigenvalues of H" if col == "h_eig_1" else None),
+            )
         ax.set(xlabel="optimizer step", yscale="log", title="top eigenvalues")
         ax.legend()
         paths.append(savefig(fig, out / "monitor_spectrum.png"))

@@ -81,8 +81,15 @@ LOSS_BLOCKS = 10
 REG_PROBES, DROPOUT_EXACT_MAX = 16, 64
 #: the multiplicative dropout modules (per-feature masks; per-channel for the 1d/2d/3d ones)
 DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
-FLUCT_KEYS = ("fluct_excess_pred", "fluct_loss_sd_pred", "fluct_sampling_var", "fluct_batch_loss_var_pred",
-              "fluct_batch_loss_var", "fluct_batch_loss_var_se", "fluct_losses")
+FLUCT_KEYS = (
+    "fluct_excess_pred",
+    "fluct_loss_sd_pred",
+    "fluct_sampling_var",
+    "fluct_batch_loss_var_pred",
+    "fluct_batch_loss_var",
+    "fluct_batch_loss_var_se",
+    "fluct_losses",
+)
 
 
 @contextmanager
@@ -168,8 +175,7 @@ def fluctuation(ctx: Context) -> dict[str, Any]:
     batch-loss variance (module docstring)."""
     measured, se, count = _measured_losses(ctx)
     out: dict[str, Any] = dict.fromkeys(FLUCT_KEYS, math.nan)
-    out.update(fluct_batch_loss_var=measured, fluct_batch_loss_var_se=se, fluct_losses=float(count),
-               fluct_reason="")
+    out.update(fluct_batch_loss_var=measured, fluct_batch_loss_var_se=se, fluct_losses=float(count), fluct_reason="")
     sgd = _sgd_parameters(ctx)
     if isinstance(sgd, str):
         out["fluct_reason"] = sgd
@@ -191,8 +197,12 @@ def fluctuation(ctx: Context) -> dict[str, Any]:
     hs = h_k @ sigma
     var_l = 0.5 * float(np.trace(hs @ hs))
     sampling = float(_per_sample_losses(ctx).var()) / ctx.batch_size
-    out.update(fluct_excess_pred=0.5 * float(np.trace(hs)), fluct_loss_sd_pred=math.sqrt(max(var_l, 0.0)),
-               fluct_sampling_var=sampling, fluct_batch_loss_var_pred=var_l + sampling)
+    out.update(
+        fluct_excess_pred=0.5 * float(np.trace(hs)),
+        fluct_loss_sd_pred=math.sqrt(max(var_l, 0.0)),
+        fluct_sampling_var=sampling,
+        fluct_batch_loss_var_pred=var_l + sampling,
+    )
     return out
 
 
@@ -208,7 +218,7 @@ def watch_nins(monitor: NoiseMonitor, handle: NINHandle) -> None:
 def _nin_lr(ctx: Context, handle: NINHandle, i: int) -> tuple[float, float]:
     """(lr, momentum) of the optimizer group holding NIN i's weight (NaN, 0 when not in the optimizer)."""
     niw = handle.niws[i]
-    for g in ([] if ctx.optimizer is None else ctx.optimizer.param_groups):
+    for g in [] if ctx.optimizer is None else ctx.optimizer.param_groups:
         if any(p is niw for p in g["params"]):
             return float(g["lr"]), float(g.get("momentum", 0.0))
     return math.nan, 0.0
@@ -224,8 +234,9 @@ def niw_decay(ctx: Context) -> dict[str, Any]:
     batch = (ctx.inputs, ctx.targets)
     rec = nins["recorder"]
     if rec is None:
-        rec = nins["recorder"] = NINRecorder(model=ctx.model, handle=handle, probe=batch,
-                                                  hessian_probes=NIN_HESSIAN_PROBES)
+        rec = nins["recorder"] = NINRecorder(
+            model=ctx.model, handle=handle, probe=batch, hessian_probes=NIN_HESSIAN_PROBES
+        )
     per_sample = ctx.loss_fn  # not ctx itself: the recorder outlives this measurement's graphs
     rec.loss_fn = lambda out, y: per_sample(out, y).mean()
     rec.probe = batch
@@ -242,16 +253,32 @@ def niw_decay(ctx: Context) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for i, r in enumerate(rows):
         lr, mu = _nin_lr(ctx, handle, i)
-        pred = (niw_decay_rate(sigma=r["sigma"], lr=lr, curv_niw=r["curv_niw"], momentum=mu, form="corrected")
-                if math.isfinite(lr) and math.isfinite(r["curv_niw"]) else math.nan)
+        pred = (
+            niw_decay_rate(sigma=r["sigma"], lr=lr, curv_niw=r["curv_niw"], momentum=mu, form="corrected")
+            if math.isfinite(lr) and math.isfinite(r["curv_niw"])
+            else math.nan
+        )
         norms = np.asarray([n[i] for n in nins["norms"]])
-        rate = (-math.log(norms[-1] / norms[-2]) / (step - prev_step)
-                if prev_step is not None and step > prev_step else math.nan)
-        phase = (PHASES[int(classify(niw_norm=norms[None, :], loss=np.asarray(nins["losses"])[None, :])[0])]
-                 if len(norms) >= 2 else "")
-        out.update({f"nin{i}_niw_norm": r["niw_norm"], f"nin{i}_curv": r["curv_niw"], f"nin{i}_rate": rate,
-                    f"nin{i}_rate_pred": pred, f"nin{i}_rate_pred_interval": 0.5 * (last.get(i, math.nan) + pred),
-                    f"nin{i}_phase": phase})
+        rate = (
+            -math.log(norms[-1] / norms[-2]) / (step - prev_step)
+            if prev_step is not None and step > prev_step
+            else math.nan
+        )
+        phase = (
+            PHASES[int(classify(niw_norm=norms[None, :], loss=np.asarray(nins["losses"])[None, :])[0])]
+            if len(norms) >= 2
+            else ""
+        )
+        out.update(
+            {
+                f"nin{i}_niw_norm": r["niw_norm"],
+                f"nin{i}_curv": r["curv_niw"],
+                f"nin{i}_rate": rate,
+                f"nin{i}_rate_pred": pred,
+                f"nin{i}_rate_pred_interval": 0.5 * (last.get(i, math.nan) + pred),
+                f"nin{i}_phase": phase,
+            }
+        )
         last[i] = pred
     return out
 
@@ -313,13 +340,15 @@ def _dropout_reg(ctx: Context, inputs: Any, targets: Any) -> torch.Tensor:
     return total
 
 
-def _regulariser(ctx: Context, name: str, value: Callable[[Any, Any], torch.Tensor], power: int,
-                 sigma2: float) -> dict[str, Any]:
+def _regulariser(
+    ctx: Context, name: str, value: Callable[[Any, Any], torch.Tensor], power: int, sigma2: float
+) -> dict[str, Any]:
     """E on the fixed probe batch (the first measured batch), its measured change per step since the
     previous measurement, and the predicted one dE/dk = −σ² Σ_i (α_i/(1−μ))^power (P∇E)_i², P = I − UUᵀ
     with U the top-k Hessian eigenvectors of the probe batch (the normal space of Γ), all in eval mode."""
-    st = ctx.state.setdefault(name, {"batch": (ctx.inputs, ctx.targets), "step": None, "value": math.nan,
-                                      "pred": math.nan})
+    st = ctx.state.setdefault(
+        name, {"batch": (ctx.inputs, ctx.targets), "step": None, "value": math.nan, "pred": math.nan}
+    )
     inputs, targets = st["batch"]
     params = [p for p in ctx.model.parameters() if p.requires_grad]
     sgd = _sgd_parameters(ctx)
@@ -327,13 +356,18 @@ def _regulariser(ctx: Context, name: str, value: Callable[[Any, Any], torch.Tens
         ctx.model.eval()
         e = value(inputs, targets)
         grads = torch.autograd.grad(e, params, allow_unused=True)
-        grad = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1)
-                          for p, g in zip(params, grads, strict=True)]).detach()
-        hess = None if isinstance(sgd, str) else Hessian(ctx.model, ctx.loss_fn, inputs, targets,
-                                                         forward=ctx.forward)
+        grad = torch.cat(
+            [(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads, strict=True)]
+        ).detach()
+        hess = None if isinstance(sgd, str) else Hessian(ctx.model, ctx.loss_fn, inputs, targets, forward=ctx.forward)
     step, val = ctx.state["step"], float(e.detach())
-    out: dict[str, Any] = {name: val, f"{name}_rate": math.nan, f"{name}_rate_pred": math.nan,
-                           f"{name}_rate_pred_interval": math.nan, f"{name}_reason": ""}
+    out: dict[str, Any] = {
+        name: val,
+        f"{name}_rate": math.nan,
+        f"{name}_rate_pred": math.nan,
+        f"{name}_rate_pred_interval": math.nan,
+        f"{name}_reason": "",
+    }
     if st["step"] is not None and step > st["step"]:
         out[f"{name}_rate"] = (val - st["value"]) / (step - st["step"])
     pred = math.nan
@@ -343,7 +377,7 @@ def _regulariser(ctx: Context, name: str, value: Callable[[Any, Any], torch.Tens
         lr, _, mu = sgd
         u = ctx.top_eigen(hess, min(ctx.top_k, hess.num_params), f"{name}_normal").eigenvectors.to(grad)
         pg = (grad - u @ (u.T @ grad)).double()
-        pred = -sigma2 * float(((lr.to(pg.device) / (1 - mu)) ** power * pg ** 2).sum())
+        pred = -sigma2 * float(((lr.to(pg.device) / (1 - mu)) ** power * pg**2).sum())
     out[f"{name}_rate_pred"], out[f"{name}_rate_pred_interval"] = pred, 0.5 * (st["pred"] + pred)
     st.update(step=step, value=val, pred=pred)
     return out
@@ -354,9 +388,10 @@ def label_noise_reg(ctx: Context) -> dict[str, Any]:
     ΔW = −(α/(1−μ))² σ² P∇R (clock t = α²σ²k, N → the batch size S)."""
     sigma = ctx.state.get("label_noise_sigma")
     if sigma is None:
-        raise ConfigError("metrics", "label_noise_reg",
-                          "label noise declared with noiseprobe.monitor.predictions.declare_label_noise")
-    return _regulariser(ctx, "reg_label", lambda x, _y: _label_noise_reg(ctx, x), 2, sigma ** 2)
+        raise ConfigError(
+            "metrics", "label_noise_reg", "label noise declared with noiseprobe.monitor.predictions.declare_label_noise"
+        )
+    return _regulariser(ctx, "reg_label", lambda x, _y: _label_noise_reg(ctx, x), 2, sigma**2)
 
 
 def dropout_reg(ctx: Context) -> dict[str, Any]:

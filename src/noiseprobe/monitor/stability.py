@@ -44,8 +44,8 @@ def step_scale(optimizer: torch.optim.Optimizer, params: list[Tensor]) -> tuple[
                     return None
                 b1, b2 = group["betas"]
                 t = float(state["step"])
-                v_hat = state["exp_avg_sq"] / (1 - b2 ** t)
-                precond = (1 - b1 ** t) * (v_hat.sqrt() + group["eps"])
+                v_hat = state["exp_avg_sq"] / (1 - b2**t)
+                precond = (1 - b1**t) * (v_hat.sqrt() + group["eps"])
                 scale[pos[id(p)]] = lr * (1 - b1) / (2 + 2 * b1) / precond
                 rule = "adam"
             else:

@@ -15,8 +15,15 @@ DATASETS = ("embedded", "fashion-mnist")
 
 
 @lru_cache(maxsize=4)
-def load_mlp_data(*, data_dir: str = "", split: str = "merged", standardize: str = "global", split_seed: int = 0,
-                  n_train: int = 0, pool: int = 1) -> tuple[torch.Tensor, ...]:
+def load_mlp_data(
+    *,
+    data_dir: str = "",
+    split: str = "merged",
+    standardize: str = "global",
+    split_seed: int = 0,
+    n_train: int = 0,
+    pool: int = 1,
+) -> tuple[torch.Tensor, ...]:
     """(X_train, y_train, X_test, y_test): the embedded digits (``data_dir`` "") or FMNIST from
     ``data_dir``, split 60/40 and standardised by the training part (B1's loaders; ``n_train`` 0 = all),
     then optionally average-pooled ``pool`` × ``pool`` and re-standardised (global) by the pooled
@@ -30,8 +37,11 @@ def load_mlp_data(*, data_dir: str = "", split: str = "merged", standardize: str
     check_int("n_train", n_train, lo=0)
     check_int("pool", pool, lo=1, hi=28)
     nt = n_train or None
-    ds = (load_fashion_mnist(data_dir, split_seed, split=split, n_train=nt, standardize=standardize)
-          if data_dir else load_default(nt, split_seed, standardize=standardize))
+    ds = (
+        load_fashion_mnist(data_dir, split_seed, split=split, n_train=nt, standardize=standardize)
+        if data_dir
+        else load_default(nt, split_seed, standardize=standardize)
+    )
     xtr, ytr, xte, yte = ds
     if pool > 1:
         side = round(np.sqrt(xtr.shape[1]))

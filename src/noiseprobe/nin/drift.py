@@ -31,8 +31,7 @@ from noiseprobe.core.validation import DIVERGED, check_choice, check_int, check_
 from noiseprobe.nin.ensemble import LOSSES, MLPEnsemble, batch_losses
 
 
-def shifted_loss(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, loss: str,
-                 xi: np.ndarray) -> torch.Tensor:
+def shifted_loss(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, loss: str, xi: np.ndarray) -> torch.Tensor:
     """F(σε ξ) per replica and node, (K, len(xi)): the mean clean loss over the samples ``x`` (n, d_in),
     or (K, n, d_in) per replica, with labels ``y`` (n,) or (K, n), every pre-activation at z^(ℓ_NI)
     shifted by σε ξ W_NI (the same ξ for every sample)."""
@@ -53,8 +52,9 @@ def shifted_loss(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, loss: st
     return out
 
 
-def smoothed_niw_rate(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, loss: str, lr: float,
-                      nodes: int = 24) -> torch.Tensor:
+def smoothed_niw_rate(
+    ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, loss: str, lr: float, nodes: int = 24
+) -> torch.Tensor:
     """Per-step decay rate of ln‖W_NI‖ per replica (K,), eq. (D1) of the module docstring, by
     ``nodes``-point Gauss-Hermite quadrature over ξ on the samples ``x``, ``y`` (as :func:`shifted_loss`)."""
     check_real("lr", lr, lo=0.0, lo_open=True)
@@ -86,13 +86,27 @@ class DecayMeasurement:
         (trapezoid between records); NaN for a replica that diverged."""
         t = self.steps.astype(np.float64)
         bad = np.where(self.diverged_step >= 0, np.nan, 0.0)
-        return (-np.log(self.niw_norm[-1] / self.niw_norm[0]) + bad,
-                np.trapezoid(self.rate_local, t, axis=0) + bad, np.trapezoid(self.rate_smoothed, t, axis=0) + bad)
+        return (
+            -np.log(self.niw_norm[-1] / self.niw_norm[0]) + bad,
+            np.trapezoid(self.rate_local, t, axis=0) + bad,
+            np.trapezoid(self.rate_smoothed, t, axis=0) + bad,
+        )
 
 
-def measure_niw_decay(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, loss: str, lr: float,
-                      batch_size: int, steps: int, records: int = 40, probe_samples: int = 1000,
-                      seed: int = 0, nodes: int = 24) -> DecayMeasurement:
+def measure_niw_decay(
+    ens: MLPEnsemble,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    loss: str,
+    lr: float,
+    batch_size: int,
+    steps: int,
+    records: int = 40,
+    probe_samples: int = 1000,
+    seed: int = 0,
+    nodes: int = 24,
+) -> DecayMeasurement:
     """Train the ensemble in place by plain SGD for ``steps`` steps (each replica its own sample order,
     without replacement, and fresh unit noise ξ per sample and step) and record ‖W_NI‖ and both
     predicted rates on the first ``probe_samples`` samples at ``records`` evenly spaced steps (and 0).
@@ -130,7 +144,7 @@ def measure_niw_decay(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, *, los
         s = (t - 1) % per_epoch
         if s == 0:
             perm = torch.rand(ens.k, n, generator=gen).argsort(1)
-        idx = perm[:, s * batch_size:(s + 1) * batch_size]
+        idx = perm[:, s * batch_size : (s + 1) * batch_size]
         xi = torch.randn(ens.k, batch_size, generator=gen, dtype=torch.float64).to(x.dtype)
         logits, _ = ens.forward(x[idx], xi)
         grads = torch.autograd.grad(batch_losses(logits, y[idx], loss).mean(1).sum(), params)

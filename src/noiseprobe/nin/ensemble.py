@@ -61,9 +61,24 @@ from noiseprobe.core.validation import check_choice, check_int, check_real
 LOSSES = ("ce", "mse")
 NIN_MODES = ("epoch", "fixed")
 STREAM_INIT, STREAM_ORDER, STREAM_NOISE = 0, 1, 2
-RECORD_COLUMNS = ("member", "replica", "sigma", "nin_mode", "epoch", "step", "train_loss", "train_acc",
-                  "test_loss", "test_acc", "noisy_loss", "niw_norm", "next_norm", "curv_niw", "diverged",
-                  "diverged_step")
+RECORD_COLUMNS = (
+    "member",
+    "replica",
+    "sigma",
+    "nin_mode",
+    "epoch",
+    "step",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "noisy_loss",
+    "niw_norm",
+    "next_norm",
+    "curv_niw",
+    "diverged",
+    "diverged_step",
+)
 
 
 def order_seed(seed: int, replica: int) -> int:
@@ -94,11 +109,13 @@ class MLPEnsemble:
         """The sub-ensemble of replicas ``keep`` (indices), as new leaf tensors."""
         take = [p.detach()[keep].clone() for p in self.parameters()]
         n = len(self.weights)
-        return MLPEnsemble([wide_layout(take[0]), *take[1:n]], take[n:2 * n], take[-1], self.sigma[keep].clone(),
-                           self.nin_layer)
+        return MLPEnsemble(
+            [wide_layout(take[0]), *take[1:n]], take[n : 2 * n], take[-1], self.sigma[keep].clone(), self.nin_layer
+        )
 
-    def forward(self, x: torch.Tensor, xi: torch.Tensor | None = None,
-                keep: bool = False) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, xi: torch.Tensor | None = None, keep: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits (K, n, C) for inputs ``x`` (K, n, d_in) or shared (n, d_in) and unit NIN values ``xi``
         (K, n) (``None``: ε = 0); with ``keep`` also the pre-activations z^(m) of every layer. A shared
         input makes the first layer one (n, d_in) × (d_in, K·d_1) product instead of K small ones."""
@@ -107,11 +124,11 @@ class MLPEnsemble:
         last = len(self.weights) - 1
         for m, (w, b) in enumerate(zip(self.weights, self.biases)):
             if h.dim() == 2:
-                wide = w.transpose(0, 1).reshape(w.shape[1], -1)    # a view for the first layer (wide_layout)
+                wide = w.transpose(0, 1).reshape(w.shape[1], -1)  # a view for the first layer (wide_layout)
                 z = torch.addmm(b.reshape(-1), h, wide).view(h.shape[0], self.k, -1).transpose(0, 1)
             else:
                 z = torch.baddbmm(b.unsqueeze(1), h, w)
-            if m == self.nin_layer and xi is not None:                 # z + W_NI ε, one pass
+            if m == self.nin_layer and xi is not None:  # z + W_NI ε, one pass
                 z = torch.addcmul(z, (self.sigma[:, None] * xi).unsqueeze(-1), self.niw.unsqueeze(1))
             if keep:
                 zs.append(z)
@@ -159,9 +176,16 @@ def wide_layout(w: torch.Tensor) -> torch.Tensor:
     return w.transpose(0, 1).contiguous().transpose(0, 1)
 
 
-def init_ensemble(sizes: Sequence[int], sigmas: Sequence[float], replicas: Sequence[int], seed: int, *,
-                  nin_layer: int = 0, niw_init_std: float = 1.0,
-                  dtype: torch.dtype = torch.float32) -> MLPEnsemble:
+def init_ensemble(
+    sizes: Sequence[int],
+    sigmas: Sequence[float],
+    replicas: Sequence[int],
+    seed: int,
+    *,
+    nin_layer: int = 0,
+    niw_init_std: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> MLPEnsemble:
     """K freshly initialised MLPs with NINs (init and streams as in the module docstring)."""
     sizes = [check_int("sizes", s, lo=1) for s in sizes]
     if len(sizes) < 3:
@@ -177,14 +201,16 @@ def init_ensemble(sizes: Sequence[int], sigmas: Sequence[float], replicas: Seque
     for r in replicas:
         g = torch_generator(seed, int(r), STREAM_INIT)
         for m in range(len(sizes) - 1):
-            ws[m].append(torch.randn(sizes[m], sizes[m + 1], generator=g, dtype=torch.float64)
-                         / math.sqrt(sizes[m]))
-        niws.append(torch.randn(1, sizes[nin_layer + 1], generator=torch_generator(seed, int(r), STREAM_NOISE))[0]
-                    * niw_init_std)
+            ws[m].append(torch.randn(sizes[m], sizes[m + 1], generator=g, dtype=torch.float64) / math.sqrt(sizes[m]))
+        niws.append(
+            torch.randn(1, sizes[nin_layer + 1], generator=torch_generator(seed, int(r), STREAM_NOISE))[0]
+            * niw_init_std
+        )
     k = len(replicas)
     return MLPEnsemble(
-        weights=[wide_layout(torch.stack(w).to(dtype)) if m == 0 else torch.stack(w).to(dtype)
-                 for m, w in enumerate(ws)],
+        weights=[
+            wide_layout(torch.stack(w).to(dtype)) if m == 0 else torch.stack(w).to(dtype) for m, w in enumerate(ws)
+        ],
         biases=[torch.zeros(k, sizes[m + 1], dtype=dtype) for m in range(len(sizes) - 1)],
         niw=torch.stack(niws).to(dtype),
         sigma=torch.tensor([float(s) for s in sigmas], dtype=dtype),
@@ -198,21 +224,23 @@ def batch_losses(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tens
     c = logits.shape[-1]
     y = y.expand(logits.shape[:-1])
     if loss == "ce":
-        return torch.nn.functional.cross_entropy(logits.reshape(-1, c), y.reshape(-1),
-                                                 reduction="none").reshape(y.shape)
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, c), y.reshape(-1), reduction="none").reshape(
+            y.shape
+        )
     onehot = torch.nn.functional.one_hot(y, c).to(logits.dtype)
     return ((logits - onehot) ** 2).mean(-1)
 
 
-def _evaluate(ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, loss: str,
-              block: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _evaluate(
+    ens: MLPEnsemble, x: torch.Tensor, y: torch.Tensor, loss: str, block: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Clean (ε = 0) mean loss and accuracy per replica over a shared data set, in blocks."""
     tot_l = torch.zeros(ens.k, dtype=torch.float64)
     tot_a = torch.zeros(ens.k, dtype=torch.float64)
     with torch.no_grad():
         for i in range(0, x.shape[0], block):
-            logits, _ = ens.forward(x[i:i + block])
-            yb = y[i:i + block]
+            logits, _ = ens.forward(x[i : i + block])
+            yb = y[i : i + block]
             tot_l += batch_losses(logits, yb, loss).double().sum(1)
             tot_a += (logits.argmax(-1) == yb).double().sum(1)
     return tot_l / x.shape[0], tot_a / x.shape[0]
@@ -233,13 +261,30 @@ class EnsembleRun:
     steps: pd.DataFrame
 
 
-def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, *,
-                   hidden: Sequence[int], sigmas: Sequence[float], replicas: Sequence[int], seed: int,
-                   loss: str = "ce", lr: float = 0.01, batch_size: int = 1000, epochs: int = 10,
-                   nin_layer: int = 0, nin_mode: str | Sequence[str] = "epoch", niw_init_std: float = 1.0,
-                   record_epochs: Sequence[int] | None = None, probe_samples: int = 2000,
-                   overflow: float = 1e8, eval_block: int = 4096, dtype: torch.dtype = torch.float32,
-                   ensemble: MLPEnsemble | None = None) -> EnsembleRun:
+def train_ensemble(
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    *,
+    hidden: Sequence[int],
+    sigmas: Sequence[float],
+    replicas: Sequence[int],
+    seed: int,
+    loss: str = "ce",
+    lr: float = 0.01,
+    batch_size: int = 1000,
+    epochs: int = 10,
+    nin_layer: int = 0,
+    nin_mode: str | Sequence[str] = "epoch",
+    niw_init_std: float = 1.0,
+    record_epochs: Sequence[int] | None = None,
+    probe_samples: int = 2000,
+    overflow: float = 1e8,
+    eval_block: int = 4096,
+    dtype: torch.dtype = torch.float32,
+    ensemble: MLPEnsemble | None = None,
+) -> EnsembleRun:
     """Train K = len(sigmas) MLPs with NINs by plain SGD, all replicas in one batched op per step.
 
     ``replicas[k]`` is replica k's global index (its random streams), ``sigmas[k]`` its σε,
@@ -268,9 +313,19 @@ def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
     if record_epochs is not None:
         for e in record_epochs:
             check_int("record_epochs", e, lo=0, hi=epochs)
-    ens = ensemble.select(torch.arange(ensemble.k)) if ensemble is not None else init_ensemble(
-        [xtr.shape[1], *hidden, int(max(ytr.max(), yte.max())) + 1], sigmas, replicas, seed,
-        nin_layer=nin_layer, niw_init_std=niw_init_std, dtype=dtype)
+    ens = (
+        ensemble.select(torch.arange(ensemble.k))
+        if ensemble is not None
+        else init_ensemble(
+            [xtr.shape[1], *hidden, int(max(ytr.max(), yte.max())) + 1],
+            sigmas,
+            replicas,
+            seed,
+            nin_layer=nin_layer,
+            niw_init_std=niw_init_std,
+            dtype=dtype,
+        )
+    )
     k = ens.k
     if len(replicas) != k:
         raise ConfigError("replicas", list(replicas), f"one index per ensemble member ({k})")
@@ -282,20 +337,34 @@ def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
     probe_idx = torch.stack([torch.randperm(n, generator=g)[:probe_samples] for g in order_gens])
     fixed = np.array([m == "fixed" for m in modes])
     xi = torch.stack([torch.randn(n, 1, generator=g)[:, 0] for g in noise_gens]).to(dtype)
-    active = torch.arange(k)                      # original indices of the replicas still training
+    active = torch.arange(k)  # original indices of the replicas still training
     shared = len(set(int(r) for r in replicas)) == 1  # one data order for all: shared-input fast path
     div_step = np.full(k, -1, dtype=np.int64)
     steps_per_epoch = n // batch_size
     rec_rows: list[dict[str, np.ndarray]] = []
     step_loss = np.full((k, epochs * steps_per_epoch), np.nan)
     noisy_sum, noisy_n = torch.zeros(k, dtype=torch.float64), 0
-    base = {"member": np.arange(k), "replica": np.asarray(replicas, dtype=np.int64),
-            "sigma": ens.sigma.double().numpy().copy(),
-            "nin_mode": np.asarray(modes, dtype=object)}
+    base = {
+        "member": np.arange(k),
+        "replica": np.asarray(replicas, dtype=np.int64),
+        "sigma": ens.sigma.double().numpy().copy(),
+        "nin_mode": np.asarray(modes, dtype=object),
+    }
 
     def record(epoch: int) -> None:
-        full = {key: np.full(k, np.nan) for key in ("train_loss", "train_acc", "test_loss", "test_acc",
-                                                    "noisy_loss", "niw_norm", "next_norm", "curv_niw")}
+        full = {
+            key: np.full(k, np.nan)
+            for key in (
+                "train_loss",
+                "train_acc",
+                "test_loss",
+                "test_acc",
+                "noisy_loss",
+                "niw_norm",
+                "next_norm",
+                "curv_niw",
+            )
+        }
         if len(active):
             a = active.numpy()
             for part, (xs, ys) in (("train", (xtr, ytr)), ("test", (xte, yte))):
@@ -306,8 +375,15 @@ def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
             full["next_norm"][a] = ens.weights[ens.nin_layer + 1].detach().double().flatten(1).norm(dim=1).numpy()
             if noisy_n:
                 full["noisy_loss"][a] = (noisy_sum[active] / noisy_n).numpy()
-        rec_rows.append({**base, "epoch": np.full(k, epoch), "step": np.full(k, epoch * steps_per_epoch),
-                         **full, "diverged": div_step >= 0})
+        rec_rows.append(
+            {
+                **base,
+                "epoch": np.full(k, epoch),
+                "step": np.full(k, epoch * steps_per_epoch),
+                **full,
+                "diverged": div_step >= 0,
+            }
+        )
 
     def drop(bad: torch.Tensor, step: int) -> None:
         nonlocal ens, active
@@ -331,7 +407,7 @@ def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
         for s in range(steps_per_epoch):
             if not len(active):
                 break
-            idx = perm[active, s * batch_size:(s + 1) * batch_size]
+            idx = perm[active, s * batch_size : (s + 1) * batch_size]
             rows = idx[0] if shared else idx
             logits, _ = ens.forward(xtr[rows], torch.gather(xi[active], 1, idx))
             lk = batch_losses(logits, ytr[rows], loss).mean(1)
@@ -339,7 +415,7 @@ def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
             step = (epoch - 1) * steps_per_epoch + s + 1
             with torch.no_grad():
                 for p, g in zip(params, grads):
-                    p.add_(g, alpha=-lr)                     # torch.optim.SGD's update, one pass
+                    p.add_(g, alpha=-lr)  # torch.optim.SGD's update, one pass
                 step_loss[active.numpy(), step - 1] = lk.double().numpy()
                 noisy_sum[active] += lk.double()
                 bad = ~torch.isfinite(lk)
@@ -360,10 +436,14 @@ def train_ensemble(x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.T
     records = pd.DataFrame({key: np.concatenate([r[key] for r in rec_rows]) for key in rec_rows[0]})
     records["diverged_step"] = np.tile(div_step, len(rec_rows))
     records = records[list(RECORD_COLUMNS)].astype({"diverged": bool, "nin_mode": str})
-    steps = pd.DataFrame({"member": np.repeat(base["member"], step_loss.shape[1]),
-                          "replica": np.repeat(base["replica"], step_loss.shape[1]),
-                          "sigma": np.repeat(base["sigma"], step_loss.shape[1]),
-                          "nin_mode": np.repeat(base["nin_mode"], step_loss.shape[1]).astype(str),
-                          "step": np.tile(np.arange(1, step_loss.shape[1] + 1), k),
-                          "noisy_loss": step_loss.ravel()})
+    steps = pd.DataFrame(
+        {
+            "member": np.repeat(base["member"], step_loss.shape[1]),
+            "replica": np.repeat(base["replica"], step_loss.shape[1]),
+            "sigma": np.repeat(base["sigma"], step_loss.shape[1]),
+            "nin_mode": np.repeat(base["nin_mode"], step_loss.shape[1]).astype(str),
+            "step": np.tile(np.arange(1, step_loss.shape[1] + 1), k),
+            "noisy_loss": step_loss.ravel(),
+        }
+    )
     return EnsembleRun(records.sort_values(["member", "epoch"], kind="stable").reset_index(drop=True), steps)

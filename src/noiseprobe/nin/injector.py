@@ -118,8 +118,16 @@ class NoiseInjectionNode(nn.Module):
     """The state of one NIN: the NIW ``weight`` (k, d), σ_ε and, for "epoch"/"fixed" modes, the table
     of unit-variance draws ξ (n_train, k) indexed by training-sample index."""
 
-    def __init__(self, spec: NINSpec, features: int, axis: int, n_train: int | None,
-                 generator: torch.Generator, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        spec: NINSpec,
+        features: int,
+        axis: int,
+        n_train: int | None,
+        generator: torch.Generator,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
         super().__init__()
         self.spec, self.axis, self.generator = spec, axis, generator
         std = 1.0 / math.sqrt(spec.n_nodes) if spec.init_std is None else spec.init_std
@@ -143,8 +151,14 @@ class NoiseInjectionNode(nn.Module):
         shape[axis] = shift.shape[1]
         return shift.reshape(shape)
 
-    def inject(self, out: Tensor, name: str, indices: Tensor | None, fresh: torch.Generator | None = None,
-               in_place: bool = False) -> Tensor:
+    def inject(
+        self,
+        out: Tensor,
+        name: str,
+        indices: Tensor | None,
+        fresh: torch.Generator | None = None,
+        in_place: bool = False,
+    ) -> Tensor:
         """``out + ε W_NI``: one fused ``addmm`` for a (N, d) output with the features last, written into
         ``out`` itself when ``in_place`` (no new N×d buffer), else ``out`` plus :meth:`shift` broadcast."""
         if out.dim() == 2 and self.axis % 2 == 1:
@@ -152,22 +166,31 @@ class NoiseInjectionNode(nn.Module):
             return out.addmm_(eps, self.weight) if in_place else torch.addmm(out, eps, self.weight)
         return out + self.shift(tuple(out.shape), name, indices, fresh)
 
-    def shift(self, out_shape: tuple[int, ...], name: str, indices: Tensor | None,
-              fresh: torch.Generator | None = None) -> Tensor:
+    def shift(
+        self, out_shape: tuple[int, ...], name: str, indices: Tensor | None, fresh: torch.Generator | None = None
+    ) -> Tensor:
         """ε W_NI for a batch, broadcastable to ``out_shape``; raises ConfigError on a shape mismatch.
         With ``fresh`` a generator, ξ is a fresh draw from it whatever the mode."""
         return self.expand(self.epsilon(out_shape, name, indices, fresh) @ self.weight, len(out_shape))
 
-    def epsilon(self, out_shape: tuple[int, ...], name: str, indices: Tensor | None,
-                fresh: torch.Generator | None = None) -> Tensor:
+    def epsilon(
+        self, out_shape: tuple[int, ...], name: str, indices: Tensor | None, fresh: torch.Generator | None = None
+    ) -> Tensor:
         """ε = σ_ε ξ (N, k) for a batch whose output has ``out_shape`` (checked against the NIW)."""
         ndim = len(out_shape)
         if ndim < 2 or self.axis % ndim == 0:
-            raise ConfigError("module", name, f"a submodule whose output has a feature axis besides the batch axis "
-                                              f"(got output shape {out_shape}, feature axis {self.axis})")
+            raise ConfigError(
+                "module",
+                name,
+                f"a submodule whose output has a feature axis besides the batch axis "
+                f"(got output shape {out_shape}, feature axis {self.axis})",
+            )
         if out_shape[self.axis % ndim] != self.features:
-            raise ConfigError("module", name, f"an output with {self.features} features on axis {self.axis} "
-                                              f"(got output shape {out_shape})")
+            raise ConfigError(
+                "module",
+                name,
+                f"an output with {self.features} features on axis {self.axis} (got output shape {out_shape})",
+            )
         n = out_shape[0]
         if self.spec.mode == "step" or fresh is not None:
             gen = self.generator if fresh is None else fresh
@@ -175,8 +198,12 @@ class NoiseInjectionNode(nn.Module):
         else:
             if indices is None or indices.shape != (n,):
                 got = None if indices is None else tuple(indices.shape)
-                raise ConfigError("sample_indices", got, f"a LongTensor of shape ({n},) set by "
-                                  f"handle.set_sample_indices(idx) before each training forward ({self.spec.mode!r} mode)")
+                raise ConfigError(
+                    "sample_indices",
+                    got,
+                    f"a LongTensor of shape ({n},) set by "
+                    f"handle.set_sample_indices(idx) before each training forward ({self.spec.mode!r} mode)",
+                )
             xi = self.table[indices.to(self.table.device)]
         return xi.to(self.weight.dtype) * self.sigma.to(self.weight.dtype)
 
@@ -188,8 +215,9 @@ class NINHandle:
     generator state, epoch and step counters) saves with ``torch.save`` and loads with ``torch.load(weights_only=True)``.
     """
 
-    def __init__(self, model: nn.Module, names: list[str], nodes: list[NoiseInjectionNode],
-                 generator: torch.Generator) -> None:
+    def __init__(
+        self, model: nn.Module, names: list[str], nodes: list[NoiseInjectionNode], generator: torch.Generator
+    ) -> None:
         self.model, self.names, self.generator = model, names, generator
         self.nodes = nn.ModuleList(nodes)
         self.indices: Tensor | None = None
@@ -198,8 +226,9 @@ class NINHandle:
         self._clean = 0
         self._fresh: torch.Generator | None = None
         modules = dict(model.named_modules())
-        self._hooks = [modules[name].register_forward_hook(self._make_hook(name, node))
-                       for name, node in zip(names, nodes)]
+        self._hooks = [
+            modules[name].register_forward_hook(self._make_hook(name, node)) for name, node in zip(names, nodes)
+        ]
 
     def _make_hook(self, name: str, node: NoiseInjectionNode) -> Callable[..., Tensor | None]:
         def hook(module: nn.Module, _args: Any, out: Any) -> Tensor | None:
@@ -208,6 +237,7 @@ class NINHandle:
             if not isinstance(out, Tensor):
                 raise ConfigError("module", name, f"a submodule whose output is one tensor (got {type(out).__name__})")
             return node.inject(out, name, self.indices, self._fresh, in_place=self._owns_output(module, hook, out))
+
         return hook
 
     @staticmethod
@@ -216,8 +246,13 @@ class NINHandle:
         its input and weight, not its output), not a view, and no earlier forward hook of the module (or a
         global one) can have kept a reference to it."""
         hooks = list(module._forward_hooks.values())
-        return (type(module) is nn.Linear and out._base is None and bool(hooks) and hooks[0] is hook
-                and not torch.nn.modules.module._global_forward_hooks)
+        return (
+            type(module) is nn.Linear
+            and out._base is None
+            and bool(hooks)
+            and hooks[0] is hook
+            and not torch.nn.modules.module._global_forward_hooks
+        )
 
     @property
     def specs(self) -> list[NINSpec]:
@@ -310,8 +345,11 @@ def _validate(spec: NINSpec, modules: dict[str, nn.Module], n_train: int | None)
     check_real("sigma", spec.sigma, lo=0.0)
     check_int("n_nodes", spec.n_nodes, lo=1)
     if not callable(spec.distribution) and spec.distribution not in DISTRIBUTIONS:
-        raise ConfigError("distribution", spec.distribution,
-                          "one of " + ", ".join(map(repr, DISTRIBUTIONS)) + " or a callable f(shape, generator)")
+        raise ConfigError(
+            "distribution",
+            spec.distribution,
+            "one of " + ", ".join(map(repr, DISTRIBUTIONS)) + " or a callable f(shape, generator)",
+        )
     check_choice("mode", spec.mode, MODES)
     if spec.init_std is not None:
         check_real("init_std", spec.init_std, lo=0.0)
@@ -325,8 +363,14 @@ def _validate(spec: NINSpec, modules: dict[str, nn.Module], n_train: int | None)
         raise ConfigError("n_train", None, f"the training-set size (an integer >= 1) for mode {spec.mode!r}")
 
 
-def attach_nins(model: nn.Module, specs: Sequence[NINSpec] | NINSpec, *, n_train: int | None = None,
-                generator: torch.Generator | None = None, example_input: Any = None) -> NINHandle:
+def attach_nins(
+    model: nn.Module,
+    specs: Sequence[NINSpec] | NINSpec,
+    *,
+    n_train: int | None = None,
+    generator: torch.Generator | None = None,
+    example_input: Any = None,
+) -> NINHandle:
     """Attach one NIN per spec to ``model`` (forward hooks; the model itself is not modified).
 
     ``n_train`` is the training-set size ("epoch"/"fixed" modes index ξ by sample). ``generator`` seeds
@@ -351,12 +395,20 @@ def attach_nins(model: nn.Module, specs: Sequence[NINSpec] | NINSpec, *, n_train
         if example_input is not None:
             shape = _output_shape(model, module, spec.module, example_input)
             if len(shape) < 2 or axis % len(shape) == 0 or not -len(shape) <= axis < len(shape):
-                raise ConfigError("module", spec.module, f"a submodule whose output has a feature axis besides the "
-                                                         f"batch axis (got output shape {shape}, feature axis {axis})")
+                raise ConfigError(
+                    "module",
+                    spec.module,
+                    f"a submodule whose output has a feature axis besides the "
+                    f"batch axis (got output shape {shape}, feature axis {axis})",
+                )
             features = shape[axis]
         if features is None:
-            raise ConfigError("module", spec.module, "a module with out_features/out_channels/num_features, "
-                                                     "or pass NINSpec.features or attach_nins(example_input=...)")
+            raise ConfigError(
+                "module",
+                spec.module,
+                "a module with out_features/out_channels/num_features, "
+                "or pass NINSpec.features or attach_nins(example_input=...)",
+            )
         param = next(module.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         dtype = param.dtype if param is not None and param.is_floating_point() else torch.get_default_dtype()

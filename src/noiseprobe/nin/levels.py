@@ -20,11 +20,12 @@ from noiseprobe.nin.phases import PHASES
 
 LOSSES = ("mse", "ce")
 #: Table 1 coefficients c of σε² per loss, in the order of :data:`~noiseprobe.nin.phases.PHASES`
-TABLE1: dict[str, tuple[float, float, float, float]] = {"mse": (1e-4, 30.0, 47.0, 50.0),
-                                                         "ce": (1e-4, 0.1, 1.0, 1.8)}
+TABLE1: dict[str, tuple[float, float, float, float]] = {"mse": (1e-4, 30.0, 47.0, 50.0), "ce": (1e-4, 0.1, 1.0, 1.8)}
 #: Table 1 as printed in the reference (§2) at d_in = 784, N_w = 1024, η = 0.01: σε² per phase
 TABLE1_SIGMA2_REFERENCE: dict[str, tuple[float, float, float, float]] = {
-    "mse": (7.66e-3, 2297.0, 3598.0, 3828.0), "ce": (7.84, 7840.0, 78400.0, 141120.0)}
+    "mse": (7.66e-3, 2297.0, 3598.0, 3828.0),
+    "ce": (7.84, 7840.0, 78400.0, 141120.0),
+}
 #: the sizes at which :data:`TABLE1_SIGMA2_REFERENCE` holds
 PAPER_SIZES = {"d_input": 784, "n_w": 1024, "lr": 0.01}
 
@@ -38,8 +39,7 @@ def sigma2_unit(loss: str, *, d_input: int, n_w: int, lr: float) -> float:
     return d_input / (n_w * lr) if loss == "mse" else d_input / lr
 
 
-def level_sigmas(coefficients: list[float] | np.ndarray, *, loss: str, d_input: int, n_w: int,
-                 lr: float) -> np.ndarray:
+def level_sigmas(coefficients: list[float] | np.ndarray, *, loss: str, d_input: int, n_w: int, lr: float) -> np.ndarray:
     """σε = √(c · unit) for each Table 1 coefficient c (positive)."""
     c = np.asarray(coefficients, dtype=np.float64)
     if c.ndim != 1 or not (np.isfinite(c).all() and (c > 0).all()):
@@ -53,8 +53,9 @@ def table1(*, d_input: int = 784, n_w: int = 1024, lr: float = 0.01) -> pd.DataF
     for loss, cs in TABLE1.items():
         unit = sigma2_unit(loss, d_input=d_input, n_w=n_w, lr=lr)
         for phase, c in zip(PHASES, cs):
-            rows.append({"loss": loss, "phase": phase, "coefficient": c, "sigma2": c * unit,
-                         "sigma": float(np.sqrt(c * unit))})
+            rows.append(
+                {"loss": loss, "phase": phase, "coefficient": c, "sigma2": c * unit, "sigma": float(np.sqrt(c * unit))}
+            )
     return pd.DataFrame(rows)
 
 

@@ -30,8 +30,15 @@ PHASES: tuple[str, ...] = ("decoupled", "decay", "catapult", "divergent")  # cod
 BOUNDARY_NAMES: tuple[str, ...] = ("decoupled|decay", "decay|catapult", "catapult|divergent")
 
 
-def classify_summary(*, overflow: np.ndarray, stalled: np.ndarray, max_stability: np.ndarray | None,
-                     niw_ratio: np.ndarray, edge: float = 2.0, transient: np.ndarray | None = None) -> np.ndarray:
+def classify_summary(
+    *,
+    overflow: np.ndarray,
+    stalled: np.ndarray,
+    max_stability: np.ndarray | None,
+    niw_ratio: np.ndarray,
+    edge: float = 2.0,
+    transient: np.ndarray | None = None,
+) -> np.ndarray:
     """Phase codes (R,) from per-run summaries: the rule of the module docstring.
 
     ``niw_ratio`` = n(T)/n(0); ``max_stability`` = max_t stability (or None); ``transient`` = the
@@ -49,9 +56,16 @@ def classify_summary(*, overflow: np.ndarray, stalled: np.ndarray, max_stability
     return codes.astype(np.int8)
 
 
-def classify(niw_norm: np.ndarray, loss: np.ndarray, *, stability: np.ndarray | None = None,
-             loss_bound: float = np.inf, edge: float = 2.0, diverged: np.ndarray | None = None,
-             overflow: float = DIVERGED) -> np.ndarray:
+def classify(
+    niw_norm: np.ndarray,
+    loss: np.ndarray,
+    *,
+    stability: np.ndarray | None = None,
+    loss_bound: float = np.inf,
+    edge: float = 2.0,
+    diverged: np.ndarray | None = None,
+    overflow: float = DIVERGED,
+) -> np.ndarray:
     """Per-replica phase codes (R,) from curves of shape (R, T) (T recorded times, first = initial).
 
     divergent if non-finite or |value| > ``overflow`` anywhere in ``niw_norm`` or ``loss``, or
@@ -84,10 +98,12 @@ def classify(niw_norm: np.ndarray, loss: np.ndarray, *, stability: np.ndarray | 
                 raise ConfigError("stability", f"shape {st.shape}", f"{n.shape} or {n.shape[:1]}")
             max_stab = np.nanmax(st, axis=1) if st.ndim == 2 else st
         else:
-            transient = (np.nanmax(n, axis=1) > 2 * np.maximum(n[:, 0], n[:, -1])) & \
-                        (np.nanmax(los, axis=1) > 2 * los[:, 0])
-    return classify_summary(overflow=bad, stalled=stalled, max_stability=max_stab, niw_ratio=ratio,
-                            edge=edge, transient=transient)
+            transient = (np.nanmax(n, axis=1) > 2 * np.maximum(n[:, 0], n[:, -1])) & (
+                np.nanmax(los, axis=1) > 2 * los[:, 0]
+            )
+    return classify_summary(
+        overflow=bad, stalled=stalled, max_stability=max_stab, niw_ratio=ratio, edge=edge, transient=transient
+    )
 
 
 def _counts(sigma: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -97,8 +113,11 @@ def _counts(sigma: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarra
     if sigma.shape != codes.shape:
         raise ConfigError("codes", f"shape {codes.shape}", f"the shape of sigma, {sigma.shape}")
     if codes.size and (codes.min() < 0 or codes.max() >= len(PHASES)):
-        raise ConfigError("codes", sorted(set(codes.tolist()) - set(range(len(PHASES)))),
-                          f"phase codes 0 .. {len(PHASES) - 1} ({', '.join(PHASES)})")
+        raise ConfigError(
+            "codes",
+            sorted(set(codes.tolist()) - set(range(len(PHASES)))),
+            f"phase codes 0 .. {len(PHASES) - 1} ({', '.join(PHASES)})",
+        )
     levels, inv = np.unique(sigma, return_inverse=True)
     return levels, inv, codes
 
@@ -131,8 +150,9 @@ def boundaries(sigma: np.ndarray, codes: np.ndarray) -> dict[str, float]:
     return _boundaries_from_counts(levels, counts)
 
 
-def boundaries_bootstrap(sigma: np.ndarray, codes: np.ndarray, seeds: np.ndarray, *, n_boot: int = 200,
-                         seed: int = 0) -> dict[str, tuple[float, float]]:
+def boundaries_bootstrap(
+    sigma: np.ndarray, codes: np.ndarray, seeds: np.ndarray, *, n_boot: int = 200, seed: int = 0
+) -> dict[str, tuple[float, float]]:
     """(estimate, bootstrap standard error) of each boundary, resampling the seed indices (columns of
     the σ × seed grid) with replacement; NaN replicates are dropped from the spread."""
     n_boot = check_int("n_boot", n_boot, lo=2)
@@ -142,12 +162,11 @@ def boundaries_bootstrap(sigma: np.ndarray, codes: np.ndarray, seeds: np.ndarray
     if seeds.shape != codes.shape:
         raise ConfigError("seeds", f"shape {seeds.shape}", f"one seed index per run, shape {codes.shape}")
     ids, sinv = np.unique(seeds, return_inverse=True)
-    per_seed = np.zeros((ids.size, levels.size, len(PHASES)))       # phase counts per seed and σ level
+    per_seed = np.zeros((ids.size, levels.size, len(PHASES)))  # phase counts per seed and σ level
     np.add.at(per_seed, (sinv, inv, codes), 1.0)
     est = _boundaries_from_counts(levels, per_seed.sum(axis=0))
     rng = np.random.default_rng(seed)
-    weights = np.stack([np.bincount(rng.integers(0, ids.size, ids.size), minlength=ids.size)
-                        for _ in range(n_boot)])
+    weights = np.stack([np.bincount(rng.integers(0, ids.size, ids.size), minlength=ids.size) for _ in range(n_boot)])
     boot = np.einsum("bs,slk->blk", weights, per_seed)
     reps = [_boundaries_from_counts(levels, c) for c in boot]
     out = {}

@@ -54,10 +54,33 @@ from noiseprobe.probes.local import (
 
 LOSSES = ("ce", "mse")
 #: per-record columns shared by all NINs, then the per-NIN columns
-COMMON = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc", "noisy_loss",
-          "full_hess_trace", "full_hess_trace_se", "diverged")
-PER_NIN = ("nin", "module", "sigma", "niw_norm", "next_norm", "grad_rms", "hess_trace", "hess_trace_se",
-           "curv_niw", "rate_corrected", "rate_paper", "rate_mc", "rate_mc_se")
+COMMON = (
+    "epoch",
+    "step",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "noisy_loss",
+    "full_hess_trace",
+    "full_hess_trace_se",
+    "diverged",
+)
+PER_NIN = (
+    "nin",
+    "module",
+    "sigma",
+    "niw_norm",
+    "next_norm",
+    "grad_rms",
+    "hess_trace",
+    "hess_trace_se",
+    "curv_niw",
+    "rate_corrected",
+    "rate_paper",
+    "rate_mc",
+    "rate_mc_se",
+)
 
 
 def make_loss(loss: str) -> Callable[[Tensor, Tensor], Tensor]:
@@ -68,11 +91,13 @@ def make_loss(loss: str) -> Callable[[Tensor, Tensor], Tensor]:
 
     def mse(out: Tensor, y: Tensor) -> Tensor:
         return F.mse_loss(out, F.one_hot(y, out.shape[-1]).to(out.dtype))
+
     return mse
 
 
-def niw_decay_rate(*, sigma: float, lr: float, curv_niw: float, momentum: float = 0.0,
-                   form: str = "corrected") -> float:
+def niw_decay_rate(
+    *, sigma: float, lr: float, curv_niw: float, momentum: float = 0.0, form: str = "corrected"
+) -> float:
     """Per-step decay rate of ln‖W_NI‖ predicted by eq. (2): ``"corrected"`` η σ² curv (the gradient of
     ½ σ² Wᵀ⟨H⟩W; reference §4 item 1), ``"paper"`` η σ² curv / 2 (eq. 2/14 as printed)."""
     check_choice("form", form, ("corrected", "paper"))
@@ -93,12 +118,25 @@ class NINRecorder:
     ``tensorboard_dir`` logs every number with ``torch.utils.tensorboard`` (optional extra ``tensorboard``).
     """
 
-    def __init__(self, model: nn.Module, handle: NINHandle | None, *, loss: str = "ce",
-                 train: tuple[Tensor, Tensor] | None = None, test: tuple[Tensor, Tensor] | None = None,
-                 probe: tuple[Tensor, Tensor] | None = None, lr: float | None = None, momentum: float = 0.0,
-                 hessian_probes: int = 8, full_hessian: bool = False, drift_draws: int = 0,
-                 consumers: dict[str, str] | None = None, seed: int = 0, eval_batch: int = 4096,
-                 tensorboard_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        handle: NINHandle | None,
+        *,
+        loss: str = "ce",
+        train: tuple[Tensor, Tensor] | None = None,
+        test: tuple[Tensor, Tensor] | None = None,
+        probe: tuple[Tensor, Tensor] | None = None,
+        lr: float | None = None,
+        momentum: float = 0.0,
+        hessian_probes: int = 8,
+        full_hessian: bool = False,
+        drift_draws: int = 0,
+        consumers: dict[str, str] | None = None,
+        seed: int = 0,
+        eval_batch: int = 4096,
+        tensorboard_dir: str | Path | None = None,
+    ) -> None:
         self.model, self.handle = model, handle
         self.loss_fn = make_loss(loss)
         self.train, self.test, self.probe = train, test, probe
@@ -142,7 +180,7 @@ class NINRecorder:
         tot_l = tot_a = 0.0
         with torch.no_grad():
             for i in range(0, X.shape[0], self.eval_batch):
-                out, yb = self.model(X[i:i + self.eval_batch]), y[i:i + self.eval_batch]
+                out, yb = self.model(X[i : i + self.eval_batch]), y[i : i + self.eval_batch]
                 tot_l += float(self.loss_fn(out, yb)) * yb.shape[0]
                 tot_a += float((out.argmax(-1) == yb).sum())
         return tot_l / X.shape[0], tot_a / X.shape[0]
@@ -157,8 +195,12 @@ class NINRecorder:
         with torch.enable_grad(), self.handle.fresh_noise(self.generator):
             for _ in range(self.drift_draws):
                 grads = torch.autograd.grad(self.loss_fn(self.model(X), y), niws, allow_unused=True)
-                vals.append([0.0 if g is None else float((g * w).sum() / w.pow(2).sum().clamp_min(1e-300))
-                             for g, w in zip(grads, ws)])
+                vals.append(
+                    [
+                        0.0 if g is None else float((g * w).sum() / w.pow(2).sum().clamp_min(1e-300))
+                        for g, w in zip(grads, ws)
+                    ]
+                )
         v = np.asarray(vals)
         se = v.std(0, ddof=1) / math.sqrt(len(v)) if len(v) > 1 else np.full(v.shape[1], math.nan)
         return v.mean(0), se
@@ -170,23 +212,38 @@ class NINRecorder:
         for i, (name, node) in enumerate(zip(self.handle.names, self.handle.nodes)):
             w = node.weight.detach()
             consumer = self.consumers[i]
-            nxt = (getattr(consumer, "weight", None) if consumer is not None else None)
-            row = {"nin": i, "module": name, "sigma": float(node.sigma), "niw_norm": float(w.norm()),
-                   "next_norm": math.nan if nxt is None else float(nxt.detach().norm())}
+            nxt = getattr(consumer, "weight", None) if consumer is not None else None
+            row = {
+                "nin": i,
+                "module": name,
+                "sigma": float(node.sigma),
+                "niw_norm": float(w.norm()),
+                "next_norm": math.nan if nxt is None else float(nxt.detach().norm()),
+            }
             row.update(grad_rms=math.nan, hess_trace=math.nan, hess_trace_se=math.nan, curv_niw=math.nan)
             if finite and self.hessian_probes:
                 obj = LocalObjective(self.model, name, self.loss_fn, *self.probe)
                 row["grad_rms"] = obj.grad_rms()
                 row["hess_trace"], row["hess_trace_se"] = hutchinson_trace(
-                    obj.hvp, tuple(obj.z.shape), self.hessian_probes, self.generator,
-                    dtype=obj.z.dtype, device=obj.z.device, block=self.hessian_probes)
+                    obj.hvp,
+                    tuple(obj.z.shape),
+                    self.hessian_probes,
+                    self.generator,
+                    dtype=obj.z.dtype,
+                    device=obj.z.device,
+                    block=self.hessian_probes,
+                )
                 n, z = obj.z.shape[0], obj.z
                 rows_dir = torch.stack([node.expand(wa.expand(n, -1), z.dim()).expand_as(z) for wa in w.to(z.dtype)])
                 row["curv_niw"] = obj.curvature(rows_dir) / max(float(w.pow(2).sum()), 1e-300)
             for form in ("corrected", "paper"):
-                row[f"rate_{form}"] = (math.nan if self.lr is None else
-                                       niw_decay_rate(sigma=row["sigma"], lr=self.lr, curv_niw=row["curv_niw"],
-                                                      momentum=self.momentum, form=form))
+                row[f"rate_{form}"] = (
+                    math.nan
+                    if self.lr is None
+                    else niw_decay_rate(
+                        sigma=row["sigma"], lr=self.lr, curv_niw=row["curv_niw"], momentum=self.momentum, form=form
+                    )
+                )
             lr_eff = math.nan if self.lr is None else self.lr / (1.0 - self.momentum)
             row["rate_mc"] = lr_eff * mc_mean[i] if use_mc else math.nan
             row["rate_mc_se"] = lr_eff * mc_se[i] if use_mc else math.nan
@@ -205,14 +262,26 @@ class NINRecorder:
             finite = all(math.isfinite(v) for v in losses)
             params = list(self.model.parameters()) + (self.handle.niws if self.handle is not None else [])
             finite = finite and all(bool(torch.isfinite(p).all()) for p in params)
-            common = {"epoch": epoch, "step": self._steps if step is None else step,
-                      "train_loss": tl, "train_acc": ta, "test_loss": vl, "test_acc": va,
-                      "noisy_loss": float(torch.stack(self._noisy).mean()) if self._noisy else math.nan,
-                      "full_hess_trace": math.nan, "full_hess_trace_se": math.nan, "diverged": not finite}
+            common = {
+                "epoch": epoch,
+                "step": self._steps if step is None else step,
+                "train_loss": tl,
+                "train_acc": ta,
+                "test_loss": vl,
+                "test_acc": va,
+                "noisy_loss": float(torch.stack(self._noisy).mean()) if self._noisy else math.nan,
+                "full_hess_trace": math.nan,
+                "full_hess_trace_se": math.nan,
+                "diverged": not finite,
+            }
             if finite and self.full_hessian:
                 common["full_hess_trace"], common["full_hess_trace_se"] = full_hessian_trace(
-                    self.model, self.loss_fn, *self.probe, n_probes=max(self.hessian_probes, 1),
-                    generator=self.generator)
+                    self.model,
+                    self.loss_fn,
+                    *self.probe,
+                    n_probes=max(self.hessian_probes, 1),
+                    generator=self.generator,
+                )
             nin_rows = self._nin_rows(finite) if self.handle is not None else [{"nin": -1, "module": ""}]
         finally:
             self.model.train(was_training)
@@ -248,8 +317,11 @@ def _summary_writer(logdir: str | Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
-        raise ConfigError("tensorboard_dir", str(logdir),
-                          "a path, with the optional 'tensorboard' package installed (pip install tensorboard)") from err
+        raise ConfigError(
+            "tensorboard_dir",
+            str(logdir),
+            "a path, with the optional 'tensorboard' package installed (pip install tensorboard)",
+        ) from err
     return SummaryWriter(log_dir=str(logdir))
 
 
@@ -261,10 +333,25 @@ def _unpack(data: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     raise ConfigError("data", type(data).__name__, "(X_train, y_train, X_test, y_test) tensors or a Dataset")
 
 
-def train(model: nn.Module, handle: NINHandle | None, data: Any, *, loss: str = "ce", lr: float,
-          batch_size: int, epochs: int, momentum: float = 0.0, weight_decay: float = 0.0, seed: int = 0,
-          record_every: int = 1, hessian_probes: int = 8, probe_samples: int = 2000, full_hessian: bool = False,
-          drift_draws: int = 0, tensorboard_dir: str | Path | None = None) -> pd.DataFrame:
+def train(
+    model: nn.Module,
+    handle: NINHandle | None,
+    data: Any,
+    *,
+    loss: str = "ce",
+    lr: float,
+    batch_size: int,
+    epochs: int,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    seed: int = 0,
+    record_every: int = 1,
+    hessian_probes: int = 8,
+    probe_samples: int = 2000,
+    full_hessian: bool = False,
+    drift_draws: int = 0,
+    tensorboard_dir: str | Path | None = None,
+) -> pd.DataFrame:
     """Train ``model`` (with the NINs of ``handle``, or none) by minibatch SGD and probe it.
 
     Sampling without replacement: a fresh permutation of the training set per epoch (seeded by ``seed``),
@@ -286,12 +373,25 @@ def train(model: nn.Module, handle: NINHandle | None, data: Any, *, loss: str = 
         raise ConfigError("n_train", tables[0], f"the training-set size {X_tr.shape[0]} (attach_nins(n_train=...))")
     gen = torch.Generator().manual_seed(check_int("seed", seed))
     probe_idx = torch.randperm(X_tr.shape[0], generator=gen)[:probe_samples]
-    rec = NINRecorder(model, handle, loss=loss, train=(X_tr, y_tr), test=(X_te, y_te),
-                      probe=(X_tr[probe_idx], y_tr[probe_idx]), lr=lr, momentum=momentum,
-                      hessian_probes=hessian_probes, full_hessian=full_hessian, drift_draws=drift_draws,
-                      seed=seed, tensorboard_dir=tensorboard_dir)
-    groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay},
-              {"params": handle.niws if handle is not None else [], "weight_decay": 0.0}]
+    rec = NINRecorder(
+        model,
+        handle,
+        loss=loss,
+        train=(X_tr, y_tr),
+        test=(X_te, y_te),
+        probe=(X_tr[probe_idx], y_tr[probe_idx]),
+        lr=lr,
+        momentum=momentum,
+        hessian_probes=hessian_probes,
+        full_hessian=full_hessian,
+        drift_draws=drift_draws,
+        seed=seed,
+        tensorboard_dir=tensorboard_dir,
+    )
+    groups = [
+        {"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay},
+        {"params": handle.niws if handle is not None else [], "weight_decay": 0.0},
+    ]
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise ConfigError("model", type(model).__name__, "a model or NINs with trainable parameters")
@@ -306,7 +406,7 @@ def train(model: nn.Module, handle: NINHandle | None, data: Any, *, loss: str = 
             perm = torch.randperm(X_tr.shape[0], generator=gen)
             bad_step = False
             for b in range(n_batches):
-                idx = perm[b * batch_size:(b + 1) * batch_size]
+                idx = perm[b * batch_size : (b + 1) * batch_size]
                 if handle is not None:
                     handle.set_sample_indices(idx)
                 batch_loss = rec.loss_fn(model(X_tr[idx]), y_tr[idx])
@@ -337,8 +437,14 @@ def _series(frame: pd.DataFrame, nin: int) -> pd.DataFrame:
     return sub
 
 
-def decay_times(frame: pd.DataFrame, *, nin: int = 0, x: str = "epoch", method: str = "efold",
-                window: tuple[float, float] | None = (0.9, 0.1)) -> dict[str, float]:
+def decay_times(
+    frame: pd.DataFrame,
+    *,
+    nin: int = 0,
+    x: str = "epoch",
+    method: str = "efold",
+    window: tuple[float, float] | None = (0.9, 0.1),
+) -> dict[str, float]:
     """τ_NIW, τ_train, τ_test (Fig. 1 centre) from a probe frame, in units of column ``x`` (epoch/step).
 
     ``"efold"`` (reference §7, primary): first e-fold time of ‖W_NI‖/‖W_NI(0)‖ and of the loss excess
@@ -356,7 +462,7 @@ def decay_times(frame: pd.DataFrame, *, nin: int = 0, x: str = "epoch", method: 
     for key, col in (("niw", "niw_norm"), ("train", "train_loss"), ("test", "test_loss")):
         y = sub[col].to_numpy(float)
         if method == "efold":
-            excess = y if key == "niw" else y - np.median(y[-max(1, len(y) // 10):])
+            excess = y if key == "niw" else y - np.median(y[-max(1, len(y) // 10) :])
             out[f"tau_{key}"] = float(efold_time(t, excess))
         else:
             fit = fit_exponential(t, y, offset=True, window=window)
@@ -372,8 +478,13 @@ def niw_decay_check(frame: pd.DataFrame, *, nin: int = 0) -> pd.DataFrame:
 
     sub = _series(frame, nin)
     steps = sub["step"].to_numpy(float)
-    out = pd.DataFrame({"epoch": sub["epoch"].to_numpy(), "step": steps,
-                        "measured": -np.log(sub["niw_norm"].to_numpy(float) / sub["niw_norm"].iloc[0])})
+    out = pd.DataFrame(
+        {
+            "epoch": sub["epoch"].to_numpy(),
+            "step": steps,
+            "measured": -np.log(sub["niw_norm"].to_numpy(float) / sub["niw_norm"].iloc[0]),
+        }
+    )
     for form in ("corrected", "paper"):
         out[form] = cumulative_trapezoid(sub[f"rate_{form}"].to_numpy(float), steps, initial=0.0)
     return out

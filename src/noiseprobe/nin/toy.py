@@ -58,7 +58,7 @@ INITS: dict[str, tuple[float, float, float]] = {
 # ---------------------------------------------------------------------------------------------------
 # random numbers inside numba: the SplitMix64 streams and ziggurat of noiseprobe.core.streams, plus the
 # 32-bit forms used at B = 1 (two normals per output)
-_GOLDEN2, _GOLDEN3 = (np.uint64(k * 0x9E3779B97F4A7C15 % 2 ** 64) for k in (2, 3))   # numba makes int * uint64 a float
+_GOLDEN2, _GOLDEN3 = (np.uint64(k * 0x9E3779B97F4A7C15 % 2**64) for k in (2, 3))  # numba makes int * uint64 a float
 _S8, _LOW32, _S32 = np.uint64(8), np.uint64(0xFFFFFFFF), np.uint64(32)
 
 
@@ -72,11 +72,11 @@ def _bits32(v: np.uint64) -> tuple[np.int64, float]:
 # ---------------------------------------------------------------------------------------------------
 # Per-replica quantities live in the rows of one float array x[row, lane] (see the kernel below); the
 # samplers read theirs from it.
-_W0, _W1, _WN, _S1, _S01 = range(5)       # weights, Σ w1², Σ (w0² + w1²) over the steps before: rows
-_NEXT = 5                                 # ... of one parity; the other parity is 5 rows further
+_W0, _W1, _WN, _S1, _S01 = range(5)  # weights, Σ w1², Σ (w0² + w1²) over the steps before: rows
+_NEXT = 5  # ... of one parity; the other parity is 5 rows further
 _MAX_W1SQ, _MAX_WNSQ, _MAX_LOSS = 10, 11, 12
 _LR, _M, _HX, _A_N, _A_L, _N0, _LOSS0, _THR_N, _THR_L, _LIVE = range(13, 23)
-_SX, _SE, _B, _INV_B, _SD_SXE, _D1, _C1, _D2, _C2 = range(23, 32)    # sampler parameters (_set_sampler)
+_SX, _SE, _B, _INV_B, _SD_SXE, _D1, _C1, _D2, _C2 = range(23, 32)  # sampler parameters (_set_sampler)
 _ROWS = 32
 
 
@@ -98,6 +98,7 @@ def _set_sampler(x: np.ndarray, j: int, sx: float, se: float, b: int) -> None:
 # (vectorised over lanes j in the kernel), from the outputs of the fast stream after state s; when
 # ``complete`` is False, ``slow(a, s, x, j) -> (a, S_xx, S_xε, S_εε)`` redoes the draw from the same
 # outputs, taking any further randomness from the slow stream at state ``a``.
+
 
 @numba.njit(cache=True, inline="always")
 def _normal32(v: np.uint64) -> tuple[bool, float]:
@@ -177,7 +178,7 @@ def _fast_wishart(s: np.uint64, x: np.ndarray, j: int) -> tuple[bool, float, flo
     u1, u2 = _uniform32(za), _uniform32(zb)
     d1, c1, d2, c2 = x[_D1, j], x[_C1, j], x[_D2, j], x[_C2, j]
     v1, v2 = 1.0 + c1 * g1, 1.0 + c2 * g2
-    acc1 = (v1 > 0.0) & (u1 < 1.0 - 0.0331 * (g1 * g1) * (g1 * g1))      # the squeeze of chi2_from
+    acc1 = (v1 > 0.0) & (u1 < 1.0 - 0.0331 * (g1 * g1) * (g1 * g1))  # the squeeze of chi2_from
     acc2 = (v2 > 0.0) & (u2 < 1.0 - 0.0331 * (g2 * g2) * (g2 * g2))
     v1, v2 = v1 * v1 * v1, v2 * v2 * v2
     chi1 = x[_B, j] == 2.0
@@ -200,9 +201,9 @@ def _slow_wishart(a: np.uint64, s: np.uint64, x: np.ndarray, j: int) -> tuple[np
     return a, sxx, sxe, see
 
 
-SAMPLERS: tuple[str, ...] = ("single", "wishart", "reduced")   # exact B = 1, exact B > 1, eqs. (5)-(6)
+SAMPLERS: tuple[str, ...] = ("single", "wishart", "reduced")  # exact B = 1, exact B > 1, eqs. (5)-(6)
 _SINGLE, _WISHART, _REDUCED = range(len(SAMPLERS))
-_WIDTH = (1, 3, 1)                                               # fast-stream outputs per step
+_WIDTH = (1, 3, 1)  # fast-stream outputs per step
 
 
 @numba.njit(cache=True, inline="always")
@@ -239,8 +240,9 @@ def _draws(kind: int, s: np.uint64, a: np.uint64, n: int, sx: float, se: float, 
     return out
 
 
-def draw_moments(keys: np.ndarray, n: int, method: str, batch_size: int, sigma_x: float,
-                 sigma_eps: float) -> np.ndarray:
+def draw_moments(
+    keys: np.ndarray, n: int, method: str, batch_size: int, sigma_x: float, sigma_eps: float
+) -> np.ndarray:
     """``n`` successive (S_xx, S_xε, S_εε) draws of one replica with stream keys ``keys`` (fast, slow), as
     the kernel draws them: shape (n, 3). For tests."""
     kind = _REDUCED if method == "reduced" else (_SINGLE if batch_size == 1 else _WISHART)
@@ -248,8 +250,9 @@ def draw_moments(keys: np.ndarray, n: int, method: str, batch_size: int, sigma_x
 
 
 @numba.njit(cache=True, inline="always", fastmath={"contract"})
-def sgd_step(w0: float, w1: float, wn: float, sxx: float, sxe: float, see: float, lr: float,
-             m: float) -> tuple[float, float, float]:
+def sgd_step(
+    w0: float, w1: float, wn: float, sxx: float, sxe: float, see: float, lr: float, m: float
+) -> tuple[float, float, float]:
     """One exact SGD step on the ½-MSE of eq. (4) given the batch moments (module docstring)."""
     d = w1 * w0 - m
     g0 = w1 * (d * sxx + w1 * wn * sxe)
@@ -267,14 +270,24 @@ def _loss(w0: float, w1: float, m: float, hx: float) -> float:
 
 # columns of the float statistics returned by the kernel
 STAT_COLUMNS: tuple[str, ...] = (
-    "w0_T", "w1_T", "w_ni_T",       # final (or last finite) weights
-    "max_u", "max_v",               # max_t η σε² w1², max_t η σε² w_NI² (stability of the mean map)
-    "sum_w1sq",                     # Σ_{t<T} w1(t)²  (horizon law)
-    "niw_efold1", "niw_efold2",     # first step with |w_NI|/|w_NI,0| <= e^-1, e^-2 (log-interpolated)
-    "niw_exp1", "niw_exp2",         # eq. (9) exponent η σε² Σ_{s<t} w1(s)² at those steps
-    "loss_efold1", "loss_efold2",   # same for the clean loss L(ε=0) = ½ σx² D²
-    "loss_exp1", "loss_exp2",       # eq. (9) exponent 2 η σx² Σ_{s<t} (w0² + w1²) at those steps
-    "loss_0", "loss_T", "max_loss", "max_abs_w_ni",
+    "w0_T",
+    "w1_T",
+    "w_ni_T",  # final (or last finite) weights
+    "max_u",
+    "max_v",  # max_t η σε² w1², max_t η σε² w_NI² (stability of the mean map)
+    "sum_w1sq",  # Σ_{t<T} w1(t)²  (horizon law)
+    "niw_efold1",
+    "niw_efold2",  # first step with |w_NI|/|w_NI,0| <= e^-1, e^-2 (log-interpolated)
+    "niw_exp1",
+    "niw_exp2",  # eq. (9) exponent η σε² Σ_{s<t} w1(s)² at those steps
+    "loss_efold1",
+    "loss_efold2",  # same for the clean loss L(ε=0) = ½ σx² D²
+    "loss_exp1",
+    "loss_exp2",  # eq. (9) exponent 2 η σx² Σ_{s<t} (w0² + w1²) at those steps
+    "loss_0",
+    "loss_T",
+    "max_loss",
+    "max_abs_w_ni",
 )
 _NF = len(STAT_COLUMNS)
 _C_NIW_T, _C_NIW_E = STAT_COLUMNS.index("niw_efold1"), STAT_COLUMNS.index("niw_exp1")
@@ -282,8 +295,7 @@ _C_LOSS_T, _C_LOSS_E = STAT_COLUMNS.index("loss_efold1"), STAT_COLUMNS.index("lo
 
 
 @numba.njit(cache=True, inline="always")
-def _crossing(t: int, y_prev: float, y_now: float, level: float, e_prev: float,
-              e_now: float) -> tuple[float, float]:
+def _crossing(t: int, y_prev: float, y_now: float, level: float, e_prev: float, e_now: float) -> tuple[float, float]:
     """Crossing of ``level`` between steps t-1 and t, interpolated in log y; the eq. (9) exponent is
     interpolated with the same fraction."""
     lp, ln, lv = np.log(y_prev), np.log(max(y_now, 1e-300)), np.log(level)
@@ -293,8 +305,19 @@ def _crossing(t: int, y_prev: float, y_now: float, level: float, e_prev: float,
 
 
 @numba.njit(cache=True)
-def _record_efolds(st: np.ndarray, col_t: int, col_e: int, t: int, y_prev: float, y: float, y0: float,
-                   thr: float, k: int, e_prev: float, e_now: float) -> tuple[float, int]:
+def _record_efolds(
+    st: np.ndarray,
+    col_t: int,
+    col_e: int,
+    t: int,
+    y_prev: float,
+    y: float,
+    y0: float,
+    thr: float,
+    k: int,
+    e_prev: float,
+    e_now: float,
+) -> tuple[float, int]:
     """Write each e-fold level (k = 1, 2 of y0) crossed between steps t-1 and t into st[col_t + k - 1]
     (step) and st[col_e + k - 1] (eq. 9 exponent); return the next level (-1 after the last) and count."""
     while y <= thr:
@@ -317,13 +340,12 @@ def _record_efolds(st: np.ndarray, col_t: int, col_e: int, t: int, y_prev: float
 # samplers): with a fixed shape and constant rows, LLVM sees that the stores of a step cannot alias its loads and vectorises the loops,
 # which it does not do for a dozen separate arrays (too many run-time overlap checks).
 
-LANES = 32    # replicas advanced in lockstep (a multiple of the widest SIMD vector, 8 float64)
-BLOCK = 64    # steps whose moments are drawn at once
+LANES = 32  # replicas advanced in lockstep (a multiple of the widest SIMD vector, 8 float64)
+BLOCK = 64  # steps whose moments are drawn at once
 
 
 @numba.njit(cache=True, inline="always", fastmath={"contract"})
-def _fill(kind: int, n: int, x: np.ndarray, s: np.ndarray, a: np.ndarray, mom: np.ndarray,
-          pending: np.ndarray) -> None:
+def _fill(kind: int, n: int, x: np.ndarray, s: np.ndarray, a: np.ndarray, mom: np.ndarray, pending: np.ndarray) -> None:
     """The moments mom[:3, k, j] of the next n <= BLOCK steps of every lane j: fast paths for all (k, j),
     then the completions (mom[3, k, j] = 1) in step order per live lane. ``s``, ``a``: fast and slow
     stream states, advanced."""
@@ -340,8 +362,9 @@ def _fill(kind: int, n: int, x: np.ndarray, s: np.ndarray, a: np.ndarray, mom: n
         if pending[k]:
             for j in range(LANES):
                 if mom[3, k, j] != 0.0 and x[_LIVE, j] != 0.0:
-                    a[j], mom[0, k, j], mom[1, k, j], mom[2, k, j] = _slow(kind, a[j], s[j] + np.uint64(k) * width,
-                                                                           x, j)
+                    a[j], mom[0, k, j], mom[1, k, j], mom[2, k, j] = _slow(
+                        kind, a[j], s[j] + np.uint64(k) * width, x, j
+                    )
     for j in range(LANES):
         s[j] += np.uint64(n) * width
 
@@ -356,7 +379,7 @@ def _step(k: int, x: np.ndarray, mom: np.ndarray, threshold: float, flag: np.nda
         a0, a1, an, on = x[old + _W0, j], x[old + _W1, j], x[old + _WN, j], x[_LIVE, j] != 0.0
         m = x[_M, j]
         v0, v1, vn = sgd_step(a0, a1, an, mom[0, k, j], mom[1, k, j], mom[2, k, j], x[_LR, j], m)
-        ok = (abs(v0) <= threshold) & (abs(v1) <= threshold) & (abs(vn) <= threshold)   # False on NaN
+        ok = (abs(v0) <= threshold) & (abs(v1) <= threshold) & (abs(vn) <= threshold)  # False on NaN
         take = ok & on
         x[new + _W0, j] = v0 if take else a0
         x[new + _W1, j] = v1 if take else a1
@@ -391,15 +414,31 @@ def _advance(k0: int, n: int, p: int, x: np.ndarray, mom: np.ndarray, threshold:
 
 
 @numba.njit(cache=True, fastmath={"contract"})
-def _group(kind: int, rows: np.ndarray, w0i: np.ndarray, w1i: np.ndarray, wni: np.ndarray, sigma: np.ndarray,
-           lr: np.ndarray, sigma_x: np.ndarray, m: np.ndarray, batch: np.ndarray, keys: np.ndarray, steps: int,
-           threshold: float, rec_row: np.ndarray, rec_steps: np.ndarray, traj: np.ndarray, stats: np.ndarray,
-           overflow_step: np.ndarray) -> None:
+def _group(
+    kind: int,
+    rows: np.ndarray,
+    w0i: np.ndarray,
+    w1i: np.ndarray,
+    wni: np.ndarray,
+    sigma: np.ndarray,
+    lr: np.ndarray,
+    sigma_x: np.ndarray,
+    m: np.ndarray,
+    batch: np.ndarray,
+    keys: np.ndarray,
+    steps: int,
+    threshold: float,
+    rec_row: np.ndarray,
+    rec_steps: np.ndarray,
+    traj: np.ndarray,
+    stats: np.ndarray,
+    overflow_step: np.ndarray,
+) -> None:
     """Run the replicas ``rows`` (at most LANES) for ``steps`` steps; write their stats, overflow steps
     and recorded trajectories. Unused lanes are dead from the start."""
     n_live = rows.shape[0]
     x = np.zeros((_ROWS, LANES))
-    x[_THR_N:_THR_L + 1] = -1.0
+    x[_THR_N : _THR_L + 1] = -1.0
     kn, kl = np.zeros(LANES, dtype=np.int64), np.zeros(LANES, dtype=np.int64)
     s, a = np.zeros(LANES, dtype=np.uint64), np.zeros(LANES, dtype=np.uint64)
     flag = np.zeros(LANES, dtype=np.int64)
@@ -420,7 +459,7 @@ def _group(kind: int, rows: np.ndarray, w0i: np.ndarray, w1i: np.ndarray, wni: n
         x[_THR_L, j] = loss0 * np.exp(-1.0) if loss0 > 0 else -1.0
         x[_MAX_W1SQ, j], x[_MAX_WNSQ, j], x[_MAX_LOSS, j] = w1i[r] * w1i[r], wni[r] * wni[r], loss0
         x[_LIVE, j] = 1.0
-        stats[r, _C_NIW_T:_C_LOSS_E + 2] = np.nan
+        stats[r, _C_NIW_T : _C_LOSS_E + 2] = np.nan
         overflow_step[r] = -1
         recorded |= rec_row[r] >= 0
     n_rec = rec_steps.shape[0] if recorded else 0
@@ -446,23 +485,43 @@ def _group(kind: int, rows: np.ndarray, w0i: np.ndarray, w1i: np.ndarray, wni: n
             cur, prev = p * _NEXT, (1 - p) * _NEXT
             for j in range(rows.shape[0]):
                 f = flag[j]
-                if f & 1:                               # overflow at step t: frozen at step t - 1
+                if f & 1:  # overflow at step t: frozen at step t - 1
                     overflow_step[rows[j]] = t
                     x[_LIVE, j] = 0.0
                     n_live -= 1
-                if f & 2:                               # e-fold levels crossed between steps t - 1 and t
+                if f & 2:  # e-fold levels crossed between steps t - 1 and t
                     st = stats[rows[j]]
                     y, y_prev = abs(x[cur + _WN, j]), abs(x[prev + _WN, j])
                     if y <= x[_THR_N, j]:
-                        x[_THR_N, j], kn[j] = _record_efolds(st, _C_NIW_T, _C_NIW_E, t, y_prev, y, x[_N0, j],
-                                                             x[_THR_N, j], kn[j], x[_A_N, j] * x[prev + _S1, j],
-                                                             x[_A_N, j] * x[cur + _S1, j])
+                        x[_THR_N, j], kn[j] = _record_efolds(
+                            st,
+                            _C_NIW_T,
+                            _C_NIW_E,
+                            t,
+                            y_prev,
+                            y,
+                            x[_N0, j],
+                            x[_THR_N, j],
+                            kn[j],
+                            x[_A_N, j] * x[prev + _S1, j],
+                            x[_A_N, j] * x[cur + _S1, j],
+                        )
                     y = _loss(x[cur + _W0, j], x[cur + _W1, j], x[_M, j], x[_HX, j])
                     y_prev = _loss(x[prev + _W0, j], x[prev + _W1, j], x[_M, j], x[_HX, j])
                     if y <= x[_THR_L, j]:
-                        x[_THR_L, j], kl[j] = _record_efolds(st, _C_LOSS_T, _C_LOSS_E, t, y_prev, y, x[_LOSS0, j],
-                                                             x[_THR_L, j], kl[j], x[_A_L, j] * x[prev + _S01, j],
-                                                             x[_A_L, j] * x[cur + _S01, j])
+                        x[_THR_L, j], kl[j] = _record_efolds(
+                            st,
+                            _C_LOSS_T,
+                            _C_LOSS_E,
+                            t,
+                            y_prev,
+                            y,
+                            x[_LOSS0, j],
+                            x[_THR_L, j],
+                            kl[j],
+                            x[_A_L, j] * x[prev + _S01, j],
+                            x[_A_L, j] * x[cur + _S01, j],
+                        )
                 flag[j] = 0
     cur = p * _NEXT
     for j in range(rows.shape[0]):
@@ -475,15 +534,49 @@ def _group(kind: int, rows: np.ndarray, w0i: np.ndarray, w1i: np.ndarray, wni: n
 
 
 @numba.njit(parallel=True, cache=True)
-def _kernel(kind: int, idx: np.ndarray, w0i: np.ndarray, w1i: np.ndarray, wni: np.ndarray, sigma: np.ndarray,
-            lr: np.ndarray, sigma_x: np.ndarray, m: np.ndarray, batch: np.ndarray, keys: np.ndarray, steps: int,
-            threshold: float, rec_row: np.ndarray, rec_steps: np.ndarray, traj: np.ndarray, stats: np.ndarray,
-            overflow_step: np.ndarray) -> None:
+def _kernel(
+    kind: int,
+    idx: np.ndarray,
+    w0i: np.ndarray,
+    w1i: np.ndarray,
+    wni: np.ndarray,
+    sigma: np.ndarray,
+    lr: np.ndarray,
+    sigma_x: np.ndarray,
+    m: np.ndarray,
+    batch: np.ndarray,
+    keys: np.ndarray,
+    steps: int,
+    threshold: float,
+    rec_row: np.ndarray,
+    rec_steps: np.ndarray,
+    traj: np.ndarray,
+    stats: np.ndarray,
+    overflow_step: np.ndarray,
+) -> None:
     """All replicas ``idx`` of sampler ``SAMPLERS[kind]``, in groups of LANES consecutive ones, parallel
     over groups."""
     for g in numba.prange((idx.shape[0] + LANES - 1) // LANES):
-        _group(kind, idx[g * LANES:(g + 1) * LANES], w0i, w1i, wni, sigma, lr, sigma_x, m, batch, keys, steps,
-               threshold, rec_row, rec_steps, traj, stats, overflow_step)
+        _group(
+            kind,
+            idx[g * LANES : (g + 1) * LANES],
+            w0i,
+            w1i,
+            wni,
+            sigma,
+            lr,
+            sigma_x,
+            m,
+            batch,
+            keys,
+            steps,
+            threshold,
+            rec_row,
+            rec_steps,
+            traj,
+            stats,
+            overflow_step,
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -528,16 +621,31 @@ class ToyRun:
         """Phase codes (R,) by the rule of reference §5.2 (see :func:`noiseprobe.nin.phases.classify_summary`):
         divergent = overflow or stalled; catapult = max_t η σε² max(w1², w_NI²) > edge; decay =
         |w_NI(T)| <= |w_NI(0)|/e; else decoupled."""
-        return classify_summary(overflow=self.overflow, stalled=self.stalled(tol),
-                                max_stability=np.maximum(self["max_u"], self["max_v"]),
-                                niw_ratio=np.abs(self["w_ni_T"]) / np.abs(self.w_ni_0), edge=edge)
+        return classify_summary(
+            overflow=self.overflow,
+            stalled=self.stalled(tol),
+            max_stability=np.maximum(self["max_u"], self["max_v"]),
+            niw_ratio=np.abs(self["w_ni_T"]) / np.abs(self.w_ni_0),
+            edge=edge,
+        )
 
     def frame(self) -> pd.DataFrame:
         """One row per replica: parameters, initial weights, statistics, overflow step."""
-        df = pd.DataFrame({"replica": self.replicas, "method": self.method, "sigma_eps": self.sigma_eps,
-                           "lr": self.lr, "batch_size": self.batch_size, "sigma_x": self.sigma_x,
-                           "M": self.M, "steps": self.steps, "w0_0": self.w0_0, "w1_0": self.w1_0,
-                           "w_ni_0": self.w_ni_0})
+        df = pd.DataFrame(
+            {
+                "replica": self.replicas,
+                "method": self.method,
+                "sigma_eps": self.sigma_eps,
+                "lr": self.lr,
+                "batch_size": self.batch_size,
+                "sigma_x": self.sigma_x,
+                "M": self.M,
+                "steps": self.steps,
+                "w0_0": self.w0_0,
+                "w1_0": self.w1_0,
+                "w_ni_0": self.w_ni_0,
+            }
+        )
         for j, name in enumerate(STAT_COLUMNS):
             df[name] = self.stats[:, j]
         df["overflow_step"] = self.overflow_step
@@ -546,17 +654,24 @@ class ToyRun:
     def trajectories(self) -> pd.DataFrame:
         """Long table of the recorded trajectories: replica, step, w0, w1, w_ni, loss."""
         n, k = len(self.recorded), len(self.record_steps)
-        return pd.DataFrame({"replica": np.repeat(self.replicas[self.recorded], k),
-                             "sigma_eps": np.repeat(self.sigma_eps[self.recorded], k),
-                             "step": np.tile(self.record_steps, n),
-                             "w0": self.traj[..., 0].ravel(), "w1": self.traj[..., 1].ravel(),
-                             "w_ni": self.traj[..., 2].ravel(), "loss": self.traj[..., 3].ravel()})
+        return pd.DataFrame(
+            {
+                "replica": np.repeat(self.replicas[self.recorded], k),
+                "sigma_eps": np.repeat(self.sigma_eps[self.recorded], k),
+                "step": np.tile(self.record_steps, n),
+                "w0": self.traj[..., 0].ravel(),
+                "w1": self.traj[..., 1].ravel(),
+                "w_ni": self.traj[..., 2].ravel(),
+                "loss": self.traj[..., 3].ravel(),
+            }
+        )
 
 
 def replica_keys(seed: int, replicas: np.ndarray) -> np.ndarray:
     """Per-replica uint64 keys (fast stream, slow stream) from ``seed_sequence(seed, replica)``: (R, 2)."""
-    return np.array([seed_sequence(seed, int(r)).generate_state(2, np.uint64) for r in replicas],
-                    dtype=np.uint64).reshape(-1, 2)
+    return np.array(
+        [seed_sequence(seed, int(r)).generate_state(2, np.uint64) for r in replicas], dtype=np.uint64
+    ).reshape(-1, 2)
 
 
 def init_weights(init: str, seed: int, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -575,15 +690,27 @@ def _per_replica(name: str, value: float | np.ndarray, n: int, dtype: type = np.
     arr = np.asarray(value, dtype=dtype)
     if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] not in (1, n)):
         raise ConfigError(name, f"shape {arr.shape}", f"a scalar or an array of length {n}")
-    return np.array(np.broadcast_to(arr, (n,)), dtype=dtype)          # a writable copy: one kernel signature
+    return np.array(np.broadcast_to(arr, (n,)), dtype=dtype)  # a writable copy: one kernel signature
 
 
-def simulate(sigma_eps: float | np.ndarray, *, w0: float | np.ndarray, w1: float | np.ndarray,
-             w_ni: float | np.ndarray, steps: int, lr: float | np.ndarray = 0.01,
-             batch_size: int | np.ndarray = 1, sigma_x: float | np.ndarray = 1.0, M: float | np.ndarray = 1.0,
-             method: str = "exact", seed: int = 0, replicas: np.ndarray | None = None,
-             record: np.ndarray | None = None, record_steps: np.ndarray | None = None,
-             threshold: float = 1e8) -> ToyRun:
+def simulate(
+    sigma_eps: float | np.ndarray,
+    *,
+    w0: float | np.ndarray,
+    w1: float | np.ndarray,
+    w_ni: float | np.ndarray,
+    steps: int,
+    lr: float | np.ndarray = 0.01,
+    batch_size: int | np.ndarray = 1,
+    sigma_x: float | np.ndarray = 1.0,
+    M: float | np.ndarray = 1.0,
+    method: str = "exact",
+    seed: int = 0,
+    replicas: np.ndarray | None = None,
+    record: np.ndarray | None = None,
+    record_steps: np.ndarray | None = None,
+    threshold: float = 1e8,
+) -> ToyRun:
     """Run ``steps`` SGD steps of the toy model for R replicas at once (float64).
 
     Every parameter is a scalar or an array of length R (the replica axis: σε values × seeds × any other
@@ -633,6 +760,24 @@ def simulate(sigma_eps: float | np.ndarray, *, w0: float | np.ndarray, w1: float
     with numba.parallel_chunksize(1):
         for kind, mask in groups.items():
             if mask.any():
-                _kernel(kind, np.flatnonzero(mask), a0, a1, an, se, eta, sx, m, b, keys, steps, threshold,
-                        rec_row, rsteps, traj, stats, ovf)
+                _kernel(
+                    kind,
+                    np.flatnonzero(mask),
+                    a0,
+                    a1,
+                    an,
+                    se,
+                    eta,
+                    sx,
+                    m,
+                    b,
+                    keys,
+                    steps,
+                    threshold,
+                    rec_row,
+                    rsteps,
+                    traj,
+                    stats,
+                    ovf,
+                )
     return ToyRun(se, eta, b, sx, m, a0, a1, an, reps, steps, method, stats, ovf, rec, rsteps, traj)

@@ -31,8 +31,16 @@ from noiseprobe.core.validation import check_int, check_real
 ArrayLike = float | np.ndarray
 
 
-def paper_boundaries(w0: ArrayLike, w1: ArrayLike, w_ni: ArrayLike, *, lr: float, sigma_x: float = 1.0,
-                     M: float = 1.0, batch_size: int = 1) -> dict[str, np.ndarray]:
+def paper_boundaries(
+    w0: ArrayLike,
+    w1: ArrayLike,
+    w_ni: ArrayLike,
+    *,
+    lr: float,
+    sigma_x: float = 1.0,
+    M: float = 1.0,
+    batch_size: int = 1,
+) -> dict[str, np.ndarray]:
     """The paper's Sec. 3 boundaries per run, from the initial weights (eq. 6 at t = 0, |Φ0| = 1).
 
     Keys: ``sigma_dec_paper`` = 2Ã0/B̃0 = 2σx|D0|/(√B|w1,0|) (as printed); ``sigma_dec_fixed`` = that
@@ -46,12 +54,18 @@ def paper_boundaries(w0: ArrayLike, w1: ArrayLike, w_ni: ArrayLike, *, lr: float
     batch_size = check_int("batch_size", batch_size, lo=1)
     w0, w1, w_ni = np.broadcast_arrays(*(np.asarray(w, dtype=np.float64) for w in (w0, w1, w_ni)))
     with np.errstate(divide="ignore"):
-        a_t = lr * sigma_x * np.abs(w1 * (w1 * w0 - M)) / np.sqrt(batch_size)   # |Ã0| / σε at |Φ0| = 1 (eq. 6)
-        b0, bt0 = lr * w_ni ** 2, lr * w1 ** 2                                  # B0, B̃0 (eq. 6)
+        a_t = lr * sigma_x * np.abs(w1 * (w1 * w0 - M)) / np.sqrt(batch_size)  # |Ã0| / σε at |Φ0| = 1 (eq. 6)
+        b0, bt0 = lr * w_ni**2, lr * w1**2  # B0, B̃0 (eq. 6)
         dec = 2.0 * a_t / bt0
         lo, hi = np.minimum(2.0 / b0, 2.0 / bt0), np.maximum(2.0 / b0, 2.0 / bt0)
-        return {"sigma_dec_paper": dec, "sigma_dec_fixed": dec / np.abs(w_ni), "sigma_cat": np.sqrt(lo),
-                "sigma_div": np.sqrt(hi), "sigma_cat_literal": lo, "sigma_div_literal": hi}
+        return {
+            "sigma_dec_paper": dec,
+            "sigma_dec_fixed": dec / np.abs(w_ni),
+            "sigma_cat": np.sqrt(lo),
+            "sigma_div": np.sqrt(hi),
+            "sigma_cat_literal": lo,
+            "sigma_div_literal": hi,
+        }
 
 
 def w1_star_sq(w0: ArrayLike, w1: ArrayLike, M: float = 1.0) -> np.ndarray:
@@ -99,7 +113,7 @@ def tau_loss(w0: ArrayLike, w1: ArrayLike, *, lr: float, sigma_x: float = 1.0) -
     lr = check_real("lr", lr, lo=0.0, lo_open=True)
     sigma_x = check_real("sigma_x", sigma_x, lo=0.0, lo_open=True)
     q = np.asarray(w0, dtype=np.float64) ** 2 + np.asarray(w1, dtype=np.float64) ** 2
-    return 1.0 / (2.0 * lr * sigma_x ** 2 * q)
+    return 1.0 / (2.0 * lr * sigma_x**2 * q)
 
 
 def niw_exponent(w1: np.ndarray, *, sigma_eps: ArrayLike, lr: float) -> np.ndarray:
@@ -107,7 +121,7 @@ def niw_exponent(w1: np.ndarray, *, sigma_eps: ArrayLike, lr: float) -> np.ndarr
     returns shape (..., T) with 0 at t = 0."""
     lr = check_real("lr", lr, lo=0.0, lo_open=True)
     w1 = np.asarray(w1, dtype=np.float64)
-    s = np.cumsum(w1 ** 2, axis=-1) - w1 ** 2
+    s = np.cumsum(w1**2, axis=-1) - w1**2
     return lr * np.asarray(sigma_eps, dtype=np.float64)[..., None] ** 2 * s
 
 
@@ -116,7 +130,7 @@ def loss_exponent(w0: np.ndarray, w1: np.ndarray, *, lr: float, sigma_x: float =
     lr = check_real("lr", lr, lo=0.0, lo_open=True)
     sigma_x = check_real("sigma_x", sigma_x, lo=0.0, lo_open=True)
     q = np.asarray(w0, dtype=np.float64) ** 2 + np.asarray(w1, dtype=np.float64) ** 2
-    return 2.0 * lr * sigma_x ** 2 * (np.cumsum(q, axis=-1) - q)
+    return 2.0 * lr * sigma_x**2 * (np.cumsum(q, axis=-1) - q)
 
 
 def mean_square_edge(*, batch_size: int) -> float:
@@ -134,7 +148,7 @@ def lyapunov_edge(*, batch_size: int) -> float:
     k = 0.5 * b
     log_norm = k * np.log(k) - special.gammaln(k)
 
-    def pdf(y: float) -> float:           # density of Y = χ²_B/B: Gamma(shape B/2, rate B/2)
+    def pdf(y: float) -> float:  # density of Y = χ²_B/B: Gamma(shape B/2, rate B/2)
         return float(np.exp(log_norm + (k - 1.0) * np.log(y) - k * y)) if y > 0 else 0.0
 
     def lyap(a: float) -> float:

@@ -88,8 +88,12 @@ def check_finite(field_name: str, obj: Any) -> None:
     if items is not None:
         for k, v in items:
             check_finite(f"{field_name}[{k!r}]", v)
-    elif (isinstance(obj, Tensor) and obj.is_floating_point() and not torch.isfinite(obj.sum())
-          and not torch.isfinite(obj).all()):  # the sum is one pass without a mask; the mask rules out overflow
+    elif (
+        isinstance(obj, Tensor)
+        and obj.is_floating_point()
+        and not torch.isfinite(obj.sum())
+        and not torch.isfinite(obj).all()
+    ):  # the sum is one pass without a mask; the mask rules out overflow
         raise ConfigError(field_name, f"a tensor of shape {tuple(obj.shape)} containing NaN or inf", "finite values")
 
 
@@ -138,14 +142,18 @@ def find_units(root: Root, trainable: set[int], consumers: set[str], chunk_size:
             key = (type(m).__name__, display(name))
             if key not in _WARNED:
                 _WARNED.add(key)
-                warnings.warn(f"per-sample gradients: {key[0]} {key[1]} has no layer rule; its parameters "
-                              "use vmap(grad) over this module alone (N × its parameter count numbers)",
-                              stacklevel=5)
+                warnings.warn(
+                    f"per-sample gradients: {key[0]} {key[1]} has no layer rule; its parameters "
+                    "use vmap(grad) over this module alone (N × its parameter count numbers)",
+                    stacklevel=5,
+                )
         units.append(Unit(name, m, rule, params))
     return units
 
-def record(root: Root, units: list[Unit], loss_fn: PerSampleLoss, x: Any, y: Any,
-           device: torch.device) -> tuple[Tensor, set[str]]:
+
+def record(
+    root: Root, units: list[Unit], loss_fn: PerSampleLoss, x: Any, y: Any, device: torch.device
+) -> tuple[Tensor, set[str]]:
     """One forward pass recording every unit's calls; returns the per-sample losses and the modules that
     must become vmap units (an in-place change of a unit's output is fixed here by cloning it)."""
     active, fired, handles = [True], set(), []
@@ -158,9 +166,12 @@ def record(root: Root, units: list[Unit], loss_fn: PerSampleLoss, x: Any, y: Any
             return None
         rng = rng_before.pop(id(unit), None)  # recorded for vmap units in training mode
         if rng is not None and any(not torch.equal(a, b) for a, b in zip(rng, _rng_state(device))):
-            raise ConfigError(display(unit.name), f"{type(mod).__name__} drawing random numbers "
-                              "in training mode", "eval mode or no dropout in modules without a layer rule "
-                              "(their random draws cannot be replayed sample by sample)")
+            raise ConfigError(
+                display(unit.name),
+                f"{type(mod).__name__} drawing random numbers in training mode",
+                "eval mode or no dropout in modules without a layer rule "
+                "(their random draws cannot be replayed sample by sample)",
+            )
         ret = None
         if unit.rule.batch_axis_zero and isinstance(out, Tensor) and out.dim() > 0 and out.shape[0] == 1 < n_hint:
             out = ret = out.expand(n_hint, *out.shape[1:])  # shared by the batch: per-sample gradients
@@ -207,23 +218,31 @@ def record(root: Root, units: list[Unit], loss_fn: PerSampleLoss, x: Any, y: Any
             parts = u.name.split(".")
             ancestors = [".".join(parts[:i]) for i in range(len(parts) - 1, -1, -1)]
             consumer = next(a for a in ancestors if a in fired)
-            warnings.warn(f"per-sample gradients: {display(u.name)} never runs but its parameters are "
-                          f"used: {display(consumer)} consumes them and becomes one vmap unit", stacklevel=5)
+            warnings.warn(
+                f"per-sample gradients: {display(u.name)} never runs but its parameters are "
+                f"used: {display(consumer)} consumes them and becomes one vmap unit",
+                stacklevel=5,
+            )
             redo.add(consumer)
     return losses, redo
+
 
 def check_losses(losses: Any) -> None:
     """ConfigError unless ``losses`` is a finite (N,) tensor."""
     if not isinstance(losses, Tensor) or losses.dim() != 1 or losses.shape[0] < 1:
         shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
-        raise ConfigError("loss_fn", f"a loss returning {shape}",
-                          "a per-sample loss returning shape (N,), N >= 1, e.g. reduction='none'")
+        raise ConfigError(
+            "loss_fn",
+            f"a loss returning {shape}",
+            "a per-sample loss returning shape (N,), N >= 1, e.g. reduction='none'",
+        )
     if not torch.isfinite(losses).all():
         raise ConfigError("loss_fn", "non-finite per-sample losses", "finite losses at the current weights")
 
 
-def capture(root: Root, trainable: set[int], loss_fn: PerSampleLoss, x: Any, y: Any, consumers: set[str],
-            chunk_size: int | None) -> tuple[list[Unit], Tensor]:
+def capture(
+    root: Root, trainable: set[int], loss_fn: PerSampleLoss, x: Any, y: Any, consumers: set[str], chunk_size: int | None
+) -> tuple[list[Unit], Tensor]:
     """The units of ``root`` with their calls on batch ``x``, and the per-sample losses (module docstring)."""
     device = next(p.device for p in root.parameters() if id(p) in trainable)
     names = set(consumers)

@@ -58,12 +58,23 @@ class GradientNoise:
     is common to all samples).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any, batch_size: int = 1,
-                 replacement: bool = True, method: Literal["auto", "hooks", "func"] = "auto",
-                 chunk_size: int | None = None, forward: Forward | None = None, check: bool = False,
-                 params: Selection | None = None) -> None:
-        self.grads: PerSampleGradients = per_sample_gradients(model, loss_fn, x, y, method, chunk_size, forward,
-                                                              check, params)
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: PerSampleLoss,
+        x: Any,
+        y: Any,
+        batch_size: int = 1,
+        replacement: bool = True,
+        method: Literal["auto", "hooks", "func"] = "auto",
+        chunk_size: int | None = None,
+        forward: Forward | None = None,
+        check: bool = False,
+        params: Selection | None = None,
+    ) -> None:
+        self.grads: PerSampleGradients = per_sample_gradients(
+            model, loss_fn, x, y, method, chunk_size, forward, check, params
+        )
         self.n = self.grads.n
         self.factor = batch_factor(batch_size, self.n, replacement)
         self._mean: Tensor | None = None
@@ -90,12 +101,12 @@ class GradientNoise:
         """Tr C = c [(1/N) Σ_i ‖∇ℓ_i‖² − ‖ḡ‖²]; from the Gram matrix (diagonal and 1ᵀ(JJᵀ)1/N²) when it is
         already built."""
         if self._gram is not None:
-            return self.factor * float(self._gram.diagonal().mean() - self._gram.sum() / self.n ** 2)
+            return self.factor * float(self._gram.diagonal().mean() - self._gram.sum() / self.n**2)
         return self.factor * float(self.grads.sq_norms().mean() - self.mean_gradient @ self.mean_gradient)
 
     def diagonal(self) -> Tensor:
         """diag C = c [(1/N) Σ_i (∇ℓ_i)² − ḡ²], shape (P,)."""
-        return self.factor * (self.grads.sq_sum() / self.n - self.mean_gradient ** 2)
+        return self.factor * (self.grads.sq_sum() / self.n - self.mean_gradient**2)
 
     def centred_gram(self) -> Tensor:
         """K = (1/N) H J Jᵀ H (N × N): its eigenvalues times c are the non-zero eigenvalues of C."""

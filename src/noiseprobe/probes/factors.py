@@ -115,19 +115,20 @@ class Layout:
         """(P_b, c) → (c, m, K)."""
         c, parts, o = vec.shape[1], [], 0
         if self.weight:
-            w = vec[:self.m * self.k].T
-            parts.append(w.reshape(c, self.k, self.m).transpose(1, 2) if self.transposed
-                         else w.reshape(c, self.m, self.k))
+            w = vec[: self.m * self.k].T
+            parts.append(
+                w.reshape(c, self.k, self.m).transpose(1, 2) if self.transposed else w.reshape(c, self.m, self.k)
+            )
             o = self.m * self.k
         if self.bias:
-            parts.append(vec[o:o + self.m].T.reshape(c, self.m, 1))
+            parts.append(vec[o : o + self.m].T.reshape(c, self.m, 1))
         return torch.cat(parts, 2) if len(parts) > 1 else parts[0]
 
     def from_matrix(self, mat: Tensor) -> Tensor:
         """(c, m, K) → (P_b, c)."""
         c, parts = mat.shape[0], []
         if self.weight:
-            w = mat[:, :, :self.k]
+            w = mat[:, :, : self.k]
             parts.append((w.transpose(1, 2) if self.transposed else w).reshape(c, -1))
         if self.bias:
             parts.append(mat[:, :, -1])
@@ -157,8 +158,11 @@ class OuterFactor(Factor):
         position axes are concatenated per kind of ``left`` (ids, floats); two kinds (a tied embedding and
         output head) give a :class:`SummedOuterFactor`."""
         kinds = [[f for f in factors if f.ids == ids] for ids in (True, False)]
-        parts = [OuterFactor(torch.cat([f.left for f in fs], 1), torch.cat([f.right for f in fs], 1), fs[0].layout)
-                 for fs in kinds if fs]
+        parts = [
+            OuterFactor(torch.cat([f.left for f in fs], 1), torch.cat([f.right for f in fs], 1), fs[0].layout)
+            for fs in kinds
+            if fs
+        ]
         return parts[0] if len(parts) == 1 else SummedOuterFactor(parts)
 
     def _dense_left(self, lo: int, hi: int) -> Tensor:
@@ -241,8 +245,9 @@ class OuterFactor(Factor):
     def vjp(self, u: Tensor) -> Tensor:
         if not self._via_rows(u.shape[1]):
             return self.layout.from_matrix(self._direct_vjp(u))
-        mats = [(u.T @ self._chunk(lo, hi).reshape(self.n, -1)).reshape(u.shape[1], hi - lo, -1)
-                for lo, hi in self._spans()]
+        mats = [
+            (u.T @ self._chunk(lo, hi).reshape(self.n, -1)).reshape(u.shape[1], hi - lo, -1) for lo, hi in self._spans()
+        ]
         return self.layout.from_matrix(torch.cat(mats, 1))
 
     def _direct_jvp(self, mats: Tensor) -> Tensor:

@@ -38,7 +38,9 @@ def as_operator(a: Operator) -> ParamOperator:
         return MatrixOperator(torch.from_numpy(a))
     if isinstance(a, LinearOperator):
         return ScipyOperator(a)
-    raise ConfigError("operator", type(a).__name__, "a ParamOperator, a square tensor or array, or a scipy LinearOperator")
+    raise ConfigError(
+        "operator", type(a).__name__, "a ParamOperator, a square tensor or array, or a scipy LinearOperator"
+    )
 
 
 def _generator(seed: int | torch.Generator) -> torch.Generator:
@@ -84,9 +86,18 @@ def _start_block(warm: Tensor | None, b: int, p: int, gen: torch.Generator, op: 
     return torch.cat([warm, rand(b - m)], 1) if m < b else warm
 
 
-def lanczos(op: Operator, k: int, *, warm_start: Eigenpairs | Tensor | None = None,
-            which: Literal["LA", "LM", "SA"] = "LA", tol: float = 1e-4, max_matvecs: int | None = None,
-            block: int | None = None, min_dim: int | None = None, seed: int | torch.Generator = 0) -> Eigenpairs:
+def lanczos(
+    op: Operator,
+    k: int,
+    *,
+    warm_start: Eigenpairs | Tensor | None = None,
+    which: Literal["LA", "LM", "SA"] = "LA",
+    tol: float = 1e-4,
+    max_matvecs: int | None = None,
+    block: int | None = None,
+    min_dim: int | None = None,
+    seed: int | torch.Generator = 0,
+) -> Eigenpairs:
     """The k extreme eigenpairs of a symmetric operator by block Lanczos with full reorthogonalisation.
 
     ``which``: "LA" largest algebraic, "LM" largest magnitude, "SA" smallest algebraic.
@@ -115,7 +126,9 @@ def lanczos(op: Operator, k: int, *, warm_start: Eigenpairs | Tensor | None = No
     max_matvecs = check_int("max_matvecs", min(p, 500) if max_matvecs is None else max_matvecs, lo=k)
     warm = warm_start.eigenvectors if isinstance(warm_start, Eigenpairs) else warm_start
     min_dim = check_int("min_dim", (k + 2 if warm_start is None else k + 7) if min_dim is None else min_dim, lo=1)
-    b = check_int("block", block if block is not None else (1 if warm is None else warm.reshape(p, -1).shape[1]), lo=1, hi=p)
+    b = check_int(
+        "block", block if block is not None else (1 if warm is None else warm.reshape(p, -1).shape[1]), lo=1, hi=p
+    )
     gen = _generator(seed)
     q = _orthonormalise(_start_block(warm, b, p, gen, op), None, gen, op)[0]
     basis: list[Tensor] = [q]
@@ -134,10 +147,10 @@ def lanczos(op: Operator, k: int, *, warm_start: Eigenpairs | Tensor | None = No
         m = qs.shape[1]
         t = torch.zeros(m, m, dtype=torch.float64)
         for j, aj in enumerate(diag):
-            t[j * b:(j + 1) * b, j * b:(j + 1) * b] = aj.double().cpu()
+            t[j * b : (j + 1) * b, j * b : (j + 1) * b] = aj.double().cpu()
         for j, bj in enumerate(off[:-1]):
-            t[(j + 1) * b:(j + 2) * b, j * b:(j + 1) * b] = bj.double().cpu()
-            t[j * b:(j + 1) * b, (j + 1) * b:(j + 2) * b] = bj.double().cpu().T
+            t[(j + 1) * b : (j + 2) * b, j * b : (j + 1) * b] = bj.double().cpu()
+            t[j * b : (j + 1) * b, (j + 1) * b : (j + 2) * b] = bj.double().cpu().T
         theta, s = torch.linalg.eigh(t)
         key = {"LA": -theta, "SA": theta, "LM": -theta.abs()}[which]
         sel = torch.argsort(key)[:k]
@@ -145,7 +158,7 @@ def lanczos(op: Operator, k: int, *, warm_start: Eigenpairs | Tensor | None = No
         dist = (theta[sel, None] - theta[None, :]).abs()
         dist[torch.arange(len(sel)), sel] = math.inf
         gap = dist.min(1).values  # inf with a single Ritz value: then the bound r itself
-        err = torch.where(torch.isfinite(gap), torch.minimum(res, res ** 2 / gap), res)
+        err = torch.where(torch.isfinite(gap), torch.minimum(res, res**2 / gap), res)
         if last is not None and len(last) == len(sel):
             err = torch.maximum(err, (theta[sel] - last).abs())
         last = theta[sel]
@@ -203,8 +216,15 @@ def hutchinson(op: Operator, n_probes: int, *, seed: int | torch.Generator = 0, 
     sample std/√m (nan for one probe). Variance per probe 2(‖A‖_F² − Σ A_ii²). Products in blocks of ``block``."""
     op = as_operator(op)
     check_int("block", block, lo=1)
-    mean, se = hutchinson_trace(lambda v: op.mv(v.T).T, op.num_params, n_probes, _generator(seed),
-                                dtype=op.torch_dtype, device=op.device, block=block)
+    mean, se = hutchinson_trace(
+        lambda v: op.mv(v.T).T,
+        op.num_params,
+        n_probes,
+        _generator(seed),
+        dtype=op.torch_dtype,
+        device=op.device,
+        block=block,
+    )
     return Estimate(mean, se, n_probes)
 
 
@@ -248,7 +268,7 @@ def diagonal(op: Operator, n_probes: int, *, seed: int | torch.Generator = 0, bl
         total_sq += (z * z).sum(1)
     mean = total / n_probes
     if n_probes > 1:
-        se = ((total_sq - n_probes * mean ** 2).clamp_min(0) / (n_probes - 1) / n_probes).sqrt()
+        se = ((total_sq - n_probes * mean**2).clamp_min(0) / (n_probes - 1) / n_probes).sqrt()
     else:
         se = torch.full_like(mean, math.nan)
     return Estimate(mean.to(op.torch_dtype), se.to(op.torch_dtype), n_probes)

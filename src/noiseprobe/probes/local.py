@@ -42,9 +42,16 @@ def eval_no_grad(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def hutchinson_trace(hvp: Callable[[Tensor], Tensor], dim: int | tuple[int, ...], n_probes: int,
-                     generator: torch.Generator, *, dtype: torch.dtype = torch.float32,
-                     device: torch.device | str = "cpu", block: int | None = None) -> tuple[float, float]:
+def hutchinson_trace(
+    hvp: Callable[[Tensor], Tensor],
+    dim: int | tuple[int, ...],
+    n_probes: int,
+    generator: torch.Generator,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    block: int | None = None,
+) -> tuple[float, float]:
     """Hutchinson's estimate of Tr A = E[vᵀ A v] with Rademacher v, from ``hvp(v) = A v``.
 
     With ``block`` the probes go to ``hvp`` in stacks of up to ``block`` (shape (m, *dim)), for an
@@ -92,8 +99,11 @@ class LocalObjective:
                 if len(captured) != 1:
                     raise ConfigError("module_name", module_name, "a submodule called exactly once per forward pass")
                 if loss.dim() != 0:
-                    raise ConfigError("loss_fn", getattr(loss_fn, "__name__", loss_fn),
-                                      "a function returning the scalar batch-mean loss")
+                    raise ConfigError(
+                        "loss_fn",
+                        getattr(loss_fn, "__name__", loss_fn),
+                        "a function returning the scalar batch-mean loss",
+                    )
                 self.z, self.loss, self.batch = captured[0], loss, X.shape[0]
                 self.grad = torch.autograd.grad(loss, self.z, create_graph=True)[0]
         finally:
@@ -102,8 +112,9 @@ class LocalObjective:
     def hvp(self, v: Tensor) -> Tensor:
         """(∂²L/∂Z²) v for v of Z's shape, or of shape (m, *Z.shape) for m products at once."""
         batched = v.dim() == self.z.dim() + 1
-        (hv,) = torch.autograd.grad(self.grad, self.z, v, retain_graph=True, allow_unused=True,
-                                    is_grads_batched=batched)
+        (hv,) = torch.autograd.grad(
+            self.grad, self.z, v, retain_graph=True, allow_unused=True, is_grads_batched=batched
+        )
         return torch.zeros_like(v) if hv is None else hv.detach()
 
     def grad_rms(self) -> float:
@@ -117,8 +128,17 @@ class LocalObjective:
         return float((direction * self.hvp(direction)).sum())
 
 
-def local_grad_hessian(model: nn.Module, module_name: str, loss_fn: MeanLoss, X: Tensor, y: Tensor, *,
-                       n_probes: int, generator: torch.Generator, block: int | None = 64) -> tuple[float, float, float]:
+def local_grad_hessian(
+    model: nn.Module,
+    module_name: str,
+    loss_fn: MeanLoss,
+    X: Tensor,
+    y: Tensor,
+    *,
+    n_probes: int,
+    generator: torch.Generator,
+    block: int | None = 64,
+) -> tuple[float, float, float]:
     """(√⟨g²⟩ norm, Tr⟨H⟩ Hutchinson mean, its standard error) at ``module_name``'s output (eq. 3).
 
     ``block`` probes share one batched double-backward pass (``None``: one pass per probe, less memory).
@@ -126,8 +146,9 @@ def local_grad_hessian(model: nn.Module, module_name: str, loss_fn: MeanLoss, X:
     The model runs in its current mode (call ``model.eval()``, or a NIN handle's ``clean()``, for ε = 0).
     """
     obj = LocalObjective(model, module_name, loss_fn, X, y)
-    mean, se = hutchinson_trace(obj.hvp, tuple(obj.z.shape), n_probes, generator, dtype=obj.z.dtype,
-                                device=obj.z.device, block=block)
+    mean, se = hutchinson_trace(
+        obj.hvp, tuple(obj.z.shape), n_probes, generator, dtype=obj.z.dtype, device=obj.z.device, block=block
+    )
     return obj.grad_rms(), mean, se
 
 
@@ -146,14 +167,28 @@ def param_hvp(loss: Tensor, params: list[Tensor]) -> Callable[[Tensor], Tensor]:
         batched = v.dim() == 2
         hv = torch.autograd.grad(flat, params, v, retain_graph=True, allow_unused=True, is_grads_batched=batched)
         lead = v.shape[:1] if batched else ()
-        return torch.cat([(torch.zeros(*lead, *p.shape, dtype=v.dtype, device=v.device) if h is None else h).reshape(*lead, -1)
-                          for h, p in zip(hv, params)], dim=-1)
+        return torch.cat(
+            [
+                (torch.zeros(*lead, *p.shape, dtype=v.dtype, device=v.device) if h is None else h).reshape(*lead, -1)
+                for h, p in zip(hv, params)
+            ],
+            dim=-1,
+        )
+
     return hvp
 
 
-def full_hessian_trace(model: nn.Module, loss_fn: MeanLoss, X: Tensor, y: Tensor, *, n_probes: int,
-                       generator: torch.Generator, params: list[Tensor] | None = None,
-                       block: int | None = 16) -> tuple[float, float]:
+def full_hessian_trace(
+    model: nn.Module,
+    loss_fn: MeanLoss,
+    X: Tensor,
+    y: Tensor,
+    *,
+    n_probes: int,
+    generator: torch.Generator,
+    params: list[Tensor] | None = None,
+    block: int | None = 16,
+) -> tuple[float, float]:
     """Tr ∇²_θ L over ``params`` (default: all trainable parameters) by Hutchinson: (mean, se);
     ``block`` as in :func:`hutchinson_trace`."""
     params = flat_params(model) if params is None else params
@@ -161,8 +196,9 @@ def full_hessian_trace(model: nn.Module, loss_fn: MeanLoss, X: Tensor, y: Tensor
         loss = loss_fn(model(X), y)
         hvp = param_hvp(loss, params)
         dim = sum(p.numel() for p in params)
-        return hutchinson_trace(hvp, dim, n_probes, generator, dtype=params[0].dtype, device=params[0].device,
-                                block=block)
+        return hutchinson_trace(
+            hvp, dim, n_probes, generator, dtype=params[0].dtype, device=params[0].device, block=block
+        )
 
 
 def consumer_module(model: nn.Module, module_name: str, example_input: Tensor) -> str | None:

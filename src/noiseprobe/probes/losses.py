@@ -33,8 +33,11 @@ def model_output(out: Any) -> Tensor:
         return out["logits"]
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
         return out[0]
-    raise ConfigError("model output", type(out).__name__,
-                      "a tensor, a tuple whose first element is a tensor, or an object with a .logits tensor")
+    raise ConfigError(
+        "model output",
+        type(out).__name__,
+        "a tensor, a tuple whose first element is a tensor, or an object with a .logits tensor",
+    )
 
 
 def token_mean(token_losses: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -76,7 +76,9 @@ class ParamOperator(LinearOperator):
         self.device, self.torch_dtype = device, dtype
         self.matvecs = 0
         p = sum(int(np.prod(s)) for s in shapes)
-        np_dtype = np.float32 if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype  # NumPy has no bf16
+        np_dtype = (
+            np.float32 if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype
+        )  # NumPy has no bf16
         super().__init__(dtype=np_dtype, shape=(p, p))
 
     @property
@@ -90,7 +92,9 @@ class ParamOperator(LinearOperator):
     def mv(self, v: Tensor) -> Tensor:
         """A v for a tensor v of shape (P,) or (P, k), returned on the operator's device and dtype."""
         if v.dim() not in (1, 2) or v.shape[0] != self.num_params:
-            raise ConfigError("v", f"tensor of shape {tuple(v.shape)}", f"shape ({self.num_params},) or ({self.num_params}, k)")
+            raise ConfigError(
+                "v", f"tensor of shape {tuple(v.shape)}", f"shape ({self.num_params},) or ({self.num_params}, k)"
+            )
         vv = v.to(device=self.device, dtype=self.torch_dtype).reshape(self.num_params, -1)
         self.matvecs += vv.shape[1]
         return self._mm(vv).reshape(v.shape)
@@ -118,7 +122,7 @@ class ParamOperator(LinearOperator):
         out, o = {}, 0
         for name, shape in zip(self.names, self.shapes):
             size = int(np.prod(shape))
-            out[name] = v[o:o + size].view(shape)
+            out[name] = v[o : o + size].view(shape)
             o += size
         return out
 
@@ -188,7 +192,9 @@ class _GramOperator(ParamOperator):
     def __init__(self, noise: GradientNoise, chosen: list[tuple[str, Tensor]]) -> None:
         names, shapes, device, dtype = _meta(chosen)
         if sum(p.numel() for _, p in chosen) != noise.grads.num_params:
-            raise ConfigError("noise", f"{noise.grads.num_params} parameters", "per-sample gradients of the chosen parameters")
+            raise ConfigError(
+                "noise", f"{noise.grads.num_params} parameters", "per-sample gradients of the chosen parameters"
+            )
         super().__init__(names, shapes, device, dtype)
         self.noise, self.grads, self.n = noise, noise.grads, noise.n
 
@@ -213,12 +219,22 @@ class NoiseCovariance(_GramOperator):
     and diagonal, top eigenpairs through the centred Gram matrix. Build with :meth:`from_model`."""
 
     @classmethod
-    def from_model(cls, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Tensor, *, batch_size: int = 1,
-                   replacement: bool = True, params: Selection | None = None,
-                   **kwargs: Any) -> NoiseCovariance:
+    def from_model(
+        cls,
+        model: nn.Module,
+        loss_fn: PerSampleLoss,
+        x: Any,
+        y: Tensor,
+        *,
+        batch_size: int = 1,
+        replacement: bool = True,
+        params: Selection | None = None,
+        **kwargs: Any,
+    ) -> NoiseCovariance:
         """C over ``params`` (see :func:`select_params`); other keyword arguments go to :class:`GradientNoise`."""
-        noise = GradientNoise(model, loss_fn, x, y, batch_size=batch_size, replacement=replacement, params=params,
-                              **kwargs)
+        noise = GradientNoise(
+            model, loss_fn, x, y, batch_size=batch_size, replacement=replacement, params=params, **kwargs
+        )
         return cls(noise, select_params(model, params))
 
     def _mm(self, v: Tensor) -> Tensor:
@@ -241,10 +257,20 @@ class EmpiricalFisher(_GramOperator):
     M the covariance of one sample's gradient). Build with :meth:`from_model`."""
 
     @classmethod
-    def from_model(cls, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Tensor, *,
-                   params: Selection | None = None, **kwargs: Any) -> EmpiricalFisher:
+    def from_model(
+        cls,
+        model: nn.Module,
+        loss_fn: PerSampleLoss,
+        x: Any,
+        y: Tensor,
+        *,
+        params: Selection | None = None,
+        **kwargs: Any,
+    ) -> EmpiricalFisher:
         """F over ``params`` (see :func:`select_params`); other keyword arguments go to :class:`GradientNoise`."""
-        return cls(GradientNoise(model, loss_fn, x, y, batch_size=1, params=params, **kwargs), select_params(model, params))
+        return cls(
+            GradientNoise(model, loss_fn, x, y, batch_size=1, params=params, **kwargs), select_params(model, params)
+        )
 
     def _mm(self, v: Tensor) -> Tensor:
         return self.grads.vjp(self.grads.jvp(v)) / self.n
@@ -276,12 +302,15 @@ def _mean_loss(loss_fn: PerSampleLoss, out: Tensor, y: Any) -> Tensor:
     losses = loss_fn(out, y)
     if not isinstance(losses, Tensor) or losses.dim() != 1 or losses.shape[0] < 1:
         shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
-        raise ConfigError("loss_fn", f"a loss returning {shape}", "a per-sample loss returning shape (N,), e.g. reduction='none'")
+        raise ConfigError(
+            "loss_fn", f"a loss returning {shape}", "a per-sample loss returning shape (N,), e.g. reduction='none'"
+        )
     return losses.mean()
 
 
-def _output_and_loss(model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any,
-                     forward: Forward | None) -> tuple[Tensor, Tensor]:
+def _output_and_loss(
+    model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any, forward: Forward | None
+) -> tuple[Tensor, Tensor]:
     """(model output f on the batch, the mean loss L = (1/N) Σ ℓ_i(f_i)), graphs kept."""
     out = model_output((forward or default_forward)(model, x))
     return out, _mean_loss(loss_fn, out, y)
@@ -305,8 +334,16 @@ class Hessian(_ModelOperator):
     mode: dropout draws at construction time and stays fixed for all products).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Tensor, *,
-                 params: Selection | None = None, forward: Forward | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: PerSampleLoss,
+        x: Any,
+        y: Tensor,
+        *,
+        params: Selection | None = None,
+        forward: Forward | None = None,
+    ) -> None:
         super().__init__(model, params)
         with torch.enable_grad(), double_backward_attention():
             _, self.loss = _output_and_loss(model, loss_fn, x, y, forward)
@@ -327,8 +364,16 @@ class GaussNewton(_ModelOperator):
     when ℓ is convex in the output (cross-entropy, squared error).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Tensor, *,
-                 params: Selection | None = None, forward: Forward | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: PerSampleLoss,
+        x: Any,
+        y: Tensor,
+        *,
+        params: Selection | None = None,
+        forward: Forward | None = None,
+    ) -> None:
         super().__init__(model, params)
         with torch.enable_grad(), double_backward_attention():
             self.out, _ = _output_and_loss(model, loss_fn, x, y, forward)
@@ -340,10 +385,13 @@ class GaussNewton(_ModelOperator):
 
     def _mm(self, v: Tensor) -> Tensor:
         k = v.shape[1]  # the k products go through each backward pass at once
-        parts = [t.reshape(k, *shape) for t, shape in zip(v.T.split([int(np.prod(s)) for s in self.shapes], 1), self.shapes)]
+        parts = [
+            t.reshape(k, *shape) for t, shape in zip(v.T.split([int(np.prod(s)) for s in self.shapes], 1), self.shapes)
+        ]
         with double_backward_attention():
             jv = torch.autograd.grad(self.jtu, self.u, parts, retain_graph=True, is_grads_batched=True)[0]
         hjv = torch.autograd.grad(self.dloss, self.f, jv, retain_graph=True, is_grads_batched=True)[0]
-        g = torch.autograd.grad(self.out, self.params, hjv, retain_graph=True, is_grads_batched=True,
-                                materialize_grads=True)
+        g = torch.autograd.grad(
+            self.out, self.params, hjv, retain_graph=True, is_grads_batched=True, materialize_grads=True
+        )
         return torch.cat([t.reshape(v.shape[1], -1) for t in g], 1).T

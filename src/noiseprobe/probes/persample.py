@@ -58,8 +58,18 @@ from noiseprobe.probes.factors import Factor, OuterFactor, RowsFactor
 from noiseprobe.probes.rules import rule_for
 from noiseprobe.probes.rules.base import accumulation_dtype
 
-__all__ = ["Forward", "HookFactors", "JacobianFactors", "PerSampleGradients", "PerSampleLoss", "Selection",
-           "default_forward", "per_sample_gradients", "select_parameters", "supports_hooks"]
+__all__ = [
+    "Forward",
+    "HookFactors",
+    "JacobianFactors",
+    "PerSampleGradients",
+    "PerSampleLoss",
+    "Selection",
+    "default_forward",
+    "per_sample_gradients",
+    "select_parameters",
+    "supports_hooks",
+]
 
 
 class PerSampleGradients(Factor):
@@ -109,8 +119,11 @@ def select_parameters(model: nn.Module, selection: Selection | None = None) -> l
             elif isinstance(item, nn.Parameter) and any(item is p for p in params.values()):
                 ids.add(id(item))
             else:
-                raise ConfigError("params", item if isinstance(item, str) else type(item).__name__,
-                                  "names of the model's parameters or modules, its modules or its parameters")
+                raise ConfigError(
+                    "params",
+                    item if isinstance(item, str) else type(item).__name__,
+                    "names of the model's parameters or modules, its modules or its parameters",
+                )
         frozen = [n for n, p in params.items() if id(p) in ids and not p.requires_grad]
         if frozen:
             raise ConfigError("params", frozen[0], "parameters with requires_grad=True")
@@ -124,9 +137,18 @@ class HookFactors(PerSampleGradients):
     """Per-sample gradients of any model from layer rules (module docstring). ``consumers``: names of
     modules (as in ``model.named_modules()``; "" = the whole model) handled as one vmap unit."""
 
-    def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any, forward: Forward | None = None,
-                 chunk_size: int | None = None, check: bool = False, consumers: frozenset[str] = frozenset(),
-                 params: Selection | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: PerSampleLoss,
+        x: Any,
+        y: Any,
+        forward: Forward | None = None,
+        chunk_size: int | None = None,
+        check: bool = False,
+        consumers: frozenset[str] = frozenset(),
+        params: Selection | None = None,
+    ) -> None:
         self.root = Root(model, forward or default_forward)
         params = select_parameters(model, params)
         self.dtype, self.device = accumulation_dtype(params[0]), params[0].device
@@ -158,8 +180,10 @@ class HookFactors(PerSampleGradients):
         self.blocks = self._blocks(contribs)
         if check:
             params = list({id(p): p for u in units for _, p in u.params}.values())
-            weights = torch.rand(self.n, generator=torch.Generator().manual_seed(0), dtype=losses.dtype).to(
-                losses.device) + 0.5
+            weights = (
+                torch.rand(self.n, generator=torch.Generator().manual_seed(0), dtype=losses.dtype).to(losses.device)
+                + 0.5
+            )
             reference = torch.autograd.grad((weights * losses).sum(), params, allow_unused=True)
             self._self_check(params, weights, reference)
 
@@ -202,7 +226,7 @@ class HookFactors(PerSampleGradients):
         for ps, f in group:
             r, i = f.rows(), 0
             for p in ps:
-                rows[:, local[id(p)]:local[id(p)] + p.numel()] += r[:, i:i + p.numel()]
+                rows[:, local[id(p)] : local[id(p)] + p.numel()] += r[:, i : i + p.numel()]
                 i += p.numel()
         return params, RowsFactor(rows)
 
@@ -212,18 +236,23 @@ class HookFactors(PerSampleGradients):
         e.g. the key bias of attention). Random weights, not u = 1, so that gradients attributed to the wrong
         sample are caught too (a sum over all samples cannot see them)."""
         summed = self.vjp(weights.to(self.dtype))
-        refs = [torch.zeros(p.numel(), dtype=self.dtype, device=self.device) if r is None
-                else r.reshape(-1).to(self.dtype) for p, r in zip(params, reference)]
+        refs = [
+            torch.zeros(p.numel(), dtype=self.dtype, device=self.device) if r is None else r.reshape(-1).to(self.dtype)
+            for p, r in zip(params, reference)
+        ]
         rtol = 1e-8 if self.dtype == torch.float64 else 1e-3
         floor = 100 * torch.finfo(self.dtype).eps * float(torch.cat(refs).norm())
         for p, ref in zip(params, refs):
             o, k = self._offset[id(p)]
-            err = float((summed[o:o + k] - ref).norm())
+            err = float((summed[o : o + k] - ref).norm())
             if not err <= rtol * float(ref.norm()) + floor:
-                raise ConfigError("model", f"parameter {self._names.get(id(p), '?')}",
-                                  f"per-sample gradients whose weighted sum is autograd's gradient (error {err:.2e}, "
-                                  f"gradient norm {float(ref.norm()):.2e}): samples interact, the batch is not on "
-                                  "axis 0 of every layer input, or a parameter is used outside its module")
+                raise ConfigError(
+                    "model",
+                    f"parameter {self._names.get(id(p), '?')}",
+                    f"per-sample gradients whose weighted sum is autograd's gradient (error {err:.2e}, "
+                    f"gradient norm {float(ref.norm()):.2e}): samples interact, the batch is not on "
+                    "axis 0 of every layer input, or a parameter is used outside its module",
+                )
 
     # -- the products ------------------------------------------------------------------------
 
@@ -247,7 +276,9 @@ class HookFactors(PerSampleGradients):
         out = torch.zeros(self.n, vec.shape[1], dtype=self.dtype, device=self.device)
         for ps, f in self.blocks:
             sl = self._slices(ps)
-            out += f.jvp(vec[sl[0][0]:sl[0][0] + sl[0][1]] if len(sl) == 1 else torch.cat([vec[o:o + k] for o, k in sl]))
+            out += f.jvp(
+                vec[sl[0][0] : sl[0][0] + sl[0][1]] if len(sl) == 1 else torch.cat([vec[o : o + k] for o, k in sl])
+            )
         return out.reshape(self.n, *v.shape[1:])
 
     def _scatter(self, parts: list[Tensor], k: int) -> Tensor:
@@ -255,7 +286,7 @@ class HookFactors(PerSampleGradients):
         for (ps, _), part in zip(self.blocks, parts):
             i = 0
             for o, size in self._slices(ps):
-                out[o:o + size] = part[i:i + size]
+                out[o : o + size] = part[i : i + size]
                 i += size
         return out
 
@@ -270,8 +301,17 @@ class HookFactors(PerSampleGradients):
 class JacobianFactors(HookFactors):
     """J materialised by ``torch.func.vmap(grad)`` over the whole model (one unit): any layer, N·P memory."""
 
-    def __init__(self, model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any, chunk_size: int | None = None,
-                 forward: Forward | None = None, check: bool = False, params: Selection | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: PerSampleLoss,
+        x: Any,
+        y: Any,
+        chunk_size: int | None = None,
+        forward: Forward | None = None,
+        check: bool = False,
+        params: Selection | None = None,
+    ) -> None:
         super().__init__(model, loss_fn, x, y, forward, chunk_size, check, consumers=frozenset({""}), params=params)
 
 
@@ -286,10 +326,17 @@ def supports_hooks(model: nn.Module) -> bool:
     return all(id(p) in owned for p in model.parameters() if p.requires_grad)
 
 
-def per_sample_gradients(model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any,
-                         method: Literal["auto", "hooks", "func"] = "auto", chunk_size: int | None = None,
-                         forward: Forward | None = None, check: bool = False,
-                         params: Selection | None = None) -> PerSampleGradients:
+def per_sample_gradients(
+    model: nn.Module,
+    loss_fn: PerSampleLoss,
+    x: Any,
+    y: Any,
+    method: Literal["auto", "hooks", "func"] = "auto",
+    chunk_size: int | None = None,
+    forward: Forward | None = None,
+    check: bool = False,
+    params: Selection | None = None,
+) -> PerSampleGradients:
     """Per-sample gradients of ``loss_fn(model_output(forward(model, x)), y)`` (shape (N,)) at the model's
     current weights.
 

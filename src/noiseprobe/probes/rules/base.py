@@ -55,9 +55,12 @@ def batch_leading(call: Call, t: Tensor, n: int) -> Tensor:
     if t.dim() > 0 and t.shape[0] == 1 < n:
         return t.detach().expand(n, *t.shape[1:])
     if t.dim() == 0 or t.shape[0] != n:
-        raise ConfigError(call.name, f"input of shape {tuple(t.shape)}",
-                          f"inputs with the batch of N = {n} on axis 0 (make the model batch-first, or use "
-                          "method='func'; nn.MultiheadAttention with batch_first=False is handled)")
+        raise ConfigError(
+            call.name,
+            f"input of shape {tuple(t.shape)}",
+            f"inputs with the batch of N = {n} on axis 0 (make the model batch-first, or use "
+            "method='func'; nn.MultiheadAttention with batch_first=False is handled)",
+        )
     return t.detach()
 
 

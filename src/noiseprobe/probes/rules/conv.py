@@ -31,9 +31,15 @@ def per_sample_conv_weight(module: nn.Conv1d | nn.Conv2d | nn.Conv3d, x: Tensor,
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
         x, padding = F.pad(x, module._reversed_padding_repeated_twice, mode=mode), 0
     d = x.dim() - 2
-    w = _WEIGHT_GRAD[d](x.reshape(1, -1, *x.shape[2:]), (n * module.out_channels, *module.weight.shape[1:]),
-                        g.reshape(1, -1, *g.shape[2:]), module.stride, padding, module.dilation,
-                        module.groups * n)
+    w = _WEIGHT_GRAD[d](
+        x.reshape(1, -1, *x.shape[2:]),
+        (n * module.out_channels, *module.weight.shape[1:]),
+        g.reshape(1, -1, *g.shape[2:]),
+        module.stride,
+        padding,
+        module.dilation,
+        module.groups * n,
+    )
     return w.reshape(n, *module.weight.shape)
 
 
@@ -46,6 +52,9 @@ class ConvRule(Rule):
         x, g = batch_leading(call, call.input, n).to(dtype), g.to(dtype)
         rows = []
         for name, _ in params:
-            rows.append(per_sample_conv_weight(module, x, g).reshape(n, -1) if name == "weight"
-                        else g.reshape(n, module.out_channels, -1).sum(2))
+            rows.append(
+                per_sample_conv_weight(module, x, g).reshape(n, -1)
+                if name == "weight"
+                else g.reshape(n, module.out_channels, -1).sum(2)
+            )
         return RowsFactor(torch.cat(rows, 1))

@@ -67,15 +67,21 @@ class VmapRule(Rule):
         out_axes = [self.output_axis(module, p, o, n) for p, o in zip(call.positions, call.outputs)]
         for o, ax in zip(call.outputs, out_axes):
             if o.dim() <= ax or o.shape[ax] != n:
-                raise ConfigError(call.name, f"output of shape {tuple(o.shape)}",
-                                  f"outputs with the batch of N = {n} on axis {ax}")
+                raise ConfigError(
+                    call.name, f"output of shape {tuple(o.shape)}", f"outputs with the batch of N = {n} on axis {ax}"
+                )
 
         def one(a: Any, ax: Any) -> Any:
             return tree_map(lambda t, d: t.unsqueeze(d) if d is not None else t, a, ax)
 
         def inner(p: dict[str, Tensor], args: tuple[Any, ...], kwargs: dict[str, Any], grads: list[Tensor]) -> Tensor:
-            out = functional_call(module, p, tuple(one(a, ax) for a, ax in zip(args, arg_axes)),
-                                  {k: one(a, kw_axes[k]) for k, a in kwargs.items()}, strict=False)
+            out = functional_call(
+                module,
+                p,
+                tuple(one(a, ax) for a, ax in zip(args, arg_axes)),
+                {k: one(a, kw_axes[k]) for k, a in kwargs.items()},
+                strict=False,
+            )
             leaves = tensor_leaves(out)
             return sum((leaves[pos] * g.unsqueeze(ax)).sum() for pos, g, ax in zip(call.positions, grads, out_axes))
 
@@ -87,7 +93,8 @@ class VmapRule(Rule):
         # The math attention kernel: fused kernels have no vmap batching rule.
         with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
             per = vmap(grad(inner), in_dims=(None, arg_axes, kw_axes, out_axes), chunk_size=self.chunk_size)(
-                {name: p.detach() for name, p in params}, detach(call.args), detach(call.kwargs), grads)
+                {name: p.detach() for name, p in params}, detach(call.args), detach(call.kwargs), grads
+            )
         rows = torch.cat([per[name].reshape(n, -1) for name, _ in params], 1)
         return RowsFactor(rows.to(accumulation_dtype(rows)))
 
@@ -99,8 +106,11 @@ class MultiheadAttentionRule(VmapRule):
 
     def validate(self, name: str, module: nn.Module) -> None:
         if module.dropout > 0 and module.training:
-            raise ConfigError(name, f"nn.MultiheadAttention(dropout={module.dropout}) in training mode",
-                              "eval mode or dropout=0 (its random attention mask cannot be replayed per sample)")
+            raise ConfigError(
+                name,
+                f"nn.MultiheadAttention(dropout={module.dropout}) in training mode",
+                "eval mode or dropout=0 (its random attention mask cannot be replayed per sample)",
+            )
 
     def input_axis(self, module: nn.Module, key: int | str, t: Tensor, n: int) -> int | None:
         if key in (0, 1, 2, "query", "key", "value"):
@@ -108,8 +118,11 @@ class MultiheadAttentionRule(VmapRule):
         if key in (3, "key_padding_mask"):
             return 0
         if t.dim() == 3:  # attn_mask of shape (N·heads, L, S)
-            raise ConfigError("attn_mask", f"tensor of shape {tuple(t.shape)}",
-                              "a 2-D (L, S) mask (a per-sample 3-D mask folds the batch into the heads)")
+            raise ConfigError(
+                "attn_mask",
+                f"tensor of shape {tuple(t.shape)}",
+                "a 2-D (L, S) mask (a per-sample 3-D mask folds the batch into the heads)",
+            )
         return None
 
     def output_axis(self, module: nn.Module, position: int, t: Tensor, n: int) -> int:

@@ -57,8 +57,12 @@ def is_transformers_conv1d(module: nn.Module) -> bool:
     """transformers' Conv1D, recognised without importing transformers: its class name and a 2-D weight
     of shape (nx, nf) with ``nf`` outputs."""
     w = getattr(module, "weight", None)
-    return (type(module).__name__ == "Conv1D" and isinstance(w, Tensor) and w.dim() == 2
-            and getattr(module, "nf", None) == w.shape[1])
+    return (
+        type(module).__name__ == "Conv1D"
+        and isinstance(w, Tensor)
+        and w.dim() == 2
+        and getattr(module, "nf", None) == w.shape[1]
+    )
 
 
 class EmbeddingRule(Rule):
@@ -66,8 +70,11 @@ class EmbeddingRule(Rule):
 
     def validate(self, name: str, module: nn.Module) -> None:
         if module.scale_grad_by_freq:
-            raise ConfigError(name, "nn.Embedding(scale_grad_by_freq=True)",
-                              "scale_grad_by_freq=False (the batch's token counts make samples interact)")
+            raise ConfigError(
+                name,
+                "nn.Embedding(scale_grad_by_freq=True)",
+                "scale_grad_by_freq=False (the batch's token counts make samples interact)",
+            )
 
     def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> OuterFactor:
         g = call.grads[0]

@@ -79,13 +79,17 @@ class BatchNormRule(Rule):
     def validate(self, name: str, module: nn.Module) -> None:
         if module.training or module.running_mean is None:
             state = "in training mode" if module.training else "without running statistics"
-            raise ConfigError(name, f"{type(module).__name__} {state}",
-                              "eval mode (model.eval(): running statistics, samples independent) or "
-                              "nn.GroupNorm instead of BatchNorm (batch statistics make samples interact)")
+            raise ConfigError(
+                name,
+                f"{type(module).__name__} {state}",
+                "eval mode (model.eval(): running statistics, samples independent) or "
+                "nn.GroupNorm instead of BatchNorm (batch statistics make samples interact)",
+            )
 
     def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> RowsFactor:
         x, g = _inputs(call, n)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         xhat = (x - module.running_mean.to(x.dtype).view(shape)) * torch.rsqrt(
-            module.running_var.to(x.dtype).view(shape) + module.eps)
+            module.running_var.to(x.dtype).view(shape) + module.eps
+        )
         return _affine_rows(params, xhat, g, False, module.num_features)
