@@ -14,8 +14,9 @@ from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
 
-#: random numbers per block draw of simulate_sgd (its _BLOCK_NUMBERS)
-_SIM_BLOCK_NUMBERS = 2_000_000
+#: the numba SGD kernel's own memory in a worker: its compiled functions loaded from numba's cache and the
+#: threading layer (measured: 38-40 MB of RSS growth for a 1d and a D = 20 chunk of a few MB of arrays)
+SIM_BYTES = 40_000_000
 #: the worker's own growth running a chunk besides the arrays modelled (pandas, parquet, allocator slack)
 BASE_BYTES = 20_000_000
 
@@ -28,6 +29,8 @@ class ChainsConfig(ExperimentConfig):
     steps: int = param(lo=10, hi=10**8, help="measured steps per chain")
     burn_in: int = param(lo=0, hi=10**8, help="discarded steps before them")
 
+    size_fields = ("chains", "steps", "burn_in")
+
 
 def check_weight_decays(field: str, values: list[float], a: float) -> None:
     """Every weight decay γ > −a (a + γ > 0: a minimum to fluctuate about)."""
@@ -35,18 +38,14 @@ def check_weight_decays(field: str, values: list[float], a: float) -> None:
         raise ConfigError(field, values, f"numbers > −a = {-a:g}")
 
 
-def sim_peak_bytes(
-    chains: int, dim: int = 1, *, steps: int, per_step: int | None = None, snapshots: int = 0, frame_columns: int = 6
-) -> int:
-    """Peak memory of one simulate_sgd call and its per-chain result frame: one block of T steps
-    (T·chains·per_step random numbers, at most the simulator's block size, with their derived arrays and the
-    trajectory T·chains·D), the per-chain second moments (chains·D²), snapshots (chains·snapshots·D) and a
-    frame of ``frame_columns`` columns. ``per_step``: random numbers per chain and step — D² + D for the
-    exact-in-law sampler (default), S(D + 1) for explicit online minibatches, S for a fixed data set."""
-    per_step = dim * dim + dim if per_step is None else per_step
-    block = min(steps, max(1, _SIM_BLOCK_NUMBERS // max(1, chains * per_step)))
-    per_chain = 8 * (3 * dim * dim + 4 * dim + frame_columns + snapshots * dim * 3)
-    return 8 * chains * block * (3 * per_step + 2 * dim) + chains * per_chain
+def sim_peak_bytes(chains: int, dim: int = 1, *, snapshots: int = 0, frame_columns: int = 6) -> int:
+    """Peak memory of one simulate_sgd call and its per-chain result frame: the numba kernel
+    (:data:`SIM_BYTES`; it draws its random numbers per step from counter-based streams, so nothing grows
+    with the steps), per chain the second-moment sums and their symmetric copies (3·D²), the means, start,
+    keys and flags, the snapshots and their NaN-masked copy (2·snapshots·D) and a frame of
+    ``frame_columns`` columns."""
+    per_chain = 8 * (3 * dim * dim + 4 * dim + frame_columns + 2 * snapshots * dim + 6)
+    return SIM_BYTES + chains * per_chain
 
 
 def chains_1d(

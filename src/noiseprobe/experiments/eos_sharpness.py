@@ -36,6 +36,7 @@ from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.seeding import torch_generator
 from noiseprobe.data.embedded import load_default
+from noiseprobe.experiments._data import check_at_most, embedded_train_size
 from noiseprobe.monitor.edge_of_stability import eos_phases, gd_with_sharpness
 
 #: the band of η·λ_max/2 that counts as hovering at the edge of stability, and the least fraction of
@@ -124,6 +125,10 @@ class EoSSharpness(Experiment):
         },
     }
     diverging = {"lrs": [50.0, 100.0, 200.0], "steps": 50, "measure_every": 10}
+
+    def check_data(self, config: Any) -> None:
+        """``n_train`` at most the embedded training split (3,000 MNIST digits, or 1,078 of sklearn's)."""
+        check_at_most("n_train", config.n_train, embedded_train_size(), "embedded")
 
     def estimate(self, config: EoSConfig) -> Estimate:
         d_in = 784

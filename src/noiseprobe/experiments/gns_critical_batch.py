@@ -42,6 +42,7 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.data.embedded import load_default
+from noiseprobe.experiments._data import check_at_most, embedded_train_size
 from noiseprobe.monitor.critical_batch import (
     fit_critical_batch,
     geometric_steps,
@@ -129,6 +130,10 @@ class CriticalBatch(Experiment):
         },
     }
     diverging = {"lrs": [1e4, 2e4]}
+
+    def check_data(self, config: Any) -> None:
+        """``n_train`` at most the embedded training split (3,000 MNIST digits, or 1,078 of sklearn's)."""
+        check_at_most("n_train", config.n_train, embedded_train_size(), "embedded")
 
     def estimate(self, config: CriticalBatchConfig) -> Estimate:
         """Peak memory of the largest chunk; no time (the steps to the target are what the run measures)."""

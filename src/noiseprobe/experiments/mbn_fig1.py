@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
@@ -36,6 +36,7 @@ from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.seeding import torch_generator
 from noiseprobe.core.stats import mean_se
 from noiseprobe.core.validation import is_diverged
+from noiseprobe.experiments._data import check_at_most, embedded_name, embedded_train_size
 from noiseprobe.minibatch.nets import digits, epoch_batches, train_logistic, train_tanh_net
 
 _INIT_STREAM, _BATCH_STREAM_LEFT, _BATCH_STREAM_RIGHT = 10, 1, 2
@@ -64,6 +65,8 @@ class Fig1LeftConfig(_Common):
     batch_size: int = param(lo=1, hi=1000)
     epochs: int = param(lo=1, hi=100)
 
+    size_fields: ClassVar[tuple[str, ...]] = ("n_seeds", "widths", "batch_size", "epochs")
+
     def check(self) -> None:
         if len(set(self.widths)) != len(self.widths):
             raise ConfigError("widths", self.widths, "a list of distinct integers >= 1")
@@ -76,10 +79,19 @@ class Fig1RightConfig(_Common):
     right_batch_size: int = param(lo=1, hi=1000)
     right_epochs: int = param(lo=1, hi=1000)
 
+    size_fields: ClassVar[tuple[str, ...]] = ("n_seeds", "right_batch_size", "right_epochs")
+
 
 @dataclass(frozen=True, kw_only=True)
 class Fig1Config(Fig1LeftConfig, Fig1RightConfig):
-    pass
+    size_fields: ClassVar[tuple[str, ...]] = (
+        "n_seeds",
+        "widths",
+        "batch_size",
+        "epochs",
+        "right_batch_size",
+        "right_epochs",
+    )
 
 
 _COMMON = {"seed": 2022, "dataset": "default", "inputs": "standardised"}
@@ -151,16 +163,25 @@ class _Fig1Base(Experiment):
     tables = ("curves",)
 
     def chunks(self, config: Any) -> list[Chunk]:
+        """One chunk per (optimiser, width), largest first (Adam, widest: the chunk :meth:`estimate`
+        describes, and the longest, so workers finish together), then the right panel."""
         out = []
         if "left" in self.panels:
             out += [
                 Chunk(f"left-{opt}-d{w:05d}", {"panel": "left", "optimizer": opt, "width": w})
-                for opt in ("sgd", "adam")
-                for w in config["widths"]
+                for opt in ("adam", "sgd")
+                for w in sorted(config["widths"], reverse=True)
             ]
         if "right" in self.panels:
             out.append(Chunk("right", {"panel": "right"}))
         return out
+
+    def check_data(self, config: Any) -> None:
+        """The dataset is installed, and each batch size is at most its training split."""
+        n = embedded_train_size(config["dataset"])
+        for field in ("batch_size", "right_batch_size"):
+            if hasattr(config, field):
+                check_at_most(field, config[field], n, embedded_name(config["dataset"]))
 
     def estimate(self, config: Any) -> Estimate:
         """Peak of one worker: the data (float32, plus the loader's working copies) and the largest chunk —

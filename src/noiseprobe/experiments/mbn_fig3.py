@@ -102,10 +102,7 @@ class Fig3(Experiment):
     diverging = {"lr": 5.0, "reg_lr": 5.0}  # λa >= 2: no batch size is stable, every chain diverges
 
     def estimate(self, config: Any) -> Estimate:
-        return Estimate(
-            peak_bytes=sim_peak_bytes(config["chains"], steps=config["steps"] + config["burn_in"]) + BASE_BYTES,
-            drivers=("chains", "steps"),
-        )
+        return Estimate(peak_bytes=sim_peak_bytes(config["chains"]) + BASE_BYTES, drivers=("chains",))
 
     def chunks(self, config: Any) -> list[Chunk]:
         left = [Chunk(f"S{S}", {"panel": "left", "S": S, "point": i}) for i, S in enumerate(config["batch_sizes"])]

@@ -63,6 +63,21 @@ class Fig4Config(ChainsConfig):
     chains_hd: int = param(lo=2, hi=10**8)
     steps_hd: int = param(lo=10, hi=10**8)
 
+    size_fields = (
+        "chains",
+        "steps",
+        "burn_in",
+        "chains2d",
+        "steps2d",
+        "S2d",
+        "chains_dist",
+        "steps_dist",
+        "chains_hd",
+        "steps_hd",
+        "D_hd",
+        "S_hd",
+    )
+
     def check(self) -> None:
         bins = self.dist_bins
         if any(b1 <= b0 for b0, b1 in zip(bins, bins[1:])):
@@ -188,29 +203,12 @@ class Fig4(Experiment):
     def estimate(self, config: Any) -> Estimate:
         """The largest chunk: a 1d point, a 2d point with snapshots, the 1d law with snapshots (and their long
         tables), or the D_hd point with its per-chain D² second moments (and their long table)."""
-        D, b = config["D_hd"], config["burn_in"]
-        exact_hd = config["S_hd"] >= 2 * D  # simulate_sgd's default sampler choice
+        D = config["D_hd"]
         peaks = [
-            sim_peak_bytes(config["chains"], steps=config["steps"] + b),
-            sim_peak_bytes(
-                config["chains2d"],
-                2,
-                steps=config["steps2d"] + b,
-                per_step=None if min(config["S2d"]) >= 4 else max(config["S2d"]) * 3,
-                snapshots=config["steps2d"] // config["snapshot_every"],
-            ),
-            sim_peak_bytes(
-                config["chains_dist"],
-                steps=config["steps_dist"] + b,
-                snapshots=config["steps_dist"] // config["every_dist"],
-            ),
-            sim_peak_bytes(
-                config["chains_hd"],
-                D,
-                steps=config["steps_hd"] + b,
-                per_step=None if exact_hd else config["S_hd"] * (D + 1),
-                frame_columns=4 * D * (D + 1) // 2,
-            ),
+            sim_peak_bytes(config["chains"]),
+            sim_peak_bytes(config["chains2d"], 2, snapshots=config["steps2d"] // config["snapshot_every"]),
+            sim_peak_bytes(config["chains_dist"], snapshots=config["steps_dist"] // config["every_dist"]),
+            sim_peak_bytes(config["chains_hd"], D, frame_columns=4 * D * (D + 1) // 2),
         ]
         return Estimate(
             peak_bytes=int(max(peaks)) + BASE_BYTES,

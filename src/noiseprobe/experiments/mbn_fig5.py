@@ -91,10 +91,7 @@ class Fig5(Experiment):
     diverging = {"gammas": [0.0], "lrs": [5.0]}
 
     def estimate(self, config: Any) -> Estimate:
-        return Estimate(
-            peak_bytes=sim_peak_bytes(config["chains"], steps=config["steps"] + config["burn_in"]) + BASE_BYTES,
-            drivers=("chains", "steps"),
-        )
+        return Estimate(peak_bytes=sim_peak_bytes(config["chains"]) + BASE_BYTES, drivers=("chains",))
 
     def chunks(self, config: Any) -> list[Chunk]:
         g = [

@@ -41,6 +41,8 @@ class Fig6Config(ChainsConfig):
     S: int = param(lo=1, hi=10**6)
     sigma: float = param(lo=0.0, help="label-noise standard deviation σ")
 
+    size_fields = ("chains", "steps", "burn_in", "D", "alphas", "S")
+
 
 def problem(config: Any, point: int, alpha: float) -> LinearProblem:
     """The fixed data set of point ``point``: N = round(αD) samples, x ~ N(0, I_D), drawn from (seed, 1000 + point)."""
@@ -83,10 +85,7 @@ class Fig6(Experiment):
     def estimate(self, config: Any) -> Estimate:
         """One α: the simulation with its per-chain D² second moments, and the data set (N·D) with its copies."""
         D, n = config["D"], int(round(max(config["alphas"]) * config["D"]))
-        peak = (
-            sim_peak_bytes(config["chains"], D, steps=config["steps"] + config["burn_in"], per_step=config["S"])
-            + 8 * n * D * 4
-        )
+        peak = sim_peak_bytes(config["chains"], D) + 8 * n * D * 4
         return Estimate(peak_bytes=int(peak) + BASE_BYTES, drivers=("chains", "D", "alphas"))
 
     def chunks(self, config: Any) -> list[Chunk]:

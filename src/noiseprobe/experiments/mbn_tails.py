@@ -64,6 +64,8 @@ class TailsConfig(ExperimentConfig):
     hill_fraction: float = param(lo=0.0, hi=0.5, lo_open=True, help="share of the pooled samples in the Hill tail")
     beta_max_check: float = param(lo=0.0, lo_open=True, help="points with β_K above this are shown, not tested")
 
+    size_fields = ("chains", "snapshots", "snapshot_every", "burn_in")
+
     def check(self) -> None:
         n = self.chains * self.snapshots
         if self.hill_fraction * n < 20:
@@ -83,15 +85,7 @@ class _Tails(Experiment):
         """One point per chunk: the simulation with its snapshots, then the pooled |w| samples (sorted copies
         for Hill, the MLE and the curves)."""
         n = config["chains"] * config["snapshots"]
-        peak = (
-            sim_peak_bytes(
-                config["chains"],
-                steps=config["burn_in"] + config["snapshots"] * config["snapshot_every"],
-                snapshots=config["snapshots"],
-            )
-            + 8 * 6 * n
-            + BASE_BYTES
-        )
+        peak = sim_peak_bytes(config["chains"], snapshots=config["snapshots"]) + 8 * 6 * n + BASE_BYTES
         return Estimate(peak_bytes=int(peak), drivers=("chains", "snapshots"))
 
     def _points(self, config: dict[str, Any]) -> list[tuple[int, float]]:

@@ -48,6 +48,7 @@ from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.fitting import efold_time, fit_exponential
 from noiseprobe.core.plotting import PHASE_COLOURS, new_figure, savefig
 from noiseprobe.core.stats import mean_se
+from noiseprobe.experiments._data import IMAGE_SIDES, check_at_most, embedded_name, embedded_train_size
 from noiseprobe.nin.data import DATASETS, load_mlp_data
 from noiseprobe.nin.drift import measure_niw_decay
 from noiseprobe.nin.ensemble import (
@@ -147,6 +148,17 @@ def load_data(config: SweepConfig) -> tuple[torch.Tensor, ...]:
     )
 
 
+def data_sizes(config: SweepConfig) -> tuple[int, int]:
+    """(training samples offered, image side) of the config's data without loading it: the IDX files'
+    merged/train/official split, or the embedded digits (MNIST 5k, 28×28; sklearn's 1,797, 8×8)."""
+    if config["dataset"] == "fashion-mnist":
+        from noiseprobe.data.idx import idx_train_size
+
+        return idx_train_size(config["data_dir"], split=config["split"]), 28
+    name = embedded_name()
+    return embedded_train_size(name), IMAGE_SIDES[name]
+
+
 def _preset(**kw: Any) -> dict[str, Any]:
     base = {
         "seed": 2022,
@@ -179,6 +191,16 @@ class _NINSweep(Experiment):
     modes: tuple[str, ...] = ("epoch",)
     #: a learning rate at which every replica's weights overflow in the first steps
     diverging = {"lr": 1e6}
+
+    def check_data(self, config: SweepConfig) -> None:
+        """``n_train`` at most the training samples the data offers; ``pool`` a divisor of its image side
+        (the IDX files are read and checked here, before the run directory is claimed)."""
+        available, side = data_sizes(config)
+        check_at_most("n_train", config["n_train"], available, config["dataset"], zero_is_all=True)
+        if side % config["pool"]:
+            raise ConfigError(
+                "pool", config["pool"], f"a divisor of the image side {side} of the {config['dataset']} data"
+            )
 
     def estimate(self, config: SweepConfig) -> Estimate:
         """One chunk trains K = (1 + levels in the chunk) × modes replicas: per replica its weights and
@@ -846,9 +868,14 @@ class Fig1(_NINSweep):
 
 @dataclass(frozen=True, kw_only=True)
 class Table1Config(ExperimentConfig):
-    d_input: int = param(lo=1, help="input dimension d_in")
-    n_w: int = param(lo=1, help="width N_w of the NIN's layer")
+    """The network sizes and learning rate of Table 1's formulas. Only a table is computed (constant
+    memory), so the sizes are bounded instead: 10⁸ inputs or units is beyond any layer one would train."""
+
+    d_input: int = param(lo=1, hi=10**8, help="input dimension d_in")
+    n_w: int = param(lo=1, hi=10**8, help="width N_w of the NIN's layer")
     lr: float = param(lo=0.0, lo_open=True)
+
+    size_fields = ("d_input", "n_w")
 
 
 class Table1(Experiment):
@@ -861,6 +888,8 @@ class Table1(Experiment):
         "quick": {"seed": 0, "d_input": 784, "n_w": 1024, "lr": 0.01},
         "full": {"seed": 0, "d_input": 784, "n_w": 1024, "lr": 0.01},
     }
+    #: why ``diverging`` is None (tests/core/test_divergence.py): no replica is trained, so none can diverge
+    nothing_to_diverge = "closed-form noise levels from d_in, N_w and η: nothing is trained"
 
     def estimate(self, config: Table1Config) -> Estimate:
         """An 8-row table: a few MB of pandas/NumPy first-call allocations."""
