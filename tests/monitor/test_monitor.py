@@ -226,3 +226,13 @@ def test_runs_on_the_model_device(device):
         model.to(device), nn.CrossEntropyLoss(reduction="none"), every=1, metrics=["tr_sigma", "sharpness"]
     ).measure((x.to(device), y.to(device)))
     assert row["tr_sigma"] > 0 and row["sharpness"] > 0
+
+
+def test_temperature_with_one_learning_rate_equals_lr_tr_sigma_over_s():
+    model, x, y = _setup()
+    model.eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    row = NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), every=1, effective_batch_size=16).step((x, y), opt)
+    J = _dense(model, x, y)
+    tr = float(((J - J.mean(0)) ** 2).sum() / (len(x) - 1))
+    assert row["temperature"] == pytest.approx(0.3 * tr / 16, rel=1e-10)

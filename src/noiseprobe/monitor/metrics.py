@@ -205,6 +205,10 @@ def _temperature(ctx: Context) -> dict[str, float]:
     groups = ctx.group_slices()
     if not groups:
         return {"temperature": float("nan")}
+    n_trained = sum(b - a for _, ranges in groups for a, b in ranges)
+    if len({lr for lr, _ in groups}) == 1 and n_trained == ctx.grads.num_params:
+        # one learning rate for every parameter: lr·tr Σ/S, no per-parameter diagonal needed
+        return {"temperature": groups[0][0] * ctx.noise.tr_sigma / ctx.batch_size}
     diag = ctx.sigma_diagonal
     total = sum(lr * float(sum(diag[a:b].sum() for a, b in ranges)) for lr, ranges in groups)
     return {"temperature": total / ctx.batch_size}
