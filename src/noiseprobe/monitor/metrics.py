@@ -71,7 +71,9 @@ from noiseprobe.probes.operators import Hessian, ParamOperator
 from noiseprobe.probes.persample import PerSampleGradients, per_sample_gradients
 
 #: Lanczos stops at this relative accuracy of the eigenvalues (Cohen et al. track sharpness to ~1 %)
-LANCZOS_TOL = 1e-3
+LANCZOS_TOL = 1e-2
+#: Krylov dimensions before a cold start may stop (the first call; warm starts use lanczos's default k + 7)
+COLD_MIN_DIM = 10
 #: Rademacher probes for tr(HΣ) (one batched block of Hessian-vector products)
 B_NOISE_PROBES = 16
 #: noise directions whose per-sample projections feed the tail index, and the pool it is fitted on
@@ -123,7 +125,7 @@ class Context:
         warm = self.state.get(key)
         if warm is not None and warm.eigenvectors.shape[0] != op.num_params:
             warm = None
-        pairs = lanczos(op, k, warm_start=warm, tol=LANCZOS_TOL, min_dim=k + 1 if warm is not None else None)
+        pairs = lanczos(op, k, warm_start=warm, tol=LANCZOS_TOL, min_dim=None if warm is not None else k + COLD_MIN_DIM)
         self.state[key] = pairs
         return pairs
 
