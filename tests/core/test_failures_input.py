@@ -284,3 +284,13 @@ def test_ray_writes_nothing_on_the_terminal(sample_env, cli, tmp_path):
     )
     assert done.returncode == 0 and done.stderr == "", done.stderr
     assert done.stdout.startswith("sample_experiment:Walk (quick)")
+
+
+def test_repeated_list_values_are_one_line_naming_the_field(tmp_path, capsys):
+    from noiseprobe.cli import main
+
+    out = tmp_path / "run"
+    code = main(["reproduce", "mbn-fig6", "--dry-run", "--out", str(out), "--set", "alphas=[0.5, 0.5]"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "alphas" in err[0] and "distinct" in err[0] and not out.exists()
+    assert main(["reproduce", "mbn-fig6", "--dry-run", "--out", str(out), "--set", "alphas=[1e300]"]) == 2

@@ -10,6 +10,7 @@ memory estimate (:meth:`Experiment.estimate` × concurrent workers must fit in
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -130,6 +131,16 @@ class Plan:
         return lines
 
 
+def _colliding_field(config: dict[str, Any]) -> tuple[str, Any]:
+    """The list field (and its value) whose repeated or nearly equal entries give two chunks one key."""
+    for name, value in config.items():
+        if isinstance(value, list):
+            shown = [f"{v:.6g}" if isinstance(v, float) else json.dumps(v) for v in value]
+            if len(set(shown)) < len(shown):
+                return name, value
+    return "config", "a list field"
+
+
 def prepare(
     exp_id: str,
     preset: str = "quick",
@@ -149,10 +160,19 @@ def prepare(
         config_json = config.to_dict() if isinstance(config, ExperimentConfig) else config
         exp.check_data(config)
         chunks = exp.chunks(config)
-        estimate = exp.estimate(config)
+        sizes = tuple(getattr(config, "size_fields", ())) or ("config",)
+        try:
+            estimate = exp.estimate(config)
+        except (OverflowError, ValueError):  # e.g. a float size so large that a count overflows
+            raise ConfigError(
+                ", ".join(sizes), {f: config_json.get(f) for f in sizes}, "sizes small enough to run"
+            ) from None
     keys = [c.key for c in chunks]
     if len(set(keys)) != len(keys):
-        raise RuntimeError(f"{exp_id}: chunk keys are not unique")
+        raise ConfigError(
+            *_colliding_field(config_json),
+            "distinct values (each gives its own chunk; repeated or nearly equal values collide)",
+        )
     check_executor(executor, workers, address)
     out = Path(out) if out is not None else Path("runs") / f"{exp_id.replace(':', '-')}-{preset}"
     RunDir(out).check_claimable(exp_id, config_json)

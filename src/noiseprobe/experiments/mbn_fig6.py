@@ -36,7 +36,7 @@ HESSIAN_ERR_MIN = 0.5
 @dataclass(frozen=True, kw_only=True)
 class Fig6Config(ChainsConfig):
     D: int = param(lo=1, hi=200, help="dimension (the exact solve is O(D³) per GMRES step)")
-    alphas: list[float] = param(lo=0.0, lo_open=True, min_len=1, help="N/D ratios")
+    alphas: list[float] = param(lo=0.0, lo_open=True, hi=1e4, min_len=1, help="N/D ratios")
     lr: float = param(lo=0.0, lo_open=True)
     S: int = param(lo=1, hi=10**6)
     sigma: float = param(lo=0.0, help="label-noise standard deviation σ")
