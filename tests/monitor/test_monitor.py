@@ -236,3 +236,29 @@ def test_temperature_with_one_learning_rate_equals_lr_tr_sigma_over_s():
     J = _dense(model, x, y)
     tr = float(((J - J.mean(0)) ** 2).sum() / (len(x) - 1))
     assert row["temperature"] == pytest.approx(0.3 * tr / 16, rel=1e-10)
+
+
+def test_mlflow_logger_sends_finite_values_by_step(monkeypatch):
+    """The MLflow logger against a stand-in module (mlflow is an optional extra, not installed for the tests)."""
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("mlflow")
+    fake.log_metrics = lambda metrics, step: calls.append((step, metrics))
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    model, x, y = _setup()
+    mon = NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), every=2, metrics=["tr_sigma"], loggers=["mlflow"])
+    for _ in range(3):
+        mon.step((x, y))
+    assert [s for s, _ in calls] == [0, 2]
+    assert calls[0][1]["noiseprobe.tr_sigma"] == pytest.approx(mon.history["tr_sigma"].iloc[0])
+
+
+def test_mlflow_missing_is_a_config_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import fails
+    model, _, _ = _setup()
+    with pytest.raises(ConfigError, match="mlflow"):
+        NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), loggers=["mlflow"])
