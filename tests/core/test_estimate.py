@@ -67,6 +67,5 @@ def test_sample_estimate_is_within_a_factor_2_of_the_measured_peak(sample_env):
 @pytest.mark.parametrize("exp_id", list(experiments.REGISTRY))
 def test_estimate_of_every_quick_preset_is_within_a_factor_2(exp_id):
     exp = experiments.get(exp_id)
-    if exp.estimate(exp.config("quick")) is None:
-        pytest.skip(f"{exp_id} does not define estimate() yet")
+    assert exp.estimate(exp.config("quick")) is not None, f"{exp_id} defines no estimate()"
     _assert_within(measure(exp_id))
