@@ -239,7 +239,7 @@ def _small_lr_checks(sizes: list[int], a: float, lrs: list[float]) -> list[Check
     ends = [
         f"S={S} lr={x:g}: {float(tail_index_continuous(lr=x, batch_size=S, a=a) / tail_index_exact(lr=x, batch_size=S, a=a)) - 1:.4f}"
         for S in sizes
-        for x in (min(lrs), max(lrs))
+        for x in sorted({min(lrs), max(lrs)})
     ]
     detail = (
         f"at lr = {SMALL_LR:g}/a: "
