@@ -110,7 +110,7 @@ def test_small_lr_checks_hold_for_every_batch_size(a: float) -> None:
     above S ≈ 100: 2.0 % off at S = 100), and the paper's claim (error → 0) is refuted at every S. Without
     the leading correction the same tolerance fails for S >= 4: the check can fail."""
     sizes = [1, 4, 10, 100, 1000, 10000]
-    mori, limit = _small_lr_checks(sizes, a, [0.5, 1.0])
+    mori, limit = _small_lr_checks(sizes, a)
     assert limit.passed and not mori.passed and mori.kind == "paper-claim", (limit, mori)
     assert limit.detail.count("limit + leading correction") == len(sizes)
     lr = SMALL_LR / a
