@@ -261,6 +261,20 @@ def test_every_theory_citation_names_an_existing_section():
     assert not problems, "\n".join(problems)
 
 
+#: how the code cited the notes the project started from, outside the repository (before docs/theory/)
+OUTSIDE = re.compile(r"shared/reference|reference/\w+\.md|\b[Rr]eference (?:§|trap \d|ambiguity \d|\(?\w+\.md)")
+
+
+def test_nothing_cites_the_outside_reference_notes():
+    problems = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in citing_files()
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
+    assert not problems, "cite docs/theory/<page>.md §N instead:\n" + "\n".join(problems)
+
+
 def test_docs_name_only_functions_and_classes_the_package_defines():
     problems = []
     for path in doc_pages():

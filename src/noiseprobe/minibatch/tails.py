@@ -17,7 +17,7 @@ Three values of β are provided:
 * :func:`tail_index_eq93` — **the paper's formula**, Prop. 7 / eq. (93)–(94): β = 2S/(aλ) − S, obtained by
   equating the variance of the Student-t-like law (90) with the exact variance of Theorem 2 (eq. 92).
   **It is an approximation**: exact only at β = 2 (λa = 2S/(S+2)); for S = 1 within ~8% for 0.25 <= aλ <= 1
-  but 30% too small at aλ = 1.5; 15–35% too large for S >= 4 (reference §10, §15.5).
+  but 30% too small at aλ = 1.5; 15–35% too large for S >= 4 (docs/theory/minibatch_noise.md §10, §15.5).
 * :func:`tail_index_exact` — **the corrected, exact value** (Kesten 1973; Goldie 1991): the positive root
   β_K of E|1 − λ a χ²_S/S|^β = 1 (:func:`kesten_moment`). It exists when the Lyapunov exponent
   E log|1 − λh| (:func:`lyapunov_exponent`) is negative; otherwise the chain has no stationary law.
@@ -169,7 +169,7 @@ def _tail_index_exact_scalar(lr: float, batch_size: int, a: float) -> float:
 def tail_index_exact(*, lr: ArrayLike, batch_size: ArrayLike, a: ArrayLike = 1.0) -> float | np.ndarray:
     """Exact tail index of 1d online SGD (corrected value; not in the paper): the root β_K > 0 of
 
-        E |1 − λ a χ²_S / S|^β = 1                        (Kesten–Goldie; reference §10)
+        E |1 − λ a χ²_S / S|^β = 1                        (Kesten–Goldie; docs/theory/minibatch_noise.md §10)
 
     NaN where E log|1 − λh| >= 0 (no stationary law). β_K = 2 exactly at λa = 2S/(S+2), where it meets
     eq. (93); elsewhere eq. (93) differs (e.g. S = 10, aλ = 1: β_K = 7.51 vs 10; S = 1, aλ = 1.5: 0.477 vs
