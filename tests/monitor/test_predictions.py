@@ -191,7 +191,7 @@ def test_niw_decay_against_dense_local_hessian_and_measured_norms() -> None:
 
 
 class _Product(nn.Module):
-    """f(w, x) = w₁w₂x: the label-noise example of reference §9.7 (library ``limits.losses.product_model``)."""
+    """f(w, x) = w₁w₂x: the label-noise example of docs/theory/singular_limits.md §9.7 (library ``limits.losses.product_model``)."""
 
     def __init__(self, w: list[float]) -> None:
         super().__init__()

@@ -190,7 +190,7 @@ def write_report(
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{CSS}</style><script>{SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
         f"<p class='summary'>{len(runs)} run(s): <b>{html.escape(headline(every))}</b>. Refuted (amber): "
-        f"a paper's printed formula that the reference shows wrong, beside the corrected predictor that "
+        f"a paper's printed formula that docs/theory shows wrong, beside the corrected predictor that "
         f"passes.</p>"
         f"<ul>{toc}</ul>{''.join(sections)}</body></html>"
     )

@@ -7,7 +7,7 @@ independent chains with D's simulator (exact-in-law 1d sampler), discards ``burn
 top ``hill_fraction`` of the pooled samples, with a chain-clustered SE, and by the KS-selected MLE.
 
 Compared values: eq. (93) 2S/(aλ) − S (paper), the exact Kesten index β_K (root of E|1 − λaχ²_S/S|^β = 1,
-the reference's correction) and the continuous-time 2S/(aλ) + 1 (Mori et al. 2021).
+docs/theory/minibatch_noise.md's correction) and the continuous-time 2S/(aλ) + 1 (Mori et al. 2021).
 
 * ``mbn-fig2`` (:class:`Fig2`): aλ fixed (1 in the paper), several S: the distribution p(|w|) against the
   Student-t law of eq. (90) with β from eq. (93), the CCDF with the three slopes, and β vs S.
@@ -346,7 +346,7 @@ class Fig2(_Tails):
                 tails,
                 "beta_exact",
                 "exact-tail-index-agrees",
-                "Correction (reference §10): the exact Kesten index, root of E|1 - lr a chi2_S/S|^beta "
+                "Correction (docs/theory/minibatch_noise.md §10): the exact Kesten index, root of E|1 - lr a chi2_S/S|^beta "
                 "= 1, agrees with the measured tail index",
                 config,
             ),
@@ -444,7 +444,7 @@ class Fig7(_Tails):
                 tails,
                 "beta_exact",
                 "exact-tail-index-agrees",
-                "Correction (reference §10): the exact Kesten index agrees with the measured tail "
+                "Correction (docs/theory/minibatch_noise.md §10): the exact Kesten index agrees with the measured tail "
                 "index at every learning rate",
                 config,
             ),

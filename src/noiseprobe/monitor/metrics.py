@@ -38,7 +38,7 @@ measurement. N is the number of samples in the measured batch, S the batch size 
                           ``step`` since the last measurement; ``fluct_reason`` (:mod:`.predictions`)
 ``label_noise_reg``       paper 003, label noise σ (:func:`.predictions.declare_label_noise`):
                           ``reg_label`` R = tr Ḡ/(4S) (Gauss–Newton trace = tr∇²L/(4S) on Γ;
-                          Theorem B, reference §7.5), measured ``reg_label_rate`` = ΔR/Δstep on a fixed
+                          Theorem B, docs/theory/singular_limits.md §7.5), measured ``reg_label_rate`` = ΔR/Δstep on a fixed
                           probe batch beside −σ²(lr/(1−μ))²|P∇R|² (``_rate_pred``, ``_pred_interval``)
 ``dropout_reg``           paper 003, dropout modules: ``reg_dropout`` Σ_m σ_m² Reg_m, Reg_m = ½ Σ h²∂²L/∂h²
                           at the dropout inputs (Theorem A), measured rate beside −lr/(1−μ)|P∇E|²

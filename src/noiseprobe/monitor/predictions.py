@@ -27,7 +27,7 @@ P = I − UUᵀ removing the top-k Hessian eigenvectors U (the normal space of �
 
 * label noise of standard deviation σ (:func:`declare_label_noise`; ℓ = ½|f − y|²): the library's
   regulariser is the constant ½ (Example 1.8 is degenerate, Theorem B), and the motion on the clock
-  t = α²σ²k is ∂_tW = −(1/(4N)) P∇ tr∇²L (reference §7.5) with N → the batch size S, so
+  t = α²σ²k is ∂_tW = −(1/(4N)) P∇ tr∇²L (docs/theory/singular_limits.md §7.5) with N → the batch size S, so
   E = R = tr Ḡ/(4S), Ḡ = (1/N) Σ_n Σ_o ∇f_no ∇f_noᵀ (= ∇²L on Γ), by fixed Rademacher probes in output
   space, q = 2;
 * dropout (every call m of an ``nn.Dropout``/``Dropout1d/2d/3d`` module of rate p_m, σ_m² = p_m/(1 − p_m);
@@ -36,9 +36,9 @@ P = I − UUᵀ removing the top-k Hessian eigenvectors U (the normal space of �
   (per-channel for Dropout1d/2d/3d: h_nj the channel, ∂² along it) at the dropout input h (η = 0: eval
   mode), the leading-order excess loss E L̂ − L; q = 1 (Theorem A, t = ασ²k). It is the Bernoulli Reg_B
   exactly when the loss is quadratic in the masks (dropout before the last linear layer with a square
-  loss; reference §7.3), else its second-order approximation.
+  loss; docs/theory/singular_limits.md §7.3), else its second-order approximation.
 
-``niw_decay`` (paper 001, eq. 2 with the reference's factor-2 correction): with NINs declared by
+``niw_decay`` (paper 001, eq. 2 with docs/theory/noise_injection_nodes.md's factor-2 correction): with NINs declared by
 :func:`watch_nins`, per NIN i the measured decay rate of ln‖W_NI‖ per step between the previous and this
 measurement, beside η σ_ε² curv_niw/(1 − μ) (:func:`noiseprobe.nin.probe.niw_decay_rate`, form
 "corrected") with curv_niw the local Hessian along the NIW rows on the measured batch at ε = 0 (the
@@ -384,7 +384,7 @@ def _regulariser(
 
 
 def label_noise_reg(ctx: Context) -> dict[str, Any]:
-    """Label noise (paper 003 Example 1.8, Theorem B; reference §7.5): R = tr∇²L/(4S) on Γ, drift per step
+    """Label noise (paper 003 Example 1.8, Theorem B; docs/theory/singular_limits.md §7.5): R = tr∇²L/(4S) on Γ, drift per step
     ΔW = −(α/(1−μ))² σ² P∇R (clock t = α²σ²k, N → the batch size S)."""
     sigma = ctx.state.get("label_noise_sigma")
     if sigma is None:
