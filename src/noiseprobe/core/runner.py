@@ -142,6 +142,11 @@ def _colliding_field(config: dict[str, Any]) -> tuple[str, Any]:
     return "config", "a list field"
 
 
+def _stored(config: Any) -> dict[str, Any]:
+    """The config as run.json stores and hashes it (renamed fields under their old names)."""
+    return config.stored() if isinstance(config, ExperimentConfig) else dict(config)
+
+
 def prepare(
     exp_id: str,
     preset: str = "quick",
@@ -176,7 +181,7 @@ def prepare(
         )
     check_executor(executor, workers, address)
     out = Path(out) if out is not None else Path("runs") / f"{exp_id.replace(':', '-')}-{preset}"
-    RunDir(out).check_claimable(exp_id, config_json)
+    RunDir(out).check_claimable(exp_id, _stored(config))
     concurrent = 0 if address else min(workers or 1, max(1, len(chunks)))
     usable = usable_memory()
     if estimate is not None and concurrent and usable is not None and estimate.peak_bytes * concurrent > usable:
@@ -223,7 +228,7 @@ def execute(plan: Plan, quiet: bool = True, warn: Callable[[str], None] = _progr
     created, fresh = not out.exists(), not run.run_json.exists()
     try:
         with run.locked():
-            run.claim(plan.exp_id, plan.preset, plan.config_json)
+            run.claim(plan.exp_id, plan.preset, _stored(plan.config))
             finished = run.summary()
             if finished is not None:
                 return finished
