@@ -23,13 +23,17 @@ C = Σ̂/S has rank ≤ m − 1, so only its top min(k, m − 1) eigenvalues are
 
 Cost: m forward and backward passes of b samples (one training step's arithmetic, in m pieces; with
 BatchNorm batch statistics one forward per micro-batch is unavoidable), plus m × P numbers for the
-micro-batch gradients. Buffers (BatchNorm running statistics), ``.grad`` and RNG states are restored.
+micro-batch gradients. Measured on CPU for a ResNet-18 layout (width 16, 32×32 inputs, S = 32, m = 4):
+0.64 s against 0.56 s for the training step; ``torch.func.vmap`` over the micro-batches (buffers batched,
+``randomness="different"``) gives the same gradients in 0.81 s, so the passes are not vmapped. Buffers
+(BatchNorm running statistics), ``.grad`` and RNG states are restored.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -38,8 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_int
+from noiseprobe.core.errors import ConfigError, NoPerSampleGradients
+from noiseprobe.core.validation import check_choice, check_int
 from noiseprobe.monitor.gns import NoiseScale, noise_scale_from_sums
 from noiseprobe.probes.capture import Forward, PerSampleLoss, check_losses, default_forward
 from noiseprobe.probes.losses import model_output
@@ -52,6 +56,8 @@ from noiseprobe.probes.rules.fallback import tree_map
 DEFAULT_MICRO_BATCHES = 8
 #: the fewest micro-batches the estimates and their jackknife need
 MIN_MICRO_BATCHES = 3
+#: the monitor's ``estimator=`` choices
+ESTIMATORS = ("auto", "per-sample", "micro-batch")
 
 
 def batch_samples(x: Any) -> int:
@@ -174,3 +180,44 @@ def micro_batch_gradients(
                 rows[j, o : o + p.numel()] = 0 if g is None else g.reshape(-1)
                 o += p.numel()
     return MicroBatchGradients(rows, b)
+
+
+class EstimatorChoice:
+    """A monitor's ``estimator=`` ("auto", "per-sample" or "micro-batch") and ``micro_batches=`` (m,
+    default :func:`split`'s), and what "auto" has learnt: the per-sample path is tried, and where it raises
+    :class:`~noiseprobe.core.errors.NoPerSampleGradients` the micro-batch estimator is used, with one
+    warning naming the module and the reason. The outcome is remembered per pattern of the modules'
+    train/eval flags (a model switched to eval mode is tried again)."""
+
+    def __init__(self, estimator: str = "auto", micro_batches: int | None = None) -> None:
+        self.requested: str = check_choice("estimator", estimator, ESTIMATORS)
+        self.micro_batches = (
+            None if micro_batches is None else check_int("micro_batches", micro_batches, lo=MIN_MICRO_BATCHES)
+        )
+        self._refused: dict[tuple[bool, ...], NoPerSampleGradients] = {}
+        self._warned = False
+
+    def resolve(self, model: nn.Module, per_sample: Callable[[], object]) -> str:
+        """"per-sample" or "micro-batch" for this measurement; ``per_sample()`` computes the per-sample
+        gradients (kept by the caller) and is called only when they are to be tried. A refused attempt
+        leaves buffers, ``.grad`` and RNG states as they were."""
+        if self.requested != "auto":
+            return self.requested
+        flags = tuple(m.training for m in model.modules())
+        if flags in self._refused:
+            return "micro-batch"
+        try:
+            with untouched(model):
+                per_sample()
+        except NoPerSampleGradients as err:
+            self._refused[flags] = err
+            if not self._warned:
+                self._warned = True
+                warnings.warn(
+                    f"noiseprobe monitor: per-sample gradients are not defined at {err.module} ({err.reason}); "
+                    "measuring with the micro-batch estimator (columns estimator, micro_batch_size; "
+                    "docs/monitor.md, 'Which estimator')",
+                    stacklevel=4,
+                )
+            return "micro-batch"
+        return "per-sample"
