@@ -155,7 +155,10 @@ def test_tensorboard_logger(tmp_path):
     [
         ({"every": 0}, "every"),
         ({"metrics": ["nope"]}, "metrics"),
-        ({"metrics": "tr_sigma"}, "metrics"),
+        ({"metrics": []}, "metrics"),
+        ({"metrics": [3]}, "metrics"),
+        ({"metrics": ["default", "tr_sigma"]}, "metrics"),  # a name twice
+        ({"metrics": ["niw_decay"]}, "metrics"),  # needs NIWDecay(handle)
         ({"effective_batch_size": 0}, "effective_batch_size"),
         ({"loggers": ["wandb"]}, "loggers"),
     ],
@@ -189,7 +192,7 @@ def test_tail_index_of_projections_gaussian_vs_heavy_tailed():
     """Per-sample losses ½|w − z_i|² (a Linear map of a constant input): g_i = w − z_i, so projections are
     as Gaussian or as heavy-tailed as z. Gaussian z: the test does not reject Gaussianity; Student-t(3) z:
     tail index 3 within its SE, and Gaussianity rejected."""
-    from noiseprobe.monitor import metrics
+    from noiseprobe.monitor.metrics import heavy_tails as metrics
 
     def run(sample):
         torch.manual_seed(0)

@@ -14,7 +14,9 @@ and temperature are then exact for the global batch (:mod:`noiseprobe.monitor.dd
 and top-k of C use the rank's own batch. A measurement leaves the run exactly as it was (parameters, buffers, ``.grad``, optimizer state, RNG
 states, train/eval flags): it never calls ``backward`` on the parameters, restores buffers and RNG states,
 and runs with autocast disabled (so products accumulate in float32 or wider). The metrics and their
-formulas are listed in :mod:`noiseprobe.monitor.metrics` and docs/monitor.md.
+formulas are listed in :mod:`noiseprobe.monitor.metrics` and docs/monitor.md; each metric is an object
+that keeps its own state between measurements (:mod:`noiseprobe.monitor.metric`), each measurement a
+:class:`~noiseprobe.monitor.context.Context` that computes the shared ingredients once.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ from torch import Tensor, nn
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.validation import check_int
 from noiseprobe.monitor import ddp
+from noiseprobe.monitor.context import Context
 from noiseprobe.monitor.loggers import Logger, make_loggers
-from noiseprobe.monitor.metrics import DEFAULT, METRICS, Context, resolve_metrics
-from noiseprobe.monitor.predictions import loss_buffer
+from noiseprobe.monitor.metric import Metric
+from noiseprobe.monitor.metrics import DEFAULT, resolve_metrics
 
 Forward = Callable[[nn.Module, Any], Tensor]
 
@@ -74,7 +77,9 @@ class NoiseMonitor:
     """Measure gradient-noise quantities every ``every`` optimizer steps on the current batch.
 
     ``metrics``: "default" (tr_sigma, g_sq, b_simple with its interval, temperature, top-k of C), "all",
-    or a list of names from :data:`noiseprobe.monitor.metrics.METRICS`. ``forward(model, inputs)`` serves
+    or a list of those, names from :data:`noiseprobe.monitor.metric.METRICS` and
+    :class:`~noiseprobe.monitor.metric.Metric` objects (``["default", Sharpness(), NIWDecay(handle)]``;
+    metrics needing a declaration take it in their constructor). ``forward(model, inputs)`` serves
     models that take dicts or keyword arguments (default ``model(inputs)``). ``effective_batch_size`` is
     the batch size S of the update (with gradient accumulation, micro-batch × accumulation steps); default
     the number of samples in the measured batch. ``log_dir``: CSV and Parquet logs there (plus
@@ -87,7 +92,7 @@ class NoiseMonitor:
         model: nn.Module,
         loss_fn: Callable[[Any, Any], Tensor],
         every: int = 50,
-        metrics: str | Sequence[str] = "default",
+        metrics: str | Metric | Sequence[str | Metric] = "default",
         log_dir: str | Path | None = None,
         forward: Forward | None = None,
         effective_batch_size: int | None = None,
@@ -115,14 +120,7 @@ class NoiseMonitor:
         self.verbose = sys.stderr.isatty() if verbose is None else bool(verbose)
         self.steps = 0
         self.group = ddp.process_group(model)
-        self.hook: ddp.GradNormHook | None = None
-        if "two_batch" in self.metrics:
-            if self.group is None:
-                raise ConfigError("metrics", "two_batch", "a DistributedDataParallel model in a world of >= 2 ranks")
-            self.hook = ddp.GradNormHook(self.group)
-            model.register_comm_hook(None, self.hook.allreduce)
         self._rows: list[dict[str, Any]] = []
-        self._state: dict[str, Any] = {}  # carried between measurements (warm starts)
 
     # -- the loop --------------------------------------------------------------------------------
     def step(
@@ -137,12 +135,11 @@ class NoiseMonitor:
         nothing). ``loss``: the mean training loss of this step's batch, already computed by the loop (kept
         as a tensor, no extra forward and no device sync); the ``fluctuation`` metric compares the variance
         of these values since the previous measurement with paper 002's prediction."""
-        if loss is not None:
-            self._state.setdefault("losses", loss_buffer(self.every)).append(torch.as_tensor(loss).detach())
         step, self.steps = self.steps, self.steps + 1
+        seen = None if loss is None else torch.as_tensor(loss).detach()
+        for metric in self.metrics:
+            metric.on_step(step, seen)
         if step % self.every:
-            if self.hook is not None:
-                self.hook.take()  # this step's norms are not measured: start the next step afresh
             return {}
         return self._measure(batch, optimizer, step)
 
@@ -168,22 +165,20 @@ class NoiseMonitor:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         with preserved(model), torch.autocast(device.type, enabled=False):
             ctx = Context(
-                model,
-                self.loss_fn,
-                batch[0],
-                batch[1],
-                self.forward,
-                optimizer,
-                self.effective_batch_size,
-                self.top_k,
-                self._state,
-                self.group,
-                self.hook,
+                model=model,
+                loss_fn=self.loss_fn,
+                inputs=batch[0],
+                targets=batch[1],
+                forward=self.forward,
+                optimizer=optimizer,
+                batch_size=self.effective_batch_size,
+                top_k=self.top_k,
+                step=step,
+                group=self.group,
             )
             row: dict[str, Any] = {"step": step}
-            self._state["step"] = step
-            for name in self.metrics:
-                row.update(METRICS[name](ctx))
+            for metric in self.metrics:
+                row.update(metric.measure(ctx))
         row["seconds"] = time.perf_counter() - t0
         self._rows.append(row)
         for logger in self.loggers:
