@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.errors import NumericalError
 from noiseprobe.monitor import ddp
 from noiseprobe.monitor.gns import NoiseScale, noise_scale, noise_scale_from_sums
 from noiseprobe.probes.linalg import Eigenpairs, lanczos
@@ -27,6 +27,11 @@ from noiseprobe.probes.persample import PerSampleGradients, per_sample_gradients
 LANCZOS_TOL = 1e-2
 #: Krylov dimensions before a cold start may stop (the first call; warm starts use lanczos's default k + 7)
 COLD_MIN_DIM = 10
+
+
+class TooFewSamples(ValueError):
+    """The measured batch has fewer samples than an estimator needs (a status of the monitor's row, never
+    an exception in the user's loop)."""
 
 
 def top_eigen(op: ParamOperator, k: int, warm: Eigenpairs | None) -> Eigenpairs:
@@ -105,14 +110,17 @@ class Context:
     @cached_property
     def gram(self) -> np.ndarray:
         """The Gram matrix g_i·g_j of this rank's per-sample gradients, (N, N) float64."""
-        return self.grads.gram().double().cpu().numpy()
+        gram = self.grads.gram().double().cpu().numpy()
+        if not np.isfinite(gram).all():
+            raise NumericalError("non-finite per-sample gradients at the current weights")
+        return gram
 
     @cached_property
     def noise(self) -> NoiseScale:
         """The unbiased noise scale (tr Σ, |G|², B_simple with SEs and interval) of the measured batch: the
         one place it is computed (:mod:`noiseprobe.monitor.gns`)."""
         if self.n < 3:
-            raise ConfigError("batch", f"{self.n} samples", "at least 3 samples to measure gradient noise")
+            raise TooFewSamples(f"{self.n} samples; the unbiased noise scale needs at least 3")
         if self.group is None:
             return noise_scale(self.gram)
         s = self.grad_sum
