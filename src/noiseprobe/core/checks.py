@@ -206,7 +206,7 @@ class Check:
         return _g(e) if isinstance(e, float) else str(e)
 
     def to_dict(self) -> dict[str, Any]:
-        from noiseprobe.core.experiment import jsonable
+        from noiseprobe.core.store import jsonable
 
         d = asdict(self)
         d["passed"] = self.verdict == "pass"
