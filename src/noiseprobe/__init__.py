@@ -65,7 +65,8 @@ _EXPORTS: dict[str, str] = {
     "run_experiment": "noiseprobe.core.runner",
     "Experiment": "noiseprobe.core.experiment",
     "Chunk": "noiseprobe.core.experiment",
-    "Estimate": "noiseprobe.core.experiment",
+    "RunCost": "noiseprobe.core.experiment",
+    "Estimate": "noiseprobe.core.experiment",  # deprecated name of RunCost
     "ExperimentConfig": "noiseprobe.core.config",
     "param": "noiseprobe.core.config",
     "Check": "noiseprobe.core.checks",
@@ -94,7 +95,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from noiseprobe.core.checks import Check
     from noiseprobe.core.config import ExperimentConfig, param
     from noiseprobe.core.errors import ConfigError, NumericalError
-    from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+    from noiseprobe.core.experiment import Chunk, Estimate, Experiment, RunCost
     from noiseprobe.core.runner import run_experiment
     from noiseprobe.data.embedded import load_default
     from noiseprobe.limits import noises
