@@ -10,8 +10,9 @@
 
 Everything runs on the device and in the dtype of the data ``x``. Divergence (:mod:`noiseprobe.core.divergence`)
 is reported, never raised: a tanh net has diverged at the first step whose minibatch loss is non-finite or
-above 10⁸ × its first loss (:func:`loss_diverged_step`); a logistic regression (zero start) at the first
-step whose weights are non-finite or exceed 10⁸ × the size of its first step (``diverged_step``).
+above 10⁸ × its first loss (:func:`loss_diverged_step`); a logistic regression likewise on its minibatch
+loss, whose first value is log K at the zero start (``diverged_step``; the final training loss is held to
+the same bound).
 """
 
 from __future__ import annotations
@@ -157,18 +158,15 @@ def train_logistic(
     g = gammas.to(x)
     batches = batches.to(x.device)
     div_step = torch.full((r,), -1, dtype=torch.int64, device=x.device)
-    limit = torch.full((r,), torch.inf, dtype=x.dtype, device=x.device)
+    limit = float(divergence.bound(np.log(n_cls)))  # the minibatch loss at the zero start is log K
     for t in range(batches.shape[1]):
-        xb = x[batches[:, t]]  # (R, S, D)
-        err = torch.softmax(torch.baddbmm(b.unsqueeze(1), xb, w), -1) - eye[y[batches[:, t]]]
+        xb, yb = x[batches[:, t]], y[batches[:, t]]  # (R, S, D), (R, S)
+        logits = torch.baddbmm(b.unsqueeze(1), xb, w)
+        loss = (torch.logsumexp(logits, -1) - logits.gather(-1, yb.unsqueeze(-1))[..., 0]).mean(1)
+        div_step = torch.where((div_step < 0) & ~(loss <= limit), t, div_step)  # False on NaN
+        err = torch.softmax(logits, -1) - eye[yb]
         w -= lr * (torch.bmm(xb.transpose(1, 2), err) / xb.shape[1] + g.view(-1, 1, 1) * w)
         b -= lr * (err.mean(1) + g.view(-1, 1) * b)
-        size = torch.maximum(w.abs().amax((1, 2)), b.abs().amax(1))  # NaN propagates
-        if t == 0:  # the scale: the first step from the zero start
-            limit = torch.as_tensor(divergence.bound(torch.nan_to_num(size, nan=0.0, posinf=0.0).cpu().numpy())).to(
-                limit
-            )
-        div_step = torch.where((div_step < 0) & ~(size <= limit), t + 1, div_step)
 
     def evaluate(xx: Tensor, yy: Tensor) -> tuple[Tensor, Tensor]:
         logits = torch.einsum("nd,rdk->rnk", xx, w) + b.unsqueeze(1)
@@ -177,6 +175,7 @@ def train_logistic(
 
     train_loss, _ = evaluate(x, y)
     test_loss, test_acc = evaluate(x_test, y_test)
+    div_step = torch.where((div_step < 0) & ~(train_loss <= limit), batches.shape[1], div_step)
     ok = div_step < 0
     return {
         "train_loss": torch.where(ok, train_loss, torch.inf).cpu().numpy(),
