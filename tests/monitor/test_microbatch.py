@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from noiseprobe import NoiseMonitor
 from noiseprobe.core.errors import ConfigError, NoPerSampleGradients
 from noiseprobe.monitor.gns import fieller, noise_scale, noise_scale_from_sums, pooled_b_simple, quantile
 from noiseprobe.monitor.microbatch import micro_batch_gradients, split
@@ -77,6 +78,13 @@ def test_average_over_all_partitions_equals_the_per_sample_estimates():
     assert all(e.micro_batch_size == 2 for e in est)
     assert np.mean([e.tr_sigma for e in est]) == pytest.approx(exact.tr_sigma, rel=1e-10, abs=0)
     assert np.mean([e.g_sq for e in est]) == pytest.approx(exact.g_sq, rel=1e-10, abs=0)
+    # the same through the monitor: its two estimators on the same model
+    per = NoiseMonitor(model, loss_fn, metrics=["tr_sigma", "g_sq"]).measure((x, y))
+    micro = NoiseMonitor(model, loss_fn, metrics=["tr_sigma", "g_sq"], estimator="micro-batch", micro_batches=3)
+    rows = [micro.measure((x[p], y[p])) for p in parts]
+    assert per["estimator"] == "per-sample" and {r["micro_batch_size"] for r in rows} == {2}
+    for name in ("tr_sigma", "g_sq"):
+        assert np.mean([r[name] for r in rows]) == pytest.approx(per[name], rel=1e-10, abs=0)
 
 
 @pytest.mark.parametrize("m", [4, 8])

@@ -2,7 +2,7 @@
 need no per-sample definition: the covariance of training-batch gradients over random batches.
 
 (b) a 2-layer LSTM with dropout in train mode: samples are independent, so Cov(g_S) = Σ/S and the mean of
-    tr_sigma/S over random batches is tr Cov(g_S);
+    the monitor's tr_sigma/S over random batches is tr Cov(g_S);
 (c) a ResNet-style CNN with BatchNorm2d in train mode: tr_sigma estimates b·tr Cov(g_b) at the micro-batch
     size b; b·tr Cov(g_b)/(S·tr Cov(g_S)) is BatchNorm's bias (reported in docs/monitor.md, no tolerance).
 
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from noiseprobe import NoiseMonitor
 from noiseprobe.monitor.gns import noise_scale
-from noiseprobe.monitor.microbatch import micro_batch_gradients
 
 LOSS = nn.CrossEntropyLoss(reduction="none")
 #: classes of the toy task (more classes spread the noise over more directions: a less skewed trace)
@@ -72,16 +72,18 @@ def _tr_cov(rows):
 
 
 def _monitor_mean(model, x, y, s, draws, gen):
-    """Mean over random batches of S samples of the micro-batch tr_sigma, its SE, and the micro-batch size."""
-    values, b = [], 0
-    for q in range(draws):
-        i = torch.randint(0, len(x), (s,), generator=gen)
-        torch.manual_seed(10_000 + q)  # fresh dropout draws, as the training steps between measurements give
-        mb = micro_batch_gradients(model, LOSS, x[i], y[i])
-        values.append(mb.noise().tr_sigma)
-        b = mb.b
-    v = np.array(values)
-    return v.mean(), v.std(ddof=1) / math.sqrt(draws), b
+    """Mean over random batches of S samples of the monitor's tr_sigma (estimator chosen automatically),
+    its SE, and the micro-batch size."""
+    mon = NoiseMonitor(model, LOSS, metrics=["tr_sigma"])
+    with pytest.warns(UserWarning, match="micro-batch estimator"):
+        rows = []
+        for q in range(draws):
+            i = torch.randint(0, len(x), (s,), generator=gen)
+            torch.manual_seed(10_000 + q)  # fresh dropout draws, as the training steps between measurements give
+            rows.append(mon.measure((x[i], y[i])))
+    assert {r["estimator"] for r in rows} == {"micro-batch"}
+    v = np.array([r["tr_sigma"] for r in rows])
+    return v.mean(), v.std(ddof=1) / math.sqrt(draws), rows[0]["micro_batch_size"]
 
 
 def _population(shape, n=256, seed=0):

@@ -164,7 +164,7 @@ def micro_batch_gradients(
     RNG states are left as they were."""
     n = batch_samples(x)
     m, b = split(n, micro_batches)
-    params = select_parameters(model)
+    params = [p for _, p in select_parameters(model)]
     fwd = forward or default_forward
     dtype = accumulation_dtype(params[0])
     rows = torch.empty(m, sum(p.numel() for p in params), dtype=dtype, device=params[0].device)
@@ -198,7 +198,7 @@ class EstimatorChoice:
         self._warned = False
 
     def resolve(self, model: nn.Module, per_sample: Callable[[], object]) -> str:
-        """"per-sample" or "micro-batch" for this measurement; ``per_sample()`` computes the per-sample
+        """ "per-sample" or "micro-batch" for this measurement; ``per_sample()`` computes the per-sample
         gradients (kept by the caller) and is called only when they are to be tried. A refused attempt
         leaves buffers, ``.grad`` and RNG states as they were."""
         if self.requested != "auto":
