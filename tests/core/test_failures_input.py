@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import pickle
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from noiseprobe.cli import main
-from noiseprobe.core import runner
+from noiseprobe.core import executors, runner
 from noiseprobe.core.errors import ConfigError, NumericalError, RunDirError
 from noiseprobe.core.runner import run_experiment
 
@@ -249,6 +256,108 @@ def test_closed_ray_port_fails_fast_with_one_line(sample_env, tmp_path, capsys):
     assert code == 2 and time.time() - t0 < 30
     one_line(err, "--address", "refused", "Ray's log:")
     assert not (tmp_path / "run").exists()
+
+
+class _QuietHTTP(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # what a dashboard answers
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"<html>dashboard</html>")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def not_ray(kind: str) -> Iterator[int]:
+    """A port on 127.0.0.1 where something that is not Ray listens: an HTTP server (a dashboard) or a
+    silent TCP listener (the kernel completes the handshake from the backlog; nothing is ever sent).
+    In-process, stopped when the block ends."""
+    if kind == "http":
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QuietHTTP)
+        thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        thread.start()
+        try:
+            yield srv.server_address[1]
+        finally:
+            srv.shutdown()
+            srv.server_close()
+            thread.join(5)
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen(64)
+            yield s.getsockname()[1]
+
+
+def _reproduce_on(address: str, out: Path, capsys) -> tuple[int, str, float]:
+    t0 = time.monotonic()
+    code, _, err = _main(["reproduce", EXP, "--out", out, "--executor", "ray", "--address", address], capsys)
+    return code, err, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("kind", ["http", "silent"])
+def test_an_open_port_that_is_not_ray_is_one_line_within_the_limit(sample_env, tmp_path, capsys, monkeypatch, kind):
+    monkeypatch.setattr(executors, "RAY_ANSWER_TIMEOUT", 3.0)  # the documented limit, shortened for the test
+    with not_ray(kind) as port:
+        code, err, secs = _reproduce_on(f"127.0.0.1:{port}", tmp_path / "run", capsys)
+    assert code == 2
+    line = one_line(err, "--address", f"127.0.0.1:{port}", "dashboard", "GCS", "Ray's log:")
+    assert ("HTTP server" if kind == "http" else "within 3 s") in line
+    # an HTTP server is recognised at once; a silent listener is given the whole limit, not more
+    assert secs < 15 if kind == "http" else 3.0 <= secs < 15
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_ray_answer_limit_is_30_s_by_default():
+    import inspect
+
+    assert executors.RAY_ANSWER_TIMEOUT == 30.0
+    assert inspect.signature(executors.RayExecutor).parameters["timeout"].default is None  # = the constant
+    assert inspect.signature(executors.make_executor).parameters.keys() == {"kind", "workers", "address"}
+
+
+@pytest.mark.slow
+def test_a_silent_listener_is_refused_after_30_s_by_default(sample_env, tmp_path, capsys):
+    with not_ray("silent") as port:
+        code, err, secs = _reproduce_on(f"127.0.0.1:{port}", tmp_path / "run", capsys)
+    assert code == 2 and 30.0 <= secs < 45, secs
+    one_line(err, f"127.0.0.1:{port}", "within 30 s")
+
+
+HEAD = """
+import sys, time, ray
+from ray._private import ray_constants
+ray_constants.ENABLE_RAY_CLUSTER = False
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.slow
+def test_a_real_ray_cluster_passes_the_probe_and_runs(sample_env, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    head = subprocess.Popen(
+        [sys.executable, "-c", HEAD], env=sample_env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        address = head.stdout.readline().strip()
+        assert address.startswith("127.0.0.1:"), address
+        t0 = time.monotonic()
+        executors._reach(address, timeout=10)  # answers as a Ray cluster
+        assert time.monotonic() - t0 < 10
+        code, out, err = _main(
+            ["reproduce", EXP, "--out", tmp_path / "run", "--executor", "ray", "--address", address, "--quiet"], capsys
+        )
+        assert code == 0, err
+        ref = run_experiment(EXP, "quick", tmp_path / "ref", workers=1)
+        assert json.loads((tmp_path / "run/summary.json").read_text())["metrics"] == ref["metrics"]
+    finally:
+        head.terminate()
+        head.wait(60)
 
 
 @pytest.mark.parametrize("address", ["nonsense", "host:", ":6379", "host:99999"])

@@ -88,13 +88,47 @@ def test_unwritable_out_is_refused_before_anything(sample_env, tmp_path, capsys,
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories")
-def test_read_only_directory(sample_env, tmp_path, capsys):
-    ro = tmp_path / "ro"
-    ro.mkdir(mode=0o555)
-    code, _, err = _main(["reproduce", EXP, "--out", ro / "run"], capsys)
-    assert code == 2
-    one_line(err, str(ro), "Permission denied")
+def _drop_capabilities() -> None:
+    """In the child before exec: root without its capabilities (bounding and ambient sets emptied), so
+    that file permissions bind it as they bind any user, as in a container with capabilities dropped."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for cap in range(64):
+        libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP (EINVAL past the last capability: ignored)
+    libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL
+
+
+@pytest.mark.parametrize("mode,where", [(0o555, "readonly"), (0o000, "closed")])
+def test_out_where_the_process_may_not_write_is_one_line(sample_env, cli, tmp_path, mode, where):
+    """``--out`` inside a directory the process may not write (0o555) or not even enter (0o000), run as a
+    real process without privileges (as root: its capabilities dropped, the directory another user's):
+    one line, exit 2, nothing written."""
+    root = os.geteuid() == 0
+    d = tmp_path / where
+    d.mkdir()
+    if root:
+        os.chown(d, 65534, 65534)  # nobody's: root without capabilities is "other" to it
+    d.chmod(mode)
+    try:
+        if not root and os.access(d, os.W_OK):
+            pytest.skip("not root and the directory stays writable (a file system without permissions)")
+        out = d / "run"
+        t0 = time.monotonic()
+        done = subprocess.run(
+            [*cli, "reproduce", EXP, "--out", str(out)],
+            env=sample_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            preexec_fn=_drop_capabilities if root else None,
+        )
+        assert done.returncode == 2 and done.stdout == "", done.stderr
+        one_line(done.stderr, "--out", str(out), "Permission denied")
+        assert time.monotonic() - t0 < 60  # an interpreter start (torch, pandas) and the refusal
+    finally:
+        d.chmod(0o700)
+    assert list(d.iterdir()) == []  # nothing written
 
 
 def test_report_output_faults(sample_env, tmp_path, capsys, monkeypatch, ref):

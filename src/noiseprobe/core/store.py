@@ -229,14 +229,18 @@ class RunDir:
         """Raise (writing nothing) unless this run may use the directory: ConfigError when ``path`` is a
         file, is not writable, or holds other files or another run; RunDirError when run.json is corrupt."""
         p = self.path
-        if p.exists() and not p.is_dir():
-            raise ConfigError("--out", str(p), "a directory (this is a file)")
-        anc = next((a for a in (p, *p.parents) if a.exists()), None)
+        try:  # a parent this process may not enter makes stat() itself fail (EACCES)
+            if p.exists() and not p.is_dir():
+                raise ConfigError("--out", str(p), "a directory (this is a file)")
+            anc = next((a for a in (p, *p.parents) if a.exists()), None)
+            run_json = self.run_json.exists()
+        except OSError as exc:
+            raise ConfigError("--out", str(p), f"a writable location ({exc.strerror or exc})") from None
         if anc is not None and not anc.is_dir():
             raise ConfigError("--out", str(p), f"a path whose parents are directories ({anc} is a file)")
         if anc is not None and not os.access(anc, os.W_OK | os.X_OK):
             raise ConfigError("--out", str(p), f"a writable location ({anc}: {os.strerror(errno.EACCES)})")
-        if self.run_json.exists():
+        if run_json:
             old = read_json(self.run_json)
             if "hash" not in old:
                 raise RunDirError(
