@@ -327,8 +327,6 @@ def test_a_silent_listener_is_refused_after_30_s_by_default(sample_env, tmp_path
 
 HEAD = """
 import sys, time, ray
-from ray._private import ray_constants
-ray_constants.ENABLE_RAY_CLUSTER = False
 ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
 print(ray.get_runtime_context().gcs_address, flush=True)
 time.sleep(300)
@@ -345,7 +343,7 @@ def test_a_real_ray_cluster_passes_the_probe_and_runs(sample_env, tmp_path, caps
     )
     try:
         address = head.stdout.readline().strip()
-        assert address.startswith("127.0.0.1:"), address
+        assert ":" in address, address
         t0 = time.monotonic()
         executors._reach(address, timeout=10)  # answers as a Ray cluster
         assert time.monotonic() - t0 < 10
@@ -403,3 +401,34 @@ def test_repeated_list_values_are_one_line_naming_the_field(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "alphas" in err[0] and "distinct" in err[0] and not out.exists()
     assert main(["reproduce", "mbn-fig6", "--dry-run", "--out", str(out), "--set", "alphas=[1e300]"]) == 2
+
+
+@pytest.mark.parametrize(
+    "argv,field,allowed",
+    [
+        (["mbn-fig6", "--set", "S=100000"], "S", "<= the largest data set, N = round(max(alphas)·D) = 160"),
+        (
+            ["nin-fig2-top", "--set", "traj_points=100000", "--set", "steps=100000000", "--workers", "1"],
+            "traj_points",
+            "<= 10000",
+        ),
+    ],
+)
+def test_runs_far_larger_than_their_data_or_figure_are_refused_at_once(tmp_path, capsys, argv, field, allowed):
+    """Issue 19's two runs that ran on for minutes: one line naming the field, exit 2, nothing written."""
+    out = tmp_path / "run"
+    t0 = time.monotonic()
+    code, stdout, err = _main(["reproduce", *argv, "--out", out], capsys)
+    assert code == 2 and stdout == "" and time.monotonic() - t0 < 10
+    one_line(err, f"{field} = ", allowed)
+    assert not out.exists()
+
+
+def test_the_bounds_admit_what_they_should(tmp_path, capsys):
+    """The largest data set of mbn-fig6's quick preset has N = 8·20 = 160 samples; traj_points up to 10⁴."""
+    out = tmp_path / "run"
+    assert _main(["reproduce", "mbn-fig6", "--set", "S=160", "--out", out, "--dry-run"], capsys)[0] == 0
+    assert _main(["reproduce", "mbn-fig6", "--set", "S=161", "--out", out, "--dry-run"], capsys)[0] == 2
+    argv = ["reproduce", "nin-fig2-top", "--set", "steps=100000000", "--out", out, "--dry-run"]
+    assert _main([*argv, "--set", "traj_points=10000"], capsys)[0] == 0
+    assert not out.exists()

@@ -115,54 +115,72 @@ def _reach(address: str, timeout: float | None = None) -> None:
     ``NodeInfoGcsService/GetClusterId`` (the first call ``ray.init`` makes to the GCS) or, for ``ray://``,
     the Ray Client server's ``ClusterInfo`` ping. Any reply from the service (also a refusal such as
     UNAUTHENTICATED) shows that Ray is there; UNAVAILABLE (the peer does not speak gRPC: an HTTP/1 server),
-    UNIMPLEMENTED (another gRPC service) and no reply within the time left are refused."""
+    UNIMPLEMENTED (another gRPC service) and no reply within the time left are refused. ``ray.init`` connects
+    to a loopback host under the node's own IP address: that address is probed too."""
     hp = parse_address(address)
     if hp is None:
         return
     limit = RAY_ANSWER_TIMEOUT if timeout is None else timeout
     deadline = time.monotonic() + limit
+    client = address.startswith("ray://")
+    fault = _answers(*hp, client, deadline, limit)
+    if fault is None and not client:
+        from ray._private.services import resolve_ip_for_localhost
+
+        host = resolve_ip_for_localhost(hp[0])
+        if host != hp[0]:
+            fault = _answers(host, hp[1], client, deadline, limit)
+            if fault is not None:
+                fault = f"Ray connects to {hp[0]} as the node's address {host}, and {fault}"
+    if fault is not None:
+        raise _not_ray(address, fault)
+
+
+def _answers(host: str, port: int, client: bool, deadline: float, limit: float) -> str | None:
+    """Why ``host:port`` does not answer as a Ray GCS (or Ray Client server) before ``deadline``, or None."""
     try:
-        socket.create_connection(hp, timeout=min(CONNECT_TIMEOUT, limit)).close()
+        socket.create_connection(
+            (host, port), timeout=max(0.1, min(CONNECT_TIMEOUT, deadline - time.monotonic()))
+        ).close()
     except OSError as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise _not_ray(address, f"connecting to {hp[0]}:{hp[1]}: {reason}") from None
+        return f"connecting to {host}:{port}: {'timed out' if isinstance(exc, TimeoutError) else exc.strerror or exc}"
     import importlib
 
     import grpc
 
-    client = address.startswith("ray://")
     pb: Any = importlib.import_module(f"ray.core.generated.{'ray_client_pb2' if client else 'gcs_service_pb2'}")
     method, request = (
         ("/ray.rpc.RayletDriver/ClusterInfo", pb.ClusterInfoRequest(type=pb.ClusterInfoType.PING))
         if client
         else ("/ray.rpc.NodeInfoGcsService/GetClusterId", pb.GetClusterIdRequest())
     )
-    target = f"[{hp[0]}]:{hp[1]}" if ":" in hp[0] else f"{hp[0]}:{hp[1]}"
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     with grpc.insecure_channel(target) as channel:  # bytes in, bytes out: the reply's content is not needed
         call = channel.unary_unary(method).future(
             request.SerializeToString(), timeout=max(0.1, deadline - time.monotonic())
         )
         try:
             call.result()  # waits in short slices: SIGINT / SIGTERM are not held up
-            return
+            return None
         except grpc.RpcError as exc:
             code, detail = exc.code(), (exc.details() or "").splitlines()[0] if exc.details() else ""
         finally:
             call.cancel()
     if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED):
-        return  # Ray answered (e.g. UNAUTHENTICATED without its token): ray.init reports what follows
+        return None  # Ray answered (e.g. UNAUTHENTICATED without its token): ray.init reports what follows
     server = "Ray Client server (default port 10001)" if client else "GCS (default port 6379; `ray status` prints it)"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        what = f"{hp[0]}:{hp[1]} accepts connections but did not answer as a Ray cluster within {limit:g} s"
+        what = f"{host}:{port} accepts connections but did not answer as a Ray cluster within {limit:g} s"
     elif code == grpc.StatusCode.UNIMPLEMENTED:
-        what = f"{hp[0]}:{hp[1]} is a gRPC service that is not Ray's"
+        what = f"{host}:{port} is a gRPC service that is not Ray's"
     elif "HTTP/2" in detail:  # gRPC's "Failed parsing HTTP/2": an HTTP/1 reply to its preface
-        what = f"{hp[0]}:{hp[1]} answers, but not in gRPC as a Ray cluster does: it looks like an HTTP server"
+        what = f"{host}:{port} answers, but not in gRPC as a Ray cluster does: it looks like an HTTP server"
+    elif "refused" in detail:
+        return f"connecting to {host}:{port}: Connection refused"
     else:
-        what = f"{hp[0]}:{hp[1]} answers, but not as a Ray cluster ({detail or code.name})"
-    raise _not_ray(
-        address,
-        f"{what}; the likely cause is a dashboard (Ray's: port 8265) or other service on that port: give the {server}",
+        what = f"{host}:{port} answers, but not as a Ray cluster ({detail or code.name})"
+    return (
+        f"{what}; the likely cause is a dashboard (Ray's: port 8265) or other service on that port: give the {server}"
     )
 
 
