@@ -169,8 +169,9 @@ def _answers(host: str, port: int, client: bool, deadline: float, limit: float) 
     if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED):
         return None  # Ray answered (e.g. UNAUTHENTICATED without its token): ray.init reports what follows
     server = "Ray Client server (default port 10001)" if client else "GCS (default port 6379; `ray status` prints it)"
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        what = f"{host}:{port} accepts connections but did not answer as a Ray cluster within {limit:g} s"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or "timed out" in detail:  # (gRPC's own 20 s handshake limit)
+        waited = min(limit, limit - (deadline - time.monotonic()))
+        what = f"{host}:{port} accepts connections but did not answer as a Ray cluster within {waited:.0f} s"
     elif code == grpc.StatusCode.UNIMPLEMENTED:
         what = f"{host}:{port} is a gRPC service that is not Ray's"
     elif "HTTP/2" in detail:  # gRPC's "Failed parsing HTTP/2": an HTTP/1 reply to its preface
