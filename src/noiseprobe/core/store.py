@@ -141,6 +141,7 @@ def read_parquet(path: Path) -> pd.DataFrame:
 #: what every summary.json holds, with its JSON type (what ``reproduce`` prints and ``report`` renders)
 SUMMARY_FIELDS: dict[str, tuple[type, ...]] = {
     "experiment": (str,),
+    "title": (str,),
     "preset": (str,),
     "seconds": (int, float),
     "config": (dict,),
@@ -160,6 +161,8 @@ def _summary_fault(s: dict[str, Any]) -> str | None:
     for c in s["checks"]:
         if not (isinstance(c, dict) and all(k in c for k in CHECK_FIELDS)):
             return f"a check is not an object with {', '.join(CHECK_FIELDS)}"
+        if not all(isinstance(c[k], str) for k in ("key", "claim", "verdict")):
+            return "a check's key, claim or verdict is not a string"
     tables = s.get("tables", {})
     if not (
         isinstance(tables, dict)
