@@ -1,5 +1,5 @@
 """Noise library: L̂(w, 0) = L(w), noise laws (mean, covariance) against exact or sampled moments, and the
-NGD forms of SGLD and anti-PGD against their iterate definitions (reference §7.4, §7.6, §7.7)."""
+NGD forms of SGLD and anti-PGD against their iterate definitions (docs/theory/singular_limits.md §7.4, §7.6, §7.7)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ Every check has a stable ``key`` (tests and the report find checks by it) and a 
 ``"reproduction"`` (the software reproduces a phenomenon or a prediction) or ``"paper-claim"`` (a paper's
 printed formula, tested as printed). Verdicts (:func:`resolve`): "pass", "fail", "not measurable", or
 "refuted" — a paper-claim that fails, is listed in :data:`noiseprobe.core.paper_claims.PAPER_CLAIMS` (with
-the reference's section that refutes it), and whose ``corrected_by`` names a reproduction check of the
+the docs/theory section that refutes it), and whose ``corrected_by`` names a reproduction check of the
 same run that passes. Anything else that fails is "fail".
 """
 
@@ -206,7 +206,7 @@ class Check:
         return _g(e) if isinstance(e, float) else str(e)
 
     def to_dict(self) -> dict[str, Any]:
-        from noiseprobe.core.experiment import jsonable
+        from noiseprobe.core.store import jsonable
 
         d = asdict(self)
         d["passed"] = self.verdict == "pass"

@@ -168,23 +168,3 @@ def _coerce(name: str, value: Any, like: Any) -> Any:
     if like is None:
         return value
     raise ConfigError(name, value, f"a value of type {type(like).__name__}")
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON types (numpy scalars and arrays converted; non-finite floats kept as strings)."""
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else str(f)
-    return obj

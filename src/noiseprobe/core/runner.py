@@ -23,16 +23,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from noiseprobe import __version__
+from noiseprobe._version import __version__
 from noiseprobe.core import progress as _progress
 from noiseprobe.core.checks import Check, headline, is_ok, resolve
 from noiseprobe.core.config import ExperimentConfig
 from noiseprobe.core.errors import ConfigError, RunDirError
 from noiseprobe.core.executors import check_executor, make_executor
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment, jsonable
+from noiseprobe.core.experiment import Chunk, Estimate, Experiment
 from noiseprobe.core.memory import fmt_bytes, usable_memory
 from noiseprobe.core.progress import progress
-from noiseprobe.core.store import RunDir, write_json, write_parquet
+from noiseprobe.core.store import RunDir, jsonable, write_json, write_parquet
 
 
 def get_experiment(exp_id: str) -> Experiment:

@@ -56,7 +56,7 @@ class Fig5Config(ChainsConfig):
 
 
 class Fig5(Experiment):
-    """Fig. 5. Defaults a = 1, λ = 2.5, S = 1000, u = 1, inside the window 2S/(S+2) < λa <= √(S/2) (reference §5)."""
+    """Fig. 5. Defaults a = 1, λ = 2.5, S = 1000, u = 1, inside the window 2S/(S+2) < λa <= √(S/2) (docs/theory/minibatch_noise.md §5)."""
 
     id = "mbn-fig5"
     title = "Test loss vs weight decay and learning rate with predicted divergence; negative optimal weight decay"

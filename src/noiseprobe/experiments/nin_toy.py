@@ -1,14 +1,14 @@
 """NIN paper (001) Fig. 2 top: the linear toy model's four regimes and its phase diagram over σε.
 
 Model, loss (½-MSE, eq. 4) and samplers: :mod:`noiseprobe.nin.toy`; theory: :mod:`noiseprobe.nin.toy_theory`;
-rule: :mod:`noiseprobe.nin.phases` (reference §5.2). A grid of σε (log-spaced) × seeds is run with both the
+rule: :mod:`noiseprobe.nin.phases` (docs/theory/noise_injection_nodes.md §5.2). A grid of σε (log-spaced) × seeds is run with both the
 reduced map of eqs. (5)–(6) (what the paper solved) and exact minibatch SGD; seed s has the same initial
 weights at every σε and in both methods. Per run only online statistics are kept; a few illustrative
 runs keep log-spaced trajectories (the four panels of Fig. 2 top).
 
 Checks (the paper's claims, measured): the four phases appear in order of increasing σε; each measured
 boundary (50 % crossing of the cumulative phase fraction over seeds) against the paper's formula and
-against the corrected predictor of the reference (horizon law, final-minimum edge); the integrated decay
+against the corrected predictor of docs/theory/noise_injection_nodes.md (horizon law, final-minimum edge); the integrated decay
 law eq. (9) and the t = 0 time scale eq. (10) in the decay phase; exact SGD and the reduced map agree on
 the phase at every σε away from the boundaries.
 """
@@ -48,7 +48,9 @@ class Fig2TopConfig(ExperimentConfig):
         choices=toy.METHODS, min_len=1, max_len=len(toy.METHODS), help="reduced (eqs. 5-6) and/or exact minibatch SGD"
     )
     batch_size: int = param(lo=1, hi=10**6)
-    init: str = param(choices=tuple(toy.INITS), help="initial weight scales (reference §5.1)")
+    init: str = param(
+        choices=tuple(toy.INITS), help="initial weight scales (docs/theory/noise_injection_nodes.md §5.1)"
+    )
     sigma_min: float = param(lo=0.0, lo_open=True)
     sigma_max: float = param(lo=0.0, lo_open=True)
     n_sigma: int = param(lo=4, hi=4096)
@@ -78,7 +80,7 @@ def _grid(cfg: Fig2TopConfig) -> np.ndarray:
 
 def _edge(method: str, batch_size: int) -> float:
     """Stability edge a* of η σε² w1*² for the final minimum: 2 for the reduced map (S_εε = σε²), the
-    Lyapunov edge of the χ²_B/B fluctuations of S_εε for exact SGD (reference §4)."""
+    Lyapunov edge of the χ²_B/B fluctuations of S_εε for exact SGD (docs/theory/noise_injection_nodes.md §4)."""
     return 2.0 if method == "reduced" else th.lyapunov_edge(batch_size=batch_size)
 
 
@@ -322,7 +324,7 @@ class Fig2Top(Experiment):
     @staticmethod
     def _method_checks(config: Fig2TopConfig, info: dict[str, Any], method: str) -> list[Check]:
         """Per method: phases in order; each boundary against the paper's formula (paper-claim) and the
-        reference's corrected predictor; eqs. (9) and (10) in the decay phase."""
+        corrected predictor of docs/theory/noise_injection_nodes.md §4.6; eqs. (9) and (10) in the decay phase."""
         b = [info["bnd"][k][0] for k in BOUNDARY_NAMES]
         b_se = [info["bnd"][k][1] for k in BOUNDARY_NAMES]
         tag = f"[{method}]"
@@ -347,7 +349,7 @@ class Fig2Top(Experiment):
             slug = name.replace("|", "-")
             fixed = f"{method}-{slug}-" + ("corrected" if name in rtol else "bound")
             claim = f"{tag} {name}: the measured boundary is where the paper's formula {t['paper_formula']} puts it"
-            detail = f"rel. error {t['paper_rel_err']:+.2f} (reference §5.3: off by 9-800x, ~1.6x, 6-15x)"
+            detail = f"rel. error {t['paper_rel_err']:+.2f} (docs/theory/noise_injection_nodes.md §5.3: off by 9-800x, ~1.6x, 6-15x)"
             if np.isfinite(t["paper"]) and t["paper"] > 0:
                 out.append(
                     Check.close(
@@ -444,7 +446,7 @@ class Fig2Top(Experiment):
                 corrected_by=eq9,
                 detail="ratios "
                 + ", ".join(f"{v:.3g}" for v in ratio)
-                + "; reference §5.5: unreliable when w1 moves during the decay (0.007-0.7x)",
+                + "; docs/theory/noise_injection_nodes.md §5.5: unreliable when w1 moves during the decay (0.007-0.7x)",
             )
         )
         return out

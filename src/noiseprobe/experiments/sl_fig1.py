@@ -1,5 +1,5 @@
 """``sl-fig1``: gradient descent (σ = 0) stops on Γ; noisy GD with ``L̂ = L(w + η)`` (Example 1.2) keeps
-moving along Γ, as Theorem A's flow ``∂_tW = −P∇Reg``, Reg = ½ΔL, on the clock t = ασ²k (reference §8, §9.2).
+moving along Γ, as Theorem A's flow ``∂_tW = −P∇Reg``, Reg = ½ΔL, on the clock t = ασ²k (docs/theory/singular_limits.md §8, §9.2).
 Shared setting: :mod:`noiseprobe.experiments.sl_common`."""
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class Fig1(Experiment):
                 flow_move,
                 atol=0.1,
                 se=move_se,
-                detail=f"{int(stats['n'].iloc[-1])} chains; reference §9.2 bias ≈ +0.03–0.05 rad at α = 0.1",
+                detail=f"{int(stats['n'].iloc[-1])} chains; docs/theory/singular_limits.md §9.2 bias ≈ +0.03–0.05 rad at α = 0.1",
             ),
         ]
         metrics = {

@@ -12,7 +12,7 @@ used in order, for the rare completions (ziggurat wedge and tail, χ² rejection
 chain's numbers depend only on (seed, global chain index): not on the chunking, the lanes it shares or
 the thread count.
 
-Samplers of one step's minibatch gradient ĝ (all with the ½ convention, reference §14):
+Samplers of one step's minibatch gradient ĝ (all with the ½ convention, docs/theory/minibatch_noise.md §14):
 
 * ``ONLINE``: S fresh samples x = R_a z + R_b z', y = uᵀR_a z + σε (or σ·sign ε), computed in whitened
   coordinates: r_s = z_s·R_aᵀ(w − u) + z'_s·R_bᵀw − σε_s, ĝ = (R_a Σ z_s r_s + R_b Σ z'_s r_s)/S

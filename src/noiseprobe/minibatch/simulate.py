@@ -20,7 +20,7 @@ S >= 2D) draws D(D+3)/2 numbers per step instead of S(D+1): with K = A + B, ``x�
 (ζ independent of x), so the residual is ``xᵀ(w − K⁻¹Au) − n`` with ``n ~ N(0, σ_eff²)``, ``σ_eff² = σ² + uᵀ(A − AK⁻¹A)u``; then
 ``(1/S)Σxxᵀ = M Mᵀ/S``, ``M = R_K L`` (R_K R_Kᵀ = K, L the Bartlett factor of a Wishart(S, I) matrix) and
 ``(1/S)Σ x n | M ~ N(0, σ_eff² MMᵀ/S²)``. In 1d this is ``h = kχ²_S/S``, ``ξ | h ~ N(0, σ_eff²h/S)``
-(reference §14).
+(docs/theory/minibatch_noise.md §14).
 
 Divergence (a non-finite w or some |w_i| > ``DIVERGED``, tested after every step) is recorded per chain
 with its step; a diverged chain is left out of every statistic (NaN), the others continue. The learning
@@ -145,7 +145,7 @@ class SGDRun:
 
     ``mean[r]`` and ``second_moment[r]`` are time averages over the measured steps of ``w − center`` and
     ``(w − center)(w − center)ᵀ``; ``noise_cov[r]`` the time average of ``η ηᵀ`` with
-    ``η = ĝ − ∇L_train(w)`` (reference trap 14), when requested. ``snapshots`` holds raw ``w`` every
+    ``η = ĝ − ∇L_train(w)`` (docs/theory/minibatch_noise.md §16 trap 14), when requested. ``snapshots`` holds raw ``w`` every
     ``snapshot_every`` measured steps: (chains, n_snapshots, D). Diverged chains are NaN in all of these.
     """
 

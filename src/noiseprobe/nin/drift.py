@@ -1,6 +1,6 @@
 """The NIW decay rate of eq. (2) without its second-order truncation, for a batched MLP ensemble.
 
-Eq. (2) (corrected, reference §4 item 1) predicts d ln‖W_NI‖/dt = −η σε² Ŵᵀ⟨H⟩Ŵ per SGD step, with ⟨H⟩
+Eq. (2) (corrected, docs/theory/noise_injection_nodes.md §4.1) predicts d ln‖W_NI‖/dt = −η σε² Ŵᵀ⟨H⟩Ŵ per SGD step, with ⟨H⟩
 the local Hessian at z^(ℓ_NI) of each sample's loss, averaged over samples (``curv_niw``,
 :meth:`~noiseprobe.nin.ensemble.MLPEnsemble.niw_curvature`). For a ReLU network that Hessian is the
 autograd one, zero at the kinks: it misses the jump of ∂ℓ/∂z_j where a pre-activation z_j crosses 0.

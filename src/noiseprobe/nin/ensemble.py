@@ -21,7 +21,7 @@ see :meth:`MLPEnsemble.member`):
 * NIN values ξ are attached to training samples: ``"epoch"`` mode redraws the table ξ (n_train,) at every
   epoch after the first (the paper's default); ``"fixed"`` keeps the table drawn before training
   (Fig. 1 centre, light blue). Evaluation always uses ε = 0 (App. B).
-* Init (App. B, reference ambiguity 2 read as LeCun normal): W^(ℓ) ~ N(0, 1/fan_in), b = 0;
+* Init (App. B, docs/theory/noise_injection_nodes.md §2 ambiguity 2 read as LeCun normal): W^(ℓ) ~ N(0, 1/fan_in), b = 0;
   W_NI ~ N(0, ``niw_init_std``²) (reference reading: 1, the NIN's fan-in is 1).
 * Randomness of replica r (its *global* index) and experiment seed s: weights from
   ``torch_generator(s, r, 0)`` in layer order; the NIW and then the ξ tables from
@@ -39,7 +39,7 @@ Records (epoch 0 = initialisation): clean train/test loss and accuracy, ``noisy_
 batch loss with the NIN since the previous record), ``niw_norm`` = ‖W_NI‖₂, ``next_norm`` =
 ‖W^(ℓ_NI+1)‖_F and ``curv_niw`` = Ŵᵀ⟨H⟩Ŵ, the eq. (3) local Hessian at z^(ℓ_NI) along the unit NIW
 (batch-averaged over the probe samples). It sets the NIW decay of eq. (2): d ln‖W_NI‖/dt = −η σε² curv_niw
-per step (corrected, reference §4 item 1) or half of it (the paper's eq. (2) as printed); see
+per step (corrected, docs/theory/noise_injection_nodes.md §4.1) or half of it (the paper's eq. (2) as printed); see
 :func:`noiseprobe.nin.probe.niw_decay_rate`.
 """
 

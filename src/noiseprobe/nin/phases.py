@@ -1,6 +1,6 @@
 """NIN phase classification (decoupled, decay, catapult, divergent), phase fractions and boundaries.
 
-The rule (reference §5.2 and §7; paper 001 Sec. 3 names the phases), applied per run in this order:
+The rule (docs/theory/noise_injection_nodes.md §5.2 and §7; paper 001 Sec. 3 names the phases), applied per run in this order:
 
 1. **divergent**: non-finite or overflowing weights/norms (|·| > ``overflow``), an external divergence
    flag, or a clean loss at the horizon above ``loss_bound`` (*stalled*: the task was not learned);

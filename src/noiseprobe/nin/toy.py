@@ -6,7 +6,7 @@ Model ``f = w1 (w0 x + w_NI ε)``, target ``y = M x``, loss with the ½ conventi
 
 samples drawn fresh every step (infinite data: with replacement). The batch enters only through the
 moments S_xx = ⟨x²⟩_B, S_xε = ⟨xε⟩_B, S_εε = ⟨ε²⟩_B. With D = w1 w0 − M the exact SGD step (all right-hand
-sides at the old values; reference §4, verified against autograd in the tests) is::
+sides at the old values; docs/theory/noise_injection_nodes.md §4, verified against autograd in the tests) is::
 
     w0'  = w0  − η w1 (D S_xx + w1 w_NI S_xε)                       (derived; the paper omits it)
     w1'  = w1  − η (D w0 S_xx + (2 w1 w0 − M) w_NI S_xε + w1 w_NI² S_εε)
@@ -50,7 +50,7 @@ from noiseprobe.nin.phases import classify_summary
 
 METHODS: tuple[str, ...] = ("exact", "reduced")
 INITS: dict[str, tuple[float, float, float]] = {
-    # std of (w0, w1, w_NI) at t = 0: the two readings of the garbled App. B sentence (reference §5.1)
+    # std of (w0, w1, w_NI) at t = 0: the two readings of the garbled App. B sentence (docs/theory/noise_injection_nodes.md §5.1)
     "niw_large": (0.1, 0.1, 1.0),
     "data_large": (1.0, 1.0, 0.1),
 }
@@ -614,11 +614,11 @@ class ToyRun:
         return self.overflow_step >= 0
 
     def stalled(self, tol: float = 0.1) -> np.ndarray:
-        """Task not learned at the horizon: |w1 w0 − M| > tol |M| (reference §5.2), overflow excluded."""
+        """Task not learned at the horizon: |w1 w0 − M| > tol |M| (docs/theory/noise_injection_nodes.md §5.2), overflow excluded."""
         return ~self.overflow & (np.abs(self["w1_T"] * self["w0_T"] - self.M) > tol * np.abs(self.M))
 
     def phases(self, *, edge: float = 2.0, tol: float = 0.1) -> np.ndarray:
-        """Phase codes (R,) by the rule of reference §5.2 (see :func:`noiseprobe.nin.phases.classify_summary`):
+        """Phase codes (R,) by the rule of docs/theory/noise_injection_nodes.md §5.2 (see :func:`noiseprobe.nin.phases.classify_summary`):
         divergent = overflow or stalled; catapult = max_t η σε² max(w1², w_NI²) > edge; decay =
         |w_NI(T)| <= |w_NI(0)|/e; else decoupled."""
         return classify_summary(
