@@ -12,7 +12,7 @@ import pandas as pd
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError, NumericalError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.seeding import ReplicaStreams
 from noiseprobe.core.validation import is_diverged
@@ -44,7 +44,7 @@ class Walk(Experiment):
         """Two (per_chunk, n_steps) float64 arrays live at once (the draws and their stack; then the steps
         and their cumulative sums), plus the small tables."""
         k, t = min(config["per_chunk"], config["n_replicas"]), config["n_steps"]
-        return Estimate(peak_bytes=2 * 8 * k * t + 4096 * k, seconds=None, drivers=("per_chunk", "n_steps"))
+        return RunCost(peak_bytes=2 * 8 * k * t + 4096 * k, seconds=None, drivers=("per_chunk", "n_steps"))
 
     def chunks(self, config):
         n, k = config["n_replicas"], config["per_chunk"]

@@ -129,10 +129,10 @@ def _png(p: Path) -> str:
 
 
 def _run_section(s: dict[str, Any], run: Path) -> tuple[str, list[dict[str, Any]]]:
-    from noiseprobe.core.checks import headline
+    from noiseprobe.core.checks import headline, stored_verdicts
 
     e = html.escape
-    checks = s.get("checks", [])
+    checks = stored_verdicts(s.get("checks", []))
     by_key = {c.get("key"): c for c in checks}
     corrections = {c.get("corrected_by") for c in checks if c.get("verdict") == "refuted"}
     rows = []

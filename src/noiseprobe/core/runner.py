@@ -25,11 +25,11 @@ import pandas as pd
 
 from noiseprobe._version import __version__
 from noiseprobe.core import progress as _progress
-from noiseprobe.core.checks import Check, headline, is_ok, resolve
+from noiseprobe.core.checks import headline, is_ok, resolve, stored_verdicts
 from noiseprobe.core.config import ExperimentConfig
 from noiseprobe.core.errors import ConfigError, RunDirError
 from noiseprobe.core.executors import check_executor, make_executor
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.memory import fmt_bytes, usable_memory
 from noiseprobe.core.progress import progress
 from noiseprobe.core.store import RunDir, jsonable, write_json, write_parquet
@@ -103,7 +103,7 @@ class Plan:
     executor: str
     workers: int | None
     address: str | None
-    estimate: Estimate | None
+    estimate: RunCost | None
     concurrent: int  # workers that run at once on this machine (0 on a remote Ray cluster)
     usable: int | None  # bytes they may use
 
@@ -227,7 +227,7 @@ def execute(plan: Plan, quiet: bool = True, warn: Callable[[str], None] = _progr
             run.claim(plan.exp_id, plan.preset, plan.config_json)
             finished = _intact(plan, run)
             if finished is not None:
-                return finished
+                return {**finished, "checks": stored_verdicts(finished.get("checks", []))}
             run.clean_tmp()
             t0 = time.perf_counter()
             done = run.finished_keys(exp.tables)
@@ -283,7 +283,7 @@ def _analyse(plan: Plan, run: RunDir, t0: float, compute: float, resumed: int) -
     tables = run.read_tables([c.key for c in plan.chunks], exp.tables)
     manifest = {f"{name}.parquet": write_parquet(out / f"{name}.parquet", df) for name, df in tables.items()}
     metrics, raw_checks = exp.analyse(plan.config, tables, out)
-    checks = resolve([c if isinstance(c, Check) else c.upgrade() for c in raw_checks], plan.exp_id)
+    checks = resolve(raw_checks, plan.exp_id)
     verdicts = [c.to_dict() for c in checks]
     summary = {
         "experiment": plan.exp_id,

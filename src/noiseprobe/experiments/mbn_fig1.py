@@ -32,7 +32,7 @@ import torch
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.seeding import torch_generator
 from noiseprobe.core.stats import mean_se
 from noiseprobe.core.validation import is_diverged
@@ -183,7 +183,7 @@ class _Fig1Base(Experiment):
             if hasattr(config, field):
                 check_at_most(field, config[field], n, embedded_name(config["dataset"]))
 
-    def estimate(self, config: Any) -> Estimate:
+    def estimate(self, config: Any) -> RunCost:
         """Peak of one worker: the data (float32, plus the loader's working copies) and the largest chunk —
         left: 2·n_seeds replica networks; parameters, gradients, the stacked copy, Adam's two moments and its
         foreach temporaries come to 14 copies of the parameters (measured: 10 for SGD); activations
@@ -204,7 +204,7 @@ class _Fig1Base(Experiment):
             steps = config["right_epochs"] * (_N_TRAIN // s)
             peak = max(peak, r * steps * s * 8 * 2 + 3 * r * s * _D_IN * f4 + 4 * r * _N_TRAIN * _K * f4)
             drivers += ["gammas", "right_batch_size", "right_epochs"]
-        return Estimate(peak_bytes=int(data + peak + 20e6), drivers=tuple(drivers))
+        return RunCost(peak_bytes=int(data + peak + 20e6), drivers=tuple(drivers))
 
     def run_chunk(self, config: Any, chunk: Chunk) -> dict[str, pd.DataFrame]:
         xtr, ytr, xte, yte = digits(config["dataset"], config["inputs"], config["seed"])

@@ -19,7 +19,7 @@ import pandas as pd
 
 from noiseprobe.core.checks import Check, Z
 from noiseprobe.core.config import param
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
 from noiseprobe.experiments._mbn import (
@@ -101,8 +101,8 @@ class Fig3(Experiment):
     }
     diverging = {"lr": 5.0, "reg_lr": 5.0}  # λa >= 2: no batch size is stable, every chain diverges
 
-    def estimate(self, config: Any) -> Estimate:
-        return Estimate(peak_bytes=sim_peak_bytes(config["chains"]) + BASE_BYTES, drivers=("chains",))
+    def estimate(self, config: Any) -> RunCost:
+        return RunCost(peak_bytes=sim_peak_bytes(config["chains"]) + BASE_BYTES, drivers=("chains",))
 
     def chunks(self, config: Any) -> list[Chunk]:
         left = [Chunk(f"S{S}", {"panel": "left", "S": S, "point": i}) for i, S in enumerate(config["batch_sizes"])]

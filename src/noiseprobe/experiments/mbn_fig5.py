@@ -19,7 +19,7 @@ import pandas as pd
 from noiseprobe.core.checks import Check, Z
 from noiseprobe.core.config import param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
 from noiseprobe.experiments._mbn import (
@@ -90,8 +90,8 @@ class Fig5(Experiment):
     #: γ = 0 lies above the convergent interval at λ = 2.5, and λ = 5 is past the divergence line at γ*
     diverging = {"gammas": [0.0], "lrs": [5.0]}
 
-    def estimate(self, config: Any) -> Estimate:
-        return Estimate(peak_bytes=sim_peak_bytes(config["chains"]) + BASE_BYTES, drivers=("chains",))
+    def estimate(self, config: Any) -> RunCost:
+        return RunCost(peak_bytes=sim_peak_bytes(config["chains"]) + BASE_BYTES, drivers=("chains",))
 
     def chunks(self, config: Any) -> list[Chunk]:
         g = [

@@ -15,7 +15,7 @@ import pandas as pd
 
 from noiseprobe.core.checks import Check, Z
 from noiseprobe.core.config import param
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
 from noiseprobe.experiments._mbn import (
@@ -79,8 +79,8 @@ class Table2(Experiment):
     }
     diverging = {"lr": 5.0}  # λa = 5 > 2S/(S+2) in every case: every chain diverges
 
-    def estimate(self, config: Any) -> Estimate:
-        return Estimate(peak_bytes=sim_peak_bytes(config["chains"]) + BASE_BYTES, drivers=("chains",))
+    def estimate(self, config: Any) -> RunCost:
+        return RunCost(peak_bytes=sim_peak_bytes(config["chains"]) + BASE_BYTES, drivers=("chains",))
 
     def chunks(self, config: Any) -> list[Chunk]:
         return [Chunk(c.replace(" ", "_"), {"case": c, "point": i}) for i, c in enumerate(CASES)]
