@@ -169,7 +169,9 @@ SUMMARY_FIELDS: dict[str, tuple[type, ...]] = {
     "metrics": (dict,),
     "checks": (list,),
 }
-CHECK_FIELDS = ("claim", "measured", "expected", "tolerance")
+CHECK_FIELDS = ("key", "claim", "verdict", "measured", "expected", "tolerance")
+#: a check as summaries stored it before checks computed their own verdicts
+LEGACY_CHECK_FIELDS = ("claim", "measured", "expected", "tolerance", "passed")
 
 
 def _summary_fault(s: dict[str, Any]) -> str | None:
@@ -180,11 +182,13 @@ def _summary_fault(s: dict[str, Any]) -> str | None:
         if not isinstance(s[name], types) or isinstance(s[name], bool):
             return f"{name!r} is a JSON {type(s[name]).__name__}, not a {'/'.join(t.__name__ for t in types)}"
     for c in s["checks"]:
+        if isinstance(c, dict) and "verdict" not in c and all(k in c for k in LEGACY_CHECK_FIELDS):
+            if not isinstance(c["claim"], str):  # written before keyed checks: checks.stored_verdicts reads it
+                return "a check's claim is not a string"
+            continue
         if not (isinstance(c, dict) and all(k in c for k in CHECK_FIELDS)):
             return f"a check is not an object with {', '.join(CHECK_FIELDS)}"
-        if not ({"key", "verdict"} <= c.keys() or "passed" in c):  # a summary older than verdicts has `passed`
-            return "a check has neither key and verdict nor passed"
-        if not all(isinstance(c[k], str) for k in ("key", "claim", "verdict") if k in c):
+        if not all(isinstance(c[k], str) for k in ("key", "claim", "verdict")):
             return "a check's key, claim or verdict is not a string"
     tables = s.get("tables", {})
     if not (
