@@ -357,6 +357,9 @@ def test_a_real_ray_cluster_passes_the_probe_and_runs(sample_env, tmp_path, caps
             ["reproduce", EXP, "--out", tmp_path / "run", "--executor", "ray", "--address", address, "--quiet"], capsys
         )
         assert code == 0, err
+        import ray
+
+        assert not ray.is_initialized()  # the driver disconnected: the cluster's end cannot end this process
         ref = run_experiment(EXP, "quick", tmp_path / "ref", workers=1)
         assert json.loads((tmp_path / "run/summary.json").read_text())["metrics"] == ref["metrics"]
     finally:

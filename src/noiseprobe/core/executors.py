@@ -235,7 +235,7 @@ class RayExecutor:
                 "--executor", "ray", "'local', or 'ray' once the extra is installed: pip install 'noiseprobe[ray]'"
             ) from None
         self.ray = ray
-        self.started = False
+        self.started = False  # Ray initialised by this executor: close() disconnects (and stops a local one)
         if not ray.is_initialized():
             if address:
                 _reach(address, timeout)
@@ -251,6 +251,7 @@ class RayExecutor:
                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
                         f"Ray's log: {RAY_LOG})",
                     ) from None
+                self.started = True  # a driver left connected dies with the cluster (Ray exits the process)
             else:
                 n = check_int("--workers", workers, lo=1, hi=4096) if workers is not None else None
                 path = os.pathsep.join(p for p in sys.path if p)
