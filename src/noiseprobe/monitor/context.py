@@ -29,6 +29,7 @@ from noiseprobe.monitor.microbatch import (
 from noiseprobe.probes.linalg import Eigenpairs, lanczos
 from noiseprobe.probes.operators import Hessian, ParamOperator
 from noiseprobe.probes.persample import PerSampleGradients, per_sample_gradients
+from noiseprobe.probes.rules.base import BatchAxisError
 
 #: Lanczos stops at this relative accuracy of the eigenvalues (Cohen et al. track sharpness to ~1 %)
 LANCZOS_TOL = 1e-2
@@ -106,7 +107,10 @@ class Context:
 
     @cached_property
     def _per_sample(self) -> PerSampleGradients:
-        return per_sample_gradients(self.model, self.loss_fn, self.inputs, self.targets, forward=self.forward)
+        try:
+            return per_sample_gradients(self.model, self.loss_fn, self.inputs, self.targets, forward=self.forward)
+        except BatchAxisError as exc:  # advise what the monitor offers (it has no `method`)
+            raise BatchAxisError(exc.field, exc.value, exc.n, "make the model batch-first") from None
 
     @property
     def grads(self) -> PerSampleGradients:
