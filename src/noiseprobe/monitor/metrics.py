@@ -19,6 +19,12 @@ measurement. N is the number of samples in the measured batch, S the batch size 
                           learning rates λ_max(Λ^½HΛ^½)/lr₀ (lr₀: the first group's). ``eos_ratio``:
                           curvature over the optimizer's stability threshold, 1 at the edge of
                           stability (:mod:`.stability`); ``sharpness_hvps``: products this call used
+``batch_sharpness``       g_Bᵀ H_B g_B / |g_B|² of the measured batch along its own gradient (one
+                          Hessian-vector product; Andreyev & Beneventano, arXiv 2412.20553), with its
+                          running mean and SE over recent measurements (:mod:`.stochastic_stability`);
+                          NaN with ``batch_sharpness_reason`` on a gradient-accumulation micro-batch
+``eoss_ratio``            (s⊙g_B)ᵀ H_B (s⊙g_B) / (g_Bᵀ(s⊙g_B)), s the step scale of ``eos_ratio``
+                          (= lr·batch_sharpness/2 for plain SGD), ``eoss_reason``
 ``top_k_h``               ``h_eig_1`` … ``h_eig_k`` (Lanczos, warm-started) and ``overlap_ch``: the
                           overlap ‖U_Cᵀ U_H‖_F²/k of the top-k eigenspaces of C and H (1: equal)
 ``b_noise``               B_noise = tr(HΣ)/(GᵀHG) (McCandlish et al. eq. 2.6) with the unbiased
@@ -66,6 +72,7 @@ from noiseprobe.monitor import ddp
 from noiseprobe.monitor.gns import NoiseScale, noise_scale, noise_scale_from_sums, two_batch
 from noiseprobe.monitor.predictions import dropout_reg, fluctuation, label_noise_reg, niw_decay
 from noiseprobe.monitor.stability import step_scale
+from noiseprobe.monitor.stochastic_stability import batch_sharpness_metric, eoss_ratio_metric
 from noiseprobe.probes.linalg import Eigenpairs, lanczos
 from noiseprobe.probes.operators import Hessian, ParamOperator
 from noiseprobe.probes.persample import PerSampleGradients, per_sample_gradients
@@ -356,6 +363,8 @@ METRICS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "top_k_c": _top_k_c,
     "sharpness": _sharpness,
     "top_k_h": _top_k_h,
+    "batch_sharpness": batch_sharpness_metric,
+    "eoss_ratio": eoss_ratio_metric,
     "b_noise": _b_noise,
     "two_batch": _two_batch,
     "tail_index": _tail_index,

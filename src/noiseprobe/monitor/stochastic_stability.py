@@ -1,0 +1,333 @@
+"""The edge of *stochastic* stability (Andreyev & Beneventano, arXiv 2412.20553, "Edge of Stochastic
+Stability: Revisiting the Edge of Stability for SGD").
+
+For a mini-batch B of size b, with L_B its mean loss, g_B = ∇L_B and H_B = ∇²L_B, the *batch sharpness* is
+the expected directional curvature of the mini-batch Hessian along the mini-batch's own gradient,
+
+    batch sharpness(θ) = E_B [ g_Bᵀ H_B g_B / |g_B|² ]            (their Definition 1)
+
+the expectation over the batches SGD draws at fixed parameters θ. Their claim for SGD without momentum with
+step η: after an initial phase, batch sharpness rises to 2/η and stabilises there (EoSS), while the
+full-batch λ_max(H) stays *below* 2/η, the more so the smaller the batch; at b = N (full-batch GD) batch
+sharpness is the curvature along the full gradient and λ_max ≈ 2/η is Cohen et al.'s edge of stability.
+
+The engines here measure that on a stateless model (no BatchNorm statistics or dropout: the model is called
+through ``torch.func.functional_call`` at the given parameters):
+
+* :func:`batch_sharpness_samples` — g_Bᵀ H_B g_B / |g_B|² for a block of batches at once (``vmap`` over
+  batches of one forward-over-reverse Hessian-vector product each, no Python loop over batches);
+* :func:`expected_batch_sharpness` — its Monte Carlo mean over i.i.d. uniform batches (without replacement
+  within a batch) to a target relative standard error;
+* :func:`full_batch_lambda_max` — λ_max of the full-batch Hessian by block Lanczos (warm-startable);
+* :func:`sgd_with_batch_sharpness` — plain SGD (or GD at b = N) with both measured every few steps;
+* :func:`eoss_summary` — the numbers the paper's claims are judged on.
+
+The monitor's metrics :func:`batch_sharpness_metric` (``batch_sharpness``) and :func:`eoss_ratio_metric`
+(``eoss_ratio``) measure one batch's directional curvature inside a user's loop (docs/monitor.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vmap
+
+from noiseprobe.core.validation import DIVERGED, check_int, check_real
+from noiseprobe.monitor.stability import step_scale
+from noiseprobe.probes.linalg import Eigenpairs, lanczos
+from noiseprobe.probes.operators import Hessian
+
+if TYPE_CHECKING:
+    from noiseprobe.monitor.metrics import Context
+
+PerSampleLoss = Callable[[Tensor, Tensor], Tensor]
+#: Lanczos accuracy of the full-batch λ_max (relative; Cohen et al. resolve the sharpness to ~1 %)
+LAMBDA_TOL = 1e-3
+#: the running mean and standard error of the monitor's ``batch_sharpness`` are over the last this many measurements
+BATCH_SHARPNESS_WINDOW = 20
+#: Monte Carlo batches per vectorised block, and the fewest batches behind any estimate
+MC_BLOCK, MC_MIN_BATCHES = 64, 32
+
+
+def _batch_curvature(model: nn.Module, loss_fn: PerSampleLoss) -> Callable[..., Tensor]:
+    """(params, xb, yb) -> g_Bᵀ H_B g_B / |g_B|² of one batch's mean loss, by one forward-over-reverse HVP."""
+
+    def mean_loss(params: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
+        return loss_fn(functional_call(model, params, (xb,)), yb).mean()
+
+    def curvature(params: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
+        g, hg = jvp(lambda p: grad(mean_loss)(p, xb, yb), (params,), (grad(mean_loss)(params, xb, yb),))
+        ghg = sum((g[k] * hg[k]).sum() for k in g)
+        gg = sum((g[k] * g[k]).sum() for k in g)
+        return torch.as_tensor(ghg / gg)
+
+    return curvature
+
+
+def batch_sharpness_samples(
+    model: nn.Module, loss_fn: PerSampleLoss, x: Tensor, y: Tensor, idx: Tensor, *, block: int = MC_BLOCK
+) -> Tensor:
+    """g_Bᵀ H_B g_B / |g_B|² (float64) for each row of ``idx`` (K, b): the batches x[idx[k]], vmapped in blocks
+    of ``block`` batches. ``loss_fn(output, y)`` returns per-sample losses; L_B is their mean."""
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    curv = vmap(_batch_curvature(model, loss_fn), in_dims=(None, 0, 0))
+    out = [curv(params, x[i], y[i]).double() for i in idx.split(block)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+
+
+def random_batches(n: int, b: int, k: int, gen: torch.Generator) -> Tensor:
+    """k uniform batches of b distinct indices out of n, as a (k, b) tensor (argsort of uniforms)."""
+    return torch.rand(k, n, generator=gen).argsort(dim=1)[:, :b]
+
+
+@dataclass(frozen=True)
+class MCMean:
+    """A Monte Carlo mean with its standard error over ``n`` independent batches."""
+
+    mean: float
+    se: float
+    n: int
+
+
+def expected_batch_sharpness(
+    model: nn.Module,
+    loss_fn: PerSampleLoss,
+    x: Tensor,
+    y: Tensor,
+    *,
+    batch_size: int,
+    gen: torch.Generator,
+    rel_se: float = 0.02,
+    max_batches: int = 4096,
+    block: int = MC_BLOCK,
+) -> MCMean:
+    """E_B[g_Bᵀ H_B g_B / |g_B|²] over uniform batches of ``batch_size`` at the model's current parameters:
+    blocks of ``block`` batches until the standard error is ≤ ``rel_se`` × |mean| (at least
+    ``MC_MIN_BATCHES``, at most ``max_batches``). At batch_size = N the one full batch (se 0)."""
+    n = x.shape[0]
+    check_int("batch_size", batch_size, lo=1, hi=n)
+    if batch_size == n:
+        v = float(batch_sharpness_samples(model, loss_fn, x, y, torch.arange(n)[None])[0])
+        return MCMean(v, 0.0, 1)
+    vals = torch.zeros(0, dtype=torch.float64)
+    while len(vals) < max_batches:
+        k = min(block, max_batches - len(vals))
+        vals = torch.cat([vals, batch_sharpness_samples(model, loss_fn, x, y, random_batches(n, batch_size, k, gen))])
+        m, se = float(vals.mean()), float(vals.std() / len(vals) ** 0.5)
+        if len(vals) >= MC_MIN_BATCHES and se <= rel_se * abs(m):
+            break
+    return MCMean(float(vals.mean()), float(vals.std() / len(vals) ** 0.5), len(vals))
+
+
+def full_batch_lambda_max(
+    model: nn.Module, loss_fn: PerSampleLoss, x: Tensor, y: Tensor, *, warm: Eigenpairs | None = None
+) -> Eigenpairs:
+    """λ_max of the Hessian of the full-batch mean loss by block Lanczos to ``LAMBDA_TOL``, warm-started."""
+    return lanczos(Hessian(model, loss_fn, x, y), 1, warm_start=warm, tol=LAMBDA_TOL, min_dim=12)
+
+
+def sgd_with_batch_sharpness(
+    model: nn.Module,
+    loss_fn: PerSampleLoss,
+    x: Tensor,
+    y: Tensor,
+    *,
+    lr: float,
+    batch_size: int,
+    steps: int,
+    measure_every: int,
+    gen: torch.Generator,
+    rel_se: float = 0.02,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``steps`` of SGD without momentum (``torch.optim.SGD``) on i.i.d. uniform batches of ``batch_size``
+    (GD when it is N), measuring every ``measure_every`` steps (and after the last) at the current
+    parameters: ``batch_sharpness`` (Monte Carlo E_B, :func:`expected_batch_sharpness`, with ``_se`` and
+    ``mc_batches``), ``step_batch_sharpness`` (the batch the step then trains on), ``lambda_max`` (full
+    batch, Lanczos) and the full-batch loss. Stops at a non-finite or > 1e8 full-batch loss (diverged).
+    Returns (losses: step, loss of the step's batch; measurements: one row per measurement)."""
+    n = x.shape[0]
+    check_real("lr", lr, lo=0.0, lo_open=True)
+    check_int("batch_size", batch_size, lo=1, hi=n)
+    check_int("steps", steps, lo=1)
+    check_int("measure_every", measure_every, lo=1)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    losses = np.full(steps, math.nan)
+    rows: list[dict[str, float]] = []
+    warm: Eigenpairs | None = None
+    for step in range(steps + 1):
+        idx = torch.arange(n) if batch_size == n else random_batches(n, batch_size, 1, gen)[0]
+        if step % measure_every == 0 or step == steps:
+            with torch.no_grad():
+                full = float(loss_fn(model(x), y).mean())
+            if not (math.isfinite(full) and abs(full) <= DIVERGED):
+                rows.append({"step": step, "full_loss": full})
+                break
+            bs = expected_batch_sharpness(model, loss_fn, x, y, batch_size=batch_size, gen=gen, rel_se=rel_se)
+            warm = full_batch_lambda_max(model, loss_fn, x, y, warm=warm)
+            own = batch_sharpness_samples(model, loss_fn, x, y, idx[None])[0]
+            rows.append(
+                {
+                    "step": step,
+                    "full_loss": full,
+                    "batch_sharpness": bs.mean,
+                    "batch_sharpness_se": bs.se,
+                    "mc_batches": bs.n,
+                    "step_batch_sharpness": float(own),
+                    "lambda_max": float(warm.eigenvalues[0]),
+                }
+            )
+        if step == steps:
+            break
+        opt.zero_grad()
+        loss = loss_fn(model(x[idx]), y[idx]).mean()
+        losses[step] = float(loss.detach())
+        loss.backward()
+        opt.step()
+    meas = pd.DataFrame(rows).reindex(
+        columns=[
+            "step",
+            "full_loss",
+            "batch_sharpness",
+            "batch_sharpness_se",
+            "mc_batches",
+            "step_batch_sharpness",
+            "lambda_max",
+        ]
+    )
+    return pd.DataFrame({"step": np.arange(steps), "loss": losses}), meas
+
+
+@dataclass(frozen=True)
+class EoSSSummary:
+    """What :func:`eoss_summary` measures on one run (NaN where the run does not have it)."""
+
+    first_crossing: float  # first measured step with η·batch_sharpness/2 ≥ 1
+    max_ratio: float  # max of η·batch_sharpness/2
+    n_after: int  # measurements from the first crossing on
+    in_band_fraction: float  # fraction of those with η·batch_sharpness/2 in the band
+    median_ratio: float  # median of η·batch_sharpness/2 over them
+    median_lambda_ratio: float  # median of η·λ_max/2 over them
+    median_gap: float  # median of 1 − λ_max/batch_sharpness over them
+    max_rel_se: float  # largest Monte Carlo standard error / mean over the run
+    diverged_step: float = math.nan  # the measurement step at which the full-batch loss diverged
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def eoss_summary(meas: pd.DataFrame, *, lr: float, band: tuple[float, float]) -> EoSSSummary:
+    """Split one run's measurements at the first with η·batch_sharpness/2 ≥ 1 and summarise the rest."""
+    nan = math.nan
+    loss = meas["full_loss"].to_numpy(dtype=float)
+    bad = np.nonzero(~(np.abs(loss) <= DIVERGED))[0]
+    if bad.size:
+        return EoSSSummary(nan, nan, 0, nan, nan, nan, nan, nan, float(meas["step"].iloc[int(bad[0])]))
+    st = meas["step"].to_numpy(dtype=float)
+    bs, lam = meas["batch_sharpness"].to_numpy(dtype=float), meas["lambda_max"].to_numpy(dtype=float)
+    ratio = lr * bs / 2
+    rel_se = float(np.max(meas["batch_sharpness_se"].to_numpy(dtype=float) / np.abs(bs))) if bs.size else nan
+    above = np.nonzero(ratio >= 1.0)[0]
+    if above.size == 0:
+        return EoSSSummary(nan, float(ratio.max()) if ratio.size else nan, 0, nan, nan, nan, nan, rel_se)
+    j = int(above[0])
+    r, lr_ratio, gap = ratio[j:], lr * lam[j:] / 2, 1 - lam[j:] / bs[j:]
+    return EoSSSummary(
+        float(st[j]),
+        float(ratio.max()),
+        int(r.size),
+        float(np.mean((r >= band[0]) & (r <= band[1]))),
+        float(np.median(r)),
+        float(np.median(lr_ratio)),
+        float(np.median(gap)),
+        rel_se,
+    )
+
+
+def _refusal(ctx: Context) -> str:
+    """Why the measured batch is not the update's batch ("" when it is)."""
+    if ctx.group is not None:
+        return "data-parallel: the measured batch is one rank's, not the update's"
+    if ctx._batch_size is None:
+        return ""
+    n = len(ctx.targets) if isinstance(ctx.targets, Tensor) and ctx.targets.dim() else ctx.n
+    if ctx._batch_size != n:
+        return f"micro-batch: {n} samples measured, effective batch size {ctx._batch_size} (gradient accumulation)"
+    return ""
+
+
+def _grad_and_hvp(ctx: Context, direction: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """(g_B, v = direction(g_B), H_B v) on the measured batch, flat, float64: one Hessian-vector product."""
+    h = ctx.hessian
+    with torch.enable_grad():
+        g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(h.loss, h.params, retain_graph=True)]).detach()
+    v = direction(g)
+    return g.double(), v.double(), h.mv(v[:, None].to(h.torch_dtype))[:, 0].double()
+
+
+def batch_sharpness_metric(ctx: Context) -> dict[str, Any]:
+    """``batch_sharpness`` g_Bᵀ H_B g_B / |g_B|² of the measured batch (the update's batch), with
+    ``batch_sharpness_mean``/``_se`` over the last ``BATCH_SHARPNESS_WINDOW`` measurements (their sample
+    mean and its standard error, std/√n; NaN below 2) and ``batch_sharpness_reason`` ("" or why NaN)."""
+    nan = math.nan
+    reason = _refusal(ctx)
+    value = nan
+    if not reason:
+        g, v, hv = _grad_and_hvp(ctx, lambda g: g)
+        gg = float(g @ g)
+        value = float(v @ hv) / gg if gg > 0 else nan
+        reason = "" if gg > 0 else "zero gradient"
+    window: list[float] = ctx.state.setdefault("batch_sharpness_window", [])
+    if math.isfinite(value):
+        window.append(value)
+        del window[:-BATCH_SHARPNESS_WINDOW]
+    w = np.asarray(window, dtype=float)
+    return {
+        "batch_sharpness": value,
+        "batch_sharpness_mean": float(w.mean()) if w.size >= 2 else nan,
+        "batch_sharpness_se": float(w.std(ddof=1) / w.size**0.5) if w.size >= 2 else nan,
+        "batch_sharpness_reason": reason,
+    }
+
+
+def eoss_ratio_metric(ctx: Context) -> dict[str, Any]:
+    """``eoss_ratio`` (s⊙g_B)ᵀ H_B (s⊙g_B) / (g_Bᵀ(s⊙g_B)), s the per-parameter step scale of
+    :func:`~noiseprobe.monitor.stability.step_scale` (the one ``eos_ratio`` uses): η·batch_sharpness/2 for
+    SGD without momentum; ``eoss_reason`` ("" or why NaN)."""
+    reason = _refusal(ctx)
+    if not reason and ctx.optimizer is None:
+        reason = "no optimizer passed to step"
+    scaled = None
+    if not reason:
+        params = [p for p in ctx.model.parameters() if p.requires_grad]
+        scaled = step_scale(ctx.optimizer, params) if ctx.optimizer is not None else None
+        reason = "" if scaled is not None else "step scale unknown for this optimizer (or before Adam's first step)"
+    if scaled is None:
+        return {"eoss_ratio": math.nan, "eoss_reason": reason}
+    s = scaled[0].detach()
+    g, v, hv = _grad_and_hvp(ctx, lambda g: s.to(g.dtype) * g)
+    den = float(g @ v)
+    return {
+        "eoss_ratio": float(v @ hv) / den if den > 0 else math.nan,
+        "eoss_reason": "" if den > 0 else "zero gradient",
+    }
+
+
+__all__ = [
+    "batch_sharpness_metric",
+    "eoss_ratio_metric",
+    "batch_sharpness_samples",
+    "random_batches",
+    "MCMean",
+    "expected_batch_sharpness",
+    "full_batch_lambda_max",
+    "sgd_with_batch_sharpness",
+    "EoSSSummary",
+    "eoss_summary",
+]
