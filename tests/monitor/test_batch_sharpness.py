@@ -140,8 +140,32 @@ def test_engine_samples_match_dense_and_mc_mean_matches_exact_average() -> None:
 def test_training_loop_and_summary() -> None:
     model, x, y = _setup(n=40)
     losses, meas = sgd_with_batch_sharpness(
-        model, _loss, x, y, lr=0.5, batch_size=8, steps=20, measure_every=5, gen=torch.Generator().manual_seed(0)
+        model,
+        _loss,
+        x,
+        y,
+        lr=0.5,
+        batch_size=8,
+        steps=20,
+        measure_every=5,
+        gen=torch.Generator().manual_seed(0),
+        mc_gen=torch.Generator().manual_seed(1),
     )
+    # measuring does not move the trajectory: the losses are those of a run measured once
+    model2, _, _ = _setup(n=40)
+    losses2, _ = sgd_with_batch_sharpness(
+        model2,
+        _loss,
+        x,
+        y,
+        lr=0.5,
+        batch_size=8,
+        steps=20,
+        measure_every=20,
+        gen=torch.Generator().manual_seed(0),
+        mc_gen=torch.Generator().manual_seed(2),
+    )
+    assert np.array_equal(losses["loss"].to_numpy(), losses2["loss"].to_numpy())
     assert len(losses) == 20 and list(meas["step"]) == [0, 5, 10, 15, 20]
     assert (meas["batch_sharpness_se"] <= 0.02 * meas["batch_sharpness"].abs() + 1e-15).all()
     # λ_max of the full batch bounds its own directional curvature: check against a dense Hessian at the end

@@ -144,12 +144,13 @@ def sgd_with_batch_sharpness(
     steps: int,
     measure_every: int,
     gen: torch.Generator,
+    mc_gen: torch.Generator,
     rel_se: float = 0.02,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``steps`` of SGD without momentum (``torch.optim.SGD``) on i.i.d. uniform batches of ``batch_size``
-    (GD when it is N), measuring every ``measure_every`` steps (and after the last) at the current
+    (GD when it is N) drawn from ``gen``, measuring every ``measure_every`` steps (and after the last) at the current
     parameters: ``batch_sharpness`` (Monte Carlo E_B, :func:`expected_batch_sharpness`, with ``_se`` and
-    ``mc_batches``), ``step_batch_sharpness`` (the batch the step then trains on), ``lambda_max`` (full
+    ``mc_batches``; its batches from ``mc_gen``, so measuring leaves the trajectory as it is), ``step_batch_sharpness`` (the batch the step then trains on), ``lambda_max`` (full
     batch, Lanczos) and the full-batch loss. Stops at a non-finite or > 1e8 full-batch loss (diverged).
     Returns (losses: step, loss of the step's batch; measurements: one row per measurement)."""
     n = x.shape[0]
@@ -169,7 +170,7 @@ def sgd_with_batch_sharpness(
             if not (math.isfinite(full) and abs(full) <= DIVERGED):
                 rows.append({"step": step, "full_loss": full})
                 break
-            bs = expected_batch_sharpness(model, loss_fn, x, y, batch_size=batch_size, gen=gen, rel_se=rel_se)
+            bs = expected_batch_sharpness(model, loss_fn, x, y, batch_size=batch_size, gen=mc_gen, rel_se=rel_se)
             warm = full_batch_lambda_max(model, loss_fn, x, y, warm=warm)
             own = batch_sharpness_samples(model, loss_fn, x, y, idx[None])[0]
             rows.append(
@@ -208,8 +209,8 @@ def sgd_with_batch_sharpness(
 class EoSSSummary:
     """What :func:`eoss_summary` measures on one run (NaN where the run does not have it)."""
 
-    first_crossing: float  # first measured step with η·batch_sharpness/2 ≥ 1
-    max_ratio: float  # max of η·batch_sharpness/2
+    first_crossing: float  # first measured step with η·batch_sharpness/2 ≥ 1 after one below 1 (an upward crossing)
+    max_ratio: float  # max of η·batch_sharpness/2 from the first measurement below 1 on
     n_after: int  # measurements from the first crossing on
     in_band_fraction: float  # fraction of those with η·batch_sharpness/2 in the band
     median_ratio: float  # median of η·batch_sharpness/2 over them
@@ -223,7 +224,9 @@ class EoSSSummary:
 
 
 def eoss_summary(meas: pd.DataFrame, *, lr: float, band: tuple[float, float]) -> EoSSSummary:
-    """Split one run's measurements at the first with η·batch_sharpness/2 ≥ 1 and summarise the rest."""
+    """Split one run's measurements at the first upward crossing of η·batch_sharpness/2 = 1 (a measurement
+    ≥ 1 after one below: a start above 2/η, where the first steps catapult, is not the rise the paper
+    describes) and summarise the measurements from there on."""
     nan = math.nan
     loss = meas["full_loss"].to_numpy(dtype=float)
     bad = np.nonzero(~(np.abs(loss) <= DIVERGED))[0]
@@ -233,14 +236,16 @@ def eoss_summary(meas: pd.DataFrame, *, lr: float, band: tuple[float, float]) ->
     bs, lam = meas["batch_sharpness"].to_numpy(dtype=float), meas["lambda_max"].to_numpy(dtype=float)
     ratio = lr * bs / 2
     rel_se = float(np.max(meas["batch_sharpness_se"].to_numpy(dtype=float) / np.abs(bs))) if bs.size else nan
-    above = np.nonzero(ratio >= 1.0)[0]
+    below = np.nonzero(ratio < 1.0)[0]
+    above = np.nonzero((ratio >= 1.0) & (np.arange(ratio.size) > (below[0] if below.size else ratio.size)))[0]
+    rise = float(ratio[below[0] :].max()) if below.size else nan
     if above.size == 0:
-        return EoSSSummary(nan, float(ratio.max()) if ratio.size else nan, 0, nan, nan, nan, nan, rel_se)
+        return EoSSSummary(nan, rise, 0, nan, nan, nan, nan, rel_se)
     j = int(above[0])
     r, lr_ratio, gap = ratio[j:], lr * lam[j:] / 2, 1 - lam[j:] / bs[j:]
     return EoSSSummary(
         float(st[j]),
-        float(ratio.max()),
+        rise,
         int(r.size),
         float(np.mean((r >= band[0]) & (r <= band[1]))),
         float(np.median(r)),
