@@ -243,7 +243,12 @@ def _sgd_checks(
         )
         claim = f"{at}: η·batch sharpness/2 in [{lo:g}, {hi:g}] for ≥ {config.band_fraction:.0%} of the measurements after it first rises to 1"  # noqa: E501
         if s["n_after"]:
-            out.append(Check.greater(f"eoss-band-{tag}", claim, s["in_band_fraction"], config.band_fraction, **note))
+            seen = (
+                f"{s['n_after']} measurements from step {s['first_crossing']:g}; median η·bs/2 {s['median_ratio']:.3g}"
+            )
+            out.append(
+                Check.greater(f"eoss-band-{tag}", claim, s["in_band_fraction"], config.band_fraction, detail=seen)
+            )
         else:
             out.append(
                 Check.not_measurable(f"eoss-band-{tag}", claim, "batch sharpness never rose to 2/η from below", **note)
