@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from noiseprobe.core import divergence
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError, NumericalError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.seeding import ReplicaStreams
-from noiseprobe.core.validation import is_diverged
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,7 +34,7 @@ class Walk(Experiment):
     title = "random walks (test experiment)"
     tables = ("paths",)
     Config = WalkConfig
-    diverging = {"step_sd": 1e10}  # every walk leaves |x| <= DIVERGED: nothing measurable
+    diverging = {"step_sd": 1e10}  # every walk leaves 1e8 × the unit scale: nothing measurable
     presets = {
         "quick": {"seed": 7, "n_replicas": 24, "per_chunk": 4, "n_steps": 50, "step_sd": 1.0, "sleep": 0.0},
         "full": {"seed": 7, "n_replicas": 240, "per_chunk": 8, "n_steps": 500, "step_sd": 1.0, "sleep": 0.0},
@@ -44,7 +44,7 @@ class Walk(Experiment):
         """Two (per_chunk, n_steps) float64 arrays live at once (the draws and their stack; then the steps
         and their cumulative sums), plus the small tables."""
         k, t = min(config["per_chunk"], config["n_replicas"]), config["n_steps"]
-        return Estimate(peak_bytes=2 * 8 * k * t + 4096 * k, seconds=None, drivers=("per_chunk", "n_steps"))
+        return RunCost(peak_bytes=2 * 8 * k * t + 4096 * k, seconds=None, drivers=("per_chunk", "n_steps"))
 
     def chunks(self, config):
         n, k = config["n_replicas"], config["per_chunk"]
@@ -62,7 +62,8 @@ class Walk(Experiment):
         return {"results": results, "paths": long}
 
     def analyse(self, config, tables, out: Path):
-        res = tables["results"][~is_diverged(tables["results"][["final", "max"]].to_numpy(), axis=1)]
+        values = tables["results"][["final", "max"]].to_numpy()
+        res = tables["results"][~divergence.diverged(values, divergence.bound(1.0), axis=1)]  # unit-step walk
         var = float(res["final"].var(ddof=1)) if len(res) > 1 else float("nan")
         expected = config["n_steps"] * config["step_sd"] ** 2
         se = expected * np.sqrt(2 / max(len(res) - 1, 1))

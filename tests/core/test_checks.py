@@ -81,7 +81,7 @@ def test_refuted_needs_the_committed_list_and_a_passing_correction(monkeypatch):
     bad = Check.close("fixed", "corrected", 3.0, 2.0, rtol=0.1)
     # not listed: a failing paper claim is a failure
     assert [c.verdict for c in resolve([paper, good], "exp")] == ["fail", "pass"]
-    monkeypatch.setitem(paper_claims.PAPER_CLAIMS, "exp/printed", "reference §1")
+    monkeypatch.setitem(paper_claims.PAPER_CLAIMS, "exp/printed", "docs/theory/minibatch_noise.md §1")
     checks = resolve([paper, good], "exp")
     assert [c.verdict for c in checks] == ["refuted", "pass"] and is_ok(checks)
     assert headline([c.to_dict() for c in checks]) == "1 reproduced · 1 paper claims refuted and corrected · 0 failed"

@@ -46,7 +46,7 @@ def test_tables_and_theory_columns() -> None:
     assert len(res) == 2 * cfg["chains"] and res["chain"].is_unique
     assert set(res["chain"]) == set(range(2 * cfg["chains"]))  # global replica indices of the two points
     assert list(tails["n"]) == [cfg["chains"] * cfg["snapshots"]] * 2
-    # theory columns against the reference's table (§15.5: S = 1, a = 1), not against the same functions
+    # theory columns against docs/theory/minibatch_noise.md's table (§15.5: S = 1, a = 1), not against the same functions
     reference = {0.5: (3.0, 5.0, 2.904), 1.0: (1.0, 3.0, 1.091)}  # lr: (eq. 93, continuous, Kesten β_K)
     for r in tails.itertuples():
         b93, bc, bk = reference[r.lr]

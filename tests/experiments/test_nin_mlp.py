@@ -1,4 +1,4 @@
-"""NIN MLP experiments (nin-fig1, nin-fig2-bottom, nin-fig3, nin-table1): Table 1 against the reference's
+"""NIN MLP experiments (nin-fig1, nin-fig2-bottom, nin-fig3, nin-table1): Table 1 against docs/theory/noise_injection_nodes.md's
 evaluation, config validation, the phase summary on constructed runs, chunking invariance, one end-to-end
 run through the runner; the full quick reproductions are @slow."""
 
@@ -26,7 +26,7 @@ TINY = {
 
 
 def test_table1_matches_the_reference_evaluation():
-    """σε² = c · 784/(1024 · 0.01) (MSE) and c · 784/0.01 (CE) equal the reference §2 table (3-4 digits)."""
+    """σε² = c · 784/(1024 · 0.01) (MSE) and c · 784/0.01 (CE) equal the docs/theory/noise_injection_nodes.md §2 table (3-4 digits)."""
     tab = table1(d_input=784, n_w=1024, lr=0.01)
     for loss, ref in TABLE1_SIGMA2_REFERENCE.items():
         np.testing.assert_allclose(tab.loc[tab["loss"] == loss, "sigma2"], ref, rtol=5e-3)

@@ -1,4 +1,4 @@
-"""Along-Γ theory of the circle loss against the closed forms of reference §8 and against small-step GD."""
+"""Along-Γ theory of the circle loss against the closed forms of docs/theory/singular_limits.md §8 and against small-step GD."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ W_TOP = [0.0, 1.5]
 
 
 def test_flow_angle_matches_closed_form() -> None:
-    """Figs. 1–2: dθ/dt = ½ sin θ, i.e. tan(θ/2) = tan(θ₀/2) e^{t/2} from θ₀ = θ(Φ(w0)) (reference §8)."""
+    """Figs. 1–2: dθ/dt = ½ sin θ, i.e. tan(θ/2) = tan(θ₀/2) e^{t/2} from θ₀ = θ(Φ(w0)) (docs/theory/singular_limits.md §8)."""
     t, th = C.flow_angle(N.perturbed(circle_loss, 2), W_TOP, 4.0, dt=0.05)
     th0 = float(C.unwrapped_angle(limit_map(circle_loss, torch.tensor(W_TOP, dtype=torch.float64))))
     assert th0 == pytest.approx(1.5989, abs=1e-4)
@@ -28,7 +28,7 @@ def test_flow_angle_matches_closed_form() -> None:
 
 
 def test_sde_angle_matches_the_deterministic_theorem_b_flow() -> None:
-    """Fig. 3 bottom: G = w is normal to Γ, so the limit is dθ/dt = ¼ sin θ/(1.5 + cos θ) (reference §8)."""
+    """Fig. 3 bottom: G = w is normal to Γ, so the limit is dθ/dt = ¼ sin θ/(1.5 + cos θ) (docs/theory/singular_limits.md §8)."""
     t, th = C.sde_angle(N.fig3_degenerate(), W_TOP, 2.0, dt=0.01, seed=0)
     th0 = th[0]
     ref = solve_ivp(

@@ -1,4 +1,4 @@
-"""Limiting dynamics against closed-form flows on Γ (reference §8, §9), the reference's tabulated
+"""Limiting dynamics against closed-form flows on Γ (docs/theory/singular_limits.md §8, §9), docs/theory/singular_limits.md's tabulated
 predictions, an independent intrinsic SDE simulation (§9.6), and a direct noisy-GD run (§9.3)."""
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def test_sde_paths_do_not_depend_on_batching() -> None:
 
 def test_theorem_a_against_noisy_gd() -> None:
     """§9.3: NGD with L̂ = L + ½a(w)η², α = 0.1, σ² = 0.01, 1000 steps (t = ασ²k = 1): the chain mean of θ is
-    the flow's θ(1) plus the reference's finite-α bias +0.0023 (M = 2000 chains, std 0.018), within 4 combined
+    the flow's θ(1) plus docs/theory/singular_limits.md's finite-α bias +0.0023 (M = 2000 chains, std 0.018), within 4 combined
     SE; the caption's Reg = 2a(w) (θ(1) = 1.5333, §9.3) is rejected."""
     noise, lr, sigma, chains, steps = N.fig3_nondegenerate(), 0.1, 0.1, 200, 1000
     w = (1.3 * torch.tensor([math.cos(0.3), math.sin(0.3)], dtype=torch.float64)).repeat(chains, 1)
@@ -140,7 +140,7 @@ def test_theorem_a_against_noisy_gd() -> None:
     )
     pred = Ls.circle_angle(W[-1]).item()
     se = th.std().item() / math.sqrt(chains)
-    se_bias = 0.018 / math.sqrt(2000)  # SE of the reference's +0.0023
+    se_bias = 0.018 / math.sqrt(2000)  # SE of docs/theory/singular_limits.md's +0.0023
     assert abs(th.mean().item() - (pred + 0.0023)) < 4 * math.hypot(se, se_bias)
     assert abs(th.mean().item() - 1.5333) > 100 * se
 

@@ -1,4 +1,4 @@
-"""Limit map Φ against conserved quantities and the reference value; P against the null space of a
+"""Limit map Φ against conserved quantities and the value of docs/theory/singular_limits.md §8; P against the null space of a
 finite-difference Hessian and against finite differences of Φ; ∂²Φ[Σ] (three-term formula) against second
 finite differences of Φ on a curve (codim 1) and a codim-2 manifold in ℝ³; regime classification."""
 
@@ -62,7 +62,7 @@ def test_limit_map_conserves_the_flow_invariant_of_the_product_loss() -> None:
 
 
 def test_limit_map_reference_angle_and_failed_rows() -> None:
-    """Reference §8: θ(Φ((0, 1.5))) = 1.5989 for the Fig. 1–2 loss; a NaN row stays NaN; a row at the critical
+    """docs/theory/singular_limits.md §8: θ(Φ((0, 1.5))) = 1.5989 for the Fig. 1–2 loss; a NaN row stays NaN; a row at the critical
     point w = 0 of the product loss (L = ½, outside U) comes back NaN with a warning; the others converge."""
     w0 = torch.tensor([[0.0, 1.5], [math.nan, 1.0]], dtype=torch.float64)
     phi = M.limit_map(Ls.circle_loss, w0)

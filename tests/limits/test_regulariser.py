@@ -1,4 +1,4 @@
-"""Regularisers against closed forms (reference §7), finite-difference Laplacians, Monte Carlo of
+"""Regularisers against closed forms (docs/theory/singular_limits.md §7), finite-difference Laplacians, Monte Carlo of
 (E L̂ − L)/σ², and the exact Bernoulli expectation by enumerating all masks (§7.2)."""
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ def test_dnm_and_ngd_are_thm2():
         )
     assert dnm_sigma(np.eye(4), lr=0.3, batch_size=8, sigma=1.0)[0, 0] == pytest.approx(
         0.024793, abs=1e-6
-    )  # reference §15.8
+    )  # docs/theory/minibatch_noise.md §15.8
     assert ngd_x(lr=0.5, batch_size=8, sigma=0.0, dim=4) == pytest.approx(0.081250, abs=1e-6)
     assert ngd_x(lr=0.2, batch_size=4, sigma=0.0, dim=4, momentum=0.9) == pytest.approx(0.260526, abs=1e-6)
     for sigma, mu in ((1.0, 0.0), (0.5, 0.5)):
@@ -162,7 +162,7 @@ def test_table2_values():
 
 # -- simulation checks ---------------------------------------------------------------------------------
 def test_label_noise_1d_simulation():
-    """a = 1, λ = 0.5, S = 4 (reference §15.3): Σ, L_train, L_test and the noise C of Thm 3."""
+    """a = 1, λ = 0.5, S = 4 (docs/theory/minibatch_noise.md §15.3): Σ, L_train, L_test and the noise C of Thm 3."""
     run = simulate_sgd(
         LinearProblem(1.0, sigma=1.0),
         lr=0.5,
@@ -183,7 +183,7 @@ def test_label_noise_1d_simulation():
 
 @pytest.mark.parametrize("lr,mu", [(0.4, 0.0), (0.2, 0.5)])
 def test_label_noise_D5_simulation(lr, mu):
-    """D = 5, anisotropic A, S = 8 (reference §15.3): Σ entry-wise and Tr[AΣ]."""
+    """D = 5, anisotropic A, S = 8 (docs/theory/minibatch_noise.md §15.3): Σ entry-wise and Tr[AΣ]."""
     run = simulate_sgd(
         LinearProblem(A5, sigma=1.0), lr=lr, batch_size=8, momentum=mu, steps=2500, burn_in=400, chains=300, seed=12
     )

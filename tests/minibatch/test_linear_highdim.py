@@ -52,7 +52,7 @@ def test_thm5_exact_under_homogeneity_by_enumeration():
 
 
 def test_cor2_against_gaussian_exact_noise():
-    """Reference §7 ⚠ sign: for Gaussian linear regression the exact noises (Prop. 3 at w*, Lemma 1 with σ = 0)
+    """docs/theory/minibatch_noise.md §7 ⚠ sign: for Gaussian linear regression the exact noises (Prop. 3 at w*, Lemma 1 with σ = 0)
     differ from Cor. 2 exactly by the sign of the rank-1 / ΣH terms (Assumption 2 drops the fourth moment)."""
     Q = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0]
     A = Q @ np.diag([2.0, 0.5, 0.1]) @ Q.T
@@ -116,7 +116,7 @@ def test_exact_finite_n_against_simulation():
 
 def test_thm6_approximates_exact_at_moderate_d():
     """Thm 6 is asymptotic: with the realised L₀ it is within 5 % of the exact finite-N value at D = 40, α = 4
-    (reference §15.7: 0.3 % at D = 60); the printed form with the expected L₀ differs by O(1/√(N−D))."""
+    (docs/theory/minibatch_noise.md §15.7: 0.3 % at D = 60); the printed form with the expected L₀ differs by O(1/√(N−D))."""
     pb = _data(40, 4.0, seed=5)
     A_hat = pb.X.T @ pb.X / pb.n_samples
     exact = np.trace(A_hat @ highdim_sigma_exact(pb.X, pb.y, lr=0.05, batch_size=8))

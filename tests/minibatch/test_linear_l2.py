@@ -44,7 +44,7 @@ def test_eq11_and_train_loss_equal_exact_solve(Gamma):
 
 
 def test_eq12_fails_without_full_commutation_and_holds_with_it():
-    """Reference §5: eq. (12) is off by ~15 % for Γ = 0.3 I and generic u; exact when u is an eigenvector of A."""
+    """docs/theory/minibatch_noise.md §5: eq. (12) is off by ~15 % for Γ = 0.3 I and generic u; exact when u is an eigenvector of A."""
     assert (
         _rel(
             l2_sigma_eq12(A3, Gamma=0.3 * np.eye(3), u=U_GENERIC, lr=LR, batch_size=S),
@@ -75,11 +75,11 @@ def test_cor4_is_thm4_in_1d():
         )
     assert l2_1d(a=1.0, gamma=-0.3, u=1.0, lr=0.2, batch_size=4)["test_loss"] == pytest.approx(
         0.09948, abs=1e-5
-    )  # reference §15.4
+    )  # docs/theory/minibatch_noise.md §15.4
 
 
 def test_cor1_negative_optimal_weight_decay():
-    """a = 1, λ = 2.5, S = 1000 (reference §15.4): γ* = −0.2159, γ = 0 has no stationary state."""
+    """a = 1, λ = 2.5, S = 1000 (docs/theory/minibatch_noise.md §15.4): γ* = −0.2159, γ = 0 has no stationary state."""
     lo, hi = negative_weight_decay_window(batch_size=1000)
     assert lo < 2.5 <= hi
     assert negative_weight_decay_window(batch_size=2)[0] == pytest.approx(
@@ -105,7 +105,7 @@ def test_cor1_simulation():
 
 
 def test_l2_simulation_generic_u():
-    """D = 3, indefinite Γ, generic u: exact Σ entry-wise, eq. (11) and the training loss (reference §15.4)."""
+    """D = 3, indefinite Γ, generic u: exact Σ entry-wise, eq. (11) and the training loss (docs/theory/minibatch_noise.md §15.4)."""
     pb = LinearProblem(A3, u=U_GENERIC, Gamma=G_IND)
     run = simulate_sgd(pb, lr=LR, batch_size=S, steps=3000, burn_in=300, chains=400, seed=23)
     z = np.abs(run.sigma() - l2_sigma_exact(A3, Gamma=G_IND, u=U_GENERIC, lr=LR, batch_size=S)) / run.sigma_se()

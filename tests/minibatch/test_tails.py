@@ -26,7 +26,7 @@ from noiseprobe.minibatch.tails import (
     tail_index_small_lr,
 )
 
-# reference §15.5: (a, λ, S, eq. 93, continuous, Kesten β_K)
+# docs/theory/minibatch_noise.md §15.5: (a, λ, S, eq. 93, continuous, Kesten β_K)
 REFERENCE = [
     (1, 1.00, 1, 1.000, 3.0, 1.091),
     (1, 0.50, 1, 3.000, 5.0, 2.904),
@@ -68,7 +68,7 @@ def test_exact_index_is_2_at_variance_divergence(S: int) -> None:
 @pytest.mark.parametrize("S, eq93_ref", [(1, 4.22), (4, 4.64), (10, 5.08), (100, 5.85)])
 def test_exact_index_is_4_where_fourth_moment_equation_holds(S: int, eq93_ref: float) -> None:
     """Solve the quartic E(1 − λh)^4 = 1 for λ (closed-form moments); there β_K = 4 while eq. (93) gives the
-    reference's 4.22 / 4.64 / 5.08 / 5.85 (§15.5): eq. (93) overestimates."""
+    4.22 / 4.64 / 5.08 / 5.85 of docs/theory/minibatch_noise.md §15.5: eq. (93) overestimates."""
     a = 0.7
     lr = optimize.brentq(lambda x: even_kesten_moment(4, x, S, a) - 1, 1e-6, 2 * S / (S + 2) / a)
     assert tail_index_exact(lr=lr, batch_size=S, a=a) == pytest.approx(4.0, abs=1e-7)
@@ -96,7 +96,7 @@ def test_kesten_moment_against_monte_carlo(lr: float, S: int) -> None:
 @pytest.mark.parametrize("lr, S", [(1.0, 1), (3.0, 1), (1.0, 10), (2.5, 1000)])
 def test_lyapunov_exponent_against_monte_carlo(lr: float, S: int) -> None:
     """E log|1 − λh| by Monte Carlo; a positive exponent means no stationary law (β_K = NaN). S = 1, λa = 1
-    gives −0.42 (reference trap 10); S = 1000, λa = 2.5 diverges a.s."""
+    gives −0.42 (docs/theory/minibatch_noise.md §16 trap 10); S = 1000, λa = 2.5 diverges a.s."""
     h = np.random.default_rng(7).chisquare(S, 2_000_000) / S
     v = np.log(np.abs(1 - lr * h))
     L = lyapunov_exponent(lr=lr, batch_size=S)
@@ -153,7 +153,7 @@ def _mp_root(lr: float, S: int, start: float) -> mp.mpf:
         raise AssertionError("secant did not converge")
 
 
-#: (S, aλ): moderate λ (the reference's §15.5 regime) and small λ over four decades of S
+#: (S, aλ): moderate λ (docs/theory/minibatch_noise.md's §15.5 regime) and small λ over four decades of S
 MP_POINTS = [(1, 1.0), (4, 1.0), (10, 1.5), (1, 1e-1), (1, 1e-3), (4, 1e-2), (32, 1e-3), (100, 1e-4), (10000, 1e-3)]
 
 
@@ -280,7 +280,9 @@ def test_vectorised_and_ordered() -> None:
         tail_index_continuous(lr=lr, batch_size=S),
     )
     assert bk.shape == b93.shape == bc.shape == (2, 4)
-    assert bk[1, 2] == tail_index_exact(lr=1.0, batch_size=4) == pytest.approx(3.505, abs=6e-4)  # reference §15.5
+    assert (
+        bk[1, 2] == tail_index_exact(lr=1.0, batch_size=4) == pytest.approx(3.505, abs=6e-4)
+    )  # docs/theory/minibatch_noise.md §15.5
     assert np.all(bk < bc) and np.all(b93 < bc)  # discrete time: heavier tails than continuous time
     assert np.all(np.diff(bk, axis=1) < 0) and np.all(np.diff(bk, axis=0) > 0)  # falls with λ, grows with S
 
@@ -320,7 +322,7 @@ def _simulated_hill(lr: float, S: int, chains: int, snapshots: int, every: int, 
 
 def test_simulated_tail_matches_exact_index() -> None:
     """S = 1, aλ = 1: the Hill index of simulated SGD (k = n/100, where the bias is negligible at β ≈ 1,
-    reference §15.5) agrees with β_K = 1.091 within 4 SE."""
+    docs/theory/minibatch_noise.md §15.5) agrees with β_K = 1.091 within 4 SE."""
     f = _simulated_hill(1.0, 1, chains=2000, snapshots=100, every=40, fraction=0.01)
     assert abs(f.beta - tail_index_exact(lr=1.0, batch_size=1)) < 4 * f.se, f
 

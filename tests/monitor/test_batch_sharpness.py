@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
+from noiseprobe.monitor.metrics.curvature import BATCH_SHARPNESS_WINDOW
 from noiseprobe.monitor.monitor import NoiseMonitor
 from noiseprobe.monitor.stochastic_stability import (
-    BATCH_SHARPNESS_WINDOW,
     batch_sharpness_samples,
     eoss_summary,
     expected_batch_sharpness,
@@ -61,7 +61,7 @@ def test_batch_sharpness_and_eoss_ratio_match_dense_hessian_under_sgd() -> None:
         _loss(model(x), y).mean().backward()
         row = mon.step((x, y), opt)
         assert row["batch_sharpness"] == pytest.approx(want, rel=1e-10, abs=0)
-        assert row["batch_sharpness_reason"] == ""
+        assert row["status"] == "ok"
         # for plain SGD the EoSS ratio is η·batch_sharpness/2
         assert row["eoss_ratio"] == pytest.approx(0.3 * want / 2, rel=1e-10, abs=0)
         opt.step()
@@ -72,7 +72,7 @@ def test_eoss_ratio_under_adam_matches_dense_preconditioned_quotient() -> None:
     opt = torch.optim.Adam(model.parameters(), lr=0.01, betas=(0.8, 0.99))
     mon = NoiseMonitor(model, _loss, every=1, metrics=["eoss_ratio"], verbose=False)
     first = mon.step((x, y), opt)  # before Adam's first step: no preconditioner
-    assert math.isnan(first["eoss_ratio"]) and "step scale" in first["eoss_reason"]
+    assert math.isnan(first["eoss_ratio"]) and first["status"] == "ok"
     for _ in range(2):
         opt.zero_grad()
         _loss(model(x), y).mean().backward()
@@ -106,15 +106,17 @@ def test_running_mean_and_se_over_the_window() -> None:
     assert math.isnan(mon.history["batch_sharpness_se"].iloc[0])  # one value: no standard error
 
 
-def test_micro_batch_is_refused_with_a_reason() -> None:
+def test_micro_batch_is_refused_with_a_status() -> None:
     model, x, y = _setup()
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     mon = NoiseMonitor(
-        model, _loss, every=1, metrics=["batch_sharpness", "eoss_ratio"], effective_batch_size=48, verbose=False
+        model, _loss, every=1, metrics=["batch_sharpness", "eoss_ratio", "g_sq"], effective_batch_size=48, verbose=False
     )
-    row = mon.step((x, y), opt)
-    assert math.isnan(row["batch_sharpness"]) and math.isnan(row["eoss_ratio"])
-    assert "micro-batch" in row["batch_sharpness_reason"] and "micro-batch" in row["eoss_reason"]
+    with pytest.warns(UserWarning, match="micro-batch"):
+        row = mon.step((x, y), opt)
+    assert math.isnan(row.get("batch_sharpness", math.nan)) and math.isnan(row.get("eoss_ratio", math.nan))
+    assert row["status"] == "batch_sharpness: micro-batch, eoss_ratio: micro-batch"
+    assert math.isfinite(row["g_sq"])  # the other metrics are measured
     same = NoiseMonitor(model, _loss, every=1, metrics=["batch_sharpness"], effective_batch_size=12, verbose=False)
     assert math.isfinite(same.step((x, y), opt)["batch_sharpness"])
 

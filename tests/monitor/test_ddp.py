@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from noiseprobe import NoiseMonitor
+from noiseprobe.monitor.metrics import TwoBatch
 
 LOSS = nn.CrossEntropyLoss(reduction="none")
 WORLD, N_GLOBAL, STEPS = 2, 32, 300
@@ -39,7 +40,7 @@ def _worker(rank: int, init: str, out: str) -> None:
     exact = NoiseMonitor(model, LOSS, every=10**9, metrics=["tr_sigma", "g_sq", "b_simple", "temperature"])
     local = slice(rank * N_GLOBAL // WORLD, (rank + 1) * N_GLOBAL // WORLD)
     first = exact.measure((x[:N_GLOBAL][local], y[:N_GLOBAL][local]), opt)
-    mon = NoiseMonitor(model, LOSS, every=1, metrics=["two_batch"])
+    mon = NoiseMonitor(model, LOSS, every=1, metrics=[TwoBatch(model)])
     gen = torch.Generator().manual_seed(100 + rank)
     rows = []
     for _ in range(STEPS):

@@ -127,7 +127,8 @@ def test_every_counts_optimizer_steps_and_measure_measures_now():
     got = [bool(mon.step((x, y))) for _ in range(7)]
     assert got == [True, False, False, True, False, False, True]
     assert mon.measure((x, y))["step"] == 7
-    assert set(mon.history.columns) == {"step", "tr_sigma", "tr_sigma_se", "seconds"}
+    assert set(mon.history.columns) == {"step", "tr_sigma", "tr_sigma_se", "status", "seconds"}
+    assert set(mon.history["status"]) == {"ok"}
 
 
 def test_logs_csv_and_parquet(tmp_path):
@@ -155,7 +156,10 @@ def test_tensorboard_logger(tmp_path):
     [
         ({"every": 0}, "every"),
         ({"metrics": ["nope"]}, "metrics"),
-        ({"metrics": "tr_sigma"}, "metrics"),
+        ({"metrics": []}, "metrics"),
+        ({"metrics": [3]}, "metrics"),
+        ({"metrics": ["default", "tr_sigma"]}, "metrics"),  # a name twice
+        ({"metrics": ["niw_decay"]}, "metrics"),  # needs NIWDecay(handle)
         ({"effective_batch_size": 0}, "effective_batch_size"),
         ({"loggers": ["wandb"]}, "loggers"),
     ],
@@ -189,7 +193,7 @@ def test_tail_index_of_projections_gaussian_vs_heavy_tailed():
     """Per-sample losses ½|w − z_i|² (a Linear map of a constant input): g_i = w − z_i, so projections are
     as Gaussian or as heavy-tailed as z. Gaussian z: the test does not reject Gaussianity; Student-t(3) z:
     tail index 3 within its SE, and Gaussianity rejected."""
-    from noiseprobe.monitor import metrics
+    from noiseprobe.monitor.metrics import heavy_tails as metrics
 
     def run(sample):
         torch.manual_seed(0)

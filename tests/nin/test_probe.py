@@ -110,7 +110,7 @@ def test_trained_niw_decay_follows_corrected_eq2(digits):
     # 4 SE over seeds, plus 1 % for ln(1 − a) ≈ −a at a = η σ² 2/C = 0.01 per step
     assert abs(d) < 4 * se + 0.01 * c
     assert abs(c + d - np.mean(paper)) > 4 * se + 0.01 * c  # the paper's σ²/2 misses the measured decay
-    # reference §7 diagnostic: the integrated exponent at the first e-fold is 1
+    # docs/theory/noise_injection_nodes.md §7 diagnostic: the integrated exponent at the first e-fold is 1
     se_e = np.std(exponents, ddof=1) / math.sqrt(len(exponents))
     assert abs(np.mean(exponents) - 1.0) < 4 * se_e + 0.01
 

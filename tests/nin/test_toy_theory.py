@@ -1,5 +1,5 @@
-"""nin.toy_theory against Monte Carlo, gradient-descent runs of the simulator, and the reference's
-measured numbers (reference noise_injection_nodes.md §4-§5)."""
+"""nin.toy_theory against Monte Carlo, gradient-descent runs of the simulator, and docs/theory/noise_injection_nodes.md's
+measured numbers (docs/theory/noise_injection_nodes.md §4-§5)."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_w1_star_is_where_gradient_descent_lands():
 def test_paper_boundaries_reproduce_the_reference_medians(init, b, dec, dec_fixed, cat, div):
     w0, w1, wn = toy.init_weights(init, 0, np.arange(6000))
     p = th.paper_boundaries(w0, w1, wn, lr=0.01, batch_size=b)
-    # the reference medians come from 2048 runs: allow ~3 standard errors of a median of that size
+    # docs/theory/noise_injection_nodes.md medians come from 2048 runs: allow ~3 standard errors of a median of that size
     for key, ref in (("sigma_dec_paper", dec), ("sigma_dec_fixed", dec_fixed), ("sigma_cat", cat), ("sigma_div", div)):
         assert abs(np.median(p[key]) / ref - 1) < 0.12, key
     np.testing.assert_allclose(p["sigma_cat_literal"], p["sigma_cat"] ** 2)
@@ -93,7 +93,7 @@ def test_upper_limit_and_validation():
 
 
 def test_eq9_integrated_law_holds_in_the_decay_phase():
-    """Reference §5.5: first NIW e-fold when η σ² Σ w1² = 1.00 ± 0.03 at B = 32 (second: 2)."""
+    """docs/theory/noise_injection_nodes.md §5.5: first NIW e-fold when η σ² Σ w1² = 1.00 ± 0.03 at B = 32 (second: 2)."""
     n, se = 48, 0.8
     w0, w1, wn = toy.init_weights("niw_large", 1, np.arange(n))
     run = toy.simulate(np.full(n, se), w0=w0, w1=w1, w_ni=wn, steps=8000, batch_size=32, seed=1)
@@ -107,8 +107,8 @@ def test_eq9_integrated_law_holds_in_the_decay_phase():
 
 
 def test_boundaries_of_exact_b1_sgd_match_reference_and_corrected_predictors():
-    """Config A of reference §5.3 (exact SGD, B = 1, niw_large, T = 2e4) on a coarser grid:
-    measured 0.079 / 14.4 / 14.9; horizon law 0.0775, Lyapunov final-minimum edge 15.6. (The reference
+    """Config A of docs/theory/noise_injection_nodes.md §5.3 (exact SGD, B = 1, niw_large, T = 2e4) on a coarser grid:
+    measured 0.079 / 14.4 / 14.9; horizon law 0.0775, Lyapunov final-minimum edge 15.6. (docs/theory/noise_injection_nodes.md §5.3
     read its boundaries off a coarse grid of 32 seeds; on this grid 128 seeds give 0.080 / 15.6 / 18.3
     with a seed-to-seed sd of 1–2 %, 16 seeds an sd of 6–8 %.)"""
     n_seeds = 128
@@ -134,13 +134,13 @@ def test_boundaries_of_exact_b1_sgd_match_reference_and_corrected_predictors():
 @pytest.mark.parametrize(
     "method,b,ref",
     [
-        ("exact", 1, (0.079, 14.4, 14.9)),  # reference §5.3 config A
+        ("exact", 1, (0.079, 14.4, 14.9)),  # docs/theory/noise_injection_nodes.md §5.3 config A
         ("reduced", 1, (0.0776, 20.6, 33.4)),  # config C
         ("exact", 32, (0.0776, 13.2, 34.5)),  # config E
     ],
 )
 def test_full_grid_boundaries_match_reference_table(method, b, ref):
-    """64 σ in [1e-2, 1e3] × 32 seeds, T = 2e4, niw_large: the reference's own grid (its numbers are
+    """64 σ in [1e-2, 1e3] × 32 seeds, T = 2e4, niw_large: docs/theory/noise_injection_nodes.md's own grid (its numbers are
     from one draw of 32 seeds, so the tolerances cover seed-to-seed scatter of the boundaries)."""
     sigma = np.repeat(np.logspace(-2, 3, 64), 32)
     seeds = np.tile(np.arange(32), 64)
@@ -155,7 +155,7 @@ def test_full_grid_boundaries_match_reference_table(method, b, ref):
 
 @pytest.mark.parametrize("steps,ref", [(2_000, 0.270), (20_000, 0.0759)])
 def test_decoupled_decay_boundary_moves_with_the_horizon(steps, ref):
-    """Reference §5.4 (exact B = 1, niw_large): the boundary is a horizon effect, 0.270 at T = 2e3 and
+    """docs/theory/noise_injection_nodes.md §5.4 (exact B = 1, niw_large): the boundary is a horizon effect, 0.270 at T = 2e3 and
     0.0759 at T = 2e4, predicted by η σ² Σ_{t<T} w1² = 1 (0.259, 0.0759)."""
     n_seeds = 24
     grid = np.geomspace(ref / 3, ref * 3, 14)

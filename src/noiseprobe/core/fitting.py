@@ -92,7 +92,7 @@ class ExpFit:
 
 def _fit_window(t: np.ndarray, y: np.ndarray, c: float, window: tuple[float, float] | None) -> np.ndarray:
     """Mask of the samples from the first one whose excess over ``c`` falls below window[0] of the
-    initial excess to the first one below window[1] (reference §7, 'secondary' fit)."""
+    initial excess to the first one below window[1] (docs/theory/noise_injection_nodes.md §7, 'secondary' fit)."""
     finite: np.ndarray = np.isfinite(y)
     if window is None:
         return finite

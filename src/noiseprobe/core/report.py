@@ -37,6 +37,15 @@ window.addEventListener('load', function () {
 
 MARKERS = ("summary.json", "monitor.parquet")  # a finished run directory; a NoiseMonitor log directory
 
+#: log-directory kind -> draw(history, directory) -> the figures written there. Registered by the layer
+#: that owns the kind (``noiseprobe.monitor.plots`` registers "monitor"), so core imports nothing above it.
+PLOTTERS: dict[str, Callable[[Any, Path], list[Path]]] = {}
+
+
+def register_plotter(kind: str, draw: Callable[[Any, Path], list[Path]]) -> None:
+    """Draw the figures of a ``kind`` log directory (today "monitor") with ``draw(history, directory)``."""
+    PLOTTERS[kind] = draw
+
 
 def find_runs(path: Path) -> list[Path]:
     """``path`` itself if it is a finished run directory or a monitor log directory, else such
@@ -62,14 +71,17 @@ def _monitor_section(run: Path) -> str:
     """A NoiseMonitor log directory: its time-series figures (drawn into the directory) and last values."""
     import pandas as pd
 
-    from noiseprobe.monitor.plots import draw_history
-
     e = html.escape
     hist = pd.read_parquet(run / "monitor.parquet")
-    figs = "".join(
-        f"<figure><img alt='{e(p.name)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
-        f"<figcaption>{e(p.name)}</figcaption></figure>"
-        for p in draw_history(hist, run)
+    draw = PLOTTERS.get("monitor")
+    figs = (
+        "".join(
+            f"<figure><img alt='{e(p.name)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
+            f"<figcaption>{e(p.name)}</figcaption></figure>"
+            for p in draw(hist, run)
+        )
+        if draw is not None
+        else "<p class='meta'>no figures: no plotter registered for monitor logs (import noiseprobe.monitor)</p>"
     )
     last = (
         "".join(f"<tr><th>{e(str(k))}</th><td class='num'>{e(_fmt(v))}</td></tr>" for k, v in hist.iloc[-1].items())
@@ -119,10 +131,10 @@ def _png(p: Path) -> str:
 
 
 def _run_section(s: dict[str, Any], run: Path) -> tuple[str, list[dict[str, Any]]]:
-    from noiseprobe.core.checks import headline
+    from noiseprobe.core.checks import headline, stored_verdicts
 
     e = html.escape
-    checks = s.get("checks", [])
+    checks = stored_verdicts(s.get("checks", []))
     by_key = {c.get("key"): c for c in checks}
     corrections = {c.get("corrected_by") for c in checks if c.get("verdict") == "refuted"}
     rows = []
@@ -190,7 +202,7 @@ def write_report(
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{CSS}</style><script>{SCRIPT}</script></head><body><h1>{html.escape(title)}</h1>"
         f"<p class='summary'>{len(runs)} run(s): <b>{html.escape(headline(every))}</b>. Refuted (amber): "
-        f"a paper's printed formula that the reference shows wrong, beside the corrected predictor that "
+        f"a paper's printed formula that docs/theory shows wrong, beside the corrected predictor that "
         f"passes.</p>"
         f"<ul>{toc}</ul>{''.join(sections)}</body></html>"
     )

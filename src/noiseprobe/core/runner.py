@@ -23,16 +23,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from noiseprobe import __version__
+from noiseprobe._version import __version__
 from noiseprobe.core import progress as _progress
-from noiseprobe.core.checks import Check, headline, is_ok, resolve
+from noiseprobe.core.checks import headline, is_ok, resolve, stored_verdicts
 from noiseprobe.core.config import ExperimentConfig
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.executors import check_executor, make_executor
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment, jsonable
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.memory import fmt_bytes, usable_memory
 from noiseprobe.core.progress import progress
-from noiseprobe.core.store import RunDir, write_json, write_parquet
+from noiseprobe.core.store import RunDir, jsonable, write_json, write_parquet
 
 
 def get_experiment(exp_id: str) -> Experiment:
@@ -103,7 +103,7 @@ class Plan:
     executor: str
     workers: int | None
     address: str | None
-    estimate: Estimate | None
+    estimate: RunCost | None
     concurrent: int  # workers that run at once on this machine (0 on a remote Ray cluster)
     usable: int | None  # bytes they may use
 
@@ -225,7 +225,7 @@ def execute(plan: Plan, quiet: bool = True, warn: Callable[[str], None] = _progr
             run.claim(plan.exp_id, plan.preset, plan.config_json)
             finished = run.summary()
             if finished is not None:
-                return finished
+                return {**finished, "checks": stored_verdicts(finished.get("checks", []))}
             run.clean_tmp()
             t0 = time.perf_counter()
             done = run.finished_keys(exp.tables)
@@ -258,7 +258,7 @@ def _analyse(plan: Plan, run: RunDir, t0: float, compute: float, resumed: int) -
     for name, df in tables.items():
         write_parquet(out / f"{name}.parquet", df)
     metrics, raw_checks = exp.analyse(plan.config, tables, out)
-    checks = resolve([c if isinstance(c, Check) else c.upgrade() for c in raw_checks], plan.exp_id)
+    checks = resolve(raw_checks, plan.exp_id)
     verdicts = [c.to_dict() for c in checks]
     summary = {
         "experiment": plan.exp_id,

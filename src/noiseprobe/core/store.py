@@ -24,6 +24,7 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -37,7 +38,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from noiseprobe.core.errors import ConfigError, RunDirError
-from noiseprobe.core.experiment import jsonable
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types (numpy scalars and arrays converted; non-finite floats kept as strings)."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else str(f)
+    return obj
+
 
 TMP_PREFIX = ".tmp-"
 LOCK_NAME = ".lock"

@@ -7,7 +7,7 @@ installed, scikit-learn's 1,797 8×8 digits (64 features, ``sklearn.datasets.loa
 downloaded.
 
 Preprocessing (App. B "subtract the mean and divide by the variance of the training data, 60/40
-training/validation split"; reference §2 ambiguity 3), options of :func:`random_split` and :func:`standardise`:
+training/validation split"; docs/theory/noise_injection_nodes.md §2 ambiguity 3), options of :func:`random_split` and :func:`standardise`:
 
 * split: a seeded random permutation of all samples, the first ``train_fraction`` = 0.6 for training,
   the rest for validation/test (sampling without replacement);

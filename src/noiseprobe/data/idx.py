@@ -6,7 +6,7 @@ torchvision's layout ``data_dir/FashionMNIST/raw/`` (``data_dir/MNIST/raw/`` for
     train-images-idx3-ubyte[.gz]  train-labels-idx1-ubyte[.gz]
     t10k-images-idx3-ubyte[.gz]   t10k-labels-idx1-ubyte[.gz]
 
-Split (reference §2 ambiguity 3), ``split=``:
+Split (docs/theory/noise_injection_nodes.md §2 ambiguity 3), ``split=``:
 
 * ``"merged"`` (default, the paper's "FMNIST contains 70,000 images ... 60/40 training/validation
   split"): all 70,000 images, permuted with ``split_seed``, 42,000 train / 28,000 validation;

@@ -30,7 +30,7 @@ import torch
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.seeding import torch_generator
 from noiseprobe.data.embedded import load_default
@@ -118,7 +118,7 @@ class EoSSBatchSharpness(Experiment):
         """``n_train`` at most the embedded training split."""
         check_at_most("n_train", config.n_train, embedded_train_size(), "embedded")
 
-    def estimate(self, config: EoSSConfig) -> Estimate:
+    def estimate(self, config: EoSSConfig) -> RunCost:
         d_in = 784
         weights = d_in * config.width + (config.depth - 1) * config.width**2 + 10 * config.width
         measures = config.steps // config.measure_every + 1
@@ -133,7 +133,7 @@ class EoSSBatchSharpness(Experiment):
             for b in [*config.batch_sizes, config.n_train]
         ]
         b_big = max(config.n_train, 64 * max(config.batch_sizes))
-        return Estimate(
+        return RunCost(
             CHUNK_BASE_BYTES + BYTES_PER_ACTIVATION * b_big * (config.width * config.depth + d_in) + 32 * weights,
             sum(per_run) * len(config.lrs),
             ("n_train", "width", "depth", "steps"),

@@ -18,7 +18,7 @@ import pandas as pd
 
 from noiseprobe.core.checks import Check, Z
 from noiseprobe.core.config import param
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
 from noiseprobe.experiments._mbn import BASE_BYTES, ChainsConfig, plain_log_ticks, sim_peak_bytes, worst_point
@@ -82,11 +82,11 @@ class Fig6(Experiment):
     }
     diverging = {"lr": 5.0}  # λ·(largest eigenvalue of Â) > 2 at every α: every chain diverges
 
-    def estimate(self, config: Any) -> Estimate:
+    def estimate(self, config: Any) -> RunCost:
         """One α: the simulation with its per-chain D² second moments, and the data set (N·D) with its copies."""
         D, n = config["D"], int(round(max(config["alphas"]) * config["D"]))
         peak = sim_peak_bytes(config["chains"], D) + 8 * n * D * 4
-        return Estimate(peak_bytes=int(peak) + BASE_BYTES, drivers=("chains", "D", "alphas"))
+        return RunCost(peak_bytes=int(peak) + BASE_BYTES, drivers=("chains", "D", "alphas"))
 
     def chunks(self, config: Any) -> list[Chunk]:
         return [Chunk(f"alpha{x:g}", {"alpha": x, "point": i}) for i, x in enumerate(config["alphas"])]

@@ -7,7 +7,7 @@ independent chains with D's simulator (exact-in-law 1d sampler), discards ``burn
 top ``hill_fraction`` of the pooled samples, with a chain-clustered SE, and by the KS-selected MLE.
 
 Compared values: eq. (93) 2S/(aλ) − S (paper), the exact Kesten index β_K (root of E|1 − λaχ²_S/S|^β = 1,
-the reference's correction) and the continuous-time 2S/(aλ) + 1 (Mori et al. 2021).
+docs/theory/minibatch_noise.md's correction) and the continuous-time 2S/(aλ) + 1 (Mori et al. 2021).
 
 * ``mbn-fig2`` (:class:`Fig2`): aλ fixed (1 in the paper), several S: the distribution p(|w|) against the
   Student-t law of eq. (90) with β from eq. (93), the CCDF with the three slopes, and β vs S.
@@ -31,7 +31,7 @@ import pandas as pd
 from noiseprobe.core.checks import Check, Z
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.powerlaw import hill, powerlaw_mle
 from noiseprobe.experiments._mbn import BASE_BYTES, sim_peak_bytes, worst_point
@@ -82,12 +82,12 @@ class _Tails(Experiment):
     Config = TailsConfig
     diverging = {"lrs": [5.0]}  # λa = 5 > 2: the Lyapunov exponent is positive for every S, every chain diverges
 
-    def estimate(self, config: Any) -> Estimate:
+    def estimate(self, config: Any) -> RunCost:
         """One point per chunk: the simulation with its snapshots, then the pooled |w| samples (sorted copies
         for Hill, the MLE and the curves)."""
         n = config["chains"] * config["snapshots"]
         peak = sim_peak_bytes(config["chains"], snapshots=config["snapshots"]) + 8 * 6 * n + BASE_BYTES
-        return Estimate(peak_bytes=int(peak), drivers=("chains", "snapshots"))
+        return RunCost(peak_bytes=int(peak), drivers=("chains", "snapshots"))
 
     def _points(self, config: dict[str, Any]) -> list[tuple[int, float]]:
         return [(int(S), float(lr)) for S in config["batch_sizes"] for lr in config["lrs"]]
@@ -346,7 +346,7 @@ class Fig2(_Tails):
                 tails,
                 "beta_exact",
                 "exact-tail-index-agrees",
-                "Correction (reference §10): the exact Kesten index, root of E|1 - lr a chi2_S/S|^beta "
+                "Correction (docs/theory/minibatch_noise.md §10): the exact Kesten index, root of E|1 - lr a chi2_S/S|^beta "
                 "= 1, agrees with the measured tail index",
                 config,
             ),
@@ -444,7 +444,7 @@ class Fig7(_Tails):
                 tails,
                 "beta_exact",
                 "exact-tail-index-agrees",
-                "Correction (reference §10): the exact Kesten index agrees with the measured tail "
+                "Correction (docs/theory/minibatch_noise.md §10): the exact Kesten index agrees with the measured tail "
                 "index at every learning rate",
                 config,
             ),

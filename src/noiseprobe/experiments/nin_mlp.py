@@ -11,14 +11,14 @@ Noise levels are given as Table 1 coefficients c: σε² = c · d_in/(N_w η) fo
 (:func:`noiseprobe.nin.levels.sigma2_unit`), with d_in, N_w, η those of the run (so quick presets at reduced sizes scale the
 levels the way Table 1 does).
 
-Reference ambiguities exposed as config fields (reference §2): ``niw_init`` ("unit": W_NI ~ N(0, 1),
+Ambiguities exposed as config fields (docs/theory/noise_injection_nodes.md §2): ``niw_init`` ("unit": W_NI ~ N(0, 1),
 the NIN's own fan-in 1; "layer": N(0, 1/d_ℓ), the fan-in of the layer it feeds, as an extra input
 column of W^(0) would get), ``standardize`` (global/pixel), ``split`` (FMNIST: merged 70k / official
 train 60k / official), ``nin_layer``, ``epochs``, the MSE target (one-hot, Keras mean, no ½).
 Default ``niw_init = "layer"``: only then does the downstream stability edge η σε² λ_max ≈ 2 with
 λ_max ≈ (2/C)·‖W_NI‖²/2 for MSE scale as Table 1's d_in/(N_w η) (‖W_NI‖² ≈ N_w/d_in).
 
-Phases per run (:func:`noiseprobe.nin.phases.classify_summary`, reference §7 rules for classifiers):
+Phases per run (:func:`noiseprobe.nin.phases.classify_summary`, docs/theory/noise_injection_nodes.md §7 rules for classifiers):
 
 * divergent: overflow/non-finite (recorded by the ensemble) or stalled (the final clean train accuracy
   gained over chance less than ``stall_fraction`` of what the same seed's no-NIN run gained);
@@ -44,7 +44,7 @@ import torch
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.fitting import efold_time, fit_exponential
 from noiseprobe.core.plotting import PHASE_COLOURS, new_figure, savefig
 from noiseprobe.core.stats import mean_se
@@ -202,7 +202,7 @@ class _NINSweep(Experiment):
                 "pool", config["pool"], f"a divisor of the image side {side} of the {config['dataset']} data"
             )
 
-    def estimate(self, config: SweepConfig) -> Estimate:
+    def estimate(self, config: SweepConfig) -> RunCost:
         """One chunk trains K = (1 + levels in the chunk) × modes replicas: per replica its weights and
         gradients, the ξ table and the per-step losses, and activation buffers of the widest layer for
         the batch (forward and backward), the evaluation block (≤ 4096 samples) and the probe samples;
@@ -225,7 +225,7 @@ class _NINSweep(Experiment):
         companion = 10e6 + 8 * n_train * d_in + 8 * 4 * config["probe_samples"] * max(config["hidden"])
         peak = 80e6 + 4 * n_total * d_in * 2 + k * per_rep + acts + companion
         seconds = 6.0 * k * n_w * config["batch_size"] * steps / 2e9
-        return Estimate(int(peak), seconds, ("hidden", "batch_size", "sigmas_per_chunk", "epochs"))
+        return RunCost(int(peak), seconds, ("hidden", "batch_size", "sigmas_per_chunk", "epochs"))
 
     def sigmas(self, config: SweepConfig) -> np.ndarray:
         """σε per level: √(c · base) with the run's d_in, N_w = first hidden width and η."""
@@ -537,7 +537,7 @@ class _NINSweep(Experiment):
                     kind="paper-claim",
                     corrected_by=fix,
                     detail=f"{main.size} seeds; local Hessian with the corrected "
-                    f"factor (reference §4 item 1): {m / 2:.3g} ± {se / 2:.2g}",
+                    f"factor (docs/theory/noise_injection_nodes.md §4.1): {m / 2:.3g} ± {se / 2:.2g}",
                 )
             )
         else:
@@ -565,7 +565,7 @@ class _NINSweep(Experiment):
 
 
 def _tau_excess(t: np.ndarray, y: np.ndarray) -> float:
-    """First e-fold time of the loss excess over L_∞ = median of the last 10 % of records (reference §7)."""
+    """First e-fold time of the loss excess over L_∞ = median of the last 10 % of records (docs/theory/noise_injection_nodes.md §7)."""
     if not np.isfinite(y).all():
         return float("nan")
     return float(efold_time(t, y - np.median(y[-max(1, len(y) // 10) :])))
@@ -891,9 +891,9 @@ class Table1(Experiment):
     #: why ``diverging`` is None (tests/core/test_divergence.py): no replica is trained, so none can diverge
     nothing_to_diverge = "closed-form noise levels from d_in, N_w and η: nothing is trained"
 
-    def estimate(self, config: Table1Config) -> Estimate:
+    def estimate(self, config: Table1Config) -> RunCost:
         """An 8-row table: a few MB of pandas/NumPy first-call allocations."""
-        return Estimate(int(6e6), 1.0, ())
+        return RunCost(int(6e6), 1.0, ())
 
     def run_chunk(self, config: Table1Config, chunk: Chunk) -> pd.DataFrame:
         return table1(d_input=config["d_input"], n_w=config["n_w"], lr=config["lr"])
@@ -909,7 +909,7 @@ class Table1(Experiment):
             got = tab.loc[tab["loss"] == loss, "sigma2"].to_numpy(float)
             claim = (
                 f"Table 1 {loss.upper()} row: sigma_eps^2 at d_in=784, N_w=1024, eta=0.01 equals the "
-                f"reference's evaluation {list(ref)} (largest relative deviation; reference rounded to 3-4 "
+                f"evaluation in docs/theory/noise_injection_nodes.md §2 {list(ref)} (largest relative deviation; rounded to 3-4 "
                 "digits)"
             )
             if paper_sizes:

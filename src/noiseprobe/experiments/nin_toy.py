@@ -1,14 +1,14 @@
 """NIN paper (001) Fig. 2 top: the linear toy model's four regimes and its phase diagram over σε.
 
 Model, loss (½-MSE, eq. 4) and samplers: :mod:`noiseprobe.nin.toy`; theory: :mod:`noiseprobe.nin.toy_theory`;
-rule: :mod:`noiseprobe.nin.phases` (reference §5.2). A grid of σε (log-spaced) × seeds is run with both the
+rule: :mod:`noiseprobe.nin.phases` (docs/theory/noise_injection_nodes.md §5.2). A grid of σε (log-spaced) × seeds is run with both the
 reduced map of eqs. (5)–(6) (what the paper solved) and exact minibatch SGD; seed s has the same initial
 weights at every σε and in both methods. Per run only online statistics are kept; a few illustrative
 runs keep log-spaced trajectories (the four panels of Fig. 2 top).
 
 Checks (the paper's claims, measured): the four phases appear in order of increasing σε; each measured
 boundary (50 % crossing of the cumulative phase fraction over seeds) against the paper's formula and
-against the corrected predictor of the reference (horizon law, final-minimum edge); the integrated decay
+against the corrected predictor of docs/theory/noise_injection_nodes.md (horizon law, final-minimum edge); the integrated decay
 law eq. (9) and the t = 0 time scale eq. (10) in the decay phase; exact SGD and the reduced map agree on
 the phase at every σε away from the boundaries.
 """
@@ -25,7 +25,7 @@ import pandas as pd
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.fitting import bootstrap, crossing, fit_exponential
 from noiseprobe.core.plotting import PHASE_COLOURS, new_figure, savefig
 from noiseprobe.nin import toy
@@ -48,7 +48,9 @@ class Fig2TopConfig(ExperimentConfig):
         choices=toy.METHODS, min_len=1, max_len=len(toy.METHODS), help="reduced (eqs. 5-6) and/or exact minibatch SGD"
     )
     batch_size: int = param(lo=1, hi=10**6)
-    init: str = param(choices=tuple(toy.INITS), help="initial weight scales (reference §5.1)")
+    init: str = param(
+        choices=tuple(toy.INITS), help="initial weight scales (docs/theory/noise_injection_nodes.md §5.1)"
+    )
     sigma_min: float = param(lo=0.0, lo_open=True)
     sigma_max: float = param(lo=0.0, lo_open=True)
     n_sigma: int = param(lo=4, hi=4096)
@@ -76,7 +78,7 @@ def _grid(cfg: Fig2TopConfig) -> np.ndarray:
 
 def _edge(method: str, batch_size: int) -> float:
     """Stability edge a* of η σε² w1*² for the final minimum: 2 for the reduced map (S_εε = σε²), the
-    Lyapunov edge of the χ²_B/B fluctuations of S_εε for exact SGD (reference §4)."""
+    Lyapunov edge of the χ²_B/B fluctuations of S_εε for exact SGD (docs/theory/noise_injection_nodes.md §4)."""
     return 2.0 if method == "reduced" else th.lyapunov_edge(batch_size=batch_size)
 
 
@@ -107,7 +109,7 @@ class Fig2Top(Experiment):
     #: a learning rate at which every replica overflows within a few steps
     diverging = {"lr": 1e4}
 
-    def estimate(self, config: Fig2TopConfig) -> Estimate:
+    def estimate(self, config: Fig2TopConfig) -> RunCost:
         """One chunk: R = 16 σ × n_seeds replicas (or 4 traj_seeds with traj_points records); the
         result frames hold ~40 float64 columns per replica and 8 per trajectory point, a few copies
         each (pandas), over a fixed ~60 MB for the kernel's compiled code and the first frames."""
@@ -115,7 +117,7 @@ class Fig2Top(Experiment):
         traj = 4 * config["traj_seeds"] * (config["traj_points"] + 1)
         peak = 60e6 + 8 * 4 * (40 * reps + 8 * traj)
         seconds = 2.5e-8 * len(config["methods"]) * config["n_sigma"] * config["n_seeds"] * config["steps"]
-        return Estimate(int(peak), seconds, ("n_seeds", "traj_seeds", "traj_points"))
+        return RunCost(int(peak), seconds, ("n_seeds", "traj_seeds", "traj_points"))
 
     def chunks(self, config: dict[str, Any]) -> list[Chunk]:
         n = config["n_sigma"]
@@ -320,7 +322,7 @@ class Fig2Top(Experiment):
     @staticmethod
     def _method_checks(config: Fig2TopConfig, info: dict[str, Any], method: str) -> list[Check]:
         """Per method: phases in order; each boundary against the paper's formula (paper-claim) and the
-        reference's corrected predictor; eqs. (9) and (10) in the decay phase."""
+        corrected predictor of docs/theory/noise_injection_nodes.md §4.6; eqs. (9) and (10) in the decay phase."""
         b = [info["bnd"][k][0] for k in BOUNDARY_NAMES]
         b_se = [info["bnd"][k][1] for k in BOUNDARY_NAMES]
         tag = f"[{method}]"
@@ -345,7 +347,7 @@ class Fig2Top(Experiment):
             slug = name.replace("|", "-")
             fixed = f"{method}-{slug}-" + ("corrected" if name in rtol else "bound")
             claim = f"{tag} {name}: the measured boundary is where the paper's formula {t['paper_formula']} puts it"
-            detail = f"rel. error {t['paper_rel_err']:+.2f} (reference §5.3: off by 9-800x, ~1.6x, 6-15x)"
+            detail = f"rel. error {t['paper_rel_err']:+.2f} (docs/theory/noise_injection_nodes.md §5.3: off by 9-800x, ~1.6x, 6-15x)"
             if np.isfinite(t["paper"]) and t["paper"] > 0:
                 out.append(
                     Check.close(
@@ -442,7 +444,7 @@ class Fig2Top(Experiment):
                 corrected_by=eq9,
                 detail="ratios "
                 + ", ".join(f"{v:.3g}" for v in ratio)
-                + "; reference §5.5: unreliable when w1 moves during the decay (0.007-0.7x)",
+                + "; docs/theory/noise_injection_nodes.md §5.5: unreliable when w1 moves during the decay (0.007-0.7x)",
             )
         )
         return out

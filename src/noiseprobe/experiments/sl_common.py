@@ -1,9 +1,9 @@
-"""What the singular-limits experiments ``sl-fig1`` … ``sl-fig4`` share (paper 003, reference §8).
+"""What the singular-limits experiments ``sl-fig1`` … ``sl-fig4`` share (paper 003, docs/theory/singular_limits.md §8).
 
 Loss: ``L(w) = ⅛ (1.5 + w₁)(|w|² − 1)²`` (:func:`~noiseprobe.limits.losses.circle_loss`), Γ = unit circle,
 ``ΔL|_Γ = 1.5 + cos θ``; along-Γ coordinate θ = atan2(w₂, w₁), unwrapped along each chain's path
 (:mod:`noiseprobe.limits.circle`). The paper's own L, initial points and windows for Figs. 1, 2, 4 are not in
-the captions (reference §8, §11): these are the reference's reproduction choices. Noisy GD (Def. 3.1)
+the captions (docs/theory/singular_limits.md §8, §11): these are docs/theory/singular_limits.md's reproduction choices. Noisy GD (Def. 3.1)
 ``w_{k+1} = w_k − α∇_w L̂(w_k, η_k)`` runs batched over chains
 (:func:`noiseprobe.limits.simulate.simulate_noise`); every chain's noise comes from (seed, global chain
 index), and the same chain indices are reused across variants (common random numbers).
@@ -25,13 +25,13 @@ import torch
 
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate
+from noiseprobe.core.experiment import Chunk, RunCost
 from noiseprobe.limits.circle import unwrapped_angle
 from noiseprobe.limits.losses import circle_loss
 from noiseprobe.limits.noises import Noise
 from noiseprobe.limits.simulate import MAX_BLOCK_ELEMENTS, simulate_noise
 
-W0_TOP = [0.0, 1.5]  # "starting at the top" (reference §8)
+W0_TOP = [0.0, 1.5]  # "starting at the top" (docs/theory/singular_limits.md §8)
 W0_FIG3_TOP = [1.3 * math.cos(0.3), 1.3 * math.sin(0.3)]
 #: most NGD iterations one chain may run (the slowest full preset runs 9.6e4); bounds the run time
 MAX_ITERATIONS = 2_000_000
@@ -158,7 +158,7 @@ def chunk_estimate(
     eta_dim: int,
     drivers: tuple[str, ...],
     seconds: float | None = None,
-) -> Estimate:
+) -> RunCost:
     """Peak memory of a worker running one NGD chunk of ``chains`` chains for ``steps`` iterations, recording
     every ``max(1, steps // records)``-th step plus ``extra_records`` more (bytes above the worker's state after
     imports), from :data:`CHUNK_BASE_BYTES`, :data:`BYTES_PER_RECORD` and :data:`BYTES_PER_NOISE`; ``seconds``
@@ -166,7 +166,7 @@ def chunk_estimate(
     every = max(1, steps // records)
     recorded = chains * (steps // every + 2 + extra_records)
     noise = min(min(512, steps) * chains * eta_dim, MAX_BLOCK_ELEMENTS)
-    return Estimate(
+    return RunCost(
         peak_bytes=int(CHUNK_BASE_BYTES + BYTES_PER_RECORD * recorded + BYTES_PER_NOISE * noise),
         seconds=seconds,
         drivers=drivers,

@@ -1,5 +1,5 @@
 """``sl-fig1``: gradient descent (σ = 0) stops on Γ; noisy GD with ``L̂ = L(w + η)`` (Example 1.2) keeps
-moving along Γ, as Theorem A's flow ``∂_tW = −P∇Reg``, Reg = ½ΔL, on the clock t = ασ²k (reference §8, §9.2).
+moving along Γ, as Theorem A's flow ``∂_tW = −P∇Reg``, Reg = ½ΔL, on the clock t = ασ²k (docs/theory/singular_limits.md §8, §9.2).
 Shared setting: :mod:`noiseprobe.experiments.sl_common`."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import param
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import group_mean_se
 from noiseprobe.experiments.sl_common import (
@@ -85,7 +85,7 @@ class Fig1(Experiment):
     }
     diverging = {"lr": 5.0}
 
-    def estimate(self, config: Fig1Config) -> Estimate:
+    def estimate(self, config: Fig1Config) -> RunCost:
         steps = steps_to(config.t_end, config.lr * config.sigma2)
         seconds = ngd_seconds([(1, steps)] + [(n, steps) for n in chunk_sizes(config)])
         return chunk_estimate(
@@ -165,7 +165,7 @@ class Fig1(Experiment):
                 flow_move,
                 atol=0.1,
                 se=move_se,
-                detail=f"{int(stats['n'].iloc[-1])} chains; reference §9.2 bias ≈ +0.03–0.05 rad at α = 0.1",
+                detail=f"{int(stats['n'].iloc[-1])} chains; docs/theory/singular_limits.md §9.2 bias ≈ +0.03–0.05 rad at α = 0.1",
             ),
         ]
         metrics = {

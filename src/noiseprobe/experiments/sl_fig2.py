@@ -1,7 +1,7 @@
 """``sl-fig2``: noisy GD with ``L̂ = L(w + η)`` in detail — a fast approach to Γ on the gradient-flow clock
 αk, then the slow drift on the clock ``t = ασ²k`` (Theorem A, eq. fthA:GF, ``∂_tW = −P∇Reg``, Reg = ½ΔL);
 the flow is overlaid from the first iteration at which the chains came close to Γ; the chains' mean error
-against the limit is measured on a log grid of α (σ² ∝ α) and should shrink ∝ α (reference §9.2).
+against the limit is measured on a log grid of α (σ² ∝ α) and should shrink ∝ α (docs/theory/singular_limits.md §9.2).
 Shared setting: :mod:`noiseprobe.experiments.sl_common`."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pandas as pd
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import group_mean_se, loglog_slope, worst_deviation
 from noiseprobe.experiments.sl_common import (
@@ -111,7 +111,7 @@ class Fig2(Experiment):
     }
     diverging = {"lrs": [5.0, 4.0], "main_lr": 5.0, "sigma2_over_lr": 0.001}
 
-    def estimate(self, config: Fig2Config) -> Estimate:
+    def estimate(self, config: Fig2Config) -> RunCost:
         lr = min(config.lrs)  # the smallest α keeps the most steps
         steps = steps_to(config.t_end, lr * lr * config.sigma2_over_lr)
         seconds = ngd_seconds(
@@ -214,7 +214,7 @@ class Fig2(Experiment):
             ),
             Check.less(
                 "error-order-lr",
-                f"error along Γ at the smallest α = {small.lr:g} is O(α) (reference §9.2: "
+                f"error along Γ at the smallest α = {small.lr:g} is O(α) (docs/theory/singular_limits.md §9.2: "
                 "≈ 0.5 α; max |mean θ − θ_A| over t_check, rad)",
                 float(small.max_err),
                 0.6 * small.lr,

@@ -1,7 +1,7 @@
 """``sl-fig3``: non-degenerate ``L̂ = L + ½a(w)η²`` (Theorem A, Reg = a/2, clock ασ²k; the caption's printed
-"2a" is tested as printed, a paper claim refuted by reference §7.8) against degenerate ``L̂ = L + ½|w|²η``
+"2a" is tested as printed, a paper claim refuted by docs/theory/singular_limits.md §7.8) against degenerate ``L̂ = L + ½|w|²η``
 (Theorem B, eq. fthB:SDE, which reduces to ``∂_tW = −P∇¼ log ΔL``, clock α²σ²k); plus minibatch SGD at an
-interpolating minimum (Example 1.7), which does not move on either clock (reference §7.8, §9.3, §9.4, §9.7).
+interpolating minimum (Example 1.7), which does not move on either clock (docs/theory/singular_limits.md §7.8, §9.3, §9.4, §9.7).
 Shared setting: :mod:`noiseprobe.experiments.sl_common`."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import group_mean_se, worst_deviation
 from noiseprobe.experiments.sl_common import (
@@ -122,7 +122,7 @@ class Fig3(Experiment):
     }
     diverging = {"lr": 5.0, "mb_lr": 5.0, "t_end_B": 50.0, "t_check_B": [25.0, 50.0], "sde_dt": 0.2}
 
-    def estimate(self, config: Fig3Config) -> Estimate:
+    def estimate(self, config: Fig3Config) -> RunCost:
         chains = max(min(config.chains, config.per_chunk), config.mb_chains)
         steps_a = steps_to(config.t_end_A, config.lr * config.sigma2)
         steps_b = steps_to(config.t_end_B, config.lr**2 * config.sigma2)
@@ -236,7 +236,7 @@ class Fig3(Experiment):
                 errA,
                 0.01,
                 se=seA,
-                detail="reference §9.3: 0.0036 at α = 0.1",
+                detail="docs/theory/singular_limits.md §9.3: 0.0036 at α = 0.1",
             ),
             Check.less(
                 "caption-regulariser-2a",
@@ -247,7 +247,7 @@ class Fig3(Experiment):
                 se=seCap,
                 kind="paper-claim",
                 corrected_by=nondeg,
-                detail=f"Reg_caption / Reg = {ratio:.3f}: the printed 2a moves 4× too fast (reference §7.8)",
+                detail=f"Reg_caption / Reg = {ratio:.3f}: the printed 2a moves 4× too fast (docs/theory/singular_limits.md §7.8)",
             ),
             Check.less(
                 "degenerate-theorem-b",
@@ -256,7 +256,7 @@ class Fig3(Experiment):
                 errB,
                 0.6 * lr,
                 se=seB,
-                detail="first-order bias in α (reference §9.4: 0.019 at t=1, 0.057 at t=4, α = 0.1)",
+                detail="first-order bias in α (docs/theory/singular_limits.md §9.4: 0.019 at t=1, 0.057 at t=4, α = 0.1)",
             ),
             Check.close(
                 "clock-ratio",

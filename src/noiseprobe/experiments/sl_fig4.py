@@ -1,5 +1,5 @@
 """``sl-fig4``: ``L̂ = L(w + η)`` with η ~ N(0, σ²C̃), C̃ = I₂ or ½[[1,1],[1,1]]: the chains end at the
-minimisers on Γ of ``Reg_C = ½ tr(C̃∇²L)`` (π and 3π/4) along Theorem A's flows (reference §8, §9.5).
+minimisers on Γ of ``Reg_C = ½ tr(C̃∇²L)`` (π and 3π/4) along Theorem A's flows (docs/theory/singular_limits.md §8, §9.5).
 Shared setting: :mod:`noiseprobe.experiments.sl_common`."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pandas as pd
 
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import param
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import group_mean_se, worst_deviation
 from noiseprobe.experiments.sl_common import (
@@ -97,7 +97,7 @@ class Fig4(Experiment):
     }
     diverging = {"lr": 5.0}
 
-    def estimate(self, config: Fig4Config) -> Estimate:
+    def estimate(self, config: Fig4Config) -> RunCost:
         steps = steps_to(config.t_end, config.lr * config.sigma2)
         seconds = ngd_seconds([(n, steps) for n in chunk_sizes(config)] * len(COVS))
         return chunk_estimate(
@@ -164,7 +164,7 @@ class Fig4(Experiment):
         ax[2].legend(fontsize=7)
         savefig(fig, out / "fig4.png")
 
-        tol_end = 2 * s2  # finite-σ offset ≈ 1.15σ² (reference §9.5)
+        tol_end = 2 * s2  # finite-σ offset ≈ 1.15σ² (docs/theory/singular_limits.md §9.5)
         ind, cor = res["independent"], res["correlated"]
         checks = [
             Check.close(
@@ -174,7 +174,7 @@ class Fig4(Experiment):
                 r["argmin"],
                 atol=tol_end,
                 se=r["end_se"],
-                detail=f"offset/σ² = {(r['end'] - r['argmin']) / s2:.2f} (reference §9.5, correlated: "
+                detail=f"offset/σ² = {(r['end'] - r['argmin']) / s2:.2f} (docs/theory/singular_limits.md §9.5, correlated: "
                 "≈ 1.15, a finite-σ effect)",
             )
             for v, r in res.items()

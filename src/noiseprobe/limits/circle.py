@@ -1,10 +1,10 @@
-"""Theory along Γ for the unit-circle reproduction loss of paper 003's Figs. 1–4 (reference §8).
+"""Theory along Γ for the unit-circle reproduction loss of paper 003's Figs. 1–4 (docs/theory/singular_limits.md §8).
 
 For :func:`~noiseprobe.limits.losses.circle_loss`, Γ is the unit circle and the along-Γ coordinate is the
 angle θ = atan2(w₂, w₁), unwrapped along a path (it deviates from the angle of Φ(w) by ≈ ¼·dist²). This
 module turns the generic limits of :mod:`~noiseprobe.limits.flow` into θ(t) curves, finds the minimisers
 on Γ of a regulariser, and times the fast gradient-flow approach to Γ — the predictions the experiments
-``sl-fig1`` … ``sl-fig4`` compare chain means with. Closed forms (reference §8) are in the tests.
+``sl-fig1`` … ``sl-fig4`` compare chain means with. Closed forms (docs/theory/singular_limits.md §8) are in the tests.
 """
 
 from __future__ import annotations

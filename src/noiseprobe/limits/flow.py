@@ -1,4 +1,4 @@
-"""Limiting dynamics on Γ of paper 003's two theorems (reference singular_limits.md §4–§6, traps 1, 5, 7).
+"""Limiting dynamics on Γ of paper 003's two theorems (docs/theory/singular_limits.md §4–§6, traps 1, 5, 7).
 
 * Theorem A (fth:main1, eq. fthA:GF), non-degenerate noise, clock ``t = α σ² k``:
   ``∂_t W = −P_{T_WΓ} ∇Reg(W)``, ``W(0) = Φ(w0)``, Reg from :mod:`noiseprobe.limits.regulariser`
@@ -100,7 +100,7 @@ def constrained_flow(
 
 def sde_drift(noise: Noise, W: Tensor, codim: int) -> tuple[Tensor, Tensor]:
     """Theorem-B coefficients at W ∈ Γ (n, d): the diffusion matrix ``P G R`` (n, d, r), ``R Rᵀ = C̃``, and the Itô
-    drift ``½ ∂²Φ[G C̃ Gᵀ]`` (n, d) (reference §5: ``½II(Σ_TT) − P∇³L[Σ_TN H^†] − ½P∇³L[𝓛_H^{-1}Σ_NN]``)."""
+    drift ``½ ∂²Φ[G C̃ Gᵀ]`` (n, d) (docs/theory/singular_limits.md §5: ``½II(Σ_TT) − P∇³L[Σ_TN H^†] − ½P∇³L[𝓛_H^{-1}Σ_NN]``)."""
     B = noise_jacobian(noise, W) @ covariance_root(noise.C)
     geo = geometry(noise.loss, W, codim)
     drift = 0.5 * phi_second_derivative(noise.loss, W, B @ B.transpose(-1, -2), geo=geo)

@@ -1,4 +1,4 @@
-"""Example losses of paper 003 and of the reference's test problems (singular_limits.md §8, §9.7–9.8),
+"""Example losses of paper 003 and of the test problems in docs/theory/singular_limits.md §8, §9.7–9.8,
 and batched derivatives of any loss.
 
 Every loss takes ``w`` of shape (..., d) and broadcasts over the leading dims, rows independent (the
@@ -93,7 +93,7 @@ def _circle_derivs(w: Tensor, order: int) -> tuple[Tensor, ...]:
 circle_loss = ClosedFormLoss(
     _circle_value,
     _circle_derivs,
-    """The Fig. 1–4 reproduction loss (reference §8):
+    """The Fig. 1–4 reproduction loss (docs/theory/singular_limits.md §8):
 ``L(w) = ⅛ b(w) (|w|² − 1)²``, ``b = 1.5 + w₁``, with closed-form derivatives.
 
 d = 2. Γ = {L = 0} is the unit circle; on Γ, ``∇²L = b w wᵀ`` and ``λ(θ) = ΔL|_Γ = 1.5 + cos θ``,
@@ -103,7 +103,7 @@ so the minimiser of ΔL on Γ is θ = π (the green circle of Fig. 2).
 
 
 def circle_angle(w: Tensor) -> Tensor:
-    """Along-Γ coordinate θ = atan2(w₂, w₁) for :func:`circle_loss` (reference §8)."""
+    """Along-Γ coordinate θ = atan2(w₂, w₁) for :func:`circle_loss` (docs/theory/singular_limits.md §8)."""
     return torch.atan2(w[..., 1], w[..., 0])
 
 
@@ -143,26 +143,26 @@ product_model = QuadraticModel(
     lambda w: w[..., 0] * w[..., 1],
     [0.0, 0.0],
     [[0.0, 1.0], [1.0, 0.0]],
-    """``f(w, x) = w₁ w₂ x`` (label-noise example, reference §9.7). X: (N, 1) → output (..., N).""",
+    """``f(w, x) = w₁ w₂ x`` (label-noise example, docs/theory/singular_limits.md §9.7). X: (N, 1) → output (..., N).""",
 )
 sum_model = QuadraticModel(
     lambda w: w[..., 0] + w[..., 1],
     [1.0, 1.0],
     [[0.0, 0.0], [0.0, 0.0]],
-    """``f(w, x) = (w₁ + w₂) x`` (linear DropConnect example, reference §7.2/§9.7). Output (..., N).""",
+    """``f(w, x) = (w₁ + w₂) x`` (linear DropConnect example, docs/theory/singular_limits.md §7.2/§9.7). Output (..., N).""",
 )
 parabola_model = QuadraticModel(
     lambda w: w[..., 0] + w[..., 1] ** 2,
     [1.0, 0.0],
     [[0.0, 0.0], [0.0, 2.0]],
-    """``f(w, x) = (w₁ + w₂²) x`` (non-quadratic DropConnect example, reference §9.7). Output (..., N).""",
+    """``f(w, x) = (w₁ + w₂²) x`` (non-quadratic DropConnect example, docs/theory/singular_limits.md §9.7). Output (..., N).""",
 )
 
 
 def linear_units(w: Tensor, X: Tensor) -> Tensor:
     """Per-unit outputs ``a_j b_j x_n`` of a J-unit linear network, ``w = (a_1..a_J, b_1..b_J)``.
 
-    Scalar inputs X: (N, 1); returns (..., N, J), whose sum over J is ``f(w, x_n)`` (reference §9.8).
+    Scalar inputs X: (N, 1); returns (..., N, J), whose sum over J is ``f(w, x_n)`` (docs/theory/singular_limits.md §9.8).
     """
     J = w.shape[-1] // 2
     return (w[..., :J] * w[..., J:])[..., None, :] * X[:, :1]

@@ -1,4 +1,4 @@
-"""Geometry of the zero-loss set Γ = {L = 0} (paper 003; reference singular_limits.md §1, §3, §6).
+"""Geometry of the zero-loss set Γ = {L = 0} (paper 003; docs/theory/singular_limits.md §1, §3, §6).
 
 * Limit map ``Φ(w) = lim_{t→∞} W(t)``, ``Ẇ = −∇L(W)``, ``W(0) = w`` — the *continuous* gradient flow's
   limit (not the GD map, which differs at O(α)); integrated by ``scipy.integrate.solve_ivp`` until
@@ -205,7 +205,7 @@ def limit_map(
     rtol: float = 1e-11,
     atol: float = 1e-13,
 ) -> Tensor:
-    """``Φ(w0) = lim_{t→∞} W(t)`` for the gradient flow ``Ẇ = −∇L(W)`` (reference §1, trap 5), (..., d).
+    """``Φ(w0) = lim_{t→∞} W(t)`` for the gradient flow ``Ẇ = −∇L(W)`` (docs/theory/singular_limits.md §1, trap 5), (..., d).
 
     All rows are integrated as one system by ``solve_ivp`` (``method``: ``"DOP853"`` adaptive explicit, the
     default; ``"Radau"``/``"BDF"``/``"LSODA"`` for stiff losses, with the exact block-diagonal Jacobian
@@ -299,7 +299,7 @@ def newton_project(loss: LossFn, w: Tensor, codim: int, *, tol: float = 1e-12, m
 # ------------------------------------------------------------------------------------------ regimes
 @dataclass(frozen=True)
 class RegimeReport:
-    """Which theorem applies to a noise, decided on sample points of Γ (reference §6, trap 6).
+    """Which theorem applies to a noise, decided on sample points of Γ (docs/theory/singular_limits.md §6, trap 6).
 
     regime: ``"A"`` (Theorem A: P∇Reg ≢ 0), ``"nonlocal"`` (Theorem A with Reg_B, Bernoulli masks),
     ``"B"`` (Reg constant on Γ and ∇_w L̂ affine in η), ``"trivial"`` (additionally Σ = G C̃ Gᵀ = 0 on Γ),

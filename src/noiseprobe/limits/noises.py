@@ -2,7 +2,7 @@
 
 Noisy gradient descent (Def. 3.1, eq. NGD-intro) is ``w_{k+1} = w_k − α ∇_w L̂(w_k, η_k)`` with η_k i.i.d.,
 ``E η = 0``, ``Cov η = σ² C̃`` (only w is differentiated). A :class:`Noise` carries L̂, its law (``C̃``
-and a sampler) and the regime that the reference (singular_limits.md §6–§7) assigns to it:
+and a sampler) and the regime that docs/theory/singular_limits.md §6–§7 assigns to it:
 
 * ``"A"``: non-degenerate, Theorem A, deterministic flow on the clock ``t = α σ² k``;
 * ``"B"``: degenerate (∇_w L̂ affine in η, Reg constant), Theorem B, SDE on the clock ``t = α² σ² k``;
@@ -33,7 +33,7 @@ from noiseprobe.core.validation import check_array, check_choice, check_int, che
 from noiseprobe.limits import reg_rules
 from noiseprobe.limits.losses import ClosedFormLoss, ModelFn, circle_loss, fig3_a, product_model, square_loss
 from noiseprobe.limits.reg_rules import RegRule
-from noiseprobe.probes.covariance import batch_factor
+from noiseprobe.probes.operators.noise_covariance import batch_factor
 
 LossFn = Callable[[Tensor], Tensor]
 LossHatFn = Callable[[Tensor, Tensor], Tensor]
@@ -73,7 +73,7 @@ class Noise:
 
     @property
     def clock(self) -> str:
-        """The time scale on which the limit lives (reference §6)."""
+        """The time scale on which the limit lives (docs/theory/singular_limits.md §6)."""
         return {
             "A": "t = α σ² k",
             "nonlocal": "t = α σ² k",
@@ -291,7 +291,7 @@ def minibatch(per_sample_losses: Callable[[Tensor], Tensor], *, N: int, batch_si
 
     ``per_sample_losses(w) -> (..., N)``; batches of size B drawn **without replacement**, so
     ``η_i = 1{i ∈ batch}/B − 1/N``: ``Cov η = c(B, N)(N I − 11ᵀ)/N²`` with c(B, N) = (N−B)/(B(N−1)) the batch
-    factor (:func:`noiseprobe.probes.covariance.batch_factor`), i.e. σ² = c(B, N)(N−1)/N² = (N−B)/(N²B) and
+    factor (:func:`noiseprobe.probes.operators.noise_covariance.batch_factor`), i.e. σ² = c(B, N)(N−1)/N² = (N−B)/(N²B) and
     C̃ = (N I − 11ᵀ)/(N−1). L̂ is linear in η
     (Reg ≡ 0) and G = [∇ℓ_1 … ∇ℓ_N] = 0 on Γ in interpolation: trivial on both clocks.
     """
@@ -413,7 +413,7 @@ def fig3_nondegenerate(loss: LossFn = circle_loss, d: int = 2, *, sigma: float |
     """Fig. 3 top: ``L̂ = L(w) + ½ a(w) η²``, ``a = 1 − 0.7 cos 2w₁``, scalar η ~ N(0, σ²) (σ² = 0.01).
 
     ``Reg = ½ ∂²_η L̂(w, 0) = a(w)/2`` (Theorem A, ``t = α σ² k``). The caption prints "= 2a(w)", which
-    contradicts its own L̂ (reference §7.8: numerics match a/2 to 0.3 % and reject 2a);
+    contradicts its own L̂ (docs/theory/singular_limits.md §7.8: numerics match a/2 to 0.3 % and reject 2a);
     :func:`noiseprobe.limits.regulariser.fig3_caption_regulariser` gives the printed one for contrast.
     """
     c = torch.ones(1, 1, dtype=torch.float64)
@@ -454,7 +454,7 @@ def fig3_degenerate(loss: LossFn = circle_loss, d: int = 2, *, sigma: float | No
 
 
 def fig3_minibatch() -> Noise:
-    """Example 1.7 in interpolation (reference §9.7): ``ℓ_i = ½(w₁w₂x_i − y_i)²`` on x = (1, 2), y = (1, 2),
+    """Example 1.7 in interpolation (docs/theory/singular_limits.md §9.7): ``ℓ_i = ½(w₁w₂x_i − y_i)²`` on x = (1, 2), y = (1, 2),
     batch 1 of 2 without replacement. Γ = {w₁w₂ = 1}; every ℓ_i vanishes there, so G = 0: trivial."""
     X = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
     y = torch.tensor([1.0, 2.0], dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Exact regularisers from the structure of a noise (reference singular_limits.md §7.1–7.3, §7.8).
+"""Exact regularisers from the structure of a noise (docs/theory/singular_limits.md §7.1–7.3, §7.8).
 
 A rule ``rule(w, with_grad) -> (Reg (...), ∇Reg (..., d) or None)`` gives the regulariser of one form
 (``"laplacian"``: ``½ tr(C̃ ∇²_η L̂(w,0))``; ``"nonlocal"``: Reg_B) from derivatives of L in w alone,

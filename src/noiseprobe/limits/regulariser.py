@@ -1,4 +1,4 @@
-"""Regularisers of paper 003's Theorem A, by autodiff in η (reference singular_limits.md §4, §7.2).
+"""Regularisers of paper 003's Theorem A, by autodiff in η (docs/theory/singular_limits.md §4, §7.2).
 
 * Laplacian form (Theorem A, eq. fthA:GF, generalised to ``Cov η = σ² C̃``):
   ``Reg(w) = ½ tr(C̃ ∇²_η L̂(w, 0)) = ½ Σ_ij C̃_ij ∂_{η_i}∂_{η_j} L̂(w, 0)``  (= ½ Δ_η L̂ for C̃ = I).
@@ -131,7 +131,7 @@ def excess_loss(
 ) -> tuple[Tensor, Tensor]:
     """Monte Carlo ``(E_η L̂(w, η) − L(w))/σ²`` and its standard error, shape (...) each.
 
-    The generic definition of the regulariser (reference trap 3): it tends to Reg as σ → 0 (to Reg_B
+    The generic definition of the regulariser (docs/theory/singular_limits.md §10 trap 3): it tends to Reg as σ → 0 (to Reg_B
     for Bernoulli masks). The same η draws are used for every w.
     """
     sigma = check_real("sigma", sigma, lo=0.0, lo_open=True)

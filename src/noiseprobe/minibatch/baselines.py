@@ -69,7 +69,7 @@ def hessian_approx_losses(
 def table2(
     *, a: float, lr: float, batch_size: int, sigma: float = 1.0, b: float = 0.5, gamma: float = 0.5, u: float = 1.0
 ) -> pd.DataFrame:
-    """Table 2 (reconstructed 1d special case, reference §11): Σ, L_train, L_test for label noise, input
+    """Table 2 (reconstructed 1d special case, docs/theory/minibatch_noise.md §11): Σ, L_train, L_test for label noise, input
     noise and L2, exact (this paper) vs the Hessian approximation in discrete and continuous time.
 
     Exact column from the matrix theorems at D = 1 (Thms 2/8, Thm 9, Cor. 4); the approximations use

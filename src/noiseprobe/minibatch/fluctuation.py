@@ -264,7 +264,7 @@ def _lyapunov(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, scalar: 
 
 
 def augmented_system(H: np.ndarray, *, lr: np.ndarray, momentum: float) -> tuple[np.ndarray, np.ndarray]:
-    """(M, B) of the exact augmented recursion x_t = M x_{t−1} + B η_t, x = (w, m) (Thm 1, reference §3)::
+    """(M, B) of the exact augmented recursion x_t = M x_{t−1} + B η_t, x = (w, m) (Thm 1, docs/theory/minibatch_noise.md §3)::
 
         M = [[I − ΛH, −μΛ], [H, μI]],   B = [−Λ; I]
 

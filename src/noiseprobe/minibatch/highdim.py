@@ -29,7 +29,7 @@ from noiseprobe.minibatch.fluctuation import NoStationaryState, largest_stable_s
 def thm5_noise(*, L0: float, H0: np.ndarray, grad_L0: np.ndarray, batch_size: int) -> np.ndarray:
     """Theorem 5, eq. (14): C(w) ≈ (2L₀(w)/S)H₀(w) − (1/S)∇L₀∇L₀ᵀ.
 
-    ⚠ Pass the gradient of the UNREGULARISED loss L₀ (corrected, reference §7): the paper prints ∇L_Γ,
+    ⚠ Pass the gradient of the UNREGULARISED loss L₀ (corrected, docs/theory/minibatch_noise.md §7): the paper prints ∇L_Γ,
     but the regulariser is common to all samples and cannot enter the noise; Cor. 2's −Γw*w*ᵀΓ term needs
     ∇L₀(w*) = −Γw*. The paper's printed form is this function called with ∇L_Γ.
     """
@@ -141,7 +141,7 @@ def thm6_trace(
 
     ``variant="paper"``: Ĝ = 2I − λ(1 − 1/S)Â as printed (from Thm 5's −ÂΣÂ). ``variant="gaussian"``:
     Ĝ = 2I − λ(1 + 1/S)Â (the Gaussian fourth moment, as Thm 2). ``L0``: replace the expected
-    2L₀ = σ²(1 − 1/α) by the realised 2L₀ = (1/N)Σe_i² of one data set (reference §15.7: the printed
+    2L₀ = σ²(1 − 1/α) by the realised 2L₀ = (1/N)Σe_i² of one data set (docs/theory/minibatch_noise.md §15.7: the printed
     form with the expectation is off by O(1/√(N−D)) at finite D; :func:`highdim_sigma_exact` is exact).
     Stationary iff Σ_i 1/(2/(λa_i) − 1 ± 1/S) < S (Sec. 6.2).
     """

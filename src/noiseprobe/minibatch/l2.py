@@ -150,7 +150,7 @@ def l2_sigma_eq12(
         Σ = (λ/S) c (1 + λκ/S) AK⁻¹G⁻¹ + (λ/S)(A²K⁻²Γ²U + (λr/S) A) K⁻¹G⁻¹
 
     ⚠ Exact only when A, Γ and U all commute (u an eigenvector of A, or D = 1); the main text's
-    "[Γ, U] = 0" is not enough (15-41 % off, reference §5). Use :func:`l2_sigma_exact` in general.
+    "[Γ, U] = 0" is not enough (15-41 % off, docs/theory/minibatch_noise.md §5). Use :func:`l2_sigma_exact` in general.
     """
     t = _Thm4(A, Gamma, u, lr, batch_size)
     A, Ki, lam, S = t.A, t.Kinv, t.lam, t.S

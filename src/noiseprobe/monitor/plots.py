@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from noiseprobe.core.plotting import new_figure, savefig
+from noiseprobe.core.report import register_plotter
 
 
 def draw_history(history: pd.DataFrame, out: Path) -> list[Path]:
@@ -65,3 +66,6 @@ def draw_history(history: pd.DataFrame, out: Path) -> list[Path]:
         ax.legend()
         paths.append(savefig(fig, out / "monitor_spectrum.png"))
     return paths
+
+
+register_plotter("monitor", draw_history)

@@ -22,8 +22,8 @@ through ``torch.func.functional_call`` at the given parameters):
 * :func:`sgd_with_batch_sharpness` — plain SGD (or GD at b = N) with both measured every few steps;
 * :func:`eoss_summary` — the numbers the paper's claims are judged on.
 
-The monitor's metrics :func:`batch_sharpness_metric` (``batch_sharpness``) and :func:`eoss_ratio_metric`
-(``eoss_ratio``) measure one batch's directional curvature inside a user's loop (docs/monitor.md).
+The monitor's metrics ``batch_sharpness`` and ``eoss_ratio`` (:mod:`noiseprobe.monitor.metrics.curvature`)
+measure one batch's directional curvature inside a user's loop (docs/monitor.md).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,19 +39,14 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
-from noiseprobe.core.validation import DIVERGED, check_int, check_real
-from noiseprobe.monitor.stability import step_scale
+from noiseprobe.core import divergence
+from noiseprobe.core.validation import check_int, check_real
 from noiseprobe.probes.linalg import Eigenpairs, lanczos
 from noiseprobe.probes.operators import Hessian
-
-if TYPE_CHECKING:
-    from noiseprobe.monitor.metrics import Context
 
 PerSampleLoss = Callable[[Tensor, Tensor], Tensor]
 #: Lanczos accuracy of the full-batch λ_max (relative; Cohen et al. resolve the sharpness to ~1 %)
 LAMBDA_TOL = 1e-3
-#: the running mean and standard error of the monitor's ``batch_sharpness`` are over the last this many measurements
-BATCH_SHARPNESS_WINDOW = 20
 #: Monte Carlo batches per vectorised block, and the fewest batches behind any estimate
 MC_BLOCK, MC_MIN_BATCHES = 64, 32
 
@@ -151,7 +146,8 @@ def sgd_with_batch_sharpness(
     (GD when it is N) drawn from ``gen``, measuring every ``measure_every`` steps (and after the last) at the current
     parameters: ``batch_sharpness`` (Monte Carlo E_B, :func:`expected_batch_sharpness`, with ``_se`` and
     ``mc_batches``; its batches from ``mc_gen``, so measuring leaves the trajectory as it is), ``step_batch_sharpness`` (the batch the step then trains on), ``lambda_max`` (full
-    batch, Lanczos) and the full-batch loss. Stops at a non-finite or > 1e8 full-batch loss (diverged).
+    batch, Lanczos) and the full-batch loss. Stops when the full-batch loss diverged (non-finite or above
+    10⁸ × its initial value: the divergence rule of :mod:`noiseprobe.core.divergence`).
     Returns (losses: step, loss of the step's batch; measurements: one row per measurement)."""
     n = x.shape[0]
     check_real("lr", lr, lo=0.0, lo_open=True)
@@ -162,12 +158,15 @@ def sgd_with_batch_sharpness(
     losses = np.full(steps, math.nan)
     rows: list[dict[str, float]] = []
     warm: Eigenpairs | None = None
+    limit = math.inf
     for step in range(steps + 1):
         idx = torch.arange(n) if batch_size == n else random_batches(n, batch_size, 1, gen)[0]
         if step % measure_every == 0 or step == steps:
             with torch.no_grad():
                 full = float(loss_fn(model(x), y).mean())
-            if not (math.isfinite(full) and abs(full) <= DIVERGED):
+            if step == 0 and math.isfinite(full):
+                limit = float(divergence.bound(abs(full)))
+            if divergence.diverged(full, limit):
                 rows.append({"step": step, "full_loss": full})
                 break
             bs = expected_batch_sharpness(model, loss_fn, x, y, batch_size=batch_size, gen=mc_gen, rel_se=rel_se)
@@ -217,7 +216,7 @@ class EoSSSummary:
     median_lambda_ratio: float  # median of η·λ_max/2 over them
     median_gap: float  # median of 1 − λ_max/batch_sharpness over them
     max_rel_se: float  # largest Monte Carlo standard error / mean over the run
-    diverged_step: float = math.nan  # the measurement step at which the full-batch loss diverged
+    diverged_step: float = math.nan  # the measurement step at which the full-batch loss diverged (divergence rule)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -229,7 +228,7 @@ def eoss_summary(meas: pd.DataFrame, *, lr: float, band: tuple[float, float]) ->
     describes) and summarise the measurements from there on."""
     nan = math.nan
     loss = meas["full_loss"].to_numpy(dtype=float)
-    bad = np.nonzero(~(np.abs(loss) <= DIVERGED))[0]
+    bad = np.nonzero(divergence.diverged(loss[:, None], divergence.bound(abs(loss[:1])), axis=1))[0]
     if bad.size:
         return EoSSSummary(nan, nan, 0, nan, nan, nan, nan, nan, float(meas["step"].iloc[int(bad[0])]))
     st = meas["step"].to_numpy(dtype=float)
@@ -255,78 +254,7 @@ def eoss_summary(meas: pd.DataFrame, *, lr: float, band: tuple[float, float]) ->
     )
 
 
-def _refusal(ctx: Context) -> str:
-    """Why the measured batch is not the update's batch ("" when it is)."""
-    if ctx.group is not None:
-        return "data-parallel: the measured batch is one rank's, not the update's"
-    if ctx._batch_size is None:
-        return ""
-    n = len(ctx.targets) if isinstance(ctx.targets, Tensor) and ctx.targets.dim() else ctx.n
-    if ctx._batch_size != n:
-        return f"micro-batch: {n} samples measured, effective batch size {ctx._batch_size} (gradient accumulation)"
-    return ""
-
-
-def _grad_and_hvp(ctx: Context, direction: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-    """(g_B, v = direction(g_B), H_B v) on the measured batch, flat, float64: one Hessian-vector product."""
-    h = ctx.hessian
-    with torch.enable_grad():
-        g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(h.loss, h.params, retain_graph=True)]).detach()
-    v = direction(g)
-    return g.double(), v.double(), h.mv(v[:, None].to(h.torch_dtype))[:, 0].double()
-
-
-def batch_sharpness_metric(ctx: Context) -> dict[str, Any]:
-    """``batch_sharpness`` g_Bᵀ H_B g_B / |g_B|² of the measured batch (the update's batch), with
-    ``batch_sharpness_mean``/``_se`` over the last ``BATCH_SHARPNESS_WINDOW`` measurements (their sample
-    mean and its standard error, std/√n; NaN below 2) and ``batch_sharpness_reason`` ("" or why NaN)."""
-    nan = math.nan
-    reason = _refusal(ctx)
-    value = nan
-    if not reason:
-        g, v, hv = _grad_and_hvp(ctx, lambda g: g)
-        gg = float(g @ g)
-        value = float(v @ hv) / gg if gg > 0 else nan
-        reason = "" if gg > 0 else "zero gradient"
-    window: list[float] = ctx.state.setdefault("batch_sharpness_window", [])
-    if math.isfinite(value):
-        window.append(value)
-        del window[:-BATCH_SHARPNESS_WINDOW]
-    w = np.asarray(window, dtype=float)
-    return {
-        "batch_sharpness": value,
-        "batch_sharpness_mean": float(w.mean()) if w.size >= 2 else nan,
-        "batch_sharpness_se": float(w.std(ddof=1) / w.size**0.5) if w.size >= 2 else nan,
-        "batch_sharpness_reason": reason,
-    }
-
-
-def eoss_ratio_metric(ctx: Context) -> dict[str, Any]:
-    """``eoss_ratio`` (s⊙g_B)ᵀ H_B (s⊙g_B) / (g_Bᵀ(s⊙g_B)), s the per-parameter step scale of
-    :func:`~noiseprobe.monitor.stability.step_scale` (the one ``eos_ratio`` uses): η·batch_sharpness/2 for
-    SGD without momentum; ``eoss_reason`` ("" or why NaN)."""
-    reason = _refusal(ctx)
-    if not reason and ctx.optimizer is None:
-        reason = "no optimizer passed to step"
-    scaled = None
-    if not reason:
-        params = [p for p in ctx.model.parameters() if p.requires_grad]
-        scaled = step_scale(ctx.optimizer, params) if ctx.optimizer is not None else None
-        reason = "" if scaled is not None else "step scale unknown for this optimizer (or before Adam's first step)"
-    if scaled is None:
-        return {"eoss_ratio": math.nan, "eoss_reason": reason}
-    s = scaled[0].detach()
-    g, v, hv = _grad_and_hvp(ctx, lambda g: s.to(g.dtype) * g)
-    den = float(g @ v)
-    return {
-        "eoss_ratio": float(v @ hv) / den if den > 0 else math.nan,
-        "eoss_reason": "" if den > 0 else "zero gradient",
-    }
-
-
 __all__ = [
-    "batch_sharpness_metric",
-    "eoss_ratio_metric",
     "batch_sharpness_samples",
     "random_batches",
     "MCMean",

@@ -16,7 +16,7 @@ with k noise nodes (the paper uses k = 1) and d the size of the output's *featur
 
 Noise ε = σ_ε ξ with ξ of zero mean and unit variance: ``"normal"`` N(0, 1), ``"uniform"``
 U(−√3, √3), ``"rademacher"`` ±1, or a callable ``f(shape, generator) -> Tensor`` returning unit-variance
-draws. Modes (reference §2 ambiguity 9):
+draws. Modes (docs/theory/noise_injection_nodes.md §2 ambiguity 9):
 
 * ``"step"``: a fresh ξ for every sample at every training-mode forward pass;
 * ``"epoch"`` (the paper): one ξ per training sample per epoch, looked up by the sample indices of the

@@ -1,6 +1,6 @@
 """Table 1 of paper 001: the example noise levels of the four phases for the MLPs of Figs. 2-3.
 
-The table gives σε² as a coefficient c times a unit that scales with the run (reference §2):
+The table gives σε² as a coefficient c times a unit that scales with the run (docs/theory/noise_injection_nodes.md §2):
 
     MSE: σε² = c · d_in / (N_w η)        CE: σε² = c · d_in / η
 
@@ -21,7 +21,7 @@ from noiseprobe.nin.phases import PHASES
 LOSSES = ("mse", "ce")
 #: Table 1 coefficients c of σε² per loss, in the order of :data:`~noiseprobe.nin.phases.PHASES`
 TABLE1: dict[str, tuple[float, float, float, float]] = {"mse": (1e-4, 30.0, 47.0, 50.0), "ce": (1e-4, 0.1, 1.0, 1.8)}
-#: Table 1 as printed in the reference (§2) at d_in = 784, N_w = 1024, η = 0.01: σε² per phase
+#: Table 1 as printed in docs/theory/noise_injection_nodes.md §2 at d_in = 784, N_w = 1024, η = 0.01: σε² per phase
 TABLE1_SIGMA2_REFERENCE: dict[str, tuple[float, float, float, float]] = {
     "mse": (7.66e-3, 2297.0, 3598.0, 3828.0),
     "ce": (7.84, 7840.0, 78400.0, 141120.0),

@@ -10,7 +10,7 @@ Per record (usually per epoch), with ε = 0 and ``model.eval()`` for every evalu
   Hessian-vector products) at the NIN module's output, and ``curv_niw`` = Σ_a w_aᵀ⟨H⟩w_a / ‖W_NI‖_F²,
   the local Hessian along the NIW rows w_a, which sets the NIW decay of eq. (2):
 
-      corrected (reference §4 item 1; the loss as implemented):  d ln‖W_NI‖/dt = −η σ_ε² curv_niw
+      corrected (docs/theory/noise_injection_nodes.md §4.1; the loss as implemented):  d ln‖W_NI‖/dt = −η σ_ε² curv_niw
       paper's eq. (2)/(14):                                        d ln‖W_NI‖/dt = −η σ_ε² curv_niw / 2
 
   (t in SGD steps; with momentum β the long-run step is η/(1−β)). ``rate_corrected``/``rate_paper``
@@ -23,7 +23,7 @@ Per record (usually per epoch), with ε = 0 and ``model.eval()`` for every evalu
 * optionally ``full_hess_trace`` ± ``full_hess_trace_se``: Tr ∇²_θ L of all model parameters.
 
 Losses (batch means): ``"ce"`` softmax cross-entropy on integer labels; ``"mse"`` Keras-style mean
-squared error on one-hot targets, mean over the batch and the C outputs, no ½ (reference ambiguity 4).
+squared error on one-hot targets, mean over the batch and the C outputs, no ½ (docs/theory/noise_injection_nodes.md §2 ambiguity 4).
 Local Hessians are those of this loss, so the factor 2 of MSE is included in ``curv_niw``.
 
 The result frame is tidy: one row per record and NIN (one row per record without NINs, ``nin`` = −1).
@@ -45,12 +45,8 @@ from torch import Tensor, nn
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.nin.injector import NINHandle
-from noiseprobe.probes.local import (
-    LocalObjective,
-    consumer_module,
-    full_hessian_trace,
-    hutchinson_trace,
-)
+from noiseprobe.probes.estimators import hutchinson_trace
+from noiseprobe.probes.local import LocalObjective, consumer_module, full_hessian_trace
 
 LOSSES = ("ce", "mse")
 #: per-record columns shared by all NINs, then the per-NIN columns
@@ -99,7 +95,7 @@ def niw_decay_rate(
     *, sigma: float, lr: float, curv_niw: float, momentum: float = 0.0, form: str = "corrected"
 ) -> float:
     """Per-step decay rate of ln‖W_NI‖ predicted by eq. (2): ``"corrected"`` η σ² curv (the gradient of
-    ½ σ² Wᵀ⟨H⟩W; reference §4 item 1), ``"paper"`` η σ² curv / 2 (eq. 2/14 as printed)."""
+    ½ σ² Wᵀ⟨H⟩W; docs/theory/noise_injection_nodes.md §4.1), ``"paper"`` η σ² curv / 2 (eq. 2/14 as printed)."""
     check_choice("form", form, ("corrected", "paper"))
     check_real("sigma", sigma, lo=0.0)
     check_real("lr", lr, lo=0.0, lo_open=True)
@@ -447,7 +443,7 @@ def decay_times(
 ) -> dict[str, float]:
     """τ_NIW, τ_train, τ_test (Fig. 1 centre) from a probe frame, in units of column ``x`` (epoch/step).
 
-    ``"efold"`` (reference §7, primary): first e-fold time of ‖W_NI‖/‖W_NI(0)‖ and of the loss excess
+    ``"efold"`` (docs/theory/noise_injection_nodes.md §7, primary): first e-fold time of ‖W_NI‖/‖W_NI(0)‖ and of the loss excess
     (L − L_∞)/(L_0 − L_∞), L_∞ the median of the last 10 % of the records. ``"exp"`` (secondary, what the
     paper appears to have done): least-squares fit A e^{−t/τ} + C over ``window``; adds ``*_err``.
     Uses :mod:`noiseprobe.core.fitting`. NaN where no decay is seen.
@@ -472,7 +468,7 @@ def decay_times(
 
 def niw_decay_check(frame: pd.DataFrame, *, nin: int = 0) -> pd.DataFrame:
     """Measured −ln(‖W_NI(t)‖/‖W_NI(0)‖) against the eq. (2) prediction integrated over steps
-    (trapezoid rule over the records of ``rate_corrected`` / ``rate_paper``; reference §7: use the
+    (trapezoid rule over the records of ``rate_corrected`` / ``rate_paper``; docs/theory/noise_injection_nodes.md §7: use the
     current curvature, not its t = 0 value). Columns: epoch, step, measured, corrected, paper."""
     from scipy.integrate import cumulative_trapezoid
 
@@ -491,7 +487,7 @@ def niw_decay_check(frame: pd.DataFrame, *, nin: int = 0) -> pd.DataFrame:
 
 
 def efold_exponent(frame: pd.DataFrame, *, nin: int = 0, form: str = "corrected") -> float:
-    """The eq. (9)-style diagnostic of reference §7: the integrated eq. (2) exponent
+    """The eq. (9)-style diagnostic of docs/theory/noise_injection_nodes.md §7: the integrated eq. (2) exponent
     Σ_t η σ_ε² curv_niw(t) at the first e-fold step of ‖W_NI‖ (≈ 1 when eq. (2) holds; NaN if no e-fold)."""
     from noiseprobe.core.fitting import efold_time
 

@@ -5,7 +5,7 @@ replacement from infinite data); time in SGD *steps* (the paper's continuous tim
 Functions are pure and vectorised: weights are the per-run initial values (arrays broadcast together),
 results are per-run predictions (take medians over runs to compare with a measured boundary).
 
-Paper formulas and corrections (reference §4; the experiment reports both side by side):
+Paper formulas and corrections (docs/theory/noise_injection_nodes.md §4; the experiment reports both side by side):
 
 * σ_dec = 2Ã0/B̃0 (Sec. 3) with |Φ0| → 1 is 2σx|D0|/(√B |w1,0|) (``sigma_dec_paper``); it is not
   dimensionally a σ. The dimensionally fixed per-step kick-vs-drift form divides by |w_NI,0|
@@ -44,7 +44,7 @@ def paper_boundaries(
     """The paper's Sec. 3 boundaries per run, from the initial weights (eq. 6 at t = 0, |Φ0| = 1).
 
     Keys: ``sigma_dec_paper`` = 2Ã0/B̃0 = 2σx|D0|/(√B|w1,0|) (as printed); ``sigma_dec_fixed`` = that
-    divided by |w_NI,0| (reference §4.3); ``sigma_cat`` = √min(2/B0, 2/B̃0) and ``sigma_div`` =
+    divided by |w_NI,0| (docs/theory/noise_injection_nodes.md §4.3); ``sigma_cat`` = √min(2/B0, 2/B̃0) and ``sigma_div`` =
     √max(2/B0, 2/B̃0) (σ² reading, consistent); ``sigma_cat_literal`` / ``sigma_div_literal`` = the
     min / max themselves (σ reading, as printed for σ_div).
     """
@@ -70,7 +70,7 @@ def paper_boundaries(
 
 def w1_star_sq(w0: ArrayLike, w1: ArrayLike, M: float = 1.0) -> np.ndarray:
     """w1*² of the minimum reached by gradient flow: w0² − w1² is conserved and w1 w0 = M, so
-    w1*² = (c + √(c² + 4M²))/2 with c = w1,0² − w0,0² (reference §4, derived there)."""
+    w1*² = (c + √(c² + 4M²))/2 with c = w1,0² − w0,0² (docs/theory/noise_injection_nodes.md §4, derived there)."""
     M = check_real("M", M)
     c = np.asarray(w1, dtype=np.float64) ** 2 - np.asarray(w0, dtype=np.float64) ** 2
     return 0.5 * (c + np.sqrt(c * c + 4.0 * M * M))
@@ -78,7 +78,7 @@ def w1_star_sq(w0: ArrayLike, w1: ArrayLike, M: float = 1.0) -> np.ndarray:
 
 def sigma_edge(w0: ArrayLike, w1: ArrayLike, *, lr: float, M: float = 1.0, edge: float = 2.0) -> np.ndarray:
     """Corrected decay|catapult predictor: the final minimum is unstable for the NIW once
-    η σε² w1*² > edge, i.e. σ_edge = √(edge/(η w1*²)) (reference §4, 'final-minimum edge')."""
+    η σε² w1*² > edge, i.e. σ_edge = √(edge/(η w1*²)) (docs/theory/noise_injection_nodes.md §4, 'final-minimum edge')."""
     lr = check_real("lr", lr, lo=0.0, lo_open=True)
     edge = check_real("edge", edge, lo=0.0, lo_open=True)
     return np.sqrt(edge / (lr * w1_star_sq(w0, w1, M)))
@@ -135,7 +135,7 @@ def loss_exponent(w0: np.ndarray, w1: np.ndarray, *, lr: float, sigma_x: float =
 
 def mean_square_edge(*, batch_size: int) -> float:
     """Largest a = η σε² w1² with E m² <= 1 for the NIW multiplier m = 1 − a S_εε/σε², S_εε·B/σε² ~ χ²_B:
-    1 − 2a + a²(1 + 2/B) = 1 ⇒ a = 2B/(B + 2) (reference §4 table)."""
+    1 − 2a + a²(1 + 2/B) = 1 ⇒ a = 2B/(B + 2) (docs/theory/noise_injection_nodes.md §4 table)."""
     b = check_int("batch_size", batch_size, lo=1)
     return 2.0 * b / (b + 2.0)
 

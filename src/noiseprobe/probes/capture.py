@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.errors import ConfigError, NumericalError
 from noiseprobe.probes.losses import model_output
 from noiseprobe.probes.rules import Call, Rule, VmapRule, rule_for, tensor_leaves
 from noiseprobe.probes.rules.base import Named
@@ -228,7 +228,8 @@ def record(
 
 
 def check_losses(losses: Any) -> None:
-    """ConfigError unless ``losses`` is a finite (N,) tensor."""
+    """ConfigError unless ``losses`` is an (N,) tensor; NumericalError if it is not finite (valid input,
+    non-finite numbers: e.g. a diverging run)."""
     if not isinstance(losses, Tensor) or losses.dim() != 1 or losses.shape[0] < 1:
         shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
         raise ConfigError(
@@ -237,7 +238,7 @@ def check_losses(losses: Any) -> None:
             "a per-sample loss returning shape (N,), N >= 1, e.g. reduction='none'",
         )
     if not torch.isfinite(losses).all():
-        raise ConfigError("loss_fn", "non-finite per-sample losses", "finite losses at the current weights")
+        raise NumericalError("non-finite per-sample losses at the current weights")
 
 
 def capture(

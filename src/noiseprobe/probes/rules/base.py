@@ -9,12 +9,15 @@ quantities (Gram, norms, products, diagonal) are computed by the factors, never 
 separation BackPACK makes between module derivatives and extensions.
 
 To support a new layer: subclass :class:`Rule` parametrised by the module type (``Rule[nn.Linear]``),
-implement :meth:`Rule.factor` (and :meth:`Rule.validate` for configurations it refuses), and add it to
-``RULES`` in :mod:`noiseprobe.probes.rules`.
+implement :meth:`Rule.factor` (and :meth:`Rule.validate` for configurations it refuses), and decorate the
+class with ``@register_rule(ModuleType)`` where it is defined (Opacus's ``@register_grad_sampler`` style):
+the package's own rules do so in their files, and a user does the same for a module of their own
+(``npb.register_rule``), without editing any table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -26,7 +29,7 @@ from noiseprobe.probes.factors import Factor
 
 Named = list[tuple[str, nn.Parameter]]
 
-#: the module type a rule handles (``RULES`` in :mod:`noiseprobe.probes.rules` pairs each rule with it)
+#: the module type a rule handles (:func:`register_rule` pairs each rule with it)
 M = TypeVar("M", bound=nn.Module)
 
 
@@ -88,3 +91,42 @@ class Rule(Generic[M]):
     def factor(self, module: M, call: Call, params: Named, n: int) -> Factor:
         """Per-sample gradients of ``params`` (in this order) contributed by ``call``."""
         raise NotImplementedError
+
+
+R = TypeVar("R", bound=type[Rule[Any]])
+
+#: module type -> the rule of its instances (filled by :func:`register_rule`; read by ``rule_for``)
+REGISTRY: dict[type[nn.Module], Rule[Any]] = {}
+
+
+def register_rule(*module_types: type[nn.Module]) -> Callable[[R], R]:
+    """Class decorator: instances of ``module_types`` (and of their subclasses that keep the type's
+    ``forward``) get their per-sample gradients from one instance of the decorated :class:`Rule` subclass::
+
+        @register_rule(MyLayer)
+        class MyLayerRule(Rule[MyLayer]):
+            def factor(self, module, call, params, n): ...
+
+    A type that already has a rule, a type that is not an ``nn.Module`` subclass, or a decorated object
+    that is not a :class:`Rule` subclass is a one-line ConfigError."""
+    if not module_types:
+        raise ConfigError("register_rule", "no module type", "one or more nn.Module subclasses")
+    for t in module_types:
+        if not (isinstance(t, type) and issubclass(t, nn.Module)):
+            raise ConfigError("register_rule", repr(t), "nn.Module subclasses (module types, not instances)")
+        if t in REGISTRY:
+            raise ConfigError(
+                "register_rule", t.__qualname__, f"a module type without a rule (it has {type(REGISTRY[t]).__name__})"
+            )
+
+    def register(cls: R) -> R:
+        if not (isinstance(cls, type) and issubclass(cls, Rule)):
+            raise ConfigError("register_rule", repr(cls), "a subclass of noiseprobe.probes.rules.base.Rule")
+        rule = cls()
+        for t in module_types:
+            if t in REGISTRY:  # registered between the decorator's call and its application
+                raise ConfigError("register_rule", t.__qualname__, "a module type without a rule")
+            REGISTRY[t] = rule
+        return cls
+
+    return register

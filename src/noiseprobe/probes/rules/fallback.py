@@ -23,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.probes.factors import RowsFactor
-from noiseprobe.probes.rules.base import Call, M, Named, Rule, accumulation_dtype
+from noiseprobe.probes.rules.base import Call, M, Named, Rule, accumulation_dtype, register_rule
 
 
 def tensor_leaves(obj: Any) -> list[Any]:
@@ -102,6 +102,7 @@ class VmapRule(Rule[M]):
         return RowsFactor(rows.to(accumulation_dtype(rows)))
 
 
+@register_rule(nn.MultiheadAttention)
 class MultiheadAttentionRule(VmapRule[nn.MultiheadAttention]):
     """nn.MultiheadAttention as one unit (module docstring)."""
 

@@ -28,6 +28,7 @@ from noiseprobe.probes.rules.base import (
     Rule,
     accumulation_dtype,
     batch_leading,
+    register_rule,
 )
 
 
@@ -47,6 +48,7 @@ def _inputs(call: Call, n: int) -> tuple[Tensor, Tensor]:
     return batch_leading(call, call.input, n).to(dtype), g.to(dtype)
 
 
+@register_rule(nn.LayerNorm)
 class LayerNormRule(Rule[nn.LayerNorm]):
     """nn.LayerNorm: x̂ = (x − mean)/√(var + eps) over ``normalized_shape``."""
 
@@ -56,6 +58,7 @@ class LayerNormRule(Rule[nn.LayerNorm]):
         return _affine_rows(params, xhat, g, True, module.weight.numel())
 
 
+@register_rule(nn.RMSNorm)
 class RMSNormRule(Rule[nn.RMSNorm]):
     """nn.RMSNorm: x̂ = x/√(mean(x²) + eps) over ``normalized_shape``."""
 
@@ -65,6 +68,7 @@ class RMSNormRule(Rule[nn.RMSNorm]):
         return _affine_rows(params, xhat, g, True, module.weight.numel())
 
 
+@register_rule(nn.GroupNorm)
 class GroupNormRule(Rule[nn.GroupNorm]):
     """nn.GroupNorm on (N, C, *): x̂ normalised per sample and group."""
 
@@ -74,6 +78,7 @@ class GroupNormRule(Rule[nn.GroupNorm]):
         return _affine_rows(params, xhat, g, False, module.num_channels)
 
 
+@register_rule(_BatchNorm)
 class BatchNormRule(Rule[_BatchNorm]):
     """BatchNorm1d/2d/3d in eval mode: x̂ = (x − running_mean)/√(running_var + eps) per channel (axis 1)."""
 
