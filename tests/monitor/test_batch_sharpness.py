@@ -181,3 +181,24 @@ def test_training_loop_and_summary() -> None:
     assert summary.in_band_fraction == pytest.approx(2 / 3)
     assert summary.median_lambda_ratio == pytest.approx(0.5)
     assert np.isnan(eoss_summary(meas.assign(full_loss=math.inf), lr=0.5, band=(0.85, 1.15)).first_crossing)
+
+
+def test_batch_sharpness_on_a_cnn_with_batchnorm_in_train_mode_matches_double_backward() -> None:
+    """A user's model as it trains (Conv2d + BatchNorm2d with batch statistics, cross-entropy on integer
+    labels): against gᵀHg/gᵀg by two plain autograd passes on the same batch, and the run left as it was."""
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4)
+    ).double()
+    x, y = torch.randn(10, 1, 6, 6, dtype=torch.float64), torch.randint(0, 4, (10,))
+    ce = nn.CrossEntropyLoss(reduction="none")
+    params = list(model.parameters())
+    g = torch.autograd.grad(ce(model(x), y).mean(), params, create_graph=True)
+    gd = [t.detach() for t in g]
+    hg = torch.autograd.grad(sum((a * b).sum() for a, b in zip(g, gd, strict=True)), params)
+    want = float(sum((a * b).sum() for a, b in zip(gd, hg, strict=True)) / sum((a * a).sum() for a in gd))
+    stats = model[1].running_mean.clone()
+    mon = NoiseMonitor(model, ce, every=1, metrics=["batch_sharpness"], verbose=False)
+    row = mon.step((x, y), torch.optim.SGD(model.parameters(), lr=0.1))
+    assert row["batch_sharpness"] == pytest.approx(want, rel=1e-10, abs=0)
+    assert model.training and torch.equal(model[1].running_mean, stats)

@@ -38,10 +38,12 @@ from noiseprobe.experiments._data import check_at_most, embedded_train_size
 from noiseprobe.experiments.eos_sharpness import EoSConfig, _loss, _model
 from noiseprobe.monitor.stochastic_stability import eoss_summary, sgd_with_batch_sharpness
 
-#: memory model (bytes above a warm worker): torch's working set plus, per (sample × width), the
-#: activations of a vmapped block of Monte Carlo batches' forward-over-reverse products, or of a GD step
-CHUNK_BASE_BYTES = 80 * 2**20
-BYTES_PER_ACTIVATION = 64
+#: memory model (bytes above a warm worker): torch's first-use working set (vmap, forward-over-reverse),
+#: plus, per (sample × width), the activations of a vmapped block of 64 Monte Carlo batches or of a GD step;
+#: fitted to the RSS growth of a warm worker running one quick-preset chunk: 193 MiB at b = 128 (estimate
+#: 254), 131 MiB at b = 8 (estimate 147), 72 MiB for GD (estimate 147)
+CHUNK_BASE_BYTES = 140 * 2**20
+BYTES_PER_ACTIVATION = 16
 #: seconds per (sample × weight) of one step's forward and backward (one torch thread; eos-sharpness's)
 SECONDS_PER_SAMPLE_WEIGHT = 1.6e-10
 #: a measurement: Monte Carlo batches (≤ 2 % SE took 64-256 in the pilots), ~5 passes each, plus ~20
