@@ -112,10 +112,10 @@ def test_micro_batch_is_refused_with_a_status() -> None:
     mon = NoiseMonitor(
         model, _loss, every=1, metrics=["batch_sharpness", "eoss_ratio", "g_sq"], effective_batch_size=48, verbose=False
     )
-    with pytest.warns(UserWarning, match="micro-batch"):
+    with pytest.warns(UserWarning, match="accumulation micro-batch"):
         row = mon.step((x, y), opt)
     assert math.isnan(row.get("batch_sharpness", math.nan)) and math.isnan(row.get("eoss_ratio", math.nan))
-    assert row["status"] == "batch_sharpness: micro-batch, eoss_ratio: micro-batch"
+    assert row["status"] == "batch_sharpness: accumulation micro-batch, eoss_ratio: accumulation micro-batch"
     assert math.isfinite(row["g_sq"])  # the other metrics are measured
     same = NoiseMonitor(model, _loss, every=1, metrics=["batch_sharpness"], effective_batch_size=12, verbose=False)
     assert math.isfinite(same.step((x, y), opt)["batch_sharpness"])

@@ -127,7 +127,15 @@ def test_every_counts_optimizer_steps_and_measure_measures_now():
     got = [bool(mon.step((x, y))) for _ in range(7)]
     assert got == [True, False, False, True, False, False, True]
     assert mon.measure((x, y))["step"] == 7
-    assert set(mon.history.columns) == {"step", "tr_sigma", "tr_sigma_se", "status", "seconds"}
+    assert set(mon.history.columns) == {
+        "step",
+        "tr_sigma",
+        "tr_sigma_se",
+        "estimator",
+        "micro_batch_size",
+        "status",
+        "seconds",
+    }
     assert set(mon.history["status"]) == {"ok"}
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from noiseprobe.core import progress
 from noiseprobe.core.errors import ConfigError, RunDirError
-from noiseprobe.core.store import atomic_write, os_fault, read_json
+from noiseprobe.core.store import RunDir, atomic_write, os_fault, read_parquet, read_summary
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1150px;color:#222;padding:0 1em}
@@ -69,10 +69,8 @@ def find_runs(path: Path) -> list[Path]:
 
 def _monitor_section(run: Path) -> str:
     """A NoiseMonitor log directory: its time-series figures (drawn into the directory) and last values."""
-    import pandas as pd
-
     e = html.escape
-    hist = pd.read_parquet(run / "monitor.parquet")
+    hist = read_parquet(run / "monitor.parquet")
     draw = PLOTTERS.get("monitor")
     figs = (
         "".join(
@@ -174,29 +172,36 @@ def write_report(
 ) -> Path:
     """Write ``out`` (default ``path/report.html``) covering every finished run under ``path``.
 
-    A run whose summary.json does not read is left out with one warning naming the file (``noiseprobe
-    reproduce`` on it re-analyses it from its chunks); RunDirError if none is left or ``out`` cannot be written.
+    A run whose summary.json does not read or lacks a summary's fields, or whose result tables differ from
+    the manifest in it (damaged, missing), is left out with one warning naming the file (``noiseprobe
+    reproduce`` on it re-analyses it from its chunks); RunDirError (one line naming each) if none is left,
+    or if ``out`` cannot be written.
     """
     from noiseprobe.core.checks import headline
 
     out = Path(out) if out is not None else Path(path) / "report.html"
-    sections, every, runs = [], [], []
+    sections, every, runs, left_out = [], [], [], []
     for r in find_runs(Path(path)):
-        if not (r / "summary.json").exists():
-            sections.append(_monitor_section(r))
-            runs.append(r)
-            continue
         try:
-            summary = read_json(r / "summary.json")
+            if (r / "summary.json").exists():
+                summary = read_summary(r / "summary.json")
+                faults = RunDir(r).table_faults(summary, ("results",))
+                if faults:
+                    raise RunDirError(f"{r} is damaged: {'; '.join(faults)}")
+                body, checks = _run_section(summary, r)
+                every += checks
+            else:
+                body = _monitor_section(r)
         except RunDirError as exc:
-            warn(f"{exc}; run left out of the report (`noiseprobe reproduce` on it re-analyses it)")
+            left_out.append(str(exc))
             continue
-        body, checks = _run_section(summary, r)
         sections.append(body)
-        every += checks
         runs.append(r)
-    if not runs:
-        raise RunDirError(f"{path}: no run directory with a readable summary.json")
+    fix = "`noiseprobe reproduce` on a run directory re-analyses it from its chunks"
+    if not runs:  # one line: what is wrong with each
+        raise RunDirError(f"nothing to report: {'; '.join(left_out)} ({fix})")
+    for msg in left_out:
+        warn(f"{msg}; run left out of the report ({fix})")
     toc = "".join(f"<li><a href='#{html.escape(r.name)}'>{html.escape(r.name)}</a></li>" for r in runs)
     page = (
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

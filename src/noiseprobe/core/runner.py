@@ -27,7 +27,7 @@ from noiseprobe._version import __version__
 from noiseprobe.core import progress as _progress
 from noiseprobe.core.checks import headline, is_ok, resolve, stored_verdicts
 from noiseprobe.core.config import ExperimentConfig
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.errors import ConfigError, RunDirError
 from noiseprobe.core.executors import check_executor, make_executor
 from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.memory import fmt_bytes, usable_memory
@@ -208,8 +208,10 @@ def run_experiment(
 
     Resumes an interrupted run of the same experiment and config (finished chunks are skipped; corrupt
     chunk files are recomputed, a corrupt summary re-analysed, each with one ``warn`` line); a finished
-    run is returned as it is, never overwritten. Bad arguments raise ConfigError before anything is
-    written; a directory another process is running, or an OS fault, raises RunDirError.
+    run is returned as it is, never overwritten, once its result tables match the manifest in its summary
+    (a damaged or missing table is warned and rebuilt from the chunks; RunDirError when they are gone).
+    Bad arguments raise ConfigError before anything is written; a directory another process is running,
+    or an OS fault, raises RunDirError.
     """
     return execute(prepare(exp_id, preset, out, overrides, executor, workers, address), quiet, warn)
 
@@ -223,7 +225,7 @@ def execute(plan: Plan, quiet: bool = True, warn: Callable[[str], None] = _progr
     try:
         with run.locked():
             run.claim(plan.exp_id, plan.preset, plan.config_json)
-            finished = run.summary()
+            finished = _intact(plan, run)
             if finished is not None:
                 return {**finished, "checks": stored_verdicts(finished.get("checks", []))}
             run.clean_tmp()
@@ -251,12 +253,35 @@ def execute(plan: Plan, quiet: bool = True, warn: Callable[[str], None] = _progr
     return plain
 
 
+def _intact(plan: Plan, run: RunDir) -> dict[str, Any] | None:
+    """The summary of a finished run whose tables are intact (a run written before the manifest gets it
+    now), else None: not finished, a corrupt summary (warned), or a damaged or missing table (warned; the
+    run is re-analysed from its chunks). RunDirError when a table is damaged and chunks are gone."""
+    summary = run.summary()
+    if summary is None:
+        return None
+    faults = run.table_faults(summary, ("results", *plan.exp.tables))
+    if not faults:
+        if "tables" not in summary:
+            summary["tables"] = run.manifest()
+            write_json(run.summary_path, summary)
+        return summary
+    done = run.finished_keys(plan.exp.tables)
+    gone = sum(c.key not in done for c in plan.chunks)
+    if gone:
+        raise RunDirError(
+            f"{plan.out} is damaged: {faults[0]}, and {gone} of {len(plan.chunks)} of its chunks are gone, so "
+            f"it cannot be rebuilt; delete {run.summary_path} and run the same command again to recompute them"
+        )
+    run.warn(f"{'; '.join(faults)}; rebuilding the tables from the chunks")
+    return None
+
+
 def _analyse(plan: Plan, run: RunDir, t0: float, compute: float, resumed: int) -> dict[str, Any]:
-    """Concatenate the chunks, analyse, write the tables and summary.json (last)."""
+    """Concatenate the chunks, analyse, write the tables, then summary.json (last) with their manifest."""
     exp, out = plan.exp, plan.out
     tables = run.read_tables([c.key for c in plan.chunks], exp.tables)
-    for name, df in tables.items():
-        write_parquet(out / f"{name}.parquet", df)
+    manifest = {f"{name}.parquet": write_parquet(out / f"{name}.parquet", df) for name, df in tables.items()}
     metrics, raw_checks = exp.analyse(plan.config, tables, out)
     checks = resolve(raw_checks, plan.exp_id)
     verdicts = [c.to_dict() for c in checks]
@@ -275,6 +300,7 @@ def _analyse(plan: Plan, run: RunDir, t0: float, compute: float, resumed: int) -
         "metrics": metrics,
         "checks": verdicts,
         "figures": sorted(p.name for p in out.glob("*.png")),
+        "tables": manifest,
         "versions": _versions(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -18,6 +18,7 @@ import pandas as pd
 
 from noiseprobe.core.checks import Check, Z
 from noiseprobe.core.config import param
+from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
@@ -81,6 +82,13 @@ class Fig6(Experiment):
         },
     }
     diverging = {"lr": 5.0}  # λ·(largest eigenvalue of Â) > 2 at every α: every chain diverges
+
+    def check_data(self, config: Any) -> None:
+        """A batch is drawn (with replacement) from one data set of N = round(αD) samples: S may not exceed
+        the largest N (a batch larger than every data set only repeats samples, at S·D cost per step)."""
+        n = max(1, int(round(max(config["alphas"]) * config["D"])))
+        if config["S"] > n:
+            raise ConfigError("S", config["S"], f"a batch size <= the largest data set, N = round(max(alphas)·D) = {n}")
 
     def estimate(self, config: Any) -> RunCost:
         """One α: the simulation with its per-chain D² second moments, and the data set (N·D) with its copies."""

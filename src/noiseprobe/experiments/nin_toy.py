@@ -61,7 +61,9 @@ class Fig2TopConfig(ExperimentConfig):
     M: float = param()
     traj_sigmas: list[float] = param(lo=0.0, lo_open=True, min_len=4, max_len=4, help="one σε per phase panel")
     traj_seeds: int = param(lo=1, hi=64)
-    traj_points: int = param(lo=2, hi=100_000)
+    traj_points: int = param(
+        lo=2, hi=10_000, help="log-spaced points per illustrative trajectory (a panel's curve shows a few hundred)"
+    )
 
     size_fields = ("n_sigma", "n_seeds", "steps", "traj_seeds", "traj_points")
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from noiseprobe.monitor.context import Context, Refused, top_eigen
 from noiseprobe.monitor.metric import Metric, register_metric
+from noiseprobe.monitor.microbatch import batch_samples
 from noiseprobe.monitor.stability import step_scale
 from noiseprobe.probes.linalg import Eigenpairs
 from noiseprobe.probes.operators import ParamOperator
@@ -79,10 +80,9 @@ def _update_batch(ctx: Context) -> None:
         raise Refused("per-rank batch", "under data parallelism the measured batch is one rank's, not the update's")
     if ctx._batch_size is None:
         return
-    t = ctx.targets
-    n = len(t) if isinstance(t, Tensor) and t.dim() > 0 else ctx.n
+    n = batch_samples(ctx.inputs)
     if ctx._batch_size != n:
-        raise Refused("micro-batch", f"{n} samples measured, effective batch size {ctx._batch_size}")
+        raise Refused("accumulation micro-batch", f"{n} samples measured, effective batch size {ctx._batch_size}")
 
 
 def _directional(ctx: Context, direction: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -100,7 +100,8 @@ class BatchSharpness(Metric):
     own gradient (one Hessian-vector product; Andreyev & Beneventano, arXiv 2412.20553, whose batch
     sharpness is its expectation over batches), with ``batch_sharpness_mean`` and ``batch_sharpness_se``:
     the mean of this metric's last ``window`` values and its standard error std/√n (NaN below 2 values).
-    Refused (status "micro-batch" or "per-rank batch") when the measured batch is not the update's."""
+    Refused (status "accumulation micro-batch" or "per-rank batch") when the measured batch is not the
+    update's (gradient accumulation: ``effective_batch_size`` ≠ the samples measured; DDP)."""
 
     name = "batch_sharpness"
 
