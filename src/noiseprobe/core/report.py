@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import html
 import json
-
-import pandas as pd
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
 
 from noiseprobe.core import progress
 from noiseprobe.core.errors import ConfigError, RunDirError

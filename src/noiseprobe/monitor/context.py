@@ -42,6 +42,15 @@ class TooFewSamples(ValueError):
     an exception in the user's loop)."""
 
 
+class Refused(ValueError):
+    """The measured batch is not what a metric is defined on (e.g. a gradient-accumulation micro-batch for
+    batch sharpness): ``status`` is the row's status for that metric, never an exception in the user's loop."""
+
+    def __init__(self, status: str, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+
+
 def top_eigen(op: ParamOperator, k: int, warm: Eigenpairs | None) -> Eigenpairs:
     """Top-k eigenpairs of ``op`` by Lanczos, warm-started from ``warm`` (a previous measurement's pairs;
     ignored when the parameter count changed)."""

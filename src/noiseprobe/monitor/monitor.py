@@ -39,7 +39,7 @@ from noiseprobe.core.errors import ConfigError, NoPerSampleGradients, NumericalE
 from noiseprobe.core.memory import fmt_bytes, usable_memory
 from noiseprobe.core.validation import check_choice, check_int
 from noiseprobe.monitor import ddp
-from noiseprobe.monitor.context import COLD_MIN_DIM, Context, TooFewSamples
+from noiseprobe.monitor.context import COLD_MIN_DIM, Context, Refused, TooFewSamples
 from noiseprobe.monitor.loggers import Logger, make_loggers
 from noiseprobe.monitor.metric import Metric
 from noiseprobe.monitor.metrics import DEFAULT, resolve_metrics
@@ -296,6 +296,8 @@ def fault_reason(exc: BaseException) -> str | None:
         return "non-finite"
     if isinstance(exc, TooFewSamples):
         return "too-few-samples"
+    if isinstance(exc, Refused):
+        return exc.status
     if isinstance(exc, NoPerSampleGradients):
         return "no per-sample gradients"
     oom = getattr(torch, "OutOfMemoryError", ())
