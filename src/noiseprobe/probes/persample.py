@@ -173,7 +173,8 @@ class HookFactors(PerSampleGradients):
         for u in units:
             for c in u.calls:
                 c.grads = [g if g is not None else torch.zeros_like(o) for o, g in zip(c.outputs, it)]
-                contribs.append(([p for _, p in u.params], u.rule.factor(u.module, c, u.params, self.n)))
+                for named, factor in u.rule.factors(u.module, c, u.params, self.n):
+                    contribs.append(([p for _, p in named], factor))
                 c.args, c.kwargs, c.outputs, c.grads = (), {}, [], []
         if not contribs:
             raise ConfigError("model", type(self.root.model).__name__, "a loss that depends on a trainable parameter")

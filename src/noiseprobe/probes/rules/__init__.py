@@ -31,6 +31,7 @@ from noiseprobe.probes.rules.norm import (
     LayerNormRule,
     RMSNormRule,
 )
+from noiseprobe.probes.rules.recurrent import RecurrentRule
 
 RULES: list[tuple[tuple[type[nn.Module], ...], Rule[Any]]] = [
     ((nn.Linear,), LinearRule()),
@@ -41,6 +42,7 @@ RULES: list[tuple[tuple[type[nn.Module], ...], Rule[Any]]] = [
     ((nn.GroupNorm,), GroupNormRule()),
     ((nn.modules.batchnorm._BatchNorm,), BatchNormRule()),
     ((nn.MultiheadAttention,), MultiheadAttentionRule()),
+    ((nn.LSTM, nn.GRU, nn.RNN), RecurrentRule()),
 ]
 
 
