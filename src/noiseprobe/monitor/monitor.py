@@ -36,15 +36,9 @@ from noiseprobe.monitor import ddp
 from noiseprobe.monitor.loggers import Logger, make_loggers
 from noiseprobe.monitor.metrics import DEFAULT, METRICS, Context, resolve_metrics
 from noiseprobe.monitor.predictions import loss_buffer
+from noiseprobe.probes.wrappers import eager, unwrap
 
 Forward = Callable[[nn.Module, Any], Tensor]
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside a DistributedDataParallel / DataParallel wrapper."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
 
 
 @contextmanager
@@ -166,7 +160,7 @@ class NoiseMonitor:
         model = unwrap(self.model)
         t0 = time.perf_counter()
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        with preserved(model), torch.autocast(device.type, enabled=False):
+        with preserved(model), torch.autocast(device.type, enabled=False), eager():
             ctx = Context(
                 model,
                 self.loss_fn,

@@ -57,12 +57,14 @@ from noiseprobe.probes.persample import (
     default_forward,
     select_parameters,
 )
+from noiseprobe.probes.wrappers import eager, unwrap
 
 
 def select_params(model: nn.Module, params: Selection | None = None) -> list[tuple[str, Tensor]]:
     """The (name, parameter) pairs an operator acts on: :func:`~noiseprobe.probes.persample.select_parameters`
     (all trainable parameters, or a subset: parameter or module names, modules, parameters) in
     ``model.named_parameters()`` order, each under its first name (a tied parameter appears once)."""
+    model = unwrap(model)
     names = {id(p): n for n, p in model.named_parameters()}
     return [(names[id(p)], p) for p in select_parameters(model, params)]
 
@@ -313,7 +315,8 @@ def _output_and_loss(
     model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any, forward: Forward | None
 ) -> tuple[Tensor, Tensor]:
     """(model output f on the batch, the mean loss L = (1/N) Σ ℓ_i(f_i)), graphs kept."""
-    out = model_output((forward or default_forward)(model, x))
+    with eager():
+        out = model_output((forward or default_forward)(unwrap(model), x))
     return out, _mean_loss(loss_fn, out, y)
 
 

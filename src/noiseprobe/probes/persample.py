@@ -57,6 +57,7 @@ from noiseprobe.probes.capture import (
 from noiseprobe.probes.factors import Factor, OuterFactor, RowsFactor
 from noiseprobe.probes.rules import rule_for
 from noiseprobe.probes.rules.base import accumulation_dtype
+from noiseprobe.probes.wrappers import unwrap
 
 __all__ = [
     "Forward",
@@ -149,6 +150,7 @@ class HookFactors(PerSampleGradients):
         consumers: frozenset[str] = frozenset(),
         params: Selection | None = None,
     ) -> None:
+        model = unwrap(model)
         self.root = Root(model, forward or default_forward)
         params = select_parameters(model, params)
         self.dtype, self.device = accumulation_dtype(params[0]), params[0].device
