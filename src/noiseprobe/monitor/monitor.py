@@ -92,6 +92,7 @@ class NoiseMonitor:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError("model", type(model).__name__, "a torch.nn.Module")
+        unwrap(model)  # a model it cannot measure (FSDP-sharded) is refused here, at construction
         if not callable(loss_fn):
             raise ConfigError("loss_fn", loss_fn, "a callable loss_fn(output, targets) -> per-sample losses")
         if forward is not None and not callable(forward):
