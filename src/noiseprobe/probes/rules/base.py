@@ -10,8 +10,8 @@ separation BackPACK makes between module derivatives and extensions.
 
 To support a new layer: subclass :class:`Rule` parametrised by the module type (``Rule[nn.Linear]``),
 implement :meth:`Rule.factor` (or :meth:`Rule.factors`, one factor per parameter group), and
-:meth:`Rule.validate` for configurations it refuses (:class:`NotPerSampleMeasurable` where per-sample
-gradients are not defined, a plain ConfigError where they are defined but unsupported), and add it to
+:meth:`Rule.validate` for configurations it refuses (:class:`~noiseprobe.core.errors.NoPerSampleGradients` where
+per-sample gradients are not defined, a plain ConfigError where they are defined but unsupported), and add it to
 ``RULES`` in :mod:`noiseprobe.probes.rules`.
 """
 
@@ -49,22 +49,6 @@ class Call:
         """The first argument, positional or keyword (the input of a single-input layer)."""
         first: Tensor = self.args[0] if self.args else next(iter(self.kwargs.values()))
         return first
-
-
-class NotPerSampleMeasurable(ConfigError):
-    """Per-sample gradients are not defined for this model as configured: samples interact (BatchNorm with
-    batch statistics) or a module draws random numbers that cannot be replayed sample by sample (dropout in
-    training mode). ``module``: its path ("model.encoder.lstm"); ``reason``: what it does. An estimator that
-    needs no per-sample gradients (micro-batches in training mode) still measures such a model: the monitor
-    catches this class to fall back to it. One line, like every ConfigError."""
-
-    @property
-    def module(self) -> str:
-        return self.field
-
-    @property
-    def reason(self) -> str:
-        return str(self.value)
 
 
 def accumulation_dtype(t: Tensor) -> torch.dtype:

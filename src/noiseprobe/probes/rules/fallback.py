@@ -23,7 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.probes.factors import RowsFactor
-from noiseprobe.probes.rules.base import Call, M, Named, NotPerSampleMeasurable, Rule, accumulation_dtype
+from noiseprobe.probes.rules.base import Call, M, Named, Rule, accumulation_dtype
 
 
 def tensor_leaves(obj: Any) -> list[Any]:
@@ -109,7 +109,7 @@ class MultiheadAttentionRule(VmapRule[nn.MultiheadAttention]):
 
     def validate(self, name: str, module: nn.MultiheadAttention) -> None:
         if module.dropout > 0 and module.training:
-            raise NotPerSampleMeasurable(
+            raise ConfigError(
                 name,
                 f"nn.MultiheadAttention(dropout={module.dropout}) in training mode",
                 "eval mode or dropout=0 (its random attention mask cannot be replayed per sample)",

@@ -10,8 +10,7 @@ x̂ is recomputed from the stored input (no grad). Stored explicitly: N × (|γ|
 | BatchNorm1d/2d/3d, eval mode | (x − running mean)/√(running var + eps) | positions |
 
 BatchNorm in training mode (or without running statistics) normalises with the batch's statistics,
-so samples interact and per-sample gradients are undefined: refused with
-:class:`~noiseprobe.probes.rules.base.NotPerSampleMeasurable` (a ConfigError).
+so samples interact and per-sample gradients are undefined: refused with a ConfigError.
 """
 
 from __future__ import annotations
@@ -21,11 +20,11 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from noiseprobe.core.errors import ConfigError
 from noiseprobe.probes.factors import RowsFactor
 from noiseprobe.probes.rules.base import (
     Call,
     Named,
-    NotPerSampleMeasurable,
     Rule,
     accumulation_dtype,
     batch_leading,
@@ -81,7 +80,7 @@ class BatchNormRule(Rule[_BatchNorm]):
     def validate(self, name: str, module: _BatchNorm) -> None:
         if module.training or module.running_mean is None:
             state = "in training mode" if module.training else "without running statistics"
-            raise NotPerSampleMeasurable(
+            raise ConfigError(
                 name,
                 f"{type(module).__name__} {state}",
                 "eval mode (model.eval(): running statistics, samples independent) or "

@@ -18,7 +18,7 @@ Packed sequences run padded with per-sample lengths (a sample's state stops chan
 the reverse direction reads each sample backwards within its length), so padded steps contribute nothing.
 
 In training mode with ``dropout > 0`` between layers the dropout mask cannot be replayed sample by sample:
-refused with :class:`~noiseprobe.probes.rules.base.NotPerSampleMeasurable`.
+refused with :class:`~noiseprobe.core.errors.NoPerSampleGradients`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.errors import ConfigError, NoPerSampleGradients
 from noiseprobe.probes.factors import Factor, Layout, OuterFactor
-from noiseprobe.probes.rules.base import Call, Named, NotPerSampleMeasurable, Rule, accumulation_dtype
+from noiseprobe.probes.rules.base import Call, Named, Rule, accumulation_dtype
 
 
 def _reverse(seq: Tensor, lengths: Tensor | None) -> Tensor:
@@ -50,7 +50,7 @@ class RecurrentRule(Rule[nn.RNNBase]):
 
     def validate(self, name: str, module: nn.RNNBase) -> None:
         if module.training and module.dropout > 0 and module.num_layers > 1:
-            raise NotPerSampleMeasurable(
+            raise NoPerSampleGradients(
                 name,
                 f"{type(module).__name__}(dropout={module.dropout}) in training mode",
                 "eval mode or dropout=0 (its random masks between layers cannot be replayed sample by sample)",
