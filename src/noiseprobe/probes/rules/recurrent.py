@@ -176,12 +176,16 @@ class RecurrentRule(Rule[nn.RNNBase]):
                 h = x.new_zeros(n, out_size) if hx[0] is None else hx[0][k]
                 c = (x.new_zeros(n, h_size) if hx[1] is None else hx[1][k]) if mode == "LSTM" else None
                 hs, prev, us = [], [], []
+                # unbind: one backward node per tensor for all steps (indexing [:, step] would add a full-size
+                # gradient per step, T² work)
+                gi_t, zh_t = gi.unbind(1), zh.unbind(1)
+                zr_t = zr.unbind(1) if zr is not None else ()
                 for step in range(t):
                     prev.append(h)
-                    gh = h @ w[f"weight_hh_l{s}"].T + zh[:, step]
+                    gh = h @ w[f"weight_hh_l{s}"].T + zh_t[step]
                     if f"bias_hh_l{s}" in w:
                         gh = gh + w[f"bias_hh_l{s}"]
-                    a = gi[:, step]
+                    a = gi_t[step]
                     c_new = None
                     if mode == "LSTM":
                         i, f, g, o = (a + gh).chunk(4, 1)
@@ -190,7 +194,7 @@ class RecurrentRule(Rule[nn.RNNBase]):
                         h_new = torch.sigmoid(o) * torch.tanh(c_new)
                         if zr is not None:
                             us.append(h_new)
-                            h_new = h_new @ w[f"weight_hr_l{s}"].T + zr[:, step]
+                            h_new = h_new @ w[f"weight_hr_l{s}"].T + zr_t[step]
                     elif mode == "GRU":
                         ar, az, an = a.chunk(3, 1)
                         hr, hz, hn_ = gh.chunk(3, 1)
