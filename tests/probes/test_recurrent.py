@@ -249,3 +249,28 @@ def test_unbatched_input_is_refused() -> None:
     rnn = nn.GRU(3, 4)
     with pytest.raises(ConfigError, match="batched 3-D input"):
         per_sample_gradients(rnn, lambda o, y: (o - y).pow(2).mean(1), torch.randn(5, 3), torch.randn(5, 4))
+
+
+class TwiceApplied(nn.Module):
+    """One LSTM applied twice (shared weights: the calls' factors are summed per sample), the first call on a
+    packed batch sorted by length (enforce_sorted=True), the second on its padded output with (h_n, c_n)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 4, batch_first=True)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        out, state = self.lstm(pack_padded_sequence(x, lengths, batch_first=True))
+        out = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])[0]
+        return self.lstm(out, state)[0].sum(2)
+
+
+def test_lstm_applied_twice_sums_its_calls() -> None:
+    torch.manual_seed(7)
+    model, lengths = TwiceApplied().double(), torch.tensor([5, 4, 4, 2])
+    x, y = torch.randn(4, 5, 4, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    forward = lambda m, xx: m(xx, lengths)  # noqa: E731
+    fac = per_sample_gradients(model, _mse, x, y, forward=forward, check=True)
+    assert len(fac.blocks) == 2  # per weight group, the two calls joined into one longer token axis
+    j = loop_rows(model, _mse, x, y, forward)
+    assert_products(fac, j, rtol=1e-9, atol=1e-12)
