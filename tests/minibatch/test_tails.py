@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import math
 
+import mpmath as mp
 import numpy as np
 import pytest
 from scipy import integrate, optimize
 
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.errors import ConfigError, NumericalError
 from noiseprobe.core.powerlaw import hill
 from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
 from noiseprobe.minibatch.tails import (
+    BETA_MAX,
+    CONTINUOUS_LIMIT_ERROR,
+    U_STAR,
     kesten_moment,
     lyapunov_exponent,
     student_t_pdf,
@@ -19,6 +23,7 @@ from noiseprobe.minibatch.tails import (
     tail_index_continuous,
     tail_index_eq93,
     tail_index_exact,
+    tail_index_small_lr,
 )
 
 # reference §15.5: (a, λ, S, eq. 93, continuous, Kesten β_K)
@@ -101,14 +106,130 @@ def test_lyapunov_exponent_against_monte_carlo(lr: float, S: int) -> None:
         assert L == pytest.approx(-0.42, abs=0.005)
 
 
-def test_small_lr_limit_is_a_large_deviation_value_not_the_continuous_one() -> None:
-    """For χ² curvature the root of E|1 − λh|^β = 1 as λ → 0 is set by rare batches with λh > 2: maximising
-    x log(y − 1) − S y/(2a) over y gives β_K → u* S/(2aλ) with u*(log u* − 1) = 1 (u* = 3.591), i.e.
-    β_K/β_c → u*/4 = 0.898, not 1. The quadrature root converges to that limit, with an O(λ) error."""
-    u_star = optimize.brentq(lambda u: u * (math.log(u) - 1) - 1, 2.0, 10.0)
-    for S in (1, 4):
-        errs = [abs(tail_index_exact(lr=lr, batch_size=S) * lr / S / (u_star / 2) - 1) for lr in (1e-2, 1e-3)]
-        assert errs[1] < errs[0] and errs[1] < 2e-3
+def _mp_log_moment(beta: float, c: float, S: int) -> mp.mpf:
+    """log E|1 − c t|^β, t ~ χ²_S, at 40 digits (mpmath tanh-sinh), independent of the library: in the
+    variable t, each side of the kink t = 1/c split at its peak (a root of the quadratic below) and ±40
+    widths, each side rescaled by its peak value."""
+    with mp.workdps(40):
+        beta, c, S = mp.mpf(beta), mp.mpf(c), mp.mpf(S)
+        p = S / 2 - 1
+        log_norm = -(S / 2) * mp.log(2) - mp.loggamma(S / 2)
+
+        def lf(t):  # log of |1 − ct|^β χ²_S(t)
+            return beta * mp.log(abs(1 - c * t)) + p * mp.log(t) - t / 2 + log_norm
+
+        # stationary points: −βc/(1 − ct) + p/t − 1/2 = 0  ⇔  (c/2) t² − (βc + pc + 1/2) t + p = 0
+        B = beta * c + p * c + mp.mpf(1) / 2
+        disc = mp.sqrt(B * B - 2 * c * p)
+        t0, logs = 1 / c, []
+        for lo, hi, t_pk in ((0, t0, (B - disc) / c), (t0, mp.inf, (B + disc) / c)):
+            if not lo < t_pk < hi:  # S <= 2 inside: the integrand is largest at t → 0
+                pts, peak = [mp.mpf(0), min(t0, 200 / (1 + 2 * beta * c)), t0], mp.mpf(0)
+                pts = sorted(set(pts))
+            else:
+                curv = beta * c * c / (1 - c * t_pk) ** 2 + abs(p) / t_pk**2
+                w = 40 / mp.sqrt(curv)
+                peak = lf(t_pk)
+                pts = sorted({mp.mpf(lo), max(t_pk - w, mp.mpf(lo)), t_pk, min(t_pk + w, hi), hi})
+            logs.append(peak + mp.log(mp.quad(lambda t: mp.exp(lf(t) - peak), pts)))
+        return mp.log(mp.exp(logs[0]) + mp.exp(logs[1]))
+
+
+def _mp_brackets(beta: float, lr: float, S: int, rel: float) -> bool:
+    """The 40-digit Kesten moment changes sign across β(1 ± rel): the exact root lies within rel of β."""
+    return _mp_log_moment(beta * (1 - rel), lr / S, S) < 0 < _mp_log_moment(beta * (1 + rel), lr / S, S)
+
+
+def _mp_root(lr: float, S: int, start: float) -> mp.mpf:
+    """The root of E|1 − λχ²_S/S|^β = 1 (a = 1) to ~35 digits by the secant method from ``start``."""
+    with mp.workdps(40):
+        x0, x1 = mp.mpf(start), mp.mpf(start) * (1 + mp.mpf("1e-9"))
+        f0, f1 = _mp_log_moment(x0, lr / S, S), _mp_log_moment(x1, lr / S, S)
+        for _ in range(12):
+            x0, f0, x1 = x1, f1, x1 - f1 * (x1 - x0) / (f1 - f0)
+            if abs(x1 - x0) < mp.mpf("1e-35") * abs(x1):
+                return x1
+            f1 = _mp_log_moment(x1, lr / S, S)
+        raise AssertionError("secant did not converge")
+
+
+#: (S, aλ): moderate λ (the reference's §15.5 regime) and small λ over four decades of S
+MP_POINTS = [(1, 1.0), (4, 1.0), (10, 1.5), (1, 1e-1), (1, 1e-3), (4, 1e-2), (32, 1e-3), (100, 1e-4), (10000, 1e-3)]
+
+
+@pytest.mark.parametrize("S, lr", MP_POINTS)
+def test_exact_index_and_small_lr_expansion_against_40_digit_mpmath(S: int, lr: float) -> None:
+    """The library's root lies within 1e-12 (relative) of the 40-digit root (sign change of the mpmath
+    moment across it). For aλ <= 0.1 the small-λ expansion (limit + leading correction) misses it by its
+    next term, up to a remainder smaller by O(aλ log(S/aλ)) (docs/theory/tail_index_limit.md)."""
+    bk = float(tail_index_exact(lr=lr, batch_size=S))
+    assert _mp_brackets(bk, lr, S, 1e-12)
+    if lr <= 0.1:
+        ex = tail_index_small_lr(lr=lr, batch_size=S)
+        err = bk - ex.value
+        assert abs(err) <= 2 * abs(ex.next_term)  # the tolerance the mbn-fig7 check uses
+        assert abs(err - ex.next_term) <= lr * math.log(S / lr) * abs(ex.next_term), (err, ex)
+
+
+@pytest.mark.parametrize("S, lr", [(1, 1.8e-9), (1000, 1.8e-6)])
+def test_exact_index_near_1e9(S: int, lr: float) -> None:
+    """β_K ≈ 10⁹ is computed (not +∞): within 1e-12 of the 40-digit root, and the small-λ expansion misses it
+    by its next term (1e-13 or 1e-11 relative); beyond BETA_MAX = 1e12 a one-line NumericalError names the limit."""
+    bk = float(tail_index_exact(lr=lr, batch_size=S))
+    assert 0.99e9 < bk < 1e9 and _mp_brackets(bk, lr, S, 1e-12)
+    ex = tail_index_small_lr(lr=lr, batch_size=S)
+    assert abs(bk - ex.value) <= 2 * abs(ex.next_term) + 1e-13 * bk  # + the float64 root's own rounding
+    assert BETA_MAX == 1e12
+    with pytest.raises(NumericalError, match=r"exceeds the computed range 1e\+12") as err:
+        tail_index_exact(lr=1e-13 * S, batch_size=S)
+    assert "\n" not in str(err.value)
+
+
+def test_continuous_index_relative_error_approaches_its_limit_as_lambda_log_lambda() -> None:
+    """ε = β_c/β_K − 1 → ε∞ = 4/u* − 1 (u* = 3.5911215, u*(log u* − 1) = 1) with
+    (ε − ε∞)/c = K_S + 4(S − 1)/(u*² log u*)·log(1/c) + O(c log² c), c = aλ/S: O(λ) at S = 1 and
+    O(λ log 1/λ) for S > 1. The decade-to-decade change of (ε − ε∞)/c from the exact index (float
+    library, validated above) is that log coefficient times log 10, within twice the next order's size
+    (the expansion with its next term against its linearisation)."""
+    assert U_STAR == pytest.approx(3.5911215, abs=5e-8)
+    assert U_STAR * (math.log(U_STAR) - 1) == pytest.approx(1, abs=1e-15)
+    assert CONTINUOUS_LIMIT_ERROR == pytest.approx(0.113858, abs=5e-7)
+    for S in (1, 4, 16):
+        lrs = [1e-4, 1e-5, 1e-6]
+        k, nxt = [], []
+        for lr in lrs:
+            c, bc = lr / S, float(tail_index_continuous(lr=lr, batch_size=S))
+            ex = tail_index_small_lr(lr=lr, batch_size=S)
+            k.append((bc / float(tail_index_exact(lr=lr, batch_size=S)) - 1 - CONTINUOUS_LIMIT_ERROR) / c)
+            linear = 4 / U_STAR * c * (0.5 - 2 * ex.correction / U_STAR)
+            nxt.append(abs(bc / (ex.value + ex.next_term) - 1 - CONTINUOUS_LIMIT_ERROR - linear) / c)
+        step = 4 * (S - 1) * math.log(10) / (U_STAR**2 * math.log(U_STAR))
+        for i in range(2):
+            assert abs(k[i + 1] - k[i] - step) <= 2 * (nxt[i] + nxt[i + 1]), (S, k, nxt)
+        if S == 1:
+            assert abs(k[2] - k[0]) < 1e-3 * abs(k[0])  # O(λ): (ε − ε∞)/λ is constant
+
+
+@pytest.mark.slow
+def test_reference_table_of_the_small_lr_limit_at_40_digits() -> None:
+    """The reference's 40-digit table of β_c/β_K − 1 (docs/theory/minibatch_noise.md §10), recomputed from
+    full 40-digit roots (secant from the library's value), with the library and the expansion checked
+    against each root."""
+    table = {
+        1e-1: (0.21496, 0.22188, 0.24028, 0.24676),
+        1e-2: (0.12360, 0.12675, 0.13019, 0.13118),
+        1e-3: (0.11483, 0.11541, 0.11596, 0.11610),
+        1e-4: (0.11396, 0.11404, 0.11412, 0.11414),
+        1e-5: (0.11387, 0.11388, 0.11389, 0.11389),
+    }
+    for lr, row in table.items():
+        for S, ref in zip((1, 2, 8, 32), row):
+            bk = float(tail_index_exact(lr=lr, batch_size=S))
+            root = _mp_root(lr, S, bk)
+            assert abs(bk - root) <= 1e-12 * root
+            assert float((2 * S / mp.mpf(lr) + 1) / root - 1) == pytest.approx(ref, abs=5e-6)
+            ex = tail_index_small_lr(lr=lr, batch_size=S)
+            assert abs(float(root) - ex.value - ex.next_term) <= lr * math.log(S / lr) * abs(ex.next_term)
 
 
 def test_student_t_law_of_eq90_and_the_variance_matching_of_eq92() -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 PAPER_CLAIMS: dict[str, str] = {
     "sl-fig3/caption-regulariser-2a": "§7.8: the printed ½Δ_ηL̂ = 2a(w) contradicts the stated L̂ (Reg = a/2; numerics reject 2a)",
     "mbn-fig2/eq93-tail-index-agrees": "reference §10, §15.5: eq. (93) is an approximation; the exact tail index is the Kesten root of E abs(1 − λaχ²_S/S)^β = 1",
+    "mbn-fig7/continuous-index-exact-as-lr-vanishes": "docs/theory/minibatch_noise.md §10: for Gaussian inputs β_c/β_K − 1 → 4/u* − 1 = 0.1139 (u*(ln u* − 1) = 1), not 0: rare batches with λh > 2 set the index (docs/theory/tail_index_limit.md)",
     "mbn-fig7/eq93-tail-index-agrees": "reference §10, §15.5: eq. (93) is an approximation; the exact tail index is the Kesten root of E abs(1 − λaχ²_S/S)^β = 1",
     "nin-fig1/niw-decay-eq2-paper": "reference §4 item 1: eq. (2)/(14) halves the NIW decay rate (the gradient of ½σ²WᵀHW is σ²HW); for ReLU nets the local Hessian also misses the kinks (docs/nin_probe.md)",
     "nin-fig2-bottom/niw-decay-eq2-paper": "reference §4 item 1: eq. (2)/(14) halves the NIW decay rate (the gradient of ½σ²WᵀHW is σ²HW); for ReLU nets the local Hessian also misses the kinks (docs/nin_probe.md)",
