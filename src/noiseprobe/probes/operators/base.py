@@ -36,7 +36,6 @@ from noiseprobe.probes.persample import (
     default_forward,
     select_parameters,
 )
-
 from noiseprobe.probes.wrappers import eager, unwrap
 
 _P = ParamSpec("_P")

@@ -112,6 +112,7 @@ class Rule(Generic[M]):
         into several matrices, e.g. a recurrent layer's input and hidden weights, overrides this)."""
         return [(params, self.factor(module, call, params, n))]
 
+
 R = TypeVar("R", bound=type[Rule[Any]])
 
 #: module type -> the rule of its instances (filled by :func:`register_rule`; read by ``rule_for``)
