@@ -1,7 +1,7 @@
 """Minibatch-noise covariance (paper 002, Prop. 1/8) of a 784-1024-10 ReLU MLP at batch N = 1000 of the
 embedded MNIST digits (standardised), float32, one torch thread: the cost of Tr C and the top-10
 eigenpairs of C through the N×N per-sample-gradient Gram matrix built from stored activations and output
-gradients (``GradientNoise``, hooks), against a plain forward + backward of the same batch. For
+gradients (``NoiseCovariance``, hooks), against a plain forward + backward of the same batch. For
 comparison, per-sample gradients by ``torch.func`` vmap(grad) and by BackPACK's ``BatchGrad``, both
 computed in 4 chunks of 250 samples (the full N×P tensor is 3.3 GB) and reduced to squared norms only:
 a lower bound on the cost of any covariance product built on them.
@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from noiseprobe.data.embedded import load_default
-from noiseprobe.probes.covariance import GradientNoise
 from noiseprobe.probes.operators import NoiseCovariance
 
 
@@ -72,21 +71,21 @@ def run(quick: bool = False) -> list[dict]:
         ce(model(x), y).mean().backward()
 
     def trace_eigvals() -> None:
-        noise = GradientNoise(model, ce, x, y, batch_size=32)
+        noise = NoiseCovariance(model, ce, x, y, batch_size=32)
         noise.topk(10, vectors="sample")
         noise.trace()  # reuses the Gram matrix for ‖ḡ‖²
 
     def trace_eigpairs() -> None:
-        noise = GradientNoise(model, ce, x, y, batch_size=32)
-        noise.topk(10)
+        noise = NoiseCovariance(model, ce, x, y, batch_size=32)
+        noise.topk(10, vectors="param")
         noise.trace()
 
     def trace_lazy_vectors() -> None:
-        noise = NoiseCovariance.from_model(model, ce, x, y, batch_size=32)
+        noise = NoiseCovariance(model, ce, x, y, batch_size=32)
         noise.topk(10)  # eigenvectors as FactoredVectors (N × 10 coefficients)
         noise.trace()
 
-    lazy = NoiseCovariance.from_model(model, ce, x, y, batch_size=32).topk(10)[1]
+    lazy = NoiseCovariance(model, ce, x, y, batch_size=32).topk(10)[1]
 
     def func_grads() -> None:
         from torch.func import functional_call, grad, vmap

@@ -88,7 +88,7 @@ def _computations(model: GPT, ids: Tensor, y: Tensor) -> dict:
         token_ce(model(ids), y).mean().backward()
 
     def trace_top10() -> None:
-        noise = NoiseCovariance.from_model(model, token_ce, ids, y, batch_size=8)
+        noise = NoiseCovariance(model, token_ce, ids, y, batch_size=8)
         noise.trace()
         noise.topk(10)
 

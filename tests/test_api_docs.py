@@ -15,5 +15,5 @@ def test_api_reference_builds_without_warnings(tmp_path):
     api = importlib.util.module_from_spec(SPEC)
     SPEC.loader.exec_module(api)
     assert api.build(tmp_path) == []
-    for page in ("noiseprobe.html", "noiseprobe/core/checks.html", "noiseprobe/probes/covariance.html"):
+    for page in ("noiseprobe.html", "noiseprobe/core/checks.html", "noiseprobe/probes/operators/noise_covariance.html"):
         assert (tmp_path / page).stat().st_size > 0, page

@@ -29,3 +29,12 @@ def test_unknown_name_is_an_attribute_error():
 
     with pytest.raises(AttributeError):
         npb.no_such_thing  # noqa: B018
+
+
+def test_aliases_are_the_same_objects():
+    """One class per concept: the earlier names are aliases, not copies."""
+    assert npb.GradientNoise is npb.NoiseCovariance
+    assert npb.Estimate is npb.RunCost  # deprecated name of the run-cost estimate
+    from noiseprobe.probes.estimators import StochasticEstimate
+
+    assert StochasticEstimate is not npb.RunCost and callable(npb.register_rule)

@@ -29,8 +29,11 @@ DATA_PAIR = ("x", "y")
 
 #: (where, name) still to be renamed by a branch at work now; remove an entry when its branch lands
 PENDING = {
-    ("GradientNoise", "x, y"): "probes/ (arch-probes' area at present): x, y -> inputs, targets",
-    ("Hessian", "x, y"): "probes/ (as GradientNoise)",
+    ("GradientNoise", "x, y"): "probes/operators (x, y -> inputs, targets, with a deprecated alias)",
+    ("NoiseCovariance", "x, y"): "probes/operators (as GradientNoise)",
+    ("EmpiricalFisher", "x, y"): "probes/operators (as GradientNoise)",
+    ("GaussNewton", "x, y"): "probes/operators (as GradientNoise)",
+    ("Hessian", "x, y"): "probes/operators (as GradientNoise)",
     ("mbn-fig4", "S"): "exp-shape-b (renamed with ExperimentConfig.renamed)",
     ("mbn-fig5", "S"): "exp-shape-b",
     ("mbn-fig6", "S"): "exp-shape-b",
@@ -38,10 +41,7 @@ PENDING = {
 }
 #: (class, parameter) of public constructors that must be keyword-only
 KEYWORD_ONLY = [("GradientNoise", "batch_size"), ("NoiseMonitor", "effective_batch_size")]
-PENDING_KEYWORD_ONLY = {
-    ("GradientNoise", "batch_size"): "arch-probes (done there: NoiseCovariance(..., *, batch_size))",
-    ("NoiseMonitor", "effective_batch_size"): "monitor-structure (monitor.py is being rewritten there)",
-}
+PENDING_KEYWORD_ONLY: dict[tuple[str, str], str] = {}
 
 
 def _signatures() -> Iterator[tuple[str, list[str]]]:

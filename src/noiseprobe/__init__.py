@@ -6,7 +6,7 @@
     import noiseprobe as npb
 
     handle = npb.attach_nins(model, npb.NINSpec("0", sigma=1.0), n_train=len(y))   # paper 001
-    noise = npb.GradientNoise(model, loss_fn, x, y, batch_size=32)                  # paper 002
+    noise = npb.NoiseCovariance(model, loss_fn, x, y, batch_size=32)                # paper 002
     sigma = npb.solve_fluctuation(H, C, lr=0.1)
     reg = npb.regulariser(npb.noises.perturbed(loss, d=2, sigma=0.1), w)            # paper 003
     summary = npb.run_experiment("nin-fig2-top")
@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from noiseprobe._version import __version__
 
 #: public name -> module that defines it ("noises" is the module of noise constructors itself)
 _EXPORTS: dict[str, str] = {
@@ -29,8 +29,9 @@ _EXPORTS: dict[str, str] = {
     "attach_nins": "noiseprobe.nin.injector",
     "NINRecorder": "noiseprobe.nin.probe",
     # paper 002: minibatch noise
-    "GradientNoise": "noiseprobe.probes.covariance",
-    "batch_factor": "noiseprobe.probes.covariance",
+    "NoiseCovariance": "noiseprobe.probes.operators.noise_covariance",
+    "GradientNoise": "noiseprobe.probes.operators.noise_covariance",
+    "batch_factor": "noiseprobe.probes.operators.noise_covariance",
     "solve_fluctuation": "noiseprobe.minibatch.fluctuation",
     "NoStationaryState": "noiseprobe.minibatch.fluctuation",
     "LinearProblem": "noiseprobe.minibatch.simulate",
@@ -49,18 +50,23 @@ _EXPORTS: dict[str, str] = {
     # live measurements in a training run
     "NoiseMonitor": "noiseprobe.monitor.monitor",
     # curvature and noise operators on any PyTorch model, and their spectral estimators
-    "Hessian": "noiseprobe.probes.operators",
-    "NoiseCovariance": "noiseprobe.probes.operators",
+    "Hessian": "noiseprobe.probes.operators.hessian",
+    "EmpiricalFisher": "noiseprobe.probes.operators.fisher",
+    "GaussNewton": "noiseprobe.probes.operators.ggn",
     "lanczos": "noiseprobe.probes.linalg",
-    "hutchpp": "noiseprobe.probes.linalg",
+    "hutchinson": "noiseprobe.probes.estimators",
+    "hutchpp": "noiseprobe.probes.estimators",
+    "bekas_diagonal": "noiseprobe.probes.estimators",
     "TokenMeanCrossEntropy": "noiseprobe.probes.losses",
+    "register_rule": "noiseprobe.probes.rules.base",
     # the embedded data set (5,000 MNIST digits, nothing downloaded)
     "load_default": "noiseprobe.data.embedded",
     # experiments and their contract
     "run_experiment": "noiseprobe.core.runner",
     "Experiment": "noiseprobe.core.experiment",
     "Chunk": "noiseprobe.core.experiment",
-    "Estimate": "noiseprobe.core.experiment",
+    "RunCost": "noiseprobe.core.experiment",
+    "Estimate": "noiseprobe.core.experiment",  # deprecated name of RunCost
     "ExperimentConfig": "noiseprobe.core.config",
     "param": "noiseprobe.core.config",
     "Check": "noiseprobe.core.checks",
@@ -89,7 +95,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from noiseprobe.core.checks import Check
     from noiseprobe.core.config import ExperimentConfig, param
     from noiseprobe.core.errors import ConfigError, NumericalError
-    from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+    from noiseprobe.core.experiment import Chunk, Estimate, Experiment, RunCost
     from noiseprobe.core.runner import run_experiment
     from noiseprobe.data.embedded import load_default
     from noiseprobe.limits import noises
@@ -104,7 +110,11 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from noiseprobe.monitor.monitor import NoiseMonitor
     from noiseprobe.nin.injector import NINSpec, attach_nins
     from noiseprobe.nin.probe import NINRecorder
-    from noiseprobe.probes.covariance import GradientNoise, batch_factor
-    from noiseprobe.probes.linalg import hutchpp, lanczos
+    from noiseprobe.probes.estimators import bekas_diagonal, hutchinson, hutchpp
+    from noiseprobe.probes.linalg import lanczos
     from noiseprobe.probes.losses import TokenMeanCrossEntropy
-    from noiseprobe.probes.operators import Hessian, NoiseCovariance
+    from noiseprobe.probes.operators.fisher import EmpiricalFisher
+    from noiseprobe.probes.operators.ggn import GaussNewton
+    from noiseprobe.probes.operators.hessian import Hessian
+    from noiseprobe.probes.operators.noise_covariance import GradientNoise, NoiseCovariance, batch_factor
+    from noiseprobe.probes.rules.base import register_rule

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
-from noiseprobe import __version__
+from noiseprobe._version import __version__
 from noiseprobe.core.errors import (
     CONFIG_EXIT,
     NUMERICAL_EXIT,
@@ -158,6 +158,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from noiseprobe import experiments
     from noiseprobe.core.report import write_report
     from noiseprobe.core.runner import run_experiment
+    from noiseprobe.monitor import plots  # noqa: F401  (registers the monitor log figures)
 
     for exp_id in experiments.DEMO:
         if not experiments.available(exp_id):
@@ -174,6 +175,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from noiseprobe.core.report import write_report
+    from noiseprobe.monitor import plots  # noqa: F401  (registers the monitor log figures)
 
     print(write_report(args.dir, args.out))
     return 0

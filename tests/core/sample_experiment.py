@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from noiseprobe.core import divergence
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError, NumericalError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.seeding import ReplicaStreams
-from noiseprobe.core.validation import is_diverged
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,17 +35,17 @@ class Walk(Experiment):
     title = "random walks (test experiment)"
     tables = ("paths",)
     Config = WalkConfig
-    diverging = {"step_sd": 1e10}  # every walk leaves |x| <= DIVERGED: nothing measurable
+    diverging = {"step_sd": 1e10}  # every walk leaves 1e8 × the unit scale: nothing measurable
     presets = {
         "quick": {"seed": 7, "n_replicas": 24, "per_chunk": 4, "n_steps": 50, "step_sd": 1.0, "sleep": 0.0},
         "full": {"seed": 7, "n_replicas": 240, "per_chunk": 8, "n_steps": 500, "step_sd": 1.0, "sleep": 0.0},
     }
 
-    def estimate(self, config: WalkConfig) -> Estimate:
+    def estimate(self, config: WalkConfig) -> RunCost:
         """Two (per_chunk, n_steps) float64 arrays live at once (the draws and their stack; then the steps
         and their cumulative sums), plus the small tables."""
         k, t = min(config.per_chunk, config.n_replicas), config.n_steps
-        return Estimate(peak_bytes=2 * 8 * k * t + 4096 * k, seconds=None, drivers=("per_chunk", "n_steps"))
+        return RunCost(peak_bytes=2 * 8 * k * t + 4096 * k, seconds=None, drivers=("per_chunk", "n_steps"))
 
     def chunks(self, config: WalkConfig) -> list[Chunk]:
         n, k = config.n_replicas, config.per_chunk
@@ -65,7 +65,8 @@ class Walk(Experiment):
     def derive(self, config: WalkConfig, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         """The walks that stayed finite (shared by the check, the metric and the histogram)."""
         res = tables["results"]
-        return {"finite": res[~is_diverged(res[["final", "max"]].to_numpy(), axis=1)]}
+        values = res[["final", "max"]].to_numpy()
+        return {"finite": res[~divergence.diverged(values, divergence.bound(1.0), axis=1)]}  # unit-step walk
 
     def checks(self, config: WalkConfig, tables: dict[str, pd.DataFrame]) -> list[Check]:
         finals = tables["finite"]["final"]

@@ -126,3 +126,60 @@ def test_huge_sizes_are_refused_before_anything_runs(sample_env, tmp_path, exp_i
         code, _, stderr, secs = _dry_run(exp_id, field, _huge(exp, field), tmp_path / "run")
         assert code == 2 and len(stderr.strip().splitlines()) == 1, f"--set {field}=huge: exit {code}\n{stderr}"
         assert secs < 10 and not (tmp_path / "run").exists()
+
+
+def _report(run: Path, html: Path) -> tuple[int, str, str]:
+    err, std = io.StringIO(), io.StringIO()
+    with redirect_stderr(err), redirect_stdout(std):
+        try:
+            code = main(["report", str(run), "--out", str(html)])
+        except SystemExit as exc:
+            code = exc.code
+    return code, std.getvalue(), err.getvalue()
+
+
+def test_report_on_any_summary_or_table_damage_renders_or_is_one_line(sample_env, tmp_path):
+    """Any JSON value in any field of summary.json (or of its first check), or a results.parquet cut at any
+    length or overwritten: ``report`` renders (exit 0, nothing on stderr) or names the run in one line (exit
+    4, no report written) — never a traceback."""
+    from noiseprobe.core.runner import run_experiment
+
+    run, html = tmp_path / "run", tmp_path / "report.html"
+    run_experiment("sample_experiment:Walk", "quick", run, workers=1)
+    summary = json.loads((run / "summary.json").read_text())
+    table = (run / "results.parquet").read_bytes()
+
+    @settings(
+        max_examples=60, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+    )
+    @given(
+        where=st.sampled_from(["summary", "check", "table"]),
+        field=st.sampled_from([*summary, "key", "claim", "verdict", "measured"]),
+        value=VALUES,
+        cut=st.integers(0, len(table)),
+        junk=st.binary(max_size=64),
+    )
+    def check(where, field, value, cut, junk):
+        s = json.loads(json.dumps(summary))
+        data = table
+        if where == "summary":
+            s[field] = value
+        elif where == "check":
+            s["checks"][0][field] = value
+        else:
+            data = table[:cut] + junk
+        (run / "summary.json").write_text(json.dumps(s))
+        (run / "results.parquet").write_bytes(data)
+        html.unlink(missing_ok=True)
+        code, stdout, stderr = _report(run, html)
+        case = f"{where} {field}={value!r} cut={cut} junk={junk!r}"
+        assert "Traceback" not in stderr and code in (0, 4), f"{case}: exit {code}\n{stderr}"
+        if code == 0:
+            assert stderr == "" and html.exists(), case
+        else:
+            lines = stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("noiseprobe: error:") and not html.exists(), case
+        if where == "table" and data != table:
+            assert code == 4 and "results.parquet" in stderr, case  # the manifest sees every change
+
+    check()

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import pickle
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from noiseprobe.cli import main
-from noiseprobe.core import runner
+from noiseprobe.core import executors, runner
 from noiseprobe.core.errors import ConfigError, NumericalError, RunDirError
 from noiseprobe.core.runner import run_experiment
 
@@ -251,6 +258,115 @@ def test_closed_ray_port_fails_fast_with_one_line(sample_env, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+class _QuietHTTP(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # what a dashboard answers
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"<html>dashboard</html>")
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def not_ray(kind: str) -> Iterator[int]:
+    """A port on 127.0.0.1 where something that is not Ray listens: an HTTP server (a dashboard) or a
+    silent TCP listener (the kernel completes the handshake from the backlog; nothing is ever sent).
+    In-process, stopped when the block ends."""
+    if kind == "http":
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QuietHTTP)
+        thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+        thread.start()
+        try:
+            yield srv.server_address[1]
+        finally:
+            srv.shutdown()
+            srv.server_close()
+            thread.join(5)
+    else:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            s.listen(64)
+            yield s.getsockname()[1]
+
+
+def _reproduce_on(address: str, out: Path, capsys) -> tuple[int, str, float]:
+    t0 = time.monotonic()
+    code, _, err = _main(["reproduce", EXP, "--out", out, "--executor", "ray", "--address", address], capsys)
+    return code, err, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("kind", ["http", "silent"])
+def test_an_open_port_that_is_not_ray_is_one_line_within_the_limit(sample_env, tmp_path, capsys, monkeypatch, kind):
+    monkeypatch.setattr(executors, "RAY_ANSWER_TIMEOUT", 3.0)  # the documented limit, shortened for the test
+    with not_ray(kind) as port:
+        code, err, secs = _reproduce_on(f"127.0.0.1:{port}", tmp_path / "run", capsys)
+    assert code == 2
+    line = one_line(err, "--address", f"127.0.0.1:{port}", "dashboard", "GCS", "Ray's log:")
+    assert ("HTTP server" if kind == "http" else "within 3 s") in line
+    # an HTTP server is recognised at once; a silent listener is given the whole limit, not more
+    assert secs < 15 if kind == "http" else 3.0 <= secs < 15
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_ray_answer_limit_is_30_s_by_default():
+    import inspect
+
+    assert executors.RAY_ANSWER_TIMEOUT == 30.0
+    assert inspect.signature(executors.RayExecutor).parameters["timeout"].default is None  # = the constant
+    assert inspect.signature(executors.make_executor).parameters.keys() == {"kind", "workers", "address"}
+
+
+@pytest.mark.slow
+def test_a_silent_listener_is_refused_after_30_s_by_default(sample_env, tmp_path, capsys):
+    with not_ray("silent") as port:
+        code, err, secs = _reproduce_on(f"127.0.0.1:{port}", tmp_path / "run", capsys)
+    # gRPC gives up a handshake after 20 s; either way the line comes within the 30 s (+ the imports)
+    assert code == 2 and 15 <= secs < 35, secs
+    one_line(err, f"127.0.0.1:{port}", "did not answer as a Ray cluster within")
+
+
+HEAD = """
+import sys, time, ray
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+time.sleep(300)
+"""
+
+
+@pytest.mark.slow
+def test_a_real_ray_cluster_passes_the_probe_and_runs(sample_env, tmp_path, capsys, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # the head's token would live only in its process
+    head = subprocess.Popen(
+        [sys.executable, "-c", HEAD],
+        env={**sample_env, "RAY_AUTH_MODE": "disabled"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        address = head.stdout.readline().strip()
+        assert ":" in address, address
+        t0 = time.monotonic()
+        executors._reach(address, timeout=10)  # answers as a Ray cluster
+        assert time.monotonic() - t0 < 10
+        code, out, err = _main(
+            ["reproduce", EXP, "--out", tmp_path / "run", "--executor", "ray", "--address", address, "--quiet"], capsys
+        )
+        assert code == 0, err
+        import ray
+
+        assert not ray.is_initialized()  # the driver disconnected: the cluster's end cannot end this process
+        ref = run_experiment(EXP, "quick", tmp_path / "ref", workers=1)
+        assert json.loads((tmp_path / "run/summary.json").read_text())["metrics"] == ref["metrics"]
+    finally:
+        head.terminate()
+        head.wait(60)
+
+
 @pytest.mark.parametrize("address", ["nonsense", "host:", ":6379", "host:99999"])
 def test_malformed_ray_address(sample_env, tmp_path, capsys, address):
     code, _, err = _main(
@@ -294,3 +410,34 @@ def test_repeated_list_values_are_one_line_naming_the_field(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "alphas" in err[0] and "distinct" in err[0] and not out.exists()
     assert main(["reproduce", "mbn-fig6", "--dry-run", "--out", str(out), "--set", "alphas=[1e300]"]) == 2
+
+
+@pytest.mark.parametrize(
+    "argv,field,allowed",
+    [
+        (["mbn-fig6", "--set", "S=100000"], "S", "<= the largest data set, N = round(max(alphas)·D) = 160"),
+        (
+            ["nin-fig2-top", "--set", "traj_points=100000", "--set", "steps=100000000", "--workers", "1"],
+            "traj_points",
+            "<= 10000",
+        ),
+    ],
+)
+def test_runs_far_larger_than_their_data_or_figure_are_refused_at_once(tmp_path, capsys, argv, field, allowed):
+    """Issue 19's two runs that ran on for minutes: one line naming the field, exit 2, nothing written."""
+    out = tmp_path / "run"
+    t0 = time.monotonic()
+    code, stdout, err = _main(["reproduce", *argv, "--out", out], capsys)
+    assert code == 2 and stdout == "" and time.monotonic() - t0 < 10
+    one_line(err, f"{field} = ", allowed)
+    assert not out.exists()
+
+
+def test_the_bounds_admit_what_they_should(tmp_path, capsys):
+    """The largest data set of mbn-fig6's quick preset has N = 8·20 = 160 samples; traj_points up to 10⁴."""
+    out = tmp_path / "run"
+    assert _main(["reproduce", "mbn-fig6", "--set", "S=160", "--out", out, "--dry-run"], capsys)[0] == 0
+    assert _main(["reproduce", "mbn-fig6", "--set", "S=161", "--out", out, "--dry-run"], capsys)[0] == 2
+    argv = ["reproduce", "nin-fig2-top", "--set", "steps=100000000", "--out", out, "--dry-run"]
+    assert _main([*argv, "--set", "traj_points=10000"], capsys)[0] == 0
+    assert not out.exists()

@@ -299,3 +299,34 @@ def test_estimate_names_config_fields_and_grows_with_chains(exp_id):
     assert est.peak_bytes > 0 and est.drivers and set(est.drivers) <= set(cfg.keys())
     field = "chains_hd" if exp_id == "mbn-fig4" else "chains"
     assert exp.estimate(exp.config("quick", {field: 20 * cfg[field]})).peak_bytes > est.peak_bytes
+
+
+@pytest.mark.parametrize(
+    ("exp_id", "overrides"),
+    [
+        ("mbn-fig3", {"lr": 2.5, "reg_lr": 2.5, "batch_sizes": [8, 32], "gammas": [0.0, 0.5]}),
+        ("mbn-table2", {"lr": 1.9}),
+    ],
+)
+def test_runaway_chains_are_flagged_and_checks_not_measurable(tmp_path, exp_id, overrides):
+    """Issue 19.1, the two configurations of the audit (tiny sizes): chains that run away are flagged with
+    their step (none beyond 10¹⁵ × its scale stays unflagged: no second moment above 1e30), statistics leave
+    them out with the count stated, and the checks that depend on them read "not measurable", never "fail"
+    and never "exact/discrete = inf"."""
+    sizes = {"chains": 200, "steps": 1500, "burn_in": 300}
+    summary = run_experiment(exp_id, "quick", out=tmp_path, overrides={**sizes, **overrides})
+    res = pd.read_parquet(tmp_path / "results.parquet")
+    assert res["diverged"].any()
+    assert (res.loc[res["diverged"], "diverged_at"] > 0).all() and (
+        res.loc[~res["diverged"], "diverged_at"] == -1
+    ).all()
+    assert res.loc[res["diverged"], "sigma_w"].isna().all()
+    assert not (res.loc[~res["diverged"], "sigma_w"].abs() > 1e30).any()
+    verdicts = {c["key"]: c for c in summary["checks"]}
+    assert all(c["verdict"] == "not measurable" for c in verdicts.values()), verdicts
+    assert not any("= inf" in (c.get("detail") or "") for c in verdicts.values())
+    assert summary["metrics"]["n_diverged"] == int(res["diverged"].sum())
+    if exp_id == "mbn-fig3":
+        assert "diverged" in verdicts["optimal-weight-decay-zero"]["detail"]
+    else:
+        assert "left out" in (tmp_path / "table2.md").read_text()

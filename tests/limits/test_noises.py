@@ -163,7 +163,7 @@ def test_confusable_parameters_are_keyword_only() -> None:
 
 def test_minibatch_level_uses_the_batch_factor() -> None:
     """σ²C̃ = c(B, N)(N I − 11ᵀ)/N² with c(B, N) = batch_factor(B, N, replacement=False) (= (N−B)/(B(N−1)))."""
-    from noiseprobe.probes.covariance import batch_factor
+    from noiseprobe.probes.operators.noise_covariance import batch_factor
 
     for Nn, B in ((2, 1), (5, 2), (7, 6)):
         noise = N.minibatch(lambda w: w[..., :1].expand(*w.shape[:-1], Nn) ** 2, N=Nn, batch_size=B, d=1)

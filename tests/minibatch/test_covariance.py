@@ -9,7 +9,7 @@ from torch import nn
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.minibatch.covariance import gaussian_regression_noise, gradient_noise, linear_regression_noise
-from noiseprobe.probes.covariance import GradientNoise
+from noiseprobe.probes.operators import GradientNoise
 
 
 def _z(samples: np.ndarray, mean: np.ndarray, cov: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Predicted next to measured (noiseprobe.monitor.predictions): each prediction against an independent
+"""Predicted next to measured (noiseprobe.monitor.metrics.predictions): each prediction against an independent
 computation (dense matrices at small size, a simulation of SGD on a quadratic, dense local Hessians)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from torch import nn
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.minibatch.fluctuation import solve_fluctuation
 from noiseprobe.monitor import NoiseMonitor
-from noiseprobe.monitor.predictions import declare_label_noise, watch_nins
+from noiseprobe.monitor.metrics import LabelNoiseReg, NIWDecay
 from noiseprobe.nin.injector import NINSpec, attach_nins
 
 torch.set_num_threads(1)
@@ -165,10 +165,11 @@ def test_niw_decay_against_dense_local_hessian_and_measured_norms() -> None:
     def ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(out, y, reduction="none")
 
-    mon = NoiseMonitor(model, ce, every=5, metrics=["niw_decay"], verbose=False)
-    with pytest.raises(ConfigError):
-        mon.measure((torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))))
-    watch_nins(mon, handle)
+    with pytest.raises(ConfigError, match="NIWDecay"):  # the name alone cannot carry the NINs
+        NoiseMonitor(model, ce, every=5, metrics=["niw_decay"], verbose=False)
+    with pytest.raises(ConfigError, match="handle"):
+        NIWDecay(model)  # type: ignore[arg-type]
+    mon = NoiseMonitor(model, ce, every=5, metrics=[NIWDecay(handle)], verbose=False)
     x, y = torch.randn(32, 4, dtype=torch.float64), torch.randint(0, 3, (32,))
     norms, rows = [], []
     for _ in range(11):
@@ -212,10 +213,11 @@ def test_label_noise_reg_equals_library_theorem_b_drift() -> None:
     w0 = [3.0, 2.0 / 3.0]  # w₁w₂·1.5 = 3: on Γ
     model = _Product(w0)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    mon = NoiseMonitor(model, _sq, every=3, metrics=["label_noise_reg"], top_k=1, verbose=False)
-    with pytest.raises(ConfigError):
-        mon.measure((X, y), opt)
-    declare_label_noise(mon, sigma=sigma)
+    with pytest.raises(ConfigError, match="LabelNoiseReg"):
+        NoiseMonitor(model, _sq, every=3, metrics=["label_noise_reg"], top_k=1, verbose=False)
+    with pytest.raises(ConfigError, match="sigma"):
+        LabelNoiseReg(sigma=-1.0)
+    mon = NoiseMonitor(model, _sq, every=3, metrics=[LabelNoiseReg(sigma=sigma)], top_k=1, verbose=False)
     row = mon.measure((X, y), opt)
     noise = noises.label_noise(model_fn=losses.product_model, X=X, y=y[:, 0], d=2, sigma=sigma)
     W = torch.tensor([w0], dtype=torch.float64)
@@ -282,8 +284,9 @@ def test_prediction_metrics_leave_the_run_unchanged() -> None:
     model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Dropout(0.3), nn.Linear(8, 2)).double()
     X, y = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    mon = NoiseMonitor(model, _sq, every=2, metrics=["fluctuation", "dropout_reg", "label_noise_reg"], verbose=False)
-    declare_label_noise(mon, sigma=0.1)
+    mon = NoiseMonitor(
+        model, _sq, every=2, metrics=["fluctuation", "dropout_reg", LabelNoiseReg(sigma=0.1)], verbose=False
+    )
     for _ in range(3):
         opt.zero_grad()
         loss = _sq(model(X), y).mean()
@@ -338,8 +341,7 @@ def test_label_noise_drift_matches_label_noise_sgd() -> None:
     for _ in range(16):
         model = _Product([2.0, 0.5])
         opt = torch.optim.SGD(model.parameters(), lr=lr)
-        mon = NoiseMonitor(model, _sq, every=steps, metrics=["label_noise_reg"], top_k=1, verbose=False)
-        declare_label_noise(mon, sigma=sigma)
+        mon = NoiseMonitor(model, _sq, every=steps, metrics=[LabelNoiseReg(sigma=sigma)], top_k=1, verbose=False)
         for _ in range(steps + 1):
             opt.zero_grad()
             _sq(model(X), y + sigma * torch.randn(y.shape, generator=gen, dtype=torch.float64)).mean().backward()
@@ -375,8 +377,7 @@ def test_niw_decay_rate_matches_training_where_eq2_is_exact() -> None:
         return 0.5 * ((out - target) ** 2).sum(-1)
 
     opt = torch.optim.SGD(handle.parameters(), lr=0.01)
-    mon = NoiseMonitor(model, mse, every=10, metrics=["niw_decay"], verbose=False)
-    watch_nins(mon, handle)
+    mon = NoiseMonitor(model, mse, every=10, metrics=[NIWDecay(handle)], verbose=False)
     for _ in range(41):
         opt.zero_grad()
         mse(model(x), y).mean().backward()

@@ -17,7 +17,7 @@ def _curves():
     decoupled = 1.0 - 0.001 * T  # loses < 1 e-fold
     decay = np.exp(-T / 10)
     catapult = np.exp(-T / 10) * (1 + 30 * np.exp(-(((T - 5) / 2) ** 2)))  # transient growth > 2x
-    divergent = np.exp(T)  # overflows past 1e8 at T ≈ 18.4
+    divergent = np.exp(T)  # passes 1e8 × its start at T ≈ 18.4
     niw = np.stack([decoupled, decay, catapult, divergent])
     loss = np.stack([np.exp(-T / 5)] * 4)
     loss[2] *= 1 + 10 * np.exp(-(((T - 5) / 2) ** 2))  # loss spike with the catapult
@@ -52,7 +52,7 @@ def test_classify_with_stability_diverged_flag_and_loss_bound():
         classify(niw[:, :1], loss[:, :1])
     with pytest.raises(ConfigError):
         classify(niw, loss, stability=np.zeros(3))
-    for kwargs in (dict(overflow=-1.0), dict(loss_bound=0.0), dict(loss_bound="x"), dict(diverged=[True, False])):
+    for kwargs in (dict(loss_bound=0.0), dict(loss_bound="x"), dict(diverged=[True, False])):
         with pytest.raises(ConfigError):
             classify(niw, loss, **kwargs)
 

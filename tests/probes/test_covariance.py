@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.probes.covariance import GradientNoise, batch_factor, top_eigh
+from noiseprobe.probes.linalg import top_eigh
+from noiseprobe.probes.operators import GradientNoise, batch_factor
 
 CE = nn.CrossEntropyLoss(reduction="none")
 
@@ -77,10 +78,10 @@ def test_matrix_free_products_match_dense(method: str) -> None:
     noise = GradientNoise(model, CE, x, y, batch_size=4, replacement=False, method=method)
     c = noise.dense()
     v = torch.randn(c.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(noise.matvec(v), c @ v, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(noise.mv(v), c @ v, rtol=1e-10, atol=1e-14)
     assert noise.trace() == pytest.approx(float(c.trace()), rel=1e-12)
     torch.testing.assert_close(noise.diagonal(), c.diagonal(), rtol=1e-10, atol=1e-15)
-    lam, vecs = noise.topk(6)
+    lam, vecs = noise.topk(6, vectors="param")
     ref = torch.linalg.eigvalsh(c).flip(0)[:6]
     torch.testing.assert_close(lam, ref, rtol=1e-9, atol=1e-14)
     torch.testing.assert_close(c @ vecs, vecs * lam, rtol=1e-8, atol=1e-12)
@@ -95,7 +96,7 @@ def test_topk_krylov_path_matches_dense_eigh() -> None:
     """N > 400 takes the block-Krylov branch of top_eigh; compare with a dense eigendecomposition of C."""
     model, x, y = _problem(n=500, width=8)
     noise = GradientNoise(model, CE, x, y, batch_size=10)
-    lam, vecs = noise.topk(4)
+    lam, vecs = noise.topk(4, vectors="param")
     c = noise.dense()
     torch.testing.assert_close(lam, torch.linalg.eigvalsh(c).flip(0)[:4], rtol=1e-8, atol=1e-14)
     torch.testing.assert_close(c @ vecs, vecs * lam, rtol=1e-7, atol=1e-12)
@@ -137,7 +138,7 @@ def test_topk_beyond_the_rank_gives_zero_vectors() -> None:
     """Three distinct samples, each twice: rank C ≤ 2, so eigenpairs 3 and 4 are (0, zero vector)."""
     model, x, y = _problem(n=3)
     noise = GradientNoise(model, CE, x.repeat(2, 1), y.repeat(2), batch_size=2)
-    lam, vecs = noise.topk(4)
+    lam, vecs = noise.topk(4, vectors="param")
     c = noise.dense()
     assert lam[2:].abs().max() < 1e-12 * lam[0] and vecs[:, 2:].abs().max() == 0
     torch.testing.assert_close(c @ vecs[:, :2], vecs[:, :2] * lam[:2], rtol=1e-9, atol=1e-13)

@@ -9,7 +9,9 @@ import torch
 from scipy.sparse.linalg import aslinearoperator
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.probes.linalg import diagonal, hutchinson, hutchpp, lanczos
+from noiseprobe.probes.estimators import bekas_diagonal as diagonal
+from noiseprobe.probes.estimators import hutchinson, hutchpp
+from noiseprobe.probes.linalg import lanczos
 from noiseprobe.probes.operators import MatrixOperator
 from tests.probes.test_operators import CE, _mlp, build
 

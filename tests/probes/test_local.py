@@ -8,13 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.probes.local import (
-    LocalObjective,
-    consumer_module,
-    full_hessian_trace,
-    hutchinson_trace,
-    local_grad_hessian,
-)
+from noiseprobe.probes.estimators import hutchinson_trace
+from noiseprobe.probes.local import LocalObjective, consumer_module, full_hessian_trace, local_grad_hessian
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -28,6 +28,7 @@ same run that passes. Anything else that fails is "fail".
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
@@ -206,7 +207,7 @@ class Check:
         return _g(e) if isinstance(e, float) else str(e)
 
     def to_dict(self) -> dict[str, Any]:
-        from noiseprobe.core.experiment import jsonable
+        from noiseprobe.core.store import jsonable
 
         d = asdict(self)
         d["passed"] = self.verdict == "pass"
@@ -246,6 +247,24 @@ def is_ok(checks: Sequence[Check]) -> bool:
     return not any(c.verdict == "fail" or (c.kind == "reproduction" and c.verdict == "not measurable") for c in checks)
 
 
+def stored_verdicts(checks: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The check dicts of a stored summary.json with a verdict each: a summary written before checks
+    computed their own verdicts (each a ``{claim, measured, expected, tolerance, passed, detail}``) gets
+    the verdict its ``passed`` says ("not measurable" for a non-finite measured value), a key from its
+    claim and rule "legacy"; current dicts are returned unchanged."""
+    out = []
+    for c in checks:
+        if "verdict" in c:
+            out.append(c)
+            continue
+        measured = c.get("measured")
+        finite = not (isinstance(measured, (float, str)) and str(measured).lower() in ("nan", "inf", "-inf"))
+        verdict = ("pass" if c.get("passed") else "fail") if finite else "not measurable"
+        key = re.sub(r"[^a-z0-9]+", "-", str(c.get("claim", "")).lower()).strip("-")[:60]
+        out.append({"key": key, "rule": "legacy", "kind": "reproduction", **c, "verdict": verdict})
+    return out
+
+
 def headline(verdicts: Sequence[dict[str, Any]]) -> str:
     """'41 reproduced · 10 paper claims refuted and corrected · 0 failed' (+ not measurable, if any)."""
     count = {v: sum(c.get("verdict") == v for c in verdicts) for v in ("pass", "refuted", "fail", "not measurable")}
@@ -255,4 +274,4 @@ def headline(verdicts: Sequence[dict[str, Any]]) -> str:
     return text + (f" · {count['not measurable']} not measurable" if count["not measurable"] else "")
 
 
-__all__ = ["Z", "Check", "Kind", "Verdict", "resolve", "is_ok", "headline"]
+__all__ = ["Z", "Check", "Kind", "Verdict", "resolve", "is_ok", "headline", "stored_verdicts"]

@@ -15,6 +15,7 @@ import os
 import socket
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
@@ -31,6 +32,9 @@ USER_ERRORS = (ConfigError, NumericalError, RunDirError)
 RAY_LOG = Path(tempfile.gettempdir()) / f"noiseprobe-ray-{getattr(os, 'getuid', lambda: 0)()}.log"
 #: seconds to wait for a TCP connection to a Ray cluster's address before calling it unreachable
 CONNECT_TIMEOUT = 5.0
+#: seconds within which ``--address`` must answer as a Ray cluster (TCP connect, then a gRPC call of the
+#: cluster's GCS, or of its Ray Client server for ``ray://``) before ``ray.init`` is called at all
+RAY_ANSWER_TIMEOUT = 30.0
 
 
 def _init_worker(threads: int) -> None:
@@ -97,22 +101,88 @@ def parse_address(address: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-def _reach(address: str) -> None:
-    """Fail fast, with one line, when nothing accepts TCP connections at ``address`` (Ray itself would
-    retry for minutes on a closed port)."""
+def _not_ray(address: str, reason: str) -> ConfigError:
+    _ray_logger().error("no Ray cluster at %s: %s", address, reason)
+    return ConfigError("--address", address, f"the address of a running Ray cluster ({reason}; Ray's log: {RAY_LOG})")
+
+
+def _reach(address: str, timeout: float | None = None) -> None:
+    """Raise a one-line ConfigError unless ``address`` answers as a Ray cluster within ``timeout`` seconds
+    (default :data:`RAY_ANSWER_TIMEOUT`): ``ray.init`` itself retries without limit on a closed port, an
+    HTTP server (a dashboard's port, the usual mistake) or a silent listener.
+
+    First a TCP connection (at most :data:`CONNECT_TIMEOUT`), then one gRPC call that only Ray answers,
+    ``NodeInfoGcsService/GetClusterId`` (the first call ``ray.init`` makes to the GCS) or, for ``ray://``,
+    the Ray Client server's ``ClusterInfo`` ping. Any reply from the service (also a refusal such as
+    UNAUTHENTICATED) shows that Ray is there; UNAVAILABLE (the peer does not speak gRPC: an HTTP/1 server),
+    UNIMPLEMENTED (another gRPC service) and no reply within the time left are refused. ``ray.init`` connects
+    to a loopback host under the node's own IP address: that address is probed too."""
     hp = parse_address(address)
     if hp is None:
         return
+    limit = RAY_ANSWER_TIMEOUT if timeout is None else timeout
+    deadline = time.monotonic() + limit
+    client = address.startswith("ray://")
+    fault = _answers(*hp, client, deadline, limit)
+    if fault is None and not client:
+        from ray._private.services import resolve_ip_for_localhost
+
+        host = resolve_ip_for_localhost(hp[0])
+        if host != hp[0]:
+            fault = _answers(host, hp[1], client, deadline, limit)
+            if fault is not None:
+                fault = f"Ray connects to {hp[0]} as the node's address {host}, and {fault}"
+    if fault is not None:
+        raise _not_ray(address, fault)
+
+
+def _answers(host: str, port: int, client: bool, deadline: float, limit: float) -> str | None:
+    """Why ``host:port`` does not answer as a Ray GCS (or Ray Client server) before ``deadline``, or None."""
     try:
-        socket.create_connection(hp, timeout=CONNECT_TIMEOUT).close()
+        socket.create_connection(
+            (host, port), timeout=max(0.1, min(CONNECT_TIMEOUT, deadline - time.monotonic()))
+        ).close()
     except OSError as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        _ray_logger().error("no Ray cluster at %s: %s", address, reason)
-        raise ConfigError(
-            "--address",
-            address,
-            f"the address of a running Ray cluster (connecting to {hp[0]}:{hp[1]}: {reason}; Ray's log: {RAY_LOG})",
-        ) from None
+        return f"connecting to {host}:{port}: {'timed out' if isinstance(exc, TimeoutError) else exc.strerror or exc}"
+    import importlib
+
+    import grpc
+
+    pb: Any = importlib.import_module(f"ray.core.generated.{'ray_client_pb2' if client else 'gcs_service_pb2'}")
+    method, request = (
+        ("/ray.rpc.RayletDriver/ClusterInfo", pb.ClusterInfoRequest(type=pb.ClusterInfoType.PING))
+        if client
+        else ("/ray.rpc.NodeInfoGcsService/GetClusterId", pb.GetClusterIdRequest())
+    )
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    with grpc.insecure_channel(target) as channel:  # bytes in, bytes out: the reply's content is not needed
+        call = channel.unary_unary(method).future(
+            request.SerializeToString(), timeout=max(0.1, deadline - time.monotonic())
+        )
+        try:
+            call.result()  # waits in short slices: SIGINT / SIGTERM are not held up
+            return None
+        except grpc.RpcError as exc:
+            code, detail = exc.code(), (exc.details() or "").splitlines()[0] if exc.details() else ""
+        finally:
+            call.cancel()
+    if code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED):
+        return None  # Ray answered (e.g. UNAUTHENTICATED without its token): ray.init reports what follows
+    server = "Ray Client server (default port 10001)" if client else "GCS (default port 6379; `ray status` prints it)"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED or "timed out" in detail:  # (gRPC's own 20 s handshake limit)
+        waited = min(limit, limit - (deadline - time.monotonic()))
+        what = f"{host}:{port} accepts connections but did not answer as a Ray cluster within {waited:.0f} s"
+    elif code == grpc.StatusCode.UNIMPLEMENTED:
+        what = f"{host}:{port} is a gRPC service that is not Ray's"
+    elif "HTTP/2" in detail:  # gRPC's "Failed parsing HTTP/2": an HTTP/1 reply to its preface
+        what = f"{host}:{port} answers, but not in gRPC as a Ray cluster does: it looks like an HTTP server"
+    elif "refused" in detail:
+        return f"connecting to {host}:{port}: Connection refused"
+    else:
+        what = f"{host}:{port} answers, but not as a Ray cluster ({detail or code.name})"
+    return (
+        f"{what}; the likely cause is a dashboard (Ray's: port 8265) or other service on that port: give the {server}"
+    )
 
 
 def _ray_logger() -> logging.Logger:
@@ -154,9 +224,10 @@ def _output_to_log() -> Iterator[None]:
 class RayExecutor:
     """Runs chunks as Ray tasks. ``address`` joins an existing cluster; otherwise a local Ray instance
     bound to the loopback interface is started (and shut down by :meth:`close`). Ray's output goes to
-    :data:`RAY_LOG`, never the terminal."""
+    :data:`RAY_LOG`, never the terminal. An ``address`` that does not answer as a Ray cluster within
+    ``timeout`` seconds (default :data:`RAY_ANSWER_TIMEOUT`) is a one-line ConfigError (:func:`_reach`)."""
 
-    def __init__(self, workers: int | None = None, address: str | None = None) -> None:
+    def __init__(self, workers: int | None = None, address: str | None = None, timeout: float | None = None) -> None:
         try:
             import ray
         except ImportError:
@@ -164,10 +235,10 @@ class RayExecutor:
                 "--executor", "ray", "'local', or 'ray' once the extra is installed: pip install 'noiseprobe[ray]'"
             ) from None
         self.ray = ray
-        self.started = False
+        self.started = False  # Ray initialised by this executor: close() disconnects (and stops a local one)
         if not ray.is_initialized():
             if address:
-                _reach(address)
+                _reach(address, timeout)
                 try:
                     with _output_to_log():
                         ray.init(address=address, log_to_driver=False, configure_logging=False)
@@ -180,6 +251,7 @@ class RayExecutor:
                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
                         f"Ray's log: {RAY_LOG})",
                     ) from None
+                self.started = True  # a driver left connected dies with the cluster (Ray exits the process)
             else:
                 n = check_int("--workers", workers, lo=1, hi=4096) if workers is not None else None
                 path = os.pathsep.join(p for p in sys.path if p)

@@ -29,52 +29,25 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from noiseprobe.core import checks as _checks
 from noiseprobe.core import progress as _progress
+from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig
 from noiseprobe.core.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class Check:
-    """Deprecated free-verdict check, kept only until every experiment builds
-    :class:`noiseprobe.core.checks.Check` (the runner converts it with a key derived from the claim)."""
-
-    claim: str
-    measured: Any
-    expected: Any
-    tolerance: Any
-    passed: bool
-    detail: str = ""
-
-    def upgrade(self) -> Any:
-        """The equivalent :class:`noiseprobe.core.checks.Check` (key from the claim; non-finite: not measurable)."""
-        import re
-
-        from noiseprobe.core import checks
-
-        key = re.sub(r"[^a-z0-9]+", "-", self.claim.lower()).strip("-")[:60]
-        finite = not (isinstance(self.measured, float) and not math.isfinite(self.measured))
-        return checks.Check(
-            key,
-            self.claim,
-            "legacy",
-            self.measured,
-            self.expected,
-            str(self.tolerance),
-            bool(self.passed) if finite else None,
-            detail=self.detail,
-        )
-
-
-@dataclass(frozen=True)
-class Estimate:
+class RunCost:
     """Up-front cost of a run: peak memory of one worker (bytes), time (seconds, None if unknown), and
     the config fields that drive them (named in the refusal when the memory does not fit)."""
 
     peak_bytes: int
     seconds: float | None = None
     drivers: tuple[str, ...] = ()
+
+
+#: deprecated name of :class:`RunCost` (``npb.Estimate``, before the run-cost estimate and the
+#: stochastic estimate with its standard error got distinct names); kept for users' experiments
+Estimate = RunCost
 
 
 @dataclass(frozen=True)
@@ -116,7 +89,7 @@ class Experiment:
         dataset files, sizes larger than the data (``n_train``, ``pool``). Called before the run directory
         is claimed and by ``--dry-run``. Default: nothing to check."""
 
-    def estimate(self, config: Any) -> Estimate | None:
+    def estimate(self, config: Any) -> RunCost | None:
         """Peak memory per worker and time of this config, computed from sizes before any work (None:
         unknown). Used by ``--dry-run`` and to refuse configs that cannot fit in memory."""
         return None
@@ -135,7 +108,7 @@ class Experiment:
         measured tables; :meth:`checks`, :meth:`metrics` and :meth:`plot` receive both. Default: none."""
         return {}
 
-    def checks(self, config: Any, tables: dict[str, pd.DataFrame]) -> list[_checks.Check]:
+    def checks(self, config: Any, tables: dict[str, pd.DataFrame]) -> list[Check]:
         """The paper's claims as measured checks. Pure: no figures, no changes to ``tables``."""
         raise NotImplementedError
 
@@ -149,7 +122,7 @@ class Experiment:
     # -- provided -------------------------------------------------------------------------------
     def evaluate(
         self, config: Any, tables: dict[str, pd.DataFrame], out: Path | None = None
-    ) -> tuple[dict[str, Any], list[_checks.Check]]:
+    ) -> tuple[dict[str, Any], list[Check]]:
         """(metrics, checks) of the measured ``tables``, and the figures in ``out`` unless it is None: the
         derived tables computed once, then checks, metrics and plot, as the runner analyses a run."""
         derived = self.derive(config, tables)
@@ -210,23 +183,3 @@ def _coerce(name: str, value: Any, like: Any) -> Any:
     if like is None:
         return value
     raise ConfigError(name, value, f"a value of type {type(like).__name__}")
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON types (numpy scalars and arrays converted; non-finite floats kept as strings)."""
-    import numpy as np
-
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        f = float(obj)
-        return f if math.isfinite(f) else str(f)
-    return obj

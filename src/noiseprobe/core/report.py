@@ -9,9 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from noiseprobe.core import progress
 from noiseprobe.core.errors import ConfigError, RunDirError
-from noiseprobe.core.store import atomic_write, os_fault, read_json
+from noiseprobe.core.store import RunDir, atomic_write, os_fault, read_parquet, read_summary
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2em auto;max-width:1150px;color:#222;padding:0 1em}
@@ -35,7 +37,17 @@ window.addEventListener('load', function () {
 """
 
 
-MARKERS = ("summary.json", "monitor.parquet")  # a finished run directory; a NoiseMonitor log directory
+#: a finished run directory; a NoiseMonitor log directory (its CSV has every row while the monitor runs)
+MARKERS = ("summary.json", "monitor.parquet", "monitor.csv")
+
+#: log-directory kind -> draw(history, directory) -> the figures written there. Registered by the layer
+#: that owns the kind (``noiseprobe.monitor.plots`` registers "monitor"), so core imports nothing above it.
+PLOTTERS: dict[str, Callable[[Any, Path], list[Path]]] = {}
+
+
+def register_plotter(kind: str, draw: Callable[[Any, Path], list[Path]]) -> None:
+    """Draw the figures of a ``kind`` log directory (today "monitor") with ``draw(history, directory)``."""
+    PLOTTERS[kind] = draw
 
 
 def find_runs(path: Path) -> list[Path]:
@@ -53,23 +65,30 @@ def find_runs(path: Path) -> list[Path]:
             "DIR",
             str(path),
             "a run directory with summary.json, a monitor log directory with "
-            "monitor.parquet, or a folder of such directories",
+            "monitor.parquet or monitor.csv, or a folder of such directories",
         )
     return runs
 
 
 def _monitor_section(run: Path) -> str:
     """A NoiseMonitor log directory: its time-series figures (drawn into the directory) and last values."""
-    import pandas as pd
-
-    from noiseprobe.monitor.plots import draw_history
-
     e = html.escape
-    hist = pd.read_parquet(run / "monitor.parquet")
-    figs = "".join(
-        f"<figure><img alt='{e(p.name)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
-        f"<figcaption>{e(p.name)}</figcaption></figure>"
-        for p in draw_history(hist, run)
+    try:
+        hist = read_parquet(run / "monitor.parquet")
+    except RunDirError:  # a monitor still running (or killed): its Parquet file is not closed yet
+        try:
+            hist = pd.read_csv(run / "monitor.csv")
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"cannot read the monitor log in {run}: {exc}") from None
+    draw = PLOTTERS.get("monitor")
+    figs = (
+        "".join(
+            f"<figure><img alt='{e(p.name)}' src='data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}'>"
+            f"<figcaption>{e(p.name)}</figcaption></figure>"
+            for p in draw(hist, run)
+        )
+        if draw is not None
+        else "<p class='meta'>no figures: no plotter registered for monitor logs (import noiseprobe.monitor)</p>"
     )
     last = (
         "".join(f"<tr><th>{e(str(k))}</th><td class='num'>{e(_fmt(v))}</td></tr>" for k, v in hist.iloc[-1].items())
@@ -119,10 +138,10 @@ def _png(p: Path) -> str:
 
 
 def _run_section(s: dict[str, Any], run: Path) -> tuple[str, list[dict[str, Any]]]:
-    from noiseprobe.core.checks import headline
+    from noiseprobe.core.checks import headline, stored_verdicts
 
     e = html.escape
-    checks = s.get("checks", [])
+    checks = stored_verdicts(s.get("checks", []))
     by_key = {c.get("key"): c for c in checks}
     corrections = {c.get("corrected_by") for c in checks if c.get("verdict") == "refuted"}
     rows = []
@@ -162,29 +181,36 @@ def write_report(
 ) -> Path:
     """Write ``out`` (default ``path/report.html``) covering every finished run under ``path``.
 
-    A run whose summary.json does not read is left out with one warning naming the file (``noiseprobe
-    reproduce`` on it re-analyses it from its chunks); RunDirError if none is left or ``out`` cannot be written.
+    A run whose summary.json does not read or lacks a summary's fields, or whose result tables differ from
+    the manifest in it (damaged, missing), is left out with one warning naming the file (``noiseprobe
+    reproduce`` on it re-analyses it from its chunks); RunDirError (one line naming each) if none is left,
+    or if ``out`` cannot be written.
     """
     from noiseprobe.core.checks import headline
 
     out = Path(out) if out is not None else Path(path) / "report.html"
-    sections, every, runs = [], [], []
+    sections, every, runs, left_out = [], [], [], []
     for r in find_runs(Path(path)):
-        if not (r / "summary.json").exists():
-            sections.append(_monitor_section(r))
-            runs.append(r)
-            continue
         try:
-            summary = read_json(r / "summary.json")
+            if (r / "summary.json").exists():
+                summary = read_summary(r / "summary.json")
+                faults = RunDir(r).table_faults(summary, ("results",))
+                if faults:
+                    raise RunDirError(f"{r} is damaged: {'; '.join(faults)}")
+                body, checks = _run_section(summary, r)
+                every += checks
+            else:
+                body = _monitor_section(r)
         except RunDirError as exc:
-            warn(f"{exc}; run left out of the report (`noiseprobe reproduce` on it re-analyses it)")
+            left_out.append(str(exc))
             continue
-        body, checks = _run_section(summary, r)
         sections.append(body)
-        every += checks
         runs.append(r)
-    if not runs:
-        raise RunDirError(f"{path}: no run directory with a readable summary.json")
+    fix = "`noiseprobe reproduce` on a run directory re-analyses it from its chunks"
+    if not runs:  # one line: what is wrong with each
+        raise RunDirError(f"nothing to report: {'; '.join(left_out)} ({fix})")
+    for msg in left_out:
+        warn(f"{msg}; run left out of the report ({fix})")
     toc = "".join(f"<li><a href='#{html.escape(r.name)}'>{html.escape(r.name)}</a></li>" for r in runs)
     page = (
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"

@@ -23,16 +23,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from noiseprobe import __version__
+from noiseprobe._version import __version__
 from noiseprobe.core import progress as _progress
-from noiseprobe.core.checks import Check, headline, is_ok, resolve
+from noiseprobe.core.checks import headline, is_ok, resolve, stored_verdicts
 from noiseprobe.core.config import ExperimentConfig
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.errors import ConfigError, RunDirError
 from noiseprobe.core.executors import check_executor, make_executor
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment, jsonable
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.memory import fmt_bytes, usable_memory
 from noiseprobe.core.progress import progress
-from noiseprobe.core.store import RunDir, write_json, write_parquet
+from noiseprobe.core.store import RunDir, jsonable, write_json, write_parquet
 
 
 def get_experiment(exp_id: str) -> Experiment:
@@ -104,7 +104,7 @@ class Plan:
     executor: str
     workers: int | None
     address: str | None
-    estimate: Estimate | None
+    estimate: RunCost | None
     concurrent: int  # workers that run at once on this machine (0 on a remote Ray cluster)
     usable: int | None  # bytes they may use
 
@@ -214,8 +214,10 @@ def run_experiment(
 
     Resumes an interrupted run of the same experiment and config (finished chunks are skipped; corrupt
     chunk files are recomputed, a corrupt summary re-analysed, each with one ``warn`` line); a finished
-    run is returned as it is, never overwritten. Bad arguments raise ConfigError before anything is
-    written; a directory another process is running, or an OS fault, raises RunDirError.
+    run is returned as it is, never overwritten, once its result tables match the manifest in its summary
+    (a damaged or missing table is warned and rebuilt from the chunks; RunDirError when they are gone).
+    Bad arguments raise ConfigError before anything is written; a directory another process is running,
+    or an OS fault, raises RunDirError.
     """
     return execute(prepare(exp_id, preset, out, overrides, executor, workers, address), quiet, warn)
 
@@ -229,9 +231,9 @@ def execute(plan: Plan, quiet: bool = True, warn: Callable[[str], None] = _progr
     try:
         with run.locked():
             run.claim(plan.exp_id, plan.preset, _stored(plan.config))
-            finished = run.summary()
+            finished = _intact(plan, run)
             if finished is not None:
-                return finished
+                return {**finished, "checks": stored_verdicts(finished.get("checks", []))}
             run.clean_tmp()
             t0 = time.perf_counter()
             done = run.finished_keys(exp.tables)
@@ -257,16 +259,39 @@ def execute(plan: Plan, quiet: bool = True, warn: Callable[[str], None] = _progr
     return plain
 
 
+def _intact(plan: Plan, run: RunDir) -> dict[str, Any] | None:
+    """The summary of a finished run whose tables are intact (a run written before the manifest gets it
+    now), else None: not finished, a corrupt summary (warned), or a damaged or missing table (warned; the
+    run is re-analysed from its chunks). RunDirError when a table is damaged and chunks are gone."""
+    summary = run.summary()
+    if summary is None:
+        return None
+    faults = run.table_faults(summary, ("results", *plan.exp.tables))
+    if not faults:
+        if "tables" not in summary:
+            summary["tables"] = run.manifest()
+            write_json(run.summary_path, summary)
+        return summary
+    done = run.finished_keys(plan.exp.tables)
+    gone = sum(c.key not in done for c in plan.chunks)
+    if gone:
+        raise RunDirError(
+            f"{plan.out} is damaged: {faults[0]}, and {gone} of {len(plan.chunks)} of its chunks are gone, so "
+            f"it cannot be rebuilt; delete {run.summary_path} and run the same command again to recompute them"
+        )
+    run.warn(f"{'; '.join(faults)}; rebuilding the tables from the chunks")
+    return None
+
+
 def _analyse(plan: Plan, run: RunDir, t0: float, compute: float, resumed: int) -> dict[str, Any]:
-    """Concatenate the chunks, write the tables, evaluate (derive, checks, metrics, plot), and write
-    summary.json (last)."""
+    """Concatenate the chunks, write the tables, evaluate (derive, checks, metrics, plot), then summary.json
+    (last) with the tables' manifest."""
     exp, out = plan.exp, plan.out
     tables = run.read_tables([c.key for c in plan.chunks], exp.tables)
-    for name, df in tables.items():
-        write_parquet(out / f"{name}.parquet", df)
+    manifest = {f"{name}.parquet": write_parquet(out / f"{name}.parquet", df) for name, df in tables.items()}
     legacy = getattr(exp, "analyse", None)  # migration: experiments not yet in the one shape
     metrics, raw_checks = legacy(plan.config, tables, out) if legacy else exp.evaluate(plan.config, tables, out)
-    checks = resolve([c if isinstance(c, Check) else c.upgrade() for c in raw_checks], plan.exp_id)
+    checks = resolve(raw_checks, plan.exp_id)
     verdicts = [c.to_dict() for c in checks]
     summary = {
         "experiment": plan.exp_id,
@@ -283,6 +308,7 @@ def _analyse(plan: Plan, run: RunDir, t0: float, compute: float, resumed: int) -
         "metrics": metrics,
         "checks": verdicts,
         "figures": sorted(p.name for p in out.glob("*.png")),
+        "tables": manifest,
         "versions": _versions(),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from noiseprobe.core.divergence import MAX_DIVERGED_FRACTION
+
 
 def standard_error(x: Any, axis: int = 0) -> np.ndarray | float:
     """Standard error of the mean over independent replicas along ``axis``: std(ddof=1)/√n; +inf when
@@ -36,11 +38,15 @@ def mean_se(x: Any, axis: int = 0) -> tuple[Any, Any]:
 
 
 def mean_se_kept(x: Any, drop: Any) -> tuple[float, float, float]:
-    """(mean, SE, dropped fraction) of a per-replica scalar over the replicas not ``drop``-ped (e.g. the
-    diverged ones); (+inf, +inf, fraction) when fewer than two are kept."""
+    """(mean, SE, dropped fraction) of a per-replica scalar over the replicas not ``drop``-ped (the diverged
+    ones); (+inf, +inf, fraction) when fewer than two are kept or more than
+    :data:`~noiseprobe.core.divergence.MAX_DIVERGED_FRACTION` are dropped (the survivors are then a biased
+    sample: not measurable)."""
     v = np.asarray(x, dtype=np.float64).reshape(-1)
     bad = np.asarray(drop, dtype=bool).reshape(-1)
     frac = float(bad.mean()) if bad.size else 0.0
+    if frac > MAX_DIVERGED_FRACTION:
+        return np.inf, np.inf, frac
     m, se = mean_se(v[~bad])
     return float(m), float(se), frac
 

@@ -8,13 +8,17 @@ Layout of a run directory (DESIGN.md, "Run directory")::
     results.parquet     all chunks of table "results", in chunk order (written at the end)
     <table>.parquet     the same for every extra table
     *.png               figures
-    summary.json        written last: its presence means the run is complete
+    summary.json        written last: its presence means the run is complete; its ``tables`` entry (the
+                        manifest) records each table file's size and SHA-256 as written
 
 Every file appears atomically (its bytes written to a temporary name in the same folder, fsync'd, then
 renamed), so an interrupted run (even SIGKILL, a full disk or a file system turning read-only) leaves only
 complete files and resumes where it stopped. Every OS fault becomes one :class:`RunDirError` naming the
 path and the OS reason. Corrupt files heal: a chunk file that does not read is discarded (recomputed), a
-summary.json that does not read is re-analysed from the chunks; a corrupt run.json is never replaced.
+summary.json that does not read (or lacks what a summary holds) is re-analysed from the chunks; a table
+whose size or checksum differs from the manifest, or that is gone, makes the run unfinished (rebuilt from
+its chunks, or a RunDirError when they are gone, :func:`noiseprobe.core.runner.execute`); a corrupt
+run.json is never replaced.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import fcntl
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -37,7 +42,27 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from noiseprobe.core.errors import ConfigError, RunDirError
-from noiseprobe.core.experiment import jsonable
+
+
+def jsonable(obj: Any) -> Any:
+    """Plain JSON types (numpy scalars and arrays converted; non-finite floats kept as strings)."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else str(f)
+    return obj
+
 
 TMP_PREFIX = ".tmp-"
 LOCK_NAME = ".lock"
@@ -62,13 +87,29 @@ def _rename(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
+def umask() -> int:
+    """The process's umask (read from /proc where it can be, without changing it; else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Make ``path`` hold ``data`` atomically; an OS fault raises RunDirError and leaves no temporary file."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
-        os.close(fd)
+        try:
+            os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600: the file gets a normal file's mode
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise os_fault("write", path, exc) from exc
     tmp_path = Path(tmp)
@@ -94,10 +135,13 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, (json.dumps(jsonable(obj), indent=2, sort_keys=False) + "\n").encode())
 
 
-def write_parquet(path: Path, df: pd.DataFrame) -> None:
+def write_parquet(path: Path, df: pd.DataFrame) -> dict[str, Any]:
+    """Write ``df`` atomically; return its manifest record (size and SHA-256 of the bytes written)."""
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)
-    atomic_write(path, buf.getvalue())
+    data = buf.getvalue()
+    atomic_write(path, data)
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -131,6 +175,81 @@ def read_parquet(path: Path) -> pd.DataFrame:
         raise _parquet_fault(path, exc) from exc
 
 
+#: what every summary.json holds, with its JSON type (what ``reproduce`` prints and ``report`` renders)
+SUMMARY_FIELDS: dict[str, tuple[type, ...]] = {
+    "experiment": (str,),
+    "title": (str,),
+    "preset": (str,),
+    "seconds": (int, float),
+    "config": (dict,),
+    "metrics": (dict,),
+    "checks": (list,),
+}
+CHECK_FIELDS = ("key", "claim", "verdict", "measured", "expected", "tolerance")
+#: a check as summaries stored it before checks computed their own verdicts
+LEGACY_CHECK_FIELDS = ("claim", "measured", "expected", "tolerance", "passed")
+
+
+def _summary_fault(s: dict[str, Any]) -> str | None:
+    """What makes ``s`` not a summary (a missing or mistyped field), or None."""
+    for name, types in SUMMARY_FIELDS.items():
+        if name not in s:
+            return f"no {name!r}"
+        if not isinstance(s[name], types) or isinstance(s[name], bool):
+            return f"{name!r} is a JSON {type(s[name]).__name__}, not a {'/'.join(t.__name__ for t in types)}"
+    for c in s["checks"]:
+        if isinstance(c, dict) and "verdict" not in c and all(k in c for k in LEGACY_CHECK_FIELDS):
+            if not isinstance(c["claim"], str):  # written before keyed checks: checks.stored_verdicts reads it
+                return "a check's claim is not a string"
+            continue
+        if not (isinstance(c, dict) and all(k in c for k in CHECK_FIELDS)):
+            return f"a check is not an object with {', '.join(CHECK_FIELDS)}"
+        if not all(isinstance(c[k], str) for k in ("key", "claim", "verdict")):
+            return "a check's key, claim or verdict is not a string"
+    tables = s.get("tables", {})
+    if not (
+        isinstance(tables, dict)
+        and all(
+            isinstance(r, dict) and isinstance(r.get("bytes"), int) and isinstance(r.get("sha256"), str)
+            for r in tables.values()
+        )
+    ):
+        return "its 'tables' manifest is not {file: {bytes, sha256}}"
+    return None
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """The summary in ``path``; RunDirError naming the file if it does not read or lacks a summary's fields."""
+    s = read_json(path)
+    fault = _summary_fault(s)
+    if fault:
+        raise RunDirError(f"{path} is corrupt ({fault})")
+    return s
+
+
+def table_fault(path: Path, record: dict[str, Any] | None) -> str | None:
+    """What is wrong with the table file ``path`` against its manifest ``record`` (size, SHA-256), or None.
+    Without a record (a run written before the manifest) the file is only checked to read as Parquet."""
+    try:
+        if not path.is_file():
+            return f"{path} is missing"
+        if record is None:
+            pq.read_metadata(path)
+            return None
+        size = path.stat().st_size
+        if size != record["bytes"]:
+            return f"{path} is damaged ({size} bytes, {record['bytes']} recorded)"
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except _ARROW_ERRORS as exc:
+        return str(_parquet_fault(path, exc))
+    if h.hexdigest() != record["sha256"]:
+        return f"{path} is damaged (its SHA-256 differs from the recorded one)"
+    return None
+
+
 def config_hash(experiment: str, config: dict[str, Any]) -> str:
     blob = json.dumps({"experiment": experiment, "config": jsonable(config)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -156,14 +275,18 @@ class RunDir:
         """Raise (writing nothing) unless this run may use the directory: ConfigError when ``path`` is a
         file, is not writable, or holds other files or another run; RunDirError when run.json is corrupt."""
         p = self.path
-        if p.exists() and not p.is_dir():
-            raise ConfigError("--out", str(p), "a directory (this is a file)")
-        anc = next((a for a in (p, *p.parents) if a.exists()), None)
+        try:  # a parent this process may not enter makes stat() itself fail (EACCES)
+            if p.exists() and not p.is_dir():
+                raise ConfigError("--out", str(p), "a directory (this is a file)")
+            anc = next((a for a in (p, *p.parents) if a.exists()), None)
+            run_json = self.run_json.exists()
+        except OSError as exc:
+            raise ConfigError("--out", str(p), f"a writable location ({exc.strerror or exc})") from None
         if anc is not None and not anc.is_dir():
             raise ConfigError("--out", str(p), f"a path whose parents are directories ({anc} is a file)")
         if anc is not None and not os.access(anc, os.W_OK | os.X_OK):
             raise ConfigError("--out", str(p), f"a writable location ({anc}: {os.strerror(errno.EACCES)})")
-        if self.run_json.exists():
+        if run_json:
             old = read_json(self.run_json)
             if "hash" not in old:
                 raise RunDirError(
@@ -244,10 +367,31 @@ class RunDir:
         if not self.summary_path.exists():
             return None
         try:
-            return read_json(self.summary_path)
+            return read_summary(self.summary_path)
         except RunDirError as exc:
             self.warn(f"{exc}; re-analysing from the chunks")
             return None
+
+    def table_faults(self, summary: dict[str, Any], names: tuple[str, ...] = ()) -> list[str]:
+        """What is wrong with the finished run's table files: those in the summary's manifest (size and
+        SHA-256) and ``<name>.parquet`` for ``names`` (without a manifest entry: readable as Parquet; with
+        no manifest at all, as in runs written before it, every ``*.parquet`` here)."""
+        manifest: dict[str, Any] = summary.get("tables", {})
+        files = {f"{n}.parquet" for n in names} | set(manifest)
+        if "tables" not in summary:
+            files |= {p.name for p in self.path.glob("*.parquet")}
+        return [f for f in (table_fault(self.path / n, manifest.get(n)) for n in sorted(files)) if f]
+
+    def manifest(self) -> dict[str, Any]:
+        """Manifest records of the table files as they are now (for a run written before the manifest)."""
+        out = {}
+        for p in sorted(self.path.glob("*.parquet")):
+            try:
+                data = p.read_bytes()
+            except OSError as exc:
+                raise os_fault("read", p, exc) from exc
+            out[p.name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        return out
 
     def chunk_path(self, table: str, key: str) -> Path:
         return self.path / "chunks" / table / f"{key}.parquet"

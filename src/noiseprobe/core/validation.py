@@ -1,4 +1,4 @@
-"""The one home of input validators and of the divergence threshold.
+"""The one home of input validators (the divergence rule lives in :mod:`noiseprobe.core.divergence`).
 
 Scalar validators return the value in a canonical type or raise :class:`ConfigError` naming the field,
 the value and what is allowed. Array validators (matrices, learning rates) live here too.
@@ -14,16 +14,6 @@ from typing import Any
 import numpy as np
 
 from noiseprobe.core.errors import ConfigError
-
-#: a replica has diverged when any coordinate is non-finite or exceeds this in absolute value
-DIVERGED: float = 1e8
-
-
-def is_diverged(x: np.ndarray, axis: int | tuple[int, ...] | None = None) -> np.ndarray | np.bool_:
-    """Non-finite or |x| > :data:`DIVERGED` anywhere along ``axis`` (default: everywhere, a NumPy bool)."""
-    x = np.asarray(x)
-    out: np.ndarray | np.bool_ = ~np.all(np.isfinite(x) & (np.abs(x) <= DIVERGED), axis=axis)
-    return out
 
 
 def _is_real(value: Any) -> bool:

@@ -11,6 +11,7 @@ import pandas as pd
 
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
+from noiseprobe.core.divergence import MAX_DIVERGED_FRACTION, dropped_note
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
 
@@ -80,8 +81,14 @@ def chains_1d(
             "train_loss": run.train_loss(),
             "test_loss": run.test_loss(),
             "diverged": run.diverged,
+            "diverged_at": run.diverged_at,
         }
     )
+
+
+def divergence_note(res: pd.DataFrame) -> str:
+    """What a figure or table says about the chains of ``res`` it left out (empty when none diverged)."""
+    return dropped_note(int(res["diverged"].sum()), len(res))
 
 
 def worst_point(
@@ -97,7 +104,11 @@ def worst_point(
     lost = [lab for lab, o, ee in zip(labels, ok, e) if not o and np.isfinite(ee)]
     if lost or not ok.any():
         why = (
-            ("not measurable at " + ", ".join(lost) + " (fewer than two convergent chains)")
+            (
+                "not measurable at "
+                + ", ".join(lost)
+                + f" (more than {MAX_DIVERGED_FRACTION:.0%} of its chains diverged, or fewer than two converged)"
+            )
             if lost
             else "no point to measure (no stationary state at any)"
         )

@@ -32,7 +32,7 @@ from torch import nn
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.seeding import torch_generator
 from noiseprobe.data.embedded import load_default
@@ -130,13 +130,13 @@ class EoSSharpness(Experiment):
         """``n_train`` at most the embedded training split (3,000 MNIST digits, or 1,078 of sklearn's)."""
         check_at_most("n_train", config.n_train, embedded_train_size(), "embedded")
 
-    def estimate(self, config: EoSConfig) -> Estimate:
+    def estimate(self, config: EoSConfig) -> RunCost:
         d_in = 784
         weights = d_in * config.width + (config.depth - 1) * config.width**2 + 10 * config.width
         acts = config.n_train * (config.width * config.depth + d_in)
         measures = config.steps // config.measure_every + 1
         per_lr = SECONDS_PER_SAMPLE_WEIGHT * config.n_train * weights * (config.steps + MEASURE_COST_STEPS * measures)
-        return Estimate(
+        return RunCost(
             CHUNK_BASE_BYTES + BYTES_PER_ACTIVATION * acts + 16 * weights,
             per_lr * len(config.lrs),
             ("n_train", "width", "depth", "steps"),

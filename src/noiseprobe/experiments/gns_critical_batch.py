@@ -39,7 +39,7 @@ from matplotlib.ticker import NullFormatter
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.data.embedded import load_default
 from noiseprobe.experiments._data import check_at_most, embedded_train_size
@@ -135,7 +135,7 @@ class CriticalBatch(Experiment):
         """``n_train`` at most the embedded training split (3,000 MNIST digits, or 1,078 of sklearn's)."""
         check_at_most("n_train", config.n_train, embedded_train_size(), "embedded")
 
-    def estimate(self, config: CriticalBatchConfig) -> Estimate:
+    def estimate(self, config: CriticalBatchConfig) -> RunCost:
         """Peak memory of the largest chunk; no time (the steps to the target are what the run measures)."""
         d_in, r = 784, len(config.lrs)
         weights = (d_in + 1) * config.hidden + (config.hidden + 1) * 10
@@ -146,7 +146,7 @@ class CriticalBatch(Experiment):
             + 4 * r * weights * snaps
             + BYTES_PER_PROBE_WEIGHT * config.probe_samples * weights
         )
-        return Estimate(int(peak), None, ("batch_sizes", "lrs", "hidden", "max_steps", "probe_samples"))
+        return RunCost(int(peak), None, ("batch_sizes", "lrs", "hidden", "max_steps", "probe_samples"))
 
     def chunks(self, config: CriticalBatchConfig) -> list[Chunk]:
         return [

@@ -14,9 +14,9 @@ The trainers live in :mod:`noiseprobe.minibatch.nets`. Replicas: the replica ind
 s = 0..n_seeds−1. The initial weights come from (config seed, s, stream 10 + width), the batch order from
 (config seed, s, stream 1 left / 2 right), so both optimisers, both learning-rate rules and all widths
 (right: all γ) share a seed's batch order — common random numbers, which makes their comparisons paired —
-and nothing depends on chunking. A replica whose loss becomes non-finite is recorded as diverged (its
-loss variance is +inf, its test accuracy counts as 0): its loss is non-finite or exceeds
-:data:`noiseprobe.core.validation.DIVERGED` (a cross-entropy above 10⁸).
+and nothing depends on chunking. A replica that diverges (the trainers' divergence rule,
+:mod:`noiseprobe.minibatch.nets`) is recorded as diverged with its step (its loss variance is +inf, its test
+accuracy counts as 0).
 """
 
 from __future__ import annotations
@@ -32,12 +32,11 @@ import torch
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.seeding import torch_generator
 from noiseprobe.core.stats import mean_se
-from noiseprobe.core.validation import is_diverged
 from noiseprobe.experiments._data import check_at_most, embedded_name, embedded_train_size
-from noiseprobe.minibatch.nets import digits, epoch_batches, train_logistic, train_tanh_net
+from noiseprobe.minibatch.nets import digits, epoch_batches, loss_diverged_step, train_logistic, train_tanh_net
 
 _INIT_STREAM, _BATCH_STREAM_LEFT, _BATCH_STREAM_RIGHT = 10, 1, 2
 #: check thresholds: "grows" = widest/narrowest median variance ≥ 2; "flat" = max/min over widths ≤ 3
@@ -183,7 +182,7 @@ class _Fig1Base(Experiment):
             if hasattr(config, field):
                 check_at_most(field, config[field], n, embedded_name(config["dataset"]))
 
-    def estimate(self, config: Any) -> Estimate:
+    def estimate(self, config: Any) -> RunCost:
         """Peak of one worker: the data (float32, plus the loader's working copies) and the largest chunk —
         left: 2·n_seeds replica networks; parameters, gradients, the stacked copy, Adam's two moments and its
         foreach temporaries come to 14 copies of the parameters (measured: 10 for SGD); activations
@@ -204,7 +203,7 @@ class _Fig1Base(Experiment):
             steps = config["right_epochs"] * (_N_TRAIN // s)
             peak = max(peak, r * steps * s * 8 * 2 + 3 * r * s * _D_IN * f4 + 4 * r * _N_TRAIN * _K * f4)
             drivers += ["gammas", "right_batch_size", "right_epochs"]
-        return Estimate(peak_bytes=int(data + peak + 20e6), drivers=tuple(drivers))
+        return RunCost(peak_bytes=int(data + peak + 20e6), drivers=tuple(drivers))
 
     def run_chunk(self, config: Any, chunk: Chunk) -> dict[str, pd.DataFrame]:
         xtr, ytr, xte, yte = digits(config["dataset"], config["inputs"], config["seed"])
@@ -231,8 +230,7 @@ class _Fig1Base(Experiment):
             df = pd.DataFrame(
                 {"panel": "right", "gamma": np.repeat(gam, len(seeds)), "seed": np.tile(seeds, len(gam)), **res}
             )
-            df["diverged"] = is_diverged(df[["train_loss", "test_loss"]].to_numpy(), axis=1)
-            df.loc[df["diverged"], "test_acc"] = np.nan
+            df["diverged"] = df["diverged_step"] >= 0
             return {"results": df}
         opt, width = chunk.spec["optimizer"], chunk.spec["width"]
         base = config["sgd_lr"] if opt == "sgd" else config["adam_lr"]
@@ -257,7 +255,8 @@ class _Fig1Base(Experiment):
             batches=batches.repeat(len(rules), 1, 1),
         )
         first = losses[:, : len(ytr) // config["batch_size"]].double()  # the first epoch
-        finite = torch.from_numpy(~is_diverged(losses.cpu().numpy(), axis=1))
+        div_step = loss_diverged_step(losses)
+        finite = torch.from_numpy(div_step < 0)
         labels = {
             "panel": "left",
             "optimizer": opt,
@@ -273,6 +272,7 @@ class _Fig1Base(Experiment):
                 "loss_mean": first.mean(1).numpy(),
                 "final_loss": losses[:, -10:].mean(1).numpy(),
                 "diverged": (~finite).numpy(),
+                "diverged_step": div_step,
             }
         )
         steps = losses.shape[1]

@@ -22,7 +22,7 @@ from scipy import integrate, stats
 from noiseprobe.core.checks import Check, Z
 from noiseprobe.core.config import param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.linalg import psd_power
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.seeding import replica_generators
@@ -200,7 +200,7 @@ class Fig4(Experiment):
     }
     diverging = {"lrs": [5.0], "lr2d": 5.0, "lr_dist": 5.0, "lr_hd": 5.0}
 
-    def estimate(self, config: Any) -> Estimate:
+    def estimate(self, config: Any) -> RunCost:
         """The largest chunk: a 1d point, a 2d point with snapshots, the 1d law with snapshots (and their long
         tables), or the D_hd point with its per-chain D² second moments (and their long table)."""
         D = config["D_hd"]
@@ -210,7 +210,7 @@ class Fig4(Experiment):
             sim_peak_bytes(config["chains_dist"], snapshots=config["steps_dist"] // config["every_dist"]),
             sim_peak_bytes(config["chains_hd"], D, frame_columns=4 * D * (D + 1) // 2),
         ]
-        return Estimate(
+        return RunCost(
             peak_bytes=int(max(peaks)) + BASE_BYTES,
             drivers=("chains", "chains2d", "steps2d", "chains_dist", "steps_dist", "chains_hd", "D_hd"),
         )

@@ -18,7 +18,8 @@ import pandas as pd
 
 from noiseprobe.core.checks import Check, Z
 from noiseprobe.core.config import param
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
 from noiseprobe.experiments._mbn import BASE_BYTES, ChainsConfig, plain_log_ticks, sim_peak_bytes, worst_point
@@ -82,11 +83,18 @@ class Fig6(Experiment):
     }
     diverging = {"lr": 5.0}  # λ·(largest eigenvalue of Â) > 2 at every α: every chain diverges
 
-    def estimate(self, config: Any) -> Estimate:
+    def check_data(self, config: Any) -> None:
+        """A batch is drawn (with replacement) from one data set of N = round(αD) samples: S may not exceed
+        the largest N (a batch larger than every data set only repeats samples, at S·D cost per step)."""
+        n = max(1, int(round(max(config["alphas"]) * config["D"])))
+        if config["S"] > n:
+            raise ConfigError("S", config["S"], f"a batch size <= the largest data set, N = round(max(alphas)·D) = {n}")
+
+    def estimate(self, config: Any) -> RunCost:
         """One α: the simulation with its per-chain D² second moments, and the data set (N·D) with its copies."""
         D, n = config["D"], int(round(max(config["alphas"]) * config["D"]))
         peak = sim_peak_bytes(config["chains"], D) + 8 * n * D * 4
-        return Estimate(peak_bytes=int(peak) + BASE_BYTES, drivers=("chains", "D", "alphas"))
+        return RunCost(peak_bytes=int(peak) + BASE_BYTES, drivers=("chains", "D", "alphas"))
 
     def chunks(self, config: Any) -> list[Chunk]:
         return [Chunk(f"alpha{x:g}", {"alpha": x, "point": i}) for i, x in enumerate(config["alphas"])]

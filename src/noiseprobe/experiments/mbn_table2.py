@@ -15,7 +15,7 @@ import pandas as pd
 
 from noiseprobe.core.checks import Check, Z
 from noiseprobe.core.config import param
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
 from noiseprobe.experiments._mbn import (
@@ -23,6 +23,7 @@ from noiseprobe.experiments._mbn import (
     ChainsConfig,
     chains_1d,
     check_weight_decays,
+    divergence_note,
     sim_peak_bytes,
     worst_point,
 )
@@ -79,8 +80,8 @@ class Table2(Experiment):
     }
     diverging = {"lr": 5.0}  # λa = 5 > 2S/(S+2) in every case: every chain diverges
 
-    def estimate(self, config: Any) -> Estimate:
-        return Estimate(peak_bytes=sim_peak_bytes(config["chains"]) + BASE_BYTES, drivers=("chains",))
+    def estimate(self, config: Any) -> RunCost:
+        return RunCost(peak_bytes=sim_peak_bytes(config["chains"]) + BASE_BYTES, drivers=("chains",))
 
     def chunks(self, config: Any) -> list[Chunk]:
         return [Chunk(c.replace(" ", "_"), {"case": c, "point": i}) for i, c in enumerate(CASES)]
@@ -99,13 +100,14 @@ class Table2(Experiment):
         c = config
         tab = table2(a=c["a"], lr=c["lr"], batch_size=c["S"], sigma=c["sigma"], b=c["b"], gamma=c["gamma"], u=c["u"])
         res = tables["results"]
-        sims, ses = [], []
+        sims, ses, fracs = [], [], []
         for r in tab.itertuples():
             g = res[res.case == r.case]
-            m, se, _ = mean_se_kept(g[{"Sigma": "sigma_w"}.get(r.quantity, r.quantity)], g["diverged"])
+            m, se, frac = mean_se_kept(g[{"Sigma": "sigma_w"}.get(r.quantity, r.quantity)], g["diverged"])
             sims.append(m)
             ses.append(se)
-        tab["simulation"], tab["se"] = sims, ses
+            fracs.append(frac)
+        tab["simulation"], tab["se"], tab["diverged"] = sims, ses, fracs
         checks = [
             worst_point(
                 "exact-column-matches-simulation",
@@ -119,17 +121,24 @@ class Table2(Experiment):
         sig = tab[tab.quantity == "Sigma"].set_index("case")
         for case in sig.index:
             r = sig.loc[case]
+            key = f"{case.replace(' ', '-').lower()}-hessian-sigma-rejected"
+            claim = (
+                f"{case}: the discrete Hessian approximation of Σ is rejected by simulation "
+                "(|z| of the discrete prediction against the simulation)"
+            )
+            if not (np.isfinite(r.simulation) and np.isfinite(r.exact)):
+                why = (
+                    f"{r.diverged:.0%} of the chains diverged"
+                    if np.isfinite(r.exact)
+                    else f"the exact Σ is infinite at λa = {c['lr'] * c['a']:g}, S = {c['S']} (past the variance "
+                    f"bound); {r.diverged:.0%} of the chains diverged"
+                )
+                checks.append(Check.not_measurable(key, claim, why))
+                continue
             with np.errstate(invalid="ignore", divide="ignore"):
                 dev = float(abs(r.simulation - r.hessian_discrete) / r.se)
             checks.append(
-                Check.greater(
-                    f"{case.replace(' ', '-').lower()}-hessian-sigma-rejected",
-                    f"{case}: the discrete Hessian approximation of Σ is rejected by simulation "
-                    "(|z| of the discrete prediction against the simulation)",
-                    dev,
-                    Z,
-                    detail=f"exact/discrete = {r.exact / r.hessian_discrete:.4f}",
-                )
+                Check.greater(key, claim, dev, Z, detail=f"exact/discrete = {r.exact / r.hessian_discrete:.4f}")
             )
         lines = [
             "| case | quantity | exact | simulation ± SE | Hessian approx. (discrete) | Hessian approx. (continuous) |",
@@ -140,6 +149,8 @@ class Table2(Experiment):
             f"{r.hessian_continuous:.5g} |"
             for r in tab.itertuples()
         ]
+        note = divergence_note(res)
+        lines += [f"\nSimulation over converged chains only; {note}." if note else ""]
         (out / "table2.md").write_text("\n".join(lines) + "\n")
         fig, ax = new_figure(3, width=3.4)
         for k, q in enumerate(("Sigma", "train_loss", "test_loss")):
@@ -157,5 +168,7 @@ class Table2(Experiment):
             ax[k].set_xticks(x, d.case)
             ax[k].set(title=q.replace("_", " "))
         ax[0].legend()
+        if note:
+            fig.suptitle(f"simulation over converged chains; {note}", fontsize=8)
         savefig(fig, out / "table2.png")
-        return {"table": tab.to_dict(orient="records")}, checks
+        return {"table": tab.to_dict(orient="records"), "n_diverged": int(res["diverged"].sum())}, checks

@@ -31,7 +31,7 @@ import pandas as pd
 from noiseprobe.core.checks import Check, Z
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.powerlaw import hill, powerlaw_mle
 from noiseprobe.experiments._mbn import BASE_BYTES, sim_peak_bytes, worst_point
@@ -82,12 +82,12 @@ class _Tails(Experiment):
     Config = TailsConfig
     diverging = {"lrs": [5.0]}  # λa = 5 > 2: the Lyapunov exponent is positive for every S, every chain diverges
 
-    def estimate(self, config: Any) -> Estimate:
+    def estimate(self, config: Any) -> RunCost:
         """One point per chunk: the simulation with its snapshots, then the pooled |w| samples (sorted copies
         for Hill, the MLE and the curves)."""
         n = config["chains"] * config["snapshots"]
         peak = sim_peak_bytes(config["chains"], snapshots=config["snapshots"]) + 8 * 6 * n + BASE_BYTES
-        return Estimate(peak_bytes=int(peak), drivers=("chains", "snapshots"))
+        return RunCost(peak_bytes=int(peak), drivers=("chains", "snapshots"))
 
     def _points(self, config: dict[str, Any]) -> list[tuple[int, float]]:
         return [(int(S), float(lr)) for S in config["batch_sizes"] for lr in config["lrs"]]

@@ -44,7 +44,7 @@ import torch
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.fitting import efold_time, fit_exponential
 from noiseprobe.core.plotting import PHASE_COLOURS, new_figure, savefig
 from noiseprobe.core.stats import mean_se
@@ -202,7 +202,7 @@ class _NINSweep(Experiment):
                 "pool", config["pool"], f"a divisor of the image side {side} of the {config['dataset']} data"
             )
 
-    def estimate(self, config: SweepConfig) -> Estimate:
+    def estimate(self, config: SweepConfig) -> RunCost:
         """One chunk trains K = (1 + levels in the chunk) × modes replicas: per replica its weights and
         gradients, the ξ table and the per-step losses, and activation buffers of the widest layer for
         the batch (forward and backward), the evaluation block (≤ 4096 samples) and the probe samples;
@@ -225,7 +225,7 @@ class _NINSweep(Experiment):
         companion = 10e6 + 8 * n_train * d_in + 8 * 4 * config["probe_samples"] * max(config["hidden"])
         peak = 80e6 + 4 * n_total * d_in * 2 + k * per_rep + acts + companion
         seconds = 6.0 * k * n_w * config["batch_size"] * steps / 2e9
-        return Estimate(int(peak), seconds, ("hidden", "batch_size", "sigmas_per_chunk", "epochs"))
+        return RunCost(int(peak), seconds, ("hidden", "batch_size", "sigmas_per_chunk", "epochs"))
 
     def sigmas(self, config: SweepConfig) -> np.ndarray:
         """σε per level: √(c · base) with the run's d_in, N_w = first hidden width and η."""
@@ -891,9 +891,9 @@ class Table1(Experiment):
     #: why ``diverging`` is None (tests/core/test_divergence.py): no replica is trained, so none can diverge
     nothing_to_diverge = "closed-form noise levels from d_in, N_w and η: nothing is trained"
 
-    def estimate(self, config: Table1Config) -> Estimate:
+    def estimate(self, config: Table1Config) -> RunCost:
         """An 8-row table: a few MB of pandas/NumPy first-call allocations."""
-        return Estimate(int(6e6), 1.0, ())
+        return RunCost(int(6e6), 1.0, ())
 
     def run_chunk(self, config: Table1Config, chunk: Chunk) -> pd.DataFrame:
         return table1(d_input=config["d_input"], n_w=config["n_w"], lr=config["lr"])

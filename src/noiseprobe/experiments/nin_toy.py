@@ -25,7 +25,7 @@ import pandas as pd
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.fitting import bootstrap, crossing, fit_exponential
 from noiseprobe.core.plotting import PHASE_COLOURS, new_figure, savefig
 from noiseprobe.nin import toy
@@ -61,7 +61,9 @@ class Fig2TopConfig(ExperimentConfig):
     M: float = param()
     traj_sigmas: list[float] = param(lo=0.0, lo_open=True, min_len=4, max_len=4, help="one σε per phase panel")
     traj_seeds: int = param(lo=1, hi=64)
-    traj_points: int = param(lo=2, hi=100_000)
+    traj_points: int = param(
+        lo=2, hi=10_000, help="log-spaced points per illustrative trajectory (a panel's curve shows a few hundred)"
+    )
 
     size_fields = ("n_sigma", "n_seeds", "steps", "traj_seeds", "traj_points")
 
@@ -109,7 +111,7 @@ class Fig2Top(Experiment):
     #: a learning rate at which every replica overflows within a few steps
     diverging = {"lr": 1e4}
 
-    def estimate(self, config: Fig2TopConfig) -> Estimate:
+    def estimate(self, config: Fig2TopConfig) -> RunCost:
         """One chunk: R = 16 σ × n_seeds replicas (or 4 traj_seeds with traj_points records); the
         result frames hold ~40 float64 columns per replica and 8 per trajectory point, a few copies
         each (pandas), over a fixed ~60 MB for the kernel's compiled code and the first frames."""
@@ -117,7 +119,7 @@ class Fig2Top(Experiment):
         traj = 4 * config["traj_seeds"] * (config["traj_points"] + 1)
         peak = 60e6 + 8 * 4 * (40 * reps + 8 * traj)
         seconds = 2.5e-8 * len(config["methods"]) * config["n_sigma"] * config["n_seeds"] * config["steps"]
-        return Estimate(int(peak), seconds, ("n_seeds", "traj_seeds", "traj_points"))
+        return RunCost(int(peak), seconds, ("n_seeds", "traj_seeds", "traj_points"))
 
     def chunks(self, config: dict[str, Any]) -> list[Chunk]:
         n = config["n_sigma"]

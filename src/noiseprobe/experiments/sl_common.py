@@ -25,7 +25,7 @@ import torch
 
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate
+from noiseprobe.core.experiment import Chunk, RunCost
 from noiseprobe.limits.circle import unwrapped_angle
 from noiseprobe.limits.losses import circle_loss
 from noiseprobe.limits.noises import Noise
@@ -158,7 +158,7 @@ def chunk_estimate(
     eta_dim: int,
     drivers: tuple[str, ...],
     seconds: float | None = None,
-) -> Estimate:
+) -> RunCost:
     """Peak memory of a worker running one NGD chunk of ``chains`` chains for ``steps`` iterations, recording
     every ``max(1, steps // records)``-th step plus ``extra_records`` more (bytes above the worker's state after
     imports), from :data:`CHUNK_BASE_BYTES`, :data:`BYTES_PER_RECORD` and :data:`BYTES_PER_NOISE`; ``seconds``
@@ -166,7 +166,7 @@ def chunk_estimate(
     every = max(1, steps // records)
     recorded = chains * (steps // every + 2 + extra_records)
     noise = min(min(512, steps) * chains * eta_dim, MAX_BLOCK_ELEMENTS)
-    return Estimate(
+    return RunCost(
         peak_bytes=int(CHUNK_BASE_BYTES + BYTES_PER_RECORD * recorded + BYTES_PER_NOISE * noise),
         seconds=seconds,
         drivers=drivers,

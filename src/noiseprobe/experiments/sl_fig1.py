@@ -15,7 +15,7 @@ import torch
 
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import param
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import group_mean_se
 from noiseprobe.experiments.sl_common import (
@@ -86,7 +86,7 @@ class Fig1(Experiment):
     }
     diverging = {"lr": 5.0}
 
-    def estimate(self, config: Fig1Config) -> Estimate:
+    def estimate(self, config: Fig1Config) -> RunCost:
         steps = steps_to(config.t_end, config.lr * config.sigma2)
         seconds = ngd_seconds([(1, steps)] + [(n, steps) for n in chunk_sizes(config)])
         return chunk_estimate(

@@ -17,7 +17,7 @@ import pandas as pd
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import group_mean_se, loglog_slope, worst_deviation
 from noiseprobe.experiments.sl_common import (
@@ -111,7 +111,7 @@ class Fig2(Experiment):
     }
     diverging = {"lrs": [5.0, 4.0], "main_lr": 5.0, "sigma2_over_lr": 0.001}
 
-    def estimate(self, config: Fig2Config) -> Estimate:
+    def estimate(self, config: Fig2Config) -> RunCost:
         lr = min(config.lrs)  # the smallest α keeps the most steps
         steps = steps_to(config.t_end, lr * lr * config.sigma2_over_lr)
         seconds = ngd_seconds(

@@ -18,7 +18,7 @@ import torch
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import group_mean_se, worst_deviation
 from noiseprobe.experiments.sl_common import (
@@ -122,7 +122,7 @@ class Fig3(Experiment):
     }
     diverging = {"lr": 5.0, "mb_lr": 5.0, "t_end_B": 50.0, "t_check_B": [25.0, 50.0], "sde_dt": 0.2}
 
-    def estimate(self, config: Fig3Config) -> Estimate:
+    def estimate(self, config: Fig3Config) -> RunCost:
         chains = max(min(config.chains, config.per_chunk), config.mb_chains)
         steps_a = steps_to(config.t_end_A, config.lr * config.sigma2)
         steps_b = steps_to(config.t_end_B, config.lr**2 * config.sigma2)

@@ -14,7 +14,7 @@ import pandas as pd
 
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import param
-from noiseprobe.core.experiment import Chunk, Estimate, Experiment
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import group_mean_se, worst_deviation
 from noiseprobe.experiments.sl_common import (
@@ -97,7 +97,7 @@ class Fig4(Experiment):
     }
     diverging = {"lr": 5.0}
 
-    def estimate(self, config: Fig4Config) -> Estimate:
+    def estimate(self, config: Fig4Config) -> RunCost:
         steps = steps_to(config.t_end, config.lr * config.sigma2)
         seconds = ngd_seconds([(n, steps) for n in chunk_sizes(config)] * len(COVS))
         return chunk_estimate(

@@ -33,7 +33,7 @@ from noiseprobe.core.validation import check_array, check_choice, check_int, che
 from noiseprobe.limits import reg_rules
 from noiseprobe.limits.losses import ClosedFormLoss, ModelFn, circle_loss, fig3_a, product_model, square_loss
 from noiseprobe.limits.reg_rules import RegRule
-from noiseprobe.probes.covariance import batch_factor
+from noiseprobe.probes.operators.noise_covariance import batch_factor
 
 LossFn = Callable[[Tensor], Tensor]
 LossHatFn = Callable[[Tensor, Tensor], Tensor]
@@ -291,7 +291,7 @@ def minibatch(per_sample_losses: Callable[[Tensor], Tensor], *, N: int, batch_si
 
     ``per_sample_losses(w) -> (..., N)``; batches of size B drawn **without replacement**, so
     ``η_i = 1{i ∈ batch}/B − 1/N``: ``Cov η = c(B, N)(N I − 11ᵀ)/N²`` with c(B, N) = (N−B)/(B(N−1)) the batch
-    factor (:func:`noiseprobe.probes.covariance.batch_factor`), i.e. σ² = c(B, N)(N−1)/N² = (N−B)/(N²B) and
+    factor (:func:`noiseprobe.probes.operators.noise_covariance.batch_factor`), i.e. σ² = c(B, N)(N−1)/N² = (N−B)/(N²B) and
     C̃ = (N I − 11ᵀ)/(N−1). L̂ is linear in η
     (Reg ≡ 0) and G = [∇ℓ_1 … ∇ℓ_N] = 0 on Γ in interpolation: trivial on both clocks.
     """

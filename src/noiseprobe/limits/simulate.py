@@ -15,8 +15,10 @@ over chains, or the gradient of the summed loss when ``L̂`` broadcasts over a l
 (``vectorised=True``; less per-step overhead: ≈3× faster at 500 chains of d = 2). Arithmetic is float64. Noise is drawn in
 blocks of steps from per-chain streams of :mod:`noiseprobe.core.seeding` keyed by (seed, *global* chain
 index), so a chain's path does not depend on which other chains run beside it, nor on the block size.
-A chain whose iterate becomes non-finite or exceeds ``blowup`` in absolute value is recorded as
-diverged (step of divergence kept) and frozen; the others continue.
+Divergence (:mod:`noiseprobe.core.divergence`): a chain whose iterate becomes non-finite or has some
+|w_i| above 10⁸ × its scale, the largest of its start max_i |w0_i|, its first noise-free step
+α max_i |∂_i L(w0)| and √α σ (the order of a noisy step's spread), is recorded as diverged (step of divergence kept) and frozen; the
+others continue.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ import pandas as pd
 import torch
 from torch.func import grad, vmap
 
+from noiseprobe.core import divergence
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.seeding import replica_generators
-from noiseprobe.core.validation import DIVERGED, check_array, check_int, check_real
+from noiseprobe.core.validation import check_array, check_int, check_real
 from noiseprobe.limits.noises import Noise
 
 LossHat = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -131,7 +134,6 @@ def noisy_gd(
     average_from: int | None = None,
     block: int = 512,
     vectorised: bool = False,
-    blowup: float = DIVERGED,
 ) -> NGDResult:
     """Run noisy GD (NGD) on a batch of chains; see the module docstring for the update.
 
@@ -153,8 +155,6 @@ def noisy_gd(
         block: steps of noise drawn per chain at once (fewer if block·R·m would exceed
             :data:`MAX_BLOCK_ELEMENTS`; the draws, hence the results, do not depend on it).
         vectorised: ``L̂`` broadcasts over a leading chain axis; use the gradient of the sum.
-        blowup: |w_i| above this (or non-finite) marks the chain diverged (default
-            :data:`noiseprobe.core.validation.DIVERGED`).
     """
     chain_ids = np.arange(chains) if isinstance(chains, (int, np.integer)) else np.asarray(chains, dtype=np.int64)
     R = check_int("chains", len(chain_ids), lo=1)
@@ -163,7 +163,6 @@ def noisy_gd(
     steps = check_int("steps", steps, lo=0)
     record_every = check_int("record_every", record_every, lo=1)
     block = check_int("block", block, lo=1)
-    check_real("blowup", blowup, lo=0.0, lo_open=True)
     lr_arr = _per_chain("lr", lr, R, lo_open=True)
     sigma_arr = _per_chain("sigma", sigma, R, lo_open=False)
     if average_from is not None:
@@ -231,6 +230,9 @@ def noisy_gd(
         loss[j, alive_np] = loss_fn(w).detach().numpy()[alive_np]
 
     record(0)
+    step0 = torch.nan_to_num(alpha[:, 0] * grad_fn(w, zero_eta).abs().amax(1), nan=0.0, posinf=0.0)
+    scale = torch.maximum(torch.maximum(w.abs().amax(1), step0), torch.from_numpy(np.sqrt(lr_arr) * sigma_arr))
+    limit = torch.from_numpy(divergence.bound(scale.numpy()))[:, None]  # the divergence rule (module docstring)
     j_next = 1
     prev = draw(1)[0] if anti_correlated else None
     k = 0
@@ -250,8 +252,8 @@ def noisy_gd(
             else:
                 eta = etas[i]
             w_new = torch.addcmul(w, alpha, grad_fn(w, eta), value=-1.0)
-            if not bool((w_new.abs() <= blowup).all()):  # NaN compares False: one check for all chains
-                bad = alive & ~(w_new.abs() <= blowup).all(1)
+            if not bool((w_new.abs() <= limit).all()):  # NaN compares False: one check for all chains
+                bad = alive & ~(w_new.abs() <= limit).all(1)
                 diverged_at[bad] = k + 1
                 alive &= ~bad
                 alpha[bad] = 0.0  # freeze the diverged chains

@@ -4,7 +4,7 @@ NumPy, float64, no randomness. Sampling: ``replacement=True`` is Def. 2 (S i.i.d
 ``replacement=False`` is Def. 3 (a uniform random S-subset). Regression loss convention: **with ½**,
 ℓ_i = ½(wᵀx_i − y_i)², so ∇ℓ_i = (wᵀx_i − y_i) x_i.
 
-For any model, :class:`noiseprobe.probes.covariance.GradientNoise` gives the same C matrix-free.
+For any model, :class:`noiseprobe.probes.operators.NoiseCovariance` gives the same C matrix-free.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.validation import check_array, check_batch_size, check_matrix, check_scalar, check_vector
-from noiseprobe.probes.covariance import batch_factor
+from noiseprobe.probes.operators.noise_covariance import batch_factor
 
 __all__ = ["batch_factor", "gaussian_regression_noise", "gradient_noise", "linear_regression_noise"]
 

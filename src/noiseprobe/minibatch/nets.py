@@ -8,8 +8,11 @@
 * :func:`epoch_batches` — minibatch indices: per replica and epoch a fresh permutation cut into batches of
   S (without replacement, the PyTorch DataLoader convention); :func:`digits` — the embedded digits.
 
-Everything runs on the device and in the dtype of the data ``x``; a replica whose loss becomes
-non-finite is reported as such (diverged), never raised.
+Everything runs on the device and in the dtype of the data ``x``. Divergence (:mod:`noiseprobe.core.divergence`)
+is reported, never raised: a tanh net has diverged at the first step whose minibatch loss is non-finite or
+above 10⁸ × its first loss (:func:`loss_diverged_step`); a logistic regression likewise on its minibatch
+loss, whose first value is log K at the zero start (``diverged_step``; the final training loss is held to
+the same bound).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from noiseprobe.core import divergence
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.seeding import ReplicaStreams
 from noiseprobe.core.validation import check_choice, check_int, check_scalar
@@ -106,8 +110,8 @@ def train_tanh_net(
     ``init_gens[r]``) on the minibatch indices ``batches`` (R, steps, S) with ``torch.optim.SGD``
     (w ← w − λĝ) or ``torch.optim.Adam`` (``betas``, ``eps``).
 
-    Returns the minibatch training loss (mean cross-entropy, no ½) *before* each update, shape (R, steps);
-    non-finite once a replica diverges.
+    Returns the minibatch training loss (mean cross-entropy, no ½) *before* each update, shape (R, steps)
+    (:func:`loss_diverged_step` says where each replica diverged).
     """
     check_choice("optimizer", optimizer, ("sgd", "adam"))
     width = check_int("width", width, lo=1)
@@ -140,7 +144,8 @@ def train_logistic(
     """Multinomial logistic regression, zero init, one replica per weight decay in ``gammas`` (R,):
     w ← w − λ(ĝ + γw) for weight and bias (ĝ of the mean cross-entropy, in the dtype of ``x``).
 
-    Returns final train/test loss (+inf when diverged) and test accuracy (NaN when diverged) per replica."""
+    Returns final train/test loss (+inf when diverged), test accuracy (NaN when diverged) and
+    ``diverged_step`` (−1: never) per replica."""
     lr = check_scalar("lr", lr, lo=0.0, lo_open=True)
     _check_data(x, y)
     _check_data(x_test, y_test, "x_test")
@@ -152,9 +157,14 @@ def train_logistic(
     eye = torch.eye(n_cls, dtype=x.dtype, device=x.device)
     g = gammas.to(x)
     batches = batches.to(x.device)
+    div_step = torch.full((r,), -1, dtype=torch.int64, device=x.device)
+    limit = float(divergence.bound(np.log(n_cls)))  # the minibatch loss at the zero start is log K
     for t in range(batches.shape[1]):
-        xb = x[batches[:, t]]  # (R, S, D)
-        err = torch.softmax(torch.baddbmm(b.unsqueeze(1), xb, w), -1) - eye[y[batches[:, t]]]
+        xb, yb = x[batches[:, t]], y[batches[:, t]]  # (R, S, D), (R, S)
+        logits = torch.baddbmm(b.unsqueeze(1), xb, w)
+        loss = (torch.logsumexp(logits, -1) - logits.gather(-1, yb.unsqueeze(-1))[..., 0]).mean(1)
+        div_step = torch.where((div_step < 0) & ~(loss <= limit), t, div_step)  # False on NaN
+        err = torch.softmax(logits, -1) - eye[yb]
         w -= lr * (torch.bmm(xb.transpose(1, 2), err) / xb.shape[1] + g.view(-1, 1, 1) * w)
         b -= lr * (err.mean(1) + g.view(-1, 1) * b)
 
@@ -165,12 +175,22 @@ def train_logistic(
 
     train_loss, _ = evaluate(x, y)
     test_loss, test_acc = evaluate(x_test, y_test)
-    ok = torch.isfinite(w).all(dim=(1, 2)) & torch.isfinite(b).all(1)
+    div_step = torch.where((div_step < 0) & ~(train_loss <= limit), batches.shape[1], div_step)
+    ok = div_step < 0
     return {
         "train_loss": torch.where(ok, train_loss, torch.inf).cpu().numpy(),
         "test_loss": torch.where(ok, test_loss, torch.inf).cpu().numpy(),
         "test_acc": torch.where(ok, test_acc, torch.nan).cpu().numpy(),
+        "diverged_step": div_step.cpu().numpy(),
     }
 
 
-__all__ = ["digits", "epoch_batches", "train_logistic", "train_tanh_net"]
+def loss_diverged_step(losses: Tensor) -> np.ndarray:
+    """Per replica of ``losses`` (R, steps), the first step whose loss is non-finite or above 10⁸ × its
+    first loss (the divergence rule); −1 where never."""
+    lv = losses.detach().double().cpu().numpy()
+    out = ~(np.isfinite(lv) & (np.abs(lv) <= divergence.bound(np.abs(lv[:, :1]))))
+    return divergence.first_step(out.T, np.arange(lv.shape[1]))
+
+
+__all__ = ["digits", "epoch_batches", "loss_diverged_step", "train_logistic", "train_tanh_net"]

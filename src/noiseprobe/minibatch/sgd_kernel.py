@@ -242,7 +242,7 @@ def _group(
     burn_in: int,
     every: int,
     snap_every: int,
-    threshold: float,
+    limit: np.ndarray,
     s1: np.ndarray,
     s2: np.ndarray,
     seta: np.ndarray,
@@ -258,14 +258,14 @@ def _group(
     chi = np.empty((T, nu if mode == EXACT else 0, LANES))
     v, r = np.zeros((9, D, LANES)), np.zeros(LANES)
     lk, a = np.zeros((2, LANES), dtype=np.uint64), np.zeros(LANES, dtype=np.uint64)
-    lrj = np.zeros(LANES)
+    lrj, lim = np.zeros(LANES), np.full(LANES, np.inf)
     perm = np.empty((X.shape[0] if mode == WITHOUT else 0, LANES), dtype=np.int64)
     for j in range(LANES):
         for q in range(perm.shape[0]):
             perm[q, j] = q
     for j in range(n_live):
         c = g0 + j
-        lk[0, j], lk[1, j], a[j], lrj[j] = keys[c, 0], keys[c, 1], keys[c, 2], lr[c]
+        lk[0, j], lk[1, j], a[j], lrj[j], lim[j] = keys[c, 0], keys[c, 1], keys[c, 2], lr[c], limit[c]
         for i in range(D):
             v[_W, i, j] = w0[c, i]
         if init_scale > 0.0:
@@ -318,7 +318,7 @@ def _group(
                 r[j] = 0.0
             for i in range(D):
                 for j in range(LANES):
-                    r[j] = r[j] if abs(v[_W, i, j]) <= threshold else 1.0  # 1 for NaN too
+                    r[j] = r[j] if abs(v[_W, i, j] - center[i]) <= lim[j] else 1.0  # 1 for NaN too
             bad = False
             for j in range(LANES):
                 bad |= r[j] != 0.0
@@ -326,7 +326,7 @@ def _group(
                 for j in range(LANES):
                     ok = True
                     for i in range(D):
-                        ok &= abs(v[_W, i, j]) <= threshold
+                        ok &= abs(v[_W, i, j] - center[i]) <= lim[j]
                     if not ok:
                         if j < n_live and not dead[j]:
                             dead[j] = True
@@ -390,7 +390,7 @@ def run_chains(
     burn_in: int,
     every: int,
     snap_every: int,
-    threshold: float,
+    limit: np.ndarray,
     s1: np.ndarray,
     s2: np.ndarray,
     seta: np.ndarray,
@@ -398,7 +398,7 @@ def run_chains(
     div_at: np.ndarray,
 ) -> None:
     """Advance every chain ``total`` steps and write its sums (lower triangles of s2, seta); a chain that
-    leaves |w_i| <= threshold (or turns non-finite) gets its step in ``div_at`` and is restarted at w*."""
+    leaves |w_i − w*_i| <= limit[chain] (or turns non-finite) gets its step in ``div_at`` and is restarted at w*."""
     for g in numba.prange((keys.shape[0] + LANES - 1) // LANES):
         _group(
             g * LANES,
@@ -426,7 +426,7 @@ def run_chains(
             burn_in,
             every,
             snap_every,
-            threshold,
+            limit,
             s1,
             s2,
             seta,

@@ -22,9 +22,15 @@ S >= 2D) draws D(D+3)/2 numbers per step instead of S(D+1): with K = A + B, ``x�
 ``(1/S)Σ x n | M ~ N(0, σ_eff² MMᵀ/S²)``. In 1d this is ``h = kχ²_S/S``, ``ξ | h ~ N(0, σ_eff²h/S)``
 (docs/theory/minibatch_noise.md §14).
 
-Divergence (a non-finite w or some |w_i| > ``DIVERGED``, tested after every step) is recorded per chain
-with its step; a diverged chain is left out of every statistic (NaN), the others continue. The learning
-rate must be positive (a scalar, one per chain, or a PSD matrix Λ): ``ConfigError`` otherwise.
+Divergence (:mod:`noiseprobe.core.divergence`, tested after every step): a chain has diverged when w is
+non-finite or some |w_i − w*_i| exceeds :func:`divergence_limit` = 10¹⁵ × its scale, the largest of its
+start's distance from w* (plus ``init_scale``), |u − w*| and √λ·s_y (s_y: σ online, the rms residual at w*
+for a fixed data set; √λ s_y is the order of the stationary spread). The factor is
+:data:`~noiseprobe.core.divergence.HEAVY_TAIL_FACTOR`: the stationary laws here have power-law tails. The
+step is recorded per chain (``diverged_at``); a diverged chain is NaN in every per-chain array and left out
+of every statistic; the others continue. The statistics refuse (``NumericalError``) when every chain
+diverged. The learning rate must be positive (a scalar, one per chain, or a PSD matrix Λ): ``ConfigError``
+otherwise.
 """
 
 from __future__ import annotations
@@ -34,18 +40,14 @@ from typing import Literal
 
 import numpy as np
 
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core import divergence
+from noiseprobe.core.errors import ConfigError, NumericalError
 from noiseprobe.core.linalg import psd_factor
 from noiseprobe.core.seeding import ReplicaStreams
 from noiseprobe.core.stats import standard_error
 from noiseprobe.core.streams import stream_keys
 from noiseprobe.core.validation import check_choice, check_int, check_lr, check_matrix, check_real, check_vector
 from noiseprobe.minibatch import sgd_kernel as _k
-
-#: |w_i| above this (or a non-finite w) counts as divergence. Deliberately not core.validation.DIVERGED (1e8):
-#: heavy-tailed stationary laws (tail index β ≈ 1, mbn-fig7) pass 1e8 legitimately (61 of 12000 chains of its
-#: quick preset do)
-DIVERGED = 1e100
 
 
 @dataclass(eq=False)
@@ -146,7 +148,9 @@ class SGDRun:
     ``mean[r]`` and ``second_moment[r]`` are time averages over the measured steps of ``w − center`` and
     ``(w − center)(w − center)ᵀ``; ``noise_cov[r]`` the time average of ``η ηᵀ`` with
     ``η = ĝ − ∇L_train(w)`` (docs/theory/minibatch_noise.md §16 trap 14), when requested. ``snapshots`` holds raw ``w`` every
-    ``snapshot_every`` measured steps: (chains, n_snapshots, D). Diverged chains are NaN in all of these.
+    ``snapshot_every`` measured steps: (chains, n_snapshots, D). Diverged chains (``diverged``, with the
+    step in ``diverged_at``, −1 for none) are NaN in all of these; the statistics use the others only and
+    raise ``NumericalError`` when none is left.
     """
 
     problem: LinearProblem
@@ -161,19 +165,30 @@ class SGDRun:
 
     @property
     def ok(self) -> np.ndarray:
+        """Chains that did not diverge."""
         return ~self.diverged
+
+    def _kept(self, per_chain: np.ndarray) -> np.ndarray:
+        """``per_chain`` of the surviving chains; ``NumericalError`` when every chain diverged."""
+        if not self.ok.any():
+            first = int(self.diverged_at[self.diverged].min())
+            raise NumericalError(
+                f"every one of the {self.diverged.size} chains diverged (the first at step {first}): "
+                "no stationary statistic; lower the learning rate"
+            )
+        return per_chain[self.ok]
 
     def sigma(self) -> np.ndarray:
         """Σ about the training minimiser: mean over surviving chains of the per-chain second moments."""
-        return self.second_moment[self.ok].mean(axis=0)
+        return self._kept(self.second_moment).mean(axis=0)
 
     def sigma_se(self) -> np.ndarray:
-        """Entry-wise standard error of :meth:`sigma` across independent chains."""
-        return standard_error(self.second_moment[self.ok])
+        """Entry-wise standard error of :meth:`sigma` across independent surviving chains."""
+        return standard_error(self._kept(self.second_moment))
 
     def covariance(self) -> np.ndarray:
         """Σ about the pooled mean (use when the stationary mean is not the minimiser)."""
-        m = self.mean[self.ok]
+        m = self._kept(self.mean)
         return self.sigma() - np.outer(m.mean(0), m.mean(0))
 
     def _quad(self, Q: np.ndarray, p: np.ndarray, r: float) -> np.ndarray:
@@ -193,7 +208,7 @@ class SGDRun:
 
     def stat(self, per_chain: np.ndarray) -> tuple[float, float]:
         """(mean, standard error) of a per-chain statistic over surviving chains."""
-        v = per_chain[self.ok]
+        v = self._kept(per_chain)
         return float(v.mean()), float(standard_error(v))
 
 
@@ -315,7 +330,7 @@ def simulate_sgd(
         burn_in,
         measure_every,
         snapshot_every or 0,
-        DIVERGED,
+        divergence_limit(pb, start - center, init_scale if w0 is None else 0.0, lr_chain, Lam),
         s1,
         s2,
         s_eta,
@@ -329,6 +344,25 @@ def simulate_sgd(
         if arr is not None:
             arr[diverged] = np.nan
     return SGDRun(pb, center, mean, sm, eta_cov, snaps if snapshot_every else None, diverged, div_at, n_meas)
+
+
+def divergence_limit(
+    problem: LinearProblem, offset: np.ndarray, init_scale: float, lr: np.ndarray, Lam: np.ndarray | None
+) -> np.ndarray:
+    """Per chain, the bound on max_i |w_i − w*_i| beyond which it has diverged (module docstring):
+    HEAVY_TAIL_FACTOR × max(|start − w*|_∞ + init_scale, |u − w*|_∞, √λ s_y). ``offset`` (chains, D):
+    start − w*; ``lr`` per chain, or the matrix ``Lam`` (its largest eigenvalue)."""
+    pb, c = problem, problem.center
+    if pb.X is None:
+        s_y = pb.sigma
+    else:
+        assert pb.y is not None
+        s_y = float(np.sqrt(np.mean((pb.X @ c - pb.y) ** 2)))
+    lam = np.full(len(offset), float(np.linalg.eigvalsh(Lam)[-1])) if Lam is not None else lr
+    scale = np.maximum.reduce(
+        [np.abs(offset).max(1) + init_scale, np.full(len(offset), np.abs(pb.u - c).max()), np.sqrt(lam) * s_y]
+    )
+    return divergence.bound(scale, divergence.HEAVY_TAIL_FACTOR)
 
 
 def _symmetric(lower: np.ndarray) -> np.ndarray:

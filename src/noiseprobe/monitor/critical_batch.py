@@ -29,15 +29,20 @@ import torch
 from numpy.typing import ArrayLike
 from scipy.optimize import least_squares
 
+from noiseprobe.core import divergence
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.seeding import torch_generator
-from noiseprobe.core.validation import DIVERGED, check_int, check_real
+from noiseprobe.core.validation import check_int, check_real
 from noiseprobe.nin.ensemble import MLPEnsemble, batch_losses, init_ensemble
 
 #: random streams of a replica: weights (shared by the replicas of one seed), minibatches, probe batches
 STREAM_INIT, STREAM_BATCHES, STREAM_PROBE = 0, 1, 2
 #: minibatch indices drawn at once per replica (one generator call per block of steps)
 BLOCK_STEPS = 256
+#: the divergence rule's multiple for this engine: a cross-entropy run whose loss passes 10 × its initial
+#: loss (log K at the default init) has left every basin SGD trains in; its steps to the target would be
+#: meaningless (the multiple 10⁸ of the other engines would let a run spend its steps exploding)
+LOSS_FACTOR = 10.0
 
 
 def geometric_steps(max_steps: int, ratio: float) -> np.ndarray:
@@ -71,7 +76,7 @@ def steps_to_target(steps: ArrayLike, losses: ArrayLike, target: float) -> float
 @dataclass
 class TargetRun:
     """``records``: one row per replica and evaluation (lr, replica, step, train_loss); ``outcome``: one row
-    per replica (lr, replica, steps_to_target (NaN: not reached), diverged); ``snapshots``: step -> the
+    per replica (lr, replica, steps_to_target (NaN: not reached), diverged, diverged_step (−1: never)); ``snapshots``: step -> the
     population's parameters at that step (for the monitor), up to the stop."""
 
     records: pd.DataFrame
@@ -94,7 +99,6 @@ def train_to_target(
     max_steps: int,
     eval_ratio: float = 1.05,
     snapshot_ratio: float = 1.3,
-    blowup: float = 10.0,
 ) -> TargetRun:
     """Train one ReLU MLP per learning rate ``lrs[k]`` by SGD with batches of ``batch_size`` drawn with
     replacement until the first replica's training loss (cross-entropy over all of ``x``) reaches
@@ -103,12 +107,12 @@ def train_to_target(
     Every replica starts from the same weights (stream (seed, init_replica): common random numbers across
     learning rates and batch sizes); replica k's minibatches come from (seed, replicas[k]). The loss is
     evaluated at :func:`geometric_steps` (``eval_ratio``), the parameters kept at ``snapshot_ratio`` steps.
-    A replica whose loss is non-finite, above 1e8 or above ``blowup`` × its initial loss has diverged: its
-    later records are NaN and its steps stop (its weights are zeroed and its learning rate set to 0).
+    Divergence (:mod:`noiseprobe.core.divergence`): a replica whose training loss is non-finite or above
+    :data:`LOSS_FACTOR` × its initial loss at an evaluation has diverged there (``diverged_step``): its later
+    records are NaN and its steps stop (its weights are zeroed and its learning rate set to 0).
     """
     check_int("batch_size", batch_size, lo=1)
     check_real("target", target, lo=0.0, lo_open=True)
-    check_real("blowup", blowup, lo=1.0, lo_open=True)
     if len(lrs) != len(replicas) or not lrs:
         raise ConfigError("lrs", list(lrs), f"one learning rate per replica ({len(replicas)} replicas, at least 1)")
     for lr in lrs:
@@ -123,6 +127,7 @@ def train_to_target(
     snaps = set(geometric_steps(max_steps, snapshot_ratio).tolist())
     n = x.shape[0]
     diverged = np.zeros(k, dtype=bool)
+    diverged_step = np.full(k, -1, dtype=np.int64)
     crossed = np.full(k, math.nan)
     initial = np.full(k, math.inf)
     rec_steps: list[int] = []
@@ -137,8 +142,9 @@ def train_to_target(
                 loss = batch_losses(ens.forward(x)[0], y, "ce").double().mean(1).numpy()
             if step == 0:
                 initial = loss.copy()
-            bad = ~np.isfinite(loss) | (np.abs(loss) > DIVERGED) | (loss > blowup * initial)
+            bad = divergence.diverged(loss[:, None], divergence.bound(initial, LOSS_FACTOR)[:, None], axis=1)
             if (bad & ~diverged).any():
+                diverged_step[bad & ~diverged] = step
                 diverged |= bad
                 rates[torch.from_numpy(diverged)] = 0.0
                 with torch.no_grad():
@@ -181,6 +187,7 @@ def train_to_target(
             "replica": np.asarray(replicas, dtype=np.int64),
             "steps_to_target": crossed,
             "diverged": diverged,
+            "diverged_step": diverged_step,
             "last_step": int(steps[-1]),
         }
     )

@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from noiseprobe.core.validation import DIVERGED, check_int, check_real
+from noiseprobe.core import divergence
+from noiseprobe.core.validation import check_int, check_real
 
 
 def gd_with_sharpness(
@@ -46,7 +47,8 @@ def gd_with_sharpness(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``steps`` of full-batch GD (``torch.optim.SGD``) on mean(loss_fn(model(x), y)), the monitor's
     ``sharpness`` measured on the full batch every ``measure_every`` steps (and at the end). Stops when the
-    loss is non-finite or above 1e8 (diverged). Returns (losses: step, loss, one row per step;
+    loss has diverged: non-finite or above 10⁸ × the initial loss (the divergence rule,
+    :mod:`noiseprobe.core.divergence`; the edge of stability's loss spikes stay orders of magnitude below). Returns (losses: step, loss, one row per step;
     sharpness: the monitor's history, step, sharpness, eos_ratio, sharpness_hvps)."""
     from noiseprobe.monitor.monitor import NoiseMonitor
 
@@ -56,12 +58,15 @@ def gd_with_sharpness(
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     mon = NoiseMonitor(model, loss_fn, every=measure_every, metrics=["sharpness"], verbose=False)
     losses = np.full(steps + 1, math.nan)
+    limit = math.inf
     for step in range(steps + 1):
         opt.zero_grad()
         loss = loss_fn(model(x), y).mean()
         value = float(loss.detach())
         losses[step] = value
-        if not (math.isfinite(value) and abs(value) <= DIVERGED):
+        if step == 0:
+            limit = float(divergence.bound(abs(value)))
+        if not (math.isfinite(value) and abs(value) <= limit):
             break
         if step == steps:
             mon.measure((x, y), opt)
@@ -92,7 +97,9 @@ class EoSPhases:
     hover_p90: float
     loss_ratio: float  # mean loss, last quarter / first quarter of the phase after the crossing
     loss_rise_fraction: float  # fraction of steps after the crossing at which the loss rose
-    diverged_step: float = math.nan  # first step whose loss is non-finite or above 1e8 (then nothing else is measured)
+    diverged_step: float = (
+        math.nan
+    )  # first step whose loss diverged: non-finite or above 10⁸ × the first (then nothing else is measured)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,7 +112,7 @@ def eos_phases(losses: pd.DataFrame, sharpness: pd.DataFrame, *, settle: int, wi
     check_int("windows", windows, lo=2)
     nan = math.nan
     lv_all = losses["loss"].to_numpy(dtype=float)
-    bad = np.nonzero(~(np.abs(lv_all) <= DIVERGED))[0]
+    bad = np.nonzero(divergence.diverged(lv_all[:, None], divergence.bound(abs(lv_all[:1])), axis=1))[0]
     if bad.size:
         return EoSPhases(nan, nan, [], nan, 0, nan, nan, nan, nan, nan, float(losses["step"].iloc[int(bad[0])]))
     sh = sharpness[np.isfinite(sharpness["eos_ratio"].to_numpy(dtype=float))]

@@ -14,13 +14,18 @@ and temperature are then exact for the global batch (:mod:`noiseprobe.monitor.dd
 and top-k of C use the rank's own batch. A measurement leaves the run exactly as it was (parameters, buffers, ``.grad``, optimizer state, RNG
 states, train/eval flags): it never calls ``backward`` on the parameters, restores buffers and RNG states,
 and runs with autocast disabled (so products accumulate in float32 or wider). The metrics and their
-formulas are listed in :mod:`noiseprobe.monitor.metrics` and docs/monitor.md.
+formulas are listed in :mod:`noiseprobe.monitor.metrics` and docs/monitor.md; each metric is an object
+that keeps its own state between measurements (:mod:`noiseprobe.monitor.metric`), each measurement a
+:class:`~noiseprobe.monitor.context.Context` that computes the shared ingredients once.
 """
 
 from __future__ import annotations
 
+import gc
+import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,56 +35,56 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_int
+from noiseprobe.core.errors import ConfigError, NoPerSampleGradients, NumericalError
+from noiseprobe.core.memory import fmt_bytes, usable_memory
+from noiseprobe.core.validation import check_choice, check_int
 from noiseprobe.monitor import ddp
+from noiseprobe.monitor.context import COLD_MIN_DIM, Context, Refused, TooFewSamples
 from noiseprobe.monitor.loggers import Logger, make_loggers
-from noiseprobe.monitor.metrics import DEFAULT, METRICS, Context, resolve_metrics
-from noiseprobe.monitor.predictions import loss_buffer
+from noiseprobe.monitor.metric import Metric
+from noiseprobe.monitor.metrics import DEFAULT, resolve_metrics
+from noiseprobe.monitor.microbatch import EstimatorChoice, untouched
+from noiseprobe.probes.wrappers import eager, unwrap
 
 Forward = Callable[[nn.Module, Any], Tensor]
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside a DistributedDataParallel / DataParallel wrapper."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
-
-
 @contextmanager
 def preserved(model: nn.Module) -> Iterator[None]:
-    """Restore buffers (e.g. BatchNorm statistics), RNG states and train/eval flags on exit."""
+    """Restore buffers (e.g. BatchNorm statistics), ``.grad``, RNG states and train/eval flags on exit."""
     flags = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    grads = [(p, p.grad) for p in model.parameters()]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     try:
-        yield
+        with untouched(model):
+            yield
     finally:
         for m, t in flags:
             m.training = t
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-        for p, g in grads:
-            p.grad = g
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
 
 
 class NoiseMonitor:
     """Measure gradient-noise quantities every ``every`` optimizer steps on the current batch.
 
     ``metrics``: "default" (tr_sigma, g_sq, b_simple with its interval, temperature, top-k of C), "all",
-    or a list of names from :data:`noiseprobe.monitor.metrics.METRICS`. ``forward(model, inputs)`` serves
+    or a list of those, names from :data:`noiseprobe.monitor.metric.METRICS` and
+    :class:`~noiseprobe.monitor.metric.Metric` objects (``["default", Sharpness(), NIWDecay(handle)]``;
+    metrics needing a declaration take it in their constructor). ``forward(model, inputs)`` serves
     models that take dicts or keyword arguments (default ``model(inputs)``). ``effective_batch_size`` is
     the batch size S of the update (with gradient accumulation, micro-batch × accumulation steps); default
     the number of samples in the measured batch. ``log_dir``: CSV and Parquet logs there (plus
-    "tensorboard"/"mlflow" in ``loggers``). ``verbose``: a status line per measurement (default: when
-    stderr is a terminal).
+    "tensorboard"/"mlflow"/"wandb" in ``loggers``). ``verbose``: a status line per measurement (default:
+    when stderr is a terminal).
+
+    The monitor never stops the run it watches (``on_error="warn"``, the default): what goes wrong inside a
+    measurement (non-finite losses or gradients, a batch too small for an estimator, out of memory, an
+    estimated peak above the free memory, a logger's I/O failure) becomes a ``status`` in the row (NaN
+    values where a metric failed) and one warning per reason; ``status`` is "ok" on a clean row.
+    ``on_error="raise"`` raises instead (for tests). Bad construction arguments raise here, and an error of
+    the user's own code or batch raises at the first measurement.
+
+    ``estimator``: "auto" (per-sample gradients where they exist, else micro-batches, with one warning
+    naming the module and why), "per-sample" or "micro-batch"; ``micro_batches``: m (default 8, fewer for
+    batches under 16 samples). Each row's ``estimator`` and ``micro_batch_size`` say which was used
+    (:mod:`noiseprobe.monitor.microbatch`, docs/monitor.md "Which estimator").
     """
 
     def __init__(
@@ -87,17 +92,21 @@ class NoiseMonitor:
         model: nn.Module,
         loss_fn: Callable[[Any, Any], Tensor],
         every: int = 50,
-        metrics: str | Sequence[str] = "default",
+        metrics: str | Metric | Sequence[str | Metric] = "default",
         log_dir: str | Path | None = None,
         forward: Forward | None = None,
-        effective_batch_size: int | None = None,
         *,
+        effective_batch_size: int | None = None,
         top_k: int = 10,
         loggers: Sequence[str] = (),
         verbose: bool | None = None,
+        on_error: str = "warn",
+        estimator: str = "auto",
+        micro_batches: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError("model", type(model).__name__, "a torch.nn.Module")
+        unwrap(model)  # a model it cannot measure (FSDP-sharded) is refused here, at construction
         if not callable(loss_fn):
             raise ConfigError("loss_fn", loss_fn, "a callable loss_fn(output, targets) -> per-sample losses")
         if forward is not None and not callable(forward):
@@ -111,18 +120,16 @@ class NoiseMonitor:
             None if effective_batch_size is None else check_int("effective_batch_size", effective_batch_size, lo=1)
         )
         self.top_k = check_int("top_k", top_k, lo=1)
+        self.estimator = EstimatorChoice(estimator, micro_batches)
         self.loggers: list[Logger] = make_loggers(log_dir, loggers)
         self.verbose = sys.stderr.isatty() if verbose is None else bool(verbose)
         self.steps = 0
+        self.on_error = check_choice("on_error", on_error, ("warn", "raise"))
         self.group = ddp.process_group(model)
-        self.hook: ddp.GradNormHook | None = None
-        if "two_batch" in self.metrics:
-            if self.group is None:
-                raise ConfigError("metrics", "two_batch", "a DistributedDataParallel model in a world of >= 2 ranks")
-            self.hook = ddp.GradNormHook(self.group)
-            model.register_comm_hook(None, self.hook.allreduce)
         self._rows: list[dict[str, Any]] = []
-        self._state: dict[str, Any] = {}  # carried between measurements (warm starts)
+        self._columns: dict[str, list[str]] = {}  # metric name -> its columns when it last succeeded
+        self._warned: set[str] = set()
+        self._validated = False  # a measurement ran through: the user's code and batch are sound
 
     # -- the loop --------------------------------------------------------------------------------
     def step(
@@ -137,12 +144,14 @@ class NoiseMonitor:
         nothing). ``loss``: the mean training loss of this step's batch, already computed by the loop (kept
         as a tensor, no extra forward and no device sync); the ``fluctuation`` metric compares the variance
         of these values since the previous measurement with paper 002's prediction."""
-        if loss is not None:
-            self._state.setdefault("losses", loss_buffer(self.every)).append(torch.as_tensor(loss).detach())
         step, self.steps = self.steps, self.steps + 1
+        seen = None if loss is None else torch.as_tensor(loss).detach()
+        for metric in self.metrics:
+            try:
+                metric.on_step(step, seen)
+            except Exception as exc:
+                self._fault(fault_reason(exc) or "error", exc, metric.name)
         if step % self.every:
-            if self.hook is not None:
-                self.hook.take()  # this step's norms are not measured: start the next step afresh
             return {}
         return self._measure(batch, optimizer, step)
 
@@ -160,35 +169,158 @@ class NoiseMonitor:
             logger.close()
 
     # -- internals -------------------------------------------------------------------------------
+    def _fault(self, reason: str, exc: BaseException | None, where: str = "") -> None:
+        """Raise (``on_error="raise"``) or warn, once per reason (the first place it happened named)."""
+        if self.on_error == "raise" and exc is not None:
+            raise exc
+        key = reason.split(" (")[0]
+        if key not in self._warned:
+            self._warned.add(key)
+            detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+            place = f"{where}: " if where else ""
+            warnings.warn(
+                f"noiseprobe monitor: {place}{reason}{detail} (recorded in the status column; warned once)",
+                stacklevel=4,
+            )
+
+    def estimated_peak(self, n: int) -> int:
+        """Bytes a measurement allocates beyond the training step, estimated: parameter-sized vectors of
+        Lanczos (2·(top_k + 17)), the Hutchinson probes and their products (2·16) and a few more (8), and the
+        N × N Gram matrix; activations of the extra forward and backward are those of a training step."""
+        model = unwrap(self.model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        p_count = sum(p.numel() for p in params)
+        itemsize = max((p.element_size() for p in params), default=4)
+        return itemsize * p_count * (2 * (self.top_k + COLD_MIN_DIM + 7) + 32 + 8) + 8 * n * n
+
     def _measure(self, batch: tuple[Any, Any], optimizer: torch.optim.Optimizer | None, step: int) -> dict[str, Any]:
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             raise ConfigError("batch", type(batch).__name__, "a pair (inputs, targets)")
         model = unwrap(self.model)
         t0 = time.perf_counter()
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        with preserved(model), torch.autocast(device.type, enabled=False):
-            ctx = Context(
-                model,
-                self.loss_fn,
-                batch[0],
-                batch[1],
-                self.forward,
-                optimizer,
-                self.effective_batch_size,
-                self.top_k,
-                self._state,
-                self.group,
-                self.hook,
-            )
-            row: dict[str, Any] = {"step": step}
-            self._state["step"] = step
-            for name in self.metrics:
-                row.update(METRICS[name](ctx))
+        row: dict[str, Any] = {"step": step}
+        failed: dict[str, str] = {}  # metric name -> reason
+        done: list[str] = []
+        skip = self._memory_check(batch, device)
+        if skip is not None:
+            if self.on_error == "raise":
+                raise MemoryError(skip)
+            failed = dict.fromkeys((m.name for m in self.metrics), "memory")
+            self._fault(skip, None)
+        else:
+            with preserved(model), torch.autocast(device.type, enabled=False), eager():
+                ctx = Context(
+                    model=model,
+                    loss_fn=self.loss_fn,
+                    inputs=batch[0],
+                    targets=batch[1],
+                    forward=self.forward,
+                    optimizer=optimizer,
+                    batch_size=self.effective_batch_size,
+                    top_k=self.top_k,
+                    step=step,
+                    group=self.group,
+                    estimator=self.estimator,
+                )
+                for metric in self.metrics:
+                    if metric.name in failed:
+                        continue
+                    try:
+                        values = metric.measure(ctx)
+                    except Exception as exc:
+                        reason = fault_reason(exc)
+                        if self.on_error == "raise" or (reason is None and not self._validated):
+                            raise
+                        reason = reason or f"error ({type(exc).__name__})"
+                        self._fault(reason, exc, metric.name)
+                        if reason in ("non-finite", "out-of-memory"):  # the rest would fail the same way
+                            failed.update({m.name: reason for m in self.metrics if m.name not in done})
+                        else:
+                            failed[metric.name] = reason
+                        continue
+                    self._columns[metric.name] = list(values)
+                    row.update(values)
+                    done.append(metric.name)
+                if "estimator" in ctx.__dict__:  # a noise estimator was chosen (lazily, once per measurement)
+                    row.update(estimator=ctx.estimator, micro_batch_size=ctx.micro_batch_size)
+                del ctx  # this measurement's ingredients (per-sample gradients, operators) go now
+            if "out-of-memory" in failed.values():
+                _release_memory(device)
+        for name in failed:
+            row.update(dict.fromkeys(self._columns.get(name, ()), math.nan))
+        self._validated = True
+        row["status"] = status_text(failed, [m.name for m in self.metrics])
         row["seconds"] = time.perf_counter() - t0
         self._rows.append(row)
+        self._log(row)
+        return row
+
+    def _memory_check(self, batch: tuple[Any, Any], device: torch.device) -> str | None:
+        """ "memory (...)" when the estimated peak exceeds the free memory of the device, else None."""
+        first = batch[0]
+        n = int(first.shape[0]) if isinstance(first, Tensor) and first.dim() > 0 else 0
+        need = self.estimated_peak(n)
+        free = available_memory(device)
+        if free is not None and need > free:
+            return f"memory (estimated peak {fmt_bytes(need)} above the {fmt_bytes(free)} available)"
+        return None
+
+    def _log(self, row: dict[str, Any]) -> None:
         for logger in self.loggers:
-            logger.log(row)
+            try:
+                logger.log(row)
+            except Exception as exc:  # the values stay in memory (mon.history)
+                if self.on_error == "raise":
+                    raise
+                reason = f"log {type(logger).__name__} ({type(exc).__name__})"
+                row["status"] = reason if row["status"] == "ok" else f"{row['status']}; {reason}"
+                self._fault(reason, exc)
         if self.verbose:
             shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k in DEFAULT and isinstance(v, float))
-            print(f"noiseprobe monitor, step {step}: {shown}", file=sys.stderr)
-        return row
+            try:
+                print(f"noiseprobe monitor, step {row['step']}: {shown} [{row['status']}]", file=sys.stderr)
+            except (OSError, ValueError):
+                pass
+
+
+def fault_reason(exc: BaseException) -> str | None:
+    """The status of a fault that may happen inside a measurement of a sound run, or None (a bug or bad
+    input: raised at the first measurement)."""
+    if isinstance(exc, (NumericalError, FloatingPointError)):
+        return "non-finite"
+    if isinstance(exc, TooFewSamples):
+        return "too-few-samples"
+    if isinstance(exc, Refused):
+        return exc.status
+    if isinstance(exc, NoPerSampleGradients):
+        return "no per-sample gradients"
+    oom = getattr(torch, "OutOfMemoryError", ())
+    if isinstance(exc, MemoryError) or (oom and isinstance(exc, oom)):
+        return "out-of-memory"
+    if isinstance(exc, RuntimeError) and any(s in str(exc) for s in ("out of memory", "can't allocate memory")):
+        return "out-of-memory"
+    return None
+
+
+def status_text(failed: dict[str, str], names: list[str]) -> str:
+    """ "ok"; one reason when every metric failed for it; else "metric: reason, ..."."""
+    if not failed:
+        return "ok"
+    reasons = set(failed.values())
+    if len(failed) == len(names) and len(reasons) == 1:
+        return reasons.pop()
+    return ", ".join(f"{name}: {failed[name]}" for name in names if name in failed)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device``: the CUDA device's free memory, else what the process may still allocate."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return usable_memory()
+
+
+def _release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from noiseprobe.core.plotting import new_figure, savefig
+from noiseprobe.core.report import register_plotter
 
 
 def draw_history(history: pd.DataFrame, out: Path) -> list[Path]:
@@ -19,8 +20,10 @@ def draw_history(history: pd.DataFrame, out: Path) -> list[Path]:
         fig, ax = new_figure(width=5.0)
         ax.plot(step, history["b_simple"], marker="o", ms=3, label="B_simple = tr Σ / |G|²")
         if "b_simple_lo" in history:
-            hi = history["b_simple_hi"].replace(np.inf, np.nan)
-            ax.fill_between(step, history["b_simple_lo"], hi, alpha=0.25, label="95 % interval")
+            lo, hi = history["b_simple_lo"].to_numpy(dtype=float), history["b_simple_hi"].to_numpy(dtype=float)
+            bounded = np.isfinite(lo) & np.isfinite(hi)
+            if bounded.any():  # the legend names the interval only where one is drawn
+                ax.fill_between(step, lo, np.where(bounded, hi, np.nan), alpha=0.25, label="95 % interval")
         if "b_noise" in history:
             ax.plot(step, history["b_noise"], marker="s", ms=3, label="B_noise = tr(HΣ) / GᵀHG")
         if "two_batch_b_simple" in history:
@@ -65,3 +68,6 @@ def draw_history(history: pd.DataFrame, out: Path) -> list[Path]:
         ax.legend()
         paths.append(savefig(fig, out / "monitor_spectrum.png"))
     return paths
+
+
+register_plotter("monitor", draw_history)

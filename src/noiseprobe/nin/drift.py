@@ -26,8 +26,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from noiseprobe.core import divergence
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import DIVERGED, check_choice, check_int, check_real
+from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.nin.ensemble import LOSSES, MLPEnsemble, batch_losses
 
 
@@ -72,8 +73,7 @@ def smoothed_niw_rate(
 class DecayMeasurement:
     """NIW norms and the two predicted rates per record (rows) and replica (columns): ``rate_local`` =
     η σε² Ŵᵀ⟨H⟩Ŵ (eq. 2 corrected, local Hessian), ``rate_smoothed`` = eq. (D1); ``diverged_step``
-    (per replica, −1 if never): the step at which a weight became non-finite or exceeded
-    :data:`~noiseprobe.core.validation.DIVERGED`."""
+    (per replica, −1 if never): the step at which it diverged (:func:`measure_niw_decay`)."""
 
     steps: np.ndarray
     niw_norm: np.ndarray
@@ -111,7 +111,8 @@ def measure_niw_decay(
     without replacement, and fresh unit noise ξ per sample and step) and record ‖W_NI‖ and both
     predicted rates on the first ``probe_samples`` samples at ``records`` evenly spaced steps (and 0).
     Fresh ξ per step is what the "epoch" NIN mode gives when each sample is seen once per epoch. A
-    replica whose weights leave |w| ≤ DIVERGED is marked diverged (its integrals are NaN); training
+    replica whose weights become non-finite or exceed 10⁸ × its largest initial weight (the divergence rule,
+    :mod:`noiseprobe.core.divergence`) is marked diverged at that step (its integrals are NaN); training
     stops when every replica has."""
     check_choice("loss", loss, LOSSES)
     check_real("lr", lr, lo=0.0, lo_open=True)
@@ -137,6 +138,9 @@ def measure_niw_decay(
     for p in params:
         p.requires_grad_(True)
     diverged = np.full(ens.k, -1, dtype=np.int64)
+    with torch.no_grad():
+        start = torch.stack([p.detach().flatten(1).abs().amax(1).double() for p in params]).amax(0)
+    limit = torch.from_numpy(divergence.bound(start.numpy()))[:, None]
     per_epoch = n // batch_size
     perm = torch.empty(0, dtype=torch.long)
     record(0)
@@ -151,7 +155,7 @@ def measure_niw_decay(
         with torch.no_grad():
             for p, g in zip(params, grads):
                 p.sub_(lr * g)
-            ok = torch.stack([(torch.isfinite(p) & (p.abs() <= DIVERGED)).flatten(1).all(1) for p in params])
+            ok = torch.stack([(p.flatten(1).abs().double() <= limit).all(1) for p in params])  # False on NaN
             bad = (~ok.all(0)).cpu().numpy()
         diverged[bad & (diverged < 0)] = t
         if t % every == 0 or t == steps:

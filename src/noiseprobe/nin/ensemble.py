@@ -30,8 +30,9 @@ see :meth:`MLPEnsemble.member`):
   permutation also picks the ``probe_samples`` samples for the curvature (as ``probe.train`` does).
   σε is a hyper-parameter: replicas with equal r and different σε share weights, order and ξ (common
   random numbers across a σε sweep), and nothing depends on how replicas are grouped into calls.
-* Divergence: a replica whose batch loss becomes non-finite (checked every step), or whose weights are
-  non-finite or exceed ``overflow`` in magnitude (checked at the end of every epoch), is recorded as
+* Divergence (:mod:`noiseprobe.core.divergence`): a replica whose batch loss becomes non-finite (checked
+  every step), or whose weights are non-finite or exceed 10⁸ × its scale in magnitude, the scale being its
+  largest initial weight (checked at initialisation and at the end of every epoch), is recorded as
   diverged at that step and dropped from the batch; its later records are NaN with ``diverged = True``;
   the other replicas are unaffected.
 
@@ -54,6 +55,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from noiseprobe.core import divergence
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.seeding import seed_sequence, torch_generator
 from noiseprobe.core.validation import check_choice, check_int, check_real
@@ -246,9 +248,14 @@ def _evaluate(
     return tot_l / x.shape[0], tot_a / x.shape[0]
 
 
-def _healthy(params: list[torch.Tensor], overflow: float) -> torch.Tensor:
-    """(K,) True where every parameter of the replica is finite and at most ``overflow`` in magnitude."""
-    return torch.stack([(p.detach().flatten(1).abs() <= overflow).all(1) for p in params]).all(0)
+def _scale(params: list[torch.Tensor]) -> torch.Tensor:
+    """(K,) the replica's largest |weight| (its start, when called at initialisation)."""
+    return torch.stack([p.detach().flatten(1).abs().amax(1).double() for p in params]).amax(0)
+
+
+def _healthy(params: list[torch.Tensor], limit: torch.Tensor) -> torch.Tensor:
+    """(K,) True where every parameter of the replica is finite and at most ``limit[k]`` in magnitude."""
+    return torch.stack([(p.detach().flatten(1).abs().double() <= limit[:, None]).all(1) for p in params]).all(0)
 
 
 @dataclass
@@ -280,7 +287,6 @@ def train_ensemble(
     niw_init_std: float = 1.0,
     record_epochs: Sequence[int] | None = None,
     probe_samples: int = 2000,
-    overflow: float = 1e8,
     eval_block: int = 4096,
     dtype: torch.dtype = torch.float32,
     ensemble: MLPEnsemble | None = None,
@@ -301,7 +307,6 @@ def train_ensemble(
         check_choice("nin_mode", m, NIN_MODES)
     check_real("lr", lr, lo=0.0, lo_open=True)
     check_int("epochs", epochs, lo=0)
-    check_real("overflow", overflow, lo=0.0, lo_open=True)
     for s in sigmas:
         check_real("sigma", s, lo=0.0)
     xtr, xte = x_train.to(dtype), x_test.to(dtype)
@@ -391,7 +396,8 @@ def train_ensemble(
         keep = torch.nonzero(~bad).flatten()
         ens, active = ens.select(keep), active[keep]
 
-    bad = ~_healthy(ens.parameters(), overflow)
+    limit = torch.from_numpy(divergence.bound(torch.nan_to_num(_scale(ens.parameters()), nan=0.0).numpy()))
+    bad = ~_healthy(ens.parameters(), limit)
     if bad.any():
         drop(bad, 0)
     record(0)
@@ -420,7 +426,7 @@ def train_ensemble(
                 noisy_sum[active] += lk.double()
                 bad = ~torch.isfinite(lk)
                 if s == steps_per_epoch - 1:
-                    bad |= ~_healthy(params, overflow)
+                    bad |= ~_healthy(params, limit[active])
             noisy_n += 1
             if bad.any():
                 drop(bad, step)

@@ -22,9 +22,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from noiseprobe.core import divergence
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.fitting import crossing
-from noiseprobe.core.validation import DIVERGED, check_int, check_real
+from noiseprobe.core.validation import check_int, check_real
 
 PHASES: tuple[str, ...] = ("decoupled", "decay", "catapult", "divergent")  # codes 0..3 in this order
 BOUNDARY_NAMES: tuple[str, ...] = ("decoupled|decay", "decay|catapult", "catapult|divergent")
@@ -64,11 +65,11 @@ def classify(
     loss_bound: float = np.inf,
     edge: float = 2.0,
     diverged: np.ndarray | None = None,
-    overflow: float = DIVERGED,
 ) -> np.ndarray:
     """Per-replica phase codes (R,) from curves of shape (R, T) (T recorded times, first = initial).
 
-    divergent if non-finite or |value| > ``overflow`` anywhere in ``niw_norm`` or ``loss``, or
+    divergent if non-finite anywhere in ``niw_norm`` or ``loss`` or above
+    :data:`~noiseprobe.core.divergence.FACTOR` × its initial value (the divergence rule), or
     ``diverged[r]``, or final clean loss > ``loss_bound``; catapult if max_t stability > ``edge``
     (``stability`` (R, T) or per-run maxima (R,) of η σε² λ_max(local Hessian)), or, when ``stability``
     is None, by the proxy: max_t niw_norm > 2 max(initial, final) and max_t loss > 2 × initial loss;
@@ -78,10 +79,11 @@ def classify(
     los = np.asarray(loss, dtype=np.float64)
     if n.ndim != 2 or los.shape != n.shape or n.shape[1] < 2:
         raise ConfigError("niw_norm/loss", f"shapes {n.shape}/{los.shape}", "two equal (R, T) arrays with T >= 2")
-    overflow = check_real("overflow", overflow, lo=0.0, lo_open=True)
     if not (isinstance(loss_bound, (int, float, np.floating, np.integer)) and float(loss_bound) > 0):
         raise ConfigError("loss_bound", loss_bound, "a number > 0 (np.inf: no bound)")
-    bad = ~(np.isfinite(n) & (np.abs(n) <= overflow)).all(1) | ~(np.isfinite(los) & (np.abs(los) <= overflow)).all(1)
+    bad = divergence.diverged(n, divergence.bound(np.abs(n[:, :1])), axis=1) | divergence.diverged(
+        los, divergence.bound(np.abs(los[:, :1])), axis=1
+    )
     if diverged is not None:
         div = np.asarray(diverged, dtype=bool)
         if div.shape != n.shape[:1]:

@@ -45,12 +45,8 @@ from torch import Tensor, nn
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.nin.injector import NINHandle
-from noiseprobe.probes.local import (
-    LocalObjective,
-    consumer_module,
-    full_hessian_trace,
-    hutchinson_trace,
-)
+from noiseprobe.probes.estimators import hutchinson_trace
+from noiseprobe.probes.local import LocalObjective, consumer_module, full_hessian_trace
 
 LOSSES = ("ce", "mse")
 #: per-record columns shared by all NINs, then the per-NIN columns

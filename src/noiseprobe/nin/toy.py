@@ -30,8 +30,11 @@ stream gives exactly one output per step (normals by the ziggurat method; at B =
 branches and the χ² draws (Marsaglia–Tsang) need. So the numbers depend neither on the chunking nor on
 the thread count nor on which other replicas share a thread. The kernel is compiled with
 ``fastmath={"contract"}`` only (fused multiply-adds; no assumptions about NaN or inf, which the
-divergence test relies on). A replica whose weights leave |w| <= ``threshold`` or become non-finite is
-frozen at its last finite state and its overflow step recorded; the others continue.
+divergence test relies on). Divergence (:mod:`noiseprobe.core.divergence`): a replica whose w0, w1 or w_NI
+becomes non-finite or exceeds 10⁸ × its scale in magnitude, the scale being the largest of its starting
+|w0|, |w1|, |w_NI| and √|M| (the size of the balanced minimiser w0 = w1 = √M), is frozen at its last
+finite state and its overflow step recorded; the others continue. This is the "overflow" half of the
+divergent phase (paper 001 §5.2).
 """
 
 from __future__ import annotations
@@ -42,10 +45,11 @@ import numba
 import numpy as np
 import pandas as pd
 
+from noiseprobe.core import divergence
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.seeding import ReplicaStreams, seed_sequence
 from noiseprobe.core.streams import GOLDEN, LAYER, ZR, ZX, bits53, chi2_from, gamma_shape, mix, ziggurat
-from noiseprobe.core.validation import check_choice, check_int, check_real
+from noiseprobe.core.validation import check_choice, check_int
 from noiseprobe.nin.phases import classify_summary
 
 METHODS: tuple[str, ...] = ("exact", "reduced")
@@ -77,7 +81,8 @@ _NEXT = 5  # ... of one parity; the other parity is 5 rows further
 _MAX_W1SQ, _MAX_WNSQ, _MAX_LOSS = 10, 11, 12
 _LR, _M, _HX, _A_N, _A_L, _N0, _LOSS0, _THR_N, _THR_L, _LIVE = range(13, 23)
 _SX, _SE, _B, _INV_B, _SD_SXE, _D1, _C1, _D2, _C2 = range(23, 32)  # sampler parameters (_set_sampler)
-_ROWS = 32
+_LIM = 32  # the divergence bound on |w0|, |w1|, |w_NI|
+_ROWS = 33
 
 
 @numba.njit(cache=True)
@@ -370,7 +375,7 @@ def _fill(kind: int, n: int, x: np.ndarray, s: np.ndarray, a: np.ndarray, mom: n
 
 
 @numba.njit(cache=True, inline="always", fastmath={"contract"})
-def _step(k: int, x: np.ndarray, mom: np.ndarray, threshold: float, flag: np.ndarray, old: int, new: int) -> int:
+def _step(k: int, x: np.ndarray, mom: np.ndarray, flag: np.ndarray, old: int, new: int) -> int:
     """Step k of the block for every lane, from rows ``old`` to rows ``new``; updates the maxima and sets
     flag[j] (bit 1: the step overflowed, the lane keeps its state; bit 2: an e-fold level was crossed).
     Returns the OR of the flags."""
@@ -379,7 +384,8 @@ def _step(k: int, x: np.ndarray, mom: np.ndarray, threshold: float, flag: np.nda
         a0, a1, an, on = x[old + _W0, j], x[old + _W1, j], x[old + _WN, j], x[_LIVE, j] != 0.0
         m = x[_M, j]
         v0, v1, vn = sgd_step(a0, a1, an, mom[0, k, j], mom[1, k, j], mom[2, k, j], x[_LR, j], m)
-        ok = (abs(v0) <= threshold) & (abs(v1) <= threshold) & (abs(vn) <= threshold)  # False on NaN
+        lim = x[_LIM, j]
+        ok = (abs(v0) <= lim) & (abs(v1) <= lim) & (abs(vn) <= lim)  # False on NaN
         take = ok & on
         x[new + _W0, j] = v0 if take else a0
         x[new + _W1, j] = v1 if take else a1
@@ -399,14 +405,14 @@ def _step(k: int, x: np.ndarray, mom: np.ndarray, threshold: float, flag: np.nda
 
 
 @numba.njit(cache=True, inline="always", fastmath={"contract"})
-def _advance(k0: int, n: int, p: int, x: np.ndarray, mom: np.ndarray, threshold: float, flag: np.ndarray) -> int:
+def _advance(k0: int, n: int, p: int, x: np.ndarray, mom: np.ndarray, flag: np.ndarray) -> int:
     """Steps k0..n-1 of the block from parity p; returns after the first step that raised a flag, or at
     the block's end: the number of steps taken."""
     for k in range(k0, n):
         if p == 0:
-            raised = _step(k, x, mom, threshold, flag, 0, _NEXT)
+            raised = _step(k, x, mom, flag, 0, _NEXT)
         else:
-            raised = _step(k, x, mom, threshold, flag, _NEXT, 0)
+            raised = _step(k, x, mom, flag, _NEXT, 0)
         p = 1 - p
         if raised:
             return k + 1 - k0
@@ -427,7 +433,7 @@ def _group(
     batch: np.ndarray,
     keys: np.ndarray,
     steps: int,
-    threshold: float,
+    limit: np.ndarray,
     rec_row: np.ndarray,
     rec_steps: np.ndarray,
     traj: np.ndarray,
@@ -448,7 +454,7 @@ def _group(
     for j in range(n_live):
         r = rows[j]
         x[_W0, j], x[_W1, j], x[_WN, j] = w0i[r], w1i[r], wni[r]
-        x[_LR, j], x[_M, j] = lr[r], m[r]
+        x[_LR, j], x[_M, j], x[_LIM, j] = lr[r], m[r], limit[r]
         _set_sampler(x, j, sigma_x[r], sigma[r], batch[r])
         x[_HX, j] = 0.5 * sigma_x[r] * sigma_x[r]
         x[_A_N, j], x[_A_L, j] = lr[r] * sigma[r] * sigma[r], 2.0 * lr[r] * sigma_x[r] * sigma_x[r]
@@ -480,7 +486,7 @@ def _group(
         _fill(kind, n, x, s, a, mom, pending)
         k = 0
         while k < n and n_live > 0:
-            done = _advance(k, n, p, x, mom, threshold, flag)
+            done = _advance(k, n, p, x, mom, flag)
             k, t, p = k + done, t + done, p ^ (done & 1)
             cur, prev = p * _NEXT, (1 - p) * _NEXT
             for j in range(rows.shape[0]):
@@ -547,7 +553,7 @@ def _kernel(
     batch: np.ndarray,
     keys: np.ndarray,
     steps: int,
-    threshold: float,
+    limit: np.ndarray,
     rec_row: np.ndarray,
     rec_steps: np.ndarray,
     traj: np.ndarray,
@@ -570,7 +576,7 @@ def _kernel(
             batch,
             keys,
             steps,
-            threshold,
+            limit,
             rec_row,
             rec_steps,
             traj,
@@ -585,7 +591,7 @@ class ToyRun:
     """Per-replica statistics of one toy-model sweep (all arrays have leading length R).
 
     ``stats`` holds the columns :data:`STAT_COLUMNS`; ``overflow_step`` is the update at which the
-    replica left |w| <= threshold (-1 if never). ``traj`` (n_recorded, len(record_steps), 4) holds
+    replica left the divergence bound (-1 if never). ``traj`` (n_recorded, len(record_steps), 4) holds
     (w0, w1, w_NI, clean loss) at ``record_steps`` for the replicas ``recorded`` (NaN after overflow).
     """
 
@@ -693,6 +699,13 @@ def _per_replica(name: str, value: float | np.ndarray, n: int, dtype: type = np.
     return np.array(np.broadcast_to(arr, (n,)), dtype=dtype)  # a writable copy: one kernel signature
 
 
+def divergence_limit(w0: np.ndarray, w1: np.ndarray, w_ni: np.ndarray, M: np.ndarray) -> np.ndarray:
+    """Per replica, the bound on |w0|, |w1|, |w_NI| beyond which it has diverged (module docstring):
+    :data:`~noiseprobe.core.divergence.FACTOR` × max(|w0(0)|, |w1(0)|, |w_NI(0)|, √|M|)."""
+    scale = np.maximum.reduce([np.abs(w0), np.abs(w1), np.abs(w_ni), np.sqrt(np.abs(M))])
+    return divergence.bound(scale)
+
+
 def simulate(
     sigma_eps: float | np.ndarray,
     *,
@@ -709,7 +722,6 @@ def simulate(
     replicas: np.ndarray | None = None,
     record: np.ndarray | None = None,
     record_steps: np.ndarray | None = None,
-    threshold: float = 1e8,
 ) -> ToyRun:
     """Run ``steps`` SGD steps of the toy model for R replicas at once (float64).
 
@@ -722,7 +734,6 @@ def simulate(
     check_choice("method", method, METHODS)
     steps = check_int("steps", steps, lo=1)
     seed = check_int("seed", seed, lo=0)
-    threshold = check_real("threshold", threshold, lo=0.0, lo_open=True)
     shapes = [np.shape(v) for v in (sigma_eps, w0, w1, w_ni, lr, batch_size, sigma_x, M)]
     n = max((s[0] for s in shapes if len(s) == 1), default=1)
     se = _per_replica("sigma_eps", sigma_eps, n)
@@ -730,14 +741,20 @@ def simulate(
     sx = _per_replica("sigma_x", sigma_x, n)
     m = _per_replica("M", M, n)
     b = _per_replica("batch_size", batch_size, n, np.int64)
-    for name, arr, lo in (("sigma_eps", se, 0.0), ("lr", eta, 0.0), ("sigma_x", sx, 0.0)):
+    for name, arr, lo in (("sigma_eps", se, 0.0), ("sigma_x", sx, 0.0)):
         if not (np.all(np.isfinite(arr)) and np.all(arr >= lo)):
             raise ConfigError(name, arr[~(np.isfinite(arr) & (arr >= lo))][0], f"finite values >= {lo}")
+    if not (np.all(np.isfinite(eta)) and np.all(eta > 0)):  # lr = 0: nothing moves, no phase to classify
+        raise ConfigError("lr", eta[~(np.isfinite(eta) & (eta > 0))][0], "finite values > 0")
     if not (np.all(b >= 1) and np.all(np.isfinite(m))):
         raise ConfigError("batch_size/M", "out of range", "batch_size >= 1 and finite M")
     if np.any(np.asarray(batch_size, dtype=np.float64) != b):
         raise ConfigError("batch_size", batch_size, "positive integers")
     a0, a1, an = (_per_replica(k, v, n) for k, v in (("w0", w0), ("w1", w1), ("w_ni", w_ni)))
+    for name, arr in (("w0", a0), ("w1", a1), ("w_ni", an)):
+        if not np.all(np.isfinite(arr)):
+            raise ConfigError(name, arr[~np.isfinite(arr)][0], "finite values")
+    limit = divergence_limit(a0, a1, an, m)
     reps = np.arange(n, dtype=np.int64) if replicas is None else _per_replica("replicas", replicas, n, np.int64)
     if np.any(reps < 0):
         raise ConfigError("replicas", reps[reps < 0][0], "non-negative integers (global replica indices)")
@@ -773,7 +790,7 @@ def simulate(
                     b,
                     keys,
                     steps,
-                    threshold,
+                    limit,
                     rec_row,
                     rsteps,
                     traj,

@@ -23,11 +23,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.errors import ConfigError, NoPerSampleGradients, NumericalError
 from noiseprobe.probes.losses import model_output
 from noiseprobe.probes.rules import Call, Rule, VmapRule, rule_for, tensor_leaves
 from noiseprobe.probes.rules.base import Named
 from noiseprobe.probes.rules.norm import BatchNormRule
+from noiseprobe.probes.wrappers import eager
 
 #: loss_fn(model_output, targets) -> per-sample losses of shape (N,)
 PerSampleLoss = Callable[[Any, Any], Tensor]
@@ -166,7 +167,7 @@ def record(
             return None
         rng = rng_before.pop(id(unit), None)  # recorded for vmap units in training mode
         if rng is not None and any(not torch.equal(a, b) for a, b in zip(rng, _rng_state(device))):
-            raise ConfigError(
+            raise NoPerSampleGradients(
                 display(unit.name),
                 f"{type(mod).__name__} drawing random numbers in training mode",
                 "eval mode or no dropout in modules without a layer rule "
@@ -196,7 +197,7 @@ def record(
     for name, m in root.named_modules():
         handles.append(m.register_forward_pre_hook(lambda *a, name=name: fired.add(name) if active[0] else None))
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), eager():  # compiled submodules run eagerly: hooks fire, dynamo sees none
             losses = loss_fn(root(x), y)
     finally:
         active[0] = False
@@ -228,7 +229,8 @@ def record(
 
 
 def check_losses(losses: Any) -> None:
-    """ConfigError unless ``losses`` is a finite (N,) tensor."""
+    """ConfigError unless ``losses`` is an (N,) tensor; NumericalError if it is not finite (valid input,
+    non-finite numbers: e.g. a diverging run)."""
     if not isinstance(losses, Tensor) or losses.dim() != 1 or losses.shape[0] < 1:
         shape = tuple(losses.shape) if isinstance(losses, Tensor) else type(losses).__name__
         raise ConfigError(
@@ -237,7 +239,7 @@ def check_losses(losses: Any) -> None:
             "a per-sample loss returning shape (N,), N >= 1, e.g. reduction='none'",
         )
     if not torch.isfinite(losses).all():
-        raise ConfigError("loss_fn", "non-finite per-sample losses", "finite losses at the current weights")
+        raise NumericalError("non-finite per-sample losses at the current weights")
 
 
 def capture(

@@ -1,4 +1,4 @@
-"""Local gradient and Hessian at one layer's pre-activations, Hutchinson traces, Hessian-vector products.
+"""Local gradient and Hessian at one layer's pre-activations; the full-Hessian trace.
 
 Model-agnostic instruments for any ``nn.Module`` (used by the NIN probe, paper 001 eq. 3):
 
@@ -11,12 +11,12 @@ forward pass (no BatchNorm in training mode), so that ∂²L/∂Z² is block dia
 
     Tr⟨H⟩ = (1/B) Σ_i Tr H_i = Tr ∂²L/∂Z²,          ⟨uᵀHu⟩ = Uᵀ (∂²L/∂Z²) U,   U_i = u for all i.
 
-All Hessian products are double-backward Hessian-vector products; nothing of size d² is formed.
+All Hessian products are double-backward Hessian-vector products; nothing of size d² is formed. Traces
+are Hutchinson's (:func:`~noiseprobe.probes.estimators.hutchinson_trace`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -24,7 +24,9 @@ import torch
 from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_int
+from noiseprobe.probes.estimators import hutchinson_trace
+from noiseprobe.probes.operators.hessian import param_hvp
+from noiseprobe.probes.persample import select_parameters
 
 #: loss_fn(model_output, targets) -> scalar batch-mean loss
 MeanLoss = Callable[[Tensor, Tensor], Tensor]
@@ -40,37 +42,6 @@ def eval_no_grad(model: nn.Module) -> Iterator[None]:
             yield
     finally:
         model.train(was_training)
-
-
-def hutchinson_trace(
-    hvp: Callable[[Tensor], Tensor],
-    dim: int | tuple[int, ...],
-    n_probes: int,
-    generator: torch.Generator,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-    block: int | None = None,
-) -> tuple[float, float]:
-    """Hutchinson's estimate of Tr A = E[vᵀ A v] with Rademacher v, from ``hvp(v) = A v``.
-
-    With ``block`` the probes go to ``hvp`` in stacks of up to ``block`` (shape (m, *dim)), for an
-    ``hvp`` that maps the leading axis (e.g. :meth:`LocalObjective.hvp`); else one at a time.
-    Returns (mean over ``n_probes`` probes, its standard error std/√n_probes; nan for one probe).
-    """
-    check_int("n_probes", n_probes, lo=1)
-    if block is not None:
-        check_int("block", block, lo=1)
-    shape = (dim,) if isinstance(dim, int) else tuple(dim)
-    vals = []
-    for start in range(0, n_probes, block or 1):
-        m = min(block or 1, n_probes - start)
-        v = (torch.randint(0, 2, (m, *shape), generator=generator) * 2 - 1).to(device=device, dtype=dtype)
-        hv = hvp(v) if block else hvp(v[0])[None]
-        vals.append((v * hv).reshape(m, -1).sum(1).double().cpu())
-    t = torch.cat(vals)
-    se = float(t.std(correction=1) / math.sqrt(n_probes)) if n_probes > 1 else math.nan
-    return float(t.mean()), se
 
 
 class LocalObjective:
@@ -152,32 +123,6 @@ def local_grad_hessian(
     return obj.grad_rms(), mean, se
 
 
-def flat_params(model: nn.Module) -> list[Tensor]:
-    """The trainable parameters, in ``model.parameters()`` order."""
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def param_hvp(loss: Tensor, params: list[Tensor]) -> Callable[[Tensor], Tensor]:
-    """v ↦ (∇²_θ loss) v on flat vectors (``torch.nn.utils.parameters_to_vector`` order); v may be a
-    stack (m, P) of m vectors."""
-    grads = torch.autograd.grad(loss, params, create_graph=True)
-    flat = torch.cat([g.reshape(-1) for g in grads])
-
-    def hvp(v: Tensor) -> Tensor:
-        batched = v.dim() == 2
-        hv = torch.autograd.grad(flat, params, v, retain_graph=True, allow_unused=True, is_grads_batched=batched)
-        lead = v.shape[:1] if batched else ()
-        return torch.cat(
-            [
-                (torch.zeros(*lead, *p.shape, dtype=v.dtype, device=v.device) if h is None else h).reshape(*lead, -1)
-                for h, p in zip(hv, params)
-            ],
-            dim=-1,
-        )
-
-    return hvp
-
-
 def full_hessian_trace(
     model: nn.Module,
     loss_fn: MeanLoss,
@@ -190,8 +135,8 @@ def full_hessian_trace(
     block: int | None = 16,
 ) -> tuple[float, float]:
     """Tr ∇²_θ L over ``params`` (default: all trainable parameters) by Hutchinson: (mean, se);
-    ``block`` as in :func:`hutchinson_trace`."""
-    params = flat_params(model) if params is None else params
+    ``block`` as in :func:`~noiseprobe.probes.estimators.hutchinson_trace`."""
+    params = [p for _, p in select_parameters(model)] if params is None else params
     with torch.enable_grad():
         loss = loss_fn(model(X), y)
         hvp = param_hvp(loss, params)

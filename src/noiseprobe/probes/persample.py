@@ -57,6 +57,7 @@ from noiseprobe.probes.capture import (
 from noiseprobe.probes.factors import Factor, OuterFactor, RowsFactor
 from noiseprobe.probes.rules import rule_for
 from noiseprobe.probes.rules.base import accumulation_dtype
+from noiseprobe.probes.wrappers import unwrap
 
 __all__ = [
     "Forward",
@@ -98,9 +99,12 @@ class PerSampleGradients(Factor):
 Selection = Iterable[str | nn.Module | nn.Parameter]
 
 
-def select_parameters(model: nn.Module, selection: Selection | None = None) -> list[nn.Parameter]:
-    """The trainable parameters of ``model`` (all, or those of ``selection``: a parameter's name, a module's
-    name or the module, a parameter), in the order of ``model.parameters()`` — the flat-vector order."""
+def select_parameters(model: nn.Module, selection: Selection | None = None) -> list[tuple[str, nn.Parameter]]:
+    """The one parameter selector of the package: (name, parameter) for the trainable parameters of
+    ``model`` (all, or those of ``selection``: a parameter's name, a module's name or the module, a
+    parameter), in the order of ``model.parameters()`` — the flat-vector order — each under its first
+    name in ``model.named_parameters()`` (a tied parameter appears once)."""
+    model = unwrap(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if selection is None:
         chosen = trainable
@@ -130,7 +134,8 @@ def select_parameters(model: nn.Module, selection: Selection | None = None) -> l
         chosen = [p for p in trainable if id(p) in ids]
     if not chosen:
         raise ConfigError("model", type(model).__name__, "a model with trainable parameters (in the selection)")
-    return chosen
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [(names[id(p)], p) for p in chosen]
 
 
 class HookFactors(PerSampleGradients):
@@ -149,13 +154,14 @@ class HookFactors(PerSampleGradients):
         consumers: frozenset[str] = frozenset(),
         params: Selection | None = None,
     ) -> None:
+        model = unwrap(model)
         self.root = Root(model, forward or default_forward)
-        params = select_parameters(model, params)
-        self.dtype, self.device = accumulation_dtype(params[0]), params[0].device
-        self.num_params = sum(p.numel() for p in params)
+        chosen = [p for _, p in select_parameters(model, params)]
+        self.dtype, self.device = accumulation_dtype(chosen[0]), chosen[0].device
+        self.num_params = sum(p.numel() for p in chosen)
         self._offset: dict[int, tuple[int, int]] = {}
         o = 0
-        for p in params:
+        for p in chosen:
             self._offset[id(p)] = (o, p.numel())
             o += p.numel()
         self._names = {id(p): n for n, p in model.named_parameters()}
@@ -173,7 +179,8 @@ class HookFactors(PerSampleGradients):
         for u in units:
             for c in u.calls:
                 c.grads = [g if g is not None else torch.zeros_like(o) for o, g in zip(c.outputs, it)]
-                contribs.append(([p for _, p in u.params], u.rule.factor(u.module, c, u.params, self.n)))
+                for named, factor in u.rule.factors(u.module, c, u.params, self.n):
+                    contribs.append(([p for _, p in named], factor))
                 c.args, c.kwargs, c.outputs, c.grads = (), {}, [], []
         if not contribs:
             raise ConfigError("model", type(self.root.model).__name__, "a loss that depends on a trainable parameter")

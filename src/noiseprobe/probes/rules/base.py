@@ -9,12 +9,17 @@ quantities (Gram, norms, products, diagonal) are computed by the factors, never 
 separation BackPACK makes between module derivatives and extensions.
 
 To support a new layer: subclass :class:`Rule` parametrised by the module type (``Rule[nn.Linear]``),
-implement :meth:`Rule.factor` (and :meth:`Rule.validate` for configurations it refuses), and add it to
-``RULES`` in :mod:`noiseprobe.probes.rules`.
+implement :meth:`Rule.factor` (or :meth:`Rule.factors`, one factor per parameter group), and
+:meth:`Rule.validate` for configurations it refuses (:class:`~noiseprobe.core.errors.NoPerSampleGradients` where
+per-sample gradients are not defined, a plain ConfigError where they are defined but unsupported), and decorate
+the class with ``@register_rule(ModuleType)`` where it is defined (Opacus's ``@register_grad_sampler`` style):
+the package's own rules do so in their files, and a user does the same for a module of their own
+(``npb.register_rule``), without editing any table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -26,7 +31,7 @@ from noiseprobe.probes.factors import Factor
 
 Named = list[tuple[str, nn.Parameter]]
 
-#: the module type a rule handles (``RULES`` in :mod:`noiseprobe.probes.rules` pairs each rule with it)
+#: the module type a rule handles (:func:`register_rule` pairs each rule with it)
 M = TypeVar("M", bound=nn.Module)
 
 
@@ -60,13 +65,26 @@ def batch_leading(call: Call, t: Tensor, n: int) -> Tensor:
     if t.dim() > 0 and t.shape[0] == 1 < n:
         return t.detach().expand(n, *t.shape[1:])
     if t.dim() == 0 or t.shape[0] != n:
-        raise ConfigError(
-            call.name,
-            f"input of shape {tuple(t.shape)}",
-            f"inputs with the batch of N = {n} on axis 0 (make the model batch-first, or use "
-            "method='func'; nn.MultiheadAttention with batch_first=False is handled)",
-        )
+        raise BatchAxisError(call.name, f"input of shape {tuple(t.shape)}", n)
     return t.detach()
+
+
+class BatchAxisError(ConfigError):
+    """A layer's input does not have the batch on axis 0; ``advice`` names the remedies of
+    :func:`~noiseprobe.probes.persample.per_sample_gradients` (a caller without them re-raises with its own)."""
+
+    def __init__(self, field: str, value: Any, n: int, advice: str | None = None) -> None:
+        self.n = n
+        self.advice = advice or "make the model batch-first, or use method='func'"
+        super().__init__(
+            field,
+            value,
+            f"inputs with the batch of N = {n} on axis 0 ({self.advice}; nn.MultiheadAttention with "
+            "batch_first=False is handled)",
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.field, self.value, self.n, self.advice))
 
 
 class Rule(Generic[M]):
@@ -88,3 +106,47 @@ class Rule(Generic[M]):
     def factor(self, module: M, call: Call, params: Named, n: int) -> Factor:
         """Per-sample gradients of ``params`` (in this order) contributed by ``call``."""
         raise NotImplementedError
+
+    def factors(self, module: M, call: Call, params: Named, n: int) -> list[tuple[Named, Factor]]:
+        """The contribution of ``call`` as factors over subsets of ``params`` (a rule whose parameters fall
+        into several matrices, e.g. a recurrent layer's input and hidden weights, overrides this)."""
+        return [(params, self.factor(module, call, params, n))]
+
+
+R = TypeVar("R", bound=type[Rule[Any]])
+
+#: module type -> the rule of its instances (filled by :func:`register_rule`; read by ``rule_for``)
+REGISTRY: dict[type[nn.Module], Rule[Any]] = {}
+
+
+def register_rule(*module_types: type[nn.Module]) -> Callable[[R], R]:
+    """Class decorator: instances of ``module_types`` (and of their subclasses that keep the type's
+    ``forward``) get their per-sample gradients from one instance of the decorated :class:`Rule` subclass::
+
+        @register_rule(MyLayer)
+        class MyLayerRule(Rule[MyLayer]):
+            def factor(self, module, call, params, n): ...
+
+    A type that already has a rule, a type that is not an ``nn.Module`` subclass, or a decorated object
+    that is not a :class:`Rule` subclass is a one-line ConfigError."""
+    if not module_types:
+        raise ConfigError("register_rule", "no module type", "one or more nn.Module subclasses")
+    for t in module_types:
+        if not (isinstance(t, type) and issubclass(t, nn.Module)):
+            raise ConfigError("register_rule", repr(t), "nn.Module subclasses (module types, not instances)")
+        if t in REGISTRY:
+            raise ConfigError(
+                "register_rule", t.__qualname__, f"a module type without a rule (it has {type(REGISTRY[t]).__name__})"
+            )
+
+    def register(cls: R) -> R:
+        if not (isinstance(cls, type) and issubclass(cls, Rule)):
+            raise ConfigError("register_rule", repr(cls), "a subclass of noiseprobe.probes.rules.base.Rule")
+        rule = cls()
+        for t in module_types:
+            if t in REGISTRY:  # registered between the decorator's call and its application
+                raise ConfigError("register_rule", t.__qualname__, "a module type without a rule")
+            REGISTRY[t] = rule
+        return cls
+
+    return register

@@ -22,6 +22,7 @@ from noiseprobe.probes.rules.base import (
     Rule,
     accumulation_dtype,
     batch_leading,
+    register_rule,
 )
 
 #: the weight gradient of a convolution, by spatial dimension (torch.nn.grad is unannotated)
@@ -55,6 +56,7 @@ def per_sample_conv_weight(module: ConvNd, x: Tensor, g: Tensor) -> Tensor:
     return w.reshape(n, *module.weight.shape)
 
 
+@register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 class ConvRule(Rule[ConvNd]):
     """∇_W ℓ_i by :func:`per_sample_conv_weight`; ∇_b ℓ_i = Σ_positions g_i."""
 

@@ -22,6 +22,7 @@ from noiseprobe.probes.rules.base import (
     Rule,
     accumulation_dtype,
     batch_leading,
+    register_rule,
 )
 
 
@@ -31,6 +32,7 @@ def _tokens(call: Call, t: Tensor, n: int, width: int | None) -> Tensor:
     return t.reshape(n, -1) if width is None else t.reshape(n, -1, width)
 
 
+@register_rule(nn.Linear)
 class LinearRule(Rule[nn.Module]):
     """y = a Wᵀ + b on (N, …, F): ∇_W ℓ_i = Σ_t g_it a_itᵀ, ∇_b ℓ_i = Σ_t g_it."""
 
@@ -65,6 +67,7 @@ def is_transformers_conv1d(module: nn.Module) -> bool:
     )
 
 
+@register_rule(nn.Embedding)
 class EmbeddingRule(Rule[nn.Embedding]):
     """y_t = W[id_t]: ∇_W ℓ_i = Σ_t one-hot(id_it) g_itᵀ; rows at ``padding_idx`` get no gradient."""
 

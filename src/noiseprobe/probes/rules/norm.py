@@ -10,7 +10,8 @@ x̂ is recomputed from the stored input (no grad). Stored explicitly: N × (|γ|
 | BatchNorm1d/2d/3d, eval mode | (x − running mean)/√(running var + eps) | positions |
 
 BatchNorm in training mode (or without running statistics) normalises with the batch's statistics,
-so samples interact and per-sample gradients are undefined: refused with a ConfigError.
+so samples interact and per-sample gradients are undefined: refused with
+:class:`~noiseprobe.core.errors.NoPerSampleGradients` (the monitor then uses its micro-batch estimator).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.errors import NoPerSampleGradients
 from noiseprobe.probes.factors import RowsFactor
 from noiseprobe.probes.rules.base import (
     Call,
@@ -28,6 +29,7 @@ from noiseprobe.probes.rules.base import (
     Rule,
     accumulation_dtype,
     batch_leading,
+    register_rule,
 )
 
 
@@ -47,6 +49,7 @@ def _inputs(call: Call, n: int) -> tuple[Tensor, Tensor]:
     return batch_leading(call, call.input, n).to(dtype), g.to(dtype)
 
 
+@register_rule(nn.LayerNorm)
 class LayerNormRule(Rule[nn.LayerNorm]):
     """nn.LayerNorm: x̂ = (x − mean)/√(var + eps) over ``normalized_shape``."""
 
@@ -56,6 +59,7 @@ class LayerNormRule(Rule[nn.LayerNorm]):
         return _affine_rows(params, xhat, g, True, module.weight.numel())
 
 
+@register_rule(nn.RMSNorm)
 class RMSNormRule(Rule[nn.RMSNorm]):
     """nn.RMSNorm: x̂ = x/√(mean(x²) + eps) over ``normalized_shape``."""
 
@@ -65,6 +69,7 @@ class RMSNormRule(Rule[nn.RMSNorm]):
         return _affine_rows(params, xhat, g, True, module.weight.numel())
 
 
+@register_rule(nn.GroupNorm)
 class GroupNormRule(Rule[nn.GroupNorm]):
     """nn.GroupNorm on (N, C, *): x̂ normalised per sample and group."""
 
@@ -74,13 +79,14 @@ class GroupNormRule(Rule[nn.GroupNorm]):
         return _affine_rows(params, xhat, g, False, module.num_channels)
 
 
+@register_rule(_BatchNorm)
 class BatchNormRule(Rule[_BatchNorm]):
     """BatchNorm1d/2d/3d in eval mode: x̂ = (x − running_mean)/√(running_var + eps) per channel (axis 1)."""
 
     def validate(self, name: str, module: _BatchNorm) -> None:
         if module.training or module.running_mean is None:
             state = "in training mode" if module.training else "without running statistics"
-            raise ConfigError(
+            raise NoPerSampleGradients(
                 name,
                 f"{type(module).__name__} {state}",
                 "eval mode (model.eval(): running statistics, samples independent) or "

@@ -1,0 +1,67 @@
+"""The Hessian H = ∇²L of the mean loss L = (1/N) Σ ℓ_i, by double backward."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from noiseprobe.probes.operators.base import (
+    ModelOperator,
+    double_backward_attention,
+    no_autocast,
+    output_and_loss,
+)
+from noiseprobe.probes.persample import Forward, PerSampleLoss, Selection
+
+
+def param_hvp(loss: Tensor, params: Sequence[Tensor]) -> Callable[[Tensor], Tensor]:
+    """v ↦ (∇²_θ loss) v on flat vectors (``torch.nn.utils.parameters_to_vector`` order); v may be a
+    stack (m, P) of m vectors."""
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    flat = torch.cat([g.reshape(-1) for g in grads])
+
+    def hvp(v: Tensor) -> Tensor:
+        batched = v.dim() == 2
+        hv = torch.autograd.grad(flat, params, v, retain_graph=True, allow_unused=True, is_grads_batched=batched)
+        lead = v.shape[:1] if batched else ()
+        return torch.cat(
+            [
+                (torch.zeros(*lead, *p.shape, dtype=v.dtype, device=v.device) if h is None else h).reshape(*lead, -1)
+                for h, p in zip(hv, params)
+            ],
+            dim=-1,
+        )
+
+    return hvp
+
+
+class Hessian(ModelOperator):
+    """H = ∇²L of the mean loss L = (1/N) Σ ℓ_i over the chosen parameters, by double backward: the
+    gradient graph is built once (under the math attention kernel, autocast off) and kept, and each
+    block of k products is one batched backward pass through it (``is_grads_batched``).
+
+    Memory: the kept graph is about two forward+backward passes'. The model is used as it is (training
+    mode: dropout draws at construction time and stays fixed for all products).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: PerSampleLoss,
+        x: Any,
+        y: Tensor,
+        *,
+        params: Selection | None = None,
+        forward: Forward | None = None,
+    ) -> None:
+        super().__init__(model, x, y, params)
+        with torch.enable_grad(), double_backward_attention(), no_autocast(self.device):
+            _, self.loss = output_and_loss(self.model, loss_fn, self.x, self.y, forward)
+            self._hvp = param_hvp(self.loss, self.params)
+
+    def _mm(self, v: Tensor) -> Tensor:
+        with double_backward_attention():
+            return self._hvp(v.T).T
