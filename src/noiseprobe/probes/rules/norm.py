@@ -147,11 +147,10 @@ class HFRMSNormRule(Rule[nn.Module]):
         g = call.grads[0]
         dtype = accumulation_dtype(g)
         x32 = x.to(torch.float32)
+        eps = float(getattr(module, "variance_epsilon", getattr(module, "eps", 0.0)))
         if type(module).__name__ == "T5LayerNorm":  # variance in float32, scaling in the input's dtype
-            var = x32.pow(2).mean(-1, keepdim=True)
-            xhat = x * torch.rsqrt(var + module.variance_epsilon)
+            xhat = x * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
         else:  # Llama family: x̂ in float32, cast to the input's dtype; Gemma: x̂ in float32
-            eps = float(getattr(module, "variance_epsilon", getattr(module, "eps", 0.0)))
             xhat = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
             if not type(module).__name__.startswith("Gemma"):
                 xhat = xhat.to(x.dtype)
