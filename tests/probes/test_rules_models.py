@@ -352,3 +352,37 @@ def test_transformer_encoder_layer(batch_first: bool) -> None:
         warnings.simplefilter("error")  # no vmap fallback warning from fused attention kernels either
         fac = per_sample_gradients(model, CE, x, y, forward=fwd, check=True)
     assert_products(fac, j, rtol=1e-9, atol=1e-12)
+
+
+def test_func_method_on_a_flattened_output_says_how_to_unflatten() -> None:
+    """A language model returning (N·T, V) logits: method="func" names the fix, and the fix it names gives
+    the per-sample gradients of the hooks path (which takes the flattened output as it is)."""
+    import noiseprobe as npb
+
+    class FlatLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.out = nn.Embedding(11, 4), nn.Linear(4, 11)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.out(self.emb(ids)).reshape(-1, 11)
+
+    torch.manual_seed(9)
+    model = FlatLM().double()
+    ids = torch.randint(0, 11, (3, 5), generator=torch.Generator().manual_seed(9))
+
+    def flat_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, y.reshape(-1), reduction="none").reshape(len(y), -1).mean(1)
+
+    with pytest.raises(ConfigError, match=r"looks flattened, 3 × 5 rows.*unflatten\(0, \(len\(x\), -1\)\)"):
+        per_sample_gradients(model, flat_loss, ids, ids, method="func")
+    fixed = per_sample_gradients(
+        model,
+        npb.TokenMeanCrossEntropy(),
+        ids,
+        ids,
+        method="func",
+        forward=lambda m, x: m(x).unflatten(0, (len(x), -1)),
+    )
+    hooks = per_sample_gradients(model, flat_loss, ids, ids)
+    torch.testing.assert_close(fixed.gram(), hooks.gram(), rtol=1e-10, atol=1e-12)
