@@ -108,7 +108,7 @@ class Experiment:
             raise ConfigError("preset", preset, "one of " + ", ".join(self.presets))
         cfg = json.loads(json.dumps(self.presets[preset]))
         if self.Config is not None:
-            return self.parse({**cfg, **(overrides or {})})
+            return self.parse({**cfg, **self.Config.renamed(overrides or {}, context=self.id)})
         for key, value in (overrides or {}).items():
             if key not in cfg:
                 raise ConfigError(f"--set {key}", value, f"a field of {self.id}: " + ", ".join(sorted(cfg)))

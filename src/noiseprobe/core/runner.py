@@ -26,7 +26,7 @@ import pandas as pd
 from noiseprobe._version import __version__
 from noiseprobe.core import progress as _progress
 from noiseprobe.core.checks import headline, is_ok, resolve, stored_verdicts
-from noiseprobe.core.config import ExperimentConfig
+from noiseprobe.core.config import ExperimentConfig, RenamedFieldWarning
 from noiseprobe.core.errors import ConfigError, RunDirError
 from noiseprobe.core.executors import check_executor, make_executor
 from noiseprobe.core.experiment import Chunk, Experiment, RunCost
@@ -131,6 +131,11 @@ class Plan:
         return lines
 
 
+def _legacy(config: Any) -> dict[str, Any] | None:
+    """The config under its fields' old names where some were renamed (its hash names older run directories)."""
+    return config.legacy_dict() if isinstance(config, ExperimentConfig) and config.aliases else None
+
+
 def _colliding_field(config: dict[str, Any]) -> tuple[str, Any]:
     """The list field (and its value) whose repeated or nearly equal entries give two chunks one key."""
     for name, value in config.items():
@@ -152,9 +157,10 @@ def prepare(
 ) -> Plan:
     """Validate a run completely, writing nothing and starting nothing; ConfigError (or RunDirError for
     a corrupt run.json in ``out``) on the first problem. Third-party warnings raised by validation are
-    not shown (its verdict is the ConfigError)."""
-    with warnings.catch_warnings():
+    not shown (its verdict is the ConfigError); a config field given by its old name is one warning line."""
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("ignore")
+        warnings.simplefilter("always", RenamedFieldWarning)
         exp = get_experiment(exp_id)
         config = exp.config(preset, _plain(overrides or {}))
         config_json = config.to_dict() if isinstance(config, ExperimentConfig) else config
@@ -167,6 +173,8 @@ def prepare(
             raise ConfigError(
                 ", ".join(sizes), {f: config_json.get(f) for f in sizes}, "sizes small enough to run"
             ) from None
+    for w in caught:
+        _progress.warn(str(w.message))
     keys = [c.key for c in chunks]
     if len(set(keys)) != len(keys):
         raise ConfigError(
@@ -175,7 +183,7 @@ def prepare(
         )
     check_executor(executor, workers, address)
     out = Path(out) if out is not None else Path("runs") / f"{exp_id.replace(':', '-')}-{preset}"
-    RunDir(out).check_claimable(exp_id, config_json)
+    RunDir(out).check_claimable(exp_id, config_json, _legacy(config))
     concurrent = 0 if address else min(workers or 1, max(1, len(chunks)))
     usable = usable_memory()
     if estimate is not None and concurrent and usable is not None and estimate.peak_bytes * concurrent > usable:
@@ -224,7 +232,7 @@ def execute(plan: Plan, quiet: bool = True, warn: Callable[[str], None] = _progr
     created, fresh = not out.exists(), not run.run_json.exists()
     try:
         with run.locked():
-            run.claim(plan.exp_id, plan.preset, plan.config_json)
+            run.claim(plan.exp_id, plan.preset, plan.config_json, _legacy(plan.config))
             finished = _intact(plan, run)
             if finished is not None:
                 return {**finished, "checks": stored_verdicts(finished.get("checks", []))}

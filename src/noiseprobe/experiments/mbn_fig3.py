@@ -20,7 +20,7 @@ import pandas as pd
 from noiseprobe.core.checks import Check, Z
 from noiseprobe.core.config import param
 from noiseprobe.core.divergence import MAX_DIVERGED_FRACTION
-from noiseprobe.core.experiment import Chunk, Experiment, RunCost
+from noiseprobe.core.experiment import Chunk, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
 from noiseprobe.experiments._mbn import (
@@ -33,6 +33,7 @@ from noiseprobe.experiments._mbn import (
     sim_peak_bytes,
     worst_point,
 )
+from noiseprobe.experiments._shape import Shaped
 from noiseprobe.minibatch.baselines import hessian_approx_sigma
 from noiseprobe.minibatch.fluctuation import or_inf
 from noiseprobe.minibatch.l2 import l2_1d
@@ -53,15 +54,17 @@ class Fig3Config(ChainsConfig):
     batch_sizes: list[int] = param(lo=1, hi=10**6, min_len=1)
     reg_a: float = param(lo=0.0, lo_open=True, help="curvature of the L2 panel")
     reg_lr: float = param(lo=0.0, lo_open=True)
-    reg_S: int = param(lo=1, hi=10**6)
+    reg_batch_size: int = param(lo=1, hi=10**6, help="batch size S of the L2 panel")
     reg_u: float = param(help="teacher u of the L2 panel")
     gammas: list[float] = param(min_len=1, help="weight decays, each > −reg_a")
+    #: renamed fields (old name -> new name): old --set and run.json still work, with a deprecation line
+    aliases = {"reg_S": "reg_batch_size"}
 
     def check(self) -> None:
         check_weight_decays("gammas", self.gammas, self.reg_a)
 
 
-class Fig3(Experiment):
+class Fig3(Shaped):
     """Fig. 3. Left: Σ vs S in 1d (a = 1.5, λ = 1; stationary iff S > 6), Thm 2 vs the discrete and continuous
     Hessian approximations (C = H/S) and simulation. Right: L_test vs γ in the standard L2 case
     (a = 1, λ = 0.5, S = 1, u = 1; λa < 2S/(S+2) so the optimal γ is 0), Cor. 4 vs simulation."""
@@ -78,7 +81,7 @@ class Fig3(Experiment):
             "batch_sizes": [8, 12, 16, 24, 32, 64],
             "reg_a": 1.0,
             "reg_lr": 0.5,
-            "reg_S": 1,
+            "reg_batch_size": 1,
             "reg_u": 1.0,
             "gammas": [0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0],
             "chains": 1500,
@@ -93,7 +96,7 @@ class Fig3(Experiment):
             "batch_sizes": [7, 8, 10, 12, 16, 24, 32, 48, 64, 128, 256],
             "reg_a": 1.0,
             "reg_lr": 0.5,
-            "reg_S": 1,
+            "reg_batch_size": 1,
             "reg_u": 1.0,
             "gammas": [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5],
             "chains": 20000,
@@ -103,59 +106,40 @@ class Fig3(Experiment):
     }
     diverging = {"lr": 5.0, "reg_lr": 5.0}  # λa >= 2: no batch size is stable, every chain diverges
 
-    def estimate(self, config: Any) -> RunCost:
-        return RunCost(peak_bytes=sim_peak_bytes(config["chains"]) + BASE_BYTES, drivers=("chains",))
+    def estimate(self, config: Fig3Config) -> RunCost:
+        return RunCost(peak_bytes=sim_peak_bytes(config.chains) + BASE_BYTES, drivers=("chains",))
 
-    def chunks(self, config: Any) -> list[Chunk]:
-        left = [Chunk(f"S{S}", {"panel": "left", "S": S, "point": i}) for i, S in enumerate(config["batch_sizes"])]
+    def chunks(self, config: Fig3Config) -> list[Chunk]:
+        left = [Chunk(f"S{S}", {"panel": "left", "S": S, "point": i}) for i, S in enumerate(config.batch_sizes)]
         off = len(left)
         right = [
-            Chunk(f"gamma{g:g}", {"panel": "right", "gamma": g, "point": off + i})
-            for i, g in enumerate(config["gammas"])
+            Chunk(f"gamma{g:g}", {"panel": "right", "gamma": g, "point": off + i}) for i, g in enumerate(config.gammas)
         ]
         return left + right
 
-    def run_chunk(self, config: Any, chunk: Chunk) -> pd.DataFrame:
+    def measure(self, config: Fig3Config, chunk: Chunk) -> pd.DataFrame:
         sp = chunk.spec
         if sp["panel"] == "left":
-            df = chains_1d(
-                config, sp["point"], a=config["a"], lr=config["lr"], batch_size=sp["S"], sigma=config["sigma"]
-            )
+            df = chains_1d(config, sp["point"], a=config.a, lr=config.lr, batch_size=sp["S"], sigma=config.sigma)
             return df.assign(panel="left", S=sp["S"], gamma=0.0)
         df = chains_1d(
             config,
             sp["point"],
-            a=config["reg_a"],
-            lr=config["reg_lr"],
-            batch_size=config["reg_S"],
-            u=config["reg_u"],
+            a=config.reg_a,
+            lr=config.reg_lr,
+            batch_size=config.reg_batch_size,
+            u=config.reg_u,
             gamma=sp["gamma"],
         )
-        return df.assign(panel="right", S=config["reg_S"], gamma=sp["gamma"])
+        return df.assign(panel="right", S=config.reg_batch_size, gamma=sp["gamma"])
 
-    def analyse(self, config: Any, tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict, list[Check]]:
+    def derive(self, config: Fig3Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         res = tables["results"]
-        a, lr, sigma = config["a"], config["lr"], config["sigma"]
-        s2 = sigma**2
-        rows = []
-        for S, g in res[res.panel == "left"].groupby("S"):
-            m, se, frac = mean_se_kept(g["sigma_w"], g["diverged"])
-            rows.append(
-                {
-                    "S": S,
-                    "sim": m,
-                    "se": se,
-                    "diverged": frac,
-                    "exact": or_inf(label_noise_sigma, a, lr=lr, batch_size=S, sigma=sigma),
-                    # Hessian baselines C = H/S carry no σ²; scaled by σ² for a fair comparison (trap 13)
-                    "discrete": or_inf(hessian_approx_sigma, a, lr=lr, batch_size=S, noise_scale=s2),
-                    "continuous": or_inf(
-                        hessian_approx_sigma, a, lr=lr, batch_size=S, time="continuous", noise_scale=s2
-                    ),
-                    "beta": float(tail_index_exact(lr=lr, batch_size=S, a=a)),
-                }
-            )
-        left = pd.DataFrame(rows).sort_values("S")
+        return {"left": _left_table(config, res), "right": _right_table(config, res)}
+
+    def checks(self, config: Fig3Config, tables: dict[str, pd.DataFrame]) -> list[Check]:
+        res, left, right = tables["results"], tables["left"], tables["right"]
+        a = config.a
         checks = []
         ok = left[np.isfinite(left.exact)]
         claim = "Thm 2: exact Σ = λσ²/(2S − (S+2)λa) matches simulation at every stable S (Fig. 3 left)"
@@ -225,18 +209,8 @@ class Fig3(Experiment):
                     ("stability-bound-closed-form", "Thm 2 stability bound λ_max·a = 2S/(S+2)"),
                 )
             ]
-        ra, rl, rS, ru = config["reg_a"], config["reg_lr"], config["reg_S"], config["reg_u"]
-
-        def cor4(gamma: float) -> float:
-            return or_inf(lambda: l2_1d(a=ra, gamma=gamma, u=ru, lr=rl, batch_size=rS)["test_loss"])
-
-        rrows = []
-        for gm, g in res[res.panel == "right"].groupby("gamma"):
-            m, se, frac = mean_se_kept(g["test_loss"], g["diverged"])
-            rrows.append({"gamma": gm, "sim": m, "se": se, "diverged": frac, "theory": cor4(gm)})
-        right = pd.DataFrame(rrows).sort_values("gamma")
         conv = right[np.isfinite(right.sim)]
-        g_sim = float(conv.gamma.iloc[int(np.argmin(conv.sim.to_numpy()))]) if len(conv) else None
+        g_sim = _simulated_optimum(right)
         claim = (
             "Standard L2 case (λa < 2S/(S+2)): the optimal weight decay is γ* = 0 (Fig. 3 right): "
             "argmin of the simulated test loss over the γ grid"
@@ -266,6 +240,21 @@ class Fig3(Experiment):
                 rtol=HEAVY_TAIL_RTOL,
             )
         )
+        return checks
+
+    def metrics(self, config: Fig3Config, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+        left, res = tables["left"], tables["results"]
+        return {
+            "sigma_exact": dict(zip(left.S.astype(int).astype(str), left.exact)),
+            "sigma_sim": dict(zip(left.S.astype(int).astype(str), left.sim)),
+            "gamma_star_sim": _simulated_optimum(tables["right"]),
+            "n_diverged": int(res["diverged"].sum()),
+        }
+
+    def plot(self, config: Fig3Config, tables: dict[str, pd.DataFrame], out: Path) -> None:
+        res, left, right = tables["results"], tables["left"], tables["right"]
+        a, lr, s2 = config.a, config.lr, config.sigma**2
+        ra, rl, rS = config.reg_a, config.reg_lr, config.reg_batch_size
         fig, ax = new_figure(2, width=4.2)
         Sg = np.geomspace(left.S.min(), left.S.max() * 1.2, 200)
         den = 2 * Sg - (Sg + 2) * lr * a  # 1d Thm 2 for real S
@@ -288,15 +277,55 @@ class Fig3(Experiment):
         plain_log_ticks(ax[0], left.S)
         ax[0].legend()
         gg = np.linspace(right.gamma.min(), right.gamma.max(), 200)
-        ax[1].plot(gg, [cor4(x) for x in gg], label="Cor. 4")
+        ax[1].plot(gg, [_cor4(config, x) for x in gg], label="Cor. 4")
         ax[1].errorbar(right.gamma, right.sim, yerr=Z * right.se, fmt="o", ms=4, label="simulation")
         ax[1].set(xlabel="weight decay γ", ylabel="test loss", title=f"L2: a={ra}, λ={rl}, S={rS}")
         ax[1].legend()
         savefig(fig, out / "fig3.png")
-        metrics = {
-            "sigma_exact": dict(zip(left.S.astype(int).astype(str), left.exact)),
-            "sigma_sim": dict(zip(left.S.astype(int).astype(str), left.sim)),
-            "gamma_star_sim": g_sim,
-            "n_diverged": int(res["diverged"].sum()),
-        }
-        return metrics, checks
+
+
+def _left_table(config: Fig3Config, res: pd.DataFrame) -> pd.DataFrame:
+    """Left panel, one row per S: simulated Σ ± SE over the converged chains, the fraction that diverged, Thm 2,
+    both Hessian approximations (×σ²) and the exact tail index β_K."""
+    a, lr, sigma = config.a, config.lr, config.sigma
+    s2 = sigma**2
+    rows = []
+    for S, g in res[res.panel == "left"].groupby("S"):
+        m, se, frac = mean_se_kept(g["sigma_w"], g["diverged"])
+        rows.append(
+            {
+                "S": S,
+                "sim": m,
+                "se": se,
+                "diverged": frac,
+                "exact": or_inf(label_noise_sigma, a, lr=lr, batch_size=S, sigma=sigma),
+                # Hessian baselines C = H/S carry no σ²; scaled by σ² for a fair comparison (trap 13)
+                "discrete": or_inf(hessian_approx_sigma, a, lr=lr, batch_size=S, noise_scale=s2),
+                "continuous": or_inf(hessian_approx_sigma, a, lr=lr, batch_size=S, time="continuous", noise_scale=s2),
+                "beta": float(tail_index_exact(lr=lr, batch_size=S, a=a)),
+            }
+        )
+    return pd.DataFrame(rows).sort_values("S")
+
+
+def _cor4(config: Fig3Config, gamma: float) -> float:
+    """Cor. 4's test loss of the L2 panel at weight decay γ (inf past its divergence)."""
+    c = config
+    return or_inf(
+        lambda: l2_1d(a=c.reg_a, gamma=gamma, u=c.reg_u, lr=c.reg_lr, batch_size=c.reg_batch_size)["test_loss"]
+    )
+
+
+def _right_table(config: Fig3Config, res: pd.DataFrame) -> pd.DataFrame:
+    """Right panel, one row per γ: simulated test loss ± SE, the fraction that diverged, and Cor. 4."""
+    rrows = []
+    for gm, g in res[res.panel == "right"].groupby("gamma"):
+        m, se, frac = mean_se_kept(g["test_loss"], g["diverged"])
+        rrows.append({"gamma": gm, "sim": m, "se": se, "diverged": frac, "theory": _cor4(config, gm)})
+    return pd.DataFrame(rrows).sort_values("gamma")
+
+
+def _simulated_optimum(right: pd.DataFrame) -> float | None:
+    """The grid γ of least simulated test loss among the points with a finite estimate (None if none)."""
+    conv = right[np.isfinite(right.sim)]
+    return float(conv.gamma.iloc[int(np.argmin(conv.sim.to_numpy()))]) if len(conv) else None
