@@ -16,11 +16,9 @@ from noiseprobe.core.plotting import new_figure, savefig
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from noiseprobe.experiments.gns_critical_batch import CriticalBatchConfig
-
 
 def plot(
-    config: CriticalBatchConfig,
+    target_loss: float,
     curves: pd.DataFrame,
     grid: pd.DataFrame,
     fit: Any,
@@ -48,7 +46,7 @@ def plot(
         yscale="log",
         xlabel="batch size B",
         ylabel="steps to target S",
-        title=f"steps to loss {config.target_loss:g}",
+        title=f"steps to loss {target_loss:g}",
     )
     ax[0].legend()
     e = grid["steps"] * b
@@ -89,7 +87,7 @@ def plot(
     stop = _loss_at_stop(curves)
     for i, (bs, sub) in enumerate(stop.groupby("batch_size")):
         ax[3].plot(sub["lr"], sub["loss_at_stop"], "o-", ms=3, color=f"C{i % 10}", label=f"B = {bs}")
-    ax[3].axhline(config.target_loss, color="k", ls=":", lw=0.8)
+    ax[3].axhline(target_loss, color="k", ls=":", lw=0.8)
     ax[3].set(
         xscale="log",
         yscale="log",

@@ -18,7 +18,7 @@ from noiseprobe.minibatch.nets import digits, epoch_batches, loss_diverged_step,
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from noiseprobe.experiments.mbn_fig1 import Fig1LeftConfig
+    from noiseprobe.experiments._mbn_fig1_config import Fig1LeftConfig
 
 _INIT_STREAM, _BATCH_STREAM = 10, 1
 #: check thresholds: "grows" = widest/narrowest median variance ≥ 2; "flat" = max/min over widths ≤ 3

@@ -19,7 +19,7 @@ from noiseprobe.minibatch.nets import digits, epoch_batches, train_logistic
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from noiseprobe.experiments.mbn_fig1 import Fig1RightConfig
+    from noiseprobe.experiments._mbn_fig1_config import Fig1RightConfig
 
 _BATCH_STREAM = 2
 #: the one-sided bootstrap level of "the best γ is negative" (the 95% CI lies below 0)

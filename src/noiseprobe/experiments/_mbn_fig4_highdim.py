@@ -20,7 +20,7 @@ from noiseprobe.minibatch.fluctuation import NoStationaryState, solve_fluctuatio
 from noiseprobe.minibatch.linear import label_noise_kappa, lemma1_noise_map
 
 if TYPE_CHECKING:
-    from noiseprobe.experiments.mbn_fig4 import Fig4Config
+    from noiseprobe.experiments._mbn_fig4_config import Fig4Config
 
 #: random stream of the high-dimensional panel's Hessian eigenbasis (distinct from every chain's noise streams)
 _HD_BASIS_STREAM = 4004

@@ -20,7 +20,7 @@ from noiseprobe.minibatch.linear import label_noise_sigma
 from noiseprobe.minibatch.tails import student_t_pdf, tail_index_eq93, tail_index_exact
 
 if TYPE_CHECKING:
-    from noiseprobe.experiments.mbn_fig4 import Fig4Config
+    from noiseprobe.experiments._mbn_fig4_config import Fig4Config
 
 #: thresholds of the claims: Hellinger distance of eq. (90); χ² p-value and ratio
 HELLINGER_MAX, P_REJECT, CHI2_RATIO_MIN = 0.03, 1e-6, 10.0

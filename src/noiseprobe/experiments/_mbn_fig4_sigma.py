@@ -20,7 +20,7 @@ from noiseprobe.minibatch.linear import label_noise_lr_bound, label_noise_sigma
 from noiseprobe.minibatch.tails import tail_index_exact
 
 if TYPE_CHECKING:
-    from noiseprobe.experiments.mbn_fig4 import Fig4Config
+    from noiseprobe.experiments._mbn_fig4_config import Fig4Config
 
 #: Σ̂/Σ_H at the largest λ of panel (a) must exceed this
 UNDERESTIMATE_MIN = 1.2

@@ -286,7 +286,7 @@ class CriticalBatch(Shaped):
     def plot(self, config: CriticalBatchConfig, tables: dict[str, pd.DataFrame], out: Path) -> None:
         grid = tables["grid"]
         fit = fit_critical_batch(grid["batch_size"], grid["steps"])
-        _gns_plot.plot(config, tables["curves"], grid, fit, tables["runs"], out, factor=FACTOR)
+        _gns_plot.plot(config.target_loss, tables["curves"], grid, fit, tables["runs"], out, factor=FACTOR)
 
 
 def _trend_checks(grid: pd.DataFrame) -> list[Check]:
