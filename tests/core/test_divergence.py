@@ -14,11 +14,20 @@ from noiseprobe import experiments
 from noiseprobe.core.runner import run_experiment
 
 #: one fast (a few seconds) representative per family (the id's prefix), plus the closed-form table
-FAST = {"nin-fig2-bottom", "nin-table1", "mbn-fig3", "sl-fig1", "gns-critical-batch", "eos-sharpness"}
+FAST = {
+    "nin-fig2-bottom",
+    "nin-table1",
+    "mbn-fig3",
+    "sl-fig1",
+    "gns-critical-batch",
+    "eos-sharpness",
+    "eoss-batch-sharpness",
+}
 #: smaller sizes for the default runs (divergence shows at any size)
 SMALL = {
     "gns-critical-batch": {"seeds": 1, "n_train": 600, "probe_samples": 128, "n_boot": 10},
     "eos-sharpness": {"n_train": 200, "width": 20},
+    "eoss-batch-sharpness": {"n_train": 64, "width": 8, "batch_sizes": [4, 8, 16]},
 }
 
 

@@ -40,6 +40,9 @@ def _worker(rank: int, init: str, out: str) -> None:
     exact = NoiseMonitor(model, LOSS, every=10**9, metrics=["tr_sigma", "g_sq", "b_simple", "temperature"])
     local = slice(rank * N_GLOBAL // WORLD, (rank + 1) * N_GLOBAL // WORLD)
     first = exact.measure((x[:N_GLOBAL][local], y[:N_GLOBAL][local]), opt)
+    micro = NoiseMonitor(
+        model, LOSS, metrics=["tr_sigma", "g_sq", "b_simple", "temperature"], estimator="micro-batch", micro_batches=4
+    ).measure((x[:N_GLOBAL][local], y[:N_GLOBAL][local]), opt)
     mon = NoiseMonitor(model, LOSS, every=1, metrics=[TwoBatch(model)])
     gen = torch.Generator().manual_seed(100 + rank)
     rows = []
@@ -51,7 +54,7 @@ def _worker(rank: int, init: str, out: str) -> None:
         opt.step()
     if rank == 0:
         with open(out, "w") as fh:
-            json.dump({"first": first, "rows": rows}, fh)
+            json.dump({"first": first, "micro": micro, "rows": rows}, fh)
     dist.destroy_process_group()
 
 
@@ -72,6 +75,17 @@ def test_exact_statistics_equal_one_process_on_the_global_batch(ddp_result):
     for key in ("tr_sigma", "g_sq", "b_simple", "b_simple_lo", "b_simple_hi", "tr_sigma_se", "g_sq_se"):
         assert ddp_result["first"][key] == pytest.approx(ref[key], rel=1e-9), key
     assert ddp_result["first"]["temperature"] == pytest.approx(ref["temperature"], rel=1e-9, nan_ok=True)
+
+
+def test_micro_batch_statistics_equal_one_process_on_the_global_batch(ddp_result):
+    """4 micro-batches per rank: the estimates of one process splitting the global batch into 8 (rank order)."""
+    x, y = _data()
+    model = _model()
+    ref = NoiseMonitor(model, LOSS, metrics=["tr_sigma", "g_sq", "b_simple"], estimator="micro-batch", micro_batches=8)
+    ref = ref.measure((x[:N_GLOBAL], y[:N_GLOBAL]))
+    assert ddp_result["micro"]["micro_batch_size"] == ref["micro_batch_size"] == N_GLOBAL // 8
+    for key in ("tr_sigma", "g_sq", "b_simple", "b_simple_lo", "b_simple_hi", "tr_sigma_se", "g_sq_se"):
+        assert ddp_result["micro"][key] == pytest.approx(ref[key], rel=1e-9), key
 
 
 def test_two_batch_estimator_is_unbiased(ddp_result):

@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from noiseprobe.core.errors import ConfigError
+
 
 def test_lightning_callback_measures_like_the_plain_loop(tmp_path):
     pl = pytest.importorskip("lightning.pytorch")
@@ -65,3 +67,13 @@ def test_lightning_callback_measures_like_the_plain_loop(tmp_path):
     J = torch.stack(rows).double()
     tr = float(((J - J.mean(0)) ** 2).sum() / 15)
     assert hist["tr_sigma"].iloc[0] == pytest.approx(tr, rel=1e-5)
+
+
+def test_lightning_single_tensor_batch_error_names_split():
+    pytest.importorskip("lightning.pytorch")
+    from noiseprobe.monitor.lightning import LightningNoiseMonitor
+
+    cb = LightningNoiseMonitor(lambda o, t: ((o - t) ** 2).sum(1))
+    with pytest.raises(ConfigError, match=r"split=lambda batch: \(batch, batch\)"):
+        cb.on_train_batch_start(None, None, torch.randn(4, 3), 0)
+    LightningNoiseMonitor(lambda o, t: o, split=lambda b: (b, b)).on_train_batch_start(None, None, torch.randn(4, 3), 0)

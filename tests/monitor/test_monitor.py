@@ -127,7 +127,15 @@ def test_every_counts_optimizer_steps_and_measure_measures_now():
     got = [bool(mon.step((x, y))) for _ in range(7)]
     assert got == [True, False, False, True, False, False, True]
     assert mon.measure((x, y))["step"] == 7
-    assert set(mon.history.columns) == {"step", "tr_sigma", "tr_sigma_se", "status", "seconds"}
+    assert set(mon.history.columns) == {
+        "step",
+        "tr_sigma",
+        "tr_sigma_se",
+        "estimator",
+        "micro_batch_size",
+        "status",
+        "seconds",
+    }
     assert set(mon.history["status"]) == {"ok"}
 
 
@@ -161,7 +169,7 @@ def test_tensorboard_logger(tmp_path):
         ({"metrics": ["default", "tr_sigma"]}, "metrics"),  # a name twice
         ({"metrics": ["niw_decay"]}, "metrics"),  # needs NIWDecay(handle)
         ({"effective_batch_size": 0}, "effective_batch_size"),
-        ({"loggers": ["wandb"]}, "loggers"),
+        ({"loggers": ["nope"]}, "loggers"),
     ],
 )
 def test_bad_arguments_are_one_line_config_errors(kwargs, field):
@@ -266,3 +274,80 @@ def test_mlflow_missing_is_a_config_error(monkeypatch):
     model, _, _ = _setup()
     with pytest.raises(ConfigError, match="mlflow"):
         NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), loggers=["mlflow"])
+
+
+def test_logs_append_one_row_at_a_time_and_honour_the_umask(tmp_path):
+    """The CSV is appended per row (complete while the monitor runs), the Parquet file written in row groups
+    (complete after close, equal to the history); every log file and figure gets a normal file's mode."""
+    import os
+    import stat
+
+    import pyarrow.parquet as pq
+
+    from noiseprobe.core.report import write_report
+    from noiseprobe.monitor import loggers
+
+    old = os.umask(0o027)
+    try:
+        model, x, y = _setup()
+        mon = NoiseMonitor(
+            model, nn.CrossEntropyLoss(reduction="none"), every=1, log_dir=tmp_path, metrics=["tr_sigma"]
+        )
+        n = loggers.PARQUET_ROWS + 6
+        for i in range(n):
+            mon.step((x[: 8 + i % 5], y[: 8 + i % 5]))
+            assert len(pd.read_csv(tmp_path / "monitor.csv")) == i + 1
+        assert f"{n} measurements" in write_report(tmp_path).read_text()  # mid-run: the report reads the CSV
+        mon.close()
+        meta = pq.ParquetFile(tmp_path / "monitor.parquet").metadata
+        assert meta.num_rows == n and meta.num_row_groups == 2
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "monitor.parquet"), mon.history)
+        write_report(tmp_path)
+        files = [p for p in tmp_path.iterdir() if p.suffix in (".csv", ".parquet", ".png", ".html")]
+        assert {p.suffix for p in files} == {".csv", ".parquet", ".png", ".html"}
+        for p in files:
+            assert stat.S_IMODE(p.stat().st_mode) == 0o640, p.name
+    finally:
+        os.umask(old)
+
+
+def test_a_new_column_widens_the_logs(tmp_path):
+    """A column first seen late (a metric that failed before, more eigenvalues) rewrites the CSV header and
+    the Parquet schema once; earlier rows read as NaN there."""
+    model, x, y = _setup()
+    mon = NoiseMonitor(
+        model, nn.CrossEntropyLoss(reduction="none"), every=1, log_dir=tmp_path, metrics=["top_k_c"], top_k=4
+    )
+    mon.step((x[:3], y[:3]))  # 2 eigenvalues of C
+    mon.step((x, y))  # 4
+    mon.close()
+    for frame in (pd.read_csv(tmp_path / "monitor.csv"), pd.read_parquet(tmp_path / "monitor.parquet")):
+        assert frame["c_eig_4"].isna().tolist() == [True, False]
+        assert frame["c_eig_1"].tolist() == pytest.approx(mon.history["c_eig_1"].tolist())
+
+
+def test_sequence_first_refusal_names_only_what_the_monitor_offers():
+    model = nn.Linear(4, 3).double()
+    x, y = torch.randn(2, 5, 4, dtype=torch.float64), torch.randint(0, 3, (5,))  # (T, N, F)
+    mon = NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), forward=lambda m, b: m(b[0]).mean(0))
+    with pytest.raises(ConfigError, match="batch of N = 5 on axis 0") as err:
+        mon.step(((x,), y))
+    assert "method" not in str(err.value) and "batch-first" in str(err.value)
+
+
+def test_wandb_logger_offline(tmp_path, monkeypatch):
+    """W&B in its offline mode (no network): values land in the run under noiseprobe/<column>."""
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    model, x, y = _setup()
+    mon = NoiseMonitor(model, nn.CrossEntropyLoss(reduction="none"), every=1, metrics=["tr_sigma"], loggers=["wandb"])
+    run = mon.loggers[0].run
+    for _ in range(2):
+        mon.step((x, y))
+    assert run.summary["noiseprobe/tr_sigma"] == pytest.approx(mon.history["tr_sigma"].iloc[-1])
+    assert run.summary["noiseprobe/step"] == 1
+    mon.close()
+    assert wandb.run is None  # the run the logger started is finished
+    assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))

@@ -151,7 +151,7 @@ def test_a_full_disk_keeps_the_rows_in_memory(plain, tmp_path):
     assert ran == STEPS
     _same_state(plain, (model, opt))
     assert len(mon.history) == STEPS // 2 and mon.history["tr_sigma"].notna().all()
-    assert set(mon.history["status"]) == {"log CsvParquetLogger (OSError)"}
+    assert set(mon.history["status"]) == {"log CsvLogger (OSError)"}
 
 
 def test_on_error_raise_restores_exceptions():

@@ -26,6 +26,23 @@ class ConfigError(ValueError):
         return (type(self), (self.field, self.value, self.allowed))
 
 
+class NoPerSampleGradients(ConfigError):
+    """Per-sample gradients are not defined or not reachable at a module: ``module`` (its path, e.g.
+    "model.layer1.0.bn1") and ``reason`` (e.g. "BatchNorm2d in training mode"). Batch statistics make
+    samples interact; random draws in training mode (dropout inside a module without a layer rule) or an
+    autograd.Function without a vmap rule cannot be replayed sample by sample. A ConfigError for the
+    per-sample-gradient probes; the monitor catches it and falls back to its micro-batch estimator.
+    """
+
+    @property
+    def module(self) -> str:
+        return self.field
+
+    @property
+    def reason(self) -> str:
+        return str(self.value)
+
+
 class NumericalError(ArithmeticError):
     """A computation on valid input produced non-finite numbers (overflow, a singular system, NaN).
 

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from noiseprobe.core import progress
 from noiseprobe.core.errors import ConfigError, RunDirError
 from noiseprobe.core.store import RunDir, atomic_write, os_fault, read_parquet, read_summary
@@ -35,7 +37,8 @@ window.addEventListener('load', function () {
 """
 
 
-MARKERS = ("summary.json", "monitor.parquet")  # a finished run directory; a NoiseMonitor log directory
+#: a finished run directory; a NoiseMonitor log directory (its CSV has every row while the monitor runs)
+MARKERS = ("summary.json", "monitor.parquet", "monitor.csv")
 
 #: log-directory kind -> draw(history, directory) -> the figures written there. Registered by the layer
 #: that owns the kind (``noiseprobe.monitor.plots`` registers "monitor"), so core imports nothing above it.
@@ -62,7 +65,7 @@ def find_runs(path: Path) -> list[Path]:
             "DIR",
             str(path),
             "a run directory with summary.json, a monitor log directory with "
-            "monitor.parquet, or a folder of such directories",
+            "monitor.parquet or monitor.csv, or a folder of such directories",
         )
     return runs
 
@@ -70,7 +73,13 @@ def find_runs(path: Path) -> list[Path]:
 def _monitor_section(run: Path) -> str:
     """A NoiseMonitor log directory: its time-series figures (drawn into the directory) and last values."""
     e = html.escape
-    hist = read_parquet(run / "monitor.parquet")
+    try:
+        hist = read_parquet(run / "monitor.parquet")
+    except RunDirError:  # a monitor still running (or killed): its Parquet file is not closed yet
+        try:
+            hist = pd.read_csv(run / "monitor.csv")
+        except (OSError, ValueError) as exc:
+            raise RunDirError(f"cannot read the monitor log in {run}: {exc}") from None
     draw = PLOTTERS.get("monitor")
     figs = (
         "".join(

@@ -87,13 +87,29 @@ def _rename(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
+def umask() -> int:
+    """The process's umask (read from /proc where it can be, without changing it; else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Make ``path`` hold ``data`` atomically; an OS fault raises RunDirError and leaves no temporary file."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
-        os.close(fd)
+        try:
+            os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes 0600: the file gets a normal file's mode
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise os_fault("write", path, exc) from exc
     tmp_path = Path(tmp)

@@ -62,6 +62,11 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
         "EoSSharpness",
         "Cohen et al. 2021: full-batch GD sharpness rises to 2/lr and hovers (edge of stability)",
     ),
+    "eoss-batch-sharpness": (
+        "eoss_batch_sharpness",
+        "EoSSBatchSharpness",
+        "Andreyev & Beneventano 2024: SGD batch sharpness stabilises at 2/lr, full-batch lambda_max below it",
+    ),
 }
 
 #: the quick runs `noiseprobe demo` makes, one or more per paper

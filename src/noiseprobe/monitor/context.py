@@ -16,12 +16,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from noiseprobe.core.errors import NumericalError
+from noiseprobe.core.errors import ConfigError, NoPerSampleGradients, NumericalError
 from noiseprobe.monitor import ddp
 from noiseprobe.monitor.gns import NoiseScale, noise_scale, noise_scale_from_sums
+from noiseprobe.monitor.microbatch import (
+    EstimatorChoice,
+    MicroBatchGradients,
+    batch_samples,
+    micro_batch_gradients,
+    split,
+)
 from noiseprobe.probes.linalg import Eigenpairs, lanczos
 from noiseprobe.probes.operators import Hessian, ParamOperator
 from noiseprobe.probes.persample import PerSampleGradients, per_sample_gradients
+from noiseprobe.probes.rules.base import BatchAxisError
 
 #: Lanczos stops at this relative accuracy of the eigenvalues (Cohen et al. track sharpness to ~1 %)
 LANCZOS_TOL = 1e-2
@@ -32,6 +40,15 @@ COLD_MIN_DIM = 10
 class TooFewSamples(ValueError):
     """The measured batch has fewer samples than an estimator needs (a status of the monitor's row, never
     an exception in the user's loop)."""
+
+
+class Refused(ValueError):
+    """The measured batch is not what a metric is defined on (e.g. a gradient-accumulation micro-batch for
+    batch sharpness): ``status`` is the row's status for that metric, never an exception in the user's loop."""
+
+    def __init__(self, status: str, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
 
 
 def top_eigen(op: ParamOperator, k: int, warm: Eigenpairs | None) -> Eigenpairs:
@@ -62,16 +79,63 @@ class Context:
         top_k: int,
         step: int,
         group: Any = None,
+        estimator: EstimatorChoice | None = None,
     ) -> None:
         self.model, self.loss_fn, self.inputs, self.targets = model, loss_fn, inputs, targets
         self.forward, self.optimizer, self.top_k, self.step = forward, optimizer, top_k, step
         self._batch_size, self.group = batch_size, group
         self._hessian_top: dict[int, Eigenpairs] = {}
+        self._choice = estimator if estimator is not None else EstimatorChoice()
 
     @cached_property
+    def estimator(self) -> str:
+        """The noise estimator of this measurement: "per-sample" where the per-sample gradients exist and
+        are reachable, else "micro-batch" (``estimator=`` of the monitor; :mod:`.microbatch`)."""
+        return self._choice.resolve(self.model, lambda: self._per_sample)
+
+    @cached_property
+    def micro(self) -> MicroBatchGradients:
+        """The mean gradients of the measured batch's micro-batches (the micro-batch estimator's data)."""
+        try:
+            split(batch_samples(self.inputs), self._choice.micro_batches)
+        except ConfigError as err:
+            raise TooFewSamples(f"{err.value}; the micro-batch estimator needs at least 3 micro-batches") from None
+        return micro_batch_gradients(
+            self.model, self.loss_fn, self.inputs, self.targets, self._choice.micro_batches, self.forward
+        )
+
+    @property
+    def micro_batch_size(self) -> int:
+        """b: 1 for the per-sample estimator, else the samples per micro-batch (0: too few samples)."""
+        if self.estimator == "per-sample":
+            return 1
+        try:
+            return split(batch_samples(self.inputs), self._choice.micro_batches)[1]
+        except ConfigError:  # too few samples: the measurement's status says so
+            return 0
+
+    @cached_property
+    def _per_sample(self) -> PerSampleGradients:
+        try:
+            return per_sample_gradients(self.model, self.loss_fn, self.inputs, self.targets, forward=self.forward)
+        except BatchAxisError as exc:  # advise what the monitor offers (it has no `method`)
+            raise BatchAxisError(exc.field, exc.value, exc.n, "make the model batch-first") from None
+
+    @property
     def grads(self) -> PerSampleGradients:
-        """The per-sample gradients g_i of this rank's batch (factored)."""
-        return per_sample_gradients(self.model, self.loss_fn, self.inputs, self.targets, forward=self.forward)
+        """The per-sample gradients g_i of this rank's batch (factored); under the micro-batch estimator
+        NoPerSampleGradients (a metric that needs the individual g_i gets the status "no per-sample
+        gradients" and NaN values)."""
+        if self.estimator == "micro-batch":
+            raise NoPerSampleGradients(
+                "estimator", "micro-batch", "per-sample gradients, which this metric needs (docs/monitor.md)"
+            )
+        return self._per_sample
+
+    @cached_property
+    def num_params(self) -> int:
+        """P, the number of trainable parameters (the length of the flat gradient)."""
+        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
 
     @cached_property
     def hessian(self) -> Hessian:
@@ -88,9 +152,10 @@ class Context:
     @cached_property
     def n(self) -> int:
         """Samples in the measured batch (over all ranks under data parallelism)."""
+        local = self.grads.n if self.estimator == "per-sample" else batch_samples(self.inputs)
         if self.group is None:
-            return self.grads.n
-        return int(ddp.all_sum(torch.tensor([self.grads.n]), self.group))
+            return local
+        return int(ddp.all_sum(torch.tensor([local]), self.group))
 
     @cached_property
     def grad_sum(self) -> Tensor:
@@ -119,6 +184,8 @@ class Context:
     def noise(self) -> NoiseScale:
         """The unbiased noise scale (tr Σ, |G|², B_simple with SEs and interval) of the measured batch: the
         one place it is computed (:mod:`noiseprobe.monitor.gns`)."""
+        if self.estimator == "micro-batch":
+            return self._micro_noise()
         if self.n < 3:
             raise TooFewSamples(f"{self.n} samples; the unbiased noise scale needs at least 3")
         if self.group is None:
@@ -128,9 +195,38 @@ class Context:
         r = ddp.all_cat(self.grads.jvp(s).double(), self.group)
         return noise_scale_from_sums(d.cpu().numpy(), r.cpu().numpy(), float(s.double() @ s.double()))
 
+    def _micro_noise(self) -> NoiseScale:
+        """The micro-batch estimates, over the micro-batches of all ranks under data parallelism."""
+        mb = self.micro
+        if self.group is None:
+            return mb.noise()
+        s = ddp.all_sum(mb.rows.sum(0), self.group)
+        d = ddp.all_cat((mb.rows * mb.rows).sum(1).double(), self.group)
+        r = ddp.all_cat((mb.rows @ s).double(), self.group)
+        total = float(s.double() @ s.double())
+        return noise_scale_from_sums(d.cpu().numpy(), r.cpu().numpy(), total, micro_batch_size=mb.b)
+
+    def c_eigenvalues(self) -> np.ndarray:
+        """The top eigenvalues of C = Σ/S (this rank's batch): per sample min(top_k, N − 1) of
+        M = (1/N) Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ over S; from micro-batches top_k values, those beyond m − 1 NaN."""
+        if self.estimator == "micro-batch":
+            return self.micro.c_eigenvalues(self.top_k, self.batch_size)
+        n = self.grads.n
+        centred = self.gram - self.gram.mean(0, keepdims=True)
+        centred = (centred - centred.mean(1, keepdims=True)) / n
+        return np.linalg.eigvalsh((centred + centred.T) / 2)[::-1][: min(self.top_k, n - 1)] / self.batch_size
+
     @cached_property
     def sigma_diagonal(self) -> Tensor:
-        """diag Σ per parameter, unbiased: (N/(N−1)) [(1/N) Σ_i g_i² − ḡ²] (flat, trainable order)."""
+        """diag Σ per parameter, unbiased: (N/(N−1)) [(1/N) Σ_i g_i² − ḡ²] (flat, trainable order); from
+        micro-batches b/(M − 1) [Σ_j ḡ_j² − M ḡ²] over the M micro-batches of all ranks."""
+        if self.estimator == "micro-batch":
+            mb = self.micro
+            sq, s = (mb.rows * mb.rows).sum(0), mb.rows.sum(0)
+            count = mb.m if self.group is None else mb.m * ddp.dist.get_world_size(self.group)
+            if self.group is not None:
+                sq, s = ddp.all_sum(sq, self.group), ddp.all_sum(s, self.group)
+            return (sq - s * s / count) * (mb.b / (count - 1))
         n, mean = self.n, self.grad_sum / self.n
         sq = self.grads.sq_sum()
         if self.group is not None:

@@ -10,7 +10,10 @@ The interval for ``b_simple`` is Fieller's for a ratio, with the variances and c
 g_sq from the delete-one jackknife (both are U-statistics, so the N leave-one-out values come from K in
 O(N²)): the set of b with (T − bG)² ≤ z²·Var(T − bG). It is exact in the limit of normal estimates,
 unbounded above when g_sq is not significantly positive, and clipped to b ≥ 0 (tr Σ, |G|² ≥ 0).
-tests/monitor/test_gns.py puts its coverage at 0.93–0.97 by simulation.
+tests/monitor/test_gns.py puts its coverage at 0.93–0.97 by simulation. From N micro-batch mean gradients
+of b samples each (``micro_batch_size``, :mod:`.microbatch`) the same formulas on the micro-batch Gram
+matrix, tr_sigma scaled by b, with Student-t quantiles on N − 1 degrees of freedom. :func:`pooled_b_simple`
+is their practical estimator over several measurements, Σ tr Σ̂ / Σ |Ĝ|².
 
 The two-batch estimator of their App. A (eqs. A.2–A.3), from squared norms of mean gradients at two
 batch sizes (e.g. per rank and after the all-reduce of data-parallel training), is :func:`two_batch`.
@@ -19,18 +22,22 @@ batch sizes (e.g. per rank and after the all-reduce of data-parallel training), 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import norm
+from scipy.stats import t as student_t
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_real
+from noiseprobe.core.validation import check_int, check_real
 
 
 @dataclass(frozen=True)
 class NoiseScale:
-    """Unbiased tr Σ and |G|², their jackknife standard errors, and B_simple with its interval."""
+    """Unbiased tr Σ and |G|², their jackknife standard errors and covariance, and B_simple with its
+    interval. ``n``: the units the jackknife deletes (samples, or micro-batches of ``micro_batch_size``
+    samples); ``dof``: degrees of freedom of the interval's Student-t quantile (inf: normal)."""
 
     n: int
     tr_sigma: float
@@ -40,6 +47,9 @@ class NoiseScale:
     b_simple_hi: float
     tr_sigma_se: float
     g_sq_se: float
+    tr_g_cov: float = math.nan
+    dof: float = math.inf
+    micro_batch_size: int = 1
 
 
 def _t_and_g(s: np.ndarray, tr: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,10 +66,21 @@ def noise_scale(gram: np.ndarray, level: float = 0.95) -> NoiseScale:
     return noise_scale_from_sums(np.diag(K), K.sum(1), float(K.sum()), level)
 
 
-def noise_scale_from_sums(sq_norms: np.ndarray, row_sums: np.ndarray, total: float, level: float = 0.95) -> NoiseScale:
+def noise_scale_from_sums(
+    sq_norms: np.ndarray,
+    row_sums: np.ndarray,
+    total: float,
+    level: float = 0.95,
+    *,
+    micro_batch_size: int = 1,
+) -> NoiseScale:
     """The same from |g_i|² (N,), r_i = g_i·Σ_j g_j (N,) and |Σ_j g_j|²: all that the estimates and their
     jackknife need, so data-parallel ranks combine exactly (each computes its samples' entries against the
-    all-reduced gradient sum)."""
+    all-reduced gradient sum).
+
+    ``micro_batch_size`` b > 1: the g_i are the mean gradients of N micro-batches of b samples each
+    (:mod:`.microbatch`); tr_sigma is then b·Σ_i |g_i − ḡ|²/(N − 1), the per-sample-scale trace of the noise
+    at micro-batch size b, and the interval uses Student-t quantiles on N − 1 degrees of freedom."""
     d, r = np.asarray(sq_norms, dtype=np.float64), np.asarray(row_sums, dtype=np.float64)
     n = d.shape[0]
     if d.ndim != 1 or r.shape != d.shape or n < 3:
@@ -70,14 +91,36 @@ def noise_scale_from_sums(sq_norms: np.ndarray, row_sums: np.ndarray, total: flo
     s, tr = float(total), float(d.sum())
     T, G = _t_and_g(np.array(s), np.array(tr), n)
     Ti, Gi = _t_and_g(s - 2 * r + d, tr - d, n - 1)  # leave sample i out
+    bsz = check_int("micro_batch_size", micro_batch_size, lo=1)
+    T, Ti = T * bsz, Ti * bsz
     f = (n - 1) / n
     dT, dG = Ti - Ti.mean(), Gi - Gi.mean()
     vT, vG, cTG = f * (dT @ dT), f * (dG @ dG), f * (dT @ dG)
     T, G = float(T), float(G)
-    z = float(norm.ppf(0.5 + level / 2))
-    lo, hi = fieller(T, G, vT, vG, cTG, z)
+    dof = math.inf if bsz == 1 else float(n - 1)
+    lo, hi = fieller(T, G, vT, vG, cTG, quantile(level, dof))
     b = T / G if G > 0 else math.nan
-    return NoiseScale(n, T, G, b, lo, hi, math.sqrt(vT), math.sqrt(vG))
+    return NoiseScale(n, T, G, b, lo, hi, math.sqrt(vT), math.sqrt(vG), float(cTG), dof, bsz)
+
+
+def quantile(level: float, dof: float) -> float:
+    """The two-sided ``level`` quantile: normal (dof = inf) or Student-t on ``dof`` degrees of freedom."""
+    p = 0.5 + level / 2
+    return float(norm.ppf(p)) if math.isinf(dof) else float(student_t.ppf(p, dof))
+
+
+def pooled_b_simple(scales: Sequence[NoiseScale], level: float = 0.95) -> tuple[float, float, float]:
+    """McCandlish et al.'s practical B_simple over several measurements: Σ_k tr Σ̂_k / Σ_k |Ĝ_k|² (a ratio of
+    averages, less biased than an average of ratios), with Fieller's interval from the summed jackknife
+    (co)variances (measurements independent); quantile on Σ_k dof_k degrees of freedom (normal if any is
+    per-sample). Returns (b, lo, hi)."""
+    if not scales:
+        return math.nan, math.nan, math.nan
+    T, G = sum(s.tr_sigma for s in scales), sum(s.g_sq for s in scales)
+    vT, vG = sum(s.tr_sigma_se**2 for s in scales), sum(s.g_sq_se**2 for s in scales)
+    cTG = sum(s.tr_g_cov for s in scales)
+    lo, hi = fieller(T, G, vT, vG, cTG, quantile(level, sum(s.dof for s in scales)))
+    return (T / G if G > 0 else math.nan), lo, hi
 
 
 def fieller(num: float, den: float, v_num: float, v_den: float, cov: float, z: float) -> tuple[float, float]:

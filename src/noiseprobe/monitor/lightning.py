@@ -18,6 +18,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from noiseprobe.core.errors import ConfigError
 from noiseprobe.monitor.monitor import NoiseMonitor
 
 
@@ -41,6 +42,13 @@ class LightningNoiseMonitor(pl.Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if self.split is None and not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise ConfigError(
+                "batch",
+                f"a {type(batch).__name__}" + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else ""),
+                "a pair (inputs, targets), or LightningNoiseMonitor(split=...) making one from the batch, e.g. "
+                "split=lambda batch: (batch, batch) for a single tensor",
+            )
         self._batch = self.split(batch) if self.split is not None else batch
 
     def on_before_optimizer_step(

@@ -35,14 +35,15 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from noiseprobe.core.errors import ConfigError, NumericalError
+from noiseprobe.core.errors import ConfigError, NoPerSampleGradients, NumericalError
 from noiseprobe.core.memory import fmt_bytes, usable_memory
 from noiseprobe.core.validation import check_choice, check_int
 from noiseprobe.monitor import ddp
-from noiseprobe.monitor.context import COLD_MIN_DIM, Context, TooFewSamples
+from noiseprobe.monitor.context import COLD_MIN_DIM, Context, Refused, TooFewSamples
 from noiseprobe.monitor.loggers import Logger, make_loggers
 from noiseprobe.monitor.metric import Metric
 from noiseprobe.monitor.metrics import DEFAULT, resolve_metrics
+from noiseprobe.monitor.microbatch import EstimatorChoice, untouched
 
 Forward = Callable[[nn.Module, Any], Tensor]
 
@@ -56,25 +57,14 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 @contextmanager
 def preserved(model: nn.Module) -> Iterator[None]:
-    """Restore buffers (e.g. BatchNorm statistics), RNG states and train/eval flags on exit."""
+    """Restore buffers (e.g. BatchNorm statistics), ``.grad``, RNG states and train/eval flags on exit."""
     flags = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    grads = [(p, p.grad) for p in model.parameters()]
-    cpu_rng = torch.get_rng_state()
-    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     try:
-        yield
+        with untouched(model):
+            yield
     finally:
         for m, t in flags:
             m.training = t
-        with torch.no_grad():
-            for b, saved in buffers:
-                b.copy_(saved)
-        for p, g in grads:
-            p.grad = g
-        torch.set_rng_state(cpu_rng)
-        if cuda_rng is not None:
-            torch.cuda.set_rng_state_all(cuda_rng)
 
 
 class NoiseMonitor:
@@ -96,6 +86,11 @@ class NoiseMonitor:
     values where a metric failed) and one warning per reason; ``status`` is "ok" on a clean row.
     ``on_error="raise"`` raises instead (for tests). Bad construction arguments raise here, and an error of
     the user's own code or batch raises at the first measurement.
+
+    ``estimator``: "auto" (per-sample gradients where they exist, else micro-batches, with one warning
+    naming the module and why), "per-sample" or "micro-batch"; ``micro_batches``: m (default 8, fewer for
+    batches under 16 samples). Each row's ``estimator`` and ``micro_batch_size`` say which was used
+    (:mod:`noiseprobe.monitor.microbatch`, docs/monitor.md "Which estimator").
     """
 
     def __init__(
@@ -112,6 +107,8 @@ class NoiseMonitor:
         loggers: Sequence[str] = (),
         verbose: bool | None = None,
         on_error: str = "warn",
+        estimator: str = "auto",
+        micro_batches: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError("model", type(model).__name__, "a torch.nn.Module")
@@ -128,6 +125,7 @@ class NoiseMonitor:
             None if effective_batch_size is None else check_int("effective_batch_size", effective_batch_size, lo=1)
         )
         self.top_k = check_int("top_k", top_k, lo=1)
+        self.estimator = EstimatorChoice(estimator, micro_batches)
         self.loggers: list[Logger] = make_loggers(log_dir, loggers)
         self.verbose = sys.stderr.isatty() if verbose is None else bool(verbose)
         self.steps = 0
@@ -228,6 +226,7 @@ class NoiseMonitor:
                     top_k=self.top_k,
                     step=step,
                     group=self.group,
+                    estimator=self.estimator,
                 )
                 for metric in self.metrics:
                     if metric.name in failed:
@@ -248,6 +247,8 @@ class NoiseMonitor:
                     self._columns[metric.name] = list(values)
                     row.update(values)
                     done.append(metric.name)
+                if "estimator" in ctx.__dict__:  # a noise estimator was chosen (lazily, once per measurement)
+                    row.update(estimator=ctx.estimator, micro_batch_size=ctx.micro_batch_size)
                 del ctx  # this measurement's ingredients (per-sample gradients, operators) go now
             if "out-of-memory" in failed.values():
                 _release_memory(device)
@@ -295,6 +296,10 @@ def fault_reason(exc: BaseException) -> str | None:
         return "non-finite"
     if isinstance(exc, TooFewSamples):
         return "too-few-samples"
+    if isinstance(exc, Refused):
+        return exc.status
+    if isinstance(exc, NoPerSampleGradients):
+        return "no per-sample gradients"
     oom = getattr(torch, "OutOfMemoryError", ())
     if isinstance(exc, MemoryError) or (oom and isinstance(exc, oom)):
         return "out-of-memory"

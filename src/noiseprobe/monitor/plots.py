@@ -20,8 +20,10 @@ def draw_history(history: pd.DataFrame, out: Path) -> list[Path]:
         fig, ax = new_figure(width=5.0)
         ax.plot(step, history["b_simple"], marker="o", ms=3, label="B_simple = tr Σ / |G|²")
         if "b_simple_lo" in history:
-            hi = history["b_simple_hi"].replace(np.inf, np.nan)
-            ax.fill_between(step, history["b_simple_lo"], hi, alpha=0.25, label="95 % interval")
+            lo, hi = history["b_simple_lo"].to_numpy(dtype=float), history["b_simple_hi"].to_numpy(dtype=float)
+            bounded = np.isfinite(lo) & np.isfinite(hi)
+            if bounded.any():  # the legend names the interval only where one is drawn
+                ax.fill_between(step, lo, np.where(bounded, hi, np.nan), alpha=0.25, label="95 % interval")
         if "b_noise" in history:
             ax.plot(step, history["b_noise"], marker="s", ms=3, label="B_noise = tr(HΣ) / GᵀHG")
         if "two_batch_b_simple" in history:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from noiseprobe.core.errors import ConfigError, NumericalError
+from noiseprobe.core.errors import ConfigError, NoPerSampleGradients, NumericalError
 from noiseprobe.probes.losses import model_output
 from noiseprobe.probes.rules import Call, Rule, VmapRule, rule_for, tensor_leaves
 from noiseprobe.probes.rules.base import Named
@@ -166,7 +166,7 @@ def record(
             return None
         rng = rng_before.pop(id(unit), None)  # recorded for vmap units in training mode
         if rng is not None and any(not torch.equal(a, b) for a, b in zip(rng, _rng_state(device))):
-            raise ConfigError(
+            raise NoPerSampleGradients(
                 display(unit.name),
                 f"{type(mod).__name__} drawing random numbers in training mode",
                 "eval mode or no dropout in modules without a layer rule "

@@ -3,17 +3,25 @@ Hessian eigenvalues and their overlap with the noise, and McCandlish et al.'s B_
 
 from __future__ import annotations
 
+import math
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
 import torch
 from torch import Tensor
 
-from noiseprobe.monitor.context import Context, top_eigen
+from noiseprobe.monitor.context import Context, Refused, top_eigen
 from noiseprobe.monitor.metric import Metric, register_metric
+from noiseprobe.monitor.microbatch import batch_samples
 from noiseprobe.monitor.stability import step_scale
 from noiseprobe.probes.linalg import Eigenpairs
 from noiseprobe.probes.operators import ParamOperator
 
 #: Rademacher probes for tr(HΣ) (one batched block of Hessian-vector products)
 B_NOISE_PROBES = 16
+#: the running mean and standard error of ``batch_sharpness`` are over the last this many measurements
+BATCH_SHARPNESS_WINDOW = 20
 
 
 class _Scaled(ParamOperator):
@@ -63,6 +71,78 @@ class Sharpness(Metric):
             mu = float(group.get("momentum", 0.0))
             threshold = (2 + 2 * mu) / (((1 + 2 * mu) if rule == "sgd-nesterov" else 1.0) * lr0)
         return {"sharpness": ratio * threshold, "eos_ratio": ratio, "sharpness_hvps": float(pairs.matvecs)}
+
+
+def _update_batch(ctx: Context) -> None:
+    """Refuse (a status) a measured batch that is not the update's: a gradient-accumulation micro-batch
+    (``effective_batch_size`` ≠ the samples measured) or one data-parallel rank's share."""
+    if ctx.group is not None:
+        raise Refused("per-rank batch", "under data parallelism the measured batch is one rank's, not the update's")
+    if ctx._batch_size is None:
+        return
+    n = batch_samples(ctx.inputs)
+    if ctx._batch_size != n:
+        raise Refused("accumulation micro-batch", f"{n} samples measured, effective batch size {ctx._batch_size}")
+
+
+def _directional(ctx: Context, direction: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """(g_B, v = direction(g_B), H_B v) on the measured batch, flat, float64: one Hessian-vector product."""
+    h = ctx.hessian
+    with torch.enable_grad():
+        g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(h.loss, h.params, retain_graph=True)]).detach()
+    v = direction(g)
+    return g.double(), v.double(), h.mv(v[:, None].to(h.torch_dtype))[:, 0].double()
+
+
+@register_metric
+class BatchSharpness(Metric):
+    """``batch_sharpness`` = g_Bᵀ H_B g_B / |g_B|², the curvature of the measured batch's mean loss along its
+    own gradient (one Hessian-vector product; Andreyev & Beneventano, arXiv 2412.20553, whose batch
+    sharpness is its expectation over batches), with ``batch_sharpness_mean`` and ``batch_sharpness_se``:
+    the mean of this metric's last ``window`` values and its standard error std/√n (NaN below 2 values).
+    Refused (status "accumulation micro-batch" or "per-rank batch") when the measured batch is not the
+    update's (gradient accumulation: ``effective_batch_size`` ≠ the samples measured; DDP)."""
+
+    name = "batch_sharpness"
+
+    def __init__(self, window: int = BATCH_SHARPNESS_WINDOW) -> None:
+        self.values: deque[float] = deque(maxlen=window)
+
+    def measure(self, ctx: Context) -> dict[str, float]:
+        _update_batch(ctx)
+        g, v, hv = _directional(ctx, lambda g: g)
+        gg = float(g @ g)
+        value = float(v @ hv) / gg if gg > 0 else math.nan
+        if math.isfinite(value):
+            self.values.append(value)
+        w = np.asarray(self.values, dtype=float)
+        return {
+            "batch_sharpness": value,
+            "batch_sharpness_mean": float(w.mean()) if w.size >= 2 else math.nan,
+            "batch_sharpness_se": float(w.std(ddof=1) / w.size**0.5) if w.size >= 2 else math.nan,
+        }
+
+
+@register_metric
+class EoSSRatio(Metric):
+    """``eoss_ratio`` = (s⊙g_B)ᵀ H_B (s⊙g_B) / (g_Bᵀ(s⊙g_B)), s the per-parameter step scale of ``eos_ratio``
+    (:func:`~noiseprobe.monitor.stability.step_scale`): η·batch_sharpness/2 for SGD without momentum, 1 at
+    the edge of stochastic stability (Andreyev & Beneventano); with momentum or Adam the same quotient along
+    the preconditioned step, an extension outside the paper's claim. NaN without an optimizer or before
+    Adam's first step; refused like ``batch_sharpness``."""
+
+    name = "eoss_ratio"
+
+    def measure(self, ctx: Context) -> dict[str, float]:
+        _update_batch(ctx)
+        params = [p for p in ctx.model.parameters() if p.requires_grad]
+        scaled = None if ctx.optimizer is None else step_scale(ctx.optimizer, params)
+        if scaled is None:
+            return {"eoss_ratio": math.nan}
+        s = scaled[0].detach()
+        g, v, hv = _directional(ctx, lambda g: s.to(g.dtype) * g)
+        den = float(g @ v)
+        return {"eoss_ratio": float(v @ hv) / den if den > 0 else math.nan}
 
 
 @register_metric

@@ -6,13 +6,15 @@ Each value comes from the context's one noise-scale computation (:attr:`Context.
 
 from __future__ import annotations
 
-import numpy as np
+from collections import deque
+
 from torch import nn
 
 from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.validation import check_int
 from noiseprobe.monitor import ddp
 from noiseprobe.monitor.context import Context
-from noiseprobe.monitor.gns import two_batch
+from noiseprobe.monitor.gns import NoiseScale, pooled_b_simple, two_batch
 from noiseprobe.monitor.metric import Metric, register_metric
 
 
@@ -60,7 +62,7 @@ class Temperature(Metric):
         if not groups:
             return {"temperature": float("nan")}
         n_trained = sum(b - a for _, ranges in groups for a, b in ranges)
-        if len({lr for lr, _ in groups}) == 1 and n_trained == ctx.grads.num_params:
+        if len({lr for lr, _ in groups}) == 1 and n_trained == ctx.num_params:
             # one learning rate for every parameter: lr·tr Σ/S, no per-parameter diagonal needed
             return {"temperature": groups[0][0] * ctx.noise.tr_sigma / ctx.batch_size}
         diag = ctx.sigma_diagonal
@@ -76,12 +78,25 @@ class TopKC(Metric):
     name = "top_k_c"
 
     def measure(self, ctx: Context) -> dict[str, float]:
-        n = ctx.n
-        k = min(ctx.top_k, n - 1)
-        centred = ctx.gram - ctx.gram.mean(0, keepdims=True)
-        centred = (centred - centred.mean(1, keepdims=True)) / n
-        lam = np.linalg.eigvalsh((centred + centred.T) / 2)[::-1][:k] / ctx.batch_size
-        return {f"c_eig_{i + 1}": float(v) for i, v in enumerate(lam)}
+        return {f"c_eig_{i + 1}": float(v) for i, v in enumerate(ctx.c_eigenvalues())}
+
+
+@register_metric
+class BSimpleAvg(Metric):
+    """``b_simple_avg`` (+ ``_lo``, ``_hi``): McCandlish et al.'s practical estimator over the last
+    ``window`` measurements, Σ_k tr Σ̂_k / Σ_k |Ĝ_k|² (a ratio of averages), with Fieller's interval from
+    the summed jackknife (co)variances (:func:`~noiseprobe.monitor.gns.pooled_b_simple`)."""
+
+    name = "b_simple_avg"
+
+    def __init__(self, window: int = 10) -> None:
+        self.window = check_int("window", window, lo=1)
+        self._recent: deque[NoiseScale] = deque(maxlen=self.window)
+
+    def measure(self, ctx: Context) -> dict[str, float]:
+        self._recent.append(ctx.noise)
+        b, lo, hi = pooled_b_simple(list(self._recent))
+        return {"b_simple_avg": b, "b_simple_avg_lo": lo, "b_simple_avg_hi": hi}
 
 
 @register_metric

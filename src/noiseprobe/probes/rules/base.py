@@ -63,13 +63,26 @@ def batch_leading(call: Call, t: Tensor, n: int) -> Tensor:
     if t.dim() > 0 and t.shape[0] == 1 < n:
         return t.detach().expand(n, *t.shape[1:])
     if t.dim() == 0 or t.shape[0] != n:
-        raise ConfigError(
-            call.name,
-            f"input of shape {tuple(t.shape)}",
-            f"inputs with the batch of N = {n} on axis 0 (make the model batch-first, or use "
-            "method='func'; nn.MultiheadAttention with batch_first=False is handled)",
-        )
+        raise BatchAxisError(call.name, f"input of shape {tuple(t.shape)}", n)
     return t.detach()
+
+
+class BatchAxisError(ConfigError):
+    """A layer's input does not have the batch on axis 0; ``advice`` names the remedies of
+    :func:`~noiseprobe.probes.persample.per_sample_gradients` (a caller without them re-raises with its own)."""
+
+    def __init__(self, field: str, value: Any, n: int, advice: str | None = None) -> None:
+        self.n = n
+        self.advice = advice or "make the model batch-first, or use method='func'"
+        super().__init__(
+            field,
+            value,
+            f"inputs with the batch of N = {n} on axis 0 ({self.advice}; nn.MultiheadAttention with "
+            "batch_first=False is handled)",
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.field, self.value, self.n, self.advice))
 
 
 class Rule(Generic[M]):

@@ -5,7 +5,8 @@ gradient is ∇_θ ⟨f_θ(x_i), g_i⟩ (ℓ_i depends on f(x_i) only), computed
 ``vmap(grad(·))`` over the module alone: N × P_module numbers, the rest of the model stays factored.
 Tensor arguments whose axis 0 has length N are sliced per sample; others are shared. A module that
 draws random numbers (dropout in training mode) cannot be replayed sample by sample and is refused by
-the engine.
+the engine, as is one calling an ``autograd.Function`` that torch.func cannot vmap (both with
+:class:`~noiseprobe.core.errors.NoPerSampleGradients`).
 
 :class:`MultiheadAttentionRule`: ``nn.MultiheadAttention`` consumes ``in_proj_*`` and its ``out_proj``'s
 parameters inside its own forward (``out_proj.forward`` never runs), so it is one unit over its whole
@@ -21,7 +22,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.errors import ConfigError, NoPerSampleGradients
 from noiseprobe.probes.factors import RowsFactor
 from noiseprobe.probes.rules.base import Call, M, Named, Rule, accumulation_dtype, register_rule
 
@@ -95,9 +96,18 @@ class VmapRule(Rule[M]):
         # no_grad: children's own parameters (constants here) build no outer graph; grad() ignores it.
         # The math attention kernel: fused kernels have no vmap batching rule.
         with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
-            per = vmap(grad(inner), in_dims=(None, arg_axes, kw_axes, out_axes), chunk_size=self.chunk_size)(
-                {name: p.detach() for name, p in params}, detach(call.args), detach(call.kwargs), grads
-            )
+            try:
+                per = vmap(grad(inner), in_dims=(None, arg_axes, kw_axes, out_axes), chunk_size=self.chunk_size)(
+                    {name: p.detach() for name, p in params}, detach(call.args), detach(call.kwargs), grads
+                )
+            except RuntimeError as e:  # an autograd.Function without a vmap rule (setup_context)
+                if "autograd.Function" not in str(e):
+                    raise
+                raise NoPerSampleGradients(
+                    call.name,
+                    f"{type(module).__name__} calling an autograd.Function that torch.func cannot vmap",
+                    "a Function with setup_context and a vmap rule (generate_vmap_rule=True), or a layer rule",
+                ) from None
         rows = torch.cat([per[name].reshape(n, -1) for name, _ in params], 1)
         return RowsFactor(rows.to(accumulation_dtype(rows)))
 
@@ -110,7 +120,7 @@ class MultiheadAttentionRule(VmapRule[nn.MultiheadAttention]):
 
     def validate(self, name: str, module: nn.MultiheadAttention) -> None:
         if module.dropout > 0 and module.training:
-            raise ConfigError(
+            raise NoPerSampleGradients(
                 name,
                 f"nn.MultiheadAttention(dropout={module.dropout}) in training mode",
                 "eval mode or dropout=0 (its random attention mask cannot be replayed per sample)",

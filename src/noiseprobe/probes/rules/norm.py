@@ -10,7 +10,8 @@ x̂ is recomputed from the stored input (no grad). Stored explicitly: N × (|γ|
 | BatchNorm1d/2d/3d, eval mode | (x − running mean)/√(running var + eps) | positions |
 
 BatchNorm in training mode (or without running statistics) normalises with the batch's statistics,
-so samples interact and per-sample gradients are undefined: refused with a ConfigError.
+so samples interact and per-sample gradients are undefined: refused with
+:class:`~noiseprobe.core.errors.NoPerSampleGradients` (the monitor then uses its micro-batch estimator).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from noiseprobe.core.errors import ConfigError
+from noiseprobe.core.errors import NoPerSampleGradients
 from noiseprobe.probes.factors import RowsFactor
 from noiseprobe.probes.rules.base import (
     Call,
@@ -85,7 +86,7 @@ class BatchNormRule(Rule[_BatchNorm]):
     def validate(self, name: str, module: _BatchNorm) -> None:
         if module.training or module.running_mean is None:
             state = "in training mode" if module.training else "without running statistics"
-            raise ConfigError(
+            raise NoPerSampleGradients(
                 name,
                 f"{type(module).__name__} {state}",
                 "eval mode (model.eval(): running statistics, samples independent) or "
