@@ -23,6 +23,7 @@ from noiseprobe.core.divergence import MAX_DIVERGED_FRACTION
 from noiseprobe.core.experiment import Chunk, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
+from noiseprobe.experiments import _mbn_fig3_l2 as l2
 from noiseprobe.experiments._mbn import (
     BASE_BYTES,
     ChainsConfig,
@@ -33,17 +34,15 @@ from noiseprobe.experiments._mbn import (
     sim_peak_bytes,
     worst_point,
 )
+from noiseprobe.experiments._mbn_fig3_l2 import HEAVY_TAIL_RTOL
 from noiseprobe.experiments._shape import Shaped
 from noiseprobe.minibatch.baselines import hessian_approx_sigma
 from noiseprobe.minibatch.fluctuation import or_inf
-from noiseprobe.minibatch.l2 import l2_1d
 from noiseprobe.minibatch.linear import label_noise_lr_bound, label_noise_sigma
 from noiseprobe.minibatch.tails import tail_index_exact
 
 #: the simulated Σ must exceed the discrete Hessian approximation by this factor at the smallest S
 UNDERESTIMATE_MIN = 1.5
-#: relative tolerance added where the tail index β_K < 4 (slowly converging sample variances)
-HEAVY_TAIL_RTOL = 0.1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,119 +134,17 @@ class Fig3(Shaped):
 
     def derive(self, config: Fig3Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         res = tables["results"]
-        return {"left": _left_table(config, res), "right": _right_table(config, res)}
+        return {"left": _left_table(config, res), "right": l2.right_table(config, res)}
 
     def checks(self, config: Fig3Config, tables: dict[str, pd.DataFrame]) -> list[Check]:
-        res, left, right = tables["results"], tables["left"], tables["right"]
-        a = config.a
-        checks = []
-        ok = left[np.isfinite(left.exact)]
-        claim = "Thm 2: exact Σ = λσ²/(2S − (S+2)λa) matches simulation at every stable S (Fig. 3 left)"
-        if ok.empty:
-            checks.append(Check.not_measurable("thm2-sigma-matches-simulation", claim, "no stable batch size"))
-        else:
-            checks.append(
-                worst_point(
-                    "thm2-sigma-matches-simulation",
-                    claim,
-                    ok.sim,
-                    ok.exact,
-                    ok.se,
-                    [f"S={S}" for S in ok.S],
-                    rtol=np.where(ok.beta > 4, 0.0, HEAVY_TAIL_RTOL),
-                    detail=f"+{HEAVY_TAIL_RTOL:.0%} relative where the tail index < 4",
-                )
-            )
-        if len(ok) >= 2:
-            small, large = ok.iloc[0], ok.iloc[-1]
-            checks.append(
-                Check.greater(
-                    "hessian-underestimates-small-s",
-                    "Hessian approximations underestimate Σ at small S (Fig. 3 left): "
-                    "simulated Σ / discrete Hessian approximation",
-                    small.sim / small.discrete,
-                    UNDERESTIMATE_MIN,
-                    detail=f"S = {int(small.S)}; SE of the ratio {small.se / small.discrete:.2g} (not a slack: near the "
-                    "variance bound the tail index is ≈ 2 and the SE is unreliable, and 4 SE would pass any ratio); "
-                    f"simulated Σ / continuous approximation = {small.sim / small.continuous:.3f}",
-                )
-            )
-            checks.append(
-                Check.less(
-                    "discrete-approaches-exact-at-large-s",
-                    "The discrete Hessian approximation approaches the exact Σ as S grows (large-S limit, eq. 22): "
-                    f"|1 − discrete/exact| at S = {int(large.S)} is below its value at S = {int(small.S)}",
-                    abs(1 - large.discrete / large.exact),
-                    abs(1 - small.discrete / small.exact),
-                    detail=f"discrete/exact = {large.discrete / large.exact:.4f} (S = {int(large.S)}), "
-                    f"{small.discrete / small.exact:.4f} (S = {int(small.S)})",
-                )
-            )
-            S0 = int(small.S)
-            checks.append(
-                Check.close(
-                    "stability-bound-closed-form",
-                    "Thm 2 stability bound λ_max·a = 2S/(S+2) (numerical bound of the solver vs closed form)",
-                    label_noise_lr_bound(a, batch_size=S0) * a,
-                    2 * S0 / (S0 + 2),
-                    atol=1e-8,
-                    detail=f"S = {S0}",
-                )
-            )
-        else:
-            checks += [
-                Check.not_measurable(k, c, "fewer than two stable batch sizes")
-                for k, c in (
-                    (
-                        "hessian-underestimates-small-s",
-                        "Hessian approximations underestimate Σ at small S (Fig. 3 left)",
-                    ),
-                    (
-                        "discrete-approaches-exact-at-large-s",
-                        "The discrete Hessian approximation approaches the exact Σ as S grows (large-S limit, eq. 22)",
-                    ),
-                    ("stability-bound-closed-form", "Thm 2 stability bound λ_max·a = 2S/(S+2)"),
-                )
-            ]
-        conv = right[np.isfinite(right.sim)]
-        g_sim = _simulated_optimum(right)
-        claim = (
-            "Standard L2 case (λa < 2S/(S+2)): the optimal weight decay is γ* = 0 (Fig. 3 right): "
-            "argmin of the simulated test loss over the γ grid"
-        )
-        if len(conv) < len(right):  # an argmin over a grid with holes is not the grid's argmin
-            lost = right[~np.isfinite(right.sim)]
-            checks.append(
-                Check.not_measurable(
-                    "optimal-weight-decay-zero",
-                    claim,
-                    f"at γ = {', '.join(f'{g:g}' for g in lost.gamma)} more than {MAX_DIVERGED_FRACTION:.0%} of the "
-                    "chains diverged (or fewer than two converged)",
-                    detail=divergence_note(res[res.panel == "right"]),
-                )
-            )
-        else:
-            checks.append(Check.equal("optimal-weight-decay-zero", claim, g_sim, 0.0))
-        tp = right[np.isfinite(right.theory) & (right.theory > 0)]
-        checks.append(
-            worst_point(
-                "cor4-test-loss-matches-simulation",
-                "Cor. 4 test loss matches simulation (S = 1: tail index ≈ 3, so +10 % relative)",
-                tp.sim,
-                tp.theory,
-                tp.se,
-                [f"γ={g:g}" for g in tp.gamma],
-                rtol=HEAVY_TAIL_RTOL,
-            )
-        )
-        return checks
+        return _left_checks(config.a, tables["left"]) + l2.right_checks(tables["results"], tables["right"])
 
     def metrics(self, config: Fig3Config, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
         left, res = tables["left"], tables["results"]
         return {
             "sigma_exact": dict(zip(left.S.astype(int).astype(str), left.exact)),
             "sigma_sim": dict(zip(left.S.astype(int).astype(str), left.sim)),
-            "gamma_star_sim": _simulated_optimum(tables["right"]),
+            "gamma_star_sim": l2.simulated_optimum(tables["right"]),
             "n_diverged": int(res["diverged"].sum()),
         }
 
@@ -277,7 +174,7 @@ class Fig3(Shaped):
         plain_log_ticks(ax[0], left.S)
         ax[0].legend()
         gg = np.linspace(right.gamma.min(), right.gamma.max(), 200)
-        ax[1].plot(gg, [_cor4(config, x) for x in gg], label="Cor. 4")
+        ax[1].plot(gg, [l2.cor4(config, x) for x in gg], label="Cor. 4")
         ax[1].errorbar(right.gamma, right.sim, yerr=Z * right.se, fmt="o", ms=4, label="simulation")
         ax[1].set(xlabel="weight decay γ", ylabel="test loss", title=f"L2: a={ra}, λ={rl}, S={rS}")
         ax[1].legend()
@@ -308,24 +205,75 @@ def _left_table(config: Fig3Config, res: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values("S")
 
 
-def _cor4(config: Fig3Config, gamma: float) -> float:
-    """Cor. 4's test loss of the L2 panel at weight decay γ (inf past its divergence)."""
-    c = config
-    return or_inf(
-        lambda: l2_1d(a=c.reg_a, gamma=gamma, u=c.reg_u, lr=c.reg_lr, batch_size=c.reg_batch_size)["test_loss"]
-    )
-
-
-def _right_table(config: Fig3Config, res: pd.DataFrame) -> pd.DataFrame:
-    """Right panel, one row per γ: simulated test loss ± SE, the fraction that diverged, and Cor. 4."""
-    rrows = []
-    for gm, g in res[res.panel == "right"].groupby("gamma"):
-        m, se, frac = mean_se_kept(g["test_loss"], g["diverged"])
-        rrows.append({"gamma": gm, "sim": m, "se": se, "diverged": frac, "theory": _cor4(config, gm)})
-    return pd.DataFrame(rrows).sort_values("gamma")
-
-
-def _simulated_optimum(right: pd.DataFrame) -> float | None:
-    """The grid γ of least simulated test loss among the points with a finite estimate (None if none)."""
-    conv = right[np.isfinite(right.sim)]
-    return float(conv.gamma.iloc[int(np.argmin(conv.sim.to_numpy()))]) if len(conv) else None
+def _left_checks(a: float, left: pd.DataFrame) -> list[Check]:
+    """Fig. 3 left: Thm 2 against simulation, the Hessian approximations at small and large S, the bound."""
+    checks = []
+    ok = left[np.isfinite(left.exact)]
+    claim = "Thm 2: exact Σ = λσ²/(2S − (S+2)λa) matches simulation at every stable S (Fig. 3 left)"
+    if ok.empty:
+        checks.append(Check.not_measurable("thm2-sigma-matches-simulation", claim, "no stable batch size"))
+    else:
+        checks.append(
+            worst_point(
+                "thm2-sigma-matches-simulation",
+                claim,
+                ok.sim,
+                ok.exact,
+                ok.se,
+                [f"S={S}" for S in ok.S],
+                rtol=np.where(ok.beta > 4, 0.0, HEAVY_TAIL_RTOL),
+                detail=f"+{HEAVY_TAIL_RTOL:.0%} relative where the tail index < 4",
+            )
+        )
+    if len(ok) >= 2:
+        small, large = ok.iloc[0], ok.iloc[-1]
+        checks.append(
+            Check.greater(
+                "hessian-underestimates-small-s",
+                "Hessian approximations underestimate Σ at small S (Fig. 3 left): "
+                "simulated Σ / discrete Hessian approximation",
+                small.sim / small.discrete,
+                UNDERESTIMATE_MIN,
+                detail=f"S = {int(small.S)}; SE of the ratio {small.se / small.discrete:.2g} (not a slack: near the "
+                "variance bound the tail index is ≈ 2 and the SE is unreliable, and 4 SE would pass any ratio); "
+                f"simulated Σ / continuous approximation = {small.sim / small.continuous:.3f}",
+            )
+        )
+        checks.append(
+            Check.less(
+                "discrete-approaches-exact-at-large-s",
+                "The discrete Hessian approximation approaches the exact Σ as S grows (large-S limit, eq. 22): "
+                f"|1 − discrete/exact| at S = {int(large.S)} is below its value at S = {int(small.S)}",
+                abs(1 - large.discrete / large.exact),
+                abs(1 - small.discrete / small.exact),
+                detail=f"discrete/exact = {large.discrete / large.exact:.4f} (S = {int(large.S)}), "
+                f"{small.discrete / small.exact:.4f} (S = {int(small.S)})",
+            )
+        )
+        S0 = int(small.S)
+        checks.append(
+            Check.close(
+                "stability-bound-closed-form",
+                "Thm 2 stability bound λ_max·a = 2S/(S+2) (numerical bound of the solver vs closed form)",
+                label_noise_lr_bound(a, batch_size=S0) * a,
+                2 * S0 / (S0 + 2),
+                atol=1e-8,
+                detail=f"S = {S0}",
+            )
+        )
+    else:
+        checks += [
+            Check.not_measurable(k, c, "fewer than two stable batch sizes")
+            for k, c in (
+                (
+                    "hessian-underestimates-small-s",
+                    "Hessian approximations underestimate Σ at small S (Fig. 3 left)",
+                ),
+                (
+                    "discrete-approaches-exact-at-large-s",
+                    "The discrete Hessian approximation approaches the exact Σ as S grows (large-S limit, eq. 22)",
+                ),
+                ("stability-bound-closed-form", "Thm 2 stability bound λ_max·a = 2S/(S+2)"),
+            )
+        ]
+    return checks
