@@ -128,7 +128,6 @@ def train_to_target(
     n = x.shape[0]
     diverged = np.zeros(k, dtype=bool)
     diverged_step = np.full(k, -1, dtype=np.int64)
-    crossed = np.full(k, math.nan)
     initial = np.full(k, math.inf)
     rec_steps: list[int] = []
     rec_loss: list[np.ndarray] = []
@@ -159,18 +158,46 @@ def train_to_target(
         j = step % BLOCK_STEPS
         if j == 0:
             idx = torch.stack([torch.randint(0, n, (BLOCK_STEPS, batch_size), generator=g) for g in gens], 1)
-        rows = idx[j]  # (k, batch_size)
-        for p in params:
-            p.requires_grad_(True)
-        lk = batch_losses(ens.forward(x[rows])[0], y[rows], "ce").mean(1)
-        grads = torch.autograd.grad(lk.sum(), params)
-        with torch.no_grad():
-            for p, g in zip(params, grads, strict=True):
-                p.sub_(rates.view(-1, *([1] * (g.dim() - 1))) * g)
+        _sgd_step(ens, params, rates, x, y, idx[j])
     for p in params:
         p.requires_grad_(False)
-    steps = np.asarray(rec_steps)
-    losses = np.stack(rec_loss, 1)  # (k, evals)
+    records, outcome = _run_tables(
+        lrs, replicas, np.asarray(rec_steps), np.stack(rec_loss, 1), target, diverged, diverged_step
+    )
+    return TargetRun(records, outcome, snapshots, ens)
+
+
+def _sgd_step(
+    ens: MLPEnsemble,
+    params: list[torch.Tensor],
+    rates: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rows: torch.Tensor,
+) -> None:
+    """One SGD step of every replica k on its own minibatch ``x[rows[k]]`` (``rows``: (k, batch_size))."""
+    for p in params:
+        p.requires_grad_(True)
+    lk = batch_losses(ens.forward(x[rows])[0], y[rows], "ce").mean(1)
+    grads = torch.autograd.grad(lk.sum(), params)
+    with torch.no_grad():
+        for p, g in zip(params, grads, strict=True):
+            p.sub_(rates.view(-1, *([1] * (g.dim() - 1))) * g)
+
+
+def _run_tables(
+    lrs: Sequence[float],
+    replicas: Sequence[int],
+    steps: np.ndarray,
+    losses: np.ndarray,
+    target: float,
+    diverged: np.ndarray,
+    diverged_step: np.ndarray,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The loss records (one row per replica and evaluation; ``losses``: (k, evaluations)) and the outcome
+    (one row per replica: interpolated steps to the target, divergence) of :func:`train_to_target`."""
+    k = len(lrs)
+    crossed = np.full(k, math.nan)
     for i in range(k):
         crossed[i] = steps_to_target(steps, losses[i], target)
     records = pd.DataFrame(
@@ -191,7 +218,7 @@ def train_to_target(
             "last_step": int(steps[-1]),
         }
     )
-    return TargetRun(records, outcome, snapshots, ens)
+    return records, outcome
 
 
 def noise_scale_during(
