@@ -50,7 +50,7 @@ def sim_peak_bytes(chains: int, dim: int = 1, *, snapshots: int = 0, frame_colum
 
 
 def chains_1d(
-    config: Any,
+    config: ChainsConfig,
     point: int,
     *,
     a: float,

@@ -127,7 +127,7 @@ class EoSSharpness(Shaped):
     }
     diverging = {"lrs": [50.0, 100.0, 200.0], "steps": 50, "measure_every": 10}
 
-    def check_data(self, config: Any) -> None:
+    def check_data(self, config: EoSConfig) -> None:
         """``n_train`` at most the embedded training split (3,000 MNIST digits, or 1,078 of sklearn's)."""
         check_at_most("n_train", config.n_train, embedded_train_size(), "embedded")
 

@@ -134,7 +134,7 @@ class CriticalBatch(Shaped):
     }
     diverging = {"lrs": [1e4, 2e4]}
 
-    def check_data(self, config: Any) -> None:
+    def check_data(self, config: CriticalBatchConfig) -> None:
         """``n_train`` at most the embedded training split (3,000 MNIST digits, or 1,078 of sklearn's)."""
         check_at_most("n_train", config.n_train, embedded_train_size(), "embedded")
 

@@ -103,11 +103,15 @@ def _preset(name: str, panels: tuple[str, ...]) -> dict[str, Any]:
     return cfg
 
 
+#: the config of any of the three experiments (Fig1Config is both)
+Fig1Panels = Fig1LeftConfig | Fig1RightConfig
+
+
 class _Fig1Base(Shaped):
     panels: tuple[str, ...] = ("left", "right")
     tables = ("curves",)
 
-    def chunks(self, config: Any) -> list[Chunk]:
+    def chunks(self, config: Fig1Panels) -> list[Chunk]:
         """One chunk per (optimiser, width), largest first (Adam, widest: the chunk :meth:`estimate`
         describes, and the longest, so workers finish together), then the right panel."""
         out = []
@@ -121,14 +125,14 @@ class _Fig1Base(Shaped):
             out.append(Chunk("right", {"panel": "right"}))
         return out
 
-    def check_data(self, config: Any) -> None:
+    def check_data(self, config: Fig1Panels) -> None:
         """The dataset is installed, and each batch size is at most its training split."""
         n = embedded_train_size(config.dataset)
         for field in ("batch_size", "right_batch_size"):
             if hasattr(config, field):
                 check_at_most(field, getattr(config, field), n, embedded_name(config.dataset))
 
-    def estimate(self, config: Any) -> RunCost:
+    def estimate(self, config: Fig1Panels) -> RunCost:
         """Peak of one worker: the data (float32, plus the loader's working copies) and the largest chunk —
         left: 2·n_seeds replica networks; parameters, gradients, the stacked copy, Adam's two moments and its
         foreach temporaries come to 14 copies of the parameters (measured: 10 for SGD); activations
@@ -151,22 +155,22 @@ class _Fig1Base(Shaped):
             drivers += ["gammas", "right_batch_size", "right_epochs"]
         return RunCost(peak_bytes=int(data + peak + 20e6), drivers=tuple(drivers))
 
-    def measure(self, config: Any, chunk: Chunk) -> dict[str, pd.DataFrame]:
+    def measure(self, config: Fig1Panels, chunk: Chunk) -> dict[str, pd.DataFrame]:
         if chunk.spec["panel"] == "right":
             return right.measure(config)
         return left.measure(config, chunk.spec["optimizer"], chunk.spec["width"])
 
-    def checks(self, config: Any, tables: dict[str, pd.DataFrame]) -> list[Check]:
+    def checks(self, config: Fig1Panels, tables: dict[str, pd.DataFrame]) -> list[Check]:
         res = tables["results"]
         out = left.checks(res) if "left" in self.panels else []
         return out + (right.checks(config, right.best_decay(config, res)) if "right" in self.panels else [])
 
-    def metrics(self, config: Any, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    def metrics(self, config: Fig1Panels, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
         res = tables["results"]
         out = left.metrics(res) if "left" in self.panels else {}
         return out | (right.metrics(right.best_decay(config, res)) if "right" in self.panels else {})
 
-    def plot(self, config: Any, tables: dict[str, pd.DataFrame], out: Path) -> None:
+    def plot(self, config: Fig1Panels, tables: dict[str, pd.DataFrame], out: Path) -> None:
         res = tables["results"]
         if "left" in self.panels:
             left.plot(config, res, out)
