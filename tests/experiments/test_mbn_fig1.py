@@ -138,7 +138,7 @@ def test_end_to_end_quick_overrides(tmp_path) -> None:
     exp = get("mbn-fig1")
     cfg = exp.config("quick", overrides)
     chunk = next(c for c in exp.chunks(cfg) if c.key == "left-sgd-d00016")
-    again = exp.run_chunk(cfg, chunk)["results"]
+    again = exp.measure(cfg, chunk)["results"]
     np.testing.assert_array_equal(
         again["loss_var"].to_numpy(), left[(left["optimizer"] == "sgd") & (left["width"] == 16)]["loss_var"].to_numpy()
     )

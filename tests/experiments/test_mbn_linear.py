@@ -72,11 +72,11 @@ def test_chunk_independence():
     exp = experiments.get("mbn-table2")
     cfg = exp.config("quick", {"chains": 20, "steps": 50})
     chunks = exp.chunks(cfg)
-    alone = exp.run_chunk(cfg, chunks[2])
+    alone = exp.measure(cfg, chunks[2])
     for c in chunks[:2]:
-        exp.run_chunk(cfg, c)
-    pd.testing.assert_frame_equal(alone, exp.run_chunk(cfg, chunks[2]))
-    assert len(set(pd.concat([exp.run_chunk(cfg, c) for c in chunks]).chain)) == 3 * 20
+        exp.measure(cfg, c)
+    pd.testing.assert_frame_equal(alone, exp.measure(cfg, chunks[2]))
+    assert len(set(pd.concat([exp.measure(cfg, c) for c in chunks]).chain)) == 3 * 20
 
 
 @pytest.mark.parametrize(
@@ -181,7 +181,7 @@ def test_fig4_panels_use_disjoint_chain_indices():
     cfg = exp.config("quick", TINY["mbn-fig4"])
     seen: list[int] = []
     for c in exp.chunks(cfg):
-        out = exp.run_chunk(cfg, c)
+        out = exp.measure(cfg, c)
         seen += list((out["results"] if isinstance(out, dict) else out).chain)
     assert len(seen) == len(set(seen))
 

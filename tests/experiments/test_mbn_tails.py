@@ -27,7 +27,7 @@ TINY = {"chains": 200, "snapshots": 50, "snapshot_every": 10, "burn_in": 300, "h
 
 
 def run_all(exp, cfg) -> dict[str, pd.DataFrame]:
-    parts = [exp.run_chunk(cfg, c) for c in exp.chunks(cfg)]
+    parts = [exp.measure(cfg, c) for c in exp.chunks(cfg)]
     return {k: pd.concat([p[k] for p in parts], ignore_index=True) for k in parts[0]}
 
 
@@ -63,8 +63,8 @@ def test_point_does_not_depend_on_the_rest_of_the_grid() -> None:
     exp = Fig7()
     cfg_a = exp.config("quick", {**TINY, "batch_sizes": [1], "lrs": [1.0, 0.5]})
     cfg_b = exp.config("quick", {**TINY, "batch_sizes": [1], "lrs": [1.0, 0.75]})
-    a = exp.run_chunk(cfg_a, exp.chunks(cfg_a)[0])
-    b = exp.run_chunk(cfg_b, exp.chunks(cfg_b)[0])
+    a = exp.measure(cfg_a, exp.chunks(cfg_a)[0])
+    b = exp.measure(cfg_b, exp.chunks(cfg_b)[0])
     pd.testing.assert_frame_equal(a["results"], b["results"])
     pd.testing.assert_frame_equal(a["tails"], b["tails"])
 
@@ -81,10 +81,10 @@ def test_divergent_point_is_an_outcome() -> None:
     assert np.isfinite(tables["tails"].query("lr == 1.0").iloc[0].hill_beta)
 
 
-def test_analyse_fig7(tmp_path: Path) -> None:
+def test_evaluate_fig7(tmp_path: Path) -> None:
     exp = Fig7()
     cfg = exp.config("quick", {**TINY, "batch_sizes": [1], "lrs": [0.5, 1.0]})
-    metrics, checks = exp.analyse(cfg, run_all(exp, cfg), tmp_path)
+    metrics, checks = exp.evaluate(cfg, run_all(exp, cfg), tmp_path)
     assert (tmp_path / "fig7_tail_index_vs_lr.png").stat().st_size > 0
     assert len(metrics["points"]) == 2
     by_key = {c.key: c for c in checks}

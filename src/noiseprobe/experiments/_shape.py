@@ -31,9 +31,15 @@ class Shaped(Experiment):
     def run_chunk(self, config: Any, chunk: Chunk) -> pd.DataFrame | dict[str, pd.DataFrame]:
         return self.measure(config, chunk)
 
-    def analyse(self, config: Any, tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict[str, Any], list[Check]]:
+    def evaluate(
+        self, config: Any, tables: dict[str, pd.DataFrame], out: Path | None = None
+    ) -> tuple[dict[str, Any], list[Check]]:
         tables = {**tables, **self.derive(config, tables)}
         checks = self.checks(config, tables)
         metrics = self.metrics(config, tables)
-        self.plot(config, tables, out)
+        if out is not None:
+            self.plot(config, tables, out)
         return metrics, checks
+
+    def analyse(self, config: Any, tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict[str, Any], list[Check]]:
+        return self.evaluate(config, tables, out)
