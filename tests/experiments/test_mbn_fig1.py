@@ -263,5 +263,5 @@ def test_estimate_names_config_fields_and_grows_with_them(exp_id: str) -> None:
     cfg = exp.config("quick")
     est = exp.estimate(cfg)
     assert est.peak_bytes > 0 and set(est.drivers) <= set(cfg.keys())
-    big = exp.config("quick", {"n_seeds": 4 * cfg["n_seeds"]})
+    big = exp.config("quick", {"n_seeds": 4 * cfg.n_seeds})
     assert exp.estimate(big).peak_bytes > est.peak_bytes

@@ -43,9 +43,9 @@ def test_tables_and_theory_columns() -> None:
     cfg = exp.config("quick", {**TINY, "batch_sizes": [1], "lrs": [0.5, 1.0]})
     tables = run_all(exp, cfg)
     res, tails = tables["results"], tables["tails"]
-    assert len(res) == 2 * cfg["chains"] and res["chain"].is_unique
-    assert set(res["chain"]) == set(range(2 * cfg["chains"]))  # global replica indices of the two points
-    assert list(tails["n"]) == [cfg["chains"] * cfg["snapshots"]] * 2
+    assert len(res) == 2 * cfg.chains and res["chain"].is_unique
+    assert set(res["chain"]) == set(range(2 * cfg.chains))  # global replica indices of the two points
+    assert list(tails["n"]) == [cfg.chains * cfg.snapshots] * 2
     # theory columns against docs/theory/minibatch_noise.md's table (§15.5: S = 1, a = 1), not against the same functions
     reference = {0.5: (3.0, 5.0, 2.904), 1.0: (1.0, 3.0, 1.091)}  # lr: (eq. 93, continuous, Kesten β_K)
     for r in tails.itertuples():
@@ -53,7 +53,7 @@ def test_tables_and_theory_columns() -> None:
         assert r.beta_eq93 == pytest.approx(b93, abs=1e-12) and r.beta_continuous == pytest.approx(bc, abs=1e-12)
         assert r.beta_exact == pytest.approx(bk, abs=6e-4)
         assert r.lyapunov < 0  # a stationary law exists at both points
-        assert r.hill_k == int(cfg["hill_fraction"] * r.n) and r.hill_se > 0 and np.isfinite(r.mle_beta)
+        assert r.hill_k == int(cfg.hill_fraction * r.n) and r.hill_se > 0 and np.isfinite(r.mle_beta)
     assert {"x", "ccdf"} <= set(tables["ccdf"]) and (tables["ccdf"]["ccdf"] > 0).all()
     assert {"x", "density"} <= set(tables["density"])
 
@@ -76,7 +76,7 @@ def test_divergent_point_is_an_outcome() -> None:
     cfg = exp.config("quick", {**TINY, "burn_in": 3000, "batch_sizes": [1], "lrs": [1.0, 3.0]})
     tables = run_all(exp, cfg)
     bad = tables["tails"].query("lr == 3.0").iloc[0]
-    assert bad.n_diverged == cfg["chains"] and bad.n == 0 and np.isnan(bad.hill_beta) and np.isnan(bad.beta_exact)
+    assert bad.n_diverged == cfg.chains and bad.n == 0 and np.isnan(bad.hill_beta) and np.isnan(bad.beta_exact)
     assert tables["results"].query("lr == 3.0")["diverged"].all()
     assert np.isfinite(tables["tails"].query("lr == 1.0").iloc[0].hill_beta)
 
