@@ -31,10 +31,9 @@ import pandas as pd
 from noiseprobe.core.checks import Check, Z
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, RunCost
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.powerlaw import hill, powerlaw_mle
 from noiseprobe.experiments._mbn import BASE_BYTES, sim_peak_bytes, worst_point
-from noiseprobe.experiments._shape import Shaped
 from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
 from noiseprobe.minibatch.tails import (
     lyapunov_exponent,
@@ -74,7 +73,7 @@ class TailsConfig(ExperimentConfig):
             )
 
 
-class Tails(Shaped):
+class Tails(Experiment):
     """Config, chunks (one per (S, λ) point), the measurement of a point, and the checks and metrics both figures
     draw on; the figures add their own checks and plots."""
 

@@ -32,12 +32,11 @@ from torch import nn
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, RunCost
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.seeding import torch_generator
 from noiseprobe.data.embedded import load_default
 from noiseprobe.experiments._data import check_at_most, embedded_train_size
-from noiseprobe.experiments._shape import Shaped
 from noiseprobe.monitor.edge_of_stability import eos_phases, gd_with_sharpness
 
 #: the band of η·λ_max/2 that counts as hovering at the edge of stability, and the least fraction of
@@ -96,7 +95,7 @@ def _model(config: EoSConfig, d_in: int, n_out: int) -> nn.Sequential:
     return model
 
 
-class EoSSharpness(Shaped):
+class EoSSharpness(Experiment):
     """Progressive sharpening to 2/η, then hovering there while the loss keeps decreasing."""
 
     id = "eos-sharpness"

@@ -38,11 +38,10 @@ import pandas as pd
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, RunCost
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.data.embedded import load_default
 from noiseprobe.experiments import _gns_plot
 from noiseprobe.experiments._data import check_at_most, embedded_train_size
-from noiseprobe.experiments._shape import Shaped
 from noiseprobe.monitor.critical_batch import (
     bootstrap_critical_batch,
     fit_critical_batch,
@@ -92,7 +91,7 @@ class CriticalBatchConfig(ExperimentConfig):
             raise ConfigError("probe_samples", self.probe_samples, f"at most n_train = {self.n_train}")
 
 
-class CriticalBatch(Shaped):
+class CriticalBatch(Experiment):
     """Steps and examples to a target loss vs batch size; B_crit against the monitor's noise scale."""
 
     id = "gns-critical-batch"

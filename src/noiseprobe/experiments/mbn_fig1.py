@@ -28,12 +28,11 @@ from typing import Any
 import pandas as pd
 
 from noiseprobe.core.checks import Check
-from noiseprobe.core.experiment import Chunk, RunCost
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.experiments import _mbn_fig1_left as left
 from noiseprobe.experiments import _mbn_fig1_right as right
 from noiseprobe.experiments._data import check_at_most, embedded_name, embedded_train_size
 from noiseprobe.experiments._mbn_fig1_config import Fig1Config, Fig1LeftConfig, Fig1RightConfig
-from noiseprobe.experiments._shape import Shaped
 
 #: embedded digits: training / test set sizes and input dimension (for the memory estimate)
 _N_TRAIN, _N_TEST, _D_IN, _K = 5000, 1000, 784, 10
@@ -107,7 +106,7 @@ def _preset(name: str, panels: tuple[str, ...]) -> dict[str, Any]:
 Fig1Panels = Fig1LeftConfig | Fig1RightConfig
 
 
-class _Fig1Base(Shaped):
+class _Fig1Base(Experiment):
     panels: tuple[str, ...] = ("left", "right")
     tables = ("curves",)
 

@@ -20,7 +20,7 @@ import pandas as pd
 from noiseprobe.core.checks import Check, Z
 from noiseprobe.core.config import param
 from noiseprobe.core.divergence import MAX_DIVERGED_FRACTION
-from noiseprobe.core.experiment import Chunk, RunCost
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
 from noiseprobe.experiments import _mbn_fig3_l2 as l2
@@ -35,7 +35,6 @@ from noiseprobe.experiments._mbn import (
     worst_point,
 )
 from noiseprobe.experiments._mbn_fig3_l2 import HEAVY_TAIL_RTOL
-from noiseprobe.experiments._shape import Shaped
 from noiseprobe.minibatch.baselines import hessian_approx_sigma
 from noiseprobe.minibatch.fluctuation import or_inf
 from noiseprobe.minibatch.linear import label_noise_lr_bound, label_noise_sigma
@@ -63,7 +62,7 @@ class Fig3Config(ChainsConfig):
         check_weight_decays("gammas", self.gammas, self.reg_a)
 
 
-class Fig3(Shaped):
+class Fig3(Experiment):
     """Fig. 3. Left: Σ vs S in 1d (a = 1.5, λ = 1; stationary iff S > 6), Thm 2 vs the discrete and continuous
     Hessian approximations (C = H/S) and simulation. Right: L_test vs γ in the standard L2 case
     (a = 1, λ = 0.5, S = 1, u = 1; λa < 2S/(S+2) so the optimal γ is 0), Cor. 4 vs simulation."""

@@ -17,18 +17,17 @@ import numpy as np
 import pandas as pd
 
 from noiseprobe.core.checks import Check
-from noiseprobe.core.experiment import Chunk, RunCost
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.experiments import _mbn_fig4_highdim as highdim
 from noiseprobe.experiments import _mbn_fig4_law as law
 from noiseprobe.experiments import _mbn_fig4_sigma as sigma
 from noiseprobe.experiments._mbn import BASE_BYTES, chains_1d, sim_peak_bytes
 from noiseprobe.experiments._mbn_fig4_config import Fig4Config
-from noiseprobe.experiments._shape import Shaped
 from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
 
 
-class Fig4(Shaped):
+class Fig4(Experiment):
     """Fig. 4. (a) Σ vs λ in 1d (a = 1, S = 10; divergence at λ = 2S/(S+2)): Thm 2 vs the discrete Hessian
     approximation (Liu et al. 2021) and the continuous one. (b), (c) stationary distributions in D = 2
     (Hessian eigenvalues 1 and 0.5, λ = 1.5, S = 50 and S = 10) against the covariance ellipses predicted by

@@ -19,7 +19,7 @@ import pandas as pd
 from noiseprobe.core.checks import Check, Z
 from noiseprobe.core.config import param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, RunCost
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
 from noiseprobe.experiments._mbn import (
@@ -30,7 +30,6 @@ from noiseprobe.experiments._mbn import (
     sim_peak_bytes,
     worst_point,
 )
-from noiseprobe.experiments._shape import Shaped
 from noiseprobe.minibatch.fluctuation import or_inf
 from noiseprobe.minibatch.l2 import convergent_gamma_interval, l2_1d, negative_weight_decay_window, optimal_weight_decay
 
@@ -57,7 +56,7 @@ class Fig5Config(ChainsConfig):
             )
 
 
-class Fig5(Shaped):
+class Fig5(Experiment):
     """Fig. 5. Defaults a = 1, λ = 2.5, S = 1000, u = 1, inside the window 2S/(S+2) < λa <= √(S/2) (docs/theory/minibatch_noise.md §5)."""
 
     id = "mbn-fig5"

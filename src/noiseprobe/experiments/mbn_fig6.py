@@ -19,11 +19,10 @@ import pandas as pd
 from noiseprobe.core.checks import Check, Z
 from noiseprobe.core.config import param
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, RunCost
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
 from noiseprobe.experiments._mbn import BASE_BYTES, ChainsConfig, plain_log_ticks, sim_peak_bytes, worst_point
-from noiseprobe.experiments._shape import Shaped
 from noiseprobe.minibatch.baselines import hessian_approx_sigma
 from noiseprobe.minibatch.fluctuation import or_inf
 from noiseprobe.minibatch.highdim import highdim_sigma_exact, thm6_trace
@@ -54,7 +53,7 @@ def problem(config: Fig6Config, point: int, alpha: float) -> LinearProblem:
     return LinearProblem(np.eye(config.D), sigma=config.sigma).with_data(n, seed=config.seed, stream=1000 + point)
 
 
-class Fig6(Shaped):
+class Fig6(Experiment):
     id = "mbn-fig6"
     title = "High-dimensional regression: fluctuation across N/D, exact vs Thm 6 vs Hessian approximation"
     Config = Fig6Config

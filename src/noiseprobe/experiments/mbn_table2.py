@@ -15,7 +15,7 @@ import pandas as pd
 
 from noiseprobe.core.checks import Check, Z
 from noiseprobe.core.config import param
-from noiseprobe.core.experiment import Chunk, RunCost
+from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
 from noiseprobe.experiments._mbn import (
@@ -27,7 +27,6 @@ from noiseprobe.experiments._mbn import (
     sim_peak_bytes,
     worst_point,
 )
-from noiseprobe.experiments._shape import Shaped
 from noiseprobe.minibatch.baselines import table2
 
 CASES = ("label noise", "input noise", "L2")
@@ -49,7 +48,7 @@ class Table2Config(ChainsConfig):
         check_weight_decays("gamma", [self.gamma], self.a)
 
 
-class Table2(Shaped):
+class Table2(Experiment):
     id = "mbn-table2"
     title = "SGD noise vs the Hessian approximation: label noise, input noise, L2 (1d)"
     Config = Table2Config
