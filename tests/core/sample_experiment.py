@@ -27,6 +27,7 @@ class WalkConfig(ExperimentConfig):
     sleep: float = param(lo=0.0, hi=10.0)
 
     size_fields = ("n_replicas", "n_steps")
+    renamed = {"walks": "n_replicas"}  # as if the field had been called `walks` when runs were stored
 
 
 class Walk(Experiment):

@@ -260,14 +260,14 @@ def test_fig4_highdim_checks_fail_when_the_truth_is_the_hessian_approximation():
 
 
 def test_typed_configs_keep_the_old_hashes():
-    """Under the fields' old names (S, S2d, S_hd, reg_S) the quick configs hash as the run directories written
-    before the renames: those directories are these runs."""
+    """run.json stores renamed fields under their old names (S, S2d, S_hd, reg_S): the quick configs keep the
+    hashes of the run directories written before the renames, so those directories are these runs."""
     from noiseprobe.core.store import config_hash
 
     for exp_id, h in OLD_HASHES.items():
         cfg = experiments.get(exp_id).config("quick")
-        assert config_hash(exp_id, cfg.legacy_dict()) == h, exp_id
-        assert config_hash(exp_id, cfg.to_dict()) != h, exp_id  # the new names are the stored ones from now on
+        assert config_hash(exp_id, cfg.stored()) == h, exp_id
+        assert set(cfg.renamed) <= set(cfg.stored()) and not set(cfg.renamed) & set(cfg.to_dict()), exp_id
 
 
 RENAMED = {
@@ -284,32 +284,29 @@ def test_old_field_names_still_set_with_one_deprecation_line(exp_id, capsys):
     """Issue 17.5: the batch size is ``batch_size`` (``batch_sizes`` for a list); the old names still work in
     --set, each with one deprecation line, and give the same config; old and new name together are refused."""
     from noiseprobe.cli import main
-    from noiseprobe.core.config import RenamedFieldWarning
     from noiseprobe.core.errors import ConfigError
     from noiseprobe.core.runner import prepare
 
     exp = experiments.get(exp_id)
     old = {k: v for k, (_, v) in RENAMED[exp_id].items()}
     new = {n: v for n, v in RENAMED[exp_id].values()}
-    with pytest.warns(RenamedFieldWarning) as caught:
-        by_old = exp.config("quick", old)
-    assert len(caught) == len(old) and all("deprecated: it is now" in str(w.message) for w in caught)
+    by_old = exp.config("quick", old)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == len(old) and all("deprecated; it is now" in line for line in err), err
     assert by_old == exp.config("quick", new)
     assert prepare(exp_id, "quick", overrides=old).config_json == by_old.to_dict()
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == len(old) and all("deprecated" in line and exp_id in line for line in err), err
     name = next(iter(old))
-    with pytest.raises(ConfigError, match=f"{name} = .* not given with"):
+    with pytest.raises(ConfigError, match=f"only one of {name}"):
         exp.config("quick", {name: old[name], RENAMED[exp_id][name][0]: old[name]})
+    capsys.readouterr()
     argv = ["reproduce", exp_id, "--dry-run", "--set", f"{name}={json.dumps(old[name])}"]
     assert main(argv) == 0
-    assert f"config field {name} of {exp_id} is deprecated" in capsys.readouterr().err
+    assert f"config field {name} is deprecated" in capsys.readouterr().err
 
 
 def test_a_run_directory_written_under_the_old_names_resumes(tmp_path):
     """A run.json written before the renames (config under S, hash of that config) is this run: the finished
     chunks are kept, the rest computed, and the numbers are those of a fresh run."""
-    from noiseprobe.core.config import RenamedFieldWarning
     from noiseprobe.core.store import config_hash
 
     over = TINY["mbn-table2"]
@@ -317,7 +314,7 @@ def test_a_run_directory_written_under_the_old_names_resumes(tmp_path):
     out = tmp_path / "old"
     run_experiment("mbn-table2", "quick", out=out, overrides=over)
     cfg = experiments.get("mbn-table2").config("quick", over)
-    old = cfg.legacy_dict()
+    old = cfg.stored()
     assert "S" in old and "batch_size" not in old
     (out / "run.json").write_text(
         json.dumps(
@@ -335,8 +332,7 @@ def test_a_run_directory_written_under_the_old_names_resumes(tmp_path):
         pd.read_parquet(out / "results.parquet"), pd.read_parquet(tmp_path / "fresh" / "results.parquet")
     )
     assert [c["measured"] for c in resumed["checks"]] == [c["measured"] for c in fresh["checks"]]
-    with pytest.warns(RenamedFieldWarning):  # the old run.json's config still loads
-        assert experiments.get("mbn-table2").parse(old) == cfg
+    assert experiments.get("mbn-table2").parse(old) == cfg  # the old run.json's config still loads
 
 
 @pytest.mark.parametrize("exp_id", sorted(TINY))

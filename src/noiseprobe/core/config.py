@@ -14,12 +14,14 @@ Declare fields with :func:`param`; the type comes from the annotation (``int``, 
 Building one (``WalkConfig.from_dict(d)``) checks every field and raises
 :class:`~noiseprobe.core.errors.ConfigError` naming the field, the value and what is allowed. Values keep
 their JSON form (lists stay lists, ints in a float field become floats), so ``to_dict()`` is what
-``run.json`` stores and hashes. ``cfg["field"]`` reads a field like a dict.
+``run.json`` stores and hashes. ``cfg["field"]`` reads a field like a dict (deprecated: experiments read
+typed attributes, ``cfg.field``).
 
-Renamed fields: a config class lists ``aliases = {"old_name": "new_name"}``; :meth:`ExperimentConfig.from_dict`
-accepts the old name (``--set S=…``, an old ``run.json``) with one :class:`RenamedFieldWarning`, and
-:meth:`ExperimentConfig.legacy_dict` gives the dict under the old names, whose hash identifies a run
-directory written before the rename (so that it resumes).
+A renamed field keeps its old name as an alias: ``renamed = {"S": "batch_size"}`` (old -> new). Old
+names are accepted by :meth:`ExperimentConfig.from_dict` (old run.json files load) and by ``--set`` with
+a one-line deprecation warning (:meth:`ExperimentConfig.current_names`); :meth:`ExperimentConfig.stored`
+writes the field under its old name, so run.json and the config hash of a run do not change with the
+rename.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import math
 import numbers
 import types
 import typing
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
@@ -166,10 +168,6 @@ def _type_word(tp: Any) -> str:
     return {int: "integers", float: "numbers", str: "strings", bool: "booleans"}.get(tp, str(tp))
 
 
-class RenamedFieldWarning(FutureWarning):
-    """A config field given by its old name (see ``ExperimentConfig.aliases``)."""
-
-
 @dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     """Base of every experiment's config: a frozen dataclass; every experiment has a ``seed``."""
@@ -178,8 +176,8 @@ class ExperimentConfig:
 
     #: names of the fields a memory or time estimate grows with (for messages); set by subclasses
     size_fields: ClassVar[tuple[str, ...]] = ()
-    #: old field name -> current name, for fields renamed after runs were written under the old name
-    aliases: ClassVar[dict[str, str]] = {}
+    #: old field names still accepted, old -> new (see the module docstring); set by subclasses
+    renamed: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -192,10 +190,10 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls: type[T], values: dict[str, Any], *, context: str = "") -> T:
-        """Build and validate from a JSON dict; unknown fields are refused, missing ones take defaults; a field
-        under its old name (:attr:`aliases`) is renamed with one :class:`RenamedFieldWarning`."""
+        """Build and validate from a JSON dict; unknown fields are refused, missing ones take defaults, old
+        names of renamed fields are read as the new ones."""
+        values = cls.current_names(values)
         names = [f.name for f in fields(cls)]
-        values = cls.renamed(values, context=context)
         for key, value in values.items():
             if key not in names:
                 raise ConfigError(key, value, f"a field of {context or cls.__name__}: " + ", ".join(sorted(names)))
@@ -205,20 +203,24 @@ class ExperimentConfig:
             raise ConfigError(context or cls.__name__, values, f"every required field ({exc})") from None
 
     @classmethod
-    def renamed(cls, values: dict[str, Any], *, context: str = "") -> dict[str, Any]:
-        """``values`` with every field given by its old name (:attr:`aliases`) under its new name, one
-        :class:`RenamedFieldWarning` each; ConfigError when both names are given."""
-        for old in [k for k in values if k in cls.aliases]:
-            new = cls.aliases[old]
-            if new in values:
-                raise ConfigError(old, values[old], f"not given with {new}, its new name (give {new} only)")
-            warnings.warn(
-                f"config field {old} of {context or cls.__name__} is deprecated: it is now {new}",
-                RenamedFieldWarning,
-                stacklevel=3,
-            )
-            values = {(new if k == old else k): v for k, v in values.items()}
-        return values
+    def current_names(cls, values: dict[str, Any], *, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """``values`` with old names of renamed fields replaced by the current ones; ``warn`` gets one line
+        per old name used. ConfigError when a field is given under both names."""
+        out = dict(values)
+        for old, new in cls.renamed.items():
+            if old in out:
+                if new in out:
+                    raise ConfigError(old, out[old], f"only one of {old} (the deprecated name) and {new}")
+                out[new] = out.pop(old)
+                if warn is not None:
+                    warn(f"config field {old} is deprecated; it is now {new} (--set {new}=...)")
+        return out
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON that run.json stores and hashes: :meth:`to_dict` with renamed fields under their old
+        names, so that a rename keeps every run's hash."""
+        back = {new: old for old, new in self.renamed.items()}
+        return {back.get(k, k): v for k, v in self.to_dict().items()}
 
     def replace(self: T, **changes: Any) -> T:
         return dataclasses.replace(self, **changes)
@@ -241,12 +243,6 @@ class ExperimentConfig:
     def keys(self) -> list[str]:
         return [f.name for f in fields(self)]
 
-    def legacy_dict(self) -> dict[str, Any]:
-        """:meth:`to_dict` under the fields' old names (:attr:`aliases`): what a run.json written before the
-        renames holds, so its hash identifies such a run directory."""
-        old = {new: old for old, new in self.aliases.items()}
-        return {old.get(k, k): v for k, v in self.to_dict().items()}
-
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:
         """(field, type, allowed/help) rows for docs and ``--help``."""
@@ -259,4 +255,4 @@ class ExperimentConfig:
         return rows
 
 
-__all__ = ["ExperimentConfig", "RenamedFieldWarning", "param"]
+__all__ = ["ExperimentConfig", "param"]

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import pandas as pd
 
 from noiseprobe.core import checks as _checks
+from noiseprobe.core import progress as _progress
 from noiseprobe.core.config import ExperimentConfig
 from noiseprobe.core.errors import ConfigError
 
@@ -148,7 +149,7 @@ class Experiment:
             raise ConfigError("preset", preset, "one of " + ", ".join(self.presets))
         cfg = json.loads(json.dumps(self.presets[preset]))
         if self.Config is not None:
-            return self.parse({**cfg, **self.Config.renamed(overrides or {}, context=self.id)})
+            return self.parse({**cfg, **self.Config.current_names(overrides or {}, warn=_progress.warn)})
         for key, value in (overrides or {}).items():
             if key not in cfg:
                 raise ConfigError(f"--set {key}", value, f"a field of {self.id}: " + ", ".join(sorted(cfg)))

@@ -26,7 +26,7 @@ import pandas as pd
 from noiseprobe._version import __version__
 from noiseprobe.core import progress as _progress
 from noiseprobe.core.checks import headline, is_ok, resolve, stored_verdicts
-from noiseprobe.core.config import ExperimentConfig, RenamedFieldWarning
+from noiseprobe.core.config import ExperimentConfig
 from noiseprobe.core.errors import ConfigError, RunDirError
 from noiseprobe.core.executors import check_executor, make_executor
 from noiseprobe.core.experiment import Chunk, Experiment, RunCost
@@ -132,11 +132,6 @@ class Plan:
         return lines
 
 
-def _legacy(config: Any) -> dict[str, Any] | None:
-    """The config under its fields' old names where some were renamed (its hash names older run directories)."""
-    return config.legacy_dict() if isinstance(config, ExperimentConfig) and config.aliases else None
-
-
 def _colliding_field(config: dict[str, Any]) -> tuple[str, Any]:
     """The list field (and its value) whose repeated or nearly equal entries give two chunks one key."""
     for name, value in config.items():
@@ -145,6 +140,11 @@ def _colliding_field(config: dict[str, Any]) -> tuple[str, Any]:
             if len(set(shown)) < len(shown):
                 return name, value
     return "config", "a list field"
+
+
+def _stored(config: Any) -> dict[str, Any]:
+    """The config as run.json stores and hashes it (renamed fields under their old names)."""
+    return config.stored() if isinstance(config, ExperimentConfig) else dict(config)
 
 
 def prepare(
@@ -158,10 +158,9 @@ def prepare(
 ) -> Plan:
     """Validate a run completely, writing nothing and starting nothing; ConfigError (or RunDirError for
     a corrupt run.json in ``out``) on the first problem. Third-party warnings raised by validation are
-    not shown (its verdict is the ConfigError); a config field given by its old name is one warning line."""
-    with warnings.catch_warnings(record=True) as caught:
+    not shown (its verdict is the ConfigError)."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        warnings.simplefilter("always", RenamedFieldWarning)
         exp = get_experiment(exp_id)
         config = exp.config(preset, _plain(overrides or {}))
         config_json = config.to_dict() if isinstance(config, ExperimentConfig) else config
@@ -174,8 +173,6 @@ def prepare(
             raise ConfigError(
                 ", ".join(sizes), {f: config_json.get(f) for f in sizes}, "sizes small enough to run"
             ) from None
-    for w in caught:
-        _progress.warn(str(w.message))
     keys = [c.key for c in chunks]
     if len(set(keys)) != len(keys):
         raise ConfigError(
@@ -184,7 +181,7 @@ def prepare(
         )
     check_executor(executor, workers, address)
     out = Path(out) if out is not None else Path("runs") / f"{exp_id.replace(':', '-')}-{preset}"
-    RunDir(out).check_claimable(exp_id, config_json, _legacy(config))
+    RunDir(out).check_claimable(exp_id, _stored(config))
     concurrent = 0 if address else min(workers or 1, max(1, len(chunks)))
     usable = usable_memory()
     if estimate is not None and concurrent and usable is not None and estimate.peak_bytes * concurrent > usable:
@@ -233,7 +230,7 @@ def execute(plan: Plan, quiet: bool = True, warn: Callable[[str], None] = _progr
     created, fresh = not out.exists(), not run.run_json.exists()
     try:
         with run.locked():
-            run.claim(plan.exp_id, plan.preset, plan.config_json, _legacy(plan.config))
+            run.claim(plan.exp_id, plan.preset, _stored(plan.config))
             finished = _intact(plan, run)
             if finished is not None:
                 return {**finished, "checks": stored_verdicts(finished.get("checks", []))}

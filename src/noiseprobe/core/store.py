@@ -271,11 +271,9 @@ class RunDir:
         return self.path / "run.json"
 
     # -- before anything is written ---------------------------------------------------------------
-    def check_claimable(self, experiment: str, config: dict[str, Any], legacy: dict[str, Any] | None = None) -> None:
+    def check_claimable(self, experiment: str, config: dict[str, Any]) -> None:
         """Raise (writing nothing) unless this run may use the directory: ConfigError when ``path`` is a
-        file, is not writable, or holds other files or another run; RunDirError when run.json is corrupt.
-        ``legacy``: the same config under the fields' old names (``ExperimentConfig.legacy_dict``); a run.json
-        written before a rename holds its hash and is this run."""
+        file, is not writable, or holds other files or another run; RunDirError when run.json is corrupt."""
         p = self.path
         try:  # a parent this process may not enter makes stat() itself fail (EACCES)
             if p.exists() and not p.is_dir():
@@ -295,7 +293,7 @@ class RunDir:
                     f"{self.run_json} is corrupt (no config hash); it identifies the run and is "
                     f"never replaced: move it away or choose another --out"
                 )
-            if old.get("hash") not in {config_hash(experiment, c) for c in (config, legacy) if c is not None}:
+            if old.get("hash") != config_hash(experiment, config):
                 raise ConfigError(
                     "--out",
                     str(p),
@@ -343,9 +341,9 @@ class RunDir:
             os.close(fd)  # releases the lock; the file stays (unlinking it would race with a waiting process)
 
     # -- under the lock ---------------------------------------------------------------------------
-    def claim(self, experiment: str, preset: str, config: dict[str, Any], legacy: dict[str, Any] | None = None) -> None:
+    def claim(self, experiment: str, preset: str, config: dict[str, Any]) -> None:
         """Make ``path`` this run's directory, or check that it already is; never adopt a foreign one."""
-        self.check_claimable(experiment, config, legacy)
+        self.check_claimable(experiment, config)
         if not self.run_json.exists():
             write_json(
                 self.run_json,

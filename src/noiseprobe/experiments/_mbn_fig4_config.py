@@ -32,7 +32,7 @@ class Fig4Config(ChainsConfig):
     chains_hd: int = param(lo=2, hi=10**8)
     steps_hd: int = param(lo=10, hi=10**8)
     #: renamed fields (old name -> new name): old --set and run.json still work, with a deprecation line
-    aliases = {"S": "batch_size", "S2d": "batch_sizes_2d", "S_hd": "batch_size_hd"}
+    renamed = {"S": "batch_size", "S2d": "batch_sizes_2d", "S_hd": "batch_size_hd"}
 
     size_fields = (
         "chains",

@@ -56,7 +56,7 @@ class Fig3Config(ChainsConfig):
     reg_u: float = param(help="teacher u of the L2 panel")
     gammas: list[float] = param(min_len=1, help="weight decays, each > −reg_a")
     #: renamed fields (old name -> new name): old --set and run.json still work, with a deprecation line
-    aliases = {"reg_S": "reg_batch_size"}
+    renamed = {"reg_S": "reg_batch_size"}
 
     def check(self) -> None:
         check_weight_decays("gammas", self.gammas, self.reg_a)

@@ -46,7 +46,7 @@ class Fig5Config(ChainsConfig):
     gammas: list[float] = param(min_len=1, help="weight decays, each > −a")
     lrs: list[float] = param(lo=0.0, lo_open=True, min_len=1, help="learning rates at the optimal γ")
     #: renamed fields (old name -> new name): old --set and run.json still work, with a deprecation line
-    aliases = {"S": "batch_size"}
+    renamed = {"S": "batch_size"}
 
     def check(self) -> None:
         check_weight_decays("gammas", self.gammas, self.a)

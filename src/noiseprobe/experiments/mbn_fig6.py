@@ -44,7 +44,7 @@ class Fig6Config(ChainsConfig):
 
     size_fields = ("chains", "steps", "burn_in", "D", "alphas", "batch_size")
     #: renamed fields (old name -> new name): old --set and run.json still work, with a deprecation line
-    aliases = {"S": "batch_size"}
+    renamed = {"S": "batch_size"}
 
 
 def problem(config: Fig6Config, point: int, alpha: float) -> LinearProblem:

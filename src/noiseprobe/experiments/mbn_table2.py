@@ -42,7 +42,7 @@ class Table2Config(ChainsConfig):
     gamma: float = param(help="weight decay of the L2 case, > −a")
     u: float = param(help="teacher")
     #: renamed fields (old name -> new name): old --set and run.json still work, with a deprecation line
-    aliases = {"S": "batch_size"}
+    renamed = {"S": "batch_size"}
 
     def check(self) -> None:
         check_weight_decays("gamma", [self.gamma], self.a)
