@@ -29,15 +29,11 @@ DATA_PAIR = ("x", "y")
 
 #: (where, name) still to be renamed by a branch at work now; remove an entry when its branch lands
 PENDING = {
-    ("GradientNoise", "x, y"): "probes/operators (x, y -> inputs, targets, with a deprecated alias)",
-    ("NoiseCovariance", "x, y"): "probes/operators (as GradientNoise)",
-    ("EmpiricalFisher", "x, y"): "probes/operators (as GradientNoise)",
-    ("GaussNewton", "x, y"): "probes/operators (as GradientNoise)",
-    ("Hessian", "x, y"): "probes/operators (as GradientNoise)",
-    ("mbn-fig4", "S"): "exp-shape-b (renamed with ExperimentConfig.renamed)",
-    ("mbn-fig5", "S"): "exp-shape-b",
-    ("mbn-fig6", "S"): "exp-shape-b",
-    ("mbn-table2", "S"): "exp-shape-b",
+    ("GradientNoise", "x, y"): "probes/operators: x, y -> inputs, targets (with a deprecated alias)",
+    ("Hessian", "x, y"): "probes/ (as GradientNoise)",
+    ("NoiseCovariance", "x, y"): "probes/ (as GradientNoise, its alias)",
+    ("EmpiricalFisher", "x, y"): "probes/ (as GradientNoise)",
+    ("GaussNewton", "x, y"): "probes/ (as GradientNoise)",
 }
 #: (class, parameter) of public constructors that must be keyword-only
 KEYWORD_ONLY = [("GradientNoise", "batch_size"), ("NoiseMonitor", "effective_batch_size")]
