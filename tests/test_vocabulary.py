@@ -29,7 +29,7 @@ DATA_PAIR = ("x", "y")
 
 #: (where, name) still to be renamed by a branch at work now; remove an entry when its branch lands
 PENDING = {
-    ("GradientNoise", "x, y"): "probes/ (arch-probes' area at present): x, y -> inputs, targets",
+    ("GradientNoise", "x, y"): "probes/operators: x, y -> inputs, targets (with a deprecated alias)",
     ("Hessian", "x, y"): "probes/ (as GradientNoise)",
     ("NoiseCovariance", "x, y"): "probes/ (as GradientNoise, its alias)",
     ("EmpiricalFisher", "x, y"): "probes/ (as GradientNoise)",
@@ -37,9 +37,7 @@ PENDING = {
 }
 #: (class, parameter) of public constructors that must be keyword-only
 KEYWORD_ONLY = [("GradientNoise", "batch_size"), ("NoiseMonitor", "effective_batch_size")]
-PENDING_KEYWORD_ONLY = {
-    ("NoiseMonitor", "effective_batch_size"): "monitor-structure (monitor.py is being rewritten there)",
-}
+PENDING_KEYWORD_ONLY: dict[tuple[str, str], str] = {}
 
 
 def _signatures() -> Iterator[tuple[str, list[str]]]:

@@ -93,9 +93,9 @@ def test_fig4_chunking_does_not_change_results() -> None:
     """Chains depend on (seed, global index) only: two chunks reproduce one chunk of the same chains."""
     exp = get("sl-fig4")
     cfg = exp.config("quick", {"chains": 6, "per_chunk": 6, "t_end": 1.0, "t_check": [0.5], "records": 10})
-    one = exp.run_chunk(cfg, exp.chunks(cfg)[0])
+    one = exp.measure(cfg, exp.chunks(cfg)[0])
     cfg2 = cfg.replace(per_chunk=4)
-    two = pd.concat([exp.run_chunk(cfg2, c) for c in exp.chunks(cfg2) if c.spec["variant"] == "independent"])
+    two = pd.concat([exp.measure(cfg2, c) for c in exp.chunks(cfg2) if c.spec["variant"] == "independent"])
     key = ["chain", "step"]
     pd.testing.assert_frame_equal(
         one.sort_values(key).reset_index(drop=True), two.sort_values(key).reset_index(drop=True)

@@ -29,8 +29,8 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from noiseprobe.core import checks as _checks
 from noiseprobe.core import progress as _progress
+from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig
 from noiseprobe.core.errors import ConfigError
 
@@ -108,7 +108,7 @@ class Experiment:
         measured tables; :meth:`checks`, :meth:`metrics` and :meth:`plot` receive both. Default: none."""
         return {}
 
-    def checks(self, config: Any, tables: dict[str, pd.DataFrame]) -> list[_checks.Check]:
+    def checks(self, config: Any, tables: dict[str, pd.DataFrame]) -> list[Check]:
         """The paper's claims as measured checks. Pure: no figures, no changes to ``tables``."""
         raise NotImplementedError
 
@@ -122,7 +122,7 @@ class Experiment:
     # -- provided -------------------------------------------------------------------------------
     def evaluate(
         self, config: Any, tables: dict[str, pd.DataFrame], out: Path | None = None
-    ) -> tuple[dict[str, Any], list[_checks.Check]]:
+    ) -> tuple[dict[str, Any], list[Check]]:
         """(metrics, checks) of the measured ``tables``, and the figures in ``out`` unless it is None: the
         derived tables computed once, then checks, metrics and plot, as the runner analyses a run."""
         derived = self.derive(config, tables)

@@ -284,8 +284,8 @@ def _intact(plan: Plan, run: RunDir) -> dict[str, Any] | None:
 
 
 def _analyse(plan: Plan, run: RunDir, t0: float, compute: float, resumed: int) -> dict[str, Any]:
-    """Concatenate the chunks, write the tables, evaluate (derive, checks, metrics, plot), then write
-    summary.json (last) with the tables' manifest."""
+    """Concatenate the chunks, write the tables, evaluate (derive, checks, metrics, plot), then summary.json
+    (last) with the tables' manifest."""
     exp, out = plan.exp, plan.out
     tables = run.read_tables([c.key for c in plan.chunks], exp.tables)
     manifest = {f"{name}.parquet": write_parquet(out / f"{name}.parquet", df) for name, df in tables.items()}

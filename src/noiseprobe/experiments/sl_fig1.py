@@ -4,6 +4,7 @@ Shared setting: :mod:`noiseprobe.experiments.sl_common`."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ class Fig1(Experiment):
     def chunks(self, config: Fig1Config) -> list[Chunk]:
         return [Chunk("gd", {"variant": "gd", "start": 0, "stop": 1})] + chain_chunks(config, ["ngd"])
 
-    def run_chunk(self, config: Fig1Config, chunk: Chunk) -> pd.DataFrame:
+    def measure(self, config: Fig1Config, chunk: Chunk) -> pd.DataFrame:
         gd = chunk.spec["variant"] == "gd"
         return simulate(
             noises.perturbed(circle_loss, 2),
@@ -109,9 +110,9 @@ class Fig1(Experiment):
             variant=chunk.spec["variant"],
         )
 
-    def analyse(
-        self, config: Fig1Config, tables: dict[str, pd.DataFrame], out: Path
-    ) -> tuple[dict[str, Any], list[Check]]:
+    def derive(self, config: Fig1Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        """The GD path's and the NGD chains' motion along Γ after t = 1 against Theorem A's flow, as one
+        row (``numbers``)."""
         df = tables["results"]
         lr, s2 = config.lr, config.sigma2
         gd, ngd = df[df["variant"] == "gd"].sort_values("step"), df[df["variant"] == "ngd"]
@@ -121,15 +122,64 @@ class Fig1(Experiment):
         t = lr * s2 * steps
         k1 = int(steps[np.argmin(np.abs(t - 1.0))])
         gd_theta = gd.set_index("step")["theta"]
-        gd_move = abs(float(gd_theta.iloc[-1] - gd_theta.loc[k1]))
-        ngd_move = float(stats["mean"].iloc[-1] - stats.loc[k1, "mean"])
         # the standard error of the mean displacement, from each chain's own displacement
         theta = ngd[alive(ngd)].pivot(index="chain", columns="step", values="theta")
         move_se = float(np.std(theta[steps[-1]] - theta[k1], ddof=1) / np.sqrt(len(theta))) if len(theta) > 1 else None
-        flow_move = float(np.interp(t[-1], t_flow, th_flow) - np.interp(lr * s2 * k1, t_flow, th_flow))
         phi0 = float(unwrapped_angle(limit_map(circle_loss, torch.tensor(config.w0, dtype=torch.float64))))
-        gd_end_offset = float(gd_theta.iloc[-1] - phi0)
+        row = {
+            "gd_move": abs(float(gd_theta.iloc[-1] - gd_theta.loc[k1])),
+            "gd_loss_end": float(gd["loss"].iloc[-1]),
+            "gd_theta_end": float(gd_theta.iloc[-1]),
+            "theta_phi_w0": phi0,
+            "ngd_move": float(stats["mean"].iloc[-1] - stats.loc[k1, "mean"]),
+            "ngd_move_se": move_se,
+            "ngd_n_end": int(stats["n"].iloc[-1]),
+            "ngd_mean_theta_end": float(stats["mean"].iloc[-1]),
+            "ngd_sd_theta_end": float(stats["sd"].iloc[-1]),
+            "flow_move": float(np.interp(t[-1], t_flow, th_flow) - np.interp(lr * s2 * k1, t_flow, th_flow)),
+            "flow_theta_end": float(np.interp(t[-1], t_flow, th_flow)),
+        }
+        return {"numbers": pd.DataFrame([row])}
 
+    def checks(self, config: Fig1Config, tables: dict[str, pd.DataFrame]) -> list[Check]:
+        n = _numbers(tables)
+        return [
+            Check.less(
+                "gd-stops",
+                "gradient descent converges to Γ and then stops (no motion along Γ after t = ασ²k = 1, rad)",
+                n["gd_move"],
+                1e-8,
+                detail=f"GD loss at the end {n['gd_loss_end']:.1e}",
+            ),
+            Check.close(
+                "gd-ends-at-phi",
+                "GD stops at Φ(w0), the gradient-flow limit, up to the O(α) discretisation offset (rad)",
+                n["gd_theta_end"] - n["theta_phi_w0"],
+                0.0,
+                atol=0.1 * config.lr,
+                detail=f"θ(Φ(w0)) = {n['theta_phi_w0']:.5f}; the offset is ≈ 0.04α for α ≤ 0.1 on this loss",
+            ),
+            Check.close(
+                "ngd-follows-flow",
+                "noisy GD keeps moving along Γ after reaching it, as Theorem A's flow "
+                "(displacement of the chains' mean θ from t = 1 to t_end, rad)",
+                n["ngd_move"],
+                n["flow_move"],
+                atol=0.1,
+                se=n["ngd_move_se"],
+                detail=f"{int(n['ngd_n_end'])} chains; docs/theory/singular_limits.md §9.2 bias ≈ +0.03–0.05 rad at α = 0.1",
+            ),
+        ]
+
+    def metrics(self, config: Fig1Config, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+        n = _numbers(tables)
+        ngd = tables["results"][tables["results"]["variant"] == "ngd"]
+        keys = ("gd_theta_end", "theta_phi_w0", "ngd_mean_theta_end", "ngd_sd_theta_end", "flow_theta_end")
+        return {**{k: n[k] for k in keys}, "diverged_chains": n_diverged(ngd)}
+
+    def plot(self, config: Fig1Config, tables: dict[str, pd.DataFrame], out: Path) -> None:
+        df = tables["results"]
+        gd, ngd = df[df["variant"] == "gd"].sort_values("step"), df[df["variant"] == "ngd"]
         fig, ax = new_figure(3, 1, width=3.6, height=3.6)
         draw_plane(ax[0], "L and Γ (red)")
         draw_plane(ax[1], "gradient descent")
@@ -141,39 +191,8 @@ class Fig1(Experiment):
         ax[2].legend(loc="lower left")
         savefig(fig, out / "fig1.png")
 
-        checks = [
-            Check.less(
-                "gd-stops",
-                "gradient descent converges to Γ and then stops (no motion along Γ after t = ασ²k = 1, rad)",
-                gd_move,
-                1e-8,
-                detail=f"GD loss at the end {float(gd['loss'].iloc[-1]):.1e}",
-            ),
-            Check.close(
-                "gd-ends-at-phi",
-                "GD stops at Φ(w0), the gradient-flow limit, up to the O(α) discretisation offset (rad)",
-                gd_end_offset,
-                0.0,
-                atol=0.1 * lr,
-                detail=f"θ(Φ(w0)) = {phi0:.5f}; the offset is ≈ 0.04α for α ≤ 0.1 on this loss",
-            ),
-            Check.close(
-                "ngd-follows-flow",
-                "noisy GD keeps moving along Γ after reaching it, as Theorem A's flow "
-                "(displacement of the chains' mean θ from t = 1 to t_end, rad)",
-                ngd_move,
-                flow_move,
-                atol=0.1,
-                se=move_se,
-                detail=f"{int(stats['n'].iloc[-1])} chains; docs/theory/singular_limits.md §9.2 bias ≈ +0.03–0.05 rad at α = 0.1",
-            ),
-        ]
-        metrics = {
-            "gd_theta_end": float(gd_theta.iloc[-1]),
-            "theta_phi_w0": phi0,
-            "ngd_mean_theta_end": float(stats["mean"].iloc[-1]),
-            "ngd_sd_theta_end": float(stats["sd"].iloc[-1]),
-            "flow_theta_end": float(np.interp(t[-1], t_flow, th_flow)),
-            "diverged_chains": n_diverged(ngd),
-        }
-        return metrics, checks
+
+def _numbers(tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    """The one row of ``numbers`` as floats; a missing standard error of the displacement stays None."""
+    n = {k: math.nan if v is None else float(v) for k, v in tables["numbers"].iloc[0].items()}
+    return {**n, "ngd_move_se": None if math.isnan(n["ngd_move_se"]) else n["ngd_move_se"]}

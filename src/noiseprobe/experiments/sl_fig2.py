@@ -136,7 +136,7 @@ class Fig2(Experiment):
             Chunk(f"lr{lr:g}-{c.key}", {**c.spec, "lr": lr}) for lr in config.lrs for c in chain_chunks(config, ["ngd"])
         ]
 
-    def run_chunk(self, config: Fig2Config, chunk: Chunk) -> pd.DataFrame:
+    def measure(self, config: Fig2Config, chunk: Chunk) -> pd.DataFrame:
         lr = chunk.spec["lr"]
         s2 = config.sigma2_over_lr * lr
         check = [steps_to(t, lr * s2) for t in config.t_check]
@@ -152,9 +152,10 @@ class Fig2(Experiment):
             record_at=[*_fast_window(config, lr), *check],
         )
 
-    def analyse(
-        self, config: Fig2Config, tables: dict[str, pd.DataFrame], out: Path
-    ) -> tuple[dict[str, Any], list[Check]]:
+    def derive(self, config: Fig2Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        """Per α (``grid``): the worst deviation of the chains' mean θ from Theorem A's flow over
+        ``t_check`` and the first step within ``close`` of Γ; and (``fit``, one row) the log-log slope of
+        the deviation in α, the minimiser of Reg on Γ and the gradient-flow time to ``close``."""
         df = tables["results"]
         df = df.assign(dist=np.abs(np.hypot(df["w0"], df["w1"]) - 1.0))
         noise = noises.perturbed(circle_loss, 2)
@@ -186,11 +187,18 @@ class Fig2(Experiment):
             )
         grid = pd.DataFrame(rows)
         slope, slope_se = loglog_slope(grid["lr"], grid["max_err"], grid["se"])
-        t_gf = gradient_flow_time(config.w0, config.close)
-        self._plot(config, df, grid, noise, theta_min, slope, out)
+        fit = {
+            "slope": slope,
+            "slope_se": slope_se,
+            "theta_argmin_reg": theta_min,
+            "gradient_flow_time_close": gradient_flow_time(config.w0, config.close),
+        }
+        return {"grid": grid, "fit": pd.DataFrame([fit])}
 
+    def checks(self, config: Fig2Config, tables: dict[str, pd.DataFrame]) -> list[Check]:
+        grid, fit = tables["grid"], tables["fit"].iloc[0]
+        slope, slope_se, t_gf = float(fit.slope), float(fit.slope_se), float(fit.gradient_flow_time_close)
         small = grid.iloc[0]
-        lr = config.main_lr
         fast_claim = (
             f"the fast phase is gradient descent: α·k_close at α = {small.lr:g} ≈ the gradient-flow time "
             f"to reach distance {config.close:g} of Γ (up to O(α))"
@@ -235,15 +243,27 @@ class Fig2(Experiment):
                 f"the gradient flow from w0 does not come within {config.close:g} of Γ",
             ),
         ]
-        metrics = {
-            "slope": slope,
-            "slope_se": slope_se,
-            "theta_argmin_reg": theta_min,
-            "gradient_flow_time_close": t_gf,
+        return checks
+
+    def metrics(self, config: Fig2Config, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+        grid, fit = tables["grid"], tables["fit"].iloc[0]
+        return {
+            **{k: float(fit[k]) for k in ("slope", "slope_se", "theta_argmin_reg", "gradient_flow_time_close")},
             "grid": grid.drop(columns="errors").to_dict(orient="records"),
-            "errors_main": grid.loc[np.isclose(grid["lr"], lr), "errors"].iloc[0],
+            "errors_main": grid.loc[np.isclose(grid["lr"], config.main_lr), "errors"].iloc[0],
         }
-        return metrics, checks
+
+    def plot(self, config: Fig2Config, tables: dict[str, pd.DataFrame], out: Path) -> None:
+        fit = tables["fit"].iloc[0]
+        self._plot(
+            config,
+            tables["results"],
+            tables["grid"],
+            noises.perturbed(circle_loss, 2),
+            float(fit.theta_argmin_reg),
+            float(fit.slope),
+            out,
+        )
 
     @staticmethod
     def _plot(

@@ -145,7 +145,7 @@ class Fig3(Experiment):
             Chunk("minibatch", {"variant": "minibatch", "start": 0, "stop": config.mb_chains})
         ]
 
-    def run_chunk(self, config: Fig3Config, chunk: Chunk) -> pd.DataFrame:
+    def measure(self, config: Fig3Config, chunk: Chunk) -> pd.DataFrame:
         v, lr, s2 = chunk.spec["variant"], config.lr, config.sigma2
         kw: dict[str, Any] = dict(seed=config.seed, chains=chains_of(chunk), records=config.records, variant=v)
         if v == "nondegenerate":
@@ -182,9 +182,9 @@ class Fig3(Experiment):
             frame["s"] = 0.5 * np.log(frame["w0"] / frame["w1"])  # along-Γ coordinate on w₁w₂ = 1
         return frame
 
-    def analyse(
-        self, config: Fig3Config, tables: dict[str, pd.DataFrame], out: Path
-    ) -> tuple[dict[str, Any], list[Check]]:
+    def derive(self, config: Fig3Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        """Each row's mean θ by step (``stA``, ``stB``), its limit (``flowA``: Theorem A, ``limB``: Theorem
+        B), and one row of ``numbers``: deviations from the limits, the clock ratio, the minibatch motion."""
         df = tables["results"]
         lr, s2 = config.lr, config.sigma2
         top, bot, mb = (df[df["variant"] == v] for v in ("nondegenerate", "degenerate", "minibatch"))
@@ -221,8 +221,40 @@ class Fig3(Experiment):
         minA = argmin_on_circle(lambda w: regulariser(nA, w), thA[-1])
         # ¼ log ΔL is minimal where ΔL = 2·Reg of L̂ = L(w+η) is
         minB = argmin_on_circle(lambda w: regulariser(noises.perturbed(circle_loss, 2), w), thB[-1])
-        self._plot(config, top, bot, mb, stA, stB, (tA, thA), (tB, thB), (minA, minB), k_ref, out)
+        numbers = {
+            "errA": errA,
+            "seA": seA,
+            "errCap": errCap,
+            "seCap": seCap,
+            "errB": errB,
+            "seB": seB,
+            "k_same": k_same,
+            "move_top": move_top,
+            "move_bot": move_bot,
+            "ratio_meas": ratio_meas,
+            "ratio_pred": ratio_pred,
+            "mb_move": mb_move,
+            "mb_gap": mb_gap,
+            "ratio": ratio,
+            "minA": minA,
+            "minB": minB,
+            "k_ref": k_ref,
+        }
+        return {
+            "stA": stA,
+            "stB": stB,
+            "flowA": pd.DataFrame({"t": tA, "theta": thA}),
+            "limB": pd.DataFrame({"t": tB, "theta": thB}),
+            "numbers": pd.DataFrame([numbers]),
+        }
 
+    def checks(self, config: Fig3Config, tables: dict[str, pd.DataFrame]) -> list[Check]:
+        n = tables["numbers"].iloc[0]
+        lr = config.lr
+        errA, seA, errCap, seCap, errB, seB = (float(n[c]) for c in ("errA", "seA", "errCap", "seCap", "errB", "seB"))
+        ratio, ratio_meas, ratio_pred = float(n.ratio), float(n.ratio_meas), float(n.ratio_pred)
+        k_same, move_top, move_bot = int(n.k_same), float(n.move_top), float(n.move_bot)
+        mb_move, mb_gap = float(n.mb_move), float(n.mb_gap)
         nondeg = "nondegenerate-theorem-a"
         clock_claim = (
             "after the same iterations the degenerate row has moved ≈ α times less: displacement ratio "
@@ -281,18 +313,40 @@ class Fig3(Experiment):
                 detail=f"max |w₁w₂ − 1| at the end {mb_gap:.1e}",
             ),
         ]
-        metrics = {
-            "max_err_A": errA,
-            "max_err_caption": errCap,
-            "max_err_B": errB,
-            "clock_ratio_measured": ratio_meas,
-            "clock_ratio_predicted": ratio_pred,
-            "minibatch_max_move": mb_move,
-            "caption_reg_ratio": ratio,
-            "argmin_reg_A": minA,
-            "argmin_reg_B": minB,
+        return checks
+
+    def metrics(self, config: Fig3Config, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+        n = tables["numbers"].iloc[0]
+        names = {
+            "max_err_A": "errA",
+            "max_err_caption": "errCap",
+            "max_err_B": "errB",
+            "clock_ratio_measured": "ratio_meas",
+            "clock_ratio_predicted": "ratio_pred",
+            "minibatch_max_move": "mb_move",
+            "caption_reg_ratio": "ratio",
+            "argmin_reg_A": "minA",
+            "argmin_reg_B": "minB",
         }
-        return metrics, checks
+        return {key: float(n[col]) for key, col in names.items()}
+
+    def plot(self, config: Fig3Config, tables: dict[str, pd.DataFrame], out: Path) -> None:
+        df, n = tables["results"], tables["numbers"].iloc[0]
+        top, bot, mb = (df[df["variant"] == v] for v in ("nondegenerate", "degenerate", "minibatch"))
+        flowA, limB = tables["flowA"], tables["limB"]
+        self._plot(
+            config,
+            top,
+            bot,
+            mb,
+            tables["stA"],
+            tables["stB"],
+            (flowA["t"].to_numpy(), flowA["theta"].to_numpy()),
+            (limB["t"].to_numpy(), limB["theta"].to_numpy()),
+            (float(n.minA), float(n.minB)),
+            int(n.k_ref),
+            out,
+        )
 
     @staticmethod
     def _plot(

@@ -113,7 +113,7 @@ class Fig4(Experiment):
     def chunks(self, config: Fig4Config) -> list[Chunk]:
         return chain_chunks(config, list(COVS))
 
-    def run_chunk(self, config: Fig4Config, chunk: Chunk) -> pd.DataFrame:
+    def measure(self, config: Fig4Config, chunk: Chunk) -> pd.DataFrame:
         lr, s2, v = config.lr, config.sigma2, chunk.spec["variant"]
         return simulate(
             _noise(v),
@@ -128,24 +128,22 @@ class Fig4(Experiment):
             variant=v,
         )
 
-    def analyse(
-        self, config: Fig4Config, tables: dict[str, pd.DataFrame], out: Path
-    ) -> tuple[dict[str, Any], list[Check]]:
-        df = tables["results"]
-        lr, s2 = config.lr, config.sigma2
-        k_check = [steps_to(t, lr * s2) for t in config.t_check]
-        fig, ax = new_figure(3, 1, width=3.8, height=3.6)
-        res: dict[str, dict[str, float]] = {}
-        for i, v in enumerate(COVS):
+    def derive(self, config: Fig4Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        """Per variant: the chains' mean θ by step (``means``), Theorem A's flow (``flow``), and the end
+        point, the minimiser of Reg_C on Γ and the worst path deviation at ``t_check`` (``ends``)."""
+        df, clock = tables["results"], config.lr * config.sigma2
+        k_check = [steps_to(t, clock) for t in config.t_check]
+        means, flows, ends = [], [], {}
+        for v in COVS:
             noise, sub = _noise(v), df[df["variant"] == v]
             stats = group_mean_se(sub, "theta", "step", keep=alive(sub))
             t_f, th_f = flow_angle(noise, config.w0, config.t_end, dt=config.flow_dt)
             th_star = argmin_on_circle(lambda w, n=noise: regulariser(n, w), float(th_f[-1]))
             err, se, _ = worst_deviation(
-                stats.loc[k_check, "mean"], stats.loc[k_check, "se"], np.interp(lr * s2 * np.array(k_check), t_f, th_f)
+                stats.loc[k_check, "mean"], stats.loc[k_check, "se"], np.interp(clock * np.array(k_check), t_f, th_f)
             )
             end = stats.iloc[-1]
-            res[v] = {
+            ends[v] = {
                 "end": float(end["mean"]),
                 "end_se": float(end["se"]),
                 "argmin": th_star,
@@ -153,17 +151,16 @@ class Fig4(Experiment):
                 "path_se": se,
                 "flow_end": float(th_f[-1]),
             }
-            draw_plane(ax[i], LABELS[v])
-            draw_paths(ax[i], sub, 4)
-            ax[i].plot([math.cos(th_star)], [math.sin(th_star)], "o", mfc="none", mec="green", ms=9)
-            colour = "tab:blue" if v == "independent" else "tab:orange"
-            ax[2].plot(lr * s2 * stats.index, stats["mean"], color=colour, label=f"{v}: chain mean")
-            ax[2].plot(t_f, th_f, "k--", lw=0.8)
-            ax[2].axhline(th_star, color="green", ls=":", lw=0.8)
-        ax[2].set(xlabel="t = ασ²k", ylabel="mean θ", title="paths along Γ; dashed: Theorem A")
-        ax[2].legend(fontsize=7)
-        savefig(fig, out / "fig4.png")
+            means.append(stats[["mean"]].assign(variant=v, t=clock * stats.index.to_numpy()))
+            flows.append(pd.DataFrame({"variant": v, "t": t_f, "theta": th_f}))
+        return {
+            "means": pd.concat(means),
+            "flow": pd.concat(flows, ignore_index=True),
+            "ends": pd.DataFrame.from_dict(ends, orient="index"),
+        }
 
+    def checks(self, config: Fig4Config, tables: dict[str, pd.DataFrame]) -> list[Check]:
+        s2, res = config.sigma2, _ends(tables)
         tol_end = 2 * s2  # finite-σ offset ≈ 1.15σ² (docs/theory/singular_limits.md §9.5)
         ind, cor = res["independent"], res["correlated"]
         checks = [
@@ -199,4 +196,29 @@ class Fig4(Experiment):
             )
             for v, r in res.items()
         ]
-        return {"results": res}, checks
+        return checks
+
+    def metrics(self, config: Fig4Config, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+        return {"results": _ends(tables)}
+
+    def plot(self, config: Fig4Config, tables: dict[str, pd.DataFrame], out: Path) -> None:
+        df, means, flow, res = tables["results"], tables["means"], tables["flow"], _ends(tables)
+        fig, ax = new_figure(3, 1, width=3.8, height=3.6)
+        for i, v in enumerate(COVS):
+            th_star = res[v]["argmin"]
+            draw_plane(ax[i], LABELS[v])
+            draw_paths(ax[i], df[df["variant"] == v], 4)
+            ax[i].plot([math.cos(th_star)], [math.sin(th_star)], "o", mfc="none", mec="green", ms=9)
+            colour = "tab:blue" if v == "independent" else "tab:orange"
+            m, f = means[means["variant"] == v], flow[flow["variant"] == v]
+            ax[2].plot(m["t"], m["mean"], color=colour, label=f"{v}: chain mean")
+            ax[2].plot(f["t"], f["theta"], "k--", lw=0.8)
+            ax[2].axhline(th_star, color="green", ls=":", lw=0.8)
+        ax[2].set(xlabel="t = ασ²k", ylabel="mean θ", title="paths along Γ; dashed: Theorem A")
+        ax[2].legend(fontsize=7)
+        savefig(fig, out / "fig4.png")
+
+
+def _ends(tables: dict[str, pd.DataFrame]) -> dict[str, dict[str, float]]:
+    """The ``ends`` table as {variant: {quantity: value}} (floats)."""
+    return {str(v): {k: float(x) for k, x in row.items()} for v, row in tables["ends"].iterrows()}
