@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_choice, check_int, check_real
+from noiseprobe.core.validation import check_choice, check_instance, check_int, check_real
 from noiseprobe.probes.local import eval_no_grad
 
 #: a user noise distribution: ``f(shape, generator) -> Tensor`` of zero-mean, unit-variance draws
@@ -281,8 +281,15 @@ class NINHandle:
         self.nodes[i].spec.sigma = float(sigma)
 
     def set_sample_indices(self, idx: Tensor) -> None:
-        """Indices (into the training set) of the samples of the next training batch."""
-        self.indices = torch.as_tensor(idx, dtype=torch.long)
+        """Indices (into the training set, 0..n_train−1) of the samples of the next training batch."""
+        sizes = [int(node.table.shape[0]) for node in self.nodes if getattr(node, "table", None) is not None]
+        allowed = "a 1-d array of integer sample indices" + (f" in [0, {min(sizes)})" if sizes else "")
+        t = torch.as_tensor(idx)
+        if t.dim() != 1 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise ConfigError("idx", f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}", allowed)
+        if t.numel() and (int(t.min()) < 0 or (sizes and int(t.max()) >= min(sizes))):
+            raise ConfigError("idx", f"indices in [{int(t.min())}, {int(t.max())}]", allowed)
+        self.indices = t.to(torch.long)
 
     def new_epoch(self) -> None:
         """Start the next epoch: "epoch"-mode NINs draw a fresh ξ per training sample."""
@@ -377,7 +384,11 @@ def attach_nins(
     NIW init and noise (default: one seeded from torch's global RNG). ``example_input`` (one batch) is
     run once to read output shapes where module attributes do not tell the feature size.
     """
-    specs = [replace(s) for s in ([specs] if isinstance(specs, NINSpec) else specs)]
+    check_instance("model", model, nn.Module, "a torch.nn.Module")
+    listed = [specs] if isinstance(specs, NINSpec) else specs
+    if not isinstance(listed, (list, tuple)) or not all(isinstance(s, NINSpec) for s in listed):
+        raise ConfigError("specs", specs, 'a NINSpec or a list of them (e.g. NINSpec("0", sigma=1.0))')
+    specs = [replace(s) for s in listed]
     if not specs:
         raise ConfigError("specs", specs, "one or more NINSpec")
     if n_train is not None:

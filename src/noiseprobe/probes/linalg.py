@@ -103,6 +103,14 @@ def lanczos(
     tol = check_real("tol", tol, lo=0.0)
     max_matvecs = check_int("max_matvecs", min(p, 500) if max_matvecs is None else max_matvecs, lo=k)
     warm = warm_start.eigenvectors if isinstance(warm_start, Eigenpairs) else warm_start
+    if warm is not None:
+        allowed = f"the previous Eigenpairs or a finite tensor of shape ({p},) or ({p}, m)"
+        if not isinstance(warm, Tensor):
+            raise ConfigError("warm_start", type(warm).__name__, allowed)
+        if warm.dim() not in (1, 2) or warm.shape[0] != p or warm.numel() == 0:
+            raise ConfigError("warm_start", f"tensor of shape {tuple(warm.shape)}", allowed)
+        if not (warm.is_floating_point() and bool(torch.isfinite(warm).all())):
+            raise ConfigError("warm_start", f"tensor of dtype {warm.dtype} or with non-finite entries", allowed)
     min_dim = check_int("min_dim", (k + 2 if warm_start is None else k + 7) if min_dim is None else min_dim, lo=1)
     b = check_int(
         "block", block if block is not None else (1 if warm is None else warm.reshape(p, -1).shape[1]), lo=1, hi=p

@@ -25,8 +25,8 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import Tensor, nn
 
-from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_int
+from noiseprobe.core.errors import ConfigError, NumericalError
+from noiseprobe.core.validation import check_instance, check_int
 from noiseprobe.probes.losses import model_output
 from noiseprobe.probes.persample import (
     Forward,
@@ -73,6 +73,18 @@ def _upcast_leaves(obj: Any) -> Any:
     return obj
 
 
+def _tensor_leaves(obj: Any) -> Iterator[Tensor]:
+    """Every tensor in ``obj`` (a tensor, or dicts, tuples and lists of them)."""
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensor_leaves(v)
+    elif isinstance(obj, (tuple, list)):
+        for v in obj:
+            yield from _tensor_leaves(v)
+
+
 def full_precision(
     model: nn.Module, x: Any, y: Any, params: Selection | None
 ) -> tuple[nn.Module, Any, Any, Selection | None]:
@@ -80,6 +92,19 @@ def full_precision(
     chosen parameter is float16 / bfloat16 — a float32 deep copy of the model, with 16-bit floating tensors
     of x and y cast to float32 and the selection as parameter names of the copy (the copy costs the
     model's size in float32)."""
+    check_instance("model", model, nn.Module, "a torch.nn.Module")
+    for field, data in (("x", x), ("y", y)):
+        leaves = list(_tensor_leaves(data))
+        allowed = "a non-empty tensor (or a dict, tuple or list of tensors) of finite real numbers"
+        if not leaves:
+            raise ConfigError(field, type(data).__name__, allowed)
+        for leaf in leaves:
+            if (
+                leaf.numel() == 0
+                or leaf.is_complex()
+                or (leaf.is_floating_point() and not bool(torch.isfinite(leaf).all()))
+            ):
+                raise ConfigError(field, f"tensor of shape {tuple(leaf.shape)}, dtype {leaf.dtype}", allowed)
     chosen = select_parameters(model, params)
     if not any(p.dtype in _LOW for _, p in chosen):
         return model, x, y, params
@@ -110,15 +135,24 @@ class ParamOperator(LinearOperator):  # type: ignore[misc]
         raise NotImplementedError
 
     def mv(self, v: Tensor) -> Tensor:
-        """A v for a tensor v of shape (P,) or (P, k), returned on the operator's device and dtype."""
-        if v.dim() not in (1, 2) or v.shape[0] != self.num_params:
-            raise ConfigError(
-                "v", f"tensor of shape {tuple(v.shape)}", f"shape ({self.num_params},) or ({self.num_params}, k)"
-            )
+        """A v for a finite tensor v of shape (P,) or (P, k), returned on the operator's device and dtype
+        (a non-finite product of a finite v raises NumericalError)."""
+        allowed = f"a finite tensor of shape ({self.num_params},) or ({self.num_params}, k)"
+        if not isinstance(v, Tensor):
+            raise ConfigError("v", type(v).__name__, allowed)
+        if v.dim() not in (1, 2) or v.shape[0] != self.num_params or (v.dim() == 2 and v.shape[1] == 0):
+            raise ConfigError("v", f"tensor of shape {tuple(v.shape)}", allowed)
+        if v.dtype == torch.bool or v.is_complex():
+            raise ConfigError("v", f"tensor of dtype {v.dtype}", allowed)
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ConfigError("v", "tensor with non-finite entries", allowed)
         vv = v.to(device=self.device, dtype=self.torch_dtype).reshape(self.num_params, -1)
         self.matvecs += vv.shape[1]
         with no_autocast(self.device):
-            return self._mm(vv).reshape(v.shape)
+            out = self._mm(vv)
+        if not bool(torch.isfinite(out).all()):
+            raise NumericalError(f"{type(self).__name__}: a product with a finite vector is non-finite")
+        return out.reshape(v.shape)
 
     def dot(self, x: Any) -> Any:  # scipy's ``op @ x`` / ``op * x``; tensors stay tensors
         if isinstance(x, Tensor):
@@ -152,8 +186,11 @@ class MatrixOperator(ParamOperator):
     """A dense symmetric (P, P) tensor as an operator (tests, small problems), on its device and dtype."""
 
     def __init__(self, a: Tensor) -> None:
-        if a.dim() != 2 or a.shape[0] != a.shape[1]:
-            raise ConfigError("a", f"tensor of shape {tuple(a.shape)}", "a square (P, P) matrix")
+        allowed = "a finite square (P, P) floating-point matrix, P >= 1"
+        if a.dim() != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
+            raise ConfigError("op", f"tensor of shape {tuple(a.shape)}", allowed)
+        if not a.is_floating_point() or not bool(torch.isfinite(a).all()):
+            raise ConfigError("op", f"tensor of dtype {a.dtype} or with non-finite entries", allowed)
         super().__init__(["x"], [a.shape[:1]], a.device, a.dtype)
         self.a = a
 
