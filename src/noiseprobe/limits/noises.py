@@ -84,8 +84,8 @@ class Noise:
 
 def check_params(noise: Noise, w: Tensor | np.ndarray, field: str = "w", *, finite: bool = False) -> Tensor:
     """``w`` as a float64 tensor (..., d) for ``noise`` (on w's device); ConfigError unless it is an array of
-    numbers whose last dimension is ``noise.d``. NaN rows pass (they mark paths that have left Γ); with
-    ``finite`` every row is either finite or all NaN (a point the user gives, such as [nan, 1], is refused)."""
+    numbers whose last dimension is ``noise.d``. NaN rows pass (they mark paths that have left Γ) unless
+    ``finite`` (a point the user gives, as to :func:`~noiseprobe.limits.regulariser.regulariser`)."""
     allowed = f"a{' finite' if finite else 'n'} array of shape (..., d) with d = {noise.d} ({noise.name})"
     try:
         t = torch.as_tensor(w, dtype=torch.float64)
@@ -93,8 +93,8 @@ def check_params(noise: Noise, w: Tensor | np.ndarray, field: str = "w", *, fini
         raise ConfigError(field, w, allowed) from None
     if t.dim() == 0 or t.shape[-1] != noise.d:
         raise ConfigError(field, tuple(t.shape), allowed)
-    if finite and not bool((torch.isfinite(t).all(-1) | torch.isnan(t).all(-1)).all()):
-        raise ConfigError(field, "array with a row partly or infinitely non-finite", allowed)
+    if finite and not bool(torch.isfinite(t).all()):
+        raise ConfigError(field, "array with non-finite entries", allowed)
     return t
 
 

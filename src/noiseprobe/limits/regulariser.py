@@ -78,7 +78,12 @@ def regulariser(noise: Noise, w: Tensor, form: str = "auto") -> Tensor:
 
 def grad_regulariser(noise: Noise, w: Tensor, form: str = "auto") -> Tensor:
     """∇_w Reg(w), shape (..., d), exact: the noise's rule, else autodiff."""
-    w = check_params(noise, w, finite=True)
+    return grad_regulariser_rows(noise, check_params(noise, w, finite=True), form)
+
+
+def grad_regulariser_rows(noise: Noise, w: Tensor, form: str = "auto") -> Tensor:
+    """:func:`grad_regulariser` on a batch whose NaN rows (paths that left Γ, in the flows) stay NaN."""
+    w = check_params(noise, w)
     rule = _rule(noise, form)
     grad = None if rule is None else rule(w, True)[1]
     if grad is not None:

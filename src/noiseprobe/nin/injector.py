@@ -70,6 +70,26 @@ class NINSpec:
     feature_axis: int | None = None
     features: int | None = None
 
+    def __post_init__(self) -> None:
+        """Everything a spec says on its own is checked when it is made (the module name at attach time)."""
+        check_real("sigma", self.sigma, lo=0.0)
+        check_int("n_nodes", self.n_nodes, lo=1)
+        if not callable(self.distribution) and self.distribution not in DISTRIBUTIONS:
+            raise ConfigError(
+                "distribution",
+                self.distribution,
+                "one of " + ", ".join(map(repr, DISTRIBUTIONS)) + " or a callable f(shape, generator)",
+            )
+        check_choice("mode", self.mode, MODES)
+        if self.init_std is not None:
+            check_real("init_std", self.init_std, lo=0.0)
+        if self.features is not None:
+            check_int("features", self.features, lo=1)
+        if self.feature_axis is not None:
+            check_int("feature_axis", self.feature_axis)
+            if self.feature_axis == 0:
+                raise ConfigError("feature_axis", 0, "a non-zero axis (axis 0 is the batch axis)")
+
 
 def _draw(distribution: str | NoiseFn, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
     """Unit-variance, zero-mean draws of ``shape`` (float32, CPU, from ``generator``)."""
@@ -284,7 +304,10 @@ class NINHandle:
         """Indices (into the training set, 0..n_train−1) of the samples of the next training batch."""
         sizes = [int(node.table.shape[0]) for node in self.nodes if getattr(node, "table", None) is not None]
         allowed = "a 1-d array of integer sample indices" + (f" in [0, {min(sizes)})" if sizes else "")
-        t = torch.as_tensor(idx)
+        try:
+            t = torch.as_tensor(idx)
+        except (TypeError, ValueError, RuntimeError):
+            raise ConfigError("idx", type(idx).__name__, allowed) from None
         if t.dim() != 1 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
             raise ConfigError("idx", f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}", allowed)
         if t.numel() and (int(t.min()) < 0 or (sizes and int(t.max()) >= min(sizes))):
@@ -349,23 +372,6 @@ def _validate(spec: NINSpec, modules: dict[str, nn.Module], n_train: int | None)
         names = [n for n in modules if n]
         shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
         raise ConfigError("module", spec.module, f"a submodule name of the model: {shown}")
-    check_real("sigma", spec.sigma, lo=0.0)
-    check_int("n_nodes", spec.n_nodes, lo=1)
-    if not callable(spec.distribution) and spec.distribution not in DISTRIBUTIONS:
-        raise ConfigError(
-            "distribution",
-            spec.distribution,
-            "one of " + ", ".join(map(repr, DISTRIBUTIONS)) + " or a callable f(shape, generator)",
-        )
-    check_choice("mode", spec.mode, MODES)
-    if spec.init_std is not None:
-        check_real("init_std", spec.init_std, lo=0.0)
-    if spec.features is not None:
-        check_int("features", spec.features, lo=1)
-    if spec.feature_axis is not None:
-        check_int("feature_axis", spec.feature_axis)
-        if spec.feature_axis == 0:
-            raise ConfigError("feature_axis", 0, "a non-zero axis (axis 0 is the batch axis)")
     if spec.mode in ("epoch", "fixed") and n_train is None:
         raise ConfigError("n_train", None, f"the training-set size (an integer >= 1) for mode {spec.mode!r}")
 

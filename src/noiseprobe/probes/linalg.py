@@ -144,7 +144,8 @@ def lanczos(
         dist = (theta[sel, None] - theta[None, :]).abs()
         dist[torch.arange(len(sel)), sel] = math.inf
         gap = dist.min(1).values  # inf with a single Ritz value: then the bound r itself
-        err = torch.where(torch.isfinite(gap), torch.minimum(res, res**2 / gap), res)
+        # r²/gap only where the gap is positive: a repeated Ritz value (a degenerate eigenvalue) gets r itself
+        err = torch.where(torch.isfinite(gap) & (gap > 0), torch.minimum(res, res**2 / gap), res)
         if last is not None and len(last) == len(sel):
             err = torch.maximum(err, (theta[sel] - last).abs())
         last = theta[sel]

@@ -225,9 +225,7 @@ def as_operator(a: Operator) -> ParamOperator:
         return MatrixOperator(torch.from_numpy(a))
     if isinstance(a, LinearOperator):
         return ScipyOperator(a)
-    raise ConfigError(
-        "operator", type(a).__name__, "a ParamOperator, a square tensor or array, or a scipy LinearOperator"
-    )
+    raise ConfigError("op", type(a).__name__, "a ParamOperator, a square tensor or array, or a scipy LinearOperator")
 
 
 def operator_meta(
