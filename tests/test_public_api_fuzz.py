@@ -337,3 +337,21 @@ def test_corrupted_arguments_are_refused_by_name_or_give_a_finite_value(data):
     except NumericalError:
         return
     assert case.nan_documented or not _has_nan(out), f"{name}({arg}={how}) returned NaN"
+
+
+def test_an_operator_of_a_model_with_a_nan_weight_gives_numerical_errors_not_nan():
+    """Valid arguments, non-finite numbers inside the model: every product-based answer is NumericalError
+    (the issue's lanczos / hutchpp on a NaN operator), checked once per result, not per product."""
+    model = _model()
+    with torch.no_grad():
+        model[0].weight[0, 0] = math.nan
+    op = npb.Hessian(model, _sq, _x(), _y())
+    for call in (
+        lambda: op.mv(torch.ones(op.num_params, dtype=torch.float64)),
+        lambda: npb.lanczos(op, 2),
+        lambda: npb.hutchpp(op, 6),
+        lambda: npb.hutchinson(op, 4),
+        lambda: npb.bekas_diagonal(op, 4),
+    ):
+        with pytest.raises(NumericalError, match="non-finite"):
+            call()

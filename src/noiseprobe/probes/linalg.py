@@ -24,7 +24,7 @@ from torch import Tensor
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.probes.estimators import as_generator
-from noiseprobe.probes.operators.base import Operator, ParamOperator, as_operator
+from noiseprobe.probes.operators.base import Operator, ParamOperator, as_operator, check_finite_result
 
 
 @dataclass
@@ -123,7 +123,7 @@ def lanczos(
     used = 0
     last: Tensor | None = None  # the selected Ritz values one step earlier
     while True:
-        z = op.mv(basis[-1])
+        z = op.product(basis[-1])
         used += b
         a = basis[-1].T @ z
         diag.append((a + a.T) / 2)
@@ -137,7 +137,7 @@ def lanczos(
         for j, bj in enumerate(off[:-1]):
             t[(j + 1) * b : (j + 2) * b, j * b : (j + 1) * b] = bj.double().cpu()
             t[j * b : (j + 1) * b, (j + 1) * b : (j + 2) * b] = bj.double().cpu().T
-        theta, s = torch.linalg.eigh(t)
+        theta, s = torch.linalg.eigh(check_finite_result("lanczos", t))  # small: a non-finite product shows here
         key = {"LA": -theta, "SA": theta, "LM": -theta.abs()}[which]
         sel = torch.argsort(key)[:k]
         res = (off[-1].double().cpu() @ s[-b:, sel]).norm(dim=0)

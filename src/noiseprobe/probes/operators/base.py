@@ -73,6 +73,14 @@ def _upcast_leaves(obj: Any) -> Any:
     return obj
 
 
+def check_finite_result(what: str, value: Tensor) -> Tensor:
+    """``value`` if every entry is finite, else NumericalError (valid input, non-finite numbers: a NaN in the
+    model or the operator, an overflow)."""
+    if not bool(torch.isfinite(value).all()):
+        raise NumericalError(f"{what}: the result of valid input is non-finite (a NaN or inf in the operator?)")
+    return value
+
+
 def _tensor_leaves(obj: Any) -> Iterator[Tensor]:
     """Every tensor in ``obj`` (a tensor, or dicts, tuples and lists of them)."""
     if isinstance(obj, Tensor):
@@ -136,7 +144,9 @@ class ParamOperator(LinearOperator):  # type: ignore[misc]
 
     def mv(self, v: Tensor) -> Tensor:
         """A v for a finite tensor v of shape (P,) or (P, k), returned on the operator's device and dtype
-        (a non-finite product of a finite v raises NumericalError)."""
+        (a non-finite product of a finite v raises NumericalError). The checks cost two passes over v and
+        A v; the algorithms of :mod:`~noiseprobe.probes.linalg` and :mod:`~noiseprobe.probes.estimators`
+        call :meth:`product` and check their results instead."""
         allowed = f"a finite tensor of shape ({self.num_params},) or ({self.num_params}, k)"
         if not isinstance(v, Tensor):
             raise ConfigError("v", type(v).__name__, allowed)
@@ -146,13 +156,16 @@ class ParamOperator(LinearOperator):  # type: ignore[misc]
             raise ConfigError("v", f"tensor of dtype {v.dtype}", allowed)
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise ConfigError("v", "tensor with non-finite entries", allowed)
+        out = self.product(v)
+        check_finite_result(type(self).__name__ + ".mv", out)
+        return out
+
+    def product(self, v: Tensor) -> Tensor:
+        """A v without checks (v of shape (P,) or (P, k), finite): the algorithms' inner loops."""
         vv = v.to(device=self.device, dtype=self.torch_dtype).reshape(self.num_params, -1)
         self.matvecs += vv.shape[1]
         with no_autocast(self.device):
-            out = self._mm(vv)
-        if not bool(torch.isfinite(out).all()):
-            raise NumericalError(f"{type(self).__name__}: a product with a finite vector is non-finite")
-        return out.reshape(v.shape)
+            return self._mm(vv).reshape(v.shape)
 
     def dot(self, x: Any) -> Any:  # scipy's ``op @ x`` / ``op * x``; tensors stay tensors
         if isinstance(x, Tensor):
@@ -189,8 +202,10 @@ class MatrixOperator(ParamOperator):
         allowed = "a finite square (P, P) floating-point matrix, P >= 1"
         if a.dim() != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
             raise ConfigError("op", f"tensor of shape {tuple(a.shape)}", allowed)
-        if not a.is_floating_point() or not bool(torch.isfinite(a).all()):
-            raise ConfigError("op", f"tensor of dtype {a.dtype} or with non-finite entries", allowed)
+        if not a.is_floating_point():
+            raise ConfigError("op", f"tensor of dtype {a.dtype}", allowed)
+        if not bool(torch.isfinite(a).all()):
+            raise ConfigError("op", "tensor with non-finite entries", allowed)
         super().__init__(["x"], [a.shape[:1]], a.device, a.dtype)
         self.a = a
 
