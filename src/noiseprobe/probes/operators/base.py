@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError, NumericalError
 from noiseprobe.core.validation import check_instance, check_int
+from noiseprobe.probes.capture import check_finite
 from noiseprobe.probes.losses import model_output
 from noiseprobe.probes.persample import (
     Forward,
@@ -36,6 +37,7 @@ from noiseprobe.probes.persample import (
     default_forward,
     select_parameters,
 )
+from noiseprobe.probes.rules import tensor_leaves
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -81,18 +83,6 @@ def check_finite_result(what: str, value: Tensor) -> Tensor:
     return value
 
 
-def _tensor_leaves(obj: Any) -> Iterator[Tensor]:
-    """Every tensor in ``obj`` (a tensor, or dicts, tuples and lists of them)."""
-    if isinstance(obj, Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensor_leaves(v)
-    elif isinstance(obj, (tuple, list)):
-        for v in obj:
-            yield from _tensor_leaves(v)
-
-
 def full_precision(
     model: nn.Module, x: Any, y: Any, params: Selection | None
 ) -> tuple[nn.Module, Any, Any, Selection | None]:
@@ -102,16 +92,13 @@ def full_precision(
     model's size in float32)."""
     check_instance("model", model, nn.Module, "a torch.nn.Module")
     for field, data in (("x", x), ("y", y)):
-        leaves = list(_tensor_leaves(data))
-        allowed = "a non-empty tensor (or a dict, tuple or list of tensors) of finite real numbers"
+        check_finite(field, data)
+        leaves = [t for t in tensor_leaves(data) if isinstance(t, Tensor)]
+        allowed = "a non-empty tensor (or a dict, tuple or list of tensors) of real numbers"
         if not leaves:
             raise ConfigError(field, type(data).__name__, allowed)
         for leaf in leaves:
-            if (
-                leaf.numel() == 0
-                or leaf.is_complex()
-                or (leaf.is_floating_point() and not bool(torch.isfinite(leaf).all()))
-            ):
+            if leaf.numel() == 0 or leaf.is_complex():
                 raise ConfigError(field, f"tensor of shape {tuple(leaf.shape)}, dtype {leaf.dtype}", allowed)
     chosen = select_parameters(model, params)
     if not any(p.dtype in _LOW for _, p in chosen):
