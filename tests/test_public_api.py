@@ -38,3 +38,44 @@ def test_aliases_are_the_same_objects():
     from noiseprobe.probes.estimators import StochasticEstimate
 
     assert StochasticEstimate is not npb.RunCost and callable(npb.register_rule)
+
+
+def test_the_lazy_export_table_returns_each_object_name_by_name():
+    """Each exported name is the object it documents (``npb.regulariser`` is the function, not its module),
+    checked against direct imports in a fresh interpreter (no name resolved before)."""
+    code = """
+import types, noiseprobe as npb
+from noiseprobe.core.checks import Check
+from noiseprobe.core.config import ExperimentConfig, param
+from noiseprobe.core.errors import ConfigError, NumericalError
+from noiseprobe.core.experiment import Chunk, Estimate, Experiment, RunCost
+from noiseprobe.core.runner import run_experiment
+from noiseprobe.data.embedded import load_default
+from noiseprobe.limits import noises
+from noiseprobe.limits.flow import constrained_flow, limiting_sde
+from noiseprobe.limits.manifold import limit_map
+from noiseprobe.limits.noises import Noise
+from noiseprobe.limits.regulariser import grad_regulariser, regulariser
+from noiseprobe.limits.simulate import noisy_gd, simulate_noise
+from noiseprobe.minibatch.fluctuation import NoStationaryState, solve_fluctuation
+from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.minibatch.tails import tail_index_exact
+from noiseprobe.monitor.monitor import NoiseMonitor
+from noiseprobe.nin.injector import NINSpec, attach_nins
+from noiseprobe.nin.probe import NINRecorder
+from noiseprobe.probes.estimators import bekas_diagonal, hutchinson, hutchpp
+from noiseprobe.probes.linalg import lanczos
+from noiseprobe.probes.losses import TokenMeanCrossEntropy
+from noiseprobe.probes.operators.fisher import EmpiricalFisher
+from noiseprobe.probes.operators.ggn import GaussNewton
+from noiseprobe.probes.operators.hessian import Hessian
+from noiseprobe.probes.operators.noise_covariance import GradientNoise, NoiseCovariance, batch_factor
+from noiseprobe.probes.rules.base import register_rule
+expected = {k: v for k, v in locals().items() if not k.startswith("_") and k not in ("types", "npb")}
+wrong = [n for n in npb.__all__ if n != "__version__" and getattr(npb, n) is not expected.pop(n, None)]
+modules = [n for n in npb.__all__ if isinstance(getattr(npb, n), types.ModuleType)]
+print(wrong, sorted(expected), modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]", "[]", "['noises']"]
+    assert callable(npb.regulariser) and npb.regulariser.__name__ == "regulariser"

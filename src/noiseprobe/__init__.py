@@ -22,67 +22,68 @@ from typing import TYPE_CHECKING, Any
 
 from noiseprobe._version import __version__
 
-#: public name -> module that defines it ("noises" is the module of noise constructors itself)
-_EXPORTS: dict[str, str] = {
+#: public name -> (module, attribute) it is: the attribute of that module, or the module itself when the
+#: attribute is None ("noises", the module of noise constructors); never inferred from the names
+_EXPORTS: dict[str, tuple[str, str | None]] = {
     # paper 001: Noise Injection Nodes
-    "NINSpec": "noiseprobe.nin.injector",
-    "attach_nins": "noiseprobe.nin.injector",
-    "NINRecorder": "noiseprobe.nin.probe",
+    "NINSpec": ("noiseprobe.nin.injector", "NINSpec"),
+    "attach_nins": ("noiseprobe.nin.injector", "attach_nins"),
+    "NINRecorder": ("noiseprobe.nin.probe", "NINRecorder"),
     # paper 002: minibatch noise
-    "NoiseCovariance": "noiseprobe.probes.operators.noise_covariance",
-    "GradientNoise": "noiseprobe.probes.operators.noise_covariance",
-    "batch_factor": "noiseprobe.probes.operators.noise_covariance",
-    "solve_fluctuation": "noiseprobe.minibatch.fluctuation",
-    "NoStationaryState": "noiseprobe.minibatch.fluctuation",
-    "LinearProblem": "noiseprobe.minibatch.simulate",
-    "simulate_sgd": "noiseprobe.minibatch.simulate",
-    "tail_index_exact": "noiseprobe.minibatch.tails",
+    "NoiseCovariance": ("noiseprobe.probes.operators.noise_covariance", "NoiseCovariance"),
+    "GradientNoise": ("noiseprobe.probes.operators.noise_covariance", "GradientNoise"),
+    "batch_factor": ("noiseprobe.probes.operators.noise_covariance", "batch_factor"),
+    "solve_fluctuation": ("noiseprobe.minibatch.fluctuation", "solve_fluctuation"),
+    "NoStationaryState": ("noiseprobe.minibatch.fluctuation", "NoStationaryState"),
+    "LinearProblem": ("noiseprobe.minibatch.simulate", "LinearProblem"),
+    "simulate_sgd": ("noiseprobe.minibatch.simulate", "simulate_sgd"),
+    "tail_index_exact": ("noiseprobe.minibatch.tails", "tail_index_exact"),
     # paper 003: singular limits of noisy GD
-    "noises": "noiseprobe.limits.noises",
-    "Noise": "noiseprobe.limits.noises",
-    "noisy_gd": "noiseprobe.limits.simulate",
-    "simulate_noise": "noiseprobe.limits.simulate",
-    "regulariser": "noiseprobe.limits.regulariser",
-    "grad_regulariser": "noiseprobe.limits.regulariser",
-    "limit_map": "noiseprobe.limits.manifold",
-    "constrained_flow": "noiseprobe.limits.flow",
-    "limiting_sde": "noiseprobe.limits.flow",
+    "noises": ("noiseprobe.limits.noises", None),
+    "Noise": ("noiseprobe.limits.noises", "Noise"),
+    "noisy_gd": ("noiseprobe.limits.simulate", "noisy_gd"),
+    "simulate_noise": ("noiseprobe.limits.simulate", "simulate_noise"),
+    "regulariser": ("noiseprobe.limits.regulariser", "regulariser"),
+    "grad_regulariser": ("noiseprobe.limits.regulariser", "grad_regulariser"),
+    "limit_map": ("noiseprobe.limits.manifold", "limit_map"),
+    "constrained_flow": ("noiseprobe.limits.flow", "constrained_flow"),
+    "limiting_sde": ("noiseprobe.limits.flow", "limiting_sde"),
     # live measurements in a training run
-    "NoiseMonitor": "noiseprobe.monitor.monitor",
+    "NoiseMonitor": ("noiseprobe.monitor.monitor", "NoiseMonitor"),
     # curvature and noise operators on any PyTorch model, and their spectral estimators
-    "Hessian": "noiseprobe.probes.operators.hessian",
-    "EmpiricalFisher": "noiseprobe.probes.operators.fisher",
-    "GaussNewton": "noiseprobe.probes.operators.ggn",
-    "lanczos": "noiseprobe.probes.linalg",
-    "hutchinson": "noiseprobe.probes.estimators",
-    "hutchpp": "noiseprobe.probes.estimators",
-    "bekas_diagonal": "noiseprobe.probes.estimators",
-    "TokenMeanCrossEntropy": "noiseprobe.probes.losses",
-    "register_rule": "noiseprobe.probes.rules.base",
+    "Hessian": ("noiseprobe.probes.operators.hessian", "Hessian"),
+    "EmpiricalFisher": ("noiseprobe.probes.operators.fisher", "EmpiricalFisher"),
+    "GaussNewton": ("noiseprobe.probes.operators.ggn", "GaussNewton"),
+    "lanczos": ("noiseprobe.probes.linalg", "lanczos"),
+    "hutchinson": ("noiseprobe.probes.estimators", "hutchinson"),
+    "hutchpp": ("noiseprobe.probes.estimators", "hutchpp"),
+    "bekas_diagonal": ("noiseprobe.probes.estimators", "bekas_diagonal"),
+    "TokenMeanCrossEntropy": ("noiseprobe.probes.losses", "TokenMeanCrossEntropy"),
+    "register_rule": ("noiseprobe.probes.rules.base", "register_rule"),
     # the embedded data set (5,000 MNIST digits, nothing downloaded)
-    "load_default": "noiseprobe.data.embedded",
+    "load_default": ("noiseprobe.data.embedded", "load_default"),
     # experiments and their contract
-    "run_experiment": "noiseprobe.core.runner",
-    "Experiment": "noiseprobe.core.experiment",
-    "Chunk": "noiseprobe.core.experiment",
-    "RunCost": "noiseprobe.core.experiment",
-    "Estimate": "noiseprobe.core.experiment",  # deprecated name of RunCost
-    "ExperimentConfig": "noiseprobe.core.config",
-    "param": "noiseprobe.core.config",
-    "Check": "noiseprobe.core.checks",
-    "ConfigError": "noiseprobe.core.errors",
-    "NumericalError": "noiseprobe.core.errors",
+    "run_experiment": ("noiseprobe.core.runner", "run_experiment"),
+    "Experiment": ("noiseprobe.core.experiment", "Experiment"),
+    "Chunk": ("noiseprobe.core.experiment", "Chunk"),
+    "RunCost": ("noiseprobe.core.experiment", "RunCost"),
+    "Estimate": ("noiseprobe.core.experiment", "Estimate"),  # deprecated name of RunCost
+    "ExperimentConfig": ("noiseprobe.core.config", "ExperimentConfig"),
+    "param": ("noiseprobe.core.config", "param"),
+    "Check": ("noiseprobe.core.checks", "Check"),
+    "ConfigError": ("noiseprobe.core.errors", "ConfigError"),
+    "NumericalError": ("noiseprobe.core.errors", "NumericalError"),
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    if name not in _EXPORTS:
         raise AttributeError(f"module 'noiseprobe' has no attribute {name!r}")
+    module, attr = _EXPORTS[name]
     mod = importlib.import_module(module)
-    value = mod if module.rsplit(".", 1)[1] == name else getattr(mod, name)
+    value = mod if attr is None else getattr(mod, attr)
     globals()[name] = value
     return value
 

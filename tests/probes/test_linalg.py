@@ -150,3 +150,16 @@ def test_lanczos_fills_the_space() -> None:
     torch.testing.assert_close(res.eigenvalues, torch.linalg.eigvalsh(a).flip(0)[:3], rtol=1e-10, atol=1e-12)
     res = lanczos(a, 3, tol=0.0, block=3)
     assert not res.converged and res.matvecs == 9
+
+
+def test_lanczos_error_bounds_are_finite_at_degenerate_eigenvalues():
+    """A repeated Ritz value (zero gap) gets the residual as its error bound, not 0/0 = NaN (found by
+    tests/test_public_api_fuzz.py): the zero operator and a rank-1 one."""
+    import torch
+
+    from noiseprobe.probes.linalg import lanczos
+
+    for a, top in ((torch.zeros(4, 4, dtype=torch.float64), 0.0), (-torch.ones(4, 4, dtype=torch.float64), 0.0)):
+        r = lanczos(a, 2)
+        assert torch.isfinite(r.errors).all() and r.converged
+        assert torch.allclose(r.eigenvalues, torch.full((2,), top, dtype=torch.float64), atol=1e-12)

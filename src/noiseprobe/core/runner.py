@@ -33,6 +33,7 @@ from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.memory import fmt_bytes, usable_memory
 from noiseprobe.core.progress import progress
 from noiseprobe.core.store import RunDir, jsonable, write_json, write_parquet
+from noiseprobe.core.validation import check_mapping
 
 
 def get_experiment(exp_id: str) -> Experiment:
@@ -219,6 +220,7 @@ def run_experiment(
     Bad arguments raise ConfigError before anything is written; a directory another process is running,
     or an OS fault, raises RunDirError.
     """
+    overrides = check_mapping("overrides", overrides)
     return execute(prepare(exp_id, preset, out, overrides, executor, workers, address), quiet, warn)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
@@ -129,7 +129,7 @@ def check_matrix(
     arr = _float_array(field, value, allowed)
     if arr.ndim == 0:
         arr = float(arr) * np.eye(dim or 1)
-    if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or (dim is not None and arr.shape[0] != dim):
+    if arr.ndim != 2 or arr.shape[0] != arr.shape[1] or arr.shape[0] == 0 or (dim is not None and arr.shape[0] != dim):
         raise ConfigError(field, f"array of shape {arr.shape}", allowed)
     scale = 1e-10 * max(1.0, float(np.abs(arr).max(initial=0.0)))
     if symmetric or psd:
@@ -160,7 +160,38 @@ def check_lr(
         return arr, None
     if arr.shape != (dim, dim):
         raise ConfigError(field, f"array of shape {arr.shape}", allowed)
-    return check_matrix(field, arr, dim, symmetric=symmetric), None
+    lam = check_matrix(field, arr, dim, symmetric=symmetric)
+    low = float(np.linalg.eigvals(lam).real.min())
+    if low <= 0:  # a step against the gradient somewhere: no learning rate
+        raise ConfigError(field, f"matrix with eigenvalue {low:.3g}", "a positive definite matrix (eigenvalues > 0)")
+    return lam, None
+
+
+def check_callable(field: str, value: Any, allowed: str) -> Any:
+    """``value`` if it is callable (a function, a module, a loss), else ConfigError."""
+    if not callable(value):
+        raise ConfigError(field, type(value).__name__, allowed)
+    return value
+
+
+def check_instance(field: str, value: Any, kind: type | tuple[type, ...], allowed: str) -> Any:
+    """``value`` if it is an instance of ``kind`` (e.g. an ``nn.Module``), else ConfigError naming its type."""
+    if not isinstance(value, kind):
+        raise ConfigError(field, type(value).__name__, allowed)
+    return value
+
+
+def check_mapping(field: str, value: Any) -> dict[str, Any]:
+    """A dict with string keys (overrides, options); None is the empty dict."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ConfigError(
+            field,
+            type(value).__name__ if not isinstance(value, Mapping) else value,
+            "a mapping of field names to values",
+        )
+    return dict(value)
 
 
 def check_batch_size(value: Any, field: str = "batch_size") -> int:

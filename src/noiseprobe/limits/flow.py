@@ -34,7 +34,7 @@ from noiseprobe.limits.manifold import (
     tangent_projector,
 )
 from noiseprobe.limits.noises import Noise, check_params, covariance_root
-from noiseprobe.limits.regulariser import grad_regulariser
+from noiseprobe.limits.regulariser import grad_regulariser_rows
 
 
 def _start(noise: Noise, w0: Tensor, codim: int | None) -> tuple[Tensor, int]:
@@ -83,7 +83,7 @@ def constrained_flow(
     keep = set(record.tolist())
 
     def velocity(x: Tensor) -> Tensor:
-        grad_reg = grad_regulariser(noise, x, form)  # first: a closed-form loss then reuses ∇²L for P
+        grad_reg = grad_regulariser_rows(noise, x, form)  # first: a closed-form loss then reuses ∇²L for P
         return -(tangent_projector(noise.loss, x, c) @ grad_reg[..., None])[..., 0]
 
     out = [W]

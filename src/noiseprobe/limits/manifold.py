@@ -36,7 +36,7 @@ from scipy.integrate import solve_ivp
 from torch import Tensor
 
 from noiseprobe.core.errors import ConfigError, NumericalError
-from noiseprobe.core.validation import check_choice, check_int, check_real
+from noiseprobe.core.validation import check_array, check_choice, check_int, check_real
 from noiseprobe.limits.losses import derivatives, gradient, hessian, leaf, vjp_sum
 from noiseprobe.limits.noises import Noise, check_params, covariance_root
 from noiseprobe.limits.regulariser import grad_regulariser
@@ -214,6 +214,9 @@ def limit_map(
     ``t_max``, becomes non-finite, or stops at a critical point with ``L > ltol`` (w0 outside the
     attractive neighbourhood U of Γ) is returned as NaN, with a warning.
     """
+    shape = check_array("w0", w0, finite=False).shape  # numbers (a CPU copy, for the check only)
+    if not shape or 0 in shape:  # non-finite rows pass: they are returned as NaN, like rows that fail
+        raise ConfigError("w0", f"array of shape {shape}", "an array of shape (..., d), d >= 1")
     w0 = _as_w(w0)
     check_real("gtol", gtol, lo=0.0, lo_open=True)
     check_real("ltol", ltol, lo=0.0, lo_open=True)

@@ -82,16 +82,19 @@ class Noise:
         }[self.regime]
 
 
-def check_params(noise: Noise, w: Tensor | np.ndarray, field: str = "w") -> Tensor:
+def check_params(noise: Noise, w: Tensor | np.ndarray, field: str = "w", *, finite: bool = False) -> Tensor:
     """``w`` as a float64 tensor (..., d) for ``noise`` (on w's device); ConfigError unless it is an array of
-    numbers whose last dimension is ``noise.d``. NaN rows pass (they mark paths that have left Γ)."""
-    allowed = f"an array of shape (..., d) with d = {noise.d} ({noise.name})"
+    numbers whose last dimension is ``noise.d``. NaN rows pass (they mark paths that have left Γ) unless
+    ``finite`` (a point the user gives, as to :func:`~noiseprobe.limits.regulariser.regulariser`)."""
+    allowed = f"a{' finite' if finite else 'n'} array of shape (..., d) with d = {noise.d} ({noise.name})"
     try:
         t = torch.as_tensor(w, dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError):
         raise ConfigError(field, w, allowed) from None
     if t.dim() == 0 or t.shape[-1] != noise.d:
         raise ConfigError(field, tuple(t.shape), allowed)
+    if finite and not bool(torch.isfinite(t).all()):
+        raise ConfigError(field, "array with non-finite entries", allowed)
     return t
 
 

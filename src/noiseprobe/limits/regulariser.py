@@ -71,13 +71,18 @@ def _rule(noise: Noise, form: str) -> RegRule | None:
 
 def regulariser(noise: Noise, w: Tensor, form: str = "auto") -> Tensor:
     """Reg(w), shape (...): Laplacian ``½ tr(C̃ ∇²_η L̂(w,0))`` (Thm A) or non-local Reg_B (§7.2), exact."""
-    w = check_params(noise, w)
+    w = check_params(noise, w, finite=True)
     rule = _rule(noise, form)
     return rule(w, False)[0] if rule is not None else _reg(noise, leaf(w), form).detach()
 
 
 def grad_regulariser(noise: Noise, w: Tensor, form: str = "auto") -> Tensor:
     """∇_w Reg(w), shape (..., d), exact: the noise's rule, else autodiff."""
+    return grad_regulariser_rows(noise, check_params(noise, w, finite=True), form)
+
+
+def grad_regulariser_rows(noise: Noise, w: Tensor, form: str = "auto") -> Tensor:
+    """:func:`grad_regulariser` on a batch whose NaN rows (paths that left Γ, in the flows) stay NaN."""
     w = check_params(noise, w)
     rule = _rule(noise, form)
     grad = None if rule is None else rule(w, True)[1]

@@ -170,8 +170,8 @@ def noisy_gd(
     w = torch.from_numpy(check_array("w0", w0))
     if w.ndim == 1:
         w = w.expand(R, -1)
-    if w.ndim != 2 or w.shape[0] != R:
-        raise ConfigError("w0", list(np.shape(w0)), f"shape (d,) or ({R}, d)")
+    if w.ndim != 2 or w.shape[0] != R or w.shape[1] == 0:
+        raise ConfigError("w0", list(np.shape(w0)), f"shape (d,) or ({R}, d), d >= 1")
     w = w.clone()
     d = w.shape[1]
     noisy = anti_correlated or bool(np.any(sigma_arr > 0))

@@ -28,7 +28,7 @@ A stationary state exists iff every mode is stable, ``0 < f_i < 2(1+μ)``, and t
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import scipy.linalg
@@ -36,7 +36,15 @@ import scipy.sparse.linalg as spla
 
 from noiseprobe.core.errors import ConfigError, NumericalError
 from noiseprobe.core.linalg import psd_power
-from noiseprobe.core.validation import check_choice, check_int, check_lr, check_matrix, check_momentum, check_real
+from noiseprobe.core.validation import (
+    check_callable,
+    check_choice,
+    check_int,
+    check_lr,
+    check_matrix,
+    check_momentum,
+    check_real,
+)
 
 #: largest D for the dense Kronecker solve (D² × D² matrix)
 KRON_MAX_D = 48
@@ -175,6 +183,8 @@ def solve_fluctuation(
     mu = check_momentum(momentum)
     check_choice("method", method, ("auto", "eigen", "lyapunov", "kronecker"))
     Lam, scalar = check_lr(lr, D, symmetric=False)
+    if noise_map is not None:
+        noise_map = _checked_noise_map(noise_map, D)
     if method == "auto":
         sym = np.allclose(Lam, Lam.T, atol=1e-12 * max(1.0, np.abs(Lam).max()))
         method = "eigen" if sym and np.linalg.eigvalsh((Lam + Lam.T) / 2).min() > 0 else "lyapunov"
@@ -210,6 +220,21 @@ def solve_fluctuation(
             raise NumericalError(f"GMRES did not converge for the Σ-dependent noise (D = {D}, info = {info})")
         x = np.linalg.solve(_dense(lambda X: X - nmap(X), D), b)
     return bs.to_sigma(x.reshape(D, D))
+
+
+def _checked_noise_map(noise_map: Any, D: int) -> NoiseMap:
+    """``noise_map`` if it is callable and maps a D × D matrix to a finite D × D matrix (tried on I_D)."""
+    allowed = f"a function mapping a {D}x{D} matrix to a finite {D}x{D} matrix"
+    check_callable("noise_map", noise_map, allowed)
+    try:
+        out = np.asarray(noise_map(np.eye(D)), dtype=np.float64)
+    except Exception as err:  # the user's function failed on a valid Σ: name it, with its reason
+        raise ConfigError("noise_map", f"a function raising {type(err).__name__}: {err}", allowed) from err
+    if out.shape != (D, D):
+        raise ConfigError("noise_map", f"a function returning shape {out.shape}", allowed)
+    if not np.all(np.isfinite(out)):
+        raise ConfigError("noise_map", "a function returning non-finite entries", allowed)
+    return cast(NoiseMap, noise_map)
 
 
 def _dense(op: Callable[[np.ndarray], np.ndarray], D: int) -> np.ndarray:

@@ -69,9 +69,8 @@ class LinearProblem:
     _chol: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        A = np.asarray(self.A, dtype=np.float64)
-        D = 1 if A.ndim == 0 else A.shape[0]
-        self.A = check_matrix("A", A, D, psd=True)
+        D = 1 if np.ndim(self.A) == 0 else np.shape(self.A)[0]
+        self.A = check_matrix("A", self.A, D, psd=True)
         self.u = np.zeros(D) if self.u is None else check_vector("u", self.u, D)
         self.sigma = check_real("sigma", self.sigma, lo=0.0)
         self.B = np.zeros((D, D)) if self.B is None else check_matrix("B", self.B, D, psd=True)

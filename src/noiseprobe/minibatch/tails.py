@@ -38,7 +38,7 @@ from numpy.typing import ArrayLike
 from scipy import integrate, optimize, stats
 
 from noiseprobe.core.errors import NumericalError
-from noiseprobe.core.validation import check_int, check_real
+from noiseprobe.core.validation import check_array, check_int, check_real
 
 
 def _check(lr: float, batch_size: int, a: float) -> tuple[float, int, float]:
@@ -272,6 +272,8 @@ def tail_index_exact(*, lr: ArrayLike, batch_size: ArrayLike, a: ArrayLike = 1.0
     S > 1 (:func:`tail_index_small_lr`). Computed up to β = :data:`BETA_MAX` = 1e12 (to ~1e-15 relative up
     to 1e9, checked against 40-digit mpmath); beyond it a NumericalError. Cost: ~20–100 ms per point.
     """
+    for field, value in (("lr", lr), ("batch_size", batch_size), ("a", a)):
+        check_array(field, value, finite=False)  # numbers (each is then checked by range, by name)
     return _elementwise(_tail_index_exact_scalar, lr, batch_size, a)
 
 

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_choice, check_int, check_real
+from noiseprobe.core.validation import check_choice, check_instance, check_int, check_real
 from noiseprobe.probes.local import eval_no_grad
 
 #: a user noise distribution: ``f(shape, generator) -> Tensor`` of zero-mean, unit-variance draws
@@ -69,6 +69,26 @@ class NINSpec:
     init_std: float | None = None
     feature_axis: int | None = None
     features: int | None = None
+
+    def __post_init__(self) -> None:
+        """Everything a spec says on its own is checked when it is made (the module name at attach time)."""
+        check_real("sigma", self.sigma, lo=0.0)
+        check_int("n_nodes", self.n_nodes, lo=1)
+        if not callable(self.distribution) and self.distribution not in DISTRIBUTIONS:
+            raise ConfigError(
+                "distribution",
+                self.distribution,
+                "one of " + ", ".join(map(repr, DISTRIBUTIONS)) + " or a callable f(shape, generator)",
+            )
+        check_choice("mode", self.mode, MODES)
+        if self.init_std is not None:
+            check_real("init_std", self.init_std, lo=0.0)
+        if self.features is not None:
+            check_int("features", self.features, lo=1)
+        if self.feature_axis is not None:
+            check_int("feature_axis", self.feature_axis)
+            if self.feature_axis == 0:
+                raise ConfigError("feature_axis", 0, "a non-zero axis (axis 0 is the batch axis)")
 
 
 def _draw(distribution: str | NoiseFn, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
@@ -281,8 +301,18 @@ class NINHandle:
         self.nodes[i].spec.sigma = float(sigma)
 
     def set_sample_indices(self, idx: Tensor) -> None:
-        """Indices (into the training set) of the samples of the next training batch."""
-        self.indices = torch.as_tensor(idx, dtype=torch.long)
+        """Indices (into the training set, 0..n_train−1) of the samples of the next training batch."""
+        sizes = [int(node.table.shape[0]) for node in self.nodes if getattr(node, "table", None) is not None]
+        allowed = "a 1-d array of integer sample indices" + (f" in [0, {min(sizes)})" if sizes else "")
+        try:
+            t = torch.as_tensor(idx)
+        except (TypeError, ValueError, RuntimeError):
+            raise ConfigError("idx", type(idx).__name__, allowed) from None
+        if t.dim() != 1 or t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise ConfigError("idx", f"tensor of shape {tuple(t.shape)} and dtype {t.dtype}", allowed)
+        if t.numel() and (int(t.min()) < 0 or (sizes and int(t.max()) >= min(sizes))):
+            raise ConfigError("idx", f"indices in [{int(t.min())}, {int(t.max())}]", allowed)
+        self.indices = t.to(torch.long)
 
     def new_epoch(self) -> None:
         """Start the next epoch: "epoch"-mode NINs draw a fresh ξ per training sample."""
@@ -342,23 +372,6 @@ def _validate(spec: NINSpec, modules: dict[str, nn.Module], n_train: int | None)
         names = [n for n in modules if n]
         shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
         raise ConfigError("module", spec.module, f"a submodule name of the model: {shown}")
-    check_real("sigma", spec.sigma, lo=0.0)
-    check_int("n_nodes", spec.n_nodes, lo=1)
-    if not callable(spec.distribution) and spec.distribution not in DISTRIBUTIONS:
-        raise ConfigError(
-            "distribution",
-            spec.distribution,
-            "one of " + ", ".join(map(repr, DISTRIBUTIONS)) + " or a callable f(shape, generator)",
-        )
-    check_choice("mode", spec.mode, MODES)
-    if spec.init_std is not None:
-        check_real("init_std", spec.init_std, lo=0.0)
-    if spec.features is not None:
-        check_int("features", spec.features, lo=1)
-    if spec.feature_axis is not None:
-        check_int("feature_axis", spec.feature_axis)
-        if spec.feature_axis == 0:
-            raise ConfigError("feature_axis", 0, "a non-zero axis (axis 0 is the batch axis)")
     if spec.mode in ("epoch", "fixed") and n_train is None:
         raise ConfigError("n_train", None, f"the training-set size (an integer >= 1) for mode {spec.mode!r}")
 
@@ -377,7 +390,11 @@ def attach_nins(
     NIW init and noise (default: one seeded from torch's global RNG). ``example_input`` (one batch) is
     run once to read output shapes where module attributes do not tell the feature size.
     """
-    specs = [replace(s) for s in ([specs] if isinstance(specs, NINSpec) else specs)]
+    check_instance("model", model, nn.Module, "a torch.nn.Module")
+    listed = [specs] if isinstance(specs, NINSpec) else specs
+    if not isinstance(listed, (list, tuple)) or not all(isinstance(s, NINSpec) for s in listed):
+        raise ConfigError("specs", specs, 'a NINSpec or a list of them (e.g. NINSpec("0", sigma=1.0))')
+    specs = [replace(s) for s in listed]
     if not specs:
         raise ConfigError("specs", specs, "one or more NINSpec")
     if n_train is not None:

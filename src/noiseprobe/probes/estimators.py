@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from noiseprobe.core.validation import check_int
-from noiseprobe.probes.operators.base import Operator, ParamOperator, as_operator
+from noiseprobe.probes.operators.base import Operator, ParamOperator, as_operator, check_finite_result
 
 
 def as_generator(seed: int | torch.Generator) -> torch.Generator:
@@ -88,7 +88,7 @@ def hutchinson(op: Operator, n_probes: int, *, seed: int | torch.Generator = 0, 
     op = as_operator(op)
     check_int("block", block, lo=1)
     mean, se = hutchinson_trace(
-        lambda v: op.mv(v.T).T,
+        lambda v: op.product(v.T).T,
         op.num_params,
         n_probes,
         as_generator(seed),
@@ -96,7 +96,7 @@ def hutchinson(op: Operator, n_probes: int, *, seed: int | torch.Generator = 0, 
         device=op.device,
         block=block,
     )
-    return StochasticEstimate(mean, se, n_probes)
+    return StochasticEstimate(float(check_finite_result("hutchinson", torch.tensor(mean))), se, n_probes)
 
 
 def hutchpp(op: Operator, matvecs: int, *, seed: int | torch.Generator = 0) -> StochasticEstimate:
@@ -113,13 +113,14 @@ def hutchpp(op: Operator, matvecs: int, *, seed: int | torch.Generator = 0) -> S
     gen = as_generator(seed)
     s = matvecs // 3
     g = matvecs - 2 * s
-    q = torch.linalg.qr(op.mv(_rademacher((op.num_params, s), gen, op)))[0]
-    exact = float(torch.einsum("pi,pi->", q, op.mv(q)))
+    q = torch.linalg.qr(check_finite_result("hutchpp", op.product(_rademacher((op.num_params, s), gen, op))))[0]
+    exact = float(torch.einsum("pi,pi->", q, op.product(q)))
     probes = _rademacher((op.num_params, g), gen, op)
     probes = probes - q @ (q.T @ probes)
-    vals = torch.einsum("pi,pi->i", probes, op.mv(probes)).double().cpu()
+    vals = torch.einsum("pi,pi->i", probes, op.product(probes)).double().cpu()
     se = float(vals.std(correction=1) / math.sqrt(g)) if g > 1 else math.nan
-    return StochasticEstimate(exact + float(vals.mean()), se, matvecs)
+    est = float(check_finite_result("hutchpp", torch.tensor(exact + float(vals.mean()))))
+    return StochasticEstimate(est, se, matvecs)
 
 
 def bekas_diagonal(
@@ -136,10 +137,10 @@ def bekas_diagonal(
     total_sq = torch.zeros_like(total)
     for start in range(0, n_probes, block):
         v = _rademacher((op.num_params, min(block, n_probes - start)), gen, op)
-        z = (v * op.mv(v)).double()
+        z = (v * op.product(v)).double()
         total += z.sum(1)
         total_sq += (z * z).sum(1)
-    mean = total / n_probes
+    mean = check_finite_result("bekas_diagonal", total / n_probes)
     if n_probes > 1:
         se = ((total_sq - n_probes * mean**2).clamp_min(0) / (n_probes - 1) / n_probes).sqrt()
     else:

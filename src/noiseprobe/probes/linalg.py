@@ -24,7 +24,7 @@ from torch import Tensor
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.validation import check_choice, check_int, check_real
 from noiseprobe.probes.estimators import as_generator
-from noiseprobe.probes.operators.base import Operator, ParamOperator, as_operator
+from noiseprobe.probes.operators.base import Operator, ParamOperator, as_operator, check_finite_result
 
 
 @dataclass
@@ -103,6 +103,14 @@ def lanczos(
     tol = check_real("tol", tol, lo=0.0)
     max_matvecs = check_int("max_matvecs", min(p, 500) if max_matvecs is None else max_matvecs, lo=k)
     warm = warm_start.eigenvectors if isinstance(warm_start, Eigenpairs) else warm_start
+    if warm is not None:
+        allowed = f"the previous Eigenpairs or a finite tensor of shape ({p},) or ({p}, m)"
+        if not isinstance(warm, Tensor):
+            raise ConfigError("warm_start", type(warm).__name__, allowed)
+        if warm.dim() not in (1, 2) or warm.shape[0] != p or warm.numel() == 0:
+            raise ConfigError("warm_start", f"tensor of shape {tuple(warm.shape)}", allowed)
+        if not (warm.is_floating_point() and bool(torch.isfinite(warm).all())):
+            raise ConfigError("warm_start", f"tensor of dtype {warm.dtype} or with non-finite entries", allowed)
     min_dim = check_int("min_dim", (k + 2 if warm_start is None else k + 7) if min_dim is None else min_dim, lo=1)
     b = check_int(
         "block", block if block is not None else (1 if warm is None else warm.reshape(p, -1).shape[1]), lo=1, hi=p
@@ -115,7 +123,7 @@ def lanczos(
     used = 0
     last: Tensor | None = None  # the selected Ritz values one step earlier
     while True:
-        z = op.mv(basis[-1])
+        z = op.product(basis[-1])
         used += b
         a = basis[-1].T @ z
         diag.append((a + a.T) / 2)
@@ -129,14 +137,15 @@ def lanczos(
         for j, bj in enumerate(off[:-1]):
             t[(j + 1) * b : (j + 2) * b, j * b : (j + 1) * b] = bj.double().cpu()
             t[j * b : (j + 1) * b, (j + 1) * b : (j + 2) * b] = bj.double().cpu().T
-        theta, s = torch.linalg.eigh(t)
+        theta, s = torch.linalg.eigh(check_finite_result("lanczos", t))  # small: a non-finite product shows here
         key = {"LA": -theta, "SA": theta, "LM": -theta.abs()}[which]
         sel = torch.argsort(key)[:k]
         res = (off[-1].double().cpu() @ s[-b:, sel]).norm(dim=0)
         dist = (theta[sel, None] - theta[None, :]).abs()
         dist[torch.arange(len(sel)), sel] = math.inf
         gap = dist.min(1).values  # inf with a single Ritz value: then the bound r itself
-        err = torch.where(torch.isfinite(gap), torch.minimum(res, res**2 / gap), res)
+        # r²/gap only where the gap is positive: a repeated Ritz value (a degenerate eigenvalue) gets r itself
+        err = torch.where(torch.isfinite(gap) & (gap > 0), torch.minimum(res, res**2 / gap), res)
         if last is not None and len(last) == len(sel):
             err = torch.maximum(err, (theta[sel] - last).abs())
         last = theta[sel]

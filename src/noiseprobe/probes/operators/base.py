@@ -25,8 +25,9 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import Tensor, nn
 
-from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.validation import check_int
+from noiseprobe.core.errors import ConfigError, NumericalError
+from noiseprobe.core.validation import check_instance, check_int
+from noiseprobe.probes.capture import check_finite
 from noiseprobe.probes.losses import model_output
 from noiseprobe.probes.persample import (
     Forward,
@@ -36,6 +37,7 @@ from noiseprobe.probes.persample import (
     default_forward,
     select_parameters,
 )
+from noiseprobe.probes.rules import tensor_leaves
 from noiseprobe.probes.wrappers import eager, unwrap
 
 _P = ParamSpec("_P")
@@ -74,6 +76,14 @@ def _upcast_leaves(obj: Any) -> Any:
     return obj
 
 
+def check_finite_result(what: str, value: Tensor) -> Tensor:
+    """``value`` if every entry is finite, else NumericalError (valid input, non-finite numbers: a NaN in the
+    model or the operator, an overflow)."""
+    if not bool(torch.isfinite(value).all()):
+        raise NumericalError(f"{what}: the result of valid input is non-finite (a NaN or inf in the operator?)")
+    return value
+
+
 def full_precision(
     model: nn.Module, x: Any, y: Any, params: Selection | None
 ) -> tuple[nn.Module, Any, Any, Selection | None]:
@@ -81,6 +91,16 @@ def full_precision(
     chosen parameter is float16 / bfloat16 — a float32 deep copy of the model, with 16-bit floating tensors
     of x and y cast to float32 and the selection as parameter names of the copy (the copy costs the
     model's size in float32)."""
+    check_instance("model", model, nn.Module, "a torch.nn.Module")
+    for field, data in (("x", x), ("y", y)):
+        check_finite(field, data)
+        leaves = [t for t in tensor_leaves(data) if isinstance(t, Tensor)]
+        allowed = "a non-empty tensor (or a dict, tuple or list of tensors) of real numbers"
+        if not leaves:
+            raise ConfigError(field, type(data).__name__, allowed)
+        for leaf in leaves:
+            if leaf.numel() == 0 or leaf.is_complex():
+                raise ConfigError(field, f"tensor of shape {tuple(leaf.shape)}, dtype {leaf.dtype}", allowed)
     chosen = select_parameters(model, params)
     if not any(p.dtype in _LOW for _, p in chosen):
         return model, x, y, params
@@ -111,11 +131,25 @@ class ParamOperator(LinearOperator):  # type: ignore[misc]
         raise NotImplementedError
 
     def mv(self, v: Tensor) -> Tensor:
-        """A v for a tensor v of shape (P,) or (P, k), returned on the operator's device and dtype."""
-        if v.dim() not in (1, 2) or v.shape[0] != self.num_params:
-            raise ConfigError(
-                "v", f"tensor of shape {tuple(v.shape)}", f"shape ({self.num_params},) or ({self.num_params}, k)"
-            )
+        """A v for a finite tensor v of shape (P,) or (P, k), returned on the operator's device and dtype
+        (a non-finite product of a finite v raises NumericalError). The checks cost two passes over v and
+        A v; the algorithms of :mod:`~noiseprobe.probes.linalg` and :mod:`~noiseprobe.probes.estimators`
+        call :meth:`product` and check their results instead."""
+        allowed = f"a finite tensor of shape ({self.num_params},) or ({self.num_params}, k)"
+        if not isinstance(v, Tensor):
+            raise ConfigError("v", type(v).__name__, allowed)
+        if v.dim() not in (1, 2) or v.shape[0] != self.num_params or (v.dim() == 2 and v.shape[1] == 0):
+            raise ConfigError("v", f"tensor of shape {tuple(v.shape)}", allowed)
+        if v.dtype == torch.bool or v.is_complex():
+            raise ConfigError("v", f"tensor of dtype {v.dtype}", allowed)
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ConfigError("v", "tensor with non-finite entries", allowed)
+        out = self.product(v)
+        check_finite_result(type(self).__name__ + ".mv", out)
+        return out
+
+    def product(self, v: Tensor) -> Tensor:
+        """A v without checks (v of shape (P,) or (P, k), finite): the algorithms' inner loops."""
         vv = v.to(device=self.device, dtype=self.torch_dtype).reshape(self.num_params, -1)
         self.matvecs += vv.shape[1]
         with no_autocast(self.device):
@@ -153,8 +187,13 @@ class MatrixOperator(ParamOperator):
     """A dense symmetric (P, P) tensor as an operator (tests, small problems), on its device and dtype."""
 
     def __init__(self, a: Tensor) -> None:
-        if a.dim() != 2 or a.shape[0] != a.shape[1]:
-            raise ConfigError("a", f"tensor of shape {tuple(a.shape)}", "a square (P, P) matrix")
+        allowed = "a finite square (P, P) floating-point matrix, P >= 1"
+        if a.dim() != 2 or a.shape[0] != a.shape[1] or a.shape[0] == 0:
+            raise ConfigError("op", f"tensor of shape {tuple(a.shape)}", allowed)
+        if not a.is_floating_point():
+            raise ConfigError("op", f"tensor of dtype {a.dtype}", allowed)
+        if not bool(torch.isfinite(a).all()):
+            raise ConfigError("op", "tensor with non-finite entries", allowed)
         super().__init__(["x"], [a.shape[:1]], a.device, a.dtype)
         self.a = a
 
@@ -189,9 +228,7 @@ def as_operator(a: Operator) -> ParamOperator:
         return MatrixOperator(torch.from_numpy(a))
     if isinstance(a, LinearOperator):
         return ScipyOperator(a)
-    raise ConfigError(
-        "operator", type(a).__name__, "a ParamOperator, a square tensor or array, or a scipy LinearOperator"
-    )
+    raise ConfigError("op", type(a).__name__, "a ParamOperator, a square tensor or array, or a scipy LinearOperator")
 
 
 def operator_meta(
