@@ -13,6 +13,7 @@ from noiseprobe import NoiseMonitor
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.monitor.gns import noise_scale
 from noiseprobe.monitor.metrics import Layers
+from noiseprobe.probes.losses import model_output
 from noiseprobe.probes.persample import parameter_owners, select_parameters
 
 V, D, T = 11, 6, 5
@@ -145,3 +146,40 @@ def test_a_group_naming_no_module_is_refused_at_the_first_measurement():
     mon = NoiseMonitor(model, loss_fn, every=1, metrics=[Layers(groups={"attn": ["nope"]})])
     with pytest.raises(ConfigError, match="nope"):
         mon.step((x, y))
+
+
+def test_hf_gpt2_from_a_config_norms_group_against_dense_gradients():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        vocab_size=13, n_positions=8, n_embd=8, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+    )
+    cfg.resid_pdrop = cfg.embd_pdrop = cfg.attn_pdrop = 0.0
+    model = transformers.GPT2LMHeadModel(cfg).double().eval()
+    x = torch.randint(0, 13, (6, 5))
+
+    def lm_loss(out, y):
+        return F.cross_entropy(model_output(out).transpose(1, 2), y, reduction="none").mean(1)
+
+    row = NoiseMonitor(model, lm_loss, every=1, metrics=["tr_sigma", "layers"]).step((x, x))
+    owners = parameter_owners(model)
+    norms = list(dict.fromkeys(k for k, m in owners.values() if isinstance(m, nn.LayerNorm)))
+    assert norms == ["transformer.h.0.ln_1", "transformer.h.0.ln_2", "transformer.h.1.ln_1", "transformer.h.1.ln_2", "transformer.ln_f"]  # fmt: skip
+    params = select_parameters(model)
+    rows = []
+    for i in range(6):
+        g = torch.autograd.grad(lm_loss(model(x[i : i + 1]), x[i : i + 1]).mean(), [p for _, p in params])
+        rows.append(torch.cat([t.reshape(-1) for t in g]))
+    J = torch.stack(rows).numpy()
+    cols, o = [], 0
+    for _, p in params:
+        if owners[id(p)][0] in norms:
+            cols.append(J[:, o : o + p.numel()])
+        o += p.numel()
+    Jn = np.concatenate(cols, 1)
+    ns = noise_scale(Jn @ Jn.T)
+    assert row["tr_sigma/group:norms"] == pytest.approx(ns.tr_sigma, rel=1e-9)
+    assert row["g_sq/group:norms"] == pytest.approx(ns.g_sq, rel=1e-8)
+    keys = {k.split("/", 1)[1] for k in row if k.startswith("tr_sigma/") and ":" not in k}
+    assert sum(row[f"tr_sigma/{k}"] for k in keys) == pytest.approx(row["tr_sigma"], rel=1e-12)
+    assert row["status"] == "ok"
