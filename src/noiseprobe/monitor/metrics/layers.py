@@ -44,6 +44,8 @@ class Layers(Metric):
     micro-batch estimator (:attr:`Context.module_grams`)."""
 
     name = "layers"
+    #: opt-in (three columns per module; single-process only): not part of "all"
+    in_all = False
 
     def __init__(self, groups: Mapping[str, Sequence[str | nn.Module]] | None = None) -> None:
         groups = dict(groups or {})
