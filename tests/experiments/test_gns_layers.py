@@ -85,4 +85,6 @@ def test_reduced_run_end_to_end_and_reproducible(tmp_path):
 @pytest.mark.slow
 def test_quick_preset_reproduces_the_claim(tmp_path):
     summary = run_experiment(EXP, preset="quick", out=tmp_path, workers=1)
-    assert summary["status"] == "ok", summary
+    verdicts = {c["key"]: c["verdict"] for c in summary["checks"]}
+    assert verdicts == {"norms-track-total": "pass", "norms-ratio-in-band": "pass"}, summary["checks"]
+    assert summary["ok"] and summary["metrics"]["blocks"] == 10
