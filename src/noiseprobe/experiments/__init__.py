@@ -67,6 +67,11 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
         "EoSSBatchSharpness",
         "Andreyev & Beneventano 2024: SGD batch sharpness stabilises at 2/lr, full-batch lambda_max below it",
     ),
+    "gns-layers": (
+        "gns_layers",
+        "GNSLayers",
+        "Gray et al. 2024: normalisation-layer B_simple against total B_simple through training (small GPT)",
+    ),
 }
 
 #: the quick runs `noiseprobe demo` makes, one or more per paper

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError, NoPerSampleGradients, NumericalError
 from noiseprobe.monitor import ddp
-from noiseprobe.monitor.gns import NoiseScale, noise_scale, noise_scale_from_sums
+from noiseprobe.monitor.gns import NoiseScale, noise_scale, noise_scale_from_gram, noise_scale_from_sums
 from noiseprobe.monitor.microbatch import (
     EstimatorChoice,
     MicroBatchGradients,
@@ -28,7 +28,13 @@ from noiseprobe.monitor.microbatch import (
 )
 from noiseprobe.probes.linalg import Eigenpairs, lanczos
 from noiseprobe.probes.operators import Hessian, ParamOperator
-from noiseprobe.probes.persample import PerSampleGradients, per_sample_gradients
+from noiseprobe.probes.persample import (
+    HookFactors,
+    PerSampleGradients,
+    parameter_owners,
+    per_sample_gradients,
+    select_parameters,
+)
 from noiseprobe.probes.rules.base import BatchAxisError
 
 #: Lanczos stops at this relative accuracy of the eigenvalues (Cohen et al. track sharpness to ~1 %)
@@ -80,12 +86,14 @@ class Context:
         step: int,
         group: Any = None,
         estimator: EstimatorChoice | None = None,
+        per_module: bool = False,
     ) -> None:
         self.model, self.loss_fn, self.inputs, self.targets = model, loss_fn, inputs, targets
         self.forward, self.optimizer, self.top_k, self.step = forward, optimizer, top_k, step
         self._batch_size, self.group = batch_size, group
         self._hessian_top: dict[int, Eigenpairs] = {}
         self._choice = estimator if estimator is not None else EstimatorChoice()
+        self.per_module = per_module  # a layer metric is measured: the Gram matrix is summed from module_grams
 
     @cached_property
     def estimator(self) -> str:
@@ -174,8 +182,12 @@ class Context:
 
     @cached_property
     def gram(self) -> np.ndarray:
-        """The Gram matrix g_i·g_j of this rank's per-sample gradients, (N, N) float64."""
-        gram = self.grads.gram().double().cpu().numpy()
+        """The Gram matrix g_i·g_j of this rank's per-sample gradients, (N, N) float64 (the sum of
+        :attr:`module_grams` when a layer metric asked for those: computed once)."""
+        if self.per_module and self.estimator == "per-sample":
+            gram = sum(self.module_grams.values(), np.zeros((self.n, self.n)))
+        else:
+            gram = self.grads.gram().double().cpu().numpy()
         if not np.isfinite(gram).all():
             raise NumericalError("non-finite per-sample gradients at the current weights")
         return gram
@@ -194,6 +206,41 @@ class Context:
         d = ddp.all_cat(self.grads.sq_norms().double(), self.group)
         r = ddp.all_cat(self.grads.jvp(s).double(), self.group)
         return noise_scale_from_sums(d.cpu().numpy(), r.cpu().numpy(), float(s.double() @ s.double()))
+
+    @cached_property
+    def module_grams(self) -> dict[str, np.ndarray]:
+        """K_l (float64), the Gram matrix of the gradients restricted to the parameters of module l, per
+        parameter-owning module in the model's order (:func:`~noiseprobe.probes.persample.parameter_owners`:
+        each parameter once, a tied one under its first owner): of the per-sample gradients (N × N, from the
+        factors' per-block Gram products, Σ_l K_l = :attr:`gram`), or of the micro-batch gradients (m × m)."""
+        if self.group is not None:
+            raise ConfigError("metrics", "layers under data parallelism", "a single-process run (docs/monitor.md)")
+        owners = parameter_owners(self.model)
+        selected = select_parameters(self.model)
+        key = {id(p): owners[id(p)][0] for _, p in selected}
+        order = list(dict.fromkeys(key.values()))
+        if self.estimator == "micro-batch":
+            rows, o, cols = self.micro.rows.double(), 0, {}
+            for _, p in selected:
+                cols.setdefault(key[id(p)], []).append(rows[:, o : o + p.numel()])
+                o += p.numel()
+            grams = {k: torch.cat(c, 1) @ torch.cat(c, 1).T for k, c in cols.items()}
+        else:
+            grads = self.grads
+            if not isinstance(grads, HookFactors):
+                raise ConfigError("per-sample gradients", type(grads).__name__, "factored per-sample gradients")
+            grams = grads.grams_by(key)
+        out = {k: grams[k].double().cpu().numpy() for k in order if k in grams}
+        if not all(np.isfinite(k).all() for k in out.values()):
+            raise NumericalError("non-finite per-sample gradients at the current weights")
+        return out
+
+    @cached_property
+    def module_noise(self) -> dict[str, NoiseScale]:
+        """The noise scale of each module's parameters alone (:attr:`module_grams`; per-sample or micro-batch
+        as :attr:`noise`)."""
+        b = self.noise.micro_batch_size  # (and too few samples is the status of self.noise)
+        return {k: noise_scale_from_gram(g, b) for k, g in self.module_grams.items()}
 
     def _micro_noise(self) -> NoiseScale:
         """The micro-batch estimates, over the micro-batches of all ranks under data parallelism."""

@@ -60,10 +60,15 @@ def _t_and_g(s: np.ndarray, tr: np.ndarray, n: int) -> tuple[np.ndarray, np.ndar
 
 def noise_scale(gram: np.ndarray, level: float = 0.95) -> NoiseScale:
     """tr_sigma, g_sq and B_simple with its ``level`` interval from the Gram matrix K (N × N, N ≥ 3)."""
+    return noise_scale_from_gram(gram, 1, level)
+
+
+def noise_scale_from_gram(gram: np.ndarray, micro_batch_size: int = 1, level: float = 0.95) -> NoiseScale:
+    """The same from the Gram matrix of per-sample (b = 1) or micro-batch mean gradients (b samples each)."""
     K = np.asarray(gram, dtype=np.float64)
     if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] < 3:
         raise ConfigError("gram", f"array of shape {K.shape}", "a square (N, N) Gram matrix with N >= 3")
-    return noise_scale_from_sums(np.diag(K), K.sum(1), float(K.sum()), level)
+    return noise_scale_from_sums(np.diag(K), K.sum(1), float(K.sum()), level, micro_batch_size=micro_batch_size)
 
 
 def noise_scale_from_sums(

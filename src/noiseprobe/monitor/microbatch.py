@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError, NoPerSampleGradients
 from noiseprobe.core.validation import check_choice, check_int
-from noiseprobe.monitor.gns import NoiseScale, noise_scale_from_sums
+from noiseprobe.monitor.gns import NoiseScale, noise_scale_from_gram
 from noiseprobe.probes.capture import Forward, PerSampleLoss, check_losses, default_forward
 from noiseprobe.probes.losses import model_output
 from noiseprobe.probes.persample import select_parameters
@@ -137,8 +137,7 @@ class MicroBatchGradients:
 
     def noise(self, level: float = 0.95) -> NoiseScale:
         """tr Σ̂, |Ĝ|², B_simple and its interval, with delete-one-micro-batch jackknife errors."""
-        k = self.gram()
-        return noise_scale_from_sums(np.diag(k), k.sum(1), float(k.sum()), level, micro_batch_size=self.b)
+        return noise_scale_from_gram(self.gram(), self.b, level)
 
     def c_eigenvalues(self, k: int, batch_size: int) -> np.ndarray:
         """The top-k eigenvalues of C = Σ̂/S (S = ``batch_size``): min(k, m − 1) estimates, the rest NaN."""

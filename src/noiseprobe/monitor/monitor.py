@@ -222,6 +222,7 @@ class NoiseMonitor:
                     step=step,
                     group=self.group,
                     estimator=self.estimator,
+                    per_module=any(m.name == "layers" for m in self.metrics),
                 )
                 for metric in self.metrics:
                     if metric.name in failed:

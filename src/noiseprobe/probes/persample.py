@@ -67,6 +67,7 @@ __all__ = [
     "PerSampleLoss",
     "Selection",
     "default_forward",
+    "parameter_owners",
     "per_sample_gradients",
     "select_parameters",
     "supports_hooks",
@@ -136,6 +137,22 @@ def select_parameters(model: nn.Module, selection: Selection | None = None) -> l
         raise ConfigError("model", type(model).__name__, "a model with trainable parameters (in the selection)")
     names = {id(p): n for n, p in model.named_parameters()}
     return [(names[id(p)], p) for p in chosen]
+
+
+def parameter_owners(model: nn.Module) -> dict[int, tuple[str, nn.Module]]:
+    """id(p) -> (key, module) for every parameter of ``model``: the first module in ``named_modules()`` that
+    holds p itself (a tied parameter under its first owner); key = that module's path when it is a leaf,
+    else the parameter's full name (a parameter held by a module with children, e.g. a position
+    embedding on the model itself). Paths are relative to the model inside a ``torch.compile`` wrapper
+    (no ``_orig_mod.`` prefix; pass the model inside DDP, :func:`~noiseprobe.monitor.monitor.unwrap`)."""
+    model = getattr(model, "_orig_mod", model)
+    out: dict[int, tuple[str, nn.Module]] = {}
+    for path, module in model.named_modules():
+        leaf = next(iter(module.children()), None) is None
+        for pname, p in module.named_parameters(recurse=False):
+            if id(p) not in out:
+                out[id(p)] = (path if leaf and path else f"{path}.{pname}".lstrip("."), module)
+    return out
 
 
 class HookFactors(PerSampleGradients):
@@ -270,6 +287,26 @@ class HookFactors(PerSampleGradients):
         out = self.blocks[0][1].gram()
         for _, f in self.blocks[1:]:
             out += f.gram()
+        return out
+
+    def grams_by(self, key: dict[int, str]) -> dict[str, Tensor]:
+        """J_g J_gᵀ (N, N) per group g of parameters (``key[id(p)]`` names p's group; Σ_g J_g J_gᵀ = J Jᵀ): a
+        block inside one group by its factor's Gram product, a block split across groups (a tied parameter
+        whose other use lies in another module) by its explicit rows, sliced per group."""
+        out: dict[str, Tensor] = {}
+        for ps, f in self.blocks:
+            keys = [key[id(p)] for p in ps]
+            if len(set(keys)) == 1:
+                parts = [(keys[0], f.gram())]
+            else:
+                rows, i = f.rows(), 0
+                cols: dict[str, list[Tensor]] = {}
+                for p, k in zip(ps, keys):
+                    cols.setdefault(k, []).append(rows[:, i : i + p.numel()])
+                    i += p.numel()
+                parts = [(k, torch.cat(c, 1) @ torch.cat(c, 1).T) for k, c in cols.items()]
+            for k, g in parts:
+                out[k] = out[k] + g if k in out else g
         return out
 
     def sq_norms(self) -> Tensor:

@@ -14,6 +14,7 @@ module              metrics (name: class)                                  sourc
                     BatchSharpness, eoss_ratio: EoSSRatio, top_k_h: TopKH, Andreyev & Beneventano
                     b_noise: BNoise                                        2024; McCandlish eq. 2.6
 :mod:`.heavy_tails` tail_index: TailIndex                                  paper 002 §5
+:mod:`.layers`      layers: Layers(groups=…)                               Gray et al. 2024
 :mod:`.predictions` fluctuation: Fluctuation, niw_decay: NIWDecay(handle), papers 002 Thm 1, 001 eq. 2,
                     label_noise_reg: LabelNoiseReg(sigma=…),               003 Theorems A and B
                     dropout_reg: DropoutReg
@@ -24,6 +25,7 @@ module              metrics (name: class)                                  sourc
 from noiseprobe.monitor.metric import DEFAULT, METRICS, Metric, register_metric, resolve_metrics
 from noiseprobe.monitor.metrics.curvature import BatchSharpness, BNoise, EoSSRatio, Sharpness, TopKH
 from noiseprobe.monitor.metrics.heavy_tails import TailIndex
+from noiseprobe.monitor.metrics.layers import Layers
 from noiseprobe.monitor.metrics.noise import BSimple, GSq, Temperature, TopKC, TrSigma, TwoBatch
 from noiseprobe.monitor.metrics.predictions import DropoutReg, Fluctuation, LabelNoiseReg, NIWDecay
 
@@ -40,6 +42,7 @@ __all__ = [
     "Fluctuation",
     "GSq",
     "LabelNoiseReg",
+    "Layers",
     "Metric",
     "NIWDecay",
     "Sharpness",
