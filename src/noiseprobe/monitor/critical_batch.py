@@ -232,7 +232,8 @@ def noise_scale_during(
         pick = torch.randperm(x.shape[0], generator=gen)[:probe_samples]
         mon.steps = step
         rows.append(mon.measure((x[pick], y[pick])))
-    return pd.DataFrame(rows)
+    table: pd.DataFrame = pd.DataFrame(rows)
+    return table
 
 
 def step_average(steps: ArrayLike, values: ArrayLike, until: float) -> float:
@@ -278,7 +279,7 @@ def fit_critical_batch(batch_sizes: ArrayLike, steps: ArrayLike) -> CriticalBatc
     ls, lb = np.log(s), np.log(b)
 
     def resid(p: np.ndarray) -> np.ndarray:
-        return p[0] + np.logaddexp(0.0, p[1] - lb) - ls
+        return np.asarray(p[0] + np.logaddexp(0.0, p[1] - lb) - ls)
 
     # start: S_min from the largest batches, B_crit where S is twice that
     s0 = float(s.min())
