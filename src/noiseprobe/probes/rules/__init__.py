@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 # the built-in rules register themselves on import
-from noiseprobe.probes.rules import conv, norm  # noqa: F401
+from noiseprobe.probes.rules import conv, norm, recurrent  # noqa: F401
 from noiseprobe.probes.rules.base import REGISTRY, Call, Rule, register_rule
 from noiseprobe.probes.rules.fallback import VmapRule, tensor_leaves
 from noiseprobe.probes.rules.linear import TransformersConv1DRule, is_transformers_conv1d
