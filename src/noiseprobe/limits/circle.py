@@ -68,7 +68,7 @@ def gradient_flow_time(w0: Sequence[float] | np.ndarray, delta: float) -> float:
 
     if close(0.0, w0) <= 0.0:
         return 0.0
-    close.terminal = True  # type: ignore[attr-defined]
+    close.terminal = True  # type: ignore[attr-defined]  # solve_ivp reads event flags set on the function
     sol = solve_ivp(rhs, (0.0, 1e3), w0, events=close, rtol=1e-10, atol=1e-12)
     return float(sol.t_events[0][0]) if len(sol.t_events[0]) else math.inf
 

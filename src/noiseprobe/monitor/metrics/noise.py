@@ -119,7 +119,7 @@ class TwoBatch(Metric):
             )
         self.group = group
         self.hook = ddp.GradNormHook(group)
-        ddp_model.register_comm_hook(None, self.hook.allreduce)  # type: ignore[operator]
+        ddp_model.register_comm_hook(None, self.hook.allreduce)  # type: ignore[operator]  # typed nn.Module, a DistributedDataParallel here
         self._norms: tuple[float, float] | None = None
 
     def on_step(self, step: int, loss: object) -> None:
