@@ -29,7 +29,7 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "chromium is missing: run 'sudo apt-get install chromium' (needed by tests/core/test_report.py)"; fi; }
 
-# ruff (lint and format) and mypy (strict on core/ and probes/, configured in pyproject.toml)
+# ruff (lint and format) and mypy (strict on the packages in pyproject.toml's [tool.mypy] files)
 lint: setup
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/ruff format --check $(LINT_PATHS)

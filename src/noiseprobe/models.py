@@ -66,7 +66,8 @@ class CausalSelfAttention(nn.Module):
             allowed = allowed & (mask.bool()[:, None, None, :] | eye)  # (N, 1, T, T)
         att = (q @ k.transpose(-2, -1)) / math.sqrt(d)
         att = att.masked_fill(~allowed, float("-inf")).softmax(-1)
-        return self.o((att @ v).transpose(1, 2).reshape(n, t, w))
+        out: Tensor = self.o((att @ v).transpose(1, 2).reshape(n, t, w))  # nn.Module calls are typed Any
+        return out
 
 
 class Block(nn.Module):
@@ -82,7 +83,8 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         x = x + self.attn(self.ln1(x), mask)
-        return x + self.mlp(self.ln2(x))
+        out: Tensor = x + self.mlp(self.ln2(x))
+        return out
 
 
 class GPT(nn.Module):
@@ -109,7 +111,8 @@ class GPT(nn.Module):
         x = self.tok(ids) + self.pos(torch.arange(t, device=ids.device)[None])  # (1, T): shared by the batch
         for block in self.blocks:
             x = block(x, mask)
-        return self.head(self.ln(x))
+        logits: Tensor = self.head(self.ln(x))
+        return logits
 
 
 def token_batch(

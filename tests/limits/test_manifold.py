@@ -146,6 +146,14 @@ def test_phi_second_derivative_special_cases() -> None:
     assert torch.allclose((noise * w).sum(-1), torch.zeros(3, dtype=torch.float64), atol=1e-12)
 
 
+def test_phi_second_derivative_terms_refuses_a_geometry_without_third_derivatives() -> None:
+    """A Geometry built with third=False has T = None: a ConfigError naming ``geo``, not einsum's TypeError."""
+    w = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    geo = M.geometry(Ls.circle_loss, w, 1, third=False)
+    with pytest.raises(ConfigError, match="geo"):
+        M.phi_second_derivative_terms(Ls.circle_loss, w, torch.eye(2, dtype=torch.float64), geo=geo)
+
+
 def test_newton_project_lands_on_gamma_near_the_nearest_point() -> None:
     w = torch.tensor([[0.0, 1.05], [0.8, 0.7], [-0.9, 0.1]], dtype=torch.float64)
     out = M.newton_project(Ls.circle_loss, w, 1)

@@ -52,7 +52,7 @@ def sde_angle(
     return t.numpy(), unwrapped_angle(W[:, 0])
 
 
-def gradient_flow_time(w0: Sequence[float], delta: float) -> float:
+def gradient_flow_time(w0: Sequence[float] | np.ndarray, delta: float) -> float:
     """Time at which the gradient flow Ẇ = −∇L(W) of the circle loss from w0 first comes within ``delta`` of
     Γ (|‖W‖ − 1| = δ): 0 if w0 is that close already, inf if it does not come so close by t = 1000
     (event-located, rtol 1e-10)."""
@@ -61,14 +61,14 @@ def gradient_flow_time(w0: Sequence[float], delta: float) -> float:
     g = torch.func.grad(circle_loss)
 
     def rhs(_: float, w: np.ndarray) -> np.ndarray:
-        return -g(torch.from_numpy(w)).numpy()
+        return np.asarray(-g(torch.from_numpy(w)).numpy())
 
     def close(_: float, w: np.ndarray) -> float:
         return abs(math.hypot(w[0], w[1]) - 1.0) - delta
 
     if close(0.0, w0) <= 0.0:
         return 0.0
-    close.terminal = True  # type: ignore[attr-defined]
+    close.terminal = True  # type: ignore[attr-defined]  # solve_ivp reads event flags set on the function
     sol = solve_ivp(rhs, (0.0, 1e3), w0, events=close, rtol=1e-10, atol=1e-12)
     return float(sol.t_events[0][0]) if len(sol.t_events[0]) else math.inf
 

@@ -121,7 +121,7 @@ class QuadraticModel:
     def __init__(self, g: Callable[[Tensor], Tensor], c: list[float], Q: list[list[float]], doc: str) -> None:
         self.g, self.__doc__ = g, doc
         self.c, self.Q = torch.tensor(c, dtype=torch.float64), torch.tensor(Q, dtype=torch.float64)
-        self._padded: dict[tuple, tuple[Tensor, Tensor]] = {}
+        self._padded: dict[tuple[int, torch.dtype, torch.device], tuple[Tensor, Tensor]] = {}
 
     def __call__(self, w: Tensor, X: Tensor) -> Tensor:
         return self.g(w)[..., None] * X[:, 0]

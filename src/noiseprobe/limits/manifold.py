@@ -167,6 +167,8 @@ def phi_second_derivative_terms(
         raise ConfigError("Sigma", tuple(Sigma.shape), f"a symmetric matrix of shape (d, d) or (..., d, d), d = {d}")
     if geo is None:
         geo = geometry(loss, w, _codim(loss, w, codim))
+    if geo.T is None:
+        raise ConfigError("geo", "geometry(..., third=False)", "a Geometry with third derivatives (third=True)")
     Sigma = Sigma.expand(*w.shape, d)
     P, Hp, V, lam, T, normal = geo.P, geo.H_pinv, geo.V, geo.lam, geo.T, geo.normal
     PN = torch.eye(d, dtype=torch.float64) - P

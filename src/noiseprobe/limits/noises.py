@@ -126,10 +126,12 @@ def covariance_root(C: Tensor) -> Tensor:
 
 def _gaussian_sampler(C: Tensor, default_sigma: float | None) -> SampleFn:
     """η ~ N(0, σ² C̃) as σ R ξ with R Rᵀ = C̃, ξ ~ N(0, I_r) (singular C̃ allowed)."""
-    root, default_sigma = covariance_root(C).numpy(), _level(default_sigma)
+    root: np.ndarray = covariance_root(C).numpy()
+    default_sigma = _level(default_sigma)
 
     def sample(n: int, generator: np.random.Generator, sigma: float | None = None) -> np.ndarray:
-        return _sigma(sigma, default_sigma) * generator.standard_normal((n, root.shape[1])) @ root.T
+        out: np.ndarray = _sigma(sigma, default_sigma) * generator.standard_normal((n, root.shape[1])) @ root.T
+        return out
 
     return sample
 

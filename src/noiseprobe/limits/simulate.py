@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -72,13 +72,13 @@ class NGDResult:
     @property
     def final(self) -> np.ndarray:
         """Positions at the last step, (R, d)."""
-        return self.positions[-1]
+        return np.asarray(self.positions[-1])
 
     def to_frame(self, **labels: float | int | str) -> pd.DataFrame:
         """Tidy frame: one row per chain × recorded step, columns chain, step, lr, sigma, w0…w{d−1},
         loss, diverged, diverged_at, plus constant ``labels`` columns."""
         K, R, d = self.positions.shape
-        frame = pd.DataFrame(
+        frame: pd.DataFrame = pd.DataFrame(
             {
                 "chain": np.tile(self.chains, K),
                 "step": np.repeat(self.steps, R),
@@ -179,7 +179,7 @@ def noisy_gd(
         if eta_dim is None:
             raise ConfigError("eta_dim", eta_dim, "the noise dimension m >= 1 when sigma > 0")
         m = check_int("eta_dim", eta_dim, lo=1)
-        sampler = sampler or (lambda n, g, s: standard_sampler(n, g, s, m))
+        sample: Sampler = sampler or (lambda n, g, s: standard_sampler(n, g, s, m))
         gens = replica_generators(seed, chain_ids.tolist())
     else:
         m = 1 if eta_dim is None else check_int("eta_dim", eta_dim, lo=1)
@@ -187,7 +187,7 @@ def noisy_gd(
 
     if vectorised:
 
-        def grad_fn(x: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
+        def grad_fn(x: torch.Tensor, eta: torch.Tensor, /) -> torch.Tensor:
             x = x.detach().requires_grad_(True)
             with torch.enable_grad():
                 return torch.autograd.grad(loss_hat(x, eta).sum(), x)[0]
@@ -207,7 +207,7 @@ def noisy_gd(
         """(n, R, m) noise for the next n steps, one generator call per chain."""
         return torch.from_numpy(
             np.stack(
-                [np.asarray(sampler(n, g, float(s)), dtype=np.float64).reshape(n, m) for g, s in zip(gens, sigma_arr)],
+                [np.asarray(sample(n, g, float(s)), dtype=np.float64).reshape(n, m) for g, s in zip(gens, sigma_arr)],
                 axis=1,
             )
         )
@@ -248,6 +248,7 @@ def noisy_gd(
             if etas is None:
                 eta = zero_eta
             elif anti_correlated:
+                assert prev is not None  # drawn before the loop when anti_correlated
                 eta, prev = etas[i] - prev, etas[i]
             else:
                 eta = etas[i]
@@ -295,7 +296,7 @@ def simulate_noise(
     lr: float | Sequence[float],
     steps: int,
     sigma: float | Sequence[float] | None = None,
-    **kwargs,
+    **kwargs: Any,
 ) -> NGDResult:
     """:func:`noisy_gd` for a :class:`~noiseprobe.limits.noises.Noise` (its L̂, m and sampler; its L̂
     broadcasts over chains, so the gradient of the summed loss is used). ``sigma=None``: the noise's own σ."""

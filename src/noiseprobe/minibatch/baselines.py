@@ -44,7 +44,7 @@ def hessian_approx_sigma(
             "learning rate" if scalar is not None else "the scale factor of Λ",
         )
     Sg = noise_scale / S * Lam @ np.linalg.inv(M)
-    return (Sg + Sg.T) / 2
+    return np.asarray((Sg + Sg.T) / 2)
 
 
 def hessian_approx_losses(
@@ -123,7 +123,7 @@ def table2(
 
     def inp() -> tuple[float, float, float]:
         t = input_noise_theory(a, B=b, u=[u], lr=lr, batch_size=S)
-        return float(t["Sigma"][0, 0]), float(t["train_loss"]), float(t["test_loss"])
+        return float(np.asarray(t["Sigma"])[0, 0]), float(t["train_loss"]), float(t["test_loss"])
 
     def l2() -> tuple[float, float, float]:
         t = l2_1d(a=a, gamma=gamma, u=u, lr=lr, batch_size=S)
@@ -133,4 +133,5 @@ def table2(
     add("label noise", safe(label), a, sigma**2 / 2, 0.0)
     add("input noise", safe(inp), kb, a * b * u * u / (2 * kb), a * b * b * u * u / (2 * kb * kb))
     add("L2", safe(l2), kg, a * gamma * u * u / (2 * kg), a * gamma * gamma * u * u / (2 * kg * kg))
-    return pd.DataFrame(rows)
+    frame: pd.DataFrame = pd.DataFrame(rows)
+    return frame

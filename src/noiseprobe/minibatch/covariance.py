@@ -26,7 +26,7 @@ def gradient_noise(grads: np.ndarray, *, batch_size: int, replacement: bool = Tr
     g = check_array("grads", grads, 2)
     n = g.shape[0]
     gc = g - g.mean(0)
-    return batch_factor(batch_size, n, replacement) * (gc.T @ gc) / n
+    return np.asarray(batch_factor(batch_size, n, replacement) * (gc.T @ gc) / n)
 
 
 def linear_regression_noise(

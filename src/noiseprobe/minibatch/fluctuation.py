@@ -28,7 +28,7 @@ A stationary state exists iff every mode is stable, ``0 < f_i < 2(1+μ)``, and t
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, cast, overload
 
 import numpy as np
 import scipy.linalg
@@ -65,7 +65,9 @@ class NoStationaryState(ValueError):
 def _coeffs(f: np.ndarray, mu: float) -> np.ndarray:
     """c(f_i, f_j) of eq. (3) in the eigenbasis of Λ^{1/2} H Λ^{1/2}."""
     fi, fj = f[:, None], f[None, :]
-    return (1 - mu) * (fi + fj) - (1 + mu * mu) / (1 - mu * mu) * fi * fj + mu / (1 - mu * mu) * (fi * fi + fj * fj)
+    return np.asarray(
+        (1 - mu) * (fi + fj) - (1 + mu * mu) / (1 - mu * mu) * fi * fj + mu / (1 - mu * mu) * (fi * fi + fj * fj)
+    )
 
 
 def thm1_residual(
@@ -81,7 +83,7 @@ def thm1_residual(
     a, b = (1 + mu * mu) / (1 - mu * mu), mu / (1 - mu * mu)
     FS = F @ Sigma
     lhs = (1 - mu) * (FS + FS.T) - a * F @ Sigma @ F.T + b * (F @ FS + (F @ FS).T)
-    return lhs - Lam @ C @ Lam
+    return np.asarray(lhs - Lam @ C @ Lam)
 
 
 class _Basis:
@@ -106,13 +108,17 @@ class _Basis:
 
     def to_x(self, C: np.ndarray) -> np.ndarray:
         """Vᵀ C V = Qᵀ Λ^{1/2} C Λ^{1/2} Q: the transformed ΛCΛ."""
-        return self.V.T @ C @ self.V
+        return np.asarray(self.V.T @ C @ self.V)
 
     def to_sigma(self, X: np.ndarray) -> np.ndarray:
         """Σ = V X Vᵀ (symmetrised)."""
         S = self.V @ X @ self.V.T
-        return (S + S.T) / 2
+        return np.asarray((S + S.T) / 2)
 
+    @overload
+    def feedback(self, noise_map: NoiseMap) -> tuple[np.ndarray, np.ndarray, NoiseMap]: ...
+    @overload
+    def feedback(self, noise_map: None) -> tuple[np.ndarray, np.ndarray, None]: ...
     def feedback(self, noise_map: NoiseMap | None) -> tuple[np.ndarray, np.ndarray, NoiseMap | None]:
         """(null, c with null entries set to 1, X ↦ c⁻¹∘Ñ(X) or None): the transformed noise feedback of a
         Σ-dependent noise map; modes with c = 0 (zero curvature) are masked out."""
@@ -205,6 +211,7 @@ def solve_fluctuation(
         )
     if noise_map is None:
         return bs.to_sigma(np.where(null, 0.0, R0 / cs))
+    assert nmap is not None  # feedback returns a map when given one
     rho = _spectral_radius(nmap, D)
     if rho >= 1.0:
         raise _no_state(
@@ -244,7 +251,7 @@ def _dense(op: Callable[[np.ndarray], np.ndarray], D: int) -> np.ndarray:
         e = np.zeros(D * D)
         e[k] = 1.0
         cols.append(op(e.reshape(D, D)).ravel())
-    return np.array(cols).T
+    return np.asarray(np.array(cols).T)
 
 
 def _spectral_radius(op: Callable[[np.ndarray], np.ndarray], D: int) -> float:
@@ -285,7 +292,7 @@ def _lyapunov(H: np.ndarray, C: np.ndarray, Lam: np.ndarray, mu: float, scalar: 
         raise _no_state(_lyap_bound(H, Lam, mu), scalar, f"augmented (w, m) map has spectral radius {rad:.4g}")
     P = scipy.linalg.solve_discrete_lyapunov(M, Bm @ C @ Bm.T, method="bilinear" if D > 5 else "direct")
     S = P[:D, :D]
-    return (S + S.T) / 2
+    return np.asarray((S + S.T) / 2)
 
 
 def augmented_system(H: np.ndarray, *, lr: np.ndarray, momentum: float) -> tuple[np.ndarray, np.ndarray]:
@@ -342,4 +349,4 @@ def _kronecker(
     if np.linalg.eigvalsh(S).min() < -1e-10 * max(1.0, np.abs(S).max()):
         bound = _bound_by_bisection(H, Lam, mu, noise_map) if noise_map is not None else np.nan
         raise _no_state(bound, scalar, "the linear solve gives a non-PSD Σ: noise feedback too strong")
-    return S
+    return np.asarray(S)

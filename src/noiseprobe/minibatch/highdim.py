@@ -68,7 +68,7 @@ def cor2_noise(
         raise ConfigError("Sigma", None, "the fluctuation Σ when L0 = 0 (eq. 17)")
     Sg = check_matrix("Sigma", Sigma, H0.shape[0])
     C = (np.trace(H0 @ Sg) * np.eye(H0.shape[0]) - H0 @ Sg) @ H0 / S
-    return (C + C.T) / 2
+    return np.asarray((C + C.T) / 2)
 
 
 def cor3_sigma(
@@ -113,7 +113,7 @@ def cor3_sigma(
     else:
         gw = Gm @ check_vector("w_star", w_star, D)
         Sg = Lam / (S * (1 - mu)) @ (2 * L0 * H0 - np.outer(gw, gw)) @ np.linalg.pinv(Kp) @ Minv
-    return (Sg + Sg.T) / 2
+    return np.asarray((Sg + Sg.T) / 2)
 
 
 def prop4_noise(A_hat: np.ndarray, Sigma: np.ndarray, *, sigma: float, alpha: float, batch_size: int) -> np.ndarray:
@@ -124,7 +124,7 @@ def prop4_noise(A_hat: np.ndarray, Sigma: np.ndarray, *, sigma: float, alpha: fl
     S = check_batch_size(batch_size)
     sigma, alpha = check_scalar("sigma", sigma, lo=0.0), check_scalar("alpha", alpha, lo=0.0, lo_open=True)
     C = (np.trace(A @ Sg) * np.eye(A.shape[0]) - A @ Sg) @ A / S + max(0.0, sigma**2 / S * (1 - 1 / alpha)) * A
-    return (C + C.T) / 2
+    return np.asarray((C + C.T) / 2)
 
 
 def thm6_trace(
@@ -200,6 +200,6 @@ def highdim_sigma_exact(
 
     def nmap(Sg: np.ndarray) -> np.ndarray:
         q = np.einsum("nd,de,ne->n", X, Sg, X)
-        return f / S * ((X.T * q) @ X / N - A @ Sg @ A)
+        return np.asarray(f / S * ((X.T * q) @ X / N - A @ Sg @ A))
 
     return solve_fluctuation(A, C0, lr=lr, momentum=momentum, noise_map=nmap)

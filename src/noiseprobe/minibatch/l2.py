@@ -103,7 +103,7 @@ class _Thm4:
     @property
     def trace_A_sigma(self) -> float:
         """Tr[AΣ] = (λ/S)(cκ + r) (eq. 155)."""
-        return self.lam / self.S * (self.c * self.kappa + self.r)
+        return float(self.lam / self.S * (self.c * self.kappa + self.r))
 
 
 def l2_theory(
@@ -158,7 +158,7 @@ def l2_sigma_eq12(
         lam / S * t.c * (1 + lam * t.kappa / S) * A @ Ki @ t.Ginv
         + lam / S * (A @ A @ Ki @ Ki @ t.G2 @ t.U + lam * t.r / S * A) @ Ki @ t.Ginv
     )
-    return (Sg + Sg.T) / 2
+    return np.asarray((Sg + Sg.T) / 2)
 
 
 def l2_sigma_exact(

@@ -11,6 +11,8 @@ the function raises :class:`~noiseprobe.minibatch.fluctuation.NoStationaryState`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from noiseprobe.core.errors import ConfigError
@@ -31,8 +33,9 @@ def lemma1_noise(A: float | np.ndarray, Sigma: float | np.ndarray, *, sigma: flo
     """Lemma 1, eq. (5): C = (1/S)(AΣA + Tr[AΣ]A + σ²A), stationary label-noise covariance (about u)."""
     A = check_matrix("A", A, psd=True)
     Sg = check_matrix("Sigma", Sigma, A.shape[0])
-    return (A @ Sg @ A + np.trace(A @ Sg) * A + check_scalar("sigma", sigma, lo=0.0) ** 2 * A) / check_batch_size(
-        batch_size
+    return np.asarray(
+        (A @ Sg @ A + np.trace(A @ Sg) * A + check_scalar("sigma", sigma, lo=0.0) ** 2 * A)
+        / check_batch_size(batch_size)
     )
 
 
@@ -46,7 +49,7 @@ def lemma1_noise_map(A: np.ndarray, *, batch_size: int) -> tuple[np.ndarray, Noi
 def _thm2_G(A: np.ndarray, Lam: np.ndarray, S: int, mu: float) -> np.ndarray:
     """G_μ = 2(1−μ)I − ((1−μ)/(1+μ) + 1/S)ΛA of Thm 2, eq. (6) (ΛA symmetrised: [Λ, A] = 0)."""
     LA = Lam @ A
-    return 2 * (1 - mu) * np.eye(A.shape[0]) - ((1 - mu) / (1 + mu) + 1 / S) * (LA + LA.T) / 2
+    return np.asarray(2 * (1 - mu) * np.eye(A.shape[0]) - ((1 - mu) / (1 + mu) + 1 / S) * (LA + LA.T) / 2)
 
 
 def _thm2_ok(A: np.ndarray, Lam: np.ndarray, S: int, mu: float) -> bool:
@@ -100,7 +103,7 @@ def label_noise_sigma(
     ln = _LabelNoise(A, lr, batch_size, momentum)
     sigma = check_scalar("sigma", sigma, lo=0.0)
     Sg = sigma**2 / ln.S * (1 + ln.kappa / ln.S) * ln.Lam @ ln.Ginv
-    return (Sg + Sg.T) / 2
+    return np.asarray((Sg + Sg.T) / 2)
 
 
 def label_noise_C(
@@ -113,7 +116,7 @@ def label_noise_C(
         sigma**2 / ln.S * ln.A
         + sigma**2 / ln.S**2 * (1 + ln.kappa / ln.S) * (ln.Lam @ ln.A @ ln.Ginv + ln.T * np.eye(D)) @ ln.A
     )
-    return (C + C.T) / 2
+    return np.asarray((C + C.T) / 2)
 
 
 def label_noise_losses(
@@ -140,14 +143,14 @@ def label_noise_lr_bound(A: float | np.ndarray, *, batch_size: int, momentum: fl
 
 
 # -- input noise (App. E.3) -----------------------------------------------------------------------------
-def input_noise_sigma_eff2(A: float | np.ndarray, *, B: float | np.ndarray, u: np.ndarray) -> float:
+def input_noise_sigma_eff2(A: float | np.ndarray, *, B: float | np.ndarray, u: np.ndarray | Sequence[float]) -> float:
     """Irreducible loss 2L(w*) = Tr[AK⁻¹BU], K = A + B, U = uuᵀ (App. E.3; plays σ² in Prop. 9)."""
     A, B, u = _input_noise_setup(A, B, u)
     return float(u @ A @ np.linalg.solve(A + B, B @ u))
 
 
 def _input_noise_setup(
-    A: float | np.ndarray, B: float | np.ndarray, u: np.ndarray
+    A: float | np.ndarray, B: float | np.ndarray, u: np.ndarray | Sequence[float]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validated (A ⪰ 0, B ⪰ 0 with K = A + B ≻ 0, u of length D) for App. E.3."""
     A = check_matrix("A", A, psd=True)
@@ -158,17 +161,24 @@ def _input_noise_setup(
 
 
 def prop9_noise(
-    A: float | np.ndarray, *, B: float | np.ndarray, u: np.ndarray, Sigma: float | np.ndarray, batch_size: int
+    A: float | np.ndarray,
+    *,
+    B: float | np.ndarray,
+    u: np.ndarray | Sequence[float],
+    Sigma: float | np.ndarray,
+    batch_size: int,
 ) -> np.ndarray:
     """Prop. 9, eq. (132): C = (1/S)(KΣK + Tr[KΣ]K + Tr[AK⁻¹BU]K), K = A + B; input noise e ~ N(0, B), no label noise."""
     A, B, u = _input_noise_setup(A, B, u)
     K = A + B
     Sg = check_matrix("Sigma", Sigma, A.shape[0])
-    return (K @ Sg @ K + np.trace(K @ Sg) * K + input_noise_sigma_eff2(A, B=B, u=u) * K) / check_batch_size(batch_size)
+    return np.asarray(
+        (K @ Sg @ K + np.trace(K @ Sg) * K + input_noise_sigma_eff2(A, B=B, u=u) * K) / check_batch_size(batch_size)
+    )
 
 
 def input_noise_theory(
-    A: float | np.ndarray, *, B: float | np.ndarray, u: np.ndarray, lr: float, batch_size: int
+    A: float | np.ndarray, *, B: float | np.ndarray, u: np.ndarray | Sequence[float], lr: float, batch_size: int
 ) -> dict[str, float | np.ndarray]:
     """Theorem 9, eqs. (133)-(135), scalar λ, μ = 0 (no commutation of A and B needed).
 

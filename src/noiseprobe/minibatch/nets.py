@@ -133,7 +133,7 @@ def train_tanh_net(
         loss = _ce(torch.baddbmm(b2.unsqueeze(1), h, w2), y[idx])
         losses[:, t] = loss.detach()
         opt.zero_grad(set_to_none=True)
-        loss.sum().backward()  # replicas are independent: d(sum)/dθ_r = dℓ_r/dθ_r
+        loss.sum().backward()  # type: ignore[no-untyped-call]  # (torch leaves it unannotated) replicas are independent: d(sum)/dθ_r = dℓ_r/dθ_r
         opt.step()
     return losses
 

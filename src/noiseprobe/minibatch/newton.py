@@ -27,7 +27,7 @@ def dnm_sigma(A: float | np.ndarray, *, lr: float, batch_size: int, sigma: float
     g = 2 * (1 - mu) - c * lam
     if g <= 0 or g * S - lam * D <= 0:
         raise NoStationaryState(2 * (1 - mu) * S / (c * S + D), "Prop. 5 needs gS > λD")
-    return lam * sigma**2 / (g * S - lam * D) * np.linalg.inv(A)
+    return np.asarray(lam * sigma**2 / (g * S - lam * D) * np.linalg.inv(A))
 
 
 def ngd_x(*, lr: float, batch_size: int, sigma: float, dim: int, momentum: float = 0.0) -> float:
@@ -47,7 +47,7 @@ def ngd_x(*, lr: float, batch_size: int, sigma: float, dim: int, momentum: float
     c = -lam * sigma**2 / S
     if sigma == 0:
         return -b / a
-    return (-b + np.sqrt(b * b - 4 * a * c)) / (2 * a)
+    return float((-b + np.sqrt(b * b - 4 * a * c)) / (2 * a))
 
 
 def ngd_sigma(A: float | np.ndarray, *, lr: float, batch_size: int, sigma: float, momentum: float = 0.0) -> np.ndarray:

@@ -476,4 +476,4 @@ def step_gradient(
     for j in range(LANES):
         perm[:, j] = np.arange(X.shape[0])
     _gradient(mode, 0, v, np.zeros(LANES), z, u, u, P1, P2, vec, sig, rademacher, n_in, S, X, y, perm)
-    return v[_G].copy()
+    return np.asarray(v[_G].copy())

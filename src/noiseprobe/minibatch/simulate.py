@@ -36,7 +36,7 @@ otherwise.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 
@@ -58,6 +58,7 @@ class LinearProblem:
     indefinite (negative weight decay). ``X``, ``y``: a fixed training set (N, D), (N,); None = online.
     """
 
+    # u, B and Gamma are arrays after __post_init__ (the casts below rely on it)
     A: np.ndarray
     u: np.ndarray | None = None
     sigma: float = 0.0
@@ -88,7 +89,7 @@ class LinearProblem:
     # -- derived quantities ---------------------------------------------------------------------
     @property
     def dim(self) -> int:
-        return self.A.shape[0]
+        return int(self.A.shape[0])
 
     @property
     def n_samples(self) -> int | None:
@@ -98,33 +99,38 @@ class LinearProblem:
     def hessian(self) -> np.ndarray:
         """Hessian of the training loss: ``A + B + Γ`` online, ``XᵀX/N + Γ`` for a fixed data set."""
         if self.X is None:
-            return self.A + self.B + self.Gamma
-        return self.X.T @ self.X / self.X.shape[0] + self.Gamma
+            return np.asarray(self.A + cast(np.ndarray, self.B) + cast(np.ndarray, self.Gamma))
+        return np.asarray(self.X.T @ self.X / self.X.shape[0] + cast(np.ndarray, self.Gamma))
 
     @property
     def center(self) -> np.ndarray:
         """The minimiser of the training loss (minimum-norm for a singular Hessian); Σ is measured about it."""
         if self.X is None:
-            return np.linalg.lstsq(self.hessian, self.A @ self.u, rcond=None)[0]
-        return np.linalg.lstsq(self.hessian, self.X.T @ self.y / self.X.shape[0], rcond=None)[0]
+            return np.asarray(np.linalg.lstsq(self.hessian, self.A @ self.u, rcond=None)[0])
+        return np.asarray(np.linalg.lstsq(self.hessian, self.X.T @ self.y / self.X.shape[0], rcond=None)[0])
 
     def train_loss(self, w: np.ndarray) -> np.ndarray:
         """L_train(w) including label/input noise and ½wᵀΓw; ``w`` (..., D)."""
         if self.X is None:
             d = w - self.u
-            return 0.5 * (
+            online: np.ndarray = 0.5 * (
                 np.einsum("...i,ij,...j->...", d, self.A, d)
-                + np.einsum("...i,ij,...j->...", w, self.B, w)
+                + np.einsum("...i,ij,...j->...", w, cast(np.ndarray, self.B), w)
                 + self.sigma**2
-                + np.einsum("...i,ij,...j->...", w, self.Gamma, w)
+                + np.einsum("...i,ij,...j->...", w, cast(np.ndarray, self.Gamma), w)
             )
+            return online
         r = w @ self.X.T - self.y
-        return 0.5 * np.mean(r**2, axis=-1) + 0.5 * np.einsum("...i,ij,...j->...", w, self.Gamma, w)
+        out: np.ndarray = 0.5 * np.mean(r**2, axis=-1) + 0.5 * np.einsum(
+            "...i,ij,...j->...", w, cast(np.ndarray, self.Gamma), w
+        )
+        return out
 
     def test_loss(self, w: np.ndarray) -> np.ndarray:
         """L_test(w) = ½ (w − u)ᵀ A (w − u): population loss without label noise."""
         d = w - self.u
-        return 0.5 * np.einsum("...i,ij,...j->...", d, self.A, d)
+        out: np.ndarray = 0.5 * np.einsum("...i,ij,...j->...", d, self.A, d)
+        return out
 
     def with_data(self, n: int, seed: int, stream: int = 7) -> LinearProblem:
         """The same model with a fixed data set of ``n`` samples drawn from ``seed`` (one shared set)."""
@@ -175,14 +181,14 @@ class SGDRun:
                 f"every one of the {self.diverged.size} chains diverged (the first at step {first}): "
                 "no stationary statistic; lower the learning rate"
             )
-        return per_chain[self.ok]
+        return np.asarray(per_chain[self.ok])
 
     def sigma(self) -> np.ndarray:
         """Σ about the training minimiser: mean over surviving chains of the per-chain second moments."""
-        return self._kept(self.second_moment).mean(axis=0)
+        return np.asarray(self._kept(self.second_moment).mean(axis=0))
 
-    def sigma_se(self) -> np.ndarray:
-        """Entry-wise standard error of :meth:`sigma` across independent surviving chains."""
+    def sigma_se(self) -> np.ndarray | float:
+        """Entry-wise standard error of :meth:`sigma` across independent surviving chains (inf for one chain)."""
         return standard_error(self._kept(self.second_moment))
 
     def covariance(self) -> np.ndarray:
@@ -193,7 +199,9 @@ class SGDRun:
     def _quad(self, Q: np.ndarray, p: np.ndarray, r: float) -> np.ndarray:
         """Per-chain time average of ½ (w − p)ᵀQ(w − p) + r, from the per-chain moments (exact)."""
         d = self.center - p
-        return 0.5 * np.einsum("ij,rji->r", Q, self.second_moment) + self.mean @ (Q @ d) + 0.5 * d @ Q @ d + r
+        return np.asarray(
+            0.5 * np.einsum("ij,rji->r", Q, self.second_moment) + self.mean @ (Q @ d) + 0.5 * d @ Q @ d + r
+        )
 
     def train_loss(self) -> np.ndarray:
         """Per-chain time-averaged L_train (population for online data, empirical for a fixed set)."""
@@ -203,7 +211,7 @@ class SGDRun:
 
     def test_loss(self) -> np.ndarray:
         """Per-chain time-averaged L_test = ½ (w − u)ᵀA(w − u)."""
-        return self._quad(self.problem.A, self.problem.u, 0.0)
+        return self._quad(self.problem.A, cast(np.ndarray, self.problem.u), 0.0)
 
     def stat(self, per_chain: np.ndarray) -> tuple[float, float]:
         """(mean, standard error) of a per-chain statistic over surviving chains."""
@@ -280,7 +288,7 @@ def simulate_sgd(
         zero if Lam is None else Lam,
         Lam is not None,
         mu,
-        pb.Gamma,
+        cast(np.ndarray, pb.Gamma),
         center,
         pb.hessian,
         P1,
@@ -330,7 +338,7 @@ def _start(w0: np.ndarray, chains: int, D: int) -> np.ndarray:
     w0_arr = np.asarray(w0, dtype=np.float64)
     if w0_arr.shape not in ((D,), (chains, D)) or not np.isfinite(w0_arr).all():
         raise ConfigError("w0", f"array of shape {w0_arr.shape}", f"finite, of shape ({D},) or ({chains}, {D})")
-    return np.broadcast_to(w0_arr, (chains, D)).copy()
+    return np.asarray(np.broadcast_to(w0_arr, (chains, D)).copy())
 
 
 def _sampler(
@@ -355,10 +363,10 @@ def _sampler(
         vec = np.linalg.lstsq(K, pb.A @ pb.u, rcond=None)[0]
         sig = float(np.sqrt(pb.sigma**2 + max(0.0, float(pb.u @ (pb.A - pb.A @ np.linalg.pinv(K) @ pb.A) @ pb.u))))
     elif pb.X is None:
-        mode, (P1, P2), vec, sig = _k.ONLINE, pb._chol, pb.u, pb.sigma
+        mode, (P1, P2), vec, sig = _k.ONLINE, pb._chol, cast(np.ndarray, pb.u), pb.sigma
         n_in = 2 * D if np.any(pb.B) else D  # draw input noise only when B ≠ 0
     else:
-        mode, X, y = (_k.WITH if replacement else _k.WITHOUT), pb.X, pb.y
+        mode, X, y = (_k.WITH if replacement else _k.WITHOUT), pb.X, cast(np.ndarray, pb.y)
     return mode, X, y, P1, P2, vec, sig, n_in
 
 
@@ -383,4 +391,4 @@ def divergence_limit(
 
 def _symmetric(lower: np.ndarray) -> np.ndarray:
     """Full symmetric matrices (..., D, D) from their lower triangles."""
-    return lower + np.tril(lower, -1).swapaxes(-1, -2)
+    return np.asarray(lower + np.tril(lower, -1).swapaxes(-1, -2))

@@ -102,7 +102,8 @@ def student_t_pdf(w: ArrayLike, beta: float, *, sigma: float = 1.0, a: float = 1
     sigma = check_real("sigma", sigma, lo=0.0, lo_open=True)
     a = check_real("a", a, lo=0.0, lo_open=True)
     scale = sigma / math.sqrt(a * beta)
-    return stats.t.pdf(np.asarray(w, dtype=np.float64), df=beta, scale=scale)
+    out: np.ndarray = stats.t.pdf(np.asarray(w, dtype=np.float64), df=beta, scale=scale)
+    return out
 
 
 def _log_chi_pdf(s: float, S: int) -> float:
@@ -185,7 +186,7 @@ def lyapunov_exponent(*, lr: float, batch_size: int, a: float = 1.0) -> float:
     near = (x for x in (mode - 40, mode, mode + 40) if x > 0 and (x < s0) == (mode < s0))
     cuts = sorted({0.0, s0, *near, math.inf})
     opts = dict(_QUAD, epsabs=1e-14)
-    return sum(integrate.quad(f, u, v, **opts)[0] for u, v in zip(cuts, cuts[1:]))
+    return float(sum(integrate.quad(f, u, v, **opts)[0] for u, v in zip(cuts, cuts[1:])))
 
 
 def _out_of_range(c: float) -> NumericalError:
@@ -202,7 +203,10 @@ def _tail_index_exact_scalar(lr: float, batch_size: int, a: float) -> float:
     c = lr * a / S
     if U_STAR / (2 * c) > 2 * BETA_MAX:  # the limit alone is past the range (its correction is ~c·S·log(1/c) of it)
         raise _out_of_range(c)
-    logm = lambda b: _log_kesten_moment(b, c, S)  # noqa: E731
+
+    def logm(b: float) -> float:
+        return _log_kesten_moment(b, c, S)
+
     # log m(β) is convex with log m(0) = 0 and slope E log|1 − λh| < 0 at 0: negative exactly below the one
     # positive root. Bracket it from half the small-λ limit u*/(2c) (or 1), halving or doubling.
     lo = hi = max(1.0, U_STAR / (4 * c))

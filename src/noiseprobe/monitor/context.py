@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError, NoPerSampleGradients, NumericalError
@@ -270,7 +271,7 @@ class Context:
         if self.estimator == "micro-batch":
             mb = self.micro
             sq, s = (mb.rows * mb.rows).sum(0), mb.rows.sum(0)
-            count = mb.m if self.group is None else mb.m * ddp.dist.get_world_size(self.group)
+            count = mb.m if self.group is None else mb.m * dist.get_world_size(self.group)
             if self.group is not None:
                 sq, s = ddp.all_sum(sq, self.group), ddp.all_sum(s, self.group)
             return (sq - s * s / count) * (mb.b / (count - 1))

@@ -259,7 +259,8 @@ def noise_scale_during(
         pick = torch.randperm(x.shape[0], generator=gen)[:probe_samples]
         mon.steps = step
         rows.append(mon.measure((x[pick], y[pick])))
-    return pd.DataFrame(rows)
+    table: pd.DataFrame = pd.DataFrame(rows)
+    return table
 
 
 def step_average(steps: ArrayLike, values: ArrayLike, until: float) -> float:
@@ -305,7 +306,7 @@ def fit_critical_batch(batch_sizes: ArrayLike, steps: ArrayLike) -> CriticalBatc
     ls, lb = np.log(s), np.log(b)
 
     def resid(p: np.ndarray) -> np.ndarray:
-        return p[0] + np.logaddexp(0.0, p[1] - lb) - ls
+        return np.asarray(p[0] + np.logaddexp(0.0, p[1] - lb) - ls)
 
     # start: S_min from the largest batches, B_crit where S is twice that
     s0 = float(s.min())
@@ -349,13 +350,14 @@ def tuned_runs(outcomes: pd.DataFrame, lrs: Sequence[float]) -> pd.DataFrame:
             edge = j == 0 or (sub["lr"].iloc[j] == lrs[-1] and not larger_diverged)
             row.update(steps=float(st[j]), lr=float(sub["lr"].iloc[j]), at_edge=float(edge))
         rows.append(row)
-    return pd.DataFrame(rows)
+    table: pd.DataFrame = pd.DataFrame(rows)
+    return table
 
 
 def steps_by_batch(per_seed: pd.DataFrame) -> pd.DataFrame:
     """S(B): mean over seeds of the tuned steps (NaN unless every seed reached the target), its SE, E = B·S."""
     g = per_seed.groupby("batch_size")["steps"]
-    grid = pd.DataFrame(
+    grid: pd.DataFrame = pd.DataFrame(
         {"steps": g.mean(), "steps_se": g.std(ddof=1) / np.sqrt(g.count()), "reached": g.count(), "seeds": g.size()}
     ).reset_index()
     grid.loc[grid["reached"] < grid["seeds"], "steps"] = math.nan
@@ -394,7 +396,8 @@ def noise_by_run(per_seed: pd.DataFrame, noise: pd.DataFrame) -> pd.DataFrame:
                 **{c: step_average(one["step"], one[c], steps) for c in ("b_simple", "b_noise")},
             }
         )
-    return pd.DataFrame(rows, columns=["batch_size", "seed_index", "b_simple", "b_noise"])
+    table: pd.DataFrame = pd.DataFrame(rows, columns=["batch_size", "seed_index", "b_simple", "b_noise"])
+    return table
 
 
 __all__ = [

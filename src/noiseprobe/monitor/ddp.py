@@ -72,7 +72,7 @@ class GradNormHook:
         fut = dist.all_reduce(buf.div_(world), group=self.group, async_op=True).get_future()
 
         def done(f: torch.futures.Future[Any]) -> Tensor:
-            t = f.value()[0]
+            t: Tensor = f.value()[0]
             self.global_sq += float(t.double().pow(2).sum())
             return t
 

@@ -71,7 +71,7 @@ def gd_with_sharpness(
         if step == steps:
             mon.measure((x, y), opt)
             break
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         mon.step((x, y), opt)
         opt.step()
     hist = mon.history

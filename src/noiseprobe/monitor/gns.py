@@ -94,6 +94,8 @@ def noise_scale_from_sums(
         raise ConfigError("per-sample gradients", "non-finite values", "finite per-sample gradients")
     check_real("level", level, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     s, tr = float(total), float(d.sum())
+    T: np.ndarray | float  # arrays, then the scalars passed on
+    G: np.ndarray | float
     T, G = _t_and_g(np.array(s), np.array(tr), n)
     Ti, Gi = _t_and_g(s - 2 * r + d, tr - d, n - 1)  # leave sample i out
     bsz = check_int("micro_batch_size", micro_batch_size, lo=1)

@@ -69,6 +69,7 @@ class TransformersNoiseMonitor(TrainerCallback):
         self._probe = (probe, probe)
         size = args.per_device_train_batch_size * args.gradient_accumulation_steps * max(args.world_size, 1)
         self.kwargs.setdefault("effective_batch_size", size)
+        assert model is not None  # transformers' Trainer passes the model to on_train_begin
         self.monitor = NoiseMonitor(model, self.loss_fn, every=self.every, forward=_forward, **self.kwargs)
 
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None, **kwargs: Any) -> None:

@@ -147,8 +147,9 @@ class WandbLogger(Logger):
     def __init__(self, log_dir: Path | None) -> None:
         import wandb
 
-        self.own = wandb.run is None
-        self.run = wandb.init(project="noiseprobe", dir=str(log_dir) if log_dir else None) if self.own else wandb.run
+        active = wandb.run
+        self.own = active is None
+        self.run = wandb.init(project="noiseprobe", dir=str(log_dir) if log_dir else None) if active is None else active
         self.run.define_metric("noiseprobe/step")
         self.run.define_metric("noiseprobe/*", step_metric="noiseprobe/step")
 

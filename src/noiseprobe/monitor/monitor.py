@@ -162,7 +162,8 @@ class NoiseMonitor:
     @property
     def history(self) -> pd.DataFrame:
         """One row per measurement: ``step``, ``seconds`` and one column per metric value."""
-        return pd.DataFrame(self._rows)
+        table: pd.DataFrame = pd.DataFrame(self._rows)
+        return table
 
     def close(self) -> None:
         for logger in self.loggers:

@@ -53,7 +53,9 @@ def draw_history(history: pd.DataFrame, out: Path) -> list[Path]:
         ax.set(xlabel="optimizer step", title="sharpness")
         ax.legend()
         paths.append(savefig(fig, out / "monitor_sharpness.png"))
-    eig = sorted((c for c in history if c.startswith(("c_eig_", "h_eig_"))), key=lambda c: (c[:5], int(c[6:])))
+    eig = sorted(
+        (c for c in map(str, history) if c.startswith(("c_eig_", "h_eig_"))), key=lambda c: (c[:5], int(c[6:]))
+    )
     if eig:
         fig, ax = new_figure(width=5.0)
         for col in eig:

@@ -19,11 +19,13 @@ the first step P is undefined and the ratio is NaN).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
 
-def step_scale(optimizer: torch.optim.Optimizer, params: list[Tensor]) -> tuple[Tensor, str] | None:
+def step_scale(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> tuple[Tensor, str] | None:
     """(s per parameter, flat in the order of ``params``; the rule used), or None when unknown/undefined."""
     pos = {id(p): i for i, p in enumerate(params)}
     scale: list[Tensor | None] = [None] * len(params)

@@ -58,7 +58,8 @@ def _batch_curvature(model: nn.Module, loss_fn: PerSampleLoss) -> Callable[..., 
         return loss_fn(functional_call(model, params, (xb,)), yb).mean()
 
     def curvature(params: dict[str, Tensor], xb: Tensor, yb: Tensor) -> Tensor:
-        g, hg = jvp(lambda p: grad(mean_loss)(p, xb, yb), (params,), (grad(mean_loss)(params, xb, yb),))
+        # jvp without has_aux returns (outputs, tangents); its stub also admits the has_aux triple
+        g, hg = jvp(lambda p: grad(mean_loss)(p, xb, yb), (params,), (grad(mean_loss)(params, xb, yb),))  # type: ignore[misc]
         ghg = sum((g[k] * hg[k]).sum() for k in g)
         gg = sum((g[k] * g[k]).sum() for k in g)
         return torch.as_tensor(ghg / gg)
@@ -73,7 +74,7 @@ def batch_sharpness_samples(
     of ``block`` batches. ``loss_fn(output, y)`` returns per-sample losses; L_B is their mean."""
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     curv = vmap(_batch_curvature(model, loss_fn), in_dims=(None, 0, 0))
-    out = [curv(params, x[i], y[i]).double() for i in idx.split(block)]
+    out = [curv(params, x[i], y[i]).double() for i in idx.split(block)]  # type: ignore[no-untyped-call]  # Tensor.split is unannotated
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
 
 
@@ -188,7 +189,7 @@ def sgd_with_batch_sharpness(
         opt.zero_grad()
         loss = loss_fn(model(x[idx]), y[idx]).mean()
         losses[step] = float(loss.detach())
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
         opt.step()
     meas = pd.DataFrame(rows).reindex(
         columns=[

@@ -154,7 +154,7 @@ class MLPEnsemble:
                     u = u * (zs[m] > 0)
             if loss == "ce":
                 p = torch.softmax(logits, dim=-1)
-                q = (p * u * u).sum(-1) - (p * u).sum(-1) ** 2
+                q: torch.Tensor = (p * u * u).sum(-1) - (p * u).sum(-1) ** 2
             else:
                 q = (2.0 / u.shape[-1]) * (u * u).sum(-1)
             return q.mean(1)
@@ -420,8 +420,8 @@ def train_ensemble(
             grads = torch.autograd.grad(lk.sum(), params)
             step = (epoch - 1) * steps_per_epoch + s + 1
             with torch.no_grad():
-                for p, g in zip(params, grads):
-                    p.add_(g, alpha=-lr)  # torch.optim.SGD's update, one pass
+                for p, gp in zip(params, grads):
+                    p.add_(gp, alpha=-lr)  # torch.optim.SGD's update, one pass
                 step_loss[active.numpy(), step - 1] = lk.double().numpy()
                 noisy_sum[active] += lk.double()
                 bad = ~torch.isfinite(lk)

@@ -35,7 +35,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -138,6 +138,9 @@ class NoiseInjectionNode(nn.Module):
     """The state of one NIN: the NIW ``weight`` (k, d), σ_ε and, for "epoch"/"fixed" modes, the table
     of unit-variance draws ξ (n_train, k) indexed by training-sample index."""
 
+    sigma: Tensor  # buffers, registered in __init__
+    table: Tensor
+
     def __init__(
         self,
         spec: NINSpec,
@@ -154,6 +157,7 @@ class NoiseInjectionNode(nn.Module):
         self.weight = nn.Parameter((torch.randn(spec.n_nodes, features, generator=generator) * std).to(device, dtype))
         self.register_buffer("sigma", torch.tensor(float(spec.sigma), dtype=torch.float64))
         if spec.mode in ("epoch", "fixed"):
+            assert n_train is not None  # _validate requires it in these modes
             self.register_buffer("table", _draw(spec.distribution, (n_train, spec.n_nodes), generator).to(device))
 
     @property
@@ -275,19 +279,24 @@ class NINHandle:
         )
 
     @property
+    def node_list(self) -> list[NoiseInjectionNode]:
+        """The nodes of ``self.nodes`` (an ``nn.ModuleList``, which types its items as ``nn.Module``)."""
+        return cast("list[NoiseInjectionNode]", list(self.nodes))
+
+    @property
     def specs(self) -> list[NINSpec]:
-        return [node.spec for node in self.nodes]
+        return [node.spec for node in self.node_list]
 
     @property
     def niws(self) -> list[nn.Parameter]:
-        return [node.weight for node in self.nodes]
+        return [node.weight for node in self.node_list]
 
     def parameters(self) -> Iterator[nn.Parameter]:
         return iter(self.niws)
 
     @property
     def sigmas(self) -> list[float]:
-        return [float(node.sigma) for node in self.nodes]
+        return [float(node.sigma) for node in self.node_list]
 
     def to(self, *args: Any, **kwargs: Any) -> NINHandle:
         """Move NIWs and tables like ``nn.Module.to`` (the NIW Parameter objects are kept)."""
@@ -297,8 +306,8 @@ class NINHandle:
     def set_sigma(self, i: int, sigma: float) -> None:
         """Set σ_ε of NIN ``i`` (its ξ draws are unit-variance, so tables stay valid)."""
         check_int("i", i, lo=0, hi=len(self.nodes) - 1)
-        self.nodes[i].sigma.fill_(check_real("sigma", sigma, lo=0.0))
-        self.nodes[i].spec.sigma = float(sigma)
+        self.node_list[i].sigma.fill_(check_real("sigma", sigma, lo=0.0))
+        self.node_list[i].spec.sigma = float(sigma)
 
     def set_sample_indices(self, idx: Tensor) -> None:
         """Indices (into the training set, 0..n_train−1) of the samples of the next training batch."""
@@ -317,7 +326,7 @@ class NINHandle:
     def new_epoch(self) -> None:
         """Start the next epoch: "epoch"-mode NINs draw a fresh ξ per training sample."""
         self.epoch += 1
-        for node in self.nodes:
+        for node in self.node_list:
             if node.spec.mode == "epoch":
                 node.redraw()
 
@@ -363,7 +372,7 @@ class NINHandle:
         self.epoch = int(state.pop("epoch"))
         self.steps = int(state.pop("steps", 0))
         self.nodes.load_state_dict(state)
-        for node in self.nodes:
+        for node in self.node_list:
             node.spec.sigma = float(node.sigma)
 
 

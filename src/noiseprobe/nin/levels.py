@@ -56,7 +56,8 @@ def table1(*, d_input: int = 784, n_w: int = 1024, lr: float = 0.01) -> pd.DataF
             rows.append(
                 {"loss": loss, "phase": phase, "coefficient": c, "sigma2": c * unit, "sigma": float(np.sqrt(c * unit))}
             )
-    return pd.DataFrame(rows)
+    table: pd.DataFrame = pd.DataFrame(rows)
+    return table
 
 
 __all__ = ["LOSSES", "PAPER_SIZES", "TABLE1", "TABLE1_SIGMA2_REFERENCE", "level_sigmas", "sigma2_unit", "table1"]

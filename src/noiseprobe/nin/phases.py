@@ -137,7 +137,7 @@ def phase_fractions(sigma: np.ndarray, codes: np.ndarray) -> pd.DataFrame:
     counts = np.zeros((levels.size, len(PHASES)))
     np.add.at(counts, (inv, codes), 1.0)
     total = counts.sum(axis=1)
-    df = pd.DataFrame(counts / total[:, None], columns=list(PHASES))
+    df: pd.DataFrame = pd.DataFrame(counts / total[:, None], columns=list(PHASES))
     df.insert(0, "n", total.astype(np.int64))
     df.insert(0, "sigma", levels)
     return df

@@ -184,6 +184,7 @@ class NINRecorder:
     def _drift(self) -> tuple[np.ndarray, np.ndarray]:
         """Per NIN, Ŵ·E_ε[∂L/∂W_NI]/‖W_NI‖ on the probe batch over ``drift_draws`` fresh noise draws:
         (mean, standard error)."""
+        assert self.handle is not None and self.probe is not None  # drift_draws > 0 needs both (__init__)
         X, y = self.probe
         niws = self.handle.niws
         ws = [w.detach() for w in niws]
@@ -205,11 +206,12 @@ class NINRecorder:
         rows = []
         use_mc = finite and self.drift_draws and self.lr is not None
         mc_mean, mc_se = self._drift() if use_mc else (None, None)
-        for i, (name, node) in enumerate(zip(self.handle.names, self.handle.nodes)):
+        assert self.handle is not None  # rows per NIN are taken only with a handle
+        for i, (name, node) in enumerate(zip(self.handle.names, self.handle.node_list)):
             w = node.weight.detach()
             consumer = self.consumers[i]
             nxt = getattr(consumer, "weight", None) if consumer is not None else None
-            row = {
+            row: dict[str, Any] = {
                 "nin": i,
                 "module": name,
                 "sigma": float(node.sigma),
@@ -218,6 +220,7 @@ class NINRecorder:
             }
             row.update(grad_rms=math.nan, hess_trace=math.nan, hess_trace_se=math.nan, curv_niw=math.nan)
             if finite and self.hessian_probes:
+                assert self.probe is not None  # required when hessian_probes > 0 (__init__)
                 obj = LocalObjective(self.model, name, self.loss_fn, *self.probe)
                 row["grad_rms"] = obj.grad_rms()
                 row["hess_trace"], row["hess_trace_se"] = hutchinson_trace(
@@ -241,8 +244,8 @@ class NINRecorder:
                     )
                 )
             lr_eff = math.nan if self.lr is None else self.lr / (1.0 - self.momentum)
-            row["rate_mc"] = lr_eff * mc_mean[i] if use_mc else math.nan
-            row["rate_mc_se"] = lr_eff * mc_se[i] if use_mc else math.nan
+            row["rate_mc"] = lr_eff * mc_mean[i] if mc_mean is not None else math.nan
+            row["rate_mc_se"] = lr_eff * mc_se[i] if mc_se is not None else math.nan
             rows.append(row)
         return rows
 
@@ -271,6 +274,7 @@ class NINRecorder:
                 "diverged": not finite,
             }
             if finite and self.full_hessian:
+                assert self.probe is not None  # required with full_hessian (__init__)
                 common["full_hess_trace"], common["full_hess_trace_se"] = full_hessian_trace(
                     self.model,
                     self.loss_fn,
@@ -289,6 +293,7 @@ class NINRecorder:
         return rows
 
     def _log(self, rows: list[dict[str, Any]]) -> None:
+        assert self.writer is not None  # called only with a writer
         step = rows[0]["epoch"]
         for key in COMMON[2:-1]:
             if math.isfinite(rows[0][key]):
@@ -301,8 +306,9 @@ class NINRecorder:
 
     def frame(self) -> pd.DataFrame:
         """All rows so far, as a tidy DataFrame (columns ``COMMON + PER_NIN``)."""
-        df = pd.DataFrame(self.rows, columns=list(COMMON + PER_NIN))
-        return df.astype({"diverged": bool})
+        df: pd.DataFrame = pd.DataFrame(self.rows, columns=list(COMMON + PER_NIN))
+        typed: pd.DataFrame = df.astype({"diverged": bool})
+        return typed
 
     def close(self) -> None:
         if self.writer is not None:
@@ -325,7 +331,7 @@ def _unpack(data: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if all(hasattr(data, a) for a in ("X_train", "y_train", "X_test", "y_test")):
         return data.X_train, data.y_train, data.X_test, data.y_test
     if isinstance(data, Sequence) and len(data) == 4:
-        return tuple(data)  # type: ignore[return-value]
+        return tuple(data)
     raise ConfigError("data", type(data).__name__, "(X_train, y_train, X_test, y_test) tensors or a Dataset")
 
 
@@ -364,7 +370,7 @@ def train(
     check_real("weight_decay", weight_decay, lo=0.0)
     check_int("record_every", record_every, lo=1)
     check_int("probe_samples", probe_samples, lo=1)
-    tables = [len(node.table) for node in handle.nodes if hasattr(node, "table")] if handle is not None else []
+    tables = [len(node.table) for node in handle.node_list if hasattr(node, "table")] if handle is not None else []
     if any(n != X_tr.shape[0] for n in tables):
         raise ConfigError("n_train", tables[0], f"the training-set size {X_tr.shape[0]} (attach_nins(n_train=...))")
     gen = torch.Generator().manual_seed(check_int("seed", seed))
@@ -410,7 +416,7 @@ def train(
                     bad_step = True
                     break
                 opt.zero_grad(set_to_none=True)
-                batch_loss.backward()
+                batch_loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
                 opt.step()
                 if handle is not None:
                     handle.new_step()
@@ -427,7 +433,7 @@ def train(
 
 
 def _series(frame: pd.DataFrame, nin: int) -> pd.DataFrame:
-    sub = frame[(frame["nin"] == nin) & ~frame["diverged"].astype(bool)].sort_values("step")
+    sub: pd.DataFrame = frame[(frame["nin"] == nin) & ~frame["diverged"].astype(bool)].sort_values("step")
     if len(sub) < 2:
         raise ConfigError("frame", f"{len(sub)} finite records of NIN {nin}", "at least 2 records")
     return sub
@@ -474,7 +480,7 @@ def niw_decay_check(frame: pd.DataFrame, *, nin: int = 0) -> pd.DataFrame:
 
     sub = _series(frame, nin)
     steps = sub["step"].to_numpy(float)
-    out = pd.DataFrame(
+    out: pd.DataFrame = pd.DataFrame(
         {
             "epoch": sub["epoch"].to_numpy(),
             "step": steps,

@@ -122,7 +122,7 @@ def _normal32_full(s: np.uint64, v: np.uint64) -> tuple[np.uint64, float]:
 @numba.njit(cache=True, inline="always")
 def _uniform32(v: np.uint64) -> float:
     """U(0, 1) from 32 random bits (the high half of v)."""
-    return (np.float64(v >> _S32) + 0.5) * (1.0 / 4294967296.0)
+    return (np.float64(v >> _S32) + 0.5) * (1.0 / 4294967296.0)  # type: ignore[no-any-return]  # numba-jitted: kept as NumPy scalar arithmetic
 
 
 @numba.njit(cache=True, inline="always")
@@ -621,7 +621,7 @@ class ToyRun:
 
     def stalled(self, tol: float = 0.1) -> np.ndarray:
         """Task not learned at the horizon: |w1 w0 − M| > tol |M| (docs/theory/noise_injection_nodes.md §5.2), overflow excluded."""
-        return ~self.overflow & (np.abs(self["w1_T"] * self["w0_T"] - self.M) > tol * np.abs(self.M))
+        return np.asarray(~self.overflow & (np.abs(self["w1_T"] * self["w0_T"] - self.M) > tol * np.abs(self.M)))
 
     def phases(self, *, edge: float = 2.0, tol: float = 0.1) -> np.ndarray:
         """Phase codes (R,) by the rule of docs/theory/noise_injection_nodes.md §5.2 (see :func:`noiseprobe.nin.phases.classify_summary`):
@@ -637,7 +637,7 @@ class ToyRun:
 
     def frame(self) -> pd.DataFrame:
         """One row per replica: parameters, initial weights, statistics, overflow step."""
-        df = pd.DataFrame(
+        df: pd.DataFrame = pd.DataFrame(
             {
                 "replica": self.replicas,
                 "method": self.method,
@@ -660,7 +660,7 @@ class ToyRun:
     def trajectories(self) -> pd.DataFrame:
         """Long table of the recorded trajectories: replica, step, w0, w1, w_ni, loss."""
         n, k = len(self.recorded), len(self.record_steps)
-        return pd.DataFrame(
+        table: pd.DataFrame = pd.DataFrame(
             {
                 "replica": np.repeat(self.replicas[self.recorded], k),
                 "sigma_eps": np.repeat(self.sigma_eps[self.recorded], k),
@@ -671,6 +671,7 @@ class ToyRun:
                 "loss": self.traj[..., 3].ravel(),
             }
         )
+        return table
 
 
 def replica_keys(seed: int, replicas: np.ndarray) -> np.ndarray:
@@ -693,7 +694,7 @@ def init_weights(init: str, seed: int, seeds: np.ndarray) -> tuple[np.ndarray, n
 
 
 def _per_replica(name: str, value: float | np.ndarray, n: int, dtype: type = np.float64) -> np.ndarray:
-    arr = np.asarray(value, dtype=dtype)
+    arr: np.ndarray = np.asarray(value, dtype=dtype)
     if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] not in (1, n)):
         raise ConfigError(name, f"shape {arr.shape}", f"a scalar or an array of length {n}")
     return np.array(np.broadcast_to(arr, (n,)), dtype=dtype)  # a writable copy: one kernel signature

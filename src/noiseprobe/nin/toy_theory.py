@@ -122,7 +122,7 @@ def niw_exponent(w1: np.ndarray, *, sigma_eps: ArrayLike, lr: float) -> np.ndarr
     lr = check_real("lr", lr, lo=0.0, lo_open=True)
     w1 = np.asarray(w1, dtype=np.float64)
     s = np.cumsum(w1**2, axis=-1) - w1**2
-    return lr * np.asarray(sigma_eps, dtype=np.float64)[..., None] ** 2 * s
+    return np.asarray(lr * np.asarray(sigma_eps, dtype=np.float64)[..., None] ** 2 * s)
 
 
 def loss_exponent(w0: np.ndarray, w1: np.ndarray, *, lr: float, sigma_x: float = 1.0) -> np.ndarray:
@@ -155,6 +155,6 @@ def lyapunov_edge(*, batch_size: int) -> float:
         f = lambda y: np.log(abs(1.0 - a * y)) * pdf(y)  # noqa: E731
         lo = integrate.quad(f, 0.0, 1.0 / a, limit=200)[0]
         hi = integrate.quad(f, 1.0 / a, np.inf, limit=200)[0]
-        return lo + hi
+        return float(lo + hi)
 
     return float(optimize.brentq(lyap, 1.0, 6.0, xtol=1e-10))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import deque
 
+import torch.distributed as dist
 from torch import nn
 
 from noiseprobe.core.errors import ConfigError
@@ -118,7 +119,7 @@ class TwoBatch(Metric):
             )
         self.group = group
         self.hook = ddp.GradNormHook(group)
-        ddp_model.register_comm_hook(None, self.hook.allreduce)  # type: ignore[operator]
+        ddp_model.register_comm_hook(None, self.hook.allreduce)  # type: ignore[operator]  # typed nn.Module, a DistributedDataParallel here
         self._norms: tuple[float, float] | None = None
 
     def on_step(self, step: int, loss: object) -> None:
@@ -127,7 +128,7 @@ class TwoBatch(Metric):
     def measure(self, ctx: Context) -> dict[str, float]:
         small, big = self._norms if self._norms is not None else self.hook.take()
         self._norms = None
-        world = ddp.dist.get_world_size(self.group)
+        world = dist.get_world_size(self.group)
         b_big = ctx.batch_size
         g_sq, tr = two_batch(small, big, b_big // world, b_big)
         return {

@@ -427,6 +427,6 @@ class DropoutReg(_Regulariser):
                 z, scale = torch.randint(0, 2, (REG_PROBES, feat), generator=gen) * 2.0 - 1.0, 1.0 / REG_PROBES
             v = h.unsqueeze(0) * z.to(h).reshape(z.shape[0], 1, *mask)
             (hv,) = torch.autograd.grad(g, h, grad_outputs=v, is_grads_batched=True, create_graph=True)
-            p = float(m.p)  # type: ignore[arg-type]
+            p = float(m.p)  # type: ignore[arg-type]  # m is a dropout module: its p is a float, typed Tensor | Module
             total = total + p / (1 - p) * 0.5 * scale * (v * hv).sum()
         return total
