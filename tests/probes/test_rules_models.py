@@ -293,7 +293,7 @@ def test_transformer_encoder_layer(batch_first: bool) -> None:
 
 def test_streamed_conv_factor_matches_dense_per_sample_gradients() -> None:
     """Deep convolutions on a small spatial grid keep x and g, not the rows (N·P_layer > |x| + |g|):
-    every product still equals torch.func's per-sample gradients, including the bias rows."""
+    every product, the position-pair Gram included, equals torch.func's per-sample gradients (bias too)."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1, padding_mode="reflect"),
@@ -308,5 +308,7 @@ def test_streamed_conv_factor_matches_dense_per_sample_gradients() -> None:
     y = torch.randint(0, 3, (5,), generator=g)
     j = func_rows(model, lambda call, xi, yi: F.cross_entropy(call(xi[None]), yi[None]), x, y)
     fac = per_sample_gradients(model, CE, x, y, check=True)
-    assert sum(isinstance(f, StreamedConvFactor) for _, f in fac.blocks) == 2
+    streamed = [f for _, f in fac.blocks if isinstance(f, StreamedConvFactor)]
+    # the 4×4 reflect-padded conv forms explicit rows, the strided one (2×2 outputs) position pairs
+    assert [f._pair_gram() is not None for f in streamed] == [False, True]
     assert_products(fac, j, rtol=1e-9, atol=1e-12)
