@@ -27,6 +27,7 @@ class WalkConfig(ExperimentConfig):
     sleep: float = param(lo=0.0, hi=10.0)
 
     size_fields = ("n_replicas", "n_steps")
+    renamed = {"walks": "n_replicas"}  # as if the field had been called `walks` when runs were stored
 
 
 class Walk(Experiment):
@@ -40,20 +41,20 @@ class Walk(Experiment):
         "full": {"seed": 7, "n_replicas": 240, "per_chunk": 8, "n_steps": 500, "step_sd": 1.0, "sleep": 0.0},
     }
 
-    def estimate(self, config):
+    def estimate(self, config: WalkConfig) -> RunCost:
         """Two (per_chunk, n_steps) float64 arrays live at once (the draws and their stack; then the steps
         and their cumulative sums), plus the small tables."""
-        k, t = min(config["per_chunk"], config["n_replicas"]), config["n_steps"]
+        k, t = min(config.per_chunk, config.n_replicas), config.n_steps
         return RunCost(peak_bytes=2 * 8 * k * t + 4096 * k, seconds=None, drivers=("per_chunk", "n_steps"))
 
-    def chunks(self, config):
-        n, k = config["n_replicas"], config["per_chunk"]
+    def chunks(self, config: WalkConfig) -> list[Chunk]:
+        n, k = config.n_replicas, config.per_chunk
         return [Chunk(f"r{a:05d}", {"start": a, "stop": min(a + k, n)}) for a in range(0, n, k)]
 
-    def run_chunk(self, config, chunk):
-        time.sleep(config["sleep"])
+    def measure(self, config: WalkConfig, chunk: Chunk) -> dict[str, pd.DataFrame]:
+        time.sleep(config.sleep)
         reps = np.arange(chunk.spec["start"], chunk.spec["stop"])
-        steps = ReplicaStreams(config["seed"], reps).normal((config["n_steps"],)) * config["step_sd"]
+        steps = ReplicaStreams(config.seed, reps).normal((config.n_steps,)) * config.step_sd
         paths = np.cumsum(steps, axis=1)
         results = pd.DataFrame({"replica": reps, "final": paths[:, -1], "max": paths.max(axis=1)})
         long = pd.DataFrame(
@@ -61,16 +62,29 @@ class Walk(Experiment):
         )
         return {"results": results, "paths": long}
 
-    def analyse(self, config, tables, out: Path):
-        values = tables["results"][["final", "max"]].to_numpy()
-        res = tables["results"][~divergence.diverged(values, divergence.bound(1.0), axis=1)]  # unit-step walk
-        var = float(res["final"].var(ddof=1)) if len(res) > 1 else float("nan")
-        expected = config["n_steps"] * config["step_sd"] ** 2
-        se = expected * np.sqrt(2 / max(len(res) - 1, 1))
+    def derive(self, config: WalkConfig, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        """The walks that stayed finite (shared by the check, the metric and the histogram)."""
+        res = tables["results"]
+        values = res[["final", "max"]].to_numpy()
+        return {"finite": res[~divergence.diverged(values, divergence.bound(1.0), axis=1)]}  # unit-step walk
+
+    def checks(self, config: WalkConfig, tables: dict[str, pd.DataFrame]) -> list[Check]:
+        finals = tables["finite"]["final"]
+        expected = config.n_steps * config.step_sd**2
+        se = expected * np.sqrt(2 / max(len(finals) - 1, 1))
+        return [Check.close("var-final", "Var x_T = T sd^2", _var(finals), expected, atol=0.0, se=se)]
+
+    def metrics(self, config: WalkConfig, tables: dict[str, pd.DataFrame]) -> dict[str, float]:
+        return {"var_final": _var(tables["finite"]["final"])}
+
+    def plot(self, config: WalkConfig, tables: dict[str, pd.DataFrame], out: Path) -> None:
         fig, ax = new_figure()
-        ax.hist(res["final"], bins=20)
+        ax.hist(tables["finite"]["final"], bins=20)
         savefig(fig, out / "finals.png")
-        return ({"var_final": var}, [Check.close("var-final", "Var x_T = T sd^2", var, expected, atol=0.0, se=se)])
+
+
+def _var(finals: pd.Series) -> float:
+    return float(finals.var(ddof=1)) if len(finals) > 1 else float("nan")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,24 +101,24 @@ class Faulty(Walk):
     Config = FaultyConfig
     presets = {"quick": {**Walk.presets["quick"], "error": "none", "flag": "", "fail_key": "r00004"}}
 
-    def _armed(self, config) -> bool:
-        return bool(config["flag"]) and Path(config["flag"]).exists()
+    def _armed(self, config: FaultyConfig) -> bool:
+        return bool(config.flag) and Path(config.flag).exists()
 
-    def check_data(self, config):
-        if config["error"] == "data" and self._armed(config):
+    def check_data(self, config: FaultyConfig) -> None:
+        if config.error == "data" and self._armed(config):
             raise ConfigError("n_train", 10**9, "at most the 3000 training samples of the data")
 
-    def run_chunk(self, config, chunk):
-        if chunk.key == config["fail_key"] and self._armed(config):
-            if config["error"] == "config":
+    def measure(self, config: FaultyConfig, chunk: Chunk) -> dict[str, pd.DataFrame]:
+        if chunk.key == config.fail_key and self._armed(config):
+            if config.error == "config":
                 raise ConfigError("n_train", 100000, "at most 3000 (the training samples of the data)")
-            if config["error"] == "numerical":
+            if config.error == "numerical":
                 raise NumericalError("the walk overflowed in chunk " + chunk.key)
-            if config["error"] == "user":
+            if config.error == "user":
                 raise RuntimeError("a bug in the user's own experiment")
-        return super().run_chunk(config, chunk)
+        return super().measure(config, chunk)
 
-    def analyse(self, config, tables, out: Path):
-        if config["error"] == "analyse" and self._armed(config):
+    def checks(self, config: FaultyConfig, tables: dict[str, pd.DataFrame]) -> list[Check]:
+        if config.error == "analyse" and self._armed(config):
             raise RuntimeError("a bug in the user's own analysis")
-        return super().analyse(config, tables, out)
+        return super().checks(config, tables)

@@ -19,6 +19,7 @@ from noiseprobe.core.stats import mean_se_kept
 from noiseprobe.limits.simulate import noisy_gd
 from noiseprobe.minibatch.nets import loss_diverged_step, train_logistic
 from noiseprobe.minibatch.simulate import LinearProblem, divergence_limit, simulate_sgd
+from noiseprobe.monitor.edge_of_stability import eos_phases, gd_with_sharpness
 from noiseprobe.nin import toy
 from noiseprobe.nin.phases import PHASES
 
@@ -168,3 +169,35 @@ def test_logistic_weight_decay_across_the_boundary(gamma, unstable):
     out = train_logistic(x, y, x, y, lr=0.5, gammas=torch.tensor([gamma, unstable]), batches=batches)
     assert out["diverged_step"][0] == -1 and np.isfinite(out["test_loss"][0])
     assert 0 < out["diverged_step"][1] <= 20 and np.isinf(out["test_loss"][1]) and np.isnan(out["test_acc"][1])
+
+
+# -- the edge-of-stability engine ----------------------------------------------------------------------------
+def _eos(lr_times_lam: float):
+    """Full-batch GD on ½|Wx − y|² (a quadratic with sharpness λ): stable iff η λ < 2."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 4, generator=g, dtype=torch.float64) * torch.linspace(0.5, 2.0, 4, dtype=torch.float64)
+    y = torch.randn(40, 2, generator=g, dtype=torch.float64)
+    lam = float(torch.linalg.eigvalsh(x.T @ x / 40)[-1])
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2, bias=False, dtype=torch.float64)
+    losses, sharp = gd_with_sharpness(
+        model, lambda o, t: 0.5 * ((o - t) ** 2).sum(1), x, y, lr=lr_times_lam / lam, steps=100, measure_every=100
+    )
+    return losses, eos_phases(losses, sharp, settle=0)
+
+
+@FAST
+@given(r=st.floats(0.2, 1.8))
+def test_eos_below_the_boundary_flags_nothing(r):
+    losses, ph = _eos(r)
+    assert np.isfinite(losses["loss"]).all() and np.isnan(ph.diverged_step)
+
+
+@FAST
+@given(r=st.floats(2.5, 5.0))
+def test_eos_above_the_boundary_stops_at_the_divergence(r):
+    losses, ph = _eos(r)
+    lv = losses["loss"].to_numpy()
+    assert ph.diverged_step > 0 and np.isnan(lv[int(ph.diverged_step) + 1 :]).all()
+    assert np.isfinite(lv[: int(ph.diverged_step)]).all()
+    assert (lv[: int(ph.diverged_step)] <= divergence.bound(lv[0])).all()  # nothing past the bound is kept

@@ -415,7 +415,11 @@ def test_repeated_list_values_are_one_line_naming_the_field(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv,field,allowed",
     [
-        (["mbn-fig6", "--set", "S=100000"], "S", "<= the largest data set, N = round(max(alphas)·D) = 160"),
+        (
+            ["mbn-fig6", "--set", "batch_size=100000"],
+            "batch_size",
+            "<= the largest data set, N = round(max(alphas)·D) = 160",
+        ),
         (
             ["nin-fig2-top", "--set", "traj_points=100000", "--set", "steps=100000000", "--workers", "1"],
             "traj_points",
@@ -436,8 +440,8 @@ def test_runs_far_larger_than_their_data_or_figure_are_refused_at_once(tmp_path,
 def test_the_bounds_admit_what_they_should(tmp_path, capsys):
     """The largest data set of mbn-fig6's quick preset has N = 8·20 = 160 samples; traj_points up to 10⁴."""
     out = tmp_path / "run"
-    assert _main(["reproduce", "mbn-fig6", "--set", "S=160", "--out", out, "--dry-run"], capsys)[0] == 0
-    assert _main(["reproduce", "mbn-fig6", "--set", "S=161", "--out", out, "--dry-run"], capsys)[0] == 2
+    assert _main(["reproduce", "mbn-fig6", "--set", "batch_size=160", "--out", out, "--dry-run"], capsys)[0] == 0
+    assert _main(["reproduce", "mbn-fig6", "--set", "batch_size=161", "--out", out, "--dry-run"], capsys)[0] == 2
     argv = ["reproduce", "nin-fig2-top", "--set", "steps=100000000", "--out", out, "--dry-run"]
     assert _main([*argv, "--set", "traj_points=10000"], capsys)[0] == 0
     assert not out.exists()

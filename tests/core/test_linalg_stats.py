@@ -38,9 +38,10 @@ def test_standard_error_matches_definition():
     np.testing.assert_allclose(m, x.mean(0))
     np.testing.assert_allclose(se, [np.sqrt(np.sum((c - c.mean()) ** 2) / 49 / 50) for c in x.T])
     assert standard_error([1.0]) == np.inf and mean_se([2.0]) == (np.inf, np.inf)
-    v = np.array([1.0, 2.0, 3.0, 1e300])
-    assert mean_se_kept(v, [False, False, False, True]) == (2.0, pytest.approx(1 / np.sqrt(3)), 0.25)
-    assert mean_se_kept(v, [True, True, True, False])[:2] == (np.inf, np.inf)
+    v = np.array([1.0, 2.0, 3.0] * 4 + [1e300])  # 1 of 13 dropped: within MAX_DIVERGED_FRACTION
+    assert mean_se_kept(v, [False] * 12 + [True]) == (2.0, pytest.approx(np.std(v[:12], ddof=1) / np.sqrt(12)), 1 / 13)
+    assert mean_se_kept(v[-4:], [False, False, False, True]) == (np.inf, np.inf, 0.25)  # above it: not measurable
+    assert mean_se_kept(v, [True] * 12 + [False])[:2] == (np.inf, np.inf)
 
 
 def test_check_matrix():

@@ -138,7 +138,7 @@ def test_end_to_end_quick_overrides(tmp_path) -> None:
     exp = get("mbn-fig1")
     cfg = exp.config("quick", overrides)
     chunk = next(c for c in exp.chunks(cfg) if c.key == "left-sgd-d00016")
-    again = exp.run_chunk(cfg, chunk)["results"]
+    again = exp.measure(cfg, chunk)["results"]
     np.testing.assert_array_equal(
         again["loss_var"].to_numpy(), left[(left["optimizer"] == "sgd") & (left["width"] == 16)]["loss_var"].to_numpy()
     )
@@ -170,7 +170,7 @@ def _left_table(fixed_growth: float, rescaled_spread: float) -> pd.DataFrame:
                         "loss_var": 1e-3 * rescaled_spread ** (k / 2) * (1 + 0.01 * seed),
                     }
                 )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).assign(panel="left")
 
 
 def _right_table(best_gamma: float) -> pd.DataFrame:
@@ -188,28 +188,30 @@ def _right_table(best_gamma: float) -> pd.DataFrame:
         for s in range(8)
         for g in gammas
     ]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).assign(panel="right")
 
 
-def test_analysis_checks_pass_and_fail_on_synthetic_tables(tmp_path) -> None:
+def test_analysis_checks_pass_and_fail_on_synthetic_tables() -> None:
     """The claims' checks measure the table: growth / flat variance and a negative best γ pass; a flat fixed-lr
     variance, a width-dependent rescaled one and a positive best γ fail (measured values are the table's)."""
-    from noiseprobe.experiments.mbn_fig1 import GROWTH_MIN, _analyse_left, _analyse_right
+    from noiseprobe.experiments import _mbn_fig1_left as left
+    from noiseprobe.experiments import _mbn_fig1_right as right
 
     cfg = get("mbn-fig1").config("quick")
-    _, good = _analyse_left(cfg, _left_table(fixed_growth=100.0, rescaled_spread=1.0), tmp_path)
+    good = left.checks(_left_table(fixed_growth=100.0, rescaled_spread=1.0))
     assert [c.passed for c in good] == [True] * 4
     assert good[0].key == "sgd-variance-grows-with-width" and good[0].measured == pytest.approx(
         100.0 * 1.0
     )  # ratio of seed medians, d = 64 over d = 4
-    _, bad = _analyse_left(cfg, _left_table(fixed_growth=1.0, rescaled_spread=100.0), tmp_path)
+    bad = left.checks(_left_table(fixed_growth=1.0, rescaled_spread=100.0))
     assert [c.passed for c in bad] == [False] * 4
-    assert bad[0].measured == pytest.approx(1.0) and bad[0].measured < GROWTH_MIN
-    metrics, right = _analyse_right(cfg, _right_table(-0.01), tmp_path)
-    assert [c.key for c in right] == ["best-weight-decay-negative"] and metrics["gamma_star"] == -0.01
-    assert right[0].passed and right[0].measured == 0.0  # no bootstrap resample picks γ >= 0
+    assert bad[0].measured == pytest.approx(1.0) and bad[0].measured < left.GROWTH_MIN
+    bd = right.best_decay(cfg, _right_table(-0.01))
+    checks, metrics = right.checks(cfg, bd), right.metrics(bd)
+    assert [c.key for c in checks] == ["best-weight-decay-negative"] and metrics["gamma_star"] == -0.01
+    assert checks[0].passed and checks[0].measured == 0.0  # no bootstrap resample picks γ >= 0
     assert metrics["test_acc_gain_over_gamma0"][0] == pytest.approx(0.05, abs=0.01)
-    _, wrong = _analyse_right(cfg, _right_table(0.01), tmp_path)
+    wrong = right.checks(cfg, right.best_decay(cfg, _right_table(0.01)))
     assert wrong[0].passed is False and wrong[0].measured == 1.0
 
 
@@ -261,5 +263,5 @@ def test_estimate_names_config_fields_and_grows_with_them(exp_id: str) -> None:
     cfg = exp.config("quick")
     est = exp.estimate(cfg)
     assert est.peak_bytes > 0 and set(est.drivers) <= set(cfg.keys())
-    big = exp.config("quick", {"n_seeds": 4 * cfg["n_seeds"]})
+    big = exp.config("quick", {"n_seeds": 4 * cfg.n_seeds})
     assert exp.estimate(big).peak_bytes > est.peak_bytes

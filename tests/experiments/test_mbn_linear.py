@@ -17,7 +17,8 @@ from noiseprobe import experiments
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.runner import run_experiment
 from noiseprobe.core.stats import clustered_chi2
-from noiseprobe.experiments.mbn_fig4 import dist_models, highdim_hessian, highdim_sigma
+from noiseprobe.experiments._mbn_fig4_highdim import highdim_hessian, highdim_sigma
+from noiseprobe.experiments._mbn_fig4_law import dist_models
 from noiseprobe.minibatch.linear import label_noise_sigma
 from noiseprobe.minibatch.tails import tail_index_exact
 
@@ -33,7 +34,7 @@ TINY = {
     "mbn-fig3": {"batch_sizes": [12, 32], "gammas": [0.0, 0.3], "chains": 200, "steps": 400},
     "mbn-fig4": {
         "lrs": [0.5, 1.2],
-        "S2d": [50],
+        "batch_sizes_2d": [50],
         "chains": 200,
         "steps": 400,
         "chains2d": 100,
@@ -43,7 +44,7 @@ TINY = {
         "chains_hd": 20,
         "steps_hd": 200,
         "D_hd": 6,
-        "S_hd": 8,
+        "batch_size_hd": 8,
     },
     "mbn-fig5": {"gammas": [-0.4, -0.2159, 0.0], "lrs": [1.0], "chains": 100, "steps": 400},
     "mbn-fig6": {"D": 8, "alphas": [0.5, 1.5, 4.0], "chains": 50, "steps": 600},
@@ -71,11 +72,11 @@ def test_chunk_independence():
     exp = experiments.get("mbn-table2")
     cfg = exp.config("quick", {"chains": 20, "steps": 50})
     chunks = exp.chunks(cfg)
-    alone = exp.run_chunk(cfg, chunks[2])
+    alone = exp.measure(cfg, chunks[2])
     for c in chunks[:2]:
-        exp.run_chunk(cfg, c)
-    pd.testing.assert_frame_equal(alone, exp.run_chunk(cfg, chunks[2]))
-    assert len(set(pd.concat([exp.run_chunk(cfg, c) for c in chunks]).chain)) == 3 * 20
+        exp.measure(cfg, c)
+    pd.testing.assert_frame_equal(alone, exp.measure(cfg, chunks[2]))
+    assert len(set(pd.concat([exp.measure(cfg, c) for c in chunks]).chain)) == 3 * 20
 
 
 @pytest.mark.parametrize(
@@ -87,7 +88,7 @@ def test_chunk_independence():
         ("mbn-fig4", {"hess": [1.0]}),
         ("mbn-fig4", {"chains_dist": 5}),
         ("mbn-fig4", {"D_hd": 65}),
-        ("mbn-fig5", {"S": 0}),
+        ("mbn-fig5", {"batch_size": 0}),
         ("mbn-fig5", {"lr": 30.0}),
         ("mbn-fig6", {"D": 500}),
         ("mbn-table2", {"lr": -1.0}),
@@ -149,7 +150,7 @@ def test_fig4_dist_models_are_densities_with_the_stated_variances():
     (by construction for β_K, by eq. 92 for the paper's β) and the Gaussian; λ/(S(2 − λa)) for eq. (19)."""
     exp = experiments.get("mbn-fig4")
     cfg = exp.config("quick")
-    a, S, lr = cfg["a"], cfg["S"], cfg["lr_dist"]
+    a, S, lr = cfg.a, cfg.batch_size, cfg.lr_dist
     var_exact = lr / (2 * S - (S + 2) * lr * a)
     expected = [var_exact, var_exact, var_exact, lr / (S * (2 - lr * a))]
     for (name, pdf), var in zip(dist_models(cfg).items(), expected):
@@ -165,11 +166,11 @@ def test_fig4_highdim_exact_sigma_is_thm2():
     exp = experiments.get("mbn-fig4")
     cfg = exp.config("quick")
     A = highdim_hessian(cfg)
-    np.testing.assert_allclose(np.linalg.eigvalsh(A), np.linspace(*cfg["hess_hd"], cfg["D_hd"]), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.eigvalsh(A), np.linspace(*cfg.hess_hd, cfg.D_hd), atol=1e-12)
     assert np.abs(A - np.diag(np.diag(A))).max() > 0.05  # rotated: not diagonal in the sampling basis
     np.testing.assert_allclose(
         highdim_sigma(cfg),
-        label_noise_sigma(A, lr=cfg["lr_hd"], batch_size=cfg["S_hd"], sigma=1.0),
+        label_noise_sigma(A, lr=cfg.lr_hd, batch_size=cfg.batch_size_hd, sigma=1.0),
         rtol=1e-8,
         atol=1e-12,
     )
@@ -180,7 +181,7 @@ def test_fig4_panels_use_disjoint_chain_indices():
     cfg = exp.config("quick", TINY["mbn-fig4"])
     seen: list[int] = []
     for c in exp.chunks(cfg):
-        out = exp.run_chunk(cfg, c)
+        out = exp.measure(cfg, c)
         seen += list((out["results"] if isinstance(out, dict) else out).chain)
     assert len(seen) == len(set(seen))
 
@@ -195,28 +196,24 @@ def test_fig4_quick_checks_pass(tmp_path):
 
 
 def _fig4_checks_on(cfg, samples1d=None, per_chain_sigma=None):
-    """Run the panel-(d) or panel-(e) analysis of mbn-fig4 on synthetic data; returns its checks' pass flags."""
-    import matplotlib.pyplot as plt
+    """Run the panel-(d) or panel-(e) checks of mbn-fig4 on synthetic data; returns their pass flags."""
+    from noiseprobe.experiments import _mbn_fig4_highdim as highdim
+    from noiseprobe.experiments import _mbn_fig4_law as law
 
-    exp = experiments.get("mbn-fig4")
-    fig, ax = plt.subplots()
-    try:
-        if samples1d is not None:
-            return [c.passed for c in exp._panel_dist(cfg, samples1d, ax, {})]
-        R, D = per_chain_sigma.shape[:2]
-        i, j = np.triu_indices(D)
-        sig = pd.DataFrame(
-            {
-                "chain": np.repeat(np.arange(R), len(i)),
-                "i": np.tile(i, R),
-                "j": np.tile(j, R),
-                "m": per_chain_sigma[:, i, j].ravel(),
-            }
-        )
-        res = pd.DataFrame({"chain": np.arange(R), "panel": "hd", "diverged": False})
-        return [c.passed for c in exp._panel_hd(cfg, res, sig, ax, {})]
-    finally:
-        plt.close(fig)
+    if samples1d is not None:
+        return [c.passed for c in law.law_checks(law.law_fit(cfg, samples1d))]
+    R, D = per_chain_sigma.shape[:2]
+    i, j = np.triu_indices(D)
+    sig = pd.DataFrame(
+        {
+            "chain": np.repeat(np.arange(R), len(i)),
+            "i": np.tile(i, R),
+            "j": np.tile(j, R),
+            "m": per_chain_sigma[:, i, j].ravel(),
+        }
+    )
+    res = pd.DataFrame({"chain": np.arange(R), "panel": "hd", "diverged": False})
+    return [c.passed for c in highdim.panel_hd_checks(cfg, highdim.sigma_highdim(cfg, res, sig))]
 
 
 def test_fig4_dist_checks_pass_on_eq90_samples_and_fail_on_gaussian_samples():
@@ -227,7 +224,7 @@ def test_fig4_dist_checks_pass_on_eq90_samples_and_fail_on_gaussian_samples():
     rng = np.random.default_rng(3)
     R, n = 500, 100
     chain = np.repeat(np.arange(R), n)
-    a, S, lr = cfg["a"], cfg["S"], cfg["lr_dist"]
+    a, S, lr = cfg.a, cfg.batch_size, cfg.lr_dist
     var = lr / (2 * S - (S + 2) * lr * a)
     bk = float(tail_index_exact(lr=lr, batch_size=S, a=a))
     t_draws = stats.t.rvs(df=bk, scale=np.sqrt(var * (bk - 2) / bk), size=R * n, random_state=rng)
@@ -255,7 +252,7 @@ def test_fig4_highdim_checks_fail_when_the_truth_is_the_hessian_approximation():
     turned = (U @ turn) @ np.diag(lam) @ (U @ turn).T
     for truth, expect in (
         (exact, [True, True, True]),
-        (hessian_approx_sigma(A, lr=cfg["lr_hd"], batch_size=cfg["S_hd"]), [False, False, False]),
+        (hessian_approx_sigma(A, lr=cfg.lr_hd, batch_size=cfg.batch_size_hd), [False, False, False]),
         (turned, [True, False, True]),
     ):
         per_chain = stats.wishart.rvs(df=200, scale=truth / 200, size=300, random_state=rng)
@@ -263,10 +260,79 @@ def test_fig4_highdim_checks_fail_when_the_truth_is_the_hessian_approximation():
 
 
 def test_typed_configs_keep_the_old_hashes():
+    """run.json stores renamed fields under their old names (S, S2d, S_hd, reg_S): the quick configs keep the
+    hashes of the run directories written before the renames, so those directories are these runs."""
     from noiseprobe.core.store import config_hash
 
     for exp_id, h in OLD_HASHES.items():
-        assert config_hash(exp_id, experiments.get(exp_id).config("quick").to_dict()) == h, exp_id
+        cfg = experiments.get(exp_id).config("quick")
+        assert config_hash(exp_id, cfg.stored()) == h, exp_id
+        assert set(cfg.renamed) <= set(cfg.stored()) and not set(cfg.renamed) & set(cfg.to_dict()), exp_id
+
+
+RENAMED = {
+    "mbn-fig3": {"reg_S": ("reg_batch_size", 2)},
+    "mbn-fig4": {"S": ("batch_size", 8), "S2d": ("batch_sizes_2d", [20]), "S_hd": ("batch_size_hd", 4)},
+    "mbn-fig5": {"S": ("batch_size", 900)},
+    "mbn-fig6": {"S": ("batch_size", 4)},
+    "mbn-table2": {"S": ("batch_size", 3)},
+}
+
+
+@pytest.mark.parametrize("exp_id", sorted(RENAMED))
+def test_old_field_names_still_set_with_one_deprecation_line(exp_id, capsys):
+    """Issue 17.5: the batch size is ``batch_size`` (``batch_sizes`` for a list); the old names still work in
+    --set, each with one deprecation line, and give the same config; old and new name together are refused."""
+    from noiseprobe.cli import main
+    from noiseprobe.core.errors import ConfigError
+    from noiseprobe.core.runner import prepare
+
+    exp = experiments.get(exp_id)
+    old = {k: v for k, (_, v) in RENAMED[exp_id].items()}
+    new = {n: v for n, v in RENAMED[exp_id].values()}
+    by_old = exp.config("quick", old)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == len(old) and all("deprecated; it is now" in line for line in err), err
+    assert by_old == exp.config("quick", new)
+    assert prepare(exp_id, "quick", overrides=old).config_json == by_old.to_dict()
+    name = next(iter(old))
+    with pytest.raises(ConfigError, match=f"only one of {name}"):
+        exp.config("quick", {name: old[name], RENAMED[exp_id][name][0]: old[name]})
+    capsys.readouterr()
+    argv = ["reproduce", exp_id, "--dry-run", "--set", f"{name}={json.dumps(old[name])}"]
+    assert main(argv) == 0
+    assert f"config field {name} is deprecated" in capsys.readouterr().err
+
+
+def test_a_run_directory_written_under_the_old_names_resumes(tmp_path):
+    """A run.json written before the renames (config under S, hash of that config) is this run: the finished
+    chunks are kept, the rest computed, and the numbers are those of a fresh run."""
+    from noiseprobe.core.store import config_hash
+
+    over = TINY["mbn-table2"]
+    fresh = run_experiment("mbn-table2", "quick", out=tmp_path / "fresh", overrides=over)
+    out = tmp_path / "old"
+    run_experiment("mbn-table2", "quick", out=out, overrides=over)
+    cfg = experiments.get("mbn-table2").config("quick", over)
+    old = cfg.stored()
+    assert "S" in old and "batch_size" not in old
+    (out / "run.json").write_text(
+        json.dumps(
+            {"experiment": "mbn-table2", "preset": "quick", "hash": config_hash("mbn-table2", old), "config": old}
+        )
+    )
+    (out / "summary.json").unlink()
+    kept, *gone = sorted((out / "chunks" / "results").glob("*.parquet"))
+    for p in gone:
+        p.unlink()
+    mtime = kept.stat().st_mtime_ns
+    resumed = run_experiment("mbn-table2", "quick", out=out, overrides=over)
+    assert resumed["chunks"] == {"total": 3, "resumed": 1} and kept.stat().st_mtime_ns == mtime
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(out / "results.parquet"), pd.read_parquet(tmp_path / "fresh" / "results.parquet")
+    )
+    assert [c["measured"] for c in resumed["checks"]] == [c["measured"] for c in fresh["checks"]]
+    assert experiments.get("mbn-table2").parse(old) == cfg  # the old run.json's config still loads
 
 
 @pytest.mark.parametrize("exp_id", sorted(TINY))

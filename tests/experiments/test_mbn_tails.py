@@ -27,7 +27,7 @@ TINY = {"chains": 200, "snapshots": 50, "snapshot_every": 10, "burn_in": 300, "h
 
 
 def run_all(exp, cfg) -> dict[str, pd.DataFrame]:
-    parts = [exp.run_chunk(cfg, c) for c in exp.chunks(cfg)]
+    parts = [exp.measure(cfg, c) for c in exp.chunks(cfg)]
     return {k: pd.concat([p[k] for p in parts], ignore_index=True) for k in parts[0]}
 
 
@@ -43,9 +43,9 @@ def test_tables_and_theory_columns() -> None:
     cfg = exp.config("quick", {**TINY, "batch_sizes": [1], "lrs": [0.5, 1.0]})
     tables = run_all(exp, cfg)
     res, tails = tables["results"], tables["tails"]
-    assert len(res) == 2 * cfg["chains"] and res["chain"].is_unique
-    assert set(res["chain"]) == set(range(2 * cfg["chains"]))  # global replica indices of the two points
-    assert list(tails["n"]) == [cfg["chains"] * cfg["snapshots"]] * 2
+    assert len(res) == 2 * cfg.chains and res["chain"].is_unique
+    assert set(res["chain"]) == set(range(2 * cfg.chains))  # global replica indices of the two points
+    assert list(tails["n"]) == [cfg.chains * cfg.snapshots] * 2
     # theory columns against docs/theory/minibatch_noise.md's table (§15.5: S = 1, a = 1), not against the same functions
     reference = {0.5: (3.0, 5.0, 2.904), 1.0: (1.0, 3.0, 1.091)}  # lr: (eq. 93, continuous, Kesten β_K)
     for r in tails.itertuples():
@@ -53,7 +53,7 @@ def test_tables_and_theory_columns() -> None:
         assert r.beta_eq93 == pytest.approx(b93, abs=1e-12) and r.beta_continuous == pytest.approx(bc, abs=1e-12)
         assert r.beta_exact == pytest.approx(bk, abs=6e-4)
         assert r.lyapunov < 0  # a stationary law exists at both points
-        assert r.hill_k == int(cfg["hill_fraction"] * r.n) and r.hill_se > 0 and np.isfinite(r.mle_beta)
+        assert r.hill_k == int(cfg.hill_fraction * r.n) and r.hill_se > 0 and np.isfinite(r.mle_beta)
     assert {"x", "ccdf"} <= set(tables["ccdf"]) and (tables["ccdf"]["ccdf"] > 0).all()
     assert {"x", "density"} <= set(tables["density"])
 
@@ -63,8 +63,8 @@ def test_point_does_not_depend_on_the_rest_of_the_grid() -> None:
     exp = Fig7()
     cfg_a = exp.config("quick", {**TINY, "batch_sizes": [1], "lrs": [1.0, 0.5]})
     cfg_b = exp.config("quick", {**TINY, "batch_sizes": [1], "lrs": [1.0, 0.75]})
-    a = exp.run_chunk(cfg_a, exp.chunks(cfg_a)[0])
-    b = exp.run_chunk(cfg_b, exp.chunks(cfg_b)[0])
+    a = exp.measure(cfg_a, exp.chunks(cfg_a)[0])
+    b = exp.measure(cfg_b, exp.chunks(cfg_b)[0])
     pd.testing.assert_frame_equal(a["results"], b["results"])
     pd.testing.assert_frame_equal(a["tails"], b["tails"])
 
@@ -76,15 +76,15 @@ def test_divergent_point_is_an_outcome() -> None:
     cfg = exp.config("quick", {**TINY, "burn_in": 3000, "batch_sizes": [1], "lrs": [1.0, 3.0]})
     tables = run_all(exp, cfg)
     bad = tables["tails"].query("lr == 3.0").iloc[0]
-    assert bad.n_diverged == cfg["chains"] and bad.n == 0 and np.isnan(bad.hill_beta) and np.isnan(bad.beta_exact)
+    assert bad.n_diverged == cfg.chains and bad.n == 0 and np.isnan(bad.hill_beta) and np.isnan(bad.beta_exact)
     assert tables["results"].query("lr == 3.0")["diverged"].all()
     assert np.isfinite(tables["tails"].query("lr == 1.0").iloc[0].hill_beta)
 
 
-def test_analyse_fig7(tmp_path: Path) -> None:
+def test_evaluate_fig7(tmp_path: Path) -> None:
     exp = Fig7()
     cfg = exp.config("quick", {**TINY, "batch_sizes": [1], "lrs": [0.5, 1.0]})
-    metrics, checks = exp.analyse(cfg, run_all(exp, cfg), tmp_path)
+    metrics, checks = exp.evaluate(cfg, run_all(exp, cfg), tmp_path)
     assert (tmp_path / "fig7_tail_index_vs_lr.png").stat().st_size > 0
     assert len(metrics["points"]) == 2
     by_key = {c.key: c for c in checks}

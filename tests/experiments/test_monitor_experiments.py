@@ -94,7 +94,7 @@ def test_gns_chunk_depends_only_on_its_replicas() -> None:
     exp = get(GNS)
     cfg = exp.config("quick", GNS_SMALL)
     chunk = exp.chunks(cfg)[5]
-    a, b = exp.run_chunk(cfg, chunk), exp.run_chunk(cfg, chunk)
+    a, b = exp.measure(cfg, chunk), exp.measure(cfg, chunk)
     for name in a:  # everything but the monitor's timing
         pd.testing.assert_frame_equal(
             a[name].drop(columns="seconds", errors="ignore"), b[name].drop(columns="seconds", errors="ignore")

@@ -184,6 +184,70 @@ def test_transformers_gpt2_tiny_random() -> None:
     assert_products(fac, j, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma", "t5"])
+def test_transformers_rms_norms_are_factored(family: str) -> None:
+    """Llama-, Gemma- and T5-style RMS norms (y = w∘x̂, y = (1 + w)∘x̂) get the factored rule (no vmap
+    fall-back warning) and equal dense per-sample gradients; Llama's head is tied to its embedding."""
+    transformers = pytest.importorskip("transformers")
+    from noiseprobe.probes.rules import rule_for
+    from noiseprobe.probes.rules.norm import HFRMSNormRule
+
+    torch.manual_seed(8)
+    if family == "t5":
+        from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+        model = nn.Sequential(nn.Linear(5, 6), T5LayerNorm(6, eps=1e-5), nn.Tanh(), nn.Linear(6, 3)).double()
+        with torch.no_grad():
+            model[1].weight.uniform_(0.5, 1.5)
+        x, y = torch.randn(4, 5, dtype=torch.float64), torch.tensor([0, 2, 1, 2])
+        j = func_rows(model, lambda call, xi, yi: F.cross_entropy(call(xi[None]), yi[None]), x, y)
+        loss_fn, inputs, targets = CE, x, y
+    else:
+        make = transformers.LlamaConfig if family == "llama" else transformers.GemmaConfig
+        cfg = make(
+            vocab_size=29,
+            hidden_size=8,
+            intermediate_size=12,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=4,
+            max_position_embeddings=16,
+            tie_word_embeddings=True,
+            attn_implementation="eager",
+        )
+        model = (transformers.LlamaForCausalLM if family == "llama" else transformers.GemmaForCausalLM)(cfg)
+        model = model.double().eval()
+        with torch.no_grad():  # Gemma's norms start at w = 0 ((1 + w) scaling): make them informative
+            for m in model.modules():
+                if type(m).__name__.endswith("RMSNorm"):
+                    m.weight.uniform_(-0.5, 0.5)
+        g = torch.Generator().manual_seed(8)
+        ids = torch.randint(0, 29, (3, 6), generator=g)
+
+        def loss_fn(logits, ids_):  # next-token mean over positions
+            return F.cross_entropy(logits[:, :-1].transpose(1, 2), ids_[:, 1:], reduction="none").mean(1)
+
+        j = func_rows(model, lambda call, ids_i: loss_fn(call(input_ids=ids_i[None]).logits, ids_i[None])[0], ids)
+        inputs, targets = {"input_ids": ids}, ids
+        model_forward = model
+
+        def forward(m, batch):
+            return m(**batch).logits
+
+    norms = [m for m in model.modules() if type(m).__name__.endswith(("RMSNorm", "LayerNorm"))]
+    assert norms and all(isinstance(rule_for(m), HFRMSNormRule) for m in norms)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if family == "t5":
+            fac = per_sample_gradients(model, loss_fn, inputs, targets)
+        else:
+            fac = per_sample_gradients(model_forward, loss_fn, inputs, targets, forward=forward)
+    assert not [w for w in caught if "Norm" in str(w.message)]  # no vmap fall-back for a norm
+    # these classes normalise in float32 even in a float64 model: agreement to float32 rounding
+    assert_products(fac, j, rtol=1e-5, atol=1e-7)
+
+
 def test_against_opacus() -> None:
     opacus = pytest.importorskip("opacus")
     torch.manual_seed(7)
@@ -312,3 +376,37 @@ def test_streamed_conv_factor_matches_dense_per_sample_gradients() -> None:
     # the 4×4 reflect-padded conv forms explicit rows, the strided one (2×2 outputs) position pairs
     assert [f._pair_gram() is not None for f in streamed] == [False, True]
     assert_products(fac, j, rtol=1e-9, atol=1e-12)
+
+
+def test_func_method_on_a_flattened_output_says_how_to_unflatten() -> None:
+    """A language model returning (N·T, V) logits: method="func" names the fix, and the fix it names gives
+    the per-sample gradients of the hooks path (which takes the flattened output as it is)."""
+    import noiseprobe as npb
+
+    class FlatLM(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.out = nn.Embedding(11, 4), nn.Linear(4, 11)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.out(self.emb(ids)).reshape(-1, 11)
+
+    torch.manual_seed(9)
+    model = FlatLM().double()
+    ids = torch.randint(0, 11, (3, 5), generator=torch.Generator().manual_seed(9))
+
+    def flat_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out, y.reshape(-1), reduction="none").reshape(len(y), -1).mean(1)
+
+    with pytest.raises(ConfigError, match=r"looks flattened, 3 × 5 rows.*unflatten\(0, \(len\(x\), -1\)\)"):
+        per_sample_gradients(model, flat_loss, ids, ids, method="func")
+    fixed = per_sample_gradients(
+        model,
+        npb.TokenMeanCrossEntropy(),
+        ids,
+        ids,
+        method="func",
+        forward=lambda m, x: m(x).unflatten(0, (len(x), -1)),
+    )
+    hooks = per_sample_gradients(model, flat_loss, ids, ids)
+    torch.testing.assert_close(fixed.gram(), hooks.gram(), rtol=1e-10, atol=1e-12)

@@ -14,7 +14,14 @@ Declare fields with :func:`param`; the type comes from the annotation (``int``, 
 Building one (``WalkConfig.from_dict(d)``) checks every field and raises
 :class:`~noiseprobe.core.errors.ConfigError` naming the field, the value and what is allowed. Values keep
 their JSON form (lists stay lists, ints in a float field become floats), so ``to_dict()`` is what
-``run.json`` stores and hashes. ``cfg["field"]`` reads a field like a dict.
+``run.json`` stores and hashes. ``cfg["field"]`` reads a field like a dict (deprecated: experiments read
+typed attributes, ``cfg.field``).
+
+A renamed field keeps its old name as an alias: ``renamed = {"S": "batch_size"}`` (old -> new). Old
+names are accepted by :meth:`ExperimentConfig.from_dict` (old run.json files load) and by ``--set`` with
+a one-line deprecation warning (:meth:`ExperimentConfig.current_names`); :meth:`ExperimentConfig.stored`
+writes the field under its old name, so run.json and the config hash of a run do not change with the
+rename.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import math
 import numbers
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Literal, TypeVar, Union
 
@@ -168,6 +176,8 @@ class ExperimentConfig:
 
     #: names of the fields a memory or time estimate grows with (for messages); set by subclasses
     size_fields: ClassVar[tuple[str, ...]] = ()
+    #: old field names still accepted, old -> new (see the module docstring); set by subclasses
+    renamed: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
@@ -180,7 +190,9 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls: type[T], values: dict[str, Any], *, context: str = "") -> T:
-        """Build and validate from a JSON dict; unknown fields are refused, missing ones take defaults."""
+        """Build and validate from a JSON dict; unknown fields are refused, missing ones take defaults, old
+        names of renamed fields are read as the new ones."""
+        values = cls.current_names(values)
         names = [f.name for f in fields(cls)]
         for key, value in values.items():
             if key not in names:
@@ -189,6 +201,26 @@ class ExperimentConfig:
             return cls(**values)
         except TypeError as exc:  # a required field without a value
             raise ConfigError(context or cls.__name__, values, f"every required field ({exc})") from None
+
+    @classmethod
+    def current_names(cls, values: dict[str, Any], *, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+        """``values`` with old names of renamed fields replaced by the current ones; ``warn`` gets one line
+        per old name used. ConfigError when a field is given under both names."""
+        out = dict(values)
+        for old, new in cls.renamed.items():
+            if old in out:
+                if new in out:
+                    raise ConfigError(old, out[old], f"only one of {old} (the deprecated name) and {new}")
+                out[new] = out.pop(old)
+                if warn is not None:
+                    warn(f"config field {old} is deprecated; it is now {new} (--set {new}=...)")
+        return out
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON that run.json stores and hashes: :meth:`to_dict` with renamed fields under their old
+        names, so that a rename keeps every run's hash."""
+        back = {new: old for old, new in self.renamed.items()}
+        return {back.get(k, k): v for k, v in self.to_dict().items()}
 
     def replace(self: T, **changes: Any) -> T:
         return dataclasses.replace(self, **changes)

@@ -1,10 +1,20 @@
-"""The experiment contract: one reproduced figure or table of a paper.
+"""The experiment contract: one reproduced figure or table of a paper, in one shape.
 
-An experiment declares its presets (``quick``, ``full``), splits its work into *chunks* of independent
-replicas, runs each chunk as a pure function (in any worker, on any executor), and analyses the
-concatenated results into figures, headline metrics and the paper's claims as measured checks.
+An experiment declares its presets (``quick``, ``full``) and a typed ``Config``, and implements
 
-Randomness: a chunk must derive every random number from ``config["seed"]`` and the *global* replica
+- ``chunks(config) -> list[Chunk]``: the work split into independent chunks (largest first);
+- ``measure(config, chunk) -> tables``: one chunk, a pure function run in any worker on any executor
+  (its tables are stored as it finishes, so an interrupted run resumes);
+- ``derive(config, tables) -> tables``: optional, pure: the analysis tables shared by checks, metrics and
+  figures (group means, fits, theory curves), computed once per analysis; default none;
+- ``checks(config, tables) -> list[Check]``: pure (no drawing, no mutation of the tables);
+- ``metrics(config, tables) -> dict``: optional, pure: the summary's headline numbers; default ``{}``;
+- ``plot(config, tables, out) -> None``: figures only, written as ``out/*.png``.
+
+:meth:`Experiment.evaluate` composes the last four exactly as the runner does (``tables`` there are the
+measured tables and, after :meth:`Experiment.derive`, the derived ones).
+
+Randomness: a chunk must derive every random number from ``config.seed`` and the *global* replica
 indices it holds (``noiseprobe.core.seeding``), never from the chunk index or the worker, so that results
 do not depend on chunking, worker count or executor.
 """
@@ -19,7 +29,8 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from noiseprobe.core.checks import Check
+from noiseprobe.core import checks as _checks
+from noiseprobe.core import progress as _progress
 from noiseprobe.core.config import ExperimentConfig
 from noiseprobe.core.errors import ConfigError
 
@@ -48,7 +59,8 @@ class Chunk:
 
 
 class Experiment:
-    """Base class. Subclasses set ``id``, ``title``, ``presets`` and implement the three methods.
+    """Base class. Subclasses set ``id``, ``title``, ``presets``, ``Config`` and implement ``measure``,
+    ``checks`` and ``plot`` (``chunks``, ``derive`` and ``metrics`` have defaults).
 
     ``presets[name]`` is a JSON-serialisable dict; it must contain ``seed``. Users override single
     fields with ``--set field=value``; an override must keep the field's JSON type (ints may become
@@ -66,7 +78,7 @@ class Experiment:
     diverging: ClassVar[dict[str, Any] | None] = None
     #: the typed config (a frozen :class:`~noiseprobe.core.config.ExperimentConfig`); presets are its values
     Config: ClassVar[type[ExperimentConfig] | None] = None
-    #: names of the extra result tables (besides ``results``) that run_chunk may return
+    #: names of the extra result tables (besides ``results``) that measure may return
     tables: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, config: dict[str, Any]) -> None:
@@ -86,15 +98,44 @@ class Experiment:
         """Split the work into independent chunks. Default: one chunk."""
         return [Chunk("all")]
 
-    def run_chunk(self, config: Any, chunk: Chunk) -> pd.DataFrame | dict[str, pd.DataFrame]:
-        """Run one chunk; return the tidy ``results`` frame, or ``{"results": df, other tables...}``."""
+    def measure(self, config: Any, chunk: Chunk) -> pd.DataFrame | dict[str, pd.DataFrame]:
+        """Run one chunk; return the tidy ``results`` frame, or ``{"results": df, other tables...}``.
+        Pure: the same config and chunk give the same tables in any process."""
         raise NotImplementedError
 
-    def analyse(self, config: Any, tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict[str, Any], list[Check]]:
-        """Write figures ``out/*.png``; return (metrics, checks). ``tables["results"]`` always exists."""
+    def derive(self, config: Any, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        """Analysis tables computed from the measured ones (pure; not stored), under names that are not
+        measured tables; :meth:`checks`, :meth:`metrics` and :meth:`plot` receive both. Default: none."""
+        return {}
+
+    def checks(self, config: Any, tables: dict[str, pd.DataFrame]) -> list[_checks.Check]:
+        """The paper's claims as measured checks. Pure: no figures, no changes to ``tables``."""
         raise NotImplementedError
+
+    def metrics(self, config: Any, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+        """Headline numbers for the summary (pure). Default: none."""
+        return {}
+
+    def plot(self, config: Any, tables: dict[str, pd.DataFrame], out: Path) -> None:
+        """Write the figures ``out/*.png`` (and nothing else). Default: no figures."""
 
     # -- provided -------------------------------------------------------------------------------
+    def evaluate(
+        self, config: Any, tables: dict[str, pd.DataFrame], out: Path | None = None
+    ) -> tuple[dict[str, Any], list[_checks.Check]]:
+        """(metrics, checks) of the measured ``tables``, and the figures in ``out`` unless it is None: the
+        derived tables computed once, then checks, metrics and plot, as the runner analyses a run."""
+        derived = self.derive(config, tables)
+        clash = sorted(set(derived) & set(tables))
+        if clash:
+            raise RuntimeError(f"{self.id}: derive() returned tables {clash} that shadow measured tables")
+        full = {**tables, **derived}
+        checks = self.checks(config, full)
+        metrics = self.metrics(config, full)
+        if out is not None:
+            self.plot(config, full, out)
+        return metrics, checks
+
     def parse(self, values: dict[str, Any]) -> Any:
         """The typed config built from a JSON dict (as stored in run.json), validated."""
         if self.Config is not None:
@@ -108,7 +149,7 @@ class Experiment:
             raise ConfigError("preset", preset, "one of " + ", ".join(self.presets))
         cfg = json.loads(json.dumps(self.presets[preset]))
         if self.Config is not None:
-            return self.parse({**cfg, **(overrides or {})})
+            return self.parse({**cfg, **self.Config.current_names(overrides or {}, warn=_progress.warn)})
         for key, value in (overrides or {}).items():
             if key not in cfg:
                 raise ConfigError(f"--set {key}", value, f"a field of {self.id}: " + ", ".join(sorted(cfg)))

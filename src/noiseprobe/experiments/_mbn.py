@@ -50,7 +50,7 @@ def sim_peak_bytes(chains: int, dim: int = 1, *, snapshots: int = 0, frame_colum
 
 
 def chains_1d(
-    config: Any,
+    config: ChainsConfig,
     point: int,
     *,
     a: float,
@@ -63,15 +63,15 @@ def chains_1d(
 ) -> pd.DataFrame:
     """One parameter point in 1d: per-chain time averages (exact-in-law 1d sampler); the point's chains have
     the global indices ``point·chains + (0 … chains−1)``."""
-    R = config["chains"]
+    R = config.chains
     run = simulate_sgd(
         LinearProblem(a, u=[u], sigma=sigma, B=b, Gamma=gamma),
         lr=lr,
         batch_size=batch_size,
-        steps=config["steps"],
-        burn_in=config["burn_in"],
+        steps=config.steps,
+        burn_in=config.burn_in,
         chains=R,
-        seed=config["seed"],
+        seed=config.seed,
         first_chain=point * R,
     )
     return pd.DataFrame(

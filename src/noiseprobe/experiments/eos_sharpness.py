@@ -126,7 +126,7 @@ class EoSSharpness(Experiment):
     }
     diverging = {"lrs": [50.0, 100.0, 200.0], "steps": 50, "measure_every": 10}
 
-    def check_data(self, config: Any) -> None:
+    def check_data(self, config: EoSConfig) -> None:
         """``n_train`` at most the embedded training split (3,000 MNIST digits, or 1,078 of sklearn's)."""
         check_at_most("n_train", config.n_train, embedded_train_size(), "embedded")
 
@@ -145,7 +145,7 @@ class EoSSharpness(Experiment):
     def chunks(self, config: EoSConfig) -> list[Chunk]:
         return [Chunk(f"lr{lr:.6g}", {"lr": lr}) for lr in config.lrs]
 
-    def run_chunk(self, config: EoSConfig, chunk: Chunk) -> dict[str, pd.DataFrame]:
+    def measure(self, config: EoSConfig, chunk: Chunk) -> dict[str, pd.DataFrame]:
         data = load_default(n_train=config.n_train, seed=config.seed)
         x = data.X_train
         y = torch.nn.functional.one_hot(data.y_train, 10).to(x.dtype)
@@ -155,26 +155,22 @@ class EoSSharpness(Experiment):
         )
         return {"results": losses.assign(lr=lr), "sharpness": sharp.assign(lr=lr)}
 
-    def analyse(
-        self, config: EoSConfig, tables: dict[str, pd.DataFrame], out: Path
-    ) -> tuple[dict[str, Any], list[Check]]:
-        losses, sharp = tables["results"], tables["sharpness"]
-        lrs = sorted(config.lrs)
-        phases = {
-            lr: eos_phases(losses[losses["lr"] == lr], sharp[sharp["lr"] == lr], settle=config.settle_steps)
-            for lr in lrs
-        }
+    def checks(self, config: EoSConfig, tables: dict[str, pd.DataFrame]) -> list[Check]:
+        phases = _phases(config, tables)
         checks: list[Check] = []
-        for k, lr in enumerate(lrs, start=1):
+        for k, lr in enumerate(phases, start=1):
             checks += _checks(k, lr, phases[lr], config.settle_steps)
-        self._plot(lrs, losses, sharp, phases, out)
-        metrics = {"phases": [{"lr": lr, "threshold": 2 / lr, **phases[lr].to_dict()} for lr in lrs]}
-        return metrics, checks
+        return checks
 
-    @staticmethod
-    def _plot(lrs: list[float], losses: pd.DataFrame, sharp: pd.DataFrame, phases: dict, out: Path) -> None:
+    def metrics(self, config: EoSConfig, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+        phases = _phases(config, tables)
+        return {"phases": [{"lr": lr, "threshold": 2 / lr, **ph.to_dict()} for lr, ph in phases.items()]}
+
+    def plot(self, config: EoSConfig, tables: dict[str, pd.DataFrame], out: Path) -> None:
+        """eos_sharpness.png: loss, sharpness against 2/η, and the edge-of-stability ratio."""
+        losses, sharp, phases = tables["results"], tables["sharpness"], _phases(config, tables)
         fig, ax = new_figure(3, width=4.2)
-        for i, lr in enumerate(lrs):
+        for i, lr in enumerate(phases):
             c = f"C{i}"
             lo, sh = losses[losses["lr"] == lr], sharp[sharp["lr"] == lr]
             ax[0].plot(lo["step"], lo["loss"], color=c, lw=0.8, label=f"η = {lr:g}")
@@ -191,6 +187,16 @@ class EoSSharpness(Experiment):
         ax[2].axhline(1.0, color="k", lw=0.6)
         ax[2].set(xlabel="GD step", ylabel="η·λ_max/2", title="edge-of-stability ratio (band: [0.9, 1.1])")
         savefig(fig, out / "eos_sharpness.png")
+
+
+def _phases(config: EoSConfig, tables: dict[str, pd.DataFrame]) -> dict[float, Any]:
+    """The phases of each learning rate's run (:func:`~noiseprobe.monitor.edge_of_stability.eos_phases`), by
+    increasing learning rate."""
+    losses, sharp = tables["results"], tables["sharpness"]
+    return {
+        lr: eos_phases(losses[losses["lr"] == lr], sharp[sharp["lr"] == lr], settle=config.settle_steps)
+        for lr in sorted(config.lrs)
+    }
 
 
 def _checks(k: int, lr: float, ph: Any, settle: int) -> list[Check]:

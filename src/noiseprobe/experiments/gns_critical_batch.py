@@ -34,21 +34,23 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import NullFormatter
 
 from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Experiment, RunCost
-from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.data.embedded import load_default
+from noiseprobe.experiments import _gns_plot
 from noiseprobe.experiments._data import check_at_most, embedded_train_size
 from noiseprobe.monitor.critical_batch import (
+    bootstrap_critical_batch,
     fit_critical_batch,
     geometric_steps,
+    noise_by_run,
     noise_scale_during,
-    step_average,
+    steps_by_batch,
     train_to_target,
+    tuned_runs,
 )
 
 #: B_crit against the noise scale: agreement within this factor (the paper's "B_crit ≈ B_noise" is approximate)
@@ -131,7 +133,7 @@ class CriticalBatch(Experiment):
     }
     diverging = {"lrs": [1e4, 2e4]}
 
-    def check_data(self, config: Any) -> None:
+    def check_data(self, config: CriticalBatchConfig) -> None:
         """``n_train`` at most the embedded training split (3,000 MNIST digits, or 1,078 of sklearn's)."""
         check_at_most("n_train", config.n_train, embedded_train_size(), "embedded")
 
@@ -155,7 +157,7 @@ class CriticalBatch(Experiment):
             for s in range(config.seeds)
         ]
 
-    def run_chunk(self, config: CriticalBatchConfig, chunk: Chunk) -> dict[str, pd.DataFrame]:
+    def measure(self, config: CriticalBatchConfig, chunk: Chunk) -> dict[str, pd.DataFrame]:
         data = load_default(n_train=config.n_train, seed=config.seed)
         x, y = data.X_train, data.y_train
         b, s = chunk.spec["batch_size"], chunk.spec["seed_index"]
@@ -194,17 +196,15 @@ class CriticalBatch(Experiment):
             ).assign(lr=config.lrs[best], **key)
         return {"results": outcome, "curves": run.records.assign(**key), "noise": noise}
 
-    def analyse(
-        self, config: CriticalBatchConfig, tables: dict[str, pd.DataFrame], out: Path
-    ) -> tuple[dict[str, Any], list[Check]]:
-        res, noise = tables["results"], tables["noise"]
-        per_seed = _tuned(res, config)
-        grid = _per_batch(per_seed)
-        fit = fit_critical_batch(grid["batch_size"], grid["steps"])
-        boot = _bootstrap(per_seed, config)
-        runs = _noise_averages(per_seed, noise)
-        self._plot(config, res, tables["curves"], grid, fit, runs, out)
+    def derive(self, config: CriticalBatchConfig, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        """``tuned`` (one row per batch size and seed: the fastest learning rate's steps), ``grid`` (S(B) and
+        E(B), mean over seeds) and ``runs`` (each tuned run's noise scales averaged up to its target)."""
+        per_seed = tuned_runs(tables["results"], config.lrs)
+        return {"tuned": per_seed, "grid": steps_by_batch(per_seed), "runs": noise_by_run(per_seed, tables["noise"])}
 
+    def checks(self, config: CriticalBatchConfig, tables: dict[str, pd.DataFrame]) -> list[Check]:
+        per_seed, grid, runs = tables["tuned"], tables["grid"], tables["runs"]
+        fit = fit_critical_batch(grid["batch_size"], grid["steps"])
         checks = _trend_checks(grid)
         checks.append(
             Check.less(
@@ -259,6 +259,12 @@ class CriticalBatch(Experiment):
                     detail=f"B_crit {fit.b_crit:.4g}, {col} {mean:.4g} ± {se:.3g} ({n_runs} runs)",
                 )
             )
+        return checks
+
+    def metrics(self, config: CriticalBatchConfig, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+        grid, runs = tables["grid"], tables["runs"]
+        fit = fit_critical_batch(grid["batch_size"], grid["steps"])
+        boot = bootstrap_critical_batch(tables["tuned"], seed=config.seed, n_boot=config.n_boot)
         metrics = {
             "b_crit": fit.b_crit,
             "log_b_crit_se": fit.log_b_crit_se,
@@ -274,158 +280,12 @@ class CriticalBatch(Experiment):
             .reset_index()
             .to_dict(orient="records"),
         }
-        return metrics, checks
+        return metrics
 
-    @staticmethod
-    def _plot(
-        config: CriticalBatchConfig,
-        res: pd.DataFrame,
-        curves: pd.DataFrame,
-        grid: pd.DataFrame,
-        fit: Any,
-        runs: pd.DataFrame,
-        out: Path,
-    ) -> None:
-        if not np.isfinite(grid["steps"]).any():  # nothing reached the target (e.g. every replica diverged)
-            fig, one = new_figure(width=4.4)
-            one.text(0.5, 0.5, "no run reached the target loss", ha="center", va="center")
-            savefig(fig, out / "critical_batch.png")
-            return
-        fig, ax = new_figure(2, 2, width=4.4, height=3.4)
-        ax = ax.ravel()
-        b = grid["batch_size"].to_numpy(dtype=float)
-        ax[0].errorbar(b, grid["steps"], yerr=grid["steps_se"], fmt="o", color="k", label="tuned, mean over seeds")
-        bb = np.geomspace(b.min() / 1.5, b.max() * 1.5, 100)
-        if math.isfinite(fit.b_crit):
-            ax[0].plot(bb, fit.s_min * (1 + fit.b_crit / bb), "C0-", label=f"fit, B_crit = {fit.b_crit:.3g}")
-            ax[0].axvline(fit.b_crit, color="C0", ls=":", lw=0.8)
-        ax[0].set(
-            xscale="log",
-            yscale="log",
-            xlabel="batch size B",
-            ylabel="steps to target S",
-            title=f"steps to loss {config.target_loss:g}",
-        )
-        ax[0].legend()
-        e = grid["steps"] * b
-        ax[1].plot(grid["steps"], e, "ko")
-        if math.isfinite(fit.b_crit):
-            ax[1].plot(
-                fit.s_min * (1 + fit.b_crit / bb),
-                fit.e_min * (1 + bb / fit.b_crit),
-                "C0-",
-                label="(S/S_min − 1)(E/E_min − 1) = 1",
-            )
-            ax[1].legend()
-        ax[1].set(xscale="log", yscale="log", xlabel="steps S", ylabel="examples E = B·S", title="the trade-off")
-        by_b = runs.groupby("batch_size")
-        for col, style, label in (("b_simple", "o", "B_simple = tr Σ/|G|²"), ("b_noise", "s", "B_noise = tr(HΣ)/GᵀHG")):
-            mean, count = by_b[col].mean(), by_b[col].count()
-            ax[2].errorbar(
-                mean.index,
-                mean.to_numpy(),
-                yerr=(by_b[col].std(ddof=1) / np.sqrt(count)).to_numpy(),
-                fmt=style,
-                ms=4,
-                label=label,
-            )
-        if math.isfinite(fit.b_crit):
-            ax[2].axhline(fit.b_crit, color="k", lw=1.2, label="fitted B_crit")
-            ax[2].axhspan(
-                fit.b_crit / FACTOR, fit.b_crit * FACTOR, color="grey", alpha=0.15, label=f"B_crit ×/÷ {FACTOR:g}"
-            )
-        ax[2].set(
-            xscale="log",
-            yscale="log",
-            xlabel="batch size B of the run",
-            ylabel="noise scale (mean over steps to target)",
-            title="NoiseMonitor during the tuned runs",
-        )
-        ax[2].legend(fontsize=7)
-        stop = _loss_at_stop(curves)
-        for i, (bs, sub) in enumerate(stop.groupby("batch_size")):
-            ax[3].plot(sub["lr"], sub["loss_at_stop"], "o-", ms=3, color=f"C{i % 10}", label=f"B = {bs}")
-        ax[3].axhline(config.target_loss, color="k", ls=":", lw=0.8)
-        ax[3].set(
-            xscale="log",
-            yscale="log",
-            xlabel="learning rate",
-            ylabel="training loss when the fastest reached the target",
-            title="learning-rate tuning (mean over seeds)",
-        )
-        ax[3].legend(fontsize=6)
-        for a in ax:
-            a.xaxis.set_minor_formatter(NullFormatter())
-            a.yaxis.set_minor_formatter(NullFormatter())
-        savefig(fig, out / "critical_batch.png")
-
-
-def _tuned(res: pd.DataFrame, config: CriticalBatchConfig) -> pd.DataFrame:
-    """One row per (batch size, seed): steps of the fastest learning rate, that lr, and whether it sits at an
-    open edge of the grid (the smallest lr, or the largest lr with no larger one diverging)."""
-    rows = []
-    lrs = sorted(config.lrs)
-    for (b, s), sub in res.groupby(["batch_size", "seed_index"]):
-        sub = sub.sort_values("lr")
-        st = sub["steps_to_target"].to_numpy()
-        row = {"batch_size": b, "seed_index": s, "steps": math.nan, "lr": math.nan, "at_edge": math.nan}
-        if np.isfinite(st).any():
-            j = int(np.nanargmin(st))
-            larger_diverged = bool(sub["diverged"].to_numpy()[j + 1 :].any())
-            edge = j == 0 or (sub["lr"].iloc[j] == lrs[-1] and not larger_diverged)
-            row.update(steps=float(st[j]), lr=float(sub["lr"].iloc[j]), at_edge=float(edge))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _loss_at_stop(curves: pd.DataFrame) -> pd.DataFrame:
-    """Per (batch size, lr): the training loss at each chunk's last evaluation, mean over seeds."""
-    last = curves.sort_values("step").groupby(["batch_size", "seed_index", "lr"]).tail(1)
-    return last.groupby(["batch_size", "lr"])["train_loss"].mean().rename("loss_at_stop").reset_index()
-
-
-def _per_batch(per_seed: pd.DataFrame) -> pd.DataFrame:
-    """S(B): mean over seeds of the tuned steps (NaN unless every seed reached the target), its SE, E = B·S."""
-    g = per_seed.groupby("batch_size")["steps"]
-    grid = pd.DataFrame(
-        {"steps": g.mean(), "steps_se": g.std(ddof=1) / np.sqrt(g.count()), "reached": g.count(), "seeds": g.size()}
-    ).reset_index()
-    grid.loc[grid["reached"] < grid["seeds"], "steps"] = math.nan
-    grid["examples"] = grid["steps"] * grid["batch_size"]
-    return grid
-
-
-def _bootstrap(per_seed: pd.DataFrame, config: CriticalBatchConfig) -> list[float]:
-    """95 % percentile interval of the fitted B_crit, resampling the seeds of every batch size."""
-    piv = per_seed.pivot(index="batch_size", columns="seed_index", values="steps")
-    if piv.shape[1] < 2 or not np.isfinite(piv.to_numpy()).all():
-        return [math.nan, math.nan]
-    vals = piv.to_numpy()
-    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(2**31,)))
-    pick = rng.integers(0, vals.shape[1], (config.n_boot, *vals.shape))
-    means = np.take_along_axis(np.broadcast_to(vals, pick.shape), pick, axis=2).mean(2)
-    b = piv.index.to_numpy(dtype=float)
-    crit = np.array([fit_critical_batch(b, m).b_crit for m in means])
-    crit = crit[np.isfinite(crit)]
-    return [float(v) for v in np.quantile(crit, [0.025, 0.975])] if crit.size else [math.nan, math.nan]
-
-
-def _noise_averages(per_seed: pd.DataFrame, noise: pd.DataFrame) -> pd.DataFrame:
-    """Per tuned run: B_simple and B_noise averaged over steps up to its target."""
-    rows = []
-    for r in per_seed.to_dict(orient="records"):
-        steps = float(r["steps"])
-        if not math.isfinite(steps) or noise.empty:
-            continue
-        one = noise[(noise["batch_size"] == r["batch_size"]) & (noise["seed_index"] == r["seed_index"])]
-        rows.append(
-            {
-                "batch_size": r["batch_size"],
-                "seed_index": r["seed_index"],
-                **{c: step_average(one["step"], one[c], steps) for c in ("b_simple", "b_noise")},
-            }
-        )
-    return pd.DataFrame(rows, columns=["batch_size", "seed_index", "b_simple", "b_noise"])
+    def plot(self, config: CriticalBatchConfig, tables: dict[str, pd.DataFrame], out: Path) -> None:
+        grid = tables["grid"]
+        fit = fit_critical_batch(grid["batch_size"], grid["steps"])
+        _gns_plot.plot(config.target_loss, tables["curves"], grid, fit, tables["runs"], out, factor=FACTOR)
 
 
 def _trend_checks(grid: pd.DataFrame) -> list[Check]:

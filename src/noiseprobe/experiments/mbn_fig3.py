@@ -23,6 +23,7 @@ from noiseprobe.core.divergence import MAX_DIVERGED_FRACTION
 from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import mean_se_kept
+from noiseprobe.experiments import _mbn_fig3_l2 as l2
 from noiseprobe.experiments._mbn import (
     BASE_BYTES,
     ChainsConfig,
@@ -33,16 +34,14 @@ from noiseprobe.experiments._mbn import (
     sim_peak_bytes,
     worst_point,
 )
+from noiseprobe.experiments._mbn_fig3_l2 import HEAVY_TAIL_RTOL
 from noiseprobe.minibatch.baselines import hessian_approx_sigma
 from noiseprobe.minibatch.fluctuation import or_inf
-from noiseprobe.minibatch.l2 import l2_1d
 from noiseprobe.minibatch.linear import label_noise_lr_bound, label_noise_sigma
 from noiseprobe.minibatch.tails import tail_index_exact
 
 #: the simulated Σ must exceed the discrete Hessian approximation by this factor at the smallest S
 UNDERESTIMATE_MIN = 1.5
-#: relative tolerance added where the tail index β_K < 4 (slowly converging sample variances)
-HEAVY_TAIL_RTOL = 0.1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,9 +52,11 @@ class Fig3Config(ChainsConfig):
     batch_sizes: list[int] = param(lo=1, hi=10**6, min_len=1)
     reg_a: float = param(lo=0.0, lo_open=True, help="curvature of the L2 panel")
     reg_lr: float = param(lo=0.0, lo_open=True)
-    reg_S: int = param(lo=1, hi=10**6)
+    reg_batch_size: int = param(lo=1, hi=10**6, help="batch size S of the L2 panel")
     reg_u: float = param(help="teacher u of the L2 panel")
     gammas: list[float] = param(min_len=1, help="weight decays, each > −reg_a")
+    #: renamed fields (old name -> new name): old --set and run.json still work, with a deprecation line
+    renamed = {"reg_S": "reg_batch_size"}
 
     def check(self) -> None:
         check_weight_decays("gammas", self.gammas, self.reg_a)
@@ -78,7 +79,7 @@ class Fig3(Experiment):
             "batch_sizes": [8, 12, 16, 24, 32, 64],
             "reg_a": 1.0,
             "reg_lr": 0.5,
-            "reg_S": 1,
+            "reg_batch_size": 1,
             "reg_u": 1.0,
             "gammas": [0.0, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0],
             "chains": 1500,
@@ -93,7 +94,7 @@ class Fig3(Experiment):
             "batch_sizes": [7, 8, 10, 12, 16, 24, 32, 48, 64, 128, 256],
             "reg_a": 1.0,
             "reg_lr": 0.5,
-            "reg_S": 1,
+            "reg_batch_size": 1,
             "reg_u": 1.0,
             "gammas": [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5],
             "chains": 20000,
@@ -103,169 +104,53 @@ class Fig3(Experiment):
     }
     diverging = {"lr": 5.0, "reg_lr": 5.0}  # λa >= 2: no batch size is stable, every chain diverges
 
-    def estimate(self, config: Any) -> RunCost:
-        return RunCost(peak_bytes=sim_peak_bytes(config["chains"]) + BASE_BYTES, drivers=("chains",))
+    def estimate(self, config: Fig3Config) -> RunCost:
+        return RunCost(peak_bytes=sim_peak_bytes(config.chains) + BASE_BYTES, drivers=("chains",))
 
-    def chunks(self, config: Any) -> list[Chunk]:
-        left = [Chunk(f"S{S}", {"panel": "left", "S": S, "point": i}) for i, S in enumerate(config["batch_sizes"])]
+    def chunks(self, config: Fig3Config) -> list[Chunk]:
+        left = [Chunk(f"S{S}", {"panel": "left", "S": S, "point": i}) for i, S in enumerate(config.batch_sizes)]
         off = len(left)
         right = [
-            Chunk(f"gamma{g:g}", {"panel": "right", "gamma": g, "point": off + i})
-            for i, g in enumerate(config["gammas"])
+            Chunk(f"gamma{g:g}", {"panel": "right", "gamma": g, "point": off + i}) for i, g in enumerate(config.gammas)
         ]
         return left + right
 
-    def run_chunk(self, config: Any, chunk: Chunk) -> pd.DataFrame:
+    def measure(self, config: Fig3Config, chunk: Chunk) -> pd.DataFrame:
         sp = chunk.spec
         if sp["panel"] == "left":
-            df = chains_1d(
-                config, sp["point"], a=config["a"], lr=config["lr"], batch_size=sp["S"], sigma=config["sigma"]
-            )
+            df = chains_1d(config, sp["point"], a=config.a, lr=config.lr, batch_size=sp["S"], sigma=config.sigma)
             return df.assign(panel="left", S=sp["S"], gamma=0.0)
         df = chains_1d(
             config,
             sp["point"],
-            a=config["reg_a"],
-            lr=config["reg_lr"],
-            batch_size=config["reg_S"],
-            u=config["reg_u"],
+            a=config.reg_a,
+            lr=config.reg_lr,
+            batch_size=config.reg_batch_size,
+            u=config.reg_u,
             gamma=sp["gamma"],
         )
-        return df.assign(panel="right", S=config["reg_S"], gamma=sp["gamma"])
+        return df.assign(panel="right", S=config.reg_batch_size, gamma=sp["gamma"])
 
-    def analyse(self, config: Any, tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict, list[Check]]:
+    def derive(self, config: Fig3Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         res = tables["results"]
-        a, lr, sigma = config["a"], config["lr"], config["sigma"]
-        s2 = sigma**2
-        rows = []
-        for S, g in res[res.panel == "left"].groupby("S"):
-            m, se, frac = mean_se_kept(g["sigma_w"], g["diverged"])
-            rows.append(
-                {
-                    "S": S,
-                    "sim": m,
-                    "se": se,
-                    "diverged": frac,
-                    "exact": or_inf(label_noise_sigma, a, lr=lr, batch_size=S, sigma=sigma),
-                    # Hessian baselines C = H/S carry no σ²; scaled by σ² for a fair comparison (trap 13)
-                    "discrete": or_inf(hessian_approx_sigma, a, lr=lr, batch_size=S, noise_scale=s2),
-                    "continuous": or_inf(
-                        hessian_approx_sigma, a, lr=lr, batch_size=S, time="continuous", noise_scale=s2
-                    ),
-                    "beta": float(tail_index_exact(lr=lr, batch_size=S, a=a)),
-                }
-            )
-        left = pd.DataFrame(rows).sort_values("S")
-        checks = []
-        ok = left[np.isfinite(left.exact)]
-        claim = "Thm 2: exact Σ = λσ²/(2S − (S+2)λa) matches simulation at every stable S (Fig. 3 left)"
-        if ok.empty:
-            checks.append(Check.not_measurable("thm2-sigma-matches-simulation", claim, "no stable batch size"))
-        else:
-            checks.append(
-                worst_point(
-                    "thm2-sigma-matches-simulation",
-                    claim,
-                    ok.sim,
-                    ok.exact,
-                    ok.se,
-                    [f"S={S}" for S in ok.S],
-                    rtol=np.where(ok.beta > 4, 0.0, HEAVY_TAIL_RTOL),
-                    detail=f"+{HEAVY_TAIL_RTOL:.0%} relative where the tail index < 4",
-                )
-            )
-        if len(ok) >= 2:
-            small, large = ok.iloc[0], ok.iloc[-1]
-            checks.append(
-                Check.greater(
-                    "hessian-underestimates-small-s",
-                    "Hessian approximations underestimate Σ at small S (Fig. 3 left): "
-                    "simulated Σ / discrete Hessian approximation",
-                    small.sim / small.discrete,
-                    UNDERESTIMATE_MIN,
-                    detail=f"S = {int(small.S)}; SE of the ratio {small.se / small.discrete:.2g} (not a slack: near the "
-                    "variance bound the tail index is ≈ 2 and the SE is unreliable, and 4 SE would pass any ratio); "
-                    f"simulated Σ / continuous approximation = {small.sim / small.continuous:.3f}",
-                )
-            )
-            checks.append(
-                Check.less(
-                    "discrete-approaches-exact-at-large-s",
-                    "The discrete Hessian approximation approaches the exact Σ as S grows (large-S limit, eq. 22): "
-                    f"|1 − discrete/exact| at S = {int(large.S)} is below its value at S = {int(small.S)}",
-                    abs(1 - large.discrete / large.exact),
-                    abs(1 - small.discrete / small.exact),
-                    detail=f"discrete/exact = {large.discrete / large.exact:.4f} (S = {int(large.S)}), "
-                    f"{small.discrete / small.exact:.4f} (S = {int(small.S)})",
-                )
-            )
-            S0 = int(small.S)
-            checks.append(
-                Check.close(
-                    "stability-bound-closed-form",
-                    "Thm 2 stability bound λ_max·a = 2S/(S+2) (numerical bound of the solver vs closed form)",
-                    label_noise_lr_bound(a, batch_size=S0) * a,
-                    2 * S0 / (S0 + 2),
-                    atol=1e-8,
-                    detail=f"S = {S0}",
-                )
-            )
-        else:
-            checks += [
-                Check.not_measurable(k, c, "fewer than two stable batch sizes")
-                for k, c in (
-                    (
-                        "hessian-underestimates-small-s",
-                        "Hessian approximations underestimate Σ at small S (Fig. 3 left)",
-                    ),
-                    (
-                        "discrete-approaches-exact-at-large-s",
-                        "The discrete Hessian approximation approaches the exact Σ as S grows (large-S limit, eq. 22)",
-                    ),
-                    ("stability-bound-closed-form", "Thm 2 stability bound λ_max·a = 2S/(S+2)"),
-                )
-            ]
-        ra, rl, rS, ru = config["reg_a"], config["reg_lr"], config["reg_S"], config["reg_u"]
+        return {"left": _left_table(config, res), "right": l2.right_table(config, res)}
 
-        def cor4(gamma: float) -> float:
-            return or_inf(lambda: l2_1d(a=ra, gamma=gamma, u=ru, lr=rl, batch_size=rS)["test_loss"])
+    def checks(self, config: Fig3Config, tables: dict[str, pd.DataFrame]) -> list[Check]:
+        return _left_checks(config.a, tables["left"]) + l2.right_checks(tables["results"], tables["right"])
 
-        rrows = []
-        for gm, g in res[res.panel == "right"].groupby("gamma"):
-            m, se, frac = mean_se_kept(g["test_loss"], g["diverged"])
-            rrows.append({"gamma": gm, "sim": m, "se": se, "diverged": frac, "theory": cor4(gm)})
-        right = pd.DataFrame(rrows).sort_values("gamma")
-        conv = right[np.isfinite(right.sim)]
-        g_sim = float(conv.gamma.iloc[int(np.argmin(conv.sim.to_numpy()))]) if len(conv) else None
-        claim = (
-            "Standard L2 case (λa < 2S/(S+2)): the optimal weight decay is γ* = 0 (Fig. 3 right): "
-            "argmin of the simulated test loss over the γ grid"
-        )
-        if len(conv) < len(right):  # an argmin over a grid with holes is not the grid's argmin
-            lost = right[~np.isfinite(right.sim)]
-            checks.append(
-                Check.not_measurable(
-                    "optimal-weight-decay-zero",
-                    claim,
-                    f"at γ = {', '.join(f'{g:g}' for g in lost.gamma)} more than {MAX_DIVERGED_FRACTION:.0%} of the "
-                    "chains diverged (or fewer than two converged)",
-                    detail=divergence_note(res[res.panel == "right"]),
-                )
-            )
-        else:
-            checks.append(Check.equal("optimal-weight-decay-zero", claim, g_sim, 0.0))
-        tp = right[np.isfinite(right.theory) & (right.theory > 0)]
-        checks.append(
-            worst_point(
-                "cor4-test-loss-matches-simulation",
-                "Cor. 4 test loss matches simulation (S = 1: tail index ≈ 3, so +10 % relative)",
-                tp.sim,
-                tp.theory,
-                tp.se,
-                [f"γ={g:g}" for g in tp.gamma],
-                rtol=HEAVY_TAIL_RTOL,
-            )
-        )
+    def metrics(self, config: Fig3Config, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+        left, res = tables["left"], tables["results"]
+        return {
+            "sigma_exact": dict(zip(left.S.astype(int).astype(str), left.exact)),
+            "sigma_sim": dict(zip(left.S.astype(int).astype(str), left.sim)),
+            "gamma_star_sim": l2.simulated_optimum(tables["right"]),
+            "n_diverged": int(res["diverged"].sum()),
+        }
+
+    def plot(self, config: Fig3Config, tables: dict[str, pd.DataFrame], out: Path) -> None:
+        res, left, right = tables["results"], tables["left"], tables["right"]
+        a, lr, s2 = config.a, config.lr, config.sigma**2
+        ra, rl, rS = config.reg_a, config.reg_lr, config.reg_batch_size
         fig, ax = new_figure(2, width=4.2)
         Sg = np.geomspace(left.S.min(), left.S.max() * 1.2, 200)
         den = 2 * Sg - (Sg + 2) * lr * a  # 1d Thm 2 for real S
@@ -288,15 +173,106 @@ class Fig3(Experiment):
         plain_log_ticks(ax[0], left.S)
         ax[0].legend()
         gg = np.linspace(right.gamma.min(), right.gamma.max(), 200)
-        ax[1].plot(gg, [cor4(x) for x in gg], label="Cor. 4")
+        ax[1].plot(gg, [l2.cor4(config, x) for x in gg], label="Cor. 4")
         ax[1].errorbar(right.gamma, right.sim, yerr=Z * right.se, fmt="o", ms=4, label="simulation")
         ax[1].set(xlabel="weight decay γ", ylabel="test loss", title=f"L2: a={ra}, λ={rl}, S={rS}")
         ax[1].legend()
         savefig(fig, out / "fig3.png")
-        metrics = {
-            "sigma_exact": dict(zip(left.S.astype(int).astype(str), left.exact)),
-            "sigma_sim": dict(zip(left.S.astype(int).astype(str), left.sim)),
-            "gamma_star_sim": g_sim,
-            "n_diverged": int(res["diverged"].sum()),
-        }
-        return metrics, checks
+
+
+def _left_table(config: Fig3Config, res: pd.DataFrame) -> pd.DataFrame:
+    """Left panel, one row per S: simulated Σ ± SE over the converged chains, the fraction that diverged, Thm 2,
+    both Hessian approximations (×σ²) and the exact tail index β_K."""
+    a, lr, sigma = config.a, config.lr, config.sigma
+    s2 = sigma**2
+    rows = []
+    for S, g in res[res.panel == "left"].groupby("S"):
+        m, se, frac = mean_se_kept(g["sigma_w"], g["diverged"])
+        rows.append(
+            {
+                "S": S,
+                "sim": m,
+                "se": se,
+                "diverged": frac,
+                "exact": or_inf(label_noise_sigma, a, lr=lr, batch_size=S, sigma=sigma),
+                # Hessian baselines C = H/S carry no σ²; scaled by σ² for a fair comparison (trap 13)
+                "discrete": or_inf(hessian_approx_sigma, a, lr=lr, batch_size=S, noise_scale=s2),
+                "continuous": or_inf(hessian_approx_sigma, a, lr=lr, batch_size=S, time="continuous", noise_scale=s2),
+                "beta": float(tail_index_exact(lr=lr, batch_size=S, a=a)),
+            }
+        )
+    return pd.DataFrame(rows).sort_values("S")
+
+
+def _left_checks(a: float, left: pd.DataFrame) -> list[Check]:
+    """Fig. 3 left: Thm 2 against simulation, the Hessian approximations at small and large S, the bound."""
+    checks = []
+    ok = left[np.isfinite(left.exact)]
+    claim = "Thm 2: exact Σ = λσ²/(2S − (S+2)λa) matches simulation at every stable S (Fig. 3 left)"
+    if ok.empty:
+        checks.append(Check.not_measurable("thm2-sigma-matches-simulation", claim, "no stable batch size"))
+    else:
+        checks.append(
+            worst_point(
+                "thm2-sigma-matches-simulation",
+                claim,
+                ok.sim,
+                ok.exact,
+                ok.se,
+                [f"S={S}" for S in ok.S],
+                rtol=np.where(ok.beta > 4, 0.0, HEAVY_TAIL_RTOL),
+                detail=f"+{HEAVY_TAIL_RTOL:.0%} relative where the tail index < 4",
+            )
+        )
+    if len(ok) >= 2:
+        small, large = ok.iloc[0], ok.iloc[-1]
+        checks.append(
+            Check.greater(
+                "hessian-underestimates-small-s",
+                "Hessian approximations underestimate Σ at small S (Fig. 3 left): "
+                "simulated Σ / discrete Hessian approximation",
+                small.sim / small.discrete,
+                UNDERESTIMATE_MIN,
+                detail=f"S = {int(small.S)}; SE of the ratio {small.se / small.discrete:.2g} (not a slack: near the "
+                "variance bound the tail index is ≈ 2 and the SE is unreliable, and 4 SE would pass any ratio); "
+                f"simulated Σ / continuous approximation = {small.sim / small.continuous:.3f}",
+            )
+        )
+        checks.append(
+            Check.less(
+                "discrete-approaches-exact-at-large-s",
+                "The discrete Hessian approximation approaches the exact Σ as S grows (large-S limit, eq. 22): "
+                f"|1 − discrete/exact| at S = {int(large.S)} is below its value at S = {int(small.S)}",
+                abs(1 - large.discrete / large.exact),
+                abs(1 - small.discrete / small.exact),
+                detail=f"discrete/exact = {large.discrete / large.exact:.4f} (S = {int(large.S)}), "
+                f"{small.discrete / small.exact:.4f} (S = {int(small.S)})",
+            )
+        )
+        S0 = int(small.S)
+        checks.append(
+            Check.close(
+                "stability-bound-closed-form",
+                "Thm 2 stability bound λ_max·a = 2S/(S+2) (numerical bound of the solver vs closed form)",
+                label_noise_lr_bound(a, batch_size=S0) * a,
+                2 * S0 / (S0 + 2),
+                atol=1e-8,
+                detail=f"S = {S0}",
+            )
+        )
+    else:
+        checks += [
+            Check.not_measurable(k, c, "fewer than two stable batch sizes")
+            for k, c in (
+                (
+                    "hessian-underestimates-small-s",
+                    "Hessian approximations underestimate Σ at small S (Fig. 3 left)",
+                ),
+                (
+                    "discrete-approaches-exact-at-large-s",
+                    "The discrete Hessian approximation approaches the exact Σ as S grows (large-S limit, eq. 22)",
+                ),
+                ("stability-bound-closed-form", "Thm 2 stability bound λ_max·a = 2S/(S+2)"),
+            )
+        ]
+    return checks

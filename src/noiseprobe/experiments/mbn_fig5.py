@@ -41,15 +41,19 @@ LOSS_RTOL = 0.01
 class Fig5Config(ChainsConfig):
     a: float = param(lo=0.0, lo_open=True, help="curvature")
     lr: float = param(lo=0.0, lo_open=True, help="learning rate of the γ sweep")
-    S: int = param(lo=1, hi=10**6)
+    batch_size: int = param(lo=1, hi=10**6, help="batch size S")
     u: float = param(help="teacher")
     gammas: list[float] = param(min_len=1, help="weight decays, each > −a")
     lrs: list[float] = param(lo=0.0, lo_open=True, min_len=1, help="learning rates at the optimal γ")
+    #: renamed fields (old name -> new name): old --set and run.json still work, with a deprecation line
+    renamed = {"S": "batch_size"}
 
     def check(self) -> None:
         check_weight_decays("gammas", self.gammas, self.a)
-        if convergent_gamma_interval(a=self.a, lr=self.lr, batch_size=self.S) is None:
-            raise ConfigError("lr", self.lr, f"λa <= √(S/2) = {np.sqrt(self.S / 2):.4g}/a (else no γ converges)")
+        if convergent_gamma_interval(a=self.a, lr=self.lr, batch_size=self.batch_size) is None:
+            raise ConfigError(
+                "lr", self.lr, f"λa <= √(S/2) = {np.sqrt(self.batch_size / 2):.4g}/a (else no γ converges)"
+            )
 
 
 class Fig5(Experiment):
@@ -63,7 +67,7 @@ class Fig5(Experiment):
             "seed": 0,
             "a": 1.0,
             "lr": 2.5,
-            "S": 1000,
+            "batch_size": 1000,
             "u": 1.0,
             "gammas": [-0.9, -0.6, -0.4, -0.3, -0.25, -0.2159, -0.21, -0.15, 0.0],
             "lrs": [0.5, 1.0, 1.5, 2.0, 2.3, 2.5, 2.6],
@@ -75,7 +79,7 @@ class Fig5(Experiment):
             "seed": 0,
             "a": 1.0,
             "lr": 2.5,
-            "S": 1000,
+            "batch_size": 1000,
             "u": 1.0,
             "gammas": [-0.95, -0.8, -0.6, -0.4, -0.3, -0.25, -0.23, -0.2159, -0.21, -0.205, -0.15, -0.1, 0.0],
             "lrs": [0.25, 0.5, 1.0, 1.5, 2.0, 2.2, 2.4, 2.5, 2.53, 2.6, 2.8],
@@ -87,56 +91,39 @@ class Fig5(Experiment):
     #: γ = 0 lies above the convergent interval at λ = 2.5, and λ = 5 is past the divergence line at γ*
     diverging = {"gammas": [0.0], "lrs": [5.0]}
 
-    def estimate(self, config: Any) -> RunCost:
-        return RunCost(peak_bytes=sim_peak_bytes(config["chains"]) + BASE_BYTES, drivers=("chains",))
+    def estimate(self, config: Fig5Config) -> RunCost:
+        return RunCost(peak_bytes=sim_peak_bytes(config.chains) + BASE_BYTES, drivers=("chains",))
 
-    def chunks(self, config: Any) -> list[Chunk]:
+    def chunks(self, config: Fig5Config) -> list[Chunk]:
         g = [
-            Chunk(f"gamma{x:g}", {"panel": "gamma", "gamma": x, "lr": config["lr"], "point": i})
-            for i, x in enumerate(config["gammas"])
+            Chunk(f"gamma{x:g}", {"panel": "gamma", "gamma": x, "lr": config.lr, "point": i})
+            for i, x in enumerate(config.gammas)
         ]
-        gstar = optimal_weight_decay(config["a"], u=[config["u"]], lr=config["lr"], batch_size=config["S"])[0]
+        gstar = optimal_weight_decay(config.a, u=[config.u], lr=config.lr, batch_size=config.batch_size)[0]
         return g + [
             Chunk(f"lr{x:g}", {"panel": "lr", "gamma": gstar, "lr": x, "point": len(g) + i})
-            for i, x in enumerate(config["lrs"])
+            for i, x in enumerate(config.lrs)
         ]
 
-    def run_chunk(self, config: Any, chunk: Chunk) -> pd.DataFrame:
+    def measure(self, config: Fig5Config, chunk: Chunk) -> pd.DataFrame:
         sp = chunk.spec
         df = chains_1d(
-            config, sp["point"], a=config["a"], lr=sp["lr"], batch_size=config["S"], u=config["u"], gamma=sp["gamma"]
+            config, sp["point"], a=config.a, lr=sp["lr"], batch_size=config.batch_size, u=config.u, gamma=sp["gamma"]
         )
         return df.assign(panel=sp["panel"], gamma=sp["gamma"], lr=sp["lr"])
 
-    def analyse(self, config: Any, tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict, list[Check]]:
-        res = tables["results"]
-        a, lr, S, u = config["a"], config["lr"], config["S"], config["u"]
+    def derive(self, config: Fig5Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        return {"points": _points(config, tables["results"])}
 
-        def theory(g: float, x: float) -> float:
-            return or_inf(lambda: l2_1d(a=a, gamma=g, u=u, lr=x, batch_size=S)["test_loss"])
-
-        pts = []
-        for (panel, g, x), d in res.groupby(["panel", "gamma", "lr"]):
-            m, se, frac = mean_se_kept(d["test_loss"], d["diverged"])
-            pts.append(
-                {
-                    "panel": panel,
-                    "gamma": g,
-                    "lr": x,
-                    "sim": m,
-                    "se": se,
-                    "diverged": frac,
-                    "theory": theory(g, x),
-                }
-            )
-        pts = pd.DataFrame(pts)
+    def checks(self, config: Fig5Config, tables: dict[str, pd.DataFrame]) -> list[Check]:
+        a, lr, S, u = config.a, config.lr, config.batch_size, config.u
+        pts = tables["points"]
         gstar, lstar = optimal_weight_decay(a, u=[u], lr=lr, batch_size=S)
         win = negative_weight_decay_window(batch_size=S)
         interval = convergent_gamma_interval(a=a, lr=lr, batch_size=S)
         pg = pts[pts.panel == "gamma"].sort_values("gamma")
-        finite = pg[pg.diverged == 0]
-        g_sim = float(finite.gamma.iloc[int(np.argmin(finite.sim.to_numpy()))]) if len(finite) else None
-        negative = [g for g in config["gammas"] if g < 0]
+        g_sim = _simulated_optimum(pg)
+        negative = [g for g in config.gammas if g < 0]
         checks = [
             Check.within(
                 "lr-in-negative-decay-window",
@@ -190,9 +177,31 @@ class Fig5(Experiment):
                 detail=f"convergent γ interval {interval}",
             )
         )
+        return checks
+
+    def metrics(self, config: Fig5Config, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+        a, lr, S, u = config.a, config.lr, config.batch_size, config.u
+        pts = tables["points"]
+        gstar, lstar = optimal_weight_decay(a, u=[u], lr=lr, batch_size=S)
+        return {
+            "gamma_star_theory": gstar,
+            "test_loss_at_gamma_star": lstar,
+            "gamma_star_sim": _simulated_optimum(pts[pts.panel == "gamma"].sort_values("gamma")),
+            "convergent_gamma_interval": convergent_gamma_interval(a=a, lr=lr, batch_size=S),
+            "lr_divergence_at_gamma_star": _lr_divergence(config, gstar),
+        }
+
+    def plot(self, config: Fig5Config, tables: dict[str, pd.DataFrame], out: Path) -> None:
+        a, lr, S, u = config.a, config.lr, config.batch_size, config.u
+        pts = tables["points"]
+        gstar, _ = optimal_weight_decay(a, u=[u], lr=lr, batch_size=S)
+        interval = convergent_gamma_interval(a=a, lr=lr, batch_size=S)
+        pg = pts[pts.panel == "gamma"].sort_values("gamma")
+        finite = pg[pg.diverged == 0]
+        lmax = _lr_divergence(config, gstar)
         fig, ax = new_figure(2, width=4.2)
         gg = np.linspace(-a + 1e-3, max(pg.gamma.max(), 0.05), 400)
-        ax[0].plot(gg, [theory(g, lr) for g in gg], label="eq. (11)")
+        ax[0].plot(gg, [_theory(config, g, lr) for g in gg], label="eq. (11)")
         ax[0].errorbar(finite.gamma, finite.sim, yerr=Z * finite.se, fmt="o", ms=4, label="simulation")
         if interval:
             for x in interval:
@@ -201,19 +210,41 @@ class Fig5(Experiment):
         ax[0].set(yscale="log", xlabel="weight decay γ", ylabel="test loss", title=f"a={a}, λ={lr}, S={S}")
         ax[0].legend()
         pl = pts[(pts.panel == "lr") & (pts.diverged == 0)].sort_values("lr")
-        k = a + gstar
-        lmax = 2 * S * k / (S * k * k + 2 * a * a)  # eq. (162)
-        ll = np.linspace(0.02, max(config["lrs"]), 300)
-        ax[1].plot(ll, [theory(gstar, x) for x in ll], label="eq. (11)")
+        ll = np.linspace(0.02, max(config.lrs), 300)
+        ax[1].plot(ll, [_theory(config, gstar, x) for x in ll], label="eq. (11)")
         ax[1].errorbar(pl.lr, pl.sim, yerr=Z * pl.se, fmt="o", ms=4, label="simulation")
         ax[1].axvline(lmax, color="C1", lw=0.9, label="predicted divergence")
         ax[1].set(yscale="log", xlabel="learning rate λ", ylabel="test loss", title=f"γ = γ* = {gstar:.4f}")
         ax[1].legend()
         savefig(fig, out / "fig5.png")
-        return {
-            "gamma_star_theory": gstar,
-            "test_loss_at_gamma_star": lstar,
-            "gamma_star_sim": g_sim,
-            "convergent_gamma_interval": interval,
-            "lr_divergence_at_gamma_star": lmax,
-        }, checks
+
+
+def _theory(config: Fig5Config, gamma: float, lr: float) -> float:
+    """L_test of eq. (11) at (γ, λ); inf past the divergence lines."""
+    c = config
+    return float(or_inf(lambda: l2_1d(a=c.a, gamma=gamma, u=c.u, lr=lr, batch_size=c.batch_size)["test_loss"]))
+
+
+def _lr_divergence(config: Fig5Config, gamma: float) -> float:
+    """The learning rate where L_test diverges at weight decay γ (eq. 162)."""
+    a, S = config.a, config.batch_size
+    k = a + gamma
+    return float(2 * S * k / (S * k * k + 2 * a * a))
+
+
+def _points(config: Fig5Config, res: pd.DataFrame) -> pd.DataFrame:
+    """One row per (panel, γ, λ): simulated test loss ± SE over the converged chains, the fraction that
+    diverged, and eq. (11)."""
+    pts = []
+    for (panel, g, x), d in res.groupby(["panel", "gamma", "lr"]):
+        m, se, frac = mean_se_kept(d["test_loss"], d["diverged"])
+        pts.append(
+            {"panel": panel, "gamma": g, "lr": x, "sim": m, "se": se, "diverged": frac, "theory": _theory(config, g, x)}
+        )
+    return pd.DataFrame(pts)
+
+
+def _simulated_optimum(pg: pd.DataFrame) -> float | None:
+    """The grid γ of least simulated test loss among the points where no chain diverged (None if none)."""
+    finite = pg[pg.diverged == 0]
+    return float(finite.gamma.iloc[int(np.argmin(finite.sim.to_numpy()))]) if len(finite) else None

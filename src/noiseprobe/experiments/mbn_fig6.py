@@ -39,18 +39,18 @@ class Fig6Config(ChainsConfig):
     D: int = param(lo=1, hi=200, help="dimension (the exact solve is O(D³) per GMRES step)")
     alphas: list[float] = param(lo=0.0, lo_open=True, hi=1e4, min_len=1, help="N/D ratios")
     lr: float = param(lo=0.0, lo_open=True)
-    S: int = param(lo=1, hi=10**6)
+    batch_size: int = param(lo=1, hi=10**6, help="batch size S")
     sigma: float = param(lo=0.0, help="label-noise standard deviation σ")
 
-    size_fields = ("chains", "steps", "burn_in", "D", "alphas", "S")
+    size_fields = ("chains", "steps", "burn_in", "D", "alphas", "batch_size")
+    #: renamed fields (old name -> new name): old --set and run.json still work, with a deprecation line
+    renamed = {"S": "batch_size"}
 
 
-def problem(config: Any, point: int, alpha: float) -> LinearProblem:
+def problem(config: Fig6Config, point: int, alpha: float) -> LinearProblem:
     """The fixed data set of point ``point``: N = round(αD) samples, x ~ N(0, I_D), drawn from (seed, 1000 + point)."""
-    n = max(1, int(round(alpha * config["D"])))
-    return LinearProblem(np.eye(config["D"]), sigma=config["sigma"]).with_data(
-        n, seed=config["seed"], stream=1000 + point
-    )
+    n = max(1, int(round(alpha * config.D)))
+    return LinearProblem(np.eye(config.D), sigma=config.sigma).with_data(n, seed=config.seed, stream=1000 + point)
 
 
 class Fig6(Experiment):
@@ -63,7 +63,7 @@ class Fig6(Experiment):
             "D": 20,
             "alphas": [0.25, 0.5, 0.75, 1.5, 2.0, 3.0, 4.0, 8.0],
             "lr": 0.08,
-            "S": 8,
+            "batch_size": 8,
             "sigma": 1.0,
             "chains": 100,
             "steps": 1500,
@@ -74,7 +74,7 @@ class Fig6(Experiment):
             "D": 60,
             "alphas": [0.25, 0.5, 0.75, 0.9, 1.2, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0],
             "lr": 0.08,
-            "S": 8,
+            "batch_size": 8,
             "sigma": 1.0,
             "chains": 1000,
             "steps": 15000,
@@ -83,34 +83,36 @@ class Fig6(Experiment):
     }
     diverging = {"lr": 5.0}  # λ·(largest eigenvalue of Â) > 2 at every α: every chain diverges
 
-    def check_data(self, config: Any) -> None:
+    def check_data(self, config: Fig6Config) -> None:
         """A batch is drawn (with replacement) from one data set of N = round(αD) samples: S may not exceed
         the largest N (a batch larger than every data set only repeats samples, at S·D cost per step)."""
-        n = max(1, int(round(max(config["alphas"]) * config["D"])))
-        if config["S"] > n:
-            raise ConfigError("S", config["S"], f"a batch size <= the largest data set, N = round(max(alphas)·D) = {n}")
+        n = max(1, int(round(max(config.alphas) * config.D)))
+        if config.batch_size > n:
+            raise ConfigError(
+                "batch_size", config.batch_size, f"a batch size <= the largest data set, N = round(max(alphas)·D) = {n}"
+            )
 
-    def estimate(self, config: Any) -> RunCost:
+    def estimate(self, config: Fig6Config) -> RunCost:
         """One α: the simulation with its per-chain D² second moments, and the data set (N·D) with its copies."""
-        D, n = config["D"], int(round(max(config["alphas"]) * config["D"]))
-        peak = sim_peak_bytes(config["chains"], D) + 8 * n * D * 4
+        D, n = config.D, int(round(max(config.alphas) * config.D))
+        peak = sim_peak_bytes(config.chains, D) + 8 * n * D * 4
         return RunCost(peak_bytes=int(peak) + BASE_BYTES, drivers=("chains", "D", "alphas"))
 
-    def chunks(self, config: Any) -> list[Chunk]:
-        return [Chunk(f"alpha{x:g}", {"alpha": x, "point": i}) for i, x in enumerate(config["alphas"])]
+    def chunks(self, config: Fig6Config) -> list[Chunk]:
+        return [Chunk(f"alpha{x:g}", {"alpha": x, "point": i}) for i, x in enumerate(config.alphas)]
 
-    def run_chunk(self, config: Any, chunk: Chunk) -> pd.DataFrame:
+    def measure(self, config: Fig6Config, chunk: Chunk) -> pd.DataFrame:
         sp = chunk.spec
         pb = problem(config, sp["point"], sp["alpha"])
-        R = config["chains"]
+        R = config.chains
         run = simulate_sgd(
             pb,
-            lr=config["lr"],
-            batch_size=config["S"],
-            steps=config["steps"],
-            burn_in=config["burn_in"],
+            lr=config.lr,
+            batch_size=config.batch_size,
+            steps=config.steps,
+            burn_in=config.burn_in,
             chains=R,
-            seed=config["seed"],
+            seed=config.seed,
             first_chain=sp["point"] * R,
         )
         A_hat = pb.X.T @ pb.X / pb.n_samples
@@ -124,32 +126,11 @@ class Fig6(Experiment):
             }
         )
 
-    def analyse(self, config: Any, tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict, list[Check]]:
-        res = tables["results"]
-        lr, S, sig = config["lr"], config["S"], config["sigma"]
-        rows = []
-        for i, alpha in enumerate(config["alphas"]):
-            pb = problem(config, i, alpha)
-            A_hat = pb.X.T @ pb.X / pb.n_samples
-            w = np.linalg.lstsq(pb.X, pb.y, rcond=None)[0]
-            L0 = 0.5 * float(np.mean((pb.y - pb.X @ w) ** 2))
-            g = res[res.alpha == alpha]
-            m, se, frac = mean_se_kept(g["trace_A_sigma"], g["diverged"])
-            rows.append(
-                {
-                    "alpha": alpha,
-                    "sim": m,
-                    "se": se,
-                    "diverged": frac,
-                    "exact": or_inf(
-                        lambda A=A_hat, p=pb: np.trace(A @ highdim_sigma_exact(p.X, p.y, lr=lr, batch_size=S))
-                    ),
-                    "thm6": or_inf(thm6_trace, A_hat, lr=lr, batch_size=S, sigma=sig, alpha=alpha),
-                    "thm6_L0": or_inf(thm6_trace, A_hat, lr=lr, batch_size=S, sigma=sig, alpha=alpha, L0=L0),
-                    "hessian": or_inf(lambda A=A_hat: np.trace(A @ hessian_approx_sigma(A, lr=lr, batch_size=S))),
-                }
-            )
-        t = pd.DataFrame(rows).sort_values("alpha")
+    def derive(self, config: Fig6Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        return {"trace": _trace_table(config, tables["results"])}
+
+    def checks(self, config: Fig6Config, tables: dict[str, pd.DataFrame]) -> list[Check]:
+        t = tables["trace"]
         over, under = t[t.alpha < 1], t[t.alpha > 1]
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = float(over.sim.abs().max() / under.sim.max()) if len(over) and len(under) else np.nan
@@ -172,7 +153,7 @@ class Fig6(Experiment):
         ]
         big = under[under.alpha >= 2]
         rel6 = float((big.thm6_L0 / big.exact - 1).abs().max()) if len(big) else np.nan
-        tol = 0.1 if config["D"] < 50 else 0.05
+        tol = 0.1 if config.D < 50 else 0.05
         checks.append(
             Check.less(
                 "thm6-realised-l0-approximates",
@@ -204,17 +185,9 @@ class Fig6(Experiment):
                 detail=f"α = {near.alpha:g}" if near is not None else "",
             )
         )
-        fig, ax = new_figure(1, width=5.0)
-        ax.errorbar(t.alpha, t.sim, yerr=Z * t.se, fmt="o", ms=4, label="simulation")
-        ax.plot(t.alpha, t.exact, "-", label="exact finite-N solve")
-        ax.plot(t.alpha, t.thm6, "--", label="Thm 6 (printed, expected L₀)")
-        ax.plot(t.alpha, t.thm6_L0, "-.", label="Thm 6 (realised L₀)")
-        ax.plot(t.alpha, t.hessian, ":", label="Hessian approx. C = Â/S")
-        ax.axvline(1.0, color="0.5", lw=0.8)
-        ax.set(xscale="log", xlabel="α = N/D", ylabel="Tr[ÂΣ]", title=f"D={config['D']}, λ={lr}, S={S}, σ={sig}")
-        plain_log_ticks(ax, t.alpha)
-        ax.legend()
-        savefig(fig, out / "fig6.png")
+        return checks
+
+    def metrics(self, config: Fig6Config, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
         return {
             "trace_A_sigma": {
                 f"{r.alpha:g}": {
@@ -224,6 +197,47 @@ class Fig6(Experiment):
                     "thm6_L0": r.thm6_L0,
                     "hessian": r.hessian,
                 }
-                for r in t.itertuples()
+                for r in tables["trace"].itertuples()
             }
-        }, checks
+        }
+
+    def plot(self, config: Fig6Config, tables: dict[str, pd.DataFrame], out: Path) -> None:
+        t, lr, S, sig = tables["trace"], config.lr, config.batch_size, config.sigma
+        fig, ax = new_figure(1, width=5.0)
+        ax.errorbar(t.alpha, t.sim, yerr=Z * t.se, fmt="o", ms=4, label="simulation")
+        ax.plot(t.alpha, t.exact, "-", label="exact finite-N solve")
+        ax.plot(t.alpha, t.thm6, "--", label="Thm 6 (printed, expected L₀)")
+        ax.plot(t.alpha, t.thm6_L0, "-.", label="Thm 6 (realised L₀)")
+        ax.plot(t.alpha, t.hessian, ":", label="Hessian approx. C = Â/S")
+        ax.axvline(1.0, color="0.5", lw=0.8)
+        ax.set(xscale="log", xlabel="α = N/D", ylabel="Tr[ÂΣ]", title=f"D={config.D}, λ={lr}, S={S}, σ={sig}")
+        plain_log_ticks(ax, t.alpha)
+        ax.legend()
+        savefig(fig, out / "fig6.png")
+
+
+def _trace_table(config: Fig6Config, res: pd.DataFrame) -> pd.DataFrame:
+    """One row per α: the simulated Tr[ÂΣ] ± SE over the converged chains, the fraction that diverged, the
+    exact finite-N solve, Thm 6 as printed and with the realised L₀, and the discrete Hessian approximation."""
+    lr, S, sig = config.lr, config.batch_size, config.sigma
+    rows = []
+    for i, alpha in enumerate(config.alphas):
+        pb = problem(config, i, alpha)
+        A_hat = pb.X.T @ pb.X / pb.n_samples
+        w = np.linalg.lstsq(pb.X, pb.y, rcond=None)[0]
+        L0 = 0.5 * float(np.mean((pb.y - pb.X @ w) ** 2))
+        g = res[res.alpha == alpha]
+        m, se, frac = mean_se_kept(g["trace_A_sigma"], g["diverged"])
+        rows.append(
+            {
+                "alpha": alpha,
+                "sim": m,
+                "se": se,
+                "diverged": frac,
+                "exact": or_inf(lambda A=A_hat, p=pb: np.trace(A @ highdim_sigma_exact(p.X, p.y, lr=lr, batch_size=S))),
+                "thm6": or_inf(thm6_trace, A_hat, lr=lr, batch_size=S, sigma=sig, alpha=alpha),
+                "thm6_L0": or_inf(thm6_trace, A_hat, lr=lr, batch_size=S, sigma=sig, alpha=alpha, L0=L0),
+                "hessian": or_inf(lambda A=A_hat: np.trace(A @ hessian_approx_sigma(A, lr=lr, batch_size=S))),
+            }
+        )
+    return pd.DataFrame(rows).sort_values("alpha")

@@ -36,11 +36,13 @@ CASES = ("label noise", "input noise", "L2")
 class Table2Config(ChainsConfig):
     a: float = param(lo=0.0, lo_open=True, help="curvature")
     lr: float = param(lo=0.0, lo_open=True)
-    S: int = param(lo=1, hi=10**6)
+    batch_size: int = param(lo=1, hi=10**6, help="batch size S")
     sigma: float = param(lo=0.0, help="label-noise standard deviation σ")
     b: float = param(lo=0.0, help="input-noise variance B")
     gamma: float = param(help="weight decay of the L2 case, > −a")
     u: float = param(help="teacher")
+    #: renamed fields (old name -> new name): old --set and run.json still work, with a deprecation line
+    renamed = {"S": "batch_size"}
 
     def check(self) -> None:
         check_weight_decays("gamma", [self.gamma], self.a)
@@ -55,7 +57,7 @@ class Table2(Experiment):
             "seed": 0,
             "a": 1.0,
             "lr": 0.5,
-            "S": 4,
+            "batch_size": 4,
             "sigma": 1.0,
             "b": 0.5,
             "gamma": 0.5,
@@ -68,7 +70,7 @@ class Table2(Experiment):
             "seed": 0,
             "a": 1.0,
             "lr": 0.5,
-            "S": 4,
+            "batch_size": 4,
             "sigma": 1.0,
             "b": 0.5,
             "gamma": 0.5,
@@ -80,34 +82,27 @@ class Table2(Experiment):
     }
     diverging = {"lr": 5.0}  # λa = 5 > 2S/(S+2) in every case: every chain diverges
 
-    def estimate(self, config: Any) -> RunCost:
-        return RunCost(peak_bytes=sim_peak_bytes(config["chains"]) + BASE_BYTES, drivers=("chains",))
+    def estimate(self, config: Table2Config) -> RunCost:
+        return RunCost(peak_bytes=sim_peak_bytes(config.chains) + BASE_BYTES, drivers=("chains",))
 
-    def chunks(self, config: Any) -> list[Chunk]:
+    def chunks(self, config: Table2Config) -> list[Chunk]:
         return [Chunk(c.replace(" ", "_"), {"case": c, "point": i}) for i, c in enumerate(CASES)]
 
-    def run_chunk(self, config: Any, chunk: Chunk) -> pd.DataFrame:
+    def measure(self, config: Table2Config, chunk: Chunk) -> pd.DataFrame:
         c = config
         kw = {
-            "label noise": {"sigma": c["sigma"]},
-            "input noise": {"u": c["u"], "b": c["b"]},
-            "L2": {"u": c["u"], "gamma": c["gamma"]},
+            "label noise": {"sigma": c.sigma},
+            "input noise": {"u": c.u, "b": c.b},
+            "L2": {"u": c.u, "gamma": c.gamma},
         }[chunk.spec["case"]]
-        df = chains_1d(c, chunk.spec["point"], a=c["a"], lr=c["lr"], batch_size=c["S"], **kw)
+        df = chains_1d(c, chunk.spec["point"], a=c.a, lr=c.lr, batch_size=c.batch_size, **kw)
         return df.assign(case=chunk.spec["case"])
 
-    def analyse(self, config: Any, tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict, list[Check]]:
-        c = config
-        tab = table2(a=c["a"], lr=c["lr"], batch_size=c["S"], sigma=c["sigma"], b=c["b"], gamma=c["gamma"], u=c["u"])
-        res = tables["results"]
-        sims, ses, fracs = [], [], []
-        for r in tab.itertuples():
-            g = res[res.case == r.case]
-            m, se, frac = mean_se_kept(g[{"Sigma": "sigma_w"}.get(r.quantity, r.quantity)], g["diverged"])
-            sims.append(m)
-            ses.append(se)
-            fracs.append(frac)
-        tab["simulation"], tab["se"], tab["diverged"] = sims, ses, fracs
+    def derive(self, config: Table2Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        return {"table": _table(config, tables["results"])}
+
+    def checks(self, config: Table2Config, tables: dict[str, pd.DataFrame]) -> list[Check]:
+        tab = tables["table"]
         checks = [
             worst_point(
                 "exact-column-matches-simulation",
@@ -130,8 +125,8 @@ class Table2(Experiment):
                 why = (
                     f"{r.diverged:.0%} of the chains diverged"
                     if np.isfinite(r.exact)
-                    else f"the exact Σ is infinite at λa = {c['lr'] * c['a']:g}, S = {c['S']} (past the variance "
-                    f"bound); {r.diverged:.0%} of the chains diverged"
+                    else f"the exact Σ is infinite at λa = {config.lr * config.a:g}, S = {config.batch_size} "
+                    f"(past the variance bound); {r.diverged:.0%} of the chains diverged"
                 )
                 checks.append(Check.not_measurable(key, claim, why))
                 continue
@@ -140,6 +135,15 @@ class Table2(Experiment):
             checks.append(
                 Check.greater(key, claim, dev, Z, detail=f"exact/discrete = {r.exact / r.hessian_discrete:.4f}")
             )
+        return checks
+
+    def metrics(self, config: Table2Config, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+        tab = tables["table"]
+        return {"table": tab.to_dict(orient="records"), "n_diverged": int(tables["results"]["diverged"].sum())}
+
+    def plot(self, config: Table2Config, tables: dict[str, pd.DataFrame], out: Path) -> None:
+        """table2.md (the table as markdown) and table2.png (one bar group per quantity)."""
+        res, tab = tables["results"], tables["table"]
         lines = [
             "| case | quantity | exact | simulation ± SE | Hessian approx. (discrete) | Hessian approx. (continuous) |",
             "|---|---|---|---|---|---|",
@@ -171,4 +175,19 @@ class Table2(Experiment):
         if note:
             fig.suptitle(f"simulation over converged chains; {note}", fontsize=8)
         savefig(fig, out / "table2.png")
-        return {"table": tab.to_dict(orient="records"), "n_diverged": int(res["diverged"].sum())}, checks
+
+
+def _table(config: Table2Config, res: pd.DataFrame) -> pd.DataFrame:
+    """The closed-form table (:func:`~noiseprobe.minibatch.baselines.table2`) with the simulated value, its SE
+    and the fraction of diverged chains of each row (over the converged chains)."""
+    c = config
+    tab = table2(a=c.a, lr=c.lr, batch_size=c.batch_size, sigma=c.sigma, b=c.b, gamma=c.gamma, u=c.u)
+    sims, ses, fracs = [], [], []
+    for r in tab.itertuples():
+        g = res[res.case == r.case]
+        m, se, frac = mean_se_kept(g[{"Sigma": "sigma_w"}.get(r.quantity, r.quantity)], g["diverged"])
+        sims.append(m)
+        ses.append(se)
+        fracs.append(frac)
+    tab["simulation"], tab["se"], tab["diverged"] = sims, ses, fracs
+    return tab

@@ -1,220 +1,32 @@
 """Minibatch-noise paper (002), Fig. 2 and Fig. 7: power-law tail of the stationary distribution of 1d SGD.
 
-Setting (Sec. 6.6, App. D.3): 1d linear regression with label noise σ, x ~ N(0, a), loss ½(wx − y)²,
-online minibatches of S samples with replacement (N → ∞), plain SGD. Each (S, λ) point runs ``chains``
-independent chains with D's simulator (exact-in-law 1d sampler), discards ``burn_in`` steps, then keeps
-``snapshots`` values of w every ``snapshot_every`` steps. The tail index of |w| is measured by Hill on the
-top ``hill_fraction`` of the pooled samples, with a chain-clustered SE, and by the KS-selected MLE.
-
+Setting, measurement and tables: :mod:`noiseprobe.experiments._mbn_tails` (one chunk per (S, λ) point).
 Compared values: eq. (93) 2S/(aλ) − S (paper), the exact Kesten index β_K (root of E|1 − λaχ²_S/S|^β = 1,
 docs/theory/minibatch_noise.md's correction) and the continuous-time 2S/(aλ) + 1 (Mori et al. 2021).
 
 * ``mbn-fig2`` (:class:`Fig2`): aλ fixed (1 in the paper), several S: the distribution p(|w|) against the
   Student-t law of eq. (90) with β from eq. (93), the CCDF with the three slopes, and β vs S.
 * ``mbn-fig7`` (:class:`Fig7`): β vs λ for one or more S.
-
-Tables: ``results`` one row per chain (S, lr, chain, diverged, mean_sq = time-averaged w², max_abs);
-``tails`` one row per point (estimates and theory); ``ccdf`` and ``density`` the empirical P(|w| > x) and
-density of |w| on log grids, for the figures.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from noiseprobe.core.checks import Check, Z
-from noiseprobe.core.config import ExperimentConfig, param
-from noiseprobe.core.errors import ConfigError
-from noiseprobe.core.experiment import Chunk, Experiment, RunCost
+from noiseprobe.core.checks import Check
 from noiseprobe.core.plotting import new_figure, savefig
-from noiseprobe.core.powerlaw import hill, powerlaw_mle
-from noiseprobe.experiments._mbn import BASE_BYTES, sim_peak_bytes, worst_point
-from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.experiments._mbn_tails import COMMON, FULL, QUICK, Tails, TailsConfig
 from noiseprobe.minibatch.tails import (
     CONTINUOUS_LIMIT_ERROR,
-    lyapunov_exponent,
     student_t_pdf,
     tail_index_continuous,
     tail_index_eq93,
     tail_index_exact,
     tail_index_small_lr,
 )
-
-_COMMON = {"a": 1.0, "sigma": 1.0, "burn_in": 500, "hill_fraction": 0.001, "beta_max_check": 5.0}
-_QUICK = {"chains": 4000, "snapshots": 250, "snapshot_every": 10}
-_FULL = {"chains": 20000, "snapshots": 500, "snapshot_every": 20, "burn_in": 2000, "hill_fraction": 0.0005}
-_ESTIMATES = ("hill_beta", "hill_se", "hill_k", "hill_x_min", "mle_beta", "mle_se", "mle_k", "mle_x_min")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TailsConfig(ExperimentConfig):
-    a: float = param(lo=0.0, lo_open=True, help="curvature E x² of the 1d problem")
-    sigma: float = param(lo=0.0, lo_open=True, help="label-noise standard deviation σ")
-    batch_sizes: list[int] = param(lo=1, hi=10_000, min_len=1)
-    lrs: list[float] = param(lo=0.0, lo_open=True, min_len=1)
-    chains: int = param(lo=10, hi=10**8)
-    snapshots: int = param(lo=1, hi=10**6)
-    snapshot_every: int = param(lo=1, hi=10**6)
-    burn_in: int = param(lo=0, hi=10**8)
-    hill_fraction: float = param(lo=0.0, hi=0.5, lo_open=True, help="share of the pooled samples in the Hill tail")
-    beta_max_check: float = param(lo=0.0, lo_open=True, help="points with β_K above this are shown, not tested")
-
-    size_fields = ("chains", "snapshots", "snapshot_every", "burn_in")
-
-    def check(self) -> None:
-        n = self.chains * self.snapshots
-        if self.hill_fraction * n < 20:
-            raise ConfigError(
-                "hill_fraction",
-                self.hill_fraction,
-                f">= {20 / n:.3g}: the Hill tail must hold >= 20 of the chains*snapshots = {n} samples",
-            )
-
-
-class _Tails(Experiment):
-    tables = ("tails", "ccdf", "density")
-    Config = TailsConfig
-    diverging = {"lrs": [5.0]}  # λa = 5 > 2: the Lyapunov exponent is positive for every S, every chain diverges
-
-    def estimate(self, config: Any) -> RunCost:
-        """One point per chunk: the simulation with its snapshots, then the pooled |w| samples (sorted copies
-        for Hill, the MLE and the curves)."""
-        n = config["chains"] * config["snapshots"]
-        peak = sim_peak_bytes(config["chains"], snapshots=config["snapshots"]) + 8 * 6 * n + BASE_BYTES
-        return RunCost(peak_bytes=int(peak), drivers=("chains", "snapshots"))
-
-    def _points(self, config: dict[str, Any]) -> list[tuple[int, float]]:
-        return [(int(S), float(lr)) for S in config["batch_sizes"] for lr in config["lrs"]]
-
-    def chunks(self, config: dict[str, Any]) -> list[Chunk]:
-        return [
-            Chunk(f"p{i:03d}_S{S}_lr{lr:.6g}", {"index": i, "S": S, "lr": lr})
-            for i, (S, lr) in enumerate(self._points(config))
-        ]
-
-    # -- simulation -------------------------------------------------------------------------------
-    def run_chunk(self, config: dict[str, Any], chunk: Chunk) -> dict[str, pd.DataFrame]:
-        S, lr, a = chunk.spec["S"], chunk.spec["lr"], config["a"]
-        chains = config["chains"]
-        first = chunk.spec["index"] * chains  # global replica indices of this point
-        lyap = lyapunov_exponent(lr=lr, batch_size=S, a=a)
-        theory = {
-            "beta_eq93": tail_index_eq93(lr=lr, batch_size=S, a=a),
-            "beta_exact": tail_index_exact(lr=lr, batch_size=S, a=a),
-            "beta_continuous": tail_index_continuous(lr=lr, batch_size=S, a=a),
-            "lyapunov": lyap,
-        }
-        run = simulate_sgd(
-            LinearProblem(A=a, sigma=config["sigma"]),
-            lr=lr,
-            batch_size=S,
-            steps=config["snapshots"] * config["snapshot_every"],
-            burn_in=config["burn_in"],
-            chains=chains,
-            seed=config["seed"],
-            first_chain=first,
-            snapshot_every=config["snapshot_every"],
-        )
-        snaps = np.abs(run.snapshots[..., 0])  # (chains, snapshots); NaN for diverged chains
-        key = {"S": S, "lr": lr, "a": a}
-        results = pd.DataFrame(
-            {
-                **key,
-                "chain": np.arange(first, first + chains),
-                "diverged": run.diverged,
-                "mean_sq": run.second_moment[:, 0, 0],
-                "max_abs": snaps.max(axis=1),
-            }
-        )
-        ok = run.ok
-        x = snaps[ok].ravel()
-        labels = np.repeat(np.nonzero(ok)[0], snaps.shape[1])
-        x, labels = x[x > 0], labels[x > 0]
-        row: dict[str, Any] = {
-            **key,
-            **theory,
-            "n": int(x.size),
-            "n_diverged": int(run.diverged.sum()),
-            **dict.fromkeys(_ESTIMATES, math.nan),
-            "mle_at_bound": False,
-        }
-        ccdf = density = pd.DataFrame()
-        if x.size >= 100 and int(config["hill_fraction"] * x.size) >= 2:  # else (all diverged): NaN estimates
-            h = hill(x, int(config["hill_fraction"] * x.size), clusters=labels)
-            m = powerlaw_mle(x, clusters=labels)
-            row.update(
-                hill_beta=h.beta,
-                hill_se=h.se,
-                hill_k=h.k,
-                hill_x_min=h.x_min,
-                mle_beta=m.beta,
-                mle_se=m.se,
-                mle_k=m.k,
-                mle_x_min=m.x_min,
-                mle_at_bound=m.at_bound,
-            )
-            ccdf, density = _curves(x, key)
-        return {"results": results, "tails": pd.DataFrame([row]), "ccdf": ccdf, "density": density}
-
-    # -- analysis helpers -------------------------------------------------------------------------
-    @staticmethod
-    def _agreement(tails: pd.DataFrame, column: str, key: str, claim: str, config: Any, **kw: Any) -> Check:
-        """The measured Hill index agrees with ``column`` within Z chain-clustered SE at every testable point
-        (β_K <= beta_max_check): one check at the worst point."""
-        t = tails[tails["beta_exact"] <= config["beta_max_check"]]
-        skipped = len(tails) - len(t)
-        note = f"{skipped} point(s) with beta_exact > {config['beta_max_check']} not tested" if skipped else ""
-        if t.empty:
-            return Check.not_measurable(key, claim, "no testable point", detail=note, **kw)
-        labels = [
-            f"S={r.S} lr={r.lr:g} (measured {r.hill_beta:.3f}±{r.hill_se:.3f} vs {getattr(r, column):.3f})"
-            for r in t.itertuples()
-        ]
-        return worst_point(key, claim, t["hill_beta"], t[column], t["hill_se"], labels, detail=note, **kw)
-
-    @staticmethod
-    def _heavier_than_continuous(tails: pd.DataFrame) -> Check:
-        """β_continuous − measured, in chain-clustered SE, at the point where it is smallest, is at least Z."""
-        t = tails[np.isfinite(tails["hill_beta"])]
-        gap = (t["beta_continuous"] - t["hill_beta"]) / t["hill_se"]
-        return Check.greater(
-            "heavier-than-continuous",
-            "Discrete-time SGD has a heavier tail than continuous time expects: beta < 2S/(a lr) + 1 "
-            "by more than Z standard errors at every point (Sec. 6.6); measured: the smallest "
-            "(beta_continuous − Hill)/SE",
-            float(gap.min()) if len(gap) else math.nan,
-            Z,
-            detail="; ".join(
-                f"S={r.S} lr={r.lr:g}: measured {r.hill_beta:.3f} vs continuous {r.beta_continuous:.3f}"
-                for r in t.itertuples()
-            ),
-        )
-
-    @staticmethod
-    def _metrics(tails: pd.DataFrame) -> dict[str, Any]:
-        cols = [
-            "S",
-            "lr",
-            "n",
-            "n_diverged",
-            "hill_beta",
-            "hill_se",
-            "mle_beta",
-            "mle_se",
-            "mle_at_bound",
-            "beta_eq93",
-            "beta_exact",
-            "beta_continuous",
-            "lyapunov",
-        ]
-        return {"points": tails[[c for c in cols if c in tails]].to_dict(orient="records")}
-
 
 #: the small learning rate (×1/a) at which the continuous-time index is compared with the exact one
 SMALL_LR = 1e-3
@@ -271,34 +83,58 @@ def _small_lr_checks(sizes: list[int], a: float) -> list[Check]:
     return [mori, limit]
 
 
-def _curves(x: np.ndarray, key: dict[str, Any], n_grid: int = 60) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Empirical P(|w| > x) and the density of |w| on a log grid from the 10% quantile to the maximum."""
-    xs = np.sort(x)
-    grid = np.geomspace(xs[int(0.1 * (xs.size - 1))], xs[-1], n_grid)
-    ccdf = 1.0 - np.searchsorted(xs, grid[:-1], side="right") / xs.size  # P(|w| > max) = 0 is left out
-    counts = np.histogram(xs, bins=grid)[0]
-    dens = counts / (xs.size * np.diff(grid))
-    centres = np.sqrt(grid[1:] * grid[:-1])
-    keep = counts > 0
-    return (
-        pd.DataFrame({**key, "x": grid[:-1], "ccdf": ccdf}),
-        pd.DataFrame({**key, "x": centres[keep], "density": dens[keep], "count": counts[keep]}),
-    )
-
-
-class Fig2(_Tails):
+class Fig2(Tails):
     """Paper Fig. 2: stationary distribution of 1d SGD at aλ = 1 for several batch sizes (tail index vs S)."""
 
     id = "mbn-fig2"
     title = "Minibatch noise Fig. 2: power-law tail of the stationary distribution at a*lr = 1, vs batch size"
     presets = {
-        "quick": {"seed": 0, **_COMMON, **_QUICK, "lrs": [1.0], "batch_sizes": [1, 2, 4]},
-        "full": {"seed": 0, **_COMMON, **_FULL, "lrs": [1.0], "batch_sizes": [1, 2, 4, 10]},
+        "quick": {"seed": 0, **COMMON, **QUICK, "lrs": [1.0], "batch_sizes": [1, 2, 4]},
+        "full": {"seed": 0, **COMMON, **FULL, "lrs": [1.0], "batch_sizes": [1, 2, 4, 10]},
     }
 
-    def analyse(self, config: dict[str, Any], tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict, list[Check]]:
-        tails = tables["tails"].sort_values(["lr", "S"]).reset_index(drop=True)
-        a, sigma = config["a"], config["sigma"]
+    def checks(self, config: TailsConfig, tables: dict[str, pd.DataFrame]) -> list[Check]:
+        tails, a = self.tails(tables), config.a
+        checks = [
+            self.agreement(
+                tails,
+                "beta_eq93",
+                "eq93-tail-index-agrees",
+                "Eq. (93) beta = 2S/(a lr) - S agrees with the measured tail index (Sec. 6.6: 'the "
+                "proposed formula agrees with the experiment', Fig. 2)",
+                config,
+                kind="paper-claim",
+                corrected_by="exact-tail-index-agrees",
+            ),
+            self.agreement(
+                tails,
+                "beta_exact",
+                "exact-tail-index-agrees",
+                "Correction (docs/theory/minibatch_noise.md §10): the exact Kesten index, root of E|1 - lr a chi2_S/S|^beta "
+                "= 1, agrees with the measured tail index",
+                config,
+            ),
+            self.heavier_than_continuous(tails),
+        ]
+        at2 = tails[np.isclose(tails["lr"] * a, 2 * tails["S"] / (tails["S"] + 2))]
+        if not at2.empty:
+            r = at2.iloc[0]
+            checks.append(
+                Check.close(
+                    "beta-two-at-variance-bound",
+                    "At a lr = 2S/(S+2) the variance diverges: beta = 2 (eq. 93 and exact agree there)",
+                    float(r.hill_beta),
+                    2.0,
+                    atol=0.0,
+                    se=float(r.hill_se),
+                    detail=f"S={r.S}",
+                )
+            )
+        return checks
+
+    def plot(self, config: TailsConfig, tables: dict[str, pd.DataFrame], out: Path) -> None:
+        tails = self.tails(tables)
+        a, sigma = config.a, config.sigma
         fig, axes = new_figure(3, width=4.0)
         for i, r in enumerate(tails.itertuples()):
             c = f"C{i % 10}"
@@ -331,66 +167,56 @@ class Fig2(_Tails):
         axes[2].legend()
         savefig(fig, out / "fig2_tail.png")
 
-        checks = [
-            self._agreement(
-                tails,
-                "beta_eq93",
-                "eq93-tail-index-agrees",
-                "Eq. (93) beta = 2S/(a lr) - S agrees with the measured tail index (Sec. 6.6: 'the "
-                "proposed formula agrees with the experiment', Fig. 2)",
-                config,
-                kind="paper-claim",
-                corrected_by="exact-tail-index-agrees",
-            ),
-            self._agreement(
-                tails,
-                "beta_exact",
-                "exact-tail-index-agrees",
-                "Correction (docs/theory/minibatch_noise.md §10): the exact Kesten index, root of E|1 - lr a chi2_S/S|^beta "
-                "= 1, agrees with the measured tail index",
-                config,
-            ),
-            self._heavier_than_continuous(tails),
-        ]
-        at2 = tails[np.isclose(tails["lr"] * a, 2 * tails["S"] / (tails["S"] + 2))]
-        if not at2.empty:
-            r = at2.iloc[0]
-            checks.append(
-                Check.close(
-                    "beta-two-at-variance-bound",
-                    "At a lr = 2S/(S+2) the variance diverges: beta = 2 (eq. 93 and exact agree there)",
-                    float(r.hill_beta),
-                    2.0,
-                    atol=0.0,
-                    se=float(r.hill_se),
-                    detail=f"S={r.S}",
-                )
-            )
-        return self._metrics(tails), checks
 
-
-class Fig7(_Tails):
+class Fig7(Tails):
+    order = ("S", "lr")
     """Paper Fig. 7: tail index of 1d SGD vs learning rate, for one or more batch sizes."""
 
     id = "mbn-fig7"
     title = "Minibatch noise Fig. 7: tail index vs learning rate (eq. 93, exact, continuous, measured)"
     presets = {
-        "quick": {"seed": 0, **_COMMON, **_QUICK, "batch_sizes": [1, 4], "lrs": [0.3, 0.5, 0.75, 1.0, 1.25, 1.5]},
+        "quick": {"seed": 0, **COMMON, **QUICK, "batch_sizes": [1, 4], "lrs": [0.3, 0.5, 0.75, 1.0, 1.25, 1.5]},
         "full": {
             "seed": 0,
-            **_COMMON,
-            **_FULL,
+            **COMMON,
+            **FULL,
             "batch_sizes": [1, 4, 10],
             "lrs": [0.2, 0.3, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0, 1.1, 1.25, 1.4, 1.5, 1.65, 1.8],
         },
     }
 
-    def analyse(self, config: dict[str, Any], tables: dict[str, pd.DataFrame], out: Path) -> tuple[dict, list[Check]]:
-        tails = tables["tails"].sort_values(["S", "lr"]).reset_index(drop=True)
-        a = config["a"]
+    def checks(self, config: TailsConfig, tables: dict[str, pd.DataFrame]) -> list[Check]:
+        tails = self.tails(tables)
+        sizes = sorted(tails["S"].unique())
+        checks = [
+            self.agreement(
+                tails,
+                "beta_eq93",
+                "eq93-tail-index-agrees",
+                "Eq. (93) agrees with the measured tail index 'for all ranges of the learning rate' (App. D.3, Fig. 7)",
+                config,
+                kind="paper-claim",
+                corrected_by="exact-tail-index-agrees",
+            ),
+            self.agreement(
+                tails,
+                "beta_exact",
+                "exact-tail-index-agrees",
+                "Correction (docs/theory/minibatch_noise.md §10): the exact Kesten index agrees with the measured tail "
+                "index at every learning rate",
+                config,
+            ),
+            self.heavier_than_continuous(tails),
+        ]
+        checks += _small_lr_checks(sizes, config.a)
+        return checks
+
+    def plot(self, config: TailsConfig, tables: dict[str, pd.DataFrame], out: Path) -> None:
+        tails = self.tails(tables)
+        a = config.a
         sizes = sorted(tails["S"].unique())
         fig, axes = new_figure(len(sizes), width=4.0)
-        lr_grid = np.geomspace(min(config["lrs"]) / 1.2, max(config["lrs"]) * 1.1, 60)
+        lr_grid = np.geomspace(min(config.lrs) / 1.2, max(config.lrs) * 1.1, 60)
         for ax, S in zip(np.atleast_1d(axes), sizes):
             bk = tail_index_exact(lr=lr_grid, batch_size=S, a=a)
             ax.semilogy(lr_grid, tail_index_eq93(lr=lr_grid, batch_size=S, a=a), "--", label="eq. (93)")
@@ -399,7 +225,7 @@ class Fig7(_Tails):
                 lr_grid, tail_index_continuous(lr=lr_grid, batch_size=S, a=a), ":", label="continuous (Mori et al.)"
             )
             t = tails[(tails["S"] == S) & np.isfinite(tails["hill_beta"])]
-            tested = t["beta_exact"] <= config["beta_max_check"]
+            tested = t["beta_exact"] <= config.beta_max_check
             ax.errorbar(
                 t["lr"][tested],
                 t["hill_beta"][tested],
@@ -415,7 +241,7 @@ class Fig7(_Tails):
                 fmt="o",
                 mfc="none",
                 color="k",
-                label=f"Hill, β_K > {config['beta_max_check']:g} (not tested)",
+                label=f"Hill, β_K > {config.beta_max_check:g} (not tested)",
             )
             ax.axvline(2 * S / (S + 2) / a, color="grey", lw=0.8)  # β = 2: variance diverges beyond
             ax.set(
@@ -429,26 +255,3 @@ class Fig7(_Tails):
             )
             ax.legend()
         savefig(fig, out / "fig7_tail_index_vs_lr.png")
-
-        checks = [
-            self._agreement(
-                tails,
-                "beta_eq93",
-                "eq93-tail-index-agrees",
-                "Eq. (93) agrees with the measured tail index 'for all ranges of the learning rate' (App. D.3, Fig. 7)",
-                config,
-                kind="paper-claim",
-                corrected_by="exact-tail-index-agrees",
-            ),
-            self._agreement(
-                tails,
-                "beta_exact",
-                "exact-tail-index-agrees",
-                "Correction (docs/theory/minibatch_noise.md §10): the exact Kesten index agrees with the measured tail "
-                "index at every learning rate",
-                config,
-            ),
-            self._heavier_than_continuous(tails),
-        ]
-        checks += _small_lr_checks(sizes, a)
-        return self._metrics(tails), checks

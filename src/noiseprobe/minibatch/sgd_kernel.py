@@ -114,6 +114,8 @@ def _matvec(v: np.ndarray, out: int, M: np.ndarray, src: int, transpose: bool) -
                 v[out, i, j] += c * v[src, m, j]
 
 
+# Long by design (~100 lines, 20 of them the signature): the minibatch gradient of one step for LANES chains
+# in every sampling mode, in one njit function so that its scratch lanes stay in the caller's arrays.
 @numba.njit(cache=True, fastmath={"contract"})
 def _gradient(
     mode: int,
@@ -215,6 +217,9 @@ def _gradient(
             v[_G, i, j] *= inv
 
 
+# Long by design (~145 lines, 35 of them the signature: numba takes flat arrays, not objects): the whole
+# step loop of one group of LANES chains (start, burn-in, measurement, snapshots, divergence) in one njit
+# function, so that a chain's state never leaves its lanes between steps.
 @numba.njit(cache=True, fastmath={"contract"})
 def _group(
     g0: int,

@@ -212,6 +212,8 @@ class SGDRun:
         return float(v.mean()), float(standard_error(v))
 
 
+# Long by design (~95 lines): 17 keyword arguments validated one per line, and the numba kernel's 31 flat
+# arguments (it takes arrays, not objects) one per line; the decisions live in _chain_lrs, _sampler, _start.
 def simulate_sgd(
     problem: LinearProblem,
     *,
@@ -258,45 +260,10 @@ def simulate_sgd(
         raise ConfigError("batch_size", S, f"<= N = {pb.X.shape[0]} when sampling without replacement")
     if snapshot_every is not None:
         snapshot_every = check_int("snapshot_every", snapshot_every, lo=1)
-    lam, lr_scalar = check_lr(lr, D, replicas=chains)
-    if lr_scalar is not None:  # one learning rate for all chains
-        lr_chain, Lam = np.full(chains, lr_scalar), None
-    elif lam.ndim == 1:  # one per chain
-        lr_chain, Lam = lam, None
-    else:  # a matrix Λ: positive semi-definite and non-zero
-        Lam = check_matrix("lr", lam, D, psd=True)
-        if not np.any(Lam):
-            raise ConfigError("lr", "the zero matrix", "a non-zero positive semi-definite matrix")
-        lr_chain = np.zeros(chains)
-    exact_ok = pb.X is None and pb.label_noise == "gaussian" and S >= D
-    exact = exact_law
-    if exact is None:  # fewer draws than explicit minibatches
-        exact = exact_ok and (D == 1 or S >= 2 * D)
-    elif exact and not exact_ok:
-        raise ConfigError("exact_law", exact, "True only for online data, Gaussian labels and batch_size >= D")
-
-    center = pb.center
-    if w0 is None:
-        start = np.broadcast_to(center, (chains, D)).copy()
-    else:
-        w0_arr = np.asarray(w0, dtype=np.float64)
-        if w0_arr.shape not in ((D,), (chains, D)) or not np.isfinite(w0_arr).all():
-            raise ConfigError("w0", f"array of shape {w0_arr.shape}", f"finite, of shape ({D},) or ({chains}, {D})")
-        start = np.broadcast_to(w0_arr, (chains, D)).copy()
-    zero, none_x = np.zeros((D, D)), np.zeros((0, D))
-    X, y, P1, P2, vec, sig, n_in = none_x, np.zeros(0), zero, zero, np.zeros(D), 0.0, D
-    if exact:  # x̃ = AK⁻¹x + ζ: labels see x only through w_lab = K⁻¹Au, the rest is label noise of σ_eff
-        K = pb.A + pb.B
-        mode, P1 = _k.EXACT, psd_factor(K)
-        P2 = P1 / S
-        vec = np.linalg.lstsq(K, pb.A @ pb.u, rcond=None)[0]
-        sig = float(np.sqrt(pb.sigma**2 + max(0.0, float(pb.u @ (pb.A - pb.A @ np.linalg.pinv(K) @ pb.A) @ pb.u))))
-    elif pb.X is None:
-        mode, (P1, P2), vec, sig = _k.ONLINE, pb._chol, pb.u, pb.sigma
-        n_in = 2 * D if np.any(pb.B) else D  # draw input noise only when B ≠ 0
-    else:
-        mode, X, y = (_k.WITH if replacement else _k.WITHOUT), pb.X, pb.y
-
+    lr_chain, Lam = _chain_lrs(lr, D, chains)
+    mode, X, y, P1, P2, vec, sig, n_in = _sampler(pb, S, replacement, exact_law)
+    center, zero = pb.center, np.zeros((D, D))
+    start = _start(center if w0 is None else w0, chains, D)
     total = burn_in + steps
     n_meas = steps // measure_every
     n_snap = n_meas // snapshot_every if snapshot_every else 0
@@ -344,6 +311,56 @@ def simulate_sgd(
         if arr is not None:
             arr[diverged] = np.nan
     return SGDRun(pb, center, mean, sm, eta_cov, snaps if snapshot_every else None, diverged, div_at, n_meas)
+
+
+def _chain_lrs(lr: float | np.ndarray, D: int, chains: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-chain learning rates, or zeros and the matrix Λ (PSD, non-zero) when ``lr`` is a (D, D) matrix."""
+    lam, lr_scalar = check_lr(lr, D, replicas=chains)
+    if lr_scalar is not None:  # one learning rate for all chains
+        return np.full(chains, lr_scalar), None
+    if lam.ndim == 1:  # one per chain
+        return lam, None
+    Lam = check_matrix("lr", lam, D, psd=True)  # a matrix Λ: positive semi-definite and non-zero
+    if not np.any(Lam):
+        raise ConfigError("lr", "the zero matrix", "a non-zero positive semi-definite matrix")
+    return np.zeros(chains), Lam
+
+
+def _start(w0: np.ndarray, chains: int, D: int) -> np.ndarray:
+    """The (chains, D) start: ``w0`` of shape (D,) or (chains, D), finite."""
+    w0_arr = np.asarray(w0, dtype=np.float64)
+    if w0_arr.shape not in ((D,), (chains, D)) or not np.isfinite(w0_arr).all():
+        raise ConfigError("w0", f"array of shape {w0_arr.shape}", f"finite, of shape ({D},) or ({chains}, {D})")
+    return np.broadcast_to(w0_arr, (chains, D)).copy()
+
+
+def _sampler(
+    pb: LinearProblem, S: int, replacement: bool, exact_law: bool | None
+) -> tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, int]:
+    """The kernel's sampling mode and its inputs (data X, y; factors P1, P2; label vector; label-noise scale;
+    number of input draws): the exact-in-law sampler where it applies and is asked for (or, by default,
+    draws fewer numbers), else online draws, else minibatches of the fixed data set."""
+    D = pb.dim
+    zero, none_x = np.zeros((D, D)), np.zeros((0, D))
+    exact_ok = pb.X is None and pb.label_noise == "gaussian" and S >= D
+    exact = exact_law
+    if exact is None:  # fewer draws than explicit minibatches
+        exact = exact_ok and (D == 1 or S >= 2 * D)
+    elif exact and not exact_ok:
+        raise ConfigError("exact_law", exact, "True only for online data, Gaussian labels and batch_size >= D")
+    X, y, P1, P2, vec, sig, n_in = none_x, np.zeros(0), zero, zero, np.zeros(D), 0.0, D
+    if exact:  # x̃ = AK⁻¹x + ζ: labels see x only through w_lab = K⁻¹Au, the rest is label noise of σ_eff
+        K = pb.A + pb.B
+        mode, P1 = _k.EXACT, psd_factor(K)
+        P2 = P1 / S
+        vec = np.linalg.lstsq(K, pb.A @ pb.u, rcond=None)[0]
+        sig = float(np.sqrt(pb.sigma**2 + max(0.0, float(pb.u @ (pb.A - pb.A @ np.linalg.pinv(K) @ pb.A) @ pb.u))))
+    elif pb.X is None:
+        mode, (P1, P2), vec, sig = _k.ONLINE, pb._chol, pb.u, pb.sigma
+        n_in = 2 * D if np.any(pb.B) else D  # draw input noise only when B ≠ 0
+    else:
+        mode, X, y = (_k.WITH if replacement else _k.WITHOUT), pb.X, pb.y
+    return mode, X, y, P1, P2, vec, sig, n_in
 
 
 def divergence_limit(

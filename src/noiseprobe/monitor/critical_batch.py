@@ -128,7 +128,6 @@ def train_to_target(
     n = x.shape[0]
     diverged = np.zeros(k, dtype=bool)
     diverged_step = np.full(k, -1, dtype=np.int64)
-    crossed = np.full(k, math.nan)
     initial = np.full(k, math.inf)
     rec_steps: list[int] = []
     rec_loss: list[np.ndarray] = []
@@ -159,18 +158,46 @@ def train_to_target(
         j = step % BLOCK_STEPS
         if j == 0:
             idx = torch.stack([torch.randint(0, n, (BLOCK_STEPS, batch_size), generator=g) for g in gens], 1)
-        rows = idx[j]  # (k, batch_size)
-        for p in params:
-            p.requires_grad_(True)
-        lk = batch_losses(ens.forward(x[rows])[0], y[rows], "ce").mean(1)
-        grads = torch.autograd.grad(lk.sum(), params)
-        with torch.no_grad():
-            for p, g in zip(params, grads, strict=True):
-                p.sub_(rates.view(-1, *([1] * (g.dim() - 1))) * g)
+        _sgd_step(ens, params, rates, x, y, idx[j])
     for p in params:
         p.requires_grad_(False)
-    steps = np.asarray(rec_steps)
-    losses = np.stack(rec_loss, 1)  # (k, evals)
+    records, outcome = _run_tables(
+        lrs, replicas, np.asarray(rec_steps), np.stack(rec_loss, 1), target, diverged, diverged_step
+    )
+    return TargetRun(records, outcome, snapshots, ens)
+
+
+def _sgd_step(
+    ens: MLPEnsemble,
+    params: list[torch.Tensor],
+    rates: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rows: torch.Tensor,
+) -> None:
+    """One SGD step of every replica k on its own minibatch ``x[rows[k]]`` (``rows``: (k, batch_size))."""
+    for p in params:
+        p.requires_grad_(True)
+    lk = batch_losses(ens.forward(x[rows])[0], y[rows], "ce").mean(1)
+    grads = torch.autograd.grad(lk.sum(), params)
+    with torch.no_grad():
+        for p, g in zip(params, grads, strict=True):
+            p.sub_(rates.view(-1, *([1] * (g.dim() - 1))) * g)
+
+
+def _run_tables(
+    lrs: Sequence[float],
+    replicas: Sequence[int],
+    steps: np.ndarray,
+    losses: np.ndarray,
+    target: float,
+    diverged: np.ndarray,
+    diverged_step: np.ndarray,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The loss records (one row per replica and evaluation; ``losses``: (k, evaluations)) and the outcome
+    (one row per replica: interpolated steps to the target, divergence) of :func:`train_to_target`."""
+    k = len(lrs)
+    crossed = np.full(k, math.nan)
     for i in range(k):
         crossed[i] = steps_to_target(steps, losses[i], target)
     records = pd.DataFrame(
@@ -191,7 +218,7 @@ def train_to_target(
             "last_step": int(steps[-1]),
         }
     )
-    return TargetRun(records, outcome, snapshots, ens)
+    return records, outcome
 
 
 def noise_scale_during(
@@ -305,7 +332,76 @@ def fit_critical_batch(batch_sizes: ArrayLike, steps: ArrayLike) -> CriticalBatc
     )
 
 
+# -- the tuned runs of a batch-size sweep -------------------------------------------------------------------
+def tuned_runs(outcomes: pd.DataFrame, lrs: Sequence[float]) -> pd.DataFrame:
+    """One row per (batch size, seed): steps of the fastest learning rate, that lr, and whether it sits at an
+    open edge of the grid (the smallest lr, or the largest lr with no larger one diverging). ``outcomes``: one
+    row per (batch_size, seed_index, lr) with ``steps_to_target`` (NaN if not reached) and ``diverged``."""
+    rows = []
+    lrs = sorted(lrs)
+    for (b, s), sub in outcomes.groupby(["batch_size", "seed_index"]):
+        sub = sub.sort_values("lr")
+        st = sub["steps_to_target"].to_numpy()
+        row = {"batch_size": b, "seed_index": s, "steps": math.nan, "lr": math.nan, "at_edge": math.nan}
+        if np.isfinite(st).any():
+            j = int(np.nanargmin(st))
+            larger_diverged = bool(sub["diverged"].to_numpy()[j + 1 :].any())
+            edge = j == 0 or (sub["lr"].iloc[j] == lrs[-1] and not larger_diverged)
+            row.update(steps=float(st[j]), lr=float(sub["lr"].iloc[j]), at_edge=float(edge))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def steps_by_batch(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """S(B): mean over seeds of the tuned steps (NaN unless every seed reached the target), its SE, E = B·S."""
+    g = per_seed.groupby("batch_size")["steps"]
+    grid = pd.DataFrame(
+        {"steps": g.mean(), "steps_se": g.std(ddof=1) / np.sqrt(g.count()), "reached": g.count(), "seeds": g.size()}
+    ).reset_index()
+    grid.loc[grid["reached"] < grid["seeds"], "steps"] = math.nan
+    grid["examples"] = grid["steps"] * grid["batch_size"]
+    return grid
+
+
+def bootstrap_critical_batch(per_seed: pd.DataFrame, *, seed: int, n_boot: int) -> list[float]:
+    """95 % percentile interval of the fitted B_crit, resampling the seeds of every batch size (``n_boot``
+    resamples from the stream (seed, 2³¹))."""
+    piv = per_seed.pivot(index="batch_size", columns="seed_index", values="steps")
+    if piv.shape[1] < 2 or not np.isfinite(piv.to_numpy()).all():
+        return [math.nan, math.nan]
+    vals = piv.to_numpy()
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2**31,)))
+    pick = rng.integers(0, vals.shape[1], (n_boot, *vals.shape))
+    means = np.take_along_axis(np.broadcast_to(vals, pick.shape), pick, axis=2).mean(2)
+    b = piv.index.to_numpy(dtype=float)
+    crit = np.array([fit_critical_batch(b, m).b_crit for m in means])
+    crit = crit[np.isfinite(crit)]
+    return [float(v) for v in np.quantile(crit, [0.025, 0.975])] if crit.size else [math.nan, math.nan]
+
+
+def noise_by_run(per_seed: pd.DataFrame, noise: pd.DataFrame) -> pd.DataFrame:
+    """Per tuned run: B_simple and B_noise averaged over steps up to its target."""
+    rows = []
+    for r in per_seed.to_dict(orient="records"):
+        steps = float(r["steps"])
+        if not math.isfinite(steps) or noise.empty:
+            continue
+        one = noise[(noise["batch_size"] == r["batch_size"]) & (noise["seed_index"] == r["seed_index"])]
+        rows.append(
+            {
+                "batch_size": r["batch_size"],
+                "seed_index": r["seed_index"],
+                **{c: step_average(one["step"], one[c], steps) for c in ("b_simple", "b_noise")},
+            }
+        )
+    return pd.DataFrame(rows, columns=["batch_size", "seed_index", "b_simple", "b_noise"])
+
+
 __all__ = [
+    "bootstrap_critical_batch",
+    "noise_by_run",
+    "steps_by_batch",
+    "tuned_runs",
     "geometric_steps",
     "steps_to_target",
     "TargetRun",

@@ -44,15 +44,9 @@ from noiseprobe.monitor.loggers import Logger, make_loggers
 from noiseprobe.monitor.metric import Metric
 from noiseprobe.monitor.metrics import DEFAULT, resolve_metrics
 from noiseprobe.monitor.microbatch import EstimatorChoice, untouched
+from noiseprobe.probes.wrappers import eager, unwrap
 
 Forward = Callable[[nn.Module, Any], Tensor]
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside a DistributedDataParallel / DataParallel wrapper."""
-    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        model = model.module
-    return model
 
 
 @contextmanager
@@ -112,6 +106,7 @@ class NoiseMonitor:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError("model", type(model).__name__, "a torch.nn.Module")
+        unwrap(model)  # a model it cannot measure (FSDP-sharded) is refused here, at construction
         if not callable(loss_fn):
             raise ConfigError("loss_fn", loss_fn, "a callable loss_fn(output, targets) -> per-sample losses")
         if forward is not None and not callable(forward):
@@ -214,7 +209,7 @@ class NoiseMonitor:
             failed = dict.fromkeys((m.name for m in self.metrics), "memory")
             self._fault(skip, None)
         else:
-            with preserved(model), torch.autocast(device.type, enabled=False):
+            with preserved(model), torch.autocast(device.type, enabled=False), eager():
                 ctx = Context(
                     model=model,
                     loss_fn=self.loss_fn,

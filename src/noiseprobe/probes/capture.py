@@ -28,6 +28,7 @@ from noiseprobe.probes.losses import model_output
 from noiseprobe.probes.rules import Call, Rule, VmapRule, rule_for, tensor_leaves
 from noiseprobe.probes.rules.base import Named
 from noiseprobe.probes.rules.norm import BatchNormRule
+from noiseprobe.probes.wrappers import eager
 
 #: loss_fn(model_output, targets) -> per-sample losses of shape (N,)
 PerSampleLoss = Callable[[Any, Any], Tensor]
@@ -196,7 +197,7 @@ def record(
     for name, m in root.named_modules():
         handles.append(m.register_forward_pre_hook(lambda *a, name=name: fired.add(name) if active[0] else None))
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), eager():  # compiled submodules run eagerly: hooks fire, dynamo sees none
             losses = loss_fn(root(x), y)
     finally:
         active[0] = False

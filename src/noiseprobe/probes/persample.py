@@ -57,6 +57,7 @@ from noiseprobe.probes.capture import (
 from noiseprobe.probes.factors import Factor, OuterFactor, RowsFactor
 from noiseprobe.probes.rules import rule_for
 from noiseprobe.probes.rules.base import accumulation_dtype
+from noiseprobe.probes.wrappers import unwrap
 
 __all__ = [
     "Forward",
@@ -103,6 +104,7 @@ def select_parameters(model: nn.Module, selection: Selection | None = None) -> l
     ``model`` (all, or those of ``selection``: a parameter's name, a module's name or the module, a
     parameter), in the order of ``model.parameters()`` — the flat-vector order — each under its first
     name in ``model.named_parameters()`` (a tied parameter appears once)."""
+    model = unwrap(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if selection is None:
         chosen = trainable
@@ -152,6 +154,7 @@ class HookFactors(PerSampleGradients):
         consumers: frozenset[str] = frozenset(),
         params: Selection | None = None,
     ) -> None:
+        model = unwrap(model)
         self.root = Root(model, forward or default_forward)
         chosen = [p for _, p in select_parameters(model, params)]
         self.dtype, self.device = accumulation_dtype(chosen[0]), chosen[0].device
@@ -176,7 +179,8 @@ class HookFactors(PerSampleGradients):
         for u in units:
             for c in u.calls:
                 c.grads = [g if g is not None else torch.zeros_like(o) for o, g in zip(c.outputs, it)]
-                contribs.append(([p for _, p in u.params], u.rule.factor(u.module, c, u.params, self.n)))
+                for named, factor in u.rule.factors(u.module, c, u.params, self.n):
+                    contribs.append(([p for _, p in named], factor))
                 c.args, c.kwargs, c.outputs, c.grads = (), {}, [], []
         if not contribs:
             raise ConfigError("model", type(self.root.model).__name__, "a loss that depends on a trainable parameter")

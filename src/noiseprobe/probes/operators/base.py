@@ -36,6 +36,7 @@ from noiseprobe.probes.persample import (
     default_forward,
     select_parameters,
 )
+from noiseprobe.probes.wrappers import eager, unwrap
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -256,7 +257,8 @@ def output_and_loss(
     model: nn.Module, loss_fn: PerSampleLoss, x: Any, y: Any, forward: Forward | None
 ) -> tuple[Tensor, Tensor]:
     """(model output f on the batch, the mean loss L = (1/N) Σ ℓ_i(f_i)), graphs kept."""
-    out = model_output((forward or default_forward)(model, x))
+    with eager():
+        out = model_output((forward or default_forward)(unwrap(model), x))
     return out, mean_loss(loss_fn, out, y)
 
 

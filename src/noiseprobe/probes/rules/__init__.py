@@ -18,12 +18,13 @@ from typing import Any
 from torch import nn
 
 # the built-in rules register themselves on import
-from noiseprobe.probes.rules import conv, norm  # noqa: F401
+from noiseprobe.probes.rules import conv, norm, recurrent  # noqa: F401
 from noiseprobe.probes.rules.base import REGISTRY, Call, Rule, register_rule
 from noiseprobe.probes.rules.fallback import VmapRule, tensor_leaves
 from noiseprobe.probes.rules.linear import TransformersConv1DRule, is_transformers_conv1d
 
 _CONV1D = TransformersConv1DRule()
+_HF_RMS_NORM = norm.HFRMSNormRule()
 
 
 def rule_for(module: nn.Module) -> Rule[Any] | None:
@@ -34,6 +35,8 @@ def rule_for(module: nn.Module) -> Rule[Any] | None:
             return rule
     if is_transformers_conv1d(module):
         return _CONV1D
+    if norm.is_hf_rms_norm(module):
+        return _HF_RMS_NORM
     return None
 
 

@@ -9,8 +9,10 @@ quantities (Gram, norms, products, diagonal) are computed by the factors, never 
 separation BackPACK makes between module derivatives and extensions.
 
 To support a new layer: subclass :class:`Rule` parametrised by the module type (``Rule[nn.Linear]``),
-implement :meth:`Rule.factor` (and :meth:`Rule.validate` for configurations it refuses), and decorate the
-class with ``@register_rule(ModuleType)`` where it is defined (Opacus's ``@register_grad_sampler`` style):
+implement :meth:`Rule.factor` (or :meth:`Rule.factors`, one factor per parameter group), and
+:meth:`Rule.validate` for configurations it refuses (:class:`~noiseprobe.core.errors.NoPerSampleGradients` where
+per-sample gradients are not defined, a plain ConfigError where they are defined but unsupported), and decorate
+the class with ``@register_rule(ModuleType)`` where it is defined (Opacus's ``@register_grad_sampler`` style):
 the package's own rules do so in their files, and a user does the same for a module of their own
 (``npb.register_rule``), without editing any table.
 """
@@ -104,6 +106,11 @@ class Rule(Generic[M]):
     def factor(self, module: M, call: Call, params: Named, n: int) -> Factor:
         """Per-sample gradients of ``params`` (in this order) contributed by ``call``."""
         raise NotImplementedError
+
+    def factors(self, module: M, call: Call, params: Named, n: int) -> list[tuple[Named, Factor]]:
+        """The contribution of ``call`` as factors over subsets of ``params`` (a rule whose parameters fall
+        into several matrices, e.g. a recurrent layer's input and hidden weights, overrides this)."""
+        return [(params, self.factor(module, call, params, n))]
 
 
 R = TypeVar("R", bound=type[Rule[Any]])

@@ -68,9 +68,15 @@ class VmapRule(Rule[M]):
         out_axes = [self.output_axis(module, p, o, n) for p, o in zip(call.positions, call.outputs)]
         for o, ax in zip(call.outputs, out_axes):
             if o.dim() <= ax or o.shape[ax] != n:
-                raise ConfigError(
-                    call.name, f"output of shape {tuple(o.shape)}", f"outputs with the batch of N = {n} on axis {ax}"
-                )
+                allowed = f"outputs with the batch of N = {n} on axis {ax}"
+                if ax == 0 and o.dim() >= 1 and o.shape[0] % n == 0 and o.shape[0] > n:
+                    # a flattened (N·T, ...) output, e.g. logits.view(-1, V): say how to unflatten it
+                    allowed += (
+                        f" (this one looks flattened, {n} × {o.shape[0] // n} rows: return it as (N, T, ...) "
+                        "with `forward=lambda model, x: model(x).unflatten(0, (len(x), -1))` and a loss_fn "
+                        "that takes (N, T, ...) outputs, e.g. noiseprobe.TokenMeanCrossEntropy())"
+                    )
+                raise ConfigError(call.name, f"output of shape {tuple(o.shape)}", allowed)
 
         def one(a: Any, ax: Any) -> Any:
             return tree_map(lambda t, d: t.unsqueeze(d) if d is not None else t, a, ax)

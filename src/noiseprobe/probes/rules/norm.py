@@ -8,6 +8,7 @@ x̂ is recomputed from the stored input (no grad). Stored explicitly: N × (|γ|
 | LayerNorm / RMSNorm | over the trailing ``normalized_shape`` axes | leading non-batch axes |
 | GroupNorm | over (channels of a group) × positions | positions |
 | BatchNorm1d/2d/3d, eval mode | (x − running mean)/√(running var + eps) | positions |
+| Hugging Face RMS norms (``HF_RMS_NORMS``) | x/√(mean(x²) + eps) over the last axis | leading non-batch axes |
 
 BatchNorm in training mode (or without running statistics) normalises with the batch's statistics,
 so samples interact and per-sample gradients are undefined: refused with
@@ -100,3 +101,57 @@ class BatchNormRule(Rule[_BatchNorm]):
         shape = (1, -1) + (1,) * (x.dim() - 2)
         xhat = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var.to(x.dtype).view(shape) + module.eps)
         return _affine_rows(params, xhat, g, False, module.num_features)
+
+
+#: transformers' RMS-norm classes (recognised by name, without importing transformers): y = w ∘ x̂ (Llama,
+#: Mistral, Mixtral, Qwen2/3, Phi-3, T5) or y = (1 + w) ∘ x̂ (Gemma 1–3): the same ∇_w ℓ_i = Σ g_i ∘ x̂_i
+HF_RMS_NORMS = frozenset(
+    {
+        "LlamaRMSNorm",
+        "MistralRMSNorm",
+        "MixtralRMSNorm",
+        "Qwen2RMSNorm",
+        "Qwen3RMSNorm",
+        "Phi3RMSNorm",
+        "T5LayerNorm",
+        "GemmaRMSNorm",
+        "Gemma2RMSNorm",
+        "Gemma3RMSNorm",
+    }
+)
+
+
+def is_hf_rms_norm(module: nn.Module) -> bool:
+    """A transformers RMS norm of :data:`HF_RMS_NORMS`: its class name, defined in ``transformers``, with its
+    own ``forward``, one 1-D ``weight`` and an ``eps``/``variance_epsilon``."""
+    cls = type(module)
+    w = getattr(module, "weight", None)
+    return (
+        cls.__name__ in HF_RMS_NORMS
+        and cls.__module__.startswith("transformers.")
+        and "forward" in cls.__dict__
+        and isinstance(w, Tensor)
+        and w.dim() == 1
+        and [n for n, _ in module.named_parameters(recurse=False)] == ["weight"]
+        and isinstance(getattr(module, "variance_epsilon", getattr(module, "eps", None)), float)
+    )
+
+
+class HFRMSNormRule(Rule[nn.Module]):
+    """transformers' RMS norms (:func:`is_hf_rms_norm`): x̂ = x/√(mean(x²) + eps) over the last axis, rounded
+    as each family's forward rounds it (they normalise in float32 whatever the model's dtype), so that the
+    per-sample gradients sum to autograd's gradient of the model as it runs."""
+
+    def factor(self, module: nn.Module, call: Call, params: Named, n: int) -> RowsFactor:
+        x = batch_leading(call, call.input, n)
+        g = call.grads[0]
+        dtype = accumulation_dtype(g)
+        x32 = x.to(torch.float32)
+        eps = float(getattr(module, "variance_epsilon", getattr(module, "eps", 0.0)))
+        if type(module).__name__ == "T5LayerNorm":  # variance in float32, scaling in the input's dtype
+            xhat = x * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+        else:  # Llama family: x̂ in float32, cast to the input's dtype; Gemma: x̂ in float32
+            xhat = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+            if not type(module).__name__.startswith("Gemma"):
+                xhat = xhat.to(x.dtype)
+        return _affine_rows(params, xhat.to(dtype), g.to(dtype), True, x.shape[-1])
