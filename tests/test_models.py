@@ -36,3 +36,17 @@ def test_cnn_and_resnet_shapes(dim: int) -> None:
     x = torch.randn(2, 3, *([7] * dim))
     assert small_cnn(dim)(x).shape == (2, 5)
     assert small_resnet(blocks=2)(torch.randn(2, 3, 6, 6)).shape == (2, 5)
+
+
+def test_resnet18_layout() -> None:
+    """11,173,962 parameters at width 64 and 10 classes: the count of the CIFAR ResNet-18 (torchvision's
+    layout with a 3×3 stem and no max-pool); GroupNorm keeps the count; logits (N, classes)."""
+    from noiseprobe.models import resnet18
+
+    for norm in ("batch", "group"):
+        model = resnet18(norm=norm)
+        assert sum(p.numel() for p in model.parameters()) == 11_173_962
+    small = resnet18(width=4, classes=3, norm="group")
+    assert small(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    with pytest.raises(ConfigError, match="norm"):
+        resnet18(norm="layer")

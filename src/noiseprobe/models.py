@@ -10,6 +10,9 @@
   and GroupNorm, then global average pooling and a Linear classifier.
 * :class:`ResNetBlock` / :func:`small_resnet`: conv–BatchNorm–ReLU–conv–BatchNorm plus identity, the
   basic ResNet block (BatchNorm: use the model in eval mode for per-sample gradients).
+* :func:`resnet18`: the ResNet-18 layout for 32×32 images (3×3 stem, four stages of two basic blocks,
+  widths w, 2w, 4w, 8w, strided 1×1 projection shortcuts), BatchNorm or GroupNorm; torchvision's layer
+  mix without depending on torchvision.
 """
 
 from __future__ import annotations
@@ -186,3 +189,41 @@ def small_resnet(channels: int = 3, width: int = 8, blocks: int = 1, classes: in
         nn.Flatten(),
         nn.Linear(width, classes),
     )
+
+
+class BasicBlock(nn.Module):
+    """relu(shortcut(x) + norm(conv(relu(norm(conv(x)))))), the first conv strided; the shortcut is the
+    identity, or a strided 1×1 conv + norm where the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int, norm: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = _norm(norm, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = _norm(norm, cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(norm, cout))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(self.shortcut(x) + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+def _norm(norm: str, width: int) -> nn.Module:
+    return nn.BatchNorm2d(width) if norm == "batch" else nn.GroupNorm(min(32, width // 2), width)
+
+
+def resnet18(channels: int = 3, classes: int = 10, width: int = 64, norm: str = "batch") -> nn.Sequential:
+    """ResNet-18 for 32×32 images (CIFAR form: 3×3 stem, no max-pool): stages of 2 :class:`BasicBlock`
+    at widths w, 2w, 4w, 8w (strides 1, 2, 2, 2), average pooling, Linear head; 11.2 M parameters at
+    w = 64. ``norm``: "batch" (BatchNorm2d) or "group" (GroupNorm, min(32, c/2) groups)."""
+    width = check_int("width", width, lo=2)
+    if norm not in ("batch", "group"):
+        raise ConfigError("norm", norm, "'batch' or 'group'")
+    layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, 1, 1, bias=False), _norm(norm, width), nn.ReLU()]
+    cin = width
+    for stage in range(4):
+        cout = width * 2**stage
+        layers += [BasicBlock(cin, cout, 1 if stage == 0 else 2, norm), BasicBlock(cout, cout, 1, norm)]
+        cin = cout
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, classes))

@@ -16,6 +16,7 @@ from noiseprobe.probes import factors
 from noiseprobe.probes.factors import OuterFactor, RowsFactor
 from noiseprobe.probes.losses import TokenMeanCrossEntropy
 from noiseprobe.probes.persample import HookFactors, per_sample_gradients
+from noiseprobe.probes.rules.conv import StreamedConvFactor
 from tests.probes.oracle import DEVICES, assert_products, func_rows
 
 CE = nn.CrossEntropyLoss(reduction="none")
@@ -111,7 +112,7 @@ def test_cnn_every_conv_option_and_groupnorm(dim: int) -> None:
     y = torch.randint(0, 3, (4,), generator=g)
     j = func_rows(model, lambda call, xi, yi: F.cross_entropy(call(xi[None]), yi[None]), x, y)
     fac = per_sample_gradients(model, CE, x, y, check=True)
-    assert all(isinstance(f, (RowsFactor, OuterFactor)) for _, f in fac.blocks)
+    assert all(isinstance(f, (RowsFactor, OuterFactor, StreamedConvFactor)) for _, f in fac.blocks)
     assert_products(fac, j, rtol=1e-9, atol=1e-12)
 
 
@@ -351,6 +352,29 @@ def test_transformer_encoder_layer(batch_first: bool) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no vmap fallback warning from fused attention kernels either
         fac = per_sample_gradients(model, CE, x, y, forward=fwd, check=True)
+    assert_products(fac, j, rtol=1e-9, atol=1e-12)
+
+
+def test_streamed_conv_factor_matches_dense_per_sample_gradients() -> None:
+    """Deep convolutions on a small spatial grid keep x and g, not the rows (N·P_layer > |x| + |g|):
+    every product, the position-pair Gram included, equals torch.func's per-sample gradients (bias too)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, padding_mode="reflect"),
+        nn.GroupNorm(4, 16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1, bias=False),
+        nn.Flatten(),
+        nn.Linear(16 * 2 * 2, 3),
+    ).double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (5,), generator=g)
+    j = func_rows(model, lambda call, xi, yi: F.cross_entropy(call(xi[None]), yi[None]), x, y)
+    fac = per_sample_gradients(model, CE, x, y, check=True)
+    streamed = [f for _, f in fac.blocks if isinstance(f, StreamedConvFactor)]
+    # the 4×4 reflect-padded conv forms explicit rows, the strided one (2×2 outputs) position pairs
+    assert [f._pair_gram() is not None for f in streamed] == [False, True]
     assert_products(fac, j, rtol=1e-9, atol=1e-12)
 
 
