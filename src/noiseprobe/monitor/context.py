@@ -221,7 +221,8 @@ class Context:
         key = {id(p): owners[id(p)][0] for _, p in selected}
         order = list(dict.fromkeys(key.values()))
         if self.estimator == "micro-batch":
-            rows, o, cols = self.micro.rows.double(), 0, {}
+            rows, o = self.micro.rows.double(), 0
+            cols: dict[str, list[Tensor]] = {}
             for _, p in selected:
                 cols.setdefault(key[id(p)], []).append(rows[:, o : o + p.numel()])
                 o += p.numel()

@@ -311,7 +311,8 @@ class NINHandle:
 
     def set_sample_indices(self, idx: Tensor) -> None:
         """Indices (into the training set, 0..n_train−1) of the samples of the next training batch."""
-        sizes = [int(node.table.shape[0]) for node in self.nodes if getattr(node, "table", None) is not None]
+        tables = [getattr(node, "table", None) for node in self.node_list]  # "step" mode has none
+        sizes = [int(tab.shape[0]) for tab in tables if isinstance(tab, Tensor)]
         allowed = "a 1-d array of integer sample indices" + (f" in [0, {min(sizes)})" if sizes else "")
         try:
             t = torch.as_tensor(idx)
