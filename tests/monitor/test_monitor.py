@@ -351,3 +351,18 @@ def test_wandb_logger_offline(tmp_path, monkeypatch):
     mon.close()
     assert wandb.run is None  # the run the logger started is finished
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def test_memory_estimate_counts_what_the_chosen_metrics_hold() -> None:
+    """The pre-measurement memory estimate sums the chosen metrics' parameter-sized vectors: the default
+    (Gram-based noise metrics) holds a few, Lanczos-based curvature metrics their Krylov blocks; it no longer
+    charges every monitor for Lanczos (which refused GPT-2 small's default measurement on 24 GiB)."""
+    import noiseprobe as npb
+
+    model = nn.Linear(100, 10)  # P = 1010 float32 parameters
+    loss = nn.CrossEntropyLoss(reduction="none")
+    p_bytes = 1010 * 4
+    default = npb.NoiseMonitor(model, loss, verbose=False).estimated_peak(8)
+    assert default == p_bytes * (4 + 5) + 8 * 64  # 5 default metrics, one vector each
+    curv = npb.NoiseMonitor(model, loss, metrics=["sharpness", "top_k_h"], top_k=3, verbose=False).estimated_peak(8)
+    assert curv == p_bytes * (4 + 2 * (1 + 10 + 7) + 2 * (3 + 10 + 7)) + 8 * 64

@@ -34,6 +34,11 @@ class Metric(abc.ABC):
     #: the constructor arguments a string cannot supply ("" if none): then the name alone is refused
     needs: ClassVar[str] = ""
 
+    def param_vectors(self, top_k: int) -> int:
+        """Parameter-sized vectors this metric holds at its peak (the monitor's memory estimate): one by
+        default (a mean gradient, a diagonal); Krylov and probe blocks for the curvature metrics."""
+        return 1
+
     @abc.abstractmethod
     def measure(self, ctx: Context) -> dict[str, float]:
         """The values of this metric on one measurement."""

@@ -39,7 +39,7 @@ from noiseprobe.core.errors import ConfigError, NoPerSampleGradients, NumericalE
 from noiseprobe.core.memory import fmt_bytes, usable_memory
 from noiseprobe.core.validation import check_choice, check_int
 from noiseprobe.monitor import ddp
-from noiseprobe.monitor.context import COLD_MIN_DIM, Context, Refused, TooFewSamples
+from noiseprobe.monitor.context import Context, Refused, TooFewSamples
 from noiseprobe.monitor.loggers import Logger, make_loggers
 from noiseprobe.monitor.metric import Metric
 from noiseprobe.monitor.metrics import DEFAULT, resolve_metrics
@@ -185,14 +185,16 @@ class NoiseMonitor:
             )
 
     def estimated_peak(self, n: int) -> int:
-        """Bytes a measurement allocates beyond the training step, estimated: parameter-sized vectors of
-        Lanczos (2·(top_k + 17)), the Hutchinson probes and their products (2·16) and a few more (8), and the
-        N × N Gram matrix; activations of the extra forward and backward are those of a training step."""
+        """Bytes a measurement allocates beyond the training step, estimated: the parameter-sized vectors the
+        chosen metrics hold at their peak (each metric's ``param_vectors``: Lanczos blocks, probe blocks) and a
+        few more (4), and the N × N Gram matrix; activations of the extra forward and backward are those of a
+        training step."""
         model = unwrap(self.model)
         params = [p for p in model.parameters() if p.requires_grad]
         p_count = sum(p.numel() for p in params)
         itemsize = max((p.element_size() for p in params), default=4)
-        return itemsize * p_count * (2 * (self.top_k + COLD_MIN_DIM + 7) + 32 + 8) + 8 * n * n
+        vectors = 4 + sum(m.param_vectors(self.top_k) for m in self.metrics)
+        return itemsize * p_count * vectors + 8 * n * n
 
     def _measure(self, batch: tuple[Any, Any], optimizer: torch.optim.Optimizer | None, step: int) -> dict[str, Any]:
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):

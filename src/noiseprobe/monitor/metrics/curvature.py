@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from noiseprobe.monitor.context import Context, Refused, top_eigen
+from noiseprobe.monitor.context import COLD_MIN_DIM, Context, Refused, top_eigen
 from noiseprobe.monitor.metric import Metric, register_metric
 from noiseprobe.monitor.microbatch import batch_samples
 from noiseprobe.monitor.stability import step_scale
@@ -47,6 +47,10 @@ class Sharpness(Metric):
 
     def __init__(self) -> None:
         self._warm: Eigenpairs | None = None
+
+    def param_vectors(self, top_k: int) -> int:
+        """Lanczos: 2·(k + COLD_MIN_DIM + 7) Krylov and product vectors."""
+        return 2 * (1 + COLD_MIN_DIM + 7)
 
     def measure(self, ctx: Context) -> dict[str, float]:
         params = [p for p in ctx.model.parameters() if p.requires_grad]
@@ -108,6 +112,10 @@ class BatchSharpness(Metric):
     def __init__(self, window: int = BATCH_SHARPNESS_WINDOW) -> None:
         self.values: deque[float] = deque(maxlen=window)
 
+    def param_vectors(self, top_k: int) -> int:
+        """g_B, its scaled copy and one Hessian-vector product."""
+        return 3
+
     def measure(self, ctx: Context) -> dict[str, float]:
         _update_batch(ctx)
         g, v, hv = _directional(ctx, lambda g: g)
@@ -133,6 +141,10 @@ class EoSSRatio(Metric):
 
     name = "eoss_ratio"
 
+    def param_vectors(self, top_k: int) -> int:
+        """g_B, its scaled copy and one Hessian-vector product."""
+        return 3
+
     def measure(self, ctx: Context) -> dict[str, float]:
         _update_batch(ctx)
         params = [p for p in ctx.model.parameters() if p.requires_grad]
@@ -154,6 +166,10 @@ class TopKH(Metric):
 
     def __init__(self) -> None:
         self._warm: Eigenpairs | None = None
+
+    def param_vectors(self, top_k: int) -> int:
+        """Lanczos: 2·(k + COLD_MIN_DIM + 7) Krylov and product vectors."""
+        return 2 * (top_k + COLD_MIN_DIM + 7)
 
     def measure(self, ctx: Context) -> dict[str, float]:
         k = min(ctx.top_k, ctx.hessian.num_params)
@@ -182,6 +198,10 @@ class BNoise(Metric):
 
     def __init__(self) -> None:
         self.calls = 0
+
+    def param_vectors(self, top_k: int) -> int:
+        """The probe block J_cᵀr and its Hessian products, 2·B_NOISE_PROBES, and ḡ, Hḡ."""
+        return 2 * B_NOISE_PROBES + 2
 
     def measure(self, ctx: Context) -> dict[str, float]:
         n, grads = ctx.n, ctx.grads

@@ -61,7 +61,7 @@ from torch import Tensor, nn
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.validation import check_real
 from noiseprobe.minibatch.fluctuation import NoStationaryState, solve_fluctuation
-from noiseprobe.monitor.context import Context, top_eigen
+from noiseprobe.monitor.context import COLD_MIN_DIM, Context, top_eigen
 from noiseprobe.monitor.metric import Metric, register_metric
 from noiseprobe.nin.injector import NINHandle
 from noiseprobe.nin.phases import PHASES, classify
@@ -176,6 +176,10 @@ class Fluctuation(Metric):
         blocks = [b.mean() for b in np.array_split(dev, LOSS_BLOCKS)] if n >= 2 * LOSS_BLOCKS else []
         se = float(np.std(blocks, ddof=1) / math.sqrt(len(blocks))) if blocks else math.nan
         return float(dev.mean()), se, n
+
+    def param_vectors(self, top_k: int) -> int:
+        """The top-k Hessian pairs by Lanczos (shared with ``top_k_h``): 2·(k + COLD_MIN_DIM + 7)."""
+        return 2 * (top_k + COLD_MIN_DIM + 7)
 
     def measure(self, ctx: Context) -> dict[str, Any]:
         measured, se, count = self._measured_losses()
@@ -316,6 +320,10 @@ class _Regulariser(Metric):
     def value_on(self, ctx: Context, inputs: Any, targets: Any) -> Tensor:
         """E on (inputs, targets), differentiable in the parameters."""
         raise NotImplementedError
+
+    def param_vectors(self, top_k: int) -> int:
+        """Its probe block and gradients (2·REG_PROBES) beside the top-k Hessian pairs of its projector."""
+        return 2 * REG_PROBES + 2 * (top_k + COLD_MIN_DIM + 7)
 
     def measure(self, ctx: Context) -> dict[str, Any]:
         if self.batch is None:
