@@ -201,3 +201,57 @@ def test_eos_above_the_boundary_stops_at_the_divergence(r):
     assert ph.diverged_step > 0 and np.isnan(lv[int(ph.diverged_step) + 1 :]).all()
     assert np.isfinite(lv[: int(ph.diverged_step)]).all()
     assert (lv[: int(ph.diverged_step)] <= divergence.bound(lv[0])).all()  # nothing past the bound is kept
+
+
+# -- NIN ensembles and the critical-batch trainer ------------------------------------------------------------
+def _classes(n: int, d: int, c: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    return x, (x @ torch.randn(d, c, generator=g)).argmax(1)
+
+
+def _ensemble(lr: float):
+    from noiseprobe.nin.ensemble import train_ensemble
+
+    x, y = _classes(120, 8, 3, 0)
+    xt, yt = _classes(40, 8, 3, 1)
+    kw = dict(hidden=[8], seed=2, loss="mse", lr=lr, batch_size=40, epochs=2, probe_samples=20)
+    return train_ensemble(x, y, xt, yt, sigmas=[0.5, 1.0], replicas=[0, 1], **kw).records
+
+
+@FAST
+@given(lr=st.floats(0.005, 0.05))
+def test_nin_ensemble_below_the_boundary_flags_nothing(lr):
+    rec = _ensemble(lr)
+    assert not rec["diverged"].any() and np.isfinite(rec["niw_norm"].to_numpy(float)).all()
+
+
+@FAST
+@given(lr=st.floats(200.0, 2000.0))
+def test_nin_ensemble_above_the_boundary_flags_every_member(lr):
+    rec = _ensemble(lr)
+    last = rec.groupby("member").tail(1)
+    assert last["diverged"].all() and (rec.groupby("member")["diverged_step"].first() >= 1).all()
+    after = rec[rec["diverged"]]
+    assert after["niw_norm"].isna().all()  # nothing from a diverged member reaches a record
+
+
+def _to_target(lr: float):
+    from noiseprobe.monitor.critical_batch import train_to_target
+
+    x, y = _classes(60, 5, 3, 0)
+    common = dict(hidden=[8], batch_size=8, init_replica=0, seed=0, target=1e-6, max_steps=40)
+    return train_to_target(x, y, lrs=[lr, lr], replicas=[0, 1], **common).outcome
+
+
+@FAST
+@given(lr=st.floats(0.01, 0.2))
+def test_critical_batch_below_the_boundary_flags_nothing(lr):
+    assert not _to_target(lr)["diverged"].any()
+
+
+@FAST
+@given(lr=st.floats(1e3, 1e5))
+def test_critical_batch_above_the_boundary_flags_every_run(lr):
+    out = _to_target(lr)
+    assert out["diverged"].all() and out["steps_to_target"].isna().all()
