@@ -255,3 +255,25 @@ def test_critical_batch_below_the_boundary_flags_nothing(lr):
 def test_critical_batch_above_the_boundary_flags_every_run(lr):
     out = _to_target(lr)
     assert out["diverged"].all() and out["steps_to_target"].isna().all()
+
+
+def _tanh(lr: float) -> np.ndarray:
+    from noiseprobe.minibatch.nets import train_tanh_net
+
+    x, y = _classes(60, 5, 3, 0)
+    gens = [torch.Generator().manual_seed(r) for r in range(2)]
+    batches = torch.randint(0, 60, (2, 40, 8), generator=torch.Generator().manual_seed(1))
+    losses = train_tanh_net(x, y, width=8, lrs=torch.tensor([lr, lr]), optimizer="sgd", init_gens=gens, batches=batches)
+    return loss_diverged_step(losses)
+
+
+@FAST
+@given(lr=st.floats(0.01, 0.5))
+def test_tanh_trainer_below_the_boundary_flags_nothing(lr):
+    assert (_tanh(lr) == -1).all()
+
+
+@FAST
+@given(lr=st.floats(1e9, 1e11))
+def test_tanh_trainer_above_the_boundary_flags_every_replica(lr):
+    assert (_tanh(lr) >= 1).all()
