@@ -423,7 +423,7 @@ class _NINSweep(Experiment):
                 1,
                 detail=f"overflow {int(runs['diverged'].sum())}, stalled "
                 f"{int(runs['stalled'].sum())} of {len(runs)} runs; overflow = non-finite or "
-                "|w| > 1e8 (diverged_step); stalled = final train accuracy above chance less "
+                "a weight beyond 1e8 × its initial scale, core/divergence.py (diverged_step); stalled = final train accuracy above chance less "
                 "than stall_fraction of the no-NIN run's",
             )
         )
