@@ -14,7 +14,6 @@ micro-batch (train BatchNorm, m = 4) ≤ 1.5× a step.
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from collections.abc import Callable
@@ -25,7 +24,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from bench_monitor import _median_times
-from bench_transformer import _vm
+from bench_transformer import _vm, step_memory_row
 from noiseprobe import NoiseMonitor
 from noiseprobe.models import resnet18
 
@@ -108,25 +107,7 @@ def run(quick: bool = False, variants: tuple[str, ...] = tuple(VARIANTS)) -> lis
         if variant == "bn-train-m4":
             continue  # the aim for the micro-batch estimator is on time only
         mem = {name: peak_memory(variant, name, quick) for name in ("step", "measure")}
-        own, base = mem["measure"].get("own_mb", math.nan), mem["step"].get("own_mb", math.nan)
-        rows.append(
-            {
-                "name": f"default measurement ({est}): peak memory ({size})",
-                "measured": own,
-                "baseline": "one AdamW training step",
-                "baseline_value": base,
-                "ratio": own / base,
-                "unit": "MB above setup",
-                "target": "<= 2x",
-                "aim_met": own / base <= 2,
-                "note": (
-                    f"subprocess peak RSS {mem['measure'].get('peak_mb', math.nan):.0f} MB vs "
-                    f"{mem['step'].get('peak_mb', math.nan):.0f} MB, setup {mem['step'].get('before_mb', math.nan):.0f} MB"
-                    if "error" not in mem["measure"]
-                    else mem["measure"]["error"]
-                ),
-            }
-        )
+        rows.append(step_memory_row(f"default measurement ({est}): peak memory ({size})", mem))
     return rows
 
 

@@ -13,7 +13,6 @@ Aims (issue 18.7): ≤ 2× a step, added peak memory ≤ 2× the step's.
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,7 +22,7 @@ import torch
 from torch import Tensor
 
 from bench_monitor import _median_times
-from bench_transformer import _vm
+from bench_transformer import _vm, step_memory_row
 from noiseprobe import NoiseMonitor
 from noiseprobe.probes.losses import TokenMeanCrossEntropy
 
@@ -114,7 +113,6 @@ def run(quick: bool = False, sizes: tuple[str, ...] = ("small",)) -> list[dict]:
             continue
         mem = {name: peak_memory(size, name) for name in ("step", "measure")}
         ratio = t_["measure"] / t_["step"]
-        own, base = mem["measure"].get("own_mb", math.nan), mem["step"].get("own_mb", math.nan)
         rows += [
             {
                 "name": f"default measurement: time ({label})",
@@ -127,22 +125,7 @@ def run(quick: bool = False, sizes: tuple[str, ...] = ("small",)) -> list[dict]:
                 "aim_met": ratio <= 2,
                 "note": "median of interleaved rounds, one process",
             },
-            {
-                "name": f"default measurement: peak memory ({label})",
-                "measured": own,
-                "baseline": "one AdamW training step",
-                "baseline_value": base,
-                "ratio": own / base,
-                "unit": "MB above setup",
-                "target": "<= 2x",
-                "aim_met": own / base <= 2,
-                "note": (
-                    f"subprocess peak RSS {mem['measure'].get('peak_mb', math.nan):.0f} MB vs "
-                    f"{mem['step'].get('peak_mb', math.nan):.0f} MB, setup {mem['step'].get('before_mb', math.nan):.0f} MB"
-                    if "error" not in mem["measure"]
-                    else mem["measure"]["error"]
-                ),
-            },
+            step_memory_row(f"default measurement: peak memory ({label})", mem),
         ]
     return rows
 

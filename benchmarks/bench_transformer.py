@@ -336,6 +336,28 @@ def run(quick: bool = False) -> list[dict]:
     return rows + hessian_rows(quick)
 
 
+def step_memory_row(name: str, mem: dict[str, dict]) -> dict:
+    """The "peak memory" aim row of a monitor benchmark: the measurement's peak RSS above setup over a
+    training step's (``mem["measure"]``, ``mem["step"]`` from a ``--peak`` subprocess each), aim <= 2x."""
+    own, base = mem["measure"].get("own_mb", math.nan), mem["step"].get("own_mb", math.nan)
+    return {
+        "name": name,
+        "measured": own,
+        "baseline": "one AdamW training step",
+        "baseline_value": base,
+        "ratio": own / base,
+        "unit": "MB above setup",
+        "target": "<= 2x",
+        "aim_met": own / base <= 2,
+        "note": (
+            f"subprocess peak RSS {mem['measure'].get('peak_mb', math.nan):.0f} MB vs "
+            f"{mem['step'].get('peak_mb', math.nan):.0f} MB, setup {mem['step'].get('before_mb', math.nan):.0f} MB"
+            if "error" not in mem["measure"]
+            else mem["measure"]["error"]
+        ),
+    }
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "--peak":
         _peak_main(sys.argv[2], "--quick" in sys.argv)
