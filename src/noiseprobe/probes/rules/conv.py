@@ -59,9 +59,13 @@ def _padded(module: ConvNd, x: Tensor) -> tuple[Tensor, tuple[int, ...] | int]:
 def per_sample_conv_weight(module: ConvNd, x: Tensor, g: Tensor) -> Tensor:
     """∇_W ℓ_i for every sample: (N, out, in/groups, *kernel), from the input x and output gradient g."""
     n = x.shape[0]
-    patches = _patches(module, x)
-    if patches is not None:  # 2-D, one group: Σ_s g_is u_isᵀ as one batched matmul
-        return torch.bmm(g.reshape(n, module.out_channels, -1), patches).reshape(n, *module.weight.shape)
+    if x.dim() == 4 and module.groups == 1:  # 2-D, one group: Σ_s g_is u_isᵀ, batched matmuls by sample chunks
+        out = x.new_empty(n, module.out_channels, module.weight[0].numel())
+        gs = g.reshape(n, module.out_channels, -1)
+        step = _sample_step(n, gs.shape[2] * module.weight[0].numel())
+        for lo in range(0, n, step):
+            torch.bmm(gs[lo : lo + step], _unfold(module, x[lo : lo + step]), out=out[lo : lo + step])
+        return out.reshape(n, *module.weight.shape)
     x, padding = _padded(module, x)
     d = x.dim() - 2
     w = _WEIGHT_GRAD[d](
@@ -76,17 +80,22 @@ def per_sample_conv_weight(module: ConvNd, x: Tensor, g: Tensor) -> Tensor:
     return w.reshape(n, *module.weight.shape)
 
 
-def _patches(module: ConvNd, x: Tensor) -> Tensor | None:
+def _sample_step(n: int, per_sample: int) -> int:
+    """Samples per chunk so that a chunk of ``per_sample`` numbers each holds at most :data:`CHUNK`."""
+    return max(1, min(n, CHUNK // max(1, per_sample)))
+
+
+def _unfold(module: ConvNd, x: Tensor) -> Tensor:
     """The input patches u (N, S, in·k²) of a 2-D convolution with one group (S output positions, in the
-    weight's column order), None for other convolutions."""
-    if x.dim() != 4 or module.groups != 1:
-        return None
+    weight's column order)."""
     x, padding = _padded(module, x)
     return F.unfold(x, module.kernel_size, module.dilation, padding, module.stride).transpose(1, 2)
 
 
-#: the largest (N·S)² position-pair block formed at once by the pair-form Gram
-PAIR_BLOCK = 2**24
+#: the most numbers formed at once by a product of a convolution's factor: a chunk of patches, of
+#: per-sample gradients or of the position-pair block (16 M floats = 64 MB in float32 would be a
+#: training step's whole activations for a ResNet-18 at N = 32; 4 M keeps the measurement's transients small)
+CHUNK = 2**22
 
 
 class StreamedConvFactor(Factor):
@@ -115,21 +124,43 @@ class StreamedConvFactor(Factor):
         n, c = self.n, self.module.out_channels
         g = self.g.reshape(n, c, -1).transpose(1, 2)  # (N, S, out)
         s = g.shape[1]
-        if "weight" not in self.names or (n * s) ** 2 > PAIR_BLOCK:
+        k = self.module.weight[0].numel()
+        if "weight" not in self.names or self.x.dim() != 4 or self.module.groups != 1 or (n * s) ** 2 > CHUNK:
             return None
-        patches = _patches(self.module, self.x)
-        if patches is None or not use_pairs(n, s, c, patches.shape[2]):
+        if not use_pairs(n, s, c, k):
             return None
-        u, gf = patches.reshape(n * s, -1), g.reshape(n * s, c)
+        u, gf = _unfold(self.module, self.x).reshape(n * s, -1), g.reshape(n * s, c)
         gram = ((u @ u.T) * (gf @ gf.T)).reshape(n, s, n, s).sum((1, 3))
-        if "bias" in self.names:
-            gb = g.sum(1)
-            gram = gram + gb @ gb.T
-        return gram
+        return gram + self._bias_gram()
+
+    def _bias_gram(self) -> Tensor | float:
+        if "bias" not in self.names:
+            return 0.0
+        gb = self.g.reshape(self.n, self.module.out_channels, -1).sum(2)
+        return gb @ gb.T
+
+    def _channel_gram(self) -> Tensor | None:
+        """The explicit Gram in chunks of output channels, Σ_c J_c J_cᵀ with J_c = Σ_s g_is[c] u_isᵀ, for a
+        2-D one-group convolution whose patches (N·S·in·k²) take less than its rows (N·out·in·k²: more
+        output channels than positions); None otherwise (then the rows, formed by sample chunks)."""
+        n, m = self.n, self.module
+        k = m.weight[0].numel()
+        gs = self.g.reshape(n, m.out_channels, -1)
+        if "weight" not in self.names or self.x.dim() != 4 or m.groups != 1 or m.out_channels <= gs.shape[2]:
+            return None
+        u = _unfold(m, self.x)
+        gram = u.new_zeros(n, n)
+        step = max(1, CHUNK // (n * k))
+        for lo in range(0, m.out_channels, step):
+            r = torch.bmm(gs[:, lo : lo + step], u).reshape(n, -1)
+            gram += r @ r.T
+        return gram + self._bias_gram()
 
     def gram(self) -> Tensor:
         if self._gram is None:
             self._gram = self._pair_gram()
+            if self._gram is None:
+                self._gram = self._channel_gram()
             if self._gram is None:
                 j = self.rows()
                 self._gram = j @ j.T
