@@ -93,9 +93,9 @@ def _unfold(module: ConvNd, x: Tensor) -> Tensor:
 
 
 #: the most numbers formed at once by a product of a convolution's factor: a chunk of patches, of
-#: per-sample gradients or of the position-pair block (16 M floats = 64 MB in float32 would be a
-#: training step's whole activations for a ResNet-18 at N = 32; 4 M keeps the measurement's transients small)
-CHUNK = 2**22
+#: per-sample gradients or of the position-pair block (2 M floats = 8 MB in float32; a training step of
+#: the ResNet-18 layout at N = 32 adds ~100 MB, which the measurement's transients must stay well below)
+CHUNK = 2**21
 
 
 class StreamedConvFactor(Factor):
@@ -148,11 +148,12 @@ class StreamedConvFactor(Factor):
         gs = self.g.reshape(n, m.out_channels, -1)
         if "weight" not in self.names or self.x.dim() != 4 or m.groups != 1 or m.out_channels <= gs.shape[2]:
             return None
-        u = _unfold(m, self.x)
+        x, padding = _padded(m, self.x)
+        u = F.unfold(x, m.kernel_size, m.dilation, padding, m.stride)  # (N, in·k², S), as unfold lays it out
         gram = u.new_zeros(n, n)
         step = max(1, CHUNK // (n * k))
-        for lo in range(0, m.out_channels, step):
-            r = torch.bmm(gs[:, lo : lo + step], u).reshape(n, -1)
+        for lo in range(0, m.out_channels, step):  # J_c transposed, (N, in·k², c): the same Gram, no copy of u
+            r = torch.bmm(u, gs[:, lo : lo + step].transpose(1, 2)).reshape(n, -1)
             gram += r @ r.T
         return gram + self._bias_gram()
 
