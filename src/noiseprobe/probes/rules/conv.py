@@ -3,17 +3,21 @@
 The weight is shared over output positions, so its per-sample gradient is formed explicitly (N × P_layer,
 small for convolutions): the input is padded as the layer pads it (zeros, reflect, replicate, circular,
 'same'); a 2-D convolution with one group unfolds it into patches u (N, S, in·k²) and forms
-∇_W ℓ_i = Σ_s g_is u_isᵀ as one batched matmul (N·S·in·k²·out FLOPs); any other convolution takes the
-weight gradient of a convolution with the batch folded into the groups (N·groups groups; on CPU this
-grouped kernel ran ~5× slower than the batched matmul on the ResNet-18 layout). N·P_layer memory.
+∇_W ℓ_i = Σ_s g_is u_isᵀ by batched matmuls over chunks of samples (N·S·in·k²·out FLOPs; the patches of
+a few samples at a time); any other convolution takes the weight gradient of a convolution with the batch
+folded into the groups (N·groups groups; on CPU this grouped kernel ran ~5× slower than the batched matmul
+on the ResNet-18 layout). N·P_layer memory.
 
 Streaming: where N·P_layer exceeds what the layer's input and output gradient take (the deep, narrow-
 spatial layers of a ResNet: 32 × 2.4 M floats against 2 × 32 × 512 × 16), the factor keeps x and g
-instead (:class:`StreamedConvFactor`) and forms the rows only inside each product, dropping them after; its
-Gram and squared norms come from one pass and are kept. Peak memory is then one layer's rows, not all.
-Its Gram uses position pairs, (J Jᵀ)_ij = Σ_{s,s'} (u_is·u_js')(g_is·g_js'), where
-:func:`~noiseprobe.probes.factors.use_pairs` (with T = S positions) finds them cheaper than the explicit
-rows (few positions: 4 × 4 at 512 channels) and the (N·S)² block stays ≤ 2²⁴ numbers.
+instead (:class:`StreamedConvFactor`) and forms what a product needs inside it, dropping it after; its Gram
+is computed once and kept, by the cheapest of three forms for 2-D one-group convolutions, each forming at
+most the smaller of the rows (N·out·in·k²) and the patches (N·S·in·k²) plus chunks of :data:`CHUNK`
+numbers: position pairs, (J Jᵀ)_ij = Σ_{s,s'} (u_is·u_js')(g_is·g_js'), where
+:func:`~noiseprobe.probes.factors.use_pairs` (with T = S positions) finds them cheaper (4 × 4 at 512
+channels) and the (N·S)² block holds ≤ CHUNK numbers; else with more output channels than positions the
+explicit Gram by chunks of output channels from the whole patches; else the rows (by sample chunks).
+docs/per_sample_layers.md, "Convolutions", has the measured memory breakdown and the choice per layer.
 """
 
 from __future__ import annotations
