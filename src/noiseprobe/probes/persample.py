@@ -326,8 +326,10 @@ def stream_factors(units: list[Unit], losses: Tensor, n: int, consume: Consume, 
     try:
         below = _unit_below({e.node for _, _, e in edges}, losses.grad_fn)
         targets = [(i, k, e) for i, k, e in edges if not below.get(e.node, False)]
-        grads = torch.autograd.grad(
-            losses.sum(), [e for _, _, e in targets], allow_unused=True, retain_graph=retain_graph
+        grads = (
+            torch.autograd.grad(losses.sum(), [e for _, _, e in targets], allow_unused=True, retain_graph=retain_graph)
+            if targets
+            else ()
         )
     finally:
         for _, c in calls:
