@@ -1,5 +1,5 @@
-"""The NIN MLP sweeps' analysis (nin-fig1, nin-fig2-bottom, nin-fig3): one row per run with its phase, the
-phase and eq. (2) checks and metrics, the phase bar.
+"""The NIN MLP sweeps' analysis (nin-fig1, nin-fig2-bottom, nin-fig3), pure: one row per run with its phase,
+the phase and eq. (2) checks and metrics.
 
 Phases per run (:func:`noiseprobe.nin.phases.classify_summary`, docs/theory/noise_injection_nodes.md §7 rules for classifiers):
 
@@ -16,7 +16,6 @@ Phases per run (:func:`noiseprobe.nin.phases.classify_summary`, docs/theory/nois
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,6 @@ import pandas as pd
 
 from noiseprobe.core.checks import Check
 from noiseprobe.core.fitting import efold_time
-from noiseprobe.core.plotting import PHASE_COLOURS, new_figure, savefig
 from noiseprobe.core.stats import mean_se
 from noiseprobe.experiments._nin_config import SweepConfig
 from noiseprobe.nin.phases import PHASES, boundaries, classify_summary, phase_fractions
@@ -301,18 +299,3 @@ def eq2_checks(nin: pd.DataFrame, eq2: pd.DataFrame) -> list[Check]:
     else:
         out.append(Check.not_measurable(fix, claim_c, "needs >= 2 seeds with a finite companion run"))
     return out
-
-
-def phase_bar(frac: pd.DataFrame, out: Path, name: str = "phases.png") -> Path:
-    """Stacked phase fractions per σε (the figures' top bar, measured over seeds)."""
-    fig, ax = new_figure(width=5.0, height=2.2)
-    x = np.arange(len(frac))
-    bottom = np.zeros(len(frac))
-    for p in PHASES:
-        ax.bar(x, frac[p], bottom=bottom, color=PHASE_COLOURS[p], label=p)
-        bottom += frac[p].to_numpy()
-    ax.set_xticks(x, [f"{s:.3g}" for s in frac["sigma"]], rotation=45, fontsize=7)
-    ax.set_xlabel("σε")
-    ax.set_ylabel("fraction of seeds")
-    ax.legend(fontsize=7, ncols=4, loc="upper center", bbox_to_anchor=(0.5, 1.35))
-    return savefig(fig, out / name)

@@ -29,12 +29,14 @@ from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Experiment, RunCost
+from noiseprobe.core.plotting import PHASE_COLOURS, new_figure, savefig
 from noiseprobe.experiments import _nin_phases as phases
 from noiseprobe.experiments._data import check_at_most
 from noiseprobe.experiments._nin_config import SweepConfig, data_sizes, load_data
 from noiseprobe.nin.drift import measure_niw_decay
 from noiseprobe.nin.ensemble import init_ensemble, order_seed, train_ensemble
 from noiseprobe.nin.levels import level_sigmas
+from noiseprobe.nin.phases import PHASES
 
 #: the config type of a sweep (``Fig1Config`` adds the centre level)
 C = TypeVar("C", bound=SweepConfig)
@@ -43,7 +45,7 @@ C = TypeVar("C", bound=SweepConfig)
 class NINSweep(Experiment, Generic[C]):
     """A σε × seed sweep of MLPs with a NIN (module docstring): measurement, the per-run table and phase
     fractions (``derive``), the phase and eq. (2) checks and metrics, the phase bar. Subclasses set the
-    presets and draw their figure."""
+    presets and draw their figures (then the phase bar, ``super().plot``)."""
 
     tables = ("steps", "eq2")
     Config: ClassVar[type[ExperimentConfig] | None] = SweepConfig
@@ -152,7 +154,19 @@ class NINSweep(Experiment, Generic[C]):
         }
 
     def plot(self, config: C, tables: dict[str, pd.DataFrame], out: Path) -> None:
-        phases.phase_bar(tables["fractions"], out)
+        """The phase bar ``phases.png``: stacked phase fractions per σε (the figures' top bar, over seeds)."""
+        frac = tables["fractions"]
+        fig, ax = new_figure(width=5.0, height=2.2)
+        x = np.arange(len(frac))
+        bottom = np.zeros(len(frac))
+        for p in PHASES:
+            ax.bar(x, frac[p], bottom=bottom, color=PHASE_COLOURS[p], label=p)
+            bottom += frac[p].to_numpy()
+        ax.set_xticks(x, [f"{s:.3g}" for s in frac["sigma"]], rotation=45, fontsize=7)
+        ax.set_xlabel("σε")
+        ax.set_ylabel("fraction of seeds")
+        ax.legend(fontsize=7, ncols=4, loc="upper center", bbox_to_anchor=(0.5, 1.35))
+        savefig(fig, out / "phases.png")
 
 
 def _niw_std(config: SweepConfig, d_in: int) -> float:

@@ -114,7 +114,7 @@ class Fig1(NINSweep[Fig1Config]):
     def plot(self, config: Fig1Config, tables: dict[str, pd.DataFrame], out: Path) -> None:
         _centre_figure(config, tables["results"], out)
         _right_figure(tables["runs"], tables["fractions"], out)
-        phases.phase_bar(tables["fractions"], out)
+        super().plot(config, tables, out)
 
 
 def _centre(config: Fig1Config, runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float], dict[str, str]]:

@@ -56,7 +56,7 @@ class Fig2Bottom(NINSweep[SweepConfig]):
 
     def plot(self, config: SweepConfig, tables: dict[str, pd.DataFrame], out: Path) -> None:
         curves_figure(config, tables["results"], tables["runs"], tables["fractions"], self.title.split(":")[0], out)
-        phases.phase_bar(tables["fractions"], out)
+        super().plot(config, tables, out)
 
 
 def curves_figure(
