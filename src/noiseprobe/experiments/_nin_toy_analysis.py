@@ -26,7 +26,7 @@ from noiseprobe.nin import toy_theory as th
 from noiseprobe.nin.phases import BOUNDARY_NAMES, PHASES, boundaries_bootstrap, phase_fractions
 
 if TYPE_CHECKING:
-    from noiseprobe.experiments.nin_toy import Fig2TopConfig
+    from noiseprobe.experiments._nin_toy_config import Fig2TopConfig
 
 #: columns of a ``boundaries`` row that the summary reports for every boundary (in this order)
 BOUNDARY_FIELDS = (

@@ -15,7 +15,7 @@ from noiseprobe.nin.phases import PHASES
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from noiseprobe.experiments.nin_toy import Fig2TopConfig
+    from noiseprobe.experiments._nin_toy_config import Fig2TopConfig
 
 
 def plot(config: Fig2TopConfig, tables: dict[str, pd.DataFrame], out: Path) -> None:

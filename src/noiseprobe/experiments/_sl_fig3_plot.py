@@ -15,7 +15,7 @@ from noiseprobe.experiments.sl_common import draw_paths, draw_plane
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from noiseprobe.experiments.sl_fig3 import Fig3Config
+    from noiseprobe.experiments._sl_fig3_config import Fig3Config
 
 
 def plot(config: Fig3Config, tables: dict[str, pd.DataFrame], out: Path) -> None:

@@ -12,12 +12,12 @@ against the corrected predictor of docs/theory/noise_injection_nodes.md (horizon
 law eq. (9) and the t = 0 time scale eq. (10) in the decay phase; exact SGD and the reduced map agree on
 the phase at every σε away from the boundaries.
 
-The analysis (derived tables and checks) is :mod:`._nin_toy_analysis`, the figures :mod:`._nin_toy_plot`.
+The typed config is :mod:`._nin_toy_config`, the analysis (derived tables and checks) :mod:`._nin_toy_analysis`,
+the figures :mod:`._nin_toy_plot`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,50 +25,15 @@ import numpy as np
 import pandas as pd
 
 from noiseprobe.core.checks import Check
-from noiseprobe.core.config import ExperimentConfig, param
-from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.fitting import fit_exponential
 from noiseprobe.experiments import _nin_toy_analysis as analysis
 from noiseprobe.experiments import _nin_toy_plot
+from noiseprobe.experiments._nin_toy_config import Fig2TopConfig
 from noiseprobe.nin import toy
 from noiseprobe.nin.phases import PHASES
 
 _SIGMA_BLOCK = 16  # σ values per chunk
-
-
-@dataclass(frozen=True, kw_only=True)
-class Fig2TopConfig(ExperimentConfig):
-    """The toy sweep: a log grid of σε × seeds, both methods, plus the four illustrative panels."""
-
-    methods: list[str] = param(
-        choices=toy.METHODS, min_len=1, max_len=len(toy.METHODS), help="reduced (eqs. 5-6) and/or exact minibatch SGD"
-    )
-    batch_size: int = param(lo=1, hi=10**6)
-    init: str = param(
-        choices=tuple(toy.INITS), help="initial weight scales (docs/theory/noise_injection_nodes.md §5.1)"
-    )
-    sigma_min: float = param(lo=0.0, lo_open=True)
-    sigma_max: float = param(lo=0.0, lo_open=True)
-    n_sigma: int = param(lo=4, hi=4096)
-    n_seeds: int = param(lo=2, hi=100_000)
-    steps: int = param(lo=10, hi=10**8)
-    lr: float = param(lo=0.0, lo_open=True)
-    sigma_x: float = param(lo=0.0, lo_open=True)
-    M: float = param()
-    traj_sigmas: list[float] = param(lo=0.0, lo_open=True, min_len=4, max_len=4, help="one σε per phase panel")
-    traj_seeds: int = param(lo=1, hi=64)
-    traj_points: int = param(
-        lo=2, hi=10_000, help="log-spaced points per illustrative trajectory (a panel's curve shows a few hundred)"
-    )
-
-    size_fields = ("n_sigma", "n_seeds", "steps", "traj_seeds", "traj_points")
-
-    def check(self) -> None:
-        if len(set(self.methods)) != len(self.methods):
-            raise ConfigError("methods", self.methods, "distinct entries of " + ", ".join(toy.METHODS))
-        if not self.sigma_max > self.sigma_min:
-            raise ConfigError("sigma_max", self.sigma_max, f"a number > sigma_min = {self.sigma_min:g}")
 
 
 def _grid(cfg: Fig2TopConfig) -> np.ndarray:

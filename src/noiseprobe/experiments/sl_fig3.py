@@ -2,12 +2,11 @@
 "2a" is tested as printed, a paper claim refuted by docs/theory/singular_limits.md §7.8) against degenerate ``L̂ = L + ½|w|²η``
 (Theorem B, eq. fthB:SDE, which reduces to ``∂_tW = −P∇¼ log ΔL``, clock α²σ²k); plus minibatch SGD at an
 interpolating minimum (Example 1.7), which does not move on either clock (docs/theory/singular_limits.md §7.8, §9.3, §9.4, §9.7).
-Shared setting: :mod:`noiseprobe.experiments.sl_common`."""
+Shared setting: :mod:`noiseprobe.experiments.sl_common`; config :mod:`._sl_fig3_config`, figure :mod:`._sl_fig3_plot`."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +15,16 @@ import pandas as pd
 import torch
 
 from noiseprobe.core.checks import Check
-from noiseprobe.core.config import param
-from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.stats import group_mean_se, worst_deviation
 from noiseprobe.experiments import _sl_fig3_plot
+from noiseprobe.experiments._sl_fig3_config import Fig3Config, mb_sigma2
 from noiseprobe.experiments.sl_common import (
-    LR_MAX,
     W0_FIG3_TOP,
     W0_TOP,
-    ChainsConfig,
     alive,
     chain_chunks,
     chains_of,
-    check_iterations,
-    check_times,
     chunk_estimate,
     chunk_sizes,
     ngd_seconds,
@@ -44,36 +38,6 @@ from noiseprobe.limits.regulariser import fig3_caption_regulariser, regulariser
 
 #: the iterations of the minibatch run kept in full (its transient onto Γ)
 MB_TRANSIENT = 100
-
-
-@dataclass(frozen=True, kw_only=True)
-class Fig3Config(ChainsConfig):
-    lr: float = param(lo=0.0, hi=LR_MAX, lo_open=True, help="step size α of both rows")
-    sigma2: float = param(lo=0.0, hi=0.05, lo_open=True, help="noise variance σ² (scalar η ~ N(0, σ²))")
-    t_end_A: float = param(lo=0.5, hi=50.0, help="end of the non-degenerate run on t = ασ²k")
-    t_end_B: float = param(lo=0.1, hi=50.0, help="end of the degenerate and minibatch runs on t = α²σ²k")
-    t_check_A: list[float] = param(min_len=1, help="times t = ασ²k at which the top row is compared")
-    t_check_B: list[float] = param(min_len=1, help="times t = α²σ²k at which the bottom row is compared")
-    mb_lr: float = param(lo=0.0, hi=LR_MAX, lo_open=True, help="step size of minibatch SGD (stable on Γ for α < 0.1)")
-    mb_w0: list[float] = param(min_len=2, max_len=2, help="minibatch start [w1, w2], both > 0")
-    mb_chains: int = param(lo=1, hi=10**5, help="minibatch SGD chains (one chunk)")
-    sde_dt: float = param(lo=1e-4, hi=0.2, help="Euler–Maruyama step of the Theorem B SDE")
-
-    def check(self) -> None:
-        check_times("t_check_A", self.t_check_A, self.t_end_A)
-        check_times("t_check_B", self.t_check_B, self.t_end_B)
-        if min(self.mb_w0) <= 0 or math.hypot(*self.mb_w0) > 2.5:
-            raise ConfigError("mb_w0", self.mb_w0, "a point with positive coordinates and |w| <= 2.5")
-        check_iterations("t_end_A/(lr·sigma2)", self.t_end_A, self.lr * self.sigma2)
-        check_iterations("t_end_B/(lr²·sigma2)", self.t_end_B, self.lr**2 * self.sigma2)
-        check_iterations("t_end_B/(mb_lr²·σ²_minibatch)", self.t_end_B, self.mb_lr**2 * _mb_sigma2())
-
-
-def _mb_sigma2() -> float:
-    """σ² of the minibatch noise (batch 1 of 2): 1/4."""
-    sigma = noises.fig3_minibatch().sigma
-    assert sigma is not None
-    return sigma**2
 
 
 class Fig3(Experiment):
@@ -117,7 +81,7 @@ class Fig3(Experiment):
         chains = max(min(config.chains, config.per_chunk), config.mb_chains)
         steps_a = steps_to(config.t_end_A, config.lr * config.sigma2)
         steps_b = steps_to(config.t_end_B, config.lr**2 * config.sigma2)
-        steps_mb = steps_to(config.t_end_B, config.mb_lr**2 * _mb_sigma2())
+        steps_mb = steps_to(config.t_end_B, config.mb_lr**2 * mb_sigma2())
         seconds = ngd_seconds(
             [(n, s) for n in chunk_sizes(config) for s in (steps_a, steps_b)] + [(config.mb_chains, steps_mb)]
         )
@@ -159,7 +123,7 @@ class Fig3(Experiment):
                 record_at=[steps_to(t, lr * lr * s2) for t in config.t_check_B],
                 **kw,
             )
-        mb_lr, mb_s2 = config.mb_lr, _mb_sigma2()
+        mb_lr, mb_s2 = config.mb_lr, mb_sigma2()
         frame = simulate(
             noises.fig3_minibatch(),
             config.mb_w0,
@@ -203,7 +167,7 @@ class Fig3(Experiment):
         pred_bot = float(np.interp(lr * lr * s2 * k_same, tB, thB) - stB["mean"].iloc[0])
         ratio_meas, ratio_pred = move_bot / move_top, pred_bot / pred_top
         # minibatch: along-Γ coordinate s after the chains reached Γ (t_A = 1) vs the end (t_B = t_end_B)
-        k_ref = steps_to(1.0, config.mb_lr * _mb_sigma2())
+        k_ref = steps_to(1.0, config.mb_lr * mb_sigma2())
         last = mb[mb["step"] == mb["step"].max()]
         s_ref = mb[mb["step"] == k_ref].set_index("chain")["s"]
         mb_move = float((last.set_index("chain")["s"] - s_ref).abs().max())
