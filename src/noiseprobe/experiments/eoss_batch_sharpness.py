@@ -35,7 +35,7 @@ from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.seeding import torch_generator
 from noiseprobe.data.embedded import load_default
 from noiseprobe.experiments._data import check_at_most, embedded_train_size
-from noiseprobe.experiments.eos_sharpness import EoSConfig, _loss, _model
+from noiseprobe.experiments.eos_sharpness import half_mse, tanh_mlp
 from noiseprobe.monitor.stochastic_stability import eoss_summary, sgd_with_batch_sharpness
 
 #: memory model (bytes above a warm worker): torch's first-use working set (vmap, forward-over-reverse),
@@ -152,10 +152,10 @@ class EoSSBatchSharpness(Experiment):
         x = data.X_train
         y = torch.nn.functional.one_hot(data.y_train, 10).to(x.dtype)
         lr, b, r = float(chunk.spec["lr"]), int(chunk.spec["b"]), int(chunk.spec["replica"])
-        net = EoSConfig(seed=config.seed, n_train=config.n_train, width=config.width, depth=config.depth, lrs=[lr], steps=10, measure_every=1, settle_steps=0)  # fmt: skip
+        net = tanh_mlp(seed=config.seed, width=config.width, depth=config.depth, d_in=x.shape[1], n_out=10)
         losses, meas = sgd_with_batch_sharpness(
-            _model(net, x.shape[1], 10),
-            _loss,
+            net,
+            half_mse,
             x,
             y,
             lr=lr,
