@@ -59,8 +59,7 @@ def execute_chunk(
     """Run one chunk (in any worker process); return its tables and its compute seconds."""
     t0 = time.perf_counter()
     exp = get_experiment(exp_id)
-    measure = getattr(exp, "run_chunk", exp.measure)  # migration: experiments not yet in the one shape
-    result = measure(exp.parse(config), Chunk(key, spec))
+    result = exp.measure(exp.parse(config), Chunk(key, spec))
     tables = result if isinstance(result, dict) else {"results": result}
     if "results" not in tables:
         raise RuntimeError(f"{exp_id}: measure returned tables {sorted(tables)} without 'results'")
@@ -291,8 +290,7 @@ def _analyse(plan: Plan, run: RunDir, t0: float, compute: float, resumed: int) -
     exp, out = plan.exp, plan.out
     tables = run.read_tables([c.key for c in plan.chunks], exp.tables)
     manifest = {f"{name}.parquet": write_parquet(out / f"{name}.parquet", df) for name, df in tables.items()}
-    legacy = getattr(exp, "analyse", None)  # migration: experiments not yet in the one shape
-    metrics, raw_checks = legacy(plan.config, tables, out) if legacy else exp.evaluate(plan.config, tables, out)
+    metrics, raw_checks = exp.evaluate(plan.config, tables, out)
     checks = resolve(raw_checks, plan.exp_id)
     verdicts = [c.to_dict() for c in checks]
     summary = {
