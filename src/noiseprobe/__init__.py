@@ -21,6 +21,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from noiseprobe._version import __version__
+from noiseprobe.core import ids as _ids
 
 #: public name -> (module, attribute) it is: the attribute of that module, or the module itself when the
 #: attribute is None ("noises", the module of noise constructors); never inferred from the names
@@ -86,6 +87,16 @@ def __getattr__(name: str) -> Any:
     value = mod if attr is None else getattr(mod, attr)
     globals()[name] = value
     return value
+
+
+def _experiment_paths() -> dict[str, str]:
+    """The experiments registry, imported when core first resolves an id (core imports nothing above it)."""
+    from noiseprobe.experiments import paths
+
+    return paths()
+
+
+_ids.set_registry(_experiment_paths)
 
 
 def __dir__() -> list[str]:
