@@ -166,3 +166,31 @@ def test_import_graph_sees_function_level_and_type_checking_imports():
 def test_no_import_cycles_in_the_package():
     cycles = find_cycles(import_graph())
     assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+#: basenames several packages may share: a package's ``__init__``, and ``base`` (the base class and
+#: registry of a package of plug-ins: ``probes/rules/base.py``, ``probes/operators/base.py``)
+SHARED_NAMES = {"__init__", "base"}
+#: packages whose modules are named after something outside the package (the layer rules after the PyTorch
+#: module family they factor: ``rules/linear.py`` is nn.Linear's, not ``minibatch/linear.py``'s regression)
+NAMESPACES = {"probes/rules"}
+
+
+def duplicate_module_names(paths: list[Path]) -> dict[str, list[str]]:
+    """basename -> the modules that share it (outside SHARED_NAMES and NAMESPACES)."""
+    seen: dict[str, list[str]] = {}
+    for p in paths:
+        rel = p.relative_to(SRC)
+        if p.stem not in SHARED_NAMES and rel.parent.as_posix() not in NAMESPACES:
+            seen.setdefault(p.stem, []).append(rel.as_posix())
+    return {name: where for name, where in seen.items() if len(where) > 1}
+
+
+def test_each_module_name_names_one_concept():
+    """One home per concept (issue 17.5): no two modules of the package share a name."""
+    dupes = duplicate_module_names(sorted(SRC.rglob("*.py")))
+    assert not dupes, f"modules sharing a name: {dupes}"
+    planted = [SRC / "core" / "linalg.py", SRC / "probes" / "linalg.py", SRC / "probes" / "rules" / "linear.py"]
+    assert duplicate_module_names(planted + [SRC / "minibatch" / "linear.py"]) == {
+        "linalg": ["core/linalg.py", "probes/linalg.py"]
+    }

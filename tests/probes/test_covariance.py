@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.probes.linalg import top_eigh
+from noiseprobe.probes.eigensolvers import top_eigh
 from noiseprobe.probes.operators import GradientNoise, batch_factor
 
 CE = nn.CrossEntropyLoss(reduction="none")

@@ -13,7 +13,6 @@ from torch.func import functional_call, hessian, jacrev
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.models import GPT, GPTConfig
-from noiseprobe.probes.losses import TokenMeanCrossEntropy
 from noiseprobe.probes.operators import (
     EmpiricalFisher,
     GaussNewton,
@@ -23,6 +22,7 @@ from noiseprobe.probes.operators import (
     batch_factor,
 )
 from noiseprobe.probes.persample import select_parameters
+from noiseprobe.probes.sample_losses import TokenMeanCrossEntropy
 from tests.probes.oracle import DEVICES
 
 CE = nn.CrossEntropyLoss(reduction="none")

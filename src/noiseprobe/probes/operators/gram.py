@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.validation import check_choice, check_int
-from noiseprobe.probes.linalg import top_eigh
+from noiseprobe.probes.eigensolvers import top_eigh
 from noiseprobe.probes.operators.base import (
     FactoredVectors,
     ParamOperator,
@@ -77,7 +77,7 @@ class GramOperator(ParamOperator):
     def topk(self, k: int, vectors: Vectors = "factored") -> tuple[Tensor, FactoredVectors | Tensor | None]:
         """The k largest eigenvalues of A (descending) and their eigenvectors as columns.
 
-        Eigenpairs of K come from :func:`~noiseprobe.probes.linalg.top_eigh`; K u = λu ⇒
+        Eigenpairs of K come from :func:`~noiseprobe.probes.eigensolvers.top_eigh`; K u = λu ⇒
         A (Jᵀu) = factor·λ (Jᵀu) with ‖Jᵀu‖² = Nλ. ``vectors``: "factored" (default) = the unit
         eigenvectors of A as :class:`FactoredVectors` Jᵀ (u/√(Nλ)), N·k numbers; "param" = the same
         formed, (P, k), one batched vector-Jacobian product; "sample" = the unit eigenvectors u of K

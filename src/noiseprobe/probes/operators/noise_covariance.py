@@ -47,7 +47,7 @@ class NoiseCovariance(GramOperator):
 
     ``loss_fn`` returns per-sample losses of shape (N,) (e.g. ``nn.CrossEntropyLoss(reduction="none")``)
     whose mean is the training loss (for token-mean language-model losses see
-    :class:`~noiseprobe.probes.losses.TokenMeanCrossEntropy`). ``x`` is anything ``forward(model, x)``
+    :class:`~noiseprobe.probes.sample_losses.TokenMeanCrossEntropy`). ``x`` is anything ``forward(model, x)``
     takes (integer token ids, a dict of tensors); ``method``, ``chunk_size``, ``forward``, ``check`` and
     ``params`` (a parameter subset) are those of :func:`~noiseprobe.probes.persample.per_sample_gradients`.
     Parameter-space vectors are flat in the order of the model's (selected) trainable parameters, on the

@@ -9,9 +9,9 @@ import torch
 from scipy.sparse.linalg import aslinearoperator
 
 from noiseprobe.core.errors import ConfigError
+from noiseprobe.probes.eigensolvers import lanczos
 from noiseprobe.probes.estimators import bekas_diagonal as diagonal
 from noiseprobe.probes.estimators import hutchinson, hutchpp
-from noiseprobe.probes.linalg import lanczos
 from noiseprobe.probes.operators import MatrixOperator
 from tests.probes.test_operators import CE, _mlp, build
 
@@ -157,7 +157,7 @@ def test_lanczos_error_bounds_are_finite_at_degenerate_eigenvalues():
     tests/test_public_api_fuzz.py): the zero operator and a rank-1 one."""
     import torch
 
-    from noiseprobe.probes.linalg import lanczos
+    from noiseprobe.probes.eigensolvers import lanczos
 
     for a, top in ((torch.zeros(4, 4, dtype=torch.float64), 0.0), (-torch.ones(4, 4, dtype=torch.float64), 0.0)):
         r = lanczos(a, 2)
