@@ -6,7 +6,7 @@
     import noiseprobe as npb
 
     handle = npb.attach_nins(model, npb.NINSpec("0", sigma=1.0), n_train=len(y))   # paper 001
-    noise = npb.NoiseCovariance(model, loss_fn, x, y, batch_size=32)                # paper 002
+    noise = npb.NoiseCovariance(model, loss_fn, inputs, targets, batch_size=32)      # paper 002
     sigma = npb.solve_fluctuation(H, C, lr=0.1)
     reg = npb.regulariser(npb.noises.perturbed(loss, d=2, sigma=0.1), w)            # paper 003
     summary = npb.run_experiment("nin-fig2-top")

@@ -21,10 +21,12 @@ is usable three ways:
 
 ``op.matvecs`` counts the matrix-vector products done so far (a (P, k) block counts k).
 
-Batches and losses are those of :func:`~noiseprobe.probes.persample.per_sample_gradients`: ``x`` is
-anything ``forward(model, x)`` takes (default ``model(**x)`` for a dict, ``model(*x)`` for a tuple, else
-``model(x)``; integer token ids included), the output may be a tensor, a tuple or a ModelOutput
-(:func:`~noiseprobe.probes.sample_losses.model_output`), and ``loss_fn(output, y)`` returns per-sample losses
+Every operator is built as ``Operator(model, loss_fn, inputs, targets, ...)`` (the old keywords ``x=``,
+``y=`` still work, with a DeprecationWarning). Batches and losses are those of
+:func:`~noiseprobe.probes.persample.per_sample_gradients`: ``inputs`` is anything ``forward(model, inputs)``
+takes (default ``model(**inputs)`` for a dict, ``model(*inputs)`` for a tuple, else ``model(inputs)``;
+integer token ids included), the output may be a tensor, a tuple or a ModelOutput
+(:func:`~noiseprobe.probes.sample_losses.model_output`), and ``loss_fn(output, targets)`` returns per-sample losses
 ℓ_i of shape (N,) whose mean L = (1/N) Σ ℓ_i is the training loss (token-mean language-model losses:
 :class:`~noiseprobe.probes.sample_losses.TokenMeanCrossEntropy`).
 

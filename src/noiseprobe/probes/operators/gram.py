@@ -46,20 +46,20 @@ class GramOperator(ParamOperator):
         self,
         model: nn.Module,
         loss_fn: PerSampleLoss,
-        x: Any,
-        y: Any,
+        inputs: Any,
+        targets: Any,
         method: Literal["auto", "hooks", "func"],
         chunk_size: int | None,
         forward: Forward | None,
         check: bool,
         params: Selection | None,
     ) -> None:
-        model, x, y, params = full_precision(model, x, y, params)
+        model, inputs, targets, params = full_precision(model, inputs, targets, params)
         chosen = select_parameters(model, params)
         super().__init__(*operator_meta(chosen))
         with no_autocast(self.device):
             self.grads: PerSampleGradients = per_sample_gradients(
-                model, loss_fn, x, y, method, chunk_size, forward, check, params
+                model, loss_fn, inputs, targets, method, chunk_size, forward, check, params
             )
         self.n = self.grads.n
 
