@@ -8,8 +8,8 @@
 * :mod:`noiseprobe.probes.operators`: curvature and noise matrices as operators on flat parameter
   vectors (torch and ``scipy.sparse.linalg.LinearOperator``), one per module: the noise covariance
   ``NoiseCovariance`` (alias ``GradientNoise``), ``EmpiricalFisher``, ``Hessian``, ``GaussNewton``.
-* :mod:`noiseprobe.probes.eigensolvers`: top eigenpairs — block Lanczos with warm start for operators,
-  ``top_eigh`` for the explicit Gram matrices of C and F.
+* :mod:`noiseprobe.probes.eigensolvers`: top eigenpairs, one routine ``lanczos`` — block Lanczos with
+  warm start for operators, solved on the matrix itself for an explicit one (the Gram matrices of C and F).
 * :mod:`noiseprobe.probes.estimators`: stochastic traces and diagonals (Hutchinson, Hutch++, Bekas et
   al.) with standard errors.
 * :mod:`noiseprobe.probes.local`: local gradient and Hessian at one layer's pre-activations (NIN paper
