@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from noiseprobe import experiments
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.executors import RayExecutor
 from noiseprobe.core.runner import run_experiment
@@ -163,7 +164,8 @@ def test_core_resolves_ids_through_the_registry_it_is_handed(tmp_path):
         [sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True, check=True
     ).stdout.split("\n")
     assert out[0] == "[]" and "'experiments'" in out[1], out
-    assert out[1].endswith("] noiseprobe.experiments.nin_mlp:Table1"), out
+    module, cls, _ = experiments.REGISTRY["nin-table1"]
+    assert out[1].endswith(f"] noiseprobe.experiments.{module}:{cls}"), out
     assert not (tmp_path / "run").exists()
     from noiseprobe.core.ids import experiment_path
 
