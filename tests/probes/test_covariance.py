@@ -121,3 +121,15 @@ def test_topk_beyond_the_rank_gives_zero_vectors() -> None:
     c = noise.dense()
     assert lam[2:].abs().max() < 1e-12 * lam[0] and vecs[:, 2:].abs().max() == 0
     torch.testing.assert_close(c @ vecs[:, :2], vecs[:, :2] * lam[:2], rtol=1e-9, atol=1e-13)
+
+
+def test_topk_of_overflowing_gradients_is_one_line_naming_the_model() -> None:
+    """Finite losses whose per-sample gradients overflow the Gram matrix (inputs of 1e200): topk refuses with
+    one line naming the model, not the eigensolver's argument."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2)).double()
+    x = torch.randn(6, 3, dtype=torch.float64) * 1e200
+    noise = GradientNoise(model, CE, x, torch.randint(0, 2, (6,)))
+    assert not torch.isfinite(noise.gram()).all()
+    with pytest.raises(ConfigError, match=r"^model = 'per-sample gradients' is invalid"):
+        noise.topk(2)

@@ -92,11 +92,12 @@ class GramOperator(ParamOperator):
         k = check_int("k", k, lo=1, hi=max(self.n - self.rank_deficit, 1))
         with no_autocast(self.device):
             gram = self.gram()
-            if not torch.isfinite(gram).all():
+            try:  # k is checked above: lanczos refuses only a non-finite matrix
+                top = lanczos(gram, k, tol=GRAM_TOL[gram.dtype == torch.float64])
+            except ConfigError:
                 raise ConfigError(
                     "model", "per-sample gradients", "finite values (the loss or its gradient is not finite)"
-                )
-            top = lanczos(gram, k, tol=GRAM_TOL[gram.dtype == torch.float64])
+                ) from None
             lam, u = top.eigenvalues, top.eigenvectors
             if vectors == "none":
                 return self.factor * lam, None
