@@ -6,9 +6,6 @@ breakage) never affects another.
 
 from __future__ import annotations
 
-import importlib
-
-from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Experiment
 
 #: id -> (module under noiseprobe.experiments, class name, description)
@@ -82,21 +79,17 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
 DEMO: tuple[str, ...] = ("nin-fig2-top", "nin-fig2-bottom", "nin-table1", "mbn-fig3", "mbn-fig2", "sl-fig2")
 
 
+def paths() -> dict[str, str]:
+    """Registered id -> ``package.module:Class``, the lookup the package root hands core
+    (:func:`noiseprobe.core.ids.set_registry`)."""
+    return {exp_id: f"{__name__}.{module}:{cls}" for exp_id, (module, cls, _) in REGISTRY.items()}
+
+
 def get(exp_id: str) -> Experiment:
     """Instantiate the experiment registered under ``exp_id``, or a user's ``package.module:Class``."""
-    if ":" in exp_id and exp_id not in REGISTRY:
-        module, _, cls = exp_id.partition(":")
-        try:
-            obj = getattr(importlib.import_module(module), cls)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError("experiment", exp_id, f"an importable module:Class ({exc})") from None
-        if not (isinstance(obj, type) and issubclass(obj, Experiment)):
-            raise ConfigError("experiment", exp_id, "a subclass of noiseprobe.core.experiment.Experiment")
-        return obj()
-    if exp_id not in REGISTRY:
-        raise ConfigError("experiment", exp_id, "one of " + ", ".join(REGISTRY) + " (see `noiseprobe list`)")
-    module, cls, _ = REGISTRY[exp_id]
-    return getattr(importlib.import_module(f"noiseprobe.experiments.{module}"), cls)()
+    from noiseprobe.core.runner import get_experiment
+
+    return get_experiment(exp_id)
 
 
 def available(exp_id: str) -> bool:

@@ -1,5 +1,5 @@
 """Helpers shared by the minibatch-noise (paper 002) experiments: one simulated parameter point, the memory
-of a :func:`~noiseprobe.minibatch.simulate.simulate_sgd` call, agreement over many points, log-axis ticks."""
+of a :func:`~noiseprobe.minibatch.sgd.simulate_sgd` call, agreement over many points, log-axis ticks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.divergence import MAX_DIVERGED_FRACTION, dropped_note
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
 
 #: the numba SGD kernel's own memory in a worker: its compiled functions loaded from numba's cache and the
 #: threading layer (measured: 38-40 MB of RSS growth for a 1d and a D = 20 chunk of a few MB of arrays)

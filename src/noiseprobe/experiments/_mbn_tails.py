@@ -34,7 +34,7 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.powerlaw import hill, powerlaw_mle
 from noiseprobe.experiments._mbn import BASE_BYTES, sim_peak_bytes, worst_point
-from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
 from noiseprobe.minibatch.tails import (
     lyapunov_exponent,
     tail_index_continuous,

@@ -41,7 +41,7 @@ from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.seeding import torch_generator
 from noiseprobe.models import GPT, GPTConfig
-from noiseprobe.probes.losses import TokenMeanCrossEntropy
+from noiseprobe.probes.sample_losses import TokenMeanCrossEntropy
 
 #: bytes above a warm worker: torch's working set, plus per (sample × position × width) the activations of
 #: one forward and backward and the per-sample factors (rough; the generic estimate test checks it)

@@ -1,7 +1,7 @@
 """Paper 002 (minibatch noise), Fig. 3: the 1d fluctuation Σ against the batch size, exact (Thm 2) against the
 Hessian approximations and simulation; and the L2 test loss against the weight decay (Cor. 4).
 
-Simulation: :func:`noiseprobe.minibatch.simulate.simulate_sgd` (½ in the loss, sampling with replacement,
+Simulation: :func:`noiseprobe.minibatch.sgd.simulate_sgd` (½ in the loss, sampling with replacement,
 N → ∞, the exact-in-law 1d sampler). One chunk per parameter point; a point's chains have the global
 indices ``point·chains + (0 … chains−1)``, so results do not depend on chunking or workers. Where the
 stationary law has tail index β_K < 4 (sample variances converge slowly, docs/theory/minibatch_noise.md §16 trap 11) a 10 % relative

@@ -2,7 +2,7 @@
 eq. 3 with Lemma 1) and Hessian-approximation predictions.
 
 All panels: label noise σ = 1, ½ in the loss, online data (N → ∞), sampling with replacement, μ = 0,
-:func:`noiseprobe.minibatch.simulate.simulate_sgd`. Panels with different chain counts never share global
+:func:`noiseprobe.minibatch.sgd.simulate_sgd`. Panels with different chain counts never share global
 chain indices: panel (a) uses ``point·chains + j``, every other panel ``point·max(chain counts) + j``.
 A learning rate past a stability bound is allowed: its chains diverge and the panel's checks are
 "not measurable".
@@ -24,7 +24,7 @@ from noiseprobe.experiments import _mbn_fig4_law as law
 from noiseprobe.experiments import _mbn_fig4_sigma as sigma
 from noiseprobe.experiments._mbn import BASE_BYTES, chains_1d, sim_peak_bytes
 from noiseprobe.experiments._mbn_fig4_config import Fig4Config
-from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
 
 
 class Fig4(Experiment):

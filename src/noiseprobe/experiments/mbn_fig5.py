@@ -1,7 +1,7 @@
 """Paper 002 (minibatch noise), Fig. 5: L2 regularisation in 1d with a negative optimal weight decay (Cor. 1).
 
 L_test (eq. 11 / Cor. 4) against γ at fixed λ, and against λ at the optimal γ, with the predicted
-divergence lines (eqs. 162-163), simulated by :func:`noiseprobe.minibatch.simulate.simulate_sgd` (1d
+divergence lines (eqs. 162-163), simulated by :func:`noiseprobe.minibatch.sgd.simulate_sgd` (1d
 exact-in-law sampler, N → ∞, with replacement). One chunk per point; a point's chains have the global
 indices ``point·chains + (0 … chains−1)``. Past a divergence line a chain's growth is exponential: the
 simulator flags it (the divergence rule, :mod:`noiseprobe.core.divergence`) within a few dozen steps.

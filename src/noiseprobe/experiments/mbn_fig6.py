@@ -1,7 +1,7 @@
 """Paper 002 (minibatch noise), Fig. 6 (left): high-dimensional regression, D fixed, N = αD varied through α = 1.
 
 The fluctuation Tr[ÂΣ] about the least-squares (min-norm) solution of one fixed data set per α (sampling
-with replacement), simulated by :func:`noiseprobe.minibatch.simulate.simulate_sgd` and predicted by the
+with replacement), simulated by :func:`noiseprobe.minibatch.sgd.simulate_sgd` and predicted by the
 exact finite-N linear equation (:func:`noiseprobe.minibatch.highdim.highdim_sigma_exact`), Thm 6 as printed
 (expected L₀), Thm 6 with the realised L₀, and the discrete Hessian approximation C = Â/S. One chunk per α;
 its chains have the global indices ``point·chains + (0 … chains−1)``.
@@ -26,7 +26,7 @@ from noiseprobe.experiments._mbn import BASE_BYTES, ChainsConfig, plain_log_tick
 from noiseprobe.minibatch.baselines import hessian_approx_sigma
 from noiseprobe.minibatch.fluctuation import or_inf
 from noiseprobe.minibatch.highdim import highdim_sigma_exact, thm6_trace
-from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
 
 #: overparametrised: Tr[ÂΣ] for α < 1 relative to its largest value for α > 1 must stay below this
 ZERO_RATIO_MAX = 1e-6

@@ -1,6 +1,6 @@
 """Paper 002 (minibatch noise), Table 2 (reconstructed 1d special case, docs/theory/minibatch_noise.md §11): Σ, L_train, L_test for
 label noise, input noise and L2 — exact (this paper), Hessian approximation in discrete and continuous time —
-with a simulation of each case (:func:`noiseprobe.minibatch.simulate.simulate_sgd`, exact-in-law 1d sampler,
+with a simulation of each case (:func:`noiseprobe.minibatch.sgd.simulate_sgd`, exact-in-law 1d sampler,
 N → ∞, with replacement). One chunk per case; its chains have the global indices ``case·chains + j``.
 """
 
