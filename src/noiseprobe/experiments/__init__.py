@@ -92,7 +92,8 @@ def get(exp_id: str) -> Experiment:
     if exp_id not in REGISTRY:
         raise ConfigError("experiment", exp_id, "one of " + ", ".join(REGISTRY) + " (see `noiseprobe list`)")
     module, cls, _ = REGISTRY[exp_id]
-    return getattr(importlib.import_module(f"noiseprobe.experiments.{module}"), cls)()
+    exp: Experiment = getattr(importlib.import_module(f"noiseprobe.experiments.{module}"), cls)()
+    return exp
 
 
 def available(exp_id: str) -> bool:
