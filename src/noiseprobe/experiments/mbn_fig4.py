@@ -130,9 +130,9 @@ class Fig4(Experiment):
         sp = chunk.spec
         if sp["panel"] == "a":
             df = chains_1d(config, sp["point"], a=config.a, lr=sp["lr"], batch_size=config.batch_size, sigma=1.0)
-            return df.assign(panel="a", lr=sp["lr"], S=config.batch_size)
+            table: pd.DataFrame = df.assign(panel="a", lr=sp["lr"], S=config.batch_size)
+            return table
         first = self._first_chain(config, sp["point"])
-        common = dict(burn_in=config.burn_in, seed=config.seed, first_chain=first)
         if sp["panel"] == "2d":
             R = config.chains2d
             run = simulate_sgd(
@@ -142,7 +142,9 @@ class Fig4(Experiment):
                 steps=config.steps2d,
                 chains=R,
                 snapshot_every=config.snapshot_every,
-                **common,
+                burn_in=config.burn_in,
+                seed=config.seed,
+                first_chain=first,
             )
             sm = run.second_moment
             df = pd.DataFrame(
@@ -154,6 +156,7 @@ class Fig4(Experiment):
                     "diverged": run.diverged,
                 }
             )
+            assert run.snapshots is not None  # snapshot_every was given
             snaps = run.snapshots.reshape(-1, 2)
             samples = pd.DataFrame({"S": sp["S"], "w1": snaps[:, 0], "w2": snaps[:, 1]}).dropna()
             return {"results": df.assign(panel="2d", lr=config.lr2d, S=sp["S"]), "samples": samples}
@@ -166,9 +169,12 @@ class Fig4(Experiment):
                 steps=config.steps_dist,
                 chains=R,
                 snapshot_every=config.every_dist,
-                **common,
+                burn_in=config.burn_in,
+                seed=config.seed,
+                first_chain=first,
             )
             chain = first + np.arange(R)
+            assert run.snapshots is not None  # snapshot_every was given
             n = run.snapshots.shape[1]
             samples = pd.DataFrame({"chain": np.repeat(chain, n), "w": run.snapshots[..., 0].ravel()}).dropna()
             df = pd.DataFrame({"chain": chain, "sigma_w": run.second_moment[:, 0, 0], "diverged": run.diverged})
@@ -180,7 +186,9 @@ class Fig4(Experiment):
             batch_size=config.batch_size_hd,
             steps=config.steps_hd,
             chains=R,
-            **common,
+            burn_in=config.burn_in,
+            seed=config.seed,
+            first_chain=first,
         )
         i, j = np.triu_indices(D)
         chain = first + np.arange(R)

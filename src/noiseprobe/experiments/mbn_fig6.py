@@ -53,6 +53,12 @@ def problem(config: Fig6Config, point: int, alpha: float) -> LinearProblem:
     return LinearProblem(np.eye(config.D), sigma=config.sigma).with_data(n, seed=config.seed, stream=1000 + point)
 
 
+def _data(pb: LinearProblem) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed training set (X, y) of a :func:`problem`: (N, D), (N,)."""
+    assert pb.X is not None and pb.y is not None  # problem() always draws one
+    return pb.X, pb.y
+
+
 class Fig6(Experiment):
     id = "mbn-fig6"
     title = "High-dimensional regression: fluctuation across N/D, exact vs Thm 6 vs Hessian approximation"
@@ -115,8 +121,9 @@ class Fig6(Experiment):
             seed=config.seed,
             first_chain=sp["point"] * R,
         )
-        A_hat = pb.X.T @ pb.X / pb.n_samples
-        return pd.DataFrame(
+        X, _ = _data(pb)
+        A_hat = X.T @ X / len(X)
+        table: pd.DataFrame = pd.DataFrame(
             {
                 "chain": np.arange(sp["point"] * R, (sp["point"] + 1) * R),
                 "alpha": sp["alpha"],
@@ -125,6 +132,7 @@ class Fig6(Experiment):
                 "diverged": run.diverged,
             }
         )
+        return table
 
     def derive(self, config: Fig6Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         return {"trace": _trace_table(config, tables["results"])}
@@ -223,9 +231,10 @@ def _trace_table(config: Fig6Config, res: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for i, alpha in enumerate(config.alphas):
         pb = problem(config, i, alpha)
-        A_hat = pb.X.T @ pb.X / pb.n_samples
-        w = np.linalg.lstsq(pb.X, pb.y, rcond=None)[0]
-        L0 = 0.5 * float(np.mean((pb.y - pb.X @ w) ** 2))
+        X, y = _data(pb)
+        A_hat = X.T @ X / len(X)
+        w = np.linalg.lstsq(X, y, rcond=None)[0]
+        L0 = 0.5 * float(np.mean((y - X @ w) ** 2))
         g = res[res.alpha == alpha]
         m, se, frac = mean_se_kept(g["trace_A_sigma"], g["diverged"])
         rows.append(
@@ -240,4 +249,5 @@ def _trace_table(config: Fig6Config, res: pd.DataFrame) -> pd.DataFrame:
                 "hessian": or_inf(lambda A=A_hat: np.trace(A @ hessian_approx_sigma(A, lr=lr, batch_size=S))),
             }
         )
-    return pd.DataFrame(rows).sort_values("alpha")
+    table: pd.DataFrame = pd.DataFrame(rows).sort_values("alpha")
+    return table

@@ -96,7 +96,8 @@ class Table2(Experiment):
             "L2": {"u": c.u, "gamma": c.gamma},
         }[chunk.spec["case"]]
         df = chains_1d(c, chunk.spec["point"], a=c.a, lr=c.lr, batch_size=c.batch_size, **kw)
-        return df.assign(case=chunk.spec["case"])
+        table: pd.DataFrame = df.assign(case=chunk.spec["case"])
+        return table
 
     def derive(self, config: Table2Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         return {"table": _table(config, tables["results"])}
@@ -185,7 +186,8 @@ def _table(config: Table2Config, res: pd.DataFrame) -> pd.DataFrame:
     sims, ses, fracs = [], [], []
     for r in tab.itertuples():
         g = res[res.case == r.case]
-        m, se, frac = mean_se_kept(g[{"Sigma": "sigma_w"}.get(r.quantity, r.quantity)], g["diverged"])
+        q = str(r.quantity)  # the table's quantity names are strings
+        m, se, frac = mean_se_kept(g[{"Sigma": "sigma_w"}.get(q, q)], g["diverged"])
         sims.append(m)
         ses.append(se)
         fracs.append(frac)
