@@ -24,7 +24,7 @@ from torch import Tensor
 from bench_monitor import _median_times
 from bench_transformer import _vm, step_memory_row
 from noiseprobe import NoiseMonitor
-from noiseprobe.probes.losses import TokenMeanCrossEntropy
+from noiseprobe.probes.sample_losses import TokenMeanCrossEntropy
 
 #: size: (n_embd, n_layer, n_head, N, T)
 SIZES = {"quick": (64, 2, 4, 4, 32), "small": (768, 12, 12, 8, 128), "medium": (1024, 24, 16, 8, 256)}

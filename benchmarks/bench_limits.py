@@ -37,8 +37,8 @@ from torch.func import grad
 from noiseprobe.limits import losses, noises
 from noiseprobe.limits.flow import constrained_flow
 from noiseprobe.limits.mlp import MLPLoss
+from noiseprobe.limits.noisy_gd import noisy_gd
 from noiseprobe.limits.regulariser import grad_regulariser, regulariser, regulariser_estimate
-from noiseprobe.limits.simulate import noisy_gd
 
 
 def _circle_loss(w: torch.Tensor) -> torch.Tensor:

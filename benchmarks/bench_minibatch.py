@@ -24,7 +24,7 @@ import scipy.linalg
 from threadpoolctl import threadpool_limits
 
 from noiseprobe.minibatch.fluctuation import augmented_system, solve_fluctuation
-from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # floor.py, jax_peers.py
 import floor  # noqa: E402

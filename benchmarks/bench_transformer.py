@@ -34,9 +34,9 @@ from torch import Tensor
 
 from bench_covariance import _best_of
 from noiseprobe.models import GPT, GPTConfig
-from noiseprobe.probes.linalg import lanczos
-from noiseprobe.probes.losses import TokenMeanCrossEntropy
+from noiseprobe.probes.eigensolvers import lanczos
 from noiseprobe.probes.operators import Hessian, NoiseCovariance
+from noiseprobe.probes.sample_losses import TokenMeanCrossEntropy
 
 #: per-sequence token-mean cross-entropy, shape (N,) (no padding here)
 token_ce = TokenMeanCrossEntropy()

@@ -56,16 +56,16 @@ from noiseprobe.limits.flow import constrained_flow, limiting_sde
 from noiseprobe.limits.manifold import limit_map
 from noiseprobe.limits.noises import Noise
 from noiseprobe.limits.regulariser import grad_regulariser, regulariser
-from noiseprobe.limits.simulate import noisy_gd, simulate_noise
+from noiseprobe.limits.noisy_gd import noisy_gd, simulate_noise
 from noiseprobe.minibatch.fluctuation import NoStationaryState, solve_fluctuation
-from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
 from noiseprobe.minibatch.tails import tail_index_exact
 from noiseprobe.monitor.monitor import NoiseMonitor
 from noiseprobe.nin.injector import NINSpec, attach_nins
 from noiseprobe.nin.probe import NINRecorder
 from noiseprobe.probes.estimators import bekas_diagonal, hutchinson, hutchpp
-from noiseprobe.probes.linalg import lanczos
-from noiseprobe.probes.losses import TokenMeanCrossEntropy
+from noiseprobe.probes.eigensolvers import lanczos
+from noiseprobe.probes.sample_losses import TokenMeanCrossEntropy
 from noiseprobe.probes.operators.fisher import EmpiricalFisher
 from noiseprobe.probes.operators.ggn import GaussNewton
 from noiseprobe.probes.operators.hessian import Hessian

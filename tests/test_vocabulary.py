@@ -28,13 +28,7 @@ SYNONYMS = {
 DATA_PAIR = ("x", "y")
 
 #: (where, name) still to be renamed by a branch at work now; remove an entry when its branch lands
-PENDING = {
-    ("GradientNoise", "x, y"): "probes/operators: x, y -> inputs, targets (with a deprecated alias)",
-    ("Hessian", "x, y"): "probes/ (as GradientNoise)",
-    ("NoiseCovariance", "x, y"): "probes/ (as GradientNoise, its alias)",
-    ("EmpiricalFisher", "x, y"): "probes/ (as GradientNoise)",
-    ("GaussNewton", "x, y"): "probes/ (as GradientNoise)",
-}
+PENDING: dict[tuple[str, str], str] = {}
 #: (class, parameter) of public constructors that must be keyword-only
 KEYWORD_ONLY = [("GradientNoise", "batch_size"), ("NoiseMonitor", "effective_batch_size")]
 PENDING_KEYWORD_ONLY: dict[tuple[str, str], str] = {}

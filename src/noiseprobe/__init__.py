@@ -6,7 +6,7 @@
     import noiseprobe as npb
 
     handle = npb.attach_nins(model, npb.NINSpec("0", sigma=1.0), n_train=len(y))   # paper 001
-    noise = npb.NoiseCovariance(model, loss_fn, x, y, batch_size=32)                # paper 002
+    noise = npb.NoiseCovariance(model, loss_fn, inputs, targets, batch_size=32)      # paper 002
     sigma = npb.solve_fluctuation(H, C, lr=0.1)
     reg = npb.regulariser(npb.noises.perturbed(loss, d=2, sigma=0.1), w)            # paper 003
     summary = npb.run_experiment("nin-fig2-top")
@@ -21,6 +21,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from noiseprobe._version import __version__
+from noiseprobe.core import ids as _ids
 
 #: public name -> (module, attribute) it is: the attribute of that module, or the module itself when the
 #: attribute is None ("noises", the module of noise constructors); never inferred from the names
@@ -35,14 +36,14 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "batch_factor": ("noiseprobe.probes.operators.noise_covariance", "batch_factor"),
     "solve_fluctuation": ("noiseprobe.minibatch.fluctuation", "solve_fluctuation"),
     "NoStationaryState": ("noiseprobe.minibatch.fluctuation", "NoStationaryState"),
-    "LinearProblem": ("noiseprobe.minibatch.simulate", "LinearProblem"),
-    "simulate_sgd": ("noiseprobe.minibatch.simulate", "simulate_sgd"),
+    "LinearProblem": ("noiseprobe.minibatch.sgd", "LinearProblem"),
+    "simulate_sgd": ("noiseprobe.minibatch.sgd", "simulate_sgd"),
     "tail_index_exact": ("noiseprobe.minibatch.tails", "tail_index_exact"),
     # paper 003: singular limits of noisy GD
     "noises": ("noiseprobe.limits.noises", None),
     "Noise": ("noiseprobe.limits.noises", "Noise"),
-    "noisy_gd": ("noiseprobe.limits.simulate", "noisy_gd"),
-    "simulate_noise": ("noiseprobe.limits.simulate", "simulate_noise"),
+    "noisy_gd": ("noiseprobe.limits.noisy_gd", "noisy_gd"),
+    "simulate_noise": ("noiseprobe.limits.noisy_gd", "simulate_noise"),
     "regulariser": ("noiseprobe.limits.regulariser", "regulariser"),
     "grad_regulariser": ("noiseprobe.limits.regulariser", "grad_regulariser"),
     "limit_map": ("noiseprobe.limits.manifold", "limit_map"),
@@ -54,11 +55,11 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Hessian": ("noiseprobe.probes.operators.hessian", "Hessian"),
     "EmpiricalFisher": ("noiseprobe.probes.operators.fisher", "EmpiricalFisher"),
     "GaussNewton": ("noiseprobe.probes.operators.ggn", "GaussNewton"),
-    "lanczos": ("noiseprobe.probes.linalg", "lanczos"),
+    "lanczos": ("noiseprobe.probes.eigensolvers", "lanczos"),
     "hutchinson": ("noiseprobe.probes.estimators", "hutchinson"),
     "hutchpp": ("noiseprobe.probes.estimators", "hutchpp"),
     "bekas_diagonal": ("noiseprobe.probes.estimators", "bekas_diagonal"),
-    "TokenMeanCrossEntropy": ("noiseprobe.probes.losses", "TokenMeanCrossEntropy"),
+    "TokenMeanCrossEntropy": ("noiseprobe.probes.sample_losses", "TokenMeanCrossEntropy"),
     "register_rule": ("noiseprobe.probes.rules.base", "register_rule"),
     # the embedded data set (5,000 MNIST digits, nothing downloaded)
     "load_default": ("noiseprobe.data.embedded", "load_default"),
@@ -88,6 +89,16 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def _experiment_paths() -> dict[str, str]:
+    """The experiments registry, imported when core first resolves an id (core imports nothing above it)."""
+    from noiseprobe.experiments import paths
+
+    return paths()
+
+
+_ids.set_registry(_experiment_paths)
+
+
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
@@ -103,19 +114,19 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from noiseprobe.limits.flow import constrained_flow, limiting_sde
     from noiseprobe.limits.manifold import limit_map
     from noiseprobe.limits.noises import Noise
+    from noiseprobe.limits.noisy_gd import noisy_gd, simulate_noise
     from noiseprobe.limits.regulariser import grad_regulariser, regulariser
-    from noiseprobe.limits.simulate import noisy_gd, simulate_noise
     from noiseprobe.minibatch.fluctuation import NoStationaryState, solve_fluctuation
-    from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+    from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
     from noiseprobe.minibatch.tails import tail_index_exact
     from noiseprobe.monitor.monitor import NoiseMonitor
     from noiseprobe.nin.injector import NINSpec, attach_nins
     from noiseprobe.nin.probe import NINRecorder
+    from noiseprobe.probes.eigensolvers import lanczos
     from noiseprobe.probes.estimators import bekas_diagonal, hutchinson, hutchpp
-    from noiseprobe.probes.linalg import lanczos
-    from noiseprobe.probes.losses import TokenMeanCrossEntropy
     from noiseprobe.probes.operators.fisher import EmpiricalFisher
     from noiseprobe.probes.operators.ggn import GaussNewton
     from noiseprobe.probes.operators.hessian import Hessian
     from noiseprobe.probes.operators.noise_covariance import GradientNoise, NoiseCovariance, batch_factor
     from noiseprobe.probes.rules.base import register_rule
+    from noiseprobe.probes.sample_losses import TokenMeanCrossEntropy

@@ -30,7 +30,7 @@ class C(ExperimentConfig):
 def test_defaults_and_json_form():
     c = C.from_dict({"lr": 1, "n": np.int64(3)})
     assert c.lr == 1.0 and isinstance(c.lr, float) and c.n == 3 and type(c.n) is int
-    assert c["sizes"] == [1, 2] and c.to_dict()["grid"] == [[0.0, 1.0]]
+    assert c.sizes == [1, 2] and not hasattr(c, "__getitem__") and c.to_dict()["grid"] == [[0.0, 1.0]]
 
 
 @pytest.mark.parametrize(

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from noiseprobe.core import divergence
 from noiseprobe.core.errors import ConfigError, NumericalError
 from noiseprobe.core.stats import mean_se_kept
-from noiseprobe.limits.simulate import noisy_gd
+from noiseprobe.limits.noisy_gd import noisy_gd
 from noiseprobe.minibatch.nets import loss_diverged_step, train_logistic
-from noiseprobe.minibatch.simulate import LinearProblem, divergence_limit, simulate_sgd
+from noiseprobe.minibatch.sgd import LinearProblem, divergence_limit, simulate_sgd
 from noiseprobe.monitor.edge_of_stability import eos_phases, gd_with_sharpness
 from noiseprobe.nin import toy
 from noiseprobe.nin.phases import PHASES

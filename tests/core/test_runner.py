@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from noiseprobe import experiments
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.executors import RayExecutor
 from noiseprobe.core.runner import run_experiment
@@ -146,3 +148,27 @@ def test_local_ray_instance_listens_on_loopback_only():
         ex.close()
     assert opened, "the Ray instance opened no listening socket?"
     assert {a for a in opened if a.split(":")[0] not in LOOPBACK} == set()
+
+
+def test_core_resolves_ids_through_the_registry_it_is_handed(tmp_path):
+    """Core imports nothing above it: importing the runner and the report loads no experiment or monitor
+    module; an id is resolved through the registry the package root installed (``core/ids.py``), and the
+    workers get the ``module:Class`` path while run.json keeps the id."""
+    code = (
+        "import sys, noiseprobe.core.runner as r, noiseprobe.core.report\n"
+        "above = lambda: sorted({m.split('.')[1] for m in sys.modules if m.split('.')[:2] in "
+        "(['noiseprobe', 'experiments'], ['noiseprobe', 'monitor'])})\n"
+        "print(above()); plan = r.prepare('nin-table1', out=sys.argv[1]); print(above(), plan.path)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    assert out[0] == "[]" and "'experiments'" in out[1], out
+    module, cls, _ = experiments.REGISTRY["nin-table1"]
+    assert out[1].endswith(f"] noiseprobe.experiments.{module}:{cls}"), out
+    assert not (tmp_path / "run").exists()
+    from noiseprobe.core.ids import experiment_path
+
+    assert experiment_path("sample_experiment:Walk") == "sample_experiment:Walk"
+    with pytest.raises(ConfigError, match="see `noiseprobe list`"):
+        experiment_path("no-such-id")

@@ -137,7 +137,7 @@ def test_bad_matrices():
 def test_issue11_bad_python_api_calls_raise_config_error():
     """Issue 11 point 11: a noise matrix that is not PSD returned a negative Σ, and lr=True was accepted as 1;
     simulate_sgd(lr=-1) ran to |w| ≈ 1e62 with no chain flagged. Each is now one ConfigError naming the argument."""
-    from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+    from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
 
     with pytest.raises(ConfigError) as e:
         solve_fluctuation(np.eye(2), np.diag([1.0, -0.5]), lr=0.1)

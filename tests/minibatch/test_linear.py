@@ -24,7 +24,7 @@ from noiseprobe.minibatch.linear import (
     prop9_noise,
 )
 from noiseprobe.minibatch.newton import dnm_sigma, ngd_sigma, ngd_x
-from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
 
 Z = 4.0  # z-score tolerance for a single statistic
 ZMAX = 4.5  # for the maximum over the entries of a matrix

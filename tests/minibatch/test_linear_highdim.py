@@ -20,7 +20,7 @@ from noiseprobe.minibatch.highdim import (
 )
 from noiseprobe.minibatch.l2 import prop3_noise
 from noiseprobe.minibatch.linear import label_noise_sigma, lemma1_noise
-from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
 
 
 def _data(D: int, alpha: float, seed: int) -> LinearProblem:

@@ -18,7 +18,7 @@ from noiseprobe.minibatch.l2 import (
     optimal_weight_decay,
     prop3_noise,
 )
-from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
 
 Q = np.linalg.qr(np.random.default_rng(7).normal(size=(3, 3)))[0]
 A3 = Q @ np.diag([1.5, 0.8, 0.3]) @ Q.T

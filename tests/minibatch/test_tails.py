@@ -11,7 +11,7 @@ from scipy import integrate, optimize
 
 from noiseprobe.core.errors import ConfigError, NumericalError
 from noiseprobe.core.powerlaw import hill
-from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
 from noiseprobe.minibatch.tails import (
     BETA_MAX,
     CONTINUOUS_LIMIT_ERROR,

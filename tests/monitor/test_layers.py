@@ -13,8 +13,8 @@ from noiseprobe import NoiseMonitor
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.monitor.gns import noise_scale
 from noiseprobe.monitor.metrics import Layers
-from noiseprobe.probes.losses import model_output
 from noiseprobe.probes.persample import parameter_owners, select_parameters
+from noiseprobe.probes.sample_losses import model_output
 
 V, D, T = 11, 6, 5
 

@@ -13,7 +13,6 @@ from torch.func import functional_call, hessian, jacrev
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.models import GPT, GPTConfig
-from noiseprobe.probes.losses import TokenMeanCrossEntropy
 from noiseprobe.probes.operators import (
     EmpiricalFisher,
     GaussNewton,
@@ -23,6 +22,7 @@ from noiseprobe.probes.operators import (
     batch_factor,
 )
 from noiseprobe.probes.persample import select_parameters
+from noiseprobe.probes.sample_losses import TokenMeanCrossEntropy
 from tests.probes.oracle import DEVICES
 
 CE = nn.CrossEntropyLoss(reduction="none")
@@ -299,3 +299,21 @@ def test_16bit_models_are_upcast(kind: str, dtype: torch.dtype) -> None:
     got = _values(op, kind)
     for key, r in ref.items():
         torch.testing.assert_close(got[key], r, rtol=1e-6, atol=1e-7, msg=key)
+
+
+@pytest.mark.parametrize("cls", [NoiseCovariance, EmpiricalFisher, Hessian, GaussNewton])
+def test_old_data_keywords_still_work_with_one_deprecation_line(cls) -> None:
+    """Data are ``inputs, targets`` (issue 17.5); ``x=``, ``y=`` give the same operator after one
+    DeprecationWarning line each, and the old and new name at once is refused."""
+    model, x, y = _mlp(6)
+    v = torch.randn(sum(p.numel() for p in model.parameters()), 2, dtype=torch.float64)
+    new = cls(model, CE, inputs=x, targets=y)
+    with pytest.warns(DeprecationWarning) as caught:
+        old = cls(model, CE, x=x, y=y)
+    assert [str(w.message) for w in caught] == [
+        f"{cls.__name__}: x= is deprecated; it is now inputs=",
+        f"{cls.__name__}: y= is deprecated; it is now targets=",
+    ]
+    torch.testing.assert_close(old @ v, new @ v, rtol=0, atol=0)
+    with pytest.raises(ConfigError, match="only one of x"):
+        cls(model, CE, x=x, inputs=x, targets=y)

@@ -14,8 +14,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from noiseprobe.core.errors import ConfigError, NoPerSampleGradients
 from noiseprobe.probes.factors import OuterFactor
-from noiseprobe.probes.losses import TokenMeanCrossEntropy
 from noiseprobe.probes.persample import per_sample_gradients
+from noiseprobe.probes.sample_losses import TokenMeanCrossEntropy
 from tests.probes.oracle import assert_products
 
 CE = nn.CrossEntropyLoss(reduction="none")

@@ -13,9 +13,9 @@ from torch.nn import functional as F
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.models import GPT, GPTConfig, token_batch
 from noiseprobe.probes.factors import OuterFactor, RowsFactor, SummedOuterFactor
-from noiseprobe.probes.losses import TokenMeanCrossEntropy, token_mean
 from noiseprobe.probes.operators import GradientNoise
 from noiseprobe.probes.persample import per_sample_gradients
+from noiseprobe.probes.sample_losses import TokenMeanCrossEntropy, token_mean
 from tests.probes.oracle import DEVICES, assert_products, func_rows
 
 CE = nn.CrossEntropyLoss(reduction="none")

@@ -14,9 +14,9 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.models import GPT, GPTConfig, small_cnn, small_resnet, token_batch
 from noiseprobe.probes import factors
 from noiseprobe.probes.factors import OuterFactor, RowsFactor
-from noiseprobe.probes.losses import TokenMeanCrossEntropy
 from noiseprobe.probes.persample import HookFactors, per_sample_gradients
 from noiseprobe.probes.rules.conv import StreamedConvFactor
+from noiseprobe.probes.sample_losses import TokenMeanCrossEntropy
 from tests.probes.oracle import DEVICES, assert_products, func_rows
 
 CE = nn.CrossEntropyLoss(reduction="none")

@@ -14,8 +14,7 @@ Declare fields with :func:`param`; the type comes from the annotation (``int``, 
 Building one (``WalkConfig.from_dict(d)``) checks every field and raises
 :class:`~noiseprobe.core.errors.ConfigError` naming the field, the value and what is allowed. Values keep
 their JSON form (lists stay lists, ints in a float field become floats), so ``to_dict()`` is what
-``run.json`` stores and hashes. ``cfg["field"]`` reads a field like a dict (deprecated: experiments read
-typed attributes, ``cfg.field``).
+``run.json`` stores and hashes. Fields are read as typed attributes, ``cfg.field``.
 
 A renamed field keeps its old name as an alias: ``renamed = {"S": "batch_size"}`` (old -> new). Old
 names are accepted by :meth:`ExperimentConfig.from_dict` (old run.json files load) and by ``--set`` with
@@ -227,21 +226,6 @@ class ExperimentConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def __getitem__(self, name: str) -> Any:
-        try:
-            return getattr(self, name)
-        except AttributeError:
-            raise KeyError(name) from None
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in {f.name for f in fields(self)}
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return getattr(self, name, default)
-
-    def keys(self) -> list[str]:
-        return [f.name for f in fields(self)]
 
     @classmethod
     def describe(cls) -> list[tuple[str, str, str]]:

@@ -10,6 +10,7 @@ memory estimate (:meth:`Experiment.estimate` × concurrent workers must fit in
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import platform
@@ -30,6 +31,7 @@ from noiseprobe.core.config import ExperimentConfig
 from noiseprobe.core.errors import ConfigError, RunDirError
 from noiseprobe.core.executors import check_executor, make_executor
 from noiseprobe.core.experiment import Chunk, Experiment, RunCost
+from noiseprobe.core.ids import experiment_path
 from noiseprobe.core.memory import fmt_bytes, usable_memory
 from noiseprobe.core.progress import progress
 from noiseprobe.core.store import RunDir, jsonable, write_json, write_parquet
@@ -37,33 +39,32 @@ from noiseprobe.core.validation import check_mapping
 
 
 def get_experiment(exp_id: str) -> Experiment:
-    """The registered experiment ``exp_id`` or a user's ``package.module:Class`` (ConfigError if neither)."""
-    from noiseprobe import experiments
-
-    if not isinstance(exp_id, str):
-        raise ConfigError("experiment", exp_id, "an experiment id (see `noiseprobe list`) or module:Class")
-    if ":" in exp_id and exp_id not in experiments.REGISTRY:
-        module, _, cls = exp_id.partition(":")
-        if not (module and cls.isidentifier() and all(p.isidentifier() for p in module.split("."))):
-            raise ConfigError(
-                "experiment",
-                exp_id,
-                "a registered id (see `noiseprobe list`) or package.module:Class naming your own Experiment",
-            )
-    return experiments.get(exp_id)
+    """The registered experiment ``exp_id`` or a user's ``package.module:Class`` (ConfigError if neither),
+    imported by its path (:func:`noiseprobe.core.ids.experiment_path`)."""
+    path = experiment_path(exp_id)
+    module, _, cls = path.partition(":")
+    try:
+        obj = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as exc:
+        if path != exp_id:  # a registered experiment that does not import: the build's fault, not the input's
+            raise
+        raise ConfigError("experiment", exp_id, f"an importable module:Class ({exc})") from None
+    if not (isinstance(obj, type) and issubclass(obj, Experiment)):
+        raise ConfigError("experiment", exp_id, "a subclass of noiseprobe.core.experiment.Experiment")
+    return obj()
 
 
 def execute_chunk(
-    exp_id: str, config: dict[str, Any], key: str, spec: dict[str, Any]
+    path: str, config: dict[str, Any], key: str, spec: dict[str, Any]
 ) -> tuple[dict[str, pd.DataFrame], float]:
-    """Run one chunk (in any worker process); return its tables and its compute seconds."""
+    """Run one chunk (in any worker process) of the experiment at ``path`` (``package.module:Class``, or a
+    registered id); return its tables and its compute seconds."""
     t0 = time.perf_counter()
-    exp = get_experiment(exp_id)
-    measure = getattr(exp, "run_chunk", exp.measure)  # migration: experiments not yet in the one shape
-    result = measure(exp.parse(config), Chunk(key, spec))
+    exp = get_experiment(path)
+    result = exp.measure(exp.parse(config), Chunk(key, spec))
     tables = result if isinstance(result, dict) else {"results": result}
     if "results" not in tables:
-        raise RuntimeError(f"{exp_id}: measure returned tables {sorted(tables)} without 'results'")
+        raise RuntimeError(f"{path}: measure returned tables {sorted(tables)} without 'results'")
     return tables, time.perf_counter() - t0
 
 
@@ -96,6 +97,7 @@ class Plan:
     """A validated run: everything :func:`execute` needs, checked before anything is written."""
 
     exp_id: str
+    path: str  # package.module:Class, what the workers import
     exp: Experiment
     preset: str
     config: Any
@@ -162,6 +164,7 @@ def prepare(
     not shown (its verdict is the ConfigError)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        path = experiment_path(exp_id)
         exp = get_experiment(exp_id)
         config = exp.config(preset, _plain(overrides or {}))
         config_json = config.to_dict() if isinstance(config, ExperimentConfig) else config
@@ -196,7 +199,20 @@ def prepare(
             f"cgroup limit); lower them or --workers",
         )
     return Plan(
-        exp_id, exp, preset, config, config_json, chunks, out, executor, workers, address, estimate, concurrent, usable
+        exp_id,
+        path,
+        exp,
+        preset,
+        config,
+        config_json,
+        chunks,
+        out,
+        executor,
+        workers,
+        address,
+        estimate,
+        concurrent,
+        usable,
     )
 
 
@@ -241,7 +257,7 @@ def execute(plan: Plan, quiet: bool = True, warn: Callable[[str], None] = _progr
             done = run.finished_keys(exp.tables)
             todo = [c for c in chunks if c.key not in done]
             compute = 0.0
-            args = [(plan.exp_id, plan.config_json, c.key, c.spec) for c in todo]
+            args = [(plan.path, plan.config_json, c.key, c.spec) for c in todo]
             results, written = pool.map(execute_chunk, args), 0
             try:
                 for i, (tables, secs) in progress(results, total=len(args), desc=plan.exp_id, quiet=quiet):
@@ -291,8 +307,7 @@ def _analyse(plan: Plan, run: RunDir, t0: float, compute: float, resumed: int) -
     exp, out = plan.exp, plan.out
     tables = run.read_tables([c.key for c in plan.chunks], exp.tables)
     manifest = {f"{name}.parquet": write_parquet(out / f"{name}.parquet", df) for name, df in tables.items()}
-    legacy = getattr(exp, "analyse", None)  # migration: experiments not yet in the one shape
-    metrics, raw_checks = legacy(plan.config, tables, out) if legacy else exp.evaluate(plan.config, tables, out)
+    metrics, raw_checks = exp.evaluate(plan.config, tables, out)
     checks = resolve(raw_checks, plan.exp_id)
     verdicts = [c.to_dict() for c in checks]
     summary = {

@@ -6,18 +6,19 @@ breakage) never affects another.
 
 from __future__ import annotations
 
-import importlib
-
-from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Experiment
 
 #: id -> (module under noiseprobe.experiments, class name, description)
 REGISTRY: dict[str, tuple[str, str, str]] = {
-    "nin-fig1": ("nin_mlp", "Fig1", "NIN paper Fig. 1: NIW/train/test decay and decay times vs sigma, 3x1024 MLP, CE"),
+    "nin-fig1": ("nin_fig1", "Fig1", "NIN paper Fig. 1: NIW/train/test decay and decay times vs sigma, 3x1024 MLP, CE"),
     "nin-fig2-top": ("nin_toy", "Fig2Top", "NIN paper Fig. 2 top: linear toy model, four regimes and phase diagram"),
-    "nin-fig2-bottom": ("nin_mlp", "Fig2Bottom", "NIN paper Fig. 2 bottom: 1x1024 MLP, MSE, Table 1 noise levels"),
-    "nin-fig3": ("nin_mlp", "Fig3", "NIN paper Fig. 3: 1x1024 MLP, cross-entropy, Table 1 noise levels"),
-    "nin-table1": ("nin_mlp", "Table1", "NIN paper Table 1: noise levels from d_input, N_w and the learning rate"),
+    "nin-fig2-bottom": (
+        "nin_fig2_bottom",
+        "Fig2Bottom",
+        "NIN paper Fig. 2 bottom: 1x1024 MLP, MSE, Table 1 noise levels",
+    ),
+    "nin-fig3": ("nin_fig3", "Fig3", "NIN paper Fig. 3: 1x1024 MLP, cross-entropy, Table 1 noise levels"),
+    "nin-table1": ("nin_table1", "Table1", "NIN paper Table 1: noise levels from d_input, N_w and the learning rate"),
     "mbn-fig1": (
         "mbn_fig1",
         "Fig1",
@@ -78,21 +79,17 @@ REGISTRY: dict[str, tuple[str, str, str]] = {
 DEMO: tuple[str, ...] = ("nin-fig2-top", "nin-fig2-bottom", "nin-table1", "mbn-fig3", "mbn-fig2", "sl-fig2")
 
 
+def paths() -> dict[str, str]:
+    """Registered id -> ``package.module:Class``, the lookup the package root hands core
+    (:func:`noiseprobe.core.ids.set_registry`)."""
+    return {exp_id: f"{__name__}.{module}:{cls}" for exp_id, (module, cls, _) in REGISTRY.items()}
+
+
 def get(exp_id: str) -> Experiment:
     """Instantiate the experiment registered under ``exp_id``, or a user's ``package.module:Class``."""
-    if ":" in exp_id and exp_id not in REGISTRY:
-        module, _, cls = exp_id.partition(":")
-        try:
-            obj = getattr(importlib.import_module(module), cls)
-        except (ImportError, AttributeError) as exc:
-            raise ConfigError("experiment", exp_id, f"an importable module:Class ({exc})") from None
-        if not (isinstance(obj, type) and issubclass(obj, Experiment)):
-            raise ConfigError("experiment", exp_id, "a subclass of noiseprobe.core.experiment.Experiment")
-        return obj()
-    if exp_id not in REGISTRY:
-        raise ConfigError("experiment", exp_id, "one of " + ", ".join(REGISTRY) + " (see `noiseprobe list`)")
-    module, cls, _ = REGISTRY[exp_id]
-    return getattr(importlib.import_module(f"noiseprobe.experiments.{module}"), cls)()
+    from noiseprobe.core.runner import get_experiment
+
+    return get_experiment(exp_id)
 
 
 def available(exp_id: str) -> bool:

@@ -105,4 +105,5 @@ def plot(
 def _loss_at_stop(curves: pd.DataFrame) -> pd.DataFrame:
     """Per (batch size, lr): the training loss at each chunk's last evaluation, mean over seeds."""
     last = curves.sort_values("step").groupby(["batch_size", "seed_index", "lr"]).tail(1)
-    return last.groupby(["batch_size", "lr"])["train_loss"].mean().rename("loss_at_stop").reset_index()
+    table: pd.DataFrame = last.groupby(["batch_size", "lr"])["train_loss"].mean().rename("loss_at_stop").reset_index()
+    return table

@@ -1,10 +1,10 @@
 """Helpers shared by the minibatch-noise (paper 002) experiments: one simulated parameter point, the memory
-of a :func:`~noiseprobe.minibatch.simulate.simulate_sgd` call, agreement over many points, log-axis ticks."""
+of a :func:`~noiseprobe.minibatch.sgd.simulate_sgd` call, agreement over many points, log-axis ticks."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -13,7 +13,7 @@ from noiseprobe.core.checks import Check
 from noiseprobe.core.config import ExperimentConfig, param
 from noiseprobe.core.divergence import MAX_DIVERGED_FRACTION, dropped_note
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
 
 #: the numba SGD kernel's own memory in a worker: its compiled functions loaded from numba's cache and the
 #: threading layer (measured: 38-40 MB of RSS growth for a 1d and a D = 20 chunk of a few MB of arrays)
@@ -30,7 +30,7 @@ class ChainsConfig(ExperimentConfig):
     steps: int = param(lo=10, hi=10**8, help="measured steps per chain")
     burn_in: int = param(lo=0, hi=10**8, help="discarded steps before them")
 
-    size_fields = ("chains", "steps", "burn_in")
+    size_fields: ClassVar[tuple[str, ...]] = ("chains", "steps", "burn_in")
 
 
 def check_weight_decays(field: str, values: list[float], a: float) -> None:
@@ -74,7 +74,7 @@ def chains_1d(
         seed=config.seed,
         first_chain=point * R,
     )
-    return pd.DataFrame(
+    out: pd.DataFrame = pd.DataFrame(
         {
             "chain": np.arange(point * R, (point + 1) * R),
             "sigma_w": run.second_moment[:, 0, 0],
@@ -84,6 +84,7 @@ def chains_1d(
             "diverged_at": run.diverged_at,
         }
     )
+    return out
 
 
 def divergence_note(res: pd.DataFrame) -> str:

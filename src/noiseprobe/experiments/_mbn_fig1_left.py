@@ -78,7 +78,8 @@ def medians(res: pd.DataFrame) -> pd.Series:
     """Seed-median first-epoch loss variance per (optimiser, lr rule, width); a diverged replica has variance
     +inf, so a median over mostly diverged seeds is +inf (not measurable)."""
     left = res[res["panel"] == "left"].astype({"width": int})
-    return left.groupby(["optimizer", "lr_rule", "width"])["loss_var"].median()
+    out: pd.Series = left.groupby(["optimizer", "lr_rule", "width"])["loss_var"].median()
+    return out
 
 
 def checks(res: pd.DataFrame) -> list[Check]:

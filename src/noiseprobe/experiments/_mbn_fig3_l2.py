@@ -18,12 +18,16 @@ from noiseprobe.minibatch.l2 import l2_1d
 
 
 class L2Fields(Protocol):
-    """The fields of the L2 panel (of ``Fig3Config``)."""
+    """The fields of the L2 panel (of ``Fig3Config``; read-only, as in the frozen config)."""
 
-    reg_a: float
-    reg_lr: float
-    reg_batch_size: int
-    reg_u: float
+    @property
+    def reg_a(self) -> float: ...
+    @property
+    def reg_lr(self) -> float: ...
+    @property
+    def reg_batch_size(self) -> int: ...
+    @property
+    def reg_u(self) -> float: ...
 
 
 #: relative tolerance added where the tail index β_K < 4 (slowly converging sample variances)
@@ -44,7 +48,8 @@ def right_table(config: L2Fields, res: pd.DataFrame) -> pd.DataFrame:
     for gm, g in res[res.panel == "right"].groupby("gamma"):
         m, se, frac = mean_se_kept(g["test_loss"], g["diverged"])
         rrows.append({"gamma": gm, "sim": m, "se": se, "diverged": frac, "theory": cor4(config, gm)})
-    return pd.DataFrame(rrows).sort_values("gamma")
+    table: pd.DataFrame = pd.DataFrame(rrows).sort_values("gamma")
+    return table
 
 
 def simulated_optimum(right: pd.DataFrame) -> float | None:

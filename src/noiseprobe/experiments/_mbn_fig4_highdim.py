@@ -31,8 +31,10 @@ def highdim_hessian(config: Fig4Config) -> np.ndarray:
     D = config.D_hd
     g = replica_generators(config.seed, [0], stream=_HD_BASIS_STREAM)[0]
     Q = np.linalg.qr(g.standard_normal((D, D)))[0]
-    A = Q @ np.diag(np.linspace(*config.hess_hd, D)) @ Q.T
-    return (A + A.T) / 2
+    lo, hi = config.hess_hd  # validated: [smallest, largest]
+    A = Q @ np.diag(np.linspace(lo, hi, D)) @ Q.T
+    sym: np.ndarray = (A + A.T) / 2
+    return sym
 
 
 def highdim_sigma(config: Fig4Config) -> np.ndarray:
@@ -122,7 +124,7 @@ def panel_hd_checks(config: Fig4Config, hd: SigmaHighdim) -> list[Check]:
             keys["highdim-matrix-matches"],
             hd.rot.mean(0)[upper],
             np.diag(hd.lam)[upper],
-            standard_error(hd.rot)[upper],
+            np.asarray(standard_error(hd.rot))[upper],
             [f"({i},{j})" for i, j in zip(*upper)],
             detail="across-chain SE of each entry of Uᵀ M_r U",
         ),

@@ -44,7 +44,8 @@ def panel_a_table(config: Fig4Config, res: pd.DataFrame) -> pd.DataFrame:
                 "beta": float(tail_index_exact(lr=lr, batch_size=S, a=a)),
             }
         )
-    return pd.DataFrame(rows).sort_values("lr")
+    table: pd.DataFrame = pd.DataFrame(rows).sort_values("lr")
+    return table
 
 
 def panel_a_checks(config: Fig4Config, pa: pd.DataFrame) -> list[Check]:

@@ -34,7 +34,7 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.core.powerlaw import hill, powerlaw_mle
 from noiseprobe.experiments._mbn import BASE_BYTES, sim_peak_bytes, worst_point
-from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
 from noiseprobe.minibatch.tails import (
     lyapunov_exponent,
     tail_index_continuous,
@@ -122,6 +122,7 @@ class Tails(Experiment):
             first_chain=first,
             snapshot_every=config.snapshot_every,
         )
+        assert run.snapshots is not None  # snapshot_every was given
         snaps = np.abs(run.snapshots[..., 0])  # (chains, snapshots); NaN for diverged chains
         key = {"S": S, "lr": lr, "a": a}
         results = pd.DataFrame(
@@ -199,7 +200,8 @@ class Tails(Experiment):
 
     def tails(self, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
         """The ``tails`` table, one row per point, in this figure's order."""
-        return tables["tails"].sort_values(list(self.order)).reset_index(drop=True)
+        out: pd.DataFrame = tables["tails"].sort_values(list(self.order)).reset_index(drop=True)
+        return out
 
     def metrics(self, config: TailsConfig, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
         tails = self.tails(tables)

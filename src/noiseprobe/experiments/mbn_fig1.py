@@ -23,7 +23,7 @@ accuracy counts as 0).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -38,8 +38,8 @@ from noiseprobe.experiments._mbn_fig1_config import Fig1Config, Fig1LeftConfig, 
 _N_TRAIN, _N_TEST, _D_IN, _K = 5000, 1000, 784, 10
 
 
-_COMMON = {"seed": 2022, "dataset": "default", "inputs": "standardised"}
-_LEFT = {
+_COMMON: dict[str, Any] = {"seed": 2022, "dataset": "default", "inputs": "standardised"}
+_LEFT: dict[str, dict[str, Any]] = {
     "quick": {
         "n_seeds": 3,
         "widths": [25, 100, 400, 800],
@@ -59,7 +59,7 @@ _LEFT = {
         "epochs": 1,
     },
 }
-_RIGHT = {
+_RIGHT: dict[str, dict[str, Any]] = {
     "quick": {
         "n_seeds": 4,
         "gammas": [-0.02, -0.01, -0.005, -0.002, 0.0, 0.002, 0.005, 0.01],
@@ -106,6 +106,18 @@ def _preset(name: str, panels: tuple[str, ...]) -> dict[str, Any]:
 Fig1Panels = Fig1LeftConfig | Fig1RightConfig
 
 
+def _left(config: Fig1Panels) -> Fig1LeftConfig:
+    """``config`` as the left panels' config: an experiment with "left" in its ``panels`` has a
+    :class:`Fig1LeftConfig` (Fig1Config or Fig1LeftConfig)."""
+    return cast(Fig1LeftConfig, config)
+
+
+def _right(config: Fig1Panels) -> Fig1RightConfig:
+    """``config`` as the right panel's config: an experiment with "right" in its ``panels`` has a
+    :class:`Fig1RightConfig` (Fig1Config or Fig1RightConfig)."""
+    return cast(Fig1RightConfig, config)
+
+
 class _Fig1Base(Experiment):
     panels: tuple[str, ...] = ("left", "right")
     tables = ("curves",)
@@ -118,7 +130,7 @@ class _Fig1Base(Experiment):
             out += [
                 Chunk(f"left-{opt}-d{w:05d}", {"panel": "left", "optimizer": opt, "width": w})
                 for opt in ("adam", "sgd")
-                for w in sorted(config.widths, reverse=True)
+                for w in sorted(_left(config).widths, reverse=True)
             ]
         if "right" in self.panels:
             out.append(Chunk("right", {"panel": "right"}))
@@ -141,40 +153,43 @@ class _Fig1Base(Experiment):
         peak = 0
         drivers: list[str] = ["n_seeds"]
         if "left" in self.panels:
-            r, s, d = 2 * config.n_seeds, config.batch_size, max(config.widths)
-            steps = config.epochs * (_N_TRAIN // s)
+            lc = _left(config)
+            r, s, d = 2 * lc.n_seeds, lc.batch_size, max(lc.widths)
+            steps = lc.epochs * (_N_TRAIN // s)
             params = r * (_D_IN * d + d + d * _K + _K) * f4
             acts = r * s * (_D_IN + 4 * d) * f4
             peak = max(peak, 14 * params + 3 * acts + r * steps * (s * 8 + f4 * 4))
             drivers += ["widths", "batch_size", "epochs"]
         if "right" in self.panels:
-            r, s = len(config.gammas) * config.n_seeds, config.right_batch_size
-            steps = config.right_epochs * (_N_TRAIN // s)
+            rc = _right(config)
+            r, s = len(rc.gammas) * rc.n_seeds, rc.right_batch_size
+            steps = rc.right_epochs * (_N_TRAIN // s)
             peak = max(peak, r * steps * s * 8 * 2 + 3 * r * s * _D_IN * f4 + 4 * r * _N_TRAIN * _K * f4)
             drivers += ["gammas", "right_batch_size", "right_epochs"]
         return RunCost(peak_bytes=int(data + peak + 20e6), drivers=tuple(drivers))
 
     def measure(self, config: Fig1Panels, chunk: Chunk) -> dict[str, pd.DataFrame]:
         if chunk.spec["panel"] == "right":
-            return right.measure(config)
-        return left.measure(config, chunk.spec["optimizer"], chunk.spec["width"])
+            return right.measure(_right(config))
+        return left.measure(_left(config), chunk.spec["optimizer"], chunk.spec["width"])
 
     def checks(self, config: Fig1Panels, tables: dict[str, pd.DataFrame]) -> list[Check]:
         res = tables["results"]
         out = left.checks(res) if "left" in self.panels else []
-        return out + (right.checks(config, right.best_decay(config, res)) if "right" in self.panels else [])
+        rc = _right(config)
+        return out + (right.checks(rc, right.best_decay(rc, res)) if "right" in self.panels else [])
 
     def metrics(self, config: Fig1Panels, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
         res = tables["results"]
         out = left.metrics(res) if "left" in self.panels else {}
-        return out | (right.metrics(right.best_decay(config, res)) if "right" in self.panels else {})
+        return out | (right.metrics(right.best_decay(_right(config), res)) if "right" in self.panels else {})
 
     def plot(self, config: Fig1Panels, tables: dict[str, pd.DataFrame], out: Path) -> None:
         res = tables["results"]
         if "left" in self.panels:
-            left.plot(config, res, out)
+            left.plot(_left(config), res, out)
         if "right" in self.panels:
-            right.plot(config, right.best_decay(config, res), out)
+            right.plot(_right(config), right.best_decay(_right(config), res), out)
 
 
 class Fig1(_Fig1Base):

@@ -1,7 +1,7 @@
 """Paper 002 (minibatch noise), Fig. 3: the 1d fluctuation Σ against the batch size, exact (Thm 2) against the
 Hessian approximations and simulation; and the L2 test loss against the weight decay (Cor. 4).
 
-Simulation: :func:`noiseprobe.minibatch.simulate.simulate_sgd` (½ in the loss, sampling with replacement,
+Simulation: :func:`noiseprobe.minibatch.sgd.simulate_sgd` (½ in the loss, sampling with replacement,
 N → ∞, the exact-in-law 1d sampler). One chunk per parameter point; a point's chains have the global
 indices ``point·chains + (0 … chains−1)``, so results do not depend on chunking or workers. Where the
 stationary law has tail index β_K < 4 (sample variances converge slowly, docs/theory/minibatch_noise.md §16 trap 11) a 10 % relative
@@ -119,7 +119,8 @@ class Fig3(Experiment):
         sp = chunk.spec
         if sp["panel"] == "left":
             df = chains_1d(config, sp["point"], a=config.a, lr=config.lr, batch_size=sp["S"], sigma=config.sigma)
-            return df.assign(panel="left", S=sp["S"], gamma=0.0)
+            table: pd.DataFrame = df.assign(panel="left", S=sp["S"], gamma=0.0)
+            return table
         df = chains_1d(
             config,
             sp["point"],
@@ -129,7 +130,8 @@ class Fig3(Experiment):
             u=config.reg_u,
             gamma=sp["gamma"],
         )
-        return df.assign(panel="right", S=config.reg_batch_size, gamma=sp["gamma"])
+        table = df.assign(panel="right", S=config.reg_batch_size, gamma=sp["gamma"])
+        return table
 
     def derive(self, config: Fig3Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         res = tables["results"]
@@ -201,7 +203,8 @@ def _left_table(config: Fig3Config, res: pd.DataFrame) -> pd.DataFrame:
                 "beta": float(tail_index_exact(lr=lr, batch_size=S, a=a)),
             }
         )
-    return pd.DataFrame(rows).sort_values("S")
+    table: pd.DataFrame = pd.DataFrame(rows).sort_values("S")
+    return table
 
 
 def _left_checks(a: float, left: pd.DataFrame) -> list[Check]:

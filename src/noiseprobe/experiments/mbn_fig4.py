@@ -2,7 +2,7 @@
 eq. 3 with Lemma 1) and Hessian-approximation predictions.
 
 All panels: label noise σ = 1, ½ in the loss, online data (N → ∞), sampling with replacement, μ = 0,
-:func:`noiseprobe.minibatch.simulate.simulate_sgd`. Panels with different chain counts never share global
+:func:`noiseprobe.minibatch.sgd.simulate_sgd`. Panels with different chain counts never share global
 chain indices: panel (a) uses ``point·chains + j``, every other panel ``point·max(chain counts) + j``.
 A learning rate past a stability bound is allowed: its chains diverge and the panel's checks are
 "not measurable".
@@ -24,7 +24,7 @@ from noiseprobe.experiments import _mbn_fig4_law as law
 from noiseprobe.experiments import _mbn_fig4_sigma as sigma
 from noiseprobe.experiments._mbn import BASE_BYTES, chains_1d, sim_peak_bytes
 from noiseprobe.experiments._mbn_fig4_config import Fig4Config
-from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
 
 
 class Fig4(Experiment):
@@ -130,9 +130,9 @@ class Fig4(Experiment):
         sp = chunk.spec
         if sp["panel"] == "a":
             df = chains_1d(config, sp["point"], a=config.a, lr=sp["lr"], batch_size=config.batch_size, sigma=1.0)
-            return df.assign(panel="a", lr=sp["lr"], S=config.batch_size)
+            table: pd.DataFrame = df.assign(panel="a", lr=sp["lr"], S=config.batch_size)
+            return table
         first = self._first_chain(config, sp["point"])
-        common = dict(burn_in=config.burn_in, seed=config.seed, first_chain=first)
         if sp["panel"] == "2d":
             R = config.chains2d
             run = simulate_sgd(
@@ -142,7 +142,9 @@ class Fig4(Experiment):
                 steps=config.steps2d,
                 chains=R,
                 snapshot_every=config.snapshot_every,
-                **common,
+                burn_in=config.burn_in,
+                seed=config.seed,
+                first_chain=first,
             )
             sm = run.second_moment
             df = pd.DataFrame(
@@ -154,6 +156,7 @@ class Fig4(Experiment):
                     "diverged": run.diverged,
                 }
             )
+            assert run.snapshots is not None  # snapshot_every was given
             snaps = run.snapshots.reshape(-1, 2)
             samples = pd.DataFrame({"S": sp["S"], "w1": snaps[:, 0], "w2": snaps[:, 1]}).dropna()
             return {"results": df.assign(panel="2d", lr=config.lr2d, S=sp["S"]), "samples": samples}
@@ -166,9 +169,12 @@ class Fig4(Experiment):
                 steps=config.steps_dist,
                 chains=R,
                 snapshot_every=config.every_dist,
-                **common,
+                burn_in=config.burn_in,
+                seed=config.seed,
+                first_chain=first,
             )
             chain = first + np.arange(R)
+            assert run.snapshots is not None  # snapshot_every was given
             n = run.snapshots.shape[1]
             samples = pd.DataFrame({"chain": np.repeat(chain, n), "w": run.snapshots[..., 0].ravel()}).dropna()
             df = pd.DataFrame({"chain": chain, "sigma_w": run.second_moment[:, 0, 0], "diverged": run.diverged})
@@ -180,7 +186,9 @@ class Fig4(Experiment):
             batch_size=config.batch_size_hd,
             steps=config.steps_hd,
             chains=R,
-            **common,
+            burn_in=config.burn_in,
+            seed=config.seed,
+            first_chain=first,
         )
         i, j = np.triu_indices(D)
         chain = first + np.arange(R)

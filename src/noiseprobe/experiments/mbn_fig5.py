@@ -1,7 +1,7 @@
 """Paper 002 (minibatch noise), Fig. 5: L2 regularisation in 1d with a negative optimal weight decay (Cor. 1).
 
 L_test (eq. 11 / Cor. 4) against γ at fixed λ, and against λ at the optimal γ, with the predicted
-divergence lines (eqs. 162-163), simulated by :func:`noiseprobe.minibatch.simulate.simulate_sgd` (1d
+divergence lines (eqs. 162-163), simulated by :func:`noiseprobe.minibatch.sgd.simulate_sgd` (1d
 exact-in-law sampler, N → ∞, with replacement). One chunk per point; a point's chains have the global
 indices ``point·chains + (0 … chains−1)``. Past a divergence line a chain's growth is exponential: the
 simulator flags it (the divergence rule, :mod:`noiseprobe.core.divergence`) within a few dozen steps.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -110,7 +110,8 @@ class Fig5(Experiment):
         df = chains_1d(
             config, sp["point"], a=config.a, lr=sp["lr"], batch_size=config.batch_size, u=config.u, gamma=sp["gamma"]
         )
-        return df.assign(panel=sp["panel"], gamma=sp["gamma"], lr=sp["lr"])
+        table: pd.DataFrame = df.assign(panel=sp["panel"], gamma=sp["gamma"], lr=sp["lr"])
+        return table
 
     def derive(self, config: Fig5Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         return {"points": _points(config, tables["results"])}
@@ -236,12 +237,14 @@ def _points(config: Fig5Config, res: pd.DataFrame) -> pd.DataFrame:
     """One row per (panel, γ, λ): simulated test loss ± SE over the converged chains, the fraction that
     diverged, and eq. (11)."""
     pts = []
-    for (panel, g, x), d in res.groupby(["panel", "gamma", "lr"]):
+    for key, d in res.groupby(["panel", "gamma", "lr"]):
+        panel, g, x = cast(tuple[str, float, float], key)  # the group's (panel, γ, λ)
         m, se, frac = mean_se_kept(d["test_loss"], d["diverged"])
         pts.append(
             {"panel": panel, "gamma": g, "lr": x, "sim": m, "se": se, "diverged": frac, "theory": _theory(config, g, x)}
         )
-    return pd.DataFrame(pts)
+    table: pd.DataFrame = pd.DataFrame(pts)
+    return table
 
 
 def _simulated_optimum(pg: pd.DataFrame) -> float | None:

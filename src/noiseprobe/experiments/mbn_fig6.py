@@ -1,7 +1,7 @@
 """Paper 002 (minibatch noise), Fig. 6 (left): high-dimensional regression, D fixed, N = αD varied through α = 1.
 
 The fluctuation Tr[ÂΣ] about the least-squares (min-norm) solution of one fixed data set per α (sampling
-with replacement), simulated by :func:`noiseprobe.minibatch.simulate.simulate_sgd` and predicted by the
+with replacement), simulated by :func:`noiseprobe.minibatch.sgd.simulate_sgd` and predicted by the
 exact finite-N linear equation (:func:`noiseprobe.minibatch.highdim.highdim_sigma_exact`), Thm 6 as printed
 (expected L₀), Thm 6 with the realised L₀, and the discrete Hessian approximation C = Â/S. One chunk per α;
 its chains have the global indices ``point·chains + (0 … chains−1)``.
@@ -26,7 +26,7 @@ from noiseprobe.experiments._mbn import BASE_BYTES, ChainsConfig, plain_log_tick
 from noiseprobe.minibatch.baselines import hessian_approx_sigma
 from noiseprobe.minibatch.fluctuation import or_inf
 from noiseprobe.minibatch.highdim import highdim_sigma_exact, thm6_trace
-from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
 
 #: overparametrised: Tr[ÂΣ] for α < 1 relative to its largest value for α > 1 must stay below this
 ZERO_RATIO_MAX = 1e-6
@@ -51,6 +51,12 @@ def problem(config: Fig6Config, point: int, alpha: float) -> LinearProblem:
     """The fixed data set of point ``point``: N = round(αD) samples, x ~ N(0, I_D), drawn from (seed, 1000 + point)."""
     n = max(1, int(round(alpha * config.D)))
     return LinearProblem(np.eye(config.D), sigma=config.sigma).with_data(n, seed=config.seed, stream=1000 + point)
+
+
+def _data(pb: LinearProblem) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed training set (X, y) of a :func:`problem`: (N, D), (N,)."""
+    assert pb.X is not None and pb.y is not None  # problem() always draws one
+    return pb.X, pb.y
 
 
 class Fig6(Experiment):
@@ -115,8 +121,9 @@ class Fig6(Experiment):
             seed=config.seed,
             first_chain=sp["point"] * R,
         )
-        A_hat = pb.X.T @ pb.X / pb.n_samples
-        return pd.DataFrame(
+        X, _ = _data(pb)
+        A_hat = X.T @ X / len(X)
+        table: pd.DataFrame = pd.DataFrame(
             {
                 "chain": np.arange(sp["point"] * R, (sp["point"] + 1) * R),
                 "alpha": sp["alpha"],
@@ -125,6 +132,7 @@ class Fig6(Experiment):
                 "diverged": run.diverged,
             }
         )
+        return table
 
     def derive(self, config: Fig6Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         return {"trace": _trace_table(config, tables["results"])}
@@ -223,9 +231,10 @@ def _trace_table(config: Fig6Config, res: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for i, alpha in enumerate(config.alphas):
         pb = problem(config, i, alpha)
-        A_hat = pb.X.T @ pb.X / pb.n_samples
-        w = np.linalg.lstsq(pb.X, pb.y, rcond=None)[0]
-        L0 = 0.5 * float(np.mean((pb.y - pb.X @ w) ** 2))
+        X, y = _data(pb)
+        A_hat = X.T @ X / len(X)
+        w = np.linalg.lstsq(X, y, rcond=None)[0]
+        L0 = 0.5 * float(np.mean((y - X @ w) ** 2))
         g = res[res.alpha == alpha]
         m, se, frac = mean_se_kept(g["trace_A_sigma"], g["diverged"])
         rows.append(
@@ -240,4 +249,5 @@ def _trace_table(config: Fig6Config, res: pd.DataFrame) -> pd.DataFrame:
                 "hessian": or_inf(lambda A=A_hat: np.trace(A @ hessian_approx_sigma(A, lr=lr, batch_size=S))),
             }
         )
-    return pd.DataFrame(rows).sort_values("alpha")
+    table: pd.DataFrame = pd.DataFrame(rows).sort_values("alpha")
+    return table

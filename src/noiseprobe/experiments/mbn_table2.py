@@ -1,6 +1,6 @@
 """Paper 002 (minibatch noise), Table 2 (reconstructed 1d special case, docs/theory/minibatch_noise.md §11): Σ, L_train, L_test for
 label noise, input noise and L2 — exact (this paper), Hessian approximation in discrete and continuous time —
-with a simulation of each case (:func:`noiseprobe.minibatch.simulate.simulate_sgd`, exact-in-law 1d sampler,
+with a simulation of each case (:func:`noiseprobe.minibatch.sgd.simulate_sgd`, exact-in-law 1d sampler,
 N → ∞, with replacement). One chunk per case; its chains have the global indices ``case·chains + j``.
 """
 
@@ -96,7 +96,8 @@ class Table2(Experiment):
             "L2": {"u": c.u, "gamma": c.gamma},
         }[chunk.spec["case"]]
         df = chains_1d(c, chunk.spec["point"], a=c.a, lr=c.lr, batch_size=c.batch_size, **kw)
-        return df.assign(case=chunk.spec["case"])
+        table: pd.DataFrame = df.assign(case=chunk.spec["case"])
+        return table
 
     def derive(self, config: Table2Config, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
         return {"table": _table(config, tables["results"])}
@@ -185,7 +186,8 @@ def _table(config: Table2Config, res: pd.DataFrame) -> pd.DataFrame:
     sims, ses, fracs = [], [], []
     for r in tab.itertuples():
         g = res[res.case == r.case]
-        m, se, frac = mean_se_kept(g[{"Sigma": "sigma_w"}.get(r.quantity, r.quantity)], g["diverged"])
+        q = str(r.quantity)  # the table's quantity names are strings
+        m, se, frac = mean_se_kept(g[{"Sigma": "sigma_w"}.get(q, q)], g["diverged"])
         sims.append(m)
         ses.append(se)
         fracs.append(frac)

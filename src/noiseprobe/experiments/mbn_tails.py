@@ -11,7 +11,9 @@ docs/theory/minibatch_noise.md's correction) and the continuous-time 2S/(aλ) + 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol, cast
 
 import numpy as np
 import pandas as pd
@@ -27,6 +29,19 @@ from noiseprobe.minibatch.tails import (
     tail_index_exact,
     tail_index_small_lr,
 )
+
+
+class _TailRow(Protocol):
+    """A row of the ``tails`` table as :meth:`pandas.DataFrame.itertuples` yields it (the columns the plot reads)."""
+
+    S: int
+    lr: float
+    n: int
+    beta_eq93: float
+    beta_exact: float
+    hill_k: float
+    hill_x_min: float
+
 
 #: the small learning rate (×1/a) at which the continuous-time index is compared with the exact one
 SMALL_LR = 1e-3
@@ -136,7 +151,8 @@ class Fig2(Tails):
         tails = self.tails(tables)
         a, sigma = config.a, config.sigma
         fig, axes = new_figure(3, width=4.0)
-        for i, r in enumerate(tails.itertuples()):
+        # pandas-stubs types a row's fields as any scalar; the tails table's columns are these numbers
+        for i, r in enumerate(cast(Iterable[_TailRow], tails.itertuples())):
             c = f"C{i % 10}"
             if "S" not in tables["density"]:  # no point has samples (every chain diverged)
                 break
@@ -218,7 +234,7 @@ class Fig7(Tails):
         fig, axes = new_figure(len(sizes), width=4.0)
         lr_grid = np.geomspace(min(config.lrs) / 1.2, max(config.lrs) * 1.1, 60)
         for ax, S in zip(np.atleast_1d(axes), sizes):
-            bk = tail_index_exact(lr=lr_grid, batch_size=S, a=a)
+            bk = np.asarray(tail_index_exact(lr=lr_grid, batch_size=S, a=a))  # an array for an array lr
             ax.semilogy(lr_grid, tail_index_eq93(lr=lr_grid, batch_size=S, a=a), "--", label="eq. (93)")
             ax.semilogy(lr_grid, bk, "-", label="exact β_K (Kesten)")
             ax.semilogy(

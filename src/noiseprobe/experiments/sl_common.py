@@ -5,7 +5,7 @@ Loss: ``L(w) = ⅛ (1.5 + w₁)(|w|² − 1)²`` (:func:`~noiseprobe.limits.loss
 (:mod:`noiseprobe.limits.circle`). The paper's own L, initial points and windows for Figs. 1, 2, 4 are not in
 the captions (docs/theory/singular_limits.md §8, §11): these are docs/theory/singular_limits.md's reproduction choices. Noisy GD (Def. 3.1)
 ``w_{k+1} = w_k − α∇_w L̂(w_k, η_k)`` runs batched over chains
-(:func:`noiseprobe.limits.simulate.simulate_noise`); every chain's noise comes from (seed, global chain
+(:func:`noiseprobe.limits.noisy_gd.simulate_noise`); every chain's noise comes from (seed, global chain
 index), and the same chain indices are reused across variants (common random numbers).
 
 Here: the config fields every figure has, the chunking, the NGD run that produces a chunk's tidy frame,
@@ -29,7 +29,7 @@ from noiseprobe.core.experiment import Chunk, RunCost
 from noiseprobe.limits.circle import unwrapped_angle
 from noiseprobe.limits.losses import circle_loss
 from noiseprobe.limits.noises import Noise
-from noiseprobe.limits.simulate import MAX_BLOCK_ELEMENTS, simulate_noise
+from noiseprobe.limits.noisy_gd import MAX_BLOCK_ELEMENTS, simulate_noise
 
 W0_TOP = [0.0, 1.5]  # "starting at the top" (docs/theory/singular_limits.md §8)
 W0_FIG3_TOP = [1.3 * math.cos(0.3), 1.3 * math.sin(0.3)]

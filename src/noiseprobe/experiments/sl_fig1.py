@@ -194,5 +194,5 @@ class Fig1(Experiment):
 
 def _numbers(tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
     """The one row of ``numbers`` as floats; a missing standard error of the displacement stays None."""
-    n = {k: math.nan if v is None else float(v) for k, v in tables["numbers"].iloc[0].items()}
+    n = {str(k): math.nan if v is None else float(v) for k, v in tables["numbers"].iloc[0].items()}
     return {**n, "ngd_move_se": None if math.isnan(n["ngd_move_se"]) else n["ngd_move_se"]}

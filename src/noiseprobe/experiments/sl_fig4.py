@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,7 @@ class Fig4(Experiment):
             noise, sub = _noise(v), df[df["variant"] == v]
             stats = group_mean_se(sub, "theta", "step", keep=alive(sub))
             t_f, th_f = flow_angle(noise, config.w0, config.t_end, dt=config.flow_dt)
-            th_star = argmin_on_circle(lambda w, n=noise: regulariser(n, w), float(th_f[-1]))
+            th_star = argmin_on_circle(partial(regulariser, noise), float(th_f[-1]))
             err, se, _ = worst_deviation(
                 stats.loc[k_check, "mean"], stats.loc[k_check, "se"], np.interp(clock * np.array(k_check), t_f, th_f)
             )
@@ -221,4 +222,4 @@ class Fig4(Experiment):
 
 def _ends(tables: dict[str, pd.DataFrame]) -> dict[str, dict[str, float]]:
     """The ``ends`` table as {variant: {quantity: value}} (floats)."""
-    return {str(v): {k: float(x) for k, x in row.items()} for v, row in tables["ends"].iterrows()}
+    return {str(v): {str(k): float(x) for k, x in row.items()} for v, row in tables["ends"].iterrows()}

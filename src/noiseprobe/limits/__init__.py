@@ -9,7 +9,7 @@ Noisy GD ``w_{k+1} = w_k − α ∇_w L̂(w_k, η_k)`` (Def. 3.1) near the zero-
 * :mod:`~noiseprobe.limits.regulariser`: ``Reg = ½ tr(C̃ ∇²_η L̂(w, 0))`` and the non-local Bernoulli Reg_B;
 * :mod:`~noiseprobe.limits.manifold`: the limit map Φ, tangent projector P, ∂²Φ[Σ], regime classification;
 * :mod:`~noiseprobe.limits.flow`: Theorem A's constrained gradient flow and Theorem B's SDE on Γ;
-* :mod:`~noiseprobe.limits.simulate`: vectorised noisy GD over many chains.
+* :mod:`~noiseprobe.limits.noisy_gd`: vectorised noisy GD over many chains.
 
 The mathematics, with its reconstructed parts and corrections, is in docs/limits.md.
 """

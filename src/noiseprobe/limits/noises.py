@@ -20,7 +20,7 @@ with a NumPy Generator (one per replica), so NGD results depend only on (seed, r
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -112,7 +112,7 @@ def _sigma(sigma: float | None, default: float | None) -> float:
     return check_real("sigma", sigma, lo=0.0)
 
 
-def _covariance(C: Tensor | np.ndarray | None, m: int) -> Tensor:
+def _covariance(C: Tensor | np.ndarray | Sequence[Sequence[float]] | None, m: int) -> Tensor:
     """C̃ as a symmetric positive semi-definite float64 (m, m) tensor (default I_m)."""
     if C is None:
         return torch.eye(m, dtype=torch.float64)
@@ -178,7 +178,13 @@ def _dim(field: str, value: int) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- builders
-def perturbed(loss: LossFn, d: int, *, C: Tensor | np.ndarray | None = None, sigma: float | None = None) -> Noise:
+def perturbed(
+    loss: LossFn,
+    d: int,
+    *,
+    C: Tensor | np.ndarray | Sequence[Sequence[float]] | None = None,
+    sigma: float | None = None,
+) -> Noise:
     """Example 1.2 (Figs. 1, 2, 4): gradient at a perturbed point, ``L̂(w, η) = L(w + η)``, η ~ N(0, σ² C̃).
 
     ``Reg = ½ tr(C̃ ∇²L)`` (= ½ΔL for C̃ = I, §7.1); non-degenerate (Theorem A), ``t = α σ² k``.
@@ -214,7 +220,13 @@ def anti_pgd(loss: LossFn, d: int, *, sigma: float | None = None) -> Noise:
     )
 
 
-def additive(loss: LossFn, d: int, *, C: Tensor | np.ndarray | None = None, sigma: float | None = None) -> Noise:
+def additive(
+    loss: LossFn,
+    d: int,
+    *,
+    C: Tensor | np.ndarray | Sequence[Sequence[float]] | None = None,
+    sigma: float | None = None,
+) -> Noise:
     """Additive gradient noise (§7.6): ``L̂(w, η) = L(w) + η·w``, so ``∇_w L̂ = ∇L + η`` (affine, G = I).
 
     Reg ≡ 0: degenerate (Theorem B), ``t = α² σ² k``; limit = Brownian motion on Γ with drift

@@ -11,7 +11,7 @@ Modules (import them directly; nothing is re-exported here):
 * ``highdim`` — generic minima (Thm 5, Cors. 2, 3) and high-dimensional regression (Prop. 4, Thm 6, exact finite-N).
 * ``newton`` — damped Newton and natural gradient (Props. 5, 6).
 * ``baselines`` — the Hessian approximation C ≈ H/S in discrete and continuous time (App. B) and Table 2.
-* ``simulate`` — vectorised SGD on linear regression (``LinearProblem``, ``simulate_sgd``).
+* ``sgd`` — vectorised SGD on linear regression (``LinearProblem``, ``simulate_sgd``).
 * ``tails`` — the tail index of the stationary law (Prop. 7, eq. 93, and the exact Kesten index).
 * ``nets`` — the replica-batched PyTorch trainers of Fig. 1 (tanh network by torch.optim SGD/Adam, logistic
   regression with signed weight decay).

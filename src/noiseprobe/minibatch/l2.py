@@ -10,6 +10,8 @@ The regulariser is the same for every sample, so it adds no noise.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy.optimize import minimize_scalar
 
@@ -223,7 +225,7 @@ def negative_weight_decay_window(*, batch_size: int) -> tuple[float, float]:
 
 
 def optimal_weight_decay(
-    A: float | np.ndarray, *, u: np.ndarray, lr: float, batch_size: int, grid: int = 400
+    A: float | np.ndarray, *, u: np.ndarray | Sequence[float], lr: float, batch_size: int, grid: int = 400
 ) -> tuple[float, float]:
     """γ* = argmin_γ L_test(Γ = γI) from eq. (11), minimised numerically (eqs. 169-171 for D > 1, Cor. 1 in 1d).
 

@@ -1,4 +1,4 @@
-"""The numba kernel of :func:`noiseprobe.minibatch.simulate.simulate_sgd`: chains as SIMD lanes, noise from
+"""The numba kernel of :func:`noiseprobe.minibatch.sgd.simulate_sgd`: chains as SIMD lanes, noise from
 counter-based streams (``noiseprobe.core.streams``).
 
 A task advances LANES chains in lockstep, one array column per chain ("lane"), so that every arithmetic

@@ -27,7 +27,7 @@ from noiseprobe.monitor.microbatch import (
     micro_batch_gradients,
     split,
 )
-from noiseprobe.probes.linalg import Eigenpairs, lanczos
+from noiseprobe.probes.eigensolvers import Eigenpairs, lanczos
 from noiseprobe.probes.operators import Hessian, ParamOperator
 from noiseprobe.probes.persample import (
     HookFactors,

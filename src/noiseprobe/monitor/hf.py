@@ -19,7 +19,7 @@ import torch
 from transformers import TrainerCallback
 
 from noiseprobe.monitor.monitor import NoiseMonitor
-from noiseprobe.probes.losses import model_output, token_mean
+from noiseprobe.probes.sample_losses import model_output, token_mean
 
 
 def causal_lm_losses(output: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -47,11 +47,11 @@ from noiseprobe.core.errors import ConfigError, NoPerSampleGradients
 from noiseprobe.core.validation import check_choice, check_int
 from noiseprobe.monitor.gns import NoiseScale, noise_scale_from_gram
 from noiseprobe.probes.capture import Forward, PerSampleLoss, check_losses, default_forward
-from noiseprobe.probes.losses import model_output
 from noiseprobe.probes.persample import select_parameters
 from noiseprobe.probes.rules import tensor_leaves
 from noiseprobe.probes.rules.base import accumulation_dtype
 from noiseprobe.probes.rules.fallback import tree_map
+from noiseprobe.probes.sample_losses import model_output
 
 #: micro-batches by default (fewer where the batch has < 2·DEFAULT_MICRO_BATCHES samples: b ≥ 2)
 DEFAULT_MICRO_BATCHES = 8

@@ -41,7 +41,7 @@ from torch.func import functional_call, grad, jvp, vmap
 
 from noiseprobe.core import divergence
 from noiseprobe.core.validation import check_int, check_real
-from noiseprobe.probes.linalg import Eigenpairs, lanczos
+from noiseprobe.probes.eigensolvers import Eigenpairs, lanczos
 from noiseprobe.probes.operators import Hessian
 
 PerSampleLoss = Callable[[Tensor, Tensor], Tensor]

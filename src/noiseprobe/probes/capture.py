@@ -27,10 +27,10 @@ from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 
 from noiseprobe.core.errors import ConfigError, NoPerSampleGradients, NumericalError
-from noiseprobe.probes.losses import model_output
 from noiseprobe.probes.rules import Call, Rule, VmapRule, rule_for, tensor_leaves
 from noiseprobe.probes.rules.base import Named
 from noiseprobe.probes.rules.norm import BatchNormRule
+from noiseprobe.probes.sample_losses import model_output
 from noiseprobe.probes.wrappers import eager
 
 #: loss_fn(model_output, targets) -> per-sample losses of shape (N,)

@@ -2,7 +2,7 @@
 
 Write J ∈ R^{N×P} for the matrix whose row i is ∇_w ℓ_i(w), the gradient of the per-sample loss ℓ_i
 (whatever ``loss_fn`` returns per sample; define it so that its mean over the batch is the training loss,
-see :mod:`noiseprobe.probes.losses`). Everything the noise covariance needs is a product with J:
+see :mod:`noiseprobe.probes.sample_losses`). Everything the noise covariance needs is a product with J:
 
     gram = J Jᵀ (N × N),  sq_norms = ‖∇ℓ_i‖²,  jvp = J v,  vjp = Jᵀ u,  sq_sum = Σ_i (∇ℓ_i)∘(∇ℓ_i).
 
@@ -24,7 +24,7 @@ J = vmap(grad) stored densely (N·P numbers); the test oracle of the factored fo
 Inputs: ``x`` is anything ``forward(model, x)`` accepts (default: ``model(**x)`` for a dict,
 ``model(*x)`` for a tuple or list, else ``model(x)``), e.g. integer token ids or a dict of tensors; its
 tensors must have the batch on axis 0. Outputs may be tensors, tuples or ModelOutput-like objects
-(:func:`~noiseprobe.probes.losses.model_output`). ``check=True`` verifies at run time that the
+(:func:`~noiseprobe.probes.sample_losses.model_output`). ``check=True`` verifies at run time that the
 per-sample gradients, weighted by random u_i, sum to autograd's gradient of Σ_i u_i ℓ_i, parameter by
 parameter.
 

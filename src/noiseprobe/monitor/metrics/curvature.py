@@ -15,7 +15,7 @@ from noiseprobe.monitor.context import COLD_MIN_DIM, Context, Refused, top_eigen
 from noiseprobe.monitor.metric import Metric, register_metric
 from noiseprobe.monitor.microbatch import batch_samples
 from noiseprobe.monitor.stability import step_scale
-from noiseprobe.probes.linalg import Eigenpairs
+from noiseprobe.probes.eigensolvers import Eigenpairs
 from noiseprobe.probes.operators import ParamOperator
 
 #: Rademacher probes for tr(HΣ) (one batched block of Hessian-vector products)

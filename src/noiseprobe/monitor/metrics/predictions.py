@@ -66,10 +66,10 @@ from noiseprobe.monitor.metric import Metric, register_metric
 from noiseprobe.nin.injector import NINHandle
 from noiseprobe.nin.phases import PHASES, classify
 from noiseprobe.nin.probe import NINRecorder, niw_decay_rate
-from noiseprobe.probes.linalg import Eigenpairs
-from noiseprobe.probes.losses import model_output
+from noiseprobe.probes.eigensolvers import Eigenpairs
 from noiseprobe.probes.operators import Hessian
 from noiseprobe.probes.persample import default_forward
+from noiseprobe.probes.sample_losses import model_output
 
 #: Hutchinson probes of the NIN recorder's local Hessian trace (a by-product; curv_niw is exact)
 NIN_HESSIAN_PROBES = 4

@@ -16,22 +16,24 @@ is usable three ways:
 * on torch tensors, on the model's device: ``op.mv(v)`` / ``op @ v`` for v of shape (P,) or (P, k);
 * as a :class:`scipy.sparse.linalg.LinearOperator` (it is one): ``scipy.sparse.linalg.eigsh(op, k)``,
   ``cg(op, b)``, ``op @ numpy_array`` (NumPy vectors are moved to the model's device and back);
-* through the model-free algorithms of :mod:`noiseprobe.probes.linalg` (Lanczos with warm start) and
+* through the model-free algorithms of :mod:`noiseprobe.probes.eigensolvers` (Lanczos with warm start) and
   :mod:`noiseprobe.probes.estimators` (Hutchinson and Hutch++ traces, diagonal estimates).
 
 ``op.matvecs`` counts the matrix-vector products done so far (a (P, k) block counts k).
 
-Batches and losses are those of :func:`~noiseprobe.probes.persample.per_sample_gradients`: ``x`` is
-anything ``forward(model, x)`` takes (default ``model(**x)`` for a dict, ``model(*x)`` for a tuple, else
-``model(x)``; integer token ids included), the output may be a tensor, a tuple or a ModelOutput
-(:func:`~noiseprobe.probes.losses.model_output`), and ``loss_fn(output, y)`` returns per-sample losses
+Every operator is built as ``Operator(model, loss_fn, inputs, targets, ...)`` (the old keywords ``x=``,
+``y=`` still work, with a DeprecationWarning). Batches and losses are those of
+:func:`~noiseprobe.probes.persample.per_sample_gradients`: ``inputs`` is anything ``forward(model, inputs)``
+takes (default ``model(**inputs)`` for a dict, ``model(*inputs)`` for a tuple, else ``model(inputs)``;
+integer token ids included), the output may be a tensor, a tuple or a ModelOutput
+(:func:`~noiseprobe.probes.sample_losses.model_output`), and ``loss_fn(output, targets)`` returns per-sample losses
 ℓ_i of shape (N,) whose mean L = (1/N) Σ ℓ_i is the training loss (token-mean language-model losses:
-:class:`~noiseprobe.probes.losses.TokenMeanCrossEntropy`).
+:class:`~noiseprobe.probes.sample_losses.TokenMeanCrossEntropy`).
 
 C and F are built from the factored per-sample gradients of :mod:`noiseprobe.probes.persample`, so their
 traces and diagonals are exact and their top eigenpairs come from the N × N Gram matrix, with
 eigenvectors returned lazily as :class:`FactoredVectors` (V = Jᵀ W). H and G are products only; use
-:mod:`noiseprobe.probes.estimators` and :mod:`noiseprobe.probes.linalg` for their traces, diagonals and
+:mod:`noiseprobe.probes.estimators` and :mod:`noiseprobe.probes.eigensolvers` for their traces, diagonals and
 spectra. All compute in float32 or wider whatever the ambient autocast; 16-bit models are up-cast
 (:func:`~noiseprobe.probes.operators.base.full_precision`).
 """
@@ -42,7 +44,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 #: public name -> submodule that defines it; imported on first use (PEP 562), so that
-#: :mod:`noiseprobe.probes.linalg` can build on :mod:`.base` while :mod:`.gram` builds on it
+#: :mod:`noiseprobe.probes.eigensolvers` can build on :mod:`.base` while :mod:`.gram` builds on it
 _EXPORTS: dict[str, str] = {
     "EmpiricalFisher": "fisher",
     "FactoredVectors": "base",

@@ -3,7 +3,7 @@ factored eigenvectors, and the float32-or-wider rule.
 
 :class:`ParamOperator` is a symmetric P × P matrix over a chosen set of parameters, usable three ways
 (``op.mv(v)`` / ``op @ v`` on tensors, as a :class:`scipy.sparse.linalg.LinearOperator`, and through the
-model-free algorithms of :mod:`noiseprobe.probes.linalg` and :mod:`noiseprobe.probes.estimators`); a
+model-free algorithms of :mod:`noiseprobe.probes.eigensolvers` and :mod:`noiseprobe.probes.estimators`); a
 subclass writes only its product :meth:`ParamOperator._mm`.
 
 Precision: every operator computes in float32 or wider whatever the ambient autocast (its construction
@@ -28,7 +28,6 @@ from torch import Tensor, nn
 from noiseprobe.core.errors import ConfigError, NumericalError
 from noiseprobe.core.validation import check_instance, check_int
 from noiseprobe.probes.capture import check_finite
-from noiseprobe.probes.losses import model_output
 from noiseprobe.probes.persample import (
     Forward,
     PerSampleGradients,
@@ -38,6 +37,7 @@ from noiseprobe.probes.persample import (
     select_parameters,
 )
 from noiseprobe.probes.rules import tensor_leaves
+from noiseprobe.probes.sample_losses import model_output
 from noiseprobe.probes.wrappers import eager, unwrap
 
 _P = ParamSpec("_P")
@@ -133,7 +133,7 @@ class ParamOperator(LinearOperator):  # type: ignore[misc]
     def mv(self, v: Tensor) -> Tensor:
         """A v for a finite tensor v of shape (P,) or (P, k), returned on the operator's device and dtype
         (a non-finite product of a finite v raises NumericalError). The checks cost two passes over v and
-        A v; the algorithms of :mod:`~noiseprobe.probes.linalg` and :mod:`~noiseprobe.probes.estimators`
+        A v; the algorithms of :mod:`~noiseprobe.probes.eigensolvers` and :mod:`~noiseprobe.probes.estimators`
         call :meth:`product` and check their results instead."""
         allowed = f"a finite tensor of shape ({self.num_params},) or ({self.num_params}, k)"
         if not isinstance(v, Tensor):

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from noiseprobe.core.deprecation import renamed_arguments
 from noiseprobe.probes.operators.base import full_precision_method
 from noiseprobe.probes.operators.gram import GramOperator
 from noiseprobe.probes.persample import Forward, PerSampleLoss, Selection
@@ -18,12 +19,13 @@ class EmpiricalFisher(GramOperator):
 
     factor = 1.0
 
+    @renamed_arguments(x="inputs", y="targets")
     def __init__(
         self,
         model: nn.Module,
         loss_fn: PerSampleLoss,
-        x: Any,
-        y: Any,
+        inputs: Any,
+        targets: Any,
         *,
         method: Literal["auto", "hooks", "func"] = "auto",
         chunk_size: int | None = None,
@@ -31,7 +33,7 @@ class EmpiricalFisher(GramOperator):
         check: bool = False,
         params: Selection | None = None,
     ) -> None:
-        super().__init__(model, loss_fn, x, y, method, chunk_size, forward, check, params)
+        super().__init__(model, loss_fn, inputs, targets, method, chunk_size, forward, check, params)
 
     def _mm(self, v: Tensor) -> Tensor:
         return self.grads.vjp(self.grads.jvp(v)) / self.n

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from noiseprobe.core.deprecation import renamed_arguments
 from noiseprobe.probes.operators.base import (
     ModelOperator,
     double_backward_attention,
@@ -29,17 +30,18 @@ class GaussNewton(ModelOperator):
     when ℓ is convex in the output (cross-entropy, squared error).
     """
 
+    @renamed_arguments(x="inputs", y="targets")
     def __init__(
         self,
         model: nn.Module,
         loss_fn: PerSampleLoss,
-        x: Any,
-        y: Tensor,
+        inputs: Any,
+        targets: Tensor,
         *,
         params: Selection | None = None,
         forward: Forward | None = None,
     ) -> None:
-        super().__init__(model, x, y, params)
+        super().__init__(model, inputs, targets, params)
         with torch.enable_grad(), double_backward_attention(), no_autocast(self.device):
             self.out, _ = output_and_loss(self.model, loss_fn, self.x, self.y, forward)
             self.f = self.out.detach().requires_grad_(True)

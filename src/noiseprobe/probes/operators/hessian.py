@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from noiseprobe.core.deprecation import renamed_arguments
 from noiseprobe.probes.operators.base import (
     ModelOperator,
     double_backward_attention,
@@ -59,17 +60,18 @@ class Hessian(ModelOperator):
     mode: dropout draws at construction time and stays fixed for all products).
     """
 
+    @renamed_arguments(x="inputs", y="targets")
     def __init__(
         self,
         model: nn.Module,
         loss_fn: PerSampleLoss,
-        x: Any,
-        y: Tensor,
+        inputs: Any,
+        targets: Tensor,
         *,
         params: Selection | None = None,
         forward: Forward | None = None,
     ) -> None:
-        super().__init__(model, x, y, params)
+        super().__init__(model, inputs, targets, params)
         with torch.enable_grad(), double_backward_attention(), no_autocast(self.device):
             _, self.loss = output_and_loss(self.model, loss_fn, self.x, self.y, forward)
             self._hvp = param_hvp(self.loss, self.params)

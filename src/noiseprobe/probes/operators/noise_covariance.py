@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from noiseprobe.core.deprecation import renamed_arguments
 from noiseprobe.core.validation import check_choice, check_int
 from noiseprobe.probes.operators.base import full_precision_method
 from noiseprobe.probes.operators.gram import GramOperator
@@ -41,14 +42,15 @@ def batch_factor(batch_size: int, n: int, replacement: bool = True) -> float:
 
 
 class NoiseCovariance(GramOperator):
-    """C, the covariance of the size-S minibatch gradient of ``loss_fn(model(x), y)`` over the N samples
-    (x, y) (module docstring; paper 002, eqs. 2, 99): products, exact trace and diagonal, top eigenpairs
+    """C, the covariance of the size-S minibatch gradient of ``loss_fn(model(inputs), targets)`` over the N
+    samples (module docstring; paper 002, eqs. 2, 99): products, exact trace and diagonal, top eigenpairs
     through the centred Gram matrix (eigenvectors lazy by default: :meth:`topk`).
 
     ``loss_fn`` returns per-sample losses of shape (N,) (e.g. ``nn.CrossEntropyLoss(reduction="none")``)
     whose mean is the training loss (for token-mean language-model losses see
-    :class:`~noiseprobe.probes.losses.TokenMeanCrossEntropy`). ``x`` is anything ``forward(model, x)``
-    takes (integer token ids, a dict of tensors); ``method``, ``chunk_size``, ``forward``, ``check`` and
+    :class:`~noiseprobe.probes.sample_losses.TokenMeanCrossEntropy`). ``inputs`` is anything ``forward(model,
+    inputs)`` takes (integer token ids, a dict of tensors; the old keywords ``x=``, ``y=`` still work, with
+    a DeprecationWarning); ``method``, ``chunk_size``, ``forward``, ``check`` and
     ``params`` (a parameter subset) are those of :func:`~noiseprobe.probes.persample.per_sample_gradients`.
     Parameter-space vectors are flat in the order of the model's (selected) trainable parameters, on the
     model's device, float32 or wider (docs/operators.md, "Precision"). Weight decay adds no noise (it is
@@ -57,12 +59,13 @@ class NoiseCovariance(GramOperator):
 
     rank_deficit = 1
 
+    @renamed_arguments(x="inputs", y="targets")
     def __init__(
         self,
         model: nn.Module,
         loss_fn: PerSampleLoss,
-        x: Any,
-        y: Any,
+        inputs: Any,
+        targets: Any,
         *,
         batch_size: int = 1,
         replacement: bool = True,
@@ -72,7 +75,7 @@ class NoiseCovariance(GramOperator):
         check: bool = False,
         params: Selection | None = None,
     ) -> None:
-        super().__init__(model, loss_fn, x, y, method, chunk_size, forward, check, params)
+        super().__init__(model, loss_fn, inputs, targets, method, chunk_size, forward, check, params)
         self.factor = batch_factor(batch_size, self.n, replacement)
         self._mean: Tensor | None = None
         self._gram: Tensor | None = None

@@ -23,7 +23,8 @@ others continue.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -156,10 +157,8 @@ def noisy_gd(
             :data:`MAX_BLOCK_ELEMENTS`; the draws, hence the results, do not depend on it).
         vectorised: ``L̂`` broadcasts over a leading chain axis; use the gradient of the sum.
     """
-    chain_ids = np.arange(chains) if isinstance(chains, (int, np.integer)) else np.asarray(chains, dtype=np.int64)
-    R = check_int("chains", len(chain_ids), lo=1)
-    if chain_ids.ndim != 1 or chain_ids.min() < 0:
-        raise ConfigError("chains", chains, "a count >= 1 or a sequence of non-negative global chain indices")
+    chain_ids = _chain_ids(chains)
+    R = len(chain_ids)
     steps = check_int("steps", steps, lo=0)
     record_every = check_int("record_every", record_every, lo=1)
     block = check_int("block", block, lo=1)
@@ -167,24 +166,96 @@ def noisy_gd(
     sigma_arr = _per_chain("sigma", sigma, R, lo_open=False)
     if average_from is not None:
         check_int("average_from", average_from, lo=0, hi=steps)
+    w = _start(w0, R)
+    noisy = anti_correlated or bool(np.any(sigma_arr > 0))
+    m, draw = _noise_source(noisy, eta_dim, sampler, seed, chain_ids, sigma_arr)
+    zero_eta = torch.zeros(R, m, dtype=torch.float64)
+    grad_fn, loss_fn = _gradient_and_loss(loss_hat, zero_eta, vectorised)
+    extra = {check_int("record_at", s, lo=0, hi=steps) for s in record_at}
+    path = _Path(sorted(set(range(0, steps + 1, record_every)) | {steps} | extra), w, loss_fn, average_from)
+    alpha = torch.from_numpy(lr_arr.copy())[:, None]
+    step0 = torch.nan_to_num(alpha[:, 0] * grad_fn(w, zero_eta).abs().amax(1), nan=0.0, posinf=0.0)
+    scale = torch.maximum(torch.maximum(w.abs().amax(1), step0), torch.from_numpy(np.sqrt(lr_arr) * sigma_arr))
+    limit = torch.from_numpy(divergence.bound(scale.numpy()))[:, None]  # the divergence rule (module docstring)
+    block = max(1, min(block, MAX_BLOCK_ELEMENTS // (R * m)))
+    noise = itertools.repeat(zero_eta, steps) if draw is None else _increments(draw, steps, block, anti_correlated)
+    for k, eta in enumerate(noise):
+        path.before_step(k, w)
+        w_new = torch.addcmul(w, alpha, grad_fn(w, eta), value=-1.0)
+        if not bool((w_new.abs() <= limit).all()):  # NaN compares False: one check for all chains
+            w_new = path.freeze_diverged(k + 1, w_new, w, alpha, limit)
+        w = w_new
+        path.after_step(k + 1, w)
+    return path.result(steps, w, chain_ids, lr_arr, sigma_arr)
+
+
+def _chain_ids(chains: Sequence[int] | int) -> np.ndarray:
+    """The chains' global indices: range(R) for an int R, else the given non-negative indices."""
+    chain_ids = np.arange(chains) if isinstance(chains, (int, np.integer)) else np.asarray(chains, dtype=np.int64)
+    check_int("chains", len(chain_ids), lo=1)
+    if chain_ids.ndim != 1 or chain_ids.min() < 0:
+        raise ConfigError("chains", chains, "a count >= 1 or a sequence of non-negative global chain indices")
+    return chain_ids
+
+
+def _start(w0: np.ndarray | Sequence[float], R: int) -> torch.Tensor:
+    """The (R, d) float64 start, a copy: one point for all chains or one per chain."""
     w = torch.from_numpy(check_array("w0", w0))
     if w.ndim == 1:
         w = w.expand(R, -1)
     if w.ndim != 2 or w.shape[0] != R or w.shape[1] == 0:
         raise ConfigError("w0", list(np.shape(w0)), f"shape (d,) or ({R}, d), d >= 1")
-    w = w.clone()
-    d = w.shape[1]
-    noisy = anti_correlated or bool(np.any(sigma_arr > 0))
-    if noisy:
-        if eta_dim is None:
-            raise ConfigError("eta_dim", eta_dim, "the noise dimension m >= 1 when sigma > 0")
-        m = check_int("eta_dim", eta_dim, lo=1)
-        sample: Sampler = sampler or (lambda n, g, s: standard_sampler(n, g, s, m))
-        gens = replica_generators(seed, chain_ids.tolist())
-    else:
-        m = 1 if eta_dim is None else check_int("eta_dim", eta_dim, lo=1)
-    zero_eta = torch.zeros(R, m, dtype=torch.float64)
+    return w.clone()
 
+
+def _noise_source(
+    noisy: bool,
+    eta_dim: int | None,
+    sampler: Sampler | None,
+    seed: int,
+    chain_ids: np.ndarray,
+    sigma: np.ndarray,
+) -> tuple[int, Callable[[int], torch.Tensor] | None]:
+    """m and ``draw(n)``: (n, R, m) noise for the next n steps, one generator call per chain from its own
+    stream (seed, global chain index); no ``draw`` without noise."""
+    if not noisy:
+        return (1 if eta_dim is None else check_int("eta_dim", eta_dim, lo=1)), None
+    if eta_dim is None:
+        raise ConfigError("eta_dim", eta_dim, "the noise dimension m >= 1 when sigma > 0")
+    m = check_int("eta_dim", eta_dim, lo=1)
+    sample: Sampler = sampler or (lambda n, g, s: standard_sampler(n, g, s, m))
+    gens = replica_generators(seed, chain_ids.tolist())
+
+    def draw(n: int) -> torch.Tensor:
+        return torch.from_numpy(
+            np.stack(
+                [np.asarray(sample(n, g, float(s)), dtype=np.float64).reshape(n, m) for g, s in zip(gens, sigma)],
+                axis=1,
+            )
+        )
+
+    return m, draw
+
+
+def _increments(
+    draw: Callable[[int], torch.Tensor], steps: int, block: int, anti_correlated: bool
+) -> Iterator[torch.Tensor]:
+    """ζ_k for k = 0 … steps − 1: η_k, or η_k − η_{k−1} (η_{−1} drawn first), drawn ``block`` steps at once."""
+    prev = draw(1)[0] if anti_correlated else None
+    for k in range(0, steps, block):
+        for eta in draw(min(block, steps - k)):
+            if prev is None:
+                yield eta
+            else:
+                yield eta - prev
+                prev = eta
+
+
+def _gradient_and_loss(
+    loss_hat: LossHat, zero_eta: torch.Tensor, vectorised: bool
+) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]:
+    """Batched ∇_w L̂(w, η) over chains and L(w) = L̂(w, 0): the gradient of the summed loss when L̂
+    broadcasts over chains (``vectorised``), else ``vmap(grad(L̂))``."""
     if vectorised:
 
         def grad_fn(x: torch.Tensor, eta: torch.Tensor, /) -> torch.Tensor:
@@ -192,101 +263,93 @@ def noisy_gd(
             with torch.enable_grad():
                 return torch.autograd.grad(loss_hat(x, eta).sum(), x)[0]
 
-        def loss_fn(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return loss_hat(x, zero_eta)
+        batched_loss = loss_hat
     else:
         grad_fn = vmap(grad(loss_hat))
         batched_loss = vmap(loss_hat)
 
-        def loss_fn(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return batched_loss(x, zero_eta)
+    def loss_fn(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return batched_loss(x, zero_eta)
 
-    def draw(n: int) -> torch.Tensor:
-        """(n, R, m) noise for the next n steps, one generator call per chain."""
-        return torch.from_numpy(
-            np.stack(
-                [np.asarray(sample(n, g, float(s)), dtype=np.float64).reshape(n, m) for g, s in zip(gens, sigma_arr)],
-                axis=1,
-            )
+    return grad_fn, loss_fn
+
+
+class _Path:
+    """What a run keeps of its chains: positions and losses at the recorded steps, the divergence record
+    (alive, step of divergence) and the time averages of w and w wᵀ from ``average_from``."""
+
+    def __init__(
+        self,
+        record_steps: list[int],
+        w: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor], torch.Tensor],
+        average_from: int | None,
+    ) -> None:
+        R, d = w.shape
+        self.record_steps, self.loss_fn, self.average_from = record_steps, loss_fn, average_from
+        self.positions = np.full((len(record_steps), R, d), np.nan)
+        self.loss = np.full((len(record_steps), R), np.nan)
+        self.alive = torch.ones(R, dtype=torch.bool)
+        self.diverged_at = torch.full((R,), -1, dtype=torch.int64)
+        self.acc1 = torch.zeros(R, d, dtype=torch.float64)
+        self.acc2 = torch.zeros(R, d, d, dtype=torch.float64)
+        self.n_avg, self.j_next = 0, 1
+        self._record(0, w)
+
+    def _record(self, j: int, w: torch.Tensor) -> None:
+        alive = self.alive.numpy()
+        self.positions[j, alive] = w.numpy()[alive]
+        self.loss[j, alive] = self.loss_fn(w).detach().numpy()[alive]
+
+    def before_step(self, k: int, w: torch.Tensor) -> None:
+        """Add the iterate w_k to the time averages once k ≥ ``average_from``."""
+        if self.average_from is not None and k >= self.average_from:
+            self.acc1 += w
+            self.acc2 += w[:, :, None] * w[:, None, :]
+            self.n_avg += 1
+
+    def after_step(self, k: int, w: torch.Tensor) -> None:
+        """Record w_k if k is a recorded step."""
+        if self.j_next < len(self.record_steps) and k == self.record_steps[self.j_next]:
+            self._record(self.j_next, w)
+            self.j_next += 1
+
+    def freeze_diverged(
+        self, k: int, w_new: torch.Tensor, w: torch.Tensor, alpha: torch.Tensor, limit: torch.Tensor
+    ) -> torch.Tensor:
+        """Mark the live chains of ``w_new`` past ``limit`` (or non-finite) as diverged at step k and freeze
+        them (α = 0, w kept); return the next iterate."""
+        bad = self.alive & ~(w_new.abs() <= limit).all(1)
+        self.diverged_at[bad] = k
+        self.alive &= ~bad
+        alpha[bad] = 0.0
+        return torch.where(self.alive[:, None], w_new, w)
+
+    def result(
+        self, steps: int, w: torch.Tensor, chain_ids: np.ndarray, lr: np.ndarray, sigma: np.ndarray
+    ) -> NGDResult:
+        self.before_step(steps, w)  # the time averages include the last iterate
+        dead = ~self.alive.numpy()
+        R, d = w.shape
+        if self.n_avg:
+            mean = (self.acc1 / self.n_avg).numpy()
+            cov = (self.acc2 / self.n_avg).numpy() - mean[:, :, None] * mean[:, None, :]
+            mean[dead], cov[dead] = np.nan, np.nan
+        else:
+            mean, cov = np.full((R, d), np.nan), np.full((R, d, d), np.nan)
+        return NGDResult(
+            steps=np.asarray(self.record_steps),
+            positions=self.positions,
+            loss=self.loss,
+            chains=chain_ids,
+            lr=lr,
+            sigma=sigma,
+            diverged=dead,
+            diverged_at=self.diverged_at.numpy(),
+            mean=mean,
+            cov=cov,
         )
-
-    extra = {check_int("record_at", s, lo=0, hi=steps) for s in record_at}
-    record_steps = sorted(set(range(0, steps + 1, record_every)) | {steps} | extra)
-    K = len(record_steps)
-    positions = np.full((K, R, d), np.nan)
-    loss = np.full((K, R), np.nan)
-    alive = torch.ones(R, dtype=torch.bool)
-    diverged_at = torch.full((R,), -1, dtype=torch.int64)
-    alpha = torch.from_numpy(lr_arr.copy())[:, None]
-    acc1 = torch.zeros(R, d, dtype=torch.float64)
-    acc2 = torch.zeros(R, d, d, dtype=torch.float64)
-    n_avg = 0
-
-    def record(j: int) -> None:
-        alive_np = alive.numpy()
-        positions[j, alive_np] = w.numpy()[alive_np]
-        loss[j, alive_np] = loss_fn(w).detach().numpy()[alive_np]
-
-    record(0)
-    step0 = torch.nan_to_num(alpha[:, 0] * grad_fn(w, zero_eta).abs().amax(1), nan=0.0, posinf=0.0)
-    scale = torch.maximum(torch.maximum(w.abs().amax(1), step0), torch.from_numpy(np.sqrt(lr_arr) * sigma_arr))
-    limit = torch.from_numpy(divergence.bound(scale.numpy()))[:, None]  # the divergence rule (module docstring)
-    j_next = 1
-    prev = draw(1)[0] if anti_correlated else None
-    k = 0
-    block = max(1, min(block, MAX_BLOCK_ELEMENTS // (R * m)))
-    while k < steps:
-        n = min(block, steps - k)
-        etas = draw(n) if noisy else None
-        for i in range(n):
-            if average_from is not None and k >= average_from:
-                acc1 += w
-                acc2 += w[:, :, None] * w[:, None, :]
-                n_avg += 1
-            if etas is None:
-                eta = zero_eta
-            elif anti_correlated:
-                assert prev is not None  # drawn before the loop when anti_correlated
-                eta, prev = etas[i] - prev, etas[i]
-            else:
-                eta = etas[i]
-            w_new = torch.addcmul(w, alpha, grad_fn(w, eta), value=-1.0)
-            if not bool((w_new.abs() <= limit).all()):  # NaN compares False: one check for all chains
-                bad = alive & ~(w_new.abs() <= limit).all(1)
-                diverged_at[bad] = k + 1
-                alive &= ~bad
-                alpha[bad] = 0.0  # freeze the diverged chains
-                w_new = torch.where(alive[:, None], w_new, w)
-            w = w_new
-            k += 1
-            if j_next < K and k == record_steps[j_next]:
-                record(j_next)
-                j_next += 1
-    if average_from is not None and k >= average_from:  # include the last iterate
-        acc1 += w
-        acc2 += w[:, :, None] * w[:, None, :]
-        n_avg += 1
-    dead = ~alive.numpy()
-    if n_avg:
-        mean = (acc1 / n_avg).numpy()
-        cov = (acc2 / n_avg).numpy() - mean[:, :, None] * mean[:, None, :]
-        mean[dead], cov[dead] = np.nan, np.nan
-    else:
-        mean, cov = np.full((R, d), np.nan), np.full((R, d, d), np.nan)
-    return NGDResult(
-        steps=np.asarray(record_steps),
-        positions=positions,
-        loss=loss,
-        chains=chain_ids,
-        lr=lr_arr,
-        sigma=sigma_arr,
-        diverged=dead,
-        diverged_at=diverged_at.numpy(),
-        mean=mean,
-        cov=cov,
-    )
 
 
 def simulate_noise(

@@ -12,7 +12,7 @@ from noiseprobe.core.errors import ConfigError
 from noiseprobe.limits import noises
 from noiseprobe.limits.losses import circle_loss
 from noiseprobe.limits.noises import covariance_root
-from noiseprobe.limits.simulate import noisy_gd, simulate_noise
+from noiseprobe.limits.noisy_gd import noisy_gd, simulate_noise
 
 H = np.array([[1.0, 0.3], [0.3, 0.5]])
 MU = np.array([0.4, -0.2])

@@ -9,10 +9,11 @@ import torch
 from scipy.sparse.linalg import aslinearoperator
 
 from noiseprobe.core.errors import ConfigError
+from noiseprobe.probes.eigensolvers import lanczos
 from noiseprobe.probes.estimators import bekas_diagonal as diagonal
 from noiseprobe.probes.estimators import hutchinson, hutchpp
-from noiseprobe.probes.linalg import lanczos
 from noiseprobe.probes.operators import MatrixOperator
+from noiseprobe.probes.operators.gram import GRAM_TOL
 from tests.probes.test_operators import CE, _mlp, build
 
 
@@ -36,7 +37,7 @@ def test_lanczos_matches_eigh(which: str) -> None:
     a = _sym(80, 0, decay=1.0, negative=True)
     ev = torch.linalg.eigvalsh(a)
     ref = {"LA": ev.flip(0), "SA": ev, "LM": ev[ev.abs().argsort(descending=True)]}[which][:4]
-    res = lanczos(a, 4, which=which, tol=1e-10)
+    res = lanczos(MatrixOperator(a), 4, which=which, tol=1e-10)
     assert res.converged and res.matvecs < 80
     torch.testing.assert_close(res.eigenvalues, ref, rtol=1e-9, atol=1e-12)
     v = res.eigenvectors
@@ -59,7 +60,7 @@ def test_lanczos_error_bounds_hold_before_convergence() -> None:
     a = _sym(200, 1, decay=0.5)
     ev = torch.linalg.eigvalsh(a).flip(0)
     for m in (6, 10, 16):
-        res = lanczos(a, 3, tol=0.0, max_matvecs=m)
+        res = lanczos(MatrixOperator(a), 3, tol=0.0, max_matvecs=m)
         assert not res.converged and res.matvecs == m
         dist = (res.eigenvalues[:, None] - ev[None, :]).abs().min(1).values
         assert (dist <= res.residuals * (1 + 1e-9)).all()
@@ -76,6 +77,7 @@ def test_warm_start_reduces_matvecs(k: int) -> None:
     e = torch.randn(300, 300, generator=g, dtype=torch.float64)
     b = a + 2e-4 * (e + e.T)
     ref = torch.linalg.eigvalsh(b).flip(0)[:k]
+    a, b = MatrixOperator(a), MatrixOperator(b)
     prev = lanczos(a, k, tol=1e-8)
     cold, warm = lanczos(b, k, tol=1e-4), lanczos(b, k, tol=1e-4, warm_start=prev)
     assert cold.converged and warm.converged
@@ -145,10 +147,10 @@ def test_lanczos_fills_the_space() -> None:
     """tol = 0: single-vector Lanczos runs until the Krylov space is all of R^P (exact, converged); a block
     that no longer fits stops it with converged False."""
     a = _sym(10, 8, decay=1.0, negative=True)
-    res = lanczos(a, 3, tol=0.0)
+    res = lanczos(MatrixOperator(a), 3, tol=0.0)
     assert res.converged and res.matvecs == 10
     torch.testing.assert_close(res.eigenvalues, torch.linalg.eigvalsh(a).flip(0)[:3], rtol=1e-10, atol=1e-12)
-    res = lanczos(a, 3, tol=0.0, block=3)
+    res = lanczos(MatrixOperator(a), 3, tol=0.0, block=3)
     assert not res.converged and res.matvecs == 9
 
 
@@ -157,9 +159,62 @@ def test_lanczos_error_bounds_are_finite_at_degenerate_eigenvalues():
     tests/test_public_api_fuzz.py): the zero operator and a rank-1 one."""
     import torch
 
-    from noiseprobe.probes.linalg import lanczos
+    from noiseprobe.probes.eigensolvers import lanczos
 
     for a, top in ((torch.zeros(4, 4, dtype=torch.float64), 0.0), (-torch.ones(4, 4, dtype=torch.float64), 0.0)):
-        r = lanczos(a, 2)
-        assert torch.isfinite(r.errors).all() and r.converged
-        assert torch.allclose(r.eigenvalues, torch.full((2,), top, dtype=torch.float64), atol=1e-12)
+        for op in (a, MatrixOperator(a)):  # the explicit matrix and Lanczos on its products
+            r = lanczos(op, 2)
+            assert torch.isfinite(r.errors).all() and r.converged
+            assert torch.allclose(r.eigenvalues, torch.full((2,), top, dtype=torch.float64), atol=1e-12)
+
+
+@pytest.mark.parametrize("which", ["LA", "SA", "LM"])
+def test_an_explicit_matrix_is_solved_on_the_matrix(which: str) -> None:
+    """A tensor (not an operator) is an explicit matrix: dense eigh at small size, every ``which``, exact,
+    with residuals and errors of the same meaning as Lanczos's."""
+    a = _sym(80, 0, decay=1.0, negative=True)
+    ev = torch.linalg.eigvalsh(a)
+    ref = {"LA": ev.flip(0), "SA": ev, "LM": ev[ev.abs().argsort(descending=True)]}[which][:4]
+    res = lanczos(a, 4, which=which, tol=1e-10)
+    assert res.converged
+    torch.testing.assert_close(res.eigenvalues, ref, rtol=1e-12, atol=1e-13)
+    v = res.eigenvectors
+    torch.testing.assert_close(res.residuals, (a @ v - v * res.eigenvalues).norm(dim=0), rtol=0, atol=0)
+    assert (res.errors <= res.residuals).all() and res.residuals.max() < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("warm", [False, True])
+def test_an_explicit_matrix_krylov_branch_against_dense(dtype: torch.dtype, warm: bool) -> None:
+    """A 450×450 PSD matrix (the randomized block Krylov branch, n > 400) whose k-th and (k+1)-th
+    eigenvalues are 1% apart: eigenvalues to the tolerance the Gram operators use, residuals within it,
+    fewer products than the matrix has columns; a warm start from the answer stops at the first test."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.linalg.qr(torch.randn(450, 450, generator=g, dtype=torch.float64))[0]
+    spec = torch.cat(
+        [
+            torch.linspace(10, 5, 9, dtype=torch.float64),
+            torch.tensor([1.0, 0.99]),
+            torch.rand(439, generator=g, dtype=torch.float64) * 0.5,
+        ]
+    )
+    mat = (q * spec) @ q.T
+    tol = GRAM_TOL[dtype == torch.float64]
+    res = lanczos(mat.to(dtype), 10, tol=tol, warm_start=q[:, :10].to(dtype) if warm else None)
+    lam, vec = res.eigenvalues.double(), res.eigenvectors.double()
+    assert res.converged and res.matvecs < 225 and res.eigenvalues.dtype == dtype
+    rel = 1e-4 if dtype == torch.float32 else 1e-9
+    torch.testing.assert_close(lam, spec[:10], rtol=rel, atol=0)
+    resid = (mat @ vec - vec * lam).norm(dim=0)
+    assert resid.max() <= (2e-3 if dtype == torch.float32 else 1e-5) * spec[0]
+    if warm:
+        assert res.matvecs == 3 * 20  # the start's image and two blocks of k + oversample: the first test
+
+
+def test_an_explicit_matrix_is_refused_with_one_line() -> None:
+    with pytest.raises(ConfigError, match="k"):
+        lanczos(torch.eye(5, dtype=torch.float64), 6)
+    with pytest.raises(ConfigError, match="op"):
+        lanczos(torch.ones(3, 4, dtype=torch.float64), 1)
+    with pytest.raises(ConfigError, match="op"):
+        lanczos(torch.full((3, 3), float("nan"), dtype=torch.float64), 1)

@@ -13,7 +13,7 @@ from noiseprobe.core.streams import stream_keys
 from noiseprobe.minibatch import sgd_kernel
 from noiseprobe.minibatch.highdim import highdim_sigma_exact
 from noiseprobe.minibatch.linear import label_noise_sigma
-from noiseprobe.minibatch.simulate import LinearProblem, simulate_sgd
+from noiseprobe.minibatch.sgd import LinearProblem, simulate_sgd
 
 
 def _aniso(D: int, seed: int = 0) -> np.ndarray:

@@ -35,6 +35,7 @@ otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, cast
 
@@ -50,38 +51,51 @@ from noiseprobe.core.validation import check_choice, check_int, check_lr, check_
 from noiseprobe.minibatch import sgd_kernel as _k
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, init=False)
 class LinearProblem:
     """Linear regression with label noise σ, input noise covariance ``B`` and weight decay ``Gamma``.
 
-    ``A``: input covariance (D, D) or a scalar for D = 1. ``u``: teacher (default 0). ``Gamma`` may be
-    indefinite (negative weight decay). ``X``, ``y``: a fixed training set (N, D), (N,); None = online.
+    ``A``: input covariance (D, D) or a scalar for D = 1. ``u``: teacher (a length-D sequence or array;
+    default 0). ``B``, ``Gamma``: (D, D) or a scalar (×I); ``Gamma`` may be indefinite (negative weight
+    decay). ``X``, ``y``: a fixed training set (N, D), (N,); None = online. The stored fields are the
+    validated float64 arrays.
     """
 
-    # u, B and Gamma are arrays after __post_init__ (the casts below rely on it)
     A: np.ndarray
-    u: np.ndarray | None = None
-    sigma: float = 0.0
-    B: np.ndarray | float | None = None
-    Gamma: np.ndarray | float | None = None
-    label_noise: Literal["gaussian", "rademacher"] = "gaussian"
-    X: np.ndarray | None = None
-    y: np.ndarray | None = None
+    u: np.ndarray
+    sigma: float
+    B: np.ndarray
+    Gamma: np.ndarray
+    label_noise: Literal["gaussian", "rademacher"]
+    X: np.ndarray | None
+    y: np.ndarray | None
     _chol: tuple[np.ndarray, np.ndarray] = field(init=False, repr=False)
 
-    def __post_init__(self) -> None:
-        D = 1 if np.ndim(self.A) == 0 else np.shape(self.A)[0]
-        self.A = check_matrix("A", self.A, D, psd=True)
-        self.u = np.zeros(D) if self.u is None else check_vector("u", self.u, D)
-        self.sigma = check_real("sigma", self.sigma, lo=0.0)
-        self.B = np.zeros((D, D)) if self.B is None else check_matrix("B", self.B, D, psd=True)
-        self.Gamma = np.zeros((D, D)) if self.Gamma is None else check_matrix("Gamma", self.Gamma, D)
-        check_choice("label_noise", self.label_noise, ("gaussian", "rademacher"))
-        if (self.X is None) != (self.y is None):
+    def __init__(
+        self,
+        A: float | np.ndarray,
+        u: np.ndarray | Sequence[float] | None = None,
+        sigma: float = 0.0,
+        B: float | np.ndarray | None = None,
+        Gamma: float | np.ndarray | None = None,
+        label_noise: Literal["gaussian", "rademacher"] = "gaussian",
+        X: np.ndarray | None = None,
+        y: np.ndarray | None = None,
+    ) -> None:
+        D = 1 if np.ndim(A) == 0 else np.shape(A)[0]
+        self.A = check_matrix("A", A, D, psd=True)
+        self.u = np.zeros(D) if u is None else check_vector("u", u, D)
+        self.sigma = check_real("sigma", sigma, lo=0.0)
+        self.B = np.zeros((D, D)) if B is None else check_matrix("B", B, D, psd=True)
+        self.Gamma = np.zeros((D, D)) if Gamma is None else check_matrix("Gamma", Gamma, D)
+        self.label_noise = label_noise
+        check_choice("label_noise", label_noise, ("gaussian", "rademacher"))
+        if (X is None) != (y is None):
             raise ConfigError("X, y", "only one given", "both or neither")
-        if self.X is not None:
-            self.X = np.asarray(self.X, dtype=np.float64)
-            self.y = np.asarray(self.y, dtype=np.float64).reshape(-1)
+        self.X = self.y = None
+        if X is not None:
+            self.X = np.asarray(X, dtype=np.float64)
+            self.y = np.asarray(y, dtype=np.float64).reshape(-1)
             if self.X.ndim != 2 or self.X.shape[1] != D or self.y.shape != (self.X.shape[0],):
                 raise ConfigError("X, y", (np.shape(self.X), np.shape(self.y)), f"shapes (N, {D}) and (N,)")
         self._chol = (psd_factor(self.A), psd_factor(self.B))
@@ -99,8 +113,8 @@ class LinearProblem:
     def hessian(self) -> np.ndarray:
         """Hessian of the training loss: ``A + B + Γ`` online, ``XᵀX/N + Γ`` for a fixed data set."""
         if self.X is None:
-            return np.asarray(self.A + cast(np.ndarray, self.B) + cast(np.ndarray, self.Gamma))
-        return np.asarray(self.X.T @ self.X / self.X.shape[0] + cast(np.ndarray, self.Gamma))
+            return np.asarray(self.A + self.B + self.Gamma)
+        return np.asarray(self.X.T @ self.X / self.X.shape[0] + self.Gamma)
 
     @property
     def center(self) -> np.ndarray:
@@ -115,15 +129,13 @@ class LinearProblem:
             d = w - self.u
             online: np.ndarray = 0.5 * (
                 np.einsum("...i,ij,...j->...", d, self.A, d)
-                + np.einsum("...i,ij,...j->...", w, cast(np.ndarray, self.B), w)
+                + np.einsum("...i,ij,...j->...", w, self.B, w)
                 + self.sigma**2
-                + np.einsum("...i,ij,...j->...", w, cast(np.ndarray, self.Gamma), w)
+                + np.einsum("...i,ij,...j->...", w, self.Gamma, w)
             )
             return online
         r = w @ self.X.T - self.y
-        out: np.ndarray = 0.5 * np.mean(r**2, axis=-1) + 0.5 * np.einsum(
-            "...i,ij,...j->...", w, cast(np.ndarray, self.Gamma), w
-        )
+        out: np.ndarray = 0.5 * np.mean(r**2, axis=-1) + 0.5 * np.einsum("...i,ij,...j->...", w, self.Gamma, w)
         return out
 
     def test_loss(self, w: np.ndarray) -> np.ndarray:
@@ -211,7 +223,7 @@ class SGDRun:
 
     def test_loss(self) -> np.ndarray:
         """Per-chain time-averaged L_test = ½ (w − u)ᵀA(w − u)."""
-        return self._quad(self.problem.A, cast(np.ndarray, self.problem.u), 0.0)
+        return self._quad(self.problem.A, self.problem.u, 0.0)
 
     def stat(self, per_chain: np.ndarray) -> tuple[float, float]:
         """(mean, standard error) of a per-chain statistic over surviving chains."""
@@ -288,7 +300,7 @@ def simulate_sgd(
         zero if Lam is None else Lam,
         Lam is not None,
         mu,
-        cast(np.ndarray, pb.Gamma),
+        pb.Gamma,
         center,
         pb.hessian,
         P1,
@@ -363,7 +375,7 @@ def _sampler(
         vec = np.linalg.lstsq(K, pb.A @ pb.u, rcond=None)[0]
         sig = float(np.sqrt(pb.sigma**2 + max(0.0, float(pb.u @ (pb.A - pb.A @ np.linalg.pinv(K) @ pb.A) @ pb.u))))
     elif pb.X is None:
-        mode, (P1, P2), vec, sig = _k.ONLINE, pb._chol, cast(np.ndarray, pb.u), pb.sigma
+        mode, (P1, P2), vec, sig = _k.ONLINE, pb._chol, pb.u, pb.sigma
         n_in = 2 * D if np.any(pb.B) else D  # draw input noise only when B ≠ 0
     else:
         mode, X, y = (_k.WITH if replacement else _k.WITHOUT), pb.X, cast(np.ndarray, pb.y)
