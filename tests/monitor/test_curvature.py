@@ -133,3 +133,23 @@ def test_b_noise_against_dense_trace():
         assert row["g_h_g"] == pytest.approx(float(gbar @ H @ gbar) - row["tr_h_sigma"] / n, rel=1e-8)
         expect = row["tr_h_sigma"] / row["g_h_g"] if row["g_h_g"] > 0 else float("nan")
         assert row["b_noise"] == pytest.approx(expect, rel=1e-12, nan_ok=True)
+
+
+def test_sharpness_on_a_groupnorm_cnn():
+    """GroupNorm's batched double backward fails in torch (a size mismatch): the Hessian products fall back
+    to one backward pass per vector, and the sharpness of a GroupNorm CNN (SGD, λ_max(H)) and a stack of
+    Hessian products equal the dense float64 Hessian's."""
+    from noiseprobe.probes.operators import Hessian
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.GroupNorm(2, 4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 16, 3)
+    ).double()
+    x, y = torch.randn(6, 2, 4, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    H = _dense_hessian(model, x, y)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    row = NoiseMonitor(model, LOSS, every=1, metrics=["sharpness"], on_error="raise").step((x, y), opt)
+    assert row["status"] == "ok"
+    assert row["sharpness"] == pytest.approx(float(torch.linalg.eigvalsh(H)[-1]), rel=2e-2)
+    v = torch.randn(H.shape[0], 3, dtype=torch.float64)
+    torch.testing.assert_close(Hessian(model, LOSS, x, y).mv(v), H @ v, rtol=1e-10, atol=1e-12)

@@ -78,15 +78,18 @@ def test_each_fault_is_a_status_and_the_run_is_unchanged(plain, tmp_path, monkey
         value = _loss(out, y)
         return value * float("nan") if calls.get("nan") else value
 
-    real_psg = context.per_sample_gradients
     oom = {"step": 2}
 
-    def psg(model, *a, **kw):
-        if torch.is_grad_enabled() and oom["step"] == -1:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        return real_psg(model, *a, **kw)
+    def raising(real):  # the per-sample engine (factors or streamed Gram) runs out of memory at one step
+        def psg(model, *a, **kw):
+            if torch.is_grad_enabled() and oom["step"] == -1:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            return real(model, *a, **kw)
 
-    monkeypatch.setattr(context, "per_sample_gradients", psg)
+        return psg
+
+    monkeypatch.setattr(context, "per_sample_gradients", raising(context.per_sample_gradients))
+    monkeypatch.setattr(context, "per_sample_grams", raising(context.per_sample_grams))
     real_mem = monitor.available_memory
     monkeypatch.setattr(monitor, "available_memory", lambda device: 1 if calls.get("tight") else real_mem(device))
 

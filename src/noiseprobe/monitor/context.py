@@ -34,6 +34,7 @@ from noiseprobe.probes.persample import (
     PerSampleGradients,
     parameter_owners,
     per_sample_gradients,
+    per_sample_grams,
     select_parameters,
 )
 from noiseprobe.probes.rules.base import BatchAxisError
@@ -88,6 +89,7 @@ class Context:
         group: Any = None,
         estimator: EstimatorChoice | None = None,
         per_module: bool = False,
+        factors: bool = False,
     ) -> None:
         self.model, self.loss_fn, self.inputs, self.targets = model, loss_fn, inputs, targets
         self.forward, self.optimizer, self.top_k, self.step = forward, optimizer, top_k, step
@@ -95,12 +97,15 @@ class Context:
         self._hessian_top: dict[int, Eigenpairs] = {}
         self._choice = estimator if estimator is not None else EstimatorChoice()
         self.per_module = per_module  # a layer metric is measured: the Gram matrix is summed from module_grams
+        # a metric needs products beyond the Gram (ctx.grads): factors are kept from the start; else the Gram
+        # matrices are streamed layer by layer (per_sample_grams) and factors built only if asked for
+        self.factors = factors or group is not None
 
     @cached_property
     def estimator(self) -> str:
         """The noise estimator of this measurement: "per-sample" where the per-sample gradients exist and
         are reachable, else "micro-batch" (``estimator=`` of the monitor; :mod:`.microbatch`)."""
-        return self._choice.resolve(self.model, lambda: self._per_sample)
+        return self._choice.resolve(self.model, lambda: self._per_sample if self.factors else self._grams)
 
     @cached_property
     def micro(self) -> MicroBatchGradients:
@@ -129,6 +134,33 @@ class Context:
             return per_sample_gradients(self.model, self.loss_fn, self.inputs, self.targets, forward=self.forward)
         except BatchAxisError as exc:  # advise what the monitor offers (it has no `method`)
             raise BatchAxisError(exc.field, exc.value, exc.n, "make the model batch-first") from None
+
+    @cached_property
+    def _grams(self) -> dict[str, Tensor]:
+        """The per-sample Gram matrices, per parameter-owning module when a layer metric is measured (else
+        one, key ""), streamed layer by layer without keeping factors (:func:`per_sample_grams`)."""
+        try:
+            return per_sample_grams(
+                self.model,
+                self.loss_fn,
+                self.inputs,
+                self.targets,
+                self._module_key if self.per_module else None,
+                self.forward,
+            )
+        except BatchAxisError as exc:  # advise what the monitor offers (it has no `method`)
+            raise BatchAxisError(exc.field, exc.value, exc.n, "make the model batch-first") from None
+
+    @property
+    def _streamed(self) -> bool:
+        """The Gram matrices come from :attr:`_grams` (no factors kept, none computed yet)."""
+        return not self.factors and "_per_sample" not in self.__dict__
+
+    @cached_property
+    def _module_key(self) -> dict[int, str]:
+        """id(p) -> its owning module's key (:func:`~noiseprobe.probes.persample.parameter_owners`)."""
+        owners = parameter_owners(self.model)
+        return {id(p): owners[id(p)][0] for _, p in select_parameters(self.model)}
 
     @property
     def grads(self) -> PerSampleGradients:
@@ -161,7 +193,10 @@ class Context:
     @cached_property
     def n(self) -> int:
         """Samples in the measured batch (over all ranks under data parallelism)."""
-        local = self.grads.n if self.estimator == "per-sample" else batch_samples(self.inputs)
+        if self.estimator == "micro-batch":
+            local = batch_samples(self.inputs)
+        else:
+            local = next(iter(self._grams.values())).shape[0] if self._streamed else self.grads.n
         if self.group is None:
             return local
         return int(ddp.all_sum(torch.tensor([local]), self.group))
@@ -187,6 +222,8 @@ class Context:
         :attr:`module_grams` when a layer metric asked for those: computed once)."""
         if self.per_module and self.estimator == "per-sample":
             gram = sum(self.module_grams.values(), np.zeros((self.n, self.n)))
+        elif self._streamed and self.estimator == "per-sample":
+            gram = sum(self._grams.values(), torch.zeros(())).double().cpu().numpy()
         else:
             gram = self.grads.gram().double().cpu().numpy()
         if not np.isfinite(gram).all():
@@ -216,9 +253,8 @@ class Context:
         factors' per-block Gram products, Σ_l K_l = :attr:`gram`), or of the micro-batch gradients (m × m)."""
         if self.group is not None:
             raise ConfigError("metrics", "layers under data parallelism", "a single-process run (docs/monitor.md)")
-        owners = parameter_owners(self.model)
         selected = select_parameters(self.model)
-        key = {id(p): owners[id(p)][0] for _, p in selected}
+        key = self._module_key
         order = list(dict.fromkeys(key.values()))
         if self.estimator == "micro-batch":
             rows, o = self.micro.rows.double(), 0
@@ -227,6 +263,8 @@ class Context:
                 cols.setdefault(key[id(p)], []).append(rows[:, o : o + p.numel()])
                 o += p.numel()
             grams = {k: torch.cat(c, 1) @ torch.cat(c, 1).T for k, c in cols.items()}
+        elif self._streamed:
+            grams = self._grams
         else:
             grads = self.grads
             if not isinstance(grads, HookFactors):
@@ -260,7 +298,7 @@ class Context:
         M = (1/N) Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ over S; from micro-batches top_k values, those beyond m − 1 NaN."""
         if self.estimator == "micro-batch":
             return self.micro.c_eigenvalues(self.top_k, self.batch_size)
-        n = self.grads.n
+        n = self.gram.shape[0]
         centred = self.gram - self.gram.mean(0, keepdims=True)
         centred = (centred - centred.mean(1, keepdims=True)) / n
         return np.linalg.eigvalsh((centred + centred.T) / 2)[::-1][: min(self.top_k, n - 1)] / self.batch_size

@@ -33,6 +33,9 @@ class Metric(abc.ABC):
     in_all: ClassVar[bool] = True
     #: the constructor arguments a string cannot supply ("" if none): then the name alone is refused
     needs: ClassVar[str] = ""
+    #: uses per-sample products beyond the Gram matrix (``ctx.grads``): the measurement then keeps the
+    #: per-sample factors instead of streaming the Gram layer by layer (a wrong False costs one more pass)
+    per_sample_products: ClassVar[bool] = False
 
     def param_vectors(self, top_k: int) -> int:
         """Parameter-sized vectors this metric holds at its peak (the monitor's memory estimate): one by

@@ -36,6 +36,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,8 @@ DEFAULT_MICRO_BATCHES = 8
 MIN_MICRO_BATCHES = 3
 #: the monitor's ``estimator=`` choices
 ESTIMATORS = ("auto", "per-sample", "micro-batch")
+#: columns of the micro-batch gradients converted to float64 at a time by :meth:`MicroBatchGradients.gram`
+GRAM_COLUMNS = 1 << 16
 
 
 def batch_samples(x: Any) -> int:
@@ -123,8 +126,18 @@ class MicroBatchGradients:
 
     def gram(self) -> np.ndarray:
         """K_jk = ḡ_j·ḡ_k (m × m, float64)."""
-        r = self.rows.double()
-        return (r @ r.T).cpu().numpy()
+        gram: np.ndarray = self._gram.copy()
+        return gram
+
+    @cached_property
+    def _gram(self) -> np.ndarray:
+        """K accumulated in float64 over cache-sized blocks of columns, computed once: converting the whole
+        m × P rows to float64 at once cost 0.5 s (11 M parameters, m = 4, CPU), a third of a training step."""
+        out = self.rows.new_zeros(self.m, self.m, dtype=torch.float64)
+        for lo in range(0, self.rows.shape[1], GRAM_COLUMNS):
+            block = self.rows[:, lo : lo + GRAM_COLUMNS].double()
+            out += block @ block.T
+        return out.cpu().numpy()
 
     def mean(self) -> Tensor:
         """ḡ = (1/m) Σ_j ḡ_j, the mean gradient of the m·b samples used."""

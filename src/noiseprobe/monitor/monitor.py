@@ -226,6 +226,7 @@ class NoiseMonitor:
                     group=self.group,
                     estimator=self.estimator,
                     per_module=any(m.name == "layers" for m in self.metrics),
+                    factors=any(m.per_sample_products for m in self.metrics),
                 )
                 for metric in self.metrics:
                     if metric.name in failed:

@@ -16,12 +16,15 @@ gradient is per sample. :func:`capture` returns the units with their calls and t
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import get_gradient_edge
 
 from noiseprobe.core.errors import ConfigError, NoPerSampleGradients, NumericalError
 from noiseprobe.probes.rules import Call, Rule, VmapRule, rule_for, tensor_leaves
@@ -158,7 +161,7 @@ def record(
     """One forward pass recording every unit's calls; returns the per-sample losses and the modules that
     must become vmap units (an in-place change of a unit's output is fixed here by cloning it)."""
     active, fired, handles = [True], set(), []
-    versions: list[tuple[Unit, Tensor, int]] = []
+    versions: list[tuple[Unit, weakref.ref[Tensor], int]] = []  # weak: the outputs are not kept
     leaves_x = [t for t in tensor_leaves(x) if isinstance(t, Tensor) and t.dim() > 0]
     n_hint = leaves_x[0].shape[0] if leaves_x else 1
 
@@ -179,9 +182,20 @@ def record(
         leaves = tensor_leaves(out)
         pos = [i for i, t in enumerate(leaves) if isinstance(t, Tensor) and t.requires_grad]
         if pos:  # a call without differentiable outputs (under no_grad) contributes nothing
-            unit.calls.append(Call(display(unit.name), args, kwargs, [leaves[i] for i in pos], pos))
-        for i in pos:
-            versions.append((unit, leaves[i], leaves[i]._version))
+            outs: list[Tensor] = [leaves[i] for i in pos]
+            call = Call(
+                display(unit.name),
+                args,
+                kwargs,
+                [torch.empty(o.shape, dtype=o.dtype, device="meta") for o in outs],
+                pos,
+                edges=[get_gradient_edge(o) for o in outs],
+                devices=[o.device for o in outs],
+            )
+            for k, o in enumerate(outs):  # before any in-place change: the gradient of the output as returned
+                o.register_hook(partial(call.receive, k))  # type: ignore[no-untyped-call]  # unannotated in torch
+                versions.append((unit, weakref.ref(o), o._version))
+            unit.calls.append(call)
         return out.clone() if unit.clone and isinstance(out, Tensor) else ret
 
     def pre(unit: Unit) -> None:
@@ -204,7 +218,7 @@ def record(
         for h in handles:
             h.remove()
     check_losses(losses)
-    changed = {id(u) for u, t, v in versions if t._version != v}
+    changed = {id(u) for u, ref, v in versions if (t := ref()) is not None and t._version != v}
     if changed:
         for u in units:
             u.clone = u.clone or id(u) in changed

@@ -37,11 +37,13 @@ every product accumulate in float32.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import Node
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.validation import check_choice, check_int
@@ -69,6 +71,7 @@ __all__ = [
     "default_forward",
     "parameter_owners",
     "per_sample_gradients",
+    "per_sample_grams",
     "select_parameters",
     "supports_hooks",
 ]
@@ -190,18 +193,11 @@ class HookFactors(PerSampleGradients):
     # -- factors and blocks ---------------------------------------------------------------------
 
     def _build(self, units: list[Unit], losses: Tensor, check: bool) -> None:
-        outputs = [o for u in units for c in u.calls for o in c.outputs]
-        it = iter(torch.autograd.grad(losses.sum(), outputs, allow_unused=True, retain_graph=check))
-        contribs: list[tuple[list[Tensor], Factor]] = []
-        for u in units:
-            for c in u.calls:
-                c.grads = [g if g is not None else torch.zeros_like(o) for o, g in zip(c.outputs, it)]
-                for named, factor in u.rule.factors(u.module, c, u.params, self.n):
-                    contribs.append(([p for _, p in named], factor))
-                c.args, c.kwargs, c.outputs, c.grads = (), {}, [], []
+        contribs: list[tuple[int, list[Tensor], Factor]] = []
+        stream_factors(units, losses, self.n, lambda i, ps, f: contribs.append((i, ps, f)), retain_graph=check)
         if not contribs:
             raise ConfigError("model", type(self.root.model).__name__, "a loss that depends on a trainable parameter")
-        self.blocks = self._blocks(contribs)
+        self.blocks = blocks_of([(ps, f) for _, ps, f in sorted(contribs, key=lambda c: c[0])], self.n)
         if check:
             params: list[Tensor] = list({id(p): p for u in units for _, p in u.params}.values())
             weights = (
@@ -210,49 +206,6 @@ class HookFactors(PerSampleGradients):
             )
             reference = torch.autograd.grad((weights * losses).sum(), params, allow_unused=True)
             self._self_check(params, weights, reference)
-
-    def _blocks(self, contribs: list[tuple[list[Tensor], Factor]]) -> list[tuple[list[Tensor], Factor]]:
-        """Contributions grouped into blocks of parameters that no contribution splits, summed per sample."""
-        parent: dict[int, int] = {}
-
-        def find(i: int) -> int:
-            while parent.setdefault(i, i) != i:
-                i = parent[i]
-            return i
-
-        for ps, _ in contribs:
-            for p in ps[1:]:
-                parent[find(id(p))] = find(id(ps[0]))
-        groups: dict[int, list[tuple[list[Tensor], Factor]]] = {}
-        for ps, f in contribs:
-            groups.setdefault(find(id(ps[0])), []).append((ps, f))
-        blocks = []
-        for group in groups.values():
-            (ps, f) = group[0]
-            same = all([id(p) for p in q] == [id(p) for p in ps] for q, _ in group)
-            outer = [g for _, g in group if isinstance(g, OuterFactor)]
-            if len(group) == 1:
-                blocks.append((ps, f))
-            elif same and len(outer) == len(group) and len({g.layout for g in outer}) == 1:
-                blocks.append((ps, OuterFactor.cat(outer)))
-            else:
-                blocks.append(self._summed_rows(group))
-        return blocks
-
-    def _summed_rows(self, group: list[tuple[list[Tensor], Factor]]) -> tuple[list[Tensor], Factor]:
-        """Explicit per-sample gradients of a group of contributions over overlapping parameters, summed."""
-        params = sorted({id(p): p for ps, _ in group for p in ps}.values(), key=lambda p: self._offset[id(p)][0])
-        local, o = {}, 0
-        for p in params:
-            local[id(p)] = o
-            o += p.numel()
-        rows = torch.zeros(self.n, o, dtype=self.dtype, device=self.device)
-        for ps, f in group:
-            r, i = f.rows(), 0
-            for p in ps:
-                rows[:, local[id(p)] : local[id(p)] + p.numel()] += r[:, i : i + p.numel()]
-                i += p.numel()
-        return params, RowsFactor(rows)
 
     def _self_check(self, params: list[Tensor], weights: Tensor, reference: tuple[Tensor | None, ...]) -> None:
         """Jᵀu against autograd's ∇_w Σ_i u_i ℓ_i for random weights u_i ∈ [0.5, 1.5), parameter by parameter:
@@ -290,22 +243,11 @@ class HookFactors(PerSampleGradients):
         return out
 
     def grams_by(self, key: dict[int, str]) -> dict[str, Tensor]:
-        """J_g J_gᵀ (N, N) per group g of parameters (``key[id(p)]`` names p's group; Σ_g J_g J_gᵀ = J Jᵀ): a
-        block inside one group by its factor's Gram product, a block split across groups (a tied parameter
-        whose other use lies in another module) by its explicit rows, sliced per group."""
+        """J_g J_gᵀ (N, N) per group g of parameters (``key[id(p)]`` names p's group; Σ_g J_g J_gᵀ = J Jᵀ)
+        (:func:`block_grams`)."""
         out: dict[str, Tensor] = {}
         for ps, f in self.blocks:
-            keys = [key[id(p)] for p in ps]
-            if len(set(keys)) == 1:
-                parts = [(keys[0], f.gram())]
-            else:
-                rows, i = f.rows(), 0
-                cols: dict[str, list[Tensor]] = {}
-                for p, k in zip(ps, keys):
-                    cols.setdefault(k, []).append(rows[:, i : i + p.numel()])
-                    i += p.numel()
-                parts = [(k, torch.cat(c, 1) @ torch.cat(c, 1).T) for k, c in cols.items()]
-            for k, g in parts:
+            for k, g in block_grams(ps, f, key):
                 out[k] = out[k] + g if k in out else g
         return out
 
@@ -342,6 +284,193 @@ class HookFactors(PerSampleGradients):
         return self._scatter([f.sq_sum()[:, None] for _, f in self.blocks], 1)[:, 0]
 
 
+#: consume(call index in forward order, parameters, factor): a call's contribution, as soon as it exists
+Consume = Callable[[int, list[Tensor], Factor], None]
+
+
+def stream_factors(units: list[Unit], losses: Tensor, n: int, consume: Consume, retain_graph: bool = False) -> None:
+    """One backward pass of Σ_i ℓ_i to the units' outputs, each call's factors handed to ``consume`` as soon
+    as the gradients of all its outputs exist (in backward order), and the call's tensors released then: a
+    layer's inputs and output gradients live until its factor is built, as a training backward frees its
+    activations (no unit output is kept: :class:`~noiseprobe.probes.rules.base.Call`). The tensor hooks set
+    at capture hand over the output gradients; ``autograd.grad`` is asked only for the outputs with no other
+    unit's output below them in the graph (the stem of a ResNet), so that it holds no gradient of the
+    others. Calls some of whose outputs get no gradient are handed on last, with zeros."""
+    calls = [(u, c) for u in units for c in u.calls]
+    pending = [len(c.outputs) for _, c in calls]
+
+    def emit(i: int) -> None:
+        u, c = calls[i]
+        c.sink = None
+        c.grads = [
+            g if g is not None else torch.zeros(o.shape, dtype=o.dtype, device=d)
+            for g, o, d in zip(c.grads, c.outputs, c.devices)
+        ]
+        for named, factor in u.rule.factors(u.module, c, u.params, n):
+            consume(i, [p for _, p in named], factor)
+        c.args, c.kwargs, c.outputs, c.grads, c.edges = (), {}, [], [], []
+        pending[i] = -1
+
+    def on_grad(i: int, k: int, g: Tensor) -> None:
+        c = calls[i][1]
+        if pending[i] > 0 and c.grads[k] is None:
+            c.grads[k] = g
+            pending[i] -= 1
+            if pending[i] == 0:
+                emit(i)
+
+    for i, (_, c) in enumerate(calls):
+        c.grads = [None] * len(c.outputs)  # type: ignore[list-item]  # filled by the hooks, zeros for the rest
+        c.sink = partial(on_grad, i)
+    edges = [(i, k, e) for i, (_, c) in enumerate(calls) for k, e in enumerate(c.edges)]
+    try:
+        below = _unit_below({e.node for _, _, e in edges}, losses.grad_fn)
+        targets = [(i, k, e) for i, k, e in edges if not below.get(e.node, False)]
+        grads = (
+            torch.autograd.grad(losses.sum(), [e for _, _, e in targets], allow_unused=True, retain_graph=retain_graph)
+            if targets
+            else ()
+        )
+    finally:
+        for _, c in calls:
+            c.sink = None
+    for (i, k, _), g in zip(targets, grads):  # where the hook of a captured output did not fire
+        if g is not None:
+            on_grad(i, k, g)
+    for i in range(len(calls)):
+        if pending[i] >= 0:
+            emit(i)
+
+
+def _unit_below(unit_nodes: set[Node], root: Node | None) -> dict[Node, bool]:
+    """For each node of the graph below ``root``: whether a unit's output node lies strictly below it (one
+    iterative depth-first pass; such a node's output gradient is reached by asking for those below)."""
+    below: dict[Node, bool] = {}
+    stack: list[tuple[Node, bool]] = [] if root is None else [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        children = [f for f, _ in node.next_functions if f is not None]
+        if done:
+            below[node] = any(f in unit_nodes or below.get(f, False) for f in children)
+        elif node not in below:
+            below[node] = False  # visited (a DAG: revisits only read it after it is final)
+            stack.append((node, True))
+            stack.extend((f, False) for f in children if f not in below)
+    return below
+
+
+def blocks_of(contribs: list[tuple[list[Tensor], Factor]], n: int) -> list[tuple[list[Tensor], Factor]]:
+    """Contributions grouped into blocks of parameters that no contribution splits, summed per sample: one
+    contribution as it is, calls of one Linear/Embedding layout joined along the token axis
+    (:meth:`OuterFactor.cat`), anything else as explicit rows summed per parameter (N × P_block)."""
+    parent: dict[int, int] = {}
+
+    def find(i: int) -> int:
+        while parent.setdefault(i, i) != i:
+            i = parent[i]
+        return i
+
+    for ps, _ in contribs:
+        for p in ps[1:]:
+            parent[find(id(p))] = find(id(ps[0]))
+    groups: dict[int, list[tuple[list[Tensor], Factor]]] = {}
+    for ps, f in contribs:
+        groups.setdefault(find(id(ps[0])), []).append((ps, f))
+    blocks = []
+    for group in groups.values():
+        (ps, f) = group[0]
+        same = all([id(p) for p in q] == [id(p) for p in ps] for q, _ in group)
+        outer = [g for _, g in group if isinstance(g, OuterFactor)]
+        if len(group) == 1:
+            blocks.append((ps, f))
+        elif same and len(outer) == len(group) and len({g.layout for g in outer}) == 1:
+            blocks.append((ps, OuterFactor.cat(outer)))
+        else:
+            blocks.append(_summed_rows(group, n))
+    return blocks
+
+
+def _summed_rows(group: list[tuple[list[Tensor], Factor]], n: int) -> tuple[list[Tensor], Factor]:
+    """Explicit per-sample gradients of a group of contributions over overlapping parameters, summed."""
+    params = list({id(p): p for ps, _ in group for p in ps}.values())
+    local, o = {}, 0
+    for p in params:
+        local[id(p)] = o
+        o += p.numel()
+    parts = [(ps, f.rows()) for ps, f in group]
+    rows = parts[0][1].new_zeros(n, o)
+    for ps, r in parts:
+        i = 0
+        for p in ps:
+            rows[:, local[id(p)] : local[id(p)] + p.numel()] += r[:, i : i + p.numel()]
+            i += p.numel()
+    return params, RowsFactor(rows)
+
+
+def block_grams(ps: list[Tensor], f: Factor, key: dict[int, str]) -> list[tuple[str, Tensor]]:
+    """(group, J_g J_gᵀ) for the groups ``key[id(p)]`` of a block's parameters: the factor's Gram product
+    when the block lies in one group, else its explicit rows sliced per group (a tied parameter whose
+    other use lies in another module)."""
+    keys = [key[id(p)] for p in ps]
+    if len(set(keys)) == 1:
+        return [(keys[0], f.gram())]
+    rows, i = f.rows(), 0
+    cols: dict[str, list[Tensor]] = {}
+    for p, k in zip(ps, keys):
+        cols.setdefault(k, []).append(rows[:, i : i + p.numel()])
+        i += p.numel()
+    return [(k, torch.cat(c, 1) @ torch.cat(c, 1).T) for k, c in cols.items()]
+
+
+def per_sample_grams(
+    model: nn.Module,
+    loss_fn: PerSampleLoss,
+    x: Any,
+    y: Any,
+    key: dict[int, str] | None = None,
+    forward: Forward | None = None,
+    params: Selection | None = None,
+) -> dict[str, Tensor]:
+    """The Gram matrices J_g J_gᵀ (N, N) of the per-sample gradients, per group g of parameters
+    (``key[id(p)]`` names p's group; default: one group "" for all, J Jᵀ), streamed: each layer's block is
+    reduced to its Gram as soon as its output gradient exists in the one backward pass
+    (:func:`stream_factors`), and its factor dropped, so the peak memory is a training step's activations
+    plus one layer's products. Parameters used by several calls (tied, applied twice) are summed per sample
+    first (:func:`blocks_of`), after the pass. Same checks and arguments as :func:`per_sample_gradients`
+    (hooks only); no factors are kept, so products other than the Gram need :func:`per_sample_gradients`."""
+    _check_batch(x, y)
+    model = unwrap(model)
+    chosen = [p for _, p in select_parameters(model, params)]
+    key = key if key is not None else {id(p): "" for p in chosen}
+    units, losses = capture(
+        Root(model, forward or default_forward), {id(p) for p in chosen}, loss_fn, x, y, set(), None
+    )
+    uses: dict[int, int] = {}
+    for u in units:
+        for _, p in u.params:
+            uses[id(p)] = uses.get(id(p), 0) + len(u.calls)
+    out: dict[str, Tensor] = {}
+    shared: list[tuple[int, list[Tensor], Factor]] = []
+
+    def add(k: str, g: Tensor) -> None:
+        out[k] = out[k] + g if k in out else g
+
+    def consume(i: int, ps: list[Tensor], f: Factor) -> None:
+        if any(uses[id(p)] > 1 for p in ps):
+            shared.append((i, ps, f))  # summed with its other uses after the pass
+        else:
+            for k, g in block_grams(ps, f, key):
+                add(k, g)
+
+    stream_factors(units, losses, losses.shape[0], consume)
+    for ps, f in blocks_of([(ps, f) for _, ps, f in sorted(shared, key=lambda c: c[0])], losses.shape[0]):
+        for k, g in block_grams(ps, f, key):
+            add(k, g)
+    if not out:
+        raise ConfigError("model", type(model).__name__, "a loss that depends on a trainable parameter")
+    return out
+
+
 class JacobianFactors(HookFactors):
     """J materialised by ``torch.func.vmap(grad)`` over the whole model (one unit): any layer, N·P memory."""
 
@@ -370,6 +499,14 @@ def supports_hooks(model: nn.Module) -> bool:
     return all(id(p) in owned for p in model.parameters() if p.requires_grad)
 
 
+def _check_batch(x: Any, y: Any) -> None:
+    """ConfigError for tensors x, y of different lengths or none, or non-finite numbers in either."""
+    if isinstance(x, Tensor) and isinstance(y, Tensor) and (x.shape[0] != y.shape[0] or x.shape[0] < 1):
+        raise ConfigError("x, y", (tuple(x.shape), tuple(y.shape)), "the same number N >= 1 of samples")
+    check_finite("x", x)
+    check_finite("y", y)
+
+
 def per_sample_gradients(
     model: nn.Module,
     loss_fn: PerSampleLoss,
@@ -391,12 +528,9 @@ def per_sample_gradients(
     """
     check_choice("method", method, ("auto", "hooks", "func"))
     check_choice("check", check, (True, False))
-    if isinstance(x, Tensor) and isinstance(y, Tensor) and (x.shape[0] != y.shape[0] or x.shape[0] < 1):
-        raise ConfigError("x, y", (tuple(x.shape), tuple(y.shape)), "the same number N >= 1 of samples")
     if chunk_size is not None:
         check_int("chunk_size", chunk_size, lo=1)
-    check_finite("x", x)
-    check_finite("y", y)
+    _check_batch(x, y)
     if method == "func":
         return JacobianFactors(model, loss_fn, x, y, chunk_size, forward, check, params)
     return HookFactors(model, loss_fn, x, y, forward, chunk_size, check, params=params)

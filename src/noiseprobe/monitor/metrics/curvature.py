@@ -163,6 +163,7 @@ class TopKH(Metric):
     and ``overlap_ch``: the overlap ‖U_Cᵀ U_H‖_F²/k of the top-k eigenspaces of C and H (1: equal)."""
 
     name = "top_k_h"
+    per_sample_products = True
 
     def __init__(self) -> None:
         self._warm: Eigenpairs | None = None
@@ -195,6 +196,7 @@ class BNoise(Metric):
     probes J_cᵀr (r Rademacher in sample space, a fresh seed per call; ``tr_h_sigma_se`` from the probes)."""
 
     name = "b_noise"
+    per_sample_products = True
 
     def __init__(self) -> None:
         self.calls = 0

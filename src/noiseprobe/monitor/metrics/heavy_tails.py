@@ -24,6 +24,7 @@ class TailIndex(Metric):
     ``tail_normal_p`` (D'Agostino–Pearson's test of Gaussianity) and ``tail_samples``."""
 
     name = "tail_index"
+    per_sample_products = True
 
     def __init__(self) -> None:
         self.dirs: Tensor | None = None

@@ -152,6 +152,7 @@ class Fluctuation(Metric):
     measurement, ``fluct_reason`` when there is no prediction."""
 
     name = "fluctuation"
+    per_sample_products = True
 
     def __init__(self) -> None:
         self.losses: list[Tensor] = []  # since the last measurement, as tensors: no device sync per step

@@ -20,12 +20,14 @@ from noiseprobe.probes.persample import Forward, PerSampleLoss, Selection
 
 def param_hvp(loss: Tensor, params: Sequence[Tensor]) -> Callable[[Tensor], Tensor]:
     """v ↦ (∇²_θ loss) v on flat vectors (``torch.nn.utils.parameters_to_vector`` order); v may be a
-    stack (m, P) of m vectors."""
+    stack (m, P) of m vectors: one batched backward pass (``is_grads_batched``), or one pass per vector
+    for m = 1 and where torch's batched double backward fails (GroupNorm's raises a size mismatch in
+    torch 2.13: then every later stack goes vector by vector)."""
     grads = torch.autograd.grad(loss, params, create_graph=True)
     flat = torch.cat([g.reshape(-1) for g in grads])
+    batched_ok = [True]
 
-    def hvp(v: Tensor) -> Tensor:
-        batched = v.dim() == 2
+    def product(v: Tensor, batched: bool) -> Tensor:
         hv = torch.autograd.grad(flat, params, v, retain_graph=True, allow_unused=True, is_grads_batched=batched)
         lead = v.shape[:1] if batched else ()
         return torch.cat(
@@ -35,6 +37,16 @@ def param_hvp(loss: Tensor, params: Sequence[Tensor]) -> Callable[[Tensor], Tens
             ],
             dim=-1,
         )
+
+    def hvp(v: Tensor) -> Tensor:
+        if v.dim() == 1:
+            return product(v, False)
+        if v.shape[0] > 1 and batched_ok[0]:
+            try:
+                return product(v, True)
+            except RuntimeError:  # no working batching rule for some double backward: one at a time
+                batched_ok[0] = False
+        return torch.stack([product(u, False) for u in v])
 
     return hvp
 

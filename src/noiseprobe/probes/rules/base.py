@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import GradientEdge
 
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.probes.factors import Factor
@@ -38,7 +39,11 @@ M = TypeVar("M", bound=nn.Module)
 @dataclass
 class Call:
     """One call of a unit: its arguments, its differentiable output tensors (``positions`` in the
-    flattened output) and, after the backward pass, the gradients of Σ_i ℓ_i with respect to them."""
+    flattened output) and, after the backward pass, the gradients of Σ_i ℓ_i with respect to them.
+
+    The capture pass keeps no output: ``outputs`` are stand-ins of their shapes and dtypes on the meta
+    device, ``devices`` their devices, ``edges`` their places in the autograd graph, and tensor hooks hand
+    each output's gradient to ``sink(k, gradient)`` when the backward pass reaches it."""
 
     name: str
     args: tuple[Any, ...]
@@ -46,6 +51,14 @@ class Call:
     outputs: list[Tensor]
     positions: list[int]
     grads: list[Tensor] = field(default_factory=list)
+    edges: list[GradientEdge] = field(default_factory=list)
+    devices: list[torch.device] = field(default_factory=list)
+    sink: Callable[[int, Tensor], None] | None = None
+
+    def receive(self, k: int, grad: Tensor) -> None:
+        """The tensor hook of output k: hands its gradient to the sink, if one is set."""
+        if self.sink is not None:
+            self.sink(k, grad)
 
     @property
     def input(self) -> Tensor:

@@ -37,10 +37,11 @@ from noiseprobe.probes.rules.base import (
 def _affine_rows(params: Named, xhat: Tensor, g: Tensor, channels_last: bool, size: int) -> RowsFactor:
     """Rows [Σ g∘x̂ | Σ g] with the affine axis last (``channels_last``, size ``size``) or at axis 1."""
     n = g.shape[0]
-    if not channels_last:
-        xhat, g = xhat.movedim(1, -1), g.movedim(1, -1)
-    xhat, g = xhat.reshape(n, -1, size), g.reshape(n, -1, size)
-    rows = [(g * xhat).sum(1) if name == "weight" else g.sum(1) for name, _ in params]
+    if channels_last:
+        xhat, g, axis = xhat.reshape(n, -1, size), g.reshape(n, -1, size), 1
+    else:  # (N, C, positions) as laid out: no channels-last copy of x̂ and g
+        xhat, g, axis = xhat.reshape(n, size, -1), g.reshape(n, size, -1), 2
+    rows = [(g * xhat).sum(axis) if name == "weight" else g.sum(axis) for name, _ in params]
     return RowsFactor(torch.cat(rows, 1))
 
 
