@@ -32,6 +32,7 @@ from noiseprobe.probes.operators import Hessian, ParamOperator
 from noiseprobe.probes.persample import (
     HookFactors,
     PerSampleGradients,
+    Selection,
     parameter_owners,
     per_sample_gradients,
     select_parameters,
@@ -70,7 +71,9 @@ class Context:
     """One measurement at optimizer step ``step`` on the batch (``inputs``, ``targets``).
 
     N is the number of samples in the measured batch (over all ranks under DDP), ``batch_size`` the batch
-    size S of the update (default N), g_i the gradient of sample i's loss, ḡ their mean.
+    size S of the update (default N), g_i the gradient of sample i's loss, ḡ their mean. ``params``: the
+    parameters measured (:func:`~noiseprobe.probes.persample.select_parameters`; default all trainable);
+    ``per_sample``: per-sample gradients already at hand (the inline mode's, :mod:`.inline`), used as given.
     """
 
     def __init__(
@@ -88,6 +91,8 @@ class Context:
         group: Any = None,
         estimator: EstimatorChoice | None = None,
         per_module: bool = False,
+        params: Selection | None = None,
+        per_sample: PerSampleGradients | None = None,
     ) -> None:
         self.model, self.loss_fn, self.inputs, self.targets = model, loss_fn, inputs, targets
         self.forward, self.optimizer, self.top_k, self.step = forward, optimizer, top_k, step
@@ -95,6 +100,7 @@ class Context:
         self._hessian_top: dict[int, Eigenpairs] = {}
         self._choice = estimator if estimator is not None else EstimatorChoice()
         self.per_module = per_module  # a layer metric is measured: the Gram matrix is summed from module_grams
+        self.params, self._given = params, per_sample
 
     @cached_property
     def estimator(self) -> str:
@@ -110,7 +116,7 @@ class Context:
         except ConfigError as err:
             raise TooFewSamples(f"{err.value}; the micro-batch estimator needs at least 3 micro-batches") from None
         return micro_batch_gradients(
-            self.model, self.loss_fn, self.inputs, self.targets, self._choice.micro_batches, self.forward
+            self.model, self.loss_fn, self.inputs, self.targets, self._choice.micro_batches, self.forward, self.params
         )
 
     @property
@@ -125,8 +131,12 @@ class Context:
 
     @cached_property
     def _per_sample(self) -> PerSampleGradients:
+        if self._given is not None:
+            return self._given
         try:
-            return per_sample_gradients(self.model, self.loss_fn, self.inputs, self.targets, forward=self.forward)
+            return per_sample_gradients(
+                self.model, self.loss_fn, self.inputs, self.targets, forward=self.forward, params=self.params
+            )
         except BatchAxisError as exc:  # advise what the monitor offers (it has no `method`)
             raise BatchAxisError(exc.field, exc.value, exc.n, "make the model batch-first") from None
 
@@ -143,8 +153,8 @@ class Context:
 
     @cached_property
     def num_params(self) -> int:
-        """P, the number of trainable parameters (the length of the flat gradient)."""
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        """P, the number of measured parameters (the length of the flat gradient)."""
+        return sum(p.numel() for _, p in select_parameters(self.model, self.params))
 
     @cached_property
     def hessian(self) -> Hessian:
@@ -217,7 +227,7 @@ class Context:
         if self.group is not None:
             raise ConfigError("metrics", "layers under data parallelism", "a single-process run (docs/monitor.md)")
         owners = parameter_owners(self.model)
-        selected = select_parameters(self.model)
+        selected = select_parameters(self.model, self.params)
         key = {id(p): owners[id(p)][0] for _, p in selected}
         order = list(dict.fromkeys(key.values()))
         if self.estimator == "micro-batch":
@@ -283,10 +293,10 @@ class Context:
         return (sq / n - mean**2) * (n / (n - 1))
 
     def group_slices(self) -> list[tuple[float, list[tuple[int, int]]]]:
-        """(lr, flat index ranges) per optimizer parameter group, in the flat trainable order."""
+        """(lr, flat index ranges) per optimizer parameter group, in the flat order of the measured parameters."""
         if self.optimizer is None:
             return []
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for _, p in select_parameters(self.model, self.params)]
         start, pos = 0, {}
         for p in params:
             pos[id(p)] = (start, start + p.numel())

@@ -33,6 +33,9 @@ class Metric(abc.ABC):
     in_all: ClassVar[bool] = True
     #: the constructor arguments a string cannot supply ("" if none): then the name alone is refused
     needs: ClassVar[str] = ""
+    #: reads only the per-sample (or micro-batch) gradients of the measured parameters, no extra pass of its
+    #: own: measurable with ``inline=True`` and on a parameter subset (``params=``)
+    gradients_only: ClassVar[bool] = False
 
     def param_vectors(self, top_k: int) -> int:
         """Parameter-sized vectors this metric holds at its peak (the monitor's memory estimate): one by

@@ -171,6 +171,25 @@ class HookFactors(PerSampleGradients):
         consumers: frozenset[str] = frozenset(),
         params: Selection | None = None,
     ) -> None:
+        self._setup(model, forward, params)
+        names = {("model." + c).rstrip(".") if c else "" for c in consumers}
+        units, losses = capture(self.root, set(self._offset), loss_fn, x, y, names, chunk_size)
+        self.n = losses.shape[0]
+        self._build(units, losses, check)
+
+    @classmethod
+    def from_calls(cls, model: nn.Module, units: list[Unit], n: int, params: Selection | None = None) -> HookFactors:
+        """Per-sample gradients of ``n`` samples from units whose calls already carry the gradients of
+        Σ_i ℓ_i with respect to their outputs (captured in a training step's own forward and backward:
+        :mod:`noiseprobe.monitor.inline`); ``params`` as in the constructor."""
+        self = cls.__new__(cls)
+        self._setup(model, None, params)
+        self.n = n
+        self.blocks = self._blocks(self._contributions(units))
+        return self
+
+    def _setup(self, model: nn.Module, forward: Forward | None, params: Selection | None) -> None:
+        """The root, the chosen parameters' flat offsets, dtype and device."""
         model = unwrap(model)
         self.root = Root(model, forward or default_forward)
         chosen = [p for _, p in select_parameters(model, params)]
@@ -182,26 +201,16 @@ class HookFactors(PerSampleGradients):
             self._offset[id(p)] = (o, p.numel())
             o += p.numel()
         self._names = {id(p): n for n, p in model.named_parameters()}
-        names = {("model." + c).rstrip(".") if c else "" for c in consumers}
-        units, losses = capture(self.root, set(self._offset), loss_fn, x, y, names, chunk_size)
-        self.n = losses.shape[0]
-        self._build(units, losses, check)
 
     # -- factors and blocks ---------------------------------------------------------------------
 
     def _build(self, units: list[Unit], losses: Tensor, check: bool) -> None:
         outputs = [o for u in units for c in u.calls for o in c.outputs]
         it = iter(torch.autograd.grad(losses.sum(), outputs, allow_unused=True, retain_graph=check))
-        contribs: list[tuple[list[Tensor], Factor]] = []
         for u in units:
             for c in u.calls:
                 c.grads = [g if g is not None else torch.zeros_like(o) for o, g in zip(c.outputs, it)]
-                for named, factor in u.rule.factors(u.module, c, u.params, self.n):
-                    contribs.append(([p for _, p in named], factor))
-                c.args, c.kwargs, c.outputs, c.grads = (), {}, [], []
-        if not contribs:
-            raise ConfigError("model", type(self.root.model).__name__, "a loss that depends on a trainable parameter")
-        self.blocks = self._blocks(contribs)
+        self.blocks = self._blocks(self._contributions(units))
         if check:
             params: list[Tensor] = list({id(p): p for u in units for _, p in u.params}.values())
             weights = (
@@ -210,6 +219,18 @@ class HookFactors(PerSampleGradients):
             )
             reference = torch.autograd.grad((weights * losses).sum(), params, allow_unused=True)
             self._self_check(params, weights, reference)
+
+    def _contributions(self, units: list[Unit]) -> list[tuple[list[Tensor], Factor]]:
+        """Each call's factors from its rule (calls carrying their output gradients), the calls released."""
+        contribs: list[tuple[list[Tensor], Factor]] = []
+        for u in units:
+            for c in u.calls:
+                for named, factor in u.rule.factors(u.module, c, u.params, self.n):
+                    contribs.append(([p for _, p in named], factor))
+                c.args, c.kwargs, c.outputs, c.grads = (), {}, [], []
+        if not contribs:
+            raise ConfigError("model", type(self.root.model).__name__, "a loss that depends on a trainable parameter")
+        return contribs
 
     def _blocks(self, contribs: list[tuple[list[Tensor], Factor]]) -> list[tuple[list[Tensor], Factor]]:
         """Contributions grouped into blocks of parameters that no contribution splits, summed per sample."""
