@@ -227,6 +227,12 @@ def test_refusals_at_construction():
     x = torch.randn(8, 4)
     with pytest.raises(ConfigError, match="factored layer rule"):  # a parameter on a module without a rule
         NoiseMonitor(nn.MultiheadAttention(4, 2, batch_first=True), mse, inline=True)
+    with pytest.raises(ConfigError, match=r"pos \(in GPT\)"):  # a parameter held by a module with children
+        model = _gpt()
+        model.pos = nn.Parameter(torch.zeros(6, 8))
+        NoiseMonitor(model, ce, inline=True)
+    with pytest.raises(ConfigError, match="measure"):
+        NoiseMonitor(_mlp(), mse, inline=True).measure(_mlp_data())
     bn = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)).train()
     with pytest.raises(ConfigError, match="BatchNorm1d in training mode"):
         NoiseMonitor(bn, mse, inline=True)
