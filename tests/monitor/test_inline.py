@@ -372,3 +372,37 @@ def test_autocast_values_at_the_steps_precision():
     for k in ("tr_sigma", "g_sq"):
         assert row[k] == pytest.approx(ref[k], rel=0.1)
     assert np.isfinite(row["b_simple"])
+
+
+class _Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb, self.rnn, self.head = nn.Embedding(13, 6), nn.LSTM(6, 5, batch_first=True), nn.Linear(5, 13)
+
+    def forward(self, ids):
+        return self.head(self.rnn(self.emb(ids))[0])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "cnn"])
+def test_lstm_and_cnn_equal_two_pass(kind):
+    """Models beyond Linear/LayerNorm: an LSTM language model (the recurrent rule) and a CNN (convolutions
+    with every padding option and GroupNorm: noiseprobe.models.small_cnn)."""
+    from noiseprobe.models import small_cnn
+
+    torch.manual_seed(0)
+    if kind == "lstm":
+        model, loss_fn, (x, y) = _Recurrent().double(), ce, _gpt_data()
+    else:
+        model, loss_fn = (
+            small_cnn(dim=2, channels=3, classes=5, width=4).double(),
+            nn.CrossEntropyLoss(reduction="none"),
+        )
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(8, 3, 9, 9, generator=g, dtype=torch.float64), torch.randint(0, 5, (8,), generator=g)
+    ref = NoiseMonitor(model, loss_fn, metrics=["default", "layers"]).measure((x, y))
+    mon = NoiseMonitor(model, loss_fn, metrics=["default", "layers"], inline=True, on_error="raise")
+    loss = loss_fn(model(x), y).mean()
+    loss.backward()
+    row = mon.step((x, y), None, loss=loss)
+    assert row["status"] == "ok"
+    _close(row, ref)

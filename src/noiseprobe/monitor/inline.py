@@ -324,6 +324,9 @@ class InlineCapture:
         counts = {i: [len(p.calls.get(i, [])) for p in passes] for i in ran}
         if any(len(set(c)) > 1 for c in counts.values()):
             raise Refused("micro-batches differ", "a layer ran a different number of times in different micro-batches")
+        seq = [display(self.units[i].name) for i in ran if not self.units[i].rule.batch_axis_zero]
+        if len(passes) > 1 and seq:  # inputs and states with the batch elsewhere than axis 0
+            raise Refused("micro-batches differ", f"{seq[0]}: accumulation over a recurrent layer")
         kappa, extra = self._scales(loss_fn, targets, passes, losses)
         try:
             units = [
