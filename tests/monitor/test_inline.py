@@ -406,3 +406,24 @@ def test_lstm_and_cnn_equal_two_pass(kind):
     row = mon.step((x, y), None, loss=loss)
     assert row["status"] == "ok"
     _close(row, ref)
+
+
+def test_accumulation_with_padding_token_mean():
+    """Token-mean cross-entropy over non-padding tokens, two micro-batches each weighted by its share of
+    the tokens (the loop's exact accumulation of the union's token mean): ℓ_i's normaliser depends on the
+    batch, and the union's values are still recovered (each micro-batch's own κ_j)."""
+    from noiseprobe.models import token_batch
+    from noiseprobe.probes.losses import TokenMeanCrossEntropy
+
+    model, loss_fn = _gpt(), TokenMeanCrossEntropy()
+    ids, y, mask = token_batch(GPTConfig(vocab=13, width=8, heads=2, layers=2, T=6), 10, seed=3)
+    ref = NoiseMonitor(model, loss_fn, metrics=["default", "layers"]).measure((ids, (y, mask)))
+    mon = NoiseMonitor(model, loss_fn, metrics=["default", "layers"], inline=True, on_error="raise")
+    losses, total = [], mask.sum()
+    for sl in (slice(0, 6), slice(6, 10)):
+        loss = loss_fn(model(ids[sl]), (y[sl], mask[sl])).mean() * (mask[sl].sum() / total)
+        loss.backward()
+        losses.append(loss)
+    row = mon.step((ids, (y, mask)), None, loss=losses)
+    assert row["status"] == "ok"
+    _close(row, ref)
