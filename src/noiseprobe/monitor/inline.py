@@ -226,15 +226,12 @@ class InlineCapture:
             return None
 
     def _record_call(self, index: int, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
-        pas = self._current
+        unit, pas = self.units[index], self._current
+        if _in_backward():  # recomputed by activation checkpointing: the forward's record is incomplete
+            self.refusal = ("activation checkpointing", f"{display(unit.name)} runs in the backward")
+            return None
         if pas is None:
-            if _in_backward():
-                self.refusal = ("activation checkpointing", f"{display(self.units[index].name)} runs in the backward")
             return None
-        if _in_backward():
-            self.refusal = ("activation checkpointing", f"{display(self.units[index].name)} runs in the backward")
-            return None
-        unit = self.units[index]
         ret = None
         if unit.rule.batch_axis_zero and isinstance(out, Tensor) and out.dim() > 0 and out.shape[0] == 1 < pas.n:
             out = ret = out.expand(pas.n, *out.shape[1:])  # shared by the batch (position ids): per-sample grads
