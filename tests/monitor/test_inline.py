@@ -427,3 +427,40 @@ def test_accumulation_with_padding_token_mean():
     row = mon.step((ids, (y, mask)), None, loss=losses)
     assert row["status"] == "ok"
     _close(row, ref)
+
+
+def test_hf_gpt2_from_a_config_equals_two_pass():
+    """transformers GPT-2 (Conv1D, LayerNorm, token and internal position embeddings, tied head; a
+    ModelOutput), the loop's own loss as users write it: inline equals the two-pass measurement."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        vocab_size=13, n_positions=8, n_embd=8, n_layer=2, n_head=2, bos_token_id=0, eos_token_id=0
+    )
+    cfg.resid_pdrop = cfg.embd_pdrop = cfg.attn_pdrop = 0.0
+    model = transformers.GPT2LMHeadModel(cfg).double().train()
+    x, _ = _gpt_data(n=8)
+    metrics = ["default", "layers"]
+    ref = NoiseMonitor(model, ce, metrics=metrics).measure((x, x))
+    mon = NoiseMonitor(model, ce, metrics=metrics, inline=True, on_error="raise")
+    loss = ce(model(x).logits, x).mean()
+    loss.backward()
+    row = mon.step((x, x), None, loss=loss)
+    assert row["status"] == "ok" and "b_simple/group:norms" in row
+    _close(row, ref)
+
+
+def test_bfloat16_model():
+    """A bfloat16 model (no autocast): measured at bfloat16 precision, close to the float64 numbers."""
+    model = _mlp()
+    x, y = _mlp_data(n=16)
+    ref = NoiseMonitor(model, mse).measure((x, y))
+    model = model.bfloat16()
+    xb, yb = x.bfloat16(), y.bfloat16()
+    mon = NoiseMonitor(model, mse, inline=True, on_error="raise")
+    loss = mse(model(xb), yb).float().mean()
+    loss.backward()
+    row = mon.step((xb, yb), None, loss=loss)
+    assert row["status"] == "ok"
+    for k in ("tr_sigma", "g_sq"):
+        assert row[k] == pytest.approx(ref[k], rel=0.1)
