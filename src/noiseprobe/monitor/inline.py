@@ -284,7 +284,7 @@ class InlineCapture:
 
     # -- the measurement --------------------------------------------------------------------------
     def gradients(
-        self, loss_fn: Callable[[Any, Any], Tensor], targets: Any, losses: Sequence[Tensor] | None
+        self, loss_fn: Callable[[Any, Any], Tensor], targets: Any, losses: Sequence[Tensor | float] | None
     ) -> tuple[HookFactors, dict[str, float]]:
         """The per-sample gradients of the recorded step (of Σ_i ℓ_i, ℓ = loss_fn(output, targets) over the
         micro-batches in order) and the row's ``loss_scale`` and ``grad_scale`` (module docstring)."""
@@ -341,7 +341,11 @@ class InlineCapture:
         return grads, extra
 
     def _scales(
-        self, loss_fn: Callable[[Any, Any], Tensor], targets: Any, passes: list[_Pass], losses: Sequence[Tensor]
+        self,
+        loss_fn: Callable[[Any, Any], Tensor],
+        targets: Any,
+        passes: list[_Pass],
+        losses: Sequence[Tensor | float],
     ) -> tuple[list[float], dict[str, float]]:
         """κ_j per micro-batch (captured = κ_j · gradient of Σ_i ℓ_i), and the mean c and s (module docstring)."""
         sizes = [p.n for p in passes]

@@ -279,7 +279,7 @@ class NoiseMonitor:
                 given = None
                 if self.inline is not None:
                     try:
-                        given, scales = self.inline.gradients(self.loss_fn, batch[1], losses)  # type: ignore[arg-type]
+                        given, scales = self.inline.gradients(self.loss_fn, batch[1], losses)
                         row.update(scales)
                     except Exception as exc:
                         reason = fault_reason(exc)
