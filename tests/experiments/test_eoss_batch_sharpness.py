@@ -54,7 +54,7 @@ def test_analysis_verdicts_follow_the_numbers(tmp_path) -> None:
             ]
         ),
     }
-    metrics, checks = exp.analyse(config, tables, tmp_path)
+    metrics, checks = exp.evaluate(config, tables, tmp_path)
     v = {c.key: c.verdict for c in resolve(checks, EOSS)}
     assert v["eoss-reaches-lr1-b4"] == "pass" and v["eoss-band-lr1-b4"] == "pass"
     assert v["eoss-reaches-lr1-b8"] == "pass" and v["eoss-band-lr1-b8"] == "fail"
@@ -84,7 +84,7 @@ def test_reduced_run_end_to_end(tmp_path) -> None:
     exp = get(EOSS)
     config = exp.Config(**{**exp.presets["quick"], **SMALL})
     chunk = next(c for c in exp.chunks(config) if c.spec["b"] == 8 and c.spec["lr"] == 0.1)
-    again = exp.run_chunk(config, chunk)["measurements"].reset_index(drop=True)
+    again = exp.measure(config, chunk)["measurements"].reset_index(drop=True)
     mine = meas[(meas["b"] == 8) & (meas["lr"] == 0.1)].reset_index(drop=True)
     pd.testing.assert_frame_equal(again[mine.columns], mine, check_dtype=False)
 

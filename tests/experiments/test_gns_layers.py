@@ -12,6 +12,7 @@ import pytest
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.runner import run_experiment
 from noiseprobe.experiments import get
+from noiseprobe.experiments.gns_layers import blocks
 
 EXP = "gns-layers"
 SMALL = {"steps": 40, "measure_every": 2, "window": 4, "width": 16, "layers": 1, "batch_size": 8, "context": 8}
@@ -36,15 +37,14 @@ def _tables(b_total: np.ndarray, b_norms: np.ndarray, g: float = 1.0) -> dict[st
 def _verdicts(tables, **over):
     exp = get(EXP)
     config = exp.config("quick", {"window": 1, **over})
-    return {c.key: {True: "pass", False: "fail", None: "none"}[c.passed] for c in exp.checks(config, tables)}
+    _, checks = exp.evaluate(config, tables)
+    return {c.key: {True: "pass", False: "fail", None: "none"}[c.passed] for c in checks}
 
 
 def test_blocks_pool_tr_sigma_and_g_sq_over_windows():
-    exp = get(EXP)
-    config = exp.config("quick", {"window": 2})
     t = _tables(np.array([1.0, 3.0, 5.0, 7.0, 9.0]), np.array([2.0, 2.0, 2.0, 2.0, 2.0]))
     t["measurements"].loc[1, "g_sq"] = 3.0  # tr 3 over |G|² 3
-    b = exp.blocks(config, t)
+    b = blocks(2, t["measurements"])
     assert len(b) == 2  # the fifth measurement is left over
     assert b["b_total"].tolist() == pytest.approx([(1.0 + 3.0) / (1.0 + 3.0), (5.0 + 7.0) / 2.0])
     assert b["b_norms"].tolist() == pytest.approx([2.0, 2.0])

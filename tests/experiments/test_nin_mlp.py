@@ -12,6 +12,7 @@ import pytest
 
 from noiseprobe import experiments
 from noiseprobe.core.errors import ConfigError
+from noiseprobe.experiments._nin_phases import eq2_checks, eq2_metrics
 from noiseprobe.nin.levels import TABLE1_SIGMA2_REFERENCE, sigma2_unit, table1
 
 TINY = {
@@ -128,21 +129,19 @@ def test_summary_applies_the_phase_rules():
         _fake_run(4, 4.0, [1.0, 0.9, 0.9, 0.9], 0.2, [1.0, 0.9, 0.8]),
     ]  # stalled: 0.1/0.8 of baseline
     tables = {"results": pd.concat([r for r, _ in runs]), "steps": pd.concat([s for _, s in runs])}
-    out = exp.summarise(cfg, tables).set_index("level")
+    out = exp.derive(cfg, tables)["runs"].set_index("level")
     assert list(out["phase"]) == ["decoupled", "decoupled", "decay", "catapult", "divergent", "divergent"]
     assert out.loc[4, "stalled"] and not out.loc[3, "stalled"]
     assert out.loc[2, "spike"] == 2.5 and out.loc[2, "spike_step"] == 2 and out.loc[2, "post_spike_min"] == 0.3
     assert out.loc[0, "measured_log_decay"] == pytest.approx(-np.log(0.7))
     # integrated eq. (2), corrected form η σ² curv per step, records 3 steps apart, by hand (trapezoid):
     # 3 · [(0.01 + 0.03) + (0.03 + 0.02) + (0.02 + 0.04)] / 2 = 0.225
-    assert out.loc[0, "predicted_log_decay"] == pytest.approx(cfg["lr"] * 0.1**2 * 0.225, rel=1e-12)
+    assert out.loc[0, "predicted_log_decay"] == pytest.approx(cfg.lr * 0.1**2 * 0.225, rel=1e-12)
 
 
 def test_eq2_checks_from_constructed_runs():
     """The paper form is half the local-Hessian rate; the (D1) check reads the companion table; too few
     seeds give "not measurable", never "pass"."""
-    exp = experiments.get("nin-fig2-bottom")
-    cfg = exp.config("quick")
     nin = pd.DataFrame(
         {
             "level": [0, 0, 0],
@@ -160,13 +159,12 @@ def test_eq2_checks_from_constructed_runs():
             "predicted_smoothed": [1.0, 1.0, 1.0],
         }
     )
-    metrics: dict = {}
-    checks = {c.key: c for c in exp._eq2_checks(cfg, nin, eq2, metrics)}
+    checks = {c.key: c for c in eq2_checks(nin, eq2)}
     assert checks["niw-decay-eq2-paper"].measured == pytest.approx(1.0)  # measured / (rate / 2)
     assert checks["niw-decay-eq2-paper"].kind == "paper-claim"
     assert checks["niw-decay-d1"].measured == pytest.approx(1.0) and checks["niw-decay-d1"].passed
-    assert metrics["eq2_companion_measured_over"]["local"]["mean"] == pytest.approx(2.0)
-    one = {c.key: c for c in exp._eq2_checks(cfg, nin.iloc[:1], eq2.iloc[:1], {})}
+    assert eq2_metrics(nin, eq2)["eq2_companion_measured_over"]["local"]["mean"] == pytest.approx(2.0)
+    one = {c.key: c for c in eq2_checks(nin.iloc[:1], eq2.iloc[:1])}
     assert one["niw-decay-eq2-paper"].passed is None and one["niw-decay-d1"].passed is None
 
 
@@ -174,8 +172,8 @@ def test_results_do_not_depend_on_chunking():
     exp = experiments.get("nin-fig2-bottom")
     one = exp.config("quick", TINY)
     split = exp.config("quick", {**TINY, "sigmas_per_chunk": 1})
-    a = pd.concat([exp.run_chunk(one, c)["results"] for c in exp.chunks(one)])
-    b = pd.concat([exp.run_chunk(split, c)["results"] for c in exp.chunks(split)])
+    a = pd.concat([exp.measure(one, c)["results"] for c in exp.chunks(one)])
+    b = pd.concat([exp.measure(split, c)["results"] for c in exp.chunks(split)])
     assert len(exp.chunks(split)) == 4 and len(exp.chunks(one)) == 2
     key = ["replica", "level", "nin_mode", "epoch"]
     a, b = a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
@@ -251,6 +249,6 @@ def test_full_preset_reads_fashion_mnist_files(tmp_path):
         "full",
         {"data_dir": str(tmp_path), "hidden": [8], "epochs": 2, "batch_size": 20, "levels": [1e-4, 1.0], "n_seeds": 1},
     )
-    out = exp.run_chunk(cfg, exp.chunks(cfg)[0])["results"]
+    out = exp.measure(cfg, exp.chunks(cfg)[0])["results"]
     assert len(out) == 3 * 3 and out["train_acc"].notna().all()  # baseline + 2 levels, epochs 0..2
     assert exp.sigmas(cfg)[1] == pytest.approx(np.sqrt(784 / 0.01))

@@ -101,7 +101,7 @@ def test_chunks_cover_the_grid_once():
     cfg = exp.config("quick")
     spans = [c.spec["sigma_index"] for c in exp.chunks(cfg) if c.spec["method"] == "exact" and "sigma_index" in c.spec]
     covered = np.concatenate([np.arange(a, b) for a, b in spans])
-    np.testing.assert_array_equal(np.sort(covered), np.arange(cfg["n_sigma"]))
+    np.testing.assert_array_equal(np.sort(covered), np.arange(cfg.n_sigma))
 
 
 @pytest.mark.slow

@@ -13,11 +13,15 @@ from noiseprobe.core.experiment import Experiment
 
 #: id -> (module under noiseprobe.experiments, class name, description)
 REGISTRY: dict[str, tuple[str, str, str]] = {
-    "nin-fig1": ("nin_mlp", "Fig1", "NIN paper Fig. 1: NIW/train/test decay and decay times vs sigma, 3x1024 MLP, CE"),
+    "nin-fig1": ("nin_fig1", "Fig1", "NIN paper Fig. 1: NIW/train/test decay and decay times vs sigma, 3x1024 MLP, CE"),
     "nin-fig2-top": ("nin_toy", "Fig2Top", "NIN paper Fig. 2 top: linear toy model, four regimes and phase diagram"),
-    "nin-fig2-bottom": ("nin_mlp", "Fig2Bottom", "NIN paper Fig. 2 bottom: 1x1024 MLP, MSE, Table 1 noise levels"),
-    "nin-fig3": ("nin_mlp", "Fig3", "NIN paper Fig. 3: 1x1024 MLP, cross-entropy, Table 1 noise levels"),
-    "nin-table1": ("nin_mlp", "Table1", "NIN paper Table 1: noise levels from d_input, N_w and the learning rate"),
+    "nin-fig2-bottom": (
+        "nin_fig2_bottom",
+        "Fig2Bottom",
+        "NIN paper Fig. 2 bottom: 1x1024 MLP, MSE, Table 1 noise levels",
+    ),
+    "nin-fig3": ("nin_fig3", "Fig3", "NIN paper Fig. 3: 1x1024 MLP, cross-entropy, Table 1 noise levels"),
+    "nin-table1": ("nin_table1", "Table1", "NIN paper Table 1: noise levels from d_input, N_w and the learning rate"),
     "mbn-fig1": (
         "mbn_fig1",
         "Fig1",

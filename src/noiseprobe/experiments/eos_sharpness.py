@@ -73,19 +73,20 @@ class EoSConfig(ExperimentConfig):
             raise ConfigError("measure_every", self.measure_every, f"at most steps = {self.steps}")
 
 
-def _loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def half_mse(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-sample MSE on one-hot targets, ½ Σ_c (f_c − y_c)² (Cohen et al.)."""
     return 0.5 * ((out - y) ** 2).sum(1)
 
 
-def _model(config: EoSConfig, d_in: int, n_out: int) -> nn.Sequential:
-    """The tanh MLP, initialised from stream (seed, 0) (the same network for every learning rate)."""
-    sizes = [d_in] + [config.width] * config.depth + [n_out]
+def tanh_mlp(*, seed: int, width: int, depth: int, d_in: int, n_out: int) -> nn.Sequential:
+    """The tanh MLP (``depth`` hidden layers of ``width``), initialised from stream (seed, 0): the same network
+    for every learning rate (and batch size, in ``eoss-batch-sharpness``)."""
+    sizes = [d_in] + [width] * depth + [n_out]
     layers: list[nn.Module] = []
     for a, b in zip(sizes, sizes[1:], strict=False):
         layers += [nn.Linear(a, b), nn.Tanh()]
     model = nn.Sequential(*layers[:-1])
-    gen = torch_generator(config.seed, 0)
+    gen = torch_generator(seed, 0)
     with torch.no_grad():
         for lin in model:
             if isinstance(lin, nn.Linear):  # PyTorch's default: U(±1/√fan_in) for weight and bias
@@ -150,8 +151,9 @@ class EoSSharpness(Experiment):
         x = data.X_train
         y = torch.nn.functional.one_hot(data.y_train, 10).to(x.dtype)
         lr = float(chunk.spec["lr"])
+        net = tanh_mlp(seed=config.seed, width=config.width, depth=config.depth, d_in=x.shape[1], n_out=10)
         losses, sharp = gd_with_sharpness(
-            _model(config, x.shape[1], 10), _loss, x, y, lr=lr, steps=config.steps, measure_every=config.measure_every
+            net, half_mse, x, y, lr=lr, steps=config.steps, measure_every=config.measure_every
         )
         return {"results": losses.assign(lr=lr), "sharpness": sharp.assign(lr=lr)}
 

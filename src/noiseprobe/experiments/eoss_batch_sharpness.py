@@ -35,7 +35,7 @@ from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.seeding import torch_generator
 from noiseprobe.data.embedded import load_default
 from noiseprobe.experiments._data import check_at_most, embedded_train_size
-from noiseprobe.experiments.eos_sharpness import EoSConfig, _loss, _model
+from noiseprobe.experiments.eos_sharpness import half_mse, tanh_mlp
 from noiseprobe.monitor.stochastic_stability import eoss_summary, sgd_with_batch_sharpness
 
 #: memory model (bytes above a warm worker): torch's first-use working set (vmap, forward-over-reverse),
@@ -116,7 +116,7 @@ class EoSSBatchSharpness(Experiment):
     }
     diverging = {"lrs": [50.0, 100.0], "steps": 20, "measure_every": 10}
 
-    def check_data(self, config: Any) -> None:
+    def check_data(self, config: EoSSConfig) -> None:
         """``n_train`` at most the embedded training split."""
         check_at_most("n_train", config.n_train, embedded_train_size(), "embedded")
 
@@ -147,15 +147,15 @@ class EoSSBatchSharpness(Experiment):
         runs.sort(key=lambda r: -r[1])  # GD (the costliest) first
         return [Chunk(f"lr{lr:.6g}-b{b}", {"lr": lr, "b": b, "replica": replica[(lr, b)]}) for lr, b in runs]
 
-    def run_chunk(self, config: EoSSConfig, chunk: Chunk) -> dict[str, pd.DataFrame]:
+    def measure(self, config: EoSSConfig, chunk: Chunk) -> dict[str, pd.DataFrame]:
         data = load_default(n_train=config.n_train, seed=config.seed)
         x = data.X_train
         y = torch.nn.functional.one_hot(data.y_train, 10).to(x.dtype)
         lr, b, r = float(chunk.spec["lr"]), int(chunk.spec["b"]), int(chunk.spec["replica"])
-        net = EoSConfig(seed=config.seed, n_train=config.n_train, width=config.width, depth=config.depth, lrs=[lr], steps=10, measure_every=1, settle_steps=0)  # fmt: skip
+        net = tanh_mlp(seed=config.seed, width=config.width, depth=config.depth, d_in=x.shape[1], n_out=10)
         losses, meas = sgd_with_batch_sharpness(
-            _model(net, x.shape[1], 10),
-            _loss,
+            net,
+            half_mse,
             x,
             y,
             lr=lr,
@@ -168,25 +168,28 @@ class EoSSBatchSharpness(Experiment):
         )
         return {"results": losses.assign(lr=lr, b=b), "measurements": meas.assign(lr=lr, b=b)}
 
-    def analyse(
-        self, config: EoSSConfig, tables: dict[str, pd.DataFrame], out: Path
-    ) -> tuple[dict[str, Any], list[Check]]:
+    def derive(self, config: EoSSConfig, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        """``runs``: one row per (η, b), GD (b = n_train) last at each η: :func:`eoss_summary` of the run's
+        measurements and the medians of η·λ_max/2 and η·bs/2 over their last ``tail_fraction`` (NaN if diverged)."""
         meas = tables["measurements"]
         band = (config.band[0], config.band[1])
-        lrs, sizes = sorted(config.lrs), sorted(config.batch_sizes)
-        runs: dict[tuple[float, int], dict[str, Any]] = {}
-        for lr in lrs:
-            for b in [*sizes, config.n_train]:
+        rows = []
+        for lr in sorted(config.lrs):
+            for b in [*sorted(config.batch_sizes), config.n_train]:
                 m = meas[(meas["lr"] == lr) & (meas["b"] == b)].sort_values("step")
                 s = eoss_summary(m, lr=lr, band=band).to_dict()
                 ok = m if np.isnan(s["diverged_step"]) else m.iloc[:0]  # a diverged run measures nothing
                 tail = ok.iloc[len(ok) - max(1, int(round(config.tail_fraction * len(ok)))) :]
                 s["tail_lambda_ratio"] = float(np.median(lr * tail["lambda_max"] / 2)) if len(ok) else float("nan")
                 s["tail_bs_ratio"] = float(np.median(lr * tail["batch_sharpness"] / 2)) if len(ok) else float("nan")
-                runs[(lr, b)] = s
+                rows.append({"lr": lr, "b": b, **s})
+        return {"runs": pd.DataFrame(rows)}
+
+    def checks(self, config: EoSSConfig, tables: dict[str, pd.DataFrame]) -> list[Check]:
+        runs = _by_run(tables["runs"])
         checks: list[Check] = []
-        for i, lr in enumerate(lrs, start=1):
-            checks += _sgd_checks(config, i, lr, sizes, runs)
+        for i, lr in enumerate(sorted(config.lrs), start=1):
+            checks += _sgd_checks(config, i, lr, sorted(config.batch_sizes), runs)
             gd = runs[(lr, config.n_train)]
             checks.append(
                 Check.within(
@@ -198,13 +201,13 @@ class EoSSBatchSharpness(Experiment):
                     **_diverged(gd),
                 )
             )
-        self._plot(config, meas, out)
-        metrics = {"runs": [{"lr": lr, "b": b, **s} for (lr, b), s in runs.items()]}
-        return metrics, checks
+        return checks
 
-    @staticmethod
-    def _plot(config: EoSSConfig, meas: pd.DataFrame, out: Path) -> None:
-        lrs = sorted(config.lrs)
+    def metrics(self, config: EoSSConfig, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
+        return {"runs": tables["runs"].to_dict(orient="records")}
+
+    def plot(self, config: EoSSConfig, tables: dict[str, pd.DataFrame], out: Path) -> None:
+        meas, lrs = tables["measurements"], sorted(config.lrs)
         fig, axes = new_figure(len(lrs), 2, width=4.2, height=3.0)
         ax = np.asarray(axes).reshape(2, len(lrs))
         for j, lr in enumerate(lrs):
@@ -219,6 +222,12 @@ class EoSSBatchSharpness(Experiment):
             ax[1, j].set(xlabel="step", ylabel="η·λ_max/2 (full batch)")
             ax[0, j].legend(fontsize=7)
         savefig(fig, out / "eoss_batch_sharpness.png")
+
+
+def _by_run(runs: pd.DataFrame) -> dict[tuple[float, int], dict[str, Any]]:
+    """The rows of the ``runs`` table by (η, b)."""
+    records = [{str(k): v for k, v in r.items()} for r in runs.to_dict(orient="records")]
+    return {(float(r["lr"]), int(r["b"])): r for r in records}
 
 
 def _diverged(s: dict[str, Any]) -> dict[str, Any]:

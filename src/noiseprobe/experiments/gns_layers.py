@@ -145,9 +145,6 @@ class GNSLayers(Experiment):
             ("width", "layers", "context", "batch_size"),
         )
 
-    def run_chunk(self, config: GNSLayersConfig, chunk: Chunk) -> dict[str, pd.DataFrame]:
-        return self.measure(config, chunk)
-
     def measure(self, config: GNSLayersConfig, chunk: Chunk) -> dict[str, pd.DataFrame]:
         """Train once; the loss at every step and the monitor's measurements (module docstring)."""
         from noiseprobe.monitor import NoiseMonitor
@@ -172,7 +169,7 @@ class GNSLayers(Experiment):
             if not math.isfinite(value) or abs(value) > limit:
                 break
             opt.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
             row = mon.step((x, y), opt)  # measures before the update, at the step's own batch
             opt.step()
             if row:
@@ -189,31 +186,12 @@ class GNSLayers(Experiment):
         meas = pd.DataFrame(rows, columns=["step", "tr_sigma", "g_sq", "tr_sigma_norms", "g_sq_norms", "status"])
         return {"results": pd.DataFrame(losses), "measurements": meas}
 
-    def analyse(
-        self, config: GNSLayersConfig, tables: dict[str, pd.DataFrame], out: Path
-    ) -> tuple[dict[str, Any], list[Check]]:
-        self.plot(config, tables, out)
-        return self.metrics(config, tables), self.checks(config, tables)
-
-    @staticmethod
-    def blocks(config: GNSLayersConfig, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-        """Pooled B_total and B_norms per block of ``window`` consecutive clean measurements."""
-        m = tables["measurements"]
-        m = m[(m["status"] == "ok") & np.isfinite(m[["tr_sigma", "g_sq", "tr_sigma_norms", "g_sq_norms"]]).all(1)]
-        m = m.sort_values("step").reset_index(drop=True)
-        k = len(m) // config.window
-        if k == 0:
-            return pd.DataFrame(columns=["step", "b_total", "b_norms", "ratio"])
-        g = m.iloc[: k * config.window].groupby(np.arange(k * config.window) // config.window)
-        s = g[["tr_sigma", "g_sq", "tr_sigma_norms", "g_sq_norms"]].sum()
-        b_total = s["tr_sigma"] / s["g_sq"].where(s["g_sq"] > 0)
-        b_norms = s["tr_sigma_norms"] / s["g_sq_norms"].where(s["g_sq_norms"] > 0)
-        return pd.DataFrame(
-            {"step": g["step"].mean(), "b_total": b_total, "b_norms": b_norms, "ratio": b_norms / b_total}
-        )
+    def derive(self, config: GNSLayersConfig, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+        """``blocks``: B_total and B_norms pooled over blocks of ``window`` measurements (:func:`blocks`)."""
+        return {"blocks": blocks(config.window, tables["measurements"])}
 
     def metrics(self, config: GNSLayersConfig, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
-        b = self.blocks(config, tables).dropna()
+        b = tables["blocks"].dropna()
         return {
             "blocks": len(b),
             "median_ratio": float(b["ratio"].median()) if len(b) else math.nan,
@@ -221,7 +199,7 @@ class GNSLayers(Experiment):
         }
 
     def checks(self, config: GNSLayersConfig, tables: dict[str, pd.DataFrame]) -> list[Check]:
-        b = self.blocks(config, tables).dropna()
+        b = tables["blocks"].dropna()
         lo, hi = config.ratio_band
         track = f"log B_simple of the normalisation layers tracks log B_simple of all parameters (Pearson r ≥ {config.min_correlation:g} over blocks of {config.window} measurements)"  # noqa: E501
         band = f"B_norms/B_total in [{lo:g}, {hi:g}] for ≥ {config.band_fraction:.0%} of the blocks"
@@ -239,7 +217,7 @@ class GNSLayers(Experiment):
         ]
 
     def plot(self, config: GNSLayersConfig, tables: dict[str, pd.DataFrame], out: Path) -> None:
-        b = self.blocks(config, tables)
+        b = tables["blocks"]
         fig, axes = new_figure(3, 1, width=4.2, height=3.0)
         ax = np.asarray(axes).ravel()
         r = tables["results"]
@@ -253,6 +231,24 @@ class GNSLayers(Experiment):
         ax[2].axhspan(*config.ratio_band, color="grey", alpha=0.2)
         ax[2].set(xlabel="step", ylabel="B_norms / B_total", yscale="log")
         savefig(fig, out / "gns_layers.png")
+
+
+def blocks(window: int, measurements: pd.DataFrame) -> pd.DataFrame:
+    """Pooled B_total and B_norms per block of ``window`` consecutive clean measurements."""
+    m = measurements
+    m = m[(m["status"] == "ok") & np.isfinite(m[["tr_sigma", "g_sq", "tr_sigma_norms", "g_sq_norms"]]).all(1)]
+    m = m.sort_values("step").reset_index(drop=True)
+    k = len(m) // window
+    out: pd.DataFrame
+    if k == 0:
+        out = pd.DataFrame(columns=["step", "b_total", "b_norms", "ratio"])
+        return out
+    g = m.iloc[: k * window].groupby(np.arange(k * window) // window)
+    s = g[["tr_sigma", "g_sq", "tr_sigma_norms", "g_sq_norms"]].sum()
+    b_total = s["tr_sigma"] / s["g_sq"].where(s["g_sq"] > 0)
+    b_norms = s["tr_sigma_norms"] / s["g_sq_norms"].where(s["g_sq_norms"] > 0)
+    out = pd.DataFrame({"step": g["step"].mean(), "b_total": b_total, "b_norms": b_norms, "ratio": b_norms / b_total})
+    return out
 
 
 def _log_correlation(b: pd.DataFrame) -> float:

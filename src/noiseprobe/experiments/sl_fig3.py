@@ -2,12 +2,11 @@
 "2a" is tested as printed, a paper claim refuted by docs/theory/singular_limits.md §7.8) against degenerate ``L̂ = L + ½|w|²η``
 (Theorem B, eq. fthB:SDE, which reduces to ``∂_tW = −P∇¼ log ΔL``, clock α²σ²k); plus minibatch SGD at an
 interpolating minimum (Example 1.7), which does not move on either clock (docs/theory/singular_limits.md §7.8, §9.3, §9.4, §9.7).
-Shared setting: :mod:`noiseprobe.experiments.sl_common`."""
+Shared setting: :mod:`noiseprobe.experiments.sl_common`; config :mod:`._sl_fig3_config`, figure :mod:`._sl_fig3_plot`."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +15,18 @@ import pandas as pd
 import torch
 
 from noiseprobe.core.checks import Check
-from noiseprobe.core.config import param
-from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Experiment, RunCost
-from noiseprobe.core.plotting import new_figure, savefig
 from noiseprobe.core.stats import group_mean_se, worst_deviation
+from noiseprobe.experiments import _sl_fig3_plot
+from noiseprobe.experiments._sl_fig3_config import Fig3Config, mb_sigma2
 from noiseprobe.experiments.sl_common import (
-    LR_MAX,
     W0_FIG3_TOP,
     W0_TOP,
-    ChainsConfig,
     alive,
     chain_chunks,
     chains_of,
-    check_iterations,
-    check_times,
     chunk_estimate,
     chunk_sizes,
-    draw_paths,
-    draw_plane,
     ngd_seconds,
     simulate,
     steps_to,
@@ -48,47 +40,16 @@ from noiseprobe.limits.regulariser import fig3_caption_regulariser, regulariser
 MB_TRANSIENT = 100
 
 
-@dataclass(frozen=True, kw_only=True)
-class Fig3Config(ChainsConfig):
-    lr: float = param(lo=0.0, hi=LR_MAX, lo_open=True, help="step size α of both rows")
-    sigma2: float = param(lo=0.0, hi=0.05, lo_open=True, help="noise variance σ² (scalar η ~ N(0, σ²))")
-    t_end_A: float = param(lo=0.5, hi=50.0, help="end of the non-degenerate run on t = ασ²k")
-    t_end_B: float = param(lo=0.1, hi=50.0, help="end of the degenerate and minibatch runs on t = α²σ²k")
-    t_check_A: list[float] = param(min_len=1, help="times t = ασ²k at which the top row is compared")
-    t_check_B: list[float] = param(min_len=1, help="times t = α²σ²k at which the bottom row is compared")
-    mb_lr: float = param(lo=0.0, hi=LR_MAX, lo_open=True, help="step size of minibatch SGD (stable on Γ for α < 0.1)")
-    mb_w0: list[float] = param(min_len=2, max_len=2, help="minibatch start [w1, w2], both > 0")
-    mb_chains: int = param(lo=1, hi=10**5, help="minibatch SGD chains (one chunk)")
-    sde_dt: float = param(lo=1e-4, hi=0.2, help="Euler–Maruyama step of the Theorem B SDE")
-
-    def check(self) -> None:
-        check_times("t_check_A", self.t_check_A, self.t_end_A)
-        check_times("t_check_B", self.t_check_B, self.t_end_B)
-        if min(self.mb_w0) <= 0 or math.hypot(*self.mb_w0) > 2.5:
-            raise ConfigError("mb_w0", self.mb_w0, "a point with positive coordinates and |w| <= 2.5")
-        check_iterations("t_end_A/(lr·sigma2)", self.t_end_A, self.lr * self.sigma2)
-        check_iterations("t_end_B/(lr²·sigma2)", self.t_end_B, self.lr**2 * self.sigma2)
-        check_iterations("t_end_B/(mb_lr²·σ²_minibatch)", self.t_end_B, self.mb_lr**2 * _mb_sigma2())
-
-
-def _mb_sigma2() -> float:
-    """σ² of the minibatch noise (batch 1 of 2): 1/4."""
-    sigma = noises.fig3_minibatch().sigma
-    assert sigma is not None
-    return sigma**2
-
-
 class Fig3(Experiment):
     """Non-degenerate vs degenerate noise: clocks ασ²k and α²σ²k; minibatch noise frozen on both."""
 
     id = "sl-fig3"
     title = "Singular limits Fig. 3: non-degenerate vs degenerate noise, two clocks; minibatch SGD frozen"
     Config = Fig3Config
+    _common = {"seed": 0, "lr": 0.1, "sigma2": 0.01, "mb_lr": 0.05, "mb_w0": [2.0, 0.7]}
     presets = {
         "quick": {
-            "seed": 0,
-            "lr": 0.1,
-            "sigma2": 0.01,
+            **_common,
             "chains": 48,
             "per_chunk": 48,
             "t_end_A": 4.0,
@@ -96,16 +57,12 @@ class Fig3(Experiment):
             "t_check_A": [0.5, 1.0, 2.0, 3.0, 4.0],
             "t_check_B": [0.5, 1.0, 2.0],
             "records": 200,
-            "mb_lr": 0.05,
-            "mb_w0": [2.0, 0.7],
             "mb_chains": 16,
             "flow_dt": 0.1,
             "sde_dt": 0.02,
         },
         "full": {
-            "seed": 0,
-            "lr": 0.1,
-            "sigma2": 0.01,
+            **_common,
             "chains": 1000,
             "per_chunk": 250,
             "t_end_A": 6.0,
@@ -113,8 +70,6 @@ class Fig3(Experiment):
             "t_check_A": [0.5, 1.0, 2.0, 3.0, 6.0],
             "t_check_B": [1.0, 2.0, 4.0, 8.0],
             "records": 400,
-            "mb_lr": 0.05,
-            "mb_w0": [2.0, 0.7],
             "mb_chains": 64,
             "flow_dt": 0.05,
             "sde_dt": 0.01,
@@ -126,7 +81,7 @@ class Fig3(Experiment):
         chains = max(min(config.chains, config.per_chunk), config.mb_chains)
         steps_a = steps_to(config.t_end_A, config.lr * config.sigma2)
         steps_b = steps_to(config.t_end_B, config.lr**2 * config.sigma2)
-        steps_mb = steps_to(config.t_end_B, config.mb_lr**2 * _mb_sigma2())
+        steps_mb = steps_to(config.t_end_B, config.mb_lr**2 * mb_sigma2())
         seconds = ngd_seconds(
             [(n, s) for n in chunk_sizes(config) for s in (steps_a, steps_b)] + [(config.mb_chains, steps_mb)]
         )
@@ -168,7 +123,7 @@ class Fig3(Experiment):
                 record_at=[steps_to(t, lr * lr * s2) for t in config.t_check_B],
                 **kw,
             )
-        mb_lr, mb_s2 = config.mb_lr, _mb_sigma2()
+        mb_lr, mb_s2 = config.mb_lr, mb_sigma2()
         frame = simulate(
             noises.fig3_minibatch(),
             config.mb_w0,
@@ -212,7 +167,7 @@ class Fig3(Experiment):
         pred_bot = float(np.interp(lr * lr * s2 * k_same, tB, thB) - stB["mean"].iloc[0])
         ratio_meas, ratio_pred = move_bot / move_top, pred_bot / pred_top
         # minibatch: along-Γ coordinate s after the chains reached Γ (t_A = 1) vs the end (t_B = t_end_B)
-        k_ref = steps_to(1.0, config.mb_lr * _mb_sigma2())
+        k_ref = steps_to(1.0, config.mb_lr * mb_sigma2())
         last = mb[mb["step"] == mb["step"].max()]
         s_ref = mb[mb["step"] == k_ref].set_index("chain")["s"]
         mb_move = float((last.set_index("chain")["s"] - s_ref).abs().max())
@@ -221,25 +176,9 @@ class Fig3(Experiment):
         minA = argmin_on_circle(lambda w: regulariser(nA, w), thA[-1])
         # ¼ log ΔL is minimal where ΔL = 2·Reg of L̂ = L(w+η) is
         minB = argmin_on_circle(lambda w: regulariser(noises.perturbed(circle_loss, 2), w), thB[-1])
-        numbers = {
-            "errA": errA,
-            "seA": seA,
-            "errCap": errCap,
-            "seCap": seCap,
-            "errB": errB,
-            "seB": seB,
-            "k_same": k_same,
-            "move_top": move_top,
-            "move_bot": move_bot,
-            "ratio_meas": ratio_meas,
-            "ratio_pred": ratio_pred,
-            "mb_move": mb_move,
-            "mb_gap": mb_gap,
-            "ratio": ratio,
-            "minA": minA,
-            "minB": minB,
-            "k_ref": k_ref,
-        }
+        numbers = dict(errA=errA, seA=seA, errCap=errCap, seCap=seCap, errB=errB, seB=seB, k_same=k_same)
+        numbers |= dict(move_top=move_top, move_bot=move_bot, ratio_meas=ratio_meas, ratio_pred=ratio_pred)
+        numbers |= dict(mb_move=mb_move, mb_gap=mb_gap, ratio=ratio, minA=minA, minB=minB, k_ref=k_ref)
         return {
             "stA": stA,
             "stB": stB,
@@ -249,56 +188,51 @@ class Fig3(Experiment):
         }
 
     def checks(self, config: Fig3Config, tables: dict[str, pd.DataFrame]) -> list[Check]:
-        n = tables["numbers"].iloc[0]
-        lr = config.lr
-        errA, seA, errCap, seCap, errB, seB = (float(n[c]) for c in ("errA", "seA", "errCap", "seCap", "errB", "seB"))
-        ratio, ratio_meas, ratio_pred = float(n.ratio), float(n.ratio_meas), float(n.ratio_pred)
-        k_same, move_top, move_bot = int(n.k_same), float(n.move_top), float(n.move_bot)
-        mb_move, mb_gap = float(n.mb_move), float(n.mb_gap)
+        n = {k: float(v) for k, v in tables["numbers"].iloc[0].items()}
         nondeg = "nondegenerate-theorem-a"
         clock_claim = (
             "after the same iterations the degenerate row has moved ≈ α times less: displacement ratio "
             "degenerate/non-degenerate vs the two limits"
         )
-        checks = [
+        return [
             Check.less(
                 nondeg,
                 "non-degenerate row follows Theorem A with Reg = ½∂²_ηL̂ = a/2 on the clock t = ασ²k "
                 "(max |mean θ − θ_A| over t_check_A, rad)",
-                errA,
+                n["errA"],
                 0.01,
-                se=seA,
+                se=n["seA"],
                 detail="docs/theory/singular_limits.md §9.3: 0.0036 at α = 0.1",
             ),
             Check.less(
                 "caption-regulariser-2a",
                 "the caption's printed regulariser ½Δ_ηL̂ = 2a(w) predicts the "
                 "non-degenerate row (max |mean θ − θ_A| with Reg = 2a, rad)",
-                errCap,
+                n["errCap"],
                 0.01,
-                se=seCap,
+                se=n["seCap"],
                 kind="paper-claim",
                 corrected_by=nondeg,
-                detail=f"Reg_caption / Reg = {ratio:.3f}: the printed 2a moves 4× too fast (docs/theory/singular_limits.md §7.8)",
+                detail=f"Reg_caption / Reg = {n['ratio']:.3f}: the printed 2a moves 4× too fast (docs/theory/singular_limits.md §7.8)",
             ),
             Check.less(
                 "degenerate-theorem-b",
                 "degenerate row follows Theorem B (−P∇¼ log ΔL) on the clock "
                 "t = α²σ²k (max |mean θ − θ_B| over t_check_B, rad)",
-                errB,
-                0.6 * lr,
-                se=seB,
+                n["errB"],
+                0.6 * config.lr,
+                se=n["seB"],
                 detail="first-order bias in α (docs/theory/singular_limits.md §9.4: 0.019 at t=1, 0.057 at t=4, α = 0.1)",
             ),
             Check.close(
                 "clock-ratio",
                 clock_claim,
-                ratio_meas,
-                ratio_pred,
+                n["ratio_meas"],
+                n["ratio_pred"],
                 rtol=0.25,
-                detail=f"k = {k_same}: moves {move_bot:.4f} vs {move_top:.4f} rad",
+                detail=f"k = {int(n['k_same'])}: moves {n['move_bot']:.4f} vs {n['move_top']:.4f} rad",
             )
-            if math.isfinite(ratio_pred)
+            if math.isfinite(n["ratio_pred"])
             else Check.not_measurable(
                 "clock-ratio",
                 clock_claim,
@@ -308,12 +242,11 @@ class Fig3(Experiment):
                 "minibatch-frozen",
                 "minibatch SGD at an interpolating minimum does not move on either clock "
                 "(max over chains of |Δs| from t_A = 1 to t_B = t_end_B)",
-                mb_move,
+                n["mb_move"],
                 1e-9,
-                detail=f"max |w₁w₂ − 1| at the end {mb_gap:.1e}",
+                detail=f"max |w₁w₂ − 1| at the end {n['mb_gap']:.1e}",
             ),
         ]
-        return checks
 
     def metrics(self, config: Fig3Config, tables: dict[str, pd.DataFrame]) -> dict[str, Any]:
         n = tables["numbers"].iloc[0]
@@ -331,77 +264,4 @@ class Fig3(Experiment):
         return {key: float(n[col]) for key, col in names.items()}
 
     def plot(self, config: Fig3Config, tables: dict[str, pd.DataFrame], out: Path) -> None:
-        df, n = tables["results"], tables["numbers"].iloc[0]
-        top, bot, mb = (df[df["variant"] == v] for v in ("nondegenerate", "degenerate", "minibatch"))
-        flowA, limB = tables["flowA"], tables["limB"]
-        self._plot(
-            config,
-            top,
-            bot,
-            mb,
-            tables["stA"],
-            tables["stB"],
-            (flowA["t"].to_numpy(), flowA["theta"].to_numpy()),
-            (limB["t"].to_numpy(), limB["theta"].to_numpy()),
-            (float(n.minA), float(n.minB)),
-            int(n.k_ref),
-            out,
-        )
-
-    @staticmethod
-    def _plot(
-        config: Fig3Config,
-        top: pd.DataFrame,
-        bot: pd.DataFrame,
-        mb: pd.DataFrame,
-        stA: pd.DataFrame,
-        stB: pd.DataFrame,
-        flowA: tuple[np.ndarray, np.ndarray],
-        limB: tuple[np.ndarray, np.ndarray],
-        minima: tuple[float, float],
-        k_ref: int,
-        out: Path,
-    ) -> None:
-        """Paths; mean θ against iterations; each row on its own clock with its limit; minibatch frozen."""
-        lr, s2 = config.lr, config.sigma2
-        (tA, thA), (tB, thB), (minA, minB) = flowA, limB, minima
-        fig, ax = new_figure(2, 2, width=4.2, height=3.4)
-        ax = ax.ravel()
-        draw_plane(ax[0], "paths: non-degenerate (blue), degenerate (purple)")
-        draw_paths(ax[0], top, 3, color="tab:blue")
-        draw_paths(ax[0], bot, 3, color="tab:purple")
-        for th in (minA, minB):
-            ax[0].plot([math.cos(th)], [math.sin(th)], "o", mfc="none", mec="green", ms=9)
-        ax[1].plot(stA.index, stA["mean"], color="tab:blue", label="non-degenerate ½a(w)η²")
-        ax[1].plot(stB.index, stB["mean"], color="tab:purple", label="degenerate ½|w|²η")
-        ax[1].axhline(minA, color="green", ls="--", lw=0.8)
-        ax[1].axhline(minB, color="green", ls="--", lw=0.8)
-        ax[1].set(xlabel="iteration k", ylabel="mean θ", title="same iterations, different clocks")
-        if np.isfinite(stA["mean"]).any() or np.isfinite(stB["mean"]).any():  # else every chain diverged
-            ax[1].set(xscale="log")
-        ax[1].legend(fontsize=7)
-        ax[2].plot(lr * s2 * stA.index, stA["mean"], color="tab:blue", label="non-deg. vs t = ασ²k")
-        ax[2].plot(tA[tA <= config.t_end_A], thA[tA <= config.t_end_A], "k--", lw=0.8, label="Thm A, Reg = a/2")
-        ax[2].plot(
-            tA[tA <= 4 * config.t_end_A] / 4,
-            thA[tA <= 4 * config.t_end_A],
-            ":",
-            color="grey",
-            label="caption's Reg = 2a",
-        )
-        ax[2].plot(lr * lr * s2 * stB.index, stB["mean"], color="tab:purple", label="degenerate vs t = α²σ²k")
-        ax[2].plot(tB, thB, "k-.", lw=0.8, label="Thm B: −P∇¼log ΔL")
-        ax[2].set(xlabel="rescaled time t (own clock)", ylabel="mean θ", title="each row on its own clock")
-        ax[2].legend(fontsize=7)
-        for c in sorted(mb["chain"].unique())[:6]:
-            one = mb[mb["chain"] == c]
-            ax[3].plot(one["step"], one["s"], lw=0.8)
-        ax[3].axvline(k_ref, color="grey", ls=":")
-        ax[3].set(
-            xscale="symlog",
-            xlim=(0, None),
-            xlabel="iteration k",
-            ylabel="s = ½ log(w₁/w₂)",
-            title=f"minibatch SGD (B=1 of 2), α = {config.mb_lr:g}: frozen",
-        )
-        savefig(fig, out / "fig3.png")
+        _sl_fig3_plot.plot(config, tables, out)

@@ -299,6 +299,66 @@ def train_ensemble(
     instead of :func:`init_ensemble` (``hidden``, ``niw_init_std`` then unused). Data are float tensors
     (n, d) and integer labels (n,), shared by all replicas.
     """
+    modes = _check_training(x_train, sigmas, loss, nin_mode, lr, epochs, batch_size, probe_samples, eval_block)
+    if record_epochs is not None:
+        for e in record_epochs:
+            check_int("record_epochs", e, lo=0, hi=epochs)
+    data = (x_train.to(dtype), y_train.long(), x_test.to(dtype), y_test.long())
+    ens = (
+        ensemble.select(torch.arange(ensemble.k))
+        if ensemble is not None
+        else init_ensemble(
+            [data[0].shape[1], *hidden, int(max(data[1].max(), data[3].max())) + 1],
+            sigmas,
+            replicas,
+            seed,
+            nin_layer=nin_layer,
+            niw_init_std=niw_init_std,
+            dtype=dtype,
+        )
+    )
+    if len(replicas) != ens.k:
+        raise ConfigError("replicas", list(replicas), f"one index per ensemble member ({ens.k})")
+    wanted = set(range(1, epochs + 1)) if record_epochs is None else {int(e) for e in record_epochs} | {epochs}
+    n = data[0].shape[0]
+    order_gens = [torch.Generator().manual_seed(order_seed(seed, int(r))) for r in replicas]
+    noise_gens = [torch_generator(seed, int(r), STREAM_NOISE) for r in replicas]
+    for g in noise_gens:  # the NIW draw comes first in this stream (init_ensemble)
+        torch.randn(1, ens.niw.shape[1], generator=g)
+    probe_idx = torch.stack([torch.randperm(n, generator=g)[:probe_samples] for g in order_gens])
+    xi = torch.stack([torch.randn(n, 1, generator=g)[:, 0] for g in noise_gens]).to(dtype)
+    run = _Training(ens, data, loss, eval_block, probe_idx, n // batch_size, epochs, replicas, modes)
+    limit = torch.from_numpy(divergence.bound(torch.nan_to_num(_scale(ens.parameters()), nan=0.0).numpy()))
+    bad = ~_healthy(ens.parameters(), limit)
+    if bad.any():
+        run.drop(bad, 0)
+    run.record(0)
+    shared = len(set(int(r) for r in replicas)) == 1  # one data order for all: shared-input fast path
+    for epoch in range(1, epochs + 1):
+        perm = torch.stack([torch.randperm(n, generator=g) for g in order_gens])
+        if epoch > 1:
+            for j, g in enumerate(noise_gens):
+                if modes[j] != "fixed":
+                    xi[j] = torch.randn(n, 1, generator=g)[:, 0].to(dtype)
+        run.sgd_epoch(epoch, perm, xi, lr=lr, batch_size=batch_size, shared=shared, limit=limit)
+        if epoch in wanted:
+            run.record(epoch)
+    return run.result()
+
+
+def _check_training(
+    x_train: torch.Tensor,
+    sigmas: Sequence[float],
+    loss: str,
+    nin_mode: str | Sequence[str],
+    lr: float,
+    epochs: int,
+    batch_size: int,
+    probe_samples: int,
+    eval_block: int,
+) -> list[str]:
+    """Validate :func:`train_ensemble`'s arguments (ConfigError naming the first bad one); the NIN mode of
+    each replica."""
     check_choice("loss", loss, LOSSES)
     modes = [nin_mode] * len(sigmas) if isinstance(nin_mode, str) else list(nin_mode)
     if len(modes) != len(sigmas):
@@ -309,147 +369,132 @@ def train_ensemble(
     check_int("epochs", epochs, lo=0)
     for s in sigmas:
         check_real("sigma", s, lo=0.0)
-    xtr, xte = x_train.to(dtype), x_test.to(dtype)
-    ytr, yte = y_train.long(), y_test.long()
-    n = xtr.shape[0]
-    check_int("batch_size", batch_size, lo=1, hi=n)
+    check_int("batch_size", batch_size, lo=1, hi=x_train.shape[0])
     check_int("probe_samples", probe_samples, lo=1)
     check_int("eval_block", eval_block, lo=1)
-    if record_epochs is not None:
-        for e in record_epochs:
-            check_int("record_epochs", e, lo=0, hi=epochs)
-    ens = (
-        ensemble.select(torch.arange(ensemble.k))
-        if ensemble is not None
-        else init_ensemble(
-            [xtr.shape[1], *hidden, int(max(ytr.max(), yte.max())) + 1],
-            sigmas,
-            replicas,
-            seed,
-            nin_layer=nin_layer,
-            niw_init_std=niw_init_std,
-            dtype=dtype,
-        )
-    )
-    k = ens.k
-    if len(replicas) != k:
-        raise ConfigError("replicas", list(replicas), f"one index per ensemble member ({k})")
-    wanted = set(range(1, epochs + 1)) if record_epochs is None else {int(e) for e in record_epochs} | {epochs}
-    order_gens = [torch.Generator().manual_seed(order_seed(seed, int(r))) for r in replicas]
-    noise_gens = [torch_generator(seed, int(r), STREAM_NOISE) for r in replicas]
-    for g in noise_gens:  # the NIW draw comes first in this stream (init_ensemble)
-        torch.randn(1, ens.niw.shape[1], generator=g)
-    probe_idx = torch.stack([torch.randperm(n, generator=g)[:probe_samples] for g in order_gens])
-    fixed = np.array([m == "fixed" for m in modes])
-    xi = torch.stack([torch.randn(n, 1, generator=g)[:, 0] for g in noise_gens]).to(dtype)
-    active = torch.arange(k)  # original indices of the replicas still training
-    shared = len(set(int(r) for r in replicas)) == 1  # one data order for all: shared-input fast path
-    div_step = np.full(k, -1, dtype=np.int64)
-    steps_per_epoch = n // batch_size
-    rec_rows: list[dict[str, np.ndarray]] = []
-    step_loss = np.full((k, epochs * steps_per_epoch), np.nan)
-    noisy_sum, noisy_n = torch.zeros(k, dtype=torch.float64), 0
-    base = {
-        "member": np.arange(k),
-        "replica": np.asarray(replicas, dtype=np.int64),
-        "sigma": ens.sigma.double().numpy().copy(),
-        "nin_mode": np.asarray(modes, dtype=object),
-    }
+    return modes
 
-    def record(epoch: int) -> None:
-        full = {
-            key: np.full(k, np.nan)
-            for key in (
-                "train_loss",
-                "train_acc",
-                "test_loss",
-                "test_acc",
-                "noisy_loss",
-                "niw_norm",
-                "next_norm",
-                "curv_niw",
-            )
+
+class _Training:
+    """The state of one :func:`train_ensemble` call: the replicas still training (``active``, original
+    indices; ``ens`` holds only them), each replica's divergence step (−1: none), the per-step batch
+    losses, the running noisy-loss sum since the last record, and the records so far."""
+
+    RECORDED = ("train_loss", "train_acc", "test_loss", "test_acc", "noisy_loss", "niw_norm", "next_norm", "curv_niw")
+
+    def __init__(
+        self,
+        ens: MLPEnsemble,
+        data: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+        loss: str,
+        eval_block: int,
+        probe_idx: torch.Tensor,
+        steps_per_epoch: int,
+        epochs: int,
+        replicas: Sequence[int],
+        modes: list[str],
+    ) -> None:
+        k = ens.k
+        self.ens, self.data, self.loss, self.eval_block = ens, data, loss, eval_block
+        self.probe_idx, self.steps_per_epoch = probe_idx, steps_per_epoch
+        self.active = torch.arange(k)
+        self.div_step = np.full(k, -1, dtype=np.int64)
+        self.step_loss = np.full((k, epochs * steps_per_epoch), np.nan)
+        self.noisy_sum, self.noisy_n = torch.zeros(k, dtype=torch.float64), 0
+        self.rows: list[dict[str, np.ndarray]] = []
+        self.base = {
+            "member": np.arange(k),
+            "replica": np.asarray(replicas, dtype=np.int64),
+            "sigma": ens.sigma.double().numpy().copy(),
+            "nin_mode": np.asarray(modes, dtype=object),
         }
-        if len(active):
-            a = active.numpy()
+
+    def record(self, epoch: int) -> None:
+        """Append the records of ``epoch`` (NaN for diverged replicas) and restart the noisy-loss mean."""
+        k, ens, (xtr, ytr, xte, yte) = len(self.div_step), self.ens, self.data
+        full = {key: np.full(k, np.nan) for key in self.RECORDED}
+        if len(self.active):
+            a = self.active.numpy()
             for part, (xs, ys) in (("train", (xtr, ytr)), ("test", (xte, yte))):
-                lo, ac = _evaluate(ens, xs, ys, loss, eval_block)
+                lo, ac = _evaluate(ens, xs, ys, self.loss, self.eval_block)
                 full[f"{part}_loss"][a], full[f"{part}_acc"][a] = lo.numpy(), ac.numpy()
-            full["curv_niw"][a] = ens.niw_curvature(xtr[probe_idx[active]], loss).double().numpy()
+            full["curv_niw"][a] = ens.niw_curvature(xtr[self.probe_idx[self.active]], self.loss).double().numpy()
             full["niw_norm"][a] = ens.niw.detach().double().norm(dim=1).numpy()
             full["next_norm"][a] = ens.weights[ens.nin_layer + 1].detach().double().flatten(1).norm(dim=1).numpy()
-            if noisy_n:
-                full["noisy_loss"][a] = (noisy_sum[active] / noisy_n).numpy()
-        rec_rows.append(
-            {
-                **base,
-                "epoch": np.full(k, epoch),
-                "step": np.full(k, epoch * steps_per_epoch),
-                **full,
-                "diverged": div_step >= 0,
-            }
+            if self.noisy_n:
+                full["noisy_loss"][a] = (self.noisy_sum[self.active] / self.noisy_n).numpy()
+        step = np.full(k, epoch * self.steps_per_epoch)
+        self.rows.append(
+            {**self.base, "epoch": np.full(k, epoch), "step": step, **full, "diverged": self.div_step >= 0}
         )
+        self.noisy_sum.zero_()
+        self.noisy_n = 0
 
-    def drop(bad: torch.Tensor, step: int) -> None:
-        nonlocal ens, active
-        div_step[active[bad].numpy()] = step
+    def drop(self, bad: torch.Tensor, step: int) -> None:
+        """Record the active replicas ``bad`` (a mask over them) as diverged at ``step`` and drop them."""
+        self.div_step[self.active[bad].numpy()] = step
         keep = torch.nonzero(~bad).flatten()
-        ens, active = ens.select(keep), active[keep]
+        self.ens, self.active = self.ens.select(keep), self.active[keep]
 
-    limit = torch.from_numpy(divergence.bound(torch.nan_to_num(_scale(ens.parameters()), nan=0.0).numpy()))
-    bad = ~_healthy(ens.parameters(), limit)
-    if bad.any():
-        drop(bad, 0)
-    record(0)
-    for epoch in range(1, epochs + 1):
-        perm = torch.stack([torch.randperm(n, generator=g) for g in order_gens])
-        if epoch > 1:
-            for j, g in enumerate(noise_gens):
-                if not fixed[j]:
-                    xi[j] = torch.randn(n, 1, generator=g)[:, 0].to(dtype)
-        params = ens.parameters()
+    def sgd_epoch(
+        self,
+        epoch: int,
+        perm: torch.Tensor,
+        xi: torch.Tensor,
+        *,
+        lr: float,
+        batch_size: int,
+        shared: bool,
+        limit: torch.Tensor,
+    ) -> None:
+        """One epoch of SGD in data order ``perm`` (K, n) with unit NIN values ``xi`` (K, n); the batch loss
+        is checked every step, the weights against ``limit`` (K,) at the epoch's last step."""
+        xtr, ytr = self.data[0], self.data[1]
+        params = self.ens.parameters()
         for p in params:
             p.requires_grad_(True)
-        for s in range(steps_per_epoch):
-            if not len(active):
+        for s in range(self.steps_per_epoch):
+            if not len(self.active):
                 break
+            active = self.active
             idx = perm[active, s * batch_size : (s + 1) * batch_size]
             rows = idx[0] if shared else idx
-            logits, _ = ens.forward(xtr[rows], torch.gather(xi[active], 1, idx))
-            lk = batch_losses(logits, ytr[rows], loss).mean(1)
+            logits, _ = self.ens.forward(xtr[rows], torch.gather(xi[active], 1, idx))
+            lk = batch_losses(logits, ytr[rows], self.loss).mean(1)
             grads = torch.autograd.grad(lk.sum(), params)
-            step = (epoch - 1) * steps_per_epoch + s + 1
+            step = (epoch - 1) * self.steps_per_epoch + s + 1
             with torch.no_grad():
                 for p, gp in zip(params, grads):
                     p.add_(gp, alpha=-lr)  # torch.optim.SGD's update, one pass
-                step_loss[active.numpy(), step - 1] = lk.double().numpy()
-                noisy_sum[active] += lk.double()
+                self.step_loss[active.numpy(), step - 1] = lk.double().numpy()
+                self.noisy_sum[active] += lk.double()
                 bad = ~torch.isfinite(lk)
-                if s == steps_per_epoch - 1:
+                if s == self.steps_per_epoch - 1:
                     bad |= ~_healthy(params, limit[active])
-            noisy_n += 1
+            self.noisy_n += 1
             if bad.any():
-                drop(bad, step)
-                params = ens.parameters()
+                self.drop(bad, step)
+                params = self.ens.parameters()
                 for p in params:
                     p.requires_grad_(True)
-        for p in ens.parameters():
+        for p in self.ens.parameters():
             p.requires_grad_(False)
-        if epoch in wanted:
-            record(epoch)
-            noisy_sum.zero_()
-            noisy_n = 0
-    records = pd.DataFrame({key: np.concatenate([r[key] for r in rec_rows]) for key in rec_rows[0]})
-    records["diverged_step"] = np.tile(div_step, len(rec_rows))
-    records = records[list(RECORD_COLUMNS)].astype({"diverged": bool, "nin_mode": str})
-    steps = pd.DataFrame(
-        {
-            "member": np.repeat(base["member"], step_loss.shape[1]),
-            "replica": np.repeat(base["replica"], step_loss.shape[1]),
-            "sigma": np.repeat(base["sigma"], step_loss.shape[1]),
-            "nin_mode": np.repeat(base["nin_mode"], step_loss.shape[1]).astype(str),
-            "step": np.tile(np.arange(1, step_loss.shape[1] + 1), k),
-            "noisy_loss": step_loss.ravel(),
-        }
-    )
-    return EnsembleRun(records.sort_values(["member", "epoch"], kind="stable").reset_index(drop=True), steps)
+
+    def result(self) -> EnsembleRun:
+        """The records (one row per member and recorded epoch) and the per-step noisy losses."""
+        rows, base, step_loss = self.rows, self.base, self.step_loss
+        records = pd.DataFrame({key: np.concatenate([r[key] for r in rows]) for key in rows[0]})
+        records["diverged_step"] = np.tile(self.div_step, len(rows))
+        records = records[list(RECORD_COLUMNS)].astype({"diverged": bool, "nin_mode": str})
+        t = step_loss.shape[1]
+        steps = pd.DataFrame(
+            {
+                "member": np.repeat(base["member"], t),
+                "replica": np.repeat(base["replica"], t),
+                "sigma": np.repeat(base["sigma"], t),
+                "nin_mode": np.repeat(base["nin_mode"], t).astype(str),
+                "step": np.tile(np.arange(1, t + 1), len(base["member"])),
+                "noisy_loss": step_loss.ravel(),
+            }
+        )
+        return EnsembleRun(records.sort_values(["member", "epoch"], kind="stable").reset_index(drop=True), steps)
