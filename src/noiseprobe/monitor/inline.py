@@ -201,10 +201,10 @@ class InlineCapture:
             handles.append(p.register_post_accumulate_grad_hook(self._on_param))  # type: ignore[no-untyped-call]  # unannotated in torch
 
     def disarm(self) -> None:
+        """Remove the hooks and release what they recorded (the step's layer inputs and gradients)."""
         for h in self._handles:
             h.remove()
-        self._handles = []
-        self._current = None
+        self._handles, self._current, self.passes = [], None, []
 
     # -- the hooks (never raise: a failure is recorded in self.fault) ----------------------------
     def _failed(self, exc: BaseException) -> None:
