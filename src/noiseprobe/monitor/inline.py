@@ -7,7 +7,7 @@ factored layer rule, :func:`~noiseprobe.probes.capture.find_units`) records the 
 tensor hook on its outputs records their gradients in the user's own backward; a hook on the model
 records its output and that output's gradient. Per-example quantities taken inside the training step's
 backward are how the gradient-noise scale is tracked at scale (Gray, Tiwari, Bergsma & Hestness 2024,
-arXiv 2411.00999, §3).
+arXiv 2411.00999).
 
 The user's backward differentiates ``c·s·mean_i ℓ_i`` (``loss = c·mean(loss_fn(output, targets))``, s a
 GradScaler's scale, 1 without one), not the engine's Σ_i ℓ_i, so each captured gradient is
