@@ -32,6 +32,7 @@ from noiseprobe.probes.operators import Hessian, ParamOperator
 from noiseprobe.probes.persample import (
     HookFactors,
     PerSampleGradients,
+    Selection,
     parameter_owners,
     per_sample_gradients,
     per_sample_grams,
@@ -71,7 +72,9 @@ class Context:
     """One measurement at optimizer step ``step`` on the batch (``inputs``, ``targets``).
 
     N is the number of samples in the measured batch (over all ranks under DDP), ``batch_size`` the batch
-    size S of the update (default N), g_i the gradient of sample i's loss, ḡ their mean.
+    size S of the update (default N), g_i the gradient of sample i's loss, ḡ their mean. ``params``: the
+    parameters measured (:func:`~noiseprobe.probes.persample.select_parameters`; default all trainable);
+    ``per_sample``: per-sample gradients already at hand (the inline mode's, :mod:`.inline`), used as given.
     """
 
     def __init__(
@@ -90,6 +93,8 @@ class Context:
         estimator: EstimatorChoice | None = None,
         per_module: bool = False,
         factors: bool = False,
+        params: Selection | None = None,
+        per_sample: PerSampleGradients | None = None,
     ) -> None:
         self.model, self.loss_fn, self.inputs, self.targets = model, loss_fn, inputs, targets
         self.forward, self.optimizer, self.top_k, self.step = forward, optimizer, top_k, step
@@ -98,8 +103,10 @@ class Context:
         self._choice = estimator if estimator is not None else EstimatorChoice()
         self.per_module = per_module  # a layer metric is measured: the Gram matrix is summed from module_grams
         # a metric needs products beyond the Gram (ctx.grads): factors are kept from the start; else the Gram
-        # matrices are streamed layer by layer (per_sample_grams) and factors built only if asked for
-        self.factors = factors or group is not None
+        # matrices are streamed layer by layer (per_sample_grams) and factors built only if asked for; the
+        # inline mode hands its factors over (per_sample)
+        self.factors = factors or group is not None or per_sample is not None
+        self.params, self._given = params, per_sample
 
     @cached_property
     def estimator(self) -> str:
@@ -115,7 +122,7 @@ class Context:
         except ConfigError as err:
             raise TooFewSamples(f"{err.value}; the micro-batch estimator needs at least 3 micro-batches") from None
         return micro_batch_gradients(
-            self.model, self.loss_fn, self.inputs, self.targets, self._choice.micro_batches, self.forward
+            self.model, self.loss_fn, self.inputs, self.targets, self._choice.micro_batches, self.forward, self.params
         )
 
     @property
@@ -130,8 +137,12 @@ class Context:
 
     @cached_property
     def _per_sample(self) -> PerSampleGradients:
+        if self._given is not None:
+            return self._given
         try:
-            return per_sample_gradients(self.model, self.loss_fn, self.inputs, self.targets, forward=self.forward)
+            return per_sample_gradients(
+                self.model, self.loss_fn, self.inputs, self.targets, forward=self.forward, params=self.params
+            )
         except BatchAxisError as exc:  # advise what the monitor offers (it has no `method`)
             raise BatchAxisError(exc.field, exc.value, exc.n, "make the model batch-first") from None
 
@@ -147,6 +158,7 @@ class Context:
                 self.targets,
                 self._module_key if self.per_module else None,
                 self.forward,
+                self.params,
             )
         except BatchAxisError as exc:  # advise what the monitor offers (it has no `method`)
             raise BatchAxisError(exc.field, exc.value, exc.n, "make the model batch-first") from None
@@ -160,7 +172,7 @@ class Context:
     def _module_key(self) -> dict[int, str]:
         """id(p) -> its owning module's key (:func:`~noiseprobe.probes.persample.parameter_owners`)."""
         owners = parameter_owners(self.model)
-        return {id(p): owners[id(p)][0] for _, p in select_parameters(self.model)}
+        return {id(p): owners[id(p)][0] for _, p in select_parameters(self.model, self.params)}
 
     @property
     def grads(self) -> PerSampleGradients:
@@ -175,8 +187,8 @@ class Context:
 
     @cached_property
     def num_params(self) -> int:
-        """P, the number of trainable parameters (the length of the flat gradient)."""
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        """P, the number of measured parameters (the length of the flat gradient)."""
+        return sum(p.numel() for _, p in select_parameters(self.model, self.params))
 
     @cached_property
     def hessian(self) -> Hessian:
@@ -253,7 +265,7 @@ class Context:
         factors' per-block Gram products, Σ_l K_l = :attr:`gram`), or of the micro-batch gradients (m × m)."""
         if self.group is not None:
             raise ConfigError("metrics", "layers under data parallelism", "a single-process run (docs/monitor.md)")
-        selected = select_parameters(self.model)
+        selected = select_parameters(self.model, self.params)
         key = self._module_key
         order = list(dict.fromkeys(key.values()))
         if self.estimator == "micro-batch":
@@ -321,10 +333,10 @@ class Context:
         return (sq / n - mean**2) * (n / (n - 1))
 
     def group_slices(self) -> list[tuple[float, list[tuple[int, int]]]]:
-        """(lr, flat index ranges) per optimizer parameter group, in the flat trainable order."""
+        """(lr, flat index ranges) per optimizer parameter group, in the flat order of the measured parameters."""
         if self.optimizer is None:
             return []
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [p for _, p in select_parameters(self.model, self.params)]
         start, pos = 0, {}
         for p in params:
             pos[id(p)] = (start, start + p.numel())

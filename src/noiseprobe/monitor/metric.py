@@ -36,6 +36,9 @@ class Metric(abc.ABC):
     #: uses per-sample products beyond the Gram matrix (``ctx.grads``): the measurement then keeps the
     #: per-sample factors instead of streaming the Gram layer by layer (a wrong False costs one more pass)
     per_sample_products: ClassVar[bool] = False
+    #: reads only the per-sample (or micro-batch) gradients of the measured parameters, no extra pass of its
+    #: own: measurable with ``inline=True`` and on a parameter subset (``params=``)
+    gradients_only: ClassVar[bool] = False
 
     def param_vectors(self, top_k: int) -> int:
         """Parameter-sized vectors this metric holds at its peak (the monitor's memory estimate): one by

@@ -47,7 +47,7 @@ from noiseprobe.core.errors import ConfigError, NoPerSampleGradients
 from noiseprobe.core.validation import check_choice, check_int
 from noiseprobe.monitor.gns import NoiseScale, noise_scale_from_gram
 from noiseprobe.probes.capture import Forward, PerSampleLoss, check_losses, default_forward
-from noiseprobe.probes.persample import select_parameters
+from noiseprobe.probes.persample import Selection, select_parameters
 from noiseprobe.probes.rules import tensor_leaves
 from noiseprobe.probes.rules.base import accumulation_dtype
 from noiseprobe.probes.rules.fallback import tree_map
@@ -170,25 +170,27 @@ def micro_batch_gradients(
     y: Any,
     micro_batches: int | None = None,
     forward: Forward | None = None,
+    params: Selection | None = None,
 ) -> MicroBatchGradients:
     """The mean gradients of m contiguous micro-batches of ``(x, y)`` (module docstring), each from one
-    forward and backward pass of its b samples in the model's own mode; the model's buffers, ``.grad`` and
-    RNG states are left as they were."""
+    forward and backward pass of its b samples in the model's own mode, over the parameters ``params``
+    (:func:`~noiseprobe.probes.persample.select_parameters`, default all trainable); the model's buffers,
+    ``.grad`` and RNG states are left as they were."""
     n = batch_samples(x)
     m, b = split(n, micro_batches)
-    params = [p for _, p in select_parameters(model)]
+    chosen = [p for _, p in select_parameters(model, params)]
     fwd = forward or default_forward
-    dtype = accumulation_dtype(params[0])
-    rows = torch.empty(m, sum(p.numel() for p in params), dtype=dtype, device=params[0].device)
+    dtype = accumulation_dtype(chosen[0])
+    rows = torch.empty(m, sum(p.numel() for p in chosen), dtype=dtype, device=chosen[0].device)
     with untouched(model), torch.enable_grad():
         for j in range(m):
             losses = loss_fn(
                 model_output(fwd(model, _slice(x, n, j * b, (j + 1) * b))), _slice(y, n, j * b, (j + 1) * b)
             )
             check_losses(losses)
-            grads = torch.autograd.grad(losses.mean(), params, allow_unused=True)
+            grads = torch.autograd.grad(losses.mean(), chosen, allow_unused=True)
             o = 0
-            for p, g in zip(params, grads):
+            for p, g in zip(chosen, grads):
                 rows[j, o : o + p.numel()] = 0 if g is None else g.reshape(-1)
                 o += p.numel()
     return MicroBatchGradients(rows, b)

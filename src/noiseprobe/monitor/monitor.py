@@ -40,10 +40,12 @@ from noiseprobe.core.memory import fmt_bytes, usable_memory
 from noiseprobe.core.validation import check_choice, check_int
 from noiseprobe.monitor import ddp
 from noiseprobe.monitor.context import Context, Refused, TooFewSamples
+from noiseprobe.monitor.inline import InlineCapture, measuring
 from noiseprobe.monitor.loggers import Logger, make_loggers
-from noiseprobe.monitor.metric import Metric
+from noiseprobe.monitor.metric import METRICS, Metric
 from noiseprobe.monitor.metrics import DEFAULT, resolve_metrics
 from noiseprobe.monitor.microbatch import EstimatorChoice, untouched
+from noiseprobe.probes.persample import Selection, select_parameters
 from noiseprobe.probes.wrappers import eager, unwrap
 
 Forward = Callable[[nn.Module, Any], Tensor]
@@ -85,6 +87,14 @@ class NoiseMonitor:
     naming the module and why), "per-sample" or "micro-batch"; ``micro_batches``: m (default 8, fewer for
     batches under 16 samples). Each row's ``estimator`` and ``micro_batch_size`` say which was used
     (:mod:`noiseprobe.monitor.microbatch`, docs/monitor.md "Which estimator").
+
+    ``params``: the parameters measured (names, modules or parameters, :func:`~noiseprobe.probes.persample.
+    select_parameters`; default all trainable), for the metrics read from gradients alone
+    (``Metric.gradients_only``: tr_sigma, g_sq, b_simple, temperature, top_k_c, b_simple_avg, layers).
+    ``inline=True``: no extra pass; the per-sample gradients come from the loop's own forward and backward,
+    hooked on the measured steps only, and ``mon.step(batch, optimizer, loss=loss)`` must pass the loss that
+    was backpropagated (:mod:`noiseprobe.monitor.inline`, docs/monitor.md "Inline (no extra pass)"); rows
+    gain ``loss_scale`` (c in loss = c·mean(loss_fn)) and ``grad_scale`` (a GradScaler's scale, divided out).
     """
 
     def __init__(
@@ -103,6 +113,8 @@ class NoiseMonitor:
         on_error: str = "warn",
         estimator: str = "auto",
         micro_batches: int | None = None,
+        params: Selection | None = None,
+        inline: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError("model", type(model).__name__, "a torch.nn.Module")
@@ -130,6 +142,30 @@ class NoiseMonitor:
         self._columns: dict[str, list[str]] = {}  # metric name -> its columns when it last succeeded
         self._warned: set[str] = set()
         self._validated = False  # a measurement ran through: the user's code and batch are sound
+        self.params = params
+        check_choice("inline", inline, (True, False))
+        if params is not None or inline:
+            select_parameters(model, params)  # a bad selection is refused here
+            extra = [m.name for m in self.metrics if not m.gradients_only]
+            if extra:
+                raise ConfigError(
+                    "metrics",
+                    ", ".join(extra),
+                    f"metrics read from gradients alone with {'inline=True' if inline else 'params='} ("
+                    + ", ".join(n for n, c in METRICS.items() if c.gradients_only)
+                    + "): the others need passes or parameters of their own",
+                )
+        self.inline: InlineCapture | None = None
+        if inline:
+            if estimator == "micro-batch":
+                raise ConfigError("estimator", estimator, '"auto" or "per-sample" with inline=True')
+            if forward is not None:
+                raise ConfigError("forward", forward, "None with inline=True (the model's own output is captured)")
+            if self.group is not None:
+                raise ConfigError("inline", True, "a single-process run (inline=False under data parallelism)")
+            self.estimator = EstimatorChoice("per-sample")
+            self.inline = InlineCapture(model, params)
+            self.inline.arm()  # step 0 is measured
 
     # -- the loop --------------------------------------------------------------------------------
     def step(
@@ -137,26 +173,47 @@ class NoiseMonitor:
         batch: tuple[Any, Any],
         optimizer: torch.optim.Optimizer | None = None,
         *,
-        loss: Tensor | float | None = None,
+        loss: Tensor | float | Sequence[Tensor | float] | None = None,
     ) -> dict[str, Any]:
         """Count one optimizer step; measure on ``batch`` when the count is a multiple of ``every``
         (steps 0, every, 2·every, ...). Call before ``optimizer.step()``. Returns what it measured ({} if
         nothing). ``loss``: the mean training loss of this step's batch, already computed by the loop (kept
         as a tensor, no extra forward and no device sync); the ``fluctuation`` metric compares the variance
-        of these values since the previous measurement with paper 002's prediction."""
+        of these values since the previous measurement with paper 002's prediction. With ``inline=True``
+        ``loss`` is required: the loss that was backpropagated (under gradient accumulation a list, one per
+        micro-batch in the order of their forwards; ``fluctuation`` then sees their sum)."""
         step, self.steps = self.steps, self.steps + 1
-        seen = None if loss is None else torch.as_tensor(loss).detach()
+        losses: list[Tensor | float] | None = (
+            None if loss is None else list(loss) if isinstance(loss, (list, tuple)) else [loss]  # type: ignore[list-item]
+        )
+        seen = (
+            None
+            if not losses
+            else torch.as_tensor(losses[0]).detach()
+            if len(losses) == 1
+            else torch.stack([torch.as_tensor(v).detach() for v in losses]).sum()
+        )
         for metric in self.metrics:
             try:
                 metric.on_step(step, seen)
             except Exception as exc:
                 self._fault(fault_reason(exc) or "error", exc, metric.name)
-        if step % self.every:
-            return {}
-        return self._measure(batch, optimizer, step)
+        try:
+            if step % self.every:
+                return {}
+            return self._measure(batch, optimizer, step, losses)
+        finally:
+            if self.inline is not None:  # hooks only for the step to be measured next
+                if self.steps % self.every:
+                    self.inline.disarm()
+                else:
+                    self.inline.arm()
 
     def measure(self, batch: tuple[Any, Any], optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
-        """Measure now on ``batch`` (recorded at the current step count)."""
+        """Measure now on ``batch`` (recorded at the current step count); with ``inline=True`` a ConfigError
+        (an inline measurement is of a step the hooks recorded: ``mon.step``)."""
+        if self.inline is not None:
+            raise ConfigError("measure", "with inline=True", "mon.step(batch, optimizer, loss=loss)")
         return self._measure(batch, optimizer, self.steps)
 
     @property
@@ -196,7 +253,13 @@ class NoiseMonitor:
         vectors = 4 + sum(m.param_vectors(self.top_k) for m in self.metrics)
         return itemsize * p_count * vectors + 8 * n * n
 
-    def _measure(self, batch: tuple[Any, Any], optimizer: torch.optim.Optimizer | None, step: int) -> dict[str, Any]:
+    def _measure(
+        self,
+        batch: tuple[Any, Any],
+        optimizer: torch.optim.Optimizer | None,
+        step: int,
+        losses: list[Tensor | float] | None = None,
+    ) -> dict[str, Any]:
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             raise ConfigError("batch", type(batch).__name__, "a pair (inputs, targets)")
         model = unwrap(self.model)
@@ -212,7 +275,20 @@ class NoiseMonitor:
             failed = dict.fromkeys((m.name for m in self.metrics), "memory")
             self._fault(skip, None)
         else:
-            with preserved(model), torch.autocast(device.type, enabled=False), eager():
+            with preserved(model), torch.autocast(device.type, enabled=False), eager(), measuring():
+                given = None
+                if self.inline is not None:
+                    try:
+                        given, scales = self.inline.gradients(self.loss_fn, batch[1], losses)
+                        row.update(scales)
+                    except Exception as exc:
+                        reason = fault_reason(exc)
+                        if self.on_error == "raise" or (reason is None and not self._validated):
+                            raise
+                        reason = reason or f"error ({type(exc).__name__})"
+                        self._fault(reason, exc, "inline")
+                        failed = dict.fromkeys((m.name for m in self.metrics), reason)
+                        row.update(loss_scale=math.nan, grad_scale=math.nan)
                 ctx = Context(
                     model=model,
                     loss_fn=self.loss_fn,
@@ -227,6 +303,8 @@ class NoiseMonitor:
                     estimator=self.estimator,
                     per_module=any(m.name == "layers" for m in self.metrics),
                     factors=any(m.per_sample_products for m in self.metrics),
+                    params=self.params,
+                    per_sample=given,
                 )
                 for metric in self.metrics:
                     if metric.name in failed:

@@ -174,6 +174,25 @@ class HookFactors(PerSampleGradients):
         consumers: frozenset[str] = frozenset(),
         params: Selection | None = None,
     ) -> None:
+        self._setup(model, forward, params)
+        names = {("model." + c).rstrip(".") if c else "" for c in consumers}
+        units, losses = capture(self.root, set(self._offset), loss_fn, x, y, names, chunk_size)
+        self.n = losses.shape[0]
+        self._build(units, losses, check)
+
+    @classmethod
+    def from_calls(cls, model: nn.Module, units: list[Unit], n: int, params: Selection | None = None) -> HookFactors:
+        """Per-sample gradients of ``n`` samples from units whose calls already carry the gradients of
+        Σ_i ℓ_i with respect to their outputs (captured in a training step's own forward and backward:
+        :mod:`noiseprobe.monitor.inline`); ``params`` as in the constructor."""
+        self = cls.__new__(cls)
+        self._setup(model, None, params)
+        self.n = n
+        self.blocks = blocks_of(self._contributions(units), self.n)
+        return self
+
+    def _setup(self, model: nn.Module, forward: Forward | None, params: Selection | None) -> None:
+        """The root, the chosen parameters' flat offsets, dtype and device."""
         model = unwrap(model)
         self.root = Root(model, forward or default_forward)
         chosen = [p for _, p in select_parameters(model, params)]
@@ -185,10 +204,6 @@ class HookFactors(PerSampleGradients):
             self._offset[id(p)] = (o, p.numel())
             o += p.numel()
         self._names = {id(p): n for n, p in model.named_parameters()}
-        names = {("model." + c).rstrip(".") if c else "" for c in consumers}
-        units, losses = capture(self.root, set(self._offset), loss_fn, x, y, names, chunk_size)
-        self.n = losses.shape[0]
-        self._build(units, losses, check)
 
     # -- factors and blocks ---------------------------------------------------------------------
 
@@ -206,6 +221,18 @@ class HookFactors(PerSampleGradients):
             )
             reference = torch.autograd.grad((weights * losses).sum(), params, allow_unused=True)
             self._self_check(params, weights, reference)
+
+    def _contributions(self, units: list[Unit]) -> list[tuple[list[Tensor], Factor]]:
+        """Each call's factors from its rule (calls carrying their output gradients), the calls released."""
+        contribs: list[tuple[list[Tensor], Factor]] = []
+        for u in units:
+            for c in u.calls:
+                for named, factor in u.rule.factors(u.module, c, u.params, self.n):
+                    contribs.append(([p for _, p in named], factor))
+                c.args, c.kwargs, c.outputs, c.grads = (), {}, [], []
+        if not contribs:
+            raise ConfigError("model", type(self.root.model).__name__, "a loss that depends on a trainable parameter")
+        return contribs
 
     def _self_check(self, params: list[Tensor], weights: Tensor, reference: tuple[Tensor | None, ...]) -> None:
         """Jᵀu against autograd's ∇_w Σ_i u_i ℓ_i for random weights u_i ∈ [0.5, 1.5), parameter by parameter:

@@ -44,6 +44,7 @@ class Layers(Metric):
     micro-batch estimator (:attr:`Context.module_grams`)."""
 
     name = "layers"
+    gradients_only = True
     #: opt-in (three columns per module; single-process only): not part of "all"
     in_all = False
 

@@ -24,6 +24,7 @@ class TrSigma(Metric):
     """``tr_sigma`` (+ ``tr_sigma_se``): unbiased tr Σ = Σ_i |g_i − ḡ|²/(N − 1), jackknife SE."""
 
     name = "tr_sigma"
+    gradients_only = True
 
     def measure(self, ctx: Context) -> dict[str, float]:
         return {"tr_sigma": ctx.noise.tr_sigma, "tr_sigma_se": ctx.noise.tr_sigma_se}
@@ -34,6 +35,7 @@ class GSq(Metric):
     """``g_sq`` (+ ``g_sq_se``): unbiased |G|² = |ḡ|² − tr Σ/N (McCandlish et al. 2018, App. A)."""
 
     name = "g_sq"
+    gradients_only = True
 
     def measure(self, ctx: Context) -> dict[str, float]:
         return {"g_sq": ctx.noise.g_sq, "g_sq_se": ctx.noise.g_sq_se}
@@ -45,6 +47,7 @@ class BSimple(Metric):
     95 % Fieller–jackknife interval."""
 
     name = "b_simple"
+    gradients_only = True
 
     def measure(self, ctx: Context) -> dict[str, float]:
         ns = ctx.noise
@@ -57,6 +60,7 @@ class Temperature(Metric):
     with replacement, C = Σ/S; paper 002, eq. 2); NaN without an optimizer."""
 
     name = "temperature"
+    gradients_only = True
 
     def measure(self, ctx: Context) -> dict[str, float]:
         groups = ctx.group_slices()
@@ -77,6 +81,7 @@ class TopKC(Metric):
     M = (1/N) Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ (paper 002, Prop. 1), from the centred Gram matrix."""
 
     name = "top_k_c"
+    gradients_only = True
 
     def measure(self, ctx: Context) -> dict[str, float]:
         return {f"c_eig_{i + 1}": float(v) for i, v in enumerate(ctx.c_eigenvalues())}
@@ -89,6 +94,7 @@ class BSimpleAvg(Metric):
     the summed jackknife (co)variances (:func:`~noiseprobe.monitor.gns.pooled_b_simple`)."""
 
     name = "b_simple_avg"
+    gradients_only = True
 
     def __init__(self, window: int = 10) -> None:
         self.window = check_int("window", window, lo=1)
