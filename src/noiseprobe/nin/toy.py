@@ -419,6 +419,8 @@ def _advance(k0: int, n: int, p: int, x: np.ndarray, mom: np.ndarray, flag: np.n
     return n - k0
 
 
+# long: one group of LANES replicas from start to end in one njit frame (its lane state x, s, a, mom, flag, kn,
+# kl stays local; the per-step work is the inline _advance/_step); a split was not benchmarked.
 @numba.njit(cache=True, fastmath={"contract"})
 def _group(
     kind: int,
@@ -707,6 +709,34 @@ def divergence_limit(w0: np.ndarray, w1: np.ndarray, w_ni: np.ndarray, M: np.nda
     return divergence.bound(scale)
 
 
+def _starts(
+    w0: float | np.ndarray, w1: float | np.ndarray, w_ni: float | np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The per-replica starts (w0, w1, w_NI) of :func:`simulate`, finite."""
+    a0, a1, an = (_per_replica(k, v, n) for k, v in (("w0", w0), ("w1", w1), ("w_ni", w_ni)))
+    for name, arr in (("w0", a0), ("w1", a1), ("w_ni", an)):
+        if not np.all(np.isfinite(arr)):
+            raise ConfigError(name, arr[~np.isfinite(arr)][0], "finite values")
+    return a0, a1, an
+
+
+def _recording(
+    record: np.ndarray | None, record_steps: np.ndarray | None, n: int, steps: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The recorded replicas and steps of :func:`simulate`, each replica's row among the recorded ones (−1:
+    not recorded) and the NaN-filled trajectory array (recorded replicas, recorded steps, 4)."""
+    rec = np.zeros(0, dtype=np.int64) if record is None else np.asarray(record, dtype=np.int64).ravel()
+    rsteps = np.zeros(0, dtype=np.int64) if record_steps is None else np.asarray(record_steps, dtype=np.int64)
+    if rec.size and (rec.min() < 0 or rec.max() >= n or len(np.unique(rec)) != rec.size):
+        raise ConfigError("record", record, f"distinct indices in 0..{n - 1}")
+    if rsteps.size and (rsteps.min() < 0 or rsteps.max() > steps or np.any(np.diff(rsteps) <= 0)):
+        raise ConfigError("record_steps", "…", f"strictly increasing integers in 0..{steps}")
+    rec_row = np.full(n, -1, dtype=np.int64)
+    rec_row[rec] = np.arange(rec.size)
+    traj = np.full((rec.size, rsteps.size, 4), np.nan)
+    return rec, rsteps, rec_row, traj
+
+
 def simulate(
     sigma_eps: float | np.ndarray,
     *,
@@ -751,28 +781,16 @@ def simulate(
         raise ConfigError("batch_size/M", "out of range", "batch_size >= 1 and finite M")
     if np.any(np.asarray(batch_size, dtype=np.float64) != b):
         raise ConfigError("batch_size", batch_size, "positive integers")
-    a0, a1, an = (_per_replica(k, v, n) for k, v in (("w0", w0), ("w1", w1), ("w_ni", w_ni)))
-    for name, arr in (("w0", a0), ("w1", a1), ("w_ni", an)):
-        if not np.all(np.isfinite(arr)):
-            raise ConfigError(name, arr[~np.isfinite(arr)][0], "finite values")
+    a0, a1, an = _starts(w0, w1, w_ni, n)
     limit = divergence_limit(a0, a1, an, m)
     reps = np.arange(n, dtype=np.int64) if replicas is None else _per_replica("replicas", replicas, n, np.int64)
     if np.any(reps < 0):
         raise ConfigError("replicas", reps[reps < 0][0], "non-negative integers (global replica indices)")
-    rec = np.zeros(0, dtype=np.int64) if record is None else np.asarray(record, dtype=np.int64).ravel()
-    rsteps = np.zeros(0, dtype=np.int64) if record_steps is None else np.asarray(record_steps, dtype=np.int64)
-    if rec.size and (rec.min() < 0 or rec.max() >= n or len(np.unique(rec)) != rec.size):
-        raise ConfigError("record", record, f"distinct indices in 0..{n - 1}")
-    if rsteps.size and (rsteps.min() < 0 or rsteps.max() > steps or np.any(np.diff(rsteps) <= 0)):
-        raise ConfigError("record_steps", "…", f"strictly increasing integers in 0..{steps}")
-    rec_row = np.full(n, -1, dtype=np.int64)
-    rec_row[rec] = np.arange(rec.size)
-    traj = np.full((rec.size, rsteps.size, 4), np.nan)
+    rec, rsteps, rec_row, traj = _recording(record, record_steps, n, steps)
     stats = np.empty((n, _NF))
     ovf = np.empty(n, dtype=np.int64)
-    # Dynamic scheduling, one group of LANES replicas at a time: replicas on a σ grid diverge (and stop)
-    # at very different steps, so numba's default equal static split leaves threads idle. Results do
-    # not depend on it.
+    # Dynamic scheduling, one group of LANES replicas at a time: replicas on a σ grid diverge (and stop) at
+    # very different steps, so numba's default equal static split leaves threads idle. Results do not change.
     keys = replica_keys(seed, reps)
     groups = {_REDUCED: b >= 1} if method == "reduced" else {_SINGLE: b == 1, _WISHART: b > 1}
     with numba.parallel_chunksize(1):
