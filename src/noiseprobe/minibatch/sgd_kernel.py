@@ -114,8 +114,8 @@ def _matvec(v: np.ndarray, out: int, M: np.ndarray, src: int, transpose: bool) -
                 v[out, i, j] += c * v[src, m, j]
 
 
-# Long by design (~100 lines, 20 of them the signature): the minibatch gradient of one step for LANES chains
-# in every sampling mode, in one njit function so that its scratch lanes stay in the caller's arrays.
+# long: the minibatch gradient of one step for LANES chains in every sampling mode (20 lines of signature), one
+# njit function so that its scratch lanes stay in the caller's arrays; a split was not benchmarked.
 @numba.njit(cache=True, fastmath={"contract"})
 def _gradient(
     mode: int,
@@ -217,9 +217,8 @@ def _gradient(
             v[_G, i, j] *= inv
 
 
-# Long by design (~145 lines, 35 of them the signature: numba takes flat arrays, not objects): the whole
-# step loop of one group of LANES chains (start, burn-in, measurement, snapshots, divergence) in one njit
-# function, so that a chain's state never leaves its lanes between steps.
+# long: one fused step loop per group of LANES chains (start, burn-in, measurement, snapshots, divergence; 35
+# lines of flat-array signature), so a chain's state never leaves its lanes; a split was not benchmarked.
 @numba.njit(cache=True, fastmath={"contract"})
 def _group(
     g0: int,
