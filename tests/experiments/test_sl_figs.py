@@ -168,7 +168,7 @@ def test_estimate_grows_with_its_drivers(exp_id: str) -> None:
     exp = get(exp_id)
     cfg = exp.config("quick")
     est = exp.estimate(cfg)
-    assert est.peak_bytes > 0 and set(est.drivers) <= set(cfg.keys())
+    assert est.peak_bytes > 0 and set(est.drivers) <= set(cfg.to_dict())
     bigger = exp.estimate(cfg.replace(chains=10 * cfg.chains, per_chunk=10 * cfg.per_chunk))
     assert bigger.peak_bytes > est.peak_bytes
     assert est.seconds is not None and 0 < est.seconds < bigger.seconds

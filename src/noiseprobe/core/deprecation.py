@@ -17,10 +17,12 @@ R = TypeVar("R")
 def renamed_arguments(**old_to_new: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Accept the old keyword name of each renamed parameter (``@renamed_arguments(x="inputs")``): a call
     with ``x=`` runs as ``inputs=`` after one DeprecationWarning line; both names at once is a ConfigError.
-    The signature (``inspect.signature``, the API reference) shows the new names only."""
+    The signature (``inspect.signature``, the API reference) shows the new names only. On a constructor the
+    warning names the class being built, so subclasses that inherit it are named as themselves."""
 
     def decorate(fn: Callable[P, R]) -> Callable[P, R]:
         owner = fn.__qualname__.removesuffix(".__init__")
+        constructor = fn.__name__ == "__init__"
 
         @functools.wraps(fn)
         def call(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -28,7 +30,8 @@ def renamed_arguments(**old_to_new: str) -> Callable[[Callable[P, R]], Callable[
                 if old in kwargs:
                     if new in kwargs:
                         raise ConfigError(old, "given", f"only one of {old} (the deprecated name) and {new}")
-                    warnings.warn(f"{owner}: {old}= is deprecated; it is now {new}=", DeprecationWarning, stacklevel=2)
+                    who = type(args[0]).__name__ if constructor and args else owner
+                    warnings.warn(f"{who}: {old}= is deprecated; it is now {new}=", DeprecationWarning, stacklevel=2)
                     kwargs[new] = kwargs.pop(old)
             return fn(*args, **kwargs)
 

@@ -220,8 +220,7 @@ def phase_metrics(runs: pd.DataFrame, frac: pd.DataFrame, eq2: pd.DataFrame) -> 
 
 def _ratio(measured: pd.Series, predicted: pd.Series) -> np.ndarray:
     ok = np.isfinite(measured) & np.isfinite(predicted) & (predicted > 0)
-    ratio: np.ndarray = (measured[ok] / predicted[ok]).to_numpy(float)
-    return ratio
+    return np.asarray((measured[ok] / predicted[ok]).to_numpy(float))
 
 
 def _companion(eq2: pd.DataFrame) -> dict[str, np.ndarray]:

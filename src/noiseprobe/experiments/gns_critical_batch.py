@@ -28,7 +28,6 @@ the SE of the ratio).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,11 @@ import numpy as np
 import pandas as pd
 
 from noiseprobe.core.checks import Check
-from noiseprobe.core.config import ExperimentConfig, param
-from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.experiment import Chunk, Experiment, RunCost
 from noiseprobe.data.embedded import load_default
 from noiseprobe.experiments import _gns_plot
 from noiseprobe.experiments._data import check_at_most, embedded_train_size
+from noiseprobe.experiments._gns_critical_batch_config import CriticalBatchConfig
 from noiseprobe.monitor.critical_batch import (
     bootstrap_critical_batch,
     fit_critical_batch,
@@ -64,31 +62,6 @@ MAX_RMS_LOG_RESIDUAL = 0.2
 CHUNK_BASE_BYTES = 90 * 2**20
 BYTES_PER_BATCH_INPUT = 4
 BYTES_PER_PROBE_WEIGHT = 1
-
-
-@dataclass(frozen=True, kw_only=True)
-class CriticalBatchConfig(ExperimentConfig):
-    n_train: int = param(lo=10, hi=3000, help="training samples (the first of the embedded training split)")
-    hidden: int = param(lo=1, hi=4096, help="hidden width of the ReLU MLP")
-    batch_sizes: list[int] = param(lo=1, hi=10**5, min_len=6, help="batch sizes B (distinct, >= 6)")
-    lrs: list[float] = param(lo=0.0, lo_open=True, min_len=2, help="learning-rate grid, tuned per B and seed")
-    seeds: int = param(lo=1, hi=1000, help="seeds per batch size")
-    target_loss: float = param(lo=0.0, lo_open=True, help="target training loss (cross-entropy)")
-    max_steps: int = param(lo=1, hi=10**6, help="steps before a run counts as not reaching the target")
-    eval_ratio: float = param(lo=1.0, hi=2.0, lo_open=True, help="training loss evaluated at steps growing by this")
-    snapshot_ratio: float = param(lo=1.0, hi=4.0, lo_open=True, help="monitor measurements at steps growing by this")
-    probe_samples: int = param(lo=3, help="samples of the monitor's probe batch")
-    n_boot: int = param(lo=10, hi=10**5, help="bootstrap resamples over seeds for the B_crit interval")
-
-    size_fields = ("hidden", "batch_sizes", "lrs", "probe_samples")
-
-    def check(self) -> None:
-        if len(set(self.batch_sizes)) != len(self.batch_sizes):
-            raise ConfigError("batch_sizes", self.batch_sizes, "distinct batch sizes")
-        if len(set(self.lrs)) != len(self.lrs):
-            raise ConfigError("lrs", self.lrs, "distinct learning rates")
-        if self.probe_samples > self.n_train:
-            raise ConfigError("probe_samples", self.probe_samples, f"at most n_train = {self.n_train}")
 
 
 class CriticalBatch(Experiment):

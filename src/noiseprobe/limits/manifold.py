@@ -227,6 +227,35 @@ def limit_map(
     shape, d = w0.shape, w0.shape[-1]
     y = w0.reshape(-1, d).numpy().copy()
     live = np.isfinite(y).all(-1)
+    active = _flow_to_rest(loss, y, live, gtol=gtol, t_max=t_max, method=method, rtol=rtol, atol=atol)
+    with torch.no_grad():
+        off = live & ~active & ~(loss(torch.from_numpy(y)).numpy() <= ltol)
+    if active.any() or off.any():
+        warnings.warn(
+            f"limit_map: {int(active.sum())} row(s) did not reach |∇L| <= {gtol} by t = {t_max}, "
+            f"{int(off.sum())} stopped at a critical point with L > {ltol}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    y[~live | active | off] = np.nan
+    return torch.from_numpy(y).reshape(shape)
+
+
+def _flow_to_rest(
+    loss: LossFn,
+    y: np.ndarray,
+    live: np.ndarray,
+    *,
+    gtol: float,
+    t_max: float,
+    method: str,
+    rtol: float,
+    atol: float,
+) -> np.ndarray:
+    """The integration of :func:`limit_map`: flows the rows ``y`` (n, d) in place over windows of doubling
+    length until every live row has ``|∇L| ≤ gtol`` or ``t_max`` is reached; clears ``live`` for rows that
+    fail or become non-finite. Returns the rows still active (not at rest) at the end."""
+    d = y.shape[-1]
 
     def rhs(_: float, flat: np.ndarray) -> np.ndarray:
         return -gradient(loss, torch.from_numpy(flat.reshape(-1, d))).numpy().ravel()
@@ -259,7 +288,7 @@ def limit_map(
     with np.errstate(all="ignore"):
         while True:
             g = np.linalg.norm(rhs(0.0, y[live].ravel()).reshape(-1, d), axis=-1) if live.any() else np.zeros(0)
-            active = live.copy()
+            active: np.ndarray = live.copy()
             active[live] = ~(g <= gtol)
             live[live] = np.isfinite(g)
             active &= live
@@ -271,17 +300,7 @@ def limit_map(
                 for r in rows:
                     live[r] = integrate(np.array([r]), window)
             t, window = t + window, 2.0 * window
-    with torch.no_grad():
-        off = live & ~active & ~(loss(torch.from_numpy(y)).numpy() <= ltol)
-    if active.any() or off.any():
-        warnings.warn(
-            f"limit_map: {int(active.sum())} row(s) did not reach |∇L| <= {gtol} by t = {t_max}, "
-            f"{int(off.sum())} stopped at a critical point with L > {ltol}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    y[~live | active | off] = np.nan
-    return torch.from_numpy(y).reshape(shape)
+    return active
 
 
 def newton_project(loss: LossFn, w: Tensor, codim: int, *, tol: float = 1e-12, max_iter: int = 20) -> Tensor:

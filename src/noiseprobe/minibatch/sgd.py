@@ -231,8 +231,6 @@ class SGDRun:
         return float(v.mean()), float(standard_error(v))
 
 
-# Long by design (~95 lines): 17 keyword arguments validated one per line, and the numba kernel's 31 flat
-# arguments (it takes arrays, not objects) one per line; the decisions live in _chain_lrs, _sampler, _start.
 def simulate_sgd(
     problem: LinearProblem,
     *,
@@ -280,22 +278,58 @@ def simulate_sgd(
     if snapshot_every is not None:
         snapshot_every = check_int("snapshot_every", snapshot_every, lo=1)
     lr_chain, Lam = _chain_lrs(lr, D, chains)
-    mode, X, y, P1, P2, vec, sig, n_in = _sampler(pb, S, replacement, exact_law)
+    sampler = _sampler(pb, S, replacement, exact_law)
+    start = _start(pb.center if w0 is None else w0, chains, D)
+    return _run_chains(
+        pb,
+        sampler,
+        stream_keys(seed, first_chain, chains, 3),
+        start,
+        init_scale if w0 is None else 0.0,
+        lr_chain,
+        Lam,
+        mu,
+        S,
+        burn_in,
+        steps,
+        measure_every,
+        snapshot_every,
+        measure_noise,
+    )
+
+
+def _run_chains(
+    pb: LinearProblem,
+    sampler: tuple[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, int],
+    keys: np.ndarray,
+    start: np.ndarray,
+    init: float,
+    lr_chain: np.ndarray,
+    Lam: np.ndarray | None,
+    mu: float,
+    S: int,
+    burn_in: int,
+    steps: int,
+    measure_every: int,
+    snapshot_every: int | None,
+    measure_noise: bool,
+) -> SGDRun:
+    """The accumulators, the kernel call (:func:`~noiseprobe.minibatch.sgd_kernel.run_chains`: flat arrays,
+    one per argument) and the :class:`SGDRun` of :func:`simulate_sgd`, whose arguments are checked."""
+    mode, X, y, P1, P2, vec, sig, n_in = sampler
+    chains, D = start.shape
     center, zero = pb.center, np.zeros((D, D))
-    start = _start(center if w0 is None else w0, chains, D)
-    total = burn_in + steps
     n_meas = steps // measure_every
     n_snap = n_meas // snapshot_every if snapshot_every else 0
     s1, s2 = np.zeros((chains, D)), np.zeros((chains, D, D))
     s_eta = np.zeros((chains if measure_noise else 0, D, D))
     snaps = np.full((chains, n_snap, D), np.nan)
     div_at = np.full(chains, -1, dtype=np.int64)
-    keys = stream_keys(seed, first_chain, chains, 3)
     _k.run_chains(
         mode,
         keys,
         start,
-        init_scale if w0 is None else 0.0,
+        init,
         lr_chain,
         zero if Lam is None else Lam,
         Lam is not None,
@@ -312,11 +346,11 @@ def simulate_sgd(
         S,
         X,
         y,
-        total,
+        burn_in + steps,
         burn_in,
         measure_every,
         snapshot_every or 0,
-        divergence_limit(pb, start - center, init_scale if w0 is None else 0.0, lr_chain, Lam),
+        divergence_limit(pb, start - center, init, lr_chain, Lam),
         s1,
         s2,
         s_eta,

@@ -398,38 +398,56 @@ def train(
     if not groups:
         raise ConfigError("model", type(model).__name__, "a model or NINs with trainable parameters")
     opt = torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    n_batches = X_tr.shape[0] // batch_size
     try:
         rec.record(0)
-        model.train()
-        for epoch in range(1, epochs + 1):
-            if handle is not None and epoch > 1:
-                handle.new_epoch()
-            perm = torch.randperm(X_tr.shape[0], generator=gen)
-            bad_step = False
-            for b in range(n_batches):
-                idx = perm[b * batch_size : (b + 1) * batch_size]
-                if handle is not None:
-                    handle.set_sample_indices(idx)
-                batch_loss = rec.loss_fn(model(X_tr[idx]), y_tr[idx])
-                if not torch.isfinite(batch_loss):
-                    bad_step = True
-                    break
-                opt.zero_grad(set_to_none=True)
-                batch_loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
-                opt.step()
-                if handle is not None:
-                    handle.new_step()
-                rec.step(batch_loss.detach())
-            if bad_step or epoch % record_every == 0 or epoch == epochs:
-                rows = rec.record(epoch)
-                for r in rows:
-                    r["diverged"] = r["diverged"] or bad_step
-                if rows[0]["diverged"]:
-                    break
+        _epochs(model, handle, rec, opt, X_tr, y_tr, gen, batch_size=batch_size, epochs=epochs, every=record_every)
     finally:
         rec.close()
     return rec.frame()
+
+
+def _epochs(
+    model: nn.Module,
+    handle: NINHandle | None,
+    rec: NINRecorder,
+    opt: torch.optim.Optimizer,
+    X_tr: Tensor,
+    y_tr: Tensor,
+    gen: torch.Generator,
+    *,
+    batch_size: int,
+    epochs: int,
+    every: int,
+) -> None:
+    """The SGD epochs of :func:`train` (after the record at epoch 0): one permutation per epoch, recorded
+    every ``every`` epochs, at the last and at a non-finite batch loss, which ends training."""
+    n_batches = X_tr.shape[0] // batch_size
+    model.train()
+    for epoch in range(1, epochs + 1):
+        if handle is not None and epoch > 1:
+            handle.new_epoch()
+        perm = torch.randperm(X_tr.shape[0], generator=gen)
+        bad_step = False
+        for b in range(n_batches):
+            idx = perm[b * batch_size : (b + 1) * batch_size]
+            if handle is not None:
+                handle.set_sample_indices(idx)
+            batch_loss = rec.loss_fn(model(X_tr[idx]), y_tr[idx])
+            if not torch.isfinite(batch_loss):
+                bad_step = True
+                break
+            opt.zero_grad(set_to_none=True)
+            batch_loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
+            opt.step()
+            if handle is not None:
+                handle.new_step()
+            rec.step(batch_loss.detach())
+        if bad_step or epoch % every == 0 or epoch == epochs:
+            rows = rec.record(epoch)
+            for r in rows:
+                r["diverged"] = r["diverged"] or bad_step
+            if rows[0]["diverged"]:
+                break
 
 
 def _series(frame: pd.DataFrame, nin: int) -> pd.DataFrame:

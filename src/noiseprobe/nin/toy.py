@@ -419,6 +419,121 @@ def _advance(k0: int, n: int, p: int, x: np.ndarray, mom: np.ndarray, flag: np.n
     return n - k0
 
 
+@numba.njit(cache=True, inline="always", fastmath={"contract"})
+def _init_lane(
+    j: int,
+    r: int,
+    w0i: np.ndarray,
+    w1i: np.ndarray,
+    wni: np.ndarray,
+    sigma: np.ndarray,
+    lr: np.ndarray,
+    sigma_x: np.ndarray,
+    m: np.ndarray,
+    batch: np.ndarray,
+    keys: np.ndarray,
+    limit: np.ndarray,
+    x: np.ndarray,
+    s: np.ndarray,
+    a: np.ndarray,
+) -> None:
+    """Lane j of a group starts replica r: its state, parameters, stream keys and e-fold thresholds."""
+    x[_W0, j], x[_W1, j], x[_WN, j] = w0i[r], w1i[r], wni[r]
+    x[_LR, j], x[_M, j], x[_LIM, j] = lr[r], m[r], limit[r]
+    _set_sampler(x, j, sigma_x[r], sigma[r], batch[r])
+    x[_HX, j] = 0.5 * sigma_x[r] * sigma_x[r]
+    x[_A_N, j], x[_A_L, j] = lr[r] * sigma[r] * sigma[r], 2.0 * lr[r] * sigma_x[r] * sigma_x[r]
+    s[j], a[j] = keys[r, 0], keys[r, 1]
+    n0, loss0 = abs(wni[r]), _loss(w0i[r], w1i[r], m[r], x[_HX, j])
+    x[_N0, j], x[_LOSS0, j] = n0, loss0
+    x[_THR_N, j] = n0 * np.exp(-1.0) if n0 > 0 else -1.0
+    x[_THR_L, j] = loss0 * np.exp(-1.0) if loss0 > 0 else -1.0
+    x[_MAX_W1SQ, j], x[_MAX_WNSQ, j], x[_MAX_LOSS, j] = w1i[r] * w1i[r], wni[r] * wni[r], loss0
+    x[_LIVE, j] = 1.0
+
+
+@numba.njit(cache=True, inline="always", fastmath={"contract"})
+def _record_traj(rows: np.ndarray, rec_row: np.ndarray, x: np.ndarray, cur: int, traj: np.ndarray, ptr: int) -> None:
+    """The recorded live replicas of a group at recorded step number ``ptr``: (w0, w1, w_NI, loss)."""
+    for j in range(rows.shape[0]):
+        row = rec_row[rows[j]]
+        if row >= 0 and x[_LIVE, j] != 0.0:
+            w0, w1 = x[cur + _W0, j], x[cur + _W1, j]
+            traj[row, ptr, 0], traj[row, ptr, 1], traj[row, ptr, 2] = w0, w1, x[cur + _WN, j]
+            traj[row, ptr, 3] = _loss(w0, w1, x[_M, j], x[_HX, j])
+
+
+@numba.njit(cache=True, inline="always", fastmath={"contract"})
+def _on_flags(
+    rows: np.ndarray,
+    x: np.ndarray,
+    flag: np.ndarray,
+    stats: np.ndarray,
+    overflow_step: np.ndarray,
+    kn: np.ndarray,
+    kl: np.ndarray,
+    t: int,
+    cur: int,
+    prev: int,
+) -> int:
+    """After step t, the flags the lanes raised: overflow (the lane stops) and crossed e-fold levels of
+    |w_NI| and the loss (recorded); clears the flags and returns the number of lanes that stopped."""
+    died = 0
+    for j in range(rows.shape[0]):
+        f = flag[j]
+        if f & 1:  # overflow at step t: frozen at step t - 1
+            overflow_step[rows[j]] = t
+            x[_LIVE, j] = 0.0
+            died += 1
+        if f & 2:  # e-fold levels crossed between steps t - 1 and t
+            st = stats[rows[j]]
+            y, y_prev = abs(x[cur + _WN, j]), abs(x[prev + _WN, j])
+            if y <= x[_THR_N, j]:
+                x[_THR_N, j], kn[j] = _record_efolds(
+                    st,
+                    _C_NIW_T,
+                    _C_NIW_E,
+                    t,
+                    y_prev,
+                    y,
+                    x[_N0, j],
+                    x[_THR_N, j],
+                    kn[j],
+                    x[_A_N, j] * x[prev + _S1, j],
+                    x[_A_N, j] * x[cur + _S1, j],
+                )
+            y = _loss(x[cur + _W0, j], x[cur + _W1, j], x[_M, j], x[_HX, j])
+            y_prev = _loss(x[prev + _W0, j], x[prev + _W1, j], x[_M, j], x[_HX, j])
+            if y <= x[_THR_L, j]:
+                x[_THR_L, j], kl[j] = _record_efolds(
+                    st,
+                    _C_LOSS_T,
+                    _C_LOSS_E,
+                    t,
+                    y_prev,
+                    y,
+                    x[_LOSS0, j],
+                    x[_THR_L, j],
+                    kl[j],
+                    x[_A_L, j] * x[prev + _S01, j],
+                    x[_A_L, j] * x[cur + _S01, j],
+                )
+        flag[j] = 0
+    return died
+
+
+@numba.njit(cache=True, inline="always", fastmath={"contract"})
+def _final_stats(rows: np.ndarray, x: np.ndarray, cur: int, stats: np.ndarray) -> None:
+    """The per-replica statistics of a group at its end (state ``cur``)."""
+    for j in range(rows.shape[0]):
+        st = stats[rows[j]]
+        w0, w1, wn = x[cur + _W0, j], x[cur + _W1, j], x[cur + _WN, j]
+        st[0], st[1], st[2], st[5] = w0, w1, wn, x[cur + _S1, j]
+        st[3], st[4] = x[_A_N, j] * x[_MAX_W1SQ, j], x[_A_N, j] * x[_MAX_WNSQ, j]
+        st[14], st[15], st[16] = x[_LOSS0, j], _loss(w0, w1, x[_M, j], x[_HX, j]), x[_MAX_LOSS, j]
+        st[17] = np.sqrt(x[_MAX_WNSQ, j])
+
+
 @numba.njit(cache=True, fastmath={"contract"})
 def _group(
     kind: int,
@@ -452,33 +567,16 @@ def _group(
     pending = np.zeros(BLOCK, dtype=np.int64)
     recorded = False
     for j in range(n_live):
-        r = rows[j]
-        x[_W0, j], x[_W1, j], x[_WN, j] = w0i[r], w1i[r], wni[r]
-        x[_LR, j], x[_M, j], x[_LIM, j] = lr[r], m[r], limit[r]
-        _set_sampler(x, j, sigma_x[r], sigma[r], batch[r])
-        x[_HX, j] = 0.5 * sigma_x[r] * sigma_x[r]
-        x[_A_N, j], x[_A_L, j] = lr[r] * sigma[r] * sigma[r], 2.0 * lr[r] * sigma_x[r] * sigma_x[r]
-        s[j], a[j] = keys[r, 0], keys[r, 1]
-        n0, loss0 = abs(wni[r]), _loss(w0i[r], w1i[r], m[r], x[_HX, j])
-        x[_N0, j], x[_LOSS0, j] = n0, loss0
-        x[_THR_N, j] = n0 * np.exp(-1.0) if n0 > 0 else -1.0
-        x[_THR_L, j] = loss0 * np.exp(-1.0) if loss0 > 0 else -1.0
-        x[_MAX_W1SQ, j], x[_MAX_WNSQ, j], x[_MAX_LOSS, j] = w1i[r] * w1i[r], wni[r] * wni[r], loss0
-        x[_LIVE, j] = 1.0
-        stats[r, _C_NIW_T : _C_LOSS_E + 2] = np.nan
-        overflow_step[r] = -1
-        recorded |= rec_row[r] >= 0
+        _init_lane(j, rows[j], w0i, w1i, wni, sigma, lr, sigma_x, m, batch, keys, limit, x, s, a)
+        stats[rows[j], _C_NIW_T : _C_LOSS_E + 2] = np.nan
+        overflow_step[rows[j]] = -1
+        recorded |= rec_row[rows[j]] >= 0
     n_rec = rec_steps.shape[0] if recorded else 0
     t = p = ptr = 0
     while True:
         cur = p * _NEXT
         if ptr < n_rec and rec_steps[ptr] == t:
-            for j in range(rows.shape[0]):
-                row = rec_row[rows[j]]
-                if row >= 0 and x[_LIVE, j] != 0.0:
-                    w0, w1 = x[cur + _W0, j], x[cur + _W1, j]
-                    traj[row, ptr, 0], traj[row, ptr, 1], traj[row, ptr, 2] = w0, w1, x[cur + _WN, j]
-                    traj[row, ptr, 3] = _loss(w0, w1, x[_M, j], x[_HX, j])
+            _record_traj(rows, rec_row, x, cur, traj, ptr)
             ptr += 1
         if t == steps or n_live == 0:
             break
@@ -489,54 +587,8 @@ def _group(
             done = _advance(k, n, p, x, mom, flag)
             k, t, p = k + done, t + done, p ^ (done & 1)
             cur, prev = p * _NEXT, (1 - p) * _NEXT
-            for j in range(rows.shape[0]):
-                f = flag[j]
-                if f & 1:  # overflow at step t: frozen at step t - 1
-                    overflow_step[rows[j]] = t
-                    x[_LIVE, j] = 0.0
-                    n_live -= 1
-                if f & 2:  # e-fold levels crossed between steps t - 1 and t
-                    st = stats[rows[j]]
-                    y, y_prev = abs(x[cur + _WN, j]), abs(x[prev + _WN, j])
-                    if y <= x[_THR_N, j]:
-                        x[_THR_N, j], kn[j] = _record_efolds(
-                            st,
-                            _C_NIW_T,
-                            _C_NIW_E,
-                            t,
-                            y_prev,
-                            y,
-                            x[_N0, j],
-                            x[_THR_N, j],
-                            kn[j],
-                            x[_A_N, j] * x[prev + _S1, j],
-                            x[_A_N, j] * x[cur + _S1, j],
-                        )
-                    y = _loss(x[cur + _W0, j], x[cur + _W1, j], x[_M, j], x[_HX, j])
-                    y_prev = _loss(x[prev + _W0, j], x[prev + _W1, j], x[_M, j], x[_HX, j])
-                    if y <= x[_THR_L, j]:
-                        x[_THR_L, j], kl[j] = _record_efolds(
-                            st,
-                            _C_LOSS_T,
-                            _C_LOSS_E,
-                            t,
-                            y_prev,
-                            y,
-                            x[_LOSS0, j],
-                            x[_THR_L, j],
-                            kl[j],
-                            x[_A_L, j] * x[prev + _S01, j],
-                            x[_A_L, j] * x[cur + _S01, j],
-                        )
-                flag[j] = 0
-    cur = p * _NEXT
-    for j in range(rows.shape[0]):
-        st = stats[rows[j]]
-        w0, w1, wn = x[cur + _W0, j], x[cur + _W1, j], x[cur + _WN, j]
-        st[0], st[1], st[2], st[5] = w0, w1, wn, x[cur + _S1, j]
-        st[3], st[4] = x[_A_N, j] * x[_MAX_W1SQ, j], x[_A_N, j] * x[_MAX_WNSQ, j]
-        st[14], st[15], st[16] = x[_LOSS0, j], _loss(w0, w1, x[_M, j], x[_HX, j]), x[_MAX_LOSS, j]
-        st[17] = np.sqrt(x[_MAX_WNSQ, j])
+            n_live -= _on_flags(rows, x, flag, stats, overflow_step, kn, kl, t, cur, prev)
+    _final_stats(rows, x, p * _NEXT, stats)
 
 
 @numba.njit(parallel=True, cache=True)
@@ -707,6 +759,34 @@ def divergence_limit(w0: np.ndarray, w1: np.ndarray, w_ni: np.ndarray, M: np.nda
     return divergence.bound(scale)
 
 
+def _starts(
+    w0: float | np.ndarray, w1: float | np.ndarray, w_ni: float | np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The per-replica starts (w0, w1, w_NI) of :func:`simulate`, finite."""
+    a0, a1, an = (_per_replica(k, v, n) for k, v in (("w0", w0), ("w1", w1), ("w_ni", w_ni)))
+    for name, arr in (("w0", a0), ("w1", a1), ("w_ni", an)):
+        if not np.all(np.isfinite(arr)):
+            raise ConfigError(name, arr[~np.isfinite(arr)][0], "finite values")
+    return a0, a1, an
+
+
+def _recording(
+    record: np.ndarray | None, record_steps: np.ndarray | None, n: int, steps: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The recorded replicas and steps of :func:`simulate`, each replica's row among the recorded ones (−1:
+    not recorded) and the NaN-filled trajectory array (recorded replicas, recorded steps, 4)."""
+    rec = np.zeros(0, dtype=np.int64) if record is None else np.asarray(record, dtype=np.int64).ravel()
+    rsteps = np.zeros(0, dtype=np.int64) if record_steps is None else np.asarray(record_steps, dtype=np.int64)
+    if rec.size and (rec.min() < 0 or rec.max() >= n or len(np.unique(rec)) != rec.size):
+        raise ConfigError("record", record, f"distinct indices in 0..{n - 1}")
+    if rsteps.size and (rsteps.min() < 0 or rsteps.max() > steps or np.any(np.diff(rsteps) <= 0)):
+        raise ConfigError("record_steps", "…", f"strictly increasing integers in 0..{steps}")
+    rec_row = np.full(n, -1, dtype=np.int64)
+    rec_row[rec] = np.arange(rec.size)
+    traj = np.full((rec.size, rsteps.size, 4), np.nan)
+    return rec, rsteps, rec_row, traj
+
+
 def simulate(
     sigma_eps: float | np.ndarray,
     *,
@@ -751,28 +831,16 @@ def simulate(
         raise ConfigError("batch_size/M", "out of range", "batch_size >= 1 and finite M")
     if np.any(np.asarray(batch_size, dtype=np.float64) != b):
         raise ConfigError("batch_size", batch_size, "positive integers")
-    a0, a1, an = (_per_replica(k, v, n) for k, v in (("w0", w0), ("w1", w1), ("w_ni", w_ni)))
-    for name, arr in (("w0", a0), ("w1", a1), ("w_ni", an)):
-        if not np.all(np.isfinite(arr)):
-            raise ConfigError(name, arr[~np.isfinite(arr)][0], "finite values")
+    a0, a1, an = _starts(w0, w1, w_ni, n)
     limit = divergence_limit(a0, a1, an, m)
     reps = np.arange(n, dtype=np.int64) if replicas is None else _per_replica("replicas", replicas, n, np.int64)
     if np.any(reps < 0):
         raise ConfigError("replicas", reps[reps < 0][0], "non-negative integers (global replica indices)")
-    rec = np.zeros(0, dtype=np.int64) if record is None else np.asarray(record, dtype=np.int64).ravel()
-    rsteps = np.zeros(0, dtype=np.int64) if record_steps is None else np.asarray(record_steps, dtype=np.int64)
-    if rec.size and (rec.min() < 0 or rec.max() >= n or len(np.unique(rec)) != rec.size):
-        raise ConfigError("record", record, f"distinct indices in 0..{n - 1}")
-    if rsteps.size and (rsteps.min() < 0 or rsteps.max() > steps or np.any(np.diff(rsteps) <= 0)):
-        raise ConfigError("record_steps", "…", f"strictly increasing integers in 0..{steps}")
-    rec_row = np.full(n, -1, dtype=np.int64)
-    rec_row[rec] = np.arange(rec.size)
-    traj = np.full((rec.size, rsteps.size, 4), np.nan)
+    rec, rsteps, rec_row, traj = _recording(record, record_steps, n, steps)
     stats = np.empty((n, _NF))
     ovf = np.empty(n, dtype=np.int64)
-    # Dynamic scheduling, one group of LANES replicas at a time: replicas on a σ grid diverge (and stop)
-    # at very different steps, so numba's default equal static split leaves threads idle. Results do
-    # not depend on it.
+    # Dynamic scheduling, one group of LANES replicas at a time: replicas on a σ grid diverge (and stop) at
+    # very different steps, so numba's default equal static split leaves threads idle. Results do not change.
     keys = replica_keys(seed, reps)
     groups = {_REDUCED: b >= 1} if method == "reduced" else {_SINGLE: b == 1, _WISHART: b > 1}
     with numba.parallel_chunksize(1):

@@ -125,7 +125,23 @@ def lanczos(
     b = check_int(
         "block", block if block is not None else (1 if warm is None else warm.reshape(p, -1).shape[1]), lo=1, hi=p
     )
-    gen = as_generator(seed)
+    return _block_lanczos(op, k, which, tol, max_matvecs, min_dim, b, warm, as_generator(seed))
+
+
+def _block_lanczos(
+    op: ParamOperator,
+    k: int,
+    which: Literal["LA", "LM", "SA"],
+    tol: float,
+    max_matvecs: int,
+    min_dim: int,
+    b: int,
+    warm: Tensor | None,
+    gen: torch.Generator,
+) -> Eigenpairs:
+    """The Krylov iteration of :func:`lanczos` (its arguments checked): block width ``b``, first block from
+    ``warm``; Ritz pairs of the block-tridiagonal projection after each step, until its stopping rule."""
+    p = op.num_params
     q = _orthonormalise(_start_block(warm, b, p, gen, op), None, gen, op)[0]
     basis: list[Tensor] = [q]
     diag: list[Tensor] = []

@@ -25,6 +25,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import Tensor, nn
 
+from noiseprobe.core.deprecation import renamed_arguments
 from noiseprobe.core.errors import ConfigError, NumericalError
 from noiseprobe.core.validation import check_instance, check_int
 from noiseprobe.probes.capture import check_finite
@@ -300,11 +301,30 @@ def output_and_loss(
 
 
 class ModelOperator(ParamOperator):
-    """An operator over the chosen parameters of a model (``self.params``, in flat order), built on the
-    model, x and y of :func:`full_precision` (``self.model``, ``self.x``, ``self.y``)."""
+    """An operator on the mean loss of ``loss_fn(forward(model, inputs), targets)`` over the chosen
+    parameters (``self.params``, in flat order), built on the model, inputs and targets of
+    :func:`full_precision` (``self.model``, ``self.x``, ``self.y``): the one constructor of the autograd
+    operators (its arguments, their checks, and the old keywords ``x=``, ``y=``); a subclass writes
+    :meth:`_build`, run with gradients on, the math attention kernel and autocast off."""
 
-    def __init__(self, model: nn.Module, x: Any, y: Any, params: Selection | None) -> None:
-        self.model, self.x, self.y, selection = full_precision(model, x, y, params)
+    @renamed_arguments(x="inputs", y="targets")
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: PerSampleLoss,
+        inputs: Any,
+        targets: Any,
+        *,
+        params: Selection | None = None,
+        forward: Forward | None = None,
+    ) -> None:
+        self.model, self.x, self.y, selection = full_precision(model, inputs, targets, params)
         chosen = select_parameters(self.model, selection)
         super().__init__(*operator_meta(chosen))
         self.params = [p for _, p in chosen]
+        with torch.enable_grad(), double_backward_attention(), no_autocast(self.device):
+            self._build(loss_fn, forward)
+
+    def _build(self, loss_fn: PerSampleLoss, forward: Forward | None) -> None:
+        """The graphs the products reuse, built once from ``self.model``, ``self.x``, ``self.y``."""
+        raise NotImplementedError

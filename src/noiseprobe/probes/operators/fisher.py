@@ -3,14 +3,10 @@ per-sample gradients (= M + ḡḡᵀ, M the covariance of one sample's gradient
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from torch import Tensor
 
-from torch import Tensor, nn
-
-from noiseprobe.core.deprecation import renamed_arguments
 from noiseprobe.probes.operators.base import full_precision_method
 from noiseprobe.probes.operators.gram import GramOperator
-from noiseprobe.probes.persample import Forward, PerSampleLoss, Selection
 
 
 class EmpiricalFisher(GramOperator):
@@ -18,22 +14,6 @@ class EmpiricalFisher(GramOperator):
     matrix JJᵀ/N. Arguments as for :class:`~noiseprobe.probes.operators.NoiseCovariance`."""
 
     factor = 1.0
-
-    @renamed_arguments(x="inputs", y="targets")
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: PerSampleLoss,
-        inputs: Any,
-        targets: Any,
-        *,
-        method: Literal["auto", "hooks", "func"] = "auto",
-        chunk_size: int | None = None,
-        forward: Forward | None = None,
-        check: bool = False,
-        params: Selection | None = None,
-    ) -> None:
-        super().__init__(model, loss_fn, inputs, targets, method, chunk_size, forward, check, params)
 
     def _mm(self, v: Tensor) -> Tensor:
         return self.grads.vjp(self.grads.jvp(v)) / self.n

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from noiseprobe.core.deprecation import renamed_arguments
 from noiseprobe.probes.operators.base import (
     ModelOperator,
     double_backward_attention,
     mean_loss,
-    no_autocast,
     output_and_loss,
 )
-from noiseprobe.probes.persample import Forward, PerSampleLoss, Selection
+from noiseprobe.probes.persample import Forward, PerSampleLoss
 
 
 class GaussNewton(ModelOperator):
@@ -30,25 +26,13 @@ class GaussNewton(ModelOperator):
     when ℓ is convex in the output (cross-entropy, squared error).
     """
 
-    @renamed_arguments(x="inputs", y="targets")
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: PerSampleLoss,
-        inputs: Any,
-        targets: Tensor,
-        *,
-        params: Selection | None = None,
-        forward: Forward | None = None,
-    ) -> None:
-        super().__init__(model, inputs, targets, params)
-        with torch.enable_grad(), double_backward_attention(), no_autocast(self.device):
-            self.out, _ = output_and_loss(self.model, loss_fn, self.x, self.y, forward)
-            self.f = self.out.detach().requires_grad_(True)
-            loss = mean_loss(loss_fn, self.f, self.y)
-            self.dloss = torch.autograd.grad(loss, self.f, create_graph=True)[0]  # ∂L/∂f, graph kept
-            self.u = torch.zeros_like(self.out, requires_grad=True)
-            self.jtu = torch.autograd.grad(self.out, self.params, self.u, create_graph=True, materialize_grads=True)
+    def _build(self, loss_fn: PerSampleLoss, forward: Forward | None) -> None:
+        self.out, _ = output_and_loss(self.model, loss_fn, self.x, self.y, forward)
+        self.f = self.out.detach().requires_grad_(True)
+        loss = mean_loss(loss_fn, self.f, self.y)
+        self.dloss = torch.autograd.grad(loss, self.f, create_graph=True)[0]  # ∂L/∂f, graph kept
+        self.u = torch.zeros_like(self.out, requires_grad=True)
+        self.jtu = torch.autograd.grad(self.out, self.params, self.u, create_graph=True, materialize_grads=True)
 
     def _mm(self, v: Tensor) -> Tensor:
         k = v.shape[1]  # the k products go through each backward pass at once

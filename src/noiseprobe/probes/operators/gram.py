@@ -9,6 +9,7 @@ from typing import Any, Literal, overload
 import torch
 from torch import Tensor, nn
 
+from noiseprobe.core.deprecation import renamed_arguments
 from noiseprobe.core.errors import ConfigError
 from noiseprobe.core.validation import check_choice, check_int
 from noiseprobe.probes.eigensolvers import lanczos
@@ -45,17 +46,19 @@ class GramOperator(ParamOperator):
     #: the largest k of :meth:`topk` is N − ``rank_deficit`` (1 for a centred operator)
     rank_deficit: int = 0
 
+    @renamed_arguments(x="inputs", y="targets")
     def __init__(
         self,
         model: nn.Module,
         loss_fn: PerSampleLoss,
         inputs: Any,
         targets: Any,
-        method: Literal["auto", "hooks", "func"],
-        chunk_size: int | None,
-        forward: Forward | None,
-        check: bool,
-        params: Selection | None,
+        *,
+        method: Literal["auto", "hooks", "func"] = "auto",
+        chunk_size: int | None = None,
+        forward: Forward | None = None,
+        check: bool = False,
+        params: Selection | None = None,
     ) -> None:
         model, inputs, targets, params = full_precision(model, inputs, targets, params)
         chosen = select_parameters(model, params)

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from noiseprobe.core.deprecation import renamed_arguments
 from noiseprobe.probes.operators.base import (
     ModelOperator,
     double_backward_attention,
-    no_autocast,
     output_and_loss,
 )
-from noiseprobe.probes.persample import Forward, PerSampleLoss, Selection
+from noiseprobe.probes.persample import Forward, PerSampleLoss
 
 
 def param_hvp(loss: Tensor, params: Sequence[Tensor]) -> Callable[[Tensor], Tensor]:
@@ -60,21 +57,9 @@ class Hessian(ModelOperator):
     mode: dropout draws at construction time and stays fixed for all products).
     """
 
-    @renamed_arguments(x="inputs", y="targets")
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: PerSampleLoss,
-        inputs: Any,
-        targets: Tensor,
-        *,
-        params: Selection | None = None,
-        forward: Forward | None = None,
-    ) -> None:
-        super().__init__(model, inputs, targets, params)
-        with torch.enable_grad(), double_backward_attention(), no_autocast(self.device):
-            _, self.loss = output_and_loss(self.model, loss_fn, self.x, self.y, forward)
-            self._hvp = param_hvp(self.loss, self.params)
+    def _build(self, loss_fn: PerSampleLoss, forward: Forward | None) -> None:
+        _, self.loss = output_and_loss(self.model, loss_fn, self.x, self.y, forward)
+        self._hvp = param_hvp(self.loss, self.params)
 
     def _mm(self, v: Tensor) -> Tensor:
         with double_backward_attention():

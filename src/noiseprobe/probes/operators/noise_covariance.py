@@ -75,7 +75,17 @@ class NoiseCovariance(GramOperator):
         check: bool = False,
         params: Selection | None = None,
     ) -> None:
-        super().__init__(model, loss_fn, inputs, targets, method, chunk_size, forward, check, params)
+        super().__init__(
+            model,
+            loss_fn,
+            inputs,
+            targets,
+            method=method,
+            chunk_size=chunk_size,
+            forward=forward,
+            check=check,
+            params=params,
+        )
         self.factor = batch_factor(batch_size, self.n, replacement)
         self._mean: Tensor | None = None
         self._gram: Tensor | None = None
