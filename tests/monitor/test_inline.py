@@ -414,7 +414,7 @@ def test_accumulation_with_padding_token_mean():
     the tokens (the loop's exact accumulation of the union's token mean): ℓ_i's normaliser depends on the
     batch, and the union's values are still recovered (each micro-batch's own κ_j)."""
     from noiseprobe.models import token_batch
-    from noiseprobe.probes.losses import TokenMeanCrossEntropy
+    from noiseprobe.probes.sample_losses import TokenMeanCrossEntropy
 
     model, loss_fn = _gpt(), TokenMeanCrossEntropy()
     ids, y, mask = token_batch(GPTConfig(vocab=13, width=8, heads=2, layers=2, T=6), 10, seed=3)

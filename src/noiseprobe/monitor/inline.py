@@ -54,11 +54,11 @@ from torch.utils.hooks import RemovableHandle
 from noiseprobe.core.errors import ConfigError, NoPerSampleGradients, NumericalError
 from noiseprobe.monitor.context import Refused
 from noiseprobe.probes.capture import Root, Unit, check_losses, default_forward, display, find_units
-from noiseprobe.probes.sample_losses import model_output
 from noiseprobe.probes.persample import HookFactors, Selection, select_parameters
 from noiseprobe.probes.rules import Call, VmapRule, rule_for, tensor_leaves
 from noiseprobe.probes.rules.base import accumulation_dtype
 from noiseprobe.probes.rules.fallback import tree_map
+from noiseprobe.probes.sample_losses import model_output
 from noiseprobe.probes.wrappers import unwrap
 
 #: relative residual ‖G − κR‖/‖G‖ allowed between the captured output gradient and the recomputed one
