@@ -282,12 +282,7 @@ class NoiseMonitor:
                         given, scales = self.inline.gradients(self.loss_fn, batch[1], losses)
                         row.update(scales)
                     except Exception as exc:
-                        reason = fault_reason(exc)
-                        if self.on_error == "raise" or (reason is None and not self._validated):
-                            raise
-                        reason = reason or f"error ({type(exc).__name__})"
-                        self._fault(reason, exc, "inline")
-                        failed = dict.fromkeys((m.name for m in self.metrics), reason)
+                        failed = dict.fromkeys((m.name for m in self.metrics), self._fault_reason(exc, "inline"))
                         row.update(loss_scale=math.nan, grad_scale=math.nan)
                 ctx = Context(
                     model=model,
@@ -312,11 +307,7 @@ class NoiseMonitor:
                     try:
                         values = metric.measure(ctx)
                     except Exception as exc:
-                        reason = fault_reason(exc)
-                        if self.on_error == "raise" or (reason is None and not self._validated):
-                            raise
-                        reason = reason or f"error ({type(exc).__name__})"
-                        self._fault(reason, exc, metric.name)
+                        reason = self._fault_reason(exc, metric.name)
                         if reason in ("non-finite", "out-of-memory"):  # the rest would fail the same way
                             failed.update({m.name: reason for m in self.metrics if m.name not in done})
                         else:
@@ -338,6 +329,17 @@ class NoiseMonitor:
         self._rows.append(row)
         self._log(row)
         return row
+
+    def _fault_reason(self, exc: Exception, where: str) -> str:
+        """The status of a fault inside a measurement (recorded, one warning per reason), or ``exc`` raised
+        again: with ``on_error="raise"``, or an unexplained error on the first measurement (the user's own
+        set-up, e.g. a malformed batch)."""
+        reason = fault_reason(exc)
+        if self.on_error == "raise" or (reason is None and not self._validated):
+            raise exc
+        reason = reason or f"error ({type(exc).__name__})"
+        self._fault(reason, exc, where)
+        return reason
 
     def _memory_check(self, batch: tuple[Any, Any], device: torch.device) -> str | None:
         """ "memory (...)" when the estimated peak exceeds the free memory of the device, else None."""

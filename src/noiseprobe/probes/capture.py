@@ -223,9 +223,15 @@ def record(
         for u in units:
             u.clone = u.clone or id(u) in changed
         return record(root, units, loss_fn, x, y, device)
+    return losses, _consumers_of_idle(units, losses, fired)
+
+
+def _consumers_of_idle(units: list[Unit], losses: Tensor, fired: set[str]) -> set[str]:
+    """The modules that consume the parameters of units that never ran (each then becomes one vmap unit;
+    a warning names it): the closest ancestor that ran."""
     idle = [u for u in units if not u.calls]
     if not idle:
-        return losses, set()
+        return set()
     graph = _reachable(losses.grad_fn) - {id(p) for u in units if u.calls for _, p in u.params}
     redo = set()
     for u in idle:  # a parameter in the graph that no unit that ran handles (a tied one is handled)
@@ -236,10 +242,10 @@ def record(
             warnings.warn(
                 f"per-sample gradients: {display(u.name)} never runs but its parameters are "
                 f"used: {display(consumer)} consumes them and becomes one vmap unit",
-                stacklevel=5,
+                stacklevel=6,
             )
             redo.add(consumer)
-    return losses, redo
+    return redo
 
 
 def check_losses(losses: Any) -> None:
