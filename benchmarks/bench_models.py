@@ -3,7 +3,8 @@ the monitor chooses (``estimator="auto"``, read from the history row's ``estimat
 one default measurement (``mon.measure``: tr Σ, |G|², B_simple ± interval, temperature, top-10 of C)
 against one unmonitored training step (forward, backward, AdamW step) of the same batch — median times of
 rounds interleaved in one process — and the peak memory each adds above the RSS after building model,
-optimizer state and data (a fresh subprocess per computation, as bench_transformer). Small configs with
+optimizer state and data (a fresh subprocess per computation, as bench_transformer; the measurement after
+one warm-up measurement, so that lazy imports are not counted). Small configs with
 random weights (transformers models built from their configs), float32, CPU, one torch thread; DDP: two gloo
 processes on one machine, each with half the batch (times and memory of rank 0). Two refusals are measured
 too: FSDP at construction, and ``estimator="per-sample"`` on BatchNorm in train mode (the row's status).
@@ -22,7 +23,6 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,18 +42,24 @@ def ce(out: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(out, y, reduction="none")
 
 
-@dataclass
 class Case:
-    """One model family: the model as trained, its loss and batch, how the monitor is built."""
+    """One model family: the model as trained, its loss and batch, how the monitor is built; ``context``
+    wraps the step and the measurement (autocast). A plain class: run.py loads this file outside
+    ``sys.modules``, where dataclasses cannot resolve annotations."""
 
-    label: str
-    model: nn.Module
-    loss_fn: Callable[[Any, Any], Tensor]
-    x: Any
-    y: Any
-    forward: Callable[[nn.Module, Any], Tensor] | None = None
-    monitor_kwargs: dict[str, Any] = field(default_factory=dict)
-    context: Callable[[], AbstractContextManager[Any]] = nullcontext  # around step and measurement (autocast)
+    def __init__(
+        self,
+        label: str,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Any], Tensor],
+        x: Any,
+        y: Any,
+        forward: Callable[[nn.Module, Any], Tensor] | None = None,
+        monitor_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        self.label, self.model, self.loss_fn, self.x, self.y, self.forward = label, model, loss_fn, x, y, forward
+        self.monitor_kwargs = monitor_kwargs or {}
+        self.context: Callable[[], AbstractContextManager[Any]] = nullcontext
 
     def setup(self) -> dict[str, Callable[[], Any]]:
         """The two timed computations (a training step; a default measurement, returning its row), after
@@ -82,24 +88,24 @@ def _tokens(vocab: int, n: int, t: int, seed: int = 1) -> Tensor:
 
 
 def _mlp(quick: bool) -> nn.Module:
-    width = 64 if quick else 512
+    width = 64 if quick else 1024
     return nn.Sequential(nn.Linear(784, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 10))
 
 
-def mlp(quick: bool, label: str = "MLP 784-512-512-10") -> Case:
+def mlp(quick: bool, label: str = "MLP 784-1024-1024-10") -> Case:
     torch.manual_seed(0)
-    n = 16 if quick else 256
+    n = 16 if quick else 1024
     return Case(f"{label}, N={n}", _mlp(quick), ce, torch.randn(n, 784), torch.randint(0, 10, (n,)))
 
 
 def compiled(quick: bool) -> Case:
-    case = mlp(quick, "torch.compile(MLP 784-512-512-10), inductor")
+    case = mlp(quick, "torch.compile(MLP 784-1024-1024-10), inductor")
     case.model = torch.compile(case.model, backend="eager" if quick else "inductor")
     return case
 
 
 def autocast(quick: bool) -> Case:
-    case = mlp(quick, "MLP 784-512-512-10 under autocast(bfloat16), step and measurement")
+    case = mlp(quick, "MLP 784-1024-1024-10 under autocast(bfloat16), step and measurement")
     case.context = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     return case
 
@@ -214,7 +220,7 @@ class RecurrentLM(nn.Module):
 
 def _recurrent(cell: type[nn.RNNBase], dropout: float, train: bool, quick: bool) -> Case:
     torch.manual_seed(0)
-    vocab, hidden, n, t = (50, 16, 8, 8) if quick else (1000, 128, 32, 35)
+    vocab, hidden, n, t = (50, 16, 8, 8) if quick else (4000, 128, 64, 35)
     ids = _tokens(vocab, n, t)
     mode = f"dropout {dropout}, {'train' if train else 'eval'} mode"
     label = f"{cell.__name__} LM (2 layers, hidden {hidden}, vocab {vocab}, {mode}), N={n}, T={t}"
@@ -259,11 +265,15 @@ def _times(fns: dict[str, Callable[[], Any]], rounds: int) -> tuple[dict[str, fl
 
 
 def _peak_main(name: str, what: str, quick: bool) -> None:
-    """Subprocess body: build the case, reset the peak-RSS mark (Linux ``clear_refs`` 5), run one
-    computation, print the RSS before it, the peak during it and their difference (MB)."""
+    """Subprocess body: build the case (one training step done), run the computation once more if it is the
+    measurement (lazy imports and one-time set-up are not its cost), reset the peak-RSS mark (Linux
+    ``clear_refs`` 5), run the computation, print the RSS before it, the peak during it and their
+    difference (MB)."""
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
     fn = CASES[name](quick).setup()[what]
+    if what == "measure":
+        fn()
     before = _vm("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")
     fn()
@@ -364,6 +374,8 @@ def _ddp_worker(rank: int, init: str, out: str, what: str, quick: bool, rounds: 
         except Exception as err:  # noqa: BLE001 — the refusal is what this row reports
             result["fsdp"] = f"{type(err).__name__}: {err}"
     else:
+        if what == "measure":
+            fns[what]()
         before = _vm("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")
         fns[what]()
@@ -390,7 +402,7 @@ def ddp_rows(quick: bool, rounds: int) -> list[dict]:
     n = mlp(quick).y.shape[0]
     timed = _ddp_run("time", quick, rounds)
     mem = None if quick else {what: _ddp_run(what, quick, rounds) for what in ("step", "measure")}
-    label = f"DDP (gloo, 2 processes) of MLP 784-512-512-10, N={n // WORLD} per rank"
+    label = f"DDP (gloo, 2 processes) of MLP 784-1024-1024-10, N={n // WORLD} per rank"
     rows = _rows("ddp", label, timed["times"], timed["row"], mem)
     fsdp = timed["fsdp"]
     rows.append(
