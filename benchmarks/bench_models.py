@@ -386,7 +386,8 @@ def _ddp_worker(rank: int, init: str, out: str, what: str, quick: bool, rounds: 
     dist.destroy_process_group()
 
 
-def _ddp_run(what: str, quick: bool, rounds: int) -> dict[str, Any]:
+def _ddp_main(what: str, quick: bool, rounds: int) -> None:
+    """Subprocess body: spawn the 2-process group, print rank 0's result."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as d:
@@ -394,8 +395,16 @@ def _ddp_run(what: str, quick: bool, rounds: int) -> dict[str, Any]:
         mp.start_processes(
             _ddp_worker, args=(os.path.join(d, "init"), out, what, quick, rounds), nprocs=WORLD, start_method="spawn"
         )
-        result: dict[str, Any] = json.loads(Path(out).read_text())
-        return result
+        print(Path(out).read_text())
+
+
+def _ddp_run(what: str, quick: bool, rounds: int) -> dict[str, Any]:
+    """The group is spawned from a fresh ``python bench_models.py --ddp`` process: spawn pickles the worker by
+    module name, and run.py loads this file outside ``sys.modules``."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--ddp", what, str(rounds)] + (["--quick"] if quick else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1800)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 def ddp_rows(quick: bool, rounds: int) -> list[dict]:
@@ -442,7 +451,9 @@ def run(quick: bool = False, cases: tuple[str, ...] = tuple(CASES), ddp: bool = 
 
 
 if __name__ == "__main__":
-    if len(sys.argv) >= 4 and sys.argv[1] == "--peak":
+    if len(sys.argv) >= 4 and sys.argv[1] == "--ddp":
+        _ddp_main(sys.argv[2], "--quick" in sys.argv, int(sys.argv[3]))
+    elif len(sys.argv) >= 4 and sys.argv[1] == "--peak":
         _peak_main(sys.argv[2], sys.argv[3], "--quick" in sys.argv)
     else:
         chosen = tuple(a for a in sys.argv[1:] if a in CASES) or tuple(CASES)
