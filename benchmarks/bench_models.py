@@ -227,6 +227,67 @@ def _recurrent(cell: type[nn.RNNBase], dropout: float, train: bool, quick: bool)
     return Case(label, RecurrentLM(cell, vocab, hidden, dropout).train(train), token_ce, ids[:, :-1], ids[:, 1:])
 
 
+class DropConnectLinear(nn.Module):
+    """A Linear layer whose weight is dropped out in train mode (its own parameters, no layer rule, random
+    numbers drawn in its forward)."""
+
+    def __init__(self, d_in: int, d_out: int, p: float) -> None:
+        super().__init__()
+        self.lin = nn.Linear(d_in, d_out)
+        self.weight, self.bias, self.p = self.lin.weight, self.lin.bias, p
+        del self.lin
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, F.dropout(self.weight, self.p, self.training), self.bias)
+
+
+class _ReLU(torch.autograd.Function):
+    """A custom autograd Function without a vmap rule."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp(min=0)
+
+    @staticmethod
+    def backward(ctx: Any, g: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return g * (x > 0)
+
+
+class GatedReLU(nn.Module):
+    """y = w ∘ relu(x) through :class:`_ReLU`: its own parameter, no layer rule."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = _ReLU.apply(x) * self.w
+        return out
+
+
+def _mlp_with(quick: bool, middle: nn.Module, label: str) -> Case:
+    """The MLP case with its middle Linear layer replaced by ``middle``."""
+    case = mlp(quick, label)
+    case.model[2] = middle
+    return case
+
+
+def dropconnect(quick: bool) -> Case:
+    width = 64 if quick else 1024
+    return _mlp_with(quick, DropConnectLinear(width, width, 0.1), "MLP 784-1024-1024-10, middle layer DropConnect 0.1")
+
+
+def custom_function(quick: bool) -> Case:
+    width = 64 if quick else 1024
+    return _mlp_with(
+        quick,
+        nn.Sequential(nn.Linear(width, width), GatedReLU(width)),
+        "MLP 784-1024-1024-10 with a custom autograd.Function in a module with parameters",
+    )
+
+
 #: row key: the builder of its model family
 CASES: dict[str, Callable[[bool], Case]] = {
     "mlp": mlp,
@@ -240,6 +301,8 @@ CASES: dict[str, Callable[[bool], Case]] = {
     "rnn-train-dropout0": lambda q: _recurrent(nn.RNN, 0.0, True, q),
     "lstm-eval-dropout": lambda q: _recurrent(nn.LSTM, 0.2, False, q),
     "lstm-train-dropout": lambda q: _recurrent(nn.LSTM, 0.2, True, q),
+    "dropconnect-train": dropconnect,
+    "custom-function": custom_function,
     "compiled": compiled,
     "autocast-bf16": autocast,
     "resnet-bn-train-forced-per-sample": resnet_bn_train_per_sample,

@@ -27,6 +27,8 @@ EXPECTED = {
     "rnn-train-dropout0": "per-sample",
     "lstm-eval-dropout": "per-sample",
     "lstm-train-dropout": "micro-batch",
+    "dropconnect-train": "micro-batch",
+    "custom-function": "micro-batch",
     "compiled": "per-sample",
     "autocast-bf16": "per-sample",
 }
