@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 #: the most numbers one explicit chunk of per-sample gradients or token-pair Gram block may hold
 CHUNK = 1 << 24
@@ -165,13 +164,6 @@ class OuterFactor(Factor):
         ]
         return parts[0] if len(parts) == 1 else SummedOuterFactor(parts)
 
-    def _dense_left(self, lo: int, hi: int) -> Tensor:
-        """L[..., lo:hi] as floats (one-hot columns lo..hi−1 for ids)."""
-        if not self.ids:
-            return self.left[..., lo:hi]
-        shifted = (self.left - lo + 1).masked_fill((self.left < lo) | (self.left >= hi), 0)
-        return F.one_hot(shifted, hi - lo + 1)[..., 1:].to(self.right.dtype)
-
     def _left_gram(self, rows: slice) -> Tensor:
         """(L_it·L_jt') for the samples in ``rows`` against all: (c·T, N·T)."""
         if self.ids:
@@ -181,8 +173,13 @@ class OuterFactor(Factor):
         return self.left[rows].reshape(-1, self.m) @ flat.T
 
     def _chunk(self, lo: int, hi: int) -> Tensor:
-        """Per-sample gradients of output rows lo..hi−1, (N, hi − lo, K)."""
-        return torch.bmm(self._dense_left(lo, hi).transpose(1, 2), self.right)
+        """Per-sample gradients of output rows lo..hi−1, (N, hi − lo, K): for ids, R_it added into row id_it
+        (N·T·K additions, not the N·T·(hi − lo)·K of a one-hot product)."""
+        if not self.ids:
+            return torch.bmm(self.left[..., lo:hi].transpose(1, 2), self.right)
+        out = self.right.new_zeros(self.n, hi - lo, self.cols)
+        i, t = ((self.left >= lo) & (self.left < hi)).nonzero(as_tuple=True)
+        return out.index_put_((i, self.left[i, t] - lo), self.right[i, t], accumulate=True)
 
     def _spans(self) -> Iterator[tuple[int, int]]:
         """Chunks of output rows whose per-sample gradients hold at most CHUNK numbers."""
@@ -300,7 +297,10 @@ class SummedOuterFactor(OuterFactor):
         return False
 
     def _chunk(self, lo: int, hi: int) -> Tensor:
-        return torch.stack([p._chunk(lo, hi) for p in self.parts]).sum(0)
+        out = self.parts[0]._chunk(lo, hi)
+        for p in self.parts[1:]:
+            out += p._chunk(lo, hi)
+        return out
 
     def _direct_jvp(self, mats: Tensor) -> Tensor:
         return torch.stack([p._direct_jvp(mats) for p in self.parts]).sum(0)
