@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from bench_transformer import _vm
 from noiseprobe import NoiseMonitor
 from noiseprobe.models import resnet18
-from noiseprobe.probes.losses import TokenMeanCrossEntropy
+from noiseprobe.probes.sample_losses import TokenMeanCrossEntropy
 
 token_ce = TokenMeanCrossEntropy()
 
