@@ -362,7 +362,13 @@ def test_memory_estimate_counts_what_the_chosen_metrics_hold() -> None:
     model = nn.Linear(100, 10)  # P = 1010 float32 parameters
     loss = nn.CrossEntropyLoss(reduction="none")
     p_bytes = 1010 * 4
+    rows = 8 * 1000 * 4  # one layer's per-sample rows at a time: N × the largest parameter tensor (weight)
     default = npb.NoiseMonitor(model, loss, verbose=False).estimated_peak(8)
-    assert default == p_bytes * (4 + 5) + 8 * 64  # 5 default metrics, one vector each
+    assert default == p_bytes * (4 + 1) + rows + 8 * 64  # of the 5 default metrics temperature holds one vector
     curv = npb.NoiseMonitor(model, loss, metrics=["sharpness", "top_k_h"], top_k=3, verbose=False).estimated_peak(8)
-    assert curv == p_bytes * (4 + 2 * (1 + 10 + 7) + 2 * (3 + 10 + 7)) + 8 * 64
+    # top_k_h keeps every layer's factors (N per-sample rows of every parameter at most)
+    assert curv == p_bytes * (4 + 2 * (1 + 10 + 7) + 2 * (3 + 10 + 7)) + 8 * p_bytes + 8 * 64
+    kept = npb.NoiseMonitor(model, loss, metrics=["tr_sigma", "tail_index"], verbose=False).estimated_peak(8)
+    assert kept == p_bytes * (4 + 1) + 8 * p_bytes + 8 * 64  # tail_index keeps every layer's factors
+    micro = npb.NoiseMonitor(model, loss, estimator="micro-batch", micro_batches=4, verbose=False)
+    assert micro.estimated_peak(8) == p_bytes * (4 + 1) + 4 * p_bytes + 8 * 64  # the m micro-batch gradients

@@ -41,9 +41,11 @@ class Metric(abc.ABC):
     gradients_only: ClassVar[bool] = False
 
     def param_vectors(self, top_k: int) -> int:
-        """Parameter-sized vectors this metric holds at its peak (the monitor's memory estimate): one by
-        default (a mean gradient, a diagonal); Krylov and probe blocks for the curvature metrics."""
-        return 1
+        """Parameter-sized vectors this metric holds at its peak (the monitor's memory estimate): none for a
+        metric that reads only the Gram matrix of the gradients (``gradients_only``: the measurement's own
+        per-sample or micro-batch gradients are counted once, by the monitor), else one (a mean gradient, a
+        diagonal); Krylov and probe blocks for the curvature metrics."""
+        return 0 if self.gradients_only and not self.per_sample_products else 1
 
     @abc.abstractmethod
     def measure(self, ctx: Context) -> dict[str, float]:

@@ -211,6 +211,14 @@ class EstimatorChoice:
         self._refused: dict[tuple[bool, ...], NoPerSampleGradients] = {}
         self._warned = False
 
+    def expected(self, model: nn.Module) -> str:
+        """The estimator this measurement will most likely use, for the memory pre-check: the requested one,
+        or under "auto" "micro-batch" where the per-sample path was refused at the model's current train/eval
+        flags, else "per-sample" (tried first)."""
+        if self.requested != "auto":
+            return self.requested
+        return "micro-batch" if tuple(m.training for m in model.modules()) in self._refused else "per-sample"
+
     def resolve(self, model: nn.Module, per_sample: Callable[[], object]) -> str:
         """ "per-sample" or "micro-batch" for this measurement; ``per_sample()`` computes the per-sample
         gradients (kept by the caller) and is called only when they are to be tried. A refused attempt

@@ -44,7 +44,7 @@ from noiseprobe.monitor.inline import InlineCapture, measuring
 from noiseprobe.monitor.loggers import Logger, make_loggers
 from noiseprobe.monitor.metric import METRICS, Metric
 from noiseprobe.monitor.metrics import DEFAULT, resolve_metrics
-from noiseprobe.monitor.microbatch import EstimatorChoice, untouched
+from noiseprobe.monitor.microbatch import DEFAULT_MICRO_BATCHES, EstimatorChoice, untouched
 from noiseprobe.probes.persample import Selection, select_parameters
 from noiseprobe.probes.wrappers import eager, unwrap
 
@@ -243,15 +243,24 @@ class NoiseMonitor:
 
     def estimated_peak(self, n: int) -> int:
         """Bytes a measurement allocates beyond the training step, estimated: the parameter-sized vectors the
-        chosen metrics hold at their peak (each metric's ``param_vectors``: Lanczos blocks, probe blocks) and a
-        few more (4), and the N × N Gram matrix; activations of the extra forward and backward are those of a
-        training step."""
+        chosen metrics hold at their peak (each metric's ``param_vectors``: Lanczos blocks, probe blocks, a
+        diagonal) and a few more (4: mean gradients, scales), the gradients of the estimator it will use
+        (per-sample: one layer's N per-sample rows at a time, the largest parameter tensor's, as the Gram
+        is streamed layer by layer, or every layer's where a metric keeps the factors; micro-batch: the m
+        micro-batch gradients) and the N × N Gram matrix;
+        activations of the extra forward and backward are those of a training step."""
         model = unwrap(self.model)
         params = [p for p in model.parameters() if p.requires_grad]
         p_count = sum(p.numel() for p in params)
         itemsize = max((p.element_size() for p in params), default=4)
         vectors = 4 + sum(m.param_vectors(self.top_k) for m in self.metrics)
-        return itemsize * p_count * vectors + 8 * n * n
+        if self.estimator.expected(model) == "micro-batch":
+            gradients = (self.estimator.micro_batches or DEFAULT_MICRO_BATCHES) * p_count
+        elif any(m.per_sample_products for m in self.metrics) or self.group is not None:
+            gradients = n * p_count  # the factors of every layer are kept (at most explicit rows)
+        else:
+            gradients = n * max((p.numel() for p in params), default=0)
+        return itemsize * (p_count * vectors + gradients) + 8 * n * n
 
     def _measure(
         self,

@@ -62,6 +62,9 @@ class Temperature(Metric):
     name = "temperature"
     gradients_only = True
 
+    def param_vectors(self, top_k: int) -> int:
+        return 1  # the diagonal of Σ where the learning rate differs between parameter groups
+
     def measure(self, ctx: Context) -> dict[str, float]:
         groups = ctx.group_slices()
         if not groups:
