@@ -6,7 +6,7 @@ adds above the RSS after building model, optimizer state and data (a fresh subpr
 as bench_transformer).
 
 GPT-2 small (124 M, N = 8, T = 128) here; GPT-2 medium (355 M, N = 8, T = 256) is the area ``gpt2_medium``
-(``python benchmarks/run.py gpt2_medium``; about 10 GB peak: check ``free -g`` and run it alone).
+(``python benchmarks/run.py gpt2_medium``; about 14 GB peak RSS: check ``free -g`` and run it alone).
 Aims (issue 18.7): ≤ 2× a step, added peak memory ≤ 2× the step's.
 """
 
