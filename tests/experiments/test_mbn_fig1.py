@@ -262,6 +262,6 @@ def test_estimate_names_config_fields_and_grows_with_them(exp_id: str) -> None:
     exp = get(exp_id)
     cfg = exp.config("quick")
     est = exp.estimate(cfg)
-    assert est.peak_bytes > 0 and set(est.drivers) <= set(cfg.keys())
+    assert est.peak_bytes > 0 and set(est.drivers) <= set(cfg.to_dict())
     big = exp.config("quick", {"n_seeds": 4 * cfg.n_seeds})
     assert exp.estimate(big).peak_bytes > est.peak_bytes

@@ -362,9 +362,9 @@ def test_estimate_names_config_fields_and_grows_with_chains(exp_id):
     exp = experiments.get(exp_id)
     cfg = exp.config("quick")
     est = exp.estimate(cfg)
-    assert est.peak_bytes > 0 and est.drivers and set(est.drivers) <= set(cfg.keys())
+    assert est.peak_bytes > 0 and est.drivers and set(est.drivers) <= set(cfg.to_dict())
     field = "chains_hd" if exp_id == "mbn-fig4" else "chains"
-    assert exp.estimate(exp.config("quick", {field: 20 * cfg[field]})).peak_bytes > est.peak_bytes
+    assert exp.estimate(exp.config("quick", {field: 20 * getattr(cfg, field)})).peak_bytes > est.peak_bytes
 
 
 @pytest.mark.parametrize(
