@@ -77,3 +77,18 @@ def test_lightning_single_tensor_batch_error_names_split():
     with pytest.raises(ConfigError, match=r"split=lambda batch: \(batch, batch\)"):
         cb.on_train_batch_start(None, None, torch.randn(4, 3), 0)
     LightningNoiseMonitor(lambda o, t: o, split=lambda b: (b, b)).on_train_batch_start(None, None, torch.randn(4, 3), 0)
+
+
+def test_callbacks_refuse_inline_at_construction():
+    """The callbacks measure on their own pass and cannot hand the step's loss= to the monitor: inline=True
+    is one ConfigError naming ``inline`` when the callback is built, never a failure mid-training."""
+    pytest.importorskip("lightning.pytorch")
+    pytest.importorskip("transformers")
+    from noiseprobe.monitor.hf import TransformersNoiseMonitor
+    from noiseprobe.monitor.lightning import LightningNoiseMonitor
+
+    with pytest.raises(ConfigError, match="inline.*LightningNoiseMonitor"):
+        LightningNoiseMonitor(nn.CrossEntropyLoss(reduction="none"), inline=True)
+    with pytest.raises(ConfigError, match="inline.*TransformersNoiseMonitor"):
+        TransformersNoiseMonitor(inline=True)
+    LightningNoiseMonitor(nn.CrossEntropyLoss(reduction="none"), inline=False)  # the two-pass mode is fine

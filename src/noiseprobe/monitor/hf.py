@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from noiseprobe.monitor.monitor import NoiseMonitor
+from noiseprobe.monitor.monitor import NoiseMonitor, refuse_inline
 from noiseprobe.probes.sample_losses import model_output, token_mean
 
 
@@ -47,6 +47,7 @@ class TransformersNoiseMonitor(TrainerCallback):
         probe_batches: int = 1,
         **monitor_kwargs: Any,
     ) -> None:
+        refuse_inline("TransformersNoiseMonitor", monitor_kwargs)
         self.every, self.loss_fn, self.probe_batches, self.kwargs = every, loss_fn, probe_batches, monitor_kwargs
         self.monitor: NoiseMonitor | None = None
         self._probe: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None

@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 import torch
 
 from noiseprobe.core.errors import ConfigError
-from noiseprobe.monitor.monitor import NoiseMonitor
+from noiseprobe.monitor.monitor import NoiseMonitor, refuse_inline
 
 
 class LightningNoiseMonitor(pl.Callback):
@@ -32,6 +32,7 @@ class LightningNoiseMonitor(pl.Callback):
         split: Callable[[Any], tuple[Any, Any]] | None = None,
         **monitor_kwargs: Any,
     ) -> None:
+        refuse_inline("LightningNoiseMonitor", monitor_kwargs)
         self.loss_fn, self.every, self.split, self.kwargs = loss_fn, every, split, monitor_kwargs
         self.monitor: NoiseMonitor | None = None
         self._batch: Any = None

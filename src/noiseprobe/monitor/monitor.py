@@ -63,6 +63,15 @@ def preserved(model: nn.Module) -> Iterator[None]:
             m.training = t
 
 
+def refuse_inline(callback: str, monitor_kwargs: dict[str, Any]) -> None:
+    """ConfigError at a callback's construction for ``inline=True``: a callback measures on its own pass and
+    cannot hand the step's ``loss=`` to :meth:`NoiseMonitor.step` (docs/monitor.md, "Inline")."""
+    if monitor_kwargs.get("inline"):
+        raise ConfigError(
+            "inline", True, f"False in {callback} (the no-extra-pass mode needs the loop's loss=: use a plain loop)"
+        )
+
+
 class NoiseMonitor:
     """Measure gradient-noise quantities every ``every`` optimizer steps on the current batch.
 
